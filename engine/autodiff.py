@@ -1,0 +1,258 @@
+"""Reverse mode as a graph transform, MindSpore's GradOperation on top of it, and the lowering that
+expands GradOperation nodes (inner ones first), which is all higher-order differentiation needs."""
+from __future__ import annotations
+
+import weakref
+from typing import Any, Sequence
+
+import numpy as np
+
+from .errors import GraphError, NotDifferentiableError
+from .ir import Graph, GraphBuilder, Node, TensorType, Tree, Value, flatten, unflatten
+from .optable import OPS, Attr, F, defop
+
+
+def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
+    """Copy ``g``'s nodes into ``b`` applied to ``args``, expanding GradOperation nodes; returns the
+    output tree. ``g``'s parameters are shared with ``b``'s by name (declared in ``b`` if missing)."""
+    if len(args) != len(g.inputs):
+        raise GraphError(f"graph {g.name!r} takes {len(g.inputs)} inputs, got {len(args)}")
+    env: dict[int, Value] = {}
+    for v, a in zip(g.inputs, args):
+        if v.type != a.type:
+            raise GraphError(f"graph {g.name!r}: input {v.name!r} is {v.type}, got {a.name!r}: {a.type}")
+        env[id(v)] = a
+    for p in g.params:
+        env[id(p.value)] = shared_param(b, p.name, p.data, p.requires_grad)
+    for n in g.nodes:
+        ins = [env[id(v)] for v in n.inputs]
+        if n.op == "GradOperation":
+            sub = grad_operation(g.library[n.attrs["fn"]], **_grad_flags(n.attrs))
+            outs: Sequence[Value] = flatten(inline(b, sub, ins))
+        else:
+            outs = b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient)
+        for v, o in zip(n.outputs, outs):
+            env[id(v)] = o
+    return unflatten(g.outputs, iter([env[id(v)] for v in flatten(g.outputs)]))
+
+
+def shared_param(b: GraphBuilder, name: str, data: np.ndarray, requires_grad: bool) -> Value:
+    """The parameter ``name`` of ``b``, declared from ``data`` if ``b`` does not have it yet."""
+    if not b.has_param(name):
+        return b.param(name, data, requires_grad)
+    v = b.get_param(name)
+    if v.shape != data.shape or v.dtype != data.dtype:
+        raise GraphError(f"parameter {name!r} is {v.type} in graph {b.name!r} but {data.dtype.name}{list(data.shape)} in a sub-graph")
+    return v
+
+
+def lower(g: Graph) -> Graph:
+    """The same function with every GradOperation node expanded into primitive nodes."""
+    if not any(n.op == "GradOperation" for n in g.nodes):
+        return g
+    b = GraphBuilder(g.name, g.library)
+    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
+    for p in g.params:
+        b.param(p.name, p.data, p.requires_grad)
+    return b.build(inline(b, g, args))
+
+
+def fit(ct: Value, t: TensorType) -> Value:
+    """Un-broadcast a cotangent to shape ``t.shape`` (sum over broadcast axes) and cast it to
+    ``t.dtype``: the one place where broadcasting and integer inputs are handled for every rule."""
+    if ct.shape != t.shape:
+        lead = ct.ndim - len(t.shape)
+        if lead < 0:
+            raise GraphError(f"cotangent {ct.name!r} {ct.type} has lower rank than its value {t}")
+        axes = tuple(range(lead)) + tuple(
+            lead + i for i, d in enumerate(t.shape) if d == 1 and ct.shape[lead + i] != 1
+        )
+        if axes:
+            ct = F.ReduceSum(ct, axis=axes, keep_dims=False)
+        if ct.shape != t.shape:
+            ct = F.Reshape(ct, shape=t.shape)
+    if ct.dtype != t.dtype:
+        ct = F.Cast(ct, dtype=t.dtype)
+    return ct
+
+
+def _total(parts: list[Value] | None) -> Value | None:
+    if not parts:
+        return None
+    acc = parts[0]
+    for p in parts[1:]:
+        acc = acc + p
+    return acc
+
+
+def backprop(
+    b: GraphBuilder, nodes: Sequence[Node], wrt: Sequence[Value], outs: Sequence[Value], cts: Sequence[Value]
+) -> list[Value]:
+    """Append to ``b`` the nodes computing d(sum_i <outs_i, cts_i>)/d(wrt_j) for each j.
+
+    Visits, iteratively and in reverse, only nodes on a path from ``wrt`` to ``outs`` that are not
+    stopped (a StopGradient op or a node's stop_gradient mark); contributions are summed by Add
+    nodes; a ``wrt`` value that does not reach the outputs gets zeros of its shape and dtype."""
+    reach = {id(v) for v in wrt}
+    active: list[Node] = []
+    for n in nodes:
+        if n.stop_gradient or n.op == "StopGradient":
+            continue
+        if any(id(v) in reach for v in n.inputs):
+            active.append(n)
+            reach.update(id(o) for o in n.outputs)
+    contribs: dict[int, list[Value]] = {}
+    for o, c in zip(outs, cts):
+        if id(o) in reach:
+            contribs.setdefault(id(o), []).append(fit(c, o.type))
+    for n in reversed(active):
+        gs = [_total(contribs.pop(id(o), None)) for o in n.outputs]
+        if all(g is None for g in gs):
+            continue
+        opdef = OPS[n.op]
+        if opdef.vjp is None:
+            raise NotDifferentiableError(
+                f"{n.op} {n.name!r} has no gradient, but inputs "
+                f"{[v.name for v in n.inputs if id(v) in reach]} need one through it"
+            )
+        if len(n.outputs) == 1:
+            res = opdef.vjp(gs[0], n.outputs[0], *n.inputs, **n.attrs)
+        else:
+            g_all = tuple(g if g is not None else F.ZerosLike(o) for g, o in zip(gs, n.outputs))
+            res = opdef.vjp(g_all, n.outputs, *n.inputs, **n.attrs)
+        res = (res,) if not isinstance(res, (tuple, list)) else res
+        if len(res) != len(n.inputs):
+            raise AssertionError(f"VJP of {n.op} returned {len(res)} cotangents for {len(n.inputs)} inputs")
+        for v, ct in zip(n.inputs, res):
+            if ct is not None and id(v) in reach:
+                contribs.setdefault(id(v), []).append(fit(ct, v.type))
+    return [_total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
+
+
+def _fresh_name(b: GraphBuilder, base: str) -> str:
+    taken = {v.name for v in b.inputs} | {p.name for p in b.params}
+    name, k = base, 0
+    while name in taken:
+        k += 1
+        name = f"{base}_{k}"
+    return name
+
+
+def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], sens_param: bool, name: str) -> tuple[GraphBuilder, list[Value], list[Value]]:
+    """Build the forward of ``g`` followed by its backward pass; returns the builder and the
+    gradients for the chosen inputs (by position) and weights (by name)."""
+    b = GraphBuilder(name, g.library)
+    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
+    for p in g.params:
+        b.param(p.name, p.data, p.requires_grad)
+    leaves = flatten(inline(b, g, args))
+    if sens_param:
+        base = "sens" if len(leaves) == 1 else "sens_0"
+        sens = []
+        for i, o in enumerate(leaves):
+            sens.append(b.input(_fresh_name(b, base if i == 0 else f"sens_{i}"), o.dtype, o.shape))
+    else:
+        sens = [F.OnesLike(o) for o in leaves]
+    wrt = [args[i] for i in wrt_inputs]
+    for w in weights:
+        if not b.has_param(w):
+            raise GraphError(f"GradOperation over {g.name!r}: weight {w!r} is not a parameter of the network; parameters: {[p.name for p in g.params]}")
+        wrt.append(b.get_param(w))
+    grads = backprop(b, list(b.nodes), wrt, leaves, sens)
+    return b, grads[: len(wrt_inputs)], grads[len(wrt_inputs):]
+
+
+def grad(g: Graph, wrt: Sequence[str], sens_param: bool = False) -> Graph:
+    """Reverse mode: a graph taking ``g``'s inputs (then one sensitivity per output leaf if
+    ``sens_param``, else ones) and returning the tuple of gradients of the named inputs/parameters."""
+    names = [v.name for v in g.inputs]
+    pos = [names.index(w) for w in wrt if w in names]
+    weights = [w for w in wrt if w not in names]
+    b, gi, gw = _differentiate(g, pos, weights, sens_param, f"grad_{g.name}")
+    by_name = dict(zip([w for w in wrt if w in names], gi)) | dict(zip(weights, gw))
+    return b.build(tuple(by_name[w] for w in wrt)).pruned()
+
+
+_CACHE: "weakref.WeakKeyDictionary[Graph, dict[tuple, Graph]]" = weakref.WeakKeyDictionary()
+
+
+def grad_operation(
+    g: Graph,
+    get_all: bool = False,
+    get_by_list: bool = False,
+    sens_param: bool = False,
+    weights: Sequence[str] | str = (),
+) -> Graph:
+    """MindSpore's GradOperation as a graph transform.
+
+    Returns a graph over ``g``'s inputs (plus one sensitivity input per output leaf when
+    ``sens_param``) whose output is: the gradient of the first input (no flags); a tuple over all
+    inputs (``get_all``); a tuple over ``weights`` (``get_by_list``; a bare gradient when ``weights``
+    is one name given as a str); or ``((inputs...), (weights...))`` with both flags. Without
+    ``sens_param`` every output leaf gets a sensitivity of ones, so tuple outputs are summed."""
+    bare_weight = isinstance(weights, str)
+    wlist = (weights,) if isinstance(weights, str) else tuple(weights)
+    key = (get_all, get_by_list, sens_param, wlist, bare_weight)
+    cached = _CACHE.setdefault(g, {}).get(key)
+    if cached is not None:
+        return cached
+    if not get_by_list and wlist:
+        raise GraphError(f"GradOperation over {g.name!r}: weights {list(wlist)} given without get_by_list")
+    if not get_all and not get_by_list and not g.inputs:
+        raise GraphError(f"GradOperation over {g.name!r}: the network has no inputs to differentiate")
+    wrt_inputs = list(range(len(g.inputs))) if get_all else ([0] if not get_by_list else [])
+    b, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
+    w_out: Tree = gw[0] if bare_weight else tuple(gw)
+    if get_all and get_by_list:
+        out: Tree = (tuple(gi), w_out)
+    elif get_all:
+        out = tuple(gi)
+    elif get_by_list:
+        out = w_out
+    else:
+        out = gi[0]
+    result = b.build(out).pruned()
+    _CACHE[g][key] = result
+    return result
+
+
+def _grad_flags(attrs: dict[str, Any]) -> dict[str, Any]:
+    return {k: attrs[k] for k in ("get_all", "get_by_list", "sens_param", "weights")}
+
+
+def _infer_grad_node(types: list[TensorType], builder: GraphBuilder, fn: str, **flags: Any) -> tuple[TensorType, ...]:
+    """Output types of a GradOperation node: the flattened outputs of the transformed sub-graph.
+    Parameters of the sub-graph are declared in the enclosing graph, shared by name."""
+    if fn not in builder.library:
+        raise GraphError(f"refers to function {fn!r}, which is not in the library {sorted(builder.library)}")
+    sub = grad_operation(builder.library[fn], **flags)
+    want = [v.type for v in sub.inputs]
+    if types != want:
+        raise GraphError(
+            f"function {fn!r} under GradOperation takes inputs {[str(t) for t in want]}, got {[str(t) for t in types]}"
+        )
+    for p in sub.params:
+        shared_param(builder, p.name, p.data, p.requires_grad)
+    return tuple(v.type for v in sub.flat_outputs)
+
+
+def _not_executable(*_: Any, **__: Any) -> Any:
+    raise AssertionError("GradOperation nodes are expanded by lowering and never executed")
+
+
+defop(
+    "GradOperation",
+    ("args*",),
+    _infer_grad_node,
+    _not_executable,
+    None,
+    attrs={
+        "fn": Attr("str", doc="name of the library graph to differentiate"),
+        "get_all": Attr("bool", False, "gradients for all inputs"),
+        "get_by_list": Attr("bool", False, "gradients for the listed weights"),
+        "sens_param": Attr("bool", False, "the last inputs are output sensitivities, one per output leaf"),
+        "weights": Attr("strs", (), "parameter names for get_by_list"),
+    },
+    doc="Applies MindSpore's GradOperation to a library graph; outputs are the flattened gradient tree. "
+    "Expanded (inner first) before differentiation or execution.",
+)

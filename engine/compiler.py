@@ -1,0 +1,153 @@
+"""Compile once, run many: lowering, dead-code elimination, common-subexpression elimination and
+constant folding, then a flat plan that frees every intermediate after its last use."""
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import numpy as np
+
+from .autodiff import lower
+from .errors import InputError
+from .ir import Graph, GraphBuilder, Node, Value, unflatten
+from .optable import OPS
+
+FOLD_LIMIT = 1 << 16
+"""Largest constant (in elements) that folding may create, so programs stay small."""
+
+
+def _frozen(v: Any) -> Any:
+    if isinstance(v, np.ndarray):
+        return (v.dtype.str, v.shape, v.tobytes())
+    if isinstance(v, np.dtype):
+        return v.str
+    return v
+
+
+def optimize(g: Graph) -> Graph:
+    """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
+    over constants (or over types only, like OnesLike) folded to constants."""
+    g = lower(g)
+    b = GraphBuilder(g.name, g.library)
+    env: dict[int, Value] = {}
+    for v in g.inputs:
+        env[id(v)] = b.input(v.name, v.dtype, v.shape)
+    for p in g.params:
+        env[id(p.value)] = b.param(p.name, p.data, p.requires_grad)
+    consts: dict[int, np.ndarray] = {}
+    seen: dict[tuple, tuple[Value, ...]] = {}
+    for n in g.pruned().nodes:
+        ins = [env[id(v)] for v in n.inputs]
+        key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())))
+        outs = seen.get(key)
+        if outs is None:
+            outs = _fold(b, n, ins, consts) or b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient)
+            if n.op == "Const":
+                consts[id(outs[0])] = n.attrs["value"]
+            seen[key] = outs
+        for v, o in zip(n.outputs, outs):
+            env[id(v)] = o
+    return b.build(unflatten(g.outputs, iter([env[id(v)] for v in g.flat_outputs])))
+
+
+def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> tuple[Value, ...] | None:
+    opdef = OPS[n.op]
+    if n.op == "Const" or not (opdef.type_only or (ins and all(id(v) in consts for v in ins))):
+        return None
+    if any(o.type.size > FOLD_LIMIT for o in n.outputs):
+        return None
+    arrays = [consts.get(id(v), np.zeros(v.shape, v.dtype)) for v in ins]
+    res = opdef.forward(*arrays, **n.attrs)
+    outs = []
+    for r, o in zip(res if len(n.outputs) > 1 else (res,), n.outputs):
+        c = b.const(r, dtype=o.dtype)
+        consts[id(c)] = b.nodes[-1].attrs["value"]
+        outs.append(c)
+    return tuple(outs)
+
+
+class Program:
+    """A graph compiled to a flat list of NumPy calls; call it with the inputs in order."""
+
+    def __init__(self, graph: Graph) -> None:
+        self.source = graph
+        self.graph = optimize(graph)
+        g = self.graph
+        slot: dict[int, int] = {}
+
+        def slot_of(v: Value) -> int:
+            return slot.setdefault(id(v), len(slot))
+
+        self._inputs = [(slot_of(v), v) for v in g.inputs]
+        self._params = {p.name: (slot_of(p.value), p) for p in g.params}
+        template: dict[int, np.ndarray] = {}
+        body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = []
+        for n in g.nodes:
+            if n.op == "Const":
+                template[slot_of(n.outputs[0])] = n.attrs["value"]
+                continue
+            fwd = OPS[n.op].forward
+            body.append(
+                (functools.partial(fwd, **n.attrs) if n.attrs else fwd,
+                 tuple(slot_of(v) for v in n.inputs), tuple(slot_of(v) for v in n.outputs))
+            )
+        out_slots = [slot_of(v) for v in g.flat_outputs]
+        self._out_slots = out_slots
+        self._const_outputs = [i for i, s in enumerate(out_slots) if s in template]
+        keep = set(out_slots) | set(template) | {s for s, _ in self._params.values()}
+        last: dict[int, int] = {}
+        for k, (_, ins, outs) in enumerate(body):
+            for s in ins + outs:
+                last[s] = k
+        frees: list[list[int]] = [[] for _ in body]
+        for s, k in last.items():
+            if s not in keep:
+                frees[k].append(s)
+        self._steps = [(fn, ins, outs, tuple(fr)) for (fn, ins, outs), fr in zip(body, frees)]
+        self._template = [template.get(i) for i in range(len(slot))]
+
+    def __str__(self) -> str:
+        return str(self.graph)
+
+    def __call__(self, *inputs: Any, params: dict[str, Any] | None = None) -> Any:
+        """Run with ``inputs`` (arrays matching the declared dtypes and shapes, in order) and optional
+        parameter values overriding the graph's; returns the output tree of NumPy arrays."""
+        if len(inputs) != len(self._inputs):
+            names = [v.name for _, v in self._inputs]
+            raise InputError(f"graph {self.graph.name!r} takes {len(names)} inputs {names}, got {len(inputs)}")
+        env: list[Any] = list(self._template)
+        for (s, v), a in zip(self._inputs, inputs):
+            env[s] = _check(a, v, "input")
+        for name, (s, p) in self._params.items():
+            env[s] = p.data
+        if params:
+            for name, a in params.items():
+                if name not in self._params:
+                    raise InputError(f"graph {self.graph.name!r} has no parameter {name!r}; parameters: {sorted(self._params)}")
+                s, p = self._params[name]
+                env[s] = _check(a, p.value, "parameter")
+        for fn, ins, outs, frees in self._steps:
+            r = fn(*[env[i] for i in ins])
+            if len(outs) == 1:
+                env[outs[0]] = r
+            else:
+                for s, x in zip(outs, r):
+                    env[s] = x
+            for s in frees:
+                env[s] = None
+        results = [np.asarray(env[s]) for s in self._out_slots]
+        for i in self._const_outputs:
+            results[i] = results[i].copy()
+        return unflatten(self.graph.outputs, iter(results))
+
+
+def _check(a: Any, v: Value, what: str) -> np.ndarray:
+    if not isinstance(a, np.ndarray) or a.dtype != v.dtype or a.shape != v.shape:
+        got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+        raise InputError(f"{what} {v.name!r} expects {v.dtype.name}{list(v.shape)}, got {got}")
+    return a
+
+
+def compile_graph(graph: Graph) -> Program:
+    """Compile ``graph`` into a reusable :class:`Program`."""
+    return Program(graph)

@@ -1,0 +1,25 @@
+"""The engine's one error hierarchy: every message names the node, op, shapes or dtypes at fault."""
+
+
+class EngineError(Exception):
+    """Base of every error the engine raises on purpose."""
+
+
+class GraphError(EngineError):
+    """A malformed graph: unknown op, bad attribute, wrong arity, cycle, dangling or duplicate value."""
+
+
+class ShapeError(GraphError):
+    """Shapes that an op cannot take, found by shape inference before any array exists."""
+
+
+class DTypeError(GraphError):
+    """Dtypes that an op cannot take, found by inference before any array exists."""
+
+
+class NotDifferentiableError(EngineError):
+    """A gradient was asked through an op that has no VJP rule."""
+
+
+class InputError(EngineError):
+    """Run-time arguments that do not match the graph's declared inputs or parameters."""

@@ -1,0 +1,373 @@
+"""The graph IR: typed values, nodes, graphs, and the builder that checks every node as it is added."""
+from __future__ import annotations
+
+import hashlib
+import itertools
+from dataclasses import dataclass, field
+from typing import Any, Iterator, Sequence, Union
+
+import numpy as np
+
+from . import dtypes
+from .errors import GraphError
+
+
+@dataclass(frozen=True)
+class TensorType:
+    """Static dtype and shape of a value."""
+
+    dtype: np.dtype
+    shape: tuple[int, ...]
+
+    def __str__(self) -> str:
+        return f"{dtypes.short(self.dtype)}[{','.join(map(str, self.shape))}]"
+
+    @property
+    def size(self) -> int:
+        return int(np.prod(self.shape, dtype=np.int64))
+
+
+class Value:
+    """A value in one graph: an input, a parameter, or an output of a node.
+
+    Values support Python arithmetic so that VJP rules read like formulas; each
+    operator adds a node to the builder that owns the value.
+    """
+
+    __slots__ = ("name", "type", "builder")
+
+    def __init__(self, name: str, type: TensorType, builder: "GraphBuilder | None") -> None:
+        self.name = name
+        self.type = type
+        self.builder = builder
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self.type.shape
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.type.dtype
+
+    @property
+    def ndim(self) -> int:
+        return len(self.type.shape)
+
+    def __repr__(self) -> str:
+        return f"{self.name}:{self.type}"
+
+    def _bin(self, op: str, other: Any, swap: bool = False) -> "Value":
+        b = self._owner()
+        o = other if isinstance(other, Value) else b.const(other, dtype=self.dtype)
+        return b.op(op, o, self) if swap else b.op(op, self, o)
+
+    def _owner(self) -> "GraphBuilder":
+        if self.builder is None:
+            raise GraphError(f"value {self.name!r} belongs to a finished graph; arithmetic needs a builder")
+        return self.builder
+
+    def __add__(self, o: Any) -> "Value":
+        return self._bin("Add", o)
+
+    def __radd__(self, o: Any) -> "Value":
+        return self._bin("Add", o, swap=True)
+
+    def __sub__(self, o: Any) -> "Value":
+        return self._bin("Sub", o)
+
+    def __rsub__(self, o: Any) -> "Value":
+        return self._bin("Sub", o, swap=True)
+
+    def __mul__(self, o: Any) -> "Value":
+        return self._bin("Mul", o)
+
+    def __rmul__(self, o: Any) -> "Value":
+        return self._bin("Mul", o, swap=True)
+
+    def __truediv__(self, o: Any) -> "Value":
+        return self._bin("RealDiv", o)
+
+    def __rtruediv__(self, o: Any) -> "Value":
+        return self._bin("RealDiv", o, swap=True)
+
+    def __pow__(self, o: Any) -> "Value":
+        return self._bin("Pow", o)
+
+    def __neg__(self) -> "Value":
+        return self._owner().op("Neg", self)
+
+
+@dataclass(eq=False)
+class Node:
+    """One application of a primitive op: ``outputs = op[attrs](*inputs)``."""
+
+    op: str
+    inputs: tuple[Value, ...]
+    attrs: dict[str, Any]
+    outputs: tuple[Value, ...]
+    name: str
+    stop_gradient: bool = False
+
+
+@dataclass(eq=False)
+class Param:
+    """A named graph input that carries a value; ``requires_grad=False`` keeps it out of trainable lists."""
+
+    value: Value
+    data: np.ndarray
+    requires_grad: bool = True
+
+    @property
+    def name(self) -> str:
+        return self.value.name
+
+
+Tree = Union[Value, tuple["Tree", ...]]
+
+
+def flatten(tree: Any) -> list[Any]:
+    """Leaves of a nested-tuple tree, left to right."""
+    if isinstance(tree, tuple):
+        return [leaf for t in tree for leaf in flatten(t)]
+    return [tree]
+
+
+def unflatten(tree: Any, leaves: Iterator[Any]) -> Any:
+    """Rebuild ``tree``'s nesting with leaves taken in order from ``leaves``."""
+    if isinstance(tree, tuple):
+        return tuple(unflatten(t, leaves) for t in tree)
+    return next(leaves)
+
+
+@dataclass(eq=False)
+class Graph:
+    """A finished, checked graph. Nodes are in topological order; ``library`` holds graphs that
+    GradOperation nodes refer to by name."""
+
+    inputs: tuple[Value, ...]
+    params: tuple[Param, ...]
+    nodes: tuple[Node, ...]
+    outputs: Tree
+    library: dict[str, "Graph"] = field(default_factory=dict)
+    name: str = "main"
+
+    @property
+    def flat_outputs(self) -> list[Value]:
+        return flatten(self.outputs)
+
+    def param(self, name: str) -> Param:
+        for p in self.params:
+            if p.name == name:
+                return p
+        raise GraphError(f"graph {self.name!r} has no parameter {name!r}; parameters: {[p.name for p in self.params]}")
+
+    def __str__(self) -> str:
+        return format_graph(self)
+
+    def pruned(self) -> "Graph":
+        """The same graph without nodes that no output depends on."""
+        live = {id(v) for v in self.flat_outputs}
+        keep = []
+        for n in reversed(self.nodes):
+            if any(id(o) in live for o in n.outputs):
+                keep.append(n)
+                live.update(id(v) for v in n.inputs)
+        return Graph(self.inputs, self.params, tuple(keep[::-1]), self.outputs, self.library, self.name)
+
+    def structural_hash(self) -> str:
+        """A hex digest of the graph's structure (ops, attrs, wiring, types, library), independent of
+        value and node names and of parameter values; the cache key for compiled programs."""
+        return hashlib.sha256(_canonical(self).encode()).hexdigest()
+
+
+def _attr_text(v: Any) -> str:
+    if isinstance(v, np.ndarray):
+        return f"tensor<{v.dtype.name}{list(v.shape)}:{hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]}>"
+    if isinstance(v, np.dtype):
+        return v.name
+    if isinstance(v, float):
+        return repr(v)
+    return repr(v)
+
+
+def format_attrs(attrs: dict[str, Any]) -> str:
+    """Attributes as ``[k=v, ...]`` in sorted order, or an empty string."""
+    if not attrs:
+        return ""
+    if set(attrs) == {"value"} and isinstance(attrs["value"], np.ndarray) and attrs["value"].size <= 4:
+        return f"[{np.array2string(attrs['value'], separator=',')}]"
+    return "[" + ", ".join(f"{k}={_attr_text(attrs[k])}" for k in sorted(attrs)) + "]"
+
+
+def format_graph(g: Graph, indent: str = "") -> str:
+    """A listing of the program, one node per line with op, attributes, dtype and shape."""
+    ins = ", ".join(f"{v.name}: {v.type}" for v in g.inputs)
+    lines = [f"{indent}graph {g.name}({ins})"]
+    for p in g.params:
+        lines.append(f"{indent}  param {p.name}: {p.value.type}{'' if p.requires_grad else ' (no grad)'}")
+    for n in g.nodes:
+        outs = ", ".join(f"{v.name}: {v.type}" for v in n.outputs)
+        args = ", ".join(v.name for v in n.inputs)
+        sg = "  !stop_gradient" if n.stop_gradient else ""
+        lines.append(f"{indent}  {outs} = {n.op}{format_attrs(n.attrs)}({args}){sg}")
+    lines.append(f"{indent}  return {_tree_text(g.outputs)}")
+    for name, sub in g.library.items():
+        if sub is not g:
+            lines.append(f"{indent}  where {name} =")
+            lines.append(format_graph(sub, indent + "    "))
+    return "\n".join(lines)
+
+
+def _tree_text(t: Tree) -> str:
+    if isinstance(t, tuple):
+        return "(" + ", ".join(_tree_text(x) for x in t) + ("," if len(t) == 1 else "") + ")"
+    return t.name
+
+
+def _canonical(g: Graph) -> str:
+    ids: dict[int, str] = {}
+    parts = []
+    for i, v in enumerate(g.inputs):
+        ids[id(v)] = f"i{i}"
+        parts.append(f"in {v.name} {v.type}")
+    for p in g.params:
+        ids[id(p.value)] = f"p:{p.name}"
+        parts.append(f"param {p.name} {p.value.type} {p.requires_grad}")
+    used_fns = []
+    for k, n in enumerate(g.nodes):
+        for j, v in enumerate(n.outputs):
+            ids[id(v)] = f"n{k}.{j}"
+        if n.op == "GradOperation":
+            used_fns.append(n.attrs["fn"])
+        args = ",".join(ids[id(v)] for v in n.inputs)
+        parts.append(f"{n.op}{format_attrs(n.attrs)}({args}) sg={n.stop_gradient} -> {[str(v.type) for v in n.outputs]}")
+    parts.append("out " + _canon_tree(g.outputs, ids))
+    for fn in sorted(set(used_fns)):
+        parts.append(f"fn {fn} {{{_canonical(g.library[fn])}}}")
+    return "\n".join(parts)
+
+
+def _canon_tree(t: Tree, ids: dict[int, str]) -> str:
+    if isinstance(t, tuple):
+        return "(" + ",".join(_canon_tree(x, ids) for x in t) + ")"
+    return ids[id(t)]
+
+
+class GraphBuilder:
+    """Builds a graph node by node, checking arity, attributes, dtypes and shapes as each node is added,
+    so a bad graph fails here, before any array is allocated."""
+
+    def __init__(self, name: str = "main", library: dict[str, Graph] | None = None) -> None:
+        self.name = name
+        self.library: dict[str, Graph] = library if library is not None else {}
+        self.inputs: list[Value] = []
+        self.params: list[Param] = []
+        self.nodes: list[Node] = []
+        self._names: set[str] = set()
+        self._node_names: set[str] = set()
+        self._counter = itertools.count()
+
+    def _new_value(self, name: str | None, t: TensorType) -> Value:
+        if name is None:
+            name = f"%{next(self._counter)}"
+            while name in self._names:
+                name = f"%{next(self._counter)}"
+        elif name in self._names:
+            raise GraphError(f"graph {self.name!r}: value name {name!r} is defined twice")
+        self._names.add(name)
+        return Value(name, t, self)
+
+    def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
+        """Declare a graph input with a static dtype and shape."""
+        shape = tuple(int(d) for d in shape)
+        if any(d < 0 for d in shape):
+            raise GraphError(f"input {name!r}: negative dimension in shape {shape}")
+        v = self._new_value(name, TensorType(dtypes.as_dtype(dtype), shape))
+        self.inputs.append(v)
+        return v
+
+    def param(self, name: str, data: Any, requires_grad: bool = True) -> Value:
+        """Declare a named parameter carrying ``data`` (copied, read-only)."""
+        arr = np.array(data)
+        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
+        arr.setflags(write=False)
+        v = self._new_value(name, TensorType(arr.dtype, arr.shape))
+        self.params.append(Param(v, arr, requires_grad))
+        return v
+
+    def has_param(self, name: str) -> bool:
+        return any(p.name == name for p in self.params)
+
+    def get_param(self, name: str) -> Value:
+        for p in self.params:
+            if p.name == name:
+                return p.value
+        raise GraphError(f"graph {self.name!r} has no parameter {name!r}")
+
+    def const(self, data: Any, dtype: object = None) -> Value:
+        """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``)."""
+        arr = np.asarray(data, dtype=None if dtype is None else dtypes.as_dtype(dtype))
+        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=True)
+        arr.setflags(write=False)
+        return self.add_node("Const", (), {"value": arr})[0]
+
+    def op(self, op: str, *inputs: Value, **attrs: Any) -> Any:
+        """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops."""
+        outs = self.add_node(op, inputs, attrs)
+        return outs[0] if len(outs) == 1 and op != "GradOperation" else outs
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        stop_gradient: bool = False,
+        output_names: Sequence[str] | None = None,
+    ) -> tuple[Value, ...]:
+        """Check and add one node; the full-control form of :meth:`op` used by codecs and transforms."""
+        from .optable import get_op, infer_node
+
+        opdef = get_op(op, where=f"graph {self.name!r}, node {name!r}" if name else f"graph {self.name!r}")
+        node_name = self._node_name(op, name)
+        for v in inputs:
+            if not isinstance(v, Value):
+                raise GraphError(f"{op} {node_name!r}: input {v!r} is not a Value")
+            if v.builder is not self:
+                raise GraphError(f"{op} {node_name!r}: input {v.name!r} is not defined in graph {self.name!r}")
+        full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self)
+        if output_names is not None and len(output_names) != len(types):
+            raise GraphError(
+                f"{op} {node_name!r}: {len(output_names)} output names given, the op has {len(types)} outputs"
+            )
+        outs = tuple(
+            self._new_value(None if output_names is None else output_names[i], t) for i, t in enumerate(types)
+        )
+        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient))
+        return outs
+
+    def _node_name(self, op: str, name: str | None) -> str:
+        if name is None:
+            name = f"{op.lower()}_{len(self.nodes)}"
+            while name in self._node_names:
+                name += "_"
+        elif name in self._node_names:
+            raise GraphError(f"graph {self.name!r}: node name {name!r} is used twice")
+        self._node_names.add(name)
+        return name
+
+    def build(self, outputs: Any) -> Graph:
+        """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
+        for v in flatten(outputs):
+            if not isinstance(v, Value) or v.builder is not self:
+                raise GraphError(f"graph {self.name!r}: output {v!r} is not a value of this graph")
+        g = Graph(tuple(self.inputs), tuple(self.params), tuple(self.nodes), outputs, self.library, self.name)
+        for v in self.inputs:
+            v.builder = None
+        for p in self.params:
+            p.value.builder = None
+        for n in self.nodes:
+            for v in n.outputs:
+                v.builder = None
+        return g

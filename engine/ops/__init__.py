@@ -1,0 +1,2 @@
+"""The op catalog: importing this package registers every primitive in the op table."""
+from . import elementwise, linalg, reduce, shape  # noqa: F401

@@ -1,0 +1,95 @@
+"""Ops that move data without arithmetic: Reshape, BroadcastTo, Transpose, ExpandDims, Squeeze."""
+from __future__ import annotations
+
+import numpy as np
+
+from ..errors import ShapeError
+from ..ir import TensorType
+from ..optable import Attr, F, broadcast, defop, norm_axis
+
+
+def _reshape_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    size = int(np.prod(shape, dtype=np.int64))
+    if target.count(-1) > 1 or any(d < -1 for d in target):
+        raise ShapeError(f"target shape {target} may hold one -1 and no other negative dimension")
+    if -1 in target:
+        known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+        if known == 0 or size % known:
+            raise ShapeError(f"cannot reshape {shape} ({size} elements) to {target}")
+        target = tuple(size // known if d == -1 else d for d in target)
+    if int(np.prod(target, dtype=np.int64)) != size:
+        raise ShapeError(f"cannot reshape {shape} ({size} elements) to {target}")
+    return target
+
+
+def _broadcast_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    lead = len(target) - len(shape)
+    if lead < 0:
+        raise ShapeError(f"cannot broadcast {shape} to the lower-rank shape {target}")
+    full = tuple(shape[i - lead] if d == -1 and i >= lead else d for i, d in enumerate(target))
+    if any(d < 0 for d in full) or broadcast(shape, full) != full:
+        raise ShapeError(f"cannot broadcast {shape} to {target}")
+    return full
+
+
+def _perm(perm: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    if sorted(norm_axis(p, ndim, "perm entry") for p in perm) != list(range(ndim)) or len(perm) != ndim:
+        raise ShapeError(f"perm {perm} is not a permutation of the {ndim} axes")
+    return tuple(p % ndim for p in perm)
+
+
+def _squeeze_axes(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
+    if not axis:
+        return tuple(i for i, d in enumerate(shape) if d == 1)
+    ax = tuple(sorted({norm_axis(a, len(shape)) for a in axis}))
+    for a in ax:
+        if shape[a] != 1:
+            raise ShapeError(f"cannot squeeze axis {a} of length {shape[a]}")
+    return ax
+
+
+defop(
+    "Reshape",
+    ("x",),
+    lambda t, shape: TensorType(t[0].dtype, _reshape_target(t[0].shape, shape)),
+    lambda x, shape: np.reshape(x, shape),
+    lambda g, out, x, shape: F.Reshape(g, shape=x.shape),
+    attrs={"shape": Attr("ints", doc="target shape; one entry may be -1")},
+    doc="same elements in a new shape",
+)
+defop(
+    "BroadcastTo",
+    ("x",),
+    lambda t, shape: TensorType(t[0].dtype, _broadcast_target(t[0].shape, shape)),
+    lambda x, shape: np.broadcast_to(x, _broadcast_target(x.shape, shape)),
+    lambda g, out, x, shape: g,
+    attrs={"shape": Attr("ints", doc="target shape; -1 keeps x's dimension")},
+    doc="broadcasts x to shape (the gradient sums over the broadcast axes)",
+)
+defop(
+    "Transpose",
+    ("x",),
+    lambda t, perm: TensorType(t[0].dtype, tuple(t[0].shape[p] for p in _perm(perm, len(t[0].shape)))),
+    lambda x, perm: np.transpose(x, perm),
+    lambda g, out, x, perm: F.Transpose(g, perm=tuple(int(i) for i in np.argsort(_perm(perm, x.ndim)))),
+    attrs={"perm": Attr("ints", doc="axis permutation")},
+    doc="permutes axes",
+)
+defop(
+    "ExpandDims",
+    ("x",),
+    lambda t, axis: TensorType(t[0].dtype, np.expand_dims(np.empty(t[0].shape, bool), norm_axis(axis, len(t[0].shape) + 1)).shape),
+    lambda x, axis: np.expand_dims(x, axis),
+    lambda g, out, x, axis: F.Reshape(g, shape=x.shape),
+    attrs={"axis": Attr("int", doc="where the new axis of length 1 goes")},
+    doc="inserts an axis of length 1",
+)
+defop(
+    "Squeeze",
+    ("x",),
+    lambda t, axis: TensorType(t[0].dtype, tuple(d for i, d in enumerate(t[0].shape) if i not in _squeeze_axes(t[0].shape, axis))),
+    lambda x, axis: np.squeeze(x, _squeeze_axes(x.shape, axis)),
+    lambda g, out, x, axis: F.Reshape(g, shape=x.shape),
+    attrs={"axis": Attr("ints", (), "axes of length 1 to remove; () removes all")},
+    doc="removes axes of length 1",
+)

@@ -1,0 +1,216 @@
+"""The one op table: each primitive is defined once, with its attributes, inference, forward and VJP rule.
+
+A VJP rule has the form ``vjp(g, out, *inputs, **attrs)``: ``g`` is the output cotangent (a tuple
+of them for multi-output ops, zeros where an output got none), ``out`` the node's output (a tuple for
+multi-output ops), ``inputs`` the node's input Values. It returns one cotangent per input (a bare
+Value when there is one input), or None where an input takes no gradient. Rules are written with
+graph ops (``F.Cos(x)``, Value arithmetic), never raw NumPy, so gradients are graphs in the same IR.
+Cotangents may come back broadcast or in another dtype: the transform un-broadcasts and casts them.
+"""
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import dtypes
+from .errors import DTypeError, GraphError, ShapeError
+from .ir import GraphBuilder, TensorType, Value
+
+REQUIRED = object()
+
+ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "strs", "dtype", "tensor")
+
+
+@dataclass(frozen=True)
+class Attr:
+    """An attribute's kind (one of ATTR_KINDS), default (REQUIRED if none) and meaning."""
+
+    kind: str
+    default: Any = REQUIRED
+    doc: str = ""
+
+
+@dataclass(frozen=True)
+class OpDef:
+    """Everything about one primitive.
+
+    ``inputs`` names the inputs (a last name ending in ``*`` takes any number of further values); ``infer(types, **attrs)``
+    returns the output TensorType (a tuple for multi-output ops) and raises ShapeError/DTypeError;
+    ``forward(*arrays, **attrs)`` computes with NumPy; ``vjp`` is the rule described in the module doc,
+    or None when the op has no gradient (asking for one raises NotDifferentiableError);
+    ``nondiff`` names inputs that never take a gradient (indices, conditions); ``type_only`` marks ops
+    whose output depends on their inputs' types alone (OnesLike), which the compiler may fold.
+    """
+
+    name: str
+    inputs: tuple[str, ...]
+    infer: Callable[..., Any]
+    forward: Callable[..., Any]
+    vjp: Callable[..., Any] | None
+    attrs: dict[str, Attr] = field(default_factory=dict)
+    doc: str = ""
+    nondiff: tuple[str, ...] = ()
+    type_only: bool = False
+
+    @property
+    def variadic(self) -> bool:
+        return bool(self.inputs) and self.inputs[-1].endswith("*")
+
+    @property
+    def differentiable(self) -> bool:
+        return self.vjp is not None
+
+
+OPS: dict[str, OpDef] = {}
+
+
+def defop(
+    name: str,
+    inputs: Sequence[str],
+    infer: Callable[..., Any],
+    forward: Callable[..., Any],
+    vjp: Callable[..., Any] | None,
+    attrs: dict[str, Attr] | None = None,
+    doc: str = "",
+    nondiff: Sequence[str] = (),
+    type_only: bool = False,
+) -> OpDef:
+    """Register one primitive in the table; a name may be defined only once."""
+    if name in OPS:
+        raise ValueError(f"op {name!r} is defined twice")
+    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only)
+    OPS[name] = opdef
+    return opdef
+
+
+def get_op(name: str, where: str = "") -> OpDef:
+    """Look an op up by name; an unknown name is a GraphError listing the closest known names."""
+    try:
+        return OPS[name]
+    except KeyError:
+        close = difflib.get_close_matches(name, OPS, n=3, cutoff=0.5)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise GraphError(f"{where + ': ' if where else ''}unknown op {name!r}{hint}") from None
+
+
+def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
+    """Return ``v`` in the attribute's canonical Python form, or raise naming node and attribute."""
+    bad = GraphError(f"{op} {node!r}: attribute {key!r} must be {spec.kind}, got {v!r}")
+    k = spec.kind
+    if k == "bool":
+        if not isinstance(v, (bool, np.bool_)):
+            raise bad
+        return bool(v)
+    if k == "int":
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
+            raise bad
+        return int(v)
+    if k == "float":
+        if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
+            raise bad
+        return float(v)
+    if k == "str":
+        if not isinstance(v, str):
+            raise bad
+        return v
+    if k in ("ints", "floats", "strs"):
+        if isinstance(v, (int, np.integer)) and k == "ints" and not isinstance(v, bool):
+            v = (v,)
+        if not isinstance(v, (list, tuple, np.ndarray)):
+            raise bad
+        elem = {"ints": "int", "floats": "float", "strs": "str"}[k]
+        return tuple(_check_attr(op, node, key, Attr(elem), x) for x in v)
+    if k == "dtype":
+        try:
+            return dtypes.as_dtype(v)
+        except TypeError as exc:
+            raise GraphError(f"{op} {node!r}: attribute {key!r}: {exc}") from None
+    if k == "tensor":
+        if not isinstance(v, np.ndarray):
+            raise bad
+        return v
+    raise AssertionError(f"unknown attribute kind {k}")
+
+
+def infer_node(
+    opdef: OpDef, node: str, inputs: list[Value], attrs: dict[str, Any], builder: GraphBuilder
+) -> tuple[dict[str, Any], tuple[TensorType, ...]]:
+    """Check a node's arity and attributes and infer its output types; errors name op, node and shapes."""
+    op = opdef.name
+    n_fixed = len(opdef.inputs) - (1 if opdef.variadic else 0)
+    if (opdef.variadic and len(inputs) < n_fixed) or (not opdef.variadic and len(inputs) != n_fixed):
+        want = f"at least {n_fixed}" if opdef.variadic else str(n_fixed)
+        raise GraphError(f"{op} {node!r}: takes {want} inputs ({', '.join(opdef.inputs)}), got {len(inputs)}")
+    unknown = set(attrs) - set(opdef.attrs)
+    if unknown:
+        raise GraphError(
+            f"{op} {node!r}: unknown attribute(s) {sorted(unknown)}; {op} takes {sorted(opdef.attrs) or 'none'}"
+        )
+    full: dict[str, Any] = {}
+    for key, spec in opdef.attrs.items():
+        if key in attrs:
+            full[key] = _check_attr(op, node, key, spec, attrs[key])
+        elif spec.default is REQUIRED:
+            raise GraphError(f"{op} {node!r}: missing required attribute {key!r}")
+        else:
+            full[key] = spec.default
+    types = [v.type for v in inputs]
+    try:
+        # GradOperation's inference reads the builder's function library; every other op sees types only.
+        out = opdef.infer(types, builder=builder, **full) if op == "GradOperation" else opdef.infer(types, **full)
+    except (ShapeError, DTypeError) as exc:
+        shapes = ", ".join(f"{v.name}: {v.type}" for v in inputs)
+        raise type(exc)(f"{op} {node!r}: {exc} (inputs {shapes})") from None
+    except GraphError as exc:
+        raise GraphError(f"{op} {node!r}: {exc}") from None
+    return full, out if isinstance(out, tuple) else (out,)
+
+
+class _OpNamespace:
+    """``F.Cos(x)`` adds a Cos node to the builder that owns ``x``: the spelling used inside VJP rules."""
+
+    def __getattr__(self, op: str) -> Callable[..., Any]:
+        def apply(*inputs: Value, **attrs: Any) -> Any:
+            owner = next((v.builder for v in inputs if isinstance(v, Value)), None)
+            if owner is None:
+                raise GraphError(f"F.{op}: needs at least one Value input")
+            return owner.op(op, *inputs, **attrs)
+
+        apply.__name__ = op
+        return apply
+
+
+F = _OpNamespace()
+
+
+# ---- shape and dtype helpers shared by the op definitions ----
+
+def same_dtype(types: Sequence[TensorType], what: str = "inputs") -> np.dtype:
+    """The common dtype of ``types``; mixing dtypes is a DTypeError (casts are explicit in this IR)."""
+    dts = {t.dtype for t in types}
+    if len(dts) != 1:
+        raise DTypeError(f"{what} must share one dtype, got {', '.join(sorted(d.name for d in dts))}")
+    return types[0].dtype
+
+
+def require_float(t: TensorType, what: str = "input") -> None:
+    if not dtypes.is_float(t.dtype):
+        raise DTypeError(f"{what} must be a float dtype, got {t.dtype.name}")
+
+
+def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
+    """NumPy broadcasting of shapes, as a ShapeError naming them when they do not broadcast."""
+    try:
+        return tuple(np.broadcast_shapes(*shapes))
+    except ValueError:
+        raise ShapeError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from None
+
+
+def norm_axis(axis: int, ndim: int, what: str = "axis") -> int:
+    """A possibly negative axis as a non-negative one, or a ShapeError."""
+    if not -ndim <= axis < max(ndim, 1):
+        raise ShapeError(f"{what} {axis} is out of range for rank {ndim}")
+    return axis % ndim if ndim else 0
