@@ -30,7 +30,7 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
             sub = grad_operation(g.library[n.attrs["fn"]], **_grad_flags(n.attrs))
             outs: Sequence[Value] = flatten(inline(b, sub, ins))
         else:
-            outs = b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient)
+            outs = b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient, name_hint=n.name)
         for v, o in zip(n.outputs, outs):
             env[id(v)] = o
     return unflatten(g.outputs, iter([env[id(v)] for v in flatten(g.outputs)]))

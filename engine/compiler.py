@@ -47,7 +47,7 @@ def optimize(g: Graph) -> Graph:
             seen[key] = outs
         for v, o in zip(n.outputs, outs):
             env[id(v)] = o
-    return b.build(unflatten(g.outputs, iter([env[id(v)] for v in g.flat_outputs])))
+    return b.build(unflatten(g.outputs, iter([env[id(v)] for v in g.flat_outputs]))).pruned()
 
 
 def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> tuple[Value, ...] | None:

@@ -325,8 +325,12 @@ class GraphBuilder:
         name: str | None = None,
         stop_gradient: bool = False,
         output_names: Sequence[str] | None = None,
+        name_hint: str | None = None,
     ) -> tuple[Value, ...]:
-        """Check and add one node; the full-control form of :meth:`op` used by codecs and transforms."""
+        """Check and add one node; the full-control form of :meth:`op` used by codecs and transforms.
+        ``name_hint`` names the node when that name is still free (transforms keep users' node names)."""
+        if name is None and name_hint is not None and name_hint not in self._node_names:
+            name = name_hint
         from .optable import get_op, infer_node
 
         opdef = get_op(op, where=f"graph {self.name!r}, node {name!r}" if name else f"graph {self.name!r}")

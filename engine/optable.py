@@ -98,29 +98,32 @@ def get_op(name: str, where: str = "") -> OpDef:
 
 def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
     """Return ``v`` in the attribute's canonical Python form, or raise naming node and attribute."""
-    bad = GraphError(f"{op} {node!r}: attribute {key!r} must be {spec.kind}, got {v!r}")
     k = spec.kind
+
+    def bad() -> GraphError:
+        return GraphError(f"{op} {node!r}: attribute {key!r} must be {k}, got {v!r}")
+
     if k == "bool":
         if not isinstance(v, (bool, np.bool_)):
-            raise bad
+            raise bad()
         return bool(v)
     if k == "int":
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, np.integer)):
-            raise bad
+            raise bad()
         return int(v)
     if k == "float":
         if isinstance(v, (bool, np.bool_)) or not isinstance(v, (int, float, np.integer, np.floating)):
-            raise bad
+            raise bad()
         return float(v)
     if k == "str":
         if not isinstance(v, str):
-            raise bad
+            raise bad()
         return v
     if k in ("ints", "floats", "strs"):
         if isinstance(v, (int, np.integer)) and k == "ints" and not isinstance(v, bool):
             v = (v,)
         if not isinstance(v, (list, tuple, np.ndarray)):
-            raise bad
+            raise bad()
         elem = {"ints": "int", "floats": "float", "strs": "str"}[k]
         return tuple(_check_attr(op, node, key, Attr(elem), x) for x in v)
     if k == "dtype":
@@ -130,7 +133,7 @@ def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
             raise GraphError(f"{op} {node!r}: attribute {key!r}: {exc}") from None
     if k == "tensor":
         if not isinstance(v, np.ndarray):
-            raise bad
+            raise bad()
         return v
     raise AssertionError(f"unknown attribute kind {k}")
 
