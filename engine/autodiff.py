@@ -118,8 +118,7 @@ def backprop(
         if len(n.outputs) == 1:
             res = opdef.vjp(gs[0], n.outputs[0], *n.inputs, **n.attrs)
         else:
-            g_all = tuple(g if g is not None else F.ZerosLike(o) for g, o in zip(gs, n.outputs))
-            res = opdef.vjp(g_all, n.outputs, *n.inputs, **n.attrs)
+            res = opdef.vjp(tuple(gs), n.outputs, *n.inputs, **n.attrs)
         res = (res,) if not isinstance(res, (tuple, list)) else res
         if len(res) != len(n.inputs):
             raise AssertionError(f"VJP of {n.op} returned {len(res)} cotangents for {len(n.inputs)} inputs")

@@ -1,11 +1,14 @@
 """Matrix products: MatMul on matrices and BatchMatMul with broadcast batch dimensions."""
 from __future__ import annotations
 
+from typing import Callable
+
 import numpy as np
 
 from ..errors import ShapeError
 from ..ir import TensorType, Value
 from ..optable import Attr, F, broadcast, defop, same_dtype
+from .common import require_numeric
 
 _FLAGS = {
     "transpose_a": Attr("bool", False, "use the transpose of a"),
@@ -14,8 +17,10 @@ _FLAGS = {
 
 
 def _mm_infer(op: str, types: list[TensorType], transpose_a: bool, transpose_b: bool) -> TensorType:
+    """Batch axes broadcast, inner dimensions agree after the transpose flags."""
     a, b = types
     dt = same_dtype(types, "a and b")
+    require_numeric(a, "a and b")
     if op == "MatMul" and (len(a.shape) != 2 or len(b.shape) != 2):
         raise ShapeError(f"inputs must be matrices, got shapes {a.shape} and {b.shape}")
     if len(a.shape) < 2 or len(b.shape) < 2:
@@ -28,11 +33,15 @@ def _mm_infer(op: str, types: list[TensorType], transpose_a: bool, transpose_b: 
 
 
 def _mm_forward(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
+    """np.matmul after the transpose flags."""
     return np.matmul(a.swapaxes(-1, -2) if transpose_a else a, b.swapaxes(-1, -2) if transpose_b else b)
 
 
-def _mm_vjp(op: str):  # type: ignore[no-untyped-def]
+def _mm_vjp(op: str) -> Callable[..., tuple[Value, Value]]:
+    """The VJP of MatMul or BatchMatMul for each combination of transpose flags."""
+
     def vjp(g: Value, out: Value, a: Value, b: Value, transpose_a: bool, transpose_b: bool) -> tuple[Value, Value]:
+        """Products of g with the other operand, arranged so no explicit transpose node is needed."""
         mm = getattr(F, op)
         if not transpose_a and not transpose_b:
             return mm(g, b, transpose_b=True), mm(a, g, transpose_a=True)

@@ -15,11 +15,10 @@ _ATTRS = {
 
 
 def axes_of(axis: tuple[int, ...], ndim: int) -> tuple[int, ...]:
-    """The reduced axes, non-negative and sorted; () means all."""
+    """The reduced axes, non-negative and sorted; () means all (a scalar has none to reduce)."""
     if not axis:
         return tuple(range(ndim))
-    ax = tuple(sorted({norm_axis(a, ndim) for a in axis}))
-    return ax
+    return tuple(a for a in sorted({norm_axis(a, ndim) for a in axis}) if a < ndim)
 
 
 def kept_shape(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
@@ -29,7 +28,10 @@ def kept_shape(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]
 
 
 def _infer(floats: bool) -> Callable[..., TensorType]:
+    """Inference for a reduction; ``floats`` restricts it to float dtypes."""
+
     def infer(types: list[TensorType], axis: tuple[int, ...], keep_dims: bool) -> TensorType:
+        """x's dtype; the reduced axes dropped, or kept as length 1."""
         t = types[0]
         if floats:
             require_float(t, "x")
@@ -42,8 +44,11 @@ def _infer(floats: bool) -> Callable[..., TensorType]:
 
 
 def _np(fn: Callable[..., Any]) -> Callable[..., np.ndarray]:
+    """A NumPy reduction computed and returned in x's own dtype (a bool sum is a logical or)."""
+
     def forward(x: np.ndarray, axis: tuple[int, ...], keep_dims: bool) -> np.ndarray:
-        return fn(x, axis=axes_of(axis, x.ndim), keepdims=keep_dims, dtype=x.dtype)
+        """``fn`` over the axes, with dtype= so integer sums stay in x's dtype."""
+        return np.asarray(fn(x, axis=axes_of(axis, x.ndim), keepdims=keep_dims, dtype=x.dtype))
 
     return forward
 
@@ -54,10 +59,12 @@ def _expand(g: Value, x: Value, axis: tuple[int, ...]) -> Value:
 
 
 def _count(x: Value, axis: tuple[int, ...]) -> int:
+    """How many elements each output of a reduction of x over ``axis`` combines."""
     return int(np.prod([x.shape[a] for a in axes_of(axis, x.ndim)], dtype=np.int64))
 
 
 def _max_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: bool) -> Value:
+    """Tied maxima share the gradient evenly (MindSpore's MinOrMaxGrad)."""
     mask = F.Cast(F.Equal(x, _expand(out, x, axis)), dtype=x.dtype)
     ties = _expand(F.ReduceSum(mask, axis=axis, keep_dims=True), x, axis)
     return _expand(g, x, axis) * mask / ties
@@ -77,7 +84,7 @@ defop(
     "ReduceMax",
     ("x",),
     _infer(False),
-    lambda x, axis, keep_dims: np.max(x, axis=axes_of(axis, x.ndim), keepdims=keep_dims),
+    lambda x, axis, keep_dims: np.asarray(np.max(x, axis=axes_of(axis, x.ndim), keepdims=keep_dims)),
     _max_vjp,
     attrs=_ATTRS,
     doc="max over axes; tied maxima share the gradient evenly",

@@ -9,6 +9,7 @@ from ..optable import Attr, F, broadcast, defop, norm_axis
 
 
 def _reshape_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """The target shape with its -1 resolved, or a ShapeError if sizes differ."""
     size = int(np.prod(shape, dtype=np.int64))
     if target.count(-1) > 1 or any(d < -1 for d in target):
         raise ShapeError(f"target shape {target} may hold one -1 and no other negative dimension")
@@ -23,6 +24,7 @@ def _reshape_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[in
 
 
 def _broadcast_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
+    """The target shape with its -1 entries resolved, or a ShapeError."""
     lead = len(target) - len(shape)
     if lead < 0:
         raise ShapeError(f"cannot broadcast {shape} to the lower-rank shape {target}")
@@ -33,12 +35,20 @@ def _broadcast_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[
 
 
 def _perm(perm: tuple[int, ...], ndim: int) -> tuple[int, ...]:
+    """The permutation with negative entries resolved, or a ShapeError."""
     if sorted(norm_axis(p, ndim, "perm entry") for p in perm) != list(range(ndim)) or len(perm) != ndim:
         raise ShapeError(f"perm {perm} is not a permutation of the {ndim} axes")
     return tuple(p % ndim for p in perm)
 
 
+def _expanded(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+    """``shape`` with a 1 inserted at ``axis`` (counted in the result's rank)."""
+    a = norm_axis(axis, len(shape) + 1)
+    return shape[:a] + (1,) + shape[a:]
+
+
 def _squeeze_axes(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
+    """The axes Squeeze removes: those given (each of length 1) or every length-1 axis."""
     if not axis:
         return tuple(i for i, d in enumerate(shape) if d == 1)
     ax = tuple(sorted({norm_axis(a, len(shape)) for a in axis}))
@@ -78,7 +88,7 @@ defop(
 defop(
     "ExpandDims",
     ("x",),
-    lambda t, axis: TensorType(t[0].dtype, np.expand_dims(np.empty(t[0].shape, bool), norm_axis(axis, len(t[0].shape) + 1)).shape),
+    lambda t, axis: TensorType(t[0].dtype, _expanded(t[0].shape, axis)),
     lambda x, axis: np.expand_dims(x, axis),
     lambda g, out, x, axis: F.Reshape(g, shape=x.shape),
     attrs={"axis": Attr("int", doc="where the new axis of length 1 goes")},

@@ -1,0 +1,112 @@
+"""Bad shapes, dtypes, attributes and arity fail when the node is added, with the engine's errors
+and messages that name the op, the node and the shapes at fault."""
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from gradserve.engine import DTypeError, GraphBuilder, GraphError, ShapeError
+
+F32, F64, I32, B = "float32", "float64", "int32", "bool"
+SL = dict(begin=(0,), end=(1,), strides=(1,))
+
+# (op, [(dtype, shape) per input], attrs, error, fragments the message must contain besides op and node)
+CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[Exception], list[str]]] = [
+    ("Add", [(F32, (2, 3)), (F32, (4,))], {}, ShapeError, ["(2, 3) and (4,) do not broadcast", "x0: f32[2,3]"]),
+    ("Add", [(F32, (2,)), (F64, (2,))], {}, DTypeError, ["float32, float64"]),
+    ("Sub", [(B, (2,)), (B, (2,))], {}, DTypeError, ["bool"]),
+    ("RealDiv", [(I32, (2,)), (I32, (2,))], {}, DTypeError, ["int32"]),
+    ("Pow", [(I32, ()), (I32, ())], {}, DTypeError, ["int32"]),
+    ("Log", [(I32, (3,))], {}, DTypeError, ["int32", "x0: i32[3]"]),
+    ("Neg", [(B, (3,))], {}, DTypeError, ["bool"]),
+    ("Select", [(F32, (2,)), (F32, (2,)), (F32, (2,))], {}, DTypeError, ["condition must be bool"]),
+    ("Select", [(B, (3,)), (F32, (2,)), (F32, (2,))], {}, ShapeError, ["(3,) and (2,) and (2,)"]),
+    ("MatMul", [(F32, (2, 3)), (F32, (4, 5))], {}, ShapeError, ["inner dimensions 3 and 4", "(2, 3) and (4, 5)"]),
+    ("MatMul", [(F32, (2, 3, 4)), (F32, (4, 5))], {}, ShapeError, ["matrices", "(2, 3, 4)"]),
+    ("BatchMatMul", [(F32, (3,)), (F32, (3, 2))], {}, ShapeError, ["rank >= 2", "(3,)"]),
+    ("BatchMatMul", [(F32, (2, 2, 3)), (F32, (3, 3, 4))], {}, ShapeError, ["(2,) and (3,) do not broadcast"]),
+    ("ReduceSum", [(F32, (2, 3))], {"axis": (2,)}, ShapeError, ["axis 2 is out of range for rank 2", "f32[2,3]"]),
+    ("ReduceMean", [(I32, (2, 3))], {}, DTypeError, ["int32"]),
+    ("Reshape", [(F32, (2, 3))], {"shape": (4, 2)}, ShapeError, ["cannot reshape (2, 3)", "(4, 2)"]),
+    ("BroadcastTo", [(F32, (2, 3))], {"shape": (2, 4)}, ShapeError, ["(2, 3) and (2, 4) do not broadcast"]),
+    ("Transpose", [(F32, (2, 3))], {"perm": (0, 0)}, ShapeError, ["perm (0, 0)"]),
+    ("Squeeze", [(F32, (2, 3))], {"axis": (1,)}, ShapeError, ["axis 1 of length 3"]),
+    ("Concat", [(F32, (2, 3)), (F32, (3, 2))], {"axis": 0}, ShapeError, ["(2, 3), (3, 2) must agree except on axis 0"]),
+    ("Concat", [(F32, (2, 3)), (F32, (2, 3, 1))], {"axis": 1}, ShapeError, ["(2, 3), (2, 3, 1)"]),
+    ("Concat", [(F32, (2,)), (I32, (2,))], {}, DTypeError, ["float32, int32"]),
+    ("Concat", [(F32, ())], {}, ShapeError, ["scalars"]),
+    ("Split", [(F32, (2, 5))], {"axis": 1, "output_num": 2}, ShapeError, ["length 5, not divisible by output_num 2", "(2, 5)"]),
+    ("Split", [(F32, (4,))], {"output_num": 0}, GraphError, ["output_num must be at least 1"]),
+    ("StridedSlice", [(F32, (2, 3))], dict(begin=(0, 3), end=(0, 4), strides=(1, 1), shrink_axis_mask=2), ShapeError,
+     ["shrink index 3 is out of range for axis 1 of shape (2, 3)"]),
+    ("StridedSlice", [(F32, (2,))], dict(begin=(0, 0, 0), end=(1, 1, 1), strides=(1, 1, 1)), ShapeError, ["3 sliced positions exceed the rank of shape (2,)"]),
+    ("StridedSlice", [(F32, (2,))], dict(begin=(0,), end=(1,), strides=(0,)), GraphError, ["strides (0,) must be non-zero"]),
+    ("StridedSlice", [(F32, (2,))], dict(begin=(0,), end=(1, 2), strides=(1,)), GraphError, ["must have one length"]),
+    ("StridedSlice", [(F32, (2,))], dict(SL, begin_mask=4), GraphError, ["begin_mask 4 sets bits beyond the 1 slice positions"]),
+    ("StridedSlice", [(F32, (2, 2))], dict(begin=(0, 0), end=(1, 1), strides=(1, 1), ellipsis_mask=3), GraphError, ["at most one bit"]),
+    ("StridedSliceGrad", [(F32, (2,))], dict(SL, shape=(4,)), ShapeError, ["dy has shape (2,)", "shape (4,) has shape (1,)"]),
+    ("Gather", [(F32, (4, 3)), (F32, (2,))], {"axis": 0}, DTypeError, ["indices must be int32 or int64, got float32"]),
+    ("Gather", [(F32, (4, 3)), (I32, (2,))], {"axis": 2}, ShapeError, ["axis 2 is out of range for rank 2", "f32[4,3]"]),
+    ("Gather", [(F32, (4, 3)), (I32, (2,))], {"axis": 0, "batch_dims": 1}, GraphError, ["only batch_dims=0"]),
+    ("Gather", [(F32, ()), (I32, (2,))], {"axis": 0}, ShapeError, ["rank >= 1"]),
+    ("UnsortedSegmentSum", [(F32, (4, 3)), (I32, (3,))], {"num_segments": 2}, ShapeError, ["(3,) must be a prefix of x shape (4, 3)"]),
+    ("UnsortedSegmentSum", [(F32, (4,)), (F32, (4,))], {"num_segments": 2}, DTypeError, ["segment_ids must be int32 or int64"]),
+    ("Tile", [(F32, (2, 3))], {"multiples": (2,)}, ShapeError, ["multiples (2,) are fewer than the 2 axes of shape (2, 3)"]),
+    ("Tile", [(F32, (2,))], {"multiples": (0,)}, GraphError, ["multiples (0,) must be positive"]),
+    ("Softmax", [(I32, (2, 3))], {}, DTypeError, ["int32"]),
+    ("Softmax", [(F32, ())], {}, ShapeError, ["rank >= 1"]),
+    ("Softmax", [(F32, (2, 3))], {"axis": (0, 2)}, ShapeError, ["axis 2 is out of range for rank 2"]),
+    ("LogSoftmax", [(F32, (2, 3))], {"axis": -3}, ShapeError, ["axis -3 is out of range for rank 2"]),
+    ("SoftmaxCrossEntropyWithLogits", [(F32, (2, 3)), (F32, (2, 4))], {}, ShapeError, ["(N, C), got (2, 3) and (2, 4)"]),
+    ("SoftmaxCrossEntropyWithLogits", [(F32, (3,)), (F32, (3,))], {}, ShapeError, ["got (3,) and (3,)"]),
+    ("SoftmaxCrossEntropyWithLogits", [(I32, (2, 3)), (I32, (2, 3))], {}, DTypeError, ["int32"]),
+    ("LayerNorm", [(F32, (2, 3)), (F32, (2,)), (F32, (3,))], {}, ShapeError, ["gamma (2,) and beta (3,) must have shape x.shape[1:] = (3,)"]),
+    ("LayerNorm", [(F32, (2, 3)), (F64, (3,)), (F32, (3,))], {}, DTypeError, ["float32, float64"]),
+    ("LayerNorm", [(F32, (2, 3)), (F32, (3,)), (F32, (3,))], {"begin_norm_axis": 2}, ShapeError, ["begin_norm_axis 2 is out of range for rank 2"]),
+]
+
+
+def add(op: str, specs: list[tuple[str, tuple[int, ...]]], attrs: dict[str, Any]) -> None:
+    """Add one node named 'bad' over fresh inputs x0, x1, ..."""
+    b = GraphBuilder("g")
+    xs = [b.input(f"x{i}", dt, shape) for i, (dt, shape) in enumerate(specs)]
+    b.add_node(op, xs, attrs, name="bad")
+
+
+@pytest.mark.parametrize(("op", "specs", "attrs", "error", "fragments"), CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(CASES)])
+def test_bad_node_raises_at_build_time(op: str, specs: Any, attrs: dict[str, Any], error: type[Exception], fragments: list[str]) -> None:
+    """Each bad node raises the given error class, naming op, node and the offending shapes."""
+    with pytest.raises(error) as info:
+        add(op, specs, attrs)
+    msg = str(info.value)
+    for part in [f"{op} 'bad'", *fragments]:
+        assert part in msg, f"{part!r} not in {msg!r}"
+
+
+@pytest.mark.parametrize(
+    ("op", "specs", "attrs", "fragment"),
+    [
+        ("Add", [(F32, (2,))], {}, "takes 2 inputs (x, y), got 1"),
+        ("Gather", [(F32, (2,)), (I32, ()), (I32, ())], {"axis": 0}, "takes 2 inputs (params, indices), got 3"),
+        ("Concat", [], {}, "takes at least 1 inputs"),
+        ("Softmax", [(F32, (2,))], {"dim": 0}, "unknown attribute(s) ['dim']; Softmax takes ['axis']"),
+        ("Split", [(F32, (2,))], {"axis": "0"}, "attribute 'axis' must be int, got '0'"),
+        ("LayerNorm", [(F32, (2,)), (F32, ()), (F32, ())], {"epsilon": True}, "attribute 'epsilon' must be float"),
+        ("Gather", [(F32, (2,)), (I32, ())], {}, "missing required attribute 'axis'"),
+        ("StridedSlice", [(F32, (2,))], {"begin": (0,), "end": (1,)}, "missing required attribute 'strides'"),
+        ("Tile", [(F32, (2,))], {"multiples": 2.0}, "attribute 'multiples' must be ints"),
+    ],
+)
+def test_bad_arity_and_attributes_are_graph_errors(op: str, specs: Any, attrs: dict[str, Any], fragment: str) -> None:
+    """Arity and attribute mistakes are GraphErrors naming op and node."""
+    with pytest.raises(GraphError) as info:
+        add(op, specs, attrs)
+    assert f"{op} 'bad'" in str(info.value) and fragment in str(info.value), str(info.value)
+
+
+@pytest.mark.parametrize(("typo", "suggestion"), [("Softmx", "Softmax"), ("Concatt", "Concat"), ("LayerNorn", "LayerNorm"), ("StrideSlice", "StridedSlice")])
+def test_unknown_op_suggests_close_names(typo: str, suggestion: str) -> None:
+    """A misspelt op is a GraphError naming the graph and node and suggesting the intended op."""
+    with pytest.raises(GraphError, match=rf"graph 'g', node 'bad': unknown op '{typo}'; did you mean .*\b{suggestion}\b"):
+        add(typo, [(F32, (2,))], {})

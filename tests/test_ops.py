@@ -1,0 +1,367 @@
+"""The op catalog, table-driven: one row per differentiable op, checked against central finite
+differences at first and second order (third for the products), plus forward dtypes, shapes and
+reference values."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import zlib
+
+import numpy as np
+import pytest
+
+from gradserve.engine import OPS, Graph, GraphBuilder, InputError, Value, compile_graph, grad_operation
+
+EXEMPT = {
+    "GradOperation": "a macro expanded before differentiation",
+    "Const": "takes no inputs",
+    "StopGradient": "blocks gradients by design, so finite differences disagree on purpose",
+    **{op: "bool output" for op in ("Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual")},
+}
+STEP = 1e-5
+TOL = 1e-6
+
+
+@dataclass(eq=False)
+class V:
+    """One way to call an op: shapes of its float inputs, attributes, and fixed non-float inputs by position."""
+
+    shapes: tuple[tuple[int, ...], ...]
+    attrs: dict[str, Any]
+    fixed: dict[int, np.ndarray]
+
+
+def v(*shapes: tuple[int, ...], fixed: dict[int, Any] | None = None, **attrs: Any) -> V:
+    """Shorthand for a variant; fixed lists become int32 arrays (bool stays bool)."""
+    arrays = {k: np.asarray(a, dtype=None if np.asarray(a).dtype == bool else np.int32) for k, a in (fixed or {}).items()}
+    return V(tuple(shapes), attrs, arrays)
+
+
+@dataclass(eq=False)
+class Row:
+    """An op, the variants to check it on, a domain per float input, whether it takes int32, and
+    the highest derivative order to check."""
+
+    op: str
+    variants: list[V]
+    domains: tuple[str, ...] = ()
+    ints: bool = False
+    order: int = 2
+
+
+UNARY = [v(()), v((3,)), v((2, 3))]
+BINARY = [v((), ()), v((3,), (3,)), v((2, 3), (3,)), v((2, 1), (1, 3)), v((), (2, 3))]
+COND = np.array([[True, False, True], [False, False, True]])
+SS = dict(begin=(1, 0), end=(4, 6), strides=(2, 1))
+
+ROWS = [
+    *(Row(op, UNARY) for op in ("Exp", "Sin", "Cos", "Tanh", "Sigmoid", "GeLU", "Softplus")),
+    *(Row(op, UNARY, ("pos",)) for op in ("Sqrt", "Rsqrt", "Log", "Log1p")),
+    Row("Tan", UNARY, ("unit",)),
+    *(Row(op, UNARY, ints=True) for op in ("Neg", "Square", "OnesLike", "ZerosLike")),
+    *(Row(op, UNARY, ("away",), ints=True) for op in ("ReLU", "Abs", "Sign")),
+    Row("Cast", [v((), dtype="float64"), v((2, 3), dtype="float64")], ints=True),
+    Row("Add", BINARY, ints=True),
+    Row("Sub", BINARY, ints=True),
+    Row("Mul", BINARY, ints=True, order=3),
+    Row("RealDiv", BINARY, ("real", "away")),
+    Row("Pow", BINARY, ("pos", "real")),
+    Row("Maximum", BINARY, ints=True),
+    Row("Minimum", BINARY, ints=True),
+    Row("Select", [v((2, 3), (2, 3), fixed={0: COND}), v((3,), (), fixed={0: COND})], ints=True),
+    Row(
+        "MatMul",
+        [v((2, 3), (3, 4)), v((3, 2), (3, 4), transpose_a=True), v((2, 3), (4, 3), transpose_b=True),
+         v((3, 2), (4, 3), transpose_a=True, transpose_b=True)],
+        ints=True,
+        order=3,
+    ),
+    Row(
+        "BatchMatMul",
+        [v((2, 2, 3), (2, 3, 4)), v((2, 2, 3), (3, 4)), v((1, 2, 3), (2, 3, 2), transpose_b=False),
+         v((2, 3, 2), (2, 4, 3), transpose_a=True, transpose_b=True)],
+        ints=True,
+        order=3,
+    ),
+    Row("ReduceSum", [v(()), v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ints=True),
+    Row("ReduceMean", [v(()), v((2, 3)), v((2, 3), axis=(-1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)]),
+    Row("ReduceMax", [v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("distinct",), ints=True),
+    Row("Reshape", [v((2, 3), shape=(3, 2)), v((6,), shape=(2, -1)), v((), shape=(1, 1))], ints=True),
+    Row("BroadcastTo", [v((3,), shape=(2, 3)), v((2, 1), shape=(2, 3)), v((), shape=(2, 2)), v((1, 3), shape=(2, -1, 3))], ints=True),
+    Row("Transpose", [v((2, 3), perm=(1, 0)), v((2, 3, 4), perm=(2, 0, 1))], ints=True),
+    Row("ExpandDims", [v((2, 3), axis=1), v((2, 3), axis=-1), v((), axis=0)], ints=True),
+    Row("Squeeze", [v((2, 1, 3)), v((1, 3, 1), axis=(0,))], ints=True),
+    Row("Concat", [v((2, 3), (2, 1), axis=1), v((2, 3), (1, 3), (3, 3)), v((4,))], ints=True),
+    Row("Split", [v((4, 6), axis=1, output_num=3), v((4,), output_num=2), v((4,))], ints=True),
+    Row(
+        "StridedSlice",
+        [v((5, 6), **SS), v((5,), begin=(4,), end=(0,), strides=(-1,)),
+         v((3, 4, 5), begin=(0, 2, 1), end=(0, 3, 5), strides=(1, 1, 2), begin_mask=1, end_mask=1, shrink_axis_mask=2),
+         v((3, 4, 5), begin=(0, 0, -1), end=(0, 0, 0), strides=(1, 1, 1), ellipsis_mask=1, new_axis_mask=2, shrink_axis_mask=4)],
+        ints=True,
+    ),
+    Row("StridedSliceGrad", [v((2, 6), shape=(5, 6), **SS), v((4,), shape=(5,), begin=(4,), end=(0,), strides=(-1,))], ints=True),
+    Row(
+        "Gather",
+        [v((5, 3), fixed={1: [[0, 2], [4, 0]]}, axis=0), v((2, 5, 3), fixed={1: [1, 3, 3]}, axis=1),
+         v((4,), fixed={1: 2}, axis=0), v((3, 4), fixed={1: [0, 3, 1]}, axis=-1)],
+        ints=True,
+    ),
+    Row(
+        "UnsortedSegmentSum",
+        [v((5, 3), fixed={1: [0, 2, 2, -1, 7]}, num_segments=4), v((2, 3), fixed={1: [[0, 1, 2], [2, 2, 0]]}, num_segments=3),
+         v((4,), fixed={1: [1, 1, 0, 3]}, num_segments=4)],
+        ints=True,
+    ),
+    Row("Tile", [v((2, 3), multiples=(2, 1)), v((3,), multiples=(2, 2)), v((), multiples=(3,))], ints=True),
+    Row("Softmax", [v((3,)), v((2, 4)), v((2, 3), axis=0), v((2, 3, 4), axis=(0, 2))]),
+    Row("LogSoftmax", [v((3,)), v((2, 4)), v((2, 3), axis=0)]),
+    Row("SoftmaxCrossEntropyWithLogits", [v((3, 4), (3, 4)), v((1, 2), (1, 2))], ("real", "pos")),
+    Row(
+        "LayerNorm",
+        [v((2, 3), (3,), (3,)), v((2, 3, 4), (4,), (4,), begin_params_axis=2),
+         v((2, 3, 4), (3, 4), (3, 4), begin_norm_axis=-2, begin_params_axis=-2), v((2, 3), (2, 3), (2, 3), begin_norm_axis=0, begin_params_axis=0)],
+    ),
+]
+CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
+
+
+def sample(rng: np.random.Generator, domain: str, shape: tuple[int, ...]) -> np.ndarray:
+    """A float64 point in ``domain``: real, unit, pos, away (from 0) or distinct (no near-ties)."""
+    if domain == "pos":
+        x = rng.uniform(0.5, 2.0, shape)
+    elif domain == "unit":
+        x = rng.uniform(-1.0, 1.0, shape)
+    elif domain == "away":
+        x = rng.uniform(0.3, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+    elif domain == "distinct":
+        size = int(np.prod(shape))
+        x = (rng.permutation(size).reshape(shape) - size / 2) * 0.25 + rng.uniform(0, 0.01, shape)
+    else:
+        x = rng.uniform(-2.0, 2.0, shape)
+    return np.asarray(x, dtype=np.float64)
+
+
+def points(row: Row, var: V, rng: np.random.Generator) -> list[np.ndarray]:
+    """One float64 array per float input of the variant, each from its row's domain."""
+    doms = row.domains or ("real",)
+    return [sample(rng, doms[min(i, len(doms) - 1)], s) for i, s in enumerate(var.shapes)]
+
+
+def apply(b: GraphBuilder, row: Row, var: V, dtype: str) -> tuple[list[Value], tuple[Value, ...]]:
+    """Declare the float inputs in ``dtype``, splice in the fixed ones, and apply the op."""
+    xs = [b.input(f"x{i}", dtype, s) for i, s in enumerate(var.shapes)]
+    it = iter(xs)
+    args = [b.const(var.fixed[k]) if k in var.fixed else next(it) for k in range(len(xs) + len(var.fixed))]
+    outs = b.op(row.op, *args, **var.attrs)
+    return xs, outs if isinstance(outs, tuple) else (outs,)
+
+
+def contracted(row: Row, var: V) -> Graph:
+    """S0(x..., v...) = sum_k <op(x...)_k, v_k>: a scalar whose x-gradient is the op's VJP at v."""
+    b = GraphBuilder("S0")
+    _, outs = apply(b, row, var, "float64")
+    vs = [b.input(f"v{k}", o.dtype, o.shape) for k, o in enumerate(outs)]
+    return b.build(dot(b, outs, vs))
+
+
+def dot(b: GraphBuilder, xs: Any, ys: Any) -> Value:
+    """sum_i <xs_i, ys_i> as a 0-d value."""
+    total = b.op("ReduceSum", xs[0] * ys[0])
+    for x, y in zip(xs[1:], ys[1:]):
+        total = total + b.op("ReduceSum", x * y)
+    return total
+
+
+def lift(s: Graph, nx: int, level: int) -> Graph:
+    """S'(args..., u...) = <dS/dx(args...), u> over the first ``nx`` inputs, through a GradOperation node."""
+    b = GraphBuilder(f"S{level}", library={**s.library, s.name: s})
+    args = [b.input(x.name, x.dtype, x.shape) for x in s.inputs]
+    grads = b.op("GradOperation", *args, fn=s.name, get_all=True)
+    us = [b.input(f"u{level}_{i}", x.dtype, x.shape) for i, x in enumerate(args[:nx])]
+    return b.build(dot(b, grads[:nx], us))
+
+
+def check_gradient(s: Graph, nx: int, args: list[np.ndarray], rng: np.random.Generator) -> None:
+    """The engine's gradient of scalar S along a random direction in its first ``nx`` inputs
+    matches the central difference of S (itself computed by the engine)."""
+    run = compile_graph(s)
+    grads = compile_graph(grad_operation(s, get_all=True))(*args)
+    d = [rng.standard_normal(a.shape) for a in args[:nx]]
+    analytic = sum(float(np.sum(g * di)) for g, di in zip(grads, d))
+
+    def at(t: float) -> float:
+        """S at the base point moved t along d."""
+        return float(run(*[np.asarray(a + t * di) for a, di in zip(args, d)], *args[nx:]))
+
+    fd = (at(STEP) - at(-STEP)) / (2 * STEP)
+    assert abs(fd - analytic) <= TOL * (1 + abs(fd) + abs(at(0.0))), f"{s.name}: engine {analytic!r} vs finite difference {fd!r}"
+
+
+def check_orders(s: Graph, points: list[np.ndarray], order: int, rng: np.random.Generator) -> None:
+    """Check orders 1..order of scalar ``s`` at ``points`` (its first inputs); later inputs and each
+    level's direction ``u`` are random normal."""
+    nx = len(points)
+    args = points + [rng.standard_normal(x.shape) for x in s.inputs[nx:]]
+    for level in range(1, order + 1):
+        check_gradient(s, nx, args, rng)
+        if level < order:
+            s = lift(s, nx, level)
+            args = args + [rng.standard_normal(x.shape) for x in s.inputs[len(args):]]
+
+
+def test_every_differentiable_op_has_a_row() -> None:
+    """Adding an op to the table without a row here fails, so every op is checked."""
+    assert set(EXEMPT) <= set(OPS), sorted(set(EXEMPT) - set(OPS))
+    missing = sorted(set(OPS) - set(EXEMPT) - {r.op for r in ROWS})
+    assert not missing, f"ops without a finite-difference row: {missing}"
+
+
+@pytest.mark.parametrize(("row", "var"), CASES)
+def test_gradients_match_finite_differences(row: Row, var: V) -> None:
+    """First, second and (for products) third order, each against differences of the order below."""
+    rng = np.random.default_rng(zlib.crc32(f"{row.op}{var.shapes}{var.attrs}".encode()))
+    check_orders(contracted(row, var), points(row, var, rng), row.order, rng)
+
+
+@pytest.mark.parametrize(
+    ("op", "shapes", "pick"),
+    [("LayerNorm", ((2, 3), (3,), (3,)), 0), ("LayerNorm", ((2, 3), (3,), (3,)), 2),
+     ("SoftmaxCrossEntropyWithLogits", ((2, 3), (2, 3)), 0), ("SoftmaxCrossEntropyWithLogits", ((2, 3), (2, 3)), 1),
+     ("Split", ((4, 2),), 1)],
+)
+def test_one_used_output_stays_exact_at_higher_orders(op: str, shapes: tuple[tuple[int, ...], ...], pick: int) -> None:
+    """With one output of a multi-output op used, the rule skips the zero cotangents of the others;
+    the gradient of the gradient, which does reach them, must still be exact (to third order)."""
+    rng = np.random.default_rng(4)
+    b = GraphBuilder("S0")
+    xs = [b.input(f"x{i}", "float64", s) for i, s in enumerate(shapes)]
+    out = b.op(op, *xs, **({"output_num": 2} if op == "Split" else {}))[pick]
+    s = b.build(b.op("ReduceSum", b.op("Sin", out * 2.0)))
+    check_orders(s, [sample(rng, "pos", x) for x in shapes], 3, rng)
+
+
+@pytest.mark.parametrize(("row", "var"), CASES)
+def test_forward_and_gradient_keep_inferred_types(row: Row, var: V) -> None:
+    """Forward outputs have exactly the inferred dtype and shape in float16/32/64 (and int32 where
+    the op allows), and float gradients come back in the input's dtype."""
+    rng = np.random.default_rng(0)
+    dtypes = ["float16", "float32", "float64"] + (["int32"] * row.ints)
+    with np.errstate(all="ignore"):
+        for dtype in dtypes:
+            b = GraphBuilder("f")
+            xs, outs = apply(b, row, var, dtype)
+            g = b.build(outs)
+            arrays = [a.astype(dtype) if dtype != "int32" else rng.integers(-3, 4, a.shape).astype(dtype) for a in points(row, var, rng)]
+            results = compile_graph(g)(*arrays)
+            for r, o in zip(results, outs):
+                assert (r.dtype, r.shape) == (o.dtype, o.shape), f"{row.op} in {dtype}: got {r.dtype}{r.shape}, inferred {o.type}"
+            if dtype != "int32":
+                grads = compile_graph(grad_operation(g, get_all=True))(*arrays)
+                assert [(a.dtype, a.shape) for a in grads] == [(a.dtype, a.shape) for a in arrays]
+
+
+def run_op(op: str, *inputs: np.ndarray, **attrs: Any) -> Any:
+    """Build, compile and run one node over the given arrays (all graph inputs)."""
+    b = GraphBuilder("f")
+    xs = [b.input(f"x{i}", a.dtype, a.shape) for i, a in enumerate(inputs)]
+    return compile_graph(b.build(b.op(op, *xs, **attrs)))(*inputs)
+
+
+@pytest.mark.parametrize(
+    ("spec", "index"),
+    [
+        (dict(begin=(1, 3, 2), end=(3, 5, 6), strides=(1, 1, 2), begin_mask=0b011, end_mask=0b110), np.s_[0:3, 0:6, 2:7:2]),
+        (dict(begin=(4,), end=(0,), strides=(-2,)), np.s_[4:0:-2]),
+        (dict(begin=(0,), end=(0,), strides=(-1,), begin_mask=1, end_mask=1), np.s_[::-1]),
+        (dict(begin=(-3, 1), end=(-1, 10), strides=(1, 3)), np.s_[-3:-1, 1:10:3]),
+        (dict(begin=(0, 2), end=(0, 3), strides=(1, 1), begin_mask=1, end_mask=1, shrink_axis_mask=2), np.s_[:, 2]),
+        (dict(begin=(0, 0, -1), end=(0, 0, 0), strides=(1, 1, 1), ellipsis_mask=1, new_axis_mask=2, shrink_axis_mask=4), np.s_[..., None, -1]),
+        (dict(begin=(1, 0, 2), end=(2, 0, 3), strides=(1, 1, 1), new_axis_mask=2, shrink_axis_mask=5), np.s_[1, None, 2]),
+    ],
+)
+def test_strided_slice_matches_python_slicing(spec: dict[str, Any], index: Any) -> None:
+    """StridedSlice agrees with NumPy basic indexing, including the MindSpore doc example; its
+    gradient op writes the slice back into zeros."""
+    x = np.arange(5 * 6 * 7 * 8, dtype=np.float32).reshape(5, 6, 7, 8)
+    np.testing.assert_array_equal(run_op("StridedSlice", x, **spec), x[index])
+    back = np.zeros_like(x)
+    back[index] = x[index]
+    np.testing.assert_array_equal(run_op("StridedSliceGrad", np.ascontiguousarray(x[index]), shape=x.shape, **spec), back)
+
+
+def test_layer_norm_matches_doc_example_and_hand_formula() -> None:
+    """y, mean and rstd (MindSpore >= 2.3 outputs, kept dims) against the docs and the formula."""
+    x = np.array([[1, 2, 3], [1, 2, 3]], np.float32)
+    ones = np.ones(3, np.float32)
+    y, mean, rstd = run_op("LayerNorm", x, ones, ones)
+    np.testing.assert_allclose(y, [[-0.2247448, 1.0, 2.2247448]] * 2, rtol=1e-6)
+    np.testing.assert_allclose(mean, [[2.0], [2.0]])
+    np.testing.assert_allclose(rstd, 1 / np.sqrt([[2 / 3 + 1e-7]] * 2), rtol=1e-6)
+    rng = np.random.default_rng(1)
+    x, gamma, beta = rng.standard_normal((2, 3, 4)), rng.standard_normal(4), rng.standard_normal(4)
+    y, mean, rstd = run_op("LayerNorm", x, gamma, beta, begin_norm_axis=1, begin_params_axis=2, epsilon=1e-5)
+    m = x.reshape(2, -1).mean(1).reshape(2, 1, 1)
+    var = ((x - m) ** 2).reshape(2, -1).mean(1).reshape(2, 1, 1)
+    np.testing.assert_allclose(y, (x - m) / np.sqrt(var + 1e-5) * gamma + beta, rtol=1e-12)
+    np.testing.assert_allclose(rstd, 1 / np.sqrt(var + 1e-5), rtol=1e-12)
+
+
+def test_gelu_uses_the_tanh_formula() -> None:
+    """MindSpore's GeLU primitive doc values, from the tanh approximation, in float32."""
+    y = run_op("GeLU", np.array([1.0, 2.0, 3.0], np.float32))
+    np.testing.assert_allclose(y, [0.841192, 1.9545976, 2.9963627], rtol=1e-6)
+    assert y.dtype == np.float32
+
+
+def test_softmax_cross_entropy_matches_doc_example() -> None:
+    """Loss and backprop outputs of the MindSpore doc example, and the hand formula on soft labels."""
+    logits = np.array([[2, 4, 1, 4, 5], [2, 1, 2, 4, 3]], np.float32)
+    labels = np.array([[0, 0, 0, 0, 1], [0, 0, 0, 1, 0]], np.float32)
+    loss, backprop = run_op("SoftmaxCrossEntropyWithLogits", logits, labels)
+    np.testing.assert_allclose(loss, [0.5899297, 0.52374405], rtol=1e-6)
+    np.testing.assert_allclose(
+        backprop,
+        [[0.02760027, 0.20393994, 0.01015357, 0.20393994, -0.44563377], [0.08015892, 0.02948882, 0.08015892, -0.4077012, 0.21789455]],
+        rtol=1e-5, atol=1e-7,
+    )
+    rng = np.random.default_rng(2)
+    z, y = rng.standard_normal((3, 4)), rng.uniform(0, 1, (3, 4))
+    p = np.exp(z) / np.exp(z).sum(1, keepdims=True)
+    loss, backprop = run_op("SoftmaxCrossEntropyWithLogits", z, y)
+    np.testing.assert_allclose(loss, -(y * np.log(p)).sum(1), rtol=1e-12)
+    np.testing.assert_allclose(backprop, p - y, rtol=1e-12, atol=1e-15)
+
+
+def test_softmax_family_closed_forms() -> None:
+    """Softmax over one or several axes and LogSoftmax against exp/sum, stable for large inputs."""
+    x = np.random.default_rng(3).standard_normal((2, 3, 4)) + 500
+    e = np.exp(x - 500)
+    np.testing.assert_allclose(run_op("Softmax", x), e / e.sum(-1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(run_op("Softmax", x, axis=(0, 2)), e / e.sum((0, 2), keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(run_op("LogSoftmax", x, axis=1), np.log(e / e.sum(1, keepdims=True)), rtol=1e-12)
+
+
+def test_indexing_ops_match_numpy() -> None:
+    """Concat, Split, Tile, Gather and UnsortedSegmentSum against NumPy and a plain loop."""
+    x = np.arange(24, dtype=np.int32).reshape(2, 3, 4)
+    np.testing.assert_array_equal(run_op("Concat", x, x[:, :1], axis=1), np.concatenate([x, x[:, :1]], 1))
+    for got, want in zip(run_op("Split", x, axis=2, output_num=2), np.split(x, 2, 2)):
+        np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(run_op("Tile", x, multiples=(2, 1, 3, 1)), np.tile(x, (2, 1, 3, 1)))
+    idx = np.array([[2, 0], [1, 1]], np.int64)
+    np.testing.assert_array_equal(run_op("Gather", x, idx, axis=-1), np.take(x, idx, axis=2))
+    ids = np.array([1, -1, 1, 5, 0], np.int32)
+    rows = np.arange(10.0).reshape(5, 2)
+    want = np.zeros((3, 2))
+    for r, i in zip(rows, ids):
+        if 0 <= i < 3:
+            want[i] += r
+    np.testing.assert_array_equal(run_op("UnsortedSegmentSum", rows, ids, num_segments=3), want)
+
+
+def test_gather_rejects_out_of_range_indices_at_run_time() -> None:
+    """An index outside [0, n) is an InputError naming it, as MindSpore's CPU kernel errors."""
+    with pytest.raises(InputError, match="index 3 is out of range"):
+        run_op("Gather", np.zeros((3, 2)), np.array([0, 3], np.int32), axis=0)
