@@ -1,0 +1,17 @@
+"""gradserve: MindSpore-style networks whose gradients are computed by the gradserve engine or server.
+
+``import gradserve as gs; from gradserve import nn, ops, Tensor, Parameter, ParameterTuple, dtype``
+mirrors ``mindspore``'s names.
+"""
+from . import dtype, nn, ops
+from .client import Parameter, ParameterTuple, Tensor, TracingError, get_context, set_context
+from .client.dtype import (
+    bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
+    ubyte, uint8,
+)
+
+__all__ = [
+    "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
+    "float32", "float64", "get_context", "half", "int8", "int16", "int32", "int64", "intc", "intp", "nn", "ops",
+    "set_context", "short", "single", "ubyte", "uint8",
+]

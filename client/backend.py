@@ -1,0 +1,46 @@
+"""The one interface between the SDK and whatever runs graphs: the embedded engine or a remote server."""
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from ..engine import Graph
+
+OutputTree = Any
+"""A NumPy array, or a (nested) tuple of them."""
+
+
+@dataclass(frozen=True)
+class GradFlags:
+    """MindSpore's GradOperation flags plus the weights by parameter name (always a tuple; the SDK unwraps a
+    single bare Parameter itself)."""
+
+    get_all: bool = False
+    get_by_list: bool = False
+    sens_param: bool = False
+    weights: tuple[str, ...] = ()
+
+
+class Backend(ABC):
+    """Runs traced networks. ``register`` once per graph, then ``run`` or ``grad`` with input arrays and
+    the current parameter values; parameter arrays are read-only and a parameter whose array is the same
+    object as in the previous call has not changed."""
+
+    @abstractmethod
+    def register(self, graph: Graph) -> str:
+        """Make ``graph`` (with its function library) known; returns its id. Idempotent for equal graphs."""
+
+    @abstractmethod
+    def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
+        """The forward outputs of a registered network, in its output tree."""
+
+    @abstractmethod
+    def grad(
+        self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
+    ) -> OutputTree:
+        """GradOperation of a registered network. ``inputs`` are the network's inputs, followed by one sens array
+        per output leaf when ``flags.sens_param``. Returns MindSpore's structure: the first input's gradient; a
+        tuple over all inputs (get_all); a tuple over ``flags.weights`` (get_by_list); or both as a pair."""

@@ -1,0 +1,65 @@
+"""Applying one primitive to Tensors: adds a node to the graph being traced, or runs it eagerly outside a trace."""
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..engine import get_op
+from . import dtype as mstype
+from . import eager
+from .errors import TracingError, user_location
+from .tensor import Tensor
+from .tracing import current_frame
+
+_SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
+_PROMOTED = ("x", "y")
+"""Inputs with these names (the broadcasting binary ops and Select) are promoted to one dtype, as MindSpore does."""
+
+
+def apply_op(op: str, *inputs: Any, **attrs: Any) -> Any:
+    """``op[attrs](*inputs)`` on Tensors or Python numbers; one Tensor, or a tuple for multi-output ops."""
+    tensors = coerce_inputs(op, inputs)
+    frame = current_frame()
+    if frame is None:
+        for t in tensors:
+            if t.is_traced:
+                raise TracingError(f"{op}: a Tensor from a finished trace is used outside it -- at {user_location()}")
+        outs = [Tensor._wrap(a) for a in eager.run(op, [t._array for t in tensors], attrs)]  # type: ignore[misc]
+    else:
+        values = [frame.value_of(t) for t in tensors]
+        outs = [Tensor._symbolic(v, frame) for v in frame.builder.add_node(op, values, attrs)]
+    return outs[0] if len(outs) == 1 else tuple(outs)
+
+
+def coerce_inputs(op: str, inputs: Sequence[Any]) -> list[Tensor]:
+    """``inputs`` as Tensors: Python numbers take their Tensor partners' dtype, promoted inputs share one dtype."""
+    opdef = get_op(op)
+    names = [opdef.inputs[min(i, len(opdef.inputs) - 1)].rstrip("*") for i in range(len(inputs))]
+    group = [i for i, n in enumerate(names) if n in _PROMOTED]
+    for i, v in enumerate(inputs):
+        if not isinstance(v, (Tensor, *_SCALARS)):
+            raise TypeError(f"{op}: input {i} ({names[i]}) must be a Tensor or a Python number, got {type(v).__name__}")
+    tensor_dts = [inputs[i]._array_dtype() for i in group if isinstance(inputs[i], Tensor)]
+    ref = reduce(mstype.promote, tensor_dts) if tensor_dts else None
+    first = next((t._array_dtype() for t in inputs if isinstance(t, Tensor)), None)
+    out = [
+        v if isinstance(v, Tensor) else _scalar(v, ref if i in group and ref is not None else first)
+        for i, v in enumerate(inputs)
+    ]
+    if len(group) > 1:
+        target = reduce(mstype.promote, [out[i]._array_dtype() for i in group])
+        for i in group:
+            if out[i]._array_dtype() != target:
+                out[i] = apply_op("Cast", out[i], dtype=target)
+    return out
+
+
+def _scalar(v: Any, ref: np.dtype | None) -> Tensor:
+    """A 0-d Tensor for a Python number, in ``ref``'s dtype (a float next to an integer tensor becomes float32)."""
+    if ref is None:
+        return Tensor(v)
+    if isinstance(v, (float, np.floating)) and ref.kind != "f":
+        ref = np.dtype(np.float32)
+    return Tensor._wrap(np.asarray(v, dtype=ref))

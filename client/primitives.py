@@ -1,0 +1,154 @@
+"""Primitive classes and lower-case functional forms, generated from the engine's op table on first use."""
+from __future__ import annotations
+
+import re
+from typing import Any, Callable, ClassVar
+
+from ..engine import OPS, OpDef, get_op
+from ..engine.optable import REQUIRED
+from . import dtype as mstype
+from .dispatch import apply_op
+from .tensor import Tensor
+
+CALL_TIME_ATTRS: dict[str, tuple[str, ...]] = {
+    "Reshape": ("shape",),
+    "Transpose": ("perm",),
+    "Cast": ("dtype",),
+    "Tile": ("multiples",),
+    "ExpandDims": ("axis",),
+    "Gather": ("axis",),
+    "StridedSlice": ("begin", "end", "strides"),
+    "StridedSliceGrad": ("shape", "begin", "end", "strides"),
+    "UnsortedSegmentSum": ("num_segments",),
+}
+"""Attributes of our IR that MindSpore passes when calling the primitive, after the tensors (ReduceX's axis too)."""
+
+HIDDEN = frozenset({"Const", "GradOperation"})
+"""Engine ops that are not user primitives (GradOperation has its own class)."""
+
+_FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu"}
+
+
+def call_time_attrs(opdef: OpDef) -> tuple[str, ...]:
+    """The op's attributes that are given at call time, in call order."""
+    names = CALL_TIME_ATTRS.get(opdef.name, ("axis",) if opdef.name.startswith("Reduce") else ())
+    return tuple(n for n in names if n in opdef.attrs)
+
+
+def constructor_attrs(opdef: OpDef) -> list[str]:
+    """The op's attributes that the primitive's constructor takes, in table order."""
+    calls = call_time_attrs(opdef)
+    return [k for k in opdef.attrs if k not in calls]
+
+
+def _attr_value(opdef: OpDef, key: str, value: Any) -> Any:
+    if opdef.attrs[key].kind == "dtype":
+        return mstype.to_numpy(value)
+    return tuple(value) if isinstance(value, list) else value
+
+
+class Primitive:
+    """A MindSpore primitive: constructor arguments are the op's attributes; calling it applies the op."""
+
+    name: ClassVar[str] = ""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        opdef = get_op(self.name)
+        ctor = constructor_attrs(opdef)
+        if len(args) > len(ctor):
+            raise TypeError(f"ops.{self.name} takes {len(ctor)} constructor arguments {ctor}, got {len(args)}")
+        given = dict(zip(ctor, args))
+        for k, v in kwargs.items():
+            if k not in ctor or k in given:
+                why = "is given twice" if k in given else f"is not one of its constructor arguments {ctor}"
+                hint = f" (pass {k} when calling the primitive)" if k in call_time_attrs(opdef) else ""
+                raise TypeError(f"ops.{self.name}: argument {k!r} {why}{hint}")
+            given[k] = v
+        self.attrs = {k: _attr_value(opdef, k, v) for k, v in given.items()}
+
+    def __repr__(self) -> str:
+        return f"Prim[{self.name}]" + (f"<{', '.join(f'{k}={v}' for k, v in self.attrs.items())}>" if self.attrs else "")
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        opdef = get_op(self.name)
+        tensors, extra = _split_inputs(opdef, args)
+        calls = call_time_attrs(opdef)
+        if len(extra) > len(calls):
+            raise TypeError(
+                f"ops.{self.name} takes inputs ({', '.join(opdef.inputs)})"
+                + (f" then {', '.join(calls)}" if calls else "") + f", got {len(args)} arguments"
+            )
+        attrs = dict(self.attrs)
+        for k, v in list(zip(calls, extra)) + list(kwargs.items()):
+            if k not in calls or k in attrs:
+                raise TypeError(f"ops.{self.name}: call argument {k!r} is unknown or given twice; call arguments: {list(calls)}")
+            attrs[k] = _attr_value(opdef, k, v)
+        for k in calls:
+            if k not in attrs and opdef.attrs[k].default is REQUIRED:
+                raise TypeError(f"ops.{self.name}: missing call argument {k!r}")
+        return apply_op(self.name, *tensors, **attrs)
+
+
+def _split_inputs(opdef: OpDef, args: tuple[Any, ...]) -> tuple[list[Any], tuple[Any, ...]]:
+    """Tensor inputs (a variadic op takes one tuple or list of them, as MindSpore's Concat does) and the rest."""
+    n = len(opdef.inputs)
+    if opdef.variadic and args and isinstance(args[0], (tuple, list)):
+        tensors, extra = list(args[0]), args[1:]
+    elif opdef.variadic:
+        k = next((i for i, a in enumerate(args) if not isinstance(a, Tensor)), len(args))
+        tensors, extra = list(args[: max(k, n - 1)]), args[max(k, n - 1):]
+    else:
+        tensors, extra = list(args[:n]), args[n:]
+    want = n - 1 if opdef.variadic else n
+    if len(tensors) < want:
+        raise TypeError(f"ops.{opdef.name} takes {'at least ' if opdef.variadic else ''}{want} inputs ({', '.join(opdef.inputs)}), got {len(tensors)}")
+    return tensors, extra
+
+
+_CLASSES: dict[str, type[Primitive]] = {}
+
+
+def primitive_class(name: str) -> type[Primitive]:
+    """The primitive class for engine op ``name`` (``ops.MatMul``), created once."""
+    cls = _CLASSES.get(name)
+    if cls is None:
+        opdef = get_op(name)
+        cls = type(name, (Primitive,), {"name": name, "__doc__": opdef.doc, "__module__": "gradserve.ops"})
+        _CLASSES[name] = cls
+    return cls
+
+
+def functional_name(op: str) -> str:
+    """The lower-case functional spelling of an op: ReduceSum -> reduce_sum, MatMul -> matmul."""
+    if op in _FUNCTIONAL_SPELLING:
+        return _FUNCTIONAL_SPELLING[op]
+    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", op).lower()
+
+
+def functional(op: str) -> Callable[..., Any]:
+    """``ops.reduce_sum(x, axis, keep_dims=True)``: constructor keywords build the primitive, the rest call it."""
+    ctor = set(constructor_attrs(get_op(op)))
+
+    def apply(*args: Any, **kwargs: Any) -> Any:
+        prim = primitive_class(op)(**{k: v for k, v in kwargs.items() if k in ctor})
+        return prim(*args, **{k: v for k, v in kwargs.items() if k not in ctor})
+
+    apply.__name__ = apply.__qualname__ = functional_name(op)
+    apply.__doc__ = get_op(op).doc
+    return apply
+
+
+def lookup(name: str) -> Any:
+    """``ops.<name>``: a primitive class by op name, a functional form by its lower-case name, else None."""
+    if name in OPS and name not in HIDDEN:
+        return primitive_class(name)
+    for op in OPS:
+        if op not in HIDDEN and functional_name(op) == name:
+            return functional(op)
+    return None
+
+
+def public_names() -> list[str]:
+    """Every primitive and functional name currently available."""
+    ops = [op for op in OPS if op not in HIDDEN]
+    return sorted(ops + [functional_name(op) for op in ops])

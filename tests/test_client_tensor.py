@@ -1,0 +1,196 @@
+"""Tensor, dtype and ops outside any Cell (eager), checked against NumPy and MindSpore's printed forms."""
+from __future__ import annotations
+
+import operator
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+import gradserve as gs
+import gradserve.ops as ops
+from gradserve import Tensor
+from gradserve import dtype as mstype
+from gradserve.engine import OPS
+
+A = np.array([[1.5, -2.0, 3.0], [0.5, 4.0, -1.0]], np.float32)
+B = np.array([[2.0, 1.0, -3.0], [0.5, 4.0, 2.0]], np.float32)
+
+
+def test_construction_and_default_dtypes() -> None:
+    assert Tensor([1.0, 2.0]).dtype == mstype.float32
+    assert Tensor(3).dtype == mstype.int64 and Tensor(3).shape == ()
+    assert Tensor(True).dtype == mstype.bool_
+    assert Tensor(np.array([1.0])).dtype == mstype.float64
+    assert Tensor([1, 2], dtype=mstype.float16).dtype == mstype.float16
+    assert Tensor(Tensor([1.0, 2.0]), mstype.float64).asnumpy().dtype == np.float64
+    t = Tensor(A)
+    assert t.shape == (2, 3) and t.ndim == 2 and t.size == 6 and len(t) == 2
+    copy = t.asnumpy()
+    copy[0, 0] = 99.0
+    assert t.asnumpy()[0, 0] == 1.5  # asnumpy returns a copy
+    with pytest.raises(TypeError, match="Tensor data must be a number, list, tuple, NumPy array or Tensor"):
+        Tensor({"a": 1})
+    with pytest.raises(TypeError, match="unsupported dtype"):
+        Tensor(np.array([1 + 2j]))
+    with pytest.raises(TypeError, match="needs input_data"):
+        Tensor()
+
+
+def test_repr_matches_mindspore_and_str_matches_numpy() -> None:
+    assert repr(Tensor(np.ones((2, 3), np.float32))) == (
+        "Tensor(shape=[2, 3], dtype=Float32, value=\n"
+        "[[ 1.00000000e+00,  1.00000000e+00,  1.00000000e+00],\n"
+        " [ 1.00000000e+00,  1.00000000e+00,  1.00000000e+00]])"
+    )
+    assert repr(Tensor([2.5, 10 / 3])) == "Tensor(shape=[2], dtype=Float32, value= [ 2.50000000e+00,  3.33333325e+00])"
+    assert repr(Tensor([1, 2, 5], mstype.int32)) == "Tensor(shape=[3], dtype=Int32, value= [1, 2, 5])"
+    assert repr(Tensor([[1, 1], [2, 2]], mstype.int32)) == "Tensor(shape=[2, 2], dtype=Int32, value=\n[[1, 1],\n [2, 2]])"
+    assert repr(Tensor(0.663754)) == "Tensor(shape=[], dtype=Float32, value= 0.663754)"
+    assert str(Tensor(A)) == str(A)
+
+
+def test_dtype_module_names_and_aliases() -> None:
+    assert str(mstype.float32) == "Float32" and repr(mstype.bool_) == "Bool" and str(mstype.uint8) == "UInt8"
+    assert mstype.half is mstype.float16 and mstype.single is mstype.float32 and mstype.double is mstype.float64
+    assert mstype.byte is mstype.int8 and mstype.short is mstype.int16 and mstype.intc is mstype.int32
+    assert mstype.intp is mstype.int64 and mstype.ubyte is mstype.uint8
+    assert gs.float32 is mstype.float32 and gs.dtype is mstype
+    assert mstype.dtype_to_nptype(mstype.int32) is np.int32
+    assert mstype.pytype_to_dtype(float) == mstype.float64 and mstype.pytype_to_dtype(bool) == mstype.bool_
+    assert mstype.pytype_to_dtype(int) == mstype.int64
+    assert {mstype.float32: 1}[Tensor([1.0]).dtype] == 1
+
+
+@pytest.mark.parametrize("op", [operator.add, operator.sub, operator.mul, operator.truediv, operator.pow])
+def test_arithmetic_operators_run_eagerly(op: object) -> None:
+    a, b = np.abs(A) + 0.5, B
+    for got, want in ((op(Tensor(a), Tensor(b)), op(a, b)), (op(Tensor(a), 2.0), op(a, np.float32(2.0))),
+                      (op(3.0, Tensor(a)), op(np.float32(3.0), a))):
+        assert isinstance(got, Tensor) and got.dtype == mstype.float32
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-6)
+
+
+def test_other_operators() -> None:
+    a, b = Tensor(A), Tensor(B)
+    np.testing.assert_allclose((a @ b.reshape(3, 2)).asnumpy(), A @ B.reshape(3, 2), rtol=1e-6)
+    stacked = Tensor(np.stack([A, B]))
+    np.testing.assert_allclose((stacked @ Tensor(np.stack([B.T, A.T]))).asnumpy(), np.stack([A @ B.T, B @ A.T]), rtol=1e-6)
+    np.testing.assert_array_equal((-a).asnumpy(), -A)
+    np.testing.assert_array_equal(abs(a).asnumpy(), np.abs(A))
+    for op in (operator.eq, operator.ne, operator.lt, operator.le, operator.gt, operator.ge):
+        got = op(a, b)
+        assert got.dtype == mstype.bool_
+        np.testing.assert_array_equal(got.asnumpy(), op(A, B))
+    assert isinstance(np.float32(2) * a, Tensor)
+
+
+def test_implicit_promotion_like_mindspore() -> None:
+    ints = Tensor([1, 2])
+    assert (ints * 2.5).dtype == mstype.float32 and (ints * 2.5).asnumpy().tolist() == [2.5, 5.0]
+    assert (ints + 1).dtype == mstype.int64
+    assert (ints + Tensor([0.5, 0.5])).dtype == mstype.float32
+    assert (Tensor([1.0], mstype.float16) + Tensor([1.0], mstype.float64)).dtype == mstype.float64
+    assert (Tensor([True]) + Tensor([2], mstype.int32)).dtype == mstype.int32
+
+
+def test_tensor_methods() -> None:
+    t = Tensor(A)
+    assert t.astype(mstype.int32).dtype == mstype.int32
+    assert t.reshape(3, 2).shape == (3, 2) and t.reshape((6,)).shape == (6,)
+    np.testing.assert_allclose(t.sum().asnumpy(), A.sum())
+    np.testing.assert_allclose(t.sum(axis=1, keepdims=True).asnumpy(), A.sum(axis=1, keepdims=True))
+    np.testing.assert_allclose(t.mean(0).asnumpy(), A.mean(axis=0))
+    assert float(Tensor([2.5])) == 2.5 and bool(Tensor([1]))
+
+
+def test_primitives_follow_mindspore_signatures() -> None:
+    a, b = Tensor(A), Tensor(B)
+    np.testing.assert_allclose(ops.MatMul(transpose_b=True)(a, b).asnumpy(), A @ B.T, rtol=1e-6)
+    np.testing.assert_allclose(ops.MatMul(True, False)(a, b).asnumpy(), A.T @ B, rtol=1e-6)
+    np.testing.assert_allclose(ops.ReduceSum(keep_dims=True)(a, 1).asnumpy(), A.sum(1, keepdims=True))
+    np.testing.assert_allclose(ops.ReduceSum()(a).asnumpy(), A.sum())
+    np.testing.assert_allclose(ops.ReduceMean()(a, (0, 1)).asnumpy(), A.mean(), rtol=1e-6)
+    assert ops.Reshape()(a, (3, 2)).shape == (3, 2)
+    assert ops.Transpose()(a, (1, 0)).shape == (3, 2)
+    assert ops.Cast()(a, mstype.int32).dtype == mstype.int32
+    assert ops.ExpandDims()(a, 0).shape == (1, 2, 3)
+    assert ops.Tile()(a, (2, 1)).shape == (4, 3)
+    np.testing.assert_array_equal(ops.Gather()(a, Tensor([1, 0]), 1).asnumpy(), A[:, [1, 0]])
+    np.testing.assert_array_equal(ops.Concat(1)((a, b)).asnumpy(), np.concatenate([A, B], 1))
+    left, right = ops.Split(axis=0, output_num=2)(a)
+    np.testing.assert_array_equal(right.asnumpy(), A[1:])
+    np.testing.assert_allclose(ops.Sin()(a).asnumpy(), np.sin(A), rtol=1e-6)
+    assert repr(ops.MatMul(transpose_a=True)) == "Prim[MatMul]<transpose_a=True>"
+
+
+def test_functional_forms() -> None:
+    a, b = Tensor(A), Tensor(B)
+    np.testing.assert_allclose(ops.matmul(a, b, transpose_b=True).asnumpy(), A @ B.T, rtol=1e-6)
+    np.testing.assert_allclose(ops.reduce_sum(a, (1,), keep_dims=True).asnumpy(), A.sum(1, keepdims=True))
+    np.testing.assert_allclose(ops.sin(a).asnumpy(), np.sin(A), rtol=1e-6)
+    np.testing.assert_allclose(ops.relu(a).asnumpy(), np.maximum(A, 0))
+    assert ops.cast(a, mstype.float64).dtype == mstype.float64
+    assert ops.reshape(a, (6,)).shape == (6,)
+    assert ops.concat((a, b), axis=0).shape == (4, 3)
+    np.testing.assert_array_equal(ops.stop_gradient(a).asnumpy(), A)
+    assert ops.matmul.__name__ == "matmul" and ops.reduce_sum.__name__ == "reduce_sum"
+
+
+def test_every_table_op_has_a_primitive_and_a_functional_form() -> None:
+    names = set(dir(ops))
+    for op in OPS:
+        if op not in ("Const", "GradOperation"):
+            assert op in names and getattr(ops, op).name == op
+    assert {"matmul", "batch_matmul", "gelu", "log1p", "reduce_sum", "stop_gradient", "ones_like"} <= names
+    assert ops.GradOperation.__module__ == "gradserve.client.grad"
+
+
+def test_new_engine_ops_appear_without_client_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    twice = replace(OPS["Neg"], name="TwiceForTest", forward=lambda x: 2 * x, doc="2 x")
+    monkeypatch.setitem(OPS, "TwiceForTest", twice)
+    np.testing.assert_array_equal(ops.TwiceForTest()(Tensor(A)).asnumpy(), 2 * A)
+    np.testing.assert_array_equal(ops.twice_for_test(Tensor(A)).asnumpy(), 2 * A)
+
+
+def test_primitive_argument_errors() -> None:
+    with pytest.raises(TypeError, match=r"ops.ReduceSum: argument 'axis' is not one of its constructor arguments.*pass axis when calling"):
+        ops.ReduceSum(axis=1)
+    with pytest.raises(TypeError, match=r"ops.MatMul takes 2 constructor arguments"):
+        ops.MatMul(True, True, True)
+    with pytest.raises(TypeError, match=r"ops.Reshape: missing call argument 'shape'"):
+        ops.Reshape()(Tensor(A))
+    with pytest.raises(TypeError, match=r"ops.MatMul takes 2 inputs \(a, b\), got 1"):
+        ops.MatMul()(Tensor(A))
+    with pytest.raises(TypeError, match=r"ops.Sin takes inputs \(x\), got 2 arguments"):
+        ops.Sin()(Tensor(A), 3)
+    with pytest.raises(TypeError, match=r"Add: input 1 \(y\) must be a Tensor or a Python number, got ndarray"):
+        ops.Add()(Tensor(A), B)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchOp'"):
+        ops.NoSuchOp  # noqa: B018
+
+
+@pytest.mark.parametrize("key", [
+    0, -1, (slice(None), 1), (Ellipsis, slice(1, 3)), (None, 0, Ellipsis, slice(None, None, -1)),
+    (slice(None, None, -2),), (1, slice(2, 0, -1), 3), (slice(5, 1),), (slice(None), [2, 0]),
+])
+def test_indexing_matches_numpy(key: object) -> None:
+    a = np.arange(24, dtype=np.float32).reshape(2, 3, 4)
+    got = Tensor(a)[key]
+    np.testing.assert_array_equal(got.asnumpy(), a[key])
+
+
+def test_indexing_errors_and_gradient() -> None:
+    t = Tensor(np.arange(6.0).reshape(2, 3))
+    with pytest.raises(IndexError, match="index 2 is out of bounds for axis 0 with size 2"):
+        t[2]
+    with pytest.raises(IndexError, match="too many indices"):
+        t[0, 0, 0]
+    with pytest.raises(IndexError, match="boolean masks"):
+        t[Tensor([True, False])]
+
+    def f(x: Tensor) -> Tensor:
+        return x[0, 1:] * x[1, ::-1][:2]  # [x01 * x12, x02 * x11]
+
+    g = ops.GradOperation()(f)(t).asnumpy()
+    np.testing.assert_array_equal(g, [[0.0, 5.0, 4.0], [0.0, 2.0, 1.0]])
