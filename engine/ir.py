@@ -199,8 +199,9 @@ def format_attrs(attrs: dict[str, Any]) -> str:
     return "[" + ", ".join(f"{k}={_attr_text(attrs[k])}" for k in sorted(attrs)) + "]"
 
 
-def format_graph(g: Graph, indent: str = "") -> str:
-    """A listing of the program, one node per line with op, attributes, dtype and shape."""
+def format_graph(g: Graph, indent: str = "", with_library: bool = True) -> str:
+    """A listing of the program, one node per line with op, attributes, dtype and shape; the shared
+    function library is listed once, after the top-level graph."""
     ins = ", ".join(f"{v.name}: {v.type}" for v in g.inputs)
     lines = [f"{indent}graph {g.name}({ins})"]
     for p in g.params:
@@ -211,10 +212,10 @@ def format_graph(g: Graph, indent: str = "") -> str:
         sg = "  !stop_gradient" if n.stop_gradient else ""
         lines.append(f"{indent}  {outs} = {n.op}{format_attrs(n.attrs)}({args}){sg}")
     lines.append(f"{indent}  return {_tree_text(g.outputs)}")
-    for name, sub in g.library.items():
-        if sub is not g:
+    if with_library:
+        for name, sub in g.library.items():
             lines.append(f"{indent}  where {name} =")
-            lines.append(format_graph(sub, indent + "    "))
+            lines.append(format_graph(sub, indent + "    ", with_library=False))
     return "\n".join(lines)
 
 

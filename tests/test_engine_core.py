@@ -252,3 +252,17 @@ def test_op_without_vjp_raises_not_differentiable_naming_the_node(opaque_op: str
     x = stopped.input("x", "float64", (2,))
     net = stopped.build(stopped.add_node(opaque_op, [x], stop_gradient=True)[0] + x)
     np.testing.assert_array_equal(run(grad_operation(net), np.ones(2)), np.ones(2))
+
+
+def test_listing_shows_each_library_function_once() -> None:
+    lib: dict = {}
+    for name in ("sin", "cos"):
+        g = GraphBuilder(name, library=lib)
+        lib[name] = g.build(g.op(name.capitalize(), g.input("x", "float64", (1,))))
+    g = GraphBuilder("both", library=lib)
+    x = g.input("x", "float64", (1,))
+    (ds,) = g.op("GradOperation", x, fn="sin")
+    (dc,) = g.op("GradOperation", x, fn="cos")
+    text = str(g.build(ds + dc))
+    assert text.count("where sin =") == 1 and text.count("where cos =") == 1
+    assert "GradOperation[fn='cos'" in text
