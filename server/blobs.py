@@ -1,0 +1,59 @@
+"""Moving large tensor bytes out of messages and back, so that they cross to workers in shared memory
+instead of inside a pickled message. Only bytes move here; the codec interprets them."""
+from __future__ import annotations
+
+from typing import Any, Iterator
+
+from ..v1 import graph_pb2
+
+BLOB_MIN_BYTES = 64 * 1024
+"""Tensors at least this large travel as blobs."""
+
+
+Where = tuple[str, Any]
+"""A tensor's place in a request: ("inputs" or "sens", index) or ("parameters", name)."""
+
+
+def request_tensors(request: Any) -> Iterator[tuple[Where, graph_pb2.Tensor]]:
+    """(place, Tensor) for the inputs, sensitivities and parameter overrides of a Grad/Run request."""
+    for i, t in enumerate(request.inputs):
+        yield ("inputs", i), t
+    for i, t in enumerate(getattr(request, "sens", ())):
+        yield ("sens", i), t
+    for name in sorted(request.parameters):
+        yield ("parameters", name), request.parameters[name]
+
+
+def strip(request: Any) -> tuple[list[Where], list[bytes]]:
+    """Empty the data of every large tensor of a request; returns their places and their bytes."""
+    places, blobs = [], []
+    for where, t in request_tensors(request):
+        if t.ByteSize() >= BLOB_MIN_BYTES:
+            blobs.append(t.data)
+            t.ClearField("data")
+            places.append(where)
+    return places, blobs
+
+
+def tree_leaves(tree: graph_pb2.TensorTree) -> Iterator[graph_pb2.Tensor]:
+    """Tensors of a TensorTree in leaf order, walked without recursion."""
+    stack = [tree]
+    while stack:
+        t = stack.pop()
+        kind = t.WhichOneof("kind")
+        if kind == "tensor":
+            yield t.tensor
+        elif kind == "tuple":
+            stack.extend(reversed(t.tuple.items))
+
+
+def leaves_of(message: Any, fields: tuple[str, ...]) -> list[graph_pb2.Tensor]:
+    """The tensors of ``message``'s TensorTree ``fields`` that are set, in leaf order across them."""
+    return [t for f in fields if message.HasField(f) for t in tree_leaves(getattr(message, f))]
+
+
+def fill(message: Any, fields: tuple[str, ...], leaves: list[int], blobs: list[bytes]) -> None:
+    """Put ``blobs`` back as the data of the leaves numbered ``leaves`` (counted across ``fields``)."""
+    tensors = leaves_of(message, fields)
+    for k, b in zip(leaves, blobs):
+        tensors[k].data = b

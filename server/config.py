@@ -1,0 +1,92 @@
+"""Server settings and limits: defaults, ``--flag`` and ``GRADSERVE_*`` environment variables."""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class Limits:
+    """Limits enforced on every request, all checked before the memory they guard is allocated."""
+
+    max_message_bytes: int = 256 * MiB + 16 * MiB
+    """Largest gRPC message either way: room for a 256 MB tensor plus the rest of the message."""
+    max_graph_nodes: int = 100_000
+    max_tensor_elements: int = 1 << 28
+    max_tensor_rank: int = 32
+    max_nesting_depth: int = 32
+    default_deadline_ms: int = 60_000
+    max_deadline_ms: int = 600_000
+    max_queue_depth: int = 64
+    max_registered_networks: int = 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything ``gradserve serve`` can be told."""
+
+    host: str = "[::]"
+    port: int = 50051
+    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    grace_seconds: float = 30.0
+    """How long SIGTERM waits for in-flight calls before exiting."""
+    worker_cache_size: int = 64
+    """Networks and compiled programs each worker keeps (least recently used are dropped)."""
+    limits: Limits = field(default_factory=Limits)
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _env(name: str) -> str:
+    return "GRADSERVE_" + name.upper()
+
+
+def _kind(f: dataclasses.Field) -> type:
+    return {"float": float, "str": str}.get(str(f.type), int)
+
+
+def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
+    """(field, is_limit) for every setting that has a flag."""
+    own = [(f, False) for f in dataclasses.fields(ServerConfig) if f.name != "limits"]
+    return own + [(f, True) for f in dataclasses.fields(Limits)]
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add one ``--flag`` per setting; each also reads ``GRADSERVE_<NAME>``; a flag wins over the variable."""
+    for f, _ in _scalar_fields():
+        parser.add_argument(_flag(f.name), dest=f.name, type=_kind(f), default=None,
+                            help=f"(env {_env(f.name)})")
+
+
+def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerConfig:
+    """The configuration from parsed flags, then environment variables, then defaults."""
+    base, top, lim = ServerConfig(), {}, {}
+    for f, is_limit in _scalar_fields():
+        value: Any = getattr(args, f.name, None)
+        if value is None and _env(f.name) in environ:
+            raw = environ[_env(f.name)]
+            kind = _kind(f)
+            try:
+                value = kind(raw)
+            except ValueError:
+                raise SystemExit(f"gradserve: {_env(f.name)}={raw!r} is not a valid {kind.__name__}") from None
+        if value is not None:
+            (lim if is_limit else top)[f.name] = value
+    cfg = dataclasses.replace(base, **top, limits=dataclasses.replace(base.limits, **lim))
+    _validate(cfg)
+    return cfg
+
+
+def _validate(cfg: ServerConfig) -> None:
+    if cfg.workers < 1:
+        raise SystemExit(f"gradserve: --workers must be at least 1, got {cfg.workers}")
+    for f in dataclasses.fields(Limits):
+        if getattr(cfg.limits, f.name) < 0:
+            raise SystemExit(f"gradserve: {_flag(f.name)} must be >= 0, got {getattr(cfg.limits, f.name)}")

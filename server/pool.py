@@ -1,0 +1,310 @@
+"""A pool of worker processes fed from a bounded queue; large buffers cross in shared memory.
+
+The pool is started before any grpc object exists, and every worker (also a replacement) is
+forked by multiprocessing's fork server, a clean process that never held grpc state. A caller
+thread takes an idle worker (waiting in a bounded queue), talks to it over a pipe and watches the
+worker's sentinel, its deadline and its call's liveness: a dead worker is replaced and only its
+request fails (UNAVAILABLE); an expired or cancelled call kills and replaces its worker.
+"""
+from __future__ import annotations
+
+import itertools
+import multiprocessing
+import os
+import threading
+import time
+from dataclasses import dataclass, field
+from multiprocessing import shared_memory
+from multiprocessing.connection import Connection, wait
+from typing import Any, Callable
+
+from .errors import Failure
+
+POLL_SECONDS = 0.05
+"""How often a waiting caller checks whether its call is still wanted."""
+
+KEEP_ARENA_BYTES = 256 << 20
+"""Shared-memory arenas up to this size are kept for the next request; larger ones are released."""
+
+SHM_DIR = "/dev/shm"
+
+
+@dataclass
+class Job:
+    """One unit of work: a kind and small payload, large buffers, and the network it needs."""
+
+    kind: str
+    payload: Any
+    blobs: list[bytes] = field(default_factory=list)
+    network_id: str = ""
+    network: bytes = b""
+
+
+@dataclass
+class Result:
+    """A worker's answer: a small payload and the large buffers it produced."""
+
+    payload: Any
+    blobs: list[bytes]
+
+
+class Arena:
+    """A growable shared-memory segment owned by the parent; workers attach to it by name."""
+
+    _names = itertools.count()
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.shm: shared_memory.SharedMemory | None = None
+
+    @property
+    def name(self) -> str:
+        return self.shm.name if self.shm is not None else ""
+
+    def reserve(self, size: int) -> bool:
+        """Make room for ``size`` bytes; False when /dev/shm has no room (the caller uses the pipe)."""
+        if self.shm is not None and self.shm.size >= size:
+            return True
+        self.release()
+        if not _shm_has_room(size):
+            return False
+        name = f"gs{os.getpid()}{self.label}{next(self._names)}"
+        self.shm = shared_memory.SharedMemory(name=name, create=True, size=max(size, 1 << 20))
+        return True
+
+    def trim(self) -> None:
+        """Release the segment if it is larger than what is worth keeping."""
+        if self.shm is not None and self.shm.size > KEEP_ARENA_BYTES:
+            self.release()
+
+    def release(self) -> None:
+        """Unlink and unmap the segment."""
+        if self.shm is not None:
+            self.shm.close()
+            self.shm.unlink()
+            self.shm = None
+
+
+def _shm_has_room(size: int) -> bool:
+    """Whether /dev/shm can hold ``size`` more bytes (writing past a full tmpfs would SIGBUS)."""
+    try:
+        st = os.statvfs(SHM_DIR)
+    except OSError:
+        return False
+    return st.f_bavail * st.f_frsize >= size + (16 << 20)
+
+
+def pack(arena: Arena, blobs: list[bytes]) -> tuple[str, list[tuple[int, int]] | list[bytes]]:
+    """Copy ``blobs`` into ``arena`` and return its name with (offset, length) spans, or ("", blobs)
+    when shared memory has no room and the blobs must go through the pipe."""
+    if not blobs:
+        return "", []
+    total = sum(len(b) for b in blobs)
+    if not arena.reserve(total):
+        return "", blobs
+    assert arena.shm is not None
+    spans, off = [], 0
+    for b in blobs:
+        arena.shm.buf[off:off + len(b)] = b
+        spans.append((off, len(b)))
+        off += len(b)
+    return arena.name, spans
+
+
+def unpack(buf: memoryview | None, spans: list[Any]) -> list[Any]:
+    """The buffers described by ``pack``'s result, as views of ``buf`` (or the blobs themselves)."""
+    if buf is None:
+        return list(spans)
+    return [buf[off:off + n] for off, n in spans]
+
+
+class _Slot:
+    """One worker process with its pipe, its arenas and the networks it is believed to hold."""
+
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.inbox = Arena(f"w{index}i")
+        self.outbox = Arena(f"w{index}o")
+        self.proc: multiprocessing.process.BaseProcess | None = None
+        self.conn: Connection | None = None
+        self.networks: set[str] = set()
+        self.generation = 0
+
+
+class WorkerPool:
+    """N worker processes behind a bounded queue; ``submit`` runs one Job and returns its Result."""
+
+    def __init__(self, workers: int, max_queue: int, worker_main: Callable[..., None], worker_args: tuple = ()) -> None:
+        if workers < 1:
+            raise ValueError(f"workers must be at least 1, got {workers}")
+        self._ctx = multiprocessing.get_context("forkserver")
+        self._ctx.set_forkserver_preload([worker_main.__module__])
+        self._worker_main = worker_main
+        self._worker_args = worker_args
+        self.max_queue = max_queue
+        self._cond = threading.Condition()
+        self._waiting = 0
+        self._closed = False
+        self._slots = [_Slot(i) for i in range(workers)]
+        for s in self._slots:
+            self._start(s)
+        self._idle = list(self._slots)
+        self.replaced = 0
+
+    @property
+    def size(self) -> int:
+        return len(self._slots)
+
+    @property
+    def queued(self) -> int:
+        return self._waiting
+
+    def pids(self) -> list[int]:
+        """Process ids of the current workers (for operators and tests)."""
+        return [s.proc.pid for s in self._slots if s.proc is not None and s.proc.pid is not None]
+
+    def busy_pids(self) -> list[int]:
+        """Process ids of workers holding a request right now."""
+        with self._cond:
+            idle = {id(s) for s in self._idle}
+        return [s.proc.pid for s in self._slots if id(s) not in idle and s.proc is not None and s.proc.pid is not None]
+
+    def _start(self, slot: _Slot) -> None:
+        parent, child = self._ctx.Pipe()
+        proc = self._ctx.Process(
+            target=self._worker_main, args=(child, *self._worker_args), name=f"gradserve-worker-{slot.index}", daemon=True
+        )
+        proc.start()
+        child.close()
+        slot.proc, slot.conn, slot.networks = proc, parent, set()
+        slot.generation += 1
+
+    def _replace(self, slot: _Slot) -> None:
+        """Kill ``slot``'s worker (if alive) and start a fresh one in its place."""
+        assert slot.proc is not None and slot.conn is not None
+        if slot.proc.is_alive():
+            slot.proc.kill()
+        slot.proc.join()
+        slot.conn.close()
+        self._start(slot)
+        self.replaced += 1
+
+    def submit(self, job: Job, deadline: float | None = None, is_active: Callable[[], bool] = lambda: True) -> Result:
+        """Run ``job`` on a worker; raises Failure (RESOURCE_EXHAUSTED when the queue is full,
+        DEADLINE_EXCEEDED/CANCELLED when the call ends first, UNAVAILABLE when the worker dies)."""
+        slot = self._acquire(deadline, is_active)
+        try:
+            _check_alive(deadline, is_active, "waiting for a worker")
+            assert slot.proc is not None
+            if not slot.proc.is_alive():
+                self._replace(slot)
+            return self._run(slot, job, deadline, is_active)
+        finally:
+            slot.inbox.trim()
+            slot.outbox.trim()
+            self._release(slot)
+
+    def _acquire(self, deadline: float | None, is_active: Callable[[], bool]) -> _Slot:
+        with self._cond:
+            if self._closed:
+                raise Failure("UNAVAILABLE", "the server is shutting down; retry on another replica")
+            if not self._idle:
+                if self._waiting >= self.max_queue:
+                    raise Failure(
+                        "RESOURCE_EXHAUSTED",
+                        f"all {len(self._slots)} workers are busy and {self._waiting} requests are queued "
+                        f"(max_queue_depth={self.max_queue}); retry later",
+                    )
+                self._waiting += 1
+                try:
+                    while not self._idle:
+                        _check_alive(deadline, is_active, "waiting for a worker")
+                        if self._closed:
+                            raise Failure("UNAVAILABLE", "the server is shutting down; retry on another replica")
+                        self._cond.wait(_poll_timeout(deadline))
+                finally:
+                    self._waiting -= 1
+            return self._idle.pop()
+
+    def _release(self, slot: _Slot) -> None:
+        with self._cond:
+            self._idle.append(slot)
+            self._cond.notify()
+
+    def _run(self, slot: _Slot, job: Job, deadline: float | None, is_active: Callable[[], bool]) -> Result:
+        send_network = job.network_id not in slot.networks
+        while True:
+            where, spans = pack(slot.inbox, job.blobs)
+            network = job.network if send_network else b""
+            msg = (job.kind, job.payload, where, spans, job.network_id, network, slot.outbox.name)
+            reply = self._exchange(slot, msg, deadline, is_active)
+            if reply[0] == "missing" and not send_network:
+                send_network = True
+                continue
+            if job.network_id:
+                slot.networks.add(job.network_id)
+            if reply[0] == "error":
+                raise Failure(*reply[1:])
+            _, payload, where, spans = reply
+            buf = slot.outbox.shm.buf if where and slot.outbox.shm is not None else None
+            return Result(payload, [bytes(b) for b in unpack(buf, spans)])
+
+    def _exchange(self, slot: _Slot, msg: tuple, deadline: float | None, is_active: Callable[[], bool]) -> tuple:
+        """Send ``msg`` and wait for the reply, serving the worker's requests for a bigger out-arena."""
+        assert slot.conn is not None and slot.proc is not None
+        conn, proc = slot.conn, slot.proc
+        try:
+            conn.send(msg)
+            while True:
+                ready = wait([conn, proc.sentinel], _poll_timeout(deadline))
+                if conn in ready:
+                    reply = conn.recv()
+                    if reply[0] != "grow":
+                        return reply
+                    conn.send(slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
+                    continue
+                if proc.sentinel in ready:
+                    raise EOFError
+                try:
+                    _check_alive(deadline, is_active, "computing")
+                except Failure:
+                    self._replace(slot)
+                    raise
+        except (EOFError, OSError, BrokenPipeError):
+            exitcode = proc.exitcode
+            self._replace(slot)
+            raise Failure(
+                "UNAVAILABLE",
+                f"worker process {proc.pid} died while computing this request (exit code {exitcode}); "
+                "it has been replaced and retrying is safe",
+            ) from None
+
+    def close(self) -> None:
+        """Stop taking work, stop every worker and release shared memory."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        for s in self._slots:
+            if s.conn is not None:
+                s.conn.close()
+            if s.proc is not None:
+                s.proc.join(timeout=2)
+                if s.proc.is_alive():
+                    s.proc.kill()
+                    s.proc.join()
+            s.inbox.release()
+            s.outbox.release()
+
+
+def _poll_timeout(deadline: float | None) -> float:
+    if deadline is None:
+        return POLL_SECONDS
+    return max(0.0, min(POLL_SECONDS, deadline - time.monotonic()))
+
+
+def _check_alive(deadline: float | None, is_active: Callable[[], bool], doing: str) -> None:
+    """Raise DEADLINE_EXCEEDED or CANCELLED if the call should stop."""
+    if deadline is not None and time.monotonic() >= deadline:
+        raise Failure("DEADLINE_EXCEEDED", f"the deadline passed while {doing}; the work was stopped")
+    if not is_active():
+        raise Failure("CANCELLED", f"the call was cancelled while {doing}; the work was stopped")

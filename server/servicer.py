@@ -1,0 +1,307 @@
+"""The gradserve.v1.Gradient servicer: registry, limits, dispatch to the worker pool, status mapping.
+
+It holds no numerics: requests go to workers as bytes (large tensors through shared memory) and
+answers come back as serialized responses whose large tensor data is filled in here.
+"""
+from __future__ import annotations
+
+import hashlib
+import queue
+import sys
+import threading
+import time
+from collections import Counter, OrderedDict
+from concurrent.futures import ThreadPoolExecutor
+from importlib import metadata
+from typing import Any, Callable, Iterator
+
+import grpc
+from google.rpc import code_pb2, error_details_pb2, status_pb2
+from grpc_status import rpc_status
+
+from ..v1 import service_pb2, service_pb2_grpc
+from . import blobs
+from .config import ServerConfig
+from .errors import Failure
+from .jsonlog import log
+from .pool import Job, WorkerPool
+
+API_VERSION = "gradserve.v1"
+
+
+class Registry:
+    """Registered networks (serialized) by id, least recently used evicted, plus a digest->id index
+    so that registering the same bytes again needs no worker."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._nets: OrderedDict[str, bytes] = OrderedDict()
+        self._ids: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def get(self, network_id: str) -> bytes | None:
+        """The serialized network, or None if unknown (or evicted)."""
+        with self._lock:
+            raw = self._nets.get(network_id)
+            if raw is not None:
+                self._nets.move_to_end(network_id)
+            return raw
+
+    def lookup(self, digest: str) -> str | None:
+        """The id of a network registered from bytes with this digest, if still registered."""
+        with self._lock:
+            nid = self._ids.get(digest)
+            return nid if nid in self._nets else None
+
+    def put(self, digest: str, network_id: str, raw: bytes) -> bool:
+        """Store a network; True when it was new."""
+        with self._lock:
+            created = network_id not in self._nets
+            self._nets[network_id] = raw
+            self._nets.move_to_end(network_id)
+            self._ids[digest] = network_id
+            while self.capacity and len(self._nets) > self.capacity:
+                old, _ = self._nets.popitem(last=False)
+                self._ids = {d: i for d, i in self._ids.items() if i != old}
+            return created
+
+
+class Stats:
+    """Request counters by (method, status code name)."""
+
+    def __init__(self) -> None:
+        self._counts: Counter[tuple[str, str]] = Counter()
+        self._lock = threading.Lock()
+
+    def count(self, method: str, code: str) -> None:
+        with self._lock:
+            self._counts[(method, code)] += 1
+
+    def snapshot(self) -> list[tuple[str, str, int]]:
+        """(method, code, count) sorted."""
+        with self._lock:
+            return sorted((m, c, n) for (m, c), n in self._counts.items())
+
+
+def status_proto(f: Failure) -> status_pb2.Status:
+    """A google.rpc.Status for a Failure, with a BadRequest detail when it names fields."""
+    status = status_pb2.Status(code=code_pb2.Code.Value(f.code), message=f.message)
+    if f.violations:
+        br = error_details_pb2.BadRequest(
+            field_violations=[error_details_pb2.BadRequest.FieldViolation(field=k, description=d) for k, d in f.violations]
+        )
+        status.details.add().Pack(br)
+    return status
+
+
+class GradientServicer(service_pb2_grpc.GradientServicer):
+    """Serves the v1 API with a WorkerPool."""
+
+    def __init__(self, pool: WorkerPool, config: ServerConfig) -> None:
+        self.pool = pool
+        self.config = config
+        self.limits = config.limits
+        self.registry = Registry(config.limits.max_registered_networks)
+        self.stats = Stats()
+        self.draining = False
+        self._ops: tuple[bytes, list[int]] | None = None
+        self._inflight = 0
+        self._quiet = threading.Condition()
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until no call is being served (True), or ``timeout`` seconds pass (False)."""
+        with self._quiet:
+            return self._quiet.wait_for(lambda: self._inflight == 0, timeout)
+
+    def _enter(self) -> None:
+        if self.draining:
+            raise Failure("UNAVAILABLE", "the server is draining; retry on another replica")
+        with self._quiet:
+            self._inflight += 1
+
+    def _leave(self) -> None:
+        with self._quiet:
+            self._inflight -= 1
+            self._quiet.notify_all()
+
+    # ---- plumbing ----
+
+    def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[float, Callable[[], bool]], Any]) -> Any:
+        """Run ``fn(deadline, is_active)``, count the outcome and turn a Failure into the call's status."""
+        code = "OK"
+        try:
+            self._enter()
+            try:
+                return fn(self._deadline(context), context.is_active)
+            finally:
+                self._leave()
+        except Failure as f:
+            code = f.code
+            log("request_error", method=method, code=f.code, message=f.message, peer=context.peer())
+            context.abort_with_status(rpc_status.to_status(status_proto(f)))
+        except Exception as exc:
+            code = "INTERNAL"
+            log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer())
+            raise
+        finally:
+            self.stats.count(method, code)
+
+    def _deadline(self, context: grpc.ServicerContext) -> float:
+        """Monotonic deadline: the caller's, else the default, never beyond the maximum."""
+        remaining = context.time_remaining()
+        ms = self.limits.default_deadline_ms if remaining is None else remaining * 1000
+        if self.limits.max_deadline_ms:
+            ms = min(ms, self.limits.max_deadline_ms)
+        return time.monotonic() + ms / 1000
+
+    def _register(self, graph: Any, deadline: float, is_active: Callable[[], bool]) -> tuple[str, bytes, bool]:
+        """(id, serialized network, created) for a Graph message; decoded and checked by a worker once."""
+        raw = graph.SerializeToString(deterministic=True)
+        digest = hashlib.sha256(raw).hexdigest()
+        nid = self.registry.lookup(digest)
+        if nid is not None:
+            return nid, raw, False
+        nid = self.pool.submit(Job("load", raw), deadline, is_active).payload
+        return nid, raw, self.registry.put(digest, nid, raw)
+
+    def _network(self, request: Any, deadline: float, is_active: Callable[[], bool]) -> tuple[str, bytes]:
+        which = request.WhichOneof("network")
+        if which == "network_id":
+            raw = self.registry.get(request.network_id)
+            if raw is None:
+                raise Failure(
+                    "NOT_FOUND",
+                    f"network_id {request.network_id!r} is not registered on this server; register it again or send the graph inline",
+                    [("network_id", "unknown network id")],
+                )
+            return request.network_id, raw
+        if which == "graph":
+            nid, raw, _ = self._register(request.graph, deadline, is_active)
+            request.ClearField("graph")
+            return nid, raw
+        raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
+
+    def _compute(self, kind: str, request: Any, deadline: float, is_active: Callable[[], bool], response: Any, fields: tuple[str, ...]) -> Any:
+        nid, raw = self._network(request, deadline, is_active)
+        places, data = blobs.strip(request)
+        job = Job(kind, (request.SerializeToString(), places), data, nid, raw)
+        result = self.pool.submit(job, deadline, is_active)
+        body, leaves = result.payload
+        response.ParseFromString(body)
+        blobs.fill(response, fields, leaves, result.blobs)
+        response.network_id = nid
+        response.request_id = request.request_id
+        return response
+
+    def _grad(self, request: service_pb2.GradRequest, deadline: float, is_active: Callable[[], bool]) -> service_pb2.GradResponse:
+        return self._compute("grad", request, deadline, is_active, service_pb2.GradResponse(), ("gradients", "forward"))
+
+    # ---- RPCs ----
+
+    def RegisterNetwork(self, request: service_pb2.RegisterNetworkRequest, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:
+        """Store a network under its content-addressed id (idempotent)."""
+        def register(deadline: float, is_active: Callable[[], bool]) -> service_pb2.RegisterNetworkResponse:
+            if not request.HasField("graph"):
+                raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
+            nid, _, created = self._register(request.graph, deadline, is_active)
+            return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
+
+        return self._serve("RegisterNetwork", context, register)
+
+    def Grad(self, request: service_pb2.GradRequest, context: grpc.ServicerContext) -> service_pb2.GradResponse:
+        """GradOperation of a registered or inline network on the given inputs."""
+        return self._serve("Grad", context, lambda d, a: self._grad(request, d, a))
+
+    def Run(self, request: service_pb2.RunRequest, context: grpc.ServicerContext) -> service_pb2.RunResponse:
+        """Forward outputs of a network."""
+        return self._serve(
+            "Run", context, lambda d, a: self._compute("run", request, d, a, service_pb2.RunResponse(), ("outputs",))
+        )
+
+    def GradStream(self, request_iterator: Iterator[service_pb2.GradRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.GradResponse]:
+        """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish."""
+        results: queue.Queue[service_pb2.GradResponse | None] = queue.Queue()
+        window = threading.Semaphore(self.pool.size * 2)
+        sent = [0]
+
+        def one(request: service_pb2.GradRequest) -> None:
+            code = "OK"
+            try:
+                self._enter()
+                try:
+                    response = self._grad(request, self._deadline(context), context.is_active)
+                finally:
+                    self._leave()
+            except Failure as f:
+                code = f.code
+                log("request_error", method="GradStream", code=f.code, message=f.message, request_id=request.request_id)
+                response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(f))
+            except Exception as exc:
+                code = "INTERNAL"
+                log("internal_error", method="GradStream", error=f"{type(exc).__name__}: {exc}")
+                response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(Failure("INTERNAL", str(exc))))
+            self.stats.count("GradStream", code)
+            results.put(response)
+
+        def read(executor: ThreadPoolExecutor) -> None:
+            try:
+                for request in request_iterator:
+                    while not window.acquire(timeout=0.1):
+                        if not context.is_active():
+                            return
+                    sent[0] += 1
+                    executor.submit(one, request)
+            except Exception:  # the client went away; what was read is still answered
+                pass
+            finally:
+                results.put(None)
+
+        with ThreadPoolExecutor(max_workers=self.pool.size, thread_name_prefix="gradstream") as executor:
+            reader = threading.Thread(target=read, args=(executor,), daemon=True)
+            reader.start()
+            done, expected = 0, None
+            while expected is None or done < expected:
+                item = results.get()
+                if item is None:
+                    expected = sent[0]
+                    continue
+                done += 1
+                window.release()
+                yield item
+            reader.join()
+
+    def ListOps(self, request: service_pb2.ListOpsRequest, context: grpc.ServicerContext) -> service_pb2.ListOpsResponse:
+        """Every op of the engine (asked of a worker once, then cached)."""
+        return self._serve("ListOps", context, lambda d, a: service_pb2.ListOpsResponse.FromString(self._op_catalog(d, a)[0]))
+
+    def _op_catalog(self, deadline: float, is_active: Callable[[], bool]) -> tuple[bytes, list[int]]:
+        if self._ops is None:
+            self._ops = self.pool.submit(Job("ops", None), deadline, is_active).payload
+        return self._ops
+
+    def ServerInfo(self, request: service_pb2.ServerInfoRequest, context: grpc.ServicerContext) -> service_pb2.ServerInfoResponse:
+        """Versions, limits, worker count and request counters."""
+        def info(deadline: float, is_active: Callable[[], bool]) -> service_pb2.ServerInfoResponse:
+            resp = service_pb2.ServerInfoResponse(
+                server_version=_version("gradserve"),
+                api_version=API_VERSION,
+                worker_count=self.pool.size,
+                supported_dtypes=self._op_catalog(deadline, is_active)[1],
+            )
+            resp.component_versions["python"] = sys.version.split()[0]
+            for dist in ("numpy", "grpcio", "protobuf"):
+                resp.component_versions[dist] = _version(dist)
+            for name in service_pb2.Limits.DESCRIPTOR.fields_by_name:
+                setattr(resp.limits, name, getattr(self.limits, name))
+            for method, code, n in self.stats.snapshot():
+                resp.request_counters.add(method=method, code=code, count=n)
+            return resp
+
+        return self._serve("ServerInfo", context, info)
+
+
+def _version(dist: str) -> str:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return "unknown"

@@ -1,0 +1,141 @@
+"""Each bad input gets the right status code and a BadRequest naming the field, while the server keeps
+answering health checks SERVING and serving good requests."""
+from __future__ import annotations
+
+from typing import Iterator
+
+import grpc
+import numpy as np
+import pytest
+from google.rpc import error_details_pb2
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_status import rpc_status
+
+from gradserve import codec
+from gradserve.engine import GraphBuilder, NotDifferentiableError
+from gradserve.server.app import Server, running
+from gradserve.server.compute import classify
+from gradserve.server.config import Limits, ServerConfig
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+
+LIMITS = Limits(max_graph_nodes=8, max_tensor_elements=1000, max_nesting_depth=3, max_message_bytes=1 << 20)
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=LIMITS)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def channel(server: Server) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", -1)]) as ch:
+        yield ch
+
+
+def sin_net(shape: tuple[int, ...] = (3,)) -> graph_pb2.Graph:
+    b = GraphBuilder()
+    return codec.encode_graph(b.build(b.op("Sin", b.input("x", "float32", shape))))
+
+
+def tensor(shape: tuple[int, ...] = (3,)) -> graph_pb2.Tensor:
+    return codec.encode_tensor(np.ones(shape, np.float32))
+
+
+def broken(mutate: object) -> graph_pb2.Graph:
+    g = sin_net()
+    mutate(g)  # type: ignore[operator]
+    return g
+
+
+def nested(depth: int) -> graph_pb2.ValueTree:
+    tree = graph_pb2.ValueTree(value="x")
+    for _ in range(depth):
+        tree = graph_pb2.ValueTree(tuple=graph_pb2.ValueTuple(items=[tree]))
+    return tree
+
+
+CASES = {
+    "unknown op": (
+        service_pb2.GradRequest(graph=broken(lambda g: setattr(g.nodes[0], "op", "Sinn")), inputs=[tensor()]),
+        grpc.StatusCode.INVALID_ARGUMENT, "graph.nodes[0].op"),
+    "dangling value": (
+        service_pb2.GradRequest(graph=broken(lambda g: g.nodes[0].inputs.__setitem__(0, "nope")), inputs=[tensor()]),
+        grpc.StatusCode.INVALID_ARGUMENT, "graph.nodes[0].inputs[0]"),
+    "input shape": (
+        service_pb2.GradRequest(graph=sin_net(), inputs=[tensor((4,))]),
+        grpc.StatusCode.INVALID_ARGUMENT, "inputs[0]"),
+    "data length": (
+        service_pb2.GradRequest(graph=sin_net(), inputs=[graph_pb2.Tensor(dtype=graph_pb2.DATA_TYPE_FLOAT32, shape=[3], data=b"12")]),
+        grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].data"),
+    "dtype unset": (
+        service_pb2.GradRequest(graph=sin_net(), inputs=[graph_pb2.Tensor(shape=[3], data=bytes(12))]),
+        grpc.StatusCode.INVALID_ARGUMENT, "inputs[0].dtype"),
+    "weights without get_by_list": (
+        service_pb2.GradRequest(graph=sin_net(), grad=graph_pb2.GradOperation(weights=["w"]), inputs=[tensor()]),
+        grpc.StatusCode.INVALID_ARGUMENT, "grad.weights"),
+    "no network": (
+        service_pb2.GradRequest(inputs=[tensor()]),
+        grpc.StatusCode.INVALID_ARGUMENT, "network"),
+    "unknown network id": (
+        service_pb2.GradRequest(network_id="sha256:0", inputs=[tensor()]),
+        grpc.StatusCode.NOT_FOUND, "network_id"),
+    "too many nodes": (
+        service_pb2.GradRequest(graph=broken(lambda g: [g.nodes.add(op="Sin", inputs=["x"], outputs=[f"s{i}"]) for i in range(8)]),
+                                inputs=[tensor()]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "graph.nodes"),
+    "too many elements": (
+        service_pb2.GradRequest(graph=sin_net((2000,)), inputs=[tensor((2000,))]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "graph.inputs[0].shape"),
+    "nesting too deep": (
+        service_pb2.GradRequest(graph=broken(lambda g: g.outputs.CopyFrom(nested(4))), inputs=[tensor()]),
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "graph.outputs"),
+}
+
+
+def violations(exc: grpc.RpcError) -> list[str]:
+    status = rpc_status.from_call(exc)  # type: ignore[arg-type]
+    fields = []
+    for detail in status.details if status else []:
+        br = error_details_pb2.BadRequest()
+        if detail.Unpack(br):
+            fields += [v.field for v in br.field_violations]
+    return fields
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_bad_input_gets_its_code_and_field_while_health_stays_serving(channel: grpc.Channel, case: str) -> None:
+    request, code, field = CASES[case]
+    stub = service_pb2_grpc.GradientStub(channel)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Grad(request, timeout=30)
+    assert info.value.code() == code, info.value.details()
+    assert any(f.startswith(field) for f in violations(info.value)), (violations(info.value), info.value.details())
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=5)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    ok = stub.Grad(service_pb2.GradRequest(graph=sin_net(), inputs=[tensor()]), timeout=30)
+    np.testing.assert_allclose(codec.decode_tree(ok.gradients), np.cos(np.ones(3, np.float32)))
+
+
+def test_register_rejects_a_bad_graph_naming_the_node(channel: grpc.Channel) -> None:
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GradientStub(channel).RegisterNetwork(
+            service_pb2.RegisterNetworkRequest(graph=broken(lambda g: setattr(g.nodes[0], "op", "Sinn"))))
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "Sinn" in info.value.details() and violations(info.value) == ["graph.nodes[0].op"]
+
+
+def test_a_message_over_the_size_limit_is_resource_exhausted(channel: grpc.Channel) -> None:
+    big = codec.encode_tensor(np.ones(300_000, np.float32))  # 1.2 MB > max_message_bytes
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GradientStub(channel).Grad(service_pb2.GradRequest(graph=sin_net(), inputs=[big]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+
+
+def test_engine_errors_map_to_codes_and_only_bugs_are_internal() -> None:
+    assert classify(NotDifferentiableError("Foo has no gradient")).code == "UNIMPLEMENTED"
+    wire = classify(codec.WireError("inputs[1]", "bad"))
+    assert (wire.code, wire.violations) == ("INVALID_ARGUMENT", [("inputs[1]", "bad")])
+    assert classify(codec.LimitError("graph.nodes", "too many")).code == "RESOURCE_EXHAUSTED"
+    assert classify(MemoryError()).code == "RESOURCE_EXHAUSTED"
+    assert classify(KeyError("bug")).code == "INTERNAL"

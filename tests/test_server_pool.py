@@ -1,0 +1,151 @@
+"""The worker pool under failure: a killed worker, a full queue, an expired deadline, a cancelled call,
+draining on stop and on SIGTERM. Waits poll the server's state; nothing asserts on elapsed time."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from typing import Callable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+
+from gradserve import codec
+from gradserve.engine import GraphBuilder
+from gradserve.server.app import Server, running
+from gradserve.server.config import Limits, ServerConfig
+from gradserve.v1 import service_pb2, service_pb2_grpc
+
+
+def wait_until(cond: Callable[[], bool], what: str) -> None:
+    """Poll ``cond`` (the pytest timeout bounds the wait)."""
+    while not cond():
+        time.sleep(0.01)
+
+
+def slow_net(n: int, k: int) -> service_pb2.RegisterNetworkRequest:
+    """sum(sin^k(x @ y)) over an n x n outer product: seconds of work for a small request."""
+    b = GraphBuilder()
+    h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, n)))
+    for _ in range(k):
+        h = b.op("Sin", h)
+    return service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h))))
+
+
+def slow_request(stub: service_pb2_grpc.GradientStub, n: int = 2000, k: int = 12) -> service_pb2.GradRequest:
+    nid = stub.RegisterNetwork(slow_net(n, k)).network_id
+    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(np.full((n, 1), 0.5)),
+                                                           codec.encode_tensor(np.full((1, n), 0.5))])
+
+
+def composed_sin_grad(n: int, k: int) -> np.ndarray:
+    """d/dx sum(sin^k(x y)) at x = y = 0.5: the chain rule, one cos factor per Sin, times y."""
+    x = np.full((n, 1), 0.5)
+    h, d = x @ x.T, np.ones((n, n))
+    for _ in range(k):
+        d, h = d * np.cos(h), np.sin(h)
+    return (d * x.T).sum(axis=1, keepdims=True)
+
+
+def quick_check(stub: service_pb2_grpc.GradientStub) -> None:
+    """A small gradient, checked against cos."""
+    b = GraphBuilder()
+    g = codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", (4,)))))
+    x = np.linspace(0, 1, 4)
+    resp = stub.Grad(service_pb2.GradRequest(graph=g, inputs=[codec.encode_tensor(x)]), timeout=30)
+    np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(x), rtol=1e-12)
+
+
+@pytest.fixture()
+def one_worker() -> Iterator[tuple[Server, service_pb2_grpc.GradientStub]]:
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_queue_depth=1))
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        yield server, service_pb2_grpc.GradientStub(channel)
+
+
+def test_killed_worker_fails_only_its_request_retryably_and_is_replaced(one_worker: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
+    server, stub = one_worker
+    request = slow_request(stub)
+    before = server.pool.pids()
+    call = stub.Grad.future(request, timeout=60)
+    wait_until(lambda: server.pool.busy_pids() == before, "the worker to take the request")
+    os.kill(before[0], signal.SIGKILL)
+    with pytest.raises(grpc.RpcError) as info:
+        call.result()
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE and "died" in info.value.details()
+    assert server.pool.pids() != before and server.pool.replaced == 1
+    quick_check(stub)
+
+
+def test_full_queue_is_resource_exhausted_and_cancelled_calls_free_their_worker(
+    one_worker: tuple[Server, service_pb2_grpc.GradientStub],
+) -> None:
+    server, stub = one_worker
+    request = slow_request(stub)
+    running_call = stub.Grad.future(request, timeout=60)
+    wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
+    queued_call = stub.Grad.future(request, timeout=60)
+    wait_until(lambda: server.pool.queued == 1, "the second call to queue")
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Grad(request, timeout=60)
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED and "queue" in info.value.details()
+    queued_call.cancel()
+    running_call.cancel()
+    wait_until(lambda: server.pool.replaced == 1 and not server.pool.busy_pids() and server.pool.queued == 0,
+               "the cancelled work to stop")
+    quick_check(stub)
+
+
+def test_expired_deadline_stops_the_work_and_frees_the_worker(one_worker: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
+    server, stub = one_worker
+    request = slow_request(stub)
+    with pytest.raises(grpc.RpcError) as info:
+        stub.Grad(request, timeout=0.3)
+    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    wait_until(lambda: server.pool.replaced == 1 and not server.pool.busy_pids(), "the worker to be replaced")
+    quick_check(stub)
+
+
+def test_stop_drains_in_flight_calls_and_refuses_new_ones() -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1)
+    server = Server(config)
+    server.start()
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            stub = service_pb2_grpc.GradientStub(channel)
+            request = slow_request(stub, n=1000, k=8)
+            call = stub.Grad.future(request, timeout=60)
+            wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
+            stopper = threading.Thread(target=server.stop, args=(30,))
+            stopper.start()
+            wait_until(lambda: server.servicer.draining, "draining to begin")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Grad(request, timeout=30)
+            assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+            np.testing.assert_allclose(codec.decode_tree(call.result().gradients), composed_sin_grad(1000, 8), rtol=1e-10)
+            stopper.join()
+    finally:
+        server.stop(1)
+
+
+def test_sigterm_drains_and_exits_cleanly_with_json_logs() -> None:
+    proc = subprocess.Popen([sys.executable, "-m", "gradserve.server", "--host", "127.0.0.1", "--port", "0", "--workers", "1"],
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        start = json.loads(proc.stderr.readline())  # type: ignore[union-attr]
+        assert start["event"] == "server_start" and start["workers"] == 1
+        with grpc.insecure_channel(f"127.0.0.1:{start['port']}") as channel:
+            quick_check(service_pb2_grpc.GradientStub(channel))
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=60) == 0
+        events = [json.loads(line)["event"] for line in proc.stderr if line.startswith("{")]  # type: ignore[union-attr]
+        assert events[-2:] == ["server_draining", "server_stop"]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
