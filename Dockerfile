@@ -8,7 +8,7 @@ RUN python3 -m venv /opt/venv && useradd --system --create-home --uid 10001 grad
 
 WORKDIR /src
 COPY pyproject.toml README.md ./
-COPY gradserve ./gradserve
+COPY src ./src
 COPY engine ./engine
 COPY client ./client
 COPY server ./server

@@ -2,12 +2,8 @@
 from __future__ import annotations
 
 import os
+import sys
 import traceback
-
-_PACKAGE_DIRS = tuple(
-    os.path.dirname(os.path.abspath(p))
-    for p in (__file__, os.path.join(os.path.dirname(__file__), "..", "gradserve", "__init__.py"))
-)
 
 
 class TracingError(RuntimeError):
@@ -16,9 +12,20 @@ class TracingError(RuntimeError):
 
 def user_location() -> str:
     """``file:line in function: source`` of the innermost caller outside the gradserve package."""
+    dirs = _package_dirs()
     for frame in reversed(traceback.extract_stack()):
         path = os.path.dirname(os.path.abspath(frame.filename))
-        if not any(path == d or path.startswith(d + os.sep) for d in _PACKAGE_DIRS):
+        if not any(path == d or path.startswith(d + os.sep) for d in dirs):
             src = f": {frame.line.strip()}" if frame.line else ""
             return f"{frame.filename}:{frame.lineno} in {frame.name}{src}"
     return "<unknown location>"
+
+
+def _package_dirs() -> tuple[str, ...]:
+    """Folders of the imported gradserve packages, wherever setuptools mapped them from."""
+    return tuple(
+        os.path.abspath(p)
+        for name, mod in list(sys.modules.items())
+        if (name == "gradserve" or name.startswith("gradserve.")) and hasattr(mod, "__path__")
+        for p in mod.__path__
+    )

@@ -13,6 +13,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
+SRC = ROOT / "src"
 PACKAGE = Path("gradserve") / "v1"
 GRPCIO_TOOLS_VERSION = "1.85.1"
 MYPY_PROTOBUF_VERSION = "5.1.0"
@@ -68,7 +69,7 @@ def generate(out_root: Path) -> list[Path]:
 def main() -> None:
     """Command line: regenerate into the repository (default) or into --out."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=ROOT, help="root to write gradserve/v1/ under")
+    parser.add_argument("--out", type=Path, default=SRC, help="root to write gradserve/v1/ under")
     for path in generate(parser.parse_args().out):
         print(path)
 
