@@ -93,7 +93,8 @@ class Program:
             )
         out_slots = [slot_of(v) for v in g.flat_outputs]
         self._out_slots = out_slots
-        self._const_outputs = [i for i, s in enumerate(out_slots) if s in template]
+        fed = {s for s, _ in self._inputs} | {s for s, _ in self._params.values()}
+        self._copied_outputs = [i for i, s in enumerate(out_slots) if s in template or s in fed]
         keep = set(out_slots) | set(template) | {s for s, _ in self._params.values()}
         last: dict[int, int] = {}
         for k, (_, ins, outs) in enumerate(body):
@@ -136,14 +137,14 @@ class Program:
             for s in frees:
                 env[s] = None
         results = [np.asarray(env[s]) for s in self._out_slots]
-        for i in self._const_outputs:
+        for i in self._copied_outputs:
             results[i] = results[i].copy()
         return unflatten(self.graph.outputs, iter(results))
 
 
 def _check(a: Any, v: Value, what: str) -> np.ndarray:
     if not isinstance(a, np.ndarray) or a.dtype != v.dtype or a.shape != v.shape:
-        got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else type(a).__name__
+        got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else f"a {type(a).__name__} (not an ndarray)"
         raise InputError(f"{what} {v.name!r} expects {v.dtype.name}{list(v.shape)}, got {got}")
     return a
 

@@ -181,12 +181,11 @@ class Graph:
 
 
 def _attr_text(v: Any) -> str:
+    """An attribute as exact text: tensors by dtype, shape and a digest of their bytes, floats by repr."""
     if isinstance(v, np.ndarray):
         return f"tensor<{v.dtype.name}{list(v.shape)}:{hashlib.sha256(np.ascontiguousarray(v).tobytes()).hexdigest()[:16]}>"
     if isinstance(v, np.dtype):
         return v.name
-    if isinstance(v, float):
-        return repr(v)
     return repr(v)
 
 
@@ -241,7 +240,8 @@ def _canonical(g: Graph) -> str:
         if n.op == "GradOperation":
             used_fns.append(n.attrs["fn"])
         args = ",".join(ids[id(v)] for v in n.inputs)
-        parts.append(f"{n.op}{format_attrs(n.attrs)}({args}) sg={n.stop_gradient} -> {[str(v.type) for v in n.outputs]}")
+        attrs = ",".join(f"{k}={_attr_text(n.attrs[k])}" for k in sorted(n.attrs))
+        parts.append(f"{n.op}[{attrs}]({args}) sg={n.stop_gradient} -> {[str(v.type) for v in n.outputs]}")
     parts.append("out " + _canon_tree(g.outputs, ids))
     for fn in sorted(set(used_fns)):
         parts.append(f"fn {fn} {{{_canonical(g.library[fn])}}}")

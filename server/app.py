@@ -23,6 +23,10 @@ SPARE_THREADS = 8
 """gRPC threads beyond workers + queue, so health checks and ServerInfo answer while the pool is full."""
 
 
+
+SEND_GRACE_SECONDS = 5.0
+"""How long responses already produced may take to reach their callers once a drain is done."""
+
 class Server:
     """A gradserve server: ``start()`` returns the bound port, ``stop()`` drains and shuts down."""
 
@@ -72,8 +76,10 @@ class Server:
         self.servicer.draining = True
         self.health.enter_graceful_shutdown()
         log("server_draining", port=self.port, grace_seconds=grace)
-        self.servicer.wait_idle(grace)
-        self.grpc.stop(0).wait()
+        idle = self.servicer.wait_idle(grace)
+        # Handlers that returned may still be sending their responses: give those a moment, unless the
+        # drain timed out, in which case the remaining calls are cancelled now.
+        self.grpc.stop(SEND_GRACE_SECONDS if idle else 0).wait()
         self.pool.close()
         log("server_stop", port=self.port, counters=self.servicer.stats.snapshot(), workers_replaced=self.pool.replaced)
 

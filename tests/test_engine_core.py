@@ -266,3 +266,26 @@ def test_listing_shows_each_library_function_once() -> None:
     text = str(g.build(ds + dc))
     assert text.count("where sin =") == 1 and text.count("where cos =") == 1
     assert "GradOperation[fn='cos'" in text
+
+
+def test_structural_hash_tells_apart_constants_that_print_alike() -> None:
+    def scaled(c: float) -> str:
+        g = GraphBuilder("scale")
+        return g.build(g.input("x", "float64", (2,)) * c).structural_hash()
+
+    base = scaled(0.1)
+    assert scaled(0.1000000001) != base
+    with np.printoptions(precision=2):
+        assert scaled(0.1) == base
+
+
+def test_outputs_never_alias_inputs_or_parameters() -> None:
+    g = GraphBuilder("id")
+    x = g.input("x", "float64", (2,))
+    prog = compile_graph(g.build((x, g.param("w", np.ones(2)))))
+    arg = np.array([1.0, 2.0])
+    out_x, out_w = prog(arg)
+    out_x[0] = 5.0
+    out_w[0] = 5.0
+    np.testing.assert_array_equal(arg, [1.0, 2.0])
+    np.testing.assert_array_equal(prog(arg)[1], [1.0, 1.0])
