@@ -16,6 +16,7 @@ from .tracing import current_frame
 _SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
 _PROMOTED = ("x", "y")
 """Inputs with these names (the broadcasting binary ops and Select) are promoted to one dtype, as MindSpore does."""
+"""Ops whose result is a tuple in MindSpore whatever its length (``Split(output_num=1)`` gives a 1-tuple)."""
 
 
 def apply_op(op: str, *inputs: Any, **attrs: Any) -> Any:
@@ -30,7 +31,7 @@ def apply_op(op: str, *inputs: Any, **attrs: Any) -> Any:
     else:
         values = [frame.value_of(t) for t in tensors]
         outs = [Tensor._symbolic(v, frame) for v in frame.builder.add_node(op, values, attrs)]
-    return outs[0] if len(outs) == 1 else tuple(outs)
+    return tuple(outs) if get_op(op).multi_output or len(outs) != 1 else outs[0]
 
 
 def coerce_inputs(op: str, inputs: Sequence[Any]) -> list[Tensor]:
@@ -57,9 +58,11 @@ def coerce_inputs(op: str, inputs: Sequence[Any]) -> list[Tensor]:
 
 
 def _scalar(v: Any, ref: np.dtype | None) -> Tensor:
-    """A 0-d Tensor for a Python number, in ``ref``'s dtype (a float next to an integer tensor becomes float32)."""
+    """A 0-d Tensor for a number in ``ref``'s dtype (MindSpore 2.0: a float by an int/bool -> float32, an int by a bool -> int32)."""
     if ref is None:
         return Tensor(v)
     if isinstance(v, (float, np.floating)) and ref.kind != "f":
         ref = np.dtype(np.float32)
+    elif not isinstance(v, (bool, np.bool_)) and ref.kind == "b":
+        ref = np.dtype(np.int32)
     return Tensor._wrap(np.asarray(v, dtype=ref))

@@ -45,7 +45,9 @@ def _basic(t: Any, key: list[Any]) -> Any:
         dim, n = len(spec), t.shape[len(spec)]
         if isinstance(k, slice):
             start, stop, step = k.indices(n)
-            if step < 0 and stop < 0:
+            if not range(start, stop, step):
+                start, stop, step = 0, 0, 1  # indices() may give start -1 here, which StridedSlice reads as the last
+            elif step < 0 and stop < 0:
                 end_mask |= 1 << dim  # a negative stop here means "through index 0", not "from the end"
             spec.append((start, stop, step))
             out_shape.append(len(range(start, stop, step)))
@@ -71,4 +73,19 @@ def _gather(t: Any, key: tuple[Any, ...], arrays: list[int]) -> Any:
     if index.dtype.np_dtype.kind not in "iu":
         raise IndexError(f"index arrays must be integers, got {index.dtype} (boolean masks have data-dependent shapes)")
     _require("Gather")
-    return apply_op("Gather", t, index, axis=axis)
+    return apply_op("Gather", t, _wrap_negative(index, t.shape[axis], axis), axis=axis)
+
+
+def _wrap_negative(index: Tensor, n: int, axis: int) -> Tensor:
+    """``index`` with negative entries counted from the end of an axis of length ``n``, as NumPy does."""
+    if not index.is_traced:
+        arr = index._concrete("an index")
+        bad = arr[(arr < -n) | (arr >= n)]
+        if bad.size:
+            raise IndexError(f"index {bad.flat[0]} is out of bounds for axis {axis} with size {n}")
+        return Tensor._wrap(np.where(arr < 0, arr + n, arr).astype(arr.dtype)) if np.any(arr < 0) else index
+    if index.dtype.np_dtype.kind == "u":
+        return index
+    for op in ("Less", "Add", "Select"):
+        _require(op)
+    return apply_op("Select", apply_op("Less", index, 0), apply_op("Add", index, n), index)

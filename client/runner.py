@@ -58,8 +58,14 @@ def trace_count(fn: Any) -> int:
 
 def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(
-        ("T", a._array_dtype().str, a.shape) if isinstance(a, Tensor) else ("S", type(a).__name__, a) for a in args
+        ("T", a._array_dtype().str, a.shape) if isinstance(a, Tensor) else ("S", type(a).__name__, _scalar_key(a))
+        for a in args
     )
+
+
+def _scalar_key(a: Any) -> Any:
+    """A Python scalar input as a cache key: floats by their bits, so 0.0 and -0.0 (and NaNs) get their own traces."""
+    return np.asarray(a).tobytes() if isinstance(a, (float, np.floating)) else a
 
 
 def _param_state(params: Sequence[Parameter]) -> tuple[Any, ...]:

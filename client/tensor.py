@@ -161,16 +161,16 @@ class Tensor:
         return apply_op("Mul", o, self)
 
     def __truediv__(self, o: Any) -> Any:
-        return apply_op("RealDiv", self, o)
+        return _true_divide(self, o)
 
     def __rtruediv__(self, o: Any) -> Any:
-        return apply_op("RealDiv", o, self)
+        return _true_divide(o, self)
 
     def __pow__(self, o: Any) -> Any:
-        return apply_op("Pow", self, o)
+        return _power(self, o)
 
     def __rpow__(self, o: Any) -> Any:
-        return apply_op("Pow", o, self)
+        return _power(o, self)
 
     def __matmul__(self, o: Any) -> Any:
         return apply_op("MatMul" if self.ndim == 2 and np.ndim(o) == 2 else "BatchMatMul", self, o)
@@ -225,5 +225,28 @@ class Tensor:
         return apply_op("ReduceMean", self, axis=axis, keep_dims=keep_dims)
 
 
-from .dispatch import apply_op  # noqa: E402  (dispatch builds Tensors, so it is imported after the class)
+def _is_float(v: Any) -> bool:
+    """True for a Python float or a float Tensor."""
+    return isinstance(v, (float, np.floating)) or (isinstance(v, Tensor) and v._array_dtype().kind == "f")
+
+
+def _true_divide(x: Any, y: Any) -> Any:
+    """MindSpore's ``x / y`` (ops.div): true division, computed in float32 when neither operand is a float."""
+    if not (_is_float(x) or _is_float(y)):
+        x, y = (apply_op("Cast", v, dtype=np.dtype(np.float32)) if isinstance(v, Tensor) else v for v in (x, y))
+    return apply_op("RealDiv", x, y)
+
+
+def _power(x: Any, y: Any) -> Any:
+    """``x ** y`` in the promoted dtype; integer powers go through float64 (exact below 2**53) and are truncated back."""
+    x, y = coerce_inputs("Pow", (x, y))
+    dt = x._array_dtype()
+    if dt.kind == "f":
+        return apply_op("Pow", x, y)
+    wide = np.dtype(np.float64)
+    out = apply_op("Pow", apply_op("Cast", x, dtype=wide), apply_op("Cast", y, dtype=wide))
+    return apply_op("Cast", out, dtype=dt)
+
+
+from .dispatch import apply_op, coerce_inputs  # noqa: E402  (dispatch builds Tensors, so it is imported after the class)
 from .indexing import getitem  # noqa: E402

@@ -42,7 +42,8 @@ class OpDef:
     ``forward(*arrays, **attrs)`` computes with NumPy; ``vjp`` is the rule described in the module doc,
     or None when the op has no gradient (asking for one raises NotDifferentiableError);
     ``nondiff`` names inputs that never take a gradient (indices, conditions); ``type_only`` marks ops
-    whose output depends on their inputs' types alone (OnesLike), which the compiler may fold.
+    whose output depends on their inputs' types alone (OnesLike), which the compiler may fold;
+    ``multi_output`` marks ops that return a tuple whatever their output count (Split with one piece).
     """
 
     name: str
@@ -54,6 +55,7 @@ class OpDef:
     doc: str = ""
     nondiff: tuple[str, ...] = ()
     type_only: bool = False
+    multi_output: bool = False
 
     @property
     def variadic(self) -> bool:
@@ -77,11 +79,12 @@ def defop(
     doc: str = "",
     nondiff: Sequence[str] = (),
     type_only: bool = False,
+    multi_output: bool = False,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
         raise ValueError(f"op {name!r} is defined twice")
-    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only)
+    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, multi_output)
     OPS[name] = opdef
     return opdef
 

@@ -87,6 +87,21 @@ def test_second_call_with_same_signature_does_not_retrace_and_new_signature_does
     assert trace_count(net) == 3
 
 
+class Divide(nn.Cell):
+    def construct(self, x: Tensor, s: float) -> Tensor:
+        return x / s
+
+
+def test_python_floats_that_compare_equal_but_differ_get_their_own_traces() -> None:
+    net, x = Divide(), np.array([1.0, -2.0])
+    with np.errstate(divide="ignore", invalid="ignore"):
+        for s in (0.0, -0.0, 0.0, float("nan"), -float("nan"), 2.0):
+            got = net(Tensor(x), s).asnumpy()
+            np.testing.assert_array_equal(np.signbit(got), np.signbit(x / s))
+            np.testing.assert_array_equal(got, x / s)
+    assert trace_count(net) == 5
+
+
 def test_parameter_update_between_calls_is_used_without_retrace() -> None:
     net, x = Leaf(), Tensor([1.0, 2.0])
     grad_w = ops.GradOperation(get_all=True, get_by_list=True)

@@ -1,13 +1,15 @@
-"""Tensor, dtype and ops outside any Cell (eager), checked against NumPy and MindSpore's printed forms."""
+"""Tensor, dtype and ops outside any Cell (eager; some also traced), checked against NumPy and MindSpore's printed forms."""
 from __future__ import annotations
 
 import operator
 from dataclasses import replace
+from typing import Any
 
 import numpy as np
 import pytest
 
 import gradserve as gs
+import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Tensor
 from gradserve import dtype as mstype
@@ -194,3 +196,94 @@ def test_indexing_errors_and_gradient() -> None:
 
     g = ops.GradOperation()(f)(t).asnumpy()
     np.testing.assert_array_equal(g, [[0.0, 5.0, 4.0], [0.0, 2.0, 1.0]])
+
+
+class _Apply(nn.Cell):
+    """A Cell whose construct is ``fn``, so the same expression can be checked traced as well as eagerly."""
+
+    def __init__(self, fn: Any) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def construct(self, *xs: Tensor) -> Any:
+        return self.fn(*xs)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_python_numbers_next_to_a_bool_tensor_do_arithmetic(traced: bool) -> None:
+    m = np.array([True, False])
+    cases = [(lambda t: t + 1, m + 1), (lambda t: t * 3, m * 3), (lambda t: t - 1, m - 1), (lambda t: 2 - t, 2 - m),
+             (lambda t: (t + 1).sum(), (m + 1).sum()), (lambda t: t + 2.5, m + 2.5), (lambda t: t == 1, m == 1)]
+    for fn, want in cases:
+        got = (_Apply(fn) if traced else fn)(Tensor(m))
+        np.testing.assert_array_equal(got.asnumpy(), want)
+        # MindSpore 2.0's rule for a bool Tensor and a Python number: int -> int32, float -> float32.
+        assert got.dtype == {"i": mstype.int32, "f": mstype.float32, "b": mstype.bool_}[want.dtype.kind]
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_multi_output_primitives_return_tuples_of_any_length(traced: bool) -> None:
+    a = np.arange(6, dtype=np.float32).reshape(2, 3)
+    call = _Apply(lambda x: ops.Split(axis=1, output_num=1)(x)) if traced else ops.Split(axis=1, output_num=1)
+    out = call(Tensor(a))
+    assert isinstance(out, tuple) and len(out) == 1
+    np.testing.assert_array_equal(out[0].asnumpy(), a)
+    z, y = a, np.eye(2, 3, dtype=np.float32)
+    loss, backprop = ops.SoftmaxCrossEntropyWithLogits()(Tensor(z), Tensor(y))
+    p = np.exp(z - z.max(1, keepdims=True))
+    p /= p.sum(1, keepdims=True)
+    np.testing.assert_allclose(loss.asnumpy(), -(y * np.log(p)).sum(1), rtol=1e-6)
+    np.testing.assert_allclose(backprop.asnumpy(), p - y, rtol=1e-6, atol=1e-7)
+    norm = ops.LayerNorm()(Tensor(a), Tensor(np.ones(3, np.float32)), Tensor(np.zeros(3, np.float32)))
+    assert isinstance(norm, tuple) and len(norm) == 3
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_reversed_slices_starting_before_the_beginning_are_empty(traced: bool) -> None:
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)
+    for fn, want in [(lambda t: t[:, -10::-1], a[:, -10::-1]), (lambda t: t[-7::-1], a[-7::-1]),
+                     (lambda t: t[-7::-2, 3::-1], a[-7::-2, 3::-1]), (lambda t: t[1:, -1:-9:-2], a[1:, -1:-9:-2])]:
+        got = (_Apply(fn) if traced else fn)(Tensor(a))
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got.asnumpy(), want)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_negative_index_arrays_count_from_the_end(traced: bool) -> None:
+    a = np.arange(24, dtype=np.float32).reshape(4, 6)
+    for fn, want in [(lambda t: t[[0, -1]], a[[0, -1]]), (lambda t: t[:, [-6, 5, -1]], a[:, [-6, 5, -1]])]:
+        np.testing.assert_array_equal((_Apply(fn) if traced else fn)(Tensor(a)).asnumpy(), want)
+    for dt in (np.int32, np.int64):
+        idx = np.array([-1, 0, -4, 2], dt)
+        got = (_Apply(lambda t, i: t[i]) if traced else (lambda t, i: t[i]))(Tensor(a), Tensor(idx))
+        np.testing.assert_array_equal(got.asnumpy(), a[idx])
+    with pytest.raises(IndexError, match="index -5 is out of bounds for axis 0 with size 4"):
+        Tensor(a)[[0, -5]]
+
+
+def test_gradient_through_a_negative_index_tensor() -> None:
+    def f(x: Tensor, i: Tensor) -> Tensor:
+        return (x[i] * x[i]).sum()
+
+    x = np.arange(4.0)
+    g = ops.GradOperation()(f)(Tensor(x), Tensor(np.array([-1, -1, 1]))).asnumpy()
+    np.testing.assert_array_equal(g, [0.0, 2 * x[1], 0.0, 2 * 2 * x[3]])
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_integer_true_division_and_power(traced: bool) -> None:
+    i = np.array([1, 2, -3], np.int32)
+    for fn, want, dt in [
+        (lambda t: t / 2, i / 2, mstype.float32),  # MindSpore's ops.div: true division, float32 for integers
+        (lambda t: t / t, i / i, mstype.float32),
+        (lambda t: 3 / t, 3 / i, mstype.float32),
+        (lambda t: t / 2.0, i / 2.0, mstype.float32),
+        (lambda t: t ** 2, i ** 2, mstype.int32),  # integer powers stay in the integer dtype
+        (lambda t: t ** 3, i ** 3, mstype.int32),
+        (lambda t: 2 ** t.astype(mstype.int64).sum(), np.int64(2) ** i.sum(), mstype.int64),
+        (lambda t: t ** Tensor(np.array([3, 1, 2], np.int32)), i ** np.array([3, 1, 2]), mstype.int32),
+        (lambda t: abs(t) ** 0.5, np.abs(i) ** 0.5, mstype.float32),
+    ]:
+        got = (_Apply(fn) if traced else fn)(Tensor(i))
+        assert got.dtype == dt
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-6)
