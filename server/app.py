@@ -5,15 +5,18 @@ import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
-from typing import Iterator
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
 
 import grpc
+from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..v1 import service_pb2, service_pb2_grpc
 from . import worker
 from .config import ServerConfig
+from .errors import Failure
 from .jsonlog import log
 from .pool import WorkerPool
 from .servicer import GradientServicer
@@ -22,10 +25,104 @@ SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 SPARE_THREADS = 8
 """gRPC threads beyond workers + queue, so health checks and ServerInfo answer while the pool is full."""
 
+PARSE_PROBLEMS = {
+    "Exceeded upb_DecodeOptions_MaxDepth": "messages nest more than 100 levels deep (protobuf's recursion limit)",
+    "Wire format was corrupt": "the bytes are not valid protobuf wire format (garbage or truncated)",
+    "String field had bad UTF-8": "a string field is not valid UTF-8",
+}
+"""Plain words for protobuf's (upb's) parse errors; any other error is quoted as it is."""
+
+Reject = Callable[[str, Failure, grpc.ServicerContext], None]
+
+
+@dataclass(frozen=True)
+class Unparsable:
+    """Stands in for a request message protobuf could not parse, so that the method can answer INVALID_ARGUMENT."""
+
+    problem: str
+
+
+def _explain(exc: Exception) -> str:
+    """What protobuf disliked about a message, in plain words when the error is a known one."""
+    detail = str(exc).rpartition(": ")[2]
+    return PARSE_PROBLEMS.get(detail, f"{type(exc).__name__}: {exc}")
+
+
+def _until_unparsable(requests: Iterator[Any], bad: list[tuple[int, Unparsable]]) -> Iterator[Any]:
+    """The parsed messages of a request stream, ending before the first unparsable one (recorded in ``bad``)."""
+    for i, request in enumerate(requests):
+        if isinstance(request, Unparsable):
+            bad.append((i, request))
+            return
+        yield request
+
+
+def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject) -> grpc.RpcMethodHandler:
+    """``handler`` with a request deserializer that never raises and a behaviour that answers a message
+    protobuf could not parse INVALID_ARGUMENT naming the method and the problem (grpc says INTERNAL).
+    A bad message in a request stream ends it after the messages before it have been answered."""
+    parse = handler.request_deserializer
+    type_name = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    expected = f"a valid {type_name.full_name}" if type_name is not None else "a valid request"
+
+    def deserialize(raw: bytes) -> Any:
+        try:
+            return parse(raw)
+        except (DecodeError, RecursionError) as exc:
+            return Unparsable(_explain(exc))
+
+    def refuse(context: grpc.ServicerContext, bad: Unparsable, where: str) -> None:
+        reject(method, Failure("INVALID_ARGUMENT", f"{method}: {where} is not {expected} message: {bad.problem}"), context)
+
+    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+        if isinstance(request, Unparsable):
+            refuse(context, request, "the request")
+        behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
+        return behavior(request, context)
+
+    def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+        bad: list[tuple[int, Unparsable]] = []
+        response = handler.stream_unary(_until_unparsable(requests, bad), context)
+        for i, b in bad:
+            refuse(context, b, f"message {i} of the request stream")
+        return response
+
+    def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+        bad: list[tuple[int, Unparsable]] = []
+        yield from handler.stream_stream(_until_unparsable(requests, bad), context)
+        for i, b in bad:
+            refuse(context, b, f"message {i} of the request stream")
+
+    kinds = {
+        (False, False): (grpc.unary_unary_rpc_method_handler, unary),
+        (False, True): (grpc.unary_stream_rpc_method_handler, unary),
+        (True, False): (grpc.stream_unary_rpc_method_handler, stream_unary),
+        (True, True): (grpc.stream_stream_rpc_method_handler, stream_stream),
+    }
+    make, behavior = kinds[(handler.request_streaming, handler.response_streaming)]
+    return make(behavior, request_deserializer=deserialize, response_serializer=handler.response_serializer)
+
+
+class ParseGuard(grpc.ServerInterceptor):
+    """Applies ``guard_parsing`` to every method served (once per method)."""
+
+    def __init__(self, reject: Reject) -> None:
+        self._reject = reject
+        self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
+
+    def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
+                          handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
+        method = handler_call_details.method
+        if method not in self._guarded:
+            handler = continuation(handler_call_details)
+            ok = handler is not None and handler.request_deserializer is not None
+            self._guarded[method] = guard_parsing(handler, method, self._reject) if ok else handler
+        return self._guarded[method]
 
 
 SEND_GRACE_SECONDS = 5.0
 """How long responses already produced may take to reach their callers once a drain is done."""
+
 
 class Server:
     """A gradserve server: ``start()`` returns the bound port, ``stop()`` drains and shuts down."""
@@ -36,14 +133,14 @@ class Server:
         # The pool's processes come first: no grpc object may exist when they are created.
         self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size))
         threads = config.workers + lim.max_queue_depth + SPARE_THREADS
+        self.servicer = GradientServicer(self.pool, config)
         options = [
             ("grpc.max_receive_message_length", lim.max_message_bytes or -1),
             ("grpc.max_send_message_length", lim.max_message_bytes or -1),
             ("grpc.so_reuseport", 0),
         ]
-        self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"),
-                                options=options, maximum_concurrent_rpcs=threads * 4)
-        self.servicer = GradientServicer(self.pool, config)
+        self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,
+                                maximum_concurrent_rpcs=threads * 4, interceptors=[ParseGuard(self._reject)])
         service_pb2_grpc.add_GradientServicer_to_server(self.servicer, self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
@@ -82,6 +179,14 @@ class Server:
         self.grpc.stop(SEND_GRACE_SECONDS if idle else 0).wait()
         self.pool.close()
         log("server_stop", port=self.port, counters=self.servicer.stats.snapshot(), workers_replaced=self.pool.replaced)
+
+    def _reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
+        """Answer ``f`` for a call that never reached its method; counted when it was a Gradient method."""
+        service, _, name = method.lstrip("/").partition("/")
+        if service == SERVICE_NAME:
+            self.servicer.reject(name, f, context)
+        else:
+            self.servicer.fail(method, f, context)
 
     def wait_for_termination(self) -> None:
         """Serve until SIGTERM or SIGINT, then drain and stop."""

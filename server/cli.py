@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import config
@@ -15,7 +16,8 @@ def _parser() -> argparse.ArgumentParser:
     demo = sub.add_parser("demo", help="start a server on a free port and run the GradOperation tutorial through it")
     demo.add_argument("--workers", type=int, default=2)
     health = sub.add_parser("health", help="ask a server's grpc.health.v1 service; exit 0 when SERVING")
-    health.add_argument("--target", default="127.0.0.1:50051")
+    health.add_argument("--target", default=f"127.0.0.1:{os.environ.get('GRADSERVE_PORT', '50051')}",
+                        help="host:port to ask (default 127.0.0.1 at $GRADSERVE_PORT, else 50051)")
     health.add_argument("--timeout", type=float, default=3.0)
     return p
 

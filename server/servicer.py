@@ -137,14 +137,23 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 self._leave()
         except Failure as f:
             code = f.code
-            log("request_error", method=method, code=f.code, message=f.message, peer=context.peer())
-            context.abort_with_status(rpc_status.to_status(status_proto(f)))
+            self.fail(method, f, context)
         except Exception as exc:
             code = "INTERNAL"
             log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer())
-            raise
+            context.abort(grpc.StatusCode.INTERNAL, f"{method}: server bug: {type(exc).__name__}: {exc}")
         finally:
             self.stats.count(method, code)
+
+    def fail(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
+        """Log ``f`` and end the call with its status (raises, as ``context.abort`` does)."""
+        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer())
+        context.abort_with_status(rpc_status.to_status(status_proto(f)))
+
+    def reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
+        """Count, log and answer a request that never reached a method (say, one protobuf cannot parse)."""
+        self.stats.count(method, f.code)
+        self.fail(method, f, context)
 
     def _deadline(self, context: grpc.ServicerContext) -> float:
         """Monotonic deadline: the caller's, else the default, never beyond the maximum."""
@@ -191,6 +200,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         blobs.fill(response, fields, leaves, result.blobs)
         response.network_id = nid
         response.request_id = request.request_id
+        size, limit = response.ByteSize(), self.limits.max_message_bytes
+        if limit and size > limit:
+            raise Failure("RESOURCE_EXHAUSTED", f"the {type(response).__name__} would be {size} bytes, over the "
+                          f"max_message_bytes limit of {limit}; ask for smaller or fewer results")
         return response
 
     def _grad(self, request: service_pb2.GradRequest, deadline: float, is_active: Callable[[], bool]) -> service_pb2.GradResponse:

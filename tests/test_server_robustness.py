@@ -1,0 +1,205 @@
+"""Caller mistakes that never reach the engine, over real loopback gRPC: bytes protobuf cannot parse, a
+response over the message limit, deadlines that pass in the queue or exceed the server's maximum, and a
+server bug. Each gets its documented code (never INTERNAL for the caller's mistake) and a message naming
+the method or limit, is counted in ServerInfo, and the server keeps serving."""
+from __future__ import annotations
+
+import re
+import time
+from typing import Callable, Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from gradserve import codec
+from gradserve.engine import GraphBuilder
+from gradserve.server.app import Server, running
+from gradserve.server.config import Limits, ServerConfig
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+
+LIMITS = Limits(max_message_bytes=1 << 20, max_queue_depth=2, max_deadline_ms=60_000)
+GRAD = "/gradserve.v1.Gradient/Grad"
+CORRUPT = "not valid protobuf wire format"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=LIMITS)) as s:
+        yield s
+
+
+@pytest.fixture(scope="module")
+def channel(server: Server) -> Iterator[grpc.Channel]:
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield ch
+
+
+def raw_unary(channel: grpc.Channel, method: str) -> Callable[..., bytes]:
+    """A call of ``method`` that sends and returns bytes as they are (identity serializers)."""
+    return channel.unary_unary(method)
+
+
+def field(number: int, body: bytes) -> bytes:
+    """A length-delimited protobuf field (wire type 2)."""
+    size, n = b"", len(body)
+    while True:
+        low, n = n & 0x7F, n >> 7
+        size += bytes([low | 0x80 if n else low])
+        if not n:
+            return bytes([number << 3 | 2]) + size + body
+
+
+def deep_grad_request(levels: int) -> bytes:
+    """A GradRequest whose graph's output tree nests ``levels`` tuples (two messages per level)."""
+    tree = graph_pb2.ValueTree(value="x").SerializeToString()
+    for _ in range(levels):
+        tree = field(2, field(1, tree))  # ValueTree.tuple = ValueTuple{items: [tree]}
+    return field(2, field(4, tree))  # GradRequest.graph = Graph{outputs: tree}
+
+
+def sin_request(shape: tuple[int, ...] = (3,)) -> service_pb2.GradRequest:
+    b = GraphBuilder()
+    graph = codec.encode_graph(b.build(b.op("Sin", b.input("x", "float32", shape))))
+    return service_pb2.GradRequest(graph=graph, inputs=[codec.encode_tensor(np.full(shape, 0.5, np.float32))])
+
+
+def counters(channel: grpc.Channel) -> dict[tuple[str, str], int]:
+    info = service_pb2_grpc.GradientStub(channel).ServerInfo(service_pb2.ServerInfoRequest(), timeout=10)
+    return {(c.method, c.code): c.count for c in info.request_counters}
+
+
+def still_serving(channel: grpc.Channel) -> None:
+    """Health answers SERVING and a small gradient is right."""
+    health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
+    assert health.status == health_pb2.HealthCheckResponse.SERVING
+    resp = service_pb2_grpc.GradientStub(channel).Grad(sin_request(), timeout=30)
+    np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(np.full(3, 0.5, np.float32)))
+
+
+def rejected(call: Callable[[], object]) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+@pytest.mark.parametrize("payload,problem", [
+    (b"\xff\xff\xff\xff", CORRUPT),
+    (field(2, b"\x0a\x09too short"), CORRUPT),
+    (deep_grad_request(60), "more than 100 levels deep"),
+    (field(2, field(6, b"\xc3\x28")), "not valid UTF-8"),
+], ids=["garbage", "truncated", "too deep", "bad utf8"])
+def test_unparsable_request_is_invalid_argument_naming_method_and_problem(
+    channel: grpc.Channel, payload: bytes, problem: str,
+) -> None:
+    before = counters(channel).get(("Grad", "INVALID_ARGUMENT"), 0)
+    err = rejected(lambda: raw_unary(channel, GRAD)(payload, timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith(f"{GRAD}: the request is not a valid gradserve.v1.GradRequest message: ")
+    assert problem in err.details(), err.details()
+    assert counters(channel)[("Grad", "INVALID_ARGUMENT")] == before + 1
+    still_serving(channel)
+
+
+def test_nesting_within_protobufs_limit_reaches_the_servers_own_nesting_limit(channel: grpc.Channel) -> None:
+    err = rejected(lambda: raw_unary(channel, GRAD)(deep_grad_request(40), timeout=10))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "deeper than the limit of 32" in err.details()
+
+
+@pytest.mark.parametrize("method", ["RegisterNetwork", "Run", "ListOps", "ServerInfo"])
+def test_every_method_rejects_garbage_with_invalid_argument(channel: grpc.Channel, method: str) -> None:
+    err = rejected(lambda: raw_unary(channel, f"/gradserve.v1.Gradient/{method}")(b"\xff\xff", timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert err.details().startswith(f"/gradserve.v1.Gradient/{method}: the request is not a valid gradserve.v1.{method}Request")
+
+
+def test_health_check_rejects_garbage_with_invalid_argument(channel: grpc.Channel) -> None:
+    err = rejected(lambda: raw_unary(channel, "/grpc.health.v1.Health/Check")(b"\xff", timeout=10))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "grpc.health.v1.HealthCheckRequest" in err.details()
+    still_serving(channel)
+
+
+def test_unparsable_stream_message_ends_the_stream_after_answering_the_ones_before(channel: grpc.Channel) -> None:
+    good = [sin_request() for _ in range(2)]
+    for i, r in enumerate(good):
+        r.request_id = str(i)
+    stream = channel.stream_stream("/gradserve.v1.Gradient/GradStream")
+    answers = []
+    err = rejected(lambda: answers.extend(stream(iter([r.SerializeToString() for r in good] + [b"\xff\xff"]), timeout=30)))
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "message 2 of the request stream is not a valid gradserve.v1.GradRequest" in err.details()
+    got = {r.request_id: r for r in map(service_pb2.GradResponse.FromString, answers)}
+    assert set(got) == {"0", "1"}
+    for r in got.values():
+        np.testing.assert_allclose(codec.decode_tree(r.gradients), np.cos(np.full(3, 0.5, np.float32)))
+    still_serving(channel)
+
+
+def test_response_over_the_message_limit_is_resource_exhausted_naming_the_limit(channel: grpc.Channel) -> None:
+    n = 400  # a [400, 400] float64 result is 1.28 MB, from 6.4 kB of inputs
+    b = GraphBuilder()
+    graph = codec.encode_graph(b.build(b.op("MatMul", b.input("a", "float64", (n, 1)), b.input("b", "float64", (1, n)))))
+    request = service_pb2.RunRequest(graph=graph, inputs=[codec.encode_tensor(np.ones((n, 1))), codec.encode_tensor(np.ones((1, n)))])
+    before = counters(channel).get(("Run", "RESOURCE_EXHAUSTED"), 0)
+    err = rejected(lambda: service_pb2_grpc.GradientStub(channel).Run(request, timeout=30))
+    assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    match = re.fullmatch(r"the RunResponse would be (\d+) bytes, over the max_message_bytes limit of (\d+); .*", err.details())
+    assert match and n * n * 8 < int(match[1]) < n * n * 8 + 200 and int(match[2]) == 1 << 20, err.details()
+    assert counters(channel)[("Run", "RESOURCE_EXHAUSTED")] == before + 1
+    still_serving(channel)
+
+
+def slow_request(stub: service_pb2_grpc.GradientStub, n: int = 1500, k: int = 12) -> service_pb2.GradRequest:
+    """d/dx sum(sin^k(x @ y)) over an n x n outer product: about a second of work for a small request."""
+    b = GraphBuilder()
+    h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, n)))
+    for _ in range(k):
+        h = b.op("Sin", h)
+    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h))))).network_id
+    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(np.full((n, 1), 0.5)),
+                                                           codec.encode_tensor(np.full((1, n), 0.5))])
+
+
+def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_takes_no_worker(server: Server, channel: grpc.Channel) -> None:
+    stub = service_pb2_grpc.GradientStub(channel)
+    request = slow_request(stub)
+    busy = stub.Grad.future(request, timeout=60)
+    while not server.pool.busy_pids():
+        time.sleep(0.01)
+    workers, replaced = server.pool.pids(), server.pool.replaced
+    before = counters(channel).get(("Grad", "DEADLINE_EXCEEDED"), 0)
+    err = rejected(lambda: stub.Grad(sin_request(), timeout=0.2))
+    assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    assert busy.result().gradients.HasField("tensor"), "the computation holding the worker was not disturbed"
+    assert server.pool.pids() == workers and server.pool.replaced == replaced
+    while counters(channel).get(("Grad", "DEADLINE_EXCEEDED"), 0) == before:  # the server answers after the client gave up
+        time.sleep(0.01)
+    still_serving(channel)
+
+
+def test_a_deadline_beyond_the_servers_maximum_is_cut_to_it() -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_deadline_ms=1000))
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        request = slow_request(stub, n=3000)  # several seconds of work
+        err = rejected(lambda: stub.Grad(request, timeout=60))
+        assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        assert "the deadline passed while computing; the work was stopped" in err.details()
+        assert server.pool.replaced == 1
+        still_serving(channel)
+
+
+def test_a_server_bug_is_internal_and_counted(server: Server, channel: grpc.Channel, monkeypatch: pytest.MonkeyPatch) -> None:
+    def broken(*_: object) -> tuple[bytes, list[int]]:
+        raise KeyError("op catalog")
+
+    monkeypatch.setattr(server.servicer, "_op_catalog", broken)
+    err = rejected(lambda: service_pb2_grpc.GradientStub(channel).ListOps(service_pb2.ListOpsRequest(), timeout=10))
+    assert err.code() == grpc.StatusCode.INTERNAL
+    assert err.details() == "ListOps: server bug: KeyError: 'op catalog'"
+    monkeypatch.undo()
+    assert counters(channel)[("ListOps", "INTERNAL")] == 1
+    still_serving(channel)
