@@ -43,7 +43,8 @@ class OpDef:
     or None when the op has no gradient (asking for one raises NotDifferentiableError);
     ``nondiff`` names inputs that never take a gradient (indices, conditions); ``type_only`` marks ops
     whose output depends on their inputs' types alone (OnesLike), which the compiler may fold;
-    ``multi_output`` marks ops that return a tuple whatever their output count (Split with one piece).
+    ``multi_output`` marks ops that return a tuple whatever their output count (Split with one piece);
+    ``lowered`` marks ops expanded into primitives before differentiation or execution (GradOperation).
     """
 
     name: str
@@ -56,6 +57,7 @@ class OpDef:
     nondiff: tuple[str, ...] = ()
     type_only: bool = False
     multi_output: bool = False
+    lowered: bool = False
 
     @property
     def variadic(self) -> bool:
@@ -63,7 +65,8 @@ class OpDef:
 
     @property
     def differentiable(self) -> bool:
-        return self.vjp is not None
+        """True when gradients can pass through: a VJP rule, or expansion into ops that have them."""
+        return self.vjp is not None or self.lowered
 
 
 OPS: dict[str, OpDef] = {}
@@ -80,11 +83,12 @@ def defop(
     nondiff: Sequence[str] = (),
     type_only: bool = False,
     multi_output: bool = False,
+    lowered: bool = False,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
         raise ValueError(f"op {name!r} is defined twice")
-    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, multi_output)
+    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, multi_output, lowered)
     OPS[name] = opdef
     return opdef
 

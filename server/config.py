@@ -32,7 +32,7 @@ class ServerConfig:
 
     host: str = "[::]"
     port: int = 50051
-    workers: int = field(default_factory=lambda: os.cpu_count() or 1)
+    workers: int = field(default_factory=lambda: len(os.sched_getaffinity(0)) or 1)
     grace_seconds: float = 30.0
     """How long SIGTERM waits for in-flight calls before exiting."""
     worker_cache_size: int = 64

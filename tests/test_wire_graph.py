@@ -256,4 +256,4 @@ def test_list_ops_mirrors_the_op_table() -> None:
             if not a.required and spec.default is not None:
                 assert codec.decode_attr(a.default, spec.kind, codec.DEFAULT_LIMITS, "d") == spec.default
     grad = next(o for o in resp.ops if o.name == "GradOperation")
-    assert grad.variadic_input == "args" and not grad.inputs and not grad.differentiable
+    assert grad.variadic_input == "args" and not grad.inputs and grad.differentiable
