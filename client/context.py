@@ -1,41 +1,102 @@
-"""Choosing the backend: ``set_context(target=...)``, else ``GRADSERVE_TARGET``, else the embedded engine."""
+"""Choosing the backend: ``set_context(target=...)``, else ``GRADSERVE_TARGET``, else the embedded engine;
+and how a remote backend connects (bearer token, TLS)."""
 from __future__ import annotations
 
+import collections
 import importlib
 import os
 import threading
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 from .backend import Backend
 from .embedded import EmbeddedBackend
 
-ENV_VAR = "GRADSERVE_TARGET"
+if TYPE_CHECKING:
+    import grpc
+
+OPTIONS = {
+    "target": "GRADSERVE_TARGET",
+    "token": "GRADSERVE_TOKEN",
+    "tls_ca": "GRADSERVE_TLS_CA",
+    "tls_cert": "GRADSERVE_TLS_CERT",
+    "tls_key": "GRADSERVE_TLS_KEY",
+}
+"""Each context option and the environment variable read when ``set_context`` has not set it."""
+ENV_VAR = OPTIONS["target"]
 REMOTE_MODULE = "gradserve.client.remote"
 """Imported on first use of a target, so that it can register its factory."""
 
 _UNSET = object()
-_state: dict[str, Any] = {"target": _UNSET}
+_state: dict[str, Any] = dict.fromkeys(OPTIONS, _UNSET)
 _factories: list[Callable[[str], Backend]] = []
-_backends: dict[str | None, Backend] = {}
+_backends: dict[tuple[str | None, ...], Backend] = {}
 _lock = threading.Lock()
 
 
 def set_context(**kwargs: Any) -> None:
-    """``set_context(target=None)`` selects the embedded engine; ``target="host:port"`` a gradserve server."""
+    """``target=None`` selects the embedded engine, ``target="host:port"`` a gradserve server; ``token`` (bearer
+    token), ``tls_ca`` (CA file: use TLS), ``tls_cert`` and ``tls_key`` (client certificate files, mutual TLS)
+    say how to connect. Each is a string, or None for unset."""
     for key, value in kwargs.items():
-        if key != "target":
-            raise TypeError(f"set_context: unknown option {key!r}; gradserve understands only 'target'")
+        if key not in OPTIONS:
+            raise TypeError(f"set_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
         if value is not None and not (isinstance(value, str) and value):
-            raise TypeError(f"set_context: target must be None or a non-empty 'host:port' string, got {value!r}")
-        _state["target"] = value
+            what = "a non-empty 'host:port' string" if key == "target" else "a non-empty string"
+            raise TypeError(f"set_context: {key} must be None or {what}, got {value!r}")
+        _state[key] = value
 
 
 def get_context(key: str) -> Any:
-    """The current value of a context option (``target``: None means the embedded engine)."""
-    if key != "target":
-        raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only 'target'")
-    target = _state["target"]
-    return (os.environ.get(ENV_VAR) or None) if target is _UNSET else target
+    """The current value of a context option: the one set, else its ``GRADSERVE_*`` variable, else None."""
+    if key not in OPTIONS:
+        raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
+    value = _state[key]
+    return (os.environ.get(OPTIONS[key]) or None) if value is _UNSET else value
+
+
+def open_channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
+    """A gRPC channel to ``target`` as the context says: TLS when ``tls_ca`` is set (with ``tls_cert`` and
+    ``tls_key``: mutual TLS), plaintext otherwise; ``authorization: Bearer <token>`` on every call when ``token`` is set."""
+    import grpc
+
+    ca, cert, key = (get_context(k) for k in ("tls_ca", "tls_cert", "tls_key"))
+    if (cert or key) and not (ca and cert and key):
+        raise ValueError("tls_cert and tls_key (GRADSERVE_TLS_CERT, GRADSERVE_TLS_KEY) go together, and need tls_ca")
+    if ca:
+        credentials = grpc.ssl_channel_credentials(_read(ca), _read(key) if key else None, _read(cert) if cert else None)
+        channel = grpc.secure_channel(target, credentials, options)
+    else:
+        channel = grpc.insecure_channel(target, options)
+    token = get_context("token")
+    return grpc.intercept_channel(channel, _bearer(token)) if token else channel
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
+
+
+def _bearer(token: str) -> Any:
+    """A client interceptor adding ``authorization: Bearer <token>`` to every call's metadata."""
+    import grpc
+
+    class Details(collections.namedtuple("Details", ("method", "timeout", "metadata", "credentials", "wait_for_ready",
+                                                     "compression")), grpc.ClientCallDetails):
+        """Call details with the token added."""
+
+    class Bearer(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
+                 grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+        """Adds the token to every kind of call."""
+
+        def _call(self, continuation: Any, details: Any, request: Any) -> Any:
+            metadata = [*(details.metadata or ()), ("authorization", f"Bearer {token}")]
+            return continuation(Details(details.method, details.timeout, metadata, details.credentials,
+                                        details.wait_for_ready, details.compression), request)
+
+        intercept_unary_unary = intercept_unary_stream = _call
+        intercept_stream_unary = intercept_stream_stream = _call
+
+    return Bearer()
 
 
 def register_backend_factory(factory: Callable[[str], Backend]) -> None:
@@ -44,13 +105,14 @@ def register_backend_factory(factory: Callable[[str], Backend]) -> None:
 
 
 def get_backend() -> Backend:
-    """The Backend for the current target, created once per target."""
+    """The Backend for the current target and connection settings, created once for each."""
     target = get_context("target")
+    settings = (None,) if target is None else tuple(get_context(k) for k in OPTIONS)
     with _lock:
-        backend = _backends.get(target)
+        backend = _backends.get(settings)
         if backend is None:
             backend = EmbeddedBackend() if target is None else _remote(target)
-            _backends[target] = backend
+            _backends[settings] = backend
     return backend
 
 

@@ -15,6 +15,7 @@ from grpc_reflection.v1alpha import reflection
 
 from ..v1 import service_pb2, service_pb2_grpc
 from . import worker
+from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
@@ -139,28 +140,49 @@ class Server:
             ("grpc.max_send_message_length", lim.max_message_bytes or -1),
             ("grpc.so_reuseport", 0),
         ]
+        token = config.bearer_token()
+        # The first interceptor is the outermost: a call without the token is refused before its bytes are parsed.
+        interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []
+        interceptors.append(ParseGuard(self._reject))
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,
-                                maximum_concurrent_rpcs=threads * 4, interceptors=[ParseGuard(self._reject)])
+                                maximum_concurrent_rpcs=threads * 4, interceptors=interceptors)
         service_pb2_grpc.add_GradientServicer_to_server(self.servicer, self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME), self.grpc
         )
+        self.auth = bool(token)
         self.port = 0
+        self.metrics_port: int | None = None
         self._stopped = threading.Event()
 
     def start(self) -> int:
-        """Bind and start serving; returns the port (useful with port 0)."""
-        self.port = self.grpc.add_insecure_port(f"{self.config.host}:{self.config.port}")
+        """Bind (TLS when configured), serve /metrics when configured, start serving; returns the port (useful with port 0)."""
+        address, tls = f"{self.config.host}:{self.config.port}", self.config.tls_files()
+        if tls is None:
+            self.port = self.grpc.add_insecure_port(address)
+        else:
+            cert, key, client_ca = tls
+            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                                      require_client_auth=client_ca is not None)
+            self.port = self.grpc.add_secure_port(address, credentials)
         if self.port == 0:
             self.pool.close()
-            raise OSError(f"cannot bind {self.config.host}:{self.config.port}")
+            raise OSError(f"cannot bind {address}")
+        if self.config.metrics_port is not None:
+            try:
+                self.metrics_port = self.servicer.metrics.serve(self.config.host, self.config.metrics_port)
+            except OSError:
+                self.grpc.stop(None)
+                self.pool.close()
+                raise
         self.grpc.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log("server_start", host=self.config.host, port=self.port, workers=self.pool.size, pids=self.pool.pids(),
-            limits=self.config.limits.__dict__)
+            tls=tls is not None, mutual_tls=tls is not None and tls[2] is not None, auth=self.auth,
+            metrics_port=self.metrics_port, limits=self.config.limits.__dict__)
         return self.port
 
     def stop(self, grace: float | None = None) -> None:
@@ -177,8 +199,9 @@ class Server:
         # Handlers that returned may still be sending their responses: give those a moment, unless the
         # drain timed out, in which case the remaining calls are cancelled now.
         self.grpc.stop(SEND_GRACE_SECONDS if idle else 0).wait()
+        self.servicer.metrics.close()
         self.pool.close()
-        log("server_stop", port=self.port, counters=self.servicer.stats.snapshot(), workers_replaced=self.pool.replaced)
+        log("server_stop", port=self.port, counters=self.servicer.metrics.snapshot(), workers_replaced=self.pool.replaced)
 
     def _reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
         """Answer ``f`` for a call that never reached its method; counted when it was a Gradient method."""

@@ -19,15 +19,22 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--target", default=f"127.0.0.1:{os.environ.get('GRADSERVE_PORT', '50051')}",
                         help="host:port to ask (default 127.0.0.1 at $GRADSERVE_PORT, else 50051)")
     health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--tls-ca", default=os.environ.get("GRADSERVE_TLS_CA", ""),
+                        help="PEM CA bundle to check a TLS server's certificate with (env GRADSERVE_TLS_CA; default: plaintext)")
     return p
 
 
-def health_check(target: str, timeout: float) -> int:
-    """0 when ``target`` answers SERVING, 1 otherwise (for container HEALTHCHECKs)."""
+def health_check(target: str, timeout: float, tls_ca: str = "") -> int:
+    """0 when ``target`` answers SERVING, 1 otherwise (for container HEALTHCHECKs); over TLS when ``tls_ca`` is a CA file."""
     import grpc
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    with grpc.insecure_channel(target) as channel:
+    if tls_ca:
+        with open(tls_ca, "rb") as f:
+            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(f.read()))
+    else:
+        channel = grpc.insecure_channel(target)
+    with channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=timeout)
         except grpc.RpcError as exc:
@@ -41,7 +48,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``gradserve`` console script."""
     args = _parser().parse_args(argv)
     if args.command == "health":
-        return health_check(args.target, args.timeout)
+        return health_check(args.target, args.timeout, args.tls_ca)
     if args.command == "demo":
         from . import demo
 

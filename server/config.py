@@ -37,7 +37,36 @@ class ServerConfig:
     """How long SIGTERM waits for in-flight calls before exiting."""
     worker_cache_size: int = 64
     """Networks and compiled programs each worker keeps (least recently used are dropped)."""
+    metrics_port: int | None = None
+    """Port of the Prometheus /metrics endpoint (plain HTTP on ``host``); None: off, 0: a free port (logged)."""
+    auth_token: str = field(default="", repr=False)
+    """When set (or read from ``auth_token_file``), Gradient calls need ``authorization: Bearer <token>``."""
+    auth_token_file: str = ""
+    tls_cert: str = ""
+    """PEM certificate chain; with ``tls_key`` the server speaks TLS only."""
+    tls_key: str = ""
+    tls_client_ca: str = ""
+    """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
     limits: Limits = field(default_factory=Limits)
+
+    def bearer_token(self) -> str:
+        """The token Gradient calls must carry ("" when auth is off), from ``auth_token`` or ``auth_token_file``."""
+        if self.auth_token_file:
+            with open(self.auth_token_file, encoding="ascii") as f:
+                return f.read().strip()
+        return self.auth_token
+
+    def tls_files(self) -> tuple[bytes, bytes, bytes | None] | None:
+        """(certificate chain, private key, client CA or None) read from their files, or None without TLS."""
+        if not self.tls_cert:
+            return None
+        ca = _read(self.tls_client_ca) if self.tls_client_ca else None
+        return _read(self.tls_cert), _read(self.tls_key), ca
+
+
+def _read(path: str) -> bytes:
+    with open(path, "rb") as f:
+        return f.read()
 
 
 def _flag(name: str) -> str:
@@ -67,7 +96,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerConfig:
     """The configuration from parsed flags, then environment variables, then defaults."""
-    base, top, lim = ServerConfig(), {}, {}
+    base = ServerConfig()
+    top: dict[str, Any] = {}
+    lim: dict[str, Any] = {}
     for f, is_limit in _scalar_fields():
         value: Any = getattr(args, f.name, None)
         if value is None and _env(f.name) in environ:
@@ -87,6 +118,22 @@ def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.env
 def _validate(cfg: ServerConfig) -> None:
     if cfg.workers < 1:
         raise SystemExit(f"gradserve: --workers must be at least 1, got {cfg.workers}")
+    if cfg.metrics_port is not None and not 0 <= cfg.metrics_port < 65536:
+        raise SystemExit(f"gradserve: --metrics-port must be 0 to 65535, got {cfg.metrics_port}")
+    if cfg.auth_token and cfg.auth_token_file:
+        raise SystemExit("gradserve: set --auth-token or --auth-token-file, not both")
+    if bool(cfg.tls_cert) != bool(cfg.tls_key):
+        raise SystemExit("gradserve: --tls-cert and --tls-key go together")
+    if cfg.tls_client_ca and not cfg.tls_cert:
+        raise SystemExit("gradserve: --tls-client-ca needs --tls-cert and --tls-key")
+    try:
+        token, _ = cfg.bearer_token(), cfg.tls_files()
+    except OSError as exc:
+        raise SystemExit(f"gradserve: cannot read {exc.filename}: {exc.strerror}") from None
+    except UnicodeDecodeError:
+        raise SystemExit(f"gradserve: the auth token file {cfg.auth_token_file} is not ASCII text") from None
+    if (cfg.auth_token or cfg.auth_token_file) and not (token and token.isascii() and token.isprintable() and " " not in token):
+        raise SystemExit("gradserve: the auth token must be non-empty printable ASCII without spaces")
     for f in dataclasses.fields(Limits):
         if getattr(cfg.limits, f.name) < 0:
             raise SystemExit(f"gradserve: {_flag(f.name)} must be >= 0, got {getattr(cfg.limits, f.name)}")

@@ -10,7 +10,7 @@ import queue
 import sys
 import threading
 import time
-from collections import Counter, OrderedDict
+from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from importlib import metadata
 from typing import Any, Callable, Iterator
@@ -24,6 +24,7 @@ from . import blobs
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
+from .metrics import Metrics
 from .pool import Job, WorkerPool
 
 API_VERSION = "gradserve.v1"
@@ -65,22 +66,9 @@ class Registry:
                 self._ids = {d: i for d, i in self._ids.items() if i != old}
             return created
 
-
-class Stats:
-    """Request counters by (method, status code name)."""
-
-    def __init__(self) -> None:
-        self._counts: Counter[tuple[str, str]] = Counter()
-        self._lock = threading.Lock()
-
-    def count(self, method: str, code: str) -> None:
+    def __len__(self) -> int:
         with self._lock:
-            self._counts[(method, code)] += 1
-
-    def snapshot(self) -> list[tuple[str, str, int]]:
-        """(method, code, count) sorted."""
-        with self._lock:
-            return sorted((m, c, n) for (m, c), n in self._counts.items())
+            return len(self._nets)
 
 
 def status_proto(f: Failure) -> status_pb2.Status:
@@ -102,7 +90,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.config = config
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks)
-        self.stats = Stats()
+        self.metrics = Metrics(pool, lambda: len(self.registry))
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
@@ -127,8 +115,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     # ---- plumbing ----
 
     def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[float, Callable[[], bool]], Any]) -> Any:
-        """Run ``fn(deadline, is_active)``, count the outcome and turn a Failure into the call's status."""
-        code = "OK"
+        """Run ``fn(deadline, is_active)``, record the outcome and latency, and turn a Failure into the call's status."""
+        code, start = "OK", time.perf_counter()
         try:
             self._enter()
             try:
@@ -143,7 +131,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer())
             context.abort(grpc.StatusCode.INTERNAL, f"{method}: server bug: {type(exc).__name__}: {exc}")
         finally:
-            self.stats.count(method, code)
+            self.metrics.record(method, code, time.perf_counter() - start)
 
     def fail(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
         """Log ``f`` and end the call with its status (raises, as ``context.abort`` does)."""
@@ -151,8 +139,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         context.abort_with_status(rpc_status.to_status(status_proto(f)))
 
     def reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
-        """Count, log and answer a request that never reached a method (say, one protobuf cannot parse)."""
-        self.stats.count(method, f.code)
+        """Count, log and answer a request that never reached a method (one protobuf cannot parse, or unauthenticated)."""
+        self.metrics.record(method, f.code)
         self.fail(method, f, context)
 
     def _deadline(self, context: grpc.ServicerContext) -> float:
@@ -238,7 +226,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         sent = [0]
 
         def one(request: service_pb2.GradRequest) -> None:
-            code = "OK"
+            code, start = "OK", time.perf_counter()
             try:
                 self._enter()
                 try:
@@ -253,7 +241,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 code = "INTERNAL"
                 log("internal_error", method="GradStream", error=f"{type(exc).__name__}: {exc}")
                 response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(Failure("INTERNAL", str(exc))))
-            self.stats.count("GradStream", code)
+            self.metrics.record("GradStream", code, time.perf_counter() - start)
             results.put(response)
 
         def read(executor: ThreadPoolExecutor) -> None:
@@ -306,7 +294,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 resp.component_versions[dist] = _version(dist)
             for name in service_pb2.Limits.DESCRIPTOR.fields_by_name:
                 setattr(resp.limits, name, getattr(self.limits, name))
-            for method, code, n in self.stats.snapshot():
+            for method, code, n in self.metrics.snapshot():
                 resp.request_counters.add(method=method, code=code, count=n)
             return resp
 
