@@ -2,8 +2,10 @@
 instead of inside a pickled message. Only bytes move here; the codec interprets them."""
 from __future__ import annotations
 
+import math
 from typing import Any, Iterator
 
+from .. import codec
 from ..v1 import graph_pb2
 
 BLOB_MIN_BYTES = 64 * 1024
@@ -24,14 +26,37 @@ def request_tensors(request: Any) -> Iterator[tuple[Where, graph_pb2.Tensor]]:
         yield ("parameters", name), request.parameters[name]
 
 
+_ITEMSIZE = {enum: dt.itemsize for enum, dt in codec._DTYPE_OF_ENUM.items()}
+
+
+def declared_bytes(t: graph_pb2.Tensor) -> int:
+    """The data size a Tensor's dtype and shape declare, read without touching its data.
+
+    (``ByteSize()`` would serialize the message, and reading ``data`` copies it: for a 64 MB tensor
+    each costs more than moving it to the worker.) A tensor whose data does not match its
+    declaration is rejected by the codec in the worker, wherever its bytes travelled."""
+    return _ITEMSIZE.get(t.dtype, 1) * math.prod(t.shape)
+
+
 def strip(request: Any) -> tuple[list[Where], list[bytes]]:
-    """Empty the data of every large tensor of a request; returns their places and their bytes."""
-    places, blobs = [], []
-    for where, t in request_tensors(request):
-        if t.ByteSize() >= BLOB_MIN_BYTES:
-            blobs.append(t.data)
-            t.ClearField("data")
-            places.append(where)
+    """Empty the data of every large tensor of a request; returns their places and their bytes
+    (in ``request_tensors`` order)."""
+    places: list[Where] = []
+    blobs: list[bytes] = []
+    for name in ("inputs", "sens"):
+        for i, t in enumerate(getattr(request, name, ())):
+            if declared_bytes(t) >= BLOB_MIN_BYTES:
+                blobs.append(t.data)
+                t.ClearField("data")
+                places.append((name, i))
+    params = request.parameters
+    if params:
+        for name in sorted(params):
+            t = params[name]
+            if declared_bytes(t) >= BLOB_MIN_BYTES:
+                blobs.append(t.data)
+                t.ClearField("data")
+                places.append(("parameters", name))
     return places, blobs
 
 
@@ -54,6 +79,8 @@ def leaves_of(message: Any, fields: tuple[str, ...]) -> list[graph_pb2.Tensor]:
 
 def fill(message: Any, fields: tuple[str, ...], leaves: list[int], blobs: list[bytes]) -> None:
     """Put ``blobs`` back as the data of the leaves numbered ``leaves`` (counted across ``fields``)."""
+    if not leaves:
+        return
     tensors = leaves_of(message, fields)
     for k, b in zip(leaves, blobs):
         tensors[k].data = b

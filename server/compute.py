@@ -5,6 +5,7 @@ dtype and shape only) and large results leave as arrays for the caller to ship t
 """
 from __future__ import annotations
 
+import itertools
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -22,7 +23,7 @@ from .errors import Failure
 
 @dataclass
 class WorkerState:
-    """A worker's limits and caches: decoded networks by id, compiled programs by (id, call shape)."""
+    """A worker's limits and caches: decoded networks by id, Plans (compiled programs) by (id, call shape)."""
 
     limits: codec.Limits
     networks: Any
@@ -60,6 +61,75 @@ def load_network(raw: bytes, limits: codec.Limits) -> Graph:
     return codec.decode_graph(graph_pb2.Graph.FromString(raw), limits, "graph")
 
 
+@dataclass(frozen=True)
+class _Spec:
+    """What a tensor must look like on the wire to be taken without the codec's checks."""
+
+    enum: int
+    shape: tuple[int, ...]
+    nbytes: int
+    dtype: np.dtype
+    """Little-endian, as the wire carries it."""
+
+    @classmethod
+    def of(cls, v: Any) -> "_Spec | None":
+        """The spec of a declared value; None for bool (its bytes need checking, left to the codec)."""
+        dt = np.dtype(v.dtype)
+        if dt.kind == "b":
+            return None
+        return cls(codec.encode_dtype(dt), tuple(v.shape), int(np.prod(v.shape, dtype=np.int64)) * dt.itemsize,
+                   dt.newbyteorder("<"))
+
+    def take(self, t: Any) -> np.ndarray | None:
+        """A read-only view of ``t``'s data when it matches exactly, else None."""
+        if t.dtype != self.enum or tuple(t.shape) != self.shape:
+            return None
+        data = t.data  # bytes, or a 1-D byte memoryview of shared memory
+        if len(data) != self.nbytes:
+            return None
+        a = np.frombuffer(data, self.dtype).reshape(self.shape)
+        return a if a.dtype.isnative else a.astype(self.dtype.newbyteorder("="))
+
+
+@dataclass
+class Plan:
+    """A compiled program for one (network, GradOperation, return_forward), and the exact input types
+    it was built for. A request whose tensors match them exactly (the common case: the same call again)
+    is decoded without the codec; anything else goes through the codec, which names what is wrong."""
+
+    program: Program
+    args: list[_Spec | None]
+    """Inputs, then sensitivities when sens_param is set."""
+    sens: bool
+    params: dict[str, _Spec | None]
+
+    def take(self, req: Any) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
+        """(positional arrays, parameter overrides) of ``req``, or None when the codec must look at it."""
+        ins, sens = req.inputs, getattr(req, "sens", ())
+        if len(ins) + (len(sens) if self.sens else 0) != len(self.args) or (sens and not self.sens):
+            return None
+        args = []
+        for spec, t in zip(self.args, itertools.chain(ins, sens)):
+            a = spec.take(t) if spec is not None else None
+            if a is None:
+                return None
+            args.append(a)
+        params = {}
+        for name, t in req.parameters.items():
+            spec = self.params.get(name)
+            a = spec.take(t) if spec is not None else None
+            if a is None:
+                return None
+            params[name] = a
+        return args, params
+
+
+def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph) -> Plan:
+    declared = list(network.inputs) + (list(call.graph.inputs[len(network.inputs):]) if sens else [])
+    return Plan(compile_graph(graph), [_Spec.of(v) for v in declared], sens,
+                {p.name: _Spec.of(p.value) for p in network.params})
+
+
 def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview], network_id: str) -> tuple[Any, list[np.ndarray]]:
     """Run one job; returns a small answer and the large arrays to ship back."""
     if kind == "load":
@@ -73,28 +143,31 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
     network = state.networks.get(network_id)
     if kind == "grad":
         req = service_pb2.GradRequest.FromString(raw)
-        call = codec.decode_grad_call(network, _with_blobs(req, places, blobs), state.limits)
-        key = (network_id, req.grad.SerializeToString(deterministic=True), req.return_forward)
-        prog = _program(state, key, lambda: _with_forward(network, call.graph) if req.return_forward else call.graph)
-        result = prog(*call.args, params=call.params)
-        trees = list(result) if req.return_forward else [result]
-        resp, arrays = _encode(trees, ("gradients", "forward"), service_pb2.GradResponse())
+        forward, sens = req.return_forward, req.grad.sens_param
+        key: tuple = (network_id, req.grad.SerializeToString(deterministic=True), forward)
+        names: tuple[str, ...] = ("gradients", "forward")
+        resp: Any = service_pb2.GradResponse()
     elif kind == "run":
         req = service_pb2.RunRequest.FromString(raw)
-        call = codec.decode_run_call(network, _with_blobs(req, places, blobs), state.limits)
-        prog = _program(state, (network_id, None, False), lambda: call.graph)
-        resp, arrays = _encode([prog(*call.args, params=call.params)], ("outputs",), service_pb2.RunResponse())
+        forward, sens, key, names, resp = False, False, (network_id, None, False), ("outputs",), service_pb2.RunResponse()
     else:
         raise ValueError(f"unknown job kind {kind!r}")
-    return resp, arrays
-
-
-def _program(state: WorkerState, key: tuple, graph: Any) -> Program:
-    prog = state.programs.get(key)
-    if prog is None:
-        prog = compile_graph(graph())
-        state.programs.put(key, prog)
-    return prog
+    view = _with_blobs(req, places, blobs)
+    plan = state.programs.get(key)
+    taken = plan.take(view) if plan is not None else None
+    if taken is None:
+        if kind == "grad":
+            call = codec.decode_grad_call(network, view, state.limits)
+        else:
+            call = codec.decode_run_call(network, view, state.limits)
+        if plan is None:
+            plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph)
+            state.programs.put(key, plan)
+        taken = call.args, call.params
+    args, params = taken
+    result = plan.program(*args, params=params)
+    trees = list(result) if forward else [result]
+    return _encode(trees, names, resp)
 
 
 def _with_forward(network: Graph, gradient: Graph) -> Graph:
@@ -138,7 +211,8 @@ def _encode(trees: list[Any], names: tuple[str, ...], resp: Any) -> tuple[tuple[
             leaves.append(a)
             k += 1
         codec.encode_tree(unflatten(tree, iter(leaves)), getattr(resp, name))
-    tensors = leaves_of(resp, names)
-    for i, a in zip(big, arrays):
-        tensors[i].shape[:] = a.shape
+    if big:
+        tensors = leaves_of(resp, names)
+        for i, a in zip(big, arrays):
+            tensors[i].shape[:] = a.shape
     return (resp.SerializeToString(), big), arrays

@@ -9,13 +9,17 @@ request fails (UNAVAILABLE); an expired or cancelled call kills and replaces its
 from __future__ import annotations
 
 import itertools
+import math
 import multiprocessing
+import multiprocessing.forkserver
 import os
+import pickle
+import select
 import threading
 import time
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
-from multiprocessing.connection import Connection, wait
+from multiprocessing.connection import Connection
 from typing import Any, Callable
 
 from .errors import Failure
@@ -27,6 +31,38 @@ KEEP_ARENA_BYTES = 256 << 20
 """Shared-memory arenas up to this size are kept for the next request; larger ones are released."""
 
 SHM_DIR = "/dev/shm"
+
+BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
+"""Each worker computes one request at a time and the pool runs one worker per core, so BLAS libraries
+in workers run single-threaded (N workers x N BLAS threads on N cores is oversubscribed: threads
+spin against each other). A variable the operator set is left as it is."""
+
+_FORKSERVER_LOCK = threading.Lock()
+
+
+def worker_environment() -> dict[str, str]:
+    """The variables the fork server (and so every worker) is started with, beyond the server's own."""
+    return {k: "1" for k in BLAS_THREAD_VARS if k not in os.environ}
+
+
+def _ensure_forkserver() -> None:
+    """Start multiprocessing's fork server with single-threaded BLAS before NumPy is imported there.
+
+    The fork server imports the worker module (and with it NumPy) once and forks every worker from it,
+    so the thread count OpenBLAS reads at import must be in its environment. The variables are set
+    only for the moment the fork server is spawned; the server process keeps its own settings."""
+    with _FORKSERVER_LOCK:
+        extra = worker_environment()
+        saved = {k: os.environ.get(k) for k in extra}
+        os.environ.update(extra)
+        try:
+            multiprocessing.forkserver.ensure_running()
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 @dataclass
@@ -85,6 +121,17 @@ class Arena:
             self.shm = None
 
 
+def send(conn: Connection, obj: Any) -> None:
+    """Send a message over a worker pipe (plain pickle: the messages hold no fds or connections,
+    so ForkingPickler's reducers, which cost more than the rest of a small message, are not needed)."""
+    conn.send_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
+
+
+def recv(conn: Connection) -> Any:
+    """Receive a message sent with ``send``."""
+    return pickle.loads(conn.recv_bytes())
+
+
 def _shm_has_room(size: int) -> bool:
     """Whether /dev/shm can hold ``size`` more bytes (writing past a full tmpfs would SIGBUS)."""
     try:
@@ -127,8 +174,16 @@ class _Slot:
         self.outbox = Arena(f"w{index}o")
         self.proc: multiprocessing.process.BaseProcess | None = None
         self.conn: Connection | None = None
+        self.poller: Any = None
+        """A select.poll over the pipe and the worker's sentinel, made once per worker (cheaper than
+        multiprocessing.connection.wait, which builds a selector on every call)."""
         self.networks: set[str] = set()
         self.generation = 0
+
+    def dead(self) -> bool:
+        """Whether the worker has exited (its sentinel is readable); does not block."""
+        assert self.proc is not None
+        return any(fd == self.proc.sentinel for fd, _ in self.poller.poll(0))
 
 
 class WorkerPool:
@@ -139,6 +194,7 @@ class WorkerPool:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self._ctx = multiprocessing.get_context("forkserver")
         self._ctx.set_forkserver_preload([worker_main.__module__])
+        _ensure_forkserver()
         self._worker_main = worker_main
         self._worker_args = worker_args
         self.max_queue = max_queue
@@ -176,7 +232,10 @@ class WorkerPool:
         )
         proc.start()
         child.close()
-        slot.proc, slot.conn, slot.networks = proc, parent, set()
+        poller = select.poll()
+        poller.register(parent.fileno(), select.POLLIN)
+        poller.register(proc.sentinel, select.POLLIN)
+        slot.proc, slot.conn, slot.poller, slot.networks = proc, parent, poller, set()
         slot.generation += 1
 
     def _replace(self, slot: _Slot) -> None:
@@ -195,8 +254,7 @@ class WorkerPool:
         slot = self._acquire(deadline, is_active)
         try:
             _check_alive(deadline, is_active, "waiting for a worker")
-            assert slot.proc is not None
-            if not slot.proc.is_alive():
+            if slot.dead():
                 self._replace(slot)
             return self._run(slot, job, deadline, is_active)
         finally:
@@ -252,16 +310,17 @@ class WorkerPool:
     def _exchange(self, slot: _Slot, msg: tuple, deadline: float | None, is_active: Callable[[], bool]) -> tuple:
         """Send ``msg`` and wait for the reply, serving the worker's requests for a bigger out-arena."""
         assert slot.conn is not None and slot.proc is not None
-        conn, proc = slot.conn, slot.proc
+        conn, proc, poller = slot.conn, slot.proc, slot.poller
+        conn_fd = conn.fileno()
         try:
-            conn.send(msg)
+            send(conn, msg)
             while True:
-                ready = wait([conn, proc.sentinel], _poll_timeout(deadline))
-                if conn in ready:
-                    reply = conn.recv()
+                ready = {fd for fd, _ in poller.poll(math.ceil(_poll_timeout(deadline) * 1000))}
+                if conn_fd in ready:
+                    reply = recv(conn)
                     if reply[0] != "grow":
                         return reply
-                    conn.send(slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
+                    send(conn, slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
                     continue
                 if proc.sentinel in ready:
                     raise EOFError

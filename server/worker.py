@@ -2,6 +2,7 @@
 and runs the engine. It never imports grpc (it is forked from the clean fork server)."""
 from __future__ import annotations
 
+import ctypes
 import mmap
 import os
 import signal
@@ -13,7 +14,7 @@ import numpy as np
 
 from . import compute
 from .config import Limits
-from .pool import SHM_DIR, unpack
+from .pool import BLAS_THREAD_VARS, SHM_DIR, recv, send, unpack
 
 
 class _Mapping:
@@ -58,29 +59,80 @@ class Cache(OrderedDict):
             self.popitem(last=False)
 
 
+def limit_blas_threads() -> None:
+    """Make OpenBLAS single-threaded here unless a thread count is set in the environment.
+
+    The pool starts the fork server with ``OPENBLAS_NUM_THREADS=1`` (see ``pool.worker_environment``);
+    this covers a fork server started some other way, through OpenBLAS's own call."""
+    if any(k in os.environ for k in BLAS_THREAD_VARS):
+        return
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "openblas" in line.lower() and ".so" in line}
+    except OSError:
+        return
+    for path in libs:
+        try:
+            lib = ctypes.CDLL(path)
+        except OSError:
+            continue
+        for sym in ("openblas_set_num_threads", "openblas_set_num_threads64_",
+                    "scipy_openblas_set_num_threads", "scipy_openblas_set_num_threads64_"):
+            fn = getattr(lib, sym, None)
+            if fn is not None:
+                fn(1)
+                break
+
+
+HEAP_KEEP_BYTES = 256 << 20
+"""Blocks up to this size come from (and go back to) the worker's heap instead of fresh mmaps."""
+
+M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
+"""glibc's mallopt parameter numbers (malloc.h)."""
+
+
+def tune_malloc() -> None:
+    """Let glibc reuse large blocks instead of mapping fresh pages for every array.
+
+    By default every allocation above 32 MB is a new mmap, so each request over a large tensor pays a
+    page fault per 4 KiB of every intermediate (about as much as the arithmetic for an elementwise op).
+    A worker is single-threaded and runs one request at a time, so keeping up to ``HEAP_KEEP_BYTES``
+    of freed memory for the next request is cheap. glibc's own variables, if set, win."""
+    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc
+        return
+    mallopt(M_MMAP_THRESHOLD, HEAP_KEEP_BYTES)
+    mallopt(M_TRIM_THRESHOLD, HEAP_KEEP_BYTES)
+
+
 def main(conn: Connection, limits: Limits, cache_size: int) -> None:
     """Serve jobs until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    limit_blas_threads()
+    tune_malloc()
     inbox, outbox = _Mapping(), _Mapping()
     state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size))
     while True:
         try:
-            kind, payload, in_name, spans, network_id, network, out_name = conn.recv()
+            kind, payload, in_name, spans, network_id, network, out_name = recv(conn)
         except EOFError:
             return
         try:
             if network_id and network_id not in state.networks:
                 if not network:
-                    conn.send(("missing", network_id))
+                    send(conn, ("missing", network_id))
                     continue
                 state.networks.put(network_id, compute.load_network(network, state.limits))
             blobs = unpack(inbox.attach(in_name), spans)
             answer, arrays = compute.handle(state, kind, payload, blobs, network_id)
             del blobs
-            conn.send(("ok", answer, *_ship(conn, outbox, out_name, arrays)))
+            send(conn, ("ok", answer, *_ship(conn, outbox, out_name, arrays)))
         except Exception as exc:  # every failure goes back to the caller as a status
             f = compute.classify(exc)
-            conn.send(("error", f.code, f.message, f.violations))
+            send(conn, ("error", f.code, f.message, f.violations))
 
 
 def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.ndarray]) -> tuple[str, list[Any]]:
@@ -92,8 +144,8 @@ def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.nda
     total = sum(a.nbytes for a in arrays)
     buf = outbox.attach(out_name)
     if buf is None or len(buf) < total:
-        conn.send(("grow", total))
-        buf = outbox.attach(conn.recv())
+        send(conn, ("grow", total))
+        buf = outbox.attach(recv(conn))
     if buf is None:
         return "", [a.tobytes() for a in arrays]
     spans, off = [], 0
