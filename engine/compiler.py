@@ -35,19 +35,33 @@ def optimize(g: Graph) -> Graph:
     for p in g.params:
         env[id(p.value)] = b.param(p.name, p.data, p.requires_grad)
     consts: dict[int, np.ndarray] = {}
+    ones: set[int] = set()
     seen: dict[tuple, tuple[Value, ...]] = {}
     for n in g.pruned().nodes:
         ins = [env[id(v)] for v in n.inputs]
         key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())))
-        outs = seen.get(key)
+        outs = seen.get(key) or _times_one(n, ins, ones)
         if outs is None:
             outs = _fold(b, n, ins, consts) or b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient)
             if n.op == "Const":
                 consts[id(outs[0])] = n.attrs["value"]
+            if n.op == "OnesLike" or (id(outs[0]) in consts and np.all(consts[id(outs[0])] == 1)):
+                ones.add(id(outs[0]))
             seen[key] = outs
         for v, o in zip(n.outputs, outs):
             env[id(v)] = o
     return b.build(unflatten(g.outputs, iter([env[id(v)] for v in g.flat_outputs]))).pruned()
+
+
+def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] | None:
+    """``Mul(x, ones)`` is ``x`` when x already has the product's type: the ones that seed reverse mode
+    then cost nothing, and the forward value they were shaped after may become dead."""
+    if n.op != "Mul":
+        return None
+    for a, other in ((ins[0], ins[1]), (ins[1], ins[0])):
+        if id(a) in ones and other.type == n.outputs[0].type:
+            return (other,)
+    return None
 
 
 def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> tuple[Value, ...] | None:
