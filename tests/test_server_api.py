@@ -20,9 +20,11 @@ from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
 from gradserve.engine import GraphBuilder
 from gradserve.server import demo
-from gradserve.server.app import Server, running
+from gradserve.server.app import Server
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+
+from serverkit import request_counters
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_operation_tutorial.py"
 RNG = np.random.default_rng(5)
@@ -31,9 +33,8 @@ V = np.array(0.5)
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=2, limits=Limits(max_registered_networks=2))) as s:
-        yield s
+def server_config() -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, workers=2, limits=Limits(max_registered_networks=2))
 
 
 @pytest.fixture()
@@ -129,10 +130,6 @@ def test_run_returns_forward_outputs(stub: service_pb2_grpc.GradientStub) -> Non
     np.testing.assert_allclose(f2, X * Y + V, rtol=1e-12)
 
 
-def counters(stub: service_pb2_grpc.GradientStub) -> dict[tuple[str, str], int]:
-    return {(c.method, c.code): c.count for c in stub.ServerInfo(service_pb2.ServerInfoRequest()).request_counters}
-
-
 def test_registration_is_idempotent_and_reused_by_the_remote_backend(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
     g = two_output_net()
     g.name = "registration_test"  # a network no other test has sent
@@ -145,14 +142,14 @@ def test_registration_is_idempotent_and_reused_by_the_remote_backend(server: Ser
     x = b.input("x", "float64", (3,))
     w = b.param("w", W)
     graph = b.build(b.op("Sin", x * w))
-    before = counters(stub)
+    before = request_counters(stub)
     nid = backend.register(graph)
     params = {"w": graph.param("w").data}
     flags = GradFlags(get_by_list=True, weights=("w",))
     for _ in range(3):
         (dw,) = backend.grad(nid, flags, [X], params)
         np.testing.assert_allclose(dw, X * np.cos(X * W), rtol=1e-12)
-    after = counters(stub)
+    after = request_counters(stub)
     registered = after.get(("RegisterNetwork", "OK"), 0) - before.get(("RegisterNetwork", "OK"), 0)
     assert registered == 1, "the network is registered once; later calls send only inputs"
     assert after[("Grad", "OK")] - before.get(("Grad", "OK"), 0) == 3
@@ -161,7 +158,7 @@ def test_registration_is_idempotent_and_reused_by_the_remote_backend(server: Ser
     for _ in range(2):
         (dw,) = backend.grad(nid, flags, [X], {"w": new_w})
         np.testing.assert_allclose(dw, X * np.cos(X * new_w), rtol=1e-12)
-    assert counters(stub)[("RegisterNetwork", "OK")] - after[("RegisterNetwork", "OK")] == 1
+    assert request_counters(stub)[("RegisterNetwork", "OK")] - after[("RegisterNetwork", "OK")] == 1
     backend.close()
 
 
@@ -208,7 +205,7 @@ def test_server_info_reports_versions_limits_workers_and_counters(server: Server
     assert info.component_versions["numpy"] == np.__version__ and info.component_versions["grpcio"] == grpc.__version__
     assert info.limits.max_message_bytes >= 256 * 2**20 and info.limits.max_registered_networks == 2
     assert graph_pb2.DATA_TYPE_FLOAT32 in info.supported_dtypes
-    assert counters(stub)[("ServerInfo", "OK")] >= 1
+    assert request_counters(stub)[("ServerInfo", "OK")] >= 1
 
 
 def test_health_and_reflection_answer(server: Server) -> None:

@@ -1,18 +1,12 @@
 """Configuration from flags and GRADSERVE_* variables, and the ``gradserve health`` command."""
 from __future__ import annotations
 
-import argparse
-
 import pytest
 
 from gradserve.server import cli, config
 from gradserve.server.app import running
 
-
-def parse(argv: list[str], environ: dict[str, str]) -> config.ServerConfig:
-    parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    return config.from_arguments(parser.parse_args(argv), environ)
+from serverkit import parse
 
 
 def test_flags_beat_environment_which_beats_defaults() -> None:

@@ -2,8 +2,6 @@
 answering health checks SERVING and serving good requests."""
 from __future__ import annotations
 
-from typing import Iterator
-
 import grpc
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from grpc_status import rpc_status
 
 from gradserve import codec
 from gradserve.engine import GraphBuilder, NotDifferentiableError
-from gradserve.server.app import Server, running
 from gradserve.server.compute import classify
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
@@ -22,15 +19,13 @@ LIMITS = Limits(max_graph_nodes=8, max_tensor_elements=1000, max_nesting_depth=3
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=LIMITS)) as s:
-        yield s
+def server_config() -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, workers=1, limits=LIMITS)
 
 
 @pytest.fixture(scope="module")
-def channel(server: Server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.max_send_message_length", -1)]) as ch:
-        yield ch
+def channel_options() -> list[tuple[str, int]]:
+    return [("grpc.max_send_message_length", -1)]
 
 
 def sin_net(shape: tuple[int, ...] = (3,)) -> graph_pb2.Graph:

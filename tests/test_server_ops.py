@@ -3,14 +3,12 @@ ServerInfo reads), bearer-token authentication (health and reflection stay open)
 with certificates made here, the flags and variables that set them, and the client's connection context."""
 from __future__ import annotations
 
-import argparse
 import datetime
 import ipaddress
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -26,10 +24,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from gradserve import codec
 from gradserve.client import context
 from gradserve.engine import GraphBuilder
-from gradserve.server import cli, config
+from gradserve.server import cli
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
+
+from serverkit import parse, rejected, request_counters, slow_request, wait_until
 
 TOKEN = "s3cret-token_0123456789"
 GRAD = "/gradserve.v1.Gradient/Grad"
@@ -46,34 +46,6 @@ def grad_ok(stub: service_pb2_grpc.GradientStub, metadata: tuple[tuple[str, str]
     resp = stub.Grad(service_pb2.GradRequest(graph=sin_graph().graph, inputs=[codec.encode_tensor(X)]),
                      metadata=metadata, timeout=30)
     np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(X), rtol=1e-12)
-
-
-def slow_request(stub: service_pb2_grpc.GradientStub, n: int = 2000, k: int = 12) -> service_pb2.GradRequest:
-    """Seconds of work: the gradient of sum(sin^k(x @ y)) over an n x n outer product."""
-    b = GraphBuilder()
-    h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, n)))
-    for _ in range(k):
-        h = b.op("Sin", h)
-    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h))))).network_id
-    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(np.full((n, 1), 0.5)),
-                                                           codec.encode_tensor(np.full((1, n), 0.5))])
-
-
-def wait_until(cond: Callable[[], bool]) -> None:
-    """Poll ``cond`` (the pytest timeout bounds the wait)."""
-    while not cond():
-        time.sleep(0.01)
-
-
-def rejected(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value
-
-
-def info_counters(stub: service_pb2_grpc.GradientStub, metadata: tuple[tuple[str, str], ...] = ()) -> dict[tuple[str, str], int]:
-    info = stub.ServerInfo(service_pb2.ServerInfoRequest(), metadata=metadata, timeout=10)
-    return {(c.method, c.code): c.count for c in info.request_counters}
 
 
 # ---- metrics ----
@@ -114,7 +86,7 @@ def test_metrics_count_the_calls_made_and_agree_with_server_info(metered: tuple[
 
     made = {("RegisterNetwork", "OK"): 1, ("Grad", "OK"): 3, ("Grad", "NOT_FOUND"): 1, ("Grad", "INVALID_ARGUMENT"): 1,
             ("GradStream", "OK"): 2}
-    assert info_counters(stub) == made
+    assert request_counters(stub) == made
     samples = scrape(server.metrics_port)
     assert requests_total(samples) == {**made, ("ServerInfo", "OK"): 1}
     # Latency is observed for every call that reached its method (the unparsable one did not).
@@ -131,7 +103,7 @@ def test_metrics_count_the_calls_made_and_agree_with_server_info(metered: tuple[
 def test_metrics_show_busy_workers_queue_depth_and_replacements(metered: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
     server, stub = metered
     assert server.metrics_port is not None
-    request = slow_request(stub)
+    request = slow_request(stub, n=2000)
     running_call = stub.Grad.future(request, timeout=60)
     wait_until(lambda: bool(server.pool.busy_pids()))
     queued_call = stub.Grad.future(request, timeout=60)
@@ -180,12 +152,12 @@ def test_gradient_calls_without_the_token_are_unauthenticated(guarded: tuple[Ser
                                                              metadata: tuple[tuple[str, str], ...], says: str) -> None:
     _, channel = guarded
     stub = service_pb2_grpc.GradientStub(channel)
-    before = info_counters(stub, BEARER).get(("Grad", "UNAUTHENTICATED"), 0)
+    before = request_counters(stub, BEARER).get(("Grad", "UNAUTHENTICATED"), 0)
     err = rejected(lambda: grad_ok(stub, metadata))
     assert err.code() == grpc.StatusCode.UNAUTHENTICATED
     assert err.details().startswith(f"{GRAD}: ") and says in err.details(), err.details()
     assert TOKEN not in err.details()
-    assert info_counters(stub, BEARER)[("Grad", "UNAUTHENTICATED")] == before + 1
+    assert request_counters(stub, BEARER)[("Grad", "UNAUTHENTICATED")] == before + 1
 
 
 def test_every_gradient_method_needs_the_token_and_works_with_it(guarded: tuple[Server, grpc.Channel]) -> None:
@@ -349,12 +321,6 @@ def test_mutual_tls_needs_a_client_certificate_signed_by_the_client_ca(pki: dict
 
 
 # ---- flags and variables ----
-
-def parse(argv: list[str], environ: dict[str, str]) -> ServerConfig:
-    parser = argparse.ArgumentParser()
-    config.add_arguments(parser)
-    return config.from_arguments(parser.parse_args(argv), environ)
-
 
 def test_ops_flags_and_variables(tmp_path: Path, pki: dict[str, str]) -> None:
     token_file = tmp_path / "token"

@@ -8,8 +8,7 @@ import signal
 import subprocess
 import sys
 import threading
-import time
-from typing import Callable, Iterator
+from typing import Iterator
 
 import grpc
 import numpy as np
@@ -21,26 +20,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
-
-def wait_until(cond: Callable[[], bool], what: str) -> None:
-    """Poll ``cond`` (the pytest timeout bounds the wait)."""
-    while not cond():
-        time.sleep(0.01)
-
-
-def slow_net(n: int, k: int) -> service_pb2.RegisterNetworkRequest:
-    """sum(sin^k(x @ y)) over an n x n outer product: seconds of work for a small request."""
-    b = GraphBuilder()
-    h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, n)))
-    for _ in range(k):
-        h = b.op("Sin", h)
-    return service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h))))
-
-
-def slow_request(stub: service_pb2_grpc.GradientStub, n: int = 2000, k: int = 12) -> service_pb2.GradRequest:
-    nid = stub.RegisterNetwork(slow_net(n, k)).network_id
-    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(np.full((n, 1), 0.5)),
-                                                           codec.encode_tensor(np.full((1, n), 0.5))])
+from serverkit import slow_request, wait_until
 
 
 def composed_sin_grad(n: int, k: int) -> np.ndarray:
@@ -70,7 +50,7 @@ def one_worker() -> Iterator[tuple[Server, service_pb2_grpc.GradientStub]]:
 
 def test_killed_worker_fails_only_its_request_retryably_and_is_replaced(one_worker: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
     server, stub = one_worker
-    request = slow_request(stub)
+    request = slow_request(stub, n=2000)
     before = server.pool.pids()
     call = stub.Grad.future(request, timeout=60)
     wait_until(lambda: server.pool.busy_pids() == before, "the worker to take the request")
@@ -86,7 +66,7 @@ def test_full_queue_is_resource_exhausted_and_cancelled_calls_free_their_worker(
     one_worker: tuple[Server, service_pb2_grpc.GradientStub],
 ) -> None:
     server, stub = one_worker
-    request = slow_request(stub)
+    request = slow_request(stub, n=2000)
     running_call = stub.Grad.future(request, timeout=60)
     wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
     queued_call = stub.Grad.future(request, timeout=60)
@@ -103,7 +83,7 @@ def test_full_queue_is_resource_exhausted_and_cancelled_calls_free_their_worker(
 
 def test_expired_deadline_stops_the_work_and_frees_the_worker(one_worker: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
     server, stub = one_worker
-    request = slow_request(stub)
+    request = slow_request(stub, n=2000)
     with pytest.raises(grpc.RpcError) as info:
         stub.Grad(request, timeout=0.3)
     assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED

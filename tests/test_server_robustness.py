@@ -5,8 +5,7 @@ the method or limit, is counted in ServerInfo, and the server keeps serving."""
 from __future__ import annotations
 
 import re
-import time
-from typing import Callable, Iterator
+from typing import Callable
 
 import grpc
 import numpy as np
@@ -19,21 +18,16 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
+from serverkit import rejected, request_counters, slow_request, wait_until
+
 LIMITS = Limits(max_message_bytes=1 << 20, max_queue_depth=2, max_deadline_ms=60_000)
 GRAD = "/gradserve.v1.Gradient/Grad"
 CORRUPT = "not valid protobuf wire format"
 
 
 @pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=LIMITS)) as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def channel(server: Server) -> Iterator[grpc.Channel]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
-        yield ch
+def server_config() -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, workers=1, limits=LIMITS)
 
 
 def raw_unary(channel: grpc.Channel, method: str) -> Callable[..., bytes]:
@@ -65,23 +59,12 @@ def sin_request(shape: tuple[int, ...] = (3,)) -> service_pb2.GradRequest:
     return service_pb2.GradRequest(graph=graph, inputs=[codec.encode_tensor(np.full(shape, 0.5, np.float32))])
 
 
-def counters(channel: grpc.Channel) -> dict[tuple[str, str], int]:
-    info = service_pb2_grpc.GradientStub(channel).ServerInfo(service_pb2.ServerInfoRequest(), timeout=10)
-    return {(c.method, c.code): c.count for c in info.request_counters}
-
-
 def still_serving(channel: grpc.Channel) -> None:
     """Health answers SERVING and a small gradient is right."""
     health = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(), timeout=10)
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     resp = service_pb2_grpc.GradientStub(channel).Grad(sin_request(), timeout=30)
     np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(np.full(3, 0.5, np.float32)))
-
-
-def rejected(call: Callable[[], object]) -> grpc.RpcError:
-    with pytest.raises(grpc.RpcError) as info:
-        call()
-    return info.value
 
 
 @pytest.mark.parametrize("payload,problem", [
@@ -93,12 +76,13 @@ def rejected(call: Callable[[], object]) -> grpc.RpcError:
 def test_unparsable_request_is_invalid_argument_naming_method_and_problem(
     channel: grpc.Channel, payload: bytes, problem: str,
 ) -> None:
-    before = counters(channel).get(("Grad", "INVALID_ARGUMENT"), 0)
+    stub = service_pb2_grpc.GradientStub(channel)
+    before = request_counters(stub).get(("Grad", "INVALID_ARGUMENT"), 0)
     err = rejected(lambda: raw_unary(channel, GRAD)(payload, timeout=10))
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert err.details().startswith(f"{GRAD}: the request is not a valid gradserve.v1.GradRequest message: ")
     assert problem in err.details(), err.details()
-    assert counters(channel)[("Grad", "INVALID_ARGUMENT")] == before + 1
+    assert request_counters(stub)[("Grad", "INVALID_ARGUMENT")] == before + 1
     still_serving(channel)
 
 
@@ -143,40 +127,29 @@ def test_response_over_the_message_limit_is_resource_exhausted_naming_the_limit(
     b = GraphBuilder()
     graph = codec.encode_graph(b.build(b.op("MatMul", b.input("a", "float64", (n, 1)), b.input("b", "float64", (1, n)))))
     request = service_pb2.RunRequest(graph=graph, inputs=[codec.encode_tensor(np.ones((n, 1))), codec.encode_tensor(np.ones((1, n)))])
-    before = counters(channel).get(("Run", "RESOURCE_EXHAUSTED"), 0)
-    err = rejected(lambda: service_pb2_grpc.GradientStub(channel).Run(request, timeout=30))
+    stub = service_pb2_grpc.GradientStub(channel)
+    before = request_counters(stub).get(("Run", "RESOURCE_EXHAUSTED"), 0)
+    err = rejected(lambda: stub.Run(request, timeout=30))
     assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
     match = re.fullmatch(r"the RunResponse would be (\d+) bytes, over the max_message_bytes limit of (\d+); .*", err.details())
     assert match and n * n * 8 < int(match[1]) < n * n * 8 + 200 and int(match[2]) == 1 << 20, err.details()
-    assert counters(channel)[("Run", "RESOURCE_EXHAUSTED")] == before + 1
+    assert request_counters(stub)[("Run", "RESOURCE_EXHAUSTED")] == before + 1
     still_serving(channel)
-
-
-def slow_request(stub: service_pb2_grpc.GradientStub, n: int = 1500, k: int = 12) -> service_pb2.GradRequest:
-    """d/dx sum(sin^k(x @ y)) over an n x n outer product: about a second of work for a small request."""
-    b = GraphBuilder()
-    h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, n)))
-    for _ in range(k):
-        h = b.op("Sin", h)
-    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h))))).network_id
-    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(np.full((n, 1), 0.5)),
-                                                           codec.encode_tensor(np.full((1, n), 0.5))])
 
 
 def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_takes_no_worker(server: Server, channel: grpc.Channel) -> None:
     stub = service_pb2_grpc.GradientStub(channel)
-    request = slow_request(stub)
+    request = slow_request(stub, n=1500)
     busy = stub.Grad.future(request, timeout=60)
-    while not server.pool.busy_pids():
-        time.sleep(0.01)
+    wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
     workers, replaced = server.pool.pids(), server.pool.replaced
-    before = counters(channel).get(("Grad", "DEADLINE_EXCEEDED"), 0)
+    before = request_counters(stub).get(("Grad", "DEADLINE_EXCEEDED"), 0)
     err = rejected(lambda: stub.Grad(sin_request(), timeout=0.2))
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert busy.result().gradients.HasField("tensor"), "the computation holding the worker was not disturbed"
     assert server.pool.pids() == workers and server.pool.replaced == replaced
-    while counters(channel).get(("Grad", "DEADLINE_EXCEEDED"), 0) == before:  # the server answers after the client gave up
-        time.sleep(0.01)
+    # The server answers after the client gave up.
+    wait_until(lambda: request_counters(stub).get(("Grad", "DEADLINE_EXCEEDED"), 0) != before, "the expiry to be counted")
     still_serving(channel)
 
 
@@ -197,9 +170,10 @@ def test_a_server_bug_is_internal_and_counted(server: Server, channel: grpc.Chan
         raise KeyError("op catalog")
 
     monkeypatch.setattr(server.servicer, "_op_catalog", broken)
-    err = rejected(lambda: service_pb2_grpc.GradientStub(channel).ListOps(service_pb2.ListOpsRequest(), timeout=10))
+    stub = service_pb2_grpc.GradientStub(channel)
+    err = rejected(lambda: stub.ListOps(service_pb2.ListOpsRequest(), timeout=10))
     assert err.code() == grpc.StatusCode.INTERNAL
     assert err.details() == "ListOps: server bug: KeyError: 'op catalog'"
     monkeypatch.undo()
-    assert counters(channel)[("ListOps", "INTERNAL")] == 1
+    assert request_counters(stub)[("ListOps", "INTERNAL")] == 1
     still_serving(channel)

@@ -1,0 +1,60 @@
+"""Helpers shared by the server tests: slow work to keep a worker busy, polling, rejected calls, ServerInfo
+counters and config parsing. Importable as ``serverkit`` because pyproject.toml puts tests/ on pythonpath."""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Callable
+
+import grpc
+import numpy as np
+import pytest
+
+from gradserve import codec
+from gradserve.engine import GraphBuilder
+from gradserve.server import config
+from gradserve.v1 import service_pb2, service_pb2_grpc
+
+Metadata = tuple[tuple[str, str], ...]
+
+
+def slow_net(n: int, k: int) -> service_pb2.RegisterNetworkRequest:
+    """sum(sin^k(x @ y)) over an n x n outer product: seconds of work for a small request."""
+    b = GraphBuilder()
+    h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, n)))
+    for _ in range(k):
+        h = b.op("Sin", h)
+    return service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h))))
+
+
+def slow_request(stub: service_pb2_grpc.GradientStub, n: int, k: int = 12) -> service_pb2.GradRequest:
+    """Registers ``slow_net(n, k)`` and returns a gradient request for it at x = y = 0.5."""
+    nid = stub.RegisterNetwork(slow_net(n, k)).network_id
+    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(np.full((n, 1), 0.5)),
+                                                           codec.encode_tensor(np.full((1, n), 0.5))])
+
+
+def wait_until(cond: Callable[[], bool], what: str = "") -> None:
+    """Poll ``cond`` until it holds (``what`` names the wait; the pytest timeout bounds it)."""
+    while not cond():
+        time.sleep(0.01)
+
+
+def rejected(call: Callable[[], object]) -> grpc.RpcError:
+    """The RpcError that ``call`` raises (failing the test if it raises none)."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    return info.value
+
+
+def request_counters(stub: service_pb2_grpc.GradientStub, metadata: Metadata = ()) -> dict[tuple[str, str], int]:
+    """ServerInfo's request counters as {(method, code): count}."""
+    info = stub.ServerInfo(service_pb2.ServerInfoRequest(), metadata=metadata, timeout=10)
+    return {(c.method, c.code): c.count for c in info.request_counters}
+
+
+def parse(argv: list[str], environ: dict[str, str]) -> config.ServerConfig:
+    """The ServerConfig that the server's flags ``argv`` and variables ``environ`` make."""
+    parser = argparse.ArgumentParser()
+    config.add_arguments(parser)
+    return config.from_arguments(parser.parse_args(argv), environ)
