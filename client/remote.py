@@ -1,18 +1,24 @@
-"""The remote backend: runs traced networks on a gradserve server over gRPC.
+"""The remote backend: runs traced networks on gradserve servers over gRPC.
 
-Each network is registered once per server and later calls send only inputs. Parameter values
-travel with the registration, so they are sent again only when they change (the network is then
-registered again with the new values). A NOT_FOUND answer (a restarted or evicted server) makes
-the backend register again and retry; UNAVAILABLE is retried with backoff by gRPC's own retry
-policy, and several targets or a ``dns:///`` name are balanced with ``round_robin``.
+A target is ``host:port``, a comma-separated list of them, or any gRPC URI (``dns:///name:port``,
+``ipv4:a:p,b:q``). Each listed item gets its own channel: this client rotates its calls over them,
+registers each network once through each of them and then sends only inputs, and on UNAVAILABLE
+moves the call to the next one (backing off once all have failed; every Gradient call is
+idempotent). A single item naming several addresses (a ``dns:///`` name) is balanced by gRPC's
+``round_robin`` inside its channel, where this client cannot tell which server answers: there a
+NOT_FOUND (a server that never saw the network, or was restarted) is retried with the graph inline,
+which registers it on whichever server takes the call, and the next calls on that channel send it
+inline too until the rotation has passed every address. Parameter values travel with the
+registration, so they are sent again only when they change.
 """
 from __future__ import annotations
 
-import ipaddress
 import json
+import random
 import socket
 import threading
-from dataclasses import dataclass
+import time
+from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
 
 import grpc
@@ -22,22 +28,22 @@ from .. import codec
 from ..engine import EngineError, Graph, NotDifferentiableError
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from .backend import Backend, GradFlags, OutputTree
-from .context import register_backend_factory
+from .context import open_channel, register_backend_factory
 
-SERVICE_CONFIG = {
-    "loadBalancingConfig": [{"round_robin": {}}],
-    "methodConfig": [{
-        "name": [{"service": "gradserve.v1.Gradient"}],
-        "retryPolicy": {
-            "maxAttempts": 5,
-            "initialBackoff": "0.05s",
-            "maxBackoff": "2s",
-            "backoffMultiplier": 2,
-            "retryableStatusCodes": ["UNAVAILABLE"],
-        },
-    }],
-}
-"""Every Gradient method is idempotent, so all are retried on UNAVAILABLE."""
+CHANNEL_OPTIONS = (
+    ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
+    ("grpc.max_send_message_length", -1),
+    ("grpc.max_receive_message_length", -1),
+)
+ROUNDS = 5
+"""How many times a call tries every channel before an UNAVAILABLE is raised."""
+INITIAL_BACKOFF = 0.05
+MAX_BACKOFF = 2.0
+"""Seconds slept after a round in which every channel answered UNAVAILABLE: doubling from one to the other, jittered."""
+DOWN_SECONDS = 1.0
+"""How long a channel that answered UNAVAILABLE is tried only after the others."""
+URI_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
+"""gRPC target schemes; a target in one of them is a single channel even when it holds commas."""
 
 
 class RemoteError(RuntimeError):
@@ -49,29 +55,60 @@ class RemoteError(RuntimeError):
         super().__init__(f"{code.name}: {details}")
 
 
-def channel_target(target: str) -> str:
-    """A gRPC target for ``host:port``, a comma-separated list of them (resolved to addresses, so that
-    round_robin spreads calls over all), or any gRPC URI such as ``dns:///name:port``."""
-    if "," not in target:
-        return target
-    addrs = []
-    for item in target.split(","):
-        host, _, port = item.strip().rpartition(":")
-        host = host.strip("[]")
-        for *_, sockaddr in socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM):
-            ip = ipaddress.ip_address(sockaddr[0])
-            addrs.append(f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}")
-    return "ipv6:" + ",".join(addrs) if any(a.startswith("[") for a in addrs) else "ipv4:" + ",".join(addrs)
+def split_target(target: str) -> list[str]:
+    """The channel targets in ``target``: each item of a comma-separated list, or one gRPC URI."""
+    if target.partition(":")[0] in URI_SCHEMES:
+        return [target]
+    return [item.strip() for item in target.split(",") if item.strip()]
+
+
+def address_count(target: str) -> int:
+    """How many addresses a channel target names now (a host name is resolved), at least 1."""
+    scheme, _, rest = target.partition(":")
+    if scheme in ("ipv4", "ipv6"):
+        return len(rest.split(","))
+    if scheme == "dns":
+        name = rest[2:].partition("/")[2] if rest.startswith("//") else rest
+    elif scheme in URI_SCHEMES:
+        return 1
+    else:
+        name = target
+    host, _, port = name.rpartition(":") if name.rfind(":") > name.rfind("]") else (name, "", "443")
+    try:
+        return max(1, len({info[4] for info in socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM)}))
+    except (OSError, UnicodeError):
+        return 1
+
+
+@dataclass(eq=False)
+class _Version:
+    """A network with one set of parameter values: its wire form and, once a server has answered, its id."""
+
+    message: graph_pb2.Graph
+    server_id: str = ""
 
 
 @dataclass
 class _Network:
-    """A network as this client registered it: its wire form, the parameter arrays the server holds, and its id there."""
+    """A network as this client registered it: its current version and the parameter arrays that version holds."""
 
     graph: Graph
-    message: graph_pb2.Graph
+    version: _Version
     sent: dict[str, np.ndarray]
-    server_id: str = ""
+
+
+@dataclass
+class _Route:
+    """One channel and what this client knows of the server(s) behind it."""
+
+    target: str
+    channel: grpc.Channel
+    stub: service_pb2_grpc.GradientStub
+    registered: dict[str, _Version] = field(default_factory=dict)
+    """The version of each network (by local id) last registered through this channel."""
+    inline: dict[str, int] = field(default_factory=dict)
+    """How many more calls for each network (by local id) send its graph inline."""
+    down_until: float = 0.0
 
 
 class RemoteBackend(Backend):
@@ -79,36 +116,55 @@ class RemoteBackend(Backend):
 
     def __init__(self, target: str) -> None:
         self.target = target
-        self.channel = grpc.insecure_channel(
-            channel_target(target),
-            options=[
-                ("grpc.service_config", json.dumps(SERVICE_CONFIG)),
-                ("grpc.enable_retries", 1),
-                ("grpc.max_send_message_length", -1),
-                ("grpc.max_receive_message_length", -1),
-                ("grpc.per_rpc_retry_buffer_size", 1 << 30),
-            ],
-        )
-        self.stub = service_pb2_grpc.GradientStub(self.channel)
+        self._routes = []
+        for item in split_target(target):
+            channel = open_channel(item, CHANNEL_OPTIONS)
+            self._routes.append(_Route(item, channel, service_pb2_grpc.GradientStub(channel)))
+        if not self._routes:
+            raise ValueError(f"target {target!r} names no server")
+        self._turn = 0
         self._networks: dict[str, _Network] = {}
         self._lock = threading.Lock()
 
     def register(self, graph: Graph) -> str:
-        """Register ``graph`` on the server once; returns this client's id for it."""
+        """Register ``graph`` on one server now (the others on first use); returns this client's id for it."""
         local_id = codec.network_id(graph)
         with self._lock:
-            if local_id not in self._networks:
-                net = _Network(graph, codec.encode_graph(graph), {p.name: p.data for p in graph.params})
-                self._register(net)
-                self._networks[local_id] = net
+            net = self._networks.get(local_id)
+        if net is None:
+            version = _Version(codec.encode_graph(graph))
+            self._failover(lambda route: self._register(route, local_id, version), advance=False)
+            with self._lock:
+                self._networks.setdefault(local_id, _Network(graph, version, {p.name: p.data for p in graph.params}))
         return local_id
 
-    def _register(self, net: _Network) -> None:
-        resp = _call(self.stub.RegisterNetwork, service_pb2.RegisterNetworkRequest(graph=net.message))
-        net.server_id = resp.network_id
+    def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
+        """Forward outputs from a server."""
+        tensors = [codec.encode_tensor(a) for a in inputs]
+        resp = self._invoke(network_id, params, "Run", lambda **net: service_pb2.RunRequest(inputs=tensors, **net))
+        return codec.decode_tree(resp.outputs)
 
-    def _sync(self, net: _Network, params: Mapping[str, np.ndarray]) -> None:
-        """Register again with the current parameter values if any changed since they were sent."""
+    def grad(
+        self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
+    ) -> OutputTree:
+        """GradOperation computed by a server."""
+        n = len(self._networks[network_id].graph.inputs)
+        op = codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights)
+        tensors = [codec.encode_tensor(a) for a in inputs[:n]]
+        sens = [codec.encode_tensor(a) for a in inputs[n:]]
+        resp = self._invoke(
+            network_id, params, "Grad",
+            lambda **net: service_pb2.GradRequest(grad=op, inputs=tensors, sens=sens, **net),
+        )
+        return codec.decode_tree(resp.gradients)
+
+    def close(self) -> None:
+        """Close the channels."""
+        for route in self._routes:
+            route.channel.close()
+
+    def _sync(self, net: _Network, params: Mapping[str, np.ndarray]) -> _Version:
+        """The network's version for ``params``: a new one (registered on each server on its next call) if any changed."""
         changed = {}
         for name, a in params.items():
             old = net.sent.get(name)
@@ -117,64 +173,90 @@ class RemoteBackend(Backend):
                     changed[name] = a
                 net.sent[name] = a
         if changed:
-            for g in (net.message, *net.message.library.values()):
+            message = graph_pb2.Graph()
+            message.CopyFrom(net.version.message)
+            for g in (message, *message.library.values()):
                 for p in g.parameters:
                     if p.name in changed:
                         codec.encode_tensor(changed[p.name], p.value)
-            self._register(net)
+            net.version = _Version(message)
+        return net.version
 
-    def _invoke(self, network_id: str, params: Mapping[str, np.ndarray], make: Callable[[str], Any], method: Any) -> Any:
-        """Call ``method(make(server id))``, registering again once if the server answers NOT_FOUND."""
+    def _invoke(self, network_id: str, params: Mapping[str, np.ndarray], method: str, make: Callable[..., Any]) -> Any:
+        """``method`` with the request ``make(network_id=...)`` or ``make(graph=...)`` on the next server that takes it."""
         with self._lock:
-            net = self._networks[network_id]
-            self._sync(net, params)
+            version = self._sync(self._networks[network_id], params)
+        return self._failover(lambda route: self._send(route, network_id, version, method, make))
+
+    def _send(self, route: _Route, local_id: str, version: _Version, method: str, make: Callable[..., Any]) -> Any:
+        """One call through ``route``: registering first if it has not seen this version, inline when asked to."""
+        call = getattr(route.stub, method)
+        with self._lock:
+            inline = route.inline.get(local_id, 0)
+            if inline:
+                route.inline[local_id] = inline - 1
+            known = route.registered.get(local_id) is version
+        if inline:
+            return self._send_inline(route, local_id, version, call, make)
+        if not known:
+            self._register(route, local_id, version)
         try:
-            return _call(method, make(net.server_id), reraise_not_found=True)
+            return call(make(network_id=version.server_id))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
+        more = address_count(route.target) - 1
+        if more:
+            with self._lock:
+                route.inline[local_id] = more
+        return self._send_inline(route, local_id, version, call, make)
+
+    def _send_inline(self, route: _Route, local_id: str, version: _Version, call: Any, make: Callable[..., Any]) -> Any:
+        """The call with the graph itself, which also registers it on the server that takes it."""
+        resp = call(make(graph=version.message))
         with self._lock:
-            self._register(net)
-        return _call(method, make(net.server_id))
+            version.server_id = resp.network_id
+            route.registered[local_id] = version
+        return resp
 
-    def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
-        """Forward outputs from the server."""
-        tensors = [codec.encode_tensor(a) for a in inputs]
-        resp = self._invoke(network_id, params, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=tensors), self.stub.Run)
-        return codec.decode_tree(resp.outputs)
+    def _register(self, route: _Route, local_id: str, version: _Version) -> None:
+        """RegisterNetwork through ``route``."""
+        resp = route.stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=version.message))
+        with self._lock:
+            version.server_id = resp.network_id
+            route.registered[local_id] = version
 
-    def grad(
-        self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
-    ) -> OutputTree:
-        """GradOperation computed by the server."""
-        n = len(self._networks[network_id].graph.inputs)
-        op = codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights)
-        tensors = [codec.encode_tensor(a) for a in inputs[:n]]
-        sens = [codec.encode_tensor(a) for a in inputs[n:]]
-        resp = self._invoke(
-            network_id, params,
-            lambda nid: service_pb2.GradRequest(network_id=nid, grad=op, inputs=tensors, sens=sens), self.stub.Grad,
-        )
-        return codec.decode_tree(resp.gradients)
+    def _failover(self, attempt: Callable[[_Route], Any], advance: bool = True) -> Any:
+        """``attempt(route)`` on the channels in rotation (lately failed ones last) until one is not UNAVAILABLE."""
+        with self._lock:  # advance=False (registering) starts where the next call will, which then finds it there
+            start = self._turn % len(self._routes)
+            self._turn += advance
+        delay = INITIAL_BACKOFF
+        for round_ in range(ROUNDS):
+            now = time.monotonic()
+            order = sorted(self._routes[start:] + self._routes[:start], key=lambda r: r.down_until > now)
+            for route in order:
+                try:
+                    return attempt(route)
+                except grpc.RpcError as exc:
+                    if exc.code() != grpc.StatusCode.UNAVAILABLE:
+                        raise _translate(exc) from None
+                    route.down_until = time.monotonic() + DOWN_SECONDS
+                    last = exc
+            if round_ < ROUNDS - 1:
+                time.sleep(delay * random.uniform(0.5, 1.0))
+                delay = min(2 * delay, MAX_BACKOFF)
+        raise _translate(last) from None
 
-    def close(self) -> None:
-        """Close the channel."""
-        self.channel.close()
 
-
-def _call(method: Any, request: Any, reraise_not_found: bool = False) -> Any:
-    """``method(request)`` with server errors raised as the engine's exceptions where they match."""
-    try:
-        return method(request)
-    except grpc.RpcError as exc:
-        code, details = exc.code(), exc.details()
-        if code == grpc.StatusCode.NOT_FOUND and reraise_not_found:
-            raise
-        if code == grpc.StatusCode.UNIMPLEMENTED:
-            raise NotDifferentiableError(details) from None
-        if code == grpc.StatusCode.INVALID_ARGUMENT:
-            raise EngineError(details) from None
-        raise RemoteError(code, details) from None
+def _translate(exc: grpc.RpcError) -> Exception:
+    """A server's error as the engine's exception where one matches, else a RemoteError."""
+    code, details = exc.code(), exc.details()
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return NotDifferentiableError(details)
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        return EngineError(details)
+    return RemoteError(code, details)
 
 
 register_backend_factory(RemoteBackend)

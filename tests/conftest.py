@@ -1,12 +1,19 @@
-"""Fixtures shared by the server tests. A module using ``server`` or ``channel`` defines a module-scoped
-``server_config`` fixture (and may override ``channel_options``)."""
+"""Fixtures shared by the server and remote-client tests. A module using ``server`` or ``channel``
+defines a module-scoped ``server_config`` fixture (and may override ``channel_options``)."""
 from __future__ import annotations
 
+import datetime
+import ipaddress
 from typing import Iterator
 
 import grpc
 import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
+from gradserve.client import context
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 
@@ -29,3 +36,50 @@ def channel(server: Server, channel_options: list[tuple[str, int]]) -> Iterator[
     """An insecure loopback channel to the module's ``server``."""
     with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=channel_options) as ch:
         yield ch
+
+
+@pytest.fixture()
+def clean_context(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No context option set and no GRADSERVE_* client variable; restored afterwards."""
+    for key, var in context.OPTIONS.items():
+        monkeypatch.setitem(context._state, key, context._UNSET)
+        monkeypatch.delenv(var, raising=False)
+    monkeypatch.setattr(context, "_backends", {})
+
+
+def _name(cn: str) -> x509.Name:
+    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
+
+
+def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey,
+           ca: bool) -> x509.Certificate:
+    now = datetime.datetime.now(datetime.timezone.utc)
+    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
+               .public_key(key.public_key()).serial_number(x509.random_serial_number())
+               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
+               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
+    if not ca:
+        builder = builder.add_extension(x509.SubjectAlternativeName(
+            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
+    return builder.sign(issuer_key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A CA and a server and a client certificate it signed, as PEM files: {name: path}."""
+    d = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    files = {"ca.pem": _issue("gradserve test CA", ca_key, "gradserve test CA", ca_key, ca=True)}
+    keys = {}
+    for who in ("server", "client"):
+        keys[f"{who}.key"] = ec.generate_private_key(ec.SECP256R1())
+        files[f"{who}.pem"] = _issue(f"gradserve test {who}", keys[f"{who}.key"], "gradserve test CA", ca_key, ca=False)
+    paths = {}
+    for name, cert in files.items():
+        (d / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+        paths[name] = str(d / name)
+    for name, key in keys.items():
+        (d / name).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                                                 serialization.NoEncryption()))
+        paths[name] = str(d / name)
+    return paths

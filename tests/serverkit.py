@@ -15,6 +15,9 @@ from gradserve.engine import GraphBuilder
 from gradserve.server import config
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
+TOKEN = "s3cret-token_0123456789"
+"""The bearer token of the auth tests' servers."""
+
 Metadata = tuple[tuple[str, str], ...]
 
 

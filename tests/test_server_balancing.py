@@ -1,6 +1,6 @@
 """Client-side balancing and retries over real loopback gRPC: one RemoteBackend aimed at two servers spreads
-its calls over both with round_robin, and keeps working when one of them stops. Each server's ServerInfo
-counters show what it served; nothing asserts on timing."""
+its calls over both (registering the network once on each), and keeps working when one of them stops. Each
+server's ServerInfo counters show what it served; nothing asserts on timing."""
 from __future__ import annotations
 
 import os
@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from gradserve.client.backend import GradFlags
-from gradserve.client.remote import RemoteBackend, RemoteError
+from gradserve.client.remote import RemoteBackend
 from gradserve.engine import Graph, GraphBuilder
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
@@ -25,14 +25,6 @@ EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_operation_tut
 X = np.linspace(-1.0, 1.0, 5)
 W = np.array([0.5, -1.0, 2.0, 0.25, 1.5])
 CALLS = 12
-
-pytestmark = pytest.mark.xfail(
-    strict=True, raises=(RemoteError, subprocess.CalledProcessError),
-    reason="client/remote.py registers a network on one server behind round_robin and then sends only its id, "
-           "so calls picked onto the other server fail NOT_FOUND (re-registering lands on a server by the same "
-           "rotation); remove this mark when the backend registers once per server",
-)
-
 
 @pytest.fixture()
 def pair() -> Iterator[list[Server]]:

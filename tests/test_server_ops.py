@@ -3,8 +3,6 @@ ServerInfo reads), bearer-token authentication (health and reflection stay open)
 with certificates made here, the flags and variables that set them, and the client's connection context."""
 from __future__ import annotations
 
-import datetime
-import ipaddress
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -13,10 +11,6 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
@@ -29,9 +23,8 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
-from serverkit import parse, rejected, request_counters, slow_request, wait_until
+from serverkit import TOKEN, parse, rejected, request_counters, slow_request, wait_until
 
-TOKEN = "s3cret-token_0123456789"
 GRAD = "/gradserve.v1.Gradient/Grad"
 X = np.linspace(0.0, 1.0, 4)
 
@@ -201,15 +194,6 @@ def test_health_and_reflection_stay_open_without_a_token(guarded: tuple[Server, 
 
 # ---- client connection context ----
 
-@pytest.fixture()
-def clean_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No context option set and no GRADSERVE_* client variable; restored afterwards."""
-    for key, var in context.OPTIONS.items():
-        monkeypatch.setitem(context._state, key, context._UNSET)
-        monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(context, "_backends", {})
-
-
 def test_client_context_attaches_the_token(guarded: tuple[Server, grpc.Channel], clean_context: None,
                                            monkeypatch: pytest.MonkeyPatch) -> None:
     server, _ = guarded
@@ -244,44 +228,6 @@ def test_client_context_options_and_backend_per_setting(clean_context: None, mon
 
 
 # ---- TLS ----
-
-def _name(cn: str) -> x509.Name:
-    return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
-
-
-def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey,
-           ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
-    builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
-               .public_key(key.public_key()).serial_number(x509.random_serial_number())
-               .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))
-               .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True))
-    if not ca:
-        builder = builder.add_extension(x509.SubjectAlternativeName(
-            [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]), critical=False)
-    return builder.sign(issuer_key, hashes.SHA256())
-
-
-@pytest.fixture(scope="module")
-def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A CA and a server and a client certificate it signed, as PEM files: {name: path}."""
-    d = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    files = {"ca.pem": _issue("gradserve test CA", ca_key, "gradserve test CA", ca_key, ca=True)}
-    keys = {}
-    for who in ("server", "client"):
-        keys[f"{who}.key"] = ec.generate_private_key(ec.SECP256R1())
-        files[f"{who}.pem"] = _issue(f"gradserve test {who}", keys[f"{who}.key"], "gradserve test CA", ca_key, ca=False)
-    paths = {}
-    for name, cert in files.items():
-        (d / name).write_bytes(cert.public_bytes(serialization.Encoding.PEM))
-        paths[name] = str(d / name)
-    for name, key in keys.items():
-        (d / name).write_bytes(key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
-                                                 serialization.NoEncryption()))
-        paths[name] = str(d / name)
-    return paths
-
 
 def secure(port: int, pki: dict[str, str], client_cert: bool = False) -> grpc.Channel:
     ca = Path(pki["ca.pem"]).read_bytes()
