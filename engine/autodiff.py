@@ -255,4 +255,5 @@ defop(
     doc="Applies MindSpore's GradOperation to a library graph; outputs are the flattened gradient tree. "
     "Expanded (inner first) before differentiation or execution.",
     lowered=True,
+    outputs=("grads*",),
 )

@@ -43,7 +43,8 @@ class OpDef:
     or None when the op has no gradient (asking for one raises NotDifferentiableError);
     ``nondiff`` names inputs that never take a gradient (indices, conditions); ``type_only`` marks ops
     whose output depends on their inputs' types alone (OnesLike), which the compiler may fold;
-    ``multi_output`` marks ops that return a tuple whatever their output count (Split with one piece);
+    ``outputs`` names the outputs (a single name ending in ``*`` means a count set by attributes: Split's
+    ``output_num``, GradOperation's flags); ops with several or a variable number return a tuple whatever the count;
     ``lowered`` marks ops expanded into primitives before differentiation or execution (GradOperation).
     """
 
@@ -56,12 +57,17 @@ class OpDef:
     doc: str = ""
     nondiff: tuple[str, ...] = ()
     type_only: bool = False
-    multi_output: bool = False
     lowered: bool = False
+    outputs: tuple[str, ...] = ("y",)
 
     @property
     def variadic(self) -> bool:
         return bool(self.inputs) and self.inputs[-1].endswith("*")
+
+    @property
+    def multi_output(self) -> bool:
+        """True when the op's result is a tuple: several outputs, or a count set by an attribute."""
+        return len(self.outputs) > 1 or self.outputs[0].endswith("*")
 
     @property
     def differentiable(self) -> bool:
@@ -82,13 +88,13 @@ def defop(
     doc: str = "",
     nondiff: Sequence[str] = (),
     type_only: bool = False,
-    multi_output: bool = False,
     lowered: bool = False,
+    outputs: Sequence[str] = ("y",),
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
         raise ValueError(f"op {name!r} is defined twice")
-    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, multi_output, lowered)
+    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, lowered, tuple(outputs))
     OPS[name] = opdef
     return opdef
 

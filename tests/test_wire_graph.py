@@ -257,3 +257,13 @@ def test_list_ops_mirrors_the_op_table() -> None:
                 assert codec.decode_attr(a.default, spec.kind, codec.DEFAULT_LIMITS, "d") == spec.default
     grad = next(o for o in resp.ops if o.name == "GradOperation")
     assert grad.variadic_input == "args" and not grad.inputs and grad.differentiable
+
+
+def test_list_ops_names_each_ops_outputs() -> None:
+    """Another language learns from ListOps how many output names a node needs."""
+    ops = {o.name: o for o in codec.list_ops().ops}
+    assert list(ops["MatMul"].outputs) == ["y"] and not ops["MatMul"].variadic_output
+    assert list(ops["LayerNorm"].outputs) == ["y", "mean", "rstd"]
+    assert list(ops["SoftmaxCrossEntropyWithLogits"].outputs) == ["loss", "backprop"]
+    assert not ops["Split"].outputs and ops["Split"].variadic_output == "pieces"
+    assert not ops["GradOperation"].outputs and ops["GradOperation"].variadic_output == "grads"

@@ -90,7 +90,7 @@ defop(
         "output_num": Attr("int", 1, "number of equal pieces; must divide the axis length"),
     },
     doc="splits x into output_num equal pieces along axis (output_num outputs)",
-    multi_output=True,
+    outputs=("pieces*",),
 )
 
 # ---- StridedSlice and its gradient ----

@@ -127,7 +127,7 @@ defop(
     _sce,
     _sce_vjp,
     doc="outputs loss (N,) = -sum(labels * log_softmax(logits), 1) and backprop (N, C) = softmax(logits) - labels",
-    multi_output=True,
+    outputs=("loss", "backprop"),
 )
 
 # ---- LayerNorm ----
@@ -196,5 +196,5 @@ defop(
     attrs=_LN_ATTRS,
     doc="outputs y = (x - mean) * rstd * gamma + beta, mean and rstd = 1/sqrt(var + epsilon) "
     "(statistics over axes begin_norm_axis.., kept as length 1)",
-    multi_output=True,
+    outputs=("y", "mean", "rstd"),
 )

@@ -651,6 +651,8 @@ def list_ops() -> spb.ListOpsResponse:
             differentiable=opdef.differentiable,
             nondiff_inputs=list(opdef.nondiff),
             doc=opdef.doc,
+            outputs=[] if opdef.outputs[-1].endswith("*") else list(opdef.outputs),
+            variadic_output=opdef.outputs[-1].rstrip("*") if opdef.outputs[-1].endswith("*") else "",
         )
         for key, spec in opdef.attrs.items():
             a = m.attrs.add(name=key, kind=spb.AttrKind.Value(f"ATTR_KIND_{spec.kind.upper()}"), required=spec.default is REQUIRED, doc=spec.doc)

@@ -417,6 +417,8 @@ class OpSchema(_message.Message):
     DIFFERENTIABLE_FIELD_NUMBER: _builtins.int
     NONDIFF_INPUTS_FIELD_NUMBER: _builtins.int
     DOC_FIELD_NUMBER: _builtins.int
+    OUTPUTS_FIELD_NUMBER: _builtins.int
+    VARIADIC_OUTPUT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     variadic_input: _builtins.str
     """When non-empty, the op takes any number (zero or more) of further inputs after the
@@ -425,6 +427,10 @@ class OpSchema(_message.Message):
     differentiable: _builtins.bool
     """False when asking for a gradient through this op fails with UNIMPLEMENTED."""
     doc: _builtins.str
+    variadic_output: _builtins.str
+    """When non-empty, the number of outputs is set by the node's attributes instead (Split: output_num
+    pieces; GradOperation: one per leaf of the gradient tree); this is their collective name.
+    """
     @_builtins.property
     def inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Names of the fixed inputs, in order."""
@@ -434,6 +440,12 @@ class OpSchema(_message.Message):
     @_builtins.property
     def nondiff_inputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
         """Inputs that never receive a gradient (indices, conditions)."""
+
+    @_builtins.property
+    def outputs(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Names of the outputs, in order, when their number is fixed (most ops have one output, "y").
+        A node lists one output value name per entry.
+        """
 
     def __init__(
         self,
@@ -445,10 +457,12 @@ class OpSchema(_message.Message):
         differentiable: _builtins.bool = ...,
         nondiff_inputs: _abc.Iterable[_builtins.str] | None = ...,
         doc: _builtins.str = ...,
+        outputs: _abc.Iterable[_builtins.str] | None = ...,
+        variadic_output: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["attrs", b"attrs", "differentiable", b"differentiable", "doc", b"doc", "inputs", b"inputs", "name", b"name", "nondiff_inputs", b"nondiff_inputs", "variadic_input", b"variadic_input"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["attrs", b"attrs", "differentiable", b"differentiable", "doc", b"doc", "inputs", b"inputs", "name", b"name", "nondiff_inputs", b"nondiff_inputs", "outputs", b"outputs", "variadic_input", b"variadic_input", "variadic_output", b"variadic_output"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
