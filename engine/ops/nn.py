@@ -95,16 +95,15 @@ def _sce_vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Value], log
     """loss = lse(z) sum(y) - <y, z> and backprop = softmax(z) - y, differentiated exactly
     (MindSpore's rule assumes sum(y) = 1, zeros d_labels and ignores backprop's cotangent)."""
     g_loss, g_bp = g
-    use_loss, use_bp = g_loss is not None, g_bp is not None
     logp = F.LogSoftmax(logits, axis=-1)
     p = F.Exp(logp)
     d_logits: list[Value] = []
     d_labels: list[Value] = []
-    if use_loss:
+    if g_loss is not None:
         gl = F.ExpandDims(g_loss, axis=-1)
         d_logits.append(gl * (p * F.ReduceSum(labels, axis=(1,), keep_dims=True) - labels))
         d_labels.append(-(gl * logp))
-    if use_bp:
+    if g_bp is not None:
         d_logits.append(p * (g_bp - F.ReduceSum(p * g_bp, axis=(1,), keep_dims=True)))
         d_labels.append(-g_bp)
     return _sum(d_logits, logits), _sum(d_labels, labels)
@@ -166,25 +165,24 @@ def _ln(x: np.ndarray, gamma: np.ndarray, beta: np.ndarray, begin_norm_axis: int
 
 
 def _ln_vjp(g: tuple[Value | None, Value | None, Value | None], out: tuple[Value, Value, Value], x: Value, gamma: Value, beta: Value,
-            begin_norm_axis: int, begin_params_axis: int, epsilon: float) -> tuple[Value, Value, Value]:
+            begin_norm_axis: int, begin_params_axis: int, epsilon: float) -> tuple[Value, Value | None, Value | None]:
     """With xhat = (x - mean) rstd over n normalized elements: dx = rstd (dxhat - mean(dxhat) -
     xhat mean(dxhat xhat)) + g_mean / n - g_rstd rstd^2 xhat / n, where dxhat = g_y gamma."""
     g_y, g_mean, g_rstd = g
-    use_y, use_mean, use_rstd = (t is not None for t in g)
     _, mean, rstd = out
     axes = tuple(range(begin_norm_axis % x.ndim, x.ndim))
     n = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
     xhat = (x - mean) * rstd
     dx: list[Value] = []
-    if use_y:
+    if g_y is not None:
         dxhat = g_y * gamma
         centered = dxhat - F.ReduceMean(dxhat, axis=axes, keep_dims=True)
         dx.append(rstd * (centered - xhat * F.ReduceMean(dxhat * xhat, axis=axes, keep_dims=True)))
-    if use_mean:
+    if g_mean is not None:
         dx.append(F.BroadcastTo(g_mean / n, shape=x.shape))
-    if use_rstd:
+    if g_rstd is not None:
         dx.append(-(g_rstd * rstd * rstd * xhat) / n)
-    return _sum(dx, x), (g_y * xhat if use_y else None), g_y
+    return _sum(dx, x), (g_y * xhat if g_y is not None else None), g_y
 
 
 defop(

@@ -429,14 +429,14 @@ def _decode_body(msg: pb.Graph, name: str, library: dict[str, Graph], limits: Li
             raise NotDifferentiableError(f"{npath} {label}: {exc}") from None
         except GraphError as exc:
             raise WireError(npath, _engine_message(exc, n.op), label) from None
-        for j, v in enumerate(outs):
-            if math.prod(v.shape) > limits.max_tensor_elements:
+        for j, made in enumerate(outs):
+            if math.prod(made.shape) > limits.max_tensor_elements:
                 raise LimitError(
                     f"{npath}.outputs[{j}]",
-                    f"{v.name!r} would be {_type_text(v.dtype, v.shape)} ({math.prod(v.shape)} elements); the limit is {limits.max_tensor_elements}",
+                    f"{made.name!r} would be {_type_text(made.dtype, made.shape)} ({math.prod(made.shape)} elements); the limit is {limits.max_tensor_elements}",
                     label,
                 )
-        env.update((v.name, v) for v in outs)
+        env.update((made.name, made) for made in outs)
         expanded += _expanded_nodes(b)
         if expanded > limits.max_graph_nodes:
             raise LimitError(npath, f"expanding GradOperation nodes makes the graph larger than {limits.max_graph_nodes} nodes", label)

@@ -31,7 +31,9 @@ for In [2]..In [7], hand-derived ones for the sections the example adds."""
 
 def printed_blocks(text: str) -> list[tuple[str, np.ndarray]]:
     """Each printed array with the label line printed just before it (or '')."""
-    blocks, label, current, depth = [], "", [], 0
+    blocks: list[tuple[str, np.ndarray]] = []
+    label, depth = "", 0
+    current: list[str] = []
     for line in text.splitlines():
         if not current and not line.startswith("["):
             label = line.strip()
