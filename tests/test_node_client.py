@@ -1,0 +1,77 @@
+"""A Node.js client written from docs/wire-format.md and the .proto files alone (examples/node/tutorial.mjs,
+@grpc/grpc-js + @grpc/proto-loader) gets the tutorial's numbers and a readable BadRequest from a real server.
+
+Needs ``node`` and ``npm ci --prefix examples/node`` (CI runs it); without them the test fails rather than skips."""
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+import subprocess
+
+import numpy as np
+import pytest
+from google.rpc import status_pb2
+
+from gradserve.server.app import Server
+from gradserve.server.config import ServerConfig
+
+NODE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "node"
+SCRIPT = NODE_DIR / "tutorial.mjs"
+# google/rpc/status.proto and error_details.proto ship with the googleapis-common-protos wheel, next to the
+# generated modules; that directory is the include root the Node script needs for service.proto's import.
+GOOGLEAPIS = pathlib.Path(status_pb2.__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def server_config() -> ServerConfig:
+    return ServerConfig(host="127.0.0.1", port=0, workers=1)
+
+
+@pytest.fixture(scope="module")
+def result(server: Server) -> dict:
+    node = shutil.which("node")
+    assert node, "node is not on PATH; install Node.js 18+ to run the Node client test"
+    assert (NODE_DIR / "node_modules").is_dir(), \
+        "examples/node/node_modules is missing: run `npm ci --prefix examples/node` first"
+    assert (GOOGLEAPIS / "google" / "rpc" / "status.proto").is_file(), f"no google/rpc/status.proto under {GOOGLEAPIS}"
+    env = {**os.environ, "GOOGLEAPIS_PROTO_DIR": str(GOOGLEAPIS)}
+    proc = subprocess.run([node, str(SCRIPT), f"127.0.0.1:{server.port}"], capture_output=True, text=True,
+                          timeout=120, env=env)
+    assert proc.returncode == 0, f"tutorial.mjs failed ({proc.returncode}):\n{proc.stderr}\n{proc.stdout}"
+    return json.loads(proc.stdout)
+
+
+def values(t: dict, dtype: str, shape: list[int]) -> np.ndarray:
+    assert (t["dtype"], t["shape"]) == (dtype, shape)
+    return np.asarray(t["value"])
+
+
+def test_list_ops_and_registration(result: dict) -> None:
+    assert set(result["ops_checked"]) >= {"MatMul", "Mul", "Sin"}
+    assert result["network_id"] and result["created"] is True
+
+
+def test_first_order_gradients(result: dict) -> None:
+    f32 = dict(rtol=1e-6, atol=1e-6)
+    np.testing.assert_allclose(values(result["dx"], "DATA_TYPE_FLOAT32", [2, 3]),
+                               [[4.51, 2.7, 3.6], [4.51, 2.7, 3.6]], **f32)
+    np.testing.assert_allclose(values(result["dz"], "DATA_TYPE_FLOAT32", [1]), [21.536], **f32)
+    np.testing.assert_allclose(values(result["sens"], "DATA_TYPE_FLOAT32", [2, 3]),
+                               [[2.211, 0.51, 1.49], [5.588, 2.68, 4.07]], **f32)
+
+
+@pytest.mark.parametrize("key", ["d2sin", "d2sin_run"])
+def test_second_derivative_of_sin(result: dict, key: str) -> None:
+    (v,) = values(result[key], "DATA_TYPE_FLOAT64", [1])
+    assert v == pytest.approx(-5.35897932e-08, rel=1e-8, abs=0)
+
+
+def test_bad_graph_names_the_op_field(result: dict) -> None:
+    bad = result["bad_graph"]
+    assert bad is not None, "the graph with op 'Matmul' was accepted"
+    assert (bad["code"], bad["code_name"]) == (3, "INVALID_ARGUMENT")
+    fields = {v["field"]: v["description"] for v in bad["field_violations"]}
+    assert "graph.nodes[1].op" in fields, bad
+    assert "unknown op 'Matmul'" in fields["graph.nodes[1].op"] and "MatMul" in fields["graph.nodes[1].op"]
