@@ -77,10 +77,28 @@ def leaves_of(message: Any, fields: tuple[str, ...]) -> list[graph_pb2.Tensor]:
     return [t for f in fields if message.HasField(f) for t in tree_leaves(getattr(message, f))]
 
 
-def fill(message: Any, fields: tuple[str, ...], leaves: list[int], blobs: list[bytes]) -> None:
-    """Put ``blobs`` back as the data of the leaves numbered ``leaves`` (counted across ``fields``)."""
+_DATA_KEY = (graph_pb2.Tensor.DESCRIPTOR.fields_by_name["data"].number << 3) | 2
+"""The key of Tensor.data on the wire (field number, length-delimited)."""
+
+
+def data_header(nbytes: int) -> bytes:
+    """The bytes that, followed by ``nbytes`` of data, are a serialized Tensor holding only that data.
+
+    Workers frame result data this way in shared memory, so that the server merges each frame into its
+    response tensor straight from the shared buffer (one copy; ``data = bytes(view)`` would be two)."""
+    out = bytearray([_DATA_KEY])
+    while nbytes > 0x7F:
+        out.append((nbytes & 0x7F) | 0x80)
+        nbytes >>= 7
+    out.append(nbytes)
+    return bytes(out)
+
+
+def fill(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> None:
+    """Merge ``frames`` (``data_header`` and data: bytes or views of shared memory) into the leaves
+    numbered ``leaves`` (counted across ``fields``), which become those tensors' data."""
     if not leaves:
         return
     tensors = leaves_of(message, fields)
-    for k, b in zip(leaves, blobs):
-        tensors[k].data = b
+    for k, frame in zip(leaves, frames):
+        tensors[k].MergeFromString(frame)

@@ -248,15 +248,28 @@ class WorkerPool:
         self._start(slot)
         self.replaced += 1
 
-    def submit(self, job: Job, deadline: float | None = None, is_active: Callable[[], bool] = lambda: True) -> Result:
+    def submit(self, job: Job, deadline: float | None = None, is_active: Callable[[], bool] = lambda: True,
+               take: Callable[[Any, list[Any]], Any] | None = None) -> Any:
         """Run ``job`` on a worker; raises Failure (RESOURCE_EXHAUSTED when the queue is full,
-        DEADLINE_EXCEEDED/CANCELLED when the call ends first, UNAVAILABLE when the worker dies)."""
+        DEADLINE_EXCEEDED/CANCELLED when the call ends first, UNAVAILABLE when the worker dies).
+
+        Returns ``take(payload, buffers)``, called while the worker is still held, so the buffers may be
+        views of its shared memory (read them before returning, never keep them); without ``take``, a
+        Result with copies of the buffers."""
         slot = self._acquire(deadline, is_active)
         try:
             _check_alive(deadline, is_active, "waiting for a worker")
             if slot.dead():
                 self._replace(slot)
-            return self._run(slot, job, deadline, is_active)
+            payload, buffers = self._run(slot, job, deadline, is_active)
+            if take is None:
+                return Result(payload, [bytes(b) for b in buffers])
+            try:
+                return take(payload, buffers)
+            except BaseException as exc:  # a traceback into ``take`` would keep its views of the arena
+                raise exc.with_traceback(None)
+            finally:
+                buffers = None  # no view of the arena outlives the call (it may be resized or released next)
         finally:
             slot.inbox.trim()
             slot.outbox.trim()
@@ -289,7 +302,7 @@ class WorkerPool:
             self._idle.append(slot)
             self._cond.notify()
 
-    def _run(self, slot: _Slot, job: Job, deadline: float | None, is_active: Callable[[], bool]) -> Result:
+    def _run(self, slot: _Slot, job: Job, deadline: float | None, is_active: Callable[[], bool]) -> tuple[Any, list[Any]]:
         send_network = job.network_id not in slot.networks
         while True:
             where, spans = pack(slot.inbox, job.blobs)
@@ -305,7 +318,7 @@ class WorkerPool:
                 raise Failure(*reply[1:])
             _, payload, where, spans = reply
             buf = slot.outbox.shm.buf if where and slot.outbox.shm is not None else None
-            return Result(payload, [bytes(b) for b in unpack(buf, spans)])
+            return payload, unpack(buf, spans)
 
     def _exchange(self, slot: _Slot, msg: tuple, deadline: float | None, is_active: Callable[[], bool]) -> tuple:
         """Send ``msg`` and wait for the reply, serving the worker's requests for a bigger out-arena."""

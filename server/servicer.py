@@ -182,14 +182,20 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         nid, raw = self._network(request, deadline, is_active)
         places, data = blobs.strip(request)
         job = Job(kind, (request.SerializeToString(), places), data, nid, raw)
-        result = self.pool.submit(job, deadline, is_active)
-        body, leaves = result.payload
-        response.ParseFromString(body)
-        blobs.fill(response, fields, leaves, result.blobs)
+
+        def take(payload: tuple[bytes, list[int]], frames: list[Any]) -> int:
+            """Build the response while the worker's shared memory holds the frames; returns a bound on
+            the bytes they and the body add."""
+            body, leaves = payload
+            response.ParseFromString(body)
+            blobs.fill(response, fields, leaves, frames)
+            return len(body) + sum(len(f) + BLOB_FRAMING_BYTES for f in frames)
+
+        bound = self.pool.submit(job, deadline, is_active, take)
         response.network_id = nid
         response.request_id = request.request_id
         limit = self.limits.max_message_bytes
-        if limit and _size_bound(body, result.blobs, nid, request.request_id) > limit and (size := response.ByteSize()) > limit:
+        if limit and bound + len(nid) + len(request.request_id) + 64 > limit and (size := response.ByteSize()) > limit:
             raise Failure("RESOURCE_EXHAUSTED", f"the {type(response).__name__} would be {size} bytes, over the "
                           f"max_message_bytes limit of {limit}; ask for smaller or fewer results")
         return response
@@ -309,10 +315,6 @@ def _version(dist: str) -> str:
 
 
 BLOB_FRAMING_BYTES = 512
-"""More than the tags and length prefixes one tensor's data adds to a response, at any nesting depth."""
-
-
-def _size_bound(body: bytes, data: list[Any], network_id: str, request_id: str) -> int:
-    """An upper bound on the response's serialized size, so the exact ``ByteSize()`` (which serializes a
-    whole 64 MB response to measure it) runs only for responses that may be over the limit."""
-    return len(body) + sum(len(b) + BLOB_FRAMING_BYTES for b in data) + len(network_id) + len(request_id) + 64
+"""More than the tags and length prefixes one tensor's data adds to a response, at any nesting depth, so
+that a bound on the response's serialized size lets the exact ``ByteSize()`` (which serializes a whole
+64 MB response to measure it) run only for responses that may be over the limit."""

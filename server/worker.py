@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from . import compute
+from .blobs import data_header
 from .config import Limits
 from .pool import BLAS_THREAD_VARS, SHM_DIR, recv, send, unpack
 
@@ -136,21 +137,25 @@ def main(conn: Connection, limits: Limits, cache_size: int) -> None:
 
 
 def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.ndarray]) -> tuple[str, list[Any]]:
-    """Put ``arrays``' bytes into the out-arena (asking the parent to grow it when too small);
-    returns the arena name and spans, or ("", raw bytes) when shared memory is unavailable."""
+    """Put ``arrays``' bytes, each framed by ``blobs.data_header``, into the out-arena (asking the parent
+    to grow it when too small); returns the arena name and the frames' spans, or ("", framed bytes)
+    when shared memory is unavailable."""
     if not arrays:
         return "", []
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    total = sum(a.nbytes for a in arrays)
+    arrays = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
+    headers = [data_header(a.nbytes) for a in arrays]
+    total = sum(len(h) + a.nbytes for h, a in zip(headers, arrays))
     buf = outbox.attach(out_name)
     if buf is None or len(buf) < total:
         send(conn, ("grow", total))
         buf = outbox.attach(recv(conn))
     if buf is None:
-        return "", [a.tobytes() for a in arrays]
+        return "", [b"".join((h, a)) for h, a in zip(headers, arrays)]
     spans, off = [], 0
-    for a in arrays:
-        buf[off:off + a.nbytes] = a.reshape(-1).view(np.uint8)
-        spans.append((off, a.nbytes))
-        off += a.nbytes
+    for h, a in zip(headers, arrays):
+        n = len(h) + a.nbytes
+        buf[off:off + len(h)] = h
+        buf[off + len(h):off + n] = a
+        spans.append((off, n))
+        off += n
     return outbox.name, spans
