@@ -142,7 +142,7 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
     raw, places = payload
     network = state.networks.get(network_id)
     if kind == "grad":
-        req = service_pb2.GradRequest.FromString(raw)
+        req: Any = service_pb2.GradRequest.FromString(raw)
         forward, sens = req.return_forward, req.grad.sens_param
         key: tuple = (network_id, req.grad.SerializeToString(deterministic=True), forward)
         names: tuple[str, ...] = ("gradients", "forward")
@@ -186,12 +186,12 @@ def _with_blobs(req: Any, places: list[Where], blobs: list[memoryview]) -> Any:
     by_place = dict(zip(places, blobs))
     fields: dict[str, Any] = {"inputs": [], "sens": [], "parameters": {}}
     for (name, key), t in request_tensors(req):
-        if (name, key) in by_place:
-            t = SimpleNamespace(dtype=t.dtype, shape=t.shape, data=by_place[(name, key)])
+        held = by_place.get((name, key))
+        tensor = t if held is None else SimpleNamespace(dtype=t.dtype, shape=t.shape, data=held)
         if name == "parameters":
-            fields[name][key] = t
+            fields[name][key] = tensor
         else:
-            fields[name].append(t)
+            fields[name].append(tensor)
     return SimpleNamespace(grad=getattr(req, "grad", None), **fields)
 
 

@@ -149,10 +149,11 @@ def pack(arena: Arena, blobs: list[bytes]) -> tuple[str, list[tuple[int, int]] |
     total = sum(len(b) for b in blobs)
     if not arena.reserve(total):
         return "", blobs
-    assert arena.shm is not None
+    assert arena.shm is not None and arena.shm.buf is not None
+    buf = arena.shm.buf
     spans, off = [], 0
     for b in blobs:
-        arena.shm.buf[off:off + len(b)] = b
+        buf[off:off + len(b)] = b
         spans.append((off, len(b)))
         off += len(b)
     return arena.name, spans
@@ -269,7 +270,7 @@ class WorkerPool:
             except BaseException as exc:  # a traceback into ``take`` would keep its views of the arena
                 raise exc.with_traceback(None)
             finally:
-                buffers = None  # no view of the arena outlives the call (it may be resized or released next)
+                del buffers  # no view of the arena outlives the call (it may be resized or released next)
         finally:
             slot.inbox.trim()
             slot.outbox.trim()

@@ -19,7 +19,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..v1 import service_pb2, service_pb2_grpc
+from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
 from .config import ServerConfig
 from .errors import Failure
@@ -293,7 +293,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 server_version=_version("gradserve"),
                 api_version=API_VERSION,
                 worker_count=self.pool.size,
-                supported_dtypes=self._op_catalog(deadline, is_active)[1],
+                supported_dtypes=[graph_pb2.DataType.ValueType(d) for d in self._op_catalog(deadline, is_active)[1]],
             )
             resp.component_versions["python"] = sys.version.split()[0]
             for dist in ("numpy", "grpcio", "protobuf"):

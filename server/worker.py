@@ -150,12 +150,12 @@ def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.nda
         send(conn, ("grow", total))
         buf = outbox.attach(recv(conn))
     if buf is None:
-        return "", [b"".join((h, a)) for h, a in zip(headers, arrays)]
+        return "", [b"".join((h, a.data)) for h, a in zip(headers, arrays)]
     spans, off = [], 0
     for h, a in zip(headers, arrays):
         n = len(h) + a.nbytes
         buf[off:off + len(h)] = h
-        buf[off + len(h):off + n] = a
+        buf[off + len(h):off + n] = a.data
         spans.append((off, n))
         off += n
     return outbox.name, spans
