@@ -24,7 +24,8 @@ from .servicer import GradientServicer
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 SPARE_THREADS = 8
-"""gRPC threads beyond workers + queue, so health checks and ServerInfo answer while the pool is full."""
+"""gRPC threads beyond workers + queue + open streams, so health checks and ServerInfo answer while the
+pool is full and every allowed GradStream is open."""
 
 PARSE_PROBLEMS = {
     "Exceeded upb_DecodeOptions_MaxDepth": "messages nest more than 100 levels deep (protobuf's recursion limit)",
@@ -114,11 +115,14 @@ class ParseGuard(grpc.ServerInterceptor):
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
                           handler_call_details: grpc.HandlerCallDetails) -> grpc.RpcMethodHandler | None:
         method = handler_call_details.method
-        if method not in self._guarded:
+        guarded = self._guarded.get(method)
+        if guarded is None:
             handler = continuation(handler_call_details)
-            ok = handler is not None and handler.request_deserializer is not None
-            self._guarded[method] = guard_parsing(handler, method, self._reject) if ok else handler
-        return self._guarded[method]
+            if handler is None:  # an unknown method: not cached, so that made-up names cannot grow the cache
+                return None
+            ok = handler.request_deserializer is not None
+            guarded = self._guarded[method] = guard_parsing(handler, method, self._reject) if ok else handler
+        return guarded
 
 
 SEND_GRACE_SECONDS = 5.0
@@ -132,8 +136,11 @@ class Server:
         self.config = config
         lim = config.limits
         # The pool's processes come first: no grpc object may exist when they are created.
-        self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size))
-        threads = config.workers + lim.max_queue_depth + SPARE_THREADS
+        self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size),
+                               max_reserve=lim.max_message_bytes)
+        # Each unary call computing or queued holds a thread, and so does each open GradStream (capped at
+        # max_open_streams); the spare threads serve health checks, ServerInfo and calls being refused.
+        threads = config.workers + lim.max_queue_depth + lim.max_open_streams + SPARE_THREADS
         self.servicer = GradientServicer(self.pool, config)
         options = [
             ("grpc.max_receive_message_length", lim.max_message_bytes or -1),
@@ -145,7 +152,7 @@ class Server:
         interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []
         interceptors.append(ParseGuard(self._reject))
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,
-                                maximum_concurrent_rpcs=threads * 4, interceptors=interceptors)
+                                maximum_concurrent_rpcs=threads, interceptors=interceptors)
         service_pb2_grpc.add_GradientServicer_to_server(self.servicer, self.grpc)
         self.health = health.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)

@@ -16,8 +16,8 @@ from .. import codec
 from ..engine import EngineError, Graph, GraphBuilder, NotDifferentiableError, Program, compile_graph, flatten, unflatten
 from ..engine.autodiff import inline
 from ..v1 import graph_pb2, service_pb2
-from .blobs import BLOB_MIN_BYTES, Where, leaves_of, request_tensors
-from .config import Limits
+from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, request_tensors
+from .config import PROTOBUF_MAX_BYTES, Limits
 from .errors import Failure
 
 
@@ -28,6 +28,8 @@ class WorkerState:
     limits: codec.Limits
     networks: Any
     programs: Any
+    max_message_bytes: int = 0
+    """The largest response message (0: protobuf's own 2 GiB limit); results over it are refused before computing."""
 
 
 def codec_limits(limits: Limits) -> codec.Limits:
@@ -102,6 +104,10 @@ class Plan:
     """Inputs, then sensitivities when sens_param is set."""
     sens: bool
     params: dict[str, _Spec | None]
+    result_bytes: int = 0
+    """A lower bound on the response size: the serialized data fields of the result tensors (every leaf of the response's tree fields), known from the types."""
+    largest: str = ""
+    """The largest result tensor, described for an error message."""
 
     def take(self, req: Any) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
         """(positional arrays, parameter overrides) of ``req``, or None when the codec must look at it."""
@@ -124,10 +130,33 @@ class Plan:
         return args, params
 
 
-def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph) -> Plan:
+def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph, names: tuple[str, ...], forward: bool) -> Plan:
     declared = list(network.inputs) + (list(call.graph.inputs[len(network.inputs):]) if sens else [])
-    return Plan(compile_graph(graph), [_Spec.of(v) for v in declared], sens,
-                {p.name: _Spec.of(p.value) for p in network.params})
+    program = compile_graph(graph)
+    outputs: Any = program.source.outputs
+    trees = list(outputs) if forward else [outputs]
+    total, largest, size = 0, "", -1
+    for tree, name in zip(trees, names):
+        for i, v in enumerate(flatten(tree)):
+            n = int(np.prod(v.shape, dtype=object)) * np.dtype(v.dtype).itemsize
+            total += len(data_header(n)) + n  # at least its data field is in the response
+            if n > size:
+                size, largest = n, f"{name} leaf {i}, {v.type}, {n} bytes"
+    return Plan(program, [_Spec.of(v) for v in declared], sens, {p.name: _Spec.of(p.value) for p in network.params},
+                total, largest)
+
+
+def check_result_size(plan: Plan, response: str, limit: int) -> None:
+    """Refuse (RESOURCE_EXHAUSTED) a result whose tensors alone would exceed the response size limit."""
+    limit = min(limit, PROTOBUF_MAX_BYTES) if limit else PROTOBUF_MAX_BYTES
+    if plan.result_bytes > limit:
+        what = "max_message_bytes limit" if limit != PROTOBUF_MAX_BYTES else "2 GiB protobuf message limit"
+        raise Failure(
+            "RESOURCE_EXHAUSTED",
+            f"the {response} would be {plan.result_bytes} bytes, over the {what} of {limit}; its result tensors alone "
+            f"take that much (largest: {plan.largest}), so nothing was computed; ask for smaller or fewer results",
+            [(plan.largest.partition(" ")[0], f"the result tensors take {plan.result_bytes} bytes, over {limit}")],
+        )
 
 
 def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview], network_id: str) -> tuple[Any, list[np.ndarray]]:
@@ -161,9 +190,10 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
         else:
             call = codec.decode_run_call(network, view, state.limits)
         if plan is None:
-            plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph)
+            plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph, names, forward)
             state.programs.put(key, plan)
         taken = call.args, call.params
+    check_result_size(plan, type(resp).__name__, state.max_message_bytes)
     args, params = taken
     result = plan.program(*args, params=params)
     trees = list(result) if forward else [result]

@@ -24,6 +24,13 @@ class Limits:
     max_deadline_ms: int = 600_000
     max_queue_depth: int = 64
     max_registered_networks: int = 1024
+    max_open_streams: int = 16
+    """GradStream calls open at once; each holds a gRPC thread for as long as it is open, so beyond this
+    a new stream is refused (RESOURCE_EXHAUSTED) and health checks and unary calls keep their threads."""
+
+
+PROTOBUF_MAX_BYTES = (1 << 31) - 1
+"""protobuf cannot serialize or parse a message of 2 GiB or more."""
 
 
 @dataclass(frozen=True)
@@ -137,3 +144,6 @@ def _validate(cfg: ServerConfig) -> None:
     for f in dataclasses.fields(Limits):
         if getattr(cfg.limits, f.name) < 0:
             raise SystemExit(f"gradserve: {_flag(f.name)} must be >= 0, got {getattr(cfg.limits, f.name)}")
+    if cfg.limits.max_message_bytes > PROTOBUF_MAX_BYTES:
+        raise SystemExit(f"gradserve: --max-message-bytes must be below 2 GiB (at most {PROTOBUF_MAX_BYTES}, "
+                         f"protobuf's message size limit), got {cfg.limits.max_message_bytes}")

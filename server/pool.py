@@ -190,7 +190,8 @@ class _Slot:
 class WorkerPool:
     """N worker processes behind a bounded queue; ``submit`` runs one Job and returns its Result."""
 
-    def __init__(self, workers: int, max_queue: int, worker_main: Callable[..., None], worker_args: tuple = ()) -> None:
+    def __init__(self, workers: int, max_queue: int, worker_main: Callable[..., None], worker_args: tuple = (),
+                 max_reserve: int = 0) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self._ctx = multiprocessing.get_context("forkserver")
@@ -199,12 +200,17 @@ class WorkerPool:
         self._worker_main = worker_main
         self._worker_args = worker_args
         self.max_queue = max_queue
+        self.max_reserve = max_reserve
+        """The largest out-arena a worker may ask for (its results make one response: max_message_bytes); 0: any."""
         self._cond = threading.Condition()
+        self._life = threading.Lock()
+        """Held while starting a worker and while closing, so that no worker starts once the pool is closed."""
         self._waiting = 0
         self._closed = False
         self._slots = [_Slot(i) for i in range(workers)]
-        for s in self._slots:
-            self._start(s)
+        with self._life:
+            for s in self._slots:
+                self._start(s)
         self._idle = list(self._slots)
         self.replaced = 0
 
@@ -227,6 +233,7 @@ class WorkerPool:
         return [s.proc.pid for s in self._slots if id(s) not in idle and s.proc is not None and s.proc.pid is not None]
 
     def _start(self, slot: _Slot) -> None:
+        """Start a worker in ``slot`` (the caller holds ``_life`` and has checked the pool is open)."""
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
             target=self._worker_main, args=(child, *self._worker_args), name=f"gradserve-worker-{slot.index}", daemon=True
@@ -240,14 +247,17 @@ class WorkerPool:
         slot.generation += 1
 
     def _replace(self, slot: _Slot) -> None:
-        """Kill ``slot``'s worker (if alive) and start a fresh one in its place."""
+        """Kill ``slot``'s worker (if alive) and start a fresh one in its place, unless the pool is closed."""
         assert slot.proc is not None and slot.conn is not None
         if slot.proc.is_alive():
             slot.proc.kill()
         slot.proc.join()
         slot.conn.close()
-        self._start(slot)
-        self.replaced += 1
+        with self._life:
+            if self._closed:
+                return
+            self._start(slot)
+            self.replaced += 1
 
     def submit(self, job: Job, deadline: float | None = None, is_active: Callable[[], bool] = lambda: True,
                take: Callable[[Any, list[Any]], Any] | None = None) -> Any:
@@ -262,6 +272,8 @@ class WorkerPool:
             _check_alive(deadline, is_active, "waiting for a worker")
             if slot.dead():
                 self._replace(slot)
+                if self._closed:
+                    raise Failure("UNAVAILABLE", "the server is shutting down; retry on another replica")
             payload, buffers = self._run(slot, job, deadline, is_active)
             if take is None:
                 return Result(payload, [bytes(b) for b in buffers])
@@ -334,7 +346,10 @@ class WorkerPool:
                     reply = recv(conn)
                     if reply[0] != "grow":
                         return reply
-                    send(conn, slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
+                    if self.max_reserve and reply[1] > self.max_reserve:
+                        send(conn, None)  # the worker answers RESOURCE_EXHAUSTED
+                    else:
+                        send(conn, slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
                     continue
                 if proc.sentinel in ready:
                     raise EOFError
@@ -354,19 +369,20 @@ class WorkerPool:
 
     def close(self) -> None:
         """Stop taking work, stop every worker and release shared memory."""
-        with self._cond:
-            self._closed = True
-            self._cond.notify_all()
-        for s in self._slots:
-            if s.conn is not None:
-                s.conn.close()
-            if s.proc is not None:
-                s.proc.join(timeout=2)
-                if s.proc.is_alive():
-                    s.proc.kill()
-                    s.proc.join()
-            s.inbox.release()
-            s.outbox.release()
+        with self._life:
+            with self._cond:
+                self._closed = True
+                self._cond.notify_all()
+            for s in self._slots:
+                if s.conn is not None:
+                    s.conn.close()
+                if s.proc is not None:
+                    s.proc.join(timeout=2)
+                    if s.proc.is_alive():
+                        s.proc.kill()
+                        s.proc.join()
+                s.inbox.release()
+                s.outbox.release()
 
 
 def _poll_timeout(deadline: float | None) -> float:

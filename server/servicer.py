@@ -95,6 +95,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
         self._quiet = threading.Condition()
+        self._streams = 0
+        self._streams_lock = threading.Lock()
 
     def wait_idle(self, timeout: float) -> bool:
         """Wait until no call is being served (True), or ``timeout`` seconds pass (False)."""
@@ -114,7 +116,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     # ---- plumbing ----
 
-    def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[float, Callable[[], bool]], Any]) -> Any:
+    def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[float | None, Callable[[], bool]], Any]) -> Any:
         """Run ``fn(deadline, is_active)``, record the outcome and latency, and turn a Failure into the call's status."""
         code, start = "OK", time.perf_counter()
         try:
@@ -143,15 +145,21 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.metrics.record(method, f.code)
         self.fail(method, f, context)
 
-    def _deadline(self, context: grpc.ServicerContext) -> float:
-        """Monotonic deadline: the caller's, else the default, never beyond the maximum."""
-        remaining = context.time_remaining()
-        ms = self.limits.default_deadline_ms if remaining is None else remaining * 1000
-        if self.limits.max_deadline_ms:
-            ms = min(ms, self.limits.max_deadline_ms)
-        return time.monotonic() + ms / 1000
+    def _deadline(self, context: grpc.ServicerContext) -> float | None:
+        """Monotonic deadline: the caller's, else the default, never beyond the maximum (None: no limit at all).
 
-    def _register(self, graph: Any, deadline: float, is_active: Callable[[], bool]) -> tuple[str, bytes, bool]:
+        grpc reports a call without a deadline as one that ends in centuries (``time_remaining`` is never
+        None), so a remaining time beyond ``NO_DEADLINE_SECONDS`` counts as no client deadline."""
+        remaining = context.time_remaining()
+        if remaining is None or remaining > NO_DEADLINE_SECONDS:
+            ms: float | None = self.limits.default_deadline_ms or None
+        else:
+            ms = remaining * 1000
+        if self.limits.max_deadline_ms:
+            ms = self.limits.max_deadline_ms if ms is None else min(ms, self.limits.max_deadline_ms)
+        return None if ms is None else time.monotonic() + ms / 1000
+
+    def _register(self, graph: Any, deadline: float | None, is_active: Callable[[], bool]) -> tuple[str, bytes, bool]:
         """(id, serialized network, created) for a Graph message; decoded and checked by a worker once."""
         raw = graph.SerializeToString(deterministic=True)
         digest = hashlib.sha256(raw).hexdigest()
@@ -161,7 +169,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         nid = self.pool.submit(Job("load", raw), deadline, is_active).payload
         return nid, raw, self.registry.put(digest, nid, raw)
 
-    def _network(self, request: Any, deadline: float, is_active: Callable[[], bool]) -> tuple[str, bytes]:
+    def _network(self, request: Any, deadline: float | None, is_active: Callable[[], bool]) -> tuple[str, bytes]:
         which = request.WhichOneof("network")
         if which == "network_id":
             raw = self.registry.get(request.network_id)
@@ -178,7 +186,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return nid, raw
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
-    def _compute(self, kind: str, request: Any, deadline: float, is_active: Callable[[], bool], response: Any, fields: tuple[str, ...]) -> Any:
+    def _compute(self, kind: str, request: Any, deadline: float | None, is_active: Callable[[], bool], response: Any, fields: tuple[str, ...]) -> Any:
         nid, raw = self._network(request, deadline, is_active)
         places, data = blobs.strip(request)
         job = Job(kind, (request.SerializeToString(), places), data, nid, raw)
@@ -200,14 +208,14 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                           f"max_message_bytes limit of {limit}; ask for smaller or fewer results")
         return response
 
-    def _grad(self, request: service_pb2.GradRequest, deadline: float, is_active: Callable[[], bool]) -> service_pb2.GradResponse:
+    def _grad(self, request: service_pb2.GradRequest, deadline: float | None, is_active: Callable[[], bool]) -> service_pb2.GradResponse:
         return self._compute("grad", request, deadline, is_active, service_pb2.GradResponse(), ("gradients", "forward"))
 
     # ---- RPCs ----
 
     def RegisterNetwork(self, request: service_pb2.RegisterNetworkRequest, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:
         """Store a network under its content-addressed id (idempotent)."""
-        def register(deadline: float, is_active: Callable[[], bool]) -> service_pb2.RegisterNetworkResponse:
+        def register(deadline: float | None, is_active: Callable[[], bool]) -> service_pb2.RegisterNetworkResponse:
             if not request.HasField("graph"):
                 raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
             nid, _, created = self._register(request.graph, deadline, is_active)
@@ -226,7 +234,25 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         )
 
     def GradStream(self, request_iterator: Iterator[service_pb2.GradRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.GradResponse]:
-        """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish."""
+        """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
+        At most ``max_open_streams`` streams are open at once (each holds a gRPC thread while open)."""
+        cap = self.limits.max_open_streams
+        with self._streams_lock:
+            full = bool(cap) and self._streams >= cap
+            if not full:
+                self._streams += 1
+        if full:
+            f = Failure("RESOURCE_EXHAUSTED", f"{cap} GradStream calls are already open on this server "
+                        f"(max_open_streams={cap}); close one, use unary Grad calls, or retry later")
+            self.metrics.record("GradStream", f.code)
+            self.fail("GradStream", f, context)
+        try:
+            yield from self._grad_stream(request_iterator, context)
+        finally:
+            with self._streams_lock:
+                self._streams -= 1
+
+    def _grad_stream(self, request_iterator: Iterator[service_pb2.GradRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.GradResponse]:
         results: queue.Queue[service_pb2.GradResponse | None] = queue.Queue()
         window = threading.Semaphore(self.pool.size * 2)
         sent = [0]
@@ -281,14 +307,14 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         """Every op of the engine (asked of a worker once, then cached)."""
         return self._serve("ListOps", context, lambda d, a: service_pb2.ListOpsResponse.FromString(self._op_catalog(d, a)[0]))
 
-    def _op_catalog(self, deadline: float, is_active: Callable[[], bool]) -> tuple[bytes, list[int]]:
+    def _op_catalog(self, deadline: float | None, is_active: Callable[[], bool]) -> tuple[bytes, list[int]]:
         if self._ops is None:
             self._ops = self.pool.submit(Job("ops", None), deadline, is_active).payload
         return self._ops
 
     def ServerInfo(self, request: service_pb2.ServerInfoRequest, context: grpc.ServicerContext) -> service_pb2.ServerInfoResponse:
         """Versions, limits, worker count and request counters."""
-        def info(deadline: float, is_active: Callable[[], bool]) -> service_pb2.ServerInfoResponse:
+        def info(deadline: float | None, is_active: Callable[[], bool]) -> service_pb2.ServerInfoResponse:
             resp = service_pb2.ServerInfoResponse(
                 server_version=_version("gradserve"),
                 api_version=API_VERSION,
@@ -313,6 +339,10 @@ def _version(dist: str) -> str:
     except metadata.PackageNotFoundError:
         return "unknown"
 
+
+NO_DEADLINE_SECONDS = 10 * 365 * 86400.0
+"""A call whose deadline is further away than this (ten years) has none: grpc reports "no deadline" as
+the far future."""
 
 BLOB_FRAMING_BYTES = 512
 """More than the tags and length prefixes one tensor's data adds to a response, at any nesting depth, so

@@ -15,7 +15,8 @@ import numpy as np
 from . import compute
 from .blobs import data_header
 from .config import Limits
-from .pool import BLAS_THREAD_VARS, SHM_DIR, recv, send, unpack
+from .errors import Failure
+from .pool import BLAS_THREAD_VARS, KEEP_ARENA_BYTES, SHM_DIR, recv, send, unpack
 
 
 class _Mapping:
@@ -24,19 +25,41 @@ class _Mapping:
     def __init__(self) -> None:
         self.name = ""
         self.buf: memoryview | None = None
+        self._map: mmap.mmap | None = None
 
     def attach(self, name: str) -> memoryview | None:
         """The arena ``name`` as a writable memoryview (None for the empty name)."""
         if name != self.name:
-            self.buf = None  # the mmap is unmapped once the last array over it is gone
+            self.detach()
             if name:
                 fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
                 try:
-                    self.buf = memoryview(mmap.mmap(fd, 0))
+                    self._map = mmap.mmap(fd, 0)
+                    self.buf = memoryview(self._map)
                 finally:
                     os.close(fd)
             self.name = name
         return self.buf
+
+    def detach(self) -> None:
+        """Drop the mapping (unmapped now, or once the last array over it is gone)."""
+        if self.buf is not None:
+            try:
+                self.buf.release()
+            except BufferError:
+                pass
+        if self._map is not None:
+            try:
+                self._map.close()
+            except BufferError:  # an array still views it; unmapped when that array is freed
+                pass
+        self.buf, self._map, self.name = None, None, ""
+
+    def trim(self) -> None:
+        """Drop a mapping the parent releases after each request (``Arena.trim``'s rule): the pages of an
+        unlinked arena stay allocated in /dev/shm for as long as any process maps it."""
+        if self.buf is not None and len(self.buf) > KEEP_ARENA_BYTES:
+            self.detach()
 
 
 class Cache(OrderedDict):
@@ -115,7 +138,7 @@ def main(conn: Connection, limits: Limits, cache_size: int) -> None:
     limit_blas_threads()
     tune_malloc()
     inbox, outbox = _Mapping(), _Mapping()
-    state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size))
+    state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size), limits.max_message_bytes)
     while True:
         try:
             kind, payload, in_name, spans, network_id, network, out_name = recv(conn)
@@ -134,6 +157,10 @@ def main(conn: Connection, limits: Limits, cache_size: int) -> None:
         except Exception as exc:  # every failure goes back to the caller as a status
             f = compute.classify(exc)
             send(conn, ("error", f.code, f.message, f.violations))
+        finally:
+            blobs = answer = arrays = None  # type: ignore[assignment]  # no view of an arena outlives the job
+            inbox.trim()
+            outbox.trim()
 
 
 def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.ndarray]) -> tuple[str, list[Any]]:
@@ -148,7 +175,10 @@ def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.nda
     buf = outbox.attach(out_name)
     if buf is None or len(buf) < total:
         send(conn, ("grow", total))
-        buf = outbox.attach(recv(conn))
+        name = recv(conn)
+        if name is None:
+            raise Failure("RESOURCE_EXHAUSTED", f"the results are {total} bytes, over the max_message_bytes limit")
+        buf = outbox.attach(name)
     if buf is None:
         return "", [b"".join((h, a.data)) for h, a in zip(headers, arrays)]
     spans, off = [], 0
