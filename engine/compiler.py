@@ -70,7 +70,7 @@ def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarr
         return None
     if any(o.type.size > FOLD_LIMIT for o in n.outputs):
         return None
-    arrays = [consts.get(id(v), np.zeros(v.shape, v.dtype)) for v in ins]
+    arrays = [consts[id(v)] if id(v) in consts else np.zeros(v.shape, v.dtype) for v in ins]
     res = opdef.forward(*arrays, **n.attrs)
     outs = []
     for r, o in zip(res if len(n.outputs) > 1 else (res,), n.outputs):
