@@ -50,11 +50,17 @@ def lower(g: Graph) -> Graph:
     """The same function with every GradOperation node expanded into primitive nodes."""
     if not any(n.op == "GradOperation" for n in g.nodes):
         return g
-    b = GraphBuilder(g.name, g.library)
+    b, args = _inlined_copy_start(g, g.name)
+    return b.build(inline(b, g, args))
+
+
+def _inlined_copy_start(g: Graph, name: str) -> tuple[GraphBuilder, list[Value]]:
+    """A builder named ``name`` declaring ``g``'s inputs and parameters, ready for ``inline(b, g, args)``."""
+    b = GraphBuilder(name, g.library)
     args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
     for p in g.params:
         b.param(p.name, p.data, p.requires_grad)
-    return b.build(inline(b, g, args))
+    return b, args
 
 
 def fit(ct: Value, t: TensorType) -> Value:
@@ -140,10 +146,7 @@ def _fresh_name(b: GraphBuilder, base: str) -> str:
 def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], sens_param: bool, name: str) -> tuple[GraphBuilder, list[Value], list[Value]]:
     """Build the forward of ``g`` followed by its backward pass; returns the builder and the
     gradients for the chosen inputs (by position) and weights (by name)."""
-    b = GraphBuilder(name, g.library)
-    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
-    for p in g.params:
-        b.param(p.name, p.data, p.requires_grad)
+    b, args = _inlined_copy_start(g, name)
     leaves = flatten(inline(b, g, args))
     if sens_param:
         base = "sens" if len(leaves) == 1 else "sens_0"
