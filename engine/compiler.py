@@ -120,6 +120,8 @@ class Program:
                 frees[k].append(s)
         self._steps = [(fn, ins, outs, tuple(fr)) for (fn, ins, outs), fr in zip(body, frees)]
         self._template = [template.get(i) for i in range(len(slot))]
+        self.elements = sum(v.type.size for n in g.nodes if n.op != "Const" for v in (*n.inputs, *n.outputs))
+        """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
 
     def __str__(self) -> str:
         return str(self.graph)

@@ -177,6 +177,16 @@ def test_program_frees_intermediates_after_last_use() -> None:
     assert peak < 4 * x.nbytes, f"peak {peak / 1e6:.0f} MB for {depth} steps of {x.nbytes / 1e6:.0f} MB"
 
 
+def test_program_elements_count_what_each_step_reads_and_writes_after_optimization() -> None:
+    g = GraphBuilder("f")
+    x, y = g.input("x", "float32", (2, 3)), g.input("y", "float32", (3, 4))
+    g.op("Cos", x)  # dead: not counted
+    h = g.op("MatMul", x * g.const(np.float32(2.0)), y)
+    prog = compile_graph(g.build(h))
+    # Mul reads x (6) and a folded scalar constant (1), writes 6; MatMul reads 6 + 12, writes 8.
+    assert prog.elements == (6 + 1 + 6) + (6 + 12 + 8)
+
+
 def test_structural_hash_ignores_names_and_parameter_values_but_not_structure() -> None:
     def net(in_name: str, w: np.ndarray, transpose: bool):  # type: ignore[no-untyped-def]
         g = GraphBuilder("h")
