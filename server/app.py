@@ -1,6 +1,7 @@
 """Assembling a running server: the worker pool first, then gRPC with health and reflection; draining."""
 from __future__ import annotations
 
+import functools
 import signal
 import threading
 from concurrent.futures import ThreadPoolExecutor
@@ -14,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..v1 import service_pb2, service_pb2_grpc
-from . import worker
+from . import blobs, worker
 from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import Failure
@@ -59,12 +60,25 @@ def _until_unparsable(requests: Iterator[Any], bad: list[tuple[int, Unparsable]]
         yield request
 
 
+LIFTED = {f"/{SERVICE_NAME}/{name}": cls for name, cls in
+          (("Grad", service_pb2.GradRequest), ("Run", service_pb2.RunRequest), ("GradStream", service_pb2.GradRequest))}
+"""Methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
+its way to shared memory, instead of being copied by protobuf."""
+
+
+def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
+    """``serializer`` for messages; responses already serialized (``bytes``) pass through."""
+    return lambda response: response if isinstance(response, bytes) else serializer(response)
+
+
 def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject) -> grpc.RpcMethodHandler:
     """``handler`` with a request deserializer that never raises and a behaviour that answers a message
     protobuf could not parse INVALID_ARGUMENT naming the method and the problem (grpc says INTERNAL).
-    A bad message in a request stream ends it after the messages before it have been answered."""
-    parse = handler.request_deserializer
-    type_name = getattr(getattr(parse, "__self__", None), "DESCRIPTOR", None)
+    A bad message in a request stream ends it after the messages before it have been answered.
+    Requests of the ``LIFTED`` methods are parsed by ``blobs.lift``; responses may be bytes."""
+    lifted = LIFTED.get(method)
+    parse = handler.request_deserializer if lifted is None else functools.partial(blobs.lift, cls=lifted)
+    type_name = getattr(getattr(handler.request_deserializer, "__self__", None), "DESCRIPTOR", None)
     expected = f"a valid {type_name.full_name}" if type_name is not None else "a valid request"
 
     def deserialize(raw: bytes) -> Any:
@@ -102,7 +116,7 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject) -
         (True, True): (grpc.stream_stream_rpc_method_handler, stream_stream),
     }
     make, behavior = kinds[(handler.request_streaming, handler.response_streaming)]
-    return make(behavior, request_deserializer=deserialize, response_serializer=handler.response_serializer)
+    return make(behavior, request_deserializer=deserialize, response_serializer=_serialize(handler.response_serializer))
 
 
 class ParseGuard(grpc.ServerInterceptor):
@@ -136,7 +150,7 @@ class Server:
         self.config = config
         lim = config.limits
         # The pool's processes come first: no grpc object may exist when they are created.
-        self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size),
+        self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size, config.local_max_elements),
                                max_reserve=lim.max_message_bytes)
         # Each unary call computing or queued holds a thread, and so does each open GradStream (capped at
         # max_open_streams); the spare threads serve health checks, ServerInfo and calls being refused.
@@ -147,6 +161,9 @@ class Server:
             ("grpc.max_send_message_length", lim.max_message_bytes or -1),
             ("grpc.so_reuseport", 0),
         ]
+        if config.max_connection_age_seconds:
+            options += [("grpc.max_connection_age_ms", int(config.max_connection_age_seconds * 1000)),
+                        ("grpc.max_connection_age_grace_ms", lim.max_deadline_ms or 2**31 - 1)]
         token = config.bearer_token()
         # The first interceptor is the outermost: a call without the token is refused before its bytes are parsed.
         interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []

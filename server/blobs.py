@@ -1,9 +1,16 @@
 """Moving large tensor bytes out of messages and back, so that they cross to workers in shared memory
-instead of inside a pickled message. Only bytes move here; the codec interprets them."""
+instead of inside a pickled message. Only bytes move here; the codec interprets them.
+
+Requests: ``lift`` finds the large tensor data in a request's raw bytes and returns it as views of them,
+parsing only the small rest; ``strip`` takes it out of an already parsed request (copying it).
+Responses: ``splice`` serializes a response around the workers' data frames, copying them once (``pieces``
+gives the parts it joins); ``fill`` merges the frames into the parsed response instead."""
 from __future__ import annotations
 
+import functools
 import math
-from typing import Any, Iterator
+from dataclasses import dataclass
+from typing import Any, Iterator, NamedTuple
 
 from .. import codec
 from ..v1 import graph_pb2
@@ -77,8 +84,24 @@ def leaves_of(message: Any, fields: tuple[str, ...]) -> list[graph_pb2.Tensor]:
     return [t for f in fields if message.HasField(f) for t in tree_leaves(getattr(message, f))]
 
 
-_DATA_KEY = (graph_pb2.Tensor.DESCRIPTOR.fields_by_name["data"].number << 3) | 2
-"""The key of Tensor.data on the wire (field number, length-delimited)."""
+def _varint(n: int) -> bytes:
+    """``n`` (>= 0) as a protobuf base-128 varint."""
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _key(field: Any) -> bytes:
+    """The key of a length-delimited field (message, bytes or string) on the wire, from its descriptor."""
+    return _varint(field.number << 3 | 2)
+
+
+_DATA = graph_pb2.Tensor.DESCRIPTOR.fields_by_name["data"]
+_DATA_KEY = _key(_DATA)
+"""The key of Tensor.data on the wire."""
 
 
 def data_header(nbytes: int) -> bytes:
@@ -86,12 +109,7 @@ def data_header(nbytes: int) -> bytes:
 
     Workers frame result data this way in shared memory, so that the server merges each frame into its
     response tensor straight from the shared buffer (one copy; ``data = bytes(view)`` would be two)."""
-    out = bytearray([_DATA_KEY])
-    while nbytes > 0x7F:
-        out.append((nbytes & 0x7F) | 0x80)
-        nbytes >>= 7
-    out.append(nbytes)
-    return bytes(out)
+    return _DATA_KEY + _varint(nbytes)
 
 
 def fill(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> None:
@@ -102,3 +120,295 @@ def fill(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[
     tensors = leaves_of(message, fields)
     for k, frame in zip(leaves, frames):
         tensors[k].MergeFromString(frame)
+
+
+@dataclass(frozen=True, slots=True)
+class Lifted:
+    """A request parsed without the data of its large tensors, and that data as views of the raw bytes."""
+
+    message: Any
+    """The request; the tensors at ``places`` have no data."""
+    places: list[Where]
+    """Where each of ``data`` belongs, in ``request_tensors`` order."""
+    data: list[memoryview]
+    """The data of the tensor at ``places[i]``: a slice of the raw request, not a copy."""
+
+
+class _Malformed(Exception):
+    """Bytes that ``lift`` does not take apart, so that protobuf alone decides what they mean."""
+
+
+class _Layout(NamedTuple):
+    """The field numbers of a request type that ``lift`` looks at."""
+
+    repeated: dict[int, str]  # number -> name of the repeated Tensor fields, "inputs" then "sens"
+    parameters: int  # the map<string, Tensor> field
+    key: int  # the map entries' fields
+    value: int
+
+
+@functools.cache
+def _layout(descriptor: Any) -> _Layout:
+    """The layout of the request type ``descriptor`` describes, read once per type."""
+    fields = descriptor.fields_by_name
+    entry = fields["parameters"].message_type.fields_by_name
+    return _Layout({fields[name].number: name for name in ("inputs", "sens") if name in fields},
+                   fields["parameters"].number, entry["key"].number, entry["value"].number)
+
+
+def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``buf[pos]`` and the position after it; _Malformed past ``end`` or 10 bytes."""
+    value = shift = 0
+    for pos in range(pos, min(end, pos + 10)):
+        byte = buf[pos]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos + 1
+        shift += 7
+    raise _Malformed
+
+
+def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+    """(start, number, wire type, payload start, payload end) of each field of the message in
+    ``buf[pos:end]``; a length-delimited payload starts after its length.
+
+    Only framing that protobuf reads the same way passes: field number 0, a key beyond 32 bits, groups,
+    wire types 6 and 7, varints over 10 bytes and fields running past ``end`` raise _Malformed.
+    (One-byte keys and lengths, the usual ones, are read inline: this loop is most of ``lift``'s time.)"""
+    while pos < end:
+        start = pos
+        key = buf[pos]
+        if key < 0x80:
+            pos += 1
+        else:
+            key, pos = _read_varint(buf, pos, end)
+            if key > 0xFFFFFFFF:
+                raise _Malformed
+        wire = key & 7
+        if key < 8:  # field number 0
+            raise _Malformed
+        if wire == 2:
+            if pos < end and buf[pos] < 0x80:
+                pos, after = pos + 1, pos + 1 + buf[pos]
+            else:
+                size, pos = _read_varint(buf, pos, end)
+                after = pos + size
+        elif wire == 0:
+            after = pos + 1 if pos < end and buf[pos] < 0x80 else _read_varint(buf, pos, end)[1]
+        elif wire == 1:
+            after = pos + 8
+        elif wire == 5:
+            after = pos + 4
+        else:
+            raise _Malformed
+        if after > end:
+            raise _Malformed
+        yield start, key >> 3, wire, pos, after
+        pos = after
+
+
+def _big_data(buf: bytes, pos: int, end: int, least: int) -> tuple[int, int, int] | None:
+    """Where the data field of the serialized Tensor ``buf[pos:end]`` starts, where its bytes start and
+    where they end, when the Tensor has exactly one data field and it holds at least ``least`` bytes;
+    otherwise None, and the Tensor is left to protobuf as it is."""
+    found = None
+    try:
+        for start, number, wire, begin, after in _fields(buf, pos, end):
+            if number == _DATA.number:
+                if found is not None or wire != 2:
+                    return None  # protobuf keeps the last of several, and a stray wire type aside
+                found = (start, begin, after)
+    except _Malformed:
+        return None
+    return found if found is not None and found[2] - found[1] >= least else None
+
+
+def _entry(buf: bytes, pos: int, end: int, layout: _Layout) -> tuple[tuple[int, int], tuple[int, int, int] | None]:
+    """The key's span in the parameters map entry ``buf[pos:end]`` (the last key wins; empty when
+    missing) and its value field as (start, payload start, payload end), None when missing or given
+    several times (protobuf merges those). Any other field raises _Malformed: protobuf then puts the
+    whole entry aside as an unknown field instead of into the map."""
+    key, value, values = (pos, pos), None, 0
+    for start, number, wire, begin, after in _fields(buf, pos, end):
+        if wire != 2:
+            raise _Malformed
+        if number == layout.key:
+            key = (begin, after)
+        elif number == layout.value:
+            value, values = (start, begin, after), values + 1
+        else:
+            raise _Malformed
+    return key, value if values == 1 else None
+
+
+def lift(raw: bytes, cls: type[Any]) -> Lifted:
+    """``cls`` (GradRequest or RunRequest) parsed from ``raw`` without the data of its large top-level
+    tensors (inputs, sens and parameters holding at least BLOB_MIN_BYTES), which stays in ``raw`` and
+    is returned as views of it.
+
+    Parsing a 64 MB request with protobuf and reading ``data`` copies the data twice; here only the
+    small rest is parsed, after one join of its pieces. Putting each view back as its tensor's data
+    gives exactly ``cls.FromString(raw)``: whatever this does not take apart with certainty (see
+    ``_fields``, ``_big_data`` and ``_entry``) stays in place, or makes it parse ``raw`` whole, so
+    protobuf raises its own DecodeError on malformed input. Small requests are parsed at once."""
+    least = BLOB_MIN_BYTES
+    if len(raw) >= least:
+        try:
+            kept, places, data = _take_apart(raw, _layout(cls.DESCRIPTOR), least)
+        except _Malformed:
+            pass
+        else:
+            if data:
+                return Lifted(cls.FromString(b"".join(kept)), places, data)
+    return Lifted(cls.FromString(raw), [], [])
+
+
+def _take_apart(raw: bytes, layout: _Layout, least: int) -> tuple[list[Any], list[Where], list[memoryview]]:
+    """The pieces of ``raw`` without the large data of its top-level tensors, and that data's places
+    and views, for ``lift``. Each Tensor (and parameters map entry) that loses its data field gets
+    its length prefix rewritten; every other byte is kept as it is, as views of ``raw``."""
+    view = memoryview(raw)
+    kept: list[Any] = []
+    done = 0  # raw[done:] is not in kept yet
+    count = dict.fromkeys(layout.repeated.values(), 0)
+    listed: dict[str, list[tuple[int, memoryview]]] = {name: [] for name in count}
+    params: dict[str, memoryview] = {}
+    repeated = layout.repeated
+    for start, number, wire, begin, end in _fields(raw, 0, len(raw)):
+        if wire != 2:
+            continue  # a stray wire type: protobuf keeps the field aside as an unknown field
+        name = repeated.get(number)
+        if name is not None:
+            index = count[name]
+            count[name] = index + 1
+            if end - begin < least or (found := _big_data(raw, begin, end, least)) is None:
+                continue
+            cut, at, stop = found
+            head = _read_varint(raw, start, end)[1]
+            kept += (view[done:head], _varint(end - begin - (stop - cut)), view[begin:cut])
+            listed[name].append((index, view[at:stop]))
+            done = stop
+        elif number == layout.parameters:
+            (k0, k1), value = _entry(raw, begin, end, layout)
+            key = str(raw[k0:k1], "utf-8", "surrogateescape")  # protobuf rejects bad UTF-8 when it parses
+            found = _big_data(raw, value[1], value[2], least) if value and value[2] - value[1] >= least else None
+            if value is None or found is None:
+                params.pop(key, None)  # this entry replaces any earlier one of that key
+                continue
+            vstart, vbegin, vend = value
+            cut, at, stop = found
+            head = _read_varint(raw, start, end)[1]
+            vhead = _read_varint(raw, vstart, vend)[1]
+            tensor = _varint(vend - vbegin - (stop - cut))
+            entry = end - begin - (vbegin - vhead) + len(tensor) - (stop - cut)
+            kept += (view[done:head], _varint(entry), view[begin:vhead], tensor, view[vbegin:cut])
+            params[key] = view[at:stop]
+            done = stop
+    kept.append(view[done:])
+    places: list[Where] = [(name, index) for name, items in listed.items() for index, _ in items]
+    data = [d for items in listed.values() for _, d in items]
+    for key in sorted(params):
+        places.append(("parameters", key))
+        data.append(params[key])
+    return kept, places, data
+
+
+_TREE = graph_pb2.TensorTree.DESCRIPTOR.fields_by_name
+_TENSOR_KEY = _key(_TREE["tensor"])
+_TUPLE_KEY = _key(_TREE["tuple"])
+_ITEM_KEY = _key(graph_pb2.TensorTuple.DESCRIPTOR.fields_by_name["items"])
+
+
+def splice(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> bytes:
+    """``message`` serialized as it would be after ``fill(message, fields, leaves, frames)``, copying
+    the frames' bytes once (``fill`` copies them into the message and serializing copies them again).
+    ``message`` is not changed; the frames may be views that are released afterwards."""
+    return b"".join(pieces(message, fields, leaves, frames))
+
+
+def pieces(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> list[Any]:
+    """The pieces that ``splice`` joins: the frames themselves (the same objects, in leaf order) and
+    bytes around them.
+
+    The tree fields with frames are written here: their leaf tensors and frameless subtrees serialized
+    by protobuf, each frame after its tensor, the enclosing keys and lengths computed; the other fields
+    are serialized by protobuf and come first. Unknown fields of the TensorTree and TensorTuple
+    messages above a frame are not kept (responses built by protobuf have none)."""
+    if not leaves:
+        return [message.SerializeToString()]
+    by_leaf = dict(zip(leaves, frames))
+    rest = type(message)()
+    rest.CopyFrom(message)
+    trees: list[Any] = []
+    first = 0
+    for name in fields:
+        if not message.HasField(name):
+            continue
+        parts, size, first = _tree(getattr(message, name), by_leaf, first)
+        if parts is not None:
+            rest.ClearField(name)
+            trees += (_key(message.DESCRIPTOR.fields_by_name[name]) + _varint(size), *parts)
+    return [rest.SerializeToString(), *trees]
+
+
+def _tree(tree: graph_pb2.TensorTree, frames: dict[int, Any], first: int) -> tuple[list[Any] | None, int, int]:
+    """The serialized ``tree`` as pieces with ``frames`` (by leaf number, its leaves numbered from
+    ``first``) after their leaf tensors, its size, and the next leaf number; None for the pieces when
+    none of its leaves has a frame. Walked without recursion: sizes children first, then pieces in order."""
+    nodes: list[graph_pb2.TensorTree] = []
+    children: list[list[int]] = []
+    leaf: list[int] = []  # the leaf number of each tensor node, -1 for the others
+    stack = [(tree, -1)]
+    while stack:  # pre-order, which is leaf order
+        node, parent = stack.pop()
+        here = len(nodes)
+        nodes.append(node)
+        children.append([])
+        if parent >= 0:
+            children[parent].append(here)
+        kind = node.WhichOneof("kind")
+        if kind == "tensor":
+            leaf.append(first)
+            first += 1
+        else:
+            leaf.append(-1)
+            if kind == "tuple":
+                stack.extend((item, here) for item in reversed(node.tuple.items))
+    head: dict[int, bytes] = {}  # key and length of the tensor or tuple of each node with a frame below
+    body: dict[int, bytes] = {}  # serialized: the tensor of a leaf with a frame, a frameless child of a node with one
+    lead: dict[int, bytes] = {}  # the item key and length before each child of a node with a frame below
+    size = [0] * len(nodes)
+    for i in reversed(range(len(nodes))):  # every node after its descendants
+        frame = frames.get(leaf[i])
+        if frame is not None:
+            body[i] = nodes[i].tensor.SerializeToString()
+            inner = len(body[i]) + memoryview(frame).nbytes
+            head[i] = _TENSOR_KEY + _varint(inner)
+        elif any(c in head for c in children[i]):
+            inner = 0
+            for c in children[i]:
+                if c not in head:
+                    body[c] = nodes[c].SerializeToString()
+                    size[c] = len(body[c])
+                lead[c] = _ITEM_KEY + _varint(size[c])
+                inner += len(lead[c]) + size[c]
+            head[i] = _TUPLE_KEY + _varint(inner)
+        else:
+            continue
+        size[i] = len(head[i]) + inner
+    if 0 not in head:
+        return None, 0, first
+    out: list[Any] = []
+    todo = [0]
+    while todo:
+        i = todo.pop()
+        if i in lead:
+            out.append(lead[i])
+        if i not in head:
+            out.append(body[i])
+        elif leaf[i] >= 0:
+            out += (head[i], body[i], frames[leaf[i]])
+        else:
+            out.append(head[i])
+            todo.extend(reversed(children[i]))
+    return out, size[0], first

@@ -1,11 +1,14 @@
 """What a worker does with a job: decode with the codec, compile (cached), run the engine, encode.
 
-Runs only in worker processes. Large tensors arrive as shared-memory buffers (their messages carry
-dtype and shape only) and large results leave as arrays for the caller to ship the same way.
+Runs in worker processes, and in the server process for plans small enough (``server.lane``). Large
+tensors arrive as shared-memory buffers (their messages carry dtype and shape only) and large results
+leave as arrays for the caller to ship the same way.
 """
 from __future__ import annotations
 
 import itertools
+import sys
+import time
 from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any
@@ -16,7 +19,7 @@ from .. import codec
 from ..engine import EngineError, Graph, GraphBuilder, NotDifferentiableError, Program, compile_graph, flatten, unflatten
 from ..engine.autodiff import inline
 from ..v1 import graph_pb2, service_pb2
-from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, request_tensors
+from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, pieces, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits
 from .errors import Failure
 
@@ -30,6 +33,18 @@ class WorkerState:
     programs: Any
     max_message_bytes: int = 0
     """The largest response message (0: protobuf's own 2 GiB limit); results over it are refused before computing."""
+    local_max_elements: int = 0
+    """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``)."""
+
+
+LOCAL_MAX_COMPILE_SECONDS = 0.05
+"""A plan that took longer than this to build never runs in the server process, which builds it again to run it."""
+
+MESSAGES: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
+    "grad": (service_pb2.GradRequest, service_pb2.GradResponse, ("gradients", "forward")),
+    "run": (service_pb2.RunRequest, service_pb2.RunResponse, ("outputs",)),
+}
+"""Request type, response type and the response's TensorTree fields, by job kind."""
 
 
 def codec_limits(limits: Limits) -> codec.Limits:
@@ -69,6 +84,8 @@ class _Spec:
 
     enum: int
     shape: tuple[int, ...]
+    dims: list[int]
+    """The shape as a list, which a Tensor's repeated ``shape`` field compares with directly."""
     nbytes: int
     dtype: np.dtype
     """Little-endian, as the wire carries it."""
@@ -79,17 +96,17 @@ class _Spec:
         dt = np.dtype(v.dtype)
         if dt.kind == "b":
             return None
-        return cls(codec.encode_dtype(dt), tuple(v.shape), int(np.prod(v.shape, dtype=np.int64)) * dt.itemsize,
+        return cls(codec.encode_dtype(dt), tuple(v.shape), list(v.shape), int(np.prod(v.shape, dtype=np.int64)) * dt.itemsize,
                    dt.newbyteorder("<"))
 
     def take(self, t: Any) -> np.ndarray | None:
         """A read-only view of ``t``'s data when it matches exactly, else None."""
-        if t.dtype != self.enum or tuple(t.shape) != self.shape:
+        if t.dtype != self.enum or t.shape != self.dims:
             return None
         data = t.data  # bytes, or a 1-D byte memoryview of shared memory
         if len(data) != self.nbytes:
             return None
-        a = np.frombuffer(data, self.dtype).reshape(self.shape)
+        a = np.ndarray(self.shape, self.dtype, data)
         return a if a.dtype.isnative else a.astype(self.dtype.newbyteorder("="))
 
 
@@ -108,6 +125,10 @@ class Plan:
     """A lower bound on the response size: the serialized data fields of the result tensors (every leaf of the response's tree fields), known from the types."""
     largest: str = ""
     """The largest result tensor, described for an error message."""
+    template: "Template | None" = None
+    """How to serialize this plan's results without protobuf, once a first response showed it (small results only)."""
+    local: bool = False
+    """Small enough to run in the server process: see ``WorkerState.local_max_elements``."""
 
     def take(self, req: Any) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
         """(positional arrays, parameter overrides) of ``req``, or None when the codec must look at it."""
@@ -159,6 +180,13 @@ def check_result_size(plan: Plan, response: str, limit: int) -> None:
         )
 
 
+def plan_key(kind: str, req: Any, network_id: str) -> tuple:
+    """The cache key of the plan a Grad or Run request runs: its network, GradOperation and return_forward."""
+    if kind == "grad":
+        return network_id, req.grad.SerializeToString(deterministic=True), req.return_forward
+    return network_id, None, False
+
+
 def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview], network_id: str) -> tuple[Any, list[np.ndarray]]:
     """Run one job; returns a small answer and the large arrays to ship back."""
     if kind == "load":
@@ -168,20 +196,22 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
         return nid, []
     if kind == "ops":
         return (codec.list_ops().SerializeToString(), codec.supported_dtypes()), []
-    raw, places = payload
-    network = state.networks.get(network_id)
-    if kind == "grad":
-        req: Any = service_pb2.GradRequest.FromString(raw)
-        forward, sens = req.return_forward, req.grad.sens_param
-        key: tuple = (network_id, req.grad.SerializeToString(deterministic=True), forward)
-        names: tuple[str, ...] = ("gradients", "forward")
-        resp: Any = service_pb2.GradResponse()
-    elif kind == "run":
-        req = service_pb2.RunRequest.FromString(raw)
-        forward, sens, key, names, resp = False, False, (network_id, None, False), ("outputs",), service_pb2.RunResponse()
-    else:
+    if kind not in MESSAGES:
         raise ValueError(f"unknown job kind {kind!r}")
-    view = _with_blobs(req, places, blobs)
+    raw, places = payload
+    req = MESSAGES[kind][0].FromString(raw)
+    return run(state, kind, req, _with_blobs(req, places, blobs), network_id, plan_key(kind, req, network_id))
+
+
+def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key: tuple) -> tuple[tuple[bytes, list[int], bool], list[np.ndarray]]:
+    """Compute a Grad or Run request ``req`` (``view``: the same with shared-memory buffers standing in for
+    its stripped tensors) on the network ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``.
+    Returns (the serialized response with large leaves' data left out, their leaf numbers, whether the plan
+    is ``local``) and those leaves' arrays."""
+    _, response, names = MESSAGES[kind]
+    forward = kind == "grad" and req.return_forward
+    sens = kind == "grad" and req.grad.sens_param
+    network = state.networks.get(network_id)
     plan = state.programs.get(key)
     taken = plan.take(view) if plan is not None else None
     if taken is None:
@@ -190,14 +220,72 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
         else:
             call = codec.decode_run_call(network, view, state.limits)
         if plan is None:
+            start = time.perf_counter()
             plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph, names, forward)
+            plan.local = (plan.program.elements <= state.local_max_elements
+                          and time.perf_counter() - start <= LOCAL_MAX_COMPILE_SECONDS)
             state.programs.put(key, plan)
         taken = call.args, call.params
-    check_result_size(plan, type(resp).__name__, state.max_message_bytes)
+    check_result_size(plan, response.__name__, state.max_message_bytes)
     args, params = taken
     result = plan.program(*args, params=params)
     trees = list(result) if forward else [result]
-    return _encode(trees, names, resp)
+    if plan.template is not None:
+        body = plan.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
+        if body is not None:
+            return (body, [], plan.local), []
+    (body, big), arrays = _encode(trees, names, response())
+    if plan.template is None and not big and len(body) <= TEMPLATE_MAX_BYTES:
+        plan.template = Template.of(response.FromString(body), names)
+    return (body, big, plan.local), arrays
+
+
+TEMPLATE_MAX_BYTES = 1 << 20
+"""Responses up to this size teach their plan a Template."""
+
+
+@dataclass(frozen=True)
+class Template:
+    """A serialized response cut around its leaves' data: a result of the same types is answered by one
+    join of these pieces and the arrays' bytes, with no message built (a tiny gradient's largest cost)."""
+
+    types: list[tuple[np.dtype, tuple[int, ...]]]
+    """The dtype and shape of each leaf, in leaf order."""
+    pieces: list[bytes]
+    """What comes before each leaf's bytes (ending with that leaf's data key and length), then what follows the last."""
+
+    @classmethod
+    def of(cls, response: Any, names: tuple[str, ...]) -> "Template | None":
+        """The template of ``response`` (a parsed response, every leaf's data set), or None on a big-endian machine."""
+        if sys.byteorder != "little":
+            return None
+        tensors = leaves_of(response, names)
+        arrays = [codec.decode_tensor(t) for t in tensors]
+        frames = [data_header(a.nbytes) + a.tobytes() for a in arrays]
+        for t in tensors:
+            t.ClearField("data")
+        cut: list[bytes] = []
+        before: list[bytes] = []  # what comes before each leaf's bytes
+        for piece in pieces(response, names, list(range(len(frames))), frames):
+            k = len(before)
+            if k < len(frames) and piece is frames[k]:
+                before.append(b"".join(cut) + data_header(arrays[k].nbytes))
+                cut = []
+            else:
+                cut.append(bytes(piece))
+        return cls([(a.dtype, a.shape) for a in arrays], before + [b"".join(cut)])
+
+    def fill(self, arrays: list[np.ndarray]) -> bytes | None:
+        """The response holding ``arrays`` as its leaves; None unless they have the template's types."""
+        if len(arrays) != len(self.types):
+            return None
+        parts: list[bytes] = []
+        for (dtype, shape), piece, a in zip(self.types, self.pieces, arrays):
+            if a.dtype != dtype or a.shape != shape:
+                return None
+            parts += (piece, a.tobytes())
+        parts.append(self.pieces[-1])
+        return b"".join(parts)
 
 
 def _with_forward(network: Graph, gradient: Graph) -> Graph:

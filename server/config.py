@@ -44,6 +44,14 @@ class ServerConfig:
     """How long SIGTERM waits for in-flight calls before exiting."""
     worker_cache_size: int = 64
     """Networks and compiled programs each worker keeps (least recently used are dropped)."""
+    local_max_elements: int = 1 << 14
+    """Programs whose every run reads and writes at most this many tensor elements in all (a few
+    microseconds of NumPy) run in the server process once a worker has compiled them, skipping the
+    round trip to a worker, which costs more than such work; 0: every request runs in a worker."""
+    max_connection_age_seconds: float = 0.0
+    """Send each client connection GOAWAY this long after it opened (its calls may finish, up to
+    max_deadline_ms), so that clients of a DNS name reconnect and spread over replicas added since;
+    0: a connection lasts as long as its client keeps it."""
     metrics_port: int | None = None
     """Port of the Prometheus /metrics endpoint (plain HTTP on ``host``); None: off, 0: a free port (logged)."""
     auth_token: str = field(default="", repr=False)
@@ -125,6 +133,10 @@ def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.env
 def _validate(cfg: ServerConfig) -> None:
     if cfg.workers < 1:
         raise SystemExit(f"gradserve: --workers must be at least 1, got {cfg.workers}")
+    if cfg.max_connection_age_seconds < 0:
+        raise SystemExit(f"gradserve: --max-connection-age-seconds must be >= 0, got {cfg.max_connection_age_seconds}")
+    if cfg.local_max_elements < 0:
+        raise SystemExit(f"gradserve: --local-max-elements must be >= 0, got {cfg.local_max_elements}")
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port < 65536:
         raise SystemExit(f"gradserve: --metrics-port must be 0 to 65535, got {cfg.metrics_port}")
     if cfg.auth_token and cfg.auth_token_file:

@@ -20,7 +20,7 @@ import time
 from dataclasses import dataclass, field
 from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from .errors import Failure
 
@@ -71,7 +71,7 @@ class Job:
 
     kind: str
     payload: Any
-    blobs: list[bytes] = field(default_factory=list)
+    blobs: Sequence[bytes | memoryview] = field(default_factory=list)
     network_id: str = ""
     network: bytes = b""
 
@@ -141,14 +141,14 @@ def _shm_has_room(size: int) -> bool:
     return st.f_bavail * st.f_frsize >= size + (16 << 20)
 
 
-def pack(arena: Arena, blobs: list[bytes]) -> tuple[str, list[tuple[int, int]] | list[bytes]]:
-    """Copy ``blobs`` into ``arena`` and return its name with (offset, length) spans, or ("", blobs)
-    when shared memory has no room and the blobs must go through the pipe."""
+def pack(arena: Arena, blobs: Sequence[bytes | memoryview]) -> tuple[str, list[tuple[int, int]] | list[bytes]]:
+    """Copy ``blobs`` into ``arena`` and return its name with (offset, length) spans, or ("", the blobs
+    as bytes) when shared memory has no room and they must go through the pipe."""
     if not blobs:
         return "", []
     total = sum(len(b) for b in blobs)
     if not arena.reserve(total):
-        return "", blobs
+        return "", [bytes(b) for b in blobs]
     assert arena.shm is not None and arena.shm.buf is not None
     buf = arena.shm.buf
     spans, off = [], 0

@@ -1,7 +1,7 @@
 """The gradserve.v1.Gradient servicer: registry, limits, dispatch to the worker pool, status mapping.
 
-It holds no numerics: requests go to workers as bytes (large tensors through shared memory) and
-answers come back as serialized responses whose large tensor data is filled in here.
+It holds no numerics: requests go to workers, or for tiny plans to the local lane, and answers come
+back as serialized responses; large tensor data travels through shared memory and is spliced in here.
 """
 from __future__ import annotations
 
@@ -21,10 +21,12 @@ from grpc_status import rpc_status
 
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
+from .compute import MESSAGES
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
 from .metrics import Metrics
+from .lane import Lane
 from .pool import Job, WorkerPool
 
 API_VERSION = "gradserve.v1"
@@ -90,7 +92,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.config = config
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks)
-        self.metrics = Metrics(pool, lambda: len(self.registry))
+        self.lane = Lane(config.limits, config.local_max_elements, config.worker_cache_size)
+        self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
@@ -186,30 +189,36 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return nid, raw
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
-    def _compute(self, kind: str, request: Any, deadline: float | None, is_active: Callable[[], bool], response: Any, fields: tuple[str, ...]) -> Any:
+    def _compute(self, kind: str, incoming: blobs.Lifted, deadline: float | None, is_active: Callable[[], bool]) -> bytes:
+        """The serialized response to a Grad or Run request: computed by the local lane when its plan is
+        tiny, else by a worker (which reports whether the plan is tiny)."""
+        request = incoming.message
         nid, raw = self._network(request, deadline, is_active)
-        places, data = blobs.strip(request)
-        job = Job(kind, (request.SerializeToString(), places), data, nid, raw)
+        key = self.lane.key(kind, request, nid)
+        tail = MESSAGES[kind][1](network_id=nid, request_id=request.request_id).SerializeToString()
+        if not incoming.data and self.lane.takes(key):
+            return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
+        job = Job(kind, (request.SerializeToString(), incoming.places), incoming.data, nid, raw)
 
-        def take(payload: tuple[bytes, list[int]], frames: list[Any]) -> int:
-            """Build the response while the worker's shared memory holds the frames; returns a bound on
-            the bytes they and the body add."""
-            body, leaves = payload
-            response.ParseFromString(body)
-            blobs.fill(response, fields, leaves, frames)
-            return len(body) + sum(len(f) + BLOB_FRAMING_BYTES for f in frames)
+        def take(payload: tuple[bytes, list[int], bool], frames: list[Any]) -> bytes:
+            """The response, built while the worker's shared memory holds the frames."""
+            body, leaves, local = payload
+            if local:
+                self.lane.admit(key, raw)
+            return self._reply(kind, body, leaves, frames, tail)
 
-        bound = self.pool.submit(job, deadline, is_active, take)
-        response.network_id = nid
-        response.request_id = request.request_id
+        return self.pool.submit(job, deadline, is_active, take)
+
+    def _reply(self, kind: str, body: bytes, leaves: list[int], frames: list[Any], tail: bytes) -> bytes:
+        """``body`` (a serialized response without its large leaves' data) with ``frames`` as that data, and
+        ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
+        response, fields = MESSAGES[kind][1:]
+        out = body + tail if not leaves else blobs.splice(response.FromString(body + tail), fields, leaves, frames)
         limit = self.limits.max_message_bytes
-        if limit and bound + len(nid) + len(request.request_id) + 64 > limit and (size := response.ByteSize()) > limit:
-            raise Failure("RESOURCE_EXHAUSTED", f"the {type(response).__name__} would be {size} bytes, over the "
+        if limit and len(out) > limit:
+            raise Failure("RESOURCE_EXHAUSTED", f"the {response.__name__} would be {len(out)} bytes, over the "
                           f"max_message_bytes limit of {limit}; ask for smaller or fewer results")
-        return response
-
-    def _grad(self, request: service_pb2.GradRequest, deadline: float | None, is_active: Callable[[], bool]) -> service_pb2.GradResponse:
-        return self._compute("grad", request, deadline, is_active, service_pb2.GradResponse(), ("gradients", "forward"))
+        return out
 
     # ---- RPCs ----
 
@@ -223,17 +232,17 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
         return self._serve("RegisterNetwork", context, register)
 
-    def Grad(self, request: service_pb2.GradRequest, context: grpc.ServicerContext) -> service_pb2.GradResponse:
-        """GradOperation of a registered or inline network on the given inputs."""
-        return self._serve("Grad", context, lambda d, a: self._grad(request, d, a))
+    # Grad, Run and GradStream take Lifted requests and answer serialized bytes: app.LIFTED gives them
+    # their own request deserializer and a response serializer that passes bytes through.
+    def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
+        """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
+        return self._serve("Grad", context, lambda d, a: self._compute("grad", request, d, a))
 
-    def Run(self, request: service_pb2.RunRequest, context: grpc.ServicerContext) -> service_pb2.RunResponse:
-        """Forward outputs of a network."""
-        return self._serve(
-            "Run", context, lambda d, a: self._compute("run", request, d, a, service_pb2.RunResponse(), ("outputs",))
-        )
+    def Run(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
+        """Forward outputs of a network (a serialized RunResponse)."""
+        return self._serve("Run", context, lambda d, a: self._compute("run", request, d, a))
 
-    def GradStream(self, request_iterator: Iterator[service_pb2.GradRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.GradResponse]:
+    def GradStream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
         At most ``max_open_streams`` streams are open at once (each holds a gRPC thread while open)."""
         cap = self.limits.max_open_streams
@@ -252,17 +261,19 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             with self._streams_lock:
                 self._streams -= 1
 
-    def _grad_stream(self, request_iterator: Iterator[service_pb2.GradRequest], context: grpc.ServicerContext) -> Iterator[service_pb2.GradResponse]:
-        results: queue.Queue[service_pb2.GradResponse | None] = queue.Queue()
+    def _grad_stream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:
+        results: queue.Queue[bytes | service_pb2.GradResponse | None] = queue.Queue()
         window = threading.Semaphore(self.pool.size * 2)
         sent = [0]
 
-        def one(request: service_pb2.GradRequest) -> None:
+        def one(incoming: blobs.Lifted) -> None:
             code, start = "OK", time.perf_counter()
+            request = incoming.message
+            response: bytes | service_pb2.GradResponse
             try:
                 self._enter()
                 try:
-                    response = self._grad(request, self._deadline(context), context.is_active)
+                    response = self._compute("grad", incoming, self._deadline(context), context.is_active)
                 finally:
                     self._leave()
             except Failure as f:
@@ -343,8 +354,3 @@ def _version(dist: str) -> str:
 NO_DEADLINE_SECONDS = 10 * 365 * 86400.0
 """A call whose deadline is further away than this (ten years) has none: grpc reports "no deadline" as
 the far future."""
-
-BLOB_FRAMING_BYTES = 512
-"""More than the tags and length prefixes one tensor's data adds to a response, at any nesting depth, so
-that a bound on the response's serialized size lets the exact ``ByteSize()`` (which serializes a whole
-64 MB response to measure it) run only for responses that may be over the limit."""

@@ -132,13 +132,14 @@ def tune_malloc() -> None:
     mallopt(M_TRIM_THRESHOLD, HEAP_KEEP_BYTES)
 
 
-def main(conn: Connection, limits: Limits, cache_size: int) -> None:
+def main(conn: Connection, limits: Limits, cache_size: int, local_max_elements: int) -> None:
     """Serve jobs until the parent closes the pipe."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_blas_threads()
     tune_malloc()
     inbox, outbox = _Mapping(), _Mapping()
-    state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size), limits.max_message_bytes)
+    state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size), limits.max_message_bytes,
+                                local_max_elements)
     while True:
         try:
             kind, payload, in_name, spans, network_id, network, out_name = recv(conn)

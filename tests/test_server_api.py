@@ -19,8 +19,8 @@ from gradserve import codec
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
 from gradserve.engine import GraphBuilder
-from gradserve.server import demo
-from gradserve.server.app import Server
+from gradserve.server import demo, pool
+from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
@@ -80,9 +80,18 @@ def test_tutorial_through_the_server_prints_the_embedded_numbers_and_the_tutoria
     [c for c in itertools.product([False, True], repeat=5) if not (c[3] and not c[1])],
 )
 def test_every_flag_combination_matches_hand_derived_gradients(
-    stub: service_pb2_grpc.GradientStub, get_all: bool, get_by_list: bool, sens_param: bool, bare_weight: bool,
-    return_forward: bool,
+    server: Server, stub: service_pb2_grpc.GradientStub, get_all: bool, get_by_list: bool, sens_param: bool,
+    bare_weight: bool, return_forward: bool,
 ) -> None:
+    for computed_by in ("worker", "server process"):  # the first call builds the plan in a worker, which finds it tiny
+        served = server.servicer.lane.served
+        check_flag_combination(stub, get_all, get_by_list, sens_param, bare_weight, return_forward)
+        assert server.servicer.lane.served == served + (computed_by == "server process")
+
+
+def check_flag_combination(stub: service_pb2_grpc.GradientStub, get_all: bool, get_by_list: bool, sens_param: bool,
+                           bare_weight: bool, return_forward: bool) -> None:
+    """One Grad call with these flags against hand-derived gradients (and forward outputs)."""
     weights = ["v"] if bare_weight else (["v", "w"] if get_by_list else [])
     s1, s2 = (RNG.normal(size=3), RNG.normal(size=3)) if sens_param else (np.ones(3), np.ones(3))
     req = service_pb2.GradRequest(
@@ -119,6 +128,21 @@ def test_large_tensors_cross_through_shared_memory_unchanged(stub: service_pb2_g
     req = service_pb2.GradRequest(graph=codec.encode_graph(b.build(b.op("Sin", x))), inputs=[codec.encode_tensor(a)],
                                   return_forward=True)
     resp = stub.Grad(req, timeout=30)
+    np.testing.assert_array_equal(codec.decode_tree(resp.gradients), np.cos(a))
+    np.testing.assert_array_equal(codec.decode_tree(resp.forward), np.sin(a))
+
+
+def test_large_tensors_cross_through_the_pipe_when_shared_memory_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(pool, "_shm_has_room", lambda size: False)
+    a = RNG.normal(size=(256, 512)).astype(np.float32)
+    b = GraphBuilder()
+    x = b.input("x", "float32", a.shape)
+    req = service_pb2.GradRequest(graph=codec.encode_graph(b.build(b.op("Sin", x))), inputs=[codec.encode_tensor(a)],
+                                  return_forward=True)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            resp = service_pb2_grpc.GradientStub(channel).Grad(req, timeout=30)
+        assert server.pool._slots[0].inbox.shm is None and server.pool._slots[0].outbox.shm is None
     np.testing.assert_array_equal(codec.decode_tree(resp.gradients), np.cos(a))
     np.testing.assert_array_equal(codec.decode_tree(resp.forward), np.sin(a))
 
@@ -204,6 +228,7 @@ def test_server_info_reports_versions_limits_workers_and_counters(server: Server
     assert info.api_version == "gradserve.v1" and info.worker_count == 2
     assert info.component_versions["numpy"] == np.__version__ and info.component_versions["grpcio"] == grpc.__version__
     assert info.limits.max_message_bytes >= 256 * 2**20 and info.limits.max_registered_networks == 2
+    assert info.limits.max_open_streams == Limits().max_open_streams == 16
     assert graph_pb2.DATA_TYPE_FLOAT32 in info.supported_dtypes
     assert request_counters(stub)[("ServerInfo", "OK")] >= 1
 

@@ -21,6 +21,8 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
+from serverkit import wait_until
+
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_operation_tutorial.py"
 X = np.linspace(-1.0, 1.0, 5)
 W = np.array([0.5, -1.0, 2.0, 0.25, 1.5])
@@ -93,3 +95,21 @@ def test_the_tutorial_prints_the_same_numbers_through_two_servers(pair: list[Ser
                             env=dict(env, GRADSERVE_TARGET=target(pair))).stdout
     assert remote == embedded
     assert all(sum(served(s, m).get("OK", 0) for m in ("Grad", "Run")) > 0 for s in pair)
+
+
+def test_connections_older_than_max_connection_age_are_closed_and_calls_carry_on() -> None:
+    """A server with max_connection_age sends GOAWAY, so that clients of a DNS name reconnect (and re-resolve):
+    the channel drops from READY to IDLE by itself, and the next call opens a new connection."""
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, max_connection_age_seconds=0.3)) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            states: list[grpc.ChannelConnectivity] = []
+            channel.subscribe(states.append, try_to_connect=True)
+            stub = service_pb2_grpc.GradientStub(channel)
+            try:
+                assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=10).worker_count == 1
+                wait_until(lambda: grpc.ChannelConnectivity.IDLE in states[states.index(grpc.ChannelConnectivity.READY):],
+                           "the server to close the connection")
+                assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=10).worker_count == 1
+                wait_until(lambda: states.count(grpc.ChannelConnectivity.READY) == 2, "a second connection")
+            finally:
+                channel.unsubscribe(states.append)

@@ -14,10 +14,12 @@ def test_flags_beat_environment_which_beats_defaults() -> None:
     assert (cfg.workers, cfg.limits.max_graph_nodes, cfg.limits.max_tensor_rank) == (3, 7, 4)
     assert cfg.limits.max_message_bytes > 256 * 2**20  # room for a 256 MB tensor plus the message around it
     assert parse([], {}).limits == config.Limits()
+    assert parse([], {"GRADSERVE_LOCAL_MAX_ELEMENTS": "0"}).local_max_elements == 0
 
 
 @pytest.mark.parametrize("argv,environ", [(["--workers", "0"], {}), ([], {"GRADSERVE_PORT": "eighty"}),
-                                          (["--max-queue-depth", "-1"], {})])
+                                          (["--max-queue-depth", "-1"], {}), (["--local-max-elements", "-1"], {}),
+                                          ([], {"GRADSERVE_MAX_CONNECTION_AGE_SECONDS": "-2"})])
 def test_bad_settings_exit_with_a_message(argv: list[str], environ: dict[str, str]) -> None:
     with pytest.raises(SystemExit) as info:
         parse(argv, environ)

@@ -91,6 +91,8 @@ def test_metrics_count_the_calls_made_and_agree_with_server_info(metered: tuple[
                                                      "gradserve_worker_replacements_total", "gradserve_registered_networks")}
     assert state == {"gradserve_workers": 1, "gradserve_workers_busy": 0, "gradserve_queue_depth": 0,
                      "gradserve_worker_replacements_total": 0, "gradserve_registered_networks": 1}
+    # The first gradient built the plan in the worker, which found it tiny; the other four ran in the server process.
+    assert samples[("gradserve_local_requests_total", ())] == 4
 
 
 def test_metrics_show_busy_workers_queue_depth_and_replacements(metered: tuple[Server, service_pb2_grpc.GradientStub]) -> None:

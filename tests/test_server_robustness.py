@@ -144,7 +144,7 @@ def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_takes_no_worker(
     wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
     workers, replaced = server.pool.pids(), server.pool.replaced
     before = request_counters(stub).get(("Grad", "DEADLINE_EXCEEDED"), 0)
-    err = rejected(lambda: stub.Grad(sin_request(), timeout=0.2))
+    err = rejected(lambda: stub.Grad(request, timeout=0.2))  # queued behind the first (a tiny one would run in the server process)
     assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
     assert busy.result().gradients.HasField("tensor"), "the computation holding the worker was not disturbed"
     assert server.pool.pids() == workers and server.pool.replaced == replaced

@@ -522,6 +522,7 @@ class Limits(_message.Message):
     MAX_DEADLINE_MS_FIELD_NUMBER: _builtins.int
     MAX_QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     MAX_REGISTERED_NETWORKS_FIELD_NUMBER: _builtins.int
+    MAX_OPEN_STREAMS_FIELD_NUMBER: _builtins.int
     max_message_bytes: _builtins.int
     """Largest accepted gRPC message, in bytes."""
     max_graph_nodes: _builtins.int
@@ -539,6 +540,8 @@ class Limits(_message.Message):
     """Requests that may wait for a worker before new ones get RESOURCE_EXHAUSTED."""
     max_registered_networks: _builtins.int
     """Networks kept registered; the least recently used are evicted beyond it."""
+    max_open_streams: _builtins.int
+    """GradStream calls open at once; another is refused until one closes."""
     def __init__(
         self,
         *,
@@ -551,10 +554,11 @@ class Limits(_message.Message):
         max_deadline_ms: _builtins.int = ...,
         max_queue_depth: _builtins.int = ...,
         max_registered_networks: _builtins.int = ...,
+        max_open_streams: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_deadline_ms", b"default_deadline_ms", "max_deadline_ms", b"max_deadline_ms", "max_graph_nodes", b"max_graph_nodes", "max_message_bytes", b"max_message_bytes", "max_nesting_depth", b"max_nesting_depth", "max_queue_depth", b"max_queue_depth", "max_registered_networks", b"max_registered_networks", "max_tensor_elements", b"max_tensor_elements", "max_tensor_rank", b"max_tensor_rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_deadline_ms", b"default_deadline_ms", "max_deadline_ms", b"max_deadline_ms", "max_graph_nodes", b"max_graph_nodes", "max_message_bytes", b"max_message_bytes", "max_nesting_depth", b"max_nesting_depth", "max_open_streams", b"max_open_streams", "max_queue_depth", b"max_queue_depth", "max_registered_networks", b"max_registered_networks", "max_tensor_elements", b"max_tensor_elements", "max_tensor_rank", b"max_tensor_rank"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -1,0 +1,61 @@
+"""The local lane: requests whose plan is tiny are computed in the server process.
+
+Handing a request to a worker costs two process wake-ups and a pickled round trip, several times
+the work of a tiny gradient. A worker builds every plan first; when it reports the plan ``local``
+(``compute.Plan.local``: its runs touch at most ``local_max_elements`` elements and it built quickly),
+later requests for it run here, one at a time, with no deadline checks needed: their work is bounded.
+"""
+from __future__ import annotations
+
+import threading
+from typing import Any
+
+from . import compute
+from .blobs import data_header
+from .config import Limits
+from .worker import Cache
+
+LOCAL_MAX_NETWORK_BYTES = 64 << 10
+"""Networks serialized larger than this are never decoded in the server process (decoding costs time
+in proportion to the whole network, however little of it a plan runs)."""
+
+
+class Lane:
+    """Plans the workers found ``local``, compiled again and run in this process."""
+
+    def __init__(self, limits: Limits, max_elements: int, cache_size: int) -> None:
+        self.enabled = max_elements > 0
+        self._state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size),
+                                          limits.max_message_bytes, max_elements)
+        self._admitted = Cache(cache_size)
+        self._lock = threading.Lock()
+        self.served = 0
+        """Requests computed here (a Prometheus counter reads it)."""
+
+    def key(self, kind: str, request: Any, network_id: str) -> tuple:
+        """The plan key of a request (as the workers' caches key it)."""
+        return compute.plan_key(kind, request, network_id)
+
+    def takes(self, key: tuple) -> bool:
+        """Whether the plan ``key`` runs here."""
+        return key in self._admitted
+
+    def admit(self, key: tuple, network: bytes) -> None:
+        """Run the plan ``key`` here from now on (a worker found it local)."""
+        if self.enabled and len(network) <= LOCAL_MAX_NETWORK_BYTES:
+            with self._lock:
+                self._admitted.put(key, True)
+
+    def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple) -> tuple[bytes, list[int], list[bytes]]:
+        """Compute ``request`` (whose plan is ``key``) here: (response body, large leaf numbers, their
+        ``data_header`` frames), as a worker answers; raises Failure for a bad request."""
+        with self._lock:
+            state = self._state
+            try:
+                if state.networks.get(network_id) is None:
+                    state.networks.put(network_id, compute.load_network(network, state.limits))
+                (body, leaves, _), arrays = compute.run(state, kind, request, request, network_id, key)
+            except Exception as exc:
+                raise compute.classify(exc) from None
+            self.served += 1
+        return body, leaves, [data_header(a.nbytes) + a.tobytes() for a in arrays]
