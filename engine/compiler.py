@@ -3,7 +3,7 @@ constant folding, then a flat plan that frees every intermediate after its last 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -119,6 +119,8 @@ class Program:
             if s not in keep:
                 frees[k].append(s)
         self._steps = [(fn, ins, outs, tuple(fr)) for (fn, ins, outs), fr in zip(body, frees)]
+        for s, p in self._params.values():
+            template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
         self.elements = sum(v.type.size for n in g.nodes if n.op != "Const" for v in (*n.inputs, *n.outputs))
         """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
@@ -132,17 +134,24 @@ class Program:
         if len(inputs) != len(self._inputs):
             names = [v.name for _, v in self._inputs]
             raise InputError(f"graph {self.graph.name!r} takes {len(names)} inputs {names}, got {len(inputs)}")
-        env: list[Any] = list(self._template)
-        for (s, v), a in zip(self._inputs, inputs):
-            env[s] = _check(a, v, "input")
-        for name, (s, p) in self._params.items():
-            env[s] = p.data
+        for (_, v), a in zip(self._inputs, inputs):
+            _check(a, v, "input")
         if params:
             for name, a in params.items():
                 if name not in self._params:
                     raise InputError(f"graph {self.graph.name!r} has no parameter {name!r}; parameters: {sorted(self._params)}")
-                s, p = self._params[name]
-                env[s] = _check(a, p.value, "parameter")
+                _check(a, self._params[name][1].value, "parameter")
+        return self.run(inputs, params)
+
+    def run(self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray] | None = None) -> Any:
+        """``self(*inputs, params=params)`` without checking the arrays: for callers that have already
+        made sure every one has its declared dtype and shape and every parameter name exists."""
+        env: list[Any] = list(self._template)
+        for (s, _), a in zip(self._inputs, inputs):
+            env[s] = a
+        if params:
+            for name, a in params.items():
+                env[self._params[name][0]] = a
         for fn, ins, outs, frees in self._steps:
             r = fn(*[env[i] for i in ins])
             if len(outs) == 1:
@@ -158,11 +167,10 @@ class Program:
         return unflatten(self.graph.outputs, iter(results))
 
 
-def _check(a: Any, v: Value, what: str) -> np.ndarray:
+def _check(a: Any, v: Value, what: str) -> None:
     if not isinstance(a, np.ndarray) or a.dtype != v.dtype or a.shape != v.shape:
         got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else f"a {type(a).__name__} (not an ndarray)"
         raise InputError(f"{what} {v.name!r} expects {v.dtype.name}{list(v.shape)}, got {got}")
-    return a
 
 
 def compile_graph(graph: Graph) -> Program:

@@ -2,17 +2,14 @@
 instead of inside a pickled message. Only bytes move here; the codec interprets them.
 
 Requests: ``lift`` finds the large tensor data in a request's raw bytes and returns it as views of them,
-parsing only the small rest; ``strip`` takes it out of an already parsed request (copying it).
-Responses: ``splice`` serializes a response around the workers' data frames, copying them once (``pieces``
-gives the parts it joins); ``fill`` merges the frames into the parsed response instead."""
+parsing only the small rest. Responses: ``splice`` serializes a response around the workers' data
+frames, copying them once (``pieces`` gives the parts it joins)."""
 from __future__ import annotations
 
 import functools
-import math
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
-from .. import codec
 from ..v1 import graph_pb2
 
 BLOB_MIN_BYTES = 64 * 1024
@@ -31,40 +28,6 @@ def request_tensors(request: Any) -> Iterator[tuple[Where, graph_pb2.Tensor]]:
         yield ("sens", i), t
     for name in sorted(request.parameters):
         yield ("parameters", name), request.parameters[name]
-
-
-_ITEMSIZE = {enum: dt.itemsize for enum, dt in codec._DTYPE_OF_ENUM.items()}
-
-
-def declared_bytes(t: graph_pb2.Tensor) -> int:
-    """The data size a Tensor's dtype and shape declare, read without touching its data.
-
-    (``ByteSize()`` would serialize the message, and reading ``data`` copies it: for a 64 MB tensor
-    each costs more than moving it to the worker.) A tensor whose data does not match its
-    declaration is rejected by the codec in the worker, wherever its bytes travelled."""
-    return _ITEMSIZE.get(t.dtype, 1) * math.prod(t.shape)
-
-
-def strip(request: Any) -> tuple[list[Where], list[bytes]]:
-    """Empty the data of every large tensor of a request; returns their places and their bytes
-    (in ``request_tensors`` order)."""
-    places: list[Where] = []
-    blobs: list[bytes] = []
-    for name in ("inputs", "sens"):
-        for i, t in enumerate(getattr(request, name, ())):
-            if declared_bytes(t) >= BLOB_MIN_BYTES:
-                blobs.append(t.data)
-                t.ClearField("data")
-                places.append((name, i))
-    params = request.parameters
-    if params:
-        for name in sorted(params):
-            t = params[name]
-            if declared_bytes(t) >= BLOB_MIN_BYTES:
-                blobs.append(t.data)
-                t.ClearField("data")
-                places.append(("parameters", name))
-    return places, blobs
 
 
 def tree_leaves(tree: graph_pb2.TensorTree) -> Iterator[graph_pb2.Tensor]:
@@ -110,16 +73,6 @@ def data_header(nbytes: int) -> bytes:
     Workers frame result data this way in shared memory, so that the server merges each frame into its
     response tensor straight from the shared buffer (one copy; ``data = bytes(view)`` would be two)."""
     return _DATA_KEY + _varint(nbytes)
-
-
-def fill(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> None:
-    """Merge ``frames`` (``data_header`` and data: bytes or views of shared memory) into the leaves
-    numbered ``leaves`` (counted across ``fields``), which become those tensors' data."""
-    if not leaves:
-        return
-    tensors = leaves_of(message, fields)
-    for k, frame in zip(leaves, frames):
-        tensors[k].MergeFromString(frame)
 
 
 @dataclass(frozen=True, slots=True)
@@ -320,8 +273,8 @@ _ITEM_KEY = _key(graph_pb2.TensorTuple.DESCRIPTOR.fields_by_name["items"])
 
 
 def splice(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> bytes:
-    """``message`` serialized as it would be after ``fill(message, fields, leaves, frames)``, copying
-    the frames' bytes once (``fill`` copies them into the message and serializing copies them again).
+    """``message`` serialized with each frame merged into the leaf tensor numbered in ``leaves``, copying
+    the frames' bytes once (merging them into the message and serializing it would copy them twice).
     ``message`` is not changed; the frames may be views that are released afterwards."""
     return b"".join(pieces(message, fields, leaves, frames))
 

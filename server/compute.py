@@ -125,6 +125,8 @@ class Plan:
     """A lower bound on the response size: the serialized data fields of the result tensors (every leaf of the response's tree fields), known from the types."""
     largest: str = ""
     """The largest result tensor, described for an error message."""
+    forward: bool = False
+    """The program returns ``(gradients, forward outputs)`` (a Grad with return_forward)."""
     template: "Template | None" = None
     """How to serialize this plan's results without protobuf, once a first response showed it (small results only)."""
     local: bool = False
@@ -142,12 +144,13 @@ class Plan:
                 return None
             args.append(a)
         params = {}
-        for name, t in req.parameters.items():
-            spec = self.params.get(name)
-            a = spec.take(t) if spec is not None else None
-            if a is None:
-                return None
-            params[name] = a
+        if req.parameters:
+            for name, t in req.parameters.items():
+                spec = self.params.get(name)
+                a = spec.take(t) if spec is not None else None
+                if a is None:
+                    return None
+                params[name] = a
         return args, params
 
 
@@ -164,7 +167,7 @@ def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph, names: tup
             if n > size:
                 size, largest = n, f"{name} leaf {i}, {v.type}, {n} bytes"
     return Plan(program, [_Spec.of(v) for v in declared], sens, {p.name: _Spec.of(p.value) for p in network.params},
-                total, largest)
+                total, largest, forward)
 
 
 def check_result_size(plan: Plan, response: str, limit: int) -> None:
@@ -209,27 +212,25 @@ def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key
     Returns (the serialized response with large leaves' data left out, their leaf numbers, whether the plan
     is ``local``) and those leaves' arrays."""
     _, response, names = MESSAGES[kind]
-    forward = kind == "grad" and req.return_forward
-    sens = kind == "grad" and req.grad.sens_param
-    network = state.networks.get(network_id)
     plan = state.programs.get(key)
     taken = plan.take(view) if plan is not None else None
     if taken is None:
+        network = state.networks.get(network_id)
         if kind == "grad":
             call = codec.decode_grad_call(network, view, state.limits)
         else:
             call = codec.decode_run_call(network, view, state.limits)
         if plan is None:
+            forward, sens = kind == "grad" and req.return_forward, kind == "grad" and req.grad.sens_param
             start = time.perf_counter()
             plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph, names, forward)
             plan.local = (plan.program.elements <= state.local_max_elements
                           and time.perf_counter() - start <= LOCAL_MAX_COMPILE_SECONDS)
             state.programs.put(key, plan)
-        taken = call.args, call.params
     check_result_size(plan, response.__name__, state.max_message_bytes)
-    args, params = taken
-    result = plan.program(*args, params=params)
-    trees = list(result) if forward else [result]
+    # Plan.take checked every type; the codec checked against the network, the program checks again
+    result = plan.program(*call.args, params=call.params) if taken is None else plan.program.run(*taken)
+    trees = list(result) if plan.forward else [result]
     if plan.template is not None:
         body = plan.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
         if body is not None:

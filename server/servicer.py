@@ -115,7 +115,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def _leave(self) -> None:
         with self._quiet:
             self._inflight -= 1
-            self._quiet.notify_all()
+            if self.draining:  # only wait_idle waits, and only once draining is set
+                self._quiet.notify_all()
 
     # ---- plumbing ----
 
