@@ -119,7 +119,8 @@ class Plan:
     program: Program
     args: list[_Spec | None]
     """Inputs, then sensitivities when sens_param is set."""
-    sens: bool
+    inputs: int
+    """How many of ``args`` are inputs (the rest are sensitivities)."""
     params: dict[str, _Spec | None]
     result_bytes: int = 0
     """A lower bound on the response size: the serialized data fields of the result tensors (every leaf of the response's tree fields), known from the types."""
@@ -135,7 +136,7 @@ class Plan:
     def take(self, req: Any) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
         """(positional arrays, parameter overrides) of ``req``, or None when the codec must look at it."""
         ins, sens = req.inputs, getattr(req, "sens", ())
-        if len(ins) + (len(sens) if self.sens else 0) != len(self.args) or (sens and not self.sens):
+        if len(ins) != self.inputs or len(sens) != len(self.args) - self.inputs:
             return None
         args = []
         for spec, t in zip(self.args, itertools.chain(ins, sens)):
@@ -166,8 +167,8 @@ def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph, names: tup
             total += len(data_header(n)) + n  # at least its data field is in the response
             if n > size:
                 size, largest = n, f"{name} leaf {i}, {v.type}, {n} bytes"
-    return Plan(program, [_Spec.of(v) for v in declared], sens, {p.name: _Spec.of(p.value) for p in network.params},
-                total, largest, forward)
+    return Plan(program, [_Spec.of(v) for v in declared], len(network.inputs),
+                {p.name: _Spec.of(p.value) for p in network.params}, total, largest, forward)
 
 
 def check_result_size(plan: Plan, response: str, limit: int) -> None:
@@ -261,8 +262,9 @@ class Template:
         if sys.byteorder != "little":
             return None
         tensors = leaves_of(response, names)
-        arrays = [codec.decode_tensor(t) for t in tensors]
-        frames = [data_header(a.nbytes) + a.tobytes() for a in arrays]
+        types = [(codec.decode_dtype(t.dtype, "result"), tuple(t.shape)) for t in tensors]
+        sizes = [len(t.data) for t in tensors]
+        frames = [data_header(n) + t.data for n, t in zip(sizes, tensors)]
         for t in tensors:
             t.ClearField("data")
         cut: list[bytes] = []
@@ -270,11 +272,11 @@ class Template:
         for piece in pieces(response, names, list(range(len(frames))), frames):
             k = len(before)
             if k < len(frames) and piece is frames[k]:
-                before.append(b"".join(cut) + data_header(arrays[k].nbytes))
+                before.append(b"".join(cut) + data_header(sizes[k]))
                 cut = []
             else:
                 cut.append(bytes(piece))
-        return cls([(a.dtype, a.shape) for a in arrays], before + [b"".join(cut)])
+        return cls(types, before + [b"".join(cut)])
 
     def fill(self, arrays: list[np.ndarray]) -> bytes | None:
         """The response holding ``arrays`` as its leaves; None unless they have the template's types."""

@@ -1,10 +1,13 @@
 """The local lane: a plan a worker found tiny runs in the server process from its second request on,
-with the workers' answers and errors; large plans, large requests and a disabled lane use workers."""
+with the workers' answers and errors, also for many threads at once while the only worker is busy and
+in streams mixing tiny, large and bad requests; large plans, large requests and a disabled lane use
+workers."""
 from __future__ import annotations
 
 import os
 import signal
-from typing import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -16,7 +19,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
-from serverkit import rejected
+from serverkit import rejected, slow_request, wait_until
 
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
 
@@ -110,3 +113,112 @@ def test_disabled_lane_sends_every_request_to_a_worker() -> None:
             for _ in range(3):
                 np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos([0.0, 1.0]))
             assert server.servicer.lane.served == 0
+
+
+# ---- many threads and streams: each request has its own inputs, so a mixed-up answer shows ----
+
+
+def t(a: Any) -> Any:
+    return codec.encode_tensor(np.asarray(a))
+
+
+def nets(stub: service_pb2_grpc.GradientStub) -> list[tuple[str, str]]:
+    """Three tiny networks of different dtypes and output trees: (network id, dtype)."""
+    out = []
+    for dtype in ("float64", "float32", "float16"):
+        b = GraphBuilder()
+        x = b.input("x", dtype, (4,))
+        w = b.param("w", np.array([1, 2, 3, 4], dtype))
+        g = b.build((b.op("ReduceSum", x * x * w), x * w))
+        out.append((stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(g))).network_id, dtype))
+    return out
+
+
+def check(resp: service_pb2.GradResponse, xs: np.ndarray, k: int, dtype: str) -> None:
+    w = np.array([1, 2, 3, 4], dtype)
+    assert resp.request_id == f"r{k}", (resp.request_id, k)
+    (dx,), (dw,) = codec.decode_tree(resp.gradients)
+    rtol = 2e-3 if dtype == "float16" else 1e-6
+    # d/dx of (sum(x*x*w), x*w) with ones: 2xw + w; d/dw: x*x + x
+    np.testing.assert_allclose(dx, (2 * xs * w + w).astype(dtype), rtol=rtol)
+    np.testing.assert_allclose(dw, (xs * xs + xs).astype(dtype), rtol=rtol)
+    s, xw = codec.decode_tree(resp.forward)
+    np.testing.assert_allclose(s, np.array((xs * xs * w).sum(), dtype), rtol=rtol)
+    np.testing.assert_allclose(xw, xs * w, rtol=rtol)
+
+
+def request(nid: str, dtype: str, k: int) -> tuple[service_pb2.GradRequest, np.ndarray]:
+    xs = (np.arange(4) + k % 7 - 3).astype(dtype)
+    grad = codec.encode_grad_operation(get_all=True, get_by_list=True, weights=["w"])
+    return service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs)], return_forward=True,
+                                   request_id=f"r{k}"), xs
+
+
+def test_many_threads_on_tiny_plans_while_the_only_worker_is_busy(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    ids = nets(stub)
+    for k, (nid, dtype) in enumerate(ids):  # a worker builds each plan and reports it tiny
+        req, xs = request(nid, dtype, k)
+        check(stub.Grad(req, timeout=30), xs, k, dtype)
+    slow = slow_request(stub, 1500)
+    busy = stub.Grad.future(slow, timeout=60)
+    wait_until(lambda: bool(server.pool.busy_pids()))
+    served = server.servicer.lane.served
+    errors: list[BaseException] = []
+
+    def one(k: int) -> None:
+        nid, dtype = ids[k % len(ids)]
+        req, xs = request(nid, dtype, k)
+        try:
+            check(stub.Grad(req, timeout=20), xs, k, dtype)
+        except BaseException as exc:  # collected: a thread's failure must fail the test
+            errors.append(exc)
+
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        list(pool.map(one, range(300)))
+    assert not errors, errors[:3]
+    assert server.servicer.lane.served == served + 300
+    assert not busy.done()  # the lane answered all of them while the worker was still busy
+    busy.result()
+
+
+def test_stream_mixing_tiny_large_and_bad_requests(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    ids = nets(stub)
+    b = GraphBuilder()
+    big = b.input("x", "float64", (20000,))
+    big_id = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(
+        graph=codec.encode_graph(b.build(b.op("ReduceSum", b.op("Sin", big)))))).network_id
+    xb = np.linspace(-1, 1, 20000)
+    wanted: dict[str, Any] = {}
+    requests = []
+    for k in range(60):
+        if k % 10 == 3:
+            requests.append(service_pb2.GradRequest(network_id=big_id, inputs=[t(xb)], request_id=f"r{k}"))
+            wanted[f"r{k}"] = ("big",)
+        elif k % 10 == 7:
+            nid, dtype = ids[0]
+            requests.append(service_pb2.GradRequest(network_id=nid, inputs=[t(np.zeros(4, np.float32))], request_id=f"r{k}"))
+            wanted[f"r{k}"] = ("bad",)
+        elif k % 10 == 9:
+            requests.append(service_pb2.GradRequest(network_id="sha256:nope", inputs=[], request_id=f"r{k}"))
+            wanted[f"r{k}"] = ("missing",)
+        else:
+            nid, dtype = ids[k % 3]
+            req, xs = request(nid, dtype, k)
+            requests.append(req)
+            wanted[f"r{k}"] = ("ok", xs, k, dtype)
+    got = {}
+    for resp in stub.GradStream(iter(requests), timeout=60):
+        got[resp.request_id] = resp
+    assert sorted(got) == sorted(wanted)
+    for rid, want in wanted.items():
+        resp = got[rid]
+        if want[0] == "ok":
+            assert not resp.HasField("error"), resp.error
+            check(resp, *want[1:])
+        elif want[0] == "big":
+            assert not resp.HasField("error"), resp.error
+            np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(xb), rtol=1e-12)
+        elif want[0] == "bad":
+            assert resp.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "inputs[0]" in resp.error.message
+        else:
+            assert resp.error.code == grpc.StatusCode.NOT_FOUND.value[0]
