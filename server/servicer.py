@@ -97,7 +97,9 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
-        self._quiet = threading.Condition()
+        self._counting = threading.Lock()
+        """Guards ``_inflight``; taken directly on every call (a Condition's own ``with`` costs Python calls)."""
+        self._quiet = threading.Condition(self._counting)
         self._streams = 0
         self._streams_lock = threading.Lock()
 
@@ -109,11 +111,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def _enter(self) -> None:
         if self.draining:
             raise Failure("UNAVAILABLE", "the server is draining; retry on another replica")
-        with self._quiet:
+        with self._counting:
             self._inflight += 1
 
     def _leave(self) -> None:
-        with self._quiet:
+        with self._counting:
             self._inflight -= 1
             if self.draining:  # only wait_idle waits, and only once draining is set
                 self._quiet.notify_all()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import urllib.error
 import urllib.request
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Iterator
 
 import grpc
@@ -18,7 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from gradserve import codec
 from gradserve.client import context
 from gradserve.engine import GraphBuilder
-from gradserve.server import cli
+from gradserve.server import cli, metrics
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -93,6 +94,21 @@ def test_metrics_count_the_calls_made_and_agree_with_server_info(metered: tuple[
                      "gradserve_worker_replacements_total": 0, "gradserve_registered_networks": 1}
     # The first gradient built the plan in the worker, which found it tiny; the other four ran in the server process.
     assert samples[("gradserve_local_requests_total", ())] == 4
+
+
+def test_latency_histogram_buckets_count_each_observation_under_the_first_bound_not_below_it() -> None:
+    pool = SimpleNamespace(queued=0, busy_pids=lambda: [], size=1, replaced=0)
+    m = metrics.Metrics(pool, lambda: 0, lambda: 0)  # type: ignore[arg-type]
+    for seconds in (0.0004, 0.001, 0.0011, 0.3, 1000.0):
+        m.record("Grad", "OK", seconds)
+    m.record("Grad", "INVALID_ARGUMENT")  # refused before the method: counted, no latency
+    bucket = {le: m.registry.get_sample_value("gradserve_request_duration_seconds_bucket", {"method": "Grad", "le": le})
+              for le in ("0.001", "0.0025", "0.25", "0.5", "600.0", "+Inf")}
+    assert bucket == {"0.001": 2, "0.0025": 3, "0.25": 3, "0.5": 4, "600.0": 4, "+Inf": 5}
+    assert m.registry.get_sample_value("gradserve_request_duration_seconds_count", {"method": "Grad"}) == 5
+    assert m.registry.get_sample_value("gradserve_request_duration_seconds_sum", {"method": "Grad"}) == pytest.approx(1000.3025)
+    assert m.snapshot() == [("Grad", "INVALID_ARGUMENT", 1), ("Grad", "OK", 5)]
+    assert m.registry.get_sample_value("gradserve_requests_total", {"method": "Grad", "code": "OK"}) == 5
 
 
 def test_metrics_show_busy_workers_queue_depth_and_replacements(metered: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
