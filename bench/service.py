@@ -10,7 +10,7 @@ for the same cores in a way no deployment does. Echo and gradient calls are made
 process over the same kind of channel, alternately, so that load from elsewhere on the machine
 falls on both alike; the echo returns the gradient request's own serialized bytes.
 
-Run: ``python bench/service.py`` (about a minute; ``--help`` for sample counts).
+Run: ``python bench/service.py`` (about a minute and a half; ``--help`` for sample counts).
 """
 from __future__ import annotations
 
@@ -163,8 +163,8 @@ def main() -> None:
     parser.add_argument("--tiny", type=int, default=2000, help="tiny gradient/echo pairs (default 2000)")
     parser.add_argument("--big", type=int, default=9, help="64 MB gradient/echo pairs (default 9)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients for throughput (default 4)")
-    parser.add_argument("--per-client", type=int, default=10, help="calls per client (default 10)")
-    parser.add_argument("--rounds", type=int, default=5, help="throughput measurements per worker count (default 5)")
+    parser.add_argument("--per-client", type=int, default=5, help="calls per client per measurement (default 5)")
+    parser.add_argument("--rounds", type=int, default=11, help="paired throughput measurements (default 11: short rounds, many of them, so that the median ratio outlasts the machine's speed drifting)")
     args = parser.parse_args()
 
     echo, echo_port = echo_server()
