@@ -70,8 +70,8 @@ _DATA_KEY = _key(_DATA)
 def data_header(nbytes: int) -> bytes:
     """The bytes that, followed by ``nbytes`` of data, are a serialized Tensor holding only that data.
 
-    Workers frame result data this way in shared memory, so that the server merges each frame into its
-    response tensor straight from the shared buffer (one copy; ``data = bytes(view)`` would be two)."""
+    Workers frame result data this way in shared memory, so that ``splice`` puts each frame into the
+    response bytes straight from the shared buffer (one copy)."""
     return _DATA_KEY + _varint(nbytes)
 
 
