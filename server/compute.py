@@ -34,7 +34,7 @@ class WorkerState:
     max_message_bytes: int = 0
     """The largest response message (0: protobuf's own 2 GiB limit); results over it are refused before computing."""
     local_max_elements: int = 0
-    """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``)."""
+    """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``; 0: none)."""
 
 
 LOCAL_MAX_COMPILE_SECONDS = 0.05
@@ -225,7 +225,7 @@ def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key
             forward, sens = kind == "grad" and req.return_forward, kind == "grad" and req.grad.sens_param
             start = time.perf_counter()
             plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph, names, forward)
-            plan.local = (plan.program.elements <= state.local_max_elements
+            plan.local = (0 < state.local_max_elements and plan.program.elements <= state.local_max_elements
                           and time.perf_counter() - start <= LOCAL_MAX_COMPILE_SECONDS)
             state.programs.put(key, plan)
     check_result_size(plan, response.__name__, state.max_message_bytes)
@@ -236,9 +236,10 @@ def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key
         body = plan.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
         if body is not None:
             return (body, [], plan.local), []
-    (body, big), arrays = _encode(trees, names, response())
+    message = response()
+    (body, big), arrays = _encode(trees, names, message)
     if plan.template is None and not big and len(body) <= TEMPLATE_MAX_BYTES:
-        plan.template = Template.of(response.FromString(body), names)
+        plan.template = Template.of(message, names)
     return (body, big, plan.local), arrays
 
 
@@ -258,7 +259,7 @@ class Template:
 
     @classmethod
     def of(cls, response: Any, names: tuple[str, ...]) -> "Template | None":
-        """The template of ``response`` (a parsed response, every leaf's data set), or None on a big-endian machine."""
+        """The template of ``response`` (every leaf's data set; they are cleared), or None on a big-endian machine."""
         if sys.byteorder != "little":
             return None
         tensors = leaves_of(response, names)

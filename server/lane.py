@@ -24,7 +24,6 @@ class Lane:
     """Plans the workers found ``local``, compiled again and run in this process."""
 
     def __init__(self, limits: Limits, max_elements: int, cache_size: int) -> None:
-        self.enabled = max_elements > 0
         self._state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size),
                                           limits.max_message_bytes, max_elements)
         self._admitted = Cache(cache_size)
@@ -32,17 +31,13 @@ class Lane:
         self.served = 0
         """Requests computed here (a Prometheus counter reads it)."""
 
-    def key(self, kind: str, request: Any, network_id: str) -> tuple:
-        """The plan key of a request (as the workers' caches key it)."""
-        return compute.plan_key(kind, request, network_id)
-
     def takes(self, key: tuple) -> bool:
-        """Whether the plan ``key`` runs here."""
+        """Whether the plan ``key`` (a ``compute.plan_key``) runs here."""
         return key in self._admitted
 
     def admit(self, key: tuple, network: bytes) -> None:
         """Run the plan ``key`` here from now on (a worker found it local)."""
-        if self.enabled and len(network) <= LOCAL_MAX_NETWORK_BYTES:
+        if len(network) <= LOCAL_MAX_NETWORK_BYTES:
             with self._lock:
                 self._admitted.put(key, True)
 

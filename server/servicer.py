@@ -21,7 +21,7 @@ from grpc_status import rpc_status
 
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
-from .compute import MESSAGES
+from .compute import MESSAGES, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
@@ -197,7 +197,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         tiny, else by a worker (which reports whether the plan is tiny)."""
         request = incoming.message
         nid, raw = self._network(request, deadline, is_active)
-        key = self.lane.key(kind, request, nid)
+        key = plan_key(kind, request, nid)
         tail = MESSAGES[kind][1](network_id=nid, request_id=request.request_id).SerializeToString()
         if not incoming.data and self.lane.takes(key):
             return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)

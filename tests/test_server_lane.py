@@ -112,6 +112,12 @@ def test_disabled_lane_sends_every_request_to_a_worker() -> None:
             request = sin_request(stub, np.array([0.0, 1.0]))
             for _ in range(3):
                 np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos([0.0, 1.0]))
+            b = GraphBuilder()  # d/dx of x is folded to a constant: a program that touches no element at all
+            identity = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(
+                graph=codec.encode_graph(b.build(b.input("x", "float64", (2,)))))).network_id
+            for _ in range(3):
+                got = stub.Grad(service_pb2.GradRequest(network_id=identity, inputs=[codec.encode_tensor(np.zeros(2))]), timeout=30)
+                np.testing.assert_array_equal(codec.decode_tree(got.gradients), np.ones(2))
             assert server.servicer.lane.served == 0
 
 
