@@ -23,3 +23,16 @@ class NotDifferentiableError(EngineError):
 
 class InputError(EngineError):
     """Run-time arguments that do not match the graph's declared inputs or parameters."""
+
+
+NAME_LIMIT = 64
+"""How many characters of a caller's name a message or log line echoes."""
+
+
+def shown(name: object, limit: int = NAME_LIMIT) -> str:
+    """``repr`` of a caller-chosen name, cut to ``limit`` characters with its full length noted, so that an
+    echoed name can never make a message, a status or a log line large."""
+    text = str(name)
+    if len(text) <= limit:
+        return repr(text)
+    return f"{text[:limit]!r}... ({len(text)} characters)"
