@@ -15,7 +15,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from ..v1 import service_pb2, service_pb2_grpc
-from . import blobs, worker
+from . import blobs, jsonlog, preflight, worker
 from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import Failure
@@ -144,11 +144,14 @@ SEND_GRACE_SECONDS = 5.0
 
 
 class Server:
-    """A gradserve server: ``start()`` returns the bound port, ``stop()`` drains and shuts down."""
+    """A gradserve server: ``start()`` returns the bound port, ``stop()`` drains and shuts down. Creating one
+    raises ``preflight.StartupError`` before any worker starts when its TLS files or fixed ports will not do."""
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         lim = config.limits
+        preflight.check(config)
+        jsonlog.set_level(config.log_level)
         # The pool's processes come first: no grpc object may exist when they are created.
         self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size, config.local_max_elements),
                                max_reserve=lim.max_message_bytes)
@@ -182,25 +185,28 @@ class Server:
         self._stopped = threading.Event()
 
     def start(self) -> int:
-        """Bind (TLS when configured), serve /metrics when configured, start serving; returns the port (useful with port 0)."""
-        address, tls = f"{self.config.host}:{self.config.port}", self.config.tls_files()
-        if tls is None:
-            self.port = self.grpc.add_insecure_port(address)
-        else:
-            cert, key, client_ca = tls
-            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
-                                                      require_client_auth=client_ca is not None)
-            self.port = self.grpc.add_secure_port(address, credentials)
-        if self.port == 0:
+        """Bind (TLS when configured), serve /metrics when configured, start serving; returns the port (useful with port 0).
+        Raises ``preflight.StartupError`` when a port cannot be bound."""
+        host, port = self.config.host, self.config.port
+        address, tls = f"{host}:{port}", self.config.tls_files()
+        try:
+            if tls is None:
+                self.port = self.grpc.add_insecure_port(address)
+            else:
+                cert, key, client_ca = tls
+                credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=client_ca,
+                                                          require_client_auth=client_ca is not None)
+                self.port = self.grpc.add_secure_port(address, credentials)
+        except RuntimeError:  # grpc's "Failed to bind"; preflight found the usual causes before the pool started
             self.pool.close()
-            raise OSError(f"cannot bind {address}")
+            raise preflight.unavailable(host, port, "--port", "gRPC cannot bind it (GRPC_VERBOSITY=debug shows why)") from None
         if self.config.metrics_port is not None:
             try:
-                self.metrics_port = self.servicer.metrics.serve(self.config.host, self.config.metrics_port)
-            except OSError:
+                self.metrics_port = self.servicer.metrics.serve(host, self.config.metrics_port)
+            except OSError as exc:
                 self.grpc.stop(None)
                 self.pool.close()
-                raise
+                raise preflight.unavailable(host, self.config.metrics_port, "--metrics-port", exc.strerror or str(exc)) from None
         self.grpc.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)

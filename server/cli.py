@@ -4,21 +4,48 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from typing import Callable, NoReturn, TypeVar
 
+from .. import __version__
 from . import config
+
+N = TypeVar("N", int, float)
+
+
+class _Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line on stderr (exit status 2), without the usage text."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def _positive(kind: Callable[[str], N]) -> Callable[[str], N]:
+    """An argparse type: ``kind`` of the text, which must be above 0."""
+
+    def convert(text: str) -> N:
+        value = kind(text)
+        if value <= 0:
+            raise argparse.ArgumentTypeError(f"must be above 0, got {text}")
+        return value
+
+    convert.__name__ = getattr(kind, "__name__", "number")  # argparse's "invalid int value" names it
+    return convert
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="gradserve", description="gradserve: gradients of dataflow graphs over gRPC")
+    p = _Parser(prog="gradserve", description="gradserve: gradients of dataflow graphs over gRPC")
+    p.add_argument("--version", action="version", version=f"gradserve {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
-    serve = sub.add_parser("serve", help="run the gRPC server until SIGTERM/SIGINT (then drain and exit)")
+    serve = sub.add_parser("serve", help="run the gRPC server until SIGTERM/SIGINT (then drain and exit)",
+                           description="Run the gRPC server until SIGTERM or SIGINT, then drain and exit. Each --flag "
+                                       "also reads the variable GRADSERVE_<FLAG>; a flag wins over its variable.")
     config.add_arguments(serve)
     demo = sub.add_parser("demo", help="start a server on a free port and run the GradOperation tutorial through it")
-    demo.add_argument("--workers", type=int, default=2)
+    demo.add_argument("--workers", type=_positive(int), default=2, help="worker processes (default: 2)")
     health = sub.add_parser("health", help="ask a server's grpc.health.v1 service; exit 0 when SERVING")
     health.add_argument("--target", default=f"127.0.0.1:{os.environ.get('GRADSERVE_PORT', '50051')}",
                         help="host:port to ask (default 127.0.0.1 at $GRADSERVE_PORT, else 50051)")
-    health.add_argument("--timeout", type=float, default=3.0)
+    health.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds to wait for the answer (default: 3)")
     health.add_argument("--tls-ca", default=os.environ.get("GRADSERVE_TLS_CA", ""),
                         help="PEM CA bundle to check a TLS server's certificate with (env GRADSERVE_TLS_CA; default: plaintext)")
     return p
@@ -45,18 +72,25 @@ def health_check(target: str, timeout: float, tls_ca: str = "") -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``gradserve`` console script."""
+    """Entry point of the ``gradserve`` console script (and ``python -m gradserve``). A server that cannot
+    start prints one line naming the cause and returns 1."""
     args = _parser().parse_args(argv)
     if args.command == "health":
         return health_check(args.target, args.timeout, args.tls_ca)
-    if args.command == "demo":
-        from . import demo
+    from .preflight import StartupError
 
-        return demo.run(args.workers)
-    from .app import Server
+    try:
+        if args.command == "demo":
+            from . import demo
 
-    server = Server(config.from_arguments(args))
-    server.start()
+            return demo.run(args.workers)
+        from .app import Server
+
+        server = Server(config.from_arguments(args))
+        server.start()
+    except StartupError as exc:
+        print(f"gradserve: {exc}", file=sys.stderr)
+        return 1
     server.wait_for_termination()
     return 0
 

@@ -7,6 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from . import jsonlog
+
 MiB = 1 << 20
 
 
@@ -54,6 +56,8 @@ class ServerConfig:
     0: a connection lasts as long as its client keeps it."""
     metrics_port: int | None = None
     """Port of the Prometheus /metrics endpoint (plain HTTP on ``host``); None: off, 0: a free port (logged)."""
+    log_level: str = "info"
+    """The least severe JSON log lines written (``jsonlog.LEVELS``); applies to the whole process."""
     auth_token: str = field(default="", repr=False)
     """When set (or read from ``auth_token_file``), Gradient calls need ``authorization: Bearer <token>``."""
     auth_token_file: str = ""
@@ -84,6 +88,48 @@ def _read(path: str) -> bytes:
         return f.read()
 
 
+HELP = {
+    "host": "address to listen on, for gRPC and /metrics",
+    "port": "gRPC port (0: a free port, logged as port in server_start)",
+    "workers": "worker processes computing gradients",
+    "grace_seconds": "on SIGTERM or SIGINT, how long calls in flight may take to finish before the server exits",
+    "worker_cache_size": "networks and compiled programs each worker keeps, least recently used dropped first",
+    "local_max_elements": "plans reading and writing at most this many tensor elements in all run in the server "
+                          "process, skipping the round trip to a worker (0: every request runs in a worker)",
+    "max_connection_age_seconds": "send each client connection GOAWAY this long after it opened, so that clients "
+                                  "of a DNS name spread over replicas added since (0: never)",
+    "metrics_port": "serve Prometheus /metrics over plain HTTP on this port (0: a free port, logged)",
+    "log_level": "the least severe JSON log lines written: " + ", ".join(jsonlog.LEVELS),
+    "auth_token": "bearer token every gradserve.v1.Gradient call must carry (a flag shows in ps: "
+                  "prefer the variable or --auth-token-file)",
+    "auth_token_file": "file holding the bearer token",
+    "tls_cert": "PEM certificate chain: with --tls-key, serve TLS only",
+    "tls_key": "unencrypted PEM private key of --tls-cert",
+    "tls_client_ca": "PEM CA bundle: clients must present a certificate it signed (mutual TLS)",
+    "max_message_bytes": "largest gRPC message either way, in bytes",
+    "max_graph_nodes": "most nodes in a request's graph, its library functions included",
+    "max_tensor_elements": "most elements in any one tensor",
+    "max_tensor_rank": "most dimensions of any one tensor",
+    "max_nesting_depth": "deepest nesting of GradOperations, library calls and output tuples",
+    "default_deadline_ms": "deadline of a call that sets none, in milliseconds",
+    "max_deadline_ms": "longest deadline a call gets, in milliseconds (longer ones are cut to this)",
+    "max_queue_depth": "requests waiting for a free worker before more are refused (RESOURCE_EXHAUSTED)",
+    "max_registered_networks": "networks the server's registry holds",
+    "max_open_streams": "GradStream calls open at once (each holds a gRPC thread)",
+}
+"""One line of ``gradserve serve --help`` per setting."""
+OFF = {"metrics_port": "off", "auth_token": "none", "auth_token_file": "none", "tls_cert": "none (plaintext)",
+       "tls_key": "none", "tls_client_ca": "none (no client certificates)"}
+"""Defaults that read better in words than as values."""
+METAVARS: dict[type, str] = {int: "N", float: "X"}
+
+
+def _default(name: str, value: Any) -> str:
+    if name == "workers":
+        return f"one per CPU this process may use, {value} here"
+    return OFF.get(name, str(value))
+
+
 def _flag(name: str) -> str:
     return "--" + name.replace("_", "-")
 
@@ -103,10 +149,15 @@ def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add one ``--flag`` per setting; each also reads ``GRADSERVE_<NAME>``; a flag wins over the variable."""
-    for f, _ in _scalar_fields():
-        parser.add_argument(_flag(f.name), dest=f.name, type=_kind(f), default=None,
-                            help=f"(env {_env(f.name)})")
+    """Add one ``--flag`` per setting, described with its default; each also reads ``GRADSERVE_<NAME>``;
+    a flag wins over the variable."""
+    base = ServerConfig()
+    groups = {False: parser.add_argument_group("server"), True: parser.add_argument_group("limits (reported by ServerInfo)")}
+    for f, is_limit in _scalar_fields():
+        default = _default(f.name, getattr(base.limits if is_limit else base, f.name))
+        kind, text = _kind(f), HELP.get(f.name, f.name.replace("_", " "))
+        groups[is_limit].add_argument(_flag(f.name), dest=f.name, type=kind, default=None, metavar=METAVARS.get(kind),
+                                      help=f"{text} (default: {default}; env {_env(f.name)})")
 
 
 def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerConfig:
@@ -133,6 +184,13 @@ def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.env
 def _validate(cfg: ServerConfig) -> None:
     if cfg.workers < 1:
         raise SystemExit(f"gradserve: --workers must be at least 1, got {cfg.workers}")
+    if not 0 <= cfg.port < 65536:
+        raise SystemExit(f"gradserve: --port must be 0 to 65535, got {cfg.port}")
+    if cfg.grace_seconds < 0 or cfg.worker_cache_size < 0:
+        raise SystemExit("gradserve: --grace-seconds and --worker-cache-size must be >= 0, got "
+                         f"{cfg.grace_seconds} and {cfg.worker_cache_size}")
+    if cfg.log_level not in jsonlog.LEVELS:
+        raise SystemExit(f"gradserve: --log-level must be one of {', '.join(jsonlog.LEVELS)}, got {cfg.log_level!r}")
     if cfg.max_connection_age_seconds < 0:
         raise SystemExit(f"gradserve: --max-connection-age-seconds must be >= 0, got {cfg.max_connection_age_seconds}")
     if cfg.local_max_elements < 0:

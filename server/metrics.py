@@ -8,15 +8,18 @@ from __future__ import annotations
 import bisect
 import itertools
 import math
+import socket
 import threading
-from typing import Callable, Iterator
-from wsgiref.simple_server import WSGIServer
+from typing import Any, Callable, Iterable, Iterator
+from wsgiref.simple_server import WSGIRequestHandler, WSGIServer, make_server
 
-from prometheus_client import CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, Info, ProcessCollector, make_wsgi_app
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, HistogramMetricFamily, Metric
+from prometheus_client.exposition import ThreadingWSGIServer
 from prometheus_client.registry import Collector
 from prometheus_client.utils import floatToGoString
 
+from .. import __version__
 from .pool import WorkerPool
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0)
@@ -88,14 +91,41 @@ class _Requests(Collector):
         yield latency
 
 
+PATH = "/metrics"
+
+WSGIApp = Callable[[dict[str, Any], Callable[..., Any]], Iterable[bytes]]
+
+
+def only_metrics(app: WSGIApp) -> WSGIApp:
+    """``app`` at ``PATH``; any other path answers 404."""
+
+    def serve(environ: dict[str, Any], start_response: Callable[..., Any]) -> Iterable[bytes]:
+        if environ.get("PATH_INFO") == PATH:
+            return app(environ, start_response)
+        start_response("404 Not Found", [("Content-Type", "text/plain; charset=utf-8")])
+        return [f"not found: gradserve serves only {PATH} here\n".encode()]
+
+    return serve
+
+
+class _Quiet(WSGIRequestHandler):
+    """No stderr line per scrape (the server's log is JSON)."""
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass
+
+
 class Metrics:
-    """The server's own Prometheus registry (not the process-wide default, so servers in one process stay apart)."""
+    """The server's own Prometheus registry (not the process-wide default, so servers in one process stay apart):
+    requests, pool state, ``process_*`` (Linux) and ``gradserve_build_info``."""
 
     def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         self._requests = _Requests()
         self.registry.register(self._requests)
         self.registry.register(_PoolCollector(pool, networks, local))
+        ProcessCollector(registry=self.registry)
+        Info("gradserve_build", "The running gradserve's version.", registry=self.registry).info({"version": __version__})
         self._http: WSGIServer | None = None
         self._thread: threading.Thread | None = None
 
@@ -108,8 +138,12 @@ class Metrics:
         return sorted((method, code, n) for (method, code), n in self._requests.counts().items())
 
     def serve(self, host: str, port: int) -> int:
-        """Serve /metrics over HTTP on ``host:port`` (0: a free port) in a thread; returns the port."""
-        self._http, self._thread = start_http_server(port, host.strip("[]"), registry=self.registry)
+        """Serve /metrics (only) over HTTP on ``host:port`` (0: a free port) in a thread; returns the port."""
+        family, _, _, _, address = socket.getaddrinfo(host.strip("[]"), port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+        server_class = type("MetricsServer", (ThreadingWSGIServer,), {"address_family": family})
+        self._http = make_server(str(address[0]), port, only_metrics(make_wsgi_app(self.registry)), server_class, handler_class=_Quiet)
+        self._thread = threading.Thread(target=self._http.serve_forever, name="metrics-http", daemon=True)
+        self._thread.start()
         return self._http.server_port
 
     def close(self) -> None:

@@ -3,6 +3,11 @@
 ``import gradserve as gs; from gradserve import nn, ops, Tensor, Parameter, ParameterTuple, dtype``
 mirrors ``mindspore``'s names.
 """
+from importlib.metadata import version
+
+__version__ = version("gradserve")
+"""The installed distribution's version (pyproject.toml is its one source); set before the imports below use it."""
+
 from . import dtype, nn, ops
 from .client import Parameter, ParameterTuple, Tensor, TracingError, get_context, set_context
 from .client.dtype import (
