@@ -3,6 +3,8 @@ ServerInfo reads), bearer-token authentication (health and reflection stay open)
 with certificates made here, the flags and variables that set them, and the client's connection context."""
 from __future__ import annotations
 
+import importlib.metadata
+import resource
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -128,6 +130,25 @@ def test_metrics_show_busy_workers_queue_depth_and_replacements(metered: tuple[S
     assert samples[("gradserve_worker_replacements_total", ())] == 1
     assert (samples[("gradserve_workers_busy", ())], samples[("gradserve_queue_depth", ())]) == (0, 0)
     assert samples[("gradserve_registered_networks", ())] == 1
+
+
+def test_metrics_carry_process_and_build_info_and_only_the_metrics_path_answers(
+        metered: tuple[Server, service_pb2_grpc.GradientStub]) -> None:
+    server, _ = metered
+    assert server.metrics_port is not None
+    samples = scrape(server.metrics_port)
+    # process_* describe the server process, this one: its open-file limit is exact, its CPU time and memory are not.
+    assert samples[("process_max_fds", ())] == resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    assert samples[("process_resident_memory_bytes", ())] > 0 and samples[("process_cpu_seconds_total", ())] > 0
+    assert samples[("gradserve_build_info", (("version", importlib.metadata.version("gradserve")),))] == 1
+    base = f"http://127.0.0.1:{server.metrics_port}"
+    for path in ("/", "/metrics/", "/metricsz", "/favicon.ico", "/other/metrics"):
+        with pytest.raises(urllib.error.HTTPError) as info:
+            urllib.request.urlopen(base + path, timeout=10)
+        assert info.value.code == 404, path
+    with urllib.request.urlopen(base + "/metrics?name[]=gradserve_build_info", timeout=10) as resp:
+        families = [f.name for f in text_string_to_metric_families(resp.read().decode())]
+    assert families == ["gradserve_build_info"]
 
 
 def test_metrics_endpoint_is_off_by_default_and_closed_on_stop() -> None:
