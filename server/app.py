@@ -199,7 +199,7 @@ class Server:
                 self.port = self.grpc.add_secure_port(address, credentials)
         except RuntimeError:  # grpc's "Failed to bind"; preflight found the usual causes before the pool started
             self.pool.close()
-            raise preflight.unavailable(host, port, "--port", "gRPC cannot bind it (GRPC_VERBOSITY=debug shows why)") from None
+            raise preflight.unavailable(host, port, "--port", "gRPC cannot bind it (its own log line says why)") from None
         if self.config.metrics_port is not None:
             try:
                 self.metrics_port = self.servicer.metrics.serve(host, self.config.metrics_port)
