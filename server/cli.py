@@ -57,8 +57,13 @@ def health_check(target: str, timeout: float, tls_ca: str = "") -> int:
     from grpc_health.v1 import health_pb2, health_pb2_grpc
 
     if tls_ca:
-        with open(tls_ca, "rb") as f:
-            channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(f.read()))
+        try:
+            with open(tls_ca, "rb") as f:
+                ca = f.read()
+        except OSError as exc:
+            print(f"gradserve health: cannot read --tls-ca {tls_ca}: {exc.strerror}", file=sys.stderr)
+            return 1
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(ca))
     else:
         channel = grpc.insecure_channel(target)
     with channel:

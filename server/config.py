@@ -181,6 +181,10 @@ def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.env
     return cfg
 
 
+FILES = ("auth_token_file", "tls_cert", "tls_key", "tls_client_ca")
+"""Settings naming files that are read at start-up."""
+
+
 def _validate(cfg: ServerConfig) -> None:
     if cfg.workers < 1:
         raise SystemExit(f"gradserve: --workers must be at least 1, got {cfg.workers}")
@@ -206,7 +210,8 @@ def _validate(cfg: ServerConfig) -> None:
     try:
         token, _ = cfg.bearer_token(), cfg.tls_files()
     except OSError as exc:
-        raise SystemExit(f"gradserve: cannot read {exc.filename}: {exc.strerror}") from None
+        flag = next((_flag(n) for n in FILES if getattr(cfg, n) == exc.filename), "file")
+        raise SystemExit(f"gradserve: cannot read {flag} {exc.filename}: {exc.strerror}") from None
     except UnicodeDecodeError:
         raise SystemExit(f"gradserve: the auth token file {cfg.auth_token_file} is not ASCII text") from None
     if (cfg.auth_token or cfg.auth_token_file) and not (token and token.isascii() and token.isprintable() and " " not in token):

@@ -323,11 +323,11 @@ def test_ops_flags_and_variables(tmp_path: Path, pki: dict[str, str]) -> None:
 @pytest.mark.parametrize("argv,says", [
     (["--metrics-port", "70000"], "--metrics-port must be 0 to 65535"),
     (["--auth-token", "a", "--auth-token-file", "/nonexistent"], "not both"),
-    (["--auth-token-file", "/nonexistent/token"], "cannot read /nonexistent/token"),
+    (["--auth-token-file", "/nonexistent/token"], "cannot read --auth-token-file /nonexistent/token"),
     (["--auth-token", "has space"], "printable ASCII without spaces"),
     (["--tls-cert", "c.pem"], "--tls-cert and --tls-key go together"),
     (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert and --tls-key"),
-    (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "cannot read /nonexistent/c.pem"),
+    (["--tls-cert", "/nonexistent/c.pem", "--tls-key", "/nonexistent/k.pem"], "cannot read --tls-cert /nonexistent/c.pem"),
 ])
 def test_bad_ops_settings_exit_with_a_message(argv: list[str], says: str) -> None:
     with pytest.raises(SystemExit, match=f"gradserve: .*{says}"):

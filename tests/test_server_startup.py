@@ -101,10 +101,13 @@ def test_tls_files_grpc_cannot_use_are_named(bad_tls: dict[str, str], cert: str,
 
 def test_unreadable_files_are_named(tmp_path: Path, pki: dict[str, str]) -> None:
     missing = str(tmp_path / "missing")
-    assert_one_line(gradserve(*SERVE, "--auth-token-file", missing), 1, f"gradserve: cannot read {missing}: No such file")
-    assert_one_line(gradserve(*SERVE, "--auth-token-file", str(tmp_path)), 1, f"gradserve: cannot read {tmp_path}: Is a directory")
+    assert_one_line(gradserve(*SERVE, "--auth-token-file", missing), 1,
+                    f"gradserve: cannot read --auth-token-file {missing}: No such file")
+    assert_one_line(gradserve(*SERVE, "--auth-token-file", str(tmp_path)), 1,
+                    f"gradserve: cannot read --auth-token-file {tmp_path}: Is a directory")
     assert_one_line(gradserve(*SERVE, "--tls-cert", pki["server.pem"], "--tls-key", missing), 1,
-                    f"gradserve: cannot read {missing}: No such file")
+                    f"gradserve: cannot read --tls-key {missing}: No such file")
+    assert_one_line(gradserve("health", "--tls-ca", missing), 1, f"gradserve health: cannot read --tls-ca {missing}: No such file")
 
 
 @pytest.mark.parametrize("args,env,status,says", [
