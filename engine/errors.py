@@ -25,6 +25,10 @@ class InputError(EngineError):
     """Run-time arguments that do not match the graph's declared inputs or parameters."""
 
 
+class Interrupted(EngineError):
+    """A run stopped between steps because its caller's ``interrupt()`` said so (a cancelled or expired call)."""
+
+
 NAME_LIMIT = 64
 """How many characters of a caller's name a message or log line echoes."""
 

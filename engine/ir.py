@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import math
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Sequence, Union
 
@@ -24,7 +25,13 @@ class TensorType:
 
     @property
     def size(self) -> int:
-        return int(np.prod(self.shape, dtype=np.int64))
+        """Number of elements (an exact Python int)."""
+        return math.prod(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of a C-contiguous array of this type."""
+        return self.size * self.dtype.itemsize
 
 
 class Value:

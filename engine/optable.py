@@ -33,6 +33,32 @@ class Attr:
     doc: str = ""
 
 
+MEMORY_KINDS = ("new", "view", "maybe_view")
+
+Cost = Callable[[Sequence[TensorType], Sequence[TensorType], dict[str, Any]], int]
+"""``cost(input types, output types, attrs)``: an op's static work estimate in element operations."""
+
+
+def traffic_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """The default cost: every element read and written once."""
+    return sum(t.size for t in inputs) + sum(t.size for t in outputs)
+
+
+def view_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """A view moves no elements: one unit per output for the bookkeeping."""
+    return len(outputs)
+
+
+def scaled_cost(passes: int) -> Cost:
+    """The cost of an op that makes ``passes`` elementwise passes over its inputs' elements (Softmax, LayerNorm)."""
+
+    def cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        """``passes`` times the elements read, plus those written."""
+        return passes * sum(t.size for t in inputs) + sum(t.size for t in outputs)
+
+    return cost
+
+
 @dataclass(frozen=True)
 class OpDef:
     """Everything about one primitive.
@@ -45,7 +71,11 @@ class OpDef:
     whose output depends on their inputs' types alone (OnesLike), which the compiler may fold;
     ``outputs`` names the outputs (a single name ending in ``*`` means a count set by attributes: Split's
     ``output_num``, GradOperation's flags); ops with several or a variable number return a tuple whatever the count;
-    ``lowered`` marks ops expanded into primitives before differentiation or execution (GradOperation).
+    ``lowered`` marks ops expanded into primitives before differentiation or execution (GradOperation);
+    ``memory`` says what ``forward`` returns: ``"new"`` buffers, a ``"view"`` of input 0 (no new bytes; it keeps
+    input 0's buffer alive), or ``"maybe_view"`` (either, so counted as new bytes that also keep input 0 alive);
+    ``cost(inputs, outputs, attrs)`` is the op's static work estimate in element operations (FLOPs for products),
+    by default the elements it reads and writes (nothing for a view).
     """
 
     name: str
@@ -59,6 +89,8 @@ class OpDef:
     type_only: bool = False
     lowered: bool = False
     outputs: tuple[str, ...] = ("y",)
+    memory: str = "new"
+    cost: Cost = traffic_cost
 
     @property
     def variadic(self) -> bool:
@@ -90,11 +122,19 @@ def defop(
     type_only: bool = False,
     lowered: bool = False,
     outputs: Sequence[str] = ("y",),
+    memory: str = "new",
+    cost: Cost | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
         raise ValueError(f"op {name!r} is defined twice")
-    opdef = OpDef(name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, lowered, tuple(outputs))
+    if memory not in MEMORY_KINDS:
+        raise ValueError(f"op {name!r}: memory must be one of {MEMORY_KINDS}, got {memory!r}")
+    cost = cost or (view_cost if memory == "view" else traffic_cost)
+    opdef = OpDef(
+        name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, lowered, tuple(outputs),
+        memory, cost,
+    )
     OPS[name] = opdef
     return opdef
 

@@ -17,7 +17,9 @@ _CHECKS: dict[str, Callable[[TensorType, str], None]] = {
 }
 
 
-def unary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "") -> None:
+def unary(
+    name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "", memory: str = "new"
+) -> None:
     """Register a shape- and dtype-preserving one-input op; ``kind`` is the dtypes it takes."""
     check = _CHECKS[kind]
 
@@ -26,7 +28,7 @@ def unary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None
         check(types[0], "x")
         return types[0]
 
-    defop(name, ("x",), infer, forward, vjp, doc=doc)
+    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory)
 
 
 def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "") -> None:
@@ -93,7 +95,7 @@ unary("GeLU", _gelu, _gelu_vjp, doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^
 unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))")
 unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0")
 unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient")
-unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients")
+unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients", memory="view")
 
 defop("OnesLike", ("x",), lambda t: t[0], lambda x: np.ones(x.shape, x.dtype), zero_grad, type_only=True, doc="ones of x's shape and dtype")
 defop("ZerosLike", ("x",), lambda t: t[0], lambda x: np.zeros(x.shape, x.dtype), zero_grad, type_only=True, doc="zeros of x's shape and dtype")
@@ -105,6 +107,7 @@ defop(
     lambda g, out, x, dtype: g,
     attrs={"dtype": Attr("dtype", doc="destination dtype")},
     doc="converts x to dtype; the gradient is cast back to x's dtype (MindSpore's rule, also for integer dtypes)",
+    memory="maybe_view",
 )
 defop(
     "Const",

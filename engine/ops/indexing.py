@@ -91,6 +91,7 @@ defop(
     },
     doc="splits x into output_num equal pieces along axis (output_num outputs)",
     outputs=("pieces*",),
+    memory="view",
 )
 
 # ---- StridedSlice and its gradient ----
@@ -188,6 +189,7 @@ defop(
     lambda g, out, x, **spec: F.StridedSliceGrad(g, shape=x.shape, **spec),
     attrs=_SLICE_ATTRS,
     doc="x[begin:end:strides] per position, with TF/MindSpore bitmasks",
+    memory="maybe_view",
 )
 defop(
     "StridedSliceGrad",

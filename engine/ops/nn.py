@@ -10,7 +10,7 @@ import numpy as np
 
 from ..errors import GraphError, ShapeError
 from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, require_float, same_dtype
+from ..optable import Attr, F, defop, norm_axis, require_float, same_dtype, scaled_cost
 
 # ---- Softmax and LogSoftmax ----
 
@@ -61,6 +61,7 @@ defop(
     _softmax_vjp,
     attrs={"axis": Attr("ints", (-1,), "axes to normalize over (an int or a tuple)")},
     doc="exp(x) / sum(exp(x)) over axis, computed stably",
+    cost=scaled_cost(4),
 )
 defop(
     "LogSoftmax",
@@ -70,6 +71,7 @@ defop(
     _log_softmax_vjp,
     attrs={"axis": Attr("int", -1, "the axis to normalize over")},
     doc="x - log(sum(exp(x))) over axis, computed stably",
+    cost=scaled_cost(4),
 )
 
 # ---- SoftmaxCrossEntropyWithLogits ----
@@ -127,6 +129,7 @@ defop(
     _sce_vjp,
     doc="outputs loss (N,) = -sum(labels * log_softmax(logits), 1) and backprop (N, C) = softmax(logits) - labels",
     outputs=("loss", "backprop"),
+    cost=scaled_cost(4),
 )
 
 # ---- LayerNorm ----
@@ -195,4 +198,5 @@ defop(
     doc="outputs y = (x - mean) * rstd * gamma + beta, mean and rstd = 1/sqrt(var + epsilon) "
     "(statistics over axes begin_norm_axis.., kept as length 1)",
     outputs=("y", "mean", "rstd"),
+    cost=scaled_cost(4),
 )

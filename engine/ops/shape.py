@@ -66,6 +66,7 @@ defop(
     lambda g, out, x, shape: F.Reshape(g, shape=x.shape),
     attrs={"shape": Attr("ints", doc="target shape; one entry may be -1")},
     doc="same elements in a new shape",
+    memory="maybe_view",
 )
 defop(
     "BroadcastTo",
@@ -75,6 +76,7 @@ defop(
     lambda g, out, x, shape: g,
     attrs={"shape": Attr("ints", doc="target shape; -1 keeps x's dimension")},
     doc="broadcasts x to shape (the gradient sums over the broadcast axes)",
+    memory="view",
 )
 defop(
     "Transpose",
@@ -84,6 +86,7 @@ defop(
     lambda g, out, x, perm: F.Transpose(g, perm=tuple(int(i) for i in np.argsort(_perm(perm, x.ndim)))),
     attrs={"perm": Attr("ints", doc="axis permutation")},
     doc="permutes axes",
+    memory="view",
 )
 defop(
     "ExpandDims",
@@ -93,6 +96,7 @@ defop(
     lambda g, out, x, axis: F.Reshape(g, shape=x.shape),
     attrs={"axis": Attr("int", doc="where the new axis of length 1 goes")},
     doc="inserts an axis of length 1",
+    memory="view",
 )
 defop(
     "Squeeze",
@@ -102,4 +106,5 @@ defop(
     lambda g, out, x, axis: F.Reshape(g, shape=x.shape),
     attrs={"axis": Attr("ints", (), "axes of length 1 to remove; () removes all")},
     doc="removes axes of length 1",
+    memory="view",
 )
