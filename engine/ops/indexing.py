@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import GraphError, InputError, ShapeError
-from ..ir import TensorType, Value
+from ..ir import MAX_RANK, TensorType, Value, check_type_shape
 from ..optable import Attr, F, defop, norm_axis, same_dtype
 from .common import const, require_index, require_numeric
 
@@ -92,6 +92,7 @@ defop(
     doc="splits x into output_num equal pieces along axis (output_num outputs)",
     outputs=("pieces*",),
     memory="view",
+    output_count=lambda attrs: attrs["output_num"],
 )
 
 # ---- StridedSlice and its gradient ----
@@ -150,6 +151,9 @@ def slice_index(shape: tuple[int, ...], begin: tuple[int, ...], end: tuple[int, 
 
 def sliced_shape(shape: tuple[int, ...], index: tuple[Any, ...]) -> tuple[int, ...]:
     """The shape of ``x[index]`` for any x of ``shape``, without allocating x."""
+    check_type_shape(shape, "the sliced shape")
+    if len(shape) + sum(i is None for i in index) - sum(isinstance(i, int) for i in index) > MAX_RANK:
+        raise ShapeError(f"the slice of shape {shape} would have more than {MAX_RANK} dimensions")
     return np.broadcast_to(np.empty((), np.int8), shape)[index].shape
 
 
