@@ -38,21 +38,21 @@ MAX_RANK = 64
 """Most dimensions a tensor may have (NumPy's own maximum)."""
 
 MAX_DIM = (1 << 63) - 1
-"""Largest dimension, and largest product of the non-zero dimensions, a shape may have (int64)."""
+"""Largest dimension, and largest byte count of the non-zero dimensions' product, a shape may have (int64)."""
 
 
-def check_type_shape(shape: tuple[int, ...], what: str) -> None:
-    """Reject a shape NumPy cannot hold: rank over MAX_RANK, a negative dimension, or a dimension or
-    product of the non-zero dimensions beyond int64 (computed with Python ints, so it cannot wrap)."""
+def check_type_shape(shape: tuple[int, ...], what: str, itemsize: int = 1) -> None:
+    """Reject a shape NumPy cannot hold: rank over MAX_RANK, a negative dimension, or a product of the
+    non-zero dimensions times ``itemsize`` beyond int64 (computed with Python ints, so it cannot wrap)."""
     if len(shape) > MAX_RANK:
         raise ShapeError(f"{what} has rank {len(shape)}; at most {MAX_RANK} dimensions are supported")
-    count = 1
+    count = itemsize
     for d in shape:
         if d < 0:
             raise ShapeError(f"{what} has the negative dimension {d} in shape {shape}")
         count *= max(d, 1)
         if count > MAX_DIM:
-            raise ShapeError(f"{what} has shape {shape}, whose element count exceeds the int64 range")
+            raise ShapeError(f"{what} has shape {shape}, whose size exceeds the int64 range")
 
 
 class Value:
@@ -311,7 +311,7 @@ class GraphBuilder:
         """Declare a graph input with a static dtype and shape."""
         shape = tuple(int(d) for d in shape)
         try:
-            check_type_shape(shape, "the shape")
+            check_type_shape(shape, "the shape", dtypes.as_dtype(dtype).itemsize)
         except ShapeError as exc:
             raise ShapeError(f"input {shown(name)}: {exc}") from None
         v = self._new_value(name, TensorType(dtypes.as_dtype(dtype), shape))

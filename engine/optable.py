@@ -246,7 +246,7 @@ def infer_node(
         out = opdef.infer(types, builder=builder, **full) if opdef.lowered else opdef.infer(types, **full)
         outs = out if isinstance(out, tuple) else (out,)
         for i, t in enumerate(outs):
-            check_type_shape(t.shape, f"output {i}" if len(outs) > 1 else "the output")
+            check_type_shape(t.shape, f"output {i}" if len(outs) > 1 else "the output", t.dtype.itemsize)
     except (ShapeError, DTypeError) as exc:
         shapes = ", ".join(f"{shown(v.name)}: {v.type}" for v in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
         raise type(exc)(f"{label}: {exc} (inputs {shapes})") from None

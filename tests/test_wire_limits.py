@@ -3,6 +3,7 @@ large, are refused while the wire graph is decoded: a WireError naming the field
 message, before anything large is allocated; the server answers them INVALID_ARGUMENT."""
 from __future__ import annotations
 
+import itertools
 import tracemalloc
 from typing import Any
 
@@ -11,7 +12,7 @@ import numpy as np
 import pytest
 
 from gradserve import codec
-from gradserve.engine import GraphBuilder, GraphError, ShapeError, compile_graph
+from gradserve.engine import EngineError, GraphBuilder, GraphError, ShapeError, compile_graph
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -68,6 +69,8 @@ BAD: dict[str, tuple[pb.Graph, str, list[str]]] = {
         "graph.nodes[1]", ["more than 64 dimensions"]),
     "Reshape whose element count wraps int64": (
         one("Reshape", F32, (0,), shape=("ints", (1 << 32, 1 << 32, 0))), "graph.nodes[0]", ["int64"]),
+    "Reshape of an empty tensor to more bytes than int64 counts": (
+        one("Reshape", "float64", (0,), shape=("ints", ((1 << 63) - 1, 0))), "graph.nodes[0]", ["int64"]),
     "Tile whose element count wraps int64": (
         one("Tile", F32, (0, 2), multiples=("ints", (1, 1 << 62))), "graph.nodes[0]", ["int64"]),
     "StridedSliceGrad to a shape wrapping int64": (
@@ -133,6 +136,48 @@ def test_engine_inputs_beyond_numpy_are_refused() -> None:
         b.input("x", F32, (1,) * 65)
     with pytest.raises(ShapeError, match="int64"):
         b.input("y", F32, (1 << 40, 1 << 40))
+
+
+EXTREMES = (2**63 - 1, -(2**63), 2**62, 65, 64, 1, 0, -1)
+"""int64 attribute values at and near the edges of what NumPy takes."""
+
+
+def extreme_graphs() -> list[pb.Graph]:
+    """One-node graphs with an extreme value in each integer attribute of the ops that take axes, shapes or counts."""
+    slices = [one("StridedSlice", F32, (3, 4), begin=("ints", (b,)), end=("ints", (e,)), strides=("ints", (s,)))
+              for b, e, s in itertools.product(EXTREMES, repeat=3)]
+    masks = [one("StridedSlice", F32, (3, 4), begin=("ints", (0, 0)), end=("ints", (1, 1)), strides=("ints", (1, 1)), **{m: ("int", v)})
+             for m in ("begin_mask", "end_mask", "ellipsis_mask", "new_axis_mask", "shrink_axis_mask") for v in EXTREMES]
+    per_value = [
+        g
+        for v in EXTREMES
+        for g in (
+            one("ExpandDims", F32, (3,), axis=("int", v)), one("Squeeze", F32, (1, 3), axis=("ints", (v,))),
+            one("Transpose", F32, (2, 3), perm=("ints", (v, 0))), one("ReduceMax", F32, (2, 3), axis=("ints", (v,))),
+            one("Split", F32, (4,), axis=("int", v)), one("Split", F32, (4,), output_num=("int", v)),
+            one("Tile", F32, (2,), multiples=("ints", (v,))), one("Reshape", "float64", (0,), shape=("ints", (v, 0))),
+            one("BroadcastTo", F32, (1,), shape=("ints", (v,))), one("Concat", F32, (2,), axis=("int", v)),
+            one("Softmax", F32, (2, 3), axis=("ints", (v,))), one("LogSoftmax", F32, (2, 3), axis=("int", v)),
+            one("StridedSliceGrad", F32, (1,), shape=("ints", (v,)), begin=("ints", (0,)), end=("ints", (1,)), strides=("ints", (1,))),
+        )
+    ]
+    return slices + masks + per_value
+
+
+def test_extreme_attributes_fail_as_wire_or_engine_errors_never_numpy_ones() -> None:
+    """Each graph is refused while decoding (WireError) or compiles and runs, failing at most with an EngineError."""
+    decoded = 0
+    for g in extreme_graphs():
+        try:
+            graph = codec.decode_graph(g)
+        except codec.WireError:
+            continue
+        decoded += 1
+        try:
+            compile_graph(graph)(*[np.zeros(tuple(i.shape), np.dtype(codec.decode_dtype(i.dtype, "x"))) for i in g.inputs])
+        except EngineError:
+            pass
+    assert decoded > 100
 
 
 # ---- echoed names stay short ----
