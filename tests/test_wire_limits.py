@@ -274,6 +274,23 @@ def test_a_long_dangling_name_among_many_values_gets_a_bounded_hint() -> None:
     assert info.value.field == f"graph.nodes[{n}].inputs[0]"
 
 
+def test_a_long_chain_of_library_functions_is_ordered_in_one_pass() -> None:
+    """10,000 functions each differentiating the next: the walk is linear, and the nesting limit names the
+    first function found too deep."""
+    n = 10_000
+    g = net([("x", F32, (1,))], [("GradOperation", ["x"], ["y"], {"fn": ("str", "f0")})], "y")
+    for i in range(n):
+        f = g.library[f"f{i}"]
+        f.inputs.add(name="x", dtype=codec.encode_dtype(np.float32), shape=[1])
+        node = f.nodes.add(op="GradOperation" if i + 1 < n else "Sin", inputs=["x"], outputs=["y"])
+        if i + 1 < n:
+            node.attrs["fn"].string_value = f"f{i + 1}"
+        f.outputs.value = "y"
+    with pytest.raises(codec.LimitError, match="nest 33 deep") as info:
+        codec.decode_graph(g, codec.Limits(max_graph_nodes=2 * n))
+    assert info.value.field == f'graph.library["f{n - 34}"]'
+
+
 def test_a_long_cycle_is_reported_in_a_short_message() -> None:
     n = 5_000
     nodes = [("Sin", [f"v{(i + 1) % n}"], [f"v{i}"], {}) for i in range(n)]

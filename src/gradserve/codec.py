@@ -268,19 +268,21 @@ def _function_order(msg: pb.Graph, limits: Limits, path: str) -> list[str]:
     for root in sorted(lib):
         stack: list[tuple[str, int]] = [(root, 0)]
         on_path: list[str] = []
+        on_set: set[str] = set()
         while stack:
             name, k = stack.pop()
             if k == 0 and name in hops:
                 continue
-            if k == 0 and name in on_path:
+            if k == 0 and name in on_set:
                 cycle = on_path[on_path.index(name):] + [name]
                 raise WireError(f"{path}.library{_key(name)}", f"functions refer to each other in a cycle: {_cycle_text(list(map(_bare, cycle)))}")
             if k == 0:
                 on_path.append(name)
+                on_set.add(name)
             if k < len(refs[name]):
                 stack += [(name, k + 1), (refs[name][k], 0)]
                 continue
-            on_path.pop()
+            on_set.discard(on_path.pop())
             hops[name] = max((1 + hops[r] for r in refs[name]), default=0)
             if hops[name] > limits.max_nesting_depth:
                 raise LimitError(f"{path}.library{_key(name)}", _nesting_text(hops[name], limits))
