@@ -2,7 +2,7 @@
 (StridedSliceGrad, the scatter that pads a slice back; UnsortedSegmentSum, the scatter-add of Gather)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -10,6 +10,12 @@ from ..errors import GraphError, InputError, ShapeError
 from ..ir import MAX_RANK, TensorType, Value, check_type_shape
 from ..optable import Attr, F, defop, norm_axis, same_dtype
 from .common import const, require_index, require_numeric
+
+def _selection_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """An op that reads only what it selects: each output element read and written once, plus the index
+    inputs (everything after the first input) read; a huge (possibly broadcast) source costs nothing more."""
+    return 2 * sum(t.size for t in outputs) + sum(t.size for t in inputs[1:])
+
 
 # ---- Concat and Split ----
 
@@ -194,6 +200,7 @@ defop(
     attrs=_SLICE_ATTRS,
     doc="x[begin:end:strides] per position, with TF/MindSpore bitmasks",
     memory="maybe_view",
+    cost=_selection_cost,
 )
 defop(
     "StridedSliceGrad",
@@ -282,6 +289,7 @@ defop(
     },
     nondiff=("indices",),
     doc="params.take(indices, axis): shape params[:axis] + indices + params[axis+1:]",
+    cost=_selection_cost,
 )
 defop(
     "UnsortedSegmentSum",
