@@ -137,8 +137,8 @@ class Program:
         )
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
         and constants throughout, each intermediate from the step that makes it until the step that frees it
-        (a view keeps the buffer it looks into alive), the outputs, and the copies made of outputs that are
-        inputs, parameters or constants. Temporaries inside one op's NumPy call are not counted."""
+        (a view keeps the buffer it looks into alive), the temporaries of each step (``OpDef.scratch``), the
+        outputs, and the copies made of outputs that are inputs, parameters or constants."""
 
     def __str__(self) -> str:
         return str(self.graph)
@@ -208,7 +208,8 @@ class Program:
 def _peak_bytes(nbytes: list[int], resident: set[int], plan: list[tuple[OpDef, tuple[int, ...], tuple[int, ...], tuple[int, ...]]], copies: int) -> int:
     """Replay ``plan`` (op, input slots, output slots, slots freed after the step) counting live bytes:
     ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by reference
-    counts, as NumPy's ``base`` does), and ``copies`` bytes of output copies are made at the end."""
+    counts, as NumPy's ``base`` does), each step may add its op's scratch, and ``copies`` bytes of
+    output copies are made at the end."""
     refs = [0] * len(nbytes)
     own = [0] * len(nbytes)
     parent: dict[int, int] = {}
@@ -222,7 +223,7 @@ def _peak_bytes(nbytes: list[int], resident: set[int], plan: list[tuple[OpDef, t
             if opdef.memory != "new":
                 parent[s] = ins[0]
                 refs[ins[0]] += 1
-        peak = max(peak, live)
+        peak = max(peak, live + (opdef.scratch * nbytes[ins[0]] if opdef.scratch else 0))
         for s in frees:
             refs[s] -= 1
             while refs[s] == 0:

@@ -75,7 +75,9 @@ class OpDef:
     ``memory`` says what ``forward`` returns: ``"new"`` buffers, a ``"view"`` of input 0 (no new bytes; it keeps
     input 0's buffer alive), or ``"maybe_view"`` (either, so counted as new bytes that also keep input 0 alive);
     ``cost(inputs, outputs, attrs)`` is the op's static work estimate in element operations (FLOPs for products),
-    by default the elements it reads and writes (nothing for a view); ``output_count(attrs)`` gives the number of
+    by default the elements it reads and writes (nothing for a view); ``scratch`` bounds the temporaries ``forward``
+    holds at once besides its outputs, in multiples of its first input's bytes (Softmax's shifted copy);
+    ``output_count(attrs)`` gives the number of
     outputs of an op whose count is set by attributes (Split), so it is checked before inference builds them.
     """
 
@@ -93,6 +95,7 @@ class OpDef:
     memory: str = "new"
     cost: Cost = traffic_cost
     output_count: Callable[[dict[str, Any]], int] | None = None
+    scratch: int = 0
 
     @property
     def variadic(self) -> bool:
@@ -127,6 +130,7 @@ def defop(
     memory: str = "new",
     cost: Cost | None = None,
     output_count: Callable[[dict[str, Any]], int] | None = None,
+    scratch: int = 0,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -136,7 +140,7 @@ def defop(
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, lowered, tuple(outputs),
-        memory, cost, output_count,
+        memory, cost, output_count, scratch,
     )
     OPS[name] = opdef
     return opdef

@@ -128,6 +128,45 @@ def test_peak_bytes_matches_a_measured_run_with_large_intermediates() -> None:
     assert p.peak_bytes >= 4 * arr.nbytes
 
 
+def one_op(op: str, shapes: tuple[tuple[int, ...], ...], **attrs: object):
+    """A program applying ``op`` to float64 inputs of ``shapes`` (int64 ids for UnsortedSegmentSum's second)."""
+    b = GraphBuilder(op)
+    xs = [b.input(f"x{i}", "int64" if op == "UnsortedSegmentSum" and i else "float64", s) for i, s in enumerate(shapes)]
+    return compile_graph(b.build(b.op(op, *xs, **attrs)))
+
+
+BIG = (512, 512)
+"""2 MiB of float64: large enough for NumPy's own temporaries to show, and to dwarf Python objects."""
+
+
+@pytest.mark.parametrize(
+    ("op", "shapes", "attrs"),
+    [
+        ("Exp", (BIG,), {}), ("Rsqrt", (BIG,), {}), ("Sigmoid", (BIG,), {}), ("GeLU", (BIG,), {}),
+        ("Softmax", (BIG,), {}), ("LogSoftmax", (BIG,), {}), ("SoftmaxCrossEntropyWithLogits", (BIG, BIG), {}),
+        ("LayerNorm", (BIG, BIG[1:], BIG[1:]), {}), ("UnsortedSegmentSum", (BIG, (512,)), {"num_segments": 512}),
+        ("MatMul", (BIG, BIG), {"transpose_a": True}), ("Pow", (BIG, BIG), {}), ("Tile", (BIG,), {"multiples": (2, 1)}),
+        ("Reshape", (BIG,), {"shape": (-1,)}), ("Concat", (BIG, BIG), {"axis": 1}),
+    ],
+)
+def test_one_step_never_holds_more_than_its_static_peak(op: str, shapes: tuple, attrs: dict) -> None:
+    """Measured with tracemalloc (inputs allocated before), a run's own peak is at most peak_bytes less the
+    inputs, plus 64 KiB for Python objects: op temporaries are counted through OpDef.scratch."""
+    p = one_op(op, shapes, **attrs)
+    rng = np.random.default_rng(0)
+    args = [rng.integers(0, 512, s) if v.dtype == np.int64 else rng.uniform(0.5, 2.0, s) for s, v in zip(shapes, p.graph.inputs)]
+    given = sum(a.nbytes for a in args)
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        p(*args)
+        measured = tracemalloc.get_traced_memory()[1] - base
+    finally:
+        tracemalloc.stop()
+    assert measured <= p.peak_bytes - given + (64 << 10), (measured, p.peak_bytes - given)
+
+
 def test_interrupt_stops_between_steps() -> None:
     p = chain(("Exp", "Sin", "Cos", "Tanh", "Neg"))
     calls: list[int] = []

@@ -300,6 +300,7 @@ defop(
     attrs={"num_segments": Attr("int", doc="number of output rows")},
     nondiff=("segment_ids",),
     doc="out[i] = sum of x[j] over j with segment_ids[j] == i; shape (num_segments,) + x[ids.ndim:]",
+    scratch=2,
 )
 
 # ---- Tile ----

@@ -64,6 +64,7 @@ defop(
     attrs={"axis": Attr("ints", (-1,), "axes to normalize over (an int or a tuple)")},
     doc="exp(x) / sum(exp(x)) over axis, computed stably",
     cost=scaled_cost(4),
+    scratch=2,
 )
 defop(
     "LogSoftmax",
@@ -74,6 +75,7 @@ defop(
     attrs={"axis": Attr("int", -1, "the axis to normalize over")},
     doc="x - log(sum(exp(x))) over axis, computed stably",
     cost=scaled_cost(4),
+    scratch=2,
 )
 
 # ---- SoftmaxCrossEntropyWithLogits ----
@@ -133,6 +135,7 @@ defop(
     doc="outputs loss (N,) = -sum(labels * log_softmax(logits), 1) and backprop (N, C) = softmax(logits) - labels",
     outputs=("loss", "backprop"),
     cost=scaled_cost(4),
+    scratch=2,
 )
 
 # ---- LayerNorm ----
@@ -202,4 +205,5 @@ defop(
     "(statistics over axes begin_norm_axis.., kept as length 1)",
     outputs=("y", "mean", "rstd"),
     cost=scaled_cost(4),
+    scratch=3,
 )
