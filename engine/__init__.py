@@ -7,13 +7,13 @@ from . import ops as _ops  # noqa: F401  (registers the op catalog)
 from .autodiff import grad, grad_operation, lower
 from .compiler import Program, compile_graph
 from .dtypes import DTYPES, as_dtype
-from .errors import DTypeError, EngineError, GraphError, InputError, NotDifferentiableError, ShapeError
+from .errors import DTypeError, EngineError, GraphError, InputError, Interrupted, NotDifferentiableError, ShapeError
 from .ir import Graph, GraphBuilder, Node, Param, TensorType, Value, flatten, unflatten
 from .optable import ATTR_KINDS, OPS, Attr, OpDef, get_op
 
 __all__ = [
     "ATTR_KINDS", "Attr", "DTYPES", "DTypeError", "EngineError", "Graph", "GraphBuilder", "GraphError",
-    "InputError", "Node", "NotDifferentiableError", "OPS", "OpDef", "Param", "Program", "ShapeError",
+    "InputError", "Interrupted", "Node", "NotDifferentiableError", "OPS", "OpDef", "Param", "Program", "ShapeError",
     "TensorType", "Value", "as_dtype", "compile_graph", "flatten", "get_op", "grad", "grad_operation",
     "lower", "unflatten",
 ]

@@ -8,9 +8,9 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .autodiff import lower
-from .errors import InputError
+from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, GraphBuilder, Node, Value, unflatten
-from .optable import OPS
+from .optable import OPS, OpDef
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
@@ -96,6 +96,7 @@ class Program:
         self._params = {p.name: (slot_of(p.value), p) for p in g.params}
         template: dict[int, np.ndarray] = {}
         body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = []
+        plan_nodes: list[Node] = []
         for n in g.nodes:
             if n.op == "Const":
                 template[slot_of(n.outputs[0])] = n.attrs["value"]
@@ -105,6 +106,7 @@ class Program:
                 (functools.partial(fwd, **n.attrs) if n.attrs else fwd,
                  tuple(slot_of(v) for v in n.inputs), tuple(slot_of(v) for v in n.outputs))
             )
+            plan_nodes.append(n)
         out_slots = [slot_of(v) for v in g.flat_outputs]
         self._out_slots = out_slots
         fed = {s for s, _ in self._inputs} | {s for s, _ in self._params.values()}
@@ -124,53 +126,119 @@ class Program:
         self._template = [template.get(i) for i in range(len(slot))]
         self.elements = sum(v.type.size for n in g.nodes if n.op != "Const" for v in (*n.inputs, *n.outputs))
         """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
+        self.flops = sum(OPS[n.op].cost([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs) for n in plan_nodes)
+        """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
+        nbytes = [0] * len(slot)
+        for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
+            nbytes[slot[id(v)]] = v.type.nbytes
+        self.peak_bytes = _peak_bytes(
+            nbytes, fed | set(template), [(OPS[n.op], ins, outs, fr) for n, (_, ins, outs, fr) in zip(plan_nodes, self._steps)],
+            sum(nbytes[out_slots[i]] for i in self._copied_outputs),
+        )
+        """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
+        and constants throughout, each intermediate from the step that makes it until the step that frees it
+        (a view keeps the buffer it looks into alive), the temporaries of each step (``OpDef.scratch``), the
+        outputs, and the copies made of outputs that are inputs, parameters or constants."""
 
     def __str__(self) -> str:
         return str(self.graph)
 
-    def __call__(self, *inputs: Any, params: dict[str, Any] | None = None) -> Any:
+    def __call__(
+        self, *inputs: Any, params: dict[str, Any] | None = None, interrupt: Callable[[], bool] | None = None
+    ) -> Any:
         """Run with ``inputs`` (arrays matching the declared dtypes and shapes, in order) and optional
         parameter values overriding the graph's; returns the output tree of NumPy arrays."""
         if len(inputs) != len(self._inputs):
             names = [v.name for _, v in self._inputs]
-            raise InputError(f"graph {self.graph.name!r} takes {len(names)} inputs {names}, got {len(inputs)}")
+            raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
         for (_, v), a in zip(self._inputs, inputs):
             _check(a, v, "input")
         if params:
             for name, a in params.items():
                 if name not in self._params:
-                    raise InputError(f"graph {self.graph.name!r} has no parameter {name!r}; parameters: {sorted(self._params)}")
+                    raise InputError(
+                        f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {shown_names(sorted(self._params))}"
+                    )
                 _check(a, self._params[name][1].value, "parameter")
-        return self.run(inputs, params)
+        return self.run(inputs, params, interrupt)
 
-    def run(self, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray] | None = None) -> Any:
+    def run(
+        self,
+        inputs: Sequence[np.ndarray],
+        params: Mapping[str, np.ndarray] | None = None,
+        interrupt: Callable[[], bool] | None = None,
+    ) -> Any:
         """``self(*inputs, params=params)`` without checking the arrays: for callers that have already
-        made sure every one has its declared dtype and shape and every parameter name exists."""
+        made sure every one has its declared dtype and shape and every parameter name exists.
+        ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
         env: list[Any] = list(self._template)
         for (s, _), a in zip(self._inputs, inputs):
             env[s] = a
         if params:
             for name, a in params.items():
                 env[self._params[name][0]] = a
-        for fn, ins, outs, frees in self._steps:
-            r = fn(*[env[i] for i in ins])
-            if len(outs) == 1:
-                env[outs[0]] = r
-            else:
-                for s, x in zip(outs, r):
-                    env[s] = x
-            for s in frees:
-                env[s] = None
+        if interrupt is None:
+            for fn, ins, outs, frees in self._steps:
+                r = fn(*[env[i] for i in ins])
+                if len(outs) == 1:
+                    env[outs[0]] = r
+                else:
+                    for s, x in zip(outs, r):
+                        env[s] = x
+                for s in frees:
+                    env[s] = None
+        else:
+            for k, (fn, ins, outs, frees) in enumerate(self._steps):
+                if interrupt():
+                    raise Interrupted(f"run of graph {shown(self.graph.name)} interrupted after {k} of {len(self._steps)} steps")
+                r = fn(*[env[i] for i in ins])
+                if len(outs) == 1:
+                    env[outs[0]] = r
+                else:
+                    for s, x in zip(outs, r):
+                        env[s] = x
+                for s in frees:
+                    env[s] = None
         results = [np.asarray(env[s]) for s in self._out_slots]
         for i in self._copied_outputs:
             results[i] = results[i].copy()
         return unflatten(self.graph.outputs, iter(results))
 
 
+def _peak_bytes(nbytes: list[int], resident: set[int], plan: list[tuple[OpDef, tuple[int, ...], tuple[int, ...], tuple[int, ...]]], copies: int) -> int:
+    """Replay ``plan`` (op, input slots, output slots, slots freed after the step) counting live bytes:
+    ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by reference
+    counts, as NumPy's ``base`` does), each step may add its op's scratch, and ``copies`` bytes of
+    output copies are made at the end."""
+    refs = [0] * len(nbytes)
+    own = [0] * len(nbytes)
+    parent: dict[int, int] = {}
+    for s in resident:
+        refs[s], own[s] = 2, nbytes[s]
+    live = peak = sum(own)
+    for opdef, ins, outs, frees in plan:
+        for s in outs:
+            refs[s], own[s] = 1, 0 if opdef.memory == "view" else nbytes[s]
+            live += own[s]
+            if opdef.memory != "new":
+                parent[s] = ins[0]
+                refs[ins[0]] += 1
+        peak = max(peak, live + (opdef.scratch * nbytes[ins[0]] if opdef.scratch else 0))
+        for s in frees:
+            refs[s] -= 1
+            while refs[s] == 0:
+                live -= own[s]
+                if s not in parent:
+                    break
+                s = parent[s]
+                refs[s] -= 1
+    return max(peak, live + copies)
+
+
 def _check(a: Any, v: Value, what: str) -> None:
     if not isinstance(a, np.ndarray) or a.dtype != v.dtype or a.shape != v.shape:
         got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else f"a {type(a).__name__} (not an ndarray)"
-        raise InputError(f"{what} {v.name!r} expects {v.dtype.name}{list(v.shape)}, got {got}")
+        raise InputError(f"{what} {shown(v.name)} expects {v.dtype.name}{list(v.shape)}, got {got}")
 
 
 def compile_graph(graph: Graph) -> Program:

@@ -262,6 +262,23 @@ def test_forward_and_gradient_keep_inferred_types(row: Row, var: V) -> None:
                 assert [(a.dtype, a.shape) for a in grads] == [(a.dtype, a.shape) for a in arrays]
 
 
+@pytest.mark.parametrize(("row", "var"), CASES)
+def test_static_peak_covers_the_arrays_a_run_holds_at_its_end(row: Row, var: V) -> None:
+    """For the op and its gradient program: peak_bytes is at least the bytes of the inputs plus the
+    outputs that are not views of them, and the cost is at least one unit per step."""
+    b = GraphBuilder("f")
+    _, outs = apply(b, row, var, "float64")
+    g = b.build(outs)
+    for prog in (compile_graph(g), compile_graph(grad_operation(g, get_all=True))):
+        args = points(row, var, np.random.default_rng(0))
+        results = prog(*args)
+        leaves = [np.asarray(r) for r in (results if isinstance(results, tuple) else (results,))]
+        own = [r for r in leaves if not any(np.shares_memory(r, a) for a in args)]
+        held = sum(a.nbytes for a in args) + sum(r.nbytes for r in own)
+        assert prog.peak_bytes >= held, f"{row.op}: peak_bytes {prog.peak_bytes} < {held}"
+        assert prog.flops >= len(prog.graph.nodes) - sum(n.op == "Const" for n in prog.graph.nodes)
+
+
 def run_op(op: str, *inputs: np.ndarray, **attrs: Any) -> Any:
     """Build, compile and run one node over the given arrays (all graph inputs)."""
     b = GraphBuilder("f")

@@ -17,7 +17,10 @@ _CHECKS: dict[str, Callable[[TensorType, str], None]] = {
 }
 
 
-def unary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "") -> None:
+def unary(
+    name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "", memory: str = "new",
+    scratch: int = 0,
+) -> None:
     """Register a shape- and dtype-preserving one-input op; ``kind`` is the dtypes it takes."""
     check = _CHECKS[kind]
 
@@ -26,7 +29,7 @@ def unary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None
         check(types[0], "x")
         return types[0]
 
-    defop(name, ("x",), infer, forward, vjp, doc=doc)
+    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch)
 
 
 def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "") -> None:
@@ -73,7 +76,7 @@ def _pow_vjp(g: Value, out: Value, x: Value, y: Value) -> tuple[Value, Value]:
 unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x")
 unary("Square", np.square, lambda g, out, x: g * x * 2, kind="numeric", doc="x * x")
 unary("Sqrt", np.sqrt, lambda g, out, x: g * 0.5 / out, doc="sqrt(x)")
-unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)")
+unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)", scratch=1)
 unary("Exp", np.exp, lambda g, out, x: g * out, doc="e ** x")
 unary("Log", np.log, lambda g, out, x: g / x, doc="natural logarithm")
 unary("Log1p", np.log1p, lambda g, out, x: g / (x + 1), doc="log(1 + x)")
@@ -81,7 +84,7 @@ unary("Sin", np.sin, lambda g, out, x: g * F.Cos(x), doc="sine")
 unary("Cos", np.cos, lambda g, out, x: -(g * F.Sin(x)), doc="cosine")
 unary("Tan", np.tan, lambda g, out, x: g * (out * out + 1), doc="tangent")
 unary("Tanh", np.tanh, lambda g, out, x: g * (1 - out * out), doc="hyperbolic tangent")
-unary("Sigmoid", _sigmoid, lambda g, out, x: g * out * (1 - out), doc="1 / (1 + exp(-x))")
+unary("Sigmoid", _sigmoid, lambda g, out, x: g * out * (1 - out), doc="1 / (1 + exp(-x))", scratch=1)
 unary(
     "ReLU",
     lambda x: np.maximum(x, np.zeros((), x.dtype)),
@@ -89,11 +92,11 @@ unary(
     kind="numeric",
     doc="max(x, 0); the gradient at 0 is 0",
 )
-unary("GeLU", _gelu, _gelu_vjp, doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), MindSpore's primitive formula")
+unary("GeLU", _gelu, _gelu_vjp, doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), MindSpore's primitive formula", scratch=2)
 unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))")
 unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0")
 unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient")
-unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients")
+unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients", memory="view")
 
 defop("OnesLike", ("x",), lambda t: t[0], lambda x: np.ones(x.shape, x.dtype), zero_grad, type_only=True, doc="ones of x's shape and dtype")
 defop("ZerosLike", ("x",), lambda t: t[0], lambda x: np.zeros(x.shape, x.dtype), zero_grad, type_only=True, doc="zeros of x's shape and dtype")
@@ -105,6 +108,7 @@ defop(
     lambda g, out, x, dtype: g,
     attrs={"dtype": Attr("dtype", doc="destination dtype")},
     doc="converts x to dtype; the gradient is cast back to x's dtype (MindSpore's rule, also for integer dtypes)",
+    memory="maybe_view",
 )
 defop(
     "Const",

@@ -1,7 +1,7 @@
 """Matrix products: MatMul on matrices and BatchMatMul with broadcast batch dimensions."""
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -30,6 +30,13 @@ def _mm_infer(op: str, types: list[TensorType], transpose_a: bool, transpose_b: 
     if k != k2:
         raise ShapeError(f"inner dimensions {k} and {k2} differ for shapes {a.shape} and {b.shape}")
     return TensorType(dt, broadcast(a.shape[:-2], b.shape[:-2]) + (m, n))
+
+
+def _mm_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """2·m·n·k multiply-adds per batch element (at least one write per output element when k = 0)."""
+    a, out = inputs[0], outputs[0]
+    k = a.shape[-2] if attrs["transpose_a"] else a.shape[-1]
+    return max(2 * out.size * k, out.size)
 
 
 def _mm_forward(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
@@ -63,4 +70,5 @@ for _op in ("MatMul", "BatchMatMul"):
         _mm_vjp(_op),
         attrs=_FLAGS,
         doc="a @ b on matrices" if _op == "MatMul" else "a @ b over the last two axes, batch axes broadcast",
+        cost=_mm_cost,
     )
