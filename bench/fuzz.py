@@ -93,6 +93,9 @@ def main() -> int:
             calls = fuzzkit.random_case(fuzzkit.RandomDraw(args.seed * 10**9 + done))
             record(f"seed {args.seed} case {done}", calls)
             done += 1
+            if server and done % 2000 == 0:
+                print(f"after {done} cases: RSS of the server {fuzzkit.rss_bytes(os.getpid()) / 2**20:.0f} MiB, workers "
+                      f"{[round(fuzzkit.rss_bytes(p) / 2**20) for p in server.pool.pids()]} MiB", flush=True)
             if done % 100 == 0:
                 if not serving(channel):
                     print(f"health is not SERVING after case {done}", file=sys.stderr)

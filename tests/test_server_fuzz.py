@@ -131,6 +131,33 @@ def test_issue_9_reproducers_get_their_status_quickly_and_harm_nothing(watch: Wa
     watch.serving()
 
 
+def library_network(i: int, n: int) -> service_pb2.RegisterNetworkRequest:
+    """GradOperation over a library function holding an ``n``-element float64 parameter filled with ``i``
+    (so that each ``i`` is another network)."""
+    library: dict = {}
+    f = GraphBuilder("f", library)
+    fx = f.input("x", "float64", (3,))
+    library["f"] = f.build(f.op("Sin", fx) * f.op("ReduceSum", f.param("w", np.full(n, float(i)))))
+    b = GraphBuilder("main", library)
+    grads = b.op("GradOperation", b.input("x", "float64", (3,)), fn="f")
+    return service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(grads[0])))
+
+
+def test_networks_a_worker_has_dropped_from_its_cache_are_freed(watch: Watch) -> None:
+    """300 networks of 512 KiB each pass through workers that keep 8: the workers' RSS may grow by what
+    their caches hold, not by what they have seen (a decoded network must not outlive its cache entry)."""
+    n, count, slack = 1 << 16, 300, 48 << 20
+    stub = service_pb2_grpc.GradientStub(watch.channel)
+    for i in range(3):  # the workers have decoded and dropped such networks before the baseline
+        stub.RegisterNetwork(library_network(-i - 1, n), timeout=TIMEOUT)
+    before = fuzzkit.total_rss(watch.server.pool.pids())
+    for i in range(count):
+        watch.check([fuzzkit.Call("RegisterNetwork", [library_network(i, n).SerializeToString()], f"library network {i}")])
+    grown = fuzzkit.total_rss(watch.server.pool.pids()) - before
+    assert grown <= slack, f"the workers' RSS grew by {grown / 2**20:.0f} MiB after {count} networks of {n * 8 >> 10} KiB " \
+        f"(their caches hold {watch.server.config.worker_cache_size} each; allowed {slack >> 20} MiB)"
+
+
 def test_after_every_case_the_server_serves_right_answers_with_its_workers_and_memory(watch: Watch) -> None:
     watch.serving()
     # Oracle: d/dx sum(sin(x) * x) = cos(x) * x + sin(x), from NumPy.
