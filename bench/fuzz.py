@@ -26,18 +26,19 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
 import fuzzkit  # noqa: E402  (tests/fuzzkit.py: the generators shared with the CI fuzz test)
 
 from gradserve.server.app import Server, running  # noqa: E402
+from gradserve.server.config import ServerConfig  # noqa: E402
 
 
 @contextlib.contextmanager
-def target(address: str, workers: int) -> Iterator[tuple[str, Server | None]]:
-    """``address`` as given, or a server of our own with the fuzz test's limits."""
+def target(address: str, config: ServerConfig) -> Iterator[tuple[str, Server | None]]:
+    """``address`` (loopback only) and no server, or the address of a server of our own running ``config``."""
     if address:
         host = address.rsplit(":", 1)[0].strip("[]")
         if host not in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit(f"fuzz.py targets loopback only, got {address}")
+            raise SystemExit(f"{sys.argv[0]} targets loopback only, got {address}")
         yield address, None
         return
-    with running(fuzzkit.server_config(workers)) as server:
+    with running(config, grace=5.0) as server:
         yield f"127.0.0.1:{server.port}", server
 
 
@@ -68,7 +69,7 @@ def main() -> int:
     counts: collections.Counter[tuple[str, str]] = collections.Counter()
     failures = 0
     out = Path(args.out)
-    with target(args.target, args.workers) as (address, server), grpc.insecure_channel(address) as channel, \
+    with target(args.target, fuzzkit.server_config(args.workers)) as (address, server), grpc.insecure_channel(address) as channel, \
             out.open("w") as report:
         pids = server.pool.pids() if server else []
         gc.collect()

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import collections
-import contextlib
 import gc
 import multiprocessing
 import os
@@ -23,19 +22,20 @@ import random
 import sys
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+import fuzz  # noqa: E402  (bench/fuzz.py: our own server or a loopback target)
 import fuzzkit  # noqa: E402  (tests/fuzzkit.py: RSS of processes)
 import service  # noqa: E402  (bench/service.py: the tutorial request, quantiles)
 
 from gradserve import codec  # noqa: E402
 from gradserve.engine import GraphBuilder  # noqa: E402
-from gradserve.server.app import Server, running  # noqa: E402
+from gradserve.server.app import Server  # noqa: E402
 from gradserve.server.config import ServerConfig  # noqa: E402
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc  # noqa: E402
 
@@ -144,17 +144,6 @@ class Memory:
         return fuzzkit.total_rss(descendants(self.pid)) if self.pid else None
 
 
-@contextlib.contextmanager
-def target(address: str, workers: int) -> Iterator[tuple[str, Server | None]]:
-    if address:
-        if address.rsplit(":", 1)[0].strip("[]") not in ("127.0.0.1", "localhost", "::1"):
-            raise SystemExit(f"load.py targets loopback only, got {address}")
-        yield address, None
-        return
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=workers), grace=5.0) as server:
-        yield f"127.0.0.1:{server.port}", server
-
-
 def mib(n: int | None) -> str:
     return "n/a" if n is None else f"{n / 2**20:.0f} MiB"
 
@@ -172,7 +161,8 @@ def main() -> int:
     args = parser.parse_args()
 
     ctx = multiprocessing.get_context("spawn")  # clients hold no state of this process (it runs the server)
-    with target(args.target, args.workers) as (address, server):
+    config = ServerConfig(host="127.0.0.1", port=0, workers=args.workers)
+    with fuzz.target(args.target, config) as (address, server):
         memory = Memory(server, args.pid)
         ready, start, times = ctx.Semaphore(0), ctx.Event(), ctx.Array("d", 2)
         pipes, procs = [], []
@@ -193,10 +183,11 @@ def main() -> int:
         rss = {"start": memory.rss()}
         time.sleep(args.seconds / 2)
         rss["middle"] = memory.rss()
+        time.sleep(max(0.0, times[1] - time.monotonic()) + 1.0)
+        rss["end"] = memory.rss()  # before the clients' results, which this process (the server's) then holds
         results = [p.recv() for p in pipes]  # each client answers once its time is up
         for proc in procs:
             proc.join(timeout=60)
-        rss["end"] = memory.rss()
 
     latencies: dict[str, list[float]] = collections.defaultdict(list)
     codes: collections.Counter[tuple[str, str]] = collections.Counter()
