@@ -2,7 +2,6 @@
 expands GradOperation nodes (inner ones first), which is all higher-order differentiation needs."""
 from __future__ import annotations
 
-import weakref
 from typing import Any, Sequence
 
 import numpy as np
@@ -180,9 +179,6 @@ def grad(g: Graph, wrt: Sequence[str], sens_param: bool = False) -> Graph:
     return b.build(tuple(by_name[w] for w in wrt)).pruned()
 
 
-_CACHE: "weakref.WeakKeyDictionary[Graph, dict[tuple, Graph]]" = weakref.WeakKeyDictionary()
-
-
 def grad_operation(
     g: Graph,
     get_all: bool = False,
@@ -200,7 +196,7 @@ def grad_operation(
     bare_weight = isinstance(weights, str)
     wlist = (weights,) if isinstance(weights, str) else tuple(weights)
     key = (get_all, get_by_list, sens_param, wlist, bare_weight)
-    cached = _CACHE.setdefault(g, {}).get(key)
+    cached = g.derived.get(key)
     if cached is not None:
         return cached
     if not get_by_list and wlist:
@@ -219,7 +215,7 @@ def grad_operation(
     else:
         out = gi[0]
     result = b.build(out).pruned()
-    _CACHE[g][key] = result
+    g.derived[key] = result
     return result
 
 

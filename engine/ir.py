@@ -178,6 +178,9 @@ class Graph:
     outputs: Tree
     library: dict[str, "Graph"] = field(default_factory=dict)
     name: str = "main"
+    derived: dict[tuple, "Graph"] = field(default_factory=dict, repr=False)
+    """Graphs transforms made from this one, by the transform's key: kept on the graph so they die with it
+    (a weak-key table leaked, since a derived graph shares the library that holds its source)."""
 
     @property
     def flat_outputs(self) -> list[Value]:

@@ -2,12 +2,14 @@
 and runs stopped between steps by an interrupt callback."""
 from __future__ import annotations
 
+import gc
 import tracemalloc
+import weakref
 
 import numpy as np
 import pytest
 
-from gradserve.engine import GraphBuilder, Interrupted, compile_graph
+from gradserve.engine import GraphBuilder, Interrupted, compile_graph, grad_operation
 
 N = 1000
 F64 = 8 * N
@@ -184,3 +186,22 @@ def test_interrupt_stops_between_steps() -> None:
     np.testing.assert_allclose(p(x, interrupt=lambda: False), want)
     with pytest.raises(Interrupted, match="after 0 of 5 steps"):
         p.run([x], interrupt=lambda: True)
+
+
+def test_a_graph_and_the_gradients_made_from_it_are_freed_together() -> None:
+    """GradOperation over a library function caches its result on the source graph; once the caller drops
+    the network, both are garbage (a weak-key table kept them forever: the result shares the library
+    that holds its source, so a server decoding networks grew without bound)."""
+    library: dict = {}
+    f = GraphBuilder("f", library)
+    fx = f.input("x", "float64", (3,))
+    library["f"] = f.build(f.op("Sin", fx))
+    b = GraphBuilder("main", library)
+    grads = b.op("GradOperation", b.input("x", "float64", (3,)), fn="f")
+    main = b.build(grads[0])
+    first = grad_operation(library["f"])
+    assert grad_operation(library["f"]) is first, "the gradient is cached while its source lives"
+    refs = [weakref.ref(g) for g in (library["f"], main, first)]
+    del library, f, fx, b, grads, main, first
+    gc.collect()
+    assert [r() for r in refs] == [None, None, None]

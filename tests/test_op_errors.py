@@ -32,6 +32,7 @@ CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[E
     ("BroadcastTo", [(F32, (2, 3))], {"shape": (2, 4)}, ShapeError, ["(2, 3) and (2, 4) do not broadcast"]),
     ("Transpose", [(F32, (2, 3))], {"perm": (0, 0)}, ShapeError, ["perm (0, 0)"]),
     ("Squeeze", [(F32, (2, 3))], {"axis": (1,)}, ShapeError, ["axis 1 of length 3"]),
+    ("Squeeze", [(F32, ())], {"axis": (0,)}, ShapeError, ["axis 0 of a rank-0 tensor"]),
     ("Concat", [(F32, (2, 3)), (F32, (3, 2))], {"axis": 0}, ShapeError, ["(2, 3), (3, 2) must agree except on axis 0"]),
     ("Concat", [(F32, (2, 3)), (F32, (2, 3, 1))], {"axis": 1}, ShapeError, ["(2, 3), (2, 3, 1)"]),
     ("Concat", [(F32, (2,)), (I32, (2,))], {}, DTypeError, ["float32, int32"]),

@@ -63,6 +63,8 @@ def _squeeze_axes(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, .
     """The axes Squeeze removes: those given (each of length 1) or every length-1 axis."""
     if not axis:
         return tuple(i for i, d in enumerate(shape) if d == 1)
+    if not shape:
+        raise ShapeError(f"cannot squeeze axis {axis[0]} of a rank-0 tensor")
     ax = tuple(sorted({norm_axis(a, len(shape)) for a in axis}))
     for a in ax:
         if shape[a] != 1:
