@@ -7,6 +7,7 @@ renamed flag or variable, a moved port or a changed limit fails here rather than
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import math
 import re
@@ -70,15 +71,29 @@ def container() -> dict[str, Any]:
 
 
 def dockerfile() -> dict[str, list[str]]:
-    """Each Dockerfile instruction (upper case) with the arguments of each of its occurrences."""
+    """Each instruction (upper case) of the Dockerfile's final stage, the image, with the arguments of each
+    of its occurrences."""
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     out: dict[str, list[str]] = {}
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
+            if word.upper() == "FROM":
+                out = {}
             out.setdefault(word.upper(), []).append(rest.strip())
     return out
+
+
+def image_labels() -> dict[str, str]:
+    """The image's LABELs, with ${ARG} references replaced by the ARG's default."""
+    args = dict(a.partition("=")[::2] for a in dockerfile().get("ARG", []))
+    labels: dict[str, str] = {}
+    for line in dockerfile().get("LABEL", []):
+        for item in shlex.split(line):
+            key, _, value = item.partition("=")
+            labels[key] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+    return labels
 
 
 def image_env() -> dict[str, str]:
@@ -293,3 +308,12 @@ def test_read_only_root_has_a_writable_tmp() -> None:
         # multiprocessing's fork server makes its socket in tempfile's directory: without one it cannot start.
         mounts = {m["mountPath"] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
         assert "/tmp" in mounts
+
+
+def test_image_labels_describe_the_installed_package() -> None:
+    labels, meta = image_labels(), importlib.metadata.metadata("gradserve")
+    assert labels.get("org.opencontainers.image.title") == meta["Name"]
+    assert labels.get("org.opencontainers.image.version") == meta["Version"], "the Dockerfile's ARG VERSION default"
+    assert labels.get("org.opencontainers.image.description") == meta["Summary"]
+    assert labels.get("org.opencontainers.image.licenses") == meta["License-Expression"]
+
