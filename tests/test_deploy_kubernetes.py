@@ -317,3 +317,41 @@ def test_image_labels_describe_the_installed_package() -> None:
     assert labels.get("org.opencontainers.image.description") == meta["Summary"]
     assert labels.get("org.opencontainers.image.licenses") == meta["License-Expression"]
 
+
+def disruptions_allowed(budget: dict[str, Any], replicas: int) -> int:
+    """How many of ``replicas`` healthy pods a PodDisruptionBudget lets a drain evict at once (the disruption
+    controller rounds percentages up, for minAvailable and maxUnavailable alike)."""
+    def scaled(value: int | str) -> int:
+        if isinstance(value, str) and value.endswith("%"):
+            return math.ceil(Fraction(value[:-1]) * replicas / 100)
+        return int(value)
+    if "maxUnavailable" in budget:
+        return scaled(budget["maxUnavailable"])
+    return replicas - scaled(budget["minAvailable"])
+
+
+def test_the_autoscaler_scales_the_deployment_on_cpu_requests() -> None:
+    hpa, deployment = only("HorizontalPodAutoscaler"), only("Deployment")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"])
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count; `kubectl apply` would reset a fixed one"
+    (cpu,) = [m["resource"]["target"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu["type"] == "Utilization"
+    # With requests == limits (test_one_worker_per_core_of_the_cpu_limit) a pod never passes 100% of its request.
+    assert 0 < cpu["averageUtilization"] < 100
+    for c in pod_spec()["containers"]:  # utilization is usage over the request: every container needs one
+        assert quantity(c.get("resources", {}).get("requests", {}).get("cpu", 0)) > 0, f"{c['name']}: no CPU request"
+
+
+def test_every_replica_count_the_autoscaler_picks_lets_a_drain_through_and_keeps_a_pod() -> None:
+    spec = only("HorizontalPodAutoscaler")["spec"]
+    low, high = spec.get("minReplicas", 1), spec["maxReplicas"]
+    assert 2 <= low < high, "at least two pods, so that one can be drained while the other serves"
+    budgets = [doc["spec"] for _, doc in load_all() if doc["kind"] == "PodDisruptionBudget"]
+    assert budgets
+    for budget in budgets:
+        for replicas in range(low, high + 1):
+            allowed = disruptions_allowed(budget, replicas)
+            assert allowed >= 1, f"with {replicas} replicas the budget allows no eviction: node drains would block"
+            assert allowed < replicas, f"with {replicas} replicas the budget lets a drain evict every pod"
