@@ -27,6 +27,8 @@ NAME=gradserve-smoke-$$
 WORK=${GRADSERVE_SMOKE_DIR:-/tmp/gradserve-container}
 LOCK=/tmp/gradserve-container-smoke.lock
 base_id=""
+fresh_dir=""
+locked=false
 container_started=false
 failed=false
 
@@ -52,12 +54,14 @@ cleanup() {
         fi
         podman rm --force --time 0 "$NAME" >/dev/null 2>&1 || true
     fi
-    if $fresh; then
+    if $fresh && $locked; then
         podman rmi --force "$IMAGE" >/dev/null 2>&1 || true
         if [ -n "$base_id" ]; then
             podman rmi --force "$base_id" >/dev/null 2>&1 || true
         fi
-        rm -rf "$WORK"
+    fi
+    if [ -n "$fresh_dir" ]; then
+        rm -rf "$fresh_dir"
     fi
 }
 trap cleanup EXIT
@@ -68,9 +72,11 @@ trap cleanup EXIT
 # One run at a time per machine: runs share the image tags and podman's store.
 exec 9>"$LOCK"
 flock --wait 1200 9 || fail "another container smoke run still holds $LOCK after 20 minutes"
+locked=true
 
 if $fresh; then
-    WORK=$(mktemp -d /tmp/gradserve-container.XXXXXX)
+    fresh_dir=$(mktemp -d /tmp/gradserve-container.XXXXXX)
+    WORK=$fresh_dir
 fi
 mkdir -p "$WORK"
 
