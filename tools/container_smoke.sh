@@ -61,7 +61,10 @@ cleanup() {
         fi
     fi
     if [ -n "$fresh_dir" ]; then
-        rm -rf "$fresh_dir"
+        if mountpoint -q "$fresh_dir"; then
+            umount "$fresh_dir" || true
+        fi
+        rm -rf "$fresh_dir" || echo "container smoke: could not remove $fresh_dir" >&2
     fi
 }
 trap cleanup EXIT
@@ -77,6 +80,10 @@ locked=true
 if $fresh; then
     fresh_dir=$(mktemp -d /tmp/gradserve-container.XXXXXX)
     WORK=$fresh_dir
+    # In memory: dpkg syncs every file debootstrap unpacks, which is slow on a busy disk, and this tree
+    # is thrown away after the import anyway.
+    mount -t tmpfs -o size=2g,mode=0700 gradserve-smoke "$fresh_dir" \
+        || say "could not mount a tmpfs on $fresh_dir: bootstrapping on disk"
 fi
 mkdir -p "$WORK"
 
