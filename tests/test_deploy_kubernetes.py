@@ -7,6 +7,7 @@ renamed flag or variable, a moved port or a changed limit fails here rather than
 from __future__ import annotations
 
 import functools
+import importlib.metadata
 import json
 import math
 import re
@@ -70,15 +71,29 @@ def container() -> dict[str, Any]:
 
 
 def dockerfile() -> dict[str, list[str]]:
-    """Each Dockerfile instruction (upper case) with the arguments of each of its occurrences."""
+    """Each instruction (upper case) of the Dockerfile's final stage, the image, with the arguments of each
+    of its occurrences."""
     text = re.sub(r"\\\n", " ", (ROOT / "Dockerfile").read_text())
     out: dict[str, list[str]] = {}
     for line in text.splitlines():
         line = line.strip()
         if line and not line.startswith("#"):
             word, _, rest = line.partition(" ")
+            if word.upper() == "FROM":
+                out = {}
             out.setdefault(word.upper(), []).append(rest.strip())
     return out
+
+
+def image_labels() -> dict[str, str]:
+    """The image's LABELs, with ${ARG} references replaced by the ARG's default."""
+    args = dict(a.partition("=")[::2] for a in dockerfile().get("ARG", []))
+    labels: dict[str, str] = {}
+    for line in dockerfile().get("LABEL", []):
+        for item in shlex.split(line):
+            key, _, value = item.partition("=")
+            labels[key] = re.sub(r"\$\{(\w+)\}", lambda m: args[m.group(1)], value)
+    return labels
 
 
 def image_env() -> dict[str, str]:
@@ -293,3 +308,50 @@ def test_read_only_root_has_a_writable_tmp() -> None:
         # multiprocessing's fork server makes its socket in tempfile's directory: without one it cannot start.
         mounts = {m["mountPath"] for m in c.get("volumeMounts", []) if not m.get("readOnly")}
         assert "/tmp" in mounts
+
+
+def test_image_labels_describe_the_installed_package() -> None:
+    labels, meta = image_labels(), importlib.metadata.metadata("gradserve")
+    assert labels.get("org.opencontainers.image.title") == meta["Name"]
+    assert labels.get("org.opencontainers.image.version") == meta["Version"], "the Dockerfile's ARG VERSION default"
+    assert labels.get("org.opencontainers.image.description") == meta["Summary"]
+    assert labels.get("org.opencontainers.image.licenses") == meta["License-Expression"]
+
+
+def disruptions_allowed(budget: dict[str, Any], replicas: int) -> int:
+    """How many of ``replicas`` healthy pods a PodDisruptionBudget lets a drain evict at once (the disruption
+    controller rounds percentages up, for minAvailable and maxUnavailable alike)."""
+    def scaled(value: int | str) -> int:
+        if isinstance(value, str) and value.endswith("%"):
+            return math.ceil(Fraction(value[:-1]) * replicas / 100)
+        return int(value)
+    if "maxUnavailable" in budget:
+        return scaled(budget["maxUnavailable"])
+    return replicas - scaled(budget["minAvailable"])
+
+
+def test_the_autoscaler_scales_the_deployment_on_cpu_requests() -> None:
+    hpa, deployment = only("HorizontalPodAutoscaler"), only("Deployment")
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    ref = hpa["spec"]["scaleTargetRef"]
+    assert (ref["apiVersion"], ref["kind"], ref["name"]) == (deployment["apiVersion"], deployment["kind"], deployment["metadata"]["name"])
+    assert "replicas" not in deployment["spec"], "the HPA owns the replica count; `kubectl apply` would reset a fixed one"
+    (cpu,) = [m["resource"]["target"] for m in hpa["spec"]["metrics"] if m["type"] == "Resource" and m["resource"]["name"] == "cpu"]
+    assert cpu["type"] == "Utilization"
+    # With requests == limits (test_one_worker_per_core_of_the_cpu_limit) a pod never passes 100% of its request.
+    assert 0 < cpu["averageUtilization"] < 100
+    for c in pod_spec()["containers"]:  # utilization is usage over the request: every container needs one
+        assert quantity(c.get("resources", {}).get("requests", {}).get("cpu", 0)) > 0, f"{c['name']}: no CPU request"
+
+
+def test_every_replica_count_the_autoscaler_picks_lets_a_drain_through_and_keeps_a_pod() -> None:
+    spec = only("HorizontalPodAutoscaler")["spec"]
+    low, high = spec.get("minReplicas", 1), spec["maxReplicas"]
+    assert 2 <= low < high, "at least two pods, so that one can be drained while the other serves"
+    budgets = [doc["spec"] for _, doc in load_all() if doc["kind"] == "PodDisruptionBudget"]
+    assert budgets
+    for budget in budgets:
+        for replicas in range(low, high + 1):
+            allowed = disruptions_allowed(budget, replicas)
+            assert allowed >= 1, f"with {replicas} replicas the budget allows no eviction: node drains would block"
+            assert allowed < replicas, f"with {replicas} replicas the budget lets a drain evict every pod"
