@@ -23,7 +23,23 @@ class Limits:
     default_deadline_ms: int = 60_000
     max_deadline_ms: int = 600_000
     max_queue_depth: int = 64
+    max_queued_bytes: int = 512 * MiB
+    """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed; a call
+    that would bring them over this is refused (RESOURCE_EXHAUSTED) before its data is copied anywhere."""
     max_registered_networks: int = 1024
+    max_registry_bytes: int = 512 * MiB
+    """Serialized bytes of the networks the server keeps registered (least recently used evicted first);
+    a single network larger than this is refused."""
+    max_worker_cache_bytes: int = 256 * MiB
+    """Bytes of networks and compiled programs (parameters and constants) each worker, and the local
+    lane, keeps (least recently used dropped first; the one in use is always kept)."""
+    max_request_peak_bytes: int = 1024 * MiB
+    """Most tensor bytes alive at once while one request runs (known from shapes at compile time)."""
+    max_request_flops: int = 10**11
+    """Most floating-point operations (estimated from shapes at compile time) one request may cost."""
+    stop_grace_ms: int = 2_000
+    """How long a worker told to stop (its call cancelled or expired) may take to finish its current
+    operation before it is killed and replaced."""
     max_open_streams: int = 16
     """GradStream calls open at once; each holds a gRPC thread for as long as it is open, so beyond this
     a new stream is refused (RESOURCE_EXHAUSTED) and health checks and unary calls keep their threads."""
@@ -62,6 +78,8 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+    access_log: bool = False
+    """Log one JSON line per call (event "access": method, code, duration_ms, request_id, network_id)."""
     limits: Limits = field(default_factory=Limits)
 
     def bearer_token(self) -> str:
@@ -92,8 +110,16 @@ def _env(name: str) -> str:
     return "GRADSERVE_" + name.upper()
 
 
-def _kind(f: dataclasses.Field) -> type:
-    return {"float": float, "str": str}.get(str(f.type), int)
+def boolean(text: str) -> bool:
+    """A yes/no setting's value: 1, true, yes, on or 0, false, no, off."""
+    word = text.strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"not a yes/no value: {text!r}")
+    return word in ("1", "true", "yes", "on")
+
+
+def _kind(f: dataclasses.Field) -> Any:
+    return {"float": float, "str": str, "bool": boolean}.get(str(f.type), int)
 
 
 def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
@@ -105,8 +131,9 @@ def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting; each also reads ``GRADSERVE_<NAME>``; a flag wins over the variable."""
     for f, _ in _scalar_fields():
+        switch = {"nargs": "?", "const": True} if _kind(f) is boolean else {}  # a bare --flag turns it on
         parser.add_argument(_flag(f.name), dest=f.name, type=_kind(f), default=None,
-                            help=f"(env {_env(f.name)})")
+                            help=f"(env {_env(f.name)})", **switch)
 
 
 def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerConfig:

@@ -24,8 +24,7 @@ class Lane:
     """Plans the workers found ``local``, compiled again and run in this process."""
 
     def __init__(self, limits: Limits, max_elements: int, cache_size: int) -> None:
-        self._state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size),
-                                          limits.max_message_bytes, max_elements)
+        self._state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), max_elements)
         self._admitted = Cache(cache_size)
         self._lock = threading.Lock()
         self.served = 0
@@ -47,8 +46,7 @@ class Lane:
         with self._lock:
             state = self._state
             try:
-                if state.networks.get(network_id) is None:
-                    state.networks.put(network_id, compute.load_network(network, state.limits))
+                state.network(network_id, network)
                 (body, leaves, _), arrays = compute.run(state, kind, request, request, network_id, key)
             except Exception as exc:
                 raise compute.classify(exc) from None
