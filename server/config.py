@@ -12,7 +12,10 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    """Limits enforced on every request, all checked before the memory they guard is allocated."""
+    """Limits enforced on every request, all checked before the memory they guard is allocated.
+
+    With the defaults a server with W workers stays within about 1040 MiB + W x 1984 MiB in all, /dev/shm
+    included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
     max_message_bytes: int = 256 * MiB + 16 * MiB
     """Largest gRPC message either way: room for a 256 MB tensor plus the rest of the message."""
@@ -23,17 +26,17 @@ class Limits:
     default_deadline_ms: int = 60_000
     max_deadline_ms: int = 600_000
     max_queue_depth: int = 64
-    max_queued_bytes: int = 512 * MiB
+    max_queued_bytes: int = 384 * MiB
     """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed; a call
     that would bring them over this is refused (RESOURCE_EXHAUSTED) before its data is copied anywhere."""
     max_registered_networks: int = 1024
-    max_registry_bytes: int = 512 * MiB
+    max_registry_bytes: int = 256 * MiB
     """Serialized bytes of the networks the server keeps registered (least recently used evicted first);
     a single network larger than this is refused."""
-    max_worker_cache_bytes: int = 256 * MiB
+    max_worker_cache_bytes: int = 128 * MiB
     """Bytes of networks and compiled programs (parameters and constants) each worker, and the local
     lane, keeps (least recently used dropped first; the one in use is always kept)."""
-    max_request_peak_bytes: int = 1024 * MiB
+    max_request_peak_bytes: int = 768 * MiB
     """Most tensor bytes alive at once while one request runs (known from shapes at compile time)."""
     max_request_flops: int = 10**11
     """Most floating-point operations (estimated from shapes at compile time) one request may cost."""

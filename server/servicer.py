@@ -21,7 +21,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..engine.errors import NAME_LIMIT, shown
+from ..engine.errors import shown
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
 from .compute import MESSAGES, plan_key
@@ -106,8 +106,16 @@ class Call:
         if not self.request_id:
             given = dict(self.context.invocation_metadata() or ()).get("x-request-id", "")
             self.request_id = given if isinstance(given, str) and given else secrets.token_hex(8)
-        rid = self.request_id
-        return {"request_id": rid if len(rid) <= NAME_LIMIT else shown(rid), "network_id": self.network_id}
+        return {"request_id": _loggable(self.request_id), "network_id": _loggable(self.network_id)}
+
+
+LOG_ID_LIMIT = 128
+"""Characters of a request or network id a log line carries as it is (a network id has 71); longer ones are cut."""
+
+
+def _loggable(text: str) -> str:
+    """A caller's id for a log line: as it is when short, else cut (``shown``)."""
+    return text if len(text) <= LOG_ID_LIMIT else shown(text, LOG_ID_LIMIT)
 
 
 def status_proto(f: Failure) -> status_pb2.Status:

@@ -4,11 +4,13 @@ RESOURCE_EXHAUSTED naming the limit and the amount, and the server keeps SERVING
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Iterator
 
 import grpc
 import numpy as np
 import pytest
+import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serverkit import rejected, wait_until
 
@@ -258,3 +260,18 @@ def test_server_info_reports_every_budget(default_server: Server) -> None:
     for name in ("max_queued_bytes", "max_registry_bytes", "max_worker_cache_bytes", "max_request_peak_bytes",
                  "max_request_flops", "stop_grace_ms"):
         assert getattr(limits, name) == getattr(want, name) > 0, name
+
+
+# ---- the stated total ----
+
+def test_the_documented_memory_total_follows_from_the_default_budgets() -> None:
+    root = Path(__file__).resolve().parent.parent
+    d = Limits()
+    fixed = 256 * MiB + d.max_registry_bytes + d.max_queued_bytes + d.max_worker_cache_bytes + 16 * MiB
+    per_worker = d.max_worker_cache_bytes + d.max_request_peak_bytes + 2 * d.max_message_bytes + 2 * d.max_message_bytes
+    readme = (root / "deploy" / "kubernetes" / "README.md").read_text()
+    assert f"**{fixed // MiB} MiB + W × {per_worker // MiB} MiB**" in readme
+    deployment = yaml.safe_load((root / "deploy" / "kubernetes" / "deployment.yaml").read_text())
+    (container,) = deployment["spec"]["template"]["spec"]["containers"]
+    memory = container["resources"]["limits"]["memory"]
+    assert memory.endswith("Gi") and int(memory[:-2]) * 1024 * MiB >= fixed + 2 * per_worker  # its 2 workers
