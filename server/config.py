@@ -134,7 +134,7 @@ def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting; each also reads ``GRADSERVE_<NAME>``; a flag wins over the variable."""
     for f, _ in _scalar_fields():
-        switch = {"nargs": "?", "const": True} if _kind(f) is boolean else {}  # a bare --flag turns it on
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if _kind(f) is boolean else {}  # a bare --flag turns it on
         parser.add_argument(_flag(f.name), dest=f.name, type=_kind(f), default=None,
                             help=f"(env {_env(f.name)})", **switch)
 

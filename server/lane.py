@@ -2,7 +2,8 @@
 
 Handing a request to a worker costs two process wake-ups and a pickled round trip, several times
 the work of a tiny gradient. A worker builds every plan first; when it reports the plan ``local``
-(``compute.Plan.local``: its runs touch at most ``local_max_elements`` elements and it built quickly),
+(``compute.Plan.local``: its runs touch at most ``local_max_elements`` elements and it has at most
+``compute.LOCAL_MAX_NODES`` nodes, so it builds quickly),
 later requests for it run here, one at a time, with no deadline checks needed: their work is bounded.
 """
 from __future__ import annotations

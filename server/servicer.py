@@ -100,7 +100,7 @@ class Call:
     def is_active(self) -> bool:
         return self.context.is_active()
 
-    def ids(self) -> dict[str, str]:
+    def ids(self) -> dict[str, Any]:
         """The call's request id (the request's own, else the ``x-request-id`` metadata, else a new one) and
         network id, cut to a loggable length, for a log line."""
         if not self.request_id:
