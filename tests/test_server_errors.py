@@ -19,7 +19,7 @@ from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import MESSAGE_LIMIT, VIOLATION_LIMIT, VIOLATIONS_LIMIT, Failure
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
-from serverkit import rejected
+from serverkit import parse, rejected
 
 LIMITS = Limits(max_graph_nodes=8, max_tensor_elements=1000, max_nesting_depth=3, max_message_bytes=1 << 20)
 
@@ -191,3 +191,14 @@ def test_failure_messages_are_capped_keeping_start_and_end() -> None:
     assert len(f.message) < 2 * MESSAGE_LIMIT and f.message.startswith("start ") and f.message.endswith(" the end")
     assert f"({len('start ') + 100_000 + len(' the end')} characters)" in f.message
     assert len(f.violations) == VIOLATIONS_LIMIT and all(len(k) < 2 * VIOLATION_LIMIT for k, _ in f.violations)
+
+
+def test_access_log_is_a_switch_flag_and_a_variable() -> None:
+    assert parse([], {}).access_log is False
+    assert parse(["--access-log"], {}).access_log is True
+    assert parse([], {"GRADSERVE_ACCESS_LOG": "true"}).access_log is True
+    assert parse(["--access-log", "off"], {"GRADSERVE_ACCESS_LOG": "1"}).access_log is False
+    with pytest.raises(SystemExit, match="GRADSERVE_ACCESS_LOG='maybe' is not a valid boolean"):
+        parse([], {"GRADSERVE_ACCESS_LOG": "maybe"})
+    assert parse(["--max-request-flops", "5", "--stop-grace-ms", "7"], {"GRADSERVE_MAX_QUEUED_BYTES": "9"}).limits == \
+        Limits(max_request_flops=5, stop_grace_ms=7, max_queued_bytes=9)
