@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import GraphError, NotDifferentiableError
+from .errors import GraphError, NotDifferentiableError, shown, shown_names
 from .ir import Graph, GraphBuilder, Node, TensorType, Tree, Value, flatten, unflatten
 from .optable import OPS, Attr, F, defop
 
@@ -16,11 +16,11 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
     """Copy ``g``'s nodes into ``b`` applied to ``args``, expanding GradOperation nodes; returns the
     output tree. ``g``'s parameters are shared with ``b``'s by name (declared in ``b`` if missing)."""
     if len(args) != len(g.inputs):
-        raise GraphError(f"graph {g.name!r} takes {len(g.inputs)} inputs, got {len(args)}")
+        raise GraphError(f"graph {shown(g.name)} takes {len(g.inputs)} inputs, got {len(args)}")
     env: dict[int, Value] = {}
     for v, a in zip(g.inputs, args):
         if v.type != a.type:
-            raise GraphError(f"graph {g.name!r}: input {v.name!r} is {v.type}, got {a.name!r}: {a.type}")
+            raise GraphError(f"graph {shown(g.name)}: input {shown(v.name)} is {v.type}, got {shown(a.name)}: {a.type}")
         env[id(v)] = a
     for p in g.params:
         env[id(p.value)] = shared_param(b, p.name, p.data, p.requires_grad)
@@ -42,7 +42,7 @@ def shared_param(b: GraphBuilder, name: str, data: np.ndarray, requires_grad: bo
         return b.param(name, data, requires_grad)
     v = b.get_param(name)
     if v.shape != data.shape or v.dtype != data.dtype:
-        raise GraphError(f"parameter {name!r} is {v.type} in graph {b.name!r} but {data.dtype.name}{list(data.shape)} in a sub-graph")
+        raise GraphError(f"parameter {shown(name)} is {v.type} in graph {shown(b.name)} but {data.dtype.name}{list(data.shape)} in a sub-graph")
     return v
 
 
@@ -69,7 +69,7 @@ def fit(ct: Value, t: TensorType) -> Value:
     if ct.shape != t.shape:
         lead = ct.ndim - len(t.shape)
         if lead < 0:
-            raise GraphError(f"cotangent {ct.name!r} {ct.type} has lower rank than its value {t}")
+            raise GraphError(f"cotangent {shown(ct.name)} {ct.type} has lower rank than its value {t}")
         axes = tuple(range(lead)) + tuple(
             lead + i for i, d in enumerate(t.shape) if d == 1 and ct.shape[lead + i] != 1
         )
@@ -118,8 +118,8 @@ def backprop(
         opdef = OPS[n.op]
         if opdef.vjp is None:
             raise NotDifferentiableError(
-                f"{n.op} {n.name!r} has no gradient, but inputs "
-                f"{[v.name for v in n.inputs if id(v) in reach]} need one through it"
+                f"{n.op} {shown(n.name)} has no gradient, but inputs "
+                f"{shown_names([v.name for v in n.inputs if id(v) in reach])} need one through it"
             )
         if len(n.outputs) == 1:
             res = opdef.vjp(gs[0], n.outputs[0], *n.inputs, **n.attrs)
@@ -134,12 +134,13 @@ def backprop(
     return [_total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
 
 
-def _fresh_name(b: GraphBuilder, base: str) -> str:
-    taken = {v.name for v in b.inputs} | {p.name for p in b.params}
+def _fresh_name(taken: set[str], base: str) -> str:
+    """``base``, or ``base_k`` for the first k that is not in ``taken``; the name chosen is added to it."""
     name, k = base, 0
     while name in taken:
         k += 1
         name = f"{base}_{k}"
+    taken.add(name)
     return name
 
 
@@ -151,14 +152,18 @@ def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], 
     if sens_param:
         base = "sens" if len(leaves) == 1 else "sens_0"
         sens = []
+        taken = {v.name for v in b.inputs} | {p.name for p in b.params}
         for i, o in enumerate(leaves):
-            sens.append(b.input(_fresh_name(b, base if i == 0 else f"sens_{i}"), o.dtype, o.shape))
+            sens.append(b.input(_fresh_name(taken, base if i == 0 else f"sens_{i}"), o.dtype, o.shape))
     else:
         sens = [F.OnesLike(o) for o in leaves]
     wrt = [args[i] for i in wrt_inputs]
     for w in weights:
         if not b.has_param(w):
-            raise GraphError(f"GradOperation over {g.name!r}: weight {w!r} is not a parameter of the network; parameters: {[p.name for p in g.params]}")
+            raise GraphError(
+                f"GradOperation over {shown(g.name)}: weight {shown(w)} is not a parameter of the network; "
+                f"parameters: {shown_names([p.name for p in g.params])}"
+            )
         wrt.append(b.get_param(w))
     grads = backprop(b, list(b.nodes), wrt, leaves, sens)
     return b, grads[: len(wrt_inputs)], grads[len(wrt_inputs):]
@@ -199,9 +204,9 @@ def grad_operation(
     if cached is not None:
         return cached
     if not get_by_list and wlist:
-        raise GraphError(f"GradOperation over {g.name!r}: weights {list(wlist)} given without get_by_list")
+        raise GraphError(f"GradOperation over {shown(g.name)}: weights {shown_names(list(wlist))} given without get_by_list")
     if not get_all and not get_by_list and not g.inputs:
-        raise GraphError(f"GradOperation over {g.name!r}: the network has no inputs to differentiate")
+        raise GraphError(f"GradOperation over {shown(g.name)}: the network has no inputs to differentiate")
     wrt_inputs = list(range(len(g.inputs))) if get_all else ([0] if not get_by_list else [])
     b, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
     w_out: Tree = gw[0] if bare_weight else tuple(gw)
@@ -226,12 +231,12 @@ def _infer_grad_node(types: list[TensorType], builder: GraphBuilder, fn: str, **
     """Output types of a GradOperation node: the flattened outputs of the transformed sub-graph.
     Parameters of the sub-graph are declared in the enclosing graph, shared by name."""
     if fn not in builder.library:
-        raise GraphError(f"refers to function {fn!r}, which is not in the library {sorted(builder.library)}")
+        raise GraphError(f"refers to function {shown(fn)}, which is not in the library {shown_names(sorted(builder.library))}")
     sub = grad_operation(builder.library[fn], **flags)
     want = [v.type for v in sub.inputs]
     if types != want:
         raise GraphError(
-            f"function {fn!r} under GradOperation takes inputs {[str(t) for t in want]}, got {[str(t) for t in types]}"
+            f"function {shown(fn)} under GradOperation takes inputs {[str(t) for t in want]}, got {[str(t) for t in types]}"
         )
     for p in sub.params:
         shared_param(builder, p.name, p.data, p.requires_grad)

@@ -8,7 +8,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from .autodiff import lower
-from .errors import InputError, Interrupted, shown
+from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, GraphBuilder, Node, Value, unflatten
 from .optable import OPS, OpDef
 
@@ -150,14 +150,14 @@ class Program:
         parameter values overriding the graph's; returns the output tree of NumPy arrays."""
         if len(inputs) != len(self._inputs):
             names = [v.name for _, v in self._inputs]
-            raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {_names(names)}, got {len(inputs)}")
+            raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
         for (_, v), a in zip(self._inputs, inputs):
             _check(a, v, "input")
         if params:
             for name, a in params.items():
                 if name not in self._params:
                     raise InputError(
-                        f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {_names(sorted(self._params))}"
+                        f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {shown_names(sorted(self._params))}"
                     )
                 _check(a, self._params[name][1].value, "parameter")
         return self.run(inputs, params, interrupt)
@@ -232,12 +232,6 @@ def _peak_bytes(nbytes: list[int], resident: set[int], plan: list[tuple[OpDef, t
                 s = parent[s]
                 refs[s] -= 1
     return max(peak, live + copies)
-
-
-def _names(names: Sequence[str]) -> str:
-    """A list of caller-chosen names for a message: each shortened, at most 8 of them."""
-    more = f", ... ({len(names)} in all)" if len(names) > 8 else ""
-    return "[" + ", ".join(shown(n) for n in names[:8]) + more + "]"
 
 
 def _check(a: Any, v: Value, what: str) -> None:

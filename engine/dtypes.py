@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from .errors import shown
+
 DTYPES: dict[str, np.dtype] = {
     name: np.dtype(name)
     for name in ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "bool")
@@ -14,7 +16,7 @@ def as_dtype(d: object) -> np.dtype:
     try:
         dt = np.dtype(d)  # type: ignore[call-overload]
     except TypeError as exc:
-        raise TypeError(f"unsupported dtype {d!r}; supported: {', '.join(DTYPES)}") from exc
+        raise TypeError(f"unsupported dtype {shown(d)}; supported: {', '.join(DTYPES)}") from exc
     if dt.name not in DTYPES:
         raise TypeError(f"unsupported dtype {dt.name!r}; supported: {', '.join(DTYPES)}")
     return dt

@@ -40,3 +40,9 @@ def shown(name: object, limit: int = NAME_LIMIT) -> str:
     if len(text) <= limit:
         return repr(text)
     return f"{text[:limit]!r}... ({len(text)} characters)"
+
+
+def shown_names(names: "list[str] | tuple[str, ...]", limit: int = 8) -> str:
+    """A list of caller-chosen names for a message: at most ``limit`` of them, each through :func:`shown`."""
+    more = f", ... ({len(names)} in all)" if len(names) > limit else ""
+    return "[" + ", ".join(shown(n) for n in names[:limit]) + more + "]"

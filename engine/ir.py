@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence, Union
 import numpy as np
 
 from . import dtypes
-from .errors import GraphError
+from .errors import GraphError, ShapeError, shown, shown_names
 
 
 @dataclass(frozen=True)
@@ -32,6 +32,27 @@ class TensorType:
     def nbytes(self) -> int:
         """Bytes of a C-contiguous array of this type."""
         return self.size * self.dtype.itemsize
+
+
+MAX_RANK = 64
+"""Most dimensions a tensor may have (NumPy's own maximum)."""
+
+MAX_DIM = (1 << 63) - 1
+"""Largest dimension, and largest byte count of the non-zero dimensions' product, a shape may have (int64)."""
+
+
+def check_type_shape(shape: tuple[int, ...], what: str, itemsize: int = 1) -> None:
+    """Reject a shape NumPy cannot hold: rank over MAX_RANK, a negative dimension, or a product of the
+    non-zero dimensions times ``itemsize`` beyond int64 (computed with Python ints, so it cannot wrap)."""
+    if len(shape) > MAX_RANK:
+        raise ShapeError(f"{what} has rank {len(shape)}; at most {MAX_RANK} dimensions are supported")
+    count = itemsize
+    for d in shape:
+        if d < 0:
+            raise ShapeError(f"{what} has the negative dimension {d} in shape {shape}")
+        count *= max(d, 1)
+        if count > MAX_DIM:
+            raise ShapeError(f"{what} has shape {shape}, whose size exceeds the int64 range")
 
 
 class Value:
@@ -70,7 +91,7 @@ class Value:
 
     def _owner(self) -> "GraphBuilder":
         if self.builder is None:
-            raise GraphError(f"value {self.name!r} belongs to a finished graph; arithmetic needs a builder")
+            raise GraphError(f"value {shown(self.name)} belongs to a finished graph; arithmetic needs a builder")
         return self.builder
 
     def __add__(self, o: Any) -> "Value":
@@ -166,7 +187,7 @@ class Graph:
         for p in self.params:
             if p.name == name:
                 return p
-        raise GraphError(f"graph {self.name!r} has no parameter {name!r}; parameters: {[p.name for p in self.params]}")
+        raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}; parameters: {shown_names([p.name for p in self.params])}")
 
     def __str__(self) -> str:
         return format_graph(self)
@@ -270,6 +291,7 @@ class GraphBuilder:
         self.library: dict[str, Graph] = library if library is not None else {}
         self.inputs: list[Value] = []
         self.params: list[Param] = []
+        self._params: dict[str, Value] = {}
         self.nodes: list[Node] = []
         self._names: set[str] = set()
         self._node_names: set[str] = set()
@@ -281,15 +303,17 @@ class GraphBuilder:
             while name in self._names:
                 name = f"%{next(self._counter)}"
         elif name in self._names:
-            raise GraphError(f"graph {self.name!r}: value name {name!r} is defined twice")
+            raise GraphError(f"graph {shown(self.name)}: value name {shown(name)} is defined twice")
         self._names.add(name)
         return Value(name, t, self)
 
     def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
         """Declare a graph input with a static dtype and shape."""
         shape = tuple(int(d) for d in shape)
-        if any(d < 0 for d in shape):
-            raise GraphError(f"input {name!r}: negative dimension in shape {shape}")
+        try:
+            check_type_shape(shape, "the shape", dtypes.as_dtype(dtype).itemsize)
+        except ShapeError as exc:
+            raise ShapeError(f"input {shown(name)}: {exc}") from None
         v = self._new_value(name, TensorType(dtypes.as_dtype(dtype), shape))
         self.inputs.append(v)
         return v
@@ -301,16 +325,16 @@ class GraphBuilder:
         arr.setflags(write=False)
         v = self._new_value(name, TensorType(arr.dtype, arr.shape))
         self.params.append(Param(v, arr, requires_grad))
+        self._params[name] = v
         return v
 
     def has_param(self, name: str) -> bool:
-        return any(p.name == name for p in self.params)
+        return name in self._params
 
     def get_param(self, name: str) -> Value:
-        for p in self.params:
-            if p.name == name:
-                return p.value
-        raise GraphError(f"graph {self.name!r} has no parameter {name!r}")
+        if name not in self._params:
+            raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}")
+        return self._params[name]
 
     def const(self, data: Any, dtype: object = None) -> Value:
         """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``)."""
@@ -341,18 +365,17 @@ class GraphBuilder:
             name = name_hint
         from .optable import get_op, infer_node
 
-        opdef = get_op(op, where=f"graph {self.name!r}, node {name!r}" if name else f"graph {self.name!r}")
+        opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
         node_name = self._node_name(op, name)
         for v in inputs:
             if not isinstance(v, Value):
-                raise GraphError(f"{op} {node_name!r}: input {v!r} is not a Value")
+                raise GraphError(f"{op} {shown(node_name)}: input {shown(v)} is not a Value")
             if v.builder is not self:
-                raise GraphError(f"{op} {node_name!r}: input {v.name!r} is not defined in graph {self.name!r}")
-        full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self)
-        if output_names is not None and len(output_names) != len(types):
-            raise GraphError(
-                f"{op} {node_name!r}: {len(output_names)} output names given, the op has {len(types)} outputs"
-            )
+                raise GraphError(f"{op} {shown(node_name)}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
+        n_outputs = None if output_names is None else len(output_names)
+        full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self, n_outputs)
+        if n_outputs is not None and n_outputs != len(types):
+            raise GraphError(f"{op} {shown(node_name)}: {n_outputs} output names given, the op has {len(types)} outputs")
         outs = tuple(
             self._new_value(None if output_names is None else output_names[i], t) for i, t in enumerate(types)
         )
@@ -365,7 +388,7 @@ class GraphBuilder:
             while name in self._node_names:
                 name += "_"
         elif name in self._node_names:
-            raise GraphError(f"graph {self.name!r}: node name {name!r} is used twice")
+            raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
         self._node_names.add(name)
         return name
 
@@ -373,7 +396,7 @@ class GraphBuilder:
         """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
         for v in flatten(outputs):
             if not isinstance(v, Value) or v.builder is not self:
-                raise GraphError(f"graph {self.name!r}: output {v!r} is not a value of this graph")
+                raise GraphError(f"graph {shown(self.name)}: output {shown(v)} is not a value of this graph")
         g = Graph(tuple(self.inputs), tuple(self.params), tuple(self.nodes), outputs, self.library, self.name)
         for v in self.inputs:
             v.builder = None

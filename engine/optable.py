@@ -16,8 +16,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import dtypes
-from .errors import DTypeError, GraphError, ShapeError
-from .ir import GraphBuilder, TensorType, Value
+from .errors import NAME_LIMIT, DTypeError, GraphError, ShapeError, shown, shown_names
+from .ir import GraphBuilder, TensorType, Value, check_type_shape
 
 REQUIRED = object()
 
@@ -75,7 +75,8 @@ class OpDef:
     ``memory`` says what ``forward`` returns: ``"new"`` buffers, a ``"view"`` of input 0 (no new bytes; it keeps
     input 0's buffer alive), or ``"maybe_view"`` (either, so counted as new bytes that also keep input 0 alive);
     ``cost(inputs, outputs, attrs)`` is the op's static work estimate in element operations (FLOPs for products),
-    by default the elements it reads and writes (nothing for a view).
+    by default the elements it reads and writes (nothing for a view); ``output_count(attrs)`` gives the number of
+    outputs of an op whose count is set by attributes (Split), so it is checked before inference builds them.
     """
 
     name: str
@@ -91,6 +92,7 @@ class OpDef:
     outputs: tuple[str, ...] = ("y",)
     memory: str = "new"
     cost: Cost = traffic_cost
+    output_count: Callable[[dict[str, Any]], int] | None = None
 
     @property
     def variadic(self) -> bool:
@@ -124,6 +126,7 @@ def defop(
     outputs: Sequence[str] = ("y",),
     memory: str = "new",
     cost: Cost | None = None,
+    output_count: Callable[[dict[str, Any]], int] | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -133,7 +136,7 @@ def defop(
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, lowered, tuple(outputs),
-        memory, cost,
+        memory, cost, output_count,
     )
     OPS[name] = opdef
     return opdef
@@ -144,9 +147,13 @@ def get_op(name: str, where: str = "") -> OpDef:
     try:
         return OPS[name]
     except KeyError:
-        close = difflib.get_close_matches(name, OPS, n=3, cutoff=0.5)
+        close = difflib.get_close_matches(name, OPS, n=3, cutoff=0.5) if len(name) <= NAME_LIMIT else []
         hint = f"; did you mean {', '.join(close)}?" if close else ""
-        raise GraphError(f"{where + ': ' if where else ''}unknown op {name!r}{hint}") from None
+        raise GraphError(f"{where + ': ' if where else ''}unknown op {shown(name)}{hint}") from None
+
+
+_ELEMENT_TYPES = {"ints": (int,), "floats": (int, float), "strs": (str,)}
+"""Python types a list attribute's elements may have without conversion (the codec's and most callers')."""
 
 
 def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
@@ -154,7 +161,7 @@ def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
     k = spec.kind
 
     def bad() -> GraphError:
-        return GraphError(f"{op} {node!r}: attribute {key!r} must be {k}, got {v!r}")
+        return GraphError(f"{op} {shown(node)}: attribute {shown(key)} must be {k}, got {shown(v)}")
 
     if k == "bool":
         if not isinstance(v, (bool, np.bool_)):
@@ -177,13 +184,16 @@ def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
             v = (v,)
         if not isinstance(v, (list, tuple, np.ndarray)):
             raise bad()
+        plain = _ELEMENT_TYPES[k]
+        if all(type(x) in plain for x in v):
+            return tuple(float(x) for x in v) if k == "floats" else tuple(v)
         elem = {"ints": "int", "floats": "float", "strs": "str"}[k]
         return tuple(_check_attr(op, node, key, Attr(elem), x) for x in v)
     if k == "dtype":
         try:
             return dtypes.as_dtype(v)
         except TypeError as exc:
-            raise GraphError(f"{op} {node!r}: attribute {key!r}: {exc}") from None
+            raise GraphError(f"{op} {shown(node)}: attribute {shown(key)}: {exc}") from None
     if k == "tensor":
         if not isinstance(v, np.ndarray):
             raise bad()
@@ -191,38 +201,58 @@ def _check_attr(op: str, node: str, key: str, spec: Attr, v: Any) -> Any:
     raise AssertionError(f"unknown attribute kind {k}")
 
 
+MAX_OUTPUTS = 1 << 16
+"""Most outputs one node may have."""
+
+
+def _expected_outputs(opdef: OpDef, attrs: dict[str, Any]) -> int | None:
+    """How many outputs the node will have, known from the op and its attributes alone (None: only inference knows)."""
+    if opdef.output_count is not None:
+        return opdef.output_count(attrs)
+    return None if opdef.multi_output and opdef.outputs[-1].endswith("*") else len(opdef.outputs)
+
+
 def infer_node(
-    opdef: OpDef, node: str, inputs: list[Value], attrs: dict[str, Any], builder: GraphBuilder
+    opdef: OpDef, node: str, inputs: list[Value], attrs: dict[str, Any], builder: GraphBuilder, n_outputs: int | None = None
 ) -> tuple[dict[str, Any], tuple[TensorType, ...]]:
-    """Check a node's arity and attributes and infer its output types; errors name op, node and shapes."""
+    """Check a node's arity and attributes and infer its output types; errors name op, node and shapes.
+    ``n_outputs`` is the number of output names the caller gave, checked before inference when the op's
+    attributes already fix the count; every inferred type must be a shape NumPy can hold."""
     op = opdef.name
+    label = f"{op} {shown(node)}"
     n_fixed = len(opdef.inputs) - (1 if opdef.variadic else 0)
     if (opdef.variadic and len(inputs) < n_fixed) or (not opdef.variadic and len(inputs) != n_fixed):
         want = f"at least {n_fixed}" if opdef.variadic else str(n_fixed)
-        raise GraphError(f"{op} {node!r}: takes {want} inputs ({', '.join(opdef.inputs)}), got {len(inputs)}")
+        raise GraphError(f"{label}: takes {want} inputs ({', '.join(opdef.inputs)}), got {len(inputs)}")
     unknown = set(attrs) - set(opdef.attrs)
     if unknown:
-        raise GraphError(
-            f"{op} {node!r}: unknown attribute(s) {sorted(unknown)}; {op} takes {sorted(opdef.attrs) or 'none'}"
-        )
+        raise GraphError(f"{label}: unknown attribute(s) {shown_names(sorted(unknown))}; {op} takes {sorted(opdef.attrs) or 'none'}")
     full: dict[str, Any] = {}
     for key, spec in opdef.attrs.items():
         if key in attrs:
             full[key] = _check_attr(op, node, key, spec, attrs[key])
         elif spec.default is REQUIRED:
-            raise GraphError(f"{op} {node!r}: missing required attribute {key!r}")
+            raise GraphError(f"{label}: missing required attribute {key!r}")
         else:
             full[key] = spec.default
+    count = _expected_outputs(opdef, full)
+    if count is not None and count >= 1 and n_outputs is not None and count != n_outputs:
+        raise GraphError(f"{label}: {n_outputs} output names given, the op has {count} outputs")
+    if count is not None and count > MAX_OUTPUTS:
+        raise GraphError(f"{label}: would have {count} outputs; at most {MAX_OUTPUTS} are supported")
     types = [v.type for v in inputs]
     try:
-        # GradOperation's inference reads the builder's function library; every other op sees types only.
-        out = opdef.infer(types, builder=builder, **full) if op == "GradOperation" else opdef.infer(types, **full)
+        # Lowered ops (GradOperation) infer from the builder's function library; every other op sees types only.
+        out = opdef.infer(types, builder=builder, **full) if opdef.lowered else opdef.infer(types, **full)
+        outs = out if isinstance(out, tuple) else (out,)
+        for i, t in enumerate(outs):
+            check_type_shape(t.shape, f"output {i}" if len(outs) > 1 else "the output", t.dtype.itemsize)
     except (ShapeError, DTypeError) as exc:
-        shapes = ", ".join(f"{v.name}: {v.type}" for v in inputs)
-        raise type(exc)(f"{op} {node!r}: {exc} (inputs {shapes})") from None
+        shapes = ", ".join(f"{shown(v.name)}: {v.type}" for v in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
+        raise type(exc)(f"{label}: {exc} (inputs {shapes})") from None
     except GraphError as exc:
-        raise GraphError(f"{op} {node!r}: {exc}") from None
-    return full, out if isinstance(out, tuple) else (out,)
+        raise GraphError(f"{label}: {exc}") from None
+    return full, outs
 
 
 class _OpNamespace:
@@ -263,6 +293,13 @@ def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:
         raise ShapeError(f"shapes {' and '.join(map(str, shapes))} do not broadcast") from None
+
+
+def require_nonempty(shape: tuple[int, ...], axes: Sequence[int], what: str) -> None:
+    """For reductions without an identity (max, softmax's max): every reduced axis must have elements."""
+    empty = [a for a in axes if shape[a] == 0]
+    if empty:
+        raise ShapeError(f"{what} over axis {empty[0]} of shape {shape} is undefined: the axis is empty and max has no identity")
 
 
 def norm_axis(axis: int, ndim: int, what: str = "axis") -> int:

@@ -72,6 +72,18 @@ def test_views_add_no_bytes_and_no_cost() -> None:
     assert p.flops == 1 + 1 + 2 * 4 * N
 
 
+def test_selecting_from_a_broadcast_costs_what_is_selected() -> None:
+    # A 2**30-element broadcast is a view; slicing 2 elements and gathering 3 rows cost only those.
+    b = GraphBuilder("select")
+    big = b.op("BroadcastTo", b.input("x", "float32", (1, 4)), shape=(1 << 28, 4))
+    s = b.op("StridedSlice", big, begin=(0, 0), end=(1, 2), strides=(1, 1))
+    g = b.op("Gather", big, b.input("i", "int32", (3,)), axis=0)
+    p = compile_graph(b.build((s, g)))
+    assert p.flops == 1 + 2 * 2 + (2 * 3 * 4 + 3)
+    # x and i, the slice (counted as a copy, keeping x alive) and the gathered rows.
+    assert p.peak_bytes == 16 + 12 + 8 + 48
+
+
 @pytest.mark.parametrize(
     ("shapes", "flags", "flops"),
     [

@@ -13,12 +13,12 @@ SL = dict(begin=(0,), end=(1,), strides=(1,))
 
 # (op, [(dtype, shape) per input], attrs, error, fragments the message must contain besides op and node)
 CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[Exception], list[str]]] = [
-    ("Add", [(F32, (2, 3)), (F32, (4,))], {}, ShapeError, ["(2, 3) and (4,) do not broadcast", "x0: f32[2,3]"]),
+    ("Add", [(F32, (2, 3)), (F32, (4,))], {}, ShapeError, ["(2, 3) and (4,) do not broadcast", "'x0': f32[2,3]"]),
     ("Add", [(F32, (2,)), (F64, (2,))], {}, DTypeError, ["float32, float64"]),
     ("Sub", [(B, (2,)), (B, (2,))], {}, DTypeError, ["bool"]),
     ("RealDiv", [(I32, (2,)), (I32, (2,))], {}, DTypeError, ["int32"]),
     ("Pow", [(I32, ()), (I32, ())], {}, DTypeError, ["int32"]),
-    ("Log", [(I32, (3,))], {}, DTypeError, ["int32", "x0: i32[3]"]),
+    ("Log", [(I32, (3,))], {}, DTypeError, ["int32", "'x0': i32[3]"]),
     ("Neg", [(B, (3,))], {}, DTypeError, ["bool"]),
     ("Select", [(F32, (2,)), (F32, (2,)), (F32, (2,))], {}, DTypeError, ["condition must be bool"]),
     ("Select", [(B, (3,)), (F32, (2,)), (F32, (2,))], {}, ShapeError, ["(3,) and (2,) and (2,)"]),

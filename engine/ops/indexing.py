@@ -2,14 +2,20 @@
 (StridedSliceGrad, the scatter that pads a slice back; UnsortedSegmentSum, the scatter-add of Gather)."""
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Sequence
 
 import numpy as np
 
 from ..errors import GraphError, InputError, ShapeError
-from ..ir import TensorType, Value
+from ..ir import MAX_RANK, TensorType, Value, check_type_shape
 from ..optable import Attr, F, defop, norm_axis, same_dtype
 from .common import const, require_index, require_numeric
+
+def _selection_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """An op that reads only what it selects: each output element read and written once, plus the index
+    inputs (everything after the first input) read; a huge (possibly broadcast) source costs nothing more."""
+    return 2 * sum(t.size for t in outputs) + sum(t.size for t in inputs[1:])
+
 
 # ---- Concat and Split ----
 
@@ -92,6 +98,7 @@ defop(
     doc="splits x into output_num equal pieces along axis (output_num outputs)",
     outputs=("pieces*",),
     memory="view",
+    output_count=lambda attrs: attrs["output_num"],
 )
 
 # ---- StridedSlice and its gradient ----
@@ -150,6 +157,9 @@ def slice_index(shape: tuple[int, ...], begin: tuple[int, ...], end: tuple[int, 
 
 def sliced_shape(shape: tuple[int, ...], index: tuple[Any, ...]) -> tuple[int, ...]:
     """The shape of ``x[index]`` for any x of ``shape``, without allocating x."""
+    check_type_shape(shape, "the sliced shape")
+    if len(shape) + sum(i is None for i in index) - sum(isinstance(i, int) for i in index) > MAX_RANK:
+        raise ShapeError(f"the slice of shape {shape} would have more than {MAX_RANK} dimensions")
     return np.broadcast_to(np.empty((), np.int8), shape)[index].shape
 
 
@@ -190,6 +200,7 @@ defop(
     attrs=_SLICE_ATTRS,
     doc="x[begin:end:strides] per position, with TF/MindSpore bitmasks",
     memory="maybe_view",
+    cost=_selection_cost,
 )
 defop(
     "StridedSliceGrad",
@@ -278,6 +289,7 @@ defop(
     },
     nondiff=("indices",),
     doc="params.take(indices, axis): shape params[:axis] + indices + params[axis+1:]",
+    cost=_selection_cost,
 )
 defop(
     "UnsortedSegmentSum",

@@ -6,11 +6,13 @@ of gradients, which feed those outputs, come out right.
 """
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import GraphError, ShapeError
 from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, require_float, same_dtype, scaled_cost
+from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty, same_dtype, scaled_cost
 
 # ---- Softmax and LogSoftmax ----
 
@@ -23,11 +25,11 @@ def _axes(axis: tuple[int, ...], ndim: int) -> tuple[int, ...]:
 
 
 def _softmax_infer(types: list[TensorType], axis: tuple[int, ...]) -> TensorType:
-    """Float x of rank >= 1 with valid axes; the output has x's type."""
+    """Float x of rank >= 1 with valid, non-empty axes (the stable form takes a max over them); the output has x's type."""
     require_float(types[0], "x")
     if not types[0].shape:
         raise ShapeError("x must have rank >= 1, got a scalar")
-    _axes(axis, len(types[0].shape))
+    require_nonempty(types[0].shape, _axes(axis, len(types[0].shape)), "normalizing")
     return types[0]
 
 
@@ -84,6 +86,7 @@ def _sce_infer(types: list[TensorType]) -> tuple[TensorType, TensorType]:
     require_float(z, "logits and labels")
     if len(z.shape) != 2 or z.shape != y.shape:
         raise ShapeError(f"logits and labels must both be (N, C), got {z.shape} and {y.shape}")
+    require_nonempty(z.shape, (1,), "the log-softmax of the logits")
     return TensorType(dt, z.shape[:1]), TensorType(dt, z.shape)
 
 
@@ -174,7 +177,7 @@ def _ln_vjp(g: tuple[Value | None, Value | None, Value | None], out: tuple[Value
     g_y, g_mean, g_rstd = g
     _, mean, rstd = out
     axes = tuple(range(begin_norm_axis % x.ndim, x.ndim))
-    n = int(np.prod([x.shape[a] for a in axes], dtype=np.int64))
+    n = math.prod(x.shape[a] for a in axes)
     xhat = (x - mean) * rstd
     dx: list[Value] = []
     if g_y is not None:

@@ -1,12 +1,13 @@
 """Reductions over axes: ReduceSum, ReduceMean, ReduceMax (axis=() reduces every axis)."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
 
 from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, require_float
+from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty
 
 _ATTRS = {
     "axis": Attr("ints", (), "axes to reduce; () reduces all"),
@@ -23,19 +24,22 @@ def axes_of(axis: tuple[int, ...], ndim: int) -> tuple[int, ...]:
 
 def kept_shape(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
     """``shape`` with the reduced axes set to 1."""
-    ax = axes_of(axis, len(shape))
+    ax = set(axes_of(axis, len(shape)))
     return tuple(1 if i in ax else d for i, d in enumerate(shape))
 
 
-def _infer(floats: bool) -> Callable[..., TensorType]:
-    """Inference for a reduction; ``floats`` restricts it to float dtypes."""
+def _infer(floats: bool, identity: bool = True) -> Callable[..., TensorType]:
+    """Inference for a reduction; ``floats`` restricts it to float dtypes; without an ``identity``
+    (max) no reduced axis may be empty."""
 
     def infer(types: list[TensorType], axis: tuple[int, ...], keep_dims: bool) -> TensorType:
         """x's dtype; the reduced axes dropped, or kept as length 1."""
         t = types[0]
         if floats:
             require_float(t, "x")
-        ax = axes_of(axis, len(t.shape))
+        ax = set(axes_of(axis, len(t.shape)))
+        if not identity:
+            require_nonempty(t.shape, sorted(ax), "the reduction")
         if keep_dims:
             return TensorType(t.dtype, kept_shape(t.shape, axis))
         return TensorType(t.dtype, tuple(d for i, d in enumerate(t.shape) if i not in ax))
@@ -60,7 +64,7 @@ def _expand(g: Value, x: Value, axis: tuple[int, ...]) -> Value:
 
 def _count(x: Value, axis: tuple[int, ...]) -> int:
     """How many elements each output of a reduction of x over ``axis`` combines."""
-    return int(np.prod([x.shape[a] for a in axes_of(axis, x.ndim)], dtype=np.int64))
+    return math.prod(x.shape[a] for a in axes_of(axis, x.ndim))
 
 
 def _max_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: bool) -> Value:
@@ -83,7 +87,7 @@ defop(
 defop(
     "ReduceMax",
     ("x",),
-    _infer(False),
+    _infer(False, identity=False),
     lambda x, axis, keep_dims: np.asarray(np.max(x, axis=axes_of(axis, x.ndim), keepdims=keep_dims)),
     _max_vjp,
     attrs=_ATTRS,

@@ -1,24 +1,27 @@
 """Ops that move data without arithmetic: Reshape, BroadcastTo, Transpose, ExpandDims, Squeeze."""
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from ..errors import ShapeError
-from ..ir import TensorType
+from ..ir import TensorType, check_type_shape
 from ..optable import Attr, F, broadcast, defop, norm_axis
 
 
 def _reshape_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
     """The target shape with its -1 resolved, or a ShapeError if sizes differ."""
-    size = int(np.prod(shape, dtype=np.int64))
+    size = math.prod(shape)
     if target.count(-1) > 1 or any(d < -1 for d in target):
         raise ShapeError(f"target shape {target} may hold one -1 and no other negative dimension")
+    check_type_shape(tuple(max(d, 0) for d in target), "the target shape")
     if -1 in target:
-        known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+        known = math.prod(d for d in target if d != -1)
         if known == 0 or size % known:
             raise ShapeError(f"cannot reshape {shape} ({size} elements) to {target}")
         target = tuple(size // known if d == -1 else d for d in target)
-    if int(np.prod(target, dtype=np.int64)) != size:
+    if math.prod(target) != size:
         raise ShapeError(f"cannot reshape {shape} ({size} elements) to {target}")
     return target
 
@@ -29,7 +32,10 @@ def _broadcast_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[
     if lead < 0:
         raise ShapeError(f"cannot broadcast {shape} to the lower-rank shape {target}")
     full = tuple(shape[i - lead] if d == -1 and i >= lead else d for i, d in enumerate(target))
-    if any(d < 0 for d in full) or broadcast(shape, full) != full:
+    if any(d < 0 for d in full):
+        raise ShapeError(f"cannot broadcast {shape} to {target}")
+    check_type_shape(full, "the target shape")
+    if broadcast(shape, full) != full:
         raise ShapeError(f"cannot broadcast {shape} to {target}")
     return full
 
@@ -45,6 +51,12 @@ def _expanded(shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
     """``shape`` with a 1 inserted at ``axis`` (counted in the result's rank)."""
     a = norm_axis(axis, len(shape) + 1)
     return shape[:a] + (1,) + shape[a:]
+
+
+def _squeezed(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
+    """``shape`` without the axes Squeeze removes."""
+    gone = set(_squeeze_axes(shape, axis))
+    return tuple(d for i, d in enumerate(shape) if i not in gone)
 
 
 def _squeeze_axes(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, ...]:
@@ -101,7 +113,7 @@ defop(
 defop(
     "Squeeze",
     ("x",),
-    lambda t, axis: TensorType(t[0].dtype, tuple(d for i, d in enumerate(t[0].shape) if i not in _squeeze_axes(t[0].shape, axis))),
+    lambda t, axis: TensorType(t[0].dtype, _squeezed(t[0].shape, axis)),
     lambda x, axis: np.squeeze(x, _squeeze_axes(x.shape, axis)),
     lambda g, out, x, axis: F.Reshape(g, shape=x.shape),
     attrs={"axis": Attr("ints", (), "axes of length 1 to remove; () removes all")},

@@ -30,6 +30,7 @@ from gradserve.engine import (
     grad_operation,
     get_op,
 )
+from gradserve.engine.errors import NAME_LIMIT, shown, shown_names
 from gradserve.engine.optable import REQUIRED
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2 as spb
@@ -91,15 +92,29 @@ class Limits:
 DEFAULT_LIMITS = Limits()
 
 
+HINT_CANDIDATES = 1000
+"""Most known names a "did you mean" hint compares a name with, so that a hint costs little whatever the graph's size."""
+
+
 def _names_hint(name: str, known: Iterable[str]) -> str:
-    """``; did you mean 'a', 'b'?`` for the closest known names, or an empty string."""
-    close = difflib.get_close_matches(name, list(known), n=3, cutoff=0.6)
-    return f"; did you mean {', '.join(map(repr, close))}?" if close else ""
+    """``; did you mean 'a', 'b'?`` for the closest known names, or an empty string. Only names whose length
+    allows a match are compared, at most HINT_CANDIDATES of them, and none for a name too long to echo."""
+    if len(name) > NAME_LIMIT:
+        return ""
+    near = [k for k in known if 2 * min(len(k), len(name)) >= 0.6 * (len(k) + len(name))]  # difflib's own first filter
+    close = difflib.get_close_matches(name, near[:HINT_CANDIDATES], n=3, cutoff=0.6)
+    return f"; did you mean {', '.join(map(shown, close))}?" if close else ""
+
+
+def _bare(name: str) -> str:
+    """A caller's name unquoted where messages list names plainly, or :func:`shown` when too long to echo."""
+    return name if len(name) <= NAME_LIMIT else shown(name)
 
 
 def _key(name: str) -> str:
-    """A map key as written in field paths: ``["name"]``."""
-    return '["' + name.replace("\\", "\\\\").replace('"', '\\"') + '"]'
+    """A map key as written in field paths: ``["name"]`` (a name too long to echo is cut, with ``...``)."""
+    cut = name if len(name) <= NAME_LIMIT else name[:NAME_LIMIT] + "..."
+    return '["' + cut.replace("\\", "\\\\").replace('"', '\\"') + '"]'
 
 
 def _type_text(dt: np.dtype, shape: Sequence[int]) -> str:
@@ -244,7 +259,7 @@ def _function_order(msg: pb.Graph, limits: Limits, path: str) -> list[str]:
             if fn not in lib:
                 raise WireError(
                     f'{gpath}.nodes[{i}].attrs["fn"]',
-                    f"refers to function {fn!r}, which is not in {path}.library {sorted(lib)}{_names_hint(fn, lib)}",
+                    f"refers to function {shown(fn)}, which is not in {path}.library {shown_names(sorted(lib))}{_names_hint(fn, lib)}",
                     _node_label(g.nodes[i]),
                 )
         refs[owner] = sorted({fn for _, fn in _fn_refs(g)})
@@ -253,19 +268,21 @@ def _function_order(msg: pb.Graph, limits: Limits, path: str) -> list[str]:
     for root in sorted(lib):
         stack: list[tuple[str, int]] = [(root, 0)]
         on_path: list[str] = []
+        on_set: set[str] = set()
         while stack:
             name, k = stack.pop()
             if k == 0 and name in hops:
                 continue
-            if k == 0 and name in on_path:
+            if k == 0 and name in on_set:
                 cycle = on_path[on_path.index(name):] + [name]
-                raise WireError(f"{path}.library{_key(name)}", f"functions refer to each other in a cycle: {' -> '.join(cycle)}")
+                raise WireError(f"{path}.library{_key(name)}", f"functions refer to each other in a cycle: {_cycle_text(list(map(_bare, cycle)))}")
             if k == 0:
                 on_path.append(name)
+                on_set.add(name)
             if k < len(refs[name]):
                 stack += [(name, k + 1), (refs[name][k], 0)]
                 continue
-            on_path.pop()
+            on_set.discard(on_path.pop())
             hops[name] = max((1 + hops[r] for r in refs[name]), default=0)
             if hops[name] > limits.max_nesting_depth:
                 raise LimitError(f"{path}.library{_key(name)}", _nesting_text(hops[name], limits))
@@ -283,12 +300,24 @@ def _nesting_text(hops: int, limits: Limits) -> str:
 
 def _node_label(n: pb.Node) -> str:
     """How errors name a node: ``'matmul_3' (MatMul)``, or just one of the two when the other is unset."""
-    return " ".join(filter(None, [repr(n.name) if n.name else "", f"({n.op})" if n.op else ""]))
+    op = n.op if len(n.op) <= NAME_LIMIT else shown(n.op)
+    return " ".join(filter(None, [shown(n.name) if n.name else "", f"({op})" if n.op else ""]))
 
 
-def _engine_message(exc: Exception, op: str) -> str:
-    """An engine error's message without its leading ``Op 'node':`` (the field path already names the node)."""
-    return re.sub(rf"^{re.escape(op)} '[^']*': ", "", str(exc), count=1)
+def _cycle_text(steps: list[str], limit: int = 8) -> str:
+    """``a -> b -> a``, with at most ``limit`` steps shown from a long cycle."""
+    if len(steps) <= limit:
+        return " -> ".join(steps)
+    return " -> ".join(steps[:limit]) + f" -> ... ({len(steps) - 1} in the cycle)"
+
+
+def _engine_message(exc: Exception, op: str, node: str) -> str:
+    """An engine error's message without its leading ``Op 'node':`` (the field path already names the node);
+    ``node`` is the name the caller gave, empty when the engine chose one."""
+    text, prefix = str(exc), f"{op} {shown(node)}: "
+    if node:
+        return text[len(prefix):] if text.startswith(prefix) else text
+    return re.sub(rf"^{re.escape(op)} '[^']*': ", "", text, count=1)
 
 
 def _node_order(msg: pb.Graph, defined: dict[str, str], path: str) -> list[int]:
@@ -304,7 +333,7 @@ def _node_order(msg: pb.Graph, defined: dict[str, str], path: str) -> list[int]:
             elif name not in defined:
                 raise WireError(
                     f"{path}.nodes[{i}].inputs[{j}]",
-                    f"value {name!r} is not defined (not an input, parameter or node output){_names_hint(name, defined)}",
+                    f"value {shown(name)} is not defined (not an input, parameter or node output){_names_hint(name, defined)}",
                     _node_label(n),
                 )
         deps.append(d)
@@ -334,7 +363,7 @@ def _node_order(msg: pb.Graph, defined: dict[str, str], path: str) -> list[int]:
             walk.append(nxt)
         cycle = walk[seen[nxt]:] + [nxt]
         first = cycle[0]
-        text = " -> ".join(f"nodes[{i}] {_node_label(msg.nodes[i])}" for i in cycle)
+        text = _cycle_text([f"nodes[{i}] {_node_label(msg.nodes[i])}" for i in cycle])
         raise WireError(f"{path}.nodes[{first}]", f"is part of a cycle (each reads the next): {text}", _node_label(msg.nodes[first]))
     return order
 
@@ -357,7 +386,7 @@ def _decode_node_attrs(n: pb.Node, opdef: OpDef, limits: Limits, npath: str) -> 
         if spec is None:
             raise WireError(
                 f"{npath}.attrs{_key(key)}",
-                f"{opdef.name} has no attribute {key!r}; it takes {sorted(opdef.attrs)}{_names_hint(key, opdef.attrs)}",
+                f"{opdef.name} has no attribute {shown(key)}; it takes {sorted(opdef.attrs)}{_names_hint(key, opdef.attrs)}",
                 _node_label(n),
             )
         attrs[key] = decode_attr(n.attrs[key], spec.kind, limits, f"{npath}.attrs{_key(key)}", _node_label(n))
@@ -376,7 +405,7 @@ def _decode_tree(msg: pb.ValueTree, env: Mapping[str, Value], limits: Limits, fi
     if kind is None:
         raise WireError(field, "neither value nor tuple is set")
     if msg.value not in env:
-        raise WireError(f"{field}.value", f"value {msg.value!r} is not defined in this graph{_names_hint(msg.value, env)}")
+        raise WireError(f"{field}.value", f"value {shown(msg.value)} is not defined in this graph{_names_hint(msg.value, env)}")
     return env[msg.value]
 
 
@@ -390,7 +419,7 @@ def _decode_body(msg: pb.Graph, name: str, library: dict[str, Graph], limits: Li
         if not value:
             raise WireError(field, "value names must not be empty", node)
         if value in defined:
-            raise WireError(field, f"value name {value!r} is already defined by {defined[value]}", node)
+            raise WireError(field, f"value name {shown(value)} is already defined by {defined[value]}", node)
         defined[value] = field
 
     for i, v in enumerate(msg.inputs):
@@ -401,7 +430,7 @@ def _decode_body(msg: pb.Graph, name: str, library: dict[str, Graph], limits: Li
         field = f"{path}.parameters[{i}]"
         define(p.name, f"{field}.name")
         if not p.HasField("value"):
-            raise WireError(f"{field}.value", f"parameter {p.name!r} has no value")
+            raise WireError(f"{field}.value", f"parameter {shown(p.name)} has no value")
         data = decode_tensor(p.value, limits, f"{field}.value")
         env[p.name] = b.param(p.name, data, p.requires_grad if p.HasField("requires_grad") else True)
     for i, n in enumerate(msg.nodes):
@@ -428,12 +457,12 @@ def _decode_body(msg: pb.Graph, name: str, library: dict[str, Graph], limits: Li
         except NotDifferentiableError as exc:
             raise NotDifferentiableError(f"{npath} {label}: {exc}") from None
         except GraphError as exc:
-            raise WireError(npath, _engine_message(exc, n.op), label) from None
+            raise WireError(npath, _engine_message(exc, n.op, n.name), label) from None
         for j, made in enumerate(outs):
             if math.prod(made.shape) > limits.max_tensor_elements:
                 raise LimitError(
                     f"{npath}.outputs[{j}]",
-                    f"{made.name!r} would be {_type_text(made.dtype, made.shape)} ({math.prod(made.shape)} elements); the limit is {limits.max_tensor_elements}",
+                    f"{shown(made.name)} would be {_type_text(made.dtype, made.shape)} ({math.prod(made.shape)} elements); the limit is {limits.max_tensor_elements}",
                     label,
                 )
         env.update((made.name, made) for made in outs)
@@ -537,10 +566,13 @@ def encode_grad_operation(
 def apply_grad_operation(network: Graph, msg: pb.GradOperation, field: str = "grad") -> Graph:
     """The gradient graph of ``network`` for a GradOperation message, with errors naming ``field``."""
     kwargs = decode_grad_operation(msg, field)
-    params = [p.name for p in network.params]
+    params = {p.name for p in network.params}
     for i, w in enumerate(msg.weights):
         if w not in params:
-            raise WireError(f"{field}.weights[{i}]", f"{w!r} is not a parameter of the network {params}{_names_hint(w, params)}")
+            raise WireError(
+                f"{field}.weights[{i}]",
+                f"{shown(w)} is not a parameter of the network {shown_names(sorted(params))}{_names_hint(w, params)}",
+            )
     try:
         return grad_operation(network, **kwargs)
     except NotDifferentiableError as exc:
@@ -554,13 +586,13 @@ def decode_args(
 ) -> list[np.ndarray]:
     """Positional arrays for a graph's declared inputs, each checked against its dtype and shape."""
     if len(tensors) != len(expected):
-        want = ", ".join(f"{v.name}: {_type_text(v.dtype, v.shape)}" for v in expected)
+        want = ", ".join(f"{_bare(v.name)}: {_type_text(v.dtype, v.shape)}" for v in expected[:8]) + (", ..." if len(expected) > 8 else "")
         raise WireError(field, f"expected {len(expected)} tensors ({want}), got {len(tensors)}")
     arrays = []
     for i, (t, v) in enumerate(zip(tensors, expected)):
         a = decode_tensor(t, limits, f"{field}[{i}]")
         if a.dtype != v.dtype or a.shape != v.shape:
-            raise WireError(f"{field}[{i}]", f"{v.name!r} is declared {_type_text(v.dtype, v.shape)}, got {_type_text(a.dtype, a.shape)}")
+            raise WireError(f"{field}[{i}]", f"{shown(v.name)} is declared {_type_text(v.dtype, v.shape)}, got {_type_text(a.dtype, a.shape)}")
         arrays.append(a)
     return arrays
 
@@ -573,11 +605,11 @@ def decode_parameter_overrides(
     out = {}
     for name in sorted(tensors):
         if name not in params:
-            raise WireError(f"{field}{_key(name)}", f"the network has no parameter {name!r}{_names_hint(name, params)}")
+            raise WireError(f"{field}{_key(name)}", f"the network has no parameter {shown(name)}{_names_hint(name, params)}")
         a = decode_tensor(tensors[name], limits, f"{field}{_key(name)}")
         v = params[name]
         if a.dtype != v.dtype or a.shape != v.shape:
-            raise WireError(f"{field}{_key(name)}", f"parameter {name!r} is {_type_text(v.dtype, v.shape)}, got {_type_text(a.dtype, a.shape)}")
+            raise WireError(f"{field}{_key(name)}", f"parameter {shown(name)} is {_type_text(v.dtype, v.shape)}, got {_type_text(a.dtype, a.shape)}")
         out[name] = a
     return out
 
