@@ -14,7 +14,7 @@ MiB = 1 << 20
 class Limits:
     """Limits enforced on every request, all checked before the memory they guard is allocated.
 
-    With the defaults a server with W workers stays within about 1040 MiB + W x 1984 MiB in all, /dev/shm
+    With the defaults a server with W workers stays within about 1104 MiB + W x 1984 MiB in all, /dev/shm
     included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
     max_message_bytes: int = 256 * MiB + 16 * MiB
@@ -30,7 +30,7 @@ class Limits:
     """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed; a call
     that would bring them over this is refused (RESOURCE_EXHAUSTED) before its data is copied anywhere."""
     max_registered_networks: int = 1024
-    max_registry_bytes: int = 256 * MiB
+    max_registry_bytes: int = 320 * MiB
     """Serialized bytes of the networks the server keeps registered (least recently used evicted first);
     a single network larger than this is refused."""
     max_worker_cache_bytes: int = 128 * MiB
