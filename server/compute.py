@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import itertools
 import sys
-import time
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,19 +25,38 @@ from .errors import Failure
 
 @dataclass
 class WorkerState:
-    """A worker's limits and caches: decoded networks by id, Plans (compiled programs) by (id, call shape)."""
+    """A worker's limits and cache: decoded networks by id and Plans (compiled programs) by ``plan_key``,
+    in one ``worker.Cache`` bounded in bytes."""
 
     limits: codec.Limits
-    networks: Any
-    programs: Any
+    cache: Any
     max_message_bytes: int = 0
     """The largest response message (0: protobuf's own 2 GiB limit); results over it are refused before computing."""
     local_max_elements: int = 0
     """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``; 0: none)."""
+    max_peak_bytes: int = 0
+    """Plans whose runs hold more tensor bytes at once are refused before running (0: no limit)."""
+    max_flops: int = 0
+    """Plans whose runs cost more floating-point operations are refused before running (0: no limit)."""
+
+    def network(self, network_id: str, raw: bytes) -> Graph:
+        """The decoded network ``network_id`` (serialized as ``raw``), decoded and cached when not held."""
+        g = self.cache.get(network_id)
+        if g is None:
+            g = load_network(raw, self.limits)
+            self.cache.put(network_id, g, len(raw))
+        return g
 
 
-LOCAL_MAX_COMPILE_SECONDS = 0.05
-"""A plan that took longer than this to build never runs in the server process, which builds it again to run it."""
+def worker_state(limits: Limits, cache: Any, local_max_elements: int) -> WorkerState:
+    """The state of a worker (or of the local lane) serving under the server's ``limits``."""
+    return WorkerState(codec_limits(limits), cache, limits.max_message_bytes, local_max_elements,
+                       limits.max_request_peak_bytes, limits.max_request_flops)
+
+
+LOCAL_MAX_NODES = 1000
+"""A plan of more nodes never runs in the server process, which builds it again to run it (building takes
+time in proportion to the nodes; a count, unlike a measured time, decides the same way on a loaded machine)."""
 
 MESSAGES: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
     "grad": (service_pb2.GradRequest, service_pb2.GradResponse, ("gradients", "forward")),
@@ -132,6 +150,8 @@ class Plan:
     """How to serialize this plan's results without protobuf, once a first response showed it (small results only)."""
     local: bool = False
     """Small enough to run in the server process: see ``WorkerState.local_max_elements``."""
+    held: int = 0
+    """Bytes of the constants and parameters the program holds (what it costs a cache)."""
 
     def take(self, req: Any) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
         """(positional arrays, parameter overrides) of ``req``, or None when the codec must look at it."""
@@ -167,8 +187,10 @@ def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph, names: tup
             total += len(data_header(n)) + n  # at least its data field is in the response
             if n > size:
                 size, largest = n, f"{name} leaf {i}, {v.type}, {n} bytes"
+    held = sum(n.attrs["value"].nbytes for n in program.graph.nodes if n.op == "Const")
+    held += sum(np.asarray(p.data).nbytes for p in program.graph.params)
     return Plan(program, [_Spec.of(v) for v in declared], len(network.inputs),
-                {p.name: _Spec.of(p.value) for p in network.params}, total, largest, forward)
+                {p.name: _Spec.of(p.value) for p in network.params}, total, largest, forward, held=held)
 
 
 def check_result_size(plan: Plan, response: str, limit: int) -> None:
@@ -184,6 +206,18 @@ def check_result_size(plan: Plan, response: str, limit: int) -> None:
         )
 
 
+def check_cost(plan: Plan, peak_limit: int, flops_limit: int) -> None:
+    """Refuse (RESOURCE_EXHAUSTED) a plan whose run would hold more tensor bytes at once, or cost more
+    floating-point operations, than the limits allow; both are known from shapes before it runs."""
+    program = plan.program
+    if peak_limit and program.peak_bytes > peak_limit:
+        raise Failure("RESOURCE_EXHAUSTED", f"running this request would hold {program.peak_bytes} bytes of tensors at once, "
+                      f"over the max_request_peak_bytes limit of {peak_limit}; nothing was computed; use smaller tensors")
+    if flops_limit and program.flops > flops_limit:
+        raise Failure("RESOURCE_EXHAUSTED", f"running this request would cost {program.flops} floating-point operations, "
+                      f"over the max_request_flops limit of {flops_limit}; nothing was computed; use smaller tensors")
+
+
 def plan_key(kind: str, req: Any, network_id: str) -> tuple:
     """The cache key of the plan a Grad or Run request runs: its network, GradOperation and return_forward."""
     if kind == "grad":
@@ -191,12 +225,14 @@ def plan_key(kind: str, req: Any, network_id: str) -> tuple:
     return network_id, None, False
 
 
-def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview], network_id: str) -> tuple[Any, list[np.ndarray]]:
-    """Run one job; returns a small answer and the large arrays to ship back."""
+def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview], network_id: str,
+           interrupt: Callable[[], bool] | None = None) -> tuple[Any, list[np.ndarray]]:
+    """Run one job (asking ``interrupt()`` between the steps of a run whether to stop); returns a small
+    answer and the large arrays to ship back."""
     if kind == "load":
         g = load_network(payload, state.limits)
         nid = codec.network_id(g)
-        state.networks.put(nid, g)
+        state.cache.put(nid, g, len(payload))
         return nid, []
     if kind == "ops":
         return (codec.list_ops().SerializeToString(), codec.supported_dtypes()), []
@@ -204,33 +240,37 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
         raise ValueError(f"unknown job kind {kind!r}")
     raw, places = payload
     req = MESSAGES[kind][0].FromString(raw)
-    return run(state, kind, req, _with_blobs(req, places, blobs), network_id, plan_key(kind, req, network_id))
+    return run(state, kind, req, _with_blobs(req, places, blobs), network_id, plan_key(kind, req, network_id), interrupt)
 
 
-def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key: tuple) -> tuple[tuple[bytes, list[int], bool], list[np.ndarray]]:
+def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key: tuple,
+        interrupt: Callable[[], bool] | None = None) -> tuple[tuple[bytes, list[int], bool], list[np.ndarray]]:
     """Compute a Grad or Run request ``req`` (``view``: the same with shared-memory buffers standing in for
     its stripped tensors) on the network ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``.
     Returns (the serialized response with large leaves' data left out, their leaf numbers, whether the plan
     is ``local``) and those leaves' arrays."""
     _, response, names = MESSAGES[kind]
-    plan = state.programs.get(key)
+    plan = state.cache.get(key)
     taken = plan.take(view) if plan is not None else None
     if taken is None:
-        network = state.networks.get(network_id)
+        network = state.cache.get(network_id)
         if kind == "grad":
             call = codec.decode_grad_call(network, view, state.limits)
         else:
             call = codec.decode_run_call(network, view, state.limits)
         if plan is None:
             forward, sens = kind == "grad" and req.return_forward, kind == "grad" and req.grad.sens_param
-            start = time.perf_counter()
             plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph, names, forward)
             plan.local = (0 < state.local_max_elements and plan.program.elements <= state.local_max_elements
-                          and time.perf_counter() - start <= LOCAL_MAX_COMPILE_SECONDS)
-            state.programs.put(key, plan)
+                          and len(plan.program.graph.nodes) <= LOCAL_MAX_NODES)
+            state.cache.put(key, plan, plan.held)
     check_result_size(plan, response.__name__, state.max_message_bytes)
+    check_cost(plan, state.max_peak_bytes, state.max_flops)
     # Plan.take checked every type; the codec checked against the network, the program checks again
-    result = plan.program(*call.args, params=call.params) if taken is None else plan.program.run(*taken)
+    if taken is None:
+        result = plan.program(*call.args, params=call.params, interrupt=interrupt)
+    else:
+        result = plan.program.run(*taken, interrupt=interrupt)
     trees = list(result) if plan.forward else [result]
     if plan.template is not None:
         body = plan.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])

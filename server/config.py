@@ -14,7 +14,10 @@ MiB = 1 << 20
 
 @dataclass(frozen=True)
 class Limits:
-    """Limits enforced on every request, all checked before the memory they guard is allocated."""
+    """Limits enforced on every request, all checked before the memory they guard is allocated.
+
+    With the defaults a server with W workers stays within about 1104 MiB + W x 1984 MiB in all, /dev/shm
+    included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
     max_message_bytes: int = 256 * MiB + 16 * MiB
     """Largest gRPC message either way: room for a 256 MB tensor plus the rest of the message."""
@@ -25,7 +28,23 @@ class Limits:
     default_deadline_ms: int = 60_000
     max_deadline_ms: int = 600_000
     max_queue_depth: int = 64
+    max_queued_bytes: int = 384 * MiB
+    """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed; a call
+    that would bring them over this is refused (RESOURCE_EXHAUSTED) before its data is copied anywhere."""
     max_registered_networks: int = 1024
+    max_registry_bytes: int = 320 * MiB
+    """Serialized bytes of the networks the server keeps registered (least recently used evicted first);
+    a single network larger than this is refused."""
+    max_worker_cache_bytes: int = 128 * MiB
+    """Bytes of networks and compiled programs (parameters and constants) each worker, and the local
+    lane, keeps (least recently used dropped first; the one in use is always kept)."""
+    max_request_peak_bytes: int = 768 * MiB
+    """Most tensor bytes alive at once while one request runs (known from shapes at compile time)."""
+    max_request_flops: int = 10**11
+    """Most floating-point operations (estimated from shapes at compile time) one request may cost."""
+    stop_grace_ms: int = 2_000
+    """How long a worker told to stop (its call cancelled or expired) may take to finish its current
+    operation before it is killed and replaced."""
     max_open_streams: int = 16
     """GradStream calls open at once; each holds a gRPC thread for as long as it is open, so beyond this
     a new stream is refused (RESOURCE_EXHAUSTED) and health checks and unary calls keep their threads."""
@@ -66,6 +85,8 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     """PEM CA bundle; when set, clients must present a certificate it signed (mutual TLS)."""
+    access_log: bool = False
+    """Log one JSON line per call (event "access": method, code, duration_ms, request_id, network_id)."""
     limits: Limits = field(default_factory=Limits)
 
     def bearer_token(self) -> str:
@@ -106,6 +127,7 @@ HELP = {
     "tls_cert": "PEM certificate chain: with --tls-key, serve TLS only",
     "tls_key": "unencrypted PEM private key of --tls-cert",
     "tls_client_ca": "PEM CA bundle: clients must present a certificate it signed (mutual TLS)",
+    "access_log": "log one JSON line per call (event access: method, code, duration_ms, request_id, network_id)",
     "max_message_bytes": "largest gRPC message either way, in bytes",
     "max_graph_nodes": "most nodes in a request's graph, its library functions included",
     "max_tensor_elements": "most elements in any one tensor",
@@ -114,7 +136,14 @@ HELP = {
     "default_deadline_ms": "deadline of a call that sets none, in milliseconds",
     "max_deadline_ms": "longest deadline a call gets, in milliseconds (longer ones are cut to this)",
     "max_queue_depth": "requests waiting for a free worker before more are refused (RESOURCE_EXHAUSTED)",
+    "max_queued_bytes": "request bytes of the Grad and Run calls waiting for or holding a worker; beyond it a call "
+                        "is refused (RESOURCE_EXHAUSTED) before its data is copied",
     "max_registered_networks": "networks the server's registry holds",
+    "max_registry_bytes": "serialized bytes of the networks the registry holds, least recently used evicted first",
+    "max_worker_cache_bytes": "bytes of networks and compiled programs each worker (and the local lane) keeps",
+    "max_request_peak_bytes": "most tensor bytes alive at once in one request, known from shapes before it runs",
+    "max_request_flops": "most floating-point operations one request may cost, estimated from shapes before it runs",
+    "stop_grace_ms": "how long a worker told to stop a cancelled or expired call may take before it is killed",
     "max_open_streams": "GradStream calls open at once (each holds a gRPC thread)",
 }
 """One line of ``gradserve serve --help`` per setting."""
@@ -138,8 +167,16 @@ def _env(name: str) -> str:
     return "GRADSERVE_" + name.upper()
 
 
-def _kind(f: dataclasses.Field) -> type:
-    return {"float": float, "str": str}.get(str(f.type), int)
+def boolean(text: str) -> bool:
+    """A yes/no setting's value: 1, true, yes, on or 0, false, no, off."""
+    word = text.strip().lower()
+    if word not in ("1", "true", "yes", "on", "0", "false", "no", "off"):
+        raise ValueError(f"not a yes/no value: {text!r}")
+    return word in ("1", "true", "yes", "on")
+
+
+def _kind(f: dataclasses.Field) -> Any:
+    return {"float": float, "str": str, "bool": boolean}.get(str(f.type), int)
 
 
 def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
@@ -150,14 +187,15 @@ def _scalar_fields() -> list[tuple[dataclasses.Field, bool]]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add one ``--flag`` per setting, described with its default; each also reads ``GRADSERVE_<NAME>``;
-    a flag wins over the variable."""
+    a flag wins over the variable, and a bare yes/no ``--flag`` turns it on."""
     base = ServerConfig()
     groups = {False: parser.add_argument_group("server"), True: parser.add_argument_group("limits (reported by ServerInfo)")}
     for f, is_limit in _scalar_fields():
         default = _default(f.name, getattr(base.limits if is_limit else base, f.name))
         kind, text = _kind(f), HELP.get(f.name, f.name.replace("_", " "))
+        switch: dict[str, Any] = {"nargs": "?", "const": True} if kind is boolean else {}
         groups[is_limit].add_argument(_flag(f.name), dest=f.name, type=kind, default=None, metavar=METAVARS.get(kind),
-                                      help=f"{text} (default: {default}; env {_env(f.name)})")
+                                      help=f"{text} (default: {default}; env {_env(f.name)})", **switch)
 
 
 def from_arguments(args: argparse.Namespace, environ: Mapping[str, str] = os.environ) -> ServerConfig:

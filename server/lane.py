@@ -2,7 +2,8 @@
 
 Handing a request to a worker costs two process wake-ups and a pickled round trip, several times
 the work of a tiny gradient. A worker builds every plan first; when it reports the plan ``local``
-(``compute.Plan.local``: its runs touch at most ``local_max_elements`` elements and it built quickly),
+(``compute.Plan.local``: its runs touch at most ``local_max_elements`` elements and it has at most
+``compute.LOCAL_MAX_NODES`` nodes, so it builds quickly),
 later requests for it run here, one at a time, with no deadline checks needed: their work is bounded.
 """
 from __future__ import annotations
@@ -24,8 +25,7 @@ class Lane:
     """Plans the workers found ``local``, compiled again and run in this process."""
 
     def __init__(self, limits: Limits, max_elements: int, cache_size: int) -> None:
-        self._state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size),
-                                          limits.max_message_bytes, max_elements)
+        self._state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), max_elements)
         self._admitted = Cache(cache_size)
         self._lock = threading.Lock()
         self.served = 0
@@ -47,8 +47,7 @@ class Lane:
         with self._lock:
             state = self._state
             try:
-                if state.networks.get(network_id) is None:
-                    state.networks.put(network_id, compute.load_network(network, state.limits))
+                state.network(network_id, network)
                 (body, leaves, _), arrays = compute.run(state, kind, request, request, network_id, key)
             except Exception as exc:
                 raise compute.classify(exc) from None

@@ -4,7 +4,8 @@ The pool is started before any grpc object exists, and every worker (also a repl
 forked by multiprocessing's fork server, a clean process that never held grpc state. A caller
 thread takes an idle worker (waiting in a bounded queue), talks to it over a pipe and watches the
 worker's sentinel, its deadline and its call's liveness: a dead worker is replaced and only its
-request fails (UNAVAILABLE); an expired or cancelled call kills and replaces its worker.
+request fails (UNAVAILABLE); an expired or cancelled call tells its worker to stop between operations
+(a number in shared memory), and only a worker that does not stop within a grace period is replaced.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import multiprocessing.forkserver
 import os
 import pickle
 import select
+import signal
 import threading
 import time
 from dataclasses import dataclass, field
@@ -22,10 +24,14 @@ from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
+from .config import Limits
 from .errors import Failure
 
 POLL_SECONDS = 0.05
 """How often a waiting caller checks whether its call is still wanted."""
+
+EXIT_WAIT_SECONDS = 1.0
+"""How long a worker whose pipe closed is given to exit, so that its exit status can be reported."""
 
 KEEP_ARENA_BYTES = 256 << 20
 """Shared-memory arenas up to this size are kept for the next request; larger ones are released."""
@@ -169,8 +175,12 @@ def unpack(buf: memoryview | None, spans: list[Any]) -> list[Any]:
 class _Slot:
     """One worker process with its pipe, its arenas and the networks it is believed to hold."""
 
-    def __init__(self, index: int) -> None:
+    def __init__(self, index: int, flag: Any) -> None:
         self.index = index
+        self.flag = flag
+        """A shared int: the number of the job the worker should stop (``worker.Stop``)."""
+        self.job = 0
+        """The number of the job last sent to the worker."""
         self.inbox = Arena(f"w{index}i")
         self.outbox = Arena(f"w{index}o")
         self.proc: multiprocessing.process.BaseProcess | None = None
@@ -202,12 +212,15 @@ class WorkerPool:
         self.max_queue = max_queue
         self.max_reserve = max_reserve
         """The largest out-arena a worker may ask for (its results make one response: max_message_bytes); 0: any."""
+        self.stop_grace = Limits.stop_grace_ms / 1000
+        """Seconds a worker told to stop may take to finish its current operation before it is replaced
+        (the servicer sets it from ``Limits.stop_grace_ms``)."""
         self._cond = threading.Condition()
         self._life = threading.Lock()
         """Held while starting a worker and while closing, so that no worker starts once the pool is closed."""
         self._waiting = 0
         self._closed = False
-        self._slots = [_Slot(i) for i in range(workers)]
+        self._slots = [_Slot(i, self._ctx.RawValue("q", 0)) for i in range(workers)]
         with self._life:
             for s in self._slots:
                 self._start(s)
@@ -236,7 +249,7 @@ class WorkerPool:
         """Start a worker in ``slot`` (the caller holds ``_life`` and has checked the pool is open)."""
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=self._worker_main, args=(child, *self._worker_args), name=f"gradserve-worker-{slot.index}", daemon=True
+            target=self._worker_main, args=(child, slot.flag, *self._worker_args), name=f"gradserve-worker-{slot.index}", daemon=True
         )
         proc.start()
         child.close()
@@ -320,7 +333,8 @@ class WorkerPool:
         while True:
             where, spans = pack(slot.inbox, job.blobs)
             network = job.network if send_network else b""
-            msg = (job.kind, job.payload, where, spans, job.network_id, network, slot.outbox.name)
+            slot.job += 1
+            msg = (job.kind, job.payload, where, spans, job.network_id, network, slot.outbox.name, slot.job, deadline)
             reply = self._exchange(slot, msg, deadline, is_active)
             if reply[0] == "missing" and not send_network:
                 send_network = True
@@ -334,36 +348,47 @@ class WorkerPool:
             return payload, unpack(buf, spans)
 
     def _exchange(self, slot: _Slot, msg: tuple, deadline: float | None, is_active: Callable[[], bool]) -> tuple:
-        """Send ``msg`` and wait for the reply, serving the worker's requests for a bigger out-arena."""
+        """Send ``msg`` and wait for the reply, serving the worker's requests for a bigger out-arena. When the
+        call ends first, tell the worker to stop and wait up to ``stop_grace`` for it (then replace it)."""
         assert slot.conn is not None and slot.proc is not None
         conn, proc, poller = slot.conn, slot.proc, slot.poller
         conn_fd = conn.fileno()
+        stopping: Failure | None = None
+        until = 0.0
         try:
             send(conn, msg)
             while True:
-                ready = {fd for fd, _ in poller.poll(math.ceil(_poll_timeout(deadline) * 1000))}
+                wait = _poll_timeout(deadline) if stopping is None else max(0.0, min(POLL_SECONDS, until - time.monotonic()))
+                ready = {fd for fd, _ in poller.poll(math.ceil(wait * 1000))}
                 if conn_fd in ready:
                     reply = recv(conn)
                     if reply[0] != "grow":
+                        if stopping is not None:
+                            raise stopping
                         return reply
-                    if self.max_reserve and reply[1] > self.max_reserve:
+                    if stopping is not None or (self.max_reserve and reply[1] > self.max_reserve):
                         send(conn, None)  # the worker answers RESOURCE_EXHAUSTED
                     else:
                         send(conn, slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
                     continue
                 if proc.sentinel in ready:
                     raise EOFError
-                try:
-                    _check_alive(deadline, is_active, "computing")
-                except Failure:
+                if stopping is None:
+                    try:
+                        _check_alive(deadline, is_active, "computing")
+                    except Failure as f:
+                        stopping, until = f, time.monotonic() + self.stop_grace
+                        slot.flag.value = slot.job
+                elif time.monotonic() >= until:
                     self._replace(slot)
-                    raise
+                    raise stopping
         except (EOFError, OSError, BrokenPipeError):
+            proc.join(EXIT_WAIT_SECONDS)  # its pipe may close a moment before its exit status is known
             exitcode = proc.exitcode
             self._replace(slot)
             raise Failure(
                 "UNAVAILABLE",
-                f"worker process {proc.pid} died while computing this request (exit code {exitcode}); "
+                f"worker process {proc.pid} died while computing this request ({_ended(exitcode)}); "
                 "it has been replaced and retrying is safe",
             ) from None
 
@@ -383,6 +408,18 @@ class WorkerPool:
                         s.proc.join()
                 s.inbox.release()
                 s.outbox.release()
+
+
+def _ended(exitcode: int | None) -> str:
+    """How a worker process ended, in words: its exit code, or the signal that killed it."""
+    if exitcode is None:
+        return "still running"
+    if exitcode < 0:
+        try:
+            return f"killed by {signal.Signals(-exitcode).name}"
+        except ValueError:
+            return f"killed by signal {-exitcode}"
+    return f"exit code {exitcode}"
 
 
 def _poll_timeout(deadline: float | None) -> float:

@@ -7,11 +7,13 @@ from __future__ import annotations
 
 import hashlib
 import queue
+import secrets
 import sys
 import threading
 import time
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from importlib import metadata
 from typing import Any, Callable, Iterator
 
@@ -19,6 +21,7 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
+from ..engine.errors import shown
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
 from .compute import MESSAGES, plan_key
@@ -33,14 +36,22 @@ API_VERSION = "gradserve.v1"
 
 
 class Registry:
-    """Registered networks (serialized) by id, least recently used evicted, plus a digest->id index
-    so that registering the same bytes again needs no worker."""
+    """Registered networks (serialized) by id, least recently used evicted beyond a count and a byte
+    budget, plus a digest->id index so that registering the same bytes again needs no worker."""
 
-    def __init__(self, capacity: int) -> None:
+    def __init__(self, capacity: int, max_bytes: int) -> None:
         self.capacity = capacity
+        self.max_bytes = max_bytes
+        self.nbytes = 0
         self._nets: OrderedDict[str, bytes] = OrderedDict()
         self._ids: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    def check(self, raw: bytes) -> None:
+        """Refuse (RESOURCE_EXHAUSTED) a serialized network larger than the whole budget."""
+        if self.max_bytes and len(raw) > self.max_bytes:
+            raise Failure("RESOURCE_EXHAUSTED", f"the network is {len(raw)} bytes serialized, over the max_registry_bytes "
+                          f"limit of {self.max_bytes}; it cannot be registered on this server; send smaller parameters")
 
     def get(self, network_id: str) -> bytes | None:
         """The serialized network, or None if unknown (or evicted)."""
@@ -57,20 +68,54 @@ class Registry:
             return nid if nid in self._nets else None
 
     def put(self, digest: str, network_id: str, raw: bytes) -> bool:
-        """Store a network; True when it was new."""
+        """Store a network (``check``ed); True when it was new."""
         with self._lock:
-            created = network_id not in self._nets
+            old = self._nets.pop(network_id, None)
+            created = old is None
+            self.nbytes += len(raw) - (0 if old is None else len(old))
             self._nets[network_id] = raw
-            self._nets.move_to_end(network_id)
             self._ids[digest] = network_id
-            while self.capacity and len(self._nets) > self.capacity:
-                old, _ = self._nets.popitem(last=False)
-                self._ids = {d: i for d, i in self._ids.items() if i != old}
+            while len(self._nets) > 1 and ((self.capacity and len(self._nets) > self.capacity)
+                                           or (self.max_bytes and self.nbytes > self.max_bytes)):
+                gone, data = self._nets.popitem(last=False)
+                self.nbytes -= len(data)
+                self._ids = {d: i for d, i in self._ids.items() if i != gone}
             return created
 
     def __len__(self) -> int:
         with self._lock:
             return len(self._nets)
+
+
+@dataclass
+class Call:
+    """One call being served: when it must end, whether its caller still wants it, and what its log lines name."""
+
+    method: str
+    context: grpc.ServicerContext
+    deadline: float | None
+    request_id: str = ""
+    network_id: str = ""
+
+    def is_active(self) -> bool:
+        return self.context.is_active()
+
+    def ids(self) -> dict[str, Any]:
+        """The call's request id (the request's own, else the ``x-request-id`` metadata, else a new one) and
+        network id, cut to a loggable length, for a log line."""
+        if not self.request_id:
+            given = dict(self.context.invocation_metadata() or ()).get("x-request-id", "")
+            self.request_id = given if isinstance(given, str) and given else secrets.token_hex(8)
+        return {"request_id": _loggable(self.request_id), "network_id": _loggable(self.network_id)}
+
+
+LOG_ID_LIMIT = 128
+"""Characters of a request or network id a log line carries as it is (a network id has 71); longer ones are cut."""
+
+
+def _loggable(text: str) -> str:
+    """A caller's id for a log line: as it is when short, else cut (``shown``)."""
+    return text if len(text) <= LOG_ID_LIMIT else shown(text, LOG_ID_LIMIT)
 
 
 def status_proto(f: Failure) -> status_pb2.Status:
@@ -91,14 +136,17 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.pool = pool
         self.config = config
         self.limits = config.limits
-        self.registry = Registry(config.limits.max_registered_networks)
+        pool.stop_grace = config.limits.stop_grace_ms / 1000
+        self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
         self.lane = Lane(config.limits, config.local_max_elements, config.worker_cache_size)
         self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
+        self._held = 0
+        """Bytes of the Grad and Run requests waiting for a worker or being computed (``max_queued_bytes``)."""
         self._counting = threading.Lock()
-        """Guards ``_inflight``; taken directly on every call (a Condition's own ``with`` costs Python calls)."""
+        """Guards ``_inflight`` and ``_held``; taken directly on every call (a Condition's own ``with`` costs Python calls)."""
         self._quiet = threading.Condition(self._counting)
         self._streams = 0
         self._streams_lock = threading.Lock()
@@ -120,30 +168,51 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             if self.draining:  # only wait_idle waits, and only once draining is set
                 self._quiet.notify_all()
 
+    def _hold(self, size: int) -> None:
+        """Count ``size`` request bytes against ``max_queued_bytes``, or refuse the request (RESOURCE_EXHAUSTED)."""
+        limit = self.limits.max_queued_bytes
+        with self._counting:
+            held = self._held
+            if not limit or held + size <= limit:
+                self._held = held + size
+                return
+        raise Failure("RESOURCE_EXHAUSTED", f"this request is {size} bytes and the requests waiting or being computed hold "
+                      f"{held}, together over the max_queued_bytes limit of {limit}; retry later, or send smaller requests")
+
+    def _unhold(self, size: int) -> None:
+        with self._counting:
+            self._held -= size
+
     # ---- plumbing ----
 
-    def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[float | None, Callable[[], bool]], Any]) -> Any:
-        """Run ``fn(deadline, is_active)``, record the outcome and latency, and turn a Failure into the call's status."""
+    def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[Call], Any], request_id: str = "") -> Any:
+        """Run ``fn(call)``, record the outcome and latency, and turn a Failure into the call's status."""
         code, start = "OK", time.perf_counter()
+        call = Call(method, context, None, request_id)
         try:
             self._enter()
             try:
-                return fn(self._deadline(context), context.is_active)
+                call.deadline = self._deadline(context)
+                return fn(call)
             finally:
                 self._leave()
         except Failure as f:
             code = f.code
-            self.fail(method, f, context)
+            self.fail(method, f, context, call)
         except Exception as exc:
             code = "INTERNAL"
-            log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer())
-            context.abort(grpc.StatusCode.INTERNAL, f"{method}: server bug: {type(exc).__name__}: {exc}")
+            log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer(), **call.ids())
+            context.abort(grpc.StatusCode.INTERNAL, Failure("INTERNAL", f"{method}: server bug: {type(exc).__name__}: {exc}").message)
         finally:
-            self.metrics.record(method, code, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.record(method, code, elapsed)
+            if self.config.access_log:
+                log("access", method=method, code=code, duration_ms=round(elapsed * 1000, 3), **call.ids())
 
-    def fail(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
+    def fail(self, method: str, f: Failure, context: grpc.ServicerContext, call: Call | None = None) -> None:
         """Log ``f`` and end the call with its status (raises, as ``context.abort`` does)."""
-        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer())
+        ids = (call or Call(method, context, None)).ids()
+        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **ids)
         context.abort_with_status(rpc_status.to_status(status_proto(f)))
 
     def reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
@@ -165,52 +234,61 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             ms = self.limits.max_deadline_ms if ms is None else min(ms, self.limits.max_deadline_ms)
         return None if ms is None else time.monotonic() + ms / 1000
 
-    def _register(self, graph: Any, deadline: float | None, is_active: Callable[[], bool]) -> tuple[str, bytes, bool]:
+    def _register(self, graph: Any, call: Call) -> tuple[str, bytes, bool]:
         """(id, serialized network, created) for a Graph message; decoded and checked by a worker once."""
         raw = graph.SerializeToString(deterministic=True)
         digest = hashlib.sha256(raw).hexdigest()
         nid = self.registry.lookup(digest)
         if nid is not None:
+            call.network_id = nid
             return nid, raw, False
-        nid = self.pool.submit(Job("load", raw), deadline, is_active).payload
+        self.registry.check(raw)
+        nid = call.network_id = self.pool.submit(Job("load", raw), call.deadline, call.is_active).payload
         return nid, raw, self.registry.put(digest, nid, raw)
 
-    def _network(self, request: Any, deadline: float | None, is_active: Callable[[], bool]) -> tuple[str, bytes]:
+    def _network(self, request: Any, call: Call) -> tuple[str, bytes]:
         which = request.WhichOneof("network")
         if which == "network_id":
+            call.network_id = request.network_id
             raw = self.registry.get(request.network_id)
             if raw is None:
                 raise Failure(
                     "NOT_FOUND",
-                    f"network_id {request.network_id!r} is not registered on this server; register it again or send the graph inline",
+                    f"network_id {shown(request.network_id)} is not registered on this server; register it again or send the graph inline",
                     [("network_id", "unknown network id")],
                 )
             return request.network_id, raw
         if which == "graph":
-            nid, raw, _ = self._register(request.graph, deadline, is_active)
+            nid, raw, _ = self._register(request.graph, call)
             request.ClearField("graph")
             return nid, raw
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
-    def _compute(self, kind: str, incoming: blobs.Lifted, deadline: float | None, is_active: Callable[[], bool]) -> bytes:
+    def _compute(self, kind: str, incoming: blobs.Lifted, call: Call) -> bytes:
         """The serialized response to a Grad or Run request: computed by the local lane when its plan is
-        tiny, else by a worker (which reports whether the plan is tiny)."""
+        tiny, else by a worker (which reports whether the plan is tiny). Its bytes count against
+        ``max_queued_bytes`` until it is answered."""
         request = incoming.message
-        nid, raw = self._network(request, deadline, is_active)
-        key = plan_key(kind, request, nid)
-        tail = MESSAGES[kind][1](network_id=nid, request_id=request.request_id).SerializeToString()
-        if not incoming.data and self.lane.takes(key):
-            return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
-        job = Job(kind, (request.SerializeToString(), incoming.places), incoming.data, nid, raw)
+        size = request.ByteSize() + sum(len(d) for d in incoming.data)
+        self._hold(size)
+        try:
+            nid, raw = self._network(request, call)
+            key = plan_key(kind, request, nid)
+            tail = MESSAGES[kind][1](network_id=nid, request_id=request.request_id).SerializeToString()
+            if not incoming.data and self.lane.takes(key):
+                return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
+            job = Job(kind, (request.SerializeToString(), incoming.places), incoming.data, nid, raw)
 
-        def take(payload: tuple[bytes, list[int], bool], frames: list[Any]) -> bytes:
-            """The response, built while the worker's shared memory holds the frames."""
-            body, leaves, local = payload
-            if local:
-                self.lane.admit(key, raw)
-            return self._reply(kind, body, leaves, frames, tail)
+            def take(payload: tuple[bytes, list[int], bool], frames: list[Any]) -> bytes:
+                """The response, built while the worker's shared memory holds the frames."""
+                body, leaves, local = payload
+                if local:
+                    self.lane.admit(key, raw)
+                return self._reply(kind, body, leaves, frames, tail)
 
-        return self.pool.submit(job, deadline, is_active, take)
+            return self.pool.submit(job, call.deadline, call.is_active, take)
+        finally:
+            self._unhold(size)
 
     def _reply(self, kind: str, body: bytes, leaves: list[int], frames: list[Any], tail: bytes) -> bytes:
         """``body`` (a serialized response without its large leaves' data) with ``frames`` as that data, and
@@ -227,10 +305,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def RegisterNetwork(self, request: service_pb2.RegisterNetworkRequest, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:
         """Store a network under its content-addressed id (idempotent)."""
-        def register(deadline: float | None, is_active: Callable[[], bool]) -> service_pb2.RegisterNetworkResponse:
+        def register(call: Call) -> service_pb2.RegisterNetworkResponse:
             if not request.HasField("graph"):
                 raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
-            nid, _, created = self._register(request.graph, deadline, is_active)
+            nid, _, created = self._register(request.graph, call)
             return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
 
         return self._serve("RegisterNetwork", context, register)
@@ -239,11 +317,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     # their own request deserializer and a response serializer that passes bytes through.
     def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
-        return self._serve("Grad", context, lambda d, a: self._compute("grad", request, d, a))
+        return self._serve("Grad", context, lambda call: self._compute("grad", request, call), request.message.request_id)
 
     def Run(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """Forward outputs of a network (a serialized RunResponse)."""
-        return self._serve("Run", context, lambda d, a: self._compute("run", request, d, a))
+        return self._serve("Run", context, lambda call: self._compute("run", request, call), request.message.request_id)
 
     def GradStream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
@@ -272,22 +350,27 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         def one(incoming: blobs.Lifted) -> None:
             code, start = "OK", time.perf_counter()
             request = incoming.message
+            call = Call("GradStream", context, None, request.request_id)
             response: bytes | service_pb2.GradResponse
             try:
                 self._enter()
                 try:
-                    response = self._compute("grad", incoming, self._deadline(context), context.is_active)
+                    call.deadline = self._deadline(context)
+                    response = self._compute("grad", incoming, call)
                 finally:
                     self._leave()
             except Failure as f:
                 code = f.code
-                log("request_error", method="GradStream", code=f.code, message=f.message, request_id=request.request_id)
+                log("request_error", method="GradStream", code=f.code, message=f.message, **call.ids())
                 response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(f))
             except Exception as exc:
                 code = "INTERNAL"
-                log("internal_error", method="GradStream", error=f"{type(exc).__name__}: {exc}")
+                log("internal_error", method="GradStream", error=f"{type(exc).__name__}: {exc}", **call.ids())
                 response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(Failure("INTERNAL", str(exc))))
-            self.metrics.record("GradStream", code, time.perf_counter() - start)
+            elapsed = time.perf_counter() - start
+            self.metrics.record("GradStream", code, elapsed)
+            if self.config.access_log:
+                log("access", method="GradStream", code=code, duration_ms=round(elapsed * 1000, 3), **call.ids())
             results.put(response)
 
         def read(executor: ThreadPoolExecutor) -> None:
@@ -319,21 +402,21 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def ListOps(self, request: service_pb2.ListOpsRequest, context: grpc.ServicerContext) -> service_pb2.ListOpsResponse:
         """Every op of the engine (asked of a worker once, then cached)."""
-        return self._serve("ListOps", context, lambda d, a: service_pb2.ListOpsResponse.FromString(self._op_catalog(d, a)[0]))
+        return self._serve("ListOps", context, lambda call: service_pb2.ListOpsResponse.FromString(self._op_catalog(call)[0]))
 
-    def _op_catalog(self, deadline: float | None, is_active: Callable[[], bool]) -> tuple[bytes, list[int]]:
+    def _op_catalog(self, call: Call) -> tuple[bytes, list[int]]:
         if self._ops is None:
-            self._ops = self.pool.submit(Job("ops", None), deadline, is_active).payload
+            self._ops = self.pool.submit(Job("ops", None), call.deadline, call.is_active).payload
         return self._ops
 
     def ServerInfo(self, request: service_pb2.ServerInfoRequest, context: grpc.ServicerContext) -> service_pb2.ServerInfoResponse:
         """Versions, limits, worker count and request counters."""
-        def info(deadline: float | None, is_active: Callable[[], bool]) -> service_pb2.ServerInfoResponse:
+        def info(call: Call) -> service_pb2.ServerInfoResponse:
             resp = service_pb2.ServerInfoResponse(
                 server_version=_version("gradserve"),
                 api_version=API_VERSION,
                 worker_count=self.pool.size,
-                supported_dtypes=[graph_pb2.DataType.ValueType(d) for d in self._op_catalog(deadline, is_active)[1]],
+                supported_dtypes=[graph_pb2.DataType.ValueType(d) for d in self._op_catalog(call)[1]],
             )
             resp.component_versions["python"] = sys.version.split()[0]
             for dist in ("numpy", "grpcio", "protobuf"):

@@ -6,12 +6,14 @@ import ctypes
 import mmap
 import os
 import signal
+import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection
 from typing import Any
 
 import numpy as np
 
+from ..engine import Interrupted
 from . import compute
 from .blobs import data_header
 from .config import Limits
@@ -62,25 +64,40 @@ class _Mapping:
             self.detach()
 
 
-class Cache(OrderedDict):
-    """A least-recently-used dict holding at most ``size`` entries."""
+class Cache:
+    """A least-recently-used map bounded by entry count and by the bytes its entries hold; the entry
+    put last is always kept, so that the one in use is never dropped."""
 
-    def __init__(self, size: int) -> None:
-        super().__init__()
+    def __init__(self, size: int, max_bytes: int = 0) -> None:
         self.size = size
+        self.max_bytes = max_bytes
+        """0: no byte bound."""
+        self.nbytes = 0
+        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
+
+    def __contains__(self, key: Any) -> bool:
+        return key in self._entries
+
+    def __len__(self) -> int:
+        return len(self._entries)
 
     def get(self, key: Any, default: Any = None) -> Any:
-        if key in self:
-            self.move_to_end(key)
-            return self[key]
-        return default
+        """The value of ``key`` (now the most recently used), or ``default``."""
+        entry = self._entries.get(key)
+        if entry is None:
+            return default
+        self._entries.move_to_end(key)
+        return entry[0]
 
-    def put(self, key: Any, value: Any) -> None:
-        """Insert ``value``, evicting the least recently used entry when full."""
-        self[key] = value
-        self.move_to_end(key)
-        while len(self) > self.size:
-            self.popitem(last=False)
+    def put(self, key: Any, value: Any, nbytes: int = 0) -> None:
+        """Insert ``value`` holding ``nbytes``, dropping the least recently used entries beyond the bounds."""
+        old = self._entries.pop(key, None)
+        if old is not None:
+            self.nbytes -= old[1]
+        self._entries[key] = (value, nbytes)
+        self.nbytes += nbytes
+        while len(self._entries) > 1 and (len(self._entries) > self.size or (self.max_bytes and self.nbytes > self.max_bytes)):
+            self.nbytes -= self._entries.popitem(last=False)[1][1]
 
 
 def limit_blas_threads() -> None:
@@ -132,31 +149,51 @@ def tune_malloc() -> None:
     mallopt(M_TRIM_THRESHOLD, HEAP_KEEP_BYTES)
 
 
-def main(conn: Connection, limits: Limits, cache_size: int, local_max_elements: int) -> None:
-    """Serve jobs until the parent closes the pipe."""
+class Stop:
+    """The engine's ``interrupt`` hook for one job: True once the parent has written the job's number
+    into the shared ``flag`` (its call was cancelled or expired) or the job's deadline has passed."""
+
+    def __init__(self, flag: Any) -> None:
+        self.flag = flag
+        self.job = 0
+        self.deadline: float | None = None
+        """``time.monotonic()`` value, the same clock in every process of the machine."""
+
+    def __call__(self) -> bool:
+        return self.flag.value == self.job or (self.deadline is not None and time.monotonic() >= self.deadline)
+
+    def failure(self, exc: Exception) -> Failure:
+        """The status of a job the hook stopped, saying why."""
+        if self.flag.value == self.job:
+            return Failure("CANCELLED", f"the call was cancelled while computing; the work was stopped ({exc})")
+        return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
+
+
+def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max_elements: int) -> None:
+    """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_blas_threads()
     tune_malloc()
     inbox, outbox = _Mapping(), _Mapping()
-    state = compute.WorkerState(compute.codec_limits(limits), Cache(cache_size), Cache(cache_size), limits.max_message_bytes,
-                                local_max_elements)
+    state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), local_max_elements)
+    stop = Stop(flag)
     while True:
         try:
-            kind, payload, in_name, spans, network_id, network, out_name = recv(conn)
+            kind, payload, in_name, spans, network_id, network, out_name, stop.job, stop.deadline = recv(conn)
         except EOFError:
             return
         try:
-            if network_id and network_id not in state.networks:
+            if network_id and network_id not in state.cache:
                 if not network:
                     send(conn, ("missing", network_id))
                     continue
-                state.networks.put(network_id, compute.load_network(network, state.limits))
+                state.network(network_id, network)
             blobs = unpack(inbox.attach(in_name), spans)
-            answer, arrays = compute.handle(state, kind, payload, blobs, network_id)
+            answer, arrays = compute.handle(state, kind, payload, blobs, network_id, stop)
             del blobs
             send(conn, ("ok", answer, *_ship(conn, outbox, out_name, arrays)))
         except Exception as exc:  # every failure goes back to the caller as a status
-            f = compute.classify(exc)
+            f = stop.failure(exc) if isinstance(exc, Interrupted) else compute.classify(exc)
             send(conn, ("error", f.code, f.message, f.violations))
         finally:
             blobs = answer = arrays = None  # type: ignore[assignment]  # no view of an arena outlives the job

@@ -2,6 +2,9 @@
 answering health checks SERVING and serving good requests."""
 from __future__ import annotations
 
+import json
+import re
+
 import grpc
 import numpy as np
 import pytest
@@ -12,8 +15,11 @@ from grpc_status import rpc_status
 from gradserve import codec
 from gradserve.engine import GraphBuilder, NotDifferentiableError
 from gradserve.server.compute import classify
+from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
+from gradserve.server.errors import MESSAGE_LIMIT, VIOLATION_LIMIT, VIOLATIONS_LIMIT, Failure
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+from serverkit import parse, rejected
 
 LIMITS = Limits(max_graph_nodes=8, max_tensor_elements=1000, max_nesting_depth=3, max_message_bytes=1 << 20)
 
@@ -134,3 +140,65 @@ def test_engine_errors_map_to_codes_and_only_bugs_are_internal() -> None:
     assert classify(codec.LimitError("graph.nodes", "too many")).code == "RESOURCE_EXHAUSTED"
     assert classify(MemoryError()).code == "RESOURCE_EXHAUSTED"
     assert classify(KeyError("bug")).code == "INTERNAL"
+
+
+# ---- what the server logs about each call, and how long echoed caller strings may be ----
+
+def log_lines(text: str) -> list[dict[str, object]]:
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_every_request_log_line_and_the_access_log_carry_the_request_id(capsys: pytest.CaptureFixture[str]) -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, access_log=True)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=sin_net()), metadata=[("x-request-id", "reg-1")],
+                                   timeout=30).network_id
+        stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[tensor()], request_id="ok-1"), timeout=30)
+        err = rejected(lambda: stub.Run(service_pb2.RunRequest(network_id="sha256:gone", inputs=[tensor()], request_id="run-7"),
+                                        timeout=30))
+        assert err.code() == grpc.StatusCode.NOT_FOUND
+        stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=30)
+    lines = log_lines(capsys.readouterr().err)
+    (error,) = [x for x in lines if x["event"] == "request_error"]
+    assert (error["method"], error["code"], error["request_id"], error["network_id"]) == ("Run", "NOT_FOUND", "run-7", "sha256:gone")
+    access = {(x["method"], x["request_id"]): x for x in lines if x["event"] == "access"}
+    assert (access[("RegisterNetwork", "reg-1")]["code"], access[("RegisterNetwork", "reg-1")]["network_id"]) == ("OK", nid)
+    assert (access[("Run", "ok-1")]["code"], access[("Run", "ok-1")]["network_id"]) == ("OK", nid)
+    assert access[("Run", "run-7")]["code"] == "NOT_FOUND"
+    (info,) = [x for x in access.values() if x["method"] == "ServerInfo"]
+    assert re.fullmatch(r"[0-9a-f]{16}", str(info["request_id"])), "a call without an id gets one made up"
+    assert all(isinstance(x["duration_ms"], float) and x["duration_ms"] >= 0 for x in access.values())
+
+
+def test_huge_caller_strings_are_cut_in_statuses_and_logs(capsys: pytest.CaptureFixture[str]) -> None:
+    huge = "n" * 200_000
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        err = rejected(lambda: stub.Grad(service_pb2.GradRequest(network_id=huge, inputs=[tensor()], request_id=huge), timeout=30))
+        assert err.code() == grpc.StatusCode.NOT_FOUND and len(err.details()) < 1024
+        assert "(200000 characters)" in err.details()
+        bad = broken(lambda g: g.nodes[0].inputs.__setitem__(0, huge))
+        err = rejected(lambda: stub.Grad(service_pb2.GradRequest(graph=bad, inputs=[tensor()]), timeout=30))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT and len(err.details()) < 1024
+    for line in capsys.readouterr().err.splitlines():
+        assert len(line) < 4096, line[:200]
+
+
+def test_failure_messages_are_capped_keeping_start_and_end() -> None:
+    f = Failure("INVALID_ARGUMENT", "start " + "x" * 100_000 + " the end", [("f" * 10_000, "d" * 10_000)] * 10)
+    assert len(f.message) < 2 * MESSAGE_LIMIT and f.message.startswith("start ") and f.message.endswith(" the end")
+    assert f"({len('start ') + 100_000 + len(' the end')} characters)" in f.message
+    assert len(f.violations) == VIOLATIONS_LIMIT and all(len(k) < 2 * VIOLATION_LIMIT for k, _ in f.violations)
+
+
+def test_access_log_is_a_switch_flag_and_a_variable() -> None:
+    assert parse([], {}).access_log is False
+    assert parse(["--access-log"], {}).access_log is True
+    assert parse([], {"GRADSERVE_ACCESS_LOG": "true"}).access_log is True
+    assert parse(["--access-log", "off"], {"GRADSERVE_ACCESS_LOG": "1"}).access_log is False
+    with pytest.raises(SystemExit, match="GRADSERVE_ACCESS_LOG='maybe' is not a valid boolean"):
+        parse([], {"GRADSERVE_ACCESS_LOG": "maybe"})
+    assert parse(["--max-request-flops", "5", "--stop-grace-ms", "7"], {"GRADSERVE_MAX_QUEUED_BYTES": "9"}).limits == \
+        Limits(max_request_flops=5, stop_grace_ms=7, max_queued_bytes=9)

@@ -523,6 +523,12 @@ class Limits(_message.Message):
     MAX_QUEUE_DEPTH_FIELD_NUMBER: _builtins.int
     MAX_REGISTERED_NETWORKS_FIELD_NUMBER: _builtins.int
     MAX_OPEN_STREAMS_FIELD_NUMBER: _builtins.int
+    MAX_QUEUED_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REGISTRY_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_WORKER_CACHE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_PEAK_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_REQUEST_FLOPS_FIELD_NUMBER: _builtins.int
+    STOP_GRACE_MS_FIELD_NUMBER: _builtins.int
     max_message_bytes: _builtins.int
     """Largest accepted gRPC message, in bytes."""
     max_graph_nodes: _builtins.int
@@ -542,6 +548,24 @@ class Limits(_message.Message):
     """Networks kept registered; the least recently used are evicted beyond it."""
     max_open_streams: _builtins.int
     """GradStream calls open at once; another is refused until one closes."""
+    max_queued_bytes: _builtins.int
+    """Bytes (as received) of the Grad and Run requests waiting for a worker or being computed; a
+    request that would bring them over this is refused at once.
+    """
+    max_registry_bytes: _builtins.int
+    """Serialized bytes of the networks kept registered; the least recently used are evicted beyond it,
+    and a single network larger than this is refused.
+    """
+    max_worker_cache_bytes: _builtins.int
+    """Bytes of networks and compiled programs each worker keeps (least recently used dropped first)."""
+    max_request_peak_bytes: _builtins.int
+    """Most tensor bytes alive at once while one request runs, computed from shapes before it runs."""
+    max_request_flops: _builtins.int
+    """Most floating-point operations one request may cost, estimated from shapes before it runs."""
+    stop_grace_ms: _builtins.int
+    """How long a worker told to stop a cancelled or expired call may take to finish its current
+    operation before it is replaced, in milliseconds.
+    """
     def __init__(
         self,
         *,
@@ -555,10 +579,16 @@ class Limits(_message.Message):
         max_queue_depth: _builtins.int = ...,
         max_registered_networks: _builtins.int = ...,
         max_open_streams: _builtins.int = ...,
+        max_queued_bytes: _builtins.int = ...,
+        max_registry_bytes: _builtins.int = ...,
+        max_worker_cache_bytes: _builtins.int = ...,
+        max_request_peak_bytes: _builtins.int = ...,
+        max_request_flops: _builtins.int = ...,
+        stop_grace_ms: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_deadline_ms", b"default_deadline_ms", "max_deadline_ms", b"max_deadline_ms", "max_graph_nodes", b"max_graph_nodes", "max_message_bytes", b"max_message_bytes", "max_nesting_depth", b"max_nesting_depth", "max_open_streams", b"max_open_streams", "max_queue_depth", b"max_queue_depth", "max_registered_networks", b"max_registered_networks", "max_tensor_elements", b"max_tensor_elements", "max_tensor_rank", b"max_tensor_rank"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_deadline_ms", b"default_deadline_ms", "max_deadline_ms", b"max_deadline_ms", "max_graph_nodes", b"max_graph_nodes", "max_message_bytes", b"max_message_bytes", "max_nesting_depth", b"max_nesting_depth", "max_open_streams", b"max_open_streams", "max_queue_depth", b"max_queue_depth", "max_queued_bytes", b"max_queued_bytes", "max_registered_networks", b"max_registered_networks", "max_registry_bytes", b"max_registry_bytes", "max_request_flops", b"max_request_flops", "max_request_peak_bytes", b"max_request_peak_bytes", "max_tensor_elements", b"max_tensor_elements", "max_tensor_rank", b"max_tensor_rank", "max_worker_cache_bytes", b"max_worker_cache_bytes", "stop_grace_ms", b"stop_grace_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
