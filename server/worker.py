@@ -3,6 +3,7 @@ and runs the engine. It never imports grpc (it is forked from the clean fork ser
 from __future__ import annotations
 
 import ctypes
+import gc
 import mmap
 import os
 import signal
@@ -64,6 +65,12 @@ class _Mapping:
             self.detach()
 
 
+COLLECT_AFTER_BYTES = 8 << 20
+"""A cache that has dropped entries holding this many bytes runs the garbage collector: a decoded network
+and the gradients cached on it form reference cycles, which the collector, counting objects rather than
+the bytes they hold, would otherwise free only after a hundred or so large networks."""
+
+
 class Cache:
     """A least-recently-used map bounded by entry count and by the bytes its entries hold; the entry
     put last is always kept, so that the one in use is never dropped."""
@@ -73,6 +80,8 @@ class Cache:
         self.max_bytes = max_bytes
         """0: no byte bound."""
         self.nbytes = 0
+        self._dropped = 0
+        """Bytes of entries dropped since the last garbage collection."""
         self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
 
     def __contains__(self, key: Any) -> bool:
@@ -97,7 +106,12 @@ class Cache:
         self._entries[key] = (value, nbytes)
         self.nbytes += nbytes
         while len(self._entries) > 1 and (len(self._entries) > self.size or (self.max_bytes and self.nbytes > self.max_bytes)):
-            self.nbytes -= self._entries.popitem(last=False)[1][1]
+            dropped = self._entries.popitem(last=False)[1][1]
+            self.nbytes -= dropped
+            self._dropped += dropped
+        if self._dropped >= COLLECT_AFTER_BYTES:
+            self._dropped = 0
+            gc.collect()
 
 
 def limit_blas_threads() -> None:

@@ -68,6 +68,7 @@ class Watch:
         self.start = self.workers()
         self.cases = 0
         self.baseline = self.rss()
+        self.parts = {pid: fuzzkit.rss_bytes(pid) >> 20 for pid in [os.getpid(), *server.pool.pids()]}
 
     def rss(self) -> int:
         """RSS of the server process (this one: the fixture runs it here) and its workers, after a gc."""
@@ -170,4 +171,6 @@ def test_after_every_case_the_server_serves_right_answers_with_its_workers_and_m
     np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(xs) * xs + np.sin(xs), rtol=1e-12)
     assert watch.workers() == watch.start, "workers were replaced during the module"
     grown = watch.rss() - watch.baseline
-    assert grown <= RSS_SLACK, f"RSS grew by {grown / 2**20:.0f} MiB over {watch.cases} cases (allowed {RSS_SLACK >> 20} MiB)"
+    parts = {pid: fuzzkit.rss_bytes(pid) >> 20 for pid in [os.getpid(), *watch.server.pool.pids()]}
+    assert grown <= RSS_SLACK, f"RSS grew by {grown / 2**20:.0f} MiB over {watch.cases} cases (allowed {RSS_SLACK >> 20} MiB); " \
+        f"MiB by pid now (the test's own process first): {parts}, baseline {watch.parts}"
