@@ -125,9 +125,9 @@ def test_metrics_show_busy_workers_queue_depth_and_replacements(metered: tuple[S
     assert (samples[("gradserve_workers_busy", ())], samples[("gradserve_queue_depth", ())]) == (1, 1)
     queued_call.cancel()
     running_call.cancel()
-    wait_until(lambda: server.pool.replaced == 1 and not server.pool.busy_pids() and server.pool.queued == 0)
+    wait_until(lambda: not server.pool.busy_pids() and server.pool.queued == 0)
     samples = scrape(server.metrics_port)
-    assert samples[("gradserve_worker_replacements_total", ())] == 1
+    assert samples[("gradserve_worker_replacements_total", ())] == 0, "a cancelled call stops its worker, which stays"
     assert (samples[("gradserve_workers_busy", ())], samples[("gradserve_queue_depth", ())]) == (0, 0)
     assert samples[("gradserve_registered_networks", ())] == 1
 

@@ -161,7 +161,7 @@ def test_a_deadline_beyond_the_servers_maximum_is_cut_to_it() -> None:
         err = rejected(lambda: stub.Grad(request, timeout=60))
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "the deadline passed while computing; the work was stopped" in err.details()
-        assert server.pool.replaced == 1
+        assert server.pool.replaced == 0, "the worker stops between operations and stays"
         still_serving(channel)
 
 
