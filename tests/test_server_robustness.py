@@ -154,10 +154,10 @@ def test_deadline_passing_in_the_queue_is_deadline_exceeded_and_takes_no_worker(
 
 
 def test_a_deadline_beyond_the_servers_maximum_is_cut_to_it() -> None:
-    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_deadline_ms=1000))
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_deadline_ms=1000, max_request_peak_bytes=2 << 30))
     with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = service_pb2_grpc.GradientStub(channel)
-        request = slow_request(stub, n=3000)  # several seconds of work
+        request = slow_request(stub, n=3000)  # several seconds of work, about 900 MiB at its peak
         err = rejected(lambda: stub.Grad(request, timeout=60))
         assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
         assert "the deadline passed while computing; the work was stopped" in err.details()
