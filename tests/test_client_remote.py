@@ -113,7 +113,7 @@ def test_the_sdk_uses_the_context_tls_settings(pki: dict[str, str], sdk: None) -
         gs.set_context(target=f"127.0.0.1:{server.port}", token=TOKEN, tls_ca=pki["ca.pem"],
                        tls_cert=pki["client.pem"], tls_key=pki["client.key"])
         np.testing.assert_allclose(tutorial_grad_x(), GRAD_X, rtol=1e-6)
-        gs.set_context(tls_cert=None, tls_key=None)  # the server wants a client certificate
+        gs.set_context(tls_cert=None, tls_key=None, retry_seconds=0)  # the server wants a client certificate
         with pytest.raises(RemoteError, match=r"^UNAVAILABLE: "):
             tutorial_grad_x()
 
@@ -165,7 +165,8 @@ def test_a_restarted_server_gets_the_network_again(pair: list[Server]) -> None:
     assert counts.get(("Grad", "NOT_FOUND"), 0) == 1 and ("RegisterNetwork", "OK") not in counts, counts
 
 
-def test_no_reachable_server_is_an_unavailable_error(pair: list[Server]) -> None:
+def test_no_reachable_server_is_an_unavailable_error(pair: list[Server], clean_context: None) -> None:
+    gs.set_context(retry_seconds=0.5)
     backend = RemoteBackend(",".join(f"127.0.0.1:{s.port}" for s in pair))
     try:
         nid = backend.register(weighted_sin())
