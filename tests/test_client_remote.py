@@ -3,7 +3,6 @@ registered once per server behind one round_robin channel, changed parameter val
 and what a call raises when no server is reachable. Each server's ServerInfo counters show what it served."""
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
@@ -24,7 +23,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
-from serverkit import TOKEN
+from serverkit import TOKEN, wait_until
 
 X = np.linspace(-1.0, 1.0, 5)
 W = np.array([0.5, -1.0, 2.0, 0.25, 1.5])
@@ -122,15 +121,23 @@ def test_the_sdk_uses_the_context_tls_settings(pki: dict[str, str], sdk: None) -
 def test_one_round_robin_channel_registers_on_every_server_it_reaches(n: int) -> None:
     with servers(n) as group:
         backend = RemoteBackend("ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in group))
+        calls = 0
+
+        def every_server_reached() -> bool:  # round_robin uses each address once it has connected to it
+            nonlocal calls
+            grad_w(backend, nid)
+            calls += 1
+            return all(served(s).get(("Grad", "OK"), 0) > 0 for s in group)
+
         try:
             nid = backend.register(weighted_sin())
+            wait_until(every_server_reached, "round_robin to reach every server")
             for _ in range(CALLS * n):
                 grad_w(backend, nid)
         finally:
             backend.close()
         counts = [served(s) for s in group]
-    assert all(c.get(("Grad", "OK"), 0) > 0 for c in counts), counts
-    assert sum(c.get(("Grad", "OK"), 0) for c in counts) == CALLS * n, counts
+    assert sum(c.get(("Grad", "OK"), 0) for c in counts) == calls + CALLS * n, counts
     assert sum(c.get(("Grad", "NOT_FOUND"), 0) for c in counts) <= n, ("each server misses the network at most once", counts)
 
 
@@ -156,9 +163,11 @@ def test_a_restarted_server_gets_the_network_again(pair: list[Server]) -> None:
             grad_w(backend, nid)
         pair[0].stop(1)
         with running(ServerConfig(host="127.0.0.1", port=pair[0].port, workers=1)) as restarted:
-            while served(restarted).get(("Grad", "OK"), 0) < 3:  # calls go to the other server until it is back
+            def three_served() -> bool:  # calls go to the other server until the channel has reconnected
                 grad_w(backend, nid)
-                time.sleep(0.02)
+                return served(restarted).get(("Grad", "OK"), 0) >= 3
+
+            wait_until(three_served, "calls to reach the restarted server")
             counts = served(restarted)
     finally:
         backend.close()
