@@ -4,11 +4,12 @@ A target is ``host:port``, a comma-separated list of them, or any gRPC URI (``dn
 ``ipv4:a:p,b:q``). Each listed item gets its own channel: this client rotates its calls over them,
 registers each network once through each of them and then sends only inputs, and on UNAVAILABLE
 moves the call to the next one (backing off once all have failed, for up to ``retry_seconds`` in all,
-so that a call rides out a server's restart; every Gradient call is idempotent). A single item naming several addresses (a ``dns:///`` name) is balanced by gRPC's
-``round_robin`` inside its channel, where this client cannot tell which server answers: there a
-NOT_FOUND (a server that never saw the network, or was restarted) is retried with the graph inline,
-which registers it on whichever server takes the call, and the next calls on that channel send it
-inline too until the rotation has passed every address. Parameter values travel with the
+so that a call rides out a server's restart; every Gradient call is idempotent). A single item
+naming several addresses (a ``dns:///`` name) is balanced by gRPC's ``round_robin`` inside its
+channel, where this client cannot tell which server answers: there a NOT_FOUND (a server that never
+saw the network, or was restarted) is retried with the graph inline, which registers it on whichever
+server takes the call, and the next calls on that channel send it inline too until the rotation has
+passed every address. Parameter values travel with the
 registration, so they are sent again only when they change.
 """
 from __future__ import annotations

@@ -22,6 +22,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
+from serverkit import slow_request, wait_until
 
 
 class Net(nn.Cell):
@@ -126,6 +127,7 @@ def test_a_retry_budget_shorter_than_the_outage_ends_in_unavailable(refusals: Re
     try:
         restarted.set()  # the outage ends only after the call gave up; the same backend then reaches the server
         assert late.up.wait(60)
+        gs.set_context(retry_seconds=600)  # for as long as its channel takes to try connecting again (up to ~1 s)
         np.testing.assert_allclose(tutorial_grad_x(), GRAD_X, rtol=1e-6)
     finally:
         late.stop()
@@ -143,6 +145,21 @@ def test_the_call_timeout_ends_the_retrying(refusals: Refusals, free_port: int) 
     with pytest.raises(RemoteError, match=r"^DEADLINE_EXCEEDED: ") as info:
         tutorial_grad_x()
     assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and refusals.count >= 1
+
+
+def test_the_call_timeout_bounds_a_call_the_server_has_taken(refusals: Refusals) -> None:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        busy = stub.Grad.future(slow_request(stub, 2000), timeout=120)  # seconds of work on the only worker
+        try:
+            wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
+            gs.set_context(target=f"127.0.0.1:{server.port}", timeout=0.5)
+            with pytest.raises(RemoteError) as info:
+                tutorial_grad_x()  # queued behind the busy worker until its own deadline
+            assert info.value.code == grpc.StatusCode.DEADLINE_EXCEEDED and refusals.count == 0
+        finally:
+            busy.cancel()
 
 
 @pytest.mark.parametrize(("option", "value"), [("retry_seconds", -1), ("timeout", "10"), ("retry_seconds", True),
