@@ -1,5 +1,5 @@
 """Choosing the backend: ``set_context(target=...)``, else ``GRADSERVE_TARGET``, else the embedded engine;
-and how a remote backend connects (bearer token, TLS)."""
+how a remote backend connects (bearer token, TLS), and how long its calls may take and retry."""
 from __future__ import annotations
 
 import collections
@@ -20,8 +20,16 @@ OPTIONS = {
     "tls_ca": "GRADSERVE_TLS_CA",
     "tls_cert": "GRADSERVE_TLS_CERT",
     "tls_key": "GRADSERVE_TLS_KEY",
+    "retry_seconds": "GRADSERVE_RETRY_SECONDS",
+    "timeout": "GRADSERVE_TIMEOUT",
 }
 """Each context option and the environment variable read when ``set_context`` has not set it."""
+SECONDS = ("retry_seconds", "timeout")
+"""The options that are a number of seconds; the others are strings."""
+CONNECTION = ("target", "token", "tls_ca", "tls_cert", "tls_key")
+"""The options a backend is made for: changing one of them selects another backend."""
+RETRY_SECONDS = 15.0
+"""How long a remote call retries UNAVAILABLE by default: longer than a server's restart (about 2 s)."""
 ENV_VAR = OPTIONS["target"]
 REMOTE_MODULE = "gradserve.client.remote"
 """Imported on first use of a target, so that it can register its factory."""
@@ -36,11 +44,17 @@ _lock = threading.Lock()
 def set_context(**kwargs: Any) -> None:
     """``target=None`` selects the embedded engine, ``target="host:port"`` a gradserve server; ``token`` (bearer
     token), ``tls_ca`` (CA file: use TLS), ``tls_cert`` and ``tls_key`` (client certificate files, mutual TLS)
-    say how to connect. Each is a string, or None for unset."""
+    say how to connect; ``retry_seconds`` (how long a call retries unreachable servers, default 15) and ``timeout``
+    (each call's deadline, default none) are seconds. Each is a string or a number of seconds, or None: the default,
+    whatever the ``GRADSERVE_*`` variable says."""
     for key, value in kwargs.items():
         if key not in OPTIONS:
             raise TypeError(f"set_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
-        if value is not None and not (isinstance(value, str) and value):
+        if key in SECONDS:
+            if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
+                                          and 0 <= value < float("inf")):
+                raise TypeError(f"set_context: {key} must be None or a number of seconds >= 0, got {value!r}")
+        elif value is not None and not (isinstance(value, str) and value):
             what = "a non-empty 'host:port' string" if key == "target" else "a non-empty string"
             raise TypeError(f"set_context: {key} must be None or {what}, got {value!r}")
         _state[key] = value
@@ -52,6 +66,30 @@ def get_context(key: str) -> Any:
         raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
     value = _state[key]
     return (os.environ.get(OPTIONS[key]) or None) if value is _UNSET else value
+
+
+def retry_seconds() -> float:
+    """How long a remote call retries UNAVAILABLE: the ``retry_seconds`` option, else RETRY_SECONDS."""
+    seconds = _seconds("retry_seconds")
+    return RETRY_SECONDS if seconds is None else seconds
+
+
+def call_timeout() -> float | None:
+    """Each remote call's deadline in seconds from its start: the ``timeout`` option, else None (no deadline)."""
+    return _seconds("timeout")
+
+
+def _seconds(key: str) -> float | None:
+    value = get_context(key)
+    if value is None:
+        return None
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = -1.0
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{OPTIONS[key]} must be a number of seconds >= 0, got {value!r}")
+    return seconds
 
 
 def open_channel(target: str, options: Sequence[tuple[str, Any]] = ()) -> grpc.Channel:
@@ -107,7 +145,7 @@ def register_backend_factory(factory: Callable[[str], Backend]) -> None:
 def get_backend() -> Backend:
     """The Backend for the current target and connection settings, created once for each."""
     target = get_context("target")
-    settings = (None,) if target is None else tuple(get_context(k) for k in OPTIONS)
+    settings = (None,) if target is None else tuple(get_context(k) for k in CONNECTION)
     with _lock:
         backend = _backends.get(settings)
         if backend is None:

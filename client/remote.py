@@ -3,12 +3,13 @@
 A target is ``host:port``, a comma-separated list of them, or any gRPC URI (``dns:///name:port``,
 ``ipv4:a:p,b:q``). Each listed item gets its own channel: this client rotates its calls over them,
 registers each network once through each of them and then sends only inputs, and on UNAVAILABLE
-moves the call to the next one (backing off once all have failed; every Gradient call is
-idempotent). A single item naming several addresses (a ``dns:///`` name) is balanced by gRPC's
-``round_robin`` inside its channel, where this client cannot tell which server answers: there a
-NOT_FOUND (a server that never saw the network, or was restarted) is retried with the graph inline,
-which registers it on whichever server takes the call, and the next calls on that channel send it
-inline too until the rotation has passed every address. Parameter values travel with the
+moves the call to the next one (backing off once all have failed, for up to ``retry_seconds`` in all,
+so that a call rides out a server's restart; every Gradient call is idempotent). A single item
+naming several addresses (a ``dns:///`` name) is balanced by gRPC's ``round_robin`` inside its
+channel, where this client cannot tell which server answers: there a NOT_FOUND (a server that never
+saw the network, or was restarted) is retried with the graph inline, which registers it on whichever
+server takes the call, and the next calls on that channel send it inline too until the rotation has
+passed every address. Parameter values travel with the
 registration, so they are sent again only when they change.
 """
 from __future__ import annotations
@@ -28,17 +29,19 @@ from .. import codec
 from ..engine import EngineError, Graph, NotDifferentiableError
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from .backend import Backend, GradFlags, OutputTree
-from .context import open_channel, register_backend_factory
+from .context import call_timeout, open_channel, register_backend_factory, retry_seconds
 
+RECONNECT_BACKOFF_MS = 1000
+"""The longest a channel that failed to connect waits before trying again by itself, so a restarted server is seen soon."""
 CHANNEL_OPTIONS = (
     ("grpc.service_config", json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})),
     ("grpc.max_send_message_length", -1),
     ("grpc.max_receive_message_length", -1),
+    ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 4),
+    ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
 )
-ROUNDS = 5
-"""How many times a call tries every channel before an UNAVAILABLE is raised."""
 INITIAL_BACKOFF = 0.05
-MAX_BACKOFF = 2.0
+MAX_BACKOFF = 1.0
 """Seconds slept after a round in which every channel answered UNAVAILABLE: doubling from one to the other, jittered."""
 DOWN_SECONDS = 1.0
 """How long a channel that answered UNAVAILABLE is tried only after the others."""
@@ -133,7 +136,7 @@ class RemoteBackend(Backend):
             net = self._networks.get(local_id)
         if net is None:
             version = _Version(codec.encode_graph(graph))
-            self._failover(lambda route: self._register(route, local_id, version), advance=False)
+            self._failover(lambda route, deadline: self._register(route, local_id, version, deadline), advance=False)
             with self._lock:
                 self._networks.setdefault(local_id, _Network(graph, version, {p.name: p.data for p in graph.params}))
         return local_id
@@ -186,10 +189,11 @@ class RemoteBackend(Backend):
         """``method`` with the request ``make(network_id=...)`` or ``make(graph=...)`` on the next server that takes it."""
         with self._lock:
             version = self._sync(self._networks[network_id], params)
-        return self._failover(lambda route: self._send(route, network_id, version, method, make))
+        return self._failover(lambda route, deadline: self._send(route, network_id, version, method, make, deadline))
 
-    def _send(self, route: _Route, local_id: str, version: _Version, method: str, make: Callable[..., Any]) -> Any:
-        """One call through ``route``: registering first if it has not seen this version, inline when asked to."""
+    def _send(self, route: _Route, local_id: str, version: _Version, method: str, make: Callable[..., Any],
+              deadline: float | None) -> Any:
+        """One call through ``route`` by ``deadline``: registering first if it has not seen this version, inline when asked to."""
         call = getattr(route.stub, method)
         with self._lock:
             inline = route.inline.get(local_id, 0)
@@ -197,11 +201,11 @@ class RemoteBackend(Backend):
                 route.inline[local_id] = inline - 1
             known = route.registered.get(local_id) is version
         if inline:
-            return self._send_inline(route, local_id, version, call, make)
+            return self._send_inline(route, local_id, version, call, make, deadline)
         if not known:
-            self._register(route, local_id, version)
+            self._register(route, local_id, version, deadline)
         try:
-            return call(make(network_id=version.server_id))
+            return call(make(network_id=version.server_id), timeout=_left(deadline))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -209,44 +213,60 @@ class RemoteBackend(Backend):
         if more:
             with self._lock:
                 route.inline[local_id] = more
-        return self._send_inline(route, local_id, version, call, make)
+        return self._send_inline(route, local_id, version, call, make, deadline)
 
-    def _send_inline(self, route: _Route, local_id: str, version: _Version, call: Any, make: Callable[..., Any]) -> Any:
+    def _send_inline(self, route: _Route, local_id: str, version: _Version, call: Any, make: Callable[..., Any],
+                     deadline: float | None) -> Any:
         """The call with the graph itself, which also registers it on the server that takes it."""
-        resp = call(make(graph=version.message))
+        resp = call(make(graph=version.message), timeout=_left(deadline))
         with self._lock:
             version.server_id = resp.network_id
             route.registered[local_id] = version
         return resp
 
-    def _register(self, route: _Route, local_id: str, version: _Version) -> None:
+    def _register(self, route: _Route, local_id: str, version: _Version, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
-        resp = route.stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=version.message))
+        resp = route.stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=version.message), timeout=_left(deadline))
         with self._lock:
             version.server_id = resp.network_id
             route.registered[local_id] = version
 
-    def _failover(self, attempt: Callable[[_Route], Any], advance: bool = True) -> Any:
-        """``attempt(route)`` on the channels in rotation (lately failed ones last) until one is not UNAVAILABLE."""
+    def _failover(self, attempt: Callable[[_Route, float | None], Any], advance: bool = True) -> Any:
+        """``attempt(route, deadline)`` on the channels in rotation (lately failed ones last) until one is not
+        UNAVAILABLE, rounds apart by a jittered backoff, for at most ``retry_seconds`` and never past ``timeout``."""
         with self._lock:  # advance=False (registering) starts where the next call will, which then finds it there
             start = self._turn % len(self._routes)
             self._turn += advance
+        retry, timeout = retry_seconds(), call_timeout()
+        began = time.monotonic()
+        deadline = None if timeout is None else began + timeout
+        give_up = began + retry if deadline is None else min(began + retry, deadline)
         delay = INITIAL_BACKOFF
-        for round_ in range(ROUNDS):
+        while True:
             now = time.monotonic()
             order = sorted(self._routes[start:] + self._routes[:start], key=lambda r: r.down_until > now)
             for route in order:
                 try:
-                    return attempt(route)
+                    return attempt(route, deadline)
                 except grpc.RpcError as exc:
                     if exc.code() != grpc.StatusCode.UNAVAILABLE:
                         raise _translate(exc) from None
                     route.down_until = time.monotonic() + DOWN_SECONDS
                     last = exc
-            if round_ < ROUNDS - 1:
-                time.sleep(delay * random.uniform(0.5, 1.0))
-                delay = min(2 * delay, MAX_BACKOFF)
-        raise _translate(last) from None
+            now = time.monotonic()
+            if now >= give_up:
+                if deadline is not None and now >= deadline:
+                    raise RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
+                                      f"the call's timeout of {timeout:g} s passed while no server was reachable: {last.details()}")
+                raise RemoteError(last.code(), f"{last.details()} (no server took the call in {retry:g} s of retrying; "
+                                               "set_context(retry_seconds=...) or GRADSERVE_RETRY_SECONDS sets how long)")
+            time.sleep(min(give_up - now, delay * random.uniform(0.5, 1.0)))
+            delay = min(2 * delay, MAX_BACKOFF)
+
+
+def _left(deadline: float | None) -> float | None:
+    """Seconds from now until ``deadline`` (None: no deadline), as a call's timeout."""
+    return None if deadline is None else max(0.0, deadline - time.monotonic())
 
 
 def _translate(exc: grpc.RpcError) -> Exception:

@@ -12,10 +12,16 @@ from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
+from hypothesis import HealthCheck, settings
 
 from gradserve.client import context
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
+
+settings.register_profile("gradserve", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("gradserve")
+"""Hypothesis checks nothing against the clock (per-example deadline, slow generation): on a loaded machine
+those fail tests that are right. A test's own @settings still override the rest."""
 
 
 @pytest.fixture(scope="module")

@@ -37,9 +37,12 @@ def slow_request(stub: service_pb2_grpc.GradientStub, n: int, k: int = 12) -> se
                                                            codec.encode_tensor(np.full((1, n), 0.5))])
 
 
-def wait_until(cond: Callable[[], bool], what: str = "") -> None:
-    """Poll ``cond`` until it holds (``what`` names the wait; the pytest timeout bounds it)."""
+def wait_until(cond: Callable[[], bool], what: str = "", timeout: float = 60.0) -> None:
+    """Poll ``cond`` until it holds; fail naming ``what`` if it still does not after a generous ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
     while not cond():
+        if time.monotonic() > deadline:
+            pytest.fail(f"gave up after {timeout:g} s waiting for {what or 'a condition'}")
         time.sleep(0.01)
 
 

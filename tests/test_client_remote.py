@@ -3,7 +3,6 @@ registered once per server behind one round_robin channel, changed parameter val
 and what a call raises when no server is reachable. Each server's ServerInfo counters show what it served."""
 from __future__ import annotations
 
-import time
 from contextlib import ExitStack, contextmanager
 from typing import Iterator
 
@@ -24,7 +23,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
-from serverkit import TOKEN
+from serverkit import TOKEN, wait_until
 
 X = np.linspace(-1.0, 1.0, 5)
 W = np.array([0.5, -1.0, 2.0, 0.25, 1.5])
@@ -113,7 +112,7 @@ def test_the_sdk_uses_the_context_tls_settings(pki: dict[str, str], sdk: None) -
         gs.set_context(target=f"127.0.0.1:{server.port}", token=TOKEN, tls_ca=pki["ca.pem"],
                        tls_cert=pki["client.pem"], tls_key=pki["client.key"])
         np.testing.assert_allclose(tutorial_grad_x(), GRAD_X, rtol=1e-6)
-        gs.set_context(tls_cert=None, tls_key=None)  # the server wants a client certificate
+        gs.set_context(tls_cert=None, tls_key=None, retry_seconds=0)  # the server wants a client certificate
         with pytest.raises(RemoteError, match=r"^UNAVAILABLE: "):
             tutorial_grad_x()
 
@@ -122,15 +121,23 @@ def test_the_sdk_uses_the_context_tls_settings(pki: dict[str, str], sdk: None) -
 def test_one_round_robin_channel_registers_on_every_server_it_reaches(n: int) -> None:
     with servers(n) as group:
         backend = RemoteBackend("ipv4:" + ",".join(f"127.0.0.1:{s.port}" for s in group))
+        calls = 0
+
+        def every_server_reached() -> bool:  # round_robin uses each address once it has connected to it
+            nonlocal calls
+            grad_w(backend, nid)
+            calls += 1
+            return all(served(s).get(("Grad", "OK"), 0) > 0 for s in group)
+
         try:
             nid = backend.register(weighted_sin())
+            wait_until(every_server_reached, "round_robin to reach every server")
             for _ in range(CALLS * n):
                 grad_w(backend, nid)
         finally:
             backend.close()
         counts = [served(s) for s in group]
-    assert all(c.get(("Grad", "OK"), 0) > 0 for c in counts), counts
-    assert sum(c.get(("Grad", "OK"), 0) for c in counts) == CALLS * n, counts
+    assert sum(c.get(("Grad", "OK"), 0) for c in counts) == calls + CALLS * n, counts
     assert sum(c.get(("Grad", "NOT_FOUND"), 0) for c in counts) <= n, ("each server misses the network at most once", counts)
 
 
@@ -156,16 +163,19 @@ def test_a_restarted_server_gets_the_network_again(pair: list[Server]) -> None:
             grad_w(backend, nid)
         pair[0].stop(1)
         with running(ServerConfig(host="127.0.0.1", port=pair[0].port, workers=1)) as restarted:
-            while served(restarted).get(("Grad", "OK"), 0) < 3:  # calls go to the other server until it is back
+            def three_served() -> bool:  # calls go to the other server until the channel has reconnected
                 grad_w(backend, nid)
-                time.sleep(0.02)
+                return served(restarted).get(("Grad", "OK"), 0) >= 3
+
+            wait_until(three_served, "calls to reach the restarted server")
             counts = served(restarted)
     finally:
         backend.close()
     assert counts.get(("Grad", "NOT_FOUND"), 0) == 1 and ("RegisterNetwork", "OK") not in counts, counts
 
 
-def test_no_reachable_server_is_an_unavailable_error(pair: list[Server]) -> None:
+def test_no_reachable_server_is_an_unavailable_error(pair: list[Server], clean_context: None) -> None:
+    gs.set_context(retry_seconds=0.5)
     backend = RemoteBackend(",".join(f"127.0.0.1:{s.port}" for s in pair))
     try:
         nid = backend.register(weighted_sin())

@@ -61,7 +61,6 @@ def test_huge_run_result_is_refused_before_computing() -> None:
         with ch:
             wpid = server.pool.pids()[0]
             before = status_kb(wpid, "VmHWM")
-            start = time.monotonic()
             err = rejected(lambda: stub.Run(service_pb2.RunRequest(
                 graph=broadcast_graph(1 << 28), inputs=[codec.encode_tensor(np.ones(1))]), timeout=60))
             assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -70,7 +69,6 @@ def test_huge_run_result_is_refused_before_computing() -> None:
                                             f"max_message_bytes limit of {limit}; ")
             assert "largest: outputs leaf 0, f64[268435456], 2147483648 bytes" in err.details()
             assert "nothing was computed" in err.details()
-            assert time.monotonic() - start < 5
             assert server.pool.pids() == [wpid]  # the worker did not die trying
             assert status_kb(wpid, "VmHWM") - before < 64 * 1024  # far from the 2 GiB the result needs
 
@@ -125,9 +123,9 @@ def test_open_streams_are_capped_and_health_still_answers() -> None:
                 assert "max_open_streams=3" in err.details()
                 # 1 worker + 2 queued + 3 streams + spare: threads are left for these.
                 health = health_pb2_grpc.HealthStub(ch)
-                assert health.Check(health_pb2.HealthCheckRequest(), timeout=3).status == \
+                assert health.Check(health_pb2.HealthCheckRequest(), timeout=30).status == \
                     health_pb2.HealthCheckResponse.SERVING
-                assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=3).worker_count == 1
+                assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=30).worker_count == 1
             finally:
                 stop.set()
                 for s in streams:
@@ -163,16 +161,14 @@ def test_default_deadline_applies_without_client_deadline() -> None:
         ch, stub = connect(server)
         with ch:
             req = slow_request(stub, 2000, 24)  # several seconds of work
-            start = time.monotonic()
-            err = rejected(lambda: stub.Grad(req))
-            elapsed = time.monotonic() - start
-            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert 0.4 < elapsed < 1.3, elapsed
-            start = time.monotonic()
-            err = rejected(lambda: stub.Grad(req, timeout=30))  # clamped to max_deadline_ms
-            elapsed = time.monotonic() - start
-            assert err.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            assert 1.4 < elapsed < 2.5, elapsed
+            assert rejected(lambda: stub.Grad(req)).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            assert rejected(lambda: stub.Grad(req, timeout=30)).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+    # Which deadline the server applies, bracketed by clock readings rather than measured from outside.
+    for client_seconds, applied in ((None, 0.5), (1e12, 0.5), (30.0, 1.5), (0.25, 0.25)):
+        before = time.monotonic()
+        deadline = server.servicer._deadline(SimpleNamespace(time_remaining=lambda: client_seconds))
+        after = time.monotonic()
+        assert deadline is not None and before + applied <= deadline <= after + applied, (client_seconds, applied)
 
 
 # ---- 5. no worker is started once the pool is closed ----
@@ -197,7 +193,7 @@ def test_stop_during_compute_starts_no_worker() -> None:
         wait_until(lambda: server.pool.busy_pids() == pids, "the worker computing")
         server.stop(grace=0.2)
         t.join(30)
-        time.sleep(0.3)  # the cancelled handler has noticed by now
+        assert server.servicer.wait_idle(30)  # the cancelled handler has returned
         assert codes and codes[0] in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.CANCELLED)
         assert server.pool.pids() == pids
         assert server.pool.replaced == 0
