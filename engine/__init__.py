@@ -8,7 +8,8 @@ from .autodiff import grad, grad_operation, lower
 from .compiler import Program, compile_graph
 from .dtypes import DTYPES, as_dtype
 from .errors import DTypeError, EngineError, GraphError, InputError, Interrupted, NotDifferentiableError, ShapeError
-from .ir import Graph, GraphBuilder, Node, Param, TensorType, Value, flatten, unflatten
+from .builder import GraphBuilder
+from .ir import Graph, Node, Param, TensorType, Value, flatten, unflatten
 from .optable import ATTR_KINDS, OPS, Attr, OpDef, get_op
 
 __all__ = [

@@ -8,7 +8,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import GraphError, NotDifferentiableError, shown, shown_names
-from .ir import Graph, GraphBuilder, Node, TensorType, Tree, Value, flatten, unflatten
+from .builder import GraphBuilder
+from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
 from .optable import OPS, Attr, F, defop
 
 

@@ -9,7 +9,8 @@ import numpy as np
 
 from .autodiff import lower
 from .errors import InputError, Interrupted, shown, shown_names
-from .ir import Graph, GraphBuilder, Node, Value, unflatten
+from .builder import GraphBuilder
+from .ir import Graph, Node, Value, unflatten
 from .optable import OPS, OpDef
 
 FOLD_LIMIT = 1 << 16

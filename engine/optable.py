@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from . import dtypes
 from .errors import NAME_LIMIT, DTypeError, GraphError, ShapeError, shown, shown_names
-from .ir import GraphBuilder, TensorType, Value, check_type_shape
+from .ir import TensorType, Value, check_type_shape
+
+if TYPE_CHECKING:
+    from .builder import GraphBuilder
 
 REQUIRED = object()
 
