@@ -10,6 +10,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import GraphError, ShapeError, shown, shown_names
+from .operators import Arithmetic
 
 if TYPE_CHECKING:
     from .builder import GraphBuilder
@@ -57,11 +58,11 @@ def check_type_shape(shape: tuple[int, ...], what: str, itemsize: int = 1) -> No
             raise ShapeError(f"{what} has shape {shape}, whose size exceeds the int64 range")
 
 
-class Value:
+class Value(Arithmetic):
     """A value in one graph: an input, a parameter, or an output of a node.
 
-    Values support Python arithmetic so that VJP rules read like formulas; each
-    operator adds a node to the builder that owns the value.
+    Values support Python arithmetic (the shared :class:`~.operators.Arithmetic` table) so that VJP rules
+    read like formulas; each operator adds a node to the builder that owns the value.
     """
 
     __slots__ = ("name", "type", "builder")
@@ -86,45 +87,15 @@ class Value:
     def __repr__(self) -> str:
         return f"{self.name}:{self.type}"
 
-    def _bin(self, op: str, other: Any, swap: bool = False) -> "Value":
+    def _apply(self, op: str, *inputs: Any, **attrs: Any) -> Any:
+        """Add ``op[attrs]`` over ``inputs`` to this value's builder; Python numbers become constants of this dtype."""
         b = self._owner()
-        o = other if isinstance(other, Value) else b.const(other, dtype=self.dtype)
-        return b.op(op, o, self) if swap else b.op(op, self, o)
+        return b.op(op, *[v if isinstance(v, Value) else b.const(v, dtype=self.dtype) for v in inputs], **attrs)
 
     def _owner(self) -> "GraphBuilder":
         if self.builder is None:
             raise GraphError(f"value {shown(self.name)} belongs to a finished graph; arithmetic needs a builder")
         return self.builder
-
-    def __add__(self, o: Any) -> "Value":
-        return self._bin("Add", o)
-
-    def __radd__(self, o: Any) -> "Value":
-        return self._bin("Add", o, swap=True)
-
-    def __sub__(self, o: Any) -> "Value":
-        return self._bin("Sub", o)
-
-    def __rsub__(self, o: Any) -> "Value":
-        return self._bin("Sub", o, swap=True)
-
-    def __mul__(self, o: Any) -> "Value":
-        return self._bin("Mul", o)
-
-    def __rmul__(self, o: Any) -> "Value":
-        return self._bin("Mul", o, swap=True)
-
-    def __truediv__(self, o: Any) -> "Value":
-        return self._bin("RealDiv", o)
-
-    def __rtruediv__(self, o: Any) -> "Value":
-        return self._bin("RealDiv", o, swap=True)
-
-    def __pow__(self, o: Any) -> "Value":
-        return self._bin("Pow", o)
-
-    def __neg__(self) -> "Value":
-        return self._owner().op("Neg", self)
 
 
 @dataclass(eq=False)
