@@ -10,7 +10,7 @@ import numpy as np
 from .errors import GraphError, NotDifferentiableError, shown, shown_names
 from .builder import GraphBuilder
 from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
-from .optable import OPS, Attr, F, defop
+from .optable import OPS, Attr, F, defop, total
 
 
 def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
@@ -83,15 +83,6 @@ def fit(ct: Value, t: TensorType) -> Value:
     return ct
 
 
-def _total(parts: list[Value] | None) -> Value | None:
-    if not parts:
-        return None
-    acc = parts[0]
-    for p in parts[1:]:
-        acc = acc + p
-    return acc
-
-
 def backprop(
     b: GraphBuilder, nodes: Sequence[Node], wrt: Sequence[Value], outs: Sequence[Value], cts: Sequence[Value]
 ) -> list[Value]:
@@ -113,7 +104,7 @@ def backprop(
         if id(o) in reach:
             contribs.setdefault(id(o), []).append(fit(c, o.type))
     for n in reversed(active):
-        gs = [_total(contribs.pop(id(o), None)) for o in n.outputs]
+        gs = [total(contribs.pop(id(o), None)) for o in n.outputs]
         if all(g is None for g in gs):
             continue
         opdef = OPS[n.op]
@@ -132,7 +123,7 @@ def backprop(
         for v, ct in zip(n.inputs, res):
             if ct is not None and id(v) in reach:
                 contribs.setdefault(id(v), []).append(fit(ct, v.type))
-    return [_total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
+    return [total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
 
 
 def _fresh_name(taken: set[str], base: str) -> str:

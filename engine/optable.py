@@ -279,6 +279,16 @@ class _OpNamespace:
 F = _OpNamespace()
 
 
+def total(terms: Sequence[Value] | None) -> Value | None:
+    """The sum of cotangent terms by Add nodes, left to right; None when there are none."""
+    if not terms:
+        return None
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    return acc
+
+
 # ---- shape and dtype helpers shared by the op definitions ----
 
 def same_dtype(types: Sequence[TensorType], what: str = "inputs") -> np.dtype:
