@@ -8,7 +8,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import GraphError, NotDifferentiableError, shown, shown_names
-from .builder import GraphBuilder
+from .builder import GraphBuilder, signature_copy
 from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
 from .optable import OPS, Attr, F, defop, total
 
@@ -51,17 +51,8 @@ def lower(g: Graph) -> Graph:
     """The same function with every GradOperation node expanded into primitive nodes."""
     if not any(n.op == "GradOperation" for n in g.nodes):
         return g
-    b, args = _inlined_copy_start(g, g.name)
+    b, args = signature_copy(g)
     return b.build(inline(b, g, args))
-
-
-def _inlined_copy_start(g: Graph, name: str) -> tuple[GraphBuilder, list[Value]]:
-    """A builder named ``name`` declaring ``g``'s inputs and parameters, ready for ``inline(b, g, args)``."""
-    b = GraphBuilder(name, g.library)
-    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
-    for p in g.params:
-        b.param(p.name, p.data, p.requires_grad)
-    return b, args
 
 
 def fit(ct: Value, t: TensorType) -> Value:
@@ -139,7 +130,7 @@ def _fresh_name(taken: set[str], base: str) -> str:
 def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], sens_param: bool, name: str) -> tuple[GraphBuilder, list[Value], list[Value]]:
     """Build the forward of ``g`` followed by its backward pass; returns the builder and the
     gradients for the chosen inputs (by position) and weights (by name)."""
-    b, args = _inlined_copy_start(g, name)
+    b, args = signature_copy(g, name)
     leaves = flatten(inline(b, g, args))
     if sens_param:
         base = "sens" if len(leaves) == 1 else "sens_0"

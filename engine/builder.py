@@ -134,3 +134,13 @@ class GraphBuilder:
             for v in n.outputs:
                 v.builder = None
         return g
+
+
+def signature_copy(g: Graph, name: str | None = None) -> tuple[GraphBuilder, list[Value]]:
+    """A builder (named ``name``, default ``g``'s name) sharing ``g``'s library and declaring ``g``'s inputs
+    and parameters, with the new inputs in order: the start of every transform that rebuilds ``g``."""
+    b = GraphBuilder(g.name if name is None else name, g.library)
+    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
+    for p in g.params:
+        b.param(p.name, p.data, p.requires_grad)
+    return b, args

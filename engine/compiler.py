@@ -9,7 +9,7 @@ import numpy as np
 
 from .autodiff import lower
 from .errors import InputError, Interrupted, shown, shown_names
-from .builder import GraphBuilder
+from .builder import GraphBuilder, signature_copy
 from .ir import Graph, Node, Value, unflatten
 from .optable import OPS, OpDef
 
@@ -29,12 +29,9 @@ def optimize(g: Graph) -> Graph:
     """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
     over constants (or over types only, like OnesLike) folded to constants."""
     g = lower(g)
-    b = GraphBuilder(g.name, g.library)
-    env: dict[int, Value] = {}
-    for v in g.inputs:
-        env[id(v)] = b.input(v.name, v.dtype, v.shape)
-    for p in g.params:
-        env[id(p.value)] = b.param(p.name, p.data, p.requires_grad)
+    b, args = signature_copy(g)
+    env: dict[int, Value] = {id(v): a for v, a in zip(g.inputs, args)}
+    env.update((id(p.value), b.get_param(p.name)) for p in g.params)
     consts: dict[int, np.ndarray] = {}
     ones: set[int] = set()
     seen: dict[tuple, tuple[Value, ...]] = {}
