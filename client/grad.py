@@ -4,6 +4,7 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from ..engine import flatten
+from ..engine.autodiff import grad_structure
 from . import dtype as mstype
 from .backend import GradFlags
 from .context import get_backend
@@ -113,14 +114,5 @@ class GradFunction:
         return [sens]
 
     def _structure(self, leaves: list[Tensor], n_inputs: int) -> Any:
-        """MindSpore's return structure from the flat gradient leaves."""
-        it = iter(leaves)
-        grads_in: Any = tuple(next(it) for _ in range(n_inputs)) if self.op.get_all else None
-        if not self.op.get_all and not self.op.get_by_list:
-            return next(it)
-        grads_w: Any = tuple(next(it) for _ in self.weights)
-        if self.bare:
-            grads_w = grads_w[0]
-        if self.op.get_all and self.op.get_by_list:
-            return grads_in, grads_w
-        return grads_in if self.op.get_all else grads_w
+        """MindSpore's return structure from the flat gradient leaves (the engine's rule)."""
+        return grad_structure(leaves, n_inputs if self.op.get_all else 0, self.op.get_all, self.op.get_by_list, self.bare)

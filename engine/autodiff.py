@@ -192,18 +192,25 @@ def grad_operation(
         raise GraphError(f"GradOperation over {shown(g.name)}: the network has no inputs to differentiate")
     wrt_inputs = list(range(len(g.inputs))) if get_all else ([0] if not get_by_list else [])
     b, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
-    w_out: Tree = gw[0] if bare_weight else tuple(gw)
-    if get_all and get_by_list:
-        out: Tree = (tuple(gi), w_out)
-    elif get_all:
-        out = tuple(gi)
-    elif get_by_list:
-        out = w_out
-    else:
-        out = gi[0]
+    out = grad_structure(gi + gw, len(gi), get_all, get_by_list, bare_weight)
     result = b.build(out).pruned()
     _CACHE[g][key] = result
     return result
+
+
+def grad_structure(leaves: Sequence[Any], n_inputs: int, get_all: bool, get_by_list: bool, bare_weight: bool) -> Any:
+    """MindSpore's GradOperation result from flat gradients (``n_inputs`` input gradients, then the weights'):
+    the first input's gradient (no flags), a tuple over inputs (``get_all``), over weights (``get_by_list``;
+    the bare gradient when ``bare_weight``), or ``(inputs, weights)`` with both flags."""
+    if not get_all and not get_by_list:
+        return leaves[0]
+    grads_in = tuple(leaves[:n_inputs])
+    grads_w: Any = tuple(leaves[n_inputs:])
+    if bare_weight:
+        grads_w = grads_w[0]
+    if get_all and get_by_list:
+        return grads_in, grads_w
+    return grads_in if get_all else grads_w
 
 
 def _grad_flags(attrs: dict[str, Any]) -> dict[str, Any]:
