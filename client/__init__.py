@@ -1,5 +1,5 @@
 """gradserve.client: the MindSpore-style SDK (Tensor, Parameter, nn.Cell, ops, GradOperation) and its backends."""
-from . import dispatch, indexing  # install Tensor's operators (dispatch) and indexing before any use
+from . import dispatch, indexing  # noqa: F401  (install Tensor's operators (dispatch) and indexing before any use)
 from .tensor import Tensor
 
 from . import dtype

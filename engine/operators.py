@@ -81,10 +81,10 @@ class Operators(Arithmetic):
 
     __hash__ = object.__hash__
 
-    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
+    def __eq__(self, o: Any) -> Any:
         return self._apply("Equal", self, o)
 
-    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
+    def __ne__(self, o: Any) -> Any:
         return self._apply("NotEqual", self, o)
 
     def __lt__(self, o: Any) -> Any:
