@@ -1,5 +1,6 @@
 """gradserve.client: the MindSpore-style SDK (Tensor, Parameter, nn.Cell, ops, GradOperation) and its backends."""
-from .tensor import Tensor  # first: the modules below build on it
+from . import dispatch, indexing  # noqa: F401  (install Tensor's operators (dispatch) and indexing before any use)
+from .tensor import Tensor
 
 from . import dtype
 from .backend import Backend, GradFlags

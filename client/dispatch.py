@@ -16,7 +16,6 @@ from .tracing import current_frame
 _SCALARS = (bool, int, float, np.bool_, np.integer, np.floating)
 _PROMOTED = ("x", "y")
 """Inputs with these names (the broadcasting binary ops and Select) are promoted to one dtype, as MindSpore does."""
-"""Ops whose result is a tuple in MindSpore whatever its length (``Split(output_num=1)`` gives a 1-tuple)."""
 
 
 def apply_op(op: str, *inputs: Any, **attrs: Any) -> Any:
@@ -66,3 +65,32 @@ def _scalar(v: Any, ref: np.dtype | None) -> Tensor:
     elif not isinstance(v, (bool, np.bool_)) and ref.kind == "b":
         ref = np.dtype(np.int32)
     return Tensor._wrap(np.asarray(v, dtype=ref))
+
+
+def _is_float(v: Any) -> bool:
+    """True for a Python float or a float Tensor."""
+    return isinstance(v, (float, np.floating)) or (isinstance(v, Tensor) and v._array_dtype().kind == "f")
+
+
+def true_divide(x: Any, y: Any) -> Any:
+    """MindSpore's ``x / y`` (ops.div): true division, computed in float32 when neither operand is a float."""
+    if not (_is_float(x) or _is_float(y)):
+        x, y = (apply_op("Cast", v, dtype=np.dtype(np.float32)) if isinstance(v, Tensor) else v for v in (x, y))
+    return apply_op("RealDiv", x, y)
+
+
+def power(x: Any, y: Any) -> Any:
+    """``x ** y`` in the promoted dtype; integer powers go through float64 (exact below 2**53) and are truncated back."""
+    x, y = coerce_inputs("Pow", (x, y))
+    dt = x._array_dtype()
+    if dt.kind == "f":
+        return apply_op("Pow", x, y)
+    wide = np.dtype(np.float64)
+    out = apply_op("Pow", apply_op("Cast", x, dtype=wide), apply_op("Cast", y, dtype=wide))
+    return apply_op("Cast", out, dtype=dt)
+
+
+# Tensor's operators (the engine's shared table) run through this module; installed here, where the functions live.
+Tensor._apply = staticmethod(apply_op)  # type: ignore[assignment]
+Tensor._divide = staticmethod(true_divide)  # type: ignore[assignment]
+Tensor._power = staticmethod(power)  # type: ignore[assignment]

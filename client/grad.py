@@ -3,6 +3,8 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from ..engine import flatten
+from ..engine.autodiff import grad_structure
 from . import dtype as mstype
 from .backend import GradFlags
 from .context import get_backend
@@ -69,7 +71,7 @@ class GradFunction:
         backend = get_backend()
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
         out = backend.grad(entry.network_id(backend), self.flags, arrays, entry.param_values())
-        return self._structure(_leaves(to_tensors(out)), len(entry.traced.tensor_positions))
+        return self._structure(flatten(to_tensors(out)), len(entry.traced.tensor_positions))
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it."""
@@ -112,21 +114,5 @@ class GradFunction:
         return [sens]
 
     def _structure(self, leaves: list[Tensor], n_inputs: int) -> Any:
-        """MindSpore's return structure from the flat gradient leaves."""
-        it = iter(leaves)
-        grads_in: Any = tuple(next(it) for _ in range(n_inputs)) if self.op.get_all else None
-        if not self.op.get_all and not self.op.get_by_list:
-            return next(it)
-        grads_w: Any = tuple(next(it) for _ in self.weights)
-        if self.bare:
-            grads_w = grads_w[0]
-        if self.op.get_all and self.op.get_by_list:
-            return grads_in, grads_w
-        return grads_in if self.op.get_all else grads_w
-
-
-def _leaves(tree: Any) -> list[Any]:
-    if isinstance(tree, tuple):
-        return [leaf for t in tree for leaf in _leaves(t)]
-    return [tree]
-
+        """MindSpore's return structure from the flat gradient leaves (the engine's rule)."""
+        return grad_structure(leaves, n_inputs if self.op.get_all else 0, self.op.get_all, self.op.get_by_list, self.bare)

@@ -89,3 +89,6 @@ def _wrap_negative(index: Tensor, n: int, axis: int) -> Tensor:
     for op in ("Less", "Add", "Select"):
         _require(op)
     return apply_op("Select", apply_op("Less", index, 0), apply_op("Add", index, n), index)
+
+
+Tensor.__getitem__ = getitem  # Tensor's indexing is defined here, next to the ops it builds

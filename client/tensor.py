@@ -1,10 +1,11 @@
 """Tensor: a concrete NumPy-backed value, or (inside a trace) a symbolic value of the graph being built."""
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
+from ..engine.operators import Operators
 from . import dtype as mstype
 from .errors import TracingError, user_location
 
@@ -32,7 +33,7 @@ def _array_from(data: Any, dtype: Any) -> np.ndarray:
     return arr
 
 
-class Tensor:
+class Tensor(Operators):
     """MindSpore's Tensor: ``Tensor(data, dtype=None)`` from a number, (nested) list or NumPy array."""
 
     __array_ufunc__ = None  # NumPy defers to Tensor's reflected operators (np.float32(2) * t is a Tensor)
@@ -138,115 +139,26 @@ class Tensor:
     def __str__(self) -> str:
         return repr(self) if self._array is None else str(self._array)
 
-    __hash__ = object.__hash__
+    # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide and _power, and
+    # client/indexing.py installs __getitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
 
-    # ---- operators: each adds one graph op (or runs it eagerly outside a trace) ----
-
-    def __add__(self, o: Any) -> Any:
-        return apply_op("Add", self, o)
-
-    def __radd__(self, o: Any) -> Any:
-        return apply_op("Add", o, self)
-
-    def __sub__(self, o: Any) -> Any:
-        return apply_op("Sub", self, o)
-
-    def __rsub__(self, o: Any) -> Any:
-        return apply_op("Sub", o, self)
-
-    def __mul__(self, o: Any) -> Any:
-        return apply_op("Mul", self, o)
-
-    def __rmul__(self, o: Any) -> Any:
-        return apply_op("Mul", o, self)
-
-    def __truediv__(self, o: Any) -> Any:
-        return _true_divide(self, o)
-
-    def __rtruediv__(self, o: Any) -> Any:
-        return _true_divide(o, self)
-
-    def __pow__(self, o: Any) -> Any:
-        return _power(self, o)
-
-    def __rpow__(self, o: Any) -> Any:
-        return _power(o, self)
-
-    def __matmul__(self, o: Any) -> Any:
-        return apply_op("MatMul" if self.ndim == 2 and np.ndim(o) == 2 else "BatchMatMul", self, o)
-
-    def __rmatmul__(self, o: Any) -> Any:
-        return apply_op("MatMul" if self.ndim == 2 and np.ndim(o) == 2 else "BatchMatMul", o, self)
-
-    def __neg__(self) -> Any:
-        return apply_op("Neg", self)
-
-    def __abs__(self) -> Any:
-        return apply_op("Abs", self)
-
-    def __eq__(self, o: Any) -> Any:  # type: ignore[override]
-        return apply_op("Equal", self, o)
-
-    def __ne__(self, o: Any) -> Any:  # type: ignore[override]
-        return apply_op("NotEqual", self, o)
-
-    def __lt__(self, o: Any) -> Any:
-        return apply_op("Less", self, o)
-
-    def __le__(self, o: Any) -> Any:
-        return apply_op("LessEqual", self, o)
-
-    def __gt__(self, o: Any) -> Any:
-        return apply_op("Greater", self, o)
-
-    def __ge__(self, o: Any) -> Any:
-        return apply_op("GreaterEqual", self, o)
-
-    def __getitem__(self, key: Any) -> Any:
-        return getitem(self, key)
+    __getitem__: Callable[["Tensor", Any], Any]
 
     # ---- a few of MindSpore's Tensor methods ----
 
     def astype(self, dtype: Any) -> Any:
         """This tensor cast to ``dtype``."""
-        return apply_op("Cast", self, dtype=mstype.to_numpy(dtype))
+        return self._apply("Cast", self, dtype=mstype.to_numpy(dtype))
 
     def reshape(self, *shape: Any) -> Any:
         """This tensor with a new shape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``)."""
         target = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return apply_op("Reshape", self, shape=tuple(target))
+        return self._apply("Reshape", self, shape=tuple(target))
 
     def sum(self, axis: Any = None, keepdims: bool = False) -> Any:
         """Sum over ``axis`` (all axes when None)."""
-        return apply_op("ReduceSum", self, axis=() if axis is None else axis, keep_dims=keepdims)
+        return self._apply("ReduceSum", self, axis=() if axis is None else axis, keep_dims=keepdims)
 
     def mean(self, axis: Any = (), keep_dims: bool = False) -> Any:
         """Mean over ``axis`` (all axes when empty)."""
-        return apply_op("ReduceMean", self, axis=axis, keep_dims=keep_dims)
-
-
-def _is_float(v: Any) -> bool:
-    """True for a Python float or a float Tensor."""
-    return isinstance(v, (float, np.floating)) or (isinstance(v, Tensor) and v._array_dtype().kind == "f")
-
-
-def _true_divide(x: Any, y: Any) -> Any:
-    """MindSpore's ``x / y`` (ops.div): true division, computed in float32 when neither operand is a float."""
-    if not (_is_float(x) or _is_float(y)):
-        x, y = (apply_op("Cast", v, dtype=np.dtype(np.float32)) if isinstance(v, Tensor) else v for v in (x, y))
-    return apply_op("RealDiv", x, y)
-
-
-def _power(x: Any, y: Any) -> Any:
-    """``x ** y`` in the promoted dtype; integer powers go through float64 (exact below 2**53) and are truncated back."""
-    x, y = coerce_inputs("Pow", (x, y))
-    dt = x._array_dtype()
-    if dt.kind == "f":
-        return apply_op("Pow", x, y)
-    wide = np.dtype(np.float64)
-    out = apply_op("Pow", apply_op("Cast", x, dtype=wide), apply_op("Cast", y, dtype=wide))
-    return apply_op("Cast", out, dtype=dt)
-
-
-from .dispatch import apply_op, coerce_inputs  # noqa: E402  (dispatch builds Tensors, so it is imported after the class)
-from .indexing import getitem  # noqa: E402
+        return self._apply("ReduceMean", self, axis=axis, keep_dims=keep_dims)

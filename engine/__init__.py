@@ -8,12 +8,13 @@ from .autodiff import grad, grad_operation, lower
 from .compiler import Program, compile_graph
 from .dtypes import DTYPES, as_dtype
 from .errors import DTypeError, EngineError, GraphError, InputError, Interrupted, NotDifferentiableError, ShapeError
-from .ir import Graph, GraphBuilder, Node, Param, TensorType, Value, flatten, unflatten
+from .builder import GraphBuilder, signature_copy
+from .ir import Graph, Node, Param, TensorType, Value, flatten, unflatten
 from .optable import ATTR_KINDS, OPS, Attr, OpDef, get_op
 
 __all__ = [
     "ATTR_KINDS", "Attr", "DTYPES", "DTypeError", "EngineError", "Graph", "GraphBuilder", "GraphError",
     "InputError", "Interrupted", "Node", "NotDifferentiableError", "OPS", "OpDef", "Param", "Program", "ShapeError",
     "TensorType", "Value", "as_dtype", "compile_graph", "flatten", "get_op", "grad", "grad_operation",
-    "lower", "unflatten",
+    "lower", "signature_copy", "unflatten",
 ]

@@ -7,8 +7,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import GraphError, NotDifferentiableError, shown, shown_names
-from .ir import Graph, GraphBuilder, Node, TensorType, Tree, Value, flatten, unflatten
-from .optable import OPS, Attr, F, defop
+from .builder import GraphBuilder, signature_copy
+from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
+from .optable import OPS, Attr, F, defop, total
 
 
 def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
@@ -49,17 +50,8 @@ def lower(g: Graph) -> Graph:
     """The same function with every GradOperation node expanded into primitive nodes."""
     if not any(n.op == "GradOperation" for n in g.nodes):
         return g
-    b, args = _inlined_copy_start(g, g.name)
+    b, args = signature_copy(g)
     return b.build(inline(b, g, args))
-
-
-def _inlined_copy_start(g: Graph, name: str) -> tuple[GraphBuilder, list[Value]]:
-    """A builder named ``name`` declaring ``g``'s inputs and parameters, ready for ``inline(b, g, args)``."""
-    b = GraphBuilder(name, g.library)
-    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
-    for p in g.params:
-        b.param(p.name, p.data, p.requires_grad)
-    return b, args
 
 
 def fit(ct: Value, t: TensorType) -> Value:
@@ -79,15 +71,6 @@ def fit(ct: Value, t: TensorType) -> Value:
     if ct.dtype != t.dtype:
         ct = F.Cast(ct, dtype=t.dtype)
     return ct
-
-
-def _total(parts: list[Value] | None) -> Value | None:
-    if not parts:
-        return None
-    acc = parts[0]
-    for p in parts[1:]:
-        acc = acc + p
-    return acc
 
 
 def backprop(
@@ -111,7 +94,7 @@ def backprop(
         if id(o) in reach:
             contribs.setdefault(id(o), []).append(fit(c, o.type))
     for n in reversed(active):
-        gs = [_total(contribs.pop(id(o), None)) for o in n.outputs]
+        gs = [total(contribs.pop(id(o), None)) for o in n.outputs]
         if all(g is None for g in gs):
             continue
         opdef = OPS[n.op]
@@ -130,7 +113,7 @@ def backprop(
         for v, ct in zip(n.inputs, res):
             if ct is not None and id(v) in reach:
                 contribs.setdefault(id(v), []).append(fit(ct, v.type))
-    return [_total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
+    return [total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
 
 
 def _fresh_name(taken: set[str], base: str) -> str:
@@ -146,7 +129,7 @@ def _fresh_name(taken: set[str], base: str) -> str:
 def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], sens_param: bool, name: str) -> tuple[GraphBuilder, list[Value], list[Value]]:
     """Build the forward of ``g`` followed by its backward pass; returns the builder and the
     gradients for the chosen inputs (by position) and weights (by name)."""
-    b, args = _inlined_copy_start(g, name)
+    b, args = signature_copy(g, name)
     leaves = flatten(inline(b, g, args))
     if sens_param:
         base = "sens" if len(leaves) == 1 else "sens_0"
@@ -205,18 +188,25 @@ def grad_operation(
         raise GraphError(f"GradOperation over {shown(g.name)}: the network has no inputs to differentiate")
     wrt_inputs = list(range(len(g.inputs))) if get_all else ([0] if not get_by_list else [])
     b, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
-    w_out: Tree = gw[0] if bare_weight else tuple(gw)
-    if get_all and get_by_list:
-        out: Tree = (tuple(gi), w_out)
-    elif get_all:
-        out = tuple(gi)
-    elif get_by_list:
-        out = w_out
-    else:
-        out = gi[0]
+    out = grad_structure(gi + gw, len(gi), get_all, get_by_list, bare_weight)
     result = b.build(out).pruned()
     g.derived[key] = result
     return result
+
+
+def grad_structure(leaves: Sequence[Any], n_inputs: int, get_all: bool, get_by_list: bool, bare_weight: bool) -> Any:
+    """MindSpore's GradOperation result from flat gradients (``n_inputs`` input gradients, then the weights'):
+    the first input's gradient (no flags), a tuple over inputs (``get_all``), over weights (``get_by_list``;
+    the bare gradient when ``bare_weight``), or ``(inputs, weights)`` with both flags."""
+    if not get_all and not get_by_list:
+        return leaves[0]
+    grads_in = tuple(leaves[:n_inputs])
+    grads_w: Any = tuple(leaves[n_inputs:])
+    if bare_weight:
+        grads_w = grads_w[0]
+    if get_all and get_by_list:
+        return grads_in, grads_w
+    return grads_in if get_all else grads_w
 
 
 def _grad_flags(attrs: dict[str, Any]) -> dict[str, Any]:

@@ -3,13 +3,14 @@ constant folding, then a flat plan that frees every intermediate after its last 
 from __future__ import annotations
 
 import functools
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .autodiff import lower
 from .errors import InputError, Interrupted, shown, shown_names
-from .ir import Graph, GraphBuilder, Node, Value, unflatten
+from .builder import GraphBuilder, signature_copy
+from .ir import Graph, Node, Value, unflatten
 from .optable import OPS, OpDef
 
 FOLD_LIMIT = 1 << 16
@@ -28,12 +29,9 @@ def optimize(g: Graph) -> Graph:
     """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
     over constants (or over types only, like OnesLike) folded to constants."""
     g = lower(g)
-    b = GraphBuilder(g.name, g.library)
-    env: dict[int, Value] = {}
-    for v in g.inputs:
-        env[id(v)] = b.input(v.name, v.dtype, v.shape)
-    for p in g.params:
-        env[id(p.value)] = b.param(p.name, p.data, p.requires_grad)
+    b, args = signature_copy(g)
+    env: dict[int, Value] = {id(v): a for v, a in zip(g.inputs, args)}
+    env.update((id(p.value), b.get_param(p.name)) for p in g.params)
     consts: dict[int, np.ndarray] = {}
     ones: set[int] = set()
     seen: dict[tuple, tuple[Value, ...]] = {}
@@ -177,32 +175,26 @@ class Program:
         if params:
             for name, a in params.items():
                 env[self._params[name][0]] = a
-        if interrupt is None:
-            for fn, ins, outs, frees in self._steps:
-                r = fn(*[env[i] for i in ins])
-                if len(outs) == 1:
-                    env[outs[0]] = r
-                else:
-                    for s, x in zip(outs, r):
-                        env[s] = x
-                for s in frees:
-                    env[s] = None
-        else:
-            for k, (fn, ins, outs, frees) in enumerate(self._steps):
-                if interrupt():
-                    raise Interrupted(f"run of graph {shown(self.graph.name)} interrupted after {k} of {len(self._steps)} steps")
-                r = fn(*[env[i] for i in ins])
-                if len(outs) == 1:
-                    env[outs[0]] = r
-                else:
-                    for s, x in zip(outs, r):
-                        env[s] = x
-                for s in frees:
-                    env[s] = None
+        for fn, ins, outs, frees in self._steps if interrupt is None else self._checked_steps(interrupt):
+            r = fn(*[env[i] for i in ins])
+            if len(outs) == 1:
+                env[outs[0]] = r
+            else:
+                for s, x in zip(outs, r):
+                    env[s] = x
+            for s in frees:
+                env[s] = None
         results = [np.asarray(env[s]) for s in self._out_slots]
         for i in self._copied_outputs:
             results[i] = results[i].copy()
         return unflatten(self.graph.outputs, iter(results))
+
+    def _checked_steps(self, interrupt: Callable[[], bool]) -> Iterator[tuple[Any, ...]]:
+        """The steps, asking ``interrupt()`` before each (the plain list is iterated when there is nothing to ask)."""
+        for k, step in enumerate(self._steps):
+            if interrupt():
+                raise Interrupted(f"run of graph {shown(self.graph.name)} interrupted after {k} of {len(self._steps)} steps")
+            yield step
 
 
 def _peak_bytes(nbytes: list[int], resident: set[int], plan: list[tuple[OpDef, tuple[int, ...], tuple[int, ...], tuple[int, ...]]], copies: int) -> int:

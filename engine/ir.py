@@ -1,16 +1,19 @@
-"""The graph IR: typed values, nodes, graphs, and the builder that checks every node as it is added."""
+"""The graph IR: typed values, nodes and finished graphs (built by :mod:`.builder`)."""
 from __future__ import annotations
 
 import hashlib
-import itertools
 import math
 from dataclasses import dataclass, field
-from typing import Any, Iterator, Sequence, Union
+from typing import TYPE_CHECKING, Any, Iterator, Union
 
 import numpy as np
 
 from . import dtypes
 from .errors import GraphError, ShapeError, shown, shown_names
+from .operators import Arithmetic
+
+if TYPE_CHECKING:
+    from .builder import GraphBuilder
 
 
 @dataclass(frozen=True)
@@ -55,11 +58,11 @@ def check_type_shape(shape: tuple[int, ...], what: str, itemsize: int = 1) -> No
             raise ShapeError(f"{what} has shape {shape}, whose size exceeds the int64 range")
 
 
-class Value:
+class Value(Arithmetic):
     """A value in one graph: an input, a parameter, or an output of a node.
 
-    Values support Python arithmetic so that VJP rules read like formulas; each
-    operator adds a node to the builder that owns the value.
+    Values support Python arithmetic (the shared :class:`~.operators.Arithmetic` table) so that VJP rules
+    read like formulas; each operator adds a node to the builder that owns the value.
     """
 
     __slots__ = ("name", "type", "builder")
@@ -84,45 +87,15 @@ class Value:
     def __repr__(self) -> str:
         return f"{self.name}:{self.type}"
 
-    def _bin(self, op: str, other: Any, swap: bool = False) -> "Value":
+    def _apply(self, op: str, *inputs: Any, **attrs: Any) -> Any:
+        """Add ``op[attrs]`` over ``inputs`` to this value's builder; Python numbers become constants of this dtype."""
         b = self._owner()
-        o = other if isinstance(other, Value) else b.const(other, dtype=self.dtype)
-        return b.op(op, o, self) if swap else b.op(op, self, o)
+        return b.op(op, *[v if isinstance(v, Value) else b.const(v, dtype=self.dtype) for v in inputs], **attrs)
 
     def _owner(self) -> "GraphBuilder":
         if self.builder is None:
             raise GraphError(f"value {shown(self.name)} belongs to a finished graph; arithmetic needs a builder")
         return self.builder
-
-    def __add__(self, o: Any) -> "Value":
-        return self._bin("Add", o)
-
-    def __radd__(self, o: Any) -> "Value":
-        return self._bin("Add", o, swap=True)
-
-    def __sub__(self, o: Any) -> "Value":
-        return self._bin("Sub", o)
-
-    def __rsub__(self, o: Any) -> "Value":
-        return self._bin("Sub", o, swap=True)
-
-    def __mul__(self, o: Any) -> "Value":
-        return self._bin("Mul", o)
-
-    def __rmul__(self, o: Any) -> "Value":
-        return self._bin("Mul", o, swap=True)
-
-    def __truediv__(self, o: Any) -> "Value":
-        return self._bin("RealDiv", o)
-
-    def __rtruediv__(self, o: Any) -> "Value":
-        return self._bin("RealDiv", o, swap=True)
-
-    def __pow__(self, o: Any) -> "Value":
-        return self._bin("Pow", o)
-
-    def __neg__(self) -> "Value":
-        return self._owner().op("Neg", self)
 
 
 @dataclass(eq=False)
@@ -283,129 +256,3 @@ def _canon_tree(t: Tree, ids: dict[int, str]) -> str:
     if isinstance(t, tuple):
         return "(" + ",".join(_canon_tree(x, ids) for x in t) + ")"
     return ids[id(t)]
-
-
-class GraphBuilder:
-    """Builds a graph node by node, checking arity, attributes, dtypes and shapes as each node is added,
-    so a bad graph fails here, before any array is allocated."""
-
-    def __init__(self, name: str = "main", library: dict[str, Graph] | None = None) -> None:
-        self.name = name
-        self.library: dict[str, Graph] = library if library is not None else {}
-        self.inputs: list[Value] = []
-        self.params: list[Param] = []
-        self._params: dict[str, Value] = {}
-        self.nodes: list[Node] = []
-        self._names: set[str] = set()
-        self._node_names: set[str] = set()
-        self._counter = itertools.count()
-
-    def _new_value(self, name: str | None, t: TensorType) -> Value:
-        if name is None:
-            name = f"%{next(self._counter)}"
-            while name in self._names:
-                name = f"%{next(self._counter)}"
-        elif name in self._names:
-            raise GraphError(f"graph {shown(self.name)}: value name {shown(name)} is defined twice")
-        self._names.add(name)
-        return Value(name, t, self)
-
-    def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
-        """Declare a graph input with a static dtype and shape."""
-        shape = tuple(int(d) for d in shape)
-        try:
-            check_type_shape(shape, "the shape", dtypes.as_dtype(dtype).itemsize)
-        except ShapeError as exc:
-            raise ShapeError(f"input {shown(name)}: {exc}") from None
-        v = self._new_value(name, TensorType(dtypes.as_dtype(dtype), shape))
-        self.inputs.append(v)
-        return v
-
-    def param(self, name: str, data: Any, requires_grad: bool = True) -> Value:
-        """Declare a named parameter carrying ``data`` (copied, read-only)."""
-        arr = np.array(data)
-        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
-        arr.setflags(write=False)
-        v = self._new_value(name, TensorType(arr.dtype, arr.shape))
-        self.params.append(Param(v, arr, requires_grad))
-        self._params[name] = v
-        return v
-
-    def has_param(self, name: str) -> bool:
-        return name in self._params
-
-    def get_param(self, name: str) -> Value:
-        if name not in self._params:
-            raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}")
-        return self._params[name]
-
-    def const(self, data: Any, dtype: object = None) -> Value:
-        """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``)."""
-        arr = np.asarray(data, dtype=None if dtype is None else dtypes.as_dtype(dtype))
-        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=True)
-        arr.setflags(write=False)
-        return self.add_node("Const", (), {"value": arr})[0]
-
-    def op(self, op: str, *inputs: Value, **attrs: Any) -> Any:
-        """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops."""
-        outs = self.add_node(op, inputs, attrs)
-        return outs[0] if len(outs) == 1 and op != "GradOperation" else outs
-
-    def add_node(
-        self,
-        op: str,
-        inputs: Sequence[Value],
-        attrs: dict[str, Any] | None = None,
-        *,
-        name: str | None = None,
-        stop_gradient: bool = False,
-        output_names: Sequence[str] | None = None,
-        name_hint: str | None = None,
-    ) -> tuple[Value, ...]:
-        """Check and add one node; the full-control form of :meth:`op` used by codecs and transforms.
-        ``name_hint`` names the node when that name is still free (transforms keep users' node names)."""
-        if name is None and name_hint is not None and name_hint not in self._node_names:
-            name = name_hint
-        from .optable import get_op, infer_node
-
-        opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
-        node_name = self._node_name(op, name)
-        for v in inputs:
-            if not isinstance(v, Value):
-                raise GraphError(f"{op} {shown(node_name)}: input {shown(v)} is not a Value")
-            if v.builder is not self:
-                raise GraphError(f"{op} {shown(node_name)}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
-        n_outputs = None if output_names is None else len(output_names)
-        full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self, n_outputs)
-        if n_outputs is not None and n_outputs != len(types):
-            raise GraphError(f"{op} {shown(node_name)}: {n_outputs} output names given, the op has {len(types)} outputs")
-        outs = tuple(
-            self._new_value(None if output_names is None else output_names[i], t) for i, t in enumerate(types)
-        )
-        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient))
-        return outs
-
-    def _node_name(self, op: str, name: str | None) -> str:
-        if name is None:
-            name = f"{op.lower()}_{len(self.nodes)}"
-            while name in self._node_names:
-                name += "_"
-        elif name in self._node_names:
-            raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
-        self._node_names.add(name)
-        return name
-
-    def build(self, outputs: Any) -> Graph:
-        """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
-        for v in flatten(outputs):
-            if not isinstance(v, Value) or v.builder is not self:
-                raise GraphError(f"graph {shown(self.name)}: output {shown(v)} is not a value of this graph")
-        g = Graph(tuple(self.inputs), tuple(self.params), tuple(self.nodes), outputs, self.library, self.name)
-        for v in self.inputs:
-            v.builder = None
-        for p in self.params:
-            p.value.builder = None
-        for n in self.nodes:
-            for v in n.outputs:
-                v.builder = None
-        return g

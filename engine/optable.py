@@ -11,13 +11,16 @@ from __future__ import annotations
 
 import difflib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import numpy as np
 
 from . import dtypes
 from .errors import NAME_LIMIT, DTypeError, GraphError, ShapeError, shown, shown_names
-from .ir import GraphBuilder, TensorType, Value, check_type_shape
+from .ir import TensorType, Value, check_type_shape
+
+if TYPE_CHECKING:
+    from .builder import GraphBuilder
 
 REQUIRED = object()
 
@@ -274,6 +277,16 @@ class _OpNamespace:
 
 
 F = _OpNamespace()
+
+
+def total(terms: Sequence[Value] | None) -> Value | None:
+    """The sum of cotangent terms by Add nodes, left to right; None when there are none."""
+    if not terms:
+        return None
+    acc = terms[0]
+    for t in terms[1:]:
+        acc = acc + t
+    return acc
 
 
 # ---- shape and dtype helpers shared by the op definitions ----

@@ -12,7 +12,7 @@ import numpy as np
 
 from ..errors import GraphError, ShapeError
 from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty, same_dtype, scaled_cost
+from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty, same_dtype, scaled_cost, total
 
 # ---- Softmax and LogSoftmax ----
 
@@ -113,17 +113,7 @@ def _sce_vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Value], log
     if g_bp is not None:
         d_logits.append(p * (g_bp - F.ReduceSum(p * g_bp, axis=(1,), keep_dims=True)))
         d_labels.append(-g_bp)
-    return _sum(d_logits, logits), _sum(d_labels, labels)
-
-
-def _sum(terms: list[Value], like: Value) -> Value:
-    """The sum of the cotangent terms, zeros like ``like`` when there are none."""
-    if not terms:
-        return F.ZerosLike(like)
-    total = terms[0]
-    for t in terms[1:]:
-        total = total + t
-    return total
+    return total(d_logits) or F.ZerosLike(logits), total(d_labels) or F.ZerosLike(labels)
 
 
 defop(
@@ -191,7 +181,7 @@ def _ln_vjp(g: tuple[Value | None, Value | None, Value | None], out: tuple[Value
         dx.append(F.BroadcastTo(g_mean / n, shape=x.shape))
     if g_rstd is not None:
         dx.append(-(g_rstd * rstd * rstd * xhat) / n)
-    return _sum(dx, x), (g_y * xhat if g_y is not None else None), g_y
+    return total(dx) or F.ZerosLike(x), (g_y * xhat if g_y is not None else None), g_y
 
 
 defop(

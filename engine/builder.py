@@ -1,0 +1,146 @@
+"""GraphBuilder: builds a graph node by node, checking each node against the op table as it is added."""
+from __future__ import annotations
+
+import itertools
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import dtypes
+from .errors import GraphError, ShapeError, shown
+from .ir import Graph, Node, Param, TensorType, Value, check_type_shape, flatten
+from .optable import get_op, infer_node
+
+
+class GraphBuilder:
+    """Builds a graph node by node, checking arity, attributes, dtypes and shapes as each node is added,
+    so a bad graph fails here, before any array is allocated."""
+
+    def __init__(self, name: str = "main", library: dict[str, Graph] | None = None) -> None:
+        self.name = name
+        self.library: dict[str, Graph] = library if library is not None else {}
+        self.inputs: list[Value] = []
+        self.params: list[Param] = []
+        self._params: dict[str, Value] = {}
+        self.nodes: list[Node] = []
+        self._names: set[str] = set()
+        self._node_names: set[str] = set()
+        self._counter = itertools.count()
+
+    def _new_value(self, name: str | None, t: TensorType) -> Value:
+        if name is None:
+            name = f"%{next(self._counter)}"
+            while name in self._names:
+                name = f"%{next(self._counter)}"
+        elif name in self._names:
+            raise GraphError(f"graph {shown(self.name)}: value name {shown(name)} is defined twice")
+        self._names.add(name)
+        return Value(name, t, self)
+
+    def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
+        """Declare a graph input with a static dtype and shape."""
+        shape = tuple(int(d) for d in shape)
+        try:
+            check_type_shape(shape, "the shape", dtypes.as_dtype(dtype).itemsize)
+        except ShapeError as exc:
+            raise ShapeError(f"input {shown(name)}: {exc}") from None
+        v = self._new_value(name, TensorType(dtypes.as_dtype(dtype), shape))
+        self.inputs.append(v)
+        return v
+
+    def param(self, name: str, data: Any, requires_grad: bool = True) -> Value:
+        """Declare a named parameter carrying ``data`` (copied, read-only)."""
+        arr = np.array(data)
+        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
+        arr.setflags(write=False)
+        v = self._new_value(name, TensorType(arr.dtype, arr.shape))
+        self.params.append(Param(v, arr, requires_grad))
+        self._params[name] = v
+        return v
+
+    def has_param(self, name: str) -> bool:
+        return name in self._params
+
+    def get_param(self, name: str) -> Value:
+        if name not in self._params:
+            raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}")
+        return self._params[name]
+
+    def const(self, data: Any, dtype: object = None) -> Value:
+        """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``)."""
+        arr = np.asarray(data, dtype=None if dtype is None else dtypes.as_dtype(dtype))
+        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=True)
+        arr.setflags(write=False)
+        return self.add_node("Const", (), {"value": arr})[0]
+
+    def op(self, op: str, *inputs: Value, **attrs: Any) -> Any:
+        """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops."""
+        outs = self.add_node(op, inputs, attrs)
+        return outs[0] if len(outs) == 1 and op != "GradOperation" else outs
+
+    def add_node(
+        self,
+        op: str,
+        inputs: Sequence[Value],
+        attrs: dict[str, Any] | None = None,
+        *,
+        name: str | None = None,
+        stop_gradient: bool = False,
+        output_names: Sequence[str] | None = None,
+        name_hint: str | None = None,
+    ) -> tuple[Value, ...]:
+        """Check and add one node; the full-control form of :meth:`op` used by codecs and transforms.
+        ``name_hint`` names the node when that name is still free (transforms keep users' node names)."""
+        if name is None and name_hint is not None and name_hint not in self._node_names:
+            name = name_hint
+        opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
+        node_name = self._node_name(op, name)
+        for v in inputs:
+            if not isinstance(v, Value):
+                raise GraphError(f"{op} {shown(node_name)}: input {shown(v)} is not a Value")
+            if v.builder is not self:
+                raise GraphError(f"{op} {shown(node_name)}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
+        n_outputs = None if output_names is None else len(output_names)
+        full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self, n_outputs)
+        if n_outputs is not None and n_outputs != len(types):
+            raise GraphError(f"{op} {shown(node_name)}: {n_outputs} output names given, the op has {len(types)} outputs")
+        outs = tuple(
+            self._new_value(None if output_names is None else output_names[i], t) for i, t in enumerate(types)
+        )
+        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient))
+        return outs
+
+    def _node_name(self, op: str, name: str | None) -> str:
+        if name is None:
+            name = f"{op.lower()}_{len(self.nodes)}"
+            while name in self._node_names:
+                name += "_"
+        elif name in self._node_names:
+            raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
+        self._node_names.add(name)
+        return name
+
+    def build(self, outputs: Any) -> Graph:
+        """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
+        for v in flatten(outputs):
+            if not isinstance(v, Value) or v.builder is not self:
+                raise GraphError(f"graph {shown(self.name)}: output {shown(v)} is not a value of this graph")
+        g = Graph(tuple(self.inputs), tuple(self.params), tuple(self.nodes), outputs, self.library, self.name)
+        for v in self.inputs:
+            v.builder = None
+        for p in self.params:
+            p.value.builder = None
+        for n in self.nodes:
+            for v in n.outputs:
+                v.builder = None
+        return g
+
+
+def signature_copy(g: Graph, name: str | None = None) -> tuple[GraphBuilder, list[Value]]:
+    """A builder (named ``name``, default ``g``'s name) sharing ``g``'s library and declaring ``g``'s inputs
+    and parameters, with the new inputs in order: the start of every transform that rebuilds ``g``."""
+    b = GraphBuilder(g.name if name is None else name, g.library)
+    args = [b.input(v.name, v.dtype, v.shape) for v in g.inputs]
+    for p in g.params:
+        b.param(p.name, p.data, p.requires_grad)
+    return b, args
