@@ -106,8 +106,8 @@ def server_config(workers: int = 2) -> ServerConfig:
     what they legitimately hold stays small beside the RSS bounds), 256 MiB and 10^9 FLOPs per request."""
     return ServerConfig(host="127.0.0.1", port=0, workers=workers, worker_cache_size=8, grace_seconds=5.0,
                         limits=Limits(max_message_bytes=8 << 20, max_deadline_ms=5000, max_queue_depth=8,
-                                      max_registered_networks=16, max_registry_bytes=64 << 20,
-                                      max_worker_cache_bytes=32 << 20, max_queued_bytes=64 << 20,
+                                      max_registered_networks=16, max_registry_bytes=16 << 20,
+                                      max_worker_cache_bytes=8 << 20, max_queued_bytes=64 << 20,
                                       max_request_peak_bytes=256 << 20, max_request_flops=10**9))
 
 

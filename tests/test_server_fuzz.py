@@ -1,13 +1,19 @@
 """Fuzzing a live server: hypothesis-generated networks and requests (valid ones, broken graphs, mutated and
 random bytes) on every method, and the small requests issue 9 found dangerous. Whatever the request, the answer
 is never INTERNAL or UNKNOWN, health stays SERVING, no worker is replaced, and the server's memory comes back
-to its warm baseline. Valid requests stay cheap by construction (tensors of at most 4096 elements) and every
+to its warm baseline. The server runs as ``gradserve serve`` in a process of its own, so that its memory is
+measured apart from the test's. Valid requests stay cheap by construction (tensors of at most 4096 elements) and every
 call has a deadline, so the module takes well under two minutes; hypothesis is derandomized (same cases on
 every run)."""
 from __future__ import annotations
 
-import gc
-import os
+import dataclasses
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
 from typing import Iterator
 
 import grpc
@@ -20,14 +26,15 @@ from hypothesis import strategies as st
 import fuzzkit
 from gradserve import codec
 from gradserve.engine import GraphBuilder
-from gradserve.server.app import Server
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
 TIMEOUT = 15.0
 """Client deadline of each call; the server cuts every call to its own 5 s maximum before that."""
-RSS_SLACK = 64 << 20
-"""How far the server's and its workers' RSS may end above the warm baseline (after a gc)."""
+CONFIG = fuzzkit.server_config(workers=2)
+RSS_SLACK = CONFIG.limits.max_registry_bytes + (CONFIG.workers + 1) * CONFIG.limits.max_worker_cache_bytes + (32 << 20)
+"""How far the server's and its workers' RSS may end above the warm baseline: what the registry, the workers'
+caches and the local lane's cache may legitimately fill, and 32 MiB."""
 HEALTH_EVERY = 50
 """Cases between two health checks."""
 
@@ -55,32 +62,88 @@ def cases(draw: st.DrawFn) -> list[fuzzkit.Call]:
     return fuzzkit.random_case(HypothesisDraw(draw))
 
 
+class ServerProcess:
+    """``gradserve serve`` run with a ServerConfig's settings in a process of its own (port 0, read back from
+    its ``server_start`` log line); its pids are the server's process tree (fork server and workers)."""
+
+    def __init__(self, config: ServerConfig, log: Path) -> None:
+        self.config = config
+        flags = [f"--{k.replace('_', '-')}={v}" for k, v in set_values(config).items()]
+        self.log = log
+        with open(log, "wb") as out:
+            self.proc = subprocess.Popen([sys.executable, "-m", "gradserve", "serve", *flags], stdout=out, stderr=out)
+        self.port = self._started()["port"]
+
+    def _started(self) -> dict:
+        """The server_start log line (waiting for it; the pytest timeout bounds the wait)."""
+        while True:
+            for line in self.log.read_text().splitlines():
+                if '"server_start"' in line:
+                    return json.loads(line)
+            assert self.proc.poll() is None, f"the server exited: {self.log.read_text()[-2000:]}"
+            time.sleep(0.05)
+
+    def pids(self) -> list[int]:
+        """The server process and every process below it."""
+        parent: dict[int, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:  # the process ended meanwhile
+                continue
+            parent[int(stat.parent.name)] = int(fields[1])
+        found, todo = [], [self.proc.pid]
+        while todo:
+            pid = todo.pop()
+            found.append(pid)
+            todo += [child for child, ppid in parent.items() if ppid == pid]
+        return sorted(found)
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(timeout=60)
+
+
+def set_values(config: ServerConfig) -> dict[str, object]:
+    """Every setting of ``config`` (its limits included) that has a value, by name."""
+    flat = {k: v for k, v in dataclasses.asdict(config).items() if k != "limits"} | dataclasses.asdict(config.limits)
+    return {k: v for k, v in flat.items() if v is not None and v != ""}
+
+
 @pytest.fixture(scope="module")
-def server_config() -> ServerConfig:
-    return fuzzkit.server_config(workers=2)
+def server() -> Iterator[ServerProcess]:
+    with tempfile.TemporaryDirectory() as tmp:
+        s = ServerProcess(CONFIG, Path(tmp) / "server.log")
+        try:
+            yield s
+        finally:
+            s.stop()
 
 
 class Watch:
-    """The server's state the fuzz cases must not disturb: its workers, its health, its memory."""
+    """The server's state the fuzz cases must not disturb: its processes, its health, its memory."""
 
-    def __init__(self, server: Server, channel: grpc.Channel) -> None:
+    def __init__(self, server: ServerProcess, channel: grpc.Channel) -> None:
         self.server, self.channel = server, channel
         self.start = self.workers()
         self.cases = 0
         self.baseline = self.rss()
-        self.parts = {pid: fuzzkit.rss_bytes(pid) >> 20 for pid in [os.getpid(), *server.pool.pids()]}
+        self.parts = self.by_pid()
 
     def rss(self) -> int:
-        """RSS of the server process (this one: the fixture runs it here) and its workers, after a gc."""
-        gc.collect()
-        return fuzzkit.total_rss([os.getpid(), *self.server.pool.pids()])
+        """RSS of the server process, its fork server and its workers."""
+        return fuzzkit.total_rss(self.server.pids())
+
+    def by_pid(self) -> dict[int, int]:
+        return {pid: fuzzkit.rss_bytes(pid) >> 20 for pid in self.server.pids()}
 
     def serving(self) -> None:
         resp = health_pb2_grpc.HealthStub(self.channel).Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)
         assert resp.status == health_pb2.HealthCheckResponse.SERVING
 
-    def workers(self) -> tuple[list[int], int]:
-        return self.server.pool.pids(), self.server.pool.replaced
+    def workers(self) -> list[int]:
+        """The server's processes: a replaced worker shows as another pid."""
+        return self.server.pids()
 
     def check(self, calls: list[fuzzkit.Call]) -> list[fuzzkit.Outcome]:
         """Send ``calls``: none may answer INTERNAL or UNKNOWN, and no worker may be replaced meanwhile."""
@@ -89,7 +152,7 @@ class Watch:
         shown = "\n".join(c.hex()[:2000] for c in calls)
         for call, outcome in zip(calls, outcomes):
             assert not outcome.bad, f"{call.method} ({call.what}) answered {outcome.bad}; the case:\n{shown}"
-        assert self.workers() == before, f"workers (pids, replacements) went from {before} to {self.workers()} " \
+        assert self.workers() == before, f"the server's processes went from {before} to {self.workers()} " \
             f"during the case ({[o.codes for o in outcomes]}, {[m[:300] for o in outcomes for m in o.messages]}):\n{shown}"
         self.cases += 1
         if self.cases % HEALTH_EVERY == 0:
@@ -105,7 +168,7 @@ def warm_up(channel: grpc.Channel) -> None:
 
 
 @pytest.fixture(scope="module")
-def watch(server: Server, channel: grpc.Channel) -> Iterator[Watch]:
+def watch(server: ServerProcess, channel: grpc.Channel) -> Iterator[Watch]:
     warm_up(channel)
     yield Watch(server, channel)
 
@@ -151,11 +214,11 @@ def test_networks_a_worker_has_dropped_from_its_cache_are_freed(watch: Watch) ->
     stub = service_pb2_grpc.GradientStub(watch.channel)
     for i in range(3):  # the workers have decoded and dropped such networks before the baseline
         stub.RegisterNetwork(library_network(-i - 1, n), timeout=TIMEOUT)
-    before = fuzzkit.total_rss(watch.server.pool.pids())
+    before = fuzzkit.total_rss(watch.server.pids())
     for i in range(count):
         watch.check([fuzzkit.Call("RegisterNetwork", [library_network(i, n).SerializeToString()], f"library network {i}")])
-    grown = fuzzkit.total_rss(watch.server.pool.pids()) - before
-    assert grown <= slack, f"the workers' RSS grew by {grown / 2**20:.0f} MiB after {count} networks of {n * 8 >> 10} KiB " \
+    grown = fuzzkit.total_rss(watch.server.pids()) - before
+    assert grown <= slack, f"the server's and its workers' RSS grew by {grown / 2**20:.0f} MiB after {count} networks of {n * 8 >> 10} KiB " \
         f"(their caches hold {watch.server.config.worker_cache_size} each; allowed {slack >> 20} MiB)"
 
 
@@ -171,6 +234,6 @@ def test_after_every_case_the_server_serves_right_answers_with_its_workers_and_m
     np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(xs) * xs + np.sin(xs), rtol=1e-12)
     assert watch.workers() == watch.start, "workers were replaced during the module"
     grown = watch.rss() - watch.baseline
-    parts = {pid: fuzzkit.rss_bytes(pid) >> 20 for pid in [os.getpid(), *watch.server.pool.pids()]}
+    parts = watch.by_pid()
     assert grown <= RSS_SLACK, f"RSS grew by {grown / 2**20:.0f} MiB over {watch.cases} cases (allowed {RSS_SLACK >> 20} MiB); " \
-        f"MiB by pid now (the test's own process first): {parts}, baseline {watch.parts}"
+        f"MiB by pid now (the server first): {parts}, baseline {watch.parts}"
