@@ -37,6 +37,17 @@ def slow_request(stub: service_pb2_grpc.GradientStub, n: int, k: int = 12) -> se
                                                            codec.encode_tensor(np.full((1, n), 0.5))])
 
 
+def long_run(stub: service_pb2_grpc.GradientStub, n: int = 1000, k: int = 2000) -> service_pb2.RunRequest:
+    """A Run of k Sins over n x n elements: thousands of short steps, many seconds of work in all, little memory."""
+    b = GraphBuilder()
+    h = b.op("BroadcastTo", b.input("x", "float64", ()), shape=[n, n])  # a tiny request
+    for _ in range(k):
+        h = b.op("Sin", h)
+    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h)))),
+                               timeout=60).network_id
+    return service_pb2.RunRequest(network_id=nid, inputs=[codec.encode_tensor(np.array(0.5))])
+
+
 def wait_until(cond: Callable[[], bool], what: str = "", timeout: float = 60.0) -> None:
     """Poll ``cond`` until it holds; fail naming ``what`` if it still does not after a generous ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

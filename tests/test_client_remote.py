@@ -11,10 +11,6 @@ import numpy as np
 import pytest
 
 import gradserve as gs
-import gradserve.nn as nn
-import gradserve.ops as ops
-from gradserve import Parameter, Tensor
-from gradserve import dtype as mstype
 from gradserve.client import context
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend, RemoteError, address_count, split_target
@@ -23,6 +19,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
+from clientkit import tutorial_grad_x
 from serverkit import TOKEN, wait_until
 
 X = np.linspace(-1.0, 1.0, 5)
@@ -72,23 +69,8 @@ def grad_w(backend: RemoteBackend, nid: str, w: np.ndarray = W) -> None:
     np.testing.assert_allclose(dw, X * np.cos(X * w), rtol=1e-12)
 
 
-class Net(nn.Cell):
-    """The tutorial's network: (x * z) @ y."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.matmul = ops.MatMul()
-        self.z = Parameter(Tensor(np.array([1.0], np.float32)), name="z")
-
-    def construct(self, x: Tensor, y: Tensor) -> Tensor:
-        return self.matmul(x * self.z, y)
 
 
-def tutorial_grad_x() -> np.ndarray:
-    """The tutorial's In [2], GradOperation()(Net())(x, y), through whatever backend the context selects."""
-    x = Tensor([[0.8, 0.6, 0.2], [1.8, 1.3, 1.1]], dtype=mstype.float32)
-    y = Tensor([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], dtype=mstype.float32)
-    return ops.GradOperation()(Net())(x, y).asnumpy()
 
 
 def test_the_sdk_sends_the_context_token(sdk: None) -> None:

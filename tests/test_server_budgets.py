@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from serverkit import rejected, wait_until
+from serverkit import long_run, rejected, wait_until
 
 from gradserve import codec
 from gradserve.engine import GraphBuilder, compile_graph
@@ -64,15 +64,7 @@ def t(a: np.ndarray) -> graph_pb2.Tensor:
     return codec.encode_tensor(a)
 
 
-def long_run(stub: service_pb2_grpc.GradientStub, n: int = 1000, k: int = 2000) -> service_pb2.RunRequest:
-    """A Run of k Sins over n x n elements: many seconds of work in small steps (cancelled, never waited for)."""
-    b = GraphBuilder()
-    h = b.op("BroadcastTo", b.input("x", "float64", ()), shape=[n, n])  # a tiny request
-    for _ in range(k):
-        h = b.op("Sin", h)
-    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h)))),
-                               timeout=60).network_id
-    return service_pb2.RunRequest(network_id=nid, inputs=[t(np.array(0.5))])
+
 
 
 # ---- the Cache class both workers and the local lane use ----

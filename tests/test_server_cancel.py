@@ -9,7 +9,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
-from serverkit import rejected, wait_until
+from serverkit import long_run, rejected, wait_until
 
 from gradserve import codec
 from gradserve.engine import GraphBuilder
@@ -20,15 +20,7 @@ from gradserve.v1 import service_pb2, service_pb2_grpc
 CALLS = 20
 
 
-def long_run(stub: service_pb2_grpc.GradientStub, n: int = 1000, k: int = 2000) -> service_pb2.RunRequest:
-    """A Run of k Sins over n x n elements: thousands of short steps, many seconds of work in all, little memory."""
-    b = GraphBuilder()
-    h = b.op("BroadcastTo", b.input("x", "float64", ()), shape=[n, n])  # a tiny request
-    for _ in range(k):
-        h = b.op("Sin", h)
-    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(b.op("ReduceSum", h)))),
-                               timeout=60).network_id
-    return service_pb2.RunRequest(network_id=nid, inputs=[codec.encode_tensor(np.array(0.5))])
+
 
 
 def quick_check(stub: service_pb2_grpc.GradientStub) -> None:
