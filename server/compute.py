@@ -15,7 +15,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .. import codec
-from ..engine import EngineError, Graph, GraphBuilder, NotDifferentiableError, Program, compile_graph, flatten, unflatten
+from ..engine import EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
 from ..engine.autodiff import inline
 from ..v1 import graph_pb2, service_pb2
 from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, pieces, request_tensors
@@ -334,10 +334,7 @@ class Template:
 
 def _with_forward(network: Graph, gradient: Graph) -> Graph:
     """One graph returning ``(gradients, forward outputs)``; compiling it merges the shared forward part."""
-    b = GraphBuilder(gradient.name, gradient.library)
-    args = [b.input(v.name, v.dtype, v.shape) for v in gradient.inputs]
-    for p in gradient.params:
-        b.param(p.name, p.data, p.requires_grad)
+    b, args = signature_copy(gradient)
     return b.build((inline(b, gradient, args), inline(b, network, args[: len(network.inputs)])))
 
 
