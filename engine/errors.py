@@ -29,8 +29,9 @@ class Interrupted(EngineError):
     """A run stopped between steps because its caller's ``interrupt()`` said so (a cancelled or expired call)."""
 
 
-NAME_LIMIT = 64
-"""How many characters of a caller's name a message or log line echoes."""
+NAME_LIMIT = 96
+"""How many characters of a caller's name a message or log line echoes: room for any sensible name and
+a whole network id ("sha256:" and 64 hex digits)."""
 
 
 def shown(name: object, limit: int = NAME_LIMIT) -> str:

@@ -118,6 +118,14 @@ def test_bad_input_gets_its_code_and_field_while_health_stays_serving(channel: g
     np.testing.assert_allclose(codec.decode_tree(ok.gradients), np.cos(np.ones(3, np.float32)))
 
 
+def test_an_unknown_network_id_is_echoed_whole(channel: grpc.Channel) -> None:
+    nid = "sha256:" + "0" * 64
+    with pytest.raises(grpc.RpcError) as info:
+        service_pb2_grpc.GradientStub(channel).Grad(service_pb2.GradRequest(network_id=nid, inputs=[tensor()]), timeout=30)
+    assert info.value.code() == grpc.StatusCode.NOT_FOUND
+    assert f"network_id {nid!r} is not registered" in info.value.details()
+
+
 def test_register_rejects_a_bad_graph_naming_the_node(channel: grpc.Channel) -> None:
     with pytest.raises(grpc.RpcError) as info:
         service_pb2_grpc.GradientStub(channel).RegisterNetwork(
