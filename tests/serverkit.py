@@ -48,6 +48,15 @@ def long_run(stub: service_pb2_grpc.GradientStub, n: int = 1000, k: int = 2000) 
     return service_pb2.RunRequest(network_id=nid, inputs=[codec.encode_tensor(np.array(0.5))])
 
 
+def quick_check(stub: service_pb2_grpc.GradientStub) -> None:
+    """A small gradient, checked against cos: the server still answers right."""
+    b = GraphBuilder()
+    g = codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", (4,)))))
+    x = np.linspace(0, 1, 4)
+    resp = stub.Grad(service_pb2.GradRequest(graph=g, inputs=[codec.encode_tensor(x)]), timeout=60)
+    np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(x), rtol=1e-12)
+
+
 def wait_until(cond: Callable[[], bool], what: str = "", timeout: float = 60.0) -> None:
     """Poll ``cond`` until it holds; fail naming ``what`` if it still does not after a generous ``timeout`` seconds."""
     deadline = time.monotonic() + timeout

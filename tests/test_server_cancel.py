@@ -7,28 +7,14 @@ import signal
 from typing import Iterator
 
 import grpc
-import numpy as np
 import pytest
-from serverkit import long_run, rejected, wait_until
+from serverkit import long_run, quick_check, rejected, wait_until
 
-from gradserve import codec
-from gradserve.engine import GraphBuilder
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
 CALLS = 20
-
-
-
-
-
-def quick_check(stub: service_pb2_grpc.GradientStub) -> None:
-    b = GraphBuilder()
-    g = codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", (4,)))))
-    x = np.linspace(0, 1, 4)
-    resp = stub.Grad(service_pb2.GradRequest(graph=g, inputs=[codec.encode_tensor(x)]), timeout=60)
-    np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(x), rtol=1e-12)
 
 
 @pytest.fixture()

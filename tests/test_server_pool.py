@@ -15,12 +15,11 @@ import numpy as np
 import pytest
 
 from gradserve import codec
-from gradserve.engine import GraphBuilder
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
-from gradserve.v1 import service_pb2, service_pb2_grpc
+from gradserve.v1 import service_pb2_grpc
 
-from serverkit import slow_request, wait_until
+from serverkit import quick_check, slow_request, wait_until
 
 
 def composed_sin_grad(n: int, k: int) -> np.ndarray:
@@ -30,15 +29,6 @@ def composed_sin_grad(n: int, k: int) -> np.ndarray:
     for _ in range(k):
         d, h = d * np.cos(h), np.sin(h)
     return (d * x.T).sum(axis=1, keepdims=True)
-
-
-def quick_check(stub: service_pb2_grpc.GradientStub) -> None:
-    """A small gradient, checked against cos."""
-    b = GraphBuilder()
-    g = codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", (4,)))))
-    x = np.linspace(0, 1, 4)
-    resp = stub.Grad(service_pb2.GradRequest(graph=g, inputs=[codec.encode_tensor(x)]), timeout=30)
-    np.testing.assert_allclose(codec.decode_tree(resp.gradients), np.cos(x), rtol=1e-12)
 
 
 @pytest.fixture()
