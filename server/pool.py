@@ -24,7 +24,6 @@ from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
-from .config import Limits
 from .errors import Failure
 
 POLL_SECONDS = 0.05
@@ -201,7 +200,7 @@ class WorkerPool:
     """N worker processes behind a bounded queue; ``submit`` runs one Job and returns its Result."""
 
     def __init__(self, workers: int, max_queue: int, worker_main: Callable[..., None], worker_args: tuple = (),
-                 max_reserve: int = 0) -> None:
+                 max_reserve: int = 0, *, stop_grace: float) -> None:
         if workers < 1:
             raise ValueError(f"workers must be at least 1, got {workers}")
         self._ctx = multiprocessing.get_context("forkserver")
@@ -212,9 +211,9 @@ class WorkerPool:
         self.max_queue = max_queue
         self.max_reserve = max_reserve
         """The largest out-arena a worker may ask for (its results make one response: max_message_bytes); 0: any."""
-        self.stop_grace = Limits.stop_grace_ms / 1000
+        self.stop_grace = stop_grace
         """Seconds a worker told to stop may take to finish its current operation before it is replaced
-        (the servicer sets it from ``Limits.stop_grace_ms``)."""
+        (``Limits.stop_grace_ms``)."""
         self._cond = threading.Condition()
         self._life = threading.Lock()
         """Held while starting a worker and while closing, so that no worker starts once the pool is closed."""

@@ -136,7 +136,6 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.pool = pool
         self.config = config
         self.limits = config.limits
-        pool.stop_grace = config.limits.stop_grace_ms / 1000
         self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
         self.lane = Lane(config.limits, config.local_max_elements, config.worker_cache_size)
         self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
