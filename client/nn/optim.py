@@ -188,12 +188,12 @@ class Adam(Optimizer):
         dt = w.dtype.type
         if slot.weight_decay:
             g = g + dt(slot.weight_decay) * w
-        b1, b2 = dt(self.beta1), dt(self.beta2)
-        m = b1 * slot.state.get("moment1", np.zeros_like(w)) + (1 - b1) * g
-        v = b2 * slot.state.get("moment2", np.zeros_like(w)) + (1 - b2) * g * g
+        b1, b2, c1, c2 = dt(self.beta1), dt(self.beta2), dt(1 - self.beta1), dt(1 - self.beta2)
+        m = b1 * slot.state.get("moment1", np.zeros_like(w)) + c1 * g
+        v = b2 * slot.state.get("moment2", np.zeros_like(w)) + c2 * g * g
         slot.state["moment1"], slot.state["moment2"] = m, v
         lr_t = lr * dt(math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t))
-        num = b1 * m + (1 - b1) * g if self.use_nesterov else m
+        num = b1 * m + c1 * g if self.use_nesterov else m
         return w - lr_t * num / (np.sqrt(v) + dt(self.eps))
 
 
@@ -209,9 +209,9 @@ class AdamWeightDecay(Optimizer):
 
     def _update(self, slot: _Slot, w: np.ndarray, g: np.ndarray, lr: Any, t: int) -> np.ndarray:
         dt = w.dtype.type
-        b1, b2 = dt(self.beta1), dt(self.beta2)
-        m = b1 * slot.state.get("moment1", np.zeros_like(w)) + (1 - b1) * g
-        v = b2 * slot.state.get("moment2", np.zeros_like(w)) + (1 - b2) * g * g
+        b1, b2, c1, c2 = dt(self.beta1), dt(self.beta2), dt(1 - self.beta1), dt(1 - self.beta2)
+        m = b1 * slot.state.get("moment1", np.zeros_like(w)) + c1 * g
+        v = b2 * slot.state.get("moment2", np.zeros_like(w)) + c2 * g * g
         slot.state["moment1"], slot.state["moment2"] = m, v
         update = m / (np.sqrt(v) + dt(self.eps))
         if slot.weight_decay:
