@@ -2,6 +2,7 @@
 weight to 1e-9, embedded and (for one model) through a server; parameter names and MindSpore's default initializers."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Any, Iterator
 
 import numpy as np
@@ -228,3 +229,68 @@ def test_mlp_with_layernorm_matches_torch_through_a_server(remote_target: None) 
     module = torch.nn.Sequential(l0, tln, torch.nn.GELU(approximate="tanh"), l3)
     params = [l0.weight, l0.bias, tln.weight, tln.bias, l3.weight, l3.bias]
     assert_same(gs_grads(net, X, R3), torch_grads(module, params, X, R3))
+
+
+def copy_into_torch(ours: nn.Cell, module: torch.nn.Module) -> list[torch.Tensor]:
+    """Copy our parameters into ``module`` by name (torch's LayerNorm weight/bias are our gamma/beta); returns
+    torch's parameters in our trainable_params order."""
+    theirs = dict(module.named_parameters())
+    out = []
+    for p in ours.trainable_params():
+        name = p.name.replace("gamma", "weight").replace("beta", "bias")
+        with torch.no_grad():
+            theirs[name].copy_(torch.tensor(p.asnumpy()))
+        out.append(theirs[name])
+    assert len(out) == len(theirs)
+    return out
+
+
+def randomize(cell: nn.Cell, seed: int) -> None:
+    """Non-trivial values for every parameter (zero biases and unit gammas would hide mistakes)."""
+    rng = np.random.default_rng(seed)
+    for p in cell.get_parameters():
+        p.set_data(rng.normal(scale=0.4, size=p.shape))
+
+
+@pytest.mark.parametrize("norm_first", [False, True])
+def test_transformer_encoder_layer_matches_torch(norm_first: bool) -> None:
+    layer = nn.TransformerEncoderLayer(8, 2, 16, activation="gelu", norm_first=norm_first, dtype=F64)
+    randomize(layer, 1)
+    tlayer = torch.nn.TransformerEncoderLayer(8, 2, 16, dropout=0.1, activation=partial(torch.nn.functional.gelu, approximate="tanh"),
+                                              norm_first=norm_first, dtype=torch.float64).eval()
+    params = copy_into_torch(layer, tlayer)
+    x = RNG.normal(size=(5, 3, 8))
+    r = RNG.normal(size=x.shape)
+    assert_same(gs_grads(layer, x, r), torch_grads(tlayer, params, x, r))
+
+
+def test_multihead_attention_with_masks_matches_torch() -> None:
+    mha = nn.MultiheadAttention(6, 3, batch_first=True, dtype=F64)
+    randomize(mha, 2)
+    tmha = torch.nn.MultiheadAttention(6, 3, batch_first=True, dtype=torch.float64)
+    params = copy_into_torch(mha, tmha)
+    q, k = RNG.normal(size=(2, 4, 6)), RNG.normal(size=(2, 5, 6))
+    causal = np.triu(np.ones((4, 5), bool), 2)
+    padding = np.zeros((2, 5), bool)
+    padding[1, 3:] = True
+    r = RNG.normal(size=(2, 4, 6))
+    rw = RNG.normal(size=(2, 3, 4, 5))
+
+    class Both(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__(auto_prefix=False)
+            self.mha = mha
+
+        def construct(self, q: Any, k: Any) -> Any:
+            out, w = self.mha(q, k, k, gs.Tensor(padding), True, gs.Tensor(causal), False)
+            return (out * gs.Tensor(r)).sum() + (w * gs.Tensor(rw)).sum()
+
+    (dq, dk), dw = ops.GradOperation(get_all=True, get_by_list=True)(Both(), gs.ParameterTuple(mha.trainable_params()))(
+        gs.Tensor(q), gs.Tensor(k))
+    tq, tk = torch.tensor(q, requires_grad=True), torch.tensor(k, requires_grad=True)
+    out, w = tmha(tq, tk, tk, key_padding_mask=torch.tensor(padding), attn_mask=torch.tensor(causal),
+                  average_attn_weights=False)
+    expected = torch.autograd.grad((out * torch.tensor(r)).sum() + (w * torch.tensor(rw)).sum(), [tq, tk] + params)
+    for a, b in zip([dq, dk, *dw], expected):
+        np.testing.assert_allclose(a.asnumpy(), b.numpy(), rtol=TOL, atol=TOL)
+    assert [p.name for p in mha.get_parameters()] == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]

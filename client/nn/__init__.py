@@ -2,7 +2,8 @@
 from .dynamic_lr import cosine_decay_lr, exponential_decay_lr, piecewise_constant_lr
 from .activation import GELU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh, get_activation
 from .initializer import set_seed
-from .layers import CellList, Dense, Embedding, Flatten, LayerNorm, SequentialCell
+from .layers import CellList, Dense, Dropout, Embedding, Flatten, LayerNorm, SequentialCell
+from .transformer import MultiheadAttention, TransformerEncoderLayer
 from .optim import SGD, Adam, AdamWeightDecay, Momentum, Optimizer
 from .wrap import TrainOneStepCell, WithEvalCell, WithLossCell, clip_by_global_norm
 from .loss import (
@@ -13,7 +14,7 @@ from .loss import (
 __all__ = [
     "Adam", "AdamWeightDecay", "Momentum", "Optimizer", "SGD", "TrainOneStepCell", "WithEvalCell", "WithLossCell",
     "clip_by_global_norm", "cosine_decay_lr", "exponential_decay_lr", "piecewise_constant_lr",
-    "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Embedding", "Flatten", "GELU", "L1Loss",
-    "LayerNorm", "LogSoftmax", "LossBase", "MSELoss", "NLLLoss", "ReLU", "SequentialCell", "SiLU", "Sigmoid",
-    "SmoothL1Loss", "Softmax", "SoftmaxCrossEntropyWithLogits", "Tanh", "get_activation", "set_seed",
+    "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Dropout", "Embedding", "Flatten", "GELU", "L1Loss",
+    "LayerNorm", "LogSoftmax", "LossBase", "MSELoss", "MultiheadAttention", "NLLLoss", "ReLU", "SequentialCell", "SiLU", "Sigmoid",
+    "SmoothL1Loss", "Softmax", "SoftmaxCrossEntropyWithLogits", "Tanh", "TransformerEncoderLayer", "get_activation", "set_seed",
 ]

@@ -175,3 +175,23 @@ class CellList(SequentialCell):
         raise TypeError("nn.CellList is a container: call its cells, not the list")
 
 
+
+
+class Dropout(Cell):
+    """``Dropout(keep_prob=None, p=None, dtype=float32)``: in training, zeroes each element with probability ``p``
+    (default 0.5) and scales the rest by 1 / (1 - p); the identity in inference (MindSpore's default mode)."""
+
+    def __init__(self, keep_prob: float | None = None, p: float | None = None, dtype: Any = mstype.float32) -> None:
+        super().__init__()
+        if keep_prob is not None and p is not None:
+            raise ValueError("nn.Dropout: give keep_prob or p, not both")
+        self.p = 1.0 - keep_prob if keep_prob is not None else (0.5 if p is None else float(p))
+        if not 0.0 <= self.p < 1.0:
+            raise ValueError(f"nn.Dropout: p must be in [0, 1), got {self.p!r}")
+        self.training = False
+
+    def construct(self, x: Any) -> Any:
+        if not self.training or self.p == 0.0:
+            return x
+        out, _ = apply_op("Dropout", x, keep_prob=1.0 - self.p)
+        return out
