@@ -126,7 +126,10 @@ class TransformerEncoderLayer(Cell):
         self.norm2 = LayerNorm((d_model,), epsilon=layer_norm_eps, dtype=dtype)
         self.dropout1 = Dropout(p=dropout)
         self.dropout2 = Dropout(p=dropout)
-        self.activation = get_activation(activation)
+        act = get_activation(activation)
+        if act is None:
+            raise ValueError("nn.TransformerEncoderLayer: activation must be a name or a Cell, got None")
+        self.activation = act
 
     def _sa_block(self, x: Any, attn_mask: Any, key_padding_mask: Any) -> Any:
         out, _ = self.self_attn(x, x, x, key_padding_mask, False, attn_mask)
