@@ -54,6 +54,13 @@ UNARY = [v(()), v((3,)), v((2, 3))]
 BINARY = [v((), ()), v((3,), (3,)), v((2, 3), (3,)), v((2, 1), (1, 3)), v((), (2, 3))]
 COND = np.array([[True, False, True], [False, False, True]])
 SS = dict(begin=(1, 0), end=(4, 6), strides=(2, 1))
+CONV_SHAPES = [  # (x, weight, output, attrs): stride, padding modes, dilation and groups
+    ((1, 2, 4, 4), (3, 2, 2, 2), (1, 3, 3, 3), dict(out_channel=3, kernel_size=2)),
+    ((2, 2, 5, 4), (2, 1, 3, 2), (2, 2, 3, 2), dict(out_channel=2, kernel_size=(3, 2), stride=2, pad_mode="same", group=2)),
+    ((1, 1, 5, 5), (2, 1, 2, 2), (1, 2, 2, 2), dict(out_channel=2, kernel_size=2, stride=(2, 3), dilation=2, pad_mode="pad", pad=(1, 0, 0, 2))),
+    ((1, 4, 3, 3), (2, 2, 3, 1), (1, 2, 3, 3), dict(out_channel=2, kernel_size=(3, 1), pad_mode="same", group=2, dilation=(1, 2))),
+]
+CONV = [v(x, w, **a) for x, w, _, a in CONV_SHAPES]
 
 ROWS = [
     *(Row(op, UNARY) for op in ("Exp", "Sin", "Cos", "Tanh", "Sigmoid", "GeLU", "Softplus")),
@@ -123,6 +130,9 @@ ROWS = [
         [v((2, 3), (3,), (3,)), v((2, 3, 4), (4,), (4,), begin_params_axis=2),
          v((2, 3, 4), (3, 4), (3, 4), begin_norm_axis=-2, begin_params_axis=-2), v((2, 3), (2, 3), (2, 3), begin_norm_axis=0, begin_params_axis=0)],
     ),
+    Row("Conv2D", CONV, order=3),
+    *(Row(op, [v(out, w, input_size=x, **a) for x, w, out, a in CONV_SHAPES]) for op in ("Conv2DBackpropInput", "Conv2DTranspose")),
+    Row("Conv2DBackpropFilter", [v(out, x, filter_size=w, **a) for x, w, out, a in CONV_SHAPES]),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 
