@@ -83,6 +83,15 @@ CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[E
      ShapeError, ["dout has shape (1, 2, 4, 4), but Conv2D of input_size (1, 4, 5, 5) gives (1, 2, 3, 3)"]),
     ("Conv2DBackpropFilter", [(F32, (1, 2, 3, 3)), (F32, (1, 4, 5, 5))], {"out_channel": 2, "kernel_size": 3, "filter_size": (2, 4, 3)},
      GraphError, ["filter_size must hold 4 non-negative dimensions, got (2, 4, 3)"]),
+    ("MaxPool", [(F32, (1, 2, 5))], {"kernel_size": 2}, ShapeError, ["x must be NCHW (rank 4), got shape (1, 2, 5)"]),
+    ("MaxPool", [(F32, (1, 2, 3, 3))], {"kernel_size": 4}, ShapeError, ["window of extent 4 is larger than the padded input length 3"]),
+    ("MaxPool", [(F32, (1, 2, 3, 3))], {"pad_mode": "pad"}, GraphError, ["pad_mode must be one of valid, same, got 'pad'"]),
+    ("AvgPool", [(F32, (1, 2, 3, 3))], {"kernel_size": (2, 2, 2)}, GraphError, ["kernel_size must be a positive int, a pair or a 4-tuple"]),
+    ("AvgPool", [(I32, (1, 2, 3, 3))], {}, DTypeError, ["int32"]),
+    ("AvgPoolGrad", [(F32, (1, 2, 3, 3))], {"kernel_size": 2, "input_size": (1, 2, 3, 3)}, ShapeError,
+     ["dout has shape (1, 2, 3, 3), but AvgPool of input_size (1, 2, 3, 3) gives (1, 2, 2, 2)"]),
+    ("AdaptiveAvgPool2D", [(F32, (4, 4))], {"output_size": 2}, ShapeError, ["x must be (C, H, W) or (N, C, H, W), got shape (4, 4)"]),
+    ("AdaptiveAvgPool2D", [(F32, (1, 4, 4))], {"output_size": (2, 0)}, GraphError, ["output_size must be a positive int or pair"]),
 ]
 
 

@@ -61,6 +61,13 @@ CONV_SHAPES = [  # (x, weight, output, attrs): stride, padding modes, dilation a
     ((1, 4, 3, 3), (2, 2, 3, 1), (1, 2, 3, 3), dict(out_channel=2, kernel_size=(3, 1), pad_mode="same", group=2, dilation=(1, 2))),
 ]
 CONV = [v(x, w, **a) for x, w, _, a in CONV_SHAPES]
+POOL_SHAPES = [  # (x, output, attrs)
+    ((1, 2, 4, 4), (1, 2, 2, 2), dict(kernel_size=2, strides=2)),
+    ((2, 1, 5, 4), (2, 1, 3, 2), dict(kernel_size=(3, 2), strides=2, pad_mode="same")),
+    ((1, 2, 4, 5), (1, 2, 4, 5), dict(kernel_size=3, pad_mode="SAME")),
+    ((1, 1, 5, 6), (1, 1, 2, 2), dict(kernel_size=(2, 3), strides=(3, 2), pad_mode="valid")),
+]
+POOL = [v(x, **a) for x, _, a in POOL_SHAPES]
 
 ROWS = [
     *(Row(op, UNARY) for op in ("Exp", "Sin", "Cos", "Tanh", "Sigmoid", "GeLU", "Softplus")),
@@ -133,6 +140,11 @@ ROWS = [
     Row("Conv2D", CONV, order=3),
     *(Row(op, [v(out, w, input_size=x, **a) for x, w, out, a in CONV_SHAPES]) for op in ("Conv2DBackpropInput", "Conv2DTranspose")),
     Row("Conv2DBackpropFilter", [v(out, x, filter_size=w, **a) for x, w, out, a in CONV_SHAPES]),
+    Row("MaxPool", POOL, ("distinct",), order=3),
+    Row("MaxPoolWithArgmax", POOL, ("distinct",)),
+    Row("AvgPool", POOL),
+    Row("AvgPoolGrad", [v(out, input_size=x, **a) for x, out, a in POOL_SHAPES]),
+    Row("AdaptiveAvgPool2D", [v((1, 2, 5, 7), output_size=(2, 3)), v((2, 4, 4), output_size=3), v((1, 1, 3, 5), output_size=(-1, 2))]),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 
@@ -169,9 +181,10 @@ def apply(b: GraphBuilder, row: Row, var: V, dtype: str) -> tuple[list[Value], t
 
 
 def contracted(row: Row, var: V) -> Graph:
-    """S0(x..., v...) = sum_k <op(x...)_k, v_k>: a scalar whose x-gradient is the op's VJP at v."""
+    """S0(x..., v...) = sum_k <op(x...)_k, v_k> over the float outputs: a scalar whose x-gradient is the op's VJP at v."""
     b = GraphBuilder("S0")
     _, outs = apply(b, row, var, "float64")
+    outs = tuple(o for o in outs if o.dtype.kind == "f")  # integer outputs (indices) take no cotangent
     vs = [b.input(f"v{k}", o.dtype, o.shape) for k, o in enumerate(outs)]
     return b.build(dot(b, outs, vs))
 
