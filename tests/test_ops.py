@@ -18,6 +18,7 @@ EXEMPT = {
     "Const": "takes no inputs",
     "StopGradient": "blocks gradients by design, so finite differences disagree on purpose",
     **{op: "bool output" for op in ("Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual")},
+    **{op: "integer output" for op in ("Argmax", "Argmin")},
 }
 STEP = 1e-5
 TOL = 1e-6
@@ -145,18 +146,42 @@ ROWS = [
     Row("AvgPool", POOL),
     Row("AvgPoolGrad", [v(out, input_size=x, **a) for x, out, a in POOL_SHAPES]),
     Row("AdaptiveAvgPool2D", [v((1, 2, 5, 7), output_size=(2, 3)), v((2, 4, 4), output_size=3), v((1, 1, 3, 5), output_size=(-1, 2))]),
+    Row("Erf", UNARY),
+    Row("Erfc", UNARY),
+    Row("SiLU", UNARY),
+    Row("GeLU", [v((2, 3), approximate="none"), v((3,), approximate="tanh")]),
+    *(Row(op, UNARY, ("frac",)) for op in ("Floor", "Ceil", "Round")),
+    Row("ClipByValue", [v((2, 3), (), ()), v((2, 3), (3,), (2, 1)), v((3,), (3,), (3,))], ("real", "clipmin", "clipmax"), ints=True),
+    Row("ReduceMin", [v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("distinct",), ints=True),
+    Row("ReduceProd", [v(()), v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("away",), ints=True),
+    Row("LogSumExp", [v((3,)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)]),
+    Row("CumSum", [v((4,), axis=0), v((2, 3), axis=1, exclusive=True), v((2, 3), axis=0, reverse=True), v((2, 3, 2), axis=-2, exclusive=True, reverse=True)],
+        ints=True),
+    Row("AddN", [v((2, 3)), v((2, 3), (2, 3), (2, 3)), v((), ())], ints=True),
+    Row("Stack", [v((2, 3), (2, 3)), v((3,), (3,), (3,), axis=1), v((), axis=-1)], ints=True),
+    Row("Unstack", [v((2, 3)), v((2, 3), axis=1), v((1, 2), axis=0, num=1)], ints=True),
+    Row("Pad", [v((2, 3), paddings=(1, 0, 2, 1)), v((3,), paddings=(0, 2)), v((), paddings=())], ints=True),
+    Row("OneHot", [v((), (), fixed={0: [0, 2, 5, 1]}, depth=3), v((), (), fixed={0: [[1, 0], [2, 2]]}, depth=3, axis=0)], ints=True),
+    Row("TopK", [v((5,), k=2), v((2, 4), k=4), v((2, 3), k=0)], ("distinct",), ints=True),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 
 
 def sample(rng: np.random.Generator, domain: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float64 point in ``domain``: real, unit, pos, away (from 0) or distinct (no near-ties)."""
+    """A float64 point in ``domain``: real, unit, pos, away (from 0), frac (away from integers and halves), clipmin/clipmax
+    (bounds below and above 0, so real points fall on every side) or distinct (no near-ties)."""
     if domain == "pos":
         x = rng.uniform(0.5, 2.0, shape)
     elif domain == "unit":
         x = rng.uniform(-1.0, 1.0, shape)
     elif domain == "away":
         x = rng.uniform(0.3, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+    elif domain == "frac":
+        x = rng.integers(-3, 3, shape) + rng.uniform(0.1, 0.4, shape) * rng.choice([1.0, 2.0], shape)
+    elif domain == "clipmin":
+        x = rng.uniform(-1.5, -0.5, shape)
+    elif domain == "clipmax":
+        x = rng.uniform(0.5, 1.5, shape)
     elif domain == "distinct":
         size = int(np.prod(shape))
         x = (rng.permutation(size).reshape(shape) - size / 2) * 0.25 + rng.uniform(0, 0.01, shape)
