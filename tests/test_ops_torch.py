@@ -169,3 +169,52 @@ def test_avg_pool_same_leaves_padding_out_of_the_mean() -> None:
     rng = np.random.default_rng(4)
     x = rng.standard_normal((1, 2, 5, 5))
     _check("AvgPool", [x], dict(kernel_size=3, pad_mode="same"), lambda a: tf.avg_pool2d(a, 3, 1, padding=1, count_include_pad=False))
+
+
+def _cumsum(x: torch.Tensor, dim: int, exclusive: bool, reverse: bool) -> torch.Tensor:
+    """MindSpore's CumSum flags written with torch.cumsum, flip and a shift."""
+    y = x.flip(dim) if reverse else x
+    y = y.cumsum(dim)
+    if exclusive:
+        y = y - (x.flip(dim) if reverse else x)
+    return y.flip(dim) if reverse else y
+
+
+R = np.random.default_rng(5)
+A23 = R.standard_normal((2, 3))
+A234 = R.standard_normal((2, 3, 4))
+DISTINCT = (R.permutation(24).reshape(2, 3, 4) - 12) * 0.25
+WITH_ZEROS = np.array([[0.5, 0.0, 2.0, -1.5], [0.0, 3.0, 0.7, 1.2], [1.1, -0.7, 0.9, 2.0]])  # one zero per product
+MATH_CASES = [
+    ("Erf", [A23], {}, torch.erf),
+    ("Erfc", [A23], {}, torch.erfc),
+    ("GeLU", [A23], {"approximate": "none"}, lambda a: tf.gelu(a)),
+    ("GeLU", [A23], {}, lambda a: tf.gelu(a, approximate="tanh")),
+    ("SiLU", [A23], {}, tf.silu),
+    ("LogSumExp", [A234], {"axis": (0, 2)}, lambda a: torch.logsumexp(a, (0, 2))),
+    ("LogSumExp", [A234], {"axis": (1,), "keep_dims": True}, lambda a: torch.logsumexp(a, 1, keepdim=True)),
+    ("ReduceMin", [DISTINCT], {"axis": (1,)}, lambda a: torch.amin(a, 1)),
+    ("ReduceProd", [A234], {"axis": (2,)}, lambda a: torch.prod(a, 2)),
+    ("ReduceProd", [WITH_ZEROS], {"axis": (1,)}, lambda a: torch.prod(a, 1)),
+    ("CumSum", [A234], {"axis": 1}, lambda a: torch.cumsum(a, 1)),
+    ("CumSum", [A234], {"axis": -1, "exclusive": True, "reverse": True}, lambda a: _cumsum(a, -1, True, True)),
+    ("CumSum", [A234], {"axis": 0, "exclusive": True}, lambda a: _cumsum(a, 0, True, False)),
+    ("ClipByValue", [A23, np.array(-0.5), np.array([[0.3], [0.8]])], {}, lambda a, lo, hi: torch.clamp(a, lo, hi)),
+    ("Pad", [A23], {"paddings": (1, 0, 2, 3)}, lambda a: tf.pad(a, (2, 3, 1, 0))),
+    ("Stack", [A23, A23 * 2], {"axis": 1}, lambda a, b: torch.stack([a, b], 1)),
+]
+
+
+@pytest.mark.parametrize(("op", "arrays", "attrs", "fn"), MATH_CASES, ids=[f"{c[0]}-{i}" for i, c in enumerate(MATH_CASES)])
+def test_math_ops_match_torch(op: str, arrays: list[np.ndarray], attrs: dict[str, Any], fn: Callable[..., torch.Tensor]) -> None:
+    """Value, gradient and second order of each op against torch (ReduceProd also with zeros in a row)."""
+    _check(op, [np.asarray(a, dtype=np.float64) for a in arrays], attrs, fn)
+
+
+def test_top_k_and_unstack_match_torch() -> None:
+    """TopK's values and indices, and the gradient through the values; Unstack's pieces and their gradient."""
+    x = DISTINCT.reshape(6, 4)
+    _check("TopK", [x], {"k": 3}, lambda a: torch.topk(a, 3).values, pick=0)
+    got = compile_graph(_forward_graph("TopK", [x], {"k": 3}, {}, 1))(x)
+    np.testing.assert_array_equal(got, torch.topk(torch.tensor(x), 3).indices.numpy())
+    _check("Unstack", [A234], {"axis": 1}, lambda a: torch.unbind(a, 1)[2], pick=2)

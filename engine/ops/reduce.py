@@ -109,7 +109,8 @@ defop(
 
 def _prod_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: bool) -> Value:
     """The product of the other elements, exact with zeros: out / x where x != 0; where x == 0, the product of
-    the non-zero elements when it is the group's only zero, else 0."""
+    the non-zero elements when it is the group's only zero, else 0. Higher orders are exact wherever a product
+    has at most one zero (with two, the mixed second derivative of the two zeros is lost, as in MindSpore)."""
     zero = F.Equal(x, const(x, 0))
     ones = F.OnesLike(x)
     others_nonzero = _expand(F.ReduceProd(F.Select(zero, ones, x), axis=axis, keep_dims=True), x, axis)
