@@ -111,6 +111,12 @@ CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[E
     ("OneHot", [(F32, (2,)), (F32, ()), (F32, ())], {"depth": 3}, DTypeError, ["indices must be int32 or int64, got float32"]),
     ("OneHot", [(I32, (2,)), (F32, (2,)), (F32, ())], {"depth": 3}, ShapeError, ["on_value and off_value must be scalars, got shapes (2,) and ()"]),
     ("TopK", [(F32, (2, 3))], {"k": 4}, ShapeError, ["k 4 must be in [0, 3] for the last axis of shape (2, 3)"]),
+    ("BatchNorm", [(F32, (2, 3, 4)), (F32, (3,)), (F32, (3,)), (F32, (2,)), (F32, (3,))], {}, ShapeError,
+     ["mean (2,) must have shape (C,) = (3,) for x (2, 3, 4)"]),
+    ("BatchNorm", [(F32, (3,))] * 5, {}, ShapeError, ["x must be (N, C, ...) of rank >= 2, got shape (3,)"]),
+    ("BatchNorm", [(F32, (2, 3))] + [(F32, (3,))] * 4, {"momentum": 1.5}, GraphError, ["momentum must be in [0, 1], got 1.5"]),
+    ("BatchNorm", [(F32, (0, 3))] + [(F32, (3,))] * 4, {"is_training": True}, ShapeError, ["no elements per channel"]),
+    ("BatchNorm", [(F32, (2, 3))] + [(F64, (3,))] * 4, {}, DTypeError, ["float32, float64"]),
 ]
 
 

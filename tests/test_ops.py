@@ -163,6 +163,12 @@ ROWS = [
     Row("Pad", [v((2, 3), paddings=(1, 0, 2, 1)), v((3,), paddings=(0, 2)), v((), paddings=())], ints=True),
     Row("OneHot", [v((), (), fixed={0: [0, 2, 5, 1]}, depth=3), v((), (), fixed={0: [[1, 0], [2, 2]]}, depth=3, axis=0)], ints=True),
     Row("TopK", [v((5,), k=2), v((2, 4), k=4), v((2, 3), k=0)], ("distinct",), ints=True),
+    Row(
+        "BatchNorm",
+        [v((2, 3, 2, 2), (3,), (3,), (3,), (3,), is_training=True), v((4, 2), (2,), (2,), (2,), (2,), is_training=True, momentum=0.3, epsilon=0.01),
+         v((2, 3, 2, 2), (3,), (3,), (3,), (3,)), v((3, 2, 3), (2,), (2,), (2,), (2,), epsilon=0.5)],
+        ("real", "real", "real", "real", "pos"),
+    ),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 

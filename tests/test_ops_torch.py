@@ -218,3 +218,20 @@ def test_top_k_and_unstack_match_torch() -> None:
     got = compile_graph(_forward_graph("TopK", [x], {"k": 3}, {}, 1))(x)
     np.testing.assert_array_equal(got, torch.topk(torch.tensor(x), 3).indices.numpy())
     _check("Unstack", [A234], {"axis": 1}, lambda a: torch.unbind(a, 1)[2], pick=2)
+
+
+def test_batch_norm_matches_torch_in_training_and_inference() -> None:
+    """y and its first and second order in x, scale and bias against torch's batch_norm with batch statistics and with
+    running statistics; the new moving statistics against MindSpore's CPU formula (biased batch variance)."""
+    rng = np.random.default_rng(6)
+    x, scale, bias = rng.standard_normal((4, 3, 2, 3)), rng.standard_normal(3), rng.standard_normal(3)
+    mean, var = rng.standard_normal(3), rng.uniform(0.5, 2.0, 3)
+    fixed = {3: mean, 4: var}
+    train = dict(is_training=True, momentum=0.2, epsilon=1e-3)
+    _check("BatchNorm", [x, scale, bias], train, lambda a, s, b: tf.batch_norm(a, None, None, s, b, training=True, eps=1e-3), fixed=fixed)
+    rm, rv = torch.tensor(mean), torch.tensor(var)
+    _check("BatchNorm", [x, scale, bias], dict(epsilon=1e-3), lambda a, s, b: tf.batch_norm(a, rm, rv, s, b, training=False, eps=1e-3), fixed=fixed)
+    outs = compile_graph(_forward_graph("BatchNorm", [x, scale, bias, mean, var], train, {}, 1))(x, scale, bias, mean, var)
+    np.testing.assert_allclose(outs, 0.8 * mean + 0.2 * x.mean(axis=(0, 2, 3)), rtol=1e-12)
+    outs = compile_graph(_forward_graph("BatchNorm", [x, scale, bias, mean, var], train, {}, 2))(x, scale, bias, mean, var)
+    np.testing.assert_allclose(outs, 0.8 * var + 0.2 * x.var(axis=(0, 2, 3)), rtol=1e-12)
