@@ -117,6 +117,11 @@ CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[E
     ("BatchNorm", [(F32, (2, 3))] + [(F32, (3,))] * 4, {"momentum": 1.5}, GraphError, ["momentum must be in [0, 1], got 1.5"]),
     ("BatchNorm", [(F32, (0, 3))] + [(F32, (3,))] * 4, {"is_training": True}, ShapeError, ["no elements per channel"]),
     ("BatchNorm", [(F32, (2, 3))] + [(F64, (3,))] * 4, {}, DTypeError, ["float32, float64"]),
+    ("Dropout", [(F32, (2, 3))], {"keep_prob": 0.0}, GraphError, ["keep_prob must be in (0, 1], got 0.0"]),
+    ("Dropout", [(F32, (2, 3)), (F32, ())], {}, DTypeError, ["seed must be int32 or int64, got float32"]),
+    ("Dropout", [(F32, (2, 3)), (I32, (2,))], {}, ShapeError, ["seed must be a scalar, got shape (2,)"]),
+    ("Dropout", [(F32, (2, 3)), (I32, ()), (I32, ())], {}, GraphError, ["takes x and at most one seed input, got 3 inputs"]),
+    ("Dropout", [(I32, (2, 3))], {}, DTypeError, ["int32"]),
 ]
 
 

@@ -169,6 +169,7 @@ ROWS = [
          v((2, 3, 2, 2), (3,), (3,), (3,), (3,)), v((3, 2, 3), (2,), (2,), (2,), (2,), epsilon=0.5)],
         ("real", "real", "real", "real", "pos"),
     ),
+    Row("Dropout", [v((2, 3), keep_prob=0.6, Seed0=1), v((3, 4), fixed={1: 7}, keep_prob=0.5, Seed1=2), v((), keep_prob=1.0)]),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 
@@ -436,3 +437,53 @@ def test_gather_rejects_out_of_range_indices_at_run_time() -> None:
     """An index outside [0, n) is an InputError naming it, as MindSpore's CPU kernel errors."""
     with pytest.raises(InputError, match="index 3 is out of range"):
         run_op("Gather", np.zeros((3, 2)), np.array([0, 3], np.int32), axis=0)
+
+
+def _splitmix64(v: int) -> int:
+    """SplitMix64 as docs/wire-format.md spells it, in plain Python integers: the oracle for Dropout's masks."""
+    m = (1 << 64) - 1
+    z = (v + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_dropout_mask_is_the_documented_function_of_the_seeds() -> None:
+    """The mask follows the wire-format guide's recipe element by element; the seed input changes it, a rerun does not."""
+    x = np.ones((4, 5))
+
+    def program() -> Any:
+        """A fresh graph and program: the mask must not depend on anything held by one of them."""
+        b = GraphBuilder("f")
+        xi, si = b.input("x", "float64", x.shape), b.input("seed", "int64", ())
+        return compile_graph(b.build(b.op("Dropout", xi, si, keep_prob=0.7, Seed0=11, Seed1=-3)))
+
+    prog = program()
+    y, m = prog(x, np.array(42))
+    key = _splitmix64(_splitmix64(_splitmix64(11) ^ (-3 & ((1 << 64) - 1))) ^ 42)
+    want = [float((_splitmix64((key + i * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> 11) < int(0.7 * (1 << 53))) for i in range(20)]
+    np.testing.assert_array_equal(m.ravel(), want)
+    np.testing.assert_allclose(y, x * m / 0.7, rtol=1e-15)
+    np.testing.assert_array_equal(program()(x, np.array(42))[1], m)
+    assert not np.array_equal(prog(x, np.array(43))[1], m)
+
+
+def test_dropout_uses_one_mask_in_the_forward_pass_and_every_order() -> None:
+    """For f(x) = sum(dropout(x)^3): f' = 3 y^2 m / p, f'' = 6 y m^2 / p^2 along u, and third order 6 m^3 / p^3 (u w),
+    all with the forward pass's mask m."""
+    rng = np.random.default_rng(9)
+    x, u, w = rng.standard_normal((3, 7)), rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
+    p = 0.6
+    b = GraphBuilder("s0")
+    xi = b.input("x0", "float64", x.shape)
+    y, mask = b.op("Dropout", xi, keep_prob=p, Seed0=4)
+    s0 = b.build(b.op("ReduceSum", y * y * y))
+    bm = GraphBuilder("m")
+    m = compile_graph(bm.build(bm.op("Dropout", bm.input("x0", "float64", x.shape), keep_prob=p, Seed0=4)[1]))(x)
+    assert 0 < m.sum() < m.size
+    yv = x * m / p
+    np.testing.assert_allclose(compile_graph(grad_operation(s0, get_all=True))(x)[0], 3 * yv**2 * m / p, rtol=1e-12)
+    s1 = lift(s0, 1, 1)
+    np.testing.assert_allclose(compile_graph(grad_operation(s1, get_all=True))(x, u)[0], 6 * yv * m * m / p**2 * u, rtol=1e-12)
+    s2 = lift(s1, 1, 2)
+    np.testing.assert_allclose(compile_graph(grad_operation(s2, get_all=True))(x, u, w)[0], 6 * m**3 / p**3 * u * w, rtol=1e-12)
