@@ -487,3 +487,23 @@ def test_dropout_uses_one_mask_in_the_forward_pass_and_every_order() -> None:
     np.testing.assert_allclose(compile_graph(grad_operation(s1, get_all=True))(x, u)[0], 6 * yv * m * m / p**2 * u, rtol=1e-12)
     s2 = lift(s1, 1, 2)
     np.testing.assert_allclose(compile_graph(grad_operation(s2, get_all=True))(x, u, w)[0], 6 * m**3 / p**3 * u * w, rtol=1e-12)
+
+
+def test_documented_conv2d_node_has_the_documented_output_shape() -> None:
+    """The Conv2D node of docs/wire-format.md decodes and infers the output shape the guide states."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+
+    from gradserve import codec
+    from gradserve.v1 import graph_pb2
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "wire-format.md").read_text()
+    block = text.split("in the text format of a `gradserve.v1.Node`:\n\n```text\n", 1)[1].split("```", 1)[0]
+    g = graph_pb2.Graph()
+    g.inputs.add(name="x", dtype=graph_pb2.DATA_TYPE_FLOAT32, shape=[8, 3, 32, 32])
+    g.inputs.add(name="w", dtype=graph_pb2.DATA_TYPE_FLOAT32, shape=[16, 3, 3, 3])
+    text_format.Parse(block, g.nodes.add())
+    g.outputs.value = "y"
+    graph = codec.decode_graph(g)
+    assert graph.nodes[-1].outputs[0].shape == (8, 16, 16, 16)
