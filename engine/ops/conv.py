@@ -153,21 +153,31 @@ def _out_rows(dy: np.ndarray, g: Geometry) -> np.ndarray:
     return dy.reshape(g.n, g.group, g.o // g.group, g.ho * g.wo).transpose(1, 2, 0, 3).reshape(g.group, g.o // g.group, -1)
 
 
+def _grouped(a: np.ndarray, b: np.ndarray, transpose_a: bool = False, transpose_b: bool = False) -> np.ndarray:
+    """One 2-D matrix product per group (BLAS sees each transposed operand as such; a stacked matmul over
+    transposed views falls back to NumPy's slow loop)."""
+    pairs = [(ai.T if transpose_a else ai, bi.T if transpose_b else bi) for ai, bi in zip(a, b)]
+    out = np.empty((len(pairs), pairs[0][0].shape[0], pairs[0][1].shape[1]), np.result_type(a, b))
+    for k, (ai, bi) in enumerate(pairs):
+        np.dot(ai, bi, out=out[k])
+    return out
+
+
 def conv2d(x: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     """y (N, O, ho, wo) = weight rows times the input's columns, one matmul per group."""
-    y = np.matmul(w.reshape(g.group, g.o // g.group, g.k), _columns(x, g))
+    y = _grouped(w.reshape(g.group, g.o // g.group, g.k), _columns(x, g))
     return np.ascontiguousarray(y.reshape(g.o, g.n, g.ho, g.wo).transpose(1, 0, 2, 3))
 
 
 def conv2d_filter_grad(dy: np.ndarray, x: np.ndarray, g: Geometry) -> np.ndarray:
     """dW (O, C/group, kh, kw) = dy's rows times the transposed columns of x."""
-    dw = np.matmul(_out_rows(dy, g), _columns(x, g).transpose(0, 2, 1))
+    dw = _grouped(_out_rows(dy, g), _columns(x, g), transpose_b=True)
     return dw.reshape(g.o, g.c // g.group, g.kh, g.kw)
 
 
 def conv2d_input_grad(dy: np.ndarray, w: np.ndarray, g: Geometry) -> np.ndarray:
     """dX (N, C, H, W): columns = Wᵀ dy, added back into the padded input at each of the kh*kw offsets."""
-    cols = np.matmul(w.reshape(g.group, g.o // g.group, g.k).transpose(0, 2, 1), _out_rows(dy, g))
+    cols = _grouped(w.reshape(g.group, g.o // g.group, g.k), _out_rows(dy, g), transpose_a=True)
     cols = cols.reshape(g.c, g.kh, g.kw, g.n, g.ho, g.wo)
     t, b, left, r = g.pads
     dxp = np.zeros((g.n, g.c, g.h + t + b, g.w + left + r), dy.dtype)

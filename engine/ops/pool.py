@@ -1,6 +1,6 @@
 """2-D pooling in NCHW: MaxPool, MaxPoolWithArgmax, AvgPool with its adjoint AvgPoolGrad, AdaptiveAvgPool2D.
 
-Windows are strided views of the (padded) input, reduced without copying. MaxPool's gradient
+Windows are reduced one kernel offset at a time: each offset reads a strided slice of the (padded) input. MaxPool's gradient
 scatters the cotangent to each window's first maximum through MaxPoolWithArgmax's indices and
 UnsortedSegmentSum, ops with their own rules, so MaxPool differentiates to any order (the second
 derivative is zero almost everywhere and the first stays exact). AvgPool and AvgPoolGrad are each
@@ -16,7 +16,7 @@ import numpy as np
 from ..errors import GraphError, ShapeError
 from ..ir import TensorType, Value
 from ..optable import Attr, F, defop, require_float
-from .conv import pad_mode_of, pair, padded, window_geometry, windows
+from .conv import pad_mode_of, pair, window_geometry
 
 POOL_ATTRS = {
     "kernel_size": Attr("ints", (1,), "window height and width: an int, a pair or (1, 1, kh, kw)"),
@@ -66,12 +66,6 @@ def _pool_infer(types: list[TensorType], **attrs: Any) -> TensorType:
     return TensorType(types[0].dtype, (p.n, p.c, p.ho, p.wo))
 
 
-def _views(x: np.ndarray, p: Window, fill: float) -> np.ndarray:
-    """The (N, C, kh, kw, ho, wo) windows of x padded with ``fill`` (a view when there is no padding)."""
-    xp = x if not any(p.pads) else np.pad(x, ((0, 0), (0, 0), p.pads[:2], p.pads[2:]), constant_values=fill)
-    return windows(xp, p.kh, p.kw, p.ho, p.wo, p.strides, (1, 1))
-
-
 def _window_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
     """Each element of the larger side touches kh·kw window positions at most; plus the traffic."""
     kh, kw = pair(attrs["kernel_size"], "kernel_size")
@@ -81,14 +75,41 @@ def _window_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], at
 # ---- MaxPool and MaxPoolWithArgmax ----
 
 
-def _argmax(x: np.ndarray, p: Window) -> np.ndarray:
-    """Index into each (H * W) plane of the first maximum of every window (int64, inside the unpadded plane)."""
-    view = _views(x, p, -np.inf)
-    k = view.reshape(p.n, p.c, p.kh * p.kw, p.ho, p.wo).argmax(axis=2)
-    rows = np.arange(p.ho).reshape(-1, 1) * p.strides[0] - p.pads[0] + k // p.kw
-    cols = np.arange(p.wo) * p.strides[1] - p.pads[2] + k % p.kw
-    # A window holding only -inf may pick padding; clipping keeps the index on a real -inf in that window.
-    return np.clip(rows, 0, p.h - 1).astype(np.int64) * p.w + np.clip(cols, 0, p.w - 1)
+def _padded_input(x: np.ndarray, p: Window, fill: float) -> np.ndarray:
+    """x with ``fill`` around its last two axes as the window geometry asks (x itself without padding)."""
+    return x if not any(p.pads) else np.pad(x, ((0, 0), (0, 0), p.pads[:2], p.pads[2:]), constant_values=fill)
+
+
+def _offsets(xp: np.ndarray, p: Window) -> Any:
+    """For each kernel offset (i, j): i, j and the (N, C, ho, wo) strided slice of the padded input it reads."""
+    sh, sw = p.strides
+    for i in range(p.kh):
+        for j in range(p.kw):
+            yield i, j, xp[:, :, i:i + sh * (p.ho - 1) + 1:sh, j:j + sw * (p.wo - 1) + 1:sw]
+
+
+def _max_and_argmax(x: np.ndarray, p: Window, want_index: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window maxima by one pass per kernel offset, and (if asked) the index into each H * W plane of the first
+    maximum (int64; a window holding only -inf keeps its first real position)."""
+    best: np.ndarray | None = None
+    index: np.ndarray | None = None
+    xp = _padded_input(x, p, -np.inf)
+    for i, j, piece in _offsets(xp, p):
+        if best is None:
+            best = piece.copy()
+            index = np.zeros(best.shape, np.int64) if want_index else None
+            continue
+        if want_index:
+            better = piece > best
+            index[better] = i * p.kw + j  # type: ignore[index]
+        np.maximum(best, piece, out=best)
+    assert best is not None
+    if index is None:
+        return best, None
+    rows = np.arange(p.ho).reshape(-1, 1) * p.strides[0] - p.pads[0] + index // p.kw
+    cols = np.arange(p.wo) * p.strides[1] - p.pads[2] + index % p.kw
+    # Clipping keeps an all -inf window's index on a real element of that window.
+    return best, np.clip(rows, 0, p.h - 1) * p.w + np.clip(cols, 0, p.w - 1)
 
 
 def _scatter_to_planes(g: Value, argmax: Value, x: Value) -> Value:
@@ -117,12 +138,13 @@ def _maxpool_argmax_infer(types: list[TensorType], **attrs: Any) -> tuple[Tensor
 
 def _maxpool(x: np.ndarray, **attrs: Any) -> np.ndarray:
     """Max over each window of x padded with -inf."""
-    return np.asarray(_views(x, pool_window(x.shape, **attrs), -np.inf).max(axis=(2, 3)))
+    return _max_and_argmax(x, pool_window(x.shape, **attrs), False)[0]
 
 
 def _maxpool_argmax(x: np.ndarray, **attrs: Any) -> tuple[np.ndarray, np.ndarray]:
     """The maxima and their plane indices."""
-    return _maxpool(x, **attrs), _argmax(x, pool_window(x.shape, **attrs))
+    y, index = _max_and_argmax(x, pool_window(x.shape, **attrs), True)
+    return y, index  # type: ignore[return-value]
 
 
 defop(
@@ -162,7 +184,10 @@ def _counts(p: Window, dtype: np.dtype) -> np.ndarray:
 def _avgpool(x: np.ndarray, **attrs: Any) -> np.ndarray:
     """Sum over each zero-padded window divided by the number of unpadded elements in it."""
     p = pool_window(x.shape, **attrs)
-    return np.asarray(_views(x, p, 0).sum(axis=(2, 3)) / _counts(p, x.dtype))
+    total = np.zeros((p.n, p.c, p.ho, p.wo), x.dtype)
+    for _, _, piece in _offsets(_padded_input(x, p, 0), p):
+        total += piece
+    return total / _counts(p, x.dtype)
 
 
 def _avgpool_grad(dy: np.ndarray, input_size: tuple[int, ...], **attrs: Any) -> np.ndarray:
