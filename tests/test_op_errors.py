@@ -122,6 +122,11 @@ CASES: list[tuple[str, list[tuple[str, tuple[int, ...]]], dict[str, Any], type[E
     ("Dropout", [(F32, (2, 3)), (I32, (2,))], {}, ShapeError, ["seed must be a scalar, got shape (2,)"]),
     ("Dropout", [(F32, (2, 3)), (I32, ()), (I32, ())], {}, GraphError, ["takes x and at most one seed input, got 3 inputs"]),
     ("Dropout", [(I32, (2, 3))], {}, DTypeError, ["int32"]),
+    ("Einsum", [(F32, (2, 3)), (F32, (4, 5))], {"equation": "ab,bc->ac"}, ShapeError, ["letter 'b' has lengths 3 and 4"]),
+    ("Einsum", [(F32, (2, 3))], {"equation": "ab,bc->ac"}, GraphError, ["names 2 operands, got 1 inputs"]),
+    ("Einsum", [(F32, (2, 2))], {"equation": "ii->i"}, GraphError, ["a letter repeats within 'ii'"]),
+    ("Einsum", [(F32, (2, 3))], {"equation": "ab"}, GraphError, ["must have the explicit form"]),
+    ("Einsum", [(F32, (2, 3))], {"equation": "abc->a"}, ShapeError, ["subscripts ['abc'] do not match the operand ranks [2]"]),
 ]
 
 

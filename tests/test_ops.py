@@ -170,6 +170,13 @@ ROWS = [
         ("real", "real", "real", "real", "pos"),
     ),
     Row("Dropout", [v((2, 3), keep_prob=0.6, Seed0=1), v((3, 4), fixed={1: 7}, keep_prob=0.5, Seed1=2), v((), keep_prob=1.0)]),
+    Row(
+        "Einsum",
+        [v((2, 3), (3, 4), equation="ab,bc->ac"), v((2, 3, 4), (2, 4, 5), equation="bij,bjk->bik"), v((2, 3), equation="ij->ji"),
+         v((2, 3), (3,), equation="ij,j->"), v((2, 3), (4,), (3,), equation="ab,c,b->ca"), v((3, 2), equation="ab->b")],
+        ints=True,
+        order=3,
+    ),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 

@@ -202,6 +202,8 @@ MATH_CASES = [
     ("ClipByValue", [A23, np.array(-0.5), np.array([[0.3], [0.8]])], {}, lambda a, lo, hi: torch.clamp(a, lo, hi)),
     ("Pad", [A23], {"paddings": (1, 0, 2, 3)}, lambda a: tf.pad(a, (2, 3, 1, 0))),
     ("Stack", [A23, A23 * 2], {"axis": 1}, lambda a, b: torch.stack([a, b], 1)),
+    ("Einsum", [A234, R.standard_normal((2, 4, 5))], {"equation": "bij,bjk->bik"}, lambda a, b: torch.einsum("bij,bjk->bik", a, b)),
+    ("Einsum", [A23, R.standard_normal(4), R.standard_normal(3)], {"equation": "ab,c,b->ca"}, lambda a, b, c: torch.einsum("ab,c,b->ca", a, b, c)),
 ]
 
 
