@@ -293,4 +293,4 @@ def test_multihead_attention_with_masks_matches_torch() -> None:
     expected = torch.autograd.grad((out * torch.tensor(r)).sum() + (w * torch.tensor(rw)).sum(), [tq, tk] + params)
     for a, b in zip([dq, dk, *dw], expected):
         np.testing.assert_allclose(a.asnumpy(), b.numpy(), rtol=TOL, atol=TOL)
-    assert [p.name for p in mha.get_parameters()] == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+    assert [p.name for p in mha.trainable_params()] == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]

@@ -2,6 +2,8 @@
 from .dynamic_lr import cosine_decay_lr, exponential_decay_lr, piecewise_constant_lr
 from .activation import GELU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh, get_activation
 from .initializer import set_seed
+from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dTranspose, MaxPool2d
+from .normalization import BatchNorm1d, BatchNorm2d
 from .layers import CellList, Dense, Dropout, Embedding, Flatten, LayerNorm, SequentialCell
 from .transformer import MultiheadAttention, TransformerEncoderLayer
 from .optim import SGD, Adam, AdamWeightDecay, Momentum, Optimizer
@@ -12,6 +14,7 @@ from .loss import (
 )
 
 __all__ = [
+    "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Conv2dTranspose", "MaxPool2d",
     "Adam", "AdamWeightDecay", "Momentum", "Optimizer", "SGD", "TrainOneStepCell", "WithEvalCell", "WithLossCell",
     "clip_by_global_norm", "cosine_decay_lr", "exponential_decay_lr", "piecewise_constant_lr",
     "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Dropout", "Embedding", "Flatten", "GELU", "L1Loss",

@@ -37,16 +37,14 @@ class SiLU(Cell):
 
 
 class GELU(Cell):
-    """``GELU(approximate=True)``: the tanh approximation (MindSpore's default), or the exact erf form."""
+    """``GELU(approximate=True)``: the tanh approximation (MindSpore's default), or the exact x Phi(x) with erf."""
 
     def __init__(self, approximate: bool = True) -> None:
         super().__init__()
-        if not approximate:
-            raise NotImplementedError("nn.GELU(approximate=False) needs the exact GeLU op, which the engine does not have yet")
-        self.approximate = approximate
+        self.approximate = bool(approximate)
 
     def construct(self, x: Any) -> Any:
-        return apply_op("GeLU", x)
+        return apply_op("GeLU", x, approximate="tanh" if self.approximate else "none")
 
 
 class Softmax(Cell):

@@ -6,13 +6,15 @@ import math
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator
 
+import numpy as np
+
 
 from .. import dtype as mstype
 from ..cell import Cell
 from ..dispatch import apply_op
 from ..parameter import Parameter
 from .activation import get_activation
-from .initializer import HeUniform, Uniform, initializer
+from .initializer import HeUniform, Uniform, get_seed_rng, initializer
 
 
 def _positive_int(layer: str, name: str, v: Any) -> int:
@@ -179,7 +181,9 @@ class CellList(SequentialCell):
 
 class Dropout(Cell):
     """``Dropout(keep_prob=None, p=None, dtype=float32)``: in training, zeroes each element with probability ``p``
-    (default 0.5) and scales the rest by 1 / (1 - p); the identity in inference (MindSpore's default mode)."""
+    (default 0.5) and scales the rest by 1 / (1 - p); the identity in inference (MindSpore's default mode). The mask
+    comes from seeds drawn at construction (``set_seed`` reproduces them) and the ``step`` counter, which
+    ``advance()`` (called by TrainOneStepCell after each step) moves on, so each step draws a new mask."""
 
     def __init__(self, keep_prob: float | None = None, p: float | None = None, dtype: Any = mstype.float32) -> None:
         super().__init__()
@@ -188,10 +192,16 @@ class Dropout(Cell):
         self.p = 1.0 - keep_prob if keep_prob is not None else (0.5 if p is None else float(p))
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"nn.Dropout: p must be in [0, 1), got {self.p!r}")
+        self.seed0, self.seed1 = (int(v) for v in get_seed_rng().integers(1, 2**31, size=2))
+        self.step = Parameter(np.array(0, np.int64), name="step", requires_grad=False)
         self.training = False
+
+    def advance(self) -> None:
+        """Move to the next mask."""
+        self.step.set_data(np.array(int(self.step.asnumpy()) + 1, np.int64))
 
     def construct(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             return x
-        out, _ = apply_op("Dropout", x, keep_prob=1.0 - self.p)
+        out, _ = apply_op("Dropout", x, self.step, keep_prob=1.0 - self.p, Seed0=self.seed0, Seed1=self.seed1)
         return out

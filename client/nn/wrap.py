@@ -10,6 +10,7 @@ from ..cell import Cell
 from ..dispatch import apply_op
 from ..grad import GradOperation
 from ..tensor import Tensor
+from .layers import Dropout
 from .optim import Optimizer
 
 
@@ -70,7 +71,14 @@ class TrainOneStepCell(Cell):
         loss = self.network(*inputs)
         grads = self.grad(self.network, self.weights)(*inputs, self.sens_like(loss))
         self.optimizer(grads)
+        self.advance_dropout()
         return loss
+
+    def advance_dropout(self) -> None:
+        """Give every Dropout of the network a new mask for the next step."""
+        for _, cell in self.network.cells_and_names():
+            if isinstance(cell, Dropout):
+                cell.advance()
 
 
 def clip_by_global_norm(x: Sequence[Any], clip_norm: float = 1.0, use_norm: Any = None) -> tuple[Any, ...]:
