@@ -185,6 +185,7 @@ defop(
         "reverse": Attr("bool", False, "sum from the end of the axis"),
     },
     doc="cumulative sum along axis; the gradient is the cumulative sum of g in the other direction",
+    scratch=2,
 )
 
 # ---- Argmax and Argmin ----
