@@ -503,7 +503,7 @@ def test_documented_conv2d_node_has_the_documented_output_shape() -> None:
 
     from google.protobuf import text_format
 
-    from gradserve import codec
+    from gradserve.proto import codec
     from gradserve.v1 import graph_pb2
 
     text = (Path(__file__).resolve().parent.parent / "docs" / "wire-format.md").read_text()
