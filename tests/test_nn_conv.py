@@ -10,7 +10,7 @@ import torch
 
 import gradserve as gs
 from gradserve import nn, ops
-from test_nn_layers import F64, assert_same, gs_grads, randomize, torch_grads
+from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
 
 RNG = np.random.default_rng(12)
 
