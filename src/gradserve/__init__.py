@@ -9,14 +9,17 @@ __version__ = version("gradserve")
 """The installed distribution's version (pyproject.toml is its one source); set before the imports below use it."""
 
 from . import dtype, nn, ops
-from .client import Parameter, ParameterTuple, Tensor, TracingError, get_context, set_context
+from .client import (
+    GRAPH_MODE, PYNATIVE_MODE, Function, Parameter, ParameterTuple, Tensor, TracingError, context, custom_vjp, get_context,
+    jit, ms_function, set_context,
+)
 from .client.dtype import (
     bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
     ubyte, uint8,
 )
 
 __all__ = [
-    "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
+    "Function", "GRAPH_MODE", "PYNATIVE_MODE", "context", "custom_vjp", "jit", "ms_function", "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
     "float32", "float64", "get_context", "half", "int8", "int16", "int32", "int64", "intc", "intp", "nn", "ops",
     "set_context", "short", "single", "ubyte", "uint8",
 ]
