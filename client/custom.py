@@ -103,9 +103,12 @@ def apply_custom(
 
 
 def _library_bprop(frame: TraceFrame, label: str, call: _BpropCall, examples: list[Tensor]) -> str:
-    """Trace the bprop (once for every dout, so without values) into the library under a name holding its digest."""
-    traced = trace(call, examples, frame.session, f"{label}.bprop", concrete=False)
-    name = f"{label}.bprop#{traced.graph.structural_hash()[:16]}"
+    """Trace the bprop (once for every dout, so without values) into the library under a name holding its digest
+    (so the network's id covers the bprop). The leading ``!`` sorts it before every traced function's name: a
+    server decodes library functions in name order apart from GradOperation references, and a function under
+    GradOperation is differentiated as it is decoded, which needs the bprops it reaches."""
+    traced = trace(call, examples, frame.session, label, concrete=False)
+    name = f"!{label}#{traced.graph.structural_hash()[:16]}"
     traced.graph.name = name
     frame.session.library.setdefault(name, traced.graph)
     return name

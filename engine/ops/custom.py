@@ -25,8 +25,9 @@ def _infer(types: list[TensorType], bprop: str, n_inputs: int, n_saved: int, lab
     return tuple(types[n_inputs + n_saved:])
 
 
-def _forward(*arrays: Any, bprop: str, n_inputs: int, n_saved: int, label: str) -> tuple[Any, ...]:
-    return tuple(arrays[n_inputs + n_saved:])
+def _forward(*arrays: Any, bprop: str, n_inputs: int, n_saved: int, label: str) -> Any:
+    outs = arrays[n_inputs + n_saved:]
+    return outs[0] if len(outs) == 1 else tuple(outs)  # the executor stores a one-output step's result as it is
 
 
 def call_graph(g: Graph, args: Sequence[Value]) -> list[Value]:
