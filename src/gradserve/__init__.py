@@ -19,7 +19,8 @@ from .client.dtype import (
 )
 
 __all__ = [
-    "Function", "GRAPH_MODE", "PYNATIVE_MODE", "context", "custom_vjp", "jit", "ms_function", "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
+    "Function", "GRAPH_MODE", "PYNATIVE_MODE", "context", "custom_vjp", "jit", "ms_function",
+    "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
     "float32", "float64", "get_context", "half", "int8", "int16", "int32", "int64", "intc", "intp", "nn", "ops",
     "set_context", "short", "single", "ubyte", "uint8",
 ]
