@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import grpc
 import numpy as np
 import pytest
 
@@ -14,6 +15,8 @@ import gradserve.nn as nn
 from gradserve import Tensor, TracingError
 from gradserve.client import context, trace_count
 from gradserve.ops import GradOperation
+from gradserve.server.app import Server
+from gradserve.v1 import service_pb2, service_pb2_grpc
 from customkit import server_config, where  # noqa: F401  (fixtures)
 
 grad = GradOperation()
@@ -50,6 +53,13 @@ def test_if_takes_the_branch_of_each_call(mode: str) -> None:
     assert trace_count(net) == 2  # one graph per path; the guard picks the cached one
     np.testing.assert_allclose(grad(grad(net))(t(pos)).asnumpy(), 6 * pos, rtol=1e-14)
     np.testing.assert_allclose(grad(grad(grad(net)))(t(neg)).asnumpy(), -3 * np.cos(neg), rtol=1e-14)
+
+
+def registered(server: Server) -> int:
+    """How many networks ``server`` has registered, from its ServerInfo request counters."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        info = service_pb2_grpc.GradientStub(channel).ServerInfo(service_pb2.ServerInfoRequest(), timeout=10)
+    return sum(c.count for c in info.request_counters if (c.method, c.code) == ("RegisterNetwork", "OK"))
 
 
 class Doubling(nn.Cell):
@@ -134,6 +144,20 @@ def test_control_flow_inside_a_nested_gradient(mode: str) -> None:
         np.testing.assert_allclose(net(t(pos)).asnumpy(), 6 * pos ** 2, rtol=1e-15)
         np.testing.assert_allclose(net(t(neg)).asnumpy(), 6 * np.cos(neg), rtol=1e-15)
     np.testing.assert_allclose(grad(net)(t(neg)).asnumpy(), -6 * np.sin(neg), rtol=1e-14)
+
+
+@pytest.mark.parametrize("net", [Branch(), GradOfBranch()], ids=["guarded", "nested"])
+def test_a_path_seen_before_is_not_sent_again(server: Server, clean_context: None, net: nn.Cell) -> None:
+    gs.set_context(target=f"127.0.0.1:{server.port}", retry_seconds=0)
+    before = registered(server)
+    pos, neg = t([0.5, 1.5]), t([-0.5, -1.5])
+    for _ in range(3):
+        net(pos)
+        net(neg)
+    assert registered(server) - before == 2  # one network per path, also when every call traces again
+    assert trace_count(net) == (2 if isinstance(net, Branch) else 6)
+    for backend in context._backends.values():
+        backend.close()  # type: ignore[attr-defined]
 
 
 class Scaled(nn.Cell):
