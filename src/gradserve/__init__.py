@@ -18,6 +18,9 @@ from .client.dtype import (
     ubyte, uint8,
 )
 
+_Function = Function
+"""MindSpore 2.x exposes its PyNative custom function class as ``mindspore._Function``."""
+
 __all__ = [
     "Function", "GRAPH_MODE", "PYNATIVE_MODE", "context", "custom_vjp", "jit", "ms_function",
     "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
