@@ -1,4 +1,5 @@
-"""Tracing: running a construct on symbolic Tensors to record an engine graph."""
+"""Tracing: running a construct on symbolic Tensors to record an engine graph; when its Python code reads a Tensor's
+value, tracing again with every value computed as it is recorded, each value read kept as a guard."""
 from __future__ import annotations
 
 import inspect
