@@ -1,0 +1,90 @@
+"""MindSpore's functional ops that are compositions of engine ops (``ops.stack``, ``ops.addn``, ``ops.sum``, ...)
+and the primitives that are not one engine op (``ops.Shape``)."""
+from __future__ import annotations
+
+from functools import reduce
+from typing import Any, Sequence
+
+import numpy as np
+
+from . import dtype as mstype
+from .dispatch import apply_op
+from .tensor import Tensor
+
+
+def _shape_of(shape: Any) -> tuple[int, ...]:
+    """A shape given as an int, a tuple/list of ints, or a 1-d integer Tensor."""
+    if isinstance(shape, Tensor):
+        shape = shape._concrete("a shape").tolist()
+    if isinstance(shape, (int, np.integer)) and not isinstance(shape, bool):
+        return (int(shape),)
+    if isinstance(shape, (tuple, list)) and all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) for d in shape):
+        return tuple(int(d) for d in shape)
+    raise TypeError(f"a shape must be an int or a tuple of ints, got {shape!r}")
+
+
+def _filled(shape: Any, dtype: Any, value: float) -> Tensor:
+    dt = mstype.to_numpy(mstype.float32 if dtype is None else dtype)
+    return Tensor._wrap(np.full(_shape_of(shape), value, dt))
+
+
+def ones(shape: Any, dtype: Any = None) -> Tensor:
+    """``ops.ones(shape, dtype=None)``: a Tensor of ones (float32 by default); a constant inside a construct."""
+    return _filled(shape, dtype, 1)
+
+
+def zeros(size: Any, dtype: Any = None) -> Tensor:
+    """``ops.zeros(size, dtype=None)``: a Tensor of zeros (float32 by default); a constant inside a construct."""
+    return _filled(size, dtype, 0)
+
+
+def _tensors(fn: str, tensors: Any) -> list[Any]:
+    if not isinstance(tensors, (tuple, list)) or not tensors:
+        raise TypeError(f"ops.{fn} takes a non-empty tuple or list of Tensors, got {type(tensors).__name__}")
+    return list(tensors)
+
+
+def stack(tensors: Sequence[Any], axis: int = 0) -> Any:
+    """``ops.stack(tensors, axis=0)``: joins equal-shaped tensors along a new axis (ExpandDims, then Concat)."""
+    items = _tensors("stack", tensors)
+    return apply_op("Concat", *(apply_op("ExpandDims", t, axis=axis) for t in items), axis=axis)
+
+
+def addn(x: Sequence[Any]) -> Any:
+    """``ops.addn(x)``: the element-wise sum of a tuple or list of tensors of one shape and dtype (Add nodes)."""
+    items = _tensors("addn", x)
+    shapes = {tuple(t.shape) for t in items if isinstance(t, Tensor)}
+    if len(shapes) > 1:
+        raise ValueError(f"ops.addn: all inputs must have one shape, got {sorted(shapes)}")
+    return reduce(lambda a, b: apply_op("Add", a, b), items)
+
+
+def _axes(axis: Any) -> tuple[int, ...]:
+    return () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
+
+
+def sum(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:  # noqa: A001
+    """``ops.sum(input, dim=None, keepdim=False, *, dtype=None)``: sum over ``dim`` (all axes when None)."""
+    x = input if dtype is None else apply_op("Cast", input, dtype=mstype.to_numpy(dtype))
+    return apply_op("ReduceSum", x, axis=_axes(dim), keep_dims=keepdim)
+
+
+def mean(input: Any, axis: Any = None, keep_dims: bool = False) -> Any:  # noqa: A002
+    """``ops.mean(input, axis=None, keep_dims=False)``: mean over ``axis`` (all axes when None)."""
+    return apply_op("ReduceMean", input, axis=_axes(axis), keep_dims=keep_dims)
+
+
+class Shape:
+    """``ops.Shape()(x)``: x's static shape as a tuple of ints (known while tracing too)."""
+
+    def __call__(self, input_x: Any) -> tuple[int, ...]:
+        if not isinstance(input_x, Tensor):
+            raise TypeError(f"ops.Shape takes a Tensor, got {type(input_x).__name__}")
+        return tuple(input_x.shape)
+
+    def __repr__(self) -> str:
+        return "Prim[Shape]"
+
+
+FUNCTIONS = {f.__name__: f for f in (ones, zeros, stack, addn, sum, mean)} | {"Shape": Shape}
+"""What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""
