@@ -1,5 +1,5 @@
 """MindSpore's functional ops that are compositions of engine ops (``ops.stack``, ``ops.addn``, ``ops.sum``, ...)
-and the primitives that are not one engine op (``ops.Shape``)."""
+and the primitives that need more than one engine op (``ops.Shape``, ``ops.Print``)."""
 from __future__ import annotations
 
 from functools import reduce
@@ -7,9 +7,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from ..engine.ops import debug
 from . import dtype as mstype
 from .dispatch import apply_op
 from .tensor import Tensor
+from .tracing import current_frame
 
 
 def _shape_of(shape: Any) -> tuple[int, ...]:
@@ -86,5 +88,41 @@ class Shape:
         return "Prim[Shape]"
 
 
-FUNCTIONS = {f.__name__: f for f in (ones, zeros, stack, addn, sum, mean)} | {"Shape": Shape}
+class Print:
+    """``ops.Print()(*inputs)``: prints strings and Tensors (numbers become Tensors), one per line, when the network
+    runs: at once outside a construct, else each time the traced graph runs (embedded, or in the server's output).
+
+    Inside a construct the printed Tensors are rebound to the Print node's pass-through outputs, so the print runs
+    before their later uses; a print whose Tensors are never used afterwards is pruned with them, and one of
+    constants only runs once, when the graph is compiled. Returns the first Tensor, passed through."""
+
+    def __call__(self, *inputs: Any) -> Any:
+        strings: list[str] = []
+        slots: list[int] = []
+        tensors: list[Tensor] = []
+        for i, item in enumerate(inputs):
+            if isinstance(item, str):
+                strings.append(item)
+                slots.append(i)
+            elif isinstance(item, (Tensor, bool, int, float)):
+                tensors.append(item if isinstance(item, Tensor) else Tensor(item))
+            else:
+                raise TypeError(f"ops.Print prints Tensors, numbers and strings; input {i} is a {type(item).__name__}")
+        if not tensors:
+            if current_frame() is not None:
+                raise TypeError("ops.Print inside a construct needs at least one Tensor to print (strings alone have nothing to run with)")
+            debug.sink("\n".join(strings))
+            return None
+        outs = apply_op("Print", *tensors, strings=tuple(strings), slots=tuple(slots))
+        outs = outs if isinstance(outs, tuple) else (outs,)
+        for t, o in zip(tensors, outs):
+            if t.is_traced:
+                t._value = o._value
+        return outs[0]
+
+    def __repr__(self) -> str:
+        return "Prim[Print]"
+
+
+FUNCTIONS = {f.__name__: f for f in (ones, zeros, stack, addn, sum, mean)} | {"Shape": Shape, "Print": Print}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -23,8 +23,8 @@ CALL_TIME_ATTRS: dict[str, tuple[str, ...]] = {
 }
 """Attributes of our IR that MindSpore passes when calling the primitive, after the tensors (ReduceX's axis too)."""
 
-HIDDEN = frozenset({"Const", "GradOperation"})
-"""Engine ops that are not user primitives (GradOperation has its own class)."""
+HIDDEN = frozenset({"Const", "GradOperation", "Print"})
+"""Engine ops that are not user primitives (GradOperation and Print have their own classes)."""
 
 _FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu"}
 

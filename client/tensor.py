@@ -150,9 +150,10 @@ class Tensor(Operators):
         return repr(self) if self._array is None else str(self._array)
 
     # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide and _power, and
-    # client/indexing.py installs __getitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
+    # client/indexing.py installs __getitem__ and __setitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
 
     __getitem__: Callable[["Tensor", Any], Any]
+    __setitem__: Callable[["Tensor", Any, Any], None]
 
     # ---- MindSpore's Tensor methods, each one or a few graph ops (so they trace, and get gradients) ----
 
