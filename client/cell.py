@@ -81,15 +81,15 @@ class Cell:
 
     # ---- traversal in MindSpore's order: own parameters first, then child cells depth first ----
 
-    def cells_and_names(self, cells: set[int] | None = None, name_prefix: str = "") -> Iterator[tuple[str, "Cell"]]:
-        """This cell and every descendant once, with dotted names (``cells``: ids of cells already visited)."""
-        seen: set[int] = set() if cells is None else cells
+    def cells_and_names(self, cells: set["Cell"] | None = None, name_prefix: str = "") -> Iterator[tuple[str, "Cell"]]:
+        """This cell and every descendant once, with dotted names (``cells``: cells already visited, skipped)."""
+        seen: set[Cell] = set() if cells is None else cells
         stack: list[tuple[str, Cell]] = [(name_prefix, self)]
         while stack:
             name, cell = stack.pop()
-            if id(cell) in seen:
+            if cell in seen:
                 continue
-            seen.add(id(cell))
+            seen.add(cell)
             yield name, cell
             children = [(f"{name}.{k}" if name else k, c) for k, c in cell._cells.items() if c is not None]
             stack.extend(reversed(children))
