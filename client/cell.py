@@ -36,7 +36,7 @@ class Cell:
 
     # ---- attributes: Parameters and child Cells are registered in definition order ----
 
-    def _registry(self, name: str) -> tuple[dict[str, Parameter], dict[str, "Cell"]]:
+    def _registry(self, name: str) -> tuple[dict[str, Parameter | None], dict[str, "Cell | None"]]:
         d = self.__dict__
         if "_params" not in d:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before setting attribute {name!r}")
@@ -56,8 +56,8 @@ class Cell:
             self.__dict__.pop(name, None)
             params.pop(name, None)
             cells[name] = value
-        elif name in params and isinstance(value, Tensor):
-            params[name].set_data(value)
+        elif isinstance(value, Tensor) and (held := params.get(name)) is not None:
+            held.set_data(value)
         else:
             params.pop(name, None)
             cells.pop(name, None)

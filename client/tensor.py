@@ -271,7 +271,7 @@ def _axes(axis: Any) -> tuple[int, ...]:
     """An axis argument as the reductions' attribute: None (all) -> (), an int -> (int,)."""
     if axis is None:
         return ()
-    return (axis,) if isinstance(axis, (int, np.integer)) else tuple(axis)
+    return (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(axis)
 
 
 def _axis(axis: int, ndim: int, what: str) -> int:
