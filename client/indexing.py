@@ -52,8 +52,10 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         _rebind(t, apply_op("Select", where, value, t))
         return
     key = key if isinstance(key, tuple) else (key,)
-    if any(isinstance(k, (Tensor, list, np.ndarray)) for k in key):
-        raise IndexError("item assignment supports ints, slices, None, ... and boolean masks (not integer index arrays)")
+    arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, list, np.ndarray))]
+    if arrays:
+        _rebind(t, _scatter(t, key, arrays, value))
+        return
     full = _expand(t.ndim, key)
     spec, out_shape, end_mask = _slice_spec(t.shape, full)
     if tuple(value.shape) != tuple(out_shape):
@@ -68,6 +70,28 @@ def setitem(t: Any, key: Any, value: Any) -> None:
     chosen = np.zeros(t.shape, bool)
     chosen[tuple(k for k in full if k is not None)] = True
     _rebind(t, apply_op("Select", Tensor._wrap(chosen), placed, t))
+
+
+def _scatter(t: Any, key: tuple[Any, ...], arrays: list[int], value: Tensor) -> Any:
+    """``t`` with ``t[key] = value`` for one integer index array: the value's rows summed into place by
+    UnsortedSegmentSum, chosen where an index points. Repeated indices are an error when known (NumPy keeps the
+    last write), and add up when the index is computed inside a construct."""
+    axis, index = _index_array(t, key, arrays)
+    if not index.is_traced:
+        arr = index._concrete("an index")
+        if np.unique(arr).size != arr.size:
+            raise IndexError("item assignment with repeated indices is not supported")
+    k, n = index.ndim, t.shape[axis]
+    shape = tuple(t.shape[:axis]) + tuple(index.shape) + tuple(t.shape[axis + 1:])
+    if tuple(value.shape) != shape:
+        value = apply_op("BroadcastTo", value, shape=shape)
+    front = tuple(range(axis, axis + k)) + tuple(range(axis)) + tuple(range(axis + k, len(shape)))
+    summed = apply_op("UnsortedSegmentSum", apply_op("Transpose", value, perm=front), index, num_segments=n)
+    back = tuple(range(1, axis + 1)) + (0,) + tuple(range(axis + 1, t.ndim))
+    placed = apply_op("Transpose", summed, perm=back)
+    hits = apply_op("UnsortedSegmentSum", Tensor._wrap(np.ones(index.shape, np.int32)), index, num_segments=n)
+    chosen = apply_op("Reshape", apply_op("Greater", hits, 0), shape=(1,) * axis + (n,) + (1,) * (t.ndim - axis - 1))
+    return apply_op("Select", chosen, placed, t)
 
 
 def _rebind(t: Tensor, new: Tensor) -> None:
@@ -144,15 +168,21 @@ def _slice_spec(shape: tuple[int, ...], key: list[Any]) -> tuple[list[tuple[int,
     return spec, out_shape, end_mask
 
 
-def _gather(t: Any, key: tuple[Any, ...], arrays: list[int]) -> Any:
+def _index_array(t: Any, key: tuple[Any, ...], arrays: list[int]) -> tuple[int, Tensor]:
+    """The axis and the (non-negative) integer index Tensor of a key with one index array and ':' elsewhere."""
     axis = arrays[0]
     if len(arrays) > 1 or any(not (isinstance(k, slice) and k == slice(None)) for i, k in enumerate(key) if i != axis):
         raise IndexError("only one integer index array, with plain ':' on the other axes, is supported")
     index = key[axis] if isinstance(key[axis], Tensor) else Tensor(np.asarray(key[axis]))
     if index.dtype.np_dtype.kind not in "iu":
-        raise IndexError(f"index arrays must be integers, got {index.dtype} (boolean masks have data-dependent shapes)")
+        raise IndexError(f"index arrays must be integers, got {index.dtype}")
     _require("Gather")
-    return apply_op("Gather", t, _wrap_negative(index, t.shape[axis], axis), axis=axis)
+    return axis, _wrap_negative(index, t.shape[axis], axis)
+
+
+def _gather(t: Any, key: tuple[Any, ...], arrays: list[int]) -> Any:
+    axis, index = _index_array(t, key, arrays)
+    return apply_op("Gather", t, index, axis=axis)
 
 
 def _wrap_negative(index: Tensor, n: int, axis: int) -> Tensor:

@@ -222,7 +222,8 @@ def test_tensor_methods_trace_and_differentiate(target: str) -> None:
 
 # ---- indexing: boolean masks, item assignment ----
 
-KEYS = [1, (slice(None), 2), (slice(0, 2, 1), slice(1, None)), (Ellipsis, -1), (slice(None, None, -1), 0), (0, slice(None, None, 2))]
+KEYS = [1, (slice(None), 2), (slice(0, 2, 1), slice(1, None)), (Ellipsis, -1), (slice(None, None, -1), 0), (0, slice(None, None, 2)),
+        (slice(None), [2, 0]), ([1],), (slice(None), np.array([[-1], [0]]))]
 
 
 @pytest.mark.parametrize("key", KEYS)
@@ -259,6 +260,7 @@ def test_item_assignment_and_masks_trace_and_differentiate(target: str) -> None:
         z[:, 0] = 0.5
         z[z > 0.3] = z * 3
         z[..., -1] = x.sum(1)
+        z[:, Tensor(np.array([2, 0]))] = y[1:] * x[:, 1:]
         picked = z[Tensor(mask)]
         return (z * z).sum() + (picked * x[0]).sum()
 
@@ -268,6 +270,7 @@ def test_item_assignment_and_masks_trace_and_differentiate(target: str) -> None:
         z[:, 0] = 0.5
         z = torch.where(z > 0.3, z * 3, z)
         z[..., -1] = x.sum(1)
+        z[:, [2, 0]] = y[1:] * x[:, 1:]
         picked = z[torch.tensor(mask)]
         return (z * z).sum() + (picked * x[0]).sum()
 
@@ -280,8 +283,8 @@ def test_indexing_errors() -> None:
 
     with pytest.raises(gs.TracingError, match=r"boolean-mask indexing with a Tensor computed inside a construct"):
         Fn(traced_mask)(Tensor(X))
-    with pytest.raises(IndexError, match=r"item assignment supports ints, slices"):
-        Tensor(X)[Tensor([0, 1])] = 1.0
+    with pytest.raises(IndexError, match=r"item assignment with repeated indices is not supported"):
+        Tensor(X)[Tensor([0, 0])] = 1.0
     with pytest.raises(TypeError, match=r"item assignment takes a Tensor or a Python number, got str"):
         Tensor(X)[0] = "a"
 
