@@ -239,6 +239,13 @@ def test_item_assignment_matches_numpy(key: Any) -> None:
     assert t.dtype == mstype.float64 and np.all(t.asnumpy()[key] == 7)
 
 
+def test_item_assignment_to_a_parameter_outside_a_construct_is_seen_by_the_next_call() -> None:
+    leaf = Leaf()
+    leaf.w[1] = 10.0
+    np.testing.assert_array_equal(leaf.w.asnumpy(), [2.0, 10.0])
+    np.testing.assert_allclose(leaf(Tensor(np.array([1.0, 1.0]))).asnumpy(), [4.5, 12.5])
+
+
 def test_boolean_masks_eagerly() -> None:
     m = X > 0
     np.testing.assert_array_equal(Tensor(X)[Tensor(m)].asnumpy(), X[m])
