@@ -4,7 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Iterator
 
-from .parameter import DEFAULT_NAME, Parameter
+from .parameter import DEFAULT_NAME, Parameter, ParameterTuple
 from .runner import run_network
 from .tensor import Tensor
 from .tracing import current_frame, input_names
@@ -20,6 +20,7 @@ class Cell:
         object.__setattr__(self, "flags", dict(flags or {}))
         object.__setattr__(self, "training", False)
         object.__setattr__(self, "requires_grad", False)
+        object.__setattr__(self, "_next_tuple_id", 1)
         self.__dict__.update(self.flags)
 
     def construct(self, *inputs: Any) -> Any:
@@ -58,10 +59,27 @@ class Cell:
             cells[name] = value
         elif isinstance(value, Tensor) and (held := params.get(name)) is not None:
             held.set_data(value)
+        elif isinstance(value, ParameterTuple):
+            self._register_tuple(value)
+            params.pop(name, None)
+            cells.pop(name, None)
+            object.__setattr__(self, name, value)
         else:
             params.pop(name, None)
             cells.pop(name, None)
             object.__setattr__(self, name, value)
+
+    def _register_tuple(self, value: ParameterTuple) -> None:
+        """A ParameterTuple attribute's Parameters join the cell's, each under its own name (MindSpore: one still
+        called ``Parameter`` becomes ``Parameter$k``); two different Parameters with one name are an error."""
+        seen: dict[str, Parameter] = {}
+        for p in value:
+            if p.name == DEFAULT_NAME:
+                p.name = f"{DEFAULT_NAME}${self._next_tuple_id}"
+                object.__setattr__(self, "_next_tuple_id", self._next_tuple_id + 1)
+            if seen.setdefault(p.name, p) is not p:
+                raise ValueError(f"{type(self).__name__}: the ParameterTuple holds two Parameters named {p.name!r}; names must be unique")
+            self.insert_param_to_cell(p.name, p, check_name_contain_dot=False)
 
     def __getattr__(self, name: str) -> Any:
         d = self.__dict__

@@ -472,3 +472,21 @@ def test_print_errors() -> None:
         ops.Print()("a", {})
     with pytest.raises(TypeError, match=r"ops.Print inside a construct needs at least one Tensor"):
         Fn(lambda x: ops.Print()("only text") or x)(Tensor(X))
+
+
+def test_a_parameter_tuple_attribute_registers_its_parameters(target: str) -> None:
+    class Tupled(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.ws = gs.ParameterTuple([gs.Parameter(Tensor(np.array([2.0]))), gs.Parameter(Tensor(np.array([3.0])), name="b"),
+                                         gs.Parameter(Tensor(np.array([4.0])))])
+
+        def construct(self, x: Tensor) -> Tensor:
+            return x * self.ws[0] * self.ws[2] + self.ws[1]
+
+    net = Tupled()
+    assert [p.name for p in net.trainable_params()] == ["Parameter$1", "b", "Parameter$2"]
+    grads = ops.GradOperation(get_by_list=True)(net, gs.ParameterTuple(net.trainable_params()))(Tensor(np.array([5.0])))
+    assert [g.asnumpy().tolist() for g in grads] == [[20.0], [1.0], [10.0]]
+    with pytest.raises(ValueError, match=r"two Parameters named 'b'"):
+        net.more = gs.ParameterTuple([gs.Parameter(Tensor(Y), name="b"), gs.Parameter(Tensor(Y), name="b")])
