@@ -1,9 +1,8 @@
-"""MindSpore's functional ops that are compositions of engine ops (``ops.stack``, ``ops.addn``, ``ops.sum``, ...)
+"""MindSpore's functional ops that are not one engine op's generated form (``ops.sum``, ``ops.mean``, ``ops.ones``, ...)
 and the primitives that need more than one engine op (``ops.Shape``, ``ops.Print``)."""
 from __future__ import annotations
 
-from functools import reduce
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -38,27 +37,6 @@ def ones(shape: Any, dtype: Any = None) -> Tensor:
 def zeros(size: Any, dtype: Any = None) -> Tensor:
     """``ops.zeros(size, dtype=None)``: a Tensor of zeros (float32 by default); a constant inside a construct."""
     return _filled(size, dtype, 0)
-
-
-def _tensors(fn: str, tensors: Any) -> list[Any]:
-    if not isinstance(tensors, (tuple, list)) or not tensors:
-        raise TypeError(f"ops.{fn} takes a non-empty tuple or list of Tensors, got {type(tensors).__name__}")
-    return list(tensors)
-
-
-def stack(tensors: Sequence[Any], axis: int = 0) -> Any:
-    """``ops.stack(tensors, axis=0)``: joins equal-shaped tensors along a new axis (ExpandDims, then Concat)."""
-    items = _tensors("stack", tensors)
-    return apply_op("Concat", *(apply_op("ExpandDims", t, axis=axis) for t in items), axis=axis)
-
-
-def addn(x: Sequence[Any]) -> Any:
-    """``ops.addn(x)``: the element-wise sum of a tuple or list of tensors of one shape and dtype (Add nodes)."""
-    items = _tensors("addn", x)
-    shapes = {tuple(t.shape) for t in items if isinstance(t, Tensor)}
-    if len(shapes) > 1:
-        raise ValueError(f"ops.addn: all inputs must have one shape, got {sorted(shapes)}")
-    return reduce(lambda a, b: apply_op("Add", a, b), items)
 
 
 def _axes(axis: Any) -> tuple[int, ...]:
@@ -124,5 +102,5 @@ class Print:
         return "Prim[Print]"
 
 
-FUNCTIONS = {f.__name__: f for f in (ones, zeros, stack, addn, sum, mean)} | {"Shape": Shape, "Print": Print}
+FUNCTIONS = {f.__name__: f for f in (ones, zeros, sum, mean)} | {"Shape": Shape, "Print": Print}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -26,7 +26,7 @@ CALL_TIME_ATTRS: dict[str, tuple[str, ...]] = {
 HIDDEN = frozenset({"Const", "GradOperation", "Print"})
 """Engine ops that are not user primitives (GradOperation and Print have their own classes)."""
 
-_FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu"}
+_FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu", "AddN": "addn"}
 
 
 def call_time_attrs(opdef: OpDef) -> tuple[str, ...]:
