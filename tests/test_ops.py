@@ -156,7 +156,8 @@ ROWS = [
     Row("ReduceMin", [v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("distinct",), ints=True),
     Row("ReduceProd", [v(()), v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("away",), ints=True),
     Row("LogSumExp", [v((3,)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)]),
-    Row("CumSum", [v((4,), axis=0), v((2, 3), axis=1, exclusive=True), v((2, 3), axis=0, reverse=True), v((2, 3, 2), axis=-2, exclusive=True, reverse=True)],
+    Row("CumSum", [v((4,), axis=0), v((2, 3), axis=1, exclusive=True), v((2, 3), axis=0, reverse=True), v((2, 3, 2), axis=-2, exclusive=True, reverse=True),
+                   v((1, 2), axis=0, exclusive=True)],
         ints=True),
     Row("AddN", [v((2, 3)), v((2, 3), (2, 3), (2, 3)), v((), ())], ints=True),
     Row("Stack", [v((2, 3), (2, 3)), v((3,), (3,), (3,), axis=1), v((), axis=-1)], ints=True),
@@ -515,3 +516,10 @@ def test_documented_conv2d_node_has_the_documented_output_shape() -> None:
     g.outputs.value = "y"
     graph = codec.decode_graph(g)
     assert graph.nodes[-1].outputs[0].shape == (8, 16, 16, 16)
+
+
+def test_cumsum_over_an_empty_axis_is_empty() -> None:
+    """An exclusive or reversed scan over an axis of length 0 returns the empty tensor (no IndexError)."""
+    for flags in ({"exclusive": True}, {"reverse": True}, {"exclusive": True, "reverse": True}):
+        assert run_op("CumSum", np.zeros((0, 2)), axis=0, **flags).shape == (0, 2)
+    np.testing.assert_array_equal(run_op("CumSum", np.arange(6.0).reshape(2, 3), axis=1, exclusive=True, reverse=True), [[3, 2, 0], [9, 5, 0]])

@@ -218,4 +218,5 @@ defop(
     attrs={"k": Attr("int", doc="how many (an input in MindSpore, an attribute here)"), "sorted": Attr("bool", True, "largest first (always so here)")},
     doc="the k largest elements along the last axis and their int32 indices; the gradient goes to the chosen positions",
     outputs=("values", "indices"),
+    scratch=9,  # the int64 sort order (8 bytes per element, for inputs of any itemsize) and the negated copy
 )

@@ -59,14 +59,27 @@ _erf_f64 = np.vectorize(math.erf, otypes=[np.float64])
 _erfc_f64 = np.vectorize(math.erfc, otypes=[np.float64])
 
 
+_CHUNK = 1 << 13
+"""Elements per math.erf batch: np.vectorize holds a Python float per element, so it runs on bounded slices."""
+
+
+def _elementwise_math(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``fn`` (a vectorized math function) over x in slices of _CHUNK elements, into one array of x's dtype."""
+    out = np.empty(x.shape, x.dtype)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, x.size, _CHUNK):
+        flat_out[start:start + _CHUNK] = fn(flat_in[start:start + _CHUNK])
+    return out
+
+
 def _erf(x: np.ndarray) -> np.ndarray:
     """The error function to double precision (math.erf per element; NumPy has none), in x's dtype."""
-    return np.asarray(_erf_f64(x), dtype=x.dtype) if x.size else np.empty(x.shape, x.dtype)
+    return _elementwise_math(_erf_f64, x)
 
 
 def _erfc(x: np.ndarray) -> np.ndarray:
     """1 - erf(x) without cancellation for large x, in x's dtype."""
-    return np.asarray(_erfc_f64(x), dtype=x.dtype) if x.size else np.empty(x.shape, x.dtype)
+    return _elementwise_math(_erfc_f64, x)
 
 
 def _erf_slope(x: Value) -> Value:
@@ -77,7 +90,11 @@ def _erf_slope(x: Value) -> Value:
 def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
     """MindSpore's GeLU: the tanh approximation (the primitive's formula) or, with 'none', x Phi(x)."""
     if approximate == "none":
-        return 0.5 * x * (1 + _erf(x * np.asarray(_SQRT_HALF, x.dtype)))
+        y = _erf(x * np.asarray(_SQRT_HALF, x.dtype))
+        y += 1
+        y *= x
+        y *= np.asarray(0.5, x.dtype)
+        return y
     return 0.5 * x * (1 + np.tanh(_GELU_C * (x + _GELU_A * x * x * x)))
 
 
@@ -141,8 +158,8 @@ defop(
     doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), MindSpore's primitive formula; approximate='none' gives 0.5 x (1 + erf(x / sqrt 2))",
     scratch=2,
 )
-unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x")
-unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x")
+unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x", scratch=1)
+unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x", scratch=1)
 unary("SiLU", lambda x: x * _sigmoid(x), _silu_vjp, doc="x * sigmoid(x)", scratch=1)
 unary("Floor", np.floor, zero_grad, doc="largest integer <= x; zero gradient")
 unary("Ceil", np.ceil, zero_grad, doc="smallest integer >= x; zero gradient")
@@ -248,4 +265,5 @@ defop(
     lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
     _clip_vjp,
     doc="min(max(x, clip_value_min), clip_value_max), broadcasting; at a bound the gradient goes to x",
+    scratch=1,
 )

@@ -156,6 +156,7 @@ defop(
     attrs=POOL_ATTRS,
     doc="max over kernel_size windows of x (N, C, H, W) moved by strides; 'same' pads with -inf; the gradient goes to each window's first maximum",
     cost=_window_cost,
+    scratch=2,
 )
 defop(
     "MaxPoolWithArgmax",
@@ -167,6 +168,7 @@ defop(
     doc="MaxPool's output and argmax (int64): the index into the H * W plane of each window's first maximum",
     outputs=("output", "argmax"),
     cost=_window_cost,
+    scratch=6,
 )
 
 # ---- AvgPool and AvgPoolGrad ----
@@ -223,6 +225,7 @@ defop(
     attrs=POOL_ATTRS,
     doc="mean over kernel_size windows of x (N, C, H, W) moved by strides; with 'same' the zero padding is not counted in the mean",
     cost=_window_cost,
+    scratch=3,
 )
 defop(
     "AvgPoolGrad",
@@ -297,4 +300,5 @@ defop(
     attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)")},
     doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
     cost=_adaptive_cost,
+    scratch=1,
 )

@@ -160,7 +160,10 @@ def _cumsum(x: np.ndarray, axis: int, exclusive: bool, reverse: bool) -> np.ndar
     y = np.flip(x, ax) if reverse else x
     y = np.cumsum(y, axis=ax, dtype=x.dtype)
     if exclusive:
-        y = np.concatenate([np.zeros_like(np.take(y, [0], axis=ax)), np.delete(y, -1, axis=ax)], axis=ax)
+        shifted = np.zeros_like(y)
+        lead = (slice(None),) * ax
+        shifted[lead + (slice(1, None),)] = y[lead + (slice(None, -1),)]
+        y = shifted
     return np.ascontiguousarray(np.flip(y, ax) if reverse else y)
 
 
@@ -185,6 +188,7 @@ defop(
         "reverse": Attr("bool", False, "sum from the end of the axis"),
     },
     doc="cumulative sum along axis; the gradient is the cumulative sum of g in the other direction",
+    scratch=2,
 )
 
 # ---- Argmax and Argmin ----
