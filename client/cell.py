@@ -1,10 +1,11 @@
 """nn.Cell: a network with a ``construct``, its Parameters and child Cells, named the way MindSpore names them."""
 from __future__ import annotations
 
+from collections import OrderedDict
 from typing import Any, Iterator
 
 from .custom import call_in_trace
-from .parameter import DEFAULT_NAME, Parameter
+from .parameter import DEFAULT_NAME, Parameter, ParameterTuple
 from .runner import run_network
 from .tensor import Tensor
 from .tracing import current_frame, input_names
@@ -18,6 +19,10 @@ class Cell:
         object.__setattr__(self, "_cells", {})
         object.__setattr__(self, "_auto_prefix", auto_prefix)
         object.__setattr__(self, "flags", dict(flags or {}))
+        object.__setattr__(self, "training", False)
+        object.__setattr__(self, "requires_grad", False)
+        object.__setattr__(self, "_next_tuple_id", 1)
+        self.__dict__.update(self.flags)
 
     def construct(self, *inputs: Any) -> Any:
         """The network's computation; subclasses override it."""
@@ -33,7 +38,7 @@ class Cell:
 
     # ---- attributes: Parameters and child Cells are registered in definition order ----
 
-    def _registry(self, name: str) -> tuple[dict[str, Parameter], dict[str, "Cell"]]:
+    def _registry(self, name: str) -> tuple[dict[str, Parameter | None], dict[str, "Cell | None"]]:
         d = self.__dict__
         if "_params" not in d:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before setting attribute {name!r}")
@@ -53,12 +58,29 @@ class Cell:
             self.__dict__.pop(name, None)
             params.pop(name, None)
             cells[name] = value
-        elif name in params and isinstance(value, Tensor):
-            params[name].set_data(value)
+        elif isinstance(value, Tensor) and (held := params.get(name)) is not None:
+            held.set_data(value)
+        elif isinstance(value, ParameterTuple):
+            self._register_tuple(value)
+            params.pop(name, None)
+            cells.pop(name, None)
+            object.__setattr__(self, name, value)
         else:
             params.pop(name, None)
             cells.pop(name, None)
             object.__setattr__(self, name, value)
+
+    def _register_tuple(self, value: ParameterTuple) -> None:
+        """A ParameterTuple attribute's Parameters join the cell's, each under its own name (MindSpore: one still
+        called ``Parameter`` becomes ``Parameter$k``); two different Parameters with one name are an error."""
+        seen: dict[str, Parameter] = {}
+        for p in value:
+            if p.name == DEFAULT_NAME:
+                p.name = f"{DEFAULT_NAME}${self._next_tuple_id}"
+                object.__setattr__(self, "_next_tuple_id", self._next_tuple_id + 1)
+            if seen.setdefault(p.name, p) is not p:
+                raise ValueError(f"{type(self).__name__}: the ParameterTuple holds two Parameters named {p.name!r}; names must be unique")
+            self.insert_param_to_cell(p.name, p, check_name_contain_dot=False)
 
     def __getattr__(self, name: str) -> Any:
         d = self.__dict__
@@ -78,26 +100,40 @@ class Cell:
 
     # ---- traversal in MindSpore's order: own parameters first, then child cells depth first ----
 
-    def cells_and_names(self, cell_prefix: str = "") -> Iterator[tuple[str, "Cell"]]:
-        """This cell and every descendant once, with dotted names."""
-        seen: set[int] = set()
-        stack: list[tuple[str, Cell]] = [(cell_prefix, self)]
+    def cells_and_names(self, cells: set["Cell"] | None = None, name_prefix: str = "") -> Iterator[tuple[str, "Cell"]]:
+        """This cell and every descendant once, with dotted names (``cells``: cells already visited, skipped)."""
+        seen: set[Cell] = set() if cells is None else cells
+        stack: list[tuple[str, Cell]] = [(name_prefix, self)]
         while stack:
             name, cell = stack.pop()
-            if id(cell) in seen:
+            if cell in seen:
                 continue
-            seen.add(id(cell))
+            seen.add(cell)
             yield name, cell
-            children = [(f"{name}.{k}" if name else k, c) for k, c in cell._cells.items()]
+            children = [(f"{name}.{k}" if name else k, c) for k, c in cell._cells.items() if c is not None]
             stack.extend(reversed(children))
+
+    def name_cells(self) -> "OrderedDict[str, Cell]":
+        """The direct child cells by attribute name, each cell once."""
+        out: OrderedDict[str, Cell] = OrderedDict()
+        seen: set[int] = set()
+        for name, cell in self._cells.items():
+            if cell is not None and id(cell) not in seen:
+                seen.add(id(cell))
+                out[name] = cell
+        return out
+
+    def cells(self) -> Any:
+        """The direct child cells."""
+        return self.name_cells().values()
 
     def parameters_and_names(self, name_prefix: str = "", expand: bool = True) -> Iterator[tuple[str, Parameter]]:
         """Every Parameter once with its dotted attribute path: own ones in definition order, then each child's."""
         seen: set[int] = set()
-        cells = self.cells_and_names(name_prefix) if expand else iter([(name_prefix, self)])
+        cells = self.cells_and_names(name_prefix=name_prefix) if expand else iter([(name_prefix, self)])
         for cell_name, cell in cells:
             for key, p in cell._params.items():
-                if id(p) not in seen:
+                if p is not None and id(p) not in seen:
                     seen.add(id(p))
                     yield (f"{cell_name}.{key}" if cell_name else key), p
 
@@ -117,3 +153,63 @@ class Cell:
         """Rename every Parameter to ``prefix`` + its dotted path (what assigning a child Cell does)."""
         for name, p in self.parameters_and_names(expand=recurse):
             p.name = prefix + name
+
+    def parameters_dict(self, recurse: bool = True) -> "OrderedDict[str, Parameter]":
+        """Every Parameter by its name."""
+        return OrderedDict((p.name, p) for p in self.get_parameters(expand=recurse))
+
+    def insert_param_to_cell(self, param_name: str, param: Parameter | None, check_name_contain_dot: bool = True) -> None:
+        """Register ``param`` under ``param_name`` (what assigning a Parameter attribute does); a Parameter still
+        carrying the default name takes ``param_name``."""
+        if not param_name or not isinstance(param_name, str):
+            raise KeyError(f"insert_param_to_cell: param_name must be a non-empty str, got {param_name!r}")
+        if check_name_contain_dot and "." in param_name:
+            raise KeyError(f"insert_param_to_cell: param_name {param_name!r} must not contain '.'")
+        params, cells = self._registry(param_name)
+        if param_name not in params and (param_name in cells or param_name in self.__dict__):
+            raise KeyError(f"insert_param_to_cell: {type(self).__name__} already has an attribute {param_name!r}")
+        if param is not None and not isinstance(param, Parameter):
+            raise TypeError(f"insert_param_to_cell: param must be a Parameter or None, got {type(param).__name__}")
+        if param is not None and param.name == DEFAULT_NAME:
+            param.name = param_name
+        params[param_name] = param
+
+    def insert_child_to_cell(self, child_name: str, child_cell: "Cell | None") -> None:
+        """Register ``child_cell`` under ``child_name``, as assigning a Cell attribute does (without renaming)."""
+        if not child_name or not isinstance(child_name, str) or "." in child_name:
+            raise KeyError(f"insert_child_to_cell: child_name must be a non-empty str without '.', got {child_name!r}")
+        params, cells = self._registry(child_name)
+        if child_name not in cells and (child_name in params or child_name in self.__dict__):
+            raise KeyError(f"insert_child_to_cell: {type(self).__name__} already has an attribute {child_name!r}")
+        if child_cell is not None and not isinstance(child_cell, Cell):
+            raise TypeError(f"insert_child_to_cell: child_cell must be a Cell or None, got {type(child_cell).__name__}")
+        cells[child_name] = child_cell
+
+    # ---- modes and flags ----
+
+    def add_flags(self, **flags: Any) -> "Cell":
+        """Set each flag as an attribute of this cell (and record it in ``flags``)."""
+        self.flags.update(flags)
+        for k, v in flags.items():
+            object.__setattr__(self, k, v)
+        return self
+
+    def add_flags_recursive(self, **flags: Any) -> "Cell":
+        """``add_flags`` on this cell and every descendant."""
+        for _, cell in self.cells_and_names():
+            cell.add_flags(**flags)
+        return self
+
+    def get_flags(self) -> dict[str, Any]:
+        """The flags set on this cell."""
+        return self.flags
+
+    def set_train(self, mode: bool = True) -> "Cell":
+        """Training mode on (or off) for this cell and every descendant: ``training``, read by ``construct``."""
+        return self.add_flags_recursive(training=bool(mode))
+
+    def set_grad(self, requires_grad: bool = True) -> "Cell":
+        """MindSpore's flag for building the backward graph while running forward (PyNative); kept as
+        ``requires_grad`` for code that reads it. Gradients here never need it."""
+        object.__setattr__(self, "requires_grad", bool(requires_grad))
+        return self

@@ -10,6 +10,7 @@ from ..engine import get_op
 from . import dtype as mstype
 from . import eager
 from .errors import TracingError, user_location
+from .parameter import Parameter
 from .tensor import Tensor
 from .tracing import current_frame
 
@@ -28,9 +29,14 @@ def apply_op(op: str, *inputs: Any, **attrs: Any) -> Any:
                 raise TracingError(f"{op}: a Tensor from a finished trace is used outside it -- at {user_location()}")
         outs = [Tensor._wrap(a) for a in eager.run(op, [t._array for t in tensors], attrs)]  # type: ignore[misc]
     else:
-        values = [frame.value_of(t) for t in tensors]
+        values = [_frozen(frame.value_of(t)) if isinstance(t, Parameter) and not t.requires_grad else frame.value_of(t) for t in tensors]
         outs = [Tensor._symbolic(v, frame) for v in frame.builder.add_node(op, values, attrs)]
     return tuple(outs) if get_op(op).multi_output or len(outs) != 1 else outs[0]
+
+
+def _frozen(value: Any) -> Any:
+    """A ``requires_grad=False`` Parameter's value behind StopGradient: MindSpore gives it a zero gradient."""
+    return value.builder.op("StopGradient", value)
 
 
 def coerce_inputs(op: str, inputs: Sequence[Any]) -> list[Tensor]:

@@ -23,10 +23,10 @@ CALL_TIME_ATTRS: dict[str, tuple[str, ...]] = {
 }
 """Attributes of our IR that MindSpore passes when calling the primitive, after the tensors (ReduceX's axis too)."""
 
-HIDDEN = frozenset({"Const", "GradOperation"})
-"""Engine ops that are not user primitives (GradOperation has its own class)."""
+HIDDEN = frozenset({"Const", "GradOperation", "Print"})
+"""Engine ops that are not user primitives (GradOperation and Print have their own classes)."""
 
-_FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu"}
+_FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu", "AddN": "addn"}
 
 
 def call_time_attrs(opdef: OpDef) -> tuple[str, ...]:
@@ -126,15 +126,32 @@ def functional_name(op: str) -> str:
 
 
 def functional(op: str) -> Callable[..., Any]:
-    """``ops.reduce_sum(x, axis, keep_dims=True)``: constructor keywords build the primitive, the rest call it."""
-    ctor = set(constructor_attrs(get_op(op)))
+    """``ops.concat((a, b), 0)``, ``ops.reduce_sum(x, 1, keep_dims=True)``: the op's inputs (a tuple or list for a
+    variadic op), then its attributes in the op table's order, positionally or by name (MindSpore's functional order)."""
+    opdef = get_op(op)
+    name = functional_name(op)
+    order = list(opdef.attrs)
 
     def apply(*args: Any, **kwargs: Any) -> Any:
-        prim = primitive_class(op)(**{k: v for k, v in kwargs.items() if k in ctor})
-        return prim(*args, **{k: v for k, v in kwargs.items() if k not in ctor})
+        tensors, extra = _split_inputs(opdef, args)
+        if len(extra) > len(order):
+            raise TypeError(
+                f"ops.{name} takes inputs ({', '.join(opdef.inputs)})" + (f" then {', '.join(order)}" if order else "")
+                + f", got {len(args)} arguments"
+            )
+        attrs = dict(zip(order, extra))
+        for k, v in kwargs.items():
+            if k not in order or k in attrs:
+                why = "is given twice" if k in attrs else f"is unknown; its arguments after the inputs: {order}"
+                raise TypeError(f"ops.{name}: argument {k!r} {why}")
+            attrs[k] = v
+        for k in order:
+            if k not in attrs and opdef.attrs[k].default is REQUIRED:
+                raise TypeError(f"ops.{name}: missing argument {k!r}")
+        return apply_op(op, *tensors, **{k: _attr_value(opdef, k, v) for k, v in attrs.items()})
 
-    apply.__name__ = apply.__qualname__ = functional_name(op)
-    apply.__doc__ = get_op(op).doc
+    apply.__name__ = apply.__qualname__ = name
+    apply.__doc__ = opdef.doc
     return apply
 
 

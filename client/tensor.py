@@ -33,6 +33,16 @@ def _array_from(data: Any, dtype: Any) -> np.ndarray:
     return arr
 
 
+def _unary(op: str, what: str) -> Callable[..., Any]:
+    """A Tensor method applying the one-input op ``op``."""
+
+    def method(self: "Tensor") -> Any:
+        return self._apply(op, self)
+
+    method.__doc__ = f"{what}, element-wise (the {op} op)."
+    return method
+
+
 class Tensor(Operators):
     """MindSpore's Tensor: ``Tensor(data, dtype=None)`` from a number, (nested) list or NumPy array."""
 
@@ -140,25 +150,161 @@ class Tensor(Operators):
         return repr(self) if self._array is None else str(self._array)
 
     # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide and _power, and
-    # client/indexing.py installs __getitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
+    # client/indexing.py installs __getitem__ and __setitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
 
     __getitem__: Callable[["Tensor", Any], Any]
+    __setitem__: Callable[["Tensor", Any, Any], None]
 
-    # ---- a few of MindSpore's Tensor methods ----
+    # ---- MindSpore's Tensor methods, each one or a few graph ops (so they trace, and get gradients) ----
 
-    def astype(self, dtype: Any) -> Any:
+    neg = _unary("Neg", "-x")
+    abs = _unary("Abs", "|x|")
+    exp = _unary("Exp", "e ** x")
+    log = _unary("Log", "the natural logarithm")
+    sqrt = _unary("Sqrt", "the square root")
+    square = _unary("Square", "x * x")
+    sin = _unary("Sin", "the sine")
+    cos = _unary("Cos", "the cosine")
+    tanh = _unary("Tanh", "the hyperbolic tangent")
+    sigmoid = _unary("Sigmoid", "1 / (1 + exp(-x))")
+
+    def astype(self, dtype: Any, copy: bool = True) -> Any:
         """This tensor cast to ``dtype``."""
         return self._apply("Cast", self, dtype=mstype.to_numpy(dtype))
 
+    def copy(self) -> "Tensor":
+        """A new Tensor with the same value (item assignment to one does not change the other)."""
+        if self._array is None:
+            return Tensor._symbolic(self._value, self._frame)  # type: ignore[arg-type]
+        return Tensor._wrap(self._array.copy())
+
+    def fill(self, value: Any) -> Any:
+        """A tensor of this one's shape and dtype holding ``value`` everywhere (MindSpore 2.x returns a new one)."""
+        if not isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+            raise TypeError(f"Tensor.fill takes a Python number, got {type(value).__name__}")
+        return self._apply("Add", self._apply("ZerosLike", self), Tensor._wrap(np.asarray(value, self._array_dtype())))
+
     def reshape(self, *shape: Any) -> Any:
-        """This tensor with a new shape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``)."""
-        target = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
-        return self._apply("Reshape", self, shape=tuple(target))
+        """This tensor with a new shape (``t.reshape(2, 3)`` or ``t.reshape((2, 3))``; one entry may be -1)."""
+        return self._apply("Reshape", self, shape=_dims(shape))
 
-    def sum(self, axis: Any = None, keepdims: bool = False) -> Any:
-        """Sum over ``axis`` (all axes when None)."""
-        return self._apply("ReduceSum", self, axis=() if axis is None else axis, keep_dims=keepdims)
+    def view(self, *shape: Any) -> Any:
+        """``reshape`` under MindSpore's other name."""
+        return self.reshape(*shape)
 
-    def mean(self, axis: Any = (), keep_dims: bool = False) -> Any:
-        """Mean over ``axis`` (all axes when empty)."""
-        return self._apply("ReduceMean", self, axis=axis, keep_dims=keep_dims)
+    def flatten(self, order: str = "C", *, start_dim: int = 0, end_dim: int = -1) -> Any:
+        """Axes ``start_dim`` through ``end_dim`` merged into one (all of them by default); C order only."""
+        if order != "C":
+            raise ValueError(f"Tensor.flatten supports order='C' only, got {order!r}")
+        shape = self.shape
+        if not shape:
+            return self.reshape(1)
+        lo, hi = (_axis(a, len(shape), "flatten") for a in (start_dim, end_dim))
+        if lo > hi:
+            raise ValueError(f"Tensor.flatten: start_dim {start_dim} comes after end_dim {end_dim}")
+        return self.reshape(shape[:lo] + (int(np.prod(shape[lo:hi + 1])),) + shape[hi + 1:])
+
+    @property
+    def T(self) -> Any:  # noqa: N802  (MindSpore's name)
+        """The tensor with its axes reversed."""
+        return self.transpose()
+
+    def transpose(self, *axes: Any) -> Any:
+        """Axes permuted (``t.transpose(1, 0)`` or ``t.transpose((1, 0))``); reversed when none are given."""
+        perm = _dims(axes) if axes and axes != (None,) else tuple(reversed(range(self.ndim)))
+        return self._apply("Transpose", self, perm=perm)
+
+    def squeeze(self, axis: Any = None) -> Any:
+        """Axes of length 1 removed: ``axis`` (an int or a tuple), or all of them when None."""
+        return self._apply("Squeeze", self, axis=_axes(axis))
+
+    def expand_dims(self, axis: int) -> Any:
+        """A new axis of length 1 at ``axis``."""
+        return self._apply("ExpandDims", self, axis=axis)
+
+    def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, initial: Any = None) -> Any:
+        """Sum over ``axis`` (all axes when None), in ``dtype`` when given, plus ``initial`` when given."""
+        x = self if dtype is None else self.astype(dtype)
+        out = self._apply("ReduceSum", x, axis=_axes(axis), keep_dims=keepdims)
+        return out if initial is None else out + initial
+
+    def mean(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """Mean over ``axis`` (all axes when None)."""
+        return self._apply("ReduceMean", self, axis=_axes(axis), keep_dims=keep_dims)
+
+    def max(self, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = True,
+            return_indices: bool = False) -> Any:
+        """Maximum over ``axis`` (all axes when None), at least ``initial``; with ``return_indices`` also the argmax
+        (one axis only). Tied maxima share the gradient evenly."""
+        return _extremum(self, 1, axis, keepdims, initial, where, return_indices)
+
+    def min(self, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = True,
+            return_indices: bool = False) -> Any:
+        """Minimum over ``axis``, as ``max`` (computed as -max(-x))."""
+        return _extremum(self, -1, axis, keepdims, initial, where, return_indices)
+
+    def argmax(self, axis: Any = None, keepdims: bool = False) -> Any:
+        """The index (int64) of the first maximum along ``axis``, or in the flattened tensor when None."""
+        return _arg_extremum(self, 1, axis, keepdims)
+
+    def argmin(self, axis: Any = None, keepdims: bool = False) -> Any:
+        """The index (int64) of the first minimum along ``axis``, or in the flattened tensor when None."""
+        return _arg_extremum(self, -1, axis, keepdims)
+
+    def item(self, index: Any = None) -> Any:
+        """The element at ``index`` (the only one when None) as a Python number; needs a concrete value."""
+        arr = self._concrete("item()")
+        if index is None:
+            if arr.size != 1:
+                raise ValueError(f"Tensor.item() needs a Tensor with one element, got shape {arr.shape}")
+            return arr.item()
+        return arr.item(index)
+
+
+def _dims(shape: tuple[Any, ...]) -> tuple[int, ...]:
+    """Dimensions passed either as separate ints or as one tuple/list."""
+    target = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+    return tuple(target)
+
+
+def _axes(axis: Any) -> tuple[int, ...]:
+    """An axis argument as the reductions' attribute: None (all) -> (), an int -> (int,)."""
+    if axis is None:
+        return ()
+    return (int(axis),) if isinstance(axis, (int, np.integer)) else tuple(axis)
+
+
+def _axis(axis: int, ndim: int, what: str) -> int:
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"Tensor.{what}: axis {axis} is out of range for rank {ndim}")
+    return axis % ndim
+
+
+def _extremum(t: Tensor, sign: int, axis: Any, keepdims: bool, initial: Any, where: Any, return_indices: bool) -> Any:
+    """max (sign 1) or min (sign -1) over ``axis``: ReduceMax of ``sign * t``."""
+    if where is not True:
+        raise NotImplementedError("Tensor.max/min: the where argument is not supported")
+    flip = (lambda v: v) if sign > 0 else (lambda v: t._apply("Neg", v))
+    out = flip(t._apply("ReduceMax", flip(t), axis=_axes(axis), keep_dims=keepdims))
+    if initial is not None:
+        out = t._apply("Maximum" if sign > 0 else "Minimum", out, initial)
+    if return_indices:
+        if not isinstance(axis, (int, np.integer)):
+            raise ValueError("Tensor.max/min: return_indices needs one int axis")
+        return out, _arg_extremum(t, sign, axis, keepdims)
+    return out
+
+
+def _arg_extremum(t: Tensor, sign: int, axis: Any, keepdims: bool) -> Any:
+    """The first index of the extremum: the smallest position along ``axis`` where t equals its extremum."""
+    if axis is None:
+        flat = t.reshape(-1)
+        out = _arg_extremum(flat, sign, 0, False)
+        return out.reshape((1,) * t.ndim) if keepdims else out
+    ax = _axis(int(axis), t.ndim, "argmax")
+    n = t.shape[ax]
+    ext = _extremum(t, sign, ax, True, None, True, False)
+    positions = Tensor._wrap(np.arange(n, dtype=np.int64).reshape((n,) + (1,) * (t.ndim - ax - 1)))
+    where = t._apply("Select", t._apply("Equal", t, ext), positions, Tensor._wrap(np.asarray(n, np.int64)))
+    first = t._apply("Neg", t._apply("ReduceMax", t._apply("Neg", where), axis=(ax,), keep_dims=keepdims))
+    return t._apply("StopGradient", first)

@@ -142,7 +142,7 @@ def test_functional_forms() -> None:
 def test_every_table_op_has_a_primitive_and_a_functional_form() -> None:
     names = set(dir(ops))
     for op in OPS:
-        if op not in ("Const", "GradOperation"):
+        if op not in ("Const", "GradOperation", "Print"):
             assert op in names and getattr(ops, op).name == op
     assert {"matmul", "batch_matmul", "gelu", "log1p", "reduce_sum", "stop_gradient", "ones_like"} <= names
     assert ops.GradOperation.__module__ == "gradserve.client.grad"
@@ -188,8 +188,8 @@ def test_indexing_errors_and_gradient() -> None:
         t[2]
     with pytest.raises(IndexError, match="too many indices"):
         t[0, 0, 0]
-    with pytest.raises(IndexError, match="boolean masks"):
-        t[Tensor([True, False])]
+    with pytest.raises(IndexError, match=r"boolean mask of shape \(3,\) does not match the leading axes of shape \(2, 3\)"):
+        t[Tensor([True, False, True])]
 
     def f(x: Tensor) -> Tensor:
         return x[0, 1:] * x[1, ::-1][:2]  # [x01 * x12, x02 * x11]

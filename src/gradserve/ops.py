@@ -1,8 +1,10 @@
 """``import gradserve.ops as ops``: a primitive class per engine op (``ops.MatMul``), lower-case functional forms
-(``ops.matmul``, ``ops.stop_gradient``), and ``ops.GradOperation``. Ops are looked up in the engine's op table on
+(``ops.matmul``, ``ops.stop_gradient``), MindSpore's composite functions (``ops.stack``, ``ops.addn``, ``ops.sum``, ...)
+and ``ops.GradOperation``. Ops are looked up in the engine's op table on
 use, so ops added to the engine appear here without changes."""
 from typing import Any
 
+from gradserve.client.functional import FUNCTIONS
 from gradserve.client.grad import GradOperation
 from gradserve.client.primitives import Primitive, lookup, public_names
 
@@ -10,11 +12,11 @@ __all__ = ["GradOperation", "Primitive"]
 
 
 def __getattr__(name: str) -> Any:
-    obj = lookup(name)
+    obj = FUNCTIONS.get(name) or lookup(name)
     if obj is None:
         raise AttributeError(f"module 'gradserve.ops' has no attribute {name!r} (no such op in the engine's table)")
     return obj
 
 
 def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(public_names()))
+    return sorted(set(globals()) | set(public_names()) | set(FUNCTIONS))
