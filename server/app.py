@@ -20,10 +20,10 @@ from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import Failure
 from .intake import Intake
-from .trim import Trimmer
 from .jsonlog import log
 from .pool import WorkerPool
 from .servicer import GradientServicer
+from .trim import Trimmer
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 SPARE_THREADS = 8

@@ -30,6 +30,7 @@ class Trimmer:
 
     def __init__(self, freed: Callable[[], int]) -> None:
         self._freed = freed
+        self._last = freed()
         self._trim = _malloc_trim()
         self._stop = threading.Event()
         self.trims = 0
@@ -39,13 +40,12 @@ class Trimmer:
 
     def _run(self) -> None:
         assert self._trim is not None
-        last = self._freed()
         while not self._stop.wait(PERIOD_SECONDS):
             now = self._freed()
-            if now - last >= TRIM_AFTER_BYTES:
+            if now - self._last >= TRIM_AFTER_BYTES:
                 self._trim(0)
                 self.trims += 1
-                last = now
+                self._last = now
 
     def stop(self) -> None:
         self._stop.set()

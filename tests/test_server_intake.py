@@ -17,6 +17,7 @@ from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import Failure
 from gradserve.server.intake import DECLARED, SMALL_BYTES, Intake
+from gradserve.server.trim import TRIM_AFTER_BYTES, Trimmer
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
 MiB = 1 << 20
@@ -186,3 +187,14 @@ def test_a_request_larger_than_declared_is_invalid_argument() -> None:
         assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert f"/gradserve.v1.Gradient/Grad: the request is {request.ByteSize()} bytes, more than the 10" in err.details()
         assert server.intake.held == 0
+
+
+def test_memory_is_trimmed_once_large_requests_were_freed() -> None:
+    freed = [0]
+    trimmer = Trimmer(lambda: freed[0])
+    try:
+        freed[0] = TRIM_AFTER_BYTES
+        wait_until(lambda: trimmer.trims == 1, "a trim after 64 MiB were freed")
+    finally:
+        trimmer.stop()
+    assert trimmer.trims == 1
