@@ -8,15 +8,18 @@ from importlib.metadata import version
 __version__ = version("gradserve")
 """The installed distribution's version (pyproject.toml is its one source); set before the imports below use it."""
 
-from . import dtype, nn, ops
+from . import common, dtype, nn, ops
 from .client import Parameter, ParameterTuple, Tensor, TracingError, get_context, set_context
+from .client.checkpoint import load_checkpoint, load_param_into_net, save_checkpoint
+from .client.nn.initializer import set_seed
 from .client.dtype import (
     bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
     ubyte, uint8,
 )
 
 __all__ = [
-    "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
-    "float32", "float64", "get_context", "half", "int8", "int16", "int32", "int64", "intc", "intp", "nn", "ops",
-    "set_context", "short", "single", "ubyte", "uint8",
+    "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "common", "double", "dtype", "float16",
+    "float32", "float64", "get_context", "half", "int8", "int16", "int32", "int64", "intc", "intp",
+    "load_checkpoint", "load_param_into_net", "nn", "ops", "save_checkpoint", "set_context", "set_seed", "short",
+    "single", "ubyte", "uint8",
 ]
