@@ -19,9 +19,11 @@ from . import blobs, jsonlog, preflight, worker
 from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import Failure
+from .intake import Intake
 from .jsonlog import log
 from .pool import WorkerPool
 from .servicer import GradientServicer
+from .trim import Trimmer
 
 SERVICE_NAME = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 SPARE_THREADS = 8
@@ -51,9 +53,10 @@ def _explain(exc: Exception) -> str:
     return PARSE_PROBLEMS.get(detail, f"{type(exc).__name__}: {exc}")
 
 
-def _until_unparsable(requests: Iterator[Any], bad: list[tuple[int, Unparsable]]) -> Iterator[Any]:
-    """The parsed messages of a request stream, ending before the first unparsable one (recorded in ``bad``)."""
-    for i, request in enumerate(requests):
+def _until_unparsable(requests: Iterator[tuple[Any, int]], bad: list[tuple[int, Unparsable]]) -> Iterator[Any]:
+    """The parsed messages of a request stream of (message, size), ending before the first unparsable one
+    (recorded in ``bad``)."""
+    for i, (request, _size) in enumerate(requests):
         if isinstance(request, Unparsable):
             bad.append((i, request))
             return
@@ -71,9 +74,11 @@ def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     return lambda response: response if isinstance(response, bytes) else serializer(response)
 
 
-def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject) -> grpc.RpcMethodHandler:
+def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, intake: Intake) -> grpc.RpcMethodHandler:
     """``handler`` with a request deserializer that never raises and a behaviour that answers a message
     protobuf could not parse INVALID_ARGUMENT naming the method and the problem (grpc says INTERNAL).
+    A unary request is asked of gRPC only in its turn to be received (``intake``), and its bytes count as
+    held until the method returns (it is served as a request stream, so that gRPC does not take it in first).
     A bad message in a request stream ends it after the messages before it have been answered.
     Requests of the ``LIFTED`` methods are parsed by ``blobs.lift``; responses may be bytes."""
     lifted = LIFTED.get(method)
@@ -81,49 +86,75 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject) -
     type_name = getattr(getattr(handler.request_deserializer, "__self__", None), "DESCRIPTOR", None)
     expected = f"a valid {type_name.full_name}" if type_name is not None else "a valid request"
 
-    def deserialize(raw: bytes) -> Any:
+    def deserialize(raw: bytes) -> tuple[Any, int]:
         try:
-            return parse(raw)
+            return parse(raw), len(raw)
         except (DecodeError, RecursionError) as exc:
-            return Unparsable(_explain(exc))
+            return Unparsable(_explain(exc)), len(raw)
 
     def refuse(context: grpc.ServicerContext, bad: Unparsable, where: str) -> None:
         reject(method, Failure("INVALID_ARGUMENT", f"{method}: {where} is not {expected} message: {bad.problem}"), context)
 
-    def unary(request: Any, context: grpc.ServicerContext) -> Any:
+    def one(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> tuple[Any, int]:
+        """The one message of a unary request and its size, counted as held (the caller releases it)."""
+        got: tuple[Any, int] | None = None
+        try:
+            got = intake.receive(method, requests, context)
+        except Failure as f:
+            reject(method, f, context)
+        if got is None:  # the call ended first, or carried no message
+            if context.is_active():
+                reject(method, Failure("INVALID_ARGUMENT", f"{method}: the call ended without its request message"), context)
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before its request message arrived")
+        assert got is not None  # reject and abort end the call by raising
+        request, size = got
         if isinstance(request, Unparsable):
+            intake.release(size)
             refuse(context, request, "the request")
-        behavior = handler.unary_stream if handler.response_streaming else handler.unary_unary
-        return behavior(request, context)
+        return request, size
 
-    def stream_unary(requests: Iterator[Any], context: grpc.ServicerContext) -> Any:
+    def unary_unary(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Any:
+        request, size = one(requests, context)
+        try:
+            return handler.unary_unary(request, context)
+        finally:
+            intake.release(size)
+
+    def unary_stream(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[Any]:
+        request, size = one(requests, context)
+        try:
+            yield from handler.unary_stream(request, context)
+        finally:
+            intake.release(size)
+
+    def stream_unary(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Any:
         bad: list[tuple[int, Unparsable]] = []
         response = handler.stream_unary(_until_unparsable(requests, bad), context)
         for i, b in bad:
             refuse(context, b, f"message {i} of the request stream")
         return response
 
-    def stream_stream(requests: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Any]:
+    def stream_stream(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[Any]:
         bad: list[tuple[int, Unparsable]] = []
         yield from handler.stream_stream(_until_unparsable(requests, bad), context)
         for i, b in bad:
             refuse(context, b, f"message {i} of the request stream")
 
-    kinds = {
-        (False, False): (grpc.unary_unary_rpc_method_handler, unary),
-        (False, True): (grpc.unary_stream_rpc_method_handler, unary),
+    make, behavior = {
+        (False, False): (grpc.stream_unary_rpc_method_handler, unary_unary),
+        (False, True): (grpc.stream_stream_rpc_method_handler, unary_stream),
         (True, False): (grpc.stream_unary_rpc_method_handler, stream_unary),
         (True, True): (grpc.stream_stream_rpc_method_handler, stream_stream),
-    }
-    make, behavior = kinds[(handler.request_streaming, handler.response_streaming)]
+    }[(handler.request_streaming, handler.response_streaming)]
     return make(behavior, request_deserializer=deserialize, response_serializer=_serialize(handler.response_serializer))
 
 
 class ParseGuard(grpc.ServerInterceptor):
-    """Applies ``guard_parsing`` to every method served (once per method)."""
+    """Applies ``guard_parsing`` to every method served (once per method), with ``intake``'s limits (default: none)."""
 
-    def __init__(self, reject: Reject) -> None:
+    def __init__(self, reject: Reject, intake: Intake | None = None) -> None:
         self._reject = reject
+        self._intake = intake or Intake(0, 0, 0)
         self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -135,7 +166,7 @@ class ParseGuard(grpc.ServerInterceptor):
             if handler is None:  # an unknown method: not cached, so that made-up names cannot grow the cache
                 return None
             ok = handler.request_deserializer is not None
-            guarded = self._guarded[method] = guard_parsing(handler, method, self._reject) if ok else handler
+            guarded = self._guarded[method] = guard_parsing(handler, method, self._reject, self._intake) if ok else handler
         return guarded
 
 
@@ -170,7 +201,8 @@ class Server:
         token = config.bearer_token()
         # The first interceptor is the outermost: a call without the token is refused before its bytes are parsed.
         interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []
-        interceptors.append(ParseGuard(self._reject))
+        self.intake = Intake(lim.max_receive_bytes, lim.max_message_bytes, lim.max_queued_bytes)
+        interceptors.append(ParseGuard(self._reject, self.intake))
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,
                                 maximum_concurrent_rpcs=threads, interceptors=interceptors)
         service_pb2_grpc.add_GradientServicer_to_server(self.servicer, self.grpc)
@@ -183,6 +215,7 @@ class Server:
         self.port = 0
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
+        self.trimmer: Trimmer | None = None
 
     def start(self) -> int:
         """Bind (TLS when configured), serve /metrics when configured, start serving; returns the port (useful with port 0).
@@ -208,6 +241,7 @@ class Server:
                 self.pool.close()
                 raise preflight.unavailable(host, self.config.metrics_port, "--metrics-port", exc.strerror or str(exc)) from None
         self.grpc.start()
+        self.trimmer = Trimmer(lambda: self.intake.freed)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log("server_start", host=self.config.host, port=self.port, workers=self.pool.size, pids=self.pool.pids(),
@@ -230,6 +264,8 @@ class Server:
         # drain timed out, in which case the remaining calls are cancelled now.
         self.grpc.stop(SEND_GRACE_SECONDS if idle else 0).wait()
         self.servicer.metrics.close()
+        if self.trimmer is not None:
+            self.trimmer.stop()
         self.pool.close()
         log("server_stop", port=self.port, counters=self.servicer.metrics.snapshot(), workers_replaced=self.pool.replaced)
 

@@ -31,6 +31,13 @@ class Limits:
     max_queued_bytes: int = 384 * MiB
     """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed; a call
     that would bring them over this is refused (RESOURCE_EXHAUSTED) before its data is copied anywhere."""
+    max_receive_bytes: int = 256 * MiB + 16 * MiB
+    """Room for Grad, Run and RegisterNetwork requests being received: each takes ``max_message_bytes`` of it
+    until it has arrived (gRPC tells nothing of a message's size before), so this many over that many are
+    received at once (at least one); the others wait their turn, up to their deadline, with gRPC holding
+    only their flow-control window. Other methods, and calls declaring a small request, are received one
+    at a time in a lane of their own (``server/intake.py``). Once received, a request counts its size
+    against ``max_queued_bytes`` until it is answered."""
     max_registered_networks: int = 1024
     max_registry_bytes: int = 320 * MiB
     """Serialized bytes of the networks the server keeps registered (least recently used evicted first);
@@ -138,6 +145,8 @@ HELP = {
     "max_queue_depth": "requests waiting for a free worker before more are refused (RESOURCE_EXHAUSTED)",
     "max_queued_bytes": "request bytes of the Grad and Run calls waiting for or holding a worker; beyond it a call "
                         "is refused (RESOURCE_EXHAUSTED) before its data is copied",
+    "max_receive_bytes": "room for Grad, Run and RegisterNetwork requests being received, each counted as the largest "
+                         "message (gRPC gives no size before a message is in); the others wait their turn",
     "max_registered_networks": "networks the server's registry holds",
     "max_registry_bytes": "serialized bytes of the networks the registry holds, least recently used evicted first",
     "max_worker_cache_bytes": "bytes of networks and compiled programs each worker (and the local lane) keeps",

@@ -1,0 +1,200 @@
+"""Receive-side bounds: unary requests are received in their lane's turn and held within max_queued_bytes."""
+from __future__ import annotations
+
+import concurrent.futures
+import threading
+from typing import Any, Iterator
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serverkit import long_run, rejected, wait_until
+
+from gradserve.proto import codec
+from gradserve.engine import GraphBuilder
+from gradserve.server.app import running
+from gradserve.server.config import Limits, ServerConfig
+from gradserve.server.errors import Failure
+from gradserve.server.intake import DECLARED, SMALL_BYTES, Intake
+from gradserve.server.trim import TRIM_AFTER_BYTES, Trimmer
+from gradserve.v1 import service_pb2, service_pb2_grpc
+
+MiB = 1 << 20
+GRAD = "/gradserve.v1.Gradient/Grad"
+HEALTH = "/grpc.health.v1.Health/Check"
+WAIT = 60.0
+
+
+class Context:
+    """The little of a grpc.ServicerContext that the intake reads."""
+
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+        self.metadata = metadata
+        self.active = True
+
+    def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
+        return self.metadata
+
+    def is_active(self) -> bool:
+        return self.active
+
+
+class Upload:
+    """A request stream whose one message arrives when ``arrive`` is set (a large upload in progress)."""
+
+    def __init__(self, size: int) -> None:
+        self.size = size
+        self.asked = threading.Event()
+        self.arrive = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        self.asked.set()
+        assert self.arrive.wait(WAIT)
+        yield "message", self.size
+
+
+def receiving(intake: Intake, method: str, upload: Upload, context: Context | None = None) -> concurrent.futures.Future:
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    future = pool.submit(intake.receive, method, iter(upload), context or Context())
+    pool.shutdown(wait=False)
+    return future
+
+
+# ---- the intake on its own ----
+
+def test_large_uploads_take_turns_while_small_calls_pass_them() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=64 * MiB)  # one large upload at a time
+    first, second = Upload(5 * MiB), Upload(6 * MiB)
+    a = receiving(intake, GRAD, first)
+    assert first.asked.wait(WAIT)
+    b = receiving(intake, GRAD, second)
+    wait_until(lambda: len(intake.large.line) == 1, "the second upload to wait for its turn")
+    assert not second.asked.is_set()  # gRPC was not asked for its message: it is not received
+    # A health check, and a Grad declaring a small request, are received while the large upload goes on.
+    for method, context in ((HEALTH, Context()), (GRAD, Context(((DECLARED, "300"),)))):
+        tiny = Upload(300)
+        tiny.arrive.set()
+        assert receiving(intake, method, tiny, context).result(WAIT) == ("message", 300)
+        intake.release(300)
+    first.arrive.set()
+    assert a.result(WAIT) == ("message", 5 * MiB)
+    second.arrive.set()
+    assert b.result(WAIT) == ("message", 6 * MiB)
+    assert intake.held == 11 * MiB
+    intake.release(5 * MiB)
+    intake.release(6 * MiB)
+    assert intake.held == 0 and intake.large.receiving == 0 and intake.small.receiving == 0
+
+
+def test_turns_are_taken_in_arrival_order_and_a_call_that_ends_leaves_the_line() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0)
+    uploads = [Upload(MiB) for _ in range(4)]
+    contexts = [Context() for _ in uploads]
+    futures = []
+    for i, (upload, context) in enumerate(zip(uploads, contexts)):
+        futures.append(receiving(intake, GRAD, upload, context))
+        wait_until(lambda i=i: uploads[0].asked.is_set() and len(intake.large.line) == i, f"upload {i} to line up")
+    contexts[1].active = False  # its caller went away while it waited
+    assert futures[1].result(WAIT) is None
+    for i in (0, 2, 3):
+        assert uploads[i].asked.wait(WAIT) and not any(u.asked.is_set() for u in uploads[i + 1:])
+        uploads[i].arrive.set()
+        assert futures[i].result(WAIT) == ("message", MiB)
+    assert not uploads[1].asked.is_set() and intake.held == 3 * MiB
+
+
+def test_received_bytes_over_the_held_budget_are_refused_naming_it_and_small_ones_never_are() -> None:
+    intake = Intake(receiving_limit=0, largest=8 * MiB, held_limit=10 * MiB)
+    intake.hold(6 * MiB)
+    with pytest.raises(Failure) as info:
+        intake.hold(5 * MiB)
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    assert info.value.message.startswith(f"this request is {5 * MiB} bytes and the requests waiting or being computed "
+                                         f"hold {6 * MiB}, together over the max_queued_bytes limit of {10 * MiB}")
+    intake.hold(4 * MiB)
+    intake.hold(SMALL_BYTES)  # full, but a small message is still taken
+    assert intake.held == 10 * MiB + SMALL_BYTES
+
+
+def test_a_message_larger_than_its_declared_size_is_refused() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0)
+    upload = Upload(2 * MiB)
+    upload.arrive.set()
+    with pytest.raises(Failure) as info:
+        receiving(intake, GRAD, upload, Context(((DECLARED, "100"),))).result(WAIT)
+    assert info.value.code == "INVALID_ARGUMENT"
+    assert f"the request is {2 * MiB} bytes, more than the 100 its {DECLARED} metadata declares" in info.value.message
+    assert intake.held == 0 and intake.small.receiving == 0
+
+
+# ---- a live server ----
+
+def sin_network(stub: service_pb2_grpc.GradientStub, n: int) -> str:
+    b = GraphBuilder()
+    graph = codec.encode_graph(b.build(b.op("Sin", b.input("x", "float32", (n,)))))
+    return stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=graph), timeout=WAIT).network_id
+
+
+def test_many_large_requests_are_refused_over_budget_while_small_ones_are_served() -> None:
+    n = 2 * MiB  # 8 MiB of float32 per request
+    x = np.linspace(0, 1, n, dtype=np.float32)
+    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=17 * MiB, max_queue_depth=16)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
+        stub = service_pb2_grpc.GradientStub(ch)
+        large = service_pb2.GradRequest(network_id=sin_network(stub, n), inputs=[codec.encode_tensor(x)]).SerializeToString()
+        small_net = sin_network(stub, 3)
+        tiny = service_pb2.GradRequest(network_id=small_net, inputs=[codec.encode_tensor(np.float32([0, 1, 2]))])
+        for _ in range(2):  # the second call onwards runs in the server's local lane, not the (soon busy) worker
+            stub.Grad(tiny, timeout=WAIT)
+        stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT)  # its op catalog comes from a worker, once
+        busy = stub.Run.future(long_run(stub), timeout=600)
+        wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
+        call = ch.unary_unary(GRAD)
+        calls = [call.future(large, timeout=600) for _ in range(8)]
+        # Two fit in max_queued_bytes and wait for the worker; the other six are refused once received.
+        wait_until(lambda: sum(c.done() for c in calls) == 6, "six large requests to be refused")
+        for c in (c for c in calls if c.done()):
+            err = c.exception()
+            assert err is not None and err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err
+            assert err.details().startswith(f"this request is {len(large)} bytes and the requests waiting or being computed hold ")
+            assert err.details().endswith(f"together over the max_queued_bytes limit of {17 * MiB}; retry later, or send smaller requests")
+        assert server.intake.held >= 2 * len(large)
+        # Small calls are served meanwhile: health, ServerInfo (reporting the budget), a tiny gradient.
+        check = health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(service="gradserve.v1.Gradient"), timeout=WAIT)
+        assert check.status == health_pb2.HealthCheckResponse.SERVING
+        info = stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT)
+        assert info.limits.max_receive_bytes == 9 * MiB and info.limits.max_queued_bytes == 17 * MiB
+        for metadata in ((), ((DECLARED, str(tiny.ByteSize())),)):
+            got = codec.decode_tree(stub.Grad(tiny, timeout=WAIT, metadata=metadata).gradients)
+            np.testing.assert_allclose(got, np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+        busy.cancel()
+        for c in (c for c in calls if c.exception() is None):
+            np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(c.result()).gradients),
+                                       np.cos(x), rtol=1e-6, atol=1e-6)
+        wait_until(lambda: server.intake.held == 0, "every request's bytes to be released")
+        assert server.pool.replaced == 0
+
+
+def test_a_request_larger_than_declared_is_invalid_argument() -> None:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = service_pb2_grpc.GradientStub(ch)
+        request = service_pb2.GradRequest(network_id=sin_network(stub, 1000),
+                                          inputs=[codec.encode_tensor(np.zeros(1000, np.float32))])
+        err = rejected(lambda: stub.Grad(request, timeout=WAIT, metadata=((DECLARED, "10"),)))
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert f"/gradserve.v1.Gradient/Grad: the request is {request.ByteSize()} bytes, more than the 10" in err.details()
+        assert server.intake.held == 0
+
+
+def test_memory_is_trimmed_once_large_requests_were_freed() -> None:
+    freed = [0]
+    trimmer = Trimmer(lambda: freed[0])
+    try:
+        freed[0] = TRIM_AFTER_BYTES
+        wait_until(lambda: trimmer.trims == 1, "a trim after 64 MiB were freed")
+    finally:
+        trimmer.stop()
+    assert trimmer.trims == 1
