@@ -205,7 +205,8 @@ class RemoteBackend(Backend):
         if not known:
             self._register(route, local_id, version, deadline)
         try:
-            return call(make(network_id=version.server_id), timeout=_left(deadline))
+            request = make(network_id=version.server_id)
+            return call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -218,7 +219,8 @@ class RemoteBackend(Backend):
     def _send_inline(self, route: _Route, local_id: str, version: _Version, call: Any, make: Callable[..., Any],
                      deadline: float | None) -> Any:
         """The call with the graph itself, which also registers it on the server that takes it."""
-        resp = call(make(graph=version.message), timeout=_left(deadline))
+        request = make(graph=version.message)
+        resp = call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
         with self._lock:
             version.server_id = resp.network_id
             route.registered[local_id] = version
@@ -226,7 +228,8 @@ class RemoteBackend(Backend):
 
     def _register(self, route: _Route, local_id: str, version: _Version, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
-        resp = route.stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=version.message), timeout=_left(deadline))
+        request = service_pb2.RegisterNetworkRequest(graph=version.message)
+        resp = route.stub.RegisterNetwork(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
         with self._lock:
             version.server_id = resp.network_id
             route.registered[local_id] = version

@@ -20,13 +20,12 @@ from typing import Any, Iterator
 
 import grpc
 
+from ..proto.codec import REQUEST_BYTES_HEADER as DECLARED
 from .errors import Failure
 
 SMALL_BYTES = 64 << 10
 """A call declaring at most this many request bytes is received in the small lane; a message this small
 is never refused for want of room (each gRPC thread holds at most one)."""
-DECLARED = "gradserve-request-bytes"
-"""Metadata a caller may send: the serialized size of its request message, in decimal."""
 LARGE_METHODS = frozenset(f"/gradserve.v1.Gradient/{name}" for name in ("Grad", "Run", "RegisterNetwork"))
 """Unary methods whose requests carry tensors or networks: received in the large lane unless declared small."""
 WAIT_SLICE_SECONDS = 0.25

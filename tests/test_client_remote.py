@@ -4,17 +4,18 @@ and what a call raises when no server is reachable. Each server's ServerInfo cou
 from __future__ import annotations
 
 from contextlib import ExitStack, contextmanager
-from typing import Iterator
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
 import pytest
 
 import gradserve as gs
-from gradserve.client import context
+from gradserve.client import context, remote
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend, RemoteError, address_count, split_target
 from gradserve.engine import Graph, GraphBuilder
+from gradserve.proto import codec
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.server.tutorial import GRAD_X
@@ -69,8 +70,29 @@ def grad_w(backend: RemoteBackend, nid: str, w: np.ndarray = W) -> None:
     np.testing.assert_allclose(dw, X * np.cos(X * w), rtol=1e-12)
 
 
+class Declared(grpc.UnaryUnaryClientInterceptor):
+    """Records, per call, the method, the size the call's metadata declares and the request's real size."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[str, str | None, int]] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        declared = dict(details.metadata or ()).get(codec.REQUEST_BYTES_HEADER)
+        self.calls.append((details.method.rsplit("/", 1)[-1], declared, request.ByteSize()))
+        return continuation(details, request)
 
 
+def test_the_sdk_declares_the_size_of_every_request_it_uploads(sdk: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server receives a call declaring a small request without waiting behind large uploads (server/intake.py)."""
+    seen = Declared()
+    monkeypatch.setattr(remote, "open_channel", lambda target, options: grpc.intercept_channel(
+        context.open_channel(target, options), seen))
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server:
+        gs.set_context(target=f"127.0.0.1:{server.port}")
+        np.testing.assert_allclose(tutorial_grad_x(), GRAD_X, rtol=1e-6)
+    uploads = [c for c in seen.calls if c[0] in ("Grad", "Run", "RegisterNetwork")]
+    assert {c[0] for c in uploads} >= {"RegisterNetwork"} and len(uploads) >= 2, seen.calls
+    assert all(declared == str(size) for _, declared, size in uploads), uploads
 
 
 def test_the_sdk_sends_the_context_token(sdk: None) -> None:

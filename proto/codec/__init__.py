@@ -18,6 +18,8 @@ from .calls import (
     decode_parameter_overrides,
     decode_run_call,
     encode_grad_operation,
+    REQUEST_BYTES_HEADER,
+    request_bytes_metadata,
 )
 from .catalog import list_ops
 from .errors import LimitError, WireError
@@ -37,5 +39,6 @@ __all__ = [
     "DEFAULT_LIMITS", "Call", "LimitError", "Limits", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
     "decode_graph", "decode_grad_call", "decode_parameter_overrides", "decode_run_call", "decode_tensor", "decode_tree",
     "encode_attr", "encode_dtype", "encode_grad_operation", "encode_graph", "encode_tensor", "encode_tree", "list_ops",
+    "request_bytes_metadata", "REQUEST_BYTES_HEADER",
     "network_id", "supported_dtypes",
 ]

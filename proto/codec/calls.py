@@ -16,6 +16,15 @@ from .errors import WireError, bare, field_key, names_hint, type_text
 from .limits import DEFAULT_LIMITS, Limits
 from .tensors import decode_tensor
 
+REQUEST_BYTES_HEADER = "gradserve-request-bytes"
+"""Call metadata a caller may send with Grad, Run and RegisterNetwork: the serialized size of its request
+message, in decimal; a server receives calls declaring a small request without waiting behind large uploads."""
+
+
+def request_bytes_metadata(request: Any) -> tuple[tuple[str, str], ...]:
+    """The ``REQUEST_BYTES_HEADER`` metadata for ``request`` (a protobuf message)."""
+    return ((REQUEST_BYTES_HEADER, str(request.ByteSize())),)
+
 
 def decode_grad_operation(msg: pb.GradOperation, field: str = "grad") -> dict[str, Any]:
     """Keyword arguments for the engine's grad_operation (``weights`` a str for bare_weight)."""
