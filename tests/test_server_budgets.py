@@ -16,7 +16,7 @@ from serverkit import long_run, rejected, wait_until
 
 from gradserve.engine import GraphBuilder, compile_graph
 from gradserve.proto import codec
-from gradserve.server.app import Server, running
+from gradserve.server.app import SPARE_THREADS, Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.worker import Cache
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
@@ -259,7 +259,10 @@ def test_server_info_reports_every_budget(default_server: Server) -> None:
 def test_the_documented_memory_total_follows_from_the_default_budgets() -> None:
     root = Path(__file__).resolve().parent.parent
     d = Limits()
-    fixed = 256 * MiB + d.max_registry_bytes + d.max_queued_bytes + d.max_worker_cache_bytes + 16 * MiB
+    slots = max(1, d.max_receive_bytes // d.max_message_bytes)
+    threads = 2 + d.max_queue_depth + d.max_open_streams + SPARE_THREADS  # gRPC's threads with 2 workers
+    receiving = 2 * d.max_message_bytes * (slots + 1) + d.max_queued_bytes + 64 * 1024 * threads
+    fixed = -(-(256 * MiB + d.max_registry_bytes + receiving + d.max_worker_cache_bytes + 16 * MiB) // MiB) * MiB
     per_worker = d.max_worker_cache_bytes + d.max_request_peak_bytes + 2 * d.max_message_bytes + 2 * d.max_message_bytes
     readme = (root / "deploy" / "kubernetes" / "README.md").read_text()
     assert f"**{fixed // MiB} MiB + W × {per_worker // MiB} MiB**" in readme
