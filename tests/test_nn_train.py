@@ -13,7 +13,7 @@ from safetensors.numpy import load_file
 
 import gradserve as gs
 from gradserve import nn
-from gradserve.client.nn import clip_by_global_norm
+from gradserve.ops import clip_by_global_norm
 
 RNG = np.random.default_rng(9)
 X = RNG.normal(size=(8, 3))

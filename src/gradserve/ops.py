@@ -6,9 +6,10 @@ from typing import Any
 
 from gradserve.client.functional import FUNCTIONS
 from gradserve.client.grad import GradOperation
+from gradserve.client.nn.wrap import clip_by_global_norm
 from gradserve.client.primitives import Primitive, lookup, public_names
 
-__all__ = ["GradOperation", "Primitive"]
+__all__ = ["GradOperation", "Primitive", "clip_by_global_norm"]
 
 
 def __getattr__(name: str) -> Any:
