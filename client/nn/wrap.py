@@ -56,6 +56,7 @@ class TrainOneStepCell(Cell):
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"nn.TrainOneStepCell: optimizer must be an nn optimizer, got {type(optimizer).__name__}")
         self.network, self.optimizer = network, optimizer
+        self.network.set_grad()
         self.weights = optimizer.parameters
         self.sens = 1.0 if sens is None else float(sens)
         self.grad = GradOperation(get_by_list=True, sens_param=True)
