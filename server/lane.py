@@ -48,8 +48,8 @@ class Lane:
             state = self._state
             try:
                 state.network(network_id, network)
-                (body, leaves, _), arrays = compute.run(state, kind, request, request, network_id, key)
+                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request), network_id, key)
             except Exception as exc:
                 raise compute.classify(exc) from None
             self.served += 1
-        return body, leaves, [data_header(a.nbytes) + a.tobytes() for a in arrays]
+        return encoded.body, encoded.big, [data_header(a.nbytes) + a.tobytes() for a in encoded.arrays]

@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from ..engine.errors import shown
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
-from .compute import MESSAGES, plan_key
+from .compute import KINDS, Answer, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
@@ -273,12 +273,12 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         try:
             nid, raw = self._network(request, call)
             key = plan_key(kind, request, nid)
-            tail = MESSAGES[kind][1](network_id=nid, request_id=request.request_id).SerializeToString()
+            tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             if not incoming.data and self.lane.takes(key):
                 return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
             job = Job(kind, (request.SerializeToString(), incoming.places), incoming.data, nid, raw)
 
-            def take(payload: tuple[bytes, list[int], bool], frames: list[Any]) -> bytes:
+            def take(payload: Answer, frames: list[Any]) -> bytes:
                 """The response, built while the worker's shared memory holds the frames."""
                 body, leaves, local = payload
                 if local:
@@ -292,7 +292,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def _reply(self, kind: str, body: bytes, leaves: list[int], frames: list[Any], tail: bytes) -> bytes:
         """``body`` (a serialized response without its large leaves' data) with ``frames`` as that data, and
         ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
-        response, fields = MESSAGES[kind][1:]
+        response, fields = KINDS[kind].response, KINDS[kind].fields
         out = body + tail if not leaves else blobs.splice(response.FromString(body + tail), fields, leaves, frames)
         limit = self.limits.max_message_bytes
         if limit and len(out) > limit:

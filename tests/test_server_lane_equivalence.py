@@ -399,7 +399,7 @@ def test_template_fill_equals_protobuf_and_refuses_other_types(make: Callable[[]
 
     names = ("gradients", "forward")
     trees = [make(), make()]
-    (body, big), _ = compute._encode(trees, names, service_pb2.GradResponse())
+    body, big, _ = compute._encode(trees, names, service_pb2.GradResponse())
     assert not big
     template = compute.Template.of(service_pb2.GradResponse.FromString(body), names)
     flat = [np.asarray(a) for tree in trees for a in _leaves(tree)]

@@ -1,0 +1,193 @@
+"""The four steps a worker (and the local lane) takes with a Grad or Run request, in process: ``plan``,
+``args``, ``execute``, ``encode``. Results are compared with closed forms and with the engine run directly."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+
+from gradserve import codec
+from gradserve.engine import GraphBuilder, compile_graph, grad_operation
+from gradserve.server import compute
+from gradserve.server.blobs import BLOB_MIN_BYTES
+from gradserve.server.config import Limits
+from gradserve.server.errors import Failure
+from gradserve.server.worker import Cache
+from gradserve.v1 import graph_pb2, service_pb2
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((2, 3))
+W = RNG.standard_normal(3)
+
+
+def network(n: int = 3) -> Any:
+    """f(x, w) = sum(sin(x * w)) over x: float64[2, n], with the parameter w: float64[n]."""
+    b = GraphBuilder("f")
+    x = b.input("x", "float64", (2, n))
+    w = b.param("w", W if n == 3 else np.ones(n))
+    return b.build(b.op("ReduceSum", b.op("Sin", x * w)))
+
+
+def state(**limits: int) -> tuple[compute.WorkerState, str]:
+    """A worker's state holding ``network()``, and the network's id."""
+    s = compute.worker_state(Limits(**limits), Cache(16), local_max_elements=1 << 14)
+    nid, _ = compute.handle(s, "load", codec.encode_graph(network()).SerializeToString(), [], "")
+    return s, nid
+
+
+def grad_request(x: np.ndarray = X, **grad: Any) -> service_pb2.GradRequest:
+    return service_pb2.GradRequest(grad=codec.encode_grad_operation(**grad), inputs=[codec.encode_tensor(x)])
+
+
+def steps(s: compute.WorkerState, kind: str, req: Any, nid: str) -> tuple[compute.Plan, compute.Args, list[Any], compute.Encoded]:
+    key = compute.plan_key(kind, req, nid)
+    plan = compute.plan(s, kind, req, nid, key)
+    args = compute.args(s, kind, plan, compute.Tensors.of(req), nid)
+    trees = compute.execute(plan, args)
+    return plan, args, trees, compute.encode(plan, kind, trees)
+
+
+def test_load_answers_the_codecs_network_id() -> None:
+    s, nid = state()
+    assert nid == codec.network_id(network())
+    assert nid in s.cache
+
+
+def test_grad_steps_give_the_closed_form_gradient() -> None:
+    s, nid = state()
+    req = grad_request(get_all=True, get_by_list=True, weights=["w"])
+    plan, args, trees, encoded = steps(s, "grad", req, nid)
+    assert isinstance(args, compute.Args)
+    np.testing.assert_array_equal(args.positional[0], X)
+    assert args.params == {}
+    ((dx,), (dw,)) = trees[0]
+    np.testing.assert_allclose(dx, np.cos(X * W) * W, rtol=1e-12)
+    np.testing.assert_allclose(dw, (np.cos(X * W) * X).sum(axis=0), rtol=1e-12)
+    reply = service_pb2.GradResponse.FromString(encoded.body)
+    assert not encoded.big and not encoded.arrays and not reply.HasField("forward")
+    ((got_dx,), (got_dw,)) = codec.decode_tree(reply.gradients)
+    np.testing.assert_array_equal(got_dx, dx)
+    np.testing.assert_array_equal(got_dw, dw)
+    assert compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid)) is plan  # cached
+
+
+def test_run_steps_match_the_engine_and_take_parameter_overrides() -> None:
+    s, nid = state()
+    w2 = RNG.standard_normal(3)
+    req = service_pb2.RunRequest(inputs=[codec.encode_tensor(X)], parameters={"w": codec.encode_tensor(w2)})
+    _, args, trees, encoded = steps(s, "run", req, nid)
+    np.testing.assert_array_equal(args.params["w"], w2)
+    expected = compile_graph(network())(X, params={"w": w2})
+    assert float(trees[0]) == pytest.approx(float(np.sin(X * w2).sum()), rel=1e-12)
+    assert float(trees[0]) == float(expected)
+    assert float(codec.decode_tree(service_pb2.RunResponse.FromString(encoded.body).outputs)) == float(expected)
+
+
+def test_return_forward_gives_gradients_then_forward_outputs() -> None:
+    s, nid = state()
+    req = grad_request()
+    req.return_forward = True
+    plan, _, trees, encoded = steps(s, "grad", req, nid)
+    assert plan.forward and len(trees) == 2
+    np.testing.assert_allclose(trees[0], compile_graph(grad_operation(network()))(X), rtol=1e-12)
+    assert float(trees[1]) == pytest.approx(float(np.sin(X * W).sum()), rel=1e-12)
+    reply = service_pb2.GradResponse.FromString(encoded.body)
+    assert float(codec.decode_tree(reply.forward)) == float(trees[1])
+
+
+def test_args_taken_as_sent_when_types_match_else_decoded_by_the_codec() -> None:
+    s, nid = state()
+    req = grad_request()
+    key = compute.plan_key("grad", req, nid)
+    plan = compute.plan(s, "grad", req, nid, key)
+    assert plan.take(compute.Tensors.of(req)) is not None
+    wrong = grad_request(X.astype(np.float32))
+    assert plan.take(compute.Tensors.of(wrong)) is None
+    with pytest.raises(codec.WireError, match=r"inputs\[0\].*float64.*float32"):
+        compute.args(s, "grad", plan, compute.Tensors.of(wrong), nid)
+    extra = grad_request()
+    extra.inputs.append(codec.encode_tensor(X))
+    with pytest.raises(codec.WireError, match="expected 1 tensors"):
+        compute.args(s, "grad", plan, compute.Tensors.of(extra), nid)
+
+
+def test_sens_are_positional_after_the_inputs() -> None:
+    s, nid = state()
+    req = grad_request(sens_param=True)
+    req.sens.append(codec.encode_tensor(np.array(2.5)))
+    _, args, trees, _ = steps(s, "grad", req, nid)
+    assert len(args.positional) == 2 and float(args.positional[1]) == 2.5
+    np.testing.assert_allclose(trees[0], 2.5 * np.cos(X * W) * W, rtol=1e-12)
+
+
+def test_shared_memory_buffers_stand_in_for_stripped_data() -> None:
+    s, nid = state()
+    req = grad_request()
+    data = memoryview(bytearray(req.inputs[0].data))
+    req.inputs[0].ClearField("data")
+    tensors = compute.Tensors.of(req, [("inputs", 0)], [data])
+    assert isinstance(tensors.inputs[0], compute.Blob) and tensors.inputs[0].data is data
+    plan = compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid))
+    args = compute.args(s, "grad", plan, tensors, nid)
+    np.testing.assert_allclose(compute.execute(plan, args)[0], np.cos(X * W) * W, rtol=1e-12)
+
+
+def test_large_results_leave_as_arrays_with_their_leaf_numbers() -> None:
+    n = BLOB_MIN_BYTES // 16 + 1  # a [2, n] float64 gradient of at least BLOB_MIN_BYTES
+    b = GraphBuilder("g")
+    x = b.input("x", "float64", (2, n))
+    b.param("w", np.ones(n))
+    s = compute.worker_state(Limits(), Cache(16), local_max_elements=0)
+    nid, _ = compute.handle(s, "load", codec.encode_graph(b.build(b.op("ReduceSum", b.op("Sin", x)))).SerializeToString(), [], "")
+    xs = RNG.standard_normal((2, n))
+    plan, _, _, encoded = steps(s, "grad", grad_request(xs, get_all=True), nid)
+    assert not plan.local
+    assert encoded.big == [0] and len(encoded.arrays) == 1
+    np.testing.assert_allclose(encoded.arrays[0], np.cos(xs), rtol=1e-12)
+    tensor = service_pb2.GradResponse.FromString(encoded.body).gradients.tuple.items[0].tensor
+    assert list(tensor.shape) == [2, n] and tensor.data == b"" and tensor.dtype == graph_pb2.DATA_TYPE_FLOAT64
+
+
+def test_a_second_response_is_filled_into_the_template_with_the_same_bytes() -> None:
+    s, nid = state()
+    req = grad_request()
+    plan, _, _, _ = steps(s, "grad", req, nid)
+    assert plan.template is not None
+    x2 = RNG.standard_normal((2, 3))
+    _, _, trees2, second = steps(s, "grad", grad_request(x2), nid)
+    message = service_pb2.GradResponse()
+    codec.encode_tree(trees2[0], message.gradients)
+    assert second.body == message.SerializeToString()
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(second.body).gradients),
+                               np.cos(x2 * W) * W, rtol=1e-12)
+
+
+def test_a_plan_over_the_flops_limit_is_refused_before_running_and_stays_cached() -> None:
+    s, nid = state(max_request_flops=10)
+    req = grad_request()
+    key = compute.plan_key("grad", req, nid)
+    plan = compute.plan(s, "grad", req, nid, key)
+    assert plan.program.flops > 10
+    with pytest.raises(Failure) as refused:
+        compute.run(s, "grad", req, compute.Tensors.of(req), nid, key)
+    assert refused.value.code == "RESOURCE_EXHAUSTED" and f"{plan.program.flops} floating-point" in refused.value.message
+    assert s.cache.get(key) is plan
+
+
+def test_plans_touching_few_elements_are_local() -> None:
+    s, nid = state()
+    req = grad_request()
+    plan = compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid))
+    assert plan.local and plan.program.elements <= s.local_max_elements
+    small = compute.worker_state(Limits(), Cache(16), local_max_elements=plan.program.elements - 1)
+    small.network(nid, codec.encode_graph(network()).SerializeToString())
+    assert not compute.plan(small, "grad", req, nid, compute.plan_key("grad", req, nid)).local
+
+
+def test_handle_answers_a_grad_job_from_its_serialized_request() -> None:
+    s, nid = state()
+    answer, arrays = compute.handle(s, "grad", (grad_request().SerializeToString(), []), [], nid)
+    assert isinstance(answer, compute.Answer) and answer.local and not answer.big and arrays == []
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.body).gradients),
+                               np.cos(X * W) * W, rtol=1e-12)
