@@ -19,7 +19,7 @@ from gradserve import codec
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
 from gradserve.engine import GraphBuilder
-from gradserve.server import demo, pool
+from gradserve.server import demo, transport
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
@@ -133,7 +133,7 @@ def test_large_tensors_cross_through_shared_memory_unchanged(stub: service_pb2_g
 
 
 def test_large_tensors_cross_through_the_pipe_when_shared_memory_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool, "_shm_has_room", lambda size: False)
+    monkeypatch.setattr(transport, "_shm_has_room", lambda size: False)
     a = RNG.normal(size=(256, 512)).astype(np.float32)
     b = GraphBuilder()
     x = b.input("x", "float32", a.shape)
