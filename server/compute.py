@@ -19,7 +19,7 @@ from .. import codec
 from ..engine import EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
 from ..engine.autodiff import inline
 from ..v1 import graph_pb2, service_pb2
-from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, pieces, request_tensors
+from .blobs import BLOB_MIN_BYTES, Where, around, data_header, frame_size, leaves_of, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits
 from .errors import Failure
 
@@ -237,6 +237,18 @@ def plan_key(kind: str, req: Any, network_id: str) -> tuple:
     return network_id, None, False
 
 
+class Request(NamedTuple):
+    """A Grad or Run job as a worker receives it: the request's bytes, which it parses once, and what the
+    server already knows about them."""
+
+    body: bytes
+    """The serialized request without its graph and the data of its large tensors (as received)."""
+    places: list[Where]
+    """Where each of the job's shared-memory buffers belongs (``blobs.Lifted.places``)."""
+    key: tuple
+    """Its ``plan_key``."""
+
+
 class Tensors(NamedTuple):
     """The tensor fields of a Grad or Run request as the codec and ``Plan.take`` read them: the request's
     own messages, except that a tensor whose data travelled in shared memory is a ``Blob``."""
@@ -283,20 +295,19 @@ class Args(NamedTuple):
 
 
 class Encoded(NamedTuple):
-    """A serialized response without the data of its large leaves, and those leaves for the caller to ship."""
+    """A serialized response cut around the data of its large leaves, and those leaves' arrays: the response
+    is ``blobs.splice(parts, frames)``, each frame the ``data_header`` and bytes of one array."""
 
-    body: bytes
-    big: list[int]
-    """The leaf numbers (counted across the response's tree fields) whose data is left out."""
+    parts: list[bytes]
+    """``len(arrays) + 1`` pieces (one, the whole response, when there is no large leaf)."""
     arrays: list[np.ndarray]
-    """Their arrays, in the same order."""
+    """The large leaves, in leaf order."""
 
 
 class Answer(NamedTuple):
     """A worker's answer to a Grad or Run job (the large leaves' arrays travel apart, in shared memory)."""
 
-    body: bytes
-    big: list[int]
+    parts: list[bytes]
     """As in ``Encoded``."""
     local: bool
     """The plan is small enough for the local lane (``Plan.local``)."""
@@ -350,10 +361,10 @@ def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
     if found.template is not None:
         body = found.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
         if body is not None:
-            return Encoded(body, [], [])
+            return Encoded([body], [])
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
-    if found.template is None and not encoded.big and len(encoded.body) <= TEMPLATE_MAX_BYTES:
+    if found.template is None and not encoded.arrays and len(encoded.parts[0]) <= TEMPLATE_MAX_BYTES:
         found.template = Template.of(response, names)
     return encoded
 
@@ -371,10 +382,10 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
         return (codec.list_ops().SerializeToString(), codec.supported_dtypes()), []
     if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    raw, places = payload
-    req = KINDS[kind].request.FromString(raw)
-    found, encoded = run(state, kind, req, Tensors.of(req, places, buffers), network_id, plan_key(kind, req, network_id), interrupt)
-    return Answer(encoded.body, encoded.big, found.local), encoded.arrays
+    job: Request = payload
+    req = KINDS[kind].request.FromString(job.body)
+    found, encoded = run(state, kind, req, Tensors.of(req, job.places, buffers), network_id, job.key, interrupt)
+    return Answer(encoded.parts, found.local), encoded.arrays
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
@@ -409,19 +420,10 @@ class Template:
         tensors = leaves_of(response, names)
         types = [(codec.decode_dtype(t.dtype, "result"), tuple(t.shape)) for t in tensors]
         sizes = [len(t.data) for t in tensors]
-        frames = [data_header(n) + t.data for n, t in zip(sizes, tensors)]
         for t in tensors:
             t.ClearField("data")
-        cut: list[bytes] = []
-        before: list[bytes] = []  # what comes before each leaf's bytes
-        for piece in pieces(response, names, list(range(len(frames))), frames):
-            k = len(before)
-            if k < len(frames) and piece is frames[k]:
-                before.append(b"".join(cut) + data_header(sizes[k]))
-                cut = []
-            else:
-                cut.append(bytes(piece))
-        return cls(types, before + [b"".join(cut)])
+        parts = around(response, names, list(range(len(tensors))), [frame_size(n) for n in sizes])
+        return cls(types, [part + data_header(n) for part, n in zip(parts, sizes)] + [parts[-1]])
 
     def fill(self, arrays: list[np.ndarray]) -> bytes | None:
         """The response holding ``arrays`` as its leaves; None unless they have the template's types."""
@@ -443,8 +445,8 @@ def _with_forward(network: Graph, gradient: Graph) -> Graph:
 
 
 def _encode(trees: list[Any], names: tuple[str, ...], resp: Any) -> Encoded:
-    """Fill ``resp``'s tree fields; large leaves get dtype and shape only and are returned as arrays,
-    with their leaf numbers (counted across ``names``) in the answer."""
+    """Fill ``resp``'s tree fields and serialize it; large leaves get dtype and shape only, and their arrays
+    are returned for the caller to ship as frames between the pieces."""
     big: list[int] = []
     arrays: list[np.ndarray] = []
     k = 0
@@ -462,4 +464,4 @@ def _encode(trees: list[Any], names: tuple[str, ...], resp: Any) -> Encoded:
         tensors = leaves_of(resp, names)
         for i, a in zip(big, arrays):
             tensors[i].shape[:] = a.shape
-    return Encoded(resp.SerializeToString(), big, arrays)
+    return Encoded(around(resp, names, big, [frame_size(a.nbytes) for a in arrays]), arrays)

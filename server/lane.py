@@ -41,9 +41,9 @@ class Lane:
             with self._lock:
                 self._admitted.put(key, True)
 
-    def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple) -> tuple[bytes, list[int], list[bytes]]:
-        """Compute ``request`` (whose plan is ``key``) here: (response body, large leaf numbers, their
-        ``data_header`` frames), as a worker answers; raises Failure for a bad request."""
+    def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple) -> tuple[list[bytes], list[bytes]]:
+        """Compute ``request`` (whose plan is ``key``) here: the response's parts and the frames of its large
+        leaves (``compute.Encoded``); raises Failure for a bad request."""
         with self._lock:
             state = self._state
             try:
@@ -52,4 +52,4 @@ class Lane:
             except Exception as exc:
                 raise compute.classify(exc) from None
             self.served += 1
-        return encoded.body, encoded.big, [data_header(a.nbytes) + a.tobytes() for a in encoded.arrays]
+        return encoded.parts, [data_header(a.nbytes) + a.tobytes() for a in encoded.arrays]

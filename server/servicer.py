@@ -24,7 +24,7 @@ from grpc_status import rpc_status
 from ..engine.errors import shown
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
-from .compute import KINDS, Answer, plan_key
+from .compute import KINDS, Answer, Request, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
@@ -233,19 +233,21 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             ms = self.limits.max_deadline_ms if ms is None else min(ms, self.limits.max_deadline_ms)
         return None if ms is None else time.monotonic() + ms / 1000
 
-    def _register(self, graph: Any, call: Call) -> tuple[str, bytes, bool]:
-        """(id, serialized network, created) for a Graph message; decoded and checked by a worker once."""
-        raw = graph.SerializeToString(deterministic=True)
+    def _register(self, raw: bytes, call: Call) -> tuple[str, bool]:
+        """(id, created) for a serialized network; decoded and checked by a worker once."""
         digest = hashlib.sha256(raw).hexdigest()
         nid = self.registry.lookup(digest)
         if nid is not None:
             call.network_id = nid
-            return nid, raw, False
+            return nid, False
         self.registry.check(raw)
         nid = call.network_id = self.pool.submit(Job("load", raw), call.deadline, call.is_active).payload
-        return nid, raw, self.registry.put(digest, nid, raw)
+        return nid, self.registry.put(digest, nid, raw)
 
-    def _network(self, request: Any, call: Call) -> tuple[str, bytes]:
+    def _network(self, incoming: blobs.Lifted, call: Call) -> tuple[str, bytes, bytes]:
+        """(id, serialized network, the request's bytes without its graph) of a Grad or Run request; an
+        inline graph is registered."""
+        request = incoming.message
         which = request.WhichOneof("network")
         if which == "network_id":
             call.network_id = request.network_id
@@ -256,11 +258,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                     f"network_id {shown(request.network_id)} is not registered on this server; register it again or send the graph inline",
                     [("network_id", "unknown network id")],
                 )
-            return request.network_id, raw
+            return request.network_id, raw, incoming.raw
         if which == "graph":
-            nid, raw, _ = self._register(request.graph, call)
-            request.ClearField("graph")
-            return nid, raw
+            raw, rest = _apart_graph(incoming)
+            nid, _ = self._register(raw, call)
+            return nid, raw, rest
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
     def _compute(self, kind: str, incoming: blobs.Lifted, call: Call) -> bytes:
@@ -271,49 +273,48 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         size = request.ByteSize() + sum(len(d) for d in incoming.data)
         self._hold(size)
         try:
-            nid, raw = self._network(request, call)
+            nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             if not incoming.data and self.lane.takes(key):
                 return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
-            job = Job(kind, (request.SerializeToString(), incoming.places), incoming.data, nid, raw)
+            job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
 
-            def take(payload: Answer, frames: list[Any]) -> bytes:
+            def take(answer: Answer, frames: list[Any]) -> bytes:
                 """The response, built while the worker's shared memory holds the frames."""
-                body, leaves, local = payload
-                if local:
+                if answer.local:
                     self.lane.admit(key, raw)
-                return self._reply(kind, body, leaves, frames, tail)
+                return self._reply(kind, answer.parts, frames, tail)
 
             return self.pool.submit(job, call.deadline, call.is_active, take)
         finally:
             self._unhold(size)
 
-    def _reply(self, kind: str, body: bytes, leaves: list[int], frames: list[Any], tail: bytes) -> bytes:
-        """``body`` (a serialized response without its large leaves' data) with ``frames`` as that data, and
-        ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
-        response, fields = KINDS[kind].response, KINDS[kind].fields
-        out = body + tail if not leaves else blobs.splice(response.FromString(body + tail), fields, leaves, frames)
+    def _reply(self, kind: str, parts: list[bytes], frames: list[Any], tail: bytes) -> bytes:
+        """The response cut into ``parts`` (``compute.Encoded``) joined with ``frames``, its large leaves' data,
+        and ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
+        out = blobs.splice([*parts[:-1], parts[-1] + tail], frames)
         limit = self.limits.max_message_bytes
         if limit and len(out) > limit:
-            raise Failure("RESOURCE_EXHAUSTED", f"the {response.__name__} would be {len(out)} bytes, over the "
+            raise Failure("RESOURCE_EXHAUSTED", f"the {KINDS[kind].response.__name__} would be {len(out)} bytes, over the "
                           f"max_message_bytes limit of {limit}; ask for smaller or fewer results")
         return out
 
     # ---- RPCs ----
 
-    def RegisterNetwork(self, request: service_pb2.RegisterNetworkRequest, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:
+    # RegisterNetwork, Grad, Run and GradStream take Lifted requests (Grad, Run and GradStream answer
+    # serialized bytes): app.LIFTED gives them their own request deserializer and a response serializer
+    # that passes bytes through.
+    def RegisterNetwork(self, request: blobs.Lifted, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:  # type: ignore[override]
         """Store a network under its content-addressed id (idempotent)."""
         def register(call: Call) -> service_pb2.RegisterNetworkResponse:
-            if not request.HasField("graph"):
+            if not request.message.HasField("graph"):
                 raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
-            nid, _, created = self._register(request.graph, call)
+            nid, created = self._register(_apart_graph(request)[0], call)
             return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
 
         return self._serve("RegisterNetwork", context, register)
 
-    # Grad, Run and GradStream take Lifted requests and answer serialized bytes: app.LIFTED gives them
-    # their own request deserializer and a response serializer that passes bytes through.
     def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
         return self._serve("Grad", context, lambda call: self._compute("grad", request, call), request.message.request_id)
@@ -427,6 +428,18 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return resp
 
         return self._serve("ServerInfo", context, info)
+
+
+def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:
+    """(the request's graph, the rest of the request), serialized: the received bytes taken apart, or when
+    they are not plain (a graph field given twice, which protobuf merges) serialized again by protobuf."""
+    request = incoming.message
+    found = blobs.apart(incoming.raw, request.DESCRIPTOR.fields_by_name["graph"].number)
+    if found is not None:
+        return bytes(found[0]), found[1]
+    graph = request.graph.SerializeToString(deterministic=True)
+    request.ClearField("graph")
+    return graph, request.SerializeToString()
 
 
 def _version(dist: str) -> str:

@@ -10,7 +10,7 @@ import pytest
 from gradserve import codec
 from gradserve.engine import GraphBuilder, compile_graph, grad_operation
 from gradserve.server import compute
-from gradserve.server.blobs import BLOB_MIN_BYTES
+from gradserve.server.blobs import BLOB_MIN_BYTES, data_header, splice
 from gradserve.server.config import Limits
 from gradserve.server.errors import Failure
 from gradserve.server.worker import Cache
@@ -64,8 +64,9 @@ def test_grad_steps_give_the_closed_form_gradient() -> None:
     ((dx,), (dw,)) = trees[0]
     np.testing.assert_allclose(dx, np.cos(X * W) * W, rtol=1e-12)
     np.testing.assert_allclose(dw, (np.cos(X * W) * X).sum(axis=0), rtol=1e-12)
-    reply = service_pb2.GradResponse.FromString(encoded.body)
-    assert not encoded.big and not encoded.arrays and not reply.HasField("forward")
+    (body,) = encoded.parts
+    reply = service_pb2.GradResponse.FromString(body)
+    assert not encoded.arrays and not reply.HasField("forward")
     ((got_dx,), (got_dw,)) = codec.decode_tree(reply.gradients)
     np.testing.assert_array_equal(got_dx, dx)
     np.testing.assert_array_equal(got_dw, dw)
@@ -81,7 +82,7 @@ def test_run_steps_match_the_engine_and_take_parameter_overrides() -> None:
     expected = compile_graph(network())(X, params={"w": w2})
     assert float(trees[0]) == pytest.approx(float(np.sin(X * w2).sum()), rel=1e-12)
     assert float(trees[0]) == float(expected)
-    assert float(codec.decode_tree(service_pb2.RunResponse.FromString(encoded.body).outputs)) == float(expected)
+    assert float(codec.decode_tree(service_pb2.RunResponse.FromString(encoded.parts[0]).outputs)) == float(expected)
 
 
 def test_return_forward_gives_gradients_then_forward_outputs() -> None:
@@ -92,7 +93,7 @@ def test_return_forward_gives_gradients_then_forward_outputs() -> None:
     assert plan.forward and len(trees) == 2
     np.testing.assert_allclose(trees[0], compile_graph(grad_operation(network()))(X), rtol=1e-12)
     assert float(trees[1]) == pytest.approx(float(np.sin(X * W).sum()), rel=1e-12)
-    reply = service_pb2.GradResponse.FromString(encoded.body)
+    reply = service_pb2.GradResponse.FromString(encoded.parts[0])
     assert float(codec.decode_tree(reply.forward)) == float(trees[1])
 
 
@@ -143,10 +144,14 @@ def test_large_results_leave_as_arrays_with_their_leaf_numbers() -> None:
     xs = RNG.standard_normal((2, n))
     plan, _, _, encoded = steps(s, "grad", grad_request(xs, get_all=True), nid)
     assert not plan.local
-    assert encoded.big == [0] and len(encoded.arrays) == 1
-    np.testing.assert_allclose(encoded.arrays[0], np.cos(xs), rtol=1e-12)
-    tensor = service_pb2.GradResponse.FromString(encoded.body).gradients.tuple.items[0].tensor
-    assert list(tensor.shape) == [2, n] and tensor.data == b"" and tensor.dtype == graph_pb2.DATA_TYPE_FLOAT64
+    (array,) = encoded.arrays
+    np.testing.assert_allclose(array, np.cos(xs), rtol=1e-12)
+    assert len(encoded.parts) == 2  # the response is cut where the array's frame goes
+    whole = service_pb2.GradResponse.FromString(splice(encoded.parts, [data_header(array.nbytes) + array.tobytes()]))
+    tensor = whole.gradients.tuple.items[0].tensor
+    assert list(tensor.shape) == [2, n] and tensor.dtype == graph_pb2.DATA_TYPE_FLOAT64
+    (dx,) = codec.decode_tree(whole.gradients)
+    np.testing.assert_allclose(dx, np.cos(xs), rtol=1e-12)
 
 
 def test_a_second_response_is_filled_into_the_template_with_the_same_bytes() -> None:
@@ -158,8 +163,8 @@ def test_a_second_response_is_filled_into_the_template_with_the_same_bytes() -> 
     _, _, trees2, second = steps(s, "grad", grad_request(x2), nid)
     message = service_pb2.GradResponse()
     codec.encode_tree(trees2[0], message.gradients)
-    assert second.body == message.SerializeToString()
-    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(second.body).gradients),
+    assert second.parts == [message.SerializeToString()]
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(second.parts[0]).gradients),
                                np.cos(x2 * W) * W, rtol=1e-12)
 
 
@@ -187,7 +192,9 @@ def test_plans_touching_few_elements_are_local() -> None:
 
 def test_handle_answers_a_grad_job_from_its_serialized_request() -> None:
     s, nid = state()
-    answer, arrays = compute.handle(s, "grad", (grad_request().SerializeToString(), []), [], nid)
-    assert isinstance(answer, compute.Answer) and answer.local and not answer.big and arrays == []
-    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.body).gradients),
+    req = grad_request()
+    job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid))
+    answer, arrays = compute.handle(s, "grad", job, [], nid)
+    assert isinstance(answer, compute.Answer) and answer.local and len(answer.parts) == 1 and arrays == []
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.parts[0]).gradients),
                                np.cos(X * W) * W, rtol=1e-12)

@@ -399,8 +399,8 @@ def test_template_fill_equals_protobuf_and_refuses_other_types(make: Callable[[]
 
     names = ("gradients", "forward")
     trees = [make(), make()]
-    body, big, _ = compute._encode(trees, names, service_pb2.GradResponse())
-    assert not big
+    (body,), arrays = compute._encode(trees, names, service_pb2.GradResponse())
+    assert not arrays
     template = compute.Template.of(service_pb2.GradResponse.FromString(body), names)
     flat = [np.asarray(a) for tree in trees for a in _leaves(tree)]
     filled = template.fill(flat)
