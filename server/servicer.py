@@ -185,9 +185,15 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     # ---- plumbing ----
 
     def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[Call], Any], request_id: str = "") -> Any:
-        """Run ``fn(call)``, record the outcome and latency, and turn a Failure into the call's status."""
-        code, start = "OK", time.perf_counter()
-        call = Call(method, context, None, request_id)
+        """Run ``fn(call)`` as one unary call (``_observe``); a failure ends the call with its status."""
+        return self._observe(Call(method, context, None, request_id), fn,
+                             lambda f: context.abort_with_status(rpc_status.to_status(status_proto(f))))
+
+    def _observe(self, call: Call, fn: Callable[[Call], Any], failed: Callable[[Failure], Any]) -> Any:
+        """``fn(call)``, with the bookkeeping of one served call: counted in flight (refused while draining),
+        given its deadline, its outcome and latency recorded (metrics, access log). A Failure is logged and
+        answered by ``failed(f)``; any other exception is a bug, logged and answered as an INTERNAL Failure."""
+        code, start, method, context = "OK", time.perf_counter(), call.method, call.context
         try:
             self._enter()
             try:
@@ -197,21 +203,21 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 self._leave()
         except Failure as f:
             code = f.code
-            self.fail(method, f, context, call)
+            log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **call.ids())
+            return failed(f)
         except Exception as exc:
             code = "INTERNAL"
             log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer(), **call.ids())
-            context.abort(grpc.StatusCode.INTERNAL, Failure("INTERNAL", f"{method}: server bug: {type(exc).__name__}: {exc}").message)
+            return failed(Failure("INTERNAL", f"{method}: server bug: {type(exc).__name__}: {exc}"))
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.record(method, code, elapsed)
             if self.config.access_log:
                 log("access", method=method, code=code, duration_ms=round(elapsed * 1000, 3), **call.ids())
 
-    def fail(self, method: str, f: Failure, context: grpc.ServicerContext, call: Call | None = None) -> None:
+    def fail(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
         """Log ``f`` and end the call with its status (raises, as ``context.abort`` does)."""
-        ids = (call or Call(method, context, None)).ids()
-        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **ids)
+        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **Call(method, context, None).ids())
         context.abort_with_status(rpc_status.to_status(status_proto(f)))
 
     def reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
@@ -348,30 +354,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         sent = [0]
 
         def one(incoming: blobs.Lifted) -> None:
-            code, start = "OK", time.perf_counter()
-            request = incoming.message
-            call = Call("GradStream", context, None, request.request_id)
-            response: bytes | service_pb2.GradResponse
-            try:
-                self._enter()
-                try:
-                    call.deadline = self._deadline(context)
-                    response = self._compute("grad", incoming, call)
-                finally:
-                    self._leave()
-            except Failure as f:
-                code = f.code
-                log("request_error", method="GradStream", code=f.code, message=f.message, **call.ids())
-                response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(f))
-            except Exception as exc:
-                code = "INTERNAL"
-                log("internal_error", method="GradStream", error=f"{type(exc).__name__}: {exc}", **call.ids())
-                response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(Failure("INTERNAL", str(exc))))
-            elapsed = time.perf_counter() - start
-            self.metrics.record("GradStream", code, elapsed)
-            if self.config.access_log:
-                log("access", method="GradStream", code=code, duration_ms=round(elapsed * 1000, 3), **call.ids())
-            results.put(response)
+            """Answer one request of the stream: its response, or one carrying its failure as ``error``."""
+            rid = incoming.message.request_id
+            results.put(self._observe(Call("GradStream", context, None, rid), lambda call: self._compute("grad", incoming, call),
+                                      lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f))))
 
         def read(executor: ThreadPoolExecutor) -> None:
             try:
