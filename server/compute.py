@@ -8,7 +8,11 @@ leave as arrays for the caller to ship the same way.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import io
 import itertools
+import pickle
 import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
@@ -16,7 +20,7 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 import numpy as np
 
 from .. import codec
-from ..engine import EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
+from ..engine import OPS, EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
 from ..engine.autodiff import inline
 from ..v1 import graph_pb2, service_pb2
 from .blobs import BLOB_MIN_BYTES, Where, around, data_header, frame_size, leaves_of, request_tensors
@@ -56,8 +60,14 @@ def worker_state(limits: Limits, cache: Any, local_max_elements: int) -> WorkerS
 
 
 LOCAL_MAX_NODES = 1000
-"""A plan of more nodes never runs in the server process, which builds it again to run it (building takes
-time in proportion to the nodes; a count, unlike a measured time, decides the same way on a loaded machine)."""
+"""A plan of more nodes never runs in the server process, which unpickles it (``import_plan``) and may have
+to build it again (in time proportional to the nodes; a count, unlike a measured time, decides the same way
+on a loaded machine)."""
+
+LOCAL_MAX_NETWORK_BYTES = 64 << 10
+"""A plan of a network serialized larger than this never runs in the server process, which decodes the
+network for requests the codec must check (in time proportional to the whole network, however little of
+it a plan runs)."""
 
 
 class Kind(NamedTuple):
@@ -162,6 +172,8 @@ class Plan:
     """Small enough to run in the server process: see ``WorkerState.local_max_elements``."""
     held: int = 0
     """Bytes of the constants and parameters the program holds (what it costs a cache)."""
+    exported: bytes = dataclasses.field(default=b"", repr=False)
+    """``export_plan``'s bytes, made once."""
 
     def take(self, req: "Tensors") -> "Args | None":
         """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
@@ -309,8 +321,8 @@ class Answer(NamedTuple):
 
     parts: list[bytes]
     """As in ``Encoded``."""
-    local: bool
-    """The plan is small enough for the local lane (``Plan.local``)."""
+    plan: bytes
+    """The plan (``export_plan``) when it is small enough for the local lane (``Plan.local``), else empty."""
 
 
 def plan(state: WorkerState, kind: str, req: Any, network_id: str, key: tuple) -> Plan:
@@ -325,7 +337,8 @@ def plan(state: WorkerState, kind: str, req: Any, network_id: str, key: tuple) -
     graph = codec.apply_grad_operation(network, req.grad, "grad") if kind == "grad" else network
     built = _plan(network, graph, sens, _with_forward(network, graph) if forward else graph, KINDS[kind].fields, forward)
     built.local = (0 < state.local_max_elements and built.program.elements <= state.local_max_elements
-                   and len(built.program.graph.nodes) <= LOCAL_MAX_NODES)
+                   and len(built.program.graph.nodes) <= LOCAL_MAX_NODES
+                   and state.cache.held(network_id) <= LOCAL_MAX_NETWORK_BYTES)
     state.cache.put(key, built, built.held)
     return built
 
@@ -385,7 +398,7 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
     job: Request = payload
     req = KINDS[kind].request.FromString(job.body)
     found, encoded = run(state, kind, req, Tensors.of(req, job.places, buffers), network_id, job.key, interrupt)
-    return Answer(encoded.parts, found.local), encoded.arrays
+    return Answer(encoded.parts, export_plan(found) if found.local else b""), encoded.arrays
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
@@ -396,6 +409,44 @@ def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: s
     given = args(state, kind, found, tensors, network_id)
     check(state, kind, found)
     return found, encode(found, kind, execute(found, given, interrupt))
+
+
+def export_plan(found: Plan) -> bytes:
+    """``found`` pickled for the server process, which runs it as it is (``import_plan``) instead of building
+    it again; made once per plan. Op forward functions are pickled by op name (many are lambdas)."""
+    if not found.exported:
+        out = io.BytesIO()
+        _PlanPickler(out, pickle.HIGHEST_PROTOCOL).dump(dataclasses.replace(found, exported=b""))
+        found.exported = out.getvalue()
+    return found.exported
+
+
+def import_plan(data: bytes) -> Plan:
+    """A plan ``export_plan`` made (in a worker of this server: the same code and op table)."""
+    found = pickle.loads(data)
+    assert isinstance(found, Plan)
+    return found
+
+
+@functools.cache
+def _forwards() -> dict[int, str]:
+    """The op of each forward function of the op table, by the function's id."""
+    return {id(opdef.forward): name for name, opdef in OPS.items()}
+
+
+def _forward(name: str) -> Any:
+    """The forward function of op ``name`` (how ``_PlanPickler`` pickles it)."""
+    return OPS[name].forward
+
+
+class _PlanPickler(pickle.Pickler):
+    """Pickles the op table's forward functions as references to their op."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        name = _forwards().get(id(obj))
+        if name is not None and OPS[name].forward is obj:
+            return _forward, (name,)
+        return NotImplemented
 
 
 TEMPLATE_MAX_BYTES = 1 << 20

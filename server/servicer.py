@@ -137,7 +137,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.config = config
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
-        self.lane = Lane(config.limits, config.local_max_elements, config.worker_cache_size)
+        self.lane = Lane(config.limits, config.worker_cache_size)
         self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
@@ -286,13 +286,14 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
             job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
 
-            def take(answer: Answer, frames: list[Any]) -> bytes:
-                """The response, built while the worker's shared memory holds the frames."""
-                if answer.local:
-                    self.lane.admit(key, raw)
-                return self._reply(kind, answer.parts, frames, tail)
+            def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
+                """The response, built while the worker's shared memory holds the frames, and the plan if local."""
+                return self._reply(kind, answer.parts, frames, tail), answer.plan
 
-            return self.pool.submit(job, call.deadline, call.is_active, take)
+            out, plan = self.pool.submit(job, call.deadline, call.is_active, take)
+            if plan:
+                self.lane.admit(key, plan)
+            return out
         finally:
             self._unhold(size)
 

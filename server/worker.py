@@ -44,6 +44,11 @@ class Cache:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def held(self, key: Any) -> int:
+        """The bytes the entry of ``key`` holds (0 when there is none); not a use."""
+        entry = self._entries.get(key)
+        return 0 if entry is None else entry[1]
+
     def get(self, key: Any, default: Any = None) -> Any:
         """The value of ``key`` (now the most recently used), or ``default``."""
         entry = self._entries.get(key)

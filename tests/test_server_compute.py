@@ -195,6 +195,35 @@ def test_handle_answers_a_grad_job_from_its_serialized_request() -> None:
     req = grad_request()
     job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid))
     answer, arrays = compute.handle(s, "grad", job, [], nid)
-    assert isinstance(answer, compute.Answer) and answer.local and len(answer.parts) == 1 and arrays == []
+    assert isinstance(answer, compute.Answer) and len(answer.parts) == 1 and arrays == []
     np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.parts[0]).gradients),
                                np.cos(X * W) * W, rtol=1e-12)
+    assert answer.plan == compute.export_plan(s.cache.get(job.key))  # local: the plan comes along, pickled once
+
+
+def test_an_exported_plan_runs_in_another_state_without_building() -> None:
+    s, nid = state()
+    req = grad_request(get_all=True, get_by_list=True, weights=["w"])
+    key = compute.plan_key("grad", req, nid)
+    plan, _, _, _ = steps(s, "grad", req, nid)
+    assert plan.local and plan.template is not None
+    copy = compute.import_plan(compute.export_plan(plan))
+    assert copy is not plan and copy.template == plan.template and not copy.exported
+    lane = compute.worker_state(Limits(), Cache(16), local_max_elements=0)  # holds no network: nothing to build from
+    lane.cache.put(key, copy, copy.held)
+    x2 = RNG.standard_normal((2, 3))
+    _, encoded = compute.run(lane, "grad", req, compute.Tensors.of(grad_request(x2)), nid, key)
+    ((dx,), (dw,)) = codec.decode_tree(service_pb2.GradResponse.FromString(encoded.parts[0]).gradients)
+    np.testing.assert_allclose(dx, np.cos(x2 * W) * W, rtol=1e-12)
+    np.testing.assert_allclose(dw, (np.cos(x2 * W) * x2).sum(axis=0), rtol=1e-12)
+
+
+def test_plans_of_large_networks_are_not_local() -> None:
+    n = compute.LOCAL_MAX_NETWORK_BYTES // 8 + 1  # a float64 parameter larger than the bound
+    s = compute.worker_state(Limits(), Cache(16), local_max_elements=1 << 30)
+    raw = codec.encode_graph(network(n)).SerializeToString()
+    assert len(raw) > compute.LOCAL_MAX_NETWORK_BYTES
+    nid, _ = compute.handle(s, "load", raw, [], "")
+    req = grad_request(np.ones((2, n)))
+    answer, _ = compute.handle(s, "grad", compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid)), [], nid)
+    assert answer.plan == b"" and not s.cache.get(compute.plan_key("grad", req, nid)).local
