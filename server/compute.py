@@ -19,9 +19,9 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from .. import codec
 from ..engine import OPS, EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
 from ..engine.autodiff import inline
+from ..proto import codec
 from ..v1 import graph_pb2, service_pb2
 from .blobs import BLOB_MIN_BYTES, Where, around, data_header, frame_size, leaves_of, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits

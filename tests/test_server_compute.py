@@ -7,7 +7,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradserve import codec
+from gradserve.proto import codec
 from gradserve.engine import GraphBuilder, compile_graph, grad_operation
 from gradserve.server import compute
 from gradserve.server.blobs import BLOB_MIN_BYTES, data_header, splice
