@@ -31,7 +31,7 @@ from .errors import Failure
 @dataclass
 class WorkerState:
     """A worker's limits and cache: decoded networks by id and Plans (compiled programs) by ``plan_key``,
-    in one ``worker.Cache`` bounded in bytes."""
+    in one ``cache.Cache`` bounded in bytes."""
 
     limits: codec.Limits
     cache: Any

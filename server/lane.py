@@ -14,8 +14,8 @@ from typing import Any
 
 from . import compute
 from .blobs import data_header
+from .cache import Cache
 from .config import Limits
-from .worker import Cache
 
 
 class Lane:

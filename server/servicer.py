@@ -11,7 +11,6 @@ import secrets
 import sys
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,6 +23,7 @@ from grpc_status import rpc_status
 from ..engine.errors import shown
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
+from .cache import Cache
 from .compute import KINDS, Answer, Request, plan_key
 from .config import ServerConfig
 from .errors import Failure
@@ -40,12 +40,15 @@ class Registry:
     budget, plus a digest->id index so that registering the same bytes again needs no worker."""
 
     def __init__(self, capacity: int, max_bytes: int) -> None:
-        self.capacity = capacity
         self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._nets: OrderedDict[str, bytes] = OrderedDict()
+        self._nets = Cache(capacity or sys.maxsize, max_bytes, collect=False)
+        """Serialized networks by id (``capacity`` 0: no count bound)."""
         self._ids: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self._nets.nbytes
 
     def check(self, raw: bytes) -> None:
         """Refuse (RESOURCE_EXHAUSTED) a serialized network larger than the whole budget."""
@@ -56,9 +59,7 @@ class Registry:
     def get(self, network_id: str) -> bytes | None:
         """The serialized network, or None if unknown (or evicted)."""
         with self._lock:
-            raw = self._nets.get(network_id)
-            if raw is not None:
-                self._nets.move_to_end(network_id)
+            raw: bytes | None = self._nets.get(network_id)
             return raw
 
     def lookup(self, digest: str) -> str | None:
@@ -70,16 +71,11 @@ class Registry:
     def put(self, digest: str, network_id: str, raw: bytes) -> bool:
         """Store a network (``check``ed); True when it was new."""
         with self._lock:
-            old = self._nets.pop(network_id, None)
-            created = old is None
-            self.nbytes += len(raw) - (0 if old is None else len(old))
-            self._nets[network_id] = raw
+            created = network_id not in self._nets
             self._ids[digest] = network_id
-            while len(self._nets) > 1 and ((self.capacity and len(self._nets) > self.capacity)
-                                           or (self.max_bytes and self.nbytes > self.max_bytes)):
-                gone, data = self._nets.popitem(last=False)
-                self.nbytes -= len(data)
-                self._ids = {d: i for d, i in self._ids.items() if i != gone}
+            gone = set(self._nets.put(network_id, raw, len(raw)))
+            if gone:
+                self._ids = {d: i for d, i in self._ids.items() if i not in gone}
             return created
 
     def __len__(self) -> int:

@@ -3,74 +3,19 @@ and runs the engine. It never imports grpc (it is forked from the clean fork ser
 from __future__ import annotations
 
 import ctypes
-import gc
 import os
 import signal
 import time
-from collections import OrderedDict
 from multiprocessing.connection import Connection
 from typing import Any
 
 from ..engine import Interrupted
 from . import compute
+from .cache import Cache
 from .config import Limits
 from .errors import Failure
 from .pool import BLAS_THREAD_VARS
 from .transport import ArenaView, recv, send, ship, unpack
-
-
-COLLECT_AFTER_BYTES = 8 << 20
-"""A cache that has dropped entries holding this many bytes runs the garbage collector: a decoded network
-and the gradients cached on it form reference cycles, which the collector, counting objects rather than
-the bytes they hold, would otherwise free only after a hundred or so large networks."""
-
-
-class Cache:
-    """A least-recently-used map bounded by entry count and by the bytes its entries hold; the entry
-    put last is always kept, so that the one in use is never dropped."""
-
-    def __init__(self, size: int, max_bytes: int = 0) -> None:
-        self.size = size
-        self.max_bytes = max_bytes
-        """0: no byte bound."""
-        self.nbytes = 0
-        self._dropped = 0
-        """Bytes of entries dropped since the last garbage collection."""
-        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def held(self, key: Any) -> int:
-        """The bytes the entry of ``key`` holds (0 when there is none); not a use."""
-        entry = self._entries.get(key)
-        return 0 if entry is None else entry[1]
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The value of ``key`` (now the most recently used), or ``default``."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return default
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: Any, value: Any, nbytes: int = 0) -> None:
-        """Insert ``value`` holding ``nbytes``, dropping the least recently used entries beyond the bounds."""
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.nbytes -= old[1]
-        self._entries[key] = (value, nbytes)
-        self.nbytes += nbytes
-        while len(self._entries) > 1 and (len(self._entries) > self.size or (self.max_bytes and self.nbytes > self.max_bytes)):
-            dropped = self._entries.popitem(last=False)[1][1]
-            self.nbytes -= dropped
-            self._dropped += dropped
-        if self._dropped >= COLLECT_AFTER_BYTES:
-            self._dropped = 0
-            gc.collect()
 
 
 def limit_blas_threads() -> None:

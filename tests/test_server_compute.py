@@ -7,13 +7,13 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradserve.proto import codec
 from gradserve.engine import GraphBuilder, compile_graph, grad_operation
+from gradserve.proto import codec
 from gradserve.server import compute
 from gradserve.server.blobs import BLOB_MIN_BYTES, data_header, splice
+from gradserve.server.cache import Cache
 from gradserve.server.config import Limits
 from gradserve.server.errors import Failure
-from gradserve.server.worker import Cache
 from gradserve.v1 import graph_pb2, service_pb2
 
 RNG = np.random.default_rng(7)
