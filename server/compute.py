@@ -33,16 +33,11 @@ class WorkerState:
     """A worker's limits and cache: decoded networks by id and Plans (compiled programs) by ``plan_key``,
     in one ``cache.Cache`` bounded in bytes."""
 
-    limits: codec.Limits
+    limits: Limits
+    """The server's limits, as the codec reads them (``Limits.decoding``)."""
     cache: Any
-    max_message_bytes: int = 0
-    """The largest response message (0: protobuf's own 2 GiB limit); results over it are refused before computing."""
     local_max_elements: int = 0
     """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``; 0: none)."""
-    max_peak_bytes: int = 0
-    """Plans whose runs hold more tensor bytes at once are refused before running (0: no limit)."""
-    max_flops: int = 0
-    """Plans whose runs cost more floating-point operations are refused before running (0: no limit)."""
 
     def network(self, network_id: str, raw: bytes) -> Graph:
         """The decoded network ``network_id`` (serialized as ``raw``), decoded and cached when not held."""
@@ -55,8 +50,7 @@ class WorkerState:
 
 def worker_state(limits: Limits, cache: Any, local_max_elements: int) -> WorkerState:
     """The state of a worker (or of the local lane) serving under the server's ``limits``."""
-    return WorkerState(codec_limits(limits), cache, limits.max_message_bytes, local_max_elements,
-                       limits.max_request_peak_bytes, limits.max_request_flops)
+    return WorkerState(limits.decoding(), cache, local_max_elements)
 
 
 LOCAL_MAX_NODES = 1000
@@ -85,16 +79,6 @@ KINDS = {
 }
 
 
-def codec_limits(limits: Limits) -> codec.Limits:
-    """The codec's view of the server limits."""
-    return codec.Limits(
-        max_tensor_elements=limits.max_tensor_elements or 1 << 62,
-        max_tensor_rank=limits.max_tensor_rank or 1 << 30,
-        max_graph_nodes=limits.max_graph_nodes or 1 << 62,
-        max_nesting_depth=limits.max_nesting_depth or 1 << 30,
-    )
-
-
 def classify(exc: BaseException) -> Failure:
     """The status for an exception raised while serving one request; only bugs become INTERNAL."""
     if isinstance(exc, Failure):
@@ -111,7 +95,7 @@ def classify(exc: BaseException) -> Failure:
     return Failure("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
-def load_network(raw: bytes, limits: codec.Limits) -> Graph:
+def load_network(raw: bytes, limits: Limits) -> Graph:
     """Decode and check a serialized network."""
     return codec.decode_graph(graph_pb2.Graph.FromString(raw), limits, "graph")
 
@@ -357,8 +341,9 @@ def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network_i
 
 def check(state: WorkerState, kind: str, found: Plan) -> None:
     """Refuse (RESOURCE_EXHAUSTED) a plan whose run or response would exceed the limits, before it runs."""
-    check_result_size(found, KINDS[kind].response.__name__, state.max_message_bytes)
-    check_cost(found, state.max_peak_bytes, state.max_flops)
+    limits = state.limits
+    check_result_size(found, KINDS[kind].response.__name__, limits.max_message_bytes)
+    check_cost(found, limits.max_request_peak_bytes, limits.max_request_flops)
 
 
 def execute(found: Plan, given: Args, interrupt: Callable[[], bool] | None = None) -> list[Any]:

@@ -227,3 +227,14 @@ def test_plans_of_large_networks_are_not_local() -> None:
     req = grad_request(np.ones((2, n)))
     answer, _ = compute.handle(s, "grad", compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid)), [], nid)
     assert answer.plan == b"" and not s.cache.get(compute.plan_key("grad", req, nid)).local
+
+
+def test_the_codec_reads_the_servers_limits_zero_being_no_limit() -> None:
+    assert isinstance(Limits(), codec.Limits)
+    raw = codec.encode_graph(network()).SerializeToString()  # Mul, Sin, ReduceSum
+    tight = compute.worker_state(Limits(max_graph_nodes=2), Cache(4), 0)
+    with pytest.raises(codec.LimitError, match="2"):
+        compute.handle(tight, "load", raw, [], "")
+    unbounded = compute.worker_state(Limits(max_graph_nodes=0, max_tensor_elements=0, max_tensor_rank=0, max_nesting_depth=0), Cache(4), 0)
+    assert unbounded.limits.max_graph_nodes > 1 << 60 and unbounded.limits.max_tensor_rank >= 1 << 30
+    assert compute.handle(unbounded, "load", raw, [], "")[0] == codec.network_id(network())
