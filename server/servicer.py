@@ -114,6 +114,11 @@ def _loggable(text: str) -> str:
     return text if len(text) <= LOG_ID_LIMIT else shown(text, LOG_ID_LIMIT)
 
 
+def _log_failure(f: Failure, call: Call) -> None:
+    """The request_error line of a call that failed."""
+    log("request_error", method=call.method, code=f.code, message=f.message, peer=call.context.peer(), **call.ids())
+
+
 def status_proto(f: Failure) -> status_pb2.Status:
     """A google.rpc.Status for a Failure, with a BadRequest detail when it names fields."""
     status = status_pb2.Status(code=code_pb2.Code.Value(f.code), message=f.message)
@@ -199,7 +204,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 self._leave()
         except Failure as f:
             code = f.code
-            log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **call.ids())
+            _log_failure(f, call)
             return failed(f)
         except Exception as exc:
             code = "INTERNAL"
@@ -213,7 +218,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def fail(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
         """Log ``f`` and end the call with its status (raises, as ``context.abort`` does)."""
-        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **Call(method, context, None).ids())
+        _log_failure(f, Call(method, context, None))
         context.abort_with_status(rpc_status.to_status(status_proto(f)))
 
     def reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
