@@ -64,9 +64,10 @@ def _until_unparsable(requests: Iterator[tuple[Any, int]], bad: list[tuple[int, 
 
 
 LIFTED = {f"/{SERVICE_NAME}/{name}": cls for name, cls in
-          (("Grad", service_pb2.GradRequest), ("Run", service_pb2.RunRequest), ("GradStream", service_pb2.GradRequest))}
+          (("Grad", service_pb2.GradRequest), ("Run", service_pb2.RunRequest), ("GradStream", service_pb2.GradRequest),
+           ("RegisterNetwork", service_pb2.RegisterNetworkRequest))}
 """Methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
-its way to shared memory, instead of being copied by protobuf."""
+its way to shared memory, instead of being copied by protobuf, and the received bytes are handed on."""
 
 
 def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:

@@ -2,8 +2,9 @@
 instead of inside a pickled message. Only bytes move here; the codec interprets them.
 
 Requests: ``lift`` finds the large tensor data in a request's raw bytes and returns it as views of them,
-parsing only the small rest. Responses: ``splice`` serializes a response around the workers' data
-frames, copying them once (``pieces`` gives the parts it joins)."""
+parsing only the small rest, which it keeps as bytes to hand on (``apart`` takes one field out of such
+bytes). Responses: ``around`` serializes a response as the pieces between data frames of known sizes,
+and ``splice`` joins the pieces with the frames, copying them once."""
 from __future__ import annotations
 
 import functools
@@ -85,6 +86,8 @@ class Lifted:
     """Where each of ``data`` belongs, in ``request_tensors`` order."""
     data: list[memoryview]
     """The data of the tensor at ``places[i]``: a slice of the raw request, not a copy."""
+    raw: bytes
+    """The bytes ``message`` was parsed from: the request without ``data``."""
 
 
 class _Malformed(Exception):
@@ -101,9 +104,11 @@ class _Layout(NamedTuple):
 
 
 @functools.cache
-def _layout(descriptor: Any) -> _Layout:
-    """The layout of the request type ``descriptor`` describes, read once per type."""
+def _layout(descriptor: Any) -> _Layout | None:
+    """The layout of the request type ``descriptor`` describes, read once per type (None: it has no tensors)."""
     fields = descriptor.fields_by_name
+    if "parameters" not in fields:
+        return None
     entry = fields["parameters"].message_type.fields_by_name
     return _Layout({fields[name].number: name for name in ("inputs", "sens") if name in fields},
                    fields["parameters"].number, entry["key"].number, entry["value"].number)
@@ -195,7 +200,7 @@ def _entry(buf: bytes, pos: int, end: int, layout: _Layout) -> tuple[tuple[int, 
 
 
 def lift(raw: bytes, cls: type[Any]) -> Lifted:
-    """``cls`` (GradRequest or RunRequest) parsed from ``raw`` without the data of its large top-level
+    """``cls`` (GradRequest or RunRequest; any other type is parsed whole) parsed from ``raw`` without the data of its large top-level
     tensors (inputs, sens and parameters holding at least BLOB_MIN_BYTES), which stays in ``raw`` and
     is returned as views of it.
 
@@ -204,16 +209,39 @@ def lift(raw: bytes, cls: type[Any]) -> Lifted:
     gives exactly ``cls.FromString(raw)``: whatever this does not take apart with certainty (see
     ``_fields``, ``_big_data`` and ``_entry``) stays in place, or makes it parse ``raw`` whole, so
     protobuf raises its own DecodeError on malformed input. Small requests are parsed at once."""
-    least = BLOB_MIN_BYTES
-    if len(raw) >= least:
+    least, layout = BLOB_MIN_BYTES, _layout(cls.DESCRIPTOR)
+    if len(raw) >= least and layout is not None:
         try:
-            kept, places, data = _take_apart(raw, _layout(cls.DESCRIPTOR), least)
+            kept, places, data = _take_apart(raw, layout, least)
         except _Malformed:
             pass
         else:
             if data:
-                return Lifted(cls.FromString(b"".join(kept)), places, data)
-    return Lifted(cls.FromString(raw), [], [])
+                rest = b"".join(kept)
+                return Lifted(cls.FromString(rest), places, data, rest)
+    return Lifted(cls.FromString(raw), [], [], raw)
+
+
+def apart(raw: bytes, number: int) -> tuple[memoryview, bytes] | None:
+    """The payload of the length-delimited field ``number`` of the serialized message ``raw`` (a view) and
+    the message's other fields (bytes); None unless the field is there exactly once as bytes (protobuf
+    merges repeated ones) in plain framing, in which case the caller serializes what it needs."""
+    view = memoryview(raw)
+    found, rest, done = None, [], 0
+    try:
+        for start, field, wire, begin, end in _fields(raw, 0, len(raw)):
+            if field == number:
+                if found is not None or wire != 2:
+                    return None
+                found = view[begin:end]
+                rest.append(view[done:start])
+                done = end
+    except _Malformed:
+        return None
+    if found is None:
+        return None
+    rest.append(view[done:])
+    return found, b"".join(rest)
 
 
 def _take_apart(raw: bytes, layout: _Layout, least: int) -> tuple[list[Any], list[Where], list[memoryview]]:
@@ -272,24 +300,22 @@ _TUPLE_KEY = _key(_TREE["tuple"])
 _ITEM_KEY = _key(graph_pb2.TensorTuple.DESCRIPTOR.fields_by_name["items"])
 
 
-def splice(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> bytes:
-    """``message`` serialized with each frame merged into the leaf tensor numbered in ``leaves``, copying
-    the frames' bytes once (merging them into the message and serializing it would copy them twice).
-    ``message`` is not changed; the frames may be views that are released afterwards."""
-    return b"".join(pieces(message, fields, leaves, frames))
+def frame_size(nbytes: int) -> int:
+    """The size of the frame (``data_header`` and the data) of ``nbytes`` of tensor data."""
+    return len(data_header(nbytes)) + nbytes
 
 
-def pieces(message: Any, fields: tuple[str, ...], leaves: list[int], frames: list[Any]) -> list[Any]:
-    """The pieces that ``splice`` joins: the frames themselves (the same objects, in leaf order) and
-    bytes around them.
+def around(message: Any, fields: tuple[str, ...], leaves: list[int], sizes: list[int]) -> list[bytes]:
+    """``message`` serialized as the ``len(leaves) + 1`` pieces between frames of ``sizes`` bytes, each
+    frame merged into the leaf tensor numbered in ``leaves`` (ascending); ``splice`` joins them.
 
     The tree fields with frames are written here: their leaf tensors and frameless subtrees serialized
     by protobuf, each frame after its tensor, the enclosing keys and lengths computed; the other fields
     are serialized by protobuf and come first. Unknown fields of the TensorTree and TensorTuple
-    messages above a frame are not kept (responses built by protobuf have none)."""
+    messages above a frame are not kept (responses built by protobuf have none). ``message`` is not changed."""
     if not leaves:
         return [message.SerializeToString()]
-    by_leaf = dict(zip(leaves, frames))
+    by_leaf = dict(zip(leaves, sizes))
     rest = type(message)()
     rest.CopyFrom(message)
     trees: list[Any] = []
@@ -301,13 +327,34 @@ def pieces(message: Any, fields: tuple[str, ...], leaves: list[int], frames: lis
         if parts is not None:
             rest.ClearField(name)
             trees += (_key(message.DESCRIPTOR.fields_by_name[name]) + _varint(size), *parts)
-    return [rest.SerializeToString(), *trees]
+    out: list[bytes] = []
+    cut: list[bytes] = [rest.SerializeToString()]
+    for piece in trees:
+        if isinstance(piece, int):  # where a frame goes
+            out.append(b"".join(cut))
+            cut = []
+        else:
+            cut.append(piece)
+    out.append(b"".join(cut))
+    return out
 
 
-def _tree(tree: graph_pb2.TensorTree, frames: dict[int, Any], first: int) -> tuple[list[Any] | None, int, int]:
-    """The serialized ``tree`` as pieces with ``frames`` (by leaf number, its leaves numbered from
-    ``first``) after their leaf tensors, its size, and the next leaf number; None for the pieces when
-    none of its leaves has a frame. Walked without recursion: sizes children first, then pieces in order."""
+def splice(parts: list[bytes], frames: list[Any]) -> bytes:
+    """``parts[0] + frames[0] + parts[1] + ... + parts[-1]``, copying each frame (bytes, or a view that may
+    be released afterwards) once."""
+    if not frames:
+        return parts[0]
+    joined: list[Any] = [parts[0]]
+    for frame, part in zip(frames, parts[1:]):
+        joined += (frame, part)
+    return b"".join(joined)
+
+
+def _tree(tree: graph_pb2.TensorTree, frames: dict[int, int], first: int) -> tuple[list[Any] | None, int, int]:
+    """The serialized ``tree`` as pieces, with the leaf number standing where each frame goes (``frames``:
+    frame sizes by leaf number, its leaves numbered from ``first``) after its leaf tensor, its size, and the
+    next leaf number; None for the pieces when none of its leaves has a frame. Walked without recursion:
+    sizes children first, then pieces in order."""
     nodes: list[graph_pb2.TensorTree] = []
     children: list[list[int]] = []
     leaf: list[int] = []  # the leaf number of each tensor node, -1 for the others
@@ -335,7 +382,7 @@ def _tree(tree: graph_pb2.TensorTree, frames: dict[int, Any], first: int) -> tup
         frame = frames.get(leaf[i])
         if frame is not None:
             body[i] = nodes[i].tensor.SerializeToString()
-            inner = len(body[i]) + memoryview(frame).nbytes
+            inner = len(body[i]) + frame
             head[i] = _TENSOR_KEY + _varint(inner)
         elif any(c in head for c in children[i]):
             inner = 0
@@ -360,7 +407,7 @@ def _tree(tree: graph_pb2.TensorTree, frames: dict[int, Any], first: int) -> tup
         if i not in head:
             out.append(body[i])
         elif leaf[i] >= 0:
-            out += (head[i], body[i], frames[leaf[i]])
+            out += (head[i], body[i], leaf[i])
         else:
             out.append(head[i])
             todo.extend(reversed(children[i]))

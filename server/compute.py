@@ -1,4 +1,6 @@
-"""What a worker does with a job: decode with the codec, compile (cached), run the engine, encode.
+"""What a worker does with a job. A Grad or Run request goes through four steps, each returning a named
+type: ``plan`` (the compiled ``Plan``, cached), ``args`` (the run's ``Args``: taken as they are when they
+match the plan, else decoded by the codec), ``execute`` (result trees), ``encode`` (the ``Encoded`` response).
 
 Runs in worker processes, and in the server process for plans small enough (``server.lane``). Large
 tensors arrive as shared-memory buffers (their messages carry dtype and shape only) and large results
@@ -6,19 +8,22 @@ leave as arrays for the caller to ship the same way.
 """
 from __future__ import annotations
 
+import dataclasses
+import functools
+import io
 import itertools
+import pickle
 import sys
 from dataclasses import dataclass
-from types import SimpleNamespace
-from typing import Any, Callable
+from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..engine import EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
+from ..engine import OPS, EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
 from ..engine.autodiff import inline
 from ..proto import codec
 from ..v1 import graph_pb2, service_pb2
-from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, pieces, request_tensors
+from .blobs import BLOB_MIN_BYTES, Where, around, data_header, frame_size, leaves_of, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits
 from .errors import Failure
 
@@ -26,18 +31,13 @@ from .errors import Failure
 @dataclass
 class WorkerState:
     """A worker's limits and cache: decoded networks by id and Plans (compiled programs) by ``plan_key``,
-    in one ``worker.Cache`` bounded in bytes."""
+    in one ``cache.Cache`` bounded in bytes."""
 
-    limits: codec.Limits
+    limits: Limits
+    """The server's limits, as the codec reads them (``Limits.decoding``)."""
     cache: Any
-    max_message_bytes: int = 0
-    """The largest response message (0: protobuf's own 2 GiB limit); results over it are refused before computing."""
     local_max_elements: int = 0
     """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``; 0: none)."""
-    max_peak_bytes: int = 0
-    """Plans whose runs hold more tensor bytes at once are refused before running (0: no limit)."""
-    max_flops: int = 0
-    """Plans whose runs cost more floating-point operations are refused before running (0: no limit)."""
 
     def network(self, network_id: str, raw: bytes) -> Graph:
         """The decoded network ``network_id`` (serialized as ``raw``), decoded and cached when not held."""
@@ -50,29 +50,33 @@ class WorkerState:
 
 def worker_state(limits: Limits, cache: Any, local_max_elements: int) -> WorkerState:
     """The state of a worker (or of the local lane) serving under the server's ``limits``."""
-    return WorkerState(codec_limits(limits), cache, limits.max_message_bytes, local_max_elements,
-                       limits.max_request_peak_bytes, limits.max_request_flops)
+    return WorkerState(limits.decoding(), cache, local_max_elements)
 
 
 LOCAL_MAX_NODES = 1000
-"""A plan of more nodes never runs in the server process, which builds it again to run it (building takes
-time in proportion to the nodes; a count, unlike a measured time, decides the same way on a loaded machine)."""
+"""A plan of more nodes never runs in the server process, which unpickles it (``import_plan``) and may have
+to build it again (in time proportional to the nodes; a count, unlike a measured time, decides the same way
+on a loaded machine)."""
 
-MESSAGES: dict[str, tuple[Any, Any, tuple[str, ...]]] = {
-    "grad": (service_pb2.GradRequest, service_pb2.GradResponse, ("gradients", "forward")),
-    "run": (service_pb2.RunRequest, service_pb2.RunResponse, ("outputs",)),
+LOCAL_MAX_NETWORK_BYTES = 64 << 10
+"""A plan of a network serialized larger than this never runs in the server process, which decodes the
+network for requests the codec must check (in time proportional to the whole network, however little of
+it a plan runs)."""
+
+
+class Kind(NamedTuple):
+    """The messages of one kind of computing job."""
+
+    request: Any
+    response: Any
+    fields: tuple[str, ...]
+    """The response's TensorTree fields, in the order a plan's results fill them."""
+
+
+KINDS = {
+    "grad": Kind(service_pb2.GradRequest, service_pb2.GradResponse, ("gradients", "forward")),
+    "run": Kind(service_pb2.RunRequest, service_pb2.RunResponse, ("outputs",)),
 }
-"""Request type, response type and the response's TensorTree fields, by job kind."""
-
-
-def codec_limits(limits: Limits) -> codec.Limits:
-    """The codec's view of the server limits."""
-    return codec.Limits(
-        max_tensor_elements=limits.max_tensor_elements or 1 << 62,
-        max_tensor_rank=limits.max_tensor_rank or 1 << 30,
-        max_graph_nodes=limits.max_graph_nodes or 1 << 62,
-        max_nesting_depth=limits.max_nesting_depth or 1 << 30,
-    )
 
 
 def classify(exc: BaseException) -> Failure:
@@ -91,7 +95,7 @@ def classify(exc: BaseException) -> Failure:
     return Failure("INTERNAL", f"{type(exc).__name__}: {exc}")
 
 
-def load_network(raw: bytes, limits: codec.Limits) -> Graph:
+def load_network(raw: bytes, limits: Limits) -> Graph:
     """Decode and check a serialized network."""
     return codec.decode_graph(graph_pb2.Graph.FromString(raw), limits, "graph")
 
@@ -152,10 +156,12 @@ class Plan:
     """Small enough to run in the server process: see ``WorkerState.local_max_elements``."""
     held: int = 0
     """Bytes of the constants and parameters the program holds (what it costs a cache)."""
+    exported: bytes = dataclasses.field(default=b"", repr=False)
+    """``export_plan``'s bytes, made once."""
 
-    def take(self, req: Any) -> tuple[list[np.ndarray], dict[str, np.ndarray]] | None:
-        """(positional arrays, parameter overrides) of ``req``, or None when the codec must look at it."""
-        ins, sens = req.inputs, getattr(req, "sens", ())
+    def take(self, req: "Tensors") -> "Args | None":
+        """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
+        ins, sens = req.inputs, req.sens
         if len(ins) != self.inputs or len(sens) != len(self.args) - self.inputs:
             return None
         args = []
@@ -172,11 +178,13 @@ class Plan:
                 if a is None:
                     return None
                 params[name] = a
-        return args, params
+        return Args(args, params)
 
 
-def _plan(network: Graph, call: codec.Call, sens: bool, graph: Graph, names: tuple[str, ...], forward: bool) -> Plan:
-    declared = list(network.inputs) + (list(call.graph.inputs[len(network.inputs):]) if sens else [])
+def _plan(network: Graph, called: Graph, sens: bool, graph: Graph, names: tuple[str, ...], forward: bool) -> Plan:
+    """The plan compiling ``graph``, which runs ``called`` (the network or its gradient) and adds the forward
+    outputs when ``forward``."""
+    declared = list(network.inputs) + (list(called.inputs[len(network.inputs):]) if sens else [])
     program = compile_graph(graph)
     outputs: Any = program.source.outputs
     trees = list(outputs) if forward else [outputs]
@@ -225,7 +233,141 @@ def plan_key(kind: str, req: Any, network_id: str) -> tuple:
     return network_id, None, False
 
 
-def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview], network_id: str,
+class Request(NamedTuple):
+    """A Grad or Run job as a worker receives it: the request's bytes, which it parses once, and what the
+    server already knows about them."""
+
+    body: bytes
+    """The serialized request without its graph and the data of its large tensors (as received)."""
+    places: list[Where]
+    """Where each of the job's shared-memory buffers belongs (``blobs.Lifted.places``)."""
+    key: tuple
+    """Its ``plan_key``."""
+
+
+class Tensors(NamedTuple):
+    """The tensor fields of a Grad or Run request as the codec and ``Plan.take`` read them: the request's
+    own messages, except that a tensor whose data travelled in shared memory is a ``Blob``."""
+
+    grad: Any
+    """The GradOperation message (None for a Run)."""
+    inputs: Sequence[Any]
+    sens: Sequence[Any]
+    parameters: Mapping[str, Any]
+
+    @classmethod
+    def of(cls, req: Any, places: Sequence[Where] = (), buffers: Sequence[memoryview] = ()) -> "Tensors":
+        """The tensors of ``req``, with ``buffers[i]`` as the data of the stripped tensor at ``places[i]``."""
+        if not places:
+            return cls(getattr(req, "grad", None), req.inputs, getattr(req, "sens", ()), req.parameters)
+        by_place = dict(zip(places, buffers))
+        fields: dict[str, Any] = {"inputs": [], "sens": [], "parameters": {}}
+        for (name, key), t in request_tensors(req):
+            held = by_place.get((name, key))
+            tensor = t if held is None else Blob(t.dtype, t.shape, held)
+            if name == "parameters":
+                fields[name][key] = tensor
+            else:
+                fields[name].append(tensor)
+        return cls(getattr(req, "grad", None), **fields)
+
+
+class Blob(NamedTuple):
+    """A request tensor whose data is a shared-memory buffer (read as a Tensor message is)."""
+
+    dtype: int
+    shape: Any
+    """The message's repeated shape field."""
+    data: memoryview
+
+
+class Args(NamedTuple):
+    """What one run of a plan is given."""
+
+    positional: list[np.ndarray]
+    """Inputs, then sensitivities when sens_param is set."""
+    params: dict[str, np.ndarray]
+    """Parameter overrides by name."""
+
+
+class Encoded(NamedTuple):
+    """A serialized response cut around the data of its large leaves, and those leaves' arrays: the response
+    is ``blobs.splice(parts, frames)``, each frame the ``data_header`` and bytes of one array."""
+
+    parts: list[bytes]
+    """``len(arrays) + 1`` pieces (one, the whole response, when there is no large leaf)."""
+    arrays: list[np.ndarray]
+    """The large leaves, in leaf order."""
+
+
+class Answer(NamedTuple):
+    """A worker's answer to a Grad or Run job (the large leaves' arrays travel apart, in shared memory)."""
+
+    parts: list[bytes]
+    """As in ``Encoded``."""
+    plan: bytes
+    """The plan (``export_plan``) when it is small enough for the local lane (``Plan.local``), else empty."""
+
+
+def plan(state: WorkerState, kind: str, req: Any, network_id: str, key: tuple) -> Plan:
+    """Step 1: the plan of a Grad or Run request ``req`` (its ``plan_key`` is ``key``) on the network
+    ``network_id``, which ``state`` holds: cached, else built and cached."""
+    found = state.cache.get(key)
+    if found is not None:
+        return found
+    network = state.cache.get(network_id)
+    forward = kind == "grad" and req.return_forward
+    sens = kind == "grad" and req.grad.sens_param
+    graph = codec.apply_grad_operation(network, req.grad, "grad") if kind == "grad" else network
+    built = _plan(network, graph, sens, _with_forward(network, graph) if forward else graph, KINDS[kind].fields, forward)
+    built.local = (0 < state.local_max_elements and built.program.elements <= state.local_max_elements
+                   and len(built.program.graph.nodes) <= LOCAL_MAX_NODES
+                   and state.cache.held(network_id) <= LOCAL_MAX_NETWORK_BYTES)
+    state.cache.put(key, built, built.held)
+    return built
+
+
+def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network_id: str) -> Args:
+    """Step 2: the arrays of a request's ``tensors`` for a run of ``found``: taken as they are when they
+    match the plan's types exactly, else decoded by the codec, which names what is wrong."""
+    taken = found.take(tensors)
+    if taken is not None:
+        return taken
+    network = state.cache.get(network_id)
+    request: Any = tensors  # the codec reads only the fields Tensors has
+    call = (codec.decode_grad_call if kind == "grad" else codec.decode_run_call)(network, request, state.limits)
+    return Args(call.args, call.params)
+
+
+def check(state: WorkerState, kind: str, found: Plan) -> None:
+    """Refuse (RESOURCE_EXHAUSTED) a plan whose run or response would exceed the limits, before it runs."""
+    limits = state.limits
+    check_result_size(found, KINDS[kind].response.__name__, limits.max_message_bytes)
+    check_cost(found, limits.max_request_peak_bytes, limits.max_request_flops)
+
+
+def execute(found: Plan, given: Args, interrupt: Callable[[], bool] | None = None) -> list[Any]:
+    """Step 3: run the plan (asking ``interrupt()`` between steps whether to stop); one result tree per tree
+    field of the response (``Kind.fields``)."""
+    result = found.program.run(given.positional, given.params, interrupt)
+    return list(result) if found.forward else [result]
+
+
+def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
+    """Step 4: the response holding ``trees``: filled into the plan's Template when it has one that fits,
+    else built with protobuf (teaching the plan its Template when the response is small)."""
+    if found.template is not None:
+        body = found.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
+        if body is not None:
+            return Encoded([body], [])
+    response, names = KINDS[kind].response(), KINDS[kind].fields
+    encoded = _encode(trees, names, response)
+    if found.template is None and not encoded.arrays and len(encoded.parts[0]) <= TEMPLATE_MAX_BYTES:
+        found.template = Template.of(response, names)
+    return encoded
+
+
+def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview], network_id: str,
            interrupt: Callable[[], bool] | None = None) -> tuple[Any, list[np.ndarray]]:
     """Run one job (asking ``interrupt()`` between the steps of a run whether to stop); returns a small
     answer and the large arrays to ship back."""
@@ -236,51 +378,60 @@ def handle(state: WorkerState, kind: str, payload: Any, blobs: list[memoryview],
         return nid, []
     if kind == "ops":
         return (codec.list_ops().SerializeToString(), codec.supported_dtypes()), []
-    if kind not in MESSAGES:
+    if kind not in KINDS:
         raise ValueError(f"unknown job kind {kind!r}")
-    raw, places = payload
-    req = MESSAGES[kind][0].FromString(raw)
-    return run(state, kind, req, _with_blobs(req, places, blobs), network_id, plan_key(kind, req, network_id), interrupt)
+    job: Request = payload
+    req = KINDS[kind].request.FromString(job.body)
+    found, encoded = run(state, kind, req, Tensors.of(req, job.places, buffers), network_id, job.key, interrupt)
+    return Answer(encoded.parts, export_plan(found) if found.local else b""), encoded.arrays
 
 
-def run(state: WorkerState, kind: str, req: Any, view: Any, network_id: str, key: tuple,
-        interrupt: Callable[[], bool] | None = None) -> tuple[tuple[bytes, list[int], bool], list[np.ndarray]]:
-    """Compute a Grad or Run request ``req`` (``view``: the same with shared-memory buffers standing in for
-    its stripped tensors) on the network ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``.
-    Returns (the serialized response with large leaves' data left out, their leaf numbers, whether the plan
-    is ``local``) and those leaves' arrays."""
-    _, response, names = MESSAGES[kind]
-    plan = state.cache.get(key)
-    taken = plan.take(view) if plan is not None else None
-    if taken is None:
-        network = state.cache.get(network_id)
-        if kind == "grad":
-            call = codec.decode_grad_call(network, view, state.limits)
-        else:
-            call = codec.decode_run_call(network, view, state.limits)
-        if plan is None:
-            forward, sens = kind == "grad" and req.return_forward, kind == "grad" and req.grad.sens_param
-            plan = _plan(network, call, sens, _with_forward(network, call.graph) if forward else call.graph, names, forward)
-            plan.local = (0 < state.local_max_elements and plan.program.elements <= state.local_max_elements
-                          and len(plan.program.graph.nodes) <= LOCAL_MAX_NODES)
-            state.cache.put(key, plan, plan.held)
-    check_result_size(plan, response.__name__, state.max_message_bytes)
-    check_cost(plan, state.max_peak_bytes, state.max_flops)
-    # Plan.take checked every type; the codec checked against the network, the program checks again
-    if taken is None:
-        result = plan.program(*call.args, params=call.params, interrupt=interrupt)
-    else:
-        result = plan.program.run(*taken, interrupt=interrupt)
-    trees = list(result) if plan.forward else [result]
-    if plan.template is not None:
-        body = plan.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
-        if body is not None:
-            return (body, [], plan.local), []
-    message = response()
-    (body, big), arrays = _encode(trees, names, message)
-    if plan.template is None and not big and len(body) <= TEMPLATE_MAX_BYTES:
-        plan.template = Template.of(message, names)
-    return (body, big, plan.local), arrays
+def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
+        interrupt: Callable[[], bool] | None = None) -> tuple[Plan, Encoded]:
+    """Compute a Grad or Run request ``req`` (``tensors``: its tensors, some in shared memory) on the network
+    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``. Returns its plan and response."""
+    found = plan(state, kind, req, network_id, key)
+    given = args(state, kind, found, tensors, network_id)
+    check(state, kind, found)
+    return found, encode(found, kind, execute(found, given, interrupt))
+
+
+def export_plan(found: Plan) -> bytes:
+    """``found`` pickled for the server process, which runs it as it is (``import_plan``) instead of building
+    it again; made once per plan. Op forward functions are pickled by op name (many are lambdas)."""
+    if not found.exported:
+        out = io.BytesIO()
+        _PlanPickler(out, pickle.HIGHEST_PROTOCOL).dump(dataclasses.replace(found, exported=b""))
+        found.exported = out.getvalue()
+    return found.exported
+
+
+def import_plan(data: bytes) -> Plan:
+    """A plan ``export_plan`` made (in a worker of this server: the same code and op table)."""
+    found = pickle.loads(data)
+    assert isinstance(found, Plan)
+    return found
+
+
+@functools.cache
+def _forwards() -> dict[int, str]:
+    """The op of each forward function of the op table, by the function's id."""
+    return {id(opdef.forward): name for name, opdef in OPS.items()}
+
+
+def _forward(name: str) -> Any:
+    """The forward function of op ``name`` (how ``_PlanPickler`` pickles it)."""
+    return OPS[name].forward
+
+
+class _PlanPickler(pickle.Pickler):
+    """Pickles the op table's forward functions as references to their op."""
+
+    def reducer_override(self, obj: Any) -> Any:
+        name = _forwards().get(id(obj))
+        if name is not None and OPS[name].forward is obj:
+            return _forward, (name,)
+        return NotImplemented
 
 
 TEMPLATE_MAX_BYTES = 1 << 20
@@ -305,19 +456,10 @@ class Template:
         tensors = leaves_of(response, names)
         types = [(codec.decode_dtype(t.dtype, "result"), tuple(t.shape)) for t in tensors]
         sizes = [len(t.data) for t in tensors]
-        frames = [data_header(n) + t.data for n, t in zip(sizes, tensors)]
         for t in tensors:
             t.ClearField("data")
-        cut: list[bytes] = []
-        before: list[bytes] = []  # what comes before each leaf's bytes
-        for piece in pieces(response, names, list(range(len(frames))), frames):
-            k = len(before)
-            if k < len(frames) and piece is frames[k]:
-                before.append(b"".join(cut) + data_header(sizes[k]))
-                cut = []
-            else:
-                cut.append(bytes(piece))
-        return cls(types, before + [b"".join(cut)])
+        parts = around(response, names, list(range(len(tensors))), [frame_size(n) for n in sizes])
+        return cls(types, [part + data_header(n) for part, n in zip(parts, sizes)] + [parts[-1]])
 
     def fill(self, arrays: list[np.ndarray]) -> bytes | None:
         """The response holding ``arrays`` as its leaves; None unless they have the template's types."""
@@ -338,25 +480,9 @@ def _with_forward(network: Graph, gradient: Graph) -> Graph:
     return b.build((inline(b, gradient, args), inline(b, network, args[: len(network.inputs)])))
 
 
-def _with_blobs(req: Any, places: list[Where], blobs: list[memoryview]) -> Any:
-    """The request as the codec reads it, with shared-memory buffers standing in for stripped data."""
-    if not places:
-        return req
-    by_place = dict(zip(places, blobs))
-    fields: dict[str, Any] = {"inputs": [], "sens": [], "parameters": {}}
-    for (name, key), t in request_tensors(req):
-        held = by_place.get((name, key))
-        tensor = t if held is None else SimpleNamespace(dtype=t.dtype, shape=t.shape, data=held)
-        if name == "parameters":
-            fields[name][key] = tensor
-        else:
-            fields[name].append(tensor)
-    return SimpleNamespace(grad=getattr(req, "grad", None), **fields)
-
-
-def _encode(trees: list[Any], names: tuple[str, ...], resp: Any) -> tuple[tuple[bytes, list[int]], list[np.ndarray]]:
-    """Fill ``resp``'s tree fields; large leaves get dtype and shape only and are returned as arrays,
-    with their leaf numbers (counted across ``names``) in the answer."""
+def _encode(trees: list[Any], names: tuple[str, ...], resp: Any) -> Encoded:
+    """Fill ``resp``'s tree fields and serialize it; large leaves get dtype and shape only, and their arrays
+    are returned for the caller to ship as frames between the pieces."""
     big: list[int] = []
     arrays: list[np.ndarray] = []
     k = 0
@@ -374,4 +500,4 @@ def _encode(trees: list[Any], names: tuple[str, ...], resp: Any) -> tuple[tuple[
         tensors = leaves_of(resp, names)
         for i, a in zip(big, arrays):
             tensors[i].shape[:] = a.shape
-    return (resp.SerializeToString(), big), arrays
+    return Encoded(around(resp, names, big, [frame_size(a.nbytes) for a in arrays]), arrays)

@@ -7,24 +7,24 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from ..proto import codec
 from . import jsonlog
 
 MiB = 1 << 20
 
 
 @dataclass(frozen=True)
-class Limits:
-    """Limits enforced on every request, all checked before the memory they guard is allocated.
+class Limits(codec.Limits):
+    """Limits enforced on every request, all checked before the memory they guard is allocated: the
+    codec's (what one request may contain) with the server's defaults, and the server's own; 0 is no limit.
 
     With the defaults a server with W workers stays within about 1104 MiB + W x 1984 MiB in all, /dev/shm
     included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
+    max_tensor_elements: int = 1 << 28
+    max_graph_nodes: int = 100_000
     max_message_bytes: int = 256 * MiB + 16 * MiB
     """Largest gRPC message either way: room for a 256 MB tensor plus the rest of the message."""
-    max_graph_nodes: int = 100_000
-    max_tensor_elements: int = 1 << 28
-    max_tensor_rank: int = 32
-    max_nesting_depth: int = 32
     default_deadline_ms: int = 60_000
     max_deadline_ms: int = 600_000
     max_queue_depth: int = 64
@@ -55,6 +55,17 @@ class Limits:
     max_open_streams: int = 16
     """GradStream calls open at once; each holds a gRPC thread for as long as it is open, so beyond this
     a new stream is refused (RESOURCE_EXHAUSTED) and health checks and unary calls keep their threads."""
+
+
+    def decoding(self) -> "Limits":
+        """These limits as the codec reads them: its limits set to 0 (no limit) become unreachable numbers."""
+        return dataclasses.replace(
+            self,
+            max_tensor_elements=self.max_tensor_elements or 1 << 62,
+            max_tensor_rank=self.max_tensor_rank or 1 << 30,
+            max_graph_nodes=self.max_graph_nodes or 1 << 62,
+            max_nesting_depth=self.max_nesting_depth or 1 << 30,
+        )
 
 
 PROTOBUF_MAX_BYTES = (1 << 31) - 1

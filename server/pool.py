@@ -1,4 +1,4 @@
-"""A pool of worker processes fed from a bounded queue; large buffers cross in shared memory.
+"""A pool of worker processes fed from a bounded queue (how jobs and their buffers cross: ``transport``).
 
 The pool is started before any grpc object exists, and every worker (also a replacement) is
 forked by multiprocessing's fork server, a clean process that never held grpc state. A caller
@@ -9,33 +9,26 @@ request fails (UNAVAILABLE); an expired or cancelled call tells its worker to st
 """
 from __future__ import annotations
 
-import itertools
 import math
 import multiprocessing
 import multiprocessing.forkserver
 import os
-import pickle
 import select
 import signal
 import threading
 import time
 from dataclasses import dataclass, field
-from multiprocessing import shared_memory
 from multiprocessing.connection import Connection
 from typing import Any, Callable, Sequence
 
 from .errors import Failure
+from .transport import Arena, grant, pack, recv, send, unpack
 
 POLL_SECONDS = 0.05
 """How often a waiting caller checks whether its call is still wanted."""
 
 EXIT_WAIT_SECONDS = 1.0
 """How long a worker whose pipe closed is given to exit, so that its exit status can be reported."""
-
-KEEP_ARENA_BYTES = 256 << 20
-"""Shared-memory arenas up to this size are kept for the next request; larger ones are released."""
-
-SHM_DIR = "/dev/shm"
 
 BLAS_THREAD_VARS = ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS")
 """Each worker computes one request at a time and the pool runs one worker per core, so BLAS libraries
@@ -87,88 +80,6 @@ class Result:
 
     payload: Any
     blobs: list[bytes]
-
-
-class Arena:
-    """A growable shared-memory segment owned by the parent; workers attach to it by name."""
-
-    _names = itertools.count()
-
-    def __init__(self, label: str) -> None:
-        self.label = label
-        self.shm: shared_memory.SharedMemory | None = None
-
-    @property
-    def name(self) -> str:
-        return self.shm.name if self.shm is not None else ""
-
-    def reserve(self, size: int) -> bool:
-        """Make room for ``size`` bytes; False when /dev/shm has no room (the caller uses the pipe)."""
-        if self.shm is not None and self.shm.size >= size:
-            return True
-        self.release()
-        if not _shm_has_room(size):
-            return False
-        name = f"gs{os.getpid()}{self.label}{next(self._names)}"
-        self.shm = shared_memory.SharedMemory(name=name, create=True, size=max(size, 1 << 20))
-        return True
-
-    def trim(self) -> None:
-        """Release the segment if it is larger than what is worth keeping."""
-        if self.shm is not None and self.shm.size > KEEP_ARENA_BYTES:
-            self.release()
-
-    def release(self) -> None:
-        """Unlink and unmap the segment."""
-        if self.shm is not None:
-            self.shm.close()
-            self.shm.unlink()
-            self.shm = None
-
-
-def send(conn: Connection, obj: Any) -> None:
-    """Send a message over a worker pipe (plain pickle: the messages hold no fds or connections,
-    so ForkingPickler's reducers, which cost more than the rest of a small message, are not needed)."""
-    conn.send_bytes(pickle.dumps(obj, pickle.HIGHEST_PROTOCOL))
-
-
-def recv(conn: Connection) -> Any:
-    """Receive a message sent with ``send``."""
-    return pickle.loads(conn.recv_bytes())
-
-
-def _shm_has_room(size: int) -> bool:
-    """Whether /dev/shm can hold ``size`` more bytes (writing past a full tmpfs would SIGBUS)."""
-    try:
-        st = os.statvfs(SHM_DIR)
-    except OSError:
-        return False
-    return st.f_bavail * st.f_frsize >= size + (16 << 20)
-
-
-def pack(arena: Arena, blobs: Sequence[bytes | memoryview]) -> tuple[str, list[tuple[int, int]] | list[bytes]]:
-    """Copy ``blobs`` into ``arena`` and return its name with (offset, length) spans, or ("", the blobs
-    as bytes) when shared memory has no room and they must go through the pipe."""
-    if not blobs:
-        return "", []
-    total = sum(len(b) for b in blobs)
-    if not arena.reserve(total):
-        return "", [bytes(b) for b in blobs]
-    assert arena.shm is not None and arena.shm.buf is not None
-    buf = arena.shm.buf
-    spans, off = [], 0
-    for b in blobs:
-        buf[off:off + len(b)] = b
-        spans.append((off, len(b)))
-        off += len(b)
-    return arena.name, spans
-
-
-def unpack(buf: memoryview | None, spans: list[Any]) -> list[Any]:
-    """The buffers described by ``pack``'s result, as views of ``buf`` (or the blobs themselves)."""
-    if buf is None:
-        return list(spans)
-    return [buf[off:off + n] for off, n in spans]
 
 
 class _Slot:
@@ -343,8 +254,7 @@ class WorkerPool:
             if reply[0] == "error":
                 raise Failure(*reply[1:])
             _, payload, where, spans = reply
-            buf = slot.outbox.shm.buf if where and slot.outbox.shm is not None else None
-            return payload, unpack(buf, spans)
+            return payload, unpack(slot.outbox.buf if where else None, spans)
 
     def _exchange(self, slot: _Slot, msg: tuple, deadline: float | None, is_active: Callable[[], bool]) -> tuple:
         """Send ``msg`` and wait for the reply, serving the worker's requests for a bigger out-arena. When the
@@ -365,10 +275,7 @@ class WorkerPool:
                         if stopping is not None:
                             raise stopping
                         return reply
-                    if stopping is not None or (self.max_reserve and reply[1] > self.max_reserve):
-                        send(conn, None)  # the worker answers RESOURCE_EXHAUSTED
-                    else:
-                        send(conn, slot.outbox.name if slot.outbox.reserve(reply[1]) else "")
+                    send(conn, None if stopping is not None else grant(slot.outbox, reply[1], self.max_reserve))
                     continue
                 if proc.sentinel in ready:
                     raise EOFError

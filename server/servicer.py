@@ -11,7 +11,6 @@ import secrets
 import sys
 import threading
 import time
-from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from importlib import metadata
@@ -24,7 +23,8 @@ from grpc_status import rpc_status
 from ..engine.errors import shown
 from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
 from . import blobs
-from .compute import MESSAGES, plan_key
+from .cache import Cache
+from .compute import KINDS, Answer, Request, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
@@ -40,12 +40,15 @@ class Registry:
     budget, plus a digest->id index so that registering the same bytes again needs no worker."""
 
     def __init__(self, capacity: int, max_bytes: int) -> None:
-        self.capacity = capacity
         self.max_bytes = max_bytes
-        self.nbytes = 0
-        self._nets: OrderedDict[str, bytes] = OrderedDict()
+        self._nets = Cache(capacity or sys.maxsize, max_bytes, collect=False)
+        """Serialized networks by id (``capacity`` 0: no count bound)."""
         self._ids: dict[str, str] = {}
         self._lock = threading.Lock()
+
+    @property
+    def nbytes(self) -> int:
+        return self._nets.nbytes
 
     def check(self, raw: bytes) -> None:
         """Refuse (RESOURCE_EXHAUSTED) a serialized network larger than the whole budget."""
@@ -56,9 +59,7 @@ class Registry:
     def get(self, network_id: str) -> bytes | None:
         """The serialized network, or None if unknown (or evicted)."""
         with self._lock:
-            raw = self._nets.get(network_id)
-            if raw is not None:
-                self._nets.move_to_end(network_id)
+            raw: bytes | None = self._nets.get(network_id)
             return raw
 
     def lookup(self, digest: str) -> str | None:
@@ -70,16 +71,11 @@ class Registry:
     def put(self, digest: str, network_id: str, raw: bytes) -> bool:
         """Store a network (``check``ed); True when it was new."""
         with self._lock:
-            old = self._nets.pop(network_id, None)
-            created = old is None
-            self.nbytes += len(raw) - (0 if old is None else len(old))
-            self._nets[network_id] = raw
+            created = network_id not in self._nets
             self._ids[digest] = network_id
-            while len(self._nets) > 1 and ((self.capacity and len(self._nets) > self.capacity)
-                                           or (self.max_bytes and self.nbytes > self.max_bytes)):
-                gone, data = self._nets.popitem(last=False)
-                self.nbytes -= len(data)
-                self._ids = {d: i for d, i in self._ids.items() if i != gone}
+            gone = set(self._nets.put(network_id, raw, len(raw)))
+            if gone:
+                self._ids = {d: i for d, i in self._ids.items() if i not in gone}
             return created
 
     def __len__(self) -> int:
@@ -118,6 +114,11 @@ def _loggable(text: str) -> str:
     return text if len(text) <= LOG_ID_LIMIT else shown(text, LOG_ID_LIMIT)
 
 
+def _log_failure(f: Failure, call: Call) -> None:
+    """The request_error line of a call that failed."""
+    log("request_error", method=call.method, code=f.code, message=f.message, peer=call.context.peer(), **call.ids())
+
+
 def status_proto(f: Failure) -> status_pb2.Status:
     """A google.rpc.Status for a Failure, with a BadRequest detail when it names fields."""
     status = status_pb2.Status(code=code_pb2.Code.Value(f.code), message=f.message)
@@ -137,7 +138,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.config = config
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
-        self.lane = Lane(config.limits, config.local_max_elements, config.worker_cache_size)
+        self.lane = Lane(config.limits, config.worker_cache_size)
         self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
@@ -185,9 +186,15 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     # ---- plumbing ----
 
     def _serve(self, method: str, context: grpc.ServicerContext, fn: Callable[[Call], Any], request_id: str = "") -> Any:
-        """Run ``fn(call)``, record the outcome and latency, and turn a Failure into the call's status."""
-        code, start = "OK", time.perf_counter()
-        call = Call(method, context, None, request_id)
+        """Run ``fn(call)`` as one unary call (``_observe``); a failure ends the call with its status."""
+        return self._observe(Call(method, context, None, request_id), fn,
+                             lambda f: context.abort_with_status(rpc_status.to_status(status_proto(f))))
+
+    def _observe(self, call: Call, fn: Callable[[Call], Any], failed: Callable[[Failure], Any]) -> Any:
+        """``fn(call)``, with the bookkeeping of one served call: counted in flight (refused while draining),
+        given its deadline, its outcome and latency recorded (metrics, access log). A Failure is logged and
+        answered by ``failed(f)``; any other exception is a bug, logged and answered as an INTERNAL Failure."""
+        code, start, method, context = "OK", time.perf_counter(), call.method, call.context
         try:
             self._enter()
             try:
@@ -197,21 +204,21 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 self._leave()
         except Failure as f:
             code = f.code
-            self.fail(method, f, context, call)
+            _log_failure(f, call)
+            return failed(f)
         except Exception as exc:
             code = "INTERNAL"
             log("internal_error", method=method, error=f"{type(exc).__name__}: {exc}", peer=context.peer(), **call.ids())
-            context.abort(grpc.StatusCode.INTERNAL, Failure("INTERNAL", f"{method}: server bug: {type(exc).__name__}: {exc}").message)
+            return failed(Failure("INTERNAL", f"{method}: server bug: {type(exc).__name__}: {exc}"))
         finally:
             elapsed = time.perf_counter() - start
             self.metrics.record(method, code, elapsed)
             if self.config.access_log:
                 log("access", method=method, code=code, duration_ms=round(elapsed * 1000, 3), **call.ids())
 
-    def fail(self, method: str, f: Failure, context: grpc.ServicerContext, call: Call | None = None) -> None:
+    def fail(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
         """Log ``f`` and end the call with its status (raises, as ``context.abort`` does)."""
-        ids = (call or Call(method, context, None)).ids()
-        log("request_error", method=method, code=f.code, message=f.message, peer=context.peer(), **ids)
+        _log_failure(f, Call(method, context, None))
         context.abort_with_status(rpc_status.to_status(status_proto(f)))
 
     def reject(self, method: str, f: Failure, context: grpc.ServicerContext) -> None:
@@ -233,19 +240,21 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             ms = self.limits.max_deadline_ms if ms is None else min(ms, self.limits.max_deadline_ms)
         return None if ms is None else time.monotonic() + ms / 1000
 
-    def _register(self, graph: Any, call: Call) -> tuple[str, bytes, bool]:
-        """(id, serialized network, created) for a Graph message; decoded and checked by a worker once."""
-        raw = graph.SerializeToString(deterministic=True)
+    def _register(self, raw: bytes, call: Call) -> tuple[str, bool]:
+        """(id, created) for a serialized network; decoded and checked by a worker once."""
         digest = hashlib.sha256(raw).hexdigest()
         nid = self.registry.lookup(digest)
         if nid is not None:
             call.network_id = nid
-            return nid, raw, False
+            return nid, False
         self.registry.check(raw)
         nid = call.network_id = self.pool.submit(Job("load", raw), call.deadline, call.is_active).payload
-        return nid, raw, self.registry.put(digest, nid, raw)
+        return nid, self.registry.put(digest, nid, raw)
 
-    def _network(self, request: Any, call: Call) -> tuple[str, bytes]:
+    def _network(self, incoming: blobs.Lifted, call: Call) -> tuple[str, bytes, bytes]:
+        """(id, serialized network, the request's bytes without its graph) of a Grad or Run request; an
+        inline graph is registered."""
+        request = incoming.message
         which = request.WhichOneof("network")
         if which == "network_id":
             call.network_id = request.network_id
@@ -256,11 +265,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                     f"network_id {shown(request.network_id)} is not registered on this server; register it again or send the graph inline",
                     [("network_id", "unknown network id")],
                 )
-            return request.network_id, raw
+            return request.network_id, raw, incoming.raw
         if which == "graph":
-            nid, raw, _ = self._register(request.graph, call)
-            request.ClearField("graph")
-            return nid, raw
+            raw, rest = _apart_graph(incoming)
+            nid, _ = self._register(raw, call)
+            return nid, raw, rest
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
     def _compute(self, kind: str, incoming: blobs.Lifted, call: Call) -> bytes:
@@ -271,49 +280,49 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         size = request.ByteSize() + sum(len(d) for d in incoming.data)
         self._hold(size)
         try:
-            nid, raw = self._network(request, call)
+            nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
-            tail = MESSAGES[kind][1](network_id=nid, request_id=request.request_id).SerializeToString()
+            tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             if not incoming.data and self.lane.takes(key):
                 return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
-            job = Job(kind, (request.SerializeToString(), incoming.places), incoming.data, nid, raw)
+            job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
 
-            def take(payload: tuple[bytes, list[int], bool], frames: list[Any]) -> bytes:
-                """The response, built while the worker's shared memory holds the frames."""
-                body, leaves, local = payload
-                if local:
-                    self.lane.admit(key, raw)
-                return self._reply(kind, body, leaves, frames, tail)
+            def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
+                """The response, built while the worker's shared memory holds the frames, and the plan if local."""
+                return self._reply(kind, answer.parts, frames, tail), answer.plan
 
-            return self.pool.submit(job, call.deadline, call.is_active, take)
+            out, plan = self.pool.submit(job, call.deadline, call.is_active, take)
+            if plan:
+                self.lane.admit(key, plan)
+            return out
         finally:
             self._unhold(size)
 
-    def _reply(self, kind: str, body: bytes, leaves: list[int], frames: list[Any], tail: bytes) -> bytes:
-        """``body`` (a serialized response without its large leaves' data) with ``frames`` as that data, and
-        ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
-        response, fields = MESSAGES[kind][1:]
-        out = body + tail if not leaves else blobs.splice(response.FromString(body + tail), fields, leaves, frames)
+    def _reply(self, kind: str, parts: list[bytes], frames: list[Any], tail: bytes) -> bytes:
+        """The response cut into ``parts`` (``compute.Encoded``) joined with ``frames``, its large leaves' data,
+        and ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
+        out = blobs.splice([*parts[:-1], parts[-1] + tail], frames)
         limit = self.limits.max_message_bytes
         if limit and len(out) > limit:
-            raise Failure("RESOURCE_EXHAUSTED", f"the {response.__name__} would be {len(out)} bytes, over the "
+            raise Failure("RESOURCE_EXHAUSTED", f"the {KINDS[kind].response.__name__} would be {len(out)} bytes, over the "
                           f"max_message_bytes limit of {limit}; ask for smaller or fewer results")
         return out
 
     # ---- RPCs ----
 
-    def RegisterNetwork(self, request: service_pb2.RegisterNetworkRequest, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:
+    # RegisterNetwork, Grad, Run and GradStream take Lifted requests (Grad, Run and GradStream answer
+    # serialized bytes): app.LIFTED gives them their own request deserializer and a response serializer
+    # that passes bytes through.
+    def RegisterNetwork(self, request: blobs.Lifted, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:  # type: ignore[override]
         """Store a network under its content-addressed id (idempotent)."""
         def register(call: Call) -> service_pb2.RegisterNetworkResponse:
-            if not request.HasField("graph"):
+            if not request.message.HasField("graph"):
                 raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
-            nid, _, created = self._register(request.graph, call)
+            nid, created = self._register(_apart_graph(request)[0], call)
             return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
 
         return self._serve("RegisterNetwork", context, register)
 
-    # Grad, Run and GradStream take Lifted requests and answer serialized bytes: app.LIFTED gives them
-    # their own request deserializer and a response serializer that passes bytes through.
     def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
         return self._serve("Grad", context, lambda call: self._compute("grad", request, call), request.message.request_id)
@@ -347,30 +356,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         sent = [0]
 
         def one(incoming: blobs.Lifted) -> None:
-            code, start = "OK", time.perf_counter()
-            request = incoming.message
-            call = Call("GradStream", context, None, request.request_id)
-            response: bytes | service_pb2.GradResponse
-            try:
-                self._enter()
-                try:
-                    call.deadline = self._deadline(context)
-                    response = self._compute("grad", incoming, call)
-                finally:
-                    self._leave()
-            except Failure as f:
-                code = f.code
-                log("request_error", method="GradStream", code=f.code, message=f.message, **call.ids())
-                response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(f))
-            except Exception as exc:
-                code = "INTERNAL"
-                log("internal_error", method="GradStream", error=f"{type(exc).__name__}: {exc}", **call.ids())
-                response = service_pb2.GradResponse(request_id=request.request_id, error=status_proto(Failure("INTERNAL", str(exc))))
-            elapsed = time.perf_counter() - start
-            self.metrics.record("GradStream", code, elapsed)
-            if self.config.access_log:
-                log("access", method="GradStream", code=code, duration_ms=round(elapsed * 1000, 3), **call.ids())
-            results.put(response)
+            """Answer one request of the stream: its response, or one carrying its failure as ``error``."""
+            rid = incoming.message.request_id
+            results.put(self._observe(Call("GradStream", context, None, rid), lambda call: self._compute("grad", incoming, call),
+                                      lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f))))
 
         def read(executor: ThreadPoolExecutor) -> None:
             try:
@@ -427,6 +416,18 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return resp
 
         return self._serve("ServerInfo", context, info)
+
+
+def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:
+    """(the request's graph, the rest of the request), serialized: the received bytes taken apart, or when
+    they are not plain (a graph field given twice, which protobuf merges) serialized again by protobuf."""
+    request = incoming.message
+    found = blobs.apart(incoming.raw, request.DESCRIPTOR.fields_by_name["graph"].number)
+    if found is not None:
+        return bytes(found[0]), found[1]
+    graph = request.graph.SerializeToString(deterministic=True)
+    request.ClearField("graph")
+    return graph, request.SerializeToString()
 
 
 def _version(dist: str) -> str:

@@ -3,115 +3,19 @@ and runs the engine. It never imports grpc (it is forked from the clean fork ser
 from __future__ import annotations
 
 import ctypes
-import gc
-import mmap
 import os
 import signal
 import time
-from collections import OrderedDict
 from multiprocessing.connection import Connection
 from typing import Any
 
-import numpy as np
-
 from ..engine import Interrupted
 from . import compute
-from .blobs import data_header
+from .cache import Cache
 from .config import Limits
 from .errors import Failure
-from .pool import BLAS_THREAD_VARS, KEEP_ARENA_BYTES, SHM_DIR, recv, send, unpack
-
-
-class _Mapping:
-    """This worker's view of one parent-owned shared-memory arena, re-mapped when its name changes."""
-
-    def __init__(self) -> None:
-        self.name = ""
-        self.buf: memoryview | None = None
-        self._map: mmap.mmap | None = None
-
-    def attach(self, name: str) -> memoryview | None:
-        """The arena ``name`` as a writable memoryview (None for the empty name)."""
-        if name != self.name:
-            self.detach()
-            if name:
-                fd = os.open(os.path.join(SHM_DIR, name), os.O_RDWR)
-                try:
-                    self._map = mmap.mmap(fd, 0)
-                    self.buf = memoryview(self._map)
-                finally:
-                    os.close(fd)
-            self.name = name
-        return self.buf
-
-    def detach(self) -> None:
-        """Drop the mapping (unmapped now, or once the last array over it is gone)."""
-        if self.buf is not None:
-            try:
-                self.buf.release()
-            except BufferError:
-                pass
-        if self._map is not None:
-            try:
-                self._map.close()
-            except BufferError:  # an array still views it; unmapped when that array is freed
-                pass
-        self.buf, self._map, self.name = None, None, ""
-
-    def trim(self) -> None:
-        """Drop a mapping the parent releases after each request (``Arena.trim``'s rule): the pages of an
-        unlinked arena stay allocated in /dev/shm for as long as any process maps it."""
-        if self.buf is not None and len(self.buf) > KEEP_ARENA_BYTES:
-            self.detach()
-
-
-COLLECT_AFTER_BYTES = 8 << 20
-"""A cache that has dropped entries holding this many bytes runs the garbage collector: a decoded network
-and the gradients cached on it form reference cycles, which the collector, counting objects rather than
-the bytes they hold, would otherwise free only after a hundred or so large networks."""
-
-
-class Cache:
-    """A least-recently-used map bounded by entry count and by the bytes its entries hold; the entry
-    put last is always kept, so that the one in use is never dropped."""
-
-    def __init__(self, size: int, max_bytes: int = 0) -> None:
-        self.size = size
-        self.max_bytes = max_bytes
-        """0: no byte bound."""
-        self.nbytes = 0
-        self._dropped = 0
-        """Bytes of entries dropped since the last garbage collection."""
-        self._entries: OrderedDict[Any, tuple[Any, int]] = OrderedDict()
-
-    def __contains__(self, key: Any) -> bool:
-        return key in self._entries
-
-    def __len__(self) -> int:
-        return len(self._entries)
-
-    def get(self, key: Any, default: Any = None) -> Any:
-        """The value of ``key`` (now the most recently used), or ``default``."""
-        entry = self._entries.get(key)
-        if entry is None:
-            return default
-        self._entries.move_to_end(key)
-        return entry[0]
-
-    def put(self, key: Any, value: Any, nbytes: int = 0) -> None:
-        """Insert ``value`` holding ``nbytes``, dropping the least recently used entries beyond the bounds."""
-        old = self._entries.pop(key, None)
-        if old is not None:
-            self.nbytes -= old[1]
-        self._entries[key] = (value, nbytes)
-        self.nbytes += nbytes
-        while len(self._entries) > 1 and (len(self._entries) > self.size or (self.max_bytes and self.nbytes > self.max_bytes)):
-            dropped = self._entries.popitem(last=False)[1][1]
-            self.nbytes -= dropped
-            self._dropped += dropped
-        if self._dropped >= COLLECT_AFTER_BYTES:
-            self._dropped = 0
-            gc.collect()
+from .pool import BLAS_THREAD_VARS
+from .transport import ArenaView, recv, send, ship, unpack
 
 
 def limit_blas_threads() -> None:
@@ -188,7 +92,7 @@ def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_blas_threads()
     tune_malloc()
-    inbox, outbox = _Mapping(), _Mapping()
+    inbox, outbox = ArenaView(), ArenaView()
     state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), local_max_elements)
     stop = Stop(flag)
     while True:
@@ -205,7 +109,7 @@ def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max
             blobs = unpack(inbox.attach(in_name), spans)
             answer, arrays = compute.handle(state, kind, payload, blobs, network_id, stop)
             del blobs
-            send(conn, ("ok", answer, *_ship(conn, outbox, out_name, arrays)))
+            send(conn, ("ok", answer, *ship(conn, outbox, out_name, arrays)))
         except Exception as exc:  # every failure goes back to the caller as a status
             f = stop.failure(exc) if isinstance(exc, Interrupted) else compute.classify(exc)
             send(conn, ("error", f.code, f.message, f.violations))
@@ -213,31 +117,3 @@ def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max
             blobs = answer = arrays = None  # type: ignore[assignment]  # no view of an arena outlives the job
             inbox.trim()
             outbox.trim()
-
-
-def _ship(conn: Connection, outbox: _Mapping, out_name: str, arrays: list[np.ndarray]) -> tuple[str, list[Any]]:
-    """Put ``arrays``' bytes, each framed by ``blobs.data_header``, into the out-arena (asking the parent
-    to grow it when too small); returns the arena name and the frames' spans, or ("", framed bytes)
-    when shared memory is unavailable."""
-    if not arrays:
-        return "", []
-    arrays = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in arrays]
-    headers = [data_header(a.nbytes) for a in arrays]
-    total = sum(len(h) + a.nbytes for h, a in zip(headers, arrays))
-    buf = outbox.attach(out_name)
-    if buf is None or len(buf) < total:
-        send(conn, ("grow", total))
-        name = recv(conn)
-        if name is None:
-            raise Failure("RESOURCE_EXHAUSTED", f"the results are {total} bytes, over the max_message_bytes limit")
-        buf = outbox.attach(name)
-    if buf is None:
-        return "", [b"".join((h, a.data)) for h, a in zip(headers, arrays)]
-    spans, off = [], 0
-    for h, a in zip(headers, arrays):
-        n = len(h) + a.nbytes
-        buf[off:off + len(h)] = h
-        buf[off + len(h):off + n] = a.data
-        spans.append((off, n))
-        off += n
-    return outbox.name, spans

@@ -22,7 +22,7 @@ import pytest
 import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from gradserve.server import cli, config, pool
+from gradserve.server import cli, config, transport
 from gradserve.server.app import SEND_GRACE_SECONDS, running
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -270,7 +270,7 @@ def test_one_worker_per_core_of_the_cpu_limit() -> None:
 
 
 def shm_volume() -> dict[str, Any]:
-    (mount,) = [m for m in container().get("volumeMounts", []) if m["mountPath"] == pool.SHM_DIR]
+    (mount,) = [m for m in container().get("volumeMounts", []) if m["mountPath"] == transport.SHM_DIR]
     (volume,) = [v for v in pod_spec()["volumes"] if v["name"] == mount["name"]]
     return volume
 
@@ -278,13 +278,13 @@ def shm_volume() -> dict[str, Any]:
 def test_dev_shm_holds_full_size_tensors_both_ways() -> None:
     cfg, volume = effective_config(), shm_volume()
     empty_dir = volume.get("emptyDir", {})
-    assert empty_dir.get("medium") == "Memory", f"{pool.SHM_DIR}: a memory-backed emptyDir (tmpfs)"
+    assert empty_dir.get("medium") == "Memory", f"{transport.SHM_DIR}: a memory-backed emptyDir (tmpfs)"
     size = quantity(empty_dir["sizeLimit"])
     default_max = config.Limits().max_message_bytes
-    assert size >= 2 * default_max, f"{pool.SHM_DIR} must hold a default-size message in and out ({2 * default_max} bytes)"
+    assert size >= 2 * default_max, f"{transport.SHM_DIR} must hold a default-size message in and out ({2 * default_max} bytes)"
     # Each worker has an in- and an out-arena of up to max_message_bytes; the pool keeps 16 MiB free.
     needed = cfg.workers * 2 * cfg.limits.max_message_bytes + 16 * MiB
-    assert size >= needed, f"{pool.SHM_DIR} sizeLimit {empty_dir['sizeLimit']} < {needed / MiB:.0f} MiB for {cfg.workers} workers"
+    assert size >= needed, f"{transport.SHM_DIR} sizeLimit {empty_dir['sizeLimit']} < {needed / MiB:.0f} MiB for {cfg.workers} workers"
 
 
 def test_memory_limit_covers_shm_and_every_worker_busy() -> None:

@@ -19,7 +19,7 @@ from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
-from gradserve.server import demo, pool
+from gradserve.server import demo, transport
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
@@ -133,7 +133,7 @@ def test_large_tensors_cross_through_shared_memory_unchanged(stub: service_pb2_g
 
 
 def test_large_tensors_cross_through_the_pipe_when_shared_memory_has_no_room(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(pool, "_shm_has_room", lambda size: False)
+    monkeypatch.setattr(transport, "_shm_has_room", lambda size: False)
     a = RNG.normal(size=(256, 512)).astype(np.float32)
     b = GraphBuilder()
     x = b.input("x", "float32", a.shape)
@@ -240,3 +240,31 @@ def test_health_and_reflection_answer(server: Server) -> None:
             iter([reflection_pb2.ServerReflectionRequest(list_services="")])))
     names = {s.name for s in reply.list_services_response.service}
     assert {"gradserve.v1.Gradient", "grpc.health.v1.Health"} <= names
+
+
+def test_a_network_registers_from_its_received_bytes_also_when_protobuf_merges_them(server: Server) -> None:
+    """The servicer hands on the graph's bytes as received; a graph field given twice (which protobuf merges)
+    is serialized again, so both register the network protobuf parsed, under the codec's id."""
+    full = two_output_net()
+    expected = codec.network_id(codec.decode_graph(full))
+    first, second = graph_pb2.Graph(), graph_pb2.Graph()
+    first.inputs.extend(full.inputs)
+    first.parameters.extend(full.parameters)
+    second.CopyFrom(full)
+    second.ClearField("inputs")
+    second.ClearField("parameters")
+    merged = (service_pb2.RegisterNetworkRequest(graph=first).SerializeToString()
+              + service_pb2.RegisterNetworkRequest(graph=second).SerializeToString())
+    assert service_pb2.RegisterNetworkRequest.FromString(merged).graph == full
+    method = "/gradserve.v1.Gradient/RegisterNetwork"
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        send = channel.unary_unary(method, request_serializer=lambda raw: raw,
+                                   response_deserializer=service_pb2.RegisterNetworkResponse.FromString)
+        assert send(merged, timeout=30).network_id == expected
+        assert send(service_pb2.RegisterNetworkRequest(graph=full).SerializeToString(), timeout=30).network_id == expected
+        stub = service_pb2_grpc.GradientStub(channel)
+        resp = stub.Run(service_pb2.RunRequest(network_id=expected, inputs=[codec.encode_tensor(X), codec.encode_tensor(Y)]),
+                        timeout=30)
+    out = [np.asarray(a) for a in flatten(codec.decode_tree(resp.outputs))]
+    np.testing.assert_allclose(out[0], np.sin(X) * W, rtol=1e-12)
+    np.testing.assert_allclose(out[1], X * Y + V, rtol=1e-12)

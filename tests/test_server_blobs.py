@@ -1,5 +1,5 @@
 """Large tensor data taken out of raw requests (``lift``) and spliced into serialized responses
-(``splice``, ``pieces``), checked against protobuf itself: a lifted request with its data put back,
+(``around``, ``splice``), checked against protobuf itself: a lifted request with its data put back,
 and a spliced response parsed again, must equal what protobuf makes of the same bytes or message."""
 from __future__ import annotations
 
@@ -316,16 +316,14 @@ def check_splice(message: Any, fields: tuple[str, ...], leaves: list[int], as_vi
     tensors = blobs.leaves_of(filled, fields)
     for k, frame in zip(leaves, frames):  # protobuf merges each frame (a Tensor holding only data) into its leaf
         tensors[k].MergeFromString(frame)
-    parts = blobs.pieces(message, fields, leaves, frames)
-    assert [id(p) for p in parts if any(p is f for f in frames)] == [id(f) for f in frames]  # in leaf order
-    out = blobs.splice(message, fields, leaves, frames)
-    assert out == b"".join(parts)
-    del parts
+    parts = blobs.around(message, fields, leaves, [len(f) for f in frames])
+    assert len(parts) == len(frames) + 1 and all(isinstance(p, bytes) for p in parts)
+    out = blobs.splice(parts, frames)
     for f in frames:
         if isinstance(f, memoryview):
             f.release()  # shared memory goes away right after
     assert isinstance(out, bytes)
-    assert message.SerializeToString() == before  # splice does not change its message
+    assert message.SerializeToString() == before  # around does not change its message
     assert type(message).FromString(out) == filled == whole
 
 
@@ -362,4 +360,25 @@ def test_splice_deep_and_wide_trees() -> None:
 def test_splice_without_leaves_is_protobuf_serialization() -> None:
     message = spb.RunResponse(network_id="n", request_id="r")
     message.outputs.tensor.data = b"x"
-    assert blobs.splice(message, ("outputs",), [], []) == message.SerializeToString()
+    assert blobs.splice(blobs.around(message, ("outputs",), [], []), []) == message.SerializeToString()
+
+
+# ---- apart ----
+
+def test_apart_takes_one_field_out_of_a_serialized_request() -> None:
+    graph = pb.Graph(inputs=[pb.GraphInput(name="x", dtype=pb.DATA_TYPE_FLOAT32, shape=[3])])
+    graph.library["f"].SetInParent()
+    request = spb.GradRequest(graph=graph, request_id="r", inputs=[pb.Tensor(dtype=pb.DATA_TYPE_UINT8, shape=[2], data=b"ab")])
+    raw = request.SerializeToString()
+    number = spb.GradRequest.DESCRIPTOR.fields_by_name["graph"].number
+    found = blobs.apart(raw, number)
+    assert found is not None
+    payload, rest = found
+    assert pb.Graph.FromString(bytes(payload)) == graph
+    without = spb.GradRequest()
+    without.CopyFrom(request)
+    without.ClearField("graph")
+    assert spb.GradRequest.FromString(rest) == without
+    assert blobs.apart(raw + raw, number) is None  # given twice: protobuf merges, so it is left to protobuf
+    assert blobs.apart(spb.GradRequest(network_id="n").SerializeToString(), number) is None
+    assert blobs.apart(raw[:-1], number) is None  # truncated framing

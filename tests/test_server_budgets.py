@@ -17,8 +17,8 @@ from serverkit import long_run, rejected, wait_until
 from gradserve.engine import GraphBuilder, compile_graph
 from gradserve.proto import codec
 from gradserve.server.app import SPARE_THREADS, Server, running
+from gradserve.server.cache import Cache
 from gradserve.server.config import Limits, ServerConfig
-from gradserve.server.worker import Cache
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 MiB = 1 << 20
@@ -67,16 +67,16 @@ def t(a: np.ndarray) -> graph_pb2.Tensor:
 
 
 
-# ---- the Cache class both workers and the local lane use ----
+# ---- the Cache class of the workers, the local lane and the registry ----
 
 def test_cache_evicts_least_recently_used_by_bytes_and_keeps_the_newest() -> None:
     c = Cache(size=10, max_bytes=100)
     c.put("a", 1, 40)
     c.put("b", 2, 40)
     assert c.get("a") == 1  # a is now the most recently used
-    c.put("c", 3, 40)  # 120 > 100: b goes
+    assert c.put("c", 3, 40) == ["b"]  # 120 > 100: b goes
     assert "b" not in c and c.get("a") == 1 and c.get("c") == 3 and c.nbytes == 80
-    c.put("big", 4, 500)  # larger than the budget: kept alone, being the one in use
+    assert c.put("big", 4, 500) == ["a", "c"]  # larger than the budget: kept alone, being the one in use
     assert len(c) == 1 and c.get("big") == 4 and c.nbytes == 500
     c.put("d", 5, 10)
     assert "big" not in c and c.nbytes == 10

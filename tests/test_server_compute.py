@@ -1,477 +1,240 @@
-"""What a plan (server/compute.py) answers, in a worker or in the local lane.
-
-The lane and response Templates answer as workers do: every request is sent three times to a server with
-the lane (first call: a worker builds the plan; later calls: the lane and its Template) and to one with
-``local_max_elements=0`` (every request in a worker, second call on: the worker's Template), and the
-responses must be the same messages, equal to closed-form values. Then regressions: a request whose
-answer must not change once a plan exists (Plan.take counts inputs and sensitivities apart), and results
-the response Template must learn whatever the codec's default limits (Template.of reads result types, it
-does not decode them), each on a server with the lane and on one without it."""
+"""The four steps a worker (and the local lane) takes with a Grad or Run request, in process: ``plan``,
+``args``, ``execute``, ``encode``. Results are compared with closed forms and with the engine run directly."""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any
 
-import grpc
 import numpy as np
 import pytest
 
-from gradserve.engine import DTYPES, GraphBuilder
+from gradserve.engine import GraphBuilder, compile_graph, grad_operation
 from gradserve.proto import codec
-from gradserve.server.app import Server, running
-from gradserve.server.config import Limits, ServerConfig
-from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
-
-CALLS = 3
-
-
-@dataclass
-class Side:
-    server: Server
-    stub: service_pb2_grpc.GradientStub
-
-
-@dataclass
-class Pair:
-    lane: Side
-    plain: Side
-
-
-@pytest.fixture(scope="module")
-def pair() -> Iterator[Pair]:
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as lane, \
-            running(ServerConfig(host="127.0.0.1", port=0, workers=1, local_max_elements=0)) as plain:
-        with grpc.insecure_channel(f"127.0.0.1:{lane.port}") as c1, grpc.insecure_channel(f"127.0.0.1:{plain.port}") as c2:
-            yield Pair(Side(lane, service_pb2_grpc.GradientStub(c1)), Side(plain, service_pb2_grpc.GradientStub(c2)))
-
-
-def register(stub: service_pb2_grpc.GradientStub, graph: Any) -> str:
-    return stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(graph)), timeout=30).network_id
-
-
-def outcome(call: Callable[[], Any]) -> Any:
-    """The response message, or (code, details) of the error."""
-    try:
-        return call()
-    except grpc.RpcError as e:
-        return (e.code(), e.details())
-
-
-def same_everywhere(pair: Pair, graph: Any, build: Callable[[str], Any], method: str = "Grad", calls: int = CALLS,
-                    lane_serves: bool = True) -> Any:
-    """Register ``graph`` on both servers, send ``build(network_id)`` ``calls`` times to each; every
-    outcome must be the same. Returns it. Checks the lane served calls 2.. on the lane server."""
-    results = []
-    for side in (pair.lane, pair.plain):
-        nid = register(side.stub, graph)
-        served = side.server.servicer.lane.served
-        for _ in range(calls):
-            request = build(nid)
-            results.append(outcome(lambda: getattr(side.stub, method)(request, timeout=30)))
-        if side is pair.lane and lane_serves:
-            assert side.server.servicer.lane.served == served + calls - 1, "the lane did not serve the repeated calls"
-    first = results[0]
-    for i, r in enumerate(results):
-        assert r == first, f"outcome {i} differs:\n{r}\nvs\n{first}"
-    return first
-
-
-def leaves(tree: Any) -> list[np.ndarray]:
-    return [x for t in tree for x in leaves(t)] if isinstance(tree, tuple) else [tree]
-
-
-def exact(got: Any, want: Any) -> None:
-    """Same tree structure, dtypes, shapes and values (allclose for floats)."""
-    if isinstance(want, tuple):
-        assert isinstance(got, tuple) and len(got) == len(want), (got, want)
-        for g, w in zip(got, want):
-            exact(g, w)
-        return
-    want = np.asarray(want)
-    assert got.dtype == want.dtype and got.shape == want.shape, (got.dtype, got.shape, want.dtype, want.shape)
-    if want.dtype.kind == "f":
-        np.testing.assert_allclose(got, want, rtol=2e-3 if want.dtype == np.float16 else 1e-6)
-    else:
-        np.testing.assert_array_equal(got, want)
-
-
-def t(a: Any) -> graph_pb2.Tensor:
-    return codec.encode_tensor(np.asarray(a))
-
-
-# ---- dtypes ----
-
-NUMERIC = [d for d in DTYPES if d != "bool"]
-
-
-@pytest.mark.parametrize("dtype", NUMERIC)
-def test_run_every_numeric_dtype_matches_worker_and_numpy(pair: Pair, dtype: str) -> None:
-    b = GraphBuilder()
-    x, y = b.input("x", dtype, (2, 3)), b.input("y", dtype, (2, 3))
-    g = b.build((x + y, (b.op("Mul", x, y), b.op("Equal", x, y)), b.op("Maximum", x, y), b.op("ReduceSum", x, axis=1)))
-    xs = np.array([[1, 2, 3], [4, 5, 6]], dtype)
-    ys = np.array([[6, 2, 4], [1, 5, 7]], dtype)
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(xs), t(ys)], request_id="r"),
-                        "Run")
-    assert isinstance(r, service_pb2.RunResponse), r
-    assert r.request_id == "r" and r.network_id.startswith("sha256:")
-    exact(codec.decode_tree(r.outputs), (xs + ys, (xs * ys, xs == ys), np.maximum(xs, ys), xs.sum(axis=1, dtype=dtype)))
-
-
-def test_run_bool_inputs_and_outputs(pair: Pair) -> None:
-    b = GraphBuilder()
-    x, y = b.input("x", "bool", (4,)), b.input("y", "bool", (4,))
-    g = b.build((b.op("Equal", x, y), b.op("Select", x, y, x), x))
-    xs, ys = np.array([True, False, True, False]), np.array([True, True, False, False])
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(xs), t(ys)]), "Run",
-                        lane_serves=True)
-    exact(codec.decode_tree(r.outputs), (xs == ys, np.where(xs, ys, xs), xs))
-
-
-@pytest.mark.parametrize("dtype", ["float16", "float32", "float64"])
-def test_grad_every_float_dtype(pair: Pair, dtype: str) -> None:
-    b = GraphBuilder()
-    x = b.input("x", dtype, (3,))
-    w = b.param("w", np.array([0.5, -1.0, 2.0], dtype))
-    g = b.build(b.op("ReduceSum", b.op("Sin", x) * w))
-    xs = np.array([0.1, 0.7, -1.3], dtype)
-    grad = codec.encode_grad_operation(get_all=True, get_by_list=True, weights=["w"])
-    r = same_everywhere(pair, g, lambda nid: service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs)],
-                                                                      return_forward=True))
-    wv = np.array([0.5, -1.0, 2.0], dtype)
-    ((dx,), (dw,)) = codec.decode_tree(r.gradients)
-    exact(dx, (np.cos(xs.astype(np.float64)) * wv).astype(dtype))
-    exact(dw, np.sin(xs.astype(np.float64)).astype(dtype))
-    exact(codec.decode_tree(r.forward), np.array((np.sin(xs.astype(np.float64)) * wv).sum(), dtype))
-
-
-# ---- shapes and trees ----
-
-def test_zero_size_and_scalar_tensors(pair: Pair) -> None:
-    b = GraphBuilder()
-    x, s = b.input("x", "float32", (0, 3)), b.input("s", "float64", ())
-    e = b.input("e", "int32", (2, 0))
-    g = b.build((b.op("Sin", x), s * s, e + e, b.op("ReduceSum", x, axis=0)))
-    xs, ss, es = np.zeros((0, 3), np.float32), np.array(1.5), np.zeros((2, 0), np.int32)
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(xs), t(ss), t(es)]), "Run")
-    exact(codec.decode_tree(r.outputs), (np.sin(xs), np.array(2.25), es, np.zeros(3, np.float32)))
-
-
-def test_grad_of_zero_size_input_and_scalar(pair: Pair) -> None:
-    b = GraphBuilder()
-    x, s = b.input("x", "float32", (0, 3)), b.input("s", "float64", ())
-    g = b.build((b.op("ReduceSum", b.op("Sin", x)), s * s * s))
-    xs, ss = np.zeros((0, 3), np.float32), np.array(-2.0)
-    grad = codec.encode_grad_operation(get_all=True)
-    r = same_everywhere(pair, g, lambda nid: service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs), t(ss)]))
-    exact(codec.decode_tree(r.gradients), (np.zeros((0, 3), np.float32), np.array(12.0)))
-
-
-def test_nested_and_empty_tuple_outputs(pair: Pair) -> None:
-    b = GraphBuilder()
-    x = b.input("x", "float64", (2,))
-    g = b.build(((), (x, ((), (x * x,))), ()))
-    xs = np.array([3.0, -1.0])
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(xs)]), "Run")
-    exact(codec.decode_tree(r.outputs), ((), (xs, ((), (xs * xs,))), ()))
-
-
-def test_empty_tuple_only_output(pair: Pair) -> None:
-    b = GraphBuilder()
-    b.input("x", "float64", (2,))
-    g = b.build(())
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(np.zeros(2))]), "Run")
-    assert codec.decode_tree(r.outputs) == ()
-
-
-def test_output_that_is_an_input_or_a_parameter_is_not_aliased(pair: Pair) -> None:
-    b = GraphBuilder()
-    x = b.input("x", "float32", (3,))
-    w = b.param("w", np.array([1.0, 2.0, 3.0], np.float32))
-    g = b.build((x, w, b.op("Reshape", x, shape=(3, 1)), b.op("Transpose", b.op("Reshape", w, shape=(1, 3)), perm=(1, 0))))
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(np.full(3, 7.0, np.float32))]),
-                        "Run")
-    exact(codec.decode_tree(r.outputs), (np.full(3, 7.0, np.float32), np.array([1, 2, 3], np.float32),
-                                          np.full((3, 1), 7.0, np.float32), np.array([[1], [2], [3]], np.float32)))
-
-
-# ---- GradOperation flags ----
-
-def two_out() -> Any:
-    b = GraphBuilder()
-    x, y = b.input("x", "float64", (3,)), b.input("y", "float64", (3,))
-    w, v = b.param("w", np.array([1.0, 2.0, 3.0])), b.param("v", np.array(0.5))
-    return b.build((b.op("Sin", x) * w, x * y + v))
-
-
-X, Y, W = np.array([0.3, -0.2, 1.1]), np.array([2.0, -1.0, 0.5]), np.array([1.0, 2.0, 3.0])
-S1, S2 = np.array([1.0, -2.0, 0.5]), np.array([3.0, 1.0, -1.0])
-
-
-@pytest.mark.parametrize("get_all,get_by_list,sens,forward", [
-    (False, False, False, False), (True, False, False, True), (True, True, True, True), (False, True, True, False),
-    (False, True, False, True),
-])
-def test_grad_flags_match_closed_form(pair: Pair, get_all: bool, get_by_list: bool, sens: bool, forward: bool) -> None:
-    weights = ["v", "w"] if get_by_list else []
-    grad = codec.encode_grad_operation(get_all=get_all, get_by_list=get_by_list, sens_param=sens, weights=weights)
-    s1, s2 = (S1, S2) if sens else (np.ones(3), np.ones(3))
-    r = same_everywhere(pair, two_out(), lambda nid: service_pb2.GradRequest(
-        network_id=nid, grad=grad, inputs=[t(X), t(Y)], sens=[t(S1), t(S2)] if sens else [], return_forward=forward))
-    assert isinstance(r, service_pb2.GradResponse), r
-    dx, dy = np.cos(X) * W * s1 + Y * s2, X * s2
-    dw, dv = np.sin(X) * s1, np.array(s2.sum())
-    inputs = (dx, dy) if get_all else dx
-    weights_grads = (dv, dw)
-    want = (inputs, weights_grads) if get_by_list and get_all else weights_grads if get_by_list else inputs
-    exact(codec.decode_tree(r.gradients), want)
-    if forward:
-        exact(codec.decode_tree(r.forward), (np.sin(X) * W, X * Y + 0.5))
-    else:
-        assert not r.HasField("forward")
-
-
-def test_bare_weight(pair: Pair) -> None:
-    grad = codec.encode_grad_operation(get_by_list=True, weights="w")
-    r = same_everywhere(pair, two_out(), lambda nid: service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(X), t(Y)]))
-    exact(codec.decode_tree(r.gradients), np.sin(X))
-
-
-# ---- parameter overrides ----
-
-def test_parameter_overrides_change_the_answer_and_do_not_stick(pair: Pair) -> None:
-    grad = codec.encode_grad_operation(get_all=True, get_by_list=True, weights=["w"])
-    w2, v2 = np.array([-1.0, 0.0, 4.0]), np.array(-3.0)
-    plan = [{}, {"w": w2}, {}, {"w": w2, "v": v2}, {"w": W}, {"v": v2}, {}]
-
-    for side in (pair.lane, pair.plain):
-        nid = register(side.stub, two_out())
-        for params in plan * 2:
-            r = side.stub.Grad(service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(X), t(Y)], return_forward=True,
-                                                       parameters={k: t(v) for k, v in params.items()}), timeout=30)
-            w, v = params.get("w", W), params.get("v", np.array(0.5))
-            exact(codec.decode_tree(r.gradients), ((np.cos(X) * w + Y, X), (np.sin(X),)))
-            exact(codec.decode_tree(r.forward), (np.sin(X) * w, X * Y + v))
-
-
-def test_run_parameter_override_then_registered_value(pair: Pair) -> None:
-    b = GraphBuilder()
-    x = b.input("x", "int32", (2,))
-    k = b.param("k", np.array([10, 20], np.int32), requires_grad=False)
-    g = b.build(x * k)
-    for side in (pair.lane, pair.plain):
-        nid = register(side.stub, g)
-        for params in ({}, {"k": np.array([1, 2], np.int32)}, {}, {"k": np.array([-5, 5], np.int32)}, {}) * 2:
-            r = side.stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(np.array([3, 4], np.int32))],
-                                                     parameters={n: t(v) for n, v in params.items()}), timeout=30)
-            exact(codec.decode_tree(r.outputs), np.array([3, 4], np.int32) * params.get("k", np.array([10, 20], np.int32)))
-
-
-def test_bad_parameter_overrides_after_the_plan_is_built(pair: Pair) -> None:
-    bad = [{"nope": t(W)}, {"w": t(W.astype(np.float32))}, {"w": t(W[:2])}, {"v": t(np.array([0.5]))},
-           {"w": graph_pb2.Tensor(dtype=graph_pb2.DATA_TYPE_FLOAT64, shape=[3], data=b"\0" * 23)}]
-    for params in bad:
-        def build(nid: str, params: dict = params, n: Any = iter(range(CALLS * 2))) -> service_pb2.GradRequest:
-            first = next(n) % CALLS == 0
-            return service_pb2.GradRequest(network_id=nid, inputs=[t(X), t(Y)], parameters={} if first else params)
-        results = []
-        for side in (pair.lane, pair.plain):
-            nid = register(side.stub, two_out())
-            side.stub.Grad(build(nid), timeout=30)
-            results += [outcome(lambda: side.stub.Grad(build(nid), timeout=30)) for _ in range(CALLS - 1)]
-        assert all(r == results[0] for r in results), results
-        assert isinstance(results[0], tuple) and results[0][0] == grpc.StatusCode.INVALID_ARGUMENT, results[0]
-        assert "parameters" in results[0][1]
-
-
-# ---- inputs that differ from the plan's ----
-
-@pytest.mark.parametrize("what", ["dtype", "shape", "short", "count", "sens", "rank", "unset"])
-def test_second_call_with_other_types_errors_like_a_worker_and_a_first_call(pair: Pair, what: str) -> None:
-    good = [t(X), t(Y)]
-    other = {
-        "dtype": [t(X.astype(np.float32)), t(Y)],
-        "shape": [t(X.reshape(3, 1)), t(Y)],
-        "short": [graph_pb2.Tensor(dtype=graph_pb2.DATA_TYPE_FLOAT64, shape=[3], data=b"\0" * 16), t(Y)],
-        "count": [t(X)],
-        "sens": good,
-        "rank": [t(X[:, None, None]), t(Y)],
-        "unset": [graph_pb2.Tensor(shape=[3], data=X.tobytes()), t(Y)],
-    }[what]
-    sens = [t(S1)] if what == "sens" else []
-    outcomes = []
-    for side in (pair.lane, pair.plain):
-        nid = register(side.stub, two_out())
-        bad = service_pb2.GradRequest(network_id=nid, inputs=other, sens=sens)
-        outcomes.append(outcome(lambda: side.stub.Grad(bad, timeout=30)))  # before any plan
-        for _ in range(2):
-            side.stub.Grad(service_pb2.GradRequest(network_id=nid, inputs=good), timeout=30)
-            outcomes.append(outcome(lambda: side.stub.Grad(bad, timeout=30)))
-    assert all(o == outcomes[0] for o in outcomes), outcomes
-    assert outcomes[0][0] == grpc.StatusCode.INVALID_ARGUMENT
-
-
-def test_switching_dtype_between_calls_on_a_different_plan_key(pair: Pair) -> None:
-    """Two networks differing only in input dtype have different ids, so different plans."""
-    for dtype in ("float32", "float64", "float16", "float32"):
-        b = GraphBuilder()
-        x = b.input("x", dtype, (3,))
-        g = b.build(b.op("Square", x))
-        xs = np.array([1.0, 2.0, -3.0], dtype)
-        r = same_everywhere(pair, g, lambda nid: service_pb2.GradRequest(network_id=nid, inputs=[t(xs)]),
-                            lane_serves=dtype == "float64" or dtype == "float16")
-        exact(codec.decode_tree(r.gradients), (2 * xs).astype(dtype))
-
-
-# ---- ids, inline graphs ----
-
-def test_inline_graph_and_network_id_share_a_plan_and_echo_ids(pair: Pair) -> None:
-    side = pair.lane
-    g = two_out()
-    nid = register(side.stub, g)
-    served = side.server.servicer.lane.served
-    for i in range(4):
-        if i % 2:
-            req = service_pb2.GradRequest(graph=codec.encode_graph(g), inputs=[t(X), t(Y)], request_id=f"id-{i}")
-        else:
-            req = service_pb2.GradRequest(network_id=nid, inputs=[t(X), t(Y)], request_id=f"id-{i}")
-        r = side.stub.Grad(req, timeout=30)
-        assert r.network_id == nid and r.request_id == f"id-{i}"
-        exact(codec.decode_tree(r.gradients), np.cos(X) * W + Y)
-    assert side.server.servicer.lane.served >= served + 3
-    r = side.stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(X), t(Y)], request_id="ü" * 3), timeout=30)
-    r = side.stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(X), t(Y)], request_id="ü" * 3), timeout=30)
-    assert r.request_id == "ü" * 3 and r.network_id == nid
-    r = side.stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(X), t(Y)]), timeout=30)
-    assert r.request_id == "" and r.network_id == nid
-
-
-# ---- large results and 64 KiB inputs to tiny plans ----
-
-def test_tiny_plan_with_a_large_result_is_spliced(pair: Pair) -> None:
-    b = GraphBuilder()
-    x = b.input("x", "float64", (1,))
-    g = b.build((b.op("BroadcastTo", x, shape=(8192,)), x * x))  # 64 KiB result from an 8-byte input
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid, inputs=[t(np.array([2.5]))],
-                                                                     request_id="big"), "Run")
-    assert r.request_id == "big"
-    exact(codec.decode_tree(r.outputs), (np.full(8192, 2.5), np.array([6.25])))
-
-
-def test_64_KiB_input_to_a_tiny_plan_goes_to_a_worker(pair: Pair) -> None:
-    b = GraphBuilder()
-    x = b.input("x", "float64", (8192,))
-    g = b.build(b.op("ReduceSum", x))
-    xs = np.arange(8192, dtype=np.float64)
-    results = []
-    for side in (pair.lane, pair.plain):
-        nid = register(side.stub, g)
-        served = side.server.servicer.lane.served
-        for _ in range(CALLS):
-            r = side.stub.Grad(service_pb2.GradRequest(network_id=nid, inputs=[t(xs)], return_forward=True), timeout=30)
-            results.append(r)
-            exact(codec.decode_tree(r.gradients), np.ones(8192))
-            exact(codec.decode_tree(r.forward), np.array(xs.sum()))
-        assert side.server.servicer.lane.served == served  # the input is a blob: never the lane
-    assert all(r == results[0] for r in results)
-
-
-def test_network_without_inputs(pair: Pair) -> None:
-    b = GraphBuilder()
-    w = b.param("w", np.array([1.0, -2.0]))
-    g = b.build(b.op("ReduceSum", w * w))
-    r = same_everywhere(pair, g, lambda nid: service_pb2.RunRequest(network_id=nid), "Run")
-    exact(codec.decode_tree(r.outputs), np.array(5.0))
-    grad = codec.encode_grad_operation(get_by_list=True, weights=["w"])
-    r = same_everywhere(pair, g, lambda nid: service_pb2.GradRequest(network_id=nid, grad=grad, return_forward=True))
-    exact(codec.decode_tree(r.gradients), (np.array([2.0, -4.0]),))
-    exact(codec.decode_tree(r.forward), np.array(5.0))
-
-
-# ---- Template in process ----
-
-TREES = [
-    lambda: np.float32(1.5),
-    lambda: (np.zeros((0, 3), np.float16), (np.arange(5, dtype=np.int8), ()), np.array([True, False])),
-    lambda: ((), ((),)),
-    lambda: (np.arange(6, dtype=np.uint8).reshape(2, 3).T, np.array(-0.0), np.array([np.nan, np.inf], np.float32)),
-]
-
-
-@pytest.mark.parametrize("make", TREES)
-def test_template_fill_equals_protobuf_and_refuses_other_types(make: Callable[[], Any]) -> None:
-    from gradserve.server import compute
-
-    names = ("gradients", "forward")
-    trees = [make(), make()]
-    (body, big), _ = compute._encode(trees, names, service_pb2.GradResponse())
-    assert not big
-    template = compute.Template.of(service_pb2.GradResponse.FromString(body), names)
-    flat = [np.asarray(a) for tree in trees for a in _leaves(tree)]
-    filled = template.fill(flat)
-    assert service_pb2.GradResponse.FromString(filled) == service_pb2.GradResponse.FromString(body)
-    if flat:
-        assert template.fill([a.astype(np.float64) if a.dtype != np.float64 else a.astype(np.float32) for a in flat]) is None
-        assert template.fill([a.reshape(a.shape + (1,)) for a in flat]) is None
-        assert template.fill(flat[:-1]) is None
-
-
-def _leaves(tree: Any) -> list[Any]:
-    return [x for t in tree for x in _leaves(t)] if isinstance(tree, tuple) else [tree]
-
-
-# ---- regressions of Plan.take and Template.of, with the lane and without it ----
-
-LANE = {"lane": {}, "workers only": {"local_max_elements": 0}}
-
-
-@pytest.fixture(scope="module", params=list(LANE))
-def stub(request: pytest.FixtureRequest) -> Iterator[service_pb2_grpc.GradientStub]:
-    """A server allowing rank 40 (the codec's default allows 32), with the lane and without it."""
-    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_tensor_rank=40), **LANE[request.param])
-    with running(config) as server:
-        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-            yield service_pb2_grpc.GradientStub(channel)
-
-
-def test_sens_given_as_an_extra_input_is_refused_before_and_after_the_plan_exists(stub: service_pb2_grpc.GradientStub) -> None:
-    """Plan.take counts inputs and sens together, so once a sens_param plan exists a request with the
-    sensitivity among its inputs (or an input among its sens) is computed instead of refused."""
-    b = GraphBuilder()
-    nid = register(stub, b.build(b.op("Sin", b.input("x", "float64", (2,)))))
-    xs, s = np.array([0.1, 0.2]), np.array([2.0, 3.0])
-    grad = codec.encode_grad_operation(sens_param=True)
-    good = service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs)], sens=[t(s)])
-    bad = [service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs), t(s)]),
-           service_pb2.GradRequest(network_id=nid, grad=grad, sens=[t(xs), t(s)])]
-    before = [outcome(lambda: stub.Grad(r, timeout=30)) for r in bad]
-    assert all(isinstance(o, tuple) and o[0] == grpc.StatusCode.INVALID_ARGUMENT for o in before), before
-    for _ in range(2):
-        np.testing.assert_allclose(codec.decode_tree(stub.Grad(good, timeout=30).gradients), np.cos(xs) * s)
-    after = [outcome(lambda: stub.Grad(r, timeout=30)) for r in bad]
-    assert after == before
-
-
-def test_zero_size_result_with_a_dimension_over_the_codec_default_element_limit(stub: service_pb2_grpc.GradientStub) -> None:
-    """The server allows 2**28 elements (counting a 0 dimension as 1); Template.of decodes the first
-    response with codec.DEFAULT_LIMITS (2**26) and fails the request with RESOURCE_EXHAUSTED."""
-    shape = (0, 100_000_000)
-    b = GraphBuilder()
-    nid = register(stub, b.build(b.op("Sin", b.input("x", "float32", shape))))
-    for _ in range(2):
-        r = outcome(lambda: stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(np.zeros(shape, np.float32))]), timeout=30))
-        assert isinstance(r, service_pb2.RunResponse), r
-        assert tuple(r.outputs.tensor.shape) == shape
-
-
-def test_result_of_a_rank_the_server_allows_but_the_codec_default_does_not(stub: service_pb2_grpc.GradientStub) -> None:
-    """With max_tensor_rank=40, a rank-33 input is accepted but its rank-33 result fails in Template.of."""
-    shape = (1,) * 33
-    b = GraphBuilder()
-    x = b.input("x", "float32", shape)
-    nid = register(stub, b.build(b.op("Sin", x)))
-    xs = np.full(shape, 0.5, np.float32)
-    for _ in range(2):
-        r = outcome(lambda: stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(xs)]), timeout=30))
-        assert isinstance(r, service_pb2.RunResponse), r
-        np.testing.assert_allclose(codec.decode_tree(r.outputs, codec.Limits(max_tensor_rank=40)), np.sin(xs), rtol=1e-6)
+from gradserve.server import compute
+from gradserve.server.blobs import BLOB_MIN_BYTES, data_header, splice
+from gradserve.server.cache import Cache
+from gradserve.server.config import Limits
+from gradserve.server.errors import Failure
+from gradserve.v1 import graph_pb2, service_pb2
+
+RNG = np.random.default_rng(7)
+X = RNG.standard_normal((2, 3))
+W = RNG.standard_normal(3)
+
+
+def network(n: int = 3) -> Any:
+    """f(x, w) = sum(sin(x * w)) over x: float64[2, n], with the parameter w: float64[n]."""
+    b = GraphBuilder("f")
+    x = b.input("x", "float64", (2, n))
+    w = b.param("w", W if n == 3 else np.ones(n))
+    return b.build(b.op("ReduceSum", b.op("Sin", x * w)))
+
+
+def state(**limits: int) -> tuple[compute.WorkerState, str]:
+    """A worker's state holding ``network()``, and the network's id."""
+    s = compute.worker_state(Limits(**limits), Cache(16), local_max_elements=1 << 14)
+    nid, _ = compute.handle(s, "load", codec.encode_graph(network()).SerializeToString(), [], "")
+    return s, nid
+
+
+def grad_request(x: np.ndarray = X, **grad: Any) -> service_pb2.GradRequest:
+    return service_pb2.GradRequest(grad=codec.encode_grad_operation(**grad), inputs=[codec.encode_tensor(x)])
+
+
+def steps(s: compute.WorkerState, kind: str, req: Any, nid: str) -> tuple[compute.Plan, compute.Args, list[Any], compute.Encoded]:
+    key = compute.plan_key(kind, req, nid)
+    plan = compute.plan(s, kind, req, nid, key)
+    args = compute.args(s, kind, plan, compute.Tensors.of(req), nid)
+    trees = compute.execute(plan, args)
+    return plan, args, trees, compute.encode(plan, kind, trees)
+
+
+def test_load_answers_the_codecs_network_id() -> None:
+    s, nid = state()
+    assert nid == codec.network_id(network())
+    assert nid in s.cache
+
+
+def test_grad_steps_give_the_closed_form_gradient() -> None:
+    s, nid = state()
+    req = grad_request(get_all=True, get_by_list=True, weights=["w"])
+    plan, args, trees, encoded = steps(s, "grad", req, nid)
+    assert isinstance(args, compute.Args)
+    np.testing.assert_array_equal(args.positional[0], X)
+    assert args.params == {}
+    ((dx,), (dw,)) = trees[0]
+    np.testing.assert_allclose(dx, np.cos(X * W) * W, rtol=1e-12)
+    np.testing.assert_allclose(dw, (np.cos(X * W) * X).sum(axis=0), rtol=1e-12)
+    (body,) = encoded.parts
+    reply = service_pb2.GradResponse.FromString(body)
+    assert not encoded.arrays and not reply.HasField("forward")
+    ((got_dx,), (got_dw,)) = codec.decode_tree(reply.gradients)
+    np.testing.assert_array_equal(got_dx, dx)
+    np.testing.assert_array_equal(got_dw, dw)
+    assert compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid)) is plan  # cached
+
+
+def test_run_steps_match_the_engine_and_take_parameter_overrides() -> None:
+    s, nid = state()
+    w2 = RNG.standard_normal(3)
+    req = service_pb2.RunRequest(inputs=[codec.encode_tensor(X)], parameters={"w": codec.encode_tensor(w2)})
+    _, args, trees, encoded = steps(s, "run", req, nid)
+    np.testing.assert_array_equal(args.params["w"], w2)
+    expected = compile_graph(network())(X, params={"w": w2})
+    assert float(trees[0]) == pytest.approx(float(np.sin(X * w2).sum()), rel=1e-12)
+    assert float(trees[0]) == float(expected)
+    assert float(codec.decode_tree(service_pb2.RunResponse.FromString(encoded.parts[0]).outputs)) == float(expected)
+
+
+def test_return_forward_gives_gradients_then_forward_outputs() -> None:
+    s, nid = state()
+    req = grad_request()
+    req.return_forward = True
+    plan, _, trees, encoded = steps(s, "grad", req, nid)
+    assert plan.forward and len(trees) == 2
+    np.testing.assert_allclose(trees[0], compile_graph(grad_operation(network()))(X), rtol=1e-12)
+    assert float(trees[1]) == pytest.approx(float(np.sin(X * W).sum()), rel=1e-12)
+    reply = service_pb2.GradResponse.FromString(encoded.parts[0])
+    assert float(codec.decode_tree(reply.forward)) == float(trees[1])
+
+
+def test_args_taken_as_sent_when_types_match_else_decoded_by_the_codec() -> None:
+    s, nid = state()
+    req = grad_request()
+    key = compute.plan_key("grad", req, nid)
+    plan = compute.plan(s, "grad", req, nid, key)
+    assert plan.take(compute.Tensors.of(req)) is not None
+    wrong = grad_request(X.astype(np.float32))
+    assert plan.take(compute.Tensors.of(wrong)) is None
+    with pytest.raises(codec.WireError, match=r"inputs\[0\].*float64.*float32"):
+        compute.args(s, "grad", plan, compute.Tensors.of(wrong), nid)
+    extra = grad_request()
+    extra.inputs.append(codec.encode_tensor(X))
+    with pytest.raises(codec.WireError, match="expected 1 tensors"):
+        compute.args(s, "grad", plan, compute.Tensors.of(extra), nid)
+
+
+def test_sens_are_positional_after_the_inputs() -> None:
+    s, nid = state()
+    req = grad_request(sens_param=True)
+    req.sens.append(codec.encode_tensor(np.array(2.5)))
+    _, args, trees, _ = steps(s, "grad", req, nid)
+    assert len(args.positional) == 2 and float(args.positional[1]) == 2.5
+    np.testing.assert_allclose(trees[0], 2.5 * np.cos(X * W) * W, rtol=1e-12)
+
+
+def test_shared_memory_buffers_stand_in_for_stripped_data() -> None:
+    s, nid = state()
+    req = grad_request()
+    data = memoryview(bytearray(req.inputs[0].data))
+    req.inputs[0].ClearField("data")
+    tensors = compute.Tensors.of(req, [("inputs", 0)], [data])
+    assert isinstance(tensors.inputs[0], compute.Blob) and tensors.inputs[0].data is data
+    plan = compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid))
+    args = compute.args(s, "grad", plan, tensors, nid)
+    np.testing.assert_allclose(compute.execute(plan, args)[0], np.cos(X * W) * W, rtol=1e-12)
+
+
+def test_large_results_leave_as_arrays_with_their_leaf_numbers() -> None:
+    n = BLOB_MIN_BYTES // 16 + 1  # a [2, n] float64 gradient of at least BLOB_MIN_BYTES
+    b = GraphBuilder("g")
+    x = b.input("x", "float64", (2, n))
+    b.param("w", np.ones(n))
+    s = compute.worker_state(Limits(), Cache(16), local_max_elements=0)
+    nid, _ = compute.handle(s, "load", codec.encode_graph(b.build(b.op("ReduceSum", b.op("Sin", x)))).SerializeToString(), [], "")
+    xs = RNG.standard_normal((2, n))
+    plan, _, _, encoded = steps(s, "grad", grad_request(xs, get_all=True), nid)
+    assert not plan.local
+    (array,) = encoded.arrays
+    np.testing.assert_allclose(array, np.cos(xs), rtol=1e-12)
+    assert len(encoded.parts) == 2  # the response is cut where the array's frame goes
+    whole = service_pb2.GradResponse.FromString(splice(encoded.parts, [data_header(array.nbytes) + array.tobytes()]))
+    tensor = whole.gradients.tuple.items[0].tensor
+    assert list(tensor.shape) == [2, n] and tensor.dtype == graph_pb2.DATA_TYPE_FLOAT64
+    (dx,) = codec.decode_tree(whole.gradients)
+    np.testing.assert_allclose(dx, np.cos(xs), rtol=1e-12)
+
+
+def test_a_second_response_is_filled_into_the_template_with_the_same_bytes() -> None:
+    s, nid = state()
+    req = grad_request()
+    plan, _, _, _ = steps(s, "grad", req, nid)
+    assert plan.template is not None
+    x2 = RNG.standard_normal((2, 3))
+    _, _, trees2, second = steps(s, "grad", grad_request(x2), nid)
+    message = service_pb2.GradResponse()
+    codec.encode_tree(trees2[0], message.gradients)
+    assert second.parts == [message.SerializeToString()]
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(second.parts[0]).gradients),
+                               np.cos(x2 * W) * W, rtol=1e-12)
+
+
+def test_a_plan_over_the_flops_limit_is_refused_before_running_and_stays_cached() -> None:
+    s, nid = state(max_request_flops=10)
+    req = grad_request()
+    key = compute.plan_key("grad", req, nid)
+    plan = compute.plan(s, "grad", req, nid, key)
+    assert plan.program.flops > 10
+    with pytest.raises(Failure) as refused:
+        compute.run(s, "grad", req, compute.Tensors.of(req), nid, key)
+    assert refused.value.code == "RESOURCE_EXHAUSTED" and f"{plan.program.flops} floating-point" in refused.value.message
+    assert s.cache.get(key) is plan
+
+
+def test_plans_touching_few_elements_are_local() -> None:
+    s, nid = state()
+    req = grad_request()
+    plan = compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid))
+    assert plan.local and plan.program.elements <= s.local_max_elements
+    small = compute.worker_state(Limits(), Cache(16), local_max_elements=plan.program.elements - 1)
+    small.network(nid, codec.encode_graph(network()).SerializeToString())
+    assert not compute.plan(small, "grad", req, nid, compute.plan_key("grad", req, nid)).local
+
+
+def test_handle_answers_a_grad_job_from_its_serialized_request() -> None:
+    s, nid = state()
+    req = grad_request()
+    job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid))
+    answer, arrays = compute.handle(s, "grad", job, [], nid)
+    assert isinstance(answer, compute.Answer) and len(answer.parts) == 1 and arrays == []
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.parts[0]).gradients),
+                               np.cos(X * W) * W, rtol=1e-12)
+    assert answer.plan == compute.export_plan(s.cache.get(job.key))  # local: the plan comes along, pickled once
+
+
+def test_an_exported_plan_runs_in_another_state_without_building() -> None:
+    s, nid = state()
+    req = grad_request(get_all=True, get_by_list=True, weights=["w"])
+    key = compute.plan_key("grad", req, nid)
+    plan, _, _, _ = steps(s, "grad", req, nid)
+    assert plan.local and plan.template is not None
+    copy = compute.import_plan(compute.export_plan(plan))
+    assert copy is not plan and copy.template == plan.template and not copy.exported
+    lane = compute.worker_state(Limits(), Cache(16), local_max_elements=0)  # holds no network: nothing to build from
+    lane.cache.put(key, copy, copy.held)
+    x2 = RNG.standard_normal((2, 3))
+    _, encoded = compute.run(lane, "grad", req, compute.Tensors.of(grad_request(x2)), nid, key)
+    ((dx,), (dw,)) = codec.decode_tree(service_pb2.GradResponse.FromString(encoded.parts[0]).gradients)
+    np.testing.assert_allclose(dx, np.cos(x2 * W) * W, rtol=1e-12)
+    np.testing.assert_allclose(dw, (np.cos(x2 * W) * x2).sum(axis=0), rtol=1e-12)
+
+
+def test_plans_of_large_networks_are_not_local() -> None:
+    n = compute.LOCAL_MAX_NETWORK_BYTES // 8 + 1  # a float64 parameter larger than the bound
+    s = compute.worker_state(Limits(), Cache(16), local_max_elements=1 << 30)
+    raw = codec.encode_graph(network(n)).SerializeToString()
+    assert len(raw) > compute.LOCAL_MAX_NETWORK_BYTES
+    nid, _ = compute.handle(s, "load", raw, [], "")
+    req = grad_request(np.ones((2, n)))
+    answer, _ = compute.handle(s, "grad", compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid)), [], nid)
+    assert answer.plan == b"" and not s.cache.get(compute.plan_key("grad", req, nid)).local
+
+
+def test_the_codec_reads_the_servers_limits_zero_being_no_limit() -> None:
+    assert isinstance(Limits(), codec.Limits)
+    raw = codec.encode_graph(network()).SerializeToString()  # Mul, Sin, ReduceSum
+    tight = compute.worker_state(Limits(max_graph_nodes=2), Cache(4), 0)
+    with pytest.raises(codec.LimitError, match="2"):
+        compute.handle(tight, "load", raw, [], "")
+    unbounded = compute.worker_state(Limits(max_graph_nodes=0, max_tensor_elements=0, max_tensor_rank=0, max_nesting_depth=0), Cache(4), 0)
+    assert unbounded.limits.max_graph_nodes > 1 << 60 and unbounded.limits.max_tensor_rank >= 1 << 30
+    assert compute.handle(unbounded, "load", raw, [], "")[0] == codec.network_id(network())

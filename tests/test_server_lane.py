@@ -15,6 +15,7 @@ import pytest
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
+from gradserve.server import compute
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -72,6 +73,23 @@ def test_tiny_plan_runs_in_the_server_process_even_while_every_worker_is_stopped
     np.testing.assert_allclose(got, np.array([[4.51, 2.7, 3.6]] * 2, np.float32), rtol=1e-6)
     assert server.servicer.lane.served == served + 1
     assert server.pool.pids() == workers and server.pool.replaced == 0
+
+
+def test_the_lane_runs_the_plan_the_worker_built_without_compiling(
+    server: Server, stub: service_pb2_grpc.GradientStub, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    def no_compiling(graph: Any) -> Any:
+        raise AssertionError("compiled in the server process")
+
+    monkeypatch.setattr(compute, "compile_graph", no_compiling)  # this process only: workers are separate processes
+    x = np.array([[0.5, -1.0], [2.0, 0.25]])
+    request = sin_request(stub, x)
+    served = server.servicer.lane.served
+    np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos(x), rtol=1e-12)
+    x2 = x * 3
+    request.inputs[0].CopyFrom(codec.encode_tensor(x2))
+    np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos(x2), rtol=1e-12)
+    assert server.servicer.lane.served == served + 1
 
 
 def test_plan_over_many_elements_always_runs_in_a_worker(server: Server, stub: service_pb2_grpc.GradientStub) -> None:

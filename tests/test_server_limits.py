@@ -16,7 +16,7 @@ from serverkit import parse, rejected, slow_request, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
-from gradserve.server import pool as pool_module
+from gradserve.server import transport
 from gradserve.server.app import ParseGuard, Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -43,7 +43,7 @@ def status_kb(pid: int, key: str) -> int:
 
 
 def shm_used() -> int:
-    st = os.statvfs(pool_module.SHM_DIR)
+    st = os.statvfs(transport.SHM_DIR)
     return (st.f_blocks - st.f_bfree) * st.f_frsize
 
 
@@ -138,7 +138,7 @@ def test_open_streams_are_capped_and_health_still_answers() -> None:
 
 def test_worker_drops_released_big_arena() -> None:
     n = 260 * MiB // 4  # a float32 result above KEEP_ARENA_BYTES, below max_message_bytes
-    assert n * 4 > pool_module.KEEP_ARENA_BYTES
+    assert n * 4 > transport.KEEP_ARENA_BYTES
     with running(config()) as server:
         ch, stub = connect(server)
         with ch:

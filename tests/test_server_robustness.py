@@ -177,3 +177,20 @@ def test_a_server_bug_is_internal_and_counted(server: Server, channel: grpc.Chan
     monkeypatch.undo()
     assert request_counters(stub)[("ListOps", "INTERNAL")] == 1
     still_serving(channel)
+
+
+def test_a_server_bug_in_a_stream_is_answered_in_the_stream_internal_and_counted(
+        server: Server, channel: grpc.Channel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GradStream keeps the same bookkeeping as unary calls: the bug's message, its code counted."""
+    def broken(*_: object) -> bytes:
+        raise KeyError("stream")
+
+    stub = service_pb2_grpc.GradientStub(channel)
+    before = request_counters(stub).get(("GradStream", "INTERNAL"), 0)
+    monkeypatch.setattr(server.servicer, "_compute", broken)
+    (resp,) = stub.GradStream(iter([service_pb2.GradRequest(network_id="n", request_id="r7")]), timeout=10)
+    monkeypatch.undo()
+    assert resp.request_id == "r7" and resp.error.code == grpc.StatusCode.INTERNAL.value[0]
+    assert resp.error.message == "GradStream: server bug: KeyError: 'stream'"
+    assert request_counters(stub)[("GradStream", "INTERNAL")] == before + 1
+    still_serving(channel)
