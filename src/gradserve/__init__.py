@@ -10,6 +10,7 @@ __version__ = version("gradserve")
 
 from . import dtype, nn, ops
 from .client import Parameter, ParameterTuple, Tensor, TracingError, get_context, set_context
+from .client.grad import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
 from .client.dtype import (
     bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
     ubyte, uint8,
@@ -17,6 +18,7 @@ from .client.dtype import (
 
 __all__ = [
     "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
-    "float32", "float64", "get_context", "half", "int8", "int16", "int32", "int64", "intc", "intp", "nn", "ops",
-    "set_context", "short", "single", "ubyte", "uint8",
+    "float32", "float64", "get_context", "grad", "half", "hessian", "int8", "int16", "int32", "int64", "intc", "intp",
+    "jacfwd", "jacrev", "jvp", "nn", "ops",
+    "set_context", "short", "single", "ubyte", "uint8", "value_and_grad", "vjp",
 ]
