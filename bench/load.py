@@ -33,8 +33,8 @@ import fuzz  # noqa: E402  (bench/fuzz.py: our own server or a loopback target)
 import fuzzkit  # noqa: E402  (tests/fuzzkit.py: RSS of processes)
 import service  # noqa: E402  (bench/service.py: the tutorial request, quantiles)
 
-from gradserve import codec  # noqa: E402
 from gradserve.engine import GraphBuilder  # noqa: E402
+from gradserve.proto import codec  # noqa: E402
 from gradserve.server.app import Server  # noqa: E402
 from gradserve.server.config import ServerConfig  # noqa: E402
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc  # noqa: E402

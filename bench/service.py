@@ -25,8 +25,8 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
-from gradserve import codec
 from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
 from gradserve.server.app import running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc

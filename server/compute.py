@@ -14,9 +14,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from .. import codec
 from ..engine import EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
 from ..engine.autodiff import inline
+from ..proto import codec
 from ..v1 import graph_pb2, service_pb2
 from .blobs import BLOB_MIN_BYTES, Where, data_header, leaves_of, pieces, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits

@@ -15,10 +15,10 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 
-from gradserve import codec
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
 from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
 from gradserve.server import demo, pool
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig

@@ -14,8 +14,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serverkit import long_run, rejected, wait_until
 
-from gradserve import codec
 from gradserve.engine import GraphBuilder, compile_graph
+from gradserve.proto import codec
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.worker import Cache

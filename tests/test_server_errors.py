@@ -12,8 +12,8 @@ from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
 
-from gradserve import codec
 from gradserve.engine import GraphBuilder, NotDifferentiableError
+from gradserve.proto import codec
 from gradserve.server.compute import classify
 from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig

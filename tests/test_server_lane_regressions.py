@@ -10,8 +10,8 @@ import grpc
 import numpy as np
 import pytest
 
-from gradserve import codec
 from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
 from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc

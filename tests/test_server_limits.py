@@ -14,8 +14,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serverkit import parse, rejected, slow_request, wait_until
 
-from gradserve import codec
 from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
 from gradserve.server import pool as pool_module
 from gradserve.server.app import ParseGuard, Server, running
 from gradserve.server.config import Limits, ServerConfig

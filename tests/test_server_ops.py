@@ -18,9 +18,9 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 
-from gradserve import codec
 from gradserve.client import context
 from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
 from gradserve.server import cli, metrics
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig

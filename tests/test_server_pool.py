@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 
-from gradserve import codec
+from gradserve.proto import codec
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2_grpc

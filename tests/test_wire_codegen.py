@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
+GENERATED = ROOT / "proto" / "gradserve" / "v1"
+"""The generated modules live beside the .proto files they come from."""
 
 
 def _gen_module():  # type: ignore[no-untyped-def]
@@ -31,7 +33,7 @@ def _deps() -> dict[str, str]:
 def test_generated_code_matches_protos(tmp_path: Path) -> None:
     gen = _gen_module()
     fresh = {p.name: p.read_bytes() for p in gen.generate(tmp_path)}
-    committed = {p.name: p.read_bytes() for p in (ROOT / "src" / "gradserve" / "v1").iterdir() if p.is_file()}
+    committed = {p.name: p.read_bytes() for p in GENERATED.iterdir() if p.is_file() and p.suffix != ".proto"}
     assert sorted(fresh) == sorted(committed), "run: python tools/gen_proto.py"
     stale = [name for name in fresh if fresh[name] != committed[name]]
     assert not stale, f"generated code is stale ({stale}); run: python tools/gen_proto.py"
@@ -41,10 +43,10 @@ def test_pins_match_generator_and_gencode() -> None:
     gen, deps = _gen_module(), _deps()
     assert deps["grpcio-tools"] == f"grpcio-tools=={gen.GRPCIO_TOOLS_VERSION}"
     assert deps["mypy-protobuf"] == f"mypy-protobuf=={gen.MYPY_PROTOBUF_VERSION}"
-    pb2 = (ROOT / "src" / "gradserve" / "v1" / "graph_pb2.py").read_text()
+    pb2 = (GENERATED / "graph_pb2.py").read_text()
     gencode = re.search(r"Protobuf Python Version: (\S+)", pb2).group(1)  # type: ignore[union-attr]
     assert deps["protobuf"].startswith(f"protobuf>={gencode},"), (deps["protobuf"], gencode)
-    grpc_gen = re.search(r"GRPC_GENERATED_VERSION = '(\S+)'", (ROOT / "src/gradserve/v1/service_pb2_grpc.py").read_text())
+    grpc_gen = re.search(r"GRPC_GENERATED_VERSION = '(\S+)'", (GENERATED / "service_pb2_grpc.py").read_text())
     assert deps["grpcio"].startswith(f"grpcio>={grpc_gen.group(1)},")  # type: ignore[union-attr]
 
 

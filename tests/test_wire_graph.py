@@ -8,9 +8,9 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from gradserve import codec
 from gradserve.engine import OPS, NotDifferentiableError, compile_graph
 from gradserve.engine.optable import REQUIRED, defop
+from gradserve.proto import codec
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2 as spb
 

@@ -11,8 +11,8 @@ import grpc
 import numpy as np
 import pytest
 
-from gradserve import codec
 from gradserve.engine import EngineError, GraphBuilder, GraphError, ShapeError, compile_graph
+from gradserve.proto import codec
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2, service_pb2_grpc

@@ -9,9 +9,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gradserve import codec
 from gradserve.engine import OPS, Graph, GraphBuilder, GraphError, TensorType, Value, flatten
 from gradserve.engine.optable import REQUIRED
+from gradserve.proto import codec
 from gradserve.v1 import graph_pb2 as pb
 
 SHAPES = [(), (3,), (2, 3), (3, 3)]

@@ -12,8 +12,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 
-from gradserve import codec
 from gradserve.engine import ATTR_KINDS, DTYPES
+from gradserve.proto import codec
+from gradserve.proto.codec import attrs, tensors
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2 as spb
 
@@ -99,7 +100,7 @@ def test_limits_raise_limit_errors() -> None:
 def test_wrong_byte_length_is_rejected_before_allocation(monkeypatch: pytest.MonkeyPatch) -> None:
     """A message claiming 2**26 float64 elements (512 MiB) with 8 bytes of data costs no memory."""
     msg = pb.Tensor(dtype=pb.DATA_TYPE_FLOAT64, shape=[1 << 13, 1 << 13], data=b"\0" * 8)
-    monkeypatch.setattr(codec.np, "frombuffer", lambda *a, **k: pytest.fail("allocated before validating"))
+    monkeypatch.setattr(tensors.np, "frombuffer", lambda *a, **k: pytest.fail("allocated before validating"))
     tracemalloc.start()
     try:
         with pytest.raises(codec.WireError, match="needs 67108864 elements x 8 bytes"):
@@ -141,6 +142,6 @@ def test_attribute_round_trip(kind_value: tuple) -> None:
     else:
         assert back == value and type(back) is type(value)
     assert codec.encode_attr(back, kind) == msg
-    other = next(k for k in ATTR_KINDS if k != kind and codec._ONEOF_OF_KIND[k] != codec._ONEOF_OF_KIND[kind])
+    other = next(k for k in ATTR_KINDS if k != kind and attrs._ONEOF_OF_KIND[k] != attrs._ONEOF_OF_KIND[kind])
     with pytest.raises(codec.WireError, match=f"attribute kind is {other}"):
         codec.decode_attr(msg, other, codec.DEFAULT_LIMITS, "a")

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from gradserve import codec
 from gradserve.engine import compile_graph
+from gradserve.proto import codec
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2 as spb
 

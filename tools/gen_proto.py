@@ -1,4 +1,5 @@
-"""Regenerate the committed Python code for proto/gradserve/v1 (run: python tools/gen_proto.py).
+"""Regenerate the committed Python code for proto/gradserve/v1, written beside the .proto files it comes from
+(run: python tools/gen_proto.py).
 
 The output is committed; tests/test_wire_codegen.py regenerates into a temporary directory and
 fails on any difference, so edit the .proto files and rerun this script, never the output."""
@@ -13,7 +14,6 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
-SRC = ROOT / "src"
 PACKAGE = Path("gradserve") / "v1"
 GRPCIO_TOOLS_VERSION = "1.85.1"
 MYPY_PROTOBUF_VERSION = "5.1.0"
@@ -69,7 +69,7 @@ def generate(out_root: Path) -> list[Path]:
 def main() -> None:
     """Command line: regenerate into the repository (default) or into --out."""
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--out", type=Path, default=SRC, help="root to write gradserve/v1/ under")
+    parser.add_argument("--out", type=Path, default=PROTO_ROOT, help="root to write gradserve/v1/ under (default: proto/)")
     for path in generate(parser.parse_args().out):
         print(path)
 

@@ -1,0 +1,41 @@
+"""The wire codec: the one place that turns gradserve.v1 protos into engine graphs, arrays and calls, and back.
+
+One module per thing converted: ``tensors`` (dtypes, tensors, result trees), ``attrs`` (node attributes),
+``graphs`` (networks and their ids), ``calls`` (GradOperation, Grad and Run requests) and ``catalog``
+(ListOps); ``limits`` holds what a request may contain and ``errors`` the codec's errors.
+
+Nothing from the wire is trusted: dtypes, shapes, byte lengths, names, nesting and sizes are checked
+before any array is allocated, and every failure is a :class:`WireError` whose ``field`` is the path
+of the offending field (``graph.nodes[3].inputs[1]``), ready for a google.rpc.BadRequest. Exceeded
+limits raise :class:`LimitError` (RESOURCE_EXHAUSTED); gradients through ops without one raise the
+engine's NotDifferentiableError (UNIMPLEMENTED) with the field path prefixed.
+"""
+from .attrs import decode_attr, encode_attr
+from .calls import (
+    Call,
+    apply_grad_operation,
+    decode_grad_call,
+    decode_parameter_overrides,
+    decode_run_call,
+    encode_grad_operation,
+)
+from .catalog import list_ops
+from .errors import LimitError, WireError
+from .graphs import decode_graph, encode_graph, network_id
+from .limits import DEFAULT_LIMITS, Limits
+from .tensors import (
+    decode_dtype,
+    decode_tensor,
+    decode_tree,
+    encode_dtype,
+    encode_tensor,
+    encode_tree,
+    supported_dtypes,
+)
+
+__all__ = [
+    "DEFAULT_LIMITS", "Call", "LimitError", "Limits", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
+    "decode_graph", "decode_grad_call", "decode_parameter_overrides", "decode_run_call", "decode_tensor", "decode_tree",
+    "encode_attr", "encode_dtype", "encode_grad_operation", "encode_graph", "encode_tensor", "encode_tree", "list_ops",
+    "network_id", "supported_dtypes",
+]
