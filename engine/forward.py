@@ -22,6 +22,9 @@ from .optable import F
 MAX_JACOBIAN_COLUMNS = 4096
 """Most basis vectors one Jacobian node may unroll into (input elements in forward mode, output elements in reverse)."""
 
+MAX_UNROLLED_NODES = 1 << 17
+"""Most nodes the unrolled passes of one Jacobian may add, checked before any is built."""
+
 
 def jvp(g: Graph, positions: Sequence[int]) -> Graph:
     """A graph over ``g``'s inputs followed by one tangent per input at ``positions`` whose output is
@@ -68,10 +71,15 @@ def jacobian(g: Graph, positions: Sequence[int], mode: str) -> Graph:
     return result
 
 
-def _check_columns(g: Graph, count: int, what: str) -> None:
+def _check_columns(g: Graph, count: int, what: str, pass_nodes: int) -> None:
+    """Refuse, before unrolling, more than MAX_JACOBIAN_COLUMNS passes or more than MAX_UNROLLED_NODES nodes."""
     if count > MAX_JACOBIAN_COLUMNS:
         raise GraphError(
             f"Jacobian over {shown(g.name)}: {count} {what} would each need a pass; at most {MAX_JACOBIAN_COLUMNS} are supported"
+        )
+    if count * pass_nodes > MAX_UNROLLED_NODES:
+        raise GraphError(
+            f"Jacobian over {shown(g.name)}: {count} {what} times {pass_nodes} nodes per pass exceeds {MAX_UNROLLED_NODES} nodes"
         )
 
 
@@ -83,11 +91,12 @@ def _basis(v: Value, k: int) -> np.ndarray:
 
 def _forward_columns(b: GraphBuilder, g: Graph, args: list[Value], positions: Sequence[int], leaves: list[Value]) -> list[list[Value]]:
     """d leaf / d x_j for each leaf and position, one JVP of ``g`` per element of x_j."""
-    _check_columns(g, sum(args[p].type.size for p in positions), "input elements")
+    subs = {p: jvp(g, (p,)) for p in positions}
+    _check_columns(g, sum(args[p].type.size for p in positions), "input elements", max(len(s.nodes) for s in subs.values()))
     jacs: list[list[Value]] = [[] for _ in leaves]
     for p in positions:
         x = args[p]
-        sub = jvp(g, (p,))
+        sub = subs[p]
         cols: list[list[Value]] = [[] for _ in leaves]
         for k in range(x.type.size):
             res = flatten(inline(b, sub, [*args, b.const(_basis(x, k))]))[len(leaves):]
@@ -100,8 +109,8 @@ def _forward_columns(b: GraphBuilder, g: Graph, args: list[Value], positions: Se
 
 def _reverse_rows(b: GraphBuilder, g: Graph, args: list[Value], positions: Sequence[int], leaves: list[Value]) -> list[list[Value]]:
     """d leaf / d x_j for each leaf and position, one VJP of ``g`` per element of each leaf."""
-    _check_columns(g, sum(v.type.size for v in leaves), "output elements")
     sub = vjp(g, positions, sens_param=True)
+    _check_columns(g, sum(v.type.size for v in leaves), "output elements", len(sub.nodes))
     jacs: list[list[Value]] = []
     for i, leaf in enumerate(leaves):
         rows: list[list[Value]] = [[] for _ in positions]

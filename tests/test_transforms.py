@@ -217,7 +217,7 @@ def test_first_order_transforms_match_torch(where: str, seed: int) -> None:
 
 
 @pytest.mark.parametrize("seed", [2, 3])
-def test_higher_orders_and_compositions_match_torch(seed: int, clean_context: None) -> None:
+def test_higher_orders_and_compositions_match_torch(where: str, seed: int) -> None:
     """Second and third order through every composition: grad of grad of grad, hessian, jacfwd of jacrev of grad,
     forward over reverse, grad of value_and_grad, GradOperation inside grad and grad inside GradOperation."""
     f, g, xs, ts = both(seed)
@@ -360,3 +360,54 @@ def test_transform_nodes_compose_in_one_graph() -> None:
     grad_f, hvp = compile_graph(main)(xa, va)
     np.testing.assert_allclose(grad_f, np.cos(xa) * xa + np.sin(xa), rtol=1e-12)
     np.testing.assert_allclose(hvp, (2 * np.cos(xa) - np.sin(xa) * xa) * va, rtol=1e-12)
+
+
+# ---- transform nodes on the wire ----
+
+def wire_network(outer: str = "Jacobian", fn: str = "a_inner", size: int = 3) -> Any:
+    """A network whose main graph applies ``outer`` to library function "z_outer", which applies Grad to ``fn``:
+    the outer function's name sorts after the inner one's, so decoding must follow the references."""
+    from gradserve.proto import codec
+
+    lib: dict[str, Any] = {}
+    b = GraphBuilder("a_inner", lib)
+    x = b.input("x", "float64", (size,))
+    lib["a_inner"] = b.build(b.op("ReduceSum", b.op("Sin", x) * x))
+    b = GraphBuilder("z_outer", lib)
+    x = b.input("x", "float64", (size,))
+    lib["z_outer"] = b.build(b.op("Grad", x, fn="a_inner")[1])
+    b = GraphBuilder("main", lib)
+    x = b.input("x", "float64", (size,))
+    msg = codec.encode_graph(b.build(tuple(b.op(outer, x, fn="z_outer"))))
+    msg.library["z_outer"].nodes[0].attrs["fn"].string_value = fn
+    return msg
+
+
+def test_transform_nodes_decode_in_reference_order_and_are_limited() -> None:
+    """The codec follows every op's library references (not only GradOperation's): a Jacobian of a gradient decodes
+    and gives the Hessian; a missing function is named at its attribute; the expansion counts against the node limit."""
+    from gradserve.proto import codec
+
+    g = codec.decode_graph(wire_network())
+    xa = np.array([0.3, -1.2, 2.0])
+    _, hess = compile_graph(g)(xa)
+    np.testing.assert_allclose(hess, np.diag(2 * np.cos(xa) - np.sin(xa) * xa), rtol=1e-12, atol=1e-15)
+    with pytest.raises(codec.WireError, match="refers to function 'missing'") as e:
+        codec.decode_graph(wire_network(fn="missing"))
+    assert e.value.field == 'graph.library["z_outer"].nodes[0].attrs["fn"]'
+    with pytest.raises(codec.LimitError, match="expanding GradOperation and other transform nodes") as e:
+        codec.decode_graph(wire_network(), codec.Limits(max_graph_nodes=40))
+    assert e.value.field == "graph.nodes[0]"
+
+
+def test_an_unrolled_jacobian_is_bounded_before_it_is_built() -> None:
+    """A Jacobian of too many input elements is refused by the engine with a message naming the count."""
+    from gradserve.proto import codec
+
+    msg = wire_network(outer="Grad", size=5000)
+    msg.nodes[0].op = "Jacobian"
+    for key in ("has_aux", "weights"):
+        if key in msg.nodes[0].attrs:
+            del msg.nodes[0].attrs[key]
+    with pytest.raises(codec.WireError, match="5000 input elements would each need a pass; at most 4096"):
+        codec.decode_graph(msg)
