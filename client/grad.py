@@ -3,7 +3,6 @@ hessian): gradients of a Cell or function in MindSpore's return structures, comp
 becomes one transform node over a traced library function; the engine holds every gradient rule."""
 from __future__ import annotations
 
-import weakref
 from typing import Any, Sequence
 
 from ..engine import flatten, unflatten
@@ -293,7 +292,10 @@ class _GradFn(_Transform):
                 gw = [(w.name, g) for w, g in zip(self.weights, gw)]
             part_i = gi[0] if n == 1 else tuple(gi)
             part_w = gw[0] if self.bare_weight else tuple(gw)
-            gradient = part_w if self.positions is None else part_i if not self.weights and not self.bare_weight else (part_i, part_w)
+            if self.positions is None:
+                gradient: Any = part_w
+            else:
+                gradient = (part_i, part_w) if self.weights else part_i
             if self.value:
                 return out, gradient
             return (gradient, out[1:]) if self.has_aux else gradient
@@ -346,7 +348,13 @@ class _JvpFn(_Transform):
         return rebuild
 
 
-_JVPS: "weakref.WeakKeyDictionary[Any, dict[bool, _JvpFn]]" = weakref.WeakKeyDictionary()
+def _reused(fn: Any, kind: str) -> dict[Any, Any]:
+    """The transform objects ``jvp`` or ``vjp`` made for ``fn``, kept in ``fn``'s own ``__dict__`` so that repeated
+    calls reuse their traces and the objects die with ``fn`` (a throwaway dict when ``fn`` has no ``__dict__``)."""
+    try:
+        return vars(fn).setdefault(f"_gradserve_{kind}", {})  # type: ignore[no-any-return]
+    except TypeError:
+        return {}
 
 
 def jvp(fn: Any, inputs: Any, v: Any, has_aux: bool = False) -> Any:
@@ -357,12 +365,10 @@ def jvp(fn: Any, inputs: Any, v: Any, has_aux: bool = False) -> Any:
     for i, (x, t) in enumerate(zip(xs, vs)):
         if x.shape != t.shape or x._array_dtype() != t._array_dtype():
             raise ValueError(f"jvp of {label(fn)}: v[{i}] has shape {t.shape} and dtype {t.dtype}, input {i} has {x.shape} and {x.dtype}")
-    try:
-        cache = _JVPS.setdefault(fn, {})
-    except TypeError:
-        cache = {}
-    transform = cache.setdefault(has_aux, _JvpFn(fn, has_aux))
-    return transform._apply(xs, vs)
+    cache = _reused(fn, "jvp")
+    if has_aux not in cache:
+        cache[has_aux] = _JvpFn(fn, has_aux)
+    return cache[has_aux]._apply(xs, vs)
 
 
 class _VjpFn(_Transform):
@@ -414,7 +420,11 @@ def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> An
     out = fn(*xs)
     if has_aux:
         _require_aux(out, f"vjp of {label(fn)}")
-    vjp_fn = VjpFunction(_VjpFn(fn, ws, has_aux), xs, out)
+    cache = _reused(fn, "vjp")
+    key = (has_aux, tuple(id(w) for w in ws))
+    if key not in cache:
+        cache[key] = _VjpFn(fn, ws, has_aux)
+    vjp_fn = VjpFunction(cache[key], xs, out)
     if has_aux:
         return out[0], vjp_fn, _aux(out)
     return out, vjp_fn

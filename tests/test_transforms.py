@@ -283,7 +283,8 @@ def test_network_gradients_and_hessian_vector_products_match_torch(where: str) -
 
 
 def test_a_repeated_call_reuses_its_trace(clean_context: None) -> None:
-    """A transform called again with the same input signature is not traced again."""
+    """A transform called again with the same input signature is not traced again; jvp and vjp, which take the
+    function at each call, reuse theirs too."""
     from gradserve.client import trace_count
 
     f, _, xs, _ = both(4)
@@ -292,6 +293,13 @@ def test_a_repeated_call_reuses_its_trace(clean_context: None) -> None:
     second = arr(gf(*xs))
     np.testing.assert_array_equal(first[0], second[0])
     assert sum(trace_count(s) for s in gf._staged.values()) == 1
+    v = tuple(Tensor(np.ones(3)) for _ in xs)
+    for _ in range(3):
+        gs.jvp(f, tuple(xs), v)
+        gs.vjp(f, *xs)[1](Tensor(np.float64(1.0)))
+    for kind in ("jvp", "vjp"):
+        (transform,) = vars(f)[f"_gradserve_{kind}"].values()
+        assert sum(trace_count(s) for s in transform._staged.values()) == 1
 
 
 def test_transform_errors_name_the_fault(clean_context: None) -> None:
@@ -411,3 +419,21 @@ def test_an_unrolled_jacobian_is_bounded_before_it_is_built() -> None:
             del msg.nodes[0].attrs[key]
     with pytest.raises(codec.WireError, match="5000 input elements would each need a pass; at most 4096"):
         codec.decode_graph(msg)
+
+
+def test_the_documented_jvp_node_runs() -> None:
+    """docs/wire-format.md's Jvp example parses as a Graph, decodes and gives sin x and v cos x."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+
+    from gradserve.proto import codec
+    from gradserve.v1 import graph_pb2 as pb
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "wire-format.md").read_text()
+    section = doc[doc.index("### Example: a Jacobian-vector product of Sin"):]
+    block = section.split("```text\n", 1)[1].split("```", 1)[0]
+    header, _, body = block.partition("\n")
+    assert header == "# proto-message: gradserve.v1.Graph"
+    y, dy = compile_graph(codec.decode_graph(text_format.Parse(body, pb.Graph())))(np.array([0.5]), np.array([2.0]))
+    np.testing.assert_allclose((y, dy), ([np.sin(0.5)], [2 * np.cos(0.5)]), rtol=1e-15)
