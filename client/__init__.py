@@ -6,16 +6,19 @@ from . import dtype
 from .backend import Backend, GradFlags
 from .cell import Cell
 from . import context
-from .context import get_backend, get_context, register_backend_factory, set_context
+from .context import GRAPH_MODE, PYNATIVE_MODE, get_backend, get_context, register_backend_factory, set_context
+from .custom import Function, FunctionCtx, custom_vjp
 from .embedded import EmbeddedBackend
 from .errors import TracingError
 from .grad import GradFunction, GradOperation
+from .jit import jit, ms_function
 from .parameter import Parameter, ParameterTuple
 from .primitives import Primitive
 from .runner import trace_count
 
 __all__ = [
-    "Backend", "Cell", "EmbeddedBackend", "GradFlags", "GradFunction", "GradOperation", "Parameter",
-    "ParameterTuple", "Primitive", "Tensor", "TracingError", "dtype", "get_backend", "get_context",
-    "context", "register_backend_factory", "set_context", "trace_count",
+    "Backend", "Cell", "EmbeddedBackend", "Function", "FunctionCtx", "GRAPH_MODE", "GradFlags", "GradFunction",
+    "GradOperation", "PYNATIVE_MODE", "Parameter", "ParameterTuple", "Primitive", "Tensor", "TracingError",
+    "custom_vjp", "dtype", "get_backend", "get_context", "context", "jit", "ms_function", "register_backend_factory",
+    "set_context", "trace_count",
 ]

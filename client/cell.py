@@ -3,6 +3,7 @@ from __future__ import annotations
 
 from typing import Any, Iterator
 
+from .custom import call_in_trace
 from .parameter import DEFAULT_NAME, Parameter
 from .runner import run_network
 from .tensor import Tensor
@@ -27,7 +28,7 @@ class Cell:
             raise TypeError(f"{type(self).__name__}: pass inputs positionally (got keywords {sorted(kwargs)})")
         if current_frame() is not None:
             input_names(self, len(inputs))
-            return self.construct(*inputs)
+            return call_in_trace(self, inputs)
         return run_network(self, inputs)
 
     # ---- attributes: Parameters and child Cells are registered in definition order ----

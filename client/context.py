@@ -34,8 +34,21 @@ ENV_VAR = OPTIONS["target"]
 REMOTE_MODULE = "gradserve.client.remote"
 """Imported on first use of a target, so that it can register its factory."""
 
+GRAPH_MODE = 0
+"""MindSpore's graph mode: networks are compiled to graphs (here both modes trace and cache graphs)."""
+PYNATIVE_MODE = 1
+"""MindSpore's PyNative mode, its default since 2.0: Python runs as written, value-dependent control flow included."""
+MODES = {GRAPH_MODE: "GRAPH_MODE", PYNATIVE_MODE: "PYNATIVE_MODE"}
+MINDSPORE_OPTIONS = (
+    "device_target", "device_id", "save_graphs", "save_graphs_path", "check_bprop", "pynative_synchronize",
+    "jit_syntax_level", "jit_config", "max_call_depth", "enable_graph_kernel", "runtime_num_threads",
+    "memory_optimize_level", "deterministic", "max_device_memory", "enable_reduce_precision",
+)
+"""MindSpore's context options that scripts commonly set and that change nothing here; they are accepted and kept."""
+
 _UNSET = object()
 _state: dict[str, Any] = dict.fromkeys(OPTIONS, _UNSET)
+_mindspore: dict[str, Any] = {"mode": PYNATIVE_MODE}
 _factories: list[Callable[[str], Backend]] = []
 _backends: dict[tuple[str | None, ...], Backend] = {}
 _lock = threading.Lock()
@@ -46,10 +59,20 @@ def set_context(**kwargs: Any) -> None:
     token), ``tls_ca`` (CA file: use TLS), ``tls_cert`` and ``tls_key`` (client certificate files, mutual TLS)
     say how to connect; ``retry_seconds`` (how long a call retries unreachable servers, default 15) and ``timeout``
     (each call's deadline, default none) are seconds. Each is a string or a number of seconds, or None: the default,
-    whatever the ``GRADSERVE_*`` variable says."""
+    whatever the ``GRADSERVE_*`` variable says. ``mode`` is ``GRAPH_MODE`` or ``PYNATIVE_MODE`` (the default); MindSpore's
+    other common options (``device_target``...) are accepted and have no effect."""
     for key, value in kwargs.items():
+        if key == "mode":
+            if isinstance(value, bool) or value not in MODES:
+                raise ValueError(f"set_context: mode must be GRAPH_MODE (0) or PYNATIVE_MODE (1), got {value!r}")
+            _mindspore[key] = value
+            continue
+        if key in MINDSPORE_OPTIONS:
+            _mindspore[key] = value
+            continue
         if key not in OPTIONS:
-            raise TypeError(f"set_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
+            known = ", ".join(map(repr, (*OPTIONS, "mode", *MINDSPORE_OPTIONS)))
+            raise TypeError(f"set_context: unknown option {key!r}; gradserve understands only {known}")
         if key in SECONDS:
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                           and 0 <= value < float("inf")):
@@ -61,7 +84,10 @@ def set_context(**kwargs: Any) -> None:
 
 
 def get_context(key: str) -> Any:
-    """The current value of a context option: the one set, else its ``GRADSERVE_*`` variable, else None."""
+    """The current value of a context option: the one set, else its ``GRADSERVE_*`` variable, else None
+    (``mode``: PYNATIVE_MODE unless set)."""
+    if key in _mindspore or key in MINDSPORE_OPTIONS:
+        return _mindspore.get(key)
     if key not in OPTIONS:
         raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
     value = _state[key]

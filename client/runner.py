@@ -1,4 +1,5 @@
-"""Top-level calls: trace once per input signature, cache the graph, and run it on the current backend."""
+"""Top-level calls: trace once per input signature and network state, cache the graph while its guards hold, and
+run it on the current backend."""
 from __future__ import annotations
 
 import weakref
@@ -9,18 +10,35 @@ import numpy as np
 
 from .backend import Backend
 from .context import get_backend
+from .guards import GuardCheck
 from .parameter import Parameter
+from .state import State, network_state
 from .tensor import Tensor
-from .tracing import Traced, TraceSession, check_inputs, graph_name, trace
+from .tracing import NeedsValues, Traced, TraceSession, check_inputs, graph_name, trace
+
+MAX_PATHS = 16
+"""Traced graphs kept per input signature (paths through Python control flow, states of attributes); the least
+recently used one is dropped beyond it."""
 
 
 @dataclass
 class CacheEntry:
-    """One traced graph, the parameter state it was traced with, and its id on each backend it was sent to."""
+    """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
+    read (checked before reuse; ``None`` when they were read in a nested trace, so the graph is traced again on
+    every call), and its id on each backend it was sent to."""
 
     traced: Traced
     param_state: tuple[Any, ...]
+    state: State = field(default_factory=State)
+    guards: GuardCheck | None = None
+    reusable: bool = True
     network_ids: dict[int, tuple[Backend, str]] = field(default_factory=dict)
+
+    def holds(self, args: Sequence[Any], state: State) -> bool:
+        """True when this graph is what tracing ``args`` now would record."""
+        if not self.reusable or not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
+            return False
+        return self.guards is None or self.guards.holds(self.inputs(args), self.param_values())
 
     def network_id(self, backend: Backend) -> str:
         """The graph's id on ``backend``, registering it on first use."""
@@ -40,10 +58,10 @@ class CacheEntry:
 
 
 class TraceCache:
-    """The traced graphs of one network (Cell or function), keyed by input signature."""
+    """The traced graphs of one network (Cell or function), keyed by input signature, most recently used first."""
 
     def __init__(self) -> None:
-        self.entries: dict[tuple[Any, ...], CacheEntry] = {}
+        self.entries: dict[tuple[Any, ...], list[CacheEntry]] = {}
         self.traces = 0
 
 
@@ -73,7 +91,8 @@ def _param_state(params: Sequence[Parameter]) -> tuple[Any, ...]:
 
 
 def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) -> CacheEntry:
-    """The cached trace of ``fn`` for these inputs, tracing anew when the signature or parameters changed.
+    """The cached trace of ``fn`` for these inputs, tracing anew when the signature, the parameters, the network's
+    non-Parameter state (Tensor and number attributes, closure and global Tensors) or a guarded value changed.
 
     A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace."""
     check_inputs(fn, args)
@@ -82,13 +101,31 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     declared = own + [w for w in weights if id(w) not in known]
     key = (_signature(args), _param_state(declared))
     cache = _CACHES.setdefault(fn, TraceCache())
-    entry = cache.entries.get(key)
-    if entry is None or _param_state(entry.traced.params) != entry.param_state:
-        traced = trace(fn, args, TraceSession(), graph_name(fn), declared)
-        cache.traces += 1
-        entry = CacheEntry(traced, _param_state(traced.params))
-        cache.entries[key] = entry
+    bucket = cache.entries.setdefault(key, [])
+    state = network_state(fn)
+    for i, entry in enumerate(bucket):
+        if entry.holds(args, state):
+            bucket.insert(0, bucket.pop(i))
+            return entry
+    entry = _trace_entry(fn, args, declared, state)
+    cache.traces += 1
+    bucket.insert(0, entry)
+    del bucket[MAX_PATHS:]
     return entry
+
+
+def _trace_entry(fn: Any, args: Sequence[Any], declared: Sequence[Parameter], state: State) -> CacheEntry:
+    """Trace ``fn`` without values; if its Python code reads one, trace it again computing values, with guards."""
+    try:
+        traced = trace(fn, args, TraceSession(), graph_name(fn), declared)
+        return CacheEntry(traced, _param_state(traced.params), state)
+    except NeedsValues:
+        pass
+    session = TraceSession(concrete=True)
+    traced = trace(fn, args, session, graph_name(fn), declared)
+    nested = len(session.guards) != len(traced.guards)
+    guards = GuardCheck(traced.graph, traced.guards) if traced.guards and not nested else None
+    return CacheEntry(traced, _param_state(traced.params), state, guards, reusable=not nested)
 
 
 def to_tensors(tree: Any) -> Any:

@@ -1,4 +1,5 @@
-"""Tracing: running a construct on symbolic Tensors to record an engine graph."""
+"""Tracing: running a construct on symbolic Tensors to record an engine graph; when its Python code reads a Tensor's
+value, tracing again with every value computed as it is recorded, each value read kept as a guard."""
 from __future__ import annotations
 
 import inspect
@@ -7,8 +8,11 @@ import threading
 from dataclasses import dataclass
 from typing import Any, Callable, Sequence
 
+import numpy as np
+
 from ..engine import Graph, GraphBuilder, GraphError, Value
 from .errors import TracingError, user_location
+from .guards import Guard, ValueBuilder
 from .parameter import Parameter
 from .tensor import Tensor
 
@@ -24,13 +28,20 @@ def current_frame() -> "TraceFrame | None":
     return stack[-1] if stack else None
 
 
-class TraceSession:
-    """State shared by one top-level trace and the nested traces of the GradOperations inside it."""
+class NeedsValues(TracingError):
+    """Python code read a Tensor's value in a trace made without values: the top-level trace starts again with them."""
 
-    def __init__(self) -> None:
+
+class TraceSession:
+    """State shared by one top-level trace and the nested traces of the GradOperations inside it. With ``concrete``,
+    traces compute every value as they record it, and each value Python code reads becomes a guard."""
+
+    def __init__(self, concrete: bool = False) -> None:
         self.library: dict[str, Graph] = {}
         self.params: dict[str, Parameter] = {}
         self._ids = itertools.count()
+        self.concrete = concrete
+        self.guards: list[Guard] = []
 
     def fresh_name(self, base: str) -> str:
         """A library graph name not used before in this session."""
@@ -40,10 +51,27 @@ class TraceSession:
 class TraceFrame:
     """One graph being recorded: its builder and the graph values of the concrete Tensors it has used."""
 
-    def __init__(self, session: TraceSession, name: str) -> None:
+    def __init__(self, session: TraceSession, name: str, concrete: bool) -> None:
         self.session = session
-        self.builder = GraphBuilder(name, session.library)
+        self.concrete = concrete
+        self.builder: GraphBuilder = ValueBuilder(name, session.library) if concrete else GraphBuilder(name, session.library)
         self._consts: dict[int, tuple[Tensor, Value]] = {}
+        self.guards: list[Guard] = []
+
+    def read(self, t: Tensor, what: str) -> np.ndarray:
+        """The value of ``t`` (traced in this frame) for Python code, recorded as a guard of the trace."""
+        if not self.concrete:
+            if self.session.concrete:
+                raise TracingError(
+                    f"Python code that depends on a Tensor's value ({what}) cannot run in {self.builder.name}, which is "
+                    f"traced without values (a bprop or backward is traced once for every dout) -- at {user_location()}"
+                )
+            raise NeedsValues(what)
+        arr = self.builder.arrays[id(t._value)]  # type: ignore[attr-defined]
+        guard = Guard(t._value, arr)  # type: ignore[arg-type]
+        self.guards.append(guard)
+        self.session.guards.append(guard)
+        return arr
 
     def value_of(self, t: Tensor) -> Value:
         """The graph value for ``t``: its symbolic value, a parameter (by name), or a constant."""
@@ -76,11 +104,13 @@ class TraceFrame:
 
 @dataclass
 class Traced:
-    """A traced network: its graph, which arguments became graph inputs, and the Parameters it reads."""
+    """A traced network: its graph, which arguments became graph inputs, the Parameters it reads, and the values
+    of its own graph that Python code read (guards)."""
 
     graph: Graph
     tensor_positions: tuple[int, ...]
     params: tuple[Parameter, ...]
+    guards: tuple[Guard, ...] = ()
 
 
 def label(fn: Any) -> str:
@@ -126,15 +156,41 @@ def check_inputs(fn: Any, args: Sequence[Any]) -> None:
             )
 
 
-def trace(fn: Any, args: Sequence[Any], session: TraceSession, name: str, declare: Sequence[Parameter] = ()) -> Traced:
-    """Record ``fn(*args)`` as a graph: Tensor arguments become inputs; ``declare`` parameters are in it even if unused."""
+def known_value(t: Tensor) -> np.ndarray | None:
+    """The value of ``t`` if it is known: its array, or its traced value in a frame that computes values."""
+    if not t.is_traced:
+        return t._array
+    frame = t._frame
+    return frame.builder.arrays.get(id(t._value)) if frame is not None and frame.concrete else None  # type: ignore[attr-defined]
+
+
+def active(frame: "TraceFrame") -> bool:
+    """True while ``frame`` is being recorded on this thread."""
+    return any(f is frame for f in getattr(_LOCAL, "stack", ()))
+
+
+def trace(
+    fn: Any, args: Sequence[Any], session: TraceSession, name: str, declare: Sequence[Parameter] = (),
+    concrete: bool | None = None,
+) -> Traced:
+    """Record ``fn(*args)`` as a graph: Tensor arguments become inputs; ``declare`` parameters are in it even if unused.
+
+    The graph computes its values as it is recorded when the session does and every argument's value is known
+    (``concrete=False`` forbids it: bprops are traced once for every dout)."""
     check_inputs(fn, args)
     names = input_names(fn, len(args))
-    frame = TraceFrame(session, name)
-    call_args = [
-        Tensor._symbolic(frame.builder.input(names[i], a._array_dtype(), a.shape), frame) if isinstance(a, Tensor) else a
-        for i, a in enumerate(args)
-    ]
+    values = [known_value(a) if isinstance(a, Tensor) else None for a in args]
+    if concrete is None:
+        concrete = session.concrete and all(v is not None for v, a in zip(values, args) if isinstance(a, Tensor))
+    frame = TraceFrame(session, name, concrete)
+    call_args = []
+    for i, a in enumerate(args):
+        if isinstance(a, Tensor):
+            v = frame.builder.input(names[i], a._array_dtype(), a.shape)
+            if concrete:
+                frame.builder.arrays[id(v)] = values[i]  # type: ignore[attr-defined]
+            a = Tensor._symbolic(v, frame)
+        call_args.append(a)
     stack = _LOCAL.__dict__.setdefault("stack", [])
     stack.append(frame)
     try:
@@ -146,7 +202,22 @@ def trace(fn: Any, args: Sequence[Any], session: TraceSession, name: str, declar
         stack.pop()
     graph = frame.builder.build(outputs)
     positions = tuple(i for i, a in enumerate(args) if isinstance(a, Tensor))
-    return Traced(graph, positions, tuple(session.params[p.name] for p in graph.params))
+    return Traced(graph, positions, tuple(session.params[p.name] for p in graph.params), tuple(frame.guards))
+
+
+_plain_concrete = Tensor._concrete
+
+
+def _concrete(self: Tensor, what: str) -> np.ndarray:
+    """A Tensor's value for Python code: inside a trace, its traced value, recorded as a guard."""
+    frame = self._frame
+    if self._array is None and frame is not None and active(frame):
+        return frame.read(self, what)
+    return _plain_concrete(self, what)
+
+
+# Python code that reads a traced Tensor's value (``if``, ``int()``, ``range()``, ``asnumpy()``) reaches Tensor._concrete.
+Tensor._concrete = _concrete  # type: ignore[method-assign]
 
 
 def _output_tree(fn: Any, frame: TraceFrame, out: Any) -> Any:

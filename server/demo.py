@@ -8,9 +8,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..tutorial import EXPECTED, printed_blocks
 from .app import running
 from .config import ServerConfig
+from .tutorial import EXPECTED, printed_blocks
 
 def find_example() -> Path:
     """The tutorial example: in the source tree next to the package, or in the working directory."""

@@ -116,8 +116,8 @@ def test_a_target_without_a_remote_backend_is_a_clear_error(clean_context: None)
 
 
 def test_context_option_errors(clean_context: None) -> None:
-    with pytest.raises(TypeError, match="unknown option 'mode'"):
-        gs.set_context(mode=0)
+    with pytest.raises(TypeError, match="unknown option 'colour'"):
+        gs.set_context(colour=0)
     with pytest.raises(TypeError, match="target must be None or a non-empty 'host:port' string"):
         gs.set_context(target=50051)
     with pytest.raises(TypeError, match="unknown option 'device'"):

@@ -1,7 +1,6 @@
 """nn.Cell: parameter order and names, parameter updates, trace caching, and errors raised while tracing."""
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import numpy as np
@@ -140,55 +139,6 @@ def test_requires_grad_false_parameter_is_excluded_but_still_read() -> None:
     assert [p.name for p in net.trainable_params()] == ["w"]
     net.frozen.set_data(Tensor([100.0]))
     np.testing.assert_allclose(net(Tensor([1.0])).asnumpy(), [102.0])
-
-
-def _line_of(fn: Any, text: str) -> int:
-    lines, start = inspect.getsourcelines(fn)
-    return start + next(i for i, line in enumerate(lines) if text in line)
-
-
-class Branchy(nn.Cell):
-    def construct(self, x: Tensor) -> Tensor:
-        if x > 0:
-            return x
-        return -x
-
-
-class Floaty(nn.Cell):
-    def construct(self, x: Tensor) -> Tensor:
-        return x * float(x.sum())
-
-
-class Numpyish(nn.Cell):
-    def construct(self, x: Tensor) -> Tensor:
-        return Tensor(x.asnumpy() * 2)
-
-
-@pytest.mark.parametrize("cell,marker,what", [
-    (Branchy, "if x > 0", "bool()"),
-    (Floaty, "float(x.sum())", "float()"),
-    (Numpyish, "x.asnumpy()", "asnumpy()"),
-])
-def test_value_dependent_python_raises_a_tracing_error_at_the_users_line(cell: Any, marker: str, what: str) -> None:
-    with pytest.raises(TracingError, match="cannot be traced") as err:
-        cell()(Tensor([1.0]))
-    msg = str(err.value)
-    assert what in msg
-    assert f"{__file__}:{_line_of(cell.construct, marker)} in construct: " in msg
-
-
-def test_tracing_error_inside_a_gradient_also_points_at_the_line() -> None:
-    with pytest.raises(TracingError, match=f"{_line_of(Branchy.construct, 'if x > 0')} in construct"):
-        ops.GradOperation()(Branchy())(Tensor([1.0]))
-
-
-def test_int_of_a_traced_tensor_and_using_it_as_an_index() -> None:
-    def f(x: Tensor) -> Tensor:
-        return x * int(x)
-
-    with pytest.raises(TracingError, match=r"int\(\)"):
-        ops.GradOperation()(f)(Tensor([1.0]))
-    assert int(Tensor([3])) == 3 and [10, 20, 30][Tensor(1)] == 20
 
 
 def test_duplicate_parameter_names_are_an_error() -> None:

@@ -17,7 +17,7 @@ from gradserve.client.remote import RemoteBackend, RemoteError, address_count, s
 from gradserve.engine import Graph, GraphBuilder
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
-from gradserve.tutorial import GRAD_X
+from gradserve.server.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
 from clientkit import tutorial_grad_x
 from serverkit import TOKEN, wait_until

@@ -16,7 +16,7 @@ from gradserve.client import context, remote
 from gradserve.client.remote import RemoteError
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
-from gradserve.tutorial import GRAD_X
+from gradserve.server.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
 from clientkit import tutorial_grad_x
 from serverkit import slow_request, wait_until

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from gradserve.tutorial import EXPECTED, printed_blocks
+from gradserve.server.tutorial import EXPECTED, printed_blocks
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_operation_tutorial.py"
 

@@ -17,7 +17,9 @@ from gradserve.engine import OPS, Graph, GraphBuilder, InputError, Value, compil
 EXEMPT = {
     "Const": "takes no inputs",
     "StopGradient": "blocks gradients by design, so finite differences disagree on purpose",
+    "CustomVjp": "its gradient is a user's bprop by design; tests/test_client_custom.py checks it",
     **{op: "bool output" for op in ("Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual")},
+    **{op: "integer output" for op in ("Argmax", "Argmin")},
 }
 STEP = 1e-5
 TOL = 1e-6
@@ -54,6 +56,20 @@ UNARY = [v(()), v((3,)), v((2, 3))]
 BINARY = [v((), ()), v((3,), (3,)), v((2, 3), (3,)), v((2, 1), (1, 3)), v((), (2, 3))]
 COND = np.array([[True, False, True], [False, False, True]])
 SS = dict(begin=(1, 0), end=(4, 6), strides=(2, 1))
+CONV_SHAPES = [  # (x, weight, output, attrs): stride, padding modes, dilation and groups
+    ((1, 2, 4, 4), (3, 2, 2, 2), (1, 3, 3, 3), dict(out_channel=3, kernel_size=2)),
+    ((2, 2, 5, 4), (2, 1, 3, 2), (2, 2, 3, 2), dict(out_channel=2, kernel_size=(3, 2), stride=2, pad_mode="same", group=2)),
+    ((1, 1, 5, 5), (2, 1, 2, 2), (1, 2, 2, 2), dict(out_channel=2, kernel_size=2, stride=(2, 3), dilation=2, pad_mode="pad", pad=(1, 0, 0, 2))),
+    ((1, 4, 3, 3), (2, 2, 3, 1), (1, 2, 3, 3), dict(out_channel=2, kernel_size=(3, 1), pad_mode="same", group=2, dilation=(1, 2))),
+]
+CONV = [v(x, w, **a) for x, w, _, a in CONV_SHAPES]
+POOL_SHAPES = [  # (x, output, attrs)
+    ((1, 2, 4, 4), (1, 2, 2, 2), dict(kernel_size=2, strides=2)),
+    ((2, 1, 5, 4), (2, 1, 3, 2), dict(kernel_size=(3, 2), strides=2, pad_mode="same")),
+    ((1, 2, 4, 5), (1, 2, 4, 5), dict(kernel_size=3, pad_mode="SAME")),
+    ((1, 1, 5, 6), (1, 1, 2, 2), dict(kernel_size=(2, 3), strides=(3, 2), pad_mode="valid")),
+]
+POOL = [v(x, **a) for x, _, a in POOL_SHAPES]
 
 ROWS = [
     *(Row(op, UNARY) for op in ("Exp", "Sin", "Cos", "Tanh", "Sigmoid", "GeLU", "Softplus")),
@@ -123,18 +139,65 @@ ROWS = [
         [v((2, 3), (3,), (3,)), v((2, 3, 4), (4,), (4,), begin_params_axis=2),
          v((2, 3, 4), (3, 4), (3, 4), begin_norm_axis=-2, begin_params_axis=-2), v((2, 3), (2, 3), (2, 3), begin_norm_axis=0, begin_params_axis=0)],
     ),
+    Row("Conv2D", CONV, order=3),
+    *(Row(op, [v(out, w, input_size=x, **a) for x, w, out, a in CONV_SHAPES]) for op in ("Conv2DBackpropInput", "Conv2DTranspose")),
+    Row("Conv2DBackpropFilter", [v(out, x, filter_size=w, **a) for x, w, out, a in CONV_SHAPES]),
+    Row("MaxPool", POOL, ("distinct",), order=3),
+    Row("MaxPoolWithArgmax", POOL, ("distinct",)),
+    Row("AvgPool", POOL),
+    Row("AvgPoolGrad", [v(out, input_size=x, **a) for x, out, a in POOL_SHAPES]),
+    Row("AdaptiveAvgPool2D", [v((1, 2, 5, 7), output_size=(2, 3)), v((2, 4, 4), output_size=3), v((1, 1, 3, 5), output_size=(-1, 2))]),
+    Row("Erf", UNARY),
+    Row("Erfc", UNARY),
+    Row("SiLU", UNARY),
+    Row("GeLU", [v((2, 3), approximate="none"), v((3,), approximate="tanh")]),
+    *(Row(op, UNARY, ("frac",)) for op in ("Floor", "Ceil", "Round")),
+    Row("ClipByValue", [v((2, 3), (), ()), v((2, 3), (3,), (2, 1)), v((3,), (3,), (3,))], ("real", "clipmin", "clipmax"), ints=True),
+    Row("ReduceMin", [v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("distinct",), ints=True),
+    Row("ReduceProd", [v(()), v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("away",), ints=True),
+    Row("LogSumExp", [v((3,)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)]),
+    Row("CumSum", [v((4,), axis=0), v((2, 3), axis=1, exclusive=True), v((2, 3), axis=0, reverse=True), v((2, 3, 2), axis=-2, exclusive=True, reverse=True),
+                   v((1, 2), axis=0, exclusive=True)],
+        ints=True),
+    Row("AddN", [v((2, 3)), v((2, 3), (2, 3), (2, 3)), v((), ())], ints=True),
+    Row("Stack", [v((2, 3), (2, 3)), v((3,), (3,), (3,), axis=1), v((), axis=-1)], ints=True),
+    Row("Unstack", [v((2, 3)), v((2, 3), axis=1), v((1, 2), axis=0, num=1)], ints=True),
+    Row("Pad", [v((2, 3), paddings=(1, 0, 2, 1)), v((3,), paddings=(0, 2)), v((), paddings=())], ints=True),
+    Row("OneHot", [v((), (), fixed={0: [0, 2, 5, 1]}, depth=3), v((), (), fixed={0: [[1, 0], [2, 2]]}, depth=3, axis=0)], ints=True),
+    Row("TopK", [v((5,), k=2), v((2, 4), k=4), v((2, 3), k=0)], ("distinct",), ints=True),
+    Row(
+        "BatchNorm",
+        [v((2, 3, 2, 2), (3,), (3,), (3,), (3,), is_training=True), v((4, 2), (2,), (2,), (2,), (2,), is_training=True, momentum=0.3, epsilon=0.01),
+         v((2, 3, 2, 2), (3,), (3,), (3,), (3,)), v((3, 2, 3), (2,), (2,), (2,), (2,), epsilon=0.5)],
+        ("real", "real", "real", "real", "pos"),
+    ),
+    Row("Dropout", [v((2, 3), keep_prob=0.6, Seed0=1), v((3, 4), fixed={1: 7}, keep_prob=0.5, Seed1=2), v((), keep_prob=1.0)]),
+    Row(
+        "Einsum",
+        [v((2, 3), (3, 4), equation="ab,bc->ac"), v((2, 3, 4), (2, 4, 5), equation="bij,bjk->bik"), v((2, 3), equation="ij->ji"),
+         v((2, 3), (3,), equation="ij,j->"), v((2, 3), (4,), (3,), equation="ab,c,b->ca"), v((3, 2), equation="ab->b")],
+        ints=True,
+        order=3,
+    ),
 ]
 CASES = [pytest.param(row, var, id=f"{row.op}-{i}") for row in ROWS for i, var in enumerate(row.variants)]
 
 
 def sample(rng: np.random.Generator, domain: str, shape: tuple[int, ...]) -> np.ndarray:
-    """A float64 point in ``domain``: real, unit, pos, away (from 0) or distinct (no near-ties)."""
+    """A float64 point in ``domain``: real, unit, pos, away (from 0), frac (away from integers and halves), clipmin/clipmax
+    (bounds below and above 0, so real points fall on every side) or distinct (no near-ties)."""
     if domain == "pos":
         x = rng.uniform(0.5, 2.0, shape)
     elif domain == "unit":
         x = rng.uniform(-1.0, 1.0, shape)
     elif domain == "away":
         x = rng.uniform(0.3, 2.0, shape) * rng.choice([-1.0, 1.0], shape)
+    elif domain == "frac":
+        x = rng.integers(-3, 3, shape) + rng.uniform(0.1, 0.4, shape) * rng.choice([1.0, 2.0], shape)
+    elif domain == "clipmin":
+        x = rng.uniform(-1.5, -0.5, shape)
+    elif domain == "clipmax":
+        x = rng.uniform(0.5, 1.5, shape)
     elif domain == "distinct":
         size = int(np.prod(shape))
         x = (rng.permutation(size).reshape(shape) - size / 2) * 0.25 + rng.uniform(0, 0.01, shape)
@@ -159,9 +222,10 @@ def apply(b: GraphBuilder, row: Row, var: V, dtype: str) -> tuple[list[Value], t
 
 
 def contracted(row: Row, var: V) -> Graph:
-    """S0(x..., v...) = sum_k <op(x...)_k, v_k>: a scalar whose x-gradient is the op's VJP at v."""
+    """S0(x..., v...) = sum_k <op(x...)_k, v_k> over the float outputs: a scalar whose x-gradient is the op's VJP at v."""
     b = GraphBuilder("S0")
     _, outs = apply(b, row, var, "float64")
+    outs = tuple(o for o in outs if o.dtype.kind == "f")  # integer outputs (indices) take no cotangent
     vs = [b.input(f"v{k}", o.dtype, o.shape) for k, o in enumerate(outs)]
     return b.build(dot(b, outs, vs))
 
@@ -436,3 +500,80 @@ def test_gather_rejects_out_of_range_indices_at_run_time() -> None:
     """An index outside [0, n) is an InputError naming it, as MindSpore's CPU kernel errors."""
     with pytest.raises(InputError, match="index 3 is out of range"):
         run_op("Gather", np.zeros((3, 2)), np.array([0, 3], np.int32), axis=0)
+
+
+def _splitmix64(v: int) -> int:
+    """SplitMix64 as docs/wire-format.md spells it, in plain Python integers: the oracle for Dropout's masks."""
+    m = (1 << 64) - 1
+    z = (v + 0x9E3779B97F4A7C15) & m
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & m
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & m
+    return z ^ (z >> 31)
+
+
+def test_dropout_mask_is_the_documented_function_of_the_seeds() -> None:
+    """The mask follows the wire-format guide's recipe element by element; the seed input changes it, a rerun does not."""
+    x = np.ones((4, 5))
+
+    def program() -> Any:
+        """A fresh graph and program: the mask must not depend on anything held by one of them."""
+        b = GraphBuilder("f")
+        xi, si = b.input("x", "float64", x.shape), b.input("seed", "int64", ())
+        return compile_graph(b.build(b.op("Dropout", xi, si, keep_prob=0.7, Seed0=11, Seed1=-3)))
+
+    prog = program()
+    y, m = prog(x, np.array(42))
+    key = _splitmix64(_splitmix64(_splitmix64(11) ^ (-3 & ((1 << 64) - 1))) ^ 42)
+    want = [float((_splitmix64((key + i * 0x9E3779B97F4A7C15) & ((1 << 64) - 1)) >> 11) < int(0.7 * (1 << 53))) for i in range(20)]
+    np.testing.assert_array_equal(m.ravel(), want)
+    np.testing.assert_allclose(y, x * m / 0.7, rtol=1e-15)
+    np.testing.assert_array_equal(program()(x, np.array(42))[1], m)
+    assert not np.array_equal(prog(x, np.array(43))[1], m)
+
+
+def test_dropout_uses_one_mask_in_the_forward_pass_and_every_order() -> None:
+    """For f(x) = sum(dropout(x)^3): f' = 3 y^2 m / p, f'' = 6 y m^2 / p^2 along u, and third order 6 m^3 / p^3 (u w),
+    all with the forward pass's mask m."""
+    rng = np.random.default_rng(9)
+    x, u, w = rng.standard_normal((3, 7)), rng.standard_normal((3, 7)), rng.standard_normal((3, 7))
+    p = 0.6
+    b = GraphBuilder("s0")
+    xi = b.input("x0", "float64", x.shape)
+    y, mask = b.op("Dropout", xi, keep_prob=p, Seed0=4)
+    s0 = b.build(b.op("ReduceSum", y * y * y))
+    bm = GraphBuilder("m")
+    m = compile_graph(bm.build(bm.op("Dropout", bm.input("x0", "float64", x.shape), keep_prob=p, Seed0=4)[1]))(x)
+    assert 0 < m.sum() < m.size
+    yv = x * m / p
+    np.testing.assert_allclose(compile_graph(grad_operation(s0, get_all=True))(x)[0], 3 * yv**2 * m / p, rtol=1e-12)
+    s1 = lift(s0, 1, 1)
+    np.testing.assert_allclose(compile_graph(grad_operation(s1, get_all=True))(x, u)[0], 6 * yv * m * m / p**2 * u, rtol=1e-12)
+    s2 = lift(s1, 1, 2)
+    np.testing.assert_allclose(compile_graph(grad_operation(s2, get_all=True))(x, u, w)[0], 6 * m**3 / p**3 * u * w, rtol=1e-12)
+
+
+def test_documented_conv2d_node_has_the_documented_output_shape() -> None:
+    """The Conv2D node of docs/wire-format.md decodes and infers the output shape the guide states."""
+    from pathlib import Path
+
+    from google.protobuf import text_format
+
+    from gradserve.proto import codec
+    from gradserve.v1 import graph_pb2
+
+    text = (Path(__file__).resolve().parent.parent / "docs" / "wire-format.md").read_text()
+    block = text.split("in the text format of a `gradserve.v1.Node`:\n\n```text\n", 1)[1].split("```", 1)[0]
+    g = graph_pb2.Graph()
+    g.inputs.add(name="x", dtype=graph_pb2.DATA_TYPE_FLOAT32, shape=[8, 3, 32, 32])
+    g.inputs.add(name="w", dtype=graph_pb2.DATA_TYPE_FLOAT32, shape=[16, 3, 3, 3])
+    text_format.Parse(block, g.nodes.add())
+    g.outputs.value = "y"
+    graph = codec.decode_graph(g)
+    assert graph.nodes[-1].outputs[0].shape == (8, 16, 16, 16)
+
+
+def test_cumsum_over_an_empty_axis_is_empty() -> None:
+    """An exclusive or reversed scan over an axis of length 0 returns the empty tensor (no IndexError)."""
+    for flags in ({"exclusive": True}, {"reverse": True}, {"exclusive": True, "reverse": True}):
+        assert run_op("CumSum", np.zeros((0, 2)), axis=0, **flags).shape == (0, 2)
+    np.testing.assert_array_equal(run_op("CumSum", np.arange(6.0).reshape(2, 3), axis=1, exclusive=True, reverse=True), [[3, 2, 0], [9, 5, 0]])

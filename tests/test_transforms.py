@@ -437,3 +437,20 @@ def test_the_documented_jvp_node_runs() -> None:
     assert header == "# proto-message: gradserve.v1.Graph"
     y, dy = compile_graph(codec.decode_graph(text_format.Parse(body, pb.Graph())))(np.array([0.5]), np.array([2.0]))
     np.testing.assert_allclose((y, dy), ([np.sin(0.5)], [2 * np.cos(0.5)]), rtol=1e-15)
+
+
+class UserRule(nn.Cell):
+    """2x + y with a user bprop (2 dout, 2 y dout): forward mode must follow the user's rule, transposed."""
+
+    def construct(self, x: Tensor, y: Tensor) -> Tensor:
+        return 2 * x + y
+
+    def bprop(self, x: Tensor, y: Tensor, out: Tensor, dout: Tensor) -> tuple[Tensor, Tensor]:
+        return 2 * dout, 2 * y * dout
+
+
+def test_forward_mode_follows_a_user_bprop(where: str) -> None:
+    """jvp through a Cell with bprop is the transpose of the user's VJP (2 vx + 2 y vy), not the true derivative."""
+    x, y, vx, vy = (np.array(a) for a in ([1.0, 2.0], [0.5, -1.0], [1.0, 3.0], [2.0, 1.0]))
+    out, dot = gs.jvp(UserRule(), (Tensor(x), Tensor(y)), (Tensor(vx), Tensor(vy)))
+    assert_tree((out, dot), (2 * x + y, 2 * vx + 2 * y * vy))

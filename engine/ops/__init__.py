@@ -1,2 +1,2 @@
 """The op catalog: importing this package registers every primitive in the op table."""
-from . import elementwise, indexing, linalg, nn, reduce, shape, transforms  # noqa: F401
+from . import arrays, conv, custom, elementwise, indexing, linalg, nn, norm, pool, random, reduce, shape, transforms  # noqa: F401

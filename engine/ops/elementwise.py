@@ -1,11 +1,12 @@
 """Elementwise ops: unary math, broadcasting binary arithmetic, comparisons, Select and Cast."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DTypeError
+from ..errors import DTypeError, GraphError
 from ..ir import TensorType, Value
 from ..optable import Attr, F, broadcast, defop, require_float, same_dtype
 from .common import BOOL, const, require_numeric, zero_grad
@@ -52,18 +53,73 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
 
 _GELU_C = float(np.sqrt(2.0 / np.pi))
 _GELU_A = 0.044715
+_SQRT_HALF = float(np.sqrt(0.5))
+_INV_SQRT_PI = float(1 / np.sqrt(np.pi))
+_erf_f64 = np.vectorize(math.erf, otypes=[np.float64])
+_erfc_f64 = np.vectorize(math.erfc, otypes=[np.float64])
 
 
-def _gelu(x: np.ndarray) -> np.ndarray:
-    """MindSpore's GeLU primitive: the tanh approximation."""
+_CHUNK = 1 << 13
+"""Elements per math.erf batch: np.vectorize holds a Python float per element, so it runs on bounded slices."""
+
+
+def _elementwise_math(fn: Callable[[np.ndarray], np.ndarray], x: np.ndarray) -> np.ndarray:
+    """``fn`` (a vectorized math function) over x in slices of _CHUNK elements, into one array of x's dtype."""
+    out = np.empty(x.shape, x.dtype)
+    flat_in, flat_out = x.reshape(-1), out.reshape(-1)
+    for start in range(0, x.size, _CHUNK):
+        flat_out[start:start + _CHUNK] = fn(flat_in[start:start + _CHUNK])
+    return out
+
+
+def _erf(x: np.ndarray) -> np.ndarray:
+    """The error function to double precision (math.erf per element; NumPy has none), in x's dtype."""
+    return _elementwise_math(_erf_f64, x)
+
+
+def _erfc(x: np.ndarray) -> np.ndarray:
+    """1 - erf(x) without cancellation for large x, in x's dtype."""
+    return _elementwise_math(_erfc_f64, x)
+
+
+def _erf_slope(x: Value) -> Value:
+    """d erf(x) / dx = 2 / sqrt(pi) exp(-x^2)."""
+    return F.Exp(-(x * x)) * (2 * _INV_SQRT_PI)
+
+
+def _gelu(x: np.ndarray, approximate: str) -> np.ndarray:
+    """MindSpore's GeLU: the tanh approximation (the primitive's formula) or, with 'none', x Phi(x)."""
+    if approximate == "none":
+        y = _erf(x * np.asarray(_SQRT_HALF, x.dtype))
+        y += 1
+        y *= x
+        y *= np.asarray(0.5, x.dtype)
+        return y
     return 0.5 * x * (1 + np.tanh(_GELU_C * (x + _GELU_A * x * x * x)))
 
 
-def _gelu_vjp(g: Value, out: Value, x: Value) -> Value:
-    """MindSpore's GeLUGrad: the exact derivative of the tanh approximation."""
+def _gelu_vjp(g: Value, out: Value, x: Value, approximate: str) -> Value:
+    """The exact derivative of either form (for 'tanh', MindSpore's GeLUGrad)."""
+    if approximate == "none":
+        cdf = (F.Erf(x * _SQRT_HALF) + 1) * 0.5
+        return g * (cdf + x * F.Exp(x * x * -0.5) * float(1 / np.sqrt(2 * np.pi)))
     t = F.Tanh((x + x * x * x * _GELU_A) * _GELU_C)
     dt = (1 - t * t) * (1 + x * x * (3 * _GELU_A)) * _GELU_C
     return g * ((1 + t) * 0.5 + x * dt * 0.5)
+
+
+def _gelu_infer(types: list[TensorType], approximate: str) -> TensorType:
+    """Float x; approximate is 'tanh' or 'none'."""
+    if approximate not in ("tanh", "none"):
+        raise GraphError(f"approximate must be 'tanh' or 'none', got {approximate!r}")
+    require_float(types[0], "x")
+    return types[0]
+
+
+def _silu_vjp(g: Value, out: Value, x: Value) -> Value:
+    """d(x s(x)) = s (1 + x (1 - s))."""
+    s = F.Sigmoid(x)
+    return g * s * (x * (1 - s) + 1)
 
 
 def _pow_vjp(g: Value, out: Value, x: Value, y: Value) -> tuple[Value, Value]:
@@ -92,7 +148,22 @@ unary(
     kind="numeric",
     doc="max(x, 0); the gradient at 0 is 0",
 )
-unary("GeLU", _gelu, _gelu_vjp, doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), MindSpore's primitive formula", scratch=2)
+defop(
+    "GeLU",
+    ("x",),
+    _gelu_infer,
+    _gelu,
+    _gelu_vjp,
+    attrs={"approximate": Attr("str", "tanh", "'tanh': the primitive's tanh formula; 'none': the exact x Phi(x) with erf")},
+    doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), MindSpore's primitive formula; approximate='none' gives 0.5 x (1 + erf(x / sqrt 2))",
+    scratch=2,
+)
+unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x", scratch=1)
+unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x", scratch=1)
+unary("SiLU", lambda x: x * _sigmoid(x), _silu_vjp, doc="x * sigmoid(x)", scratch=1)
+unary("Floor", np.floor, zero_grad, doc="largest integer <= x; zero gradient")
+unary("Ceil", np.ceil, zero_grad, doc="smallest integer >= x; zero gradient")
+unary("Round", np.round, zero_grad, doc="nearest integer, halves to even; zero gradient")
 unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))")
 unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0")
 unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient")
@@ -169,4 +240,30 @@ defop(
     lambda g, out, c, x, y: (None, F.Select(c, g, F.ZerosLike(g)), F.Select(c, F.ZerosLike(g), g)),
     nondiff=("condition",),
     doc="x where condition else y, with broadcasting",
+)
+
+
+def _clip_infer(types: list[TensorType]) -> TensorType:
+    """One numeric dtype for x and both bounds; the three broadcast."""
+    dt = same_dtype(types, "x, clip_value_min and clip_value_max")
+    require_numeric(types[0], "x")
+    return TensorType(dt, broadcast(*(t.shape for t in types)))
+
+
+def _clip_vjp(g: Value, out: Value, x: Value, lo: Value, hi: Value) -> tuple[Value, Value, Value]:
+    """Below the lower bound the gradient goes to it, above the upper bound to that, in between to x."""
+    zero = F.ZerosLike(g)
+    below, above = F.Less(x, lo), F.Greater(F.Maximum(x, lo), hi)
+    return (F.Select(below, zero, F.Select(above, zero, g)), F.Select(below, F.Select(above, zero, g), zero),
+            F.Select(above, g, zero))
+
+
+defop(
+    "ClipByValue",
+    ("x", "clip_value_min", "clip_value_max"),
+    _clip_infer,
+    lambda x, lo, hi: np.minimum(np.maximum(x, lo), hi),
+    _clip_vjp,
+    doc="min(max(x, clip_value_min), clip_value_max), broadcasting; at a bound the gradient goes to x",
+    scratch=1,
 )

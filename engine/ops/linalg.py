@@ -1,11 +1,12 @@
-"""Matrix products: MatMul on matrices and BatchMatMul with broadcast batch dimensions."""
+"""Matrix products: MatMul on matrices, BatchMatMul with broadcast batch dimensions, and Einsum."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import ShapeError
+from ..errors import GraphError, ShapeError
 from ..ir import TensorType, Value
 from ..optable import Attr, F, broadcast, defop, same_dtype
 from .common import require_numeric
@@ -72,3 +73,81 @@ for _op in ("MatMul", "BatchMatMul"):
         doc="a @ b on matrices" if _op == "MatMul" else "a @ b over the last two axes, batch axes broadcast",
         cost=_mm_cost,
     )
+
+# ---- Einsum ----
+
+
+def _einsum_spec(equation: str, ranks: Sequence[int]) -> tuple[list[str], str]:
+    """The operands' subscripts and the output's, from an explicit 'ab,bc->ac' equation (letters only, no '...'
+    and no letter twice in one operand), checked against the operands' ranks."""
+    eq = equation.replace(" ", "")
+    if eq.count("->") != 1:
+        raise GraphError(f"equation {equation!r} must have the explicit form 'ab,bc->ac'")
+    lhs, out = eq.split("->")
+    subs = lhs.split(",")
+    if len(subs) != len(ranks):
+        raise GraphError(f"equation {equation!r} names {len(subs)} operands, got {len(ranks)} inputs")
+    for s in subs + [out]:
+        if not s.isalpha() and s:
+            raise GraphError(f"equation {equation!r}: subscripts must be letters (no '...'), got {s!r}")
+        if len(set(s)) != len(s):
+            raise GraphError(f"equation {equation!r}: a letter repeats within {s!r} (diagonals are not supported)")
+    if any(len(s) != r for s, r in zip(subs, ranks)):
+        raise ShapeError(f"equation {equation!r}: subscripts {subs} do not match the operand ranks {list(ranks)}")
+    if set(out) - set("".join(subs)):
+        raise GraphError(f"equation {equation!r}: output letters {sorted(set(out) - set(''.join(subs)))} appear in no operand")
+    return subs, out
+
+
+def _einsum_sizes(subs: list[str], shapes: Sequence[tuple[int, ...]]) -> dict[str, int]:
+    """Each letter's length, which must agree wherever the letter appears."""
+    sizes: dict[str, int] = {}
+    for s, shape in zip(subs, shapes):
+        for letter, d in zip(s, shape):
+            if sizes.setdefault(letter, d) != d:
+                raise ShapeError(f"letter {letter!r} has lengths {sizes[letter]} and {d} in shapes {', '.join(map(str, shapes))}")
+    return sizes
+
+
+def _einsum_infer(types: list[TensorType], equation: str) -> TensorType:
+    """One numeric dtype; the output's shape is its letters' lengths."""
+    dt = same_dtype(types, "operands")
+    require_numeric(types[0], "operands")
+    subs, out = _einsum_spec(equation, [len(t.shape) for t in types])
+    sizes = _einsum_sizes(subs, [t.shape for t in types])
+    return TensorType(dt, tuple(sizes[c] for c in out))
+
+
+def _einsum_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """Two operations per point of the joint index space, plus the traffic (an upper bound for any contraction order)."""
+    subs, _ = _einsum_spec(attrs["equation"], [len(t.shape) for t in inputs])
+    sizes = _einsum_sizes(subs, [t.shape for t in inputs])
+    return 2 * math.prod(sizes.values()) + sum(t.size for t in inputs) + outputs[0].size
+
+
+def _einsum_vjp(g: Value, out: Value, *xs: Value, equation: str) -> tuple[Value, ...]:
+    """Operand i's cotangent is an Einsum of g with the other operands onto i's letters; letters that only i has
+    (summed away in the forward) are broadcast back."""
+    subs, out_sub = _einsum_spec(equation, [x.ndim for x in xs])
+    grads = []
+    for i, x in enumerate(xs):
+        others = [s for j, s in enumerate(subs) if j != i]
+        seen = set(out_sub).union(*others)
+        kept = "".join(c for c in subs[i] if c in seen)
+        d = F.Einsum(g, *(xs[j] for j in range(len(xs)) if j != i), equation=",".join([out_sub] + others) + "->" + kept)
+        if kept != subs[i]:
+            d = F.BroadcastTo(F.Reshape(d, shape=tuple(n if c in seen else 1 for c, n in zip(subs[i], x.shape))), shape=x.shape)
+        grads.append(d)
+    return tuple(grads)
+
+
+defop(
+    "Einsum",
+    ("x", "xs*"),
+    _einsum_infer,
+    lambda *xs, equation: np.asarray(np.einsum(equation, *xs, optimize=len(xs) > 1)),
+    _einsum_vjp,
+    attrs={"equation": Attr("str", doc="explicit subscripts 'ab,bc->ac': letters only, none repeated within one operand")},
+    doc="Einstein summation of the operands by equation (contractions through BLAS where NumPy can)",
+    cost=_einsum_cost,
+)

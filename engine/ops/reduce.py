@@ -1,4 +1,5 @@
-"""Reductions over axes: ReduceSum, ReduceMean, ReduceMax (axis=() reduces every axis)."""
+"""Reductions over axes (ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd, LogSumExp; axis=() reduces every
+axis), the scan CumSum and the index reductions Argmax and Argmin."""
 from __future__ import annotations
 
 import math
@@ -6,8 +7,10 @@ from typing import Any, Callable
 
 import numpy as np
 
+from ..errors import DTypeError, ShapeError
 from ..ir import TensorType, Value
 from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty
+from .common import INDEX_DTYPES, const, require_numeric, zero_grad
 
 _ATTRS = {
     "axis": Attr("ints", (), "axes to reduce; () reduces all"),
@@ -93,3 +96,128 @@ defop(
     attrs=_ATTRS,
     doc="max over axes; tied maxima share the gradient evenly",
 )
+defop(
+    "ReduceMin",
+    ("x",),
+    _infer(False, identity=False),
+    lambda x, axis, keep_dims: np.asarray(np.min(x, axis=axes_of(axis, x.ndim), keepdims=keep_dims)),
+    _max_vjp,
+    attrs=_ATTRS,
+    doc="min over axes; tied minima share the gradient evenly",
+)
+
+
+def _prod_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: bool) -> Value:
+    """The product of the other elements, exact with zeros: out / x where x != 0; where x == 0, the product of
+    the non-zero elements when it is the group's only zero, else 0. Higher orders are exact wherever a product
+    has at most one zero (with two, the mixed second derivative of the two zeros is lost, as in MindSpore)."""
+    zero = F.Equal(x, const(x, 0))
+    ones = F.OnesLike(x)
+    others_nonzero = _expand(F.ReduceProd(F.Select(zero, ones, x), axis=axis, keep_dims=True), x, axis)
+    zeros = _expand(F.ReduceSum(F.Cast(zero, dtype=x.dtype), axis=axis, keep_dims=True), x, axis)
+    at_zero = F.Select(F.Equal(zeros, const(x, 1)), others_nonzero, F.ZerosLike(x))
+    full = _expand(F.Reshape(out, shape=kept_shape(x.shape, axis)), x, axis)
+    return _expand(g, x, axis) * F.Select(zero, at_zero, full / F.Select(zero, ones, x))
+
+
+defop(
+    "ReduceProd",
+    ("x",),
+    _infer(False),
+    _np(np.prod),
+    _prod_vjp,
+    attrs=_ATTRS,
+    doc="product over axes; the gradient is the product of the other elements, exact when some are zero",
+)
+
+
+def _logsumexp(x: np.ndarray, axis: tuple[int, ...], keep_dims: bool) -> np.ndarray:
+    """log(sum(exp(x))) shifted by the max, so it neither overflows nor underflows."""
+    ax = axes_of(axis, x.ndim)
+    m = np.max(x, axis=ax, keepdims=True)
+    m = np.where(np.isfinite(m), m, 0)
+    out = np.log(np.sum(np.exp(x - m), axis=ax, keepdims=True)) + m
+    return np.asarray(out if keep_dims else np.squeeze(out, axis=ax))
+
+
+defop(
+    "LogSumExp",
+    ("x",),
+    _infer(True, identity=False),
+    _logsumexp,
+    lambda g, out, x, axis, keep_dims: _expand(g, x, axis) * F.Exp(x - _expand(F.Reshape(out, shape=kept_shape(x.shape, axis)), x, axis)),
+    attrs=_ATTRS,
+    doc="log(sum(exp(x))) over axes, computed stably; the gradient is the softmax over those axes",
+    scratch=2,
+)
+
+# ---- CumSum ----
+
+
+def _cumsum(x: np.ndarray, axis: int, exclusive: bool, reverse: bool) -> np.ndarray:
+    """Running sums along axis, from the end with reverse, each leaving its own element out with exclusive."""
+    ax = axis % x.ndim
+    y = np.flip(x, ax) if reverse else x
+    y = np.cumsum(y, axis=ax, dtype=x.dtype)
+    if exclusive:
+        shifted = np.zeros_like(y)
+        lead = (slice(None),) * ax
+        shifted[lead + (slice(1, None),)] = y[lead + (slice(None, -1),)]
+        y = shifted
+    return np.ascontiguousarray(np.flip(y, ax) if reverse else y)
+
+
+def _cumsum_infer(types: list[TensorType], axis: int, exclusive: bool, reverse: bool) -> TensorType:
+    """Numeric x of rank >= 1 and a valid axis; the output has x's type."""
+    require_numeric(types[0], "x")
+    if not types[0].shape:
+        raise ShapeError("x must have rank >= 1, got a scalar")
+    norm_axis(axis, len(types[0].shape))
+    return types[0]
+
+
+defop(
+    "CumSum",
+    ("x",),
+    _cumsum_infer,
+    _cumsum,
+    lambda g, out, x, axis, exclusive, reverse: F.CumSum(g, axis=axis, exclusive=exclusive, reverse=not reverse),
+    attrs={
+        "axis": Attr("int", doc="the axis to scan (an input in MindSpore, an attribute here)"),
+        "exclusive": Attr("bool", False, "each sum leaves its own element out"),
+        "reverse": Attr("bool", False, "sum from the end of the axis"),
+    },
+    doc="cumulative sum along axis; the gradient is the cumulative sum of g in the other direction",
+    scratch=2,
+)
+
+# ---- Argmax and Argmin ----
+
+
+def _arg_infer(types: list[TensorType], axis: int, output_type: np.dtype) -> TensorType:
+    """Numeric x of rank >= 1 with a non-empty axis; the axis is removed; int32 or int64 indices."""
+    t = types[0]
+    require_numeric(t, "x")
+    if output_type not in INDEX_DTYPES:
+        raise DTypeError(f"output_type must be int32 or int64, got {output_type.name}")
+    if not t.shape:
+        raise ShapeError("x must have rank >= 1, got a scalar")
+    ax = norm_axis(axis, len(t.shape))
+    require_nonempty(t.shape, (ax,), "the index reduction")
+    return TensorType(output_type, t.shape[:ax] + t.shape[ax + 1:])
+
+
+_ARG_ATTRS = {
+    "axis": Attr("int", -1, "the axis to search"),
+    "output_type": Attr("dtype", np.dtype(np.int32), "int32 or int64"),
+}
+for _name, _fn in (("Argmax", np.argmax), ("Argmin", np.argmin)):
+    defop(
+        _name,
+        ("x",),
+        _arg_infer,
+        lambda x, axis, output_type, _fn=_fn: np.asarray(_fn(x, axis=axis), dtype=output_type),
+        zero_grad,
+        attrs=_ARG_ATTRS,
+        doc=f"index of the first {'largest' if _name == 'Argmax' else 'smallest'} element along axis; an integer output without gradient",
+    )

@@ -8,17 +8,26 @@ from importlib.metadata import version
 __version__ = version("gradserve")
 """The installed distribution's version (pyproject.toml is its one source); set before the imports below use it."""
 
-from . import dtype, nn, ops
-from .client import Parameter, ParameterTuple, Tensor, TracingError, get_context, set_context
+from . import common, dtype, nn, ops
+from .client import (
+    GRAPH_MODE, PYNATIVE_MODE, Function, Parameter, ParameterTuple, Tensor, TracingError, context, custom_vjp, get_context,
+    jit, ms_function, set_context,
+)
+from .client.checkpoint import load_checkpoint, load_param_into_net, save_checkpoint
+from .client.nn.initializer import set_seed
 from .client.grad import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
 from .client.dtype import (
     bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
     ubyte, uint8,
 )
 
+_Function = Function
+"""MindSpore 2.x exposes its PyNative custom function class as ``mindspore._Function``."""
+
 __all__ = [
-    "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte", "double", "dtype", "float16",
-    "float32", "float64", "get_context", "grad", "half", "hessian", "int8", "int16", "int32", "int64", "intc", "intp",
-    "jacfwd", "jacrev", "jvp", "nn", "ops",
-    "set_context", "short", "single", "ubyte", "uint8", "value_and_grad", "vjp",
+    "Function", "GRAPH_MODE", "PYNATIVE_MODE", "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte",
+    "common", "context", "custom_vjp", "double", "dtype", "float16", "float32", "float64", "get_context", "grad", "half",
+    "hessian", "int8", "int16", "int32", "int64", "intc", "intp", "jacfwd", "jacrev", "jit", "jvp", "load_checkpoint",
+    "load_param_into_net", "ms_function", "nn", "ops", "save_checkpoint", "set_context", "set_seed", "short", "single",
+    "ubyte", "uint8", "value_and_grad", "vjp",
 ]

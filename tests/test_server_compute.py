@@ -1,7 +1,12 @@
-"""The local lane and response Templates answer as workers do: every request is sent three times to a server with
-the lane (first call: a worker builds the plan; later calls: the lane and its Template) and to one
-with ``local_max_elements=0`` (every request in a worker, second call on: the worker's Template), and
-the responses must be the same messages, equal to closed-form values."""
+"""What a plan (server/compute.py) answers, in a worker or in the local lane.
+
+The lane and response Templates answer as workers do: every request is sent three times to a server with
+the lane (first call: a worker builds the plan; later calls: the lane and its Template) and to one with
+``local_max_elements=0`` (every request in a worker, second call on: the worker's Template), and the
+responses must be the same messages, equal to closed-form values. Then regressions: a request whose
+answer must not change once a plan exists (Plan.take counts inputs and sensitivities apart), and results
+the response Template must learn whatever the codec's default limits (Template.of reads result types, it
+does not decode them), each on a server with the lane and on one without it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -14,7 +19,7 @@ import pytest
 from gradserve.engine import DTYPES, GraphBuilder
 from gradserve.proto import codec
 from gradserve.server.app import Server, running
-from gradserve.server.config import ServerConfig
+from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 CALLS = 3
@@ -40,8 +45,8 @@ def pair() -> Iterator[Pair]:
             yield Pair(Side(lane, service_pb2_grpc.GradientStub(c1)), Side(plain, service_pb2_grpc.GradientStub(c2)))
 
 
-def register(side: Side, graph: Any) -> str:
-    return side.stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(graph)), timeout=30).network_id
+def register(stub: service_pb2_grpc.GradientStub, graph: Any) -> str:
+    return stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(graph)), timeout=30).network_id
 
 
 def outcome(call: Callable[[], Any]) -> Any:
@@ -58,7 +63,7 @@ def same_everywhere(pair: Pair, graph: Any, build: Callable[[str], Any], method:
     outcome must be the same. Returns it. Checks the lane served calls 2.. on the lane server."""
     results = []
     for side in (pair.lane, pair.plain):
-        nid = register(side, graph)
+        nid = register(side.stub, graph)
         served = side.server.servicer.lane.served
         for _ in range(calls):
             request = build(nid)
@@ -240,7 +245,7 @@ def test_parameter_overrides_change_the_answer_and_do_not_stick(pair: Pair) -> N
     plan = [{}, {"w": w2}, {}, {"w": w2, "v": v2}, {"w": W}, {"v": v2}, {}]
 
     for side in (pair.lane, pair.plain):
-        nid = register(side, two_out())
+        nid = register(side.stub, two_out())
         for params in plan * 2:
             r = side.stub.Grad(service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(X), t(Y)], return_forward=True,
                                                        parameters={k: t(v) for k, v in params.items()}), timeout=30)
@@ -255,7 +260,7 @@ def test_run_parameter_override_then_registered_value(pair: Pair) -> None:
     k = b.param("k", np.array([10, 20], np.int32), requires_grad=False)
     g = b.build(x * k)
     for side in (pair.lane, pair.plain):
-        nid = register(side, g)
+        nid = register(side.stub, g)
         for params in ({}, {"k": np.array([1, 2], np.int32)}, {}, {"k": np.array([-5, 5], np.int32)}, {}) * 2:
             r = side.stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(np.array([3, 4], np.int32))],
                                                      parameters={n: t(v) for n, v in params.items()}), timeout=30)
@@ -271,7 +276,7 @@ def test_bad_parameter_overrides_after_the_plan_is_built(pair: Pair) -> None:
             return service_pb2.GradRequest(network_id=nid, inputs=[t(X), t(Y)], parameters={} if first else params)
         results = []
         for side in (pair.lane, pair.plain):
-            nid = register(side, two_out())
+            nid = register(side.stub, two_out())
             side.stub.Grad(build(nid), timeout=30)
             results += [outcome(lambda: side.stub.Grad(build(nid), timeout=30)) for _ in range(CALLS - 1)]
         assert all(r == results[0] for r in results), results
@@ -296,7 +301,7 @@ def test_second_call_with_other_types_errors_like_a_worker_and_a_first_call(pair
     sens = [t(S1)] if what == "sens" else []
     outcomes = []
     for side in (pair.lane, pair.plain):
-        nid = register(side, two_out())
+        nid = register(side.stub, two_out())
         bad = service_pb2.GradRequest(network_id=nid, inputs=other, sens=sens)
         outcomes.append(outcome(lambda: side.stub.Grad(bad, timeout=30)))  # before any plan
         for _ in range(2):
@@ -323,7 +328,7 @@ def test_switching_dtype_between_calls_on_a_different_plan_key(pair: Pair) -> No
 def test_inline_graph_and_network_id_share_a_plan_and_echo_ids(pair: Pair) -> None:
     side = pair.lane
     g = two_out()
-    nid = register(side, g)
+    nid = register(side.stub, g)
     served = side.server.servicer.lane.served
     for i in range(4):
         if i % 2:
@@ -360,7 +365,7 @@ def test_64_KiB_input_to_a_tiny_plan_goes_to_a_worker(pair: Pair) -> None:
     xs = np.arange(8192, dtype=np.float64)
     results = []
     for side in (pair.lane, pair.plain):
-        nid = register(side, g)
+        nid = register(side.stub, g)
         served = side.server.servicer.lane.served
         for _ in range(CALLS):
             r = side.stub.Grad(service_pb2.GradRequest(network_id=nid, inputs=[t(xs)], return_forward=True), timeout=30)
@@ -413,3 +418,60 @@ def test_template_fill_equals_protobuf_and_refuses_other_types(make: Callable[[]
 
 def _leaves(tree: Any) -> list[Any]:
     return [x for t in tree for x in _leaves(t)] if isinstance(tree, tuple) else [tree]
+
+
+# ---- regressions of Plan.take and Template.of, with the lane and without it ----
+
+LANE = {"lane": {}, "workers only": {"local_max_elements": 0}}
+
+
+@pytest.fixture(scope="module", params=list(LANE))
+def stub(request: pytest.FixtureRequest) -> Iterator[service_pb2_grpc.GradientStub]:
+    """A server allowing rank 40 (the codec's default allows 32), with the lane and without it."""
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_tensor_rank=40), **LANE[request.param])
+    with running(config) as server:
+        with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+            yield service_pb2_grpc.GradientStub(channel)
+
+
+def test_sens_given_as_an_extra_input_is_refused_before_and_after_the_plan_exists(stub: service_pb2_grpc.GradientStub) -> None:
+    """Plan.take counts inputs and sens together, so once a sens_param plan exists a request with the
+    sensitivity among its inputs (or an input among its sens) is computed instead of refused."""
+    b = GraphBuilder()
+    nid = register(stub, b.build(b.op("Sin", b.input("x", "float64", (2,)))))
+    xs, s = np.array([0.1, 0.2]), np.array([2.0, 3.0])
+    grad = codec.encode_grad_operation(sens_param=True)
+    good = service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs)], sens=[t(s)])
+    bad = [service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(xs), t(s)]),
+           service_pb2.GradRequest(network_id=nid, grad=grad, sens=[t(xs), t(s)])]
+    before = [outcome(lambda: stub.Grad(r, timeout=30)) for r in bad]
+    assert all(isinstance(o, tuple) and o[0] == grpc.StatusCode.INVALID_ARGUMENT for o in before), before
+    for _ in range(2):
+        np.testing.assert_allclose(codec.decode_tree(stub.Grad(good, timeout=30).gradients), np.cos(xs) * s)
+    after = [outcome(lambda: stub.Grad(r, timeout=30)) for r in bad]
+    assert after == before
+
+
+def test_zero_size_result_with_a_dimension_over_the_codec_default_element_limit(stub: service_pb2_grpc.GradientStub) -> None:
+    """The server allows 2**28 elements (counting a 0 dimension as 1); Template.of decodes the first
+    response with codec.DEFAULT_LIMITS (2**26) and fails the request with RESOURCE_EXHAUSTED."""
+    shape = (0, 100_000_000)
+    b = GraphBuilder()
+    nid = register(stub, b.build(b.op("Sin", b.input("x", "float32", shape))))
+    for _ in range(2):
+        r = outcome(lambda: stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(np.zeros(shape, np.float32))]), timeout=30))
+        assert isinstance(r, service_pb2.RunResponse), r
+        assert tuple(r.outputs.tensor.shape) == shape
+
+
+def test_result_of_a_rank_the_server_allows_but_the_codec_default_does_not(stub: service_pb2_grpc.GradientStub) -> None:
+    """With max_tensor_rank=40, a rank-33 input is accepted but its rank-33 result fails in Template.of."""
+    shape = (1,) * 33
+    b = GraphBuilder()
+    x = b.input("x", "float32", shape)
+    nid = register(stub, b.build(b.op("Sin", x)))
+    xs = np.full(shape, 0.5, np.float32)
+    for _ in range(2):
+        r = outcome(lambda: stub.Run(service_pb2.RunRequest(network_id=nid, inputs=[t(xs)]), timeout=30))
+        assert isinstance(r, service_pb2.RunResponse), r
+        np.testing.assert_allclose(codec.decode_tree(r.outputs, codec.Limits(max_tensor_rank=40)), np.sin(xs), rtol=1e-6)

@@ -1,0 +1,43 @@
+"""MindSpore's dynamic learning-rate lists: one learning rate per step, for an optimizer's ``learning_rate``."""
+from __future__ import annotations
+
+import math
+
+
+def _check(total_step: int, step_per_epoch: int, decay_epoch: int) -> None:
+    for name, v in (("total_step", total_step), ("step_per_epoch", step_per_epoch), ("decay_epoch", decay_epoch)):
+        if not isinstance(v, int) or isinstance(v, bool) or v <= 0:
+            raise ValueError(f"{name} must be a positive int, got {v!r}")
+
+
+def exponential_decay_lr(learning_rate: float, decay_rate: float, total_step: int, step_per_epoch: int,
+                         decay_epoch: int, is_stair: bool = False) -> list[float]:
+    """lr[i] = learning_rate * decay_rate ** (epoch / decay_epoch), epoch = i // step_per_epoch (the exponent
+    floored when ``is_stair``)."""
+    _check(total_step, step_per_epoch, decay_epoch)
+    out = []
+    for i in range(total_step):
+        p = (i // step_per_epoch) / decay_epoch
+        out.append(learning_rate * decay_rate ** (math.floor(p) if is_stair else p))
+    return out
+
+
+def cosine_decay_lr(min_lr: float, max_lr: float, total_step: int, step_per_epoch: int, decay_epoch: int) -> list[float]:
+    """lr[i] = min_lr + 0.5 (max_lr - min_lr) (1 + cos(pi epoch / decay_epoch)), epoch = i // step_per_epoch."""
+    _check(total_step, step_per_epoch, decay_epoch)
+    if not 0 <= min_lr < max_lr:
+        raise ValueError(f"cosine_decay_lr: need 0 <= min_lr < max_lr, got min_lr={min_lr!r}, max_lr={max_lr!r}")
+    return [
+        min_lr + 0.5 * (max_lr - min_lr) * (1 + math.cos(math.pi * (i // step_per_epoch) / decay_epoch))
+        for i in range(total_step)
+    ]
+
+
+def piecewise_constant_lr(milestone: list[int], learning_rates: list[float]) -> list[float]:
+    """learning_rates[k] for the steps before milestone[k] (increasing step counts; the last is the total)."""
+    if len(milestone) != len(learning_rates) or any(b <= a for a, b in zip(milestone, milestone[1:])):
+        raise ValueError("piecewise_constant_lr: milestone must increase and match learning_rates in length")
+    out: list[float] = []
+    for end, lr in zip(milestone, learning_rates):
+        out.extend([lr] * (end - len(out)))
+    return out

@@ -1,0 +1,99 @@
+"""Training and evaluation wrappers (MindSpore's WithLossCell, WithEvalCell, TrainOneStepCell) and
+``clip_by_global_norm``. A TrainOneStepCell step is a forward call, a gradient call and a NumPy optimizer update."""
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..cell import Cell
+from ..dispatch import apply_op
+from ..grad import GradOperation
+from ..tensor import Tensor
+from .layers import Dropout
+from .optim import Optimizer
+
+
+class WithLossCell(Cell):
+    """``WithLossCell(backbone, loss_fn)``: loss_fn(backbone(data), label)."""
+
+    def __init__(self, backbone: Cell, loss_fn: Cell) -> None:
+        super().__init__(auto_prefix=False)
+        self._backbone, self._loss_fn = backbone, loss_fn
+
+    @property
+    def backbone_network(self) -> Cell:
+        """The wrapped network."""
+        return self._backbone
+
+    def construct(self, data: Any, label: Any) -> Any:
+        return self._loss_fn(self._backbone(data), label)
+
+
+class WithEvalCell(Cell):
+    """``WithEvalCell(network, loss_fn, add_cast_fp32=False)``: (loss, outputs, label) for one batch."""
+
+    def __init__(self, network: Cell, loss_fn: Cell, add_cast_fp32: bool = False) -> None:
+        super().__init__(auto_prefix=False)
+        self._network, self._loss_fn, self.add_cast_fp32 = network, loss_fn, add_cast_fp32
+
+    def construct(self, data: Any, label: Any) -> Any:
+        outputs = self._network(data)
+        if self.add_cast_fp32:
+            label = apply_op("Cast", label, dtype=np.dtype(np.float32))
+            outputs = apply_op("Cast", outputs, dtype=np.dtype(np.float32))
+        return self._loss_fn(outputs, label), outputs, label
+
+
+class TrainOneStepCell(Cell):
+    """``TrainOneStepCell(network, optimizer, sens=None)``: calling it with a batch computes the loss and the
+    gradients of ``network`` (a loss network) scaled by ``sens`` (1.0 when None), updates the weights with
+    ``optimizer`` and returns the loss. Its ``construct`` runs outside a trace, so a subclass may transform the
+    gradients (for example with ``clip_by_global_norm``) before ``self.optimizer(grads)``."""
+
+    def __init__(self, network: Cell, optimizer: Optimizer, sens: float | None = None) -> None:
+        super().__init__(auto_prefix=False)
+        if not isinstance(optimizer, Optimizer):
+            raise TypeError(f"nn.TrainOneStepCell: optimizer must be an nn optimizer, got {type(optimizer).__name__}")
+        self.network, self.optimizer = network, optimizer
+        self.weights = optimizer.parameters
+        self.sens = 1.0 if sens is None else float(sens)
+        self.grad = GradOperation(get_by_list=True, sens_param=True)
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.construct(*inputs)
+
+    def sens_like(self, loss: Tensor) -> Tensor:
+        """``sens`` as a Tensor of the loss's shape and dtype."""
+        return Tensor(np.full(loss.shape, self.sens, dtype=loss._array_dtype()))
+
+    def construct(self, *inputs: Any) -> Any:
+        loss = self.network(*inputs)
+        grads = self.grad(self.network, self.weights)(*inputs, self.sens_like(loss))
+        self.optimizer(grads)
+        self.advance_dropout()
+        return loss
+
+    def advance_dropout(self) -> None:
+        """Give every Dropout of the network a new mask for the next step."""
+        for _, cell in self.network.cells_and_names():
+            if isinstance(cell, Dropout):
+                cell.advance()
+
+
+def clip_by_global_norm(x: Sequence[Any], clip_norm: float = 1.0, use_norm: Any = None) -> tuple[Any, ...]:
+    """Each tensor of ``x`` times clip_norm / max(global_norm, clip_norm), global_norm = sqrt(sum of all squares);
+    built from ops, so it runs eagerly on gradients or inside a traced construct."""
+    if not clip_norm > 0:
+        raise ValueError(f"clip_by_global_norm: clip_norm must be positive, got {clip_norm!r}")
+    grads = tuple(x)
+    if not grads:
+        return ()
+    if use_norm is None:
+        total = None
+        for g in grads:
+            s = apply_op("ReduceSum", apply_op("Square", g), axis=(), keep_dims=False)
+            total = s if total is None else total + s
+        use_norm = apply_op("Sqrt", total)
+    scale = clip_norm / apply_op("Maximum", use_norm, clip_norm)
+    return tuple(g * scale for g in grads)

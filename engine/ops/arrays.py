@@ -1,0 +1,222 @@
+"""Array assembly and selection: AddN, Stack, Unstack, Pad, OneHot and TopK."""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+
+from ..errors import GraphError, ShapeError
+from ..ir import TensorType, Value
+from ..optable import Attr, F, defop, norm_axis, same_dtype
+from .common import require_index, require_numeric
+
+# ---- AddN ----
+
+
+def _addn_infer(types: list[TensorType]) -> TensorType:
+    """One numeric dtype and one shape for every input."""
+    dt = same_dtype(types, "inputs")
+    require_numeric(types[0], "inputs")
+    shapes = {t.shape for t in types}
+    if len(shapes) != 1:
+        raise ShapeError(f"inputs must share one shape, got {', '.join(str(t.shape) for t in types[:8])}")
+    return TensorType(dt, types[0].shape)
+
+
+def _addn(*xs: np.ndarray) -> np.ndarray:
+    """Sum into one new buffer."""
+    out = np.array(xs[0], copy=True)
+    for x in xs[1:]:
+        out += x
+    return out
+
+
+defop("AddN", ("x", "xs*"), _addn_infer, _addn, lambda g, out, *xs: (g,) * len(xs), doc="elementwise sum of inputs of one shape")
+
+# ---- Stack and Unstack ----
+
+
+def _stack_infer(types: list[TensorType], axis: int) -> TensorType:
+    """Inputs of one dtype and shape; a new axis of length len(inputs) at axis."""
+    dt = same_dtype(types, "inputs")
+    shape = types[0].shape
+    if any(t.shape != shape for t in types):
+        raise ShapeError(f"inputs must share one shape, got {', '.join(str(t.shape) for t in types[:8])}")
+    ax = norm_axis(axis, len(shape) + 1)
+    return TensorType(dt, shape[:ax] + (len(types),) + shape[ax:])
+
+
+def _stack_vjp(g: Value, out: Value, *xs: Value, axis: int) -> tuple[Value, ...] | Value:
+    """Unstack the cotangent."""
+    parts = F.Unstack(g, axis=axis)
+    return parts if isinstance(parts, tuple) else (parts,)
+
+
+def _unstack_infer(types: list[TensorType], axis: int, num: int) -> tuple[TensorType, ...]:
+    """x.shape[axis] outputs (num, when given, must equal it) of x's shape without that axis."""
+    t = types[0]
+    if not t.shape:
+        raise ShapeError("cannot unstack a scalar")
+    ax = norm_axis(axis, len(t.shape))
+    n = t.shape[ax]
+    if num not in (-1, n):
+        raise ShapeError(f"num {num} differs from the length {n} of axis {axis} of shape {t.shape}")
+    if n < 1:
+        raise ShapeError(f"axis {axis} of shape {t.shape} is empty: there is nothing to unstack")
+    return (TensorType(t.dtype, t.shape[:ax] + t.shape[ax + 1:]),) * n
+
+
+def _unstack(x: np.ndarray, axis: int, num: int) -> Any:
+    """The slices along axis as a tuple (the one slice bare, as the compiler expects)."""
+    parts = tuple(np.moveaxis(x, axis, 0))
+    return parts if len(parts) > 1 else parts[0]
+
+
+def _unstack_vjp(g: Any, out: Any, x: Value, axis: int, num: int) -> Value:
+    """Stack the slices' cotangents, zeros for slices without one."""
+    gs = g if isinstance(g, tuple) else (g,)
+    os = out if isinstance(out, tuple) else (out,)
+    return F.Stack(*(gi if gi is not None else F.ZerosLike(o) for gi, o in zip(gs, os)), axis=axis)
+
+
+defop(
+    "Stack",
+    ("x", "xs*"),
+    _stack_infer,
+    lambda *xs, axis: np.stack(xs, axis=axis),
+    _stack_vjp,
+    attrs={"axis": Attr("int", 0, "where the new axis goes")},
+    doc="stacks inputs of one shape along a new axis",
+)
+defop(
+    "Unstack",
+    ("x",),
+    _unstack_infer,
+    _unstack,
+    _unstack_vjp,
+    attrs={"axis": Attr("int", 0, "the axis to take apart"), "num": Attr("int", -1, "the number of outputs; -1 (MindSpore's None): x.shape[axis]")},
+    doc="the x.shape[axis] slices along axis, each without that axis (x.shape[axis] outputs)",
+    outputs=("ys*",),
+    memory="view",
+)
+
+# ---- Pad ----
+
+
+def _pairs(paddings: tuple[int, ...], rank: int) -> tuple[tuple[int, int], ...]:
+    """The flat (before_0, after_0, before_1, after_1, ...) attribute as pairs, one per axis, non-negative."""
+    if len(paddings) != 2 * rank:
+        raise GraphError(f"paddings must hold 2 values per axis ({2 * rank} for rank {rank}), got {len(paddings)}")
+    if min(paddings, default=0) < 0:
+        raise GraphError(f"paddings must be non-negative, got {paddings}")
+    return tuple(zip(paddings[::2], paddings[1::2]))
+
+
+def _pad_vjp(g: Value, out: Value, x: Value, paddings: tuple[int, ...]) -> Value:
+    """The cotangent with the padding sliced off."""
+    if not x.ndim:
+        return g
+    pairs = _pairs(paddings, x.ndim)
+    return F.StridedSlice(g, begin=tuple(b for b, _ in pairs), end=tuple(b + d for (b, _), d in zip(pairs, x.shape)), strides=(1,) * x.ndim)
+
+
+defop(
+    "Pad",
+    ("x",),
+    lambda t, paddings: TensorType(t[0].dtype, tuple(d + b + a for d, (b, a) in zip(t[0].shape, _pairs(paddings, len(t[0].shape))))),
+    lambda x, paddings: np.pad(x, _pairs(paddings, x.ndim)) if x.ndim else x.copy(),
+    _pad_vjp,
+    attrs={"paddings": Attr("ints", doc="MindSpore's ((before, after), ...) flattened: before_0, after_0, before_1, after_1, ...")},
+    doc="pads x with zeros, paddings[2i] before and paddings[2i+1] after axis i",
+)
+
+# ---- OneHot ----
+
+
+def _onehot_infer(types: list[TensorType], depth: int, axis: int) -> TensorType:
+    """int indices, 0-d on_value and off_value of one dtype; a new axis of length depth at axis."""
+    i, on, off = types
+    require_index(i)
+    dt = same_dtype([on, off], "on_value and off_value")
+    if on.shape or off.shape:
+        raise ShapeError(f"on_value and off_value must be scalars, got shapes {on.shape} and {off.shape}")
+    if depth < 0:
+        raise GraphError(f"depth must be >= 0, got {depth}")
+    ax = norm_axis(axis, len(i.shape) + 1)
+    return TensorType(dt, i.shape[:ax] + (depth,) + i.shape[ax:])
+
+
+def _hot(indices: np.ndarray, depth: int, axis: int) -> np.ndarray:
+    """The bool mask: True where the new axis's position equals the index (indices outside [0, depth) match none)."""
+    ax = axis % (indices.ndim + 1)
+    positions = np.arange(depth).reshape((depth,) + (1,) * (indices.ndim - ax))
+    return np.expand_dims(indices, ax) == positions
+
+
+def _onehot_vjp(g: Value, out: Value, indices: Value, on: Value, off: Value, depth: int, axis: int) -> tuple[None, Value, Value]:
+    """on_value gets the cotangent summed over the hot positions, off_value over the others."""
+    zero = F.ZerosLike(g)
+    b = indices.builder
+    ax = axis % (indices.ndim + 1)
+    positions = b.const(np.arange(depth, dtype=indices.dtype).reshape((depth,) + (1,) * (indices.ndim - ax)))  # type: ignore[union-attr]
+    hot = F.Equal(F.ExpandDims(indices, axis=ax), positions)
+    return None, F.ReduceSum(F.Select(hot, g, zero)), F.ReduceSum(F.Select(hot, zero, g))
+
+
+defop(
+    "OneHot",
+    ("indices", "on_value", "off_value"),
+    _onehot_infer,
+    lambda i, on, off, depth, axis: np.where(_hot(i, depth, axis), on, off),
+    _onehot_vjp,
+    attrs={"depth": Attr("int", doc="length of the new axis (an input in MindSpore, an attribute here)"),
+           "axis": Attr("int", -1, "where the new axis goes")},
+    nondiff=("indices",),
+    doc="on_value where the new axis's position equals the index, off_value elsewhere",
+)
+
+# ---- TopK ----
+
+
+def _topk_infer(types: list[TensorType], k: int, sorted: bool) -> tuple[TensorType, TensorType]:
+    """Numeric x of rank >= 1 with 0 <= k <= its last dimension; values and int32 indices of shape (.., k)."""
+    t = types[0]
+    require_numeric(t, "x")
+    if not t.shape:
+        raise ShapeError("x must have rank >= 1, got a scalar")
+    if not 0 <= k <= t.shape[-1]:
+        raise ShapeError(f"k {k} must be in [0, {t.shape[-1]}] for the last axis of shape {t.shape}")
+    shape = t.shape[:-1] + (k,)
+    return TensorType(t.dtype, shape), TensorType(np.dtype(np.int32), shape)
+
+
+def _topk(x: np.ndarray, k: int, sorted: bool) -> tuple[np.ndarray, np.ndarray]:
+    """The k largest along the last axis, largest first, ties by lower index (a stable sort of -x)."""
+    descending = -x if x.dtype.kind == "f" else ~x  # ~x reverses the order of any integer without overflow
+    idx = np.argsort(descending, axis=-1, kind="stable")[..., :k]
+    return np.take_along_axis(x, idx, axis=-1), idx.astype(np.int32)
+
+
+def _topk_vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Value], x: Value, k: int, sorted: bool) -> Value:
+    """Scatter the values' cotangent back to the chosen positions (a flat UnsortedSegmentSum, whose rule is a Gather)."""
+    if g[0] is None:
+        return F.ZerosLike(x)
+    n = x.shape[-1]
+    rows = math.prod(x.shape[:-1])
+    offsets = x.builder.const((np.arange(rows, dtype=np.int64) * n).reshape(x.shape[:-1] + (1,)))  # type: ignore[union-attr]
+    flat = F.Reshape(F.Cast(out[1], dtype="int64") + offsets, shape=(-1,))
+    return F.Reshape(F.UnsortedSegmentSum(F.Reshape(g[0], shape=(-1,)), flat, num_segments=math.prod(x.shape)), shape=x.shape)
+
+
+defop(
+    "TopK",
+    ("x",),
+    _topk_infer,
+    _topk,
+    _topk_vjp,
+    attrs={"k": Attr("int", doc="how many (an input in MindSpore, an attribute here)"), "sorted": Attr("bool", True, "largest first (always so here)")},
+    doc="the k largest elements along the last axis and their int32 indices; the gradient goes to the chosen positions",
+    outputs=("values", "indices"),
+    scratch=9,  # the int64 sort order (8 bytes per element, for inputs of any itemsize) and the negated copy
+)

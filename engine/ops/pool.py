@@ -1,0 +1,304 @@
+"""2-D pooling in NCHW: MaxPool, MaxPoolWithArgmax, AvgPool with its adjoint AvgPoolGrad, AdaptiveAvgPool2D.
+
+Windows are reduced one kernel offset at a time: each offset reads a strided slice of the (padded) input. MaxPool's gradient
+scatters the cotangent to each window's first maximum through MaxPoolWithArgmax's indices and
+UnsortedSegmentSum, ops with their own rules, so MaxPool differentiates to any order (the second
+derivative is zero almost everywhere and the first stays exact). AvgPool and AvgPoolGrad are each
+other's adjoints; AdaptiveAvgPool2D is a product with constant averaging matrices on both sides.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+
+from ..errors import GraphError, ShapeError
+from ..ir import TensorType, Value
+from ..optable import Attr, F, defop, require_float
+from .conv import pad_mode_of, pair, window_geometry
+
+POOL_ATTRS = {
+    "kernel_size": Attr("ints", (1,), "window height and width: an int, a pair or (1, 1, kh, kw)"),
+    "strides": Attr("ints", (1,), "an int, a pair or (1, 1, sh, sw)"),
+    "pad_mode": Attr("str", "valid", "'valid' or 'same' (either case); 'same' gives ceil(input / stride)"),
+    "data_format": Attr("str", "NCHW", "only NCHW"),
+}
+
+
+@dataclass(frozen=True)
+class Window:
+    """One pooling's geometry: input plane, kernel, output plane, padding (top, bottom, left, right), strides."""
+
+    n: int
+    c: int
+    h: int
+    w: int
+    kh: int
+    kw: int
+    ho: int
+    wo: int
+    pads: tuple[int, int, int, int]
+    strides: tuple[int, int]
+
+
+def pool_window(shape: tuple[int, ...], kernel_size: tuple[int, ...], strides: tuple[int, ...], pad_mode: str, data_format: str) -> Window:
+    """Check the attributes against x (N, C, H, W); errors name the attribute or shape at fault."""
+    if data_format != "NCHW":
+        raise GraphError(f"data_format must be 'NCHW', got {data_format!r}")
+    mode = pad_mode_of(pad_mode, ("valid", "same"))
+    kh, kw = pair(kernel_size, "kernel_size")
+    s = pair(strides, "strides")
+    if len(shape) != 4:
+        raise ShapeError(f"x must be NCHW (rank 4), got shape {shape}")
+    n, c, h, w = shape
+    ho, top, bottom = window_geometry(h, kh, s[0], mode, (0, 0))
+    wo, left, right = window_geometry(w, kw, s[1], mode, (0, 0))
+    if ho < 1 or wo < 1:
+        raise ShapeError(f"x of shape {shape} gives an empty output plane ({ho}, {wo})")
+    return Window(n, c, h, w, kh, kw, ho, wo, (top, bottom, left, right), s)
+
+
+def _pool_infer(types: list[TensorType], **attrs: Any) -> TensorType:
+    """Float x (N, C, H, W) gives (N, C, ho, wo)."""
+    require_float(types[0], "x")
+    p = pool_window(types[0].shape, **attrs)
+    return TensorType(types[0].dtype, (p.n, p.c, p.ho, p.wo))
+
+
+def _window_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """Each element of the larger side touches kh·kw window positions at most; plus the traffic."""
+    kh, kw = pair(attrs["kernel_size"], "kernel_size")
+    return kh * kw * max(inputs[0].size, outputs[0].size) + sum(t.size for t in inputs) + sum(t.size for t in outputs)
+
+
+# ---- MaxPool and MaxPoolWithArgmax ----
+
+
+def _padded_input(x: np.ndarray, p: Window, fill: float) -> np.ndarray:
+    """x with ``fill`` around its last two axes as the window geometry asks (x itself without padding)."""
+    return x if not any(p.pads) else np.pad(x, ((0, 0), (0, 0), p.pads[:2], p.pads[2:]), constant_values=fill)
+
+
+def _offsets(xp: np.ndarray, p: Window) -> Any:
+    """For each kernel offset (i, j): i, j and the (N, C, ho, wo) strided slice of the padded input it reads."""
+    sh, sw = p.strides
+    for i in range(p.kh):
+        for j in range(p.kw):
+            yield i, j, xp[:, :, i:i + sh * (p.ho - 1) + 1:sh, j:j + sw * (p.wo - 1) + 1:sw]
+
+
+def _max_and_argmax(x: np.ndarray, p: Window, want_index: bool) -> tuple[np.ndarray, np.ndarray | None]:
+    """Window maxima by one pass per kernel offset, and (if asked) the index into each H * W plane of the first
+    maximum (int64; a window holding only -inf keeps its first real position)."""
+    best: np.ndarray | None = None
+    index: np.ndarray | None = None
+    xp = _padded_input(x, p, -np.inf)
+    for i, j, piece in _offsets(xp, p):
+        if best is None:
+            best = piece.copy()
+            index = np.zeros(best.shape, np.int64) if want_index else None
+            continue
+        if want_index:
+            better = piece > best
+            index[better] = i * p.kw + j  # type: ignore[index]
+        np.maximum(best, piece, out=best)
+    assert best is not None
+    if index is None:
+        return best, None
+    rows = np.arange(p.ho).reshape(-1, 1) * p.strides[0] - p.pads[0] + index // p.kw
+    cols = np.arange(p.wo) * p.strides[1] - p.pads[2] + index % p.kw
+    # Clipping keeps an all -inf window's index on a real element of that window.
+    return best, np.clip(rows, 0, p.h - 1) * p.w + np.clip(cols, 0, p.w - 1)
+
+
+def _scatter_to_planes(g: Value, argmax: Value, x: Value) -> Value:
+    """dx: each output's cotangent added at its plane index (a flat UnsortedSegmentSum, whose rule is a Gather)."""
+    n, c, h, w = x.shape
+    offsets = x.builder.const((np.arange(n * c, dtype=np.int64) * (h * w)).reshape(n, c, 1, 1))  # type: ignore[union-attr]
+    flat = F.Reshape(argmax + offsets, shape=(-1,))
+    return F.Reshape(F.UnsortedSegmentSum(F.Reshape(g, shape=(-1,)), flat, num_segments=n * c * h * w), shape=x.shape)
+
+
+def _maxpool_vjp(g: Value, out: Value, x: Value, **attrs: Any) -> Value:
+    """Route g to each window's first maximum."""
+    return _scatter_to_planes(g, F.MaxPoolWithArgmax(x, **attrs)[1], x)
+
+
+def _maxpool_argmax_vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Value], x: Value, **attrs: Any) -> Value:
+    """The values route their cotangent to the maxima; the indices take none."""
+    return _scatter_to_planes(g[0], out[1], x) if g[0] is not None else F.ZerosLike(x)
+
+
+def _maxpool_argmax_infer(types: list[TensorType], **attrs: Any) -> tuple[TensorType, TensorType]:
+    """Pooled values in x's dtype and int64 plane indices, both (N, C, ho, wo)."""
+    y = _pool_infer(types, **attrs)
+    return y, TensorType(np.dtype(np.int64), y.shape)
+
+
+def _maxpool(x: np.ndarray, **attrs: Any) -> np.ndarray:
+    """Max over each window of x padded with -inf."""
+    return _max_and_argmax(x, pool_window(x.shape, **attrs), False)[0]
+
+
+def _maxpool_argmax(x: np.ndarray, **attrs: Any) -> tuple[np.ndarray, np.ndarray]:
+    """The maxima and their plane indices."""
+    y, index = _max_and_argmax(x, pool_window(x.shape, **attrs), True)
+    return y, index  # type: ignore[return-value]
+
+
+defop(
+    "MaxPool",
+    ("x",),
+    _pool_infer,
+    _maxpool,
+    _maxpool_vjp,
+    attrs=POOL_ATTRS,
+    doc="max over kernel_size windows of x (N, C, H, W) moved by strides; 'same' pads with -inf; the gradient goes to each window's first maximum",
+    cost=_window_cost,
+    scratch=2,
+)
+defop(
+    "MaxPoolWithArgmax",
+    ("x",),
+    _maxpool_argmax_infer,
+    _maxpool_argmax,
+    _maxpool_argmax_vjp,
+    attrs=POOL_ATTRS,
+    doc="MaxPool's output and argmax (int64): the index into the H * W plane of each window's first maximum",
+    outputs=("output", "argmax"),
+    cost=_window_cost,
+    scratch=6,
+)
+
+# ---- AvgPool and AvgPoolGrad ----
+
+
+def _counts(p: Window, dtype: np.dtype) -> np.ndarray:
+    """How many unpadded elements each window covers, as (ho, wo): padding is not averaged in."""
+    def axis(size: int, k: int, s: int, before: int, out: int) -> np.ndarray:
+        start = np.arange(out) * s - before
+        return np.minimum(start + k, size) - np.maximum(start, 0)
+
+    return np.outer(axis(p.h, p.kh, p.strides[0], p.pads[0], p.ho), axis(p.w, p.kw, p.strides[1], p.pads[2], p.wo)).astype(dtype)
+
+
+def _avgpool(x: np.ndarray, **attrs: Any) -> np.ndarray:
+    """Sum over each zero-padded window divided by the number of unpadded elements in it."""
+    p = pool_window(x.shape, **attrs)
+    total = np.zeros((p.n, p.c, p.ho, p.wo), x.dtype)
+    for _, _, piece in _offsets(_padded_input(x, p, 0), p):
+        total += piece
+    return total / _counts(p, x.dtype)
+
+
+def _avgpool_grad(dy: np.ndarray, input_size: tuple[int, ...], **attrs: Any) -> np.ndarray:
+    """The adjoint of AvgPool: dy / count added to every element of its window, one slice add per kernel offset."""
+    p = pool_window(tuple(input_size), **attrs)
+    share = dy / _counts(p, dy.dtype)
+    t, b, left, r = p.pads
+    dxp = np.zeros((p.n, p.c, p.h + t + b, p.w + left + r), dy.dtype)
+    sh, sw = p.strides
+    for i in range(p.kh):
+        for j in range(p.kw):
+            dxp[:, :, i:i + sh * (p.ho - 1) + 1:sh, j:j + sw * (p.wo - 1) + 1:sw] += share
+    return np.ascontiguousarray(dxp[:, :, t:t + p.h, left:left + p.w])
+
+
+def _avgpool_grad_infer(types: list[TensorType], input_size: tuple[int, ...], **attrs: Any) -> TensorType:
+    """dout must have the shape AvgPool gives for input_size; the result has input_size."""
+    require_float(types[0], "dout")
+    if len(input_size) != 4 or min(input_size) < 0:
+        raise GraphError(f"input_size must hold 4 non-negative dimensions, got {input_size}")
+    p = pool_window(tuple(input_size), **attrs)
+    if types[0].shape != (p.n, p.c, p.ho, p.wo):
+        raise ShapeError(f"dout has shape {types[0].shape}, but AvgPool of input_size {tuple(input_size)} gives {(p.n, p.c, p.ho, p.wo)}")
+    return TensorType(types[0].dtype, tuple(input_size))
+
+
+defop(
+    "AvgPool",
+    ("x",),
+    _pool_infer,
+    _avgpool,
+    lambda g, out, x, **attrs: F.AvgPoolGrad(g, input_size=x.shape, **attrs),
+    attrs=POOL_ATTRS,
+    doc="mean over kernel_size windows of x (N, C, H, W) moved by strides; with 'same' the zero padding is not counted in the mean",
+    cost=_window_cost,
+    scratch=3,
+)
+defop(
+    "AvgPoolGrad",
+    ("dout",),
+    _avgpool_grad_infer,
+    _avgpool_grad,
+    lambda g, out, dy, input_size, **attrs: F.AvgPool(g, **attrs),
+    attrs={**POOL_ATTRS, "input_size": Attr("ints", doc="shape (N, C, H, W) of AvgPool's input, the result's shape")},
+    doc="gradient of AvgPool: each dout element divided by its window's count and added over the window; its own gradient is AvgPool",
+    cost=_window_cost,
+)
+
+# ---- AdaptiveAvgPool2D ----
+
+
+def _bins(size: int, out: int) -> np.ndarray:
+    """The (out, size) averaging matrix of adaptive pooling: row i averages [floor(i*size/out), ceil((i+1)*size/out))."""
+    i = np.arange(out)
+    start, stop = i * size // out, -(-(i + 1) * size // out)
+    j = np.arange(size)
+    inside = (j >= start[:, None]) & (j < stop[:, None])
+    return inside / (stop - start)[:, None]
+
+
+def _adaptive_size(shape: tuple[int, ...], output_size: tuple[int, ...]) -> tuple[int, int]:
+    """The output plane: an int or a pair; -1 (MindSpore's None) keeps that input dimension."""
+    if len(shape) not in (3, 4):
+        raise ShapeError(f"x must be (C, H, W) or (N, C, H, W), got shape {shape}")
+    size = output_size * 2 if len(output_size) == 1 else output_size
+    if len(size) != 2 or any(d == 0 or d < -1 for d in size):
+        raise GraphError(f"output_size must be a positive int or pair (-1 keeps the input's size), got {output_size}")
+    return tuple(shape[-2 + i] if d == -1 else d for i, d in enumerate(size))  # type: ignore[return-value]
+
+
+def _adaptive_infer(types: list[TensorType], output_size: tuple[int, ...]) -> TensorType:
+    """Float x (.., H, W) gives (.., oh, ow)."""
+    require_float(types[0], "x")
+    oh, ow = _adaptive_size(types[0].shape, output_size)
+    return TensorType(types[0].dtype, types[0].shape[:-2] + (oh, ow))
+
+
+def _adaptive(x: np.ndarray, output_size: tuple[int, ...]) -> np.ndarray:
+    """Rows then columns averaged by the bin matrices: two matmuls."""
+    oh, ow = _adaptive_size(x.shape, output_size)
+    return _bins(x.shape[-2], oh).astype(x.dtype) @ x @ _bins(x.shape[-1], ow).T.astype(x.dtype)
+
+
+def _adaptive_vjp(g: Value, out: Value, x: Value, output_size: tuple[int, ...]) -> Value:
+    """dx = Phᵀ g Pw, as BatchMatMul nodes over constant bin matrices."""
+    oh, ow = _adaptive_size(x.shape, output_size)
+    b = x.builder
+    ph = b.const(_bins(x.shape[-2], oh), dtype=x.dtype)  # type: ignore[union-attr]
+    pw = b.const(_bins(x.shape[-1], ow), dtype=x.dtype)  # type: ignore[union-attr]
+    return F.BatchMatMul(F.BatchMatMul(ph, g, transpose_a=True), pw)
+
+
+def _adaptive_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """The two products: 2·oh·H·W plus 2·oh·W·ow per plane, and the traffic."""
+    x, y = inputs[0], outputs[0]
+    planes = x.size // max(x.shape[-2] * x.shape[-1], 1)
+    h, w = x.shape[-2:]
+    oh, ow = y.shape[-2:]
+    return 2 * planes * (oh * h * w + oh * w * ow) + x.size + y.size
+
+
+defop(
+    "AdaptiveAvgPool2D",
+    ("x",),
+    _adaptive_infer,
+    _adaptive,
+    _adaptive_vjp,
+    attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)")},
+    doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
+    cost=_adaptive_cost,
+    scratch=1,
+)

@@ -1,0 +1,57 @@
+"""engine/ir.py: graph listings (library functions once) and the structural hash (names and parameter
+values ignored; structure and constants that print alike told apart)."""
+from __future__ import annotations
+
+import numpy as np
+
+from gradserve.engine import GraphBuilder, grad_operation
+
+
+def test_gradient_program_prints_as_a_listing() -> None:
+    g = GraphBuilder("SinNet")
+    net = g.build(g.op("Sin", g.input("x", "float64", (1,))))
+    assert str(grad_operation(net)) == "\n".join([
+        "graph grad_SinNet(x: f64[1])",
+        "  %0: f64[1] = Sin(x)",
+        "  %1: f64[1] = OnesLike(%0)",
+        "  %2: f64[1] = Cos(x)",
+        "  %3: f64[1] = Mul(%1, %2)",
+        "  return %3",
+    ])
+
+
+def test_listing_shows_each_library_function_once() -> None:
+    lib: dict = {}
+    for name in ("sin", "cos"):
+        g = GraphBuilder(name, library=lib)
+        lib[name] = g.build(g.op(name.capitalize(), g.input("x", "float64", (1,))))
+    g = GraphBuilder("both", library=lib)
+    x = g.input("x", "float64", (1,))
+    (ds,) = g.op("GradOperation", x, fn="sin")
+    (dc,) = g.op("GradOperation", x, fn="cos")
+    text = str(g.build(ds + dc))
+    assert text.count("where sin =") == 1 and text.count("where cos =") == 1
+    assert "GradOperation[fn='cos'" in text
+
+
+def test_structural_hash_ignores_names_and_parameter_values_but_not_structure() -> None:
+    def net(in_name: str, w: np.ndarray, transpose: bool):  # type: ignore[no-untyped-def]
+        g = GraphBuilder("h")
+        x = g.input(in_name, "float32", (3, 3))
+        return g.build(g.op("MatMul", x, g.param("w", w), transpose_b=transpose))
+
+    base = net("x", np.ones((3, 3), np.float32), False).structural_hash()
+    assert net("x", np.zeros((3, 3), np.float32), False).structural_hash() == base
+    assert net("x", np.ones((3, 3), np.float32), True).structural_hash() != base
+    assert net("other", np.ones((3, 3), np.float32), False).structural_hash() != base
+
+
+def test_structural_hash_tells_apart_constants_that_print_alike() -> None:
+    def scaled(c: float) -> str:
+        g = GraphBuilder("scale")
+        return g.build(g.input("x", "float64", (2,)) * c).structural_hash()
+
+    base = scaled(0.1)
+    assert scaled(0.1000000001) != base
+    with np.printoptions(precision=2):
+        assert scaled(0.1) == base

@@ -1,0 +1,179 @@
+"""Convolution, pooling and batch-norm layers against PyTorch with the same weights in float64: LeNet-5 and a ResNet
+basic block (forward and gradients w.r.t. input and every weight to 1e-9), layer arguments and parameter names."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+import torch
+
+import gradserve as gs
+from gradserve import nn, ops
+from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
+
+RNG = np.random.default_rng(12)
+
+
+def copy_params(ours: nn.Cell, theirs: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Copy our trainable parameters, in order, into ``theirs``."""
+    ps = ours.trainable_params()
+    assert len(ps) == len(theirs)
+    with torch.no_grad():
+        for p, t in zip(ps, theirs):
+            t.copy_(torch.tensor(p.asnumpy()).reshape(t.shape))
+    return theirs
+
+
+class LeNet5(nn.Cell):
+    """LeNet-5 as MindSpore's model zoo writes it."""
+
+    def __init__(self, num_class: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, pad_mode="valid", has_bias=True, dtype=F64)
+        self.conv2 = nn.Conv2d(6, 16, 5, pad_mode="valid", has_bias=True, dtype=F64)
+        self.fc1 = nn.Dense(16 * 5 * 5, 120, dtype=F64)
+        self.fc2 = nn.Dense(120, 84, dtype=F64)
+        self.fc3 = nn.Dense(84, num_class, dtype=F64)
+        self.relu = nn.ReLU()
+        self.max_pool2d = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.flatten = nn.Flatten()
+
+    def construct(self, x: Any) -> Any:
+        x = self.max_pool2d(self.relu(self.conv1(x)))
+        x = self.max_pool2d(self.relu(self.conv2(x)))
+        x = self.flatten(x)
+        return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x)))))
+
+
+def torch_lenet() -> tuple[torch.nn.Module, list[torch.Tensor]]:
+    t = torch.nn.Sequential(
+        torch.nn.Conv2d(1, 6, 5, dtype=torch.float64), torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2),
+        torch.nn.Conv2d(6, 16, 5, dtype=torch.float64), torch.nn.ReLU(), torch.nn.MaxPool2d(2, 2), torch.nn.Flatten(),
+        torch.nn.Linear(400, 120, dtype=torch.float64), torch.nn.ReLU(), torch.nn.Linear(120, 84, dtype=torch.float64),
+        torch.nn.ReLU(), torch.nn.Linear(84, 10, dtype=torch.float64),
+    )
+    return t, list(t.parameters())
+
+
+def test_lenet5_matches_torch() -> None:
+    gs.set_seed(0)
+    net = LeNet5()
+    module, params = torch_lenet()
+    copy_params(net, params)
+    x = RNG.normal(size=(2, 1, 32, 32))
+    r = RNG.normal(size=(2, 10))
+    assert_same(gs_grads(net, x, r), torch_grads(module, params, x, r))
+    assert [p.name for p in net.get_parameters()][:4] == ["conv1.weight", "conv1.bias", "conv2.weight", "conv2.bias"]
+
+
+class BasicBlock(nn.Cell):
+    """A ResNet basic block: conv-bn-relu-conv-bn plus a 1x1 strided projection shortcut."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, stride=2, pad_mode="pad", padding=1, dtype=F64)
+        self.bn1 = nn.BatchNorm2d(4, dtype=F64)
+        self.conv2 = nn.Conv2d(4, 4, 3, pad_mode="same", dtype=F64)
+        self.bn2 = nn.BatchNorm2d(4, dtype=F64)
+        self.down = nn.Conv2d(3, 4, 1, stride=2, pad_mode="valid", dtype=F64)
+        self.relu = nn.ReLU()
+
+    def construct(self, x: Any) -> Any:
+        out = self.relu(self.bn1(self.conv1(x)))
+        return self.relu(self.bn2(self.conv2(out)) + self.down(x))
+
+
+class TorchBlock(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        f = torch.float64
+        self.conv1 = torch.nn.Conv2d(3, 4, 3, stride=2, padding=1, bias=False, dtype=f)
+        self.bn1 = torch.nn.BatchNorm2d(4, dtype=f)
+        self.conv2 = torch.nn.Conv2d(4, 4, 3, padding="same", bias=False, dtype=f)
+        self.bn2 = torch.nn.BatchNorm2d(4, dtype=f)
+        self.down = torch.nn.Conv2d(3, 4, 1, stride=2, bias=False, dtype=f)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = torch.relu(self.bn1(self.conv1(x)))
+        return torch.relu(self.bn2(self.conv2(out)) + self.down(x))
+
+
+@pytest.mark.parametrize("training", [False, True])
+def test_resnet_basic_block_matches_torch(training: bool) -> None:
+    block = BasicBlock()
+    randomize(block, 4)
+    for bn in (block.bn1, block.bn2):
+        bn.moving_variance.set_data(RNG.uniform(0.5, 2.0, size=4))
+        bn.training = training
+    tblock = TorchBlock().train(training)
+    params = copy_params(block, [tblock.conv1.weight, tblock.bn1.weight, tblock.bn1.bias, tblock.conv2.weight,
+                                 tblock.bn2.weight, tblock.bn2.bias, tblock.down.weight])
+    for bn, tbn in ((block.bn1, tblock.bn1), (block.bn2, tblock.bn2)):
+        with torch.no_grad():
+            tbn.running_mean.copy_(torch.tensor(bn.moving_mean.asnumpy()))
+            tbn.running_var.copy_(torch.tensor(bn.moving_variance.asnumpy()))
+    x = RNG.normal(size=(3, 3, 8, 8))
+    r = RNG.normal(size=(3, 4, 4, 4))
+    assert_same(gs_grads(block, x, r), torch_grads(tblock, params, x, r))
+    assert [p.name for p in block.bn1.get_parameters()] == ["bn1.gamma", "bn1.beta", "bn1.moving_mean", "bn1.moving_variance"]
+
+
+def test_conv_transpose_and_pools_match_torch() -> None:
+    gs.set_seed(1)
+    net = nn.SequentialCell(nn.Conv2dTranspose(3, 4, 3, stride=2, pad_mode="pad", padding=1, has_bias=True, dtype=F64),
+                            nn.AvgPool2d(2, 2), nn.Tanh(), nn.AdaptiveAvgPool2d((2, 3)))
+    tconv = torch.nn.ConvTranspose2d(3, 4, 3, stride=2, padding=1, dtype=torch.float64)
+    module = torch.nn.Sequential(tconv, torch.nn.AvgPool2d(2, 2), torch.nn.Tanh(), torch.nn.AdaptiveAvgPool2d((2, 3)))
+    params = copy_params(net, [tconv.weight, tconv.bias])
+    x = RNG.normal(size=(2, 3, 5, 5))
+    r = RNG.normal(size=(2, 4, 2, 3))
+    assert_same(gs_grads(net, x, r), torch_grads(module, params, x, r))
+
+
+def test_layer_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="padding must be 0 unless pad_mode is 'pad'"):
+        nn.Conv2d(1, 2, 3, padding=1)
+    with pytest.raises(ValueError, match="group 2 must divide"):
+        nn.Conv2d(3, 4, 3, group=2)
+    with pytest.raises(ValueError, match="rank 4"):
+        nn.BatchNorm2d(3)(gs.Tensor(np.ones((2, 3), np.float32)))
+
+
+def test_exact_gelu_matches_torch() -> None:
+    x = RNG.normal(size=(3, 4))
+    r = RNG.normal(size=(3, 4))
+    assert_same(gs_grads(nn.GELU(approximate=False), x, r), torch_grads(torch.nn.GELU(), [], x, r))
+
+
+def test_dropout_masks_are_reproducible_shared_by_the_gradient_and_new_each_step() -> None:
+    x = gs.Tensor(np.ones((40, 50)))
+    assert nn.Dropout(p=0.3)(x).asnumpy().min() == 1.0  # inference (the default mode) is the identity
+    gs.set_seed(8)
+    drop = nn.Dropout(p=0.3)
+    drop.training = True
+    first = drop(x).asnumpy()
+    kept = first != 0
+    assert abs(kept.mean() - 0.7) < 0.03
+    np.testing.assert_allclose(first[kept], 1 / 0.7)
+    np.testing.assert_array_equal(drop(x).asnumpy(), first)
+    grad = ops.GradOperation()(drop)(x).asnumpy()
+    np.testing.assert_array_equal(grad, first)
+    gs.set_seed(8)
+    again = nn.Dropout(p=0.3)
+    again.training = True
+    np.testing.assert_array_equal(again(x).asnumpy(), first)
+    drop.advance()
+    assert (drop(x).asnumpy() != first).any()
+
+
+def test_train_one_step_advances_dropout() -> None:
+    gs.set_seed(9)
+    net = nn.SequentialCell(nn.Dense(4, 4, dtype=F64), nn.Dropout(p=0.5))
+    net[1].training = True
+    step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), nn.SGD(net.trainable_params(), 0.0))
+    x, y = gs.Tensor(RNG.normal(size=(8, 4))), gs.Tensor(np.zeros((8, 4)))
+    first = net(x).asnumpy()
+    step(x, y)
+    assert int(net[1].step.asnumpy()) == 1
+    assert not np.array_equal(net(x).asnumpy() != 0, first != 0)
