@@ -1,9 +1,11 @@
-"""ops.GradOperation: gradients of a Cell or function in MindSpore's return structure, nestable to any order."""
+"""ops.GradOperation and MindSpore 2.x's functional transforms (grad, value_and_grad, vjp, jvp, jacfwd, jacrev,
+hessian): gradients of a Cell or function in MindSpore's return structures, composable in any order. Each
+becomes one transform node over a traced library function; the engine holds every gradient rule."""
 from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..engine import flatten
+from ..engine import flatten, unflatten
 from ..engine.autodiff import grad_structure
 from . import dtype as mstype
 from .backend import GradFlags
@@ -11,7 +13,7 @@ from .context import get_backend
 from .parameter import Parameter
 from .runner import to_tensors, traced_for
 from .tensor import Tensor
-from .tracing import TraceFrame, check_inputs, current_frame, graph_name, label, trace
+from .tracing import TraceFrame, Traced, check_inputs, current_frame, graph_name, label, trace
 
 
 class GradOperation:
@@ -116,3 +118,366 @@ class GradFunction:
     def _structure(self, leaves: list[Tensor], n_inputs: int) -> Any:
         """MindSpore's return structure from the flat gradient leaves (the engine's rule)."""
         return grad_structure(leaves, n_inputs if self.op.get_all else 0, self.op.get_all, self.op.get_by_list, self.bare)
+
+
+# ---- MindSpore 2.x functional transforms: grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian ----
+
+
+def _positions(grad_position: Any, what: str) -> tuple[int, ...]:
+    """``grad_position`` (an int or a tuple of ints, each >= 0, no repeats) as a tuple."""
+    pos = (grad_position,) if isinstance(grad_position, int) and not isinstance(grad_position, bool) else grad_position
+    if not isinstance(pos, tuple) or not pos or not all(isinstance(p, int) and not isinstance(p, bool) for p in pos):
+        raise TypeError(f"{what}: grad_position must be an int or a non-empty tuple of ints, got {grad_position!r}")
+    if any(p < 0 for p in pos):
+        raise ValueError(f"{what}: grad_position must be >= 0, got {grad_position!r}")
+    if len(set(pos)) != len(pos):
+        raise ValueError(f"{what}: grad_position {grad_position!r} repeats a position")
+    return pos
+
+
+def _weights(weights: Any, what: str) -> tuple[tuple[Parameter, ...], bool]:
+    """The Parameters to differentiate and whether a single one was given bare (its gradient is then bare too)."""
+    if weights is None:
+        return (), False
+    if isinstance(weights, Parameter):
+        return (weights,), True
+    if isinstance(weights, (tuple, list)) and all(isinstance(w, Parameter) for w in weights):
+        return tuple(weights), False
+    raise TypeError(f"{what}: weights must be a Parameter, a ParameterTuple or a list of Parameters, got {weights!r}")
+
+
+def _aux(outputs: Any) -> Any:
+    """MindSpore's aux value: the second output bare when there are two, else the outputs after the first."""
+    return outputs[1] if len(outputs) == 2 else outputs[1:]
+
+
+def _require_aux(out: Any, what: str) -> None:
+    if not isinstance(out, tuple) or len(out) < 2 or isinstance(out[0], tuple):
+        raise ValueError(f"{what}: with has_aux=True the function must return at least two outputs, the first a Tensor")
+
+
+class _Transform:
+    """A transform node over a function. Inside a trace it adds its node to the graph being traced; at top level it
+    runs as one network (the function in its library, the node in its body) on the current backend, and the Python
+    structure (aux, ids) is applied to the node's outputs afterwards."""
+
+    op = ""
+
+    def __init__(self, fn: Any, weights: tuple[Parameter, ...] = ()) -> None:
+        if not callable(fn):
+            raise TypeError(f"{type(self).__name__.lstrip('_')} needs a Cell or a function, got {type(fn).__name__}")
+        self.fn, self.weights = fn, weights
+        self.__name__ = f"{self.op.lower()}_{graph_name(fn)}"
+        self._rebuilds: dict[int, tuple[Any, Any]] = {}
+        self._staged: dict[int, _Staged] = {}
+
+    def input_names(self, n: int) -> list[str]:
+        """Graph-input names when this transform is itself traced."""
+        return [f"arg{i}" for i in range(n)]
+
+    def get_parameters(self) -> Any:
+        """The Parameters the function's Cell owns and the weights: the trace cache watches them."""
+        own = list(self.fn.get_parameters()) if hasattr(self.fn, "get_parameters") else []
+        return iter(own + [w for w in self.weights if all(w is not p for p in own)])
+
+    def _apply(self, args: Sequence[Any], extra: Sequence[Tensor]) -> Any:
+        """The structured result for ``args`` (the function's inputs) and ``extra`` (tangents or cotangents)."""
+        frame = current_frame()
+        if frame is not None:
+            leaves, rebuild = self._emit(frame, args, extra)
+            return rebuild(leaves)
+        staged = self._staged.setdefault(len(args), _Staged(self, len(args)))
+        entry = traced_for(staged, [*args, *extra], self.weights)
+        hit = self._rebuilds.get(id(entry.traced))
+        if hit is None:
+            hit = (entry.traced, staged.rebuild)
+            self._rebuilds[id(entry.traced)] = hit
+        backend = get_backend()
+        out = backend.run(entry.network_id(backend), entry.inputs([*args, *extra]), entry.param_values())
+        return hit[1](list(flatten(to_tensors(out))))
+
+    def _emit(self, frame: TraceFrame, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[list[Tensor], Any]:
+        """Trace the function into the library and add the node; returns its outputs and the structure builder."""
+        check_inputs(self.fn, args)
+        name = frame.session.fresh_name(graph_name(self.fn))
+        traced = trace(self.fn, args, frame.session, name, self.weights)
+        frame.session.library[name] = traced.graph
+        node_attrs = self._attrs(traced)
+        values = [frame.value_of(args[i]) for i in traced.tensor_positions] + [frame.value_of(t) for t in extra]
+        outs = frame.builder.op(self.op, *values, fn=name, **node_attrs)
+        return [Tensor._symbolic(v, frame) for v in outs], self._structure(traced)
+
+    def _graph_positions(self, traced: Traced, positions: Sequence[int]) -> tuple[int, ...]:
+        """Argument positions as graph-input positions; each must be a Tensor argument."""
+        out = []
+        for p in positions:
+            if p not in traced.tensor_positions:
+                raise TypeError(f"{label(self.fn)}: input {p} is differentiated but is not a Tensor")
+            out.append(traced.tensor_positions.index(p))
+        return tuple(out)
+
+    def _attrs(self, traced: Traced) -> dict[str, Any]:
+        """The node's attributes besides ``fn``, for the traced function."""
+        raise NotImplementedError
+
+    def _structure(self, traced: Traced) -> Any:
+        """A function from the node's output Tensors to the Python result."""
+        raise NotImplementedError
+
+
+class _Staged:
+    """The flat outputs of one transform applied to its arguments: the network a top-level call runs."""
+
+    def __init__(self, owner: _Transform, n_args: int) -> None:
+        self.owner, self.n_args = owner, n_args
+        self.__name__ = owner.__name__
+        self.rebuild: Any = None
+
+    def input_names(self, n: int) -> list[str]:
+        """Graph-input names: the function's arguments, then the tangents or cotangents."""
+        return [f"arg{i}" for i in range(self.n_args)] + [f"v{i}" for i in range(n - self.n_args)]
+
+    def get_parameters(self) -> Any:
+        """The owner's Parameters, which the trace cache watches."""
+        return self.owner.get_parameters()
+
+    def __call__(self, *args: Any) -> tuple[Tensor, ...]:
+        frame = current_frame()
+        if frame is None:
+            raise AssertionError("a staged transform runs only while it is traced")
+        leaves, self.rebuild = self.owner._emit(frame, args[: self.n_args], args[self.n_args:])
+        return tuple(leaves)
+
+
+def _split(leaves: list[Tensor], traced: Traced) -> tuple[Any, list[Tensor]]:
+    """The function's output tree rebuilt from the first leaves, and the leaves after them."""
+    n = len(flatten(traced.graph.outputs))
+    return unflatten(traced.graph.outputs, iter(leaves[:n])), leaves[n:]
+
+
+class _GradFn(_Transform):
+    """``grad`` / ``value_and_grad``: a Grad node; MindSpore's structure of inputs' and weights' gradients."""
+
+    op = "Grad"
+
+    def __init__(self, fn: Any, grad_position: Any, weights: Any, has_aux: bool, return_ids: bool, value: bool) -> None:
+        what = "value_and_grad" if value else "grad"
+        if grad_position is None and weights is None:
+            raise ValueError(f"{what}: grad_position and weights can not both be None")
+        for name, flag in (("has_aux", has_aux), ("return_ids", return_ids)):
+            if not isinstance(flag, bool):
+                raise TypeError(f"{what}: {name} must be a bool, got {flag!r}")
+        ws, self.bare_weight = _weights(weights, what)
+        super().__init__(fn, ws)
+        self.positions = None if grad_position is None else _positions(grad_position, what)
+        self.has_aux, self.return_ids, self.value = has_aux, return_ids, value
+
+    def __call__(self, *args: Any) -> Any:
+        return self._apply(args, ())
+
+    def _attrs(self, traced: Traced) -> dict[str, Any]:
+        if self.has_aux:
+            _require_aux(traced.graph.outputs, f"grad of {label(self.fn)}")
+        positions = self._graph_positions(traced, self.positions or ())
+        return {"positions": positions, "weights": tuple(w.name for w in self.weights), "has_aux": self.has_aux}
+
+    def _structure(self, traced: Traced) -> Any:
+        def rebuild(leaves: list[Tensor]) -> Any:
+            out, grads = _split(leaves, traced)
+            n = len(self.positions or ())
+            gi: list[Any] = list(grads[:n])
+            gw: list[Any] = list(grads[n:])
+            if self.return_ids:
+                gi = [(p, g) for p, g in zip(self.positions or (), gi)]
+                gw = [(w.name, g) for w, g in zip(self.weights, gw)]
+            part_i = gi[0] if n == 1 else tuple(gi)
+            part_w = gw[0] if self.bare_weight else tuple(gw)
+            if self.positions is None:
+                gradient: Any = part_w
+            else:
+                gradient = (part_i, part_w) if self.weights else part_i
+            if self.value:
+                return out, gradient
+            return (gradient, out[1:]) if self.has_aux else gradient
+
+        return rebuild
+
+
+def grad(fn: Any, grad_position: Any = 0, weights: Any = None, has_aux: bool = False, return_ids: bool = False) -> Any:
+    """MindSpore's ``grad``: the gradient function of ``fn`` with respect to the inputs at ``grad_position`` and
+    ``weights``. One position (an int or a 1-tuple) gives a bare gradient, several a tuple; with both, the pair
+    ``(inputs' gradients, weights' gradients)``; ``has_aux`` returns ``(gradient, outputs[1:])``."""
+    return _GradFn(fn, grad_position, weights, has_aux, return_ids, value=False)
+
+
+def value_and_grad(fn: Any, grad_position: Any = 0, weights: Any = None, has_aux: bool = False, return_ids: bool = False) -> Any:
+    """MindSpore's ``value_and_grad``: like :func:`grad`, returning ``(fn's outputs, gradient)``."""
+    return _GradFn(fn, grad_position, weights, has_aux, return_ids, value=True)
+
+
+def _tensors(xs: Any, what: str) -> tuple[Tensor, ...]:
+    if isinstance(xs, Tensor):
+        return (xs,)
+    if isinstance(xs, (tuple, list)) and all(isinstance(x, Tensor) for x in xs):
+        return tuple(xs)
+    raise TypeError(f"{what} must be a Tensor or a tuple or list of Tensors, got {type(xs).__name__}")
+
+
+class _JvpFn(_Transform):
+    """``jvp``: a Jvp node over all inputs."""
+
+    op = "Jvp"
+
+    def __init__(self, fn: Any, has_aux: bool) -> None:
+        super().__init__(fn)
+        self.has_aux = has_aux
+
+    def _attrs(self, traced: Traced) -> dict[str, Any]:
+        if self.has_aux:
+            _require_aux(traced.graph.outputs, f"jvp of {label(self.fn)}")
+        return {"positions": tuple(range(len(traced.tensor_positions)))}
+
+    def _structure(self, traced: Traced) -> Any:
+        def rebuild(leaves: list[Tensor]) -> Any:
+            out, tangents = _split(leaves, traced)
+            dots = unflatten(traced.graph.outputs, iter(tangents))
+            if self.has_aux:
+                return out[0], dots[0], _aux(out)
+            return out, dots
+
+        return rebuild
+
+
+def _reused(fn: Any, kind: str) -> dict[Any, Any]:
+    """The transform objects ``jvp`` or ``vjp`` made for ``fn``, kept in ``fn``'s own ``__dict__`` so that repeated
+    calls reuse their traces and the objects die with ``fn`` (a throwaway dict when ``fn`` has no ``__dict__``)."""
+    try:
+        return vars(fn).setdefault(f"_gradserve_{kind}", {})  # type: ignore[no-any-return]
+    except TypeError:
+        return {}
+
+
+def jvp(fn: Any, inputs: Any, v: Any, has_aux: bool = False) -> Any:
+    """MindSpore's ``jvp``: ``(fn(*inputs), J v)`` by forward mode, or ``(outputs[0], its jvp, aux)`` with ``has_aux``."""
+    xs, vs = _tensors(inputs, "jvp: inputs"), _tensors(v, "jvp: v")
+    if len(xs) != len(vs):
+        raise ValueError(f"jvp of {label(fn)}: {len(xs)} inputs but {len(vs)} tangents in v")
+    for i, (x, t) in enumerate(zip(xs, vs)):
+        if x.shape != t.shape or x._array_dtype() != t._array_dtype():
+            raise ValueError(f"jvp of {label(fn)}: v[{i}] has shape {t.shape} and dtype {t.dtype}, input {i} has {x.shape} and {x.dtype}")
+    cache = _reused(fn, "jvp")
+    if has_aux not in cache:
+        cache[has_aux] = _JvpFn(fn, has_aux)
+    return cache[has_aux]._apply(xs, vs)
+
+
+class _VjpFn(_Transform):
+    """``vjp``'s vjp_fn: a Vjp node over all inputs (and the weights), cotangents for the differentiated outputs."""
+
+    op = "Vjp"
+
+    def __init__(self, fn: Any, weights: tuple[Parameter, ...], has_aux: bool) -> None:
+        super().__init__(fn, weights)
+        self.has_aux = has_aux
+
+    def _attrs(self, traced: Traced) -> dict[str, Any]:
+        return {
+            "positions": tuple(range(len(traced.tensor_positions))), "weights": tuple(w.name for w in self.weights),
+            "has_aux": self.has_aux,
+        }
+
+    def _structure(self, traced: Traced) -> Any:
+        def rebuild(leaves: list[Tensor]) -> Any:
+            _, grads = _split(leaves, traced)
+            n = len(traced.tensor_positions)
+            return (tuple(grads[:n]), tuple(grads[n:])) if self.weights else tuple(grads[:n])
+
+        return rebuild
+
+
+class VjpFunction:
+    """The ``vjp_fn`` that :func:`vjp` returns: call it with one cotangent per (differentiated) output."""
+
+    def __init__(self, transform: _VjpFn, inputs: tuple[Tensor, ...], outputs: Any) -> None:
+        self.transform, self.inputs, self.outputs = transform, inputs, outputs
+
+    def __call__(self, *v: Any) -> Any:
+        cts = _tensors(v[0] if len(v) == 1 and isinstance(v[0], (tuple, list)) else v, "vjp_fn: v")
+        want = flatten(self.outputs[0] if self.transform.has_aux else self.outputs)
+        if len(cts) != len(want):
+            raise ValueError(f"vjp_fn of {label(self.transform.fn)}: {len(want)} outputs but {len(cts)} cotangents")
+        for i, (c, o) in enumerate(zip(cts, want)):
+            if c.shape != o.shape or c._array_dtype() != o._array_dtype():
+                raise ValueError(f"vjp_fn of {label(self.transform.fn)}: v[{i}] has shape {c.shape} and dtype {c.dtype}, output {i} has {o.shape} and {o.dtype}")
+        return self.transform._apply(self.inputs, cts)
+
+
+def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> Any:
+    """MindSpore's ``vjp``: ``(fn(*inputs), vjp_fn)``, or ``(outputs[0], vjp_fn, aux)`` with ``has_aux``; ``vjp_fn(v)``
+    returns the gradients of all inputs as a tuple (and of ``weights``, as ``(inputs', weights')``)."""
+    xs = _tensors(inputs, "vjp: inputs")
+    ws, _ = _weights(weights, "vjp")
+    out = fn(*xs)
+    if has_aux:
+        _require_aux(out, f"vjp of {label(fn)}")
+    cache = _reused(fn, "vjp")
+    key = (has_aux, tuple(id(w) for w in ws))
+    if key not in cache:
+        cache[key] = _VjpFn(fn, ws, has_aux)
+    vjp_fn = VjpFunction(cache[key], xs, out)
+    if has_aux:
+        return out[0], vjp_fn, _aux(out)
+    return out, vjp_fn
+
+
+class _JacFn(_Transform):
+    """``jacfwd`` / ``jacrev``: a Jacobian node; MindSpore's structure over outputs and positions."""
+
+    op = "Jacobian"
+
+    def __init__(self, fn: Any, grad_position: Any, has_aux: bool, mode: str) -> None:
+        super().__init__(fn)
+        what = "jacfwd" if mode == "forward" else "jacrev"
+        if not isinstance(has_aux, bool):
+            raise TypeError(f"{what}: has_aux must be a bool, got {has_aux!r}")
+        self.positions, self.has_aux, self.mode = _positions(grad_position, what), has_aux, mode
+        self.__name__ = f"{what}_{graph_name(fn)}"
+
+    def __call__(self, *args: Any) -> Any:
+        return self._apply(args, ())
+
+    def _attrs(self, traced: Traced) -> dict[str, Any]:
+        if self.has_aux:
+            _require_aux(traced.graph.outputs, f"jacobian of {label(self.fn)}")
+        return {"positions": self._graph_positions(traced, self.positions), "mode": self.mode}
+
+    def _structure(self, traced: Traced) -> Any:
+        def rebuild(leaves: list[Tensor]) -> Any:
+            out, jacs = _split(leaves, traced)
+            n_in = len(self.positions)
+            n_out = 1 if self.has_aux else len(jacs) // n_in
+            res = jacs[: n_out * n_in]
+            if len(res) == 1:
+                jac: Any = res[0]
+            elif n_in == 1 or n_out == 1:
+                jac = tuple(res)
+            else:
+                jac = tuple(tuple(res[i * n_in:(i + 1) * n_in]) for i in range(n_out))
+            return (jac, _aux(out)) if self.has_aux else jac
+
+        return rebuild
+
+
+def jacfwd(fn: Any, grad_position: Any = 0, has_aux: bool = False) -> Any:
+    """MindSpore's ``jacfwd``: the Jacobian function of ``fn`` by forward mode (one JVP per input element)."""
+    return _JacFn(fn, grad_position, has_aux, "forward")
+
+
+def jacrev(fn: Any, grad_position: Any = 0, has_aux: bool = False) -> Any:
+    """MindSpore's ``jacrev``: the Jacobian function of ``fn`` by reverse mode (one VJP per output element)."""
+    return _JacFn(fn, grad_position, has_aux, "reverse")
+
+
+def hessian(fn: Any, grad_position: Any = 0) -> Any:
+    """The Hessian function of a scalar ``fn`` (JAX's semantics; MindSpore has none): ``jacfwd(jacrev(fn))``."""
+    return jacfwd(jacrev(fn, grad_position), grad_position)

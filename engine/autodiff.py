@@ -1,5 +1,6 @@
-"""Reverse mode as a graph transform, MindSpore's GradOperation on top of it, and the lowering that
-expands GradOperation nodes (inner ones first), which is all higher-order differentiation needs."""
+"""Reverse mode as a graph transform, MindSpore's GradOperation and the functional VJP on top of it, and the
+lowering that expands nodes carrying a library graph (inner ones first), which is all higher-order
+differentiation needs."""
 from __future__ import annotations
 
 from typing import Any, Sequence
@@ -9,12 +10,13 @@ import numpy as np
 from .errors import GraphError, NotDifferentiableError, shown, shown_names
 from .builder import GraphBuilder, signature_copy
 from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
-from .optable import OPS, Attr, F, defop, total
+from .optable import OPS, F, total
 
 
 def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
-    """Copy ``g``'s nodes into ``b`` applied to ``args``, expanding GradOperation nodes; returns the
-    output tree. ``g``'s parameters are shared with ``b``'s by name (declared in ``b`` if missing)."""
+    """Copy ``g``'s nodes into ``b`` applied to ``args``, expanding nodes whose op carries a library graph
+    (``OpDef.expand``); returns the output tree. ``g``'s parameters are shared with ``b``'s by name
+    (declared in ``b`` if missing)."""
     if len(args) != len(g.inputs):
         raise GraphError(f"graph {shown(g.name)} takes {len(g.inputs)} inputs, got {len(args)}")
     env: dict[int, Value] = {}
@@ -26,9 +28,9 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
         env[id(p.value)] = shared_param(b, p.name, p.data, p.requires_grad)
     for n in g.nodes:
         ins = [env[id(v)] for v in n.inputs]
-        if n.op == "GradOperation":
-            sub = grad_operation(g.library[n.attrs["fn"]], **_grad_flags(n.attrs))
-            outs: Sequence[Value] = flatten(inline(b, sub, ins))
+        expand = OPS[n.op].expand
+        if expand is not None:
+            outs: Sequence[Value] = flatten(inline(b, expand(g.library, n.attrs), ins))
         else:
             outs = b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient, name_hint=n.name)
         for v, o in zip(n.outputs, outs):
@@ -47,8 +49,8 @@ def shared_param(b: GraphBuilder, name: str, data: np.ndarray, requires_grad: bo
 
 
 def lower(g: Graph) -> Graph:
-    """The same function with every GradOperation node expanded into primitive nodes."""
-    if not any(n.op == "GradOperation" for n in g.nodes):
+    """The same function with every node that carries a library graph expanded into primitive nodes."""
+    if not any(OPS[n.op].lowered for n in g.nodes):
         return g
     b, args = signature_copy(g)
     return b.build(inline(b, g, args))
@@ -79,12 +81,12 @@ def backprop(
     """Append to ``b`` the nodes computing d(sum_i <outs_i, cts_i>)/d(wrt_j) for each j.
 
     Visits, iteratively and in reverse, only nodes on a path from ``wrt`` to ``outs`` that are not
-    stopped (a StopGradient op or a node's stop_gradient mark); contributions are summed by Add
+    stopped by a node's stop_gradient mark (a StopGradient op stops them through its zero VJP); contributions are summed by Add
     nodes; a ``wrt`` value that does not reach the outputs gets zeros of its shape and dtype."""
     reach = {id(v) for v in wrt}
     active: list[Node] = []
     for n in nodes:
-        if n.stop_gradient or n.op == "StopGradient":
+        if n.stop_gradient:
             continue
         if any(id(v) in reach for v in n.inputs):
             active.append(n)
@@ -116,7 +118,7 @@ def backprop(
     return [total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
 
 
-def _fresh_name(taken: set[str], base: str) -> str:
+def fresh_name(taken: set[str], base: str) -> str:
     """``base``, or ``base_k`` for the first k that is not in ``taken``; the name chosen is added to it."""
     name, k = base, 0
     while name in taken:
@@ -126,17 +128,21 @@ def _fresh_name(taken: set[str], base: str) -> str:
     return name
 
 
-def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], sens_param: bool, name: str) -> tuple[GraphBuilder, list[Value], list[Value]]:
-    """Build the forward of ``g`` followed by its backward pass; returns the builder and the
-    gradients for the chosen inputs (by position) and weights (by name)."""
+def _differentiate(
+    g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], sens_param: bool, name: str, used: int | None = None
+) -> tuple[GraphBuilder, Tree, list[Value], list[Value]]:
+    """Build the forward of ``g`` followed by its backward pass; returns the builder, the forward's output
+    tree, and the gradients for the chosen inputs (by position) and weights (by name). ``used`` limits the
+    differentiated outputs to the first ``used`` leaves (the others are values only)."""
     b, args = signature_copy(g, name)
-    leaves = flatten(inline(b, g, args))
+    out = inline(b, g, args)
+    leaves = flatten(out)[:used]
     if sens_param:
         base = "sens" if len(leaves) == 1 else "sens_0"
         sens = []
         taken = {v.name for v in b.inputs} | {p.name for p in b.params}
         for i, o in enumerate(leaves):
-            sens.append(b.input(_fresh_name(taken, base if i == 0 else f"sens_{i}"), o.dtype, o.shape))
+            sens.append(b.input(fresh_name(taken, base if i == 0 else f"sens_{i}"), o.dtype, o.shape))
     else:
         sens = [F.OnesLike(o) for o in leaves]
     wrt = [args[i] for i in wrt_inputs]
@@ -148,7 +154,7 @@ def _differentiate(g: Graph, wrt_inputs: Sequence[int], weights: Sequence[str], 
             )
         wrt.append(b.get_param(w))
     grads = backprop(b, list(b.nodes), wrt, leaves, sens)
-    return b, grads[: len(wrt_inputs)], grads[len(wrt_inputs):]
+    return b, out, grads[: len(wrt_inputs)], grads[len(wrt_inputs):]
 
 
 def grad(g: Graph, wrt: Sequence[str], sens_param: bool = False) -> Graph:
@@ -157,7 +163,7 @@ def grad(g: Graph, wrt: Sequence[str], sens_param: bool = False) -> Graph:
     names = [v.name for v in g.inputs]
     pos = [names.index(w) for w in wrt if w in names]
     weights = [w for w in wrt if w not in names]
-    b, gi, gw = _differentiate(g, pos, weights, sens_param, f"grad_{g.name}")
+    b, _, gi, gw = _differentiate(g, pos, weights, sens_param, f"grad_{g.name}")
     by_name = dict(zip([w for w in wrt if w in names], gi)) | dict(zip(weights, gw))
     return b.build(tuple(by_name[w] for w in wrt)).pruned()
 
@@ -187,7 +193,7 @@ def grad_operation(
     if not get_all and not get_by_list and not g.inputs:
         raise GraphError(f"GradOperation over {shown(g.name)}: the network has no inputs to differentiate")
     wrt_inputs = list(range(len(g.inputs))) if get_all else ([0] if not get_by_list else [])
-    b, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
+    b, _, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
     out = grad_structure(gi + gw, len(gi), get_all, get_by_list, bare_weight)
     result = b.build(out).pruned()
     g.derived[key] = result
@@ -209,45 +215,27 @@ def grad_structure(leaves: Sequence[Any], n_inputs: int, get_all: bool, get_by_l
     return grads_in if get_all else grads_w
 
 
-def _grad_flags(attrs: dict[str, Any]) -> dict[str, Any]:
-    return {k: attrs[k] for k in ("get_all", "get_by_list", "sens_param", "weights")}
+def check_positions(g: Graph, positions: Sequence[int], what: str) -> tuple[int, ...]:
+    """``positions`` as a tuple of distinct input indices of ``g``, or a GraphError naming the transform and graph."""
+    n = len(g.inputs)
+    bad = [p for p in positions if not 0 <= p < n]
+    if bad:
+        raise GraphError(f"{what} over {shown(g.name)}: position {bad[0]} is out of range; the graph has {n} inputs")
+    if len(set(positions)) != len(positions):
+        raise GraphError(f"{what} over {shown(g.name)}: positions {list(positions)} repeat an input")
+    return tuple(positions)
 
 
-def _infer_grad_node(types: list[TensorType], builder: GraphBuilder, fn: str, **flags: Any) -> tuple[TensorType, ...]:
-    """Output types of a GradOperation node: the flattened outputs of the transformed sub-graph.
-    Parameters of the sub-graph are declared in the enclosing graph, shared by name."""
-    if fn not in builder.library:
-        raise GraphError(f"refers to function {shown(fn)}, which is not in the library {shown_names(sorted(builder.library))}")
-    sub = grad_operation(builder.library[fn], **flags)
-    want = [v.type for v in sub.inputs]
-    if types != want:
-        raise GraphError(
-            f"function {shown(fn)} under GradOperation takes inputs {[str(t) for t in want]}, got {[str(t) for t in types]}"
-        )
-    for p in sub.params:
-        shared_param(builder, p.name, p.data, p.requires_grad)
-    return tuple(v.type for v in sub.flat_outputs)
-
-
-def _not_executable(*_: Any, **__: Any) -> Any:
-    raise AssertionError("GradOperation nodes are expanded by lowering and never executed")
-
-
-defop(
-    "GradOperation",
-    ("args*",),
-    _infer_grad_node,
-    _not_executable,
-    None,
-    attrs={
-        "fn": Attr("str", doc="name of the library graph to differentiate"),
-        "get_all": Attr("bool", False, "gradients for all inputs"),
-        "get_by_list": Attr("bool", False, "gradients for the listed weights"),
-        "sens_param": Attr("bool", False, "the last inputs are output sensitivities, one per output leaf"),
-        "weights": Attr("strs", (), "parameter names for get_by_list"),
-    },
-    doc="Applies MindSpore's GradOperation to a library graph; outputs are the flattened gradient tree. "
-    "Expanded (inner first) before differentiation or execution.",
-    lowered=True,
-    outputs=("grads*",),
-)
+def vjp(g: Graph, positions: Sequence[int], weights: Sequence[str] = (), sens_param: bool = False, used: int | None = None) -> Graph:
+    """Reverse mode for the functional transforms: a graph over ``g``'s inputs (then one cotangent per
+    differentiated output leaf when ``sens_param``, else ones) whose output is ``(g's output tree, (gradients of
+    the inputs at positions..., of the weights...))``; ``used`` differentiates only the first output leaves."""
+    key = ("vjp", tuple(positions), tuple(weights), sens_param, used)
+    cached = g.derived.get(key)
+    if cached is not None:
+        return cached
+    check_positions(g, positions, "Vjp")
+    b, out, gi, gw = _differentiate(g, positions, weights, sens_param, f"vjp_{g.name}", used)
+    result = b.build((out, tuple(gi + gw))).pruned()
+    g.derived[key] = result
+    return result

@@ -74,9 +74,10 @@ class GraphBuilder:
         return self.add_node("Const", (), {"value": arr})[0]
 
     def op(self, op: str, *inputs: Value, **attrs: Any) -> Any:
-        """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops."""
+        """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops and for ops that
+        carry a library graph (whose output count depends on that graph)."""
         outs = self.add_node(op, inputs, attrs)
-        return outs[0] if len(outs) == 1 and op != "GradOperation" else outs
+        return outs[0] if len(outs) == 1 and not get_op(op).lowered else outs
 
     def add_node(
         self,
@@ -107,7 +108,8 @@ class GraphBuilder:
         outs = tuple(
             self._new_value(None if output_names is None else output_names[i], t) for i, t in enumerate(types)
         )
-        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient))
+        calls = tuple(full_attrs[a] for a in opdef.calls)
+        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient, calls))
         return outs
 
     def _node_name(self, op: str, name: str | None) -> str:

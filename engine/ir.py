@@ -108,6 +108,8 @@ class Node:
     outputs: tuple[Value, ...]
     name: str
     stop_gradient: bool = False
+    calls: tuple[str, ...] = ()
+    """Names of the library functions the node refers to (its op's ``calls`` attributes), filled in by the builder."""
 
 
 @dataclass(eq=False)
@@ -143,7 +145,7 @@ def unflatten(tree: Any, leaves: Iterator[Any]) -> Any:
 @dataclass(eq=False)
 class Graph:
     """A finished, checked graph. Nodes are in topological order; ``library`` holds graphs that
-    GradOperation nodes refer to by name."""
+    transform nodes (GradOperation, Grad, Jvp, ...) refer to by name."""
 
     inputs: tuple[Value, ...]
     params: tuple[Param, ...]
@@ -237,12 +239,11 @@ def _canonical(g: Graph) -> str:
     for p in g.params:
         ids[id(p.value)] = f"p:{p.name}"
         parts.append(f"param {p.name} {p.value.type} {p.requires_grad}")
-    used_fns = []
+    used_fns: list[str] = []
     for k, n in enumerate(g.nodes):
         for j, v in enumerate(n.outputs):
             ids[id(v)] = f"n{k}.{j}"
-        if n.op == "GradOperation":
-            used_fns.append(n.attrs["fn"])
+        used_fns.extend(n.calls)
         args = ",".join(ids[id(v)] for v in n.inputs)
         attrs = ",".join(f"{k}={_attr_text(n.attrs[k])}" for k in sorted(n.attrs))
         parts.append(f"{n.op}[{attrs}]({args}) sg={n.stop_gradient} -> {[str(v.type) for v in n.outputs]}")

@@ -74,7 +74,11 @@ class OpDef:
     whose output depends on their inputs' types alone (OnesLike), which the compiler may fold;
     ``outputs`` names the outputs (a single name ending in ``*`` means a count set by attributes: Split's
     ``output_num``, GradOperation's flags); ops with several or a variable number return a tuple whatever the count;
-    ``lowered`` marks ops expanded into primitives before differentiation or execution (GradOperation);
+    ``expand(library, attrs)``, on an op that carries a library graph (GradOperation and the functional
+    transforms), returns the graph its node stands for: it takes the node's inputs and its flattened outputs are
+    the node's outputs; such ops are expanded into primitives before differentiation or execution, and their
+    ``infer`` also receives the builder (to see its library); ``calls`` names the attributes that name library
+    functions (the structural hash and the codec follow them);
     ``memory`` says what ``forward`` returns: ``"new"`` buffers, a ``"view"`` of input 0 (no new bytes; it keeps
     input 0's buffer alive), or ``"maybe_view"`` (either, so counted as new bytes that also keep input 0 alive);
     ``cost(inputs, outputs, attrs)`` is the op's static work estimate in element operations (FLOPs for products),
@@ -93,12 +97,18 @@ class OpDef:
     doc: str = ""
     nondiff: tuple[str, ...] = ()
     type_only: bool = False
-    lowered: bool = False
     outputs: tuple[str, ...] = ("y",)
     memory: str = "new"
     cost: Cost = traffic_cost
     output_count: Callable[[dict[str, Any]], int] | None = None
     scratch: int = 0
+    expand: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None
+    calls: tuple[str, ...] = ()
+
+    @property
+    def lowered(self) -> bool:
+        """True for ops expanded into primitives before differentiation or execution (they carry a library graph)."""
+        return self.expand is not None
 
     @property
     def variadic(self) -> bool:
@@ -128,12 +138,13 @@ def defop(
     doc: str = "",
     nondiff: Sequence[str] = (),
     type_only: bool = False,
-    lowered: bool = False,
     outputs: Sequence[str] = ("y",),
     memory: str = "new",
     cost: Cost | None = None,
     output_count: Callable[[dict[str, Any]], int] | None = None,
     scratch: int = 0,
+    expand: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None,
+    calls: Sequence[str] = (),
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -142,8 +153,8 @@ def defop(
         raise ValueError(f"op {name!r}: memory must be one of {MEMORY_KINDS}, got {memory!r}")
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
-        name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, lowered, tuple(outputs),
-        memory, cost, output_count, scratch,
+        name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
+        memory, cost, output_count, scratch, expand, tuple(calls),
     )
     OPS[name] = opdef
     return opdef
@@ -249,7 +260,7 @@ def infer_node(
         raise GraphError(f"{label}: would have {count} outputs; at most {MAX_OUTPUTS} are supported")
     types = [v.type for v in inputs]
     try:
-        # Lowered ops (GradOperation) infer from the builder's function library; every other op sees types only.
+        # Lowered ops (those with expand) infer from the builder's function library; every other op sees types only.
         out = opdef.infer(types, builder=builder, **full) if opdef.lowered else opdef.infer(types, **full)
         outs = out if isinstance(out, tuple) else (out,)
         for i, t in enumerate(outs):

@@ -49,7 +49,7 @@ def values(t: dict, dtype: str, shape: list[int]) -> np.ndarray:
 
 
 def test_list_ops_and_registration(result: dict) -> None:
-    assert set(result["ops_checked"]) >= {"MatMul", "Mul", "Sin"}
+    assert set(result["ops_checked"]) >= {"MatMul", "Mul", "Sin", "Jvp"}
     assert result["network_id"] and result["created"] is True
 
 
@@ -66,6 +66,13 @@ def test_first_order_gradients(result: dict) -> None:
 def test_second_derivative_of_sin(result: dict, key: str) -> None:
     (v,) = values(result[key], "DATA_TYPE_FLOAT64", [1])
     assert v == pytest.approx(-5.35897932e-08, rel=1e-8, abs=0)
+
+
+def test_forward_mode_node_built_by_hand(result: dict) -> None:
+    """A Jvp node over a library Sin, written by hand in the Node client: (sin x, cos x * v) at x = 0.5, v = 2."""
+    y, dy = result["jvp_sin"]
+    np.testing.assert_allclose(values(y, "DATA_TYPE_FLOAT64", [1]), [np.sin(0.5)], rtol=1e-15)
+    np.testing.assert_allclose(values(dy, "DATA_TYPE_FLOAT64", [1]), [2 * np.cos(0.5)], rtol=1e-15)
 
 
 def test_bad_graph_names_the_op_field(result: dict) -> None:

@@ -145,7 +145,7 @@ async function main() {
   // (a) the ops we use exist
   const { ops } = await call('ListOps', {});
   const names = new Set(ops.map((op) => op.name));
-  const wanted = ['MatMul', 'Mul', 'Sin', 'GradOperation'];
+  const wanted = ['MatMul', 'Mul', 'Sin', 'GradOperation', 'Jvp'];
   const missing = wanted.filter((n) => !names.has(n));
   if (missing.length) fail(`server lacks ops ${missing.join(', ')}`);
 
@@ -169,6 +169,20 @@ async function main() {
   const run = await call('Run', {
     graph: { ...gradOf('first'), library: { net: sinFn, first: gradOf('net') } },
     inputs: [x0],
+  });
+
+  // forward mode: one Jvp node over the library's Sin, run on x = 0.5 with tangent v = 2 (outputs: y, then dy)
+  const jvp = await call('Run', {
+    graph: {
+      library: { net: sinFn },
+      inputs: [{ name: 'x', dtype: 'DATA_TYPE_FLOAT64', shape: [1] }, { name: 'v', dtype: 'DATA_TYPE_FLOAT64', shape: [1] }],
+      nodes: [{
+        op: 'Jvp', inputs: ['x', 'v'], outputs: ['y', 'dy'],
+        attrs: { fn: { string_value: 'net' }, positions: { ints: { values: [0] } } },
+      }],
+      outputs: { tuple: { items: [{ value: 'y' }, { value: 'dy' }] } },
+    },
+    inputs: [tensor([0.5], 'DATA_TYPE_FLOAT64'), tensor([2.0], 'DATA_TYPE_FLOAT64')],
   });
 
   // (f) a bad graph: the op name is case-sensitive
@@ -201,6 +215,7 @@ async function main() {
     sens,
     d2sin: decodeTree(d2.gradients),
     d2sin_run: decodeTree(run.outputs),
+    jvp_sin: decodeTree(jvp.outputs),
     bad_graph: badGraph,
   }, null, 2));
 }

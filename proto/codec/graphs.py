@@ -15,7 +15,6 @@ from gradserve.engine import (
     NotDifferentiableError,
     OpDef,
     Value,
-    grad_operation,
     get_op,
 )
 from gradserve.engine.errors import NAME_LIMIT, shown, shown_names
@@ -26,16 +25,16 @@ from .errors import LimitError, WireError, bare, field_key, names_hint, type_tex
 from .limits import DEFAULT_LIMITS, Limits
 from .tensors import check_shape, decode_dtype, decode_tensor, encode_dtype, encode_tensor
 
-GRAD_OP = "GradOperation"
-"""The op whose ``fn`` attribute names a library function: the only cross-graph reference."""
-
-
 def _fn_refs(g: pb.Graph) -> list[tuple[int, str]]:
-    """(node index, function name) of every well-formed GradOperation reference in ``g``."""
+    """(node index, function name) of every well-formed library reference in ``g``: the attributes an op's
+    table entry names in ``calls`` (GradOperation's and the other transform nodes' ``fn``), the only
+    cross-graph references."""
     return [
-        (i, n.attrs["fn"].string_value)
+        (i, n.attrs[a].string_value)
         for i, n in enumerate(g.nodes)
-        if n.op == GRAD_OP and "fn" in n.attrs and n.attrs["fn"].WhichOneof("value") == "string_value"
+        if n.op in OPS
+        for a in OPS[n.op].calls
+        if a in n.attrs and n.attrs[a].WhichOneof("value") == "string_value"
     ]
 
 
@@ -89,8 +88,8 @@ def _function_order(msg: pb.Graph, limits: Limits, path: str) -> list[str]:
 
 
 def _nesting_text(hops: int, limits: Limits) -> str:
-    """The message for GradOperation nodes nested through too many library functions."""
-    return f"GradOperation nodes nest {hops} deep through library functions; the limit is {limits.max_nesting_depth}"
+    """The message for transform nodes nested through too many library functions."""
+    return f"GradOperation and other transform nodes nest {hops} deep through library functions; the limit is {limits.max_nesting_depth}"
 
 
 def _node_label(n: pb.Node) -> str:
@@ -164,13 +163,11 @@ def _node_order(msg: pb.Graph, defined: dict[str, str], path: str) -> list[int]:
 
 
 def _expanded_nodes(b: GraphBuilder) -> int:
-    """Nodes the builder's newest node stands for once expanded: the size of a GradOperation's
-    gradient graph (already built, and cached, by the engine when the node was added), else 1."""
+    """Nodes the builder's newest node stands for once expanded: the size of a transform node's expansion
+    (already built, and cached, by the engine when the node was added), else 1."""
     n = b.nodes[-1]
-    if n.op != GRAD_OP:
-        return 1
-    flags = {k: v for k, v in n.attrs.items() if k != "fn"}
-    return len(grad_operation(b.library[n.attrs["fn"]], **flags).nodes)
+    expand = OPS[n.op].expand
+    return 1 if expand is None else len(expand(b.library, n.attrs).nodes)
 
 
 def _decode_node_attrs(n: pb.Node, opdef: OpDef, limits: Limits, npath: str) -> dict[str, Any]:
@@ -263,7 +260,7 @@ def _decode_body(msg: pb.Graph, name: str, library: dict[str, Graph], limits: Li
         env.update((made.name, made) for made in outs)
         expanded += _expanded_nodes(b)
         if expanded > limits.max_graph_nodes:
-            raise LimitError(npath, f"expanding GradOperation nodes makes the graph larger than {limits.max_graph_nodes} nodes", label)
+            raise LimitError(npath, f"expanding GradOperation and other transform nodes makes the graph larger than {limits.max_graph_nodes} nodes", label)
     if not msg.HasField("outputs"):
         raise WireError(f"{path}.outputs", "not set")
     return b.build(_decode_tree(msg.outputs, env, limits, f"{path}.outputs"))

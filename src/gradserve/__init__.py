@@ -15,6 +15,7 @@ from .client import (
 )
 from .client.checkpoint import load_checkpoint, load_param_into_net, save_checkpoint
 from .client.nn.initializer import set_seed
+from .client.grad import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
 from .client.dtype import (
     bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
     ubyte, uint8,
@@ -25,7 +26,8 @@ _Function = Function
 
 __all__ = [
     "Function", "GRAPH_MODE", "PYNATIVE_MODE", "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte",
-    "common", "context", "custom_vjp", "double", "dtype", "float16", "float32", "float64", "get_context", "half", "int8",
-    "int16", "int32", "int64", "intc", "intp", "jit", "load_checkpoint", "load_param_into_net", "ms_function", "nn", "ops",
-    "save_checkpoint", "set_context", "set_seed", "short", "single", "ubyte", "uint8",
+    "common", "context", "custom_vjp", "double", "dtype", "float16", "float32", "float64", "get_context", "grad", "half",
+    "hessian", "int8", "int16", "int32", "int64", "intc", "intp", "jacfwd", "jacrev", "jit", "jvp", "load_checkpoint",
+    "load_param_into_net", "ms_function", "nn", "ops", "save_checkpoint", "set_context", "set_seed", "short", "single",
+    "ubyte", "uint8", "value_and_grad", "vjp",
 ]
