@@ -131,11 +131,12 @@ class RemoteBackend(Backend):
 
     def register(self, graph: Graph) -> str:
         """Register ``graph`` on one server now (the others on first use); returns this client's id for it."""
-        local_id = codec.network_id(graph)
+        message = codec.encode_graph(graph)
+        local_id = codec.message_id(message)
         with self._lock:
             net = self._networks.get(local_id)
         if net is None:
-            version = _Version(codec.encode_graph(graph))
+            version = _Version(message)
             self._failover(lambda route, deadline: self._register(route, local_id, version, deadline), advance=False)
             with self._lock:
                 self._networks.setdefault(local_id, _Network(graph, version, {p.name: p.data for p in graph.params}))

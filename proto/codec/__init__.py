@@ -23,7 +23,7 @@ from .calls import (
 )
 from .catalog import list_ops
 from .errors import LimitError, WireError
-from .graphs import decode_graph, encode_graph, network_id
+from .graphs import decode_graph, encode_graph, message_id, network_id
 from .limits import DEFAULT_LIMITS, Limits
 from .tensors import (
     decode_dtype,
@@ -38,7 +38,7 @@ from .tensors import (
 __all__ = [
     "DEFAULT_LIMITS", "Call", "LimitError", "Limits", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
     "decode_graph", "decode_grad_call", "decode_parameter_overrides", "decode_run_call", "decode_tensor", "decode_tree",
-    "encode_attr", "encode_dtype", "encode_grad_operation", "encode_graph", "encode_tensor", "encode_tree", "list_ops",
+    "encode_attr", "encode_dtype", "encode_grad_operation", "encode_graph", "encode_tensor", "encode_tree", "list_ops", "message_id",
     "request_bytes_metadata", "REQUEST_BYTES_HEADER",
     "network_id", "supported_dtypes",
 ]

@@ -321,4 +321,9 @@ def encode_graph(g: Graph) -> pb.Graph:
 
 def network_id(g: Graph) -> str:
     """Content-addressed id of a decoded network: a digest of its canonical wire form (structure, names, values)."""
-    return "sha256:" + hashlib.sha256(encode_graph(g).SerializeToString(deterministic=True)).hexdigest()
+    return message_id(encode_graph(g))
+
+
+def message_id(msg: pb.Graph) -> str:
+    """``network_id`` of the network ``encode_graph`` wrote as ``msg``, for a caller that already holds it."""
+    return "sha256:" + hashlib.sha256(msg.SerializeToString(deterministic=True)).hexdigest()
