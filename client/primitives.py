@@ -10,29 +10,12 @@ from . import dtype as mstype
 from .dispatch import apply_op
 from .tensor import Tensor
 
-CALL_TIME_ATTRS: dict[str, tuple[str, ...]] = {
-    "Reshape": ("shape",),
-    "Transpose": ("perm",),
-    "Cast": ("dtype",),
-    "Tile": ("multiples",),
-    "ExpandDims": ("axis",),
-    "Gather": ("axis",),
-    "StridedSlice": ("begin", "end", "strides"),
-    "StridedSliceGrad": ("shape", "begin", "end", "strides"),
-    "UnsortedSegmentSum": ("num_segments",),
-}
-"""Attributes of our IR that MindSpore passes when calling the primitive, after the tensors (ReduceX's axis too)."""
-
-HIDDEN = frozenset({"Const", "GradOperation", "Print"})
-"""Engine ops that are not user primitives (GradOperation and Print have their own classes)."""
-
 _FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu", "AddN": "addn"}
 
 
 def call_time_attrs(opdef: OpDef) -> tuple[str, ...]:
     """The op's attributes that are given at call time, in call order."""
-    names = CALL_TIME_ATTRS.get(opdef.name, ("axis",) if opdef.name.startswith("Reduce") else ())
-    return tuple(n for n in names if n in opdef.attrs)
+    return tuple(n for n in opdef.call_attrs if n in opdef.attrs)
 
 
 def constructor_attrs(opdef: OpDef) -> list[str]:
@@ -157,15 +140,15 @@ def functional(op: str) -> Callable[..., Any]:
 
 def lookup(name: str) -> Any:
     """``ops.<name>``: a primitive class by op name, a functional form by its lower-case name, else None."""
-    if name in OPS and name not in HIDDEN:
+    if name in OPS and OPS[name].public:
         return primitive_class(name)
     for op in OPS:
-        if op not in HIDDEN and functional_name(op) == name:
+        if OPS[op].public and functional_name(op) == name:
             return functional(op)
     return None
 
 
 def public_names() -> list[str]:
     """Every primitive and functional name currently available."""
-    ops = [op for op in OPS if op not in HIDDEN]
+    ops = [op for op in OPS if OPS[op].public]
     return sorted(ops + [functional_name(op) for op in ops])

@@ -85,7 +85,10 @@ class OpDef:
     by default the elements it reads and writes (nothing for a view); ``scratch`` bounds the temporaries ``forward``
     holds at once besides its outputs, in multiples of its first input's bytes (Softmax's shifted copy);
     ``output_count(attrs)`` gives the number of
-    outputs of an op whose count is set by attributes (Split), so it is checked before inference builds them.
+    outputs of an op whose count is set by attributes (Split), so it is checked before inference builds them;
+    ``call_attrs`` names the attributes MindSpore's primitive takes when called, after the tensors, in call order
+    (``ops.Reshape()(x, shape)``); ``public`` is False for ops the SDK does not offer as ``ops.<Name>`` (constants,
+    ops with a class of their own, transforms).
     """
 
     name: str
@@ -104,6 +107,8 @@ class OpDef:
     scratch: int = 0
     expand: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None
     calls: tuple[str, ...] = ()
+    call_attrs: tuple[str, ...] = ()
+    public: bool = True
 
     @property
     def lowered(self) -> bool:
@@ -145,6 +150,8 @@ def defop(
     scratch: int = 0,
     expand: Callable[[dict[str, Any], dict[str, Any]], Any] | None = None,
     calls: Sequence[str] = (),
+    call_attrs: Sequence[str] = (),
+    public: bool = True,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -154,7 +161,7 @@ def defop(
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
-        memory, cost, output_count, scratch, expand, tuple(calls),
+        memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public,
     )
     OPS[name] = opdef
     return opdef

@@ -488,3 +488,15 @@ def test_a_parameter_tuple_attribute_registers_its_parameters(target: str) -> No
     assert [g.asnumpy().tolist() for g in grads] == [[20.0], [1.0], [10.0]]
     with pytest.raises(ValueError, match=r"two Parameters named 'b'"):
         net.more = gs.ParameterTuple([gs.Parameter(Tensor(Y), name="b"), gs.Parameter(Tensor(Y), name="b")])
+
+
+def test_primitives_take_mindspore_call_time_arguments_from_the_op_table() -> None:
+    """TopK's k, CumSum's axis and Reshape's shape come after the tensors, as MindSpore's primitives take them."""
+    x = np.array([[3.0, 1.0, 4.0, 1.5], [9.0, 2.0, 6.0, 5.0]])
+    values, indices = ops.TopK()(Tensor(x), 2)
+    np.testing.assert_array_equal(values.asnumpy(), [[4.0, 3.0], [9.0, 6.0]])
+    np.testing.assert_array_equal(indices.asnumpy(), [[2, 0], [0, 2]])
+    np.testing.assert_array_equal(ops.CumSum()(Tensor(x), 1).asnumpy(), np.cumsum(x, axis=1))
+    np.testing.assert_array_equal(ops.Reshape()(Tensor(x), (4, 2)).asnumpy(), x.reshape(4, 2))
+    for internal in ("Const", "Grad", "Jvp", "Vjp", "Jacobian", "jacobian"):  # not offered as primitives
+        assert not hasattr(ops, internal), internal

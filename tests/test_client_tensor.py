@@ -141,9 +141,10 @@ def test_functional_forms() -> None:
 
 def test_every_table_op_has_a_primitive_and_a_functional_form() -> None:
     names = set(dir(ops))
-    for op in OPS:
-        if op not in ("Const", "GradOperation", "Print"):
+    for op, opdef in OPS.items():
+        if opdef.public:
             assert op in names and getattr(ops, op).name == op
+    assert {op for op, opdef in OPS.items() if not opdef.public} >= {"Const", "GradOperation", "Print", "Jvp"}
     assert {"matmul", "batch_matmul", "gelu", "log1p", "reduce_sum", "stop_gradient", "ones_like"} <= names
     assert ops.GradOperation.__module__ == "gradserve.client.grad"
 

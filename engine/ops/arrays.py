@@ -219,4 +219,5 @@ defop(
     doc="the k largest elements along the last axis and their int32 indices; the gradient goes to the chosen positions",
     outputs=("values", "indices"),
     scratch=9,  # the int64 sort order (8 bytes per element, for inputs of any itemsize) and the negated copy
+    call_attrs=("k",),
 )

@@ -272,6 +272,7 @@ for _name, _doc in (
         attrs=_BPI_ATTRS,
         doc=_doc,
         cost=_conv_cost(2),
+        call_attrs=("input_size",),
     )
 
 # ---- Conv2DBackpropFilter ----
@@ -302,4 +303,5 @@ defop(
     attrs={**CONV_ATTRS, "filter_size": Attr("ints", doc="shape (O, C/group, kh, kw) of the weight, the result's shape")},
     doc="gradient of Conv2D with respect to its weight: dout (N, O, ho, wo), x (N, C, H, W) -> filter_size",
     cost=_conv_cost(1),
+    call_attrs=("filter_size",),
 )

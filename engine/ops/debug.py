@@ -72,4 +72,5 @@ defop(
     doc="prints its strings and tensors (one per line) when it runs and returns the tensors unchanged",
     outputs=("ys*",),
     memory="maybe_view",
+    public=False,
 )

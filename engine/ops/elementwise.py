@@ -180,6 +180,7 @@ defop(
     attrs={"dtype": Attr("dtype", doc="destination dtype")},
     doc="converts x to dtype; the gradient is cast back to x's dtype (MindSpore's rule, also for integer dtypes)",
     memory="maybe_view",
+    call_attrs=("dtype",),
 )
 defop(
     "Const",
@@ -189,6 +190,7 @@ defop(
     zero_grad,
     attrs={"value": Attr("tensor", doc="the constant's value")},
     doc="a constant tensor",
+    public=False,
 )
 
 binary("Add", np.add, lambda g, out, x, y: (g, g), kind="any", doc="x + y (logical or on bool, as in NumPy)")

@@ -201,6 +201,7 @@ defop(
     doc="x[begin:end:strides] per position, with TF/MindSpore bitmasks",
     memory="maybe_view",
     cost=_selection_cost,
+    call_attrs=("begin", "end", "strides"),
 )
 defop(
     "StridedSliceGrad",
@@ -210,6 +211,7 @@ defop(
     lambda g, out, dy, shape, **spec: F.StridedSlice(g, **spec),
     attrs={"shape": Attr("ints", doc="shape of the sliced tensor"), **_SLICE_ATTRS},
     doc="zeros of shape with dy written where StridedSlice with the same spec reads",
+    call_attrs=("shape", "begin", "end", "strides"),
 )
 
 # ---- Gather and UnsortedSegmentSum ----
@@ -290,6 +292,7 @@ defop(
     nondiff=("indices",),
     doc="params.take(indices, axis): shape params[:axis] + indices + params[axis+1:]",
     cost=_selection_cost,
+    call_attrs=("axis",),
 )
 defop(
     "UnsortedSegmentSum",
@@ -301,6 +304,7 @@ defop(
     nondiff=("segment_ids",),
     doc="out[i] = sum of x[j] over j with segment_ids[j] == i; shape (num_segments,) + x[ids.ndim:]",
     scratch=2,
+    call_attrs=("num_segments",),
 )
 
 # ---- Tile ----
@@ -338,4 +342,5 @@ defop(
     _tile_vjp,
     attrs={"multiples": Attr("ints", doc="copies per axis; x's shape is left-padded with 1s to this length")},
     doc="repeats x multiples[i] times along axis i",
+    call_attrs=("multiples",),
 )

@@ -77,7 +77,7 @@ def _max_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: b
     return _expand(g, x, axis) * mask / ties
 
 
-defop("ReduceSum", ("x",), _infer(False), _np(np.sum), lambda g, out, x, axis, keep_dims: _expand(g, x, axis), attrs=_ATTRS, doc="sum over axes")
+defop("ReduceSum", ("x",), _infer(False), _np(np.sum), lambda g, out, x, axis, keep_dims: _expand(g, x, axis), attrs=_ATTRS, doc="sum over axes", call_attrs=("axis",))
 defop(
     "ReduceMean",
     ("x",),
@@ -86,6 +86,7 @@ defop(
     lambda g, out, x, axis, keep_dims: _expand(g, x, axis) / _count(x, axis),
     attrs=_ATTRS,
     doc="mean over axes",
+    call_attrs=("axis",),
 )
 defop(
     "ReduceMax",
@@ -95,6 +96,7 @@ defop(
     _max_vjp,
     attrs=_ATTRS,
     doc="max over axes; tied maxima share the gradient evenly",
+    call_attrs=("axis",),
 )
 defop(
     "ReduceMin",
@@ -104,6 +106,7 @@ defop(
     _max_vjp,
     attrs=_ATTRS,
     doc="min over axes; tied minima share the gradient evenly",
+    call_attrs=("axis",),
 )
 
 
@@ -128,6 +131,7 @@ defop(
     _prod_vjp,
     attrs=_ATTRS,
     doc="product over axes; the gradient is the product of the other elements, exact when some are zero",
+    call_attrs=("axis",),
 )
 
 
@@ -189,6 +193,7 @@ defop(
     },
     doc="cumulative sum along axis; the gradient is the cumulative sum of g in the other direction",
     scratch=2,
+    call_attrs=("axis",),
 )
 
 # ---- Argmax and Argmin ----

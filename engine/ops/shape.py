@@ -81,6 +81,7 @@ defop(
     attrs={"shape": Attr("ints", doc="target shape; one entry may be -1")},
     doc="same elements in a new shape",
     memory="maybe_view",
+    call_attrs=("shape",),
 )
 defop(
     "BroadcastTo",
@@ -101,6 +102,7 @@ defop(
     attrs={"perm": Attr("ints", doc="axis permutation")},
     doc="permutes axes",
     memory="view",
+    call_attrs=("perm",),
 )
 defop(
     "ExpandDims",
@@ -111,6 +113,7 @@ defop(
     attrs={"axis": Attr("int", doc="where the new axis of length 1 goes")},
     doc="inserts an axis of length 1",
     memory="view",
+    call_attrs=("axis",),
 )
 defop(
     "Squeeze",

@@ -54,7 +54,7 @@ def transform(name: str, expand: Expand, attrs: dict[str, Attr], doc: str, outpu
     """Register a transform op: variadic inputs, outputs counted by its expansion, expanded before running."""
     defop(
         name, ("args*",), _infer(expand, name), _not_executable, None, attrs={"fn": FN, **attrs}, doc=doc,
-        outputs=(f"{outputs}*",), expand=expand, calls=("fn",),
+        outputs=(f"{outputs}*",), expand=expand, calls=("fn",), public=False,
     )
 
 
