@@ -87,4 +87,5 @@ defop(
     doc="Passes the forward's outputs (its last inputs) through; its gradient is the library graph `bprop`.",
     outputs=("outs*",),
     cost=view_cost,
+    calls=("bprop",),
 )
