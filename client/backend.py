@@ -7,7 +7,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Graph
+from gradserve.engine import Graph
 
 OutputTree = Any
 """A NumPy array, or a (nested) tuple of them."""
@@ -44,3 +44,6 @@ class Backend(ABC):
         """GradOperation of a registered network. ``inputs`` are the network's inputs, followed by one sens array
         per output leaf when ``flags.sens_param``. Returns MindSpore's structure: the first input's gradient; a
         tuple over all inputs (get_all); a tuple over ``flags.weights`` (get_by_list); or both as a pair."""
+
+    def close(self) -> None:  # noqa: B027  (an optional hook: most backends hold nothing to release)
+        """Release what the backend holds (a remote backend's channels)."""

@@ -1,5 +1,6 @@
-"""Fixtures shared by the server and remote-client tests. A module using ``server`` or ``channel``
-defines a module-scoped ``server_config`` fixture (and may override ``channel_options``)."""
+"""Fixtures shared by the server and remote-client tests. ``server`` and ``channel`` run the module's
+``server_config`` (one worker on a free loopback port unless the module overrides it, and ``channel_options``);
+``where`` runs a client test on the embedded engine and then through the module's server."""
 from __future__ import annotations
 
 import datetime
@@ -14,6 +15,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, settings
 
+import gradserve as gs
 from gradserve.client import context
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
@@ -22,6 +24,12 @@ settings.register_profile("gradserve", deadline=None, suppress_health_check=[Hea
 settings.load_profile("gradserve")
 """Hypothesis checks nothing against the clock (per-example deadline, slow generation): on a loaded machine
 those fail tests that are right. A test's own @settings still override the rest."""
+
+
+@pytest.fixture(scope="module")
+def server_config() -> ServerConfig:
+    """One worker on a free loopback port, unless the module overrides this."""
+    return ServerConfig(host="127.0.0.1", port=0, workers=1)
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +59,18 @@ def clean_context(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.setitem(context._state, key, context._UNSET)
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(context, "_backends", {})
+    monkeypatch.setitem(context._mindspore, "mode", gs.PYNATIVE_MODE)
+
+
+@pytest.fixture(params=["embedded", "remote"])
+def where(request: pytest.FixtureRequest, clean_context: None) -> Iterator[str]:
+    """Run the test on the embedded engine, then through the module's server (remote backends closed afterwards)."""
+    if request.param == "remote":
+        server: Server = request.getfixturevalue("server")
+        gs.set_context(target=f"127.0.0.1:{server.port}", retry_seconds=0)
+    yield request.param
+    for backend in context._backends.values():
+        backend.close()
 
 
 def _name(cn: str) -> x509.Name:
@@ -59,7 +79,7 @@ def _name(cn: str) -> x509.Name:
 
 def _issue(subject: str, key: ec.EllipticCurvePrivateKey, issuer: str, issuer_key: ec.EllipticCurvePrivateKey,
            ca: bool) -> x509.Certificate:
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     builder = (x509.CertificateBuilder().subject_name(_name(subject)).issuer_name(_name(issuer))
                .public_key(key.public_key()).serial_number(x509.random_serial_number())
                .not_valid_before(now - datetime.timedelta(minutes=5)).not_valid_after(now + datetime.timedelta(days=1))

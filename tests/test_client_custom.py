@@ -14,7 +14,6 @@ import gradserve.nn as nn
 from gradserve import Parameter, ParameterTuple, Tensor, TracingError
 from gradserve.client import trace_count
 from gradserve.ops import GradOperation
-from customkit import server_config, where  # noqa: F401  (fixtures)
 
 RNG = np.random.default_rng(11)
 X = RNG.uniform(0.5, 1.5, (2, 3))

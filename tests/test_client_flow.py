@@ -17,7 +17,6 @@ from gradserve.client import context, trace_count
 from gradserve.ops import GradOperation
 from gradserve.server.app import Server
 from gradserve.v1 import service_pb2, service_pb2_grpc
-from customkit import server_config, where  # noqa: F401  (fixtures)
 
 grad = GradOperation()
 grad_all = GradOperation(get_all=True)

@@ -13,27 +13,10 @@ import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Tensor
 from gradserve import dtype as mstype
-from gradserve.client import context
-from gradserve.server.config import ServerConfig
 
 RNG = np.random.default_rng(11)
 X = RNG.standard_normal((2, 3))
 Y = RNG.standard_normal(3)
-
-
-@pytest.fixture(scope="module")
-def server_config() -> ServerConfig:
-    return ServerConfig(host="127.0.0.1", port=0, workers=1)
-
-
-@pytest.fixture(params=["embedded", "remote"])
-def target(request: pytest.FixtureRequest, clean_context: None) -> Iterator[str]:
-    """Each test once on the in-process engine and once through a server on loopback."""
-    if request.param == "remote":
-        gs.set_context(target=f"127.0.0.1:{request.getfixturevalue('server').port}")
-    yield request.param
-    for backend in context._backends.values():
-        getattr(backend, "close", lambda: None)()
 
 
 class Fn(nn.Cell):
@@ -108,7 +91,7 @@ def test_composite_functions_eagerly() -> None:
         ops.addn([a, Tensor(Y)])
 
 
-def test_functional_ops_trace_and_differentiate(target: str) -> None:
+def test_functional_ops_trace_and_differentiate(where: str) -> None:
     def ms(x: Tensor, y: Tensor) -> Tensor:
         a = ops.concat((x, x * 2), 0)
         b = ops.softmax(a, -1)
@@ -196,7 +179,7 @@ def test_comparison_and_in_place_operators_eagerly() -> None:
     np.testing.assert_array_equal(Tensor(X).asnumpy(), X)
 
 
-def test_tensor_methods_trace_and_differentiate(target: str) -> None:
+def test_tensor_methods_trace_and_differentiate(where: str) -> None:
     def ms(x: Tensor, y: Tensor) -> Tensor:
         u = x.neg().abs() + x.exp().log() + x.sin().cos() + x.tanh().sigmoid() + (x.square() + 1).sqrt()
         v = x.T.transpose().view(3, 2).reshape(6).expand_dims(0).squeeze(0).flatten()
@@ -256,7 +239,7 @@ def test_boolean_masks_eagerly() -> None:
     np.testing.assert_array_equal(t.asnumpy(), np.where(m, Y, X))
 
 
-def test_item_assignment_and_masks_trace_and_differentiate(target: str) -> None:
+def test_item_assignment_and_masks_trace_and_differentiate(where: str) -> None:
     mask = np.array([True, False])
 
     def ms(x: Tensor, y: Tensor) -> Tensor:
@@ -341,7 +324,7 @@ def test_set_train_and_set_grad_set_mindspore_flags_and_return_the_cell() -> Non
     assert top.left.get_flags()["training"] is True and top.get_flags()["training"] is False and Leaf().add_flags(fp=1).fp == 1
 
 
-def test_training_selects_the_branch_traced(target: str) -> None:
+def test_training_selects_the_branch_traced(where: str) -> None:
     x = Tensor(np.array([1.0, -2.0]))
     train, infer = Leaf().set_train(), Leaf()
     np.testing.assert_allclose(train(x).asnumpy(), [3.0, -9.0])
@@ -399,7 +382,7 @@ class Frozen(nn.Cell):
         return self.p1 * x * self.p2 + self.p3
 
 
-def test_requires_grad_false_parameters_get_zero_gradients(target: str) -> None:
+def test_requires_grad_false_parameters_get_zero_gradients(where: str) -> None:
     net, x = Frozen(), Tensor(np.array([1.0], np.float32))
     inputs, weights = ops.GradOperation(get_all=True, get_by_list=True)(net, [net.p1, net.p2, net.p3])(x)
     assert [w.asnumpy().tolist() for w in weights] == [[0.0], [0.0], [1.0]]
@@ -472,7 +455,7 @@ def test_print_errors() -> None:
         Fn(lambda x: ops.Print()("only text") or x)(Tensor(X))
 
 
-def test_a_parameter_tuple_attribute_registers_its_parameters(target: str) -> None:
+def test_a_parameter_tuple_attribute_registers_its_parameters(where: str) -> None:
     class Tupled(nn.Cell):
         def __init__(self) -> None:
             super().__init__()

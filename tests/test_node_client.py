@@ -15,18 +15,12 @@ import pytest
 from google.rpc import status_pb2
 
 from gradserve.server.app import Server
-from gradserve.server.config import ServerConfig
 
 NODE_DIR = pathlib.Path(__file__).resolve().parents[1] / "examples" / "node"
 SCRIPT = NODE_DIR / "tutorial.mjs"
 # google/rpc/status.proto and error_details.proto ship with the googleapis-common-protos wheel, next to the
 # generated modules; that directory is the include root the Node script needs for service.proto's import.
 GOOGLEAPIS = pathlib.Path(status_pb2.__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="module")
-def server_config() -> ServerConfig:
-    return ServerConfig(host="127.0.0.1", port=0, workers=1)
 
 
 @pytest.fixture(scope="module")

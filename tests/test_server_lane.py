@@ -12,6 +12,7 @@ from typing import Any, Iterator
 import grpc
 import numpy as np
 import pytest
+from serverkit import rejected, slow_request, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -20,14 +21,7 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
-from serverkit import rejected, slow_request, wait_until
-
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
-
-
-@pytest.fixture(scope="module")
-def server_config() -> ServerConfig:
-    return ServerConfig(host="127.0.0.1", port=0, workers=1)
 
 
 @pytest.fixture()

@@ -4,7 +4,7 @@ Oracles: MindSpore's documented examples for the return structures, and torch.fu
 the values, first to third order, on random functions and a small network, embedded and on a server."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import numpy as np
 import pytest
@@ -15,30 +15,9 @@ import gradserve as gs
 import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Parameter, Tensor
-from gradserve.client import context
 from gradserve.engine import GraphBuilder, compile_graph, jacobian, jvp, vjp
-from gradserve.server.app import Server, running
-from gradserve.server.config import ServerConfig
 
 RTOL = 1e-9
-
-
-@pytest.fixture(scope="module")
-def server() -> Iterator[Server]:
-    """One single-worker server on a free loopback port for the module."""
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as s:
-        yield s
-
-
-@pytest.fixture(params=["embedded", "remote"])
-def where(request: pytest.FixtureRequest, clean_context: None) -> Iterator[str]:
-    """Runs the test with the embedded engine, then against the server (remote backends closed afterwards)."""
-    if request.param == "remote":
-        gs.set_context(target=f"127.0.0.1:{request.getfixturevalue('server').port}")
-    yield request.param
-    for backend in context._backends.values():
-        if hasattr(backend, "close"):
-            backend.close()
 
 
 def arr(t: Any) -> Any:

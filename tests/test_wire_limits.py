@@ -13,7 +13,6 @@ import pytest
 
 from gradserve.engine import EngineError, GraphBuilder, GraphError, ShapeError, compile_graph
 from gradserve.proto import codec
-from gradserve.server.config import ServerConfig
 from gradserve.v1 import graph_pb2 as pb
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
@@ -300,11 +299,6 @@ def test_a_long_cycle_is_reported_in_a_short_message() -> None:
 
 
 # ---- through a live server ----
-
-
-@pytest.fixture(scope="module")
-def server_config() -> ServerConfig:
-    return ServerConfig(host="127.0.0.1", port=0, workers=1)
 
 
 @pytest.mark.parametrize("case", ["ReduceMax of an empty tensor", "Reshape to rank 65", "Reshape whose element count wraps int64",
