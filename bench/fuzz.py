@@ -23,10 +23,10 @@ import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import fuzzkit  # noqa: E402  (tests/fuzzkit.py: the generators shared with the CI fuzz test)
+import fuzzkit
 
-from gradserve.server.app import Server, running  # noqa: E402
-from gradserve.server.config import ServerConfig  # noqa: E402
+from gradserve.server.app import Server, running
+from gradserve.server.config import ServerConfig
 
 
 @contextlib.contextmanager

@@ -29,15 +29,15 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
-import fuzz  # noqa: E402  (bench/fuzz.py: our own server or a loopback target)
-import fuzzkit  # noqa: E402  (tests/fuzzkit.py: RSS of processes)
-import service  # noqa: E402  (bench/service.py: the tutorial request, quantiles)
+import fuzz
+import fuzzkit
+import service
 
-from gradserve.engine import GraphBuilder  # noqa: E402
-from gradserve.proto import codec  # noqa: E402
-from gradserve.server.app import Server  # noqa: E402
-from gradserve.server.config import ServerConfig  # noqa: E402
-from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc  # noqa: E402
+from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
+from gradserve.server.app import Server
+from gradserve.server.config import ServerConfig
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 GRAD = "/gradserve.v1.Gradient/Grad"
 CALL_TIMEOUT = 30.0

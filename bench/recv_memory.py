@@ -27,11 +27,11 @@ import grpc
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import service  # noqa: E402  (bench/service.py: the tutorial request)
+import service
 
-from gradserve.proto import codec  # noqa: E402
-from gradserve.engine import GraphBuilder  # noqa: E402
-from gradserve.v1 import service_pb2, service_pb2_grpc  # noqa: E402
+from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
+from gradserve.v1 import service_pb2, service_pb2_grpc
 
 GRAD = "/gradserve.v1.Gradient/Grad"
 CALL_TIMEOUT = 120.0

@@ -1,11 +1,7 @@
 """gradserve.client: the MindSpore-style SDK (Tensor, Parameter, nn.Cell, ops, GradOperation) and its backends."""
-from . import dispatch, indexing  # noqa: F401  (install Tensor's operators (dispatch) and indexing before any use)
-from .tensor import Tensor
-
-from . import dtype
+from . import context, dispatch, dtype, indexing  # noqa: F401  (install Tensor's operators (dispatch) and indexing before any use)
 from .backend import Backend, GradFlags
 from .cell import Cell
-from . import context
 from .context import GRAPH_MODE, PYNATIVE_MODE, get_backend, get_context, register_backend_factory, set_context
 from .custom import Function, FunctionCtx, custom_vjp
 from .embedded import EmbeddedBackend
@@ -15,6 +11,7 @@ from .jit import jit, ms_function
 from .parameter import Parameter, ParameterTuple
 from .primitives import Primitive
 from .runner import trace_count
+from .tensor import Tensor
 
 __all__ = [
     "Backend", "Cell", "EmbeddedBackend", "Function", "FunctionCtx", "GRAPH_MODE", "GradFlags", "GradFunction",

@@ -38,7 +38,7 @@ class Cell:
 
     # ---- attributes: Parameters and child Cells are registered in definition order ----
 
-    def _registry(self, name: str) -> tuple[dict[str, Parameter | None], dict[str, "Cell | None"]]:
+    def _registry(self, name: str) -> tuple[dict[str, Parameter | None], dict[str, Cell | None]]:
         d = self.__dict__
         if "_params" not in d:
             raise AttributeError(f"{type(self).__name__}: call super().__init__() before setting attribute {name!r}")
@@ -100,7 +100,7 @@ class Cell:
 
     # ---- traversal in MindSpore's order: own parameters first, then child cells depth first ----
 
-    def cells_and_names(self, cells: set["Cell"] | None = None, name_prefix: str = "") -> Iterator[tuple[str, "Cell"]]:
+    def cells_and_names(self, cells: set[Cell] | None = None, name_prefix: str = "") -> Iterator[tuple[str, Cell]]:
         """This cell and every descendant once, with dotted names (``cells``: cells already visited, skipped)."""
         seen: set[Cell] = set() if cells is None else cells
         stack: list[tuple[str, Cell]] = [(name_prefix, self)]
@@ -113,7 +113,7 @@ class Cell:
             children = [(f"{name}.{k}" if name else k, c) for k, c in cell._cells.items() if c is not None]
             stack.extend(reversed(children))
 
-    def name_cells(self) -> "OrderedDict[str, Cell]":
+    def name_cells(self) -> OrderedDict[str, Cell]:
         """The direct child cells by attribute name, each cell once."""
         out: OrderedDict[str, Cell] = OrderedDict()
         seen: set[int] = set()
@@ -154,7 +154,7 @@ class Cell:
         for name, p in self.parameters_and_names(expand=recurse):
             p.name = prefix + name
 
-    def parameters_dict(self, recurse: bool = True) -> "OrderedDict[str, Parameter]":
+    def parameters_dict(self, recurse: bool = True) -> OrderedDict[str, Parameter]:
         """Every Parameter by its name."""
         return OrderedDict((p.name, p) for p in self.get_parameters(expand=recurse))
 
@@ -174,7 +174,7 @@ class Cell:
             param.name = param_name
         params[param_name] = param
 
-    def insert_child_to_cell(self, child_name: str, child_cell: "Cell | None") -> None:
+    def insert_child_to_cell(self, child_name: str, child_cell: Cell | None) -> None:
         """Register ``child_cell`` under ``child_name``, as assigning a Cell attribute does (without renaming)."""
         if not child_name or not isinstance(child_name, str) or "." in child_name:
             raise KeyError(f"insert_child_to_cell: child_name must be a non-empty str without '.', got {child_name!r}")
@@ -187,14 +187,14 @@ class Cell:
 
     # ---- modes and flags ----
 
-    def add_flags(self, **flags: Any) -> "Cell":
+    def add_flags(self, **flags: Any) -> Cell:
         """Set each flag as an attribute of this cell (and record it in ``flags``)."""
         self.flags.update(flags)
         for k, v in flags.items():
             object.__setattr__(self, k, v)
         return self
 
-    def add_flags_recursive(self, **flags: Any) -> "Cell":
+    def add_flags_recursive(self, **flags: Any) -> Cell:
         """``add_flags`` on this cell and every descendant."""
         for _, cell in self.cells_and_names():
             cell.add_flags(**flags)
@@ -204,11 +204,11 @@ class Cell:
         """The flags set on this cell."""
         return self.flags
 
-    def set_train(self, mode: bool = True) -> "Cell":
+    def set_train(self, mode: bool = True) -> Cell:
         """Training mode on (or off) for this cell and every descendant: ``training``, read by ``construct``."""
         return self.add_flags_recursive(training=bool(mode))
 
-    def set_grad(self, requires_grad: bool = True) -> "Cell":
+    def set_grad(self, requires_grad: bool = True) -> Cell:
         """MindSpore's flag for building the backward graph while running forward (PyNative); kept as
         ``requires_grad`` for code that reads it. Gradients here never need it."""
         object.__setattr__(self, "requires_grad", bool(requires_grad))

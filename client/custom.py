@@ -12,7 +12,8 @@ from __future__ import annotations
 import functools
 from typing import Any, Callable, Sequence
 
-from ..engine import flatten, unflatten
+from gradserve.engine import flatten, unflatten
+
 from . import dtype as mstype
 from .dispatch import apply_op
 from .tensor import Tensor
@@ -129,7 +130,7 @@ def call_in_trace(cell: Any, inputs: Sequence[Any]) -> Any:
     )
 
 
-class custom_vjp:  # noqa: N801  (MindSpore's name)
+class custom_vjp:
     """``@custom_vjp`` on a function, then ``fn.defbwd(bprop)`` with ``bprop(*inputs, out, dout)`` returning one
     gradient per input: the function's gradient is the bprop's (outside a trace it just runs)."""
 
@@ -180,7 +181,7 @@ class FunctionCtx:
         found += [(k, v) for k, v in vars(self).items() if isinstance(v, Tensor)]
         return found
 
-    def replaced(self, values: Sequence[Tensor]) -> "FunctionCtx":
+    def replaced(self, values: Sequence[Tensor]) -> FunctionCtx:
         """A copy whose Tensors (in ``tensors()`` order) are ``values``."""
         ctx = FunctionCtx.__new__(FunctionCtx)
         ctx.__dict__.update(vars(self))

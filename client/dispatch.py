@@ -6,7 +6,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine import get_op
+from gradserve.engine import get_op
+
 from . import dtype as mstype
 from . import eager
 from .errors import TracingError, user_location

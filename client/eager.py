@@ -6,7 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine import GraphBuilder, Program, compile_graph
+from gradserve.engine import GraphBuilder, Program, compile_graph
 
 
 def run(op: str, arrays: Sequence[np.ndarray], attrs: dict[str, Any]) -> list[np.ndarray]:

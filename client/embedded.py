@@ -5,7 +5,8 @@ from typing import Mapping, Sequence
 
 import numpy as np
 
-from ..engine import Graph, Program, compile_graph, grad_operation
+from gradserve.engine import Graph, Program, compile_graph, grad_operation
+
 from .backend import Backend, GradFlags, OutputTree
 
 

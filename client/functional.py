@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..engine.ops import debug
+from gradserve.engine.ops import debug
+
 from . import dtype as mstype
 from .dispatch import apply_op
 from .tensor import Tensor
@@ -43,13 +44,13 @@ def _axes(axis: Any) -> tuple[int, ...]:
     return () if axis is None else (axis,) if isinstance(axis, int) else tuple(axis)
 
 
-def sum(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:  # noqa: A001
+def sum(input: Any, dim: Any = None, keepdim: bool = False, *, dtype: Any = None) -> Any:
     """``ops.sum(input, dim=None, keepdim=False, *, dtype=None)``: sum over ``dim`` (all axes when None)."""
     x = input if dtype is None else apply_op("Cast", input, dtype=mstype.to_numpy(dtype))
     return apply_op("ReduceSum", x, axis=_axes(dim), keep_dims=keepdim)
 
 
-def mean(input: Any, axis: Any = None, keep_dims: bool = False) -> Any:  # noqa: A002
+def mean(input: Any, axis: Any = None, keep_dims: bool = False) -> Any:
     """``ops.mean(input, axis=None, keep_dims=False)``: mean over ``axis`` (all axes when None)."""
     return apply_op("ReduceMean", input, axis=_axes(axis), keep_dims=keep_dims)
 

@@ -5,15 +5,16 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..engine import flatten, unflatten
-from ..engine.autodiff import grad_structure
+from gradserve.engine import flatten, unflatten
+from gradserve.engine.autodiff import grad_structure
+
 from . import dtype as mstype
 from .backend import GradFlags
 from .context import get_backend
 from .parameter import Parameter
 from .runner import to_tensors, traced_for
 from .tensor import Tensor
-from .tracing import TraceFrame, Traced, check_inputs, current_frame, graph_name, label, trace
+from .tracing import Traced, TraceFrame, check_inputs, current_frame, graph_name, label, trace
 
 
 class GradOperation:
@@ -26,7 +27,7 @@ class GradOperation:
                 raise TypeError(f"GradOperation: {name} must be a bool, got {v!r}")
         self.get_all, self.get_by_list, self.sens_param = get_all, get_by_list, sens_param
 
-    def __call__(self, fn: Any, weights: Any = None) -> "GradFunction":
+    def __call__(self, fn: Any, weights: Any = None) -> GradFunction:
         if not callable(fn):
             raise TypeError(f"GradOperation needs a Cell or a function, got {type(fn).__name__}")
         if not self.get_by_list or weights is None:

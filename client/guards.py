@@ -7,7 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..engine import Graph, GraphBuilder, Program, Value, compile_graph, get_op
+from gradserve.engine import Graph, GraphBuilder, Program, Value, compile_graph, get_op
+
 from . import eager
 
 

@@ -6,7 +6,8 @@ from typing import Any
 
 import numpy as np
 
-from ..engine import OPS
+from gradserve.engine import OPS
+
 from .dispatch import apply_op
 from .errors import TracingError, user_location
 from .parameter import Parameter

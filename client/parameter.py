@@ -22,11 +22,11 @@ class Parameter(Tensor):
         self.requires_grad = bool(requires_grad)
 
     @property
-    def data(self) -> "Parameter":
+    def data(self) -> Parameter:
         """The parameter itself (MindSpore's ``param.data``)."""
         return self
 
-    def set_data(self, data: Any) -> "Parameter":
+    def set_data(self, data: Any) -> Parameter:
         """Replace the value (same shape; cast to the parameter's dtype); the next run uses it without retracing."""
         arr = _array_from(data, None)
         if arr.shape != self.shape:
@@ -47,7 +47,7 @@ class Parameter(Tensor):
 class ParameterTuple(tuple):
     """An immutable tuple of Parameters, for ``GradOperation(get_by_list=True)(net, params)``."""
 
-    def __new__(cls, iterable: Iterable[Parameter]) -> "ParameterTuple":
+    def __new__(cls, iterable: Iterable[Parameter]) -> ParameterTuple:
         items = tuple(iterable)
         for i, p in enumerate(items):
             if not isinstance(p, Parameter):

@@ -4,8 +4,9 @@ from __future__ import annotations
 import re
 from typing import Any, Callable, ClassVar
 
-from ..engine import OPS, OpDef, get_op
-from ..engine.optable import REQUIRED
+from gradserve.engine import OPS, OpDef, get_op
+from gradserve.engine.optable import REQUIRED
+
 from . import dtype as mstype
 from .dispatch import apply_op
 from .tensor import Tensor

@@ -25,9 +25,10 @@ from typing import Any, Callable, Mapping, Sequence
 import grpc
 import numpy as np
 
-from ..engine import EngineError, Graph, NotDifferentiableError
-from ..proto import codec
-from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
+from gradserve.engine import EngineError, Graph, NotDifferentiableError
+from gradserve.proto import codec
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+
 from .backend import Backend, GradFlags, OutputTree
 from .context import call_timeout, open_channel, register_backend_factory, retry_seconds
 

@@ -65,7 +65,7 @@ class TraceCache:
         self.traces = 0
 
 
-_CACHES: "weakref.WeakKeyDictionary[Any, TraceCache]" = weakref.WeakKeyDictionary()
+_CACHES: weakref.WeakKeyDictionary[Any, TraceCache] = weakref.WeakKeyDictionary()
 
 
 def trace_count(fn: Any) -> int:

@@ -26,7 +26,7 @@ class State:
     items: tuple[tuple[str, Any], ...] = ()
     tensors: tuple[Tensor, ...] = field(default=(), repr=False)
 
-    def same(self, other: "State") -> bool:
+    def same(self, other: State) -> bool:
         """True when every item is the same Tensor object or an equal value, in the same place."""
         return self.items == other.items
 

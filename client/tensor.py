@@ -5,12 +5,14 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from ..engine.operators import Operators
+from gradserve.engine.operators import Operators
+
 from . import dtype as mstype
 from .errors import TracingError, user_location
 
 if TYPE_CHECKING:
-    from ..engine import Value
+    from gradserve.engine import Value
+
     from .tracing import TraceFrame
 
 
@@ -36,7 +38,7 @@ def _array_from(data: Any, dtype: Any) -> np.ndarray:
 def _unary(op: str, what: str) -> Callable[..., Any]:
     """A Tensor method applying the one-input op ``op``."""
 
-    def method(self: "Tensor") -> Any:
+    def method(self: Tensor) -> Any:
         return self._apply(op, self)
 
     method.__doc__ = f"{what}, element-wise (the {op} op)."
@@ -56,7 +58,7 @@ class Tensor(Operators):
         self._frame: TraceFrame | None = None
 
     @classmethod
-    def _wrap(cls, array: np.ndarray) -> "Tensor":
+    def _wrap(cls, array: np.ndarray) -> Tensor:
         """A concrete Tensor around ``array`` (made read-only, not copied)."""
         t = cls.__new__(cls)
         array.setflags(write=False)
@@ -64,7 +66,7 @@ class Tensor(Operators):
         return t
 
     @classmethod
-    def _symbolic(cls, value: "Value", frame: "TraceFrame") -> "Tensor":
+    def _symbolic(cls, value: Value, frame: TraceFrame) -> Tensor:
         """A Tensor standing for ``value`` of the graph traced in ``frame``."""
         t = cls.__new__(cls)
         t._array, t._value, t._frame = None, value, frame
@@ -152,8 +154,8 @@ class Tensor(Operators):
     # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide and _power, and
     # client/indexing.py installs __getitem__ and __setitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
 
-    __getitem__: Callable[["Tensor", Any], Any]
-    __setitem__: Callable[["Tensor", Any, Any], None]
+    __getitem__: Callable[[Tensor, Any], Any]
+    __setitem__: Callable[[Tensor, Any, Any], None]
 
     # ---- MindSpore's Tensor methods, each one or a few graph ops (so they trace, and get gradients) ----
 
@@ -172,7 +174,7 @@ class Tensor(Operators):
         """This tensor cast to ``dtype``."""
         return self._apply("Cast", self, dtype=mstype.to_numpy(dtype))
 
-    def copy(self) -> "Tensor":
+    def copy(self) -> Tensor:
         """A new Tensor with the same value (item assignment to one does not change the other)."""
         if self._array is None:
             return Tensor._symbolic(self._value, self._frame)  # type: ignore[arg-type]
@@ -205,7 +207,7 @@ class Tensor(Operators):
         return self.reshape(shape[:lo] + (int(np.prod(shape[lo:hi + 1])),) + shape[hi + 1:])
 
     @property
-    def T(self) -> Any:  # noqa: N802  (MindSpore's name)
+    def T(self) -> Any:
         """The tensor with its axes reversed."""
         return self.transpose()
 

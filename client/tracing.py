@@ -10,7 +10,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..engine import Graph, GraphBuilder, GraphError, Value
+from gradserve.engine import Graph, GraphBuilder, GraphError, Value
+
 from .errors import TracingError, user_location
 from .guards import Guard, ValueBuilder
 from .parameter import Parameter
@@ -22,7 +23,7 @@ STATIC_INPUTS = (bool, int, float, str, type(None))
 """Non-Tensor inputs a network may take; they are baked into the trace, not graph inputs, and get no gradient."""
 
 
-def current_frame() -> "TraceFrame | None":
+def current_frame() -> TraceFrame | None:
     """The innermost trace in progress on this thread, if any."""
     stack = getattr(_LOCAL, "stack", None)
     return stack[-1] if stack else None
@@ -164,7 +165,7 @@ def known_value(t: Tensor) -> np.ndarray | None:
     return frame.builder.arrays.get(id(t._value)) if frame is not None and frame.concrete else None  # type: ignore[attr-defined]
 
 
-def active(frame: "TraceFrame") -> bool:
+def active(frame: TraceFrame) -> bool:
     """True while ``frame`` is being recorded on this thread."""
     return any(f is frame for f in getattr(_LOCAL, "stack", ()))
 

@@ -5,11 +5,11 @@ Build graphs with :class:`GraphBuilder`, transform them with :func:`grad_operati
 """
 from . import ops as _ops  # noqa: F401  (registers the op catalog)
 from .autodiff import grad, grad_operation, lower, vjp
-from .forward import jacobian, jvp
+from .builder import GraphBuilder, signature_copy
 from .compiler import Program, compile_graph
 from .dtypes import DTYPES, as_dtype
 from .errors import DTypeError, EngineError, GraphError, InputError, Interrupted, NotDifferentiableError, ShapeError
-from .builder import GraphBuilder, signature_copy
+from .forward import jacobian, jvp
 from .ir import Graph, Node, Param, TensorType, Value, flatten, unflatten
 from .optable import ATTR_KINDS, OPS, Attr, OpDef, get_op
 

@@ -7,8 +7,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import GraphError, NotDifferentiableError, shown, shown_names
 from .builder import GraphBuilder, signature_copy
+from .errors import GraphError, NotDifferentiableError, shown, shown_names
 from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
 from .optable import OPS, F, total
 

@@ -8,8 +8,8 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .autodiff import lower
-from .errors import InputError, Interrupted, shown, shown_names
 from .builder import GraphBuilder, signature_copy
+from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, Value, unflatten
 from .optable import OPS, OpDef
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Iterator, Union
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 
@@ -67,7 +67,7 @@ class Value(Arithmetic):
 
     __slots__ = ("name", "type", "builder")
 
-    def __init__(self, name: str, type: TensorType, builder: "GraphBuilder | None") -> None:
+    def __init__(self, name: str, type: TensorType, builder: GraphBuilder | None) -> None:
         self.name = name
         self.type = type
         self.builder = builder
@@ -92,7 +92,7 @@ class Value(Arithmetic):
         b = self._owner()
         return b.op(op, *[v if isinstance(v, Value) else b.const(v, dtype=self.dtype) for v in inputs], **attrs)
 
-    def _owner(self) -> "GraphBuilder":
+    def _owner(self) -> GraphBuilder:
         if self.builder is None:
             raise GraphError(f"value {shown(self.name)} belongs to a finished graph; arithmetic needs a builder")
         return self.builder
@@ -125,7 +125,7 @@ class Param:
         return self.value.name
 
 
-Tree = Union[Value, tuple["Tree", ...]]
+Tree = Value | tuple["Tree", ...]
 
 
 def flatten(tree: Any) -> list[Any]:
@@ -151,9 +151,9 @@ class Graph:
     params: tuple[Param, ...]
     nodes: tuple[Node, ...]
     outputs: Tree
-    library: dict[str, "Graph"] = field(default_factory=dict)
+    library: dict[str, Graph] = field(default_factory=dict)
     name: str = "main"
-    derived: dict[tuple, "Graph"] = field(default_factory=dict, repr=False)
+    derived: dict[tuple, Graph] = field(default_factory=dict, repr=False)
     """Graphs transforms made from this one, by the transform's key: kept on the graph so they die with it
     (a weak-key table leaked, since a derived graph shares the library that holds its source)."""
 
@@ -170,7 +170,7 @@ class Graph:
     def __str__(self) -> str:
         return format_graph(self)
 
-    def pruned(self) -> "Graph":
+    def pruned(self) -> Graph:
         """The same graph without nodes that no output depends on."""
         live = {id(v) for v in self.flat_outputs}
         keep = []

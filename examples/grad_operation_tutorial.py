@@ -5,10 +5,10 @@ get_all together with get_by_list, and the third derivative of Sin.
 """
 # In [1]
 import numpy as np
+
 import gradserve.nn as nn
 import gradserve.ops as ops
-from gradserve import Tensor
-from gradserve import ParameterTuple, Parameter
+from gradserve import Parameter, ParameterTuple, Tensor
 from gradserve import dtype as mstype
 
 # 定义输出x和y
@@ -18,7 +18,7 @@ y = Tensor([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], dtype=mstype.fl
 # 定义矩阵相乘网络Net
 class Net(nn.Cell):
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         # 矩阵相乘
         self.matmul = ops.MatMul()
         # 定义权重
@@ -32,7 +32,7 @@ class Net(nn.Cell):
 # 定义网络输入的一阶求导
 class GradNetWrtX(nn.Cell):
     def __init__(self, net):
-        super(GradNetWrtX, self).__init__()
+        super().__init__()
         self.net = net
         self.grad_op = ops.GradOperation()
     def construct(self, x, y):
@@ -46,7 +46,7 @@ print(output)
 # 定义网络权重的一阶求导
 class GradNetWrtZ(nn.Cell):
     def __init__(self, net):
-        super(GradNetWrtZ, self).__init__()
+        super().__init__()
         self.net = net
         self.params = ParameterTuple(net.trainable_params())
         self.grad_op = ops.GradOperation(get_by_list=True)
@@ -61,7 +61,7 @@ print(output[0])
 # 定义网络的一阶求导,控制梯度值缩放
 class GradNetWrtN(nn.Cell):
     def __init__(self, net):
-        super(GradNetWrtN, self).__init__()
+        super().__init__()
         self.net = net
         self.grad_op = ops.GradOperation(sens_param=True)
         # 定义梯度值缩放
@@ -76,9 +76,10 @@ print(output)
 # 导入stop_gradient模块
 from gradserve.ops import stop_gradient
 
+
 class Net(nn.Cell):
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         self.matmul = ops.MatMul()
 
     def construct(self, x, y):
@@ -91,7 +92,7 @@ class Net(nn.Cell):
 
 class GradNetWrtX(nn.Cell):
     def __init__(self, net):
-        super(GradNetWrtX, self).__init__()
+        super().__init__()
         self.net = net
         self.grad_op = ops.GradOperation()
 
@@ -105,7 +106,7 @@ print(output)
 # In [6]
 class Net(nn.Cell):
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         self.matmul = ops.MatMul()
 
     def construct(self, x, y):
@@ -117,7 +118,7 @@ class Net(nn.Cell):
 
 class GradNetWrtX(nn.Cell):
     def __init__(self, net):
-        super(GradNetWrtX, self).__init__()
+        super().__init__()
         self.net = net
         self.grad_op = ops.GradOperation()
 
@@ -129,15 +130,14 @@ output = GradNetWrtX(Net())(x, y)
 print(output)
 
 # In [7]
-import numpy as np
 import gradserve.nn as nn
-import gradserve.ops as ops
 from gradserve import Tensor
+
 
 # 定义基于Sin算子的网络模型
 class Net(nn.Cell):
     def __init__(self):
-        super(Net, self).__init__()
+        super().__init__()
         self.sin = ops.Sin()
     def construct(self, x):
         out = self.sin(x)
@@ -145,7 +145,7 @@ class Net(nn.Cell):
 # 一阶求导
 class Grad(nn.Cell):
     def __init__(self, network):
-        super(Grad, self).__init__()
+        super().__init__()
         self.grad = ops.GradOperation()
         self.network = network
     def construct(self, x):
@@ -155,7 +155,7 @@ class Grad(nn.Cell):
 # 二阶求导
 class GradSec(nn.Cell):
     def __init__(self, network):
-        super(GradSec, self).__init__()
+        super().__init__()
         self.grad = ops.GradOperation()
         self.network = network
     def construct(self, x):
@@ -175,7 +175,7 @@ print(output)
 class MatMulNet(nn.Cell):
     """The tutorial's first Net: (x * z) @ y."""
     def __init__(self):
-        super(MatMulNet, self).__init__()
+        super().__init__()
         self.matmul = ops.MatMul()
         self.z = Parameter(Tensor(np.array([1.0], np.float32)), name='z')
     def construct(self, x, y):
@@ -184,7 +184,7 @@ class MatMulNet(nn.Cell):
 class GradNetWrtAll(nn.Cell):
     """get_all=True: gradients for x and y."""
     def __init__(self, net):
-        super(GradNetWrtAll, self).__init__()
+        super().__init__()
         self.net = net
         self.grad_op = ops.GradOperation(get_all=True)
     def construct(self, x, y):
@@ -199,7 +199,7 @@ print(dy)
 class GradNetWrtAllAndZ(nn.Cell):
     """get_all=True with get_by_list=True: ((dx, dy), (dz,))."""
     def __init__(self, net):
-        super(GradNetWrtAllAndZ, self).__init__()
+        super().__init__()
         self.net = net
         self.params = ParameterTuple(net.trainable_params())
         self.grad_op = ops.GradOperation(get_all=True, get_by_list=True)

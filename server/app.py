@@ -14,7 +14,8 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from ..v1 import service_pb2, service_pb2_grpc
+from gradserve.v1 import service_pb2, service_pb2_grpc
+
 from . import blobs, jsonlog, preflight, worker
 from .auth import BearerAuth
 from .config import ServerConfig

@@ -11,7 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
-from ..v1 import graph_pb2
+from gradserve.v1 import graph_pb2
 
 BLOB_MIN_BYTES = 64 * 1024
 """Tensors at least this large travel as blobs."""
@@ -117,11 +117,11 @@ def _layout(descriptor: Any) -> _Layout | None:
 def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     """The varint at ``buf[pos]`` and the position after it; _Malformed past ``end`` or 10 bytes."""
     value = shift = 0
-    for pos in range(pos, min(end, pos + 10)):
-        byte = buf[pos]
+    for i in range(pos, min(end, pos + 10)):
+        byte = buf[i]
         value |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return value, pos + 1
+            return value, i + 1
         shift += 7
     raise _Malformed
 

@@ -6,7 +6,8 @@ import os
 import sys
 from typing import Callable, NoReturn, TypeVar
 
-from .. import __version__
+from gradserve import __version__
+
 from . import config
 
 N = TypeVar("N", int, float)

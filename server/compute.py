@@ -19,10 +19,21 @@ from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
-from ..engine import OPS, EngineError, Graph, NotDifferentiableError, Program, compile_graph, flatten, signature_copy, unflatten
-from ..engine.autodiff import inline
-from ..proto import codec
-from ..v1 import graph_pb2, service_pb2
+from gradserve.engine import (
+    OPS,
+    EngineError,
+    Graph,
+    NotDifferentiableError,
+    Program,
+    compile_graph,
+    flatten,
+    signature_copy,
+    unflatten,
+)
+from gradserve.engine.autodiff import inline
+from gradserve.proto import codec
+from gradserve.v1 import graph_pb2, service_pb2
+
 from .blobs import BLOB_MIN_BYTES, Where, around, data_header, frame_size, leaves_of, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits
 from .errors import Failure
@@ -113,7 +124,7 @@ class _Spec:
     """Little-endian, as the wire carries it."""
 
     @classmethod
-    def of(cls, v: Any) -> "_Spec | None":
+    def of(cls, v: Any) -> _Spec | None:
         """The spec of a declared value; None for bool (its bytes need checking, left to the codec)."""
         dt = np.dtype(v.dtype)
         if dt.kind == "b":
@@ -150,7 +161,7 @@ class Plan:
     """The largest result tensor, described for an error message."""
     forward: bool = False
     """The program returns ``(gradients, forward outputs)`` (a Grad with return_forward)."""
-    template: "Template | None" = None
+    template: Template | None = None
     """How to serialize this plan's results without protobuf, once a first response showed it (small results only)."""
     local: bool = False
     """Small enough to run in the server process: see ``WorkerState.local_max_elements``."""
@@ -159,7 +170,7 @@ class Plan:
     exported: bytes = dataclasses.field(default=b"", repr=False)
     """``export_plan``'s bytes, made once."""
 
-    def take(self, req: "Tensors") -> "Args | None":
+    def take(self, req: Tensors) -> Args | None:
         """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
         ins, sens = req.inputs, req.sens
         if len(ins) != self.inputs or len(sens) != len(self.args) - self.inputs:
@@ -256,7 +267,7 @@ class Tensors(NamedTuple):
     parameters: Mapping[str, Any]
 
     @classmethod
-    def of(cls, req: Any, places: Sequence[Where] = (), buffers: Sequence[memoryview] = ()) -> "Tensors":
+    def of(cls, req: Any, places: Sequence[Where] = (), buffers: Sequence[memoryview] = ()) -> Tensors:
         """The tensors of ``req``, with ``buffers[i]`` as the data of the stripped tensor at ``places[i]``."""
         if not places:
             return cls(getattr(req, "grad", None), req.inputs, getattr(req, "sens", ()), req.parameters)
@@ -449,7 +460,7 @@ class Template:
     """What comes before each leaf's bytes (ending with that leaf's data key and length), then what follows the last."""
 
     @classmethod
-    def of(cls, response: Any, names: tuple[str, ...]) -> "Template | None":
+    def of(cls, response: Any, names: tuple[str, ...]) -> Template | None:
         """The template of ``response`` (every leaf's data set; they are cleared), or None on a big-endian machine."""
         if sys.byteorder != "little":
             return None

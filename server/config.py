@@ -7,7 +7,8 @@ import os
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from ..proto import codec
+from gradserve.proto import codec
+
 from . import jsonlog
 
 MiB = 1 << 20
@@ -57,7 +58,7 @@ class Limits(codec.Limits):
     a new stream is refused (RESOURCE_EXHAUSTED) and health checks and unary calls keep their threads."""
 
 
-    def decoding(self) -> "Limits":
+    def decoding(self) -> Limits:
         """These limits as the codec reads them: its limits set to 0 (no limit) become unreachable numbers."""
         return dataclasses.replace(
             self,

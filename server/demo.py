@@ -12,6 +12,7 @@ from .app import running
 from .config import ServerConfig
 from .tutorial import EXPECTED, printed_blocks
 
+
 def find_example() -> Path:
     """The tutorial example: in the source tree next to the package, or in the working directory."""
     for root in (Path(__file__).resolve().parents[1], Path.cwd()):

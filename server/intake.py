@@ -20,7 +20,8 @@ from typing import Any, Iterator
 
 import grpc
 
-from ..proto.codec import REQUEST_BYTES_HEADER as DECLARED
+from gradserve.proto.codec import REQUEST_BYTES_HEADER as DECLARED
+
 from .errors import Failure
 
 SMALL_BYTES = 64 << 10

@@ -203,7 +203,7 @@ class WorkerPool:
             try:
                 return take(payload, buffers)
             except BaseException as exc:  # a traceback into ``take`` would keep its views of the arena
-                raise exc.with_traceback(None)
+                raise exc.with_traceback(None) from None
             finally:
                 del buffers  # no view of the arena outlives the call (it may be resized or released next)
         finally:

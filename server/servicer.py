@@ -20,16 +20,17 @@ import grpc
 from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
-from ..engine.errors import shown
-from ..v1 import graph_pb2, service_pb2, service_pb2_grpc
+from gradserve.engine.errors import shown
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+
 from . import blobs
 from .cache import Cache
 from .compute import KINDS, Answer, Request, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
-from .metrics import Metrics
 from .lane import Lane
+from .metrics import Metrics
 from .pool import Job, WorkerPool
 
 API_VERSION = "gradserve.v1"

@@ -9,7 +9,8 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from ..engine import Interrupted
+from gradserve.engine import Interrupted
+
 from . import compute
 from .cache import Cache
 from .config import Limits

@@ -19,8 +19,8 @@ from google.rpc import code_pb2
 
 from gradserve.engine import OPS, Graph, GraphBuilder
 from gradserve.engine.errors import EngineError
-from gradserve.engine.optable import REQUIRED, Attr, OpDef, infer_node
 from gradserve.engine.ir import Value, flatten
+from gradserve.engine.optable import REQUIRED, Attr, OpDef, infer_node
 from gradserve.proto import codec
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2 as pb

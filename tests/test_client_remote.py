@@ -9,6 +9,8 @@ from typing import Any, Iterator
 import grpc
 import numpy as np
 import pytest
+from clientkit import tutorial_grad_x
+from serverkit import TOKEN, wait_until
 
 import gradserve as gs
 from gradserve.client import context, remote
@@ -20,8 +22,6 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.server.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
-from clientkit import tutorial_grad_x
-from serverkit import TOKEN, wait_until
 
 X = np.linspace(-1.0, 1.0, 5)
 W = np.array([0.5, -1.0, 2.0, 0.25, 1.5])

@@ -10,6 +10,8 @@ from typing import Any, Iterator
 import grpc
 import numpy as np
 import pytest
+from clientkit import tutorial_grad_x
+from serverkit import slow_request, wait_until
 
 import gradserve as gs
 from gradserve.client import context, remote
@@ -18,12 +20,6 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.server.tutorial import GRAD_X
 from gradserve.v1 import service_pb2, service_pb2_grpc
-from clientkit import tutorial_grad_x
-from serverkit import slow_request, wait_until
-
-
-
-
 
 
 class Refusals(grpc.UnaryUnaryClientInterceptor):

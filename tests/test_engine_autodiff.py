@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from enginekit import RNG, A, B, C, W, run, two_input_net
 
 from gradserve.engine import OPS, GraphBuilder, GraphError, NotDifferentiableError, grad, grad_operation
 from gradserve.engine.optable import defop
-from enginekit import RNG, A, B, C, W, run, two_input_net
 
 
 def test_no_flags_gives_bare_gradient_of_first_input() -> None:

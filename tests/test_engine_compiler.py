@@ -6,9 +6,9 @@ import tracemalloc
 
 import numpy as np
 import pytest
+from enginekit import RNG, A, B, C, W, two_input_net
 
 from gradserve.engine import GraphBuilder, InputError, compile_graph, grad_operation
-from enginekit import RNG, A, B, C, W, two_input_net
 
 
 def test_compiler_merges_common_subexpressions_and_drops_dead_code() -> None:

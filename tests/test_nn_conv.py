@@ -7,10 +7,10 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
+from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
 
 import gradserve as gs
 from gradserve import nn, ops
-from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
 
 RNG = np.random.default_rng(12)
 

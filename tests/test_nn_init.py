@@ -10,7 +10,17 @@ import pytest
 import gradserve as gs
 from gradserve import nn
 from gradserve.common.initializer import (
-    Constant, HeNormal, HeUniform, Normal, One, TruncatedNormal, Uniform, XavierNormal, XavierUniform, Zero, initializer,
+    Constant,
+    HeNormal,
+    HeUniform,
+    Normal,
+    One,
+    TruncatedNormal,
+    Uniform,
+    XavierNormal,
+    XavierUniform,
+    Zero,
+    initializer,
 )
 
 SHAPE = (200, 50, 2, 2)

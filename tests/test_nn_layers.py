@@ -8,14 +8,13 @@ from typing import Any, Iterator
 import numpy as np
 import pytest
 import torch
+from nnkit import F64, TOL, assert_same, gs_grads, randomize, torch_grads
 
 import gradserve as gs
 from gradserve import nn, ops
 from gradserve.client import context
 from gradserve.server.app import running
 from gradserve.server.config import ServerConfig
-from nnkit import F64, TOL, assert_same, gs_grads, randomize, torch_grads
-
 
 
 def copy_linear(dense: nn.Dense) -> torch.nn.Linear:

@@ -4,10 +4,9 @@ differences at first and second order (third for the products), in forward mode,
 (transform nodes) are expanded before differentiation and are checked in test_transforms.py."""
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from typing import Any
-
-import zlib
 
 import numpy as np
 import pytest

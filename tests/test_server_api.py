@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+from serverkit import request_counters
 
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
@@ -23,8 +24,6 @@ from gradserve.server import demo, transport
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
-
-from serverkit import request_counters
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_operation_tutorial.py"
 RNG = np.random.default_rng(5)

@@ -13,6 +13,7 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
+from serverkit import wait_until
 
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
@@ -20,8 +21,6 @@ from gradserve.engine import Graph, GraphBuilder
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
-
-from serverkit import wait_until
 
 EXAMPLE = Path(__file__).resolve().parents[1] / "examples" / "grad_operation_tutorial.py"
 X = np.linspace(-1.0, 1.0, 5)

@@ -20,12 +20,11 @@ from typing import Iterator
 import grpc
 import pytest
 import trove_classifiers
+from serverkit import parse
 
 import gradserve
 from gradserve.server import cli, config, jsonlog
 from gradserve.server.app import running
-
-from serverkit import parse
 
 
 def test_flags_beat_environment_which_beats_defaults() -> None:

@@ -271,7 +271,9 @@ def test_bad_parameter_overrides_after_the_plan_is_built(pair: Pair) -> None:
     bad = [{"nope": t(W)}, {"w": t(W.astype(np.float32))}, {"w": t(W[:2])}, {"v": t(np.array([0.5]))},
            {"w": graph_pb2.Tensor(dtype=graph_pb2.DATA_TYPE_FLOAT64, shape=[3], data=b"\0" * 23)}]
     for params in bad:
-        def build(nid: str, params: dict = params, n: Any = iter(range(CALLS * 2))) -> service_pb2.GradRequest:
+        counter = iter(range(CALLS * 2))
+
+        def build(nid: str, params: dict = params, n: Any = counter) -> service_pb2.GradRequest:
             first = next(n) % CALLS == 0
             return service_pb2.GradRequest(network_id=nid, inputs=[t(X), t(Y)], parameters={} if first else params)
         results = []

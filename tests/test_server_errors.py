@@ -11,15 +11,15 @@ import pytest
 from google.rpc import error_details_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_status import rpc_status
+from serverkit import parse, rejected
 
 from gradserve.engine import GraphBuilder, NotDifferentiableError
 from gradserve.proto import codec
-from gradserve.server.compute import classify
 from gradserve.server.app import running
+from gradserve.server.compute import classify
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import MESSAGE_LIMIT, VIOLATION_LIMIT, VIOLATIONS_LIMIT, Failure
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
-from serverkit import parse, rejected
 
 LIMITS = Limits(max_graph_nodes=8, max_tensor_elements=1000, max_nesting_depth=3, max_message_bytes=1 << 20)
 

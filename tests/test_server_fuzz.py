@@ -16,6 +16,7 @@ import time
 from pathlib import Path
 from typing import Iterator
 
+import fuzzkit
 import grpc
 import numpy as np
 import pytest
@@ -23,7 +24,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-import fuzzkit
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server.config import ServerConfig

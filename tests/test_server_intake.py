@@ -11,8 +11,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serverkit import long_run, rejected, wait_until
 
-from gradserve.proto import codec
 from gradserve.engine import GraphBuilder
+from gradserve.proto import codec
 from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import Failure

@@ -17,6 +17,7 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
+from serverkit import TOKEN, parse, rejected, request_counters, slow_request, wait_until
 
 from gradserve.client import context
 from gradserve.engine import GraphBuilder
@@ -25,8 +26,6 @@ from gradserve.server import cli, metrics
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
-
-from serverkit import TOKEN, parse, rejected, request_counters, slow_request, wait_until
 
 GRAD = "/gradserve.v1.Gradient/Grad"
 X = np.linspace(0.0, 1.0, 4)
@@ -99,7 +98,7 @@ def test_metrics_count_the_calls_made_and_agree_with_server_info(metered: tuple[
 
 
 def test_latency_histogram_buckets_count_each_observation_under_the_first_bound_not_below_it() -> None:
-    pool = SimpleNamespace(queued=0, busy_pids=lambda: [], size=1, replaced=0)
+    pool = SimpleNamespace(queued=0, busy_pids=list, size=1, replaced=0)
     m = metrics.Metrics(pool, lambda: 0, lambda: 0)  # type: ignore[arg-type]
     for seconds in (0.0004, 0.001, 0.0011, 0.3, 1000.0):
         m.record("Grad", "OK", seconds)

@@ -13,13 +13,12 @@ from typing import Iterator
 import grpc
 import numpy as np
 import pytest
+from serverkit import quick_check, slow_request, wait_until
 
 from gradserve.proto import codec
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2_grpc
-
-from serverkit import quick_check, slow_request, wait_until
 
 
 def composed_sin_grad(n: int, k: int) -> np.ndarray:

@@ -11,14 +11,13 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from serverkit import rejected, request_counters, slow_request, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
-
-from serverkit import rejected, request_counters, slow_request, wait_until
 
 LIMITS = Limits(max_message_bytes=1 << 20, max_queue_depth=2, max_deadline_ms=60_000)
 GRAD = "/gradserve.v1.Gradient/Grad"

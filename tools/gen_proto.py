@@ -30,8 +30,8 @@ def _check_versions() -> None:
 
 def _include_dirs() -> list[str]:
     """Include paths: ours, protobuf's well-known types, and googleapis' google/rpc/status.proto."""
-    import grpc_tools
     import google.rpc.status_pb2 as status_pb2
+    import grpc_tools
 
     googleapis = Path(status_pb2.__file__).resolve().parent.parent.parent
     return [str(PROTO_ROOT), str(Path(grpc_tools.__file__).parent / "_proto"), str(googleapis)]

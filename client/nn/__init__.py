@@ -1,17 +1,24 @@
 """gradserve.nn's layers, losses, optimizers and training cells: plain Cells and NumPy code built on ops."""
-from .dynamic_lr import cosine_decay_lr, exponential_decay_lr, piecewise_constant_lr
 from .activation import GELU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh, get_activation
-from .initializer import set_seed
 from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dTranspose, MaxPool2d
-from .normalization import BatchNorm1d, BatchNorm2d
+from .dynamic_lr import cosine_decay_lr, exponential_decay_lr, piecewise_constant_lr
+from .initializer import set_seed
 from .layers import CellList, Dense, Dropout, Embedding, Flatten, LayerNorm, SequentialCell
-from .transformer import MultiheadAttention, TransformerEncoderLayer
-from .optim import SGD, Adam, AdamWeightDecay, Momentum, Optimizer
-from .wrap import TrainOneStepCell, WithEvalCell, WithLossCell, clip_by_global_norm
 from .loss import (
-    BCELoss, BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, LossBase, MSELoss, NLLLoss, SmoothL1Loss,
+    BCELoss,
+    BCEWithLogitsLoss,
+    CrossEntropyLoss,
+    L1Loss,
+    LossBase,
+    MSELoss,
+    NLLLoss,
+    SmoothL1Loss,
     SoftmaxCrossEntropyWithLogits,
 )
+from .normalization import BatchNorm1d, BatchNorm2d
+from .optim import SGD, Adam, AdamWeightDecay, Momentum, Optimizer
+from .transformer import MultiheadAttention, TransformerEncoderLayer
+from .wrap import TrainOneStepCell, WithEvalCell, WithLossCell, clip_by_global_norm
 
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Conv2dTranspose", "MaxPool2d",

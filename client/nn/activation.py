@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from ..cell import Cell
-from ..dispatch import apply_op
+from gradserve.client.cell import Cell
+from gradserve.client.dispatch import apply_op
 
 
 class ReLU(Cell):

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtype as mstype
-from ..tensor import Tensor
+from gradserve.client import dtype as mstype
+from gradserve.client.tensor import Tensor
 
 _RNG: list[np.random.Generator] = [np.random.default_rng()]
 

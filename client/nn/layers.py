@@ -8,11 +8,11 @@ from typing import Any, Iterable, Iterator
 
 import numpy as np
 
+from gradserve.client import dtype as mstype
+from gradserve.client.cell import Cell
+from gradserve.client.dispatch import apply_op
+from gradserve.client.parameter import Parameter
 
-from .. import dtype as mstype
-from ..cell import Cell
-from ..dispatch import apply_op
-from ..parameter import Parameter
 from .activation import get_activation
 from .initializer import HeUniform, Uniform, get_seed_rng, initializer
 
@@ -167,7 +167,7 @@ class CellList(SequentialCell):
     def __init__(self, args: Iterable[Cell] | None = None) -> None:
         super().__init__(list(args or []))
 
-    def extend(self, cells: Iterable[Cell]) -> "CellList":
+    def extend(self, cells: Iterable[Cell]) -> CellList:
         """Append each of ``cells``."""
         for cell in cells:
             self.append(cell)

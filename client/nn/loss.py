@@ -5,9 +5,9 @@ from typing import Any
 
 import numpy as np
 
-from ..cell import Cell
-from ..dispatch import apply_op
-from ..tensor import Tensor
+from gradserve.client.cell import Cell
+from gradserve.client.dispatch import apply_op
+from gradserve.client.tensor import Tensor
 
 _REDUCTIONS = ("mean", "sum", "none")
 

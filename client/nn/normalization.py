@@ -4,10 +4,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import dtype as mstype
-from ..cell import Cell
-from ..dispatch import apply_op
-from ..parameter import Parameter
+from gradserve.client import dtype as mstype
+from gradserve.client.cell import Cell
+from gradserve.client.dispatch import apply_op
+from gradserve.client.parameter import Parameter
+
 from .initializer import initializer
 
 

@@ -9,9 +9,9 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..cell import Cell
-from ..parameter import Parameter, ParameterTuple
-from ..tensor import Tensor
+from gradserve.client.cell import Cell
+from gradserve.client.parameter import Parameter, ParameterTuple
+from gradserve.client.tensor import Tensor
 
 
 def _lr_fn(learning_rate: Any, where: str) -> Callable[[int], float]:

@@ -7,11 +7,12 @@ from typing import Any
 
 import numpy as np
 
-from .. import dtype as mstype
-from ..cell import Cell
-from ..dispatch import apply_op
-from ..parameter import Parameter
-from ..tensor import Tensor
+from gradserve.client import dtype as mstype
+from gradserve.client.cell import Cell
+from gradserve.client.dispatch import apply_op
+from gradserve.client.parameter import Parameter
+from gradserve.client.tensor import Tensor
+
 from .activation import get_activation
 from .initializer import XavierUniform, initializer
 from .layers import Dense, Dropout, LayerNorm

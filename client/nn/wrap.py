@@ -6,10 +6,11 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..cell import Cell
-from ..dispatch import apply_op
-from ..grad import GradOperation
-from ..tensor import Tensor
+from gradserve.client.cell import Cell
+from gradserve.client.dispatch import apply_op
+from gradserve.client.grad import GradOperation
+from gradserve.client.tensor import Tensor
+
 from .layers import Dropout
 from .optim import Optimizer
 

@@ -6,9 +6,10 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, same_dtype
+from gradserve.engine.errors import GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, norm_axis, same_dtype
+
 from .common import require_index, require_numeric
 
 # ---- AddN ----

@@ -5,8 +5,8 @@ from typing import Any
 
 import numpy as np
 
-from ..errors import DTypeError
-from ..ir import TensorType, Value
+from gradserve.engine.errors import DTypeError
+from gradserve.engine.ir import TensorType, Value
 
 BOOL = np.dtype(bool)
 INDEX_DTYPES = (np.dtype("int32"), np.dtype("int64"))

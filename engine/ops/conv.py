@@ -14,9 +14,9 @@ from typing import Any, Sequence
 import numpy as np
 from numpy.lib.stride_tricks import as_strided
 
-from ..errors import GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, require_float, same_dtype
+from gradserve.engine.errors import GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, require_float, same_dtype
 
 CONV_ATTRS = {
     "out_channel": Attr("int", doc="number of output channels (the weight's first dimension)"),

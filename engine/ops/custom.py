@@ -11,9 +11,9 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from ..errors import GraphError, ShapeError, shown
-from ..ir import Graph, TensorType, Value, flatten
-from ..optable import Attr, F, defop, view_cost
+from gradserve.engine.errors import GraphError, ShapeError, shown
+from gradserve.engine.ir import Graph, TensorType, Value, flatten
+from gradserve.engine.optable import Attr, F, defop, view_cost
 
 
 def _infer(types: list[TensorType], bprop: str, n_inputs: int, n_saved: int, label: str) -> tuple[TensorType, ...]:

@@ -10,9 +10,9 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import GraphError
-from ..ir import TensorType
-from ..optable import Attr, defop
+from gradserve.engine.errors import GraphError
+from gradserve.engine.ir import TensorType
+from gradserve.engine.optable import Attr, defop
 
 sink: Callable[[str], None] = lambda text: print(text, file=sys.stdout, flush=True)  # noqa: E731
 """Where Print's text goes: standard output (a server's worker inherits the server's); a host may replace it."""

@@ -6,9 +6,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DTypeError, GraphError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, broadcast, defop, require_float, same_dtype
+from gradserve.engine.errors import DTypeError, GraphError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, broadcast, defop, require_float, same_dtype
+
 from .common import BOOL, const, require_numeric, zero_grad
 
 _CHECKS: dict[str, Callable[[TensorType, str], None]] = {

@@ -6,10 +6,12 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import GraphError, InputError, ShapeError
-from ..ir import MAX_RANK, TensorType, Value, check_type_shape
-from ..optable import Attr, F, defop, norm_axis, same_dtype
+from gradserve.engine.errors import GraphError, InputError, ShapeError
+from gradserve.engine.ir import MAX_RANK, TensorType, Value, check_type_shape
+from gradserve.engine.optable import Attr, F, defop, norm_axis, same_dtype
+
 from .common import const, require_index, require_numeric
+
 
 def _selection_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
     """An op that reads only what it selects: each output element read and written once, plus the index

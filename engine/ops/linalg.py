@@ -6,9 +6,10 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, broadcast, defop, same_dtype
+from gradserve.engine.errors import GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, broadcast, defop, same_dtype
+
 from .common import require_numeric
 
 _FLAGS = {

@@ -10,9 +10,9 @@ import math
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty, same_dtype, scaled_cost, total
+from gradserve.engine.errors import GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, norm_axis, require_float, require_nonempty, same_dtype, scaled_cost, total
 
 # ---- Softmax and LogSoftmax ----
 

@@ -8,13 +8,12 @@ gradients come out right.
 from __future__ import annotations
 
 import math
-from typing import Any
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, require_float, same_dtype, scaled_cost, total
+from gradserve.engine.errors import GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, require_float, same_dtype, scaled_cost, total
 
 _ATTRS = {
     "is_training": Attr("bool", False, "normalize with the batch's statistics and update the moving ones; else use mean and variance"),

@@ -13,9 +13,10 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ..errors import GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, require_float
+from gradserve.engine.errors import GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, require_float
+
 from .conv import pad_mode_of, pair, window_geometry
 
 POOL_ATTRS = {

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..errors import DTypeError, GraphError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, require_float
+from gradserve.engine.errors import DTypeError, GraphError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, require_float
+
 from .common import INDEX_DTYPES
 
 _M64 = (1 << 64) - 1

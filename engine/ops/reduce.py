@@ -7,9 +7,10 @@ from typing import Any, Callable
 
 import numpy as np
 
-from ..errors import DTypeError, ShapeError
-from ..ir import TensorType, Value
-from ..optable import Attr, F, defop, norm_axis, require_float, require_nonempty
+from gradserve.engine.errors import DTypeError, ShapeError
+from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.optable import Attr, F, defop, norm_axis, require_float, require_nonempty
+
 from .common import INDEX_DTYPES, const, require_numeric, zero_grad
 
 _ATTRS = {

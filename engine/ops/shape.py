@@ -5,9 +5,9 @@ import math
 
 import numpy as np
 
-from ..errors import ShapeError
-from ..ir import TensorType, check_type_shape
-from ..optable import Attr, F, broadcast, defop, norm_axis
+from gradserve.engine.errors import ShapeError
+from gradserve.engine.ir import TensorType, check_type_shape
+from gradserve.engine.optable import Attr, F, broadcast, defop, norm_axis
 
 
 def _reshape_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:

@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
-from ..autodiff import grad_operation, shared_param, vjp
-from ..builder import GraphBuilder
-from ..errors import GraphError, shown, shown_names
-from ..forward import jacobian, jvp
-from ..ir import Graph, TensorType
-from ..optable import Attr, defop
+from gradserve.engine.autodiff import grad_operation, shared_param, vjp
+from gradserve.engine.builder import GraphBuilder
+from gradserve.engine.errors import GraphError, shown, shown_names
+from gradserve.engine.forward import jacobian, jvp
+from gradserve.engine.ir import Graph, TensorType
+from gradserve.engine.optable import Attr, defop
 
 Expand = Callable[[dict[str, Graph], dict[str, Any]], Graph]
 

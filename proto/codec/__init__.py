@@ -12,13 +12,13 @@ engine's NotDifferentiableError (UNIMPLEMENTED) with the field path prefixed.
 """
 from .attrs import decode_attr, encode_attr
 from .calls import (
+    REQUEST_BYTES_HEADER,
     Call,
     apply_grad_operation,
     decode_grad_call,
     decode_parameter_overrides,
     decode_run_call,
     encode_grad_operation,
-    REQUEST_BYTES_HEADER,
     request_bytes_metadata,
 )
 from .catalog import list_ops

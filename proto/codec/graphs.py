@@ -25,6 +25,7 @@ from .errors import LimitError, WireError, bare, field_key, names_hint, type_tex
 from .limits import DEFAULT_LIMITS, Limits
 from .tensors import check_shape, decode_dtype, decode_tensor, encode_dtype, encode_tensor
 
+
 def _fn_refs(g: pb.Graph) -> list[tuple[int, str]]:
     """(node index, function name) of every well-formed library reference in ``g``: the attributes an op's
     table entry names in ``calls`` (GradOperation's and the other transform nodes' ``fn``), the only

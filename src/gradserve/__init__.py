@@ -10,16 +10,42 @@ __version__ = version("gradserve")
 
 from . import common, dtype, nn, ops
 from .client import (
-    GRAPH_MODE, PYNATIVE_MODE, Function, Parameter, ParameterTuple, Tensor, TracingError, context, custom_vjp, get_context,
-    jit, ms_function, set_context,
+    GRAPH_MODE,
+    PYNATIVE_MODE,
+    Function,
+    Parameter,
+    ParameterTuple,
+    Tensor,
+    TracingError,
+    context,
+    custom_vjp,
+    get_context,
+    jit,
+    ms_function,
+    set_context,
 )
 from .client.checkpoint import load_checkpoint, load_param_into_net, save_checkpoint
-from .client.nn.initializer import set_seed
-from .client.grad import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
 from .client.dtype import (
-    bool_, byte, double, float16, float32, float64, half, int8, int16, int32, int64, intc, intp, short, single,
-    ubyte, uint8,
+    bool_,
+    byte,
+    double,
+    float16,
+    float32,
+    float64,
+    half,
+    int8,
+    int16,
+    int32,
+    int64,
+    intc,
+    intp,
+    short,
+    single,
+    ubyte,
+    uint8,
 )
+from .client.grad import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
+from .client.nn.initializer import set_seed
 
 _Function = Function
 """MindSpore 2.x exposes its PyNative custom function class as ``mindspore._Function``."""
