@@ -13,10 +13,10 @@ from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
 from .optable import OPS, F, total
 
 
-def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
+def inline(b: GraphBuilder, g: Graph, args: Sequence[Value], expand_all: bool = True) -> Tree:
     """Copy ``g``'s nodes into ``b`` applied to ``args``, expanding nodes whose op carries a library graph
-    (``OpDef.expand``); returns the output tree. ``g``'s parameters are shared with ``b``'s by name
-    (declared in ``b`` if missing)."""
+    (``OpDef.expand``) unless ``expand_all`` is False (they are then copied as nodes: ``b`` shares the library);
+    returns the output tree. ``g``'s parameters are shared with ``b``'s by name (declared in ``b`` if missing)."""
     if len(args) != len(g.inputs):
         raise GraphError(f"graph {shown(g.name)} takes {len(g.inputs)} inputs, got {len(args)}")
     env: dict[int, Value] = {}
@@ -28,7 +28,7 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value]) -> Tree:
         env[id(p.value)] = shared_param(b, p.name, p.data, p.requires_grad)
     for n in g.nodes:
         ins = [env[id(v)] for v in n.inputs]
-        expand = OPS[n.op].expand
+        expand = OPS[n.op].expand if expand_all else None
         if expand is not None:
             outs: Sequence[Value] = flatten(inline(b, expand(g.library, n.attrs), ins))
         else:

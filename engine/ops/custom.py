@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
+from gradserve.engine.autodiff import inline
 from gradserve.engine.errors import GraphError, ShapeError, shown
 from gradserve.engine.ir import Graph, TensorType, Value, flatten
 from gradserve.engine.optable import Attr, F, defop, view_cost
@@ -31,23 +32,12 @@ def _forward(*arrays: Any, bprop: str, n_inputs: int, n_saved: int, label: str) 
 
 
 def call_graph(g: Graph, args: Sequence[Value]) -> list[Value]:
-    """Copy ``g``'s nodes into the builder that owns ``args``, applied to them; the flat outputs.
-
-    Parameters are shared by name; GradOperation and CustomVjp nodes are copied as nodes (the library is shared)."""
+    """Copy ``g``'s nodes into the builder that owns ``args``, applied to them; the flat outputs. Nodes that carry
+    a library graph (GradOperation, CustomVjp) stay nodes: the library is shared."""
     b = args[0].builder
     if b is None:
         raise GraphError(f"graph {shown(g.name)}: its arguments belong to a finished graph")
-    env: dict[int, Value] = {}
-    for v, a in zip(g.inputs, args):
-        if v.type != a.type:
-            raise GraphError(f"graph {shown(g.name)}: input {shown(v.name)} is {v.type}, got {a.type}")
-        env[id(v)] = a
-    for p in g.params:
-        env[id(p.value)] = b.get_param(p.name) if b.has_param(p.name) else b.param(p.name, p.data, p.requires_grad)
-    for n in g.nodes:
-        outs = b.add_node(n.op, [env[id(v)] for v in n.inputs], n.attrs, stop_gradient=n.stop_gradient, name_hint=n.name)
-        env.update(zip(map(id, n.outputs), outs))
-    return [env[id(v)] for v in flatten(g.outputs)]
+    return flatten(inline(b, g, args, expand_all=False))
 
 
 def _vjp(g: Any, out: Any, *inputs: Value, bprop: str, n_inputs: int, n_saved: int, label: str) -> tuple[Any, ...]:
