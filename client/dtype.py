@@ -39,6 +39,12 @@ half, single, double = float16, float32, float64
 byte, short, intc, intp = int8, int16, int32, int64
 ubyte = uint8
 
+__all__ = [
+    "DType", "bool_", "byte", "double", "dtype_to_nptype", "float16", "float32", "float64", "half", "int8", "int16",
+    "int32", "int64", "intc", "intp", "pytype_to_dtype", "short", "single", "ubyte", "uint8",
+]
+"""MindSpore's dtype names and aliases, and its two dtype helpers: what ``gradserve`` and ``gradserve.dtype`` export."""
+
 _BY_NUMPY = {d.np_dtype: d for d in (float16, float32, float64, int8, int16, int32, int64, uint8, bool_)}
 _BY_PYTYPE = {bool: bool_, int: int64, float: float64}
 

@@ -24,26 +24,9 @@ from .client import (
     ms_function,
     set_context,
 )
+from .client import dtype as _dtypes
 from .client.checkpoint import load_checkpoint, load_param_into_net, save_checkpoint
-from .client.dtype import (
-    bool_,
-    byte,
-    double,
-    float16,
-    float32,
-    float64,
-    half,
-    int8,
-    int16,
-    int32,
-    int64,
-    intc,
-    intp,
-    short,
-    single,
-    ubyte,
-    uint8,
-)
+from .client.dtype import *  # noqa: F403  (MindSpore's dtype names, listed once in that module's __all__)
 from .client.grad import grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
 from .client.nn.initializer import set_seed
 
@@ -51,9 +34,8 @@ _Function = Function
 """MindSpore 2.x exposes its PyNative custom function class as ``mindspore._Function``."""
 
 __all__ = [
-    "Function", "GRAPH_MODE", "PYNATIVE_MODE", "Parameter", "ParameterTuple", "Tensor", "TracingError", "bool_", "byte",
-    "common", "context", "custom_vjp", "double", "dtype", "float16", "float32", "float64", "get_context", "grad", "half",
-    "hessian", "int8", "int16", "int32", "int64", "intc", "intp", "jacfwd", "jacrev", "jit", "jvp", "load_checkpoint",
-    "load_param_into_net", "ms_function", "nn", "ops", "save_checkpoint", "set_context", "set_seed", "short", "single",
-    "ubyte", "uint8", "value_and_grad", "vjp",
+    "Function", "GRAPH_MODE", "PYNATIVE_MODE", "Parameter", "ParameterTuple", "Tensor", "TracingError", "common", "context",
+    "custom_vjp", "dtype", "get_context", "grad", "hessian", "jacfwd", "jacrev", "jit", "jvp", "load_checkpoint",
+    "load_param_into_net", "ms_function", "nn", "ops", "save_checkpoint", "set_context", "set_seed", "value_and_grad", "vjp",
 ]
+__all__ += _dtypes.__all__
