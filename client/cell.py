@@ -158,31 +158,33 @@ class Cell:
         """Every Parameter by its name."""
         return OrderedDict((p.name, p) for p in self.get_parameters(expand=recurse))
 
+    def _insertable(self, method: str, kind: str, name: str, value: Any, cls: type, no_dot: bool) -> dict[str, Any]:
+        """The registry (parameters or child cells) where ``name`` may take ``value``, after MindSpore's checks:
+        a non-empty name (without '.' when ``no_dot``) not held by another kind of attribute, and ``value`` a
+        ``cls`` or None."""
+        if not name or not isinstance(name, str) or (no_dot and "." in name):
+            dot = " without '.'" if no_dot else ""
+            raise KeyError(f"{method}: {kind}_name must be a non-empty str{dot}, got {name!r}")
+        params, cells = self._registry(name)
+        mine, other = (params, cells) if cls is Parameter else (cells, params)
+        if name not in mine and (name in other or name in self.__dict__):
+            raise KeyError(f"{method}: {type(self).__name__} already has an attribute {name!r}")
+        if value is not None and not isinstance(value, cls):
+            raise TypeError(f"{method}: {kind if cls is Parameter else kind + '_cell'} must be a {cls.__name__} or None, "
+                            f"got {type(value).__name__}")
+        return mine
+
     def insert_param_to_cell(self, param_name: str, param: Parameter | None, check_name_contain_dot: bool = True) -> None:
         """Register ``param`` under ``param_name`` (what assigning a Parameter attribute does); a Parameter still
         carrying the default name takes ``param_name``."""
-        if not param_name or not isinstance(param_name, str):
-            raise KeyError(f"insert_param_to_cell: param_name must be a non-empty str, got {param_name!r}")
-        if check_name_contain_dot and "." in param_name:
-            raise KeyError(f"insert_param_to_cell: param_name {param_name!r} must not contain '.'")
-        params, cells = self._registry(param_name)
-        if param_name not in params and (param_name in cells or param_name in self.__dict__):
-            raise KeyError(f"insert_param_to_cell: {type(self).__name__} already has an attribute {param_name!r}")
-        if param is not None and not isinstance(param, Parameter):
-            raise TypeError(f"insert_param_to_cell: param must be a Parameter or None, got {type(param).__name__}")
+        params = self._insertable("insert_param_to_cell", "param", param_name, param, Parameter, check_name_contain_dot)
         if param is not None and param.name == DEFAULT_NAME:
             param.name = param_name
         params[param_name] = param
 
     def insert_child_to_cell(self, child_name: str, child_cell: Cell | None) -> None:
         """Register ``child_cell`` under ``child_name``, as assigning a Cell attribute does (without renaming)."""
-        if not child_name or not isinstance(child_name, str) or "." in child_name:
-            raise KeyError(f"insert_child_to_cell: child_name must be a non-empty str without '.', got {child_name!r}")
-        params, cells = self._registry(child_name)
-        if child_name not in cells and (child_name in params or child_name in self.__dict__):
-            raise KeyError(f"insert_child_to_cell: {type(self).__name__} already has an attribute {child_name!r}")
-        if child_cell is not None and not isinstance(child_cell, Cell):
-            raise TypeError(f"insert_child_to_cell: child_cell must be a Cell or None, got {type(child_cell).__name__}")
+        cells = self._insertable("insert_child_to_cell", "child", child_name, child_cell, Cell, True)
         cells[child_name] = child_cell
 
     # ---- modes and flags ----
