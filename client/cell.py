@@ -162,9 +162,10 @@ class Cell:
         """The registry (parameters or child cells) where ``name`` may take ``value``, after MindSpore's checks:
         a non-empty name (without '.' when ``no_dot``) not held by another kind of attribute, and ``value`` a
         ``cls`` or None."""
-        if not name or not isinstance(name, str) or (no_dot and "." in name):
-            dot = " without '.'" if no_dot else ""
-            raise KeyError(f"{method}: {kind}_name must be a non-empty str{dot}, got {name!r}")
+        if not name or not isinstance(name, str):
+            raise KeyError(f"{method}: {kind}_name must be a non-empty str, got {name!r}")
+        if no_dot and "." in name:
+            raise KeyError(f"{method}: {kind}_name {name!r} must not contain '.'")
         params, cells = self._registry(name)
         mine, other = (params, cells) if cls is Parameter else (cells, params)
         if name not in mine and (name in other or name in self.__dict__):
