@@ -106,15 +106,17 @@ def _check(op: str, arrays: list[np.ndarray], attrs: dict[str, Any], fn: Callabl
         np.testing.assert_allclose(a, b, **TOL, err_msg=f"{op} second order, input {i}")
 
 
+def _pair(attrs: dict[str, Any], key: str) -> tuple[int, int]:
+    """A Conv2D stride or dilation attribute (an int or a pair, 1 when absent) as the pair torch takes."""
+    v = attrs.get(key, 1)
+    return v if isinstance(v, tuple) else (v, v)
+
+
 @pytest.mark.parametrize(("x", "w", "attrs", "pads"), CONV_CASES)
 def test_conv2d_matches_torch(x: tuple[int, ...], w: tuple[int, ...], attrs: dict[str, Any], pads: tuple[int, int, int, int]) -> None:
     """Conv2D over strides, dilation, groups and every pad mode: value, gradient and second order."""
     rng = np.random.default_rng(0)
-    stride = attrs.get("stride", 1)
-    stride = stride if isinstance(stride, tuple) else (stride, stride)
-    dilation = attrs.get("dilation", 1)
-    dilation = dilation if isinstance(dilation, tuple) else (dilation, dilation)
-    fn = _conv_torch(stride, dilation, attrs.get("group", 1), pads)
+    fn = _conv_torch(_pair(attrs, "stride"), _pair(attrs, "dilation"), attrs.get("group", 1), pads)
     _check("Conv2D", [rng.standard_normal(x), rng.standard_normal(w)], attrs, fn)
 
 
@@ -123,11 +125,7 @@ def test_conv2d_transpose_matches_torch(x: tuple[int, ...], w: tuple[int, ...], 
     """Conv2DTranspose (MindSpore's Conv2DBackpropInput) is torch's gradient of the convolution in x, written as a
     function of dout and the weight; compared with its value, gradient and second order in torch."""
     rng = np.random.default_rng(1)
-    stride = attrs.get("stride", 1)
-    stride = stride if isinstance(stride, tuple) else (stride, stride)
-    dilation = attrs.get("dilation", 1)
-    dilation = dilation if isinstance(dilation, tuple) else (dilation, dilation)
-    conv = _conv_torch(stride, dilation, attrs.get("group", 1), pads)
+    conv = _conv_torch(_pair(attrs, "stride"), _pair(attrs, "dilation"), attrs.get("group", 1), pads)
     out_shape = conv(torch.zeros(x, dtype=torch.float64), torch.zeros(w, dtype=torch.float64)).shape
 
     def transpose(dy: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
