@@ -30,8 +30,12 @@ class GradOperation:
     def __call__(self, fn: Any, weights: Any = None) -> GradFunction:
         if not callable(fn):
             raise TypeError(f"GradOperation needs a Cell or a function, got {type(fn).__name__}")
-        if not self.get_by_list or weights is None:
+        if not self.get_by_list:
             return GradFunction(self, fn, (), bare=False)
+        if weights is None:
+            # MindSpore (test_pynative_requires_grad_without_params): every Parameter of the Cell, frozen ones too
+            own = tuple(fn.get_parameters()) if hasattr(fn, "get_parameters") else ()
+            return GradFunction(self, fn, own, bare=False)
         if isinstance(weights, Parameter):
             return GradFunction(self, fn, (weights,), bare=True)
         if not isinstance(weights, (tuple, list)) or not all(isinstance(w, Parameter) for w in weights):
