@@ -126,14 +126,10 @@ class Traced:
         return [leaf for i in self.tensor_positions for leaf in tensor_leaves(args[i])]
 
     def group_inputs(self, leaves: Sequence[Any], positions: Sequence[int] | None = None) -> list[Any]:
-        """Per-input values (gradients) from one value per graph input: each argument at ``positions`` (default:
-        ``tensor_positions``) gets its own structure back, a tuple or list for a tuple or list input."""
-        starts = list(itertools.accumulate((count_leaves(self.arg_skeletons[i]) for i in self.tensor_positions), initial=0))
-        out = []
-        for p in self.tensor_positions if positions is None else positions:
-            k = self.tensor_positions.index(p)
-            out.append(rebuild(self.arg_skeletons[p], iter(leaves[starts[k]:starts[k + 1]])))
-        return out
+        """Per-input values (gradients) from one value per graph input of the arguments at ``positions`` (default:
+        ``tensor_positions``), in order: each gets its argument's structure back, a tuple or list for a tuple or list."""
+        it = iter(leaves)
+        return [rebuild(self.arg_skeletons[p], it) for p in (self.tensor_positions if positions is None else positions)]
 
     def graph_positions(self, positions: Sequence[int]) -> list[int]:
         """The graph inputs of the arguments at ``positions`` (each one in ``tensor_positions``)."""
