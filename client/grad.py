@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from gradserve.engine import flatten, unflatten
+from gradserve.engine import flatten
 from gradserve.engine.autodiff import grad_structure
 
 from . import dtype as mstype
@@ -14,7 +14,20 @@ from .context import get_backend
 from .parameter import Parameter
 from .runner import to_tensors, traced_for
 from .tensor import Tensor
-from .tracing import Traced, TraceFrame, check_inputs, current_frame, graph_name, label, trace
+from .tracing import (
+    TENSOR,
+    Traced,
+    TraceFrame,
+    check_inputs,
+    current_frame,
+    graph_name,
+    label,
+    tensor_leaves,
+    trace,
+)
+from .tracing import (
+    rebuild as rebuild_tree,
+)
 
 
 class GradOperation:
@@ -30,8 +43,12 @@ class GradOperation:
     def __call__(self, fn: Any, weights: Any = None) -> GradFunction:
         if not callable(fn):
             raise TypeError(f"GradOperation needs a Cell or a function, got {type(fn).__name__}")
-        if not self.get_by_list or weights is None:
+        if not self.get_by_list:
             return GradFunction(self, fn, (), bare=False)
+        if weights is None:
+            # MindSpore (test_pynative_requires_grad_without_params): every Parameter of the Cell, frozen ones too
+            own = tuple(fn.get_parameters()) if hasattr(fn, "get_parameters") else ()
+            return GradFunction(self, fn, own, bare=False)
         if isinstance(weights, Parameter):
             return GradFunction(self, fn, (weights,), bare=True)
         if not isinstance(weights, (tuple, list)) or not all(isinstance(w, Parameter) for w in weights):
@@ -49,10 +66,11 @@ class GradFunction:
         """Graph-input names when this gradient function is itself traced."""
         return [f"arg{i}" for i in range(n)]
 
-    @property
-    def flags(self) -> GradFlags:
-        """The flags and weight names this gradient function sends to a backend or a GradOperation node."""
-        return GradFlags(self.op.get_all, self.op.get_by_list, self.op.sens_param, tuple(w.name for w in self.weights))
+    def flags(self, traced: Traced) -> GradFlags:
+        """The flags and weight names this gradient function sends to a backend or a GradOperation node; the first
+        input's gradient of a tuple or list input is asked for as the gradients of all the graph's inputs."""
+        whole = not self.op.get_by_list and bool(traced.arg_skeletons) and traced.arg_skeletons[0] != TENSOR
+        return GradFlags(self.op.get_all or whole, self.op.get_by_list, self.op.sens_param, tuple(w.name for w in self.weights))
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:
@@ -63,62 +81,88 @@ class GradFunction:
                 raise TypeError(f"GradOperation(sens_param=True) of {label(self.fn)}: pass the network's inputs followed by sens")
             inputs, sens = args[:-1], args[-1]
         check_inputs(self.fn, inputs)
-        if not self.op.get_all and not self.op.get_by_list and not (inputs and isinstance(inputs[0], Tensor)):
+        if not self.op.get_all and not self.op.get_by_list and not (inputs and tensor_leaves(inputs[0])):
             return ()  # MindSpore: the first input is not a Tensor, so there is nothing to differentiate
         frame = current_frame()
         return self._run(inputs, sens) if frame is None else self._nested(frame, inputs, sens)
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
         entry = traced_for(self.fn, inputs, self.weights)
-        flat_sens = self._flat_sens(sens, entry.traced.graph.outputs)
+        flat_sens = self._flat_sens(sens, entry.traced)
         backend = get_backend()
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        out = backend.grad(entry.network_id(backend), self.flags, arrays, entry.param_values())
-        return self._structure(flatten(to_tensors(out)), len(entry.traced.tensor_positions))
+        out = backend.grad(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
+        return self._structure(flatten(to_tensors(out)), entry.traced)
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it."""
         name = frame.session.fresh_name(graph_name(self.fn))
         traced = trace(self.fn, inputs, frame.session, name, self.weights)
         frame.session.library[name] = traced.graph
-        flat_sens = self._flat_sens(sens, traced.graph.outputs)
-        values = [frame.value_of(inputs[i]) for i in traced.tensor_positions] + [frame.value_of(s) for s in flat_sens]
-        f = self.flags
+        flat_sens = self._flat_sens(sens, traced)
+        values = [frame.value_of(t) for t in traced.input_leaves(inputs)] + [frame.value_of(s) for s in flat_sens]
+        f = self.flags(traced)
         outs = frame.builder.op(
             "GradOperation", *values, fn=name, get_all=f.get_all, get_by_list=f.get_by_list,
             sens_param=f.sens_param, weights=f.weights,
         )
-        return self._structure([Tensor._symbolic(v, frame) for v in outs], len(traced.tensor_positions))
+        return self._structure([Tensor._symbolic(v, frame) for v in outs], traced)
 
-    def _flat_sens(self, sens: Any, outputs: Any, path: str = "sens") -> list[Tensor]:
-        """The sens leaves, checked against the network's output tree (structure, shape and dtype)."""
+    def _flat_sens(self, sens: Any, traced: Traced) -> list[Tensor]:
+        """The sens leaves, one per Tensor output, checked against the network's outputs (structure, shape, dtype)."""
         if not self.op.sens_param:
             return []
-        if isinstance(outputs, tuple):
-            if not isinstance(sens, (tuple, list)) or len(sens) != len(outputs):
-                got = (
-                    "a single Tensor" if isinstance(sens, Tensor)
-                    else f"a {type(sens).__name__} of length {len(sens)}" if isinstance(sens, (tuple, list))
-                    else f"a {type(sens).__name__}"
+        leaves = _sens_leaves(sens, traced.skeleton, "sens", label(self.fn))
+        for (s, path), out in zip(leaves, flatten(traced.graph.outputs)):
+            want = f"shape {tuple(out.shape)} and dtype {mstype.from_numpy(out.dtype)}"
+            if not isinstance(s, Tensor):
+                raise TypeError(f"gradient of {label(self.fn)}: {path} must be a Tensor with the output's {want}, got {type(s).__name__}")
+            if s.shape != tuple(out.shape) or s._array_dtype() != out.dtype:
+                raise ValueError(
+                    f"gradient of {label(self.fn)}: {path} has shape {s.shape} and dtype {s.dtype}, "
+                    f"but the network output it scales has {want}"
                 )
-                raise TypeError(
-                    f"gradient of {label(self.fn)}: the network returns a tuple of {len(outputs)} outputs, so {path} "
-                    f"must be a tuple of {len(outputs)} Tensors in the same structure; got {got}"
-                )
-            return [leaf for i, (s, o) in enumerate(zip(sens, outputs)) for leaf in self._flat_sens(s, o, f"{path}[{i}]")]
-        want = f"shape {tuple(outputs.shape)} and dtype {mstype.from_numpy(outputs.dtype)}"
-        if not isinstance(sens, Tensor):
-            raise TypeError(f"gradient of {label(self.fn)}: {path} must be a Tensor with the output's {want}, got {type(sens).__name__}")
-        if sens.shape != tuple(outputs.shape) or sens._array_dtype() != outputs.dtype:
-            raise ValueError(
-                f"gradient of {label(self.fn)}: {path} has shape {sens.shape} and dtype {sens.dtype}, "
-                f"but the network output it scales has {want}"
-            )
-        return [sens]
+        return [s for s, _ in leaves]
 
-    def _structure(self, leaves: list[Tensor], n_inputs: int) -> Any:
-        """MindSpore's return structure from the flat gradient leaves (the engine's rule)."""
-        return grad_structure(leaves, n_inputs if self.op.get_all else 0, self.op.get_all, self.op.get_by_list, self.bare)
+    def _structure(self, leaves: list[Tensor], traced: Traced) -> Any:
+        """MindSpore's return structure from the flat gradient leaves (the engine's rule), each input's gradient
+        in that input's structure."""
+        if self.flags(traced).get_all:
+            n_graph = len(traced.graph.inputs)
+            grads_in, weights = traced.group_inputs(leaves[:n_graph]), leaves[n_graph:]
+        elif self.op.get_by_list:
+            grads_in, weights = [], leaves
+        else:
+            grads_in, weights = leaves[:1], []
+        n_inputs = len(grads_in) if self.op.get_all else 0
+        return grad_structure([*grads_in, *weights], n_inputs, self.op.get_all, self.op.get_by_list, self.bare)
+
+
+def _sens_leaves(sens: Any, skeleton: Any, path: str, who: str) -> list[tuple[Any, str]]:
+    """The sens value for each Tensor output, with where it sits in ``sens``: sens has the outputs' structure (a
+    tuple or list for a tuple or list, a dict with the same keys for a dict); what it holds at a constant output
+    is not used."""
+    if skeleton == TENSOR:
+        return [(sens, path)]
+    if skeleton[0] == "const":
+        return []
+    kind, keys, children = skeleton
+    if kind is dict:
+        if not isinstance(sens, dict) or set(sens) != set(keys):
+            got = f"a dict with keys {sorted(map(str, sens))}" if isinstance(sens, dict) else f"a {type(sens).__name__}"
+            raise TypeError(f"gradient of {who}: the network returns a dict with keys {list(keys)} here, so {path} must be a dict with the same keys; got {got}")
+        return [leaf for k, c in zip(keys, children) for leaf in _sens_leaves(sens[k], c, f"{path}[{k!r}]", who)]
+    if not isinstance(sens, (tuple, list)) or len(sens) != len(children):
+        got = (
+            "a single Tensor" if isinstance(sens, Tensor)
+            else f"a {type(sens).__name__} of length {len(sens)}" if isinstance(sens, (tuple, list))
+            else f"a {type(sens).__name__}"
+        )
+        raise TypeError(
+            f"gradient of {who}: the network returns a {kind.__name__} of {len(children)} outputs, so {path} "
+            f"must be a tuple of {len(children)} Tensors in the same structure; got {got}"
+        )
+    return [leaf for i, (s, c) in enumerate(zip(sens, children)) for leaf in _sens_leaves(s, c, f"{path}[{i}]", who)]
 
 
 # ---- MindSpore 2.x functional transforms: grad, value_and_grad, vjp, jvp, jacfwd, jacrev, hessian ----
@@ -204,18 +248,17 @@ class _Transform:
         traced = trace(self.fn, args, frame.session, name, self.weights)
         frame.session.library[name] = traced.graph
         node_attrs = self._attrs(traced)
-        values = [frame.value_of(args[i]) for i in traced.tensor_positions] + [frame.value_of(t) for t in extra]
+        values = [frame.value_of(t) for t in traced.input_leaves(args)] + [frame.value_of(t) for t in extra]
         outs = frame.builder.op(self.op, *values, fn=name, **node_attrs)
         return [Tensor._symbolic(v, frame) for v in outs], self._structure(traced)
 
     def _graph_positions(self, traced: Traced, positions: Sequence[int]) -> tuple[int, ...]:
-        """Argument positions as graph-input positions; each must be a Tensor argument."""
-        out = []
+        """Argument positions as graph-input positions (every Tensor of a tuple or list argument); each must be a
+        Tensor argument or a tuple or list of them."""
         for p in positions:
             if p not in traced.tensor_positions:
                 raise TypeError(f"{label(self.fn)}: input {p} is differentiated but is not a Tensor")
-            out.append(traced.tensor_positions.index(p))
-        return tuple(out)
+        return tuple(traced.graph_positions(positions))
 
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         """The node's attributes besides ``fn``, for the traced function."""
@@ -251,9 +294,9 @@ class _Staged:
 
 
 def _split(leaves: list[Tensor], traced: Traced) -> tuple[Any, list[Tensor]]:
-    """The function's output tree rebuilt from the first leaves, and the leaves after them."""
+    """The function's outputs rebuilt (in their structure) from the first leaves, and the leaves after them."""
     n = len(flatten(traced.graph.outputs))
-    return unflatten(traced.graph.outputs, iter(leaves[:n])), leaves[n:]
+    return rebuild_tree(traced.skeleton, iter(leaves[:n])), leaves[n:]
 
 
 class _GradFn(_Transform):
@@ -285,13 +328,13 @@ class _GradFn(_Transform):
     def _structure(self, traced: Traced) -> Any:
         def rebuild(leaves: list[Tensor]) -> Any:
             out, grads = _split(leaves, traced)
-            n = len(self.positions or ())
-            gi: list[Any] = list(grads[:n])
+            n = len(traced.graph_positions(self.positions or ()))
+            gi: list[Any] = traced.group_inputs(grads[:n], self.positions or ())
             gw: list[Any] = list(grads[n:])
             if self.return_ids:
                 gi = [(p, g) for p, g in zip(self.positions or (), gi)]
                 gw = [(w.name, g) for w, g in zip(self.weights, gw)]
-            part_i = gi[0] if n == 1 else tuple(gi)
+            part_i = gi[0] if len(gi) == 1 else tuple(gi)
             part_w = gw[0] if self.bare_weight else tuple(gw)
             if self.positions is None:
                 gradient: Any = part_w
@@ -336,12 +379,12 @@ class _JvpFn(_Transform):
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         if self.has_aux:
             _require_aux(traced.graph.outputs, f"jvp of {label(self.fn)}")
-        return {"positions": tuple(range(len(traced.tensor_positions)))}
+        return {"positions": tuple(range(len(traced.graph.inputs)))}
 
     def _structure(self, traced: Traced) -> Any:
         def rebuild(leaves: list[Tensor]) -> Any:
             out, tangents = _split(leaves, traced)
-            dots = unflatten(traced.graph.outputs, iter(tangents))
+            dots = rebuild_tree(traced.skeleton, iter(tangents))
             if self.has_aux:
                 return out[0], dots[0], _aux(out)
             return out, dots
@@ -383,15 +426,16 @@ class _VjpFn(_Transform):
 
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         return {
-            "positions": tuple(range(len(traced.tensor_positions))), "weights": tuple(w.name for w in self.weights),
+            "positions": tuple(range(len(traced.graph.inputs))), "weights": tuple(w.name for w in self.weights),
             "has_aux": self.has_aux,
         }
 
     def _structure(self, traced: Traced) -> Any:
         def rebuild(leaves: list[Tensor]) -> Any:
             _, grads = _split(leaves, traced)
-            n = len(traced.tensor_positions)
-            return (tuple(grads[:n]), tuple(grads[n:])) if self.weights else tuple(grads[:n])
+            n = len(traced.graph.inputs)
+            gi = tuple(traced.group_inputs(grads[:n]))
+            return (gi, tuple(grads[n:])) if self.weights else gi
 
         return rebuild
 
@@ -450,7 +494,10 @@ class _JacFn(_Transform):
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         if self.has_aux:
             _require_aux(traced.graph.outputs, f"jacobian of {label(self.fn)}")
-        return {"positions": self._graph_positions(traced, self.positions), "mode": self.mode}
+        positions = self._graph_positions(traced, self.positions)
+        if len(positions) != len(self.positions):
+            raise TypeError(f"jacobian of {label(self.fn)}: differentiate Tensor inputs, not tuples or lists of them")
+        return {"positions": positions, "mode": self.mode}
 
     def _structure(self, traced: Traced) -> Any:
         def rebuild(leaves: list[Tensor]) -> Any:

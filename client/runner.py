@@ -8,13 +8,15 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from gradserve.engine import flatten
+
 from .backend import Backend
 from .context import get_backend
 from .guards import GuardCheck
 from .parameter import Parameter
 from .state import State, network_state
 from .tensor import Tensor
-from .tracing import NeedsValues, Traced, TraceSession, check_inputs, graph_name, trace
+from .tracing import NeedsValues, Traced, TraceSession, check_inputs, graph_name, rebuild, trace
 
 MAX_PATHS = 16
 """Traced graphs kept per input signature (paths through Python control flow, states of attributes); the least
@@ -50,7 +52,7 @@ class CacheEntry:
 
     def inputs(self, args: Sequence[Any]) -> list[np.ndarray]:
         """The arrays of the Tensor arguments, in graph-input order."""
-        return [args[i]._concrete("a network input") for i in self.traced.tensor_positions]
+        return [t._concrete("a network input") for t in self.traced.input_leaves(args)]
 
     def param_values(self) -> dict[str, np.ndarray]:
         """Current values of every parameter the graph reads, by name."""
@@ -75,10 +77,16 @@ def trace_count(fn: Any) -> int:
 
 
 def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
-    return tuple(
-        ("T", a._array_dtype().str, a.shape) if isinstance(a, Tensor) else ("S", type(a).__name__, _scalar_key(a))
-        for a in args
-    )
+    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple and list inputs, scalars."""
+    return tuple(_arg_key(a) for a in args)
+
+
+def _arg_key(a: Any) -> Any:
+    if isinstance(a, Tensor):
+        return ("T", a._array_dtype().str, a.shape)
+    if isinstance(a, (tuple, list)):
+        return (type(a).__name__, tuple(_arg_key(x) for x in a))
+    return ("S", type(a).__name__, _scalar_key(a))
 
 
 def _scalar_key(a: Any) -> Any:
@@ -140,4 +148,4 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     entry = traced_for(fn, args)
     backend = get_backend()
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
-    return to_tensors(out)
+    return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))

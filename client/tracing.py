@@ -6,7 +6,7 @@ import inspect
 import itertools
 import threading
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -103,15 +103,91 @@ class TraceFrame:
             raise TracingError(f"Parameter {p.name!r} has the same name as an input of {self.builder.name}; rename one") from None
 
 
+TENSOR = ("tensor",)
+"""The skeleton of a Tensor leaf; a container is ``(type, keys, children)`` and any other leaf ``("const", value)``."""
+
+
 @dataclass
 class Traced:
-    """A traced network: its graph, which arguments became graph inputs, the Parameters it reads, and the values
-    of its own graph that Python code read (guards)."""
+    """A traced network: its graph, which arguments hold graph inputs (``tensor_positions``: a Tensor, or a tuple or
+    list of Tensors flattened into consecutive inputs), the Parameters it reads, the values of its own graph that
+    Python code read (guards), and the structure of its arguments and of what it returned (``skeleton``: containers,
+    dict keys and non-Tensor leaves; the graph's outputs are its Tensor leaves, nested as tuples)."""
 
     graph: Graph
     tensor_positions: tuple[int, ...]
     params: tuple[Parameter, ...]
     guards: tuple[Guard, ...] = ()
+    arg_skeletons: tuple[Any, ...] = ()
+    skeleton: Any = TENSOR
+
+    def input_leaves(self, args: Sequence[Any]) -> list[Tensor]:
+        """The Tensors of ``args`` in graph-input order."""
+        return [leaf for i in self.tensor_positions for leaf in tensor_leaves(args[i])]
+
+    def group_inputs(self, leaves: Sequence[Any], positions: Sequence[int] | None = None) -> list[Any]:
+        """Per-input values (gradients) from one value per graph input of the arguments at ``positions`` (default:
+        ``tensor_positions``), in order: each gets its argument's structure back, a tuple or list for a tuple or list."""
+        it = iter(leaves)
+        return [rebuild(self.arg_skeletons[p], it) for p in (self.tensor_positions if positions is None else positions)]
+
+    def graph_positions(self, positions: Sequence[int]) -> list[int]:
+        """The graph inputs of the arguments at ``positions`` (each one in ``tensor_positions``)."""
+        starts = list(itertools.accumulate((count_leaves(self.arg_skeletons[i]) for i in self.tensor_positions), initial=0))
+        out: list[int] = []
+        for p in positions:
+            k = self.tensor_positions.index(p)
+            out += range(starts[k], starts[k + 1])
+        return out
+
+
+def skeleton_of(tree: Any) -> Any:
+    """The structure of a value: Tensor leaves, tuples, lists and dicts (by key, in order), other leaves as constants."""
+    if isinstance(tree, Tensor):
+        return TENSOR
+    if isinstance(tree, dict):
+        return (dict, tuple(tree), tuple(skeleton_of(v) for v in tree.values()))
+    if isinstance(tree, (tuple, list)):
+        return (type(tree) if type(tree) in (tuple, list) else tuple, None, tuple(skeleton_of(v) for v in tree))
+    return ("const", tree)
+
+
+def tensor_leaves(tree: Any) -> list[Any]:
+    """The Tensor leaves of a value, left to right (dicts in key order)."""
+    if isinstance(tree, Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        tree = list(tree.values())
+    if isinstance(tree, (tuple, list)):
+        return [leaf for t in tree for leaf in tensor_leaves(t)]
+    return []
+
+
+def count_leaves(skeleton: Any) -> int:
+    """How many Tensor leaves a skeleton has."""
+    if skeleton == TENSOR:
+        return 1
+    if skeleton[0] == "const":
+        return 0
+    return sum(count_leaves(c) for c in skeleton[2])
+
+
+def rebuild(skeleton: Any, leaves: Iterator[Any]) -> Any:
+    """A value of ``skeleton``'s structure, its Tensor leaves taken in order from ``leaves``."""
+    if skeleton == TENSOR:
+        return next(leaves)
+    if skeleton[0] == "const":
+        return skeleton[1]
+    kind, keys, children = skeleton
+    items = [rebuild(c, leaves) for c in children]
+    return dict(zip(keys, items)) if kind is dict else kind(items)
+
+
+def graph_tree(skeleton: Any, leaves: Iterator[Any]) -> Any:
+    """The graph's output tree for a skeleton: a Tensor leaf alone, else nested tuples of the parts holding Tensors."""
+    if skeleton == TENSOR:
+        return next(leaves)
+    return tuple(graph_tree(c, leaves) for c in skeleton[2] if count_leaves(c))
 
 
 def label(fn: Any) -> str:
@@ -148,13 +224,28 @@ def input_names(fn: Any, n: int) -> list[str]:
 
 
 def check_inputs(fn: Any, args: Sequence[Any]) -> None:
-    """A TypeError naming the first argument that is neither a Tensor nor a Python scalar/None."""
+    """A TypeError naming the first argument that is neither a Tensor, a (nested) tuple or list of Tensors, nor a
+    Python scalar/None."""
     for i, a in enumerate(args):
+        if isinstance(a, (tuple, list)):
+            bad = next((x for x in _container_leaves(a) if not isinstance(x, Tensor)), None)
+            if bad is None:
+                continue
+            raise TypeError(
+                f"{label(fn)}: input {i} is a {type(a).__name__} holding a {type(bad).__qualname__}; a tuple or list "
+                f"input may hold only Tensors (and tuples or lists of them)"
+            )
         if not isinstance(a, (Tensor, *STATIC_INPUTS)):
             raise TypeError(
                 f"{label(fn)}: input {i} is a {type(a).__module__}.{type(a).__qualname__}; pass a Tensor "
-                f"(e.g. Tensor(value)), or a Python number or None"
+                f"(e.g. Tensor(value)), a tuple or list of Tensors, or a Python number or None"
             )
+
+
+def _container_leaves(tree: Any) -> list[Any]:
+    if isinstance(tree, (tuple, list)):
+        return [leaf for t in tree for leaf in _container_leaves(t)]
+    return [tree]
 
 
 def known_value(t: Tensor) -> np.ndarray | None:
@@ -180,17 +271,21 @@ def trace(
     (``concrete=False`` forbids it: bprops are traced once for every dout)."""
     check_inputs(fn, args)
     names = input_names(fn, len(args))
-    values = [known_value(a) if isinstance(a, Tensor) else None for a in args]
+    leaves = [tensor_leaves(a) if isinstance(a, (Tensor, tuple, list)) else [] for a in args]
+    values = [[known_value(t) for t in ts] for ts in leaves]
     if concrete is None:
-        concrete = session.concrete and all(v is not None for v, a in zip(values, args) if isinstance(a, Tensor))
+        concrete = session.concrete and all(v is not None for vs in values for v in vs)
     frame = TraceFrame(session, name, concrete)
     call_args = []
     for i, a in enumerate(args):
-        if isinstance(a, Tensor):
-            v = frame.builder.input(names[i], a._array_dtype(), a.shape)
-            if concrete:
-                frame.builder.arrays[id(v)] = values[i]  # type: ignore[attr-defined]
-            a = Tensor._symbolic(v, frame)
+        if leaves[i]:
+            symbolic = []
+            for k, (t, known) in enumerate(zip(leaves[i], values[i])):
+                v = frame.builder.input(names[i] if isinstance(a, Tensor) else f"{names[i]}_{k}", t._array_dtype(), t.shape)
+                if concrete:
+                    frame.builder.arrays[id(v)] = known  # type: ignore[attr-defined]
+                symbolic.append(Tensor._symbolic(v, frame))
+            a = rebuild(skeleton_of(a), iter(symbolic))
         call_args.append(a)
     stack = _LOCAL.__dict__.setdefault("stack", [])
     stack.append(frame)
@@ -198,12 +293,16 @@ def trace(
         out = fn(*call_args)
         for p in declare:
             frame.value_of(p)
-        outputs = _output_tree(fn, frame, out)
+        skeleton = _output_skeleton(fn, out)
+        outputs = graph_tree(skeleton, iter([frame.value_of(t) for t in tensor_leaves(out)]))
     finally:
         stack.pop()
     graph = frame.builder.build(outputs)
-    positions = tuple(i for i, a in enumerate(args) if isinstance(a, Tensor))
-    return Traced(graph, positions, tuple(session.params[p.name] for p in graph.params), tuple(frame.guards))
+    positions = tuple(i for i in range(len(args)) if leaves[i])
+    return Traced(
+        graph, positions, tuple(session.params[p.name] for p in graph.params), tuple(frame.guards),
+        tuple(skeleton_of(a) for a in args), skeleton,
+    )
 
 
 _plain_concrete = Tensor._concrete
@@ -221,9 +320,27 @@ def _concrete(self: Tensor, what: str) -> np.ndarray:
 Tensor._concrete = _concrete  # type: ignore[method-assign]
 
 
-def _output_tree(fn: Any, frame: TraceFrame, out: Any) -> Any:
-    if isinstance(out, Tensor):
-        return frame.value_of(out)
-    if isinstance(out, (tuple, list)):
-        return tuple(_output_tree(fn, frame, o) for o in out)
-    raise TypeError(f"{label(fn)} returned a {type(out).__name__}; a network must return Tensors or (nested) tuples of Tensors")
+def _output_skeleton(fn: Any, out: Any) -> Any:
+    """The structure of what a network returned: a Tensor, or Tensors in (nested) tuples, lists and dicts with Python
+    numbers, strings and None as constant leaves."""
+    skeleton = skeleton_of(out)
+    bad = next((c for c in _consts(skeleton) if not isinstance(c, STATIC_INPUTS)), None)
+    if bad is not None:
+        raise TypeError(
+            f"{label(fn)} returned a {type(bad).__module__}.{type(bad).__qualname__} among its outputs; a network "
+            f"returns Tensors, and Python numbers, strings or None, in tuples, lists or dicts"
+        )
+    if skeleton[0] == "const":
+        raise TypeError(
+            f"{label(fn)} returned a {type(out).__name__}; a network must return a Tensor or a tuple, list or dict "
+            f"(of Tensors, Python numbers, strings or None)"
+        )
+    return skeleton
+
+
+def _consts(skeleton: Any) -> list[Any]:
+    if skeleton == TENSOR:
+        return []
+    if skeleton[0] == "const":
+        return [skeleton[1]]
+    return [c for child in skeleton[2] for c in _consts(child)]
