@@ -1,5 +1,5 @@
 """The remote backend over real loopback gRPC: the SDK through servers that need a bearer token and TLS, networks
-registered once per server behind one round_robin channel, changed parameter values registered once per server,
+registered once per server behind one round_robin channel, changed parameter values sent with each call,
 and what a call raises when no server is reachable. Each server's ServerInfo counters show what it served."""
 from __future__ import annotations
 
