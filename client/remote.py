@@ -2,7 +2,7 @@
 
 A target is ``host:port``, a comma-separated list of them, or any gRPC URI (``dns:///name:port``,
 ``ipv4:a:p,b:q``). Each listed item gets its own channel: this client rotates its calls over them,
-registers each network once through each of them and then sends only inputs, and on UNAVAILABLE
+registers each network once through each of them and then sends inputs and changed weights, and on UNAVAILABLE
 moves the call to the next one (backing off once all have failed, for up to ``retry_seconds`` in all,
 so that a call rides out a server's restart; every Gradient call is idempotent). A single item
 naming several addresses (a ``dns:///`` name) is balanced by gRPC's ``round_robin`` inside its
