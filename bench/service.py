@@ -3,6 +3,9 @@
 * tiny tutorial gradient over gRPC vs a bare gRPC unary echo of the same payload: p50 <= 1.5x
 * a 64 MB float32 elementwise gradient vs a bare echo of 64 MB: <= 2x
 * throughput of a CPU-bound graph with 2 workers vs 1 under concurrent clients: >= 1.7x
+* a small MLP's training step (gradient by list, then ``set_data`` on every weight) through the SDK against
+  a server vs on the embedded engine, with the request bytes per step (issue 13: the weights travel with
+  the call; its target for the digits CNN is <= 1.3x)
 
 The servers (gradserve and the echo server) run in this process and the clients in another one, as
 they would in production: a client sharing the server's interpreter would contend for its GIL and
@@ -25,6 +28,11 @@ from typing import Any, Callable
 import grpc
 import numpy as np
 
+import gradserve as gs
+import gradserve.nn as nn
+import gradserve.ops as ops
+from gradserve import ParameterTuple, Tensor
+from gradserve.client import context, remote
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server.app import running
@@ -139,6 +147,62 @@ def throughput_client(target: str, clients: int, per_client: int, out: Any) -> N
         out.send(clients * per_client / (time.perf_counter() - t))
 
 
+class RequestBytes(grpc.UnaryUnaryClientInterceptor):
+    """Adds up the serialized size of the requests sent, by method name."""
+
+    def __init__(self) -> None:
+        self.bytes: dict[str, int] = {}
+        self.calls: dict[str, int] = {}
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        method = details.method.rsplit("/", 1)[-1]
+        self.bytes[method] = self.bytes.get(method, 0) + request.ByteSize()
+        self.calls[method] = self.calls.get(method, 0) + 1
+        return continuation(details, request)
+
+
+def mlp_trainer(batch: int = 32, features: int = 64, hidden: int = 64, classes: int = 10) -> tuple[Callable[[], None], int]:
+    """One plain gradient-descent step of a small MLP (by hand: ``set_data`` on each weight) on the current
+    backend, and the bytes of its parameters."""
+    nn.set_seed(0)
+    net = nn.SequentialCell([nn.Dense(features, hidden), nn.ReLU(), nn.Dense(hidden, classes)])
+    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    weights = ParameterTuple(net.trainable_params())
+    grad_fn = ops.GradOperation(get_by_list=True)(loss, weights)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.normal(size=(batch, features)).astype(np.float32))
+    y = Tensor(rng.integers(0, classes, batch).astype(np.int32))
+
+    def step() -> None:
+        for p, g in zip(weights, grad_fn(x, y)):
+            p.set_data(Tensor(p.asnumpy() - 0.1 * g.asnumpy()))
+
+    return step, sum(p.asnumpy().nbytes for p in weights)
+
+
+def training_client(target: str, steps: int, rounds: int, out: Any) -> None:
+    """Median step times of the MLP on the embedded engine and through ``target``, in alternating rounds of
+    ``steps`` steps (one network on each backend), and the remote requests' bytes; sends them to ``out``."""
+    sizes = RequestBytes()
+    remote.open_channel = lambda item, options: grpc.intercept_channel(context.open_channel(item, options), sizes)
+    trainers = {}
+    for where in (None, target):
+        gs.set_context(target=where)
+        trainers[where] = mlp_trainer()
+        trainers[where][0]()  # traced, registered and compiled
+    times: dict[str | None, list[float]] = {None: [], target: []}
+    for r in range(rounds):
+        for where in ((None, target) if r % 2 == 0 else (target, None)):
+            gs.set_context(target=where)
+            step = trainers[where][0]
+            t = time.perf_counter()
+            for _ in range(steps):
+                step()
+            times[where].append((time.perf_counter() - t) / steps)
+    out.send((statistics.median(times[None]), statistics.median(times[target]), trainers[target][1],
+              sizes.bytes, sizes.calls))
+
+
 def in_client_process(target: Callable[..., None], *args: Any) -> Any:
     """Run ``target(*args, conn)`` in a fresh process (spawned: this one holds gRPC state) and return what it sends."""
     ctx = multiprocessing.get_context("spawn")
@@ -158,14 +222,33 @@ def throughput(workers: int, clients: int, per_client: int) -> float:
         return in_client_process(throughput_client, f"127.0.0.1:{server.port}", clients, per_client)
 
 
+def training(steps: int, rounds: int) -> None:
+    """Print the MLP's remote and embedded step times and bytes per remote step."""
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=2)) as server:
+        embedded, served, param_bytes, sent, calls = in_client_process(
+            training_client, f"127.0.0.1:{server.port}", steps, rounds)
+        registered = {m: n for m, code, n in server.servicer.metrics.snapshot() if code == "OK"}
+    print(f"MLP training step: embedded {embedded*1e3:.3f} ms, remote {served*1e3:.3f} ms, "
+          f"{calls.get('Grad', 0)} Grad calls and {registered.get('RegisterNetwork', 0)} RegisterNetwork on the server")
+    print(f"MLP bytes per remote step {sent.get('Grad', 0) / max(1, calls.get('Grad', 0)):.0f} "
+          f"(its parameters: {param_bytes} bytes)")
+    print(f"RATIO MLP training step remote/embedded {served / embedded:.2f}x (issue 13's target, for the digits CNN: <= 1.3x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", type=int, default=2000, help="tiny gradient/echo pairs (default 2000)")
     parser.add_argument("--big", type=int, default=9, help="64 MB gradient/echo pairs (default 9)")
     parser.add_argument("--clients", type=int, default=4, help="concurrent clients for throughput (default 4)")
     parser.add_argument("--per-client", type=int, default=5, help="calls per client per measurement (default 5)")
+    parser.add_argument("--train-steps", type=int, default=100, help="MLP training steps per round (default 100)")
+    parser.add_argument("--train-rounds", type=int, default=6, help="alternating embedded/remote MLP rounds (default 6)")
+    parser.add_argument("--only-training", action="store_true", help="measure the MLP training step only")
     parser.add_argument("--rounds", type=int, default=11, help="paired throughput measurements (default 11: short rounds, many of them, so that the median ratio outlasts the machine's speed drifting)")
     args = parser.parse_args()
+    training(args.train_steps, args.train_rounds)
+    if args.only_training:
+        return
 
     echo, echo_port = echo_server()
     try:

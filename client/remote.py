@@ -2,15 +2,20 @@
 
 A target is ``host:port``, a comma-separated list of them, or any gRPC URI (``dns:///name:port``,
 ``ipv4:a:p,b:q``). Each listed item gets its own channel: this client rotates its calls over them,
-registers each network once through each of them and then sends only inputs, and on UNAVAILABLE
+registers each network once through each of them and then sends inputs and changed weights, and on UNAVAILABLE
 moves the call to the next one (backing off once all have failed, for up to ``retry_seconds`` in all,
 so that a call rides out a server's restart; every Gradient call is idempotent). A single item
 naming several addresses (a ``dns:///`` name) is balanced by gRPC's ``round_robin`` inside its
 channel, where this client cannot tell which server answers: there a NOT_FOUND (a server that never
 saw the network, or was restarted) is retried with the graph inline, which registers it on whichever
 server takes the call, and the next calls on that channel send it inline too until the rotation has
-passed every address. Parameter values travel with the
-registration, so they are sent again only when they change.
+passed every address.
+
+A network is known by its structure: its id leaves out the values of its parameters, and it is registered
+once per server with the values it was traced with. Each Grad or Run call then carries, as parameter
+overrides, every parameter whose value differs from those registered values (encoded once per new array),
+so the server's compiled plan stays the same while the weights change, and a parameter never changed is
+never sent again.
 """
 from __future__ import annotations
 
@@ -84,21 +89,41 @@ def address_count(target: str) -> int:
         return 1
 
 
-@dataclass(eq=False)
-class _Version:
-    """A network with one set of parameter values: its wire form and, once a server has answered, its id."""
-
-    message: graph_pb2.Graph
-    server_id: str = ""
-
-
 @dataclass
 class _Network:
-    """A network as this client registered it: its current version and the parameter arrays that version holds."""
+    """A network as this client registers it: its wire form with the parameter values it was registered with,
+    its server id once a server has answered, and the last array seen of each parameter with its override."""
 
-    graph: Graph
-    version: _Version
-    sent: dict[str, np.ndarray]
+    inputs: int
+    message: graph_pb2.Graph
+    registered: dict[str, np.ndarray]
+    server_id: str = ""
+    seen: dict[str, tuple[np.ndarray, graph_pb2.Tensor | None]] = field(default_factory=dict)
+    """By parameter name: the array last passed and its wire form, or None when it equals the registered value."""
+
+    def overrides(self, params: Mapping[str, np.ndarray]) -> dict[str, graph_pb2.Tensor]:
+        """The wire form of each parameter in ``params`` whose value differs from the registered one."""
+        out = {}
+        for name, a in params.items():
+            seen = self.seen.get(name)
+            if seen is None or seen[0] is not a:
+                base = self.registered.get(name)
+                same = base is not None and (a is base or (a.dtype == base.dtype and np.array_equal(a, base)))
+                seen = self.seen[name] = (a, None if same else codec.encode_tensor(a))
+            if seen[1] is not None:
+                out[name] = seen[1]
+        return out
+
+
+def structure_id(message: graph_pb2.Graph, names: set[str]) -> str:
+    """The id of the network ``message`` apart from the values (not the types) of its parameters ``names``."""
+    bare = graph_pb2.Graph()
+    bare.CopyFrom(message)
+    for g in (bare, *bare.library.values()):
+        for p in g.parameters:
+            if p.name in names:
+                p.value.ClearField("data")
+    return codec.message_id(bare)
 
 
 @dataclass
@@ -108,8 +133,8 @@ class _Route:
     target: str
     channel: grpc.Channel
     stub: service_pb2_grpc.GradientStub
-    registered: dict[str, _Version] = field(default_factory=dict)
-    """The version of each network (by local id) last registered through this channel."""
+    registered: set[str] = field(default_factory=set)
+    """The networks (by local id) registered through this channel."""
     inline: dict[str, int] = field(default_factory=dict)
     """How many more calls for each network (by local id) send its graph inline."""
     down_until: float = 0.0
@@ -133,14 +158,14 @@ class RemoteBackend(Backend):
     def register(self, graph: Graph) -> str:
         """Register ``graph`` on one server now (the others on first use); returns this client's id for it."""
         message = codec.encode_graph(graph)
-        local_id = codec.message_id(message)
+        local_id = structure_id(message, {p.name for p in graph.params})
         with self._lock:
             net = self._networks.get(local_id)
         if net is None:
-            version = _Version(message)
-            self._failover(lambda route, deadline: self._register(route, local_id, version, deadline), advance=False)
+            net = _Network(len(graph.inputs), message, {p.name: p.data for p in graph.params})
+            self._failover(lambda route, deadline: self._register(route, local_id, net, deadline), advance=False)
             with self._lock:
-                self._networks.setdefault(local_id, _Network(graph, version, {p.name: p.data for p in graph.params}))
+                self._networks.setdefault(local_id, net)
         return local_id
 
     def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
@@ -153,7 +178,7 @@ class RemoteBackend(Backend):
         self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
     ) -> OutputTree:
         """GradOperation computed by a server."""
-        n = len(self._networks[network_id].graph.inputs)
+        n = self._networks[network_id].inputs
         op = codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights)
         tensors = [codec.encode_tensor(a) for a in inputs[:n]]
         sens = [codec.encode_tensor(a) for a in inputs[n:]]
@@ -168,46 +193,30 @@ class RemoteBackend(Backend):
         for route in self._routes:
             route.channel.close()
 
-    def _sync(self, net: _Network, params: Mapping[str, np.ndarray]) -> _Version:
-        """The network's version for ``params``: a new one (registered on each server on its next call) if any changed."""
-        changed = {}
-        for name, a in params.items():
-            old = net.sent.get(name)
-            if a is not old:
-                if old is None or not np.array_equal(a, old):
-                    changed[name] = a
-                net.sent[name] = a
-        if changed:
-            message = graph_pb2.Graph()
-            message.CopyFrom(net.version.message)
-            for g in (message, *message.library.values()):
-                for p in g.parameters:
-                    if p.name in changed:
-                        codec.encode_tensor(changed[p.name], p.value)
-            net.version = _Version(message)
-        return net.version
-
     def _invoke(self, network_id: str, params: Mapping[str, np.ndarray], method: str, make: Callable[..., Any]) -> Any:
-        """``method`` with the request ``make(network_id=...)`` or ``make(graph=...)`` on the next server that takes it."""
+        """``method`` with the request ``make(network_id=..., parameters=...)`` or ``make(graph=..., parameters=...)``
+        on the next server that takes it."""
         with self._lock:
-            version = self._sync(self._networks[network_id], params)
-        return self._failover(lambda route, deadline: self._send(route, network_id, version, method, make, deadline))
+            net = self._networks[network_id]
+            overrides = net.overrides(params)
+        return self._failover(lambda route, deadline: self._send(
+            route, network_id, net, method, lambda **at: make(parameters=overrides, **at), deadline))
 
-    def _send(self, route: _Route, local_id: str, version: _Version, method: str, make: Callable[..., Any],
+    def _send(self, route: _Route, local_id: str, net: _Network, method: str, make: Callable[..., Any],
               deadline: float | None) -> Any:
-        """One call through ``route`` by ``deadline``: registering first if it has not seen this version, inline when asked to."""
+        """One call through ``route`` by ``deadline``: registering first if it has not seen the network, inline when asked to."""
         call = getattr(route.stub, method)
         with self._lock:
             inline = route.inline.get(local_id, 0)
             if inline:
                 route.inline[local_id] = inline - 1
-            known = route.registered.get(local_id) is version
+            known = local_id in route.registered
         if inline:
-            return self._send_inline(route, local_id, version, call, make, deadline)
+            return self._send_inline(route, local_id, net, call, make, deadline)
         if not known:
-            self._register(route, local_id, version, deadline)
+            self._register(route, local_id, net, deadline)
         try:
-            request = make(network_id=version.server_id)
+            request = make(network_id=net.server_id)
             return call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
@@ -216,25 +225,25 @@ class RemoteBackend(Backend):
         if more:
             with self._lock:
                 route.inline[local_id] = more
-        return self._send_inline(route, local_id, version, call, make, deadline)
+        return self._send_inline(route, local_id, net, call, make, deadline)
 
-    def _send_inline(self, route: _Route, local_id: str, version: _Version, call: Any, make: Callable[..., Any],
+    def _send_inline(self, route: _Route, local_id: str, net: _Network, call: Any, make: Callable[..., Any],
                      deadline: float | None) -> Any:
         """The call with the graph itself, which also registers it on the server that takes it."""
-        request = make(graph=version.message)
+        request = make(graph=net.message)
         resp = call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
         with self._lock:
-            version.server_id = resp.network_id
-            route.registered[local_id] = version
+            net.server_id = resp.network_id
+            route.registered.add(local_id)
         return resp
 
-    def _register(self, route: _Route, local_id: str, version: _Version, deadline: float | None) -> None:
+    def _register(self, route: _Route, local_id: str, net: _Network, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
-        request = service_pb2.RegisterNetworkRequest(graph=version.message)
+        request = service_pb2.RegisterNetworkRequest(graph=net.message)
         resp = route.stub.RegisterNetwork(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
         with self._lock:
-            version.server_id = resp.network_id
-            route.registered[local_id] = version
+            net.server_id = resp.network_id
+            route.registered.add(local_id)
 
     def _failover(self, attempt: Callable[[_Route, float | None], Any], advance: bool = True) -> Any:
         """``attempt(route, deadline)`` on the channels in rotation (lately failed ones last) until one is not
