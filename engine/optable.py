@@ -84,6 +84,8 @@ class OpDef:
     ``cost(inputs, outputs, attrs)`` is the op's static work estimate in element operations (FLOPs for products),
     by default the elements it reads and writes (nothing for a view); ``scratch`` bounds the temporaries ``forward``
     holds at once besides its outputs, in multiples of its first input's bytes (Softmax's shifted copy);
+    ``scratch_bytes(inputs, outputs, attrs)``, when given, is that bound in bytes from the node's types and attributes,
+    used instead of ``scratch`` (a convolution's im2col columns grow with kernel and output size, not with its input);
     ``output_count(attrs)`` gives the number of
     outputs of an op whose count is set by attributes (Split), so it is checked before inference builds them;
     ``call_attrs`` names the attributes MindSpore's primitive takes when called, after the tensors, in call order
@@ -109,6 +111,13 @@ class OpDef:
     calls: tuple[str, ...] = ()
     call_attrs: tuple[str, ...] = ()
     public: bool = True
+    scratch_bytes: Cost | None = None
+
+    def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
+        if self.scratch_bytes is not None:
+            return self.scratch_bytes(inputs, outputs, attrs)
+        return self.scratch * inputs[0].nbytes if self.scratch and inputs else 0
 
     @property
     def lowered(self) -> bool:
@@ -152,6 +161,7 @@ def defop(
     calls: Sequence[str] = (),
     call_attrs: Sequence[str] = (),
     public: bool = True,
+    scratch_bytes: Cost | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -161,7 +171,7 @@ def defop(
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
-        memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public,
+        memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
     )
     OPS[name] = opdef
     return opdef
