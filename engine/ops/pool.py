@@ -302,13 +302,21 @@ def _adaptive_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], 
     return 2 * planes * (oh * h * w + oh * w * ow) + x.size + y.size
 
 
+def _none_as_minus_one(output_size: Any) -> Any:
+    """MindSpore's output_size: an int, or a pair whose None entries keep that input dimension (-1 here)."""
+    if isinstance(output_size, (tuple, list)):
+        return tuple(-1 if d is None else d for d in output_size)
+    return output_size
+
+
 defop(
     "AdaptiveAvgPool2D",
     ("x",),
     _adaptive_infer,
     _adaptive,
     _adaptive_vjp,
-    attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)")},
+    attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)",
+                               convert=_none_as_minus_one)},
     doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
     cost=_adaptive_cost,
     scratch=1,
