@@ -26,7 +26,11 @@ def constructor_attrs(opdef: OpDef) -> list[str]:
 
 
 def _attr_value(opdef: OpDef, key: str, value: Any) -> Any:
-    if opdef.attrs[key].kind == "dtype":
+    """A caller's attribute value in the engine's form: the attribute's own ``convert`` first (MindSpore's spelling)."""
+    spec = opdef.attrs[key]
+    if spec.convert is not None:
+        value = spec.convert(value)
+    if spec.kind == "dtype":
         return mstype.to_numpy(value)
     return tuple(value) if isinstance(value, list) else value
 
@@ -55,15 +59,19 @@ class Primitive:
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         opdef = get_op(self.name)
-        tensors, extra = _split_inputs(opdef, args)
         calls = call_time_attrs(opdef)
-        if len(extra) > len(calls):
-            raise TypeError(
-                f"ops.{self.name} takes inputs ({', '.join(opdef.inputs)})"
-                + (f" then {', '.join(calls)}" if calls else "") + f", got {len(args)} arguments"
-            )
+        if opdef.call_order:
+            tensors, positional = _bind_in_order(opdef, args)
+        else:
+            tensors, extra = _split_inputs(opdef, args)
+            if len(extra) > len(calls):
+                raise TypeError(
+                    f"ops.{self.name} takes inputs ({', '.join(opdef.inputs)})"
+                    + (f" then {', '.join(calls)}" if calls else "") + f", got {len(args)} arguments"
+                )
+            positional = list(zip(calls, extra))
         attrs = dict(self.attrs)
-        for k, v in list(zip(calls, extra)) + list(kwargs.items()):
+        for k, v in positional + list(kwargs.items()):
             if k not in calls or k in attrs:
                 raise TypeError(f"ops.{self.name}: call argument {k!r} is unknown or given twice; call arguments: {list(calls)}")
             attrs[k] = _attr_value(opdef, k, v)
@@ -71,6 +79,19 @@ class Primitive:
             if k not in attrs and opdef.attrs[k].default is REQUIRED:
                 raise TypeError(f"ops.{self.name}: missing call argument {k!r}")
         return apply_op(self.name, *tensors, **attrs)
+
+
+def _bind_in_order(opdef: OpDef, args: tuple[Any, ...]) -> tuple[list[Any], list[tuple[str, Any]]]:
+    """Positional call arguments bound by the op's ``call_order`` (inputs interleaved with call attributes, as
+    MindSpore's OneHot takes ``(indices, depth, on_value, off_value)``): the inputs, and (attribute, value) pairs."""
+    order = opdef.call_order
+    if len(args) > len(order):
+        raise TypeError(f"ops.{opdef.name} takes ({', '.join(order)}), got {len(args)} arguments")
+    bound = dict(zip(order, args))
+    missing = [n for n in opdef.inputs if n not in bound]
+    if missing:
+        raise TypeError(f"ops.{opdef.name} takes ({', '.join(order)}); missing input(s) {', '.join(missing)}")
+    return [bound[n] for n in opdef.inputs], [(n, v) for n, v in bound.items() if n not in opdef.inputs]
 
 
 def _split_inputs(opdef: OpDef, args: tuple[Any, ...]) -> tuple[list[Any], tuple[Any, ...]]:
@@ -111,25 +132,30 @@ def functional_name(op: str) -> str:
 
 def functional(op: str) -> Callable[..., Any]:
     """``ops.concat((a, b), 0)``, ``ops.reduce_sum(x, 1, keep_dims=True)``: the op's inputs (a tuple or list for a
-    variadic op), then its attributes in the op table's order, positionally or by name (MindSpore's functional order)."""
+    variadic op), then its attributes in the op table's order, positionally or by name (MindSpore's functional order);
+    an op with a ``call_order`` takes that order first, then its other attributes (``ops.one_hot(i, depth, on, off, axis)``)."""
     opdef = get_op(op)
     name = functional_name(op)
-    order = list(opdef.attrs)
+    first = list(opdef.call_order)
+    order = [k for k in opdef.attrs if k not in first]
 
     def apply(*args: Any, **kwargs: Any) -> Any:
-        tensors, extra = _split_inputs(opdef, args)
+        if first:
+            tensors, positional = _bind_in_order(opdef, args[: len(first)])
+            extra = args[len(first):]
+        else:
+            tensors, extra = _split_inputs(opdef, args)
+            positional = []
         if len(extra) > len(order):
-            raise TypeError(
-                f"ops.{name} takes inputs ({', '.join(opdef.inputs)})" + (f" then {', '.join(order)}" if order else "")
-                + f", got {len(args)} arguments"
-            )
-        attrs = dict(zip(order, extra))
+            lead = ", ".join(first) if first else f"inputs ({', '.join(opdef.inputs)})"
+            raise TypeError(f"ops.{name} takes {lead}" + (f" then {', '.join(order)}" if order else "") + f", got {len(args)} arguments")
+        attrs = dict(positional) | dict(zip(order, extra))
         for k, v in kwargs.items():
-            if k not in order or k in attrs:
-                why = "is given twice" if k in attrs else f"is unknown; its arguments after the inputs: {order}"
+            if k not in opdef.attrs or k in attrs:
+                why = "is given twice" if k in attrs else f"is unknown; its arguments after the inputs: {list(opdef.attrs)}"
                 raise TypeError(f"ops.{name}: argument {k!r} {why}")
             attrs[k] = v
-        for k in order:
+        for k in opdef.attrs:
             if k not in attrs and opdef.attrs[k].default is REQUIRED:
                 raise TypeError(f"ops.{name}: missing argument {k!r}")
         return apply_op(op, *tensors, **{k: _attr_value(opdef, k, v) for k, v in attrs.items()})

@@ -11,7 +11,7 @@ from .autodiff import lower
 from .builder import GraphBuilder, signature_copy
 from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, Value, unflatten
-from .optable import OPS, OpDef
+from .optable import OPS
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
@@ -129,13 +129,17 @@ class Program:
         nbytes = [0] * len(slot)
         for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
             nbytes[slot[id(v)]] = v.type.nbytes
+        plan = [
+            (OPS[n.op].memory, ins, outs, fr, OPS[n.op].scratch_of([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
+            for n, (_, ins, outs, fr) in zip(plan_nodes, self._steps)
+        ]
         self.peak_bytes = _peak_bytes(
-            nbytes, fed | set(template), [(OPS[n.op], ins, outs, fr) for n, (_, ins, outs, fr) in zip(plan_nodes, self._steps)],
+            nbytes, fed | set(template), plan,
             sum(nbytes[out_slots[i]] for i in self._copied_outputs),
         )
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
         and constants throughout, each intermediate from the step that makes it until the step that frees it
-        (a view keeps the buffer it looks into alive), the temporaries of each step (``OpDef.scratch``), the
+        (a view keeps the buffer it looks into alive), the temporaries of each step (``OpDef.scratch_of``), the
         outputs, and the copies made of outputs that are inputs, parameters or constants."""
 
     def __str__(self) -> str:
@@ -197,25 +201,27 @@ class Program:
             yield step
 
 
-def _peak_bytes(nbytes: list[int], resident: set[int], plan: list[tuple[OpDef, tuple[int, ...], tuple[int, ...], tuple[int, ...]]], copies: int) -> int:
-    """Replay ``plan`` (op, input slots, output slots, slots freed after the step) counting live bytes:
-    ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by reference
-    counts, as NumPy's ``base`` does), each step may add its op's scratch, and ``copies`` bytes of
-    output copies are made at the end."""
+def _peak_bytes(
+    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int]], copies: int
+) -> int:
+    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes)
+    counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
+    reference counts, as NumPy's ``base`` does), each step adds its scratch while it runs, and ``copies`` bytes
+    of output copies are made at the end."""
     refs = [0] * len(nbytes)
     own = [0] * len(nbytes)
     parent: dict[int, int] = {}
     for s in resident:
         refs[s], own[s] = 2, nbytes[s]
     live = peak = sum(own)
-    for opdef, ins, outs, frees in plan:
+    for memory, ins, outs, frees, scratch in plan:
         for s in outs:
-            refs[s], own[s] = 1, 0 if opdef.memory == "view" else nbytes[s]
+            refs[s], own[s] = 1, 0 if memory == "view" else nbytes[s]
             live += own[s]
-            if opdef.memory != "new":
+            if memory != "new":
                 parent[s] = ins[0]
                 refs[ins[0]] += 1
-        peak = max(peak, live + (opdef.scratch * nbytes[ins[0]] if opdef.scratch else 0))
+        peak = max(peak, live + scratch)
         for s in frees:
             refs[s] -= 1
             while refs[s] == 0:

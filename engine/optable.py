@@ -29,11 +29,14 @@ ATTR_KINDS = ("int", "float", "bool", "str", "ints", "floats", "strs", "dtype", 
 
 @dataclass(frozen=True)
 class Attr:
-    """An attribute's kind (one of ATTR_KINDS), default (REQUIRED if none) and meaning."""
+    """An attribute's kind (one of ATTR_KINDS), default (REQUIRED if none) and meaning; ``convert``, when given,
+    turns MindSpore's spelling of the value into this attribute's (Pad's ((before, after), ...) pairs flattened),
+    applied by the SDK to what its caller passes."""
 
     kind: str
     default: Any = REQUIRED
     doc: str = ""
+    convert: Callable[[Any], Any] | None = None
 
 
 MEMORY_KINDS = ("new", "view", "maybe_view")
@@ -84,10 +87,14 @@ class OpDef:
     ``cost(inputs, outputs, attrs)`` is the op's static work estimate in element operations (FLOPs for products),
     by default the elements it reads and writes (nothing for a view); ``scratch`` bounds the temporaries ``forward``
     holds at once besides its outputs, in multiples of its first input's bytes (Softmax's shifted copy);
+    ``scratch_bytes(inputs, outputs, attrs)``, when given, is that bound in bytes from the node's types and attributes,
+    used instead of ``scratch`` (a convolution's im2col columns grow with kernel and output size, not with its input);
     ``output_count(attrs)`` gives the number of
     outputs of an op whose count is set by attributes (Split), so it is checked before inference builds them;
     ``call_attrs`` names the attributes MindSpore's primitive takes when called, after the tensors, in call order
-    (``ops.Reshape()(x, shape)``); ``public`` is False for ops the SDK does not offer as ``ops.<Name>`` (constants,
+    (``ops.Reshape()(x, shape)``); ``call_order``, when given, is MindSpore's order of those call arguments with
+    the inputs interleaved (``ops.OneHot()(indices, depth, on_value, off_value)``), else the inputs come first;
+    ``public`` is False for ops the SDK does not offer as ``ops.<Name>`` (constants,
     ops with a class of their own, transforms).
     """
 
@@ -109,6 +116,14 @@ class OpDef:
     calls: tuple[str, ...] = ()
     call_attrs: tuple[str, ...] = ()
     public: bool = True
+    scratch_bytes: Cost | None = None
+    call_order: tuple[str, ...] = ()
+
+    def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
+        if self.scratch_bytes is not None:
+            return self.scratch_bytes(inputs, outputs, attrs)
+        return self.scratch * inputs[0].nbytes if self.scratch and inputs else 0
 
     @property
     def lowered(self) -> bool:
@@ -152,16 +167,21 @@ def defop(
     calls: Sequence[str] = (),
     call_attrs: Sequence[str] = (),
     public: bool = True,
+    scratch_bytes: Cost | None = None,
+    call_order: Sequence[str] = (),
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
         raise ValueError(f"op {name!r} is defined twice")
     if memory not in MEMORY_KINDS:
         raise ValueError(f"op {name!r}: memory must be one of {MEMORY_KINDS}, got {memory!r}")
+    if call_order and sorted(call_order) != sorted((*inputs, *call_attrs)):
+        raise ValueError(f"op {name!r}: call_order must list the inputs and call_attrs once each, got {tuple(call_order)}")
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
-        memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public,
+        memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
+        tuple(call_order),
     )
     OPS[name] = opdef
     return opdef

@@ -12,6 +12,7 @@ import subprocess
 
 import numpy as np
 import pytest
+import torch
 from google.rpc import status_pb2
 
 from gradserve.server.app import Server
@@ -43,7 +44,7 @@ def values(t: dict, dtype: str, shape: list[int]) -> np.ndarray:
 
 
 def test_list_ops_and_registration(result: dict) -> None:
-    assert set(result["ops_checked"]) >= {"MatMul", "Mul", "Sin", "Jvp"}
+    assert set(result["ops_checked"]) >= {"MatMul", "Mul", "Sin", "Jvp", "Conv2D"}
     assert result["network_id"] and result["created"] is True
 
 
@@ -76,3 +77,18 @@ def test_bad_graph_names_the_op_field(result: dict) -> None:
     fields = {v["field"]: v["description"] for v in bad["field_violations"]}
     assert "graph.nodes[1].op" in fields, bad
     assert "unknown op 'Matmul'" in fields["graph.nodes[1].op"] and "MatMul" in fields["graph.nodes[1].op"]
+
+
+def test_convolution_network_built_by_hand(result: dict) -> None:
+    """A two-layer CNN (3x3 stride-2 padded Conv2D, Tanh, grouped 2x2 Conv2D, sum of squares) written as graph
+    nodes in the Node client: its loss and gradients w.r.t. the input and both weights equal PyTorch's (float64)."""
+    conv = result["conv"]
+    x, w1, w2 = (torch.tensor(np.asarray(conv[k], np.float64), requires_grad=True) for k in ("x", "w1", "w2"))
+    c2 = torch.nn.functional.conv2d(torch.tanh(torch.nn.functional.conv2d(x, w1, stride=2, padding=1)), w2, groups=2)
+    loss = (c2 * c2).sum()
+    dx, dw1, dw2 = torch.autograd.grad(loss, (x, w1, w2))
+    np.testing.assert_allclose(values(conv["loss"], "DATA_TYPE_FLOAT64", []), loss.item(), rtol=1e-12)
+    np.testing.assert_allclose(values(conv["dx"], "DATA_TYPE_FLOAT64", [2, 3, 6, 6]), dx.numpy(), rtol=1e-10, atol=1e-12)
+    got_w1, got_w2 = conv["dw"]
+    np.testing.assert_allclose(values(got_w1, "DATA_TYPE_FLOAT64", [4, 3, 3, 3]), dw1.numpy(), rtol=1e-10, atol=1e-12)
+    np.testing.assert_allclose(values(got_w2, "DATA_TYPE_FLOAT64", [2, 2, 2, 2]), dw2.numpy(), rtol=1e-10, atol=1e-12)

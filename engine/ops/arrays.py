@@ -122,13 +122,23 @@ def _pad_vjp(g: Value, out: Value, x: Value, paddings: tuple[int, ...]) -> Value
     return F.StridedSlice(g, begin=tuple(b for b, _ in pairs), end=tuple(b + d for (b, _), d in zip(pairs, x.shape)), strides=(1,) * x.ndim)
 
 
+def flat_pairs(paddings: Any) -> Any:
+    """MindSpore's ((before, after), ...) as the flat (before_0, after_0, ...) this op takes; flat ints pass through."""
+    if isinstance(paddings, np.ndarray):
+        return tuple(paddings.reshape(-1).tolist())
+    if isinstance(paddings, (tuple, list)) and paddings and all(isinstance(p, (tuple, list)) for p in paddings):
+        return tuple(v for p in paddings for v in p)
+    return paddings
+
+
 defop(
     "Pad",
     ("x",),
     lambda t, paddings: TensorType(t[0].dtype, tuple(d + b + a for d, (b, a) in zip(t[0].shape, _pairs(paddings, len(t[0].shape))))),
     lambda x, paddings: np.pad(x, _pairs(paddings, x.ndim)) if x.ndim else x.copy(),
     _pad_vjp,
-    attrs={"paddings": Attr("ints", doc="MindSpore's ((before, after), ...) flattened: before_0, after_0, before_1, after_1, ...")},
+    attrs={"paddings": Attr("ints", doc="MindSpore's ((before, after), ...) flattened: before_0, after_0, before_1, after_1, ...",
+                            convert=flat_pairs)},
     doc="pads x with zeros, paddings[2i] before and paddings[2i+1] after axis i",
 )
 
@@ -175,6 +185,8 @@ defop(
            "axis": Attr("int", -1, "where the new axis goes")},
     nondiff=("indices",),
     doc="on_value where the new axis's position equals the index, off_value elsewhere",
+    call_attrs=("depth",),
+    call_order=("indices", "depth", "on_value", "off_value"),
 )
 
 # ---- TopK ----

@@ -211,6 +211,43 @@ def _conv_cost(which: int) -> Any:
     return cost
 
 
+def ufunc_buffers(itemsize: int) -> int:
+    """Bytes of the two buffers NumPy's ufunc machinery may take for an in-place add into a strided slice."""
+    return 2 * np.getbufsize() * itemsize
+
+
+def _padded_bytes(g: Geometry, itemsize: int) -> int:
+    """Bytes of the zero-padded input copy (none when there is no padding)."""
+    t, b, left, r = g.pads
+    return g.n * g.c * (g.h + t + b) * (g.w + left + r) * itemsize if any(g.pads) else 0
+
+
+def _columns_bytes(g: Geometry, itemsize: int) -> int:
+    """Bytes of the im2col columns: C·kh·kw rows of N·ho·wo, about kh·kw·ho·wo/(H·W) times the input."""
+    return g.group * g.k * g.n * g.ho * g.wo * itemsize
+
+
+def _conv_scratch(which: int) -> Any:
+    """Temporaries of a member of the family, from the same geometry as its cost; ``which`` as in ``_conv_cost``."""
+
+    def scratch(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+        """Beyond the output, counted by the planner for the whole step. Conv2D: the columns with the padded copy,
+        then with the product (output-sized) before its transpose. Filter gradient: dout's rows, the padded copy
+        and the columns at once. Input gradient: the columns with dout's rows, then with the padded result, which
+        strided in-place adds fill through NumPy's ufunc buffers."""
+        shapes = [inputs[0].shape, inputs[1].shape, outputs[0].shape]
+        g = geometry(shapes[which], shapes[1] if which != 1 else shapes[2], attrs)
+        item = outputs[0].dtype.itemsize
+        cols, pad, dout = _columns_bytes(g, item), _padded_bytes(g, item), g.n * g.o * g.ho * g.wo * item
+        if which == 0:
+            return max(cols + max(pad - dout, 0), dout)
+        if which == 1:
+            return dout + pad + cols
+        return cols + max(dout, pad) + ufunc_buffers(item)
+
+    return scratch
+
+
 # ---- Conv2D ----
 
 
@@ -237,6 +274,7 @@ defop(
     attrs=CONV_ATTRS,
     doc="2-D cross-correlation of x (N, C, H, W) with weight (O, C/group, kh, kw): y (N, O, ho, wo)",
     cost=_conv_cost(0),
+    scratch_bytes=_conv_scratch(0),
 )
 
 # ---- Conv2DBackpropInput and Conv2DTranspose ----
@@ -272,6 +310,7 @@ for _name, _doc in (
         attrs=_BPI_ATTRS,
         doc=_doc,
         cost=_conv_cost(2),
+        scratch_bytes=_conv_scratch(2),
         call_attrs=("input_size",),
     )
 
@@ -303,5 +342,6 @@ defop(
     attrs={**CONV_ATTRS, "filter_size": Attr("ints", doc="shape (O, C/group, kh, kw) of the weight, the result's shape")},
     doc="gradient of Conv2D with respect to its weight: dout (N, O, ho, wo), x (N, C, H, W) -> filter_size",
     cost=_conv_cost(1),
+    scratch_bytes=_conv_scratch(1),
     call_attrs=("filter_size",),
 )

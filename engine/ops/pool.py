@@ -17,7 +17,7 @@ from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
 from gradserve.engine.optable import Attr, F, defop, require_float
 
-from .conv import pad_mode_of, pair, window_geometry
+from .conv import pad_mode_of, pair, ufunc_buffers, window_geometry
 
 POOL_ATTRS = {
     "kernel_size": Attr("ints", (1,), "window height and width: an int, a pair or (1, 1, kh, kw)"),
@@ -217,6 +217,15 @@ def _avgpool_grad_infer(types: list[TensorType], input_size: tuple[int, ...], **
     return TensorType(types[0].dtype, tuple(input_size))
 
 
+def _avgpool_grad_scratch(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """dout divided by the counts, the padded result before the crop (the result itself without padding), and
+    the ufunc buffers of the strided in-place adds."""
+    p = pool_window(outputs[0].shape, **{k: v for k, v in attrs.items() if k != "input_size"})
+    t, b, left, r = p.pads
+    padded = p.n * p.c * (p.h + t + b) * (p.w + left + r) * outputs[0].dtype.itemsize if any(p.pads) else 0
+    return inputs[0].nbytes + padded + ufunc_buffers(outputs[0].dtype.itemsize)
+
+
 defop(
     "AvgPool",
     ("x",),
@@ -237,6 +246,7 @@ defop(
     attrs={**POOL_ATTRS, "input_size": Attr("ints", doc="shape (N, C, H, W) of AvgPool's input, the result's shape")},
     doc="gradient of AvgPool: each dout element divided by its window's count and added over the window; its own gradient is AvgPool",
     cost=_window_cost,
+    scratch_bytes=_avgpool_grad_scratch,
 )
 
 # ---- AdaptiveAvgPool2D ----
@@ -292,13 +302,21 @@ def _adaptive_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], 
     return 2 * planes * (oh * h * w + oh * w * ow) + x.size + y.size
 
 
+def _none_as_minus_one(output_size: Any) -> Any:
+    """MindSpore's output_size: an int, or a pair whose None entries keep that input dimension (-1 here)."""
+    if isinstance(output_size, (tuple, list)):
+        return tuple(-1 if d is None else d for d in output_size)
+    return output_size
+
+
 defop(
     "AdaptiveAvgPool2D",
     ("x",),
     _adaptive_infer,
     _adaptive,
     _adaptive_vjp,
-    attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)")},
+    attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)",
+                               convert=_none_as_minus_one)},
     doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
     cost=_adaptive_cost,
     scratch=1,

@@ -141,11 +141,50 @@ function gradOf(fn) {
   };
 }
 
+// A CNN on x (2, 3, 6, 6) in float64: the values come from a fixed formula, and are printed for the test to check.
+function filled(shape, scale, phase) {
+  let k = 0;
+  const build = (dims) => (dims.length === 0
+    ? scale * Math.sin(0.7 * k++ + phase)
+    : Array.from({ length: dims[0] }, () => build(dims.slice(1))));
+  return build(shape);
+}
+const CONV_X = filled([2, 3, 6, 6], 1.0, 0.1);
+const CONV_W1 = filled([4, 3, 3, 3], 0.3, 0.5);
+const CONV_W2 = filled([2, 2, 2, 2], 0.5, 0.9);
+const ints = (...values) => ({ ints: { values } });
+function convGraph() {
+  return {
+    inputs: [{ name: 'x', dtype: 'DATA_TYPE_FLOAT64', shape: [2, 3, 6, 6] }],
+    parameters: [
+      { name: 'w1', value: tensor(CONV_W1, 'DATA_TYPE_FLOAT64') },
+      { name: 'w2', value: tensor(CONV_W2, 'DATA_TYPE_FLOAT64') },
+    ],
+    nodes: [
+      {
+        op: 'Conv2D', inputs: ['x', 'w1'], outputs: ['c1'],
+        attrs: {
+          out_channel: { int_value: 4 }, kernel_size: ints(3, 3), pad_mode: { string_value: 'pad' },
+          pad: ints(1, 1, 1, 1), stride: ints(2, 2),
+        },
+      },
+      { op: 'Tanh', inputs: ['c1'], outputs: ['h'] },
+      {
+        op: 'Conv2D', inputs: ['h', 'w2'], outputs: ['c2'],
+        attrs: { out_channel: { int_value: 2 }, kernel_size: ints(2, 2), group: { int_value: 2 } },
+      },
+      { op: 'Mul', inputs: ['c2', 'c2'], outputs: ['sq'] },
+      { op: 'ReduceSum', inputs: ['sq'], outputs: ['loss'] },
+    ],
+    outputs: { value: 'loss' },
+  };
+}
+
 async function main() {
   // (a) the ops we use exist
   const { ops } = await call('ListOps', {});
   const names = new Set(ops.map((op) => op.name));
-  const wanted = ['MatMul', 'Mul', 'Sin', 'GradOperation', 'Jvp'];
+  const wanted = ['MatMul', 'Mul', 'Sin', 'GradOperation', 'Jvp', 'Conv2D', 'Tanh', 'ReduceSum'];
   const missing = wanted.filter((n) => !names.has(n));
   if (missing.length) fail(`server lacks ops ${missing.join(', ')}`);
 
@@ -185,6 +224,14 @@ async function main() {
     inputs: [tensor([0.5], 'DATA_TYPE_FLOAT64'), tensor([2.0], 'DATA_TYPE_FLOAT64')],
   });
 
+  // a small CNN built by hand: Tanh(Conv2D(x, w1; 3x3, stride 2, pad 1)), then a grouped 2x2 Conv2D, summed squares
+  const conv = await call('RegisterNetwork', { graph: convGraph() });
+  const convX = tensor(CONV_X, 'DATA_TYPE_FLOAT64');
+  const convDx = await call('Grad', { network_id: conv.network_id, grad: {}, inputs: [convX] });
+  const convDw = await call('Grad', {
+    network_id: conv.network_id, grad: { get_by_list: true, weights: ['w1', 'w2'] }, inputs: [convX], return_forward: true,
+  });
+
   // (f) a bad graph: the op name is case-sensitive
   let badGraph = null;
   try {
@@ -216,6 +263,10 @@ async function main() {
     d2sin: decodeTree(d2.gradients),
     d2sin_run: decodeTree(run.outputs),
     jvp_sin: decodeTree(jvp.outputs),
+    conv: {
+      x: CONV_X, w1: CONV_W1, w2: CONV_W2,
+      loss: decodeTree(convDw.forward), dx: decodeTree(convDx.gradients), dw: decodeTree(convDw.gradients),
+    },
     bad_graph: badGraph,
   }, null, 2));
 }
