@@ -26,7 +26,7 @@ import gradserve as gs
 from gradserve import nn
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402  (after the backend is chosen)
+import matplotlib.pyplot as plt  # after matplotlib.use: no display needed
 
 SEED = 0
 
