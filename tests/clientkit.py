@@ -1,5 +1,7 @@
-"""The tutorial's network written with the SDK, shared by the remote-client tests."""
+"""SDK networks shared by the client tests: the tutorial's network, and ``Fn``, a Cell around a function."""
 from __future__ import annotations
+
+from typing import Any, Callable
 
 import numpy as np
 
@@ -26,3 +28,14 @@ def tutorial_grad_x() -> np.ndarray:
     x = Tensor([[0.8, 0.6, 0.2], [1.8, 1.3, 1.1]], dtype=mstype.float32)
     y = Tensor([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], dtype=mstype.float32)
     return ops.GradOperation()(Net())(x, y).asnumpy()
+
+
+class Fn(nn.Cell):
+    """A Cell whose construct is ``fn``."""
+
+    def __init__(self, fn: Callable[..., Any]) -> None:
+        super().__init__()
+        self.fn = fn
+
+    def construct(self, *xs: Tensor) -> Any:
+        return self.fn(*xs)

@@ -1,6 +1,9 @@
 """Shared by the engine's tests: inputs drawn once, a two-input network with parameters, and one run of a graph."""
 from __future__ import annotations
 
+import tracemalloc
+from typing import Any, Sequence
+
 import numpy as np
 
 from gradserve.engine import GraphBuilder, compile_graph
@@ -26,3 +29,16 @@ def two_input_net(tuple_out: bool = False):  # type: ignore[no-untyped-def]
 def run(graph, *args, **kw):  # type: ignore[no-untyped-def]
     return compile_graph(graph)(*args, **kw)
 
+
+
+def measured_peak(program: Any, args: Sequence[np.ndarray]) -> tuple[int, Any]:
+    """The bytes a run of ``program`` on ``args`` allocates at its peak beyond what was live before (tracemalloc),
+    and the run's result."""
+    tracemalloc.start()
+    try:
+        base = tracemalloc.get_traced_memory()[0]
+        tracemalloc.reset_peak()
+        result = program(*args)
+        return tracemalloc.get_traced_memory()[1] - base, result
+    finally:
+        tracemalloc.stop()

@@ -2,13 +2,13 @@
 Pad's ((before, after), ...) and AdaptiveAvgPool2D's None sizes (Attr.convert), checked eagerly against NumPy."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
+from clientkit import Fn
 
-import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Tensor
 from gradserve.engine import OPS
@@ -84,17 +84,6 @@ def test_a_call_order_must_list_the_inputs_and_call_attributes_once() -> None:
         defop("CallOrderProbe", ("x", "y"), lambda t, a: t[0], lambda x, y, a: x, None, attrs={"a": Attr("int")},
               call_attrs=("a",), call_order=("x", "a", "x"))
     assert "CallOrderProbe" not in OPS
-
-
-class Fn(nn.Cell):
-    """A Cell whose construct is ``fn``."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def construct(self, *xs: Tensor) -> Any:
-        return self.fn(*xs)
 
 
 def test_call_time_spellings_trace_and_differentiate(where: str) -> None:

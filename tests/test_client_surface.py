@@ -7,6 +7,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 import torch
+from clientkit import Fn
 
 import gradserve as gs
 import gradserve.nn as nn
@@ -17,17 +18,6 @@ from gradserve import dtype as mstype
 RNG = np.random.default_rng(11)
 X = RNG.standard_normal((2, 3))
 Y = RNG.standard_normal(3)
-
-
-class Fn(nn.Cell):
-    """A Cell whose construct is ``fn``."""
-
-    def __init__(self, fn: Callable[..., Any]) -> None:
-        super().__init__()
-        self.fn = fn
-
-    def construct(self, *xs: Tensor) -> Any:
-        return self.fn(*xs)
 
 
 def torch_value_and_grads(fn: Callable[..., Any], *arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

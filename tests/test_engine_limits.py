@@ -3,11 +3,11 @@ and runs stopped between steps by an interrupt callback."""
 from __future__ import annotations
 
 import gc
-import tracemalloc
 import weakref
 
 import numpy as np
 import pytest
+from enginekit import measured_peak
 
 from gradserve.engine import GraphBuilder, Interrupted, compile_graph, grad_operation
 
@@ -116,14 +116,7 @@ def test_peak_bytes_matches_a_measured_run_with_large_intermediates() -> None:
     z = b.op("ReduceSum", b.op("Add", y, b.op("Tanh", y)))
     p = compile_graph(b.build((s, z)))
     arr = np.linspace(-1, 1, n)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        out = p(arr)
-        measured = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    measured, out = measured_peak(p, [arr])
     np.testing.assert_allclose(out[1], np.sum(np.sin(np.exp(arr)) * np.cos(arr) + np.tanh(np.sin(np.exp(arr)) * np.cos(arr))))
     slack = 64 << 10
     assert p.peak_bytes - arr.nbytes - slack <= measured <= p.peak_bytes - arr.nbytes + slack
@@ -158,14 +151,7 @@ def test_one_step_never_holds_more_than_its_static_peak(op: str, shapes: tuple, 
     rng = np.random.default_rng(0)
     args = [rng.integers(0, 512, s) if v.dtype == np.int64 else rng.uniform(0.5, 2.0, s) for s, v in zip(shapes, p.graph.inputs)]
     given = sum(a.nbytes for a in args)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        p(*args)
-        measured = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    measured, _ = measured_peak(p, args)
     assert measured <= p.peak_bytes - given + (64 << 10), (measured, p.peak_bytes - given)
 
 

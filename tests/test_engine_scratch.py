@@ -2,10 +2,9 @@
 geometry rather than with input 0, are counted in peak_bytes, checked against tracemalloc's measured peak."""
 from __future__ import annotations
 
-import tracemalloc
-
 import numpy as np
 import pytest
+from enginekit import measured_peak
 
 from gradserve.engine.builder import GraphBuilder
 from gradserve.engine.compiler import compile_graph
@@ -15,7 +14,7 @@ X = (4, 8, 32, 32)
 """256 KiB of float64: the columns of a 3x3 kernel are about 2 MiB, far above Python objects' noise."""
 
 
-def measured_peak(op: str, shapes: tuple[tuple[int, ...], ...], attrs: dict) -> tuple[int, int, int]:
+def op_peaks(op: str, shapes: tuple[tuple[int, ...], ...], attrs: dict) -> tuple[int, int, int]:
     """(bytes measured during one run beyond the inputs, peak_bytes less the inputs, input 0's bytes)."""
     b = GraphBuilder(op)
     xs = [b.input(f"x{i}", "float64", s) for i, s in enumerate(shapes)]
@@ -23,14 +22,7 @@ def measured_peak(op: str, shapes: tuple[tuple[int, ...], ...], attrs: dict) -> 
     rng = np.random.default_rng(0)
     args = [rng.standard_normal(s) for s in shapes]
     given = sum(a.nbytes for a in args)
-    tracemalloc.start()
-    try:
-        base = tracemalloc.get_traced_memory()[0]
-        tracemalloc.reset_peak()
-        p(*args)
-        measured = tracemalloc.get_traced_memory()[1] - base
-    finally:
-        tracemalloc.stop()
+    measured, _ = measured_peak(p, args)
     return measured, p.peak_bytes - given, args[0].nbytes
 
 
@@ -55,13 +47,13 @@ def test_peak_bytes_bounds_the_measured_run_closely(op: str, shapes: tuple, attr
     """The run's own peak is at most peak_bytes less the inputs (plus 64 KiB of Python objects) and at least
     three quarters of it: the attribute-dependent temporaries (several times input 0) are neither missed nor
     grossly overstated."""
-    measured, static, _ = measured_peak(op, shapes, attrs)
+    measured, static, _ = op_peaks(op, shapes, attrs)
     assert measured <= static + (64 << 10), (measured, static)
     assert measured >= 0.75 * static, (measured, static)
 
 
 def test_a_convolution_needs_many_times_its_input() -> None:
     """The case a fixed multiple of input 0 under-counts: a 3x3 convolution's columns are about 9x its input."""
-    measured, static, x_bytes = measured_peak("Conv2D", (X, (8, 8, 3, 3)), C8)
+    measured, static, x_bytes = op_peaks("Conv2D", (X, (8, 8, 3, 3)), C8)
     assert measured > 8 * x_bytes
     assert static > 8 * x_bytes
