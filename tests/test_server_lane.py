@@ -12,7 +12,7 @@ from typing import Any, Iterator
 import grpc
 import numpy as np
 import pytest
-from serverkit import rejected, slow_request, wait_until
+from serverkit import long_run, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -177,8 +177,8 @@ def test_many_threads_on_tiny_plans_while_the_only_worker_is_busy(server: Server
     for k, (nid, dtype) in enumerate(ids):  # a worker builds each plan and reports it tiny
         req, xs = request(nid, dtype, k)
         check(stub.Grad(req, timeout=30), xs, k, dtype)
-    slow = slow_request(stub, 1500)
-    busy = stub.Grad.future(slow, timeout=60)
+    # minutes of work in short steps, cancelled below: the worker stays busy however slowly the calls go
+    busy = stub.Run.future(long_run(stub, k=20000), timeout=900)
     wait_until(lambda: bool(server.pool.busy_pids()))
     served = server.servicer.lane.served
     errors: list[BaseException] = []
@@ -196,7 +196,8 @@ def test_many_threads_on_tiny_plans_while_the_only_worker_is_busy(server: Server
     assert not errors, errors[:3]
     assert server.servicer.lane.served == served + 300
     assert not busy.done()  # the lane answered all of them while the worker was still busy
-    busy.result()
+    busy.cancel()
+    wait_until(lambda: not server.pool.busy_pids())  # the worker stops between two steps of the cancelled run
 
 
 def test_stream_mixing_tiny_large_and_bad_requests(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
