@@ -149,7 +149,7 @@ def test_many_large_requests_are_refused_over_budget_while_small_ones_are_served
         for _ in range(2):  # the second call onwards runs in the server's local lane, not the (soon busy) worker
             stub.Grad(tiny, timeout=WAIT)
         stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT)  # its op catalog comes from a worker, once
-        busy = stub.Run.future(long_run(stub), timeout=600)
+        busy = stub.Run.future(long_run(stub, k=20000), timeout=900)  # minutes of steps, cancelled below
         wait_until(lambda: bool(server.pool.busy_pids()), "the worker to be busy")
         call = ch.unary_unary(GRAD)
         calls = [call.future(large, timeout=600) for _ in range(8)]
