@@ -8,6 +8,7 @@ import numpy as np
 
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
+from gradserve.engine.ops.common import dense_cotangents
 from gradserve.engine.optable import Attr, F, defop, norm_axis, same_dtype
 
 from .common import require_index, require_numeric
@@ -78,7 +79,7 @@ def _unstack_vjp(g: Any, out: Any, x: Value, axis: int, num: int) -> Value:
     """Stack the slices' cotangents, zeros for slices without one."""
     gs = g if isinstance(g, tuple) else (g,)
     os = out if isinstance(out, tuple) else (out,)
-    return F.Stack(*(gi if gi is not None else F.ZerosLike(o) for gi, o in zip(gs, os)), axis=axis)
+    return F.Stack(*dense_cotangents(gs, os), axis=axis)
 
 
 defop(

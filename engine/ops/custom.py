@@ -14,7 +14,8 @@ from typing import Any, Sequence
 from gradserve.engine.autodiff import inline
 from gradserve.engine.errors import GraphError, ShapeError, shown
 from gradserve.engine.ir import Graph, TensorType, Value, flatten
-from gradserve.engine.optable import Attr, F, defop, view_cost
+from gradserve.engine.ops.common import dense_cotangents
+from gradserve.engine.optable import Attr, defop, view_cost
 
 
 def _infer(types: list[TensorType], bprop: str, n_inputs: int, n_saved: int, label: str) -> tuple[TensorType, ...]:
@@ -49,7 +50,7 @@ def _vjp(g: Any, out: Any, *inputs: Value, bprop: str, n_inputs: int, n_saved: i
         raise GraphError(f"{who}: library function {shown(bprop)} is missing")
     if not isinstance(out, tuple):  # reverse mode passes a one-output node its output and cotangent bare
         g, out = (g,), (out,)
-    douts = [gi if gi is not None else F.ZerosLike(o) for gi, o in zip(g, out)]
+    douts = dense_cotangents(g, out)
     args = list(inputs[: n_inputs + n_saved]) + list(out) + douts
     if len(graph.inputs) != len(args):
         raise GraphError(f"{who}: takes {len(graph.inputs)} inputs, the node gives it {len(args)}")

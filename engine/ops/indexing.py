@@ -8,6 +8,7 @@ import numpy as np
 
 from gradserve.engine.errors import GraphError, InputError, ShapeError
 from gradserve.engine.ir import MAX_RANK, TensorType, Value, check_type_shape
+from gradserve.engine.ops.common import dense_cotangents
 from gradserve.engine.optable import Attr, F, defop, norm_axis, same_dtype
 
 from .common import const, require_index, require_numeric
@@ -75,7 +76,7 @@ def _split_vjp(g: Any, out: Any, x: Value, axis: int, output_num: int) -> Value:
     """Concatenate the pieces' cotangents (a bare Value when there is one piece; zeros for pieces without one)."""
     if not isinstance(g, tuple):
         return F.Concat(g, axis=axis)
-    return F.Concat(*(gi if gi is not None else F.ZerosLike(o) for gi, o in zip(g, out)), axis=axis)
+    return F.Concat(*dense_cotangents(g, out), axis=axis)
 
 
 defop(
