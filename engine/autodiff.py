@@ -32,7 +32,7 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value], expand_all: bool = 
         if expand is not None:
             outs: Sequence[Value] = flatten(inline(b, expand(g.library, n.attrs), ins))
         else:
-            outs = b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient, name_hint=n.name)
+            outs = b.copy_node(n, ins)
         for v, o in zip(n.outputs, outs):
             env[id(v)] = o
     return unflatten(g.outputs, iter([env[id(v)] for v in flatten(g.outputs)]))

@@ -40,7 +40,7 @@ def optimize(g: Graph) -> Graph:
         key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())))
         outs = seen.get(key) or _times_one(n, ins, ones)
         if outs is None:
-            outs = _fold(b, n, ins, consts) or b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient)
+            outs = _fold(b, n, ins, consts) or b.copy_node(n, ins)
             if n.op == "Const":
                 consts[id(outs[0])] = n.attrs["value"]
             if n.op == "OnesLike" or (id(outs[0]) in consts and np.all(consts[id(outs[0])] == 1)):
@@ -119,6 +119,10 @@ class Program:
             if s not in keep:
                 frees[k].append(s)
         self._steps = [(fn, ins, outs, tuple(fr)) for (fn, ins, outs), fr in zip(body, frees)]
+        self._plan_nodes = plan_nodes
+        self._fed = fed
+        self._straight: Callable[[list[Any]], tuple[Any, ...]] | None = None
+        self._runs = 0
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
@@ -179,6 +183,13 @@ class Program:
         if params:
             for name, a in params.items():
                 env[self._params[name][0]] = a
+        if interrupt is None:
+            straight = self._straight
+            if straight is None and self._runs:
+                straight = self._straight = straight_line(self)
+            self._runs += 1
+            if straight is not None:
+                return self._results(list(straight(env)))
         for fn, ins, outs, frees in self._steps if interrupt is None else self._checked_steps(interrupt):
             r = fn(*[env[i] for i in ins])
             if len(outs) == 1:
@@ -188,7 +199,12 @@ class Program:
                     env[s] = x
             for s in frees:
                 env[s] = None
-        results = [np.asarray(env[s]) for s in self._out_slots]
+        return self._results([env[s] for s in self._out_slots])
+
+    def _results(self, arrays: list[Any]) -> Any:
+        """The output tree from the output slots' values: arrays (a ufunc on 0-d arrays gives a NumPy scalar), and
+        copies of those that are inputs, parameters or constants, so a caller never holds the program's own arrays."""
+        results = [np.asarray(a) for a in arrays]
         for i in self._copied_outputs:
             results[i] = results[i].copy()
         return unflatten(self.graph.outputs, iter(results))
@@ -199,6 +215,59 @@ class Program:
             if interrupt():
                 raise Interrupted(f"run of graph {shown(self.graph.name)} interrupted after {k} of {len(self._steps)} steps")
             yield step
+
+
+def _owned_outputs(program: Program) -> list[bool]:
+    """Per step, True when its output is a fresh array no other value looks into: a ufunc's result of rank >= 1 (a
+    0-d result is a NumPy scalar) that is never the input of a step whose op may return a view."""
+    viewed = {s for n, (_, ins, _, _) in zip(program._plan_nodes, program._steps) if OPS[n.op].memory != "new" for s in ins}
+    return [
+        isinstance(fn, np.ufunc) and len(outs) == 1 and n.outputs[0].ndim >= 1 and outs[0] not in viewed
+        for n, (fn, _, outs, _) in zip(program._plan_nodes, program._steps)
+    ]
+
+
+def straight_line(program: Program) -> Callable[[list[Any]], tuple[Any, ...]]:
+    """The plan as one generated Python function of the slot list: one line per step, locals instead of list slots,
+    attributes passed as literal keywords, ``del`` where a value dies, and ufunc steps writing into the buffer of an
+    input that dies at that step (same dtype and shape, a fresh array nothing else looks into) instead of allocating.
+    It calls the same forward functions in the same order as the step loop, so results are identical."""
+    owned = _owned_outputs(program)
+    made: dict[int, bool] = {}
+    space: dict[str, Any] = {}
+    used = {s for _, ins, _, _ in program._steps for s in ins} | set(program._out_slots)
+    lines = ["def plan(e):"]
+    lines += [f"    s{s} = e[{s}]" for s in sorted(used) if program._template[s] is not None or s in program._fed]
+    for k, (n, (_, ins, outs, frees)) in enumerate(zip(program._plan_nodes, program._steps)):
+        opdef = OPS[n.op]
+        space[f"f{k}"] = opdef.forward
+        args = [f"s{s}" for s in ins]
+        for j, (key, val) in enumerate(n.attrs.items()):
+            if not key.isidentifier():
+                space[f"f{k}"] = functools.partial(opdef.forward, **n.attrs)
+                args = args[: len(ins)]
+                break
+            space[f"a{k}_{j}"] = val
+            args.append(f"{key}=a{k}_{j}")
+        if isinstance(opdef.forward, np.ufunc) and not n.attrs and len(outs) == 1:
+            out_t = n.outputs[0].type
+            reuse = next((s for s, v in zip(ins, n.inputs) if s in frees and made.get(s) and v.type == out_t), None)
+            if reuse is not None:
+                args.append(f"out=s{reuse}")
+        call = f"f{k}({', '.join(args)})"
+        if len(outs) == 1:
+            lines.append(f"    s{outs[0]} = {call}")
+        else:
+            lines.append(f"    r = {call}")
+            lines += [f"    s{o} = r[{j}]" for j, o in enumerate(outs)]
+            lines.append("    del r")
+        for o in outs:
+            made[o] = owned[k]
+        if frees:
+            lines.append(f"    del {', '.join(f's{s}' for s in frees)}")
+    lines.append(f"    return ({''.join(f's{s}, ' for s in program._out_slots)})")
+    exec(compile("\n".join(lines), f"<plan of {program.graph.name[:64]}>", "exec"), space)
+    return space["plan"]
 
 
 def _peak_bytes(

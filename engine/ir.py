@@ -174,10 +174,13 @@ class Graph:
         """The same graph without nodes that no output depends on."""
         live = {id(v) for v in self.flat_outputs}
         keep = []
+        add = live.add
         for n in reversed(self.nodes):
-            if any(id(o) in live for o in n.outputs):
+            outs = n.outputs
+            if id(outs[0]) in live if len(outs) == 1 else any(id(o) in live for o in outs):
                 keep.append(n)
-                live.update(id(v) for v in n.inputs)
+                for v in n.inputs:
+                    add(id(v))
         return Graph(self.inputs, self.params, tuple(keep[::-1]), self.outputs, self.library, self.name)
 
     def structural_hash(self) -> str:
