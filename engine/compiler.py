@@ -3,6 +3,7 @@ constant folding, then a flat plan that frees every intermediate after its last 
 from __future__ import annotations
 
 import functools
+import keyword
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
@@ -118,7 +119,8 @@ class Program:
         for s, k in last.items():
             if s not in keep:
                 frees[k].append(s)
-        self._steps = [(fn, ins, outs, tuple(fr)) for (fn, ins, outs), fr in zip(body, frees)]
+        into = _reused_buffers(plan_nodes, body, frees)
+        self._steps = [(fn, ins, outs, tuple(fr), r) for (fn, ins, outs), fr, r in zip(body, frees, into)]
         self._plan_nodes = plan_nodes
         self._fed = fed
         self._straight: Callable[[list[Any]], tuple[Any, ...]] | None = None
@@ -134,8 +136,8 @@ class Program:
         for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
             nbytes[slot[id(v)]] = v.type.nbytes
         plan = [
-            (OPS[n.op].memory, ins, outs, fr, OPS[n.op].scratch_of([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
-            for n, (_, ins, outs, fr) in zip(plan_nodes, self._steps)
+            (OPS[n.op].memory, ins, outs, fr, OPS[n.op].scratch_of([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs), r)
+            for n, (_, ins, outs, fr, r) in zip(plan_nodes, self._steps)
         ]
         self.peak_bytes = _peak_bytes(
             nbytes, fed | set(template), plan,
@@ -143,8 +145,9 @@ class Program:
         )
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
         and constants throughout, each intermediate from the step that makes it until the step that frees it
-        (a view keeps the buffer it looks into alive), the temporaries of each step (``OpDef.scratch_of``), the
-        outputs, and the copies made of outputs that are inputs, parameters or constants."""
+        (a view keeps the buffer it looks into alive; a step that writes into a dying input's buffer adds none), the
+        temporaries of each step (``OpDef.scratch_of``), the outputs, and the copies made of outputs that are inputs,
+        parameters or constants."""
 
     def __str__(self) -> str:
         return str(self.graph)
@@ -190,8 +193,8 @@ class Program:
             self._runs += 1
             if straight is not None:
                 return self._results(list(straight(env)))
-        for fn, ins, outs, frees in self._steps if interrupt is None else self._checked_steps(interrupt):
-            r = fn(*[env[i] for i in ins])
+        for fn, ins, outs, frees, into in self._steps if interrupt is None else self._checked_steps(interrupt):
+            r = fn(*[env[i] for i in ins]) if into < 0 else fn(*[env[i] for i in ins], out=env[into])
             if len(outs) == 1:
                 env[outs[0]] = r
             else:
@@ -217,43 +220,46 @@ class Program:
             yield step
 
 
-def _owned_outputs(program: Program) -> list[bool]:
-    """Per step, True when its output is a fresh array no other value looks into: a ufunc's result of rank >= 1 (a
-    0-d result is a NumPy scalar) that is never the input of a step whose op may return a view."""
-    viewed = {s for n, (_, ins, _, _) in zip(program._plan_nodes, program._steps) if OPS[n.op].memory != "new" for s in ins}
-    return [
-        isinstance(fn, np.ufunc) and len(outs) == 1 and n.outputs[0].ndim >= 1 and outs[0] not in viewed
-        for n, (fn, _, outs, _) in zip(program._plan_nodes, program._steps)
-    ]
+def _reused_buffers(
+    nodes: list[Node], body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]], frees: list[list[int]]
+) -> list[int]:
+    """Per step, the slot of an input whose buffer the step writes its result into (``out=``), or -1: only a ufunc step
+    without attributes, into an input that dies at that step, has the result's dtype and shape, and was made by such a
+    step as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) that no step that may return a view reads."""
+    viewed = {s for n, (_, ins, _) in zip(nodes, body) if OPS[n.op].memory != "new" for s in ins}
+    owned: set[int] = set()
+    into = []
+    for n, (fn, ins, outs), fr in zip(nodes, body, frees):
+        ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
+        t = n.outputs[0].type
+        r = next((s for s, v in zip(ins, n.inputs) if s in owned and s in fr and v.type == t), -1) if ufunc else -1
+        into.append(r)
+        if ufunc and len(t.shape) >= 1 and outs[0] not in viewed:
+            owned.add(outs[0])
+    return into
 
 
 def straight_line(program: Program) -> Callable[[list[Any]], tuple[Any, ...]]:
     """The plan as one generated Python function of the slot list: one line per step, locals instead of list slots,
-    attributes passed as literal keywords, ``del`` where a value dies, and ufunc steps writing into the buffer of an
-    input that dies at that step (same dtype and shape, a fresh array nothing else looks into) instead of allocating.
-    It calls the same forward functions in the same order as the step loop, so results are identical."""
-    owned = _owned_outputs(program)
-    made: dict[int, bool] = {}
+    attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
+    the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes."""
     space: dict[str, Any] = {}
-    used = {s for _, ins, _, _ in program._steps for s in ins} | set(program._out_slots)
+    used = {s for _, ins, _, _, _ in program._steps for s in ins} | set(program._out_slots)
     lines = ["def plan(e):"]
     lines += [f"    s{s} = e[{s}]" for s in sorted(used) if program._template[s] is not None or s in program._fed]
-    for k, (n, (_, ins, outs, frees)) in enumerate(zip(program._plan_nodes, program._steps)):
+    for k, (n, (_, ins, outs, frees, into)) in enumerate(zip(program._plan_nodes, program._steps)):
         opdef = OPS[n.op]
         space[f"f{k}"] = opdef.forward
         args = [f"s{s}" for s in ins]
         for j, (key, val) in enumerate(n.attrs.items()):
-            if not key.isidentifier():
+            if not key.isidentifier() or keyword.iskeyword(key):
                 space[f"f{k}"] = functools.partial(opdef.forward, **n.attrs)
                 args = args[: len(ins)]
                 break
             space[f"a{k}_{j}"] = val
             args.append(f"{key}=a{k}_{j}")
-        if isinstance(opdef.forward, np.ufunc) and not n.attrs and len(outs) == 1:
-            out_t = n.outputs[0].type
-            reuse = next((s for s, v in zip(ins, n.inputs) if s in frees and made.get(s) and v.type == out_t), None)
-            if reuse is not None:
-                args.append(f"out=s{reuse}")
+        if into >= 0:
+            args.append(f"out=s{into}")
         call = f"f{k}({', '.join(args)})"
         if len(outs) == 1:
             lines.append(f"    s{outs[0]} = {call}")
@@ -261,8 +267,6 @@ def straight_line(program: Program) -> Callable[[list[Any]], tuple[Any, ...]]:
             lines.append(f"    r = {call}")
             lines += [f"    s{o} = r[{j}]" for j, o in enumerate(outs)]
             lines.append("    del r")
-        for o in outs:
-            made[o] = owned[k]
         if frees:
             lines.append(f"    del {', '.join(f's{s}' for s in frees)}")
     lines.append(f"    return ({''.join(f's{s}, ' for s in program._out_slots)})")
@@ -271,10 +275,10 @@ def straight_line(program: Program) -> Callable[[list[Any]], tuple[Any, ...]]:
 
 
 def _peak_bytes(
-    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int]], copies: int
+    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int, int]], copies: int
 ) -> int:
-    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes)
-    counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
+    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes, the
+    input slot whose buffer the output takes over or -1) counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
     reference counts, as NumPy's ``base`` does), each step adds its scratch while it runs, and ``copies`` bytes
     of output copies are made at the end."""
     refs = [0] * len(nbytes)
@@ -283,10 +287,14 @@ def _peak_bytes(
     for s in resident:
         refs[s], own[s] = 2, nbytes[s]
     live = peak = sum(own)
-    for memory, ins, outs, frees, scratch in plan:
+    for memory, ins, outs, frees, scratch, into in plan:
         for s in outs:
-            refs[s], own[s] = 1, 0 if memory == "view" else nbytes[s]
-            live += own[s]
+            refs[s] = 1
+            if into >= 0:
+                own[s], own[into] = own[into], 0
+            else:
+                own[s] = 0 if memory == "view" else nbytes[s]
+                live += own[s]
             if memory != "new":
                 parent[s] = ins[0]
                 refs[ins[0]] += 1
