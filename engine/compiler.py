@@ -123,8 +123,9 @@ class Program:
         self._steps = [(fn, ins, outs, tuple(fr), r) for (fn, ins, outs), fr, r in zip(body, frees, into)]
         self._plan_nodes = plan_nodes
         self._fed = fed
-        self._straight: Callable[[list[Any]], tuple[Any, ...]] | None = None
+        self._straight: Callable[..., Any] | None = None
         self._runs = 0
+        self._expected = [(v.dtype, v.shape, v) for _, v in self._inputs]
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
@@ -157,18 +158,24 @@ class Program:
     ) -> Any:
         """Run with ``inputs`` (arrays matching the declared dtypes and shapes, in order) and optional
         parameter values overriding the graph's; returns the output tree of NumPy arrays."""
-        if len(inputs) != len(self._inputs):
+        if len(inputs) != len(self._expected):
             names = [v.name for _, v in self._inputs]
             raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
-        for (_, v), a in zip(self._inputs, inputs):
-            _check(a, v, "input")
+        for a, (dtype, shape, v) in zip(inputs, self._expected):
+            if a.__class__ is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                _check(a, v, "input")
         if params:
             for name, a in params.items():
-                if name not in self._params:
+                known = self._params.get(name)
+                if known is None:
                     raise InputError(
                         f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {shown_names(sorted(self._params))}"
                     )
-                _check(a, self._params[name][1].value, "parameter")
+                v = known[1].value
+                if a.__class__ is not np.ndarray or a.dtype != v.type.dtype or a.shape != v.type.shape:
+                    _check(a, v, "parameter")
+        elif interrupt is None and self._straight is not None:
+            return self._straight(self._template, *inputs)
         return self.run(inputs, params, interrupt)
 
     def run(
@@ -180,19 +187,24 @@ class Program:
         """``self(*inputs, params=params)`` without checking the arrays: for callers that have already
         made sure every one has its declared dtype and shape and every parameter name exists.
         ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
-        env: list[Any] = list(self._template)
-        for (s, _), a in zip(self._inputs, inputs):
-            env[s] = a
-        if params:
-            for name, a in params.items():
-                env[self._params[name][0]] = a
         if interrupt is None:
             straight = self._straight
             if straight is None and self._runs:
                 straight = self._straight = straight_line(self)
             self._runs += 1
             if straight is not None:
-                return self._results(list(straight(env)))
+                if not params:
+                    return straight(self._template, *inputs)
+                env = list(self._template)
+                for name, a in params.items():
+                    env[self._params[name][0]] = a
+                return straight(env, *inputs)
+        env = list(self._template)
+        for (s, _), a in zip(self._inputs, inputs):
+            env[s] = a
+        if params:
+            for name, a in params.items():
+                env[self._params[name][0]] = a
         for fn, ins, outs, frees, into in self._steps if interrupt is None else self._checked_steps(interrupt):
             r = fn(*[env[i] for i in ins]) if into < 0 else fn(*[env[i] for i in ins], out=env[into])
             if len(outs) == 1:
@@ -239,14 +251,16 @@ def _reused_buffers(
     return into
 
 
-def straight_line(program: Program) -> Callable[[list[Any]], tuple[Any, ...]]:
-    """The plan as one generated Python function of the slot list: one line per step, locals instead of list slots,
+def straight_line(program: Program) -> Callable[..., Any]:
+    """The plan as one generated Python function of the slot list and the inputs, returning the output tree (outputs
+    that are inputs, parameters or constants copied): one line per step, locals instead of list slots,
     attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
     the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes."""
     space: dict[str, Any] = {}
     used = {s for _, ins, _, _, _ in program._steps for s in ins} | set(program._out_slots)
-    lines = ["def plan(e):"]
-    lines += [f"    s{s} = e[{s}]" for s in sorted(used) if program._template[s] is not None or s in program._fed]
+    taken = [s for s, _ in program._inputs]
+    lines = [f"def plan(e{''.join(f', s{s}' for s in taken)}):"]
+    lines += [f"    s{s} = e[{s}]" for s in sorted(used - set(taken)) if program._template[s] is not None or s in program._fed]
     for k, (n, (_, ins, outs, frees, into)) in enumerate(zip(program._plan_nodes, program._steps)):
         opdef = OPS[n.op]
         space[f"f{k}"] = opdef.forward
@@ -269,9 +283,20 @@ def straight_line(program: Program) -> Callable[[list[Any]], tuple[Any, ...]]:
             lines.append("    del r")
         if frees:
             lines.append(f"    del {', '.join(f's{s}' for s in frees)}")
-    lines.append(f"    return ({''.join(f's{s}, ' for s in program._out_slots)})")
+    space["asarray"], space["array"] = np.asarray, np.array
+    leaves = iter(
+        f"array(s{s})" if i in program._copied_outputs else f"asarray(s{s})" for i, s in enumerate(program._out_slots)
+    )
+    lines.append(f"    return {_tree_code(program.graph.outputs, leaves)}")
     exec(compile("\n".join(lines), f"<plan of {program.graph.name[:64]}>", "exec"), space)
     return space["plan"]
+
+
+def _tree_code(tree: Any, leaves: Iterator[str]) -> str:
+    """Python source building ``tree``'s nesting of tuples from the leaf expressions, in order."""
+    if isinstance(tree, tuple):
+        return "(" + "".join(f"{_tree_code(t, leaves)}, " for t in tree) + ")"
+    return next(leaves)
 
 
 def _peak_bytes(
