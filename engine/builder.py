@@ -2,8 +2,9 @@
 from __future__ import annotations
 
 import functools
+import gc
 import itertools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
@@ -11,6 +12,26 @@ from . import dtypes
 from .errors import GraphError, ShapeError, shown
 from .ir import Graph, Node, Param, TensorType, Value, check_type_shape, flatten
 from .optable import OPS, get_op, infer_node
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def gc_paused(fn: Fn) -> Fn:
+    """Run ``fn`` with Python's cyclic garbage collector paused (then restored as it was): a graph transform allocates
+    tens of thousands of long-lived Values and Nodes, and the collections they trigger, each scanning all of them, cost
+    as much again as the transform itself; nothing is lost, garbage waits for the next collection."""
+
+    @functools.wraps(fn)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused  # type: ignore[return-value]
 
 
 class GraphBuilder:

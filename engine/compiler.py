@@ -9,13 +9,17 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .autodiff import lower
-from .builder import GraphBuilder, signature_copy
+from .builder import GraphBuilder, gc_paused, signature_copy
 from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, Value, unflatten
 from .optable import OPS
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
+
+STRAIGHT_AFTER = 8
+"""Runs a program makes with the step loop before its straight-line plan is generated: compiling the plan costs about
+as much as 40 runs' worth of loop overhead, so a program run once or a few times never pays for it."""
 
 
 def _frozen(v: Any) -> Any:
@@ -26,6 +30,7 @@ def _frozen(v: Any) -> Any:
     return v
 
 
+@gc_paused
 def optimize(g: Graph) -> Graph:
     """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
     over constants (or over types only, like OnesLike) folded to constants."""
@@ -82,6 +87,7 @@ def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarr
 class Program:
     """A graph compiled to a flat list of NumPy calls; call it with the inputs in order."""
 
+    @gc_paused
     def __init__(self, graph: Graph) -> None:
         self.source = graph
         self.graph = optimize(graph)
@@ -189,7 +195,7 @@ class Program:
         ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
         if interrupt is None:
             straight = self._straight
-            if straight is None and self._runs:
+            if straight is None and self._runs >= STRAIGHT_AFTER:
                 straight = self._straight = straight_line(self)
             self._runs += 1
             if straight is not None:

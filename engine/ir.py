@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .builder import GraphBuilder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorType:
     """Static dtype and shape of a value."""
 
@@ -53,7 +53,8 @@ def check_type_shape(shape: tuple[int, ...], what: str, itemsize: int = 1) -> No
     for d in shape:
         if d < 0:
             raise ShapeError(f"{what} has the negative dimension {d} in shape {shape}")
-        count *= max(d, 1)
+        if d:
+            count *= d
         if count > MAX_DIM:
             raise ShapeError(f"{what} has shape {shape}, whose size exceeds the int64 range")
 
@@ -98,7 +99,7 @@ class Value(Arithmetic):
         return self.builder
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One application of a primitive op: ``outputs = op[attrs](*inputs)``."""
 
