@@ -58,7 +58,7 @@ def alternate(sides: dict[str, Callable[[], Any]], reps: int, rounds: int, inner
     """Per side, its median seconds per call in each round; sides run alternately, the order rotating every rep."""
     names = list(sides)
     for fn in sides.values():
-        for _ in range(2):
+        for _ in range(10):  # past the engine's switch to its straight-line plan (after 8 runs)
             fn()
     medians: dict[str, list[float]] = {n: [] for n in names}
     for _ in range(rounds):
