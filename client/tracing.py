@@ -58,6 +58,7 @@ class TraceFrame:
         self.builder: GraphBuilder = ValueBuilder(name, session.library) if concrete else GraphBuilder(name, session.library)
         self._consts: dict[int, tuple[Tensor, Value]] = {}
         self.guards: list[Guard] = []
+        self.writes: list[tuple[Parameter, Value]] = []
 
     def read(self, t: Tensor, what: str) -> np.ndarray:
         """The value of ``t`` (traced in this frame) for Python code, recorded as a guard of the trace."""
@@ -120,6 +121,8 @@ class Traced:
     guards: tuple[Guard, ...] = ()
     arg_skeletons: tuple[Any, ...] = ()
     skeleton: Any = TENSOR
+    writes: tuple[tuple[Parameter, Value], ...] = ()
+    """(Parameter, value of the graph) pairs a top-level call writes into the Parameters after it ran (runner.py)."""
 
     def input_leaves(self, args: Sequence[Any]) -> list[Tensor]:
         """The Tensors of ``args`` in graph-input order."""
@@ -301,7 +304,7 @@ def trace(
     positions = tuple(i for i in range(len(args)) if leaves[i])
     return Traced(
         graph, positions, tuple(session.params[p.name] for p in graph.params), tuple(frame.guards),
-        tuple(skeleton_of(a) for a in args), skeleton,
+        tuple(skeleton_of(a) for a in args), skeleton, tuple(frame.writes),
     )
 
 
