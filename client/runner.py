@@ -176,7 +176,9 @@ def pending_value(param: Parameter) -> Tensor:
     """``param`` as the code traced so far would leave it: its last value written in this trace, else itself (so
     a layer called twice in one construct updates its statistics twice, as sequential Assigns do)."""
     frame = current_frame()
-    hits = [v for p, v in frame.writes if p is param] if frame is not None else []
+    if frame is None:
+        return param
+    hits = [v for p, v in frame.writes if p is param]
     return Tensor._symbolic(hits[-1], frame) if hits else param
 
 
