@@ -15,6 +15,7 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 
 import gradserve as gs
 from gradserve import nn, ops
+from gradserve.client.runner import assign_after_call
 
 RNG = np.random.default_rng(2026)
 
@@ -317,3 +318,38 @@ def test_train_one_step_updates_moving_statistics_once_per_step(where: str) -> N
     mean, var = moving_reference([x @ w.T + b for x in xs], 0.9)
     np.testing.assert_allclose(net[1].moving_mean.asnumpy(), mean, rtol=TOL, atol=TOL)
     np.testing.assert_allclose(net[1].moving_variance.asnumpy(), var, rtol=TOL, atol=TOL)
+
+
+class RunningSum(nn.Cell):
+    """A Cell with its own assign-like side output: ``total`` accumulates the sum of every input it is called on."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.total = gs.Parameter(np.zeros(2), name="total", requires_grad=False)
+        self.scale = gs.Parameter(np.array([2.0, 3.0]), name="scale")
+
+    def construct(self, x: Any) -> Any:
+        assign_after_call(self.total, self.total + x.sum(axis=0))
+        return (x * self.scale).sum()
+
+
+def test_a_cell_writes_parameters_after_each_call_and_gradients_ignore_it(where: str) -> None:
+    cell = RunningSum()
+    xs = [RNG.normal(size=(3, 2)) for _ in range(3)]
+    for x in xs:
+        np.testing.assert_allclose(cell(gs.Tensor(x)).asnumpy(), (x * [2.0, 3.0]).sum(), rtol=TOL)
+    np.testing.assert_allclose(cell.total.asnumpy(), sum(x.sum(axis=0) for x in xs), rtol=TOL, atol=TOL)
+    (dx,), (dscale,) = ops.GradOperation(get_all=True, get_by_list=True)(cell, gs.ParameterTuple([cell.scale]))(gs.Tensor(xs[0]))
+    np.testing.assert_allclose(dx.asnumpy(), np.tile([2.0, 3.0], (3, 1)), rtol=TOL)
+    np.testing.assert_allclose(dscale.asnumpy(), xs[0].sum(axis=0), rtol=TOL)
+    np.testing.assert_allclose(cell.total.asnumpy(), sum(x.sum(axis=0) for x in xs), rtol=TOL, atol=TOL)
+
+
+def test_a_write_of_the_wrong_shape_names_the_parameter() -> None:
+    class Bad(RunningSum):
+        def construct(self, x: Any) -> Any:
+            assign_after_call(self.total, x)
+            return x
+
+    with pytest.raises(ValueError, match=r"assign to Parameter 'total': value has shape \(3, 2\).*parameter has shape \(2,\)"):
+        Bad()(gs.Tensor(np.ones((3, 2))))
