@@ -77,7 +77,8 @@ def trace_count(fn: Any) -> int:
 
 
 def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
-    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple and list inputs, scalars."""
+    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple, list and dict inputs, and
+    the constants (scalars, strings, NumPy arrays by value) they hold."""
     return tuple(_arg_key(a) for a in args)
 
 
@@ -86,6 +87,10 @@ def _arg_key(a: Any) -> Any:
         return ("T", a._array_dtype().str, a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
+    if isinstance(a, dict):
+        return ("dict", tuple((k, _arg_key(x)) for k, x in a.items()))
+    if isinstance(a, np.ndarray):
+        return ("A", a.dtype.str, a.shape, a.tobytes())
     return ("S", type(a).__name__, _scalar_key(a))
 
 
@@ -131,9 +136,8 @@ def _trace_entry(fn: Any, args: Sequence[Any], declared: Sequence[Parameter], st
         pass
     session = TraceSession(concrete=True)
     traced = trace(fn, args, session, graph_name(fn), declared)
-    nested = len(session.guards) != len(traced.guards)
-    guards = GuardCheck(traced.graph, traced.guards) if traced.guards and not nested else None
-    return CacheEntry(traced, _param_state(traced.params), state, guards, reusable=not nested)
+    guards = GuardCheck(traced.graph, session.guards) if session.guards else None
+    return CacheEntry(traced, _param_state(traced.params), state, guards)
 
 
 def to_tensors(tree: Any) -> Any:
