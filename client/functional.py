@@ -103,13 +103,14 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, pad_mode:
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
                return_indices: bool = False, ceil_mode: bool = False) -> Any:
     """``ops.max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False)``:
-    the MaxPool op (``stride`` None is ``kernel_size``); only MindSpore's defaults of padding, dilation, indices and
-    ceil mode are supported."""
+    the MaxPool op (``stride`` None is ``kernel_size``), or with ``return_indices`` MaxPoolWithArgmax: ``(output,
+    argmax)``, argmax the int64 index into the H * W plane. Only MindSpore's defaults of padding, dilation and ceil mode
+    are supported."""
     _no_padding("max_pool2d", padding, ("dilation", _pair(dilation, "ops.max_pool2d: dilation"), (1, 1)),
-                ("return_indices", return_indices, False), ("ceil_mode", ceil_mode, False))
+                ("ceil_mode", ceil_mode, False))
     kernel = _pair(kernel_size, "ops.max_pool2d: kernel_size")
     strides = kernel if stride is None else _pair(stride, "ops.max_pool2d: stride")
-    return apply_op("MaxPool", x, kernel_size=kernel, strides=strides, pad_mode="valid")
+    return apply_op("MaxPoolWithArgmax" if return_indices else "MaxPool", x, kernel_size=kernel, strides=strides, pad_mode="valid")
 
 
 def avg_pool2d(input_x: Any, kernel_size: Any = 1, stride: Any = 1, padding: Any = 0, ceil_mode: bool = False,

@@ -49,6 +49,11 @@ def test_pooling_functions(where: str) -> None:
     x = torch.tensor(X, requires_grad=True)
     close(ops.max_pool2d(Tensor(X), 2), tf.max_pool2d(x, 2))
     close(ops.max_pool2d(Tensor(X), (3, 2), 1), tf.max_pool2d(x, (3, 2), 1))
+    out, argmax = ops.max_pool2d(Tensor(X), (3, 2), (2, 2), 0, 1, True)
+    want, want_argmax = tf.max_pool2d(x, (3, 2), (2, 2), return_indices=True)
+    close(out, want)
+    assert argmax.dtype == gs.int64
+    np.testing.assert_array_equal(argmax.asnumpy(), want_argmax.numpy())
     close(ops.avg_pool2d(Tensor(X), (2, 3), (1, 2)), tf.avg_pool2d(x, (2, 3), (1, 2)))
     close(ops.adaptive_avg_pool2d(Tensor(X), (3, None)), tf.adaptive_avg_pool2d(x, (3, 6)))
     want = torch.autograd.grad((tf.avg_pool2d(x, 2, 1) ** 2).sum(), x)[0]
@@ -62,7 +67,7 @@ def test_unsupported_arguments_are_named() -> None:
         ops.conv2d(Tensor(X), Tensor(W), Tensor(B[:3]), groups=2)
     with pytest.raises(ValueError, match=r"ops.max_pool2d: padding=1 is not supported"):
         ops.max_pool2d(Tensor(X), 2, padding=1)
-    with pytest.raises(ValueError, match=r"ops.max_pool2d: return_indices=True is not supported"):
-        ops.max_pool2d(Tensor(X), 2, return_indices=True)
+    with pytest.raises(ValueError, match=r"ops.max_pool2d: dilation=\(2, 2\) is not supported"):
+        ops.max_pool2d(Tensor(X), 2, dilation=2)
     with pytest.raises(ValueError, match=r"ops.avg_pool2d: ceil_mode=True is not supported"):
         ops.avg_pool2d(Tensor(X), 2, ceil_mode=True)
