@@ -362,3 +362,20 @@ def test_constants_inside_input_containers_pass_through(where: str) -> None:
     close(gs.grad(with_constants)((Tensor(X), 1.5, None, "tag", arr2), cfg)[0], np.full_like(X, 3.0))
     cfg2 = {**cfg, "nested": [Tensor(Z), 7]}
     close(gs.grad(with_constants, grad_position=1)(pair, cfg2)["nested"][0], np.full_like(Z, 7.0))
+
+
+def test_vjp_with_structured_outputs_inside_a_trace_and_under_grad(where: str) -> None:
+    def fd(a: Tensor, b: Tensor) -> Any:
+        return {"p": a * b, "q": (ops.sin(a), [b * b, "s"])}
+
+    @gs.jit
+    def inside(a: Tensor, b: Tensor) -> Any:
+        _, vjp_fn = gs.vjp(fd, a, b)
+        return vjp_fn({"p": a, "q": (b, [a, None])})
+
+    da, db = inside(Tensor(X), Tensor(Y))
+    close(da, Y * X + np.cos(X) * Y)
+    close(db, X * X + 2 * Y * X)
+    g = gs.grad(lambda a, b: inside(a, b)[0].sum(), grad_position=(0, 1))(Tensor(X), Tensor(Y))
+    close(g[0], Y - np.sin(X) * Y)
+    close(g[1], X + np.cos(X))
