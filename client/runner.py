@@ -26,19 +26,18 @@ recently used one is dropped beyond it."""
 @dataclass
 class CacheEntry:
     """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
-    read (checked before reuse; ``None`` when they were read in a nested trace, so the graph is traced again on
-    every call), and its id on each backend it was sent to."""
+    read, nested traces' included (checked before reuse; ``None`` when it read none), and its id on each backend it
+    was sent to."""
 
     traced: Traced
     param_state: tuple[Any, ...]
     state: State = field(default_factory=State)
     guards: GuardCheck | None = None
-    reusable: bool = True
     network_ids: dict[int, tuple[Backend, str]] = field(default_factory=dict)
 
     def holds(self, args: Sequence[Any], state: State) -> bool:
         """True when this graph is what tracing ``args`` now would record."""
-        if not self.reusable or not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
+        if not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
             return False
         return self.guards is None or self.guards.holds(self.inputs(args), self.param_values())
 

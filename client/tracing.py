@@ -57,7 +57,6 @@ class TraceFrame:
         self.concrete = concrete
         self.builder: GraphBuilder = ValueBuilder(name, session.library) if concrete else GraphBuilder(name, session.library)
         self._consts: dict[int, tuple[Tensor, Value]] = {}
-        self.guards: list[Guard] = []
         self.origin = origin or Origin()
 
     def read(self, t: Tensor, what: str) -> np.ndarray:
@@ -70,9 +69,7 @@ class TraceFrame:
                 )
             raise NeedsValues(what)
         arr = self.builder.arrays[id(t._value)]  # type: ignore[attr-defined]
-        guard = Guard(t._value, arr, self.origin)  # type: ignore[arg-type]
-        self.guards.append(guard)
-        self.session.guards.append(guard)
+        self.session.guards.append(Guard(t._value, arr, self.origin))  # type: ignore[arg-type]
         return arr
 
     def value_of(self, t: Tensor) -> Value:
@@ -110,15 +107,14 @@ TENSOR = ("tensor",)
 
 @dataclass
 class Traced:
-    """A traced network: its graph, which arguments hold graph inputs (``tensor_positions``: a Tensor, or a tuple or
-    list of Tensors flattened into consecutive inputs), the Parameters it reads, the values of its own graph that
-    Python code read (guards), and the structure of its arguments and of what it returned (``skeleton``: containers,
-    dict keys and non-Tensor leaves; the graph's outputs are its Tensor leaves, nested as tuples)."""
+    """A traced network: its graph, which arguments hold graph inputs (``tensor_positions``: a Tensor, or a tuple,
+    list or dict whose Tensors are flattened into consecutive inputs), the Parameters it reads, and the structure of
+    its arguments and of what it returned (``skeleton``: containers, dict keys and non-Tensor leaves; the graph's
+    outputs are its Tensor leaves, nested as tuples). The values Python code read are the session's guards."""
 
     graph: Graph
     tensor_positions: tuple[int, ...]
     params: tuple[Parameter, ...]
-    guards: tuple[Guard, ...] = ()
     arg_skeletons: tuple[Any, ...] = ()
     skeleton: Any = TENSOR
 
@@ -325,7 +321,7 @@ def trace(
     frame.origin.graph = graph
     positions = tuple(i for i in range(len(args)) if leaves[i])
     return Traced(
-        graph, positions, tuple(session.params[p.name] for p in graph.params), tuple(frame.guards),
+        graph, positions, tuple(session.params[p.name] for p in graph.params),
         tuple(skeleton_of(a) for a in args), skeleton,
     )
 
