@@ -67,7 +67,8 @@ def _pair(v: Any, what: str) -> tuple[int, int]:
 
 def _no_padding(fn: str, padding: Any, *unsupported: tuple[str, Any, Any]) -> None:
     """Pooling here has no explicit padding or ceil mode: a clear error for the arguments it cannot honour."""
-    if _pair(padding, f"ops.{fn}: padding") != (0, 0):
+    pads = (padding,) if isinstance(padding, (int, np.integer)) else tuple(padding) if isinstance(padding, (tuple, list)) else None
+    if pads is None or any(p != 0 for p in pads):
         raise ValueError(f"ops.{fn}: padding={padding!r} is not supported (only 0); pad the input with ops.pad first")
     for name, value, default in unsupported:
         if value != default:
@@ -114,11 +115,11 @@ def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, d
 
 
 def avg_pool2d(input_x: Any, kernel_size: Any = 1, stride: Any = 1, padding: Any = 0, ceil_mode: bool = False,
-               count_include_pad: bool = True, divisor_override: Any = None) -> Any:
+               count_include_pad: bool = True, divisor_override: Any = 0) -> Any:
     """``ops.avg_pool2d(input_x, kernel_size=1, stride=1, padding=0, ceil_mode=False, count_include_pad=True,
-    divisor_override=None)``: the AvgPool op; without padding ``count_include_pad`` changes nothing, and padding, ceil
-    mode and a divisor override are not supported."""
-    _no_padding("avg_pool2d", padding, ("ceil_mode", ceil_mode, False), ("divisor_override", divisor_override, None))
+    divisor_override=0)``: the AvgPool op; without padding ``count_include_pad`` changes nothing, and padding, ceil
+    mode and a divisor override (0 or None: none) are not supported."""
+    _no_padding("avg_pool2d", padding, ("ceil_mode", ceil_mode, False), ("divisor_override", divisor_override or 0, 0))
     kernel, strides = _pair(kernel_size, "ops.avg_pool2d: kernel_size"), _pair(stride, "ops.avg_pool2d: stride")
     return apply_op("AvgPool", input_x, kernel_size=kernel, strides=strides, pad_mode="valid")
 

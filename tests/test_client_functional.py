@@ -55,6 +55,7 @@ def test_pooling_functions(where: str) -> None:
     assert argmax.dtype == gs.int64
     np.testing.assert_array_equal(argmax.asnumpy(), want_argmax.numpy())
     close(ops.avg_pool2d(Tensor(X), (2, 3), (1, 2)), tf.avg_pool2d(x, (2, 3), (1, 2)))
+    close(ops.avg_pool2d(Tensor(X), 2, 1, (0, 0, 0, 0), False, True, None), tf.avg_pool2d(x, 2, 1))
     close(ops.adaptive_avg_pool2d(Tensor(X), (3, None)), tf.adaptive_avg_pool2d(x, (3, 6)))
     want = torch.autograd.grad((tf.avg_pool2d(x, 2, 1) ** 2).sum(), x)[0]
     close(gs.grad(lambda a: (ops.avg_pool2d(a, 2, 1) ** 2).sum())(Tensor(X)), want)
@@ -71,3 +72,5 @@ def test_unsupported_arguments_are_named() -> None:
         ops.max_pool2d(Tensor(X), 2, dilation=2)
     with pytest.raises(ValueError, match=r"ops.avg_pool2d: ceil_mode=True is not supported"):
         ops.avg_pool2d(Tensor(X), 2, ceil_mode=True)
+    with pytest.raises(ValueError, match=r"ops.avg_pool2d: padding=\(1, 1, 0, 0\) is not supported"):
+        ops.avg_pool2d(Tensor(X), 2, padding=(1, 1, 0, 0))
