@@ -26,19 +26,18 @@ recently used one is dropped beyond it."""
 @dataclass
 class CacheEntry:
     """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
-    read (checked before reuse; ``None`` when they were read in a nested trace, so the graph is traced again on
-    every call), and its id on each backend it was sent to."""
+    read, nested traces' included (checked before reuse; ``None`` when it read none), and its id on each backend it
+    was sent to."""
 
     traced: Traced
     param_state: tuple[Any, ...]
     state: State = field(default_factory=State)
     guards: GuardCheck | None = None
-    reusable: bool = True
     network_ids: dict[Any, tuple[Backend, str]] = field(default_factory=dict)
 
     def holds(self, args: Sequence[Any], state: State) -> bool:
         """True when this graph is what tracing ``args`` now would record."""
-        if not self.reusable or not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
+        if not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
             return False
         return self.guards is None or self.guards.holds(self.inputs(args), self.param_values())
 
@@ -77,7 +76,8 @@ def trace_count(fn: Any) -> int:
 
 
 def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
-    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple and list inputs, scalars."""
+    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple, list and dict inputs, and
+    the constants (scalars, strings, NumPy arrays by value) they hold."""
     return tuple(_arg_key(a) for a in args)
 
 
@@ -86,6 +86,10 @@ def _arg_key(a: Any) -> Any:
         return ("T", a._array_dtype().str, a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
+    if isinstance(a, dict):
+        return ("dict", tuple((k, _arg_key(x)) for k, x in a.items()))
+    if isinstance(a, np.ndarray):
+        return ("A", a.dtype.str, a.shape, a.tobytes())
     return ("S", type(a).__name__, _scalar_key(a))
 
 
@@ -131,9 +135,8 @@ def _trace_entry(fn: Any, args: Sequence[Any], declared: Sequence[Parameter], st
         pass
     session = TraceSession(concrete=True)
     traced = trace(fn, args, session, graph_name(fn), declared)
-    nested = len(session.guards) != len(traced.guards)
-    guards = GuardCheck(traced.graph, traced.guards) if traced.guards and not nested else None
-    return CacheEntry(traced, _param_state(traced.params), state, guards, reusable=not nested)
+    guards = GuardCheck(traced.graph, session.guards) if session.guards else None
+    return CacheEntry(traced, _param_state(traced.params), state, guards)
 
 
 def to_tensors(tree: Any) -> Any:
