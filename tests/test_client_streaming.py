@@ -14,6 +14,7 @@ import gradserve.ops as ops
 from gradserve import Tensor
 from gradserve.client.remote import RemoteError
 from gradserve.parallel import stream
+from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2_grpc
 
@@ -151,3 +152,15 @@ def test_in_flight_must_be_a_positive_int(clean_context: None, server: Any) -> N
     grad_fn = ops.GradOperation()(mlp())
     with pytest.raises(ValueError, match="in_flight"):
         list(grad_fn.stream([Tensor(np.ones((2, 6), np.float32))], in_flight=0))
+
+
+def test_a_stream_whose_server_is_down_moves_to_the_next_target(clean_context: None, server: Any) -> None:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")) as gone:
+        port = gone.port
+    gs.set_context(target=f"127.0.0.1:{port},127.0.0.1:{server.port}", retry_seconds=5)  # the first stream goes to the stopped one
+    loss = nn.WithLossCell(mlp(), nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    grad_fn = ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(loss.trainable_params()))
+    data = batches(5)
+    got = list(grad_fn.stream(data, in_flight=2))
+    for g, (x, y) in zip(got, data, strict=True):
+        close(g, grad_fn(x, y))
