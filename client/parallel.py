@@ -58,6 +58,7 @@ class DataParallel:
             raise ValueError(f"data_parallel: shards must be None or an int >= 1, got {shards!r}")
         self.reduction = reduction
         self._pool: ThreadPoolExecutor | None = None
+        self._pool_size = 0
 
     def __call__(self, *args: Any) -> Any:
         backend = get_backend()
@@ -71,8 +72,10 @@ class DataParallel:
         if replicas == 1 or count == 1:
             outs = [backend.call_on(i, call) for i, (call, _) in enumerate(prepared)]
         else:
-            if self._pool is None or self._pool._max_workers < count:
-                self._pool = ThreadPoolExecutor(max_workers=count, thread_name_prefix="data_parallel")
+            if self._pool is None or self._pool_size < count:
+                if self._pool is not None:
+                    self._pool.shutdown(wait=False)
+                self._pool, self._pool_size = ThreadPoolExecutor(max_workers=count, thread_name_prefix="data_parallel"), count
             futures = [self._pool.submit(backend.call_on, i, call) for i, (call, _) in enumerate(prepared)]
             outs = [f.result() for f in futures]
         results = [finish(out) for (_, finish), out in zip(prepared, outs)]

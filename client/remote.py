@@ -349,7 +349,9 @@ class _Stream:
     A request the server answers NOT_FOUND (restarted, or evicted) is sent again with its graph inline. A failed
     request raises at its own position, after the results before it; so does an error preparing a call (tracing),
     which ``calls`` raises when it is read. A stream broken by UNAVAILABLE (its server stopped) is opened again on
-    the next channel and every unanswered request sent again (each is idempotent), for up to ``retry_seconds``."""
+    the next channel and every unanswered request sent again (each is idempotent), backing off once every channel
+    has failed, until ``retry_seconds`` pass without a result. The context's ``timeout`` does not apply: a stream
+    lasts as long as its batches."""
 
     def __init__(self, backend: RemoteBackend, calls: Iterator[Call], in_flight: int) -> None:
         self.backend, self.calls, self.in_flight = backend, calls, in_flight
@@ -365,7 +367,8 @@ class _Stream:
     def results(self) -> Iterator[OutputTree]:
         """The results in order (a generator: closing it cancels the stream)."""
         given = 0
-        began = time.monotonic()
+        failing_since: float | None = None
+        failures = 0
         while True:
             route = self.backend._routes[self.turn % len(self.backend._routes)]
             requests: queue.Queue[service_pb2.GradRequest | None] = queue.Queue()
@@ -384,12 +387,18 @@ class _Stream:
                         self._take(route, requests, next(responses))
                     yield self._result(given)
                     given += 1
+                    failing_since, failures = None, 0
             except grpc.RpcError as exc:
-                if exc.code() != grpc.StatusCode.UNAVAILABLE or time.monotonic() - began > retry_seconds():
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or now - failing_since >= retry_seconds():
                     raise _translate(exc) from None
-                with self.backend._lock:
-                    route.down_until = time.monotonic() + DOWN_SECONDS
+                route.down_until = now + DOWN_SECONDS
                 self.turn += 1
+                failures += 1
+                if failures >= len(self.backend._routes):  # every channel failed: back off as unary calls do
+                    time.sleep(min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (failures - len(self.backend._routes)))
+                               * random.uniform(0.5, 1.0))
             finally:
                 requests.put(None)
                 responses.cancel()

@@ -164,3 +164,13 @@ def test_a_stream_whose_server_is_down_moves_to_the_next_target(clean_context: N
     got = list(grad_fn.stream(data, in_flight=2))
     for g, (x, y) in zip(got, data, strict=True):
         close(g, grad_fn(x, y))
+
+
+def test_a_stream_with_no_server_reachable_ends_unavailable(clean_context: None) -> None:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")) as gone:
+        port = gone.port
+    gs.set_context(target=f"127.0.0.1:{port}", retry_seconds=0)
+    grad_fn = ops.GradOperation()(mlp())
+    with pytest.raises(RemoteError) as info:
+        list(grad_fn.stream([Tensor(np.ones((2, 6), np.float32))] * 3, in_flight=2))
+    assert info.value.code.name == "UNAVAILABLE"
