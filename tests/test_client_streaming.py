@@ -174,3 +174,21 @@ def test_a_stream_with_no_server_reachable_ends_unavailable(clean_context: None)
     with pytest.raises(RemoteError) as info:
         list(grad_fn.stream([Tensor(np.ones((2, 6), np.float32))] * 3, in_flight=2))
     assert info.value.code.name == "UNAVAILABLE"
+
+
+def test_a_network_the_server_evicted_is_sent_inline_on_the_stream(clean_context: None) -> None:
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning",
+                              limits=Limits(max_registered_networks=1))) as small:
+        gs.set_context(target=f"127.0.0.1:{small.port}", retry_seconds=0)
+        net = mlp()
+        grad_fn = ops.GradOperation()(net)
+        data = [Tensor(np.full((2, 6), v, np.float32)) for v in (0.1, 0.2, 0.3)]
+        first = list(grad_fn.stream(data, in_flight=2))
+        ops.GradOperation()(nn.Dense(3, 2))(Tensor(np.ones((1, 3), np.float32)))  # evicts the mlp's network
+        with grpc.insecure_channel(f"127.0.0.1:{small.port}") as ch:
+            before = request_counters(service_pb2_grpc.GradientStub(ch))
+            again = list(grad_fn.stream(data, in_flight=2))
+            after = request_counters(service_pb2_grpc.GradientStub(ch))
+    assert after.get(("GradStream", "NOT_FOUND"), 0) > before.get(("GradStream", "NOT_FOUND"), 0)
+    for a, b in zip(again, first, strict=True):
+        close((a,), (b,))
