@@ -134,12 +134,20 @@ def test_a_replica_killed_mid_call_has_its_shard_done_by_another(clean_context: 
         wait_until(lambda: doomed.servicer._inflight == 1, "the long run holds the only worker")
         gs.set_context(target=f"{target(servers[:2])},127.0.0.1:{doomed.port}", retry_seconds=5)
         out: dict[str, Any] = {}
-        call = threading.Thread(target=lambda: out.setdefault("grads", data_parallel(grad_fn)(x, y)))
+
+        def split_call() -> None:
+            try:
+                out["grads"] = data_parallel(grad_fn)(x, y)
+            except Exception as exc:  # shown by the assert below
+                out["error"] = exc
+
+        call = threading.Thread(target=split_call)
         call.start()
         wait_until(lambda: doomed.servicer._inflight == 2, "the third shard waits on the doomed replica")
         doomed.stop(0)
         call.join(60)
         assert not call.is_alive()
+        assert "error" not in out, out.get("error")
         close(out["grads"], expected)
         with pytest.raises(grpc.RpcError):
             busy.result(60)
