@@ -3,16 +3,17 @@ hessian): gradients of a Cell or function in MindSpore's return structures, comp
 becomes one transform node over a traced library function; the engine holds every gradient rule."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from gradserve.engine import flatten
 from gradserve.engine.autodiff import grad_structure
 
 from . import dtype as mstype
-from .backend import GradFlags
+from .backend import Backend, Call, GradFlags
 from .context import get_backend
 from .parameter import Parameter
 from .runner import to_tensors, traced_for
+from .streaming import stream_prepared
 from .tensor import Tensor
 from .tracing import (
     TENSOR,
@@ -88,12 +89,28 @@ class GradFunction:
         return self._run(inputs, sens) if frame is None else self._nested(frame, inputs, sens)
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
+        backend = get_backend()
+        call, finish = self._prepare(backend, inputs, sens)
+        return finish(backend.call(call))
+
+    def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
+        """The backend call for these inputs and the function giving the structured result from its output."""
         entry = traced_for(self.fn, inputs, self.weights)
         flat_sens = self._flat_sens(sens, entry.traced)
-        backend = get_backend()
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        out = backend.grad(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
-        return self._structure(flatten(to_tensors(out)), entry.traced)
+        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
+        return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
+
+    def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
+        """For streaming (``client/streaming.py``) and split batches (``client/parallel.py``): one call's arguments
+        (then sens) as a backend call and its result's structure."""
+        inputs, sens = (args[:-1], args[-1]) if self.op.sens_param else (args, None)
+        check_inputs(self.fn, inputs)
+        return self._prepare(backend, inputs, sens)
+
+    def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
+        """The gradient for each batch (a tuple of inputs, or one input) in order, up to ``in_flight`` at once."""
+        return stream_prepared(self.prepare_call, batches, in_flight)
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it."""
@@ -234,15 +251,28 @@ class _Transform:
         if frame is not None:
             leaves, rebuild = self._emit(frame, args, extra)
             return rebuild(leaves)
+        backend = get_backend()
+        call, finish = self._prepare(backend, args, extra)
+        return finish(backend.call(call))
+
+    def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[Call, Any]:
+        """The backend call of the staged network and the function giving the structured result from its output."""
         staged = self._staged.setdefault(len(args), _Staged(self, len(args)))
         entry = traced_for(staged, [*args, *extra], self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
             hit = (entry.traced, staged.rebuild)
             self._rebuilds[id(entry.traced)] = hit
-        backend = get_backend()
-        out = backend.run(entry.network_id(backend), entry.inputs([*args, *extra]), entry.param_values())
-        return hit[1](list(flatten(to_tensors(out))))
+        call = Call(entry.network_id(backend), None, entry.inputs([*args, *extra]), entry.param_values())
+        return call, lambda out: hit[1](list(flatten(to_tensors(out))))
+
+    def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
+        """For streaming and split batches: one call's arguments as a backend call and its result's structure."""
+        return self._prepare(backend, args, ())
+
+    def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
+        """The result for each batch (a tuple of arguments, or one argument) in order, up to ``in_flight`` at once."""
+        return stream_prepared(self.prepare_call, batches, in_flight)
 
     def _emit(self, frame: TraceFrame, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[list[Tensor], Any]:
         """Trace the function into the library and add the node; returns its outputs and the structure builder."""
