@@ -25,6 +25,9 @@ OPSETS = range(13, 22)
 MAX_FOLD_ELEMENTS = 1 << 20
 """Largest constant the importer computes while converting (shape arithmetic, Range, ConstantOfShape)."""
 
+FOLD_ELEMENTS = 65_536
+"""Largest computed constant written into the graph as a Const node (larger ones stay nodes, computed at run time)."""
+
 
 class OnnxImportError(GraphError):
     """An ONNX model that cannot become an engine graph: unsupported op, opset, dtype, or a shape that is not static."""
@@ -40,22 +43,26 @@ def onnx_module() -> Any:
 
 class FoldingBuilder(GraphBuilder):
     """A GraphBuilder that also computes every node whose inputs are all constants, so shape arithmetic that PyTorch's
-    exporter writes as ops (Shape, Gather, Concat, Range ...) is known while converting; unused nodes are pruned."""
+    exporter writes as ops (Shape, Gather, Concat, Range ...) is known while converting. Such a node becomes Const
+    nodes when its outputs are at most FOLD_ELEMENTS (the compiler's own folding limit); unused nodes are pruned."""
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.consts: dict[int, np.ndarray] = {}
 
     def add_node(self, op: str, inputs: Sequence[Value], attrs: dict[str, Any] | None = None, **kw: Any) -> tuple[Value, ...]:
-        """Add the node; when its inputs are known constants of modest size, compute its outputs too."""
+        """Add the node (checked as usual); when its inputs are known constants of modest size, compute it too."""
         outs = super().add_node(op, inputs, attrs, **kw)
         node = self.nodes[-1]
         known = [self.consts.get(id(v)) for v in node.inputs]
-        small = all(a is not None and a.size <= MAX_FOLD_ELEMENTS for a in known) and all(o.type.size <= MAX_FOLD_ELEMENTS for o in outs)
-        if small and OPS[op].forward is not None and not OPS[op].calls:
-            result = OPS[op].forward(*known, **node.attrs)
-            for v, a in zip(outs, result if isinstance(result, tuple) else (result,)):
-                self.consts[id(v)] = np.asarray(a, dtype=v.dtype).reshape(v.shape)
+        if any(a is None for a in known) or any(o.type.size > MAX_FOLD_ELEMENTS for o in outs) or OPS[op].calls:
+            return outs
+        result = OPS[op].forward(*known, **node.attrs)
+        arrays = [np.asarray(a, dtype=v.dtype).reshape(v.shape) for v, a in zip(outs, result if isinstance(result, tuple) else (result,))]
+        if op != "Const" and all(a.size <= FOLD_ELEMENTS for a in arrays):
+            self.nodes.pop()
+            outs = tuple(self.const(a) for a in arrays)
+        self.consts.update(zip(map(id, outs), arrays))
         return outs
 
 
