@@ -67,7 +67,7 @@ class FoldingBuilder(GraphBuilder):
 
 
 @dataclass
-class Node:
+class OnnxNode:
     """One ONNX node being converted: its inputs (None where omitted), attributes, opset and the builder."""
 
     b: FoldingBuilder
@@ -115,7 +115,7 @@ class Node:
         return self.b.op(op, *inputs, **attrs)
 
 
-Builder = Callable[[Node], Any]
+Builder = Callable[[OnnxNode], Any]
 ONNX_OPS: dict[str, Builder] = {}
 """ONNX op type (default domain) -> builder of engine ops returning the node's output Value (or tuple of Values)."""
 
@@ -129,7 +129,7 @@ def onnx_op(*names: str) -> Callable[[Builder], Builder]:
     return register
 
 
-def _axes(axes: Sequence[int], rank: int, n: Node) -> list[int]:
+def _axes(axes: Sequence[int], rank: int, n: OnnxNode) -> list[int]:
     try:
         return [norm_axis(int(a), rank) for a in axes]
     except GraphError as exc:
@@ -145,19 +145,19 @@ _BINARY = {"Add": "Add", "Sub": "Sub", "Mul": "Mul", "Equal": "Equal", "Less": "
 
 
 @onnx_op(*_UNARY)
-def _unary(n: Node) -> Value:
+def _unary(n: OnnxNode) -> Value:
     return n.op(_UNARY[n.op_type], n.x(0))
 
 
 @onnx_op(*_BINARY)
-def _binary(n: Node) -> Value:
+def _binary(n: OnnxNode) -> Value:
     if n.op_type in ("Max", "Min") and len(n.inputs) != 2:
         raise n.fail("only the two-input form is supported")
     return n.op(_BINARY[n.op_type], n.x(0), n.x(1))
 
 
 @onnx_op("Div")
-def _div(n: Node) -> Value:
+def _div(n: OnnxNode) -> Value:
     """Float division is RealDiv; integer division (ONNX truncates) only on static values, as shape arithmetic."""
     a, b = n.x(0), n.x(1)
     if dtypes.is_float(a.dtype):
@@ -167,20 +167,20 @@ def _div(n: Node) -> Value:
 
 
 @onnx_op("Pow")
-def _pow(n: Node) -> Value:
+def _pow(n: OnnxNode) -> Value:
     """ONNX lets the exponent have another dtype; it is cast to the base's."""
     x, y = n.x(0), n.x(1)
     return n.op("Pow", x, y if y.dtype == x.dtype else n.op("Cast", y, dtype=x.dtype))
 
 
 @onnx_op("Reciprocal")
-def _reciprocal(n: Node) -> Value:
+def _reciprocal(n: OnnxNode) -> Value:
     x = n.x(0)
     return n.op("RealDiv", n.const(1, x.dtype), x)
 
 
 @onnx_op("LeakyRelu")
-def _leaky_relu(n: Node) -> Value:
+def _leaky_relu(n: OnnxNode) -> Value:
     """alpha defaults to 0.01; the slope at 0 is alpha (PyTorch's)."""
     x = n.x(0)
     alpha = n.attrs.get("alpha", 0.01)
@@ -188,23 +188,23 @@ def _leaky_relu(n: Node) -> Value:
 
 
 @onnx_op("Gelu")
-def _gelu(n: Node) -> Value:
+def _gelu(n: OnnxNode) -> Value:
     """Opset 20: approximate 'none' (default, erf) or 'tanh'."""
     return n.op("GeLU", n.x(0), approximate=n.attrs.get("approximate", "none"))
 
 
 @onnx_op("Not")
-def _not(n: Node) -> Value:
+def _not(n: OnnxNode) -> Value:
     return n.op("Equal", n.x(0), n.const(False, bool))
 
 
 @onnx_op("Where")
-def _where(n: Node) -> Value:
+def _where(n: OnnxNode) -> Value:
     return n.op("Select", n.x(0), n.x(1), n.x(2))
 
 
 @onnx_op("Clip")
-def _clip(n: Node) -> Value:
+def _clip(n: OnnxNode) -> Value:
     """Opset 11+: min and max are optional inputs (absent: no bound)."""
     x = n.x(0)
     info = np.finfo(x.dtype) if dtypes.is_float(x.dtype) else np.iinfo(x.dtype)
@@ -213,17 +213,17 @@ def _clip(n: Node) -> Value:
 
 
 @onnx_op("Cast")
-def _cast(n: Node) -> Value:
+def _cast(n: OnnxNode) -> Value:
     return n.op("Cast", n.x(0), dtype=_np_dtype(n.attrs["to"], n))
 
 
 @onnx_op("Identity")
-def _identity(n: Node) -> Value:
+def _identity(n: OnnxNode) -> Value:
     return n.x(0)
 
 
 @onnx_op("Dropout")
-def _dropout(n: Node) -> Any:
+def _dropout(n: OnnxNode) -> Any:
     """Inference only: the output is the input (a static training_mode input must be false); no mask output."""
     if n.opt(2) is not None and bool(n.static(2, "training_mode").reshape(-1)[0]):
         raise n.fail("training_mode=True is not supported; export the model in eval mode")
@@ -236,7 +236,7 @@ def _dropout(n: Node) -> Any:
 
 
 @onnx_op("MatMul")
-def _matmul(n: Node) -> Value:
+def _matmul(n: OnnxNode) -> Value:
     """NumPy's matmul: 1-D operands get a unit axis that is removed afterwards; batch axes broadcast."""
     a, b = n.x(0), n.x(1)
     a2 = n.op("ExpandDims", a, axis=0) if a.ndim == 1 else a
@@ -247,7 +247,7 @@ def _matmul(n: Node) -> Value:
 
 
 @onnx_op("Gemm")
-def _gemm(n: Node) -> Value:
+def _gemm(n: OnnxNode) -> Value:
     """alpha * A' @ B' + beta * C with transA/transB (defaults 0) and alpha/beta (defaults 1); C broadcasts."""
     a, b = n.x(0), n.x(1)
     y = n.op("MatMul", a, b, transpose_a=bool(n.attrs.get("transA", 0)), transpose_b=bool(n.attrs.get("transB", 0)))
@@ -263,7 +263,7 @@ def _gemm(n: Node) -> Value:
 # ---- convolution and pooling (2-D, NCHW) ----
 
 
-def _spatial(n: Node, x: Value, k: Sequence[int]) -> tuple[list[int], list[int], list[int], str]:
+def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[int], list[int], str]:
     """(pads as top, bottom, left, right; strides; dilations; engine pad_mode) from ONNX's auto_pad, pads (begin...,
     end...), strides and dilations (defaults 0 and 1)."""
     if x.ndim != 4 or len(k) != 2:
@@ -282,7 +282,7 @@ def _spatial(n: Node, x: Value, k: Sequence[int]) -> tuple[list[int], list[int],
 
 
 @onnx_op("Conv")
-def _conv(n: Node) -> Value:
+def _conv(n: OnnxNode) -> Value:
     x, w = n.x(0), n.x(1)
     pads, strides, dil, mode = _spatial(n, x, w.shape[2:])
     y = n.op("Conv2D", x, w, out_channel=w.shape[0], kernel_size=tuple(w.shape[2:]), pad_mode=mode, pad=tuple(pads),
@@ -292,7 +292,7 @@ def _conv(n: Node) -> Value:
 
 
 @onnx_op("ConvTranspose")
-def _conv_transpose(n: Node) -> Value:
+def _conv_transpose(n: OnnxNode) -> Value:
     """The adjoint of a convolution whose weight is ONNX's (C_in, C_out / group, kh, kw); output_shape is not read,
     the size comes from pads and output_padding."""
     x, w = n.x(0), n.x(1)
@@ -312,7 +312,7 @@ def _conv_transpose(n: Node) -> Value:
     return y if bias is None else n.op("Add", y, n.op("Reshape", bias, shape=(1, -1, 1, 1)))
 
 
-def _border(n: Node, x: Value, pads: Sequence[int], fill: float) -> Value:
+def _border(n: OnnxNode, x: Value, pads: Sequence[int], fill: float) -> Value:
     """x with constant ``fill`` blocks concatenated around its last two axes (pads: top, bottom, left, right)."""
     for axis, (before, after) in ((2, pads[0:2]), (3, pads[2:4])):
         parts = []
@@ -326,7 +326,7 @@ def _border(n: Node, x: Value, pads: Sequence[int], fill: float) -> Value:
     return x
 
 
-def _pool_pads(n: Node, x: Value) -> tuple[list[int], list[int], list[int]]:
+def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
     """Kernel, strides and explicit padding (top, bottom, left, right) of an ONNX pooling; ceil_mode adds end
     padding for a last partial window; dilations must be 1."""
     k = list(n.attrs["kernel_shape"])
@@ -347,7 +347,7 @@ def _pool_pads(n: Node, x: Value) -> tuple[list[int], list[int], list[int]]:
 
 
 @onnx_op("MaxPool")
-def _max_pool(n: Node) -> Value:
+def _max_pool(n: OnnxNode) -> Value:
     """Padding is -inf around the input (the engine's pooling pads only by 'same'); the Indices output is not supported."""
     if n.n_outputs > 1:
         raise n.fail("the Indices output is not supported")
@@ -357,7 +357,7 @@ def _max_pool(n: Node) -> Value:
 
 
 @onnx_op("AveragePool")
-def _avg_pool(n: Node) -> Value:
+def _avg_pool(n: OnnxNode) -> Value:
     """count_include_pad (default 0) decides whether padded zeros count: if not, the sum of each window is divided
     by a constant count of its real elements."""
     x = n.x(0)
@@ -371,7 +371,7 @@ def _avg_pool(n: Node) -> Value:
 
 
 @onnx_op("GlobalAveragePool")
-def _global_avg_pool(n: Node) -> Value:
+def _global_avg_pool(n: OnnxNode) -> Value:
     x = n.x(0)
     return n.op("ReduceMean", x, axis=tuple(range(2, x.ndim)), keep_dims=True)
 
@@ -380,7 +380,7 @@ def _global_avg_pool(n: Node) -> Value:
 
 
 @onnx_op("BatchNormalization")
-def _batch_norm(n: Node) -> Value:
+def _batch_norm(n: OnnxNode) -> Value:
     """Inference form (training_mode 0) as elementwise ops, so the gradients reach scale, bias, mean and variance
     at every order; epsilon defaults to 1e-5; the statistics outputs are not supported."""
     if n.attrs.get("training_mode", 0) or n.n_outputs > 1:
@@ -393,7 +393,7 @@ def _batch_norm(n: Node) -> Value:
 
 
 @onnx_op("LayerNormalization")
-def _layer_norm(n: Node) -> Value:
+def _layer_norm(n: OnnxNode) -> Value:
     """Opset 17: normalized over axis (default -1) through the last; epsilon defaults to 1e-5; Scale and B broadcast
     to the normalized shape; the Mean and InvStdDev outputs are not supported."""
     if n.n_outputs > 1:
@@ -409,7 +409,7 @@ def _layer_norm(n: Node) -> Value:
 
 
 @onnx_op("Softmax", "LogSoftmax")
-def _softmax(n: Node) -> Value:
+def _softmax(n: OnnxNode) -> Value:
     """Opset 13+: over one axis (default -1)."""
     x = n.x(0)
     axis = _axes([n.attrs.get("axis", -1)], x.ndim, n)[0]
@@ -421,7 +421,7 @@ def _softmax(n: Node) -> Value:
 
 
 @onnx_op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
-def _reduce(n: Node) -> Value:
+def _reduce(n: OnnxNode) -> Value:
     x = n.x(0)
     axes = n.attrs.get("axes")
     if axes is None:
@@ -437,7 +437,7 @@ def _reduce(n: Node) -> Value:
 
 
 @onnx_op("Reshape")
-def _reshape(n: Node) -> Value:
+def _reshape(n: OnnxNode) -> Value:
     """A 0 in shape copies the input's dimension (allowzero=0, the default; allowzero=1 is not supported)."""
     x = n.x(0)
     if n.attrs.get("allowzero", 0):
@@ -447,7 +447,7 @@ def _reshape(n: Node) -> Value:
 
 
 @onnx_op("Flatten")
-def _flatten(n: Node) -> Value:
+def _flatten(n: OnnxNode) -> Value:
     """To 2-D at axis (default 1)."""
     x = n.x(0)
     axis = n.attrs.get("axis", 1)
@@ -456,14 +456,14 @@ def _flatten(n: Node) -> Value:
 
 
 @onnx_op("Transpose")
-def _transpose(n: Node) -> Value:
+def _transpose(n: OnnxNode) -> Value:
     """perm defaults to reversing the axes."""
     x = n.x(0)
     return n.op("Transpose", x, perm=tuple(n.attrs.get("perm", range(x.ndim - 1, -1, -1))))
 
 
 @onnx_op("Unsqueeze")
-def _unsqueeze(n: Node) -> Value:
+def _unsqueeze(n: OnnxNode) -> Value:
     """axes is an input from opset 13, relative to the output's rank."""
     x = n.x(0)
     axes = sorted(_axes(n.ints(1, "axes") or [], x.ndim + len(n.ints(1, "axes") or []), n))
@@ -473,7 +473,7 @@ def _unsqueeze(n: Node) -> Value:
 
 
 @onnx_op("Squeeze")
-def _squeeze(n: Node) -> Value:
+def _squeeze(n: OnnxNode) -> Value:
     """axes is an optional input from opset 13 (absent: every axis of length 1)."""
     x = n.x(0)
     axes = n.ints(1, "axes")
@@ -481,7 +481,7 @@ def _squeeze(n: Node) -> Value:
 
 
 @onnx_op("Expand")
-def _expand(n: Node) -> Value:
+def _expand(n: OnnxNode) -> Value:
     """Broadcasts both ways: the output shape is the broadcast of the input's and the given one."""
     x = n.x(0)
     try:
@@ -492,18 +492,18 @@ def _expand(n: Node) -> Value:
 
 
 @onnx_op("Tile")
-def _tile(n: Node) -> Value:
+def _tile(n: OnnxNode) -> Value:
     return n.op("Tile", n.x(0), multiples=tuple(n.ints(1, "repeats") or []))
 
 
 @onnx_op("Concat")
-def _concat(n: Node) -> Value:
+def _concat(n: OnnxNode) -> Value:
     xs = [v for v in n.inputs if v is not None]
     axis = _axes([n.attrs["axis"]], xs[0].ndim, n)[0]
     return xs[0] if len(xs) == 1 else n.op("Concat", *xs, axis=axis)
 
 
-def _slice(n: Node, x: Value, axis: int, start: int, stop: int, step: int) -> Value:
+def _slice(n: OnnxNode, x: Value, axis: int, start: int, stop: int, step: int) -> Value:
     """x[start:stop:step] on one axis, with Python's clamping, as a StridedSlice."""
     begin, end, strides = [0] * x.ndim, list(x.shape), [1] * x.ndim
     s, e, st = slice(start, stop, step).indices(x.shape[axis])
@@ -513,7 +513,7 @@ def _slice(n: Node, x: Value, axis: int, start: int, stop: int, step: int) -> Va
 
 
 @onnx_op("Slice")
-def _slice_op(n: Node) -> Value:
+def _slice_op(n: OnnxNode) -> Value:
     """starts, ends, axes (default all) and steps (default 1) are inputs (opset 10+); ends beyond the axis clamp."""
     x = n.x(0)
     starts, ends = n.ints(1, "starts") or [], n.ints(2, "ends") or []
@@ -525,7 +525,7 @@ def _slice_op(n: Node) -> Value:
 
 
 @onnx_op("Split")
-def _split(n: Node) -> tuple[Value, ...]:
+def _split(n: OnnxNode) -> tuple[Value, ...]:
     """split is an optional input (opset 13+); without it, num_outputs (opset 18) or the node's output count gives
     equal parts, the last one smaller when the axis does not divide."""
     x = n.x(0)
@@ -542,7 +542,7 @@ def _split(n: Node) -> tuple[Value, ...]:
 
 
 @onnx_op("Gather")
-def _gather(n: Node) -> Value:
+def _gather(n: OnnxNode) -> Value:
     """axis defaults to 0; static negative indices count from the end (dynamic ones must be non-negative)."""
     x, idx = n.x(0), n.x(1)
     axis = _axes([n.attrs.get("axis", 0)], x.ndim, n)[0]
@@ -556,7 +556,7 @@ def _gather(n: Node) -> Value:
 
 
 @onnx_op("Constant")
-def _constant(n: Node) -> Value:
+def _constant(n: OnnxNode) -> Value:
     """value (a tensor), value_float(s) or value_int(s); sparse and string values are not supported."""
     for key, dtype in (("value", None), ("value_float", np.float32), ("value_floats", np.float32), ("value_int", np.int64),
                        ("value_ints", np.int64)):
@@ -566,7 +566,7 @@ def _constant(n: Node) -> Value:
 
 
 @onnx_op("ConstantOfShape")
-def _constant_of_shape(n: Node) -> Value:
+def _constant_of_shape(n: OnnxNode) -> Value:
     """value defaults to a float32 zero."""
     value = n.attrs.get("value", np.zeros(1, np.float32))
     shape = tuple(n.ints(0, "shape") or [])
@@ -576,14 +576,14 @@ def _constant_of_shape(n: Node) -> Value:
 
 
 @onnx_op("Shape")
-def _shape(n: Node) -> Value:
+def _shape(n: OnnxNode) -> Value:
     """The static shape, start and end (opset 15) slicing it."""
     shape = n.x(0).shape
     return n.const(shape[n.attrs.get("start", 0):n.attrs.get("end", len(shape))], np.int64)
 
 
 @onnx_op("Range")
-def _range(n: Node) -> Value:
+def _range(n: OnnxNode) -> Value:
     start, limit, delta = (n.static(i, what) for i, what in enumerate(("start", "limit", "delta")))
     count = max(int(np.ceil((limit - start) / delta)), 0)
     if count > MAX_FOLD_ELEMENTS:
@@ -594,7 +594,7 @@ def _range(n: Node) -> Value:
 # ---- the model ----
 
 
-def _np_dtype(onnx_type: int, n: Node | None = None, where: str = "") -> np.dtype:
+def _np_dtype(onnx_type: int, n: OnnxNode | None = None, where: str = "") -> np.dtype:
     """An ONNX TensorProto data type as an engine dtype, or an error naming where it appears."""
     helper = onnx_module().helper
     try:
@@ -683,7 +683,7 @@ def convert(model: Any, trainable: bool = True, shapes: dict[str, Sequence[int]]
         missing = [x for x in proto.input if x and x not in env]
         if missing:
             raise OnnxImportError(f"ONNX node {shown(node_name)} (op {proto.op_type}): input {shown(missing[0])} is not defined before it")
-        n = Node(b, node_name, proto.op_type, [env[x] if x else None for x in proto.input], _attrs(proto), opset, len(proto.output))
+        n = OnnxNode(b, node_name, proto.op_type, [env[x] if x else None for x in proto.input], _attrs(proto), opset, len(proto.output))
         try:
             out = ONNX_OPS[proto.op_type](n)
         except OnnxImportError:

@@ -3,6 +3,7 @@
 what cannot be converted fails naming the node, op type and domain."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -172,3 +173,13 @@ def test_supported_ops_cover_the_issue_list() -> None:
               "ReduceMean ReduceSum ReduceMax Clip Identity Dropout Constant ConstantOfShape Shape Range").split()
     assert set(wanted) <= set(gonnx.supported_ops())
     assert set(MODELS) == {"mlp", "cnn", "encoder"}
+
+
+def test_docs_import_example_runs(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    """docs/onnx.md's Import example, as written (it exports, loads, differentiates and trains)."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "onnx.md").read_text()
+    code = text.split("```python\n", 1)[1].split("```", 1)[0]
+    monkeypatch.chdir(tmp_path)
+    scope: dict[str, Any] = {}
+    exec(compile(code, "docs/onnx.md", "exec"), scope)
+    assert scope["dx"].shape == (2, 4) and [g.shape for g in scope["dw"]] == [(8, 4), (8,), (3, 8), (3,)]
