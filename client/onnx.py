@@ -2,7 +2,7 @@
 ``grad``, higher orders and the optimizers work on it as on any traced network, embedded or remote."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from gradserve.engine import Graph, flatten
 from gradserve.engine.onnx_import import convert, load_model
@@ -48,7 +48,7 @@ class OnnxCell(Cell):
         return out if isinstance(self.graph.outputs, tuple) else out[0]
 
 
-def load(model: Any, trainable: bool = True, shapes: dict[str, Sequence[int]] | None = None) -> OnnxCell:
+def load(model: Any, trainable: bool = True, shapes: Mapping[str, Sequence[int]] | None = None) -> OnnxCell:
     """An ONNX model (a path, its bytes or an ``onnx.ModelProto``) as a Cell; its initializers are Parameters with
     ``requires_grad=trainable``; ``shapes`` fixes inputs whose dimensions are symbolic in the model."""
     return OnnxCell(convert(load_model(model), trainable=trainable, shapes=shapes))

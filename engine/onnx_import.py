@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
@@ -637,7 +637,7 @@ def supported_ops() -> list[str]:
     return sorted(ONNX_OPS)
 
 
-def _input_shape(vi: Any, shapes: dict[str, Sequence[int]]) -> tuple[int, ...]:
+def _input_shape(vi: Any, shapes: Mapping[str, Sequence[int]]) -> tuple[int, ...]:
     """A graph input's static shape: its declared dims, or the caller's for inputs with symbolic dims."""
     if vi.name in shapes:
         return tuple(int(d) for d in shapes[vi.name])
@@ -652,7 +652,7 @@ def _input_shape(vi: Any, shapes: dict[str, Sequence[int]]) -> tuple[int, ...]:
     return tuple(dims)
 
 
-def convert(model: Any, trainable: bool = True, shapes: dict[str, Sequence[int]] | None = None, name: str = "onnx") -> Graph:
+def convert(model: Any, trainable: bool = True, shapes: Mapping[str, Sequence[int]] | None = None, name: str = "onnx") -> Graph:
     """The engine graph of an ``onnx.ModelProto``: its inputs (not initializers) in order, its initializers as
     parameters under their ONNX names (``requires_grad=trainable``), its outputs in order (one Value, or a tuple
     for several). Raises OnnxImportError naming the first node that cannot be converted; nothing is kept then."""
