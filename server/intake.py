@@ -6,11 +6,17 @@ only when its lane has room to receive the largest message gRPC accepts (``max_m
 then counts the message's actual size among the messages held by their handlers (``max_queued_bytes``)
 until the handler returns, refusing it at once when they do not fit.
 
-Two lanes, each first come first served: the large lane (Grad, Run and RegisterNetwork calls) receives
-as many messages at once as ``max_receive_bytes`` holds largest messages; the small lane (every other
-method, and calls whose ``gradserve-request-bytes`` metadata declares at most ``SMALL_BYTES``) one at a
-time, so that health checks and tiny gradients never wait behind large uploads. A message larger than
-its call declared is refused, so each lane stays bounded whatever callers send."""
+Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
+RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
+the small lane (every other unary method, and calls whose ``gradserve-request-bytes`` metadata declares at
+most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
+uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds
+largest messages (a stream asks for its next message only in its turn, so open streams cost their
+flow-control windows, not a message each). A message larger than its call declared is refused, so each
+lane stays bounded whatever callers send. At most ``max_receive_waiting`` calls wait for a turn in the
+large lane (each costs a gRPC thread and its flow-control window); beyond that a call is refused at once.
+Round robin per connection keeps a caller that cannot declare its size from waiting behind every upload
+another caller queued: it waits for at most one turn per other connection with calls waiting."""
 from __future__ import annotations
 
 import collections
@@ -35,47 +41,104 @@ WAIT_SLICE_SECONDS = 0.25
 
 @dataclass
 class Lane:
-    """Handlers taking turns to receive: ``slots`` messages at once (each counted as the largest)."""
+    """Handlers taking turns to receive: ``slots`` messages at once (each counted as the largest), the
+    waiting ones served round robin over their callers' connections (``line``: each peer's tickets, in
+    the order the peers get their next turn), so that a caller with one call waits for one turn of each
+    other caller, not behind all the uploads another has queued."""
 
     slots: int
     receiving: int = 0
-    line: collections.deque[object] = field(default_factory=collections.deque)
+    line: collections.OrderedDict[str, collections.deque[object]] = field(default_factory=collections.OrderedDict)
+    waiting: int = 0
+    """Tickets in ``line``."""
+
+    def join(self, peer: str, ticket: object) -> None:
+        """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in the round)."""
+        self.line.setdefault(peer, collections.deque()).append(ticket)
+        self.waiting += 1
 
     def turn(self, ticket: object) -> bool:
-        """Whether ``ticket`` is first in line and a slot is free."""
-        return self.receiving < self.slots and self.line[0] is ticket
+        """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free."""
+        return self.receiving < self.slots and next(iter(self.line.values()))[0] is ticket
+
+    def take(self) -> None:
+        """The next ticket takes a slot; its peer goes to the end of the round."""
+        peer, tickets = next(iter(self.line.items()))
+        tickets.popleft()
+        if tickets:
+            self.line.move_to_end(peer)
+        else:
+            del self.line[peer]
+        self.waiting -= 1
+        self.receiving += 1
+
+    def leave(self, peer: str, ticket: object) -> None:
+        """``ticket``'s call ended while it waited."""
+        tickets = self.line[peer]
+        tickets.remove(ticket)
+        if not tickets:
+            del self.line[peer]
+        self.waiting -= 1
+
+
+@dataclass
+class Received:
+    """One message of a request stream as the intake took it in: its ``size`` counts as held until
+    ``release()`` (called once it is answered), unless it was ``refused`` (not held, answered with that status)."""
+
+    message: Any
+    size: int
+    refused: Failure | None
+    intake: Intake
+
+    def release(self) -> None:
+        """The message was answered."""
+        if self.refused is None:
+            self.intake.release(self.size)
 
 
 class Intake:
-    """The two lanes (``receiving_limit`` // ``largest`` slots in the large one, at least one; one in the
-    small one) and the bytes received and not yet answered (up to ``held_limit``); a limit of 0 is none."""
+    """Three lanes: the large one (``receiving_limit`` // ``largest`` slots, at least one), the small one (one
+    slot) and the stream one (``stream_limit`` // ``largest`` slots, at least one, for GradStream messages);
+    the bytes received and not yet answered (up to ``held_limit``); and at most ``max_waiting`` unary calls
+    waiting for their turn in the large lane. A limit of 0 is none."""
 
-    def __init__(self, receiving_limit: int, largest: int, held_limit: int) -> None:
+    def __init__(self, receiving_limit: int, largest: int, held_limit: int, stream_limit: int = 0, max_waiting: int = 0) -> None:
         self.largest = largest
         self.held_limit = held_limit
+        self.max_waiting = max_waiting
         self.bounded = bool(receiving_limit)
         self.large = Lane(max(1, receiving_limit // largest) if receiving_limit and largest else 1)
         self.small = Lane(1)
+        self.streams = Lane(max(1, stream_limit // largest) if stream_limit and largest else 1)
         self.held = 0
         """Bytes of the messages received whose handlers have not returned."""
         self.freed = 0
         """Running total of the bytes of messages over ``SMALL_BYTES`` whose handlers returned."""
         self._room = threading.Condition()
 
-    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext) -> bool:
-        """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first."""
-        ticket = object()
+    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0) -> bool:
+        """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
+        Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others (0: no bound)."""
+        ticket, peer = object(), context.peer()
         with self._room:
-            lane.line.append(ticket)
+            if max_waiting and lane.waiting >= max_waiting:
+                raise Failure("RESOURCE_EXHAUSTED", f"{lane.waiting} calls are already waiting for their turn to be "
+                              f"received, the max_receive_waiting limit of {max_waiting}; retry later")
+            lane.join(peer, ticket)
             while not self._room.wait_for(lambda: lane.turn(ticket), WAIT_SLICE_SECONDS):
                 if not context.is_active():
-                    lane.line.remove(ticket)
+                    lane.leave(peer, ticket)
                     self._room.notify_all()
                     return False
-            lane.line.popleft()
-            lane.receiving += 1
+            lane.take()
             self._room.notify_all()
         return True
+
+    def _done_receiving(self, lane: Lane) -> None:
+        with self._room:
+            lane.receiving -= 1
+            self._room.notify_all()
 
     def receive(self, method: str, messages: Iterator[Any], context: grpc.ServicerContext) -> tuple[Any, int] | None:
         """The one (message, size) of a unary call's ``messages`` (the deserializer's pairs), asked for in
@@ -83,7 +146,7 @@ class Intake:
         held until ``release``; raises Failure when it does not fit or exceeds what the call declared."""
         declared = _declared(context)
         lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
-        if self.bounded and not self._wait_turn(lane, context):
+        if self.bounded and not self._wait_turn(lane, context, self.max_waiting if lane is self.large else 0):
             return None
         try:
             message, size = next(messages, (None, 0))
@@ -91,9 +154,7 @@ class Intake:
             message, size = None, 0
         finally:
             if self.bounded:
-                with self._room:
-                    lane.receiving -= 1
-                    self._room.notify_all()
+                self._done_receiving(lane)
         if message is None:
             return None
         if declared is not None and size > declared:
@@ -101,6 +162,29 @@ class Intake:
                           f"{DECLARED} metadata declares", [(DECLARED, "smaller than the request")])
         self.hold(size)
         return message, size
+
+    def stream(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Received]:
+        """The messages of a request stream (the deserializer's (message, size) pairs), each asked of gRPC in
+        its turn in the stream lane and then held (``hold``); a message that does not fit is yielded
+        ``refused``, and the stream goes on. Ends with the stream, or when the call ended first."""
+        while True:
+            if self.bounded and not self._wait_turn(self.streams, context):
+                return
+            try:
+                message, size = next(messages, (None, 0))
+            except grpc.RpcError:  # the call was cancelled while a message was on its way
+                message, size = None, 0
+            finally:
+                if self.bounded:
+                    self._done_receiving(self.streams)
+            if message is None:
+                return
+            try:
+                self.hold(size)
+            except Failure as f:
+                yield Received(message, size, f, self)
+                continue
+            yield Received(message, size, None, self)
 
     def hold(self, size: int) -> None:
         """Count ``size`` received bytes as held, or refuse them (RESOURCE_EXHAUSTED) when they do not fit."""

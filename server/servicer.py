@@ -28,6 +28,7 @@ from .cache import Cache
 from .compute import KINDS, Answer, Request, plan_key
 from .config import ServerConfig
 from .errors import Failure
+from .intake import Received
 from .jsonlog import log
 from .lane import Lane
 from .metrics import Metrics
@@ -332,9 +333,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         """Forward outputs of a network (a serialized RunResponse)."""
         return self._serve("Run", context, lambda call: self._compute("run", request, call), request.message.request_id)
 
-    def GradStream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
+    def GradStream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
-        At most ``max_open_streams`` streams are open at once (each holds a gRPC thread while open)."""
+        At most ``max_open_streams`` streams are open at once (each holds a gRPC thread while open); each
+        message arrives in its turn in the intake's stream lane and stays held there until answered."""
         cap = self.limits.max_open_streams
         with self._streams_lock:
             full = bool(cap) and self._streams >= cap
@@ -351,25 +353,40 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             with self._streams_lock:
                 self._streams -= 1
 
-    def _grad_stream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:
+    def _grad_stream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:
+        """The answers of a stream: at most ``window`` messages are between being asked for and being
+        answered, so the next message is asked of gRPC only once there is room for it."""
         results: queue.Queue[bytes | service_pb2.GradResponse | None] = queue.Queue()
         window = threading.Semaphore(self.pool.size * 2)
         sent = [0]
 
-        def one(incoming: blobs.Lifted) -> None:
-            """Answer one request of the stream: its response, or one carrying its failure as ``error``."""
+        def one(item: Received) -> None:
+            """Answer one message of the stream: its response, or one carrying its failure as ``error``."""
+            incoming: blobs.Lifted = item.message
             rid = incoming.message.request_id
-            results.put(self._observe(Call("GradStream", context, None, rid), lambda call: self._compute("grad", incoming, call),
-                                      lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f))))
+
+            def compute(call: Call) -> bytes:
+                if item.refused is not None:
+                    raise item.refused
+                return self._compute("grad", incoming, call)
+
+            try:
+                results.put(self._observe(Call("GradStream", context, None, rid), compute,
+                                          lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f))))
+            finally:
+                item.release()
 
         def read(executor: ThreadPoolExecutor) -> None:
             try:
-                for request in request_iterator:
+                while True:
                     while not window.acquire(timeout=0.1):
                         if not context.is_active():
                             return
+                    item = next(request_iterator, None)
+                    if item is None:
+                        return
                     sent[0] += 1
-                    executor.submit(one, request)
+                    executor.submit(one, item)
             except Exception:  # the client went away; what was read is still answered
                 pass
             finally:
