@@ -92,9 +92,10 @@ class Received:
     intake: Intake
 
     def release(self) -> None:
-        """The message was answered."""
-        if self.refused is None:
+        """The message was answered (or its answer now counts instead); a second call does nothing."""
+        if self.refused is None and self.size:
             self.intake.release(self.size)
+            self.size = 0
 
 
 class Intake:
@@ -186,16 +187,16 @@ class Intake:
                 continue
             yield Received(message, size, None, self)
 
-    def hold(self, size: int) -> None:
-        """Count ``size`` received bytes as held, or refuse them (RESOURCE_EXHAUSTED) when they do not fit."""
+    def hold(self, size: int, what: str = "this request", advice: str = "retry later, or send smaller requests") -> None:
+        """Count ``size`` bytes (received, or of a stream's answer waiting to be sent) as held, or refuse them
+        (RESOURCE_EXHAUSTED, naming ``what`` they are and giving ``advice``) when they do not fit."""
         with self._room:
             held = self.held
             if size <= SMALL_BYTES or not self.held_limit or held + size <= self.held_limit:
                 self.held = held + size
                 return
-        raise Failure("RESOURCE_EXHAUSTED", f"this request is {size} bytes and the requests waiting or being computed "
-                      f"hold {held}, together over the max_queued_bytes limit of {self.held_limit}; "
-                      "retry later, or send smaller requests")
+        raise Failure("RESOURCE_EXHAUSTED", f"{what} is {size} bytes and the requests waiting or being computed "
+                      f"hold {held}, together over the max_queued_bytes limit of {self.held_limit}; {advice}")
 
     def release(self, size: int) -> None:
         """A handler holding ``size`` bytes returned."""

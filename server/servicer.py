@@ -355,8 +355,9 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def _grad_stream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:
         """The answers of a stream: at most ``window`` messages are between being asked for and being
-        answered, so the next message is asked of gRPC only once there is room for it."""
-        results: queue.Queue[bytes | service_pb2.GradResponse | None] = queue.Queue()
+        answered, so the next message is asked of gRPC only once there is room for it. An answer waiting
+        to be sent counts its bytes against ``max_queued_bytes`` in place of its request's."""
+        results: queue.Queue[tuple[bytes | service_pb2.GradResponse, Callable[[], None]] | None] = queue.Queue()
         window = threading.Semaphore(self.pool.size * 2)
         sent = [0]
 
@@ -364,17 +365,23 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             """Answer one message of the stream: its response, or one carrying its failure as ``error``."""
             incoming: blobs.Lifted = item.message
             rid = incoming.message.request_id
+            held = [0]
 
             def compute(call: Call) -> bytes:
                 if item.refused is not None:
                     raise item.refused
-                return self._compute("grad", incoming, call)
+                out = self._compute("grad", incoming, call)
+                item.release()
+                item.intake.hold(len(out), "the GradResponse", "read the stream's answers sooner, or ask for smaller results")
+                held[0] = len(out)
+                return out
 
             try:
-                results.put(self._observe(Call("GradStream", context, None, rid), compute,
-                                          lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f))))
+                answer = self._observe(Call("GradStream", context, None, rid), compute,
+                                       lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f)))
             finally:
                 item.release()
+            results.put((answer, lambda: item.intake.release(held[0])))
 
         def read(executor: ThreadPoolExecutor) -> None:
             try:
@@ -392,19 +399,29 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             finally:
                 results.put(None)
 
-        with ThreadPoolExecutor(max_workers=self.pool.size, thread_name_prefix="gradstream") as executor:
-            reader = threading.Thread(target=read, args=(executor,), daemon=True)
-            reader.start()
-            done, expected = 0, None
-            while expected is None or done < expected:
-                item = results.get()
-                if item is None:
-                    expected = sent[0]
-                    continue
-                done += 1
-                window.release()
-                yield item
-            reader.join()
+        try:
+            with ThreadPoolExecutor(max_workers=self.pool.size, thread_name_prefix="gradstream") as executor:
+                reader = threading.Thread(target=read, args=(executor,), daemon=True)
+                reader.start()
+                done, expected = 0, None
+                while expected is None or done < expected:
+                    got = results.get()
+                    if got is None:
+                        expected = sent[0]
+                        continue
+                    done += 1
+                    answer, release = got
+                    try:
+                        yield answer
+                    finally:
+                        release()
+                        window.release()
+                reader.join()
+        finally:  # the call ended before every answer was sent: the computed ones are dropped
+            while not results.empty():
+                left = results.get_nowait()
+                if left is not None:
+                    left[1]()
 
     def ListOps(self, request: service_pb2.ListOpsRequest, context: grpc.ServicerContext) -> service_pb2.ListOpsResponse:
         """Every op of the engine (asked of a worker once, then cached)."""

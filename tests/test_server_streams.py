@@ -3,6 +3,7 @@ max_queued_bytes (a message that does not fit is answered RESOURCE_EXHAUSTED and
 calls waiting for their turn to be received are bounded in number (max_receive_waiting)."""
 from __future__ import annotations
 
+import re
 import threading
 from typing import Iterator
 
@@ -129,3 +130,34 @@ def test_unary_calls_beyond_the_waiting_bound_are_refused_at_once_and_the_waitin
             np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(f.result()).gradients), cos, rtol=1e-6)
         assert request_counters(stub)[("Grad", "RESOURCE_EXHAUSTED")] == 1
         assert server.intake.large.waiting == 0 and server.intake.large.receiving == 0
+
+
+def test_a_stream_answer_over_the_queued_budget_is_refused_and_a_cancelled_stream_releases_its_bytes() -> None:
+    n = 1 << 18  # a forward output of 2 MiB of float64 from a scalar input
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_queued_bytes=MiB))) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = service_pb2_grpc.GradientStub(ch)
+        b = GraphBuilder()
+        graph = codec.encode_graph(b.build(b.op("BroadcastTo", b.input("x", "float64", ()), shape=[n])))
+        nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=graph), timeout=WAIT).network_id
+        x = codec.encode_tensor(np.array(0.5))
+        wide = service_pb2.GradRequest(network_id=nid, inputs=[x], return_forward=True, request_id="wide")
+        narrow = service_pb2.GradRequest(network_id=nid, inputs=[x], request_id="narrow")
+        answers = {r.request_id: r for r in stub.GradStream(iter([wide, narrow]), timeout=WAIT)}
+        refused = answers["wide"].error
+        assert refused.code == grpc.StatusCode.RESOURCE_EXHAUSTED.value[0]
+        found = re.fullmatch(r"the GradResponse is (\d+) bytes and the requests waiting or being computed hold (\d+), "
+                             rf"together over the max_queued_bytes limit of {MiB}; read the stream's answers sooner, "
+                             "or ask for smaller results", refused.message)
+        assert found is not None, refused.message
+        size, held = map(int, found.groups())
+        assert 8 * n < size < 8 * n + 1024  # the forward output's data, and the rest of the response
+        assert held <= narrow.ByteSize()  # the other message of the stream, if it was in by then
+        assert codec.decode_tree(answers["narrow"].gradients) == float(n)  # d/dx sum(broadcast x) with ones as sens
+        # A stream cancelled after its first answer: what it read or computed is released all the same.
+        small, cos = small_grad(stub)
+        stream = stub.GradStream(iter([small] * 8), timeout=WAIT)
+        np.testing.assert_allclose(codec.decode_tree(next(stream).gradients), cos, rtol=1e-6)
+        stream.cancel()
+        wait_until(lambda: server.intake.held == 0 and server.servicer._streams == 0, "the cancelled stream's bytes released")
+        assert serving(ch)
