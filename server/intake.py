@@ -15,8 +15,10 @@ largest messages (a stream asks for its next message only in its turn, so open s
 flow-control windows, not a message each). A message larger than its call declared is refused, so each
 lane stays bounded whatever callers send. At most ``max_receive_waiting`` calls wait for a turn in the
 large lane (each costs a gRPC thread and its flow-control window); beyond that a call is refused at once.
-Round robin per connection keeps a caller that cannot declare its size from waiting behind every upload
-another caller queued: it waits for at most one turn per other connection with calls waiting."""
+Round robin per connection keeps a caller that does not declare its size from waiting behind every
+upload another caller queued: it waits for at most one turn per other connection with calls waiting;
+and a connection whose last message in the large lane was small goes ahead of the others, so a caller
+sending small requests undeclared waits for the uploads being received only (``Lane``)."""
 from __future__ import annotations
 
 import collections
@@ -35,49 +37,63 @@ SMALL_BYTES = 64 << 10
 is never refused for want of room (each gRPC thread holds at most one)."""
 LARGE_METHODS = frozenset(f"/gradserve.v1.Gradient/{name}" for name in ("Grad", "Run", "RegisterNetwork"))
 """Unary methods whose requests carry tensors or networks: received in the large lane unless declared small."""
+PEERS_KEPT = 4096
+"""Connections remembered as sending small messages (the most recent ones)."""
 WAIT_SLICE_SECONDS = 0.25
 """How often a handler waiting for its turn to receive looks whether its call is still alive."""
 
 
+Round = collections.OrderedDict
+"""Tickets by peer, in the order the peers get their next turn."""
+
+
 @dataclass
 class Lane:
-    """Handlers taking turns to receive: ``slots`` messages at once (each counted as the largest), the
-    waiting ones served round robin over their callers' connections (``line``: each peer's tickets, in
-    the order the peers get their next turn), so that a caller with one call waits for one turn of each
-    other caller, not behind all the uploads another has queued."""
+    """Handlers taking turns to receive: ``slots`` messages at once (each counted as the largest). The
+    waiting ones are served round robin over their callers' connections, so that a caller waits for one
+    turn of each other caller, not behind all the uploads another queued; and callers whose last message
+    was small (``ahead``) before the others, so that a caller that sends small requests without declaring
+    them waits for at most the uploads being received. A caller that sent a large message after small
+    ones loses its place ahead, so this costs the others at most one turn per small message it sent."""
 
     slots: int
     receiving: int = 0
-    line: collections.OrderedDict[str, collections.deque[object]] = field(default_factory=collections.OrderedDict)
+    ahead: Round[str, collections.deque[object]] = field(default_factory=Round)
+    line: Round[str, collections.deque[object]] = field(default_factory=Round)
     waiting: int = 0
-    """Tickets in ``line``."""
+    """Tickets in ``ahead`` and ``line``."""
 
-    def join(self, peer: str, ticket: object) -> None:
-        """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in the round)."""
-        self.line.setdefault(peer, collections.deque()).append(ticket)
+    def join(self, peer: str, ticket: object, ahead: bool = False) -> None:
+        """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
+        (self.ahead if ahead else self.line).setdefault(peer, collections.deque()).append(ticket)
         self.waiting += 1
+
+    def _round(self) -> Round[str, collections.deque[object]]:
+        return self.ahead or self.line
 
     def turn(self, ticket: object) -> bool:
         """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free."""
-        return self.receiving < self.slots and next(iter(self.line.values()))[0] is ticket
+        return self.receiving < self.slots and next(iter(self._round().values()))[0] is ticket
 
     def take(self) -> None:
-        """The next ticket takes a slot; its peer goes to the end of the round."""
-        peer, tickets = next(iter(self.line.items()))
+        """The next ticket takes a slot; its peer goes to the end of its round."""
+        turns = self._round()
+        peer, tickets = next(iter(turns.items()))
         tickets.popleft()
         if tickets:
-            self.line.move_to_end(peer)
+            turns.move_to_end(peer)
         else:
-            del self.line[peer]
+            del turns[peer]
         self.waiting -= 1
         self.receiving += 1
 
     def leave(self, peer: str, ticket: object) -> None:
         """``ticket``'s call ended while it waited."""
-        tickets = self.line[peer]
+        turns = self.ahead if ticket in self.ahead.get(peer, ()) else self.line
+        tickets = turns[peer]
         tickets.remove(ticket)
         if not tickets:
-            del self.line[peer]
+            del turns[peer]
         self.waiting -= 1
 
 
@@ -112,6 +128,8 @@ class Intake:
         self.large = Lane(max(1, receiving_limit // largest) if receiving_limit and largest else 1)
         self.small = Lane(1)
         self.streams = Lane(max(1, stream_limit // largest) if stream_limit and largest else 1)
+        self.small_peers: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Connections whose last message in the large lane was at most ``SMALL_BYTES`` (the latest ``PEERS_KEPT``)."""
         self.held = 0
         """Bytes of the messages received whose handlers have not returned."""
         self.freed = 0
@@ -126,7 +144,7 @@ class Intake:
             if max_waiting and lane.waiting >= max_waiting:
                 raise Failure("RESOURCE_EXHAUSTED", f"{lane.waiting} calls are already waiting for their turn to be "
                               f"received, the max_receive_waiting limit of {max_waiting}; retry later")
-            lane.join(peer, ticket)
+            lane.join(peer, ticket, lane is self.large and peer in self.small_peers)
             while not self._room.wait_for(lambda: lane.turn(ticket), WAIT_SLICE_SECONDS):
                 if not context.is_active():
                     lane.leave(peer, ticket)
@@ -158,11 +176,24 @@ class Intake:
                 self._done_receiving(lane)
         if message is None:
             return None
+        if lane is self.large:
+            self._remember(context.peer(), size)
         if declared is not None and size > declared:
             raise Failure("INVALID_ARGUMENT", f"{method}: the request is {size} bytes, more than the {declared} its "
                           f"{DECLARED} metadata declares", [(DECLARED, "smaller than the request")])
         self.hold(size)
         return message, size
+
+    def _remember(self, peer: str, size: int) -> None:
+        """Note whether ``peer``'s latest message in the large lane was small (its next call goes ahead)."""
+        with self._room:
+            if size <= SMALL_BYTES:
+                self.small_peers[peer] = None
+                self.small_peers.move_to_end(peer)
+                if len(self.small_peers) > PEERS_KEPT:
+                    self.small_peers.popitem(last=False)
+            else:
+                self.small_peers.pop(peer, None)
 
     def stream(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Received]:
         """The messages of a request stream (the deserializer's (message, size) pairs), each asked of gRPC in

@@ -132,16 +132,16 @@ def test_a_message_larger_than_its_declared_size_is_refused() -> None:
     assert intake.held == 0 and intake.small.receiving == 0
 
 
-def test_a_caller_waits_for_one_turn_of_each_other_connection_not_behind_all_its_uploads() -> None:
-    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0)
-    busy, quiet = "ipv4:127.0.0.1:1001", "ipv4:127.0.0.1:1002"
+def turn_order(intake: Intake, late_peer: str) -> list[object]:
+    """One connection queues five uploads (the first receiving at once), then ``late_peer`` one call not
+    declaring its size: the order in which their messages are asked for, one turn at a time."""
     uploads = [Upload(MiB) for _ in range(5)]
     futures = []
-    for i, upload in enumerate(uploads):  # one connection: one upload receiving, four in line
-        futures.append(receiving(intake, GRAD, upload, Context(peer=busy)))
+    for i, upload in enumerate(uploads):
+        futures.append(receiving(intake, GRAD, upload, Context(peer="ipv4:127.0.0.1:1001")))
         wait_until(lambda i=i: uploads[0].asked.is_set() and intake.large.waiting == i, f"upload {i} to line up")
-    late = Upload(300)  # another connection's call, not declaring its size, comes last
-    late_future = receiving(intake, GRAD, late, Context(peer=quiet))
+    late = Upload(300)
+    late_future = receiving(intake, GRAD, late, Context(peer=late_peer))
     wait_until(lambda: intake.large.waiting == 5, "the late call to line up")
     order: list[object] = []
     pending = [*uploads, late]
@@ -154,11 +154,30 @@ def test_a_caller_waits_for_one_turn_of_each_other_connection_not_behind_all_its
         (now,) = asked()
         order.append("late" if now is late else uploads.index(now))
         now.arrive.set()
-    # The late call lined up behind one waiting upload of the other connection (which lined up first), not
-    # behind all four: first come first served would have given [0, 1, 2, 3, 4, "late"].
-    assert order == [0, 1, "late", 2, 3, 4]
     assert late_future.result(WAIT) == ("message", 300) and [f.result(WAIT)[1] for f in futures] == [MiB] * 5
-    assert intake.large.waiting == 0 and not intake.large.line
+    assert intake.large.waiting == 0 and not intake.large.line and not intake.large.ahead
+    return order
+
+
+def test_a_caller_waits_for_one_turn_of_each_other_connection_not_behind_all_its_uploads() -> None:
+    # The late call lines up behind one waiting upload of the other connection (which lined up first), not
+    # behind all four: first come first served would give [0, 1, 2, 3, 4, "late"].
+    assert turn_order(Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0), "ipv4:127.0.0.1:1002") == \
+        [0, 1, "late", 2, 3, 4]
+
+
+def test_a_caller_whose_last_message_was_small_goes_ahead_of_waiting_uploads_until_it_sends_a_large_one() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0)
+    quiet = "ipv4:127.0.0.1:1003"
+    before = Upload(300)
+    before.arrive.set()
+    assert receiving(intake, GRAD, before, Context(peer=quiet)).result(WAIT) == ("message", 300)
+    assert turn_order(intake, quiet) == [0, "late", 1, 2, 3, 4]  # it waits for the upload being received only
+    large = Upload(2 * MiB)
+    large.arrive.set()
+    assert receiving(intake, GRAD, large, Context(peer=quiet)).result(WAIT) == ("message", 2 * MiB)
+    assert quiet not in intake.small_peers  # its next call waits its turn like any upload
+    assert turn_order(intake, quiet) == [0, 1, "late", 2, 3, 4]
 
 
 def test_calls_beyond_the_waiting_bound_are_refused_at_once_naming_it() -> None:
@@ -245,7 +264,10 @@ def sin_network(stub: service_pb2_grpc.GradientStub, n: int) -> str:
 def test_many_large_requests_are_refused_over_budget_while_small_ones_are_served() -> None:
     n = 2 * MiB  # 8 MiB of float32 per request
     x = np.linspace(0, 1, n, dtype=np.float32)
-    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=17 * MiB, max_queue_depth=16)
+    # stop_grace_ms: the busy run, cancelled below, may still be compiling its 20,000 steps then (not an
+    # operation it can stop between) on a loaded machine; it stops after that instead of being replaced.
+    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=17 * MiB, max_queue_depth=16,
+                    stop_grace_ms=600_000)
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
         stub = service_pb2_grpc.GradientStub(ch)
