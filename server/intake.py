@@ -14,7 +14,8 @@ uploads; the stream lane as many GradStream messages at once as ``max_stream_rec
 largest messages (a stream asks for its next message only in its turn, so open streams cost their
 flow-control windows, not a message each). A message larger than its call declared is refused, so each
 lane stays bounded whatever callers send. At most ``max_receive_waiting`` calls wait for a turn in the
-large lane (each costs a gRPC thread and its flow-control window); beyond that a call is refused at once.
+large lane in each of its two rounds (each costs a gRPC thread and its flow-control window); beyond
+that a call is refused at once.
 Round robin per connection keeps a caller that does not declare its size from waiting behind every
 upload another caller queued: it waits for at most one turn per other connection with calls waiting;
 and a connection whose last message in the large lane was small goes ahead of the others, so a caller
@@ -67,6 +68,10 @@ class Lane:
         """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
         (self.ahead if ahead else self.line).setdefault(peer, collections.deque()).append(ticket)
         self.waiting += 1
+
+    def in_round(self, ahead: bool) -> int:
+        """Tickets waiting in the ``ahead`` round, or in the other one."""
+        return sum(map(len, (self.ahead if ahead else self.line).values()))
 
     def _round(self) -> Round[str, collections.deque[object]]:
         return self.ahead or self.line
@@ -138,13 +143,16 @@ class Intake:
 
     def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0) -> bool:
         """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
-        Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others (0: no bound)."""
+        Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others of its round
+        (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls."""
         ticket, peer = object(), context.peer()
         with self._room:
-            if max_waiting and lane.waiting >= max_waiting:
-                raise Failure("RESOURCE_EXHAUSTED", f"{lane.waiting} calls are already waiting for their turn to be "
+            ahead = lane is self.large and peer in self.small_peers
+            waiting = lane.in_round(ahead)
+            if max_waiting and waiting >= max_waiting:
+                raise Failure("RESOURCE_EXHAUSTED", f"{waiting} calls are already waiting for their turn to be "
                               f"received, the max_receive_waiting limit of {max_waiting}; retry later")
-            lane.join(peer, ticket, lane is self.large and peer in self.small_peers)
+            lane.join(peer, ticket, ahead)
             while not self._room.wait_for(lambda: lane.turn(ticket), WAIT_SLICE_SECONDS):
                 if not context.is_active():
                     lane.leave(peer, ticket)

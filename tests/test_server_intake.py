@@ -197,7 +197,17 @@ def test_calls_beyond_the_waiting_bound_are_refused_at_once_naming_it() -> None:
     small = Upload(300)  # the small lane is not bounded by it: health checks always get in
     small.arrive.set()
     assert receiving(intake, HEALTH, small).result(WAIT) == ("message", 300)
-    for upload, future in zip(uploads, futures):
+    # A connection whose last message was small goes ahead, in a round of its own, with its own bound.
+    intake.small_peers["ipv4:127.0.0.1:1003"] = None
+    ahead = Upload(300)
+    ahead_future = receiving(intake, GRAD, ahead, Context(peer="ipv4:127.0.0.1:1003"))
+    wait_until(lambda: intake.large.waiting == 3, "the small caller to wait ahead")
+    uploads[0].arrive.set()
+    assert futures[0].result(WAIT) == ("message", MiB)
+    assert ahead.asked.wait(WAIT) and not any(u.asked.is_set() for u in uploads[1:])
+    ahead.arrive.set()
+    assert ahead_future.result(WAIT) == ("message", 300)
+    for upload, future in zip(uploads[1:], futures[1:]):
         upload.arrive.set()
         assert future.result(WAIT) == ("message", MiB)
     assert intake.large.waiting == 0

@@ -579,8 +579,9 @@ class Limits(_message.Message):
     max_queued_bytes; one that does not fit gets RESOURCE_EXHAUSTED in its own response.
     """
     max_receive_waiting: _builtins.int
-    """Grad, Run and RegisterNetwork calls that may wait for their turn to be received; beyond it a call
-    gets RESOURCE_EXHAUSTED at once.
+    """Grad, Run and RegisterNetwork calls that may wait for their turn to be received, counted apart for
+    connections whose last message was small (they go ahead) and the others; beyond it a call gets
+    RESOURCE_EXHAUSTED at once.
     """
     def __init__(
         self,
