@@ -274,8 +274,7 @@ def sin_network(stub: service_pb2_grpc.GradientStub, n: int) -> str:
 def test_many_large_requests_are_refused_over_budget_while_small_ones_are_served() -> None:
     n = 2 * MiB  # 8 MiB of float32 per request
     x = np.linspace(0, 1, n, dtype=np.float32)
-    # stop_grace_ms: the busy run, cancelled below, may still be compiling its 20,000 steps then (not an
-    # operation it can stop between) on a loaded machine; it stops after that instead of being replaced.
+    # A generous stop grace: the cancelled run must stop, not be replaced, however loaded the machine is.
     limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=17 * MiB, max_queue_depth=16,
                     stop_grace_ms=600_000)
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
