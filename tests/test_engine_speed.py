@@ -2,9 +2,12 @@
 rebuilt graphs share one read-only copy of each weight, and copies of checked nodes keep their types."""
 from __future__ import annotations
 
-import numpy as np
+import gc
 
-from gradserve.engine import GraphBuilder, compile_graph, grad_operation, jvp, vjp
+import numpy as np
+import pytest
+
+from gradserve.engine import GraphBuilder, GraphError, compile_graph, grad_operation, jvp, vjp
 
 
 def _mlp(rng: np.random.Generator, batch: int = 5):  # type: ignore[no-untyped-def]
@@ -107,3 +110,20 @@ def test_copies_of_checked_nodes_keep_types_names_and_marks() -> None:
     for a, b in zip(net.nodes, g.nodes):
         assert a.name == b.name and a.attrs == b.attrs
         assert [v.type for v in a.outputs] == [v.type for v in b.outputs]
+
+
+def test_transforms_leave_the_garbage_collector_as_they_found_it() -> None:
+    rng = np.random.default_rng(3)
+    net = _mlp(rng)
+    assert gc.isenabled()
+    compile_graph(grad_operation(net, get_all=True))
+    assert gc.isenabled()
+    with pytest.raises(GraphError, match="weight 'nope' is not a parameter"):
+        grad_operation(net, get_by_list=True, weights=["nope"])
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        compile_graph(vjp(net, (0,)))
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
