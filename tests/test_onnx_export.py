@@ -1,0 +1,253 @@
+"""ONNX export: networks and gradient programs written as standard ONNX models pass onnx.checker (with shape
+inference) and give gradserve's numbers in ONNX Runtime; every op with an export rule is checked against the
+engine's forward on the op table's rows (tests/test_ops.py), so adding a rule adds its coverage."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+import torch
+from clientkit import Net, tutorial_grad_x
+from test_ops import BINARY, ROWS, UNARY, Row, V, points, v
+
+import gradserve as gs
+import gradserve.nn as nn
+import gradserve.ops as ops
+from gradserve import Parameter, Tensor
+from gradserve.client.onnx_export import export
+from gradserve.engine import OPS, GraphBuilder, GraphError, compile_graph
+from gradserve.engine.onnx_export import DEFAULT_OPSET, exportable_ops, to_model
+
+RNG = np.random.default_rng(14)
+TOL = dict(rtol=2e-5, atol=2e-6)
+
+
+def run_onnx(model: onnx.ModelProto, *inputs: np.ndarray) -> list[np.ndarray]:
+    """Check ``model`` fully (types, shapes, standard ops only) and run it in ONNX Runtime on ``inputs`` in order."""
+    onnx.checker.check_model(model, full_check=True)
+    assert {o.domain for o in model.opset_import} == {""}
+    assert all(n.domain == "" for n in model.graph.node)
+    session = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    names = [i.name for i in session.get_inputs()]
+    return session.run(None, dict(zip(names, inputs)))
+
+
+def leaves(tree: Any) -> list[np.ndarray]:
+    """The arrays of a result's Tensor leaves, in order."""
+    if isinstance(tree, (tuple, list)):
+        return [a for t in tree for a in leaves(t)]
+    return [tree.asnumpy()]
+
+
+def assert_same(got: list[np.ndarray], want: list[np.ndarray], **tol: Any) -> None:
+    assert len(got) == len(want)
+    for g, w in zip(got, want):
+        assert g.dtype == w.dtype and g.shape == w.shape
+        np.testing.assert_allclose(g, w, **(tol or TOL))
+
+
+# ---- the tutorial network ----
+
+X = Tensor([[0.8, 0.6, 0.2], [1.8, 1.3, 1.1]], dtype=gs.float32)
+Y = Tensor([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], dtype=gs.float32)
+
+
+def test_tutorial_gradient_program_runs_in_onnx_runtime_with_gradserves_numbers(tmp_path: Path) -> None:
+    net = Net()
+    grad_fn = ops.GradOperation(get_all=True, get_by_list=True)(net, net.trainable_params())
+    path = tmp_path / "tutorial_grad.onnx"
+    export(grad_fn, X, Y, path=path)
+    model = onnx.load(str(path))
+    assert [i.name for i in model.graph.input] == ["x", "y"]
+    assert model.opset_import[0].version == DEFAULT_OPSET
+    got = run_onnx(model, X.asnumpy(), Y.asnumpy())
+    assert_same(got, leaves(grad_fn(X, Y)))
+    # MindSpore's documented gradient of the tutorial (In [2]): every row of dx is [4.51, 2.7, 3.6]
+    np.testing.assert_allclose(got[0], tutorial_grad_x(), rtol=1e-6)
+    np.testing.assert_allclose(got[0], [[4.51, 2.7, 3.6]] * 2, rtol=1e-6)
+
+
+def test_tutorial_forward_and_value_and_grad_export() -> None:
+    net = Net()
+    assert_same(run_onnx(export(net, X, Y), X.asnumpy(), Y.asnumpy()), [net(X, Y).asnumpy()])
+    vg = gs.value_and_grad(net, grad_position=(0, 1), weights=net.trainable_params())
+    assert_same(run_onnx(export(vg, X, Y), X.asnumpy(), Y.asnumpy()), leaves(vg(X, Y)))
+
+
+# ---- a small CNN: Conv2d, ReLU, MaxPool, Flatten, Dense, softmax cross-entropy ----
+
+
+class CNN(nn.Cell):
+    """Conv2d(1->3, 3x3, same) + ReLU + MaxPool(2) + Dense(3*3*3 -> 4): logits of (N, 1, 6, 6) images."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = nn.Conv2d(1, 3, 3, pad_mode="same", has_bias=True, weight_init="normal")
+        self.relu = nn.ReLU()
+        self.pool = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.flatten = nn.Flatten()
+        self.dense = nn.Dense(27, 4)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return self.dense(self.flatten(self.pool(self.relu(self.conv(x)))))
+
+
+class CNNLoss(nn.Cell):
+    """The CNN's mean softmax cross-entropy against one-hot labels."""
+
+    def __init__(self, net: nn.Cell) -> None:
+        super().__init__()
+        self.net = net
+        self.loss = nn.SoftmaxCrossEntropyWithLogits(reduction="mean")
+
+    def construct(self, x: Tensor, labels: Tensor) -> Tensor:
+        return self.loss(self.net(x), labels)
+
+
+def cnn_batch() -> tuple[Tensor, Tensor]:
+    images = RNG.standard_normal((2, 1, 6, 6)).astype(np.float32)
+    labels = np.eye(4, dtype=np.float32)[[1, 3]]
+    return Tensor(images), Tensor(labels)
+
+
+def torch_cnn_gradients(net: CNN, images: np.ndarray, labels: np.ndarray) -> list[np.ndarray]:
+    """PyTorch autograd's gradients of the same loss w.r.t. the image and the CNN's parameters, an independent oracle."""
+    t = {p.name: torch.tensor(p.asnumpy(), dtype=torch.float64, requires_grad=True) for p in net.trainable_params()}
+    w = {name.rsplit(".", 2)[-2] + "." + name.rsplit(".", 1)[-1]: v for name, v in t.items()}
+    x = torch.tensor(images, dtype=torch.float64, requires_grad=True)
+    h = torch.nn.functional.conv2d(x, w["conv.weight"], w["conv.bias"], padding=1)
+    h = torch.nn.functional.max_pool2d(torch.relu(h), 2).flatten(1)
+    logits = h @ w["dense.weight"].T + w["dense.bias"]
+    loss = torch.nn.functional.cross_entropy(logits, torch.tensor(labels, dtype=torch.float64))
+    grads = torch.autograd.grad(loss, [x, *t.values()])
+    return [g.numpy() for g in grads]
+
+
+def test_cnn_gradient_program_runs_in_onnx_runtime_and_matches_gradserve_and_pytorch() -> None:
+    net = CNN()
+    loss = CNNLoss(net)
+    images, labels = cnn_batch()
+    grad_fn = gs.grad(loss, grad_position=0, weights=net.trainable_params())
+    model = export(grad_fn, images, labels)
+    kinds = {n.op_type for n in model.graph.node}
+    assert {"Conv", "MaxPool", "ConvTranspose"} <= kinds or {"Conv", "MaxPool"} <= kinds
+    got = run_onnx(model, images.asnumpy(), labels.asnumpy())
+    want = leaves(grad_fn(images, labels))
+    assert_same(got, want)
+    oracle = torch_cnn_gradients(net, images.asnumpy(), labels.asnumpy())
+    for g, o in zip(got, oracle):
+        np.testing.assert_allclose(g, o, rtol=1e-4, atol=1e-5)
+
+
+def test_cnn_second_order_grad_of_grad_exports_and_matches() -> None:
+    """d/dx of <dL/dx, u>: gradients of the conv backprop ops and of MaxPool's scatter (UnsortedSegmentSum -> Gather)."""
+    net = CNN()
+    loss = CNNLoss(net)
+    images, labels = cnn_batch()
+    u = Tensor(RNG.standard_normal((2, 1, 6, 6)).astype(np.float32))
+    first = gs.grad(loss, grad_position=0)
+
+    def directional(x: Tensor, y: Tensor, v: Tensor) -> Tensor:
+        return (first(x, y) * v).sum()
+
+    second = gs.grad(directional, grad_position=0, weights=net.trainable_params())
+    model = export(second, images, labels, u)
+    got = run_onnx(model, images.asnumpy(), labels.asnumpy(), u.asnumpy())
+    assert_same(got, leaves(second(images, labels, u)), rtol=1e-4, atol=1e-6)
+    assert any(abs(g).max() > 0 for g in got[1:])
+
+
+def test_hessian_of_an_mlp_exports_and_matches_the_closed_form() -> None:
+    """f(x) = sum(tanh(W x + b)): gradserve's Hessian and the closed form W^T diag(-2 t (1 - t^2)) W, t = tanh(W x + b)."""
+    w = Parameter(Tensor(RNG.standard_normal((3, 4)).astype(np.float64)), name="w")
+    b = Parameter(Tensor(RNG.standard_normal((3,)).astype(np.float64)), name="b")
+
+    def f(x: Tensor) -> Tensor:
+        return ops.tanh((w * x).sum(axis=1) + b).sum()
+
+    x = Tensor(RNG.standard_normal((4,)))
+    hess = gs.hessian(f)
+    model = export(hess, x)
+    (got,) = run_onnx(model, x.asnumpy())
+    np.testing.assert_allclose(got, hess(x).asnumpy(), rtol=1e-10, atol=1e-12)
+    t = np.tanh(w.asnumpy() @ x.asnumpy() + b.asnumpy())
+    closed = w.asnumpy().T @ np.diag(-2 * t * (1 - t * t)) @ w.asnumpy()
+    np.testing.assert_allclose(got, closed, rtol=1e-10, atol=1e-12)
+
+
+def test_jvp_program_exports() -> None:
+    net = Net()
+    v = (Tensor(np.ones((2, 3), np.float32)), Tensor(np.full((3, 3), 0.5, np.float32)))
+
+    def tangents(x: Tensor, y: Tensor, vx: Tensor, vy: Tensor) -> Any:
+        return gs.jvp(net, (x, y), (vx, vy))
+
+    got = run_onnx(export(tangents, X, Y, *v), X.asnumpy(), Y.asnumpy(), *(t.asnumpy() for t in v))
+    assert_same(got, leaves(tangents(X, Y, *v)))
+
+
+def test_parameters_can_be_model_inputs_with_their_values_as_defaults() -> None:
+    net = Net()
+    grad_fn = ops.GradOperation(get_by_list=True)(net, net.trainable_params())
+    model = export(grad_fn, X, Y, params_as_inputs=True, output_names=["dz"])
+    assert [i.name for i in model.graph.input] == ["x", "y", "z"] and model.graph.output[0].name == "dz"
+    z = np.array([2.0], np.float32)
+    (got,) = run_onnx(model, X.asnumpy(), Y.asnumpy(), z)
+    np.testing.assert_allclose(got, [np.sum(X.asnumpy() * (Y.asnumpy().sum(axis=1)))], rtol=1e-6)
+
+
+def test_an_op_without_an_export_rule_is_a_clear_error_naming_node_and_op() -> None:
+    b = GraphBuilder("noisy")
+    x = b.input("x", "float32", (2, 3))
+    y, _ = b.op("Dropout", x, keep_prob=0.5, Seed0=1)
+    graph = b.build(y)
+    assert OPS["Dropout"].onnx is None
+    with pytest.raises(GraphError, match=r"Dropout node '.*': op Dropout has no ONNX export rule.*'Conv2D'"):
+        to_model(graph)
+
+
+def test_opset_out_of_range_is_refused() -> None:
+    with pytest.raises(ValueError, match="opset must be between 18"):
+        export(Net(), X, Y, opset=13)
+
+
+# ---- every op with an export rule, on the op table's rows ----
+
+EXTRA_ROWS = [  # ops test_ops.py leaves out (no gradient to check), with forward values all the same
+    *(Row(op, BINARY, ints=True) for op in ("Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual")),
+    Row("StopGradient", UNARY, ints=True),
+    *(Row(op, [v((2, 3)), v((2, 3, 4), axis=1, output_type="int64")], ("distinct",), ints=True) for op in ("Argmax", "Argmin")),
+]
+OP_CASES = [
+    pytest.param(row, var, dtype, id=f"{row.op}-{i}-{dtype}")
+    for row in ROWS + EXTRA_ROWS if OPS[row.op].onnx is not None
+    for i, var in enumerate(row.variants)
+    for dtype in ("float32", "int32")[: 1 + row.ints]
+]
+
+
+def test_every_op_with_an_export_rule_has_a_row() -> None:
+    """Const, which takes no inputs, is in every other case's graph (Select's condition, Gather's indices)."""
+    assert set(exportable_ops()) - {row.op for row in ROWS + EXTRA_ROWS} == {"Const"}
+
+
+def _forward_graph(row: Row, var: V, dtype: str) -> Any:
+    b = GraphBuilder(row.op)
+    xs = [b.input(f"x{i}", dtype, s) for i, s in enumerate(var.shapes)]
+    it = iter(xs)
+    args = [b.const(var.fixed[k]) if k in var.fixed else next(it) for k in range(len(xs) + len(var.fixed))]
+    outs = b.op(row.op, *args, **var.attrs)
+    return b.build(outs if isinstance(outs, tuple) else (outs,))
+
+
+@pytest.mark.parametrize(("row", "var", "dtype"), OP_CASES)
+def test_op_export_matches_the_engine_forward(row: Row, var: V, dtype: str) -> None:
+    graph = _forward_graph(row, var, dtype)
+    arrays = [np.asarray(np.round(a * 3) if dtype == "int32" else a, dtype) for a in points(row, var, np.random.default_rng(1))]
+    want = list(compile_graph(graph)(*arrays))
+    got = run_onnx(to_model(graph), *arrays)
+    assert_same(got, want)
