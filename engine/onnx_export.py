@@ -143,6 +143,9 @@ def to_model(
         w.constant(w.name_of(p.value), data)
         if params_as_inputs:
             inputs.append(_value_info(w.name_of(p.value), p.value.type))
+    clash = sorted(set(names) & w.used)
+    if clash:
+        raise ValueError(f"output names {shown_names(clash)} are also names of inputs or parameters")
     produced = {id(o) for n in compiled.nodes for o in n.outputs}
     renamed: set[int] = set()
     for v, name in zip(flat, names):

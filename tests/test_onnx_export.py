@@ -184,6 +184,21 @@ def test_hessian_of_an_mlp_exports_and_matches_the_closed_form() -> None:
     np.testing.assert_allclose(got, closed, rtol=1e-10, atol=1e-12)
 
 
+def test_transformer_encoder_layer_gradient_program_exports_in_training_mode() -> None:
+    """Attention (BatchMatMul, Softmax), LayerNorm, GeLU and Dropout with its step input, through their gradients."""
+    layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.2, activation="gelu", batch_first=True)
+    layer.set_train(True)
+    src = Tensor(RNG.standard_normal((2, 3, 8)).astype(np.float32))
+
+    def loss(x: Tensor) -> Tensor:
+        return (layer(x) ** 2).mean()
+
+    grad_fn = gs.grad(loss, grad_position=0, weights=layer.trainable_params())
+    model = export(grad_fn, src)
+    got = run_onnx(model, src.asnumpy())
+    assert_same(got, leaves(grad_fn(src)), rtol=1e-4, atol=1e-6)
+
+
 def test_jvp_program_exports() -> None:
     net = Net()
     v = (Tensor(np.ones((2, 3), np.float32)), Tensor(np.full((3, 3), 0.5, np.float32)))
@@ -207,6 +222,19 @@ def test_parameters_can_be_model_inputs_with_their_values_as_defaults() -> None:
     dx_model = export(dx_fn, X, Y, params_as_inputs=True)
     (dx,) = run_onnx(dx_model, X.asnumpy(), Y.asnumpy(), np.array([2.0], np.float32))
     np.testing.assert_allclose(dx, 2 * tutorial_grad_x(), rtol=1e-6)
+
+
+def test_outputs_that_are_inputs_or_repeated_get_their_own_names() -> None:
+    def f(x: Tensor, y: Tensor) -> Any:
+        s = x + y
+        return x, s, s
+
+    model = export(f, X, X)
+    assert [o.name for o in model.graph.output] == ["output0", "output1", "output2"]
+    got = run_onnx(model, X.asnumpy(), X.asnumpy())
+    assert_same(got, [X.asnumpy(), 2 * X.asnumpy(), 2 * X.asnumpy()])
+    with pytest.raises(ValueError, match="also names of inputs"):
+        export(f, X, X, output_names=["x", "s", "t"])
 
 
 def test_an_op_without_an_export_rule_is_a_clear_error_naming_node_and_op(monkeypatch: pytest.MonkeyPatch) -> None:
