@@ -131,12 +131,14 @@ def torch_cnn_gradients(net: CNN, images: np.ndarray, labels: np.ndarray) -> lis
     return [g.numpy() for g in grads]
 
 
-def test_cnn_gradient_program_runs_in_onnx_runtime_and_matches_gradserve_and_pytorch() -> None:
+@pytest.mark.parametrize("opset", [DEFAULT_OPSET, 21])
+def test_cnn_gradient_program_runs_in_onnx_runtime_and_matches_gradserve_and_pytorch(opset: int) -> None:
     net = CNN()
     loss = CNNLoss(net)
     images, labels = cnn_batch()
     grad_fn = gs.grad(loss, grad_position=0, weights=net.trainable_params())
-    model = export(grad_fn, images, labels)
+    model = export(grad_fn, images, labels, opset=opset)
+    assert model.opset_import[0].version == opset
     # the input gradient is a ConvTranspose, the filter gradient a Conv, MaxPool's a scatter of its indices
     assert {"Conv", "ConvTranspose", "MaxPool", "ScatterND"} <= {n.op_type for n in model.graph.node}
     got = run_onnx(model, images.asnumpy(), labels.asnumpy())
