@@ -12,7 +12,7 @@ from gradserve.engine.ops.common import dense_cotangents
 from gradserve.engine.optable import Attr, F, OnnxCall, defop, norm_axis, same_dtype
 
 from .common import const, require_index, require_numeric
-from .onnx_rules import Spec, ints, reshape
+from .onnx_rules import Spec, ints, reshape, zeros
 
 
 def _selection_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
@@ -125,9 +125,8 @@ def _slice_grad_onnx(c: OnnxCall) -> list[Spec]:
     spec = {k: v for k, v in c.attrs.items() if k != "shape"}
     positions = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)[slice_index(shape, **spec)].reshape(-1, 1)
     t = c.tmp
-    zeros = np.zeros((int(np.prod(shape)),), c.types[0].dtype)
-    return [reshape(c.x[0], (positions.shape[0],), t("flat")), ("ScatterND", (zeros, positions, t("flat")), (t("scattered"),)),
-            reshape(t("scattered"), shape, c.y[0])]
+    return [zeros((int(np.prod(shape)),), c.types[0].dtype, t("zeros")), reshape(c.x[0], (positions.shape[0],), t("flat")),
+            ("ScatterND", (t("zeros"), positions, t("flat")), (t("scattered"),)), reshape(t("scattered"), shape, c.y[0])]
 
 
 def _uss_onnx(c: OnnxCall) -> list[Spec]:
@@ -138,15 +137,15 @@ def _uss_onnx(c: OnnxCall) -> list[Spec]:
     num = c.attrs["num_segments"]
     id_type, x_type = c.types[1], c.types[0]
     rest = x_type.shape[len(id_type.shape):]
-    zeros = np.zeros((num + 1,) + rest, x_type.dtype)
     return [
+        zeros((num + 1,) + rest, x_type.dtype, t("zeros")),
         ("Cast", (ids,), (t("ids"),), {"to": np.dtype(np.int64)}),
         ("Less", (t("ids"), ints([0]).reshape(())), (t("neg"),)),
         ("GreaterOrEqual", (t("ids"), ints([num]).reshape(())), (t("high"),)),
         ("Or", (t("neg"), t("high")), (t("dropped"),)),
         ("Where", (t("dropped"), ints([num]).reshape(()), t("ids")), (t("safe"),)),
         ("Unsqueeze", (t("safe"), ints([len(id_type.shape)])), (t("index"),)),
-        ("ScatterND", (zeros, t("index"), x), (t("sums"),), {"reduction": "add"}),
+        ("ScatterND", (t("zeros"), t("index"), x), (t("sums"),), {"reduction": "add"}),
         ("Slice", (t("sums"), ints([0]), ints([num]), ints([0])), c.y),
     ]
 

@@ -36,9 +36,14 @@ def reshape(x: str, shape: Sequence[int], y: str) -> Spec:
     return ("Reshape", (x, ints(shape)), (y,))
 
 
+def zeros(shape: Sequence[int], dtype: np.dtype, y: str) -> Spec:
+    """Zeros of a static shape, made when the model runs (ConstantOfShape), so the file does not store them."""
+    return ("ConstantOfShape", (ints(shape),), (y,), {"value": np.zeros((1,), dtype)})
+
+
 def reduce(op_type: str, x: str, axes: Sequence[int], keepdims: bool, y: str) -> Spec:
-    """A reduction over ``axes`` (opset 18 and later: axes as an input; no axes given reduces nothing, so an empty
-    list is written as ``noop_with_empty_axes``)."""
+    """A reduction over ``axes``, given as an input (opset 18 on); with no axis to reduce (a scalar) an Identity, since
+    ONNX reads empty axes as every axis."""
     if not axes:
         return ("Identity", (x,), (y,))
     return (op_type, (x, ints(axes)), (y,), {"keepdims": int(keepdims)})

@@ -110,13 +110,13 @@ def _onnx(c: OnnxCall) -> list[Spec]:
         specs: list[Spec] = [("Constant", (), (c.y[1],), {"value": mask})]
     else:
         folded = _splitmix(_splitmix(seed0 & _M64) ^ (seed1 & _M64))
-        with np.errstate(over="ignore"):
-            steps = np.arange(xt.size, dtype=_U64) * _u64(_GOLDEN)
+        index = np.asarray(0, np.int64), np.asarray(xt.size, np.int64), np.asarray(1, np.int64)
         specs = [
+            ("Range", index, (t("i64"),)), ("Cast", (t("i64"),), (t("i"),), {"to": _U64}), ("Mul", (t("i"), _u64(_GOLDEN)), (t("steps"),)),
             ("Cast", (c.x[1],), (t("seed64"),), {"to": np.dtype(np.int64)}), ("Cast", (t("seed64"),), (t("seed"),), {"to": _U64}),
             ("BitwiseXor", (t("seed"), _u64(folded)), (t("v"),)), ("Add", (t("v"), _u64(_GOLDEN)), (t("v1"),)),
             *_mix_onnx(c, t("v1"), t("key"), "key"),
-            ("Add", (t("key"), _u64(_GOLDEN)), (t("start"),)), ("Add", (steps, t("start")), (t("z"),)),
+            ("Add", (t("key"), _u64(_GOLDEN)), (t("start"),)), ("Add", (t("steps"), t("start")), (t("z"),)),
             *_mix_onnx(c, t("z"), t("bits"), "z"),
             ("BitShift", (t("bits"), _u64(11)), (t("top"),), {"direction": "RIGHT"}),
             ("Less", (t("top"), _u64(int(keep_prob * (1 << 53)))), (t("keep"),)),
