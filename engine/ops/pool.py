@@ -176,9 +176,9 @@ defop(
     _maxpool_vjp,
     attrs=POOL_ATTRS,
     doc="max over kernel_size windows of x (N, C, H, W) moved by strides; 'same' pads with -inf; the gradient goes to each window's first maximum",
+    onnx=_maxpool_onnx,
     cost=_window_cost,
     scratch=2,
-    onnx=_maxpool_onnx,
 )
 defop(
     "MaxPoolWithArgmax",
@@ -188,10 +188,10 @@ defop(
     _maxpool_argmax_vjp,
     attrs=POOL_ATTRS,
     doc="MaxPool's output and argmax (int64): the index into the H * W plane of each window's first maximum",
+    onnx=_maxpool_argmax_onnx,
     outputs=("output", "argmax"),
     cost=_window_cost,
     scratch=6,
-    onnx=_maxpool_argmax_onnx,
 )
 
 # ---- AvgPool and AvgPoolGrad ----
@@ -275,9 +275,9 @@ defop(
     lambda g, out, x, **attrs: F.AvgPoolGrad(g, input_size=x.shape, **attrs),
     attrs=POOL_ATTRS,
     doc="mean over kernel_size windows of x (N, C, H, W) moved by strides; with 'same' the zero padding is not counted in the mean",
+    onnx=lambda c: [("AveragePool", c.x, c.y, {**_onnx_pool(c, c.types[0].shape)[1], "count_include_pad": 0})],
     cost=_window_cost,
     scratch=3,
-    onnx=lambda c: [("AveragePool", c.x, c.y, {**_onnx_pool(c, c.types[0].shape)[1], "count_include_pad": 0})],
 )
 defop(
     "AvgPoolGrad",
@@ -361,7 +361,7 @@ defop(
     attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)",
                                convert=_none_as_minus_one)},
     doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
+    onnx=_adaptive_onnx,
     cost=_adaptive_cost,
     scratch=1,
-    onnx=_adaptive_onnx,
 )
