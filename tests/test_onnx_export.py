@@ -23,8 +23,15 @@ from gradserve.client.onnx_export import export
 from gradserve.engine import OPS, GraphBuilder, GraphError, compile_graph
 from gradserve.engine.onnx_export import DEFAULT_OPSET, exportable_ops, to_model
 
-RNG = np.random.default_rng(14)
 TOL = dict(rtol=2e-5, atol=2e-6)
+
+
+@pytest.fixture(autouse=True)
+def rng() -> np.random.Generator:
+    """Each test's own data generator, and the initializers' and Dropout seeds' global seed set afresh, so every test
+    sees the same numbers whatever ran before it."""
+    gs.set_seed(14)
+    return np.random.default_rng(14)
 
 
 def run_onnx(model: onnx.ModelProto, *inputs: np.ndarray) -> list[np.ndarray]:
@@ -112,8 +119,8 @@ class CNNLoss(nn.Cell):
         return self.loss(self.net(x), labels)
 
 
-def cnn_batch() -> tuple[Tensor, Tensor]:
-    images = RNG.standard_normal((2, 1, 6, 6)).astype(np.float32)
+def cnn_batch(rng: np.random.Generator) -> tuple[Tensor, Tensor]:
+    images = rng.standard_normal((2, 1, 6, 6)).astype(np.float32)
     labels = np.eye(4, dtype=np.float32)[[1, 3]]
     return Tensor(images), Tensor(labels)
 
@@ -132,10 +139,10 @@ def torch_cnn_gradients(net: CNN, images: np.ndarray, labels: np.ndarray) -> lis
 
 
 @pytest.mark.parametrize("opset", [DEFAULT_OPSET, 21])
-def test_cnn_gradient_program_runs_in_onnx_runtime_and_matches_gradserve_and_pytorch(opset: int) -> None:
+def test_cnn_gradient_program_runs_in_onnx_runtime_and_matches_gradserve_and_pytorch(opset: int, rng: np.random.Generator) -> None:
     net = CNN()
     loss = CNNLoss(net)
-    images, labels = cnn_batch()
+    images, labels = cnn_batch(rng)
     grad_fn = gs.grad(loss, grad_position=0, weights=net.trainable_params())
     model = export(grad_fn, images, labels, opset=opset)
     assert model.opset_import[0].version == opset
@@ -149,12 +156,12 @@ def test_cnn_gradient_program_runs_in_onnx_runtime_and_matches_gradserve_and_pyt
         np.testing.assert_allclose(g, o, rtol=1e-4, atol=1e-5)
 
 
-def test_cnn_second_order_grad_of_grad_exports_and_matches() -> None:
+def test_cnn_second_order_grad_of_grad_exports_and_matches(rng: np.random.Generator) -> None:
     """d/dx of <dL/dx, u>: gradients of the conv backprop ops and of MaxPool's scatter (UnsortedSegmentSum -> Gather)."""
     net = CNN()
     loss = CNNLoss(net)
-    images, labels = cnn_batch()
-    u = Tensor(RNG.standard_normal((2, 1, 6, 6)).astype(np.float32))
+    images, labels = cnn_batch(rng)
+    u = Tensor(rng.standard_normal((2, 1, 6, 6)).astype(np.float32))
     first = gs.grad(loss, grad_position=0)
 
     def directional(x: Tensor, y: Tensor, v: Tensor) -> Tensor:
@@ -168,15 +175,15 @@ def test_cnn_second_order_grad_of_grad_exports_and_matches() -> None:
     assert any(abs(g).max() > 0 for g in got[1:])
 
 
-def test_hessian_of_an_mlp_exports_and_matches_the_closed_form() -> None:
+def test_hessian_of_an_mlp_exports_and_matches_the_closed_form(rng: np.random.Generator) -> None:
     """f(x) = sum(tanh(W x + b)): gradserve's Hessian and the closed form W^T diag(-2 t (1 - t^2)) W, t = tanh(W x + b)."""
-    w = Parameter(Tensor(RNG.standard_normal((3, 4)).astype(np.float64)), name="w")
-    b = Parameter(Tensor(RNG.standard_normal((3,)).astype(np.float64)), name="b")
+    w = Parameter(Tensor(rng.standard_normal((3, 4)).astype(np.float64)), name="w")
+    b = Parameter(Tensor(rng.standard_normal((3,)).astype(np.float64)), name="b")
 
     def f(x: Tensor) -> Tensor:
         return ops.tanh((w * x).sum(axis=1) + b).sum()
 
-    x = Tensor(RNG.standard_normal((4,)))
+    x = Tensor(rng.standard_normal((4,)))
     hess = gs.hessian(f)
     model = export(hess, x)
     (got,) = run_onnx(model, x.asnumpy())
@@ -186,11 +193,11 @@ def test_hessian_of_an_mlp_exports_and_matches_the_closed_form() -> None:
     np.testing.assert_allclose(got, closed, rtol=1e-10, atol=1e-12)
 
 
-def test_transformer_encoder_layer_gradient_program_exports_in_training_mode() -> None:
+def test_transformer_encoder_layer_gradient_program_exports_in_training_mode(rng: np.random.Generator) -> None:
     """Attention (BatchMatMul, Softmax), LayerNorm, GeLU and Dropout with its step input, through their gradients."""
     layer = nn.TransformerEncoderLayer(8, 2, dim_feedforward=16, dropout=0.2, activation="gelu", batch_first=True)
     layer.set_train(True)
-    src = Tensor(RNG.standard_normal((2, 3, 8)).astype(np.float32))
+    src = Tensor(rng.standard_normal((2, 3, 8)).astype(np.float32))
 
     def loss(x: Tensor) -> Tensor:
         return (layer(x) ** 2).mean()
@@ -239,9 +246,9 @@ def test_outputs_that_are_inputs_or_repeated_get_their_own_names() -> None:
         export(f, X, X, output_names=["x", "s", "t"])
 
 
-def test_an_op_without_an_export_rule_is_a_clear_error_naming_node_and_op(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_op_without_an_export_rule_is_a_clear_error_naming_node_and_op(monkeypatch: pytest.MonkeyPatch, rng: np.random.Generator) -> None:
     monkeypatch.setitem(OPS, "Conv2DBackpropFilter", dataclasses.replace(OPS["Conv2DBackpropFilter"], onnx=None))
-    images, labels = cnn_batch()
+    images, labels = cnn_batch(rng)
     net = CNN()
     grad_fn = gs.grad(CNNLoss(net), grad_position=None, weights=net.trainable_params())
     with pytest.raises(GraphError, match=r"^Conv2DBackpropFilter node '.+': op Conv2DBackpropFilter has no ONNX export rule.*'Conv2D'"):
@@ -259,11 +266,11 @@ class DropoutMLP(nn.Cell):
         return self.out(self.drop(self.relu(self.hidden(x)))).sum()
 
 
-def test_training_dropout_exports_with_its_step_as_an_input_and_draws_the_engines_mask() -> None:
+def test_training_dropout_exports_with_its_step_as_an_input_and_draws_the_engines_mask(rng: np.random.Generator) -> None:
     net = DropoutMLP()
     net.set_train(True)
     net.drop.advance()
-    x = Tensor(RNG.standard_normal((8, 6)).astype(np.float32))
+    x = Tensor(rng.standard_normal((8, 6)).astype(np.float32))
     grad_fn = gs.grad(net, grad_position=0, weights=net.trainable_params())
     model = export(grad_fn, x, params_as_inputs=True)
     assert [i.name for i in model.graph.input] == ["x", *(p.name for p in net.get_parameters())]
