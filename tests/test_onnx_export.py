@@ -323,6 +323,11 @@ OP_CASES = [
 ]
 
 
+def test_every_primitive_has_an_export_rule() -> None:
+    """Only the transform nodes go without one: they are expanded into primitives before export."""
+    assert sorted(op for op, d in OPS.items() if d.onnx is None) == sorted(op for op, d in OPS.items() if d.lowered)
+
+
 def test_every_op_with_an_export_rule_has_a_row() -> None:
     """Const, which takes no inputs, is in every other case's graph (Select's condition, Gather's indices); CustomVjp
     (whose bprop is a library graph) is checked by test_a_user_bprop_exports_as_its_forward_and_its_rule."""
