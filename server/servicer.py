@@ -21,11 +21,12 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.engine.errors import shown
+from gradserve.proto import codec
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 from . import blobs
 from .cache import Cache
-from .compute import KINDS, Answer, Request, plan_key
+from .compute import KINDS, Answer, Request, classify, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .jsonlog import log
@@ -317,9 +318,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def RegisterNetwork(self, request: blobs.Lifted, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:  # type: ignore[override]
         """Store a network under its content-addressed id (idempotent)."""
         def register(call: Call) -> service_pb2.RegisterNetworkResponse:
-            if not request.message.HasField("graph"):
-                raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
-            nid, created = self._register(_apart_graph(request)[0], call)
+            if request.message.HasField("graph") == bool(request.message.onnx_model):
+                raise Failure("INVALID_ARGUMENT", "set exactly one of graph and onnx_model", [("graph", "set exactly one of graph and onnx_model")])
+            raw = _apart_graph(request)[0] if request.message.HasField("graph") else _onnx_graph(request.message.onnx_model, self.limits)
+            nid, created = self._register(raw, call)
             return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
 
         return self._serve("RegisterNetwork", context, register)
@@ -417,6 +419,17 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return resp
 
         return self._serve("ServerInfo", context, info)
+
+
+def _onnx_graph(data: bytes, limits: Any) -> bytes:
+    """The serialized network of an ONNX model's bytes, converted by the codec; a model that cannot be converted is
+    INVALID_ARGUMENT naming its node, and a server installed without the onnx extra answers FAILED_PRECONDITION."""
+    try:
+        return codec.decode_onnx_model(data, limits.decoding()).SerializeToString(deterministic=True)
+    except ImportError as exc:
+        raise Failure("FAILED_PRECONDITION", f"onnx_model: this server cannot convert ONNX models ({exc})") from None
+    except codec.WireError as exc:
+        raise classify(exc) from None
 
 
 def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:

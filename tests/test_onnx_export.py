@@ -19,9 +19,9 @@ import gradserve as gs
 import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Parameter, Tensor
-from gradserve.client.onnx_export import export
 from gradserve.engine import OPS, GraphBuilder, GraphError, compile_graph
 from gradserve.engine.onnx_export import DEFAULT_OPSET, exportable_ops, to_model
+from gradserve.onnx import export, load
 
 TOL = dict(rtol=2e-5, atol=2e-6)
 
@@ -206,6 +206,26 @@ def test_transformer_encoder_layer_gradient_program_exports_in_training_mode(rng
     model = export(grad_fn, src)
     got = run_onnx(model, src.asnumpy())
     assert_same(got, leaves(grad_fn(src)), rtol=1e-4, atol=1e-6)
+
+
+def test_exported_models_load_back_through_the_importer() -> None:
+    """export, then gradserve.onnx.load: the CNN's forward, and an MLP's gradient program, which the importer then
+    differentiates again (a Hessian-vector product through the exported backward pass)."""
+    images, _ = cnn_batch(np.random.default_rng(3))
+    net = CNN()
+    assert_same(leaves(load(export(net, images))(images)), [net(images).asnumpy()])
+    w = Parameter(Tensor(np.random.default_rng(4).standard_normal((3, 4))), name="w")
+
+    def f(x: Tensor) -> Tensor:
+        return ops.tanh((w * x).sum(axis=1)).sum()
+
+    x = Tensor(np.random.default_rng(5).standard_normal((4,)))
+    first = gs.grad(f)
+    imported = load(export(first, x), trainable=False)
+    np.testing.assert_allclose(imported(x).asnumpy(), first(x).asnumpy(), rtol=1e-12)
+    v = Tensor(np.ones(4))
+    hvp = gs.grad(lambda x: (imported(x) * v).sum())(x)
+    np.testing.assert_allclose(hvp.asnumpy(), gs.hessian(f)(x).asnumpy() @ v.asnumpy(), rtol=1e-10)
 
 
 def test_jvp_program_exports() -> None:

@@ -90,18 +90,25 @@ class RegisterNetworkRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GRAPH_FIELD_NUMBER: _builtins.int
+    ONNX_MODEL_FIELD_NUMBER: _builtins.int
+    onnx_model: _builtins.bytes
+    """Or the bytes of an ONNX model (a serialized onnx.ModelProto, default domain, opsets 13 to 21,
+    static input shapes), converted to a graph by the server: its inputs in order, its initializers
+    as parameters under their ONNX names, its outputs in order. The id is that graph's.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
-        """The network: a top-level graph with its library."""
+        """The network: a top-level graph with its library. Set exactly one of graph and onnx_model."""
 
     def __init__(
         self,
         *,
         graph: _graph_pb2.Graph | None = ...,
+        onnx_model: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "onnx_model", b"onnx_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
