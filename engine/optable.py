@@ -66,6 +66,32 @@ def scaled_cost(passes: int) -> Cost:
 
 
 @dataclass(frozen=True)
+class OnnxCall:
+    """What an op's export rule sees of one node: the ONNX names of its inputs (``x``) and outputs (``y``), their
+    types, the node's attributes, the opset being written, and ``tmp(label)``, a name for a temporary of its own."""
+
+    x: tuple[str, ...]
+    y: tuple[str, ...]
+    types: tuple[TensorType, ...]
+    out_types: tuple[TensorType, ...]
+    attrs: dict[str, Any]
+    opset: int
+    prefix: str
+
+    def tmp(self, label: str) -> str:
+        """A value name no other node of the model uses."""
+        return f"{self.prefix}/{label}"
+
+
+OnnxRule = Callable[[OnnxCall], Sequence[tuple[Any, ...]]]
+"""``onnx(call)``: the standard ONNX (``ai.onnx`` domain) nodes one engine node becomes, in order, each a plain tuple
+``(op_type, inputs, outputs)`` or ``(op_type, inputs, outputs, attributes)``. An input is a value name, ``""`` for an
+omitted optional input, or a NumPy array (a constant); attribute values are Python numbers, strings, lists, NumPy
+arrays (tensors) or NumPy dtypes (ONNX element types). The nodes must write ``call.y``; temporaries are named by
+``call.tmp``. The op table stays free of the ``onnx`` package: ``engine/onnx_export.py`` builds the protos."""
+
+
+@dataclass(frozen=True)
 class OpDef:
     """Everything about one primitive.
 
@@ -95,7 +121,8 @@ class OpDef:
     (``ops.Reshape()(x, shape)``); ``call_order``, when given, is MindSpore's order of those call arguments with
     the inputs interleaved (``ops.OneHot()(indices, depth, on_value, off_value)``), else the inputs come first;
     ``public`` is False for ops the SDK does not offer as ``ops.<Name>`` (constants,
-    ops with a class of their own, transforms).
+    ops with a class of their own, transforms);
+    ``onnx``, when given, is the op's export rule (:data:`OnnxRule`): the ONNX nodes a node of this op becomes.
     """
 
     name: str
@@ -118,6 +145,7 @@ class OpDef:
     public: bool = True
     scratch_bytes: Cost | None = None
     call_order: tuple[str, ...] = ()
+    onnx: OnnxRule | None = None
 
     def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
         """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
@@ -169,6 +197,7 @@ def defop(
     public: bool = True,
     scratch_bytes: Cost | None = None,
     call_order: Sequence[str] = (),
+    onnx: OnnxRule | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -181,7 +210,7 @@ def defop(
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
         memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
-        tuple(call_order),
+        tuple(call_order), onnx,
     )
     OPS[name] = opdef
     return opdef
