@@ -157,6 +157,22 @@ def test_a_function_without_writes_runs_the_same_graph() -> None:
     assert list(entry.network_ids) == [id(gs.client.context.get_backend())]
 
 
+def test_the_written_values_come_from_the_gradient_program_s_own_forward() -> None:
+    """One program: the copy of the forward that computes the written values is merged with the transform's."""
+    from gradserve.client.context import get_backend
+    from gradserve.client.runner import _CACHES, writing_network_id
+    from gradserve.engine.compiler import optimize
+
+    net = make_net(11)
+    f = value_and_grad_step(net)
+    f(gs.Tensor(RNG.normal(size=(2, 2, 4, 4))))
+    (entry,) = [e for staged in f._staged.values() for bucket in _CACHES[staged].entries.values() for e in bucket]
+    backend = get_backend()
+    plain, writing = (optimize(backend._graphs[i]) for i in (entry.network_id(backend), writing_network_id(entry, backend)))
+    assert [n.op for n in writing.nodes].count("BatchNorm") == [n.op for n in plain.nodes].count("BatchNorm") == 1
+    assert [n.op for n in writing.nodes].count("Conv2D") == [n.op for n in plain.nodes].count("Conv2D")
+
+
 def test_jvp_and_jacobians_write_once_and_vjp_fn_writes_nothing(where: str) -> None:
     net = make_net(6)
     x = gs.Tensor(RNG.normal(size=(2, 2, 4, 4)))
