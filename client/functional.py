@@ -12,6 +12,7 @@ from gradserve.engine.ops import debug
 
 from . import dtype as mstype
 from .dispatch import apply_op
+from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
 
@@ -127,7 +128,7 @@ def avg_pool2d(input_x: Any, kernel_size: Any = 1, stride: Any = 1, padding: Any
 def adaptive_avg_pool2d(input: Any, output_size: Any) -> Any:
     """``ops.adaptive_avg_pool2d(input, output_size)``: the AdaptiveAvgPool2D op (None in ``output_size`` keeps that
     dimension)."""
-    return apply_op("AdaptiveAvgPool2D", input, output_size=get_op("AdaptiveAvgPool2D").attrs["output_size"].convert(output_size))
+    return apply_op("AdaptiveAvgPool2D", input, output_size=attr_value(get_op("AdaptiveAvgPool2D"), "output_size", output_size))
 
 
 class Shape:
