@@ -229,6 +229,8 @@ def test_ops_assign(where: str) -> None:
     loss, (gw,) = ops.value_and_grad(c, None, [c.w])(x)
     np.testing.assert_allclose(gw.asnumpy(), [0.5, 1.5])
     np.testing.assert_array_equal(c.count.asnumpy(), [1.0, 3.0])
+    np.testing.assert_array_equal(ops.Assign()(p, gs.Tensor(np.array([7.0, 8.0]))).asnumpy(), [7.0, 8.0])
+    np.testing.assert_array_equal(p.asnumpy(), [7.0, 8.0])
     with pytest.raises(TypeError, match="Parameter 'p' of dtype Float32"):
         ops.assign(gs.Parameter(np.zeros(2, np.float32), name="p"), gs.Tensor(np.zeros(2)))
     with pytest.raises(ValueError, match=r"value has shape \(3,\), Parameter 'p' has shape \(2,\)"):
