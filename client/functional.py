@@ -352,6 +352,16 @@ def min(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = 
     return _extreme_index("min", False, input, axis, keepdims, initial, where)
 
 
+def argmax(input: Any, dim: Any = None, keepdim: bool = False) -> Any:
+    """``ops.argmax(input, dim=None, keepdim=False)``: ``Tensor.argmax`` (int64; over the flattened Tensor when None)."""
+    return _tensor("argmax", input).argmax(dim, keepdim)
+
+
+def argmin(input: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """``ops.argmin(input, axis=None, keepdims=False)``: ``Tensor.argmin`` (int64; over the flattened Tensor when None)."""
+    return _tensor("argmin", input).argmin(axis, keepdims)
+
+
 def fill(type: Any, shape: Any, value: Any) -> Tensor:
     """``ops.fill(type, shape, value)``: a Tensor of ``shape`` filled with ``value`` in dtype ``type``; a constant."""
     return Tensor._wrap(np.full(_shape_of(shape), value, mstype.to_numpy(type)))
@@ -423,6 +433,6 @@ class Print:
 
 FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
-    flatten, prod, amax, amin, max, min, fill, depend, print_, shape,
+    flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape,
 )} | {"Shape": Shape, "Print": Print}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -57,7 +57,7 @@ def test_generated_names_are_the_op_tables_functional_fields() -> None:
         for name in opdef.functional:
             assert names[name] == op and getattr(ops, name).__name__ == name
     for name in ("cumsum", "topk", "logsumexp", "silu", "flatten", "prod", "amin", "amax", "where", "cat", "fill", "depend",
-                 "print_", "shape", "max", "min", "square", "split", "einsum", "pad", "dropout", "gelu", "bmm", "ne", "gt"):
+                 "print_", "shape", "max", "min", "argmax", "argmin", "square", "split", "einsum", "pad", "dropout", "gelu", "bmm", "ne", "gt"):
         assert callable(getattr(ops, name)), name
     for odd in ("cum_sum", "top_k", "log_sum_exp", "si_lu", "conv2_d", "real_div", "adaptive_avg_pool2_d", "max_pool_with_argmax"):
         assert not hasattr(ops, odd), odd
@@ -194,6 +194,9 @@ def test_max_min_return_values_and_indices_amax_amin_values() -> None:
     mask = X3 > 0
     np.testing.assert_array_equal(ops.amax(Tensor(X3), 1, initial=0.5, where=Tensor(mask)).asnumpy(), np.max(X3, 1, initial=0.5, where=mask))
     np.testing.assert_array_equal(ops.amin(Tensor(X3), initial=-0.5).asnumpy(), np.min(X3, initial=-0.5))
+    np.testing.assert_array_equal(ops.argmax(Tensor(X3)).asnumpy(), X3.argmax())
+    np.testing.assert_array_equal(ops.argmax(Tensor(X3), -1, True).asnumpy(), X3.argmax(-1)[..., None])
+    np.testing.assert_array_equal(ops.argmin(Tensor(X3), 1).asnumpy(), X3.argmin(1))
     with pytest.raises(ValueError, match="where needs an initial value"):
         ops.amax(Tensor(X3), where=Tensor(mask))
     check_grad(lambda x: ops.max(x, 0)[0].sum() * ops.amin(x, 1).sum() + ops.min(x, 1, True)[0].sum() + ops.amax(x), X)
