@@ -108,9 +108,21 @@ def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(_arg_key(a) for a in args)
 
 
+def _plain_signature(args: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``_signature`` of arguments that are all concrete Tensors (the common call, checked without more ado), else
+    None."""
+    key = []
+    for a in args:
+        arr = a._array if isinstance(a, Tensor) else None
+        if arr is None:
+            return None
+        key.append(("T", arr.dtype, arr.shape))
+    return tuple(key)
+
+
 def _arg_key(a: Any) -> Any:
     if isinstance(a, Tensor):
-        return ("T", a._array_dtype().str, a.shape)
+        return ("T", a._array_dtype(), a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
     return ("S", type(a).__name__, _scalar_key(a))
@@ -132,7 +144,10 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace.
     While the epoch (client/epoch.py) stands still, the parameters and state found at the last call are reused:
     a steady call reads only what can change without moving it (closures, globals, list attributes)."""
-    check_inputs(fn, args)
+    signature = _plain_signature(args)
+    if signature is None:
+        check_inputs(fn, args)
+        signature = _signature(args)
     cache = _CACHES.get(fn)
     if cache is None:
         cache = _CACHES.setdefault(fn, TraceCache())
@@ -145,7 +160,7 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     if cache.state is None:
         cache.state = StateWatch(fn)
     state = cache.state.current(fn)
-    key = (_signature(args), declared.param_state)
+    key = (signature, declared.param_state)
     bucket = cache.entries.setdefault(key, [])
     for i, entry in enumerate(bucket):
         if entry.holds(args, state):
