@@ -145,7 +145,7 @@ def test_networks_beyond_the_worker_cache_are_sent_again_and_answers_stay_right(
 def test_request_bytes_over_the_queue_budget_are_refused_at_once(connect: object) -> None:
     n = 1 << 18  # 2 MiB of float64 per request
     budget = 3 * MiB
-    with running(config(max_queued_bytes=budget, max_queue_depth=8)) as server:
+    with running(config(max_queued_bytes=budget, max_queue_depth=8, stop_grace_ms=600_000)) as server:  # stopped, never replaced
         stub = connect(server)  # type: ignore[operator]
         pids = server.pool.pids()
         nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=param_net(n, 2.0)), timeout=60).network_id

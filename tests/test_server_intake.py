@@ -139,7 +139,9 @@ def sin_network(stub: service_pb2_grpc.GradientStub, n: int) -> str:
 def test_many_large_requests_are_refused_over_budget_while_small_ones_are_served() -> None:
     n = 2 * MiB  # 8 MiB of float32 per request
     x = np.linspace(0, 1, n, dtype=np.float32)
-    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=17 * MiB, max_queue_depth=16)
+    # A generous stop grace: the cancelled run must stop, not be replaced, however loaded the machine is.
+    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=17 * MiB, max_queue_depth=16,
+                    stop_grace_ms=600_000)
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.max_receive_message_length", -1)]) as ch:
         stub = service_pb2_grpc.GradientStub(ch)
