@@ -51,6 +51,7 @@ MAX_BACKOFF = 1.0
 """Seconds slept after a round in which every channel answered UNAVAILABLE: doubling from one to the other, jittered."""
 DOWN_SECONDS = 1.0
 """How long a channel that answered UNAVAILABLE is tried only after the others."""
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 URI_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 """gRPC target schemes; a target in one of them is a single channel even when it holds commas."""
 
@@ -138,6 +139,24 @@ class _Route:
     inline: dict[str, int] = field(default_factory=dict)
     """How many more calls for each network (by local id) send its graph inline."""
     down_until: float = 0.0
+    senders: dict[str, Callable[[Any, float | None], Any]] = field(default_factory=dict)
+    """By method: the call that sends a request serialized once (``sender``)."""
+
+    def sender(self, method: str) -> Callable[[Any, float | None], Any]:
+        """``method`` as ``call(request, timeout)``, serializing the request once: its REQUEST_BYTES_HEADER is the
+        length of those bytes (``ByteSize`` would encode the whole message a second time)."""
+        send = self.senders.get(method)
+        if send is None:
+            raw = self.channel.unary_unary(
+                f"/{SERVICE}/{method}", request_serializer=None,
+                response_deserializer=getattr(service_pb2, f"{method}Response").FromString)
+
+            def send(request: Any, timeout: float | None) -> Any:
+                data = request.SerializeToString()
+                return raw(data, timeout=timeout, metadata=((codec.REQUEST_BYTES_HEADER, str(len(data))),))
+
+            self.senders[method] = send
+        return send
 
 
 class RemoteBackend(Backend):
@@ -170,8 +189,10 @@ class RemoteBackend(Backend):
 
     def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
         """Forward outputs from a server."""
-        tensors = [codec.encode_tensor(a) for a in inputs]
-        resp = self._invoke(network_id, params, "Run", lambda **net: service_pb2.RunRequest(inputs=tensors, **net))
+        request = service_pb2.RunRequest()
+        for a in inputs:
+            codec.encode_tensor(a, request.inputs.add())
+        resp = self._invoke(network_id, params, "Run", lambda **net: _addressed(request, **net))
         return codec.decode_tree(resp.outputs)
 
     def grad(
@@ -179,13 +200,11 @@ class RemoteBackend(Backend):
     ) -> OutputTree:
         """GradOperation computed by a server."""
         n = self._networks[network_id].inputs
-        op = codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights)
-        tensors = [codec.encode_tensor(a) for a in inputs[:n]]
-        sens = [codec.encode_tensor(a) for a in inputs[n:]]
-        resp = self._invoke(
-            network_id, params, "Grad",
-            lambda **net: service_pb2.GradRequest(grad=op, inputs=tensors, sens=sens, **net),
-        )
+        request = service_pb2.GradRequest(
+            grad=codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights))
+        for i, a in enumerate(inputs):
+            codec.encode_tensor(a, (request.inputs if i < n else request.sens).add())
+        resp = self._invoke(network_id, params, "Grad", lambda **net: _addressed(request, **net))
         return codec.decode_tree(resp.gradients)
 
     def close(self) -> None:
@@ -205,7 +224,7 @@ class RemoteBackend(Backend):
     def _send(self, route: _Route, local_id: str, net: _Network, method: str, make: Callable[..., Any],
               deadline: float | None) -> Any:
         """One call through ``route`` by ``deadline``: registering first if it has not seen the network, inline when asked to."""
-        call = getattr(route.stub, method)
+        call = route.sender(method)
         with self._lock:
             inline = route.inline.get(local_id, 0)
             if inline:
@@ -216,8 +235,7 @@ class RemoteBackend(Backend):
         if not known:
             self._register(route, local_id, net, deadline)
         try:
-            request = make(network_id=net.server_id)
-            return call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
+            return call(make(network_id=net.server_id), _left(deadline))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -230,8 +248,7 @@ class RemoteBackend(Backend):
     def _send_inline(self, route: _Route, local_id: str, net: _Network, call: Any, make: Callable[..., Any],
                      deadline: float | None) -> Any:
         """The call with the graph itself, which also registers it on the server that takes it."""
-        request = make(graph=net.message)
-        resp = call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
+        resp = call(make(graph=net.message), _left(deadline))
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -239,8 +256,7 @@ class RemoteBackend(Backend):
 
     def _register(self, route: _Route, local_id: str, net: _Network, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
-        request = service_pb2.RegisterNetworkRequest(graph=net.message)
-        resp = route.stub.RegisterNetwork(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
+        resp = route.sender("RegisterNetwork")(service_pb2.RegisterNetworkRequest(graph=net.message), _left(deadline))
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -276,6 +292,21 @@ class RemoteBackend(Backend):
                                                "set_context(retry_seconds=...) or GRADSERVE_RETRY_SECONDS sets how long)")
             time.sleep(min(give_up - now, delay * random.uniform(0.5, 1.0)))
             delay = min(2 * delay, MAX_BACKOFF)
+
+
+def _addressed(request: Any, parameters: Mapping[str, graph_pb2.Tensor], network_id: str | None = None,
+               graph: graph_pb2.Graph | None = None) -> Any:
+    """``request`` (its tensors encoded in place, once) for one attempt: by ``network_id`` or with ``graph`` inline,
+    and ``parameters`` as overrides. Attempts reuse the one message: copying its tensors into a new request for
+    each would cost a pass over every byte (and, for large arrays, fresh pages)."""
+    if graph is not None:
+        request.graph.CopyFrom(graph)
+    else:
+        request.network_id = network_id
+    request.parameters.clear()
+    for name, tensor in parameters.items():
+        request.parameters[name].CopyFrom(tensor)
+    return request
 
 
 def _left(deadline: float | None) -> float | None:
