@@ -3,6 +3,7 @@
 # which then fall back to the slower pipe). Settings are `gradserve serve` flags appended to the run
 # command, or GRADSERVE_* variables: `-e GRADSERVE_PORT=6000` moves the server and its HEALTHCHECK.
 #
+# The onnx extra lets the server convert ONNX models sent to RegisterNetwork.
 # Two stages: `build` installs the project and its dependencies into a virtual environment that has no
 # pip of its own (a separate tool venv runs pip with --python); the final stage copies only that
 # environment, so no pip, setuptools, build cache or source tree reaches the image.
@@ -14,7 +15,7 @@ RUN python3 -m venv /opt/tools \
     && python3 -m venv --without-pip /opt/venv
 # The build context is what .dockerignore lets through: the files `pip install` needs.
 COPY . /src
-RUN /opt/tools/bin/pip --python /opt/venv/bin/python install --no-cache-dir /src
+RUN /opt/tools/bin/pip --python /opt/venv/bin/python install --no-cache-dir "/src[onnx]"
 
 
 FROM python:3.11-slim

@@ -5,7 +5,12 @@
 * throughput of a CPU-bound graph with 2 workers vs 1 under concurrent clients: >= 1.7x
 * a small MLP's training step (gradient by list, then ``set_data`` on every weight) through the SDK against
   a server vs on the embedded engine, with the request bytes per step (issue 13: the weights travel with
-  the call; its target for the digits CNN is <= 1.3x)
+  the call)
+* issue 13, the digits CNN of ``examples/train_digits.py`` (value_and_grad, then Adam): its step time through a
+  2-worker server vs embedded (target <= 1.3x), and its steps per second streamed (``grad_fn.stream``) vs one
+  unary call at a time against that server
+* issue 13, one large-batch gradient of that CNN split by ``gradserve.parallel.data_parallel`` over two
+  single-worker replicas vs computed by one (target >= 1.7x faster)
 
 The servers (gradserve and the echo server) run in this process and the clients in another one, as
 they would in production: a client sharing the server's interpreter would contend for its GIL and
@@ -13,20 +18,24 @@ for the same cores in a way no deployment does. Echo and gradient calls are made
 process over the same kind of channel, alternately, so that load from elsewhere on the machine
 falls on both alike; the echo returns the gradient request's own serialized bytes.
 
-Run: ``python bench/service.py`` (about a minute and a half; ``--help`` for sample counts).
+Run: ``python bench/service.py`` (about three minutes; ``--help`` for sample counts). Needs the ``examples`` extra
+(scikit-learn's digits; threadpoolctl, which comes with it, gives the client one BLAS thread).
 """
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import multiprocessing
 import statistics
 import threading
 import time
 from concurrent import futures
+from pathlib import Path
 from typing import Any, Callable
 
 import grpc
 import numpy as np
+from threadpoolctl import threadpool_limits
 
 import gradserve as gs
 import gradserve.nn as nn
@@ -34,6 +43,7 @@ import gradserve.ops as ops
 from gradserve import ParameterTuple, Tensor
 from gradserve.client import context, remote
 from gradserve.engine import GraphBuilder
+from gradserve.parallel import data_parallel
 from gradserve.proto import codec
 from gradserve.server.app import running
 from gradserve.server.config import ServerConfig
@@ -183,6 +193,7 @@ def mlp_trainer(batch: int = 32, features: int = 64, hidden: int = 64, classes: 
 def training_client(target: str, steps: int, rounds: int, out: Any) -> None:
     """Median step times of the MLP on the embedded engine and through ``target``, in alternating rounds of
     ``steps`` steps (one network on each backend), and the remote requests' bytes; sends them to ``out``."""
+    threadpool_limits(1)  # as each server worker computes: a fair embedded side, no oversubscribed cores
     sizes = RequestBytes()
     remote.open_channel = lambda item, options: grpc.intercept_channel(context.open_channel(item, options), sizes)
     trainers = {}
@@ -201,6 +212,84 @@ def training_client(target: str, steps: int, rounds: int, out: Any) -> None:
             times[where].append((time.perf_counter() - t) / steps)
     out.send((statistics.median(times[None]), statistics.median(times[target]), trainers[target][1],
               sizes.bytes, sizes.calls))
+
+
+def digits_example() -> Any:
+    """``examples/train_digits.py`` as a module (its ``make_net`` and ``digits``)."""
+    spec = importlib.util.spec_from_file_location("train_digits", Path(__file__).resolve().parents[1] / "examples" / "train_digits.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def cnn_trainer(batch: int = 32) -> tuple[Any, nn.Optimizer, list[tuple[Tensor, Tensor]]]:
+    """The example's CNN, its Adam and ``value_and_grad``, and one epoch of training batches."""
+    example = digits_example()
+    gs.set_seed(0)
+    x_train, _, y_train, _ = example.digits()
+    net = example.make_net()
+    loss_fn = nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+    optimizer = nn.Adam(net.trainable_params(), learning_rate=1e-3)
+    grad_fn = gs.value_and_grad(lambda x, y: loss_fn(net(x), y), None, optimizer.parameters)
+    batches = [(Tensor(x_train[i:i + batch]), Tensor(y_train[i:i + batch]))
+               for i in range(0, len(x_train) - batch + 1, batch)]
+    return grad_fn, optimizer, batches
+
+
+def digits_client(target: str, rounds: int, in_flight: int, out: Any) -> None:
+    """Seconds per CNN training step over one epoch: embedded, remote unary, remote streamed (``in_flight`` on one
+    GradStream); medians of ``rounds`` rounds in rotating order; sends them to ``out``. The embedded engine gets one
+    BLAS thread, as each server worker has."""
+    threadpool_limits(1)
+    runs: dict[str, Callable[[], int]] = {}
+    for name, where, streamed in (("embedded", None, False), ("unary", target, False), ("streamed", target, True)):
+        gs.set_context(target=where)
+        grad_fn, optimizer, batches = cnn_trainer()
+
+        def epoch(grad_fn: Any = grad_fn, optimizer: Any = optimizer, batches: Any = batches, where: Any = where,
+                  streamed: bool = streamed) -> int:
+            gs.set_context(target=where)
+            results = grad_fn.stream(batches, in_flight=in_flight) if streamed else (grad_fn(*b) for b in batches)
+            for _, grads in results:
+                optimizer(grads)
+            return len(batches)
+
+        epoch()  # traced, registered and compiled
+        runs[name] = epoch
+    times: dict[str, list[float]] = {name: [] for name in runs}
+    names = list(runs)
+    for r in range(rounds):
+        for name in names[r % 3:] + names[:r % 3]:
+            t = time.perf_counter()
+            steps = runs[name]()
+            times[name].append((time.perf_counter() - t) / steps)
+    out.send({name: statistics.median(ts) for name, ts in times.items()})
+
+
+def replicas_client(one: str, two: str, batch: int, rounds: int, out: Any) -> None:
+    """Median seconds of one gradient of the CNN over ``batch`` images through ``one`` (one replica) and split over
+    ``two`` (two replicas), alternately; sends them to ``out``."""
+    example = digits_example()
+    gs.set_seed(0)
+    x_train, _, y_train, _ = example.digits()
+    reps = -(-batch // len(x_train))
+    x = Tensor(np.concatenate([x_train] * reps)[:batch])
+    y = Tensor(np.concatenate([y_train] * reps)[:batch])
+    net = example.make_net()
+    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    split = data_parallel(ops.GradOperation(get_by_list=True)(loss, ParameterTuple(net.trainable_params())))
+    times: dict[str, list[float]] = {one: [], two: []}
+    for where in (one, two):
+        gs.set_context(target=where)
+        split(x, y)  # traced, registered and compiled
+    for r in range(rounds):
+        for where in ((one, two) if r % 2 == 0 else (two, one)):
+            gs.set_context(target=where)
+            t = time.perf_counter()
+            split(x, y)
+            times[where].append(time.perf_counter() - t)
+    out.send((statistics.median(times[one]), statistics.median(times[two])))
 
 
 def in_client_process(target: Callable[..., None], *args: Any) -> Any:
@@ -235,6 +324,29 @@ def training(steps: int, rounds: int) -> None:
     print(f"RATIO MLP training step remote/embedded {served / embedded:.2f}x (issue 13's target, for the digits CNN: <= 1.3x)")
 
 
+def digits(rounds: int, in_flight: int) -> None:
+    """Print the digits CNN's remote/embedded step time and its streamed vs unary steps per second (2 workers)."""
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=2, log_level="warning")) as server:
+        t = in_client_process(digits_client, f"127.0.0.1:{server.port}", rounds, in_flight)
+    print(f"digits CNN training step (batch 32, Adam): embedded {t['embedded']*1e3:.2f} ms, remote unary "
+          f"{t['unary']*1e3:.2f} ms, remote streamed {t['streamed']*1e3:.2f} ms (in_flight={in_flight})")
+    print(f"RATIO digits CNN step remote/embedded {t['unary'] / t['embedded']:.2f}x (target <= 1.3x)")
+    print(f"RATIO digits CNN steps/s streamed vs unary {t['unary'] / t['streamed']:.2f}x "
+          f"({1 / t['streamed']:.0f} vs {1 / t['unary']:.0f} steps/s, 2-worker server)")
+
+
+def replicas(batch: int, rounds: int) -> None:
+    """Print one large-batch CNN gradient's time on one single-worker replica and split over two."""
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")
+    with running(config) as a, running(config) as b:
+        one, two = in_client_process(replicas_client, f"127.0.0.1:{a.port}", f"127.0.0.1:{a.port},127.0.0.1:{b.port}",
+                                     batch, rounds)
+        calls = [sum(n for m, code, n in s.servicer.metrics.snapshot() if m == "Grad" and code == "OK") for s in (a, b)]
+    print(f"digits CNN gradient of {batch} images: 1 replica {one*1e3:.0f} ms, 2 replicas {two*1e3:.0f} ms "
+          f"(Grad calls answered by each replica: {calls})")
+    print(f"RATIO large-batch gradient 1 vs 2 replicas {one / two:.2f}x (target >= 1.7x)")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--tiny", type=int, default=2000, help="tiny gradient/echo pairs (default 2000)")
@@ -243,10 +355,16 @@ def main() -> None:
     parser.add_argument("--per-client", type=int, default=5, help="calls per client per measurement (default 5)")
     parser.add_argument("--train-steps", type=int, default=100, help="MLP training steps per round (default 100)")
     parser.add_argument("--train-rounds", type=int, default=6, help="alternating embedded/remote MLP rounds (default 6)")
-    parser.add_argument("--only-training", action="store_true", help="measure the MLP training step only")
+    parser.add_argument("--only-training", action="store_true", help="measure the training figures only (MLP, digits CNN, replicas)")
+    parser.add_argument("--digits-rounds", type=int, default=5, help="rotating embedded/unary/streamed CNN epochs (default 5)")
+    parser.add_argument("--in-flight", type=int, default=2, help="requests on the stream for the streamed CNN (default 2)")
+    parser.add_argument("--big-batch", type=int, default=4096, help="images in the large-batch CNN gradient (default 4096)")
+    parser.add_argument("--replica-rounds", type=int, default=7, help="alternating 1/2-replica gradients (default 7)")
     parser.add_argument("--rounds", type=int, default=11, help="paired throughput measurements (default 11: short rounds, many of them, so that the median ratio outlasts the machine's speed drifting)")
     args = parser.parse_args()
     training(args.train_steps, args.train_rounds)
+    digits(args.digits_rounds, args.in_flight)
+    replicas(args.big_batch, args.replica_rounds)
     if args.only_training:
         return
 

@@ -1,5 +1,8 @@
 """Checkpoints in safetensors format (which MindSpore 2.x also reads and writes): ``save_checkpoint``,
-``load_checkpoint`` and ``load_param_into_net``, keyed by each Parameter's name."""
+``load_checkpoint`` and ``load_param_into_net``, keyed by each Parameter's name. A Cell's checkpoint also holds the
+state of every optimizer in it (an optimizer itself, or a TrainOneStepCell) under MindSpore's names
+(``global_step``, ``moment1.<parameter>``...), and loading into such a Cell restores it, so training resumes
+exactly where it stopped."""
 from __future__ import annotations
 
 import os
@@ -9,6 +12,7 @@ import numpy as np
 from safetensors.numpy import load_file, save_file
 
 from .cell import Cell
+from .nn.optim import Optimizer
 from .parameter import Parameter
 from .tensor import Tensor
 
@@ -16,7 +20,8 @@ from .tensor import Tensor
 def _arrays(save_obj: Any) -> dict[str, np.ndarray]:
     """name -> array for a Cell (its parameters by name), a dict of Tensors, or a list of {'name', 'data'} dicts."""
     if isinstance(save_obj, Cell):
-        pairs = [(p.name, p) for p in save_obj.get_parameters()]
+        pairs: list[tuple[Any, Any]] = [(p.name, p) for p in save_obj.get_parameters()]
+        pairs += [pair for opt in _optimizers(save_obj) for pair in opt.state_arrays().items()]
     elif isinstance(save_obj, dict):
         pairs = list(save_obj.items())
     elif isinstance(save_obj, (list, tuple)):
@@ -34,6 +39,11 @@ def _arrays(save_obj: Any) -> dict[str, np.ndarray]:
             raise ValueError(f"save_checkpoint: two parameters are named {name!r}")
         out[name] = np.ascontiguousarray(value.asnumpy() if isinstance(value, Tensor) else np.asarray(value))
     return out
+
+
+def _optimizers(net: Cell) -> list[Optimizer]:
+    """The optimizers among ``net`` and its descendants."""
+    return [cell for _, cell in net.cells_and_names() if isinstance(cell, Optimizer)]
 
 
 def save_checkpoint(save_obj: Any, ckpt_file_name: str | os.PathLike[str], append_dict: dict[str, Any] | None = None,
@@ -67,8 +77,8 @@ def load_checkpoint(ckpt_file_name: str | os.PathLike[str], net: Cell | None = N
 
 
 def load_param_into_net(net: Cell, parameter_dict: dict[str, Any], strict_load: bool = False) -> tuple[list[str], list[str]]:
-    """Set each of ``net``'s Parameters from ``parameter_dict`` by name; returns (the net's parameters not loaded,
-    the dict's entries not used). A shape mismatch raises; ``strict_load`` also rejects a dtype mismatch."""
+    """Set each of ``net``'s Parameters (and its optimizers' state) from ``parameter_dict`` by name; returns (the
+    net's parameters not loaded, the dict's entries not used); an optimizer's state loads whole or not at all. A shape mismatch raises; ``strict_load`` also rejects a dtype mismatch."""
     if not isinstance(net, Cell):
         raise TypeError(f"load_param_into_net: net must be a Cell, got {type(net).__name__}")
     if not isinstance(parameter_dict, dict):
@@ -87,4 +97,10 @@ def load_param_into_net(net: Cell, parameter_dict: dict[str, Any], strict_load: 
             raise TypeError(f"load_param_into_net: {p.name!r} is {p.dtype} in the net but {arr.dtype} in the checkpoint")
         p.set_data(arr)
         used.add(p.name)
+    optimizers = _optimizers(net)
+    arrays = {k: v.asnumpy() if isinstance(v, Tensor) else np.asarray(v) for k, v in parameter_dict.items()} if optimizers else {}
+    for opt in optimizers:
+        missing, taken = opt.load_state(arrays)
+        not_loaded += missing
+        used.update(taken if not missing else ())
     return not_loaded, [k for k in parameter_dict if k not in used]

@@ -3,16 +3,17 @@ hessian): gradients of a Cell or function in MindSpore's return structures, comp
 becomes one transform node over a traced library function; the engine holds every gradient rule."""
 from __future__ import annotations
 
-from typing import Any, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 from gradserve.engine import flatten
 from gradserve.engine.autodiff import grad_structure
 
 from . import dtype as mstype
-from .backend import GradFlags
+from .backend import Backend, Call, GradFlags
 from .context import get_backend
 from .parameter import Parameter
 from .runner import to_tensors, traced_for
+from .streaming import stream_prepared
 from .tensor import Tensor
 from .tracing import (
     TENSOR,
@@ -22,6 +23,7 @@ from .tracing import (
     current_frame,
     graph_name,
     label,
+    skeleton_of,
     tensor_leaves,
     trace,
 )
@@ -94,12 +96,28 @@ class GradFunction:
         return self._run(inputs, sens) if frame is None else self._nested(frame, inputs, sens)
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
+        backend = get_backend()
+        call, finish = self._prepare(backend, inputs, sens)
+        return finish(backend.call(call))
+
+    def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
+        """The backend call for these inputs and the function giving the structured result from its output."""
         entry = traced_for(self.fn, inputs, self.weights)
         flat_sens = self._flat_sens(sens, entry.traced)
-        backend = get_backend()
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        out = backend.grad(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
-        return self._structure(flatten(to_tensors(out)), entry.traced)
+        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
+        return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
+
+    def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
+        """For streaming (``client/streaming.py``) and split batches (``client/parallel.py``): one call's arguments
+        (then sens) as a backend call and its result's structure."""
+        inputs, sens = (args[:-1], args[-1]) if self.op.sens_param else (args, None)
+        check_inputs(self.fn, inputs)
+        return self._prepare(backend, inputs, sens)
+
+    def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
+        """The gradient for each batch (a tuple of inputs, or one input) in order, up to ``in_flight`` at once."""
+        return stream_prepared(self.prepare_call, batches, in_flight)
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it."""
@@ -203,8 +221,10 @@ def _aux(outputs: Any) -> Any:
     return outputs[1] if len(outputs) == 2 else outputs[1:]
 
 
-def _require_aux(out: Any, what: str) -> None:
-    if not isinstance(out, tuple) or len(out) < 2 or isinstance(out[0], tuple):
+def _require_aux(skeleton: Any, what: str) -> None:
+    """With ``has_aux`` the function returns a tuple of at least two outputs, the first a Tensor (the one
+    differentiated); the others (aux) may be anything a network returns, constants included."""
+    if skeleton == TENSOR or skeleton[0] is not tuple or len(skeleton[2]) < 2 or skeleton[2][0] != TENSOR:
         raise ValueError(f"{what}: with has_aux=True the function must return at least two outputs, the first a Tensor")
 
 
@@ -238,15 +258,28 @@ class _Transform:
         if frame is not None:
             leaves, rebuild = self._emit(frame, args, extra)
             return rebuild(leaves)
+        backend = get_backend()
+        call, finish = self._prepare(backend, args, extra)
+        return finish(backend.call(call))
+
+    def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[Call, Any]:
+        """The backend call of the staged network and the function giving the structured result from its output."""
         staged = self._staged.setdefault(len(args), _Staged(self, len(args)))
         entry = traced_for(staged, [*args, *extra], self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
             hit = (entry.traced, staged.rebuild)
             self._rebuilds[id(entry.traced)] = hit
-        backend = get_backend()
-        out = backend.run(entry.network_id(backend), entry.inputs([*args, *extra]), entry.param_values())
-        return hit[1](list(flatten(to_tensors(out))))
+        call = Call(entry.network_id(backend), None, entry.inputs([*args, *extra]), entry.param_values())
+        return call, lambda out: hit[1](list(flatten(to_tensors(out))))
+
+    def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
+        """For streaming and split batches: one call's arguments as a backend call and its result's structure."""
+        return self._prepare(backend, args, ())
+
+    def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
+        """The result for each batch (a tuple of arguments, or one argument) in order, up to ``in_flight`` at once."""
+        return stream_prepared(self.prepare_call, batches, in_flight)
 
     def _emit(self, frame: TraceFrame, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[list[Tensor], Any]:
         """Trace the function into the library and add the node; returns its outputs and the structure builder."""
@@ -328,7 +361,7 @@ class _GradFn(_Transform):
 
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         if self.has_aux:
-            _require_aux(traced.graph.outputs, f"grad of {label(self.fn)}")
+            _require_aux(traced.skeleton, f"grad of {label(self.fn)}")
         positions = self._graph_positions(traced, self.positions or ())
         return {"positions": positions, "weights": tuple(w.name for w in self.weights), "has_aux": self.has_aux}
 
@@ -385,7 +418,7 @@ class _JvpFn(_Transform):
 
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         if self.has_aux:
-            _require_aux(traced.graph.outputs, f"jvp of {label(self.fn)}")
+            _require_aux(traced.skeleton, f"jvp of {label(self.fn)}")
         return {"positions": tuple(range(len(traced.graph.inputs)))}
 
     def _structure(self, traced: Traced) -> Any:
@@ -448,35 +481,44 @@ class _VjpFn(_Transform):
 
 
 class VjpFunction:
-    """The ``vjp_fn`` that :func:`vjp` returns: call it with one cotangent per (differentiated) output."""
+    """The ``vjp_fn`` that :func:`vjp` returns: call it with cotangents in the structure of the (differentiated)
+    outputs: one Tensor for a Tensor, a tuple or list for a tuple or list, a dict with the same keys for a dict
+    (nested alike; what sits at a constant output is not used), or, as MindSpore also takes them, the cotangents of
+    a tuple output as separate arguments."""
 
-    def __init__(self, transform: _VjpFn, inputs: tuple[Tensor, ...], outputs: Any) -> None:
+    def __init__(self, transform: _VjpFn, inputs: tuple[Any, ...], outputs: Any) -> None:
         self.transform, self.inputs, self.outputs = transform, inputs, outputs
+        self.skeleton = skeleton_of(outputs[0] if transform.has_aux else outputs)
 
     def __call__(self, *v: Any) -> Any:
-        cts = _tensors(v[0] if len(v) == 1 and isinstance(v[0], (tuple, list)) else v, "vjp_fn: v")
-        want = flatten(self.outputs[0] if self.transform.has_aux else self.outputs)
-        if len(cts) != len(want):
-            raise ValueError(f"vjp_fn of {label(self.transform.fn)}: {len(want)} outputs but {len(cts)} cotangents")
-        for i, (c, o) in enumerate(zip(cts, want)):
+        who = f"vjp_fn of {label(self.transform.fn)}"
+        sens = v[0] if len(v) == 1 else v
+        leaves = _sens_leaves(sens, self.skeleton, "v", who)
+        want = tensor_leaves(self.outputs[0] if self.transform.has_aux else self.outputs)
+        for (c, path), o in zip(leaves, want):
+            if not isinstance(c, Tensor):
+                raise TypeError(f"{who}: {path} must be a Tensor like the output it belongs to ({o.dtype}{list(o.shape)}), got {type(c).__name__}")
             if c.shape != o.shape or c._array_dtype() != o._array_dtype():
-                raise ValueError(f"vjp_fn of {label(self.transform.fn)}: v[{i}] has shape {c.shape} and dtype {c.dtype}, output {i} has {o.shape} and {o.dtype}")
-        return self.transform._apply(self.inputs, cts)
+                raise ValueError(f"{who}: {path} has shape {c.shape} and dtype {c.dtype}, its output has {o.shape} and {o.dtype}")
+        return self.transform._apply(self.inputs, [c for c, _ in leaves])
 
 
 def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> Any:
     """MindSpore's ``vjp``: ``(fn(*inputs), vjp_fn)``, or ``(outputs[0], vjp_fn, aux)`` with ``has_aux``; ``vjp_fn(v)``
-    returns the gradients of all inputs as a tuple (and of ``weights``, as ``(inputs', weights')``)."""
-    xs = _tensors(inputs, "vjp: inputs")
+    (``v`` in the outputs' structure) returns the gradients of all Tensor inputs as a tuple, a tuple, list or dict
+    input's in its structure (and of ``weights``, as ``(inputs', weights')``)."""
+    check_inputs(fn, inputs)
+    if not any(tensor_leaves(a) for a in inputs):
+        raise TypeError(f"vjp of {label(fn)}: no input is a Tensor (or holds one)")
     ws, _ = _weights(weights, "vjp")
-    out = fn(*xs)
+    out = fn(*inputs)
     if has_aux:
-        _require_aux(out, f"vjp of {label(fn)}")
+        _require_aux(skeleton_of(out), f"vjp of {label(fn)}")
     cache = _reused(fn, "vjp")
     key = (has_aux, tuple(id(w) for w in ws))
     if key not in cache:
         cache[key] = _VjpFn(fn, ws, has_aux)
-    vjp_fn = VjpFunction(cache[key], xs, out)
+    vjp_fn = VjpFunction(cache[key], inputs, out)
     if has_aux:
         return out[0], vjp_fn, _aux(out)
     return out, vjp_fn
@@ -500,18 +542,19 @@ class _JacFn(_Transform):
 
     def _attrs(self, traced: Traced) -> dict[str, Any]:
         if self.has_aux:
-            _require_aux(traced.graph.outputs, f"jacobian of {label(self.fn)}")
-        positions = self._graph_positions(traced, self.positions)
-        if len(positions) != len(self.positions):
-            raise TypeError(f"jacobian of {label(self.fn)}: differentiate Tensor inputs, not tuples or lists of them")
-        return {"positions": positions, "mode": self.mode}
+            _require_aux(traced.skeleton, f"jacobian of {label(self.fn)}")
+        return {"positions": self._graph_positions(traced, self.positions), "mode": self.mode}
 
     def _structure(self, traced: Traced) -> Any:
         def rebuild(leaves: list[Tensor]) -> Any:
             out, jacs = _split(leaves, traced)
+            n_graph = len(traced.graph_positions(self.positions))
+            n_out = 1 if self.has_aux else len(jacs) // n_graph
+            # d out_i / d position j, each position's Jacobians in its argument's structure (a tuple, list or dict
+            # argument gives one Jacobian per Tensor it holds), then MindSpore's nesting: one bare, several outputs
+            # or several positions a flat tuple, both a tuple (per output) of tuples (per position)
+            res = [p for i in range(n_out) for p in traced.group_inputs(jacs[i * n_graph:(i + 1) * n_graph], self.positions)]
             n_in = len(self.positions)
-            n_out = 1 if self.has_aux else len(jacs) // n_in
-            res = jacs[: n_out * n_in]
             if len(res) == 1:
                 jac: Any = res[0]
             elif n_in == 1 or n_out == 1:

@@ -2,12 +2,13 @@
 trace can read it), and the guards that say when a traced graph is still the path Python would take."""
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Sequence
 
 import numpy as np
 
-from gradserve.engine import Graph, GraphBuilder, Program, Value, compile_graph, get_op
+from gradserve.engine import Graph, GraphBuilder, Program, Value, compile_graph, flatten, get_op, signature_copy
+from gradserve.engine.autodiff import inline
 
 from . import eager
 
@@ -52,12 +53,29 @@ def _hashable(v: Any) -> bool:
     return True
 
 
+@dataclass(eq=False)
+class Origin:
+    """Where one trace's graph sits: the trace that made it (None at top level) and the values of that trace it was
+    applied to (its inputs, in order), so a value read in a nested trace (a network under GradOperation inside a
+    construct) can be computed again from the top-level inputs. ``graph`` is set when the trace is built."""
+
+    parent: Origin | None = None
+    bound: tuple[Value, ...] = ()
+    graph: Graph | None = field(default=None, repr=False)
+
+    def depth(self) -> int:
+        """How many traces enclose this one."""
+        return 0 if self.parent is None else 1 + self.parent.depth()
+
+
 @dataclass
 class Guard:
-    """A value Python code read while tracing (``bool(t)``, ``int(t)``, ``t.asnumpy()``...), and what it was."""
+    """A value Python code read while tracing (``bool(t)``, ``int(t)``, ``t.asnumpy()``...), what it was, and the
+    trace whose graph holds the value."""
 
     value: Value
     seen: np.ndarray
+    origin: Origin = field(default_factory=Origin)
 
 
 def same(a: np.ndarray, b: np.ndarray) -> bool:
@@ -66,11 +84,28 @@ def same(a: np.ndarray, b: np.ndarray) -> bool:
 
 
 class GuardCheck:
-    """The guarded values of one traced graph as a program of their own, and the values the trace saw."""
+    """The guarded values of one traced graph, including those read in nested traces (each nested graph, pruned to
+    what is needed, is inlined on the values its parent passed it), as one program of the top-level graph's inputs
+    and parameters; and the values the trace saw."""
 
     def __init__(self, graph: Graph, guards: Sequence[Guard]) -> None:
-        outs = tuple(g.value for g in guards)
-        self.program: Program = compile_graph(Graph(graph.inputs, graph.params, graph.nodes, outs, graph.library, f"guards_{graph.name}").pruned())
+        needed: dict[Origin, dict[int, Value]] = {}
+        for g in guards:
+            needed.setdefault(g.origin, {})[id(g.value)] = g.value
+            o = g.origin
+            while o.parent is not None:
+                needed.setdefault(o.parent, {}).update((id(v), v) for v in o.bound)
+                o = o.parent
+        b, args = signature_copy(graph, f"guards_{graph.name}")
+        computed: dict[int, Value] = {}
+        for o in sorted(needed, key=Origin.depth):
+            sub = graph if o.parent is None else o.graph
+            assert sub is not None, "a guarded trace is built before its guards are checked"
+            want = tuple(needed[o].values())
+            ins = args if o.parent is None else [computed[id(v)] for v in o.bound]
+            part = Graph(sub.inputs, sub.params, sub.nodes, want, sub.library, sub.name).pruned()
+            computed.update(zip(map(id, want), flatten(inline(b, part, ins, expand_all=False))))
+        self.program: Program = compile_graph(b.build(tuple(computed[id(g.value)] for g in guards)))
         self.seen = [g.seen for g in guards]
 
     def holds(self, inputs: Sequence[np.ndarray], params: dict[str, np.ndarray]) -> bool:

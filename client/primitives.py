@@ -25,7 +25,7 @@ def constructor_attrs(opdef: OpDef) -> list[str]:
     return [k for k in opdef.attrs if k not in calls]
 
 
-def _attr_value(opdef: OpDef, key: str, value: Any) -> Any:
+def attr_value(opdef: OpDef, key: str, value: Any) -> Any:
     """A caller's attribute value in the engine's form: the attribute's own ``convert`` first (MindSpore's spelling)."""
     spec = opdef.attrs[key]
     if spec.convert is not None:
@@ -52,7 +52,7 @@ class Primitive:
                 hint = f" (pass {k} when calling the primitive)" if k in call_time_attrs(opdef) else ""
                 raise TypeError(f"ops.{self.name}: argument {k!r} {why}{hint}")
             given[k] = v
-        self.attrs = {k: _attr_value(opdef, k, v) for k, v in given.items()}
+        self.attrs = {k: attr_value(opdef, k, v) for k, v in given.items()}
 
     def __repr__(self) -> str:
         return f"Prim[{self.name}]" + (f"<{', '.join(f'{k}={v}' for k, v in self.attrs.items())}>" if self.attrs else "")
@@ -74,7 +74,7 @@ class Primitive:
         for k, v in positional + list(kwargs.items()):
             if k not in calls or k in attrs:
                 raise TypeError(f"ops.{self.name}: call argument {k!r} is unknown or given twice; call arguments: {list(calls)}")
-            attrs[k] = _attr_value(opdef, k, v)
+            attrs[k] = attr_value(opdef, k, v)
         for k in calls:
             if k not in attrs and opdef.attrs[k].default is REQUIRED:
                 raise TypeError(f"ops.{self.name}: missing call argument {k!r}")
@@ -158,7 +158,7 @@ def functional(op: str) -> Callable[..., Any]:
         for k in opdef.attrs:
             if k not in attrs and opdef.attrs[k].default is REQUIRED:
                 raise TypeError(f"ops.{name}: missing argument {k!r}")
-        return apply_op(op, *tensors, **{k: _attr_value(opdef, k, v) for k, v in attrs.items()})
+        return apply_op(op, *tensors, **{k: attr_value(opdef, k, v) for k, v in attrs.items()})
 
     apply.__name__ = apply.__qualname__ = name
     apply.__doc__ = opdef.doc

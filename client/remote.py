@@ -20,12 +20,13 @@ never sent again.
 from __future__ import annotations
 
 import json
+import queue
 import random
 import socket
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
@@ -34,7 +35,7 @@ from gradserve.engine import EngineError, Graph, NotDifferentiableError
 from gradserve.proto import codec
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
-from .backend import Backend, GradFlags, OutputTree
+from .backend import Backend, Call, GradFlags, OutputTree
 from .context import call_timeout, open_channel, register_backend_factory, retry_seconds
 
 RECONNECT_BACKOFF_MS = 1000
@@ -51,6 +52,11 @@ MAX_BACKOFF = 1.0
 """Seconds slept after a round in which every channel answered UNAVAILABLE: doubling from one to the other, jittered."""
 DOWN_SECONDS = 1.0
 """How long a channel that answered UNAVAILABLE is tried only after the others."""
+FORWARD_ONLY = graph_pb2.GradOperation(get_by_list=True)
+"""The GradOperation of a Run sent on a GradStream (which carries only GradRequests): no weights, so no gradient is
+computed, and ``return_forward`` brings the outputs."""
+STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
+"""gRPC status codes by their number, for the ``error`` of a GradStream response."""
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 URI_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 """gRPC target schemes; a target in one of them is a single channel even when it holds commas."""
@@ -189,37 +195,88 @@ class RemoteBackend(Backend):
 
     def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
         """Forward outputs from a server."""
-        request = service_pb2.RunRequest()
-        for a in inputs:
-            codec.encode_tensor(a, request.inputs.add())
-        resp = self._invoke(network_id, params, "Run", lambda **net: _addressed(request, **net))
-        return codec.decode_tree(resp.outputs)
+        return self._call(None, Call(network_id, None, inputs, params))
 
     def grad(
         self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
     ) -> OutputTree:
         """GradOperation computed by a server."""
-        n = self._networks[network_id].inputs
-        request = service_pb2.GradRequest(
-            grad=codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights))
-        for i, a in enumerate(inputs):
-            codec.encode_tensor(a, (request.inputs if i < n else request.sens).add())
-        resp = self._invoke(network_id, params, "Grad", lambda **net: _addressed(request, **net))
+        return self._call(None, Call(network_id, flags, inputs, params))
+
+    def replicas(self) -> int:
+        """The servers this client reaches: one per listed target, every address of a ``dns:///`` name."""
+        return sum(address_count(route.target) for route in self._routes)
+
+    def call_on(self, replica: int, call: Call) -> OutputTree:
+        """``call`` on the channel of replica ``replica`` first, failing over to the others on UNAVAILABLE, and on
+        CANCELLED too (its server stopped while computing it: every call is idempotent)."""
+        n = len(self._routes)
+        for k in range(n - 1):
+            try:
+                return self._call((replica + k) % n, call)
+            except RemoteError as exc:
+                if exc.code != grpc.StatusCode.CANCELLED:
+                    raise
+                self._routes[(replica + k) % n].down_until = time.monotonic() + DOWN_SECONDS
+        return self._call((replica + n - 1) % n, call)
+
+    def _call(self, start: int | None, call: Call) -> OutputTree:
+        """``call`` through ``_failover`` from channel ``start`` (None: the next in rotation)."""
+        if call.flags is None:
+            run = service_pb2.RunRequest()
+            for a in call.inputs:
+                codec.encode_tensor(a, run.inputs.add())
+            resp = self._invoke(call.network_id, call.params, "Run", lambda **net: _addressed(run, **net), start)
+            return codec.decode_tree(resp.outputs)
+        request = self._grad_message(call)
+        resp = self._invoke(call.network_id, call.params, "Grad", lambda **net: _addressed(request, **net), start)
         return codec.decode_tree(resp.gradients)
+
+    def _grad_message(self, call: Call) -> service_pb2.GradRequest:
+        """The GradRequest of ``call`` (a Run as a forward-only Grad, for a GradStream) without its network, each
+        tensor encoded in place."""
+        flags = call.flags
+        if flags is None:
+            request = service_pb2.GradRequest(grad=FORWARD_ONLY, return_forward=True)
+            n = len(call.inputs)
+        else:
+            request = service_pb2.GradRequest(
+                grad=codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights))
+            n = self._networks[call.network_id].inputs
+        for i, a in enumerate(call.inputs):
+            codec.encode_tensor(a, (request.inputs if i < n else request.sens).add())
+        return request
+
+    def _grad_request(self, call: Call) -> Callable[..., service_pb2.GradRequest]:
+        """``make(network_id=... or graph=..., parameters=..., request_id=...)``: a new GradRequest of ``call`` for
+        each request of a GradStream (each waits in a queue until sent)."""
+        base = self._grad_message(call)
+
+        def make(**net: Any) -> service_pb2.GradRequest:
+            request = service_pb2.GradRequest()
+            request.CopyFrom(base)
+            return _addressed(request, **net)
+
+        return make
+
+    def stream(self, calls: Iterable[Call], in_flight: int) -> Iterator[OutputTree]:
+        """The result of each call in order, from up to ``in_flight`` requests at a time on one GradStream."""
+        return _Stream(self, iter(calls), in_flight).results()
 
     def close(self) -> None:
         """Close the channels."""
         for route in self._routes:
             route.channel.close()
 
-    def _invoke(self, network_id: str, params: Mapping[str, np.ndarray], method: str, make: Callable[..., Any]) -> Any:
+    def _invoke(self, network_id: str, params: Mapping[str, np.ndarray], method: str, make: Callable[..., Any],
+                start: int | None = None) -> Any:
         """``method`` with the request ``make(network_id=..., parameters=...)`` or ``make(graph=..., parameters=...)``
-        on the next server that takes it."""
+        on the next server that takes it (trying channel ``start`` first when given)."""
         with self._lock:
             net = self._networks[network_id]
             overrides = net.overrides(params)
         return self._failover(lambda route, deadline: self._send(
-            route, network_id, net, method, lambda **at: make(parameters=overrides, **at), deadline))
+            route, network_id, net, method, lambda **at: make(parameters=overrides, **at), deadline), start=start)
 
     def _send(self, route: _Route, local_id: str, net: _Network, method: str, make: Callable[..., Any],
               deadline: float | None) -> Any:
@@ -261,12 +318,15 @@ class RemoteBackend(Backend):
             net.server_id = resp.network_id
             route.registered.add(local_id)
 
-    def _failover(self, attempt: Callable[[_Route, float | None], Any], advance: bool = True) -> Any:
-        """``attempt(route, deadline)`` on the channels in rotation (lately failed ones last) until one is not
-        UNAVAILABLE, rounds apart by a jittered backoff, for at most ``retry_seconds`` and never past ``timeout``."""
-        with self._lock:  # advance=False (registering) starts where the next call will, which then finds it there
-            start = self._turn % len(self._routes)
-            self._turn += advance
+    def _failover(self, attempt: Callable[[_Route, float | None], Any], advance: bool = True,
+                  start: int | None = None) -> Any:
+        """``attempt(route, deadline)`` on the channels in rotation from ``start`` (default: the next turn; lately
+        failed ones last) until one is not UNAVAILABLE, rounds apart by a jittered backoff, for at most
+        ``retry_seconds`` and never past ``timeout``."""
+        if start is None:
+            with self._lock:  # advance=False (registering) starts where the next call will, which then finds it there
+                start = self._turn % len(self._routes)
+                self._turn += advance
         retry, timeout = retry_seconds(), call_timeout()
         began = time.monotonic()
         deadline = None if timeout is None else began + timeout
@@ -295,10 +355,10 @@ class RemoteBackend(Backend):
 
 
 def _addressed(request: Any, parameters: Mapping[str, graph_pb2.Tensor], network_id: str | None = None,
-               graph: graph_pb2.Graph | None = None) -> Any:
+               graph: graph_pb2.Graph | None = None, request_id: str | None = None) -> Any:
     """``request`` (its tensors encoded in place, once) for one attempt: by ``network_id`` or with ``graph`` inline,
-    and ``parameters`` as overrides. Attempts reuse the one message: copying its tensors into a new request for
-    each would cost a pass over every byte (and, for large arrays, fresh pages)."""
+    ``parameters`` as overrides, and ``request_id`` (a GradStream's). Unary attempts reuse the one message: copying
+    its tensors into a new request for each would cost a pass over every byte (and, for large arrays, fresh pages)."""
     if graph is not None:
         request.graph.CopyFrom(graph)
     else:
@@ -306,6 +366,8 @@ def _addressed(request: Any, parameters: Mapping[str, graph_pb2.Tensor], network
     request.parameters.clear()
     for name, tensor in parameters.items():
         request.parameters[name].CopyFrom(tensor)
+    if request_id is not None:
+        request.request_id = request_id
     return request
 
 
@@ -316,12 +378,124 @@ def _left(deadline: float | None) -> float | None:
 
 def _translate(exc: grpc.RpcError) -> Exception:
     """A server's error as the engine's exception where one matches, else a RemoteError."""
-    code, details = exc.code(), exc.details()
+    return _error(exc.code(), exc.details())
+
+
+def _error(code: grpc.StatusCode, details: str) -> Exception:
+    """The exception for a failed call's status code and message."""
     if code == grpc.StatusCode.UNIMPLEMENTED:
         return NotDifferentiableError(details)
     if code == grpc.StatusCode.INVALID_ARGUMENT:
         return EngineError(details)
     return RemoteError(code, details)
+
+
+class _Stream:
+    """One GradStream over which ``calls`` are sent, at most ``in_flight`` ahead of the results given back in order.
+
+    Each request carries its position as ``request_id``; answers may come in any order and wait until their turn.
+    A request the server answers NOT_FOUND (restarted, or evicted) is sent again with its graph inline. A failed
+    request raises at its own position, after the results before it; so does an error preparing a call (tracing),
+    which ``calls`` raises when it is read. A stream broken by UNAVAILABLE (its server stopped) is opened again on
+    the next channel and every unanswered request sent again (each is idempotent), backing off once every channel
+    has failed, until ``retry_seconds`` pass without a result. The context's ``timeout`` does not apply: a stream
+    lasts as long as its batches."""
+
+    def __init__(self, backend: RemoteBackend, calls: Iterator[Call], in_flight: int) -> None:
+        self.backend, self.calls, self.in_flight = backend, calls, in_flight
+        self.sent: dict[int, tuple[Call, Callable[..., service_pb2.GradRequest], dict[str, graph_pb2.Tensor]]] = {}
+        self.answers: dict[int, service_pb2.GradResponse] = {}
+        self.failed: tuple[int, BaseException] | None = None
+        self.read = 0
+        self.exhausted = False
+        with backend._lock:
+            self.turn = backend._turn
+            backend._turn += 1
+
+    def results(self) -> Iterator[OutputTree]:
+        """The results in order (a generator: closing it cancels the stream)."""
+        given = 0
+        failing_since: float | None = None
+        failures = 0
+        while True:
+            route = self.backend._routes[self.turn % len(self.backend._routes)]
+            requests: queue.Queue[service_pb2.GradRequest | None] = queue.Queue()
+            responses = route.stub.GradStream(iter(requests.get, None))
+            try:
+                for i in sorted(self.sent):
+                    if i >= given and i not in self.answers:
+                        requests.put(self._request(route, i, inline=False))
+                while True:
+                    self._fill(route, requests, given)
+                    if given == self.read:
+                        if self.failed is not None:
+                            raise self.failed[1]
+                        return
+                    while given not in self.answers:
+                        self._take(route, requests, next(responses))
+                    yield self._result(given)
+                    given += 1
+                    failing_since, failures = None, 0
+            except grpc.RpcError as exc:
+                now = time.monotonic()
+                failing_since = now if failing_since is None else failing_since
+                if exc.code() != grpc.StatusCode.UNAVAILABLE or now - failing_since >= retry_seconds():
+                    raise _translate(exc) from None
+                route.down_until = now + DOWN_SECONDS
+                self.turn += 1
+                failures += 1
+                if failures >= len(self.backend._routes):  # every channel failed: back off as unary calls do
+                    time.sleep(min(MAX_BACKOFF, INITIAL_BACKOFF * 2 ** (failures - len(self.backend._routes)))
+                               * random.uniform(0.5, 1.0))
+            finally:
+                requests.put(None)
+                responses.cancel()
+
+    def _fill(self, route: _Route, requests: queue.Queue[Any], given: int) -> None:
+        """Read and send calls until ``in_flight`` are ahead of the results given, or the calls end (or fail)."""
+        while not self.exhausted and self.failed is None and self.read - given < self.in_flight:
+            try:
+                call = next(self.calls)
+            except StopIteration:
+                self.exhausted = True
+                return
+            except Exception as exc:  # preparing this call failed: it is raised at its own position
+                self.failed = (self.read, exc)
+                return
+            i = self.read
+            self.read += 1
+            with self.backend._lock:
+                overrides = self.backend._networks[call.network_id].overrides(call.params)
+            self.sent[i] = (call, self.backend._grad_request(call), overrides)
+            requests.put(self._request(route, i, inline=False))
+
+    def _request(self, route: _Route, i: int, inline: bool) -> service_pb2.GradRequest:
+        """Request ``i`` for ``route`` (registering its network there first unless ``inline``)."""
+        call, make, overrides = self.sent[i]
+        net = self.backend._networks[call.network_id]
+        if inline:
+            return make(graph=net.message, parameters=overrides, request_id=str(i))
+        with self.backend._lock:
+            known = call.network_id in route.registered
+        if not known:
+            self.backend._register(route, call.network_id, net, None)
+        return make(network_id=net.server_id, parameters=overrides, request_id=str(i))
+
+    def _take(self, route: _Route, requests: queue.Queue[Any], resp: service_pb2.GradResponse) -> None:
+        """Keep an answer until its turn; a NOT_FOUND one is asked again with the graph inline."""
+        i = int(resp.request_id)
+        if resp.HasField("error") and STATUS_CODES.get(resp.error.code) == grpc.StatusCode.NOT_FOUND:
+            requests.put(self._request(route, i, inline=True))
+            return
+        self.answers[i] = resp
+
+    def _result(self, i: int) -> OutputTree:
+        """The result of call ``i`` (raising its error)."""
+        resp = self.answers.pop(i)
+        call = self.sent.pop(i)[0]
+        if resp.HasField("error"):
+            raise _error(STATUS_CODES.get(resp.error.code, grpc.StatusCode.UNKNOWN), resp.error.message)
+        return codec.decode_tree(resp.forward if call.flags is None else resp.gradients)
 
 
 register_backend_factory(RemoteBackend)

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from gradserve.engine import flatten
+from gradserve.engine import Graph, flatten
 
 from . import epoch
 from .backend import Backend
@@ -17,7 +17,7 @@ from .guards import GuardCheck
 from .parameter import Parameter
 from .state import State, StateWatch
 from .tensor import Tensor
-from .tracing import TENSOR, NeedsValues, Traced, TraceSession, check_inputs, graph_name, rebuild, trace
+from .tracing import TENSOR, NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
 
 MAX_PATHS = 16
 """Traced graphs kept per input signature (paths through Python control flow, states of attributes); the least
@@ -27,16 +27,15 @@ recently used one is dropped beyond it."""
 @dataclass
 class CacheEntry:
     """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
-    read (checked before reuse; ``None`` when they were read in a nested trace, so the graph is traced again on
-    every call), and its id on each backend it was sent to. ``whole``: every graph input is a whole Tensor
-    argument (none sits in a tuple or list), so the inputs are picked without flattening."""
+    read, nested traces' included (checked before reuse; ``None`` when it read none), and its id on each backend it
+    was sent to. ``whole``: every graph input is a whole Tensor argument (none sits in a tuple, list or dict), so
+    the inputs are picked without flattening."""
 
     traced: Traced
     param_state: tuple[Any, ...]
     state: State = field(default_factory=State)
     guards: GuardCheck | None = None
-    reusable: bool = True
-    network_ids: dict[int, tuple[Backend, str]] = field(default_factory=dict)
+    network_ids: dict[Any, tuple[Backend, str]] = field(default_factory=dict)
     checked: int = -1
     """The epoch at which ``param_state`` last held: it cannot change before the epoch moves (client/epoch.py)."""
 
@@ -46,7 +45,7 @@ class CacheEntry:
 
     def holds(self, args: Sequence[Any], state: State) -> bool:
         """True when this graph is what tracing ``args`` now would record."""
-        if not self.reusable or not self.state.same(state):
+        if not self.state.same(state):
             return False
         if self.checked != epoch.value:
             if _param_state(self.traced.params) != self.param_state:
@@ -104,7 +103,8 @@ def trace_count(fn: Any) -> int:
 
 
 def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
-    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple and list inputs, scalars."""
+    """The cache key of the inputs: each Tensor's dtype and shape, the nesting of tuple, list and dict inputs, and
+    the constants (scalars, strings, NumPy arrays by value) they hold."""
     return tuple(_arg_key(a) for a in args)
 
 
@@ -125,6 +125,10 @@ def _arg_key(a: Any) -> Any:
         return ("T", a._array_dtype(), a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
+    if isinstance(a, dict):
+        return ("dict", tuple((k, _arg_key(x)) for k, x in a.items()))
+    if isinstance(a, np.ndarray):
+        return ("A", a.dtype.str, a.shape, a.tobytes())
     return ("S", type(a).__name__, _scalar_key(a))
 
 
@@ -182,9 +186,8 @@ def _trace_entry(fn: Any, args: Sequence[Any], declared: Sequence[Parameter], st
         pass
     session = TraceSession(concrete=True)
     traced = trace(fn, args, session, graph_name(fn), declared)
-    nested = len(session.guards) != len(traced.guards)
-    guards = GuardCheck(traced.graph, traced.guards) if traced.guards and not nested else None
-    return CacheEntry(traced, _param_state(traced.params), state, guards, reusable=not nested)
+    guards = GuardCheck(traced.graph, session.guards) if session.guards else None
+    return CacheEntry(traced, _param_state(traced.params), state, guards)
 
 
 def to_tensors(tree: Any) -> Any:
@@ -198,5 +201,54 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     """Call ``fn`` at top level: trace (once per signature) and run the graph on the current backend."""
     entry = traced_for(fn, args)
     backend = get_backend()
+    if entry.traced.writes:
+        return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
     return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
+
+
+# ---- write-back: a Cell's assign-like side outputs (BatchNorm's moving statistics) ----
+
+
+def assign_after_call(param: Parameter, value: Tensor) -> None:
+    """Write ``value`` into ``param`` once the top-level call being traced has run (MindSpore's Assign in a
+    construct). The value travels as an extra output of a forward call only, so gradients never see it; writes
+    recorded in a nested trace (a gradient's own copy of the network) are dropped."""
+    frame = current_frame()
+    if frame is None:
+        param.set_data(value.asnumpy())
+        return
+    if value.shape != param.shape or value._array_dtype() != param._array_dtype():
+        raise ValueError(
+            f"assign to Parameter {param.name!r}: value has shape {value.shape} and dtype {value.dtype}, "
+            f"the parameter has shape {param.shape} and dtype {param.dtype}"
+        )
+    frame.writes.append((param, frame.value_of(value)))
+
+
+def pending_value(param: Parameter) -> Tensor:
+    """``param`` as the code traced so far would leave it: its last value written in this trace, else itself (so
+    a layer called twice in one construct updates its statistics twice, as sequential Assigns do)."""
+    frame = current_frame()
+    if frame is None:
+        return param
+    hits = [v for p, v in frame.writes if p is param]
+    return Tensor._symbolic(hits[-1], frame) if hits else param
+
+
+def run_writing(entry: CacheEntry, backend: Backend, args: Sequence[Any]) -> Any:
+    """Run a graph that writes Parameters: a copy of it with the written values as extra outputs (registered once
+    per backend), whose extra outputs are set into their Parameters; returns the network's own outputs."""
+    traced = entry.traced
+    key = ("writes", id(backend))
+    hit = entry.network_ids.get(key)
+    if hit is None:
+        g = traced.graph
+        outputs = (g.outputs, tuple(v for _, v in traced.writes))
+        hit = (backend, backend.register(Graph(g.inputs, g.params, g.nodes, outputs, g.library, g.name)))
+        entry.network_ids[key] = hit
+    flat = flatten(to_tensors(backend.run(hit[1], entry.inputs(args), entry.param_values())))
+    n = len(flat) - len(traced.writes)
+    for (param, _), t in zip(traced.writes, flat[n:]):
+        param.set_data(t.asnumpy())
+    return rebuild(traced.skeleton, iter(flat[:n]))

@@ -1,8 +1,9 @@
-"""The non-Parameter state a network's trace bakes in as constants: Tensor and Python-number attributes of its Cells,
-and the Tensors and numbers its construct (or function) reads from closures and globals. A trace is reused only while
+"""The non-Parameter state a network's trace bakes in as constants: Tensor, NumPy-array and Python-number attributes
+of its Cells, and the Tensors, arrays and numbers its construct (or function) reads from closures and globals. A trace is reused only while
 this state is the same, so ``net.scale = Tensor([3.0])`` is seen by the next call."""
 from __future__ import annotations
 
+import hashlib
 import inspect
 import weakref
 from dataclasses import dataclass, field
@@ -15,7 +16,8 @@ from .parameter import Parameter
 from .tensor import Tensor
 
 SCALARS = (bool, int, float, complex, str, bytes, type(None), np.generic)
-"""Values compared by value (floats by their bits); Tensors are compared by identity (they are immutable)."""
+"""Values compared by value (floats by their bits); NumPy arrays by their bytes (they may change in place); Tensors
+by identity (they are immutable)."""
 MAX_ITEMS = 64
 """Most elements of one tuple or list attribute looked into."""
 
@@ -37,6 +39,12 @@ def _scalar_key(v: Any) -> Any:
     return (type(v).__name__, np.asarray(v).tobytes() if isinstance(v, (float, complex, np.floating)) else v)
 
 
+def _array_key(a: np.ndarray) -> Any:
+    """A NumPy array by value (it may be changed in place): dtype, shape and a digest of its bytes."""
+    digest = hashlib.blake2b(np.ascontiguousarray(a).tobytes(), digest_size=16).digest()
+    return ("ndarray", a.dtype.str, a.shape, digest)
+
+
 def _collect(where: str, v: Any, items: list[tuple[str, Any]], tensors: list[Tensor], depth: int = 0) -> None:
     if isinstance(v, Parameter):
         return
@@ -46,6 +54,8 @@ def _collect(where: str, v: Any, items: list[tuple[str, Any]], tensors: list[Ten
             tensors.append(v)
     elif isinstance(v, SCALARS):
         items.append((where, _scalar_key(v)))
+    elif isinstance(v, np.ndarray):
+        items.append((where, _array_key(v)))
     elif isinstance(v, (tuple, list)) and depth < 2:
         items.append((where, (type(v).__name__, len(v))))
         for i, x in enumerate(v[:MAX_ITEMS]):

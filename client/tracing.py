@@ -13,7 +13,7 @@ import numpy as np
 from gradserve.engine import Graph, GraphBuilder, GraphError, Value
 
 from .errors import TracingError, user_location
-from .guards import Guard, ValueBuilder
+from .guards import Guard, Origin, ValueBuilder
 from .parameter import Parameter
 from .tensor import Tensor
 
@@ -52,12 +52,13 @@ class TraceSession:
 class TraceFrame:
     """One graph being recorded: its builder and the graph values of the concrete Tensors it has used."""
 
-    def __init__(self, session: TraceSession, name: str, concrete: bool) -> None:
+    def __init__(self, session: TraceSession, name: str, concrete: bool, origin: Origin | None = None) -> None:
         self.session = session
         self.concrete = concrete
         self.builder: GraphBuilder = ValueBuilder(name, session.library) if concrete else GraphBuilder(name, session.library)
         self._consts: dict[int, tuple[Tensor, Value]] = {}
-        self.guards: list[Guard] = []
+        self.origin = origin or Origin()
+        self.writes: list[tuple[Parameter, Value]] = []
 
     def read(self, t: Tensor, what: str) -> np.ndarray:
         """The value of ``t`` (traced in this frame) for Python code, recorded as a guard of the trace."""
@@ -69,9 +70,7 @@ class TraceFrame:
                 )
             raise NeedsValues(what)
         arr = self.builder.arrays[id(t._value)]  # type: ignore[attr-defined]
-        guard = Guard(t._value, arr)  # type: ignore[arg-type]
-        self.guards.append(guard)
-        self.session.guards.append(guard)
+        self.session.guards.append(Guard(t._value, arr, self.origin))  # type: ignore[arg-type]
         return arr
 
     def value_of(self, t: Tensor) -> Value:
@@ -109,17 +108,18 @@ TENSOR = ("tensor",)
 
 @dataclass
 class Traced:
-    """A traced network: its graph, which arguments hold graph inputs (``tensor_positions``: a Tensor, or a tuple or
-    list of Tensors flattened into consecutive inputs), the Parameters it reads, the values of its own graph that
-    Python code read (guards), and the structure of its arguments and of what it returned (``skeleton``: containers,
-    dict keys and non-Tensor leaves; the graph's outputs are its Tensor leaves, nested as tuples)."""
+    """A traced network: its graph, which arguments hold graph inputs (``tensor_positions``: a Tensor, or a tuple,
+    list or dict whose Tensors are flattened into consecutive inputs), the Parameters it reads, and the structure of
+    its arguments and of what it returned (``skeleton``: containers, dict keys and non-Tensor leaves; the graph's
+    outputs are its Tensor leaves, nested as tuples). The values Python code read are the session's guards."""
 
     graph: Graph
     tensor_positions: tuple[int, ...]
     params: tuple[Parameter, ...]
-    guards: tuple[Guard, ...] = ()
     arg_skeletons: tuple[Any, ...] = ()
     skeleton: Any = TENSOR
+    writes: tuple[tuple[Parameter, Value], ...] = ()
+    """(Parameter, value of the graph) pairs a top-level call writes into the Parameters after it ran (runner.py)."""
 
     def input_leaves(self, args: Sequence[Any]) -> list[Tensor]:
         """The Tensors of ``args`` in graph-input order."""
@@ -127,9 +127,11 @@ class Traced:
 
     def group_inputs(self, leaves: Sequence[Any], positions: Sequence[int] | None = None) -> list[Any]:
         """Per-input values (gradients) from one value per graph input of the arguments at ``positions`` (default:
-        ``tensor_positions``), in order: each gets its argument's structure back, a tuple or list for a tuple or list."""
+        ``tensor_positions``), in order: each gets its argument's structure back (a tuple, list or dict for a tuple,
+        list or dict), without the constants it held."""
         it = iter(leaves)
-        return [rebuild(self.arg_skeletons[p], it) for p in (self.tensor_positions if positions is None else positions)]
+        chosen = self.tensor_positions if positions is None else positions
+        return [rebuild(grad_skeleton(self.arg_skeletons[p]), it) for p in chosen]
 
     def graph_positions(self, positions: Sequence[int]) -> list[int]:
         """The graph inputs of the arguments at ``positions`` (each one in ``tensor_positions``)."""
@@ -223,29 +225,46 @@ def input_names(fn: Any, n: int) -> list[str]:
     return names
 
 
+CONSTANTS = (*STATIC_INPUTS, np.ndarray, np.generic)
+"""What a tuple, list or dict input may hold besides Tensors (and containers): constants of the trace, no gradient."""
+
+
 def check_inputs(fn: Any, args: Sequence[Any]) -> None:
-    """A TypeError naming the first argument that is neither a Tensor, a (nested) tuple or list of Tensors, nor a
-    Python scalar/None."""
+    """A TypeError naming the first argument that is neither a Tensor, a Python scalar/None, nor a (nested) tuple,
+    list or dict of Tensors and constants (Python numbers, strings, None, NumPy arrays)."""
     for i, a in enumerate(args):
-        if isinstance(a, (tuple, list)):
-            bad = next((x for x in _container_leaves(a) if not isinstance(x, Tensor)), None)
+        if isinstance(a, (tuple, list, dict)):
+            bad = next((x for x in _container_leaves(a) if not isinstance(x, (Tensor, *CONSTANTS))), None)
             if bad is None:
                 continue
             raise TypeError(
-                f"{label(fn)}: input {i} is a {type(a).__name__} holding a {type(bad).__qualname__}; a tuple or list "
-                f"input may hold only Tensors (and tuples or lists of them)"
+                f"{label(fn)}: input {i} is a {type(a).__name__} holding a {type(bad).__module__}.{type(bad).__qualname__}; "
+                f"a tuple, list or dict input may hold Tensors, Python numbers, strings, None and NumPy arrays "
+                f"(and tuples, lists or dicts of them)"
             )
         if not isinstance(a, (Tensor, *STATIC_INPUTS)):
             raise TypeError(
                 f"{label(fn)}: input {i} is a {type(a).__module__}.{type(a).__qualname__}; pass a Tensor "
-                f"(e.g. Tensor(value)), a tuple or list of Tensors, or a Python number or None"
+                f"(e.g. Tensor(value)), a tuple, list or dict of Tensors, or a Python number or None"
             )
 
 
 def _container_leaves(tree: Any) -> list[Any]:
+    if isinstance(tree, dict):
+        tree = list(tree.values())
     if isinstance(tree, (tuple, list)):
         return [leaf for t in tree for leaf in _container_leaves(t)]
     return [tree]
+
+
+def grad_skeleton(skeleton: Any) -> Any:
+    """The structure of an input's gradient: its containers with the constant leaves dropped (they get no gradient,
+    as non-Tensor inputs get none at top level)."""
+    if skeleton == TENSOR or skeleton[0] == "const":
+        return skeleton
+    kind, keys, children = skeleton
+    kept = [(k, c) for k, c in zip(keys or [None] * len(children), children) if c == TENSOR or c[0] != "const"]
+    return (kind, tuple(k for k, _ in kept) if kind is dict else None, tuple(grad_skeleton(c) for _, c in kept))
 
 
 def known_value(t: Tensor) -> np.ndarray | None:
@@ -271,11 +290,15 @@ def trace(
     (``concrete=False`` forbids it: bprops are traced once for every dout)."""
     check_inputs(fn, args)
     names = input_names(fn, len(args))
-    leaves = [tensor_leaves(a) if isinstance(a, (Tensor, tuple, list)) else [] for a in args]
+    leaves = [tensor_leaves(a) if isinstance(a, (Tensor, tuple, list, dict)) else [] for a in args]
     values = [[known_value(t) for t in ts] for ts in leaves]
     if concrete is None:
         concrete = session.concrete and all(v is not None for vs in values for v in vs)
-    frame = TraceFrame(session, name, concrete)
+    parent = current_frame()
+    origin = None
+    if concrete and parent is not None and parent.session is session:
+        origin = Origin(parent.origin, tuple(parent.value_of(t) for ts in leaves for t in ts))
+    frame = TraceFrame(session, name, concrete, origin)
     call_args = []
     for i, a in enumerate(args):
         if leaves[i]:
@@ -298,10 +321,11 @@ def trace(
     finally:
         stack.pop()
     graph = frame.builder.build(outputs)
+    frame.origin.graph = graph
     positions = tuple(i for i in range(len(args)) if leaves[i])
     return Traced(
-        graph, positions, tuple(session.params[p.name] for p in graph.params), tuple(frame.guards),
-        tuple(skeleton_of(a) for a in args), skeleton,
+        graph, positions, tuple(session.params[p.name] for p in graph.params),
+        tuple(skeleton_of(a) for a in args), skeleton, tuple(frame.writes),
     )
 
 

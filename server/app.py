@@ -20,7 +20,7 @@ from . import blobs, jsonlog, preflight, worker
 from .auth import BearerAuth
 from .config import ServerConfig
 from .errors import Failure
-from .intake import Intake
+from .intake import Intake, Received
 from .jsonlog import log
 from .pool import WorkerPool
 from .servicer import GradientServicer
@@ -64,6 +64,20 @@ def _until_unparsable(requests: Iterator[tuple[Any, int]], bad: list[tuple[int, 
         yield request
 
 
+def _received_until_unparsable(received: Iterator[Received], bad: list[tuple[int, Unparsable]]) -> Iterator[Received]:
+    """The intake's ``Received`` messages of a request stream, ending before the first unparsable one
+    (recorded in ``bad``, its bytes released)."""
+    for i, item in enumerate(received):
+        if isinstance(item.message, Unparsable):
+            item.release()
+            bad.append((i, item.message))
+            return
+        yield item
+
+
+RECEIVED_STREAMS = frozenset({f"/{SERVICE_NAME}/GradStream"})
+"""Request streams whose messages are received in turn and held within the intake's budgets (``Intake.stream``)."""
+
 LIFTED = {f"/{SERVICE_NAME}/{name}": cls for name, cls in
           (("Grad", service_pb2.GradRequest), ("Run", service_pb2.RunRequest), ("GradStream", service_pb2.GradRequest),
            ("RegisterNetwork", service_pb2.RegisterNetworkRequest))}
@@ -81,6 +95,8 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
     protobuf could not parse INVALID_ARGUMENT naming the method and the problem (grpc says INTERNAL).
     A unary request is asked of gRPC only in its turn to be received (``intake``), and its bytes count as
     held until the method returns (it is served as a request stream, so that gRPC does not take it in first).
+    A message of a ``RECEIVED_STREAMS`` stream is asked of gRPC in its turn in the intake's stream lane and
+    reaches the method as an ``intake.Received`` (its bytes held until the method releases it).
     A bad message in a request stream ends it after the messages before it have been answered.
     Requests of the ``LIFTED`` methods are parsed by ``blobs.lift``; responses may be bytes."""
     lifted = LIFTED.get(method)
@@ -142,11 +158,17 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
         for i, b in bad:
             refuse(context, b, f"message {i} of the request stream")
 
+    def received_stream(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[Any]:
+        bad: list[tuple[int, Unparsable]] = []
+        yield from handler.stream_stream(_received_until_unparsable(intake.stream(requests, context), bad), context)
+        for i, b in bad:
+            refuse(context, b, f"message {i} of the request stream")
+
     make, behavior = {
         (False, False): (grpc.stream_unary_rpc_method_handler, unary_unary),
         (False, True): (grpc.stream_stream_rpc_method_handler, unary_stream),
         (True, False): (grpc.stream_unary_rpc_method_handler, stream_unary),
-        (True, True): (grpc.stream_stream_rpc_method_handler, stream_stream),
+        (True, True): (grpc.stream_stream_rpc_method_handler, received_stream if method in RECEIVED_STREAMS else stream_stream),
     }[(handler.request_streaming, handler.response_streaming)]
     return make(behavior, request_deserializer=deserialize, response_serializer=_serialize(handler.response_serializer))
 
@@ -203,7 +225,8 @@ class Server:
         token = config.bearer_token()
         # The first interceptor is the outermost: a call without the token is refused before its bytes are parsed.
         interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []
-        self.intake = Intake(lim.max_receive_bytes, lim.max_message_bytes, lim.max_queued_bytes)
+        self.intake = Intake(lim.max_receive_bytes, lim.max_message_bytes, lim.max_queued_bytes,
+                             lim.max_stream_receive_bytes, lim.max_receive_waiting)
         interceptors.append(ParseGuard(self._reject, self.intake))
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,
                                 maximum_concurrent_rpcs=threads, interceptors=interceptors)

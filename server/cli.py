@@ -1,4 +1,4 @@
-"""The ``gradserve`` command: ``serve``, ``demo`` and ``health``."""
+"""The ``gradserve`` command: ``serve``, ``demo``, ``health`` and ``import-onnx``."""
 from __future__ import annotations
 
 import argparse
@@ -49,7 +49,38 @@ def _parser() -> argparse.ArgumentParser:
     health.add_argument("--timeout", type=_positive(float), default=3.0, help="seconds to wait for the answer (default: 3)")
     health.add_argument("--tls-ca", default=os.environ.get("GRADSERVE_TLS_CA", ""),
                         help="PEM CA bundle to check a TLS server's certificate with (env GRADSERVE_TLS_CA; default: plaintext)")
+    onnx = sub.add_parser("import-onnx", help="convert an ONNX model and print the network listing (needs gradserve[onnx])",
+                          description="Convert an ONNX model as the server and gradserve.onnx.load do, and print the network's "
+                                      "listing; with --grad also its gradient program (all inputs and initializers).")
+    onnx.add_argument("model", help="path of the .onnx file")
+    onnx.add_argument("--grad", action="store_true", help="also print the gradient program (optimized, as a worker runs it)")
+    onnx.add_argument("--shape", action="append", default=[], metavar="NAME=D0,D1,...",
+                      help="static shape of an input whose dimensions are symbolic in the model (repeatable)")
     return p
+
+
+def import_onnx(path: str, grad: bool, shapes: list[str]) -> int:
+    """Print the listing of the ONNX model at ``path`` converted (and its gradient program); 1 with a one-line
+    message when it cannot be read or converted."""
+    from gradserve.engine import EngineError, grad_operation
+    from gradserve.engine.compiler import optimize
+    from gradserve.engine.onnx_import import convert, load_model
+
+    try:
+        fixed = {name: [int(d) for d in dims.split(",") if d] for name, _, dims in (s.partition("=") for s in shapes)}
+    except ValueError:
+        print(f"gradserve import-onnx: --shape takes NAME=D0,D1,... with integer dimensions, got {shapes}", file=sys.stderr)
+        return 1
+    try:
+        g = convert(load_model(path), shapes=fixed)
+        print(g)
+        if grad:
+            print()
+            print(optimize(grad_operation(g, get_all=True, get_by_list=True, weights=[p.name for p in g.params])))
+    except (OSError, ImportError, EngineError) as exc:
+        print(f"gradserve import-onnx: {path}: {exc}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def health_check(target: str, timeout: float, tls_ca: str = "") -> int:
@@ -83,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "health":
         return health_check(args.target, args.timeout, args.tls_ca)
+    if args.command == "import-onnx":
+        return import_onnx(args.model, args.grad, args.shape)
     from .preflight import StartupError
 
     try:

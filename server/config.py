@@ -19,7 +19,7 @@ class Limits(codec.Limits):
     """Limits enforced on every request, all checked before the memory they guard is allocated: the
     codec's (what one request may contain) with the server's defaults, and the server's own; 0 is no limit.
 
-    With the defaults a server with W workers stays within about 1104 MiB + W x 1984 MiB in all, /dev/shm
+    With the defaults a server with W workers stays within about 2934 MiB + W x 1984 MiB in all, /dev/shm
     included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
     max_tensor_elements: int = 1 << 28
@@ -56,6 +56,17 @@ class Limits(codec.Limits):
     max_open_streams: int = 16
     """GradStream calls open at once; each holds a gRPC thread for as long as it is open, so beyond this
     a new stream is refused (RESOURCE_EXHAUSTED) and health checks and unary calls keep their threads."""
+    max_stream_receive_bytes: int = 256 * MiB + 16 * MiB
+    """Room for GradStream messages being received, in a lane of their own: each takes ``max_message_bytes``
+    of it until it has arrived, so this many over that many (at least one) arrive at once, whatever the
+    number of open streams; a stream asks gRPC for its next message only in its turn. Once in, a message
+    counts against ``max_queued_bytes`` until it is answered, and one that does not fit is answered
+    RESOURCE_EXHAUSTED in its own response while the stream goes on."""
+    max_receive_waiting: int = 16
+    """Grad, Run and RegisterNetwork calls waiting for their turn to be received (each holds a gRPC thread
+    and its flow-control window, about 4 MiB), counted apart for connections whose last message was small
+    (they go ahead) and for the others, so that waiting uploads never refuse small calls; a call that would
+    wait behind this many of its kind is refused (RESOURCE_EXHAUSTED) at once."""
 
 
     def decoding(self) -> Limits:
@@ -166,6 +177,10 @@ HELP = {
     "max_request_flops": "most floating-point operations one request may cost, estimated from shapes before it runs",
     "stop_grace_ms": "how long a worker told to stop a cancelled or expired call may take before it is killed",
     "max_open_streams": "GradStream calls open at once (each holds a gRPC thread)",
+    "max_stream_receive_bytes": "room for GradStream messages being received, each counted as the largest message; "
+                                "streams take turns to receive their next message",
+    "max_receive_waiting": "Grad, Run and RegisterNetwork calls waiting for their turn to be received (apart: those "
+                           "of connections whose last message was small); beyond it a call is refused (RESOURCE_EXHAUSTED)",
 }
 """One line of ``gradserve serve --help`` per setting."""
 OFF = {"metrics_port": "off", "auth_token": "none", "auth_token_file": "none", "tls_cert": "none (plaintext)",

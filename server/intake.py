@@ -6,11 +6,20 @@ only when its lane has room to receive the largest message gRPC accepts (``max_m
 then counts the message's actual size among the messages held by their handlers (``max_queued_bytes``)
 until the handler returns, refusing it at once when they do not fit.
 
-Two lanes, each first come first served: the large lane (Grad, Run and RegisterNetwork calls) receives
-as many messages at once as ``max_receive_bytes`` holds largest messages; the small lane (every other
-method, and calls whose ``gradserve-request-bytes`` metadata declares at most ``SMALL_BYTES``) one at a
-time, so that health checks and tiny gradients never wait behind large uploads. A message larger than
-its call declared is refused, so each lane stays bounded whatever callers send."""
+Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
+RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
+the small lane (every other unary method, and calls whose ``gradserve-request-bytes`` metadata declares at
+most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
+uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds
+largest messages (a stream asks for its next message only in its turn, so open streams cost their
+flow-control windows, not a message each). A message larger than its call declared is refused, so each
+lane stays bounded whatever callers send. At most ``max_receive_waiting`` calls wait for a turn in the
+large lane in each of its two rounds (each costs a gRPC thread and its flow-control window); beyond
+that a call is refused at once.
+Round robin per connection keeps a caller that does not declare its size from waiting behind every
+upload another caller queued: it waits for at most one turn per other connection with calls waiting;
+and a connection whose last message in the large lane was small goes ahead of the others, so a caller
+sending small requests undeclared waits for the uploads being received only (``Lane``)."""
 from __future__ import annotations
 
 import collections
@@ -29,53 +38,134 @@ SMALL_BYTES = 64 << 10
 is never refused for want of room (each gRPC thread holds at most one)."""
 LARGE_METHODS = frozenset(f"/gradserve.v1.Gradient/{name}" for name in ("Grad", "Run", "RegisterNetwork"))
 """Unary methods whose requests carry tensors or networks: received in the large lane unless declared small."""
+PEERS_KEPT = 4096
+"""Connections remembered as sending small messages (the most recent ones)."""
 WAIT_SLICE_SECONDS = 0.25
 """How often a handler waiting for its turn to receive looks whether its call is still alive."""
 
 
+Round = collections.OrderedDict
+"""Tickets by peer, in the order the peers get their next turn."""
+
+
 @dataclass
 class Lane:
-    """Handlers taking turns to receive: ``slots`` messages at once (each counted as the largest)."""
+    """Handlers taking turns to receive: ``slots`` messages at once (each counted as the largest). The
+    waiting ones are served round robin over their callers' connections, so that a caller waits for one
+    turn of each other caller, not behind all the uploads another queued; and callers whose last message
+    was small (``ahead``) before the others, so that a caller that sends small requests without declaring
+    them waits for at most the uploads being received. A caller that sent a large message after small
+    ones loses its place ahead, so this costs the others at most one turn per small message it sent."""
 
     slots: int
     receiving: int = 0
-    line: collections.deque[object] = field(default_factory=collections.deque)
+    ahead: Round[str, collections.deque[object]] = field(default_factory=Round)
+    line: Round[str, collections.deque[object]] = field(default_factory=Round)
+    waiting: int = 0
+    """Tickets in ``ahead`` and ``line``."""
+
+    def join(self, peer: str, ticket: object, ahead: bool = False) -> None:
+        """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
+        (self.ahead if ahead else self.line).setdefault(peer, collections.deque()).append(ticket)
+        self.waiting += 1
+
+    def in_round(self, ahead: bool) -> int:
+        """Tickets waiting in the ``ahead`` round, or in the other one."""
+        return sum(map(len, (self.ahead if ahead else self.line).values()))
+
+    def _round(self) -> Round[str, collections.deque[object]]:
+        return self.ahead or self.line
 
     def turn(self, ticket: object) -> bool:
-        """Whether ``ticket`` is first in line and a slot is free."""
-        return self.receiving < self.slots and self.line[0] is ticket
+        """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free."""
+        return self.receiving < self.slots and next(iter(self._round().values()))[0] is ticket
+
+    def take(self) -> None:
+        """The next ticket takes a slot; its peer goes to the end of its round."""
+        turns = self._round()
+        peer, tickets = next(iter(turns.items()))
+        tickets.popleft()
+        if tickets:
+            turns.move_to_end(peer)
+        else:
+            del turns[peer]
+        self.waiting -= 1
+        self.receiving += 1
+
+    def leave(self, peer: str, ticket: object) -> None:
+        """``ticket``'s call ended while it waited."""
+        turns = self.ahead if ticket in self.ahead.get(peer, ()) else self.line
+        tickets = turns[peer]
+        tickets.remove(ticket)
+        if not tickets:
+            del turns[peer]
+        self.waiting -= 1
+
+
+@dataclass
+class Received:
+    """One message of a request stream as the intake took it in: its ``size`` counts as held until
+    ``release()`` (called once it is answered), unless it was ``refused`` (not held, answered with that status)."""
+
+    message: Any
+    size: int
+    refused: Failure | None
+    intake: Intake
+
+    def release(self) -> None:
+        """The message was answered (or its answer now counts instead); a second call does nothing."""
+        if self.refused is None and self.size:
+            self.intake.release(self.size)
+            self.size = 0
 
 
 class Intake:
-    """The two lanes (``receiving_limit`` // ``largest`` slots in the large one, at least one; one in the
-    small one) and the bytes received and not yet answered (up to ``held_limit``); a limit of 0 is none."""
+    """Three lanes: the large one (``receiving_limit`` // ``largest`` slots, at least one), the small one (one
+    slot) and the stream one (``stream_limit`` // ``largest`` slots, at least one, for GradStream messages);
+    the bytes received and not yet answered (up to ``held_limit``); and at most ``max_waiting`` unary calls
+    waiting for their turn in the large lane. A limit of 0 is none."""
 
-    def __init__(self, receiving_limit: int, largest: int, held_limit: int) -> None:
+    def __init__(self, receiving_limit: int, largest: int, held_limit: int, stream_limit: int = 0, max_waiting: int = 0) -> None:
         self.largest = largest
         self.held_limit = held_limit
+        self.max_waiting = max_waiting
         self.bounded = bool(receiving_limit)
         self.large = Lane(max(1, receiving_limit // largest) if receiving_limit and largest else 1)
         self.small = Lane(1)
+        self.streams = Lane(max(1, stream_limit // largest) if stream_limit and largest else 1)
+        self.small_peers: collections.OrderedDict[str, None] = collections.OrderedDict()
+        """Connections whose last message in the large lane was at most ``SMALL_BYTES`` (the latest ``PEERS_KEPT``)."""
         self.held = 0
         """Bytes of the messages received whose handlers have not returned."""
         self.freed = 0
         """Running total of the bytes of messages over ``SMALL_BYTES`` whose handlers returned."""
         self._room = threading.Condition()
 
-    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext) -> bool:
-        """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first."""
-        ticket = object()
+    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0) -> bool:
+        """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
+        Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others of its round
+        (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls."""
+        ticket, peer = object(), context.peer()
         with self._room:
-            lane.line.append(ticket)
+            ahead = lane is self.large and peer in self.small_peers
+            waiting = lane.in_round(ahead)
+            if max_waiting and waiting >= max_waiting:
+                raise Failure("RESOURCE_EXHAUSTED", f"{waiting} calls are already waiting for their turn to be "
+                              f"received, the max_receive_waiting limit of {max_waiting}; retry later")
+            lane.join(peer, ticket, ahead)
             while not self._room.wait_for(lambda: lane.turn(ticket), WAIT_SLICE_SECONDS):
                 if not context.is_active():
-                    lane.line.remove(ticket)
+                    lane.leave(peer, ticket)
                     self._room.notify_all()
                     return False
-            lane.line.popleft()
-            lane.receiving += 1
+            lane.take()
             self._room.notify_all()
         return True
+
+    def _done_receiving(self, lane: Lane) -> None:
+        with self._room:
+            lane.receiving -= 1
+            self._room.notify_all()
 
     def receive(self, method: str, messages: Iterator[Any], context: grpc.ServicerContext) -> tuple[Any, int] | None:
         """The one (message, size) of a unary call's ``messages`` (the deserializer's pairs), asked for in
@@ -83,7 +173,7 @@ class Intake:
         held until ``release``; raises Failure when it does not fit or exceeds what the call declared."""
         declared = _declared(context)
         lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
-        if self.bounded and not self._wait_turn(lane, context):
+        if self.bounded and not self._wait_turn(lane, context, self.max_waiting if lane is self.large else 0):
             return None
         try:
             message, size = next(messages, (None, 0))
@@ -91,27 +181,61 @@ class Intake:
             message, size = None, 0
         finally:
             if self.bounded:
-                with self._room:
-                    lane.receiving -= 1
-                    self._room.notify_all()
+                self._done_receiving(lane)
         if message is None:
             return None
+        if lane is self.large:
+            self._remember(context.peer(), size)
         if declared is not None and size > declared:
             raise Failure("INVALID_ARGUMENT", f"{method}: the request is {size} bytes, more than the {declared} its "
                           f"{DECLARED} metadata declares", [(DECLARED, "smaller than the request")])
         self.hold(size)
         return message, size
 
-    def hold(self, size: int) -> None:
-        """Count ``size`` received bytes as held, or refuse them (RESOURCE_EXHAUSTED) when they do not fit."""
+    def _remember(self, peer: str, size: int) -> None:
+        """Note whether ``peer``'s latest message in the large lane was small (its next call goes ahead)."""
+        with self._room:
+            if size <= SMALL_BYTES:
+                self.small_peers[peer] = None
+                self.small_peers.move_to_end(peer)
+                if len(self.small_peers) > PEERS_KEPT:
+                    self.small_peers.popitem(last=False)
+            else:
+                self.small_peers.pop(peer, None)
+
+    def stream(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[Received]:
+        """The messages of a request stream (the deserializer's (message, size) pairs), each asked of gRPC in
+        its turn in the stream lane and then held (``hold``); a message that does not fit is yielded
+        ``refused``, and the stream goes on. Ends with the stream, or when the call ended first."""
+        while True:
+            if self.bounded and not self._wait_turn(self.streams, context):
+                return
+            try:
+                message, size = next(messages, (None, 0))
+            except grpc.RpcError:  # the call was cancelled while a message was on its way
+                message, size = None, 0
+            finally:
+                if self.bounded:
+                    self._done_receiving(self.streams)
+            if message is None:
+                return
+            try:
+                self.hold(size)
+            except Failure as f:
+                yield Received(message, size, f, self)
+                continue
+            yield Received(message, size, None, self)
+
+    def hold(self, size: int, what: str = "this request", advice: str = "retry later, or send smaller requests") -> None:
+        """Count ``size`` bytes (received, or of a stream's answer waiting to be sent) as held, or refuse them
+        (RESOURCE_EXHAUSTED, naming ``what`` they are and giving ``advice``) when they do not fit."""
         with self._room:
             held = self.held
             if size <= SMALL_BYTES or not self.held_limit or held + size <= self.held_limit:
                 self.held = held + size
                 return
-        raise Failure("RESOURCE_EXHAUSTED", f"this request is {size} bytes and the requests waiting or being computed "
-                      f"hold {held}, together over the max_queued_bytes limit of {self.held_limit}; "
-                      "retry later, or send smaller requests")
+        raise Failure("RESOURCE_EXHAUSTED", f"{what} is {size} bytes and the requests waiting or being computed "
+                      f"hold {held}, together over the max_queued_bytes limit of {self.held_limit}; {advice}")
 
     def release(self, size: int) -> None:
         """A handler holding ``size`` bytes returned."""

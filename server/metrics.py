@@ -28,7 +28,8 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 
 class _PoolCollector(Collector):
-    """Queue depth, workers, worker replacements, registered networks and local-lane requests, read when scraped."""
+    """Queue depth, workers, worker replacements, plans compiled by each worker, registered networks and
+    local-lane requests, read when scraped."""
 
     def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int]) -> None:
         self._pool = pool
@@ -42,6 +43,11 @@ class _PoolCollector(Collector):
         yield GaugeMetricFamily("gradserve_workers", "Worker processes in the pool.", value=pool.size)
         yield CounterMetricFamily("gradserve_worker_replacements", "Workers killed or found dead and started again.",
                                   value=pool.replaced)
+        compiles = CounterMetricFamily("gradserve_compiles", "Plans (compiled programs) built by the workers of each "
+                                       "worker slot; a plan is reused until its worker's cache drops it.", labels=["worker"])
+        for slot, n in enumerate(pool.compiles()):
+            compiles.add_metric([str(slot)], n)
+        yield compiles
         yield GaugeMetricFamily("gradserve_registered_networks", "Networks in the server's registry.", value=self._networks())
         yield CounterMetricFamily("gradserve_local_requests", "Requests computed in the server process (tiny plans).",
                                   value=self._local())

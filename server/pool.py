@@ -85,10 +85,12 @@ class Result:
 class _Slot:
     """One worker process with its pipe, its arenas and the networks it is believed to hold."""
 
-    def __init__(self, index: int, flag: Any) -> None:
+    def __init__(self, index: int, flag: Any, compiles: Any) -> None:
         self.index = index
         self.flag = flag
         """A shared int: the number of the job the worker should stop (``worker.Stop``)."""
+        self.compiles = compiles
+        """A shared int the slot's workers add to: the plans they compiled (kept across replacements)."""
         self.job = 0
         """The number of the job last sent to the worker."""
         self.inbox = Arena(f"w{index}i")
@@ -130,7 +132,7 @@ class WorkerPool:
         """Held while starting a worker and while closing, so that no worker starts once the pool is closed."""
         self._waiting = 0
         self._closed = False
-        self._slots = [_Slot(i, self._ctx.RawValue("q", 0)) for i in range(workers)]
+        self._slots = [_Slot(i, self._ctx.RawValue("q", 0), self._ctx.RawValue("q", 0)) for i in range(workers)]
         with self._life:
             for s in self._slots:
                 self._start(s)
@@ -144,6 +146,10 @@ class WorkerPool:
     @property
     def queued(self) -> int:
         return self._waiting
+
+    def compiles(self) -> list[int]:
+        """Plans compiled by each worker slot so far (its replacements included), in slot order."""
+        return [s.compiles.value for s in self._slots]
 
     def pids(self) -> list[int]:
         """Process ids of the current workers (for operators and tests)."""
@@ -159,7 +165,7 @@ class WorkerPool:
         """Start a worker in ``slot`` (the caller holds ``_life`` and has checked the pool is open)."""
         parent, child = self._ctx.Pipe()
         proc = self._ctx.Process(
-            target=self._worker_main, args=(child, slot.flag, *self._worker_args), name=f"gradserve-worker-{slot.index}", daemon=True
+            target=self._worker_main, args=(child, slot.flag, slot.compiles, *self._worker_args), name=f"gradserve-worker-{slot.index}", daemon=True
         )
         proc.start()
         child.close()

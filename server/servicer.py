@@ -21,13 +21,15 @@ from google.rpc import code_pb2, error_details_pb2, status_pb2
 from grpc_status import rpc_status
 
 from gradserve.engine.errors import shown
+from gradserve.proto import codec
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 from . import blobs
 from .cache import Cache
-from .compute import KINDS, Answer, Request, plan_key
+from .compute import KINDS, Answer, Request, classify, plan_key
 from .config import ServerConfig
 from .errors import Failure
+from .intake import Received
 from .jsonlog import log
 from .lane import Lane
 from .metrics import Metrics
@@ -317,9 +319,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def RegisterNetwork(self, request: blobs.Lifted, context: grpc.ServicerContext) -> service_pb2.RegisterNetworkResponse:  # type: ignore[override]
         """Store a network under its content-addressed id (idempotent)."""
         def register(call: Call) -> service_pb2.RegisterNetworkResponse:
-            if not request.message.HasField("graph"):
-                raise Failure("INVALID_ARGUMENT", "graph: not set", [("graph", "not set")])
-            nid, created = self._register(_apart_graph(request)[0], call)
+            if request.message.HasField("graph") == bool(request.message.onnx_model):
+                raise Failure("INVALID_ARGUMENT", "set exactly one of graph and onnx_model", [("graph", "set exactly one of graph and onnx_model")])
+            raw = _apart_graph(request)[0] if request.message.HasField("graph") else _onnx_graph(request.message.onnx_model, self.limits)
+            nid, created = self._register(raw, call)
             return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
 
         return self._serve("RegisterNetwork", context, register)
@@ -332,9 +335,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         """Forward outputs of a network (a serialized RunResponse)."""
         return self._serve("Run", context, lambda call: self._compute("run", request, call), request.message.request_id)
 
-    def GradStream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
+    def GradStream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
-        At most ``max_open_streams`` streams are open at once (each holds a gRPC thread while open)."""
+        At most ``max_open_streams`` streams are open at once (each holds a gRPC thread while open); each
+        message arrives in its turn in the intake's stream lane and stays held there until answered."""
         cap = self.limits.max_open_streams
         with self._streams_lock:
             full = bool(cap) and self._streams >= cap
@@ -351,43 +355,75 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             with self._streams_lock:
                 self._streams -= 1
 
-    def _grad_stream(self, request_iterator: Iterator[blobs.Lifted], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:
-        results: queue.Queue[bytes | service_pb2.GradResponse | None] = queue.Queue()
+    def _grad_stream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:
+        """The answers of a stream: at most ``window`` messages are between being asked for and being
+        answered, so the next message is asked of gRPC only once there is room for it. An answer waiting
+        to be sent counts its bytes against ``max_queued_bytes`` in place of its request's."""
+        results: queue.Queue[tuple[bytes | service_pb2.GradResponse, Callable[[], None]] | None] = queue.Queue()
         window = threading.Semaphore(self.pool.size * 2)
         sent = [0]
 
-        def one(incoming: blobs.Lifted) -> None:
-            """Answer one request of the stream: its response, or one carrying its failure as ``error``."""
+        def one(item: Received) -> None:
+            """Answer one message of the stream: its response, or one carrying its failure as ``error``."""
+            incoming: blobs.Lifted = item.message
             rid = incoming.message.request_id
-            results.put(self._observe(Call("GradStream", context, None, rid), lambda call: self._compute("grad", incoming, call),
-                                      lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f))))
+            held = [0]
+
+            def compute(call: Call) -> bytes:
+                if item.refused is not None:
+                    raise item.refused
+                out = self._compute("grad", incoming, call)
+                item.release()
+                item.intake.hold(len(out), "the GradResponse", "read the stream's answers sooner, or ask for smaller results")
+                held[0] = len(out)
+                return out
+
+            try:
+                answer = self._observe(Call("GradStream", context, None, rid), compute,
+                                       lambda f: service_pb2.GradResponse(request_id=rid, error=status_proto(f)))
+            finally:
+                item.release()
+            results.put((answer, lambda: item.intake.release(held[0])))
 
         def read(executor: ThreadPoolExecutor) -> None:
             try:
-                for request in request_iterator:
+                while True:
                     while not window.acquire(timeout=0.1):
                         if not context.is_active():
                             return
+                    item = next(request_iterator, None)
+                    if item is None:
+                        return
                     sent[0] += 1
-                    executor.submit(one, request)
+                    executor.submit(one, item)
             except Exception:  # the client went away; what was read is still answered
                 pass
             finally:
                 results.put(None)
 
-        with ThreadPoolExecutor(max_workers=self.pool.size, thread_name_prefix="gradstream") as executor:
-            reader = threading.Thread(target=read, args=(executor,), daemon=True)
-            reader.start()
-            done, expected = 0, None
-            while expected is None or done < expected:
-                item = results.get()
-                if item is None:
-                    expected = sent[0]
-                    continue
-                done += 1
-                window.release()
-                yield item
-            reader.join()
+        try:
+            with ThreadPoolExecutor(max_workers=self.pool.size, thread_name_prefix="gradstream") as executor:
+                reader = threading.Thread(target=read, args=(executor,), daemon=True)
+                reader.start()
+                done, expected = 0, None
+                while expected is None or done < expected:
+                    got = results.get()
+                    if got is None:
+                        expected = sent[0]
+                        continue
+                    done += 1
+                    answer, release = got
+                    try:
+                        yield answer
+                    finally:
+                        release()
+                        window.release()
+                reader.join()
+        finally:  # the call ended before every answer was sent: the computed ones are dropped
+            while not results.empty():
+                left = results.get_nowait()
+                if left is not None:
+                    left[1]()
 
     def ListOps(self, request: service_pb2.ListOpsRequest, context: grpc.ServicerContext) -> service_pb2.ListOpsResponse:
         """Every op of the engine (asked of a worker once, then cached)."""
@@ -417,6 +453,17 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return resp
 
         return self._serve("ServerInfo", context, info)
+
+
+def _onnx_graph(data: bytes, limits: Any) -> bytes:
+    """The serialized network of an ONNX model's bytes, converted by the codec; a model that cannot be converted is
+    INVALID_ARGUMENT naming its node, and a server installed without the onnx extra answers FAILED_PRECONDITION."""
+    try:
+        return codec.decode_onnx_model(data, limits.decoding()).SerializeToString(deterministic=True)
+    except ImportError as exc:
+        raise Failure("FAILED_PRECONDITION", f"onnx_model: this server cannot convert ONNX models ({exc})") from None
+    except codec.WireError as exc:
+        raise classify(exc) from None
 
 
 def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:

@@ -88,8 +88,9 @@ class Stop:
         return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
 
 
-def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max_elements: int) -> None:
-    """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop."""
+def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size: int, local_max_elements: int) -> None:
+    """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop,
+    ``compiles`` (a shared int, read by the metrics) counts the plans this worker compiled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_blas_threads()
     tune_malloc()
@@ -101,6 +102,8 @@ def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max
             kind, payload, in_name, spans, network_id, network, out_name, stop.job, stop.deadline = recv(conn)
         except EOFError:
             return
+        key = payload.key if kind in compute.KINDS else None
+        fresh = key is not None and key not in state.cache
         try:
             if network_id and network_id not in state.cache:
                 if not network:
@@ -115,6 +118,8 @@ def main(conn: Connection, flag: Any, limits: Limits, cache_size: int, local_max
             f = stop.failure(exc) if isinstance(exc, Interrupted) else compute.classify(exc)
             send(conn, ("error", f.code, f.message, f.violations))
         finally:
+            if fresh and key in state.cache:  # this job compiled its plan (and cached it)
+                compiles.value += 1
             blobs = answer = arrays = None  # type: ignore[assignment]  # no view of an arena outlives the job
             inbox.trim()
             outbox.trim()

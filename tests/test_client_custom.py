@@ -305,3 +305,64 @@ def test_a_bprop_cell_is_traced_once_per_signature() -> None:
     for _ in range(3):
         grad(t(X), t(Y))
     assert trace_count(net) == 1
+
+
+class ExpProduct(gs.Function):
+    """out = x exp(x y); backward reads intermediates saved in forward (s = x y, e = exp(s)), one of them as a ctx
+    attribute, so higher orders must differentiate through them back to x and y."""
+
+    @staticmethod
+    def forward(ctx: Any, x: Tensor, y: Tensor) -> Tensor:
+        s = x * y
+        e = gs.ops.exp(s)
+        ctx.save_for_backward(x, s)
+        ctx.e = e
+        return x * e
+
+    @staticmethod
+    def backward(ctx: Any, dout: Tensor) -> tuple[Tensor, Tensor]:
+        x, s = ctx.saved_tensors
+        return dout * ctx.e * (1 + s), dout * x * x * ctx.e
+
+
+def exp_product(x: Tensor, y: Tensor) -> Tensor:
+    return ExpProduct.apply(x, y).sum()
+
+
+def central(f: Any, base: list[np.ndarray], k: int, eps: float = 1e-6) -> np.ndarray:
+    """d f(*base) / d base[k] (f returns an array) by central differences: shape f's + base[k]'s."""
+    cols = []
+    for i in np.ndindex(base[k].shape):
+        up, down = [b.copy() for b in base], [b.copy() for b in base]
+        up[k][i] += eps
+        down[k][i] -= eps
+        cols.append((f(*up) - f(*down)) / (2 * eps))
+    return np.stack(cols, axis=-1).reshape(cols[0].shape + base[k].shape)
+
+
+def test_higher_orders_through_intermediates_saved_by_a_function(where: str) -> None:
+    """The first-order gradient is the backward's; its derivatives (through the saved intermediates, back through the
+    forward's operations that made them) match central differences of that gradient and torch's exact Hessian."""
+    x, y = X[0], Y[0]
+    first = gs.grad(exp_product, grad_position=(0, 1))
+    gx, gy = first(t(x), t(y))
+    np.testing.assert_allclose(gx.asnumpy(), np.exp(x * y) * (1 + x * y), rtol=1e-14)
+    np.testing.assert_allclose(gy.asnumpy(), x * x * np.exp(x * y), rtol=1e-14)
+
+    def first_np(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        return np.stack([g.asnumpy() for g in first(t(a), t(b))])
+
+    hessian = gs.jacrev(first, grad_position=(0, 1))(t(x), t(y))
+    ta, tb = torch.tensor(x), torch.tensor(y)
+    exact = torch.autograd.functional.hessian(lambda a, b: (a * torch.exp(a * b)).sum(), (ta, tb))
+    for i in range(2):
+        for j in range(2):
+            got = hessian[i][j].asnumpy()
+            np.testing.assert_allclose(got, central(first_np, [x, y], j)[i], rtol=1e-6, atol=1e-7)
+            np.testing.assert_allclose(got, exact[i][j].numpy(), rtol=1e-12, atol=1e-14)
+    third = GradOperation()(GradOperation()(GradOperation()(lambda a: ExpProduct.apply(a, t(y)))))(t(x))
+    ax = torch.tensor(x, requires_grad=True)
+    d1 = torch.autograd.grad((ax * torch.exp(ax * tb)).sum(), ax, create_graph=True)[0]
+    d2 = torch.autograd.grad(d1.sum(), ax, create_graph=True)[0]
+    d3 = torch.autograd.grad(d2.sum(), ax)[0]
+    np.testing.assert_allclose(third.asnumpy(), d3.numpy(), rtol=1e-12)

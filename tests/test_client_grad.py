@@ -200,8 +200,8 @@ def test_non_tensor_input_is_named(mode: str) -> None:
     grad_fn = ops.GradOperation(get_all=True)(MulNet())
     with pytest.raises(TypeError, match=r"MulNet.construct: input 1 is a numpy.ndarray; pass a Tensor"):
         call(mode, grad_fn, Tensor(X), consts=(Y,))
-    with pytest.raises(TypeError, match=r"input 0 is a list holding a float; a tuple or list input may hold only Tensors"):
-        MulNet()([1.0, 2.0], Tensor(Y))
+    with pytest.raises(TypeError, match=r"input 0 is a list holding a builtins.set; a tuple, list or dict input may hold Tensors"):
+        MulNet()([1.0, {2.0}], Tensor(Y))
     with pytest.raises(TypeError, match=r"MulNet.construct: input 0 is a numpy.ndarray"):
         ops.GradOperation()(MulNet())(X, Tensor(Y))
 

@@ -192,5 +192,190 @@ def test_outputs_other_than_tensors_numbers_strings_and_none_are_named() -> None
         gs.jit(lambda x: (x, np.ones(2)))(Tensor(X))
     with pytest.raises(TypeError, match=r"returned a str; a network must return a Tensor or a tuple, list or dict"):
         gs.jit(lambda x: "no")(Tensor(X))
-    with pytest.raises(TypeError, match=r"input 0 is a tuple holding a float"):
-        ListInput()((Tensor(X), 1.0, Tensor(Y)), Tensor(Z))
+    with pytest.raises(TypeError, match=r"input 0 is a tuple holding a builtins.object"):
+        ListInput()((Tensor(X), object(), Tensor(Y)), Tensor(Z))
+
+
+def torch_vjp(fn: Any, inputs: tuple[np.ndarray, ...], cots: list[np.ndarray]) -> list[np.ndarray]:
+    """PyTorch's gradients of sum(<leaf_i, cot_i>) over fn's Tensor output leaves (float64)."""
+    ts = [torch.tensor(a, requires_grad=True) for a in inputs]
+    leaves = fn(*ts)
+    loss = sum((leaf * torch.tensor(c)).sum() for leaf, c in zip(leaves, cots))
+    return [g.numpy() for g in torch.autograd.grad(loss, ts)]
+
+
+def structured(x: Tensor, y: Tensor) -> Any:
+    """A dict holding a nested tuple and a list, with constants among the outputs."""
+    return {"p": x * y, "q": (ops.sin(x), [y * y, "tag"]), "n": None, "r": ops.exp(x) * 2.0}
+
+
+def test_vjp_takes_cotangents_in_the_outputs_structure(where: str) -> None:
+    x, y = Tensor(X), Tensor(Y)
+    out, vjp_fn = gs.vjp(structured, x, y)
+    assert out["q"][1][1] == "tag" and out["n"] is None
+    cots = [RNG.normal(size=(2, 3)) for _ in range(4)]
+    v = {"p": Tensor(cots[0]), "q": (Tensor(cots[1]), [Tensor(cots[2]), "unused"]), "n": None, "r": Tensor(cots[3])}
+    dx, dy = vjp_fn(v)
+    want = torch_vjp(lambda a, b: (a * b, torch.sin(a), b * b, torch.exp(a) * 2.0), (X, Y), cots)
+    close(dx, want[0])
+    close(dy, want[1])
+    # a tuple output: its cotangents as one tuple, or (as MindSpore also takes them) as separate arguments
+    pair = lambda a, b: (a * b, [ops.cos(b), (a + b,)])  # noqa: E731
+    _, pair_fn = gs.vjp(pair, x, y)
+    nested_v = (Tensor(cots[0]), [Tensor(cots[1]), (Tensor(cots[2]),)])
+    want = torch_vjp(lambda a, b: (a * b, torch.cos(b), a + b), (X, Y), cots[:3])
+    for got in (pair_fn(nested_v), pair_fn(*nested_v)):
+        close(got[0], want[0])
+        close(got[1], want[1])
+    with pytest.raises(TypeError, match=r"returns a dict with keys \['p', 'q', 'n', 'r'\] here, so v must be a dict"):
+        vjp_fn((Tensor(cots[0]),))
+    with pytest.raises(ValueError, match=r"v\['q'\]\[1\]\[0\] has shape \(3,\)"):
+        vjp_fn({**v, "q": (Tensor(cots[1]), [Tensor(np.ones(3)), 0])})
+    with pytest.raises(TypeError, match=r"v\['r'\] must be a Tensor"):
+        vjp_fn({**v, "r": 1.0})
+
+
+def test_vjp_of_tuple_and_dict_inputs_with_constants(where: str) -> None:
+    def f(pair: Any, cfg: Any) -> Any:
+        return pair[0] * cfg["w"] * cfg["k"] + ops.sin(pair[2]) * float(cfg["shift"].sum())
+
+    cfg = {"w": Tensor(W), "k": 3.0, "name": "cfg", "shift": np.array([0.5, 1.5])}
+    out, vjp_fn = gs.vjp(f, (Tensor(X), None, Tensor(Y)), cfg)
+    close(out, X * W * 3.0 + np.sin(Y) * 2.0)
+    ct = RNG.normal(size=(2, 3))
+    (gpair, gcfg) = vjp_fn(Tensor(ct))
+    assert isinstance(gpair, tuple) and len(gpair) == 2 and list(gcfg) == ["w"]
+    close(gpair[0], ct * W * 3.0)
+    close(gpair[1], ct * np.cos(Y) * 2.0)
+    close(gcfg["w"], ct * X * 3.0)
+
+
+def aux_fns() -> list[Any]:
+    return [
+        lambda x: ((x * x).sum(), 3.0, "label"),
+        lambda x: ((x * x).sum(), None),
+        lambda x: ((x * x).sum(), Tensor(np.array([5.0])), {"note": "constant"}),
+    ]
+
+
+@pytest.mark.parametrize("k", range(3))
+def test_has_aux_returns_constant_aux_values(where: str, k: int) -> None:
+    fn, x = aux_fns()[k], Tensor(X)
+    aux_out = fn(x)[1:]
+    want_aux = aux_out[0] if len(aux_out) == 1 else aux_out
+
+    def same_aux(got: Any, want: Any) -> None:
+        if isinstance(want, Tensor):
+            close(got, want.asnumpy())
+        elif isinstance(want, tuple):
+            assert isinstance(got, tuple) and len(got) == len(want)
+            for g, w in zip(got, want):
+                same_aux(g, w)
+        else:
+            assert got == want
+
+    g, aux = gs.grad(fn, has_aux=True)(x)
+    close(g, 2 * X)
+    same_aux(aux, tuple(aux_out))
+    value, g = gs.value_and_grad(fn, has_aux=True)(x)  # MindSpore: all of fn's outputs, then the gradient
+    close(value[0], np.asarray((X * X).sum()))
+    same_aux(value[1:], tuple(aux_out))
+    close(g, 2 * X)
+    out, vjp_fn, aux = gs.vjp(fn, x, has_aux=True)
+    same_aux(aux, want_aux)
+    close(vjp_fn(Tensor(np.asarray(2.0)))[0], 4 * X)
+    v = RNG.normal(size=X.shape)
+    out, dot, aux = gs.jvp(fn, x, Tensor(v), has_aux=True)
+    close(dot, np.asarray((2 * X * v).sum()))
+    same_aux(aux, want_aux)
+    jac, aux = gs.jacrev(fn, has_aux=True)(x)
+    close(jac, 2 * X)
+    same_aux(aux, want_aux)
+
+
+def test_has_aux_needs_a_tensor_first_and_another_output() -> None:
+    with pytest.raises(ValueError, match="with has_aux=True the function must return at least two outputs, the first a Tensor"):
+        gs.grad(lambda x: (x * x).sum(), has_aux=True)(Tensor(X))
+    with pytest.raises(ValueError, match="the first a Tensor"):
+        gs.grad(lambda x: (1.0, (x * x).sum()), has_aux=True)(Tensor(X))
+
+
+def jac_net(pair: Any, z: Tensor) -> Any:
+    """Two outputs of a tuple input (a, 2.0, b) and z."""
+    a, k, b = pair
+    return a * b.sum() * k, ops.sin(a) * z.sum()
+
+
+def torch_jac(i: int, j: int) -> np.ndarray:
+    """d output i / d torch input j (a, b, z) by torch.autograd.functional.jacobian."""
+    def f(a: torch.Tensor, b: torch.Tensor, z: torch.Tensor) -> Any:
+        return (a * b.sum() * 2.0, torch.sin(a) * z.sum())[i]
+
+    return torch.autograd.functional.jacobian(f, tuple(torch.tensor(v) for v in (X, Y, Z)))[j].numpy()
+
+
+@pytest.mark.parametrize("jac", [gs.jacfwd, gs.jacrev], ids=["jacfwd", "jacrev"])
+def test_jacobians_of_tuple_inputs_in_mindspores_structure(where: str, jac: Any) -> None:
+    args = ((Tensor(X), 2.0, Tensor(Y)), Tensor(Z))
+    both = jac(jac_net, grad_position=(0, 1))(*args)
+    # two outputs and two positions: per output, per position; the tuple input's Jacobian is one per Tensor it holds
+    assert isinstance(both, tuple) and len(both) == 2
+    for i in range(2):
+        (ja, jb), jz = both[i]
+        assert ja.shape == (2, 3, 2, 3) and jz.shape == (2, 3, 2, 3)
+        close(ja, torch_jac(i, 0))
+        close(jb, torch_jac(i, 1))
+        close(jz, torch_jac(i, 2))
+    first = jac(jac_net, grad_position=0)(*args)  # one position: a flat tuple over the outputs
+    assert isinstance(first, tuple) and len(first) == 2 and isinstance(first[1], tuple)
+    close(first[1][0], torch_jac(1, 0))
+    single = jac(lambda p, z: jac_net(p, z)[0], grad_position=(0, 1))(*args)  # one output: a tuple over positions
+    assert isinstance(single, tuple) and len(single) == 2
+    close(single[0][1], torch_jac(0, 1))
+    close(single[1], torch_jac(0, 2))
+    bare = jac(lambda p, z: jac_net(p, z)[1], grad_position=1)(*args)  # one output, one position: bare
+    close(bare, torch_jac(1, 2))
+
+
+def with_constants(pair: Any, cfg: Any) -> Tensor:
+    """pair = (x, k, None, "tag", arr), cfg = {"y": y, "scale": s, "nested": [y2, 4]}."""
+    x, k, none, tag, arr = pair
+    assert none is None and tag == "tag" and isinstance(arr, np.ndarray)
+    return (x * k * Tensor(arr) + cfg["y"] * cfg["scale"] + cfg["nested"][0] * cfg["nested"][1]).sum()
+
+
+def test_constants_inside_input_containers_pass_through(where: str) -> None:
+    arr = np.array([1.0, -2.0, 0.5])
+    pair = (Tensor(X), 3.0, None, "tag", arr)
+    cfg = {"y": Tensor(Y), "scale": 0.5, "nested": [Tensor(Z), 4]}
+    close(gs.jit(with_constants)(pair, cfg), np.asarray((X * 3.0 * arr + Y * 0.5 + Z * 4).sum()))
+    (gp, gc) = gs.grad(with_constants, grad_position=(0, 1))(pair, cfg)
+    assert isinstance(gp, tuple) and len(gp) == 1  # constants get no gradient: they are dropped, as at top level
+    close(gp[0], np.broadcast_to(3.0 * arr, X.shape))
+    assert list(gc) == ["y", "nested"] and isinstance(gc["nested"], list) and len(gc["nested"]) == 1
+    close(gc["y"], np.full_like(Y, 0.5))
+    close(gc["nested"][0], np.full_like(Z, 4.0))
+    (gp, gc) = ops.GradOperation(get_all=True)(with_constants)(pair, cfg)
+    close(gc["nested"][0], np.full_like(Z, 4.0))
+    # a changed constant is a new trace, never a stale one
+    arr2 = np.array([2.0, 2.0, 2.0])
+    close(gs.grad(with_constants)((Tensor(X), 1.5, None, "tag", arr2), cfg)[0], np.full_like(X, 3.0))
+    cfg2 = {**cfg, "nested": [Tensor(Z), 7]}
+    close(gs.grad(with_constants, grad_position=1)(pair, cfg2)["nested"][0], np.full_like(Z, 7.0))
+
+
+def test_vjp_with_structured_outputs_inside_a_trace_and_under_grad(where: str) -> None:
+    def fd(a: Tensor, b: Tensor) -> Any:
+        return {"p": a * b, "q": (ops.sin(a), [b * b, "s"])}
+
+    @gs.jit
+    def inside(a: Tensor, b: Tensor) -> Any:
+        _, vjp_fn = gs.vjp(fd, a, b)
+        return vjp_fn({"p": a, "q": (b, [a, None])})
+
+    da, db = inside(Tensor(X), Tensor(Y))
+    close(da, Y * X + np.cos(X) * Y)
+    close(db, X * X + 2 * Y * X)
+    g = gs.grad(lambda a, b: inside(a, b)[0].sum(), grad_position=(0, 1))(Tensor(X), Tensor(Y))
+    close(g[0], Y - np.sin(X) * Y)
+    close(g[1], X + np.cos(X))

@@ -1,4 +1,4 @@
-"""OpDef.scratch_bytes: a convolution's or AvgPoolGrad's temporaries, which grow with the kernel and output
+"""OpDef.scratch_bytes: a convolution's or a pooling's temporaries, which grow with the kernel and output
 geometry rather than with input 0, are counted in peak_bytes, checked against tracemalloc's measured peak."""
 from __future__ import annotations
 
@@ -41,6 +41,17 @@ def op_peaks(op: str, shapes: tuple[tuple[int, ...], ...], attrs: dict) -> tuple
         ("AvgPoolGrad", ((4, 8, 16, 16),), {"kernel_size": 2, "strides": 2, "input_size": X}),
         ("AvgPoolGrad", ((4, 8, 11, 11),), {"kernel_size": 3, "strides": 3, "pad_mode": "same", "input_size": X}),
         ("AvgPoolGrad", ((4, 8, 32, 32),), {"kernel_size": 3, "strides": 1, "pad_mode": "same", "input_size": X}),
+        ("MaxPool", (X,), {"kernel_size": 2, "strides": 2}),
+        ("MaxPool", (X,), {"kernel_size": 3, "strides": 1, "pad_mode": "same"}),
+        ("MaxPool", ((8, 16, 40, 24),), {"kernel_size": (3, 2), "strides": (2, 1)}),
+        ("MaxPoolWithArgmax", (X,), {"kernel_size": 2, "strides": 2}),
+        ("MaxPoolWithArgmax", (X,), {"kernel_size": 3, "strides": 1, "pad_mode": "same"}),
+        ("MaxPoolWithArgmax", ((8, 16, 40, 24),), {"kernel_size": (3, 2), "strides": (2, 1), "pad_mode": "same"}),
+        ("AvgPool", (X,), {"kernel_size": 2, "strides": 2}),
+        ("AvgPool", (X,), {"kernel_size": 3, "strides": 2, "pad_mode": "same"}),
+        ("AvgPool", ((8, 16, 40, 24),), {"kernel_size": (3, 2), "strides": (2, 1), "pad_mode": "same"}),
+        ("AdaptiveAvgPool2D", (X,), {"output_size": (32, 32)}),
+        ("AdaptiveAvgPool2D", (X,), {"output_size": (5, 7)}),
     ],
 )
 def test_peak_bytes_bounds_the_measured_run_closely(op: str, shapes: tuple, attrs: dict) -> None:

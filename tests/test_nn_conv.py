@@ -2,6 +2,7 @@
 basic block (forward and gradients w.r.t. input and every weight to 1e-9), layer arguments and parameter names."""
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -11,6 +12,7 @@ from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
 
 import gradserve as gs
 from gradserve import nn, ops
+from gradserve.engine import OPS
 
 RNG = np.random.default_rng(12)
 
@@ -175,5 +177,31 @@ def test_train_one_step_advances_dropout() -> None:
     x, y = gs.Tensor(RNG.normal(size=(8, 4))), gs.Tensor(np.zeros((8, 4)))
     first = net(x).asnumpy()
     step(x, y)
-    assert int(net[1].step.asnumpy()) == 1
+    assert net[1].step == 1
     assert not np.array_equal(net(x).asnumpy() != 0, first != 0)
+
+
+def test_dropout_has_no_parameters_and_stays_out_of_checkpoints(tmp_path: Path) -> None:
+    gs.set_seed(10)
+    net = nn.SequentialCell(nn.Dense(4, 4, dtype=F64), nn.Dropout(p=0.5), nn.Dense(4, 2, dtype=F64), nn.Dropout(p=0.5))
+    assert [name for name, _ in net.parameters_and_names()] == ["0.weight", "0.bias", "2.weight", "2.bias"]
+    path = tmp_path / "net.ckpt"
+    gs.save_checkpoint(net, str(path))
+    assert sorted(gs.load_checkpoint(str(path))) == ["0.bias", "0.weight", "2.bias", "2.weight"]
+
+
+def test_dropout_masks_are_the_same_embedded_and_remote(where: str) -> None:
+    x = gs.Tensor(np.ones((30, 20)))
+    gs.set_seed(11)
+    drop = nn.Dropout(p=0.4)
+    drop.set_train(True)
+    masks = []
+    for _ in range(2):
+        masks.append(drop(x).asnumpy() != 0)
+        np.testing.assert_array_equal(ops.GradOperation()(drop)(x).asnumpy() != 0, masks[-1])
+        drop.advance()
+    # The reference: the engine's own op, called eagerly with the seeds and the step (the recipe of docs/wire-format.md).
+    for k, mask in enumerate(masks):
+        expected = OPS["Dropout"].forward(np.ones((30, 20)), np.array(k, np.int64), keep_prob=0.6, Seed0=drop.seed0, Seed1=drop.seed1)
+        np.testing.assert_array_equal(mask, expected[1] != 0)
+    assert (masks[0] != masks[1]).any()

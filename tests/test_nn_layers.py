@@ -242,3 +242,17 @@ def test_multihead_attention_with_masks_matches_torch() -> None:
     for a, b in zip([dq, dk, *dw], expected):
         np.testing.assert_allclose(a.asnumpy(), b.numpy(), rtol=TOL, atol=TOL)
     assert [p.name for p in mha.trainable_params()] == ["in_proj_weight", "in_proj_bias", "out_proj.weight", "out_proj.bias"]
+
+
+def test_multihead_attention_without_weights_returns_output_and_none(where: str) -> None:
+    mha = nn.MultiheadAttention(6, 2, batch_first=True, dtype=F64)
+    randomize(mha, 3)
+    tmha = torch.nn.MultiheadAttention(6, 2, batch_first=True, dtype=torch.float64)
+    copy_into_torch(mha, tmha)
+    q = RNG.normal(size=(2, 3, 6))
+    result = mha(gs.Tensor(q), gs.Tensor(q), gs.Tensor(q), None, False)
+    assert isinstance(result, tuple) and len(result) == 2 and result[1] is None
+    with torch.no_grad():
+        expected, none = tmha(torch.tensor(q), torch.tensor(q), torch.tensor(q), need_weights=False)
+    assert none is None
+    np.testing.assert_allclose(result[0].asnumpy(), expected.numpy(), rtol=TOL, atol=TOL)

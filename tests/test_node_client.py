@@ -11,9 +11,11 @@ import shutil
 import subprocess
 
 import numpy as np
+import onnx
 import pytest
 import torch
 from google.rpc import status_pb2
+from onnx import numpy_helper
 
 from gradserve.server.app import Server
 
@@ -92,3 +94,17 @@ def test_convolution_network_built_by_hand(result: dict) -> None:
     got_w1, got_w2 = conv["dw"]
     np.testing.assert_allclose(values(got_w1, "DATA_TYPE_FLOAT64", [4, 3, 3, 3]), dw1.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(values(got_w2, "DATA_TYPE_FLOAT64", [2, 2, 2, 2]), dw2.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_onnx_model_sent_as_bytes(result: dict) -> None:
+    """examples/node/fixtures/mlp.onnx registered from Node by its bytes: forward and gradients w.r.t. the input and
+    every initializer equal PyTorch's on the model rebuilt from the file's initializers (float64)."""
+    model = onnx.load(NODE_DIR / "fixtures" / "mlp.onnx")
+    w = {t.name: torch.tensor(numpy_helper.to_array(t), requires_grad=True) for t in model.graph.initializer}
+    x = torch.tensor(np.asarray(result["onnx"]["x"], np.float64), requires_grad=True)
+    y = torch.tanh(x @ w["0.weight"].T + w["0.bias"]) @ w["2.weight"].T + w["2.bias"]
+    want = torch.autograd.grad(y.sum(), [x, *(w[k] for k in ("0.weight", "0.bias", "2.weight", "2.bias"))])
+    np.testing.assert_allclose(values(result["onnx"]["y"], "DATA_TYPE_FLOAT64", [2, 2]), y.detach().numpy(), rtol=1e-12)
+    (dx,), dws = result["onnx"]["gradients"]
+    for got, ref in zip((dx, *dws), want):
+        np.testing.assert_allclose(values(got, "DATA_TYPE_FLOAT64", list(ref.shape)), ref.numpy(), rtol=1e-12, atol=1e-14)

@@ -261,7 +261,10 @@ def test_the_documented_memory_total_follows_from_the_default_budgets() -> None:
     d = Limits()
     slots = max(1, d.max_receive_bytes // d.max_message_bytes)
     threads = 2 + d.max_queue_depth + d.max_open_streams + SPARE_THREADS  # gRPC's threads with 2 workers
-    receiving = 2 * d.max_message_bytes * (slots + 1) + d.max_queued_bytes + 64 * 1024 * threads
+    stream_slots = max(1, d.max_stream_receive_bytes // d.max_message_bytes)
+    windows = 4 * MiB * (2 * d.max_receive_waiting + d.max_open_streams)  # calls waiting in either round, open streams
+    receiving = (2 * d.max_message_bytes * (slots + 1) + 2 * d.max_message_bytes * stream_slots + windows
+                 + d.max_queued_bytes + 64 * 1024 * threads)
     fixed = -(-(256 * MiB + d.max_registry_bytes + receiving + d.max_worker_cache_bytes + 16 * MiB) // MiB) * MiB
     per_worker = d.max_worker_cache_bytes + d.max_request_peak_bytes + 2 * d.max_message_bytes + 2 * d.max_message_bytes
     readme = (root / "deploy" / "kubernetes" / "README.md").read_text()

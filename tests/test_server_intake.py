@@ -16,7 +16,7 @@ from gradserve.proto import codec
 from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import Failure
-from gradserve.server.intake import DECLARED, SMALL_BYTES, Intake
+from gradserve.server.intake import DECLARED, SMALL_BYTES, Intake, Received
 from gradserve.server.trim import TRIM_AFTER_BYTES, Trimmer
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
@@ -29,9 +29,13 @@ WAIT = 60.0
 class Context:
     """The little of a grpc.ServicerContext that the intake reads."""
 
-    def __init__(self, metadata: tuple[tuple[str, str], ...] = ()) -> None:
+    def __init__(self, metadata: tuple[tuple[str, str], ...] = (), peer: str = "ipv4:127.0.0.1:1000") -> None:
         self.metadata = metadata
         self.active = True
+        self._peer = peer
+
+    def peer(self) -> str:
+        return self._peer
 
     def invocation_metadata(self) -> tuple[tuple[str, str], ...]:
         return self.metadata
@@ -69,7 +73,7 @@ def test_large_uploads_take_turns_while_small_calls_pass_them() -> None:
     a = receiving(intake, GRAD, first)
     assert first.asked.wait(WAIT)
     b = receiving(intake, GRAD, second)
-    wait_until(lambda: len(intake.large.line) == 1, "the second upload to wait for its turn")
+    wait_until(lambda: intake.large.waiting == 1, "the second upload to wait for its turn")
     assert not second.asked.is_set()  # gRPC was not asked for its message: it is not received
     # A health check, and a Grad declaring a small request, are received while the large upload goes on.
     for method, context in ((HEALTH, Context()), (GRAD, Context(((DECLARED, "300"),)))):
@@ -94,7 +98,7 @@ def test_turns_are_taken_in_arrival_order_and_a_call_that_ends_leaves_the_line()
     futures = []
     for i, (upload, context) in enumerate(zip(uploads, contexts)):
         futures.append(receiving(intake, GRAD, upload, context))
-        wait_until(lambda i=i: uploads[0].asked.is_set() and len(intake.large.line) == i, f"upload {i} to line up")
+        wait_until(lambda i=i: uploads[0].asked.is_set() and intake.large.waiting == i, f"upload {i} to line up")
     contexts[1].active = False  # its caller went away while it waited
     assert futures[1].result(WAIT) is None
     for i in (0, 2, 3):
@@ -126,6 +130,137 @@ def test_a_message_larger_than_its_declared_size_is_refused() -> None:
     assert info.value.code == "INVALID_ARGUMENT"
     assert f"the request is {2 * MiB} bytes, more than the 100 its {DECLARED} metadata declares" in info.value.message
     assert intake.held == 0 and intake.small.receiving == 0
+
+
+def turn_order(intake: Intake, late_peer: str) -> list[object]:
+    """One connection queues five uploads (the first receiving at once), then ``late_peer`` one call not
+    declaring its size: the order in which their messages are asked for, one turn at a time."""
+    uploads = [Upload(MiB) for _ in range(5)]
+    futures = []
+    for i, upload in enumerate(uploads):
+        futures.append(receiving(intake, GRAD, upload, Context(peer="ipv4:127.0.0.1:1001")))
+        wait_until(lambda i=i: uploads[0].asked.is_set() and intake.large.waiting == i, f"upload {i} to line up")
+    late = Upload(300)
+    late_future = receiving(intake, GRAD, late, Context(peer=late_peer))
+    wait_until(lambda: intake.large.waiting == 5, "the late call to line up")
+    order: list[object] = []
+    pending = [*uploads, late]
+
+    def asked() -> list[Upload]:
+        return [u for u in pending if u.asked.is_set() and not u.arrive.is_set()]
+
+    for _ in range(6):  # each turn: see whose message was asked for (one at a time), let it arrive
+        wait_until(lambda: len(asked()) == 1, "the next turn")
+        (now,) = asked()
+        order.append("late" if now is late else uploads.index(now))
+        now.arrive.set()
+    assert late_future.result(WAIT) == ("message", 300) and [f.result(WAIT)[1] for f in futures] == [MiB] * 5
+    assert intake.large.waiting == 0 and not intake.large.line and not intake.large.ahead
+    return order
+
+
+def test_a_caller_waits_for_one_turn_of_each_other_connection_not_behind_all_its_uploads() -> None:
+    # The late call lines up behind one waiting upload of the other connection (which lined up first), not
+    # behind all four: first come first served would give [0, 1, 2, 3, 4, "late"].
+    assert turn_order(Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0), "ipv4:127.0.0.1:1002") == \
+        [0, 1, "late", 2, 3, 4]
+
+
+def test_a_caller_whose_last_message_was_small_goes_ahead_of_waiting_uploads_until_it_sends_a_large_one() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0)
+    quiet = "ipv4:127.0.0.1:1003"
+    before = Upload(300)
+    before.arrive.set()
+    assert receiving(intake, GRAD, before, Context(peer=quiet)).result(WAIT) == ("message", 300)
+    assert turn_order(intake, quiet) == [0, "late", 1, 2, 3, 4]  # it waits for the upload being received only
+    large = Upload(2 * MiB)
+    large.arrive.set()
+    assert receiving(intake, GRAD, large, Context(peer=quiet)).result(WAIT) == ("message", 2 * MiB)
+    assert quiet not in intake.small_peers  # its next call waits its turn like any upload
+    assert turn_order(intake, quiet) == [0, 1, "late", 2, 3, 4]
+
+
+def test_calls_beyond_the_waiting_bound_are_refused_at_once_naming_it() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0, max_waiting=2)
+    uploads = [Upload(MiB) for _ in range(3)]
+    futures = [receiving(intake, GRAD, uploads[0])]
+    assert uploads[0].asked.wait(WAIT)
+    for i in (1, 2):
+        futures.append(receiving(intake, GRAD, uploads[i]))
+        wait_until(lambda i=i: intake.large.waiting == i, f"call {i} to wait")
+    extra = Upload(MiB)
+    with pytest.raises(Failure) as info:
+        receiving(intake, GRAD, extra).result(WAIT)
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    assert info.value.message == "2 calls are already waiting for their turn to be received, the max_receive_waiting limit of 2; retry later"
+    assert not extra.asked.is_set() and intake.large.waiting == 2
+    small = Upload(300)  # the small lane is not bounded by it: health checks always get in
+    small.arrive.set()
+    assert receiving(intake, HEALTH, small).result(WAIT) == ("message", 300)
+    # A connection whose last message was small goes ahead, in a round of its own, with its own bound.
+    intake.small_peers["ipv4:127.0.0.1:1003"] = None
+    ahead = Upload(300)
+    ahead_future = receiving(intake, GRAD, ahead, Context(peer="ipv4:127.0.0.1:1003"))
+    wait_until(lambda: intake.large.waiting == 3, "the small caller to wait ahead")
+    uploads[0].arrive.set()
+    assert futures[0].result(WAIT) == ("message", MiB)
+    assert ahead.asked.wait(WAIT) and not any(u.asked.is_set() for u in uploads[1:])
+    ahead.arrive.set()
+    assert ahead_future.result(WAIT) == ("message", 300)
+    for upload, future in zip(uploads[1:], futures[1:]):
+        upload.arrive.set()
+        assert future.result(WAIT) == ("message", MiB)
+    assert intake.large.waiting == 0
+
+
+class Stream:
+    """A request stream whose messages arrive one by one, each when the test lets it (``arrive``)."""
+
+    def __init__(self, sizes: list[int]) -> None:
+        self.sizes = sizes
+        self.asked = threading.Semaphore(0)
+        self.arrive = threading.Semaphore(0)
+        self.asked_count = 0
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        for i, size in enumerate(self.sizes):
+            self.asked_count += 1
+            self.asked.release()
+            assert self.arrive.acquire(timeout=WAIT)
+            yield f"message {i}", size
+
+
+def test_stream_messages_take_turns_and_one_over_the_held_budget_is_refused_while_the_stream_goes_on() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=5 * MiB, stream_limit=8 * MiB)
+    first, second = Stream([3 * MiB, 2 * MiB, MiB]), Stream([MiB])
+    got: list[Received] = []
+    a = threading.Thread(target=lambda: got.extend(intake.stream(iter(first), Context(peer="a"))))
+    b = threading.Thread(target=lambda: got.extend(intake.stream(iter(second), Context(peer="b"))))
+    a.start()
+    assert first.asked.acquire(timeout=WAIT)  # the first stream's first message is asked for ...
+    b.start()
+    wait_until(lambda: intake.streams.waiting == 1, "the second stream to wait for its turn")
+    assert second.asked_count == 0  # ... and the second stream's is not, until it has arrived
+    first.arrive.release()
+    assert second.asked.acquire(timeout=WAIT)  # round robin: the other connection's turn comes next
+    assert first.asked_count == 1
+    second.arrive.release()
+    b.join(WAIT)
+    assert first.asked.acquire(timeout=WAIT)
+    first.arrive.release()  # 2 MiB: 3 + 1 + 2 are over the 5 MiB allowed
+    assert first.asked.acquire(timeout=WAIT)
+    first.arrive.release()  # 1 MiB: fits
+    a.join(WAIT)
+    by_message = {r.message: r for r in got}
+    assert by_message["message 0"].refused is None and by_message["message 2"].refused is None
+    refused = by_message["message 1"].refused
+    assert refused is not None and refused.code == "RESOURCE_EXHAUSTED"
+    assert refused.message.startswith(f"this request is {2 * MiB} bytes and the requests waiting or being computed "
+                                      f"hold {4 * MiB}, together over the max_queued_bytes limit of {5 * MiB}")
+    assert intake.held == 5 * MiB  # messages 0 and 2 of the first stream and the second stream's
+    for r in got:
+        r.release()
+    assert intake.held == 0 and intake.streams.receiving == 0 and intake.streams.waiting == 0
 
 
 # ---- a live server ----

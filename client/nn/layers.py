@@ -2,6 +2,7 @@
 SequentialCell and CellList. Plain Cells over ops; none holds a gradient rule."""
 from __future__ import annotations
 
+import itertools
 import math
 from collections import OrderedDict
 from typing import Any, Iterable, Iterator
@@ -179,11 +180,18 @@ class CellList(SequentialCell):
 
 
 
+_DROPOUT_IDS = itertools.count()
+
+
 class Dropout(Cell):
     """``Dropout(keep_prob=None, p=None, dtype=float32)``: in training, zeroes each element with probability ``p``
     (default 0.5) and scales the rest by 1 / (1 - p); the identity in inference (MindSpore's default mode). The mask
-    comes from seeds drawn at construction (``set_seed`` reproduces them) and the ``step`` counter, which
-    ``advance()`` (called by TrainOneStepCell after each step) moves on, so each step draws a new mask."""
+    comes from seeds drawn at construction (``set_seed`` reproduces them) and a step counter, which ``advance()``
+    (called by TrainOneStepCell after each step) moves on, so each step draws a new mask.
+
+    Like MindSpore's Dropout it has no parameters: the counter is a Parameter the Cell does not register (so it is
+    in no ``parameters_and_names`` and no checkpoint), read by the graph as a value sent with each call, so a new
+    step needs no new trace."""
 
     def __init__(self, keep_prob: float | None = None, p: float | None = None, dtype: Any = mstype.float32) -> None:
         super().__init__()
@@ -193,15 +201,21 @@ class Dropout(Cell):
         if not 0.0 <= self.p < 1.0:
             raise ValueError(f"nn.Dropout: p must be in [0, 1), got {self.p!r}")
         self.seed0, self.seed1 = (int(v) for v in get_seed_rng().integers(1, 2**31, size=2))
-        self.step = Parameter(np.array(0, np.int64), name="step", requires_grad=False)
+        counter = Parameter(np.array(0, np.int64), name=f"_dropout_step_{next(_DROPOUT_IDS)}", requires_grad=False)
+        object.__setattr__(self, "_counter", counter)
         self.training = False
+
+    @property
+    def step(self) -> int:
+        """How many times ``advance()`` has been called: the mask's step."""
+        return int(self._counter.asnumpy())
 
     def advance(self) -> None:
         """Move to the next mask."""
-        self.step.set_data(np.array(int(self.step.asnumpy()) + 1, np.int64))
+        self._counter.set_data(np.array(self.step + 1, np.int64))
 
     def construct(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             return x
-        out, _ = apply_op("Dropout", x, self.step, keep_prob=1.0 - self.p, Seed0=self.seed0, Seed1=self.seed1)
+        out, _ = apply_op("Dropout", x, self._counter, keep_prob=1.0 - self.p, Seed0=self.seed0, Seed1=self.seed1)
         return out

@@ -1,5 +1,8 @@
 """BatchNorm1d and BatchNorm2d (MindSpore 2.x arguments and parameter names: gamma, beta, moving_mean,
-moving_variance) over the engine's BatchNorm op."""
+moving_variance) over the engine's BatchNorm op. With batch statistics (training, or use_batch_statistics=True)
+a call writes the op's new moving mean and variance into moving_mean and moving_variance afterwards
+(runner.assign_after_call): moving = momentum * moving + (1 - momentum) * batch statistic, the batch variance
+biased (divided by N*H*W), as MindSpore's CPU kernel updates them."""
 from __future__ import annotations
 
 from typing import Any
@@ -8,6 +11,7 @@ from gradserve.client import dtype as mstype
 from gradserve.client.cell import Cell
 from gradserve.client.dispatch import apply_op
 from gradserve.client.parameter import Parameter
+from gradserve.client.runner import assign_after_call, pending_value
 
 from .initializer import initializer
 
@@ -42,8 +46,12 @@ class _BatchNorm(Cell):
         batch = self.training if self.use_batch_statistics is None else self.use_batch_statistics
         shape = x.shape
         x4 = x.reshape(*shape, *(1,) * (4 - x.ndim)) if x.ndim != 4 else x
-        outs = apply_op("BatchNorm", x4, self.gamma, self.beta, self.moving_mean, self.moving_variance,
-                        is_training=batch, epsilon=self.eps, momentum=1.0 - self.momentum)
+        outs = apply_op("BatchNorm", x4, self.gamma, self.beta, pending_value(self.moving_mean),
+                        pending_value(self.moving_variance), is_training=batch, epsilon=self.eps,
+                        momentum=1.0 - self.momentum)
+        if batch:
+            assign_after_call(self.moving_mean, outs[1])
+            assign_after_call(self.moving_variance, outs[2])
         return outs[0].reshape(*shape) if x.ndim != 4 else outs[0]
 
 

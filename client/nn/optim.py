@@ -89,6 +89,46 @@ class Optimizer(Cell):
                 self._slots.append(_Slot(p, lr, decay, {}))
         self.parameters = ParameterTuple(s.param for s in self._slots)
 
+    STATE: tuple[str, ...] = ()
+    """The per-parameter buffers, by MindSpore's prefix: a checkpoint holds ``<prefix>.<parameter name>``."""
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """The optimizer's state by MindSpore's checkpoint names: ``global_step`` (int32, shape (1,)) and each
+        parameter's buffers (``moment1.<name>`` ...; zeros before the first step, as MindSpore initializes them)."""
+        out = {"global_step": np.array([self.global_step], np.int32)}
+        for slot in self._slots:
+            for key in self.STATE:
+                out[f"{key}.{slot.param.name}"] = self._buffer(slot, key)
+        return out
+
+    def load_state(self, arrays: dict[str, np.ndarray]) -> tuple[list[str], list[str]]:
+        """Restore the state from ``state_arrays``' names; returns (state names missing from ``arrays``, names used)."""
+        missing: list[str] = []
+        used: list[str] = []
+        for name, want in self.state_arrays().items():
+            if name not in arrays:
+                missing.append(name)
+                continue
+            got = np.asarray(arrays[name])
+            if got.shape != want.shape:
+                raise ValueError(f"nn.{type(self).__name__}: checkpoint entry {name!r} has shape {got.shape}, the optimizer's {want.shape}")
+            used.append(name)
+        if missing:
+            return missing, used
+        self.global_step = int(np.asarray(arrays["global_step"]).reshape(-1)[0])
+        for slot in self._slots:
+            dtype = slot.param._array_dtype()
+            self._restore(slot, {key: np.array(arrays[f"{key}.{slot.param.name}"], dtype) for key in self.STATE})
+        return missing, used
+
+    def _buffer(self, slot: _Slot, key: str) -> np.ndarray:
+        """Buffer ``key`` of ``slot`` as a checkpoint holds it."""
+        return slot.state.get(key, np.zeros(slot.param.shape, slot.param._array_dtype()))
+
+    def _restore(self, slot: _Slot, buffers: dict[str, np.ndarray]) -> None:
+        """Set ``slot``'s state from its checkpoint buffers."""
+        slot.state.update(buffers)
+
     def get_lr(self) -> float | tuple[float, ...]:
         """The learning rate of the coming step (a tuple, one per parameter, when groups differ)."""
         rates = tuple(s.lr(self.global_step) for s in self._slots)
@@ -127,6 +167,10 @@ class SGD(Optimizer):
     loss_scale=1.0)``: the first step's momentum buffer is the gradient itself, later ones
     momentum * buf + (1 - dampening) * grad."""
 
+    STATE = ("accum", "stat")
+    """MindSpore's names: ``accum`` the momentum buffer, ``stat`` ones until the first step (the buffer then starts as
+    the gradient itself), zeros after it."""
+
     def __init__(self, params: Any, learning_rate: Any = 0.1, momentum: float = 0.0, dampening: float = 0.0,
                  weight_decay: float = 0.0, nesterov: bool = False, loss_scale: float = 1.0) -> None:
         if momentum < 0:
@@ -141,16 +185,29 @@ class SGD(Optimizer):
         if slot.weight_decay:
             g = g + dt(slot.weight_decay) * w
         if self.momentum:
-            buf = slot.state.get("moment")
+            buf = slot.state.get("accum")
             buf = g.copy() if buf is None else dt(self.momentum) * buf + dt(1 - self.dampening) * g
-            slot.state["moment"] = buf
+            slot.state["accum"] = buf
             g = g + dt(self.momentum) * buf if self.nesterov else buf
         return w - lr * g
+
+    def _buffer(self, slot: _Slot, key: str) -> np.ndarray:
+        if key == "stat":
+            started = "accum" in slot.state
+            return np.full(slot.param.shape, 0 if started else 1, slot.param._array_dtype())
+        return super()._buffer(slot, key)
+
+    def _restore(self, slot: _Slot, buffers: dict[str, np.ndarray]) -> None:
+        slot.state.pop("accum", None)
+        if self.momentum and not buffers["stat"].any():
+            slot.state["accum"] = buffers["accum"]
 
 
 class Momentum(Optimizer):
     """``Momentum(params, learning_rate, momentum, weight_decay=0.0, loss_scale=1.0, use_nesterov=False)``:
     accum = momentum * accum + grad; w -= lr * accum (or lr * (grad + momentum * accum) with use_nesterov)."""
+
+    STATE = ("moments",)
 
     def __init__(self, params: Any, learning_rate: Any, momentum: float, weight_decay: float = 0.0,
                  loss_scale: float = 1.0, use_nesterov: bool = False) -> None:
@@ -174,6 +231,8 @@ class Adam(Optimizer):
     weight_decay=0.0, loss_scale=1.0)``: w -= lr sqrt(1 - beta2^t) / (1 - beta1^t) * m / (sqrt(v) + eps), with the
     weight decay added to the gradient."""
 
+    STATE = ("moment1", "moment2")
+
     def __init__(self, params: Any, learning_rate: Any = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-8, use_locking: bool = False, use_nesterov: bool = False, weight_decay: float = 0.0,
                  loss_scale: float = 1.0, use_amsgrad: bool = False) -> None:
@@ -183,6 +242,13 @@ class Adam(Optimizer):
         super().__init__(learning_rate, params, weight_decay, loss_scale)
         self.beta1, self.beta2, self.eps = float(beta1), float(beta2), float(eps)
         self.use_locking, self.use_nesterov = use_locking, bool(use_nesterov)
+
+    def state_arrays(self) -> dict[str, np.ndarray]:
+        """MindSpore's names, with ``beta1_power`` and ``beta2_power`` (beta^step, float32, shape (1,)) as it keeps them."""
+        out = super().state_arrays()
+        for name, beta in (("beta1_power", self.beta1), ("beta2_power", self.beta2)):
+            out[name] = np.array([beta**self.global_step], np.float32)
+        return out
 
     def _update(self, slot: _Slot, w: np.ndarray, g: np.ndarray, lr: Any, t: int) -> np.ndarray:
         dt = w.dtype.type
@@ -201,6 +267,8 @@ class AdamWeightDecay(Optimizer):
     """``AdamWeightDecay(params, learning_rate=1e-3, beta1=0.9, beta2=0.999, eps=1e-6, weight_decay=0.0)``:
     w -= lr (m / (sqrt(v) + eps) + weight_decay w), with no bias correction, as MindSpore defines it."""
 
+    STATE = ("adam_m", "adam_v")
+
     def __init__(self, params: Any, learning_rate: Any = 1e-3, beta1: float = 0.9, beta2: float = 0.999,
                  eps: float = 1e-6, weight_decay: float = 0.0) -> None:
         _check_betas("AdamWeightDecay", beta1, beta2, eps)
@@ -210,9 +278,9 @@ class AdamWeightDecay(Optimizer):
     def _update(self, slot: _Slot, w: np.ndarray, g: np.ndarray, lr: Any, t: int) -> np.ndarray:
         dt = w.dtype.type
         b1, b2, c1, c2 = dt(self.beta1), dt(self.beta2), dt(1 - self.beta1), dt(1 - self.beta2)
-        m = b1 * slot.state.get("moment1", np.zeros_like(w)) + c1 * g
-        v = b2 * slot.state.get("moment2", np.zeros_like(w)) + c2 * g * g
-        slot.state["moment1"], slot.state["moment2"] = m, v
+        m = b1 * slot.state.get("adam_m", np.zeros_like(w)) + c1 * g
+        v = b2 * slot.state.get("adam_v", np.zeros_like(w)) + c2 * g * g
+        slot.state["adam_m"], slot.state["adam_v"] = m, v
         update = m / (np.sqrt(v) + dt(self.eps))
         if slot.weight_decay:
             update = update + dt(slot.weight_decay) * w

@@ -73,6 +73,40 @@ def _window_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], at
     return kh * kw * max(inputs[0].size, outputs[0].size) + sum(t.size for t in inputs) + sum(t.size for t in outputs)
 
 
+def _pool_buffers(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> tuple[int, int, int]:
+    """(padded copy's bytes, output elements, bytes of the one ufunc buffer a reduction into the output from a strided
+    slice takes) for a pooling node."""
+    p = pool_window(inputs[0].shape, **{k: v for k, v in attrs.items() if k != "input_size"})
+    item = inputs[0].dtype.itemsize
+    t, b, left, r = p.pads
+    padded = p.n * p.c * (p.h + t + b) * (p.w + left + r) * item if any(p.pads) else 0
+    elements = p.n * p.c * p.ho * p.wo
+    return padded, elements, min(elements, np.getbufsize()) * item
+
+
+def _maxpool_scratch(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """The -inf padded copy and the ufunc buffer of np.maximum over a strided slice (the running maximum is the
+    output); measured with tracemalloc in tests/test_engine_scratch.py."""
+    padded, _, buffer = _pool_buffers(inputs, outputs, attrs)
+    return padded + buffer
+
+
+def _maxpool_argmax_scratch(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """MaxPool's (a second buffer for the comparison), plus the int64 offset index, the comparison mask and the
+    row, column and clipped index arrays (at most five output-sized int64 arrays and one bool array at a time
+    besides the result)."""
+    padded, elements, buffer = _pool_buffers(inputs, outputs, attrs)
+    return padded + 2 * buffer + elements * (5 * 8 + 1)
+
+
+def _avgpool_scratch(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """The zero-padded copy, the window sums before the division (output-sized), the (ho, wo) counts and the ufunc
+    buffer of the strided in-place adds."""
+    padded, elements, buffer = _pool_buffers(inputs, outputs, attrs)
+    item = inputs[0].dtype.itemsize
+    return padded + elements * item + outputs[0].shape[-2] * outputs[0].shape[-1] * item + buffer
+
+
 # ---- MaxPool and MaxPoolWithArgmax ----
 
 
@@ -157,7 +191,7 @@ defop(
     attrs=POOL_ATTRS,
     doc="max over kernel_size windows of x (N, C, H, W) moved by strides; 'same' pads with -inf; the gradient goes to each window's first maximum",
     cost=_window_cost,
-    scratch=2,
+    scratch_bytes=_maxpool_scratch,
 )
 defop(
     "MaxPoolWithArgmax",
@@ -169,7 +203,7 @@ defop(
     doc="MaxPool's output and argmax (int64): the index into the H * W plane of each window's first maximum",
     outputs=("output", "argmax"),
     cost=_window_cost,
-    scratch=6,
+    scratch_bytes=_maxpool_argmax_scratch,
 )
 
 # ---- AvgPool and AvgPoolGrad ----
@@ -235,7 +269,7 @@ defop(
     attrs=POOL_ATTRS,
     doc="mean over kernel_size windows of x (N, C, H, W) moved by strides; with 'same' the zero padding is not counted in the mean",
     cost=_window_cost,
-    scratch=3,
+    scratch_bytes=_avgpool_scratch,
 )
 defop(
     "AvgPoolGrad",
@@ -302,6 +336,15 @@ def _adaptive_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], 
     return 2 * planes * (oh * h * w + oh * w * ow) + x.size + y.size
 
 
+def _adaptive_scratch(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
+    """The row-averaged intermediate (oh rows of W per plane) and the two bin matrices, in float64 and cast."""
+    x, y = inputs[0], outputs[0]
+    planes = x.size // max(x.shape[-2] * x.shape[-1], 1)
+    h, w = x.shape[-2:]
+    oh, ow = y.shape[-2:]
+    return planes * oh * w * x.dtype.itemsize + (oh * h + w * ow) * (8 + x.dtype.itemsize)
+
+
 def _none_as_minus_one(output_size: Any) -> Any:
     """MindSpore's output_size: an int, or a pair whose None entries keep that input dimension (-1 here)."""
     if isinstance(output_size, (tuple, list)):
@@ -319,5 +362,5 @@ defop(
                                convert=_none_as_minus_one)},
     doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
     cost=_adaptive_cost,
-    scratch=1,
+    scratch_bytes=_adaptive_scratch,
 )

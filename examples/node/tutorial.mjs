@@ -7,9 +7,9 @@
 // googleapis checkout, or the site-packages of Python's googleapis-common-protos, e.g.
 //   python3 -c 'import google.rpc.status_pb2 as s, pathlib; print(pathlib.Path(s.__file__).parents[2])'
 //
-// Prints one JSON object: the ops checked, the tutorial's gradients, and the status of a
+// Prints one JSON object: the ops checked, the tutorial's gradients, an ONNX model's gradients, and the status of a
 // deliberately bad graph (with the google.rpc.BadRequest field violations from its trailer).
-import { existsSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import path from 'node:path';
 import { fileURLToPath } from 'node:url';
 
@@ -232,6 +232,17 @@ async function main() {
     network_id: conv.network_id, grad: { get_by_list: true, weights: ['w1', 'w2'] }, inputs: [convX], return_forward: true,
   });
 
+  // an ONNX model sent as its bytes (fixtures/mlp.onnx, written by fixtures/make_mlp_onnx.py): the server converts
+  // it; its initializers are parameters under their ONNX names
+  const mlp = await call('RegisterNetwork', { onnx_model: readFileSync(path.join(here, 'fixtures', 'mlp.onnx')) });
+  const onnxX = filled([2, 3], 1.0, 0.3);
+  const onnxGrad = await call('Grad', {
+    network_id: mlp.network_id,
+    grad: { get_all: true, get_by_list: true, weights: ['0.weight', '0.bias', '2.weight', '2.bias'] },
+    inputs: [tensor(onnxX, 'DATA_TYPE_FLOAT64')],
+    return_forward: true,
+  });
+
   // (f) a bad graph: the op name is case-sensitive
   let badGraph = null;
   try {
@@ -267,6 +278,7 @@ async function main() {
       x: CONV_X, w1: CONV_W1, w2: CONV_W2,
       loss: decodeTree(convDw.forward), dx: decodeTree(convDx.gradients), dw: decodeTree(convDw.gradients),
     },
+    onnx: { x: onnxX, y: decodeTree(onnxGrad.forward), gradients: decodeTree(onnxGrad.gradients) },
     bad_graph: badGraph,
   }, null, 2));
 }

@@ -26,7 +26,7 @@ from google.rpc import status_pb2 as google_dot_rpc_dot_status__pb2
 from gradserve.v1 import graph_pb2 as gradserve_dot_v1_dot_graph__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agradserve/v1/service.proto\x12\x0cgradserve.v1\x1a\x17google/rpc/status.proto\x1a\x18gradserve/v1/graph.proto\"<\n\x16RegisterNetworkRequest\x12\"\n\x05graph\x18\x01 \x01(\x0b\x32\x13.gradserve.v1.Graph\">\n\x17RegisterNetworkResponse\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xfd\x02\n\x0bGradRequest\x12\x14\n\nnetwork_id\x18\x01 \x01(\tH\x00\x12$\n\x05graph\x18\x02 \x01(\x0b\x32\x13.gradserve.v1.GraphH\x00\x12)\n\x04grad\x18\x03 \x01(\x0b\x32\x1b.gradserve.v1.GradOperation\x12$\n\x06inputs\x18\x04 \x03(\x0b\x32\x14.gradserve.v1.Tensor\x12\"\n\x04sens\x18\x05 \x03(\x0b\x32\x14.gradserve.v1.Tensor\x12=\n\nparameters\x18\x06 \x03(\x0b\x32).gradserve.v1.GradRequest.ParametersEntry\x12\x16\n\x0ereturn_forward\x18\x07 \x01(\x08\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1aG\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.gradserve.v1.Tensor:\x02\x38\x01\x42\t\n\x07network\"\xb1\x01\n\x0cGradResponse\x12+\n\tgradients\x18\x01 \x01(\x0b\x32\x18.gradserve.v1.TensorTree\x12)\n\x07\x66orward\x18\x02 \x01(\x0b\x32\x18.gradserve.v1.TensorTree\x12\x12\n\nnetwork_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"\x94\x02\n\nRunRequest\x12\x14\n\nnetwork_id\x18\x01 \x01(\tH\x00\x12$\n\x05graph\x18\x02 \x01(\x0b\x32\x13.gradserve.v1.GraphH\x00\x12$\n\x06inputs\x18\x03 \x03(\x0b\x32\x14.gradserve.v1.Tensor\x12<\n\nparameters\x18\x04 \x03(\x0b\x32(.gradserve.v1.RunRequest.ParametersEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1aG\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.gradserve.v1.Tensor:\x02\x38\x01\x42\t\n\x07network\"`\n\x0bRunResponse\x12)\n\x07outputs\x18\x01 \x01(\x0b\x32\x18.gradserve.v1.TensorTree\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x10\n\x0eListOpsRequest\"\x89\x01\n\nAttrSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.gradserve.v1.AttrKind\x12\x10\n\x08required\x18\x03 \x01(\x08\x12(\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x0b\x32\x17.gradserve.v1.AttrValue\x12\x0b\n\x03\x64oc\x18\x05 \x01(\t\"\xd0\x01\n\x08OpSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x16\n\x0evariadic_input\x18\x03 \x01(\t\x12\'\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\x18.gradserve.v1.AttrSchema\x12\x16\n\x0e\x64ifferentiable\x18\x05 \x01(\x08\x12\x16\n\x0enondiff_inputs\x18\x06 \x03(\t\x12\x0b\n\x03\x64oc\x18\x07 \x01(\t\x12\x0f\n\x07outputs\x18\x08 \x03(\t\x12\x17\n\x0fvariadic_output\x18\t \x01(\t\"6\n\x0fListOpsResponse\x12#\n\x03ops\x18\x01 \x03(\x0b\x32\x16.gradserve.v1.OpSchema\"\x13\n\x11ServerInfoRequest\"\xda\x03\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x03\x12\x17\n\x0fmax_graph_nodes\x18\x02 \x01(\x03\x12\x1b\n\x13max_tensor_elements\x18\x03 \x01(\x03\x12\x17\n\x0fmax_tensor_rank\x18\x04 \x01(\x03\x12\x19\n\x11max_nesting_depth\x18\x05 \x01(\x03\x12\x1b\n\x13\x64\x65\x66\x61ult_deadline_ms\x18\x06 \x01(\x03\x12\x17\n\x0fmax_deadline_ms\x18\x07 \x01(\x03\x12\x17\n\x0fmax_queue_depth\x18\x08 \x01(\x03\x12\x1f\n\x17max_registered_networks\x18\t \x01(\x03\x12\x18\n\x10max_open_streams\x18\n \x01(\x03\x12\x18\n\x10max_queued_bytes\x18\x0b \x01(\x03\x12\x1a\n\x12max_registry_bytes\x18\x0c \x01(\x03\x12\x1e\n\x16max_worker_cache_bytes\x18\r \x01(\x03\x12\x1e\n\x16max_request_peak_bytes\x18\x0e \x01(\x03\x12\x19\n\x11max_request_flops\x18\x0f \x01(\x03\x12\x15\n\rstop_grace_ms\x18\x10 \x01(\x03\x12\x19\n\x11max_receive_bytes\x18\x11 \x01(\x03\"=\n\x0eRequestCounter\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xf6\x02\n\x12ServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12S\n\x12\x63omponent_versions\x18\x03 \x03(\x0b\x32\x37.gradserve.v1.ServerInfoResponse.ComponentVersionsEntry\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.gradserve.v1.Limits\x12\x14\n\x0cworker_count\x18\x05 \x01(\x05\x12\x30\n\x10supported_dtypes\x18\x06 \x03(\x0e\x32\x16.gradserve.v1.DataType\x12\x36\n\x10request_counters\x18\x07 \x03(\x0b\x32\x1c.gradserve.v1.RequestCounter\x1a\x38\n\x16\x43omponentVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xdd\x01\n\x08\x41ttrKind\x12\x19\n\x15\x41TTR_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rATTR_KIND_INT\x10\x01\x12\x13\n\x0f\x41TTR_KIND_FLOAT\x10\x02\x12\x12\n\x0e\x41TTR_KIND_BOOL\x10\x03\x12\x11\n\rATTR_KIND_STR\x10\x04\x12\x12\n\x0e\x41TTR_KIND_INTS\x10\x05\x12\x14\n\x10\x41TTR_KIND_FLOATS\x10\x06\x12\x12\n\x0e\x41TTR_KIND_STRS\x10\x07\x12\x13\n\x0f\x41TTR_KIND_DTYPE\x10\x08\x12\x14\n\x10\x41TTR_KIND_TENSOR\x10\t2\xc7\x03\n\x08Gradient\x12^\n\x0fRegisterNetwork\x12$.gradserve.v1.RegisterNetworkRequest\x1a%.gradserve.v1.RegisterNetworkResponse\x12=\n\x04Grad\x12\x19.gradserve.v1.GradRequest\x1a\x1a.gradserve.v1.GradResponse\x12:\n\x03Run\x12\x18.gradserve.v1.RunRequest\x1a\x19.gradserve.v1.RunResponse\x12G\n\nGradStream\x12\x19.gradserve.v1.GradRequest\x1a\x1a.gradserve.v1.GradResponse(\x01\x30\x01\x12\x46\n\x07ListOps\x12\x1c.gradserve.v1.ListOpsRequest\x1a\x1d.gradserve.v1.ListOpsResponse\x12O\n\nServerInfo\x12\x1f.gradserve.v1.ServerInfoRequest\x1a .gradserve.v1.ServerInfoResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1agradserve/v1/service.proto\x12\x0cgradserve.v1\x1a\x17google/rpc/status.proto\x1a\x18gradserve/v1/graph.proto\"P\n\x16RegisterNetworkRequest\x12\"\n\x05graph\x18\x01 \x01(\x0b\x32\x13.gradserve.v1.Graph\x12\x12\n\nonnx_model\x18\x02 \x01(\x0c\">\n\x17RegisterNetworkResponse\x12\x12\n\nnetwork_id\x18\x01 \x01(\t\x12\x0f\n\x07\x63reated\x18\x02 \x01(\x08\"\xfd\x02\n\x0bGradRequest\x12\x14\n\nnetwork_id\x18\x01 \x01(\tH\x00\x12$\n\x05graph\x18\x02 \x01(\x0b\x32\x13.gradserve.v1.GraphH\x00\x12)\n\x04grad\x18\x03 \x01(\x0b\x32\x1b.gradserve.v1.GradOperation\x12$\n\x06inputs\x18\x04 \x03(\x0b\x32\x14.gradserve.v1.Tensor\x12\"\n\x04sens\x18\x05 \x03(\x0b\x32\x14.gradserve.v1.Tensor\x12=\n\nparameters\x18\x06 \x03(\x0b\x32).gradserve.v1.GradRequest.ParametersEntry\x12\x16\n\x0ereturn_forward\x18\x07 \x01(\x08\x12\x12\n\nrequest_id\x18\x08 \x01(\t\x1aG\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.gradserve.v1.Tensor:\x02\x38\x01\x42\t\n\x07network\"\xb1\x01\n\x0cGradResponse\x12+\n\tgradients\x18\x01 \x01(\x0b\x32\x18.gradserve.v1.TensorTree\x12)\n\x07\x66orward\x18\x02 \x01(\x0b\x32\x18.gradserve.v1.TensorTree\x12\x12\n\nnetwork_id\x18\x03 \x01(\t\x12\x12\n\nrequest_id\x18\x04 \x01(\t\x12!\n\x05\x65rror\x18\x05 \x01(\x0b\x32\x12.google.rpc.Status\"\x94\x02\n\nRunRequest\x12\x14\n\nnetwork_id\x18\x01 \x01(\tH\x00\x12$\n\x05graph\x18\x02 \x01(\x0b\x32\x13.gradserve.v1.GraphH\x00\x12$\n\x06inputs\x18\x03 \x03(\x0b\x32\x14.gradserve.v1.Tensor\x12<\n\nparameters\x18\x04 \x03(\x0b\x32(.gradserve.v1.RunRequest.ParametersEntry\x12\x12\n\nrequest_id\x18\x05 \x01(\t\x1aG\n\x0fParametersEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12#\n\x05value\x18\x02 \x01(\x0b\x32\x14.gradserve.v1.Tensor:\x02\x38\x01\x42\t\n\x07network\"`\n\x0bRunResponse\x12)\n\x07outputs\x18\x01 \x01(\x0b\x32\x18.gradserve.v1.TensorTree\x12\x12\n\nnetwork_id\x18\x02 \x01(\t\x12\x12\n\nrequest_id\x18\x03 \x01(\t\"\x10\n\x0eListOpsRequest\"\x89\x01\n\nAttrSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x04kind\x18\x02 \x01(\x0e\x32\x16.gradserve.v1.AttrKind\x12\x10\n\x08required\x18\x03 \x01(\x08\x12(\n\x07\x64\x65\x66\x61ult\x18\x04 \x01(\x0b\x32\x17.gradserve.v1.AttrValue\x12\x0b\n\x03\x64oc\x18\x05 \x01(\t\"\xd0\x01\n\x08OpSchema\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06inputs\x18\x02 \x03(\t\x12\x16\n\x0evariadic_input\x18\x03 \x01(\t\x12\'\n\x05\x61ttrs\x18\x04 \x03(\x0b\x32\x18.gradserve.v1.AttrSchema\x12\x16\n\x0e\x64ifferentiable\x18\x05 \x01(\x08\x12\x16\n\x0enondiff_inputs\x18\x06 \x03(\t\x12\x0b\n\x03\x64oc\x18\x07 \x01(\t\x12\x0f\n\x07outputs\x18\x08 \x03(\t\x12\x17\n\x0fvariadic_output\x18\t \x01(\t\"6\n\x0fListOpsResponse\x12#\n\x03ops\x18\x01 \x03(\x0b\x32\x16.gradserve.v1.OpSchema\"\x13\n\x11ServerInfoRequest\"\x99\x04\n\x06Limits\x12\x19\n\x11max_message_bytes\x18\x01 \x01(\x03\x12\x17\n\x0fmax_graph_nodes\x18\x02 \x01(\x03\x12\x1b\n\x13max_tensor_elements\x18\x03 \x01(\x03\x12\x17\n\x0fmax_tensor_rank\x18\x04 \x01(\x03\x12\x19\n\x11max_nesting_depth\x18\x05 \x01(\x03\x12\x1b\n\x13\x64\x65\x66\x61ult_deadline_ms\x18\x06 \x01(\x03\x12\x17\n\x0fmax_deadline_ms\x18\x07 \x01(\x03\x12\x17\n\x0fmax_queue_depth\x18\x08 \x01(\x03\x12\x1f\n\x17max_registered_networks\x18\t \x01(\x03\x12\x18\n\x10max_open_streams\x18\n \x01(\x03\x12\x18\n\x10max_queued_bytes\x18\x0b \x01(\x03\x12\x1a\n\x12max_registry_bytes\x18\x0c \x01(\x03\x12\x1e\n\x16max_worker_cache_bytes\x18\r \x01(\x03\x12\x1e\n\x16max_request_peak_bytes\x18\x0e \x01(\x03\x12\x19\n\x11max_request_flops\x18\x0f \x01(\x03\x12\x15\n\rstop_grace_ms\x18\x10 \x01(\x03\x12\x19\n\x11max_receive_bytes\x18\x11 \x01(\x03\x12 \n\x18max_stream_receive_bytes\x18\x12 \x01(\x03\x12\x1b\n\x13max_receive_waiting\x18\x13 \x01(\x03\"=\n\x0eRequestCounter\x12\x0e\n\x06method\x18\x01 \x01(\t\x12\x0c\n\x04\x63ode\x18\x02 \x01(\t\x12\r\n\x05\x63ount\x18\x03 \x01(\x04\"\xf6\x02\n\x12ServerInfoResponse\x12\x16\n\x0eserver_version\x18\x01 \x01(\t\x12\x13\n\x0b\x61pi_version\x18\x02 \x01(\t\x12S\n\x12\x63omponent_versions\x18\x03 \x03(\x0b\x32\x37.gradserve.v1.ServerInfoResponse.ComponentVersionsEntry\x12$\n\x06limits\x18\x04 \x01(\x0b\x32\x14.gradserve.v1.Limits\x12\x14\n\x0cworker_count\x18\x05 \x01(\x05\x12\x30\n\x10supported_dtypes\x18\x06 \x03(\x0e\x32\x16.gradserve.v1.DataType\x12\x36\n\x10request_counters\x18\x07 \x03(\x0b\x32\x1c.gradserve.v1.RequestCounter\x1a\x38\n\x16\x43omponentVersionsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01*\xdd\x01\n\x08\x41ttrKind\x12\x19\n\x15\x41TTR_KIND_UNSPECIFIED\x10\x00\x12\x11\n\rATTR_KIND_INT\x10\x01\x12\x13\n\x0f\x41TTR_KIND_FLOAT\x10\x02\x12\x12\n\x0e\x41TTR_KIND_BOOL\x10\x03\x12\x11\n\rATTR_KIND_STR\x10\x04\x12\x12\n\x0e\x41TTR_KIND_INTS\x10\x05\x12\x14\n\x10\x41TTR_KIND_FLOATS\x10\x06\x12\x12\n\x0e\x41TTR_KIND_STRS\x10\x07\x12\x13\n\x0f\x41TTR_KIND_DTYPE\x10\x08\x12\x14\n\x10\x41TTR_KIND_TENSOR\x10\t2\xc7\x03\n\x08Gradient\x12^\n\x0fRegisterNetwork\x12$.gradserve.v1.RegisterNetworkRequest\x1a%.gradserve.v1.RegisterNetworkResponse\x12=\n\x04Grad\x12\x19.gradserve.v1.GradRequest\x1a\x1a.gradserve.v1.GradResponse\x12:\n\x03Run\x12\x18.gradserve.v1.RunRequest\x1a\x19.gradserve.v1.RunResponse\x12G\n\nGradStream\x12\x19.gradserve.v1.GradRequest\x1a\x1a.gradserve.v1.GradResponse(\x01\x30\x01\x12\x46\n\x07ListOps\x12\x1c.gradserve.v1.ListOpsRequest\x1a\x1d.gradserve.v1.ListOpsResponse\x12O\n\nServerInfo\x12\x1f.gradserve.v1.ServerInfoRequest\x1a .gradserve.v1.ServerInfoResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -39,42 +39,42 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_RUNREQUEST_PARAMETERSENTRY']._serialized_options = b'8\001'
   _globals['_SERVERINFORESPONSE_COMPONENTVERSIONSENTRY']._loaded_options = None
   _globals['_SERVERINFORESPONSE_COMPONENTVERSIONSENTRY']._serialized_options = b'8\001'
-  _globals['_ATTRKIND']._serialized_start=2526
-  _globals['_ATTRKIND']._serialized_end=2747
+  _globals['_ATTRKIND']._serialized_start=2609
+  _globals['_ATTRKIND']._serialized_end=2830
   _globals['_REGISTERNETWORKREQUEST']._serialized_start=95
-  _globals['_REGISTERNETWORKREQUEST']._serialized_end=155
-  _globals['_REGISTERNETWORKRESPONSE']._serialized_start=157
-  _globals['_REGISTERNETWORKRESPONSE']._serialized_end=219
-  _globals['_GRADREQUEST']._serialized_start=222
-  _globals['_GRADREQUEST']._serialized_end=603
-  _globals['_GRADREQUEST_PARAMETERSENTRY']._serialized_start=521
-  _globals['_GRADREQUEST_PARAMETERSENTRY']._serialized_end=592
-  _globals['_GRADRESPONSE']._serialized_start=606
-  _globals['_GRADRESPONSE']._serialized_end=783
-  _globals['_RUNREQUEST']._serialized_start=786
-  _globals['_RUNREQUEST']._serialized_end=1062
-  _globals['_RUNREQUEST_PARAMETERSENTRY']._serialized_start=521
-  _globals['_RUNREQUEST_PARAMETERSENTRY']._serialized_end=592
-  _globals['_RUNRESPONSE']._serialized_start=1064
-  _globals['_RUNRESPONSE']._serialized_end=1160
-  _globals['_LISTOPSREQUEST']._serialized_start=1162
-  _globals['_LISTOPSREQUEST']._serialized_end=1178
-  _globals['_ATTRSCHEMA']._serialized_start=1181
-  _globals['_ATTRSCHEMA']._serialized_end=1318
-  _globals['_OPSCHEMA']._serialized_start=1321
-  _globals['_OPSCHEMA']._serialized_end=1529
-  _globals['_LISTOPSRESPONSE']._serialized_start=1531
-  _globals['_LISTOPSRESPONSE']._serialized_end=1585
-  _globals['_SERVERINFOREQUEST']._serialized_start=1587
-  _globals['_SERVERINFOREQUEST']._serialized_end=1606
-  _globals['_LIMITS']._serialized_start=1609
-  _globals['_LIMITS']._serialized_end=2083
-  _globals['_REQUESTCOUNTER']._serialized_start=2085
-  _globals['_REQUESTCOUNTER']._serialized_end=2146
-  _globals['_SERVERINFORESPONSE']._serialized_start=2149
-  _globals['_SERVERINFORESPONSE']._serialized_end=2523
-  _globals['_SERVERINFORESPONSE_COMPONENTVERSIONSENTRY']._serialized_start=2467
-  _globals['_SERVERINFORESPONSE_COMPONENTVERSIONSENTRY']._serialized_end=2523
-  _globals['_GRADIENT']._serialized_start=2750
-  _globals['_GRADIENT']._serialized_end=3205
+  _globals['_REGISTERNETWORKREQUEST']._serialized_end=175
+  _globals['_REGISTERNETWORKRESPONSE']._serialized_start=177
+  _globals['_REGISTERNETWORKRESPONSE']._serialized_end=239
+  _globals['_GRADREQUEST']._serialized_start=242
+  _globals['_GRADREQUEST']._serialized_end=623
+  _globals['_GRADREQUEST_PARAMETERSENTRY']._serialized_start=541
+  _globals['_GRADREQUEST_PARAMETERSENTRY']._serialized_end=612
+  _globals['_GRADRESPONSE']._serialized_start=626
+  _globals['_GRADRESPONSE']._serialized_end=803
+  _globals['_RUNREQUEST']._serialized_start=806
+  _globals['_RUNREQUEST']._serialized_end=1082
+  _globals['_RUNREQUEST_PARAMETERSENTRY']._serialized_start=541
+  _globals['_RUNREQUEST_PARAMETERSENTRY']._serialized_end=612
+  _globals['_RUNRESPONSE']._serialized_start=1084
+  _globals['_RUNRESPONSE']._serialized_end=1180
+  _globals['_LISTOPSREQUEST']._serialized_start=1182
+  _globals['_LISTOPSREQUEST']._serialized_end=1198
+  _globals['_ATTRSCHEMA']._serialized_start=1201
+  _globals['_ATTRSCHEMA']._serialized_end=1338
+  _globals['_OPSCHEMA']._serialized_start=1341
+  _globals['_OPSCHEMA']._serialized_end=1549
+  _globals['_LISTOPSRESPONSE']._serialized_start=1551
+  _globals['_LISTOPSRESPONSE']._serialized_end=1605
+  _globals['_SERVERINFOREQUEST']._serialized_start=1607
+  _globals['_SERVERINFOREQUEST']._serialized_end=1626
+  _globals['_LIMITS']._serialized_start=1629
+  _globals['_LIMITS']._serialized_end=2166
+  _globals['_REQUESTCOUNTER']._serialized_start=2168
+  _globals['_REQUESTCOUNTER']._serialized_end=2229
+  _globals['_SERVERINFORESPONSE']._serialized_start=2232
+  _globals['_SERVERINFORESPONSE']._serialized_end=2606
+  _globals['_SERVERINFORESPONSE_COMPONENTVERSIONSENTRY']._serialized_start=2550
+  _globals['_SERVERINFORESPONSE_COMPONENTVERSIONSENTRY']._serialized_end=2606
+  _globals['_GRADIENT']._serialized_start=2833
+  _globals['_GRADIENT']._serialized_end=3288
 # @@protoc_insertion_point(module_scope)

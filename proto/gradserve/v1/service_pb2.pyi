@@ -90,18 +90,25 @@ class RegisterNetworkRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     GRAPH_FIELD_NUMBER: _builtins.int
+    ONNX_MODEL_FIELD_NUMBER: _builtins.int
+    onnx_model: _builtins.bytes
+    """Or the bytes of an ONNX model (a serialized onnx.ModelProto, default domain, opsets 13 to 21,
+    static input shapes), converted to a graph by the server: its inputs in order, its initializers
+    as parameters under their ONNX names, its outputs in order. The id is that graph's.
+    """
     @_builtins.property
     def graph(self) -> _graph_pb2.Graph:
-        """The network: a top-level graph with its library."""
+        """The network: a top-level graph with its library. Set exactly one of graph and onnx_model."""
 
     def __init__(
         self,
         *,
         graph: _graph_pb2.Graph | None = ...,
+        onnx_model: _builtins.bytes = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["graph", b"graph", "onnx_model", b"onnx_model"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -530,6 +537,8 @@ class Limits(_message.Message):
     MAX_REQUEST_FLOPS_FIELD_NUMBER: _builtins.int
     STOP_GRACE_MS_FIELD_NUMBER: _builtins.int
     MAX_RECEIVE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_STREAM_RECEIVE_BYTES_FIELD_NUMBER: _builtins.int
+    MAX_RECEIVE_WAITING_FIELD_NUMBER: _builtins.int
     max_message_bytes: _builtins.int
     """Largest accepted gRPC message, in bytes."""
     max_graph_nodes: _builtins.int
@@ -571,6 +580,16 @@ class Limits(_message.Message):
     """Room for unary requests being received: each takes max_message_bytes of it until it has arrived,
     and requests beyond it wait to be received. Once in, a request counts against max_queued_bytes.
     """
+    max_stream_receive_bytes: _builtins.int
+    """Room for GradStream messages being received: each takes max_message_bytes of it until it has
+    arrived, and streams take turns to receive their next message. Once in, a message counts against
+    max_queued_bytes; one that does not fit gets RESOURCE_EXHAUSTED in its own response.
+    """
+    max_receive_waiting: _builtins.int
+    """Grad, Run and RegisterNetwork calls that may wait for their turn to be received, counted apart for
+    connections whose last message was small (they go ahead) and the others; beyond it a call gets
+    RESOURCE_EXHAUSTED at once.
+    """
     def __init__(
         self,
         *,
@@ -591,10 +610,12 @@ class Limits(_message.Message):
         max_request_flops: _builtins.int = ...,
         stop_grace_ms: _builtins.int = ...,
         max_receive_bytes: _builtins.int = ...,
+        max_stream_receive_bytes: _builtins.int = ...,
+        max_receive_waiting: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_deadline_ms", b"default_deadline_ms", "max_deadline_ms", b"max_deadline_ms", "max_graph_nodes", b"max_graph_nodes", "max_message_bytes", b"max_message_bytes", "max_nesting_depth", b"max_nesting_depth", "max_open_streams", b"max_open_streams", "max_queue_depth", b"max_queue_depth", "max_queued_bytes", b"max_queued_bytes", "max_receive_bytes", b"max_receive_bytes", "max_registered_networks", b"max_registered_networks", "max_registry_bytes", b"max_registry_bytes", "max_request_flops", b"max_request_flops", "max_request_peak_bytes", b"max_request_peak_bytes", "max_tensor_elements", b"max_tensor_elements", "max_tensor_rank", b"max_tensor_rank", "max_worker_cache_bytes", b"max_worker_cache_bytes", "stop_grace_ms", b"stop_grace_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["default_deadline_ms", b"default_deadline_ms", "max_deadline_ms", b"max_deadline_ms", "max_graph_nodes", b"max_graph_nodes", "max_message_bytes", b"max_message_bytes", "max_nesting_depth", b"max_nesting_depth", "max_open_streams", b"max_open_streams", "max_queue_depth", b"max_queue_depth", "max_queued_bytes", b"max_queued_bytes", "max_receive_bytes", b"max_receive_bytes", "max_receive_waiting", b"max_receive_waiting", "max_registered_networks", b"max_registered_networks", "max_registry_bytes", b"max_registry_bytes", "max_request_flops", b"max_request_flops", "max_request_peak_bytes", b"max_request_peak_bytes", "max_stream_receive_bytes", b"max_stream_receive_bytes", "max_tensor_elements", b"max_tensor_elements", "max_tensor_rank", b"max_tensor_rank", "max_worker_cache_bytes", b"max_worker_cache_bytes", "stop_grace_ms", b"stop_grace_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
