@@ -86,9 +86,14 @@ def _code_holder(fn: Any) -> Any:
     return type(fn).construct if hasattr(fn, "cells_and_names") else getattr(fn, "wrapped", fn)
 
 
+IN_PLACE = (list, np.ndarray)
+"""Attribute values whose collected items can change without an assignment (read again on every call)."""
+
+
 def _changeable(v: Any) -> bool:
-    """True for an attribute value whose collected items can change in place: a list, or a tuple holding one."""
-    return isinstance(v, list) or (isinstance(v, tuple) and any(isinstance(x, list) for x in v[:MAX_ITEMS]))
+    """True for an attribute value whose collected items can change in place: a list or a NumPy array, or a tuple
+    holding one."""
+    return isinstance(v, IN_PLACE) or (isinstance(v, tuple) and any(isinstance(x, IN_PLACE) for x in v[:MAX_ITEMS]))
 
 
 def network_state(fn: Any) -> State:
@@ -98,8 +103,8 @@ def network_state(fn: Any) -> State:
 
 class StateWatch:
     """A network's state, and what must be read again to know that it still holds. Cell attributes change only
-    through Cell's setters, which move the epoch (client/epoch.py); closures, globals and lists held by attributes
-    change without them, so ``current`` reads those again (a few lookups) and walks the network only on a change.
+    through Cell's setters, which move the epoch (client/epoch.py); closures, globals, and lists and arrays held by
+    attributes change without them, so ``current`` reads those again (a few lookups) and walks the network only on a change.
     It holds no reference to the network itself (trace caches are weakly keyed by it)."""
 
     def __init__(self, fn: Any) -> None:
@@ -130,7 +135,7 @@ class StateWatch:
         self.state = State(tuple(items), tuple(tensors))
 
     def _volatile(self) -> list[tuple[str, Any]]:
-        """The items that can change without moving the epoch (lists, closures, globals), as they are now."""
+        """The items that can change without moving the epoch (lists, arrays, closures, globals), as they are now."""
         items: list[tuple[str, Any]] = []
         tensors: list[Tensor] = []
         for where, v in self.lists:

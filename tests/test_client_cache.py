@@ -210,3 +210,24 @@ def test_get_backend_reads_the_environment_once_until_set_context(clean_context:
     net = Affine()
     forward(net, X, 3.0, 0.5)
     assert type(get_backend()) is EmbeddedBackend
+
+
+class TupleScaled(nn.Cell):
+    """Reads a NumPy array held in a tuple attribute."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.table = (np.array([2.0, 3.0]), 1)
+
+    def construct(self, x: Tensor) -> Tensor:
+        return x * Tensor(self.table[0])
+
+
+def test_an_array_in_a_tuple_attribute_changed_in_place_is_seen() -> None:
+    net = TupleScaled()
+    np.testing.assert_allclose(net(t(X)).asnumpy(), X * [2.0, 3.0])
+    before = epoch.value
+    net.table[0][1] = -5.0  # no assignment to the Cell: the epoch stays, the array is read again
+    assert epoch.value == before
+    np.testing.assert_allclose(net(t(X)).asnumpy(), X * [2.0, -5.0])
+    assert trace_count(net) == 2
