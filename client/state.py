@@ -98,43 +98,67 @@ def _changeable(v: Any) -> bool:
 
 def network_state(fn: Any) -> State:
     """The state of a Cell (its and its children's attributes, its construct's closure and globals) or function."""
-    return StateWatch(fn).state
+    return _Snapshot.of(fn).state
 
 
 class StateWatch:
     """A network's state, and what must be read again to know that it still holds. Cell attributes change only
     through Cell's setters, which move the epoch (client/epoch.py); closures, globals, and lists and arrays held by
-    attributes change without them, so ``current`` reads those again (a few lookups) and walks the network only on a change.
-    It holds no reference to the network itself (trace caches are weakly keyed by it)."""
+    attributes change without them, so ``current`` reads those again (a few lookups) and walks the network only on a
+    change. Each walk replaces one immutable snapshot (so threads calling at once each see a whole one), and nothing
+    here refers to the network itself (trace caches are weakly keyed by it)."""
 
     def __init__(self, fn: Any) -> None:
-        self._load(fn)
+        self.snapshot = _Snapshot.of(fn)
 
-    def _load(self, fn: Any) -> None:
-        """Collect the whole state, and note where it can change without moving the epoch."""
-        self.epoch = epoch.value
+    def current(self, fn: Any) -> State:
+        """The state of ``fn`` (the network this watch was made for) now: the one recorded while nothing it depends
+        on changed, else collected anew."""
+        snap = self.snapshot
+        if snap.epoch != epoch.value or snap.holder() is not _code_holder(fn) or snap.volatile() != snap.seen:
+            snap = self.snapshot = _Snapshot.of(fn)
+        return snap.state
+
+
+@dataclass(frozen=True)
+class _Snapshot:
+    """A network's whole state at one epoch, where it can change without moving the epoch (``lists``: list and
+    array attributes; ``code``: the code, closure and globals its construct or function reads), and what those held."""
+
+    epoch: int
+    state: State
+    holder: Callable[[], Any]
+    lists: tuple[tuple[str, Any], ...]
+    code: tuple[Any, Any, dict[str, Any]] | None
+    seen: list[tuple[str, Any]] = field(default_factory=list)
+
+    @staticmethod
+    def of(fn: Any) -> _Snapshot:
+        """Collect the whole state of ``fn``."""
+        at = epoch.value
         items: list[tuple[str, Any]] = []
         tensors: list[Tensor] = []
-        self.lists: list[tuple[str, Any]] = []
+        lists: list[tuple[str, Any]] = []
         if hasattr(fn, "cells_and_names"):
             for path, cell in fn.cells_and_names():
                 for key, v in vars(cell).items():
                     where = f"{path}.{key}" if path else key
                     _collect(where, v, items, tensors)
                     if _changeable(v):
-                        self.lists.append((where, v))
+                        lists.append((where, v))
         holder = _code_holder(fn)
         try:
-            self.holder: Callable[[], Any] = weakref.ref(holder)
+            ref: Callable[[], Any] = weakref.ref(holder)
         except TypeError:
-            self.holder = lambda: holder
+            ref = lambda: holder  # noqa: E731  (not weakly referable: a builtin, which reads no state)
         code = inspect.unwrap(getattr(holder, "__func__", holder))
-        self.code = (code.__code__, code.__closure__, code.__globals__) if hasattr(code, "__code__") else None
-        self.volatile = self._volatile()
+        reads = (code.__code__, code.__closure__, code.__globals__) if hasattr(code, "__code__") else None
         _code_reads(code, items, tensors)
-        self.state = State(tuple(items), tuple(tensors))
+        snap = _Snapshot(at, State(tuple(items), tuple(tensors)), ref, tuple(lists), reads)
+        snap.seen.extend(snap.volatile())
+        return snap
 
-    def _volatile(self) -> list[tuple[str, Any]]:
+    def volatile(self) -> list[tuple[str, Any]]:
         """The items that can change without moving the epoch (lists, arrays, closures, globals), as they are now."""
         items: list[tuple[str, Any]] = []
         tensors: list[Tensor] = []
@@ -143,10 +167,3 @@ class StateWatch:
         if self.code is not None:
             _reads(*self.code, items, tensors)
         return items
-
-    def current(self, fn: Any) -> State:
-        """The state of ``fn`` (the network this watch was made for) now: the one recorded while nothing it depends
-        on changed, else collected anew."""
-        if self.epoch != epoch.value or self.holder() is not _code_holder(fn) or self._volatile() != self.volatile:
-            self._load(fn)
-        return self.state
