@@ -17,6 +17,8 @@ _versions = itertools.count(1)
 class Parameter(Tensor):
     """``Parameter(default_input, name=None, requires_grad=True)``: a network weight, passed to the graph by name."""
 
+    _version: int
+
     def __init__(self, default_input: Any, name: str | None = None, requires_grad: bool = True) -> None:
         super().__init__(default_input)
         if name is not None and not isinstance(name, str):
@@ -35,7 +37,7 @@ class Parameter(Tensor):
     def version(self) -> int:
         """A number that changes whenever the value (or any attribute) changes, and is never reused by another
         Parameter: equal versions mean the same value, without comparing arrays."""
-        return self._version  # type: ignore[no-any-return]
+        return self._version
 
     @property
     def data(self) -> Parameter:
