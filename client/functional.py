@@ -368,8 +368,9 @@ def fill(type: Any, shape: Any, value: Any) -> Tensor:
 
 
 def depend(value: Any, expr: Any) -> Any:
-    """``ops.depend(value, expr)``: ``value``. MindSpore uses it to order side effects; here ops run in data order
-    and a Print's Tensors are rebound to its outputs, so ``value`` alone carries the order."""
+    """``ops.depend(value, expr)``: ``value``. Ops run in data order here and a Print's Tensors are rebound to its
+    outputs, so a print in ``expr`` runs before later uses of the Tensors it printed; one whose Tensors are not used
+    afterwards (``depend(x * 2, print_(x))``) is pruned with them: keeping it needs a Depend op in the engine."""
     return value
 
 
