@@ -81,27 +81,35 @@ def setitem(t: Any, key: Any, value: Any) -> None:
 
 
 def _scatter(t: Any, full: list[Any], value: Tensor) -> Any:
-    """``t`` with ``t[full] = value`` for a key with index arrays: the value, broadcast to the indexed shape, summed
-    into place by UnsortedSegmentSum at the flat positions the key reads, chosen where a position is hit. Repeated
-    positions are an error when known (NumPy keeps one of the writes), and add up when computed inside a construct."""
+    """``t`` with ``t[full] = value`` for a key with index arrays: the value, broadcast to the indexed shape, placed at
+    the flat positions the key reads and chosen there by Select. Known positions place it by a Gather from each
+    position's value (so any dtype works); positions computed inside a construct sum it into place by
+    UnsortedSegmentSum. Repeated positions are an error when known (NumPy keeps one of the writes), and add up when
+    computed inside a construct."""
     pos = _positions(t, full)
-    if not pos.is_traced:
-        arr = pos._concrete("positions")
-        if np.unique(arr).size != arr.size:
-            raise IndexError("item assignment with repeated indices is not supported")
+    if not pos.size:
+        return t
     if tuple(value.shape) != tuple(pos.shape):
         value = apply_op("BroadcastTo", value, shape=tuple(pos.shape))
-    size = int(t.size)
-    flat_pos = apply_op("Reshape", pos, shape=(int(pos.size),))
-    flat_value = apply_op("Reshape", value, shape=(int(pos.size),))
+    size, count = int(t.size), int(pos.size)
+    flat_value = apply_op("Reshape", value, shape=(count,))
+    if not pos.is_traced:
+        flat = pos._concrete("positions").reshape(-1)
+        if np.unique(flat).size != flat.size:
+            raise IndexError("item assignment with repeated indices is not supported")
+        source, hit = np.zeros(size, np.int64), np.zeros(size, bool)
+        source[flat], hit[flat] = np.arange(count), True
+        placed = apply_op("Gather", flat_value, Tensor._wrap(source.reshape(t.shape)), axis=0)
+        return apply_op("Select", Tensor._wrap(hit.reshape(t.shape)), placed, t)
+    flat_pos = apply_op("Reshape", pos, shape=(count,))
+    boolean = t._array_dtype() == np.bool_
+    if boolean:
+        flat_value = apply_op("Cast", flat_value, dtype=np.dtype(np.int32))
     placed = apply_op("Reshape", apply_op("UnsortedSegmentSum", flat_value, flat_pos, num_segments=size), shape=tuple(t.shape))
-    if pos.is_traced:
-        hits = apply_op("UnsortedSegmentSum", Tensor._wrap(np.ones(int(pos.size), np.int32)), flat_pos, num_segments=size)
-        chosen = apply_op("Reshape", apply_op("Greater", hits, 0), shape=tuple(t.shape))
-    else:
-        hit = np.zeros(size, bool)
-        hit[pos._concrete("positions").reshape(-1)] = True
-        chosen = Tensor._wrap(hit.reshape(t.shape))
+    if boolean:
+        placed = apply_op("Cast", placed, dtype=np.dtype(np.bool_))
+    hits = apply_op("UnsortedSegmentSum", Tensor._wrap(np.ones(count, np.int32)), flat_pos, num_segments=size)
+    chosen = apply_op("Reshape", apply_op("Greater", hits, 0), shape=tuple(t.shape))
     return apply_op("Select", chosen, placed, t)
 
 

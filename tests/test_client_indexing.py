@@ -195,3 +195,19 @@ def test_masked_assignment_with_a_computed_mask(where: str) -> None:
         return (z * x).sum()
 
     check(ms, th, x)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_index_array_assignment_to_a_bool_tensor(traced: bool) -> None:
+    m = np.array([[True, False, True], [False, False, True]])
+
+    def fn(b: Tensor, i: Tensor) -> Tensor:
+        b[i, [2, 0]] = Tensor(np.array([False, True]))  # i is computed inside the construct when traced
+        b[[0, 1], i + 0] = True
+        return b
+
+    got = (Fn(fn) if traced else fn)(Tensor(m), Tensor(np.array([1, 0])))
+    want = m.copy()
+    want[[1, 0], [2, 0]] = [False, True]
+    want[[0, 1], [1, 0]] = True
+    np.testing.assert_array_equal(got.asnumpy(), want)
