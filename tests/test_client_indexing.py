@@ -211,3 +211,13 @@ def test_index_array_assignment_to_a_bool_tensor(traced: bool) -> None:
     want[[1, 0], [2, 0]] = [False, True]
     want[[0, 1], [1, 0]] = True
     np.testing.assert_array_equal(got.asnumpy(), want)
+
+
+def test_a_mask_passed_in_is_guarded(where: str) -> None:
+    net = Fn(lambda t, mk: (t[mk] ** 2).sum())
+    grad_x = ops.GradOperation()(net)
+    m1, m2 = XX > 1.0, XX < 0.75
+    for m in (m1, m1.copy(), m2, m1):
+        np.testing.assert_allclose(net(Tensor(XX), Tensor(m)).asnumpy(), (XX[m] ** 2).sum(), rtol=1e-15)
+        np.testing.assert_array_equal(grad_x(Tensor(XX), Tensor(m)).asnumpy(), 2 * XX * m)
+    assert trace_count(net) == 2
