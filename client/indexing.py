@@ -53,7 +53,9 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         raise TypeError(f"item assignment takes a Tensor or a Python number, got {type(value).__name__}")
     value = apply_op("Cast", value, dtype=t._array_dtype()) if isinstance(value, Tensor) else Tensor._wrap(np.asarray(value, t._array_dtype()))
     mask = _bool_mask(key)
-    if mask is not None:
+    if mask is not None and not _broadcasts(value.shape, t.shape):
+        key = (mask,)  # one value per selected element (NumPy's rule), placed at the mask's positions, read
+    elif mask is not None:
         _check_mask(mask.shape, t.shape, 0)
         if mask.is_traced:
             where = mask if mask.ndim == t.ndim else apply_op("Reshape", mask, shape=tuple(mask.shape) + (1,) * (t.ndim - mask.ndim))
@@ -78,6 +80,14 @@ def setitem(t: Any, key: Any, value: Any) -> None:
     chosen = np.zeros(t.shape, bool)
     chosen[tuple(k for k in full if k is not None)] = True
     _rebind(t, apply_op("Select", Tensor._wrap(chosen), placed, t))
+
+
+def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+    """True when ``shape`` broadcasts to ``to``."""
+    try:
+        return np.broadcast_shapes(shape, to) == tuple(to)
+    except ValueError:
+        return False
 
 
 def _scatter(t: Any, full: list[Any], value: Tensor) -> Any:

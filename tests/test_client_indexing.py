@@ -221,3 +221,34 @@ def test_a_mask_passed_in_is_guarded(where: str) -> None:
         np.testing.assert_allclose(net(Tensor(XX), Tensor(m)).asnumpy(), (XX[m] ** 2).sum(), rtol=1e-15)
         np.testing.assert_array_equal(grad_x(Tensor(XX), Tensor(m)).asnumpy(), 2 * XX * m)
     assert trace_count(net) == 2
+
+
+def test_masked_assignment_of_one_value_per_selected_element(where: str) -> None:
+    """A value that does not broadcast to the Tensor holds one entry per selected element (NumPy's rule); the mask
+    is read (a guard), so a changed mask traces again."""
+    x = RNG.standard_normal((3, 4))
+    net = Fn(lambda x, v: _assign_selected(x, v))
+
+    def th(x: Any, v: Any) -> Any:
+        z = x * 1
+        z[z > 0] = v[: int((x > 0).sum())] * 2
+        return (z * z * x).sum()
+
+    for sign in (1.0, -1.0, 1.0):
+        xs = sign * x
+        v = RNG.standard_normal(int((xs > 0).sum()))
+        want = xs.copy()
+        want[want > 0] = v * 2
+        got = Tensor(xs)
+        got[got > 0] = Tensor(v * 2)  # eagerly
+        np.testing.assert_array_equal(got.asnumpy(), want)
+        want_value, want_grads = torch_grads(th, xs, v)
+        np.testing.assert_allclose(net(Tensor(xs), Tensor(v)).asnumpy(), want_value, rtol=1e-12)
+        for g, w in zip(ops.GradOperation(get_all=True)(net)(Tensor(xs), Tensor(v)), want_grads):
+            np.testing.assert_allclose(g.asnumpy(), w, rtol=1e-12, atol=1e-14)
+
+
+def _assign_selected(x: Tensor, v: Tensor) -> Tensor:
+    z = x * 1
+    z[z > 0] = v * 2
+    return (z * z * x).sum()
