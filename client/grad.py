@@ -98,11 +98,12 @@ class GradFunction:
         ``write``, a network that writes Parameters (BatchNorm's moving statistics) writes them once, as its forward
         inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``)."""
         entry = traced_for(self.fn, inputs, self.weights)
-        if write and entry.traced.writes and not forward_recorded(self.fn, inputs):
+        recorded = forward_recorded(self.fn, inputs) if write and entry.traced.writes else None
+        if write and entry.traced.writes and recorded is None:
             return self._prepare_writing(backend, entry.traced, inputs, sens)
         flat_sens = self._flat_sens(sens, entry.traced)
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
+        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, {**entry.param_values(), **(recorded or {})})
         return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
 
     def _prepare_writing(self, backend: Backend, traced: Traced, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
@@ -308,10 +309,11 @@ class _Transform:
             hit = (entry.traced, staged.rebuild)
             self._rebuilds[id(entry.traced)] = hit
         inputs = entry.inputs([*args, *extra])
-        if write and entry.traced.writes and not forward_recorded(self.fn, args):
+        recorded = forward_recorded(self.fn, args) if write and entry.traced.writes else None
+        if write and entry.traced.writes and recorded is None:
             call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
             return call, lambda out: hit[1](apply_writes(entry.traced, out))
-        call = Call(entry.network_id(backend), None, inputs, entry.param_values())
+        call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(recorded or {})})
         return call, lambda out: hit[1](list(flatten(to_tensors(out))))
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:

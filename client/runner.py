@@ -151,7 +151,7 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     entry = traced_for(fn, args)
     backend = get_backend()
     if entry.traced.writes:
-        note_forward(fn, args)
+        note_forward(fn, args, entry.traced.writes)
         return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
     return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
@@ -239,19 +239,23 @@ def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
     return flat[:n]
 
 
-def note_forward(fn: Any, args: Sequence[Any]) -> None:
+def note_forward(fn: Any, args: Sequence[Any], writes: Sequence[tuple[Parameter, Any]] = ()) -> None:
     """Remember a top-level forward call of a Cell with ``set_grad()`` on: MindSpore's PyNative records it, and the
     gradient call that follows on the same Cell and the same input objects reuses that forward instead of running
-    (and writing) again (``forward_recorded``)."""
+    (and writing) again (``forward_recorded``); the values the forward read of the Parameters it writes are kept
+    for that gradient (a Dropout's step counter: the gradient's mask is the forward's)."""
     if getattr(fn, "requires_grad", False) is True and hasattr(fn, "construct"):
-        _RECORDED[fn] = tuple(args)
+        _RECORDED[fn] = (tuple(args), {p.name: p.array() for p, _ in writes})
 
 
-def forward_recorded(fn: Any, args: Sequence[Any]) -> bool:
-    """True (once) when the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very
-    input objects: a gradient call then writes nothing, as MindSpore's ``check_run`` reuses that forward."""
+def forward_recorded(fn: Any, args: Sequence[Any]) -> dict[str, np.ndarray] | None:
+    """When the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very input objects
+    (once): the values, by name, that forward read of the Parameters it wrote, which the gradient call then reads
+    too, writing nothing, as MindSpore's ``check_run`` reuses that forward; else None."""
     seen = _RECORDED.pop(fn, None)
-    return seen is not None and len(seen) == len(args) and all(a is b for a, b in zip(seen, args))
+    if seen is None or len(seen[0]) != len(args) or not all(a is b for a, b in zip(seen[0], args)):
+        return None
+    return seen[1]
 
 
-_RECORDED: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_RECORDED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, np.ndarray]]] = weakref.WeakKeyDictionary()
