@@ -63,6 +63,7 @@ class GradFunction:
 
     def __init__(self, op: GradOperation, fn: Any, weights: tuple[Parameter, ...], bare: bool) -> None:
         self.op, self.fn, self.weights, self.bare = op, fn, weights, bare
+        self._last: tuple[Traced, GradFlags] | None = None
 
     def input_names(self, n: int) -> list[str]:
         """Graph-input names when this gradient function is itself traced."""
@@ -70,9 +71,15 @@ class GradFunction:
 
     def flags(self, traced: Traced) -> GradFlags:
         """The flags and weight names this gradient function sends to a backend or a GradOperation node; the first
-        input's gradient of a tuple or list input is asked for as the gradients of all the graph's inputs."""
+        input's gradient of a tuple or list input is asked for as the gradients of all the graph's inputs (kept
+        for the last trace: the weights' names are part of its cache key)."""
+        last = self._last
+        if last is not None and last[0] is traced:
+            return last[1]
         whole = not self.op.get_by_list and bool(traced.arg_skeletons) and traced.arg_skeletons[0] != TENSOR
-        return GradFlags(self.op.get_all or whole, self.op.get_by_list, self.op.sens_param, tuple(w.name for w in self.weights))
+        flags = GradFlags(self.op.get_all or whole, self.op.get_by_list, self.op.sens_param, tuple(w.name for w in self.weights))
+        self._last = (traced, flags)
+        return flags
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         if kwargs:

@@ -10,13 +10,14 @@ import numpy as np
 
 from gradserve.engine import Graph, flatten
 
+from . import epoch
 from .backend import Backend
 from .context import get_backend
 from .guards import GuardCheck
 from .parameter import Parameter
-from .state import State, network_state
+from .state import State, StateWatch
 from .tensor import Tensor
-from .tracing import NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
+from .tracing import TENSOR, NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
 
 MAX_PATHS = 16
 """Traced graphs kept per input signature (paths through Python control flow, states of attributes); the least
@@ -27,18 +28,29 @@ recently used one is dropped beyond it."""
 class CacheEntry:
     """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
     read, nested traces' included (checked before reuse; ``None`` when it read none), and its id on each backend it
-    was sent to."""
+    was sent to. ``whole``: every graph input is a whole Tensor argument (none sits in a tuple, list or dict), so
+    the inputs are picked without flattening."""
 
     traced: Traced
     param_state: tuple[Any, ...]
     state: State = field(default_factory=State)
     guards: GuardCheck | None = None
     network_ids: dict[Any, tuple[Backend, str]] = field(default_factory=dict)
+    checked: int = -1
+    """The epoch at which ``param_state`` last held: it cannot change before the epoch moves (client/epoch.py)."""
+
+    def __post_init__(self) -> None:
+        skeletons, positions = self.traced.arg_skeletons, self.traced.tensor_positions
+        self.whole = all(skeletons[i] == TENSOR for i in positions) if skeletons else not positions
 
     def holds(self, args: Sequence[Any], state: State) -> bool:
         """True when this graph is what tracing ``args`` now would record."""
-        if not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
+        if not self.state.same(state):
             return False
+        if self.checked != epoch.value:
+            if _param_state(self.traced.params) != self.param_state:
+                return False
+            self.checked = epoch.value
         return self.guards is None or self.guards.holds(self.inputs(args), self.param_values())
 
     def network_id(self, backend: Backend) -> str:
@@ -51,11 +63,24 @@ class CacheEntry:
 
     def inputs(self, args: Sequence[Any]) -> list[np.ndarray]:
         """The arrays of the Tensor arguments, in graph-input order."""
-        return [t._concrete("a network input") for t in self.traced.input_leaves(args)]
+        leaves = [args[i] for i in self.traced.tensor_positions] if self.whole else self.traced.input_leaves(args)
+        return [t._array if t._array is not None else t._concrete("a network input") for t in leaves]
 
     def param_values(self) -> dict[str, np.ndarray]:
         """Current values of every parameter the graph reads, by name."""
         return {p.name: p.array() for p in self.traced.params}
+
+
+class Declared:
+    """The Parameters a network declares with one set of gradient weights, as of one epoch: its own (a Cell's,
+    walked once) and the weights, with their part of the cache key."""
+
+    def __init__(self, fn: Any, weights: Sequence[Parameter]) -> None:
+        self.epoch = epoch.value
+        own = list(fn.get_parameters()) if hasattr(fn, "get_parameters") else []
+        known = {id(p) for p in own}
+        self.params = own + [w for w in weights if id(w) not in known]
+        self.param_state = _param_state(self.params)
 
 
 class TraceCache:
@@ -64,6 +89,8 @@ class TraceCache:
     def __init__(self) -> None:
         self.entries: dict[tuple[Any, ...], list[CacheEntry]] = {}
         self.traces = 0
+        self.declared: dict[tuple[int, ...], Declared] = {}
+        self.state: StateWatch | None = None
 
 
 _CACHES: weakref.WeakKeyDictionary[Any, TraceCache] = weakref.WeakKeyDictionary()
@@ -81,9 +108,21 @@ def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(_arg_key(a) for a in args)
 
 
+def _plain_signature(args: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``_signature`` of arguments that are all concrete Tensors (the common call, checked without more ado), else
+    None."""
+    key = []
+    for a in args:
+        arr = a._array if isinstance(a, Tensor) else None
+        if arr is None:
+            return None
+        key.append(("T", arr.dtype, arr.shape))
+    return tuple(key)
+
+
 def _arg_key(a: Any) -> Any:
     if isinstance(a, Tensor):
-        return ("T", a._array_dtype().str, a.shape)
+        return ("T", a._array_dtype(), a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
     if isinstance(a, dict):
@@ -106,20 +145,32 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     """The cached trace of ``fn`` for these inputs, tracing anew when the signature, the parameters, the network's
     non-Parameter state (Tensor and number attributes, closure and global Tensors) or a guarded value changed.
 
-    A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace."""
-    check_inputs(fn, args)
-    own = list(fn.get_parameters()) if hasattr(fn, "get_parameters") else []
-    known = {id(p) for p in own}
-    declared = own + [w for w in weights if id(w) not in known]
-    key = (_signature(args), _param_state(declared))
-    cache = _CACHES.setdefault(fn, TraceCache())
+    A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace.
+    While the epoch (client/epoch.py) stands still, the parameters and state found at the last call are reused:
+    a steady call reads only what can change without moving it (closures, globals, list attributes)."""
+    signature = _plain_signature(args)
+    if signature is None:
+        check_inputs(fn, args)
+        signature = _signature(args)
+    cache = _CACHES.get(fn)
+    if cache is None:
+        cache = _CACHES.setdefault(fn, TraceCache())
+    ids = tuple(map(id, weights)) if weights else ()
+    declared = cache.declared.get(ids)
+    if declared is None or declared.epoch != epoch.value:
+        if len(cache.declared) >= MAX_PATHS:
+            cache.declared.clear()
+        declared = cache.declared[ids] = Declared(fn, weights)
+    if cache.state is None:
+        cache.state = StateWatch(fn)
+    state = cache.state.current(fn)
+    key = (signature, declared.param_state)
     bucket = cache.entries.setdefault(key, [])
-    state = network_state(fn)
     for i, entry in enumerate(bucket):
         if entry.holds(args, state):
             bucket.insert(0, bucket.pop(i))
             return entry
-    entry = _trace_entry(fn, args, declared, state)
+    entry = _trace_entry(fn, args, declared.params, state)
     cache.traces += 1
     bucket.insert(0, entry)
     del bucket[MAX_PATHS:]
