@@ -2,9 +2,11 @@
 run it on the current backend."""
 from __future__ import annotations
 
+import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -219,6 +221,7 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
     dropped."""
     frame = current_frame()
     if frame is None:
+        _before_write(param)
         param.set_data(value.asnumpy())
         return
     if value.shape != param.shape or value._array_dtype() != param._array_dtype():
@@ -286,8 +289,30 @@ def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
     flat = flatten(to_tensors(out))
     n = len(flat) - len(traced.writes)
     for (param, _), t in zip(traced.writes, flat[n:]):
+        _before_write(param)
         param.set_data(t.asnumpy())
     return flat[:n]
+
+
+_LOGS = threading.local()
+
+
+@contextmanager
+def values_before_writes() -> Iterator[dict[str, np.ndarray]]:
+    """Collect, by name, the value each Parameter had before its first write-back inside the block: ``vjp`` keeps
+    them so that its ``vjp_fn`` reads what its forward read (a Dropout's step, so the same mask)."""
+    log: dict[str, np.ndarray] = {}
+    stack = _LOGS.__dict__.setdefault("stack", [])
+    stack.append(log)
+    try:
+        yield log
+    finally:
+        stack.pop()
+
+
+def _before_write(param: Parameter) -> None:
+    for log in getattr(_LOGS, "stack", ()):
+        log.setdefault(param.name, param.array())
 
 
 def note_forward(fn: Any, args: Sequence[Any], writes: Sequence[tuple[Parameter, Any]] = ()) -> None:

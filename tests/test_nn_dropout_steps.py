@@ -132,3 +132,17 @@ def test_inference_calls_do_not_move_the_step() -> None:
     np.testing.assert_array_equal(drop(x).asnumpy(), X)
     ops.grad(lambda t: drop(t).sum())(x)
     assert drop.step == 0
+
+
+def test_vjp_fn_uses_the_mask_of_vjps_forward(where: str) -> None:
+    gs.set_seed(10)
+    drop = nn.Dropout(p=1 - KEEP)
+    drop.set_train(True)
+    x = gs.Tensor(X)
+    for k in range(2):
+        out, vjp_fn = ops.vjp(lambda t: drop(t) * t, x)  # the forward call moves the step on once
+        assert drop.step == k + 1
+        np.testing.assert_allclose(out.asnumpy(), mask(drop, k) * X**2, rtol=1e-15)
+        (g,) = vjp_fn(gs.Tensor(np.ones(X.shape)))
+        np.testing.assert_allclose(g.asnumpy(), 2 * mask(drop, k) * X, rtol=1e-15)  # step k's mask, not the next one
+        assert drop.step == k + 1
