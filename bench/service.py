@@ -29,9 +29,9 @@ from __future__ import annotations
 
 import argparse
 import functools
-import os
 import importlib.util
 import multiprocessing
+import os
 import statistics
 import threading
 import time
