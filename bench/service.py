@@ -367,6 +367,67 @@ def cpu_client(target: str, echo_target: str, server_pid: int, worker_pids: list
     out.send((got, in_bytes, out_bytes))
 
 
+class Captured(grpc.UnaryUnaryClientInterceptor):
+    """Keeps the last request sent of each method, serialized."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, bytes] = {}
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.sent[details.method] = request.SerializeToString()
+        return continuation(details, request)
+
+
+def replay_client(target: str, case: str, clients: int, per_client: int, out: Any) -> None:
+    """Requests per second of ``case`` ("mlp": issue 15's MLP gradient as the SDK sends it, registered first; "tiny":
+    the tutorial's gradient) from ``clients`` threads, each making ``per_client`` calls. The requests are sent as
+    prebuilt bytes and the answers not parsed, so that the client takes as little of the machine's cores as it can."""
+    with grpc.insecure_channel(target, options=UNLIMITED) as ch:
+        if case == "mlp":
+            captured = Captured()
+            remote.open_channel = lambda item, options: grpc.intercept_channel(context.open_channel(item, options), captured)
+            gs.set_context(target=target)
+            big_mlp()[0]()
+            register = captured.sent.get("/gradserve.v1.Gradient/RegisterNetwork")
+            if register is not None:
+                ch.unary_unary("/gradserve.v1.Gradient/RegisterNetwork")(register)
+            request = captured.sent["/gradserve.v1.Gradient/Grad"]
+        else:
+            request = tutorial_request(service_pb2_grpc.GradientStub(ch)).SerializeToString()
+        grad = ch.unary_unary("/gradserve.v1.Gradient/Grad")  # bytes in, bytes out
+        for _ in range(clients * 2):  # every worker has compiled the program
+            grad(request)
+        start = threading.Barrier(clients + 1)
+
+        def client() -> None:
+            start.wait()
+            for _ in range(per_client):
+                grad(request)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for th in threads:
+            th.start()
+        start.wait()
+        t = time.perf_counter()
+        for th in threads:
+            th.join()
+        out.send(clients * per_client / (time.perf_counter() - t))
+
+
+def scaling(case: str, rounds: int, clients: int, per_client: int) -> None:
+    """Print ``case``'s throughput with 2 workers vs 1 (fresh servers, alternating order, ratio per round)."""
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(rounds):
+        for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            with running(ServerConfig(host="127.0.0.1", port=0, workers=workers, log_level="warning")) as server:
+                rates[workers].append(in_client_process(replay_client, f"127.0.0.1:{server.port}", case, clients, per_client))
+    ratios = [two / one for one, two in zip(rates[1], rates[2])]
+    print(f"{case} throughput ({clients} clients in another process, {rounds} rounds): 1 worker {_rounded(rates[1])} req/s, "
+          f"2 workers {_rounded(rates[2])} req/s")
+    print(f"RATIO {case} throughput 2 vs 1 workers {statistics.median(ratios):.2f}x [{min(ratios):.2f}..{max(ratios):.2f}] "
+          f"(target >= 1.7x)")
+
+
 def cpu_per_request(rounds: int, per_block: int) -> None:
     """Print issue 15's CPU per MLP request through a 1-worker server vs in-process compute plus a bare gRPC call."""
     echo, echo_port = echo_server()
@@ -461,11 +522,14 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=11, help="paired throughput measurements (default 11: short rounds, many of them, so that the median ratio outlasts the machine's speed drifting)")
     parser.add_argument("--cpu-rounds", type=int, default=7, help="rotating server/in-process/echo MLP blocks (default 7)")
     parser.add_argument("--cpu-per-block", type=int, default=30, help="MLP calls per block (default 30)")
+    parser.add_argument("--scaling-rounds", type=int, default=5, help="alternating 1/2-worker rounds of issue 15's cases (default 5)")
     parser.add_argument("--only-server-cpu", action="store_true",
                         help="measure issue 15's figures only (MLP CPU per request, 2 vs 1 worker throughput)")
     args = parser.parse_args()
     if args.only_server_cpu:
         cpu_per_request(args.cpu_rounds, args.cpu_per_block)
+        scaling("mlp", args.scaling_rounds, args.clients, 40)
+        scaling("tiny", args.scaling_rounds, args.clients, 400)
         return
     training(args.train_steps, args.train_rounds)
     digits(args.digits_rounds, args.in_flight)
