@@ -267,7 +267,7 @@ class Server:
                 self.pool.close()
                 raise preflight.unavailable(host, self.config.metrics_port, "--metrics-port", exc.strerror or str(exc)) from None
         self.grpc.start()
-        self.trimmer = Trimmer(lambda: self.intake.freed)
+        self.trimmer = Trimmer(lambda: self.intake.freed + self.servicer.answered)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log("server_start", host=self.config.host, port=self.port, workers=self.pool.size, pids=self.pool.pids(),
