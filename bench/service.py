@@ -528,8 +528,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.only_server_cpu:
         cpu_per_request(args.cpu_rounds, args.cpu_per_block)
-        scaling("mlp", args.scaling_rounds, args.clients, 40)
-        scaling("tiny", args.scaling_rounds, args.clients, 400)
+        for case, calls in (("mlp", 40), ("tiny", 400)) if args.scaling_rounds else ():
+            scaling(case, args.scaling_rounds, args.clients, calls)
         return
     training(args.train_steps, args.train_rounds)
     digits(args.digits_rounds, args.in_flight)
