@@ -10,13 +10,14 @@ import numpy as np
 
 from gradserve.engine import Graph, flatten
 
+from . import epoch
 from .backend import Backend
 from .context import get_backend
 from .guards import GuardCheck
 from .parameter import Parameter
-from .state import State, network_state
+from .state import State, StateWatch
 from .tensor import Tensor
-from .tracing import NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
+from .tracing import TENSOR, NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
 
 MAX_PATHS = 16
 """Traced graphs kept per input signature (paths through Python control flow, states of attributes); the least
@@ -27,18 +28,29 @@ recently used one is dropped beyond it."""
 class CacheEntry:
     """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
     read, nested traces' included (checked before reuse; ``None`` when it read none), and its id on each backend it
-    was sent to."""
+    was sent to. ``whole``: every graph input is a whole Tensor argument (none sits in a tuple, list or dict), so
+    the inputs are picked without flattening."""
 
     traced: Traced
     param_state: tuple[Any, ...]
     state: State = field(default_factory=State)
     guards: GuardCheck | None = None
     network_ids: dict[Any, tuple[Backend, str]] = field(default_factory=dict)
+    checked: int = -1
+    """The epoch at which ``param_state`` last held: it cannot change before the epoch moves (client/epoch.py)."""
+
+    def __post_init__(self) -> None:
+        skeletons, positions = self.traced.arg_skeletons, self.traced.tensor_positions
+        self.whole = all(skeletons[i] == TENSOR for i in positions) if skeletons else not positions
 
     def holds(self, args: Sequence[Any], state: State) -> bool:
         """True when this graph is what tracing ``args`` now would record."""
-        if not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
+        if not self.state.same(state):
             return False
+        if self.checked != epoch.value:
+            if _param_state(self.traced.params) != self.param_state:
+                return False
+            self.checked = epoch.value
         return self.guards is None or self.guards.holds(self.inputs(args), self.param_values())
 
     def network_id(self, backend: Backend) -> str:
@@ -51,11 +63,24 @@ class CacheEntry:
 
     def inputs(self, args: Sequence[Any]) -> list[np.ndarray]:
         """The arrays of the Tensor arguments, in graph-input order."""
-        return [t._concrete("a network input") for t in self.traced.input_leaves(args)]
+        leaves = [args[i] for i in self.traced.tensor_positions] if self.whole else self.traced.input_leaves(args)
+        return [t._array if t._array is not None else t._concrete("a network input") for t in leaves]
 
     def param_values(self) -> dict[str, np.ndarray]:
         """Current values of every parameter the graph reads, by name."""
         return {p.name: p.array() for p in self.traced.params}
+
+
+class Declared:
+    """The Parameters a network declares with one set of gradient weights, as of one epoch: its own (a Cell's,
+    walked once) and the weights, with their part of the cache key."""
+
+    def __init__(self, fn: Any, weights: Sequence[Parameter]) -> None:
+        self.epoch = epoch.value
+        own = list(fn.get_parameters()) if hasattr(fn, "get_parameters") else []
+        known = {id(p) for p in own}
+        self.params = own + [w for w in weights if id(w) not in known]
+        self.param_state = _param_state(self.params)
 
 
 class TraceCache:
@@ -64,6 +89,8 @@ class TraceCache:
     def __init__(self) -> None:
         self.entries: dict[tuple[Any, ...], list[CacheEntry]] = {}
         self.traces = 0
+        self.declared: dict[tuple[int, ...], Declared] = {}
+        self.state: StateWatch | None = None
 
 
 _CACHES: weakref.WeakKeyDictionary[Any, TraceCache] = weakref.WeakKeyDictionary()
@@ -81,9 +108,21 @@ def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(_arg_key(a) for a in args)
 
 
+def _plain_signature(args: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``_signature`` of arguments that are all concrete Tensors (the common call, checked without more ado), else
+    None."""
+    key = []
+    for a in args:
+        arr = a._array if isinstance(a, Tensor) else None
+        if arr is None:
+            return None
+        key.append(("T", arr.dtype, arr.shape))
+    return tuple(key)
+
+
 def _arg_key(a: Any) -> Any:
     if isinstance(a, Tensor):
-        return ("T", a._array_dtype().str, a.shape)
+        return ("T", a._array_dtype(), a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
     if isinstance(a, dict):
@@ -106,20 +145,32 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     """The cached trace of ``fn`` for these inputs, tracing anew when the signature, the parameters, the network's
     non-Parameter state (Tensor and number attributes, closure and global Tensors) or a guarded value changed.
 
-    A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace."""
-    check_inputs(fn, args)
-    own = list(fn.get_parameters()) if hasattr(fn, "get_parameters") else []
-    known = {id(p) for p in own}
-    declared = own + [w for w in weights if id(w) not in known]
-    key = (_signature(args), _param_state(declared))
-    cache = _CACHES.setdefault(fn, TraceCache())
+    A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace.
+    While the epoch (client/epoch.py) stands still, the parameters and state found at the last call are reused:
+    a steady call reads only what can change without moving it (closures, globals, list attributes)."""
+    signature = _plain_signature(args)
+    if signature is None:
+        check_inputs(fn, args)
+        signature = _signature(args)
+    cache = _CACHES.get(fn)
+    if cache is None:
+        cache = _CACHES.setdefault(fn, TraceCache())
+    ids = tuple(map(id, weights)) if weights else ()
+    declared = cache.declared.get(ids)
+    if declared is None or declared.epoch != epoch.value:
+        if len(cache.declared) >= MAX_PATHS:
+            cache.declared.clear()
+        declared = cache.declared[ids] = Declared(fn, weights)
+    if cache.state is None:
+        cache.state = StateWatch(fn)
+    state = cache.state.current(fn)
+    key = (signature, declared.param_state)
     bucket = cache.entries.setdefault(key, [])
-    state = network_state(fn)
     for i, entry in enumerate(bucket):
         if entry.holds(args, state):
             bucket.insert(0, bucket.pop(i))
             return entry
-    entry = _trace_entry(fn, args, declared, state)
+    entry = _trace_entry(fn, args, declared.params, state)
     cache.traces += 1
     bucket.insert(0, entry)
     del bucket[MAX_PATHS:]
@@ -151,6 +202,7 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     entry = traced_for(fn, args)
     backend = get_backend()
     if entry.traced.writes:
+        note_forward(fn, args)
         return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
     return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
@@ -161,8 +213,10 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
 
 def assign_after_call(param: Parameter, value: Tensor) -> None:
     """Write ``value`` into ``param`` once the top-level call being traced has run (MindSpore's Assign in a
-    construct). The value travels as an extra output of a forward call only, so gradients never see it; writes
-    recorded in a nested trace (a gradient's own copy of the network) are dropped."""
+    construct). The value travels as an extra output of the call (a forward call, or a top-level gradient or
+    transform call, whose program computes it with the forward pass, once per call), never as an output that
+    gradients see; writes recorded in a trace nested inside a construct (a GradOperation or transform there) are
+    dropped."""
     frame = current_frame()
     if frame is None:
         param.set_data(value.asnumpy())
@@ -173,6 +227,27 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
             f"the parameter has shape {param.shape} and dtype {param.dtype}"
         )
     frame.writes.append((param, frame.value_of(value)))
+
+
+def assign(variable: Parameter, value: Tensor) -> Tensor:
+    """MindSpore's ``ops.assign``: ``value`` (same shape; cast to the Parameter's dtype when that loses nothing) becomes
+    the Parameter's value, at once outside a trace, after the top-level call inside a construct (``assign_after_call``:
+    reads of the Parameter later in the same construct still see its old value, use the returned one); returns the new
+    value."""
+    if not isinstance(variable, Parameter):
+        raise TypeError(f"ops.assign: variable must be a Parameter, got {type(variable).__name__}")
+    if not isinstance(value, Tensor):
+        raise TypeError(f"ops.assign: value must be a Tensor, got {type(value).__name__}")
+    want, got = variable._array_dtype(), value._array_dtype()
+    if got != want:
+        if np.promote_types(got, want) != want:
+            raise TypeError(f"ops.assign: value of dtype {value.dtype} cannot be assigned to Parameter {variable.name!r} "
+                            f"of dtype {variable.dtype} without losing precision (a Parameter keeps its dtype)")
+        value = value.astype(variable.dtype)
+    if value.shape != variable.shape:
+        raise ValueError(f"ops.assign: value has shape {value.shape}, Parameter {variable.name!r} has shape {variable.shape}")
+    assign_after_call(variable, value)
+    return value
 
 
 def pending_value(param: Parameter) -> Tensor:
@@ -188,16 +263,46 @@ def pending_value(param: Parameter) -> Tensor:
 def run_writing(entry: CacheEntry, backend: Backend, args: Sequence[Any]) -> Any:
     """Run a graph that writes Parameters: a copy of it with the written values as extra outputs (registered once
     per backend), whose extra outputs are set into their Parameters; returns the network's own outputs."""
-    traced = entry.traced
+    out = backend.run(writing_network_id(entry, backend), entry.inputs(args), entry.param_values())
+    return rebuild(entry.traced.skeleton, iter(apply_writes(entry.traced, out)))
+
+
+def writing_network_id(entry: CacheEntry, backend: Backend) -> str:
+    """The id on ``backend`` of the copy of ``entry``'s graph whose outputs are ``(outputs, written values)``,
+    registered on first use."""
     key = ("writes", id(backend))
     hit = entry.network_ids.get(key)
     if hit is None:
-        g = traced.graph
+        g, traced = entry.traced.graph, entry.traced
         outputs = (g.outputs, tuple(v for _, v in traced.writes))
         hit = (backend, backend.register(Graph(g.inputs, g.params, g.nodes, outputs, g.library, g.name)))
         entry.network_ids[key] = hit
-    flat = flatten(to_tensors(backend.run(hit[1], entry.inputs(args), entry.param_values())))
+    return hit[1]
+
+
+def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
+    """Set the written values (the last outputs of a writing graph's run) into their Parameters; returns the flat
+    outputs before them (the network's own)."""
+    flat = flatten(to_tensors(out))
     n = len(flat) - len(traced.writes)
     for (param, _), t in zip(traced.writes, flat[n:]):
         param.set_data(t.asnumpy())
-    return rebuild(traced.skeleton, iter(flat[:n]))
+    return flat[:n]
+
+
+def note_forward(fn: Any, args: Sequence[Any]) -> None:
+    """Remember a top-level forward call of a Cell with ``set_grad()`` on: MindSpore's PyNative records it, and the
+    gradient call that follows on the same Cell and the same input objects reuses that forward instead of running
+    (and writing) again (``forward_recorded``)."""
+    if getattr(fn, "requires_grad", False) is True and hasattr(fn, "construct"):
+        _RECORDED[fn] = tuple(args)
+
+
+def forward_recorded(fn: Any, args: Sequence[Any]) -> bool:
+    """True (once) when the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very
+    input objects: a gradient call then writes nothing, as MindSpore's ``check_run`` reuses that forward."""
+    seen = _RECORDED.pop(fn, None)
+    return seen is not None and len(seen) == len(args) and all(a is b for a, b in zip(seen, args))
+
+
+_RECORDED: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
