@@ -184,7 +184,8 @@ class RequestBytes(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         method = details.method.rsplit("/", 1)[-1]
-        self.bytes[method] = self.bytes.get(method, 0) + request.ByteSize()
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()  # the SDK sends some requests serialized
+        self.bytes[method] = self.bytes.get(method, 0) + size
         self.calls[method] = self.calls.get(method, 0) + 1
         return continuation(details, request)
 
@@ -374,7 +375,7 @@ class Captured(grpc.UnaryUnaryClientInterceptor):
         self.sent: dict[str, bytes] = {}
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.sent[details.method] = request.SerializeToString()
+        self.sent[details.method] = request if isinstance(request, bytes) else request.SerializeToString()
         return continuation(details, request)
 
 
