@@ -48,6 +48,8 @@ class GraphBuilder:
         self._names: set[str] = set()
         self._node_names: set[str] = set()
         self._counter = itertools.count()
+        self._scalars: dict[tuple[type, str, np.dtype | None], Value] = {}
+        self._inferred: dict[tuple, tuple[dict[str, Any], tuple[TensorType, ...]]] = {}
 
     def _new_value(self, name: str | None, t: TensorType) -> Value:
         if name is None:
@@ -91,11 +93,21 @@ class GraphBuilder:
             raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}") from None
 
     def const(self, data: Any, dtype: object = None) -> Value:
-        """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``)."""
+        """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``); a Python number of one dtype is
+        one node per builder (the ``1 - y * y`` of every Tanh VJP in a deep chain shares its 1)."""
+        key = None
+        if type(data) in (int, float, bool):
+            key = (type(data), repr(data), None if dtype is None else _supported(dtype))
+            known = self._scalars.get(key)
+            if known is not None:
+                return known
         arr = np.asarray(data, dtype=None if dtype is None else dtypes.as_dtype(dtype))
         arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=True)
         arr.setflags(write=False)
-        return self.add_node("Const", (), {"value": arr})[0]
+        v = self.add_node("Const", (), {"value": arr})[0]
+        if key is not None:
+            self._scalars[key] = v
+        return v
 
     def op(self, op: str, *inputs: Value, **attrs: Any) -> Any:
         """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops and for ops that
@@ -126,7 +138,14 @@ class GraphBuilder:
             if v.builder is not self:
                 raise GraphError(f"{op} {shown(node_name)}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
         n_outputs = None if output_names is None else len(output_names)
-        full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self, n_outputs)
+        key = None if opdef.lowered else _inference_key(op, inputs, attrs, n_outputs)
+        known = None if key is None else self._inferred.get(key)
+        if known is None:
+            full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self, n_outputs)
+            if key is not None:
+                self._inferred[key] = (full_attrs, types)
+        else:
+            full_attrs, types = known
         if n_outputs is not None and n_outputs != len(types):
             raise GraphError(f"{op} {shown(node_name)}: {n_outputs} output names given, the op has {len(types)} outputs")
         outs = tuple(
@@ -179,6 +198,28 @@ class GraphBuilder:
             for v in n.outputs:
                 v.builder = None
         return g
+
+
+_SCALARS = (bool, int, float, str, type(None))
+
+
+def _plain(a: Any) -> bool:
+    """True for a Python scalar or a tuple of them (nested): values whose repr is exact and complete."""
+    return type(a) in _SCALARS or (type(a) is tuple and all(_plain(e) for e in a))
+
+
+def _inference_key(op: str, inputs: Sequence[Value], attrs: dict[str, Any] | None, n_outputs: int | None) -> tuple | None:
+    """What a node's inference depends on (op, input types, attributes by type and repr), or None when an attribute
+    is not a plain value: a builder infers each distinct node once (the VJPs of a deep chain repeat a few)."""
+    items = []
+    for k, a in (attrs or {}).items():
+        if isinstance(a, np.dtype):
+            items.append((k, a))
+        elif _plain(a):
+            items.append((k, type(a), repr(a)))
+        else:
+            return None
+    return (op, tuple(v.type for v in inputs), tuple(items), n_outputs)
 
 
 _supported = functools.lru_cache(maxsize=256)(dtypes.as_dtype)

@@ -78,7 +78,7 @@ def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarr
     res = opdef.forward(*arrays, **n.attrs)
     outs = []
     for r, o in zip(res if len(n.outputs) > 1 else (res,), n.outputs):
-        c = b.const(r, dtype=o.dtype)
+        c = b.const(np.asarray(r), dtype=o.dtype)
         consts[id(c)] = b.nodes[-1].attrs["value"]
         outs.append(c)
     return tuple(outs)

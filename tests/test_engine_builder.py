@@ -32,3 +32,34 @@ def test_bad_graphs_fail_at_build_time(build, message: str) -> None:  # type: ig
     x = g.input("x", "float32", (2,))
     with pytest.raises(GraphError, match=message):
         build(g, x)
+
+
+def test_python_scalars_are_one_const_node_per_value_and_dtype() -> None:
+    import numpy as np
+
+    from gradserve.engine import compile_graph
+
+    g = GraphBuilder("consts")
+    x = g.input("x", "float32", (3,))
+    y = (1 - x) * (1 - x * x) + (x * 1.0 + x * -0.0) + (x * 0.0)
+    c32 = [n for n in g.nodes if n.op == "Const"]
+    assert len([n for n in c32 if n.attrs["value"] == 1]) == 2  # int 1 and float 1.0 are kept apart
+    assert len(c32) == 4  # 1, 1.0, -0.0, 0.0
+    assert [np.signbit(n.attrs["value"]) for n in c32 if n.attrs["value"] == 0] == [True, False]
+    assert g.const(2, "float64") is not g.const(2, "float32")
+    xs = np.array([0.5, -1.0, 2.0], np.float32)
+    np.testing.assert_allclose(compile_graph(g.build(y))(xs), (1 - xs) * (1 - xs * xs) + xs, rtol=1e-6)
+
+
+def test_inference_is_remembered_only_for_equal_types_and_attributes() -> None:
+    g = GraphBuilder("infer")
+    a = g.input("a", "float32", (2, 3))
+    b = g.input("b", "float32", (2, 3))
+    assert g.op("MatMul", a, b, transpose_b=True).shape == (2, 2)
+    assert g.op("MatMul", a, b, transpose_a=True).shape == (3, 3)
+    with pytest.raises(ShapeError, match="inner dimensions 3 and 2"):
+        g.op("MatMul", a, b)
+    assert g.op("ReduceSum", a, axis=(1,), keep_dims=True).shape == (2, 1)
+    assert g.op("ReduceSum", a, axis=(1,), keep_dims=False).shape == (2,)
+    with pytest.raises(GraphError, match="keep_dims"):
+        g.op("ReduceSum", a, axis=(1,), keep_dims=1)
