@@ -16,6 +16,7 @@ class EmbeddedBackend(Backend):
     def __init__(self) -> None:
         self._graphs: dict[str, Graph] = {}
         self._programs: dict[tuple[str, GradFlags | None], Program] = {}
+        self._last: tuple[str, GradFlags | None, Program] | None = None
 
     def register(self, graph: Graph) -> str:
         """Keep ``graph`` under its structural hash."""
@@ -25,15 +26,20 @@ class EmbeddedBackend(Backend):
 
     def run(self, network_id: str, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]) -> OutputTree:
         """Run the network's forward program."""
-        return self._program(network_id, None)(*inputs, params=dict(params))
+        return self._program(network_id, None)(*inputs, params=params if type(params) is dict else dict(params))
 
     def grad(
         self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
     ) -> OutputTree:
         """Run the program of GradOperation(flags) over the network."""
-        return self._program(network_id, flags)(*inputs, params=dict(params))
+        return self._program(network_id, flags)(*inputs, params=params if type(params) is dict else dict(params))
 
     def _program(self, network_id: str, flags: GradFlags | None) -> Program:
+        """The compiled program of the network under ``flags``; the last one asked for is found by identity, without
+        hashing the flags (a loop calls one gradient function over and over)."""
+        last = self._last
+        if last is not None and last[0] is network_id and last[1] is flags:
+            return last[2]
         prog = self._programs.get((network_id, flags))
         if prog is None:
             try:
@@ -44,4 +50,5 @@ class EmbeddedBackend(Backend):
                 graph = grad_operation(graph, flags.get_all, flags.get_by_list, flags.sens_param, flags.weights)
             prog = compile_graph(graph)
             self._programs[(network_id, flags)] = prog
+        self._last = (network_id, flags, prog)
         return prog

@@ -43,7 +43,7 @@ def optimize(g: Graph) -> Graph:
     seen: dict[tuple, tuple[Value, ...]] = {}
     for n in g.pruned().nodes:
         ins = [env[id(v)] for v in n.inputs]
-        key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())))
+        key = (n.op, tuple(map(id, ins)), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())) if n.attrs else ())
         outs = seen.get(key) or _times_one(n, ins, ones)
         if outs is None:
             outs = _fold(b, n, ins, consts) or b.copy_node(n, ins)
