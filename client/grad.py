@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
+import numpy as np
+
 from gradserve.engine import Graph, Value, flatten
 from gradserve.engine.autodiff import grad_structure, inline
 
@@ -110,7 +112,10 @@ class GradFunction:
             return self._prepare_writing(backend, entry.traced, inputs, sens)
         flat_sens = self._flat_sens(sens, entry.traced)
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, {**entry.param_values(), **(recorded or {})})
+        flags = self.flags(entry.traced)
+        call = Call(entry.network_id(backend), flags, arrays, {**entry.param_values(), **recorded} if recorded else entry.param_values())
+        if not flags.get_all and not flags.get_by_list:
+            return call, _first_gradient
         return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
 
     def _prepare_writing(self, backend: Backend, traced: Traced, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
@@ -198,6 +203,11 @@ class GradFunction:
             grads_in, weights = leaves[:1], []
         n_inputs = len(grads_in) if self.op.get_all else 0
         return grad_structure([*grads_in, *weights], n_inputs, self.op.get_all, self.op.get_by_list, self.bare)
+
+
+def _first_gradient(out: Any) -> Tensor:
+    """The result of a gradient of the first input alone (``_structure``'s rule for that case): the one leaf, as a Tensor."""
+    return Tensor._wrap(out) if type(out) is np.ndarray else flatten(to_tensors(out))[0]
 
 
 def _sens_leaves(sens: Any, skeleton: Any, path: str, who: str) -> list[tuple[Any, str]]:
