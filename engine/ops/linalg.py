@@ -43,7 +43,9 @@ def _mm_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs:
 
 
 def _mm_forward(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
-    """np.matmul after the transpose flags."""
+    """np.matmul after the transpose flags (without flags, straight to np.matmul: tiny products are all overhead)."""
+    if not (transpose_a or transpose_b):
+        return np.matmul(a, b)
     return np.matmul(a.swapaxes(-1, -2) if transpose_a else a, b.swapaxes(-1, -2) if transpose_b else b)
 
 
