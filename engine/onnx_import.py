@@ -139,9 +139,12 @@ def _axes(axes: Sequence[int], rank: int, n: OnnxNode) -> list[int]:
 # ---- elementwise: ONNX's multidirectional broadcasting is NumPy's, as the engine's binary ops ----
 
 _UNARY = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "Erf": "Erf", "Sqrt": "Sqrt", "Exp": "Exp", "Log": "Log",
-          "Neg": "Neg", "Abs": "Abs", "Floor": "Floor", "Ceil": "Ceil", "Sin": "Sin", "Cos": "Cos", "Softplus": "Softplus"}
+          "Neg": "Neg", "Abs": "Abs", "Floor": "Floor", "Ceil": "Ceil", "Round": "Round", "Sign": "Sign", "Sin": "Sin",
+          "Cos": "Cos", "Tan": "Tan", "Softplus": "Softplus"}
 _BINARY = {"Add": "Add", "Sub": "Sub", "Mul": "Mul", "Equal": "Equal", "Less": "Less", "Greater": "Greater",
-           "LessOrEqual": "LessEqual", "GreaterOrEqual": "GreaterEqual", "Max": "Maximum", "Min": "Minimum"}
+           "LessOrEqual": "LessEqual", "GreaterOrEqual": "GreaterEqual", "Max": "Maximum", "Min": "Minimum",
+           "Or": "Add", "And": "Mul", "Xor": "NotEqual"}
+"""ONNX op -> engine op of the same meaning; on bools the engine's Add is or and Mul is and (NumPy's), Xor is !=."""
 
 
 @onnx_op(*_UNARY)
@@ -154,6 +157,33 @@ def _binary(n: OnnxNode) -> Value:
     if n.op_type in ("Max", "Min") and len(n.inputs) != 2:
         raise n.fail("only the two-input form is supported")
     return n.op(_BINARY[n.op_type], n.x(0), n.x(1))
+
+
+@onnx_op("Sum")
+def _sum(n: OnnxNode) -> Value:
+    """Any number of inputs, broadcast together (AddN needs one shape), as a chain of Adds."""
+    xs = [v for v in n.inputs if v is not None]
+    y = xs[0]
+    for v in xs[1:]:
+        y = n.op("Add", y, v)
+    return y
+
+
+@onnx_op("Mod")
+def _mod(n: OnnxNode) -> Value:
+    """fmod=0 (the default, integers only) takes the divisor's sign, as Python's %; fmod=1 the dividend's, as C's
+    fmod. Computed as a - q * b with q = a / b rounded (floor, or toward zero) in float64: exact for integers below
+    2**53, and for floats its gradients are 1 and -q."""
+    a, b = n.x(0), n.x(1)
+    fmod = bool(n.attrs.get("fmod", 0))
+    if not fmod and dtypes.is_float(a.dtype):
+        raise n.fail("fmod=0 is for integers; floats need fmod=1")
+    work = a.dtype if dtypes.is_float(a.dtype) else np.dtype(np.float64)
+    af, bf = (v if v.dtype == work else n.op("Cast", v, dtype=work) for v in (a, b))
+    q = n.op("RealDiv", af, bf)
+    q = n.op("Select", n.op("Less", q, n.const(0, work)), n.op("Ceil", q), n.op("Floor", q)) if fmod else n.op("Floor", q)
+    y = n.op("Sub", af, n.op("Mul", q, bf))
+    return y if y.dtype == a.dtype else n.op("Cast", y, dtype=a.dtype)
 
 
 @onnx_op("Div")
@@ -347,13 +377,23 @@ def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
 
 
 @onnx_op("MaxPool")
-def _max_pool(n: OnnxNode) -> Value:
-    """Padding is -inf around the input (the engine's pooling pads only by 'same'); the Indices output is not supported."""
-    if n.n_outputs > 1:
-        raise n.fail("the Indices output is not supported")
+def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
+    """Padding is -inf around the input (the engine's pooling pads only by 'same'). The Indices output
+    (storage_order 0) is each window's first maximum as a flat index over the unpadded (N, C, H, W) input: the
+    engine's argmax in the padded plane, mapped through a constant table, plus each plane's offset."""
     x = n.x(0)
     k, strides, pads = _pool_pads(n, x)
-    return n.op("MaxPool", _border(n, x, pads, -np.inf), kernel_size=tuple(k), strides=tuple(strides))
+    padded = _border(n, x, pads, -np.inf)
+    if n.n_outputs < 2:
+        return n.op("MaxPool", padded, kernel_size=tuple(k), strides=tuple(strides))
+    if n.attrs.get("storage_order", 0):
+        raise n.fail("storage_order=1 (column-major Indices) is not supported")
+    y, plane = n.op("MaxPoolWithArgmax", padded, kernel_size=tuple(k), strides=tuple(strides))
+    (batch, channels, h, w), wp = x.shape, padded.shape[3]
+    p = np.arange(padded.shape[2] * wp)
+    table = n.const((p // wp - pads[0]) * w + (p % wp - pads[2]), np.int64)
+    offsets = n.const((np.arange(batch * channels) * (h * w)).reshape(batch, channels, 1, 1), np.int64)
+    return y, n.op("Add", n.op("Gather", table, plane, axis=0), offsets)
 
 
 @onnx_op("AveragePool")
@@ -420,7 +460,11 @@ def _softmax(n: OnnxNode) -> Value:
 # others from 18); keepdims defaults to 1; no axes reduces all unless noop_with_empty_axes ----
 
 
-@onnx_op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+_REDUCE = {"ReduceMean": "ReduceMean", "ReduceSum": "ReduceSum", "ReduceMax": "ReduceMax", "ReduceMin": "ReduceMin",
+           "ReduceProd": "ReduceProd", "ReduceLogSumExp": "LogSumExp"}
+
+
+@onnx_op(*_REDUCE)
 def _reduce(n: OnnxNode) -> Value:
     x = n.x(0)
     axes = n.attrs.get("axes")
@@ -430,7 +474,73 @@ def _reduce(n: OnnxNode) -> Value:
         if n.attrs.get("noop_with_empty_axes", 0):
             return x
         axes = list(range(x.ndim))
-    return n.op(n.op_type, x, axis=tuple(_axes(axes, x.ndim, n)), keep_dims=bool(n.attrs.get("keepdims", 1)))
+    return n.op(_REDUCE[n.op_type], x, axis=tuple(_axes(axes, x.ndim, n)), keep_dims=bool(n.attrs.get("keepdims", 1)))
+
+
+@onnx_op("ArgMax", "ArgMin")
+def _arg(n: OnnxNode) -> Value:
+    """axis defaults to 0 and keepdims to 1; int64 indices of the first extreme (select_last_index=1 is not supported)."""
+    if n.attrs.get("select_last_index", 0):
+        raise n.fail("select_last_index=1 is not supported")
+    x = n.x(0)
+    axis = _axes([n.attrs.get("axis", 0)], x.ndim, n)[0]
+    y = n.op("Argmax" if n.op_type == "ArgMax" else "Argmin", x, axis=axis, output_type=np.dtype(np.int64))
+    return n.op("ExpandDims", y, axis=axis) if n.attrs.get("keepdims", 1) else y
+
+
+@onnx_op("CumSum")
+def _cumsum(n: OnnxNode) -> Value:
+    """axis is a static input; exclusive and reverse attributes default to 0."""
+    x = n.x(0)
+    axis = _axes(n.ints(1, "axis") or [], x.ndim, n)
+    if len(axis) != 1:
+        raise n.fail("axis must be one integer")
+    return n.op("CumSum", x, axis=axis[0], exclusive=bool(n.attrs.get("exclusive", 0)), reverse=bool(n.attrs.get("reverse", 0)))
+
+
+@onnx_op("Einsum")
+def _einsum(n: OnnxNode) -> Value:
+    xs = [v for v in n.inputs if v is not None]
+    return n.op("Einsum", *xs, equation=n.attrs["equation"])
+
+
+@onnx_op("TopK")
+def _topk(n: OnnxNode) -> tuple[Value, Value]:
+    """K is a static input; only the k largest along the last axis (largest=1, the defaults' axis -1); int64 indices."""
+    x = n.x(0)
+    k = n.ints(1, "K") or []
+    if _axes([n.attrs.get("axis", -1)], x.ndim, n)[0] != x.ndim - 1 or not n.attrs.get("largest", 1):
+        raise n.fail("only the largest elements along the last axis are supported (axis=-1, largest=1)")
+    values, indices = n.op("TopK", x, k=k[0], sorted=bool(n.attrs.get("sorted", 1)))
+    return values, n.op("Cast", indices, dtype=np.dtype(np.int64))
+
+
+@onnx_op("ScatterND")
+def _scatter_nd(n: OnnxNode) -> Value:
+    """reduction 'none' (the default; duplicate indices sum, where ONNX leaves the result undefined) or 'add': the
+    index tuples (last axis of indices, negatives counting from the end) become rows of data flattened over the
+    axes they index, and UnsortedSegmentSum gathers the updates there, so updates and data both get gradients."""
+    data, idx, upd = n.x(0), n.x(1), n.x(2)
+    reduction = n.attrs.get("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise n.fail(f"reduction {reduction!r} is not supported ('none' and 'add' are)")
+    k = idx.shape[-1]
+    lead, rest = data.shape[:k], data.shape[k:]
+    if k > data.ndim or upd.shape != idx.shape[:-1] + rest:
+        raise n.fail(f"updates of shape {upd.shape} do not fit indices {idx.shape} into data {data.shape}")
+    idx = idx if idx.dtype == np.int64 else n.op("Cast", idx, dtype=np.dtype(np.int64))
+    idx = n.op("Select", n.op("Less", idx, n.const(0, np.int64)), n.op("Add", idx, n.const(lead, np.int64)), idx)
+    strides = np.cumprod((1, *lead[:0:-1]))[::-1]
+    flat = n.op("ReduceSum", n.op("Mul", idx, n.const(strides, np.int64)), axis=(idx.ndim - 1,), keep_dims=False)
+    rows = int(np.prod(lead))
+    base = n.op("Reshape", data, shape=(rows, *rest))
+    sums = n.op("UnsortedSegmentSum", upd, flat, num_segments=rows)
+    if reduction == "add":
+        y = n.op("Add", base, sums)
+    else:
+        hit = n.op("UnsortedSegmentSum", n.const(np.ones(upd.shape), upd.dtype), flat, num_segments=rows)
+        y = n.op("Select", n.op("Greater", hit, n.const(0, upd.dtype)), sums, base)
+    return n.op("Reshape", y, shape=data.shape)
 
 
 # ---- shapes: every shape operand must be static ----
@@ -494,6 +604,30 @@ def _expand(n: OnnxNode) -> Value:
 @onnx_op("Tile")
 def _tile(n: OnnxNode) -> Value:
     return n.op("Tile", n.x(0), multiples=tuple(n.ints(1, "repeats") or []))
+
+
+@onnx_op("Pad")
+def _pad(n: OnnxNode) -> Value:
+    """mode 'constant' (the default) only; pads (begins then ends, over axes, an input from opset 18, or every axis)
+    must be static and non-negative; a constant_value other than a static zero fills the border through a constant
+    mask, so it gets a gradient too."""
+    x = n.x(0)
+    if n.attrs.get("mode", "constant") != "constant":
+        raise n.fail(f"mode {n.attrs['mode']!r} is not supported (only 'constant' is)")
+    pads = n.ints(1, "pads") or []
+    axes = _axes(n.ints(3, "axes") or range(x.ndim), x.ndim, n)
+    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
+        raise n.fail(f"pads {pads} must be {2 * len(axes)} non-negative integers")
+    paddings = [0] * (2 * x.ndim)
+    for i, a in enumerate(axes):
+        paddings[2 * a], paddings[2 * a + 1] = pads[i], pads[len(axes) + i]
+    y = n.op("Pad", x, paddings=tuple(paddings))
+    fill = n.opt(2)
+    known = None if fill is None else n.b.consts.get(id(fill))
+    if fill is None or (known is not None and not known.any()):
+        return y
+    inside = np.pad(np.ones(x.shape, bool), [(paddings[2 * a], paddings[2 * a + 1]) for a in range(x.ndim)])
+    return n.op("Select", n.const(inside, bool), y, fill)
 
 
 @onnx_op("Concat")
