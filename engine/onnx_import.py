@@ -8,7 +8,7 @@ the codec and the server load without it. Every ONNX semantic that differs from 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -290,7 +290,40 @@ def _gemm(n: OnnxNode) -> Value:
     return y
 
 
-# ---- convolution and pooling (2-D, NCHW) ----
+# ---- convolution and pooling (2-D, NCHW; 1-D as 2-D with a unit height) ----
+
+
+_LIFT_1D: dict[str, Callable[[list[int]], list[int]]] = {
+    "kernel_shape": lambda v: [1, *v], "strides": lambda v: [1, *v], "dilations": lambda v: [1, *v],
+    "output_padding": lambda v: [0, *v], "pads": lambda v: [0, v[0], 0, v[1]], "output_shape": lambda v: [1, v[-1]],
+}
+"""A 1-D spatial attribute as the 2-D one over (1, L): unit height, no padding or output padding on it."""
+_SIZE_1D = {"pads": 2}
+
+
+def _one_d(build: Builder) -> Builder:
+    """``build`` (a 2-D NCHW builder) also for 1-D (N, C, L) inputs, as PyTorch exports Conv1d and MaxPool1d: the
+    input (and a Conv's weight) get a unit axis 2, the attributes a unit height, and the outputs lose the axis."""
+    def wrapped(n: OnnxNode) -> Any:
+        x = n.x(0)
+        if x.ndim != 3:
+            return build(n)
+        attrs = dict(n.attrs)
+        for key, lift in _LIFT_1D.items():
+            if key in attrs:
+                value = list(attrs[key])
+                if len(value) != _SIZE_1D.get(key, 1) and key != "output_shape":
+                    raise n.fail(f"{key} {value} does not fit a 1-D input of shape {x.shape}")
+                attrs[key] = lift(value)
+        inputs = list(n.inputs)
+        inputs[0] = n.op("ExpandDims", x, axis=2)
+        if n.op_type in ("Conv", "ConvTranspose"):
+            inputs[1] = n.op("ExpandDims", n.x(1), axis=2)
+        out = build(replace(n, inputs=inputs, attrs=attrs))
+        outs = tuple(n.op("Squeeze", o, axis=(2,)) for o in (out if isinstance(out, tuple) else (out,)))
+        return outs if isinstance(out, tuple) else outs[0]
+    wrapped.__doc__ = build.__doc__
+    return wrapped
 
 
 def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[int], list[int], str]:
@@ -312,6 +345,7 @@ def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[i
 
 
 @onnx_op("Conv")
+@_one_d
 def _conv(n: OnnxNode) -> Value:
     x, w = n.x(0), n.x(1)
     pads, strides, dil, mode = _spatial(n, x, w.shape[2:])
@@ -322,17 +356,29 @@ def _conv(n: OnnxNode) -> Value:
 
 
 @onnx_op("ConvTranspose")
+@_one_d
 def _conv_transpose(n: OnnxNode) -> Value:
-    """The adjoint of a convolution whose weight is ONNX's (C_in, C_out / group, kh, kw); output_shape is not read,
-    the size comes from pads and output_padding."""
+    """The adjoint of a convolution whose weight is ONNX's (C_in, C_out / group, kh, kw); the size comes from pads
+    and output_padding, or from output_shape (its last two entries) or auto_pad SAME_UPPER/SAME_LOWER (input times
+    stride), which set the pads: an odd total's extra one goes at the end for SAME_UPPER, else at the start (ONNX's
+    rule, as ONNX Runtime computes it)."""
     x, w = n.x(0), n.x(1)
-    if "output_shape" in n.attrs:
-        raise n.fail("the output_shape attribute is not supported; give pads and output_padding")
-    pads, strides, dil, mode = _spatial(n, x, w.shape[2:])
-    if mode == "same":
-        raise n.fail("auto_pad SAME_UPPER is not supported for ConvTranspose")
+    k, strides = w.shape[2:], list(n.attrs.get("strides", [1, 1]))
+    dil, outpad = list(n.attrs.get("dilations", [1, 1])), list(n.attrs.get("output_padding", [0, 0]))
+    auto = n.attrs.get("auto_pad", "NOTSET")
+    if "output_shape" in n.attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(n.attrs["output_shape"])[-2:] if "output_shape" in n.attrs else [x.shape[2 + i] * strides[i] for i in range(2)]
+        if len(target) != 2:
+            raise n.fail(f"output_shape {n.attrs['output_shape']} does not give the output's height and width")
+        total = [strides[i] * (x.shape[2 + i] - 1) + outpad[i] + dil[i] * (k[i] - 1) + 1 - target[i] for i in range(2)]
+        if min(total) < 0:
+            raise n.fail(f"output size {target} is larger than the unpadded transposed convolution's "
+                         f"{[t + s for t, s in zip(total, target)]}; give output_padding")
+        small = [t // 2 for t in total]
+        begin = small if auto == "SAME_UPPER" else [t - s for t, s in zip(total, small)]
+        n = replace(n, attrs={**n.attrs, "auto_pad": "NOTSET", "pads": [*begin, *(t - b for t, b in zip(total, begin))]})
+    pads, strides, dil, mode = _spatial(n, x, k)
     group = n.attrs.get("group", 1)
-    outpad = list(n.attrs.get("output_padding", [0, 0]))
     size = [strides[i] * (x.shape[2 + i] - 1) + outpad[i] + dil[i] * (w.shape[2 + i] - 1) + 1 - pads[2 * i] - pads[2 * i + 1]
             for i in range(2)]
     y = n.op("Conv2DTranspose", x, w, input_size=(x.shape[0], w.shape[1] * group, *size), out_channel=w.shape[0],
@@ -377,6 +423,7 @@ def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
 
 
 @onnx_op("MaxPool")
+@_one_d
 def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
     """Padding is -inf around the input (the engine's pooling pads only by 'same'). The Indices output
     (storage_order 0) is each window's first maximum as a flat index over the unpadded (N, C, H, W) input: the
@@ -397,6 +444,7 @@ def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
 
 
 @onnx_op("AveragePool")
+@_one_d
 def _avg_pool(n: OnnxNode) -> Value:
     """count_include_pad (default 0) decides whether padded zeros count: if not, the sum of each window is divided
     by a constant count of its real elements."""

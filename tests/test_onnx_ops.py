@@ -74,6 +74,17 @@ CASES: dict[str, tuple[str, tuple[int, ...], list[Any], dict[str, Any]]] = {
     "sum_broadcast": ("Sum", (3, 4), [RNG.normal(size=4), RNG.normal(size=(3, 1))], {}),
     "einsum": ("Einsum", (2, 3), [RNG.normal(size=(3, 4))], {"equation": "ij,jk->ik"}),
     "tan": ("Tan", (3, 4), [], {}),
+    "conv1d_grouped": ("Conv", (2, 4, 9), [RNG.normal(size=(6, 2, 3)), RNG.normal(size=6)],
+                       {"group": 2, "strides": [2], "pads": [1, 2], "dilations": [2]}),
+    "conv1d_same_upper": ("Conv", (1, 2, 8), [RNG.normal(size=(3, 2, 4))], {"auto_pad": "SAME_UPPER", "strides": [3]}),
+    "conv_transpose_1d_output_shape": ("ConvTranspose", (1, 3, 5), [RNG.normal(size=(3, 2, 3)), RNG.normal(size=2)],
+                                       {"strides": [2], "output_shape": [10]}),
+    "conv_transpose_output_shape": ("ConvTranspose", (1, 3, 4, 4), [RNG.normal(size=(3, 2, 3, 3))],
+                                    {"strides": [2, 2], "output_shape": [8, 9]}),
+    "conv_transpose_same_upper": ("ConvTranspose", (1, 3, 4, 5), [RNG.normal(size=(3, 2, 2, 3))], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    "conv_transpose_same_lower": ("ConvTranspose", (1, 3, 4, 5), [RNG.normal(size=(3, 2, 2, 3))], {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    "maxpool_1d": ("MaxPool", (2, 3, 9), [], {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
+    "avgpool_1d_ceil": ("AveragePool", (2, 3, 8), [], {"kernel_shape": [3], "strides": [2], "pads": [1, 0], "ceil_mode": 1}),
 }
 OPSETS = {"ReduceMean": 17, "ReduceMax": 17}
 
