@@ -330,7 +330,7 @@ def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[i
     """(pads as top, bottom, left, right; strides; dilations; engine pad_mode) from ONNX's auto_pad, pads (begin...,
     end...), strides and dilations (defaults 0 and 1)."""
     if x.ndim != 4 or len(k) != 2:
-        raise n.fail(f"only 2-D (NCHW) inputs are supported, got input shape {x.shape}")
+        raise n.fail(f"only 1-D (NCL) and 2-D (NCHW) inputs are supported, got input shape {x.shape}")
     auto = n.attrs.get("auto_pad", "NOTSET")
     pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
     strides = list(n.attrs.get("strides", [1, 1]))

@@ -200,7 +200,7 @@ def test_what_cannot_be_converted_is_named() -> None:
         gonnx.load(_model(helper.make_node("Relu", ["x"], ["y"]), opset=9))
     with pytest.raises(gonnx.OnnxImportError, match="input 'x': dtype COMPLEX64 is not supported"):
         gonnx.load(_model(helper.make_node("Relu", ["x"], ["y"]), dtype=TensorProto.COMPLEX64))
-    with pytest.raises(gonnx.OnnxImportError, match=r"node 'ap' \(op AveragePool, domain ai.onnx, opset 17\): only 2-D \(NCHW\) inputs are supported, got input shape \(2, 3\)"):
+    with pytest.raises(gonnx.OnnxImportError, match=r"node 'ap' \(op AveragePool, domain ai.onnx, opset 17\): only 1-D \(NCL\) and 2-D \(NCHW\) inputs are supported, got input shape \(2, 3\)"):
         gonnx.load(_model(helper.make_node("AveragePool", ["x"], ["y"], name="ap", kernel_shape=[1, 1], dilations=[2, 2])))
 
 
