@@ -4,6 +4,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any, Iterator
 
+from . import epoch
 from .custom import call_in_trace
 from .parameter import DEFAULT_NAME, Parameter, ParameterTuple
 from .runner import run_network
@@ -15,6 +16,7 @@ class Cell:
     """Base class of networks: define ``construct``; calling the Cell traces it (once per input signature) and runs it."""
 
     def __init__(self, auto_prefix: bool = True, flags: dict[str, Any] | None = None) -> None:
+        epoch.bump()
         object.__setattr__(self, "_params", {})
         object.__setattr__(self, "_cells", {})
         object.__setattr__(self, "_auto_prefix", auto_prefix)
@@ -36,7 +38,8 @@ class Cell:
             return call_in_trace(self, inputs)
         return run_network(self, inputs)
 
-    # ---- attributes: Parameters and child Cells are registered in definition order ----
+    # ---- attributes: Parameters and child Cells are registered in definition order; every change but a held
+    # Parameter's new value moves the trace epoch (client/epoch.py) ----
 
     def _registry(self, name: str) -> tuple[dict[str, Parameter | None], dict[str, Cell | None]]:
         d = self.__dict__
@@ -46,6 +49,10 @@ class Cell:
 
     def __setattr__(self, name: str, value: Any) -> None:
         params, cells = self._registry(name)
+        if isinstance(value, Tensor) and not isinstance(value, Parameter) and (held := params.get(name)) is not None:
+            held.set_data(value)
+            return
+        epoch.bump()
         if isinstance(value, Parameter):
             if value.name == DEFAULT_NAME:
                 value.name = name
@@ -58,8 +65,6 @@ class Cell:
             self.__dict__.pop(name, None)
             params.pop(name, None)
             cells[name] = value
-        elif isinstance(value, Tensor) and (held := params.get(name)) is not None:
-            held.set_data(value)
         elif isinstance(value, ParameterTuple):
             self._register_tuple(value)
             params.pop(name, None)
@@ -91,6 +96,7 @@ class Cell:
 
     def __delattr__(self, name: str) -> None:
         params, cells = self._registry(name)
+        epoch.bump()
         if name in params:
             del params[name]
         elif name in cells:
@@ -182,11 +188,13 @@ class Cell:
         if param is not None and param.name == DEFAULT_NAME:
             param.name = param_name
         params[param_name] = param
+        epoch.bump()
 
     def insert_child_to_cell(self, child_name: str, child_cell: Cell | None) -> None:
         """Register ``child_cell`` under ``child_name``, as assigning a Cell attribute does (without renaming)."""
         cells = self._insertable("insert_child_to_cell", "child", child_name, child_cell, Cell, True)
         cells[child_name] = child_cell
+        epoch.bump()
 
     # ---- modes and flags ----
 
@@ -195,6 +203,7 @@ class Cell:
         self.flags.update(flags)
         for k, v in flags.items():
             object.__setattr__(self, k, v)
+        epoch.bump()
         return self
 
     def add_flags_recursive(self, **flags: Any) -> Cell:
@@ -215,4 +224,5 @@ class Cell:
         """MindSpore's flag for building the backward graph while running forward (PyNative); kept as
         ``requires_grad`` for code that reads it. Gradients here never need it."""
         object.__setattr__(self, "requires_grad", bool(requires_grad))
+        epoch.bump()
         return self

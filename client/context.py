@@ -51,6 +51,10 @@ _state: dict[str, Any] = dict.fromkeys(OPTIONS, _UNSET)
 _mindspore: dict[str, Any] = {"mode": PYNATIVE_MODE}
 _factories: list[Callable[[str], Backend]] = []
 _backends: dict[tuple[str | None, ...], Backend] = {}
+_current: list[Any] = [None, None, 0]
+"""The backend ``get_backend`` chose last, the ``_backends`` registry it was chosen from, and the number of
+``set_context`` calls before it: kept until ``set_context`` is called or the registry is replaced, so that steady
+calls read no environment variable."""
 _lock = threading.Lock()
 
 
@@ -81,6 +85,7 @@ def set_context(**kwargs: Any) -> None:
             what = "a non-empty 'host:port' string" if key == "target" else "a non-empty string"
             raise TypeError(f"set_context: {key} must be None or {what}, got {value!r}")
         _state[key] = value
+        _current[:] = [None, None, _current[2] + 1]
 
 
 def get_context(key: str) -> Any:
@@ -169,7 +174,11 @@ def register_backend_factory(factory: Callable[[str], Backend]) -> None:
 
 
 def get_backend() -> Backend:
-    """The Backend for the current target and connection settings, created once for each."""
+    """The Backend for the current target and connection settings, created once for each. The settings are read
+    (``set_context``'s, else the ``GRADSERVE_*`` variables) on the first call and after each ``set_context``."""
+    backend, registry, generation = _current
+    if registry is _backends:
+        return backend  # type: ignore[no-any-return]
     target = get_context("target")
     settings = (None,) if target is None else tuple(get_context(k) for k in CONNECTION)
     with _lock:
@@ -177,6 +186,8 @@ def get_backend() -> Backend:
         if backend is None:
             backend = EmbeddedBackend() if target is None else _remote(target)
             _backends[settings] = backend
+        if _current[2] == generation:
+            _current[:] = [backend, _backends, generation]
     return backend
 
 

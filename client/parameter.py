@@ -1,18 +1,23 @@
 """Parameter (a named Tensor whose value a network reads at run time) and ParameterTuple."""
 from __future__ import annotations
 
+import itertools
 from typing import Any, Iterable
 
 import numpy as np
 
+from . import epoch
 from .tensor import Tensor, _array_from
 
 DEFAULT_NAME = "Parameter"
 """MindSpore's name for a Parameter created without one; a Cell renames it after the attribute holding it."""
+_versions = itertools.count(1)
 
 
 class Parameter(Tensor):
     """``Parameter(default_input, name=None, requires_grad=True)``: a network weight, passed to the graph by name."""
+
+    _version: int
 
     def __init__(self, default_input: Any, name: str | None = None, requires_grad: bool = True) -> None:
         super().__init__(default_input)
@@ -20,6 +25,19 @@ class Parameter(Tensor):
             raise TypeError(f"Parameter name must be a str, got {type(name).__name__}")
         self.name = name or DEFAULT_NAME
         self.requires_grad = bool(requires_grad)
+
+    def __setattr__(self, key: str, value: Any) -> None:
+        """Every change moves ``version``; a new name, requires_grad, shape or dtype also moves the trace epoch."""
+        if key != "_array" or not _same_layout(self.__dict__.get("_array"), value):
+            epoch.bump()
+        object.__setattr__(self, key, value)
+        object.__setattr__(self, "_version", next(_versions))
+
+    @property
+    def version(self) -> int:
+        """A number that changes whenever the value (or any attribute) changes, and is never reused by another
+        Parameter: equal versions mean the same value, without comparing arrays."""
+        return self._version
 
     @property
     def data(self) -> Parameter:
@@ -42,6 +60,11 @@ class Parameter(Tensor):
 
     def __repr__(self) -> str:
         return f"Parameter (name={self.name}, shape={self.shape}, dtype={self.dtype}, requires_grad={self.requires_grad})"
+
+
+def _same_layout(old: np.ndarray | None, new: np.ndarray | None) -> bool:
+    """True when a new value has the shape and dtype of the old one (so a trace over the parameter still holds)."""
+    return old is not None and new is not None and old.shape == new.shape and old.dtype == new.dtype
 
 
 class ParameterTuple(tuple):

@@ -57,6 +57,7 @@ FORWARD_ONLY = graph_pb2.GradOperation(get_by_list=True)
 computed, and ``return_forward`` brings the outputs."""
 STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 """gRPC status codes by their number, for the ``error`` of a GradStream response."""
+SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
 URI_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 """gRPC target schemes; a target in one of them is a single channel even when it holds commas."""
 
@@ -144,6 +145,24 @@ class _Route:
     inline: dict[str, int] = field(default_factory=dict)
     """How many more calls for each network (by local id) send its graph inline."""
     down_until: float = 0.0
+    senders: dict[str, Callable[[Any, float | None], Any]] = field(default_factory=dict)
+    """By method: the call that sends a request serialized once (``sender``)."""
+
+    def sender(self, method: str) -> Callable[[Any, float | None], Any]:
+        """``method`` as ``call(request, timeout)``, serializing the request once: its REQUEST_BYTES_HEADER is the
+        length of those bytes (``ByteSize`` would encode the whole message a second time)."""
+        send = self.senders.get(method)
+        if send is None:
+            raw = self.channel.unary_unary(
+                f"/{SERVICE}/{method}", request_serializer=None,
+                response_deserializer=getattr(service_pb2, f"{method}Response").FromString)
+
+            def send(request: Any, timeout: float | None) -> Any:
+                data = request.SerializeToString()
+                return raw(data, timeout=timeout, metadata=((codec.REQUEST_BYTES_HEADER, str(len(data))),))
+
+            self.senders[method] = send
+        return send
 
 
 class RemoteBackend(Backend):
@@ -204,26 +223,41 @@ class RemoteBackend(Backend):
     def _call(self, start: int | None, call: Call) -> OutputTree:
         """``call`` through ``_failover`` from channel ``start`` (None: the next in rotation)."""
         if call.flags is None:
-            tensors = [codec.encode_tensor(a) for a in call.inputs]
-            resp = self._invoke(call.network_id, call.params, "Run",
-                                lambda **net: service_pb2.RunRequest(inputs=tensors, **net), start)
+            run = service_pb2.RunRequest()
+            for a in call.inputs:
+                codec.encode_tensor(a, run.inputs.add())
+            resp = self._invoke(call.network_id, call.params, "Run", lambda **net: _addressed(run, **net), start)
             return codec.decode_tree(resp.outputs)
-        make = self._grad_request(call)
-        resp = self._invoke(call.network_id, call.params, "Grad", lambda **net: make(**net), start)
+        request = self._grad_message(call)
+        resp = self._invoke(call.network_id, call.params, "Grad", lambda **net: _addressed(request, **net), start)
         return codec.decode_tree(resp.gradients)
 
-    def _grad_request(self, call: Call) -> Callable[..., service_pb2.GradRequest]:
-        """``make(network_id=... or graph=..., parameters=...)``: the GradRequest of ``call`` (a Run as a forward-only
-        Grad, for a GradStream)."""
+    def _grad_message(self, call: Call) -> service_pb2.GradRequest:
+        """The GradRequest of ``call`` (a Run as a forward-only Grad, for a GradStream) without its network, each
+        tensor encoded in place."""
         flags = call.flags
         if flags is None:
-            tensors = [codec.encode_tensor(a) for a in call.inputs]
-            return lambda **net: service_pb2.GradRequest(grad=FORWARD_ONLY, inputs=tensors, return_forward=True, **net)
-        n = self._networks[call.network_id].inputs
-        op = codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights)
-        tensors = [codec.encode_tensor(a) for a in call.inputs[:n]]
-        sens = [codec.encode_tensor(a) for a in call.inputs[n:]]
-        return lambda **net: service_pb2.GradRequest(grad=op, inputs=tensors, sens=sens, **net)
+            request = service_pb2.GradRequest(grad=FORWARD_ONLY, return_forward=True)
+            n = len(call.inputs)
+        else:
+            request = service_pb2.GradRequest(
+                grad=codec.encode_grad_operation(flags.get_all, flags.get_by_list, flags.sens_param, flags.weights))
+            n = self._networks[call.network_id].inputs
+        for i, a in enumerate(call.inputs):
+            codec.encode_tensor(a, (request.inputs if i < n else request.sens).add())
+        return request
+
+    def _grad_request(self, call: Call) -> Callable[..., service_pb2.GradRequest]:
+        """``make(network_id=... or graph=..., parameters=..., request_id=...)``: a new GradRequest of ``call`` for
+        each request of a GradStream (each waits in a queue until sent)."""
+        base = self._grad_message(call)
+
+        def make(**net: Any) -> service_pb2.GradRequest:
+            request = service_pb2.GradRequest()
+            request.CopyFrom(base)
+            return _addressed(request, **net)
+
+        return make
 
     def stream(self, calls: Iterable[Call], in_flight: int) -> Iterator[OutputTree]:
         """The result of each call in order, from up to ``in_flight`` requests at a time on one GradStream."""
@@ -247,7 +281,7 @@ class RemoteBackend(Backend):
     def _send(self, route: _Route, local_id: str, net: _Network, method: str, make: Callable[..., Any],
               deadline: float | None) -> Any:
         """One call through ``route`` by ``deadline``: registering first if it has not seen the network, inline when asked to."""
-        call = getattr(route.stub, method)
+        call = route.sender(method)
         with self._lock:
             inline = route.inline.get(local_id, 0)
             if inline:
@@ -258,8 +292,7 @@ class RemoteBackend(Backend):
         if not known:
             self._register(route, local_id, net, deadline)
         try:
-            request = make(network_id=net.server_id)
-            return call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
+            return call(make(network_id=net.server_id), _left(deadline))
         except grpc.RpcError as exc:
             if exc.code() != grpc.StatusCode.NOT_FOUND:
                 raise
@@ -272,8 +305,7 @@ class RemoteBackend(Backend):
     def _send_inline(self, route: _Route, local_id: str, net: _Network, call: Any, make: Callable[..., Any],
                      deadline: float | None) -> Any:
         """The call with the graph itself, which also registers it on the server that takes it."""
-        request = make(graph=net.message)
-        resp = call(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
+        resp = call(make(graph=net.message), _left(deadline))
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -281,8 +313,7 @@ class RemoteBackend(Backend):
 
     def _register(self, route: _Route, local_id: str, net: _Network, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
-        request = service_pb2.RegisterNetworkRequest(graph=net.message)
-        resp = route.stub.RegisterNetwork(request, timeout=_left(deadline), metadata=codec.request_bytes_metadata(request))
+        resp = route.sender("RegisterNetwork")(service_pb2.RegisterNetworkRequest(graph=net.message), _left(deadline))
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -321,6 +352,23 @@ class RemoteBackend(Backend):
                                                "set_context(retry_seconds=...) or GRADSERVE_RETRY_SECONDS sets how long)")
             time.sleep(min(give_up - now, delay * random.uniform(0.5, 1.0)))
             delay = min(2 * delay, MAX_BACKOFF)
+
+
+def _addressed(request: Any, parameters: Mapping[str, graph_pb2.Tensor], network_id: str | None = None,
+               graph: graph_pb2.Graph | None = None, request_id: str | None = None) -> Any:
+    """``request`` (its tensors encoded in place, once) for one attempt: by ``network_id`` or with ``graph`` inline,
+    ``parameters`` as overrides, and ``request_id`` (a GradStream's). Unary attempts reuse the one message: copying
+    its tensors into a new request for each would cost a pass over every byte (and, for large arrays, fresh pages)."""
+    if graph is not None:
+        request.graph.CopyFrom(graph)
+    else:
+        request.network_id = network_id
+    request.parameters.clear()
+    for name, tensor in parameters.items():
+        request.parameters[name].CopyFrom(tensor)
+    if request_id is not None:
+        request.request_id = request_id
+    return request
 
 
 def _left(deadline: float | None) -> float | None:

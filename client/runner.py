@@ -2,21 +2,24 @@
 run it on the current backend."""
 from __future__ import annotations
 
+import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
 from gradserve.engine import Graph, flatten
 
+from . import epoch
 from .backend import Backend
 from .context import get_backend
 from .guards import GuardCheck
 from .parameter import Parameter
-from .state import State, network_state
+from .state import State, StateWatch
 from .tensor import Tensor
-from .tracing import NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
+from .tracing import TENSOR, NeedsValues, Traced, TraceSession, check_inputs, current_frame, graph_name, rebuild, trace
 
 MAX_PATHS = 16
 """Traced graphs kept per input signature (paths through Python control flow, states of attributes); the least
@@ -27,18 +30,29 @@ recently used one is dropped beyond it."""
 class CacheEntry:
     """One traced graph, the parameter and attribute state it was traced with, the values its Python control flow
     read, nested traces' included (checked before reuse; ``None`` when it read none), and its id on each backend it
-    was sent to."""
+    was sent to. ``whole``: every graph input is a whole Tensor argument (none sits in a tuple, list or dict), so
+    the inputs are picked without flattening."""
 
     traced: Traced
     param_state: tuple[Any, ...]
     state: State = field(default_factory=State)
     guards: GuardCheck | None = None
     network_ids: dict[Any, tuple[Backend, str]] = field(default_factory=dict)
+    checked: int = -1
+    """The epoch at which ``param_state`` last held: it cannot change before the epoch moves (client/epoch.py)."""
+
+    def __post_init__(self) -> None:
+        skeletons, positions = self.traced.arg_skeletons, self.traced.tensor_positions
+        self.whole = all(skeletons[i] == TENSOR for i in positions) if skeletons else not positions
 
     def holds(self, args: Sequence[Any], state: State) -> bool:
         """True when this graph is what tracing ``args`` now would record."""
-        if not self.state.same(state) or _param_state(self.traced.params) != self.param_state:
+        if not self.state.same(state):
             return False
+        if self.checked != epoch.value:
+            if _param_state(self.traced.params) != self.param_state:
+                return False
+            self.checked = epoch.value
         return self.guards is None or self.guards.holds(self.inputs(args), self.param_values())
 
     def network_id(self, backend: Backend) -> str:
@@ -51,11 +65,24 @@ class CacheEntry:
 
     def inputs(self, args: Sequence[Any]) -> list[np.ndarray]:
         """The arrays of the Tensor arguments, in graph-input order."""
-        return [t._concrete("a network input") for t in self.traced.input_leaves(args)]
+        leaves = [args[i] for i in self.traced.tensor_positions] if self.whole else self.traced.input_leaves(args)
+        return [t._array if t._array is not None else t._concrete("a network input") for t in leaves]
 
     def param_values(self) -> dict[str, np.ndarray]:
         """Current values of every parameter the graph reads, by name."""
         return {p.name: p.array() for p in self.traced.params}
+
+
+class Declared:
+    """The Parameters a network declares with one set of gradient weights, as of one epoch: its own (a Cell's,
+    walked once) and the weights, with their part of the cache key."""
+
+    def __init__(self, fn: Any, weights: Sequence[Parameter]) -> None:
+        self.epoch = epoch.value
+        own = list(fn.get_parameters()) if hasattr(fn, "get_parameters") else []
+        known = {id(p) for p in own}
+        self.params = own + [w for w in weights if id(w) not in known]
+        self.param_state = _param_state(self.params)
 
 
 class TraceCache:
@@ -64,6 +91,8 @@ class TraceCache:
     def __init__(self) -> None:
         self.entries: dict[tuple[Any, ...], list[CacheEntry]] = {}
         self.traces = 0
+        self.declared: dict[tuple[int, ...], Declared] = {}
+        self.state: StateWatch | None = None
 
 
 _CACHES: weakref.WeakKeyDictionary[Any, TraceCache] = weakref.WeakKeyDictionary()
@@ -81,9 +110,21 @@ def _signature(args: Sequence[Any]) -> tuple[Any, ...]:
     return tuple(_arg_key(a) for a in args)
 
 
+def _plain_signature(args: Sequence[Any]) -> tuple[Any, ...] | None:
+    """``_signature`` of arguments that are all concrete Tensors (the common call, checked without more ado), else
+    None."""
+    key = []
+    for a in args:
+        arr = a._array if isinstance(a, Tensor) else None
+        if arr is None:
+            return None
+        key.append(("T", arr.dtype, arr.shape))
+    return tuple(key)
+
+
 def _arg_key(a: Any) -> Any:
     if isinstance(a, Tensor):
-        return ("T", a._array_dtype().str, a.shape)
+        return ("T", a._array_dtype(), a.shape)
     if isinstance(a, (tuple, list)):
         return (type(a).__name__, tuple(_arg_key(x) for x in a))
     if isinstance(a, dict):
@@ -106,20 +147,32 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     """The cached trace of ``fn`` for these inputs, tracing anew when the signature, the parameters, the network's
     non-Parameter state (Tensor and number attributes, closure and global Tensors) or a guarded value changed.
 
-    A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace."""
-    check_inputs(fn, args)
-    own = list(fn.get_parameters()) if hasattr(fn, "get_parameters") else []
-    known = {id(p) for p in own}
-    declared = own + [w for w in weights if id(w) not in known]
-    key = (_signature(args), _param_state(declared))
-    cache = _CACHES.setdefault(fn, TraceCache())
+    A Cell's own parameters are always declared, so its forward calls and its gradients over them share a trace.
+    While the epoch (client/epoch.py) stands still, the parameters and state found at the last call are reused:
+    a steady call reads only what can change without moving it (closures, globals, list attributes)."""
+    signature = _plain_signature(args)
+    if signature is None:
+        check_inputs(fn, args)
+        signature = _signature(args)
+    cache = _CACHES.get(fn)
+    if cache is None:
+        cache = _CACHES.setdefault(fn, TraceCache())
+    ids = tuple(map(id, weights)) if weights else ()
+    declared = cache.declared.get(ids)
+    if declared is None or declared.epoch != epoch.value:
+        if len(cache.declared) >= MAX_PATHS:
+            cache.declared.clear()
+        declared = cache.declared[ids] = Declared(fn, weights)
+    if cache.state is None:
+        cache.state = StateWatch(fn)
+    state = cache.state.current(fn)
+    key = (signature, declared.param_state)
     bucket = cache.entries.setdefault(key, [])
-    state = network_state(fn)
     for i, entry in enumerate(bucket):
         if entry.holds(args, state):
             bucket.insert(0, bucket.pop(i))
             return entry
-    entry = _trace_entry(fn, args, declared, state)
+    entry = _trace_entry(fn, args, declared.params, state)
     cache.traces += 1
     bucket.insert(0, entry)
     del bucket[MAX_PATHS:]
@@ -151,7 +204,7 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     entry = traced_for(fn, args)
     backend = get_backend()
     if entry.traced.writes:
-        note_forward(fn, args)
+        note_forward(fn, args, entry.traced.writes)
         return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
     return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
@@ -168,6 +221,7 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
     dropped."""
     frame = current_frame()
     if frame is None:
+        _before_write(param)
         param.set_data(value.asnumpy())
         return
     if value.shape != param.shape or value._array_dtype() != param._array_dtype():
@@ -235,23 +289,49 @@ def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
     flat = flatten(to_tensors(out))
     n = len(flat) - len(traced.writes)
     for (param, _), t in zip(traced.writes, flat[n:]):
+        _before_write(param)
         param.set_data(t.asnumpy())
     return flat[:n]
 
 
-def note_forward(fn: Any, args: Sequence[Any]) -> None:
+_LOGS = threading.local()
+
+
+@contextmanager
+def values_before_writes() -> Iterator[dict[str, np.ndarray]]:
+    """Collect, by name, the value each Parameter had before its first write-back inside the block: ``vjp`` keeps
+    them so that its ``vjp_fn`` reads what its forward read (a Dropout's step, so the same mask)."""
+    log: dict[str, np.ndarray] = {}
+    stack = _LOGS.__dict__.setdefault("stack", [])
+    stack.append(log)
+    try:
+        yield log
+    finally:
+        stack.pop()
+
+
+def _before_write(param: Parameter) -> None:
+    for log in getattr(_LOGS, "stack", ()):
+        log.setdefault(param.name, param.array())
+
+
+def note_forward(fn: Any, args: Sequence[Any], writes: Sequence[tuple[Parameter, Any]] = ()) -> None:
     """Remember a top-level forward call of a Cell with ``set_grad()`` on: MindSpore's PyNative records it, and the
     gradient call that follows on the same Cell and the same input objects reuses that forward instead of running
-    (and writing) again (``forward_recorded``)."""
+    (and writing) again (``forward_recorded``); the values the forward read of the Parameters it writes are kept
+    for that gradient (a Dropout's step counter: the gradient's mask is the forward's)."""
     if getattr(fn, "requires_grad", False) is True and hasattr(fn, "construct"):
-        _RECORDED[fn] = tuple(args)
+        _RECORDED[fn] = (tuple(args), {p.name: p.array() for p, _ in writes})
 
 
-def forward_recorded(fn: Any, args: Sequence[Any]) -> bool:
-    """True (once) when the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very
-    input objects: a gradient call then writes nothing, as MindSpore's ``check_run`` reuses that forward."""
+def forward_recorded(fn: Any, args: Sequence[Any]) -> dict[str, np.ndarray] | None:
+    """When the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very input objects
+    (once): the values, by name, that forward read of the Parameters it wrote, which the gradient call then reads
+    too, writing nothing, as MindSpore's ``check_run`` reuses that forward; else None."""
     seen = _RECORDED.pop(fn, None)
-    return seen is not None and len(seen) == len(args) and all(a is b for a, b in zip(seen, args))
+    if seen is None or len(seen[0]) != len(args) or not all(a is b for a, b in zip(seen[0], args)):
+        return None
+    return seen[1]
 
 
-_RECORDED: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_RECORDED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, np.ndarray]]] = weakref.WeakKeyDictionary()

@@ -78,7 +78,8 @@ class Declared(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         declared = dict(details.metadata or ()).get(codec.REQUEST_BYTES_HEADER)
-        self.calls.append((details.method.rsplit("/", 1)[-1], declared, request.ByteSize()))
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()  # sent serialized once, as bytes
+        self.calls.append((details.method.rsplit("/", 1)[-1], declared, size))
         return continuation(details, request)
 
 

@@ -55,7 +55,9 @@ class Recorded(grpc.UnaryUnaryClientInterceptor):
         self.requests: list[tuple[str, Any]] = []
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
-        self.requests.append((details.method.rsplit("/", 1)[-1], request))
+        method = details.method.rsplit("/", 1)[-1]
+        kind = getattr(service_pb2, f"{method}Request")  # the backend sends each request serialized once, as bytes
+        self.requests.append((method, kind.FromString(request) if isinstance(request, bytes) else request))
         return continuation(details, request)
 
     def of(self, method: str) -> list[Any]:
