@@ -293,37 +293,39 @@ def _gemm(n: OnnxNode) -> Value:
 # ---- convolution and pooling (2-D, NCHW; 1-D as 2-D with a unit height) ----
 
 
-_LIFT_1D: dict[str, Callable[[list[int]], list[int]]] = {
-    "kernel_shape": lambda v: [1, *v], "strides": lambda v: [1, *v], "dilations": lambda v: [1, *v],
-    "output_padding": lambda v: [0, *v], "pads": lambda v: [0, v[0], 0, v[1]], "output_shape": lambda v: [1, v[-1]],
+_LIFT_1D: dict[str, tuple[int | None, Callable[[list[int]], list[int]]]] = {
+    "kernel_shape": (1, lambda v: [1, *v]), "strides": (1, lambda v: [1, *v]), "dilations": (1, lambda v: [1, *v]),
+    "output_padding": (1, lambda v: [0, *v]), "pads": (2, lambda v: [0, v[0], 0, v[1]]), "output_shape": (None, lambda v: [1, v[-1]]),
 }
-"""A 1-D spatial attribute as the 2-D one over (1, L): unit height, no padding or output padding on it."""
-_SIZE_1D = {"pads": 2}
+"""A 1-D spatial attribute (its length, None for any) as the 2-D one over (1, L): unit height, no padding on it."""
 
 
-def _one_d(build: Builder) -> Builder:
-    """``build`` (a 2-D NCHW builder) also for 1-D (N, C, L) inputs, as PyTorch exports Conv1d and MaxPool1d: the
-    input (and a Conv's weight) get a unit axis 2, the attributes a unit height, and the outputs lose the axis."""
-    def wrapped(n: OnnxNode) -> Any:
-        x = n.x(0)
-        if x.ndim != 3:
-            return build(n)
-        attrs = dict(n.attrs)
-        for key, lift in _LIFT_1D.items():
-            if key in attrs:
-                value = list(attrs[key])
-                if len(value) != _SIZE_1D.get(key, 1) and key != "output_shape":
-                    raise n.fail(f"{key} {value} does not fit a 1-D input of shape {x.shape}")
-                attrs[key] = lift(value)
-        inputs = list(n.inputs)
-        inputs[0] = n.op("ExpandDims", x, axis=2)
-        if n.op_type in ("Conv", "ConvTranspose"):
-            inputs[1] = n.op("ExpandDims", n.x(1), axis=2)
-        out = build(replace(n, inputs=inputs, attrs=attrs))
-        outs = tuple(n.op("Squeeze", o, axis=(2,)) for o in (out if isinstance(out, tuple) else (out,)))
-        return outs if isinstance(out, tuple) else outs[0]
-    wrapped.__doc__ = build.__doc__
-    return wrapped
+def _one_d(weight: bool) -> Callable[[Builder], Builder]:
+    """A 2-D NCHW builder made to take 1-D (N, C, L) inputs too, as PyTorch exports Conv1d and MaxPool1d: the input
+    (and, with ``weight``, input 1, a convolution's weight) get a unit axis 2, the attributes a unit height, and the
+    outputs lose the axis."""
+    def wrap(build: Builder) -> Builder:
+        def wrapped(n: OnnxNode) -> Any:
+            x = n.x(0)
+            if x.ndim != 3:
+                return build(n)
+            attrs = dict(n.attrs)
+            for key, (size, lift) in _LIFT_1D.items():
+                if key in attrs:
+                    value = list(attrs[key])
+                    if size is not None and len(value) != size:
+                        raise n.fail(f"{key} {value} does not fit a 1-D input of shape {x.shape}")
+                    attrs[key] = lift(value)
+            inputs = list(n.inputs)
+            inputs[0] = n.op("ExpandDims", x, axis=2)
+            if weight:
+                inputs[1] = n.op("ExpandDims", n.x(1), axis=2)
+            out = build(replace(n, inputs=inputs, attrs=attrs))
+            outs = tuple(n.op("Squeeze", o, axis=(2,)) for o in (out if isinstance(out, tuple) else (out,)))
+            return outs if isinstance(out, tuple) else outs[0]
+        wrapped.__doc__ = build.__doc__
+        return wrapped
+    return wrap
 
 
 def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[int], list[int], str]:
@@ -345,7 +347,7 @@ def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[i
 
 
 @onnx_op("Conv")
-@_one_d
+@_one_d(weight=True)
 def _conv(n: OnnxNode) -> Value:
     x, w = n.x(0), n.x(1)
     pads, strides, dil, mode = _spatial(n, x, w.shape[2:])
@@ -356,7 +358,7 @@ def _conv(n: OnnxNode) -> Value:
 
 
 @onnx_op("ConvTranspose")
-@_one_d
+@_one_d(weight=True)
 def _conv_transpose(n: OnnxNode) -> Value:
     """The adjoint of a convolution whose weight is ONNX's (C_in, C_out / group, kh, kw); the size comes from pads
     and output_padding, or from output_shape (its last two entries) or auto_pad SAME_UPPER/SAME_LOWER (input times
@@ -423,7 +425,7 @@ def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
 
 
 @onnx_op("MaxPool")
-@_one_d
+@_one_d(weight=False)
 def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
     """Padding is -inf around the input (the engine's pooling pads only by 'same'). The Indices output
     (storage_order 0) is each window's first maximum as a flat index over the unpadded (N, C, H, W) input: the
@@ -444,7 +446,7 @@ def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
 
 
 @onnx_op("AveragePool")
-@_one_d
+@_one_d(weight=False)
 def _avg_pool(n: OnnxNode) -> Value:
     """count_include_pad (default 0) decides whether padded zeros count: if not, the sum of each window is divided
     by a constant count of its real elements."""
