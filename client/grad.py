@@ -3,16 +3,16 @@ hessian): gradients of a Cell or function in MindSpore's return structures, comp
 becomes one transform node over a traced library function; the engine holds every gradient rule."""
 from __future__ import annotations
 
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
-from gradserve.engine import flatten
-from gradserve.engine.autodiff import grad_structure
+from gradserve.engine import Graph, Value, flatten
+from gradserve.engine.autodiff import grad_structure, inline
 
 from . import dtype as mstype
 from .backend import Backend, Call, GradFlags
 from .context import get_backend
 from .parameter import Parameter
-from .runner import to_tensors, traced_for
+from .runner import apply_writes, forward_recorded, to_tensors, traced_for, writing_network_id
 from .streaming import stream_prepared
 from .tensor import Tensor
 from .tracing import (
@@ -97,20 +97,49 @@ class GradFunction:
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
         backend = get_backend()
-        call, finish = self._prepare(backend, inputs, sens)
+        call, finish = self._prepare(backend, inputs, sens, write=True)
         return finish(backend.call(call))
 
-    def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
-        """The backend call for these inputs and the function giving the structured result from its output."""
+    def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any, write: bool = False) -> tuple[Call, Any]:
+        """The backend call for these inputs and the function giving the structured result from its output; with
+        ``write``, a network that writes Parameters (BatchNorm's moving statistics) writes them once, as its forward
+        inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``)."""
         entry = traced_for(self.fn, inputs, self.weights)
+        if write and entry.traced.writes and not forward_recorded(self.fn, inputs):
+            return self._prepare_writing(backend, entry.traced, inputs, sens)
         flat_sens = self._flat_sens(sens, entry.traced)
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
         call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
         return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
 
+    def _prepare_writing(self, backend: Backend, traced: Traced, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
+        """The call of one network holding a GradOperation node over the function and the function's written
+        values (``_forward_writes``), run forward; its writes are set into their Parameters when it returns."""
+        args = [*inputs, sens] if self.op.sens_param else list(inputs)
+        # kept with the function, so a GradFunction made anew for every step (``grad_op(net)(x)``) reuses the trace
+        cache = _reused(self.fn, "grad_operation")
+        key = (len(inputs), self.op.get_all, self.op.get_by_list, self.op.sens_param, tuple(id(w) for w in self.weights))
+        staged = cache.get(key)
+        if staged is None:
+            staged = cache[key] = _Staged(f"grad_{graph_name(self.fn)}", len(inputs), self._parameters, self._stage, writes=True)
+        entry = traced_for(staged, args, self.weights)
+        call = Call(writing_network_id(entry, backend), None, entry.inputs(args), entry.param_values())
+        return call, lambda out: self._structure(apply_writes(entry.traced, out), traced)
+
+    def _parameters(self) -> Iterator[Parameter]:
+        """The Parameters of the function's Cell and the weights, which the staged network's trace cache watches."""
+        own = list(self.fn.get_parameters()) if hasattr(self.fn, "get_parameters") else []
+        return iter(own + [w for w in self.weights if all(w is not p for p in own)])
+
+    def _stage(self, frame: TraceFrame, inputs: Sequence[Any], extra: Sequence[Any]) -> tuple[list[Tensor], Traced, list[Value], Any]:
+        """``_emit`` for the staged network: ``extra`` holds sens when ``sens_param``."""
+        leaves, traced, values = self._emit(frame, inputs, extra[0] if extra else None)
+        return leaves, traced, values, None
+
     def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
         """For streaming (``client/streaming.py``) and split batches (``client/parallel.py``): one call's arguments
-        (then sens) as a backend call and its result's structure."""
+        (then sens) as a backend call and its result's structure. These calls write no Parameters (calls prepared
+        ahead would each start from the same old moving statistics)."""
         inputs, sens = (args[:-1], args[-1]) if self.op.sens_param else (args, None)
         check_inputs(self.fn, inputs)
         return self._prepare(backend, inputs, sens)
@@ -120,18 +149,25 @@ class GradFunction:
         return stream_prepared(self.prepare_call, batches, in_flight)
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
-        """Inside a trace: trace the network into the library and apply a GradOperation node to it."""
+        """Inside a trace: trace the network into the library and apply a GradOperation node to it (the network's
+        writes are dropped: a gradient inside a construct writes nothing)."""
+        leaves, traced, _ = self._emit(frame, inputs, sens)
+        return self._structure(leaves, traced)
+
+    def _emit(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> tuple[list[Tensor], Traced, list[Value]]:
+        """Trace the network into the library and add a GradOperation node; returns the node's outputs, the traced
+        network and the values of its inputs in ``frame``."""
         name = frame.session.fresh_name(graph_name(self.fn))
         traced = trace(self.fn, inputs, frame.session, name, self.weights)
         frame.session.library[name] = traced.graph
         flat_sens = self._flat_sens(sens, traced)
-        values = [frame.value_of(t) for t in traced.input_leaves(inputs)] + [frame.value_of(s) for s in flat_sens]
+        values = [frame.value_of(t) for t in traced.input_leaves(inputs)]
         f = self.flags(traced)
         outs = frame.builder.op(
-            "GradOperation", *values, fn=name, get_all=f.get_all, get_by_list=f.get_by_list,
-            sens_param=f.sens_param, weights=f.weights,
+            "GradOperation", *values, *[frame.value_of(s) for s in flat_sens], fn=name, get_all=f.get_all,
+            get_by_list=f.get_by_list, sens_param=f.sens_param, weights=f.weights,
         )
-        return self._structure([Tensor._symbolic(v, frame) for v in outs], traced)
+        return [Tensor._symbolic(v, frame) for v in outs], traced, values
 
     def _flat_sens(self, sens: Any, traced: Traced) -> list[Tensor]:
         """The sens leaves, one per Tensor output, checked against the network's outputs (structure, shape, dtype)."""
@@ -234,6 +270,9 @@ class _Transform:
     structure (aux, ids) is applied to the node's outputs afterwards."""
 
     op = ""
+    writes = True
+    """Whether a top-level call writes the Parameters the function writes (once per call, as its forward inside
+    MindSpore's transform does)."""
 
     def __init__(self, fn: Any, weights: tuple[Parameter, ...] = ()) -> None:
         if not callable(fn):
@@ -256,41 +295,52 @@ class _Transform:
         """The structured result for ``args`` (the function's inputs) and ``extra`` (tangents or cotangents)."""
         frame = current_frame()
         if frame is not None:
-            leaves, rebuild = self._emit(frame, args, extra)
+            leaves, _, _, rebuild = self._emit(frame, args, extra)
             return rebuild(leaves)
         backend = get_backend()
-        call, finish = self._prepare(backend, args, extra)
+        call, finish = self._prepare(backend, args, extra, write=self.writes)
         return finish(backend.call(call))
 
-    def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[Call, Any]:
-        """The backend call of the staged network and the function giving the structured result from its output."""
-        staged = self._staged.setdefault(len(args), _Staged(self, len(args)))
+    def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor], write: bool = False) -> tuple[Call, Any]:
+        """The backend call of the staged network and the function giving the structured result from its output.
+        With ``write``, when the function writes Parameters, the call runs the staged graph's copy that also outputs
+        the written values (``runner.writing_network_id``), and they are set after it returns."""
+        staged = self._staged.get(len(args))
+        if staged is None:
+            staged = _Staged(self.__name__, len(args), self.get_parameters, self._emit, writes=True)
+            self._staged[len(args)] = staged
         entry = traced_for(staged, [*args, *extra], self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
             hit = (entry.traced, staged.rebuild)
             self._rebuilds[id(entry.traced)] = hit
-        call = Call(entry.network_id(backend), None, entry.inputs([*args, *extra]), entry.param_values())
+        inputs = entry.inputs([*args, *extra])
+        if write and entry.traced.writes and not forward_recorded(self.fn, args):
+            call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
+            return call, lambda out: hit[1](apply_writes(entry.traced, out))
+        call = Call(entry.network_id(backend), None, inputs, entry.param_values())
         return call, lambda out: hit[1](list(flatten(to_tensors(out))))
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
-        """For streaming and split batches: one call's arguments as a backend call and its result's structure."""
+        """For streaming and split batches: one call's arguments as a backend call and its result's structure
+        (writing no Parameters, as ``GradFunction.prepare_call``)."""
         return self._prepare(backend, args, ())
 
     def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
         """The result for each batch (a tuple of arguments, or one argument) in order, up to ``in_flight`` at once."""
         return stream_prepared(self.prepare_call, batches, in_flight)
 
-    def _emit(self, frame: TraceFrame, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[list[Tensor], Any]:
-        """Trace the function into the library and add the node; returns its outputs and the structure builder."""
+    def _emit(self, frame: TraceFrame, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[list[Tensor], Traced, list[Value], Any]:
+        """Trace the function into the library and add the node; returns its outputs, the traced function, the
+        values of its inputs in ``frame`` and the structure builder."""
         check_inputs(self.fn, args)
         name = frame.session.fresh_name(graph_name(self.fn))
         traced = trace(self.fn, args, frame.session, name, self.weights)
         frame.session.library[name] = traced.graph
         node_attrs = self._attrs(traced)
-        values = [frame.value_of(t) for t in traced.input_leaves(args)] + [frame.value_of(t) for t in extra]
-        outs = frame.builder.op(self.op, *values, fn=name, **node_attrs)
-        return [Tensor._symbolic(v, frame) for v in outs], self._structure(traced)
+        values = [frame.value_of(t) for t in traced.input_leaves(args)]
+        outs = frame.builder.op(self.op, *values, *[frame.value_of(t) for t in extra], fn=name, **node_attrs)
+        return [Tensor._symbolic(v, frame) for v in outs], traced, values, self._structure(traced)
 
     def _graph_positions(self, traced: Traced, positions: Sequence[int]) -> tuple[int, ...]:
         """Argument positions as graph-input positions (every Tensor of a tuple or list argument); each must be a
@@ -310,11 +360,13 @@ class _Transform:
 
 
 class _Staged:
-    """The flat outputs of one transform applied to its arguments: the network a top-level call runs."""
+    """The flat outputs of one transform (or GradOperation) applied to its arguments: the network a top-level call
+    runs. ``emit(frame, args, extra)`` adds the transform's node; the writes of the function it traced are recorded
+    as this network's own (``_forward_writes``), so a top-level call can write them once."""
 
-    def __init__(self, owner: _Transform, n_args: int) -> None:
-        self.owner, self.n_args = owner, n_args
-        self.__name__ = owner.__name__
+    def __init__(self, name: str, n_args: int, params: Callable[[], Iterator[Parameter]], emit: Callable[..., Any], writes: bool) -> None:
+        self.n_args, self.params, self.emit, self.writes = n_args, params, emit, writes
+        self.__name__ = name
         self.rebuild: Any = None
 
     def input_names(self, n: int) -> list[str]:
@@ -323,14 +375,29 @@ class _Staged:
 
     def get_parameters(self) -> Any:
         """The owner's Parameters, which the trace cache watches."""
-        return self.owner.get_parameters()
+        return self.params()
 
     def __call__(self, *args: Any) -> tuple[Tensor, ...]:
         frame = current_frame()
         if frame is None:
             raise AssertionError("a staged transform runs only while it is traced")
-        leaves, self.rebuild = self.owner._emit(frame, args[: self.n_args], args[self.n_args:])
+        leaves, traced, values, self.rebuild = self.emit(frame, args[: self.n_args], args[self.n_args:])
+        if self.writes:
+            _forward_writes(frame, traced, values)
         return tuple(leaves)
+
+
+def _forward_writes(frame: TraceFrame, traced: Traced, values: Sequence[Value]) -> None:
+    """Record the Parameter writes of ``traced`` (a function in the library, applied to ``values``) as writes of
+    ``frame``: the written values are computed in ``frame``'s graph by a copy of the function's nodes they need,
+    which the compiler merges with the forward pass the transform's node expands to, so one program computes both.
+    Writes of transforms nested in the function are not in ``traced.writes`` (dropped, as in any nested trace)."""
+    if not traced.writes:
+        return
+    g = traced.graph
+    wanted = Graph(g.inputs, g.params, g.nodes, tuple(v for _, v in traced.writes), g.library, g.name).pruned()
+    for (param, _), v in zip(traced.writes, flatten(inline(frame.builder, wanted, values, expand_all=False))):
+        frame.writes.append((param, v))
 
 
 def _split(leaves: list[Tensor], traced: Traced) -> tuple[Any, list[Tensor]]:
@@ -459,6 +526,7 @@ class _VjpFn(_Transform):
     """``vjp``'s vjp_fn: a Vjp node over all inputs (and the weights), cotangents for the differentiated outputs."""
 
     op = "Vjp"
+    writes = False  # vjp() ran the forward (and its writes) already; vjp_fn only pulls cotangents back
 
     def __init__(self, fn: Any, weights: tuple[Parameter, ...], has_aux: bool) -> None:
         super().__init__(fn, weights)

@@ -202,6 +202,7 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     entry = traced_for(fn, args)
     backend = get_backend()
     if entry.traced.writes:
+        note_forward(fn, args)
         return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
     return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
@@ -212,8 +213,10 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
 
 def assign_after_call(param: Parameter, value: Tensor) -> None:
     """Write ``value`` into ``param`` once the top-level call being traced has run (MindSpore's Assign in a
-    construct). The value travels as an extra output of a forward call only, so gradients never see it; writes
-    recorded in a nested trace (a gradient's own copy of the network) are dropped."""
+    construct). The value travels as an extra output of the call (a forward call, or a top-level gradient or
+    transform call, whose program computes it with the forward pass, once per call), never as an output that
+    gradients see; writes recorded in a trace nested inside a construct (a GradOperation or transform there) are
+    dropped."""
     frame = current_frame()
     if frame is None:
         param.set_data(value.asnumpy())
@@ -224,6 +227,27 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
             f"the parameter has shape {param.shape} and dtype {param.dtype}"
         )
     frame.writes.append((param, frame.value_of(value)))
+
+
+def assign(variable: Parameter, value: Tensor) -> Tensor:
+    """MindSpore's ``ops.assign``: ``value`` (same shape; cast to the Parameter's dtype when that loses nothing) becomes
+    the Parameter's value, at once outside a trace, after the top-level call inside a construct (``assign_after_call``:
+    reads of the Parameter later in the same construct still see its old value, use the returned one); returns the new
+    value."""
+    if not isinstance(variable, Parameter):
+        raise TypeError(f"ops.assign: variable must be a Parameter, got {type(variable).__name__}")
+    if not isinstance(value, Tensor):
+        raise TypeError(f"ops.assign: value must be a Tensor, got {type(value).__name__}")
+    want, got = variable._array_dtype(), value._array_dtype()
+    if got != want:
+        if np.promote_types(got, want) != want:
+            raise TypeError(f"ops.assign: value of dtype {value.dtype} cannot be assigned to Parameter {variable.name!r} "
+                            f"of dtype {variable.dtype} without losing precision (a Parameter keeps its dtype)")
+        value = value.astype(variable.dtype)
+    if value.shape != variable.shape:
+        raise ValueError(f"ops.assign: value has shape {value.shape}, Parameter {variable.name!r} has shape {variable.shape}")
+    assign_after_call(variable, value)
+    return value
 
 
 def pending_value(param: Parameter) -> Tensor:
@@ -239,16 +263,46 @@ def pending_value(param: Parameter) -> Tensor:
 def run_writing(entry: CacheEntry, backend: Backend, args: Sequence[Any]) -> Any:
     """Run a graph that writes Parameters: a copy of it with the written values as extra outputs (registered once
     per backend), whose extra outputs are set into their Parameters; returns the network's own outputs."""
-    traced = entry.traced
+    out = backend.run(writing_network_id(entry, backend), entry.inputs(args), entry.param_values())
+    return rebuild(entry.traced.skeleton, iter(apply_writes(entry.traced, out)))
+
+
+def writing_network_id(entry: CacheEntry, backend: Backend) -> str:
+    """The id on ``backend`` of the copy of ``entry``'s graph whose outputs are ``(outputs, written values)``,
+    registered on first use."""
     key = ("writes", id(backend))
     hit = entry.network_ids.get(key)
     if hit is None:
-        g = traced.graph
+        g, traced = entry.traced.graph, entry.traced
         outputs = (g.outputs, tuple(v for _, v in traced.writes))
         hit = (backend, backend.register(Graph(g.inputs, g.params, g.nodes, outputs, g.library, g.name)))
         entry.network_ids[key] = hit
-    flat = flatten(to_tensors(backend.run(hit[1], entry.inputs(args), entry.param_values())))
+    return hit[1]
+
+
+def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
+    """Set the written values (the last outputs of a writing graph's run) into their Parameters; returns the flat
+    outputs before them (the network's own)."""
+    flat = flatten(to_tensors(out))
     n = len(flat) - len(traced.writes)
     for (param, _), t in zip(traced.writes, flat[n:]):
         param.set_data(t.asnumpy())
-    return rebuild(traced.skeleton, iter(flat[:n]))
+    return flat[:n]
+
+
+def note_forward(fn: Any, args: Sequence[Any]) -> None:
+    """Remember a top-level forward call of a Cell with ``set_grad()`` on: MindSpore's PyNative records it, and the
+    gradient call that follows on the same Cell and the same input objects reuses that forward instead of running
+    (and writing) again (``forward_recorded``)."""
+    if getattr(fn, "requires_grad", False) is True and hasattr(fn, "construct"):
+        _RECORDED[fn] = tuple(args)
+
+
+def forward_recorded(fn: Any, args: Sequence[Any]) -> bool:
+    """True (once) when the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very
+    input objects: a gradient call then writes nothing, as MindSpore's ``check_run`` reuses that forward."""
+    seen = _RECORDED.pop(fn, None)
+    return seen is not None and len(seen) == len(args) and all(a is b for a, b in zip(seen, args))
+
+
+_RECORDED: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()

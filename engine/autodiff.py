@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .builder import GraphBuilder, signature_copy
+from .builder import GraphBuilder, gc_paused, signature_copy
 from .errors import GraphError, NotDifferentiableError, shown, shown_names
 from .ir import Graph, Node, TensorType, Tree, Value, flatten, unflatten
 from .optable import OPS, F, total
@@ -32,7 +32,7 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value], expand_all: bool = 
         if expand is not None:
             outs: Sequence[Value] = flatten(inline(b, expand(g.library, n.attrs), ins))
         else:
-            outs = b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient, name_hint=n.name)
+            outs = b.copy_node(n, ins)
         for v, o in zip(n.outputs, outs):
             env[id(v)] = o
     return unflatten(g.outputs, iter([env[id(v)] for v in flatten(g.outputs)]))
@@ -157,6 +157,7 @@ def _differentiate(
     return b, out, grads[: len(wrt_inputs)], grads[len(wrt_inputs):]
 
 
+@gc_paused
 def grad(g: Graph, wrt: Sequence[str], sens_param: bool = False) -> Graph:
     """Reverse mode: a graph taking ``g``'s inputs (then one sensitivity per output leaf if
     ``sens_param``, else ones) and returning the tuple of gradients of the named inputs/parameters."""
@@ -168,6 +169,7 @@ def grad(g: Graph, wrt: Sequence[str], sens_param: bool = False) -> Graph:
     return b.build(tuple(by_name[w] for w in wrt)).pruned()
 
 
+@gc_paused
 def grad_operation(
     g: Graph,
     get_all: bool = False,
@@ -226,6 +228,7 @@ def check_positions(g: Graph, positions: Sequence[int], what: str) -> tuple[int,
     return tuple(positions)
 
 
+@gc_paused
 def vjp(g: Graph, positions: Sequence[int], weights: Sequence[str] = (), sens_param: bool = False, used: int | None = None) -> Graph:
     """Reverse mode for the functional transforms: a graph over ``g``'s inputs (then one cotangent per
     differentiated output leaf when ``sens_param``, else ones) whose output is ``(g's output tree, (gradients of

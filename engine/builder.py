@@ -1,15 +1,37 @@
 """GraphBuilder: builds a graph node by node, checking each node against the op table as it is added."""
 from __future__ import annotations
 
+import functools
+import gc
 import itertools
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
 
 from . import dtypes
 from .errors import GraphError, ShapeError, shown
 from .ir import Graph, Node, Param, TensorType, Value, check_type_shape, flatten
-from .optable import get_op, infer_node
+from .optable import OPS, get_op, infer_node
+
+Fn = TypeVar("Fn", bound=Callable[..., Any])
+
+
+def gc_paused(fn: Fn) -> Fn:
+    """Run ``fn`` with Python's cyclic garbage collector paused (then restored as it was): a graph transform allocates
+    tens of thousands of long-lived Values and Nodes, and the collections they trigger, each scanning all of them, cost
+    as much again as the transform itself; nothing is lost, garbage waits for the next collection."""
+
+    @functools.wraps(fn)
+    def paused(*args: Any, **kwargs: Any) -> Any:
+        if not gc.isenabled():
+            return fn(*args, **kwargs)
+        gc.disable()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            gc.enable()
+
+    return paused  # type: ignore[return-value]
 
 
 class GraphBuilder:
@@ -49,22 +71,24 @@ class GraphBuilder:
         return v
 
     def param(self, name: str, data: Any, requires_grad: bool = True) -> Value:
-        """Declare a named parameter carrying ``data`` (copied, read-only)."""
-        arr = np.array(data)
-        arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
-        arr.setflags(write=False)
+        """Declare a named parameter carrying ``data`` as a read-only array: a read-only array of a supported dtype is
+        shared, not copied (every graph derived from one network holds the same weights), anything else is copied once."""
+        arr = frozen_array(data)
         v = self._new_value(name, TensorType(arr.dtype, arr.shape))
         self.params.append(Param(v, arr, requires_grad))
         self._params[name] = v
         return v
 
     def has_param(self, name: str) -> bool:
+        """True when the parameter ``name`` is declared (a dict lookup)."""
         return name in self._params
 
     def get_param(self, name: str) -> Value:
-        if name not in self._params:
-            raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}")
-        return self._params[name]
+        """The value of the parameter ``name`` (a dict lookup), or a GraphError naming it."""
+        try:
+            return self._params[name]
+        except KeyError:
+            raise GraphError(f"graph {shown(self.name)} has no parameter {shown(name)}") from None
 
     def const(self, data: Any, dtype: object = None) -> Value:
         """A constant node holding ``data`` (a scalar becomes a 0-d tensor of ``dtype``)."""
@@ -112,6 +136,25 @@ class GraphBuilder:
         self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient, calls))
         return outs
 
+    def copy_node(self, n: Node, inputs: Sequence[Value], stop_gradient: bool | None = None) -> tuple[Value, ...]:
+        """Add a copy of node ``n`` (of another graph) over ``inputs`` of this builder, keeping ``n``'s name when free.
+        When every input has the type ``n``'s input had, ``n``'s attributes and output types are reused without
+        inference (a copy is as checked as its original, so rebuilding a graph stays cheap); otherwise, for ops whose
+        inference declares parameters (those carrying a library graph) and in subclasses that extend :meth:`add_node`,
+        the node goes through :meth:`add_node`."""
+        sg = n.stop_gradient if stop_gradient is None else stop_gradient
+        opdef = OPS.get(n.op)
+        if (
+            opdef is None or opdef.lowered or type(self).add_node is not GraphBuilder.add_node or len(inputs) != len(n.inputs)
+            or not all(a.builder is self and (a.type is v.type or a.type == v.type) for a, v in zip(inputs, n.inputs))
+        ):
+            return self.add_node(n.op, inputs, n.attrs, stop_gradient=sg, name_hint=n.name)
+        name = n.name if n.name not in self._node_names else None
+        node_name = self._node_name(n.op, name)
+        outs = tuple(self._new_value(None, v.type) for v in n.outputs)
+        self.nodes.append(Node(n.op, tuple(inputs), n.attrs, outs, node_name, sg, n.calls))
+        return outs
+
     def _node_name(self, op: str, name: str | None) -> str:
         if name is None:
             name = f"{op.lower()}_{len(self.nodes)}"
@@ -136,6 +179,21 @@ class GraphBuilder:
             for v in n.outputs:
                 v.builder = None
         return g
+
+
+_supported = functools.lru_cache(maxsize=256)(dtypes.as_dtype)
+"""``dtypes.as_dtype`` remembered per dtype: checking a parameter's dtype must cost no more than a dict lookup."""
+
+
+def frozen_array(data: Any) -> np.ndarray:
+    """``data`` as a read-only array of a supported dtype: the array itself when it already is one (parameters are
+    shared between the graphs of one network, never copied per graph), else a read-only copy."""
+    if isinstance(data, np.ndarray) and not data.flags.writeable and data.dtype == _supported(data.dtype):
+        return data
+    arr = np.array(data)
+    arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
+    arr.setflags(write=False)
+    return arr
 
 
 def signature_copy(g: Graph, name: str | None = None) -> tuple[GraphBuilder, list[Value]]:

@@ -3,18 +3,23 @@ constant folding, then a flat plan that frees every intermediate after its last 
 from __future__ import annotations
 
 import functools
+import keyword
 from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
 from .autodiff import lower
-from .builder import GraphBuilder, signature_copy
+from .builder import GraphBuilder, gc_paused, signature_copy
 from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, Value, unflatten
 from .optable import OPS
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
+
+STRAIGHT_AFTER = 8
+"""Runs a program makes with the step loop before its straight-line plan is generated: compiling the plan costs about
+as much as 40 runs' worth of loop overhead, so a program run once or a few times never pays for it."""
 
 
 def _frozen(v: Any) -> Any:
@@ -25,6 +30,7 @@ def _frozen(v: Any) -> Any:
     return v
 
 
+@gc_paused
 def optimize(g: Graph) -> Graph:
     """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
     over constants (or over types only, like OnesLike) folded to constants."""
@@ -40,7 +46,7 @@ def optimize(g: Graph) -> Graph:
         key = (n.op, tuple(id(v) for v in ins), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())))
         outs = seen.get(key) or _times_one(n, ins, ones)
         if outs is None:
-            outs = _fold(b, n, ins, consts) or b.add_node(n.op, ins, n.attrs, stop_gradient=n.stop_gradient)
+            outs = _fold(b, n, ins, consts) or b.copy_node(n, ins)
             if n.op == "Const":
                 consts[id(outs[0])] = n.attrs["value"]
             if n.op == "OnesLike" or (id(outs[0]) in consts and np.all(consts[id(outs[0])] == 1)):
@@ -81,6 +87,7 @@ def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarr
 class Program:
     """A graph compiled to a flat list of NumPy calls; call it with the inputs in order."""
 
+    @gc_paused
     def __init__(self, graph: Graph) -> None:
         self.source = graph
         self.graph = optimize(graph)
@@ -118,7 +125,13 @@ class Program:
         for s, k in last.items():
             if s not in keep:
                 frees[k].append(s)
-        self._steps = [(fn, ins, outs, tuple(fr)) for (fn, ins, outs), fr in zip(body, frees)]
+        into = _reused_buffers(plan_nodes, body, frees)
+        self._steps = [(fn, ins, outs, tuple(fr), r) for (fn, ins, outs), fr, r in zip(body, frees, into)]
+        self._plan_nodes = plan_nodes
+        self._fed = fed
+        self._straight: Callable[..., Any] | None = None
+        self._runs = 0
+        self._expected = [(v.dtype, v.shape, v) for _, v in self._inputs]
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
@@ -130,8 +143,8 @@ class Program:
         for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
             nbytes[slot[id(v)]] = v.type.nbytes
         plan = [
-            (OPS[n.op].memory, ins, outs, fr, OPS[n.op].scratch_of([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs))
-            for n, (_, ins, outs, fr) in zip(plan_nodes, self._steps)
+            (OPS[n.op].memory, ins, outs, fr, OPS[n.op].scratch_of([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs), r)
+            for n, (_, ins, outs, fr, r) in zip(plan_nodes, self._steps)
         ]
         self.peak_bytes = _peak_bytes(
             nbytes, fed | set(template), plan,
@@ -139,8 +152,9 @@ class Program:
         )
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
         and constants throughout, each intermediate from the step that makes it until the step that frees it
-        (a view keeps the buffer it looks into alive), the temporaries of each step (``OpDef.scratch_of``), the
-        outputs, and the copies made of outputs that are inputs, parameters or constants."""
+        (a view keeps the buffer it looks into alive; a step that writes into a dying input's buffer adds none), the
+        temporaries of each step (``OpDef.scratch_of``), the outputs, and the copies made of outputs that are inputs,
+        parameters or constants."""
 
     def __str__(self) -> str:
         return str(self.graph)
@@ -150,18 +164,24 @@ class Program:
     ) -> Any:
         """Run with ``inputs`` (arrays matching the declared dtypes and shapes, in order) and optional
         parameter values overriding the graph's; returns the output tree of NumPy arrays."""
-        if len(inputs) != len(self._inputs):
+        if len(inputs) != len(self._expected):
             names = [v.name for _, v in self._inputs]
             raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
-        for (_, v), a in zip(self._inputs, inputs):
-            _check(a, v, "input")
+        for a, (dtype, shape, v) in zip(inputs, self._expected):
+            if a.__class__ is not np.ndarray or a.dtype != dtype or a.shape != shape:
+                _check(a, v, "input")
         if params:
             for name, a in params.items():
-                if name not in self._params:
+                known = self._params.get(name)
+                if known is None:
                     raise InputError(
                         f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {shown_names(sorted(self._params))}"
                     )
-                _check(a, self._params[name][1].value, "parameter")
+                v = known[1].value
+                if a.__class__ is not np.ndarray or a.dtype != v.type.dtype or a.shape != v.type.shape:
+                    _check(a, v, "parameter")
+        elif interrupt is None and self._straight is not None:
+            return self._straight(self._template, *inputs)
         return self.run(inputs, params, interrupt)
 
     def run(
@@ -173,14 +193,26 @@ class Program:
         """``self(*inputs, params=params)`` without checking the arrays: for callers that have already
         made sure every one has its declared dtype and shape and every parameter name exists.
         ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
-        env: list[Any] = list(self._template)
+        if interrupt is None:
+            straight = self._straight
+            if straight is None and self._runs >= STRAIGHT_AFTER:
+                straight = self._straight = straight_line(self)
+            self._runs += 1
+            if straight is not None:
+                if not params:
+                    return straight(self._template, *inputs)
+                env = list(self._template)
+                for name, a in params.items():
+                    env[self._params[name][0]] = a
+                return straight(env, *inputs)
+        env = list(self._template)
         for (s, _), a in zip(self._inputs, inputs):
             env[s] = a
         if params:
             for name, a in params.items():
                 env[self._params[name][0]] = a
-        for fn, ins, outs, frees in self._steps if interrupt is None else self._checked_steps(interrupt):
-            r = fn(*[env[i] for i in ins])
+        for fn, ins, outs, frees, into in self._steps if interrupt is None else self._checked_steps(interrupt):
+            r = fn(*[env[i] for i in ins]) if into < 0 else fn(*[env[i] for i in ins], out=env[into])
             if len(outs) == 1:
                 env[outs[0]] = r
             else:
@@ -188,7 +220,12 @@ class Program:
                     env[s] = x
             for s in frees:
                 env[s] = None
-        results = [np.asarray(env[s]) for s in self._out_slots]
+        return self._results([env[s] for s in self._out_slots])
+
+    def _results(self, arrays: list[Any]) -> Any:
+        """The output tree from the output slots' values: arrays (a ufunc on 0-d arrays gives a NumPy scalar), and
+        copies of those that are inputs, parameters or constants, so a caller never holds the program's own arrays."""
+        results = [np.asarray(a) for a in arrays]
         for i in self._copied_outputs:
             results[i] = results[i].copy()
         return unflatten(self.graph.outputs, iter(results))
@@ -201,11 +238,78 @@ class Program:
             yield step
 
 
+def _reused_buffers(
+    nodes: list[Node], body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]], frees: list[list[int]]
+) -> list[int]:
+    """Per step, the slot of an input whose buffer the step writes its result into (``out=``), or -1: only a ufunc step
+    without attributes, into an input that dies at that step, has the result's dtype and shape, and was made by such a
+    step as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) that no step that may return a view reads."""
+    viewed = {s for n, (_, ins, _) in zip(nodes, body) if OPS[n.op].memory != "new" for s in ins}
+    owned: set[int] = set()
+    into = []
+    for n, (fn, ins, outs), fr in zip(nodes, body, frees):
+        ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
+        t = n.outputs[0].type
+        r = next((s for s, v in zip(ins, n.inputs) if s in owned and s in fr and v.type == t), -1) if ufunc else -1
+        into.append(r)
+        if ufunc and len(t.shape) >= 1 and outs[0] not in viewed:
+            owned.add(outs[0])
+    return into
+
+
+def straight_line(program: Program) -> Callable[..., Any]:
+    """The plan as one generated Python function of the slot list and the inputs, returning the output tree (outputs
+    that are inputs, parameters or constants copied): one line per step, locals instead of list slots,
+    attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
+    the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes."""
+    space: dict[str, Any] = {}
+    used = {s for _, ins, _, _, _ in program._steps for s in ins} | set(program._out_slots)
+    taken = [s for s, _ in program._inputs]
+    lines = [f"def plan(e{''.join(f', s{s}' for s in taken)}):"]
+    lines += [f"    s{s} = e[{s}]" for s in sorted(used - set(taken)) if program._template[s] is not None or s in program._fed]
+    for k, (n, (_, ins, outs, frees, into)) in enumerate(zip(program._plan_nodes, program._steps)):
+        opdef = OPS[n.op]
+        space[f"f{k}"] = opdef.forward
+        args = [f"s{s}" for s in ins]
+        for j, (key, val) in enumerate(n.attrs.items()):
+            if not key.isidentifier() or keyword.iskeyword(key):
+                space[f"f{k}"] = functools.partial(opdef.forward, **n.attrs)
+                args = args[: len(ins)]
+                break
+            space[f"a{k}_{j}"] = val
+            args.append(f"{key}=a{k}_{j}")
+        if into >= 0:
+            args.append(f"out=s{into}")
+        call = f"f{k}({', '.join(args)})"
+        if len(outs) == 1:
+            lines.append(f"    s{outs[0]} = {call}")
+        else:
+            lines.append(f"    r = {call}")
+            lines += [f"    s{o} = r[{j}]" for j, o in enumerate(outs)]
+            lines.append("    del r")
+        if frees:
+            lines.append(f"    del {', '.join(f's{s}' for s in frees)}")
+    space["asarray"], space["array"] = np.asarray, np.array
+    leaves = iter(
+        f"array(s{s})" if i in program._copied_outputs else f"asarray(s{s})" for i, s in enumerate(program._out_slots)
+    )
+    lines.append(f"    return {_tree_code(program.graph.outputs, leaves)}")
+    exec(compile("\n".join(lines), f"<plan of {program.graph.name[:64]}>", "exec"), space)
+    return space["plan"]
+
+
+def _tree_code(tree: Any, leaves: Iterator[str]) -> str:
+    """Python source building ``tree``'s nesting of tuples from the leaf expressions, in order."""
+    if isinstance(tree, tuple):
+        return "(" + "".join(f"{_tree_code(t, leaves)}, " for t in tree) + ")"
+    return next(leaves)
+
+
 def _peak_bytes(
-    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int]], copies: int
+    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int, int]], copies: int
 ) -> int:
-    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes)
-    counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
+    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes, the
+    input slot whose buffer the output takes over or -1) counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
     reference counts, as NumPy's ``base`` does), each step adds its scratch while it runs, and ``copies`` bytes
     of output copies are made at the end."""
     refs = [0] * len(nbytes)
@@ -214,10 +318,14 @@ def _peak_bytes(
     for s in resident:
         refs[s], own[s] = 2, nbytes[s]
     live = peak = sum(own)
-    for memory, ins, outs, frees, scratch in plan:
+    for memory, ins, outs, frees, scratch, into in plan:
         for s in outs:
-            refs[s], own[s] = 1, 0 if memory == "view" else nbytes[s]
-            live += own[s]
+            refs[s] = 1
+            if into >= 0:
+                own[s], own[into] = own[into], 0
+            else:
+                own[s] = 0 if memory == "view" else nbytes[s]
+                live += own[s]
             if memory != "new":
                 parent[s] = ins[0]
                 refs[ins[0]] += 1

@@ -14,7 +14,7 @@ from typing import Sequence
 import numpy as np
 
 from .autodiff import backprop, check_positions, fresh_name, inline, vjp
-from .builder import GraphBuilder, signature_copy
+from .builder import GraphBuilder, gc_paused, signature_copy
 from .errors import GraphError, shown
 from .ir import Graph, Value, flatten, unflatten
 from .optable import F
@@ -26,6 +26,7 @@ MAX_UNROLLED_NODES = 1 << 17
 """Most nodes the unrolled passes of one Jacobian may add, checked before any is built."""
 
 
+@gc_paused
 def jvp(g: Graph, positions: Sequence[int]) -> Graph:
     """A graph over ``g``'s inputs followed by one tangent per input at ``positions`` whose output is
     ``(g's output tree, the tangent tree of the same structure)``."""
@@ -47,6 +48,7 @@ def jvp(g: Graph, positions: Sequence[int]) -> Graph:
     return result
 
 
+@gc_paused
 def jacobian(g: Graph, positions: Sequence[int], mode: str) -> Graph:
     """A graph over ``g``'s inputs whose output is ``(g's output tree, jacobians)``, where ``jacobians`` holds, for
     each output leaf i and then each position j, d out_i / d x_j of shape ``out_i.shape + x_j.shape``.

@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from .builder import GraphBuilder
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class TensorType:
     """Static dtype and shape of a value."""
 
@@ -53,7 +53,8 @@ def check_type_shape(shape: tuple[int, ...], what: str, itemsize: int = 1) -> No
     for d in shape:
         if d < 0:
             raise ShapeError(f"{what} has the negative dimension {d} in shape {shape}")
-        count *= max(d, 1)
+        if d:
+            count *= d
         if count > MAX_DIM:
             raise ShapeError(f"{what} has shape {shape}, whose size exceeds the int64 range")
 
@@ -98,7 +99,7 @@ class Value(Arithmetic):
         return self.builder
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Node:
     """One application of a primitive op: ``outputs = op[attrs](*inputs)``."""
 
@@ -174,10 +175,13 @@ class Graph:
         """The same graph without nodes that no output depends on."""
         live = {id(v) for v in self.flat_outputs}
         keep = []
+        add = live.add
         for n in reversed(self.nodes):
-            if any(id(o) in live for o in n.outputs):
+            outs = n.outputs
+            if id(outs[0]) in live if len(outs) == 1 else any(id(o) in live for o in outs):
                 keep.append(n)
-                live.update(id(v) for v in n.inputs)
+                for v in n.inputs:
+                    add(id(v))
         return Graph(self.inputs, self.params, tuple(keep[::-1]), self.outputs, self.library, self.name)
 
     def structural_hash(self) -> str:

@@ -66,6 +66,32 @@ def scaled_cost(passes: int) -> Cost:
 
 
 @dataclass(frozen=True)
+class OnnxCall:
+    """What an op's export rule sees of one node: the ONNX names of its inputs (``x``) and outputs (``y``), their
+    types, the node's attributes, the opset being written, and ``tmp(label)``, a name for a temporary of its own."""
+
+    x: tuple[str, ...]
+    y: tuple[str, ...]
+    types: tuple[TensorType, ...]
+    out_types: tuple[TensorType, ...]
+    attrs: dict[str, Any]
+    opset: int
+    prefix: str
+
+    def tmp(self, label: str) -> str:
+        """A value name no other node of the model uses."""
+        return f"{self.prefix}/{label}"
+
+
+OnnxRule = Callable[[OnnxCall], Sequence[tuple[Any, ...]]]
+"""``onnx(call)``: the standard ONNX (``ai.onnx`` domain) nodes one engine node becomes, in order, each a plain tuple
+``(op_type, inputs, outputs)`` or ``(op_type, inputs, outputs, attributes)``. An input is a value name, ``""`` for an
+omitted optional input, or a NumPy array (a constant); attribute values are Python numbers, strings, lists, NumPy
+arrays (tensors) or NumPy dtypes (ONNX element types). The nodes must write ``call.y``; temporaries are named by
+``call.tmp``. The op table stays free of the ``onnx`` package: ``engine/onnx_export.py`` builds the protos."""
+
+
+@dataclass(frozen=True)
 class OpDef:
     """Everything about one primitive.
 
@@ -95,7 +121,8 @@ class OpDef:
     (``ops.Reshape()(x, shape)``); ``call_order``, when given, is MindSpore's order of those call arguments with
     the inputs interleaved (``ops.OneHot()(indices, depth, on_value, off_value)``), else the inputs come first;
     ``public`` is False for ops the SDK does not offer as ``ops.<Name>`` (constants,
-    ops with a class of their own, transforms).
+    ops with a class of their own, transforms);
+    ``onnx``, when given, is the op's export rule (:data:`OnnxRule`): the ONNX nodes a node of this op becomes.
     """
 
     name: str
@@ -118,6 +145,7 @@ class OpDef:
     public: bool = True
     scratch_bytes: Cost | None = None
     call_order: tuple[str, ...] = ()
+    onnx: OnnxRule | None = None
 
     def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
         """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
@@ -169,6 +197,7 @@ def defop(
     public: bool = True,
     scratch_bytes: Cost | None = None,
     call_order: Sequence[str] = (),
+    onnx: OnnxRule | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -181,7 +210,7 @@ def defop(
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
         memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
-        tuple(call_order),
+        tuple(call_order), onnx,
     )
     OPS[name] = opdef
     return opdef
@@ -264,27 +293,26 @@ def infer_node(
     ``n_outputs`` is the number of output names the caller gave, checked before inference when the op's
     attributes already fix the count; every inferred type must be a shape NumPy can hold."""
     op = opdef.name
-    label = f"{op} {shown(node)}"
     n_fixed = len(opdef.inputs) - (1 if opdef.variadic else 0)
     if (opdef.variadic and len(inputs) < n_fixed) or (not opdef.variadic and len(inputs) != n_fixed):
         want = f"at least {n_fixed}" if opdef.variadic else str(n_fixed)
-        raise GraphError(f"{label}: takes {want} inputs ({', '.join(opdef.inputs)}), got {len(inputs)}")
-    unknown = set(attrs) - set(opdef.attrs)
-    if unknown:
-        raise GraphError(f"{label}: unknown attribute(s) {shown_names(sorted(unknown))}; {op} takes {sorted(opdef.attrs) or 'none'}")
+        raise GraphError(f"{op} {shown(node)}: takes {want} inputs ({', '.join(opdef.inputs)}), got {len(inputs)}")
+    if attrs and not attrs.keys() <= opdef.attrs.keys():
+        unknown = set(attrs) - set(opdef.attrs)
+        raise GraphError(f"{op} {shown(node)}: unknown attribute(s) {shown_names(sorted(unknown))}; {op} takes {sorted(opdef.attrs) or 'none'}")
     full: dict[str, Any] = {}
     for key, spec in opdef.attrs.items():
         if key in attrs:
             full[key] = _check_attr(op, node, key, spec, attrs[key])
         elif spec.default is REQUIRED:
-            raise GraphError(f"{label}: missing required attribute {key!r}")
+            raise GraphError(f"{op} {shown(node)}: missing required attribute {key!r}")
         else:
             full[key] = spec.default
     count = _expected_outputs(opdef, full)
     if count is not None and count >= 1 and n_outputs is not None and count != n_outputs:
-        raise GraphError(f"{label}: {n_outputs} output names given, the op has {count} outputs")
+        raise GraphError(f"{op} {shown(node)}: {n_outputs} output names given, the op has {count} outputs")
     if count is not None and count > MAX_OUTPUTS:
-        raise GraphError(f"{label}: would have {count} outputs; at most {MAX_OUTPUTS} are supported")
+        raise GraphError(f"{op} {shown(node)}: would have {count} outputs; at most {MAX_OUTPUTS} are supported")
     types = [v.type for v in inputs]
     try:
         # Lowered ops (those with expand) infer from the builder's function library; every other op sees types only.
@@ -294,9 +322,9 @@ def infer_node(
             check_type_shape(t.shape, f"output {i}" if len(outs) > 1 else "the output", t.dtype.itemsize)
     except (ShapeError, DTypeError) as exc:
         shapes = ", ".join(f"{shown(v.name)}: {v.type}" for v in inputs[:8]) + (", ..." if len(inputs) > 8 else "")
-        raise type(exc)(f"{label}: {exc} (inputs {shapes})") from None
+        raise type(exc)(f"{op} {shown(node)}: {exc} (inputs {shapes})") from None
     except GraphError as exc:
-        raise GraphError(f"{label}: {exc}") from None
+        raise GraphError(f"{op} {shown(node)}: {exc}") from None
     return full, outs
 
 
@@ -331,6 +359,9 @@ def total(terms: Sequence[Value] | None) -> Value | None:
 
 def same_dtype(types: Sequence[TensorType], what: str = "inputs") -> np.dtype:
     """The common dtype of ``types``; mixing dtypes is a DTypeError (casts are explicit in this IR)."""
+    first = types[0].dtype
+    if all(t.dtype == first for t in types):
+        return first
     dts = {t.dtype for t in types}
     if len(dts) != 1:
         raise DTypeError(f"{what} must share one dtype, got {', '.join(sorted(d.name for d in dts))}")
@@ -344,6 +375,8 @@ def require_float(t: TensorType, what: str = "input") -> None:
 
 def broadcast(*shapes: tuple[int, ...]) -> tuple[int, ...]:
     """NumPy broadcasting of shapes, as a ShapeError naming them when they do not broadcast."""
+    if all(s == shapes[0] for s in shapes):
+        return tuple(shapes[0])
     try:
         return tuple(np.broadcast_shapes(*shapes))
     except ValueError:

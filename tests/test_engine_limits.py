@@ -25,21 +25,27 @@ def chain(ops: tuple[str, ...], n: int = N):
     return compile_graph(b.build(y))
 
 
-def test_a_chain_holds_at_most_the_input_and_two_neighbours() -> None:
-    # Exp: x, a. Sin: x, a, b, then a is freed. Cos: x, b, c, then b is freed. Peak: three f64[N].
+def test_a_chain_of_ufuncs_holds_the_input_and_one_buffer() -> None:
+    # Exp: x, a. Sin writes into a (a dies there), Cos too. Peak: two f64[N], on the first run and on later ones.
     p = chain(("Exp", "Sin", "Cos"))
-    assert p.peak_bytes == 3 * F64
+    assert p.peak_bytes == 2 * F64
+    x = np.linspace(-1, 1, N)
+    for _ in range(3):
+        measured, out = measured_peak(p, [x])
+        np.testing.assert_allclose(out, np.cos(np.sin(np.exp(x))))
+        assert measured <= F64 + (64 << 10)
     assert p.flops == 3 * 2 * N
 
 
 def test_a_value_read_late_stays_live_until_its_last_use() -> None:
-    # a = Exp(x) is read by Sin and Cos, so x, a, b and c are live at once; d = Add(b, c) frees a only later.
+    # a = Exp(x) is read by Sin and Cos, so x, a and b are live at once; Cos, a's last use, writes into a's buffer,
+    # and Add into b's.
     b = GraphBuilder("fork")
     x = b.input("x", "float64", (N,))
     a = b.op("Exp", x)
     y = b.op("Add", b.op("Sin", a), b.op("Cos", a))
     p = compile_graph(b.build(y))
-    assert p.peak_bytes == 4 * F64
+    assert p.peak_bytes == 3 * F64
     assert p.flops == 3 * 2 * N + 3 * N
 
 
@@ -60,8 +66,9 @@ def test_a_small_slice_keeps_its_large_base_alive() -> None:
     x = b.input("x", "float64", (N,))
     s = b.op("StridedSlice", b.op("Exp", x), begin=(0,), end=(1,), strides=(1,))
     p = compile_graph(b.build((s, b.op("Cos", b.op("Sin", x)))))
-    # x, a (held by s), s itself (counted: it could be a copy), Sin's and Cos's results.
-    assert p.peak_bytes == 4 * F64 + 8
+    # x, a (held by s), s itself (counted: it could be a copy), Sin's result (Cos writes into it); a is never
+    # written into, since s looks into it.
+    assert p.peak_bytes == 3 * F64 + 8
 
 
 def test_views_add_no_bytes_and_no_cost() -> None:

@@ -9,9 +9,10 @@ import numpy as np
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
 from gradserve.engine.ops.common import dense_cotangents
-from gradserve.engine.optable import Attr, F, defop, norm_axis, same_dtype
+from gradserve.engine.optable import Attr, F, OnnxCall, defop, norm_axis, same_dtype
 
 from .common import require_index, require_numeric
+from .onnx_rules import Spec, ints, reshape
 
 # ---- AddN ----
 
@@ -34,7 +35,22 @@ def _addn(*xs: np.ndarray) -> np.ndarray:
     return out
 
 
-defop("AddN", ("x", "xs*"), _addn_infer, _addn, lambda g, out, *xs: (g,) * len(xs), doc="elementwise sum of inputs of one shape")
+def _addn_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Sum for floats; a chain of Adds for integers, which Sum does not take."""
+    if c.types[0].dtype.kind == "f":
+        return [("Sum", c.x, c.y)]
+    if len(c.x) == 1:
+        return [("Identity", c.x, c.y)]
+    acc, specs = c.x[0], []
+    for k, x in enumerate(c.x[1:], 1):
+        out = c.y[0] if k == len(c.x) - 1 else c.tmp(str(k))
+        specs.append(("Add", (acc, x), (out,)))
+        acc = out
+    return specs
+
+
+defop("AddN", ("x", "xs*"), _addn_infer, _addn, lambda g, out, *xs: (g,) * len(xs), doc="elementwise sum of inputs of one shape",
+      onnx=_addn_onnx)
 
 # ---- Stack and Unstack ----
 
@@ -82,6 +98,42 @@ def _unstack_vjp(g: Any, out: Any, x: Value, axis: int, num: int) -> Value:
     return F.Stack(*dense_cotangents(gs, os), axis=axis)
 
 
+def _stack_onnx(c: OnnxCall) -> list[Spec]:
+    """Each input reshaped with the new axis, then one Concat along it."""
+    shape = c.out_types[0].shape
+    ax = norm_axis(c.attrs["axis"], len(shape))
+    piece = shape[:ax] + (1,) + shape[ax + 1:]
+    parts = [c.tmp(str(i)) for i in range(len(c.x))]
+    return [*(reshape(x, piece, p) for x, p in zip(c.x, parts)), ("Concat", tuple(parts), c.y, {"axis": ax})]
+
+
+def _unstack_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Split into pieces of length 1 along the axis, each reshaped without it."""
+    ax = norm_axis(c.attrs["axis"], len(c.types[0].shape))
+    parts = [c.tmp(str(i)) for i in range(len(c.y))]
+    split: Spec = ("Split", (c.x[0], ints([1] * len(c.y))), tuple(parts), {"axis": ax}) if len(c.y) > 1 else \
+        ("Identity", c.x, tuple(parts))
+    return [split, *(reshape(p, t.shape, y) for p, t, y in zip(parts, c.out_types, c.y))]
+
+
+def _pad_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Pad with zeros: all befores, then all afters."""
+    pairs = _pairs(c.attrs["paddings"], len(c.types[0].shape))
+    if not pairs:
+        return [("Identity", c.x, c.y)]
+    return [("Pad", (c.x[0], ints([b for b, _ in pairs] + [a for _, a in pairs])), c.y)]
+
+
+def _onehot_onnx(c: OnnxCall) -> list[Spec]:
+    """on where the new axis's position equals the index: Equal against a range constant, then Where (ONNX OneHot
+    counts negative indices from the end, which this op does not)."""
+    (i, on, off), t = c.x, c.tmp
+    depth, rank = c.attrs["depth"], len(c.types[0].shape)
+    ax = norm_axis(c.attrs["axis"], rank + 1)
+    positions = np.arange(depth, dtype=c.types[0].dtype).reshape((depth,) + (1,) * (rank - ax))
+    return [("Unsqueeze", (i, ints([ax])), (t("i"),)), ("Equal", (t("i"), positions), (t("hot"),)), ("Where", (t("hot"), on, off), c.y)]
+
+
 defop(
     "Stack",
     ("x", "xs*"),
@@ -90,6 +142,7 @@ defop(
     _stack_vjp,
     attrs={"axis": Attr("int", 0, "where the new axis goes")},
     doc="stacks inputs of one shape along a new axis",
+    onnx=_stack_onnx,
 )
 defop(
     "Unstack",
@@ -101,6 +154,7 @@ defop(
     doc="the x.shape[axis] slices along axis, each without that axis (x.shape[axis] outputs)",
     outputs=("ys*",),
     memory="view",
+    onnx=_unstack_onnx,
 )
 
 # ---- Pad ----
@@ -141,6 +195,7 @@ defop(
     attrs={"paddings": Attr("ints", doc="MindSpore's ((before, after), ...) flattened: before_0, after_0, before_1, after_1, ...",
                             convert=flat_pairs)},
     doc="pads x with zeros, paddings[2i] before and paddings[2i+1] after axis i",
+    onnx=_pad_onnx,
 )
 
 # ---- OneHot ----
@@ -188,6 +243,7 @@ defop(
     doc="on_value where the new axis's position equals the index, off_value elsewhere",
     call_attrs=("depth",),
     call_order=("indices", "depth", "on_value", "off_value"),
+    onnx=_onehot_onnx,
 )
 
 # ---- TopK ----
@@ -234,4 +290,6 @@ defop(
     outputs=("values", "indices"),
     scratch=9,  # the int64 sort order (8 bytes per element, for inputs of any itemsize) and the negated copy
     call_attrs=("k",),
+    onnx=lambda c: [("TopK", (c.x[0], ints([c.attrs["k"]])), (c.y[0], c.tmp("i")), {"axis": -1, "largest": 1, "sorted": 1}),
+                    ("Cast", (c.tmp("i"),), (c.y[1],), {"to": np.dtype(np.int32)})],
 )

@@ -16,7 +16,9 @@ from numpy.lib.stride_tricks import as_strided
 
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, defop, require_float, same_dtype
+from gradserve.engine.optable import Attr, F, OnnxCall, defop, require_float, same_dtype
+
+from .onnx_rules import Spec, ints, reshape
 
 CONV_ATTRS = {
     "out_channel": Attr("int", doc="number of output channels (the weight's first dimension)"),
@@ -248,6 +250,57 @@ def _conv_scratch(which: int) -> Any:
     return scratch
 
 
+def onnx_window(kernel: tuple[int, int], pads: tuple[int, int, int, int], stride: tuple[int, int],
+                dilation: tuple[int, int] = (1, 1)) -> dict[str, list[int]]:
+    """ONNX's attributes of a 2-D window: pads as (top, left, bottom, right)."""
+    t, b, left, r = pads
+    return {"kernel_shape": list(kernel), "pads": [t, left, b, r], "strides": list(stride), "dilations": list(dilation)}
+
+
+def onnx_output_padding(size: tuple[int, int], keff: tuple[int, int], out: tuple[int, int], pads: tuple[int, int, int, int],
+                        stride: tuple[int, int]) -> list[int]:
+    """The rows and columns past the last window that a transposed convolution must add back so that its result has
+    the forward input's size (those a strided window never reached)."""
+    t, b, left, r = pads
+    return [size[0] + t + b - keff[0] - (out[0] - 1) * stride[0], size[1] + left + r - keff[1] - (out[1] - 1) * stride[1]]
+
+
+def _conv_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Conv with the same padding, strides, dilations and groups."""
+    g = geometry(c.types[0].shape, c.types[1].shape, c.attrs)
+    return [("Conv", c.x, c.y, {**onnx_window((g.kh, g.kw), g.pads, g.stride, g.dilation), "group": g.group})]
+
+
+def _bpi_onnx(c: OnnxCall) -> list[Spec]:
+    """ConvTranspose of dout with the same weight (its layout (O, C/group, kh, kw) is ConvTranspose's), padding cropped
+    and the rows no window reached added back as output padding."""
+    g = geometry(tuple(c.attrs["input_size"]), c.types[1].shape, c.attrs)
+    keff = (g.dilation[0] * (g.kh - 1) + 1, g.dilation[1] * (g.kw - 1) + 1)
+    extra = onnx_output_padding((g.h, g.w), keff, (g.ho, g.wo), g.pads, g.stride)
+    return [("ConvTranspose", c.x, c.y, {**onnx_window((g.kh, g.kw), g.pads, g.stride, g.dilation), "group": g.group,
+                                         "output_padding": extra})]
+
+
+def _bpf_onnx(c: OnnxCall) -> list[Spec]:
+    """dW as a Conv with batch and channel axes swapped: x as (C/group, group * N, H, W) convolved with dout as the
+    kernel (O, N, ho, wo), strides and dilations exchanged, in groups; windows past the kernel cropped, then
+    (C/group, O, kh, kw) transposed to (O, C/group, kh, kw)."""
+    (dy, x), t = c.x, c.tmp
+    g = geometry(c.types[1].shape, tuple(c.attrs["filter_size"]), c.attrs)
+    cg, og = g.c // g.group, g.o // g.group
+    specs: list[Spec] = [
+        reshape(x, (g.n, g.group, cg, g.h, g.w), t("x5")), ("Transpose", (t("x5"),), (t("xt"),), {"perm": [2, 1, 0, 3, 4]}),
+        reshape(t("xt"), (cg, g.group * g.n, g.h, g.w), t("xs")),
+        reshape(dy, (g.n, g.group, og, g.ho, g.wo), t("d5")), ("Transpose", (t("d5"),), (t("dt"),), {"perm": [1, 2, 0, 3, 4]}),
+        reshape(t("dt"), (g.o, g.n, g.ho, g.wo), t("ds")),
+        ("Conv", (t("xs"), t("ds")), (t("full"),),
+         {**onnx_window((g.ho, g.wo), g.pads, g.dilation, g.stride), "group": g.group}),
+        ("Slice", (t("full"), ints((0, 0)), ints((g.kh, g.kw)), ints((2, 3))), (t("cropped"),)),
+        ("Transpose", (t("cropped"),), c.y, {"perm": [1, 0, 2, 3]}),
+    ]
+    return specs
+
+
 # ---- Conv2D ----
 
 
@@ -275,6 +328,7 @@ defop(
     doc="2-D cross-correlation of x (N, C, H, W) with weight (O, C/group, kh, kw): y (N, O, ho, wo)",
     cost=_conv_cost(0),
     scratch_bytes=_conv_scratch(0),
+    onnx=_conv_onnx,
 )
 
 # ---- Conv2DBackpropInput and Conv2DTranspose ----
@@ -312,6 +366,7 @@ for _name, _doc in (
         cost=_conv_cost(2),
         scratch_bytes=_conv_scratch(2),
         call_attrs=("input_size",),
+        onnx=_bpi_onnx,
     )
 
 # ---- Conv2DBackpropFilter ----
@@ -344,4 +399,5 @@ defop(
     cost=_conv_cost(1),
     scratch_bytes=_conv_scratch(1),
     call_attrs=("filter_size",),
+    onnx=_bpf_onnx,
 )

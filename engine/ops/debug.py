@@ -73,4 +73,5 @@ defop(
     outputs=("ys*",),
     memory="maybe_view",
     public=False,
+    onnx=lambda c: [("Identity", (x,), (y,)) for x, y in zip(c.x, c.y)],  # ONNX has no printing: the tensors pass through
 )

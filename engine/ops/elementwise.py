@@ -8,9 +8,10 @@ import numpy as np
 
 from gradserve.engine.errors import DTypeError, GraphError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, broadcast, defop, require_float, same_dtype
+from gradserve.engine.optable import Attr, F, OnnxCall, OnnxRule, broadcast, defop, require_float, same_dtype
 
 from .common import BOOL, const, require_numeric, zero_grad
+from .onnx_rules import Spec, ints, same, scalar
 
 _CHECKS: dict[str, Callable[[TensorType, str], None]] = {
     "float": require_float,
@@ -21,7 +22,7 @@ _CHECKS: dict[str, Callable[[TensorType, str], None]] = {
 
 def unary(
     name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "", memory: str = "new",
-    scratch: int = 0,
+    scratch: int = 0, onnx: OnnxRule | None = None,
 ) -> None:
     """Register a shape- and dtype-preserving one-input op; ``kind`` is the dtypes it takes."""
     check = _CHECKS[kind]
@@ -31,10 +32,11 @@ def unary(
         check(types[0], "x")
         return types[0]
 
-    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch)
+    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch, onnx=onnx)
 
 
-def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "") -> None:
+def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "",
+           onnx: OnnxRule | None = None) -> None:
     """Register a two-input op with NumPy broadcasting; both inputs share one dtype of ``kind``."""
     check = _CHECKS[kind]
 
@@ -44,7 +46,7 @@ def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | Non
         check(types[0], "x and y")
         return TensorType(out_dtype or dt, broadcast(types[0].shape, types[1].shape))
 
-    defop(name, ("x", "y"), infer, forward, vjp, doc=doc)
+    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -130,24 +132,70 @@ def _pow_vjp(g: Value, out: Value, x: Value, y: Value) -> tuple[Value, Value]:
     return g * y * x ** (y - 1), g * out * F.Log(safe_x)
 
 
-unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x")
-unary("Square", np.square, lambda g, out, x: g * x * 2, kind="numeric", doc="x * x")
-unary("Sqrt", np.sqrt, lambda g, out, x: g * 0.5 / out, doc="sqrt(x)")
-unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)", scratch=1)
-unary("Exp", np.exp, lambda g, out, x: g * out, doc="e ** x")
-unary("Log", np.log, lambda g, out, x: g / x, doc="natural logarithm")
-unary("Log1p", np.log1p, lambda g, out, x: g / (x + 1), doc="log(1 + x)")
-unary("Sin", np.sin, lambda g, out, x: g * F.Cos(x), doc="sine")
-unary("Cos", np.cos, lambda g, out, x: -(g * F.Sin(x)), doc="cosine")
-unary("Tan", np.tan, lambda g, out, x: g * (out * out + 1), doc="tangent")
-unary("Tanh", np.tanh, lambda g, out, x: g * (1 - out * out), doc="hyperbolic tangent")
-unary("Sigmoid", _sigmoid, lambda g, out, x: g * out * (1 - out), doc="1 / (1 + exp(-x))", scratch=1)
+def _onnx_composite(*steps: tuple[str, tuple[Any, ...]]) -> OnnxRule:
+    """A chain of ONNX nodes, each over x (``"x"``), the previous result (``"prev"``) or constants of x's dtype (floats),
+    the last writing y: Log1p is Log(Add(x, 1))."""
+
+    def rule(c: OnnxCall) -> list[Spec]:
+        """One node per step."""
+        specs: list[Spec] = []
+        prev = c.x[0]
+        for k, (op_type, args) in enumerate(steps):
+            ins = tuple(c.x[0] if a == "x" else prev if a == "prev" else scalar(a, c.types[0].dtype) for a in args)
+            out = c.y[0] if k == len(steps) - 1 else c.tmp(str(k))
+            specs.append((op_type, ins, (out,)))
+            prev = out
+        return specs
+
+    return rule
+
+
+def _gelu_onnx(c: OnnxCall) -> list[Spec]:
+    """0.5 x (1 + erf(x / sqrt 2)), or the tanh formula, in ONNX arithmetic (Gelu itself is opset 20)."""
+    x, dt, t = c.x[0], c.types[0].dtype, c.tmp
+    if c.attrs["approximate"] == "none":
+        inner = [("Mul", (x, scalar(_SQRT_HALF, dt)), (t("s"),)), ("Erf", (t("s"),), (t("e"),))]
+        core = t("e")
+    else:
+        inner = [
+            ("Mul", (x, x), (t("x2"),)), ("Mul", (t("x2"), x), (t("x3"),)), ("Mul", (t("x3"), scalar(_GELU_A, dt)), (t("ax3"),)),
+            ("Add", (x, t("ax3")), (t("u"),)), ("Mul", (t("u"), scalar(_GELU_C, dt)), (t("cu"),)), ("Tanh", (t("cu"),), (t("th"),)),
+        ]
+        core = t("th")
+    return [*inner, ("Add", (core, scalar(1, dt)), (t("one_plus"),)), ("Mul", (x, t("one_plus")), (t("prod"),)),
+            ("Mul", (t("prod"), scalar(0.5, dt)), c.y)]
+
+
+def _fill_onnx(value: int) -> OnnxRule:
+    """OnesLike and ZerosLike: ConstantOfShape of x's static shape."""
+
+    def rule(c: OnnxCall) -> list[Spec]:
+        """One ConstantOfShape node."""
+        t = c.out_types[0]
+        return [("ConstantOfShape", (ints(t.shape),), c.y, {"value": np.full((1,), value, t.dtype)})]
+
+    return rule
+
+
+unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x", onnx=same("Neg"))
+unary("Square", np.square, lambda g, out, x: g * x * 2, kind="numeric", doc="x * x", onnx=_onnx_composite(("Mul", ("x", "x"))))
+unary("Sqrt", np.sqrt, lambda g, out, x: g * 0.5 / out, doc="sqrt(x)", onnx=same("Sqrt"))
+unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)", scratch=1, onnx=_onnx_composite(("Sqrt", ("x",)), ("Reciprocal", ("prev",))))
+unary("Exp", np.exp, lambda g, out, x: g * out, doc="e ** x", onnx=same("Exp"))
+unary("Log", np.log, lambda g, out, x: g / x, doc="natural logarithm", onnx=same("Log"))
+unary("Log1p", np.log1p, lambda g, out, x: g / (x + 1), doc="log(1 + x)", onnx=_onnx_composite(("Add", ("x", 1.0)), ("Log", ("prev",))))
+unary("Sin", np.sin, lambda g, out, x: g * F.Cos(x), doc="sine", onnx=same("Sin"))
+unary("Cos", np.cos, lambda g, out, x: -(g * F.Sin(x)), doc="cosine", onnx=same("Cos"))
+unary("Tan", np.tan, lambda g, out, x: g * (out * out + 1), doc="tangent", onnx=same("Tan"))
+unary("Tanh", np.tanh, lambda g, out, x: g * (1 - out * out), doc="hyperbolic tangent", onnx=same("Tanh"))
+unary("Sigmoid", _sigmoid, lambda g, out, x: g * out * (1 - out), doc="1 / (1 + exp(-x))", scratch=1, onnx=same("Sigmoid"))
 unary(
     "ReLU",
     lambda x: np.maximum(x, np.zeros((), x.dtype)),
     lambda g, out, x: F.Select(F.Greater(x, const(x, 0)), g, F.ZerosLike(g)),
     kind="numeric",
     doc="max(x, 0); the gradient at 0 is 0",
+    onnx=same("Relu"),
 )
 defop(
     "GeLU",
@@ -158,20 +206,23 @@ defop(
     attrs={"approximate": Attr("str", "tanh", "'tanh': the primitive's tanh formula; 'none': the exact x Phi(x) with erf")},
     doc="0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))), MindSpore's primitive formula; approximate='none' gives 0.5 x (1 + erf(x / sqrt 2))",
     scratch=2,
+    onnx=_gelu_onnx,
 )
-unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x", scratch=1)
-unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x", scratch=1)
-unary("SiLU", lambda x: x * _sigmoid(x), _silu_vjp, doc="x * sigmoid(x)", scratch=1)
-unary("Floor", np.floor, zero_grad, doc="largest integer <= x; zero gradient")
-unary("Ceil", np.ceil, zero_grad, doc="smallest integer >= x; zero gradient")
-unary("Round", np.round, zero_grad, doc="nearest integer, halves to even; zero gradient")
-unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))")
-unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0")
-unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient")
-unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients", memory="view")
+unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x", scratch=1, onnx=same("Erf"))
+unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x", scratch=1, onnx=_onnx_composite(("Erf", ("x",)), ("Sub", (1.0, "prev"))))
+unary("SiLU", lambda x: x * _sigmoid(x), _silu_vjp, doc="x * sigmoid(x)", scratch=1, onnx=_onnx_composite(("Sigmoid", ("x",)), ("Mul", ("x", "prev"))))
+unary("Floor", np.floor, zero_grad, doc="largest integer <= x; zero gradient", onnx=same("Floor"))
+unary("Ceil", np.ceil, zero_grad, doc="smallest integer >= x; zero gradient", onnx=same("Ceil"))
+unary("Round", np.round, zero_grad, doc="nearest integer, halves to even; zero gradient", onnx=same("Round"))
+unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))", onnx=same("Softplus"))
+unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0", onnx=same("Abs"))
+unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient", onnx=same("Sign"))
+unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients", memory="view", onnx=same("Identity"))
 
-defop("OnesLike", ("x",), lambda t: t[0], lambda x: np.ones(x.shape, x.dtype), zero_grad, type_only=True, doc="ones of x's shape and dtype")
-defop("ZerosLike", ("x",), lambda t: t[0], lambda x: np.zeros(x.shape, x.dtype), zero_grad, type_only=True, doc="zeros of x's shape and dtype")
+defop("OnesLike", ("x",), lambda t: t[0], lambda x: np.ones(x.shape, x.dtype), zero_grad, type_only=True, doc="ones of x's shape and dtype",
+      onnx=_fill_onnx(1))
+defop("ZerosLike", ("x",), lambda t: t[0], lambda x: np.zeros(x.shape, x.dtype), zero_grad, type_only=True, doc="zeros of x's shape and dtype",
+      onnx=_fill_onnx(0))
 defop(
     "Cast",
     ("x",),
@@ -182,6 +233,7 @@ defop(
     doc="converts x to dtype; the gradient is cast back to x's dtype (MindSpore's rule, also for integer dtypes)",
     memory="maybe_view",
     call_attrs=("dtype",),
+    onnx=lambda c: [("Cast", c.x, c.y, {"to": c.attrs["dtype"]})],
 )
 defop(
     "Const",
@@ -192,13 +244,15 @@ defop(
     attrs={"value": Attr("tensor", doc="the constant's value")},
     doc="a constant tensor",
     public=False,
+    onnx=lambda c: [("Constant", (), c.y, {"value": c.attrs["value"]})],
 )
 
-binary("Add", np.add, lambda g, out, x, y: (g, g), kind="any", doc="x + y (logical or on bool, as in NumPy)")
-binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y")
-binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y")
-binary("RealDiv", np.divide, lambda g, out, x, y: (g / y, -(g * out) / y), kind="float", doc="x / y")
-binary("Pow", np.power, _pow_vjp, kind="float", doc="x ** y")
+binary("Add", np.add, lambda g, out, x, y: (g, g), kind="any", doc="x + y (logical or on bool, as in NumPy)",
+       onnx=lambda c: [("Or" if c.types[0].dtype == BOOL else "Add", c.x, c.y)])
+binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y", onnx=same("Sub"))
+binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"))
+binary("RealDiv", np.divide, lambda g, out, x, y: (g / y, -(g * out) / y), kind="float", doc="x / y", onnx=same("Div"))
+binary("Pow", np.power, _pow_vjp, kind="float", doc="x ** y", onnx=same("Pow"))
 
 
 def _tie_split(first: Value, tie: Value, x: Value) -> Value:
@@ -217,14 +271,15 @@ def _minmax_vjp(first: str) -> Callable[..., tuple[Value, Value]]:
     return vjp
 
 
-binary("Maximum", np.maximum, _minmax_vjp("Greater"), doc="elementwise max; ties split the gradient evenly")
-binary("Minimum", np.minimum, _minmax_vjp("Less"), doc="elementwise min; ties split the gradient evenly")
-binary("Equal", np.equal, zero_grad, kind="any", out_dtype=BOOL, doc="x == y")
-binary("NotEqual", np.not_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x != y")
-binary("Less", np.less, zero_grad, kind="any", out_dtype=BOOL, doc="x < y")
-binary("LessEqual", np.less_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x <= y")
-binary("Greater", np.greater, zero_grad, kind="any", out_dtype=BOOL, doc="x > y")
-binary("GreaterEqual", np.greater_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x >= y")
+binary("Maximum", np.maximum, _minmax_vjp("Greater"), doc="elementwise max; ties split the gradient evenly", onnx=same("Max"))
+binary("Minimum", np.minimum, _minmax_vjp("Less"), doc="elementwise min; ties split the gradient evenly", onnx=same("Min"))
+binary("Equal", np.equal, zero_grad, kind="any", out_dtype=BOOL, doc="x == y", onnx=same("Equal"))
+binary("NotEqual", np.not_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x != y",
+       onnx=lambda c: [("Equal", c.x, (c.tmp("eq"),)), ("Not", (c.tmp("eq"),), c.y)])
+binary("Less", np.less, zero_grad, kind="any", out_dtype=BOOL, doc="x < y", onnx=same("Less"))
+binary("LessEqual", np.less_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x <= y", onnx=same("LessOrEqual"))
+binary("Greater", np.greater, zero_grad, kind="any", out_dtype=BOOL, doc="x > y", onnx=same("Greater"))
+binary("GreaterEqual", np.greater_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x >= y", onnx=same("GreaterOrEqual"))
 
 
 def _select_infer(types: list[TensorType]) -> TensorType:
@@ -243,6 +298,7 @@ defop(
     lambda g, out, c, x, y: (None, F.Select(c, g, F.ZerosLike(g)), F.Select(c, F.ZerosLike(g), g)),
     nondiff=("condition",),
     doc="x where condition else y, with broadcasting",
+    onnx=same("Where"),
 )
 
 
@@ -269,4 +325,5 @@ defop(
     _clip_vjp,
     doc="min(max(x, clip_value_min), clip_value_max), broadcasting; at a bound the gradient goes to x",
     scratch=1,
+    onnx=lambda c: [("Max", c.x[:2], (c.tmp("lo"),)), ("Min", (c.tmp("lo"), c.x[2]), c.y)],
 )

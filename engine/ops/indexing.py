@@ -9,9 +9,10 @@ import numpy as np
 from gradserve.engine.errors import GraphError, InputError, ShapeError
 from gradserve.engine.ir import MAX_RANK, TensorType, Value, check_type_shape
 from gradserve.engine.ops.common import dense_cotangents
-from gradserve.engine.optable import Attr, F, defop, norm_axis, same_dtype
+from gradserve.engine.optable import Attr, F, OnnxCall, defop, norm_axis, same_dtype
 
 from .common import const, require_index, require_numeric
+from .onnx_rules import Spec, ints, reshape, zeros
 
 
 def _selection_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
@@ -79,6 +80,85 @@ def _split_vjp(g: Any, out: Any, x: Value, axis: int, output_num: int) -> Value:
     return F.Concat(*dense_cotangents(g, out), axis=axis)
 
 
+def _split_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Split into equal pieces (an Identity for one piece)."""
+    if len(c.y) == 1:
+        return [("Identity", c.x, c.y)]
+    ax = norm_axis(c.attrs["axis"], len(c.types[0].shape))
+    return [("Split", (c.x[0], ints([t.shape[ax] for t in c.out_types])), c.y, {"axis": ax})]
+
+
+def _slice_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Slice of the sliced axes (starts, ends and steps resolved against the static shape), then a Reshape that
+    drops the shrunk axes and inserts the new ones."""
+    shape = c.types[0].shape
+    spec = {k: v for k, v in c.attrs.items() if k != "shape"}
+    index = slice_index(shape, **spec)
+    starts, ends, steps, axes = [], [], [], []
+    dim = 0
+    for item in index:
+        if item is Ellipsis:
+            dim += len(shape) - sum(1 for i in index if i is not None and i is not Ellipsis)
+            continue
+        if item is None:
+            continue
+        if isinstance(item, int):
+            start, stop, step = item, item + 1, 1
+        else:
+            start, stop, step = item.indices(shape[dim])
+            if step < 0 and stop < 0:
+                stop = -(1 << 63)  # before the first element: ONNX reads a negative end from the back
+        starts.append(start)
+        ends.append(stop)
+        steps.append(step)
+        axes.append(dim)
+        dim += 1
+    t = c.tmp
+    sliced = [("Slice", (c.x[0], ints(starts), ints(ends), ints(axes), ints(steps)), (t("s"),))] if axes else \
+        [("Identity", (c.x[0],), (t("s"),))]
+    return [*sliced, reshape(t("s"), c.out_types[0].shape, c.y[0])]
+
+
+def _slice_grad_onnx(c: OnnxCall) -> list[Spec]:
+    """Zeros of the sliced tensor's shape with dy scattered (ScatterND) to the flat positions the slice reads."""
+    shape = tuple(c.attrs["shape"])
+    spec = {k: v for k, v in c.attrs.items() if k != "shape"}
+    positions = np.arange(int(np.prod(shape)), dtype=np.int64).reshape(shape)[slice_index(shape, **spec)].reshape(-1, 1)
+    t = c.tmp
+    return [zeros((int(np.prod(shape)),), c.types[0].dtype, t("zeros")), reshape(c.x[0], (positions.shape[0],), t("flat")),
+            ("ScatterND", (t("zeros"), positions, t("flat")), (t("scattered"),)), reshape(t("scattered"), shape, c.y[0])]
+
+
+def _uss_onnx(c: OnnxCall) -> list[Spec]:
+    """ScatterND with reduction 'add' into zeros with one extra row, where ids outside [0, num_segments) go; the extra
+    row is then sliced off."""
+    x, ids = c.x
+    t = c.tmp
+    num = c.attrs["num_segments"]
+    id_type, x_type = c.types[1], c.types[0]
+    rest = x_type.shape[len(id_type.shape):]
+    return [
+        zeros((num + 1,) + rest, x_type.dtype, t("zeros")),
+        ("Cast", (ids,), (t("ids"),), {"to": np.dtype(np.int64)}),
+        ("Less", (t("ids"), ints([0]).reshape(())), (t("neg"),)),
+        ("GreaterOrEqual", (t("ids"), ints([num]).reshape(())), (t("high"),)),
+        ("Or", (t("neg"), t("high")), (t("dropped"),)),
+        ("Where", (t("dropped"), ints([num]).reshape(()), t("ids")), (t("safe"),)),
+        ("Unsqueeze", (t("safe"), ints([len(id_type.shape)])), (t("index"),)),
+        ("ScatterND", (t("zeros"), t("index"), x), (t("sums"),), {"reduction": "add"}),
+        ("Slice", (t("sums"), ints([0]), ints([num]), ints([0])), c.y),
+    ]
+
+
+def _tile_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Tile, after a Reshape that left-pads x's shape with 1s to the length of multiples."""
+    multiples = c.attrs["multiples"]
+    if not multiples:
+        return [("Identity", c.x, c.y)]
+    full = _padded(c.types[0].shape, multiples)
+    return [reshape(c.x[0], full, c.tmp("x")), ("Tile", (c.tmp("x"), ints(multiples)), c.y)]
+
+
 defop(
     "Concat",
     ("x", "xs*"),
@@ -87,6 +167,7 @@ defop(
     _concat_vjp,
     attrs={"axis": Attr("int", 0, "the axis to join along")},
     doc="joins tensors along axis; all other dimensions must agree",
+    onnx=lambda c: [("Concat", c.x, c.y, {"axis": norm_axis(c.attrs["axis"], len(c.types[0].shape))})],
 )
 defop(
     "Split",
@@ -102,6 +183,7 @@ defop(
     outputs=("pieces*",),
     memory="view",
     output_count=lambda attrs: attrs["output_num"],
+    onnx=_split_onnx,
 )
 
 # ---- StridedSlice and its gradient ----
@@ -205,6 +287,7 @@ defop(
     memory="maybe_view",
     cost=_selection_cost,
     call_attrs=("begin", "end", "strides"),
+    onnx=_slice_onnx,
 )
 defop(
     "StridedSliceGrad",
@@ -215,6 +298,7 @@ defop(
     attrs={"shape": Attr("ints", doc="shape of the sliced tensor"), **_SLICE_ATTRS},
     doc="zeros of shape with dy written where StridedSlice with the same spec reads",
     call_attrs=("shape", "begin", "end", "strides"),
+    onnx=_slice_grad_onnx,
 )
 
 # ---- Gather and UnsortedSegmentSum ----
@@ -296,6 +380,7 @@ defop(
     doc="params.take(indices, axis): shape params[:axis] + indices + params[axis+1:]",
     cost=_selection_cost,
     call_attrs=("axis",),
+    onnx=lambda c: [("Gather", c.x, c.y, {"axis": norm_axis(c.attrs["axis"], len(c.types[0].shape))})],
 )
 defop(
     "UnsortedSegmentSum",
@@ -308,6 +393,7 @@ defop(
     doc="out[i] = sum of x[j] over j with segment_ids[j] == i; shape (num_segments,) + x[ids.ndim:]",
     scratch=2,
     call_attrs=("num_segments",),
+    onnx=_uss_onnx,
 )
 
 # ---- Tile ----
@@ -346,4 +432,5 @@ defop(
     attrs={"multiples": Attr("ints", doc="copies per axis; x's shape is left-padded with 1s to this length")},
     doc="repeats x multiples[i] times along axis i",
     call_attrs=("multiples",),
+    onnx=_tile_onnx,
 )

@@ -8,9 +8,10 @@ import numpy as np
 
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, broadcast, defop, same_dtype
+from gradserve.engine.optable import Attr, F, OnnxCall, broadcast, defop, same_dtype
 
 from .common import require_numeric
+from .onnx_rules import Spec, same
 
 _FLAGS = {
     "transpose_a": Attr("bool", False, "use the transpose of a"),
@@ -63,6 +64,19 @@ def _mm_vjp(op: str) -> Callable[..., tuple[Value, Value]]:
     return vjp
 
 
+def _mm_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX MatMul, after a Transpose of the last two axes of each operand whose flag is set."""
+    specs: list[Spec] = []
+    ins = list(c.x)
+    for i, flag in enumerate((c.attrs["transpose_a"], c.attrs["transpose_b"])):
+        if flag:
+            rank = len(c.types[i].shape)
+            perm = [*range(rank - 2), rank - 1, rank - 2]
+            specs.append(("Transpose", (ins[i],), (c.tmp(f"t{i}"),), {"perm": perm}))
+            ins[i] = c.tmp(f"t{i}")
+    return [*specs, ("MatMul", tuple(ins), c.y)]
+
+
 for _op in ("MatMul", "BatchMatMul"):
     defop(
         _op,
@@ -73,6 +87,7 @@ for _op in ("MatMul", "BatchMatMul"):
         attrs=_FLAGS,
         doc="a @ b on matrices" if _op == "MatMul" else "a @ b over the last two axes, batch axes broadcast",
         cost=_mm_cost,
+        onnx=_mm_onnx,
     )
 
 # ---- Einsum ----
@@ -151,4 +166,5 @@ defop(
     attrs={"equation": Attr("str", doc="explicit subscripts 'ab,bc->ac': letters only, none repeated within one operand")},
     doc="Einstein summation of the operands by equation (contractions through BLAS where NumPy can)",
     cost=_einsum_cost,
+    onnx=lambda c: same("Einsum", equation=c.attrs["equation"].replace(" ", ""))(c),
 )

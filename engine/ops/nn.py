@@ -12,7 +12,20 @@ import numpy as np
 
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, defop, norm_axis, require_float, require_nonempty, same_dtype, scaled_cost, total
+from gradserve.engine.optable import (
+    Attr,
+    F,
+    OnnxCall,
+    defop,
+    norm_axis,
+    require_float,
+    require_nonempty,
+    same_dtype,
+    scaled_cost,
+    total,
+)
+
+from .onnx_rules import Spec, reduce, scalar
 
 # ---- Softmax and LogSoftmax ----
 
@@ -55,6 +68,35 @@ def _log_softmax_vjp(g: Value, out: Value, x: Value, axis: int) -> Value:
     return g - F.Exp(out) * F.ReduceSum(g, axis=(axis,), keep_dims=True)
 
 
+def _softmax_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX Softmax over one axis; over several, the stable formula with reductions."""
+    axes = _axes(c.attrs["axis"], len(c.types[0].shape))
+    if len(axes) == 1:
+        return [("Softmax", c.x, c.y, {"axis": axes[0]})]
+    t = c.tmp
+    return [reduce("ReduceMax", c.x[0], axes, True, t("max")), ("Sub", (c.x[0], t("max")), (t("shifted"),)),
+            ("Exp", (t("shifted"),), (t("e"),)), reduce("ReduceSum", t("e"), axes, True, t("sum")), ("Div", (t("e"), t("sum")), c.y)]
+
+
+def _sce_onnx(c: OnnxCall) -> list[Spec]:
+    """loss = -sum(labels * LogSoftmax(logits), 1), backprop = exp(LogSoftmax(logits)) - labels."""
+    (z, y), t = c.x, c.tmp
+    return [("LogSoftmax", (z,), (t("logp"),), {"axis": 1}), ("Mul", (y, t("logp")), (t("prod"),)),
+            reduce("ReduceSum", t("prod"), (1,), False, t("sum")), ("Neg", (t("sum"),), (c.y[0],)),
+            ("Exp", (t("logp"),), (t("p"),)), ("Sub", (t("p"), y), (c.y[1],))]
+
+
+def _ln_onnx(c: OnnxCall) -> list[Spec]:
+    """The engine's formula in ONNX arithmetic (LayerNormalization's statistics outputs differ in shape and meaning)."""
+    (x, gamma, beta), t = c.x, c.tmp
+    rank = len(c.types[0].shape)
+    axes = tuple(range(c.attrs["begin_norm_axis"] % rank, rank))
+    return [reduce("ReduceMean", x, axes, True, c.y[1]), ("Sub", (x, c.y[1]), (t("c"),)), ("Mul", (t("c"), t("c")), (t("c2"),)),
+            reduce("ReduceMean", t("c2"), axes, True, t("var")), ("Add", (t("var"), scalar(c.attrs["epsilon"], c.types[0].dtype)), (t("ve"),)),
+            ("Sqrt", (t("ve"),), (t("std"),)), ("Reciprocal", (t("std"),), (c.y[2],)), ("Mul", (t("c"), c.y[2]), (t("xhat"),)),
+            ("Mul", (t("xhat"), gamma), (t("scaled"),)), ("Add", (t("scaled"), beta), (c.y[0],))]
+
+
 defop(
     "Softmax",
     ("x",),
@@ -65,6 +107,7 @@ defop(
     doc="exp(x) / sum(exp(x)) over axis, computed stably",
     cost=scaled_cost(4),
     scratch=2,
+    onnx=_softmax_onnx,
 )
 defop(
     "LogSoftmax",
@@ -76,6 +119,7 @@ defop(
     doc="x - log(sum(exp(x))) over axis, computed stably",
     cost=scaled_cost(4),
     scratch=2,
+    onnx=lambda c: [("LogSoftmax", c.x, c.y, {"axis": norm_axis(c.attrs["axis"], len(c.types[0].shape))})],
 )
 
 # ---- SoftmaxCrossEntropyWithLogits ----
@@ -126,6 +170,7 @@ defop(
     outputs=("loss", "backprop"),
     cost=scaled_cost(4),
     scratch=2,
+    onnx=_sce_onnx,
 )
 
 # ---- LayerNorm ----
@@ -196,4 +241,5 @@ defop(
     outputs=("y", "mean", "rstd"),
     cost=scaled_cost(4),
     scratch=3,
+    onnx=_ln_onnx,
 )

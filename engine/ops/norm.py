@@ -13,7 +13,9 @@ import numpy as np
 
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, defop, require_float, same_dtype, scaled_cost, total
+from gradserve.engine.optable import Attr, F, OnnxCall, defop, require_float, same_dtype, scaled_cost, total
+
+from .onnx_rules import Spec, reduce, reshape, scalar
 
 _ATTRS = {
     "is_training": Attr("bool", False, "normalize with the batch's statistics and update the moving ones; else use mean and variance"),
@@ -119,6 +121,34 @@ def _vjp(g: tuple[Value | None, ...], out: tuple[Value, ...], x: Value, scale: V
             total(d_mean) or zeros, total(d_var) or zeros)
 
 
+def _onnx(c: OnnxCall) -> list[Spec]:
+    """The engine's formula in ONNX arithmetic: batch statistics and moving averages in training, the inputs otherwise."""
+    (x, scale, bias, mean, variance), t = c.x, c.tmp
+    xt = c.types[0]
+    dt, shape = xt.dtype, (1, xt.shape[1]) + (1,) * (len(xt.shape) - 2)
+    specs: list[Spec] = []
+    if c.attrs["is_training"]:
+        m = c.attrs["momentum"]
+        axes = _axes(len(xt.shape))
+        specs += [
+            reduce("ReduceMean", x, axes, False, c.y[3]), reshape(c.y[3], shape, t("mu")), ("Sub", (x, t("mu")), (t("c"),)),
+            ("Mul", (t("c"), t("c")), (t("c2"),)), reduce("ReduceMean", t("c2"), axes, False, c.y[4]),
+        ]
+        for moving, batch, out in ((mean, c.y[3], c.y[1]), (variance, c.y[4], c.y[2])):
+            specs += [("Mul", (moving, scalar(1 - m, dt)), (t(f"{out}/old"),)), ("Mul", (batch, scalar(m, dt)), (t(f"{out}/new"),)),
+                      ("Add", (t(f"{out}/old"), t(f"{out}/new")), (out,))]
+        var = c.y[4]
+    else:
+        specs += [("Identity", (mean,), (c.y[1],)), ("Identity", (variance,), (c.y[2],)), ("Identity", (mean,), (c.y[3],)),
+                  ("Identity", (variance,), (c.y[4],)), reshape(mean, shape, t("mu")), ("Sub", (x, t("mu")), (t("c"),))]
+        var = variance
+    return [
+        *specs, ("Add", (var, scalar(c.attrs["epsilon"], dt)), (t("ve"),)), ("Sqrt", (t("ve"),), (t("std"),)),
+        ("Div", (scale, t("std")), (t("k"),)), reshape(t("k"), shape, t("ks")), ("Mul", (t("c"), t("ks")), (t("scaled"),)),
+        reshape(bias, shape, t("b")), ("Add", (t("scaled"), t("b")), (c.y[0],)),
+    ]
+
+
 defop(
     "BatchNorm",
     ("x", "scale", "bias", "mean", "variance"),
@@ -132,4 +162,5 @@ defop(
     outputs=("y", "batch_mean", "batch_variance", "reserve_space_1", "reserve_space_2"),
     cost=scaled_cost(4),
     scratch=2,
+    onnx=_onnx,
 )

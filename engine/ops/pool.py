@@ -15,9 +15,10 @@ import numpy as np
 
 from gradserve.engine.errors import GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, defop, require_float
+from gradserve.engine.optable import Attr, F, OnnxCall, defop, require_float
 
-from .conv import pad_mode_of, pair, ufunc_buffers, window_geometry
+from .conv import onnx_output_padding, onnx_window, pad_mode_of, pair, ufunc_buffers, window_geometry
+from .onnx_rules import Spec, ints
 
 POOL_ATTRS = {
     "kernel_size": Attr("ints", (1,), "window height and width: an int, a pair or (1, 1, kh, kw)"),
@@ -182,6 +183,25 @@ def _maxpool_argmax(x: np.ndarray, **attrs: Any) -> tuple[np.ndarray, np.ndarray
     return y, index  # type: ignore[return-value]
 
 
+def _onnx_pool(c: OnnxCall, shape: tuple[int, ...]) -> tuple[Window, dict[str, list[int]]]:
+    """The window of a pooling of input ``shape`` and its ONNX attributes."""
+    p = pool_window(shape, **{k: v for k, v in c.attrs.items() if k != "input_size"})
+    attrs = onnx_window((p.kh, p.kw), p.pads, p.strides)
+    del attrs["dilations"]
+    return p, attrs
+
+
+def _maxpool_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX MaxPool (its padding never wins a max, as -inf here)."""
+    return [("MaxPool", c.x, c.y, _onnx_pool(c, c.types[0].shape)[1])]
+
+
+def _maxpool_argmax_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX MaxPool with Indices (flat over the whole tensor, first maximum of each window) reduced to plane indices."""
+    p, attrs = _onnx_pool(c, c.types[0].shape)
+    return [("MaxPool", c.x, (c.y[0], c.tmp("flat")), attrs), ("Mod", (c.tmp("flat"), ints([p.h * p.w]).reshape(())), (c.y[1],))]
+
+
 defop(
     "MaxPool",
     ("x",),
@@ -190,6 +210,7 @@ defop(
     _maxpool_vjp,
     attrs=POOL_ATTRS,
     doc="max over kernel_size windows of x (N, C, H, W) moved by strides; 'same' pads with -inf; the gradient goes to each window's first maximum",
+    onnx=_maxpool_onnx,
     cost=_window_cost,
     scratch_bytes=_maxpool_scratch,
 )
@@ -201,6 +222,7 @@ defop(
     _maxpool_argmax_vjp,
     attrs=POOL_ATTRS,
     doc="MaxPool's output and argmax (int64): the index into the H * W plane of each window's first maximum",
+    onnx=_maxpool_argmax_onnx,
     outputs=("output", "argmax"),
     cost=_window_cost,
     scratch_bytes=_maxpool_argmax_scratch,
@@ -260,6 +282,25 @@ def _avgpool_grad_scratch(inputs: Sequence[TensorType], outputs: Sequence[Tensor
     return inputs[0].nbytes + padded + ufunc_buffers(outputs[0].dtype.itemsize)
 
 
+def _avgpool_grad_onnx(c: OnnxCall) -> list[Spec]:
+    """dout divided by the window counts, spread over each window by a depthwise ConvTranspose with a kernel of ones."""
+    p, attrs = _onnx_pool(c, tuple(c.attrs["input_size"]))
+    dt = c.types[0].dtype
+    ones = np.ones((p.c, 1, p.kh, p.kw), dt)
+    extra = onnx_output_padding((p.h, p.w), (p.kh, p.kw), (p.ho, p.wo), p.pads, p.strides)
+    return [("Div", (c.x[0], _counts(p, dt)), (c.tmp("share"),)),
+            ("ConvTranspose", (c.tmp("share"), ones), c.y, {**attrs, "group": p.c, "output_padding": extra})]
+
+
+def _adaptive_onnx(c: OnnxCall) -> list[Spec]:
+    """Two MatMuls with the constant bin matrices."""
+    shape = c.types[0].shape
+    oh, ow = _adaptive_size(shape, c.attrs["output_size"])
+    dt = c.types[0].dtype
+    return [("MatMul", (_bins(shape[-2], oh).astype(dt), c.x[0]), (c.tmp("rows"),)),
+            ("MatMul", (c.tmp("rows"), np.ascontiguousarray(_bins(shape[-1], ow).T.astype(dt))), c.y)]
+
+
 defop(
     "AvgPool",
     ("x",),
@@ -268,6 +309,7 @@ defop(
     lambda g, out, x, **attrs: F.AvgPoolGrad(g, input_size=x.shape, **attrs),
     attrs=POOL_ATTRS,
     doc="mean over kernel_size windows of x (N, C, H, W) moved by strides; with 'same' the zero padding is not counted in the mean",
+    onnx=lambda c: [("AveragePool", c.x, c.y, {**_onnx_pool(c, c.types[0].shape)[1], "count_include_pad": 0})],
     cost=_window_cost,
     scratch_bytes=_avgpool_scratch,
 )
@@ -281,6 +323,7 @@ defop(
     doc="gradient of AvgPool: each dout element divided by its window's count and added over the window; its own gradient is AvgPool",
     cost=_window_cost,
     scratch_bytes=_avgpool_grad_scratch,
+    onnx=_avgpool_grad_onnx,
 )
 
 # ---- AdaptiveAvgPool2D ----
@@ -361,6 +404,7 @@ defop(
     attrs={"output_size": Attr("ints", doc="output (oh, ow): an int or a pair; -1 keeps that input dimension (MindSpore's None)",
                                convert=_none_as_minus_one)},
     doc="averages x (.., H, W) over adaptive bins [floor(i H / oh), ceil((i + 1) H / oh)) per axis",
+    onnx=_adaptive_onnx,
     cost=_adaptive_cost,
     scratch_bytes=_adaptive_scratch,
 )

@@ -12,9 +12,10 @@ import numpy as np
 
 from gradserve.engine.errors import DTypeError, GraphError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, defop, require_float
+from gradserve.engine.optable import Attr, F, OnnxCall, defop, require_float
 
 from .common import INDEX_DTYPES
+from .onnx_rules import Spec, reshape
 
 _M64 = (1 << 64) - 1
 _GOLDEN = 0x9E3779B97F4A7C15
@@ -78,6 +79,52 @@ def _vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Value], x: Valu
     return (d_x,) + (None,) * len(seed)
 
 
+_U64 = np.dtype(np.uint64)
+
+
+def _u64(v: int) -> np.ndarray:
+    """A uint64 scalar constant (v mod 2^64)."""
+    return np.asarray(v & _M64, _U64)
+
+
+def _mix_onnx(c: OnnxCall, z: str, out: str, tag: str) -> list[Spec]:
+    """SplitMix64's finalizer on uint64 values in ONNX arithmetic (unsigned, so products wrap mod 2^64 as here)."""
+    t = c.tmp
+    specs: list[Spec] = []
+    for k, (shift, factor) in enumerate(((30, _MIX1), (27, _MIX2), (31, None))):
+        shifted, mixed = t(f"{tag}/s{k}"), out if factor is None else t(f"{tag}/x{k}")
+        specs += [("BitShift", (z, _u64(shift)), (shifted,), {"direction": "RIGHT"}), ("BitwiseXor", (z, shifted), (mixed,))]
+        if factor is not None:
+            specs.append(("Mul", (mixed, _u64(factor)), (t(f"{tag}/m{k}"),)))
+            z = t(f"{tag}/m{k}")
+    return specs
+
+
+def _onnx(c: OnnxCall) -> list[Spec]:
+    """The mask as a constant when it depends on the attributes alone; with a seed input, SplitMix64 in uint64 ONNX
+    arithmetic (the key from the seed, then one value per element index). Then x * mask / keep_prob."""
+    xt, t = c.types[0], c.tmp
+    keep_prob, seed0, seed1 = c.attrs["keep_prob"], c.attrs["Seed0"], c.attrs["Seed1"]
+    if len(c.x) == 1:
+        mask = keep_mask(dropout_key(seed0, seed1, 0), xt.size, keep_prob).reshape(xt.shape).astype(xt.dtype)
+        specs: list[Spec] = [("Constant", (), (c.y[1],), {"value": mask})]
+    else:
+        folded = _splitmix(_splitmix(seed0 & _M64) ^ (seed1 & _M64))
+        index = np.asarray(0, np.int64), np.asarray(xt.size, np.int64), np.asarray(1, np.int64)
+        specs = [
+            ("Range", index, (t("i64"),)), ("Cast", (t("i64"),), (t("i"),), {"to": _U64}), ("Mul", (t("i"), _u64(_GOLDEN)), (t("steps"),)),
+            ("Cast", (c.x[1],), (t("seed64"),), {"to": np.dtype(np.int64)}), ("Cast", (t("seed64"),), (t("seed"),), {"to": _U64}),
+            ("BitwiseXor", (t("seed"), _u64(folded)), (t("v"),)), ("Add", (t("v"), _u64(_GOLDEN)), (t("v1"),)),
+            *_mix_onnx(c, t("v1"), t("key"), "key"),
+            ("Add", (t("key"), _u64(_GOLDEN)), (t("start"),)), ("Add", (t("steps"), t("start")), (t("z"),)),
+            *_mix_onnx(c, t("z"), t("bits"), "z"),
+            ("BitShift", (t("bits"), _u64(11)), (t("top"),), {"direction": "RIGHT"}),
+            ("Less", (t("top"), _u64(int(keep_prob * (1 << 53)))), (t("keep"),)),
+            ("Cast", (t("keep"),), (t("flat"),), {"to": xt.dtype}), reshape(t("flat"), xt.shape, c.y[1]),
+        ]
+    return [*specs, ("Mul", (c.x[0], c.y[1]), (t("kept"),)), ("Div", (t("kept"), np.asarray(keep_prob, xt.dtype)), (c.y[0],))]
+
+
 defop(
     "Dropout",
     ("x", "seed*"),
@@ -94,4 +141,5 @@ defop(
     "int scalar seed input (a value per call, e.g. the training step, without changing the graph) and the element index",
     outputs=("output", "mask"),
     scratch=8,
+    onnx=_onnx,
 )

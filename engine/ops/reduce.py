@@ -9,9 +9,10 @@ import numpy as np
 
 from gradserve.engine.errors import DTypeError, ShapeError
 from gradserve.engine.ir import TensorType, Value
-from gradserve.engine.optable import Attr, F, defop, norm_axis, require_float, require_nonempty
+from gradserve.engine.optable import Attr, F, OnnxCall, OnnxRule, defop, norm_axis, require_float, require_nonempty
 
 from .common import INDEX_DTYPES, const, require_numeric, zero_grad
+from .onnx_rules import Spec, ints, reduce
 
 _ATTRS = {
     "axis": Attr("ints", (), "axes to reduce; () reduces all"),
@@ -71,6 +72,16 @@ def _count(x: Value, axis: tuple[int, ...]) -> int:
     return math.prod(x.shape[a] for a in axes_of(axis, x.ndim))
 
 
+def _reduce_onnx(op_type: str) -> OnnxRule:
+    """The ONNX reduction over the op's axes (all when axis is ()), keeping them when keep_dims."""
+
+    def rule(c: OnnxCall) -> list[Spec]:
+        """One reduction node (an Identity when there is no axis to reduce)."""
+        return [reduce(op_type, c.x[0], axes_of(c.attrs["axis"], len(c.types[0].shape)), c.attrs["keep_dims"], c.y[0])]
+
+    return rule
+
+
 def _max_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: bool) -> Value:
     """Tied maxima share the gradient evenly (MindSpore's MinOrMaxGrad)."""
     mask = F.Cast(F.Equal(x, _expand(out, x, axis)), dtype=x.dtype)
@@ -78,7 +89,8 @@ def _max_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: b
     return _expand(g, x, axis) * mask / ties
 
 
-defop("ReduceSum", ("x",), _infer(False), _np(np.sum), lambda g, out, x, axis, keep_dims: _expand(g, x, axis), attrs=_ATTRS, doc="sum over axes", call_attrs=("axis",))
+defop("ReduceSum", ("x",), _infer(False), _np(np.sum), lambda g, out, x, axis, keep_dims: _expand(g, x, axis), attrs=_ATTRS, doc="sum over axes", call_attrs=("axis",),
+      onnx=_reduce_onnx("ReduceSum"))
 defop(
     "ReduceMean",
     ("x",),
@@ -88,6 +100,7 @@ defop(
     attrs=_ATTRS,
     doc="mean over axes",
     call_attrs=("axis",),
+    onnx=_reduce_onnx("ReduceMean"),
 )
 defop(
     "ReduceMax",
@@ -98,6 +111,7 @@ defop(
     attrs=_ATTRS,
     doc="max over axes; tied maxima share the gradient evenly",
     call_attrs=("axis",),
+    onnx=_reduce_onnx("ReduceMax"),
 )
 defop(
     "ReduceMin",
@@ -108,6 +122,7 @@ defop(
     attrs=_ATTRS,
     doc="min over axes; tied minima share the gradient evenly",
     call_attrs=("axis",),
+    onnx=_reduce_onnx("ReduceMin"),
 )
 
 
@@ -133,6 +148,7 @@ defop(
     attrs=_ATTRS,
     doc="product over axes; the gradient is the product of the other elements, exact when some are zero",
     call_attrs=("axis",),
+    onnx=_reduce_onnx("ReduceProd"),
 )
 
 
@@ -154,6 +170,7 @@ defop(
     attrs=_ATTRS,
     doc="log(sum(exp(x))) over axes, computed stably; the gradient is the softmax over those axes",
     scratch=2,
+    onnx=_reduce_onnx("ReduceLogSumExp"),
 )
 
 # ---- CumSum ----
@@ -195,6 +212,8 @@ defop(
     doc="cumulative sum along axis; the gradient is the cumulative sum of g in the other direction",
     scratch=2,
     call_attrs=("axis",),
+    onnx=lambda c: [("CumSum", (c.x[0], ints([c.attrs["axis"]]).reshape(())), c.y,
+                     {"exclusive": int(c.attrs["exclusive"]), "reverse": int(c.attrs["reverse"])})],
 )
 
 # ---- Argmax and Argmin ----
@@ -213,6 +232,17 @@ def _arg_infer(types: list[TensorType], axis: int, output_type: np.dtype) -> Ten
     return TensorType(output_type, t.shape[:ax] + t.shape[ax + 1:])
 
 
+def _arg_onnx(op_type: str) -> OnnxRule:
+    """ONNX ArgMax or ArgMin (first index on ties, int64), cast to the output type."""
+
+    def rule(c: OnnxCall) -> list[Spec]:
+        """The index reduction and the Cast."""
+        return [(op_type, c.x, (c.tmp("i"),), {"axis": c.attrs["axis"], "keepdims": 0, "select_last_index": 0}),
+                ("Cast", (c.tmp("i"),), c.y, {"to": c.attrs["output_type"]})]
+
+    return rule
+
+
 _ARG_ATTRS = {
     "axis": Attr("int", -1, "the axis to search"),
     "output_type": Attr("dtype", np.dtype(np.int32), "int32 or int64"),
@@ -226,4 +256,5 @@ for _name, _fn in (("Argmax", np.argmax), ("Argmin", np.argmin)):
         zero_grad,
         attrs=_ARG_ATTRS,
         doc=f"index of the first {'largest' if _name == 'Argmax' else 'smallest'} element along axis; an integer output without gradient",
+        onnx=_arg_onnx("Arg" + _name[3:].capitalize()),
     )

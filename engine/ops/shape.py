@@ -7,7 +7,9 @@ import numpy as np
 
 from gradserve.engine.errors import ShapeError
 from gradserve.engine.ir import TensorType, check_type_shape
-from gradserve.engine.optable import Attr, F, broadcast, defop, norm_axis
+from gradserve.engine.optable import Attr, F, OnnxCall, broadcast, defop, norm_axis
+
+from .onnx_rules import Spec, ints, reshape
 
 
 def _reshape_target(shape: tuple[int, ...], target: tuple[int, ...]) -> tuple[int, ...]:
@@ -72,6 +74,11 @@ def _squeeze_axes(shape: tuple[int, ...], axis: tuple[int, ...]) -> tuple[int, .
     return ax
 
 
+def _reshape_onnx(c: OnnxCall) -> list[Spec]:
+    """Reshape, ExpandDims and Squeeze: one ONNX Reshape to the static output shape."""
+    return [reshape(c.x[0], c.out_types[0].shape, c.y[0])]
+
+
 defop(
     "Reshape",
     ("x",),
@@ -82,6 +89,7 @@ defop(
     doc="same elements in a new shape",
     memory="maybe_view",
     call_attrs=("shape",),
+    onnx=_reshape_onnx,
 )
 defop(
     "BroadcastTo",
@@ -92,6 +100,7 @@ defop(
     attrs={"shape": Attr("ints", doc="target shape; -1 keeps x's dimension")},
     doc="broadcasts x to shape (the gradient sums over the broadcast axes)",
     memory="view",
+    onnx=lambda c: [("Expand", (c.x[0], ints(c.out_types[0].shape)), c.y)],
 )
 defop(
     "Transpose",
@@ -103,6 +112,7 @@ defop(
     doc="permutes axes",
     memory="view",
     call_attrs=("perm",),
+    onnx=lambda c: [("Transpose", c.x, c.y, {"perm": list(_perm(c.attrs["perm"], len(c.types[0].shape)))})],
 )
 defop(
     "ExpandDims",
@@ -114,6 +124,7 @@ defop(
     doc="inserts an axis of length 1",
     memory="view",
     call_attrs=("axis",),
+    onnx=_reshape_onnx,
 )
 defop(
     "Squeeze",
@@ -124,4 +135,5 @@ defop(
     attrs={"axis": Attr("ints", (), "axes of length 1 to remove; () removes all")},
     doc="removes axes of length 1",
     memory="view",
+    onnx=_reshape_onnx,
 )

@@ -1,17 +1,26 @@
 """``import gradserve.ops as ops``: a primitive class per engine op (``ops.MatMul``), lower-case functional forms
 (``ops.matmul``, ``ops.stop_gradient``), MindSpore's composite functions (``ops.stack``, ``ops.addn``, ``ops.sum``, ...),
-``ops.GradOperation`` and the functional transforms (``ops.grad``, ``ops.jvp``, ...). Ops are looked up in the engine's
-op table on use, so ops added to the engine appear here without changes."""
+``ops.assign``/``ops.Assign`` (a Parameter's new value, written after the call when traced), ``ops.GradOperation`` and
+the functional transforms (``ops.grad``, ``ops.jvp``, ...). Ops are looked up in the engine's op table on use, so ops
+added to the engine appear here without changes."""
 from typing import Any
 
 from gradserve.client.functional import FUNCTIONS
 from gradserve.client.grad import GradOperation, grad, hessian, jacfwd, jacrev, jvp, value_and_grad, vjp
 from gradserve.client.nn.wrap import clip_by_global_norm
 from gradserve.client.primitives import Primitive, lookup, public_names
+from gradserve.client.runner import assign
 
 __all__ = [
-    "GradOperation", "Primitive", "clip_by_global_norm", "grad", "hessian", "jacfwd", "jacrev", "jvp", "value_and_grad", "vjp",
+    "Assign", "GradOperation", "Primitive", "assign", "clip_by_global_norm", "grad", "hessian", "jacfwd", "jacrev", "jvp", "value_and_grad", "vjp",
 ]
+
+
+class Assign:
+    """MindSpore's ``ops.Assign()``: ``Assign()(variable, value)`` is ``ops.assign(variable, value)``."""
+
+    def __call__(self, variable: Any, value: Any) -> Any:
+        return assign(variable, value)
 
 
 def __getattr__(name: str) -> Any:
