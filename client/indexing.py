@@ -50,12 +50,12 @@ def setitem(t: Any, key: Any, value: Any) -> None:
     mask = _bool_mask(key)
     if mask is not None:
         where = mask if mask.is_traced else Tensor._wrap(np.broadcast_to(mask._concrete("a mask"), t.shape).copy())
-        _rebind(t, apply_op("Select", where, value, t))
+        t._become(apply_op("Select", where, value, t))
         return
     key = key if isinstance(key, tuple) else (key,)
     arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, list, np.ndarray))]
     if arrays:
-        _rebind(t, _scatter(t, key, arrays, value))
+        t._become(_scatter(t, key, arrays, value))
         return
     full = _expand(t.ndim, key)
     spec, out_shape, end_mask = _slice_spec(t.shape, full)
@@ -70,7 +70,7 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         placed = apply_op("StridedSliceGrad", value, shape=tuple(t.shape), begin=begin, end=end, strides=strides, end_mask=end_mask)
     chosen = np.zeros(t.shape, bool)
     chosen[tuple(k for k in full if k is not None)] = True
-    _rebind(t, apply_op("Select", Tensor._wrap(chosen), placed, t))
+    t._become(apply_op("Select", Tensor._wrap(chosen), placed, t))
 
 
 def _scatter(t: Any, key: tuple[Any, ...], arrays: list[int], value: Tensor) -> Any:
@@ -93,11 +93,6 @@ def _scatter(t: Any, key: tuple[Any, ...], arrays: list[int], value: Tensor) -> 
     hits = apply_op("UnsortedSegmentSum", Tensor._wrap(np.ones(index.shape, np.int32)), index, num_segments=n)
     chosen = apply_op("Reshape", apply_op("Greater", hits, 0), shape=(1,) * axis + (n,) + (1,) * (t.ndim - axis - 1))
     return apply_op("Select", chosen, placed, t)
-
-
-def _rebind(t: Tensor, new: Tensor) -> None:
-    """Make ``t`` stand for ``new``'s value (a trace's value or a concrete array)."""
-    t._array, t._value, t._frame = new._array, new._value, new._frame
 
 
 def _bool_mask(key: Any) -> Tensor | None:
