@@ -59,7 +59,8 @@ def _function(v: Any) -> types.FunctionType | None:
     """The Python function behind ``v`` (itself, a method's, or the one a jit function or a transform's staged
     network wraps) when its closure and globals may hold user state, else None."""
     for _ in range(8):
-        wrapped = getattr(v, "wrapped", None) if not isinstance(v, types.FunctionType) else None
+        own = getattr(v, "__dict__", None) if not isinstance(v, (types.FunctionType, types.ModuleType, type)) else None
+        wrapped = own.get("wrapped") if isinstance(own, dict) else None
         if wrapped is None:
             break
         v = wrapped
@@ -69,31 +70,34 @@ def _function(v: Any) -> types.FunctionType | None:
     return v
 
 
-@dataclass(frozen=True)
-class _Code:
-    """A function's code, closure and the globals its code names that existed when it was read."""
+_EMPTY = object()
+"""An empty closure cell's or a deleted global's value."""
 
-    code: Any
-    closure: Any
-    names: dict[str, Any]
-    globals: tuple[str, ...]
 
-    @staticmethod
-    def of(fn: types.FunctionType) -> _Code:
-        names = fn.__globals__
-        return _Code(fn.__code__, fn.__closure__, names, tuple(n for n in fn.__code__.co_names if n in names))
+class _Read:
+    """One closure variable or global a function's code names: where it is, and how to read it now."""
 
-    def reads(self) -> list[tuple[str, Any]]:
-        """(where, value) of each closure variable and named global, as they are now."""
-        out: list[tuple[str, Any]] = []
-        for name, cell in zip(self.code.co_freevars, self.closure or ()):
-            try:
-                out.append((f"<closure {name}>", cell.cell_contents))
-            except ValueError:
-                continue
-        for name in self.globals:
-            out.append((f"<global {name}>", self.names.get(name)))
-        return out
+    __slots__ = ("where", "cell", "names", "name")
+
+    def __init__(self, where: str, cell: Any, names: dict[str, Any] | None, name: str) -> None:
+        self.where, self.cell, self.names, self.name = where, cell, names, name
+
+    def get(self) -> Any:
+        """The value now (``_EMPTY`` when there is none)."""
+        if self.names is not None:
+            return self.names.get(self.name, _EMPTY)
+        try:
+            return self.cell.cell_contents
+        except ValueError:
+            return _EMPTY
+
+
+def _reads(where: str, fn: types.FunctionType) -> list[_Read]:
+    """The closure variables of ``fn`` and the globals its code names (those that exist now: a name that is no
+    global now was a builtin or an attribute when traced)."""
+    code, names = fn.__code__, fn.__globals__
+    out = [_Read(f"{where} <closure {n}>", c, None, n) for n, c in zip(code.co_freevars, fn.__closure__ or ())]
+    return out + [_Read(f"{where} <global {n}>", None, names, n) for n in code.co_names if n in names]
 
 
 class _Walk:
@@ -106,8 +110,8 @@ class _Walk:
         self.items: list[tuple[str, Any]] = []
         self.tensors: list[Tensor] = []
         self.lists: list[tuple[str, Any]] = []
-        self.codes: list[tuple[str, _Code]] = []
-        self.held: list[Any] = []
+        self.reads: list[_Read] = []
+        self.codes = 0
         self.visited: set[int] = set()
 
     def value(self, where: str, v: Any, depth: int = 0) -> None:
@@ -140,7 +144,6 @@ class _Walk:
             self.items.append((where, ("seen", type(v).__qualname__)))
             return
         self.visited.add(id(v))
-        self.held.append(v)
         if _is_cell(v):
             self.items.append((where, ("Cell", type(v))))
             prefix = "" if not where else f"{where}."
@@ -159,13 +162,15 @@ class _Walk:
         """Follow the closure and globals of the function behind ``v`` (a construct of class ``owner`` also follows
         the methods of ``owner`` its code names, as ``self.helper(x)`` calls)."""
         fn = _function(v)
-        if fn is None or len(self.codes) >= MAX_CODES:
+        if fn is None or self.codes >= MAX_CODES:
             return
+        self.codes += 1
         self.items.append((where, ("code", fn.__code__)))
-        read = _Code.of(fn)
-        self.codes.append((where, read))
-        for name, x in read.reads():
-            self.value(f"{where} {name}", x)
+        for read in _reads(where, fn):
+            self.reads.append(read)
+            value = read.get()
+            if value is not _EMPTY:
+                self.value(read.where, value)
         if owner is not None:
             for name in fn.__code__.co_names:
                 method = getattr(owner, name, None)
@@ -208,8 +213,9 @@ class StateWatch:
     """A network's state, and what must be read again to know that it still holds. Cell attributes change only
     through Cell's setters, which move the epoch (client/epoch.py); a Tensor's value changes in place only with its
     ``version``; closures, globals, and lists and arrays held by attributes change without either, so ``current``
-    reads those again (a few lookups), compares the held Tensors' versions, and walks the network only on a change.
-    Each walk replaces one immutable snapshot (so threads calling at once each see a whole one)."""
+    reads those again (a few lookups, an identity test for each closure and global value that cannot change in
+    place), compares the held Tensors' versions, and walks the network only on a change. Each walk replaces one
+    immutable snapshot (so threads calling at once each see a whole one)."""
 
     def __init__(self, fn: Any) -> None:
         self.snapshot = _Snapshot.of(fn)
@@ -218,59 +224,60 @@ class StateWatch:
         """The state of ``fn`` (the network this watch was made for) now: the one recorded while nothing it depends
         on changed, else collected anew."""
         snap = self.snapshot
-        if (snap.epoch != epoch.value or snap.holder() is not _code_holder(fn) or snap.moved()
-                or snap.volatile() != snap.seen):
+        if snap.epoch != epoch.value or snap.holder() is not _code_holder(fn) or not snap.holds():
             snap = self.snapshot = _Snapshot.of(fn)
         return snap.state
 
 
+def _shallow(where: str, v: Any) -> list[tuple[str, Any]]:
+    """The items of a value that can change in place (a list, tuple or array), Cells and functions by identity."""
+    walk = _Walk(deep=False)
+    walk.value(where, v)
+    return walk.items
+
+
 @dataclass(frozen=True)
 class _Snapshot:
-    """A network's whole state at one epoch, where it can change without moving the epoch (``lists``: list and
-    array attributes; ``codes``: the code, closure and globals of its constructs and the functions they reach), what
-    those held, and the versions of the Tensors it holds. ``held`` keeps the Cells and functions reached alive, so
-    an identity recorded in ``seen`` cannot pass to a new object."""
+    """A network's whole state at one epoch, and where it can change without moving the epoch: ``lists``, the list
+    and array attributes with their items then; ``reads``, the closure variables and globals of its constructs and
+    the functions they reach, each with the value it held (kept alive, so its identity cannot pass to a new object)
+    and, for a list, tuple or array, its items then; ``versions``, the versions of the Tensors it holds."""
 
     epoch: int
     state: State
     holder: Callable[[], Any]
-    lists: tuple[tuple[str, Any], ...]
-    codes: tuple[tuple[str, _Code], ...]
+    lists: tuple[tuple[str, Any, list[tuple[str, Any]]], ...]
+    reads: tuple[tuple[_Read, Any, list[tuple[str, Any]] | None], ...] = field(repr=False)
     versions: tuple[int, ...]
-    held: tuple[Any, ...] = field(repr=False)
-    seen: list[tuple[str, Any]] = field(default_factory=list)
 
     @staticmethod
     def of(fn: Any) -> _Snapshot:
         """Collect the whole state of ``fn``."""
         at = epoch.value
         walk = _Walk(deep=True)
-        root = _root(fn)
-        walk.reach("", root)
+        walk.reach("", _root(fn))
         holder = _code_holder(fn)
         try:
             ref: Callable[[], Any] = weakref.ref(holder)
         except TypeError:
             ref = lambda: holder  # noqa: E731  (not weakly referable: a builtin, which reads no state)
         state = State(tuple(walk.items), tuple(walk.tensors))
-        held = tuple(x for x in walk.held if x is not root and x is not fn)
-        snap = _Snapshot(at, state, ref, tuple(walk.lists), tuple(walk.codes), _versions(state.tensors), held)
-        snap.seen.extend(snap.volatile())
-        return snap
+        lists = tuple((where, v, _shallow(where, v)) for where, v in walk.lists)
+        reads = []
+        for read in walk.reads:
+            v = read.get()
+            reads.append((read, v, _shallow(read.where, v) if isinstance(v, (list, tuple, np.ndarray)) else None))
+        return _Snapshot(at, state, ref, lists, tuple(reads), _versions(state.tensors))
 
-    def moved(self) -> bool:
-        """True when a held Tensor changed in place since the snapshot."""
-        return bool(self.versions) and _versions(self.state.tensors) != self.versions
-
-    def volatile(self) -> list[tuple[str, Any]]:
-        """The items that can change without moving the epoch (lists, arrays, closures, globals), as they are now."""
-        walk = _Walk(deep=False)
-        for where, v in self.lists:
-            walk.value(where, v)
-        for where, read in self.codes:
-            for name, v in read.reads():
-                walk.value(f"{where} {name}", v)
-        return walk.items
+    def holds(self) -> bool:
+        """True when nothing that can change without moving the epoch has changed since the snapshot."""
+        if self.versions and _versions(self.state.tensors) != self.versions:
+            return False
+        for read, v, items in self.reads:
+            now = read.get()
+            if now is not v or (items is not None and _shallow(read.where, now) != items):
+                return False
+        return all(_shallow(where, v) == items for where, v, items in self.lists)
 
 
 def _versions(tensors: tuple[Tensor, ...]) -> tuple[int, ...]:
