@@ -15,15 +15,20 @@ Cases:
   tiny forward   net(x, y)
   mlp grad       gradient of a 784-512-512-10 tanh MLP's loss by list of weights, batch 128; the SDK's per-call
                  overhead is what is above 1x
+  --server       the same MLP gradient through a 1-worker server in another process: CPU per request of this
+                 client and of the server's process tree (from /proc, Linux), against the in-process gradient plus a
+                 bare gRPC echo of the same sizes (407 KB in, 2.7 MB out) served by that process; target <= 1.3x
 
 Run: ``python bench/sdk.py`` (``--help`` for rounds and batch sizes).
 """
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import os
 import statistics
 import time
+from concurrent import futures
 from typing import Any, Callable
 
 import numpy as np
@@ -183,12 +188,103 @@ def jax_peers(sides: dict[str, Callable[[], Any]], case: str) -> None:
     sides["jax jit"] = lambda: g(x, y, z).block_until_ready()
 
 
+def _serve(ready: Any, stop: Any, reply_bytes: int) -> None:
+    """A 1-worker gradserve server and a bare echo server (answering ``reply_bytes`` bytes), until ``stop``."""
+    import grpc
+
+    from gradserve.server.app import running
+    from gradserve.server.config import ServerConfig
+
+    unlimited = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    reply = b"x" * reply_bytes
+    echo = grpc.server(futures.ThreadPoolExecutor(max_workers=4), options=unlimited)
+    echo.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: reply)}),))
+    echo_port = echo.add_insecure_port("127.0.0.1:0")
+    echo.start()
+    try:
+        with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server:
+            ready.put((server.port, echo_port, os.getpid()))
+            stop.wait()
+    finally:
+        echo.stop(0)
+
+
+def tree_cpu(pid: int) -> float:
+    """CPU seconds (user + system) used so far by process ``pid`` and all its descendants (Linux /proc)."""
+    parent, cpu = {}, {}
+    for d in os.listdir("/proc"):
+        if d.isdigit():
+            try:
+                with open(f"/proc/{d}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            parent[int(d)], cpu[int(d)] = int(fields[1]), int(fields[11]) + int(fields[12])
+    tree, more = {pid}, {pid}
+    while more:
+        more = {p for p, pp in parent.items() if pp in more} - tree
+        tree |= more
+    return sum(cpu.get(p, 0) for p in tree) / os.sysconf("SC_CLK_TCK")
+
+
+def server_case(mlp_grad: Any, xt: Tensor, tt: Tensor, n_rounds: int, inner: int) -> None:
+    """CPU per MLP request through a 1-worker server (client + server tree) against in-process + bare echo."""
+    import grpc
+
+    import gradserve as gs
+    from gradserve.client import get_backend
+
+    in_process = rounds({"in process": lambda: mlp_grad(xt, tt)}, n_rounds, inner)["in process"]
+    ctx = multiprocessing.get_context("spawn")
+    ready, stop = ctx.Queue(), ctx.Event()
+    proc = ctx.Process(target=_serve, args=(ready, stop, sum(a.asnumpy().nbytes for a in mlp_grad(xt, tt)) + 64))
+    proc.start()
+    try:
+        port, echo_port, server_pid = ready.get(timeout=300)
+        gs.set_context(target=f"127.0.0.1:{port}")
+        with grpc.insecure_channel(f"127.0.0.1:{echo_port}", options=[("grpc.max_send_message_length", -1),
+                                                                      ("grpc.max_receive_message_length", -1)]) as ch:
+            echo = ch.unary_unary("/bench.Echo/Echo")
+            payload = b"y" * (xt.asnumpy().nbytes + tt.asnumpy().nbytes + 64)
+            sides = {"through the server": lambda: mlp_grad(xt, tt), "bare echo": lambda: echo(payload)}
+            for fn in sides.values():
+                for _ in range(3):
+                    fn()
+            client: dict[str, list[float]] = {k: [] for k in sides}
+            server: dict[str, list[float]] = {k: [] for k in sides}
+            for r in range(n_rounds):
+                for name in (list(sides) if r % 2 else list(sides)[::-1]):
+                    s0, c0 = tree_cpu(server_pid), time.process_time()
+                    for _ in range(inner):
+                        sides[name]()
+                    client[name].append((time.process_time() - c0) / inner)
+                    server[name].append((tree_cpu(server_pid) - s0) / inner)
+        get_backend().close()
+        gs.set_context(target=None)
+    finally:
+        stop.set()
+        proc.join(60)
+    total = [c + s for c, s in zip(client["through the server"], server["through the server"])]
+    base = [statistics.median(in_process) + c + s for c, s in zip(client["bare echo"], server["bare echo"])]
+    ratios = [a / b for a, b in zip(total, base)]
+    med = statistics.median(ratios)
+    print("server: MLP gradient, CPU per request (process CPU time; the server's from /proc at 10 ms ticks)")
+    print(f"  in process             {statistics.median(in_process) * 1e3:8.2f} ms")
+    for name in ("through the server", "bare echo"):
+        print(f"  {name:22s} client {statistics.median(client[name]) * 1e3:6.2f} ms, "
+              f"server tree {statistics.median(server[name]) * 1e3:6.2f} ms")
+    print(f"  server / (in process + echo) {med:6.2f}x [{min(ratios):.2f} .. {max(ratios):.2f}]  "
+          f"(target <= 1.3x: {'ok' if med <= 1.3 else 'OVER TARGET'})")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=31, help="rounds per case (default 31)")
     parser.add_argument("--inner", type=int, default=200, help="tiny calls per side per round (default 200)")
     parser.add_argument("--mlp-inner", type=int, default=5, help="MLP calls per side per round (default 5)")
     parser.add_argument("--wall", action="store_true", help="time by the wall clock, not this thread's CPU time")
+    parser.add_argument("--server", action="store_true", help="also the MLP gradient through a 1-worker server")
     args = parser.parse_args()
     global CLOCK
     CLOCK = time.perf_counter if args.wall else time.thread_time
@@ -229,6 +325,8 @@ def main() -> None:
     torch_peers(sides, "mlp", arrays)
     report(f"mlp grad: {'-'.join(map(str, SIZES))}, batch {BATCH}", rounds(sides, args.rounds, args.mlp_inner),
            "hand numpy", None)
+    if args.server:
+        server_case(mlp_grad, xt, tt, max(5, args.rounds // 3), 20)
 
 
 if __name__ == "__main__":
