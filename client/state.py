@@ -30,11 +30,13 @@ LIBRARY = "gradserve."
 
 @dataclass
 class State:
-    """What a trace read besides its inputs and Parameters: (where, value) pairs. Tensors are held, so their
-    identity cannot be taken over by a new object while the trace is cached."""
+    """What a trace read besides its inputs and Parameters: (where, value) pairs. Tensors, and Cells reached through
+    closures and globals (whose Parameters the trace reads), are items by identity and held, so their identity
+    cannot be taken over by a new object while the trace is cached."""
 
     items: tuple[tuple[str, Any], ...] = ()
     tensors: tuple[Tensor, ...] = field(default=(), repr=False)
+    cells: tuple[Any, ...] = field(default=(), repr=False)
 
     def same(self, other: State) -> bool:
         """True when every item is the same Tensor object at the same version or an equal value, in the same place."""
@@ -113,6 +115,7 @@ class _Walk:
         self.reads: list[_Read] = []
         self.codes = 0
         self.visited: set[int] = set()
+        self.cells: list[Any] = []
 
     def value(self, where: str, v: Any, depth: int = 0) -> None:
         """Record ``v`` found at ``where``."""
@@ -145,7 +148,9 @@ class _Walk:
             return
         self.visited.add(id(v))
         if _is_cell(v):
-            self.items.append((where, ("Cell", type(v))))
+            self.items.append((where, ("Cell", type(v), id(v) if where else None)))
+            if where:
+                self.cells.append(v)
             prefix = "" if not where else f"{where}."
             for path, cell in v.cells_and_names():
                 self.visited.add(id(cell))
@@ -261,7 +266,7 @@ class _Snapshot:
             ref: Callable[[], Any] = weakref.ref(holder)
         except TypeError:
             ref = lambda: holder  # noqa: E731  (not weakly referable: a builtin, which reads no state)
-        state = State(tuple(walk.items), tuple(walk.tensors))
+        state = State(tuple(walk.items), tuple(walk.tensors), tuple(walk.cells))
         lists = tuple((where, v, _shallow(where, v)) for where, v in walk.lists)
         reads = []
         for read in walk.reads:

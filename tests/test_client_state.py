@@ -203,3 +203,25 @@ def test_batchnorm_reached_through_a_closure_stops_training_in_eval(where: str) 
         np.testing.assert_allclose(grad.asnumpy(), w / np.sqrt(moving_var + eps), rtol=1e-5)
         np.testing.assert_allclose(net.bn.moving_mean.asnumpy(), moving_mean, rtol=1e-5, atol=1e-7)  # no more updates
         np.testing.assert_allclose(net.bn.moving_variance.asnumpy(), moving_var, rtol=1e-5)
+
+
+class Weighted(nn.Cell):
+    def __init__(self, w: float) -> None:
+        super().__init__()
+        self.w = Parameter(t([w]), name="w")
+
+    def construct(self, x: Tensor) -> Tensor:
+        return (x * x * self.w).sum()
+
+
+def test_a_closure_rebound_to_another_cell_of_the_same_class_is_seen(where: str) -> None:
+    nets = [Weighted(2.0), Weighted(5.0)]
+    current = nets[0]
+    g = gs.grad(lambda x: current(x))
+    np.testing.assert_array_equal(g(t(X)).asnumpy(), 4 * X)
+    before = epoch.value
+    current = nets[1]  # no Cell changed: the epoch stands still
+    assert epoch.value == before
+    np.testing.assert_array_equal(g(t(X)).asnumpy(), 10 * X)
+    current = nets[0]
+    np.testing.assert_array_equal(g(t(X)).asnumpy(), 4 * X)
