@@ -118,6 +118,7 @@ def test_cells_reached_through_closures_and_globals_follow_their_state(where: st
     by_global = gs.grad(lambda x: loss(x))
     jitted = gs.jit(lambda x: net(x))
     grad_op = GradOperation()(net)
+    grad_op_closure = GradOperation()(lambda x: net(x))
 
     def check(train: float, scale: float) -> None:
         k = 2.0 if train else 3.0 * scale
@@ -125,6 +126,7 @@ def test_cells_reached_through_closures_and_globals_follow_their_state(where: st
         assert float(value) == k * (X * X).sum() and float(jitted(t(X))) == k * (X * X).sum()
         np.testing.assert_array_equal(grad.asnumpy(), 2 * k * X)
         np.testing.assert_array_equal(grad_op(t(X)).asnumpy(), 2 * k * X)
+        np.testing.assert_array_equal(grad_op_closure(t(X)).asnumpy(), 2 * k * X)
         np.testing.assert_array_equal(by_global(t(X)).asnumpy(), 2 * k * X)
 
     try:
@@ -197,7 +199,9 @@ def test_batchnorm_reached_through_a_closure_stops_training_in_eval(where: str) 
     np.testing.assert_allclose(net.bn.moving_mean.asnumpy(), moving_mean, rtol=1e-5, atol=1e-7)
     np.testing.assert_allclose(net.bn.moving_variance.asnumpy(), moving_var, rtol=1e-5)
     net.set_train(False)
+    grad_op = GradOperation()(lambda a: net(a))
     for _ in range(2):
+        np.testing.assert_allclose(grad_op(Tensor(x)).asnumpy(), w / np.sqrt(moving_var + eps), rtol=1e-5)
         value, grad = g(Tensor(x))
         np.testing.assert_allclose(float(value), (w * (x - moving_mean) / np.sqrt(moving_var + eps)).sum(), rtol=1e-5)
         np.testing.assert_allclose(grad.asnumpy(), w / np.sqrt(moving_var + eps), rtol=1e-5)
