@@ -1,6 +1,7 @@
-"""MindSpore's functional ops that are not one engine op's generated form (``ops.sum``, ``ops.mean``, ``ops.ones``, the
-convolution and pooling functions ``ops.conv2d``, ``ops.max_pool2d``, ... whose arguments are not the op's attributes)
-and the primitives that need more than one engine op (``ops.Shape``, ``ops.Print``)."""
+"""MindSpore 2.x's functional ops that are not one engine op's generated form: their arguments are not the op's
+attributes in order, or they need several ops (``ops.sum``, ``ops.split``, ``ops.pad``, ``ops.topk``, ``ops.max``, the
+convolution and pooling functions ``ops.conv2d``, ``ops.max_pool2d``, ...), and the primitives that need more than one
+engine op (``ops.Shape``, ``ops.Print``). A generated form is named by its op's ``functional`` field instead."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,6 +13,7 @@ from gradserve.engine.ops import debug
 
 from . import dtype as mstype
 from .dispatch import apply_op
+from .nn.initializer import get_seed_rng
 from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
@@ -131,6 +133,257 @@ def adaptive_avg_pool2d(input: Any, output_size: Any) -> Any:
     return apply_op("AdaptiveAvgPool2D", input, output_size=attr_value(get_op("AdaptiveAvgPool2D"), "output_size", output_size))
 
 
+def _int(v: Any) -> bool:
+    return isinstance(v, (int, np.integer)) and not isinstance(v, bool)
+
+
+def _axis(fn: str, axis: Any, ndim: int) -> int:
+    """``axis`` as a non-negative axis of a rank-``ndim`` Tensor, or a clear error naming the function."""
+    if not _int(axis):
+        raise TypeError(f"ops.{fn}: axis must be an int, got {axis!r}")
+    rank = ndim or 1
+    if not -rank <= axis < rank:
+        raise ValueError(f"ops.{fn}: axis {axis} is out of range for a Tensor of rank {ndim}")
+    return int(axis) % rank
+
+
+def _clip(v: int) -> int:
+    """v if positive, else 0 (the builtin max is shadowed here by ops.max)."""
+    return v if v > 0 else 0
+
+
+def _tensor(fn: str, x: Any, what: str = "input") -> Tensor:
+    if not isinstance(x, Tensor):
+        raise TypeError(f"ops.{fn}: {what} must be a Tensor, got {type(x).__name__}")
+    return x
+
+
+def split(tensor: Any, split_size_or_sections: Any, axis: int = 0) -> tuple[Any, ...]:
+    """``ops.split(tensor, split_size_or_sections, axis=0)``: an int is the size of each piece (the last one smaller
+    when it does not divide the axis), a tuple or list the pieces' sizes, which must add up to the axis length. Equal
+    pieces are one Split op (views); unequal ones are slices."""
+    x = _tensor("split", tensor, "tensor")
+    ax = _axis("split", axis, len(x.shape))
+    n = x.shape[ax]
+    if _int(split_size_or_sections):
+        size = int(split_size_or_sections)
+        if size <= 0:
+            raise ValueError(f"ops.split: split_size_or_sections must be positive, got {size}")
+        sizes = [size] * (n // size) + ([n % size] if n % size else [])
+    elif isinstance(split_size_or_sections, (tuple, list)) and all(_int(v) and v >= 0 for v in split_size_or_sections):
+        sizes = [int(v) for v in split_size_or_sections]
+        total = int(np.sum(sizes))
+        if total != n:
+            raise ValueError(f"ops.split: the sizes {tuple(sizes)} add up to {total}, not to the length {n} of axis {axis}")
+    else:
+        raise TypeError(f"ops.split: split_size_or_sections must be an int or a tuple/list of non-negative ints, got {split_size_or_sections!r}")
+    if sizes and len(set(sizes)) == 1 and sizes[0] > 0:
+        return tuple(apply_op("Split", x, axis=ax, output_num=len(sizes)))
+    starts = np.cumsum([0] + sizes).tolist()
+    lead = (slice(None),) * ax
+    return tuple(x[lead + (slice(a, b),)] for a, b in zip(starts, starts[1:]))
+
+
+def einsum(equation: str, *operands: Any) -> Any:
+    """``ops.einsum(equation, *operands)``: the Einsum op (the operands may also come as one tuple or list)."""
+    if not isinstance(equation, str):
+        raise TypeError(f"ops.einsum: the equation comes first and must be a str, got {type(equation).__name__}")
+    if len(operands) == 1 and isinstance(operands[0], (tuple, list)):
+        operands = tuple(operands[0])
+    if not operands:
+        raise TypeError("ops.einsum: no operands")
+    return apply_op("Einsum", *operands, equation=equation)
+
+
+def pad(input_x: Any, padding: Any, mode: str = "constant", value: Any = None) -> Any:
+    """``ops.pad(input_x, padding, mode='constant', value=None)``: ``padding`` pairs (before, after) from the last axis
+    backwards, ``(left, right, top, bottom, ...)``; a negative amount crops. The Pad op (zeros), plus ``value`` on the
+    padded border. Only the constant mode is supported."""
+    x = _tensor("pad", input_x, "input_x")
+    if isinstance(padding, Tensor):
+        padding = padding._concrete("ops.pad's padding").tolist()
+    if not isinstance(padding, (tuple, list)) or not all(_int(v) for v in padding):
+        raise TypeError(f"ops.pad: padding must be a tuple or list of ints, got {padding!r}")
+    nd = len(x.shape)
+    if len(padding) % 2 or len(padding) // 2 > nd:
+        raise ValueError(f"ops.pad: padding needs an even length of at most 2 * rank = {2 * nd}, got {len(padding)}")
+    if mode != "constant":
+        raise ValueError(f"ops.pad: mode={mode!r} is not supported (only 'constant')")
+    pairs = [(0, 0)] * nd
+    for i in range(len(padding) // 2):
+        pairs[nd - 1 - i] = (int(padding[2 * i]), int(padding[2 * i + 1]))
+    crop = tuple(slice(_clip(-b), n - _clip(-a)) for n, (b, a) in zip(x.shape, pairs))
+    if any(c.start or c.stop != n for c, n in zip(crop, x.shape)):
+        if any(c.stop < c.start for c in crop):
+            raise ValueError(f"ops.pad: padding {tuple(padding)} crops more than the shape {x.shape} holds")
+        x = x[crop]
+    grow = [(_clip(b), _clip(a)) for b, a in pairs]
+    out = apply_op("Pad", x, paddings=tuple(v for p in grow for v in p))
+    if value is None or value == 0:
+        return out
+    border = np.pad(np.zeros(x.shape, mstype.to_numpy(x.dtype)), grow, constant_values=1)
+    return out + Tensor._wrap(border * np.asarray(value, border.dtype))
+
+
+def dropout(input: Any, p: float = 0.5, training: bool = True, seed: Any = None) -> Any:
+    """``ops.dropout(input, p=0.5, training=True, seed=None)``: zeroes each element with probability ``p`` and scales
+    the rest by 1 / (1 - p) (the Dropout op's output); the input itself when not training or p is 0. A ``seed`` fixes
+    the mask; without one, seeds are drawn from the generator ``set_seed`` seeds, once per call outside a construct
+    and once per trace inside one (a cached graph keeps its mask)."""
+    if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0 <= p <= 1:
+        raise ValueError(f"ops.dropout: p must be a number in [0, 1], got {p!r}")
+    if not training or p == 0:
+        return input
+    if p == 1:
+        return apply_op("ZerosLike", input)
+    if seed is not None and not (_int(seed) and seed >= 0):
+        raise ValueError(f"ops.dropout: seed must be a non-negative int or None, got {seed!r}")
+    seeds = (int(seed), 0) if seed is not None else tuple(int(v) for v in get_seed_rng().integers(1, 2**31, size=2))
+    out, _ = apply_op("Dropout", input, keep_prob=1.0 - float(p), Seed0=seeds[0], Seed1=seeds[1])
+    return out
+
+
+def gelu(input_x: Any, approximate: str = "none") -> Any:
+    """``ops.gelu(input_x, approximate='none')``: the exact x Phi(x) by default, as MindSpore 2.x documents, or the
+    tanh formula (the GeLU primitive's own default stays 'tanh')."""
+    if approximate not in ("none", "tanh"):
+        raise ValueError(f"ops.gelu: approximate must be 'none' or 'tanh', got {approximate!r}")
+    return apply_op("GeLU", input_x, approximate=approximate)
+
+
+def cumsum(x: Any, axis: int, dtype: Any = None) -> Any:
+    """``ops.cumsum(x, axis, dtype=None)``: running sums along ``axis`` (the CumSum op), computed in ``dtype`` if given."""
+    if dtype is not None:
+        x = apply_op("Cast", x, dtype=mstype.to_numpy(dtype))
+    return apply_op("CumSum", x, axis=axis)
+
+
+def _swap_last(x: Any, ax: int) -> Any:
+    """x with axis ``ax`` and the last axis exchanged (its own inverse)."""
+    perm = list(range(len(x.shape)))
+    perm[ax], perm[-1] = perm[-1], perm[ax]
+    return apply_op("Transpose", x, perm=tuple(perm))
+
+
+def topk(input: Any, k: int, dim: Any = None, largest: bool = True, sorted: bool = True) -> tuple[Any, Any]:
+    """``ops.topk(input, k, dim=None, largest=True, sorted=True)``: the ``k`` largest (or smallest) elements along
+    ``dim`` (the last axis when None) and their int32 indices, from the TopK op; ties go to the lower index and the
+    result is always sorted."""
+    x = _tensor("topk", input)
+    nd = len(x.shape)
+    ax = nd - 1 if dim is None else _axis("topk", dim, nd)
+    moved = x if ax == nd - 1 else _swap_last(x, ax)
+    values, indices = apply_op("TopK", moved if largest else -moved, k=k, sorted=True)
+    if not largest:
+        values = -values
+    if ax != nd - 1:
+        values, indices = _swap_last(values, ax), _swap_last(indices, ax)
+    return values, indices
+
+
+def flatten(input: Any, order: str = "C", *, start_dim: int = 1, end_dim: int = -1) -> Any:
+    """``ops.flatten(input, order='C', *, start_dim=1, end_dim=-1)``: axes ``start_dim`` to ``end_dim`` merged into
+    one (a Reshape); a 0-d input becomes 1-d. Only the 'C' order is supported."""
+    x = _tensor("flatten", input)
+    if order != "C":
+        raise ValueError(f"ops.flatten: order={order!r} is not supported (only 'C')")
+    nd = len(x.shape)
+    if nd == 0:
+        return apply_op("Reshape", x, shape=(1,))
+    s, e = _axis("flatten", start_dim, nd), _axis("flatten", end_dim, nd)
+    if s > e:
+        raise ValueError(f"ops.flatten: start_dim {start_dim} comes after end_dim {end_dim} for rank {nd}")
+    if s == e:
+        return x
+    shape = x.shape[:s] + (int(np.prod(x.shape[s:e + 1])),) + x.shape[e + 1:]
+    return apply_op("Reshape", x, shape=shape)
+
+
+def prod(input: Any, axis: Any = None, keep_dims: bool = False) -> Any:
+    """``ops.prod(input, axis=None, keep_dims=False)``: product over ``axis`` (all axes when None)."""
+    return apply_op("ReduceProd", input, axis=_axes(axis), keep_dims=keep_dims)
+
+
+def _extreme(fn: str, largest: bool, input: Any, axis: Any, keepdims: bool, initial: Any, where: Any) -> Any:
+    """max or min over ``axis`` after ``where`` (False positions read ``initial``), bounded by ``initial``."""
+    x = _tensor(fn, input)
+    if where is not None:
+        if initial is None:
+            raise ValueError(f"ops.{fn}: where needs an initial value for the positions it leaves out")
+        x = apply_op("Select", where, x, initial)
+    out = apply_op("ReduceMax" if largest else "ReduceMin", x, axis=_axes(axis), keep_dims=keepdims)
+    if initial is not None:
+        out = apply_op("Maximum" if largest else "Minimum", out, initial)
+    return out
+
+
+def amax(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = None) -> Any:
+    """``ops.amax(input, axis=None, keepdims=False, *, initial=None, where=None)``: the maximum over ``axis`` (all
+    when None); tied maxima share the gradient evenly."""
+    return _extreme("amax", True, input, axis, keepdims, initial, where)
+
+
+def amin(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = None) -> Any:
+    """``ops.amin(input, axis=None, keepdims=False, *, initial=None, where=None)``: the minimum over ``axis`` (all
+    when None); tied minima share the gradient evenly."""
+    return _extreme("amin", False, input, axis, keepdims, initial, where)
+
+
+def _extreme_index(fn: str, largest: bool, input: Any, axis: Any, keepdims: bool, initial: Any, where: Any) -> tuple[Any, Any]:
+    """MindSpore 2.x's ``ops.max``/``ops.min``: (values, int32 indices); with axis None, the whole Tensor's value and
+    index 0 (keepdims, initial and where then unused, as MindSpore documents)."""
+    x = _tensor(fn, input)
+    if axis is None:
+        return apply_op("ReduceMax" if largest else "ReduceMin", x, axis=(), keep_dims=False), Tensor._wrap(np.array(0, np.int32))
+    ax = _axis(fn, axis, len(x.shape))
+    values = _extreme(fn, largest, x, ax, keepdims, initial, where)
+    source = x if where is None else apply_op("Select", where, x, initial)
+    indices = apply_op("Argmax" if largest else "Argmin", source, axis=ax, output_type=np.dtype(np.int32))
+    return values, apply_op("ExpandDims", indices, axis=ax) if keepdims else indices
+
+
+def max(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = None) -> tuple[Any, Any]:
+    """``ops.max(input, axis=None, keepdims=False, *, initial=None, where=None)``: (the maxima, their int32 indices)."""
+    return _extreme_index("max", True, input, axis, keepdims, initial, where)
+
+
+def min(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = None) -> tuple[Any, Any]:
+    """``ops.min(input, axis=None, keepdims=False, *, initial=None, where=None)``: (the minima, their int32 indices)."""
+    return _extreme_index("min", False, input, axis, keepdims, initial, where)
+
+
+def argmax(input: Any, dim: Any = None, keepdim: bool = False) -> Any:
+    """``ops.argmax(input, dim=None, keepdim=False)``: ``Tensor.argmax`` (int64; over the flattened Tensor when None)."""
+    return _tensor("argmax", input).argmax(dim, keepdim)
+
+
+def argmin(input: Any, axis: Any = None, keepdims: bool = False) -> Any:
+    """``ops.argmin(input, axis=None, keepdims=False)``: ``Tensor.argmin`` (int64; over the flattened Tensor when None)."""
+    return _tensor("argmin", input).argmin(axis, keepdims)
+
+
+def fill(type: Any, shape: Any, value: Any) -> Tensor:
+    """``ops.fill(type, shape, value)``: a Tensor of ``shape`` filled with ``value`` in dtype ``type``; a constant."""
+    return Tensor._wrap(np.full(_shape_of(shape), value, mstype.to_numpy(type)))
+
+
+def depend(value: Any, expr: Any) -> Any:
+    """``ops.depend(value, expr)``: ``value``. Ops run in data order here and a Print's Tensors are rebound to its
+    outputs, so a print in ``expr`` runs before later uses of the Tensors it printed; one whose Tensors are not used
+    afterwards (``depend(x * 2, print_(x))``) is pruned with them: keeping it needs a Depend op in the engine."""
+    return value
+
+
+def print_(*input_x: Any) -> Any:
+    """``ops.print_(*input_x)``: ``ops.Print()(*input_x)``."""
+    return Print()(*input_x)
+
+
+def shape(input_x: Any) -> tuple[int, ...]:
+    """``ops.shape(input_x)``: the static shape as a tuple of ints."""
+    return Shape()(input_x)
+
+
 class Shape:
     """``ops.Shape()(x)``: x's static shape as a tuple of ints (known while tracing too)."""
 
@@ -179,5 +432,8 @@ class Print:
         return "Prim[Print]"
 
 
-FUNCTIONS = {f.__name__: f for f in (ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d)} | {"Shape": Shape, "Print": Print}
+FUNCTIONS = {f.__name__: f for f in (
+    ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
+    flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape,
+)} | {"Shape": Shape, "Print": Print}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -1,5 +1,6 @@
-"""Tensor indexing: basic indices become StridedSlice + Reshape, an integer index array or a boolean mask becomes
-Gather; item assignment becomes Select over a mask (a functional update of the Tensor object)."""
+"""Tensor indexing with NumPy's semantics: basic indices become StridedSlice + Reshape; integer index arrays (several
+broadcast together) and boolean masks become one Gather, a mask's positions read as a (guarded) value; item
+assignment becomes Select over a mask (a functional update of the Tensor object)."""
 from __future__ import annotations
 
 from typing import Any
@@ -9,7 +10,6 @@ import numpy as np
 from gradserve.engine import OPS
 
 from .dispatch import apply_op
-from .errors import TracingError, user_location
 from .parameter import Parameter
 from .tensor import Tensor
 from .tracing import current_frame
@@ -21,16 +21,21 @@ def _require(op: str) -> None:
 
 
 def getitem(t: Any, key: Any) -> Any:
-    """``t[key]`` for ints, slices, None, Ellipsis, a boolean mask, or one integer Tensor/list index with full
-    slices elsewhere."""
+    """``t[key]`` with NumPy's semantics for ints, slices, None, Ellipsis, boolean masks and integer index arrays
+    (several broadcast together, the advanced axes placed where NumPy places them). A mask's positions are read as
+    a value (a guard of the trace inside a construct), since the result's length depends on them."""
     mask = _bool_mask(key)
     if mask is not None:
         return _masked(t, mask)
-    key = key if isinstance(key, tuple) else (key,)
-    arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, list, np.ndarray))]
-    if arrays:
-        return _gather(t, key, arrays)
-    spec, out_shape, end_mask = _slice_spec(t.shape, _expand(t.ndim, key))
+    full = _normalize(t, key if isinstance(key, tuple) else (key,))
+    if any(isinstance(k, Tensor) for k in full):
+        return _advanced(t, full)
+    return _basic(t, full)
+
+
+def _basic(t: Any, full: list[Any]) -> Any:
+    """``t[full]`` for an expanded key of ints, slices and None: StridedSlice, then Reshape for the dropped and new axes."""
+    spec, out_shape, end_mask = _slice_spec(t.shape, full)
     out = t
     if any(s != (0, n, 1) for s, n in zip(spec, t.shape)):
         _require("StridedSlice")
@@ -48,16 +53,20 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         raise TypeError(f"item assignment takes a Tensor or a Python number, got {type(value).__name__}")
     value = apply_op("Cast", value, dtype=t._array_dtype()) if isinstance(value, Tensor) else Tensor._wrap(np.asarray(value, t._array_dtype()))
     mask = _bool_mask(key)
-    if mask is not None:
-        where = mask if mask.is_traced else Tensor._wrap(np.broadcast_to(mask._concrete("a mask"), t.shape).copy())
+    if mask is not None and not _broadcasts(value.shape, t.shape):
+        key = (mask,)  # one value per selected element (NumPy's rule), placed at the mask's positions, read
+    elif mask is not None:
+        _check_mask(mask.shape, t.shape, 0)
+        if mask.is_traced:
+            where = mask if mask.ndim == t.ndim else apply_op("Reshape", mask, shape=tuple(mask.shape) + (1,) * (t.ndim - mask.ndim))
+        else:
+            where = Tensor._wrap(np.broadcast_to(mask._concrete("a mask").reshape(mask.shape + (1,) * (t.ndim - mask.ndim)), t.shape).copy())
         t._become(apply_op("Select", where, value, t))
         return
-    key = key if isinstance(key, tuple) else (key,)
-    arrays = [i for i, k in enumerate(key) if isinstance(k, (Tensor, list, np.ndarray))]
-    if arrays:
-        t._become(_scatter(t, key, arrays, value))
+    full = _normalize(t, key if isinstance(key, tuple) else (key,))
+    if any(isinstance(k, Tensor) for k in full):
+        t._become(_scatter(t, full, value))
         return
-    full = _expand(t.ndim, key)
     spec, out_shape, end_mask = _slice_spec(t.shape, full)
     if tuple(value.shape) != tuple(out_shape):
         value = apply_op("BroadcastTo", value, shape=tuple(out_shape))
@@ -73,26 +82,60 @@ def setitem(t: Any, key: Any, value: Any) -> None:
     t._become(apply_op("Select", Tensor._wrap(chosen), placed, t))
 
 
-def _scatter(t: Any, key: tuple[Any, ...], arrays: list[int], value: Tensor) -> Any:
-    """``t`` with ``t[key] = value`` for one integer index array: the value's rows summed into place by
-    UnsortedSegmentSum, chosen where an index points. Repeated indices are an error when known (NumPy keeps the
-    last write), and add up when the index is computed inside a construct."""
-    axis, index = _index_array(t, key, arrays)
-    if not index.is_traced:
-        arr = index._concrete("an index")
-        if np.unique(arr).size != arr.size:
+def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
+    """True when ``shape`` broadcasts to ``to``."""
+    try:
+        return np.broadcast_shapes(shape, to) == tuple(to)
+    except ValueError:
+        return False
+
+
+def _scatter(t: Any, full: list[Any], value: Tensor) -> Any:
+    """``t`` with ``t[full] = value`` for a key with index arrays: the value, broadcast to the indexed shape, placed at
+    the flat positions the key reads and chosen there by Select. Known positions place it by a Gather from each
+    position's value (so any dtype works); positions computed inside a construct sum it into place by
+    UnsortedSegmentSum. Repeated positions are an error when known (NumPy keeps one of the writes), and add up when
+    computed inside a construct."""
+    pos = _positions(t, full)
+    if not pos.size:
+        return t
+    if tuple(value.shape) != tuple(pos.shape):
+        value = apply_op("BroadcastTo", value, shape=tuple(pos.shape))
+    size, count = int(t.size), int(pos.size)
+    flat_value = apply_op("Reshape", value, shape=(count,))
+    if not pos.is_traced:
+        flat = pos._concrete("positions").reshape(-1)
+        if np.unique(flat).size != flat.size:
             raise IndexError("item assignment with repeated indices is not supported")
-    k, n = index.ndim, t.shape[axis]
-    shape = tuple(t.shape[:axis]) + tuple(index.shape) + tuple(t.shape[axis + 1:])
-    if tuple(value.shape) != shape:
-        value = apply_op("BroadcastTo", value, shape=shape)
-    front = tuple(range(axis, axis + k)) + tuple(range(axis)) + tuple(range(axis + k, len(shape)))
-    summed = apply_op("UnsortedSegmentSum", apply_op("Transpose", value, perm=front), index, num_segments=n)
-    back = tuple(range(1, axis + 1)) + (0,) + tuple(range(axis + 1, t.ndim))
-    placed = apply_op("Transpose", summed, perm=back)
-    hits = apply_op("UnsortedSegmentSum", Tensor._wrap(np.ones(index.shape, np.int32)), index, num_segments=n)
-    chosen = apply_op("Reshape", apply_op("Greater", hits, 0), shape=(1,) * axis + (n,) + (1,) * (t.ndim - axis - 1))
+        source, hit = np.zeros(size, np.int64), np.zeros(size, bool)
+        source[flat], hit[flat] = np.arange(count), True
+        placed = apply_op("Gather", flat_value, Tensor._wrap(source.reshape(t.shape)), axis=0)
+        return apply_op("Select", Tensor._wrap(hit.reshape(t.shape)), placed, t)
+    flat_pos = apply_op("Reshape", pos, shape=(count,))
+    boolean = t._array_dtype() == np.bool_
+    if boolean:
+        flat_value = apply_op("Cast", flat_value, dtype=np.dtype(np.int32))
+    placed = apply_op("Reshape", apply_op("UnsortedSegmentSum", flat_value, flat_pos, num_segments=size), shape=tuple(t.shape))
+    if boolean:
+        placed = apply_op("Cast", placed, dtype=np.dtype(np.bool_))
+    hits = apply_op("UnsortedSegmentSum", Tensor._wrap(np.ones(count, np.int32)), flat_pos, num_segments=size)
+    chosen = apply_op("Reshape", apply_op("Greater", hits, 0), shape=tuple(t.shape))
     return apply_op("Select", chosen, placed, t)
+
+
+def _positions(t: Any, full: list[Any]) -> Tensor:
+    """The flat (C-order) positions in ``t`` of the elements ``t[full]`` reads, shaped like ``t[full]``: by NumPy when
+    the key is known, else by indexing a grid of positions built in the graph from one small range per axis."""
+    if not any(isinstance(k, Tensor) and k.is_traced for k in full):
+        grid = np.arange(int(t.size), dtype=np.int64).reshape(t.shape)
+        return Tensor._wrap(np.ascontiguousarray(grid[tuple(k._concrete("an index") if isinstance(k, Tensor) else k for k in full)]))
+    strides = [int(np.prod(t.shape[d + 1:], dtype=np.int64)) for d in range(t.ndim)]
+    axes = [np.arange(n, dtype=np.int64).reshape((1,) * d + (n,) + (1,) * (t.ndim - d - 1)) * s
+            for d, (n, s) in enumerate(zip(t.shape, strides))]
+    grid_t = apply_op("BroadcastTo", Tensor._wrap(axes[0]), shape=tuple(t.shape))
+    for a in axes[1:]:
+        grid_t = apply_op("Add", grid_t, Tensor._wrap(a))
+    return _advanced(grid_t, full)
 
 
 def _bool_mask(key: Any) -> Tensor | None:
@@ -106,20 +149,24 @@ def _bool_mask(key: Any) -> Tensor | None:
 
 
 def _masked(t: Any, mask: Tensor) -> Any:
-    """``t[mask]``: the selected elements (in C order) as a Gather of a flattened view; the mask must be concrete,
-    since the result's length depends on its values."""
-    if mask.is_traced:
-        raise TracingError(
-            f"boolean-mask indexing with a Tensor computed inside a construct has a data-dependent shape and cannot be "
-            f"traced (use ops.Select, or a mask known outside) -- at {user_location()}"
-        )
-    m = mask._concrete("a mask")
-    if m.shape != tuple(t.shape[: m.ndim]):
-        raise IndexError(f"boolean mask of shape {m.shape} does not match the leading axes of shape {tuple(t.shape)}")
+    """``t[mask]``: the selected elements (in C order) as a Gather of a flattened view. The result's length depends
+    on the mask's values, so a mask computed inside a construct (or passed to it) is read: its positions become
+    constant indices and the trace holds only while the mask is the same (a guard), else it is traced again."""
+    _check_mask(mask.shape, t.shape, 0)
+    m = mask._concrete("a boolean mask index")
     rest = tuple(t.shape[m.ndim:])
     flat = apply_op("Reshape", t, shape=(int(m.size),) + rest)
     _require("Gather")
     return apply_op("Gather", flat, Tensor._wrap(np.flatnonzero(m).astype(np.int64)), axis=0)
+
+
+def _check_mask(mask_shape: tuple[int, ...], shape: tuple[int, ...], axis: int) -> None:
+    """A boolean mask must have the shape of the axes it covers, from ``axis`` on."""
+    if not mask_shape:
+        raise IndexError("a 0-d boolean index is not supported")
+    if tuple(mask_shape) != tuple(shape[axis: axis + len(mask_shape)]):
+        axes = "the leading axes" if axis == 0 else f"axes {axis} to {axis + len(mask_shape) - 1}"
+        raise IndexError(f"boolean mask of shape {tuple(mask_shape)} does not match {axes} of shape {tuple(shape)}")
 
 
 def _expand(ndim: int, key: tuple[Any, ...]) -> list[Any]:
@@ -132,7 +179,7 @@ def _expand(ndim: int, key: tuple[Any, ...]) -> list[Any]:
     full: list[Any] = []
     for k in key:
         full.extend([slice(None)] * (ndim - used) if k is Ellipsis else [k])
-    if Ellipsis not in key:
+    if not any(k is Ellipsis for k in key):
         full.extend([slice(None)] * (ndim - used))
     return full
 
@@ -164,21 +211,99 @@ def _slice_spec(shape: tuple[int, ...], key: list[Any]) -> tuple[list[tuple[int,
     return spec, out_shape, end_mask
 
 
-def _index_array(t: Any, key: tuple[Any, ...], arrays: list[int]) -> tuple[int, Tensor]:
-    """The axis and the (non-negative) integer index Tensor of a key with one index array and ':' elsewhere."""
-    axis = arrays[0]
-    if len(arrays) > 1 or any(not (isinstance(k, slice) and k == slice(None)) for i, k in enumerate(key) if i != axis):
-        raise IndexError("only one integer index array, with plain ':' on the other axes, is supported")
-    index = key[axis] if isinstance(key[axis], Tensor) else Tensor(np.asarray(key[axis]))
-    if index.dtype.np_dtype.kind not in "iu":
-        raise IndexError(f"index arrays must be integers, got {index.dtype}")
-    _require("Gather")
-    return axis, _wrap_negative(index, t.shape[axis], axis)
+def _normalize(t: Any, key: tuple[Any, ...]) -> list[Any]:
+    """``key`` spelled out for every axis (its Ellipsis expanded), each index array an integer Tensor with negative
+    entries counted from the end, and each boolean array in it replaced by the integer arrays of its True positions
+    (NumPy's ``nonzero()``; the mask is read, as a guarded value inside a construct)."""
+    items: list[Any] = []
+    masks: list[tuple[Tensor, tuple[int, ...]]] = []
+    for k in key:
+        if not isinstance(k, (Tensor, list, np.ndarray)):
+            items.append(k)
+            continue
+        index = k if isinstance(k, Tensor) else _as_index(k)
+        if index._array_dtype() == np.bool_:
+            m = index._concrete("a boolean mask index")
+            if m.ndim == 0:
+                raise IndexError("a 0-d boolean index is not supported")
+            rows = [Tensor._wrap(ix.astype(np.int64)) for ix in np.nonzero(m)]
+            masks.append((rows[0], m.shape))
+            items.extend(rows)
+        elif index._array_dtype().kind not in "iu":
+            raise IndexError(f"index arrays must be integers, got {index.dtype}")
+        else:
+            items.append(index)
+    full = _expand(t.ndim, tuple(items))
+    axis_of = _axes(full)
+    for first, shape in masks:
+        _check_mask(shape, t.shape, next(axis_of[i] for i, k in enumerate(full) if k is first))
+    if any(isinstance(k, Tensor) for k in full):
+        _require("Gather")
+        full = [_wrap_negative(k, t.shape[axis_of[i]], axis_of[i]) if isinstance(k, Tensor) else k for i, k in enumerate(full)]
+    return full
 
 
-def _gather(t: Any, key: tuple[Any, ...], arrays: list[int]) -> Any:
-    axis, index = _index_array(t, key, arrays)
-    return apply_op("Gather", t, index, axis=axis)
+def _axes(full: list[Any]) -> list[int]:
+    """The axis of the indexed Tensor that each item of an expanded key applies to (None items take none)."""
+    return [sum(1 for k in full[:i] if k is not None) for i in range(len(full))]
+
+
+def _as_index(k: list[Any] | np.ndarray) -> Tensor:
+    """A list or array index as a Tensor (an empty one as int64, as NumPy reads it)."""
+    arr = np.asarray(k)
+    return Tensor(arr.astype(np.int64) if arr.size == 0 and arr.dtype.kind == "f" else arr)
+
+
+def _advanced(t: Any, full: list[Any]) -> Any:
+    """``t[full]`` for a key with index arrays (ints next to them count as 0-d arrays, as in NumPy): the basic part
+    as a slice, then one Gather, over the advanced axes merged into one (transposed to the front first when they
+    are not adjacent, which is where NumPy puts the broadcast index axes then) at their linearized index."""
+    adv = [j for j, k in enumerate(full) if isinstance(k, (Tensor, int, np.integer)) and not isinstance(k, bool)]
+    out = _basic(t, [slice(None) if j in adv else k for j, k in enumerate(full)])
+    axis_of = _axes(full)
+    index: list[Any] = []
+    for j in adv:
+        k, n = full[j], out.shape[j]
+        if not isinstance(k, Tensor):
+            if not -n <= k < n:
+                raise IndexError(f"index {k} is out of bounds for axis {axis_of[j]} with size {n}")
+            k = int(k) % n
+        index.append(k)
+    shapes = [tuple(k.shape) if isinstance(k, Tensor) else () for k in index]
+    try:
+        np.broadcast_shapes(*shapes)
+    except ValueError:
+        raise IndexError(f"shape mismatch: indexing arrays could not be broadcast together with shapes {' '.join(map(str, shapes))}") from None
+    if len(adv) == 1:
+        return apply_op("Gather", out, _as_tensor(index[0]), axis=adv[0])
+    if adv != list(range(adv[0], adv[0] + len(adv))):
+        out = apply_op("Transpose", out, perm=tuple(adv) + tuple(j for j in range(out.ndim) if j not in adv))
+        adv = list(range(len(adv)))
+    a, sizes = adv[0], [out.shape[j] for j in adv]
+    merged = apply_op("Reshape", out, shape=tuple(out.shape[:a]) + (int(np.prod(sizes, dtype=np.int64)),) + tuple(out.shape[a + len(adv):]))
+    return apply_op("Gather", merged, _linear(index, sizes), axis=a)
+
+
+def _as_tensor(k: Tensor | int) -> Tensor:
+    return k if isinstance(k, Tensor) else Tensor._wrap(np.asarray(k, np.int64))
+
+
+def _linear(index: list[Any], sizes: list[int]) -> Tensor:
+    """The C-order flat index into axes of ``sizes`` from one (broadcast) index per axis: by NumPy when all are
+    known, else as int64 graph arithmetic."""
+    strides = [int(np.prod(sizes[i + 1:], dtype=np.int64)) for i in range(len(sizes))]
+    if not any(isinstance(k, Tensor) and k.is_traced for k in index):
+        known = [k._concrete("an index") if isinstance(k, Tensor) else k for k in index]
+        return Tensor._wrap(np.asarray(sum(np.asarray(k, np.int64) * s for k, s in zip(known, strides)), np.int64))
+    flat: Any = None
+    for k, s in zip(index, strides):
+        term = _as_tensor(k)
+        if term._array_dtype() != np.int64:
+            term = apply_op("Cast", term, dtype=np.dtype(np.int64))
+        if s != 1:
+            term = apply_op("Mul", term, s)
+        flat = term if flat is None else apply_op("Add", flat, term)
+    return flat
 
 
 def _wrap_negative(index: Tensor, n: int, axis: int) -> Tensor:

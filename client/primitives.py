@@ -1,7 +1,6 @@
 """Primitive classes and lower-case functional forms, generated from the engine's op table on first use."""
 from __future__ import annotations
 
-import re
 from typing import Any, Callable, ClassVar
 
 from gradserve.engine import OPS, OpDef, get_op
@@ -10,8 +9,6 @@ from gradserve.engine.optable import REQUIRED
 from . import dtype as mstype
 from .dispatch import apply_op
 from .tensor import Tensor
-
-_FUNCTIONAL_SPELLING = {"MatMul": "matmul", "BatchMatMul": "batch_matmul", "ReLU": "relu", "GeLU": "gelu", "AddN": "addn"}
 
 
 def call_time_attrs(opdef: OpDef) -> tuple[str, ...]:
@@ -123,19 +120,12 @@ def primitive_class(name: str) -> type[Primitive]:
     return cls
 
 
-def functional_name(op: str) -> str:
-    """The lower-case functional spelling of an op: ReduceSum -> reduce_sum, MatMul -> matmul."""
-    if op in _FUNCTIONAL_SPELLING:
-        return _FUNCTIONAL_SPELLING[op]
-    return re.sub(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])", "_", op).lower()
-
-
-def functional(op: str) -> Callable[..., Any]:
+def functional(op: str, name: str) -> Callable[..., Any]:
     """``ops.concat((a, b), 0)``, ``ops.reduce_sum(x, 1, keep_dims=True)``: the op's inputs (a tuple or list for a
     variadic op), then its attributes in the op table's order, positionally or by name (MindSpore's functional order);
-    an op with a ``call_order`` takes that order first, then its other attributes (``ops.one_hot(i, depth, on, off, axis)``)."""
+    an op with a ``call_order`` takes that order first, then its other attributes (``ops.one_hot(i, depth, on, off, axis)``).
+    ``name`` is one of the op's ``functional`` names, used in messages."""
     opdef = get_op(op)
-    name = functional_name(op)
     first = list(opdef.call_order)
     order = [k for k in opdef.attrs if k not in first]
 
@@ -165,17 +155,42 @@ def functional(op: str) -> Callable[..., Any]:
     return apply
 
 
+_NAMES: dict[str, str] = {}
+_FORMS: dict[str, Callable[..., Any]] = {}
+_TABLE_SIZE = [-1]
+
+
+def functional_names() -> dict[str, str]:
+    """Each generated function's MindSpore name and its op (the public ops' ``functional`` fields): built once, and
+    again only when ops were added to the table since, so ``ops.<name>`` is one dict lookup."""
+    if _TABLE_SIZE[0] != len(OPS):
+        names: dict[str, str] = {}
+        for op, opdef in OPS.items():
+            for name in opdef.functional if opdef.public else ():
+                if name in names:
+                    raise ValueError(f"functional name {name!r} is given by two ops, {names[name]} and {op}")
+                names[name] = op
+        _NAMES.clear()
+        _NAMES.update(names)
+        _FORMS.clear()
+        _TABLE_SIZE[0] = len(OPS)
+    return _NAMES
+
+
 def lookup(name: str) -> Any:
-    """``ops.<name>``: a primitive class by op name, a functional form by its lower-case name, else None."""
-    if name in OPS and OPS[name].public:
+    """``ops.<name>``: a primitive class by op name, a generated function by one of its op's MindSpore names, else None."""
+    opdef = OPS.get(name)
+    if opdef is not None and opdef.public:
         return primitive_class(name)
-    for op in OPS:
-        if OPS[op].public and functional_name(op) == name:
-            return functional(op)
-    return None
+    op = functional_names().get(name)
+    if op is None:
+        return None
+    form = _FORMS.get(name)
+    if form is None:
+        form = _FORMS[name] = functional(op, name)
+    return form
 
 
 def public_names() -> list[str]:
-    """Every primitive and functional name currently available."""
-    ops = [op for op in OPS if OPS[op].public]
-    return sorted(ops + [functional_name(op) for op in ops])
+    """Every primitive and generated function name currently available."""
+    return sorted([op for op in OPS if OPS[op].public] + list(functional_names()))

@@ -122,7 +122,10 @@ class OpDef:
     the inputs interleaved (``ops.OneHot()(indices, depth, on_value, off_value)``), else the inputs come first;
     ``public`` is False for ops the SDK does not offer as ``ops.<Name>`` (constants,
     ops with a class of their own, transforms);
-    ``onnx``, when given, is the op's export rule (:data:`OnnxRule`): the ONNX nodes a node of this op becomes.
+    ``onnx``, when given, is the op's export rule (:data:`OnnxRule`): the ONNX nodes a node of this op becomes;
+    ``functional`` names MindSpore 2.x's lower-case functions that are this op's generated form (the op's inputs, then
+    its attributes in table order: ``ops.cumsum`` is not CumSum's, ``ops.concat`` and ``ops.cat`` are Concat's); an op
+    without one has no generated function (the SDK writes MindSpore's own in ``client/functional.py``).
     """
 
     name: str
@@ -146,6 +149,7 @@ class OpDef:
     scratch_bytes: Cost | None = None
     call_order: tuple[str, ...] = ()
     onnx: OnnxRule | None = None
+    functional: tuple[str, ...] = ()
 
     def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
         """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
@@ -198,6 +202,7 @@ def defop(
     scratch_bytes: Cost | None = None,
     call_order: Sequence[str] = (),
     onnx: OnnxRule | None = None,
+    functional: str | Sequence[str] = (),
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -210,7 +215,7 @@ def defop(
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
         memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
-        tuple(call_order), onnx,
+        tuple(call_order), onnx, (functional,) if isinstance(functional, str) else tuple(functional),
     )
     OPS[name] = opdef
     return opdef

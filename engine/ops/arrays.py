@@ -50,7 +50,7 @@ def _addn_onnx(c: OnnxCall) -> list[Spec]:
 
 
 defop("AddN", ("x", "xs*"), _addn_infer, _addn, lambda g, out, *xs: (g,) * len(xs), doc="elementwise sum of inputs of one shape",
-      onnx=_addn_onnx)
+      onnx=_addn_onnx, functional="addn")
 
 # ---- Stack and Unstack ----
 
@@ -143,6 +143,7 @@ defop(
     attrs={"axis": Attr("int", 0, "where the new axis goes")},
     doc="stacks inputs of one shape along a new axis",
     onnx=_stack_onnx,
+    functional="stack",
 )
 defop(
     "Unstack",
@@ -155,6 +156,7 @@ defop(
     outputs=("ys*",),
     memory="view",
     onnx=_unstack_onnx,
+    functional="unstack",
 )
 
 # ---- Pad ----
@@ -244,6 +246,7 @@ defop(
     call_attrs=("depth",),
     call_order=("indices", "depth", "on_value", "off_value"),
     onnx=_onehot_onnx,
+    functional="one_hot",
 )
 
 # ---- TopK ----

@@ -22,7 +22,7 @@ _CHECKS: dict[str, Callable[[TensorType, str], None]] = {
 
 def unary(
     name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "", memory: str = "new",
-    scratch: int = 0, onnx: OnnxRule | None = None,
+    scratch: int = 0, onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = (),
 ) -> None:
     """Register a shape- and dtype-preserving one-input op; ``kind`` is the dtypes it takes."""
     check = _CHECKS[kind]
@@ -32,11 +32,11 @@ def unary(
         check(types[0], "x")
         return types[0]
 
-    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch, onnx=onnx)
+    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch, onnx=onnx, functional=functional)
 
 
 def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "",
-           onnx: OnnxRule | None = None) -> None:
+           onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = ()) -> None:
     """Register a two-input op with NumPy broadcasting; both inputs share one dtype of ``kind``."""
     check = _CHECKS[kind]
 
@@ -46,7 +46,7 @@ def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | Non
         check(types[0], "x and y")
         return TensorType(out_dtype or dt, broadcast(types[0].shape, types[1].shape))
 
-    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx)
+    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx, functional=functional)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -177,18 +177,18 @@ def _fill_onnx(value: int) -> OnnxRule:
     return rule
 
 
-unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x", onnx=same("Neg"))
-unary("Square", np.square, lambda g, out, x: g * x * 2, kind="numeric", doc="x * x", onnx=_onnx_composite(("Mul", ("x", "x"))))
-unary("Sqrt", np.sqrt, lambda g, out, x: g * 0.5 / out, doc="sqrt(x)", onnx=same("Sqrt"))
-unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)", scratch=1, onnx=_onnx_composite(("Sqrt", ("x",)), ("Reciprocal", ("prev",))))
-unary("Exp", np.exp, lambda g, out, x: g * out, doc="e ** x", onnx=same("Exp"))
-unary("Log", np.log, lambda g, out, x: g / x, doc="natural logarithm", onnx=same("Log"))
-unary("Log1p", np.log1p, lambda g, out, x: g / (x + 1), doc="log(1 + x)", onnx=_onnx_composite(("Add", ("x", 1.0)), ("Log", ("prev",))))
-unary("Sin", np.sin, lambda g, out, x: g * F.Cos(x), doc="sine", onnx=same("Sin"))
-unary("Cos", np.cos, lambda g, out, x: -(g * F.Sin(x)), doc="cosine", onnx=same("Cos"))
-unary("Tan", np.tan, lambda g, out, x: g * (out * out + 1), doc="tangent", onnx=same("Tan"))
-unary("Tanh", np.tanh, lambda g, out, x: g * (1 - out * out), doc="hyperbolic tangent", onnx=same("Tanh"))
-unary("Sigmoid", _sigmoid, lambda g, out, x: g * out * (1 - out), doc="1 / (1 + exp(-x))", scratch=1, onnx=same("Sigmoid"))
+unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x", onnx=same("Neg"), functional="neg")
+unary("Square", np.square, lambda g, out, x: g * x * 2, kind="numeric", doc="x * x", onnx=_onnx_composite(("Mul", ("x", "x"))), functional="square")
+unary("Sqrt", np.sqrt, lambda g, out, x: g * 0.5 / out, doc="sqrt(x)", onnx=same("Sqrt"), functional="sqrt")
+unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)", scratch=1, onnx=_onnx_composite(("Sqrt", ("x",)), ("Reciprocal", ("prev",))), functional="rsqrt")
+unary("Exp", np.exp, lambda g, out, x: g * out, doc="e ** x", onnx=same("Exp"), functional="exp")
+unary("Log", np.log, lambda g, out, x: g / x, doc="natural logarithm", onnx=same("Log"), functional="log")
+unary("Log1p", np.log1p, lambda g, out, x: g / (x + 1), doc="log(1 + x)", onnx=_onnx_composite(("Add", ("x", 1.0)), ("Log", ("prev",))), functional="log1p")
+unary("Sin", np.sin, lambda g, out, x: g * F.Cos(x), doc="sine", onnx=same("Sin"), functional="sin")
+unary("Cos", np.cos, lambda g, out, x: -(g * F.Sin(x)), doc="cosine", onnx=same("Cos"), functional="cos")
+unary("Tan", np.tan, lambda g, out, x: g * (out * out + 1), doc="tangent", onnx=same("Tan"), functional="tan")
+unary("Tanh", np.tanh, lambda g, out, x: g * (1 - out * out), doc="hyperbolic tangent", onnx=same("Tanh"), functional="tanh")
+unary("Sigmoid", _sigmoid, lambda g, out, x: g * out * (1 - out), doc="1 / (1 + exp(-x))", scratch=1, onnx=same("Sigmoid"), functional="sigmoid")
 unary(
     "ReLU",
     lambda x: np.maximum(x, np.zeros((), x.dtype)),
@@ -196,6 +196,7 @@ unary(
     kind="numeric",
     doc="max(x, 0); the gradient at 0 is 0",
     onnx=same("Relu"),
+    functional="relu",
 )
 defop(
     "GeLU",
@@ -208,21 +209,21 @@ defop(
     scratch=2,
     onnx=_gelu_onnx,
 )
-unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x", scratch=1, onnx=same("Erf"))
-unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x", scratch=1, onnx=_onnx_composite(("Erf", ("x",)), ("Sub", (1.0, "prev"))))
-unary("SiLU", lambda x: x * _sigmoid(x), _silu_vjp, doc="x * sigmoid(x)", scratch=1, onnx=_onnx_composite(("Sigmoid", ("x",)), ("Mul", ("x", "prev"))))
-unary("Floor", np.floor, zero_grad, doc="largest integer <= x; zero gradient", onnx=same("Floor"))
-unary("Ceil", np.ceil, zero_grad, doc="smallest integer >= x; zero gradient", onnx=same("Ceil"))
-unary("Round", np.round, zero_grad, doc="nearest integer, halves to even; zero gradient", onnx=same("Round"))
-unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))", onnx=same("Softplus"))
-unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0", onnx=same("Abs"))
-unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient", onnx=same("Sign"))
-unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients", memory="view", onnx=same("Identity"))
+unary("Erf", _erf, lambda g, out, x: g * _erf_slope(x), doc="the error function 2/sqrt(pi) * integral of exp(-t^2) from 0 to x", scratch=1, onnx=same("Erf"), functional="erf")
+unary("Erfc", _erfc, lambda g, out, x: -(g * _erf_slope(x)), doc="1 - erf(x), accurate for large x", scratch=1, onnx=_onnx_composite(("Erf", ("x",)), ("Sub", (1.0, "prev"))), functional="erfc")
+unary("SiLU", lambda x: x * _sigmoid(x), _silu_vjp, doc="x * sigmoid(x)", scratch=1, onnx=_onnx_composite(("Sigmoid", ("x",)), ("Mul", ("x", "prev"))), functional="silu")
+unary("Floor", np.floor, zero_grad, doc="largest integer <= x; zero gradient", onnx=same("Floor"), functional="floor")
+unary("Ceil", np.ceil, zero_grad, doc="smallest integer >= x; zero gradient", onnx=same("Ceil"), functional="ceil")
+unary("Round", np.round, zero_grad, doc="nearest integer, halves to even; zero gradient", onnx=same("Round"), functional="round")
+unary("Softplus", lambda x: np.logaddexp(np.zeros((), x.dtype), x), lambda g, out, x: g * F.Sigmoid(x), doc="log(1 + exp(x))", onnx=same("Softplus"), functional="softplus")
+unary("Abs", np.abs, lambda g, out, x: g * F.Sign(x), kind="numeric", doc="|x|; the gradient at 0 is 0", onnx=same("Abs"), functional="abs")
+unary("Sign", np.sign, zero_grad, kind="numeric", doc="-1, 0 or 1; zero gradient", onnx=same("Sign"), functional="sign")
+unary("StopGradient", lambda x: x, zero_grad, kind="any", doc="identity that blocks gradients", memory="view", onnx=same("Identity"), functional="stop_gradient")
 
 defop("OnesLike", ("x",), lambda t: t[0], lambda x: np.ones(x.shape, x.dtype), zero_grad, type_only=True, doc="ones of x's shape and dtype",
-      onnx=_fill_onnx(1))
+      onnx=_fill_onnx(1), functional="ones_like")
 defop("ZerosLike", ("x",), lambda t: t[0], lambda x: np.zeros(x.shape, x.dtype), zero_grad, type_only=True, doc="zeros of x's shape and dtype",
-      onnx=_fill_onnx(0))
+      onnx=_fill_onnx(0), functional="zeros_like")
 defop(
     "Cast",
     ("x",),
@@ -234,6 +235,7 @@ defop(
     memory="maybe_view",
     call_attrs=("dtype",),
     onnx=lambda c: [("Cast", c.x, c.y, {"to": c.attrs["dtype"]})],
+    functional="cast",
 )
 defop(
     "Const",
@@ -248,11 +250,11 @@ defop(
 )
 
 binary("Add", np.add, lambda g, out, x, y: (g, g), kind="any", doc="x + y (logical or on bool, as in NumPy)",
-       onnx=lambda c: [("Or" if c.types[0].dtype == BOOL else "Add", c.x, c.y)])
-binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y", onnx=same("Sub"))
-binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"))
+       onnx=lambda c: [("Or" if c.types[0].dtype == BOOL else "Add", c.x, c.y)], functional="add")
+binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y", onnx=same("Sub"), functional="sub")
+binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"), functional="mul")
 binary("RealDiv", np.divide, lambda g, out, x, y: (g / y, -(g * out) / y), kind="float", doc="x / y", onnx=same("Div"))
-binary("Pow", np.power, _pow_vjp, kind="float", doc="x ** y", onnx=same("Pow"))
+binary("Pow", np.power, _pow_vjp, kind="float", doc="x ** y", onnx=same("Pow"), functional="pow")
 
 
 def _tie_split(first: Value, tie: Value, x: Value) -> Value:
@@ -271,15 +273,15 @@ def _minmax_vjp(first: str) -> Callable[..., tuple[Value, Value]]:
     return vjp
 
 
-binary("Maximum", np.maximum, _minmax_vjp("Greater"), doc="elementwise max; ties split the gradient evenly", onnx=same("Max"))
-binary("Minimum", np.minimum, _minmax_vjp("Less"), doc="elementwise min; ties split the gradient evenly", onnx=same("Min"))
-binary("Equal", np.equal, zero_grad, kind="any", out_dtype=BOOL, doc="x == y", onnx=same("Equal"))
+binary("Maximum", np.maximum, _minmax_vjp("Greater"), doc="elementwise max; ties split the gradient evenly", onnx=same("Max"), functional="maximum")
+binary("Minimum", np.minimum, _minmax_vjp("Less"), doc="elementwise min; ties split the gradient evenly", onnx=same("Min"), functional="minimum")
+binary("Equal", np.equal, zero_grad, kind="any", out_dtype=BOOL, doc="x == y", onnx=same("Equal"), functional="equal")
 binary("NotEqual", np.not_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x != y",
-       onnx=lambda c: [("Equal", c.x, (c.tmp("eq"),)), ("Not", (c.tmp("eq"),), c.y)])
-binary("Less", np.less, zero_grad, kind="any", out_dtype=BOOL, doc="x < y", onnx=same("Less"))
-binary("LessEqual", np.less_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x <= y", onnx=same("LessOrEqual"))
-binary("Greater", np.greater, zero_grad, kind="any", out_dtype=BOOL, doc="x > y", onnx=same("Greater"))
-binary("GreaterEqual", np.greater_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x >= y", onnx=same("GreaterOrEqual"))
+       onnx=lambda c: [("Equal", c.x, (c.tmp("eq"),)), ("Not", (c.tmp("eq"),), c.y)], functional=("not_equal", "ne"))
+binary("Less", np.less, zero_grad, kind="any", out_dtype=BOOL, doc="x < y", onnx=same("Less"), functional=("less", "lt"))
+binary("LessEqual", np.less_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x <= y", onnx=same("LessOrEqual"), functional=("less_equal", "le"))
+binary("Greater", np.greater, zero_grad, kind="any", out_dtype=BOOL, doc="x > y", onnx=same("Greater"), functional=("greater", "gt"))
+binary("GreaterEqual", np.greater_equal, zero_grad, kind="any", out_dtype=BOOL, doc="x >= y", onnx=same("GreaterOrEqual"), functional=("greater_equal", "ge"))
 
 
 def _select_infer(types: list[TensorType]) -> TensorType:
@@ -299,6 +301,7 @@ defop(
     nondiff=("condition",),
     doc="x where condition else y, with broadcasting",
     onnx=same("Where"),
+    functional=("select", "where"),
 )
 
 
@@ -326,4 +329,5 @@ defop(
     doc="min(max(x, clip_value_min), clip_value_max), broadcasting; at a bound the gradient goes to x",
     scratch=1,
     onnx=lambda c: [("Max", c.x[:2], (c.tmp("lo"),)), ("Min", (c.tmp("lo"), c.x[2]), c.y)],
+    functional="clip_by_value",
 )

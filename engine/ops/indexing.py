@@ -168,6 +168,7 @@ defop(
     attrs={"axis": Attr("int", 0, "the axis to join along")},
     doc="joins tensors along axis; all other dimensions must agree",
     onnx=lambda c: [("Concat", c.x, c.y, {"axis": norm_axis(c.attrs["axis"], len(c.types[0].shape))})],
+    functional=("concat", "cat"),
 )
 defop(
     "Split",
@@ -288,6 +289,7 @@ defop(
     cost=_selection_cost,
     call_attrs=("begin", "end", "strides"),
     onnx=_slice_onnx,
+    functional="strided_slice",
 )
 defop(
     "StridedSliceGrad",
@@ -381,6 +383,7 @@ defop(
     cost=_selection_cost,
     call_attrs=("axis",),
     onnx=lambda c: [("Gather", c.x, c.y, {"axis": norm_axis(c.attrs["axis"], len(c.types[0].shape))})],
+    functional="gather",
 )
 defop(
     "UnsortedSegmentSum",
@@ -394,6 +397,7 @@ defop(
     scratch=2,
     call_attrs=("num_segments",),
     onnx=_uss_onnx,
+    functional="unsorted_segment_sum",
 )
 
 # ---- Tile ----
@@ -433,4 +437,5 @@ defop(
     doc="repeats x multiples[i] times along axis i",
     call_attrs=("multiples",),
     onnx=_tile_onnx,
+    functional="tile",
 )

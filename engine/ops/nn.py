@@ -108,6 +108,7 @@ defop(
     cost=scaled_cost(4),
     scratch=2,
     onnx=_softmax_onnx,
+    functional="softmax",
 )
 defop(
     "LogSoftmax",
@@ -120,6 +121,7 @@ defop(
     cost=scaled_cost(4),
     scratch=2,
     onnx=lambda c: [("LogSoftmax", c.x, c.y, {"axis": norm_axis(c.attrs["axis"], len(c.types[0].shape))})],
+    functional="log_softmax",
 )
 
 # ---- SoftmaxCrossEntropyWithLogits ----

@@ -90,7 +90,7 @@ def _max_vjp(g: Value, out: Value, x: Value, axis: tuple[int, ...], keep_dims: b
 
 
 defop("ReduceSum", ("x",), _infer(False), _np(np.sum), lambda g, out, x, axis, keep_dims: _expand(g, x, axis), attrs=_ATTRS, doc="sum over axes", call_attrs=("axis",),
-      onnx=_reduce_onnx("ReduceSum"))
+      onnx=_reduce_onnx("ReduceSum"), functional="reduce_sum")
 defop(
     "ReduceMean",
     ("x",),
@@ -171,6 +171,7 @@ defop(
     doc="log(sum(exp(x))) over axes, computed stably; the gradient is the softmax over those axes",
     scratch=2,
     onnx=_reduce_onnx("ReduceLogSumExp"),
+    functional="logsumexp",
 )
 
 # ---- CumSum ----

@@ -90,6 +90,7 @@ defop(
     memory="maybe_view",
     call_attrs=("shape",),
     onnx=_reshape_onnx,
+    functional="reshape",
 )
 defop(
     "BroadcastTo",
@@ -101,6 +102,7 @@ defop(
     doc="broadcasts x to shape (the gradient sums over the broadcast axes)",
     memory="view",
     onnx=lambda c: [("Expand", (c.x[0], ints(c.out_types[0].shape)), c.y)],
+    functional="broadcast_to",
 )
 defop(
     "Transpose",
@@ -113,6 +115,7 @@ defop(
     memory="view",
     call_attrs=("perm",),
     onnx=lambda c: [("Transpose", c.x, c.y, {"perm": list(_perm(c.attrs["perm"], len(c.types[0].shape)))})],
+    functional="transpose",
 )
 defop(
     "ExpandDims",
@@ -125,6 +128,7 @@ defop(
     memory="view",
     call_attrs=("axis",),
     onnx=_reshape_onnx,
+    functional="expand_dims",
 )
 defop(
     "Squeeze",
@@ -136,4 +140,5 @@ defop(
     doc="removes axes of length 1",
     memory="view",
     onnx=_reshape_onnx,
+    functional="squeeze",
 )

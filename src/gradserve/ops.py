@@ -1,5 +1,6 @@
-"""``import gradserve.ops as ops``: a primitive class per engine op (``ops.MatMul``), lower-case functional forms
-(``ops.matmul``, ``ops.stop_gradient``), MindSpore's composite functions (``ops.stack``, ``ops.addn``, ``ops.sum``, ...),
+"""``import gradserve.ops as ops``: a primitive class per engine op (``ops.MatMul``), the lower-case functions named by
+the ops' ``functional`` fields (``ops.matmul``, ``ops.cat``), MindSpore 2.x's other functions (``ops.sum``, ``ops.split``,
+``ops.topk``, ...),
 ``ops.assign``/``ops.Assign`` (a Parameter's new value, written after the call when traced), ``ops.GradOperation`` and
 the functional transforms (``ops.grad``, ``ops.jvp``, ...). Ops are looked up in the engine's op table on use, so ops
 added to the engine appear here without changes."""
