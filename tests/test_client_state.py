@@ -229,3 +229,20 @@ def test_a_closure_rebound_to_another_cell_of_the_same_class_is_seen(where: str)
     np.testing.assert_array_equal(g(t(X)).asnumpy(), 10 * X)
     current = nets[0]
     np.testing.assert_array_equal(g(t(X)).asnumpy(), 4 * X)
+
+
+def test_every_item_assignment_form_is_seen_by_a_jit_closure(where: str) -> None:
+    v = t([1.0, 2.0, 3.0])
+
+    @gs.jit
+    def f(a: Tensor) -> Tensor:
+        return a * v
+
+    a, want = np.array([1.0, -2.0, 0.5]), np.array([1.0, 2.0, 3.0])
+    np.testing.assert_array_equal(f(t(a)).asnumpy(), a * want)
+    for key, value in ((1, 7.0), (slice(0, 2), -1.0), (np.array([True, False, True]), 4.0), (Tensor(np.array([2])), 9.0)):
+        version = v.version
+        v[key] = value
+        want[key.asnumpy() if isinstance(key, Tensor) else key] = value
+        assert v.version != version
+        np.testing.assert_array_equal(f(t(a)).asnumpy(), a * want)
