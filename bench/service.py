@@ -11,6 +11,10 @@
   unary call at a time against that server
 * issue 13, one large-batch gradient of that CNN split by ``gradserve.parallel.data_parallel`` over two
   single-worker replicas vs computed by one (target >= 1.7x faster)
+* issue 15, CPU per request of an MLP gradient (128x784-512-512-10, through the SDK) against a 1-worker server
+  (client + server process + worker, read from ``/proc/<pid>/stat``) vs the same gradient computed in the client
+  process plus a bare gRPC call of the same request and response sizes (target <= 1.3x); and the throughput of 2
+  workers vs 1 for that MLP and for the tutorial's tiny gradient under concurrent clients (target >= 1.7x)
 
 The servers (gradserve and the echo server) run in this process and the clients in another one, as
 they would in production: a client sharing the server's interpreter would contend for its GIL and
@@ -24,8 +28,10 @@ Run: ``python bench/service.py`` (about three minutes; ``--help`` for sample cou
 from __future__ import annotations
 
 import argparse
+import functools
 import importlib.util
 import multiprocessing
+import os
 import statistics
 import threading
 import time
@@ -52,10 +58,22 @@ from gradserve.v1 import service_pb2, service_pb2_grpc
 UNLIMITED = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
 
 
+def _sized(req: bytes, ctx: Any) -> bytes:
+    """Bytes of the size the request's first 8 bytes give (little-endian), made once per size."""
+    return _zeros(int.from_bytes(req[:8], "little"))
+
+
+@functools.cache
+def _zeros(n: int) -> bytes:
+    return bytes(n)
+
+
 def echo_server() -> tuple[grpc.Server, int]:
-    """A bare gRPC server whose one method returns the request bytes."""
+    """A bare gRPC server whose method Echo returns the request bytes, and Sized returns as many bytes as the
+    request asks for (``_sized``)."""
     handler = grpc.method_handlers_generic_handler(
-        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req)})
+        "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req),
+                       "Sized": grpc.unary_unary_rpc_method_handler(_sized)})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=UNLIMITED)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -166,7 +184,8 @@ class RequestBytes(grpc.UnaryUnaryClientInterceptor):
 
     def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
         method = details.method.rsplit("/", 1)[-1]
-        self.bytes[method] = self.bytes.get(method, 0) + request.ByteSize()
+        size = len(request) if isinstance(request, bytes) else request.ByteSize()  # the SDK sends some requests serialized
+        self.bytes[method] = self.bytes.get(method, 0) + size
         self.calls[method] = self.calls.get(method, 0) + 1
         return continuation(details, request)
 
@@ -292,6 +311,147 @@ def replicas_client(one: str, two: str, batch: int, rounds: int, out: Any) -> No
     out.send((statistics.median(times[one]), statistics.median(times[two])))
 
 
+def big_mlp(batch: int = 128) -> tuple[Callable[[], Any], int, int]:
+    """Issue 15's MLP (784-512-512-10, sparse softmax cross-entropy): a call of its weights' gradient on a batch, on the
+    backend current when called, and the bytes of its inputs and of its gradients (the payload sizes)."""
+    nn.set_seed(0)
+    net = nn.SequentialCell([nn.Dense(784, 512), nn.ReLU(), nn.Dense(512, 512), nn.ReLU(), nn.Dense(512, 10)])
+    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    weights = ParameterTuple(net.trainable_params())
+    grad_fn = ops.GradOperation(get_by_list=True)(loss, weights)
+    rng = np.random.default_rng(0)
+    x = Tensor(rng.normal(size=(batch, 784)).astype(np.float32))
+    y = Tensor(rng.integers(0, 10, batch).astype(np.int32))
+    return (lambda: grad_fn(x, y)), x.asnumpy().nbytes + y.asnumpy().nbytes, sum(p.asnumpy().nbytes for p in weights)
+
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int | str) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far, from ``/proc``."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rpartition(")")[2].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def cpu_client(target: str, echo_target: str, server_pid: int, worker_pids: list[int], rounds: int, per_block: int,
+               out: Any) -> None:
+    """CPU seconds per MLP gradient: through ``target`` (client, server process and worker), computed here, and a bare
+    gRPC call to ``echo_target`` of the same request and response sizes (client and echo server, which runs in the
+    server's process); blocks of ``per_block`` calls in rotating order over ``rounds`` rounds; sends per-round figures."""
+    threadpool_limits(1)  # as each server worker computes
+    call, in_bytes, out_bytes = big_mlp()
+    pad = 64  # the messages' own framing and ids, beyond the tensors' bytes
+    with grpc.insecure_channel(echo_target, options=UNLIMITED) as ech:
+        sized = ech.unary_unary("/bench.Echo/Sized")
+        ask = (out_bytes + pad).to_bytes(8, "little") + bytes(in_bytes + pad - 8)
+        sides: dict[str, tuple[Callable[[], Any], list[int]]] = {
+            "server": (lambda: (gs.set_context(target=target), call()), [server_pid, *worker_pids]),
+            "local": (lambda: (gs.set_context(target=None), call()), [server_pid]),
+            "echo": (lambda: sized(ask), [server_pid]),
+        }
+        for fn, _ in sides.values():
+            for _ in range(3):
+                fn()  # traced, registered and compiled; channels open
+        got: dict[str, list[list[float]]] = {name: [] for name in sides}
+        names = list(sides)
+        for r in range(rounds):
+            for name in names[r % 3:] + names[:r % 3]:
+                fn, pids = sides[name]
+                fn()  # the context switch and first call outside the block
+                before = [cpu_seconds("self"), *map(cpu_seconds, pids)]
+                for _ in range(per_block):
+                    fn()
+                after = [cpu_seconds("self"), *map(cpu_seconds, pids)]
+                got[name].append([(b - a) / per_block for a, b in zip(before, after)])
+    out.send((got, in_bytes, out_bytes))
+
+
+class Captured(grpc.UnaryUnaryClientInterceptor):
+    """Keeps the last request sent of each method, serialized."""
+
+    def __init__(self) -> None:
+        self.sent: dict[str, bytes] = {}
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        self.sent[details.method] = request if isinstance(request, bytes) else request.SerializeToString()
+        return continuation(details, request)
+
+
+def replay_client(target: str, case: str, clients: int, per_client: int, out: Any) -> None:
+    """Requests per second of ``case`` ("mlp": issue 15's MLP gradient as the SDK sends it, registered first; "tiny":
+    the tutorial's gradient) from ``clients`` threads, each making ``per_client`` calls. The requests are sent as
+    prebuilt bytes and the answers not parsed, so that the client takes as little of the machine's cores as it can."""
+    with grpc.insecure_channel(target, options=UNLIMITED) as ch:
+        if case == "mlp":
+            captured = Captured()
+            remote.open_channel = lambda item, options: grpc.intercept_channel(context.open_channel(item, options), captured)
+            gs.set_context(target=target)
+            big_mlp()[0]()
+            register = captured.sent.get("/gradserve.v1.Gradient/RegisterNetwork")
+            if register is not None:
+                ch.unary_unary("/gradserve.v1.Gradient/RegisterNetwork")(register)
+            request = captured.sent["/gradserve.v1.Gradient/Grad"]
+        else:
+            request = tutorial_request(service_pb2_grpc.GradientStub(ch)).SerializeToString()
+        grad = ch.unary_unary("/gradserve.v1.Gradient/Grad")  # bytes in, bytes out
+        for _ in range(clients * 2):  # every worker has compiled the program
+            grad(request)
+        start = threading.Barrier(clients + 1)
+
+        def client() -> None:
+            start.wait()
+            for _ in range(per_client):
+                grad(request)
+
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for th in threads:
+            th.start()
+        start.wait()
+        t = time.perf_counter()
+        for th in threads:
+            th.join()
+        out.send(clients * per_client / (time.perf_counter() - t))
+
+
+def scaling(case: str, rounds: int, clients: int, per_client: int) -> None:
+    """Print ``case``'s throughput with 2 workers vs 1 (fresh servers, alternating order, ratio per round)."""
+    rates: dict[int, list[float]] = {1: [], 2: []}
+    for r in range(rounds):
+        for workers in ((1, 2) if r % 2 == 0 else (2, 1)):
+            with running(ServerConfig(host="127.0.0.1", port=0, workers=workers, log_level="warning")) as server:
+                rates[workers].append(in_client_process(replay_client, f"127.0.0.1:{server.port}", case, clients, per_client))
+    ratios = [two / one for one, two in zip(rates[1], rates[2])]
+    print(f"{case} throughput ({clients} clients in another process, {rounds} rounds): 1 worker {_rounded(rates[1])} req/s, "
+          f"2 workers {_rounded(rates[2])} req/s")
+    print(f"RATIO {case} throughput 2 vs 1 workers {statistics.median(ratios):.2f}x [{min(ratios):.2f}..{max(ratios):.2f}] "
+          f"(target >= 1.7x)")
+
+
+def cpu_per_request(rounds: int, per_block: int) -> None:
+    """Print issue 15's CPU per MLP request through a 1-worker server vs in-process compute plus a bare gRPC call."""
+    echo, echo_port = echo_server()
+    try:
+        with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")) as server:
+            got, in_bytes, out_bytes = in_client_process(
+                cpu_client, f"127.0.0.1:{server.port}", f"127.0.0.1:{echo_port}", os.getpid(),
+                server.servicer.pool.pids(), rounds, per_block)
+    finally:
+        echo.stop(0)
+    served = [sum(r) for r in got["server"]]
+    bare = [loc[0] + e[0] + e[1] for loc, e in zip(got["local"], got["echo"])]
+    ms = lambda xs: f"{statistics.median(xs)*1e3:.2f} ms [{min(xs)*1e3:.2f}..{max(xs)*1e3:.2f}]"  # noqa: E731
+    print(f"MLP gradient ({in_bytes} bytes in, {out_bytes} out), CPU per request, median [spread] of {rounds} rounds of "
+          f"{per_block}: through a 1-worker server {ms(served)} (client {ms([r[0] for r in got['server']])}, server "
+          f"process {ms([r[1] for r in got['server']])}, worker {ms([sum(r[2:]) for r in got['server']])})")
+    print(f"  in process {ms([r[0] for r in got['local']])}; bare gRPC call of those sizes {ms([e[0] + e[1] for e in got['echo']])} "
+          f"(client {ms([e[0] for e in got['echo']])}, server {ms([e[1] for e in got['echo']])})")
+    ratios = [s / b for s, b in zip(served, bare)]
+    print(f"RATIO MLP CPU per request server/(in process + bare gRPC) {statistics.median(ratios):.2f}x "
+          f"[{min(ratios):.2f}..{max(ratios):.2f}] (target <= 1.3x)")
+
+
 def in_client_process(target: Callable[..., None], *args: Any) -> Any:
     """Run ``target(*args, conn)`` in a fresh process (spawned: this one holds gRPC state) and return what it sends."""
     ctx = multiprocessing.get_context("spawn")
@@ -361,7 +521,17 @@ def main() -> None:
     parser.add_argument("--big-batch", type=int, default=4096, help="images in the large-batch CNN gradient (default 4096)")
     parser.add_argument("--replica-rounds", type=int, default=7, help="alternating 1/2-replica gradients (default 7)")
     parser.add_argument("--rounds", type=int, default=11, help="paired throughput measurements (default 11: short rounds, many of them, so that the median ratio outlasts the machine's speed drifting)")
+    parser.add_argument("--cpu-rounds", type=int, default=7, help="rotating server/in-process/echo MLP blocks (default 7)")
+    parser.add_argument("--cpu-per-block", type=int, default=30, help="MLP calls per block (default 30)")
+    parser.add_argument("--scaling-rounds", type=int, default=5, help="alternating 1/2-worker rounds of issue 15's cases (default 5)")
+    parser.add_argument("--only-server-cpu", action="store_true",
+                        help="measure issue 15's figures only (MLP CPU per request, 2 vs 1 worker throughput)")
     args = parser.parse_args()
+    if args.only_server_cpu:
+        cpu_per_request(args.cpu_rounds, args.cpu_per_block)
+        for case, calls in (("mlp", 40), ("tiny", 400)) if args.scaling_rounds else ():
+            scaling(case, args.scaling_rounds, args.clients, calls)
+        return
     training(args.train_steps, args.train_rounds)
     digits(args.digits_rounds, args.in_flight)
     replicas(args.big_batch, args.replica_rounds)

@@ -18,19 +18,27 @@ from .tensor import Tensor
 
 
 def _arrays(save_obj: Any) -> dict[str, np.ndarray]:
-    """name -> array for a Cell (its parameters by name), a dict of Tensors, or a list of {'name', 'data'} dicts."""
+    """name -> array for a Cell (its parameters by name), a dict of Tensors, a list of Parameters (by their names) or
+    a list of {'name', 'data'} dicts, as MindSpore's ``save_checkpoint`` takes."""
     if isinstance(save_obj, Cell):
         pairs: list[tuple[Any, Any]] = [(p.name, p) for p in save_obj.get_parameters()]
         pairs += [pair for opt in _optimizers(save_obj) for pair in opt.state_arrays().items()]
     elif isinstance(save_obj, dict):
         pairs = list(save_obj.items())
     elif isinstance(save_obj, (list, tuple)):
-        try:
-            pairs = [(d["name"], d["data"]) for d in save_obj]
-        except (TypeError, KeyError) as e:
-            raise TypeError("save_checkpoint: a list must hold dicts with 'name' and 'data'") from e
+        pairs = []
+        for i, d in enumerate(save_obj):
+            if isinstance(d, Parameter):  # ``net.trainable_params()``, a ParameterTuple
+                pairs.append((d.name, d))
+            elif isinstance(d, dict) and "name" in d and "data" in d:
+                pairs.append((d["name"], d["data"]))
+            else:
+                keys = f" with keys {sorted(map(str, d))}" if isinstance(d, dict) else ""
+                raise TypeError(f"save_checkpoint: a list must hold Parameters or dicts with 'name' and 'data'; "
+                                f"item {i} is a {type(d).__name__}{keys}")
     else:
-        raise TypeError(f"save_checkpoint: save_obj must be a Cell, a dict or a list of dicts, got {type(save_obj).__name__}")
+        raise TypeError(f"save_checkpoint: save_obj must be a Cell, a dict, a list of Parameters or a list of dicts, "
+                        f"got {type(save_obj).__name__}")
     out: dict[str, np.ndarray] = {}
     for name, value in pairs:
         if not isinstance(name, str):

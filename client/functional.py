@@ -368,10 +368,21 @@ def fill(type: Any, shape: Any, value: Any) -> Tensor:
 
 
 def depend(value: Any, expr: Any) -> Any:
-    """``ops.depend(value, expr)``: ``value``. Ops run in data order here and a Print's Tensors are rebound to its
-    outputs, so a print in ``expr`` runs before later uses of the Tensors it printed; one whose Tensors are not used
-    afterwards (``depend(x * 2, print_(x))``) is pruned with them: keeping it needs a Depend op in the engine."""
-    return value
+    """``ops.depend(value, expr)``: ``value``, after ``expr``. Inside a construct the Tensors ``expr`` holds (in
+    tuples, lists and dicts) become inputs of a Depend node, so a print or update in ``expr`` runs and is kept even
+    when nothing else uses it (``depend(x * 2, print_(x))``); outside one, ``expr`` has already run."""
+    if not (isinstance(value, Tensor) and value.is_traced):
+        return value
+    deps = [t for t in _tensors_in(expr) if t.is_traced]
+    return apply_op("Depend", value, *deps) if deps else value
+
+
+def _tensors_in(tree: Any) -> list[Tensor]:
+    """The Tensors of a nest of tuples, lists and dicts, in order."""
+    if isinstance(tree, Tensor):
+        return [tree]
+    items = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (tuple, list)) else ()
+    return [t for item in items for t in _tensors_in(item)]
 
 
 def print_(*input_x: Any) -> Any:

@@ -12,7 +12,7 @@ from . import dtype as mstype
 from .backend import Backend, Call, GradFlags
 from .context import get_backend
 from .parameter import Parameter
-from .runner import apply_writes, forward_recorded, to_tensors, traced_for, writing_network_id
+from .runner import apply_writes, forward_recorded, to_tensors, traced_for, values_before_writes, writing_network_id
 from .streaming import stream_prepared
 from .tensor import Tensor
 from .tracing import (
@@ -105,11 +105,12 @@ class GradFunction:
         ``write``, a network that writes Parameters (BatchNorm's moving statistics) writes them once, as its forward
         inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``)."""
         entry = traced_for(self.fn, inputs, self.weights)
-        if write and entry.traced.writes and not forward_recorded(self.fn, inputs):
+        recorded = forward_recorded(self.fn, inputs) if write and entry.traced.writes else None
+        if write and entry.traced.writes and recorded is None:
             return self._prepare_writing(backend, entry.traced, inputs, sens)
         flat_sens = self._flat_sens(sens, entry.traced)
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, entry.param_values())
+        call = Call(entry.network_id(backend), self.flags(entry.traced), arrays, {**entry.param_values(), **(recorded or {})})
         return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
 
     def _prepare_writing(self, backend: Backend, traced: Traced, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
@@ -291,17 +292,19 @@ class _Transform:
         own = list(self.fn.get_parameters()) if hasattr(self.fn, "get_parameters") else []
         return iter(own + [w for w in self.weights if all(w is not p for p in own)])
 
-    def _apply(self, args: Sequence[Any], extra: Sequence[Tensor]) -> Any:
-        """The structured result for ``args`` (the function's inputs) and ``extra`` (tangents or cotangents)."""
+    def _apply(self, args: Sequence[Any], extra: Sequence[Tensor], read: dict[str, Any] | None = None) -> Any:
+        """The structured result for ``args`` (the function's inputs) and ``extra`` (tangents or cotangents); ``read``
+        gives Parameter values by name in place of the current ones at top level (``vjp_fn``: its forward's)."""
         frame = current_frame()
         if frame is not None:
             leaves, _, _, rebuild = self._emit(frame, args, extra)
             return rebuild(leaves)
         backend = get_backend()
-        call, finish = self._prepare(backend, args, extra, write=self.writes)
+        call, finish = self._prepare(backend, args, extra, write=self.writes, read=read)
         return finish(backend.call(call))
 
-    def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor], write: bool = False) -> tuple[Call, Any]:
+    def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor], write: bool = False,
+                 read: dict[str, Any] | None = None) -> tuple[Call, Any]:
         """The backend call of the staged network and the function giving the structured result from its output.
         With ``write``, when the function writes Parameters, the call runs the staged graph's copy that also outputs
         the written values (``runner.writing_network_id``), and they are set after it returns."""
@@ -315,10 +318,11 @@ class _Transform:
             hit = (entry.traced, staged.rebuild)
             self._rebuilds[id(entry.traced)] = hit
         inputs = entry.inputs([*args, *extra])
-        if write and entry.traced.writes and not forward_recorded(self.fn, args):
+        recorded = forward_recorded(self.fn, args) if write and entry.traced.writes else None
+        if write and entry.traced.writes and recorded is None:
             call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
             return call, lambda out: hit[1](apply_writes(entry.traced, out))
-        call = Call(entry.network_id(backend), None, inputs, entry.param_values())
+        call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(recorded or read or {})})
         return call, lambda out: hit[1](list(flatten(to_tensors(out))))
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
@@ -556,8 +560,8 @@ class VjpFunction:
     (nested alike; what sits at a constant output is not used), or, as MindSpore also takes them, the cotangents of
     a tuple output as separate arguments."""
 
-    def __init__(self, transform: _VjpFn, inputs: tuple[Any, ...], outputs: Any) -> None:
-        self.transform, self.inputs, self.outputs = transform, inputs, outputs
+    def __init__(self, transform: _VjpFn, inputs: tuple[Any, ...], outputs: Any, read: dict[str, Any]) -> None:
+        self.transform, self.inputs, self.outputs, self.read = transform, inputs, outputs, read
         self.skeleton = skeleton_of(outputs[0] if transform.has_aux else outputs)
 
     def __call__(self, *v: Any) -> Any:
@@ -570,7 +574,7 @@ class VjpFunction:
                 raise TypeError(f"{who}: {path} must be a Tensor like the output it belongs to ({o.dtype}{list(o.shape)}), got {type(c).__name__}")
             if c.shape != o.shape or c._array_dtype() != o._array_dtype():
                 raise ValueError(f"{who}: {path} has shape {c.shape} and dtype {c.dtype}, its output has {o.shape} and {o.dtype}")
-        return self.transform._apply(self.inputs, [c for c, _ in leaves])
+        return self.transform._apply(self.inputs, [c for c, _ in leaves], self.read)
 
 
 def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> Any:
@@ -581,14 +585,15 @@ def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> An
     if not any(tensor_leaves(a) for a in inputs):
         raise TypeError(f"vjp of {label(fn)}: no input is a Tensor (or holds one)")
     ws, _ = _weights(weights, "vjp")
-    out = fn(*inputs)
+    with values_before_writes() as read:  # the Parameters the forward writes, as it read them (a Dropout's step)
+        out = fn(*inputs)
     if has_aux:
         _require_aux(skeleton_of(out), f"vjp of {label(fn)}")
     cache = _reused(fn, "vjp")
     key = (has_aux, tuple(id(w) for w in ws))
     if key not in cache:
         cache[key] = _VjpFn(fn, ws, has_aux)
-    vjp_fn = VjpFunction(cache[key], inputs, out)
+    vjp_fn = VjpFunction(cache[key], inputs, out, read)
     if has_aux:
         return out[0], vjp_fn, _aux(out)
     return out, vjp_fn

@@ -2,9 +2,11 @@
 run it on the current backend."""
 from __future__ import annotations
 
+import threading
 import weakref
+from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 
@@ -202,7 +204,7 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
     entry = traced_for(fn, args)
     backend = get_backend()
     if entry.traced.writes:
-        note_forward(fn, args)
+        note_forward(fn, args, entry.traced.writes)
         return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
     return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
@@ -219,6 +221,7 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
     dropped."""
     frame = current_frame()
     if frame is None:
+        _before_write(param)
         param.set_data(value.asnumpy())
         return
     if value.shape != param.shape or value._array_dtype() != param._array_dtype():
@@ -286,23 +289,49 @@ def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
     flat = flatten(to_tensors(out))
     n = len(flat) - len(traced.writes)
     for (param, _), t in zip(traced.writes, flat[n:]):
+        _before_write(param)
         param.set_data(t.asnumpy())
     return flat[:n]
 
 
-def note_forward(fn: Any, args: Sequence[Any]) -> None:
+_LOGS = threading.local()
+
+
+@contextmanager
+def values_before_writes() -> Iterator[dict[str, np.ndarray]]:
+    """Collect, by name, the value each Parameter had before its first write-back inside the block: ``vjp`` keeps
+    them so that its ``vjp_fn`` reads what its forward read (a Dropout's step, so the same mask)."""
+    log: dict[str, np.ndarray] = {}
+    stack = _LOGS.__dict__.setdefault("stack", [])
+    stack.append(log)
+    try:
+        yield log
+    finally:
+        stack.pop()
+
+
+def _before_write(param: Parameter) -> None:
+    for log in getattr(_LOGS, "stack", ()):
+        log.setdefault(param.name, param.array())
+
+
+def note_forward(fn: Any, args: Sequence[Any], writes: Sequence[tuple[Parameter, Any]] = ()) -> None:
     """Remember a top-level forward call of a Cell with ``set_grad()`` on: MindSpore's PyNative records it, and the
     gradient call that follows on the same Cell and the same input objects reuses that forward instead of running
-    (and writing) again (``forward_recorded``)."""
+    (and writing) again (``forward_recorded``); the values the forward read of the Parameters it writes are kept
+    for that gradient (a Dropout's step counter: the gradient's mask is the forward's)."""
     if getattr(fn, "requires_grad", False) is True and hasattr(fn, "construct"):
-        _RECORDED[fn] = tuple(args)
+        _RECORDED[fn] = (tuple(args), {p.name: p.array() for p, _ in writes})
 
 
-def forward_recorded(fn: Any, args: Sequence[Any]) -> bool:
-    """True (once) when the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very
-    input objects: a gradient call then writes nothing, as MindSpore's ``check_run`` reuses that forward."""
+def forward_recorded(fn: Any, args: Sequence[Any]) -> dict[str, np.ndarray] | None:
+    """When the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very input objects
+    (once): the values, by name, that forward read of the Parameters it wrote, which the gradient call then reads
+    too, writing nothing, as MindSpore's ``check_run`` reuses that forward; else None."""
     seen = _RECORDED.pop(fn, None)
-    return seen is not None and len(seen) == len(args) and all(a is b for a, b in zip(seen, args))
+    if seen is None or len(seen[0]) != len(args) or not all(a is b for a, b in zip(seen[0], args)):
+        return None
+    return seen[1]
 
 
-_RECORDED: weakref.WeakKeyDictionary[Any, tuple[Any, ...]] = weakref.WeakKeyDictionary()
+_RECORDED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, np.ndarray]]] = weakref.WeakKeyDictionary()

@@ -210,6 +210,7 @@ class Server:
         # The pool's processes come first: no grpc object may exist when they are created.
         self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size, config.local_max_elements),
                                max_reserve=lim.max_message_bytes, stop_grace=lim.stop_grace_ms / 1000)
+        worker.tune_malloc(worker.SERVER_HEAP_KEEP_BYTES)  # large responses reuse heap pages (the Trimmer returns them)
         # Each unary call computing or queued holds a thread, and so does each open GradStream (capped at
         # max_open_streams); the spare threads serve health checks, ServerInfo and calls being refused.
         threads = config.workers + lim.max_queue_depth + lim.max_open_streams + SPARE_THREADS
@@ -266,7 +267,7 @@ class Server:
                 self.pool.close()
                 raise preflight.unavailable(host, self.config.metrics_port, "--metrics-port", exc.strerror or str(exc)) from None
         self.grpc.start()
-        self.trimmer = Trimmer(lambda: self.intake.freed)
+        self.trimmer = Trimmer(lambda: self.intake.freed + self.servicer.answered)
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log("server_start", host=self.config.host, port=self.port, workers=self.pool.size, pids=self.pool.pids(),

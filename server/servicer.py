@@ -36,6 +36,8 @@ from .metrics import Metrics
 from .pool import Job, WorkerPool
 
 API_VERSION = "gradserve.v1"
+LARGE_ANSWER_BYTES = 64 << 10
+"""Responses larger than this count in ``GradientServicer.answered``."""
 
 
 class Registry:
@@ -148,6 +150,9 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self._inflight = 0
         self._held = 0
         """Bytes of the Grad and Run requests waiting for a worker or being computed (``max_queued_bytes``)."""
+        self.answered = 0
+        """Running total of the bytes of Grad and Run responses over ``LARGE_ANSWER_BYTES`` (the ``trim.Trimmer`` reads it:
+        the server process keeps freed heap pages for the next large response, ``worker.tune_malloc``)."""
         self._counting = threading.Lock()
         """Guards ``_inflight`` and ``_held``; taken directly on every call (a Condition's own ``with`` costs Python calls)."""
         self._quiet = threading.Condition(self._counting)
@@ -297,6 +302,9 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             out, plan = self.pool.submit(job, call.deadline, call.is_active, take)
             if plan:
                 self.lane.admit(key, plan)
+            if len(out) > LARGE_ANSWER_BYTES:
+                with self._counting:
+                    self.answered += len(out)
             return out
         finally:
             self._unhold(size)

@@ -240,3 +240,21 @@ def test_functions_trace_and_differentiate(where: str) -> None:
     grads = ops.GradOperation(get_all=True)(net)(Tensor(X), Tensor(y))
     for g, w in zip(grads, want_grads):
         np.testing.assert_allclose(g.asnumpy(), w.numpy(), rtol=1e-10, atol=1e-12)
+
+
+def test_depend_keeps_a_print_nothing_else_uses(capsys: pytest.CaptureFixture[str]) -> None:
+    """``depend(x * 2, print_(x))`` in a construct: the print runs on every call though only Depend uses it."""
+    net = Fn(lambda x: ops.depend(x * 2, ops.print_("x:", x)).sum())
+    for value in (1.5, 2.5):
+        assert net(Tensor(np.array([value]))).asnumpy() == 2 * value
+        assert capsys.readouterr().out == f"x:\nTensor(shape=[1], dtype=Float64, value= [{value}])\n"
+
+
+def test_depend_passes_its_value_and_its_gradient_only(where: str) -> None:
+    """The Depend node's value is its first input; the gradient flows to that input alone (the closed form 2x)."""
+    net = Fn(lambda x, y: ops.depend(x * x, (y * 3, {"k": [y.exp()]})).sum())
+    x, y = RNG.standard_normal(4), RNG.standard_normal(4)
+    np.testing.assert_allclose(net(Tensor(x), Tensor(y)).asnumpy(), (x * x).sum(), rtol=1e-12)
+    gx, gy = ops.GradOperation(get_all=True)(net)(Tensor(x), Tensor(y))
+    np.testing.assert_allclose(gx.asnumpy(), 2 * x, rtol=1e-12)
+    np.testing.assert_array_equal(gy.asnumpy(), np.zeros(4))

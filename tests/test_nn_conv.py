@@ -148,7 +148,7 @@ def test_exact_gelu_matches_torch() -> None:
     assert_same(gs_grads(nn.GELU(approximate=False), x, r), torch_grads(torch.nn.GELU(), [], x, r))
 
 
-def test_dropout_masks_are_reproducible_shared_by_the_gradient_and_new_each_step() -> None:
+def test_dropout_masks_are_reproducible_and_new_each_call() -> None:
     x = gs.Tensor(np.ones((40, 50)))
     assert nn.Dropout(p=0.3)(x).asnumpy().min() == 1.0  # inference (the default mode) is the identity
     gs.set_seed(8)
@@ -158,26 +158,27 @@ def test_dropout_masks_are_reproducible_shared_by_the_gradient_and_new_each_step
     kept = first != 0
     assert abs(kept.mean() - 0.7) < 0.03
     np.testing.assert_allclose(first[kept], 1 / 0.7)
-    np.testing.assert_array_equal(drop(x).asnumpy(), first)
-    grad = ops.GradOperation()(drop)(x).asnumpy()
-    np.testing.assert_array_equal(grad, first)
+    second = drop(x).asnumpy()
+    assert (second != first).any()  # each call draws a new mask, as MindSpore's Dropout does
+    grad = ops.GradOperation()(drop)(x).asnumpy()  # a gradient call is a call too: the third mask
+    assert drop.step == 3
     gs.set_seed(8)
     again = nn.Dropout(p=0.3)
     again.training = True
-    np.testing.assert_array_equal(again(x).asnumpy(), first)
-    drop.advance()
-    assert (drop(x).asnumpy() != first).any()
+    for want in (first, second, grad):
+        np.testing.assert_array_equal(again(x).asnumpy(), want)
 
 
-def test_train_one_step_advances_dropout() -> None:
+def test_train_one_step_advances_dropout_once_per_step() -> None:
     gs.set_seed(9)
     net = nn.SequentialCell(nn.Dense(4, 4, dtype=F64), nn.Dropout(p=0.5))
     net[1].training = True
     step = nn.TrainOneStepCell(nn.WithLossCell(net, nn.MSELoss()), nn.SGD(net.trainable_params(), 0.0))
     x, y = gs.Tensor(RNG.normal(size=(8, 4))), gs.Tensor(np.zeros((8, 4)))
     first = net(x).asnumpy()
-    step(x, y)
     assert net[1].step == 1
+    step(x, y)
+    assert net[1].step == 2
     assert not np.array_equal(net(x).asnumpy() != 0, first != 0)
 
 
@@ -198,8 +199,8 @@ def test_dropout_masks_are_the_same_embedded_and_remote(where: str) -> None:
     masks = []
     for _ in range(2):
         masks.append(drop(x).asnumpy() != 0)
-        np.testing.assert_array_equal(ops.GradOperation()(drop)(x).asnumpy() != 0, masks[-1])
-        drop.advance()
+        masks.append(ops.GradOperation()(drop)(x).asnumpy() != 0)
+    assert drop.step == 4
     # The reference: the engine's own op, called eagerly with the seeds and the step (the recipe of docs/wire-format.md).
     for k, mask in enumerate(masks):
         expected = OPS["Dropout"].forward(np.ones((30, 20)), np.array(k, np.int64), keep_prob=0.6, Seed0=drop.seed0, Seed1=drop.seed1)

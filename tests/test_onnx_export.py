@@ -297,15 +297,15 @@ def test_training_dropout_exports_with_its_step_as_an_input_and_draws_the_engine
     weights = {p.name: p for p in net.get_parameters()}
     (step,) = set(names) - set(weights) - {"x"}  # the Dropout's step counter, a graph parameter the Cell does not list
 
-    def feed() -> list[np.ndarray]:
-        return [x.asnumpy(), *(np.array(net.drop.step, np.int64) if n == step else weights[n].asnumpy() for n in names[1:])]
+    def feed(k: int) -> list[np.ndarray]:
+        return [x.asnumpy(), *(np.array(k, np.int64) if n == step else weights[n].asnumpy() for n in names[1:])]
 
-    want = leaves(grad_fn(x))
-    assert_same(run_onnx(model, *feed()), want)
-    net.drop.advance()  # a new step: a new mask, in gradserve and in the same model fed the new step
-    again = leaves(grad_fn(x))
+    k = net.drop.step
+    want = leaves(grad_fn(x))  # each call draws the mask of the step it starts at, then moves the step on
+    assert_same(run_onnx(model, *feed(k)), want)
+    again = leaves(grad_fn(x))  # a new call: a new mask, in gradserve and in the same model fed the new step
     assert not np.allclose(again[0], want[0])
-    assert_same(run_onnx(model, *feed()), again)
+    assert_same(run_onnx(model, *feed(k + 1)), again)
 
 
 class MulAdd(nn.Cell):

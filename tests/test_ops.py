@@ -131,6 +131,7 @@ ROWS = [
     ),
     Row("Tile", [v((2, 3), multiples=(2, 1)), v((3,), multiples=(2, 2)), v((), multiples=(3,))], ints=True),
     Row("Print", [v((2, 3)), v((3,), (), strings=("x", "and"), slots=(0, 2))], ints=True),
+    Row("Depend", [v((2, 3)), v((2, 3), (3,), ()), v((), (2, 2))], ints=True),
     Row("Softmax", [v((3,)), v((2, 4)), v((2, 3), axis=0), v((2, 3, 4), axis=(0, 2))]),
     Row("LogSoftmax", [v((3,)), v((2, 4)), v((2, 3), axis=0)]),
     Row("SoftmaxCrossEntropyWithLogits", [v((3, 4), (3, 4)), v((1, 2), (1, 2))], ("real", "pos")),

@@ -335,3 +335,21 @@ def test_memory_is_trimmed_once_large_requests_were_freed() -> None:
     finally:
         trimmer.stop()
     assert trimmer.trims == 1
+
+
+def test_large_responses_count_towards_trimming_and_small_ones_do_not() -> None:
+    """The server process keeps freed heap pages for its next large response (``worker.tune_malloc``), so the
+    Trimmer's running total counts the bytes of large responses as well as of large requests."""
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = service_pb2_grpc.GradientStub(ch)
+        answered = []
+        for n in (10, 100_000):  # 40 bytes of gradient, then 400,000
+            x = np.linspace(0, 1, n, dtype=np.float32)
+            request = service_pb2.GradRequest(network_id=sin_network(stub, n), inputs=[codec.encode_tensor(x)])
+            before = server.servicer.answered
+            response = stub.Grad(request, timeout=WAIT)
+            np.testing.assert_allclose(codec.decode_tensor(response.gradients.tensor), np.cos(x), rtol=1e-6)
+            answered.append((server.servicer.answered - before, response.ByteSize()))
+    assert answered[0][0] == 0
+    assert answered[1][0] == answered[1][1] > 4 * 100_000

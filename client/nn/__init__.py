@@ -4,6 +4,14 @@ from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dTranspose, MaxPool
 from .dynamic_lr import cosine_decay_lr, exponential_decay_lr, piecewise_constant_lr
 from .initializer import set_seed
 from .layers import CellList, Dense, Dropout, Embedding, Flatten, LayerNorm, SequentialCell
+from .learning_rate_schedule import (
+    CosineDecayLR,
+    ExponentialDecayLR,
+    InverseDecayLR,
+    LearningRateSchedule,
+    NaturalExpDecayLR,
+    PolynomialDecayLR,
+)
 from .loss import (
     BCELoss,
     BCEWithLogitsLoss,
@@ -23,7 +31,8 @@ from .wrap import TrainOneStepCell, WithEvalCell, WithLossCell, clip_by_global_n
 __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Conv2dTranspose", "MaxPool2d",
     "Adam", "AdamWeightDecay", "Momentum", "Optimizer", "SGD", "TrainOneStepCell", "WithEvalCell", "WithLossCell",
-    "clip_by_global_norm", "cosine_decay_lr", "exponential_decay_lr", "piecewise_constant_lr",
+    "clip_by_global_norm", "CosineDecayLR", "ExponentialDecayLR", "InverseDecayLR", "LearningRateSchedule",
+    "NaturalExpDecayLR", "PolynomialDecayLR", "cosine_decay_lr", "exponential_decay_lr", "piecewise_constant_lr",
     "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Dropout", "Embedding", "Flatten", "GELU", "L1Loss",
     "LayerNorm", "LogSoftmax", "LossBase", "MSELoss", "MultiheadAttention", "NLLLoss", "ReLU", "SequentialCell", "SiLU", "Sigmoid",
     "SmoothL1Loss", "Softmax", "SoftmaxCrossEntropyWithLogits", "Tanh", "TransformerEncoderLayer", "get_activation", "set_seed",

@@ -109,15 +109,30 @@ class Conv2dTranspose(_Conv):
 
 
 class _Pool(Cell):
-    def __init__(self, layer: str, kernel_size: Any, stride: Any, pad_mode: str, data_format: str) -> None:
+    def __init__(self, layer: str, kernel_size: Any, stride: Any, pad_mode: str, padding: Any, ceil_mode: bool,
+                 data_format: str, unsupported: dict[str, tuple[Any, Any]]) -> None:
         super().__init__()
-        if pad_mode.lower() not in ("valid", "same"):
-            raise ValueError(f"nn.{layer}: pad_mode must be 'valid' or 'same', got {pad_mode!r}")
+        mode = pad_mode.lower() if isinstance(pad_mode, str) else pad_mode
+        if mode not in ("valid", "same", "pad"):
+            raise ValueError(f"nn.{layer}: pad_mode must be 'valid', 'same' or 'pad', got {pad_mode!r}")
+        pads = (padding,) if isinstance(padding, int) else tuple(padding)
+        if not pads or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pads):
+            raise ValueError(f"nn.{layer}: padding must be a non-negative int or a tuple of them, got {padding!r}")
+        if any(pads):
+            if mode != "pad":
+                raise ValueError(f"nn.{layer}: padding must be 0 unless pad_mode is 'pad', got padding={padding!r} with pad_mode={pad_mode!r}")
+            raise NotImplementedError(f"nn.{layer}: padding={padding!r} (explicit padding, pad_mode='pad') is not supported: "
+                                      "the engine's pooling ops pad only as 'same' does; pad the input with ops.pad first")
+        if ceil_mode:
+            raise NotImplementedError(f"nn.{layer}: ceil_mode=True is not supported: the engine's pooling ops floor the output size")
+        for name, (value, default) in unsupported.items():
+            if value != default:
+                raise NotImplementedError(f"nn.{layer}: {name}={value!r} is not supported (only the default {default!r})")
         if data_format != "NCHW":
             raise ValueError(f"nn.{layer}: only data_format 'NCHW' is supported, got {data_format!r}")
         self.kernel_size = _pair(kernel_size, layer, "kernel_size")
         self.stride = _pair(stride, layer, "stride")
-        self.pad_mode = pad_mode.lower()
+        self.pad_mode = "valid" if mode == "pad" else mode  # 'pad' with zero padding is 'valid'
 
     def _pool(self, op: str, x: Any) -> Any:
         squeeze = x.ndim == 3
@@ -128,20 +143,34 @@ class _Pool(Cell):
 
 
 class MaxPool2d(_Pool):
-    """``MaxPool2d(kernel_size=1, stride=1, pad_mode='valid', data_format='NCHW')``: the max of each window."""
+    """``MaxPool2d(kernel_size=1, stride=1, pad_mode='valid', padding=0, dilation=1, return_indices=False,
+    ceil_mode=False, data_format='NCHW')``: the max of each window. MindSpore 2.x's arguments are accepted; a
+    non-zero ``padding`` (pad_mode 'pad'), ``ceil_mode=True``, a dilation or ``return_indices`` raise, naming the
+    argument (the engine's MaxPool has only 'valid' and 'same')."""
 
-    def __init__(self, kernel_size: Any = 1, stride: Any = 1, pad_mode: str = "valid", data_format: str = "NCHW") -> None:
-        super().__init__("MaxPool2d", kernel_size, stride, pad_mode, data_format)
+    def __init__(self, kernel_size: Any = 1, stride: Any = 1, pad_mode: str = "valid", padding: Any = 0,
+                 dilation: Any = 1, return_indices: bool = False, ceil_mode: bool = False,
+                 data_format: str = "NCHW") -> None:
+        dil = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
+        super().__init__("MaxPool2d", kernel_size, stride, pad_mode, padding, ceil_mode, data_format,
+                         {"dilation": (dil, (1, 1)), "return_indices": (return_indices, False)})
 
     def construct(self, x: Any) -> Any:
         return self._pool("MaxPool", x)
 
 
 class AvgPool2d(_Pool):
-    """``AvgPool2d(kernel_size=1, stride=1, pad_mode='valid', data_format='NCHW')``: the mean of each window."""
+    """``AvgPool2d(kernel_size=1, stride=1, pad_mode='valid', padding=0, ceil_mode=False, count_include_pad=True,
+    divisor_override=None, data_format='NCHW')``: the mean of each window. MindSpore 2.x's arguments are accepted;
+    a non-zero ``padding`` (pad_mode 'pad'), ``ceil_mode=True`` or a ``divisor_override`` raise, naming the argument
+    (``count_include_pad`` matters only with explicit padding)."""
 
-    def __init__(self, kernel_size: Any = 1, stride: Any = 1, pad_mode: str = "valid", data_format: str = "NCHW") -> None:
-        super().__init__("AvgPool2d", kernel_size, stride, pad_mode, data_format)
+    def __init__(self, kernel_size: Any = 1, stride: Any = 1, pad_mode: str = "valid", padding: Any = 0,
+                 ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
+                 data_format: str = "NCHW") -> None:
+        super().__init__("AvgPool2d", kernel_size, stride, pad_mode, padding, ceil_mode, data_format,
+                         {"divisor_override": (divisor_override, None)})
+        self.count_include_pad = bool(count_include_pad)
 
     def construct(self, x: Any) -> Any:
         return self._pool("AvgPool", x)

@@ -13,6 +13,7 @@ from gradserve.client import dtype as mstype
 from gradserve.client.cell import Cell
 from gradserve.client.dispatch import apply_op
 from gradserve.client.parameter import Parameter
+from gradserve.client.runner import assign_after_call, pending_value
 
 from .activation import get_activation
 from .initializer import HeUniform, Uniform, get_seed_rng, initializer
@@ -186,8 +187,11 @@ _DROPOUT_IDS = itertools.count()
 class Dropout(Cell):
     """``Dropout(keep_prob=None, p=None, dtype=float32)``: in training, zeroes each element with probability ``p``
     (default 0.5) and scales the rest by 1 / (1 - p); the identity in inference (MindSpore's default mode). The mask
-    comes from seeds drawn at construction (``set_seed`` reproduces them) and a step counter, which ``advance()``
-    (called by TrainOneStepCell after each step) moves on, so each step draws a new mask.
+    comes from seeds drawn at construction (``set_seed`` reproduces them) and a step counter: each top-level call
+    (a forward call, or a gradient or transform call) draws its mask at the counter's value and moves the counter on
+    once (written back after the call, ``runner.assign_after_call``), so every call draws a new mask as MindSpore's
+    does, while the forward pass and every order of gradient inside one call share it. A gradient call that reuses
+    a recorded forward (``set_grad``, as in TrainOneStepCell) reads the counter as that forward did.
 
     Like MindSpore's Dropout it has no parameters: the counter is a Parameter the Cell does not register (so it is
     in no ``parameters_and_names`` and no checkpoint), read by the graph as a value sent with each call, so a new
@@ -207,15 +211,18 @@ class Dropout(Cell):
 
     @property
     def step(self) -> int:
-        """How many times ``advance()`` has been called: the mask's step."""
+        """The counter: the step whose mask the next call draws."""
         return int(self._counter.asnumpy())
 
     def advance(self) -> None:
-        """Move to the next mask."""
+        """Skip to the next mask without a call."""
         self._counter.set_data(np.array(self.step + 1, np.int64))
 
     def construct(self, x: Any) -> Any:
         if not self.training or self.p == 0.0:
             return x
-        out, _ = apply_op("Dropout", x, self._counter, keep_prob=1.0 - self.p, Seed0=self.seed0, Seed1=self.seed1)
+        step = pending_value(self._counter)
+        out, _ = apply_op("Dropout", x, step, keep_prob=1.0 - self.p, Seed0=self.seed0, Seed1=self.seed1)
+        assign_after_call(self._counter, step + 1)
         return out
+

@@ -13,10 +13,12 @@ from gradserve.client.cell import Cell
 from gradserve.client.parameter import Parameter, ParameterTuple
 from gradserve.client.tensor import Tensor
 
+from .learning_rate_schedule import LearningRateSchedule
+
 
 def _lr_fn(learning_rate: Any, where: str) -> Callable[[int], float]:
-    """The learning rate at a step: a number, one value per step (the last one kept after the end), or a callable
-    of the step (a schedule)."""
+    """The learning rate at a step: a number, one value per step (the last one kept after the end), a
+    LearningRateSchedule Cell (``nn.ExponentialDecayLR`` ...) or a callable of the step."""
     if isinstance(learning_rate, numbers.Real) and not isinstance(learning_rate, bool):
         if learning_rate < 0:
             raise ValueError(f"{where}: learning_rate must be non-negative, got {learning_rate!r}")
@@ -29,6 +31,8 @@ def _lr_fn(learning_rate: Any, where: str) -> Callable[[int], float]:
         if not values:
             raise ValueError(f"{where}: learning_rate list is empty")
         return lambda step: values[min(step, len(values) - 1)]
+    if isinstance(learning_rate, LearningRateSchedule):
+        return learning_rate.at
     if callable(learning_rate):
         return lambda step: float(np.asarray(learning_rate(step)))
     raise TypeError(f"{where}: learning_rate must be a number, a list of numbers, a 1-D Tensor or a schedule, "
@@ -52,8 +56,9 @@ def _default_decay(p: Parameter) -> bool:
 
 class Optimizer(Cell):
     """``Optimizer(learning_rate, parameters, weight_decay=0.0, loss_scale=1.0)``: parameters are Parameters or
-    groups (dicts with 'params' and optional 'lr' and 'weight_decay'); ``optimizer(grads)`` applies one step with
-    gradients in ``optimizer.parameters`` order."""
+    groups (dicts with 'params' and optional 'lr' and 'weight_decay', plus at most one ``{'order_params': [...]}``
+    giving the update order); ``optimizer(grads)`` applies one step with gradients in ``optimizer.parameters``
+    order. A learning rate is a number, a list per step, or a LearningRateSchedule evaluated at ``global_step``."""
 
     def __init__(self, learning_rate: Any, parameters: Any, weight_decay: float = 0.0, loss_scale: float = 1.0) -> None:
         super().__init__(auto_prefix=False)
@@ -67,6 +72,8 @@ class Optimizer(Cell):
             raise ValueError(f"nn.{name}: the parameter list is empty")
         grouped = isinstance(items[0], dict)
         groups = items if grouped else [{"params": items}]
+        order = [g for g in groups if isinstance(g, dict) and "order_params" in g]
+        groups = [g for g in groups if not (isinstance(g, dict) and "order_params" in g)]
         self._slots: list[_Slot] = []
         seen: set[int] = set()
         for gi, group in enumerate(groups):
@@ -87,7 +94,27 @@ class Optimizer(Cell):
                 seen.add(id(p))
                 decay = wd if grouped or _default_decay(p) else 0.0
                 self._slots.append(_Slot(p, lr, decay, {}))
+        if order:
+            self._slots = self._ordered(order, name)
         self.parameters = ParameterTuple(s.param for s in self._slots)
+
+    def _ordered(self, order: list[dict[str, Any]], name: str) -> list[_Slot]:
+        """The slots in the order of the group ``{"order_params": [...]}`` (MindSpore's: the update order, and so the
+        order of the gradients; it names exactly the groups' Parameters and holds no other key)."""
+        if len(order) > 1 or set(order[0]) != {"order_params"}:
+            raise ValueError(f"nn.{name}: give one group {{'order_params': [...]}} with no other key")
+        by_id = {id(s.param): s for s in self._slots}
+        params = list(order[0]["order_params"])
+        for p in params:
+            if not isinstance(p, Parameter):
+                raise TypeError(f"nn.{name}: order_params holds a {type(p).__name__}, not a Parameter")
+            if id(p) not in by_id:
+                raise ValueError(f"nn.{name}: Parameter {p.name!r} of order_params is in no parameter group")
+        if len(params) != len(self._slots) or len({id(p) for p in params}) != len(params):
+            missing = [s.param.name for s in self._slots if all(s.param is not p for p in params)]
+            raise ValueError(f"nn.{name}: order_params must list each grouped Parameter once; "
+                             f"it has {len(params)} entries for {len(self._slots)} Parameters (missing {missing})")
+        return [by_id[id(p)] for p in params]
 
     STATE: tuple[str, ...] = ()
     """The per-parameter buffers, by MindSpore's prefix: a checkpoint holds ``<prefix>.<parameter name>``."""

@@ -11,7 +11,6 @@ from gradserve.client.dispatch import apply_op
 from gradserve.client.grad import GradOperation
 from gradserve.client.tensor import Tensor
 
-from .layers import Dropout
 from .optim import Optimizer
 
 
@@ -47,12 +46,16 @@ class WithEvalCell(Cell):
 
 
 class TrainOneStepCell(Cell):
-    """``TrainOneStepCell(network, optimizer, sens=None)``: calling it with a batch computes the loss and the
-    gradients of ``network`` (a loss network) scaled by ``sens`` (1.0 when None), updates the weights with
-    ``optimizer`` and returns the loss. Its ``construct`` runs outside a trace, so a subclass may transform the
-    gradients (for example with ``clip_by_global_norm``) before ``self.optimizer(grads)``."""
+    """``TrainOneStepCell(network, optimizer, sens=None, return_grad=False)``: calling it with a batch computes the
+    loss and the gradients of ``network`` (a loss network) scaled by ``sens`` (1.0 when None), updates the weights
+    with ``optimizer`` and returns the loss (and, with ``return_grad``, the gradients by parameter name). Its
+    ``construct`` runs outside a trace, so a subclass may transform the gradients (for example with
+    ``clip_by_global_norm``) before ``self.optimizer(grads)``. As MindSpore's, it sets ``network``, ``optimizer``,
+    ``weights``, ``grad``, ``sens``, ``reducer_flag`` (False: no distributed training here) and ``grad_reducer``
+    (the identity), so model-zoo subclasses run unchanged. A step's forward call moves each Dropout to its next
+    mask once; the gradient call reuses that forward's mask."""
 
-    def __init__(self, network: Cell, optimizer: Optimizer, sens: float | None = None) -> None:
+    def __init__(self, network: Cell, optimizer: Optimizer, sens: float | None = None, return_grad: bool = False) -> None:
         super().__init__(auto_prefix=False)
         if not isinstance(optimizer, Optimizer):
             raise TypeError(f"nn.TrainOneStepCell: optimizer must be an nn optimizer, got {type(optimizer).__name__}")
@@ -61,6 +64,9 @@ class TrainOneStepCell(Cell):
         self.weights = optimizer.parameters
         self.sens = 1.0 if sens is None else float(sens)
         self.grad = GradOperation(get_by_list=True, sens_param=True)
+        self.reducer_flag = False
+        self.grad_reducer = _identity
+        self.return_grad = bool(return_grad)
 
     def __call__(self, *inputs: Any) -> Any:
         return self.construct(*inputs)
@@ -72,15 +78,16 @@ class TrainOneStepCell(Cell):
     def construct(self, *inputs: Any) -> Any:
         loss = self.network(*inputs)
         grads = self.grad(self.network, self.weights)(*inputs, self.sens_like(loss))
+        grads = self.grad_reducer(grads)
         self.optimizer(grads)
-        self.advance_dropout()
+        if self.return_grad:
+            return loss, {w.name: g for w, g in zip(self.weights, grads)}
         return loss
 
-    def advance_dropout(self) -> None:
-        """Give every Dropout of the network a new mask for the next step."""
-        for _, cell in self.network.cells_and_names():
-            if isinstance(cell, Dropout):
-                cell.advance()
+
+def _identity(x: Any) -> Any:
+    """MindSpore's ``grad_reducer`` outside distributed training: the gradients unchanged."""
+    return x
 
 
 def clip_by_global_norm(x: Sequence[Any], clip_norm: float = 1.0, use_norm: Any = None) -> tuple[Any, ...]:

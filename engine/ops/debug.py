@@ -1,7 +1,8 @@
-"""Debugging ops, whose forward has a side effect: Print writes its strings and tensors when the graph runs.
+"""Debugging and ordering ops: Print writes its strings and tensors when the graph runs; Depend keeps work alive.
 
 Print passes its tensor inputs through unchanged (one output per input, gradient passed straight back), so a
-client keeps it alive and in order by using its outputs in place of the printed values.
+client keeps it alive and in order by using its outputs in place of the printed values. Depend returns its first
+input and takes the rest only so that they (a Print, say) run before its output is used and are never pruned.
 """
 from __future__ import annotations
 
@@ -74,4 +75,16 @@ defop(
     memory="maybe_view",
     public=False,
     onnx=lambda c: [("Identity", (x,), (y,)) for x, y in zip(c.x, c.y)],  # ONNX has no printing: the tensors pass through
+)
+
+
+defop(
+    "Depend",
+    ("x", "deps*"),
+    lambda types: types[0],
+    lambda x, *deps: x,
+    lambda g, out, x, *deps: (g,) + (None,) * len(deps),
+    doc="returns x unchanged; its other inputs are computed first and kept in the graph (MindSpore's Depend)",
+    memory="maybe_view",
+    onnx=lambda c: [("Identity", c.x[:1], c.y)],
 )
