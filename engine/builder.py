@@ -130,7 +130,9 @@ class GraphBuilder:
         ``name_hint`` names the node when that name is still free (transforms keep users' node names)."""
         if name is None and name_hint is not None and name_hint not in self._node_names:
             name = name_hint
-        opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
+        opdef = OPS.get(op) if type(op) is str else None
+        if opdef is None:
+            opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
         node_name = self._node_name(op, name)
         for v in inputs:
             if not isinstance(v, Value):
