@@ -428,7 +428,7 @@ def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
 @onnx_op("MaxPool")
 @_one_d(weight=False)
 def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
-    """Padding is -inf around the input (as before the engine took pads; dilations go to the op). The Indices output
+    """Padding is -inf borders around the input, dilations go to the op. The Indices output
     (storage_order 0) is each window's first maximum as a flat index over the unpadded (N, C, H, W) input: the
     engine's argmax in the padded plane, mapped through a constant table, plus each plane's offset."""
     x = n.x(0)
