@@ -87,7 +87,7 @@ def _axis(size: int, keff: int, stride: int, mode: str, pads: tuple[int, int], c
 
 def pool_window(shape: tuple[int, ...], kernel_size: tuple[int, ...], strides: tuple[int, ...], pad_mode: str, data_format: str,
                 pad: tuple[int, ...] = (0,), ceil_mode: bool = False, dilation: tuple[int, ...] = (1,),
-                count_include_pad: bool = False, divisor_override: int = 0) -> Window:
+                count_include_pad: bool = True, divisor_override: int = 0) -> Window:
     """Check the attributes against x (N, C, H, W); errors name the attribute or shape at fault."""
     if data_format != "NCHW":
         raise GraphError(f"data_format must be 'NCHW', got {data_format!r}")
