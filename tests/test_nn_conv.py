@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
+from nnkit import F64, LeNet5, assert_same, gs_grads, randomize, torch_grads
 
 import gradserve as gs
 from gradserve import nn, ops
@@ -25,27 +25,6 @@ def copy_params(ours: nn.Cell, theirs: list[torch.Tensor]) -> list[torch.Tensor]
         for p, t in zip(ps, theirs):
             t.copy_(torch.tensor(p.asnumpy()).reshape(t.shape))
     return theirs
-
-
-class LeNet5(nn.Cell):
-    """LeNet-5 as MindSpore's model zoo writes it."""
-
-    def __init__(self, num_class: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, pad_mode="valid", has_bias=True, dtype=F64)
-        self.conv2 = nn.Conv2d(6, 16, 5, pad_mode="valid", has_bias=True, dtype=F64)
-        self.fc1 = nn.Dense(16 * 5 * 5, 120, dtype=F64)
-        self.fc2 = nn.Dense(120, 84, dtype=F64)
-        self.fc3 = nn.Dense(84, num_class, dtype=F64)
-        self.relu = nn.ReLU()
-        self.max_pool2d = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.flatten = nn.Flatten()
-
-    def construct(self, x: Any) -> Any:
-        x = self.max_pool2d(self.relu(self.conv1(x)))
-        x = self.max_pool2d(self.relu(self.conv2(x)))
-        x = self.flatten(x)
-        return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x)))))
 
 
 def torch_lenet() -> tuple[torch.nn.Module, list[torch.Tensor]]:
