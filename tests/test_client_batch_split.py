@@ -149,8 +149,9 @@ def normed() -> nn.Cell:
 
 
 def all_values(net: nn.Cell) -> list[np.ndarray]:
-    """Every Parameter's value in order, the written ones (moving statistics, step counter) included."""
-    return [p.asnumpy().copy() for p in net.get_parameters()]
+    """Every Parameter's value in order, the moving statistics included, then Dropout's step counter."""
+    (dropout,) = [c for _, c in net.cells_and_names() if isinstance(c, nn.Dropout)]
+    return [p.asnumpy().copy() for p in net.get_parameters()] + [np.array(dropout.step)]
 
 
 @pytest.mark.parametrize("functional", [False, True])
@@ -167,6 +168,7 @@ def test_a_split_call_writes_once_with_the_first_shards_statistics(clean_context
     initial = all_values(oracle)
     gradient(oracle)(x[:3], y[:3])  # embedded, one call on the first shard
     expected = all_values(oracle)
+    assert expected[-1] == 1  # one step of Dropout
     assert any(not np.array_equal(a, b) for a, b in zip(initial, expected))  # that call wrote something
 
     gs.set_context(target=target(servers), retry_seconds=0)
@@ -174,3 +176,21 @@ def test_a_split_call_writes_once_with_the_first_shards_statistics(clean_context
     data_parallel(gradient(loss))(x, y)
     for got, want in zip(all_values(loss), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
+
+
+def test_a_split_train_step_writes_once_through_its_forward(clean_context: None, servers: list[Server]) -> None:
+    x, y = data(rows=10)
+    oracle = normed()
+    oracle(x, y)  # embedded: the forward alone writes the step's statistics and advances Dropout once
+    expected = all_values(oracle)
+    gs.set_context(target=target(servers), retry_seconds=0, batch_split=True)
+    loss = normed()
+    weights = loss.trainable_params()
+    before = [w.asnumpy().copy() for w in weights]
+    nn.TrainOneStepCell(loss, nn.SGD(weights, learning_rate=0.0))(x, y)  # lr 0: only the writes change anything
+    got = all_values(loss)
+    assert got[-1] == 1
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_allclose(g, e, rtol=1e-5, atol=1e-6)
+    for w, b in zip(weights, before):
+        np.testing.assert_array_equal(w.asnumpy(), b)
