@@ -131,7 +131,7 @@ class GradFunction:
         key = (len(inputs), self.op.get_all, self.op.get_by_list, self.op.sens_param, tuple(id(w) for w in self.weights))
         staged = cache.get(key)
         if staged is None:
-            staged = cache[key] = _Staged(f"grad_{graph_name(self.fn)}", len(inputs), self._parameters, self._stage, writes=True)
+            staged = cache[key] = _Staged(f"grad_{graph_name(self.fn)}", len(inputs), self._parameters, self._stage, True, self.fn)
         entry = traced_for(staged, args, self.weights)
         call = Call(writing_network_id(entry, backend), None, entry.inputs(args), entry.param_values())
         return call, lambda out: self._structure(apply_writes(entry.traced, out), traced)
@@ -321,7 +321,7 @@ class _Transform:
         the written values (``runner.writing_network_id``), and they are set after it returns."""
         staged = self._staged.get(len(args))
         if staged is None:
-            staged = _Staged(self.__name__, len(args), self.get_parameters, self._emit, writes=True)
+            staged = _Staged(self.__name__, len(args), self.get_parameters, self._emit, True, self.fn)
             self._staged[len(args)] = staged
         entry = traced_for(staged, [*args, *extra], self.weights)
         hit = self._rebuilds.get(id(entry.traced))
@@ -379,10 +379,12 @@ class _Transform:
 class _Staged:
     """The flat outputs of one transform (or GradOperation) applied to its arguments: the network a top-level call
     runs. ``emit(frame, args, extra)`` adds the transform's node; the writes of the function it traced are recorded
-    as this network's own (``_forward_writes``), so a top-level call can write them once."""
+    as this network's own (``_forward_writes``), so a top-level call can write them once. ``wrapped`` is the
+    function (or Cell) traced, whose non-Parameter state the trace cache watches (client/state.py)."""
 
-    def __init__(self, name: str, n_args: int, params: Callable[[], Iterator[Parameter]], emit: Callable[..., Any], writes: bool) -> None:
-        self.n_args, self.params, self.emit, self.writes = n_args, params, emit, writes
+    def __init__(self, name: str, n_args: int, params: Callable[[], Iterator[Parameter]], emit: Callable[..., Any], writes: bool,
+                 wrapped: Any) -> None:
+        self.n_args, self.params, self.emit, self.writes, self.wrapped = n_args, params, emit, writes, wrapped
         self.__name__ = name
         self.rebuild: Any = None
 

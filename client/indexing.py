@@ -61,11 +61,11 @@ def setitem(t: Any, key: Any, value: Any) -> None:
             where = mask if mask.ndim == t.ndim else apply_op("Reshape", mask, shape=tuple(mask.shape) + (1,) * (t.ndim - mask.ndim))
         else:
             where = Tensor._wrap(np.broadcast_to(mask._concrete("a mask").reshape(mask.shape + (1,) * (t.ndim - mask.ndim)), t.shape).copy())
-        _rebind(t, apply_op("Select", where, value, t))
+        t._become(apply_op("Select", where, value, t))
         return
     full = _normalize(t, key if isinstance(key, tuple) else (key,))
     if any(isinstance(k, Tensor) for k in full):
-        _rebind(t, _scatter(t, full, value))
+        t._become(_scatter(t, full, value))
         return
     spec, out_shape, end_mask = _slice_spec(t.shape, full)
     if tuple(value.shape) != tuple(out_shape):
@@ -79,7 +79,7 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         placed = apply_op("StridedSliceGrad", value, shape=tuple(t.shape), begin=begin, end=end, strides=strides, end_mask=end_mask)
     chosen = np.zeros(t.shape, bool)
     chosen[tuple(k for k in full if k is not None)] = True
-    _rebind(t, apply_op("Select", Tensor._wrap(chosen), placed, t))
+    t._become(apply_op("Select", Tensor._wrap(chosen), placed, t))
 
 
 def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
@@ -136,11 +136,6 @@ def _positions(t: Any, full: list[Any]) -> Tensor:
     for a in axes[1:]:
         grid_t = apply_op("Add", grid_t, Tensor._wrap(a))
     return _advanced(grid_t, full)
-
-
-def _rebind(t: Tensor, new: Tensor) -> None:
-    """Make ``t`` stand for ``new``'s value (a trace's value or a concrete array)."""
-    t._array, t._value, t._frame = new._array, new._value, new._frame
 
 
 def _bool_mask(key: Any) -> Tensor | None:

@@ -1,23 +1,21 @@
 """Parameter (a named Tensor whose value a network reads at run time) and ParameterTuple."""
 from __future__ import annotations
 
-import itertools
 from typing import Any, Iterable
 
 import numpy as np
 
 from . import epoch
-from .tensor import Tensor, _array_from
+from .tensor import Tensor, _array_from, _versions
 
 DEFAULT_NAME = "Parameter"
 """MindSpore's name for a Parameter created without one; a Cell renames it after the attribute holding it."""
-_versions = itertools.count(1)
+VALUE_KEYS = frozenset({"_value", "_frame", "_version"})
+"""Attributes that change with a Parameter's value (item assignment rebinds them), not with what a trace holds."""
 
 
 class Parameter(Tensor):
     """``Parameter(default_input, name=None, requires_grad=True)``: a network weight, passed to the graph by name."""
-
-    _version: int
 
     def __init__(self, default_input: Any, name: str | None = None, requires_grad: bool = True) -> None:
         super().__init__(default_input)
@@ -28,16 +26,13 @@ class Parameter(Tensor):
 
     def __setattr__(self, key: str, value: Any) -> None:
         """Every change moves ``version``; a new name, requires_grad, shape or dtype also moves the trace epoch."""
-        if key != "_array" or not _same_layout(self.__dict__.get("_array"), value):
+        if key == "_version":
+            object.__setattr__(self, key, value)
+            return
+        if key not in VALUE_KEYS and (key != "_array" or not _same_layout(self.__dict__.get("_array"), value)):
             epoch.bump()
         object.__setattr__(self, key, value)
         object.__setattr__(self, "_version", next(_versions))
-
-    @property
-    def version(self) -> int:
-        """A number that changes whenever the value (or any attribute) changes, and is never reused by another
-        Parameter: equal versions mean the same value, without comparing arrays."""
-        return self._version
 
     @property
     def data(self) -> Parameter:

@@ -1,6 +1,7 @@
 """Tensor: a concrete NumPy-backed value, or (inside a trace) a symbolic value of the graph being built."""
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
@@ -14,6 +15,10 @@ if TYPE_CHECKING:
     from gradserve.engine import Value
 
     from .tracing import TraceFrame
+
+
+_versions = itertools.count(1)
+"""Version numbers: each in-place change of a Tensor (and every new value of a Parameter) takes the next one."""
 
 
 def _array_from(data: Any, dtype: Any) -> np.ndarray:
@@ -49,6 +54,7 @@ class Tensor(Operators):
     """MindSpore's Tensor: ``Tensor(data, dtype=None)`` from a number, (nested) list or NumPy array."""
 
     __array_ufunc__ = None  # NumPy defers to Tensor's reflected operators (np.float32(2) * t is a Tensor)
+    _version = 0
 
     def __init__(self, input_data: Any = None, dtype: Any = None) -> None:
         if input_data is None:
@@ -71,6 +77,18 @@ class Tensor(Operators):
         t = cls.__new__(cls)
         t._array, t._value, t._frame = None, value, frame
         return t
+
+    @property
+    def version(self) -> int:
+        """A number that moves with every in-place change of this Tensor's value (item assignment; a Parameter's
+        ``set_data``): while it stands still the value is the same, so caches compare it instead of the array. A
+        Parameter's is never shared with another Parameter."""
+        return self._version
+
+    def _become(self, new: Tensor) -> None:
+        """Stand for ``new``'s value from now on (an in-place change, such as item assignment): moves ``version``."""
+        self._array, self._value, self._frame = new._array, new._value, new._frame
+        self._version = next(_versions)
 
     @property
     def is_traced(self) -> bool:

@@ -8,7 +8,7 @@ the codec and the server load without it. Every ONNX semantic that differs from 
 from __future__ import annotations
 
 import importlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -139,9 +139,12 @@ def _axes(axes: Sequence[int], rank: int, n: OnnxNode) -> list[int]:
 # ---- elementwise: ONNX's multidirectional broadcasting is NumPy's, as the engine's binary ops ----
 
 _UNARY = {"Relu": "ReLU", "Sigmoid": "Sigmoid", "Tanh": "Tanh", "Erf": "Erf", "Sqrt": "Sqrt", "Exp": "Exp", "Log": "Log",
-          "Neg": "Neg", "Abs": "Abs", "Floor": "Floor", "Ceil": "Ceil", "Sin": "Sin", "Cos": "Cos", "Softplus": "Softplus"}
+          "Neg": "Neg", "Abs": "Abs", "Floor": "Floor", "Ceil": "Ceil", "Round": "Round", "Sign": "Sign", "Sin": "Sin",
+          "Cos": "Cos", "Tan": "Tan", "Softplus": "Softplus"}
 _BINARY = {"Add": "Add", "Sub": "Sub", "Mul": "Mul", "Equal": "Equal", "Less": "Less", "Greater": "Greater",
-           "LessOrEqual": "LessEqual", "GreaterOrEqual": "GreaterEqual", "Max": "Maximum", "Min": "Minimum"}
+           "LessOrEqual": "LessEqual", "GreaterOrEqual": "GreaterEqual", "Max": "Maximum", "Min": "Minimum",
+           "Or": "Add", "And": "Mul", "Xor": "NotEqual"}
+"""ONNX op -> engine op of the same meaning; on bools the engine's Add is or and Mul is and (NumPy's), Xor is !=."""
 
 
 @onnx_op(*_UNARY)
@@ -154,6 +157,33 @@ def _binary(n: OnnxNode) -> Value:
     if n.op_type in ("Max", "Min") and len(n.inputs) != 2:
         raise n.fail("only the two-input form is supported")
     return n.op(_BINARY[n.op_type], n.x(0), n.x(1))
+
+
+@onnx_op("Sum")
+def _sum(n: OnnxNode) -> Value:
+    """Any number of inputs, broadcast together (AddN needs one shape), as a chain of Adds."""
+    xs = [v for v in n.inputs if v is not None]
+    y = xs[0]
+    for v in xs[1:]:
+        y = n.op("Add", y, v)
+    return y
+
+
+@onnx_op("Mod")
+def _mod(n: OnnxNode) -> Value:
+    """fmod=0 (the default, integers only) takes the divisor's sign, as Python's %; fmod=1 the dividend's, as C's
+    fmod. Computed as a - q * b with q = a / b rounded (floor, or toward zero) in float64: exact for integers below
+    2**53, and for floats its gradients are 1 and -q."""
+    a, b = n.x(0), n.x(1)
+    fmod = bool(n.attrs.get("fmod", 0))
+    if not fmod and dtypes.is_float(a.dtype):
+        raise n.fail("fmod=0 is for integers; floats need fmod=1")
+    work = a.dtype if dtypes.is_float(a.dtype) else np.dtype(np.float64)
+    af, bf = (v if v.dtype == work else n.op("Cast", v, dtype=work) for v in (a, b))
+    q = n.op("RealDiv", af, bf)
+    q = n.op("Select", n.op("Less", q, n.const(0, work)), n.op("Ceil", q), n.op("Floor", q)) if fmod else n.op("Floor", q)
+    y = n.op("Sub", af, n.op("Mul", q, bf))
+    return y if y.dtype == a.dtype else n.op("Cast", y, dtype=a.dtype)
 
 
 @onnx_op("Div")
@@ -260,14 +290,49 @@ def _gemm(n: OnnxNode) -> Value:
     return y
 
 
-# ---- convolution and pooling (2-D, NCHW) ----
+# ---- convolution and pooling (2-D, NCHW; 1-D as 2-D with a unit height) ----
+
+
+_LIFT_1D: dict[str, tuple[int | None, Callable[[list[int]], list[int]]]] = {
+    "kernel_shape": (1, lambda v: [1, *v]), "strides": (1, lambda v: [1, *v]), "dilations": (1, lambda v: [1, *v]),
+    "output_padding": (1, lambda v: [0, *v]), "pads": (2, lambda v: [0, v[0], 0, v[1]]), "output_shape": (None, lambda v: [1, v[-1]]),
+}
+"""A 1-D spatial attribute (its length, None for any) as the 2-D one over (1, L): unit height, no padding on it."""
+
+
+def _one_d(weight: bool) -> Callable[[Builder], Builder]:
+    """A 2-D NCHW builder made to take 1-D (N, C, L) inputs too, as PyTorch exports Conv1d and MaxPool1d: the input
+    (and, with ``weight``, input 1, a convolution's weight) get a unit axis 2, the attributes a unit height, and the
+    outputs lose the axis."""
+    def wrap(build: Builder) -> Builder:
+        def wrapped(n: OnnxNode) -> Any:
+            x = n.x(0)
+            if x.ndim != 3:
+                return build(n)
+            attrs = dict(n.attrs)
+            for key, (size, lift) in _LIFT_1D.items():
+                if key in attrs:
+                    value = list(attrs[key])
+                    if size is not None and len(value) != size:
+                        raise n.fail(f"{key} {value} does not fit a 1-D input of shape {x.shape}")
+                    attrs[key] = lift(value)
+            inputs = list(n.inputs)
+            inputs[0] = n.op("ExpandDims", x, axis=2)
+            if weight:
+                inputs[1] = n.op("ExpandDims", n.x(1), axis=2)
+            out = build(replace(n, inputs=inputs, attrs=attrs))
+            outs = tuple(n.op("Squeeze", o, axis=(2,)) for o in (out if isinstance(out, tuple) else (out,)))
+            return outs if isinstance(out, tuple) else outs[0]
+        wrapped.__doc__ = build.__doc__
+        return wrapped
+    return wrap
 
 
 def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[int], list[int], str]:
     """(pads as top, bottom, left, right; strides; dilations; engine pad_mode) from ONNX's auto_pad, pads (begin...,
     end...), strides and dilations (defaults 0 and 1)."""
     if x.ndim != 4 or len(k) != 2:
-        raise n.fail(f"only 2-D (NCHW) inputs are supported, got input shape {x.shape}")
+        raise n.fail(f"only 1-D (NCL) and 2-D (NCHW) inputs are supported, got input shape {x.shape}")
     auto = n.attrs.get("auto_pad", "NOTSET")
     pads = list(n.attrs.get("pads", [0, 0, 0, 0]))
     strides = list(n.attrs.get("strides", [1, 1]))
@@ -282,6 +347,7 @@ def _spatial(n: OnnxNode, x: Value, k: Sequence[int]) -> tuple[list[int], list[i
 
 
 @onnx_op("Conv")
+@_one_d(weight=True)
 def _conv(n: OnnxNode) -> Value:
     x, w = n.x(0), n.x(1)
     pads, strides, dil, mode = _spatial(n, x, w.shape[2:])
@@ -292,17 +358,29 @@ def _conv(n: OnnxNode) -> Value:
 
 
 @onnx_op("ConvTranspose")
+@_one_d(weight=True)
 def _conv_transpose(n: OnnxNode) -> Value:
-    """The adjoint of a convolution whose weight is ONNX's (C_in, C_out / group, kh, kw); output_shape is not read,
-    the size comes from pads and output_padding."""
+    """The adjoint of a convolution whose weight is ONNX's (C_in, C_out / group, kh, kw); the size comes from pads
+    and output_padding, or from output_shape (its last two entries) or auto_pad SAME_UPPER/SAME_LOWER (input times
+    stride), which set the pads: an odd total's extra one goes at the end for SAME_UPPER, else at the start (ONNX's
+    rule, as ONNX Runtime computes it)."""
     x, w = n.x(0), n.x(1)
-    if "output_shape" in n.attrs:
-        raise n.fail("the output_shape attribute is not supported; give pads and output_padding")
-    pads, strides, dil, mode = _spatial(n, x, w.shape[2:])
-    if mode == "same":
-        raise n.fail("auto_pad SAME_UPPER is not supported for ConvTranspose")
+    k, strides = w.shape[2:], list(n.attrs.get("strides", [1, 1]))
+    dil, outpad = list(n.attrs.get("dilations", [1, 1])), list(n.attrs.get("output_padding", [0, 0]))
+    auto = n.attrs.get("auto_pad", "NOTSET")
+    if "output_shape" in n.attrs or auto in ("SAME_UPPER", "SAME_LOWER"):
+        target = list(n.attrs["output_shape"])[-2:] if "output_shape" in n.attrs else [x.shape[2 + i] * strides[i] for i in range(2)]
+        if len(target) != 2:
+            raise n.fail(f"output_shape {n.attrs['output_shape']} does not give the output's height and width")
+        total = [strides[i] * (x.shape[2 + i] - 1) + outpad[i] + dil[i] * (k[i] - 1) + 1 - target[i] for i in range(2)]
+        if min(total) < 0:
+            raise n.fail(f"output size {target} is larger than the unpadded transposed convolution's "
+                         f"{[t + s for t, s in zip(total, target)]}; give output_padding")
+        small = [t // 2 for t in total]
+        begin = small if auto == "SAME_UPPER" else [t - s for t, s in zip(total, small)]
+        n = replace(n, attrs={**n.attrs, "auto_pad": "NOTSET", "pads": [*begin, *(t - b for t, b in zip(total, begin))]})
+    pads, strides, dil, mode = _spatial(n, x, k)
     group = n.attrs.get("group", 1)
-    outpad = list(n.attrs.get("output_padding", [0, 0]))
     size = [strides[i] * (x.shape[2 + i] - 1) + outpad[i] + dil[i] * (w.shape[2 + i] - 1) + 1 - pads[2 * i] - pads[2 * i + 1]
             for i in range(2)]
     y = n.op("Conv2DTranspose", x, w, input_size=(x.shape[0], w.shape[1] * group, *size), out_channel=w.shape[0],
@@ -347,16 +425,28 @@ def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
 
 
 @onnx_op("MaxPool")
-def _max_pool(n: OnnxNode) -> Value:
-    """Padding is -inf around the input (the engine's pooling pads only by 'same'); the Indices output is not supported."""
-    if n.n_outputs > 1:
-        raise n.fail("the Indices output is not supported")
+@_one_d(weight=False)
+def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
+    """Padding is -inf around the input (the engine's pooling pads only by 'same'). The Indices output
+    (storage_order 0) is each window's first maximum as a flat index over the unpadded (N, C, H, W) input: the
+    engine's argmax in the padded plane, mapped through a constant table, plus each plane's offset."""
     x = n.x(0)
     k, strides, pads = _pool_pads(n, x)
-    return n.op("MaxPool", _border(n, x, pads, -np.inf), kernel_size=tuple(k), strides=tuple(strides))
+    padded = _border(n, x, pads, -np.inf)
+    if n.n_outputs < 2:
+        return n.op("MaxPool", padded, kernel_size=tuple(k), strides=tuple(strides))
+    if n.attrs.get("storage_order", 0):
+        raise n.fail("storage_order=1 (column-major Indices) is not supported")
+    y, plane = n.op("MaxPoolWithArgmax", padded, kernel_size=tuple(k), strides=tuple(strides))
+    (batch, channels, h, w), wp = x.shape, padded.shape[3]
+    p = np.arange(padded.shape[2] * wp)
+    table = n.const((p // wp - pads[0]) * w + (p % wp - pads[2]), np.int64)
+    offsets = n.const((np.arange(batch * channels) * (h * w)).reshape(batch, channels, 1, 1), np.int64)
+    return y, n.op("Add", n.op("Gather", table, plane, axis=0), offsets)
 
 
 @onnx_op("AveragePool")
+@_one_d(weight=False)
 def _avg_pool(n: OnnxNode) -> Value:
     """count_include_pad (default 0) decides whether padded zeros count: if not, the sum of each window is divided
     by a constant count of its real elements."""
@@ -420,7 +510,11 @@ def _softmax(n: OnnxNode) -> Value:
 # others from 18); keepdims defaults to 1; no axes reduces all unless noop_with_empty_axes ----
 
 
-@onnx_op("ReduceMean", "ReduceSum", "ReduceMax", "ReduceMin", "ReduceProd")
+_REDUCE = {"ReduceMean": "ReduceMean", "ReduceSum": "ReduceSum", "ReduceMax": "ReduceMax", "ReduceMin": "ReduceMin",
+           "ReduceProd": "ReduceProd", "ReduceLogSumExp": "LogSumExp"}
+
+
+@onnx_op(*_REDUCE)
 def _reduce(n: OnnxNode) -> Value:
     x = n.x(0)
     axes = n.attrs.get("axes")
@@ -430,7 +524,73 @@ def _reduce(n: OnnxNode) -> Value:
         if n.attrs.get("noop_with_empty_axes", 0):
             return x
         axes = list(range(x.ndim))
-    return n.op(n.op_type, x, axis=tuple(_axes(axes, x.ndim, n)), keep_dims=bool(n.attrs.get("keepdims", 1)))
+    return n.op(_REDUCE[n.op_type], x, axis=tuple(_axes(axes, x.ndim, n)), keep_dims=bool(n.attrs.get("keepdims", 1)))
+
+
+@onnx_op("ArgMax", "ArgMin")
+def _arg(n: OnnxNode) -> Value:
+    """axis defaults to 0 and keepdims to 1; int64 indices of the first extreme (select_last_index=1 is not supported)."""
+    if n.attrs.get("select_last_index", 0):
+        raise n.fail("select_last_index=1 is not supported")
+    x = n.x(0)
+    axis = _axes([n.attrs.get("axis", 0)], x.ndim, n)[0]
+    y = n.op("Argmax" if n.op_type == "ArgMax" else "Argmin", x, axis=axis, output_type=np.dtype(np.int64))
+    return n.op("ExpandDims", y, axis=axis) if n.attrs.get("keepdims", 1) else y
+
+
+@onnx_op("CumSum")
+def _cumsum(n: OnnxNode) -> Value:
+    """axis is a static input; exclusive and reverse attributes default to 0."""
+    x = n.x(0)
+    axis = _axes(n.ints(1, "axis") or [], x.ndim, n)
+    if len(axis) != 1:
+        raise n.fail("axis must be one integer")
+    return n.op("CumSum", x, axis=axis[0], exclusive=bool(n.attrs.get("exclusive", 0)), reverse=bool(n.attrs.get("reverse", 0)))
+
+
+@onnx_op("Einsum")
+def _einsum(n: OnnxNode) -> Value:
+    xs = [v for v in n.inputs if v is not None]
+    return n.op("Einsum", *xs, equation=n.attrs["equation"])
+
+
+@onnx_op("TopK")
+def _topk(n: OnnxNode) -> tuple[Value, Value]:
+    """K is a static input; only the k largest along the last axis (largest=1, the defaults' axis -1); int64 indices."""
+    x = n.x(0)
+    k = n.ints(1, "K") or []
+    if _axes([n.attrs.get("axis", -1)], x.ndim, n)[0] != x.ndim - 1 or not n.attrs.get("largest", 1):
+        raise n.fail("only the largest elements along the last axis are supported (axis=-1, largest=1)")
+    values, indices = n.op("TopK", x, k=k[0], sorted=bool(n.attrs.get("sorted", 1)))
+    return values, n.op("Cast", indices, dtype=np.dtype(np.int64))
+
+
+@onnx_op("ScatterND")
+def _scatter_nd(n: OnnxNode) -> Value:
+    """reduction 'none' (the default; duplicate indices sum, where ONNX leaves the result undefined) or 'add': the
+    index tuples (last axis of indices, negatives counting from the end) become rows of data flattened over the
+    axes they index, and UnsortedSegmentSum gathers the updates there, so updates and data both get gradients."""
+    data, idx, upd = n.x(0), n.x(1), n.x(2)
+    reduction = n.attrs.get("reduction", "none")
+    if reduction not in ("none", "add"):
+        raise n.fail(f"reduction {reduction!r} is not supported ('none' and 'add' are)")
+    k = idx.shape[-1]
+    lead, rest = data.shape[:k], data.shape[k:]
+    if k > data.ndim or upd.shape != idx.shape[:-1] + rest:
+        raise n.fail(f"updates of shape {upd.shape} do not fit indices {idx.shape} into data {data.shape}")
+    idx = idx if idx.dtype == np.int64 else n.op("Cast", idx, dtype=np.dtype(np.int64))
+    idx = n.op("Select", n.op("Less", idx, n.const(0, np.int64)), n.op("Add", idx, n.const(lead, np.int64)), idx)
+    strides = np.cumprod((1, *lead[:0:-1]))[::-1]
+    flat = n.op("ReduceSum", n.op("Mul", idx, n.const(strides, np.int64)), axis=(idx.ndim - 1,), keep_dims=False)
+    rows = int(np.prod(lead))
+    base = n.op("Reshape", data, shape=(rows, *rest))
+    sums = n.op("UnsortedSegmentSum", upd, flat, num_segments=rows)
+    if reduction == "add":
+        y = n.op("Add", base, sums)
+    else:
+        hit = n.op("UnsortedSegmentSum", n.const(np.ones(upd.shape), upd.dtype), flat, num_segments=rows)
+        y = n.op("Select", n.op("Greater", hit, n.const(0, upd.dtype)), sums, base)
+    return n.op("Reshape", y, shape=data.shape)
 
 
 # ---- shapes: every shape operand must be static ----
@@ -494,6 +654,30 @@ def _expand(n: OnnxNode) -> Value:
 @onnx_op("Tile")
 def _tile(n: OnnxNode) -> Value:
     return n.op("Tile", n.x(0), multiples=tuple(n.ints(1, "repeats") or []))
+
+
+@onnx_op("Pad")
+def _pad(n: OnnxNode) -> Value:
+    """mode 'constant' (the default) only; pads (begins then ends, over axes, an input from opset 18, or every axis)
+    must be static and non-negative; a constant_value other than a static zero fills the border through a constant
+    mask, so it gets a gradient too."""
+    x = n.x(0)
+    if n.attrs.get("mode", "constant") != "constant":
+        raise n.fail(f"mode {n.attrs['mode']!r} is not supported (only 'constant' is)")
+    pads = n.ints(1, "pads") or []
+    axes = _axes(n.ints(3, "axes") or range(x.ndim), x.ndim, n)
+    if len(pads) != 2 * len(axes) or min(pads, default=0) < 0:
+        raise n.fail(f"pads {pads} must be {2 * len(axes)} non-negative integers")
+    paddings = [0] * (2 * x.ndim)
+    for i, a in enumerate(axes):
+        paddings[2 * a], paddings[2 * a + 1] = pads[i], pads[len(axes) + i]
+    y = n.op("Pad", x, paddings=tuple(paddings))
+    fill = n.opt(2)
+    known = None if fill is None else n.b.consts.get(id(fill))
+    if fill is None or (known is not None and not known.any()):
+        return y
+    inside = np.pad(np.ones(x.shape, bool), [(paddings[2 * a], paddings[2 * a + 1]) for a in range(x.ndim)])
+    return n.op("Select", n.const(inside, bool), y, fill)
 
 
 @onnx_op("Concat")

@@ -73,6 +73,44 @@ def test_gradients_equal_torch_autograd(where: str, name: str, dtype: torch.dtyp
         close(g, by_name[p.name], TOL[dtype])
 
 
+class Signal1d(torch.nn.Module):
+    """Conv1d (strided, padded), ReLU, MaxPool1d, ConvTranspose1d, AvgPool1d, Linear: PyTorch exports each as the
+    ONNX op with 1-D attributes, which the importer runs as 2-D with a unit height."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv1d(3, 4, 3, stride=2, padding=1)
+        self.pool = torch.nn.MaxPool1d(3, stride=2, padding=1)
+        self.up = torch.nn.ConvTranspose1d(4, 2, 3, stride=2, padding=1, output_padding=1)
+        self.avg = torch.nn.AvgPool1d(2)
+        self.fc = torch.nn.Linear(8, 2)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(self.avg(self.up(self.pool(torch.relu(self.conv(x))))).flatten(1))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64], ids=["float32", "float64"])
+def test_torch_conv1d_and_pool1d_export_gives_torch_gradients(dtype: torch.dtype) -> None:
+    torch.manual_seed(3)
+    m = Signal1d().to(dtype).eval()
+    x = torch.randn(2, 3, 16, dtype=dtype)
+    data = export(m, x)
+    assert {"Conv", "ConvTranspose", "MaxPool", "AveragePool"} <= {n.op_type for n in onnx.load_from_string(data).graph.node}
+    net = gonnx.load(data)
+    state = torch_state(m)
+    xt = x.clone().requires_grad_(True)
+    y = reference(m, state, xt)
+    want = torch.autograd.grad(y.sum(), [xt, *state.values()])
+    params = ParameterTuple(net.trainable_params())
+    (gx,), gw = ops.GradOperation(get_all=True, get_by_list=True)(net, params)(Tensor(x.numpy()))
+    close(net(Tensor(x.numpy())), y, TOL[dtype])
+    close(gx, want[0], TOL[dtype])
+    by_name = dict(zip(state, want[1:]))
+    assert sorted(p.name for p in params) == sorted(by_name)
+    for p, g in zip(params, gw):
+        close(g, by_name[p.name], TOL[dtype])
+
+
 class GradNorm(nn.Cell):
     """sum over the elements of (d sum(net(x) * sens) / dx) squared: a scalar whose weight gradient is second order."""
 
@@ -162,7 +200,7 @@ def test_what_cannot_be_converted_is_named() -> None:
         gonnx.load(_model(helper.make_node("Relu", ["x"], ["y"]), opset=9))
     with pytest.raises(gonnx.OnnxImportError, match="input 'x': dtype COMPLEX64 is not supported"):
         gonnx.load(_model(helper.make_node("Relu", ["x"], ["y"]), dtype=TensorProto.COMPLEX64))
-    with pytest.raises(gonnx.OnnxImportError, match=r"node 'ap' \(op AveragePool, domain ai.onnx, opset 17\): only 2-D \(NCHW\) inputs are supported, got input shape \(2, 3\)"):
+    with pytest.raises(gonnx.OnnxImportError, match=r"node 'ap' \(op AveragePool, domain ai.onnx, opset 17\): only 1-D \(NCL\) and 2-D \(NCHW\) inputs are supported, got input shape \(2, 3\)"):
         gonnx.load(_model(helper.make_node("AveragePool", ["x"], ["y"], name="ap", kernel_shape=[1, 1], dilations=[2, 2])))
 
 

@@ -64,6 +64,27 @@ CASES: dict[str, tuple[str, tuple[int, ...], list[Any], dict[str, Any]]] = {
     "reduce_max_all": ("ReduceMax", (2, 3, 4), [], {"keepdims": 0}),
     "dropout_inference": ("Dropout", (3, 4), [], {}),
     "identity": ("Identity", (3, 4), [], {}),
+    "scatter_nd_add_repeated": ("ScatterND", (4, 3), [i64(1, 3, 1).reshape(3, 1), RNG.normal(size=(3, 3))], {"reduction": "add"}),
+    "scatter_nd_none": ("ScatterND", (4, 3), [i64(2, 0).reshape(2, 1), RNG.normal(size=(2, 3))], {}),
+    "scatter_nd_pairs": ("ScatterND", (3, 4, 2), [i64(0, 1, 2, 3).reshape(2, 2), RNG.normal(size=(2, 2))], {"reduction": "add"}),
+    "mod_fmod": ("Mod", (3, 4), [RNG.uniform(1, 2, (3, 4))], {"fmod": 1}),
+    "pad_constant_value_axes": ("Pad", (2, 3), [i64(1, 2), np.array(1.5), i64(1)], {}),
+    "cumsum_exclusive_reverse": ("CumSum", (3, 4), [np.array(1, np.int64)], {"exclusive": 1, "reverse": 1}),
+    "reduce_logsumexp": ("ReduceLogSumExp", (2, 3, 4), [i64(1)], {"keepdims": 0}),
+    "sum_broadcast": ("Sum", (3, 4), [RNG.normal(size=4), RNG.normal(size=(3, 1))], {}),
+    "einsum": ("Einsum", (2, 3), [RNG.normal(size=(3, 4))], {"equation": "ij,jk->ik"}),
+    "tan": ("Tan", (3, 4), [], {}),
+    "conv1d_grouped": ("Conv", (2, 4, 9), [RNG.normal(size=(6, 2, 3)), RNG.normal(size=6)],
+                       {"group": 2, "strides": [2], "pads": [1, 2], "dilations": [2]}),
+    "conv1d_same_upper": ("Conv", (1, 2, 8), [RNG.normal(size=(3, 2, 4))], {"auto_pad": "SAME_UPPER", "strides": [3]}),
+    "conv_transpose_1d_output_shape": ("ConvTranspose", (1, 3, 5), [RNG.normal(size=(3, 2, 3)), RNG.normal(size=2)],
+                                       {"strides": [2], "output_shape": [10]}),
+    "conv_transpose_output_shape": ("ConvTranspose", (1, 3, 4, 4), [RNG.normal(size=(3, 2, 3, 3))],
+                                    {"strides": [2, 2], "output_shape": [8, 9]}),
+    "conv_transpose_same_upper": ("ConvTranspose", (1, 3, 4, 5), [RNG.normal(size=(3, 2, 2, 3))], {"strides": [2, 2], "auto_pad": "SAME_UPPER"}),
+    "conv_transpose_same_lower": ("ConvTranspose", (1, 3, 4, 5), [RNG.normal(size=(3, 2, 2, 3))], {"strides": [2, 2], "auto_pad": "SAME_LOWER"}),
+    "maxpool_1d": ("MaxPool", (2, 3, 9), [], {"kernel_shape": [3], "strides": [2], "pads": [1, 1]}),
+    "avgpool_1d_ceil": ("AveragePool", (2, 3, 8), [], {"kernel_shape": [3], "strides": [2], "pads": [1, 0], "ceil_mode": 1}),
 }
 OPSETS = {"ReduceMean": 17, "ReduceMax": 17}
 
@@ -117,6 +138,29 @@ def test_gradient_equals_central_differences(case: str) -> None:
         d[i] = eps
         fd[i] = np.sum((f(x + d) - f(x - d)) * sens) / (2 * eps)
     np.testing.assert_allclose(gx, fd, rtol=1e-6, atol=1e-7)
+
+
+def test_maxpool_indices_equal_onnx_runtime_and_take_no_gradient() -> None:
+    """The Indices output (flat over N, C, H, W of the unpadded input, first maximum of each window) with padding and
+    ceil_mode, as ONNX Runtime computes it; the values' gradient reaches the input through the same argmax."""
+    attrs = {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1], "ceil_mode": 1}
+    x_info = helper.make_tensor_value_info("x", TensorProto.DOUBLE, [2, 3, 7, 6])
+    outs = [helper.make_tensor_value_info("y", TensorProto.DOUBLE, None), helper.make_tensor_value_info("i", TensorProto.INT64, None)]
+    node = helper.make_node("MaxPool", ["x"], ["y", "i"], name="mp", **attrs)
+    model = helper.make_model(helper.make_graph([node], "mp", [x_info], outs), opset_imports=[helper.make_opsetid("", 20)], ir_version=9)
+    x = np.round(RNG.normal(size=(2, 3, 7, 6)), 1)  # rounded: ties, where the first maximum must win
+    want_y, want_i = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"x": x})
+    g = convert(model)
+    got_y, got_i = compile_graph(g)(x)
+    np.testing.assert_array_equal(got_y, want_y)
+    assert got_i.dtype == np.int64
+    np.testing.assert_array_equal(got_i, want_i)
+    np.testing.assert_array_equal(x.reshape(-1)[got_i], got_y)
+    sens = RNG.normal(size=got_y.shape)
+    (gx,) = compile_graph(grad_operation(g, get_all=True, sens_param=True))(x, sens, np.zeros(got_i.shape, np.int64))
+    want_gx = np.zeros(x.size)
+    np.add.at(want_gx, want_i.reshape(-1), sens.reshape(-1))
+    np.testing.assert_allclose(gx, want_gx.reshape(x.shape), rtol=1e-12)
 
 
 def test_shape_arithmetic_folds_to_constants() -> None:

@@ -6,7 +6,8 @@
 # bootstrap the stand-in; lint (when hadolint is on PATH); build; check the final image (labels, user,
 # no pip, compilers or source tree); run it on a free port with --network host and wait for its
 # HEALTHCHECK; run the tutorial from the host through the container and compare it with the embedded
-# engine's output; SIGTERM it and check it drained and exited 0. Every wait is bounded; the container,
+# engine's output; register examples/node/fixtures/mlp.onnx by its bytes (RegisterNetwork onnx_model, so the
+# image's server converts it with its onnx extra) and compare its gradient with the embedded engine's; SIGTERM it and check it drained and exited 0. Every wait is bounded; the container,
 # and with --fresh everything the run created, is removed on exit.
 # Usage: tools/container_smoke.sh [--fresh] [PYTHON]
 #   PYTHON: an interpreter with gradserve installed, for the host side (default: python3).
@@ -183,6 +184,32 @@ if [ "$remote" != "$embedded" ]; then
     fail "the tutorial through the container differs from the embedded engine (diff: embedded, container)"
 fi
 say "tutorial through the container: identical to the embedded engine"
+
+say "an ONNX model registered by its bytes (RegisterNetwork onnx_model) and its gradient"
+onnx_model=$REPO/examples/node/fixtures/mlp.onnx
+timeout 120 "$PYTHON" - "127.0.0.1:$PORT" "$onnx_model" <<'PY' || fail "RegisterNetwork with onnx_model or Grad on it failed, or its gradient differs from the embedded engine's"
+import pathlib, sys
+import grpc
+import numpy as np
+from gradserve.engine import compile_graph, grad_operation
+from gradserve.engine.onnx_import import convert, load_model
+from gradserve.proto import codec
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+
+target, path = sys.argv[1:]
+data = pathlib.Path(path).read_bytes()
+x = np.linspace(-1.0, 1.0, 6).reshape(2, 3)
+with grpc.insecure_channel(target) as channel:
+    stub = service_pb2_grpc.GradientStub(channel)
+    reg = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(onnx_model=data), timeout=60)
+    resp = stub.Grad(service_pb2.GradRequest(network_id=reg.network_id, inputs=[codec.encode_tensor(x)],
+                                             grad=graph_pb2.GradOperation(get_all=True)), timeout=60)
+(got,) = codec.decode_tree(resp.gradients)
+(want,) = compile_graph(grad_operation(convert(load_model(data)), get_all=True))(x)
+np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-15)
+assert np.abs(got).max() > 0
+print(f"network {reg.network_id}: dy/dx of {path.rsplit('/', 1)[-1]} equals the embedded engine's, max |dx| {np.abs(got).max():.6g}")
+PY
 
 say "SIGTERM"
 timeout 60 podman stop --time 30 "$NAME" >/dev/null || fail "podman stop did not return within 60 s"
