@@ -133,6 +133,41 @@ def test_conv_transpose_and_pools_match_torch() -> None:
     assert_same(gs_grads(net, x, r), torch_grads(module, params, x, r))
 
 
+def test_resnet_stem_pools_with_padding_ceil_mode_and_divisor_match_torch(where: str) -> None:
+    """The model zoo's ResNet stem MaxPool2d(3, 2, pad_mode="pad", padding=1), a dilated ceil-mode MaxPool2d and padded
+    AvgPool2d variants after a convolution: output, input and weight gradients equal torch's, embedded and remote."""
+    gs.set_seed(2)
+    pools = [
+        (nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1), torch.nn.MaxPool2d(3, 2, padding=1)),
+        (nn.MaxPool2d(2, (1, 2), pad_mode="pad", padding=(1, 0), dilation=(2, 1), ceil_mode=True),
+         torch.nn.MaxPool2d(2, (1, 2), padding=(1, 0), dilation=(2, 1), ceil_mode=True)),
+        (nn.AvgPool2d(3, 2, pad_mode="pad", padding=1, ceil_mode=True), torch.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True)),
+        (nn.AvgPool2d(3, 2, pad_mode="pad", padding=1, ceil_mode=True, count_include_pad=False),
+         torch.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False)),
+        (nn.AvgPool2d(2, 1, pad_mode="pad", padding=(1, 1), divisor_override=3), torch.nn.AvgPool2d(2, 1, padding=1, divisor_override=3)),
+    ]
+    for pool, tpool in pools:
+        conv = nn.Conv2d(2, 3, 3, pad_mode="valid", has_bias=True, dtype=F64)
+        tconv = torch.nn.Conv2d(2, 3, 3, dtype=torch.float64)
+        params = copy_params(conv, [tconv.weight, tconv.bias])
+        net, module = nn.SequentialCell(conv, pool), torch.nn.Sequential(tconv, tpool)
+        x = RNG.normal(size=(2, 2, 9, 10))
+        r = RNG.normal(size=tuple(module(torch.tensor(x)).shape))
+        assert_same(gs_grads(net, x, r), torch_grads(module, params, x, r))
+
+
+def test_max_pool2d_returns_plane_indices_as_torch(where: str) -> None:
+    """return_indices=True gives (output, argmax), argmax torch's indices into each H * W plane; 3-D input works too."""
+    x = RNG.permutation(2 * 3 * 7 * 7).reshape(2, 3, 7, 7).astype(np.float64)
+    out, argmax = nn.MaxPool2d(3, 2, pad_mode="pad", padding=1, return_indices=True, ceil_mode=True)(gs.Tensor(x))
+    want, wanted = torch.nn.functional.max_pool2d(torch.tensor(x), 3, 2, 1, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(out.asnumpy(), want.numpy())
+    np.testing.assert_array_equal(argmax.asnumpy(), wanted.numpy())
+    out3, argmax3 = nn.MaxPool2d(3, 2, pad_mode="pad", padding=1, return_indices=True, ceil_mode=True)(gs.Tensor(x[0]))
+    np.testing.assert_array_equal(out3.asnumpy(), want.numpy()[0])
+    np.testing.assert_array_equal(argmax3.asnumpy(), wanted.numpy()[0])
+
+
 def test_layer_arguments_are_checked() -> None:
     with pytest.raises(ValueError, match="padding must be 0 unless pad_mode is 'pad'"):
         nn.Conv2d(1, 2, 3, padding=1)
