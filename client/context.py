@@ -22,10 +22,13 @@ OPTIONS = {
     "tls_key": "GRADSERVE_TLS_KEY",
     "retry_seconds": "GRADSERVE_RETRY_SECONDS",
     "timeout": "GRADSERVE_TIMEOUT",
+    "batch_split": "GRADSERVE_BATCH_SPLIT",
 }
 """Each context option and the environment variable read when ``set_context`` has not set it."""
 SECONDS = ("retry_seconds", "timeout")
-"""The options that are a number of seconds; the others are strings."""
+"""The options that are a number of seconds."""
+FLAGS = ("batch_split",)
+"""The options that are a bool (their variable: ``1``, ``true``, ``yes`` or ``on`` is True); the others are strings."""
 CONNECTION = ("target", "token", "tls_ca", "tls_cert", "tls_key")
 """The options a backend is made for: changing one of them selects another backend."""
 RETRY_SECONDS = 15.0
@@ -33,6 +36,8 @@ RETRY_SECONDS = 15.0
 ENV_VAR = OPTIONS["target"]
 REMOTE_MODULE = "gradserve.client.remote"
 """Imported on first use of a target, so that it can register its factory."""
+PARALLEL_MODULE = "gradserve.client.parallel"
+"""Imported on first use of ``batch_split``, so that it can register its splitter."""
 
 GRAPH_MODE = 0
 """MindSpore's graph mode: networks are compiled to graphs (here both modes trace and cache graphs)."""
@@ -50,6 +55,7 @@ _UNSET = object()
 _state: dict[str, Any] = dict.fromkeys(OPTIONS, _UNSET)
 _mindspore: dict[str, Any] = {"mode": PYNATIVE_MODE}
 _factories: list[Callable[[str], Backend]] = []
+_splitters: list[Callable[[Any, tuple[Any, ...]], tuple[bool, Any]]] = []
 _backends: dict[tuple[str | None, ...], Backend] = {}
 _current: list[Any] = [None, None, 0]
 """The backend ``get_backend`` chose last, the ``_backends`` registry it was chosen from, and the number of
@@ -63,7 +69,9 @@ def set_context(**kwargs: Any) -> None:
     token), ``tls_ca`` (CA file: use TLS), ``tls_cert`` and ``tls_key`` (client certificate files, mutual TLS)
     say how to connect; ``retry_seconds`` (how long a call retries unreachable servers, default 15) and ``timeout``
     (each call's deadline, default none) are seconds. Each is a string or a number of seconds, or None: the default,
-    whatever the ``GRADSERVE_*`` variable says. ``mode`` is ``GRAPH_MODE`` or ``PYNATIVE_MODE`` (the default); MindSpore's
+    whatever the ``GRADSERVE_*`` variable says. ``batch_split=True`` splits the batch of every top-level weights'
+    gradient call across the target's replicas (``gradserve.parallel.data_parallel``); the embedded engine ignores
+    it. ``mode`` is ``GRAPH_MODE`` or ``PYNATIVE_MODE`` (the default); MindSpore's
     other common options (``device_target``...) are accepted and have no effect."""
     for key, value in kwargs.items():
         if key == "mode":
@@ -81,6 +89,9 @@ def set_context(**kwargs: Any) -> None:
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                           and 0 <= value < float("inf")):
                 raise TypeError(f"set_context: {key} must be None or a number of seconds >= 0, got {value!r}")
+        elif key in FLAGS:
+            if value is not None and not isinstance(value, bool):
+                raise TypeError(f"set_context: {key} must be None or a bool, got {value!r}")
         elif value is not None and not (isinstance(value, str) and value):
             what = "a non-empty 'host:port' string" if key == "target" else "a non-empty string"
             raise TypeError(f"set_context: {key} must be None or {what}, got {value!r}")
@@ -96,7 +107,26 @@ def get_context(key: str) -> Any:
     if key not in OPTIONS:
         raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
     value = _state[key]
-    return (os.environ.get(OPTIONS[key]) or None) if value is _UNSET else value
+    if value is not _UNSET:
+        return value
+    env = os.environ.get(OPTIONS[key]) or None
+    return (env or "").strip().lower() in ("1", "true", "yes", "on") if key in FLAGS else env
+
+
+def register_batch_splitter(split: Callable[[Any, tuple[Any, ...]], tuple[bool, Any]]) -> None:
+    """Called by the data-parallel module: ``split(grad_fn, args)`` gives ``(True, result)`` for a call it split
+    across replicas, ``(False, None)`` for one that runs as usual."""
+    _splitters.append(split)
+
+
+def batch_splitter() -> Callable[[Any, tuple[Any, ...]], tuple[bool, Any]] | None:
+    """The splitter top-level gradient calls go through when ``batch_split`` is on and the target is a server;
+    None otherwise (the embedded engine ignores the flag)."""
+    if not get_context("batch_split") or get_context("target") is None:
+        return None
+    if not _splitters:
+        importlib.import_module(PARALLEL_MODULE)
+    return _splitters[-1]
 
 
 def retry_seconds() -> float:

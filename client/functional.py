@@ -68,14 +68,14 @@ def _pair(v: Any, what: str) -> tuple[int, int]:
     return (int(t[0]), int(t[-1]))
 
 
-def _no_padding(fn: str, padding: Any, *unsupported: tuple[str, Any, Any]) -> None:
-    """Pooling here has no explicit padding or ceil mode: a clear error for the arguments it cannot honour."""
-    pads = (padding,) if isinstance(padding, (int, np.integer)) else tuple(padding) if isinstance(padding, (tuple, list)) else None
-    if pads is None or any(p != 0 for p in pads):
-        raise ValueError(f"ops.{fn}: padding={padding!r} is not supported (only 0); pad the input with ops.pad first")
-    for name, value, default in unsupported:
-        if value != default:
-            raise ValueError(f"ops.{fn}: {name}={value!r} is not supported (only {default!r})")
+def _pool_pad(fn: str, padding: Any) -> tuple[str, tuple[int, ...]]:
+    """A pooling function's padding (an int or a tuple of 1, 2 (h, w) or 4 (top, bottom, left, right) non-negative
+    ints) as the engine's pad_mode and pad: 'valid' without padding, 'pad' with it."""
+    pads = (padding,) if isinstance(padding, (int, np.integer)) and not isinstance(padding, bool) else (
+        tuple(padding) if isinstance(padding, (tuple, list)) else ())
+    if len(pads) not in (1, 2, 4) or not all(isinstance(p, (int, np.integer)) and not isinstance(p, bool) and p >= 0 for p in pads):
+        raise ValueError(f"ops.{fn}: padding must be a non-negative int or a tuple of 1, 2 or 4 of them, got {padding!r}")
+    return ("pad" if any(pads) else "valid"), tuple(int(p) for p in pads)
 
 
 def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, pad_mode: str = "valid", padding: Any = 0,
@@ -107,24 +107,27 @@ def conv2d(input: Any, weight: Any, bias: Any = None, stride: Any = 1, pad_mode:
 def max_pool2d(x: Any, kernel_size: Any, stride: Any = None, padding: Any = 0, dilation: Any = 1,
                return_indices: bool = False, ceil_mode: bool = False) -> Any:
     """``ops.max_pool2d(x, kernel_size, stride=None, padding=0, dilation=1, return_indices=False, ceil_mode=False)``:
-    the MaxPool op (``stride`` None is ``kernel_size``), or with ``return_indices`` MaxPoolWithArgmax: ``(output,
-    argmax)``, argmax the int64 index into the H * W plane. Only MindSpore's defaults of padding, dilation and ceil mode
-    are supported."""
-    _no_padding("max_pool2d", padding, ("dilation", _pair(dilation, "ops.max_pool2d: dilation"), (1, 1)),
-                ("ceil_mode", ceil_mode, False))
+    the MaxPool op (``stride`` None is ``kernel_size``; padding is -inf), or with ``return_indices``
+    MaxPoolWithArgmax: ``(output, argmax)``, argmax the int64 index into the H * W plane."""
+    mode, pad = _pool_pad("max_pool2d", padding)
     kernel = _pair(kernel_size, "ops.max_pool2d: kernel_size")
     strides = kernel if stride is None else _pair(stride, "ops.max_pool2d: stride")
-    return apply_op("MaxPoolWithArgmax" if return_indices else "MaxPool", x, kernel_size=kernel, strides=strides, pad_mode="valid")
+    return apply_op("MaxPoolWithArgmax" if return_indices else "MaxPool", x, kernel_size=kernel, strides=strides,
+                    pad_mode=mode, pad=pad, ceil_mode=bool(ceil_mode), dilation=_pair(dilation, "ops.max_pool2d: dilation"))
 
 
 def avg_pool2d(input_x: Any, kernel_size: Any = 1, stride: Any = 1, padding: Any = 0, ceil_mode: bool = False,
                count_include_pad: bool = True, divisor_override: Any = 0) -> Any:
     """``ops.avg_pool2d(input_x, kernel_size=1, stride=1, padding=0, ceil_mode=False, count_include_pad=True,
-    divisor_override=0)``: the AvgPool op; without padding ``count_include_pad`` changes nothing, and padding, ceil
-    mode and a divisor override (0 or None: none) are not supported."""
-    _no_padding("avg_pool2d", padding, ("ceil_mode", ceil_mode, False), ("divisor_override", divisor_override or 0, 0))
+    divisor_override=0)``: the AvgPool op; ``count_include_pad`` counts the zero padding in each divisor,
+    ``divisor_override`` (0 or None: none) replaces it."""
+    mode, pad = _pool_pad("avg_pool2d", padding)
+    divisor = divisor_override or 0
+    if not isinstance(divisor, (int, np.integer)) or isinstance(divisor, bool) or divisor < 0:
+        raise ValueError(f"ops.avg_pool2d: divisor_override must be 0, None or a positive int, got {divisor_override!r}")
     kernel, strides = _pair(kernel_size, "ops.avg_pool2d: kernel_size"), _pair(stride, "ops.avg_pool2d: stride")
-    return apply_op("AvgPool", input_x, kernel_size=kernel, strides=strides, pad_mode="valid")
+    return apply_op("AvgPool", input_x, kernel_size=kernel, strides=strides, pad_mode=mode, pad=pad, ceil_mode=bool(ceil_mode),
+                    count_include_pad=bool(count_include_pad), divisor_override=int(divisor))
 
 
 def adaptive_avg_pool2d(input: Any, output_size: Any) -> Any:

@@ -3,6 +3,7 @@ hessian): gradients of a Cell or function in MindSpore's return structures, comp
 becomes one transform node over a traced library function; the engine holds every gradient rule."""
 from __future__ import annotations
 
+import functools
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ from gradserve.engine.autodiff import grad_structure, inline
 
 from . import dtype as mstype
 from .backend import Backend, Call, GradFlags
-from .context import get_backend
+from .context import batch_splitter, get_backend
 from .parameter import Parameter
 from .runner import apply_writes, forward_recorded, to_tensors, traced_for, values_before_writes, writing_network_id
 from .streaming import stream_prepared
@@ -98,14 +99,21 @@ class GradFunction:
         return self._run(inputs, sens) if frame is None else self._nested(frame, inputs, sens)
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
+        split = batch_splitter()
+        if split is not None:
+            done, result = split(self, (*inputs, sens) if self.op.sens_param else tuple(inputs))
+            if done:
+                return result
         backend = get_backend()
         call, finish = self._prepare(backend, inputs, sens, write=True)
         return finish(backend.call(call))
 
-    def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any, write: bool = False) -> tuple[Call, Any]:
+    def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any, write: bool = False,
+                 read: dict[str, Any] | None = None) -> tuple[Call, Any]:
         """The backend call for these inputs and the function giving the structured result from its output; with
         ``write``, a network that writes Parameters (BatchNorm's moving statistics) writes them once, as its forward
-        inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``)."""
+        inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``);
+        ``read`` gives Parameter values by name in place of the current ones."""
         entry = traced_for(self.fn, inputs, self.weights)
         recorded = forward_recorded(self.fn, inputs) if write and entry.traced.writes else None
         if write and entry.traced.writes and recorded is None:
@@ -113,7 +121,8 @@ class GradFunction:
         flat_sens = self._flat_sens(sens, entry.traced)
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
         flags = self.flags(entry.traced)
-        call = Call(entry.network_id(backend), flags, arrays, {**entry.param_values(), **recorded} if recorded else entry.param_values())
+        extra = recorded or read
+        call = Call(entry.network_id(backend), flags, arrays, {**entry.param_values(), **extra} if extra else entry.param_values())
         if not flags.get_all and not flags.get_by_list:
             return call, _first_gradient
         return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
@@ -142,17 +151,19 @@ class GradFunction:
         leaves, traced, values = self._emit(frame, inputs, extra[0] if extra else None)
         return leaves, traced, values, None
 
-    def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
+    def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
+                     read: dict[str, Any] | None = None) -> tuple[Call, Any]:
         """For streaming (``client/streaming.py``) and split batches (``client/parallel.py``): one call's arguments
-        (then sens) as a backend call and its result's structure. These calls write no Parameters (calls prepared
-        ahead would each start from the same old moving statistics)."""
+        (then sens) as a backend call and its result's structure; with ``write``, the Parameters the network writes
+        are set when the result is finished (as a direct call does); ``read`` as in ``_prepare``."""
         inputs, sens = (args[:-1], args[-1]) if self.op.sens_param else (args, None)
         check_inputs(self.fn, inputs)
-        return self._prepare(backend, inputs, sens)
+        return self._prepare(backend, inputs, sens, write, read)
 
     def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
-        """The gradient for each batch (a tuple of inputs, or one input) in order, up to ``in_flight`` at once."""
-        return stream_prepared(self.prepare_call, batches, in_flight)
+        """The gradient for each batch (a tuple of inputs, or one input) in order, up to ``in_flight`` at once; each
+        result's Parameter writes are applied as it arrives (see ``streaming.stream``)."""
+        return stream_prepared(functools.partial(self.prepare_call, write=True), batches, in_flight)
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it (the network's
@@ -335,14 +346,16 @@ class _Transform:
         call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(recorded or read or {})})
         return call, lambda out: hit[1](list(flatten(to_tensors(out))))
 
-    def prepare_call(self, backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Any]:
+    def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
+                     read: dict[str, Any] | None = None) -> tuple[Call, Any]:
         """For streaming and split batches: one call's arguments as a backend call and its result's structure
-        (writing no Parameters, as ``GradFunction.prepare_call``)."""
-        return self._prepare(backend, args, ())
+        (``write`` and ``read`` as in ``GradFunction.prepare_call``)."""
+        return self._prepare(backend, args, (), write=write and self.writes, read=read)
 
     def stream(self, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]:
-        """The result for each batch (a tuple of arguments, or one argument) in order, up to ``in_flight`` at once."""
-        return stream_prepared(self.prepare_call, batches, in_flight)
+        """The result for each batch (a tuple of arguments, or one argument) in order, up to ``in_flight`` at once;
+        each result's Parameter writes are applied as it arrives."""
+        return stream_prepared(functools.partial(self.prepare_call, write=True), batches, in_flight)
 
     def _emit(self, frame: TraceFrame, args: Sequence[Any], extra: Sequence[Tensor]) -> tuple[list[Tensor], Traced, list[Value], Any]:
         """Trace the function into the library and add the node; returns its outputs, the traced function, the
@@ -440,6 +453,11 @@ class _GradFn(_Transform):
         self.has_aux, self.return_ids, self.value = has_aux, return_ids, value
 
     def __call__(self, *args: Any) -> Any:
+        split = batch_splitter() if current_frame() is None else None
+        if split is not None:
+            done, result = split(self, args)
+            if done:
+                return result
         return self._apply(args, ())
 
     def _attrs(self, traced: Traced) -> dict[str, Any]:

@@ -1,15 +1,21 @@
 """Streaming calls: the results of a gradient function (or any network) over a sequence of batches, in order,
-with several requests in flight at once on the remote backend (one GradStream), one by one on the embedded one."""
+with several requests in flight at once on the remote backend (one GradStream), one by one on the embedded one.
+
+Parameter writes (BatchNorm's moving statistics, Dropout's step counter) are applied for each batch in order, as its
+result is given. A batch is prepared, and so reads the Parameters' values, when it is read ahead: with ``in_flight``
+above 1 it reads the values from before the writes of up to ``in_flight - 1`` earlier batches whose results had not
+arrived yet, the same lag as for weights changed during a stream."""
 from __future__ import annotations
 
 import collections
+import functools
 from typing import Any, Callable, Iterable, Iterator
 
 from gradserve.engine import flatten
 
 from .backend import Backend, Call, OutputTree
 from .context import get_backend
-from .runner import to_tensors, traced_for
+from .runner import apply_writes, to_tensors, traced_for, writing_network_id
 from .tracing import rebuild
 
 Prepare = Callable[[Backend, tuple[Any, ...]], tuple[Call, Callable[[OutputTree], Any]]]
@@ -41,9 +47,13 @@ def stream_prepared(prepare: Prepare, batches: Iterable[Any], in_flight: int = 4
 
 
 def prepare_forward(fn: Any) -> Prepare:
-    """The forward call of a Cell or traced function ``fn`` (as ``fn(*args)`` at top level runs it)."""
+    """The forward call of a Cell or traced function ``fn`` (as ``fn(*args)`` at top level runs it, writing the
+    Parameters it writes when its result is given)."""
     def prepare(backend: Backend, args: tuple[Any, ...]) -> tuple[Call, Callable[[OutputTree], Any]]:
         entry = traced_for(fn, args)
+        if entry.traced.writes:
+            call = Call(writing_network_id(entry, backend), None, entry.inputs(args), entry.param_values())
+            return call, lambda out: rebuild(entry.traced.skeleton, iter(apply_writes(entry.traced, out)))
         call = Call(entry.network_id(backend), None, entry.inputs(args), entry.param_values())
         return call, lambda out: rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
 
@@ -55,4 +65,5 @@ def stream(fn: Any, batches: Iterable[Any], in_flight: int = 4) -> Iterator[Any]
     (``GradOperation(...)(net)``, ``grad``, ``value_and_grad``: the same as its ``.stream``) or a Cell or function,
     whose forward outputs are streamed. Each batch is a tuple of arguments, or one argument."""
     prepare = getattr(fn, "prepare_call", None)
-    return stream_prepared(prepare if callable(prepare) else prepare_forward(fn), batches, in_flight)
+    return stream_prepared(functools.partial(prepare, write=True) if callable(prepare) else prepare_forward(fn),
+                           batches, in_flight)

@@ -406,11 +406,12 @@ def _border(n: OnnxNode, x: Value, pads: Sequence[int], fill: float) -> Value:
 
 def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
     """Kernel, strides and explicit padding (top, bottom, left, right) of an ONNX pooling; ceil_mode adds end
-    padding for a last partial window; dilations must be 1."""
+    padding for a last partial window; dilations must be 1 but for MaxPool's (read again there)."""
     k = list(n.attrs["kernel_shape"])
     pads, strides, dil, mode = _spatial(n, x, k)
-    if any(d != 1 for d in dil):
+    if any(d != 1 for d in dil) and n.op_type != "MaxPool":
         raise n.fail(f"dilations {dil} are not supported for pooling")
+    k = [dil[i] * (k[i] - 1) + 1 for i in range(2)]  # the extent, for the padding below
     if mode == "same":
         total = [max((-(-x.shape[2 + i] // strides[i]) - 1) * strides[i] + k[i] - x.shape[2 + i], 0) for i in range(2)]
         pads = [total[0] // 2, total[0] - total[0] // 2, total[1] // 2, total[1] - total[1] // 2]
@@ -421,23 +422,24 @@ def _pool_pads(n: OnnxNode, x: Value) -> tuple[list[int], list[int], list[int]]:
             if (out - 1) * strides[i] >= x.shape[2 + i] + pads[2 * i]:
                 out -= 1
             pads[2 * i + 1] += max((out - 1) * strides[i] + k[i] - (x.shape[2 + i] + pads[2 * i] + pads[2 * i + 1]), 0)
-    return k, strides, pads
+    return list(n.attrs["kernel_shape"]), strides, pads
 
 
 @onnx_op("MaxPool")
 @_one_d(weight=False)
 def _max_pool(n: OnnxNode) -> Value | tuple[Value, Value]:
-    """Padding is -inf around the input (the engine's pooling pads only by 'same'). The Indices output
+    """Padding is -inf borders around the input, dilations go to the op. The Indices output
     (storage_order 0) is each window's first maximum as a flat index over the unpadded (N, C, H, W) input: the
     engine's argmax in the padded plane, mapped through a constant table, plus each plane's offset."""
     x = n.x(0)
     k, strides, pads = _pool_pads(n, x)
     padded = _border(n, x, pads, -np.inf)
+    dilation = tuple(_spatial(n, x, k)[2])
     if n.n_outputs < 2:
-        return n.op("MaxPool", padded, kernel_size=tuple(k), strides=tuple(strides))
+        return n.op("MaxPool", padded, kernel_size=tuple(k), strides=tuple(strides), dilation=dilation)
     if n.attrs.get("storage_order", 0):
         raise n.fail("storage_order=1 (column-major Indices) is not supported")
-    y, plane = n.op("MaxPoolWithArgmax", padded, kernel_size=tuple(k), strides=tuple(strides))
+    y, plane = n.op("MaxPoolWithArgmax", padded, kernel_size=tuple(k), strides=tuple(strides), dilation=dilation)
     (batch, channels, h, w), wp = x.shape, padded.shape[3]
     p = np.arange(padded.shape[2] * wp)
     table = n.const((p // wp - pads[0]) * w + (p % wp - pads[2]), np.int64)

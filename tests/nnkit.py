@@ -62,3 +62,24 @@ def randomize(cell: nn.Cell, seed: int) -> None:
     rng = np.random.default_rng(seed)
     for p in cell.get_parameters():
         p.set_data(rng.normal(scale=0.4, size=p.shape))
+
+
+class LeNet5(nn.Cell):
+    """LeNet-5 as MindSpore's model zoo writes it."""
+
+    def __init__(self, num_class: int = 10) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(1, 6, 5, pad_mode="valid", has_bias=True, dtype=F64)
+        self.conv2 = nn.Conv2d(6, 16, 5, pad_mode="valid", has_bias=True, dtype=F64)
+        self.fc1 = nn.Dense(16 * 5 * 5, 120, dtype=F64)
+        self.fc2 = nn.Dense(120, 84, dtype=F64)
+        self.fc3 = nn.Dense(84, num_class, dtype=F64)
+        self.relu = nn.ReLU()
+        self.max_pool2d = nn.MaxPool2d(kernel_size=2, stride=2)
+        self.flatten = nn.Flatten()
+
+    def construct(self, x: Any) -> Any:
+        x = self.max_pool2d(self.relu(self.conv1(x)))
+        x = self.max_pool2d(self.relu(self.conv2(x)))
+        x = self.flatten(x)
+        return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x)))))

@@ -61,16 +61,30 @@ def test_pooling_functions(where: str) -> None:
     close(gs.grad(lambda a: (ops.avg_pool2d(a, 2, 1) ** 2).sum())(Tensor(X)), want)
 
 
+@pytest.mark.parametrize(("ours", "theirs"), [
+    (lambda a: ops.max_pool2d(a, 3, 2, 1), lambda a: tf.max_pool2d(a, 3, 2, 1)),
+    (lambda a: ops.max_pool2d(a, (3, 2), (2, 1), (1, 1), 2, False, True), lambda a: tf.max_pool2d(a, (3, 2), (2, 1), 1, 2, True)),
+    (lambda a: ops.avg_pool2d(a, 3, 2, 1, True), lambda a: tf.avg_pool2d(a, 3, 2, 1, True)),
+    (lambda a: ops.avg_pool2d(a, 3, 2, (1, 0), True, False), lambda a: tf.avg_pool2d(a, 3, 2, (1, 0), True, False)),
+    (lambda a: ops.avg_pool2d(a, 2, 1, 1, False, True, 3), lambda a: tf.avg_pool2d(a, 2, 1, 1, False, True, 3)),
+])
+def test_pooling_padding_ceil_mode_dilation_and_divisor(where: str, ours: Any, theirs: Any) -> None:
+    """Padding, ceil_mode, dilation, count_include_pad and divisor_override: values and gradients equal torch's."""
+    x = torch.tensor(X, requires_grad=True)
+    want = theirs(x)
+    close(ours(Tensor(X)), want)
+    s = RNG.normal(size=tuple(want.shape))
+    close(gs.grad(lambda a: (ours(a) * Tensor(s)).sum())(Tensor(X)), torch.autograd.grad((want * torch.tensor(s)).sum(), x)[0])
+
+
 def test_unsupported_arguments_are_named() -> None:
     with pytest.raises(ValueError, match=r"ops.conv2d: padding=1 needs pad_mode='pad'"):
         ops.conv2d(Tensor(X), Tensor(W[:, :4 // 2]), padding=1)
     with pytest.raises(ValueError, match=r"ops.conv2d: bias must be a Tensor of shape \(6,\)"):
         ops.conv2d(Tensor(X), Tensor(W), Tensor(B[:3]), groups=2)
-    with pytest.raises(ValueError, match=r"ops.max_pool2d: padding=1 is not supported"):
-        ops.max_pool2d(Tensor(X), 2, padding=1)
-    with pytest.raises(ValueError, match=r"ops.max_pool2d: dilation=\(2, 2\) is not supported"):
-        ops.max_pool2d(Tensor(X), 2, dilation=2)
-    with pytest.raises(ValueError, match=r"ops.avg_pool2d: ceil_mode=True is not supported"):
-        ops.avg_pool2d(Tensor(X), 2, ceil_mode=True)
-    with pytest.raises(ValueError, match=r"ops.avg_pool2d: padding=\(1, 1, 0, 0\) is not supported"):
-        ops.avg_pool2d(Tensor(X), 2, padding=(1, 1, 0, 0))
+    with pytest.raises(ValueError, match=r"ops.max_pool2d: padding must be a non-negative int or a tuple of 1, 2 or 4"):
+        ops.max_pool2d(Tensor(X), 2, padding=-1)
+    with pytest.raises(ValueError, match=r"ops.avg_pool2d: padding must be a non-negative int or a tuple of 1, 2 or 4"):
+        ops.avg_pool2d(Tensor(X), 2, padding=(1, 1, 0))
+    with pytest.raises(ValueError, match=r"ops.avg_pool2d: divisor_override must be 0, None or a positive int, got -2"):
+        ops.avg_pool2d(Tensor(X), 2, divisor_override=-2)

@@ -4,12 +4,12 @@ trace is reused while the mask is the same and traced again when it changes) and
 gradients against PyTorch, embedded and remote."""
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import torch
-from clientkit import Fn
+from clientkit import Fn, check_like_torch, torch_value_and_grads
 
 import gradserve as gs
 import gradserve.ops as ops
@@ -18,26 +18,6 @@ from gradserve.client import trace_count
 
 RNG = np.random.default_rng(1111)
 A = RNG.standard_normal((3, 4, 5))
-
-
-def torch_grads(fn: Callable[..., Any], *arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """PyTorch's value and input gradients (float64) of a scalar function."""
-    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
-    out = fn(*ts)
-    grads = torch.autograd.grad(out, ts, allow_unused=True)
-    return out.detach().numpy(), [np.zeros_like(a) if g is None else g.numpy() for a, g in zip(arrays, grads)]
-
-
-def check(ms_fn: Callable[..., Any], torch_fn: Callable[..., Any], *arrays: np.ndarray) -> None:
-    """``ms_fn`` traced in a Cell: its value and all input gradients equal PyTorch's."""
-    net = Fn(ms_fn)
-    args = [Tensor(a) for a in arrays]
-    want, want_grads = torch_grads(torch_fn, *arrays)
-    np.testing.assert_allclose(net(*args).asnumpy(), want, rtol=1e-12, atol=1e-12)
-    grads = ops.GradOperation(get_all=True)(net)(*args)
-    grads = grads if isinstance(grads, tuple) else (grads,)
-    for g, w in zip(grads, want_grads):
-        np.testing.assert_allclose(g.asnumpy(), w, rtol=1e-12, atol=1e-12)
 
 
 # ---- several integer index arrays: values against NumPy ----
@@ -132,7 +112,7 @@ def test_index_array_gradients(where: str) -> None:
         z[torch.tensor(i2), 1:3, torch.tensor(i2) + 1] = y[:, :2] * b[:, 1:3]
         return (a * a).sum() + (b * y).sum() + (c ** 3).sum() + (z * z * x).sum()
 
-    check(ms, th, x, y)
+    check_like_torch(ms, th, x, y)
 
 
 # ---- boolean masks computed inside a construct ----
@@ -163,7 +143,7 @@ def test_a_computed_mask_is_guarded(where: str) -> None:
 
     grad_all = ops.GradOperation(get_all=True)
     for x in (XX, XX * 1.01, -XX, XX):  # XX * 1.01 has XX's masks: no new trace
-        want, want_grads = torch_grads(th, x, w)
+        want, want_grads = torch_value_and_grads(th, x, w)
         np.testing.assert_allclose(net(Tensor(x), Tensor(w)).asnumpy(), want, rtol=1e-14)
         for g, gw in zip(grad_all(net)(Tensor(x), Tensor(w)), want_grads):
             np.testing.assert_allclose(g.asnumpy(), gw, rtol=1e-14)
@@ -194,7 +174,7 @@ def test_masked_assignment_with_a_computed_mask(where: str) -> None:
         z = torch.where((z.sum(1) > 0)[:, None], z * 3, z)
         return (z * x).sum()
 
-    check(ms, th, x)
+    check_like_torch(ms, th, x)
 
 
 @pytest.mark.parametrize("traced", [False, True])
@@ -242,7 +222,7 @@ def test_masked_assignment_of_one_value_per_selected_element(where: str) -> None
         got = Tensor(xs)
         got[got > 0] = Tensor(v * 2)  # eagerly
         np.testing.assert_array_equal(got.asnumpy(), want)
-        want_value, want_grads = torch_grads(th, xs, v)
+        want_value, want_grads = torch_value_and_grads(th, xs, v)
         np.testing.assert_allclose(net(Tensor(xs), Tensor(v)).asnumpy(), want_value, rtol=1e-12)
         for g, w in zip(ops.GradOperation(get_all=True)(net)(Tensor(xs), Tensor(v)), want_grads):
             np.testing.assert_allclose(g.asnumpy(), w, rtol=1e-12, atol=1e-14)

@@ -192,3 +192,55 @@ def test_a_network_the_server_evicted_is_sent_inline_on_the_stream(clean_context
     assert after.get(("GradStream", "NOT_FOUND"), 0) > before.get(("GradStream", "NOT_FOUND"), 0)
     for a, b in zip(again, first, strict=True):
         close((a,), (b,))
+
+
+def normed() -> nn.Cell:
+    """A loss network that writes Parameters: BatchNorm's moving statistics and Dropout's step counter."""
+    nn.set_seed(9)
+    net = nn.SequentialCell([nn.Dense(6, 8), nn.BatchNorm1d(8), nn.Dropout(p=0.3), nn.Dense(8, 3)])
+    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    loss.set_train()
+    return loss
+
+
+def dropout_step(net: nn.Cell) -> int:
+    (dropout,) = [c for _, c in net.cells_and_names() if isinstance(c, nn.Dropout)]
+    return dropout.step
+
+
+@pytest.mark.parametrize("functional", [False, True])
+def test_a_stream_one_in_flight_writes_as_direct_calls_in_order(where: str, server: Any, functional: bool) -> None:
+    def gradient(loss: nn.Cell) -> Any:
+        if functional:
+            return gs.value_and_grad(loss, None, loss.trainable_params())
+        return ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(loss.trainable_params()))
+
+    data = batches(4)
+    oracle = normed()
+    expected = [gradient(oracle)(x, y) for x, y in data]  # each direct call writes before the next one
+    loss = normed()
+    got = list(gradient(loss).stream(data, in_flight=1))
+    for g, e in zip(got, expected, strict=True):
+        close(g[1], e[1]) if functional else close(g, e)
+    assert dropout_step(loss) == 4
+    for p, q in zip(loss.get_parameters(), oracle.get_parameters(), strict=True):
+        np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), rtol=1e-6, atol=1e-7)
+
+
+def test_a_batch_read_ahead_reads_the_state_before_earlier_batches_writes(where: str, server: Any) -> None:
+    loss = normed()
+    grad_fn = ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(loss.trainable_params()))
+    assert len(list(grad_fn.stream(batches(5), in_flight=3))) == 5
+    # embedded: one batch at a time, 5 steps. Remotely batches 0-2 are prepared at once (each reads step 0 and
+    # writes 1); batch 3 is prepared after batch 0's result was given and batch 4 after batch 1's (both read 1)
+    assert dropout_step(loss) == (5 if where == "embedded" else 2)
+
+
+def test_a_streamed_forward_writes_its_moving_statistics(where: str, server: Any) -> None:
+    data = batches(3)
+    oracle, loss = normed(), normed()
+    expected = [oracle(x, y) for x, y in data]
+    got = list(stream(loss, data, in_flight=1))
+    close(got, expected)
+    for p, q in zip(loss.get_parameters(), oracle.get_parameters(), strict=True):
+        np.testing.assert_allclose(p.asnumpy(), q.asnumpy(), rtol=1e-6, atol=1e-7)

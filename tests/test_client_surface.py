@@ -2,12 +2,12 @@
 assignment and masks, checked eagerly against NumPy and traced (embedded and remote) against PyTorch's gradients."""
 from __future__ import annotations
 
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pytest
 import torch
-from clientkit import Fn
+from clientkit import Fn, check_like_torch
 
 import gradserve as gs
 import gradserve.nn as nn
@@ -18,25 +18,6 @@ from gradserve import dtype as mstype
 RNG = np.random.default_rng(11)
 X = RNG.standard_normal((2, 3))
 Y = RNG.standard_normal(3)
-
-
-def torch_value_and_grads(fn: Callable[..., Any], *arrays: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
-    """PyTorch's value and gradients (float64) of a scalar function."""
-    ts = [torch.tensor(a, dtype=torch.float64, requires_grad=True) for a in arrays]
-    out = fn(*ts)
-    grads = torch.autograd.grad(out, ts, allow_unused=True)
-    return out.detach().numpy(), [np.zeros_like(a) if g is None else g.numpy() for a, g in zip(arrays, grads)]
-
-
-def check(ms_fn: Callable[..., Any], torch_fn: Callable[..., Any], *arrays: np.ndarray) -> None:
-    """``ms_fn`` traced in a Cell: its value and all input gradients equal PyTorch's."""
-    net = Fn(ms_fn)
-    args = [Tensor(a) for a in arrays]
-    want, want_grads = torch_value_and_grads(torch_fn, *arrays)
-    np.testing.assert_allclose(net(*args).asnumpy(), want, rtol=1e-10, atol=1e-12)
-    grads = ops.GradOperation(get_all=True)(net)(*args)
-    for g, w in zip(grads, want_grads):
-        np.testing.assert_allclose(g.asnumpy(), w, rtol=1e-10, atol=1e-12)
 
 
 # ---- functional ops with MindSpore's positional arguments ----
@@ -100,7 +81,7 @@ def test_functional_ops_trace_and_differentiate(where: str) -> None:
         s = torch.stack((d, d * d), 1)
         return s.sum(0).sum() + b.mean(0, keepdim=True).sum() * 4 + (b + b * b + 1).sum()
 
-    check(ms, th, X, Y)
+    check_like_torch(ms, th, X, Y, rtol=1e-10)
 
 
 # ---- Tensor methods ----
@@ -188,7 +169,7 @@ def test_tensor_methods_trace_and_differentiate(where: str) -> None:
         k = (x > 0).to(x.dtype) * x
         return u.sum() + (v * v).mean() + w.sum() + z.sum(1).mean() + k.sum() + x.argmax(1).to(x.dtype).sum()
 
-    check(ms, th, X, Y)
+    check_like_torch(ms, th, X, Y, rtol=1e-10)
 
 
 # ---- indexing: boolean masks, item assignment ----
@@ -252,7 +233,7 @@ def test_item_assignment_and_masks_trace_and_differentiate(where: str) -> None:
         picked = z[torch.tensor(mask)]
         return (z * z).sum() + (picked * x[0]).sum()
 
-    check(ms, th, X, Y)
+    check_like_torch(ms, th, X, Y, rtol=1e-10)
 
 
 def test_indexing_errors() -> None:

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pytest
 import torch
-from nnkit import F64, assert_same, gs_grads, randomize, torch_grads
+from nnkit import F64, LeNet5, assert_same, gs_grads, randomize, torch_grads
 
 import gradserve as gs
 from gradserve import nn, ops
@@ -25,27 +25,6 @@ def copy_params(ours: nn.Cell, theirs: list[torch.Tensor]) -> list[torch.Tensor]
         for p, t in zip(ps, theirs):
             t.copy_(torch.tensor(p.asnumpy()).reshape(t.shape))
     return theirs
-
-
-class LeNet5(nn.Cell):
-    """LeNet-5 as MindSpore's model zoo writes it."""
-
-    def __init__(self, num_class: int = 10) -> None:
-        super().__init__()
-        self.conv1 = nn.Conv2d(1, 6, 5, pad_mode="valid", has_bias=True, dtype=F64)
-        self.conv2 = nn.Conv2d(6, 16, 5, pad_mode="valid", has_bias=True, dtype=F64)
-        self.fc1 = nn.Dense(16 * 5 * 5, 120, dtype=F64)
-        self.fc2 = nn.Dense(120, 84, dtype=F64)
-        self.fc3 = nn.Dense(84, num_class, dtype=F64)
-        self.relu = nn.ReLU()
-        self.max_pool2d = nn.MaxPool2d(kernel_size=2, stride=2)
-        self.flatten = nn.Flatten()
-
-    def construct(self, x: Any) -> Any:
-        x = self.max_pool2d(self.relu(self.conv1(x)))
-        x = self.max_pool2d(self.relu(self.conv2(x)))
-        x = self.flatten(x)
-        return self.fc3(self.relu(self.fc2(self.relu(self.fc1(x)))))
 
 
 def torch_lenet() -> tuple[torch.nn.Module, list[torch.Tensor]]:
@@ -131,6 +110,41 @@ def test_conv_transpose_and_pools_match_torch() -> None:
     x = RNG.normal(size=(2, 3, 5, 5))
     r = RNG.normal(size=(2, 4, 2, 3))
     assert_same(gs_grads(net, x, r), torch_grads(module, params, x, r))
+
+
+def test_resnet_stem_pools_with_padding_ceil_mode_and_divisor_match_torch(where: str) -> None:
+    """The model zoo's ResNet stem MaxPool2d(3, 2, pad_mode="pad", padding=1), a dilated ceil-mode MaxPool2d and padded
+    AvgPool2d variants after a convolution: output, input and weight gradients equal torch's, embedded and remote."""
+    gs.set_seed(2)
+    pools = [
+        (nn.MaxPool2d(kernel_size=3, stride=2, pad_mode="pad", padding=1), torch.nn.MaxPool2d(3, 2, padding=1)),
+        (nn.MaxPool2d(2, (1, 2), pad_mode="pad", padding=(1, 0), dilation=(2, 1), ceil_mode=True),
+         torch.nn.MaxPool2d(2, (1, 2), padding=(1, 0), dilation=(2, 1), ceil_mode=True)),
+        (nn.AvgPool2d(3, 2, pad_mode="pad", padding=1, ceil_mode=True), torch.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True)),
+        (nn.AvgPool2d(3, 2, pad_mode="pad", padding=1, ceil_mode=True, count_include_pad=False),
+         torch.nn.AvgPool2d(3, 2, padding=1, ceil_mode=True, count_include_pad=False)),
+        (nn.AvgPool2d(2, 1, pad_mode="pad", padding=(1, 1), divisor_override=3), torch.nn.AvgPool2d(2, 1, padding=1, divisor_override=3)),
+    ]
+    for pool, tpool in pools:
+        conv = nn.Conv2d(2, 3, 3, pad_mode="valid", has_bias=True, dtype=F64)
+        tconv = torch.nn.Conv2d(2, 3, 3, dtype=torch.float64)
+        params = copy_params(conv, [tconv.weight, tconv.bias])
+        net, module = nn.SequentialCell(conv, pool), torch.nn.Sequential(tconv, tpool)
+        x = RNG.normal(size=(2, 2, 9, 10))
+        r = RNG.normal(size=tuple(module(torch.tensor(x)).shape))
+        assert_same(gs_grads(net, x, r), torch_grads(module, params, x, r))
+
+
+def test_max_pool2d_returns_plane_indices_as_torch(where: str) -> None:
+    """return_indices=True gives (output, argmax), argmax torch's indices into each H * W plane; 3-D input works too."""
+    x = RNG.permutation(2 * 3 * 7 * 7).reshape(2, 3, 7, 7).astype(np.float64)
+    out, argmax = nn.MaxPool2d(3, 2, pad_mode="pad", padding=1, return_indices=True, ceil_mode=True)(gs.Tensor(x))
+    want, wanted = torch.nn.functional.max_pool2d(torch.tensor(x), 3, 2, 1, ceil_mode=True, return_indices=True)
+    np.testing.assert_array_equal(out.asnumpy(), want.numpy())
+    np.testing.assert_array_equal(argmax.asnumpy(), wanted.numpy())
+    out3, argmax3 = nn.MaxPool2d(3, 2, pad_mode="pad", padding=1, return_indices=True, ceil_mode=True)(gs.Tensor(x[0]))
+    np.testing.assert_array_equal(out3.asnumpy(), want.numpy()[0])
+    np.testing.assert_array_equal(argmax3.asnumpy(), wanted.numpy()[0])
 
 
 def test_layer_arguments_are_checked() -> None:

@@ -28,6 +28,7 @@ CASES: dict[str, tuple[str, tuple[int, ...], list[Any], dict[str, Any]]] = {
     "conv_transpose": ("ConvTranspose", (1, 3, 4, 4), [RNG.normal(size=(3, 2, 3, 3)), RNG.normal(size=2)],
                        {"strides": [2, 2], "pads": [1, 1, 0, 0], "output_padding": [1, 0]}),
     "maxpool_pads_ceil": ("MaxPool", (1, 2, 7, 6), [], {"kernel_shape": [3, 2], "strides": [2, 2], "pads": [1, 0, 1, 1], "ceil_mode": 1}),
+    "maxpool_dilated_ceil": ("MaxPool", (1, 2, 8, 7), [], {"kernel_shape": [2, 3], "strides": [2, 1], "pads": [1, 1, 1, 1], "dilations": [2, 1], "ceil_mode": 1}),
     "avgpool_exclude_pad": ("AveragePool", (1, 2, 6, 6), [], {"kernel_shape": [3, 3], "strides": [2, 2], "pads": [1, 1, 1, 1]}),
     "avgpool_include_pad": ("AveragePool", (1, 2, 6, 6), [], {"kernel_shape": [3, 3], "pads": [1, 1, 1, 1], "count_include_pad": 1}),
     "global_avgpool": ("GlobalAveragePool", (2, 3, 4, 5), [], {}),

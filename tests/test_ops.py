@@ -67,8 +67,15 @@ POOL_SHAPES = [  # (x, output, attrs)
     ((2, 1, 5, 4), (2, 1, 3, 2), dict(kernel_size=(3, 2), strides=2, pad_mode="same")),
     ((1, 2, 4, 5), (1, 2, 4, 5), dict(kernel_size=3, pad_mode="SAME")),
     ((1, 1, 5, 6), (1, 1, 2, 2), dict(kernel_size=(2, 3), strides=(3, 2), pad_mode="valid")),
+    ((1, 2, 5, 6), (1, 2, 3, 4), dict(kernel_size=3, strides=2, pad_mode="pad", pad=1, ceil_mode=True)),
+    ((2, 1, 6, 5), (2, 1, 3, 3), dict(kernel_size=(3, 2), strides=2, pad_mode="pad", pad=(1, 0, 0, 1), ceil_mode=True)),
 ]
-POOL = [v(x, **a) for x, _, a in POOL_SHAPES]
+MAX_POOL = POOL_SHAPES + [((1, 2, 6, 6), (1, 2, 6, 4), dict(kernel_size=2, strides=(1, 2), pad_mode="pad", pad=1, dilation=(2, 1)))]
+AVG_POOL = POOL_SHAPES + [  # count_include_pad with the ceil_mode overhang, divisor_override
+    ((1, 2, 5, 6), (1, 2, 3, 4), dict(kernel_size=3, strides=2, pad_mode="pad", pad=1, ceil_mode=True, count_include_pad=False)),
+    ((1, 1, 5, 5), (1, 1, 3, 2), dict(kernel_size=2, strides=2, pad_mode="pad", pad=(1, 0), divisor_override=3)),
+]
+POOL = [v(x, **a) for x, _, a in MAX_POOL]
 
 ROWS = [
     *(Row(op, UNARY) for op in ("Exp", "Sin", "Cos", "Tanh", "Sigmoid", "GeLU", "Softplus")),
@@ -145,8 +152,8 @@ ROWS = [
     Row("Conv2DBackpropFilter", [v(out, x, filter_size=w, **a) for x, w, out, a in CONV_SHAPES]),
     Row("MaxPool", POOL, ("distinct",), order=3),
     Row("MaxPoolWithArgmax", POOL, ("distinct",)),
-    Row("AvgPool", POOL),
-    Row("AvgPoolGrad", [v(out, input_size=x, **a) for x, out, a in POOL_SHAPES]),
+    Row("AvgPool", [v(x, **a) for x, _, a in AVG_POOL]),
+    Row("AvgPoolGrad", [v(out, input_size=x, **a) for x, out, a in AVG_POOL]),
     Row("AdaptiveAvgPool2D", [v((1, 2, 5, 7), output_size=(2, 3)), v((2, 4, 4), output_size=3), v((1, 1, 3, 5), output_size=(-1, 2))]),
     Row("Erf", UNARY),
     Row("Erfc", UNARY),

@@ -169,6 +169,52 @@ def test_avg_pool_same_leaves_padding_out_of_the_mean() -> None:
     _check("AvgPool", [x], dict(kernel_size=3, pad_mode="same"), lambda a: tf.avg_pool2d(a, 3, 1, padding=1, count_include_pad=False))
 
 
+POOL_ARGS = [  # MindSpore attributes, torch's (kernel, stride, padding, dilation, ceil_mode)
+    (dict(kernel_size=3, strides=2, pad_mode="pad", pad=1), (3, 2, 1, 1, False)),
+    (dict(kernel_size=(3, 2), strides=(2, 1), pad_mode="pad", pad=(1, 1)), ((3, 2), (2, 1), (1, 1), 1, False)),
+    (dict(kernel_size=3, strides=2, ceil_mode=True), (3, 2, 0, 1, True)),
+    (dict(kernel_size=(3, 2), strides=2, pad_mode="pad", pad=(1, 0), ceil_mode=True), ((3, 2), 2, (1, 0), 1, True)),
+    (dict(kernel_size=2, strides=(1, 2), pad_mode="PAD", pad=1, dilation=2), (2, (1, 2), 1, 2, False)),
+    (dict(kernel_size=3, strides=2, pad_mode="pad", pad=(1, 1, 1, 1), dilation=(2, 1), ceil_mode=True), (3, 2, 1, (2, 1), True)),
+]
+
+
+@pytest.mark.parametrize(("attrs", "targs"), POOL_ARGS)
+def test_max_pool_padding_ceil_mode_and_dilation_match_torch(attrs: dict[str, Any], targs: tuple[Any, ...]) -> None:
+    """MaxPool with explicit -inf padding, ceil_mode and dilation against torch's max_pool2d: value, gradient, second order."""
+    rng = np.random.default_rng(5)
+    x = (2, 2, 7, 8)
+    data = rng.permutation(int(np.prod(x))).reshape(x) * 0.1 + rng.uniform(0, 0.01, x)
+    k, s, pad, d, ceil = targs
+    _check("MaxPool", [data], attrs, lambda a: tf.max_pool2d(a, k, s, pad, d, ceil_mode=ceil))
+
+
+def test_max_pool_with_argmax_indices_match_torch() -> None:
+    """MaxPoolWithArgmax's plane indices with padding, dilation and ceil_mode are torch's return_indices."""
+    rng = np.random.default_rng(6)
+    x = rng.permutation(2 * 2 * 7 * 8).reshape(2, 2, 7, 8).astype(np.float64)
+    for attrs, (k, s, pad, d, ceil) in POOL_ARGS:
+        b = GraphBuilder("argmax")
+        y, idx = b.op("MaxPoolWithArgmax", b.input("x", "float64", x.shape), **attrs)
+        got = compile_graph(b.build((y, idx)))(x)
+        want, wanted = tf.max_pool2d(torch.from_numpy(x), k, s, pad, d, ceil_mode=ceil, return_indices=True)
+        np.testing.assert_array_equal(got[0], want.numpy())
+        np.testing.assert_array_equal(got[1], wanted.numpy())
+
+
+@pytest.mark.parametrize(("attrs", "targs"), [(a, t) for a, t in POOL_ARGS if t[3] == 1])
+@pytest.mark.parametrize(("include", "divisor"), [(True, 0), (False, 0), (True, 5), (False, 2)])
+def test_avg_pool_padding_ceil_mode_count_include_pad_and_divisor_match_torch(attrs: dict[str, Any], targs: tuple[Any, ...],
+                                                                              include: bool, divisor: int) -> None:
+    """AvgPool with explicit padding, ceil_mode, count_include_pad and divisor_override against torch's avg_pool2d:
+    value, gradient and second order (AvgPoolGrad's own rule)."""
+    rng = np.random.default_rng(7)
+    x = rng.standard_normal((2, 2, 7, 8))
+    k, s, pad, _, ceil = targs
+    full = dict(attrs, count_include_pad=include, divisor_override=divisor)
+    _check("AvgPool", [x], full, lambda a: tf.avg_pool2d(a, k, s, pad, ceil, include, divisor or None))
+
+
 def _cumsum(x: torch.Tensor, dim: int, exclusive: bool, reverse: bool) -> torch.Tensor:
     """MindSpore's CumSum flags written with torch.cumsum, flip and a shift."""
     y = x.flip(dim) if reverse else x

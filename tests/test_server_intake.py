@@ -245,12 +245,15 @@ def test_stream_messages_take_turns_and_one_over_the_held_budget_is_refused_whil
     assert second.asked.acquire(timeout=WAIT)  # round robin: the other connection's turn comes next
     assert first.asked_count == 1
     second.arrive.release()
-    b.join(WAIT)
+    # The second stream needs one more turn to find its end; it may come before or after the first stream's next
+    # message, which holds the turn until it arrives, so the second stream is joined only once all have arrived.
     assert first.asked.acquire(timeout=WAIT)
     first.arrive.release()  # 2 MiB: 3 + 1 + 2 are over the 5 MiB allowed
     assert first.asked.acquire(timeout=WAIT)
     first.arrive.release()  # 1 MiB: fits
     a.join(WAIT)
+    b.join(WAIT)
+    assert not a.is_alive() and not b.is_alive()
     by_message = {r.message: r for r in got}
     assert by_message["message 0"].refused is None and by_message["message 2"].refused is None
     refused = by_message["message 1"].refused

@@ -108,72 +108,73 @@ class Conv2dTranspose(_Conv):
         return self._add_bias(apply_op("Conv2DTranspose", x, self.weight, input_size=self._out_size(x), **attrs))
 
 
+def _pool_padding(v: Any, mode: str, layer: str) -> tuple[int, ...]:
+    """MindSpore's pooling padding: an int, or a tuple of one, two (h, w) or four (top, bottom, left, right) ints;
+    non-zero only with pad_mode 'pad'."""
+    pads = (v,) if isinstance(v, int) and not isinstance(v, bool) else tuple(v) if isinstance(v, (tuple, list)) else ()
+    if len(pads) not in (1, 2, 4) or not all(isinstance(x, int) and not isinstance(x, bool) and x >= 0 for x in pads):
+        raise ValueError(f"nn.{layer}: padding must be a non-negative int or a tuple of 1, 2 or 4 of them, got {v!r}")
+    if any(pads) and mode != "pad":
+        raise ValueError(f"nn.{layer}: padding must be 0 unless pad_mode is 'pad', got padding={v!r} with pad_mode={mode!r}")
+    return pads
+
+
 class _Pool(Cell):
     def __init__(self, layer: str, kernel_size: Any, stride: Any, pad_mode: str, padding: Any, ceil_mode: bool,
-                 data_format: str, unsupported: dict[str, tuple[Any, Any]]) -> None:
+                 data_format: str) -> None:
         super().__init__()
         mode = pad_mode.lower() if isinstance(pad_mode, str) else pad_mode
         if mode not in ("valid", "same", "pad"):
             raise ValueError(f"nn.{layer}: pad_mode must be 'valid', 'same' or 'pad', got {pad_mode!r}")
-        pads = (padding,) if isinstance(padding, int) else tuple(padding)
-        if not pads or not all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pads):
-            raise ValueError(f"nn.{layer}: padding must be a non-negative int or a tuple of them, got {padding!r}")
-        if any(pads):
-            if mode != "pad":
-                raise ValueError(f"nn.{layer}: padding must be 0 unless pad_mode is 'pad', got padding={padding!r} with pad_mode={pad_mode!r}")
-            raise NotImplementedError(f"nn.{layer}: padding={padding!r} (explicit padding, pad_mode='pad') is not supported: "
-                                      "the engine's pooling ops pad only as 'same' does; pad the input with ops.pad first")
-        if ceil_mode:
-            raise NotImplementedError(f"nn.{layer}: ceil_mode=True is not supported: the engine's pooling ops floor the output size")
-        for name, (value, default) in unsupported.items():
-            if value != default:
-                raise NotImplementedError(f"nn.{layer}: {name}={value!r} is not supported (only the default {default!r})")
         if data_format != "NCHW":
             raise ValueError(f"nn.{layer}: only data_format 'NCHW' is supported, got {data_format!r}")
         self.kernel_size = _pair(kernel_size, layer, "kernel_size")
         self.stride = _pair(stride, layer, "stride")
-        self.pad_mode = "valid" if mode == "pad" else mode  # 'pad' with zero padding is 'valid'
+        self.pad_mode, self.padding, self.ceil_mode = mode, _pool_padding(padding, mode, layer), bool(ceil_mode)
 
-    def _pool(self, op: str, x: Any) -> Any:
+    def _pool(self, op: str, x: Any, **attrs: Any) -> Any:
         squeeze = x.ndim == 3
         if squeeze:
             x = x.reshape(1, *x.shape)
-        y = apply_op(op, x, kernel_size=self.kernel_size, strides=self.stride, pad_mode=self.pad_mode)
-        return y.reshape(*y.shape[1:]) if squeeze else y
+        y = apply_op(op, x, kernel_size=self.kernel_size, strides=self.stride, pad_mode=self.pad_mode, pad=self.padding,
+                     ceil_mode=self.ceil_mode, **attrs)
+        if not squeeze:
+            return y
+        return tuple(t.reshape(*t.shape[1:]) for t in y) if isinstance(y, tuple) else y.reshape(*y.shape[1:])
 
 
 class MaxPool2d(_Pool):
     """``MaxPool2d(kernel_size=1, stride=1, pad_mode='valid', padding=0, dilation=1, return_indices=False,
-    ceil_mode=False, data_format='NCHW')``: the max of each window. MindSpore 2.x's arguments are accepted; a
-    non-zero ``padding`` (pad_mode 'pad'), ``ceil_mode=True``, a dilation or ``return_indices`` raise, naming the
-    argument (the engine's MaxPool has only 'valid' and 'same')."""
+    ceil_mode=False, data_format='NCHW')``: the max of each window (explicit padding never wins: it is -inf); with
+    ``return_indices`` also the int64 index into the H * W plane of each window's first maximum."""
 
     def __init__(self, kernel_size: Any = 1, stride: Any = 1, pad_mode: str = "valid", padding: Any = 0,
                  dilation: Any = 1, return_indices: bool = False, ceil_mode: bool = False,
                  data_format: str = "NCHW") -> None:
-        dil = (dilation, dilation) if isinstance(dilation, int) else tuple(dilation)
-        super().__init__("MaxPool2d", kernel_size, stride, pad_mode, padding, ceil_mode, data_format,
-                         {"dilation": (dil, (1, 1)), "return_indices": (return_indices, False)})
+        super().__init__("MaxPool2d", kernel_size, stride, pad_mode, padding, ceil_mode, data_format)
+        self.dilation = _pair(dilation, "MaxPool2d", "dilation")
+        self.return_indices = bool(return_indices)
 
     def construct(self, x: Any) -> Any:
-        return self._pool("MaxPool", x)
+        return self._pool("MaxPoolWithArgmax" if self.return_indices else "MaxPool", x, dilation=self.dilation)
 
 
 class AvgPool2d(_Pool):
     """``AvgPool2d(kernel_size=1, stride=1, pad_mode='valid', padding=0, ceil_mode=False, count_include_pad=True,
-    divisor_override=None, data_format='NCHW')``: the mean of each window. MindSpore 2.x's arguments are accepted;
-    a non-zero ``padding`` (pad_mode 'pad'), ``ceil_mode=True`` or a ``divisor_override`` raise, naming the argument
-    (``count_include_pad`` matters only with explicit padding)."""
+    divisor_override=None, data_format='NCHW')``: the mean of each window; ``count_include_pad`` counts the explicit
+    padding (pad_mode 'pad') in the divisor, ``divisor_override`` replaces it."""
 
     def __init__(self, kernel_size: Any = 1, stride: Any = 1, pad_mode: str = "valid", padding: Any = 0,
                  ceil_mode: bool = False, count_include_pad: bool = True, divisor_override: int | None = None,
                  data_format: str = "NCHW") -> None:
-        super().__init__("AvgPool2d", kernel_size, stride, pad_mode, padding, ceil_mode, data_format,
-                         {"divisor_override": (divisor_override, None)})
+        super().__init__("AvgPool2d", kernel_size, stride, pad_mode, padding, ceil_mode, data_format)
+        if divisor_override is not None and (not isinstance(divisor_override, int) or divisor_override < 0):
+            raise ValueError(f"nn.AvgPool2d: divisor_override must be None or a positive int, got {divisor_override!r}")
         self.count_include_pad = bool(count_include_pad)
+        self.divisor_override = divisor_override or 0
 
     def construct(self, x: Any) -> Any:
-        return self._pool("AvgPool", x)
+        return self._pool("AvgPool", x, count_include_pad=self.count_include_pad, divisor_override=self.divisor_override)
 
 
 class AdaptiveAvgPool2d(Cell):

@@ -23,14 +23,26 @@ from .onnx_rules import Spec, ints
 POOL_ATTRS = {
     "kernel_size": Attr("ints", (1,), "window height and width: an int, a pair or (1, 1, kh, kw)"),
     "strides": Attr("ints", (1,), "an int, a pair or (1, 1, sh, sw)"),
-    "pad_mode": Attr("str", "valid", "'valid' or 'same' (either case); 'same' gives ceil(input / stride)"),
+    "pad_mode": Attr("str", "valid", "'valid', 'same' (output ceil(input / stride)) or 'pad' (the pad attribute), either case"),
+    "pad": Attr("ints", (0,), "with pad_mode 'pad': an int, (h, w) or (top, bottom, left, right), each at most half the "
+                "window's extent"),
+    "ceil_mode": Attr("bool", False, "with 'valid' or 'pad': the output size rounds up, the last window starting inside the "
+                      "input or its top/left padding (the part past the padding is never counted)"),
     "data_format": Attr("str", "NCHW", "only NCHW"),
+}
+MAX_ATTRS = {**POOL_ATTRS, "dilation": Attr("ints", (1,), "spacing of a window's elements: an int, a pair or (1, 1, dh, dw)")}
+AVG_ATTRS = {
+    **POOL_ATTRS,
+    "count_include_pad": Attr("bool", True, "with pad_mode 'pad': the explicit padding counts in each window's divisor "
+                              "('same' padding and the ceil_mode overhang never do)"),
+    "divisor_override": Attr("int", 0, "when positive, every window's sum is divided by it instead of its count"),
 }
 
 
 @dataclass(frozen=True)
 class Window:
-    """One pooling's geometry: input plane, kernel, output plane, padding (top, bottom, left, right), strides."""
+    """One pooling's geometry: input plane, kernel, output plane, padding (top, bottom, left, right) including the
+    ceil_mode overhang, strides, dilation, the padding that counts in an average's divisor and its override (0: none)."""
 
     n: int
     c: int
@@ -42,23 +54,59 @@ class Window:
     wo: int
     pads: tuple[int, int, int, int]
     strides: tuple[int, int]
+    dilation: tuple[int, int] = (1, 1)
+    counted: tuple[int, int, int, int] = (0, 0, 0, 0)
+    divisor: int = 0
 
 
-def pool_window(shape: tuple[int, ...], kernel_size: tuple[int, ...], strides: tuple[int, ...], pad_mode: str, data_format: str) -> Window:
+def _explicit_pads(pad: tuple[int, ...], mode: str, pad_mode: str) -> tuple[int, int, int, int]:
+    """The pad attribute as (top, bottom, left, right); non-zero only with pad_mode 'pad'."""
+    if len(pad) not in (1, 2, 4) or min(pad) < 0:
+        raise GraphError(f"pad must be a non-negative int, (h, w) or (top, bottom, left, right), got {pad}")
+    pads = pad * 4 if len(pad) == 1 else (pad[0], pad[0], pad[1], pad[1]) if len(pad) == 2 else tuple(pad)
+    if mode != "pad" and any(pads):
+        raise GraphError(f"pad must be 0 unless pad_mode is 'pad', got pad {pad} with pad_mode {pad_mode!r}")
+    return pads  # type: ignore[return-value]
+
+
+def _axis(size: int, keff: int, stride: int, mode: str, pads: tuple[int, int], ceil: bool) -> tuple[int, int, int]:
+    """(output length, pad before, pad after including the ceil_mode overhang) of one spatial axis."""
+    if mode == "same":
+        return window_geometry(size, keff, stride, mode, (0, 0))
+    before, after = pads
+    if 2 * max(before, after) > keff:
+        raise GraphError(f"pad {pads} is more than half the window's extent {keff}: a window could hold padding only")
+    span = size + before + after - keff
+    if span < 0:
+        raise ShapeError(f"the window of extent {keff} is larger than the padded input length {size + before + after}")
+    out = (-(-span // stride) if ceil else span // stride) + 1
+    if ceil and (out - 1) * stride >= size + before:
+        out -= 1
+    return out, before, after + max((out - 1) * stride + keff - (size + before + after), 0)
+
+
+def pool_window(shape: tuple[int, ...], kernel_size: tuple[int, ...], strides: tuple[int, ...], pad_mode: str, data_format: str,
+                pad: tuple[int, ...] = (0,), ceil_mode: bool = False, dilation: tuple[int, ...] = (1,),
+                count_include_pad: bool = True, divisor_override: int = 0) -> Window:
     """Check the attributes against x (N, C, H, W); errors name the attribute or shape at fault."""
     if data_format != "NCHW":
         raise GraphError(f"data_format must be 'NCHW', got {data_format!r}")
-    mode = pad_mode_of(pad_mode, ("valid", "same"))
+    mode = pad_mode_of(pad_mode, ("valid", "same", "pad"))
+    explicit = _explicit_pads(tuple(pad), mode, pad_mode)
     kh, kw = pair(kernel_size, "kernel_size")
     s = pair(strides, "strides")
+    d = pair(dilation, "dilation")
+    if divisor_override < 0:
+        raise GraphError(f"divisor_override must be 0 (none) or positive, got {divisor_override}")
     if len(shape) != 4:
         raise ShapeError(f"x must be NCHW (rank 4), got shape {shape}")
     n, c, h, w = shape
-    ho, top, bottom = window_geometry(h, kh, s[0], mode, (0, 0))
-    wo, left, right = window_geometry(w, kw, s[1], mode, (0, 0))
+    ho, top, bottom = _axis(h, d[0] * (kh - 1) + 1, s[0], mode, explicit[:2], ceil_mode)
+    wo, left, right = _axis(w, d[1] * (kw - 1) + 1, s[1], mode, explicit[2:], ceil_mode)
     if ho < 1 or wo < 1:
         raise ShapeError(f"x of shape {shape} gives an empty output plane ({ho}, {wo})")
-    return Window(n, c, h, w, kh, kw, ho, wo, (top, bottom, left, right), s)
+    counted = explicit if count_include_pad else (0, 0, 0, 0)
+    return Window(n, c, h, w, kh, kw, ho, wo, (top, bottom, left, right), s, d, counted, divisor_override)
 
 
 def _pool_infer(types: list[TensorType], **attrs: Any) -> TensorType:
@@ -119,9 +167,10 @@ def _padded_input(x: np.ndarray, p: Window, fill: float) -> np.ndarray:
 def _offsets(xp: np.ndarray, p: Window) -> Any:
     """For each kernel offset (i, j): i, j and the (N, C, ho, wo) strided slice of the padded input it reads."""
     sh, sw = p.strides
+    dh, dw = p.dilation
     for i in range(p.kh):
         for j in range(p.kw):
-            yield i, j, xp[:, :, i:i + sh * (p.ho - 1) + 1:sh, j:j + sw * (p.wo - 1) + 1:sw]
+            yield i, j, xp[:, :, i * dh:i * dh + sh * (p.ho - 1) + 1:sh, j * dw:j * dw + sw * (p.wo - 1) + 1:sw]
 
 
 def _max_and_argmax(x: np.ndarray, p: Window, want_index: bool) -> tuple[np.ndarray, np.ndarray | None]:
@@ -142,8 +191,8 @@ def _max_and_argmax(x: np.ndarray, p: Window, want_index: bool) -> tuple[np.ndar
     assert best is not None
     if index is None:
         return best, None
-    rows = np.arange(p.ho).reshape(-1, 1) * p.strides[0] - p.pads[0] + index // p.kw
-    cols = np.arange(p.wo) * p.strides[1] - p.pads[2] + index % p.kw
+    rows = np.arange(p.ho).reshape(-1, 1) * p.strides[0] - p.pads[0] + index // p.kw * p.dilation[0]
+    cols = np.arange(p.wo) * p.strides[1] - p.pads[2] + index % p.kw * p.dilation[1]
     # Clipping keeps an all -inf window's index on a real element of that window.
     return best, np.clip(rows, 0, p.h - 1) * p.w + np.clip(cols, 0, p.w - 1)
 
@@ -184,10 +233,12 @@ def _maxpool_argmax(x: np.ndarray, **attrs: Any) -> tuple[np.ndarray, np.ndarray
 
 
 def _onnx_pool(c: OnnxCall, shape: tuple[int, ...]) -> tuple[Window, dict[str, list[int]]]:
-    """The window of a pooling of input ``shape`` and its ONNX attributes."""
+    """The window of a pooling of input ``shape`` and its ONNX attributes: the ceil_mode overhang is folded into the pads
+    (ceil_mode stays 0, so no runtime's rounding rule matters) and dilations appear only when not 1."""
     p = pool_window(shape, **{k: v for k, v in c.attrs.items() if k != "input_size"})
-    attrs = onnx_window((p.kh, p.kw), p.pads, p.strides)
-    del attrs["dilations"]
+    attrs = onnx_window((p.kh, p.kw), p.pads, p.strides, p.dilation)
+    if p.dilation == (1, 1):
+        del attrs["dilations"]
     return p, attrs
 
 
@@ -208,8 +259,9 @@ defop(
     _pool_infer,
     _maxpool,
     _maxpool_vjp,
-    attrs=POOL_ATTRS,
-    doc="max over kernel_size windows of x (N, C, H, W) moved by strides; 'same' pads with -inf; the gradient goes to each window's first maximum",
+    attrs=MAX_ATTRS,
+    doc="max over kernel_size windows (elements dilation apart) of x (N, C, H, W) moved by strides; 'same', 'pad' and "
+        "ceil_mode pad with -inf; the gradient goes to each window's first maximum",
     onnx=_maxpool_onnx,
     cost=_window_cost,
     scratch_bytes=_maxpool_scratch,
@@ -220,7 +272,7 @@ defop(
     _maxpool_argmax_infer,
     _maxpool_argmax,
     _maxpool_argmax_vjp,
-    attrs=POOL_ATTRS,
+    attrs=MAX_ATTRS,
     doc="MaxPool's output and argmax (int64): the index into the H * W plane of each window's first maximum",
     onnx=_maxpool_argmax_onnx,
     outputs=("output", "argmax"),
@@ -232,12 +284,17 @@ defop(
 
 
 def _counts(p: Window, dtype: np.dtype) -> np.ndarray:
-    """How many unpadded elements each window covers, as (ho, wo): padding is not averaged in."""
-    def axis(size: int, k: int, s: int, before: int, out: int) -> np.ndarray:
-        start = np.arange(out) * s - before
-        return np.minimum(start + k, size) - np.maximum(start, 0)
+    """Each window's divisor as (ho, wo): divisor_override, else how many of its elements lie in the input or in the
+    padding that counts (count_include_pad with pad_mode 'pad')."""
+    if p.divisor:
+        return np.full((p.ho, p.wo), p.divisor, dtype)
 
-    return np.outer(axis(p.h, p.kh, p.strides[0], p.pads[0], p.ho), axis(p.w, p.kw, p.strides[1], p.pads[2], p.wo)).astype(dtype)
+    def axis(size: int, k: int, s: int, before: int, out: int, counted: tuple[int, int]) -> np.ndarray:
+        start = np.arange(out) * s - before
+        return np.minimum(start + k, size + counted[1]) - np.maximum(start, -counted[0])
+
+    rows = axis(p.h, p.kh, p.strides[0], p.pads[0], p.ho, p.counted[:2])
+    return np.outer(rows, axis(p.w, p.kw, p.strides[1], p.pads[2], p.wo, p.counted[2:])).astype(dtype)
 
 
 def _avgpool(x: np.ndarray, **attrs: Any) -> np.ndarray:
@@ -255,10 +312,8 @@ def _avgpool_grad(dy: np.ndarray, input_size: tuple[int, ...], **attrs: Any) -> 
     share = dy / _counts(p, dy.dtype)
     t, b, left, r = p.pads
     dxp = np.zeros((p.n, p.c, p.h + t + b, p.w + left + r), dy.dtype)
-    sh, sw = p.strides
-    for i in range(p.kh):
-        for j in range(p.kw):
-            dxp[:, :, i:i + sh * (p.ho - 1) + 1:sh, j:j + sw * (p.wo - 1) + 1:sw] += share
+    for _, _, piece in _offsets(dxp, p):
+        piece += share
     return np.ascontiguousarray(dxp[:, :, t:t + p.h, left:left + p.w])
 
 
@@ -292,6 +347,21 @@ def _avgpool_grad_onnx(c: OnnxCall) -> list[Spec]:
             ("ConvTranspose", (c.tmp("share"), ones), c.y, {**attrs, "group": p.c, "output_padding": extra})]
 
 
+def _avgpool_onnx(c: OnnxCall) -> list[Spec]:
+    """ONNX AveragePool over the same padding, counting it (count_include_pad 1: every divisor kh * kw) when the
+    explicit padding counts here, else not; a Mul by a constant (ho, wo) rescales where the divisors differ (the
+    ceil_mode overhang, divisor_override)."""
+    p, attrs = _onnx_pool(c, c.types[0].shape)
+    include = any(p.counted)
+    dt = c.types[0].dtype
+    native = np.full((p.ho, p.wo), p.kh * p.kw, dt) if include else _counts(Window(**{**p.__dict__, "divisor": 0}), dt)
+    wanted = _counts(p, dt)
+    if np.array_equal(native, wanted):
+        return [("AveragePool", c.x, c.y, {**attrs, "count_include_pad": int(include)})]
+    return [("AveragePool", c.x, (c.tmp("mean"),), {**attrs, "count_include_pad": int(include)}),
+            ("Mul", (c.tmp("mean"), native / wanted), c.y)]
+
+
 def _adaptive_onnx(c: OnnxCall) -> list[Spec]:
     """Two MatMuls with the constant bin matrices."""
     shape = c.types[0].shape
@@ -307,9 +377,10 @@ defop(
     _pool_infer,
     _avgpool,
     lambda g, out, x, **attrs: F.AvgPoolGrad(g, input_size=x.shape, **attrs),
-    attrs=POOL_ATTRS,
-    doc="mean over kernel_size windows of x (N, C, H, W) moved by strides; with 'same' the zero padding is not counted in the mean",
-    onnx=lambda c: [("AveragePool", c.x, c.y, {**_onnx_pool(c, c.types[0].shape)[1], "count_include_pad": 0})],
+    attrs=AVG_ATTRS,
+    doc="sum over kernel_size windows of x (N, C, H, W) moved by strides, divided by divisor_override or by the window's "
+        "count: its input elements, plus its 'pad' padding with count_include_pad ('same' padding never counts)",
+    onnx=_avgpool_onnx,
     cost=_window_cost,
     scratch_bytes=_avgpool_scratch,
 )
@@ -319,7 +390,7 @@ defop(
     _avgpool_grad_infer,
     _avgpool_grad,
     lambda g, out, dy, input_size, **attrs: F.AvgPool(g, **attrs),
-    attrs={**POOL_ATTRS, "input_size": Attr("ints", doc="shape (N, C, H, W) of AvgPool's input, the result's shape")},
+    attrs={**AVG_ATTRS, "input_size": Attr("ints", doc="shape (N, C, H, W) of AvgPool's input, the result's shape")},
     doc="gradient of AvgPool: each dout element divided by its window's count and added over the window; its own gradient is AvgPool",
     cost=_window_cost,
     scratch_bytes=_avgpool_grad_scratch,
