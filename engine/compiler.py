@@ -9,9 +9,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 import numpy as np
 
 from .autodiff import lower
-from .builder import GraphBuilder, gc_paused, signature_copy
+from .builder import gc_paused
 from .errors import InputError, Interrupted, shown, shown_names
-from .ir import Graph, Node, Value, unflatten
+from .ir import Graph, Node, TensorType, Value, unflatten
 from .optable import OPS
 
 FOLD_LIMIT = 1 << 16
@@ -33,28 +33,49 @@ def _frozen(v: Any) -> Any:
 @gc_paused
 def optimize(g: Graph) -> Graph:
     """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
-    over constants (or over types only, like OnesLike) folded to constants."""
-    g = lower(g)
-    b, args = signature_copy(g)
-    env: dict[int, Value] = {id(v): a for v, a in zip(g.inputs, args)}
-    env.update((id(p.value), b.get_param(p.name)) for p in g.params)
+    over constants (or over types only, like OnesLike) folded to constants. A node none of whose inputs changed is
+    kept as it is (shared with ``g``, which is never modified), so only what a rewrite reaches is copied."""
+    g = lower(g).pruned()
+    env: dict[int, Value] = {}
     consts: dict[int, np.ndarray] = {}
     ones: set[int] = set()
     seen: dict[tuple, tuple[Value, ...]] = {}
-    for n in g.pruned().nodes:
-        ins = [env[id(v)] for v in n.inputs]
-        key = (n.op, tuple(map(id, ins)), tuple(sorted((k, _frozen(a)) for k, a in n.attrs.items())) if n.attrs else ())
-        outs = seen.get(key) or _times_one(n, ins, ones)
+    frozen: dict[int, tuple] = {}  # by id of an attrs dict: builders share one dict among the nodes they inferred alike
+    nodes: list[Node] = []
+    changed = False
+    for n in g.nodes:
+        ins = [env.get(id(v), v) for v in n.inputs] if env else list(n.inputs)
+        attrs = n.attrs
+        akey = frozen.get(id(attrs)) if attrs else ()
+        if akey is None:
+            akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
+        key = (n.op, *map(id, ins), akey)
+        outs = seen.get(key) or (_times_one(n, ins, ones) if n.op == "Mul" and ones else None)
         if outs is None:
-            outs = _fold(b, n, ins, consts) or b.copy_node(n, ins)
+            opdef = OPS[n.op]
+            folded = _fold(n, ins, consts) if opdef.type_only or (consts and ins and all(id(v) in consts for v in ins)) else None
+            if folded is not None:
+                nodes.extend(folded)
+                outs = tuple(f.outputs[0] for f in folded)
+            elif env and any(a is not v for a, v in zip(ins, n.inputs)):
+                outs = tuple(Value(v.name, v.type, None) for v in n.outputs)
+                nodes.append(Node(n.op, tuple(ins), attrs, outs, n.name, n.stop_gradient, n.calls))
+            else:
+                outs = n.outputs
+                nodes.append(n)
             if n.op == "Const":
-                consts[id(outs[0])] = n.attrs["value"]
+                consts[id(outs[0])] = attrs["value"]
             if n.op == "OnesLike" or (id(outs[0]) in consts and np.all(consts[id(outs[0])] == 1)):
                 ones.add(id(outs[0]))
             seen[key] = outs
-        for v, o in zip(n.outputs, outs):
-            env[id(v)] = o
-    return b.build(unflatten(g.outputs, iter([env[id(v)] for v in g.flat_outputs]))).pruned()
+        if outs is not n.outputs:
+            changed = True
+            for v, o in zip(n.outputs, outs):
+                env[id(v)] = o
+    if not changed:
+        return g
+    outputs = unflatten(g.outputs, iter([env.get(id(v), v) for v in g.flat_outputs]))
+    return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
 
 
 def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] | None:
@@ -68,7 +89,9 @@ def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] |
     return None
 
 
-def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> tuple[Value, ...] | None:
+def _fold(n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> list[Node] | None:
+    """Const nodes (named after ``n`` and its outputs) holding ``n``'s results when every input is a constant or the op
+    reads only its inputs' types, and no result exceeds FOLD_LIMIT elements; else None."""
     opdef = OPS[n.op]
     if n.op == "Const" or not (opdef.type_only or (ins and all(id(v) in consts for v in ins))):
         return None
@@ -76,12 +99,14 @@ def _fold(b: GraphBuilder, n: Node, ins: list[Value], consts: dict[int, np.ndarr
         return None
     arrays = [consts[id(v)] if id(v) in consts else np.zeros(v.shape, v.dtype) for v in ins]
     res = opdef.forward(*arrays, **n.attrs)
-    outs = []
-    for r, o in zip(res if len(n.outputs) > 1 else (res,), n.outputs):
-        c = b.const(np.asarray(r), dtype=o.dtype)
-        consts[id(c)] = b.nodes[-1].attrs["value"]
-        outs.append(c)
-    return tuple(outs)
+    nodes = []
+    for j, (r, o) in enumerate(zip(res if len(n.outputs) > 1 else (res,), n.outputs)):
+        arr = np.asarray(r).astype(o.dtype, copy=True)
+        arr.setflags(write=False)
+        c = Value(o.name, TensorType(arr.dtype, arr.shape), None)
+        consts[id(c)] = arr
+        nodes.append(Node("Const", (), {"value": arr}, (c,), n.name if j == 0 else f"{n.name}:{j}"))
+    return nodes
 
 
 class Program:
@@ -135,17 +160,21 @@ class Program:
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
-        self.elements = sum(v.type.size for n in g.nodes if n.op != "Const" for v in (*n.inputs, *n.outputs))
+        elements = flops = 0
+        plan = []
+        for n, (_, ins, outs, fr, r) in zip(plan_nodes, self._steps):
+            opdef = OPS[n.op]
+            its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
+            elements += sum(t.size for t in its) + sum(t.size for t in ots)
+            flops += opdef.cost(its, ots, n.attrs)
+            plan.append((opdef.memory, ins, outs, fr, opdef.scratch_of(its, ots, n.attrs), r))
+        self.elements = elements
         """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
-        self.flops = sum(OPS[n.op].cost([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs) for n in plan_nodes)
+        self.flops = flops
         """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
         nbytes = [0] * len(slot)
         for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
             nbytes[slot[id(v)]] = v.type.nbytes
-        plan = [
-            (OPS[n.op].memory, ins, outs, fr, OPS[n.op].scratch_of([v.type for v in n.inputs], [v.type for v in n.outputs], n.attrs), r)
-            for n, (_, ins, outs, fr, r) in zip(plan_nodes, self._steps)
-        ]
         self.peak_bytes = _peak_bytes(
             nbytes, fed | set(template), plan,
             sum(nbytes[out_slots[i]] for i in self._copied_outputs),

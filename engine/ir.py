@@ -22,14 +22,14 @@ class TensorType:
 
     dtype: np.dtype
     shape: tuple[int, ...]
+    size: int = field(init=False, repr=False, compare=False)
+    """Number of elements (an exact Python int), computed once: compiling reads it tens of thousands of times."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "size", math.prod(self.shape))
 
     def __str__(self) -> str:
         return f"{dtypes.short(self.dtype)}[{','.join(map(str, self.shape))}]"
-
-    @property
-    def size(self) -> int:
-        """Number of elements (an exact Python int)."""
-        return math.prod(self.shape)
 
     @property
     def nbytes(self) -> int:
@@ -157,6 +157,8 @@ class Graph:
     derived: dict[tuple, Graph] = field(default_factory=dict, repr=False)
     """Graphs transforms made from this one, by the transform's key: kept on the graph so they die with it
     (a weak-key table leaked, since a derived graph shares the library that holds its source)."""
+    is_pruned: bool = field(default=False, repr=False, compare=False)
+    """True for a graph :meth:`pruned` returned: every node is live, so pruning it again returns it as it is."""
 
     @property
     def flat_outputs(self) -> list[Value]:
@@ -173,6 +175,8 @@ class Graph:
 
     def pruned(self) -> Graph:
         """The same graph without nodes that no output depends on."""
+        if self.is_pruned:
+            return self
         live = {id(v) for v in self.flat_outputs}
         keep = []
         add = live.add
@@ -182,7 +186,7 @@ class Graph:
                 keep.append(n)
                 for v in n.inputs:
                     add(id(v))
-        return Graph(self.inputs, self.params, tuple(keep[::-1]), self.outputs, self.library, self.name)
+        return Graph(self.inputs, self.params, tuple(keep[::-1]), self.outputs, self.library, self.name, is_pruned=True)
 
     def structural_hash(self) -> str:
         """A hex digest of the graph's structure (ops, attrs, wiring, types, library), independent of
