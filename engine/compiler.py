@@ -157,6 +157,8 @@ class Program:
         self._straight: Callable[..., Any] | None = None
         self._runs = 0
         self._expected = [(v.dtype, v.shape, v) for _, v in self._inputs]
+        self._n_inputs = len(self._inputs)
+        self._param_types = {name: (s, p.value.dtype, p.value.shape) for name, (s, p) in self._params.items()}
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
@@ -193,6 +195,19 @@ class Program:
     ) -> Any:
         """Run with ``inputs`` (arrays matching the declared dtypes and shapes, in order) and optional
         parameter values overriding the graph's; returns the output tree of NumPy arrays."""
+        straight = self._straight
+        if straight is not None and interrupt is None and len(inputs) == self._n_inputs:
+            if not params:  # the plan checks each input's class, dtype and shape itself
+                return straight(self._template, *inputs)
+            env = list(self._template)
+            expected = self._param_types
+            for name, a in params.items():
+                known = expected.get(name)
+                if known is None or a.__class__ is not np.ndarray or a.dtype != known[1] or a.shape != known[2]:
+                    break
+                env[known[0]] = a
+            else:
+                return straight(env, *inputs)
         if len(inputs) != len(self._expected):
             names = [v.name for _, v in self._inputs]
             raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
@@ -209,8 +224,6 @@ class Program:
                 v = known[1].value
                 if a.__class__ is not np.ndarray or a.dtype != v.type.dtype or a.shape != v.type.shape:
                     _check(a, v, "parameter")
-        elif interrupt is None and self._straight is not None:
-            return self._straight(self._template, *inputs)
         return self.run(inputs, params, interrupt)
 
     def run(
@@ -290,11 +303,18 @@ def straight_line(program: Program) -> Callable[..., Any]:
     """The plan as one generated Python function of the slot list and the inputs, returning the output tree (outputs
     that are inputs, parameters or constants copied): one line per step, locals instead of list slots,
     attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
-    the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes."""
+    the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes. It
+    begins by checking each input's class, dtype and shape (inline, cheaper than the caller's loop), so a call may go
+    straight to it."""
     space: dict[str, Any] = {}
     used = {s for _, ins, _, _, _ in program._steps for s in ins} | set(program._out_slots)
     taken = [s for s, _ in program._inputs]
     lines = [f"def plan(e{''.join(f', s{s}' for s in taken)}):"]
+    space["nd"], space["check"] = np.ndarray, _check
+    for i, (s, v) in enumerate(program._inputs):
+        space[f"v{i}"], space[f"d{i}"], space[f"h{i}"] = v, v.dtype, v.shape
+        lines.append(f"    if s{s}.__class__ is not nd or s{s}.dtype != d{i} or s{s}.shape != h{i}:")
+        lines.append(f"        check(s{s}, v{i}, 'input')")
     lines += [f"    s{s} = e[{s}]" for s in sorted(used - set(taken)) if program._template[s] is not None or s in program._fed]
     for k, (n, (_, ins, outs, frees, into)) in enumerate(zip(program._plan_nodes, program._steps)):
         opdef = OPS[n.op]

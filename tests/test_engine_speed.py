@@ -7,7 +7,7 @@ import gc
 import numpy as np
 import pytest
 
-from gradserve.engine import GraphBuilder, GraphError, compile_graph, grad_operation, jvp, vjp
+from gradserve.engine import GraphBuilder, GraphError, InputError, compile_graph, grad_operation, jvp, vjp
 
 
 def _mlp(rng: np.random.Generator, batch: int = 5):  # type: ignore[no-untyped-def]
@@ -127,3 +127,47 @@ def test_transforms_leave_the_garbage_collector_as_they_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_calls_after_the_straight_line_plan_still_check_inputs_and_parameters() -> None:
+    rng = np.random.default_rng(3)
+    net = _mlp(rng)
+    prog = compile_graph(grad_operation(net, get_by_list=True, weights=["w0", "w1"]))
+    x = rng.standard_normal((5, 3)).astype(np.float32)
+    ws = [rng.standard_normal(net.param(n).data.shape).astype(np.float32) for n in ("w0", "w1")]
+    for _ in range(10):
+        prog(x)
+    assert prog._straight is not None
+    for a, b in zip(prog(x, params={"w0": ws[0], "w1": ws[1]}), _mlp_by_hand(x, *ws)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    for a, b in zip(prog(x), _mlp_by_hand(x, net.param("w0").data, net.param("w1").data)):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    with pytest.raises(InputError, match=r"input 'x' expects float32\[5, 3\], got float64\[5, 3\]"):
+        prog(x.astype(np.float64))
+    with pytest.raises(InputError, match=r"input 'x' expects float32\[5, 3\], got float32\[3, 5\]"):
+        prog(x.T.copy())
+    with pytest.raises(InputError, match="not an ndarray"):
+        prog(x.tolist())
+    with pytest.raises(InputError, match="takes 1 inputs"):
+        prog(x, x)
+    with pytest.raises(InputError, match=r"parameter 'w1' expects float32\[4, 2\], got float32\[2, 4\]"):
+        prog(x, params={"w1": ws[1].T.copy()})
+    with pytest.raises(InputError, match="has no parameter 'w9'"):
+        prog(x, params={"w9": ws[1]})
+
+
+def test_compiling_shares_unchanged_nodes_and_leaves_the_source_graph_as_it_was() -> None:
+    rng = np.random.default_rng(4)
+    g = grad_operation(_mlp(rng), get_by_list=True, weights=["w0", "w1"])
+    before = str(g)
+    nodes = g.nodes
+    prog = compile_graph(g)
+    assert str(g) == before and g.nodes is nodes
+    kept = {id(n) for n in nodes}
+    assert any(id(n) in kept for n in prog.graph.nodes)  # the forward part is shared, not copied
+    names = [v.name for n in prog.graph.nodes for v in n.outputs]
+    assert len(names) == len(set(names))
+    b = GraphBuilder("plain")
+    x = b.input("x", "float32", (2,))
+    plain = b.build(b.op("Sin", x))
+    assert compile_graph(plain).graph.nodes == plain.nodes
