@@ -122,6 +122,8 @@ class Program:
         def slot_of(v: Value) -> int:
             return slot.setdefault(id(v), len(slot))
 
+        setdefault = slot.setdefault
+
         self._inputs = [(slot_of(v), v) for v in g.inputs]
         self._params = {p.name: (slot_of(p.value), p) for p in g.params}
         template: dict[int, np.ndarray] = {}
@@ -134,7 +136,7 @@ class Program:
             fwd = OPS[n.op].forward
             body.append(
                 (functools.partial(fwd, **n.attrs) if n.attrs else fwd,
-                 tuple(slot_of(v) for v in n.inputs), tuple(slot_of(v) for v in n.outputs))
+                 tuple([setdefault(id(v), len(slot)) for v in n.inputs]), tuple([setdefault(id(v), len(slot)) for v in n.outputs]))
             )
             plan_nodes.append(n)
         out_slots = [slot_of(v) for v in g.flat_outputs]
