@@ -226,6 +226,32 @@ class Intake:
                 continue
             yield Received(message, size, None, self)
 
+    def each(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
+        """The (message, size) pairs of any other request stream (gRPC reflection's), each asked of gRPC in
+        its turn in the small lane and held (``hold``, which raises Failure when it does not fit) until
+        the next one is asked for or the stream ends, so that such streams stay within the same budgets."""
+        size = 0
+        try:
+            while True:
+                if self.bounded and not self._wait_turn(self.small, context):
+                    return
+                try:
+                    pair = next(messages, None)
+                except grpc.RpcError:  # the call was cancelled while a message was on its way
+                    pair = None
+                finally:
+                    if self.bounded:
+                        self._done_receiving(self.small)
+                if pair is None:
+                    return
+                self.release(size)
+                size = 0
+                self.hold(pair[1])
+                size = pair[1]
+                yield pair
+        finally:
+            self.release(size)
+
     def hold(self, size: int, what: str = "this request", advice: str = "retry later, or send smaller requests") -> None:
         """Count ``size`` bytes (received, or of a stream's answer waiting to be sent) as held, or refuse them
         (RESOURCE_EXHAUSTED, naming ``what`` they are and giving ``advice``) when they do not fit."""
