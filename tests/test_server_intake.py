@@ -387,3 +387,28 @@ def test_a_reflection_message_over_the_held_budget_is_refused_naming_it_and_refl
         [reply] = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=WAIT))
         assert "gradserve.v1.Gradient" in {s.name for s in reply.list_services_response.service}
         assert server.intake.held == 0 and server.intake.small.receiving == 0
+
+
+def test_huge_requests_to_the_small_methods_are_refused_over_the_held_budget_naming_it() -> None:
+    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=1 * MiB)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        # Unknown field 1000 (length-delimited), 2 MiB: still a valid message of each of these types.
+        padding = b"\xc2\x3e" + codec_varint(2 * MiB) + b"x" * (2 * MiB)
+        for method in ("/gradserve.v1.Gradient/ServerInfo", "/gradserve.v1.Gradient/ListOps", HEALTH):
+            with pytest.raises(grpc.RpcError) as info:
+                ch.unary_unary(method)(padding, timeout=WAIT)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, method
+            assert info.value.details().startswith(f"this request is {len(padding)} bytes"), method
+            assert f"max_queued_bytes limit of {1 * MiB}" in info.value.details()
+        assert service_pb2_grpc.GradientStub(ch).ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).limits.max_queued_bytes == MiB
+        assert server.intake.held == 0 and server.intake.small.receiving == 0
+
+
+def codec_varint(n: int) -> bytes:
+    """``n`` as a protobuf varint."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
