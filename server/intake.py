@@ -8,7 +8,7 @@ until the handler returns, refusing it at once when they do not fit.
 
 Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
 RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
-the small lane (every other unary method, and calls whose ``gradserve-request-bytes`` metadata declares at
+the small lane (every other unary method, each message of other request streams such as gRPC reflection's, and calls whose ``gradserve-request-bytes`` metadata declares at
 most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
 uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds
 largest messages (a stream asks for its next message only in its turn, so open streams cost their
