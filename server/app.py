@@ -131,6 +131,14 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
             refuse(context, request, "the request")
         return request, size
 
+    def _each(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
+        """A request stream's messages received in the intake's small lane, each held while it is served
+        (a message that does not fit ends the call RESOURCE_EXHAUSTED naming max_queued_bytes)."""
+        try:
+            yield from intake.each(requests, context)
+        except Failure as f:
+            reject(method, f, context)
+
     def unary_unary(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Any:
         request, size = one(requests, context)
         try:
@@ -147,14 +155,14 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
 
     def stream_unary(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Any:
         bad: list[tuple[int, Unparsable]] = []
-        response = handler.stream_unary(_until_unparsable(requests, bad), context)
+        response = handler.stream_unary(_until_unparsable(_each(requests, context), bad), context)
         for i, b in bad:
             refuse(context, b, f"message {i} of the request stream")
         return response
 
     def stream_stream(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[Any]:
         bad: list[tuple[int, Unparsable]] = []
-        yield from handler.stream_stream(_until_unparsable(requests, bad), context)
+        yield from handler.stream_stream(_until_unparsable(_each(requests, context), bad), context)
         for i, b in bad:
             refuse(context, b, f"message {i} of the request stream")
 

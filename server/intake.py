@@ -8,7 +8,7 @@ until the handler returns, refusing it at once when they do not fit.
 
 Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
 RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
-the small lane (every other unary method, and calls whose ``gradserve-request-bytes`` metadata declares at
+the small lane (every other unary method, each message of other request streams such as gRPC reflection's, and calls whose ``gradserve-request-bytes`` metadata declares at
 most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
 uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds
 largest messages (a stream asks for its next message only in its turn, so open streams cost their
@@ -225,6 +225,32 @@ class Intake:
                 yield Received(message, size, f, self)
                 continue
             yield Received(message, size, None, self)
+
+    def each(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
+        """The (message, size) pairs of any other request stream (gRPC reflection's), each asked of gRPC in
+        its turn in the small lane and held (``hold``, which raises Failure when it does not fit) until
+        the next one is asked for or the stream ends, so that such streams stay within the same budgets."""
+        size = 0
+        try:
+            while True:
+                if self.bounded and not self._wait_turn(self.small, context):
+                    return
+                try:
+                    pair = next(messages, None)
+                except grpc.RpcError:  # the call was cancelled while a message was on its way
+                    pair = None
+                finally:
+                    if self.bounded:
+                        self._done_receiving(self.small)
+                if pair is None:
+                    return
+                self.release(size)
+                size = 0
+                self.hold(pair[1])
+                size = pair[1]
+                yield pair
+        finally:
+            self.release(size)
 
     def hold(self, size: int, what: str = "this request", advice: str = "retry later, or send smaller requests") -> None:
         """Count ``size`` bytes (received, or of a stream's answer waiting to be sent) as held, or refuse them

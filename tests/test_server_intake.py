@@ -9,6 +9,7 @@ import grpc
 import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from serverkit import long_run, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
@@ -356,3 +357,58 @@ def test_large_responses_count_towards_trimming_and_small_ones_do_not() -> None:
             answered.append((server.servicer.answered - before, response.ByteSize()))
     assert answered[0][0] == 0
     assert answered[1][0] == answered[1][1] > 4 * 100_000
+
+
+def test_other_request_streams_take_turns_in_the_small_lane_and_hold_each_message_while_it_is_served() -> None:
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=10 * MiB)
+    stream = intake.each(iter([("a", 6 * MiB), ("b", 2 * MiB), ("c", 11 * MiB)]), Context())
+    assert next(stream) == ("a", 6 * MiB)
+    assert intake.held == 6 * MiB and intake.small.receiving == 0
+    assert next(stream) == ("b", 2 * MiB)  # the first one was served: only the second is held
+    assert intake.held == 2 * MiB
+    with pytest.raises(Failure) as info:
+        next(stream)
+    assert info.value.code == "RESOURCE_EXHAUSTED"
+    assert f"is {11 * MiB} bytes" in info.value.message and f"max_queued_bytes limit of {10 * MiB}" in info.value.message
+    assert intake.held == 0 and intake.small.receiving == 0 and intake.small.waiting == 0
+
+
+def test_a_reflection_message_over_the_held_budget_is_refused_naming_it_and_reflection_still_answers() -> None:
+    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=1 * MiB)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        huge = reflection_pb2.ServerReflectionRequest(host="h" * (2 * MiB), list_services="")
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.ServerReflectionInfo(iter([huge]), timeout=WAIT))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert f"max_queued_bytes limit of {1 * MiB}" in info.value.details()
+        # The whole stream is read, so its handler has returned (and released what it held) before this asserts.
+        [reply] = list(stub.ServerReflectionInfo(iter([reflection_pb2.ServerReflectionRequest(list_services="")]), timeout=WAIT))
+        assert "gradserve.v1.Gradient" in {s.name for s in reply.list_services_response.service}
+        assert server.intake.held == 0 and server.intake.small.receiving == 0
+
+
+def test_huge_requests_to_the_small_methods_are_refused_over_the_held_budget_naming_it() -> None:
+    limits = Limits(max_message_bytes=9 * MiB, max_receive_bytes=9 * MiB, max_queued_bytes=1 * MiB)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        # Unknown field 1000 (length-delimited), 2 MiB: still a valid message of each of these types.
+        padding = b"\xc2\x3e" + codec_varint(2 * MiB) + b"x" * (2 * MiB)
+        for method in ("/gradserve.v1.Gradient/ServerInfo", "/gradserve.v1.Gradient/ListOps", HEALTH):
+            with pytest.raises(grpc.RpcError) as info:
+                ch.unary_unary(method)(padding, timeout=WAIT)
+            assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, method
+            assert info.value.details().startswith(f"this request is {len(padding)} bytes"), method
+            assert f"max_queued_bytes limit of {1 * MiB}" in info.value.details()
+        assert service_pb2_grpc.GradientStub(ch).ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).limits.max_queued_bytes == MiB
+        assert server.intake.held == 0 and server.intake.small.receiving == 0
+
+
+def codec_varint(n: int) -> bytes:
+    """``n`` as a protobuf varint."""
+    out = bytearray()
+    while n >= 0x80:
+        out.append(n & 0x7F | 0x80)
+        n >>= 7
+    return bytes(out + bytes([n]))
