@@ -213,7 +213,7 @@ def _plain(a: Any) -> bool:
 def _inference_key(op: str, inputs: Sequence[Value], attrs: dict[str, Any] | None, n_outputs: int | None) -> tuple | None:
     """What a node's inference depends on (op, input types, attributes by type and repr), or None when an attribute
     is not a plain value: a builder infers each distinct node once (the VJPs of a deep chain repeat a few)."""
-    items = []
+    items: list[tuple] = []
     for k, a in (attrs or {}).items():
         if isinstance(a, np.dtype):
             items.append((k, a))

@@ -218,12 +218,12 @@ class Program:
                 _check(a, v, "input")
         if params:
             for name, a in params.items():
-                known = self._params.get(name)
-                if known is None:
+                slot = self._params.get(name)
+                if slot is None:
                     raise InputError(
                         f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {shown_names(sorted(self._params))}"
                     )
-                v = known[1].value
+                v = slot[1].value
                 if a.__class__ is not np.ndarray or a.dtype != v.type.dtype or a.shape != v.type.shape:
                     _check(a, v, "parameter")
         return self.run(inputs, params, interrupt)
