@@ -3,8 +3,9 @@ counters and config parsing. Importable as ``serverkit`` because pyproject.toml 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
-from typing import Callable
+from typing import Callable, Iterator
 
 import grpc
 import numpy as np
@@ -13,6 +14,8 @@ import pytest
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server import config
+from gradserve.server.app import Server, running
+from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
 TOKEN = "s3cret-token_0123456789"
@@ -84,3 +87,16 @@ def parse(argv: list[str], environ: dict[str, str]) -> config.ServerConfig:
     parser = argparse.ArgumentParser()
     config.add_arguments(parser)
     return config.from_arguments(parser.parse_args(argv), environ)
+
+
+@contextlib.contextmanager
+def one_worker_servers(n: int) -> Iterator[list[Server]]:
+    """``n`` one-worker servers on free loopback ports, all shut down on exit."""
+    with contextlib.ExitStack() as stack:
+        yield [stack.enter_context(running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")))
+               for _ in range(n)]
+
+
+def targets(servers: list[Server]) -> str:
+    """The comma-separated loopback targets of ``servers``, for ``set_context(target=...)``."""
+    return ",".join(f"127.0.0.1:{s.port}" for s in servers)

@@ -4,7 +4,6 @@ cannot be split run whole on one replica with one warning; the embedded engine i
 Parameter writes of split calls (``data_parallel``): once per call, with the first shard's BatchNorm statistics."""
 from __future__ import annotations
 
-import contextlib
 import warnings
 from typing import Any, Callable, Iterator
 
@@ -18,11 +17,10 @@ import gradserve.ops as ops
 from gradserve import Tensor
 from gradserve.client import context
 from gradserve.parallel import data_parallel
-from gradserve.server.app import Server, running
-from gradserve.server.config import ServerConfig
+from gradserve.server.app import Server
 from gradserve.v1 import service_pb2_grpc
 
-from .serverkit import request_counters
+from .serverkit import one_worker_servers, request_counters, targets
 
 STEPS = 4
 
@@ -30,13 +28,8 @@ STEPS = 4
 @pytest.fixture(scope="module")
 def servers() -> Iterator[list[Server]]:
     """Three one-worker servers on free loopback ports."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")))
-               for _ in range(3)]
-
-
-def target(servers: list[Server]) -> str:
-    return ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    with one_worker_servers(3) as found:
+        yield found
 
 
 def grad_calls(servers: list[Server], method: str = "Grad") -> list[int]:
@@ -96,7 +89,7 @@ def test_split_training_reaches_the_unsplit_weights_with_each_replica_answering_
         clean_context: None, servers: list[Server], train: Callable[[int], tuple[list[np.ndarray], list[float]]],
         method: str) -> None:
     expected, expected_losses = train(STEPS)  # embedded, whole batches: the oracle
-    gs.set_context(target=target(servers), retry_seconds=0, batch_split=True)
+    gs.set_context(target=targets(servers), retry_seconds=0, batch_split=True)
     before = grad_calls(servers, method)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # these calls split: no fallback warning
@@ -114,7 +107,7 @@ def test_a_call_that_cannot_split_runs_whole_on_one_replica_warning_once(clean_c
     grad_fn = gs.grad(loss, 0, net.trainable_params())  # the input's gradient too: does not add up over shards
     x, y = data()
     expected = grad_fn(x, y)
-    gs.set_context(target=target(servers), retry_seconds=0, batch_split=True)
+    gs.set_context(target=targets(servers), retry_seconds=0, batch_split=True)
     before = grad_calls(servers, "Run")
     with pytest.warns(UserWarning, match="runs whole on one replica.*grad_position=None"):
         got = grad_fn(x, y)
@@ -171,7 +164,7 @@ def test_a_split_call_writes_once_with_the_first_shards_statistics(clean_context
     assert expected[-1] == 1  # one step of Dropout
     assert any(not np.array_equal(a, b) for a, b in zip(initial, expected))  # that call wrote something
 
-    gs.set_context(target=target(servers), retry_seconds=0)
+    gs.set_context(target=targets(servers), retry_seconds=0)
     loss = normed()
     data_parallel(gradient(loss))(x, y)
     for got, want in zip(all_values(loss), expected, strict=True):
@@ -183,7 +176,7 @@ def test_a_split_train_step_writes_once_through_its_forward(clean_context: None,
     oracle = normed()
     oracle(x, y)  # embedded: the forward alone writes the step's statistics and advances Dropout once
     expected = all_values(oracle)
-    gs.set_context(target=target(servers), retry_seconds=0, batch_split=True)
+    gs.set_context(target=targets(servers), retry_seconds=0, batch_split=True)
     loss = normed()
     weights = loss.trainable_params()
     before = [w.asnumpy().copy() for w in weights]

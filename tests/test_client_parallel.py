@@ -3,7 +3,6 @@ the whole batch (per the loss's mean or sum), and a replica stopped before or du
 computed by another."""
 from __future__ import annotations
 
-import contextlib
 import threading
 from typing import Any, Iterator
 
@@ -21,19 +20,14 @@ from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2_grpc
 
-from .serverkit import long_run, request_counters, wait_until
+from .serverkit import long_run, one_worker_servers, request_counters, targets, wait_until
 
 
 @pytest.fixture(scope="module")
 def servers() -> Iterator[list[Server]]:
     """Three one-worker servers on free loopback ports."""
-    with contextlib.ExitStack() as stack:
-        yield [stack.enter_context(running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")))
-               for _ in range(3)]
-
-
-def target(servers: list[Server]) -> str:
-    return ",".join(f"127.0.0.1:{s.port}" for s in servers)
+    with one_worker_servers(3) as found:
+        yield found
 
 
 def grad_calls(server: Server) -> int:
@@ -70,7 +64,7 @@ def test_split_gradient_equals_the_whole_batch_and_uses_every_replica(clean_cont
     loss, x, y = problem(reduction)
     grad_fn = ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(loss.trainable_params()))
     expected = whole_batch(grad_fn, x, y)
-    gs.set_context(target=target(servers), retry_seconds=0)
+    gs.set_context(target=targets(servers), retry_seconds=0)
     before = [grad_calls(s) for s in servers]
     split = data_parallel(grad_fn)  # the reduction is read from the loss Cell
     assert split.reduction == reduction
@@ -88,7 +82,7 @@ def test_value_and_grad_of_a_function_splits_its_value_too(clean_context: None, 
 
     vg = gs.value_and_grad(forward_fn, None, net.trainable_params(), has_aux=True)
     (value, logits), grads = whole_batch(vg, x, y)
-    gs.set_context(target=target(servers), retry_seconds=0)
+    gs.set_context(target=targets(servers), retry_seconds=0)
     (s_value, s_logits), s_grads = data_parallel(vg)(x, y)
     close((s_value, s_logits), (value, logits))  # the scalar loss averaged, the per-sample logits concatenated
     close(s_grads, grads)
@@ -118,7 +112,7 @@ def test_a_replica_stopped_before_the_call_has_its_shard_done_by_another(clean_c
     expected = whole_batch(grad_fn, x, y)
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")) as gone:
         port = gone.port
-    gs.set_context(target=f"{target(servers[:2])},127.0.0.1:{port}", retry_seconds=5)
+    gs.set_context(target=f"{targets(servers[:2])},127.0.0.1:{port}", retry_seconds=5)
     close(data_parallel(grad_fn)(x, y), expected)
 
 
@@ -132,7 +126,7 @@ def test_a_replica_killed_mid_call_has_its_shard_done_by_another(clean_context: 
         channel = grpc.insecure_channel(f"127.0.0.1:{doomed.port}")
         busy = service_pb2_grpc.GradientStub(channel).Run.future(long_run(service_pb2_grpc.GradientStub(channel)))
         wait_until(lambda: doomed.servicer._inflight == 1, "the long run holds the only worker")
-        gs.set_context(target=f"{target(servers[:2])},127.0.0.1:{doomed.port}", retry_seconds=5)
+        gs.set_context(target=f"{targets(servers[:2])},127.0.0.1:{doomed.port}", retry_seconds=5)
         out: dict[str, Any] = {}
 
         def split_call() -> None:

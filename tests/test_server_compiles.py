@@ -5,26 +5,12 @@ from __future__ import annotations
 import urllib.request
 
 import numpy as np
+from trainkit import LR, STEPS, W0, B, T, X, squared_error
 
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
-from gradserve.engine import Graph, GraphBuilder
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
-
-STEPS = 1000
-LR = 0.05
-X = np.array([0.5, -1.0, 1.5, 2.0])
-T = np.array([1.0, 2.0, -1.0, 0.5])
-W0 = np.array([0.3, -0.2, 0.1, 0.4])
-B = np.array([0.25, -0.5, 0.75, 1.0])
-
-
-def squared_error() -> Graph:
-    """sum((x * w + b - t)^2) over float64[4]: d/dw = 2 (x w + b - t) x, d/db = 2 (x w + b - t)."""
-    g = GraphBuilder()
-    r = g.input("x", "float64", (4,)) * g.param("w", W0) + g.param("b", B) - g.input("t", "float64", (4,))
-    return g.build(g.op("ReduceSum", r * r, axis=(0,)))
 
 
 def compiles(server: Server) -> dict[str, float]:
