@@ -151,6 +151,25 @@ def latency_client(target: str, echo_target: str, tiny_n: int, big_n: int, out: 
     out.send((g, e, bg, be))
 
 
+def calls_per_second(call: Callable[[], Any], clients: int, per_client: int) -> float:
+    """Calls a second of ``clients`` threads each making ``per_client`` calls, all released at once."""
+    start = threading.Barrier(clients + 1)
+
+    def client() -> None:
+        start.wait()
+        for _ in range(per_client):
+            call()
+
+    threads = [threading.Thread(target=client) for _ in range(clients)]
+    for th in threads:
+        th.start()
+    start.wait()
+    t = time.perf_counter()
+    for th in threads:
+        th.join()
+    return clients * per_client / (time.perf_counter() - t)
+
+
 def throughput_client(target: str, clients: int, per_client: int, out: Any) -> None:
     """``clients`` threads each making ``per_client`` calls of the CPU-bound gradient; sends req/s to ``out``."""
     with grpc.insecure_channel(target) as ch:
@@ -158,21 +177,7 @@ def throughput_client(target: str, clients: int, per_client: int, out: Any) -> N
         req = cpu_request(stub)
         for _ in range(clients):  # every worker has compiled the program
             stub.Grad(req)
-        start = threading.Barrier(clients + 1)
-
-        def client() -> None:
-            start.wait()
-            for _ in range(per_client):
-                stub.Grad(req)
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for th in threads:
-            th.start()
-        start.wait()
-        t = time.perf_counter()
-        for th in threads:
-            th.join()
-        out.send(clients * per_client / (time.perf_counter() - t))
+        out.send(calls_per_second(lambda: stub.Grad(req), clients, per_client))
 
 
 class RequestBytes(grpc.UnaryUnaryClientInterceptor):
@@ -398,21 +403,7 @@ def replay_client(target: str, case: str, clients: int, per_client: int, out: An
         grad = ch.unary_unary("/gradserve.v1.Gradient/Grad")  # bytes in, bytes out
         for _ in range(clients * 2):  # every worker has compiled the program
             grad(request)
-        start = threading.Barrier(clients + 1)
-
-        def client() -> None:
-            start.wait()
-            for _ in range(per_client):
-                grad(request)
-
-        threads = [threading.Thread(target=client) for _ in range(clients)]
-        for th in threads:
-            th.start()
-        start.wait()
-        t = time.perf_counter()
-        for th in threads:
-            th.join()
-        out.send(clients * per_client / (time.perf_counter() - t))
+        out.send(calls_per_second(lambda: grad(request), clients, per_client))
 
 
 def scaling(case: str, rounds: int, clients: int, per_client: int) -> None:
