@@ -167,23 +167,30 @@ class Intake:
             lane.receiving -= 1
             self._room.notify_all()
 
+    def _next_in_turn(self, lane: Lane, messages: Iterator[Any], context: grpc.ServicerContext,
+                      max_waiting: int = 0) -> tuple[Any, int] | None:
+        """The next (message, size) of ``messages``, asked of gRPC in this handler's turn in ``lane``; None when
+        the stream ended, the call ended first or was cancelled while the message was on its way."""
+        if self.bounded and not self._wait_turn(lane, context, max_waiting):
+            return None
+        try:
+            return next(messages, None)
+        except grpc.RpcError:
+            return None
+        finally:
+            if self.bounded:
+                self._done_receiving(lane)
+
     def receive(self, method: str, messages: Iterator[Any], context: grpc.ServicerContext) -> tuple[Any, int] | None:
         """The one (message, size) of a unary call's ``messages`` (the deserializer's pairs), asked for in
         its lane's turn; None when the call ended first or carried no message. The size stays counted as
         held until ``release``; raises Failure when it does not fit or exceeds what the call declared."""
         declared = _declared(context)
         lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
-        if self.bounded and not self._wait_turn(lane, context, self.max_waiting if lane is self.large else 0):
+        pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0)
+        if pair is None:
             return None
-        try:
-            message, size = next(messages, (None, 0))
-        except grpc.RpcError:  # the call was cancelled while its message was on its way
-            message, size = None, 0
-        finally:
-            if self.bounded:
-                self._done_receiving(lane)
-        if message is None:
-            return None
+        message, size = pair
         if lane is self.large:
             self._remember(context.peer(), size)
         if declared is not None and size > declared:
@@ -207,18 +214,8 @@ class Intake:
         """The messages of a request stream (the deserializer's (message, size) pairs), each asked of gRPC in
         its turn in the stream lane and then held (``hold``); a message that does not fit is yielded
         ``refused``, and the stream goes on. Ends with the stream, or when the call ended first."""
-        while True:
-            if self.bounded and not self._wait_turn(self.streams, context):
-                return
-            try:
-                message, size = next(messages, (None, 0))
-            except grpc.RpcError:  # the call was cancelled while a message was on its way
-                message, size = None, 0
-            finally:
-                if self.bounded:
-                    self._done_receiving(self.streams)
-            if message is None:
-                return
+        while (pair := self._next_in_turn(self.streams, messages, context)) is not None:
+            message, size = pair
             try:
                 self.hold(size)
             except Failure as f:
@@ -232,18 +229,7 @@ class Intake:
         the next one is asked for or the stream ends, so that such streams stay within the same budgets."""
         size = 0
         try:
-            while True:
-                if self.bounded and not self._wait_turn(self.small, context):
-                    return
-                try:
-                    pair = next(messages, None)
-                except grpc.RpcError:  # the call was cancelled while a message was on its way
-                    pair = None
-                finally:
-                    if self.bounded:
-                        self._done_receiving(self.small)
-                if pair is None:
-                    return
+            while (pair := self._next_in_turn(self.small, messages, context)) is not None:
                 self.release(size)
                 size = 0
                 self.hold(pair[1])
