@@ -1,6 +1,6 @@
 """Fixtures shared by the server and remote-client tests. ``server`` and ``channel`` run the module's
 ``server_config`` (one worker on a free loopback port unless the module overrides it, and ``channel_options``);
-``where`` runs a client test on the embedded engine and then through the module's server."""
+``stub`` is a Gradient stub on its own channel to it; ``where`` runs a client test on the embedded engine and then through the module's server."""
 from __future__ import annotations
 
 import datetime
@@ -19,6 +19,7 @@ import gradserve as gs
 from gradserve.client import context
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
+from gradserve.v1 import service_pb2_grpc
 
 settings.register_profile("gradserve", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("gradserve")
@@ -50,6 +51,13 @@ def channel(server: Server, channel_options: list[tuple[str, int]]) -> Iterator[
     """An insecure loopback channel to the module's ``server``."""
     with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=channel_options) as ch:
         yield ch
+
+
+@pytest.fixture()
+def stub(server: Server) -> Iterator[service_pb2_grpc.GradientStub]:
+    """A Gradient stub on its own loopback channel to the module's ``server``, closed after the test."""
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        yield service_pb2_grpc.GradientStub(ch)
 
 
 @pytest.fixture()

@@ -2,8 +2,6 @@
 gradients, the id is the converted graph's, and a model that cannot be converted is INVALID_ARGUMENT naming its node."""
 from __future__ import annotations
 
-from typing import Iterator
-
 import grpc
 import numpy as np
 import pytest
@@ -13,7 +11,6 @@ from onnxkit import export, model
 
 from gradserve.engine.onnx_import import convert, load_model
 from gradserve.proto import codec
-from gradserve.server.app import Server
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
@@ -22,11 +19,6 @@ from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 def server_config() -> ServerConfig:
     return ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_graph_nodes=40))
 
-
-@pytest.fixture()
-def stub(server: Server) -> Iterator[service_pb2_grpc.GradientStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield service_pb2_grpc.GradientStub(channel)
 
 
 def test_an_onnx_model_registers_and_gives_torch_gradients(stub: service_pb2_grpc.GradientStub) -> None:

@@ -7,7 +7,6 @@ import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Iterator
 
 import grpc
 import numpy as np
@@ -35,11 +34,6 @@ V = np.array(0.5)
 def server_config() -> ServerConfig:
     return ServerConfig(host="127.0.0.1", port=0, workers=2, limits=Limits(max_registered_networks=2))
 
-
-@pytest.fixture()
-def stub(server: Server) -> Iterator[service_pb2_grpc.GradientStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield service_pb2_grpc.GradientStub(channel)
 
 
 def two_output_net() -> graph_pb2.Graph:

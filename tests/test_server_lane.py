@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Iterator
+from typing import Any
 
 import grpc
 import numpy as np
@@ -23,11 +23,6 @@ from gradserve.v1 import service_pb2, service_pb2_grpc
 
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
 
-
-@pytest.fixture()
-def stub(server: Server) -> Iterator[service_pb2_grpc.GradientStub]:
-    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
-        yield service_pb2_grpc.GradientStub(channel)
 
 
 def tutorial_request(stub: service_pb2_grpc.GradientStub, xs: np.ndarray) -> service_pb2.GradRequest:
