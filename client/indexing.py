@@ -61,11 +61,11 @@ def setitem(t: Any, key: Any, value: Any) -> None:
             where = mask if mask.ndim == t.ndim else apply_op("Reshape", mask, shape=tuple(mask.shape) + (1,) * (t.ndim - mask.ndim))
         else:
             where = Tensor._wrap(np.broadcast_to(mask._concrete("a mask").reshape(mask.shape + (1,) * (t.ndim - mask.ndim)), t.shape).copy())
-        t._become(apply_op("Select", where, value, t))
+        _rebind(t, apply_op("Select", where, value, t))
         return
     full = _normalize(t, key if isinstance(key, tuple) else (key,))
     if any(isinstance(k, Tensor) for k in full):
-        t._become(_scatter(t, full, value))
+        _rebind(t, _scatter(t, full, value))
         return
     spec, out_shape, end_mask = _slice_spec(t.shape, full)
     if tuple(value.shape) != tuple(out_shape):
@@ -79,7 +79,17 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         placed = apply_op("StridedSliceGrad", value, shape=tuple(t.shape), begin=begin, end=end, strides=strides, end_mask=end_mask)
     chosen = np.zeros(t.shape, bool)
     chosen[tuple(k for k in full if k is not None)] = True
-    t._become(apply_op("Select", Tensor._wrap(chosen), placed, t))
+    _rebind(t, apply_op("Select", Tensor._wrap(chosen), placed, t))
+
+
+def _rebind(t: Tensor, new: Tensor) -> None:
+    """``t`` stands for ``new`` from now on: inside a trace through the frame, which undoes the change of a Tensor it
+    did not make when it ends and writes the Tensor's last value into it after the call (client/tracing.py)."""
+    frame = current_frame()
+    if frame is None:
+        t._become(new)
+    else:
+        frame.rebind(t, new)
 
 
 def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
