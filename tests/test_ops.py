@@ -171,6 +171,10 @@ ROWS = [
     Row("Stack", [v((2, 3), (2, 3)), v((3,), (3,), (3,), axis=1), v((), axis=-1)], ints=True),
     Row("Unstack", [v((2, 3)), v((2, 3), axis=1), v((1, 2), axis=0, num=1)], ints=True),
     Row("Pad", [v((2, 3), paddings=(1, 0, 2, 1)), v((3,), paddings=(0, 2)), v((), paddings=())], ints=True),
+    Row("PadV3", [v((3, 4), paddings=(2, 1, 3, 2)), v((4,), paddings=(1, 3), mode="edge"), v((2, 3, 3), paddings=(0, 0, 1, 2, 3, 3), mode="circular"),
+                  v((1, 3), paddings=(0, 2, 2, 0), mode="edge"), v((2, 2), paddings=(0, 0, 0, 0)), v((), paddings=())], ints=True),
+    Row("PadV3Grad", [v((6, 9), paddings=(2, 1, 3, 2)), v((8,), paddings=(1, 3), mode="edge"), v((2, 6, 9), paddings=(0, 0, 1, 2, 3, 3), mode="circular"),
+                      v((3, 5), paddings=(0, 2, 2, 0), mode="edge"), v((), paddings=())], ints=True),
     Row("OneHot", [v((), (), fixed={0: [0, 2, 5, 1]}, depth=3), v((), (), fixed={0: [[1, 0], [2, 2]]}, depth=3, axis=0)], ints=True),
     Row("TopK", [v((5,), k=2), v((2, 4), k=4), v((2, 3), k=0)], ("distinct",), ints=True),
     Row(
