@@ -66,6 +66,8 @@ class GradFunction:
 
     def __init__(self, op: GradOperation, fn: Any, weights: tuple[Parameter, ...], bare: bool) -> None:
         self.op, self.fn, self.weights, self.bare = op, fn, weights, bare
+        self.wrapped = fn
+        """The function differentiated, whose non-Parameter state stands for this one's (client/state.py)."""
         self._last: tuple[Traced, GradFlags] | None = None
 
     def input_names(self, n: int) -> list[str]:
@@ -172,8 +174,10 @@ class GradFunction:
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it (the network's
-        writes are dropped: a gradient inside a construct writes nothing)."""
-        leaves, traced, _ = self._emit(frame, inputs, sens)
+        writes are dropped, a gradient inside a construct writes nothing, unless ``frame`` traces this gradient
+        itself: ``_nested_writes``)."""
+        leaves, traced, values = self._emit(frame, inputs, sens)
+        _nested_writes(self, frame, traced, values)
         return self._structure(leaves, traced)
 
     def _emit(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> tuple[list[Tensor], Traced, list[Value]]:
@@ -305,6 +309,8 @@ class _Transform:
         if not callable(fn):
             raise TypeError(f"{type(self).__name__.lstrip('_')} needs a Cell or a function, got {type(fn).__name__}")
         self.fn, self.weights = fn, weights
+        self.wrapped = fn
+        """The function transformed, whose non-Parameter state stands for this one's (client/state.py)."""
         self.__name__ = f"{self.op.lower()}_{graph_name(fn)}"
         self._rebuilds: dict[int, tuple[Any, Any]] = {}
         self._staged: dict[int, _Staged] = {}
@@ -323,7 +329,9 @@ class _Transform:
         gives Parameter values by name in place of the current ones at top level (``vjp_fn``: its forward's)."""
         frame = current_frame()
         if frame is not None:
-            leaves, _, _, rebuild = self._emit(frame, args, extra)
+            leaves, traced, values, rebuild = self._emit(frame, args, extra)
+            if self.writes:
+                _nested_writes(self, frame, traced, values)
             return rebuild(leaves)
         backend = get_backend()
         call, finish = self._prepare(backend, args, extra, write=self.writes, read=read)
@@ -436,6 +444,15 @@ def _forward_writes(frame: TraceFrame, traced: Traced, values: Sequence[Value]) 
     wanted = Graph(g.inputs, g.params, g.nodes, tuple(v for _, v in traced.writes), g.library, g.name).pruned()
     for (param, _), v in zip(traced.writes, flatten(inline(frame.builder, wanted, values, expand_all=False))):
         frame.writes.append((param, v))
+
+
+def _nested_writes(transform: Any, frame: TraceFrame, traced: Traced, values: Sequence[Value]) -> None:
+    """A transform traced as the function of another (``hessian``'s jacrev under jacfwd, grad of grad) passes its
+    function's writes on (``_forward_writes``): no user code runs between the two, so the top-level call writes once,
+    as one of the function itself does (a Dropout's step moves on, a new mask each call). Inside any other traced
+    function the writes are dropped."""
+    if frame.fn is transform:
+        _forward_writes(frame, traced, values)
 
 
 def _split(leaves: list[Tensor], traced: Traced) -> tuple[Any, list[Tensor]]:

@@ -227,7 +227,7 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
     construct). The value travels as an extra output of the call (a forward call, or a top-level gradient or
     transform call, whose program computes it with the forward pass, once per call), never as an output that
     gradients see; writes recorded in a trace nested inside a construct (a GradOperation or transform there) are
-    dropped."""
+    dropped, those under a transform of a transform (``hessian``) are passed on (``grad._nested_writes``)."""
     frame = current_frame()
     if frame is None:
         _before_write(param)

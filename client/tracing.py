@@ -52,8 +52,10 @@ class TraceSession:
 class TraceFrame:
     """One graph being recorded: its builder and the graph values of the concrete Tensors it has used."""
 
-    def __init__(self, session: TraceSession, name: str, concrete: bool, origin: Origin | None = None) -> None:
+    def __init__(self, session: TraceSession, name: str, concrete: bool, origin: Origin | None = None, fn: Any = None) -> None:
         self.session = session
+        self.fn = fn
+        """The function (or Cell) this frame traces."""
         self.concrete = concrete
         self.builder: GraphBuilder = ValueBuilder(name, session.library) if concrete else GraphBuilder(name, session.library)
         self._consts: dict[int, tuple[Tensor, Value]] = {}
@@ -320,7 +322,7 @@ def trace(
     origin = None
     if concrete and parent is not None and parent.session is session:
         origin = Origin(parent.origin, tuple(parent.value_of(t) for ts in leaves for t in ts))
-    frame = TraceFrame(session, name, concrete, origin)
+    frame = TraceFrame(session, name, concrete, origin, fn)
     call_args = []
     for i, a in enumerate(args):
         if leaves[i]:
