@@ -344,16 +344,21 @@ def amin(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any =
 
 
 def _extreme_index(fn: str, largest: bool, input: Any, axis: Any, keepdims: bool, initial: Any, where: Any) -> tuple[Any, Any]:
-    """MindSpore 2.x's ``ops.max``/``ops.min``: (values, int32 indices); with axis None, the whole Tensor's value and
-    index 0 (keepdims, initial and where then unused, as MindSpore documents)."""
+    """MindSpore 2.x's ``ops.max``/``ops.min``: (values, int32 indices) of the ArgMaxWithValue (ArgMinWithValue) op
+    over ``x`` bounded by ``initial`` where ``where`` holds, ``initial`` elsewhere, so the gradient goes to the first
+    extremum alone, as MindSpore's bprop gives it; with axis None, ReduceMax's value (tied maxima share the gradient)
+    and index 0 (keepdims, initial and where then unused, as MindSpore documents)."""
     x = _tensor(fn, input)
     if axis is None:
         return apply_op("ReduceMax" if largest else "ReduceMin", x, axis=(), keep_dims=False), Tensor._wrap(np.array(0, np.int32))
     ax = _axis(fn, axis, len(x.shape))
-    values = _extreme(fn, largest, x, ax, keepdims, initial, where)
-    source = x if where is None else apply_op("Select", where, x, initial)
-    indices = apply_op("Argmax" if largest else "Argmin", source, axis=ax, output_type=np.dtype(np.int32))
-    return values, apply_op("ExpandDims", indices, axis=ax) if keepdims else indices
+    if where is not None and initial is None:
+        raise ValueError(f"ops.{fn}: where needs an initial value for the positions it leaves out")
+    source = x if initial is None else apply_op("Maximum" if largest else "Minimum", x, initial)
+    if where is not None:
+        source = apply_op("Select", where, source, initial)
+    indices, values = apply_op("ArgMaxWithValue" if largest else "ArgMinWithValue", source, axis=ax, keep_dims=bool(keepdims))
+    return values, indices
 
 
 def max(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = None) -> tuple[Any, Any]:

@@ -161,6 +161,8 @@ ROWS = [
     Row("GeLU", [v((2, 3), approximate="none"), v((3,), approximate="tanh")]),
     *(Row(op, UNARY, ("frac",)) for op in ("Floor", "Ceil", "Round")),
     Row("ClipByValue", [v((2, 3), (), ()), v((2, 3), (3,), (2, 1)), v((3,), (3,), (3,))], ("real", "clipmin", "clipmax"), ints=True),
+    *(Row(op, [v((2, 3)), v((2, 3), axis=1), v((2, 3, 4), axis=-1, keep_dims=True), v((4,)), v((3, 1, 2), axis=-2, keep_dims=True)],
+          ("distinct",), ints=True) for op in ("ArgMaxWithValue", "ArgMinWithValue")),
     Row("ReduceMin", [v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("distinct",), ints=True),
     Row("ReduceProd", [v(()), v((2, 3)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)], ("away",), ints=True),
     Row("LogSumExp", [v((3,)), v((2, 3), axis=(1,)), v((2, 3, 4), axis=(0, 2), keep_dims=True)]),
