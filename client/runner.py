@@ -338,13 +338,13 @@ class BeforeWrites:
         """Inside the block, the written Tensors hold their values from before the writes again (a trace made then
         bakes in what the forward read), and their current values after it."""
         now = [(t, t._array, t._version) for t, _, _ in self.tensors.values()]
-        for t, array, version in self.tensors.values():
-            t._restore(array, version)
+        for t, before, version in self.tensors.values():
+            t._restore(before, version)
         try:
             yield
         finally:
-            for t, array, version in now:
-                t._restore(array, version)  # type: ignore[arg-type]
+            for t, current, version in now:
+                t._restore(current, version)
 
 
 @contextmanager

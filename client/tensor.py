@@ -90,7 +90,7 @@ class Tensor(Operators):
         self._array, self._value, self._frame = new._array, new._value, new._frame
         self._version = next(_versions)
 
-    def _restore(self, array: np.ndarray, version: int) -> None:
+    def _restore(self, array: np.ndarray | None, version: int) -> None:
         """Hold ``array`` at ``version`` again: undoes the in-place changes a trace made to a Tensor it did not make."""
         self._array, self._value, self._frame, self._version = array, None, None, version
 

@@ -61,7 +61,7 @@ class TraceFrame:
         self._consts: dict[int, tuple[Tensor, Value]] = {}
         self.origin = origin or Origin()
         self.writes: list[tuple[Tensor, Value]] = []
-        self._rebound: dict[int, tuple[Tensor, np.ndarray, int]] = {}
+        self._rebound: dict[int, tuple[Tensor, np.ndarray | None, int]] = {}
 
     def rebind(self, t: Tensor, new: Tensor) -> None:
         """An in-place change (item assignment) of ``t`` in this trace: ``t`` stands for ``new`` from now on. A Tensor
@@ -69,7 +69,7 @@ class TraceFrame:
         trace becomes a write (``finish_writes``), set into it after a top-level call runs, as MindSpore's in-place
         write leaves the attribute holding the new value for later calls."""
         if not t.is_traced and id(t) not in self._rebound:
-            self._rebound[id(t)] = (t, t._array, t._version)  # type: ignore[assignment]
+            self._rebound[id(t)] = (t, t._array, t._version)
         t._become(new)
 
     def finish_writes(self) -> None:

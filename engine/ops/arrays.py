@@ -297,7 +297,7 @@ def _padv3_onnx(c: OnnxCall) -> list[Spec]:
     specs, cur = [], c.x[0]
     for k, (ax, b, a) in enumerate(pairs):
         nxt = c.y[0] if k == len(pairs) - 1 else c.tmp(str(ax))
-        specs.append(("Gather", (cur, ints(_sources(c.attrs["mode"], shape[ax], b, a))), (nxt,), {"axis": ax}))
+        specs.append(("Gather", (cur, ints(_sources(c.attrs["mode"], shape[ax], b, a).tolist())), (nxt,), {"axis": ax}))
         cur = nxt
     return specs
 

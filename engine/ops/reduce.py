@@ -300,7 +300,7 @@ def _with_value_vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Valu
     ax = axis % x.ndim
     index, dv = (out[0], g[1]) if keep_dims else (F.ExpandDims(out[0], axis=ax), F.ExpandDims(g[1], axis=ax))
     n = x.shape[ax]
-    positions = const(index, np.arange(n, dtype=np.int32).reshape((n,) + (1,) * (x.ndim - ax - 1)))
+    positions = index.builder.const(np.arange(n, dtype=np.int32).reshape((n,) + (1,) * (x.ndim - ax - 1)))  # type: ignore[union-attr]
     return F.Select(F.Equal(index, positions), dv, F.ZerosLike(x))
 
 
