@@ -198,10 +198,15 @@ def einsum(equation: str, *operands: Any) -> Any:
     return apply_op("Einsum", *operands, equation=equation)
 
 
+PAD_MODES = {"constant": "", "reflect": "reflect", "replicate": "edge", "circular": "circular"}
+"""``ops.pad``'s modes, and the PadV3 mode of each but 'constant' (the Pad op)."""
+
+
 def pad(input_x: Any, padding: Any, mode: str = "constant", value: Any = None) -> Any:
     """``ops.pad(input_x, padding, mode='constant', value=None)``: ``padding`` pairs (before, after) from the last axis
-    backwards, ``(left, right, top, bottom, ...)``; a negative amount crops. The Pad op (zeros), plus ``value`` on the
-    padded border. Only the constant mode is supported."""
+    backwards, ``(left, right, top, bottom, ...)``. 'constant': the Pad op (zeros), plus ``value`` on the padded border;
+    a negative amount crops. 'reflect' (mirrored without the edge, each amount below its axis's length), 'replicate'
+    (the edge repeated) and 'circular' (wrapped around): the PadV3 op, non-negative amounts, no ``value``."""
     x = _tensor("pad", input_x, "input_x")
     if isinstance(padding, Tensor):
         padding = padding._concrete("ops.pad's padding").tolist()
@@ -210,11 +215,17 @@ def pad(input_x: Any, padding: Any, mode: str = "constant", value: Any = None) -
     nd = len(x.shape)
     if len(padding) % 2 or len(padding) // 2 > nd:
         raise ValueError(f"ops.pad: padding needs an even length of at most 2 * rank = {2 * nd}, got {len(padding)}")
-    if mode != "constant":
-        raise ValueError(f"ops.pad: mode={mode!r} is not supported (only 'constant')")
+    if mode not in PAD_MODES:
+        raise ValueError(f"ops.pad: mode must be one of {tuple(PAD_MODES)}, got {mode!r}")
     pairs = [(0, 0)] * nd
     for i in range(len(padding) // 2):
         pairs[nd - 1 - i] = (int(padding[2 * i]), int(padding[2 * i + 1]))
+    if mode != "constant":
+        if value is not None:
+            raise ValueError(f"ops.pad: value is for mode='constant' only, got value={value!r} with mode={mode!r}")
+        if any(int(v) < 0 for v in padding):
+            raise ValueError(f"ops.pad: mode={mode!r} takes non-negative padding, got {tuple(padding)}")
+        return apply_op("PadV3", x, paddings=tuple(v for p in pairs for v in p), mode=PAD_MODES[mode])
     crop = tuple(slice(_clip(-b), n - _clip(-a)) for n, (b, a) in zip(x.shape, pairs))
     if any(c.start or c.stop != n for c, n in zip(crop, x.shape)):
         if any(c.stop < c.start for c in crop):
@@ -333,16 +344,21 @@ def amin(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any =
 
 
 def _extreme_index(fn: str, largest: bool, input: Any, axis: Any, keepdims: bool, initial: Any, where: Any) -> tuple[Any, Any]:
-    """MindSpore 2.x's ``ops.max``/``ops.min``: (values, int32 indices); with axis None, the whole Tensor's value and
-    index 0 (keepdims, initial and where then unused, as MindSpore documents)."""
+    """MindSpore 2.x's ``ops.max``/``ops.min``: (values, int32 indices) of the ArgMaxWithValue (ArgMinWithValue) op
+    over ``x`` bounded by ``initial`` where ``where`` holds, ``initial`` elsewhere, so the gradient goes to the first
+    extremum alone, as MindSpore's bprop gives it; with axis None, ReduceMax's value (tied maxima share the gradient)
+    and index 0 (keepdims, initial and where then unused, as MindSpore documents)."""
     x = _tensor(fn, input)
     if axis is None:
         return apply_op("ReduceMax" if largest else "ReduceMin", x, axis=(), keep_dims=False), Tensor._wrap(np.array(0, np.int32))
     ax = _axis(fn, axis, len(x.shape))
-    values = _extreme(fn, largest, x, ax, keepdims, initial, where)
-    source = x if where is None else apply_op("Select", where, x, initial)
-    indices = apply_op("Argmax" if largest else "Argmin", source, axis=ax, output_type=np.dtype(np.int32))
-    return values, apply_op("ExpandDims", indices, axis=ax) if keepdims else indices
+    if where is not None and initial is None:
+        raise ValueError(f"ops.{fn}: where needs an initial value for the positions it leaves out")
+    source = x if initial is None else apply_op("Maximum" if largest else "Minimum", x, initial)
+    if where is not None:
+        source = apply_op("Select", where, source, initial)
+    indices, values = apply_op("ArgMaxWithValue" if largest else "ArgMinWithValue", source, axis=ax, keep_dims=bool(keepdims))
+    return values, indices
 
 
 def max(input: Any, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = None) -> tuple[Any, Any]:

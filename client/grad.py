@@ -15,7 +15,7 @@ from . import dtype as mstype
 from .backend import Backend, Call, GradFlags
 from .context import batch_splitter, get_backend
 from .parameter import Parameter
-from .runner import apply_writes, forward_recorded, to_tensors, traced_for, values_before_writes, writing_network_id
+from .runner import BeforeWrites, apply_writes, forward_recorded, to_tensors, traced_for, values_before_writes, writing_network_id
 from .streaming import stream_prepared
 from .tensor import Tensor
 from .tracing import (
@@ -66,6 +66,8 @@ class GradFunction:
 
     def __init__(self, op: GradOperation, fn: Any, weights: tuple[Parameter, ...], bare: bool) -> None:
         self.op, self.fn, self.weights, self.bare = op, fn, weights, bare
+        self.wrapped = fn
+        """The function differentiated, whose non-Parameter state stands for this one's (client/state.py)."""
         self._last: tuple[Traced, GradFlags] | None = None
 
     def input_names(self, n: int) -> list[str]:
@@ -109,20 +111,25 @@ class GradFunction:
         return finish(backend.call(call))
 
     def _prepare(self, backend: Backend, inputs: Sequence[Any], sens: Any, write: bool = False,
-                 read: dict[str, Any] | None = None) -> tuple[Call, Any]:
+                 read: BeforeWrites | None = None) -> tuple[Call, Any]:
         """The backend call for these inputs and the function giving the structured result from its output; with
         ``write``, a network that writes Parameters (BatchNorm's moving statistics) writes them once, as its forward
         inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``);
-        ``read`` gives Parameter values by name in place of the current ones."""
+        ``read`` gives what the network writes as a forward read it (``runner.BeforeWrites``), read in place of the
+        current values."""
         entry = traced_for(self.fn, inputs, self.weights)
         recorded = forward_recorded(self.fn, inputs) if write and entry.traced.writes else None
         if write and entry.traced.writes and recorded is None:
             return self._prepare_writing(backend, entry.traced, inputs, sens)
+        read = recorded or read
+        if read is not None and read.tensors:
+            with read.tensors_as_read():
+                entry = traced_for(self.fn, inputs, self.weights)
         flat_sens = self._flat_sens(sens, entry.traced)
         arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
         flags = self.flags(entry.traced)
-        extra = recorded or read
-        call = Call(entry.network_id(backend), flags, arrays, {**entry.param_values(), **extra} if extra else entry.param_values())
+        params = {**entry.param_values(), **read.params} if read is not None else entry.param_values()
+        call = Call(entry.network_id(backend), flags, arrays, params)
         if not flags.get_all and not flags.get_by_list:
             return call, _first_gradient
         return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
@@ -152,7 +159,7 @@ class GradFunction:
         return leaves, traced, values, None
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
-                     read: dict[str, Any] | None = None) -> tuple[Call, Any]:
+                     read: BeforeWrites | None = None) -> tuple[Call, Any]:
         """For streaming (``client/streaming.py``) and split batches (``client/parallel.py``): one call's arguments
         (then sens) as a backend call and its result's structure; with ``write``, the Parameters the network writes
         are set when the result is finished (as a direct call does); ``read`` as in ``_prepare``."""
@@ -167,8 +174,10 @@ class GradFunction:
 
     def _nested(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> Any:
         """Inside a trace: trace the network into the library and apply a GradOperation node to it (the network's
-        writes are dropped: a gradient inside a construct writes nothing)."""
-        leaves, traced, _ = self._emit(frame, inputs, sens)
+        writes are dropped, a gradient inside a construct writes nothing, unless ``frame`` traces this gradient
+        itself: ``_nested_writes``)."""
+        leaves, traced, values = self._emit(frame, inputs, sens)
+        _nested_writes(self, frame, traced, values)
         return self._structure(leaves, traced)
 
     def _emit(self, frame: TraceFrame, inputs: Sequence[Any], sens: Any) -> tuple[list[Tensor], Traced, list[Value]]:
@@ -300,6 +309,8 @@ class _Transform:
         if not callable(fn):
             raise TypeError(f"{type(self).__name__.lstrip('_')} needs a Cell or a function, got {type(fn).__name__}")
         self.fn, self.weights = fn, weights
+        self.wrapped = fn
+        """The function transformed, whose non-Parameter state stands for this one's (client/state.py)."""
         self.__name__ = f"{self.op.lower()}_{graph_name(fn)}"
         self._rebuilds: dict[int, tuple[Any, Any]] = {}
         self._staged: dict[int, _Staged] = {}
@@ -313,19 +324,21 @@ class _Transform:
         own = list(self.fn.get_parameters()) if hasattr(self.fn, "get_parameters") else []
         return iter(own + [w for w in self.weights if all(w is not p for p in own)])
 
-    def _apply(self, args: Sequence[Any], extra: Sequence[Tensor], read: dict[str, Any] | None = None) -> Any:
+    def _apply(self, args: Sequence[Any], extra: Sequence[Tensor], read: BeforeWrites | None = None) -> Any:
         """The structured result for ``args`` (the function's inputs) and ``extra`` (tangents or cotangents); ``read``
         gives Parameter values by name in place of the current ones at top level (``vjp_fn``: its forward's)."""
         frame = current_frame()
         if frame is not None:
-            leaves, _, _, rebuild = self._emit(frame, args, extra)
+            leaves, traced, values, rebuild = self._emit(frame, args, extra)
+            if self.writes:
+                _nested_writes(self, frame, traced, values)
             return rebuild(leaves)
         backend = get_backend()
         call, finish = self._prepare(backend, args, extra, write=self.writes, read=read)
         return finish(backend.call(call))
 
     def _prepare(self, backend: Backend, args: Sequence[Any], extra: Sequence[Tensor], write: bool = False,
-                 read: dict[str, Any] | None = None) -> tuple[Call, Any]:
+                 read: BeforeWrites | None = None) -> tuple[Call, Any]:
         """The backend call of the staged network and the function giving the structured result from its output.
         With ``write``, when the function writes Parameters, the call runs the staged graph's copy that also outputs
         the written values (``runner.writing_network_id``), and they are set after it returns."""
@@ -334,20 +347,24 @@ class _Transform:
             staged = _Staged(self.__name__, len(args), self.get_parameters, self._emit, True, self.fn)
             self._staged[len(args)] = staged
         entry = traced_for(staged, [*args, *extra], self.weights)
+        recorded = forward_recorded(self.fn, args) if write and entry.traced.writes else None
+        read = recorded or read
+        if read is not None and read.tensors:
+            with read.tensors_as_read():
+                entry = traced_for(staged, [*args, *extra], self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
             hit = (entry.traced, staged.rebuild)
             self._rebuilds[id(entry.traced)] = hit
         inputs = entry.inputs([*args, *extra])
-        recorded = forward_recorded(self.fn, args) if write and entry.traced.writes else None
-        if write and entry.traced.writes and recorded is None:
+        if write and entry.traced.writes and read is None:
             call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
             return call, lambda out: hit[1](apply_writes(entry.traced, out))
-        call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(recorded or read or {})})
+        call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(read.params if read else {})})
         return call, lambda out: hit[1](list(flatten(to_tensors(out))))
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
-                     read: dict[str, Any] | None = None) -> tuple[Call, Any]:
+                     read: BeforeWrites | None = None) -> tuple[Call, Any]:
         """For streaming and split batches: one call's arguments as a backend call and its result's structure
         (``write`` and ``read`` as in ``GradFunction.prepare_call``)."""
         return self._prepare(backend, args, (), write=write and self.writes, read=read)
@@ -427,6 +444,15 @@ def _forward_writes(frame: TraceFrame, traced: Traced, values: Sequence[Value]) 
     wanted = Graph(g.inputs, g.params, g.nodes, tuple(v for _, v in traced.writes), g.library, g.name).pruned()
     for (param, _), v in zip(traced.writes, flatten(inline(frame.builder, wanted, values, expand_all=False))):
         frame.writes.append((param, v))
+
+
+def _nested_writes(transform: Any, frame: TraceFrame, traced: Traced, values: Sequence[Value]) -> None:
+    """A transform traced as the function of another (``hessian``'s jacrev under jacfwd, grad of grad) passes its
+    function's writes on (``_forward_writes``): no user code runs between the two, so the top-level call writes once,
+    as one of the function itself does (a Dropout's step moves on, a new mask each call). Inside any other traced
+    function the writes are dropped."""
+    if frame.fn is transform:
+        _forward_writes(frame, traced, values)
 
 
 def _split(leaves: list[Tensor], traced: Traced) -> tuple[Any, list[Tensor]]:
@@ -588,7 +614,7 @@ class VjpFunction:
     (nested alike; what sits at a constant output is not used), or, as MindSpore also takes them, the cotangents of
     a tuple output as separate arguments."""
 
-    def __init__(self, transform: _VjpFn, inputs: tuple[Any, ...], outputs: Any, read: dict[str, Any]) -> None:
+    def __init__(self, transform: _VjpFn, inputs: tuple[Any, ...], outputs: Any, read: BeforeWrites) -> None:
         self.transform, self.inputs, self.outputs, self.read = transform, inputs, outputs, read
         self.skeleton = skeleton_of(outputs[0] if transform.has_aux else outputs)
 
@@ -602,7 +628,8 @@ class VjpFunction:
                 raise TypeError(f"{who}: {path} must be a Tensor like the output it belongs to ({o.dtype}{list(o.shape)}), got {type(c).__name__}")
             if c.shape != o.shape or c._array_dtype() != o._array_dtype():
                 raise ValueError(f"{who}: {path} has shape {c.shape} and dtype {c.dtype}, its output has {o.shape} and {o.dtype}")
-        return self.transform._apply(self.inputs, [c for c, _ in leaves], self.read)
+        with self.read.tensors_as_read():
+            return self.transform._apply(self.inputs, [c for c, _ in leaves], self.read)
 
 
 def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> Any:
@@ -613,7 +640,7 @@ def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> An
     if not any(tensor_leaves(a) for a in inputs):
         raise TypeError(f"vjp of {label(fn)}: no input is a Tensor (or holds one)")
     ws, _ = _weights(weights, "vjp")
-    with values_before_writes() as read:  # the Parameters the forward writes, as it read them (a Dropout's step)
+    with values_before_writes() as read:  # what the forward writes, as it read it (a Dropout's step, a buffer)
         out = fn(*inputs)
     if has_aux:
         _require_aux(skeleton_of(out), f"vjp of {label(fn)}")

@@ -61,11 +61,11 @@ def setitem(t: Any, key: Any, value: Any) -> None:
             where = mask if mask.ndim == t.ndim else apply_op("Reshape", mask, shape=tuple(mask.shape) + (1,) * (t.ndim - mask.ndim))
         else:
             where = Tensor._wrap(np.broadcast_to(mask._concrete("a mask").reshape(mask.shape + (1,) * (t.ndim - mask.ndim)), t.shape).copy())
-        t._become(apply_op("Select", where, value, t))
+        _rebind(t, apply_op("Select", where, value, t))
         return
     full = _normalize(t, key if isinstance(key, tuple) else (key,))
     if any(isinstance(k, Tensor) for k in full):
-        t._become(_scatter(t, full, value))
+        _rebind(t, _scatter(t, full, value))
         return
     spec, out_shape, end_mask = _slice_spec(t.shape, full)
     if tuple(value.shape) != tuple(out_shape):
@@ -79,7 +79,17 @@ def setitem(t: Any, key: Any, value: Any) -> None:
         placed = apply_op("StridedSliceGrad", value, shape=tuple(t.shape), begin=begin, end=end, strides=strides, end_mask=end_mask)
     chosen = np.zeros(t.shape, bool)
     chosen[tuple(k for k in full if k is not None)] = True
-    t._become(apply_op("Select", Tensor._wrap(chosen), placed, t))
+    _rebind(t, apply_op("Select", Tensor._wrap(chosen), placed, t))
+
+
+def _rebind(t: Tensor, new: Tensor) -> None:
+    """``t`` stands for ``new`` from now on: inside a trace through the frame, which undoes the change of a Tensor it
+    did not make when it ends and writes the Tensor's last value into it after the call (client/tracing.py)."""
+    frame = current_frame()
+    if frame is None:
+        t._become(new)
+    else:
+        frame.rebind(t, new)
 
 
 def _broadcasts(shape: tuple[int, ...], to: tuple[int, ...]) -> bool:
@@ -142,7 +152,7 @@ def _bool_mask(key: Any) -> Tensor | None:
     """``key`` as a boolean Tensor when it is a boolean mask (Tensor, array or nested list of bools), else None."""
     if isinstance(key, Tensor):
         return key if key._array_dtype() == np.bool_ else None
-    if isinstance(key, (np.ndarray, list)):
+    if isinstance(key, (np.ndarray, list, bool, np.bool_)):
         arr = np.asarray(key)
         return Tensor._wrap(arr) if arr.dtype == np.bool_ else None
     return None
@@ -151,7 +161,8 @@ def _bool_mask(key: Any) -> Tensor | None:
 def _masked(t: Any, mask: Tensor) -> Any:
     """``t[mask]``: the selected elements (in C order) as a Gather of a flattened view. The result's length depends
     on the mask's values, so a mask computed inside a construct (or passed to it) is read: its positions become
-    constant indices and the trace holds only while the mask is the same (a guard), else it is traced again."""
+    constant indices and the trace holds only while the mask is the same (a guard), else it is traced again. A 0-d
+    mask covers no axis: NumPy's new leading axis, of length 1 (True) or 0 (False)."""
     _check_mask(mask.shape, t.shape, 0)
     m = mask._concrete("a boolean mask index")
     rest = tuple(t.shape[m.ndim:])
@@ -161,9 +172,7 @@ def _masked(t: Any, mask: Tensor) -> Any:
 
 
 def _check_mask(mask_shape: tuple[int, ...], shape: tuple[int, ...], axis: int) -> None:
-    """A boolean mask must have the shape of the axes it covers, from ``axis`` on."""
-    if not mask_shape:
-        raise IndexError("a 0-d boolean index is not supported")
+    """A boolean mask must have the shape of the axes it covers, from ``axis`` on (a 0-d one covers none)."""
     if tuple(mask_shape) != tuple(shape[axis: axis + len(mask_shape)]):
         axes = "the leading axes" if axis == 0 else f"axes {axis} to {axis + len(mask_shape) - 1}"
         raise IndexError(f"boolean mask of shape {tuple(mask_shape)} does not match {axes} of shape {tuple(shape)}")
@@ -225,7 +234,9 @@ def _normalize(t: Any, key: tuple[Any, ...]) -> list[Any]:
         if index._array_dtype() == np.bool_:
             m = index._concrete("a boolean mask index")
             if m.ndim == 0:
-                raise IndexError("a 0-d boolean index is not supported")
+                raise IndexError("a 0-d boolean index is supported alone (x[mask] is x with a new leading axis of length "
+                                 "1 or 0), not with other indices or values that do not broadcast to x; index in two steps "
+                                 "(x[mask][:, i]) or choose with ops.select")
             rows = [Tensor._wrap(ix.astype(np.int64)) for ix in np.nonzero(m)]
             masks.append((rows[0], m.shape))
             items.extend(rows)

@@ -2,6 +2,7 @@
 run it on the current backend."""
 from __future__ import annotations
 
+import dataclasses
 import threading
 import weakref
 from contextlib import contextmanager
@@ -182,14 +183,22 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
 def _trace_entry(fn: Any, args: Sequence[Any], declared: Sequence[Parameter], state: State) -> CacheEntry:
     """Trace ``fn`` without values; if its Python code reads one, trace it again computing values, with guards."""
     try:
-        traced = trace(fn, args, TraceSession(), graph_name(fn), declared)
+        traced = _held_writes(trace(fn, args, TraceSession(), graph_name(fn), declared), state)
         return CacheEntry(traced, _param_state(traced.params), state)
     except NeedsValues:
         pass
     session = TraceSession(concrete=True)
-    traced = trace(fn, args, session, graph_name(fn), declared)
+    traced = _held_writes(trace(fn, args, session, graph_name(fn), declared), state)
     guards = GuardCheck(traced.graph, session.guards) if session.guards else None
     return CacheEntry(traced, _param_state(traced.params), state, guards)
+
+
+def _held_writes(traced: Traced, state: State) -> Traced:
+    """``traced`` keeping the writes into Parameters and into the Tensors the network's state holds (watched, so the
+    next call sees their new values); a Tensor the construct made itself and changed in place is gone after it."""
+    held = {id(t) for t in state.tensors}
+    kept = tuple((t, v) for t, v in traced.writes if isinstance(t, Parameter) or id(t) in held)
+    return traced if len(kept) == len(traced.writes) else dataclasses.replace(traced, writes=kept)
 
 
 def to_tensors(tree: Any) -> Any:
@@ -218,7 +227,7 @@ def assign_after_call(param: Parameter, value: Tensor) -> None:
     construct). The value travels as an extra output of the call (a forward call, or a top-level gradient or
     transform call, whose program computes it with the forward pass, once per call), never as an output that
     gradients see; writes recorded in a trace nested inside a construct (a GradOperation or transform there) are
-    dropped."""
+    dropped, those under a transform of a transform (``hessian``) are passed on (``grad._nested_writes``)."""
     frame = current_frame()
     if frame is None:
         _before_write(param)
@@ -288,20 +297,62 @@ def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
     outputs before them (the network's own)."""
     flat = flatten(to_tensors(out))
     n = len(flat) - len(traced.writes)
-    for (param, _), t in zip(traced.writes, flat[n:]):
-        _before_write(param)
-        param.set_data(t.asnumpy())
+    for (target, _), t in zip(traced.writes, flat[n:]):
+        _before_write(target)
+        if isinstance(target, Parameter):
+            target.set_data(t.asnumpy())
+        else:
+            _write_tensor(target, t)
     return flat[:n]
+
+
+def _write_tensor(target: Tensor, new: Tensor) -> None:
+    """A Tensor the network holds takes the value its code left it holding (an in-place change in the construct);
+    its ``version`` moves only when the value changed, so the next call traces again with the new value only then."""
+    old = target._array
+    arr = new._concrete("a written value").astype(target._array_dtype(), copy=False)
+    if old is None or old.shape != arr.shape or old.tobytes() != arr.tobytes():
+        target._become(Tensor._wrap(arr))
 
 
 _LOGS = threading.local()
 
 
+class BeforeWrites:
+    """What the Parameters and Tensors written back inside a ``values_before_writes`` block held before their first
+    write there: ``params`` by name (values to pass for them), ``tensors`` with their versions."""
+
+    def __init__(self) -> None:
+        self.params: dict[str, np.ndarray] = {}
+        self.tensors: dict[int, tuple[Tensor, np.ndarray, int]] = {}
+
+    def note(self, target: Tensor) -> None:
+        """Keep ``target``'s value, unless one from before an earlier write is kept."""
+        if isinstance(target, Parameter):
+            self.params.setdefault(target.name, target.array())
+        elif id(target) not in self.tensors and target._array is not None:
+            self.tensors[id(target)] = (target, target._array, target._version)
+
+    @contextmanager
+    def tensors_as_read(self) -> Iterator[None]:
+        """Inside the block, the written Tensors hold their values from before the writes again (a trace made then
+        bakes in what the forward read), and their current values after it."""
+        now = [(t, t._array, t._version) for t, _, _ in self.tensors.values()]
+        for t, before, version in self.tensors.values():
+            t._restore(before, version)
+        try:
+            yield
+        finally:
+            for t, current, version in now:
+                t._restore(current, version)
+
+
 @contextmanager
-def values_before_writes() -> Iterator[dict[str, np.ndarray]]:
-    """Collect, by name, the value each Parameter had before its first write-back inside the block: ``vjp`` keeps
-    them so that its ``vjp_fn`` reads what its forward read (a Dropout's step, so the same mask)."""
-    log: dict[str, np.ndarray] = {}
+def values_before_writes() -> Iterator[BeforeWrites]:
+    """Collect what each Parameter and Tensor held before its first write-back inside the block: ``vjp`` keeps it so
+    that its ``vjp_fn`` reads what its forward read (a Dropout's step, so the same mask; a buffer the construct
+    changed in place)."""
+    log = BeforeWrites()
     stack = _LOGS.__dict__.setdefault("stack", [])
     stack.append(log)
     try:
@@ -310,28 +361,31 @@ def values_before_writes() -> Iterator[dict[str, np.ndarray]]:
         stack.pop()
 
 
-def _before_write(param: Parameter) -> None:
+def _before_write(target: Tensor) -> None:
     for log in getattr(_LOGS, "stack", ()):
-        log.setdefault(param.name, param.array())
+        log.note(target)
 
 
-def note_forward(fn: Any, args: Sequence[Any], writes: Sequence[tuple[Parameter, Any]] = ()) -> None:
+def note_forward(fn: Any, args: Sequence[Any], writes: Sequence[tuple[Tensor, Any]] = ()) -> None:
     """Remember a top-level forward call of a Cell with ``set_grad()`` on: MindSpore's PyNative records it, and the
     gradient call that follows on the same Cell and the same input objects reuses that forward instead of running
-    (and writing) again (``forward_recorded``); the values the forward read of the Parameters it writes are kept
-    for that gradient (a Dropout's step counter: the gradient's mask is the forward's)."""
+    (and writing) again (``forward_recorded``); what the forward read of the Parameters and Tensors it writes is kept
+    for that gradient (a Dropout's step counter: the gradient's mask is the forward's; a buffer its code changes)."""
     if getattr(fn, "requires_grad", False) is True and hasattr(fn, "construct"):
-        _RECORDED[fn] = (tuple(args), {p.name: p.array() for p, _ in writes})
+        before = BeforeWrites()
+        for target, _ in writes:
+            before.note(target)
+        _RECORDED[fn] = (tuple(args), before)
 
 
-def forward_recorded(fn: Any, args: Sequence[Any]) -> dict[str, np.ndarray] | None:
+def forward_recorded(fn: Any, args: Sequence[Any]) -> BeforeWrites | None:
     """When the last top-level forward call of ``fn`` was recorded by ``note_forward`` with these very input objects
-    (once): the values, by name, that forward read of the Parameters it wrote, which the gradient call then reads
-    too, writing nothing, as MindSpore's ``check_run`` reuses that forward; else None."""
+    (once): what that forward read of the Parameters and Tensors it wrote, which the gradient call then reads too,
+    writing nothing, as MindSpore's ``check_run`` reuses that forward; else None."""
     seen = _RECORDED.pop(fn, None)
     if seen is None or len(seen[0]) != len(args) or not all(a is b for a, b in zip(seen[0], args)):
         return None
     return seen[1]
 
 
-_RECORDED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], dict[str, np.ndarray]]] = weakref.WeakKeyDictionary()
+_RECORDED: weakref.WeakKeyDictionary[Any, tuple[tuple[Any, ...], BeforeWrites]] = weakref.WeakKeyDictionary()

@@ -90,6 +90,10 @@ class Tensor(Operators):
         self._array, self._value, self._frame = new._array, new._value, new._frame
         self._version = next(_versions)
 
+    def _restore(self, array: np.ndarray | None, version: int) -> None:
+        """Hold ``array`` at ``version`` again: undoes the in-place changes a trace made to a Tensor it did not make."""
+        self._array, self._value, self._frame, self._version = array, None, None, version
+
     @property
     def is_traced(self) -> bool:
         """True for a symbolic Tensor produced while tracing a construct."""
@@ -255,7 +259,8 @@ class Tensor(Operators):
     def max(self, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = True,
             return_indices: bool = False) -> Any:
         """Maximum over ``axis`` (all axes when None), at least ``initial``; with ``return_indices`` also the argmax
-        (one axis only). Tied maxima share the gradient evenly."""
+        (one axis only). As in MindSpore, one int axis is the ArgMaxWithValue op, whose gradient goes to the first
+        maximum alone; None or several axes are ReduceMax, whose tied maxima share it evenly."""
         return _extremum(self, 1, axis, keepdims, initial, where, return_indices)
 
     def min(self, axis: Any = None, keepdims: bool = False, *, initial: Any = None, where: Any = True,
@@ -301,13 +306,19 @@ def _axis(axis: int, ndim: int, what: str) -> int:
 
 
 def _extremum(t: Tensor, sign: int, axis: Any, keepdims: bool, initial: Any, where: Any, return_indices: bool) -> Any:
-    """max (sign 1) or min (sign -1) over ``axis``: ReduceMax of ``sign * t``."""
+    """max (sign 1) or min (sign -1) over ``axis``: ArgMaxWithValue (ArgMinWithValue) over one int axis, else
+    ReduceMax of ``sign * t``."""
     if where is not True:
         raise NotImplementedError("Tensor.max/min: the where argument is not supported")
-    flip = (lambda v: v) if sign > 0 else (lambda v: t._apply("Neg", v))
-    out = flip(t._apply("ReduceMax", flip(t), axis=_axes(axis), keep_dims=keepdims))
-    if initial is not None:
-        out = t._apply("Maximum" if sign > 0 else "Minimum", out, initial)
+    bound = "Maximum" if sign > 0 else "Minimum"
+    if isinstance(axis, (int, np.integer)):
+        source = t if initial is None else t._apply(bound, t, initial)
+        _, out = t._apply("ArgMaxWithValue" if sign > 0 else "ArgMinWithValue", source, axis=int(axis), keep_dims=bool(keepdims))
+    else:
+        flip = (lambda v: v) if sign > 0 else (lambda v: t._apply("Neg", v))
+        out = flip(t._apply("ReduceMax", flip(t), axis=_axes(axis), keep_dims=keepdims))
+        if initial is not None:
+            out = t._apply(bound, out, initial)
     if return_indices:
         if not isinstance(axis, (int, np.integer)):
             raise ValueError("Tensor.max/min: return_indices needs one int axis")

@@ -52,13 +52,36 @@ class TraceSession:
 class TraceFrame:
     """One graph being recorded: its builder and the graph values of the concrete Tensors it has used."""
 
-    def __init__(self, session: TraceSession, name: str, concrete: bool, origin: Origin | None = None) -> None:
+    def __init__(self, session: TraceSession, name: str, concrete: bool, origin: Origin | None = None, fn: Any = None) -> None:
         self.session = session
+        self.fn = fn
+        """The function (or Cell) this frame traces."""
         self.concrete = concrete
         self.builder: GraphBuilder = ValueBuilder(name, session.library) if concrete else GraphBuilder(name, session.library)
         self._consts: dict[int, tuple[Tensor, Value]] = {}
         self.origin = origin or Origin()
-        self.writes: list[tuple[Parameter, Value]] = []
+        self.writes: list[tuple[Tensor, Value]] = []
+        self._rebound: dict[int, tuple[Tensor, np.ndarray | None, int]] = {}
+
+    def rebind(self, t: Tensor, new: Tensor) -> None:
+        """An in-place change (item assignment) of ``t`` in this trace: ``t`` stands for ``new`` from now on. A Tensor
+        with a value (a Cell's attribute, a closure's) holds it again when the trace ends, and its last value in the
+        trace becomes a write (``finish_writes``), set into it after a top-level call runs, as MindSpore's in-place
+        write leaves the attribute holding the new value for later calls."""
+        if not t.is_traced and id(t) not in self._rebound:
+            self._rebound[id(t)] = (t, t._array, t._version)
+        t._become(new)
+
+    def finish_writes(self) -> None:
+        """Record the value each Tensor changed in place by this trace holds at its end as a write of the trace."""
+        for t, _, _ in self._rebound.values():
+            if t.is_traced and t._frame is self:
+                self.writes.append((t, t._value))  # type: ignore[arg-type]
+
+    def restore(self) -> None:
+        """Give every Tensor this trace changed in place its value from before the trace."""
+        for t, array, version in self._rebound.values():
+            t._restore(array, version)
 
     def read(self, t: Tensor, what: str) -> np.ndarray:
         """The value of ``t`` (traced in this frame) for Python code, recorded as a guard of the trace."""
@@ -118,8 +141,9 @@ class Traced:
     params: tuple[Parameter, ...]
     arg_skeletons: tuple[Any, ...] = ()
     skeleton: Any = TENSOR
-    writes: tuple[tuple[Parameter, Value], ...] = ()
-    """(Parameter, value of the graph) pairs a top-level call writes into the Parameters after it ran (runner.py)."""
+    writes: tuple[tuple[Tensor, Value], ...] = ()
+    """(Parameter or Tensor, value of the graph) pairs a top-level call writes into them after it ran (runner.py): a
+    Parameter's Assign, or the last value of a Tensor the network holds that its code changed in place."""
 
     def input_leaves(self, args: Sequence[Any]) -> list[Tensor]:
         """The Tensors of ``args`` in graph-input order."""
@@ -298,7 +322,7 @@ def trace(
     origin = None
     if concrete and parent is not None and parent.session is session:
         origin = Origin(parent.origin, tuple(parent.value_of(t) for ts in leaves for t in ts))
-    frame = TraceFrame(session, name, concrete, origin)
+    frame = TraceFrame(session, name, concrete, origin, fn)
     call_args = []
     for i, a in enumerate(args):
         if leaves[i]:
@@ -318,8 +342,10 @@ def trace(
             frame.value_of(p)
         skeleton = _output_skeleton(fn, out)
         outputs = graph_tree(skeleton, iter([frame.value_of(t) for t in tensor_leaves(out)]))
+        frame.finish_writes()
     finally:
         stack.pop()
+        frame.restore()
     graph = frame.builder.build(outputs)
     frame.origin.graph = graph
     positions = tuple(i for i in range(len(args)) if leaves[i])

@@ -232,3 +232,35 @@ def _assign_selected(x: Tensor, v: Tensor) -> Tensor:
     z = x * 1
     z[z > 0] = v * 2
     return (z * z * x).sum()
+
+
+def test_a_zero_d_boolean_index_adds_an_axis_of_length_one_or_zero(where: str) -> None:
+    """NumPy's rule: ``x[True]`` is x with a new leading axis of length 1, ``x[False]`` of length 0, whether the mask
+    is a Tensor, a Python bool, computed in the trace (a guard: each value gets its own graph) or passed in; values,
+    gradients against torch (which follows NumPy here), and assignment through a 0-d mask."""
+    for mask in (Tensor(True), Tensor(False), True, np.bool_(False)):
+        got = Tensor(XX)[mask]
+        want = XX[bool(mask.asnumpy()) if isinstance(mask, Tensor) else mask]
+        assert got.shape == want.shape
+        np.testing.assert_array_equal(got.asnumpy(), want)
+    assert Tensor(np.float64(2.0))[Tensor(True)].shape == (1,)
+    net = Fn(lambda t, k: (t[t.sum() > k] ** 2).sum() + (t[k > 0] * 3).sum())
+
+    def th(t: Any, k: Any) -> Any:
+        return (t[t.sum() > k] ** 2).sum() + (t[k > 0] * 3).sum()
+
+    grad_all = ops.GradOperation(get_all=True)
+    for k in (0.0, 1e6, -1.0, 0.0):
+        want, (want_grad, _) = torch_value_and_grads(th, XX, np.array(k))
+        np.testing.assert_allclose(net(Tensor(XX), Tensor(np.array(k))).asnumpy(), want, rtol=1e-14)
+        np.testing.assert_allclose(grad_all(net)(Tensor(XX), Tensor(np.array(k)))[0].asnumpy(), want_grad, rtol=1e-14)
+    y = Tensor(np.arange(3.0))
+    y[Tensor(False)] = 1.0
+    np.testing.assert_array_equal(y.asnumpy(), [0.0, 1.0, 2.0])
+    y[Tensor(True)] = 5.0
+    np.testing.assert_array_equal(y.asnumpy(), [5.0, 5.0, 5.0])
+
+
+def test_a_zero_d_boolean_index_with_other_indices_says_what_to_write() -> None:
+    with pytest.raises(IndexError, match=r"a 0-d boolean index is supported alone .* index in two steps \(x\[mask\]\[:, i\]\)"):
+        Tensor(XX)[Tensor(True), 0]

@@ -18,7 +18,7 @@ import gradserve.ops as ops
 from gradserve import Tensor
 from gradserve.client.functional import FUNCTIONS
 from gradserve.client.primitives import functional_names
-from gradserve.engine import OPS
+from gradserve.engine import OPS, ShapeError
 
 RNG = np.random.default_rng(23)
 X = RNG.standard_normal((3, 5))
@@ -123,9 +123,30 @@ def test_pad_takes_torch_style_padding_last_axis_first(padding: tuple[int, ...])
     check_grad(lambda t: (ops.pad(t, padding, value=1.5) ** 2).sum(), X3)
 
 
+@pytest.mark.parametrize("mode", ["reflect", "replicate", "circular"])
+@pytest.mark.parametrize("padding", [(1, 2), (2, 1, 0, 2), (3, 0, 1, 2)])
+def test_pad_modes_match_torch(where: str, mode: str, padding: tuple[int, ...]) -> None:
+    """Values equal torch's F.pad; gradients (a scatter-add back to the positions read) equal torch's and finite
+    differences, and so does the gradient of a gradient."""
+    weights = RNG.standard_normal(tf.pad(torch.tensor(X3), padding, mode=mode).shape)
+    np.testing.assert_array_equal(ops.pad(Tensor(X3), padding, mode).asnumpy(), tf.pad(torch.tensor(X3), padding, mode=mode).numpy())
+    a = torch.tensor(X3, requires_grad=True)
+    (torch.sin(tf.pad(a, padding, mode=mode)) * torch.tensor(weights)).sum().backward()
+    fn = lambda t: (ops.sin(ops.pad(t, padding, mode)) * Tensor(weights)).sum()  # noqa: E731
+    np.testing.assert_allclose(gs.grad(fn)(Tensor(X3)).asnumpy(), a.grad.numpy(), rtol=1e-12, atol=1e-12)
+    check_grad(fn, X3)
+    check_grad(lambda t: (gs.grad(fn)(t) * Tensor(X3)).sum(), X3)
+
+
 def test_pad_errors() -> None:
-    with pytest.raises(ValueError, match=r"mode='reflect' is not supported"):
-        ops.pad(Tensor(X), (1, 1), "reflect")
+    with pytest.raises(ValueError, match=r"mode must be one of \('constant', 'reflect', 'replicate', 'circular'\), got 'symmetric'"):
+        ops.pad(Tensor(X), (1, 1), "symmetric")
+    with pytest.raises(ValueError, match=r"value is for mode='constant' only, got value=1.0 with mode='reflect'"):
+        ops.pad(Tensor(X), (1, 1), "reflect", 1.0)
+    with pytest.raises(ValueError, match=r"mode='circular' takes non-negative padding, got \(-1, 1\)"):
+        ops.pad(Tensor(X), (-1, 1), "circular")
+    with pytest.raises(ShapeError, match=r"reflect padding \(0, 5\) of axis 1 must be less than its length 5"):
+        ops.pad(Tensor(X), (0, 5), "reflect")
     with pytest.raises(ValueError, match="even length of at most 2 \\* rank = 4, got 3"):
         ops.pad(Tensor(X), (1, 1, 1))
 
@@ -200,6 +221,43 @@ def test_max_min_return_values_and_indices_amax_amin_values() -> None:
     with pytest.raises(ValueError, match="where needs an initial value"):
         ops.amax(Tensor(X3), where=Tensor(mask))
     check_grad(lambda x: ops.max(x, 0)[0].sum() * ops.amin(x, 1).sum() + ops.min(x, 1, True)[0].sum() + ops.amax(x), X)
+
+
+TIED = np.array([[1.0, 3.0, 3.0], [2.0, 2.0, 0.0], [0.0, 0.0, 0.0]])  # ties in every row and in columns 0 and 1
+
+
+@pytest.mark.parametrize(("name", "ours", "theirs"), [
+    ("ops.max axis", lambda x: ops.max(x, 1)[0], lambda x: torch.max(x, 1).values),
+    ("ops.min axis keepdims", lambda x: ops.min(x, 0, True)[0], lambda x: torch.min(x, 0, True).values),
+    ("Tensor.max axis", lambda x: x.max(0), lambda x: torch.max(x, 0).values),
+    ("Tensor.min axis", lambda x: x.min(axis=-1, keepdims=True), lambda x: torch.min(x, -1, True).values),
+    ("ops.max None", lambda x: ops.max(x)[0], lambda x: torch.max(x)),
+    ("ops.amax axis", lambda x: ops.amax(x, 1), lambda x: torch.amax(x, 1)),
+    ("ops.amin axes", lambda x: ops.amin(x, (0, 1)), lambda x: torch.amin(x, (0, 1))),
+    ("Tensor.max None", lambda x: x.max(), lambda x: torch.amax(x)),
+    ("Tensor.min axes", lambda x: x.min((0,)), lambda x: torch.amin(x, (0,))),
+])
+def test_tied_extrema_gradients_follow_mindspore(where: str, name: str, ours: Any, theirs: Any) -> None:
+    """MindSpore's bprops: ops.max/ops.min over one axis (and Tensor.max/min over one int axis) are ArgMaxWithValue /
+    ArgMinWithValue, whose gradient goes to the first extremum alone (as torch.max(x, dim)'s); over all axes or a tuple
+    (ops.amax, ops.max with axis None, Tensor.max() or over a tuple) ReduceMax/ReduceMin share it evenly among ties
+    (as torch.amax's)."""
+    a = torch.tensor(TIED, requires_grad=True)
+    out = theirs(a)
+    weights = np.arange(1.0, 1.0 + out.numel()).reshape(tuple(out.shape))  # a different cotangent per output
+    (out * torch.tensor(weights)).sum().backward()
+    np.testing.assert_array_equal(ours(Tensor(TIED)).asnumpy(), out.detach().numpy(), err_msg=name)
+    got = gs.grad(lambda x: (ours(x) * Tensor(weights)).sum())(Tensor(TIED))
+    np.testing.assert_array_equal(got.asnumpy(), a.grad.numpy(), err_msg=name)
+
+
+def test_max_over_an_axis_gives_its_first_maximum_the_whole_gradient() -> None:
+    """By hand: rows [1, 3, 3] and [2, 2, 0] send each row's cotangent to index 1 and 0, not half to each tie (which
+    ops.amax does)."""
+    np.testing.assert_array_equal(gs.grad(lambda x: ops.max(x, 1)[0].sum())(Tensor(TIED[:2])).asnumpy(), [[0, 1, 0], [1, 0, 0]])
+    np.testing.assert_array_equal(gs.grad(lambda x: ops.amax(x, 1).sum())(Tensor(TIED[:2])).asnumpy(), [[0, 0.5, 0.5], [0.5, 0.5, 0]])
+    # columns of [[2, 2, 0], [0, 0, 0]]: minima in row 1, row 1, and the tie of column 2 in row 0 (the first)
+    np.testing.assert_array_equal(gs.grad(lambda x: x.min(0).sum())(Tensor(TIED[1:])).asnumpy(), [[0, 0, 1], [1, 1, 0]])
 
 
 def test_fill_depend_print_shape(capsys: pytest.CaptureFixture[str]) -> None:

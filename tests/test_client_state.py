@@ -246,3 +246,166 @@ def test_every_item_assignment_form_is_seen_by_a_jit_closure(where: str) -> None
         want[key.asnumpy() if isinstance(key, Tensor) else key] = value
         assert v.version != version
         np.testing.assert_array_equal(f(t(a)).asnumpy(), a * want)
+
+
+class Buffered(nn.Cell):
+    """``buf[0] = buf[0] + x[1]`` on a Tensor attribute (not a Parameter), then sum(buf * x * w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = t([0.0, 5.0, 7.0])
+        self.w = Parameter(t([1.0, 1.0, 1.0]), name="w")
+
+    def construct(self, x: Tensor) -> Tensor:
+        self.buf[0] = self.buf[0] + x[1]
+        return (self.buf * x * self.w).sum()
+
+
+XB = np.array([1.0, 2.0, 3.0])
+
+
+def buffered_value(b0: float) -> float:
+    """sum(buf * x) after the write, buf = (b0 + x1, 5, 7), x = XB (by hand: (b0 + 2) + 10 + 21)."""
+    return b0 + 2.0 + 10.0 + 21.0
+
+
+def buffered_grad(b0: float) -> np.ndarray:
+    """d/dx of (b0 + x1) * x0 + 5 * x1 + 7 * x2 at XB: (b0 + x1, x0 + 5, 7)."""
+    return np.array([b0 + 2.0, 6.0, 7.0])
+
+
+def test_item_assignment_to_a_tensor_attribute_in_construct_writes_it_back(where: str) -> None:
+    """MindSpore's PyNative in-place write: after each call the attribute holds the new value, and the next call
+    (forward, gradient or transform) reads it; every call adds x1 = 2 to buf[0]."""
+    net = Buffered()
+    ones = t([1.0, 1.0, 1.0])
+    calls = [
+        ("grad", lambda x: gs.grad(net)(x), lambda b0: buffered_grad(b0)),
+        ("grad again", lambda x: gs.grad(net)(x), lambda b0: buffered_grad(b0)),
+        ("forward", lambda x: net(x), lambda b0: buffered_value(b0)),
+        ("GradOperation", lambda x: GradOperation()(net)(x), lambda b0: buffered_grad(b0)),
+        ("value_and_grad", lambda x: gs.value_and_grad(net)(x)[0], lambda b0: buffered_value(b0)),
+        ("jvp", lambda x: gs.jvp(net, (x,), (ones,))[1], lambda b0: buffered_grad(b0).sum()),
+        ("jacrev", lambda x: gs.jacrev(net)(x), lambda b0: buffered_grad(b0)),
+        ("jacfwd", lambda x: gs.jacfwd(net)(x), lambda b0: buffered_grad(b0)),
+        ("vjp_fn", lambda x: gs.vjp(net, x)[1](t(1.0))[0], lambda b0: buffered_grad(b0)),
+        ("weights", lambda x: gs.grad(net, None, net.w)(x), lambda b0: np.array([b0 + 2.0, 10.0, 21.0])),
+    ]
+    b0 = 0.0
+    for what, call, want in calls:
+        got = call(t(XB))
+        np.testing.assert_array_equal(got.asnumpy(), want(b0), err_msg=what)
+        b0 += 2.0
+        np.testing.assert_array_equal(net.buf.asnumpy(), [b0, 5.0, 7.0], err_msg=what)
+    np.testing.assert_array_equal(gs.hessian(net)(t(XB)).asnumpy(), [[0, 1, 0], [1, 0, 0], [0, 0, 0]])
+    np.testing.assert_array_equal(net.buf.asnumpy(), [b0 + 2.0, 5.0, 7.0])  # a hessian call writes once too
+
+
+class Overwritten(nn.Cell):
+    """The issue's network: ``buf[0] = x[1]``, then sum(buf * x * w)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = t([0.0, 0.0, 0.0])
+        self.w = Parameter(t([1.0, 1.0, 1.0]), name="w")
+
+    def construct(self, x: Tensor) -> Tensor:
+        self.buf[0] = x[1]
+        return (self.buf * x * self.w).sum()
+
+
+def test_a_write_that_leaves_the_value_unchanged_keeps_the_trace(where: str) -> None:
+    net = Overwritten()
+    g = gs.grad(net)
+    for _ in range(3):
+        np.testing.assert_array_equal(g(t(XB)).asnumpy(), [2.0, 1.0, 0.0])  # d/dx of x1 * x0
+        np.testing.assert_array_equal(net.buf.asnumpy(), [2.0, 0.0, 0.0])
+    traced = trace_count(g._staged[1])
+    version = net.buf.version
+    np.testing.assert_array_equal(g(t(XB)).asnumpy(), [2.0, 1.0, 0.0])
+    assert float(net(t(XB))) == 2.0
+    assert trace_count(g._staged[1]) == traced and net.buf.version == version
+
+
+BUF = t([0.0, 5.0, 7.0])
+
+
+@gs.jit
+def buffered(x: Tensor) -> Tensor:
+    BUF[0] = BUF[0] + x[1]
+    return (BUF * x).sum()
+
+
+def test_item_assignment_to_a_global_tensor_in_a_jit_function_in_graph_mode(where: str) -> None:
+    gs.set_context(mode=gs.GRAPH_MODE)
+    try:
+        assert float(buffered(t(XB))) == buffered_value(0.0)
+        np.testing.assert_array_equal(gs.grad(buffered)(t(XB)).asnumpy(), buffered_grad(2.0))
+        assert float(buffered(t(XB))) == buffered_value(4.0)
+        np.testing.assert_array_equal(BUF.asnumpy(), [6.0, 5.0, 7.0])
+    finally:
+        BUF[0] = 0.0
+
+
+class Inner(nn.Cell):
+    """A gradient inside a construct of a function that writes a Tensor attribute: the write is dropped (as a
+    Parameter's write inside a nested transform is), the attribute keeps its value."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.buf = t([0.0, 5.0, 7.0])
+
+    def inner(self, x: Tensor) -> Tensor:
+        self.buf[0] = self.buf[0] + x[1]
+        return (self.buf * x).sum()
+
+    def construct(self, x: Tensor) -> Tensor:
+        local = t([0.0, 0.0, 0.0])
+        local[1] = x[0]  # a Tensor the construct made: changed in the trace only
+        return gs.grad(self.inner)(x).sum() + self.buf[0] + (local * x).sum()
+
+
+def test_writes_in_nested_transforms_and_to_local_tensors_are_not_written_back(where: str) -> None:
+    net = Inner()
+    for _ in range(2):
+        assert float(net(t(XB))) == buffered_grad(0.0).sum() + 0.0 + 2.0  # + x0 * x1
+        np.testing.assert_array_equal(gs.grad(net)(t(XB)).asnumpy(), [1.0 + 2.0, 1.0 + 1.0, 0.0])
+        np.testing.assert_array_equal(net.buf.asnumpy(), [0.0, 5.0, 7.0])
+
+
+def test_a_gradient_reusing_a_recorded_forward_reads_the_buffer_as_that_forward_did(where: str) -> None:
+    """``set_grad()``: the gradient call after a forward of the same inputs reuses that forward (MindSpore's
+    ``check_run``), so it reads buf as the forward read it and writes nothing more."""
+    net = Buffered()
+    net.set_grad()
+    x = t(XB)
+    assert float(net(x)) == buffered_value(0.0)
+    np.testing.assert_array_equal(GradOperation()(net)(x).asnumpy(), buffered_grad(0.0))
+    np.testing.assert_array_equal(net.buf.asnumpy(), [2.0, 5.0, 7.0])
+    assert float(net(x)) == buffered_value(2.0)
+    np.testing.assert_array_equal(gs.grad(net)(x).asnumpy(), buffered_grad(2.0))
+    np.testing.assert_array_equal(net.buf.asnumpy(), [4.0, 5.0, 7.0])
+
+
+class Cubed(nn.Cell):
+    """sum(x^3 * s * u) with a number attribute s and a Tensor attribute u."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.s = 1.0
+        self.u = t([1.0, 1.0])
+
+    def construct(self, x: Tensor) -> Tensor:
+        return (x**3 * self.s * self.u).sum()
+
+
+def test_transforms_of_transforms_see_the_networks_state(where: str) -> None:
+    """hessian (jacfwd of jacrev) and GradOperation of GradOperation follow the state of the network they reach:
+    6 x s u on the diagonal, and 6 x s u as the gradient of the summed gradient."""
+    net = Cubed()
+    hessian, second = gs.hessian(net), GradOperation()(GradOperation()(net))
+    for s, u in ((1.0, [1.0, 1.0]), (2.0, [1.0, 1.0]), (2.0, [5.0, 1.0])):
+        net.s = s
+        net.u[0] = u[0]
+        np.testing.assert_array_equal(hessian(t(X)).asnumpy(), np.diag(6 * X * s * np.array(u)))
+        np.testing.assert_array_equal(second(t(X)).asnumpy(), 6 * X * s * np.array(u))

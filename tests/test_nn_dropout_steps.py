@@ -146,3 +146,44 @@ def test_vjp_fn_uses_the_mask_of_vjps_forward(where: str) -> None:
         (g,) = vjp_fn(gs.Tensor(np.ones(X.shape)))
         np.testing.assert_allclose(g.asnumpy(), 2 * mask(drop, k) * X, rtol=1e-15)  # step k's mask, not the next one
         assert drop.step == k + 1
+
+
+class Cube(nn.Cell):
+    """sum(dropout(x)^3): its gradient is 3 m^3 x^2 and its Hessian diag(6 m^3 x), m the scaled mask."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.drop = nn.Dropout(p=1 - KEEP)
+        self.drop.set_train(True)
+
+    def construct(self, x: Any) -> Any:
+        return (self.drop(x) ** 3).sum()
+
+
+def test_transforms_of_transforms_draw_a_new_mask_each_call(where: str) -> None:
+    """hessian, jacfwd(jacrev(net)), grad(grad(net)) and GradOperation of GradOperation: each call moves the step on
+    once and every order inside it uses that step's mask, as a call of the network itself does."""
+    gs.set_seed(11)
+    net = Cube()
+    x = X[0, :8]
+    first = lambda m: 3 * m**3 * x**2  # noqa: E731
+    hess = lambda m: np.diag(6 * m**3 * x)  # noqa: E731
+    calls = [
+        (gs.hessian(net), hess),
+        (gs.jacfwd(gs.jacrev(net)), hess),
+        (gs.jacrev(gs.jacrev(net)), hess),
+        (gs.grad(gs.grad(net)), lambda m: 6 * m**3 * x),  # the gradient of sum(3 m^3 x^2)
+        (ops.GradOperation()(ops.GradOperation()(net)), lambda m: 6 * m**3 * x),
+        (gs.jacrev(gs.grad(net)), hess),
+        (gs.grad(net), first),
+    ]
+    step = 0
+    seen = []
+    for fn, want in calls:
+        for _ in range(2):
+            m = mask(net.drop, step, x.shape)
+            np.testing.assert_allclose(fn(gs.Tensor(x)).asnumpy(), want(m), rtol=1e-12)
+            step += 1
+            assert net.drop.step == step
+            seen.append(m != 0)
+    assert len({s.tobytes() for s in seen}) > len(seen) // 2  # new masks, not one repeated

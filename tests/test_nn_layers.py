@@ -256,3 +256,39 @@ def test_multihead_attention_without_weights_returns_output_and_none(where: str)
         expected, none = tmha(torch.tensor(q), torch.tensor(q), torch.tensor(q), need_weights=False)
     assert none is None
     np.testing.assert_allclose(result[0].asnumpy(), expected.numpy(), rtol=TOL, atol=TOL)
+
+
+@pytest.mark.parametrize(("ours", "theirs"), [
+    (nn.ConstantPad1d((1, 2), 0.5), torch.nn.ConstantPad1d((1, 2), 0.5)),
+    (nn.ConstantPad2d(1, -1.0), torch.nn.ConstantPad2d(1, -1.0)),
+    (nn.ConstantPad3d((1, 0, 0, 1, 2, 0), 2.0), torch.nn.ConstantPad3d((1, 0, 0, 1, 2, 0), 2.0)),
+    (nn.ZeroPad2d((0, 1, 2, 0)), torch.nn.ZeroPad2d((0, 1, 2, 0))),
+    (nn.ReflectionPad1d(2), torch.nn.ReflectionPad1d(2)),
+    (nn.ReflectionPad2d((1, 2, 2, 0)), torch.nn.ReflectionPad2d((1, 2, 2, 0))),
+    (nn.ReflectionPad3d(1), torch.nn.ReflectionPad3d(1)),
+    (nn.ReplicationPad1d((3, 1)), torch.nn.ReplicationPad1d((3, 1))),
+    (nn.ReplicationPad2d(2), torch.nn.ReplicationPad2d(2)),
+    (nn.ReplicationPad3d((0, 1, 1, 0, 2, 1)), torch.nn.ReplicationPad3d((0, 1, 1, 0, 2, 1))),
+    (nn.Pad(((0, 0), (1, 0), (2, 1), (1, 2))), lambda t: torch.nn.functional.pad(t, (1, 2, 2, 1, 1, 0))),
+    (nn.Pad(((0, 0), (0, 0), (1, 2), (2, 1)), "REFLECT"), lambda t: torch.nn.functional.pad(t, (2, 1, 1, 2), mode="reflect")),
+])
+def test_padding_layers_match_torch(ours: nn.Cell, theirs: Any) -> None:
+    """Values and input gradients (of a weighted sum, so each padded position's source counts) equal torch's."""
+    x = np.random.default_rng(4).normal(size=(2, 3, 4, 5))
+    x = x[0] if "1d" in type(ours).__name__ else x  # torch's 1-d padding takes (C, W) or (N, C, W)
+    want = theirs(torch.tensor(x)).detach().numpy()
+    weights = np.random.default_rng(5).normal(size=want.shape)
+    a = torch.tensor(x, requires_grad=True)
+    (theirs(a) * torch.tensor(weights)).sum().backward()
+    np.testing.assert_allclose(ours(gs.Tensor(x)).asnumpy(), want, rtol=1e-15)
+    got = gs.grad(lambda t: (ours(t) * gs.Tensor(weights)).sum())(gs.Tensor(x))
+    np.testing.assert_allclose(got.asnumpy(), a.grad.numpy(), rtol=1e-12, atol=1e-12)
+
+
+def test_padding_layer_errors() -> None:
+    with pytest.raises(ValueError, match=r"nn.ReflectionPad2d: padding must be an int or a tuple of 4 ints, got \(1, 2\)"):
+        nn.ReflectionPad2d((1, 2))
+    with pytest.raises(ValueError, match=r"nn.Pad: mode must be one of \('CONSTANT', 'REFLECT'\) \('SYMMETRIC' is not supported\)"):
+        nn.Pad(((1, 1),), "SYMMETRIC")
+    with pytest.raises(ValueError, match=r"nn.Pad: paddings has 1 pairs for an input of rank 2"):
+        nn.Pad(((1, 1),))(gs.Tensor(np.ones((2, 3))))

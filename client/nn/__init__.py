@@ -25,6 +25,19 @@ from .loss import (
 )
 from .normalization import BatchNorm1d, BatchNorm2d
 from .optim import SGD, Adam, AdamWeightDecay, Momentum, Optimizer
+from .padding import (
+    ConstantPad1d,
+    ConstantPad2d,
+    ConstantPad3d,
+    Pad,
+    ReflectionPad1d,
+    ReflectionPad2d,
+    ReflectionPad3d,
+    ReplicationPad1d,
+    ReplicationPad2d,
+    ReplicationPad3d,
+    ZeroPad2d,
+)
 from .transformer import MultiheadAttention, TransformerEncoderLayer
 from .wrap import TrainOneStepCell, WithEvalCell, WithLossCell, clip_by_global_norm
 
@@ -36,4 +49,6 @@ __all__ = [
     "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Dropout", "Embedding", "Flatten", "GELU", "L1Loss",
     "LayerNorm", "LogSoftmax", "LossBase", "MSELoss", "MultiheadAttention", "NLLLoss", "ReLU", "SequentialCell", "SiLU", "Sigmoid",
     "SmoothL1Loss", "Softmax", "SoftmaxCrossEntropyWithLogits", "Tanh", "TransformerEncoderLayer", "get_activation", "set_seed",
+    "ConstantPad1d", "ConstantPad2d", "ConstantPad3d", "Pad", "ReflectionPad1d", "ReflectionPad2d", "ReflectionPad3d",
+    "ReplicationPad1d", "ReplicationPad2d", "ReplicationPad3d", "ZeroPad2d",
 ]

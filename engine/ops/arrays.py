@@ -1,4 +1,4 @@
-"""Array assembly and selection: AddN, Stack, Unstack, Pad, OneHot and TopK."""
+"""Array assembly and selection: AddN, Stack, Unstack, Pad, PadV3 (and its adjoint PadV3Grad), OneHot and TopK."""
 from __future__ import annotations
 
 import math
@@ -198,6 +198,157 @@ defop(
                             convert=flat_pairs)},
     doc="pads x with zeros, paddings[2i] before and paddings[2i+1] after axis i",
     onnx=_pad_onnx,
+)
+
+# ---- PadV3: reflect, edge and circular padding ----
+
+PAD_MODES = ("reflect", "edge", "circular")
+"""PadV3's modes (MindSpore's names; its 'constant' is the Pad op): 'reflect' mirrors without repeating the edge,
+'edge' repeats the edge (``ops.pad``'s 'replicate'), 'circular' wraps around."""
+
+
+def _sources(mode: str, n: int, before: int, after: int) -> np.ndarray:
+    """The input position each output position along one axis of length ``n`` reads."""
+    p = np.arange(-before, n + after)
+    if mode == "reflect":
+        p = np.abs(p)
+        return np.where(p > n - 1, 2 * (n - 1) - p, p)
+    if mode == "edge":
+        return np.clip(p, 0, n - 1)
+    return p % n
+
+
+def _check_mode(mode: str, pairs: tuple[tuple[int, int], ...], shape: tuple[int, ...]) -> None:
+    """A known mode, and amounts the unpadded ``shape`` can give: reflect needs each below the axis's length, every
+    mode a non-empty axis where it pads."""
+    if mode not in PAD_MODES:
+        raise GraphError(f"mode must be one of {PAD_MODES}, got {mode!r}")
+    for i, ((b, a), n) in enumerate(zip(pairs, shape)):
+        if (b or a) and n < 1:
+            raise ShapeError(f"axis {i} of shape {shape} is empty: there is nothing to pad it with")
+        if mode == "reflect" and max(b, a) >= n and (b or a):
+            raise ShapeError(f"reflect padding ({b}, {a}) of axis {i} must be less than its length {n} (shape {shape})")
+
+
+def _padv3_infer(types: list[TensorType], paddings: tuple[int, ...], mode: str) -> TensorType:
+    """Each axis grows by its pair; the amounts must suit the mode."""
+    t = types[0]
+    pairs = _pairs(paddings, len(t.shape))
+    _check_mode(mode, pairs, t.shape)
+    return TensorType(t.dtype, tuple(d + b + a for d, (b, a) in zip(t.shape, pairs)))
+
+
+def _padv3(x: np.ndarray, paddings: tuple[int, ...], mode: str) -> np.ndarray:
+    """One take per padded axis from the positions it reads."""
+    out = x
+    for ax, (b, a) in enumerate(_pairs(paddings, x.ndim)):
+        if b or a:
+            out = np.take(out, _sources(mode, x.shape[ax], b, a), axis=ax)
+    return out if out is not x else x.copy()
+
+
+def _padv3_grad_infer(types: list[TensorType], paddings: tuple[int, ...], mode: str) -> TensorType:
+    """Each axis shrinks by its pair (to the shape PadV3 pads from); numeric dy."""
+    t = types[0]
+    require_numeric(t, "dy")
+    pairs = _pairs(paddings, len(t.shape))
+    shape = tuple(d - b - a for d, (b, a) in zip(t.shape, pairs))
+    if min(shape, default=0) < 0:
+        raise ShapeError(f"paddings {paddings} remove more than the shape {t.shape} holds")
+    _check_mode(mode, pairs, shape)
+    return TensorType(t.dtype, shape)
+
+
+def _padv3_grad(dy: np.ndarray, paddings: tuple[int, ...], mode: str) -> np.ndarray:
+    """Each padded axis summed back into the positions PadV3 read (a scatter-add), last axis first."""
+    out = dy
+    pairs = _pairs(paddings, dy.ndim)
+    for ax in reversed(range(dy.ndim)):
+        b, a = pairs[ax]
+        if b or a:
+            n = out.shape[ax] - b - a
+            moved = np.moveaxis(out, ax, 0)
+            summed = np.zeros((n,) + moved.shape[1:], dy.dtype)
+            np.add.at(summed, _sources(mode, n, b, a), moved)
+            out = np.moveaxis(summed, 0, ax)
+    return np.ascontiguousarray(out) if out is not dy else dy.copy()
+
+
+def _steps_bytes(start: tuple[int, ...], pairs: tuple[tuple[int, int], ...], grow: int, itemsize: int) -> int:
+    """Bytes of the arrays made one padded axis at a time from ``start`` (``grow`` 1: adding each pair, PadV3's
+    takes; -1: removing them last axis first, PadV3Grad's sums), the result included (a bound of what a step holds
+    besides its output, which the last of them may be copied into)."""
+    shape, total = list(start), 0
+    order = range(len(pairs)) if grow > 0 else reversed(range(len(pairs)))
+    for ax in order:
+        b, a = pairs[ax]
+        if b or a:
+            shape[ax] += grow * (b + a)
+            total += math.prod(shape) * itemsize
+    return total
+
+
+def _padv3_onnx(c: OnnxCall) -> list[Spec]:
+    """One Gather per padded axis from the positions it reads (any opset: ONNX Pad's 'wrap' needs 19)."""
+    shape = c.types[0].shape
+    pairs = [(ax, b, a) for ax, (b, a) in enumerate(_pairs(c.attrs["paddings"], len(shape))) if b or a]
+    if not pairs:
+        return [("Identity", c.x, c.y)]
+    specs, cur = [], c.x[0]
+    for k, (ax, b, a) in enumerate(pairs):
+        nxt = c.y[0] if k == len(pairs) - 1 else c.tmp(str(ax))
+        specs.append(("Gather", (cur, ints(_sources(c.attrs["mode"], shape[ax], b, a).tolist())), (nxt,), {"axis": ax}))
+        cur = nxt
+    return specs
+
+
+def _padv3_grad_onnx(c: OnnxCall) -> list[Spec]:
+    """One Einsum per padded axis with the 0/1 matrix that sums each padded position into the one it was read from."""
+    shape, dt = c.types[0].shape, c.types[0].dtype
+    pairs = [(ax, b, a) for ax, (b, a) in enumerate(_pairs(c.attrs["paddings"], len(shape))) if b or a]
+    if not pairs:
+        return [("Identity", c.x, c.y)]
+    letters = "abcdefghijklmnopqrstuvwxy"[: len(shape)]
+    specs, cur = [], c.x[0]
+    for k, (ax, b, a) in reversed(list(enumerate(pairs))):
+        n = shape[ax] - b - a
+        src = _sources(c.attrs["mode"], n, b, a)
+        matrix = np.zeros((len(src), n), dt)
+        matrix[np.arange(len(src)), src] = 1
+        nxt = c.y[0] if k == 0 else c.tmp(str(ax))
+        out = letters[:ax] + "z" + letters[ax + 1:]
+        specs.append(("Einsum", (cur, matrix), (nxt,), {"equation": f"{letters},{letters[ax]}z->{out}"}))
+        cur = nxt
+    return specs
+
+
+_PAD_MODE_ATTRS = {
+    "paddings": Attr("ints", doc="before_0, after_0, before_1, after_1, ... (Pad's form), each non-negative", convert=flat_pairs),
+    "mode": Attr("str", "reflect", "'reflect' (mirrored, edge not repeated), 'edge' (edge repeated) or 'circular' (wrapped)"),
+}
+defop(
+    "PadV3",
+    ("x",),
+    _padv3_infer,
+    _padv3,
+    lambda g, out, x, paddings, mode: F.PadV3Grad(g, paddings=paddings, mode=mode),
+    attrs=_PAD_MODE_ATTRS,
+    doc="pads x along each axis with values of x itself: mirrored ('reflect'), the edge repeated ('edge') or wrapped ('circular')",
+    public=False,
+    scratch_bytes=lambda i, o, attrs: _steps_bytes(i[0].shape, _pairs(attrs["paddings"], len(i[0].shape)), 1, i[0].dtype.itemsize),
+    onnx=_padv3_onnx,
+)
+defop(
+    "PadV3Grad",
+    ("dy",),
+    _padv3_grad_infer,
+    _padv3_grad,
+    lambda g, out, dy, paddings, mode: F.PadV3(g, paddings=paddings, mode=mode),
+    attrs=_PAD_MODE_ATTRS,
+    doc="PadV3's adjoint: each element of dy added to the position of x PadV3 read it from (a scatter-add)",
+    public=False,
+    scratch_bytes=lambda i, o, attrs: _steps_bytes(i[0].shape, _pairs(attrs["paddings"], len(i[0].shape)), -1, i[0].dtype.itemsize),
+    onnx=_padv3_grad_onnx,
 )
 
 # ---- OneHot ----

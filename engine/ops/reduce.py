@@ -1,5 +1,6 @@
 """Reductions over axes (ReduceSum, ReduceMean, ReduceMax, ReduceMin, ReduceProd, LogSumExp; axis=() reduces every
-axis), the scan CumSum and the index reductions Argmax and Argmin."""
+axis), the scan CumSum, the index reductions Argmax and Argmin, and ArgMaxWithValue and ArgMinWithValue (an index
+and its value along one axis, the gradient to that index alone)."""
 from __future__ import annotations
 
 import math
@@ -258,4 +259,75 @@ for _name, _fn in (("Argmax", np.argmax), ("Argmin", np.argmin)):
         attrs=_ARG_ATTRS,
         doc=f"index of the first {'largest' if _name == 'Argmax' else 'smallest'} element along axis; an integer output without gradient",
         onnx=_arg_onnx("Arg" + _name[3:].capitalize()),
+    )
+
+# ---- ArgMaxWithValue and ArgMinWithValue ----
+
+
+def _with_value_infer(types: list[TensorType], axis: int, keep_dims: bool) -> tuple[TensorType, TensorType]:
+    """Numeric x of rank >= 1 with a non-empty axis; int32 indices and x's values, the axis removed or kept as 1."""
+    t = types[0]
+    require_numeric(t, "x")
+    if not t.shape:
+        raise ShapeError("x must have rank >= 1, got a scalar")
+    ax = norm_axis(axis, len(t.shape))
+    require_nonempty(t.shape, (ax,), "the index reduction")
+    shape = t.shape[:ax] + ((1,) if keep_dims else ()) + t.shape[ax + 1:]
+    return TensorType(np.dtype(np.int32), shape), TensorType(t.dtype, shape)
+
+
+def _with_value(fn: Callable[..., Any]) -> Callable[..., tuple[np.ndarray, np.ndarray]]:
+    """The forward of an index reduction that also gives the value there (the first extremum on ties)."""
+
+    def forward(x: np.ndarray, axis: int, keep_dims: bool) -> tuple[np.ndarray, np.ndarray]:
+        """The index along ``axis`` and the value taken there."""
+        ax = axis % x.ndim
+        index = np.expand_dims(fn(x, axis=ax), ax)
+        values = np.take_along_axis(x, index, axis=ax)
+        if not keep_dims:
+            index, values = np.squeeze(index, ax), np.squeeze(values, ax)
+        return index.astype(np.int32), values
+
+    return forward
+
+
+def _with_value_vjp(g: tuple[Value | None, Value | None], out: tuple[Value, Value], x: Value, axis: int,
+                    keep_dims: bool) -> Value:
+    """The values' cotangent at the chosen index alone (MindSpore's ArgMaxWithValue bprop: a one-hot of the index
+    along the axis times the cotangent), zeros elsewhere, so tied extremes after the first get nothing."""
+    if g[1] is None:
+        return F.ZerosLike(x)
+    ax = axis % x.ndim
+    index, dv = (out[0], g[1]) if keep_dims else (F.ExpandDims(out[0], axis=ax), F.ExpandDims(g[1], axis=ax))
+    n = x.shape[ax]
+    positions = index.builder.const(np.arange(n, dtype=np.int32).reshape((n,) + (1,) * (x.ndim - ax - 1)))  # type: ignore[union-attr]
+    return F.Select(F.Equal(index, positions), dv, F.ZerosLike(x))
+
+
+def _with_value_onnx(op_type: str, reduce_type: str) -> OnnxRule:
+    """ONNX ArgMax/ArgMin (first index on ties) cast to int32, and the values as ReduceMax/ReduceMin over the axis."""
+
+    def rule(c: OnnxCall) -> list[Spec]:
+        """The index reduction, its Cast, and the value reduction."""
+        ax, keep = norm_axis(c.attrs["axis"], len(c.types[0].shape)), int(c.attrs["keep_dims"])
+        return [(op_type, c.x, (c.tmp("i"),), {"axis": ax, "keepdims": keep, "select_last_index": 0}),
+                ("Cast", (c.tmp("i"),), (c.y[0],), {"to": np.dtype(np.int32)}),
+                reduce(reduce_type, c.x[0], (ax,), bool(keep), c.y[1])]
+
+    return rule
+
+
+for _name, _fn in (("ArgMaxWithValue", np.argmax), ("ArgMinWithValue", np.argmin)):
+    _which = "largest" if _name == "ArgMaxWithValue" else "smallest"
+    defop(
+        _name,
+        ("x",),
+        _with_value_infer,
+        _with_value(_fn),
+        _with_value_vjp,
+        attrs={"axis": Attr("int", 0, "the axis to search"), "keep_dims": Attr("bool", False, "keep the axis with length 1")},
+        doc=f"the index (int32) of the first {_which} element along axis and its value; the values' gradient goes to "
+            f"that index alone (ties after it get none, unlike {'ReduceMax' if _which == 'largest' else 'ReduceMin'})",
+        outputs=("index", "values"),
+        onnx=_with_value_onnx("Arg" + _name[3:6].capitalize(), "ReduceMax" if _which == "largest" else "ReduceMin"),
     )
