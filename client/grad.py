@@ -93,18 +93,19 @@ class GradFunction:
                 raise TypeError(f"GradOperation(sens_param=True) of {label(self.fn)}: pass the network's inputs followed by sens")
             inputs, sens = args[:-1], args[-1]
         check_inputs(self.fn, inputs)
-        if not self.op.get_all and not self.op.get_by_list and not (inputs and tensor_leaves(inputs[0])):
+        op = self.op
+        if not (op.get_all or op.get_by_list or (inputs and tensor_leaves(inputs[0]))):
             return ()  # MindSpore: the first input is not a Tensor, so there is nothing to differentiate
         frame = current_frame()
         return self._run(inputs, sens) if frame is None else self._nested(frame, inputs, sens)
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
-        split = batch_splitter()
+        backend = get_backend()
+        split = batch_splitter(backend)
         if split is not None:
             done, result = split(self, (*inputs, sens) if self.op.sens_param else tuple(inputs))
             if done:
                 return result
-        backend = get_backend()
         call, finish = self._prepare(backend, inputs, sens, write=True)
         return finish(backend.call(call))
 
@@ -115,17 +116,24 @@ class GradFunction:
         inside MindSpore's gradient call does (unless that forward was just run and recorded: ``forward_recorded``);
         ``read`` gives Parameter values by name in place of the current ones."""
         entry = traced_for(self.fn, inputs, self.weights)
-        recorded = forward_recorded(self.fn, inputs) if write and entry.traced.writes else None
-        if write and entry.traced.writes and recorded is None:
-            return self._prepare_writing(backend, entry.traced, inputs, sens)
-        flat_sens = self._flat_sens(sens, entry.traced)
-        arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        flags = self.flags(entry.traced)
+        traced = entry.traced
+        recorded = None
+        if write and traced.writes:
+            recorded = forward_recorded(self.fn, inputs)
+            if recorded is None:
+                return self._prepare_writing(backend, traced, inputs, sens)
+        arrays = entry.inputs(inputs)
+        if self.op.sens_param:
+            arrays += [s._concrete("sens") for s in self._flat_sens(sens, traced)]
+        flags = self.flags(traced)
+        params = entry.param_values()
         extra = recorded or read
-        call = Call(entry.network_id(backend), flags, arrays, {**entry.param_values(), **extra} if extra else entry.param_values())
+        if extra:
+            params.update(extra)
+        call = Call(entry.network_id(backend), flags, arrays, params)
         if not flags.get_all and not flags.get_by_list:
             return call, _first_gradient
-        return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
+        return call, lambda out: self._structure(flatten(to_tensors(out)), traced)
 
     def _prepare_writing(self, backend: Backend, traced: Traced, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
         """The call of one network holding a GradOperation node over the function and the function's written
@@ -453,7 +461,7 @@ class _GradFn(_Transform):
         self.has_aux, self.return_ids, self.value = has_aux, return_ids, value
 
     def __call__(self, *args: Any) -> Any:
-        split = batch_splitter() if current_frame() is None else None
+        split = batch_splitter(get_backend()) if current_frame() is None else None
         if split is not None:
             done, result = split(self, args)
             if done:
