@@ -173,7 +173,8 @@ def traced_for(fn: Any, args: Sequence[Any], weights: Sequence[Parameter] = ()) 
     if last is not None and last[2] == now and last[0] == signature and last[1] == ids:
         assert cache.state is not None, "a cache with a last entry watches its network's state"
         entry = last[3]
-        if entry.holds(args, cache.state.current(fn)):
+        state = cache.state.current(fn)
+        if entry.state is state and entry.checked == now and entry.guards is None or entry.holds(args, state):
             return entry
     declared = cache.declared.get(ids)
     if declared is None or declared.epoch != now:
