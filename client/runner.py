@@ -77,7 +77,7 @@ class CacheEntry:
 
     def param_values(self) -> dict[str, np.ndarray]:
         """Current values of every parameter the graph reads, by name."""
-        return {p.name: p._array for p in self.traced.params}
+        return {p.name: p.array() for p in self.traced.params}
 
 
 class Declared:
