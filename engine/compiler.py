@@ -224,7 +224,8 @@ class Program:
         interrupt: Callable[[], bool] | None = None,
     ) -> Any:
         """``self(*inputs, params=params)`` without checking the arrays: for callers that have already
-        made sure every one has its declared dtype and shape and every parameter name exists.
+        made sure every one has its declared dtype and shape and every parameter name exists (the straight-line
+        plan, once made, checks them anyway: inline, at no cost worth skipping).
         ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
         if interrupt is None:
             straight = self._straight
