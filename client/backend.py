@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Iterable, Iterator, Mapping, NamedTuple, Sequence
 
 import numpy as np
 
@@ -24,10 +24,10 @@ class GradFlags:
     weights: tuple[str, ...] = ()
 
 
-@dataclass(frozen=True)
-class Call:
+class Call(NamedTuple):
     """One prepared call: ``grad`` with ``flags`` (``run`` when ``flags`` is None) of a registered network on these
-    arrays; what a stream or a split batch sends."""
+    arrays; what a stream or a split batch sends. A named tuple: made on every call, and a frozen dataclass's
+    ``__init__`` costs several times as much."""
 
     network_id: str
     flags: GradFlags | None

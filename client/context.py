@@ -119,10 +119,12 @@ def register_batch_splitter(split: Callable[[Any, tuple[Any, ...]], tuple[bool, 
     _splitters.append(split)
 
 
-def batch_splitter() -> Callable[[Any, tuple[Any, ...]], tuple[bool, Any]] | None:
+def batch_splitter(backend: Backend | None = None) -> Callable[[Any, tuple[Any, ...]], tuple[bool, Any]] | None:
     """The splitter top-level gradient calls go through when ``batch_split`` is on and the target is a server;
-    None otherwise (the embedded engine ignores the flag)."""
-    if not get_context("batch_split") or get_context("target") is None:
+    None otherwise (the embedded engine ignores the flag). The backend (``backend``, else ``get_backend()``'s) is
+    asked first: ``get_backend`` keeps its choice, so a steady call on the embedded engine reads no environment
+    variable."""
+    if isinstance(backend or get_backend(), EmbeddedBackend) or not get_context("batch_split"):
         return None
     if not _splitters:
         importlib.import_module(PARALLEL_MODULE)

@@ -31,8 +31,10 @@ class EmbeddedBackend(Backend):
     def grad(
         self, network_id: str, flags: GradFlags, inputs: Sequence[np.ndarray], params: Mapping[str, np.ndarray]
     ) -> OutputTree:
-        """Run the program of GradOperation(flags) over the network."""
-        return self._program(network_id, flags)(*inputs, params=params if type(params) is dict else dict(params))
+        """Run the program of GradOperation(flags) over the network (the last one run is found without a call)."""
+        last = self._last
+        prog = last[2] if last is not None and last[0] is network_id and last[1] is flags else self._program(network_id, flags)
+        return prog(*inputs, params=params if type(params) is dict else dict(params))
 
     def _program(self, network_id: str, flags: GradFlags | None) -> Program:
         """The compiled program of the network under ``flags``; the last one asked for is found by identity, without

@@ -69,6 +69,9 @@ class GradFunction:
         self.wrapped = fn
         """The function differentiated, whose non-Parameter state stands for this one's (client/state.py)."""
         self._last: tuple[Traced, GradFlags] | None = None
+        self._steady: tuple[Any, Backend, str, GradFlags, Any] | None = None
+        """The last prepared call's trace entry, backend, network id, flags and result function, when its network
+        writes no Parameter and takes no sens: a call that finds the same entry on the same backend reuses them."""
 
     def input_names(self, n: int) -> list[str]:
         """Graph-input names when this gradient function is itself traced."""
@@ -95,18 +98,19 @@ class GradFunction:
                 raise TypeError(f"GradOperation(sens_param=True) of {label(self.fn)}: pass the network's inputs followed by sens")
             inputs, sens = args[:-1], args[-1]
         check_inputs(self.fn, inputs)
-        if not self.op.get_all and not self.op.get_by_list and not (inputs and tensor_leaves(inputs[0])):
+        op = self.op
+        if not (op.get_all or op.get_by_list or (inputs and (isinstance(inputs[0], Tensor) or tensor_leaves(inputs[0])))):
             return ()  # MindSpore: the first input is not a Tensor, so there is nothing to differentiate
         frame = current_frame()
         return self._run(inputs, sens) if frame is None else self._nested(frame, inputs, sens)
 
     def _run(self, inputs: Sequence[Any], sens: Any) -> Any:
-        split = batch_splitter()
+        backend = get_backend()
+        split = batch_splitter(backend)
         if split is not None:
             done, result = split(self, (*inputs, sens) if self.op.sens_param else tuple(inputs))
             if done:
                 return result
-        backend = get_backend()
         call, finish = self._prepare(backend, inputs, sens, write=True)
         return finish(backend.call(call))
 
@@ -118,21 +122,29 @@ class GradFunction:
         ``read`` gives what the network writes as a forward read it (``runner.BeforeWrites``), read in place of the
         current values."""
         entry = traced_for(self.fn, inputs, self.weights)
-        recorded = forward_recorded(self.fn, inputs) if write and entry.traced.writes else None
-        if write and entry.traced.writes and recorded is None:
-            return self._prepare_writing(backend, entry.traced, inputs, sens)
+        steady = self._steady
+        if steady is not None and steady[0] is entry and steady[1] is backend and read is None:
+            return Call(steady[2], steady[3], entry.inputs(inputs), entry.param_values()), steady[4]
+        traced = entry.traced
+        recorded = forward_recorded(self.fn, inputs) if write and traced.writes else None
+        if write and traced.writes and recorded is None:
+            return self._prepare_writing(backend, traced, inputs, sens)
         read = recorded or read
         if read is not None and read.tensors:
             with read.tensors_as_read():
                 entry = traced_for(self.fn, inputs, self.weights)
-        flat_sens = self._flat_sens(sens, entry.traced)
-        arrays = entry.inputs(inputs) + [s._concrete("sens") for s in flat_sens]
-        flags = self.flags(entry.traced)
+            traced = entry.traced
+        arrays = entry.inputs(inputs)
+        if self.op.sens_param:
+            arrays += [s._concrete("sens") for s in self._flat_sens(sens, traced)]
+        flags = self.flags(traced)
         params = {**entry.param_values(), **read.params} if read is not None else entry.param_values()
         call = Call(entry.network_id(backend), flags, arrays, params)
-        if not flags.get_all and not flags.get_by_list:
-            return call, _first_gradient
-        return call, lambda out: self._structure(flatten(to_tensors(out)), entry.traced)
+        finish = _first_gradient if not flags.get_all and not flags.get_by_list else (
+            lambda out: self._structure(flatten(to_tensors(out)), traced))
+        if not traced.writes and not self.op.sens_param and read is None:
+            self._steady = (entry, backend, call.network_id, flags, finish)
+        return call, finish
 
     def _prepare_writing(self, backend: Backend, traced: Traced, inputs: Sequence[Any], sens: Any) -> tuple[Call, Any]:
         """The call of one network holding a GradOperation node over the function and the function's written
@@ -479,7 +491,7 @@ class _GradFn(_Transform):
         self.has_aux, self.return_ids, self.value = has_aux, return_ids, value
 
     def __call__(self, *args: Any) -> Any:
-        split = batch_splitter() if current_frame() is None else None
+        split = batch_splitter(get_backend()) if current_frame() is None else None
         if split is not None:
             done, result = split(self, args)
             if done:

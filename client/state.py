@@ -229,7 +229,7 @@ class StateWatch:
         """The state of ``fn`` (the network this watch was made for) now: the one recorded while nothing it depends
         on changed, else collected anew."""
         snap = self.snapshot
-        if snap.epoch != epoch.value or snap.holder() is not _code_holder(fn) or not snap.holds():
+        if snap.epoch != epoch.value or not snap.same_code(fn) or not (snap.fixed or snap.holds()):
             snap = self.snapshot = _Snapshot.of(fn)
         return snap.state
 
@@ -254,6 +254,10 @@ class _Snapshot:
     lists: tuple[tuple[str, Any, list[tuple[str, Any]]], ...]
     reads: tuple[tuple[_Read, Any, list[tuple[str, Any]] | None], ...] = field(repr=False)
     versions: tuple[int, ...]
+    cell_type: type | None = None
+    """The Cell's class when ``fn`` is a Cell (whose code holder is that class's construct), else None."""
+    fixed: bool = False
+    """Nothing can change without moving the epoch (no lists, closures, globals or Tensors to read again)."""
 
     @staticmethod
     def of(fn: Any) -> _Snapshot:
@@ -272,7 +276,17 @@ class _Snapshot:
         for read in walk.reads:
             v = read.get()
             reads.append((read, v, _shallow(read.where, v) if isinstance(v, (list, tuple, np.ndarray)) else None))
-        return _Snapshot(at, state, ref, lists, tuple(reads), _versions(state.tensors))
+        versions = _versions(state.tensors)
+        fixed = not (lists or reads or versions)
+        return _Snapshot(at, state, ref, lists, tuple(reads), versions, type(fn) if _is_cell(fn) else None, fixed)
+
+    def same_code(self, fn: Any) -> bool:
+        """True when ``fn``'s code holder is still the one walked (a Cell's class's construct, checked without
+        unwrapping)."""
+        cls = self.cell_type
+        if cls is not None and fn.__class__ is cls:
+            return cls.construct is self.holder()  # type: ignore[attr-defined]
+        return self.holder() is _code_holder(fn)
 
     def holds(self) -> bool:
         """True when nothing that can change without moving the epoch has changed since the snapshot."""

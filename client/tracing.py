@@ -257,6 +257,8 @@ def check_inputs(fn: Any, args: Sequence[Any]) -> None:
     """A TypeError naming the first argument that is neither a Tensor, a Python scalar/None, nor a (nested) tuple,
     list or dict of Tensors and constants (Python numbers, strings, None, NumPy arrays)."""
     for i, a in enumerate(args):
+        if isinstance(a, Tensor):
+            continue
         if isinstance(a, (tuple, list, dict)):
             bad = next((x for x in _container_leaves(a) if not isinstance(x, (Tensor, *CONSTANTS))), None)
             if bad is None:
@@ -266,7 +268,7 @@ def check_inputs(fn: Any, args: Sequence[Any]) -> None:
                 f"a tuple, list or dict input may hold Tensors, Python numbers, strings, None and NumPy arrays "
                 f"(and tuples, lists or dicts of them)"
             )
-        if not isinstance(a, (Tensor, *STATIC_INPUTS)):
+        if not isinstance(a, STATIC_INPUTS):
             raise TypeError(
                 f"{label(fn)}: input {i} is a {type(a).__module__}.{type(a).__qualname__}; pass a Tensor "
                 f"(e.g. Tensor(value)), a tuple, list or dict of Tensors, or a Python number or None"

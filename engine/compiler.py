@@ -160,7 +160,6 @@ class Program:
         self._runs = 0
         self._expected = [(v.dtype, v.shape, v) for _, v in self._inputs]
         self._n_inputs = len(self._inputs)
-        self._param_types = {name: (s, p.value.dtype, p.value.shape) for name, (s, p) in self._params.items()}
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
@@ -199,17 +198,7 @@ class Program:
         parameter values overriding the graph's; returns the output tree of NumPy arrays."""
         straight = self._straight
         if straight is not None and interrupt is None and len(inputs) == self._n_inputs:
-            if not params:  # the plan checks each input's class, dtype and shape itself
-                return straight(self._template, *inputs)
-            env = list(self._template)
-            expected = self._param_types
-            for name, a in params.items():
-                known = expected.get(name)
-                if known is None or a.__class__ is not np.ndarray or a.dtype != known[1] or a.shape != known[2]:
-                    break
-                env[known[0]] = a
-            else:
-                return straight(env, *inputs)
+            return straight(self._template, params, *inputs)  # the plan checks the inputs and parameters itself
         if len(inputs) != len(self._expected):
             names = [v.name for _, v in self._inputs]
             raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
@@ -235,7 +224,8 @@ class Program:
         interrupt: Callable[[], bool] | None = None,
     ) -> Any:
         """``self(*inputs, params=params)`` without checking the arrays: for callers that have already
-        made sure every one has its declared dtype and shape and every parameter name exists.
+        made sure every one has its declared dtype and shape and every parameter name exists (the straight-line
+        plan, once made, checks them anyway: inline, at no cost worth skipping).
         ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
         if interrupt is None:
             straight = self._straight
@@ -243,12 +233,7 @@ class Program:
                 straight = self._straight = straight_line(self)
             self._runs += 1
             if straight is not None:
-                if not params:
-                    return straight(self._template, *inputs)
-                env = list(self._template)
-                for name, a in params.items():
-                    env[self._params[name][0]] = a
-                return straight(env, *inputs)
+                return straight(self._template, params, *inputs)
         env = list(self._template)
         for (s, _), a in zip(self._inputs, inputs):
             env[s] = a
@@ -306,18 +291,29 @@ def straight_line(program: Program) -> Callable[..., Any]:
     that are inputs, parameters or constants copied): one line per step, locals instead of list slots,
     attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
     the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes. It
-    begins by checking each input's class, dtype and shape (inline, cheaper than the caller's loop), so a call may go
-    straight to it."""
+    begins by checking each input's class, dtype and shape and each given parameter's (inline, cheaper than the
+    caller's loop: the slot list is never copied), so a call may go straight to it: ``plan(template, params, *inputs)``."""
     space: dict[str, Any] = {}
     used = {s for _, ins, _, _, _ in program._steps for s in ins} | set(program._out_slots)
     taken = [s for s, _ in program._inputs]
-    lines = [f"def plan(e{''.join(f', s{s}' for s in taken)}):"]
-    space["nd"], space["check"] = np.ndarray, _check
+    lines = [f"def plan(e, p{''.join(f', s{s}' for s in taken)}):"]
+    space["nd"], space["check"], space["miss"] = np.ndarray, _check, object()
+    space["unknown"] = functools.partial(_unknown_parameter, program.graph.name, sorted(program._params))
     for i, (s, v) in enumerate(program._inputs):
         space[f"v{i}"], space[f"d{i}"], space[f"h{i}"] = v, v.dtype, v.shape
         lines.append(f"    if s{s}.__class__ is not nd or s{s}.dtype != d{i} or s{s}.shape != h{i}:")
         lines.append(f"        check(s{s}, v{i}, 'input')")
-    lines += [f"    s{s} = e[{s}]" for s in sorted(used - set(taken)) if program._template[s] is not None or s in program._fed]
+    lines += ["    if p:", "        n = len(p)"]
+    for j, (name, (s, prm)) in enumerate(program._params.items()):
+        v = prm.value
+        space[f"k{j}"], space[f"pv{j}"], space[f"pd{j}"], space[f"ph{j}"] = name, v, v.dtype, v.shape
+        lines += [f"        s{s} = p.get(k{j}, miss)", f"        if s{s} is miss:", f"            s{s} = e[{s}]", "        else:",
+                  "            n -= 1", f"            if s{s}.__class__ is not nd or s{s}.dtype != pd{j} or s{s}.shape != ph{j}:",
+                  f"                check(s{s}, pv{j}, 'parameter')"]
+    lines += ["        if n:", "            unknown(p)", "    else:"]
+    lines += [f"        s{s} = e[{s}]" for s, _ in program._params.values()] or ["        pass"]
+    in_p = {s for s, _ in program._params.values()}
+    lines += [f"    s{s} = e[{s}]" for s in sorted(used - set(taken) - in_p) if program._template[s] is not None or s in program._fed]
     for k, (n, (_, ins, outs, frees, into)) in enumerate(zip(program._plan_nodes, program._steps)):
         opdef = OPS[n.op]
         space[f"f{k}"] = opdef.forward
@@ -390,6 +386,12 @@ def _peak_bytes(
                 s = parent[s]
                 refs[s] -= 1
     return max(peak, live + copies)
+
+
+def _unknown_parameter(graph: str, names: list[str], params: Mapping[str, Any]) -> None:
+    """The InputError for a parameter value given under a name that ``graph`` has no parameter of."""
+    bad = next(n for n in params if n not in names)
+    raise InputError(f"graph {shown(graph)} has no parameter {shown(bad)}; parameters: {shown_names(names)}")
 
 
 def _check(a: Any, v: Value, what: str) -> None:
