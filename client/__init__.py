@@ -1,8 +1,15 @@
 """gradserve.client: the MindSpore-style SDK (Tensor, Parameter, nn.Cell, ops, GradOperation) and its backends."""
-from . import context, dispatch, dtype, indexing  # noqa: F401  (install Tensor's operators (dispatch) and indexing before any use)
+from . import (  # noqa: F401  (install Tensor's operators (dispatch) and indexing before any use; parallel registers the batch splitter)
+    context,
+    dispatch,
+    dtype,
+    indexing,
+    parallel,
+)
 from .backend import Backend, GradFlags
+from .backends import get_backend, register_backend_factory
 from .cell import Cell
-from .context import GRAPH_MODE, PYNATIVE_MODE, get_backend, get_context, register_backend_factory, set_context
+from .context import GRAPH_MODE, PYNATIVE_MODE, get_context, set_context
 from .custom import Function, FunctionCtx, custom_vjp
 from .embedded import EmbeddedBackend
 from .errors import TracingError

@@ -1,15 +1,10 @@
-"""Choosing the backend: ``set_context(target=...)``, else ``GRADSERVE_TARGET``, else the embedded engine;
-how a remote backend connects (bearer token, TLS), and how long its calls may take and retry."""
+"""The context options: ``set_context(target=...)``, else ``GRADSERVE_TARGET``, else the embedded engine (chosen
+by ``backends``); how a remote backend connects (bearer token, TLS), and how long its calls may take and retry."""
 from __future__ import annotations
 
 import collections
-import importlib
 import os
-import threading
-from typing import TYPE_CHECKING, Any, Callable, Sequence
-
-from .backend import Backend
-from .embedded import EmbeddedBackend
+from typing import TYPE_CHECKING, Any, Sequence
 
 if TYPE_CHECKING:
     import grpc
@@ -34,10 +29,6 @@ CONNECTION = ("target", "token", "tls_ca", "tls_cert", "tls_key")
 RETRY_SECONDS = 15.0
 """How long a remote call retries UNAVAILABLE by default: longer than a server's restart (about 2 s)."""
 ENV_VAR = OPTIONS["target"]
-REMOTE_MODULE = "gradserve.client.remote"
-"""Imported on first use of a target, so that it can register its factory."""
-PARALLEL_MODULE = "gradserve.client.parallel"
-"""Imported on first use of ``batch_split``, so that it can register its splitter."""
 
 GRAPH_MODE = 0
 """MindSpore's graph mode: networks are compiled to graphs (here both modes trace and cache graphs)."""
@@ -54,14 +45,8 @@ MINDSPORE_OPTIONS = (
 _UNSET = object()
 _state: dict[str, Any] = dict.fromkeys(OPTIONS, _UNSET)
 _mindspore: dict[str, Any] = {"mode": PYNATIVE_MODE}
-_factories: list[Callable[[str], Backend]] = []
-_splitters: list[Callable[[Any, tuple[Any, ...]], tuple[bool, Any]]] = []
-_backends: dict[tuple[str | None, ...], Backend] = {}
-_current: list[Any] = [None, None, 0]
-"""The backend ``get_backend`` chose last, the ``_backends`` registry it was chosen from, and the number of
-``set_context`` calls before it: kept until ``set_context`` is called or the registry is replaced, so that steady
-calls read no environment variable."""
-_lock = threading.Lock()
+generation = [0]
+"""How many times ``set_context`` changed an option: ``backends`` keeps its choice while this stands still."""
 
 
 def set_context(**kwargs: Any) -> None:
@@ -96,7 +81,7 @@ def set_context(**kwargs: Any) -> None:
             what = "a non-empty 'host:port' string" if key == "target" else "a non-empty string"
             raise TypeError(f"set_context: {key} must be None or {what}, got {value!r}")
         _state[key] = value
-        _current[:] = [None, None, _current[2] + 1]
+        generation[0] += 1
 
 
 def get_context(key: str) -> Any:
@@ -111,24 +96,6 @@ def get_context(key: str) -> Any:
         return value
     env = os.environ.get(OPTIONS[key]) or None
     return (env or "").strip().lower() in ("1", "true", "yes", "on") if key in FLAGS else env
-
-
-def register_batch_splitter(split: Callable[[Any, tuple[Any, ...]], tuple[bool, Any]]) -> None:
-    """Called by the data-parallel module: ``split(grad_fn, args)`` gives ``(True, result)`` for a call it split
-    across replicas, ``(False, None)`` for one that runs as usual."""
-    _splitters.append(split)
-
-
-def batch_splitter(backend: Backend | None = None) -> Callable[[Any, tuple[Any, ...]], tuple[bool, Any]] | None:
-    """The splitter top-level gradient calls go through when ``batch_split`` is on and the target is a server;
-    None otherwise (the embedded engine ignores the flag). The backend (``backend``, else ``get_backend()``'s) is
-    asked first: ``get_backend`` keeps its choice, so a steady call on the embedded engine reads no environment
-    variable."""
-    if isinstance(backend or get_backend(), EmbeddedBackend) or not get_context("batch_split"):
-        return None
-    if not _splitters:
-        importlib.import_module(PARALLEL_MODULE)
-    return _splitters[-1]
 
 
 def retry_seconds() -> float:
@@ -198,42 +165,3 @@ def _bearer(token: str) -> Any:
         intercept_stream_unary = intercept_stream_stream = _call
 
     return Bearer()
-
-
-def register_backend_factory(factory: Callable[[str], Backend]) -> None:
-    """Called by a remote-backend module: ``factory(target)`` makes the Backend for a ``host:port`` target."""
-    _factories.append(factory)
-
-
-def get_backend() -> Backend:
-    """The Backend for the current target and connection settings, created once for each. The settings are read
-    (``set_context``'s, else the ``GRADSERVE_*`` variables) on the first call and after each ``set_context``."""
-    backend, registry, generation = _current
-    if registry is _backends:
-        return backend  # type: ignore[no-any-return]
-    target = get_context("target")
-    settings = (None,) if target is None else tuple(get_context(k) for k in CONNECTION)
-    with _lock:
-        backend = _backends.get(settings)
-        if backend is None:
-            backend = EmbeddedBackend() if target is None else _remote(target)
-            _backends[settings] = backend
-        if _current[2] == generation:
-            _current[:] = [backend, _backends, generation]
-    return backend
-
-
-def _remote(target: str) -> Backend:
-    if not _factories:
-        try:
-            importlib.import_module(REMOTE_MODULE)
-        except ModuleNotFoundError as exc:
-            if exc.name != REMOTE_MODULE:
-                raise
-    if not _factories:
-        raise RuntimeError(
-            f"target {target!r} (from set_context or {ENV_VAR}) needs a remote backend, but none is available: "
-            f"{REMOTE_MODULE} is not installed and no factory was registered with "
-            f"gradserve.client.register_backend_factory; use set_context(target=None) for the embedded engine"
-        )
-    return _factories[-1](target)

@@ -13,7 +13,7 @@ from gradserve.engine.autodiff import grad_structure, inline
 
 from . import dtype as mstype
 from .backend import Backend, Call, GradFlags
-from .context import batch_splitter, get_backend
+from .backends import batch_splitter, get_backend
 from .parameter import Parameter
 from .runner import BeforeWrites, apply_writes, forward_recorded, to_tensors, traced_for, values_before_writes, writing_network_id
 from .streaming import stream_prepared

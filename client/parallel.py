@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .backends import get_backend, register_batch_splitter
 from .cell import Cell
-from .context import get_backend, register_batch_splitter
 from .grad import GradFunction, _GradFn
 from .nn.loss import LossBase
 from .runner import forward_recorded

@@ -36,7 +36,7 @@ from gradserve.proto import codec
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 from .backend import Backend, Call, GradFlags, OutputTree
-from .context import call_timeout, open_channel, register_backend_factory, retry_seconds
+from .context import call_timeout, open_channel, retry_seconds
 
 RECONNECT_BACKOFF_MS = 1000
 """The longest a channel that failed to connect waits before trying again by itself, so a restarted server is seen soon."""
@@ -496,6 +496,3 @@ class _Stream:
         if resp.HasField("error"):
             raise _error(STATUS_CODES.get(resp.error.code, grpc.StatusCode.UNKNOWN), resp.error.message)
         return codec.decode_tree(resp.forward if call.flags is None else resp.gradients)
-
-
-register_backend_factory(RemoteBackend)

@@ -15,7 +15,7 @@ from gradserve.engine import Graph, flatten
 
 from . import epoch
 from .backend import Backend
-from .context import get_backend
+from .backends import get_backend
 from .guards import GuardCheck
 from .parameter import Parameter
 from .state import State, StateWatch

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterable, Iterator
 from gradserve.engine import flatten
 
 from .backend import Backend, Call, OutputTree
-from .context import get_backend
+from .backends import get_backend
 from .runner import apply_writes, to_tensors, traced_for, writing_network_id
 from .tracing import rebuild
 

@@ -16,7 +16,7 @@ from cryptography.x509.oid import NameOID
 from hypothesis import HealthCheck, settings
 
 import gradserve as gs
-from gradserve.client import context
+from gradserve.client import backends, context
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
 from gradserve.v1 import service_pb2_grpc
@@ -66,7 +66,7 @@ def clean_context(monkeypatch: pytest.MonkeyPatch) -> None:
     for key, var in context.OPTIONS.items():
         monkeypatch.setitem(context._state, key, context._UNSET)
         monkeypatch.delenv(var, raising=False)
-    monkeypatch.setattr(context, "_backends", {})
+    monkeypatch.setattr(backends, "_backends", {})
     monkeypatch.setitem(context._mindspore, "mode", gs.PYNATIVE_MODE)
 
 
@@ -77,7 +77,7 @@ def where(request: pytest.FixtureRequest, clean_context: None) -> Iterator[str]:
         server: Server = request.getfixturevalue("server")
         gs.set_context(target=f"127.0.0.1:{server.port}", retry_seconds=0)
     yield request.param
-    for backend in context._backends.values():
+    for backend in backends._backends.values():
         backend.close()
 
 

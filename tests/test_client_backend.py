@@ -10,7 +10,7 @@ import gradserve as gs
 import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Parameter, ParameterTuple, Tensor
-from gradserve.client import Backend, EmbeddedBackend, GradFlags, context, get_backend, register_backend_factory
+from gradserve.client import Backend, EmbeddedBackend, GradFlags, backends, context, get_backend, register_backend_factory
 from gradserve.engine import Graph
 
 
@@ -41,9 +41,9 @@ def clean_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """No target set, no env var, no factories, no cached backends; all restored afterwards."""
     monkeypatch.setitem(context._state, "target", context._UNSET)
     monkeypatch.delenv(context.ENV_VAR, raising=False)
-    monkeypatch.setattr(context, "_factories", [])
-    monkeypatch.setattr(context, "_backends", {})
-    monkeypatch.setattr(context, "REMOTE_MODULE", "gradserve.client._no_remote_for_tests")
+    monkeypatch.setattr(backends, "_factories", [])
+    monkeypatch.setattr(backends, "_backends", {})
+    monkeypatch.setattr(backends, "REMOTE_MODULE", "gradserve.client._no_remote_for_tests")
     yield
 
 

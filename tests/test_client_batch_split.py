@@ -15,7 +15,7 @@ import gradserve as gs
 import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Tensor
-from gradserve.client import context
+from gradserve.client import backends
 from gradserve.parallel import data_parallel
 from gradserve.server.app import Server
 from gradserve.v1 import service_pb2_grpc
@@ -124,7 +124,7 @@ def test_the_flag_is_read_from_the_environment_and_ignored_embedded(clean_contex
     assert gs.get_context("batch_split") is False
     monkeypatch.setenv("GRADSERVE_BATCH_SPLIT", "1")
     assert gs.get_context("batch_split") is True
-    assert context.batch_splitter() is None  # no target: the embedded engine runs the call whole
+    assert backends.batch_splitter() is None  # no target: the embedded engine runs the call whole
     with pytest.raises(TypeError, match="batch_split must be None or a bool"):
         gs.set_context(batch_split="yes")
     expected, _ = train_cell(2)

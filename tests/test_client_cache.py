@@ -12,7 +12,7 @@ import gradserve as gs
 import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Parameter, ParameterTuple, Tensor
-from gradserve.client import context, epoch, get_backend, trace_count
+from gradserve.client import backends, epoch, get_backend, trace_count
 from gradserve.client.embedded import EmbeddedBackend
 from gradserve.client.runner import _CACHES
 
@@ -193,8 +193,8 @@ class Recording(EmbeddedBackend):
 
 
 def test_get_backend_reads_the_environment_once_until_set_context(clean_context: None, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(context, "_factories", [])
-    context.register_backend_factory(Recording)
+    monkeypatch.setattr(backends, "_factories", [])
+    backends.register_backend_factory(Recording)
     monkeypatch.setenv("GRADSERVE_TARGET", "first:1")
     first = get_backend()
     assert first.target == "first:1"  # type: ignore[attr-defined]

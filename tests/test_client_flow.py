@@ -13,7 +13,7 @@ import pytest
 import gradserve as gs
 import gradserve.nn as nn
 from gradserve import Tensor, TracingError
-from gradserve.client import context, trace_count
+from gradserve.client import backends, context, trace_count
 from gradserve.ops import GradOperation
 from gradserve.server.app import Server
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -177,7 +177,7 @@ def test_a_path_seen_before_is_not_sent_again(server: Server, clean_context: Non
         net(neg)
     assert registered(server) - before == 2  # one network per path
     assert trace_count(net) == 2  # values read in a nested trace are guards too: each path is traced once
-    for backend in context._backends.values():
+    for backend in backends._backends.values():
         backend.close()  # type: ignore[attr-defined]
 
 

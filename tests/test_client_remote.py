@@ -13,7 +13,7 @@ from clientkit import tutorial_grad_x
 from serverkit import TOKEN, wait_until
 
 import gradserve as gs
-from gradserve.client import context, remote
+from gradserve.client import backends, context, remote
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend, RemoteError, address_count, split_target
 from gradserve.engine import Graph, GraphBuilder
@@ -46,7 +46,7 @@ def pair() -> Iterator[list[Server]]:
 def sdk(clean_context: None) -> Iterator[None]:
     """A clean client context whose remote backends are closed afterwards."""
     yield
-    for backend in context._backends.values():
+    for backend in backends._backends.values():
         backend.close()
 
 

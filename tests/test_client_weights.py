@@ -18,7 +18,7 @@ import gradserve as gs
 import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Parameter, ParameterTuple, Tensor
-from gradserve.client import context, remote
+from gradserve.client import backends, context, remote
 from gradserve.client.backend import GradFlags
 from gradserve.client.embedded import EmbeddedBackend
 from gradserve.client.remote import RemoteBackend
@@ -145,7 +145,7 @@ def test_set_data_never_registers_again(clean_context: None, recorded: Recorded)
         try:
             served_grads = train(STEPS)
         finally:
-            for backend in context._backends.values():
+            for backend in backends._backends.values():
                 backend.close()
         counts = served(server)
         size = registered_networks(server)

@@ -154,12 +154,12 @@ def test_a_function_without_writes_runs_the_same_graph() -> None:
 
     (entry,) = [e for staged in f._staged.values() for bucket in _CACHES[staged].entries.values() for e in bucket]
     assert entry.traced.writes == ()
-    assert list(entry.network_ids) == [id(gs.client.context.get_backend())]
+    assert list(entry.network_ids) == [id(gs.client.backends.get_backend())]
 
 
 def test_the_written_values_come_from_the_gradient_program_s_own_forward() -> None:
     """One program: the copy of the forward that computes the written values is merged with the transform's."""
-    from gradserve.client.context import get_backend
+    from gradserve.client.backends import get_backend
     from gradserve.client.runner import _CACHES, writing_network_id
     from gradserve.engine.compiler import optimize
 

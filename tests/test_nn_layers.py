@@ -12,7 +12,7 @@ from nnkit import F64, TOL, assert_same, gs_grads, randomize, torch_grads
 
 import gradserve as gs
 from gradserve import nn, ops
-from gradserve.client import context
+from gradserve.client import backends
 from gradserve.server.app import running
 from gradserve.server.config import ServerConfig
 
@@ -172,7 +172,7 @@ def remote_target(clean_context: None) -> Iterator[None]:
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server:
         gs.set_context(target=f"127.0.0.1:{server.port}")
         yield
-        for backend in context._backends.values():
+        for backend in backends._backends.values():
             backend.close()
 
 

@@ -19,7 +19,7 @@ from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from prometheus_client.parser import text_string_to_metric_families
 from serverkit import TOKEN, parse, rejected, request_counters, slow_request, wait_until
 
-from gradserve.client import context
+from gradserve.client import backends, context
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server import cli, metrics
@@ -250,12 +250,12 @@ def test_client_context_attaches_the_token(guarded: tuple[Server, grpc.Channel],
 
 def test_client_context_options_and_backend_per_setting(clean_context: None, monkeypatch: pytest.MonkeyPatch) -> None:
     made: list[str] = []
-    monkeypatch.setattr(context, "_factories", [lambda t: made.append(t) or context.EmbeddedBackend()])
+    monkeypatch.setattr(backends, "_factories", [lambda t: made.append(t) or backends.EmbeddedBackend()])
     context.set_context(target="h:1", token="a")
-    first = context.get_backend()
-    assert context.get_backend() is first and made == ["h:1"]
+    first = backends.get_backend()
+    assert backends.get_backend() is first and made == ["h:1"]
     context.set_context(token="b")
-    assert context.get_backend() is not first and made == ["h:1", "h:1"]
+    assert backends.get_backend() is not first and made == ["h:1", "h:1"]
     with pytest.raises(TypeError, match="tls_ca must be None or a non-empty string"):
         context.set_context(tls_ca="")
     with pytest.raises(TypeError, match="unknown option 'ca'.*'tls_ca'"):
