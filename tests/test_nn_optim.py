@@ -174,3 +174,23 @@ def test_bad_optimizer_arguments_are_named() -> None:
         nn.SGD(ps)(gradient_sequence()[0][:2])
     with pytest.raises(ValueError, match=r"'dense.bias' has shape \(3,\)"):
         nn.SGD(ps)([np.zeros(s, np.float32) for s in [(3, 4), (3,), (2, 2, 3)]])
+
+
+def test_a_step_keeps_the_trace_epoch_and_a_function_reading_the_step_sees_it() -> None:
+    """A step counts in place (no Cell attribute assigned, so no gradient call re-walks its network); a function whose
+    closure reaches the optimizer still reads each new count, and the setter (checkpoint loading) sets it."""
+    from gradserve.client import epoch
+    w = gs.Parameter(np.array([2.0], np.float32), name="w")
+    opt = nn.SGD([w], learning_rate=0.5)
+    grad_fn = gs.value_and_grad(lambda x: (x * w).sum() * float(opt.global_step + 1), None, opt.parameters)
+    x = gs.Tensor(np.array([3.0], np.float32))
+    for step in range(3):
+        at = epoch.value
+        loss, (g,) = grad_fn(x)
+        w_now = 2.0 - 0.5 * sum(3.0 * (k + 1) for k in range(step))
+        assert float(loss.asnumpy()) == pytest.approx(3.0 * w_now * (step + 1))
+        np.testing.assert_allclose(g.asnumpy(), [3.0 * (step + 1)])
+        opt((g,))
+        assert opt.global_step == step + 1 and epoch.value == at
+    opt.global_step = 7
+    assert opt.global_step == 7 and opt.state_arrays()["global_step"].tolist() == [7]

@@ -66,7 +66,7 @@ class Optimizer(Cell):
         if not loss_scale > 0:
             raise ValueError(f"nn.{name}: loss_scale must be positive, got {loss_scale!r}")
         self.loss_scale = float(loss_scale)
-        self.global_step = 0
+        self._step = [0]
         items = list(parameters)
         if not items:
             raise ValueError(f"nn.{name}: the parameter list is empty")
@@ -97,6 +97,17 @@ class Optimizer(Cell):
         if order:
             self._slots = self._ordered(order, name)
         self.parameters = ParameterTuple(s.param for s in self._slots)
+
+    @property
+    def global_step(self) -> int:
+        """Steps taken. Held in the one-element list ``_step``, which a step changes in place: assigning an attribute
+        moves the trace epoch (client/epoch.py), so every gradient call after each step would walk its whole network
+        again; a network whose state reaches the optimizer still sees the count, as a list attribute it re-reads."""
+        return self._step[0]
+
+    @global_step.setter
+    def global_step(self, value: int) -> None:
+        self._step[0] = int(value)
 
     def _ordered(self, order: list[dict[str, Any]], name: str) -> list[_Slot]:
         """The slots in the order of the group ``{"order_params": [...]}`` (MindSpore's: the update order, and so the
@@ -181,7 +192,7 @@ class Optimizer(Cell):
             if self.loss_scale != 1.0:
                 g = g / w.dtype.type(self.loss_scale)
             p.set_data(self._update(slot, w, g, w.dtype.type(slot.lr(step)), step + 1))
-        self.global_step = step + 1
+        self._step[0] = step + 1
         return True
 
     def _update(self, slot: _Slot, w: np.ndarray, g: np.ndarray, lr: Any, t: int) -> np.ndarray:
