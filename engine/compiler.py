@@ -157,6 +157,8 @@ class Program:
         self._plan_nodes = plan_nodes
         self._fed = fed
         self._straight: Callable[..., Any] | None = None
+        self._straight_checked: Callable[..., Any] | None = None
+        """The straight-line plan asking an ``interrupt`` before each step (a server worker's runs)."""
         self._runs = 0
         self._expected = [(v.dtype, v.shape, v) for _, v in self._inputs]
         self._n_inputs = len(self._inputs)
@@ -227,13 +229,16 @@ class Program:
         made sure every one has its declared dtype and shape and every parameter name exists (the straight-line
         plan, once made, checks them anyway: inline, at no cost worth skipping).
         ``interrupt()``, when given, is asked before each step; True stops the run with :class:`Interrupted`."""
-        if interrupt is None:
-            straight = self._straight
-            if straight is None and self._runs >= STRAIGHT_AFTER:
-                straight = self._straight = straight_line(self)
-            self._runs += 1
-            if straight is not None:
-                return straight(self._template, params, *inputs)
+        straight = self._straight if interrupt is None else self._straight_checked
+        if straight is None and self._runs >= STRAIGHT_AFTER:
+            straight = straight_line(self, checked=interrupt is not None)
+            if interrupt is None:
+                self._straight = straight
+            else:
+                self._straight_checked = straight
+        self._runs += 1
+        if straight is not None:
+            return straight(self._template, params, *inputs) if interrupt is None else straight(self._template, params, interrupt, *inputs)
         env = list(self._template)
         for (s, _), a in zip(self._inputs, inputs):
             env[s] = a
@@ -263,8 +268,13 @@ class Program:
         """The steps, asking ``interrupt()`` before each (the plain list is iterated when there is nothing to ask)."""
         for k, step in enumerate(self._steps):
             if interrupt():
-                raise Interrupted(f"run of graph {shown(self.graph.name)} interrupted after {k} of {len(self._steps)} steps")
+                _interrupted(self.graph.name, len(self._steps), k)
             yield step
+
+
+def _interrupted(name: str, steps: int, done: int) -> None:
+    """Raise Interrupted for a run of graph ``name`` stopped before its step ``done`` of ``steps``."""
+    raise Interrupted(f"run of graph {shown(name)} interrupted after {done} of {steps} steps")
 
 
 def _reused_buffers(
@@ -286,17 +296,20 @@ def _reused_buffers(
     return into
 
 
-def straight_line(program: Program) -> Callable[..., Any]:
+def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]:
     """The plan as one generated Python function of the slot list and the inputs, returning the output tree (outputs
     that are inputs, parameters or constants copied): one line per step, locals instead of list slots,
     attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
     the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes. It
     begins by checking each input's class, dtype and shape and each given parameter's (inline, cheaper than the
-    caller's loop: the slot list is never copied), so a call may go straight to it: ``plan(template, params, *inputs)``."""
+    caller's loop: the slot list is never copied), so a call may go straight to it: ``plan(template, params, *inputs)``.
+    ``checked``: ``plan(template, params, interrupt, *inputs)`` asks ``interrupt()`` before each step, as the step loop
+    does, and raises Interrupted naming the steps done."""
     space: dict[str, Any] = {}
     used = {s for _, ins, _, _, _ in program._steps for s in ins} | set(program._out_slots)
     taken = [s for s, _ in program._inputs]
-    lines = [f"def plan(e, p{''.join(f', s{s}' for s in taken)}):"]
+    lines = [f"def plan(e, p{', i' if checked else ''}{''.join(f', s{s}' for s in taken)}):"]
+    space["halt"] = functools.partial(_interrupted, program.graph.name, len(program._steps))
     space["nd"], space["check"], space["miss"] = np.ndarray, _check, object()
     space["unknown"] = functools.partial(_unknown_parameter, program.graph.name, sorted(program._params))
     for i, (s, v) in enumerate(program._inputs):
@@ -317,6 +330,8 @@ def straight_line(program: Program) -> Callable[..., Any]:
     for k, (n, (_, ins, outs, frees, into)) in enumerate(zip(program._plan_nodes, program._steps)):
         opdef = OPS[n.op]
         space[f"f{k}"] = opdef.forward
+        if checked:
+            lines.append(f"    if i(): halt({k})")
         args = [f"s{s}" for s in ins]
         for j, (key, val) in enumerate(n.attrs.items()):
             if not key.isidentifier() or keyword.iskeyword(key):

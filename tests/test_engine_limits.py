@@ -10,6 +10,7 @@ import pytest
 from enginekit import measured_peak
 
 from gradserve.engine import GraphBuilder, Interrupted, compile_graph, grad_operation
+from gradserve.engine.compiler import STRAIGHT_AFTER
 
 N = 1000
 F64 = 8 * N
@@ -179,6 +180,30 @@ def test_interrupt_stops_between_steps() -> None:
     np.testing.assert_allclose(p(x, interrupt=lambda: False), want)
     with pytest.raises(Interrupted, match="after 0 of 5 steps"):
         p.run([x], interrupt=lambda: True)
+
+
+def test_interrupt_stops_between_steps_of_the_straight_line_plan_too() -> None:
+    """A server worker always passes an interrupt: after STRAIGHT_AFTER runs it gets the generated plan, which still asks
+    before every step and says how many were done."""
+    p = chain(("Exp", "Sin", "Cos", "Tanh", "Neg"))
+    x = np.linspace(0, 1, N)
+    want = -np.tanh(np.cos(np.sin(np.exp(x))))
+    for _ in range(STRAIGHT_AFTER + 2):
+        np.testing.assert_allclose(p.run([x], None, lambda: False), want)
+    assert p._straight_checked is not None and p._straight is None
+    for k in range(6):
+        asked: list[int] = []
+
+        def stop_at_k() -> bool:
+            asked.append(1)
+            return len(asked) > k
+
+        if k == 5:
+            np.testing.assert_allclose(p(x, interrupt=stop_at_k), want)
+        else:
+            with pytest.raises(Interrupted, match=f"interrupted after {k} of 5 steps"):
+                p(x, interrupt=stop_at_k)
+        assert len(asked) == min(k + 1, 5)
 
 
 def test_a_graph_and_the_gradients_made_from_it_are_freed_together() -> None:
