@@ -368,13 +368,13 @@ def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
     """Step 4: the response holding ``trees``: filled into the plan's Template when it has one that fits,
     else built with protobuf (teaching the plan its Template when the response is small)."""
     if found.template is not None:
-        body = found.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
-        if body is not None:
-            return Encoded([body], [])
+        filled = found.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
+        if filled is not None:
+            return filled
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
-    if found.template is None and not encoded.arrays and len(encoded.parts[0]) <= TEMPLATE_MAX_BYTES:
-        found.template = Template.of(response, names)
+    if found.template is None and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
+        found.template = Template.of(response, names, [a.nbytes for a in encoded.arrays])
     return encoded
 
 
@@ -446,43 +446,62 @@ class _PlanPickler(pickle.Pickler):
 
 
 TEMPLATE_MAX_BYTES = 1 << 20
-"""Responses up to this size teach their plan a Template."""
+"""Responses up to this size, apart from their large leaves' data, teach their plan a Template."""
 
 
 @dataclass(frozen=True)
 class Template:
     """A serialized response cut around its leaves' data: a result of the same types is answered by one
-    join of these pieces and the arrays' bytes, with no message built (a tiny gradient's largest cost)."""
+    join of these pieces and the small arrays' bytes, with no message built (a tiny gradient's largest cost);
+    the large leaves (BLOB_MIN_BYTES or more, known from the types) stay arrays, to be shipped as frames."""
 
     types: list[tuple[np.dtype, tuple[int, ...]]]
     """The dtype and shape of each leaf, in leaf order."""
     pieces: list[bytes]
-    """What comes before each leaf's bytes (ending with that leaf's data key and length), then what follows the last."""
+    """What comes before each leaf's bytes (ending with that leaf's data key and length, except before a large leaf,
+    whose frame holds them), then what follows the last."""
+    large: tuple[bool, ...] = ()
+    """Per leaf, whether its data travels as a frame (``Encoded.arrays``)."""
 
     @classmethod
-    def of(cls, response: Any, names: tuple[str, ...]) -> Template | None:
-        """The template of ``response`` (every leaf's data set; they are cleared), or None on a big-endian machine."""
+    def of(cls, response: Any, names: tuple[str, ...], large: Sequence[int] = ()) -> Template | None:
+        """The template of ``response``, whose small leaves have their data set (they are cleared) and whose large
+        leaves (those of ``_encode``: dtype and shape only) hold ``large`` bytes each, in leaf order; None on a
+        big-endian machine."""
         if sys.byteorder != "little":
             return None
         tensors = leaves_of(response, names)
         types = [(codec.decode_dtype(t.dtype, "result"), tuple(t.shape)) for t in tensors]
-        sizes = [len(t.data) for t in tensors]
+        big = iter(large)
+        flags = tuple(dt.itemsize * int(np.prod(shape, dtype=np.int64)) >= BLOB_MIN_BYTES for dt, shape in types)
+        sizes = [next(big) if flag else len(t.data) for t, flag in zip(tensors, flags)]
         for t in tensors:
             t.ClearField("data")
         parts = around(response, names, list(range(len(tensors))), [frame_size(n) for n in sizes])
-        return cls(types, [part + data_header(n) for part, n in zip(parts, sizes)] + [parts[-1]])
+        pieces = [part if flag else part + data_header(n) for part, n, flag in zip(parts, sizes, flags)]
+        return cls(types, pieces + [parts[-1]], flags)
 
-    def fill(self, arrays: list[np.ndarray]) -> bytes | None:
-        """The response holding ``arrays`` as its leaves; None unless they have the template's types."""
+    def fill(self, arrays: list[np.ndarray]) -> Encoded | None:
+        """The response holding ``arrays`` as its leaves, cut around its large ones as ``_encode`` cuts it; None unless
+        they have the template's types."""
         if len(arrays) != len(self.types):
             return None
         parts: list[bytes] = []
-        for (dtype, shape), piece, a in zip(self.types, self.pieces, arrays):
+        cut: list[bytes] = []
+        frames: list[np.ndarray] = []
+        for (dtype, shape), piece, a, framed in zip(self.types, self.pieces, arrays, self.large or itertools.repeat(False)):
             if a.dtype != dtype or a.shape != shape:
                 return None
-            parts += (piece, a.tobytes())
-        parts.append(self.pieces[-1])
-        return b"".join(parts)
+            if framed:
+                cut.append(piece)
+                parts.append(b"".join(cut))
+                cut = []
+                frames.append(a)
+            else:
+                cut += (piece, a.tobytes())
+        cut.append(self.pieces[-1])
+        parts.append(b"".join(cut))
+        return Encoded(parts, frames)
 
 
 def _with_forward(network: Graph, gradient: Graph) -> Graph:

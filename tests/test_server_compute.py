@@ -168,6 +168,26 @@ def test_a_second_response_is_filled_into_the_template_with_the_same_bytes() -> 
                                np.cos(x2 * W) * W, rtol=1e-12)
 
 
+def test_a_response_with_large_leaves_is_filled_into_the_template_with_the_same_bytes() -> None:
+    """Large leaves stay arrays (frames); the pieces between them come from the template, as protobuf would write them."""
+    s = compute.worker_state(Limits(), Cache(16), local_max_elements=0)
+    n = BLOB_MIN_BYTES // 8
+    nid, _ = compute.handle(s, "load", codec.encode_graph(network(n)).SerializeToString(), [], "")
+    flags = {"get_all": True, "get_by_list": True, "weights": ["w"]}
+    plan, _, _, first = steps(s, "grad", grad_request(RNG.standard_normal((2, n)), **flags), nid)
+    assert plan.template is not None and len(first.arrays) == 2
+    x2 = RNG.standard_normal((2, n))
+    _, _, trees, second = steps(s, "grad", grad_request(x2, **flags), nid)
+    assert len(second.parts) == 3 and [a.shape for a in second.arrays] == [(2, n), (n,)]
+    message = service_pb2.GradResponse()
+    codec.encode_tree(trees[0], message.gradients)
+    whole = splice(second.parts, [data_header(a.nbytes) + a.tobytes() for a in second.arrays])
+    assert whole == message.SerializeToString()
+    (dx,), (dw,) = codec.decode_tree(service_pb2.GradResponse.FromString(whole).gradients)
+    np.testing.assert_allclose(dx, np.cos(x2), rtol=1e-12)
+    np.testing.assert_allclose(dw, (np.cos(x2) * x2).sum(axis=0), rtol=1e-12)
+
+
 def test_a_plan_over_the_flops_limit_is_refused_before_running_and_stays_cached() -> None:
     s, nid = state(max_request_flops=10)
     req = grad_request()

@@ -19,6 +19,7 @@ import pytest
 from gradserve.engine import DTYPES, GraphBuilder
 from gradserve.proto import codec
 from gradserve.server.app import Server, running
+from gradserve.server.blobs import BLOB_MIN_BYTES, data_header, splice
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
@@ -397,6 +398,9 @@ TREES = [
     lambda: (np.zeros((0, 3), np.float16), (np.arange(5, dtype=np.int8), ()), np.array([True, False])),
     lambda: ((), ((),)),
     lambda: (np.arange(6, dtype=np.uint8).reshape(2, 3).T, np.array(-0.0), np.array([np.nan, np.inf], np.float32)),
+    # large leaves (their data travels as frames): first, between small ones, last, and two in a row
+    lambda: (np.arange(BLOB_MIN_BYTES // 4, dtype=np.float32), np.float32(2.5), (np.full((130, 130), 0.5).T, np.arange(3))),
+    lambda: (np.arange(4, dtype=np.int16), (np.ones(BLOB_MIN_BYTES, np.uint8), np.zeros(BLOB_MIN_BYTES // 8 + 1))),
 ]
 
 
@@ -406,12 +410,21 @@ def test_template_fill_equals_protobuf_and_refuses_other_types(make: Callable[[]
 
     names = ("gradients", "forward")
     trees = [make(), make()]
-    (body,), arrays = compute._encode(trees, names, service_pb2.GradResponse())
-    assert not arrays
-    template = compute.Template.of(service_pb2.GradResponse.FromString(body), names)
+    response = service_pb2.GradResponse()
+    encoded = compute._encode(trees, names, response)
+    body = splice(encoded.parts, [data_header(a.nbytes) + a.tobytes() for a in encoded.arrays])
+    template = compute.Template.of(response, names, [a.nbytes for a in encoded.arrays])
     flat = [np.asarray(a) for tree in trees for a in _leaves(tree)]
     filled = template.fill(flat)
-    assert service_pb2.GradResponse.FromString(filled) == service_pb2.GradResponse.FromString(body)
+    assert len(filled.parts) == len(encoded.parts) and [a.shape for a in filled.arrays] == [a.shape for a in encoded.arrays]
+    again = splice(filled.parts, [data_header(a.nbytes) + np.ascontiguousarray(a).tobytes() for a in filled.arrays])
+    assert service_pb2.GradResponse.FromString(again) == service_pb2.GradResponse.FromString(body)
+    message = service_pb2.GradResponse.FromString(again)
+    got = [a for name in names if message.HasField(name) for a in _leaves(codec.decode_tree(getattr(message, name)))]
+    assert len(got) == len(flat)
+    for a, want in zip(got, flat):
+        assert a.dtype == want.dtype
+        np.testing.assert_array_equal(a, want)
     if flat:
         assert template.fill([a.astype(np.float64) if a.dtype != np.float64 else a.astype(np.float32) for a in flat]) is None
         assert template.fill([a.reshape(a.shape + (1,)) for a in flat]) is None
