@@ -115,11 +115,19 @@ class _Network:
             seen = self.seen.get(name)
             if seen is None or seen[0] is not a:
                 base = self.registered.get(name)
-                same = base is not None and (a is base or (a.dtype == base.dtype and np.array_equal(a, base)))
+                same = base is not None and (a is base or _equal(a, base))
                 seen = self.seen[name] = (a, None if same else codec.encode_tensor(a))
             if seen[1] is not None:
                 out[name] = seen[1]
         return out
+
+
+def _equal(a: np.ndarray, base: np.ndarray) -> bool:
+    """Whether ``a`` holds the same dtype, shape and values as ``base``; a first element that differs (in training,
+    nearly always) answers at once, without comparing the whole arrays."""
+    if a.dtype != base.dtype or a.shape != base.shape:
+        return False
+    return (a.size == 0 or bool(a.flat[0] == base.flat[0])) and np.array_equal(a, base)
 
 
 def structure_id(message: graph_pb2.Graph, names: set[str]) -> str:
