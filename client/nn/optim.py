@@ -49,6 +49,12 @@ class _Slot:
     state: dict[str, np.ndarray]
 
 
+def _buffer_or_zeros(slot: _Slot, key: str, w: np.ndarray) -> np.ndarray:
+    """``slot``'s buffer ``key``, or zeros shaped like ``w`` before its first step (made only then, not on every step)."""
+    held = slot.state.get(key)
+    return np.zeros_like(w) if held is None else held
+
+
 def _default_decay(p: Parameter) -> bool:
     """MindSpore's default: weight decay skips parameters whose names contain 'beta' or 'gamma'."""
     return "beta" not in p.name and "gamma" not in p.name
@@ -259,7 +265,7 @@ class Momentum(Optimizer):
         dt = w.dtype.type
         if slot.weight_decay:
             g = g + dt(slot.weight_decay) * w
-        accum = dt(self.momentum) * slot.state.get("moments", np.zeros_like(w)) + g
+        accum = dt(self.momentum) * _buffer_or_zeros(slot, "moments", w) + g
         slot.state["moments"] = accum
         return w - lr * (g + dt(self.momentum) * accum if self.use_nesterov else accum)
 
@@ -293,8 +299,8 @@ class Adam(Optimizer):
         if slot.weight_decay:
             g = g + dt(slot.weight_decay) * w
         b1, b2, c1, c2 = dt(self.beta1), dt(self.beta2), dt(1 - self.beta1), dt(1 - self.beta2)
-        m = b1 * slot.state.get("moment1", np.zeros_like(w)) + c1 * g
-        v = b2 * slot.state.get("moment2", np.zeros_like(w)) + c2 * g * g
+        m = b1 * _buffer_or_zeros(slot, "moment1", w) + c1 * g
+        v = b2 * _buffer_or_zeros(slot, "moment2", w) + c2 * g * g
         slot.state["moment1"], slot.state["moment2"] = m, v
         lr_t = lr * dt(math.sqrt(1 - self.beta2**t) / (1 - self.beta1**t))
         num = b1 * m + c1 * g if self.use_nesterov else m
@@ -316,8 +322,8 @@ class AdamWeightDecay(Optimizer):
     def _update(self, slot: _Slot, w: np.ndarray, g: np.ndarray, lr: Any, t: int) -> np.ndarray:
         dt = w.dtype.type
         b1, b2, c1, c2 = dt(self.beta1), dt(self.beta2), dt(1 - self.beta1), dt(1 - self.beta2)
-        m = b1 * slot.state.get("adam_m", np.zeros_like(w)) + c1 * g
-        v = b2 * slot.state.get("adam_v", np.zeros_like(w)) + c2 * g * g
+        m = b1 * _buffer_or_zeros(slot, "adam_m", w) + c1 * g
+        v = b2 * _buffer_or_zeros(slot, "adam_v", w) + c2 * g * g
         slot.state["adam_m"], slot.state["adam_v"] = m, v
         update = m / (np.sqrt(v) + dt(self.eps))
         if slot.weight_decay:
