@@ -270,19 +270,31 @@ class Program:
 def _reused_buffers(
     nodes: list[Node], body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]], frees: list[list[int]]
 ) -> list[int]:
-    """Per step, the slot of an input whose buffer the step writes its result into (``out=``), or -1: only a ufunc step
-    without attributes, into an input that dies at that step, has the result's dtype and shape, and was made by such a
-    step as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) that no step that may return a view reads."""
+    """Per step, the slot of a buffer the step writes its result into (``out=``), or -1. Only a step that writes
+    fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of its result's
+    dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) and
+    no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
+    earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still in
+    cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
     viewed = {s for n, (_, ins, _) in zip(nodes, body) if OPS[n.op].memory != "new" for s in ins}
-    owned: set[int] = set()
+    owned: dict[int, TensorType] = {}
+    pool: dict[TensorType, list[tuple[int, int]]] = {}
     into = []
-    for n, (fn, ins, outs), fr in zip(nodes, body, frees):
+    for k, (n, (fn, ins, outs), fr) in enumerate(zip(nodes, body, frees)):
         ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
+        fresh = ufunc or OPS[n.op].out
         t = n.outputs[0].type
         r = next((s for s, v in zip(ins, n.inputs) if s in owned and s in fr and v.type == t), -1) if ufunc else -1
+        if r < 0 and fresh and pool.get(t):
+            r, died = pool[t].pop()
+            frees[died].remove(r)
+            fr.append(r)
         into.append(r)
-        if ufunc and len(t.shape) >= 1 and outs[0] not in viewed:
-            owned.add(outs[0])
+        if fresh and len(t.shape) >= 1 and outs[0] not in viewed:
+            owned[outs[0]] = t
+        for s in fr:
+            if s != r and s in owned:
+                pool.setdefault(owned[s], []).append((s, k))
     return into
 
 
@@ -326,7 +338,7 @@ def straight_line(program: Program) -> Callable[..., Any]:
             space[f"a{k}_{j}"] = val
             args.append(f"{key}=a{k}_{j}")
         if into >= 0:
-            args.append(f"out=s{into}")
+            args.append(f"s{into}" if isinstance(opdef.forward, np.ufunc) and len(args) == len(ins) else f"out=s{into}")
         call = f"f{k}({', '.join(args)})"
         if len(outs) == 1:
             lines.append(f"    s{outs[0]} = {call}")

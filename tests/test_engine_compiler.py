@@ -97,3 +97,43 @@ def test_multiplying_by_seeded_ones_costs_nothing() -> None:
 def sin_like_small():  # type: ignore[no-untyped-def]
     g = GraphBuilder("small")
     return g.build(g.op("Sin", g.input("x", "float64", (1,))))
+
+
+def _step_of(prog, op: str) -> tuple:
+    """The (forward, input slots, output slots, freed slots, out= slot) of the program's only step of ``op``."""
+    (step,) = [s for n, s in zip(prog._plan_nodes, prog._steps) if n.op == op]
+    return step
+
+
+def test_a_step_writes_into_a_buffer_that_died_at_an_earlier_step() -> None:
+    # a = Exp(x) dies at a ReduceSum (no out=); Cos(x), whose input never dies, then writes into a's buffer; likewise
+    # MatMul(x, w) into the buffer of Tanh(x), dead at the second sum. The results are the closed forms, on every run.
+    g = GraphBuilder("pool")
+    x, w = g.input("x", "float64", (3, 3)), g.input("w", "float64", (3, 3))
+    s = g.op("ReduceSum", g.op("Exp", x), axis=(), keep_dims=False)
+    c = g.op("Cos", x)
+    s2 = g.op("ReduceSum", g.op("Tanh", x), axis=(), keep_dims=False)
+    prog = compile_graph(g.build((s, s2, g.op("Sin", g.op("Mul", c, g.op("MatMul", x, w))))))
+    assert _step_of(prog, "Cos")[4] == _step_of(prog, "Exp")[2][0]
+    assert _step_of(prog, "MatMul")[4] == _step_of(prog, "Tanh")[2][0]
+    xx, ww = RNG.standard_normal((3, 3)), RNG.standard_normal((3, 3))
+    product = [[np.cos(xx[i, j]) * sum(xx[i, k] * ww[k, j] for k in range(3)) for j in range(3)] for i in range(3)]
+    for _ in range(12):  # the step loop, then the straight-line plan
+        total, total2, out = prog(xx, ww)
+        np.testing.assert_allclose(total, sum(np.exp(v) for v in xx.ravel()), rtol=1e-12)
+        np.testing.assert_allclose(total2, sum(np.tanh(v) for v in xx.ravel()), rtol=1e-12)
+        np.testing.assert_allclose(out, np.sin(np.array(product)), rtol=1e-12)
+    assert prog.peak_bytes == 4 * 72 + 2 * 8  # x, w, the buffers of Cos and of MatMul, the sums
+
+
+@pytest.mark.parametrize(("transpose_a", "transpose_b"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_product_over_an_inner_dimension_of_one_is_the_outer_product(transpose_a: bool, transpose_b: bool) -> None:
+    g = GraphBuilder("outer")
+    u = g.input("u", "float32", (1, 5) if transpose_a else (5, 1))
+    v = g.input("v", "float32", (4, 1) if transpose_b else (1, 4))
+    prog = compile_graph(g.build(g.op("Exp", g.op("MatMul", u, v, transpose_a=transpose_a, transpose_b=transpose_b))))
+    uu = RNG.standard_normal(u.shape).astype(np.float32)
+    vv = RNG.standard_normal(v.shape).astype(np.float32)
+    expected = [[np.exp(np.float64(a) * np.float64(b)) for b in vv.ravel()] for a in uu.ravel()]
+    for _ in range(10):
+        np.testing.assert_allclose(prog(uu, vv), expected, rtol=1e-6)
