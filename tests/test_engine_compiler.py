@@ -137,3 +137,38 @@ def test_a_product_over_an_inner_dimension_of_one_is_the_outer_product(transpose
     expected = [[np.exp(np.float64(a) * np.float64(b)) for b in vv.ravel()] for a in uu.ravel()]
     for _ in range(10):
         np.testing.assert_allclose(prog(uu, vv), expected, rtol=1e-6)
+
+
+def test_negations_are_carried_as_signs_with_the_same_results() -> None:
+    # (-x) * y, y / -x, a + -b, -a + b, a - -b, --x, -x + -x, x + -x and exp(-x), each the closed form; a Neg is left
+    # only where an output or Exp reads a negation: -(x * y), -(y / x), -(x + x) and -x, none for the rest.
+    g = GraphBuilder("signs")
+    x, y = g.input("x", "float64", (4,)), g.input("y", "float64", (4,))
+    nx, ny = g.op("Neg", x), g.op("Neg", y)
+    prod = g.op("Mul", nx, y)
+    outs = (prod, g.op("RealDiv", y, nx), g.op("Add", x, ny), g.op("Add", nx, y), g.op("Sub", x, ny), g.op("Neg", nx),
+            g.op("Add", nx, nx), g.op("Add", x, nx), g.op("Exp", nx))
+    prog = compile_graph(g.build(outs))
+    assert sorted(n.inputs[0].name for n in prog.graph.nodes if n.op == "Neg") == sorted(
+        n.outputs[0].name for n in prog.graph.nodes if n.op in ("Mul", "RealDiv") or n.op == "Add" and n.inputs[0] is n.inputs[1]
+    ) + ["x"]
+    xx, yy = np.array([1.5, -2.0, 0.25, 3.0]), np.array([0.5, 4.0, -1.0, 2.0])
+    expected = [[f(a, b) for a, b in zip(xx.tolist(), yy.tolist())] for f in (
+        lambda a, b: -a * b, lambda a, b: b / -a, lambda a, b: a - b, lambda a, b: b - a, lambda a, b: a + b,
+        lambda a, b: a, lambda a, b: -2 * a, lambda a, b: 0.0, lambda a, b: float(np.exp(-a)))]
+    for _ in range(10):
+        for got, want in zip(prog(xx, yy), expected):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_the_fourth_derivative_of_sin_runs_without_negations() -> None:
+    # d4/dx4 sin(x) = sin(x): reverse mode's -sin and -cos cancel in pairs.
+    g = GraphBuilder("sin")
+    x = g.input("x", "float64", (5,))
+    net = g.build(g.op("ReduceSum", g.op("Sin", x), axis=(), keep_dims=False))
+    for _ in range(4):
+        net = grad_operation(net)
+    prog = compile_graph(net)
+    assert "Neg" not in [n.op for n in prog.graph.nodes]
+    xx = np.linspace(-2, 2, 5)
+    np.testing.assert_allclose(prog(xx), np.sin(xx), rtol=1e-12, atol=1e-15)
