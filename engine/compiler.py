@@ -111,9 +111,10 @@ def _signs(g: Graph) -> Graph:
         return negated[id(x)]
 
     def emit(n: Node, op: str, ins: tuple[Value, ...], neg: bool) -> None:
-        out = Value(n.outputs[0].name, n.outputs[0].type, None)
-        nodes.append(Node(op, ins, n.attrs, (out,), n.name, n.stop_gradient, n.calls))
-        sign[id(n.outputs[0])] = (out, neg)
+        outs = tuple(Value(v.name, v.type, None) for v in n.outputs)
+        nodes.append(Node(op, ins, n.attrs, outs, n.name, n.stop_gradient, n.calls))
+        for v, out in zip(n.outputs, outs):
+            sign[id(v)] = (out, neg)
 
     for n in g.nodes:
         got = [sign.get(id(v), (v, False)) for v in n.inputs]

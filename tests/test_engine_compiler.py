@@ -172,3 +172,16 @@ def test_the_fourth_derivative_of_sin_runs_without_negations() -> None:
     assert "Neg" not in [n.op for n in prog.graph.nodes]
     xx = np.linspace(-2, 2, 5)
     np.testing.assert_allclose(prog(xx), np.sin(xx), rtol=1e-12, atol=1e-15)
+
+
+def test_a_negation_read_by_a_multi_output_op_is_computed_for_all_its_outputs() -> None:
+    # TopK(-x): the k smallest of x, negated, with their positions.
+    g = GraphBuilder("topk")
+    x = g.input("x", "float64", (2, 5))
+    values, indices = g.op("TopK", g.op("Neg", x), k=2)
+    prog = compile_graph(g.build((g.op("Exp", values), indices)))
+    xx = np.array([[3.0, -1.0, 2.0, 0.5, 4.0], [1.0, 1.5, -2.0, -3.0, 0.0]])
+    for _ in range(10):
+        got, idx = prog(xx)
+        np.testing.assert_array_equal(idx, [[1, 3], [3, 2]])
+        np.testing.assert_allclose(got, np.exp([[1.0, -0.5], [3.0, 2.0]]), rtol=1e-15)
