@@ -3,7 +3,8 @@ one run (not a test; JAX and PyTorch are optional peers, never required).
 
 Each case checks that the sides agree, then times them alternating rep by rep (the order rotates every rep), so machine
 load hits all sides alike; a round gives each side's median, and the figures printed are the median over ``--rounds``
-rounds with the spread (lowest to highest round) of the ratio. One BLAS thread everywhere, the process pinned to one core.
+rounds with the spread (lowest to highest round) of the ratio; a sample of a short case times several calls in a row
+(``inner``). One BLAS thread everywhere (XLA's too), the process pinned to one core.
 
 Cases: the MLP 128x784-512-512-10 gradient (w.r.t. all weights), the tutorial's tiny gradient, a chain of 100
 tanh(16x16) layers (steady, and first call: build + grad + compile + run, for 100 and 1000 layers), the 4th derivative
@@ -38,6 +39,9 @@ DEPTH = 100
 WIDTH = 16
 POINTS = 1000
 PINN = (1, 64, 64, 64, 1)
+INNER = {"4th": 20, "PINN": 3}
+"""Calls timed as one sample for the 4th-order and PINN cases (about 1 ms each), so a sample outlasts the clock's and the
+scheduler's jitter instead of being one 40 us call."""
 
 try:
     import jax
@@ -404,8 +408,8 @@ def main() -> None:
     for fn in peers.values():
         close([d4(px)], [fn()], rtol=1e-3, atol=1e-4)
     if peers:
-        report(f"4th derivative of sin(tanh(x)), {POINTS} points", alternate({"gradserve": lambda: d4(px), **peers}, N, R),
-               {"JAX jit": 1.0})
+        report(f"4th derivative of sin(tanh(x)), {POINTS} points",
+               alternate({"gradserve": lambda: d4(px), **peers}, N, R, inner=INNER["4th"]), {"JAX jit": 1.0})
 
     pw = mlp_weights(rng, PINN)
     pinn = compile_graph(pinn_graph(pw))
@@ -413,7 +417,7 @@ def main() -> None:
     peers = pinn_peers(ux, pw)
     for fn in peers.values():
         close([pinn(ux)], [fn()], rtol=1e-3, atol=1e-4)
-    report("PINN d2u/dx2 (1-64-64-64-1, 1000 points)", alternate({"gradserve": lambda: pinn(ux), **peers}, N, R),
+    report("PINN d2u/dx2 (1-64-64-64-1, 1000 points)", alternate({"gradserve": lambda: pinn(ux), **peers}, N, R, inner=INNER["PINN"]),
            {"JAX jit": 1.0})
 
     second = compile_graph(grad_operation(first, get_by_list=True, weights=names))

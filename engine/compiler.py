@@ -17,6 +17,10 @@ from .optable import OPS
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
 
+COMMUTATIVE = frozenset({"Add", "Mul"})
+"""Ops whose result (bit for bit, broadcasting included) does not depend on their inputs' order, so ``Mul(a, b)`` and
+``Mul(b, a)`` are one subexpression: reverse mode makes both orders, and higher orders multiply them."""
+
 STRAIGHT_AFTER = 8
 """Runs a program makes with the step loop before its straight-line plan is generated: compiling the plan costs about
 as much as 40 runs' worth of loop overhead, so a program run once or a few times never pays for it."""
@@ -32,10 +36,17 @@ def _frozen(v: Any) -> Any:
 
 @gc_paused
 def optimize(g: Graph) -> Graph:
-    """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged and nodes
-    over constants (or over types only, like OnesLike) folded to constants. A node none of whose inputs changed is
-    kept as it is (shared with ``g``, which is never modified), so only what a rewrite reaches is copied."""
-    g = lower(g).pruned()
+    """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged, nodes
+    over constants (or over types only, like OnesLike) folded to constants and negations carried as signs
+    (:func:`_signs`, then merged again, as carrying them makes more subexpressions alike). A node none of whose inputs
+    changed is kept as it is (shared with ``g``, which is never modified), so only what a rewrite reaches is copied."""
+    merged = _merged(_signs(lower(g).pruned()))
+    signed = _signs(merged)
+    return merged if signed is merged else _merged(signed)
+
+
+def _merged(g: Graph) -> Graph:
+    """``g`` (lowered and pruned) with repeated subexpressions merged and nodes over constants or types folded."""
     env: dict[int, Value] = {}
     consts: dict[int, np.ndarray] = {}
     ones: set[int] = set()
@@ -49,7 +60,7 @@ def optimize(g: Graph) -> Graph:
         akey = frozen.get(id(attrs)) if attrs else ()
         if akey is None:
             akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
-        key = (n.op, *map(id, ins), akey)
+        key = (n.op, *(sorted(map(id, ins)) if n.op in COMMUTATIVE else map(id, ins)), akey)
         outs = seen.get(key) or (_times_one(n, ins, ones) if n.op == "Mul" and ones else None)
         if outs is None:
             opdef = OPS[n.op]
@@ -76,6 +87,64 @@ def optimize(g: Graph) -> Graph:
         return g
     outputs = unflatten(g.outputs, iter([env.get(id(v), v) for v in g.flat_outputs]))
     return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
+
+
+def _signs(g: Graph) -> Graph:
+    """``g`` with floating negations carried as signs instead of computed where that is exact in IEEE arithmetic: a
+    product or quotient of a negated operand is the negated product, ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``,
+    ``a - -y`` is ``a + y``, ``-x + -x`` is ``-(x + x)`` and ``--x`` is ``x``; a negation any other node or an output reads is computed once. Higher
+    orders of reverse mode negate, then multiply and add, so most of their Negs cancel or turn into a Sub."""
+    if not any(n.op == "Neg" for n in g.nodes):
+        return g
+    sign: dict[int, tuple[Value, bool]] = {}  # by id of a value of g: (the value of the result, negated?)
+    negated: dict[int, Value] = {}  # by id of a value of the result: its computed negation
+    nodes: list[Node] = []
+
+    def plain(v: Value) -> Value:
+        x, neg = sign.get(id(v), (v, False))
+        if not neg:
+            return x
+        if id(x) not in negated:
+            out = Value(v.name, v.type, None)
+            nodes.append(Node("Neg", (x,), {}, (out,), f"{v.name}:neg"))
+            negated[id(x)] = out
+        return negated[id(x)]
+
+    def emit(n: Node, op: str, ins: tuple[Value, ...], neg: bool) -> None:
+        outs = tuple(Value(v.name, v.type, None) for v in n.outputs)
+        nodes.append(Node(op, ins, n.attrs, outs, n.name, n.stop_gradient, n.calls))
+        for v, out in zip(n.outputs, outs):
+            sign[id(v)] = (out, neg)
+
+    for n in g.nodes:
+        got = [sign.get(id(v), (v, False)) for v in n.inputs]
+        signed = n.op in _SIGNED and n.outputs[0].type.dtype.kind == "f" and (n.op == "Neg" or any(neg for _, neg in got))
+        if not signed:
+            ins = tuple(plain(v) for v in n.inputs)
+            if all(a is v for a, v in zip(ins, n.inputs)):
+                nodes.append(n)
+            else:
+                emit(n, n.op, ins, False)
+        elif n.op == "Neg":
+            sign[id(n.outputs[0])] = (got[0][0], not got[0][1])
+        elif n.op in ("Mul", "RealDiv"):
+            emit(n, n.op, (got[0][0], got[1][0]), got[0][1] != got[1][1])
+        elif n.op == "Add" and got[0][1] and got[1][1] and got[0][0] is got[1][0]:
+            emit(n, "Add", (got[0][0], got[0][0]), True)
+        elif n.op == "Add" and got[0][1] != got[1][1]:
+            emit(n, "Sub", (got[0][0], got[1][0]) if got[1][1] else (got[1][0], got[0][0]), False)
+        elif n.op == "Sub" and got[1][1] and not got[0][1]:
+            emit(n, "Add", (got[0][0], got[1][0]), False)
+        else:
+            emit(n, n.op, (plain(n.inputs[0]), plain(n.inputs[1])), False)
+    if not sign:
+        return g
+    outputs = unflatten(g.outputs, iter([plain(v) for v in g.flat_outputs]))
+    return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
+
+
+_SIGNED = frozenset({"Neg", "Mul", "RealDiv", "Add", "Sub"})
+"""The ops :func:`_signs` carries a negation through."""
 
 
 def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] | None:
@@ -280,19 +349,32 @@ def _interrupted(name: str, steps: int, done: int) -> None:
 def _reused_buffers(
     nodes: list[Node], body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]], frees: list[list[int]]
 ) -> list[int]:
-    """Per step, the slot of an input whose buffer the step writes its result into (``out=``), or -1: only a ufunc step
-    without attributes, into an input that dies at that step, has the result's dtype and shape, and was made by such a
-    step as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) that no step that may return a view reads."""
+    """Per step, the slot of a buffer the step writes its result into (``out=``), or -1. Only a step that writes
+    fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of its result's
+    dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) and
+    no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
+    earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still in
+    cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
     viewed = {s for n, (_, ins, _) in zip(nodes, body) if OPS[n.op].memory != "new" for s in ins}
-    owned: set[int] = set()
+    owned: dict[int, TensorType] = {}
+    pool: dict[TensorType, list[tuple[int, int]]] = {}
+    takes_out = {name for name, opdef in OPS.items() if opdef.out}
     into = []
-    for n, (fn, ins, outs), fr in zip(nodes, body, frees):
+    for k, (n, (fn, ins, outs), fr) in enumerate(zip(nodes, body, frees)):
         ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
+        fresh = ufunc or n.op in takes_out
         t = n.outputs[0].type
         r = next((s for s, v in zip(ins, n.inputs) if s in owned and s in fr and v.type == t), -1) if ufunc else -1
+        if r < 0 and fresh and pool and pool.get(t):
+            r, died = pool[t].pop()
+            frees[died].remove(r)
+            fr.append(r)
         into.append(r)
-        if ufunc and len(t.shape) >= 1 and outs[0] not in viewed:
-            owned.add(outs[0])
+        if fresh and len(t.shape) >= 1 and outs[0] not in viewed:
+            owned[outs[0]] = t
+        for s in fr:
+            if s in owned and s != r:
+                pool.setdefault(owned[s], []).append((s, k))
     return into
 
 
@@ -341,7 +423,7 @@ def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]
             space[f"a{k}_{j}"] = val
             args.append(f"{key}=a{k}_{j}")
         if into >= 0:
-            args.append(f"out=s{into}")
+            args.append(f"s{into}" if isinstance(opdef.forward, np.ufunc) and len(args) == len(ins) else f"out=s{into}")
         call = f"f{k}({', '.join(args)})"
         if len(outs) == 1:
             lines.append(f"    s{outs[0]} = {call}")

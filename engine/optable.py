@@ -125,7 +125,9 @@ class OpDef:
     ``onnx``, when given, is the op's export rule (:data:`OnnxRule`): the ONNX nodes a node of this op becomes;
     ``functional`` names MindSpore 2.x's lower-case functions that are this op's generated form (the op's inputs, then
     its attributes in table order: ``ops.cumsum`` is not CumSum's, ``ops.concat`` and ``ops.cat`` are Concat's); an op
-    without one has no generated function (the SDK writes MindSpore's own in ``client/functional.py``).
+    without one has no generated function (the SDK writes MindSpore's own in ``client/functional.py``);
+    ``out`` marks an op whose ``forward`` always returns a fresh array of rank >= 1 and takes ``out=``, a dead buffer of
+    its result's dtype and shape to write into (none of its inputs), which the compiler passes to spare an allocation.
     """
 
     name: str
@@ -150,6 +152,7 @@ class OpDef:
     call_order: tuple[str, ...] = ()
     onnx: OnnxRule | None = None
     functional: tuple[str, ...] = ()
+    out: bool = False
 
     def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
         """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
@@ -203,6 +206,7 @@ def defop(
     call_order: Sequence[str] = (),
     onnx: OnnxRule | None = None,
     functional: str | Sequence[str] = (),
+    out: bool = False,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -215,7 +219,7 @@ def defop(
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
         memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
-        tuple(call_order), onnx, (functional,) if isinstance(functional, str) else tuple(functional),
+        tuple(call_order), onnx, (functional,) if isinstance(functional, str) else tuple(functional), out,
     )
     OPS[name] = opdef
     return opdef

@@ -97,3 +97,91 @@ def test_multiplying_by_seeded_ones_costs_nothing() -> None:
 def sin_like_small():  # type: ignore[no-untyped-def]
     g = GraphBuilder("small")
     return g.build(g.op("Sin", g.input("x", "float64", (1,))))
+
+
+def _step_of(prog, op: str) -> tuple:
+    """The (forward, input slots, output slots, freed slots, out= slot) of the program's only step of ``op``."""
+    (step,) = [s for n, s in zip(prog._plan_nodes, prog._steps) if n.op == op]
+    return step
+
+
+def test_a_step_writes_into_a_buffer_that_died_at_an_earlier_step() -> None:
+    # a = Exp(x) dies at a ReduceSum (no out=); Cos(x), whose input never dies, then writes into a's buffer; likewise
+    # MatMul(x, w) into the buffer of Tanh(x), dead at the second sum. The results are the closed forms, on every run.
+    g = GraphBuilder("pool")
+    x, w = g.input("x", "float64", (3, 3)), g.input("w", "float64", (3, 3))
+    s = g.op("ReduceSum", g.op("Exp", x), axis=(), keep_dims=False)
+    c = g.op("Cos", x)
+    s2 = g.op("ReduceSum", g.op("Tanh", x), axis=(), keep_dims=False)
+    prog = compile_graph(g.build((s, s2, g.op("Sin", g.op("Mul", c, g.op("MatMul", x, w))))))
+    assert _step_of(prog, "Cos")[4] == _step_of(prog, "Exp")[2][0]
+    assert _step_of(prog, "MatMul")[4] == _step_of(prog, "Tanh")[2][0]
+    xx, ww = RNG.standard_normal((3, 3)), RNG.standard_normal((3, 3))
+    product = [[np.cos(xx[i, j]) * sum(xx[i, k] * ww[k, j] for k in range(3)) for j in range(3)] for i in range(3)]
+    for _ in range(12):  # the step loop, then the straight-line plan
+        total, total2, out = prog(xx, ww)
+        np.testing.assert_allclose(total, sum(np.exp(v) for v in xx.ravel()), rtol=1e-12)
+        np.testing.assert_allclose(total2, sum(np.tanh(v) for v in xx.ravel()), rtol=1e-12)
+        np.testing.assert_allclose(out, np.sin(np.array(product)), rtol=1e-12)
+    assert prog.peak_bytes == 4 * 72 + 2 * 8  # x, w, the buffers of Cos and of MatMul, the sums
+
+
+@pytest.mark.parametrize(("transpose_a", "transpose_b"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_product_over_an_inner_dimension_of_one_is_the_outer_product(transpose_a: bool, transpose_b: bool) -> None:
+    g = GraphBuilder("outer")
+    u = g.input("u", "float32", (1, 5) if transpose_a else (5, 1))
+    v = g.input("v", "float32", (4, 1) if transpose_b else (1, 4))
+    prog = compile_graph(g.build(g.op("Exp", g.op("MatMul", u, v, transpose_a=transpose_a, transpose_b=transpose_b))))
+    uu = RNG.standard_normal(u.shape).astype(np.float32)
+    vv = RNG.standard_normal(v.shape).astype(np.float32)
+    expected = [[np.exp(np.float64(a) * np.float64(b)) for b in vv.ravel()] for a in uu.ravel()]
+    for _ in range(10):
+        np.testing.assert_allclose(prog(uu, vv), expected, rtol=1e-6)
+
+
+def test_negations_are_carried_as_signs_with_the_same_results() -> None:
+    # (-x) * y, y / -x, a + -b, -a + b, a - -b, --x, -x + -x, x + -x and exp(-x), each the closed form; a Neg is left
+    # only where an output or Exp reads a negation: -(x * y), -(y / x), -(x + x) and -x, none for the rest.
+    g = GraphBuilder("signs")
+    x, y = g.input("x", "float64", (4,)), g.input("y", "float64", (4,))
+    nx, ny = g.op("Neg", x), g.op("Neg", y)
+    prod = g.op("Mul", nx, y)
+    outs = (prod, g.op("RealDiv", y, nx), g.op("Add", x, ny), g.op("Add", nx, y), g.op("Sub", x, ny), g.op("Neg", nx),
+            g.op("Add", nx, nx), g.op("Add", x, nx), g.op("Exp", nx))
+    prog = compile_graph(g.build(outs))
+    assert sorted(n.inputs[0].name for n in prog.graph.nodes if n.op == "Neg") == sorted(
+        n.outputs[0].name for n in prog.graph.nodes if n.op in ("Mul", "RealDiv") or n.op == "Add" and n.inputs[0] is n.inputs[1]
+    ) + ["x"]
+    xx, yy = np.array([1.5, -2.0, 0.25, 3.0]), np.array([0.5, 4.0, -1.0, 2.0])
+    expected = [[f(a, b) for a, b in zip(xx.tolist(), yy.tolist())] for f in (
+        lambda a, b: -a * b, lambda a, b: b / -a, lambda a, b: a - b, lambda a, b: b - a, lambda a, b: a + b,
+        lambda a, b: a, lambda a, b: -2 * a, lambda a, b: 0.0, lambda a, b: float(np.exp(-a)))]
+    for _ in range(10):
+        for got, want in zip(prog(xx, yy), expected):
+            np.testing.assert_array_equal(got, want)
+
+
+def test_the_fourth_derivative_of_sin_runs_without_negations() -> None:
+    # d4/dx4 sin(x) = sin(x): reverse mode's -sin and -cos cancel in pairs.
+    g = GraphBuilder("sin")
+    x = g.input("x", "float64", (5,))
+    net = g.build(g.op("ReduceSum", g.op("Sin", x), axis=(), keep_dims=False))
+    for _ in range(4):
+        net = grad_operation(net)
+    prog = compile_graph(net)
+    assert "Neg" not in [n.op for n in prog.graph.nodes]
+    xx = np.linspace(-2, 2, 5)
+    np.testing.assert_allclose(prog(xx), np.sin(xx), rtol=1e-12, atol=1e-15)
+
+
+def test_a_negation_read_by_a_multi_output_op_is_computed_for_all_its_outputs() -> None:
+    # TopK(-x): the k smallest of x, negated, with their positions.
+    g = GraphBuilder("topk")
+    x = g.input("x", "float64", (2, 5))
+    values, indices = g.op("TopK", g.op("Neg", x), k=2)
+    prog = compile_graph(g.build((g.op("Exp", values), indices)))
+    xx = np.array([[3.0, -1.0, 2.0, 0.5, 4.0], [1.0, 1.5, -2.0, -3.0, 0.0]])
+    for _ in range(10):
+        got, idx = prog(xx)
+        np.testing.assert_array_equal(idx, [[1, 3], [3, 2]])
+        np.testing.assert_allclose(got, np.exp([[1.0, -0.5], [3.0, 2.0]]), rtol=1e-15)

@@ -77,6 +77,7 @@ defop(
     },
     doc="Passes the forward's outputs (its last inputs) through; its gradient is the library graph `bprop`.",
     outputs=("outs*",),
+    memory="maybe_view",
     cost=view_cost,
     calls=("bprop",),
     onnx=lambda c: [("Identity", (x,), (y,)) for x, y in zip(c.x[len(c.x) - len(c.y):], c.y)],

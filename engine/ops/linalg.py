@@ -42,11 +42,19 @@ def _mm_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs:
     return max(2 * out.size * k, out.size)
 
 
-def _mm_forward(a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool) -> np.ndarray:
-    """np.matmul after the transpose flags (without flags, straight to np.matmul: tiny products are all overhead)."""
-    if not (transpose_a or transpose_b):
-        return np.matmul(a, b)
-    return np.matmul(a.swapaxes(-1, -2) if transpose_a else a, b.swapaxes(-1, -2) if transpose_b else b)
+def _mm_forward(
+    a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool, out: np.ndarray | None = None
+) -> np.ndarray:
+    """np.matmul after the transpose flags (without flags, straight to np.matmul: tiny products are all overhead),
+    into ``out`` when given (the compiler's dead buffer of the result's type); an inner dimension of 1 is the same
+    products as a broadcast np.multiply, which costs a third of NumPy's matmul loop for it."""
+    if transpose_a:
+        a = a.swapaxes(-1, -2)
+    if transpose_b:
+        b = b.swapaxes(-1, -2)
+    if a.shape[-1] == 1 and a.ndim == b.ndim == 2:
+        return np.multiply(a, b, out=out)
+    return np.matmul(a, b, out=out)
 
 
 def _mm_vjp(op: str) -> Callable[..., tuple[Value, Value]]:
@@ -91,6 +99,7 @@ for _op in ("MatMul", "BatchMatMul"):
         cost=_mm_cost,
         onnx=_mm_onnx,
         functional="matmul" if _op == "MatMul" else ("batch_matmul", "bmm"),
+        out=True,
     )
 
 # ---- Einsum ----
