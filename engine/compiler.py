@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import functools
 import keyword
-from typing import Any, Callable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
@@ -63,8 +63,7 @@ def _merged(g: Graph) -> Graph:
         key = (n.op, *(sorted(map(id, ins)) if n.op in COMMUTATIVE else map(id, ins)), akey)
         outs = seen.get(key) or (_times_one(n, ins, ones) if n.op == "Mul" and ones else None)
         if outs is None:
-            opdef = OPS[n.op]
-            folded = _fold(n, ins, consts) if opdef.type_only or (consts and ins and all(id(v) in consts for v in ins)) else None
+            folded = _fold(n, ins, consts)
             if folded is not None:
                 nodes.extend(folded)
                 outs = tuple(f.outputs[0] for f in folded)
@@ -280,9 +279,7 @@ class Program:
             for name, a in params.items():
                 slot = self._params.get(name)
                 if slot is None:
-                    raise InputError(
-                        f"graph {shown(self.graph.name)} has no parameter {shown(name)}; parameters: {shown_names(sorted(self._params))}"
-                    )
+                    _unknown_parameter(self.graph.name, sorted(self._params), params)
                 v = slot[1].value
                 if a.__class__ is not np.ndarray or a.dtype != v.type.dtype or a.shape != v.type.shape:
                     _check(a, v, "parameter")
@@ -341,7 +338,7 @@ class Program:
             yield step
 
 
-def _interrupted(name: str, steps: int, done: int) -> None:
+def _interrupted(name: str, steps: int, done: int) -> NoReturn:
     """Raise Interrupted for a run of graph ``name`` stopped before its step ``done`` of ``steps``."""
     raise Interrupted(f"run of graph {shown(name)} interrupted after {done} of {steps} steps")
 
@@ -485,7 +482,7 @@ def _peak_bytes(
     return max(peak, live + copies)
 
 
-def _unknown_parameter(graph: str, names: list[str], params: Mapping[str, Any]) -> None:
+def _unknown_parameter(graph: str, names: list[str], params: Mapping[str, Any]) -> NoReturn:
     """The InputError for a parameter value given under a name that ``graph`` has no parameter of."""
     bad = next(n for n in params if n not in names)
     raise InputError(f"graph {shown(graph)} has no parameter {shown(bad)}; parameters: {shown_names(names)}")
