@@ -460,7 +460,7 @@ class Template:
     pieces: list[bytes]
     """What comes before each leaf's bytes (ending with that leaf's data key and length, except before a large leaf,
     whose frame holds them), then what follows the last."""
-    large: tuple[bool, ...] = ()
+    large: tuple[bool, ...]
     """Per leaf, whether its data travels as a frame (``Encoded.arrays``)."""
 
     @classmethod
@@ -489,7 +489,7 @@ class Template:
         parts: list[bytes] = []
         cut: list[bytes] = []
         frames: list[np.ndarray] = []
-        for (dtype, shape), piece, a, framed in zip(self.types, self.pieces, arrays, self.large or itertools.repeat(False)):
+        for (dtype, shape), piece, a, framed in zip(self.types, self.pieces, arrays, self.large):
             if a.dtype != dtype or a.shape != shape:
                 return None
             if framed:
