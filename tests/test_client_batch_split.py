@@ -21,6 +21,7 @@ from gradserve.server.app import Server
 from gradserve.v1 import service_pb2_grpc
 
 from .serverkit import one_worker_servers, request_counters, targets
+from .trainkit import normed
 
 STEPS = 4
 
@@ -132,15 +133,6 @@ def test_the_flag_is_read_from_the_environment_and_ignored_embedded(clean_contex
     np.testing.assert_allclose(train_cell(2)[0][0], expected[0])
 
 
-def normed() -> nn.Cell:
-    """A network that writes Parameters: BatchNorm's moving statistics and Dropout's step counter."""
-    nn.set_seed(9)
-    net = nn.SequentialCell([nn.Dense(4, 6), nn.BatchNorm1d(6), nn.Dropout(p=0.3), nn.Dense(6, 3)])
-    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
-    loss.set_train()
-    return loss
-
-
 def all_values(net: nn.Cell) -> list[np.ndarray]:
     """Every Parameter's value in order, the moving statistics included, then Dropout's step counter."""
     (dropout,) = [c for _, c in net.cells_and_names() if isinstance(c, nn.Dropout)]
@@ -157,7 +149,7 @@ def test_a_split_call_writes_once_with_the_first_shards_statistics(clean_context
         return ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(params))
 
     x, y = data(rows=10)  # three shards of rows 0:3, 3:7 and 7:10
-    oracle = normed()
+    oracle = normed(4, 6)
     initial = all_values(oracle)
     gradient(oracle)(x[:3], y[:3])  # embedded, one call on the first shard
     expected = all_values(oracle)
@@ -165,7 +157,7 @@ def test_a_split_call_writes_once_with_the_first_shards_statistics(clean_context
     assert any(not np.array_equal(a, b) for a, b in zip(initial, expected))  # that call wrote something
 
     gs.set_context(target=targets(servers), retry_seconds=0)
-    loss = normed()
+    loss = normed(4, 6)
     data_parallel(gradient(loss))(x, y)
     for got, want in zip(all_values(loss), expected, strict=True):
         np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-6)
@@ -173,11 +165,11 @@ def test_a_split_call_writes_once_with_the_first_shards_statistics(clean_context
 
 def test_a_split_train_step_writes_once_through_its_forward(clean_context: None, servers: list[Server]) -> None:
     x, y = data(rows=10)
-    oracle = normed()
+    oracle = normed(4, 6)
     oracle(x, y)  # embedded: the forward alone writes the step's statistics and advances Dropout once
     expected = all_values(oracle)
     gs.set_context(target=targets(servers), retry_seconds=0, batch_split=True)
-    loss = normed()
+    loss = normed(4, 6)
     weights = loss.trainable_params()
     before = [w.asnumpy().copy() for w in weights]
     nn.TrainOneStepCell(loss, nn.SGD(weights, learning_rate=0.0))(x, y)  # lr 0: only the writes change anything

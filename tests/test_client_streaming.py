@@ -19,6 +19,7 @@ from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2_grpc
 
 from .serverkit import request_counters
+from .trainkit import normed
 
 
 @pytest.fixture(scope="module")
@@ -194,15 +195,6 @@ def test_a_network_the_server_evicted_is_sent_inline_on_the_stream(clean_context
         close((a,), (b,))
 
 
-def normed() -> nn.Cell:
-    """A loss network that writes Parameters: BatchNorm's moving statistics and Dropout's step counter."""
-    nn.set_seed(9)
-    net = nn.SequentialCell([nn.Dense(6, 8), nn.BatchNorm1d(8), nn.Dropout(p=0.3), nn.Dense(8, 3)])
-    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
-    loss.set_train()
-    return loss
-
-
 def dropout_step(net: nn.Cell) -> int:
     (dropout,) = [c for _, c in net.cells_and_names() if isinstance(c, nn.Dropout)]
     return dropout.step
@@ -216,9 +208,9 @@ def test_a_stream_one_in_flight_writes_as_direct_calls_in_order(where: str, serv
         return ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(loss.trainable_params()))
 
     data = batches(4)
-    oracle = normed()
+    oracle = normed(6, 8)
     expected = [gradient(oracle)(x, y) for x, y in data]  # each direct call writes before the next one
-    loss = normed()
+    loss = normed(6, 8)
     got = list(gradient(loss).stream(data, in_flight=1))
     for g, e in zip(got, expected, strict=True):
         close(g[1], e[1]) if functional else close(g, e)
@@ -228,7 +220,7 @@ def test_a_stream_one_in_flight_writes_as_direct_calls_in_order(where: str, serv
 
 
 def test_a_batch_read_ahead_reads_the_state_before_earlier_batches_writes(where: str, server: Any) -> None:
-    loss = normed()
+    loss = normed(6, 8)
     grad_fn = ops.GradOperation(get_by_list=True)(loss, gs.ParameterTuple(loss.trainable_params()))
     assert len(list(grad_fn.stream(batches(5), in_flight=3))) == 5
     # embedded: one batch at a time, 5 steps. Remotely batches 0-2 are prepared at once (each reads step 0 and
@@ -238,7 +230,7 @@ def test_a_batch_read_ahead_reads_the_state_before_earlier_batches_writes(where:
 
 def test_a_streamed_forward_writes_its_moving_statistics(where: str, server: Any) -> None:
     data = batches(3)
-    oracle, loss = normed(), normed()
+    oracle, loss = normed(6, 8), normed(6, 8)
     expected = [oracle(x, y) for x, y in data]
     got = list(stream(loss, data, in_flight=1))
     close(got, expected)

@@ -1,9 +1,10 @@
-"""A four-weight least-squares problem with its closed-form gradient, trained step by step by the tests of
-weights travelling with the call (client and server side)."""
+"""Training problems shared by the tests: a four-weight least-squares problem with its closed-form gradient (weights
+travelling with the call, client and server side) and a loss network whose call writes Parameters."""
 from __future__ import annotations
 
 import numpy as np
 
+import gradserve.nn as nn
 from gradserve.engine import Graph, GraphBuilder
 
 STEPS = 1000
@@ -25,3 +26,12 @@ def squared_error(w: np.ndarray = W0) -> Graph:
 def closed_form(w: np.ndarray) -> np.ndarray:
     """d/dw of ``squared_error`` at ``w``."""
     return 2 * (X * w + B - T) * X
+
+
+def normed(features: int, hidden: int) -> nn.Cell:
+    """A loss network (seeded) that writes Parameters: BatchNorm's moving statistics and Dropout's step counter."""
+    nn.set_seed(9)
+    net = nn.SequentialCell([nn.Dense(features, hidden), nn.BatchNorm1d(hidden), nn.Dropout(p=0.3), nn.Dense(hidden, 3)])
+    loss = nn.WithLossCell(net, nn.SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean"))
+    loss.set_train()
+    return loss
