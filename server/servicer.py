@@ -1,6 +1,6 @@
 """The gradserve.v1.Gradient servicer: registry, limits, dispatch to the worker pool, status mapping.
 
-It holds no numerics: requests go to workers, or for tiny plans to the local lane, and answers come
+It holds no numerics: requests go to workers, or for small plans to the local lane, and answers come
 back as serialized responses; large tensor data travels through shared memory and is spliced in here.
 """
 from __future__ import annotations
@@ -144,7 +144,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
         self.lane = Lane(config.limits, config.worker_cache_size)
-        self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
+        self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served, lambda: self.lane.passed)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
@@ -282,7 +282,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def _compute(self, kind: str, incoming: blobs.Lifted, call: Call) -> bytes:
         """The serialized response to a Grad or Run request: computed by the local lane when its plan is
-        tiny, else by a worker (which reports whether the plan is tiny). Its bytes count against
+        small and the lane takes it now, else by a worker (which reports whether the plan is small). Its bytes count against
         ``max_queued_bytes`` until it is answered."""
         request = incoming.message
         size = request.ByteSize() + sum(len(d) for d in incoming.data)
@@ -291,8 +291,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
-            if not incoming.data and self.lane.takes(key):
-                return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
+            if self.lane.takes(key):
+                done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active)
+                if done is not None:
+                    return self._answered(self._reply(kind, *done, tail))
             job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
 
             def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
@@ -302,12 +304,16 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             out, plan = self.pool.submit(job, call.deadline, call.is_active, take)
             if plan:
                 self.lane.admit(key, plan)
-            if len(out) > LARGE_ANSWER_BYTES:
-                with self._counting:
-                    self.answered += len(out)
-            return out
+            return self._answered(out)
         finally:
             self._unhold(size)
+
+    def _answered(self, out: bytes) -> bytes:
+        """``out``, a response about to be sent, counted in ``answered`` when large."""
+        if len(out) > LARGE_ANSWER_BYTES:
+            with self._counting:
+                self.answered += len(out)
+        return out
 
     def _reply(self, kind: str, parts: list[bytes], frames: list[Any], tail: bytes) -> bytes:
         """The response cut into ``parts`` (``compute.Encoded``) joined with ``frames``, its large leaves' data,
