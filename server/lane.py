@@ -6,8 +6,9 @@ builds every plan first; when the plan is ``local`` (``compute.Plan.local``) the
 its answer (``compute.export_plan``) and later requests for it run here on that plan. Tiny plans (their runs
 touch at most ``local_max_elements`` elements) run at once, one at a time, unchecked: their work is bounded.
 ``bounded`` plans (within ``local_max_flops`` and ``local_max_peak_bytes``) run here only when the bounded lane
-is free, one at a time, asking between steps whether their call has ended; a request arriving while it is busy
-goes to a worker as any other. Nothing is compiled here: a plan the cache dropped is sent to a worker again.
+is free and a worker idle (its turn is taken meanwhile, so no more requests compute at once than there are
+workers), one at a time, asking between steps whether their call has ended; any other request for them goes
+to a worker as usual. Nothing is compiled here: a plan the cache dropped is sent to a worker again.
 """
 from __future__ import annotations
 
@@ -53,15 +54,18 @@ class _Shared(Cache):
 class Lane:
     """Plans the workers found ``local`` and sent, run in this process."""
 
-    def __init__(self, limits: Limits, cache_size: int) -> None:
+    def __init__(self, limits: Limits, cache_size: int, borrow: Callable[[], Callable[[], None] | None] = lambda: lambda: None) -> None:
         self._state = compute.worker_state(limits, _Shared(cache_size, limits.max_worker_cache_bytes), 0)
+        self._borrow = borrow
+        """Takes an idle worker's turn for a bounded run (``WorkerPool.borrow``): the lane adds no core's worth of work."""
         self._tiny = threading.Lock()
         self._bounded = threading.Lock()
         self._count = threading.Lock()
         self.served = 0
         """Requests computed here (a Prometheus counter reads it)."""
         self.passed = 0
-        """Requests for a bounded plan held here that went to a worker because the bounded lane was busy."""
+        """Requests for a bounded plan held here that went to a worker because the bounded lane was busy or no
+        worker was idle."""
 
     def takes(self, key: tuple) -> bool:
         """Whether the plan ``key`` (a ``compute.plan_key``) runs here."""
@@ -77,7 +81,7 @@ class Lane:
             is_active: Callable[[], bool] = lambda: True) -> tuple[list[bytes], list[Any]] | None:
         """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
         here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
-        go to a worker (its plan is bounded and the bounded lane busy, or the cache dropped it). Raises Failure
+        go to a worker (its plan is bounded and the bounded lane busy or no worker idle, or the cache dropped it). Raises Failure
         for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
         decoded here too (once, cached) for requests that do not match the plan's types exactly."""
         found = self._state.cache.get(key)
@@ -85,9 +89,11 @@ class Lane:
             return None
         room = self._bounded if found.bounded else self._tiny
         if not room.acquire(blocking=not found.bounded):
-            with self._count:
-                self.passed += 1
-            return None
+            return self._passed()
+        give_back = self._borrow() if found.bounded else None
+        if found.bounded and give_back is None:
+            room.release()
+            return self._passed()
         try:
             stop = _Stop(deadline, is_active) if found.bounded else None
             state = self._state
@@ -100,9 +106,16 @@ class Lane:
                 raise compute.classify(exc) from None
         finally:
             room.release()
+            if give_back is not None:
+                give_back()
         with self._count:
             self.served += 1
         return _framed(encoded)
+
+    def _passed(self) -> None:
+        """Count a request for a bounded plan held here that goes to a worker instead."""
+        with self._count:
+            self.passed += 1
 
 
 def _framed(encoded: compute.Encoded) -> tuple[list[bytes], list[Any]]:

@@ -143,7 +143,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.config = config
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
-        self.lane = Lane(config.limits, config.worker_cache_size)
+        self.lane = Lane(config.limits, config.worker_cache_size, pool.borrow)
         self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served, lambda: self.lane.passed)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None

@@ -340,3 +340,21 @@ def test_bounded_run_in_the_server_process_stops_at_its_deadline_and_the_server_
                 os.kill(pid, signal.SIGCONT)
         assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.pool.pids() == workers
         quick_check(stub)
+
+
+def test_bounded_request_waits_for_a_worker_while_every_worker_is_busy(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    x, w = layer_inputs(8)
+    request = layer_request(stub, x, w)
+    check_layer(stub.Grad(request, timeout=30), x, w)
+    lane = server.servicer.lane
+    busy = stub.Run.future(long_run(stub, k=20000), timeout=900)  # the only worker, for minutes unless cancelled
+    wait_until(lambda: bool(server.pool.busy_pids()))
+    served, passed = lane.served, lane.passed
+    x, w = layer_inputs(9)
+    request.inputs[0].CopyFrom(t(x))
+    request.parameters["w"].CopyFrom(t(w))
+    waiting = stub.Grad.future(request, timeout=60)  # the lane computes only in an idle worker's turn
+    wait_until(lambda: lane.passed == passed + 1, "the lane to pass the request on")
+    busy.cancel()
+    check_layer(waiting.result(), x, w)
+    assert lane.served == served
