@@ -6,9 +6,10 @@ builds every plan first; when the plan is ``local`` (``compute.Plan.local``) the
 its answer (``compute.export_plan``) and later requests for it run here on that plan. Tiny plans (their runs
 touch at most ``local_max_elements`` elements) run at once, one at a time, unchecked: their work is bounded.
 ``bounded`` plans (within ``local_max_flops`` and ``local_max_peak_bytes``) run here only when the bounded lane
-is free and a worker idle (its turn is taken meanwhile, so no more requests compute at once than there are
-workers), one at a time, asking between steps whether their call has ended; any other request for them goes
-to a worker as usual. Nothing is compiled here: a plan the cache dropped is sent to a worker again.
+is free, a worker idle (its turn is taken meanwhile, so no more requests compute at once than there are
+workers) and this process not busy with other calls (its Python threads share one interpreter lock, so under
+load the work stays in the workers), one at a time, asking between steps whether their call has ended; any
+other request for them goes to a worker as usual. Nothing is compiled here: a plan the cache dropped is sent to a worker again.
 """
 from __future__ import annotations
 
@@ -78,15 +79,17 @@ class Lane:
 
     def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
             places: Sequence[Where] = (), buffers: Sequence[memoryview] = (), deadline: float | None = None,
-            is_active: Callable[[], bool] = lambda: True) -> tuple[list[bytes], list[Any]] | None:
+            is_active: Callable[[], bool] = lambda: True, spare: bool = True) -> tuple[list[bytes], list[Any]] | None:
         """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
         here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
-        go to a worker (its plan is bounded and the bounded lane busy or no worker idle, or the cache dropped it). Raises Failure
-        for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
+        go to a worker (its plan is bounded and the bounded lane busy, no worker idle or, ``spare`` false, this
+        process busy serving other calls; or the cache dropped the plan). Raises Failure for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
         decoded here too (once, cached) for requests that do not match the plan's types exactly."""
         found = self._state.cache.get(key)
         if found is None:
             return None
+        if found.bounded and not spare:
+            return self._passed()
         room = self._bounded if found.bounded else self._tiny
         if not room.acquire(blocking=not found.bounded):
             return self._passed()

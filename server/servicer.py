@@ -292,7 +292,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             if self.lane.takes(key):
-                done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active)
+                done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active,
+                                     spare=self._inflight <= self.pool.size)
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
             job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
