@@ -65,8 +65,7 @@ class Lane:
         self.served = 0
         """Requests computed here (a Prometheus counter reads it)."""
         self.passed = 0
-        """Requests for a bounded plan held here that went to a worker because the bounded lane was busy or no
-        worker was idle."""
+        """Requests for a bounded plan held here that went to a worker instead (see ``run``)."""
 
     def takes(self, key: tuple) -> bool:
         """Whether the plan ``key`` (a ``compute.plan_key``) runs here."""
@@ -82,8 +81,8 @@ class Lane:
             is_active: Callable[[], bool] = lambda: True, spare: bool = True) -> tuple[list[bytes], list[Any]] | None:
         """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
         here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
-        go to a worker (its plan is bounded and the bounded lane busy, no worker idle or, ``spare`` false, this
-        process busy serving other calls; or the cache dropped the plan). Raises Failure for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
+        go to a worker (its plan is bounded and the bounded lane busy, no worker idle or ``spare`` false: this
+        process busy serving other calls, or the request one of a stream's; or the cache dropped the plan). Raises Failure for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
         decoded here too (once, cached) for requests that do not match the plan's types exactly."""
         found = self._state.cache.get(key)
         if found is None:

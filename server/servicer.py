@@ -280,10 +280,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return nid, raw, rest
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
-    def _compute(self, kind: str, incoming: blobs.Lifted, call: Call) -> bytes:
+    def _compute(self, kind: str, incoming: blobs.Lifted, call: Call, bounded: bool = True) -> bytes:
         """The serialized response to a Grad or Run request: computed by the local lane when its plan is
-        small and the lane takes it now, else by a worker (which reports whether the plan is small). Its bytes count against
-        ``max_queued_bytes`` until it is answered."""
+        small and the lane takes it now, else by a worker (which reports whether the plan is small); ``bounded``
+        false leaves bounded plans to the workers. Its bytes count against ``max_queued_bytes`` until it is answered."""
         request = incoming.message
         size = request.ByteSize() + sum(len(d) for d in incoming.data)
         self._hold(size)
@@ -293,7 +293,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             if self.lane.takes(key):
                 done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active,
-                                     spare=self._inflight <= self.pool.size)
+                                     spare=bounded and self._inflight <= self.pool.size)
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
             job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
@@ -387,7 +387,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             def compute(call: Call) -> bytes:
                 if item.refused is not None:
                     raise item.refused
-                out = self._compute("grad", incoming, call)
+                out = self._compute("grad", incoming, call, bounded=False)  # a stream's requests overlap: workers
                 item.release()
                 item.intake.hold(len(out), "the GradResponse", "read the stream's answers sooner, or ask for smaller results")
                 held[0] = len(out)
