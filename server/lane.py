@@ -88,14 +88,17 @@ class Lane:
         if found is None:
             return None
         if found.bounded and not spare:
-            return self._passed()
+            self._passed()
+            return None
         room = self._bounded if found.bounded else self._tiny
         if not room.acquire(blocking=not found.bounded):
-            return self._passed()
+            self._passed()
+            return None
         give_back = self._borrow() if found.bounded else None
         if found.bounded and give_back is None:
             room.release()
-            return self._passed()
+            self._passed()
+            return None
         try:
             stop = _Stop(deadline, is_active) if found.bounded else None
             state = self._state
