@@ -263,6 +263,8 @@ class Request(NamedTuple):
     """Where each of the job's shared-memory buffers belongs (``blobs.Lifted.places``)."""
     key: tuple
     """Its ``plan_key``."""
+    export: bool = True
+    """Send the plan with the answer if it is local (False: the local lane holds it already)."""
 
 
 class Tensors(NamedTuple):
@@ -415,7 +417,7 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
     job: Request = payload
     req = KINDS[kind].request.FromString(job.body)
     found, encoded = run(state, kind, req, Tensors.of(req, job.places, buffers), network_id, job.key, interrupt)
-    return Answer(encoded.parts, export_plan(found) if found.local else b""), encoded.arrays
+    return Answer(encoded.parts, export_plan(found) if found.local and job.export else b""), encoded.arrays
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,

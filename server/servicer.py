@@ -291,12 +291,13 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
-            if self.lane.takes(key):
+            held = self.lane.takes(key)
+            if held:
                 done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active,
                                      spare=bounded and self._inflight <= self.pool.size)
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
-            job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
+            job = Job(kind, Request(body, incoming.places, key, not held), incoming.data, nid, raw)
 
             def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
                 """The response, built while the worker's shared memory holds the frames, and the plan if local."""
