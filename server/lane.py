@@ -7,8 +7,8 @@ its answer (``compute.export_plan``) and later requests for it run here on that 
 touch at most ``local_max_elements`` elements) run at once, one at a time, unchecked: their work is bounded.
 ``bounded`` plans (within ``local_max_flops`` and ``local_max_peak_bytes``) run here only when the bounded lane
 is free, a worker idle (its turn is taken meanwhile, so no more requests compute at once than there are
-workers) and this process not busy with other calls (its Python threads share one interpreter lock, so under
-load the work stays in the workers), one at a time, asking between steps whether their call has ended; any
+workers) and this process serving no other call (its Python threads share one interpreter lock, so with
+concurrent calls the work stays in the workers), one at a time, asking between steps whether their call has ended; any
 other request for them goes to a worker as usual. Nothing is compiled here: a plan the cache dropped is sent to a worker again.
 """
 from __future__ import annotations

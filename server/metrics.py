@@ -54,7 +54,7 @@ class _PoolCollector(Collector):
         yield CounterMetricFamily("gradserve_local_requests", "Requests computed in the server process (small plans).",
                                   value=self._local())
         yield CounterMetricFamily("gradserve_local_passed", "Requests for a bounded plan the server process runs that "
-                                  "went to a worker instead (its lane busy, no worker idle, many calls in flight, or a GradStream's).", value=self._passed())
+                                  "went to a worker instead (its lane busy, no worker idle, other calls in flight, or a GradStream's).", value=self._passed())
 
 
 class _Requests(Collector):

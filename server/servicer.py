@@ -294,7 +294,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             held = self.lane.takes(key)
             if held:
                 done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active,
-                                     spare=bounded and self._inflight <= self.pool.size)
+                                     spare=bounded and self._inflight <= 1)
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
             job = Job(kind, Request(body, incoming.places, key, not held), incoming.data, nid, raw)
