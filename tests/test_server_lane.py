@@ -320,7 +320,7 @@ def test_busy_bounded_lane_hands_the_request_to_a_worker(server: Server, stub: s
     assert metrics.get_sample_value("gradserve_local_requests_total") == lane.served
 
 
-def test_bounded_run_in_the_server_process_stops_at_its_deadline_and_the_server_keeps_serving() -> None:
+def test_bounded_run_in_the_server_process_stops_at_its_deadline_or_cancellation_and_the_server_keeps_serving() -> None:
     config = ServerConfig(host="127.0.0.1", port=0, workers=1, local_max_flops=10**13, local_max_peak_bytes=1 << 30)
     with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = service_pb2_grpc.GradientStub(channel)
@@ -335,6 +335,11 @@ def test_bounded_run_in_the_server_process_stops_at_its_deadline_and_the_server_
             failed = rejected(lambda: stub.Run(request, timeout=0.2))
             assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
             wait_until(lambda: codes().get(("Run", "DEADLINE_EXCEEDED"), 0) == expired + 1, "the server to stop the run")
+            cancelled = codes().get(("Run", "CANCELLED"), 0)
+            call = stub.Run.future(request, timeout=120)
+            wait_until(lambda: server.servicer.lane._bounded.locked(), "the lane to start the run")
+            call.cancel()
+            wait_until(lambda: codes().get(("Run", "CANCELLED"), 0) == cancelled + 1, "the server to stop the cancelled run")
         finally:
             for pid in workers:
                 os.kill(pid, signal.SIGCONT)
