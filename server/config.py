@@ -102,8 +102,9 @@ class ServerConfig:
     local_max_flops: int = 10**9
     """Programs costing at most this many floating-point operations (estimated from shapes) and holding at most
     ``local_max_peak_bytes`` at once (a training step of a small CNN or MLP, a few milliseconds) also run in the
-    server process once a worker has compiled them, one at a time, while that lane is free (a request arriving
-    while it is busy goes to a worker); they stop between steps when their call ends. 0: only tiny programs."""
+    server process once a worker has compiled them, one at a time, in an idle worker's turn, for a call alone in
+    flight (any other request goes to a worker); they stop between steps when their call ends. 0: only tiny
+    programs."""
     local_max_peak_bytes: int = 64 * MiB
     """Most tensor bytes alive at once (and serialized network bytes) of a program run in the server process
     under ``local_max_flops``."""

@@ -8,8 +8,9 @@ touch at most ``local_max_elements`` elements) run at once, one at a time, unche
 ``bounded`` plans (within ``local_max_flops`` and ``local_max_peak_bytes``) run here only when the bounded lane
 is free, a worker idle (its turn is taken meanwhile, so no more requests compute at once than there are
 workers) and this process serving no other call (its Python threads share one interpreter lock, so with
-concurrent calls the work stays in the workers), one at a time, asking between steps whether their call has ended; any
-other request for them goes to a worker as usual. Nothing is compiled here: a plan the cache dropped is sent to a worker again.
+concurrent calls the work stays in the workers), one at a time, asking between steps whether their call has
+ended; any other request for them goes to a worker as usual. Nothing is compiled here: a request whose plan the
+cache dropped goes to a worker, which sends the plan again.
 """
 from __future__ import annotations
 
@@ -81,8 +82,9 @@ class Lane:
             is_active: Callable[[], bool] = lambda: True, spare: bool = True) -> tuple[list[bytes], list[Any]] | None:
         """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
         here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
-        go to a worker (its plan is bounded and the bounded lane busy, no worker idle or ``spare`` false: this
-        process busy serving other calls, or the request one of a stream's; or the cache dropped the plan). Raises Failure for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
+        go to a worker (the cache dropped the plan, or the plan is bounded and the bounded lane busy, no worker
+        idle or ``spare`` false: this process serving other calls, or the request a stream's). Raises Failure
+        for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
         decoded here too (once, cached) for requests that do not match the plan's types exactly."""
         found = self._state.cache.get(key)
         if found is None:
