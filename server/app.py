@@ -216,9 +216,12 @@ class Server:
         preflight.check(config)
         jsonlog.set_level(config.log_level)
         # The pool's processes come first: no grpc object may exist when they are created.
-        self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main, (lim, config.worker_cache_size, config.local_max_elements),
+        self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main,
+                               (lim, config.worker_cache_size, config.local_max_elements, config.local_max_flops, config.local_max_peak_bytes),
                                max_reserve=lim.max_message_bytes, stop_grace=lim.stop_grace_ms / 1000)
         worker.tune_malloc(worker.SERVER_HEAP_KEEP_BYTES)  # large responses reuse heap pages (the Trimmer returns them)
+        if config.local_max_elements and config.local_max_flops:
+            worker.limit_blas_threads()  # the local lane computes as a worker does, on one core
         # Each unary call computing or queued holds a thread, and so does each open GradStream (capped at
         # max_open_streams); the spare threads serve health checks, ServerInfo and calls being refused.
         threads = config.workers + lim.max_queue_depth + lim.max_open_streams + SPARE_THREADS

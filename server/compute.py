@@ -49,6 +49,10 @@ class WorkerState:
     cache: Any
     local_max_elements: int = 0
     """Plans whose runs touch at most this many elements may run in the server process (``Plan.local``; 0: none)."""
+    local_max_flops: int = 0
+    """Plans costing at most this many floating-point operations, and holding at most ``local_max_peak_bytes`` at
+    once, may run in the server process when its lane is free (``Plan.bounded``; 0: none)."""
+    local_max_peak_bytes: int = 0
 
     def network(self, network_id: str, raw: bytes) -> Graph:
         """The decoded network ``network_id`` (serialized as ``raw``), decoded and cached when not held."""
@@ -59,9 +63,10 @@ class WorkerState:
         return g
 
 
-def worker_state(limits: Limits, cache: Any, local_max_elements: int) -> WorkerState:
+def worker_state(limits: Limits, cache: Any, local_max_elements: int, local_max_flops: int = 0,
+                 local_max_peak_bytes: int = 0) -> WorkerState:
     """The state of a worker (or of the local lane) serving under the server's ``limits``."""
-    return WorkerState(limits.decoding(), cache, local_max_elements)
+    return WorkerState(limits.decoding(), cache, local_max_elements, local_max_flops, local_max_peak_bytes)
 
 
 LOCAL_MAX_NODES = 1000
@@ -164,7 +169,11 @@ class Plan:
     template: Template | None = None
     """How to serialize this plan's results without protobuf, once a first response showed it (small results only)."""
     local: bool = False
-    """Small enough to run in the server process: see ``WorkerState.local_max_elements``."""
+    """Small enough to run in the server process: see ``WorkerState.local_max_elements`` (tiny) and
+    ``WorkerState.local_max_flops`` (``bounded``)."""
+    bounded: bool = False
+    """Local but not tiny: run in the server process only when its lane is free, asking between steps whether
+    the call has ended (tiny plans run at once, unchecked)."""
     held: int = 0
     """Bytes of the constants and parameters the program holds (what it costs a cache)."""
     exported: bytes = dataclasses.field(default=b"", repr=False)
@@ -254,6 +263,8 @@ class Request(NamedTuple):
     """Where each of the job's shared-memory buffers belongs (``blobs.Lifted.places``)."""
     key: tuple
     """Its ``plan_key``."""
+    export: bool = True
+    """Send the plan with the answer if it is local (False: the local lane holds it already)."""
 
 
 class Tensors(NamedTuple):
@@ -331,11 +342,23 @@ def plan(state: WorkerState, kind: str, req: Any, network_id: str, key: tuple) -
     sens = kind == "grad" and req.grad.sens_param
     graph = codec.apply_grad_operation(network, req.grad, "grad") if kind == "grad" else network
     built = _plan(network, graph, sens, _with_forward(network, graph) if forward else graph, KINDS[kind].fields, forward)
-    built.local = (0 < state.local_max_elements and built.program.elements <= state.local_max_elements
-                   and len(built.program.graph.nodes) <= LOCAL_MAX_NODES
-                   and state.cache.held(network_id) <= LOCAL_MAX_NETWORK_BYTES)
+    built.local, built.bounded = _locality(state, built.program, state.cache.held(network_id))
     state.cache.put(key, built, built.held)
     return built
+
+
+def _locality(state: WorkerState, program: Program, network_bytes: int) -> tuple[bool, bool]:
+    """(local, bounded) of a plan running ``program`` on a network of ``network_bytes`` serialized: tiny when its
+    runs touch at most ``local_max_elements`` elements and its network is small; bounded when its cost and peak
+    memory are within ``local_max_flops`` and ``local_max_peak_bytes`` and so is its network. A
+    ``local_max_elements`` of 0 keeps every plan in the workers."""
+    if not state.local_max_elements or len(program.graph.nodes) > LOCAL_MAX_NODES:
+        return False, False
+    if program.elements <= state.local_max_elements and network_bytes <= LOCAL_MAX_NETWORK_BYTES:
+        return True, False
+    bounded = (0 < state.local_max_flops and program.flops <= state.local_max_flops
+               and 0 < state.local_max_peak_bytes and max(program.peak_bytes, network_bytes) <= state.local_max_peak_bytes)
+    return bounded, bounded
 
 
 def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network_id: str) -> Args:
@@ -394,7 +417,7 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
     job: Request = payload
     req = KINDS[kind].request.FromString(job.body)
     found, encoded = run(state, kind, req, Tensors.of(req, job.places, buffers), network_id, job.key, interrupt)
-    return Answer(encoded.parts, export_plan(found) if found.local else b""), encoded.arrays
+    return Answer(encoded.parts, export_plan(found) if found.local and job.export else b""), encoded.arrays
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,

@@ -99,6 +99,15 @@ class ServerConfig:
     """Programs whose every run reads and writes at most this many tensor elements in all (a few
     microseconds of NumPy) run in the server process once a worker has compiled them, skipping the
     round trip to a worker, which costs more than such work; 0: every request runs in a worker."""
+    local_max_flops: int = 10**9
+    """Programs costing at most this many floating-point operations (estimated from shapes) and holding at most
+    ``local_max_peak_bytes`` at once (a training step of a small CNN or MLP, a few milliseconds) also run in the
+    server process once a worker has compiled them, one at a time, in an idle worker's turn, for a call alone in
+    flight (any other request goes to a worker); they stop between steps when their call ends. 0: only tiny
+    programs."""
+    local_max_peak_bytes: int = 64 * MiB
+    """Most tensor bytes alive at once (and serialized network bytes) of a program run in the server process
+    under ``local_max_flops``."""
     max_connection_age_seconds: float = 0.0
     """Send each client connection GOAWAY this long after it opened (its calls may finish, up to
     max_deadline_ms), so that clients of a DNS name reconnect and spread over replicas added since;
@@ -147,6 +156,10 @@ HELP = {
     "worker_cache_size": "networks and compiled programs each worker keeps, least recently used dropped first",
     "local_max_elements": "plans reading and writing at most this many tensor elements in all run in the server "
                           "process, skipping the round trip to a worker (0: every request runs in a worker)",
+    "local_max_flops": "plans costing at most this many floating-point operations (and within the peak bytes below) "
+                       "also run in the server process, one at a time, while it is free (0: only tiny plans)",
+    "local_max_peak_bytes": "most tensor bytes alive at once, and network bytes, of a plan run in the server process "
+                            "under the flops bound above",
     "max_connection_age_seconds": "send each client connection GOAWAY this long after it opened, so that clients "
                                   "of a DNS name spread over replicas added since (0: never)",
     "metrics_port": "serve Prometheus /metrics over plain HTTP on this port (0: a free port, logged)",
@@ -271,8 +284,9 @@ def _validate(cfg: ServerConfig) -> None:
         raise SystemExit(f"gradserve: --log-level must be one of {', '.join(jsonlog.LEVELS)}, got {cfg.log_level!r}")
     if cfg.max_connection_age_seconds < 0:
         raise SystemExit(f"gradserve: --max-connection-age-seconds must be >= 0, got {cfg.max_connection_age_seconds}")
-    if cfg.local_max_elements < 0:
-        raise SystemExit(f"gradserve: --local-max-elements must be >= 0, got {cfg.local_max_elements}")
+    for name in ("local_max_elements", "local_max_flops", "local_max_peak_bytes"):
+        if getattr(cfg, name) < 0:
+            raise SystemExit(f"gradserve: {_flag(name)} must be >= 0, got {getattr(cfg, name)}")
     if cfg.metrics_port is not None and not 0 <= cfg.metrics_port < 65536:
         raise SystemExit(f"gradserve: --metrics-port must be 0 to 65535, got {cfg.metrics_port}")
     if cfg.auth_token and cfg.auth_token_file:

@@ -1,31 +1,72 @@
-"""The local lane: requests whose plan is tiny are computed in the server process.
+"""The local lane: requests whose plan is small are computed in the server process.
 
-Handing a request to a worker costs two process wake-ups and a pickled round trip, several times
-the work of a tiny gradient. A worker builds every plan first; when the plan is ``local``
-(``compute.Plan.local``: its runs touch at most ``local_max_elements`` elements, it has at most
-``compute.LOCAL_MAX_NODES`` nodes and its network is small), the worker sends it along with its answer
-(``compute.export_plan``) and later requests for it run here on that plan, one at a time, with no
-deadline checks needed: their work is bounded. Nothing is compiled here unless the cache dropped a plan.
+Handing a request to a worker costs two process wake-ups and a pickled round trip with the server process:
+several times the work of a tiny gradient, and a third or more of a few-millisecond training step. A worker
+builds every plan first; when the plan is ``local`` (``compute.Plan.local``) the worker sends it along with
+its answer (``compute.export_plan``) and later requests for it run here on that plan. Tiny plans (their runs
+touch at most ``local_max_elements`` elements) run at once, one at a time, unchecked: their work is bounded.
+``bounded`` plans (within ``local_max_flops`` and ``local_max_peak_bytes``) run here only when the bounded lane
+is free, a worker idle (its turn is taken meanwhile, so no more requests compute at once than there are
+workers) and this process serving no other call (its Python threads share one interpreter lock, so with
+concurrent calls the work stays in the workers), one at a time, asking between steps whether their call has
+ended; any other request for them goes to a worker as usual. Nothing is compiled here: a request whose plan the
+cache dropped goes to a worker, which sends the plan again.
 """
 from __future__ import annotations
 
 import threading
-from typing import Any
+import time
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from gradserve.engine import Interrupted
 
 from . import compute
-from .blobs import data_header
+from .blobs import Where, data_header
 from .cache import Cache
 from .config import Limits
+from .errors import Failure
+
+
+class _Shared(Cache):
+    """The lane's cache, used by both of its lanes' threads: each operation under one lock."""
+
+    def __init__(self, size: int, max_bytes: int) -> None:
+        super().__init__(size, max_bytes)
+        self._lock = threading.Lock()
+
+    def __contains__(self, key: Any) -> bool:
+        with self._lock:
+            return super().__contains__(key)
+
+    def held(self, key: Any) -> int:
+        with self._lock:
+            return super().held(key)
+
+    def get(self, key: Any, default: Any = None) -> Any:
+        with self._lock:
+            return super().get(key, default)
+
+    def put(self, key: Any, value: Any, nbytes: int = 0) -> list[Any]:
+        with self._lock:
+            return super().put(key, value, nbytes)
 
 
 class Lane:
     """Plans the workers found ``local`` and sent, run in this process."""
 
-    def __init__(self, limits: Limits, cache_size: int) -> None:
-        self._state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), 0)
-        self._lock = threading.Lock()
+    def __init__(self, limits: Limits, cache_size: int, borrow: Callable[[], Callable[[], None] | None] = lambda: lambda: None) -> None:
+        self._state = compute.worker_state(limits, _Shared(cache_size, limits.max_worker_cache_bytes), 0)
+        self._borrow = borrow
+        """Takes an idle worker's turn for a bounded run (``WorkerPool.borrow``): the lane adds no core's worth of work."""
+        self._tiny = threading.Lock()
+        self._bounded = threading.Lock()
+        self._count = threading.Lock()
         self.served = 0
         """Requests computed here (a Prometheus counter reads it)."""
+        self.passed = 0
+        """Requests for a bounded plan held here that went to a worker instead (see ``run``)."""
 
     def takes(self, key: tuple) -> bool:
         """Whether the plan ``key`` (a ``compute.plan_key``) runs here."""
@@ -34,19 +75,88 @@ class Lane:
     def admit(self, key: tuple, plan: bytes) -> None:
         """Run the plan ``key`` here from now on: a worker found it local and sent it (``compute.export_plan``)."""
         found = compute.import_plan(plan)
-        with self._lock:
-            self._state.cache.put(key, found, found.held)
+        self._state.cache.put(key, found, found.held)
 
-    def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple) -> tuple[list[bytes], list[bytes]]:
-        """Compute ``request`` (whose plan is ``key``) here: the response's parts and the frames of its large
-        leaves (``compute.Encoded``); raises Failure for a bad request. The network is decoded here too (once,
-        cached) for requests that do not match the plan's types exactly, which the codec checks."""
-        with self._lock:
+    def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
+            places: Sequence[Where] = (), buffers: Sequence[memoryview] = (), deadline: float | None = None,
+            is_active: Callable[[], bool] = lambda: True, spare: bool = True) -> tuple[list[bytes], list[Any]] | None:
+        """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
+        here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
+        go to a worker (the cache dropped the plan, or the plan is bounded and the bounded lane busy, no worker
+        idle or ``spare`` false: this process serving other calls, or the request a stream's). Raises Failure
+        for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
+        decoded here too (once, cached) for requests that do not match the plan's types exactly."""
+        found = self._state.cache.get(key)
+        if found is None:
+            return None
+        if found.bounded and not spare:
+            self._passed()
+            return None
+        room = self._bounded if found.bounded else self._tiny
+        if not room.acquire(blocking=not found.bounded):
+            self._passed()
+            return None
+        give_back = self._borrow() if found.bounded else None
+        if found.bounded and give_back is None:
+            room.release()
+            self._passed()
+            return None
+        try:
+            stop = _Stop(deadline, is_active) if found.bounded else None
             state = self._state
             try:
                 state.network(network_id, network)
-                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request), network_id, key)
+                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop)
+            except Interrupted as exc:
+                raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
             except Exception as exc:
                 raise compute.classify(exc) from None
+        finally:
+            room.release()
+            if give_back is not None:
+                give_back()
+        with self._count:
             self.served += 1
-        return encoded.parts, [data_header(a.nbytes) + a.tobytes() for a in encoded.arrays]
+        return _framed(encoded)
+
+    def _passed(self) -> None:
+        """Count a request for a bounded plan held here that goes to a worker instead."""
+        with self._count:
+            self.passed += 1
+
+
+def _framed(encoded: compute.Encoded) -> tuple[list[bytes], list[Any]]:
+    """``encoded`` as ``blobs.splice`` joins it, its large leaves' bytes as they are (the frames' headers moved into
+    the parts before them): one copy of each, into the response."""
+    if not encoded.arrays:
+        return encoded.parts, []
+    arrays = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in encoded.arrays]
+    parts = [p + data_header(a.nbytes) for p, a in zip(encoded.parts, arrays)] + [encoded.parts[-1]]
+    return parts, arrays
+
+
+ACTIVE_EVERY = 8
+"""A bounded run here asks whether its caller is still there before every this many steps (gRPC's ``is_active``
+takes a lock: asked before every step of a digits CNN gradient it cost 3% of the run); the deadline before each."""
+
+
+class _Stop:
+    """The engine's ``interrupt`` hook for a bounded run here: True once the call's deadline has passed or its
+    caller has gone (as ``worker.Stop`` for a worker's run)."""
+
+    def __init__(self, deadline: float | None, is_active: Callable[[], bool]) -> None:
+        self.deadline = deadline
+        self.is_active = is_active
+        self.asked = 0
+
+    def __call__(self) -> bool:
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return True
+        self.asked += 1
+        return self.asked % ACTIVE_EVERY == 0 and not self.is_active()
+
+    def failure(self, exc: Exception) -> Failure:
+        """The status of a run this hook stopped, saying why."""
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
+        return Failure("CANCELLED", f"the call was cancelled while computing; the work was stopped ({exc})")

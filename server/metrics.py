@@ -29,12 +29,14 @@ LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
 
 class _PoolCollector(Collector):
     """Queue depth, workers, worker replacements, plans compiled by each worker, registered networks and
-    local-lane requests, read when scraped."""
+    local-lane requests (and those it passed to a worker), read when scraped."""
 
-    def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int]) -> None:
+    def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int],
+                 passed: Callable[[], int]) -> None:
         self._pool = pool
         self._networks = networks
         self._local = local
+        self._passed = passed
 
     def collect(self) -> Iterator[Metric]:
         pool = self._pool
@@ -49,8 +51,10 @@ class _PoolCollector(Collector):
             compiles.add_metric([str(slot)], n)
         yield compiles
         yield GaugeMetricFamily("gradserve_registered_networks", "Networks in the server's registry.", value=self._networks())
-        yield CounterMetricFamily("gradserve_local_requests", "Requests computed in the server process (tiny plans).",
+        yield CounterMetricFamily("gradserve_local_requests", "Requests computed in the server process (small plans).",
                                   value=self._local())
+        yield CounterMetricFamily("gradserve_local_passed", "Requests for a bounded plan the server process runs that "
+                                  "went to a worker instead (its lane busy, no worker idle, other calls in flight, or a GradStream's).", value=self._passed())
 
 
 class _Requests(Collector):
@@ -126,11 +130,12 @@ class Metrics:
     """The server's own Prometheus registry (not the process-wide default, so servers in one process stay apart):
     requests, pool state, ``process_*`` (Linux) and ``gradserve_build_info``."""
 
-    def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int]) -> None:
+    def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int],
+                 passed: Callable[[], int] = lambda: 0) -> None:
         self.registry = CollectorRegistry()
         self._requests = _Requests()
         self.registry.register(self._requests)
-        self.registry.register(_PoolCollector(pool, networks, local))
+        self.registry.register(_PoolCollector(pool, networks, local, passed))
         ProcessCollector(registry=self.registry)
         Info("gradserve_build", "The running gradserve's version.", registry=self.registry).info({"version": __version__})
         self._http: WSGIServer | None = None

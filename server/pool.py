@@ -239,6 +239,16 @@ class WorkerPool:
                     self._waiting -= 1
             return self._idle.pop()
 
+    def borrow(self) -> Callable[[], None] | None:
+        """Take an idle worker's turn without sending it anything, for work done in this process (the local lane's
+        bounded runs), so that no more requests compute at once than there are workers; returns the function that
+        gives the turn back, or None when no worker is idle or callers are already waiting for one."""
+        with self._cond:
+            if self._closed or not self._idle or self._waiting:
+                return None
+            slot = self._idle.pop()
+        return lambda: self._release(slot)
+
     def _release(self, slot: _Slot) -> None:
         with self._cond:
             self._idle.append(slot)

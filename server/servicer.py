@@ -1,6 +1,6 @@
 """The gradserve.v1.Gradient servicer: registry, limits, dispatch to the worker pool, status mapping.
 
-It holds no numerics: requests go to workers, or for tiny plans to the local lane, and answers come
+It holds no numerics: requests go to workers, or for small plans to the local lane, and answers come
 back as serialized responses; large tensor data travels through shared memory and is spliced in here.
 """
 from __future__ import annotations
@@ -143,8 +143,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.config = config
         self.limits = config.limits
         self.registry = Registry(config.limits.max_registered_networks, config.limits.max_registry_bytes)
-        self.lane = Lane(config.limits, config.worker_cache_size)
-        self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served)
+        self.lane = Lane(config.limits, config.worker_cache_size, pool.borrow)
+        self.metrics = Metrics(pool, lambda: len(self.registry), lambda: self.lane.served, lambda: self.lane.passed)
         self.draining = False
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
@@ -280,10 +280,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return nid, raw, rest
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
-    def _compute(self, kind: str, incoming: blobs.Lifted, call: Call) -> bytes:
+    def _compute(self, kind: str, incoming: blobs.Lifted, call: Call, bounded: bool = True) -> bytes:
         """The serialized response to a Grad or Run request: computed by the local lane when its plan is
-        tiny, else by a worker (which reports whether the plan is tiny). Its bytes count against
-        ``max_queued_bytes`` until it is answered."""
+        small and the lane takes it now, else by a worker (which reports whether the plan is small); ``bounded``
+        false leaves bounded plans to the workers. Its bytes count against ``max_queued_bytes`` until it is answered."""
         request = incoming.message
         size = request.ByteSize() + sum(len(d) for d in incoming.data)
         self._hold(size)
@@ -291,9 +291,13 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
-            if not incoming.data and self.lane.takes(key):
-                return self._reply(kind, *self.lane.run(kind, request, nid, raw, key), tail)
-            job = Job(kind, Request(body, incoming.places, key), incoming.data, nid, raw)
+            held = self.lane.takes(key)
+            if held:
+                done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active,
+                                     spare=bounded and self._inflight <= 1)
+                if done is not None:
+                    return self._answered(self._reply(kind, *done, tail))
+            job = Job(kind, Request(body, incoming.places, key, not held), incoming.data, nid, raw)
 
             def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
                 """The response, built while the worker's shared memory holds the frames, and the plan if local."""
@@ -302,12 +306,16 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             out, plan = self.pool.submit(job, call.deadline, call.is_active, take)
             if plan:
                 self.lane.admit(key, plan)
-            if len(out) > LARGE_ANSWER_BYTES:
-                with self._counting:
-                    self.answered += len(out)
-            return out
+            return self._answered(out)
         finally:
             self._unhold(size)
+
+    def _answered(self, out: bytes) -> bytes:
+        """``out``, a response about to be sent, counted in ``answered`` when large."""
+        if len(out) > LARGE_ANSWER_BYTES:
+            with self._counting:
+                self.answered += len(out)
+        return out
 
     def _reply(self, kind: str, parts: list[bytes], frames: list[Any], tail: bytes) -> bytes:
         """The response cut into ``parts`` (``compute.Encoded``) joined with ``frames``, its large leaves' data,
@@ -380,7 +388,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             def compute(call: Call) -> bytes:
                 if item.refused is not None:
                     raise item.refused
-                out = self._compute("grad", incoming, call)
+                out = self._compute("grad", incoming, call, bounded=False)  # a stream's requests overlap: workers
                 item.release()
                 item.intake.hold(len(out), "the GradResponse", "read the stream's answers sooner, or ask for smaller results")
                 held[0] = len(out)

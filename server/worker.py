@@ -96,14 +96,16 @@ class Stop:
         return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
 
 
-def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size: int, local_max_elements: int) -> None:
+def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size: int, local_max_elements: int,
+         local_max_flops: int = 0, local_max_peak_bytes: int = 0) -> None:
     """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop,
     ``compiles`` (a shared int, read by the metrics) counts the plans this worker compiled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     limit_blas_threads()
     tune_malloc()
     inbox, outbox = ArenaView(), ArenaView()
-    state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), local_max_elements)
+    state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), local_max_elements,
+                                 local_max_flops, local_max_peak_bytes)
     stop = Stop(flag)
     while True:
         try:

@@ -219,6 +219,26 @@ def test_handle_answers_a_grad_job_from_its_serialized_request() -> None:
     np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.parts[0]).gradients),
                                np.cos(X * W) * W, rtol=1e-12)
     assert answer.plan == compute.export_plan(s.cache.get(job.key))  # local: the plan comes along, pickled once
+    again, _ = compute.handle(s, "grad", job._replace(export=False), [], nid)  # the lane holds it already
+    assert again.plan == b"" and again.parts == answer.parts
+
+
+def test_plans_within_the_flops_and_peak_bounds_are_bounded_and_the_others_stay_in_workers() -> None:
+    s, nid = state()
+    req = grad_request()
+    key = compute.plan_key("grad", req, nid)
+    program = compute.plan(s, "grad", req, nid, key).program
+    raw = codec.encode_graph(network()).SerializeToString()
+    top = max(program.peak_bytes, len(raw))  # its tensors at once, and its network (decoded in the server process)
+    for flops, peak, local_max_elements, expected in [
+            (program.flops, top, 1, (True, True)),
+            (program.flops - 1, top, 1, (False, False)),
+            (program.flops, top - 1, 1, (False, False)),
+            (program.flops, top, 0, (False, False))]:  # 0 elements: the lane is off
+        other = compute.worker_state(Limits(), Cache(16), local_max_elements, flops, peak)
+        other.network(nid, raw)
+        plan = compute.plan(other, "grad", req, nid, key)
+        assert (plan.local, plan.bounded) == expected, (flops, peak, local_max_elements)
 
 
 def test_an_exported_plan_runs_in_another_state_without_building() -> None:

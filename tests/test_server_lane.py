@@ -1,7 +1,8 @@
 """The local lane: a plan a worker found tiny runs in the server process from its second request on,
 with the workers' answers and errors, also for many threads at once while the only worker is busy and
-in streams mixing tiny, large and bad requests; large plans, large requests and a disabled lane use
-workers."""
+in streams mixing tiny, large and bad requests; a bounded plan (milliseconds of work, large tensors in and
+out) runs there while its lane is free, with the numbers of closed forms, stops at its deadline, and goes
+to a worker while the lane is busy; plans over the bounds and a disabled lane use workers."""
 from __future__ import annotations
 
 import os
@@ -12,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serverkit import long_run, rejected, wait_until
+from serverkit import long_run, quick_check, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -81,13 +82,20 @@ def test_the_lane_runs_the_plan_the_worker_built_without_compiling(
     assert server.servicer.lane.served == served + 1
 
 
-def test_plan_over_many_elements_always_runs_in_a_worker(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
-    x = np.linspace(-3, 3, server.config.local_max_elements)  # Sin and its gradient touch 4x as many
-    request = sin_request(stub, x)
+def test_plan_over_many_elements_runs_in_a_worker_unless_it_is_bounded(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    x = np.linspace(-3, 3, server.config.local_max_elements)  # Sin and its gradient touch 4x as many: not tiny
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, local_max_flops=0)) as tiny_only:
+        with grpc.insecure_channel(f"127.0.0.1:{tiny_only.port}") as channel:
+            tiny_stub = service_pb2_grpc.GradientStub(channel)
+            request = sin_request(tiny_stub, x)
+            for _ in range(3):
+                np.testing.assert_allclose(codec.decode_tree(tiny_stub.Grad(request, timeout=30).gradients), np.cos(x), rtol=1e-12)
+            assert tiny_only.servicer.lane.served == 0
+    request = sin_request(stub, x)  # within the default flops and peak bytes: bounded, so the lane takes it when free
     served = server.servicer.lane.served
     for _ in range(3):
         np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos(x), rtol=1e-12)
-    assert server.servicer.lane.served == served
+    assert server.servicer.lane.served == served + 2
 
 
 def test_bad_inputs_to_a_local_plan_get_the_same_errors_as_in_a_worker(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
@@ -236,3 +244,122 @@ def test_stream_mixing_tiny_large_and_bad_requests(server: Server, stub: service
             assert resp.error.code == grpc.StatusCode.INVALID_ARGUMENT.value[0] and "inputs[0]" in resp.error.message
         else:
             assert resp.error.code == grpc.StatusCode.NOT_FOUND.value[0]
+
+
+# ---- bounded plans: larger work in the server process, one at a time, stopped at the call's deadline ----
+
+def layer_request(stub: service_pb2_grpc.GradientStub, x: np.ndarray, w: np.ndarray) -> service_pb2.GradRequest:
+    """d/d(x, w) of sum(tanh(x @ w)) with w a parameter sent with the call (both 64 KiB or more: shared memory
+    between processes, views of the received bytes in the lane), and the forward value."""
+    b = GraphBuilder()
+    xi = b.input("x", "float64", x.shape)
+    wp = b.param("w", np.zeros(w.shape))
+    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(
+        graph=codec.encode_graph(b.build(b.op("ReduceSum", b.op("Tanh", b.op("MatMul", xi, wp))))))).network_id
+    grad = codec.encode_grad_operation(get_all=True, get_by_list=True, weights=["w"])
+    return service_pb2.GradRequest(network_id=nid, grad=grad, inputs=[t(x)], parameters={"w": t(w)}, return_forward=True)
+
+
+def check_layer(resp: service_pb2.GradResponse, x: np.ndarray, w: np.ndarray) -> None:
+    """The closed form: with h = tanh(x @ w), d/dx = (1 - h^2) @ w.T, d/dw = x.T @ (1 - h^2)."""
+    h = np.tanh(x @ w)
+    (dx,), (dw,) = codec.decode_tree(resp.gradients)
+    np.testing.assert_allclose(dx, (1 - h * h) @ w.T, rtol=1e-10)
+    np.testing.assert_allclose(dw, x.T @ (1 - h * h), rtol=1e-10)
+    np.testing.assert_allclose(codec.decode_tree(resp.forward), h.sum(), rtol=1e-12)
+
+
+def layer_inputs(k: int) -> tuple[np.ndarray, np.ndarray]:
+    rng = np.random.default_rng(k)
+    return rng.normal(size=(128, 96)), rng.normal(size=(96, 128)) / 10
+
+
+def test_bounded_plan_runs_in_the_server_process_with_the_closed_form_numbers(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    x, w = layer_inputs(0)
+    request = layer_request(stub, x, w)
+    served = server.servicer.lane.served
+    check_layer(stub.Grad(request, timeout=30), x, w)  # a worker builds the plan and finds it bounded
+    assert server.servicer.lane.served == served
+    workers = server.pool.pids()
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        for k in range(1, 4):  # new inputs and weights each time, as a training loop sends them
+            x, w = layer_inputs(k)
+            request.inputs[0].CopyFrom(t(x))
+            request.parameters["w"].CopyFrom(t(w))
+            check_layer(stub.Grad(request, timeout=10), x, w)
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert server.servicer.lane.served == served + 3
+    request.inputs[0].CopyFrom(t(np.zeros((96, 128))))  # bad input: the codec's error, as a worker gives it
+    failed = rejected(lambda: stub.Grad(request, timeout=30))
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[0]" in failed.details()
+    assert server.pool.pids() == workers and server.pool.replaced == 0
+
+
+def test_busy_bounded_lane_hands_the_request_to_a_worker(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    x, w = layer_inputs(5)
+    request = layer_request(stub, x, w)
+    check_layer(stub.Grad(request, timeout=30), x, w)
+    lane, metrics = server.servicer.lane, server.servicer.metrics.registry
+    served, passed = lane.served, metrics.get_sample_value("gradserve_local_passed_total")
+    assert lane._bounded.acquire(blocking=False)  # as a run of another request holds it
+    try:
+        for k in range(6, 8):
+            x, w = layer_inputs(k)
+            request.inputs[0].CopyFrom(t(x))
+            request.parameters["w"].CopyFrom(t(w))
+            check_layer(stub.Grad(request, timeout=30), x, w)
+    finally:
+        lane._bounded.release()
+    assert lane.served == served and metrics.get_sample_value("gradserve_local_passed_total") == passed + 2
+    check_layer(stub.Grad(request, timeout=30), x, w)
+    assert lane.served == served + 1
+    assert metrics.get_sample_value("gradserve_local_requests_total") == lane.served
+
+
+def test_bounded_run_in_the_server_process_stops_at_its_deadline_or_cancellation_and_the_server_keeps_serving() -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, local_max_flops=10**13, local_max_peak_bytes=1 << 30)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        request = long_run(stub, n=400, k=400)  # hundreds of Sins over 160,000 elements: bounded under these limits
+        assert len(stub.Run(request, timeout=120).outputs.tensor.data)  # a worker runs it first and sends the plan
+        workers = server.pool.pids()
+        codes = lambda: {(m, c): n for m, c, n in server.servicer.metrics.snapshot()}  # noqa: E731
+        expired = codes().get(("Run", "DEADLINE_EXCEEDED"), 0)
+        for pid in workers:  # a worker given the request would not stop in time and be replaced
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            failed = rejected(lambda: stub.Run(request, timeout=0.2))
+            assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            wait_until(lambda: codes().get(("Run", "DEADLINE_EXCEEDED"), 0) == expired + 1, "the server to stop the run")
+            cancelled = codes().get(("Run", "CANCELLED"), 0)
+            call = stub.Run.future(request, timeout=120)
+            wait_until(lambda: server.servicer.lane._bounded.locked(), "the lane to start the run")
+            call.cancel()
+            wait_until(lambda: codes().get(("Run", "CANCELLED"), 0) == cancelled + 1, "the server to stop the cancelled run")
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.pool.pids() == workers
+        quick_check(stub)
+
+
+def test_bounded_request_waits_for_a_worker_while_every_worker_is_busy(server: Server, stub: service_pb2_grpc.GradientStub) -> None:
+    x, w = layer_inputs(8)
+    request = layer_request(stub, x, w)
+    check_layer(stub.Grad(request, timeout=30), x, w)
+    lane = server.servicer.lane
+    busy = stub.Run.future(long_run(stub, k=20000), timeout=900)  # the only worker, for minutes unless cancelled
+    wait_until(lambda: bool(server.pool.busy_pids()))
+    served, passed = lane.served, lane.passed
+    x, w = layer_inputs(9)
+    request.inputs[0].CopyFrom(t(x))
+    request.parameters["w"].CopyFrom(t(w))
+    waiting = stub.Grad.future(request, timeout=60)  # the lane computes only in an idle worker's turn
+    wait_until(lambda: lane.passed == passed + 1, "the lane to pass the request on")
+    busy.cancel()
+    check_layer(waiting.result(), x, w)
+    assert lane.served == served

@@ -181,7 +181,7 @@ def test_a_server_bug_is_internal_and_counted(server: Server, channel: grpc.Chan
 def test_a_server_bug_in_a_stream_is_answered_in_the_stream_internal_and_counted(
         server: Server, channel: grpc.Channel, monkeypatch: pytest.MonkeyPatch) -> None:
     """GradStream keeps the same bookkeeping as unary calls: the bug's message, its code counted."""
-    def broken(*_: object) -> bytes:
+    def broken(*_: object, **__: object) -> bytes:
         raise KeyError("stream")
 
     stub = service_pb2_grpc.GradientStub(channel)
