@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from enginekit import RNG, A, B, C, W, two_input_net
 
-from gradserve.engine import GraphBuilder, InputError, compile_graph, grad_operation
+from gradserve.engine import GraphBuilder, InputError, compile_graph, compiler, grad_operation
 
 
 def test_compiler_merges_common_subexpressions_and_drops_dead_code() -> None:
@@ -141,7 +141,8 @@ def test_a_product_over_an_inner_dimension_of_one_is_the_outer_product(transpose
 
 def test_negations_are_carried_as_signs_with_the_same_results() -> None:
     # (-x) * y, y / -x, a + -b, -a + b, a - -b, --x, -x + -x, x + -x and exp(-x), each the closed form; a Neg is left
-    # only where an output or Exp reads a negation: -(x * y), -(y / x), -(x + x) and -x, none for the rest.
+    # only where an output or Exp reads a negation: -(x * y), -(y / x) and -x, none for the rest (-x + -x is the one
+    # step x * -2, the sum pass's).
     g = GraphBuilder("signs")
     x, y = g.input("x", "float64", (4,)), g.input("y", "float64", (4,))
     nx, ny = g.op("Neg", x), g.op("Neg", y)
@@ -150,8 +151,9 @@ def test_negations_are_carried_as_signs_with_the_same_results() -> None:
             g.op("Add", nx, nx), g.op("Add", x, nx), g.op("Exp", nx))
     prog = compile_graph(g.build(outs))
     assert sorted(n.inputs[0].name for n in prog.graph.nodes if n.op == "Neg") == sorted(
-        n.outputs[0].name for n in prog.graph.nodes if n.op in ("Mul", "RealDiv") or n.op == "Add" and n.inputs[0] is n.inputs[1]
+        n.outputs[0].name for n in prog.graph.nodes if n.op in ("Mul", "RealDiv") and n.inputs[1].type.shape
     ) + ["x"]
+    assert [n.attrs["value"].item() for n in prog.graph.nodes if n.op == "Const"] == [-2.0]
     xx, yy = np.array([1.5, -2.0, 0.25, 3.0]), np.array([0.5, 4.0, -1.0, 2.0])
     expected = [[f(a, b) for a, b in zip(xx.tolist(), yy.tolist())] for f in (
         lambda a, b: -a * b, lambda a, b: b / -a, lambda a, b: a - b, lambda a, b: b - a, lambda a, b: a + b,
@@ -185,3 +187,96 @@ def test_a_negation_read_by_a_multi_output_op_is_computed_for_all_its_outputs() 
         got, idx = prog(xx)
         np.testing.assert_array_equal(idx, [[1, 3], [3, 2]])
         np.testing.assert_allclose(got, np.exp([[1.0, -0.5], [3.0, 2.0]]), rtol=1e-15)
+
+
+def _unsummed(monkeypatch: pytest.MonkeyPatch, graph):  # type: ignore[no-untyped-def]
+    """``graph`` compiled without the sum pass: the plan the pass is checked against."""
+    with monkeypatch.context() as m:
+        m.setattr(compiler, "_sums", lambda g: g)
+        return compile_graph(graph)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_sum_of_repeated_terms_takes_fewer_steps_with_the_same_results(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    # x + y + y + y - z - z - (-b) + y, with b broadcast over rows: (y * 2 - z) * 2 + (x + b) in 5 steps instead of 7;
+    # -x - y, as short either way, is kept; each the closed form on every run (step loop, then straight line).
+    g = GraphBuilder("sums")
+    x, y, z = (g.input(k, dtype, (4, 3)) for k in "xyz")
+    b = g.input("b", dtype, (3,))
+    s = g.op("Add", g.op("Sub", g.op("Sub", g.op("Add", g.op("Add", g.op("Add", x, y), y), y), z), z), g.op("Neg", g.op("Neg", b)))
+    net = g.build((g.op("Exp", g.op("Add", s, y)), g.op("Sub", g.op("Neg", x), y)))
+    prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+    assert len(prog._steps) == 8 and len(plain._steps) == 10
+    xx, yy, zz = (RNG.standard_normal((4, 3)).astype(dtype) for _ in range(3))
+    bb = RNG.standard_normal(3).astype(dtype)
+    want = [np.exp(4 * yy.astype(np.float64) - 2 * zz + xx + bb), -xx.astype(np.float64) - yy]
+    for _ in range(12):
+        got = prog(xx, yy, zz, bb)
+        for a, ref, w in zip(got, plain(xx, yy, zz, bb), want):
+            assert a.dtype == dtype and a.shape == (4, 3)
+            np.testing.assert_allclose(a, w, rtol=1e-5 if dtype == "float32" else 1e-14)
+            np.testing.assert_allclose(a, ref, rtol=1e-5 if dtype == "float32" else 1e-14)
+
+
+def test_a_sum_whose_terms_cancel_or_whose_shape_would_shrink_is_left_as_it_was() -> None:
+    # x + Y - Y broadcasts x over Y's rows and gives NaN where Y is infinite: dropping Y would change both.
+    g = GraphBuilder("cancel")
+    x, y = g.input("x", "float64", (3,)), g.input("y", "float64", (2, 3))
+    prog = compile_graph(g.build(g.op("Sub", g.op("Add", x, y), y)))
+    assert [n.op for n in prog.graph.nodes] == ["Add", "Sub"]
+    yy = np.array([[1.0, np.inf, 2.0], [0.5, 0.25, -np.inf]])
+    with np.errstate(invalid="ignore"):
+        got = prog(np.array([1.0, 2.0, 3.0]), yy)
+    np.testing.assert_array_equal(got, [[1.0, np.nan, 3.0], [1.0, 2.0, np.nan]])
+
+
+def test_a_sum_read_twice_is_computed_once_and_its_buffer_stays_live() -> None:
+    # s = x + x + x + y is read by two sums and a product: s is computed once as x * 3 + y, the sums as y * 3 + s and
+    # x * -3 + s, and no step writes into s's buffer while another still reads it.
+    g = GraphBuilder("shared")
+    x, y = g.input("x", "float64", (5,)), g.input("y", "float64", (5,))
+
+    def thrice(a, op, b):  # type: ignore[no-untyped-def]
+        return g.op(op, g.op(op, g.op(op, a, b), b), b)
+
+    s = g.op("Add", thrice(x, "Add", x), y)
+    prog = compile_graph(g.build((thrice(s, "Add", y), thrice(s, "Sub", x), g.op("Mul", s, s))))
+    assert [n.op for n in prog.graph.nodes if n.op != "Const"] == ["Mul", "Add", "Mul", "Add", "Mul", "Add", "Mul"]
+    xx, yy = RNG.standard_normal(5), RNG.standard_normal(5)
+    for _ in range(12):
+        a, b, c = prog(xx, yy)
+        np.testing.assert_allclose(a, 4 * xx + 4 * yy, rtol=1e-14)
+        np.testing.assert_allclose(b, xx + yy, rtol=1e-14)
+        np.testing.assert_allclose(c, (4 * xx + yy) ** 2, rtol=1e-14)
+
+
+def test_a_long_chain_of_sums_is_flattened_in_bounded_pieces() -> None:
+    # 300 terms, each added twice: the sums are regrouped 64 terms at a time, and the result is twice their total.
+    g = GraphBuilder("long")
+    xs = [g.input(f"x{i}", "float64", (2,)) for i in range(300)]
+    acc = xs[0]
+    for i, v in enumerate(xs):
+        acc = g.op("Add", g.op("Add", acc, v), v) if i else g.op("Add", acc, v)
+    prog = compile_graph(g.build(acc))
+    assert len(prog._steps) < 599
+    vals = [RNG.standard_normal(2) for _ in xs]
+    np.testing.assert_allclose(prog(*vals), 2 * np.sum(vals, axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_higher_derivatives_with_regrouped_sums_match_pytorch_and_the_plain_plan(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    torch = pytest.importorskip("torch")
+    g = GraphBuilder("f")
+    x = g.input("x", dtype, (7,))
+    net = g.build(g.op("ReduceSum", g.op("Sin", g.op("Tanh", x)), axis=(), keep_dims=False))
+    xx = np.linspace(-2, 2, 7).astype(dtype)
+    tx = torch.tensor(xx.astype(np.float64), requires_grad=True)
+    y = torch.sin(torch.tanh(tx))
+    for _ in range(5):  # orders 1 to 5
+        net = grad_operation(net)
+        prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+        (y,) = torch.autograd.grad(y.sum(), tx, create_graph=True)
+        tol = 2e-5 if dtype == "float32" else 1e-13
+        np.testing.assert_allclose(prog(xx), y.detach().numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(prog(xx), plain(xx), rtol=tol, atol=tol)
+        assert len(prog._steps) <= len(plain._steps)
