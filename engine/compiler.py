@@ -163,26 +163,26 @@ def _sums(g: Graph) -> Graph:
     (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
     terms no longer broadcast to its type, is left as it was."""
     linear = _linear_ops()
-    if not any(n.op in linear for n in g.nodes):
-        return g
-    uses: dict[int, int] = {}
+    chained = [n for n in g.nodes if n.op in linear and n.outputs[0].type.dtype.kind == "f"]
+    uses = dict.fromkeys([id(n.outputs[0]) for n in chained], 0)  # by id of a linear node's output: the nodes reading it
+    if not any(id(v) in uses for n in chained for v in n.inputs):
+        return g  # no linear node reads another: nothing to flatten
     for n in g.nodes:
         for v in n.inputs:
-            uses[id(v)] = uses.get(id(v), 0) + 1
+            if id(v) in uses:
+                uses[id(v)] += 1
     for v in g.flat_outputs:
         uses[id(v)] = 2  # an output is always computed as itself
     forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it
-    for n in g.nodes:
-        coeffs = linear.get(n.op)
+    for n in chained:
+        coeffs = linear[n.op]
         out = n.outputs[0]
-        if coeffs is None or out.type.dtype.kind != "f":
-            continue
         form: dict[int, list[Any]] = {}
         count = 1
         for v, c in zip(n.inputs, coeffs):
-            sub = forms.get(id(v)) if uses[id(v)] == 1 else None
+            sub = forms.get(id(v)) if uses.get(id(v)) == 1 else None
             if sub is None or len(sub) + len(form) > SUM_TERMS:
                 terms: Any = ((v, 1.0),)
             else:
@@ -194,9 +194,9 @@ def _sums(g: Graph) -> Graph:
                 entry[1] += c * a
         forms[id(out)], steps[id(out)] = form, count
     plans = {}
-    for n in g.nodes:
+    for n in chained:
         k = id(n.outputs[0])
-        if k not in forms or k in parent or steps[k] == 1:
+        if k in parent or steps[k] == 1:
             continue
         terms = list(forms[k].values())
         plan = _sum_plan(terms)
