@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import keyword
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
@@ -171,9 +172,15 @@ def _sums(g: Graph) -> Graph:
         for v in n.inputs:
             if id(v) in uses:
                 uses[id(v)] += 1
+    products = {id(n.outputs[0]): n for n in g.nodes if n.op in _factor_ops() and len(n.inputs) == 2}
+    uses.update(dict.fromkeys(products, 0))
+    for n in g.nodes:
+        for v in n.inputs:
+            if id(v) in products:
+                uses[id(v)] += 1
     for v in g.flat_outputs:
         uses[id(v)] = 2  # an output is always computed as itself
-    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient]
+    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it
     for n in chained:
@@ -184,27 +191,33 @@ def _sums(g: Graph) -> Graph:
         for v, c in zip(n.inputs, coeffs):
             sub = forms.get(id(v)) if uses.get(id(v)) == 1 else None
             if sub is None or len(sub) + len(form) > SUM_TERMS:
-                terms: Any = ((v, 1.0),)
+                terms: Any = ((v, 1.0, 1),)
             else:
                 terms = sub.values()
                 count += steps[id(v)]
                 parent[id(v)] = id(out)
-            for t, a in terms:
-                entry = form.setdefault(id(t), [t, 0.0])
+            for t, a, reads in terms:
+                entry = form.setdefault(id(t), [t, 0.0, 0])
                 entry[1] += c * a
+                entry[2] += reads
         forms[id(out)], steps[id(out)] = form, count
     plans = {}
+    dropped: set[int] = set()
     for n in chained:
         k = id(n.outputs[0])
         if k in parent or steps[k] == 1:
             continue
-        terms = list(forms[k].values())
+        terms = [[t, c] for t, c, _ in forms[k].values()]
+        if any(c == 0 for _, c in terms) or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
+            continue
+        private = {id(t): products[id(t)] for t, _, reads in forms[k].values() if id(t) in products and uses[id(t)] == reads}
+        terms, removed = _factored(terms, private)
         plan = _sum_plan(terms)
-        if plan is not None and 0 < plan[0] < steps[k] and broadcast(*(t.type.shape for t, _ in terms)) == n.outputs[0].type.shape:
+        if 0 < plan[0] < steps[k] + len(removed):
             plans[k] = plan[1]
+            dropped.update(removed)
     if not plans:
         return g
-    dropped: set[int] = set()
     for n in reversed(g.nodes):
         k = id(n.outputs[0])
         if k in parent and (parent[k] in plans or parent[k] in dropped):
@@ -228,24 +241,82 @@ def _linear_ops() -> dict[str, tuple[float, ...]]:
     return {name: opdef.linear for name, opdef in OPS.items() if opdef.linear}
 
 
-def _sum_plan(terms: list[list[Any]]) -> tuple[int, list[tuple[float, list[tuple[Value, bool]]]]] | None:
-    """The steps and the levels (magnitude, then each term with whether it is subtracted, in order of appearance;
-    largest magnitude first) of a sum of ``terms`` ([value, coefficient] pairs), or None when a coefficient is zero."""
-    if any(c == 0 for _, c in terms):
-        return None
-    levels: dict[float, list[tuple[Value, bool]]] = {}
+@functools.cache
+def _factor_ops() -> dict[str, tuple[int, ...]]:
+    """The ops whose entry gives ``factors`` (read once, after the op modules filled the table)."""
+    return {name: opdef.factors for name, opdef in OPS.items() if opdef.factors}
+
+
+@dataclass(frozen=True)
+class _Factored:
+    """A term of a sum that is one product: ``op(inner sum, factor)`` (the sum at input ``1 - at``), standing for the
+    products of a common factor that the sum had as terms."""
+
+    node: Node
+    at: int
+    factor: Value
+    inner: list[tuple[float, list[tuple[Any, bool]]]]
+    steps: int
+
+    @property
+    def type(self) -> TensorType:
+        return self.node.outputs[0].type
+
+
+def _factored(terms: list[list[Any]], products: dict[int, Node]) -> tuple[list[list[Any]], list[int]]:
+    """``terms`` with the ``products`` (by id of a term: its node; only nodes of this sum read them) that share an input
+    (``OpDef.factors``: ``a * y + b * y`` is ``(a + b) * y``) grouped into one product of their sum, greedily by the
+    largest group while that saves steps; and the ids of the products so replaced."""
+    removed: list[int] = []
+    while True:
+        groups: dict[tuple, dict[int, int]] = {}  # (op, attributes, position or -1 if commutative, id of the shared input) -> term -> its position
+        for i, (t, _) in enumerate(terms):
+            n = products.get(id(t)) if isinstance(t, Value) else None
+            for p in _factor_ops()[n.op] if n is not None else ():
+                key = (n.op, _attrs_key(n.attrs), -1 if n.op in COMMUTATIVE else p, id(n.inputs[p]))
+                groups.setdefault(key, {}).setdefault(i, p)
+        best = max((m for m in groups.values() if len(m) > 1), key=len, default=None)
+        if best is None:
+            return terms, removed
+        nodes = [products[id(terms[i][0])] for i in best]
+        first, p0 = nodes[0], next(iter(best.values()))
+        others = [n.inputs[1 - p] for n, p in zip(nodes, best.values())]
+        if len({v.type for v in others}) > 1 or len({n.outputs[0].type for n in nodes}) > 1:
+            return terms, removed
+        unit = min((terms[i][1] for i in best), key=abs)
+        steps, inner = _sum_plan([[v, terms[i][1] / unit] for v, i in zip(others, best)])
+        group = _Factored(first, 1 if first.op in COMMUTATIVE else p0, first.inputs[p0], inner, steps + 1)
+        grouped = [*(t for i, t in enumerate(terms) if i not in best), [group, unit]]
+        if _sum_plan(grouped)[0] >= _sum_plan(terms)[0] + len(best):
+            return terms, removed
+        terms = grouped
+        removed += [id(n.outputs[0]) for n in nodes]
+
+
+def _attrs_key(attrs: dict[str, Any]) -> tuple:
+    """A hashable key of a node's attributes."""
+    return tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
+
+
+def _sum_plan(terms: list[list[Any]]) -> tuple[int, list[tuple[float, list[tuple[Any, bool]]]]]:
+    """The steps (those of its factored terms included) and the levels (magnitude, then each term with whether it is
+    subtracted, in order of appearance; largest magnitude first) of a sum of ``terms`` ([value, nonzero coefficient] pairs)."""
+    levels: dict[float, list[tuple[Any, bool]]] = {}
     for t, c in terms:
         levels.setdefault(abs(c), []).append((t, c < 0))
     order = sorted(levels, reverse=True)
-    steps = len(terms) + 2 * (len(order) - 1) - len(order)
+    steps = len(terms) + 2 * (len(order) - 1) - len(order) + sum(t.steps for t, _ in terms if isinstance(t, _Factored))
     if order[-1] != 1 or all(neg for _, neg in levels[order[-1]]) and len(order) == 1:
         steps += 1
     return steps, [(m, levels[m]) for m in order]
 
 
-def _emit_sum(n: Node, levels: list[tuple[float, list[tuple[Value, bool]]]], nodes: list[Node]) -> Value:
+def _emit_sum(n: Node, levels: list[tuple[float, list[tuple[Any, bool]]]], nodes: list[Node]) -> Value:
     """Append to ``nodes`` the steps computing the sum ``levels`` describes (see :func:`_sum_plan`); its value."""
     dtype = n.outputs[0].type.dtype
+    for k, (m, terms) in enumerate(levels):
+        if any(isinstance(t, _Factored) for t, _ in terms):
+            levels[k] = (m, [(_emit_factored(n, t, nodes) if isinstance(t, _Factored) else t, neg) for t, neg in terms])
 
     def emit(op: str, a: Value, b: Value | None = None) -> Value:
         ins = (a,) if b is None else (a, b)
@@ -282,6 +353,15 @@ def _emit_sum(n: Node, levels: list[tuple[float, list[tuple[Value, bool]]]], nod
     elif neg:
         acc = emit("Neg", acc)
     return acc
+
+
+def _emit_factored(n: Node, t: _Factored, nodes: list[Node]) -> Value:
+    """Append to ``nodes`` the steps computing the factored term ``t`` (its sum, then the one product); its value."""
+    inner = _emit_sum(n, t.inner, nodes)
+    out = Value(f"{t.node.outputs[0].name}:f", t.type, None)
+    ins = (inner, t.factor) if t.at == 1 else (t.factor, inner)
+    nodes.append(Node(t.node.op, ins, t.node.attrs, (out,), f"{t.node.name}:f"))
+    return out
 
 
 def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] | None:

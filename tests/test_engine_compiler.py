@@ -280,3 +280,39 @@ def test_higher_derivatives_with_regrouped_sums_match_pytorch_and_the_plain_plan
         np.testing.assert_allclose(prog(xx), y.detach().numpy(), rtol=tol, atol=tol)
         np.testing.assert_allclose(prog(xx), plain(xx), rtol=tol, atol=tol)
         assert len(prog._steps) <= len(plain._steps)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_products_of_a_common_factor_in_a_sum_are_one_product(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    # x*y + z*y - (w*y + w*y) + y*v is (x + z - 2w + v) * y: one Mul of the shared y instead of four; p = x*u, also an
+    # output, and q = z*u stay as they are, as p is read outside the sum.
+    g = GraphBuilder("factor")
+    x, y, z, w, v, u = (g.input(k, dtype, (3, 4)) for k in "xyzwvu")
+    wy = g.op("Mul", w, y)
+    s = g.op("Add", g.op("Sub", g.op("Add", g.op("Mul", x, y), g.op("Mul", z, y)), g.op("Add", wy, wy)), g.op("Mul", y, v))
+    p = g.op("Mul", x, u)
+    net = g.build((s, g.op("Add", g.op("Add", p, g.op("Mul", z, u)), x), p))
+    prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+    products = [n for n in prog.graph.nodes if n.op == "Mul" and n.inputs[1].type.shape]
+    assert len(products) == 3 and sum(y.name in (n.inputs[0].name, n.inputs[1].name) for n in products) == 1
+    xx, yy, zz, ww, vv, uu = (RNG.standard_normal((3, 4)).astype(dtype) for _ in range(6))
+    want = [(xx.astype(np.float64) + zz - 2 * ww + vv) * yy, xx.astype(np.float64) * uu + zz * uu + xx, xx.astype(np.float64) * uu]
+    tol = 1e-5 if dtype == "float32" else 1e-14
+    for _ in range(12):
+        for got, ref, expected in zip(prog(xx, yy, zz, ww, vv, uu), plain(xx, yy, zz, ww, vv, uu), want):
+            np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+def test_products_by_one_matrix_in_a_sum_are_one_product() -> None:
+    # a @ W + b @ W - c @ W is (a + b - c) @ W, one MatMul; d @ W with W transposed is a different product and stays.
+    g = GraphBuilder("mm")
+    a, b, c, d = (g.input(k, "float64", (5, 3)) for k in "abcd")
+    w = g.param("w", np.arange(9.0).reshape(3, 3) / 7)
+    s = g.op("Sub", g.op("Add", g.op("MatMul", a, w), g.op("MatMul", b, w)), g.op("MatMul", c, w))
+    prog = compile_graph(g.build(g.op("Add", s, g.op("MatMul", d, w, transpose_b=True))))
+    assert [n.op for n in prog.graph.nodes].count("MatMul") == 2
+    aa, bb, cc, dd = (RNG.standard_normal((5, 3)) for _ in range(4))
+    ww = np.arange(9.0).reshape(3, 3) / 7
+    for _ in range(12):
+        np.testing.assert_allclose(prog(aa, bb, cc, dd), aa @ ww + bb @ ww - cc @ ww + dd @ ww.T, rtol=1e-13)

@@ -36,7 +36,8 @@ def unary(
 
 
 def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "",
-           onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = (), linear: tuple[float, ...] = ()) -> None:
+           onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = (), linear: tuple[float, ...] = (),
+           factors: tuple[int, ...] = ()) -> None:
     """Register a two-input op with NumPy broadcasting; both inputs share one dtype of ``kind``."""
     check = _CHECKS[kind]
 
@@ -46,7 +47,7 @@ def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | Non
         check(types[0], "x and y")
         return TensorType(out_dtype or dt, broadcast(types[0].shape, types[1].shape))
 
-    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx, functional=functional, linear=linear)
+    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx, functional=functional, linear=linear, factors=factors)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -252,7 +253,7 @@ defop(
 binary("Add", np.add, lambda g, out, x, y: (g, g), kind="any", doc="x + y (logical or on bool, as in NumPy)",
        onnx=lambda c: [("Or" if c.types[0].dtype == BOOL else "Add", c.x, c.y)], functional="add", linear=(1, 1))
 binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y", onnx=same("Sub"), functional="sub", linear=(1, -1))
-binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"), functional="mul")
+binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"), functional="mul", factors=(0, 1))
 binary("RealDiv", np.divide, lambda g, out, x, y: (g / y, -(g * out) / y), kind="float", doc="x / y", onnx=same("Div"))
 binary("Pow", np.power, _pow_vjp, kind="float", doc="x ** y", onnx=same("Pow"), functional="pow")
 

@@ -100,6 +100,7 @@ for _op in ("MatMul", "BatchMatMul"):
         onnx=_mm_onnx,
         functional="matmul" if _op == "MatMul" else ("batch_matmul", "bmm"),
         out=True,
+        factors=(0, 1),
     )
 
 # ---- Einsum ----
