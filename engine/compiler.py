@@ -272,7 +272,9 @@ def _factored(terms: list[list[Any]], products: dict[int, Node]) -> tuple[list[l
         groups: dict[tuple, dict[int, int]] = {}  # (op, attributes, position or -1 if commutative, id of the shared input) -> term -> its position
         for i, (t, _) in enumerate(terms):
             n = products.get(id(t)) if isinstance(t, Value) else None
-            for p in _factor_ops()[n.op] if n is not None else ():
+            if n is None:
+                continue
+            for p in _factor_ops()[n.op]:
                 key = (n.op, _attrs_key(n.attrs), -1 if n.op in COMMUTATIVE else p, id(n.inputs[p]))
                 groups.setdefault(key, {}).setdefault(i, p)
         best = max((m for m in groups.values() if len(m) > 1), key=len, default=None)
