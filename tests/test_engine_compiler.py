@@ -316,3 +316,23 @@ def test_products_by_one_matrix_in_a_sum_are_one_product() -> None:
     ww = np.arange(9.0).reshape(3, 3) / 7
     for _ in range(12):
         np.testing.assert_allclose(prog(aa, bb, cc, dd), aa @ ww + bb @ ww - cc @ ww + dd @ ww.T, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+def test_an_outer_product_is_right_in_a_reused_buffer_of_either_order(dtype: str) -> None:
+    # exp(x.T) is a fresh array in Fortran order; it dies at its sum, and the float64 outer product u @ v then writes into
+    # it (np.dot takes only a C-ordered buffer, so the product is a broadcast multiply there); int32 never goes to BLAS.
+    g = GraphBuilder("outer_into")
+    x = g.input("x", "float64", (3, 5))
+    u, v = g.input("u", dtype, (5, 1)), g.input("v", dtype, (1, 3))
+    e = g.op("Exp", g.op("Transpose", x, perm=(1, 0)))
+    total = g.op("ReduceSum", e, axis=(), keep_dims=False)
+    prod = g.op("MatMul", u, v) if dtype != "float64" else g.op("Exp", g.op("MatMul", u, v))
+    prog = compile_graph(g.build((total, prod)))
+    xx = RNG.standard_normal((3, 5))
+    uu, vv = (RNG.integers(-5, 5, s).astype(dtype) for s in ((5, 1), (1, 3)))
+    want = [[a * b for b in vv.ravel().tolist()] for a in uu.ravel().tolist()]
+    for _ in range(12):
+        t, p = prog(xx, uu, vv)
+        np.testing.assert_allclose(t, np.exp(xx).sum(), rtol=1e-12)
+        np.testing.assert_array_equal(p, np.exp(np.array(want)) if dtype == "float64" else want)
