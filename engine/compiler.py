@@ -1,5 +1,6 @@
-"""Compile once, run many: lowering, dead-code elimination, common-subexpression elimination and
-constant folding, then a flat plan that frees every intermediate after its last use."""
+"""Compile once, run many: lowering, dead-code elimination, common-subexpression elimination,
+constant folding, negations carried as signs and sums regrouped, then a flat plan that frees every intermediate after
+its last use."""
 from __future__ import annotations
 
 import functools
@@ -160,7 +161,8 @@ def _sums(g: Graph) -> Graph:
     computed as one sum of its distinct terms, when that takes fewer steps: a term added k times is scaled once, and
     the terms are added level by level of their coefficients' magnitude, Horner-like (``4a + 2(b - c) + d`` is
     ``((a * 2 + (b - c)) * 2) + d``). Higher orders of reverse mode add the same products again and again (the 4th
-    derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this). Only the order of additions changes
+    derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this), and products of a shared input that
+    only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions changes
     (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
     terms no longer broadcast to its type, is left as it was."""
     linear = _linear_ops()
