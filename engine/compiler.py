@@ -47,8 +47,12 @@ def optimize(g: Graph) -> Graph:
     signed = _signs(merged)
     if signed is not merged:
         merged = _merged(signed)
-    summed = _sums(merged)
-    return merged if summed is merged else _merged(summed)
+    for _ in range(SUM_ROUNDS):
+        summed = _sums(merged)
+        if summed is merged:
+            break
+        merged = _merged(summed)
+    return merged
 
 
 def _merged(g: Graph) -> Graph:
@@ -151,6 +155,11 @@ def _signs(g: Graph) -> Graph:
 _SIGNED = frozenset({"Neg", "Mul", "RealDiv", "Add", "Sub"})
 """The ops :func:`_signs` carries a negation through."""
 
+
+SUM_ROUNDS = 3
+"""Most times the sum pass runs: factoring a sum's products makes the sums they multiplied terms of a new sum, which
+the next round flattens (the 4th derivative of sin(tanh(x)): 50 steps after one round, 48 after two, 46 after three,
+where it stays)."""
 
 SUM_TERMS = 64
 """Most terms a flattened sum collects: a longer one is kept as a term of the next, so flattening stays linear."""
