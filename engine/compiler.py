@@ -48,10 +48,11 @@ def optimize(g: Graph) -> Graph:
     if signed is not merged:
         merged = _merged(signed)
     for _ in range(SUM_ROUNDS):
-        summed = _sums(merged)
-        if summed is merged:
+        summed, factored = _sums(merged)
+        if summed is not merged:
+            merged = _merged(summed)
+        if not factored:
             break
-        merged = _merged(summed)
     return merged
 
 
@@ -159,13 +160,13 @@ _SIGNED = frozenset({"Neg", "Mul", "RealDiv", "Add", "Sub"})
 SUM_ROUNDS = 3
 """Most times the sum pass runs: factoring a sum's products makes the sums they multiplied terms of a new sum, which
 the next round flattens (the 4th derivative of sin(tanh(x)): 50 steps after one round, 48 after two, 46 after three,
-where it stays)."""
+where it stays); a round that factored nothing is the last."""
 
 SUM_TERMS = 64
 """Most terms a flattened sum collects: a longer one is kept as a term of the next, so flattening stays linear."""
 
 
-def _sums(g: Graph) -> Graph:
+def _sums(g: Graph) -> tuple[Graph, bool]:
     """``g`` with each tree of floating linear ops (``OpDef.linear``: Add, Sub, Neg) whose inner results feed only that tree
     computed as one sum of its distinct terms, when that takes fewer steps: a term added k times is scaled once, and
     the terms are added level by level of their coefficients' magnitude, Horner-like (``4a + 2(b - c) + d`` is
@@ -173,21 +174,19 @@ def _sums(g: Graph) -> Graph:
     derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this), and products of a shared input that
     only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions changes
     (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
-    terms no longer broadcast to its type, is left as it was."""
+    terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
+    another round find more)."""
     linear = _linear_ops()
     chained = [n for n in g.nodes if n.op in linear and n.outputs[0].type.dtype.kind == "f"]
     uses = dict.fromkeys([id(n.outputs[0]) for n in chained], 0)  # by id of a linear node's output: the nodes reading it
     if not any(id(v) in uses for n in chained for v in n.inputs):
-        return g  # no linear node reads another: nothing to flatten
-    for n in g.nodes:
-        for v in n.inputs:
-            if id(v) in uses:
-                uses[id(v)] += 1
-    products = {id(n.outputs[0]): n for n in g.nodes if n.op in _factor_ops() and len(n.inputs) == 2}
+        return g, False  # no linear node reads another: nothing to flatten
+    factor_ops = _factor_ops()
+    products = {id(n.outputs[0]): n for n in g.nodes if n.op in factor_ops and len(n.inputs) == 2}
     uses.update(dict.fromkeys(products, 0))
     for n in g.nodes:
         for v in n.inputs:
-            if id(v) in products:
+            if id(v) in uses:
                 uses[id(v)] += 1
     for v in g.flat_outputs:
         uses[id(v)] = 2  # an output is always computed as itself
@@ -204,9 +203,12 @@ def _sums(g: Graph) -> Graph:
             if sub is None or len(sub) + len(form) > SUM_TERMS:
                 terms: Any = ((v, 1.0, 1),)
             else:
-                terms = sub.values()
                 count += steps[id(v)]
                 parent[id(v)] = id(out)
+                if not form and c == 1:
+                    form = sub  # the only reader takes the tree over as it is: a chain costs one step per node
+                    continue
+                terms = sub.values()
             for t, a, reads in terms:
                 entry = form.setdefault(id(t), [t, 0.0, 0])
                 entry[1] += c * a
@@ -228,7 +230,7 @@ def _sums(g: Graph) -> Graph:
             plans[k] = plan[1]
             dropped.update(removed)
     if not plans:
-        return g
+        return g, False
     for n in reversed(g.nodes):
         k = id(n.outputs[0])
         if k in parent and (parent[k] in plans or parent[k] in dropped):
@@ -243,7 +245,7 @@ def _sums(g: Graph) -> Graph:
             continue
         _emit_sum(n, plans[k], nodes)
         nodes[-1] = Node(nodes[-1].op, nodes[-1].inputs, nodes[-1].attrs, n.outputs, n.name)  # the root keeps its value
-    return Graph(g.inputs, g.params, tuple(nodes), g.outputs, g.library, g.name).pruned()
+    return Graph(g.inputs, g.params, tuple(nodes), g.outputs, g.library, g.name).pruned(), bool(dropped & products.keys())
 
 
 @functools.cache

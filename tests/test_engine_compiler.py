@@ -192,7 +192,7 @@ def test_a_negation_read_by_a_multi_output_op_is_computed_for_all_its_outputs() 
 def _unsummed(monkeypatch: pytest.MonkeyPatch, graph):  # type: ignore[no-untyped-def]
     """``graph`` compiled without the sum pass: the plan the pass is checked against."""
     with monkeypatch.context() as m:
-        m.setattr(compiler, "_sums", lambda g: g)
+        m.setattr(compiler, "_sums", lambda g: (g, False))
         return compile_graph(graph)
 
 
