@@ -41,10 +41,32 @@ def optimize(g: Graph) -> Graph:
     """Lower ``g`` and rebuild it without dead nodes, with repeated subexpressions merged, nodes
     over constants (or over types only, like OnesLike) folded to constants and negations carried as signs
     (:func:`_signs`, then merged again, as carrying them makes more subexpressions alike), then chains of sums regrouped
-    (:func:`_sums`) and merged once more. A node none of whose inputs
+    (:func:`_sums`) and merged once more. When the result still doubles a value (``x + x``), the same is done carrying
+    doublings as scales too, and the cheaper of the two graphs (:func:`_run_cost`) is kept: scales spare the large
+    passes of a network's second derivative, signs alone the few steps of an elementwise one. A node none of whose inputs
     changed is kept as it is (shared with ``g``, which is never modified), so only what a rewrite reaches is copied."""
-    merged = _merged(_signs(lower(g).pruned()))
-    signed = _signs(merged)
+    lowered = lower(g).pruned()
+    signed = _simplified(lowered, doubling=False)
+    if not any(n.op == "Add" and n.inputs[0] is n.inputs[1] for n in signed.nodes):
+        return signed
+    scaled = _simplified(lowered, doubling=True)
+    return scaled if _run_cost(scaled) < _run_cost(signed) else signed
+
+
+STEP_ELEMENTS = 4096
+"""A step's fixed cost in elements moved: NumPy's call costs about 0.4 us, a pass over some 4,000 float32 elements."""
+
+
+def _run_cost(g: Graph) -> int:
+    """An estimate of one run's time, to choose between rewrites: per step, its fixed cost and the elements it moves."""
+    return sum(STEP_ELEMENTS + sum(v.type.size for v in (*n.inputs, *n.outputs)) for n in g.nodes if n.op != "Const")
+
+
+def _simplified(g: Graph, doubling: bool) -> Graph:
+    """``g`` (lowered and pruned) merged, with negations (and doublings, if ``doubling``) carried as scales, merged
+    again, and its sums regrouped (up to SUM_ROUNDS rounds)."""
+    merged = _merged(_signs(g, doubling))
+    signed = _signs(merged, doubling)
     if signed is not merged:
         merged = _merged(signed)
     for _ in range(SUM_ROUNDS):
@@ -99,55 +121,81 @@ def _merged(g: Graph) -> Graph:
     return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
 
 
-def _signs(g: Graph) -> Graph:
-    """``g`` with floating negations carried as signs instead of computed where that is exact in IEEE arithmetic: a
-    product or quotient of a negated operand is the negated product, ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``,
-    ``a - -y`` is ``a + y``, ``-x + -x`` is ``-(x + x)`` and ``--x`` is ``x``; a negation any other node or an output reads is computed once. Higher
-    orders of reverse mode negate, then multiply and add, so most of their Negs cancel or turn into a Sub."""
-    if not any(n.op == "Neg" for n in g.nodes):
+def _signs(g: Graph, doubling: bool = False) -> Graph:
+    """``g`` with floating negations (and, if ``doubling``, doublings) carried as scales (powers of two) instead of
+    computed where that is exact in IEEE arithmetic up to overflow: a product or quotient of a scaled operand is the scaled product (also a
+    product with ``factors``, MatMul), ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
+    ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` and ``--x`` is ``x``; a scaled value any other node or an
+    output reads is computed once (a Neg, an ``x + x``, or a product with the scale). Higher orders of reverse mode
+    negate and double, then multiply and add, so most of their Negs cancel or turn into a Sub and their doublings meet
+    at a sum or at an output, often a small one (the PINN's second derivative scales its 1000x1 result, not three
+    1000x64 passes)."""
+    if not any(n.op == "Neg" or (doubling and n.op == "Add" and n.inputs[0] is n.inputs[1]) for n in g.nodes):
         return g
-    sign: dict[int, tuple[Value, bool]] = {}  # by id of a value of g: (the value of the result, negated?)
-    negated: dict[int, Value] = {}  # by id of a value of the result: its computed negation
+    scale: dict[int, tuple[Value, float]] = {}  # by id of a value of g: (the value of the result, its scale)
+    made: dict[tuple[int, float], Value] = {}  # by (id of a value of the result, scale): the computed scaled value
     nodes: list[Node] = []
+    products = _factor_ops()
 
     def plain(v: Value) -> Value:
-        x, neg = sign.get(id(v), (v, False))
-        if not neg:
+        x, k = scale.get(id(v), (v, 1.0))
+        if k == 1:
             return x
-        if id(x) not in negated:
-            out = Value(v.name, v.type, None)
-            nodes.append(Node("Neg", (x,), {}, (out,), f"{v.name}:neg"))
-            negated[id(x)] = out
-        return negated[id(x)]
+        if (id(x), k) not in made:
+            out = Value(v.name if k == -1 else f"{v.name}:x{k:g}", v.type, None)  # a doubling's base keeps the name
+            if k == -1:
+                nodes.append(Node("Neg", (x,), {}, (out,), f"{v.name}:neg"))
+            elif k == 2:
+                nodes.append(Node("Add", (x, x), {}, (out,), f"{v.name}:twice"))
+            else:
+                arr = np.asarray(k, v.dtype)
+                arr.setflags(write=False)
+                c = Value(f"{v.name}:{k:g}", TensorType(v.dtype, ()), None)
+                nodes.append(Node("Const", (), {"value": arr}, (c,), f"{v.name}:c"))
+                nodes.append(Node("Mul", (x, c), {}, (out,), f"{v.name}:scaled"))
+            made[(id(x), k)] = out
+        return made[(id(x), k)]
 
-    def emit(n: Node, op: str, ins: tuple[Value, ...], neg: bool) -> None:
+    def emit(n: Node, op: str, ins: tuple[Value, ...], k: float) -> None:
         outs = tuple(Value(v.name, v.type, None) for v in n.outputs)
         nodes.append(Node(op, ins, n.attrs, outs, n.name, n.stop_gradient, n.calls))
         for v, out in zip(n.outputs, outs):
-            sign[id(v)] = (out, neg)
+            scale[id(v)] = (out, k)
 
     for n in g.nodes:
-        got = [sign.get(id(v), (v, False)) for v in n.inputs]
-        signed = n.op in _SIGNED and n.outputs[0].type.dtype.kind == "f" and (n.op == "Neg" or any(neg for _, neg in got))
-        if not signed:
+        got = [scale.get(id(v), (v, 1.0)) for v in n.inputs]
+        floating = n.outputs[0].type.dtype.kind == "f"
+        twice = doubling and n.op == "Add" and got[0][0] is got[1][0] and got[0][1] == got[1][1]
+        scaling = n.op in _SIGNED or (doubling and n.op in products and len(n.inputs) == 2)
+        carried = floating and (n.op == "Neg" or twice or (scaling and any(k != 1 for _, k in got)))
+        if not carried:
             ins = tuple(plain(v) for v in n.inputs)
             if all(a is v for a, v in zip(ins, n.inputs)):
                 nodes.append(n)
             else:
-                emit(n, n.op, ins, False)
+                emit(n, n.op, ins, 1.0)
         elif n.op == "Neg":
-            sign[id(n.outputs[0])] = (got[0][0], not got[0][1])
-        elif n.op in ("Mul", "RealDiv"):
-            emit(n, n.op, (got[0][0], got[1][0]), got[0][1] != got[1][1])
-        elif n.op == "Add" and got[0][1] and got[1][1] and got[0][0] is got[1][0]:
-            emit(n, "Add", (got[0][0], got[0][0]), True)
-        elif n.op == "Add" and got[0][1] != got[1][1]:
-            emit(n, "Sub", (got[0][0], got[1][0]) if got[1][1] else (got[1][0], got[0][0]), False)
-        elif n.op == "Sub" and got[1][1] and not got[0][1]:
-            emit(n, "Add", (got[0][0], got[1][0]), False)
+            scale[id(n.outputs[0])] = (got[0][0], -got[0][1])
+        elif twice:
+            scale[id(n.outputs[0])] = (got[0][0], 2 * got[0][1])
+        elif n.op == "RealDiv":
+            emit(n, n.op, (got[0][0], got[1][0]), got[0][1] / got[1][1])
+        elif n.op == "Mul" or n.op in products and doubling:
+            emit(n, n.op, (got[0][0], got[1][0]), got[0][1] * got[1][1])
+        elif doubling and n.op in ("Add", "Sub") and abs(got[0][1]) == abs(got[1][1]):
+            same = (got[0][1] == got[1][1]) == (n.op == "Add")  # the result is k0 * (a + b) or k0 * (a - b)
+            emit(n, "Add" if same else "Sub", (got[0][0], got[1][0]), got[0][1])
+        elif n.op == "Add" and got[0][1] == got[1][1] == -1 and got[0][0] is got[1][0]:
+            emit(n, "Add", (got[0][0], got[0][0]), -1.0)
+        elif n.op == "Sub" and got[0][1] == 1 and got[1][1] == -1:
+            emit(n, "Add", (got[0][0], got[1][0]), 1.0)
+        elif n.op == "Add" and got[0][1] == 1 and got[1][1] == -1:
+            emit(n, "Sub", (got[0][0], got[1][0]), 1.0)
+        elif n.op == "Add" and got[0][1] == -1 and got[1][1] == 1:
+            emit(n, "Sub", (got[1][0], got[0][0]), 1.0)
         else:
-            emit(n, n.op, (plain(n.inputs[0]), plain(n.inputs[1])), False)
-    if not sign:
+            emit(n, n.op, tuple(plain(v) for v in n.inputs), 1.0)
+    if not scale:
         return g
     outputs = unflatten(g.outputs, iter([plain(v) for v in g.flat_outputs]))
     return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
@@ -167,21 +215,35 @@ SUM_TERMS = 64
 
 
 def _sums(g: Graph) -> tuple[Graph, bool]:
-    """``g`` with each tree of floating linear ops (``OpDef.linear``: Add, Sub, Neg) whose inner results feed only that tree
+    """``g`` with each tree of floating linear ops (``OpDef.linear``: Add, Sub, Neg; and a product with ``factors`` by a
+    finite scalar constant, which scales its other input) whose inner results feed only that tree
     computed as one sum of its distinct terms, when that takes fewer steps: a term added k times is scaled once, and
     the terms are added level by level of their coefficients' magnitude, Horner-like (``4a + 2(b - c) + d`` is
     ``((a * 2 + (b - c)) * 2) + d``). Higher orders of reverse mode add the same products again and again (the 4th
     derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this), and products of a shared input that
-    only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions changes
-    (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
+    only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions and where a
+    scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
     terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
     another round find more)."""
-    linear = _linear_ops()
-    chained = [n for n in g.nodes if n.op in linear and n.outputs[0].type.dtype.kind == "f"]
-    uses = dict.fromkeys([id(n.outputs[0]) for n in chained], 0)  # by id of a linear node's output: the nodes reading it
-    if not any(id(v) in uses for n in chained for v in n.inputs):
+    linear, factor_ops = _linear_ops(), _factor_ops()
+    scalars: dict[int, float] = {}  # by id of a finite floating 0-d constant: its value
+    chained: list[tuple[Node, list[tuple[Value, float]]]] = []  # the linear nodes, each with its inputs' coefficients
+    for n in g.nodes:
+        op = n.op
+        if op in linear:
+            if n.outputs[0].type.dtype.kind == "f":
+                chained.append((n, list(zip(n.inputs, linear[op]))))
+        elif op == "Const":
+            a = n.attrs["value"]
+            if a.ndim == 0 and a.dtype.kind == "f" and np.isfinite(a):
+                scalars[id(n.outputs[0])] = float(a)
+        elif scalars and op in factor_ops and len(n.inputs) == 2 and (id(n.inputs[0]) in scalars) != (id(n.inputs[1]) in scalars):
+            x, const = n.inputs if id(n.inputs[1]) in scalars else n.inputs[::-1]
+            if x.type == n.outputs[0].type:
+                chained.append((n, [(x, scalars[id(const)])]))  # a product by a scalar constant scales its other input
+    uses = dict.fromkeys([id(n.outputs[0]) for n, _ in chained], 0)  # by id of a linear node's output: the nodes reading it
+    if not any(id(v) in uses for _, pairs in chained for v, _ in pairs):
         return g, False  # no linear node reads another: nothing to flatten
-    factor_ops = _factor_ops()
     products = {id(n.outputs[0]): n for n in g.nodes if n.op in factor_ops and len(n.inputs) == 2}
     uses.update(dict.fromkeys(products, 0))
     for n in g.nodes:
@@ -193,12 +255,11 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it
-    for n in chained:
-        coeffs = linear[n.op]
+    for n, pairs in chained:
         out = n.outputs[0]
         form: dict[int, list[Any]] = {}
         count = 1
-        for v, c in zip(n.inputs, coeffs):
+        for v, c in pairs:
             sub = forms.get(id(v)) if uses.get(id(v)) == 1 else None
             if sub is None or len(sub) + len(form) > SUM_TERMS:
                 terms: Any = ((v, 1.0, 1),)
@@ -216,7 +277,7 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         forms[id(out)], steps[id(out)] = form, count
     plans = {}
     dropped: set[int] = set()
-    for n in chained:
+    for n, _ in chained:
         k = id(n.outputs[0])
         if k in parent or steps[k] == 1:
             continue
