@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import functools
 import keyword
+import math
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
@@ -226,7 +227,7 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
     another round find more)."""
     linear, factor_ops = _linear_ops(), _factor_ops()
-    scalars: dict[int, float] = {}  # by id of a finite floating 0-d constant: its value
+    scalars: dict[int, float] = {}  # by id of a 0-d constant: its value
     chained: list[tuple[Node, list[tuple[Value, float]]]] = []  # the linear nodes, each with its inputs' coefficients
     for n in g.nodes:
         op = n.op
@@ -234,13 +235,13 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
             if n.outputs[0].type.dtype.kind == "f":
                 chained.append((n, list(zip(n.inputs, linear[op]))))
         elif op == "Const":
-            a = n.attrs["value"]
-            if a.ndim == 0 and a.dtype.kind == "f" and np.isfinite(a):
-                scalars[id(n.outputs[0])] = float(a)
+            if not n.outputs[0].type.shape:
+                scalars[id(n.outputs[0])] = float(n.attrs["value"].real)
         elif scalars and op in factor_ops and len(n.inputs) == 2 and (id(n.inputs[0]) in scalars) != (id(n.inputs[1]) in scalars):
             x, const = n.inputs if id(n.inputs[1]) in scalars else n.inputs[::-1]
-            if x.type == n.outputs[0].type:
-                chained.append((n, [(x, scalars[id(const)])]))  # a product by a scalar constant scales its other input
+            k = scalars[id(const)]
+            if x.type == n.outputs[0].type and x.dtype.kind == "f" and math.isfinite(k):
+                chained.append((n, [(x, k)]))  # a product by a finite scalar constant scales its other input
     uses = dict.fromkeys([id(n.outputs[0]) for n, _ in chained], 0)  # by id of a linear node's output: the nodes reading it
     if not any(id(v) in uses for _, pairs in chained for v, _ in pairs):
         return g, False  # no linear node reads another: nothing to flatten
