@@ -9,7 +9,8 @@ rounds with the spread (lowest to highest round) of the ratio; a sample of a sho
 Cases: the MLP 128x784-512-512-10 gradient (w.r.t. all weights), the tutorial's tiny gradient, a chain of 100
 tanh(16x16) layers (steady, and first call: build + grad + compile + run, for 100 and 1000 layers), the 4th derivative
 of sin(tanh(x)) on 1000 points, a PINN's d2u/dx2 (1-64-64-64-1, 1000 points), second order and forward mode of the MLP,
-the weights a network's graphs and programs hold, and the MLP's peak memory at batch 4096.
+the weights a network's graphs and programs hold, and the MLP's peak memory at batch 4096. ``--cases`` runs some of
+them (the random data stay those of a full run).
 """
 from __future__ import annotations
 
