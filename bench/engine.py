@@ -9,7 +9,8 @@ rounds with the spread (lowest to highest round) of the ratio; a sample of a sho
 Cases: the MLP 128x784-512-512-10 gradient (w.r.t. all weights), the tutorial's tiny gradient, a chain of 100
 tanh(16x16) layers (steady, and first call: build + grad + compile + run, for 100 and 1000 layers), the 4th derivative
 of sin(tanh(x)) on 1000 points, a PINN's d2u/dx2 (1-64-64-64-1, 1000 points), second order and forward mode of the MLP,
-the weights a network's graphs and programs hold, and the MLP's peak memory at batch 4096.
+the weights a network's graphs and programs hold, and the MLP's peak memory at batch 4096. ``--cases`` runs some of
+them (the random data stay those of a full run).
 """
 from __future__ import annotations
 
@@ -39,6 +40,8 @@ DEPTH = 100
 WIDTH = 16
 POINTS = 1000
 PINN = (1, 64, 64, 64, 1)
+CASES = ("mlp", "tiny", "chain", "first", "4th", "pinn", "second", "memory")
+"""The cases ``--cases`` selects from, in the order they run."""
 INNER = {"4th": 20, "PINN": 3}
 """Calls timed as one sample for the 4th-order and PINN cases (about 1 ms each), so a sample outlasts the clock's and the
 scheduler's jitter instead of being one 40 us call."""
@@ -347,7 +350,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="rounds per case (median and spread are over them)")
     parser.add_argument("--reps", type=int, default=15, help="alternating reps per round")
     parser.add_argument("--cpu", type=int, default=None, help="core to pin to (default: the first allowed)")
+    parser.add_argument("--cases", default=",".join(CASES), help=f"comma-separated cases to run, of {','.join(CASES)} (default: all)")
     args = parser.parse_args()
+    cases = set(args.cases.split(","))
+    if not cases <= set(CASES):
+        parser.error(f"unknown case(s) {','.join(sorted(cases - set(CASES)))}; cases: {','.join(CASES)}")
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))})
     print(f"peers: hand NumPy{', JAX ' + jax.__version__ if jax else ''}{', PyTorch ' + torch.__version__ if torch else ''}; "
@@ -362,12 +369,57 @@ def main() -> None:
     net = mlp_graph(w)
     first = grad_operation(net, get_by_list=True, weights=names)
     prog = compile_graph(first)
-    peers = mlp_peers(x, t, w, names)
-    for fn in peers.values():
-        close(prog(x, t), fn())
-    report("MLP 128x784-512-512-10 gradient", alternate({"gradserve": lambda: prog(x, t), **peers}, N, R),
-           {"hand NumPy": 1.0, "JAX jit": 0.95})
+    if "mlp" in cases:
+        peers = mlp_peers(x, t, w, names)
+        for fn in peers.values():
+            close(prog(x, t), fn())
+        report("MLP 128x784-512-512-10 gradient", alternate({"gradserve": lambda: prog(x, t), **peers}, N, R),
+               {"hand NumPy": 1.0, "JAX jit": 0.95})
+    if "tiny" in cases:
+        tiny_case(N, R)
 
+    ws = [(rng.standard_normal((WIDTH, WIDTH)) / 4).astype(np.float32) for _ in range(DEPTH)]
+    cx = rng.standard_normal((WIDTH, WIDTH)).astype(np.float32)
+    deep = [(rng.standard_normal((WIDTH, WIDTH)) / 4).astype(np.float32) for _ in range(10 * DEPTH)]
+    if "chain" in cases:
+        chain = compile_graph(grad_operation(chain_graph(ws), get_by_list=True, weights=[f"w{i}" for i in range(DEPTH)]))
+        peers = chain_peers(cx, ws)
+        for fn in peers.values():
+            close(chain(cx), fn(), rtol=1e-4)
+        report(f"chain of {DEPTH} tanh({WIDTH}x{WIDTH}), steady", alternate({"gradserve": lambda: chain(cx), **peers}, N, R),
+               {"hand NumPy": 1.2, "JAX jit": 1.0})
+    if "first" in cases:
+        first_call_case(deep, cx, R)
+
+    px = np.linspace(-2, 2, POINTS).astype(np.float32)
+    if "4th" in cases:
+        d4 = compile_graph(fourth_order_graph())
+        peers = fourth_order_peers(px)
+        for fn in peers.values():
+            close([d4(px)], [fn()], rtol=1e-3, atol=1e-4)
+        if peers:
+            report(f"4th derivative of sin(tanh(x)), {POINTS} points",
+                   alternate({"gradserve": lambda: d4(px), **peers}, N, R, inner=INNER["4th"]), {"JAX jit": 1.0})
+
+    pw = mlp_weights(rng, PINN)
+    if "pinn" in cases:
+        pinn = compile_graph(pinn_graph(pw))
+        ux = np.linspace(-1, 1, POINTS).astype(np.float32)[:, None]
+        peers = pinn_peers(ux, pw)
+        for fn in peers.values():
+            close([pinn(ux)], [fn()], rtol=1e-3, atol=1e-4)
+        report("PINN d2u/dx2 (1-64-64-64-1, 1000 points)", alternate({"gradserve": lambda: pinn(ux), **peers}, N, R, inner=INNER["PINN"]),
+               {"JAX jit": 1.0})
+
+    directions = [rng.standard_normal(w[k].shape).astype(np.float32) for k in names]
+    if "second" in cases:
+        second_order_case(x, t, w, names, first, prog, directions, N, R)
+    if "memory" in cases:
+        memory_case(rng, w, names, net, first, prog)
+
+
+def tiny_case(N: int, R: int) -> None:
+    """The tutorial's tiny gradient against hand NumPy and JAX: the engine's per-call cost alone."""
     b = GraphBuilder("tiny")
     xi, yi = b.input("x", "float32", (2, 3)), b.input("y", "float32", (3, 3))
     zv = np.array([1.0], np.float32)
@@ -384,15 +436,9 @@ def main() -> None:
     report("tiny gradient (engine alone)", alternate({"gradserve": lambda: tiny(X, Y), **tiny_peers}, N, R, inner=200),
            {"hand NumPy": 1.5})
 
-    ws = [(rng.standard_normal((WIDTH, WIDTH)) / 4).astype(np.float32) for _ in range(DEPTH)]
-    cx = rng.standard_normal((WIDTH, WIDTH)).astype(np.float32)
-    chain = compile_graph(grad_operation(chain_graph(ws), get_by_list=True, weights=[f"w{i}" for i in range(DEPTH)]))
-    peers = chain_peers(cx, ws)
-    for fn in peers.values():
-        close(chain(cx), fn(), rtol=1e-4)
-    report(f"chain of {DEPTH} tanh({WIDTH}x{WIDTH}), steady", alternate({"gradserve": lambda: chain(cx), **peers}, N, R),
-           {"hand NumPy": 1.2, "JAX jit": 1.0})
-    deep = [(rng.standard_normal((WIDTH, WIDTH)) / 4).astype(np.float32) for _ in range(10 * DEPTH)]
+
+def first_call_case(deep: list[np.ndarray], cx: np.ndarray, R: int) -> None:
+    """CPU time of the chain's first call (build, grad, compile, one run) at 100 and 1000 layers."""
     firsts: dict[int, list[float]] = {DEPTH: [], 10 * DEPTH: []}
     for _ in range(max(R, 5)):  # alternating depths; at least 5 rounds, as one first call is a single sample
         for n in firsts:
@@ -402,29 +448,14 @@ def main() -> None:
           f"[{_ms(min(firsts[10 * DEPTH]))}-{_ms(max(firsts[10 * DEPTH]))}] | ratio {f1000 / f100:.1f}x "
           f"(target <= 10x: {'ok' if f1000 / f100 <= 10 else 'OVER'}; 1000 layers <= 300 ms: {'ok' if f1000 <= 0.3 else 'OVER'})")
 
-    px = np.linspace(-2, 2, POINTS).astype(np.float32)
-    d4 = compile_graph(fourth_order_graph())
-    peers = fourth_order_peers(px)
-    for fn in peers.values():
-        close([d4(px)], [fn()], rtol=1e-3, atol=1e-4)
-    if peers:
-        report(f"4th derivative of sin(tanh(x)), {POINTS} points",
-               alternate({"gradserve": lambda: d4(px), **peers}, N, R, inner=INNER["4th"]), {"JAX jit": 1.0})
 
-    pw = mlp_weights(rng, PINN)
-    pinn = compile_graph(pinn_graph(pw))
-    ux = np.linspace(-1, 1, POINTS).astype(np.float32)[:, None]
-    peers = pinn_peers(ux, pw)
-    for fn in peers.values():
-        close([pinn(ux)], [fn()], rtol=1e-3, atol=1e-4)
-    report("PINN d2u/dx2 (1-64-64-64-1, 1000 points)", alternate({"gradserve": lambda: pinn(ux), **peers}, N, R, inner=INNER["PINN"]),
-           {"JAX jit": 1.0})
-
+def second_order_case(x: np.ndarray, t: np.ndarray, w: dict[str, np.ndarray], names: list[str], first: Graph, prog: Any,
+                      directions: list[np.ndarray], N: int, R: int) -> None:
+    """The MLP's second order (reverse over reverse, forward over reverse) and forward mode against first order."""
     second = compile_graph(grad_operation(first, get_by_list=True, weights=names))
     wnet = mlp_graph({k: w[k] for k in names}, as_inputs=True)
     wpos = tuple(range(2, 2 + len(names)))
     warrays = [w[k] for k in names]
-    directions = [rng.standard_normal(a.shape).astype(np.float32) for a in warrays]
     prog_w = compile_graph(vjp(wnet, wpos))
     hvp_fwd = compile_graph(jvp(vjp(wnet, wpos), wpos))
     jvp_prog = compile_graph(jvp(wnet, wpos))
@@ -437,6 +468,10 @@ def main() -> None:
     m = alternate({"gradserve": lambda: jvp_prog(x, t, *warrays, *directions), "vjp": lambda: vjp_prog(x, t, *warrays, one)}, N, R)
     report("MLP jvp vs vjp (all weights)", m, {"vjp": 1.5})
 
+
+def memory_case(rng: np.random.Generator, w: dict[str, np.ndarray], names: list[str], net: Graph, first: Graph, prog: Any) -> None:
+    """The weights a network and its derived graphs and programs hold, and the MLP gradient's peak memory at batch 4096."""
+    second = compile_graph(grad_operation(first, get_by_list=True, weights=names))
     weights = sum(a.nbytes for a in w.values())
     held = held_weight_bytes([net, first, prog, second, grad_operation(net, get_all=True), compile_graph(grad_operation(net, get_all=True))])
     print(f"{'weights held by a network and 5 derived':44s} {held / weights:.2f}x their size ({held / 2**20:.2f} MiB for "

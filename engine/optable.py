@@ -127,7 +127,12 @@ class OpDef:
     its attributes in table order: ``ops.cumsum`` is not CumSum's, ``ops.concat`` and ``ops.cat`` are Concat's); an op
     without one has no generated function (the SDK writes MindSpore's own in ``client/functional.py``);
     ``out`` marks an op whose ``forward`` always returns a fresh array of rank >= 1 and takes ``out=``, a dead buffer of
-    its result's dtype and shape to write into (none of its inputs), which the compiler passes to spare an allocation.
+    its result's dtype and shape to write into (none of its inputs), which the compiler passes to spare an allocation;
+    ``linear``, when given, is one coefficient per input such that on floating dtypes the op's result is the sum of its
+    inputs times them (Add (1, 1), Sub (1, -1), Neg (-1,)), broadcasting included: the compiler flattens chains of such
+    ops into one sum per result and regroups its terms (:func:`compiler._sums`); ``factors``, on a two-input op linear
+    in each input (a product: Mul, MatMul), names the inputs a sum of its results may share: ``op(a, y) + op(b, y)`` is
+    ``op(a + b, y)`` for a shared input y at such a position (either, for Mul), which the same pass uses to save products.
     """
 
     name: str
@@ -153,6 +158,8 @@ class OpDef:
     onnx: OnnxRule | None = None
     functional: tuple[str, ...] = ()
     out: bool = False
+    linear: tuple[float, ...] = ()
+    factors: tuple[int, ...] = ()
 
     def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
         """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
@@ -207,19 +214,26 @@ def defop(
     onnx: OnnxRule | None = None,
     functional: str | Sequence[str] = (),
     out: bool = False,
+    linear: Sequence[float] = (),
+    factors: Sequence[int] = (),
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
         raise ValueError(f"op {name!r} is defined twice")
     if memory not in MEMORY_KINDS:
         raise ValueError(f"op {name!r}: memory must be one of {MEMORY_KINDS}, got {memory!r}")
+    if factors and (len(inputs) != 2 or not set(factors) <= {0, 1}):
+        raise ValueError(f"op {name!r}: factors names positions of a two-input op, got {tuple(factors)}")
+    if linear and len(linear) != len(inputs):
+        raise ValueError(f"op {name!r}: linear must give one coefficient per input, got {tuple(linear)}")
     if call_order and sorted(call_order) != sorted((*inputs, *call_attrs)):
         raise ValueError(f"op {name!r}: call_order must list the inputs and call_attrs once each, got {tuple(call_order)}")
     cost = cost or (view_cost if memory == "view" else traffic_cost)
     opdef = OpDef(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
         memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
-        tuple(call_order), onnx, (functional,) if isinstance(functional, str) else tuple(functional), out,
+        tuple(call_order), onnx, (functional,) if isinstance(functional, str) else tuple(functional), out, tuple(linear),
+        tuple(factors),
     )
     OPS[name] = opdef
     return opdef

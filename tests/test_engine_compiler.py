@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from enginekit import RNG, A, B, C, W, two_input_net
 
-from gradserve.engine import GraphBuilder, InputError, compile_graph, grad_operation
+from gradserve.engine import GraphBuilder, InputError, compile_graph, compiler, grad_operation
 
 
 def test_compiler_merges_common_subexpressions_and_drops_dead_code() -> None:
@@ -141,7 +141,8 @@ def test_a_product_over_an_inner_dimension_of_one_is_the_outer_product(transpose
 
 def test_negations_are_carried_as_signs_with_the_same_results() -> None:
     # (-x) * y, y / -x, a + -b, -a + b, a - -b, --x, -x + -x, x + -x and exp(-x), each the closed form; a Neg is left
-    # only where an output or Exp reads a negation: -(x * y), -(y / x), -(x + x) and -x, none for the rest.
+    # only where an output or Exp reads a negation: -(x * y), -(y / x) and -x, none for the rest (-x + -x is the one
+    # step x * -2, the sum pass's).
     g = GraphBuilder("signs")
     x, y = g.input("x", "float64", (4,)), g.input("y", "float64", (4,))
     nx, ny = g.op("Neg", x), g.op("Neg", y)
@@ -150,8 +151,9 @@ def test_negations_are_carried_as_signs_with_the_same_results() -> None:
             g.op("Add", nx, nx), g.op("Add", x, nx), g.op("Exp", nx))
     prog = compile_graph(g.build(outs))
     assert sorted(n.inputs[0].name for n in prog.graph.nodes if n.op == "Neg") == sorted(
-        n.outputs[0].name for n in prog.graph.nodes if n.op in ("Mul", "RealDiv") or n.op == "Add" and n.inputs[0] is n.inputs[1]
+        n.outputs[0].name for n in prog.graph.nodes if n.op in ("Mul", "RealDiv") and n.inputs[1].type.shape
     ) + ["x"]
+    assert [n.attrs["value"].item() for n in prog.graph.nodes if n.op == "Const"] == [-2.0]
     xx, yy = np.array([1.5, -2.0, 0.25, 3.0]), np.array([0.5, 4.0, -1.0, 2.0])
     expected = [[f(a, b) for a, b in zip(xx.tolist(), yy.tolist())] for f in (
         lambda a, b: -a * b, lambda a, b: b / -a, lambda a, b: a - b, lambda a, b: b - a, lambda a, b: a + b,
@@ -185,3 +187,202 @@ def test_a_negation_read_by_a_multi_output_op_is_computed_for_all_its_outputs() 
         got, idx = prog(xx)
         np.testing.assert_array_equal(idx, [[1, 3], [3, 2]])
         np.testing.assert_allclose(got, np.exp([[1.0, -0.5], [3.0, 2.0]]), rtol=1e-15)
+
+
+def _unsummed(monkeypatch: pytest.MonkeyPatch, graph):  # type: ignore[no-untyped-def]
+    """``graph`` compiled without the sum pass: the plan the pass is checked against."""
+    with monkeypatch.context() as m:
+        m.setattr(compiler, "_sums", lambda g: (g, False))
+        return compile_graph(graph)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_sum_of_repeated_terms_takes_fewer_steps_with_the_same_results(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    # x + y + y + y - z - z - (-b) + y, with b broadcast over rows: (y * 2 - z) * 2 + (x + b) in 5 steps instead of 7;
+    # -x - y, as short either way, is kept; each the closed form on every run (step loop, then straight line).
+    g = GraphBuilder("sums")
+    x, y, z = (g.input(k, dtype, (4, 3)) for k in "xyz")
+    b = g.input("b", dtype, (3,))
+    s = g.op("Add", g.op("Sub", g.op("Sub", g.op("Add", g.op("Add", g.op("Add", x, y), y), y), z), z), g.op("Neg", g.op("Neg", b)))
+    net = g.build((g.op("Exp", g.op("Add", s, y)), g.op("Sub", g.op("Neg", x), y)))
+    prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+    assert len(prog._steps) == 8 and len(plain._steps) == 10
+    xx, yy, zz = (RNG.standard_normal((4, 3)).astype(dtype) for _ in range(3))
+    bb = RNG.standard_normal(3).astype(dtype)
+    want = [np.exp(4 * yy.astype(np.float64) - 2 * zz + xx + bb), -xx.astype(np.float64) - yy]
+    for _ in range(12):
+        got = prog(xx, yy, zz, bb)
+        for a, ref, w in zip(got, plain(xx, yy, zz, bb), want):
+            assert a.dtype == dtype and a.shape == (4, 3)
+            np.testing.assert_allclose(a, w, rtol=1e-5 if dtype == "float32" else 1e-14)
+            np.testing.assert_allclose(a, ref, rtol=1e-5 if dtype == "float32" else 1e-14)
+
+
+def test_a_sum_whose_terms_cancel_or_whose_shape_would_shrink_is_left_as_it_was() -> None:
+    # x + Y - Y broadcasts x over Y's rows and gives NaN where Y is infinite: dropping Y would change both.
+    g = GraphBuilder("cancel")
+    x, y = g.input("x", "float64", (3,)), g.input("y", "float64", (2, 3))
+    prog = compile_graph(g.build(g.op("Sub", g.op("Add", x, y), y)))
+    assert [n.op for n in prog.graph.nodes] == ["Add", "Sub"]
+    yy = np.array([[1.0, np.inf, 2.0], [0.5, 0.25, -np.inf]])
+    with np.errstate(invalid="ignore"):
+        got = prog(np.array([1.0, 2.0, 3.0]), yy)
+    np.testing.assert_array_equal(got, [[1.0, np.nan, 3.0], [1.0, 2.0, np.nan]])
+
+
+def test_a_sum_read_twice_is_computed_once_and_its_buffer_stays_live() -> None:
+    # s = x + x + x + y is read by two sums and a product: s is computed once as x * 3 + y, the sums as y * 3 + s and
+    # x * -3 + s, and no step writes into s's buffer while another still reads it.
+    g = GraphBuilder("shared")
+    x, y = g.input("x", "float64", (5,)), g.input("y", "float64", (5,))
+
+    def thrice(a, op, b):  # type: ignore[no-untyped-def]
+        return g.op(op, g.op(op, g.op(op, a, b), b), b)
+
+    s = g.op("Add", thrice(x, "Add", x), y)
+    prog = compile_graph(g.build((thrice(s, "Add", y), thrice(s, "Sub", x), g.op("Mul", s, s))))
+    assert [n.op for n in prog.graph.nodes if n.op != "Const"] == ["Mul", "Add", "Mul", "Add", "Mul", "Add", "Mul"]
+    xx, yy = RNG.standard_normal(5), RNG.standard_normal(5)
+    for _ in range(12):
+        a, b, c = prog(xx, yy)
+        np.testing.assert_allclose(a, 4 * xx + 4 * yy, rtol=1e-14)
+        np.testing.assert_allclose(b, xx + yy, rtol=1e-14)
+        np.testing.assert_allclose(c, (4 * xx + yy) ** 2, rtol=1e-14)
+
+
+def test_a_long_chain_of_sums_is_flattened_in_bounded_pieces() -> None:
+    # 300 terms, each added twice: the sums are regrouped 64 terms at a time, and the result is twice their total.
+    g = GraphBuilder("long")
+    xs = [g.input(f"x{i}", "float64", (2,)) for i in range(300)]
+    acc = xs[0]
+    for i, v in enumerate(xs):
+        acc = g.op("Add", g.op("Add", acc, v), v) if i else g.op("Add", acc, v)
+    prog = compile_graph(g.build(acc))
+    assert len(prog._steps) < 599
+    vals = [RNG.standard_normal(2) for _ in xs]
+    np.testing.assert_allclose(prog(*vals), 2 * np.sum(vals, axis=0), rtol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_higher_derivatives_with_regrouped_sums_match_pytorch_and_the_plain_plan(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    torch = pytest.importorskip("torch")
+    g = GraphBuilder("f")
+    x = g.input("x", dtype, (7,))
+    net = g.build(g.op("ReduceSum", g.op("Sin", g.op("Tanh", x)), axis=(), keep_dims=False))
+    xx = np.linspace(-2, 2, 7).astype(dtype)
+    tx = torch.tensor(xx.astype(np.float64), requires_grad=True)
+    y = torch.sin(torch.tanh(tx))
+    for order in range(1, 6):
+        net = grad_operation(net)
+        prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+        (y,) = torch.autograd.grad(y.sum(), tx, create_graph=True)
+        tol = 2e-5 if dtype == "float32" else 1e-13
+        np.testing.assert_allclose(prog(xx), y.detach().numpy(), rtol=tol, atol=tol)
+        np.testing.assert_allclose(prog(xx), plain(xx), rtol=tol, atol=tol)
+        assert len(prog._steps) <= len(plain._steps)
+        if order == 4:  # the sums of the 4th derivative, regrouped and factored over three rounds (68 steps with signs alone)
+            assert (len(plain._steps), len(prog._steps)) == (66, 46)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_products_of_a_common_factor_in_a_sum_are_one_product(monkeypatch: pytest.MonkeyPatch, dtype: str) -> None:
+    # x*y + z*y - (w*y + w*y) + y*v is (x + z - 2w + v) * y: one Mul of the shared y instead of four; p = x*u, also an
+    # output, and q = z*u stay as they are, as p is read outside the sum.
+    g = GraphBuilder("factor")
+    x, y, z, w, v, u = (g.input(k, dtype, (3, 4)) for k in "xyzwvu")
+    wy = g.op("Mul", w, y)
+    s = g.op("Add", g.op("Sub", g.op("Add", g.op("Mul", x, y), g.op("Mul", z, y)), g.op("Add", wy, wy)), g.op("Mul", y, v))
+    p = g.op("Mul", x, u)
+    net = g.build((s, g.op("Add", g.op("Add", p, g.op("Mul", z, u)), x), p))
+    prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+    products = [n for n in prog.graph.nodes if n.op == "Mul" and n.inputs[1].type.shape]
+    assert len(products) == 3 and sum(y.name in (n.inputs[0].name, n.inputs[1].name) for n in products) == 1
+    xx, yy, zz, ww, vv, uu = (RNG.standard_normal((3, 4)).astype(dtype) for _ in range(6))
+    want = [(xx.astype(np.float64) + zz - 2 * ww + vv) * yy, xx.astype(np.float64) * uu + zz * uu + xx, xx.astype(np.float64) * uu]
+    tol = 1e-5 if dtype == "float32" else 1e-14
+    for _ in range(12):
+        for got, ref, expected in zip(prog(xx, yy, zz, ww, vv, uu), plain(xx, yy, zz, ww, vv, uu), want):
+            np.testing.assert_allclose(got, expected, rtol=tol, atol=tol)
+            np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
+
+
+def test_products_by_one_matrix_in_a_sum_are_one_product() -> None:
+    # a @ W + b @ W - c @ W is (a + b - c) @ W, one MatMul; d @ W with W transposed is a different product and stays.
+    g = GraphBuilder("mm")
+    a, b, c, d = (g.input(k, "float64", (5, 3)) for k in "abcd")
+    w = g.param("w", np.arange(9.0).reshape(3, 3) / 7)
+    s = g.op("Sub", g.op("Add", g.op("MatMul", a, w), g.op("MatMul", b, w)), g.op("MatMul", c, w))
+    prog = compile_graph(g.build(g.op("Add", s, g.op("MatMul", d, w, transpose_b=True))))
+    assert [n.op for n in prog.graph.nodes].count("MatMul") == 2
+    aa, bb, cc, dd = (RNG.standard_normal((5, 3)) for _ in range(4))
+    ww = np.arange(9.0).reshape(3, 3) / 7
+    for _ in range(12):
+        np.testing.assert_allclose(prog(aa, bb, cc, dd), aa @ ww + bb @ ww - cc @ ww + dd @ ww.T, rtol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64", "int32"])
+def test_an_outer_product_is_right_in_a_reused_buffer_of_either_order(dtype: str) -> None:
+    # exp(x.T) is a fresh array in Fortran order; it dies at its sum, and the float64 outer product u @ v then writes into
+    # it (np.dot takes only a C-ordered buffer, so the product is a broadcast multiply there); int32 never goes to BLAS.
+    g = GraphBuilder("outer_into")
+    x = g.input("x", "float64", (3, 5))
+    u, v = g.input("u", dtype, (5, 1)), g.input("v", dtype, (1, 3))
+    e = g.op("Exp", g.op("Transpose", x, perm=(1, 0)))
+    total = g.op("ReduceSum", e, axis=(), keep_dims=False)
+    prod = g.op("MatMul", u, v) if dtype != "float64" else g.op("Exp", g.op("MatMul", u, v))
+    prog = compile_graph(g.build((total, prod)))
+    xx = RNG.standard_normal((3, 5))
+    uu, vv = (RNG.integers(-5, 5, s).astype(dtype) for s in ((5, 1), (1, 3)))
+    want = [[a * b for b in vv.ravel().tolist()] for a in uu.ravel().tolist()]
+    for _ in range(12):
+        t, p = prog(xx, uu, vv)
+        np.testing.assert_allclose(t, np.exp(xx).sum(), rtol=1e-12)
+        np.testing.assert_array_equal(p, np.exp(np.array(want)) if dtype == "float64" else want)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_sums_and_products_match_numpy_and_the_plain_plan(monkeypatch: pytest.MonkeyPatch, seed: int) -> None:
+    # Random graphs of Add, Sub, Neg and Mul over four inputs (reused, shared and repeated terms, products of a shared
+    # factor, values read by several nodes and outputs): the regrouped plan gives what NumPy gives for the same formulas.
+    rng = np.random.default_rng(seed)
+    g = GraphBuilder("random")
+    ins = [g.input(f"x{i}", "float64", (3,)) for i in range(4)]
+    data = [rng.uniform(0.5, 1.5, 3) for _ in ins]
+    values, arrays = list(ins), list(data)
+    for _ in range(120):
+        op = rng.choice(["Add", "Add", "Sub", "Sub", "Neg", "Mul"])
+        i, j = (len(values) - 1 - int(k) for k in rng.integers(0, min(len(values), 8), 2))
+        if op == "Mul":  # a product of an input and a recent value keeps magnitudes bounded
+            i = int(rng.integers(0, len(ins)))
+        a, b = arrays[i], arrays[j]
+        values.append(g.op(op, values[i]) if op == "Neg" else g.op(op, values[i], values[j]))
+        arrays.append({"Add": lambda: a + b, "Sub": lambda: a - b, "Neg": lambda: -a, "Mul": lambda: a * b}[op]())
+    picks = [-1, -2, -5, len(ins) + 40]
+    net = g.build(tuple(values[k] for k in picks))
+    prog, plain = compile_graph(net), _unsummed(monkeypatch, net)
+    assert len(prog._steps) <= len(plain._steps)
+    scale = max(float(np.max(np.abs(arrays[k]))) for k in picks)
+    for _ in range(12):
+        for got, ref, k in zip(prog(*data), plain(*data), picks):
+            np.testing.assert_allclose(got, arrays[k], rtol=1e-9, atol=1e-12 * scale)
+            np.testing.assert_allclose(got, ref, rtol=1e-9, atol=1e-12 * scale)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_doublings_and_negations_are_carried_through_products_to_a_small_output(dtype: str) -> None:
+    # -((x*x + x*x) @ w) - (x*x + x*x) @ v: the doubling and the negation pass through the products, the two products
+    # of the one doubled square are one product by w + v, and only the 64x1 result is scaled (by -2), as a second
+    # derivative's are; with signs alone, x*x + x*x and the negation would be computed.
+    g = GraphBuilder("scaled")
+    x = g.input("x", dtype, (64, 8))
+    w, v = (g.param(k, np.linspace(-1, 1, 8, dtype=dtype).reshape(8, 1) * s) for k, s in (("w", 1), ("v", 0.5)))
+    sq = g.op("Mul", x, x)
+    twice = g.op("Add", sq, sq)
+    prog = compile_graph(g.build(g.op("Sub", g.op("Neg", g.op("MatMul", twice, w)), g.op("MatMul", twice, v))))
+    assert [n.op for n in prog.graph.nodes if n.op != "Const"] == ["Mul", "Add", "MatMul", "Mul"]
+    assert prog.graph.nodes[-1].outputs[0].type.shape == (64, 1)
+    xx = RNG.standard_normal((64, 8)).astype(dtype)
+    ww = np.linspace(-1, 1, 8).reshape(8, 1)
+    want = -2 * (xx.astype(np.float64) ** 2) @ ww - 2 * (xx.astype(np.float64) ** 2) @ (ww * 0.5)
+    for _ in range(12):
+        np.testing.assert_allclose(prog(xx), want, rtol=1e-5 if dtype == "float32" else 1e-13, atol=1e-5 if dtype == "float32" else 1e-13)

@@ -22,7 +22,7 @@ _CHECKS: dict[str, Callable[[TensorType, str], None]] = {
 
 def unary(
     name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "float", doc: str = "", memory: str = "new",
-    scratch: int = 0, onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = (),
+    scratch: int = 0, onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = (), linear: tuple[float, ...] = (),
 ) -> None:
     """Register a shape- and dtype-preserving one-input op; ``kind`` is the dtypes it takes."""
     check = _CHECKS[kind]
@@ -32,11 +32,12 @@ def unary(
         check(types[0], "x")
         return types[0]
 
-    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch, onnx=onnx, functional=functional)
+    defop(name, ("x",), infer, forward, vjp, doc=doc, memory=memory, scratch=scratch, onnx=onnx, functional=functional, linear=linear)
 
 
 def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | None, kind: str = "numeric", out_dtype: np.dtype | None = None, doc: str = "",
-           onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = ()) -> None:
+           onnx: OnnxRule | None = None, functional: str | tuple[str, ...] = (), linear: tuple[float, ...] = (),
+           factors: tuple[int, ...] = ()) -> None:
     """Register a two-input op with NumPy broadcasting; both inputs share one dtype of ``kind``."""
     check = _CHECKS[kind]
 
@@ -46,7 +47,7 @@ def binary(name: str, forward: Callable[..., Any], vjp: Callable[..., Any] | Non
         check(types[0], "x and y")
         return TensorType(out_dtype or dt, broadcast(types[0].shape, types[1].shape))
 
-    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx, functional=functional)
+    defop(name, ("x", "y"), infer, forward, vjp, doc=doc, onnx=onnx, functional=functional, linear=linear, factors=factors)
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
@@ -177,7 +178,7 @@ def _fill_onnx(value: int) -> OnnxRule:
     return rule
 
 
-unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x", onnx=same("Neg"), functional="neg")
+unary("Neg", np.negative, lambda g, out, x: -g, kind="numeric", doc="-x", onnx=same("Neg"), functional="neg", linear=(-1,))
 unary("Square", np.square, lambda g, out, x: g * x * 2, kind="numeric", doc="x * x", onnx=_onnx_composite(("Mul", ("x", "x"))), functional="square")
 unary("Sqrt", np.sqrt, lambda g, out, x: g * 0.5 / out, doc="sqrt(x)", onnx=same("Sqrt"), functional="sqrt")
 unary("Rsqrt", lambda x: 1 / np.sqrt(x), lambda g, out, x: g * out * out * out * -0.5, doc="1 / sqrt(x)", scratch=1, onnx=_onnx_composite(("Sqrt", ("x",)), ("Reciprocal", ("prev",))), functional="rsqrt")
@@ -250,9 +251,9 @@ defop(
 )
 
 binary("Add", np.add, lambda g, out, x, y: (g, g), kind="any", doc="x + y (logical or on bool, as in NumPy)",
-       onnx=lambda c: [("Or" if c.types[0].dtype == BOOL else "Add", c.x, c.y)], functional="add")
-binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y", onnx=same("Sub"), functional="sub")
-binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"), functional="mul")
+       onnx=lambda c: [("Or" if c.types[0].dtype == BOOL else "Add", c.x, c.y)], functional="add", linear=(1, 1))
+binary("Sub", np.subtract, lambda g, out, x, y: (g, -g), doc="x - y", onnx=same("Sub"), functional="sub", linear=(1, -1))
+binary("Mul", np.multiply, lambda g, out, x, y: (g * y, g * x), doc="x * y", onnx=same("Mul"), functional="mul", factors=(0, 1))
 binary("RealDiv", np.divide, lambda g, out, x, y: (g / y, -(g * out) / y), kind="float", doc="x / y", onnx=same("Div"))
 binary("Pow", np.power, _pow_vjp, kind="float", doc="x ** y", onnx=same("Pow"), functional="pow")
 

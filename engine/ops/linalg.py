@@ -46,15 +46,22 @@ def _mm_forward(
     a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool, out: np.ndarray | None = None
 ) -> np.ndarray:
     """np.matmul after the transpose flags (without flags, straight to np.matmul: tiny products are all overhead),
-    into ``out`` when given (the compiler's dead buffer of the result's type); an inner dimension of 1 is the same
-    products as a broadcast np.multiply, which costs a third of NumPy's matmul loop for it."""
+    into ``out`` when given (the compiler's dead buffer of the result's type); an inner dimension of 1 is the outer
+    product, the same products as a broadcast np.multiply, which costs a third of NumPy's matmul loop for it, and
+    np.dot (BLAS, for float32 and float64 into a C-ordered buffer) half of that multiply (11 us for 1000x1 by 1x64)."""
     if transpose_a:
         a = a.swapaxes(-1, -2)
     if transpose_b:
         b = b.swapaxes(-1, -2)
     if a.shape[-1] == 1 and a.ndim == b.ndim == 2:
+        if a.dtype in _BLAS and (out is None or out.flags.c_contiguous):
+            return np.dot(a, b, out=out)
         return np.multiply(a, b, out=out)
     return np.matmul(a, b, out=out)
+
+
+_BLAS = (np.dtype(np.float32), np.dtype(np.float64))
+"""The dtypes np.dot hands to BLAS."""
 
 
 def _mm_vjp(op: str) -> Callable[..., tuple[Value, Value]]:
@@ -100,6 +107,7 @@ for _op in ("MatMul", "BatchMatMul"):
         onnx=_mm_onnx,
         functional="matmul" if _op == "MatMul" else ("batch_matmul", "bmm"),
         out=True,
+        factors=(0, 1),
     )
 
 # ---- Einsum ----
