@@ -352,16 +352,16 @@ def _reused_buffers(
     no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
     earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still in
     cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
-    viewed: set[int] = set()
-    for n, (_, ins, _) in zip(nodes, body):
-        if OPS[n.op].memory != "new":
-            viewed.update(ins)
-    owned: dict[int, TensorType] = {}  # live fresh buffers only: a slot leaves when it dies, so the dict stays small
+    owned: dict[int, TensorType] = {}  # live fresh buffers no view reads (yet): a slot leaves when it dies or is viewed
     pool: dict[TensorType, list[tuple[int, int]]] = {}
     into = []
     for k, (n, (fn, ins, outs), fr) in enumerate(zip(nodes, body, frees)):
+        opdef = OPS[n.op]
+        if opdef.memory != "new":
+            for s in ins:  # a buffer a step may return a view of is never written over (it dies at or after this step)
+                owned.pop(s, None)
         ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
-        fresh = ufunc or OPS[n.op].out
+        fresh = ufunc or opdef.out
         t = n.outputs[0].type
         r = -1
         if ufunc:
@@ -376,7 +376,7 @@ def _reused_buffers(
                 frees[died].remove(r)
                 fr.append(r)
         into.append(r)
-        if fresh and t.shape and outs[0] not in viewed:
+        if fresh and t.shape:
             owned[outs[0]] = t
         for s in fr:
             dying = owned.pop(s, None)
