@@ -248,7 +248,7 @@ def frozen_array(data: Any) -> np.ndarray:
     if isinstance(data, np.ndarray) and not data.flags.writeable and data.dtype == _supported(data.dtype):
         return data
     arr = np.array(data)
-    arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
+    arr = arr.astype(_supported(arr.dtype), copy=False)
     arr.setflags(write=False)
     return arr
 
