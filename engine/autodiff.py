@@ -19,23 +19,26 @@ def inline(b: GraphBuilder, g: Graph, args: Sequence[Value], expand_all: bool = 
     returns the output tree. ``g``'s parameters are shared with ``b``'s by name (declared in ``b`` if missing)."""
     if len(args) != len(g.inputs):
         raise GraphError(f"graph {shown(g.name)} takes {len(g.inputs)} inputs, got {len(args)}")
-    env: dict[int, Value] = {}
+    env: dict[Value, Value] = {}  # keyed by the Values themselves, which hash by identity
     for v, a in zip(g.inputs, args):
         if v.type != a.type:
             raise GraphError(f"graph {shown(g.name)}: input {shown(v.name)} is {v.type}, got {shown(a.name)}: {a.type}")
-        env[id(v)] = a
+        env[v] = a
     for p in g.params:
-        env[id(p.value)] = shared_param(b, p.name, p.data, p.requires_grad)
+        env[p.value] = shared_param(b, p.name, p.data, p.requires_grad)
+    copy_node = b.copy_node
     for n in g.nodes:
-        ins = [env[id(v)] for v in n.inputs]
+        ins = [env[v] for v in n.inputs]
         expand = OPS[n.op].expand if expand_all else None
         if expand is not None:
             outs: Sequence[Value] = flatten(inline(b, expand(g.library, n.attrs), ins))
         else:
-            outs = b.copy_node(n, ins)
-        for v, o in zip(n.outputs, outs):
-            env[id(v)] = o
-    return unflatten(g.outputs, iter([env[id(v)] for v in flatten(g.outputs)]))
+            outs = copy_node(n, ins)
+        if len(outs) == 1:
+            env[n.outputs[0]] = outs[0]
+        else:
+            env.update(zip(n.outputs, outs))
+    return unflatten(g.outputs, iter([env[v] for v in flatten(g.outputs)]))
 
 
 def shared_param(b: GraphBuilder, name: str, data: np.ndarray, requires_grad: bool) -> Value:
@@ -59,6 +62,8 @@ def lower(g: Graph) -> Graph:
 def fit(ct: Value, t: TensorType) -> Value:
     """Un-broadcast a cotangent to shape ``t.shape`` (sum over broadcast axes) and cast it to
     ``t.dtype``: the one place where broadcasting and integer inputs are handled for every rule."""
+    if ct.type == t:
+        return ct
     if ct.shape != t.shape:
         lead = ct.ndim - len(t.shape)
         if lead < 0:
@@ -83,27 +88,27 @@ def backprop(
     Visits, iteratively and in reverse, only nodes on a path from ``wrt`` to ``outs`` that are not
     stopped by a node's stop_gradient mark (a StopGradient op stops them through its zero VJP); contributions are summed by Add
     nodes; a ``wrt`` value that does not reach the outputs gets zeros of its shape and dtype."""
-    reach = {id(v) for v in wrt}
+    reach = set(wrt)  # Values hash by identity
     active: list[Node] = []
     for n in nodes:
         if n.stop_gradient:
             continue
-        if any(id(v) in reach for v in n.inputs):
+        if not reach.isdisjoint(n.inputs):
             active.append(n)
-            reach.update(id(o) for o in n.outputs)
-    contribs: dict[int, list[Value]] = {}
+            reach.update(n.outputs)
+    contribs: dict[Value, list[Value]] = {}
     for o, c in zip(outs, cts):
-        if id(o) in reach:
-            contribs.setdefault(id(o), []).append(fit(c, o.type))
+        if o in reach:
+            contribs.setdefault(o, []).append(fit(c, o.type))
     for n in reversed(active):
-        gs = [total(contribs.pop(id(o), None)) for o in n.outputs]
+        gs = [total(contribs.pop(o, None)) for o in n.outputs]
         if all(g is None for g in gs):
             continue
         opdef = OPS[n.op]
         if opdef.vjp is None:
             raise NotDifferentiableError(
                 f"{n.op} {shown(n.name)} has no gradient, but inputs "
-                f"{shown_names([v.name for v in n.inputs if id(v) in reach])} need one through it"
+                f"{shown_names([v.name for v in n.inputs if v in reach])} need one through it"
             )
         if len(n.outputs) == 1:
             res = opdef.vjp(gs[0], n.outputs[0], *n.inputs, **n.attrs)
@@ -113,9 +118,9 @@ def backprop(
         if len(res) != len(n.inputs):
             raise AssertionError(f"VJP of {n.op} returned {len(res)} cotangents for {len(n.inputs)} inputs")
         for v, ct in zip(n.inputs, res):
-            if ct is not None and id(v) in reach:
-                contribs.setdefault(id(v), []).append(fit(ct, v.type))
-    return [total(contribs.get(id(w))) or F.ZerosLike(w) for w in wrt]
+            if ct is not None and v in reach:
+                contribs.setdefault(v, []).append(fit(ct, v.type))
+    return [total(contribs.get(w)) or F.ZerosLike(w) for w in wrt]
 
 
 def fresh_name(taken: set[str], base: str) -> str:

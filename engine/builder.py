@@ -53,12 +53,19 @@ class GraphBuilder:
 
     def _new_value(self, name: str | None, t: TensorType) -> Value:
         if name is None:
-            name = f"%{next(self._counter)}"
-            while name in self._names:
-                name = f"%{next(self._counter)}"
-        elif name in self._names:
+            return self._fresh_value(t)
+        if name in self._names:
             raise GraphError(f"graph {shown(self.name)}: value name {shown(name)} is defined twice")
         self._names.add(name)
+        return Value(name, t, self)
+
+    def _fresh_value(self, t: TensorType) -> Value:
+        """A value of type ``t`` under the next free ``%k`` name."""
+        names = self._names
+        name = f"%{next(self._counter)}"
+        while name in names:
+            name = f"%{next(self._counter)}"
+        names.add(name)
         return Value(name, t, self)
 
     def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
@@ -113,7 +120,7 @@ class GraphBuilder:
         """Add ``op[attrs](*inputs)``; returns its one output, or a tuple for multi-output ops and for ops that
         carry a library graph (whose output count depends on that graph)."""
         outs = self.add_node(op, inputs, attrs)
-        return outs[0] if len(outs) == 1 and not get_op(op).lowered else outs
+        return outs[0] if len(outs) == 1 and not OPS[op].lowered else outs
 
     def add_node(
         self,
@@ -150,10 +157,11 @@ class GraphBuilder:
             full_attrs, types = known
         if n_outputs is not None and n_outputs != len(types):
             raise GraphError(f"{op} {shown(node_name)}: {n_outputs} output names given, the op has {len(types)} outputs")
-        outs = tuple(
-            self._new_value(None if output_names is None else output_names[i], t) for i, t in enumerate(types)
-        )
-        calls = tuple(full_attrs[a] for a in opdef.calls)
+        if output_names is None:
+            outs = (self._fresh_value(types[0]),) if len(types) == 1 else tuple([self._fresh_value(t) for t in types])
+        else:
+            outs = tuple([self._new_value(output_names[i], t) for i, t in enumerate(types)])
+        calls = tuple([full_attrs[a] for a in opdef.calls]) if opdef.calls else ()
         self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient, calls))
         return outs
 
@@ -165,14 +173,17 @@ class GraphBuilder:
         the node goes through :meth:`add_node`."""
         sg = n.stop_gradient if stop_gradient is None else stop_gradient
         opdef = OPS.get(n.op)
-        if (
-            opdef is None or opdef.lowered or type(self).add_node is not GraphBuilder.add_node or len(inputs) != len(n.inputs)
-            or not all(a.builder is self and (a.type is v.type or a.type == v.type) for a, v in zip(inputs, n.inputs))
-        ):
+        same = opdef is not None and not opdef.lowered and type(self).add_node is GraphBuilder.add_node and len(inputs) == len(n.inputs)
+        if same:
+            for a, v in zip(inputs, n.inputs):
+                if a.builder is not self or not (a.type is v.type or a.type == v.type):
+                    same = False
+                    break
+        if not same:
             return self.add_node(n.op, inputs, n.attrs, stop_gradient=sg, name_hint=n.name)
         name = n.name if n.name not in self._node_names else None
         node_name = self._node_name(n.op, name)
-        outs = tuple(self._new_value(None, v.type) for v in n.outputs)
+        outs = tuple([self._fresh_value(v.type) for v in n.outputs])
         self.nodes.append(Node(n.op, tuple(inputs), n.attrs, outs, node_name, sg, n.calls))
         return outs
 
@@ -213,15 +224,18 @@ def _plain(a: Any) -> bool:
 def _inference_key(op: str, inputs: Sequence[Value], attrs: dict[str, Any] | None, n_outputs: int | None) -> tuple | None:
     """What a node's inference depends on (op, input types, attributes by type and repr), or None when an attribute
     is not a plain value: a builder infers each distinct node once (the VJPs of a deep chain repeat a few)."""
+    types = tuple([v.type for v in inputs])
+    if not attrs:
+        return (op, types, (), n_outputs)
     items: list[tuple] = []
-    for k, a in (attrs or {}).items():
+    for k, a in attrs.items():
         if isinstance(a, np.dtype):
             items.append((k, a))
         elif _plain(a):
             items.append((k, type(a), repr(a)))
         else:
             return None
-    return (op, tuple(v.type for v in inputs), tuple(items), n_outputs)
+    return (op, types, tuple(items), n_outputs)
 
 
 _supported = functools.lru_cache(maxsize=256)(dtypes.as_dtype)
@@ -234,7 +248,7 @@ def frozen_array(data: Any) -> np.ndarray:
     if isinstance(data, np.ndarray) and not data.flags.writeable and data.dtype == _supported(data.dtype):
         return data
     arr = np.array(data)
-    arr = arr.astype(dtypes.as_dtype(arr.dtype), copy=False)
+    arr = arr.astype(_supported(arr.dtype), copy=False)
     arr.setflags(write=False)
     return arr
 

@@ -647,26 +647,36 @@ def _reused_buffers(
     no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
     earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still in
     cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
-    viewed = {s for n, (_, ins, _) in zip(nodes, body) if OPS[n.op].memory != "new" for s in ins}
-    owned: dict[int, TensorType] = {}
+    owned: dict[int, TensorType] = {}  # live fresh buffers no view reads (yet): a slot leaves when it dies or is viewed
     pool: dict[TensorType, list[tuple[int, int]]] = {}
-    takes_out = {name for name, opdef in OPS.items() if opdef.out}
     into = []
     for k, (n, (fn, ins, outs), fr) in enumerate(zip(nodes, body, frees)):
+        opdef = OPS[n.op]
+        if opdef.memory != "new":
+            for s in ins:  # a buffer a step may return a view of is never written over (it dies at or after this step)
+                owned.pop(s, None)
         ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
-        fresh = ufunc or n.op in takes_out
+        fresh = ufunc or opdef.out
         t = n.outputs[0].type
-        r = next((s for s, v in zip(ins, n.inputs) if s in owned and s in fr and v.type == t), -1) if ufunc else -1
-        if r < 0 and fresh and pool and pool.get(t):
-            r, died = pool[t].pop()
-            frees[died].remove(r)
-            fr.append(r)
+        r = -1
+        if ufunc:
+            for s, v in zip(ins, n.inputs):
+                if s in owned and s in fr and v.type == t:
+                    r = s
+                    break
+        if r < 0 and fresh and pool:
+            dead = pool.get(t)
+            if dead:
+                r, died = dead.pop()
+                frees[died].remove(r)
+                fr.append(r)
         into.append(r)
-        if fresh and len(t.shape) >= 1 and outs[0] not in viewed:
+        if fresh and t.shape:
             owned[outs[0]] = t
         for s in fr:
-            if s in owned and s != r:
-                pool.setdefault(owned[s], []).append((s, k))
+            dying = owned.pop(s, None)
+            if dying is not None and s != r:
+                pool.setdefault(dying, []).append((s, k))
     return into
 
 

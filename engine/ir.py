@@ -24,9 +24,22 @@ class TensorType:
     shape: tuple[int, ...]
     size: int = field(init=False, repr=False, compare=False)
     """Number of elements (an exact Python int), computed once: compiling reads it tens of thousands of times."""
+    _hash: int = field(init=False, repr=False, compare=False)
+    """The hash, computed once: builders and the compiler look types up in dicts about twenty times per node."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "size", math.prod(self.shape))
+        object.__setattr__(self, "_hash", hash((self.dtype, self.shape)))
+
+    def __hash__(self) -> int:
+        return self._hash
+
+    def __eq__(self, other: object) -> bool:
+        return self is other or (type(other) is TensorType and self.shape == other.shape and self.dtype == other.dtype)
+
+    def __reduce__(self) -> tuple[type, tuple[np.dtype, tuple[int, ...]]]:
+        """Pickle dtype and shape only: the cached hash of a dtype differs between processes."""
+        return TensorType, (self.dtype, self.shape)
 
     def __str__(self) -> str:
         return f"{dtypes.short(self.dtype)}[{','.join(map(str, self.shape))}]"
@@ -177,15 +190,15 @@ class Graph:
         """The same graph without nodes that no output depends on."""
         if self.is_pruned:
             return self
-        live = {id(v) for v in self.flat_outputs}
+        live = set(self.flat_outputs)  # Values hash by identity: no id() ints to allocate per lookup
         keep = []
         add = live.add
         for n in reversed(self.nodes):
             outs = n.outputs
-            if id(outs[0]) in live if len(outs) == 1 else any(id(o) in live for o in outs):
+            if outs[0] in live if len(outs) == 1 else not live.isdisjoint(outs):
                 keep.append(n)
                 for v in n.inputs:
-                    add(id(v))
+                    add(v)
         return Graph(self.inputs, self.params, tuple(keep[::-1]), self.outputs, self.library, self.name, is_pruned=True)
 
     def structural_hash(self) -> str:

@@ -1,10 +1,16 @@
 """engine/ir.py: graph listings (library functions once) and the structural hash (names and parameter
-values ignored; structure and constants that print alike told apart)."""
+values ignored; structure and constants that print alike told apart) and tensor types that keep their hash
+across processes."""
 from __future__ import annotations
+
+import os
+import pickle
+import subprocess
+import sys
 
 import numpy as np
 
-from gradserve.engine import GraphBuilder, grad_operation
+from gradserve.engine import GraphBuilder, TensorType, grad_operation
 
 
 def test_gradient_program_prints_as_a_listing() -> None:
@@ -55,3 +61,17 @@ def test_structural_hash_tells_apart_constants_that_print_alike() -> None:
     assert scaled(0.1000000001) != base
     with np.printoptions(precision=2):
         assert scaled(0.1) == base
+
+
+def test_tensor_type_pickled_in_another_process_finds_its_equal_in_a_dict() -> None:
+    # A dtype's hash differs between processes (it hashes bytes), so a hash cached at construction must not travel.
+    code = "import pickle, sys, numpy as np; from gradserve.engine import TensorType; " \
+           "sys.stdout.buffer.write(pickle.dumps(TensorType(np.dtype('float32'), (2, 3))))"
+    blobs = [subprocess.run([sys.executable, "-c", code], capture_output=True, check=True,
+                            env={**os.environ, "PYTHONHASHSEED": seed}).stdout for seed in ("1", "2")]
+    here = TensorType(np.dtype("float32"), (2, 3))
+    for blob in blobs:
+        there = pickle.loads(blob)
+        assert there == here and hash(there) == hash(here)
+        assert {here: "found"}[there] == "found"
+    assert here != TensorType(np.dtype("float32"), (3, 2)) and here != TensorType(np.dtype("float64"), (2, 3))
