@@ -106,7 +106,8 @@ class Lane:
             state = self._state
             try:
                 state.network(network_id, network)
-                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop)
+                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop,
+                                         found)  # as sent: decoding the network may have dropped it from the cache
             except Interrupted as exc:
                 raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
             except Exception as exc:
