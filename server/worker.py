@@ -14,7 +14,7 @@ from gradserve.engine import Interrupted
 from . import compute
 from .cache import Cache
 from .config import Limits
-from .errors import Failure
+from .errors import Failure, stopped
 from .pool import BLAS_THREAD_VARS
 from .transport import ArenaView, recv, send, ship, unpack
 
@@ -91,13 +91,11 @@ class Stop:
 
     def failure(self, exc: Exception) -> Failure:
         """The status of a job the hook stopped, saying why."""
-        if self.flag.value == self.job:
-            return Failure("CANCELLED", f"the call was cancelled while computing; the work was stopped ({exc})")
-        return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
+        return stopped(self.flag.value == self.job, exc)
 
 
 def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size: int, local_max_elements: int,
-         local_max_flops: int = 0, local_max_peak_bytes: int = 0) -> None:
+         local_max_flops: int, local_max_peak_bytes: int) -> None:
     """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop,
     ``compiles`` (a shared int, read by the metrics) counts the plans this worker compiled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
