@@ -119,15 +119,17 @@ def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size:
                     continue
                 state.network(network_id, network)
             blobs = unpack(inbox.attach(in_name), spans)
-            answer, arrays = compute.handle(state, kind, payload, blobs, network_id, stop)
+            try:
+                answer, arrays = compute.handle(state, kind, payload, blobs, network_id, stop)
+            finally:
+                if fresh and key in state.cache:  # this job compiled its plan (and cached it): counted before any answer
+                    compiles.value += 1
             del blobs
             send(conn, ("ok", answer, *ship(conn, outbox, out_name, arrays)))
         except Exception as exc:  # every failure goes back to the caller as a status
             f = stop.failure(exc) if isinstance(exc, Interrupted) else compute.classify(exc)
             send(conn, ("error", f.code, f.message, f.violations))
         finally:
-            if fresh and key in state.cache:  # this job compiled its plan (and cached it)
-                compiles.value += 1
             blobs = answer = arrays = None  # type: ignore[assignment]  # no view of an arena outlives the job
             inbox.trim()
             outbox.trim()
