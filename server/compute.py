@@ -361,13 +361,12 @@ def _locality(state: WorkerState, program: Program, network_bytes: int) -> tuple
     return bounded, bounded
 
 
-def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network_id: str) -> Args:
-    """Step 2: the arrays of a request's ``tensors`` for a run of ``found``: taken as they are when they
-    match the plan's types exactly, else decoded by the codec, which names what is wrong."""
+def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph) -> Args:
+    """Step 2: the arrays of a request's ``tensors`` for a run of ``found`` on ``network``: taken as they are when
+    they match the plan's types exactly, else decoded by the codec, which names what is wrong."""
     taken = found.take(tensors)
     if taken is not None:
         return taken
-    network = state.cache.get(network_id)
     request: Any = tensors  # the codec reads only the fields Tensors has
     call = (codec.decode_grad_call if kind == "grad" else codec.decode_run_call)(network, request, state.limits)
     return Args(call.args, call.params)
@@ -421,11 +420,14 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
-        interrupt: Callable[[], bool] | None = None) -> tuple[Plan, Encoded]:
+        interrupt: Callable[[], bool] | None = None, found: Plan | None = None) -> tuple[Plan, Encoded]:
     """Compute a Grad or Run request ``req`` (``tensors``: its tensors, some in shared memory) on the network
-    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``. Returns its plan and response."""
-    found = plan(state, kind, req, network_id, key)
-    given = args(state, kind, found, tensors, network_id)
+    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan when the caller holds it
+    (the local lane, which never builds one). Returns its plan and response."""
+    network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
+    if found is None:
+        found = plan(state, kind, req, network_id, key)
+    given = args(state, kind, found, tensors, network)
     check(state, kind, found)
     return found, encode(found, kind, execute(found, given, interrupt))
 

@@ -34,3 +34,11 @@ class Failure(Exception):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}"
+
+
+def stopped(cancelled: bool, exc: Exception) -> Failure:
+    """The status of a run its interrupt hook stopped (``exc``, the engine's ``Interrupted``): CANCELLED when its
+    call was cancelled, else DEADLINE_EXCEEDED; the same from a worker (``worker.Stop``) and from the local lane."""
+    if cancelled:
+        return Failure("CANCELLED", f"the call was cancelled while computing; the work was stopped ({exc})")
+    return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")

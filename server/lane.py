@@ -26,7 +26,7 @@ from . import compute
 from .blobs import Where, data_header
 from .cache import Cache
 from .config import Limits
-from .errors import Failure
+from .errors import Failure, stopped
 
 
 class _Shared(Cache):
@@ -56,7 +56,7 @@ class _Shared(Cache):
 class Lane:
     """Plans the workers found ``local`` and sent, run in this process."""
 
-    def __init__(self, limits: Limits, cache_size: int, borrow: Callable[[], Callable[[], None] | None] = lambda: lambda: None) -> None:
+    def __init__(self, limits: Limits, cache_size: int, borrow: Callable[[], Callable[[], None] | None]) -> None:
         self._state = compute.worker_state(limits, _Shared(cache_size, limits.max_worker_cache_bytes), 0)
         self._borrow = borrow
         """Takes an idle worker's turn for a bounded run (``WorkerPool.borrow``): the lane adds no core's worth of work."""
@@ -78,8 +78,8 @@ class Lane:
         self._state.cache.put(key, found, found.held)
 
     def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
-            places: Sequence[Where] = (), buffers: Sequence[memoryview] = (), deadline: float | None = None,
-            is_active: Callable[[], bool] = lambda: True, spare: bool = True) -> tuple[list[bytes], list[Any]] | None:
+            places: Sequence[Where], buffers: Sequence[memoryview], deadline: float | None, is_active: Callable[[], bool],
+            spare: bool) -> tuple[list[bytes], list[Any]] | None:
         """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
         here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
         go to a worker (the cache dropped the plan, or the plan is bounded and the bounded lane busy, no worker
@@ -106,7 +106,8 @@ class Lane:
             state = self._state
             try:
                 state.network(network_id, network)
-                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop)
+                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop,
+                                         found)  # as sent: decoding the network may have dropped it from the cache
             except Interrupted as exc:
                 raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
             except Exception as exc:
@@ -157,6 +158,4 @@ class _Stop:
 
     def failure(self, exc: Exception) -> Failure:
         """The status of a run this hook stopped, saying why."""
-        if self.deadline is not None and time.monotonic() >= self.deadline:
-            return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
-        return Failure("CANCELLED", f"the call was cancelled while computing; the work was stopped ({exc})")
+        return stopped(self.deadline is None or time.monotonic() < self.deadline, exc)

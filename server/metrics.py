@@ -131,7 +131,7 @@ class Metrics:
     requests, pool state, ``process_*`` (Linux) and ``gradserve_build_info``."""
 
     def __init__(self, pool: WorkerPool, networks: Callable[[], int], local: Callable[[], int],
-                 passed: Callable[[], int] = lambda: 0) -> None:
+                 passed: Callable[[], int]) -> None:
         self.registry = CollectorRegistry()
         self._requests = _Requests()
         self.registry.register(self._requests)

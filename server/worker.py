@@ -14,7 +14,7 @@ from gradserve.engine import Interrupted
 from . import compute
 from .cache import Cache
 from .config import Limits
-from .errors import Failure
+from .errors import Failure, stopped
 from .pool import BLAS_THREAD_VARS
 from .transport import ArenaView, recv, send, ship, unpack
 
@@ -91,13 +91,11 @@ class Stop:
 
     def failure(self, exc: Exception) -> Failure:
         """The status of a job the hook stopped, saying why."""
-        if self.flag.value == self.job:
-            return Failure("CANCELLED", f"the call was cancelled while computing; the work was stopped ({exc})")
-        return Failure("DEADLINE_EXCEEDED", f"the deadline passed while computing; the work was stopped ({exc})")
+        return stopped(self.flag.value == self.job, exc)
 
 
 def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size: int, local_max_elements: int,
-         local_max_flops: int = 0, local_max_peak_bytes: int = 0) -> None:
+         local_max_flops: int, local_max_peak_bytes: int) -> None:
     """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop,
     ``compiles`` (a shared int, read by the metrics) counts the plans this worker compiled."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -121,17 +119,17 @@ def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size:
                     continue
                 state.network(network_id, network)
             blobs = unpack(inbox.attach(in_name), spans)
-            answer, arrays = compute.handle(state, kind, payload, blobs, network_id, stop)
+            try:
+                answer, arrays = compute.handle(state, kind, payload, blobs, network_id, stop)
+            finally:
+                if fresh and key in state.cache:  # this job compiled its plan (and cached it): counted before any answer
+                    compiles.value += 1
             del blobs
-            reply: tuple = ("ok", answer, *ship(conn, outbox, out_name, arrays))
+            send(conn, ("ok", answer, *ship(conn, outbox, out_name, arrays)))
         except Exception as exc:  # every failure goes back to the caller as a status
             f = stop.failure(exc) if isinstance(exc, Interrupted) else compute.classify(exc)
-            reply = ("error", f.code, f.message, f.violations)
-        try:
-            if fresh and key in state.cache:  # this job compiled its plan (and cached it): counted before its caller hears
-                compiles.value += 1
-            send(conn, reply)
+            send(conn, ("error", f.code, f.message, f.violations))
         finally:
-            blobs = answer = arrays = reply = None  # type: ignore[assignment]  # no view of an arena outlives the job
+            blobs = answer = arrays = None  # type: ignore[assignment]  # no view of an arena outlives the job
             inbox.trim()
             outbox.trim()

@@ -43,7 +43,7 @@ def grad_request(x: np.ndarray = X, **grad: Any) -> service_pb2.GradRequest:
 def steps(s: compute.WorkerState, kind: str, req: Any, nid: str) -> tuple[compute.Plan, compute.Args, list[Any], compute.Encoded]:
     key = compute.plan_key(kind, req, nid)
     plan = compute.plan(s, kind, req, nid, key)
-    args = compute.args(s, kind, plan, compute.Tensors.of(req), nid)
+    args = compute.args(s, kind, plan, compute.Tensors.of(req), s.cache.get(nid))
     trees = compute.execute(plan, args)
     return plan, args, trees, compute.encode(plan, kind, trees)
 
@@ -106,11 +106,19 @@ def test_args_taken_as_sent_when_types_match_else_decoded_by_the_codec() -> None
     wrong = grad_request(X.astype(np.float32))
     assert plan.take(compute.Tensors.of(wrong)) is None
     with pytest.raises(codec.WireError, match=r"inputs\[0\].*float64.*float32"):
-        compute.args(s, "grad", plan, compute.Tensors.of(wrong), nid)
+        compute.args(s, "grad", plan, compute.Tensors.of(wrong), s.cache.get(nid))
     extra = grad_request()
     extra.inputs.append(codec.encode_tensor(X))
     with pytest.raises(codec.WireError, match="expected 1 tensors"):
-        compute.args(s, "grad", plan, compute.Tensors.of(extra), nid)
+        compute.args(s, "grad", plan, compute.Tensors.of(extra), s.cache.get(nid))
+
+
+def test_bad_input_is_named_even_when_the_cache_drops_the_network_for_the_plan() -> None:
+    s = compute.worker_state(Limits(), Cache(1), local_max_elements=1 << 14)  # room for one entry: the plan evicts the network
+    nid, _ = compute.handle(s, "load", codec.encode_graph(network()).SerializeToString(), [], "")
+    wrong = grad_request(X.astype(np.float32))
+    with pytest.raises(codec.WireError, match=r"inputs\[0\].*float64.*float32"):
+        compute.run(s, "grad", wrong, compute.Tensors.of(wrong), nid, compute.plan_key("grad", wrong, nid))
 
 
 def test_sens_are_positional_after_the_inputs() -> None:
@@ -130,7 +138,7 @@ def test_shared_memory_buffers_stand_in_for_stripped_data() -> None:
     tensors = compute.Tensors.of(req, [("inputs", 0)], [data])
     assert isinstance(tensors.inputs[0], compute.Blob) and tensors.inputs[0].data is data
     plan = compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid))
-    args = compute.args(s, "grad", plan, tensors, nid)
+    args = compute.args(s, "grad", plan, tensors, s.cache.get(nid))
     np.testing.assert_allclose(compute.execute(plan, args)[0], np.cos(X * W) * W, rtol=1e-12)
 
 

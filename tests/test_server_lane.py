@@ -19,7 +19,7 @@ from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server import compute
 from gradserve.server.app import Server, running
-from gradserve.server.config import ServerConfig
+from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
@@ -363,3 +363,25 @@ def test_bounded_request_waits_for_a_worker_while_every_worker_is_busy(server: S
     busy.cancel()
     check_layer(waiting.result(), x, w)
     assert lane.served == served
+
+
+def test_bounded_plan_stays_bounded_when_the_lane_cache_cannot_hold_it_and_its_network() -> None:
+    x, w = layer_inputs(10)
+    # The layer's network and plan hold about 98 KB each: either fits, not both, so decoding the network drops the plan.
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_worker_cache_bytes=150_000))
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        request = layer_request(stub, x, w)
+        lane = server.servicer.lane
+        check_layer(stub.Grad(request, timeout=30), x, w)  # a worker builds the plan and sends it
+        check_layer(stub.Grad(request, timeout=30), x, w)
+        assert lane.served == 1
+        check_layer(stub.Grad(request, timeout=30), x, w)  # the lane dropped the plan: a worker sends it again
+        served = lane.served
+        (streamed,) = stub.GradStream(iter([request]), timeout=30)  # a stream's bounded requests go to the workers
+        assert not streamed.HasField("error")
+        check_layer(streamed, x, w)
+        assert lane.served == served
+        request.inputs[0].CopyFrom(t(np.zeros((96, 128))))
+        failed = rejected(lambda: stub.Grad(request, timeout=30))
+        assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[0]" in failed.details()

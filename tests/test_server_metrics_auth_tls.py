@@ -99,7 +99,7 @@ def test_metrics_count_the_calls_made_and_agree_with_server_info(metered: tuple[
 
 def test_latency_histogram_buckets_count_each_observation_under_the_first_bound_not_below_it() -> None:
     pool = SimpleNamespace(queued=0, busy_pids=list, size=1, replaced=0)
-    m = metrics.Metrics(pool, lambda: 0, lambda: 0)  # type: ignore[arg-type]
+    m = metrics.Metrics(pool, lambda: 0, lambda: 0, lambda: 0)  # type: ignore[arg-type]
     for seconds in (0.0004, 0.001, 0.0011, 0.3, 1000.0):
         m.record("Grad", "OK", seconds)
     m.record("Grad", "INVALID_ARGUMENT")  # refused before the method: counted, no latency
