@@ -252,7 +252,8 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
             if id(v) in uses:
                 uses[id(v)] += 1
     for v in g.flat_outputs:
-        uses[id(v)] = 2  # an output is always computed as itself
+        if id(v) in uses:
+            uses[id(v)] += 1  # an output is read once more than by any tree, so it is always computed as itself
     forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it

@@ -386,3 +386,17 @@ def test_doublings_and_negations_are_carried_through_products_to_a_small_output(
     want = -2 * (xx.astype(np.float64) ** 2) @ ww - 2 * (xx.astype(np.float64) ** 2) @ (ww * 0.5)
     for _ in range(12):
         np.testing.assert_allclose(prog(xx), want, rtol=1e-5 if dtype == "float32" else 1e-13, atol=1e-5 if dtype == "float32" else 1e-13)
+
+
+def test_a_product_that_is_also_an_output_stays_when_a_sum_reads_it_twice() -> None:
+    # p = x*y is an output and read twice by s = p + q + p + q: factoring s as (2x + 2z) * y must not drop p's node.
+    g = GraphBuilder("out_product")
+    x, y, z = (g.input(k, "float64", (3,)) for k in "xyz")
+    p, q = g.op("Mul", x, y), g.op("Mul", z, y)
+    prog = compile_graph(g.build((g.op("Add", g.op("Add", g.op("Add", p, q), p), q), p)))
+    xx, yy, zz = (RNG.standard_normal(3) for _ in range(3))
+    for _ in range(12):
+        s, pp = prog(xx, yy, zz)
+        np.testing.assert_allclose(s, xx * yy + zz * yy + xx * yy + zz * yy, rtol=1e-14)
+        np.testing.assert_allclose(pp, xx * yy, rtol=1e-15)
+
