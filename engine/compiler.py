@@ -286,7 +286,9 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         terms = [[t, c] for t, c, _ in forms[k].values()]
         if any(c == 0 for _, c in terms) or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
             continue
-        private = {id(t): products[id(t)] for t, _, reads in forms[k].values() if id(t) in products and uses[id(t)] == reads}
+        private = {  # a scaling (itself a tree, whose absorbed sums its own plan may drop) is never factored
+            id(t): products[id(t)] for t, _, reads in forms[k].values() if id(t) in products and id(t) not in forms and uses[id(t)] == reads
+        }
         terms, removed = _factored(terms, private)
         plan = _sum_plan(terms)
         if 0 < plan[0] < steps[k] + len(removed):

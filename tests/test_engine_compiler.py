@@ -400,3 +400,15 @@ def test_a_product_that_is_also_an_output_stays_when_a_sum_reads_it_twice() -> N
         np.testing.assert_allclose(s, xx * yy + zz * yy + xx * yy + zz * yy, rtol=1e-14)
         np.testing.assert_allclose(pp, xx * yy, rtol=1e-15)
 
+
+def test_scalings_read_twice_by_a_sum_keep_the_sums_they_scale() -> None:
+    # (u + w) * 3 and z * 3, each read twice by one sum: the sum u + w that the first scales is still computed.
+    g = GraphBuilder("scaled_twice")
+    u, w, z = (g.input(k, "float64", (3,)) for k in "uwz")
+    three = g.const(3.0, "float64")
+    p1, p2 = g.op("Mul", g.op("Add", u, w), three), g.op("Mul", z, three)
+    prog = compile_graph(g.build(g.op("Add", g.op("Add", g.op("Add", p1, p2), p1), p2)))
+    uu, ww, zz = (RNG.standard_normal(3) for _ in range(3))
+    for _ in range(12):
+        np.testing.assert_allclose(prog(uu, ww, zz), (uu + ww) * 3 + zz * 3 + (uu + ww) * 3 + zz * 3, rtol=1e-14)
+
