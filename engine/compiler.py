@@ -211,6 +211,10 @@ SUM_ROUNDS = 3
 the next round flattens (the 4th derivative of sin(tanh(x)): 50 steps after one round, 48 after two, 46 after three,
 where it stays); a round that factored nothing is the last."""
 
+POSITIVE, NEGATIVE = 1, 2
+"""Bits of the signs with which the sum pass saw a term added (a zero coefficient counts as both): a term added with both
+has cancelled, if only in part (``2y - y`` is y but NaN for an infinite y), so its sum is left as it was."""
+
 SUM_TERMS = 64
 """Most terms a flattened sum collects: a longer one is kept as a term of the next, so flattening stays linear."""
 
@@ -223,8 +227,8 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     ``((a * 2 + (b - c)) * 2) + d``). Higher orders of reverse mode add the same products again and again (the 4th
     derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this), and products of a shared input that
     only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions and where a
-    scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
-    terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
+    scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, even
+    in part (``2y - y``), or whose terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
     another round find more)."""
     linear, factor_ops = _linear_ops(), _factor_ops()
     scalars: dict[int, float] = {}  # by id of a 0-d constant: its value
@@ -254,7 +258,7 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     for v in g.flat_outputs:
         if id(v) in uses:
             uses[id(v)] += 1  # an output is read once more than by any tree, so it is always computed as itself
-    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads]
+    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads, signs]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it
     for n, pairs in chained:
@@ -264,7 +268,7 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         for v, c in pairs:
             sub = forms.get(id(v)) if uses.get(id(v)) == 1 else None
             if sub is None or len(sub) + len(form) > SUM_TERMS:
-                terms: Any = ((v, 1.0, 1),)
+                terms: Any = ((v, 1.0, 1, POSITIVE),)
             else:
                 count += steps[id(v)]
                 parent[id(v)] = id(out)
@@ -272,10 +276,11 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
                     form = sub  # the only reader takes the tree over as it is: a chain costs one step per node
                     continue
                 terms = sub.values()
-            for t, a, reads in terms:
-                entry = form.setdefault(id(t), [t, 0.0, 0])
+            for t, a, reads, signs in terms:
+                entry = form.setdefault(id(t), [t, 0.0, 0, 0])
                 entry[1] += c * a
                 entry[2] += reads
+                entry[3] |= signs if c > 0 else (signs & POSITIVE) << 1 | signs >> 1 if c < 0 else POSITIVE | NEGATIVE
         forms[id(out)], steps[id(out)] = form, count
     plans = {}
     dropped: set[int] = set()
@@ -283,11 +288,12 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         k = id(n.outputs[0])
         if k in parent or steps[k] == 1:
             continue
-        terms = [[t, c] for t, c, _ in forms[k].values()]
-        if any(c == 0 for _, c in terms) or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
+        terms = [[t, c] for t, c, _, _ in forms[k].values()]
+        cancels = any(signs != POSITIVE and signs != NEGATIVE for *_, signs in forms[k].values())
+        if cancels or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
             continue
         private = {  # a scaling (itself a tree, whose absorbed sums its own plan may drop) is never factored
-            id(t): products[id(t)] for t, _, reads in forms[k].values() if id(t) in products and id(t) not in forms and uses[id(t)] == reads
+            id(t): products[id(t)] for t, _, reads, _ in forms[k].values() if id(t) in products and id(t) not in forms and uses[id(t)] == reads
         }
         terms, removed = _factored(terms, private)
         plan = _sum_plan(terms)

@@ -412,3 +412,16 @@ def test_scalings_read_twice_by_a_sum_keep_the_sums_they_scale() -> None:
     for _ in range(12):
         np.testing.assert_allclose(prog(uu, ww, zz), (uu + ww) * 3 + zz * 3 + (uu + ww) * 3 + zz * 3, rtol=1e-14)
 
+
+def test_a_sum_whose_terms_partly_cancel_keeps_the_nan_of_an_infinite_term() -> None:
+    # ((x + x + x) + y - x) + y: x's coefficient 3 - 1 = 2 hides inf - inf, so the sum is left as it was.
+    g = GraphBuilder("partly")
+    x, y = g.input("x", "float64", (3,)), g.input("y", "float64", (3,))
+    t = g.op("Add", g.op("Add", g.op("Add", x, x), x), y)
+    prog = compile_graph(g.build(g.op("Add", g.op("Sub", t, x), y)))
+    xx, yy = np.array([np.inf, 1.5, -np.inf]), np.array([1.0, 2.0, 3.0])
+    with np.errstate(invalid="ignore"):
+        want = xx + xx + xx + yy - xx + yy
+        got = prog(xx, yy)
+    np.testing.assert_array_equal(got, want)
+
