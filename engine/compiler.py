@@ -228,7 +228,9 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this), and products of a shared input that
     only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions and where a
     scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, even
-    in part (``2y - y``), or whose terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
+    in part (``2y - y``), whose terms no longer broadcast to its type, or with a coefficient below 1 in magnitude or
+    beyond its dtype's range (Horner's steps scale up, then down by the last level: ``4a + b * 0.5`` as
+    ``(a * 8 + b) * 0.5`` could overflow where the sum does not), is left as it was. Also says whether a product was factored (only then can
     another round find more)."""
     linear, factor_ops = _linear_ops(), _factor_ops()
     scalars: dict[int, float] = {}  # by id of a 0-d constant: its value
@@ -290,7 +292,9 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
             continue
         terms = [[t, c] for t, c, _, _ in forms[k].values()]
         cancels = any(signs != POSITIVE and signs != NEGATIVE for *_, signs in forms[k].values())
-        if cancels or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
+        largest = float(np.finfo(n.outputs[0].type.dtype).max)
+        unscalable = any(not 1 <= abs(c) <= largest for _, c in terms)  # scaled down at the end, Horner's steps could overflow
+        if cancels or unscalable or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
             continue
         private = {  # a scaling (itself a tree, whose absorbed sums its own plan may drop) is never factored
             id(t): products[id(t)] for t, _, reads, _ in forms[k].values() if id(t) in products and id(t) not in forms and uses[id(t)] == reads

@@ -425,3 +425,18 @@ def test_a_sum_whose_terms_partly_cancel_keeps_the_nan_of_an_infinite_term() -> 
         got = prog(xx, yy)
     np.testing.assert_array_equal(got, want)
 
+
+def test_a_sum_is_not_scaled_past_its_dtype() -> None:
+    # float16 (max 65504): (x * 300) * 300 + y must not scale x by 90000 (inf), and 4a + b * 0.5 must not compute
+    # (8a + b) * 0.5 (8a overflows where 4a does not); both are NumPy's values for the same formulas.
+    g = GraphBuilder("half")
+    x, y = g.input("x", "float16", (2,)), g.input("y", "float16", (2,))
+    c, h = g.const(np.float16(300), "float16"), g.const(np.float16(0.5), "float16")
+    first = g.op("Add", g.op("Mul", g.op("Mul", x, c), c), y)
+    second = g.op("Add", g.op("Add", g.op("Add", g.op("Add", x, x), x), x), g.op("Mul", y, h))
+    prog = compile_graph(g.build((first, second)))
+    xx, yy = np.array([1e-3, 9000.0], np.float16), np.array([1.0, 2.0], np.float16)
+    with np.errstate(over="ignore"):
+        a, b = prog(xx, yy)
+        np.testing.assert_array_equal(a, xx * np.float16(300) * np.float16(300) + yy)  # [91, inf]
+    np.testing.assert_array_equal(b, xx + xx + xx + xx + yy * np.float16(0.5))
