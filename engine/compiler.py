@@ -125,7 +125,7 @@ def _merged(g: Graph) -> Graph:
 def _signs(g: Graph, doubling: bool = False) -> Graph:
     """``g`` with floating negations (and, if ``doubling``, doublings) carried as scales (powers of two) instead of
     computed where that is exact in IEEE arithmetic up to overflow: a product or quotient of a scaled operand is the scaled product (also a
-    product with ``factors``, MatMul), ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
+    product with ``factors``, MatMul; a quotient by a doubled divisor divides by it, as halving after could overflow), ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
     ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` and ``--x`` is ``x``; a scaled value any other node or an
     output reads is computed once (a Neg, an ``x + x``, or a product with the scale). Higher orders of reverse mode
     negate and double, then multiply and add, so most of their Negs cancel or turn into a Sub and their doublings meet
@@ -179,8 +179,9 @@ def _signs(g: Graph, doubling: bool = False) -> Graph:
             scale[id(n.outputs[0])] = (got[0][0], -got[0][1])
         elif twice:
             scale[id(n.outputs[0])] = (got[0][0], 2 * got[0][1])
-        elif n.op == "RealDiv":
-            emit(n, n.op, (got[0][0], got[1][0]), got[0][1] / got[1][1])
+        elif n.op == "RealDiv":  # a scaled divisor is divided by as it is: a / 2b as (a / b) * 0.5 could overflow
+            den, k = got[1] if abs(got[1][1]) == 1 else (plain(n.inputs[1]), 1.0)
+            emit(n, n.op, (got[0][0], den), got[0][1] / k)
         elif n.op == "Mul" or n.op in products and doubling:
             emit(n, n.op, (got[0][0], got[1][0]), got[0][1] * got[1][1])
         elif doubling and n.op in ("Add", "Sub") and abs(got[0][1]) == abs(got[1][1]):

@@ -440,3 +440,13 @@ def test_a_sum_is_not_scaled_past_its_dtype() -> None:
         a, b = prog(xx, yy)
         np.testing.assert_array_equal(a, xx * np.float16(300) * np.float16(300) + yy)  # [91, inf]
     np.testing.assert_array_equal(b, xx + xx + xx + xx + yy * np.float16(0.5))
+
+
+def test_a_doubled_divisor_is_divided_by_not_carried_as_a_halving() -> None:
+    # (a / (b + b)) @ w in float16 (max 65504): carrying the doubling as (a / b) @ w * 0.5 overflowed a / b = 120000.
+    g = GraphBuilder("halved")
+    a, b = g.input("a", "float16", (4, 2)), g.input("b", "float16", (4, 2))
+    ww = np.full((2, 1), 0.25, np.float16)
+    prog = compile_graph(g.build(g.op("MatMul", g.op("RealDiv", a, g.op("Add", b, b)), g.param("w", ww))))
+    aa, bb = np.full((4, 2), 60000, np.float16), np.full((4, 2), 0.5, np.float16)
+    np.testing.assert_allclose(prog(aa, bb), (aa / (bb + bb)) @ ww, rtol=1e-3)
