@@ -125,7 +125,8 @@ def _merged(g: Graph) -> Graph:
 def _signs(g: Graph, doubling: bool = False) -> Graph:
     """``g`` with floating negations (and, if ``doubling``, doublings) carried as scales (powers of two) instead of
     computed where that is exact in IEEE arithmetic up to overflow: a product or quotient of a scaled operand is the scaled product (also a
-    product with ``factors``, MatMul; a quotient by a doubled divisor divides by it, as halving after could overflow), ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
+    product with ``factors``, MatMul; a quotient by a doubled divisor divides by it, as halving after could overflow),
+    ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
     ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` and ``--x`` is ``x``; a scaled value any other node or an
     output reads is computed once (a Neg, an ``x + x``, or a product with the scale). Higher orders of reverse mode
     negate and double, then multiply and add, so most of their Negs cancel or turn into a Sub and their doublings meet
@@ -231,8 +232,8 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, even
     in part (``2y - y``), whose terms no longer broadcast to its type, or with a coefficient below 1 in magnitude or
     beyond its dtype's range (Horner's steps scale up, then down by the last level: ``4a + b * 0.5`` as
-    ``(a * 8 + b) * 0.5`` could overflow where the sum does not), is left as it was. Also says whether a product was factored (only then can
-    another round find more)."""
+    ``(a * 8 + b) * 0.5`` could overflow where the sum does not), is left as it was. Also says whether a product was
+    factored (only then can another round find more)."""
     linear, factor_ops = _linear_ops(), _factor_ops()
     scalars: dict[int, float] = {}  # by id of a 0-d constant: its value
     chained: list[tuple[Node, list[tuple[Value, float]]]] = []  # the linear nodes, each with its inputs' coefficients
@@ -261,7 +262,8 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     for v in g.flat_outputs:
         if id(v) in uses:
             uses[id(v)] += 1  # an output is read once more than by any tree, so it is always computed as itself
-    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads, signs]
+    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient,
+    # reads, signs]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it
     for n, pairs in chained:
@@ -298,7 +300,9 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         if cancels or unscalable or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
             continue
         private = {  # a scaling (itself a tree, whose absorbed sums its own plan may drop) is never factored
-            id(t): products[id(t)] for t, _, reads, _ in forms[k].values() if id(t) in products and id(t) not in forms and uses[id(t)] == reads
+            id(t): products[id(t)]
+            for t, _, reads, _ in forms[k].values()
+            if id(t) in products and id(t) not in forms and uses[id(t)] == reads
         }
         terms, removed = _factored(terms, private)
         plan = _sum_plan(terms)
