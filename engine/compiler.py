@@ -127,7 +127,8 @@ def _signs(g: Graph, doubling: bool = False) -> Graph:
     computed where that is exact in IEEE arithmetic up to overflow: a product or quotient of a scaled operand is the scaled product (also a
     product with ``factors``, MatMul; a quotient by a doubled divisor divides by it, as halving after could overflow),
     ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
-    ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` and ``--x`` is ``x``; a scaled value any other node or an
+    ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` (``-2x + 2y`` is ``2(y - x)``, so a zero keeps its sign; only
+    ``-2x - 2y`` as ``-2(x + y)`` turns a +0 into -0) and ``--x`` is ``x``; a scaled value any other node or an
     output reads is computed once (a Neg, an ``x + x``, or a product with the scale). Higher orders of reverse mode
     negate and double, then multiply and add, so most of their Negs cancel or turn into a Sub and their doublings meet
     at a sum or at an output, often a small one (the PINN's second derivative scales its 1000x1 result, not three
@@ -187,7 +188,10 @@ def _signs(g: Graph, doubling: bool = False) -> Graph:
             emit(n, n.op, (got[0][0], got[1][0]), got[0][1] * got[1][1])
         elif doubling and n.op in ("Add", "Sub") and abs(got[0][1]) == abs(got[1][1]):
             same = (got[0][1] == got[1][1]) == (n.op == "Add")  # the result is k0 * (a + b) or k0 * (a - b)
-            emit(n, "Add" if same else "Sub", (got[0][0], got[1][0]), got[0][1])
+            if got[0][1] < 0 and not same:  # -k a + k b is k (b - a): a zero keeps its sign (-x - -x is +0, not -(x - x))
+                emit(n, "Sub", (got[1][0], got[0][0]), -got[0][1])
+            else:
+                emit(n, "Add" if same else "Sub", (got[0][0], got[1][0]), got[0][1])
         elif n.op == "Add" and got[0][1] == got[1][1] == -1 and got[0][0] is got[1][0]:
             emit(n, "Add", (got[0][0], got[0][0]), -1.0)
         elif n.op == "Sub" and got[0][1] == 1 and got[1][1] == -1:

@@ -450,3 +450,15 @@ def test_a_doubled_divisor_is_divided_by_not_carried_as_a_halving() -> None:
     prog = compile_graph(g.build(g.op("MatMul", g.op("RealDiv", a, g.op("Add", b, b)), g.param("w", ww))))
     aa, bb = np.full((4, 2), 60000, np.float16), np.full((4, 2), 0.5, np.float16)
     np.testing.assert_allclose(prog(aa, bb), (aa / (bb + bb)) @ ww, rtol=1e-3)
+
+
+def test_a_doubled_difference_of_negations_keeps_the_sign_of_its_zero() -> None:
+    # -x - -x is +0 (not -(x - x) = -0), so y / ((-x - -x) + (-x - -x)) is +inf for y > 0, as NumPy gives.
+    g = GraphBuilder("zero")
+    x, y = g.input("x", "float64", (3,)), g.input("y", "float64", (3,))
+    nx = g.op("Neg", x)
+    z = g.op("Sub", nx, nx)
+    prog = compile_graph(g.build(g.op("RealDiv", y, g.op("Add", z, z))))
+    xx, yy = np.array([1.5, -2.0, 0.0]), np.array([1.0, -3.0, 2.0])
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(prog(xx, yy), yy / ((-xx - -xx) + (-xx - -xx)))
