@@ -125,8 +125,10 @@ def _merged(g: Graph) -> Graph:
 def _signs(g: Graph, doubling: bool = False) -> Graph:
     """``g`` with floating negations (and, if ``doubling``, doublings) carried as scales (powers of two) instead of
     computed where that is exact in IEEE arithmetic up to overflow: a product or quotient of a scaled operand is the scaled product (also a
-    product with ``factors``, MatMul), ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
-    ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` and ``--x`` is ``x``; a scaled value any other node or an
+    product with ``factors``, MatMul; a quotient by a doubled divisor divides by it, as halving after could overflow),
+    ``a + -y`` is ``a - y``, ``-x + b`` is ``b - x``, ``a - -y`` is ``a + y``,
+    ``x + x`` is x scaled by 2, ``2x - 2y`` is ``2(x - y)`` (``-2x + 2y`` is ``2(y - x)``, so a zero keeps its sign; only
+    ``-2x - 2y`` as ``-2(x + y)`` turns a +0 into -0) and ``--x`` is ``x``; a scaled value any other node or an
     output reads is computed once (a Neg, an ``x + x``, or a product with the scale). Higher orders of reverse mode
     negate and double, then multiply and add, so most of their Negs cancel or turn into a Sub and their doublings meet
     at a sum or at an output, often a small one (the PINN's second derivative scales its 1000x1 result, not three
@@ -179,13 +181,17 @@ def _signs(g: Graph, doubling: bool = False) -> Graph:
             scale[id(n.outputs[0])] = (got[0][0], -got[0][1])
         elif twice:
             scale[id(n.outputs[0])] = (got[0][0], 2 * got[0][1])
-        elif n.op == "RealDiv":
-            emit(n, n.op, (got[0][0], got[1][0]), got[0][1] / got[1][1])
+        elif n.op == "RealDiv":  # a scaled divisor is divided by as it is: a / 2b as (a / b) * 0.5 could overflow
+            den, k = got[1] if abs(got[1][1]) == 1 else (plain(n.inputs[1]), 1.0)
+            emit(n, n.op, (got[0][0], den), got[0][1] / k)
         elif n.op == "Mul" or n.op in products and doubling:
             emit(n, n.op, (got[0][0], got[1][0]), got[0][1] * got[1][1])
         elif doubling and n.op in ("Add", "Sub") and abs(got[0][1]) == abs(got[1][1]):
             same = (got[0][1] == got[1][1]) == (n.op == "Add")  # the result is k0 * (a + b) or k0 * (a - b)
-            emit(n, "Add" if same else "Sub", (got[0][0], got[1][0]), got[0][1])
+            if got[0][1] < 0 and not same:  # -k a + k b is k (b - a): a zero keeps its sign (-x - -x is +0, not -(x - x))
+                emit(n, "Sub", (got[1][0], got[0][0]), -got[0][1])
+            else:
+                emit(n, "Add" if same else "Sub", (got[0][0], got[1][0]), got[0][1])
         elif n.op == "Add" and got[0][1] == got[1][1] == -1 and got[0][0] is got[1][0]:
             emit(n, "Add", (got[0][0], got[0][0]), -1.0)
         elif n.op == "Sub" and got[0][1] == 1 and got[1][1] == -1:
@@ -211,6 +217,10 @@ SUM_ROUNDS = 3
 the next round flattens (the 4th derivative of sin(tanh(x)): 50 steps after one round, 48 after two, 46 after three,
 where it stays); a round that factored nothing is the last."""
 
+POSITIVE, NEGATIVE = 1, 2
+"""Bits of the signs with which the sum pass saw a term added (a zero coefficient counts as both): a term added with both
+has cancelled, if only in part (``2y - y`` is y but NaN for an infinite y), so its sum is left as it was."""
+
 SUM_TERMS = 64
 """Most terms a flattened sum collects: a longer one is kept as a term of the next, so flattening stays linear."""
 
@@ -223,9 +233,11 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
     ``((a * 2 + (b - c)) * 2) + d``). Higher orders of reverse mode add the same products again and again (the 4th
     derivative of sin(tanh(x)) sums 10 distinct terms in 17 steps, 11 after this), and products of a shared input that
     only the tree reads become one product of their sum (:func:`_factored`). Only the order of additions and where a
-    scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, or whose
-    terms no longer broadcast to its type, is left as it was. Also says whether a product was factored (only then can
-    another round find more)."""
+    scaling rounds change (scaling by the small integer counts is exact up to overflow); a sum whose terms cancel, even
+    in part (``2y - y``), whose terms no longer broadcast to its type, or with a coefficient below 1 in magnitude or
+    beyond its dtype's range (Horner's steps scale up, then down by the last level: ``4a + b * 0.5`` as
+    ``(a * 8 + b) * 0.5`` could overflow where the sum does not), is left as it was. Also says whether a product was
+    factored (only then can another round find more)."""
     linear, factor_ops = _linear_ops(), _factor_ops()
     scalars: dict[int, float] = {}  # by id of a 0-d constant: its value
     chained: list[tuple[Node, list[tuple[Value, float]]]] = []  # the linear nodes, each with its inputs' coefficients
@@ -252,8 +264,10 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
             if id(v) in uses:
                 uses[id(v)] += 1
     for v in g.flat_outputs:
-        uses[id(v)] = 2  # an output is always computed as itself
-    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient, reads]
+        if id(v) in uses:
+            uses[id(v)] += 1  # an output is read once more than by any tree, so it is always computed as itself
+    forms: dict[int, dict[int, list[Any]]] = {}  # by id of a linear node's output: id of a term -> [term, coefficient,
+    # reads, signs]
     steps: dict[int, int] = {}  # by id of a linear node's output: the nodes its tree has
     parent: dict[int, int] = {}  # by id of an absorbed output: id of the output whose tree took it
     for n, pairs in chained:
@@ -263,7 +277,7 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         for v, c in pairs:
             sub = forms.get(id(v)) if uses.get(id(v)) == 1 else None
             if sub is None or len(sub) + len(form) > SUM_TERMS:
-                terms: Any = ((v, 1.0, 1),)
+                terms: Any = ((v, 1.0, 1, POSITIVE),)
             else:
                 count += steps[id(v)]
                 parent[id(v)] = id(out)
@@ -271,10 +285,11 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
                     form = sub  # the only reader takes the tree over as it is: a chain costs one step per node
                     continue
                 terms = sub.values()
-            for t, a, reads in terms:
-                entry = form.setdefault(id(t), [t, 0.0, 0])
+            for t, a, reads, signs in terms:
+                entry = form.setdefault(id(t), [t, 0.0, 0, 0])
                 entry[1] += c * a
                 entry[2] += reads
+                entry[3] |= signs if c > 0 else (signs & POSITIVE) << 1 | signs >> 1 if c < 0 else POSITIVE | NEGATIVE
         forms[id(out)], steps[id(out)] = form, count
     plans = {}
     dropped: set[int] = set()
@@ -282,10 +297,17 @@ def _sums(g: Graph) -> tuple[Graph, bool]:
         k = id(n.outputs[0])
         if k in parent or steps[k] == 1:
             continue
-        terms = [[t, c] for t, c, _ in forms[k].values()]
-        if any(c == 0 for _, c in terms) or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
+        terms = [[t, c] for t, c, _, _ in forms[k].values()]
+        cancels = any(signs != POSITIVE and signs != NEGATIVE for *_, signs in forms[k].values())
+        largest = float(np.finfo(n.outputs[0].type.dtype).max)
+        unscalable = any(not 1 <= abs(c) <= largest for _, c in terms)  # scaled down at the end, Horner's steps could overflow
+        if cancels or unscalable or broadcast(*(t.type.shape for t, _ in terms)) != n.outputs[0].type.shape:
             continue
-        private = {id(t): products[id(t)] for t, _, reads in forms[k].values() if id(t) in products and uses[id(t)] == reads}
+        private = {  # a scaling (itself a tree, whose absorbed sums its own plan may drop) is never factored
+            id(t): products[id(t)]
+            for t, _, reads, _ in forms[k].values()
+            if id(t) in products and id(t) not in forms and uses[id(t)] == reads
+        }
         terms, removed = _factored(terms, private)
         plan = _sum_plan(terms)
         if 0 < plan[0] < steps[k] + len(removed):

@@ -386,3 +386,79 @@ def test_doublings_and_negations_are_carried_through_products_to_a_small_output(
     want = -2 * (xx.astype(np.float64) ** 2) @ ww - 2 * (xx.astype(np.float64) ** 2) @ (ww * 0.5)
     for _ in range(12):
         np.testing.assert_allclose(prog(xx), want, rtol=1e-5 if dtype == "float32" else 1e-13, atol=1e-5 if dtype == "float32" else 1e-13)
+
+
+def test_a_product_that_is_also_an_output_stays_when_a_sum_reads_it_twice() -> None:
+    # p = x*y is an output and read twice by s = p + q + p + q: factoring s as (2x + 2z) * y must not drop p's node.
+    g = GraphBuilder("out_product")
+    x, y, z = (g.input(k, "float64", (3,)) for k in "xyz")
+    p, q = g.op("Mul", x, y), g.op("Mul", z, y)
+    prog = compile_graph(g.build((g.op("Add", g.op("Add", g.op("Add", p, q), p), q), p)))
+    xx, yy, zz = (RNG.standard_normal(3) for _ in range(3))
+    for _ in range(12):
+        s, pp = prog(xx, yy, zz)
+        np.testing.assert_allclose(s, xx * yy + zz * yy + xx * yy + zz * yy, rtol=1e-14)
+        np.testing.assert_allclose(pp, xx * yy, rtol=1e-15)
+
+
+def test_scalings_read_twice_by_a_sum_keep_the_sums_they_scale() -> None:
+    # (u + w) * 3 and z * 3, each read twice by one sum: the sum u + w that the first scales is still computed.
+    g = GraphBuilder("scaled_twice")
+    u, w, z = (g.input(k, "float64", (3,)) for k in "uwz")
+    three = g.const(3.0, "float64")
+    p1, p2 = g.op("Mul", g.op("Add", u, w), three), g.op("Mul", z, three)
+    prog = compile_graph(g.build(g.op("Add", g.op("Add", g.op("Add", p1, p2), p1), p2)))
+    uu, ww, zz = (RNG.standard_normal(3) for _ in range(3))
+    for _ in range(12):
+        np.testing.assert_allclose(prog(uu, ww, zz), (uu + ww) * 3 + zz * 3 + (uu + ww) * 3 + zz * 3, rtol=1e-14)
+
+
+def test_a_sum_whose_terms_partly_cancel_keeps_the_nan_of_an_infinite_term() -> None:
+    # ((x + x + x) + y - x) + y: x's coefficient 3 - 1 = 2 hides inf - inf, so the sum is left as it was.
+    g = GraphBuilder("partly")
+    x, y = g.input("x", "float64", (3,)), g.input("y", "float64", (3,))
+    t = g.op("Add", g.op("Add", g.op("Add", x, x), x), y)
+    prog = compile_graph(g.build(g.op("Add", g.op("Sub", t, x), y)))
+    xx, yy = np.array([np.inf, 1.5, -np.inf]), np.array([1.0, 2.0, 3.0])
+    with np.errstate(invalid="ignore"):
+        want = xx + xx + xx + yy - xx + yy
+        got = prog(xx, yy)
+    np.testing.assert_array_equal(got, want)
+
+
+def test_a_sum_is_not_scaled_past_its_dtype() -> None:
+    # float16 (max 65504): (x * 300) * 300 + y must not scale x by 90000 (inf), and 4a + b * 0.5 must not compute
+    # (8a + b) * 0.5 (8a overflows where 4a does not); both are NumPy's values for the same formulas.
+    g = GraphBuilder("half")
+    x, y = g.input("x", "float16", (2,)), g.input("y", "float16", (2,))
+    c, h = g.const(np.float16(300), "float16"), g.const(np.float16(0.5), "float16")
+    first = g.op("Add", g.op("Mul", g.op("Mul", x, c), c), y)
+    second = g.op("Add", g.op("Add", g.op("Add", g.op("Add", x, x), x), x), g.op("Mul", y, h))
+    prog = compile_graph(g.build((first, second)))
+    xx, yy = np.array([1e-3, 9000.0], np.float16), np.array([1.0, 2.0], np.float16)
+    with np.errstate(over="ignore"):
+        a, b = prog(xx, yy)
+        np.testing.assert_array_equal(a, xx * np.float16(300) * np.float16(300) + yy)  # [91, inf]
+    np.testing.assert_array_equal(b, xx + xx + xx + xx + yy * np.float16(0.5))
+
+
+def test_a_doubled_divisor_is_divided_by_not_carried_as_a_halving() -> None:
+    # (a / (b + b)) @ w in float16 (max 65504): carrying the doubling as (a / b) @ w * 0.5 overflowed a / b = 120000.
+    g = GraphBuilder("halved")
+    a, b = g.input("a", "float16", (4, 2)), g.input("b", "float16", (4, 2))
+    ww = np.full((2, 1), 0.25, np.float16)
+    prog = compile_graph(g.build(g.op("MatMul", g.op("RealDiv", a, g.op("Add", b, b)), g.param("w", ww))))
+    aa, bb = np.full((4, 2), 60000, np.float16), np.full((4, 2), 0.5, np.float16)
+    np.testing.assert_allclose(prog(aa, bb), (aa / (bb + bb)) @ ww, rtol=1e-3)
+
+
+def test_a_doubled_difference_of_negations_keeps_the_sign_of_its_zero() -> None:
+    # -x - -x is +0 (not -(x - x) = -0), so y / ((-x - -x) + (-x - -x)) is +inf for y > 0, as NumPy gives.
+    g = GraphBuilder("zero")
+    x, y = g.input("x", "float64", (3,)), g.input("y", "float64", (3,))
+    nx = g.op("Neg", x)
+    z = g.op("Sub", nx, nx)
+    prog = compile_graph(g.build(g.op("RealDiv", y, g.op("Add", z, z))))
+    xx, yy = np.array([1.5, -2.0, 0.0]), np.array([1.0, -3.0, 2.0])
+    with np.errstate(divide="ignore"):
+        np.testing.assert_array_equal(prog(xx, yy), yy / ((-xx - -xx) + (-xx - -xx)))
