@@ -360,6 +360,10 @@ class _Factored:
         return self.node.outputs[0].type
 
 
+FACTOR_MIN_ITEMSIZE = 4
+"""Products narrower than float32 are never factored: in float16 ``(a + b) * y`` overflows where ``a*y + b*y`` need not."""
+
+
 def _factored(terms: list[list[Any]], products: dict[int, Node]) -> tuple[list[list[Any]], list[int]]:
     """``terms`` with the ``products`` (by id of a term: its node; only nodes of this sum read them) that share an input
     (``OpDef.factors``: ``a * y + b * y`` is ``(a + b) * y``) grouped into one product of their sum, greedily by the
@@ -380,7 +384,8 @@ def _factored(terms: list[list[Any]], products: dict[int, Node]) -> tuple[list[l
         nodes = [products[id(terms[i][0])] for i in best]
         first, p0 = nodes[0], next(iter(best.values()))
         others = [n.inputs[1 - p] for n, p in zip(nodes, best.values())]
-        if len({v.type for v in others}) > 1 or len({n.outputs[0].type for n in nodes}) > 1:
+        if (len({v.type for v in others}) > 1 or len({n.outputs[0].type for n in nodes}) > 1
+                or first.outputs[0].type.dtype.itemsize < FACTOR_MIN_ITEMSIZE):
             return terms, removed
         unit = min((terms[i][1] for i in best), key=abs)
         steps, inner = _sum_plan([[v, terms[i][1] / unit] for v, i in zip(others, best)])

@@ -306,6 +306,19 @@ def test_products_of_a_common_factor_in_a_sum_are_one_product(monkeypatch: pytes
             np.testing.assert_allclose(got, ref, rtol=tol, atol=tol)
 
 
+def test_float16_products_are_not_factored_where_the_sum_of_factors_overflows() -> None:
+    # a*y + b*y + c*y with a = b = c = 30000 and y = 1e-3: each product is 30, the sum 90; (a + b + c) * y would be
+    # 90000 * y, whose first sum is inf in float16 (largest 65504), so float16 products stay as they are.
+    g = GraphBuilder("f16")
+    a, b, c, y = (g.input(k, "float16", (4,)) for k in "abcy")
+    net = g.build(g.op("Add", g.op("Add", g.op("Mul", a, y), g.op("Mul", b, y)), g.op("Mul", c, y)))
+    prog = compile_graph(net)
+    big, small = np.full(4, 30000, np.float16), np.full(4, 1e-3, np.float16)
+    want = big * small + big * small + big * small  # NumPy's float16, step by step as the graph says
+    assert np.isfinite(want).all()
+    np.testing.assert_array_equal(prog(big, big, big, small), want)
+
+
 def test_products_by_one_matrix_in_a_sum_are_one_product() -> None:
     # a @ W + b @ W - c @ W is (a + b - c) @ W, one MatMul; d @ W with W transposed is a different product and stays.
     g = GraphBuilder("mm")
