@@ -420,11 +420,14 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
-        interrupt: Callable[[], bool] | None = None, found: Plan | None = None) -> tuple[Plan, Encoded]:
+        interrupt: Callable[[], bool] | None = None, found: Plan | None = None,
+        network: Graph | None = None) -> tuple[Plan, Encoded]:
     """Compute a Grad or Run request ``req`` (``tensors``: its tensors, some in shared memory) on the network
-    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan when the caller holds it
-    (the local lane, which never builds one). Returns its plan and response."""
-    network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
+    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan and ``network`` the
+    decoded network when the caller holds them (the local lane, which never builds a plan and shares its cache
+    between threads). Returns its plan and response."""
+    if network is None:
+        network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
     if found is None:
         found = plan(state, kind, req, network_id, key)
     given = args(state, kind, found, tensors, network)
