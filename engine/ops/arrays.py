@@ -2,7 +2,7 @@
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -274,10 +274,15 @@ def _padv3_grad(dy: np.ndarray, paddings: tuple[int, ...], mode: str) -> np.ndar
     return np.ascontiguousarray(out) if out is not dy else dy.copy()
 
 
-def _steps_bytes(start: tuple[int, ...], pairs: tuple[tuple[int, int], ...], grow: int, itemsize: int) -> int:
-    """Bytes of the arrays made one padded axis at a time from ``start`` (``grow`` 1: adding each pair, PadV3's
-    takes; -1: removing them last axis first, PadV3Grad's sums), the result included (a bound of what a step holds
-    besides its output, which the last of them may be copied into)."""
+def _steps_bytes(grow: int) -> Callable[[Any, Any, dict[str, Any]], int]:
+    """An op entry's ``scratch_bytes``: the bytes of the arrays made one padded axis at a time from its input's shape
+    (``grow`` 1: adding each pair, PadV3's takes; -1: removing them last axis first, PadV3Grad's sums), the result
+    included (a bound of what a step holds besides its output, which the last of them may be copied into)."""
+    return lambda i, o, attrs: _padded_bytes(i[0].shape, _pairs(attrs["paddings"], len(i[0].shape)), grow, i[0].dtype.itemsize)
+
+
+def _padded_bytes(start: tuple[int, ...], pairs: tuple[tuple[int, int], ...], grow: int, itemsize: int) -> int:
+    """``_steps_bytes`` for an input of shape ``start`` padded by ``pairs``."""
     shape, total = list(start), 0
     order = range(len(pairs)) if grow > 0 else reversed(range(len(pairs)))
     for ax in order:
@@ -335,7 +340,7 @@ defop(
     attrs=_PAD_MODE_ATTRS,
     doc="pads x along each axis with values of x itself: mirrored ('reflect'), the edge repeated ('edge') or wrapped ('circular')",
     public=False,
-    scratch_bytes=lambda i, o, attrs: _steps_bytes(i[0].shape, _pairs(attrs["paddings"], len(i[0].shape)), 1, i[0].dtype.itemsize),
+    scratch_bytes=_steps_bytes(1),
     onnx=_padv3_onnx,
 )
 defop(
@@ -347,7 +352,7 @@ defop(
     attrs=_PAD_MODE_ATTRS,
     doc="PadV3's adjoint: each element of dy added to the position of x PadV3 read it from (a scatter-add)",
     public=False,
-    scratch_bytes=lambda i, o, attrs: _steps_bytes(i[0].shape, _pairs(attrs["paddings"], len(i[0].shape)), -1, i[0].dtype.itemsize),
+    scratch_bytes=_steps_bytes(-1),
     onnx=_padv3_grad_onnx,
 )
 
