@@ -151,11 +151,8 @@ def _signs(g: Graph, doubling: bool = False) -> Graph:
             elif k == 2:
                 nodes.append(Node("Add", (x, x), {}, (out,), f"{v.name}:twice"))
             else:
-                arr = np.asarray(k, v.dtype)
-                arr.setflags(write=False)
-                c = Value(f"{v.name}:{k:g}", TensorType(v.dtype, ()), None)
-                nodes.append(Node("Const", (), {"value": arr}, (c,), f"{v.name}:c"))
-                nodes.append(Node("Mul", (x, c), {}, (out,), f"{v.name}:scaled"))
+                const, c = _constant(k, v.dtype, f"{v.name}:{k:g}", f"{v.name}:c")
+                nodes.extend((const, Node("Mul", (x, c), {}, (out,), f"{v.name}:scaled")))
             made[(id(x), k)] = out
         return made[(id(x), k)]
 
@@ -430,10 +427,8 @@ def _emit_sum(n: Node, levels: list[tuple[float, list[tuple[Any, bool]]]], nodes
         return out
 
     def scale(a: Value, factor: float) -> Value:
-        arr = np.asarray(factor, dtype)
-        arr.setflags(write=False)
-        c = Value(f"{n.name}:x{factor:g}", TensorType(dtype, ()), None)
-        nodes.append(Node("Const", (), {"value": arr}, (c,), f"{n.name}:c{len(nodes)}"))
+        const, c = _constant(factor, dtype, f"{n.name}:x{factor:g}", f"{n.name}:c{len(nodes)}")
+        nodes.append(const)
         return emit("Mul", a, c)
 
     def level_sum(terms: list[tuple[Value, bool]]) -> tuple[Value, bool]:
@@ -491,12 +486,19 @@ def _fold(n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> list[Node
     res = opdef.forward(*arrays, **n.attrs)
     nodes = []
     for j, (r, o) in enumerate(zip(res if len(n.outputs) > 1 else (res,), n.outputs)):
-        arr = np.asarray(r).astype(o.dtype, copy=True)
-        arr.setflags(write=False)
-        c = Value(o.name, TensorType(arr.dtype, arr.shape), None)
-        consts[id(c)] = arr
-        nodes.append(Node("Const", (), {"value": arr}, (c,), n.name if j == 0 else f"{n.name}:{j}"))
+        const, c = _constant(r, o.dtype, o.name, n.name if j == 0 else f"{n.name}:{j}")
+        consts[id(c)] = const.attrs["value"]
+        nodes.append(const)
     return nodes
+
+
+def _constant(value: Any, dtype: np.dtype, name: str, node_name: str) -> tuple[Node, Value]:
+    """A Const node ``node_name`` holding a read-only copy of ``value`` as ``dtype``, and its value ``name``: what
+    folding and the scalings of the sign and sum passes add to a graph."""
+    arr = np.asarray(value).astype(dtype, copy=True)
+    arr.setflags(write=False)
+    c = Value(name, TensorType(arr.dtype, arr.shape), None)
+    return Node("Const", (), {"value": arr}, (c,), node_name), c
 
 
 class Program:
