@@ -48,10 +48,16 @@ def optimize(g: Graph) -> Graph:
     changed is kept as it is (shared with ``g``, which is never modified), so only what a rewrite reaches is copied."""
     lowered = lower(g).pruned()
     signed = _simplified(lowered, doubling=False)
-    if not any(n.op == "Add" and n.inputs[0] is n.inputs[1] for n in signed.nodes):
+    if not any(_doubles(n) for n in signed.nodes):
         return signed
     scaled = _simplified(lowered, doubling=True)
     return scaled if _run_cost(scaled) < _run_cost(signed) else signed
+
+
+
+def _doubles(n: Node) -> bool:
+    """Whether ``n`` is ``x + x``, which the sign pass can carry as a scale (``_signs(g, doubling=True)``)."""
+    return n.op == "Add" and n.inputs[0] is n.inputs[1]
 
 
 STEP_ELEMENTS = 4096
@@ -133,7 +139,7 @@ def _signs(g: Graph, doubling: bool = False) -> Graph:
     negate and double, then multiply and add, so most of their Negs cancel or turn into a Sub and their doublings meet
     at a sum or at an output, often a small one (the PINN's second derivative scales its 1000x1 result, not three
     1000x64 passes)."""
-    if not any(n.op == "Neg" or (doubling and n.op == "Add" and n.inputs[0] is n.inputs[1]) for n in g.nodes):
+    if not any(n.op == "Neg" or (doubling and _doubles(n)) for n in g.nodes):
         return g
     scale: dict[int, tuple[Value, float]] = {}  # by id of a value of g: (the value of the result, its scale)
     made: dict[tuple[int, float], Value] = {}  # by (id of a value of the result, scale): the computed scaled value
