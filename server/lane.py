@@ -105,9 +105,11 @@ class Lane:
             stop = _Stop(deadline, is_active) if found.bounded else None
             state = self._state
             try:
-                graph = state.network(network_id, network)  # held here: the other lane's thread may drop it from the cache
+                # The plan and the network are held here and passed on: decoding the network may drop the plan from
+                # the cache, and the other lane's thread may drop the network.
+                graph = state.network(network_id, network)
                 _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop,
-                                         found, graph)  # as sent: decoding the network may have dropped it from the cache
+                                         found, graph)
             except Interrupted as exc:
                 raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
             except Exception as exc:
