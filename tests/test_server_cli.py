@@ -33,10 +33,13 @@ def test_flags_beat_environment_which_beats_defaults() -> None:
     assert cfg.limits.max_message_bytes > 256 * 2**20  # room for a 256 MB tensor plus the message around it
     assert parse([], {}).limits == config.Limits()
     assert parse([], {"GRADSERVE_LOCAL_MAX_ELEMENTS": "0"}).local_max_elements == 0
+    lane = parse(["--local-max-flops", "5000"], {"GRADSERVE_LOCAL_MAX_FLOPS": "7", "GRADSERVE_LOCAL_MAX_PEAK_BYTES": "4096"})
+    assert (lane.local_max_flops, lane.local_max_peak_bytes) == (5000, 4096)
 
 
 @pytest.mark.parametrize("argv,environ", [(["--workers", "0"], {}), ([], {"GRADSERVE_PORT": "eighty"}),
                                           (["--max-queue-depth", "-1"], {}), (["--local-max-elements", "-1"], {}),
+                                          (["--local-max-flops", "-1"], {}), ([], {"GRADSERVE_LOCAL_MAX_PEAK_BYTES": "-5"}),
                                           ([], {"GRADSERVE_MAX_CONNECTION_AGE_SECONDS": "-2"})])
 def test_bad_settings_exit_with_a_message(argv: list[str], environ: dict[str, str]) -> None:
     with pytest.raises(SystemExit) as info:
