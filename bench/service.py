@@ -20,7 +20,9 @@ The servers (gradserve and the echo server) run in this process and the clients 
 they would in production: a client sharing the server's interpreter would contend for its GIL and
 for the same cores in a way no deployment does. Echo and gradient calls are made by the same client
 process over the same kind of channel, alternately, so that load from elsewhere on the machine
-falls on both alike; the echo returns the gradient request's own serialized bytes.
+falls on both alike; the echo returns the gradient request's own serialized bytes. The training figures are
+measured twice: with the server side and the client kept on separate cores (each replica on its own), as separate
+machines would keep them, and with no pinning at all.
 
 Run: ``python bench/service.py`` (about three minutes; ``--help`` for sample counts). Needs the ``examples`` extra
 (scikit-learn's digits; threadpoolctl, which comes with it, gives the client one BLAS thread).
@@ -28,6 +30,7 @@ Run: ``python bench/service.py`` (about three minutes; ``--help`` for sample cou
 from __future__ import annotations
 
 import argparse
+import contextlib
 import functools
 import importlib.util
 import multiprocessing
@@ -37,7 +40,7 @@ import threading
 import time
 from concurrent import futures
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -443,11 +446,39 @@ def cpu_per_request(rounds: int, per_block: int) -> None:
           f"[{min(ratios):.2f}..{max(ratios):.2f}] (target <= 1.3x)")
 
 
-def in_client_process(target: Callable[..., None], *args: Any) -> Any:
-    """Run ``target(*args, conn)`` in a fresh process (spawned: this one holds gRPC state) and return what it sends."""
+def split_cores(pin: bool) -> tuple[set[int] | None, set[int] | None]:
+    """The cores for the servers' side and for the client with ``--pin``: the first allowed core and the others, as
+    separate machines would keep them apart (no thread migrating between them); (None, None) to leave both free."""
+    allowed = sorted(os.sched_getaffinity(0)) if pin and hasattr(os, "sched_setaffinity") else []
+    return ({allowed[0]}, set(allowed[1:])) if len(allowed) > 1 else (None, None)
+
+
+@contextlib.contextmanager
+def pinned(cpus: set[int] | None) -> Iterator[None]:
+    """This process (and the worker processes it starts meanwhile) on ``cpus``; its affinity restored after."""
+    if cpus is None:
+        yield
+        return
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, cpus)
+    try:
+        yield
+    finally:
+        os.sched_setaffinity(0, before)
+
+
+def _on_cores(cpus: set[int] | None, target: Callable[..., None], *args: Any) -> None:
+    """``target(*args)`` in this process pinned to ``cpus`` (None: where it is)."""
+    with pinned(cpus):
+        target(*args)
+
+
+def in_client_process(target: Callable[..., None], *args: Any, cpus: set[int] | None = None) -> Any:
+    """Run ``target(*args, conn)`` in a fresh process (spawned: this one holds gRPC state), on ``cpus`` if given, and
+    return what it sends."""
     ctx = multiprocessing.get_context("spawn")
     recv, send = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=target, args=(*args, send))
+    proc = ctx.Process(target=_on_cores, args=(cpus, target, *args, send))
     proc.start()
     send.close()
     try:
@@ -475,10 +506,14 @@ def training(steps: int, rounds: int) -> None:
     print(f"RATIO MLP training step remote/embedded {served / embedded:.2f}x (issue 13's target, for the digits CNN: <= 1.3x)")
 
 
-def digits(rounds: int, in_flight: int) -> None:
-    """Print the digits CNN's remote/embedded step time and its streamed vs unary steps per second (2 workers)."""
-    with running(ServerConfig(host="127.0.0.1", port=0, workers=2, log_level="warning")) as server:
-        t = in_client_process(digits_client, f"127.0.0.1:{server.port}", rounds, in_flight)
+def digits(rounds: int, in_flight: int, pin: bool) -> None:
+    """Print the digits CNN's remote/embedded step time and its streamed vs unary steps per second (2 workers);
+    with ``pin``, the server and its workers on one core and the client (which also runs the embedded side) on
+    the other."""
+    server_cpus, client_cpus = split_cores(pin)
+    with pinned(server_cpus), running(ServerConfig(host="127.0.0.1", port=0, workers=2, log_level="warning")) as server:
+        t = in_client_process(digits_client, f"127.0.0.1:{server.port}", rounds, in_flight, cpus=client_cpus)
+    print(f"digits CNN, {'server and client on separate cores' if server_cpus else 'no core pinning'}:")
     print(f"digits CNN training step (batch 32, Adam): embedded {t['embedded']*1e3:.2f} ms, remote unary "
           f"{t['unary']*1e3:.2f} ms, remote streamed {t['streamed']*1e3:.2f} ms (in_flight={in_flight})")
     print(f"RATIO digits CNN step remote/embedded {t['unary'] / t['embedded']:.2f}x (target <= 1.3x)")
@@ -486,15 +521,41 @@ def digits(rounds: int, in_flight: int) -> None:
           f"({1 / t['streamed']:.0f} vs {1 / t['unary']:.0f} steps/s, 2-worker server)")
 
 
-def replicas(batch: int, rounds: int) -> None:
-    """Print one large-batch CNN gradient's time on one single-worker replica and split over two."""
+def serve_replica(config: ServerConfig, cpus: set[int] | None, conn: Any) -> None:
+    """A replica: a server in this process (on ``cpus`` if given), its port sent on ``conn``; when told to stop, it
+    sends the number of Grad calls it answered."""
+    with pinned(cpus), running(config) as server:
+        conn.send(server.port)
+        conn.recv()
+        conn.send(sum(n for m, code, n in server.servicer.metrics.snapshot() if m == "Grad" and code == "OK"))
+
+
+@contextlib.contextmanager
+def replica(config: ServerConfig, cpus: set[int] | None, answered: list[int]) -> Iterator[str]:
+    """The target of a replica in its own process, as replicas are (two servers in one process would share its
+    interpreter lock); appends the Grad calls it answered to ``answered`` when it stops."""
+    ours, theirs = multiprocessing.get_context("spawn").Pipe()
+    proc = multiprocessing.get_context("spawn").Process(target=serve_replica, args=(config, cpus, theirs))
+    proc.start()
+    try:
+        yield f"127.0.0.1:{ours.recv()}"
+        ours.send("stop")
+        answered.append(ours.recv())
+    finally:
+        proc.join()
+
+
+def replicas(batch: int, rounds: int, pin: bool) -> None:
+    """Print one large-batch CNN gradient's time on one single-worker replica and split over two, each replica a
+    process of its own; with ``pin``, each on a core of its own (the client free)."""
     config = ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")
-    with running(config) as a, running(config) as b:
-        one, two = in_client_process(replicas_client, f"127.0.0.1:{a.port}", f"127.0.0.1:{a.port},127.0.0.1:{b.port}",
-                                     batch, rounds)
-        calls = [sum(n for m, code, n in s.servicer.metrics.snapshot() if m == "Grad" and code == "OK") for s in (a, b)]
-    print(f"digits CNN gradient of {batch} images: 1 replica {one*1e3:.0f} ms, 2 replicas {two*1e3:.0f} ms "
-          f"(Grad calls answered by each replica: {calls})")
+    cpus: list[set[int] | None] = [{c} for c in sorted(os.sched_getaffinity(0))[:2]] if pin and hasattr(os, "sched_setaffinity") else []
+    cpus = cpus if len(cpus) == 2 else [None, None]
+    calls: list[int] = []
+    with replica(config, cpus[0], calls) as a, replica(config, cpus[1], calls) as b:
+        one, two = in_client_process(replicas_client, a, f"{a},{b}", batch, rounds)
+    print(f"digits CNN gradient of {batch} images, {'each replica on its own core' if cpus[0] else 'no core pinning'}: "
+          f"1 replica {one*1e3:.0f} ms, 2 replicas {two*1e3:.0f} ms (Grad calls answered by each replica: {calls[::-1]})")
     print(f"RATIO large-batch gradient 1 vs 2 replicas {one / two:.2f}x (target >= 1.7x)")
 
 
@@ -524,8 +585,10 @@ def main() -> None:
             scaling(case, args.scaling_rounds, args.clients, calls)
         return
     training(args.train_steps, args.train_rounds)
-    digits(args.digits_rounds, args.in_flight)
-    replicas(args.big_batch, args.replica_rounds)
+    for pin in (True, False):
+        digits(args.digits_rounds, args.in_flight, pin)
+    for pin in (True, False):
+        replicas(args.big_batch, args.replica_rounds, pin)
     if args.only_training:
         return
 
