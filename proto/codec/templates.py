@@ -10,6 +10,7 @@ does except for the data itself, which is why ``read`` and ``join`` equal full p
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import sys
 from dataclasses import dataclass
@@ -20,8 +21,9 @@ from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
 from gradserve.v1 import graph_pb2 as pb
 
+from .errors import WireError
 from .limits import DEFAULT_LIMITS, Limits
-from .tensors import _DTYPE_OF_ENUM, decode_tree
+from .tensors import decode_dtype, decode_tree
 
 Path = tuple[Any, ...]
 """Where a tensor is in its message: field names, with a list index or a map key after a repeated or map field
@@ -118,8 +120,11 @@ def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None
             data = (begin, after)
         else:
             raise _Irregular
-    dt = _DTYPE_OF_ENUM.get(dtype)  # type: ignore[call-overload]
-    if dt is None or min(shape, default=0) < 0:
+    try:
+        dt = decode_dtype(dtype, "dtype")  # type: ignore[arg-type]
+    except WireError:
+        raise _Irregular from None
+    if min(shape, default=0) < 0:
         raise _Irregular
     start, stop = data if data is not None else (end, end)
     if stop - start != math.prod(shape) * dt.itemsize:
@@ -220,6 +225,14 @@ class Template:
     slots: tuple[Slot, ...]
     size: int
     """The whole message's length."""
+    reads: tuple[tuple[bytes, int, int, np.dtype, int, tuple[int, ...], bool, bool], ...] = dataclasses.field(init=False, repr=False)
+    """Per slot, what ``read`` needs: the piece after it, its data's start and end, dtype, element count and shape,
+    whether its data is misaligned for its dtype and whether it is bool."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reads", tuple(
+            (piece, s.start, s.start + s.nbytes, s.dtype, math.prod(s.shape), s.shape, s.start % s.dtype.alignment != 0,
+             s.dtype.kind == "b") for s, piece in zip(self.slots, self.pieces[1:])))
 
     @classmethod
     def learn(cls, raw: bytes, descriptor: Descriptor) -> Template | None:
@@ -260,16 +273,14 @@ class Template:
         if len(raw) != self.size or not raw.startswith(self.pieces[0]):
             return None
         out = []
-        pieces = self.pieces
-        for i, s in enumerate(self.slots):
-            stop = s.start + s.nbytes
-            if not raw.startswith(pieces[i + 1], stop):
+        for piece, start, stop, dtype, count, shape, misaligned, boolean in self.reads:
+            if not raw.startswith(piece, stop):
                 return None
-            if s.start % s.dtype.alignment:
-                a = np.frombuffer(raw[s.start:stop], s.dtype).reshape(s.shape)
+            if misaligned:
+                a = np.frombuffer(raw[start:stop], dtype).reshape(shape)
             else:
-                a = np.frombuffer(raw, s.dtype, math.prod(s.shape), s.start).reshape(s.shape)
-            if s.dtype.kind == "b" and s.nbytes and a.view(np.uint8).max() > 1:
+                a = np.frombuffer(raw, dtype, count, start).reshape(shape)
+            if boolean and count and a.view(np.uint8).max() > 1:
                 return None
             out.append(a)
         return out
