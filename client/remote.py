@@ -471,7 +471,7 @@ class _Stream:
 
     def __init__(self, backend: RemoteBackend, calls: Iterator[Call], in_flight: int) -> None:
         self.backend, self.calls, self.in_flight = backend, calls, in_flight
-        self.sent: dict[int, tuple[Call, Callable[..., service_pb2.GradRequest], dict[str, graph_pb2.Tensor]]] = {}
+        self.sent: dict[int, tuple[Call, Callable[..., service_pb2.GradRequest], dict[str, np.ndarray]]] = {}
         self.answers: dict[int, service_pb2.GradResponse] = {}
         self.failed: tuple[int, BaseException] | None = None
         self.read = 0
