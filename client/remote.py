@@ -63,7 +63,7 @@ computed, and ``return_forward`` brings the outputs."""
 STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 """gRPC status codes by their number, for the ``error`` of a GradStream response."""
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
-RESULTS = {"Grad": (service_pb2.GradResponse, "gradients"), "Run": (service_pb2.RunResponse, "outputs")}
+RESULTS: dict[str, tuple[Any, str]] = {"Grad": (service_pb2.GradResponse, "gradients"), "Run": (service_pb2.RunResponse, "outputs")}
 """By method: the response type and its result tree's field."""
 URI_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 """gRPC target schemes; a target in one of them is a single channel even when it holds commas."""

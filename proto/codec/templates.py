@@ -164,6 +164,8 @@ def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, ou
         if wire != 2:
             raise _Irregular
         sub = field.message_type
+        if sub is None:
+            raise _Irregular
         if sub.GetOptions().map_entry:
             key = _map_key(buf, begin, after, sub)
             if key in keys.setdefault(number, set()):
