@@ -16,6 +16,11 @@ once per server with the values it was traced with. Each Grad or Run call then c
 overrides, every parameter whose value differs from those registered values (encoded once per new array),
 so the server's compiled plan stays the same while the weights change, and a parameter never changed is
 never sent again.
+
+Unary calls of one layout (the same network, flags, and types of inputs and overrides) are written and read by the
+codec's templates: the first request is serialized by protobuf and cut around its tensors' data, so that the next
+ones are one join of those pieces and the arrays; a response's tensors are read at the offsets its first one had
+(after a check that every other byte is the same), as read-only arrays, as parsing would give them.
 """
 from __future__ import annotations
 
@@ -58,6 +63,8 @@ computed, and ``return_forward`` brings the outputs."""
 STATUS_CODES = {code.value[0]: code for code in grpc.StatusCode}
 """gRPC status codes by their number, for the ``error`` of a GradStream response."""
 SERVICE = service_pb2.DESCRIPTOR.services_by_name["Gradient"].full_name
+RESULTS: dict[str, tuple[Any, str]] = {"Grad": (service_pb2.GradResponse, "gradients"), "Run": (service_pb2.RunResponse, "outputs")}
+"""By method: the response type and its result tree's field."""
 URI_SCHEMES = ("dns", "ipv4", "ipv6", "unix", "unix-abstract", "vsock", "xds")
 """gRPC target schemes; a target in one of them is a single channel even when it holds commas."""
 
@@ -105,21 +112,32 @@ class _Network:
     message: graph_pb2.Graph
     registered: dict[str, np.ndarray]
     server_id: str = ""
-    seen: dict[str, tuple[np.ndarray, graph_pb2.Tensor | None]] = field(default_factory=dict)
-    """By parameter name: the array last passed and its wire form, or None when it equals the registered value."""
+    seen: dict[str, tuple[np.ndarray, bool]] = field(default_factory=dict)
+    """By parameter name: the array last passed and whether it differs from the registered value."""
+    templates: dict[tuple[Any, ...], tuple[codec.Template, list[int]]] = field(default_factory=dict)
+    """By request layout (``_layout``): the request's Template and, per slot, the array it takes (``_arrays``)."""
+    readers: dict[tuple[str, GradFlags | None], codec.TreeReader] = field(default_factory=dict)
+    """By method and flags: the reader of the responses' result tree."""
 
-    def overrides(self, params: Mapping[str, np.ndarray]) -> dict[str, graph_pb2.Tensor]:
-        """The wire form of each parameter in ``params`` whose value differs from the registered one."""
+    def overrides(self, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Each parameter in ``params`` whose value differs from the registered one, by name."""
         out = {}
         for name, a in params.items():
             seen = self.seen.get(name)
             if seen is None or seen[0] is not a:
                 base = self.registered.get(name)
-                same = base is not None and (a is base or _equal(a, base))
-                seen = self.seen[name] = (a, None if same else codec.encode_tensor(a))
-            if seen[1] is not None:
-                out[name] = seen[1]
+                seen = self.seen[name] = (a, not (base is not None and (a is base or _equal(a, base))))
+            if seen[1]:
+                out[name] = a
         return out
+
+    def reader(self, method: str, flags: GradFlags | None) -> codec.TreeReader:
+        """The reader of the result tree of ``method`` responses (Grad with ``flags``, or Run)."""
+        found = self.readers.get((method, flags))
+        if found is None:
+            response, tree = RESULTS[method]
+            found = self.readers.setdefault((method, flags), codec.TreeReader(response, tree))
+        return found
 
 
 def _equal(a: np.ndarray, base: np.ndarray) -> bool:
@@ -153,20 +171,19 @@ class _Route:
     inline: dict[str, int] = field(default_factory=dict)
     """How many more calls for each network (by local id) send its graph inline."""
     down_until: float = 0.0
-    senders: dict[str, Callable[[Any, float | None], Any]] = field(default_factory=dict)
+    senders: dict[str, Callable[[Any, float | None], bytes]] = field(default_factory=dict)
     """By method: the call that sends a request serialized once (``sender``)."""
 
-    def sender(self, method: str) -> Callable[[Any, float | None], Any]:
-        """``method`` as ``call(request, timeout)``, serializing the request once: its REQUEST_BYTES_HEADER is the
-        length of those bytes (``ByteSize`` would encode the whole message a second time)."""
+    def sender(self, method: str) -> Callable[[Any, float | None], bytes]:
+        """``method`` as ``call(request, timeout)`` giving the serialized response: ``request`` is serialized already
+        (bytes) or a message, serialized once; its REQUEST_BYTES_HEADER is the length of those bytes (``ByteSize``
+        would encode the whole message a second time)."""
         send = self.senders.get(method)
         if send is None:
-            raw = self.channel.unary_unary(
-                f"/{SERVICE}/{method}", request_serializer=None,
-                response_deserializer=getattr(service_pb2, f"{method}Response").FromString)
+            raw = self.channel.unary_unary(f"/{SERVICE}/{method}", request_serializer=None, response_deserializer=None)
 
-            def send(request: Any, timeout: float | None) -> Any:
-                data = request.SerializeToString()
+            def send(request: Any, timeout: float | None) -> bytes:
+                data = request if type(request) is bytes else request.SerializeToString()
                 return raw(data, timeout=timeout, metadata=((codec.REQUEST_BYTES_HEADER, str(len(data))),))
 
             self.senders[method] = send
@@ -230,15 +247,41 @@ class RemoteBackend(Backend):
 
     def _call(self, start: int | None, call: Call) -> OutputTree:
         """``call`` through ``_failover`` from channel ``start`` (None: the next in rotation)."""
+        method = "Run" if call.flags is None else "Grad"
+        with self._lock:
+            net = self._networks[call.network_id]
+            overrides = net.overrides(call.params)
+        raw = self._failover(lambda route, deadline: self._send(
+            route, call.network_id, net, method, lambda **at: self._request(net, method, call, overrides, **at),
+            deadline), start=start)
+        return net.reader(method, call.flags)(raw)
+
+    def _request(self, net: _Network, method: str, call: Call, overrides: dict[str, np.ndarray],
+                 network_id: str | None = None, graph: graph_pb2.Graph | None = None) -> bytes:
+        """The serialized request of a unary ``call`` with parameter ``overrides``, by ``network_id`` or with ``graph``
+        inline: joined by the layout's Template when it has one, else serialized by protobuf (and by ``network_id``,
+        cut into the layout's Template)."""
+        key = (method, network_id, call.flags, len(call.inputs), tuple(overrides))
+        if network_id is not None:
+            found = net.templates.get(key)
+            if found is not None:
+                data = found[0].join(_arrays(call.inputs, overrides, found[1]))
+                if data is not None:
+                    return data
         if call.flags is None:
-            run = service_pb2.RunRequest()
+            message: Any = service_pb2.RunRequest()
             for a in call.inputs:
-                codec.encode_tensor(a, run.inputs.add())
-            resp = self._invoke(call.network_id, call.params, "Run", lambda **net: _addressed(run, **net), start)
-            return codec.decode_tree(resp.outputs)
-        request = self._grad_message(call)
-        resp = self._invoke(call.network_id, call.params, "Grad", lambda **net: _addressed(request, **net), start)
-        return codec.decode_tree(resp.gradients)
+                codec.encode_tensor(a, message.inputs.add())
+        else:
+            message = self._grad_message(call)
+        data = _addressed(message, overrides, network_id, graph).SerializeToString(deterministic=True)
+        if network_id is not None:
+            template = codec.Template.learn(data, type(message).DESCRIPTOR)
+            picks = None if template is None else _picks(template, len(call.inputs) if call.flags is None else net.inputs,
+                                                         list(overrides))
+            if template is not None and picks is not None and template.join(_arrays(call.inputs, overrides, picks)) == data:
+                net.templates[key] = (template, picks)
+        return data
 
     def _grad_message(self, call: Call) -> service_pb2.GradRequest:
         """The GradRequest of ``call`` (a Run as a forward-only Grad, for a GradStream) without its network, each
@@ -276,19 +319,10 @@ class RemoteBackend(Backend):
         for route in self._routes:
             route.channel.close()
 
-    def _invoke(self, network_id: str, params: Mapping[str, np.ndarray], method: str, make: Callable[..., Any],
-                start: int | None = None) -> Any:
-        """``method`` with the request ``make(network_id=..., parameters=...)`` or ``make(graph=..., parameters=...)``
-        on the next server that takes it (trying channel ``start`` first when given)."""
-        with self._lock:
-            net = self._networks[network_id]
-            overrides = net.overrides(params)
-        return self._failover(lambda route, deadline: self._send(
-            route, network_id, net, method, lambda **at: make(parameters=overrides, **at), deadline), start=start)
-
     def _send(self, route: _Route, local_id: str, net: _Network, method: str, make: Callable[..., Any],
-              deadline: float | None) -> Any:
-        """One call through ``route`` by ``deadline``: registering first if it has not seen the network, inline when asked to."""
+              deadline: float | None) -> bytes:
+        """One call through ``route`` by ``deadline`` of the request ``make(network_id=...)`` or ``make(graph=...)``,
+        giving the serialized response: registering first if it has not seen the network, inline when asked to."""
         call = route.sender(method)
         with self._lock:
             inline = route.inline.get(local_id, 0)
@@ -296,7 +330,7 @@ class RemoteBackend(Backend):
                 route.inline[local_id] = inline - 1
             known = local_id in route.registered
         if inline:
-            return self._send_inline(route, local_id, net, call, make, deadline)
+            return self._send_inline(route, local_id, net, method, call, make, deadline)
         if not known:
             self._register(route, local_id, net, deadline)
         try:
@@ -308,20 +342,21 @@ class RemoteBackend(Backend):
         if more:
             with self._lock:
                 route.inline[local_id] = more
-        return self._send_inline(route, local_id, net, call, make, deadline)
+        return self._send_inline(route, local_id, net, method, call, make, deadline)
 
-    def _send_inline(self, route: _Route, local_id: str, net: _Network, call: Any, make: Callable[..., Any],
-                     deadline: float | None) -> Any:
+    def _send_inline(self, route: _Route, local_id: str, net: _Network, method: str, call: Any, make: Callable[..., Any],
+                     deadline: float | None) -> bytes:
         """The call with the graph itself, which also registers it on the server that takes it."""
-        resp = call(make(graph=net.message), _left(deadline))
+        raw = call(make(graph=net.message), _left(deadline))
         with self._lock:
-            net.server_id = resp.network_id
+            net.server_id = RESULTS[method][0].FromString(raw).network_id
             route.registered.add(local_id)
-        return resp
+        return raw
 
     def _register(self, route: _Route, local_id: str, net: _Network, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
-        resp = route.sender("RegisterNetwork")(service_pb2.RegisterNetworkRequest(graph=net.message), _left(deadline))
+        raw = route.sender("RegisterNetwork")(service_pb2.RegisterNetworkRequest(graph=net.message), _left(deadline))
+        resp = service_pb2.RegisterNetworkResponse.FromString(raw)
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -362,21 +397,46 @@ class RemoteBackend(Backend):
             delay = min(2 * delay, MAX_BACKOFF)
 
 
-def _addressed(request: Any, parameters: Mapping[str, graph_pb2.Tensor], network_id: str | None = None,
+def _addressed(request: Any, parameters: Mapping[str, np.ndarray], network_id: str | None = None,
                graph: graph_pb2.Graph | None = None, request_id: str | None = None) -> Any:
-    """``request`` (its tensors encoded in place, once) for one attempt: by ``network_id`` or with ``graph`` inline,
-    ``parameters`` as overrides, and ``request_id`` (a GradStream's). Unary attempts reuse the one message: copying
-    its tensors into a new request for each would cost a pass over every byte (and, for large arrays, fresh pages)."""
+    """``request`` (its inputs encoded in place, once) for one attempt: by ``network_id`` or with ``graph`` inline,
+    ``parameters`` encoded as overrides, and ``request_id`` (a GradStream's)."""
     if graph is not None:
         request.graph.CopyFrom(graph)
     else:
         request.network_id = network_id
     request.parameters.clear()
-    for name, tensor in parameters.items():
-        request.parameters[name].CopyFrom(tensor)
+    for name, a in parameters.items():
+        codec.encode_tensor(a, request.parameters[name])
     if request_id is not None:
         request.request_id = request_id
     return request
+
+
+def _picks(template: codec.Template, inputs: int, names: list[str]) -> list[int] | None:
+    """For each slot of a request's ``template``, the index of its array in ``[*call.inputs, *overrides.values()]``
+    (``inputs`` of the call's inputs are the network's, the rest sens; ``names`` the overrides' names in order); None
+    when a slot is none of them."""
+    picks = []
+    for path in template.paths:
+        if len(path) != 2:
+            return None
+        kind, key = path
+        if kind == "inputs" and key < inputs:
+            picks.append(key)
+        elif kind == "sens":
+            picks.append(inputs + key)
+        elif kind == "parameters" and key in names:
+            picks.append(-1 - names.index(key))
+        else:
+            return None
+    return picks
+
+
+def _arrays(inputs: Sequence[np.ndarray], overrides: Mapping[str, np.ndarray], picks: list[int]) -> list[np.ndarray]:
+    """The arrays of a call in its request template's slot order (``_picks``: overrides by negative numbers)."""
+    values = list(overrides.values())
+    return [inputs[j] if j >= 0 else values[-1 - j] for j in picks]
 
 
 def _left(deadline: float | None) -> float | None:
@@ -411,7 +471,7 @@ class _Stream:
 
     def __init__(self, backend: RemoteBackend, calls: Iterator[Call], in_flight: int) -> None:
         self.backend, self.calls, self.in_flight = backend, calls, in_flight
-        self.sent: dict[int, tuple[Call, Callable[..., service_pb2.GradRequest], dict[str, graph_pb2.Tensor]]] = {}
+        self.sent: dict[int, tuple[Call, Callable[..., service_pb2.GradRequest], dict[str, np.ndarray]]] = {}
         self.answers: dict[int, service_pb2.GradResponse] = {}
         self.failed: tuple[int, BaseException] | None = None
         self.read = 0

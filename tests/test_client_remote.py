@@ -15,8 +15,9 @@ from serverkit import TOKEN, wait_until
 import gradserve as gs
 from gradserve.client import backends, context, remote
 from gradserve.client.backend import GradFlags
+from gradserve.client.embedded import EmbeddedBackend
 from gradserve.client.remote import RemoteBackend, RemoteError, address_count, split_target
-from gradserve.engine import Graph, GraphBuilder
+from gradserve.engine import Graph, GraphBuilder, flatten
 from gradserve.proto import codec
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
@@ -201,3 +202,97 @@ def test_targets_split_into_channels_and_count_their_addresses() -> None:
     assert address_count("ipv4:127.0.0.1:1,127.0.0.1:2") == 2
     assert address_count("127.0.0.1:1") == address_count("dns:///127.0.0.1:1") == address_count("unix:/tmp/s") == 1
     assert address_count("[::1]:1") == 1 and address_count("no-such-host.invalid:1") == 1
+
+
+def layered() -> Graph:
+    """sum(tanh(x @ w1 + b1) * w2) + sum(k) * 0: float32 with a first weight over 64 KiB (its gradient travels as a
+    frame), a float64 weight and an int32 input."""
+    b = GraphBuilder()
+    rng = np.random.default_rng(0)
+    h = b.op("Tanh", b.op("MatMul", b.input("x", "float32", (4, 6)), b.param("w1", rng.standard_normal((6, 3000)).astype(np.float32)))
+             + b.param("b1", np.zeros(3000, np.float32)))
+    y = b.op("ReduceSum", b.op("Cast", h, dtype="float64") * b.param("w2", rng.standard_normal(3000)))
+    return b.build((y, b.op("ReduceSum", b.input("k", "int32", (5,)))))
+
+
+class Reads(remote.codec.TreeReader):
+    """A TreeReader that keeps every response it reads with its result."""
+
+    seen: list[tuple[bytes, Any]] = []
+
+    def __call__(self, raw: bytes) -> Any:
+        result = super().__call__(raw)
+        Reads.seen.append((raw, result))
+        return result
+
+
+class Sent(grpc.UnaryUnaryClientInterceptor):
+    """Keeps the bytes of every Grad request sent."""
+
+    def __init__(self) -> None:
+        self.grads: list[bytes] = []
+
+    def intercept_unary_unary(self, continuation: Any, details: Any, request: Any) -> Any:
+        if details.method.endswith("/Grad"):
+            self.grads.append(request)
+        return continuation(details, request)
+
+
+def same(a: Any, b: Any) -> None:
+    """Trees of equal structure whose leaves have equal dtypes, shapes and bytes."""
+    if isinstance(a, tuple):
+        assert isinstance(b, tuple) and len(a) == len(b)
+        for x, y in zip(a, b):
+            same(x, y)
+    else:
+        assert (a.dtype, a.shape) == (b.dtype, b.shape) and a.tobytes() == b.tobytes()
+
+
+def test_calls_of_one_layout_go_by_templates_and_give_what_full_parsing_and_the_engine_give(
+        server: Server, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each request on the wire holds the call's arrays; each result is bitwise what parsing its response gives, equals
+    the embedded engine's, and stays intact after later calls; a changed layout (overrides, flags, Run) is learned."""
+    monkeypatch.setattr(Reads, "seen", [])
+    monkeypatch.setattr(remote.codec, "TreeReader", Reads)
+    sent = Sent()
+    monkeypatch.setattr(remote, "open_channel", lambda target, options: grpc.intercept_channel(
+        context.open_channel(target, options), sent))
+    graph = layered()
+    rng = np.random.default_rng(1)
+    embedded, backend = EmbeddedBackend(), RemoteBackend(f"127.0.0.1:{server.port}")
+    requests = sent.grads
+    try:
+        nid, eid = backend.register(graph), embedded.register(graph)
+        registered = {p.name: p.data for p in graph.params}
+        kept = []
+        for step in range(6):
+            flags = GradFlags(get_all=step != 4, get_by_list=True, weights=("w1", "b1", "w2"))
+            params = {n: (a + rng.standard_normal(a.shape).astype(a.dtype) * 0.1).astype(a.dtype) for n, a in registered.items()}
+            if step == 3:
+                params["w2"] = registered["w2"]  # equal to the registered value: not sent, another layout
+            inputs = [rng.standard_normal((4, 6)).astype(np.float32), rng.integers(-9, 9, 5).astype(np.int32)]
+            got = backend.grad(nid, flags, inputs, params)
+            want = embedded.grad(eid, flags, inputs, params)
+            for g, w in zip(flatten(got), flatten(want)):
+                np.testing.assert_allclose(g, w, rtol=1e-5, atol=1e-6)
+                assert g.flags.writeable is False
+            kept.append((got, [a.copy() for a in flatten(got)]))
+            wire = service_pb2.GradRequest.FromString(requests[-1])
+            assert [codec.decode_tensor(t).tobytes() for t in wire.inputs] == [a.tobytes() for a in inputs]
+            overrides = {n: codec.decode_tensor(t).tobytes() for n, t in wire.parameters.items()}
+            assert overrides == {n: a.tobytes() for n, a in params.items() if a is not registered[n]}
+        ran = backend.run(nid, inputs, params)
+        same(ran, tuple(embedded.run(eid, inputs, params)))
+        net = backend._networks[nid]
+        assert len(net.templates) == 4  # steps 0-2 and 5, 3, 4 (other flags), the Run
+        assert all(reader.layout is not None for reader in net.readers.values())
+    finally:
+        backend.close()
+    for got, copies in kept:
+        for a, c in zip(flatten(got), copies):
+            assert a.tobytes() == c.tobytes()
+    assert len(Reads.seen) == 7
+    for raw, result in Reads.seen[:-1]:
+        same(result, codec.decode_tree(service_pb2.GradResponse.FromString(raw).gradients))
+    raw, result = Reads.seen[-1]
+    same(result, codec.decode_tree(service_pb2.RunResponse.FromString(raw).outputs))

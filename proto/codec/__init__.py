@@ -1,8 +1,9 @@
 """The wire codec: the one place that turns gradserve.v1 protos into engine graphs, arrays and calls, and back.
 
 One module per thing converted: ``tensors`` (dtypes, tensors, result trees), ``attrs`` (node attributes),
-``graphs`` (networks and their ids), ``onnx_models`` (ONNX models sent for registration), ``calls`` (GradOperation, Grad and Run requests) and ``catalog``
-(ListOps); ``limits`` holds what a request may contain and ``errors`` the codec's errors.
+``graphs`` (networks and their ids), ``onnx_models`` (ONNX models sent for registration), ``calls`` (GradOperation, Grad and Run requests),
+``catalog`` (ListOps) and ``templates`` (messages of one layout written and read around their tensors' data, for repeated
+calls); ``limits`` holds what a request may contain and ``errors`` the codec's errors.
 
 Nothing from the wire is trusted: dtypes, shapes, byte lengths, names, nesting and sizes are checked
 before any array is allocated, and every failure is a :class:`WireError` whose ``field`` is the path
@@ -26,6 +27,7 @@ from .errors import LimitError, WireError
 from .graphs import decode_graph, encode_graph, message_id, network_id
 from .limits import DEFAULT_LIMITS, Limits
 from .onnx_models import decode_onnx_model
+from .templates import Template, TreeReader
 from .tensors import (
     decode_dtype,
     decode_tensor,
@@ -37,7 +39,7 @@ from .tensors import (
 )
 
 __all__ = [
-    "DEFAULT_LIMITS", "Call", "LimitError", "Limits", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
+    "DEFAULT_LIMITS", "Call", "LimitError", "Limits", "Template", "TreeReader", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
     "decode_graph", "decode_grad_call", "decode_onnx_model", "decode_parameter_overrides", "decode_run_call", "decode_tensor", "decode_tree",
     "encode_attr", "encode_dtype", "encode_grad_operation", "encode_graph", "encode_tensor", "encode_tree", "list_ops", "message_id",
     "request_bytes_metadata", "REQUEST_BYTES_HEADER",

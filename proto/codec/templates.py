@@ -1,0 +1,361 @@
+"""Templates: serialized messages of one layout cut around their tensors' data, so that messages of the same
+types are written by one join and read by ``np.frombuffer`` at known offsets, with no message built.
+
+A layout is learned from one serialized message (``Template.learn``): a strict walk of its wire bytes, guided by
+the descriptors, finds every Tensor's data; whatever protobuf might read differently from that walk (unknown or
+repeated singular fields, several members of a oneof, a repeated map key, a tensor whose byte count does not fit
+its type) gives no template. Every byte outside the data then belongs to the template's ``pieces``. A message
+whose bytes outside the data are exactly those pieces, with data of the same lengths, parses as the learned one
+does except for the data itself, which is why ``read`` and ``join`` equal full parsing and serializing bitwise.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+import sys
+from dataclasses import dataclass
+from typing import Any, Sequence
+
+import numpy as np
+from google.protobuf.descriptor import Descriptor, FieldDescriptor
+
+from gradserve.v1 import graph_pb2 as pb
+
+from .errors import WireError
+from .limits import DEFAULT_LIMITS, Limits
+from .tensors import decode_dtype, decode_tree
+
+Path = tuple[Any, ...]
+"""Where a tensor is in its message: field names, with a list index or a map key after a repeated or map field
+(``("inputs", 0)``, ``("parameters", "w")``, ``("gradients", "tuple", "items", 1, "tensor")``)."""
+
+MAX_DEPTH = 64
+"""Messages nested deeper than this are not taken apart (they are parsed by protobuf)."""
+
+_TENSOR = pb.Tensor.DESCRIPTOR
+_DTYPE, _SHAPE, _DATA = (_TENSOR.fields_by_name[n].number for n in ("dtype", "shape", "data"))
+_LITTLE = sys.byteorder == "little"
+
+
+class _Irregular(Exception):
+    """Bytes that a template does not describe with certainty, so that protobuf alone reads them."""
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """One tensor of a layout: where it is, its type, and where its data starts in the serialized message."""
+
+    path: Path
+    dtype: np.dtype
+    shape: tuple[int, ...]
+    start: int
+    nbytes: int
+
+
+def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+    """The varint at ``buf[pos]`` and the position after it."""
+    value = shift = 0
+    for i in range(pos, min(end, pos + 10)):
+        byte = buf[i]
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, i + 1
+        shift += 7
+    raise _Irregular
+
+
+def _fields(buf: bytes, pos: int, end: int) -> Any:
+    """(number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``."""
+    while pos < end:
+        key, pos = _varint(buf, pos, end)
+        number, wire = key >> 3, key & 7
+        if number == 0 or key > 0xFFFFFFFF:
+            raise _Irregular
+        if wire == 0:
+            after = _varint(buf, pos, end)[1]
+        elif wire == 2:
+            size, pos = _varint(buf, pos, end)
+            after = pos + size
+        elif wire == 1:
+            after = pos + 8
+        elif wire == 5:
+            after = pos + 4
+        else:
+            raise _Irregular
+        if after > end:
+            raise _Irregular
+        yield number, wire, pos, after
+        pos = after
+
+
+_WIRE_OF_TYPE = {FieldDescriptor.TYPE_DOUBLE: 1, FieldDescriptor.TYPE_FIXED64: 1, FieldDescriptor.TYPE_SFIXED64: 1,
+                 FieldDescriptor.TYPE_FLOAT: 5, FieldDescriptor.TYPE_FIXED32: 5, FieldDescriptor.TYPE_SFIXED32: 5,
+                 FieldDescriptor.TYPE_STRING: 2, FieldDescriptor.TYPE_BYTES: 2, FieldDescriptor.TYPE_MESSAGE: 2}
+"""The wire type of each field type that is not a varint."""
+
+
+def _repeated(field: FieldDescriptor) -> bool:
+    """Whether ``field`` is repeated (maps included)."""
+    return bool(field.is_repeated)
+
+
+def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None:
+    """Append the Slot of the serialized Tensor ``buf[pos:end]``: one dtype, packed shape and data at most."""
+    dtype = 0
+    shape: list[int] = []
+    data = None
+    seen: set[int] = set()
+    for number, wire, begin, after in _fields(buf, pos, end):
+        if number in seen:
+            raise _Irregular
+        seen.add(number)
+        if number == _DTYPE and wire == 0:
+            dtype = _varint(buf, begin, after)[0]
+        elif number == _SHAPE and wire == 2:
+            at = begin
+            while at < after:
+                d, at = _varint(buf, at, after)
+                shape.append(d - (1 << 64) if d >= 1 << 63 else d)
+        elif number == _DATA and wire == 2:
+            data = (begin, after)
+        else:
+            raise _Irregular
+    try:
+        dt = decode_dtype(dtype, "dtype")  # type: ignore[arg-type]
+    except WireError:
+        raise _Irregular from None
+    if min(shape, default=0) < 0:
+        raise _Irregular
+    start, stop = data if data is not None else (end, end)
+    if stop - start != math.prod(shape) * dt.itemsize:
+        raise _Irregular
+    out.append(Slot(path, dt, tuple(shape), start, stop - start))
+
+
+def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, out: list[Slot], depth: int) -> None:
+    """Append the Slot of every Tensor in the serialized ``descriptor`` message ``buf[pos:end]``, in byte order."""
+    if depth > MAX_DEPTH:
+        raise _Irregular
+    fields = descriptor.fields_by_number
+    singular: set[int] = set()
+    oneofs: set[str] = set()
+    counts: dict[int, int] = {}
+    keys: dict[int, set[Any]] = {}
+    for number, wire, begin, after in _fields(buf, pos, end):
+        field = fields.get(number)
+        if field is None:
+            raise _Irregular
+        if _repeated(field):
+            index = counts.get(number, 0)
+            counts[number] = index + 1
+        else:
+            if number in singular:
+                raise _Irregular
+            singular.add(number)
+            if field.containing_oneof is not None:
+                if field.containing_oneof.name in oneofs:
+                    raise _Irregular
+                oneofs.add(field.containing_oneof.name)
+        if field.type != FieldDescriptor.TYPE_MESSAGE:
+            packed = _repeated(field) and wire == 2 and field.type not in _WIRE_OF_TYPE
+            if wire != _WIRE_OF_TYPE.get(field.type, 0) and not packed:
+                raise _Irregular
+            continue
+        if wire != 2:
+            raise _Irregular
+        sub = field.message_type
+        if sub is None:
+            raise _Irregular
+        if sub.GetOptions().map_entry:
+            key = _map_key(buf, begin, after, sub)
+            if key in keys.setdefault(number, set()):
+                raise _Irregular
+            keys[number].add(key)
+            value = sub.fields_by_name["value"]
+            if value.type == FieldDescriptor.TYPE_MESSAGE:
+                _walk(buf, begin, after, sub, path + (field.name, key), out, depth + 1)
+            continue
+        if descriptor.GetOptions().map_entry:  # the value of a map entry is named by the entry's key alone
+            here = path
+        else:
+            here = path + ((field.name, counts[number] - 1) if _repeated(field) else (field.name,))
+        if sub is _TENSOR:
+            _tensor(buf, begin, after, here, out)
+        else:
+            _walk(buf, begin, after, sub, here, out, depth + 1)
+
+
+def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
+    """The key of the serialized map entry ``buf[pos:end]`` (string keys as str, integer keys as int)."""
+    key_field = entry.fields_by_name["key"]
+    found = None
+    for number, wire, begin, after in _fields(buf, pos, end):
+        if number == key_field.number:
+            if found is not None:
+                raise _Irregular
+            found = (wire, begin, after)
+    if found is None:
+        return "" if key_field.type == FieldDescriptor.TYPE_STRING else 0
+    wire, begin, after = found
+    if key_field.type == FieldDescriptor.TYPE_STRING and wire == 2:
+        try:
+            return bytes(buf[begin:after]).decode("utf-8")
+        except UnicodeDecodeError:
+            raise _Irregular from None
+    if wire == 0:
+        return _varint(buf, begin, after)[0]
+    raise _Irregular
+
+
+def slots(raw: bytes, descriptor: Descriptor) -> list[Slot] | None:
+    """Every Tensor of the serialized ``descriptor`` message ``raw`` in byte order, or None when its framing is
+    anything but plain (see the module's docstring)."""
+    out: list[Slot] = []
+    try:
+        _walk(raw, 0, len(raw), descriptor, (), out, 1)
+    except _Irregular:
+        return None
+    return out
+
+
+@dataclass(frozen=True)
+class Template:
+    """A serialized message of one layout as the pieces between its tensors' data: ``pieces[i]`` comes before the
+    data of ``slots[i]`` (ending with its Tensor's data key and length), ``pieces[-1]`` after the last."""
+
+    pieces: tuple[bytes, ...]
+    slots: tuple[Slot, ...]
+    size: int
+    """The whole message's length."""
+    reads: tuple[tuple[bytes, int, int, np.dtype, int, tuple[int, ...], bool, bool], ...] = dataclasses.field(init=False, repr=False)
+    """Per slot, what ``read`` needs: the piece after it, its data's start and end, dtype, element count and shape,
+    whether its data is misaligned for its dtype and whether it is bool."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "reads", tuple(
+            (piece, s.start, s.start + s.nbytes, s.dtype, math.prod(s.shape), s.shape, s.start % s.dtype.alignment != 0,
+             s.dtype.kind == "b") for s, piece in zip(self.slots, self.pieces[1:])))
+
+    @classmethod
+    def learn(cls, raw: bytes, descriptor: Descriptor) -> Template | None:
+        """The template of the serialized ``descriptor`` message ``raw``; None when its framing is not plain, or on a
+        big-endian machine (where the data is not in the arrays' byte order)."""
+        found = slots(raw, descriptor) if _LITTLE else None
+        if found is None:
+            return None
+        pieces, done = [], 0
+        for s in found:
+            pieces.append(bytes(raw[done:s.start]))
+            done = s.start + s.nbytes
+        pieces.append(bytes(raw[done:]))
+        return cls(tuple(pieces), tuple(found), len(raw))
+
+    @property
+    def paths(self) -> list[Path]:
+        """Each slot's path, in slot order."""
+        return [s.path for s in self.slots]
+
+    def join(self, arrays: Sequence[np.ndarray]) -> bytes | None:
+        """The message of this layout holding ``arrays`` (one per slot, in slot order) as its tensors' data, in one
+        copy of each; None unless each has its slot's dtype and shape."""
+        if len(arrays) != len(self.slots):
+            return None
+        out: list[Any] = []
+        for piece, s, a in zip(self.pieces, self.slots, arrays):
+            if a.dtype != s.dtype or a.shape != s.shape:
+                return None
+            out += (piece, a if a.flags.c_contiguous else np.ascontiguousarray(a))
+        out.append(self.pieces[-1])
+        return b"".join(out)
+
+    def read(self, raw: bytes) -> list[np.ndarray] | None:
+        """The read-only arrays of the message ``raw``'s tensors, in slot order, when ``raw`` has this layout (every
+        byte outside the data equal to the pieces, bool data only 0 or 1); else None. Each array views ``raw``
+        (immutable bytes) when its data is aligned for its dtype, and a copy of its data otherwise."""
+        if len(raw) != self.size or not raw.startswith(self.pieces[0]):
+            return None
+        out = []
+        for piece, start, stop, dtype, count, shape, misaligned, boolean in self.reads:
+            if not raw.startswith(piece, stop):
+                return None
+            if misaligned:
+                a = np.frombuffer(raw[start:stop], dtype).reshape(shape)
+            else:
+                a = np.frombuffer(raw, dtype, count, start).reshape(shape)
+            if boolean and count and a.view(np.uint8).max() > 1:
+                return None
+            out.append(a)
+        return out
+
+
+def _pattern(n: int, first: int, boolean: bool) -> np.ndarray:
+    """``n`` bytes that differ from place to place (0 or 1 each for bool data), numbered from ``first``."""
+    h = (np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B1)) >> np.uint64(13)
+    return (h & np.uint64(1 if boolean else 0xFF)).astype(np.uint8)
+
+
+def _shape_of(tree: Any, leaves: list[np.ndarray]) -> Any:
+    """``tree`` (nested tuples of arrays) with each array replaced by its leaf number, appending the arrays."""
+    if isinstance(tree, tuple):
+        return tuple(_shape_of(t, leaves) for t in tree)
+    leaves.append(tree)
+    return len(leaves) - 1
+
+
+def _build(skeleton: Any, arrays: list[np.ndarray]) -> Any:
+    """The tree ``skeleton`` stands for, with leaf number ``i`` replaced by ``arrays[i]``."""
+    if type(skeleton) is int:
+        return arrays[skeleton]
+    return tuple(_build(s, arrays) for s in skeleton)
+
+
+class TreeReader:
+    """Decodes the TensorTree field ``field`` of serialized ``cls`` messages: as ``decode_tree`` does on the parsed
+    message the first time and whenever the layout differs from the last one learned, else by the layout's Template.
+
+    A layout is kept only after a check that reading it equals full parsing: its data filled with a pattern that
+    differs at every byte, the template's arrays and ``decode_tree``'s must agree byte for byte."""
+
+    def __init__(self, cls: type[Any], field: str, limits: Limits = DEFAULT_LIMITS) -> None:
+        self.cls, self.field, self.limits = cls, field, limits
+        self.layout: tuple[Template, list[int], Any] | None = None
+        """The template, the slots of ``field`` in leaf order, and the tree's skeleton (leaf numbers)."""
+
+    def __call__(self, raw: bytes) -> Any:
+        """The tree in the message ``raw``, as nested tuples of read-only arrays."""
+        layout = self.layout
+        if layout is not None:
+            arrays = layout[0].read(raw)
+            if arrays is not None:
+                return _build(layout[2], [arrays[i] for i in layout[1]])
+        tree = decode_tree(getattr(self.cls.FromString(raw), self.field), self.limits)
+        self.layout = self._learn(raw, tree)
+        return tree
+
+    def _learn(self, raw: bytes, tree: Any) -> tuple[Template, list[int], Any] | None:
+        """The layout of ``raw``, whose field holds ``tree``, once checked; None when it cannot be used."""
+        template = Template.learn(raw, self.cls.DESCRIPTOR)
+        if template is None:
+            return None
+        mine = [i for i, s in enumerate(template.slots) if s.path[0] == self.field]
+        leaves: list[np.ndarray] = []
+        skeleton = _shape_of(tree, leaves)
+        if len(leaves) != len(mine):
+            return None
+        probe = bytearray(raw)
+        first = 0
+        for i in mine:
+            s = template.slots[i]
+            probe[s.start:s.start + s.nbytes] = _pattern(s.nbytes, first, s.dtype.kind == "b").tobytes()
+            first += s.nbytes
+        probed = bytes(probe)
+        expected: list[np.ndarray] = []
+        _shape_of(decode_tree(getattr(self.cls.FromString(probed), self.field), self.limits), expected)
+        got = template.read(probed)
+        if got is None:
+            return None
+        for i, want in zip(mine, expected):
+            a = got[i]
+            if a.dtype != want.dtype or a.shape != want.shape or a.tobytes() != want.tobytes():
+                return None
+        return template, mine, skeleton
