@@ -83,7 +83,7 @@ LIFTED = {f"/{SERVICE_NAME}/{name}": functools.partial(parse, cls=cls) for name,
            ("GradStream", service_pb2.GradRequest, blobs.lift), ("RegisterNetwork", service_pb2.RegisterNetworkRequest, blobs.lift))}
 """The parsers of the methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
 its way to shared memory, instead of being copied by protobuf, and the received bytes are handed on. Unary Grad and Run
-requests of moderate size are parsed whole (``blobs.parse``): the local lane computes most of them, and the others are
+requests of at most ``blobs.WHOLE_MAX_BYTES`` are parsed whole (``blobs.parse``): the local lane computes most of them, and the others are
 lifted on their way to a worker; a stream's requests go to the workers."""
 
 
