@@ -259,8 +259,9 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         nid = call.network_id = self.pool.submit(Job("load", raw), call.deadline, call.is_active).payload
         return nid, self.registry.put(digest, nid, raw)
 
-    def _network(self, incoming: blobs.Lifted, call: Call) -> tuple[str, bytes]:
-        """(id, serialized network) of a Grad or Run request; an inline graph is registered."""
+    def _network(self, incoming: blobs.Lifted, call: Call) -> tuple[str, bytes, bytes]:
+        """(id, serialized network, the request's bytes without its graph) of a Grad or Run request; an
+        inline graph is registered."""
         request = incoming.message
         which = request.WhichOneof("network")
         if which == "network_id":
@@ -272,10 +273,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                     f"network_id {shown(request.network_id)} is not registered on this server; register it again or send the graph inline",
                     [("network_id", "unknown network id")],
                 )
-            return request.network_id, raw
+            return request.network_id, raw, incoming.raw
         if which == "graph":
-            raw = _apart_graph(incoming)[0]
-            return self._register(raw, call)[0], raw
+            raw, rest = _apart_graph(incoming)
+            nid, _ = self._register(raw, call)
+            return nid, raw, rest
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
     def _compute(self, kind: str, incoming: blobs.Lifted, call: Call, bounded: bool = True) -> bytes:
@@ -286,7 +288,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         size = len(incoming.raw) + sum(len(d) for d in incoming.data)  # the bytes received
         self._hold(size)
         try:
-            nid, raw = self._network(incoming, call)
+            nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             found = self.lane.plan(key)
@@ -295,8 +297,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                                      call.is_active, spare=bounded and self._inflight <= 1)
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
-            incoming = incoming.lifted()  # its large tensors cross to the worker in shared memory
-            job = Job(kind, Request(_without_graph(incoming), incoming.places, key, found is None), incoming.data, nid, raw)
+            if incoming.whole:  # lifted now, so that its large tensors cross to the worker in shared memory
+                incoming = incoming.lifted()
+                body = _apart_graph(incoming)[1] if incoming.message.HasField("graph") else incoming.raw
+            job = Job(kind, Request(body, incoming.places, key, found is None), incoming.data, nid, raw)
 
             def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
                 """The response, built while the worker's shared memory holds the frames, and the plan if local."""
@@ -481,11 +485,6 @@ def _onnx_graph(data: bytes, limits: Any) -> bytes:
         raise classify(exc) from None
 
 
-def _without_graph(incoming: blobs.Lifted) -> bytes:
-    """The serialized Grad or Run request without its inline graph (a worker is sent the network apart)."""
-    return incoming.raw if incoming.message.WhichOneof("network") != "graph" else _apart_graph(incoming)[1]
-
-
 def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:
     """(the request's graph, the rest of the request), serialized: the received bytes taken apart, or when
     they are not plain (a graph field given twice, which protobuf merges) serialized again by protobuf."""
@@ -493,10 +492,9 @@ def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:
     found = blobs.apart(incoming.raw, request.DESCRIPTOR.fields_by_name["graph"].number)
     if found is not None:
         return bytes(found[0]), found[1]
-    rest = type(request)()
-    rest.CopyFrom(request)
-    rest.ClearField("graph")
-    return request.graph.SerializeToString(deterministic=True), rest.SerializeToString()
+    graph = request.graph.SerializeToString(deterministic=True)
+    request.ClearField("graph")
+    return graph, request.SerializeToString()
 
 
 def _version(dist: str) -> str:

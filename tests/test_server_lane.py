@@ -428,3 +428,29 @@ def test_a_request_parsed_whole_gets_the_workers_numbers_in_the_lane_and_its_err
                 assert local.code() == worker.code() == grpc.StatusCode.INVALID_ARGUMENT, name
                 assert local.details() == worker.details() and name in local.details(), local.details()
             assert server.servicer.lane.served == served + 2 and plain.servicer.lane.served == 0
+
+
+def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_without_its_graph_then_runs_in_the_lane(
+    server: Server, stub: service_pb2_grpc.GradientStub, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jobs: list[Any] = []
+    submit = server.pool.submit
+
+    def seen(job: Any, *args: Any) -> Any:
+        jobs.append(job)
+        return submit(job, *args)
+
+    monkeypatch.setattr(server.pool, "submit", seen)
+    x = np.linspace(-2, 2, 1 << 13)  # 64 KiB of float64: parsed whole
+    b = GraphBuilder()
+    request = service_pb2.RunRequest(graph=codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", x.shape)))),
+                                     inputs=[codec.encode_tensor(x)])
+    assert blobs.BLOB_MIN_BYTES < request.ByteSize() <= blobs.WHOLE_MAX_BYTES
+    served, networks = server.servicer.lane.served, len(server.servicer.registry)
+    for _ in range(3):
+        np.testing.assert_allclose(codec.decode_tree(stub.Run(request, timeout=30).outputs), np.sin(x), rtol=1e-12)
+    assert server.servicer.lane.served == served + 2 and len(server.servicer.registry) == networks + 1
+    run = [job for job in jobs if job.kind == "run"]
+    assert len(run) == 1 and run[0].payload.places == [("inputs", 0)] and bytes(run[0].blobs[0]) == x.tobytes()
+    sent = service_pb2.RunRequest.FromString(run[0].payload.body)
+    assert not sent.HasField("graph") and sent.inputs[0].data == b""
