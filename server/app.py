@@ -78,11 +78,13 @@ def _received_until_unparsable(received: Iterator[Received], bad: list[tuple[int
 RECEIVED_STREAMS = frozenset({f"/{SERVICE_NAME}/GradStream"})
 """Request streams whose messages are received in turn and held within the intake's budgets (``Intake.stream``)."""
 
-LIFTED = {f"/{SERVICE_NAME}/{name}": cls for name, cls in
-          (("Grad", service_pb2.GradRequest), ("Run", service_pb2.RunRequest), ("GradStream", service_pb2.GradRequest),
-           ("RegisterNetwork", service_pb2.RegisterNetworkRequest))}
-"""Methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
-its way to shared memory, instead of being copied by protobuf, and the received bytes are handed on."""
+LIFTED = {f"/{SERVICE_NAME}/{name}": functools.partial(parse, cls=cls) for name, cls, parse in
+          (("Grad", service_pb2.GradRequest, blobs.parse), ("Run", service_pb2.RunRequest, blobs.parse),
+           ("GradStream", service_pb2.GradRequest, blobs.lift), ("RegisterNetwork", service_pb2.RegisterNetworkRequest, blobs.lift))}
+"""The parsers of the methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
+its way to shared memory, instead of being copied by protobuf, and the received bytes are handed on. Unary Grad and Run
+requests of at most ``blobs.WHOLE_MAX_BYTES`` are parsed whole (``blobs.parse``): the local lane computes most of them, and the others are
+lifted on their way to a worker; a stream's requests go to the workers."""
 
 
 def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
@@ -98,9 +100,8 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
     A message of a ``RECEIVED_STREAMS`` stream is asked of gRPC in its turn in the intake's stream lane and
     reaches the method as an ``intake.Received`` (its bytes held until the method releases it).
     A bad message in a request stream ends it after the messages before it have been answered.
-    Requests of the ``LIFTED`` methods are parsed by ``blobs.lift``; responses may be bytes."""
-    lifted = LIFTED.get(method)
-    parse = handler.request_deserializer if lifted is None else functools.partial(blobs.lift, cls=lifted)
+    Requests of the ``LIFTED`` methods are parsed by their ``blobs`` parser; responses may be bytes."""
+    parse = LIFTED.get(method, handler.request_deserializer)
     type_name = getattr(getattr(handler.request_deserializer, "__self__", None), "DESCRIPTOR", None)
     expected = f"a valid {type_name.full_name}" if type_name is not None else "a valid request"
 

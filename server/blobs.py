@@ -88,6 +88,12 @@ class Lifted:
     """The data of the tensor at ``places[i]``: a slice of the raw request, not a copy."""
     raw: bytes
     """The bytes ``message`` was parsed from: the request without ``data``."""
+    whole: bool = False
+    """Parsed whole by ``parse``: ``data`` is empty and the large tensors' data is in ``message`` (``lifted`` takes it out)."""
+
+    def lifted(self) -> Lifted:
+        """This request with the data of its large tensors out of the message (``lift``), to cross to a worker."""
+        return lift(self.raw, type(self.message)) if self.whole else self
 
 
 class _Malformed(Exception):
@@ -220,6 +226,19 @@ def lift(raw: bytes, cls: type[Any]) -> Lifted:
                 rest = b"".join(kept)
                 return Lifted(cls.FromString(rest), places, data, rest)
     return Lifted(cls.FromString(raw), [], [], raw)
+
+
+WHOLE_MAX_BYTES = 256 << 10
+"""Requests up to this size are parsed whole (``parse``): protobuf copies their bytes faster than ``lift`` finds their
+tensors (up to about 1 MiB), and the copy, held until the call ends, stays small beside the received bytes."""
+
+
+def parse(raw: bytes, cls: type[Any]) -> Lifted:
+    """``cls`` parsed from ``raw``: whole when it is at most ``WHOLE_MAX_BYTES`` (a request the server computes itself
+    needs no more; one going to a worker is ``Lifted.lifted`` then), else ``lift``ed."""
+    if len(raw) < BLOB_MIN_BYTES or len(raw) > WHOLE_MAX_BYTES:
+        return lift(raw, cls)
+    return Lifted(cls.FromString(raw), [], [], raw, True)
 
 
 def apart(raw: bytes, number: int) -> tuple[memoryview, bytes] | None:

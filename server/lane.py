@@ -68,27 +68,25 @@ class Lane:
         self.passed = 0
         """Requests for a bounded plan held here that went to a worker instead (see ``run``)."""
 
-    def takes(self, key: tuple) -> bool:
-        """Whether the plan ``key`` (a ``compute.plan_key``) runs here."""
-        return key in self._state.cache
+    def plan(self, key: tuple) -> compute.Plan | None:
+        """The plan ``key`` (a ``compute.plan_key``) when it runs here."""
+        found: compute.Plan | None = self._state.cache.get(key)
+        return found
 
     def admit(self, key: tuple, plan: bytes) -> None:
         """Run the plan ``key`` here from now on: a worker found it local and sent it (``compute.export_plan``)."""
         found = compute.import_plan(plan)
         self._state.cache.put(key, found, found.held)
 
-    def run(self, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
+    def run(self, found: compute.Plan, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
             places: Sequence[Where], buffers: Sequence[memoryview], deadline: float | None, is_active: Callable[[], bool],
             spare: bool) -> tuple[list[bytes], list[Any]] | None:
-        """Compute ``request`` (whose plan is ``key``; ``buffers[i]``, the data of its tensor at ``places[i]``)
+        """Compute ``request`` (whose plan is ``found``, as ``plan(key)`` gave it; ``buffers[i]``, the data of its tensor at ``places[i]``)
         here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
-        go to a worker (the cache dropped the plan, or the plan is bounded and the bounded lane busy, no worker
+        go to a worker (the plan is bounded and the bounded lane busy, no worker
         idle or ``spare`` false: this process serving other calls, or the request a stream's). Raises Failure
         for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
         decoded here too (once, cached) for requests that do not match the plan's types exactly."""
-        found = self._state.cache.get(key)
-        if found is None:
-            return None
         if found.bounded and not spare:
             self._passed()
             return None

@@ -285,19 +285,22 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         small and the lane takes it now, else by a worker (which reports whether the plan is small); ``bounded``
         false leaves bounded plans to the workers. Its bytes count against ``max_queued_bytes`` until it is answered."""
         request = incoming.message
-        size = request.ByteSize() + sum(len(d) for d in incoming.data)
+        size = len(incoming.raw) + sum(len(d) for d in incoming.data)  # the bytes received
         self._hold(size)
         try:
             nid, raw, body = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
-            held = self.lane.takes(key)
-            if held:
-                done = self.lane.run(kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline, call.is_active,
-                                     spare=bounded and self._inflight <= 1)
+            found = self.lane.plan(key)
+            if found is not None:
+                done = self.lane.run(found, kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline,
+                                     call.is_active, spare=bounded and self._inflight <= 1)
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
-            job = Job(kind, Request(body, incoming.places, key, not held), incoming.data, nid, raw)
+            if incoming.whole:  # lifted now, so that its large tensors cross to the worker in shared memory
+                incoming = incoming.lifted()
+                body = _apart_graph(incoming)[1] if incoming.message.HasField("graph") else incoming.raw
+            job = Job(kind, Request(body, incoming.places, key, found is None), incoming.data, nid, raw)
 
             def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
                 """The response, built while the worker's shared memory holds the frames, and the plan if local."""

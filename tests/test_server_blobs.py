@@ -382,3 +382,28 @@ def test_apart_takes_one_field_out_of_a_serialized_request() -> None:
     assert blobs.apart(raw + raw, number) is None  # given twice: protobuf merges, so it is left to protobuf
     assert blobs.apart(spb.GradRequest(network_id="n").SerializeToString(), number) is None
     assert blobs.apart(raw[:-1], number) is None  # truncated framing
+
+
+def test_parse_takes_requests_whole_between_the_blob_size_and_its_limit_and_lifts_them_as_lift_does(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(blobs, "WHOLE_MAX_BYTES", 4096)
+
+    def request(n: int) -> bytes:
+        x = np.arange(n, dtype=np.float32)
+        tensor = pb.Tensor(dtype=pb.DATA_TYPE_FLOAT32, shape=[n], data=x.tobytes())
+        return spb.GradRequest(network_id="n", inputs=[tensor], parameters={"w": tensor}).SerializeToString()
+
+    tiny, medium, large = spb.GradRequest(network_id="n").SerializeToString(), request(256), request(2048)
+    assert len(tiny) < SMALL < len(medium) <= blobs.WHOLE_MAX_BYTES < len(large)
+    for raw in (tiny, large):  # lifted at once, as before
+        got, want = blobs.parse(raw, spb.GradRequest), blobs.lift(raw, spb.GradRequest)
+        assert not got.whole and got == want and got.lifted() is got
+    whole = blobs.parse(medium, spb.GradRequest)
+    assert whole.whole and whole.message == spb.GradRequest.FromString(medium) and whole.raw == medium
+    assert whole.places == [] and whole.data == []
+    lifted, want = whole.lifted(), blobs.lift(medium, spb.GradRequest)
+    assert not lifted.whole and lifted.places == want.places == [("inputs", 0), ("parameters", "w")]
+    assert lifted.raw == want.raw and lifted.message == want.message and list(map(bytes, lifted.data)) == list(map(bytes, want.data))
+    with pytest.raises(DecodeError):
+        blobs.parse(medium[:-3], spb.GradRequest)  # cut inside the last tensor: protobuf's own error, as for lift

@@ -17,7 +17,7 @@ from serverkit import long_run, quick_check, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
-from gradserve.server import compute
+from gradserve.server import blobs, compute
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -385,3 +385,72 @@ def test_bounded_plan_stays_bounded_when_the_lane_cache_cannot_hold_it_and_its_n
         request.inputs[0].CopyFrom(t(np.zeros((96, 128))))
         failed = rejected(lambda: stub.Grad(request, timeout=30))
         assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[0]" in failed.details()
+
+
+def weighted_sin_request(stub: service_pb2_grpc.GradientStub, x: np.ndarray, w: np.ndarray) -> service_pb2.GradRequest:
+    """d/dx of sum(sin(x) * w), with w sent as a parameter override (cos(x) * w), by network id."""
+    b = GraphBuilder()
+    y = b.op("ReduceSum", b.op("Mul", b.op("Sin", b.input("x", "float64", x.shape)), b.param("w", np.zeros(w.shape))))
+    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(b.build(y)))).network_id
+    return service_pb2.GradRequest(network_id=nid, inputs=[codec.encode_tensor(x)], parameters={"w": codec.encode_tensor(w)})
+
+
+def test_a_request_parsed_whole_gets_the_workers_numbers_in_the_lane_and_its_errors(
+    server: Server, stub: service_pb2_grpc.GradientStub,
+) -> None:
+    n = 1 << 13  # 64 KiB of float64 each for x and w: parsed whole (blobs.parse), and a bounded plan
+    x, w = np.linspace(-3, 3, n), np.linspace(0.5, 2, n)
+    request = weighted_sin_request(stub, x, w)
+    assert blobs.BLOB_MIN_BYTES < request.ByteSize() <= blobs.WHOLE_MAX_BYTES
+    wrong = {"inputs[0]": ("inputs", codec.encode_tensor(x.astype(np.float32))),
+             "w": ("parameters", codec.encode_tensor(np.ones(n + 1)))}
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, local_max_elements=0)) as plain:
+        with grpc.insecure_channel(f"127.0.0.1:{plain.port}") as channel:
+            plain_stub = service_pb2_grpc.GradientStub(channel)
+            plain_request = weighted_sin_request(plain_stub, x, w)
+            by_worker = codec.decode_tree(plain_stub.Grad(plain_request, timeout=30).gradients)
+            served = server.servicer.lane.served
+            for _ in range(3):  # a worker first (the request lifted on its way), then the lane
+                got = codec.decode_tree(stub.Grad(request, timeout=30).gradients)
+                np.testing.assert_array_equal(got, by_worker)
+                np.testing.assert_allclose(got, np.cos(x) * w, rtol=1e-12)
+            assert server.servicer.lane.served == served + 2
+            for name, (field, tensor) in wrong.items():
+                bad, plain_bad = service_pb2.GradRequest(), service_pb2.GradRequest()
+                bad.CopyFrom(request)
+                plain_bad.CopyFrom(plain_request)
+                for r in (bad, plain_bad):
+                    if field == "inputs":
+                        r.inputs[0].CopyFrom(tensor)
+                    else:
+                        r.parameters["w"].CopyFrom(tensor)
+                local, worker = rejected(lambda: stub.Grad(bad, timeout=30)), rejected(lambda: plain_stub.Grad(plain_bad, timeout=30))
+                assert local.code() == worker.code() == grpc.StatusCode.INVALID_ARGUMENT, name
+                assert local.details() == worker.details() and name in local.details(), local.details()
+            assert server.servicer.lane.served == served + 2 and plain.servicer.lane.served == 0
+
+
+def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_without_its_graph_then_runs_in_the_lane(
+    server: Server, stub: service_pb2_grpc.GradientStub, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    jobs: list[Any] = []
+    submit = server.pool.submit
+
+    def seen(job: Any, *args: Any) -> Any:
+        jobs.append(job)
+        return submit(job, *args)
+
+    monkeypatch.setattr(server.pool, "submit", seen)
+    x = np.linspace(-2, 2, 1 << 13)  # 64 KiB of float64: parsed whole
+    b = GraphBuilder()
+    request = service_pb2.RunRequest(graph=codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", x.shape)))),
+                                     inputs=[codec.encode_tensor(x)])
+    assert blobs.BLOB_MIN_BYTES < request.ByteSize() <= blobs.WHOLE_MAX_BYTES
+    served, networks = server.servicer.lane.served, len(server.servicer.registry)
+    for _ in range(3):
+        np.testing.assert_allclose(codec.decode_tree(stub.Run(request, timeout=30).outputs), np.sin(x), rtol=1e-12)
+    assert server.servicer.lane.served == served + 2 and len(server.servicer.registry) == networks + 1
+    run = [job for job in jobs if job.kind == "run"]
+    assert len(run) == 1 and run[0].payload.places == [("inputs", 0)] and bytes(run[0].blobs[0]) == x.tobytes()
+    sent = service_pb2.RunRequest.FromString(run[0].payload.body)
+    assert not sent.HasField("graph") and sent.inputs[0].data == b""

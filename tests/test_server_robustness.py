@@ -71,7 +71,8 @@ def still_serving(channel: grpc.Channel) -> None:
     (field(2, b"\x0a\x09too short"), CORRUPT),
     (deep_grad_request(60), "more than 100 levels deep"),
     (field(2, field(6, b"\xc3\x28")), "not valid UTF-8"),
-], ids=["garbage", "truncated", "too deep", "bad utf8"])
+    (field(2, field(3, bytes(100 << 10))) + b"\xff\xff", CORRUPT),  # parsed whole (blobs.parse), as the lane's requests are
+], ids=["garbage", "truncated", "too deep", "bad utf8", "large and truncated"])
 def test_unparsable_request_is_invalid_argument_naming_method_and_problem(
     channel: grpc.Channel, payload: bytes, problem: str,
 ) -> None:
