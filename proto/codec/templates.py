@@ -35,6 +35,7 @@ MAX_DEPTH = 64
 _TENSOR = pb.Tensor.DESCRIPTOR
 _DTYPE, _SHAPE, _DATA = (_TENSOR.fields_by_name[n].number for n in ("dtype", "shape", "data"))
 _LITTLE = sys.byteorder == "little"
+_LOW64 = (1 << 64) - 1
 
 
 class _Irregular(Exception):
@@ -115,6 +116,7 @@ def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None
             at = begin
             while at < after:
                 d, at = _varint(buf, at, after)
+                d &= _LOW64  # protobuf keeps a varint's low 64 bits (a 10th byte may carry more)
                 shape.append(d - (1 << 64) if d >= 1 << 63 else d)
         elif number == _DATA and wire == 2:
             data = (begin, after)
