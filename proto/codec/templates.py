@@ -273,7 +273,10 @@ class Template:
     def read(self, raw: bytes) -> list[np.ndarray] | None:
         """The read-only arrays of the message ``raw``'s tensors, in slot order, when ``raw`` has this layout (every
         byte outside the data equal to the pieces, bool data only 0 or 1); else None. Each array views ``raw``
-        (immutable bytes) when its data is aligned for its dtype, and a copy of its data otherwise."""
+        (immutable bytes; any other buffer is copied first, so that no array changes with it) when its data is aligned
+        for its dtype, and a copy of its data otherwise."""
+        if type(raw) is not bytes:
+            raw = bytes(raw)
         if len(raw) != self.size or not raw.startswith(self.pieces[0]):
             return None
         out = []
