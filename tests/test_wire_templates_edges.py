@@ -193,3 +193,26 @@ def test_a_template_of_the_servers_framed_response_reads_it_whether_the_frame_is
     assert reader.layout[0].read(raws[1]) is not None  # type: ignore[index]
     assert same(reader(raws[1]), parsed(raws[1]))
     assert Template.learn(raws[1], service_pb2.GradResponse.DESCRIPTOR) == reader.layout[0]  # type: ignore[index]
+
+
+def overlong(value: int, width: int) -> bytes:
+    """``value`` as a varint padded to ``width`` bytes."""
+    return bytes((value >> 7 * i & 0x7F) | (0x80 if i < width - 1 else 0) for i in range(width))
+
+
+@pytest.mark.parametrize("width", range(1, 11))
+def test_keys_and_lengths_padded_past_what_protobuf_reads_give_no_template(width: int) -> None:
+    """Protobuf reads a key or a length of at most 5 bytes (padded or not) and refuses a longer one."""
+    one = b"\x00\x00\x80\x3f"  # float32 1.0
+    padded_length = b"\x08\x03\x1a" + overlong(4, width) + one
+    padded_key = b"\x08\x03" + overlong(3 << 3 | 2, width) + b"\x04" + one
+    for tensor in (padded_length, padded_key):
+        raw = field(1, field(1, tensor))
+        want, template = parsed(raw), Template.learn(raw, service_pb2.GradResponse.DESCRIPTOR)
+        if width <= 5:
+            assert isinstance(want, np.ndarray) and want.shape == () and want == 1.0
+            assert template is not None
+            assert same(template.read(raw)[0], want)  # type: ignore[index]
+        else:
+            assert isinstance(want, type), "protobuf refuses it"
+            assert template is None
