@@ -14,7 +14,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -65,18 +65,22 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     raise _Irregular
 
 
-def _fields(buf: bytes, pos: int, end: int) -> Any:
-    """(number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``."""
+def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``; a key or a
+    length longer than 5 bytes, which protobuf refuses even when padded, is irregular."""
     while pos < end:
-        key, pos = _varint(buf, pos, end)
+        key, at = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
-        if number == 0 or key > 0xFFFFFFFF:
+        if number == 0 or key > 0xFFFFFFFF or at - pos > 5:
             raise _Irregular
+        pos = at
         if wire == 0:
             after = _varint(buf, pos, end)[1]
         elif wire == 2:
-            size, pos = _varint(buf, pos, end)
-            after = pos + size
+            size, at = _varint(buf, pos, end)
+            if at - pos > 5:
+                raise _Irregular
+            pos, after = at, at + size
         elif wire == 1:
             after = pos + 8
         elif wire == 5:
