@@ -5,6 +5,7 @@ several threads give what full parsing gives."""
 from __future__ import annotations
 
 import threading
+import tracemalloc
 from typing import Any
 
 import numpy as np
@@ -216,3 +217,21 @@ def test_keys_and_lengths_padded_past_what_protobuf_reads_give_no_template(width
         else:
             assert isinstance(want, type), "protobuf refuses it"
             assert template is None
+
+
+def test_learning_the_layout_of_a_large_response_takes_a_few_times_its_size_in_memory_not_twenty() -> None:
+    """The probe that checks a layout (its data filled with a pattern) is made without arrays of 8 bytes per data byte."""
+    raw = response((np.arange(1_000_000, dtype=np.float32), np.arange(10, dtype=np.int8)))
+    tracemalloc.start()
+    try:
+        parsed(raw)
+        parsing = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        reader = TreeReader(service_pb2.GradResponse, "gradients")
+        reader(raw)
+        learning = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert reader.layout is not None
+    assert parsing >= len(raw) - 100  # full parsing copies the data once
+    assert learning <= 5 * len(raw), f"learning took {learning / len(raw):.1f} times the response's size"
