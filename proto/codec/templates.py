@@ -297,10 +297,19 @@ class Template:
         return out
 
 
+_CHUNK = 1 << 16
+"""How many bytes of a probe's data ``_pattern`` makes at a time."""
+
+
 def _pattern(n: int, first: int, boolean: bool) -> np.ndarray:
     """``n`` bytes that differ from place to place (0 or 1 each for bool data), numbered from ``first``."""
     h = (np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B1)) >> np.uint64(13)
     return (h & np.uint64(1 if boolean else 0xFF)).astype(np.uint8)
+
+
+def _bytes_of(a: np.ndarray) -> np.ndarray:
+    """The bytes of the C-contiguous array ``a`` as a flat uint8 view (compared without copying them)."""
+    return a.reshape(-1).view(np.uint8)
 
 
 def _shape_of(tree: Any, leaves: list[np.ndarray]) -> Any:
@@ -355,9 +364,12 @@ class TreeReader:
         first = 0
         for i in mine:
             s = template.slots[i]
-            probe[s.start:s.start + s.nbytes] = _pattern(s.nbytes, first, s.dtype.kind == "b").tobytes()
+            for k in range(0, s.nbytes, _CHUNK):  # a chunk at a time: _pattern works in 8 bytes per byte
+                n = min(_CHUNK, s.nbytes - k)
+                probe[s.start + k:s.start + k + n] = memoryview(_pattern(n, first + k, s.dtype.kind == "b"))
             first += s.nbytes
         probed = bytes(probe)
+        del probe  # not held while the probe is parsed and read
         expected: list[np.ndarray] = []
         _shape_of(decode_tree(getattr(self.cls.FromString(probed), self.field), self.limits), expected)
         got = template.read(probed)
@@ -365,6 +377,6 @@ class TreeReader:
             return None
         for i, want in zip(mine, expected):
             a = got[i]
-            if a.dtype != want.dtype or a.shape != want.shape or a.tobytes() != want.tobytes():
+            if a.dtype != want.dtype or a.shape != want.shape or not np.array_equal(_bytes_of(a), _bytes_of(want)):
                 return None
         return template, mine, skeleton
