@@ -13,7 +13,7 @@ passed every address.
 
 A network is known by its structure: its id leaves out the values of its parameters, and it is registered
 once per server with the values it was traced with. Each Grad or Run call then carries, as parameter
-overrides, every parameter whose value differs from those registered values (encoded once per new array),
+overrides, every parameter whose value differs from those registered values (compared once per new array),
 so the server's compiled plan stays the same while the weights change, and a parameter never changed is
 never sent again.
 
@@ -106,7 +106,8 @@ def address_count(target: str) -> int:
 @dataclass
 class _Network:
     """A network as this client registers it: its wire form with the parameter values it was registered with,
-    its server id once a server has answered, and the last array seen of each parameter with its override."""
+    its server id once a server has answered, the last array seen of each parameter and whether it is an override,
+    and its calls' request templates and result readers."""
 
     inputs: int
     message: graph_pb2.Graph
@@ -115,7 +116,8 @@ class _Network:
     seen: dict[str, tuple[np.ndarray, bool]] = field(default_factory=dict)
     """By parameter name: the array last passed and whether it differs from the registered value."""
     templates: dict[tuple[Any, ...], tuple[codec.Template, list[int]]] = field(default_factory=dict)
-    """By request layout (``_layout``): the request's Template and, per slot, the array it takes (``_arrays``)."""
+    """By method, network id, flags, input count and override names (``_request``'s key): the Template of the last
+    request of those learned, and per slot the array it takes (``_picks``); one per key, relearned when the types change."""
     readers: dict[tuple[str, GradFlags | None], codec.TreeReader] = field(default_factory=dict)
     """By method and flags: the reader of the responses' result tree."""
 
