@@ -35,7 +35,7 @@ def protobufs(flags: GradFlags | None, network_id: str, inputs: list[np.ndarray]
     return grad.SerializeToString(deterministic=True)
 
 
-REGISTERED = {"w": np.ones(3, np.float32), "b": np.zeros((), np.float64), "m": np.zeros((0, 2), np.float32)}
+REGISTERED: dict[str, np.ndarray] = {"w": np.ones(3, np.float32), "b": np.zeros((), np.float64), "m": np.zeros((0, 2), np.float32)}
 
 
 @pytest.fixture()

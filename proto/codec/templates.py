@@ -366,7 +366,7 @@ class TreeReader:
             s = template.slots[i]
             for k in range(0, s.nbytes, _CHUNK):  # a chunk at a time: _pattern works in 8 bytes per byte
                 n = min(_CHUNK, s.nbytes - k)
-                probe[s.start + k:s.start + k + n] = memoryview(_pattern(n, first + k, s.dtype.kind == "b"))
+                probe[s.start + k:s.start + k + n] = _pattern(n, first + k, s.dtype.kind == "b").data
             first += s.nbytes
         probed = bytes(probe)
         del probe  # not held while the probe is parsed and read
