@@ -235,3 +235,11 @@ def test_learning_the_layout_of_a_large_response_takes_a_few_times_its_size_in_m
     assert reader.layout is not None
     assert parsing >= len(raw) - 100  # full parsing copies the data once
     assert learning <= 6 * len(raw), f"learning took {learning / len(raw):.1f} times the response's size"
+
+
+def test_a_map_entry_without_its_tensor_which_protobuf_reads_as_an_empty_one_gives_no_template() -> None:
+    raw = field(1, b"n") + field(6, field(1, b"w"))  # GradRequest: network_id, parameters {"w": <no value>}
+    request = service_pb2.GradRequest.FromString(raw)
+    assert list(request.parameters) == ["w"] and request.parameters["w"].ByteSize() == 0
+    assert slots(raw, service_pb2.GradRequest.DESCRIPTOR) is None
+    assert Template.learn(raw, service_pb2.GradRequest.DESCRIPTOR) is None
