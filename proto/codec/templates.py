@@ -189,6 +189,8 @@ def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, ou
             _tensor(buf, begin, after, here, out)
         else:
             _walk(buf, begin, after, sub, here, out, depth + 1)
+    if descriptor.GetOptions().map_entry and descriptor.fields_by_name["value"].number not in singular:
+        raise _Irregular  # protobuf gives the entry an empty message, which has no bytes here to be a slot
 
 
 def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
