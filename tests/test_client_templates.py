@@ -5,6 +5,7 @@ several threads, a server's error and changing overrides give what the embedded 
 from __future__ import annotations
 
 import threading
+from concurrent import futures
 from typing import Any, Iterator
 
 import grpc
@@ -196,3 +197,34 @@ def test_threads_calling_a_server_get_the_engines_results_read_as_parsed_through
         template = codec.Template.learn(raw, response.DESCRIPTOR)
         assert template is not None
         assert codec.TreeReader(response, tree)(raw) is not None
+
+
+class Garbled(grpc.GenericRpcHandler):
+    """A server that registers any network and answers every Grad and Run with bytes that do not parse."""
+
+    def service(self, details: Any) -> Any:
+        def answer(request: bytes, context: Any) -> bytes:
+            if details.method.endswith("/RegisterNetwork"):
+                return service_pb2.RegisterNetworkResponse(network_id="x").SerializeToString()
+            return b"\xff\xff"
+
+        return grpc.unary_unary_rpc_method_handler(answer, request_deserializer=None, response_serializer=None)
+
+
+def test_a_response_that_does_not_parse_is_a_remote_error_internal_as_when_grpc_parsed_responses() -> None:
+    server = grpc.server(futures.ThreadPoolExecutor(2))
+    server.add_generic_rpc_handlers((Garbled(),))
+    port = server.add_insecure_port("127.0.0.1:0")
+    server.start()
+    backend = RemoteBackend(f"127.0.0.1:{port}")
+    try:
+        b = GraphBuilder()
+        nid = backend.register(b.build(b.op("Sin", b.input("x", "float64", (2,)))))
+        with pytest.raises(remote.RemoteError, match="Grad") as grad:
+            backend.grad(nid, GradFlags(), [np.ones(2)], {})
+        with pytest.raises(remote.RemoteError, match="Run") as run:
+            backend.run(nid, [np.ones(2)], {})
+        assert grad.value.code == run.value.code == grpc.StatusCode.INTERNAL
+    finally:
+        backend.close()
+        server.stop(0)
