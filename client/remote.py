@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from gradserve.engine import EngineError, Graph, NotDifferentiableError
 from gradserve.proto import codec
@@ -256,7 +257,7 @@ class RemoteBackend(Backend):
         raw = self._failover(lambda route, deadline: self._send(
             route, call.network_id, net, method, lambda **at: self._request(net, method, call, overrides, **at),
             deadline), start=start)
-        return net.reader(method, call.flags)(raw)
+        return _parsed(method, net.reader(method, call.flags), raw)
 
     def _request(self, net: _Network, method: str, call: Call, overrides: dict[str, np.ndarray],
                  network_id: str | None = None, graph: graph_pb2.Graph | None = None) -> bytes:
@@ -351,14 +352,14 @@ class RemoteBackend(Backend):
         """The call with the graph itself, which also registers it on the server that takes it."""
         raw = call(make(graph=net.message), _left(deadline))
         with self._lock:
-            net.server_id = RESULTS[method][0].FromString(raw).network_id
+            net.server_id = _parsed(method, RESULTS[method][0].FromString, raw).network_id
             route.registered.add(local_id)
         return raw
 
     def _register(self, route: _Route, local_id: str, net: _Network, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
         raw = route.sender("RegisterNetwork")(service_pb2.RegisterNetworkRequest(graph=net.message), _left(deadline))
-        resp = service_pb2.RegisterNetworkResponse.FromString(raw)
+        resp = _parsed("RegisterNetwork", service_pb2.RegisterNetworkResponse.FromString, raw)
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -439,6 +440,15 @@ def _arrays(inputs: Sequence[np.ndarray], overrides: Mapping[str, np.ndarray], p
     """The arrays of a call in its request template's slot order (``_picks``: overrides by negative numbers)."""
     values = list(overrides.values())
     return [inputs[j] if j >= 0 else values[-1 - j] for j in picks]
+
+
+def _parsed(method: str, parse: Callable[[bytes], Any], raw: bytes) -> Any:
+    """``parse(raw)`` of a ``method`` response; bytes that do not parse are a RemoteError INTERNAL, as when gRPC
+    parsed responses itself."""
+    try:
+        return parse(raw)
+    except DecodeError as exc:
+        raise RemoteError(grpc.StatusCode.INTERNAL, f"the server's {method} response does not parse: {exc}") from None
 
 
 def _left(deadline: float | None) -> float | None:
