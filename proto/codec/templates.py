@@ -3,8 +3,8 @@ types are written by one join and read by ``np.frombuffer`` at known offsets, wi
 
 A layout is learned from one serialized message (``Template.learn``): a strict walk of its wire bytes, guided by
 the descriptors, finds every Tensor's data; whatever protobuf might read differently from that walk (unknown or
-repeated singular fields, several members of a oneof, a repeated map key, a tensor whose byte count does not fit
-its type) gives no template. Every byte outside the data then belongs to the template's ``pieces``. A message
+repeated singular fields, several members of a oneof, a repeated map key, a map entry without its message value, a
+key or length longer than protobuf's 5 bytes, a tensor whose byte count does not fit its type) gives no template. Every byte outside the data then belongs to the template's ``pieces``. A message
 whose bytes outside the data are exactly those pieces, with data of the same lengths, parses as the learned one
 does except for the data itself, which is why ``read`` and ``join`` equal full parsing and serializing bitwise.
 """
