@@ -228,3 +228,13 @@ def test_a_response_that_does_not_parse_is_a_remote_error_internal_as_when_grpc_
     finally:
         backend.close()
         server.stop(0)
+
+
+def test_inputs_given_as_lists_or_numpy_scalars_are_serialized_as_before_templates(offline: RemoteBackend) -> None:
+    net = offline._networks["local"]
+    flags = GradFlags(get_by_list=True, weights=("w",))
+    params = {"w": np.full(3, 2, np.float32)}
+    for inputs in ([[1.0, 2.0], 3], [np.ones(2), np.float32(3)]):
+        for _ in range(2):
+            raw = offline._request(net, "Grad", Call("local", flags, inputs, params), net.overrides(params), network_id="n")  # type: ignore[arg-type]
+            assert raw == protobufs(flags, "n", [np.asarray(a) for a in inputs], params, 2)
