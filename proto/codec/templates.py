@@ -263,13 +263,14 @@ class Template:
         """Each slot's path, in slot order."""
         return [s.path for s in self.slots]
 
-    def join(self, arrays: Sequence[np.ndarray]) -> bytes | None:
+    def join(self, arrays: Sequence[Any]) -> bytes | None:
         """The message of this layout holding ``arrays`` (one per slot, in slot order) as its tensors' data, in one
-        copy of each; None unless each has its slot's dtype and shape."""
+        copy of each; None unless each has its slot's dtype and shape (taken, as ``encode_tensor`` takes them, by
+        ``np.asarray``: a list or a scalar too)."""
         if len(arrays) != len(self.slots):
             return None
         out: list[Any] = []
-        for piece, s, a in zip(self.pieces, self.slots, arrays):
+        for piece, s, a in zip(self.pieces, self.slots, map(np.asarray, arrays)):
             if a.dtype != s.dtype or a.shape != s.shape:
                 return None
             out += (piece, a if a.flags.c_contiguous else np.ascontiguousarray(a))
