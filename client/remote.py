@@ -13,7 +13,7 @@ passed every address.
 
 A network is known by its structure: its id leaves out the values of its parameters, and it is registered
 once per server with the values it was traced with. Each Grad or Run call then carries, as parameter
-overrides, every parameter whose value differs from those registered values (encoded once per new array),
+overrides, every parameter whose value differs from those registered values (compared once per new array),
 so the server's compiled plan stays the same while the weights change, and a parameter never changed is
 never sent again.
 
@@ -35,6 +35,7 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import grpc
 import numpy as np
+from google.protobuf.message import DecodeError
 
 from gradserve.engine import EngineError, Graph, NotDifferentiableError
 from gradserve.proto import codec
@@ -106,7 +107,8 @@ def address_count(target: str) -> int:
 @dataclass
 class _Network:
     """A network as this client registers it: its wire form with the parameter values it was registered with,
-    its server id once a server has answered, and the last array seen of each parameter with its override."""
+    its server id once a server has answered, the last array seen of each parameter and whether it is an override,
+    and its calls' request templates and result readers."""
 
     inputs: int
     message: graph_pb2.Graph
@@ -115,7 +117,8 @@ class _Network:
     seen: dict[str, tuple[np.ndarray, bool]] = field(default_factory=dict)
     """By parameter name: the array last passed and whether it differs from the registered value."""
     templates: dict[tuple[Any, ...], tuple[codec.Template, list[int]]] = field(default_factory=dict)
-    """By request layout (``_layout``): the request's Template and, per slot, the array it takes (``_arrays``)."""
+    """By method, network id, flags, input count and override names (``_request``'s key): the Template of the last
+    request of those learned, and per slot the array it takes (``_picks``); one per key, relearned when the types change."""
     readers: dict[tuple[str, GradFlags | None], codec.TreeReader] = field(default_factory=dict)
     """By method and flags: the reader of the responses' result tree."""
 
@@ -254,7 +257,7 @@ class RemoteBackend(Backend):
         raw = self._failover(lambda route, deadline: self._send(
             route, call.network_id, net, method, lambda **at: self._request(net, method, call, overrides, **at),
             deadline), start=start)
-        return net.reader(method, call.flags)(raw)
+        return _parsed(method, net.reader(method, call.flags), raw)
 
     def _request(self, net: _Network, method: str, call: Call, overrides: dict[str, np.ndarray],
                  network_id: str | None = None, graph: graph_pb2.Graph | None = None) -> bytes:
@@ -349,14 +352,14 @@ class RemoteBackend(Backend):
         """The call with the graph itself, which also registers it on the server that takes it."""
         raw = call(make(graph=net.message), _left(deadline))
         with self._lock:
-            net.server_id = RESULTS[method][0].FromString(raw).network_id
+            net.server_id = _parsed(method, RESULTS[method][0].FromString, raw).network_id
             route.registered.add(local_id)
         return raw
 
     def _register(self, route: _Route, local_id: str, net: _Network, deadline: float | None) -> None:
         """RegisterNetwork through ``route``."""
         raw = route.sender("RegisterNetwork")(service_pb2.RegisterNetworkRequest(graph=net.message), _left(deadline))
-        resp = service_pb2.RegisterNetworkResponse.FromString(raw)
+        resp = _parsed("RegisterNetwork", service_pb2.RegisterNetworkResponse.FromString, raw)
         with self._lock:
             net.server_id = resp.network_id
             route.registered.add(local_id)
@@ -437,6 +440,15 @@ def _arrays(inputs: Sequence[np.ndarray], overrides: Mapping[str, np.ndarray], p
     """The arrays of a call in its request template's slot order (``_picks``: overrides by negative numbers)."""
     values = list(overrides.values())
     return [inputs[j] if j >= 0 else values[-1 - j] for j in picks]
+
+
+def _parsed(method: str, parse: Callable[[bytes], Any], raw: bytes) -> Any:
+    """``parse(raw)`` of a ``method`` response; bytes that do not parse are a RemoteError INTERNAL, as when gRPC
+    parsed responses itself."""
+    try:
+        return parse(raw)
+    except DecodeError as exc:
+        raise RemoteError(grpc.StatusCode.INTERNAL, f"the server's {method} response does not parse: {exc}") from None
 
 
 def _left(deadline: float | None) -> float | None:

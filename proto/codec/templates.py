@@ -3,8 +3,8 @@ types are written by one join and read by ``np.frombuffer`` at known offsets, wi
 
 A layout is learned from one serialized message (``Template.learn``): a strict walk of its wire bytes, guided by
 the descriptors, finds every Tensor's data; whatever protobuf might read differently from that walk (unknown or
-repeated singular fields, several members of a oneof, a repeated map key, a tensor whose byte count does not fit
-its type) gives no template. Every byte outside the data then belongs to the template's ``pieces``. A message
+repeated singular fields, several members of a oneof, a repeated map key, a map entry without its message value, a
+key or length longer than protobuf's 5 bytes, a tensor whose byte count does not fit its type) gives no template. Every byte outside the data then belongs to the template's ``pieces``. A message
 whose bytes outside the data are exactly those pieces, with data of the same lengths, parses as the learned one
 does except for the data itself, which is why ``read`` and ``join`` equal full parsing and serializing bitwise.
 """
@@ -14,7 +14,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Iterator, Sequence
 
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -35,6 +35,7 @@ MAX_DEPTH = 64
 _TENSOR = pb.Tensor.DESCRIPTOR
 _DTYPE, _SHAPE, _DATA = (_TENSOR.fields_by_name[n].number for n in ("dtype", "shape", "data"))
 _LITTLE = sys.byteorder == "little"
+_LOW64 = (1 << 64) - 1
 
 
 class _Irregular(Exception):
@@ -64,18 +65,22 @@ def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     raise _Irregular
 
 
-def _fields(buf: bytes, pos: int, end: int) -> Any:
-    """(number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``."""
+def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
+    """(number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``; a key or a
+    length longer than 5 bytes, which protobuf refuses even when padded, is irregular."""
     while pos < end:
-        key, pos = _varint(buf, pos, end)
+        key, at = _varint(buf, pos, end)
         number, wire = key >> 3, key & 7
-        if number == 0 or key > 0xFFFFFFFF:
+        if number == 0 or key > 0xFFFFFFFF or at - pos > 5:
             raise _Irregular
+        pos = at
         if wire == 0:
             after = _varint(buf, pos, end)[1]
         elif wire == 2:
-            size, pos = _varint(buf, pos, end)
-            after = pos + size
+            size, at = _varint(buf, pos, end)
+            if at - pos > 5:
+                raise _Irregular
+            pos, after = at, at + size
         elif wire == 1:
             after = pos + 8
         elif wire == 5:
@@ -115,6 +120,7 @@ def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None
             at = begin
             while at < after:
                 d, at = _varint(buf, at, after)
+                d &= _LOW64  # protobuf keeps a varint's low 64 bits (a 10th byte may carry more)
                 shape.append(d - (1 << 64) if d >= 1 << 63 else d)
         elif number == _DATA and wire == 2:
             data = (begin, after)
@@ -183,6 +189,8 @@ def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, ou
             _tensor(buf, begin, after, here, out)
         else:
             _walk(buf, begin, after, sub, here, out, depth + 1)
+    if descriptor.GetOptions().map_entry and descriptor.fields_by_name["value"].number not in singular:
+        raise _Irregular  # protobuf gives the entry an empty message, which has no bytes here to be a slot
 
 
 def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
@@ -255,13 +263,14 @@ class Template:
         """Each slot's path, in slot order."""
         return [s.path for s in self.slots]
 
-    def join(self, arrays: Sequence[np.ndarray]) -> bytes | None:
+    def join(self, arrays: Sequence[Any]) -> bytes | None:
         """The message of this layout holding ``arrays`` (one per slot, in slot order) as its tensors' data, in one
-        copy of each; None unless each has its slot's dtype and shape."""
+        copy of each; None unless each has its slot's dtype and shape (taken, as ``encode_tensor`` takes them, by
+        ``np.asarray``: a list or a scalar too)."""
         if len(arrays) != len(self.slots):
             return None
         out: list[Any] = []
-        for piece, s, a in zip(self.pieces, self.slots, arrays):
+        for piece, s, a in zip(self.pieces, self.slots, map(np.asarray, arrays)):
             if a.dtype != s.dtype or a.shape != s.shape:
                 return None
             out += (piece, a if a.flags.c_contiguous else np.ascontiguousarray(a))
@@ -271,7 +280,10 @@ class Template:
     def read(self, raw: bytes) -> list[np.ndarray] | None:
         """The read-only arrays of the message ``raw``'s tensors, in slot order, when ``raw`` has this layout (every
         byte outside the data equal to the pieces, bool data only 0 or 1); else None. Each array views ``raw``
-        (immutable bytes) when its data is aligned for its dtype, and a copy of its data otherwise."""
+        (immutable bytes; any other buffer is copied first, so that no array changes with it) when its data is aligned
+        for its dtype, and a copy of its data otherwise."""
+        if type(raw) is not bytes:
+            raw = bytes(raw)
         if len(raw) != self.size or not raw.startswith(self.pieces[0]):
             return None
         out = []
@@ -288,10 +300,19 @@ class Template:
         return out
 
 
+_CHUNK = 1 << 16
+"""How many bytes of a probe's data ``_pattern`` makes at a time."""
+
+
 def _pattern(n: int, first: int, boolean: bool) -> np.ndarray:
     """``n`` bytes that differ from place to place (0 or 1 each for bool data), numbered from ``first``."""
     h = (np.arange(first, first + n, dtype=np.uint64) * np.uint64(0x9E3779B1)) >> np.uint64(13)
     return (h & np.uint64(1 if boolean else 0xFF)).astype(np.uint8)
+
+
+def _bytes_of(a: np.ndarray) -> np.ndarray:
+    """The bytes of the C-contiguous array ``a`` as a flat uint8 view (compared without copying them)."""
+    return a.reshape(-1).view(np.uint8)
 
 
 def _shape_of(tree: Any, leaves: list[np.ndarray]) -> Any:
@@ -346,9 +367,12 @@ class TreeReader:
         first = 0
         for i in mine:
             s = template.slots[i]
-            probe[s.start:s.start + s.nbytes] = _pattern(s.nbytes, first, s.dtype.kind == "b").tobytes()
+            for k in range(0, s.nbytes, _CHUNK):  # a chunk at a time: _pattern works in 8 bytes per byte
+                n = min(_CHUNK, s.nbytes - k)
+                probe[s.start + k:s.start + k + n] = _pattern(n, first + k, s.dtype.kind == "b").data
             first += s.nbytes
         probed = bytes(probe)
+        del probe  # not held while the probe is parsed and read
         expected: list[np.ndarray] = []
         _shape_of(decode_tree(getattr(self.cls.FromString(probed), self.field), self.limits), expected)
         got = template.read(probed)
@@ -356,6 +380,6 @@ class TreeReader:
             return None
         for i, want in zip(mine, expected):
             a = got[i]
-            if a.dtype != want.dtype or a.shape != want.shape or a.tobytes() != want.tobytes():
+            if a.dtype != want.dtype or a.shape != want.shape or not np.array_equal(_bytes_of(a), _bytes_of(want)):
                 return None
         return template, mine, skeleton
