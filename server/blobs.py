@@ -228,7 +228,8 @@ def lift(raw: bytes, cls: type[Any]) -> Lifted:
 
 WHOLE_MAX_BYTES = 256 << 10
 """Requests up to this size are parsed whole (``parse``): protobuf copies their bytes faster than ``lift`` finds their
-tensors (up to about 1 MiB), and the copy, held until the call ends, stays small beside the received bytes."""
+tensors (up to about 1 MiB for a request of a dozen tensors, a third of that for one tensor alone), and the copy, held
+beside the received bytes until the call ends, stays small (``config.Limits.max_queued_bytes`` does not count it)."""
 
 
 def parse(raw: bytes, cls: type[Any]) -> Lifted:
