@@ -1,19 +1,24 @@
 """Unary Grad and Run requests of 64 KiB to 256 KiB, parsed whole (``blobs.parse``), over real loopback gRPC:
 at and around both bounds, written in ways protobuf reads specially (a tensor's data given twice, unknown fields,
-a graph given twice, the network oneof set twice), with the lane's plan dropped while a call holds it, and an
-inline graph going to a worker: each gets the closed-form numbers, from a worker first and then from the lane."""
+a graph given twice, the network oneof set twice) and with the lane's plan dropped while a call holds it: each gets
+the closed-form numbers, from a worker first and then from the lane; one the lane runs stops at its deadline or cancellation."""
 from __future__ import annotations
 
+import functools
+import os
+import signal
 from typing import Any
 
 import grpc
 import numpy as np
 import pytest
+from serverkit import rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
 from gradserve.server import blobs
-from gradserve.server.app import Server
+from gradserve.server.app import Server, running
+from gradserve.server.config import ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 RUN = "/gradserve.v1.Gradient/Run"
@@ -119,3 +124,40 @@ def test_a_plan_the_lane_drops_while_a_call_holds_it_still_answers_and_is_sent_a
     for _ in range(4):  # a worker, the lane (the plan dropped), a worker (sending the plan again), the lane
         np.testing.assert_allclose(codec.decode_tree(stub.Run(request, timeout=30).outputs), np.sin(x), rtol=1e-12)
     assert lane.served == served + 2 and len(dropped) == 2
+
+
+def test_a_request_parsed_whole_stops_in_the_lane_at_its_deadline_or_cancellation() -> None:
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, local_max_flops=10**13, local_max_peak_bytes=1 << 30)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        n, m, k = 20000, 24, 500  # k Sins over an n x m outer product: a bounded plan of seconds, from 160 KB of input
+        b = GraphBuilder()
+        h = b.op("MatMul", b.input("x", "float64", (n, 1)), b.input("y", "float64", (1, m)))
+        for _ in range(k):
+            h = b.op("Sin", h)
+        graph = codec.encode_graph(b.build(b.op("ReduceSum", h)))
+        x, y = np.linspace(-1, 1, n).reshape(n, 1), np.ones((1, m))
+        request = service_pb2.RunRequest(graph=graph, inputs=[codec.encode_tensor(x), codec.encode_tensor(y)])
+        assert blobs.parse(request.SerializeToString(), service_pb2.RunRequest).whole
+        want = m * np.sum(functools.reduce(lambda a, _: np.sin(a), range(k), x))
+        got = codec.decode_tree(stub.Run(request, timeout=120).outputs)  # a worker runs it first and sends the plan
+        np.testing.assert_allclose(got, want, rtol=1e-9)
+        codes = lambda: {(meth, c): count for meth, c, count in server.servicer.metrics.snapshot()}  # noqa: E731
+        expired, cancelled = codes().get(("Run", "DEADLINE_EXCEEDED"), 0), codes().get(("Run", "CANCELLED"), 0)
+        workers = server.pool.pids()
+        for pid in workers:  # a worker given the request would not stop in time and be replaced
+            os.kill(pid, signal.SIGSTOP)
+        try:
+            failed = rejected(lambda: stub.Run(request, timeout=0.2))
+            assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            wait_until(lambda: codes().get(("Run", "DEADLINE_EXCEEDED"), 0) == expired + 1, "the lane to stop the run")
+            call = stub.Run.future(request, timeout=120)
+            wait_until(lambda: server.servicer.lane._bounded.locked(), "the lane to start the run")
+            call.cancel()
+            wait_until(lambda: codes().get(("Run", "CANCELLED"), 0) == cancelled + 1, "the lane to stop the cancelled run")
+        finally:
+            for pid in workers:
+                os.kill(pid, signal.SIGCONT)
+        assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.servicer._held == 0
+        np.testing.assert_allclose(codec.decode_tree(stub.Run(request, timeout=120).outputs), want, rtol=1e-9)
+        assert server.servicer.lane.served == 1
