@@ -7,6 +7,7 @@ from __future__ import annotations
 import functools
 import os
 import signal
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import grpc
@@ -161,3 +162,30 @@ def test_a_request_parsed_whole_stops_in_the_lane_at_its_deadline_or_cancellatio
         assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.servicer._held == 0
         np.testing.assert_allclose(codec.decode_tree(stub.Run(request, timeout=120).outputs), want, rtol=1e-9)
         assert server.servicer.lane.served == 1
+
+
+def test_many_threads_mixing_small_whole_and_lifted_requests_each_get_their_own_numbers(
+    server: Server, stub: service_pb2_grpc.GradientStub,
+) -> None:
+    networks = []
+    for n in (500, 12000, 40000):  # 4 KB (small), 96 KB (parsed whole) and 320 KB (lifted) of float64 each for x and w
+        b = GraphBuilder()
+        y = b.op("ReduceSum", b.op("Mul", b.op("Sin", b.input("x", "float64", (n,))), b.param("w", np.zeros(n))))
+        graph = codec.encode_graph(b.build(y))
+        networks.append((n, graph, stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=graph)).network_id))
+    served = server.servicer.lane.served
+
+    def one(k: int) -> None:
+        n, graph, nid = networks[k % 3]
+        rng = np.random.default_rng(k)
+        x, w = rng.normal(size=n), rng.normal(size=n)
+        network = {"graph": graph} if k % 2 else {"network_id": nid}
+        request = service_pb2.GradRequest(inputs=[codec.encode_tensor(x)], parameters={"w": codec.encode_tensor(w)},
+                                          request_id=f"r{k}", **network)
+        response = stub.Grad(request, timeout=60)
+        assert response.request_id == f"r{k}"
+        np.testing.assert_allclose(codec.decode_tree(response.gradients), np.cos(x) * w, rtol=1e-12)
+
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        list(pool.map(one, range(120)))
+    assert server.servicer.lane.served > served and server.servicer._held == 0  # the small ones' tiny plan ran in the lane
