@@ -84,7 +84,7 @@ LIFTED = {f"/{SERVICE_NAME}/{name}": functools.partial(parse, cls=cls) for name,
 """The parsers of the methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
 its way to shared memory, instead of being copied by protobuf, and the received bytes are handed on. Unary Grad and Run
 requests of at most ``blobs.WHOLE_MAX_BYTES`` are parsed whole (``blobs.parse``): the local lane computes most of them, and the others are
-lifted on their way to a worker; a stream's requests go to the workers."""
+lifted on their way to a worker; a stream's requests are lifted at once (the lane leaves their bounded plans to the workers)."""
 
 
 def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:

@@ -3,7 +3,7 @@ instead of inside a pickled message. Only bytes move here; the codec interprets 
 
 Requests: ``lift`` finds the large tensor data in a request's raw bytes and returns it as views of them,
 parsing only the small rest, which it keeps as bytes to hand on (``apart`` takes one field out of such
-bytes). Responses: ``around`` serializes a response as the pieces between data frames of known sizes,
+bytes); ``parse`` takes a request of at most ``WHOLE_MAX_BYTES`` whole instead, for the server to compute itself. Responses: ``around`` serializes a response as the pieces between data frames of known sizes,
 and ``splice`` joins the pieces with the frames, copying them once."""
 from __future__ import annotations
 
@@ -78,7 +78,8 @@ def data_header(nbytes: int) -> bytes:
 
 @dataclass(frozen=True, slots=True)
 class Lifted:
-    """A request parsed without the data of its large tensors, and that data as views of the raw bytes."""
+    """A request parsed without the data of its large tensors, and that data as views of the raw bytes (or
+    parsed ``whole``, with that data)."""
 
     message: Any
     """The request; the tensors at ``places`` have no data."""
@@ -89,11 +90,8 @@ class Lifted:
     raw: bytes
     """The bytes ``message`` was parsed from: the request without ``data``."""
     whole: bool = False
-    """Parsed whole by ``parse``: ``data`` is empty and the large tensors' data is in ``message`` (``lifted`` takes it out)."""
-
-    def lifted(self) -> Lifted:
-        """This request with the data of its large tensors out of the message (``lift``), to cross to a worker."""
-        return lift(self.raw, type(self.message)) if self.whole else self
+    """Parsed whole by ``parse``: ``data`` is empty, and ``message`` holds the data of its large tensors and ``raw``
+    all of the request (``lift`` of those bytes takes the data out, for a worker)."""
 
 
 class _Malformed(Exception):
@@ -230,12 +228,13 @@ def lift(raw: bytes, cls: type[Any]) -> Lifted:
 
 WHOLE_MAX_BYTES = 256 << 10
 """Requests up to this size are parsed whole (``parse``): protobuf copies their bytes faster than ``lift`` finds their
-tensors (up to about 1 MiB), and the copy, held until the call ends, stays small beside the received bytes."""
+tensors (up to about 1 MiB for a request of a dozen tensors, a third of that for one tensor alone), and the copy, held
+beside the received bytes until the call ends, stays small (``config.Limits.max_queued_bytes`` does not count it)."""
 
 
 def parse(raw: bytes, cls: type[Any]) -> Lifted:
     """``cls`` parsed from ``raw``: whole when it is at most ``WHOLE_MAX_BYTES`` (a request the server computes itself
-    needs no more; one going to a worker is ``Lifted.lifted`` then), else ``lift``ed."""
+    needs no more; one going to a worker is ``lift``ed then), else ``lift``ed."""
     if len(raw) < BLOB_MIN_BYTES or len(raw) > WHOLE_MAX_BYTES:
         return lift(raw, cls)
     return Lifted(cls.FromString(raw), [], [], raw, True)

@@ -30,19 +30,11 @@ from .errors import Failure, stopped
 
 
 class _Shared(Cache):
-    """The lane's cache, used by both of its lanes' threads: each operation under one lock."""
+    """The lane's cache, used by both of its lanes' threads: ``get`` and ``put``, the only operations the lane uses, under one lock."""
 
     def __init__(self, size: int, max_bytes: int) -> None:
         super().__init__(size, max_bytes)
         self._lock = threading.Lock()
-
-    def __contains__(self, key: Any) -> bool:
-        with self._lock:
-            return super().__contains__(key)
-
-    def held(self, key: Any) -> int:
-        with self._lock:
-            return super().held(key)
 
     def get(self, key: Any, default: Any = None) -> Any:
         with self._lock:

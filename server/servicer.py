@@ -298,7 +298,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 if done is not None:
                     return self._answered(self._reply(kind, *done, tail))
             if incoming.whole:  # lifted now, so that its large tensors cross to the worker in shared memory
-                incoming = incoming.lifted()
+                incoming = blobs.lift(incoming.raw, type(request))
                 body = _apart_graph(incoming)[1] if incoming.message.HasField("graph") else incoming.raw
             job = Job(kind, Request(body, incoming.places, key, found is None), incoming.data, nid, raw)
 
