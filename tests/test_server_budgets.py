@@ -17,6 +17,7 @@ from serverkit import long_run, rejected, wait_until
 from gradserve.engine import GraphBuilder, compile_graph
 from gradserve.proto import codec
 from gradserve.server.app import SPARE_THREADS, Server, running
+from gradserve.server.blobs import WHOLE_MAX_BYTES
 from gradserve.server.cache import Cache
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
@@ -264,7 +265,7 @@ def test_the_documented_memory_total_follows_from_the_default_budgets() -> None:
     stream_slots = max(1, d.max_stream_receive_bytes // d.max_message_bytes)
     windows = 4 * MiB * (2 * d.max_receive_waiting + d.max_open_streams)  # calls waiting in either round, open streams
     receiving = (2 * d.max_message_bytes * (slots + 1) + 2 * d.max_message_bytes * stream_slots + windows
-                 + d.max_queued_bytes + 64 * 1024 * threads)
+                 + d.max_queued_bytes + WHOLE_MAX_BYTES * threads)  # protobuf's copy of a request parsed whole
     fixed = -(-(256 * MiB + d.max_registry_bytes + receiving + d.max_worker_cache_bytes + 16 * MiB) // MiB) * MiB
     per_worker = d.max_worker_cache_bytes + d.max_request_peak_bytes + 2 * d.max_message_bytes + 2 * d.max_message_bytes
     readme = (root / "deploy" / "kubernetes" / "README.md").read_text()
