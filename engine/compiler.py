@@ -15,7 +15,7 @@ from .autodiff import lower
 from .builder import gc_paused
 from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, TensorType, Value, unflatten
-from .optable import OPS, broadcast
+from .optable import OPS, OpDef, broadcast, traffic_cost
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
@@ -513,45 +513,84 @@ class Program:
     @gc_paused
     def __init__(self, graph: Graph) -> None:
         self.source = graph
-        self.graph = optimize(graph)
-        g = self.graph
-        slot: dict[int, int] = {}
-
-        def slot_of(v: Value) -> int:
-            return slot.setdefault(id(v), len(slot))
-
+        self.graph = g = optimize(graph)
+        slot: dict[Value, int] = {}  # Values hash by identity: no id() ints to allocate per lookup
+        nbytes: list[int] = []  # by slot: bytes of its value's type (0 for a value no input, parameter or node defines)
         setdefault = slot.setdefault
 
-        self._inputs = [(slot_of(v), v) for v in g.inputs]
-        self._params = {p.name: (slot_of(p.value), p) for p in g.params}
+        def slot_of(v: Value, size: int) -> int:
+            s = setdefault(v, len(slot))
+            if s == len(nbytes):
+                nbytes.append(size)
+            return s
+
+        self._inputs = [(slot_of(v, v.type.nbytes), v) for v in g.inputs]
+        self._params = {p.name: (slot_of(p.value, p.value.type.nbytes), p) for p in g.params}
         template: dict[int, np.ndarray] = {}
-        body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = []
         plan_nodes: list[Node] = []
+        opdefs: list[OpDef] = []
+        fns: list[Callable[..., Any]] = []
+        step_ins: list[tuple[int, ...]] = []
+        step_outs: list[tuple[int, ...]] = []
+        scratch: list[int] = []
+        last: dict[int, int] = {}  # by slot: the last step that reads or writes it
+        bound: dict[tuple[int, Callable[..., Any]], Callable[..., Any]] = {}  # by id of an attrs dict (builders share
+        # one among the nodes they inferred alike) and forward: the forward with those attributes bound
+        elements = flops = 0
         for n in g.nodes:
-            if n.op == "Const":
-                template[slot_of(n.outputs[0])] = n.attrs["value"]
+            op, attrs = n.op, n.attrs
+            if op == "Const":
+                out = n.outputs[0]
+                template[slot_of(out, out.type.nbytes)] = attrs["value"]
                 continue
-            fwd = OPS[n.op].forward
-            body.append(
-                (functools.partial(fwd, **n.attrs) if n.attrs else fwd,
-                 tuple([setdefault(id(v), len(slot)) for v in n.inputs]), tuple([setdefault(id(v), len(slot)) for v in n.outputs]))
-            )
+            opdef = OPS[op]
+            fwd = opdef.forward
+            if attrs:
+                key = (id(attrs), fwd)
+                fn = bound.get(key)
+                if fn is None:
+                    fn = bound[key] = functools.partial(fwd, **attrs)
+            else:
+                fn = fwd
+            try:
+                ins = tuple([slot[v] for v in n.inputs])
+            except KeyError:
+                ins = tuple([slot_of(v, 0) for v in n.inputs])
+            outs = tuple([slot_of(v, v.type.nbytes) for v in n.outputs])
+            k = len(fns)
+            for s in ins:
+                last[s] = k
+            for s in outs:
+                last[s] = k
+            its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
+            moved = 0
+            for t in its:
+                moved += t.size
+            for t in ots:
+                moved += t.size
+            elements += moved
+            flops += moved if opdef.cost is traffic_cost else opdef.cost(its, ots, attrs)
+            scratch.append(opdef.scratch_of(its, ots, attrs) if opdef.scratch or opdef.scratch_bytes is not None else 0)
             plan_nodes.append(n)
-        out_slots = [slot_of(v) for v in g.flat_outputs]
+            opdefs.append(opdef)
+            fns.append(fn)
+            step_ins.append(ins)
+            step_outs.append(outs)
+        self.elements = elements
+        """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
+        self.flops = flops
+        """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
+        out_slots = [slot_of(v, 0) for v in g.flat_outputs]
         self._out_slots = out_slots
         fed = {s for s, _ in self._inputs} | {s for s, _ in self._params.values()}
         self._copied_outputs = [i for i, s in enumerate(out_slots) if s in template or s in fed]
         keep = set(out_slots) | set(template) | {s for s, _ in self._params.values()}
-        last: dict[int, int] = {}
-        for k, (_, ins, outs) in enumerate(body):
-            for s in ins + outs:
-                last[s] = k
-        frees: list[list[int]] = [[] for _ in body]
+        frees: list[list[int]] = [[] for _ in fns]
         for s, k in last.items():
             if s not in keep:
                 frees[k].append(s)
-        into = _reused_buffers(plan_nodes, body, frees)
-        self._steps = [(fn, ins, outs, tuple(fr), r) for (fn, ins, outs), fr, r in zip(body, frees, into)]
+        into = _reused_buffers(plan_nodes, opdefs, fns, step_ins, step_outs, frees)
+        self._steps = list(zip(fns, step_ins, step_outs, map(tuple, frees), into))
         self._plan_nodes = plan_nodes
         self._fed = fed
         self._straight: Callable[..., Any] | None = None
@@ -563,23 +602,9 @@ class Program:
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
-        elements = flops = 0
-        plan = []
-        for n, (_, ins, outs, fr, r) in zip(plan_nodes, self._steps):
-            opdef = OPS[n.op]
-            its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
-            elements += sum(t.size for t in its) + sum(t.size for t in ots)
-            flops += opdef.cost(its, ots, n.attrs)
-            plan.append((opdef.memory, ins, outs, fr, opdef.scratch_of(its, ots, n.attrs), r))
-        self.elements = elements
-        """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
-        self.flops = flops
-        """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
-        nbytes = [0] * len(slot)
-        for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
-            nbytes[slot[id(v)]] = v.type.nbytes
+        nbytes += [0] * (len(slot) - len(nbytes))
         self.peak_bytes = _peak_bytes(
-            nbytes, fed | set(template), plan,
+            nbytes, fed | set(template), [d.memory for d in opdefs], self._steps, scratch,
             sum(nbytes[out_slots[i]] for i in self._copied_outputs),
         )
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
@@ -674,9 +699,11 @@ def _interrupted(name: str, steps: int, done: int) -> NoReturn:
 
 
 def _reused_buffers(
-    nodes: list[Node], body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]], frees: list[list[int]]
+    nodes: list[Node], opdefs: list[OpDef], fns: list[Callable[..., Any]], step_ins: list[tuple[int, ...]],
+    step_outs: list[tuple[int, ...]], frees: list[list[int]],
 ) -> list[int]:
-    """Per step, the slot of a buffer the step writes its result into (``out=``), or -1. Only a step that writes
+    """Per step (its node, op, forward, input and output slots), the slot of a buffer the step writes its result into
+    (``out=``), or -1. Only a step that writes
     fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of its result's
     dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) and
     no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
@@ -685,33 +712,37 @@ def _reused_buffers(
     owned: dict[int, TensorType] = {}  # live fresh buffers no view reads (yet): a slot leaves when it dies or is viewed
     pool: dict[TensorType, list[tuple[int, int]]] = {}
     into = []
-    for k, (n, (fn, ins, outs), fr) in enumerate(zip(nodes, body, frees)):
-        opdef = OPS[n.op]
+    ufunc_type = np.ufunc
+    for k, (n, opdef, fn, ins, outs, fr) in enumerate(zip(nodes, opdefs, fns, step_ins, step_outs, frees)):
         if opdef.memory != "new":
             for s in ins:  # a buffer a step may return a view of is never written over (it dies at or after this step)
                 owned.pop(s, None)
-        ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
+        ufunc = fn.__class__ is ufunc_type and len(outs) == 1
         fresh = ufunc or opdef.out
-        t = n.outputs[0].type
         r = -1
-        if ufunc:
-            for s, v in zip(ins, n.inputs):
-                if s in owned and s in fr and v.type == t:
-                    r = s
-                    break
-        if r < 0 and fresh and pool:
-            dead = pool.get(t)
-            if dead:
-                r, died = dead.pop()
-                frees[died].remove(r)
-                fr.append(r)
-        into.append(r)
-        if fresh and t.shape:
-            owned[outs[0]] = t
-        for s in fr:
-            dying = owned.pop(s, None)
-            if dying is not None and s != r:
-                pool.setdefault(dying, []).append((s, k))
+        if not fresh:
+            into.append(r)
+        else:
+            t = n.outputs[0].type
+            if ufunc:
+                for s, v in zip(ins, n.inputs):
+                    if s in owned and s in fr and v.type == t:
+                        r = s
+                        break
+            if r < 0 and pool:
+                dead = pool.get(t)
+                if dead:
+                    r, died = dead.pop()
+                    frees[died].remove(r)
+                    fr.append(r)
+            into.append(r)
+            if t.shape:
+                owned[outs[0]] = t
+        if owned:
+            for s in fr:
+                dying = owned.pop(s, None)
+                if dying is not None and s != r:
+                    pool.setdefault(dying, []).append((s, k))
     return into
 
 
@@ -787,10 +818,12 @@ def _tree_code(tree: Any, leaves: Iterator[str]) -> str:
 
 
 def _peak_bytes(
-    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int, int]], copies: int
+    nbytes: list[int], resident: set[int], memories: list[str], steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], tuple[int, ...], int]],
+    scratch: list[int], copies: int,
 ) -> int:
-    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes, the
-    input slot whose buffer the output takes over or -1) counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
+    """Replay ``steps`` (forward, input slots, output slots, slots freed after the step, the input slot whose buffer the
+    output takes over or -1), with each op's memory kind and each step's scratch bytes, counting live bytes:
+    ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
     reference counts, as NumPy's ``base`` does), each step adds its scratch while it runs, and ``copies`` bytes
     of output copies are made at the end."""
     refs = [0] * len(nbytes)
@@ -799,7 +832,7 @@ def _peak_bytes(
     for s in resident:
         refs[s], own[s] = 2, nbytes[s]
     live = peak = sum(own)
-    for memory, ins, outs, frees, scratch, into in plan:
+    for memory, (_, ins, outs, frees, into), extra in zip(memories, steps, scratch):
         for s in outs:
             refs[s] = 1
             if into >= 0:
@@ -810,7 +843,8 @@ def _peak_bytes(
             if memory != "new":
                 parent[s] = ins[0]
                 refs[ins[0]] += 1
-        peak = max(peak, live + scratch)
+        if live + extra > peak:
+            peak = live + extra
         for s in frees:
             refs[s] -= 1
             while refs[s] == 0:
