@@ -15,7 +15,7 @@ from .autodiff import lower
 from .builder import gc_paused
 from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, TensorType, Value, unflatten
-from .optable import OPS, OpDef, broadcast, traffic_cost
+from .optable import OPS, broadcast, traffic_cost
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
@@ -528,7 +528,10 @@ class Program:
         self._params = {p.name: (slot_of(p.value, p.value.type.nbytes), p) for p in g.params}
         template: dict[int, np.ndarray] = {}
         plan_nodes: list[Node] = []
-        opdefs: list[OpDef] = []
+        memories: list[str] = []  # by step: its op's memory kind
+        fresh: list[TensorType | None] = []  # by step: its result's type if it writes a fresh array (may take out=)
+        dying_ins: list[tuple[int, ...]] = []  # by step that is a ufunc: its input slots of its result's type
+        ufunc = np.ufunc
         fns: list[Callable[..., Any]] = []
         step_ins: list[tuple[int, ...]] = []
         step_outs: list[tuple[int, ...]] = []
@@ -571,8 +574,15 @@ class Program:
             elements += moved
             flops += moved if opdef.cost is traffic_cost else opdef.cost(its, ots, attrs)
             scratch.append(opdef.scratch_of(its, ots, attrs) if opdef.scratch or opdef.scratch_bytes is not None else 0)
+            if fn.__class__ is ufunc and len(outs) == 1:
+                t = ots[0]
+                fresh.append(t)
+                dying_ins.append(tuple([s for s, it in zip(ins, its) if it == t]))
+            else:
+                fresh.append(ots[0] if opdef.out else None)
+                dying_ins.append(())
             plan_nodes.append(n)
-            opdefs.append(opdef)
+            memories.append(opdef.memory)
             fns.append(fn)
             step_ins.append(ins)
             step_outs.append(outs)
@@ -589,7 +599,7 @@ class Program:
         for s, k in last.items():
             if s not in keep:
                 frees[k].append(s)
-        into = _reused_buffers(plan_nodes, opdefs, fns, step_ins, step_outs, frees)
+        into = _reused_buffers(memories, fresh, dying_ins, step_ins, step_outs, frees)
         self._steps = list(zip(fns, step_ins, step_outs, map(tuple, frees), into))
         self._plan_nodes = plan_nodes
         self._fed = fed
@@ -604,7 +614,7 @@ class Program:
         self._template = [template.get(i) for i in range(len(slot))]
         nbytes += [0] * (len(slot) - len(nbytes))
         self.peak_bytes = _peak_bytes(
-            nbytes, fed | set(template), [d.memory for d in opdefs], self._steps, scratch,
+            nbytes, fed | set(template), memories, self._steps, scratch,
             sum(nbytes[out_slots[i]] for i in self._copied_outputs),
         )
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
@@ -699,45 +709,38 @@ def _interrupted(name: str, steps: int, done: int) -> NoReturn:
 
 
 def _reused_buffers(
-    nodes: list[Node], opdefs: list[OpDef], fns: list[Callable[..., Any]], step_ins: list[tuple[int, ...]],
+    memories: list[str], fresh: list[TensorType | None], dying_ins: list[tuple[int, ...]], step_ins: list[tuple[int, ...]],
     step_outs: list[tuple[int, ...]], frees: list[list[int]],
 ) -> list[int]:
-    """Per step (its node, op, forward, input and output slots), the slot of a buffer the step writes its result into
-    (``out=``), or -1. Only a step that writes
-    fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of its result's
-    dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) and
-    no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
-    earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still in
-    cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
+    """Per step (its op's memory kind, its result's type if it writes a fresh array, for a ufunc its input slots of that
+    type, its input and output slots), the slot of a buffer the step writes its result into (``out=``), or -1. Only a
+    step that writes fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of
+    its result's dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy
+    scalar) and no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died
+    at an earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still
+    in cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
     owned: dict[int, TensorType] = {}  # live fresh buffers no view reads (yet): a slot leaves when it dies or is viewed
     pool: dict[TensorType, list[tuple[int, int]]] = {}
     into = []
-    ufunc_type = np.ufunc
-    for k, (n, opdef, fn, ins, outs, fr) in enumerate(zip(nodes, opdefs, fns, step_ins, step_outs, frees)):
-        if opdef.memory != "new":
+    for k, (memory, t, cands, ins, outs, fr) in enumerate(zip(memories, fresh, dying_ins, step_ins, step_outs, frees)):
+        if memory != "new":
             for s in ins:  # a buffer a step may return a view of is never written over (it dies at or after this step)
                 owned.pop(s, None)
-        ufunc = fn.__class__ is ufunc_type and len(outs) == 1
-        fresh = ufunc or opdef.out
         r = -1
-        if not fresh:
-            into.append(r)
-        else:
-            t = n.outputs[0].type
-            if ufunc:
-                for s, v in zip(ins, n.inputs):
-                    if s in owned and s in fr and v.type == t:
-                        r = s
-                        break
+        if t is not None:
+            for s in cands:
+                if s in owned and s in fr:
+                    r = s
+                    break
             if r < 0 and pool:
                 dead = pool.get(t)
                 if dead:
                     r, died = dead.pop()
                     frees[died].remove(r)
                     fr.append(r)
-            into.append(r)
             if t.shape:
                 owned[outs[0]] = t
+        into.append(r)
         if owned:
             for s in fr:
                 dying = owned.pop(s, None)
