@@ -86,45 +86,50 @@ def _simplified(g: Graph, doubling: bool) -> Graph:
 
 
 def _merged(g: Graph) -> Graph:
-    """``g`` (lowered and pruned) with repeated subexpressions merged and nodes over constants or types folded."""
-    env: dict[int, Value] = {}
-    consts: dict[int, np.ndarray] = {}
-    ones: set[int] = set()
-    seen: dict[tuple, tuple[Value, ...]] = {}
+    """``g`` (lowered and pruned) with repeated subexpressions merged and nodes over constants or types folded. A node
+    reading a value that was merged or folded away is copied over the value that replaced it but keeps defining its own
+    output values, so the nodes after it are kept as they are (a copy made at the seed of a deep chain's backward pass
+    reaches two nodes, not every node after it)."""
+    env: dict[Value, Value] = {}  # Values hash by identity: no id() ints to allocate per lookup
+    consts: dict[Value, np.ndarray] = {}
+    ones: set[Value] = set()
+    seen: dict[tuple, tuple[Value, ...]] = {}  # by (op, ids of the inputs, attributes): ids, so keys never compare Values
     frozen: dict[int, tuple] = {}  # by id of an attrs dict: builders share one dict among the nodes they inferred alike
     nodes: list[Node] = []
     changed = False
     for n in g.nodes:
-        ins = [env.get(id(v), v) for v in n.inputs] if env else list(n.inputs)
-        attrs = n.attrs
+        op, attrs, inputs = n.op, n.attrs, n.inputs
+        ins = [env.get(v, v) for v in inputs] if env else list(inputs)
         akey = frozen.get(id(attrs)) if attrs else ()
         if akey is None:
             akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
-        key = (n.op, *(sorted(map(id, ins)) if n.op in COMMUTATIVE else map(id, ins)), akey)
-        outs = seen.get(key) or (_times_one(n, ins, ones) if n.op == "Mul" and ones else None)
+        key = (op, *(sorted(map(id, ins)) if op in COMMUTATIVE else map(id, ins)), akey)
+        outs = seen.get(key) or (_times_one(n, ins, ones) if op == "Mul" and ones else None)
         if outs is None:
-            folded = _fold(n, ins, consts)
+            foldable = op != "Const" and (OPS[op].type_only or (consts and ins and all(v in consts for v in ins)))
+            folded = _fold(n, ins, consts) if foldable else None
             if folded is not None:
                 nodes.extend(folded)
                 outs = tuple(f.outputs[0] for f in folded)
-            elif env and any(a is not v for a, v in zip(ins, n.inputs)):
-                outs = tuple(Value(v.name, v.type, None) for v in n.outputs)
-                nodes.append(Node(n.op, tuple(ins), attrs, outs, n.name, n.stop_gradient, n.calls))
             else:
                 outs = n.outputs
-                nodes.append(n)
-            if n.op == "Const":
-                consts[id(outs[0])] = attrs["value"]
-            if n.op == "OnesLike" or (id(outs[0]) in consts and np.all(consts[id(outs[0])] == 1)):
-                ones.add(id(outs[0]))
+                if env and any(a is not v for a, v in zip(ins, inputs)):
+                    changed = True  # a copy over the new inputs, defining the same values: its readers stay as they are
+                    nodes.append(Node(op, tuple(ins), attrs, outs, n.name, n.stop_gradient, n.calls))
+                else:
+                    nodes.append(n)
+            if op == "Const":
+                consts[outs[0]] = attrs["value"]
+            if op == "OnesLike" or (consts and outs[0] in consts and np.all(consts[outs[0]] == 1)):
+                ones.add(outs[0])
             seen[key] = outs
         if outs is not n.outputs:
             changed = True
             for v, o in zip(n.outputs, outs):
-                env[id(v)] = o
+                env[v] = o
     if not changed:
         return g
-    outputs = unflatten(g.outputs, iter([env.get(id(v), v) for v in g.flat_outputs]))
+    outputs = unflatten(g.outputs, iter([env.get(v, v) for v in g.flat_outputs]))
     return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
 
 
@@ -469,31 +474,30 @@ def _emit_factored(n: Node, t: _Factored, nodes: list[Node]) -> Value:
     return out
 
 
-def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] | None:
+def _times_one(n: Node, ins: list[Value], ones: set[Value]) -> tuple[Value, ...] | None:
     """``Mul(x, ones)`` is ``x`` when x already has the product's type: the ones that seed reverse mode
     then cost nothing, and the forward value they were shaped after may become dead."""
     if n.op != "Mul":
         return None
     for a, other in ((ins[0], ins[1]), (ins[1], ins[0])):
-        if id(a) in ones and other.type == n.outputs[0].type:
+        if a in ones and other.type == n.outputs[0].type:
             return (other,)
     return None
 
 
-def _fold(n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> list[Node] | None:
-    """Const nodes (named after ``n`` and its outputs) holding ``n``'s results when every input is a constant or the op
-    reads only its inputs' types, and no result exceeds FOLD_LIMIT elements; else None."""
+def _fold(n: Node, ins: list[Value], consts: dict[Value, np.ndarray]) -> list[Node] | None:
+    """Const nodes (named after ``n`` and its outputs) holding the results of ``n``, a node other than a Const whose
+    inputs are all constants or whose op reads only its inputs' types (the caller checks), when no result exceeds
+    FOLD_LIMIT elements; else None."""
     opdef = OPS[n.op]
-    if n.op == "Const" or not (opdef.type_only or (ins and all(id(v) in consts for v in ins))):
-        return None
     if any(o.type.size > FOLD_LIMIT for o in n.outputs):
         return None
-    arrays = [consts[id(v)] if id(v) in consts else np.zeros(v.shape, v.dtype) for v in ins]
+    arrays = [consts[v] if v in consts else np.zeros(v.shape, v.dtype) for v in ins]
     res = opdef.forward(*arrays, **n.attrs)
     nodes = []
     for j, (r, o) in enumerate(zip(res if len(n.outputs) > 1 else (res,), n.outputs)):
         const, c = _constant(r, o.dtype, o.name, n.name if j == 0 else f"{n.name}:{j}")
-        consts[id(c)] = const.attrs["value"]
+        consts[c] = const.attrs["value"]
         nodes.append(const)
     return nodes
 
