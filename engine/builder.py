@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import itertools
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
@@ -50,29 +49,34 @@ class GraphBuilder:
         self.params: list[Param] = []
         self._params: dict[str, Value] = {}
         self.nodes: list[Node] = []
-        self._names: set[str] = set()
+        self._names: set[str] = set()  # the value names given
+        self._fresh = 0  # the k of the next value this builder names itself (``%k``)
+        self._claimed_values: set[int] = set()  # every k such that a given value name is ``%k`` (k in decimal)
         self._node_names: set[str] = set()  # names given, and names made for nodes whose ``<op>_<k>`` was given
         self._claimed: set[int] = set()  # every k such that a given name ends in ``_<k>`` (k in decimal)
-        self._counter = itertools.count()
         self._scalars: dict[tuple[type, str, np.dtype | None], Value] = {}
         self._inferred: dict[tuple, tuple[dict[str, Any], tuple[TensorType, ...]]] = {}
 
     def _new_value(self, name: str | None, t: TensorType) -> Value:
         if name is None:
             return self._fresh_value(t)
-        if name in self._names:
+        k = _fresh_index(name)
+        if name in self._names or (k is not None and k < self._fresh):
             raise GraphError(f"graph {shown(self.name)}: value name {shown(name)} is defined twice")
         self._names.add(name)
+        if k is not None:
+            self._claimed_values.add(k)
         return Value(name, t, self)
 
     def _fresh_value(self, t: TensorType) -> Value:
-        """A value of type ``t`` under the next free ``%k`` name."""
-        names = self._names
-        name = f"%{next(self._counter)}"
-        while name in names:
-            name = f"%{next(self._counter)}"
-        names.add(name)
-        return Value(name, t, self)
+        """A value of type ``t`` under the next free ``%k`` name, held as k (:attr:`Value.name` makes the text)."""
+        k = self._fresh
+        claimed = self._claimed_values
+        if claimed:
+            while k in claimed:
+                k += 1
+        self._fresh = k + 1
+        return Value(k, t, self)
 
     def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
         """Declare a graph input with a static dtype and shape."""
@@ -241,6 +245,14 @@ class GraphBuilder:
             for v in n.outputs:
                 v.builder = None
         return g
+
+
+def _fresh_index(name: str) -> int | None:
+    """k when ``name`` is ``%k`` (k in decimal, as a builder names values itself), else None."""
+    digits = name[1:]
+    if name[:1] == "%" and digits.isascii() and digits.isdigit() and digits == str(int(digits)):
+        return int(digits)
+    return None
 
 
 def _text(op: str, name: str | int) -> str:

@@ -79,12 +79,19 @@ class Value(Arithmetic):
     read like formulas; each operator adds a node to the builder that owns the value.
     """
 
-    __slots__ = ("name", "type", "builder")
+    __slots__ = ("_name", "type", "builder")
 
-    def __init__(self, name: str, type: TensorType, builder: GraphBuilder | None) -> None:
-        self.name = name
+    def __init__(self, name: str | int, type: TensorType, builder: GraphBuilder | None) -> None:
+        self._name = name
         self.type = type
         self.builder = builder
+
+    @property
+    def name(self) -> str:
+        """The value's name: the one given, or for the value a builder named k-th itself (``name`` an int k) ``%k``,
+        made when read (a deep graph's tens of thousands of values never format names nobody reads)."""
+        name = self._name
+        return name if name.__class__ is str else f"%{name}"
 
     @property
     def shape(self) -> tuple[int, ...]:
