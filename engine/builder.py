@@ -150,7 +150,8 @@ class GraphBuilder:
         opdef = OPS.get(op) if type(op) is str else None
         if opdef is None:
             opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
-        node_name = self._node_name(op, name)
+        k = len(self.nodes)
+        node_name = k if name is None and k not in self._claimed else self._node_name(op, name)
         for v in inputs:
             if not isinstance(v, Value):
                 raise GraphError(f"{op} {shown(_text(op, node_name))}: input {shown(v)} is not a Value")
