@@ -519,17 +519,9 @@ class Program:
         self.source = graph
         self.graph = g = optimize(graph)
         slot: dict[Value, int] = {}  # Values hash by identity: no id() ints to allocate per lookup
-        nbytes: list[int] = []  # by slot: bytes of its value's type (0 for a value no input, parameter or node defines)
         setdefault = slot.setdefault
-
-        def slot_of(v: Value, size: int) -> int:
-            s = setdefault(v, len(slot))
-            if s == len(nbytes):
-                nbytes.append(size)
-            return s
-
-        self._inputs = [(slot_of(v, v.type.nbytes), v) for v in g.inputs]
-        self._params = {p.name: (slot_of(p.value, p.value.type.nbytes), p) for p in g.params}
+        self._inputs = [(setdefault(v, len(slot)), v) for v in g.inputs]
+        self._params = {p.name: (setdefault(p.value, len(slot)), p) for p in g.params}
         template: dict[int, np.ndarray] = {}
         plan_nodes: list[Node] = []
         memories: list[str] = []  # by step: its op's memory kind
@@ -539,16 +531,13 @@ class Program:
         fns: list[Callable[..., Any]] = []
         step_ins: list[tuple[int, ...]] = []
         step_outs: list[tuple[int, ...]] = []
-        scratch: list[int] = []
         last: dict[int, int] = {}  # by slot: the last step that reads or writes it
         bound: dict[tuple[int, Callable[..., Any]], Callable[..., Any]] = {}  # by id of an attrs dict (builders share
         # one among the nodes they inferred alike) and forward: the forward with those attributes bound
-        elements = flops = 0
         for n in g.nodes:
             op, attrs = n.op, n.attrs
             if op == "Const":
-                out = n.outputs[0]
-                template[slot_of(out, out.type.nbytes)] = attrs["value"]
+                template[setdefault(n.outputs[0], len(slot))] = attrs["value"]
                 continue
             opdef = OPS[op]
             fwd = opdef.forward
@@ -559,42 +548,27 @@ class Program:
                     fn = bound[key] = functools.partial(fwd, **attrs)
             else:
                 fn = fwd
-            try:
-                ins = tuple([slot[v] for v in n.inputs])
-            except KeyError:
-                ins = tuple([slot_of(v, 0) for v in n.inputs])
-            outs = tuple([slot_of(v, v.type.nbytes) for v in n.outputs])
+            inputs, outputs = n.inputs, n.outputs
+            ins = tuple([setdefault(v, len(slot)) for v in inputs])
+            outs = tuple([setdefault(v, len(slot)) for v in outputs])
             k = len(fns)
             for s in ins:
                 last[s] = k
             for s in outs:
                 last[s] = k
-            its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
-            moved = 0
-            for t in its:
-                moved += t.size
-            for t in ots:
-                moved += t.size
-            elements += moved
-            flops += moved if opdef.cost is traffic_cost else opdef.cost(its, ots, attrs)
-            scratch.append(opdef.scratch_of(its, ots, attrs) if opdef.scratch or opdef.scratch_bytes is not None else 0)
             if fn.__class__ is ufunc and len(outs) == 1:
-                t = ots[0]
+                t = outputs[0].type
                 fresh.append(t)
-                dying_ins.append(tuple([s for s, it in zip(ins, its) if it == t]))
+                dying_ins.append(tuple([s for s, v in zip(ins, inputs) if v.type == t]))
             else:
-                fresh.append(ots[0] if opdef.out else None)
+                fresh.append(outputs[0].type if opdef.out else None)
                 dying_ins.append(())
             plan_nodes.append(n)
             memories.append(opdef.memory)
             fns.append(fn)
             step_ins.append(ins)
             step_outs.append(outs)
-        self.elements = elements
-        """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
-        self.flops = flops
-        """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
-        out_slots = [slot_of(v, 0) for v in g.flat_outputs]
+        out_slots = [setdefault(v, len(slot)) for v in g.flat_outputs]
         self._out_slots = out_slots
         fed = {s for s, _ in self._inputs} | {s for s, _ in self._params.values()}
         self._copied_outputs = [i for i, s in enumerate(out_slots) if s in template or s in fed]
@@ -616,16 +590,52 @@ class Program:
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
-        nbytes += [0] * (len(slot) - len(nbytes))
-        self.peak_bytes = _peak_bytes(
-            nbytes, fed | set(template), memories, self._steps, scratch,
-            sum(nbytes[out_slots[i]] for i in self._copied_outputs),
-        )
+        self._measured: tuple[int, int, int] | None = None
+        """``(elements, flops, peak_bytes)``, worked out from the plan when one of them is first read (a program that
+        is only run, as the SDK's are, never needs them)."""
+
+    @property
+    def elements(self) -> int:
+        """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
+        return self._measures()[0]
+
+    @property
+    def flops(self) -> int:
+        """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
+        return self._measures()[1]
+
+    @property
+    def peak_bytes(self) -> int:
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
         and constants throughout, each intermediate from the step that makes it until the step that frees it
         (a view keeps the buffer it looks into alive; a step that writes into a dying input's buffer adds none), the
         temporaries of each step (``OpDef.scratch_of``), the outputs, and the copies made of outputs that are inputs,
         parameters or constants."""
+        return self._measures()[2]
+
+    def _measures(self) -> tuple[int, int, int]:
+        """``(elements, flops, peak_bytes)`` of one run, from each step's node types and the plan's slots, once."""
+        measured = self._measured
+        if measured is None:
+            nbytes = [0 if a is None else a.nbytes for a in self._template]  # constants and parameters
+            for s, v in self._inputs:
+                nbytes[s] = v.type.nbytes
+            elements = flops = 0
+            memories, scratch = [], []
+            for n, (_, _, outs, _, _) in zip(self._plan_nodes, self._steps):
+                opdef = OPS[n.op]
+                its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
+                moved = sum(t.size for t in its) + sum(t.size for t in ots)
+                elements += moved
+                flops += moved if opdef.cost is traffic_cost else opdef.cost(its, ots, n.attrs)
+                scratch.append(opdef.scratch_of(its, ots, n.attrs))
+                memories.append(opdef.memory)
+                for s, t in zip(outs, ots):
+                    nbytes[s] = t.nbytes
+            resident = self._fed | {s for s, a in enumerate(self._template) if a is not None}
+            copies = sum(nbytes[self._out_slots[i]] for i in self._copied_outputs)
+            measured = self._measured = (elements, flops, _peak_bytes(nbytes, resident, memories, self._steps, scratch, copies))
+        return measured
 
     def __str__(self) -> str:
         return str(self.graph)
