@@ -99,21 +99,22 @@ def _merged(g: Graph) -> Graph:
     changed = False
     for n in g.nodes:
         op, attrs, inputs = n.op, n.attrs, n.inputs
-        ins = [env.get(v, v) for v in inputs] if env else list(inputs)
+        replaced = bool(env) and not env.keys().isdisjoint(inputs)
+        ins = [env.get(v, v) for v in inputs] if replaced else inputs
         akey = frozen.get(id(attrs)) if attrs else ()
         if akey is None:
             akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
         key = (op, *(sorted(map(id, ins)) if op in COMMUTATIVE else map(id, ins)), akey)
         outs = seen.get(key) or (_times_one(n, ins, ones) if op == "Mul" and ones else None)
         if outs is None:
-            foldable = op != "Const" and (OPS[op].type_only or (consts and ins and all(v in consts for v in ins)))
+            foldable = op != "Const" and (OPS[op].type_only or (bool(ins) and ins[0] in consts and all(v in consts for v in ins)))
             folded = _fold(n, ins, consts) if foldable else None
             if folded is not None:
                 nodes.extend(folded)
                 outs = tuple(f.outputs[0] for f in folded)
             else:
                 outs = n.outputs
-                if env and any(a is not v for a, v in zip(ins, inputs)):
+                if replaced:
                     changed = True  # a copy over the new inputs, defining the same values: its readers stay as they are
                     nodes.append(Node(op, tuple(ins), attrs, outs, n.name, n.stop_gradient, n.calls))
                 else:
@@ -474,7 +475,7 @@ def _emit_factored(n: Node, t: _Factored, nodes: list[Node]) -> Value:
     return out
 
 
-def _times_one(n: Node, ins: list[Value], ones: set[Value]) -> tuple[Value, ...] | None:
+def _times_one(n: Node, ins: Sequence[Value], ones: set[Value]) -> tuple[Value, ...] | None:
     """``Mul(x, ones)`` is ``x`` when x already has the product's type: the ones that seed reverse mode
     then cost nothing, and the forward value they were shaped after may become dead."""
     if n.op != "Mul":
@@ -485,7 +486,7 @@ def _times_one(n: Node, ins: list[Value], ones: set[Value]) -> tuple[Value, ...]
     return None
 
 
-def _fold(n: Node, ins: list[Value], consts: dict[Value, np.ndarray]) -> list[Node] | None:
+def _fold(n: Node, ins: Sequence[Value], consts: dict[Value, np.ndarray]) -> list[Node] | None:
     """Const nodes (named after ``n`` and its outputs) holding the results of ``n``, a node other than a Const whose
     inputs are all constants or whose op reads only its inputs' types (the caller checks), when no result exceeds
     FOLD_LIMIT elements; else None."""
