@@ -104,7 +104,14 @@ def _merged(g: Graph) -> Graph:
         akey = frozen.get(id(attrs)) if attrs else ()
         if akey is None:
             akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
-        key = (op, *(sorted(map(id, ins)) if op in COMMUTATIVE else map(id, ins)), akey)
+        key: tuple
+        if len(ins) == 2:  # the common case, spelled out: the same key as below
+            a, b = id(ins[0]), id(ins[1])
+            key = (op, b, a, akey) if b < a and op in COMMUTATIVE else (op, a, b, akey)
+        elif len(ins) == 1:
+            key = (op, id(ins[0]), akey)
+        else:
+            key = (op, *(sorted(map(id, ins)) if op in COMMUTATIVE else map(id, ins)), akey)
         outs = seen.get(key) or (_times_one(n, ins, ones) if op == "Mul" and ones else None)
         if outs is None:
             foldable = op != "Const" and (OPS[op].type_only or (bool(ins) and ins[0] in consts and all(v in consts for v in ins)))
