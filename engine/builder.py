@@ -21,7 +21,8 @@ def gc_paused(fn: Fn) -> Fn:
     as much again as the transform itself; nothing is lost, garbage waits for the next collection. On the way out every
     tracked object is moved to the oldest generation (``gc.freeze()`` then ``gc.unfreeze()``, no scan), so the young
     collection that the objects made while paused would trigger, one scan of all of them at the program's first run,
-    never happens; their cyclic garbage waits for the next full collection."""
+    never happens; their cyclic garbage waits for the next full collection. When the process has frozen objects of its
+    own (``gc.freeze()``, as a pre-forking server may), nothing is moved: unfreezing would release them too."""
 
     @functools.wraps(fn)
     def paused(*args: Any, **kwargs: Any) -> Any:
@@ -31,8 +32,9 @@ def gc_paused(fn: Fn) -> Fn:
         try:
             return fn(*args, **kwargs)
         finally:
-            gc.freeze()
-            gc.unfreeze()
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
     return paused  # type: ignore[return-value]
