@@ -699,7 +699,14 @@ class Program:
             for name, a in params.items():
                 env[self._params[name][0]] = a
         for fn, ins, outs, frees, into in self._steps if interrupt is None else self._checked_steps(interrupt):
-            r = fn(*[env[i] for i in ins]) if into < 0 else fn(*[env[i] for i in ins], out=env[into])
+            if into >= 0:
+                r = fn(*[env[i] for i in ins], out=env[into])
+            elif len(ins) == 2:  # the common arities without a list
+                r = fn(env[ins[0]], env[ins[1]])
+            elif len(ins) == 1:
+                r = fn(env[ins[0]])
+            else:
+                r = fn(*[env[i] for i in ins])
             if len(outs) == 1:
                 env[outs[0]] = r
             else:
