@@ -101,25 +101,31 @@ def backprop(
         if o in reach:
             contribs.setdefault(o, []).append(fit(c, o.type))
     for n in reversed(active):
-        gs = [total(contribs.pop(o, None)) for o in n.outputs]
-        if all(g is None for g in gs):
-            continue
+        outputs = n.outputs
+        if len(outputs) == 1:
+            g = total(contribs.pop(outputs[0], None))
+            if g is None:
+                continue
+        else:
+            gs = [total(contribs.pop(o, None)) for o in outputs]
+            if all(g is None for g in gs):
+                continue
         opdef = OPS[n.op]
         if opdef.vjp is None:
             raise NotDifferentiableError(
                 f"{n.op} {shown(n.name)} has no gradient, but inputs "
                 f"{shown_names([v.name for v in n.inputs if v in reach])} need one through it"
             )
-        if len(n.outputs) == 1:
-            res = opdef.vjp(gs[0], n.outputs[0], *n.inputs, **n.attrs)
+        if len(outputs) == 1:
+            res = opdef.vjp(g, outputs[0], *n.inputs, **n.attrs)
         else:
-            res = opdef.vjp(tuple(gs), n.outputs, *n.inputs, **n.attrs)
+            res = opdef.vjp(tuple(gs), outputs, *n.inputs, **n.attrs)
         res = (res,) if not isinstance(res, (tuple, list)) else res
         if len(res) != len(n.inputs):
             raise AssertionError(f"VJP of {n.op} returned {len(res)} cotangents for {len(n.inputs)} inputs")
         for v, ct in zip(n.inputs, res):
             if ct is not None and v in reach:
-                contribs.setdefault(v, []).append(fit(ct, v.type))
+                contribs.setdefault(v, []).append(ct if ct.type is v.type else fit(ct, v.type))
     return [total(contribs.get(w)) or F.ZerosLike(w) for w in wrt]
 
 

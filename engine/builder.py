@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import gc
-import itertools
 from typing import Any, Callable, Sequence, TypeVar
 
 import numpy as np
@@ -19,7 +18,11 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 def gc_paused(fn: Fn) -> Fn:
     """Run ``fn`` with Python's cyclic garbage collector paused (then restored as it was): a graph transform allocates
     tens of thousands of long-lived Values and Nodes, and the collections they trigger, each scanning all of them, cost
-    as much again as the transform itself; nothing is lost, garbage waits for the next collection."""
+    as much again as the transform itself; nothing is lost, garbage waits for the next collection. On the way out every
+    tracked object is moved to the oldest generation (``gc.freeze()`` then ``gc.unfreeze()``, no scan), so the young
+    collection that the objects made while paused would trigger, one scan of all of them at the program's first run,
+    never happens; their cyclic garbage waits for the next full collection. When the process has frozen objects of its
+    own (``gc.freeze()``, as a pre-forking server may), nothing is moved: unfreezing would release them too."""
 
     @functools.wraps(fn)
     def paused(*args: Any, **kwargs: Any) -> Any:
@@ -29,6 +32,9 @@ def gc_paused(fn: Fn) -> Fn:
         try:
             return fn(*args, **kwargs)
         finally:
+            if not gc.get_freeze_count():
+                gc.freeze()
+                gc.unfreeze()
             gc.enable()
 
     return paused  # type: ignore[return-value]
@@ -45,28 +51,34 @@ class GraphBuilder:
         self.params: list[Param] = []
         self._params: dict[str, Value] = {}
         self.nodes: list[Node] = []
-        self._names: set[str] = set()
-        self._node_names: set[str] = set()
-        self._counter = itertools.count()
+        self._names: set[str] = set()  # the value names given
+        self._fresh = 0  # the k of the next value this builder names itself (``%k``)
+        self._claimed_values: set[int] = set()  # every k such that a given value name is ``%k`` (k in decimal)
+        self._node_names: set[str] = set()  # names given, and names made for nodes whose ``<op>_<k>`` was given
+        self._claimed: set[int] = set()  # every k such that a given name ends in ``_<k>`` (k in decimal)
         self._scalars: dict[tuple[type, str, np.dtype | None], Value] = {}
         self._inferred: dict[tuple, tuple[dict[str, Any], tuple[TensorType, ...]]] = {}
 
     def _new_value(self, name: str | None, t: TensorType) -> Value:
         if name is None:
             return self._fresh_value(t)
-        if name in self._names:
+        k = _fresh_index(name)
+        if name in self._names or (k is not None and k < self._fresh):
             raise GraphError(f"graph {shown(self.name)}: value name {shown(name)} is defined twice")
         self._names.add(name)
+        if k is not None:
+            self._claimed_values.add(k)
         return Value(name, t, self)
 
     def _fresh_value(self, t: TensorType) -> Value:
-        """A value of type ``t`` under the next free ``%k`` name."""
-        names = self._names
-        name = f"%{next(self._counter)}"
-        while name in names:
-            name = f"%{next(self._counter)}"
-        names.add(name)
-        return Value(name, t, self)
+        """A value of type ``t`` under the next free ``%k`` name, held as k (:attr:`Value.name` makes the text)."""
+        k = self._fresh
+        claimed = self._claimed_values
+        if claimed:
+            while k in claimed:
+                k += 1
+        self._fresh = k + 1
+        return Value(k, t, self)
 
     def input(self, name: str, dtype: object, shape: Sequence[int]) -> Value:
         """Declare a graph input with a static dtype and shape."""
@@ -135,28 +147,29 @@ class GraphBuilder:
     ) -> tuple[Value, ...]:
         """Check and add one node; the full-control form of :meth:`op` used by codecs and transforms.
         ``name_hint`` names the node when that name is still free (transforms keep users' node names)."""
-        if name is None and name_hint is not None and name_hint not in self._node_names:
+        if name is None and name_hint is not None and not self._taken(name_hint):
             name = name_hint
         opdef = OPS.get(op) if type(op) is str else None
         if opdef is None:
             opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
-        node_name = self._node_name(op, name)
+        k = len(self.nodes)
+        node_name = k if name is None and k not in self._claimed else self._node_name(op, name)
         for v in inputs:
             if not isinstance(v, Value):
-                raise GraphError(f"{op} {shown(node_name)}: input {shown(v)} is not a Value")
+                raise GraphError(f"{op} {shown(_text(op, node_name))}: input {shown(v)} is not a Value")
             if v.builder is not self:
-                raise GraphError(f"{op} {shown(node_name)}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
+                raise GraphError(f"{op} {shown(_text(op, node_name))}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
         n_outputs = None if output_names is None else len(output_names)
         key = None if opdef.lowered else _inference_key(op, inputs, attrs, n_outputs)
         known = None if key is None else self._inferred.get(key)
         if known is None:
-            full_attrs, types = infer_node(opdef, node_name, list(inputs), dict(attrs or {}), self, n_outputs)
+            full_attrs, types = infer_node(opdef, _text(op, node_name), list(inputs), dict(attrs or {}), self, n_outputs)
             if key is not None:
                 self._inferred[key] = (full_attrs, types)
         else:
             full_attrs, types = known
         if n_outputs is not None and n_outputs != len(types):
-            raise GraphError(f"{op} {shown(node_name)}: {n_outputs} output names given, the op has {len(types)} outputs")
+            raise GraphError(f"{op} {shown(_text(op, node_name))}: {n_outputs} output names given, the op has {len(types)} outputs")
         if output_names is None:
             outs = (self._fresh_value(types[0]),) if len(types) == 1 else tuple([self._fresh_value(t) for t in types])
         else:
@@ -181,21 +194,45 @@ class GraphBuilder:
                     break
         if not same:
             return self.add_node(n.op, inputs, n.attrs, stop_gradient=sg, name_hint=n.name)
-        name = n.name if n.name not in self._node_names else None
-        node_name = self._node_name(n.op, name)
+        source = n._name
+        if source.__class__ is int and source == len(self.nodes):
+            node_name = self._node_name(n.op, None)  # n's name is the one this builder would make for it
+        else:
+            name = n.name
+            node_name = self._node_name(n.op, None if self._taken(name) else name)
         outs = tuple([self._fresh_value(v.type) for v in n.outputs])
         self.nodes.append(Node(n.op, tuple(inputs), n.attrs, outs, node_name, sg, n.calls))
         return outs
 
-    def _node_name(self, op: str, name: str | None) -> str:
+    def _node_name(self, op: str, name: str | None) -> str | int:
+        """The name of the node about to be added: ``name``, checked to be free, or when None the node's index k, which
+        stands for ``<op>_<k>`` (:attr:`Node.name`), unless a name given earlier ends in ``_<k>``: then that name,
+        made now, with ``_`` appended until it is free."""
         if name is None:
-            name = f"{op.lower()}_{len(self.nodes)}"
+            k = len(self.nodes)
+            if k not in self._claimed:
+                return k
+            name = f"{op.lower()}_{k}"
             while name in self._node_names:
                 name += "_"
-        elif name in self._node_names:
+        elif self._taken(name):
             raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
+        else:
+            _, sep, tail = name.rpartition("_")
+            if sep and tail.isascii() and tail.isdigit() and tail == str(int(tail)):
+                self._claimed.add(int(tail))
         self._node_names.add(name)
         return name
+
+    def _taken(self, name: str) -> bool:
+        """Whether a node of this builder has the name ``name``: a given one, or one an index stands for."""
+        if name in self._node_names:
+            return True
+        _, sep, tail = name.rpartition("_")
+        if not (sep and tail.isascii() and tail.isdigit()):
+            return False
+        k = int(tail)
+        return k < len(self.nodes) and self.nodes[k]._name == k and self.nodes[k].name == name
 
     def build(self, outputs: Any) -> Graph:
         """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
@@ -211,6 +248,19 @@ class GraphBuilder:
             for v in n.outputs:
                 v.builder = None
         return g
+
+
+def _fresh_index(name: str) -> int | None:
+    """k when ``name`` is ``%k`` (k in decimal, as a builder names values itself), else None."""
+    digits = name[1:]
+    if name[:1] == "%" and digits.isascii() and digits.isdigit() and digits == str(int(digits)):
+        return int(digits)
+    return None
+
+
+def _text(op: str, name: str | int) -> str:
+    """A node name as :meth:`GraphBuilder._node_name` gives it (an index k stands for ``<op>_<k>``), as text."""
+    return name if isinstance(name, str) else f"{op.lower()}_{name}"
 
 
 _SCALARS = (bool, int, float, str, type(None))

@@ -15,7 +15,7 @@ from .autodiff import lower
 from .builder import gc_paused
 from .errors import InputError, Interrupted, shown, shown_names
 from .ir import Graph, Node, TensorType, Value, unflatten
-from .optable import OPS, broadcast
+from .optable import OPS, broadcast, traffic_cost
 
 FOLD_LIMIT = 1 << 16
 """Largest constant (in elements) that folding may create, so programs stay small."""
@@ -86,45 +86,58 @@ def _simplified(g: Graph, doubling: bool) -> Graph:
 
 
 def _merged(g: Graph) -> Graph:
-    """``g`` (lowered and pruned) with repeated subexpressions merged and nodes over constants or types folded."""
-    env: dict[int, Value] = {}
-    consts: dict[int, np.ndarray] = {}
-    ones: set[int] = set()
-    seen: dict[tuple, tuple[Value, ...]] = {}
+    """``g`` (lowered and pruned) with repeated subexpressions merged and nodes over constants or types folded. A node
+    reading a value that was merged or folded away is copied over the value that replaced it but keeps defining its own
+    output values, so the nodes after it are kept as they are (a copy made at the seed of a deep chain's backward pass
+    reaches two nodes, not every node after it)."""
+    env: dict[Value, Value] = {}  # Values hash by identity: no id() ints to allocate per lookup
+    consts: dict[Value, np.ndarray] = {}
+    ones: set[Value] = set()
+    seen: dict[tuple, tuple[Value, ...]] = {}  # by (op, ids of the inputs, attributes): ids, so keys never compare Values
     frozen: dict[int, tuple] = {}  # by id of an attrs dict: builders share one dict among the nodes they inferred alike
     nodes: list[Node] = []
     changed = False
     for n in g.nodes:
-        ins = [env.get(id(v), v) for v in n.inputs] if env else list(n.inputs)
-        attrs = n.attrs
+        op, attrs, inputs = n.op, n.attrs, n.inputs
+        replaced = bool(env) and not env.keys().isdisjoint(inputs)
+        ins = [env.get(v, v) for v in inputs] if replaced else inputs
         akey = frozen.get(id(attrs)) if attrs else ()
         if akey is None:
             akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
-        key = (n.op, *(sorted(map(id, ins)) if n.op in COMMUTATIVE else map(id, ins)), akey)
-        outs = seen.get(key) or (_times_one(n, ins, ones) if n.op == "Mul" and ones else None)
+        key: tuple
+        if len(ins) == 2:  # the common case, spelled out: the same key as below
+            a, b = id(ins[0]), id(ins[1])
+            key = (op, b, a, akey) if b < a and op in COMMUTATIVE else (op, a, b, akey)
+        elif len(ins) == 1:
+            key = (op, id(ins[0]), akey)
+        else:
+            key = (op, *(sorted(map(id, ins)) if op in COMMUTATIVE else map(id, ins)), akey)
+        outs = seen.get(key) or (_times_one(n, ins, ones) if op == "Mul" and ones else None)
         if outs is None:
-            folded = _fold(n, ins, consts)
+            foldable = op != "Const" and (OPS[op].type_only or (bool(ins) and ins[0] in consts and all(v in consts for v in ins)))
+            folded = _fold(n, ins, consts) if foldable else None
             if folded is not None:
                 nodes.extend(folded)
                 outs = tuple(f.outputs[0] for f in folded)
-            elif env and any(a is not v for a, v in zip(ins, n.inputs)):
-                outs = tuple(Value(v.name, v.type, None) for v in n.outputs)
-                nodes.append(Node(n.op, tuple(ins), attrs, outs, n.name, n.stop_gradient, n.calls))
             else:
                 outs = n.outputs
-                nodes.append(n)
-            if n.op == "Const":
-                consts[id(outs[0])] = attrs["value"]
-            if n.op == "OnesLike" or (id(outs[0]) in consts and np.all(consts[id(outs[0])] == 1)):
-                ones.add(id(outs[0]))
+                if replaced:
+                    changed = True  # a copy over the new inputs, defining the same values: its readers stay as they are
+                    nodes.append(Node(op, tuple(ins), attrs, outs, n.name, n.stop_gradient, n.calls))
+                else:
+                    nodes.append(n)
+            if op == "Const":
+                consts[outs[0]] = attrs["value"]
+            if op == "OnesLike" or (consts and outs[0] in consts and np.all(consts[outs[0]] == 1)):
+                ones.add(outs[0])
             seen[key] = outs
         if outs is not n.outputs:
             changed = True
             for v, o in zip(n.outputs, outs):
-                env[id(v)] = o
+                env[v] = o
     if not changed:
         return g
-    outputs = unflatten(g.outputs, iter([env.get(id(v), v) for v in g.flat_outputs]))
+    outputs = unflatten(g.outputs, iter([env.get(v, v) for v in g.flat_outputs]))
     return Graph(g.inputs, g.params, tuple(nodes), outputs, g.library, g.name).pruned()
 
 
@@ -469,31 +482,30 @@ def _emit_factored(n: Node, t: _Factored, nodes: list[Node]) -> Value:
     return out
 
 
-def _times_one(n: Node, ins: list[Value], ones: set[int]) -> tuple[Value, ...] | None:
+def _times_one(n: Node, ins: Sequence[Value], ones: set[Value]) -> tuple[Value, ...] | None:
     """``Mul(x, ones)`` is ``x`` when x already has the product's type: the ones that seed reverse mode
     then cost nothing, and the forward value they were shaped after may become dead."""
     if n.op != "Mul":
         return None
     for a, other in ((ins[0], ins[1]), (ins[1], ins[0])):
-        if id(a) in ones and other.type == n.outputs[0].type:
+        if a in ones and other.type == n.outputs[0].type:
             return (other,)
     return None
 
 
-def _fold(n: Node, ins: list[Value], consts: dict[int, np.ndarray]) -> list[Node] | None:
-    """Const nodes (named after ``n`` and its outputs) holding ``n``'s results when every input is a constant or the op
-    reads only its inputs' types, and no result exceeds FOLD_LIMIT elements; else None."""
+def _fold(n: Node, ins: Sequence[Value], consts: dict[Value, np.ndarray]) -> list[Node] | None:
+    """Const nodes (named after ``n`` and its outputs) holding the results of ``n``, a node other than a Const whose
+    inputs are all constants or whose op reads only its inputs' types (the caller checks), when no result exceeds
+    FOLD_LIMIT elements; else None."""
     opdef = OPS[n.op]
-    if n.op == "Const" or not (opdef.type_only or (ins and all(id(v) in consts for v in ins))):
-        return None
     if any(o.type.size > FOLD_LIMIT for o in n.outputs):
         return None
-    arrays = [consts[id(v)] if id(v) in consts else np.zeros(v.shape, v.dtype) for v in ins]
+    arrays = [consts[v] if v in consts else np.zeros(v.shape, v.dtype) for v in ins]
     res = opdef.forward(*arrays, **n.attrs)
     nodes = []
     for j, (r, o) in enumerate(zip(res if len(n.outputs) > 1 else (res,), n.outputs)):
         const, c = _constant(r, o.dtype, o.name, n.name if j == 0 else f"{n.name}:{j}")
-        consts[id(c)] = const.attrs["value"]
+        consts[c] = const.attrs["value"]
         nodes.append(const)
     return nodes
 
@@ -513,45 +525,68 @@ class Program:
     @gc_paused
     def __init__(self, graph: Graph) -> None:
         self.source = graph
-        self.graph = optimize(graph)
-        g = self.graph
-        slot: dict[int, int] = {}
-
-        def slot_of(v: Value) -> int:
-            return slot.setdefault(id(v), len(slot))
-
+        self.graph = g = optimize(graph)
+        slot: dict[Value, int] = {}  # Values hash by identity: no id() ints to allocate per lookup
         setdefault = slot.setdefault
-
-        self._inputs = [(slot_of(v), v) for v in g.inputs]
-        self._params = {p.name: (slot_of(p.value), p) for p in g.params}
+        self._inputs = [(setdefault(v, len(slot)), v) for v in g.inputs]
+        self._params = {p.name: (setdefault(p.value, len(slot)), p) for p in g.params}
         template: dict[int, np.ndarray] = {}
-        body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]] = []
         plan_nodes: list[Node] = []
+        memories: list[str] = []  # by step: its op's memory kind
+        fresh: list[TensorType | None] = []  # by step: its result's type if it writes a fresh array (may take out=)
+        dying_ins: list[tuple[int, ...]] = []  # by step that is a ufunc: its input slots of its result's type
+        ufunc = np.ufunc
+        fns: list[Callable[..., Any]] = []
+        step_ins: list[tuple[int, ...]] = []
+        step_outs: list[tuple[int, ...]] = []
+        last: dict[int, int] = {}  # by slot: the last step that reads or writes it
+        bound: dict[tuple[int, Callable[..., Any]], Callable[..., Any]] = {}  # by id of an attrs dict (builders share
+        # one among the nodes they inferred alike) and forward: the forward with those attributes bound
         for n in g.nodes:
-            if n.op == "Const":
-                template[slot_of(n.outputs[0])] = n.attrs["value"]
+            op, attrs = n.op, n.attrs
+            if op == "Const":
+                template[setdefault(n.outputs[0], len(slot))] = attrs["value"]
                 continue
-            fwd = OPS[n.op].forward
-            body.append(
-                (functools.partial(fwd, **n.attrs) if n.attrs else fwd,
-                 tuple([setdefault(id(v), len(slot)) for v in n.inputs]), tuple([setdefault(id(v), len(slot)) for v in n.outputs]))
-            )
+            opdef = OPS[op]
+            fwd = opdef.forward
+            if attrs:
+                key = (id(attrs), fwd)
+                fn = bound.get(key)
+                if fn is None:
+                    fn = bound[key] = functools.partial(fwd, **attrs)
+            else:
+                fn = fwd
+            inputs, outputs = n.inputs, n.outputs
+            ins = tuple([setdefault(v, len(slot)) for v in inputs])
+            outs = tuple([setdefault(v, len(slot)) for v in outputs])
+            k = len(fns)
+            for s in ins:
+                last[s] = k
+            for s in outs:
+                last[s] = k
+            if fn.__class__ is ufunc and len(outs) == 1:
+                t = outputs[0].type
+                fresh.append(t)
+                dying_ins.append(tuple([s for s, v in zip(ins, inputs) if v.type == t]))
+            else:
+                fresh.append(outputs[0].type if opdef.out else None)
+                dying_ins.append(())
             plan_nodes.append(n)
-        out_slots = [slot_of(v) for v in g.flat_outputs]
+            memories.append(opdef.memory)
+            fns.append(fn)
+            step_ins.append(ins)
+            step_outs.append(outs)
+        out_slots = [setdefault(v, len(slot)) for v in g.flat_outputs]
         self._out_slots = out_slots
         fed = {s for s, _ in self._inputs} | {s for s, _ in self._params.values()}
         self._copied_outputs = [i for i, s in enumerate(out_slots) if s in template or s in fed]
         keep = set(out_slots) | set(template) | {s for s, _ in self._params.values()}
-        last: dict[int, int] = {}
-        for k, (_, ins, outs) in enumerate(body):
-            for s in ins + outs:
-                last[s] = k
-        frees: list[list[int]] = [[] for _ in body]
+        frees: list[list[int]] = [[] for _ in fns]
         for s, k in last.items():
             if s not in keep:
                 frees[k].append(s)
-        into = _reused_buffers(plan_nodes, body, frees)
-        self._steps = [(fn, ins, outs, tuple(fr), r) for (fn, ins, outs), fr, r in zip(body, frees, into)]
+        into = _reused_buffers(memories, fresh, dying_ins, step_ins, step_outs, frees)
+        self._steps = list(zip(fns, step_ins, step_outs, map(tuple, frees), into))
         self._plan_nodes = plan_nodes
         self._fed = fed
         self._straight: Callable[..., Any] | None = None
@@ -563,30 +598,52 @@ class Program:
         for s, p in self._params.values():
             template[s] = p.data
         self._template = [template.get(i) for i in range(len(slot))]
-        elements = flops = 0
-        plan = []
-        for n, (_, ins, outs, fr, r) in zip(plan_nodes, self._steps):
-            opdef = OPS[n.op]
-            its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
-            elements += sum(t.size for t in its) + sum(t.size for t in ots)
-            flops += opdef.cost(its, ots, n.attrs)
-            plan.append((opdef.memory, ins, outs, fr, opdef.scratch_of(its, ots, n.attrs), r))
-        self.elements = elements
+        self._measured: tuple[int, int, int] | None = None
+        """``(elements, flops, peak_bytes)``, worked out from the plan when one of them is first read (a program that
+        is only run, as the SDK's are, never needs them)."""
+
+    @property
+    def elements(self) -> int:
         """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""
-        self.flops = flops
+        return self._measures()[0]
+
+    @property
+    def flops(self) -> int:
         """Static cost of one run: the sum of each step's ``OpDef.cost`` (element operations; 2·m·n·k for products)."""
-        nbytes = [0] * len(slot)
-        for v in (*g.inputs, *(p.value for p in g.params), *(o for n in g.nodes for o in n.outputs)):
-            nbytes[slot[id(v)]] = v.type.nbytes
-        self.peak_bytes = _peak_bytes(
-            nbytes, fed | set(template), plan,
-            sum(nbytes[out_slots[i]] for i in self._copied_outputs),
-        )
+        return self._measures()[1]
+
+    @property
+    def peak_bytes(self) -> int:
         """Most bytes of tensors live at once during one run, known before it starts: the inputs, parameters
         and constants throughout, each intermediate from the step that makes it until the step that frees it
         (a view keeps the buffer it looks into alive; a step that writes into a dying input's buffer adds none), the
         temporaries of each step (``OpDef.scratch_of``), the outputs, and the copies made of outputs that are inputs,
         parameters or constants."""
+        return self._measures()[2]
+
+    def _measures(self) -> tuple[int, int, int]:
+        """``(elements, flops, peak_bytes)`` of one run, from each step's node types and the plan's slots, once."""
+        measured = self._measured
+        if measured is None:
+            nbytes = [0 if a is None else a.nbytes for a in self._template]  # constants and parameters
+            for s, v in self._inputs:
+                nbytes[s] = v.type.nbytes
+            elements = flops = 0
+            memories, scratch = [], []
+            for n, (_, _, outs, _, _) in zip(self._plan_nodes, self._steps):
+                opdef = OPS[n.op]
+                its, ots = [v.type for v in n.inputs], [v.type for v in n.outputs]
+                moved = sum(t.size for t in its) + sum(t.size for t in ots)
+                elements += moved
+                flops += moved if opdef.cost is traffic_cost else opdef.cost(its, ots, n.attrs)
+                scratch.append(opdef.scratch_of(its, ots, n.attrs))
+                memories.append(opdef.memory)
+                for s, t in zip(outs, ots):
+                    nbytes[s] = t.nbytes
+            resident = self._fed | {s for s, a in enumerate(self._template) if a is not None}
+            copies = sum(nbytes[self._out_slots[i]] for i in self._copied_outputs)
+            measured = self._measured = (elements, flops, _peak_bytes(nbytes, resident, memories, self._steps, scratch, copies))
+        return measured
 
     def __str__(self) -> str:
         return str(self.graph)
@@ -642,7 +699,14 @@ class Program:
             for name, a in params.items():
                 env[self._params[name][0]] = a
         for fn, ins, outs, frees, into in self._steps if interrupt is None else self._checked_steps(interrupt):
-            r = fn(*[env[i] for i in ins]) if into < 0 else fn(*[env[i] for i in ins], out=env[into])
+            if into >= 0:
+                r = fn(*[env[i] for i in ins], out=env[into])
+            elif len(ins) == 2:  # the common arities without a list
+                r = fn(env[ins[0]], env[ins[1]])
+            elif len(ins) == 1:
+                r = fn(env[ins[0]])
+            else:
+                r = fn(*[env[i] for i in ins])
             if len(outs) == 1:
                 env[outs[0]] = r
             else:
@@ -674,44 +738,43 @@ def _interrupted(name: str, steps: int, done: int) -> NoReturn:
 
 
 def _reused_buffers(
-    nodes: list[Node], body: list[tuple[Callable[..., Any], tuple[int, ...], tuple[int, ...]]], frees: list[list[int]]
+    memories: list[str], fresh: list[TensorType | None], dying_ins: list[tuple[int, ...]], step_ins: list[tuple[int, ...]],
+    step_outs: list[tuple[int, ...]], frees: list[list[int]],
 ) -> list[int]:
-    """Per step, the slot of a buffer the step writes its result into (``out=``), or -1. Only a step that writes
-    fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of its result's
-    dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy scalar) and
-    no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died at an
-    earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still in
-    cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
+    """Per step (its op's memory kind, its result's type if it writes a fresh array, for a ufunc its input slots of that
+    type, its input and output slots), the slot of a buffer the step writes its result into (``out=``), or -1. Only a
+    step that writes fresh arrays takes one (a ufunc without attributes, or an op marked ``out``), and only a buffer of
+    its result's dtype and shape that such a step made as a fresh array of rank >= 1 (a 0-d ufunc result is a NumPy
+    scalar) and no step that may return a view reads: for a ufunc, an input that dies at that step; else one that died
+    at an earlier step, whose free then moves to this step (``frees`` is changed), the most recently dead first (still
+    in cache): a fresh buffer of some hundred KiB costs more in page faults than an elementwise step's arithmetic."""
     owned: dict[int, TensorType] = {}  # live fresh buffers no view reads (yet): a slot leaves when it dies or is viewed
     pool: dict[TensorType, list[tuple[int, int]]] = {}
     into = []
-    for k, (n, (fn, ins, outs), fr) in enumerate(zip(nodes, body, frees)):
-        opdef = OPS[n.op]
-        if opdef.memory != "new":
+    for k, (memory, t, cands, ins, outs, fr) in enumerate(zip(memories, fresh, dying_ins, step_ins, step_outs, frees)):
+        if memory != "new":
             for s in ins:  # a buffer a step may return a view of is never written over (it dies at or after this step)
                 owned.pop(s, None)
-        ufunc = isinstance(fn, np.ufunc) and len(outs) == 1
-        fresh = ufunc or opdef.out
-        t = n.outputs[0].type
         r = -1
-        if ufunc:
-            for s, v in zip(ins, n.inputs):
-                if s in owned and s in fr and v.type == t:
+        if t is not None:
+            for s in cands:
+                if s in owned and s in fr:
                     r = s
                     break
-        if r < 0 and fresh and pool:
-            dead = pool.get(t)
-            if dead:
-                r, died = dead.pop()
-                frees[died].remove(r)
-                fr.append(r)
+            if r < 0 and pool:
+                dead = pool.get(t)
+                if dead:
+                    r, died = dead.pop()
+                    frees[died].remove(r)
+                    fr.append(r)
+            if t.shape:
+                owned[outs[0]] = t
         into.append(r)
-        if fresh and t.shape:
-            owned[outs[0]] = t
-        for s in fr:
-            dying = owned.pop(s, None)
-            if dying is not None and s != r:
-                pool.setdefault(dying, []).append((s, k))
+        if owned:
+            for s in fr:
+                dying = owned.pop(s, None)
+                if dying is not None and s != r:
+                    pool.setdefault(dying, []).append((s, k))
     return into
 
 
@@ -787,10 +850,12 @@ def _tree_code(tree: Any, leaves: Iterator[str]) -> str:
 
 
 def _peak_bytes(
-    nbytes: list[int], resident: set[int], plan: list[tuple[str, tuple[int, ...], tuple[int, ...], tuple[int, ...], int, int]], copies: int
+    nbytes: list[int], resident: set[int], memories: list[str], steps: list[tuple[Any, tuple[int, ...], tuple[int, ...], tuple[int, ...], int]],
+    scratch: list[int], copies: int,
 ) -> int:
-    """Replay ``plan`` (op's memory kind, input slots, output slots, slots freed after the step, scratch bytes, the
-    input slot whose buffer the output takes over or -1) counting live bytes: ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
+    """Replay ``steps`` (forward, input slots, output slots, slots freed after the step, the input slot whose buffer the
+    output takes over or -1), with each op's memory kind and each step's scratch bytes, counting live bytes:
+    ``resident`` slots stay live throughout, a view's buffer is its input's (kept alive by
     reference counts, as NumPy's ``base`` does), each step adds its scratch while it runs, and ``copies`` bytes
     of output copies are made at the end."""
     refs = [0] * len(nbytes)
@@ -799,7 +864,7 @@ def _peak_bytes(
     for s in resident:
         refs[s], own[s] = 2, nbytes[s]
     live = peak = sum(own)
-    for memory, ins, outs, frees, scratch, into in plan:
+    for memory, (_, ins, outs, frees, into), extra in zip(memories, steps, scratch):
         for s in outs:
             refs[s] = 1
             if into >= 0:
@@ -810,7 +875,8 @@ def _peak_bytes(
             if memory != "new":
                 parent[s] = ins[0]
                 refs[ins[0]] += 1
-        peak = max(peak, live + scratch)
+        if live + extra > peak:
+            peak = live + extra
         for s in frees:
             refs[s] -= 1
             while refs[s] == 0:

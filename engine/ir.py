@@ -79,12 +79,19 @@ class Value(Arithmetic):
     read like formulas; each operator adds a node to the builder that owns the value.
     """
 
-    __slots__ = ("name", "type", "builder")
+    __slots__ = ("_name", "type", "builder")
 
-    def __init__(self, name: str, type: TensorType, builder: GraphBuilder | None) -> None:
-        self.name = name
+    def __init__(self, name: str | int, type: TensorType, builder: GraphBuilder | None) -> None:
+        self._name = name
         self.type = type
         self.builder = builder
+
+    @property
+    def name(self) -> str:
+        """The value's name: the one given, or for the value a builder named k-th itself (``name`` an int k) ``%k``,
+        made when read (a deep graph's tens of thousands of values never format names nobody reads)."""
+        name = self._name
+        return name if name.__class__ is str else f"%{name}"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -112,18 +119,34 @@ class Value(Arithmetic):
         return self.builder
 
 
-@dataclass(eq=False, slots=True)
 class Node:
-    """One application of a primitive op: ``outputs = op[attrs](*inputs)``."""
+    """One application of a primitive op: ``outputs = op[attrs](*inputs)``; ``calls`` names the library functions the
+    node refers to (its op's ``calls`` attributes), filled in by the builder."""
 
-    op: str
-    inputs: tuple[Value, ...]
-    attrs: dict[str, Any]
-    outputs: tuple[Value, ...]
-    name: str
-    stop_gradient: bool = False
-    calls: tuple[str, ...] = ()
-    """Names of the library functions the node refers to (its op's ``calls`` attributes), filled in by the builder."""
+    __slots__ = ("op", "inputs", "attrs", "outputs", "_name", "stop_gradient", "calls")
+
+    def __init__(
+        self, op: str, inputs: tuple[Value, ...], attrs: dict[str, Any], outputs: tuple[Value, ...], name: str | int,
+        stop_gradient: bool = False, calls: tuple[str, ...] = (),
+    ) -> None:
+        self.op = op
+        self.inputs = inputs
+        self.attrs = attrs
+        self.outputs = outputs
+        self._name = name
+        self.stop_gradient = stop_gradient
+        self.calls = calls
+
+    @property
+    def name(self) -> str:
+        """The node's name: the one given, or for the k-th node a builder named itself (``name`` an int k)
+        ``<op>_<k>``, made when read (a deep graph's tens of thousands of nodes never format names nobody reads)."""
+        name = self._name
+        return name if name.__class__ is str else f"{self.op.lower()}_{name}"
+
+    def __repr__(self) -> str:
+        return (f"Node(op={self.op!r}, inputs={self.inputs!r}, attrs={self.attrs!r}, outputs={self.outputs!r}, "
+                f"name={self.name!r}, stop_gradient={self.stop_gradient!r}, calls={self.calls!r})")
 
 
 @dataclass(eq=False)

@@ -160,17 +160,18 @@ class OpDef:
     out: bool = False
     linear: tuple[float, ...] = ()
     factors: tuple[int, ...] = ()
+    lowered: bool = field(init=False, repr=False, compare=False)
+    """True for ops expanded into primitives before differentiation or execution (they carry a library graph); a field,
+    not a property, as a builder reads it for every node it adds."""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "lowered", self.expand is not None)
 
     def scratch_of(self, inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs: dict[str, Any]) -> int:
         """Bytes of temporaries one step of this op holds besides its outputs: ``scratch_bytes`` or ``scratch`` times input 0."""
         if self.scratch_bytes is not None:
             return self.scratch_bytes(inputs, outputs, attrs)
         return self.scratch * inputs[0].nbytes if self.scratch and inputs else 0
-
-    @property
-    def lowered(self) -> bool:
-        """True for ops expanded into primitives before differentiation or execution (they carry a library graph)."""
-        return self.expand is not None
 
     @property
     def variadic(self) -> bool:
