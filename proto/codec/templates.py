@@ -24,7 +24,7 @@ from gradserve.v1 import graph_pb2 as pb
 from .errors import WireError
 from .limits import DEFAULT_LIMITS, Limits
 from .tensors import decode_dtype, decode_tree
-from .wire import Irregular, read_fields, read_varint
+from .wire import Bytes, Irregular, read_fields, read_varint
 
 Path = tuple[Any, ...]
 """Where a tensor is in its message: field names, with a list index or a map key after a repeated or map field
@@ -61,7 +61,7 @@ def _repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
-def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None:
+def _tensor(buf: Bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None:
     """Append the Slot of the serialized Tensor ``buf[pos:end]``: one dtype, packed shape and data at most."""
     dtype = 0
     shape: list[int] = []
@@ -95,7 +95,7 @@ def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None
     out.append(Slot(path, dt, tuple(shape), start, stop - start))
 
 
-def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, out: list[Slot], depth: int) -> None:
+def _walk(buf: Bytes, pos: int, end: int, descriptor: Descriptor, path: Path, out: list[Slot], depth: int) -> None:
     """Append the Slot of every Tensor in the serialized ``descriptor`` message ``buf[pos:end]``, in byte order."""
     if depth > MAX_DEPTH:
         raise Irregular
@@ -150,7 +150,7 @@ def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, ou
         raise Irregular  # protobuf gives the entry an empty message, which has no bytes here to be a slot
 
 
-def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
+def _map_key(buf: Bytes, pos: int, end: int, entry: Descriptor) -> Any:
     """The key of the serialized map entry ``buf[pos:end]`` (string keys as str, integer keys as int)."""
     key_field = entry.fields_by_name["key"]
     found = None
@@ -172,7 +172,7 @@ def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
     raise Irregular
 
 
-def slots(raw: bytes, descriptor: Descriptor) -> list[Slot] | None:
+def slots(raw: Bytes, descriptor: Descriptor) -> list[Slot] | None:
     """Every Tensor of the serialized ``descriptor`` message ``raw`` in byte order, or None when its framing is
     anything but plain (see the module's docstring)."""
     out: list[Slot] = []
@@ -202,9 +202,9 @@ class Template:
              s.dtype.kind == "b") for s, piece in zip(self.slots, self.pieces[1:])))
 
     @classmethod
-    def learn(cls, raw: bytes, descriptor: Descriptor) -> Template | None:
-        """The template of the serialized ``descriptor`` message ``raw``; None when its framing is not plain, or on a
-        big-endian machine (where the data is not in the arrays' byte order)."""
+    def learn(cls, raw: Bytes, descriptor: Descriptor) -> Template | None:
+        """The template of the serialized ``descriptor`` message ``raw`` (whose tensors' data is never read); None when
+        its framing is not plain, or on a big-endian machine (where the data is not in the arrays' byte order)."""
         found = slots(raw, descriptor) if _LITTLE else None
         if found is None:
             return None
@@ -224,15 +224,23 @@ class Template:
         """The message of this layout holding ``arrays`` (one per slot, in slot order) as its tensors' data, in one
         copy of each; None unless each has its slot's dtype and shape (taken, as ``encode_tensor`` takes them, by
         ``np.asarray``: a list or a scalar too)."""
+        chunks = self.chunks(arrays)
+        return None if chunks is None else b"".join(chunks)
+
+    def chunks(self, arrays: Sequence[Any]) -> list[Any] | None:
+        """What ``join`` joins: ``pieces[0]``, the C-contiguous array of ``arrays[0]``, ``pieces[1]``, ...,
+        ``pieces[-1]``, for a caller that cuts the message around some of its data; None as for ``join``."""
         if len(arrays) != len(self.slots):
             return None
         out: list[Any] = []
-        for piece, s, a in zip(self.pieces, self.slots, map(np.asarray, arrays)):
+        for piece, s, a in zip(self.pieces, self.slots, arrays):
+            a = np.asarray(a)
             if a.dtype != s.dtype or a.shape != s.shape:
                 return None
-            out += (piece, a if a.flags.c_contiguous else np.ascontiguousarray(a))
+            out.append(piece)
+            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
         out.append(self.pieces[-1])
-        return b"".join(out)
+        return out
 
     def read(self, raw: bytes) -> list[np.ndarray] | None:
         """The read-only arrays of the message ``raw``'s tensors, in slot order, when ``raw`` has this layout (every

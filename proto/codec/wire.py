@@ -5,13 +5,16 @@ from __future__ import annotations
 
 from typing import Iterator
 
+Bytes = bytes | memoryview
+"""What the walk reads: ``bytes``, or a ``memoryview`` of unsigned bytes (whose items are ints, as those of bytes are)."""
+
 
 class Irregular(Exception):
     """Bytes that protobuf refuses or might read otherwise than the walk that raised this, so that protobuf alone
     reads them."""
 
 
-def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
+def read_varint(buf: Bytes, pos: int, end: int) -> tuple[int, int]:
     """The varint at ``buf[pos]`` and the position after it; Irregular past ``end`` or 10 bytes."""
     value = shift = 0
     for i in range(pos, min(end, pos + 10)):
@@ -23,7 +26,7 @@ def read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
     raise Irregular
 
 
-def read_fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
+def read_fields(buf: Bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
     """(start, number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``; a
     length-delimited payload starts after its length.
 
