@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serverkit import overlong
 
 from gradserve.server import blobs
 from gradserve.v1 import graph_pb2 as pb
@@ -238,11 +239,6 @@ EDGES = {
 def test_lift_edge_cases(raw: bytes, places: list[blobs.Where]) -> None:
     got = check_lift(raw, spb.GradRequest)
     assert got is not None and got.places == places
-
-
-def overlong(value: int, width: int) -> bytes:
-    """``value`` as a varint padded with zeros to ``width`` bytes."""
-    return bytes((value >> 7 * i & 0x7F) | (0x80 if i < width - 1 else 0) for i in range(width))
 
 
 def padded(number: int, payload: bytes, width: int, what: str) -> bytes:

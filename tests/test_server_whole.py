@@ -14,7 +14,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
-from serverkit import rejected, wait_until
+from serverkit import overlong, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -190,11 +190,6 @@ def test_many_threads_mixing_small_whole_and_lifted_requests_each_get_their_own_
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, range(120)))
     assert server.servicer.lane.served > served and server.servicer._held == 0  # the small ones' tiny plan ran in the lane
-
-
-def overlong(value: int, width: int) -> bytes:
-    """``value`` as a varint padded with zeros to ``width`` bytes."""
-    return bytes((value >> 7 * i & 0x7F) | (0x80 if i < width - 1 else 0) for i in range(width))
 
 
 GRAD = "/gradserve.v1.Gradient/Grad"
