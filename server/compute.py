@@ -165,12 +165,9 @@ class Plan:
     """The largest result tensor, described for an error message."""
     forward: bool = False
     """The program returns ``(gradients, forward outputs)`` (a Grad with return_forward)."""
-    template: codec.Template | None = None
-    """The codec's Template of this plan's response, to serialize its results without protobuf, once a first response
-    showed it (one of at most ``TEMPLATE_MAX_BYTES`` apart from its large leaves' data)."""
-    framed: tuple[tuple[int, int], ...] = ()
-    """The slots of ``template`` whose data travels as a frame (``BLOB_MIN_BYTES`` or more), in order, each with the
-    length of its ``data_header``."""
+    layout: Layout | None = None
+    """How to serialize this plan's results without protobuf, once a first response showed it (one of at most
+    ``TEMPLATE_MAX_BYTES`` apart from its large leaves' data)."""
     local: bool = False
     """Small enough to run in the server process: see ``WorkerState.local_max_elements`` (tiny) and
     ``WorkerState.local_max_flops`` (``bounded``)."""
@@ -392,18 +389,16 @@ def execute(found: Plan, given: Args, interrupt: Callable[[], bool] | None = Non
 def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
     """Step 4: the response holding ``trees``: joined by the plan's Template when it has one that fits, else built
     with protobuf (teaching the plan its Template when the response is small apart from its large leaves' data)."""
-    template = found.template
-    if template is not None:
-        chunks = template.chunks([a for tree in trees for a in flatten(tree)])
+    layout = found.layout
+    if layout is not None:
+        leaves = [a for tree in trees for a in flatten(tree)]
+        chunks = layout.template.chunks(leaves if layout.order is None else [leaves[i] for i in layout.order])
         if chunks is not None:
-            return _cut(chunks, found.framed) if found.framed else Encoded([b"".join(chunks)], [])
+            return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
-    if found.template is None and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
-        found.template = _learn(encoded, KINDS[kind].response)
-        if found.template is not None:
-            found.framed = tuple((i, len(data_header(s.nbytes))) for i, s in enumerate(found.template.slots)
-                                 if s.nbytes >= BLOB_MIN_BYTES)
+    if found.layout is None and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
+        found.layout = _learn(encoded, KINDS[kind])
     return encoded
 
 
@@ -484,18 +479,40 @@ TEMPLATE_MAX_BYTES = 1 << 20
 """Responses up to this size, apart from their large leaves' data, teach their plan a Template."""
 
 
-def _learn(encoded: Encoded, response: Any) -> codec.Template | None:
-    """The codec's Template of the ``response`` message that ``encoded`` cuts, learned from its bytes with the large
-    leaves' data left zero (``np.zeros``: a large buffer is pages never written), so that it is not copied."""
+class Layout(NamedTuple):
+    """How a plan's responses are written once the first showed it: the codec's Template of the first, and what the
+    server adds to it (its leaves in the template's slot order, the slots whose data travels as a frame)."""
+
+    template: codec.Template
+    order: list[int] | None
+    """The leaf (numbered across the tree fields) of each slot, when the slots are in another order (``blobs.around``
+    writes a tree field with a frame after those without); None when in leaf order."""
+    framed: tuple[tuple[int, int], ...]
+    """The slots whose data travels as a frame (``BLOB_MIN_BYTES`` or more), in order, with their ``data_header``'s length."""
+
+
+def _learn(encoded: Encoded, kind: Kind) -> Layout | None:
+    """The Layout of the ``kind`` response that ``encoded`` cuts, its Template learned from the response's bytes with
+    the large leaves' data left zero (``np.zeros``: a large buffer is pages never written), so that it is not copied."""
     if not encoded.arrays:
-        return codec.Template.learn(encoded.parts[0], response.DESCRIPTOR)
-    whole = np.zeros(sum(map(len, encoded.parts)) + sum(frame_size(a.nbytes) for a in encoded.arrays), np.uint8)
-    at = 0
-    for part, n in zip(encoded.parts, [a.nbytes for a in encoded.arrays] + [0]):
-        head = part + data_header(n) if n else part
-        whole[at:at + len(head)] = np.frombuffer(head, np.uint8)
-        at += len(head) + n
-    return codec.Template.learn(whole.data, response.DESCRIPTOR)
+        template = codec.Template.learn(encoded.parts[0], kind.response.DESCRIPTOR)
+    else:
+        whole = np.zeros(sum(map(len, encoded.parts)) + sum(frame_size(a.nbytes) for a in encoded.arrays), np.uint8)
+        at = 0
+        for part, n in zip(encoded.parts, [a.nbytes for a in encoded.arrays] + [0]):
+            head = part + data_header(n) if n else part
+            whole[at:at + len(head)] = np.frombuffer(head, np.uint8)
+            at += len(head) + n
+        template = codec.Template.learn(whole.data, kind.response.DESCRIPTOR)
+    if template is None:
+        return None
+    slots = template.slots
+    by_leaf = sorted(range(len(slots)), key=lambda k: kind.fields.index(slots[k].path[0]))  # stable: pre-order kept
+    order = [0] * len(slots)
+    for leaf, k in enumerate(by_leaf):
+        order[k] = leaf
+    framed = tuple((k, len(data_header(s.nbytes))) for k, s in enumerate(slots) if s.nbytes >= BLOB_MIN_BYTES)
+    return Layout(template, None if by_leaf == list(range(len(slots))) else order, framed)
 
 
 def _cut(chunks: list[Any], framed: tuple[tuple[int, int], ...]) -> Encoded:

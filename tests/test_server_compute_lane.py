@@ -406,32 +406,50 @@ TREES = [
 ]
 
 
-@pytest.mark.parametrize("make", TREES)
-def test_template_joins_protobufs_serialization_cut_around_large_leaves_and_refuses_other_types(make: Callable[[], Any]) -> None:
-    """A plan's second response, joined by the Template its first one taught it, is byte for byte protobuf's
-    deterministic serialization of the results (as the first is), cut at the same places, its large leaves not copied."""
+LARGE = np.arange(BLOB_MIN_BYTES // 4, dtype=np.float32)
+RESPONSES = [lambda make=make: [make(), make()] for make in TREES] + [
+    # gradients with a frame and forward without (blobs.around writes forward first), and the other way round
+    lambda: [(LARGE, np.int8(3)), (np.float32(1.5), np.zeros(2))],
+    lambda: [np.ones(3, np.float32), (LARGE, np.arange(2))],
+]
+
+
+@pytest.mark.parametrize("make", RESPONSES)
+def test_template_joins_the_first_responses_bytes_cut_around_large_leaves_and_refuses_other_types(
+    make: Callable[[], list[Any]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan's second response, joined by the Template its first one taught it, is byte for byte the first one's
+    (protobuf's, cut around its large leaves by blobs.around, and parsed as protobuf's deterministic serialization), cut
+    at the same places, its large leaves not copied; a result of other types is serialized by protobuf."""
     from gradserve.server import compute
 
     names = ("gradients", "forward")
-    trees = [make(), make()]
-    found = compute.Plan(None, [], 0, {})  # type: ignore[arg-type]  # encode reads only the template
+    trees = make()
+    found = compute.Plan(None, [], 0, {})  # type: ignore[arg-type]  # encode reads only the layout
     first = compute.encode(found, "grad", trees)
-    assert found.template is not None
-    second = compute.encode(found, "grad", trees)
+    assert found.layout is not None
+    protobuf = compute._encode
+    with monkeypatch.context() as m:
+        m.setattr(compute, "_encode", None)  # the second response is joined by the template alone
+        second = compute.encode(found, "grad", trees)
     flat = [np.asarray(a) for tree in trees for a in _leaves(tree)]
     large = [a for a in flat if a.nbytes >= BLOB_MIN_BYTES]
     assert [a.shape for a in second.arrays] == [a.shape for a in first.arrays] == [a.shape for a in large]
-    assert len(second.parts) == len(first.parts) == len(large) + 1
     assert all(np.shares_memory(got, a) for got, a in zip(second.arrays, large) if a.flags.c_contiguous)
-    assert second.parts == first.parts
-    assert framed(second) == framed(first) == serialized(trees, names)
-    other = [[np.asarray(a).astype(np.float64 if np.asarray(a).dtype != np.float64 else np.float32) for a in _leaves(t)]
-             for t in trees]
-    if flat:  # a result of other types is serialized by protobuf, not by the template
-        assert found.template.chunks([a for t in other for a in t]) is None
-        assert found.template.chunks([a.reshape(a.shape + (1,)) for a in flat]) is None
-        assert found.template.chunks(flat[:-1]) is None
-        assert framed(compute.encode(found, "grad", [tuple(t) for t in other])) == serialized([tuple(t) for t in other], names)
+    assert second.parts == first.parts and len(second.parts) == len(large) + 1
+    want = serialized(trees, names)
+    assert service_pb2.GradResponse.FromString(framed(second)) == service_pb2.GradResponse.FromString(want)
+    if found.layout.order is None:
+        assert framed(second) == want
+    other = [tuple(np.asarray(a).astype(np.float64 if np.asarray(a).dtype != np.float64 else np.float32)
+                   for a in _leaves(tree)) for tree in trees]
+    if flat:
+        template = found.layout.template
+        assert template.chunks([a for tree in other for a in tree]) is None
+        assert template.chunks([a.reshape(a.shape + (1,)) for a in flat]) is None
+        assert template.chunks(flat[:-1]) is None
+        assert compute._encode is protobuf
+        assert framed(compute.encode(found, "grad", other)) == framed(protobuf(other, names, service_pb2.GradResponse()))
 
 
 def framed(encoded: Any) -> bytes:
