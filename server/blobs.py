@@ -11,6 +11,7 @@ import functools
 from dataclasses import dataclass
 from typing import Any, Iterator, NamedTuple
 
+from gradserve.proto import codec
 from gradserve.v1 import graph_pb2
 
 BLOB_MIN_BYTES = 64 * 1024
@@ -95,7 +96,8 @@ class Lifted:
 
 
 class _Malformed(Exception):
-    """Bytes that ``lift`` does not take apart, so that protobuf alone decides what they mean."""
+    """A parameters map entry that ``lift`` does not take apart, so that protobuf alone decides what it means (as
+    ``codec.Irregular`` says of framing that protobuf refuses or might read otherwise)."""
 
 
 class _Layout(NamedTuple):
@@ -118,69 +120,18 @@ def _layout(descriptor: Any) -> _Layout | None:
                    fields["parameters"].number, entry["key"].number, entry["value"].number)
 
 
-def _read_varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """The varint at ``buf[pos]`` and the position after it; _Malformed past ``end`` or 10 bytes."""
-    value = shift = 0
-    for i in range(pos, min(end, pos + 10)):
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i + 1
-        shift += 7
-    raise _Malformed
-
-
-def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int, int]]:
-    """(start, number, wire type, payload start, payload end) of each field of the message in
-    ``buf[pos:end]``; a length-delimited payload starts after its length.
-
-    Only framing that protobuf reads the same way passes: field number 0, a key beyond 32 bits, groups,
-    wire types 6 and 7, varints over 10 bytes and fields running past ``end`` raise _Malformed.
-    (One-byte keys and lengths, the usual ones, are read inline: this loop is most of ``lift``'s time.)"""
-    while pos < end:
-        start = pos
-        key = buf[pos]
-        if key < 0x80:
-            pos += 1
-        else:
-            key, pos = _read_varint(buf, pos, end)
-            if key > 0xFFFFFFFF:
-                raise _Malformed
-        wire = key & 7
-        if key < 8:  # field number 0
-            raise _Malformed
-        if wire == 2:
-            if pos < end and buf[pos] < 0x80:
-                pos, after = pos + 1, pos + 1 + buf[pos]
-            else:
-                size, pos = _read_varint(buf, pos, end)
-                after = pos + size
-        elif wire == 0:
-            after = pos + 1 if pos < end and buf[pos] < 0x80 else _read_varint(buf, pos, end)[1]
-        elif wire == 1:
-            after = pos + 8
-        elif wire == 5:
-            after = pos + 4
-        else:
-            raise _Malformed
-        if after > end:
-            raise _Malformed
-        yield start, key >> 3, wire, pos, after
-        pos = after
-
-
 def _big_data(buf: bytes, pos: int, end: int, least: int) -> tuple[int, int, int] | None:
     """Where the data field of the serialized Tensor ``buf[pos:end]`` starts, where its bytes start and
     where they end, when the Tensor has exactly one data field and it holds at least ``least`` bytes;
     otherwise None, and the Tensor is left to protobuf as it is."""
     found = None
     try:
-        for start, number, wire, begin, after in _fields(buf, pos, end):
+        for start, number, wire, begin, after in codec.read_fields(buf, pos, end):
             if number == _DATA.number:
                 if found is not None or wire != 2:
                     return None  # protobuf keeps the last of several, and a stray wire type aside
                 found = (start, begin, after)
-    except _Malformed:
+    except codec.Irregular:
         return None
     return found if found is not None and found[2] - found[1] >= least else None
 
@@ -191,7 +142,7 @@ def _entry(buf: bytes, pos: int, end: int, layout: _Layout) -> tuple[tuple[int, 
     several times (protobuf merges those). Any other field raises _Malformed: protobuf then puts the
     whole entry aside as an unknown field instead of into the map."""
     key, value, values = (pos, pos), None, 0
-    for start, number, wire, begin, after in _fields(buf, pos, end):
+    for start, number, wire, begin, after in codec.read_fields(buf, pos, end):
         if wire != 2:
             raise _Malformed
         if number == layout.key:
@@ -211,14 +162,14 @@ def lift(raw: bytes, cls: type[Any]) -> Lifted:
     Parsing a 64 MB request with protobuf and reading ``data`` copies the data twice; here only the
     small rest is parsed, after one join of its pieces. Putting each view back as its tensor's data
     gives exactly ``cls.FromString(raw)``: whatever this does not take apart with certainty (see
-    ``_fields``, ``_big_data`` and ``_entry``) stays in place, or makes it parse ``raw`` whole, so
-    protobuf raises its own DecodeError on malformed input. Small requests are parsed at once."""
+    ``codec.read_fields``, which walks as strictly as protobuf parses, ``_big_data`` and ``_entry``) stays in
+    place, or makes it parse ``raw`` whole, so protobuf raises its own DecodeError on malformed input. Small requests are parsed at once."""
     least, layout = BLOB_MIN_BYTES, _layout(cls.DESCRIPTOR)
     if len(raw) >= least and layout is not None:
         try:
             kept, places, data = _take_apart(raw, layout, least)
-        except _Malformed:
-            pass
+        except (codec.Irregular, _Malformed):
+            pass  # parsed whole below: protobuf reads those bytes, or raises its DecodeError
         else:
             if data:
                 rest = b"".join(kept)
@@ -247,14 +198,14 @@ def apart(raw: bytes, number: int) -> tuple[memoryview, bytes] | None:
     view = memoryview(raw)
     found, rest, done = None, [], 0
     try:
-        for start, field, wire, begin, end in _fields(raw, 0, len(raw)):
+        for start, field, wire, begin, end in codec.read_fields(raw, 0, len(raw)):
             if field == number:
                 if found is not None or wire != 2:
                     return None
                 found = view[begin:end]
                 rest.append(view[done:start])
                 done = end
-    except _Malformed:
+    except codec.Irregular:
         return None
     if found is None:
         return None
@@ -273,7 +224,7 @@ def _take_apart(raw: bytes, layout: _Layout, least: int) -> tuple[list[Any], lis
     listed: dict[str, list[tuple[int, memoryview]]] = {name: [] for name in count}
     params: dict[str, memoryview] = {}
     repeated = layout.repeated
-    for start, number, wire, begin, end in _fields(raw, 0, len(raw)):
+    for start, number, wire, begin, end in codec.read_fields(raw, 0, len(raw)):
         if wire != 2:
             continue  # a stray wire type: protobuf keeps the field aside as an unknown field
         name = repeated.get(number)
@@ -283,7 +234,7 @@ def _take_apart(raw: bytes, layout: _Layout, least: int) -> tuple[list[Any], lis
             if end - begin < least or (found := _big_data(raw, begin, end, least)) is None:
                 continue
             cut, at, stop = found
-            head = _read_varint(raw, start, end)[1]
+            head = codec.read_varint(raw, start, end)[1]
             kept += (view[done:head], _varint(end - begin - (stop - cut)), view[begin:cut])
             listed[name].append((index, view[at:stop]))
             done = stop
@@ -296,8 +247,8 @@ def _take_apart(raw: bytes, layout: _Layout, least: int) -> tuple[list[Any], lis
                 continue
             vstart, vbegin, vend = value
             cut, at, stop = found
-            head = _read_varint(raw, start, end)[1]
-            vhead = _read_varint(raw, vstart, vend)[1]
+            head = codec.read_varint(raw, start, end)[1]
+            vhead = codec.read_varint(raw, vstart, vend)[1]
             tensor = _varint(vend - vbegin - (stop - cut))
             entry = end - begin - (vbegin - vhead) + len(tensor) - (stop - cut)
             kept += (view[done:head], _varint(entry), view[begin:vhead], tensor, view[vbegin:cut])

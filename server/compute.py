@@ -13,7 +13,6 @@ import functools
 import io
 import itertools
 import pickle
-import sys
 from dataclasses import dataclass
 from typing import Any, Callable, Mapping, NamedTuple, Sequence
 
@@ -166,8 +165,9 @@ class Plan:
     """The largest result tensor, described for an error message."""
     forward: bool = False
     """The program returns ``(gradients, forward outputs)`` (a Grad with return_forward)."""
-    template: Template | None = None
-    """How to serialize this plan's results without protobuf, once a first response showed it (small results only)."""
+    layout: Layout | None = None
+    """How to serialize this plan's results without protobuf, once a first response showed it (one of at most
+    ``TEMPLATE_MAX_BYTES`` apart from its large leaves' data)."""
     local: bool = False
     """Small enough to run in the server process: see ``WorkerState.local_max_elements`` (tiny) and
     ``WorkerState.local_max_flops`` (``bounded``)."""
@@ -387,16 +387,18 @@ def execute(found: Plan, given: Args, interrupt: Callable[[], bool] | None = Non
 
 
 def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
-    """Step 4: the response holding ``trees``: filled into the plan's Template when it has one that fits,
-    else built with protobuf (teaching the plan its Template when the response is small)."""
-    if found.template is not None:
-        filled = found.template.fill([np.asarray(a) for tree in trees for a in flatten(tree)])
-        if filled is not None:
-            return filled
+    """Step 4: the response holding ``trees``: joined by the plan's Template when it has one that fits, else built
+    with protobuf (teaching the plan its Template when the response is small apart from its large leaves' data)."""
+    layout = found.layout
+    if layout is not None:
+        leaves = [a for tree in trees for a in flatten(tree)]
+        chunks = layout.template.chunks(leaves if layout.order is None else [leaves[i] for i in layout.order])
+        if chunks is not None:
+            return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
-    if found.template is None and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
-        found.template = Template.of(response, names, [a.nbytes for a in encoded.arrays])
+    if found.layout is None and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
+        found.layout = _learn(encoded, KINDS[kind])
     return encoded
 
 
@@ -477,59 +479,54 @@ TEMPLATE_MAX_BYTES = 1 << 20
 """Responses up to this size, apart from their large leaves' data, teach their plan a Template."""
 
 
-@dataclass(frozen=True)
-class Template:
-    """A serialized response cut around its leaves' data: a result of the same types is answered by one
-    join of these pieces and the small arrays' bytes, with no message built (a tiny gradient's largest cost);
-    the large leaves (BLOB_MIN_BYTES or more, known from the types) stay arrays, to be shipped as frames."""
+class Layout(NamedTuple):
+    """How a plan's responses are written once the first showed it: the codec's Template of the first, and what the
+    server adds to it (its leaves in the template's slot order, the slots whose data travels as a frame)."""
 
-    types: list[tuple[np.dtype, tuple[int, ...]]]
-    """The dtype and shape of each leaf, in leaf order."""
-    pieces: list[bytes]
-    """What comes before each leaf's bytes (ending with that leaf's data key and length, except before a large leaf,
-    whose frame holds them), then what follows the last."""
-    large: tuple[bool, ...]
-    """Per leaf, whether its data travels as a frame (``Encoded.arrays``)."""
+    template: codec.Template
+    order: list[int] | None
+    """The leaf (numbered across the tree fields) of each slot, when the slots are in another order (``blobs.around``
+    writes a tree field with a frame after those without); None when in leaf order."""
+    framed: tuple[tuple[int, int], ...]
+    """The slots whose data travels as a frame (``BLOB_MIN_BYTES`` or more), in order, with their ``data_header``'s length."""
 
-    @classmethod
-    def of(cls, response: Any, names: tuple[str, ...], large: Sequence[int] = ()) -> Template | None:
-        """The template of ``response``, whose small leaves have their data set (they are cleared) and whose large
-        leaves (those of ``_encode``: dtype and shape only) hold ``large`` bytes each, in leaf order; None on a
-        big-endian machine."""
-        if sys.byteorder != "little":
-            return None
-        tensors = leaves_of(response, names)
-        types = [(codec.decode_dtype(t.dtype, "result"), tuple(t.shape)) for t in tensors]
-        big = iter(large)
-        flags = tuple(dt.itemsize * int(np.prod(shape, dtype=np.int64)) >= BLOB_MIN_BYTES for dt, shape in types)
-        sizes = [next(big) if flag else len(t.data) for t, flag in zip(tensors, flags)]
-        for t in tensors:
-            t.ClearField("data")
-        parts = around(response, names, list(range(len(tensors))), [frame_size(n) for n in sizes])
-        pieces = [part if flag else part + data_header(n) for part, n, flag in zip(parts, sizes, flags)]
-        return cls(types, pieces + [parts[-1]], flags)
 
-    def fill(self, arrays: list[np.ndarray]) -> Encoded | None:
-        """The response holding ``arrays`` as its leaves, cut around its large ones as ``_encode`` cuts it; None unless
-        they have the template's types."""
-        if len(arrays) != len(self.types):
-            return None
-        parts: list[bytes] = []
-        cut: list[bytes] = []
-        frames: list[np.ndarray] = []
-        for (dtype, shape), piece, a, framed in zip(self.types, self.pieces, arrays, self.large):
-            if a.dtype != dtype or a.shape != shape:
-                return None
-            if framed:
-                cut.append(piece)
-                parts.append(b"".join(cut))
-                cut = []
-                frames.append(a)
-            else:
-                cut += (piece, a.tobytes())
-        cut.append(self.pieces[-1])
-        parts.append(b"".join(cut))
-        return Encoded(parts, frames)
+def _learn(encoded: Encoded, kind: Kind) -> Layout | None:
+    """The Layout of the ``kind`` response that ``encoded`` cuts, its Template learned from the response's bytes with
+    the large leaves' data left zero (``np.zeros``: a large buffer is pages never written), so that it is not copied."""
+    if not encoded.arrays:
+        template = codec.Template.learn(encoded.parts[0], kind.response.DESCRIPTOR)
+    else:
+        whole = np.zeros(sum(map(len, encoded.parts)) + sum(frame_size(a.nbytes) for a in encoded.arrays), np.uint8)
+        at = 0
+        for part, n in zip(encoded.parts, [a.nbytes for a in encoded.arrays] + [0]):
+            head = part + data_header(n) if n else part
+            whole[at:at + len(head)] = np.frombuffer(head, np.uint8)
+            at += len(head) + n
+        template = codec.Template.learn(whole.data, kind.response.DESCRIPTOR)
+    if template is None:
+        return None
+    slots = template.slots
+    by_leaf = sorted(range(len(slots)), key=lambda k: kind.fields.index(slots[k].path[0]))  # stable: pre-order kept
+    order = [0] * len(slots)
+    for leaf, k in enumerate(by_leaf):
+        order[k] = leaf
+    framed = tuple((k, len(data_header(s.nbytes))) for k, s in enumerate(slots) if s.nbytes >= BLOB_MIN_BYTES)
+    return Layout(template, None if by_leaf == list(range(len(slots))) else order, framed)
+
+
+def _cut(chunks: list[Any], framed: tuple[tuple[int, int], ...]) -> Encoded:
+    """The response that a Template's ``chunks`` are, cut as ``_encode`` cuts it: the data of each ``framed`` slot
+    leaves as an array, with the data header that ends the piece before it (its frame holds that)."""
+    parts, frames, done = [], [], 0
+    for i, header in framed:
+        piece = chunks[2 * i]
+        chunks[2 * i] = piece[:len(piece) - header]
+        parts.append(b"".join(chunks[done:2 * i + 1]))
+        frames.append(chunks[2 * i + 1])
+        done = 2 * i + 2
+    parts.append(b"".join(chunks[done:]))
+    return Encoded(parts, frames)
 
 
 def _with_forward(network: Graph, gradient: Graph) -> Graph:

@@ -1,5 +1,5 @@
 """Helpers shared by the server tests: slow work to keep a worker busy, polling, rejected calls, ServerInfo
-counters and config parsing. Importable as ``serverkit`` because pyproject.toml puts tests/ on pythonpath."""
+counters, config parsing and padded varints. Importable as ``serverkit`` because pyproject.toml puts tests/ on pythonpath."""
 from __future__ import annotations
 
 import argparse
@@ -100,3 +100,8 @@ def one_worker_servers(n: int) -> Iterator[list[Server]]:
 def targets(servers: list[Server]) -> str:
     """The comma-separated loopback targets of ``servers``, for ``set_context(target=...)``."""
     return ",".join(f"127.0.0.1:{s.port}" for s in servers)
+
+
+def overlong(value: int, width: int) -> bytes:
+    """``value`` as a varint padded with zeros to ``width`` bytes."""
+    return bytes((value >> 7 * i & 0x7F) | (0x80 if i < width - 1 else 0) for i in range(width))

@@ -11,6 +11,7 @@ from google.protobuf.message import DecodeError
 from google.rpc import status_pb2
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from serverkit import overlong
 
 from gradserve.server import blobs
 from gradserve.v1 import graph_pb2 as pb
@@ -238,6 +239,37 @@ EDGES = {
 def test_lift_edge_cases(raw: bytes, places: list[blobs.Where]) -> None:
     got = check_lift(raw, spb.GradRequest)
     assert got is not None and got.places == places
+
+
+def padded(number: int, payload: bytes, width: int, what: str) -> bytes:
+    """The length-delimited field ``number`` holding ``payload``, its key or its length padded to ``width`` bytes."""
+    key = number << 3 | 2
+    if what == "key":
+        return overlong(key, width) + varint(len(payload)) + payload
+    return varint(key) + overlong(len(payload), width) + payload
+
+
+PADDED = {
+    # where a key or length is padded: (raw GradRequest of that width, places lift takes when protobuf reads it)
+    "input length": (lambda w: padded(INPUT, BIG, w, "length"), [("inputs", 0)]),
+    "input key": (lambda w: padded(INPUT, BIG, w, "key"), [("inputs", 0)]),
+    "data length": (lambda w: field(INPUT, 2, padded(3, b"D" * SMALL, w, "length")), [("inputs", 0)]),
+    "entry length": (lambda w: padded(PARAMS, field(1, 2, b"w") + field(2, 2, BIG), w, "length"), [("parameters", "w")]),
+    "value length": (lambda w: field(PARAMS, 2, field(1, 2, b"w") + padded(2, BIG, w, "length")), [("parameters", "w")]),
+    "value data length": (lambda w: entry(b"w", padded(3, b"D" * SMALL, w, "length")), [("parameters", "w")]),
+}
+
+
+@pytest.mark.parametrize("width", range(1, 8))
+@pytest.mark.parametrize("make, places", PADDED.values(), ids=PADDED.keys())
+def test_keys_and_lengths_padded_past_5_bytes_are_refused_as_protobuf_refuses_them(make: Any, places: list[blobs.Where],
+                                                                                   width: int) -> None:
+    """Protobuf reads a key or length padded to at most 5 bytes and refuses a longer one: so does ``lift``."""
+    got = check_lift(make(width) + field(INPUT, 2, b""), spb.GradRequest)
+    if width <= 5:
+        assert got is not None and got.places == places
+    else:
+        assert got is None, "protobuf refuses it, and so does lift"
 
 
 def test_lift_leaves_bad_utf8_keys_to_protobuf() -> None:

@@ -166,7 +166,7 @@ def test_a_second_response_is_filled_into_the_template_with_the_same_bytes() -> 
     s, nid = state()
     req = grad_request()
     plan, _, _, _ = steps(s, "grad", req, nid)
-    assert plan.template is not None
+    assert plan.layout is not None
     x2 = RNG.standard_normal((2, 3))
     _, _, trees2, second = steps(s, "grad", grad_request(x2), nid)
     message = service_pb2.GradResponse()
@@ -183,7 +183,7 @@ def test_a_response_with_large_leaves_is_filled_into_the_template_with_the_same_
     nid, _ = compute.handle(s, "load", codec.encode_graph(network(n)).SerializeToString(), [], "")
     flags = {"get_all": True, "get_by_list": True, "weights": ["w"]}
     plan, _, _, first = steps(s, "grad", grad_request(RNG.standard_normal((2, n)), **flags), nid)
-    assert plan.template is not None and len(first.arrays) == 2
+    assert plan.layout is not None and len(first.arrays) == 2
     x2 = RNG.standard_normal((2, n))
     _, _, trees, second = steps(s, "grad", grad_request(x2, **flags), nid)
     assert len(second.parts) == 3 and [a.shape for a in second.arrays] == [(2, n), (n,)]
@@ -254,9 +254,9 @@ def test_an_exported_plan_runs_in_another_state_without_building() -> None:
     req = grad_request(get_all=True, get_by_list=True, weights=["w"])
     key = compute.plan_key("grad", req, nid)
     plan, _, _, _ = steps(s, "grad", req, nid)
-    assert plan.local and plan.template is not None
+    assert plan.local and plan.layout is not None
     copy = compute.import_plan(compute.export_plan(plan))
-    assert copy is not plan and copy.template == plan.template and not copy.exported
+    assert copy is not plan and copy.layout == plan.layout and not copy.exported
     lane = compute.worker_state(Limits(), Cache(16), local_max_elements=0)  # holds no network: nothing to build from
     lane.cache.put(key, copy, copy.held)
     x2 = RNG.standard_normal((2, 3))

@@ -5,8 +5,8 @@ the lane (first call: a worker builds the plan; later calls: the lane and its Te
 ``local_max_elements=0`` (every request in a worker, second call on: the worker's Template), and the
 responses must be the same messages, equal to closed-form values. Then regressions: a request whose
 answer must not change once a plan exists (Plan.take counts inputs and sensitivities apart), and results
-the response Template must learn whatever the codec's default limits (Template.of reads result types, it
-does not decode them), each on a server with the lane and on one without it."""
+the response Template must learn whatever the codec's default limits (``codec.Template.learn`` reads result types
+from the bytes, it does not decode them), each on a server with the lane and on one without it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -402,41 +402,74 @@ TREES = [
     # large leaves (their data travels as frames): first, between small ones, last, and two in a row
     lambda: (np.arange(BLOB_MIN_BYTES // 4, dtype=np.float32), np.float32(2.5), (np.full((130, 130), 0.5).T, np.arange(3))),
     lambda: (np.arange(4, dtype=np.int16), (np.ones(BLOB_MIN_BYTES, np.uint8), np.zeros(BLOB_MIN_BYTES // 8 + 1))),
+    lambda: (np.ones(BLOB_MIN_BYTES, bool), np.zeros((0, 2), np.int64), np.arange(BLOB_MIN_BYTES // 8, dtype=np.int64)[::-1]),
 ]
 
 
-@pytest.mark.parametrize("make", TREES)
-def test_template_fill_equals_protobuf_and_refuses_other_types(make: Callable[[], Any]) -> None:
+LARGE = np.arange(BLOB_MIN_BYTES // 4, dtype=np.float32)
+RESPONSES = [lambda make=make: [make(), make()] for make in TREES] + [
+    # gradients with a frame and forward without (blobs.around writes forward first), and the other way round
+    lambda: [(LARGE, np.int8(3)), (np.float32(1.5), np.zeros(2))],
+    lambda: [np.ones(3, np.float32), (LARGE, np.arange(2))],
+]
+
+
+@pytest.mark.parametrize("make", RESPONSES)
+def test_template_joins_the_first_responses_bytes_cut_around_large_leaves_and_refuses_other_types(
+    make: Callable[[], list[Any]], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A plan's second response, joined by the Template its first one taught it, is byte for byte the first one's
+    (protobuf's, cut around its large leaves by blobs.around, and parsed as protobuf's deterministic serialization), cut
+    at the same places, its large leaves not copied; a result of other types is serialized by protobuf."""
     from gradserve.server import compute
 
     names = ("gradients", "forward")
-    trees = [make(), make()]
-    response = service_pb2.GradResponse()
-    encoded = compute._encode(trees, names, response)
-    body = splice(encoded.parts, [data_header(a.nbytes) + a.tobytes() for a in encoded.arrays])
-    template = compute.Template.of(response, names, [a.nbytes for a in encoded.arrays])
+    trees = make()
+    found = compute.Plan(None, [], 0, {})  # type: ignore[arg-type]  # encode reads only the layout
+    first = compute.encode(found, "grad", trees)
+    assert found.layout is not None
+    protobuf = compute._encode
+    with monkeypatch.context() as m:
+        m.setattr(compute, "_encode", None)  # the second response is joined by the template alone
+        second = compute.encode(found, "grad", trees)
     flat = [np.asarray(a) for tree in trees for a in _leaves(tree)]
-    filled = template.fill(flat)
-    assert len(filled.parts) == len(encoded.parts) and [a.shape for a in filled.arrays] == [a.shape for a in encoded.arrays]
-    again = splice(filled.parts, [data_header(a.nbytes) + np.ascontiguousarray(a).tobytes() for a in filled.arrays])
-    assert service_pb2.GradResponse.FromString(again) == service_pb2.GradResponse.FromString(body)
-    message = service_pb2.GradResponse.FromString(again)
-    got = [a for name in names if message.HasField(name) for a in _leaves(codec.decode_tree(getattr(message, name)))]
-    assert len(got) == len(flat)
-    for a, want in zip(got, flat):
-        assert a.dtype == want.dtype
-        np.testing.assert_array_equal(a, want)
+    large = [a for a in flat if a.nbytes >= BLOB_MIN_BYTES]
+    assert [a.shape for a in second.arrays] == [a.shape for a in first.arrays] == [a.shape for a in large]
+    assert all(np.shares_memory(got, a) for got, a in zip(second.arrays, large) if a.flags.c_contiguous)
+    assert second.parts == first.parts and len(second.parts) == len(large) + 1
+    want = serialized(trees, names)
+    assert service_pb2.GradResponse.FromString(framed(second)) == service_pb2.GradResponse.FromString(want)
+    if found.layout.order is None:
+        assert framed(second) == want
+    other = [tuple(np.asarray(a).astype(np.float64 if np.asarray(a).dtype != np.float64 else np.float32)
+                   for a in _leaves(tree)) for tree in trees]
     if flat:
-        assert template.fill([a.astype(np.float64) if a.dtype != np.float64 else a.astype(np.float32) for a in flat]) is None
-        assert template.fill([a.reshape(a.shape + (1,)) for a in flat]) is None
-        assert template.fill(flat[:-1]) is None
+        template = found.layout.template
+        assert template.chunks([a for tree in other for a in tree]) is None
+        assert template.chunks([a.reshape(a.shape + (1,)) for a in flat]) is None
+        assert template.chunks(flat[:-1]) is None
+        assert compute._encode is protobuf
+        assert framed(compute.encode(found, "grad", other)) == framed(protobuf(other, names, service_pb2.GradResponse()))
+
+
+def framed(encoded: Any) -> bytes:
+    """The response ``encoded`` cuts, joined with its large leaves' frames (as the servicer joins them)."""
+    return splice(encoded.parts, [data_header(a.nbytes) + np.ascontiguousarray(a).tobytes() for a in encoded.arrays])
+
+
+def serialized(trees: list[Any], names: tuple[str, ...]) -> bytes:
+    """Protobuf's deterministic serialization of the response holding ``trees`` in its fields ``names``."""
+    response = service_pb2.GradResponse()
+    for tree, name in zip(trees, names):
+        codec.encode_tree(tree, getattr(response, name))
+    return response.SerializeToString(deterministic=True)
 
 
 def _leaves(tree: Any) -> list[Any]:
     return [x for t in tree for x in _leaves(t)] if isinstance(tree, tuple) else [tree]
 
 
-# ---- regressions of Plan.take and Template.of, with the lane and without it ----
+# ---- regressions of Plan.take and the response Template, with the lane and without it ----
 
 LANE = {"lane": {}, "workers only": {"local_max_elements": 0}}
 
@@ -469,8 +502,8 @@ def test_sens_given_as_an_extra_input_is_refused_before_and_after_the_plan_exist
 
 
 def test_zero_size_result_with_a_dimension_over_the_codec_default_element_limit(stub: service_pb2_grpc.GradientStub) -> None:
-    """The server allows 2**28 elements (counting a 0 dimension as 1); Template.of decodes the first
-    response with codec.DEFAULT_LIMITS (2**26) and fails the request with RESOURCE_EXHAUSTED."""
+    """The server allows 2**28 elements (counting a 0 dimension as 1); a response Template that decoded the first
+    response with codec.DEFAULT_LIMITS (2**26) would fail the request with RESOURCE_EXHAUSTED."""
     shape = (0, 100_000_000)
     b = GraphBuilder()
     nid = register(stub, b.build(b.op("Sin", b.input("x", "float32", shape))))
@@ -481,7 +514,8 @@ def test_zero_size_result_with_a_dimension_over_the_codec_default_element_limit(
 
 
 def test_result_of_a_rank_the_server_allows_but_the_codec_default_does_not(stub: service_pb2_grpc.GradientStub) -> None:
-    """With max_tensor_rank=40, a rank-33 input is accepted but its rank-33 result fails in Template.of."""
+    """With max_tensor_rank=40, a rank-33 input is accepted, and so is its rank-33 result, which a response Template
+    that decoded it with the codec's default limits would refuse."""
     shape = (1,) * 33
     b = GraphBuilder()
     x = b.input("x", "float32", shape)

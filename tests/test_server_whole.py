@@ -13,7 +13,8 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serverkit import rejected, wait_until
+from google.protobuf.message import DecodeError
+from serverkit import overlong, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -84,7 +85,7 @@ def test_bytes_protobuf_reads_specially_get_what_protobuf_reads(
     data = bytes(blobs._key(graph_pb2.Tensor.DESCRIPTOR.fields_by_name["data"]))
     twice = head + data + blobs._varint(8 * n) + np.ones(n).tobytes() + data + blobs._varint(8 * n) + x.tobytes()
     unknown = blobs._varint(99 << 3 | 2) + b"\x02zz"  # field 99, unknown to both messages
-    cut = list(blobs._fields(graph, 0, len(graph)))[2][0]  # two graph fields, merged into the graph
+    cut = list(codec.read_fields(graph, 0, len(graph)))[2][0]  # two graph fields, merged into the graph
     registered = len(server.servicer.registry)
     requests = {
         "data twice (the last kept)": field("network_id", nid.encode()) + field("inputs", twice),
@@ -189,3 +190,46 @@ def test_many_threads_mixing_small_whole_and_lifted_requests_each_get_their_own_
     with ThreadPoolExecutor(max_workers=8) as pool:
         list(pool.map(one, range(120)))
     assert server.servicer.lane.served > served and server.servicer._held == 0  # the small ones' tiny plan ran in the lane
+
+
+GRAD = "/gradserve.v1.Gradient/Grad"
+GRAD_FIELDS = service_pb2.GradRequest.DESCRIPTOR.fields_by_name
+PARSED = {3000: (0, blobs.BLOB_MIN_BYTES - 1), 10000: (blobs.BLOB_MIN_BYTES, blobs.WHOLE_MAX_BYTES),
+          40000: (blobs.WHOLE_MAX_BYTES + 1, 1 << 20)}
+"""Request sizes for ``n`` float64 inputs: parsed at once (``lift`` of a small request), whole, and lifted."""
+
+
+@pytest.mark.parametrize("n", [3000, 10000, 40000], ids=["small", "parsed whole", "lifted"])
+@pytest.mark.parametrize("where", ["input", "data"])
+def test_lengths_padded_past_5_bytes_which_protobuf_refuses_are_invalid_argument_however_the_request_is_parsed(
+    stub: service_pb2_grpc.GradientStub, channel: grpc.Channel, n: int, where: str,
+) -> None:
+    """Protobuf reads a length padded to 5 bytes and refuses one of 6; the server reads as protobuf does, whether it
+    parses the request at once (24 KB), whole (80 KB) or lifts it (320 KB, above ``blobs.WHOLE_MAX_BYTES``)."""
+    x = np.linspace(-3, 3, n)
+    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=sin_graph(n))).network_id
+    head = graph_pb2.Tensor(dtype=graph_pb2.DATA_TYPE_FLOAT64, shape=[n]).SerializeToString()
+    data_key = bytes(blobs._key(graph_pb2.Tensor.DESCRIPTOR.fields_by_name["data"]))
+    input_key = bytes(blobs._key(GRAD_FIELDS["inputs"]))
+    grad = codec.encode_grad_operation().SerializeToString()
+    for width in (5, 6):
+        if where == "data":
+            tensor = head + data_key + overlong(8 * n, width) + x.tobytes()
+            inputs = input_key + blobs._varint(len(tensor)) + tensor
+        else:
+            tensor = head + data_key + blobs._varint(8 * n) + x.tobytes()
+            inputs = input_key + overlong(len(tensor), width) + tensor
+        raw = (bytes(blobs._key(GRAD_FIELDS["network_id"])) + blobs._varint(len(nid)) + nid.encode()
+               + bytes(blobs._key(GRAD_FIELDS["grad"])) + blobs._varint(len(grad)) + grad + inputs)
+        low, high = PARSED[n]
+        assert low <= len(raw) <= high
+        if width == 5:
+            response = service_pb2.GradResponse.FromString(channel.unary_unary(GRAD)(raw, timeout=30))
+            np.testing.assert_allclose(codec.decode_tree(response.gradients), np.cos(x), rtol=1e-12)
+            continue
+        with pytest.raises(DecodeError):
+            service_pb2.GradRequest.FromString(raw)
+        failed = rejected(lambda: channel.unary_unary(GRAD)(raw, timeout=30))
+        assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
+        assert failed.details() == ("/gradserve.v1.Gradient/Grad: the request is not a valid gradserve.v1.GradRequest "
+                                    "message: the bytes are not valid protobuf wire format (garbage or truncated)")

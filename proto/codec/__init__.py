@@ -3,7 +3,8 @@
 One module per thing converted: ``tensors`` (dtypes, tensors, result trees), ``attrs`` (node attributes),
 ``graphs`` (networks and their ids), ``onnx_models`` (ONNX models sent for registration), ``calls`` (GradOperation, Grad and Run requests),
 ``catalog`` (ListOps) and ``templates`` (messages of one layout written and read around their tensors' data, for repeated
-calls); ``limits`` holds what a request may contain and ``errors`` the codec's errors.
+calls); ``wire`` walks protobuf's framing as strictly as protobuf reads it (for the templates and the server's ``blobs``),
+``limits`` holds what a request may contain and ``errors`` the codec's errors.
 
 Nothing from the wire is trusted: dtypes, shapes, byte lengths, names, nesting and sizes are checked
 before any array is allocated, and every failure is a :class:`WireError` whose ``field`` is the path
@@ -37,11 +38,12 @@ from .tensors import (
     encode_tree,
     supported_dtypes,
 )
+from .wire import Irregular, read_fields, read_varint
 
 __all__ = [
-    "DEFAULT_LIMITS", "Call", "LimitError", "Limits", "Template", "TreeReader", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
+    "DEFAULT_LIMITS", "Call", "Irregular", "LimitError", "Limits", "Template", "TreeReader", "WireError", "apply_grad_operation", "decode_attr", "decode_dtype",
     "decode_graph", "decode_grad_call", "decode_onnx_model", "decode_parameter_overrides", "decode_run_call", "decode_tensor", "decode_tree",
     "encode_attr", "encode_dtype", "encode_grad_operation", "encode_graph", "encode_tensor", "encode_tree", "list_ops", "message_id",
     "request_bytes_metadata", "REQUEST_BYTES_HEADER",
-    "network_id", "supported_dtypes",
+    "network_id", "read_fields", "read_varint", "supported_dtypes",
 ]

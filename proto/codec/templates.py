@@ -1,8 +1,8 @@
 """Templates: serialized messages of one layout cut around their tensors' data, so that messages of the same
 types are written by one join and read by ``np.frombuffer`` at known offsets, with no message built.
 
-A layout is learned from one serialized message (``Template.learn``): a strict walk of its wire bytes, guided by
-the descriptors, finds every Tensor's data; whatever protobuf might read differently from that walk (unknown or
+A layout is learned from one serialized message (``Template.learn``): a strict walk of its wire bytes (``wire``'s),
+guided by the descriptors, finds every Tensor's data; whatever protobuf might read differently from that walk (unknown or
 repeated singular fields, several members of a oneof, a repeated map key, a map entry without its message value, a
 key or length longer than protobuf's 5 bytes, a tensor whose byte count does not fit its type) gives no template. Every byte outside the data then belongs to the template's ``pieces``. A message
 whose bytes outside the data are exactly those pieces, with data of the same lengths, parses as the learned one
@@ -14,7 +14,7 @@ import dataclasses
 import math
 import sys
 from dataclasses import dataclass
-from typing import Any, Iterator, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -24,6 +24,7 @@ from gradserve.v1 import graph_pb2 as pb
 from .errors import WireError
 from .limits import DEFAULT_LIMITS, Limits
 from .tensors import decode_dtype, decode_tree
+from .wire import Bytes, Irregular, read_fields, read_varint
 
 Path = tuple[Any, ...]
 """Where a tensor is in its message: field names, with a list index or a map key after a repeated or map field
@@ -38,10 +39,6 @@ _LITTLE = sys.byteorder == "little"
 _LOW64 = (1 << 64) - 1
 
 
-class _Irregular(Exception):
-    """Bytes that a template does not describe with certainty, so that protobuf alone reads them."""
-
-
 @dataclass(frozen=True, slots=True)
 class Slot:
     """One tensor of a layout: where it is, its type, and where its data starts in the serialized message."""
@@ -51,46 +48,6 @@ class Slot:
     shape: tuple[int, ...]
     start: int
     nbytes: int
-
-
-def _varint(buf: bytes, pos: int, end: int) -> tuple[int, int]:
-    """The varint at ``buf[pos]`` and the position after it."""
-    value = shift = 0
-    for i in range(pos, min(end, pos + 10)):
-        byte = buf[i]
-        value |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return value, i + 1
-        shift += 7
-    raise _Irregular
-
-
-def _fields(buf: bytes, pos: int, end: int) -> Iterator[tuple[int, int, int, int]]:
-    """(number, wire type, payload start, payload end) of each field of the message ``buf[pos:end]``; a key or a
-    length longer than 5 bytes, which protobuf refuses even when padded, is irregular."""
-    while pos < end:
-        key, at = _varint(buf, pos, end)
-        number, wire = key >> 3, key & 7
-        if number == 0 or key > 0xFFFFFFFF or at - pos > 5:
-            raise _Irregular
-        pos = at
-        if wire == 0:
-            after = _varint(buf, pos, end)[1]
-        elif wire == 2:
-            size, at = _varint(buf, pos, end)
-            if at - pos > 5:
-                raise _Irregular
-            pos, after = at, at + size
-        elif wire == 1:
-            after = pos + 8
-        elif wire == 5:
-            after = pos + 4
-        else:
-            raise _Irregular
-        if after > end:
-            raise _Irregular
-        yield number, wire, pos, after
-        pos = after
 
 
 _WIRE_OF_TYPE = {FieldDescriptor.TYPE_DOUBLE: 1, FieldDescriptor.TYPE_FIXED64: 1, FieldDescriptor.TYPE_SFIXED64: 1,
@@ -104,78 +61,78 @@ def _repeated(field: FieldDescriptor) -> bool:
     return bool(field.is_repeated)
 
 
-def _tensor(buf: bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None:
+def _tensor(buf: Bytes, pos: int, end: int, path: Path, out: list[Slot]) -> None:
     """Append the Slot of the serialized Tensor ``buf[pos:end]``: one dtype, packed shape and data at most."""
     dtype = 0
     shape: list[int] = []
     data = None
     seen: set[int] = set()
-    for number, wire, begin, after in _fields(buf, pos, end):
+    for _, number, wire, begin, after in read_fields(buf, pos, end):
         if number in seen:
-            raise _Irregular
+            raise Irregular
         seen.add(number)
         if number == _DTYPE and wire == 0:
-            dtype = _varint(buf, begin, after)[0]
+            dtype = read_varint(buf, begin, after)[0]
         elif number == _SHAPE and wire == 2:
             at = begin
             while at < after:
-                d, at = _varint(buf, at, after)
+                d, at = read_varint(buf, at, after)
                 d &= _LOW64  # protobuf keeps a varint's low 64 bits (a 10th byte may carry more)
                 shape.append(d - (1 << 64) if d >= 1 << 63 else d)
         elif number == _DATA and wire == 2:
             data = (begin, after)
         else:
-            raise _Irregular
+            raise Irregular
     try:
         dt = decode_dtype(dtype, "dtype")  # type: ignore[arg-type]
     except WireError:
-        raise _Irregular from None
+        raise Irregular from None
     if min(shape, default=0) < 0:
-        raise _Irregular
+        raise Irregular
     start, stop = data if data is not None else (end, end)
     if stop - start != math.prod(shape) * dt.itemsize:
-        raise _Irregular
+        raise Irregular
     out.append(Slot(path, dt, tuple(shape), start, stop - start))
 
 
-def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, out: list[Slot], depth: int) -> None:
+def _walk(buf: Bytes, pos: int, end: int, descriptor: Descriptor, path: Path, out: list[Slot], depth: int) -> None:
     """Append the Slot of every Tensor in the serialized ``descriptor`` message ``buf[pos:end]``, in byte order."""
     if depth > MAX_DEPTH:
-        raise _Irregular
+        raise Irregular
     fields = descriptor.fields_by_number
     singular: set[int] = set()
     oneofs: set[str] = set()
     counts: dict[int, int] = {}
     keys: dict[int, set[Any]] = {}
-    for number, wire, begin, after in _fields(buf, pos, end):
+    for _, number, wire, begin, after in read_fields(buf, pos, end):
         field = fields.get(number)
         if field is None:
-            raise _Irregular
+            raise Irregular
         if _repeated(field):
             index = counts.get(number, 0)
             counts[number] = index + 1
         else:
             if number in singular:
-                raise _Irregular
+                raise Irregular
             singular.add(number)
             if field.containing_oneof is not None:
                 if field.containing_oneof.name in oneofs:
-                    raise _Irregular
+                    raise Irregular
                 oneofs.add(field.containing_oneof.name)
         if field.type != FieldDescriptor.TYPE_MESSAGE:
             packed = _repeated(field) and wire == 2 and field.type not in _WIRE_OF_TYPE
             if wire != _WIRE_OF_TYPE.get(field.type, 0) and not packed:
-                raise _Irregular
+                raise Irregular
             continue
         if wire != 2:
-            raise _Irregular
+            raise Irregular
         sub = field.message_type
         if sub is None:
-            raise _Irregular
+            raise Irregular
         if sub.GetOptions().map_entry:
             key = _map_key(buf, begin, after, sub)
             if key in keys.setdefault(number, set()):
-                raise _Irregular
+                raise Irregular
             keys[number].add(key)
             value = sub.fields_by_name["value"]
             if value.type == FieldDescriptor.TYPE_MESSAGE:
@@ -190,17 +147,17 @@ def _walk(buf: bytes, pos: int, end: int, descriptor: Descriptor, path: Path, ou
         else:
             _walk(buf, begin, after, sub, here, out, depth + 1)
     if descriptor.GetOptions().map_entry and descriptor.fields_by_name["value"].number not in singular:
-        raise _Irregular  # protobuf gives the entry an empty message, which has no bytes here to be a slot
+        raise Irregular  # protobuf gives the entry an empty message, which has no bytes here to be a slot
 
 
-def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
+def _map_key(buf: Bytes, pos: int, end: int, entry: Descriptor) -> Any:
     """The key of the serialized map entry ``buf[pos:end]`` (string keys as str, integer keys as int)."""
     key_field = entry.fields_by_name["key"]
     found = None
-    for number, wire, begin, after in _fields(buf, pos, end):
+    for _, number, wire, begin, after in read_fields(buf, pos, end):
         if number == key_field.number:
             if found is not None:
-                raise _Irregular
+                raise Irregular
             found = (wire, begin, after)
     if found is None:
         return "" if key_field.type == FieldDescriptor.TYPE_STRING else 0
@@ -209,19 +166,19 @@ def _map_key(buf: bytes, pos: int, end: int, entry: Descriptor) -> Any:
         try:
             return bytes(buf[begin:after]).decode("utf-8")
         except UnicodeDecodeError:
-            raise _Irregular from None
+            raise Irregular from None
     if wire == 0:
-        return _varint(buf, begin, after)[0]
-    raise _Irregular
+        return read_varint(buf, begin, after)[0]
+    raise Irregular
 
 
-def slots(raw: bytes, descriptor: Descriptor) -> list[Slot] | None:
+def slots(raw: Bytes, descriptor: Descriptor) -> list[Slot] | None:
     """Every Tensor of the serialized ``descriptor`` message ``raw`` in byte order, or None when its framing is
     anything but plain (see the module's docstring)."""
     out: list[Slot] = []
     try:
         _walk(raw, 0, len(raw), descriptor, (), out, 1)
-    except _Irregular:
+    except Irregular:
         return None
     return out
 
@@ -245,9 +202,9 @@ class Template:
              s.dtype.kind == "b") for s, piece in zip(self.slots, self.pieces[1:])))
 
     @classmethod
-    def learn(cls, raw: bytes, descriptor: Descriptor) -> Template | None:
-        """The template of the serialized ``descriptor`` message ``raw``; None when its framing is not plain, or on a
-        big-endian machine (where the data is not in the arrays' byte order)."""
+    def learn(cls, raw: Bytes, descriptor: Descriptor) -> Template | None:
+        """The template of the serialized ``descriptor`` message ``raw`` (whose tensors' data is never read); None when
+        its framing is not plain, or on a big-endian machine (where the data is not in the arrays' byte order)."""
         found = slots(raw, descriptor) if _LITTLE else None
         if found is None:
             return None
@@ -267,15 +224,23 @@ class Template:
         """The message of this layout holding ``arrays`` (one per slot, in slot order) as its tensors' data, in one
         copy of each; None unless each has its slot's dtype and shape (taken, as ``encode_tensor`` takes them, by
         ``np.asarray``: a list or a scalar too)."""
+        chunks = self.chunks(arrays)
+        return None if chunks is None else b"".join(chunks)
+
+    def chunks(self, arrays: Sequence[Any]) -> list[Any] | None:
+        """What ``join`` joins: ``pieces[0]``, the C-contiguous array of ``arrays[0]``, ``pieces[1]``, ...,
+        ``pieces[-1]``, for a caller that cuts the message around some of its data; None as for ``join``."""
         if len(arrays) != len(self.slots):
             return None
         out: list[Any] = []
-        for piece, s, a in zip(self.pieces, self.slots, map(np.asarray, arrays)):
+        for piece, s, a in zip(self.pieces, self.slots, arrays):
+            a = np.asarray(a)
             if a.dtype != s.dtype or a.shape != s.shape:
                 return None
-            out += (piece, a if a.flags.c_contiguous else np.ascontiguousarray(a))
+            out.append(piece)
+            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
         out.append(self.pieces[-1])
-        return b"".join(out)
+        return out
 
     def read(self, raw: bytes) -> list[np.ndarray] | None:
         """The read-only arrays of the message ``raw``'s tensors, in slot order, when ``raw`` has this layout (every
