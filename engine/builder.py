@@ -18,11 +18,10 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 def gc_paused(fn: Fn) -> Fn:
     """Run ``fn`` with Python's cyclic garbage collector paused (then restored as it was): a graph transform allocates
     tens of thousands of long-lived Values and Nodes, and the collections they trigger, each scanning all of them, cost
-    as much again as the transform itself; nothing is lost, garbage waits for the next collection. On the way out every
-    tracked object is moved to the oldest generation (``gc.freeze()`` then ``gc.unfreeze()``, no scan), so the young
-    collection that the objects made while paused would trigger, one scan of all of them at the program's first run,
-    never happens; their cyclic garbage waits for the next full collection. When the process has frozen objects of its
-    own (``gc.freeze()``, as a pre-forking server may), nothing is moved: unfreezing would release them too."""
+    as much again as the transform itself; nothing is lost, garbage waits for the next collection. What ``fn`` made
+    is left in the youngest generation (not moved to the oldest, e.g. by ``gc.freeze()``): that would move every
+    object of the process there too, and a caller's cyclic garbage would then wait for a full collection, which a
+    loop of compiles may never trigger."""
 
     @functools.wraps(fn)
     def paused(*args: Any, **kwargs: Any) -> Any:
@@ -32,9 +31,6 @@ def gc_paused(fn: Fn) -> Fn:
         try:
             return fn(*args, **kwargs)
         finally:
-            if not gc.get_freeze_count():
-                gc.freeze()
-                gc.unfreeze()
             gc.enable()
 
     return paused  # type: ignore[return-value]
