@@ -215,8 +215,9 @@ class GraphBuilder:
             raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
         else:
             _, sep, tail = name.rpartition("_")
-            if sep and tail.isascii() and tail.isdigit() and tail == str(int(tail)):
-                self._claimed.add(int(tail))
+            k = _index(tail) if sep else None
+            if k is not None:
+                self._claimed.add(k)
         self._node_names.add(name)
         return name
 
@@ -225,10 +226,8 @@ class GraphBuilder:
         if name in self._node_names:
             return True
         _, sep, tail = name.rpartition("_")
-        if not (sep and tail.isascii() and tail.isdigit()):
-            return False
-        k = int(tail)
-        return k < len(self.nodes) and self.nodes[k]._name == k and self.nodes[k].name == name
+        k = _index(tail) if sep else None
+        return k is not None and k < len(self.nodes) and self.nodes[k]._name == k and self.nodes[k].name == name
 
     def build(self, outputs: Any) -> Graph:
         """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
@@ -248,8 +247,13 @@ class GraphBuilder:
 
 def _fresh_index(name: str) -> int | None:
     """k when ``name`` is ``%k`` (k in decimal, as a builder names values itself), else None."""
-    digits = name[1:]
-    if name[:1] == "%" and digits.isascii() and digits.isdigit() and digits == str(int(digits)):
+    return _index(name[1:]) if name[:1] == "%" else None
+
+
+def _index(digits: str) -> int | None:
+    """k when ``digits`` is ``str(k)`` for a k that can index a builder's nodes or values, else None (no int is made of
+    thousands of digits, which Python refuses)."""
+    if 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit() and (digits[0] != "0" or digits == "0"):
         return int(digits)
     return None
 
