@@ -215,9 +215,9 @@ class GraphBuilder:
             raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
         else:
             _, sep, tail = name.rpartition("_")
-            k = _index(tail) if sep else None
-            if k is not None:
-                self._claimed.add(k)
+            claim = _index(tail) if sep else None
+            if claim is not None:
+                self._claimed.add(claim)
         self._node_names.add(name)
         return name
 
