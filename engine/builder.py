@@ -18,11 +18,10 @@ Fn = TypeVar("Fn", bound=Callable[..., Any])
 def gc_paused(fn: Fn) -> Fn:
     """Run ``fn`` with Python's cyclic garbage collector paused (then restored as it was): a graph transform allocates
     tens of thousands of long-lived Values and Nodes, and the collections they trigger, each scanning all of them, cost
-    as much again as the transform itself; nothing is lost, garbage waits for the next collection. On the way out every
-    tracked object is moved to the oldest generation (``gc.freeze()`` then ``gc.unfreeze()``, no scan), so the young
-    collection that the objects made while paused would trigger, one scan of all of them at the program's first run,
-    never happens; their cyclic garbage waits for the next full collection. When the process has frozen objects of its
-    own (``gc.freeze()``, as a pre-forking server may), nothing is moved: unfreezing would release them too."""
+    as much again as the transform itself; nothing is lost, garbage waits for the next collection. What ``fn`` made
+    is left in the youngest generation (not moved to the oldest, e.g. by ``gc.freeze()``): that would move every
+    object of the process there too, and a caller's cyclic garbage would then wait for a full collection, which a
+    loop of compiles may never trigger."""
 
     @functools.wraps(fn)
     def paused(*args: Any, **kwargs: Any) -> Any:
@@ -32,9 +31,6 @@ def gc_paused(fn: Fn) -> Fn:
         try:
             return fn(*args, **kwargs)
         finally:
-            if not gc.get_freeze_count():
-                gc.freeze()
-                gc.unfreeze()
             gc.enable()
 
     return paused  # type: ignore[return-value]
@@ -219,8 +215,9 @@ class GraphBuilder:
             raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
         else:
             _, sep, tail = name.rpartition("_")
-            if sep and tail.isascii() and tail.isdigit() and tail == str(int(tail)):
-                self._claimed.add(int(tail))
+            claim = _index(tail) if sep else None
+            if claim is not None:
+                self._claimed.add(claim)
         self._node_names.add(name)
         return name
 
@@ -229,10 +226,8 @@ class GraphBuilder:
         if name in self._node_names:
             return True
         _, sep, tail = name.rpartition("_")
-        if not (sep and tail.isascii() and tail.isdigit()):
-            return False
-        k = int(tail)
-        return k < len(self.nodes) and self.nodes[k]._name == k and self.nodes[k].name == name
+        k = _index(tail) if sep else None
+        return k is not None and k < len(self.nodes) and self.nodes[k]._name == k and self.nodes[k].name == name
 
     def build(self, outputs: Any) -> Graph:
         """Finish the graph with ``outputs``: a Value or a nested tuple of Values."""
@@ -252,8 +247,13 @@ class GraphBuilder:
 
 def _fresh_index(name: str) -> int | None:
     """k when ``name`` is ``%k`` (k in decimal, as a builder names values itself), else None."""
-    digits = name[1:]
-    if name[:1] == "%" and digits.isascii() and digits.isdigit() and digits == str(int(digits)):
+    return _index(name[1:]) if name[:1] == "%" else None
+
+
+def _index(digits: str) -> int | None:
+    """k when ``digits`` is ``str(k)`` for a k that can index a builder's nodes or values, else None (no int is made of
+    thousands of digits, which Python refuses)."""
+    if 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit() and (digits[0] != "0" or digits == "0"):
         return int(digits)
     return None
 

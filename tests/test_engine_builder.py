@@ -63,3 +63,19 @@ def test_inference_is_remembered_only_for_equal_types_and_attributes() -> None:
     assert g.op("ReduceSum", a, axis=(1,), keep_dims=False).shape == (2,)
     with pytest.raises(GraphError, match="keep_dims"):
         g.op("ReduceSum", a, axis=(1,), keep_dims=1)
+
+
+def test_names_ending_in_thousands_of_digits_are_names_like_any_other() -> None:
+    digits = "7" * 5000  # more than Python converts to an int by default
+    g = GraphBuilder("long")
+    x = g.input("x", "float32", (2,))
+    y = g.add_node("Tanh", [x], name=f"tanh_{digits}", output_names=[f"%{digits}"])[0]
+    z = g.add_node("Sin", [y], name_hint=f"sin_{digits}")[0]
+    graph = g.build(z)
+    assert [n.name for n in graph.nodes] == [f"tanh_{digits}", f"sin_{digits}"]
+    assert (y.name, z.name) == (f"%{digits}", "%0")
+    with pytest.raises(GraphError, match=r"node name 'tanh_7+'\.\.\. \(5005 characters\) is used twice"):
+        g2 = GraphBuilder("twice")
+        x2 = g2.input("x", "float32", (2,))
+        g2.add_node("Tanh", [x2], name=f"tanh_{digits}")
+        g2.add_node("Tanh", [x2], name=f"tanh_{digits}")

@@ -3,6 +3,7 @@ rebuilt graphs share one read-only copy of each weight, and copies of checked no
 from __future__ import annotations
 
 import gc
+import weakref
 
 import numpy as np
 import pytest
@@ -127,6 +128,26 @@ def test_transforms_leave_the_garbage_collector_as_they_found_it() -> None:
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+class _Cycle:
+    """Cyclic garbage, as a caller's code may leave before a compile (only the cyclic collector frees it)."""
+
+    def __init__(self) -> None:
+        self.me = self
+
+
+def test_cyclic_garbage_made_before_a_transform_is_freed_by_the_young_collections_after_it() -> None:
+    rng = np.random.default_rng(3)
+    net = _mlp(rng)
+    gc.collect()
+    cycle = _Cycle()
+    freed = weakref.ref(cycle)
+    del cycle
+    compile_graph(grad_operation(net, get_all=True))
+    kept: list[list[int]] = [[] for _ in range(30 * gc.get_threshold()[0])]  # live: young collections only, no full one
+    assert freed() is None, "a server loop that compiles between requests would keep such garbage without bound"
+    del kept
 
 
 def test_calls_after_the_straight_line_plan_still_check_inputs_and_parameters() -> None:
