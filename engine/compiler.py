@@ -553,7 +553,7 @@ class Program:
                 key = (id(attrs), fwd)
                 fn = bound.get(key)
                 if fn is None:
-                    fn = bound[key] = functools.partial(fwd, **attrs)
+                    fn = bound[key] = opdef.bind(attrs) if opdef.bind is not None else functools.partial(fwd, **attrs)
             else:
                 fn = fwd
             inputs, outputs = n.inputs, n.outputs
@@ -659,9 +659,9 @@ class Program:
         if len(inputs) != len(self._expected):
             names = [v.name for _, v in self._inputs]
             raise InputError(f"graph {shown(self.graph.name)} takes {len(names)} inputs {shown_names(names)}, got {len(inputs)}")
-        for a, (dtype, shape, v) in zip(inputs, self._expected):
+        for i, (a, (dtype, shape, v)) in enumerate(zip(inputs, self._expected)):
             if a.__class__ is not np.ndarray or a.dtype != dtype or a.shape != shape:
-                _check(a, v, "input")
+                inputs = (*inputs[:i], _check(a, v, "input"), *inputs[i + 1:])
         if params:
             for name, a in params.items():
                 slot = self._params.get(name)
@@ -669,7 +669,7 @@ class Program:
                     _unknown_parameter(self.graph.name, sorted(self._params), params)
                 v = slot[1].value
                 if a.__class__ is not np.ndarray or a.dtype != v.type.dtype or a.shape != v.type.shape:
-                    _check(a, v, "parameter")
+                    params = {**params, name: _check(a, v, "parameter")}
         return self.run(inputs, params, interrupt)
 
     def run(
@@ -797,14 +797,14 @@ def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]
     for i, (s, v) in enumerate(program._inputs):
         space[f"v{i}"], space[f"d{i}"], space[f"h{i}"] = v, v.dtype, v.shape
         lines.append(f"    if s{s}.__class__ is not nd or s{s}.dtype != d{i} or s{s}.shape != h{i}:")
-        lines.append(f"        check(s{s}, v{i}, 'input')")
+        lines.append(f"        s{s} = check(s{s}, v{i}, 'input')")
     lines += ["    if p:", "        n = len(p)"]
     for j, (name, (s, prm)) in enumerate(program._params.items()):
         v = prm.value
         space[f"k{j}"], space[f"pv{j}"], space[f"pd{j}"], space[f"ph{j}"] = name, v, v.dtype, v.shape
         lines += [f"        s{s} = p.get(k{j}, miss)", f"        if s{s} is miss:", f"            s{s} = e[{s}]", "        else:",
                   "            n -= 1", f"            if s{s}.__class__ is not nd or s{s}.dtype != pd{j} or s{s}.shape != ph{j}:",
-                  f"                check(s{s}, pv{j}, 'parameter')"]
+                  f"                s{s} = check(s{s}, pv{j}, 'parameter')"]
     lines += ["        if n:", "            unknown(p)", "    else:"]
     lines += [f"        s{s} = e[{s}]" for s, _ in program._params.values()] or ["        pass"]
     in_p = {s for s, _ in program._params.values()}
@@ -815,7 +815,9 @@ def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]
         if checked:
             lines.append(f"    if i(): halt({k})")
         args = [f"s{s}" for s in ins]
-        for j, (key, val) in enumerate(n.attrs.items()):
+        if opdef.bind is not None and n.attrs:
+            space[f"f{k}"] = program._steps[k][0]  # bound once, shared with the step loop
+        for j, (key, val) in enumerate(n.attrs.items() if opdef.bind is None else ()):
             if not key.isidentifier() or keyword.iskeyword(key):
                 space[f"f{k}"] = functools.partial(opdef.forward, **n.attrs)
                 args = args[: len(ins)]
@@ -834,8 +836,11 @@ def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]
         if frees:
             lines.append(f"    del {', '.join(f's{s}' for s in frees)}")
     space["asarray"], space["array"] = np.asarray, np.array
-    leaves = iter(
-        f"array(s{s})" if i in program._copied_outputs else f"asarray(s{s})" for i, s in enumerate(program._out_slots)
+    arrays = {outs[0] for n, (_, _, outs, _, _) in zip(program._plan_nodes, program._steps)
+              if len(outs) == 1 and n.outputs[0].type.shape and (OPS[n.op].out or isinstance(OPS[n.op].forward, np.ufunc))}
+    leaves = iter(  # a ufunc's result of rank >= 1, or an ``out`` op's, is an array already: no asarray to call
+        f"array(s{s})" if i in program._copied_outputs else f"s{s}" if s in arrays else f"asarray(s{s})"
+        for i, s in enumerate(program._out_slots)
     )
     lines.append(f"    return {_tree_code(program.graph.outputs, leaves)}")
     exec(compile("\n".join(lines), f"<plan of {program.graph.name[:64]}>", "exec"), space)
@@ -894,10 +899,13 @@ def _unknown_parameter(graph: str, names: list[str], params: Mapping[str, Any]) 
     raise InputError(f"graph {shown(graph)} has no parameter {shown(bad)}; parameters: {shown_names(names)}")
 
 
-def _check(a: Any, v: Value, what: str) -> None:
+def _check(a: Any, v: Value, what: str) -> np.ndarray:
+    """``a`` as a plain ndarray (a subclass's data, so that every step computes on plain arrays, and results of rank >= 1
+    need no conversion), or InputError unless it is an ndarray of ``v``'s dtype and shape."""
     if not isinstance(a, np.ndarray) or a.dtype != v.dtype or a.shape != v.shape:
         got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else f"a {type(a).__name__} (not an ndarray)"
         raise InputError(f"{what} {shown(v.name)} expects {v.dtype.name}{list(v.shape)}, got {got}")
+    return np.asarray(a)
 
 
 def compile_graph(graph: Graph) -> Program:

@@ -132,7 +132,9 @@ class OpDef:
     inputs times them (Add (1, 1), Sub (1, -1), Neg (-1,)), broadcasting included: the compiler flattens chains of such
     ops into one sum per result and regroups its terms (:func:`compiler._sums`); ``factors``, on a two-input op linear
     in each input (a product: Mul, MatMul), names the inputs a sum of its results may share: ``op(a, y) + op(b, y)`` is
-    ``op(a + b, y)`` for a shared input y at such a position (either, for Mul), which the same pass uses to save products.
+    ``op(a + b, y)`` for a shared input y at such a position (either, for Mul), which the same pass uses to save products;
+    ``bind(attrs)``, when given, is ``forward`` with those attributes fixed, called with the inputs (and ``out=``) alone:
+    a compiled step calls it instead of passing the attributes as keywords each time (MatMul's transposes, chosen once).
     """
 
     name: str
@@ -160,6 +162,7 @@ class OpDef:
     out: bool = False
     linear: tuple[float, ...] = ()
     factors: tuple[int, ...] = ()
+    bind: Callable[[dict[str, Any]], Callable[..., Any]] | None = None
     lowered: bool = field(init=False, repr=False, compare=False)
     """True for ops expanded into primitives before differentiation or execution (they carry a library graph); a field,
     not a property, as a builder reads it for every node it adds."""
@@ -217,6 +220,7 @@ def defop(
     out: bool = False,
     linear: Sequence[float] = (),
     factors: Sequence[int] = (),
+    bind: Callable[[dict[str, Any]], Callable[..., Any]] | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:
@@ -234,7 +238,7 @@ def defop(
         name, tuple(inputs), infer, forward, vjp, dict(attrs or {}), doc, tuple(nondiff), type_only, tuple(outputs),
         memory, cost, output_count, scratch, expand, tuple(calls), tuple(call_attrs), public, scratch_bytes,
         tuple(call_order), onnx, (functional,) if isinstance(functional, str) else tuple(functional), out, tuple(linear),
-        tuple(factors),
+        tuple(factors), bind,
     )
     OPS[name] = opdef
     return opdef

@@ -475,3 +475,36 @@ def test_a_doubled_difference_of_negations_keeps_the_sign_of_its_zero() -> None:
     xx, yy = np.array([1.5, -2.0, 0.0]), np.array([1.0, -3.0, 2.0])
     with np.errstate(divide="ignore"):
         np.testing.assert_array_equal(prog(xx, yy), yy / ((-xx - -xx) + (-xx - -xx)))
+
+
+@pytest.mark.parametrize(("transpose_a", "transpose_b"), [(False, False), (True, False), (False, True), (True, True)])
+def test_a_bound_product_gives_the_sums_of_products_of_its_transposed_operands_on_every_run(transpose_a: bool, transpose_b: bool) -> None:
+    # MatMul's forward is bound to its flags once (OpDef.bind), in the step loop and in the straight-line plan alike.
+    g = GraphBuilder("bound")
+    a = g.input("a", "float64", (3, 2) if transpose_a else (2, 3))
+    b = g.input("b", "float64", (4, 3) if transpose_b else (3, 4))
+    prog = compile_graph(g.build(g.op("Neg", g.op("MatMul", a, b, transpose_a=transpose_a, transpose_b=transpose_b))))
+    aa, bb = RNG.standard_normal(a.shape), RNG.standard_normal(b.shape)
+    ta, tb = (aa.T if transpose_a else aa), (bb.T if transpose_b else bb)
+    product = [[-sum(ta[i, k] * tb[k, j] for k in range(3)) for j in range(4)] for i in range(2)]
+    for _ in range(12):  # the step loop, then the straight-line plan
+        np.testing.assert_allclose(prog(aa, bb), product, rtol=1e-12)
+
+
+class _Tagged(np.ndarray):
+    """An ndarray subclass, as a caller's array type may be."""
+
+
+def test_arrays_of_a_subclass_are_computed_as_plain_arrays_and_give_plain_arrays() -> None:
+    # Results of rank >= 1 are returned as the steps make them, so inputs and parameters of a subclass are taken as
+    # plain ndarrays first: every result is exactly an ndarray, on every run, as before the plan stopped converting.
+    g = GraphBuilder("plain")
+    x = g.input("x", "float64", (2, 3))
+    w = g.param("w", np.ones((2, 3)))
+    prog = compile_graph(g.build((g.op("Mul", x, w), g.op("Exp", x))))
+    xx, ww = RNG.standard_normal((2, 3)), RNG.standard_normal((2, 3))
+    for _ in range(12):  # the step loop, then the straight-line plan
+        product, exp = prog(xx.view(_Tagged), params={"w": ww.view(_Tagged)})
+        assert type(product) is np.ndarray and type(exp) is np.ndarray
+        np.testing.assert_allclose(product, xx * ww, rtol=1e-15)
+        np.testing.assert_allclose(exp, np.exp(xx), rtol=1e-15)

@@ -45,14 +45,26 @@ def _mm_cost(inputs: Sequence[TensorType], outputs: Sequence[TensorType], attrs:
 def _mm_forward(
     a: np.ndarray, b: np.ndarray, transpose_a: bool, transpose_b: bool, out: np.ndarray | None = None
 ) -> np.ndarray:
-    """np.matmul after the transpose flags (without flags, straight to np.matmul: tiny products are all overhead),
-    into ``out`` when given (the compiler's dead buffer of the result's type); an inner dimension of 1 is the outer
-    product, the same products as a broadcast np.multiply, which costs a third of NumPy's matmul loop for it, and
-    np.dot (BLAS, for float32 and float64 into a C-ordered buffer) half of that multiply (11 us for 1000x1 by 1x64)."""
-    if transpose_a:
-        a = a.swapaxes(-1, -2)
-    if transpose_b:
-        b = b.swapaxes(-1, -2)
+    """np.matmul after the transpose flags, into ``out`` when given (see ``_mm``)."""
+    return _mm(a.mT if transpose_a else a, b.mT if transpose_b else b, out)
+
+
+def _mm_bind(attrs: dict[str, Any]) -> Callable[..., np.ndarray]:
+    """``_mm_forward`` with its transpose flags fixed: a tiny product's time is mostly call overhead."""
+    ta, tb = attrs["transpose_a"], attrs["transpose_b"]
+    if ta and tb:
+        return lambda a, b, out=None: _mm(a.mT, b.mT, out)
+    if ta:
+        return lambda a, b, out=None: _mm(a.mT, b, out)
+    if tb:
+        return lambda a, b, out=None: _mm(a, b.mT, out)
+    return _mm
+
+
+def _mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    """np.matmul, into ``out`` when given (the compiler's dead buffer of the result's type); an inner dimension of 1 is
+    the outer product, the same products as a broadcast np.multiply, which costs a third of NumPy's matmul loop for it,
+    and np.dot (BLAS, for float32 and float64 into a C-ordered buffer) half of that multiply (11 us for 1000x1 by 1x64)."""
     if a.shape[-1] == 1 and a.ndim == b.ndim == 2:
         if a.dtype in _BLAS and (out is None or out.flags.c_contiguous):
             return np.dot(a, b, out=out)
@@ -108,6 +120,7 @@ for _op in ("MatMul", "BatchMatMul"):
         functional="matmul" if _op == "MatMul" else ("batch_matmul", "bmm"),
         out=True,
         factors=(0, 1),
+        bind=_mm_bind,
     )
 
 # ---- Einsum ----
