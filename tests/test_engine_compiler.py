@@ -2,6 +2,7 @@
 program's memory (intermediates freed, outputs never aliased), its element count and its input checks."""
 from __future__ import annotations
 
+import pickle
 import tracemalloc
 
 import numpy as np
@@ -483,12 +484,13 @@ def test_a_bound_product_gives_the_sums_of_products_of_its_transposed_operands_o
     g = GraphBuilder("bound")
     a = g.input("a", "float64", (3, 2) if transpose_a else (2, 3))
     b = g.input("b", "float64", (4, 3) if transpose_b else (3, 4))
-    prog = compile_graph(g.build(g.op("Neg", g.op("MatMul", a, b, transpose_a=transpose_a, transpose_b=transpose_b))))
+    graph = g.build(g.op("Neg", g.op("MatMul", a, b, transpose_a=transpose_a, transpose_b=transpose_b)))
     aa, bb = RNG.standard_normal(a.shape), RNG.standard_normal(b.shape)
     ta, tb = (aa.T if transpose_a else aa), (bb.T if transpose_b else bb)
     product = [[-sum(ta[i, k] * tb[k, j] for k in range(3)) for j in range(4)] for i in range(2)]
-    for _ in range(12):  # the step loop, then the straight-line plan
-        np.testing.assert_allclose(prog(aa, bb), product, rtol=1e-12)
+    for prog in (compile_graph(graph), pickle.loads(pickle.dumps(compile_graph(graph)))):  # as a plan crosses processes
+        for _ in range(12):  # the step loop, then the straight-line plan
+            np.testing.assert_allclose(prog(aa, bb), product, rtol=1e-12)
 
 
 class _Tagged(np.ndarray):

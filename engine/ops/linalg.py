@@ -50,15 +50,21 @@ def _mm_forward(
 
 
 def _mm_bind(attrs: dict[str, Any]) -> Callable[..., np.ndarray]:
-    """``_mm_forward`` with its transpose flags fixed: a tiny product's time is mostly call overhead."""
-    ta, tb = attrs["transpose_a"], attrs["transpose_b"]
-    if ta and tb:
-        return lambda a, b, out=None: _mm(a.mT, b.mT, out)
-    if ta:
-        return lambda a, b, out=None: _mm(a.mT, b, out)
-    if tb:
-        return lambda a, b, out=None: _mm(a, b.mT, out)
-    return _mm
+    """``_mm_forward`` with its transpose flags fixed (a tiny product's time is mostly call overhead); module functions,
+    so that a compiled plan pickles."""
+    return _MM_BOUND[attrs["transpose_a"], attrs["transpose_b"]]
+
+
+def _mm_ta(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return _mm(a.mT, b, out)
+
+
+def _mm_tb(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return _mm(a, b.mT, out)
+
+
+def _mm_tab(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return _mm(a.mT, b.mT, out)
 
 
 def _mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -74,6 +80,9 @@ def _mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
 
 _BLAS = (np.dtype(np.float32), np.dtype(np.float64))
 """The dtypes np.dot hands to BLAS."""
+
+_MM_BOUND = {(False, False): _mm, (True, False): _mm_ta, (False, True): _mm_tb, (True, True): _mm_tab}
+"""MatMul's forward by its (transpose_a, transpose_b) flags."""
 
 
 def _mm_vjp(op: str) -> Callable[..., tuple[Value, Value]]:
