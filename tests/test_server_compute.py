@@ -286,3 +286,26 @@ def test_the_codec_reads_the_servers_limits_zero_being_no_limit() -> None:
     unbounded = compute.worker_state(Limits(max_graph_nodes=0, max_tensor_elements=0, max_tensor_rank=0, max_nesting_depth=0), Cache(4), 0)
     assert unbounded.limits.max_graph_nodes > 1 << 60 and unbounded.limits.max_tensor_rank >= 1 << 30
     assert compute.handle(unbounded, "load", raw, [], "")[0] == codec.network_id(network())
+
+
+def test_a_response_too_deep_for_a_template_is_walked_once_and_then_built_by_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``max_nesting_depth`` raised, an output tree nested past what a Template walks (``templates.MAX_DEPTH``)
+    teaches no layout; its plan does not walk every later response again to find that out."""
+    depth = codec.templates.MAX_DEPTH // 2  # tuples: a TensorTree and a TensorTuple each, below the response
+    b = GraphBuilder()
+    out: Any = b.op("Sin", b.input("x", "float64", (3,)))
+    for _ in range(depth):
+        out = (out,)
+    s = compute.worker_state(Limits(max_nesting_depth=depth + 1), Cache(16), local_max_elements=1 << 14)
+    nid, _ = compute.handle(s, "load", codec.encode_graph(b.build(out)).SerializeToString(), [], "")
+    learned = []
+    learn = codec.Template.learn
+    monkeypatch.setattr(codec.Template, "learn", lambda raw, d: learned.append(1) or learn(raw, d))
+    for x in (X[0], X[1], -X[0]):
+        req = service_pb2.RunRequest(inputs=[codec.encode_tensor(x)])
+        plan, _, _, encoded = steps(s, "run", req, nid)
+        got = codec.decode_tree(service_pb2.RunResponse.FromString(encoded.parts[0]).outputs, Limits(max_nesting_depth=depth + 1))
+        for _ in range(depth):
+            (got,) = got
+        np.testing.assert_allclose(got, np.sin(x), rtol=1e-12)
+    assert plan.layout is None and len(learned) == 1
