@@ -168,6 +168,8 @@ class Plan:
     layout: Layout | None = None
     """How to serialize this plan's results without protobuf, once a first response showed it (one of at most
     ``TEMPLATE_MAX_BYTES`` apart from its large leaves' data)."""
+    taught: bool = False
+    """A response was offered to learn ``layout`` from (its results' types never change: one that gave none is not walked again)."""
     local: bool = False
     """Small enough to run in the server process: see ``WorkerState.local_max_elements`` (tiny) and
     ``WorkerState.local_max_flops`` (``bounded``)."""
@@ -397,8 +399,8 @@ def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
             return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
-    if found.layout is None and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
-        found.layout = _learn(encoded, KINDS[kind])
+    if not found.taught and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
+        found.layout, found.taught = _learn(encoded, KINDS[kind]), True
     return encoded
 
 
