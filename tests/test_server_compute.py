@@ -288,24 +288,41 @@ def test_the_codec_reads_the_servers_limits_zero_being_no_limit() -> None:
     assert compute.handle(unbounded, "load", raw, [], "")[0] == codec.network_id(network())
 
 
-def test_a_response_too_deep_for_a_template_is_walked_once_and_then_built_by_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
-    """With ``max_nesting_depth`` raised, an output tree nested past what a Template walks (``templates.MAX_DEPTH``)
-    teaches no layout; its plan does not walk every later response again to find that out."""
-    depth = codec.templates.MAX_DEPTH // 2  # tuples: a TensorTree and a TensorTuple each, below the response
-    b = GraphBuilder()
-    out: Any = b.op("Sin", b.input("x", "float64", (3,)))
+
+def nested(a: Any, depth: int) -> Any:
+    """``a`` inside ``depth`` one-item tuples."""
     for _ in range(depth):
-        out = (out,)
-    s = compute.worker_state(Limits(max_nesting_depth=depth + 1), Cache(16), local_max_elements=1 << 14)
-    nid, _ = compute.handle(s, "load", codec.encode_graph(b.build(out)).SerializeToString(), [], "")
+        a = (a,)
+    return a
+
+
+def test_a_response_too_deep_for_a_template_is_walked_once_and_then_built_by_protobuf(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A result tree nested past what a Template walks (``templates.MAX_DEPTH``) teaches its plan no layout, and the
+    plan does not walk every later response again to find that out: they are protobuf's serialization."""
+    depth = codec.templates.MAX_DEPTH // 2  # a TensorTree and a TensorTuple each, below the response
+    found = compute.Plan(None, [], 0, {})  # type: ignore[arg-type]  # encode reads only the layout
     learned = []
     learn = codec.Template.learn
     monkeypatch.setattr(codec.Template, "learn", lambda raw, d: learned.append(1) or learn(raw, d))
     for x in (X[0], X[1], -X[0]):
-        req = service_pb2.RunRequest(inputs=[codec.encode_tensor(x)])
-        plan, _, _, encoded = steps(s, "run", req, nid)
-        got = codec.decode_tree(service_pb2.RunResponse.FromString(encoded.parts[0]).outputs, Limits(max_nesting_depth=depth + 1))
-        for _ in range(depth):
-            (got,) = got
-        np.testing.assert_allclose(got, np.sin(x), rtol=1e-12)
-    assert plan.layout is None and len(learned) == 1
+        encoded = compute.encode(found, "run", [nested(x, depth)])
+        message = service_pb2.RunResponse()
+        codec.encode_tree(nested(x, depth), message.outputs)
+        assert encoded.parts == [message.SerializeToString()] and not encoded.arrays
+    assert found.layout is None and len(learned) == 1
+
+
+def test_a_deep_result_tree_the_server_allows_is_joined_by_its_template() -> None:
+    """With ``max_nesting_depth`` raised, an output tree nested 40 deep (as deep as protobuf parses such graphs and
+    responses) is answered by its plan's Template after the first call, as protobuf serializes it."""
+    depth = 40
+    b = GraphBuilder()
+    s = compute.worker_state(Limits(max_nesting_depth=depth + 1), Cache(16), local_max_elements=1 << 14)
+    graph = b.build(nested(b.op("Sin", b.input("x", "float64", (3,))), depth))
+    nid, _ = compute.handle(s, "load", codec.encode_graph(graph).SerializeToString(), [], "")
+    for x in (X[0], X[1]):
+        plan, _, _, encoded = steps(s, "run", service_pb2.RunRequest(inputs=[codec.encode_tensor(x)]), nid)
+        message = service_pb2.RunResponse()
+        codec.encode_tree(nested(np.sin(x), depth), message.outputs)
+        assert service_pb2.RunResponse.FromString(encoded.parts[0]) == message
+        assert plan.layout is not None
