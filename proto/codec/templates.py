@@ -30,8 +30,9 @@ Path = tuple[Any, ...]
 """Where a tensor is in its message: field names, with a list index or a map key after a repeated or map field
 (``("inputs", 0)``, ``("parameters", "w")``, ``("gradients", "tuple", "items", 1, "tensor")``)."""
 
-MAX_DEPTH = 64
-"""Messages nested deeper than this are not taken apart (they are parsed by protobuf)."""
+MAX_DEPTH = 100
+"""Messages nested deeper than this are not taken apart (they are parsed by protobuf): protobuf's own recursion limit, so
+that every message protobuf parses can be (a response whose tree nests at most 49 tuples deep)."""
 
 _TENSOR = pb.Tensor.DESCRIPTOR
 _DTYPE, _SHAPE, _DATA = (_TENSOR.fields_by_name[n].number for n in ("dtype", "shape", "data"))
