@@ -301,9 +301,14 @@ def test_a_response_too_deep_for_a_template_is_walked_once_and_then_built_by_pro
     plan does not walk every later response again to find that out: they are protobuf's serialization."""
     depth = codec.templates.MAX_DEPTH // 2  # a TensorTree and a TensorTuple each, below the response
     found = compute.Plan(None, [], 0, {})  # type: ignore[arg-type]  # encode reads only the layout
-    learned = []
+    learned: list[int] = []
     learn = codec.Template.learn
-    monkeypatch.setattr(codec.Template, "learn", lambda raw, d: learned.append(1) or learn(raw, d))
+
+    def counted(raw: Any, descriptor: Any) -> codec.Template | None:
+        learned.append(len(raw))
+        return learn(raw, descriptor)
+
+    monkeypatch.setattr(codec.Template, "learn", counted)
     for x in (X[0], X[1], -X[0]):
         encoded = compute.encode(found, "run", [nested(x, depth)])
         message = service_pb2.RunResponse()
