@@ -403,6 +403,9 @@ TREES = [
     lambda: (np.arange(BLOB_MIN_BYTES // 4, dtype=np.float32), np.float32(2.5), (np.full((130, 130), 0.5).T, np.arange(3))),
     lambda: (np.arange(4, dtype=np.int16), (np.ones(BLOB_MIN_BYTES, np.uint8), np.zeros(BLOB_MIN_BYTES // 8 + 1))),
     lambda: (np.ones(BLOB_MIN_BYTES, bool), np.zeros((0, 2), np.int64), np.arange(BLOB_MIN_BYTES // 8, dtype=np.int64)[::-1]),
+    # one byte under, at and over the size that makes a frame; NaN and infinities
+    lambda: (np.full(BLOB_MIN_BYTES - 1, -3, np.int8), (np.full(BLOB_MIN_BYTES, 5, np.int8),), np.arange(BLOB_MIN_BYTES + 1, dtype=np.uint8)),
+    lambda: (np.array([np.nan, np.inf, -np.inf], np.float16), np.full(BLOB_MIN_BYTES // 2, np.nan, np.float16)),
 ]
 
 
