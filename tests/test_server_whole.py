@@ -233,3 +233,49 @@ def test_lengths_padded_past_5_bytes_which_protobuf_refuses_are_invalid_argument
         assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
         assert failed.details() == ("/gradserve.v1.Gradient/Grad: the request is not a valid gradserve.v1.GradRequest "
                                     "message: the bytes are not valid protobuf wire format (garbage or truncated)")
+
+
+UNKNOWN = 99
+"""A field number neither GradRequest nor Tensor has."""
+ODD_FIELDS = {
+    # framing after a field, as (bytes, whether protobuf reads them)
+    "field number 0": (b"\x00\x01", False),
+    "a group, ended": (blobs._varint(UNKNOWN << 3 | 3) + blobs._varint(98 << 3) + b"\x01" + blobs._varint(UNKNOWN << 3 | 4), True),
+    "a group end alone": (blobs._varint(UNKNOWN << 3 | 4), False),
+    "a group ended by another number": (blobs._varint(UNKNOWN << 3 | 3) + blobs._varint(98 << 3 | 4), False),
+    "wire type 6": (blobs._varint(UNKNOWN << 3 | 6) + b"\x00" * 8, False),
+    "wire type 7": (blobs._varint(UNKNOWN << 3 | 7) + b"\x00" * 8, False),
+    "the largest field number": (blobs._varint(((1 << 29) - 1) << 3) + b"\x01", True),
+    "a key over 32 bits": (blobs._varint(1 << 32) + b"\x01", False),
+    "a key padded to 5 bytes": (overlong(UNKNOWN << 3, 5) + b"\x01", True),
+    "a varint of 11 bytes": (blobs._varint(UNKNOWN << 3) + b"\x80" * 10 + b"\x00", False),
+    "a truncated field": (blobs._varint(UNKNOWN << 3 | 2) + b"\x05ab", False),
+}
+
+
+@pytest.mark.parametrize("n", [3000, 10000, 40000], ids=["small", "parsed whole", "lifted"])
+@pytest.mark.parametrize("inside", [False, True], ids=["in the request", "in its tensor"])
+@pytest.mark.parametrize("odd, read", ODD_FIELDS.values(), ids=ODD_FIELDS.keys())
+def test_odd_framing_is_read_as_protobuf_reads_it_however_the_request_is_parsed(
+    stub: service_pb2_grpc.GradientStub, channel: grpc.Channel, n: int, inside: bool, odd: bytes, read: bool,
+) -> None:
+    """Field number 0, groups, wire types 6 and 7, big or padded keys, long varints and truncation, after the request's
+    large tensor or inside it: the answer when protobuf reads the bytes, else INVALID_ARGUMENT, whichever way it is parsed."""
+    x = np.linspace(-3, 3, n)
+    nid = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=sin_graph(n))).network_id
+    tensor = codec.encode_tensor(x).SerializeToString() + (odd if inside else b"")
+    grad = codec.encode_grad_operation().SerializeToString()
+    raw = (bytes(blobs._key(GRAD_FIELDS["network_id"])) + blobs._varint(len(nid)) + nid.encode()
+           + bytes(blobs._key(GRAD_FIELDS["grad"])) + blobs._varint(len(grad)) + grad
+           + bytes(blobs._key(GRAD_FIELDS["inputs"])) + blobs._varint(len(tensor)) + tensor + (b"" if inside else odd))
+    low, high = PARSED[n]
+    assert low <= len(raw) <= high
+    if read:
+        service_pb2.GradRequest.FromString(raw)
+        response = service_pb2.GradResponse.FromString(channel.unary_unary(GRAD)(raw, timeout=30))
+        np.testing.assert_allclose(codec.decode_tree(response.gradients), np.cos(x), rtol=1e-12)
+        return
+    with pytest.raises(DecodeError):
+        service_pb2.GradRequest.FromString(raw)
+    failed = rejected(lambda: channel.unary_unary(GRAD)(raw, timeout=30))
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
