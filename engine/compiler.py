@@ -540,8 +540,8 @@ class Program:
         step_ins: list[tuple[int, ...]] = []
         step_outs: list[tuple[int, ...]] = []
         last: dict[int, int] = {}  # by slot: the last step that reads or writes it
-        bound: dict[tuple[int, Callable[..., Any]], Callable[..., Any]] = {}  # by id of an attrs dict (builders share
-        # one among the nodes they inferred alike) and forward: the forward with those attributes bound
+        bound: dict[tuple[int, Callable[..., Any], tuple[TensorType, ...]], Callable[..., Any]] = {}  # by id of an attrs
+        # dict (builders share one among the nodes they inferred alike), forward and, for an op with ``bind``, input types
         for n in g.nodes:
             op, attrs = n.op, n.attrs
             if op == "Const":
@@ -550,10 +550,11 @@ class Program:
             opdef = OPS[op]
             fwd = opdef.forward
             if attrs:
-                key = (id(attrs), fwd)
+                types = tuple([v.type for v in n.inputs]) if opdef.bind is not None else ()
+                key = (id(attrs), fwd, types)
                 fn = bound.get(key)
                 if fn is None:
-                    fn = bound[key] = opdef.bind(attrs) if opdef.bind is not None else functools.partial(fwd, **attrs)
+                    fn = bound[key] = opdef.bind(attrs, types) if opdef.bind is not None else functools.partial(fwd, **attrs)
             else:
                 fn = fwd
             inputs, outputs = n.inputs, n.outputs
@@ -783,7 +784,8 @@ def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]
     that are inputs, parameters or constants copied): one line per step, locals instead of list slots,
     attributes passed as literal keywords, ``del`` where a value dies; the same forward functions in the same order, with
     the same ``out=`` buffers, as the step loop, so results and memory are identical and only the loop's cost goes. It
-    begins by checking each input's class, dtype and shape and each given parameter's (inline, cheaper than the
+    begins by checking each input's class, dtype (by identity; an equal dtype that is another object goes to the full
+    check) and shape and each given parameter's (inline, cheaper than the
     caller's loop: the slot list is never copied), so a call may go straight to it: ``plan(template, params, *inputs)``.
     ``checked``: ``plan(template, params, interrupt, *inputs)`` asks ``interrupt()`` before each step, as the step loop
     does, and raises Interrupted naming the steps done."""
@@ -796,14 +798,14 @@ def straight_line(program: Program, checked: bool = False) -> Callable[..., Any]
     space["unknown"] = functools.partial(_unknown_parameter, program.graph.name, sorted(program._params))
     for i, (s, v) in enumerate(program._inputs):
         space[f"v{i}"], space[f"d{i}"], space[f"h{i}"] = v, v.dtype, v.shape
-        lines.append(f"    if s{s}.__class__ is not nd or s{s}.dtype != d{i} or s{s}.shape != h{i}:")
+        lines.append(f"    if s{s}.__class__ is not nd or s{s}.dtype is not d{i} or s{s}.shape != h{i}:")
         lines.append(f"        s{s} = check(s{s}, v{i}, 'input')")
     lines += ["    if p:", "        n = len(p)"]
     for j, (name, (s, prm)) in enumerate(program._params.items()):
         v = prm.value
         space[f"k{j}"], space[f"pv{j}"], space[f"pd{j}"], space[f"ph{j}"] = name, v, v.dtype, v.shape
         lines += [f"        s{s} = p.get(k{j}, miss)", f"        if s{s} is miss:", f"            s{s} = e[{s}]", "        else:",
-                  "            n -= 1", f"            if s{s}.__class__ is not nd or s{s}.dtype != pd{j} or s{s}.shape != ph{j}:",
+                  "            n -= 1", f"            if s{s}.__class__ is not nd or s{s}.dtype is not pd{j} or s{s}.shape != ph{j}:",
                   f"                s{s} = check(s{s}, pv{j}, 'parameter')"]
     lines += ["        if n:", "            unknown(p)", "    else:"]
     lines += [f"        s{s} = e[{s}]" for s, _ in program._params.values()] or ["        pass"]
@@ -904,6 +906,8 @@ def _check(a: Any, v: Value, what: str) -> np.ndarray:
     need no conversion), or InputError unless it is an ndarray of ``v``'s dtype and shape."""
     if not isinstance(a, np.ndarray) or a.dtype != v.dtype or a.shape != v.shape:
         got = f"{a.dtype.name}{list(a.shape)}" if isinstance(a, np.ndarray) else f"a {type(a).__name__} (not an ndarray)"
+        if isinstance(a, np.ndarray) and a.dtype.name == v.dtype.name and a.dtype != v.dtype:
+            got += f" in another byte order ({a.dtype.str})"
         raise InputError(f"{what} {shown(v.name)} expects {v.dtype.name}{list(v.shape)}, got {got}")
     return np.asarray(a)
 

@@ -133,8 +133,9 @@ class OpDef:
     ops into one sum per result and regroups its terms (:func:`compiler._sums`); ``factors``, on a two-input op linear
     in each input (a product: Mul, MatMul), names the inputs a sum of its results may share: ``op(a, y) + op(b, y)`` is
     ``op(a + b, y)`` for a shared input y at such a position (either, for Mul), which the same pass uses to save products;
-    ``bind(attrs)``, when given, is ``forward`` with those attributes fixed, called with the inputs (and ``out=``) alone:
-    a compiled step calls it instead of passing the attributes as keywords each time (MatMul's transposes, chosen once).
+    ``bind(attrs, input_types)``, when given, is ``forward`` for a node of those attributes and input types, called with
+    the inputs (and ``out=``) alone: a compiled step calls it instead of passing the attributes as keywords each time,
+    and what they and the static types settle is settled once (MatMul's transposes, and whether it is an outer product).
     """
 
     name: str
@@ -162,7 +163,7 @@ class OpDef:
     out: bool = False
     linear: tuple[float, ...] = ()
     factors: tuple[int, ...] = ()
-    bind: Callable[[dict[str, Any]], Callable[..., Any]] | None = None
+    bind: Callable[[dict[str, Any], Sequence[TensorType]], Callable[..., Any]] | None = None
     lowered: bool = field(init=False, repr=False, compare=False)
     """True for ops expanded into primitives before differentiation or execution (they carry a library graph); a field,
     not a property, as a builder reads it for every node it adds."""
@@ -220,7 +221,7 @@ def defop(
     out: bool = False,
     linear: Sequence[float] = (),
     factors: Sequence[int] = (),
-    bind: Callable[[dict[str, Any]], Callable[..., Any]] | None = None,
+    bind: Callable[[dict[str, Any], Sequence[TensorType]], Callable[..., Any]] | None = None,
 ) -> OpDef:
     """Register one primitive in the table; a name may be defined only once."""
     if name in OPS:

@@ -510,3 +510,17 @@ def test_arrays_of_a_subclass_are_computed_as_plain_arrays_and_give_plain_arrays
         assert type(product) is np.ndarray and type(exp) is np.ndarray
         np.testing.assert_allclose(product, xx * ww, rtol=1e-15)
         np.testing.assert_allclose(exp, np.exp(xx), rtol=1e-15)
+
+
+def test_an_equal_dtype_that_is_another_object_is_taken_and_a_byte_swapped_one_refused() -> None:
+    # The plan compares dtypes by identity first; an equal one (here with metadata) passes the full check instead.
+    g = GraphBuilder("dtypes")
+    x = g.input("x", "float32", (3,))
+    prog = compile_graph(g.build(g.op("Exp", x)))
+    xx = RNG.standard_normal(3).astype(np.float32)
+    tagged = np.dtype(np.float32, metadata={"unit": "m"})
+    assert tagged == np.float32 and tagged is not np.dtype(np.float32)
+    for _ in range(12):  # the step loop, then the straight-line plan
+        np.testing.assert_array_equal(prog(xx.astype(tagged)), np.exp(xx))
+        with pytest.raises(InputError, match=r"input 'x' expects float32\[3\], got float32\[3\] in another byte order \(>f4\)"):
+            prog(xx.astype(">f4"))

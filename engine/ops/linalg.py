@@ -1,6 +1,7 @@
 """Matrix products: MatMul on matrices, BatchMatMul with broadcast batch dimensions, and Einsum."""
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -49,22 +50,30 @@ def _mm_forward(
     return _mm(a.mT if transpose_a else a, b.mT if transpose_b else b, out)
 
 
-def _mm_bind(attrs: dict[str, Any]) -> Callable[..., np.ndarray]:
-    """``_mm_forward`` with its transpose flags fixed (a tiny product's time is mostly call overhead); module functions,
-    so that a compiled plan pickles."""
-    return _MM_BOUND[attrs["transpose_a"], attrs["transpose_b"]]
+def _mm_bind(attrs: dict[str, Any], inputs: Sequence[TensorType]) -> Callable[..., np.ndarray]:
+    """MatMul's forward for these flags and input types, chosen once (a tiny product's time is mostly call overhead):
+    np.matmul after the fixed transposes, or ``_mm_forward`` for an inner dimension of 1 (the outer product). Module
+    functions, so that a compiled plan pickles."""
+    ta, tb = attrs["transpose_a"], attrs["transpose_b"]
+    if (inputs[0].shape[-2] if ta else inputs[0].shape[-1]) == 1:
+        return functools.partial(_mm_forward, transpose_a=ta, transpose_b=tb)
+    return _MATMULS[ta, tb]
 
 
-def _mm_ta(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    return _mm(a.mT, b, out)
+def _matmul(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.matmul(a, b, out=out)
 
 
-def _mm_tb(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    return _mm(a, b.mT, out)
+def _matmul_ta(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.matmul(a.mT, b, out=out)
 
 
-def _mm_tab(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
-    return _mm(a.mT, b.mT, out)
+def _matmul_tb(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.matmul(a, b.mT, out=out)
+
+
+def _matmul_tab(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
+    return np.matmul(a.mT, b.mT, out=out)
 
 
 def _mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarray:
@@ -81,8 +90,8 @@ def _mm(a: np.ndarray, b: np.ndarray, out: np.ndarray | None = None) -> np.ndarr
 _BLAS = (np.dtype(np.float32), np.dtype(np.float64))
 """The dtypes np.dot hands to BLAS."""
 
-_MM_BOUND = {(False, False): _mm, (True, False): _mm_ta, (False, True): _mm_tb, (True, True): _mm_tab}
-"""MatMul's forward by its (transpose_a, transpose_b) flags."""
+_MATMULS = {(False, False): _matmul, (True, False): _matmul_ta, (False, True): _matmul_tb, (True, True): _matmul_tab}
+"""np.matmul after the transposes, by (transpose_a, transpose_b)."""
 
 
 def _mm_vjp(op: str) -> Callable[..., tuple[Value, Value]]:
