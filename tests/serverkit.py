@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import os
+import signal
 import time
 from typing import Callable, Iterator
 
@@ -105,3 +107,26 @@ def targets(servers: list[Server]) -> str:
 def overlong(value: int, width: int) -> bytes:
     """``value`` as a varint padded with zeros to ``width`` bytes."""
     return bytes((value >> 7 * i & 0x7F) | (0x80 if i < width - 1 else 0) for i in range(width))
+
+
+def lane_stops_at_deadline_and_cancel(server: Server, stub: service_pb2_grpc.GradientStub, request: service_pb2.RunRequest) -> None:
+    """With every worker stopped (a worker given the request would not stop in time and be replaced), the bounded lane
+    runs ``request``, whose plan it holds, and ends it at a short deadline and then at a cancellation; nothing is served
+    or replaced meanwhile."""
+    codes = lambda: {(m, c): n for m, c, n in server.servicer.metrics.snapshot()}  # noqa: E731
+    expired, cancelled = codes().get(("Run", "DEADLINE_EXCEEDED"), 0), codes().get(("Run", "CANCELLED"), 0)
+    workers = server.pool.pids()
+    for pid in workers:
+        os.kill(pid, signal.SIGSTOP)
+    try:
+        failed = rejected(lambda: stub.Run(request, timeout=0.2))
+        assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+        wait_until(lambda: codes().get(("Run", "DEADLINE_EXCEEDED"), 0) == expired + 1, "the lane to stop the run")
+        call = stub.Run.future(request, timeout=120)
+        wait_until(lambda: server.servicer.lane._bounded.locked(), "the lane to start the run")
+        call.cancel()
+        wait_until(lambda: codes().get(("Run", "CANCELLED"), 0) == cancelled + 1, "the lane to stop the cancelled run")
+    finally:
+        for pid in workers:
+            os.kill(pid, signal.SIGCONT)
+    assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.pool.pids() == workers

@@ -119,11 +119,8 @@ def test_threads_writing_requests_of_several_layouts_each_get_their_own(offline:
             if raw != protobufs(flags, network_id, inputs, overrides, 2):
                 bad.append((network_id, flags, params))
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
     assert not bad
 
 

@@ -13,7 +13,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serverkit import long_run, quick_check, rejected, wait_until
+from serverkit import lane_stops_at_deadline_and_cancel, long_run, quick_check, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -326,24 +326,7 @@ def test_bounded_run_in_the_server_process_stops_at_its_deadline_or_cancellation
         stub = service_pb2_grpc.GradientStub(channel)
         request = long_run(stub, n=400, k=400)  # hundreds of Sins over 160,000 elements: bounded under these limits
         assert len(stub.Run(request, timeout=120).outputs.tensor.data)  # a worker runs it first and sends the plan
-        workers = server.pool.pids()
-        codes = lambda: {(m, c): n for m, c, n in server.servicer.metrics.snapshot()}  # noqa: E731
-        expired = codes().get(("Run", "DEADLINE_EXCEEDED"), 0)
-        for pid in workers:  # a worker given the request would not stop in time and be replaced
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            failed = rejected(lambda: stub.Run(request, timeout=0.2))
-            assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            wait_until(lambda: codes().get(("Run", "DEADLINE_EXCEEDED"), 0) == expired + 1, "the server to stop the run")
-            cancelled = codes().get(("Run", "CANCELLED"), 0)
-            call = stub.Run.future(request, timeout=120)
-            wait_until(lambda: server.servicer.lane._bounded.locked(), "the lane to start the run")
-            call.cancel()
-            wait_until(lambda: codes().get(("Run", "CANCELLED"), 0) == cancelled + 1, "the server to stop the cancelled run")
-        finally:
-            for pid in workers:
-                os.kill(pid, signal.SIGCONT)
-        assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.pool.pids() == workers
+        lane_stops_at_deadline_and_cancel(server, stub, request)
         quick_check(stub)
 
 

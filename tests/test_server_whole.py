@@ -5,8 +5,6 @@ the closed-form numbers, from a worker first and then from the lane; one the lan
 from __future__ import annotations
 
 import functools
-import os
-import signal
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -14,7 +12,7 @@ import grpc
 import numpy as np
 import pytest
 from google.protobuf.message import DecodeError
-from serverkit import overlong, rejected, wait_until
+from serverkit import lane_stops_at_deadline_and_cancel, overlong, rejected
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
@@ -144,23 +142,8 @@ def test_a_request_parsed_whole_stops_in_the_lane_at_its_deadline_or_cancellatio
         want = m * np.sum(functools.reduce(lambda a, _: np.sin(a), range(k), x))
         got = codec.decode_tree(stub.Run(request, timeout=120).outputs)  # a worker runs it first and sends the plan
         np.testing.assert_allclose(got, want, rtol=1e-9)
-        codes = lambda: {(meth, c): count for meth, c, count in server.servicer.metrics.snapshot()}  # noqa: E731
-        expired, cancelled = codes().get(("Run", "DEADLINE_EXCEEDED"), 0), codes().get(("Run", "CANCELLED"), 0)
-        workers = server.pool.pids()
-        for pid in workers:  # a worker given the request would not stop in time and be replaced
-            os.kill(pid, signal.SIGSTOP)
-        try:
-            failed = rejected(lambda: stub.Run(request, timeout=0.2))
-            assert failed.code() == grpc.StatusCode.DEADLINE_EXCEEDED
-            wait_until(lambda: codes().get(("Run", "DEADLINE_EXCEEDED"), 0) == expired + 1, "the lane to stop the run")
-            call = stub.Run.future(request, timeout=120)
-            wait_until(lambda: server.servicer.lane._bounded.locked(), "the lane to start the run")
-            call.cancel()
-            wait_until(lambda: codes().get(("Run", "CANCELLED"), 0) == cancelled + 1, "the lane to stop the cancelled run")
-        finally:
-            for pid in workers:
-                os.kill(pid, signal.SIGCONT)
-        assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.servicer._held == 0
+        lane_stops_at_deadline_and_cancel(server, stub, request)
+        assert server.servicer._held == 0
         np.testing.assert_allclose(codec.decode_tree(stub.Run(request, timeout=120).outputs), want, rtol=1e-9)
         assert server.servicer.lane.served == 1
 
@@ -221,18 +204,25 @@ def test_lengths_padded_past_5_bytes_which_protobuf_refuses_are_invalid_argument
             inputs = input_key + overlong(len(tensor), width) + tensor
         raw = (bytes(blobs._key(GRAD_FIELDS["network_id"])) + blobs._varint(len(nid)) + nid.encode()
                + bytes(blobs._key(GRAD_FIELDS["grad"])) + blobs._varint(len(grad)) + grad + inputs)
-        low, high = PARSED[n]
-        assert low <= len(raw) <= high
-        if width == 5:
-            response = service_pb2.GradResponse.FromString(channel.unary_unary(GRAD)(raw, timeout=30))
-            np.testing.assert_allclose(codec.decode_tree(response.gradients), np.cos(x), rtol=1e-12)
-            continue
-        with pytest.raises(DecodeError):
-            service_pb2.GradRequest.FromString(raw)
-        failed = rejected(lambda: channel.unary_unary(GRAD)(raw, timeout=30))
-        assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
-        assert failed.details() == ("/gradserve.v1.Gradient/Grad: the request is not a valid gradserve.v1.GradRequest "
-                                    "message: the bytes are not valid protobuf wire format (garbage or truncated)")
+        answered_as_protobuf_reads(channel, raw, n, x, width == 5)
+
+
+def answered_as_protobuf_reads(channel: grpc.Channel, raw: bytes, n: int, x: np.ndarray, read: bool) -> None:
+    """``raw``, a Grad request for Sin over ``x`` of the size ``PARSED[n]`` gives, gets cos(x) when protobuf reads it
+    (``read``), else INVALID_ARGUMENT with the message for bytes that are not protobuf, however the server parses it."""
+    low, high = PARSED[n]
+    assert low <= len(raw) <= high
+    if read:
+        service_pb2.GradRequest.FromString(raw)
+        response = service_pb2.GradResponse.FromString(channel.unary_unary(GRAD)(raw, timeout=30))
+        np.testing.assert_allclose(codec.decode_tree(response.gradients), np.cos(x), rtol=1e-12)
+        return
+    with pytest.raises(DecodeError):
+        service_pb2.GradRequest.FromString(raw)
+    failed = rejected(lambda: channel.unary_unary(GRAD)(raw, timeout=30))
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
+    assert failed.details() == ("/gradserve.v1.Gradient/Grad: the request is not a valid gradserve.v1.GradRequest "
+                                "message: the bytes are not valid protobuf wire format (garbage or truncated)")
 
 
 UNKNOWN = 99
@@ -268,14 +258,4 @@ def test_odd_framing_is_read_as_protobuf_reads_it_however_the_request_is_parsed(
     raw = (bytes(blobs._key(GRAD_FIELDS["network_id"])) + blobs._varint(len(nid)) + nid.encode()
            + bytes(blobs._key(GRAD_FIELDS["grad"])) + blobs._varint(len(grad)) + grad
            + bytes(blobs._key(GRAD_FIELDS["inputs"])) + blobs._varint(len(tensor)) + tensor + (b"" if inside else odd))
-    low, high = PARSED[n]
-    assert low <= len(raw) <= high
-    if read:
-        service_pb2.GradRequest.FromString(raw)
-        response = service_pb2.GradResponse.FromString(channel.unary_unary(GRAD)(raw, timeout=30))
-        np.testing.assert_allclose(codec.decode_tree(response.gradients), np.cos(x), rtol=1e-12)
-        return
-    with pytest.raises(DecodeError):
-        service_pb2.GradRequest.FromString(raw)
-    failed = rejected(lambda: channel.unary_unary(GRAD)(raw, timeout=30))
-    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT, failed
+    answered_as_protobuf_reads(channel, raw, n, x, read)

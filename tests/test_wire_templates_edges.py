@@ -4,8 +4,8 @@ ids that change length; varints protobuf reads modulo 2**64, responses given as 
 several threads give what full parsing gives."""
 from __future__ import annotations
 
-import threading
 import tracemalloc
+from concurrent import futures
 from typing import Any
 
 import numpy as np
@@ -171,11 +171,8 @@ def test_threads_sharing_one_reader_across_layouts_read_each_response_as_parsed(
             if not same(reader(layouts[i]), parsed(layouts[i])):
                 bad.append(i)
 
-    threads = [threading.Thread(target=work, args=(s,)) for s in range(4)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    with futures.ThreadPoolExecutor(4) as pool:
+        list(pool.map(work, range(4)))
     assert not bad
 
 
