@@ -19,7 +19,7 @@ class Limits(codec.Limits):
     """Limits enforced on every request, all checked before the memory they guard is allocated: the
     codec's (what one request may contain) with the server's defaults, and the server's own; 0 is no limit.
 
-    With the defaults a server with W workers stays within about 2934 MiB + W x 1984 MiB in all, /dev/shm
+    With the defaults a server with W workers stays within about 2951 MiB + W x 1984 MiB in all, /dev/shm
     included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
     max_tensor_elements: int = 1 << 28
