@@ -103,7 +103,7 @@ def _merged(g: Graph) -> Graph:
         ins = [env.get(v, v) for v in inputs] if replaced else inputs
         akey = frozen.get(id(attrs)) if attrs else ()
         if akey is None:
-            akey = frozen[id(attrs)] = tuple(sorted((k, _frozen(a)) for k, a in attrs.items()))
+            akey = frozen[id(attrs)] = _attrs_key(attrs)
         key: tuple
         if len(ins) == 2:  # the common case, spelled out: the same key as below
             a, b = id(ins[0]), id(ins[1])
