@@ -9,7 +9,7 @@ import numpy as np
 
 from . import dtypes
 from .errors import GraphError, ShapeError, shown
-from .ir import Graph, Node, Param, TensorType, Value, check_type_shape, flatten
+from .ir import Graph, Node, Param, TensorType, Value, check_type_shape, flatten, node_name
 from .optable import OPS, get_op, infer_node
 
 Fn = TypeVar("Fn", bound=Callable[..., Any])
@@ -149,29 +149,29 @@ class GraphBuilder:
         if opdef is None:
             opdef = get_op(op, where=f"graph {shown(self.name)}, node {shown(name)}" if name else f"graph {shown(self.name)}")
         k = len(self.nodes)
-        node_name = k if name is None and k not in self._claimed else self._node_name(op, name)
+        node = k if name is None and k not in self._claimed else self._node_name(op, name)
         for v in inputs:
             if not isinstance(v, Value):
-                raise GraphError(f"{op} {shown(_text(op, node_name))}: input {shown(v)} is not a Value")
+                raise GraphError(f"{op} {shown(node_name(op, node))}: input {shown(v)} is not a Value")
             if v.builder is not self:
-                raise GraphError(f"{op} {shown(_text(op, node_name))}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
+                raise GraphError(f"{op} {shown(node_name(op, node))}: input {shown(v.name)} is not defined in graph {shown(self.name)}")
         n_outputs = None if output_names is None else len(output_names)
         key = None if opdef.lowered else _inference_key(op, inputs, attrs, n_outputs)
         known = None if key is None else self._inferred.get(key)
         if known is None:
-            full_attrs, types = infer_node(opdef, _text(op, node_name), list(inputs), dict(attrs or {}), self, n_outputs)
+            full_attrs, types = infer_node(opdef, node_name(op, node), list(inputs), dict(attrs or {}), self, n_outputs)
             if key is not None:
                 self._inferred[key] = (full_attrs, types)
         else:
             full_attrs, types = known
         if n_outputs is not None and n_outputs != len(types):
-            raise GraphError(f"{op} {shown(_text(op, node_name))}: {n_outputs} output names given, the op has {len(types)} outputs")
+            raise GraphError(f"{op} {shown(node_name(op, node))}: {n_outputs} output names given, the op has {len(types)} outputs")
         if output_names is None:
             outs = (self._fresh_value(types[0]),) if len(types) == 1 else tuple([self._fresh_value(t) for t in types])
         else:
             outs = tuple([self._new_value(output_names[i], t) for i, t in enumerate(types)])
         calls = tuple([full_attrs[a] for a in opdef.calls]) if opdef.calls else ()
-        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node_name, stop_gradient, calls))
+        self.nodes.append(Node(op, tuple(inputs), full_attrs, outs, node, stop_gradient, calls))
         return outs
 
     def copy_node(self, n: Node, inputs: Sequence[Value], stop_gradient: bool | None = None) -> tuple[Value, ...]:
@@ -192,12 +192,12 @@ class GraphBuilder:
             return self.add_node(n.op, inputs, n.attrs, stop_gradient=sg, name_hint=n.name)
         source = n._name
         if source.__class__ is int and source == len(self.nodes):
-            node_name = self._node_name(n.op, None)  # n's name is the one this builder would make for it
+            node = self._node_name(n.op, None)  # n's name is the one this builder would make for it
         else:
             name = n.name
-            node_name = self._node_name(n.op, None if self._taken(name) else name)
+            node = self._node_name(n.op, None if self._taken(name) else name)
         outs = tuple([self._fresh_value(v.type) for v in n.outputs])
-        self.nodes.append(Node(n.op, tuple(inputs), n.attrs, outs, node_name, sg, n.calls))
+        self.nodes.append(Node(n.op, tuple(inputs), n.attrs, outs, node, sg, n.calls))
         return outs
 
     def _node_name(self, op: str, name: str | None) -> str | int:
@@ -208,14 +208,13 @@ class GraphBuilder:
             k = len(self.nodes)
             if k not in self._claimed:
                 return k
-            name = f"{op.lower()}_{k}"
+            name = node_name(op, k)
             while name in self._node_names:
                 name += "_"
         elif self._taken(name):
             raise GraphError(f"graph {shown(self.name)}: node name {shown(name)} is used twice")
         else:
-            _, sep, tail = name.rpartition("_")
-            claim = _index(tail) if sep else None
+            claim = _suffix_index(name)
             if claim is not None:
                 self._claimed.add(claim)
         self._node_names.add(name)
@@ -225,8 +224,7 @@ class GraphBuilder:
         """Whether a node of this builder has the name ``name``: a given one, or one an index stands for."""
         if name in self._node_names:
             return True
-        _, sep, tail = name.rpartition("_")
-        k = _index(tail) if sep else None
+        k = _suffix_index(name)
         return k is not None and k < len(self.nodes) and self.nodes[k]._name == k and self.nodes[k].name == name
 
     def build(self, outputs: Any) -> Graph:
@@ -250,17 +248,18 @@ def _fresh_index(name: str) -> int | None:
     return _index(name[1:]) if name[:1] == "%" else None
 
 
+def _suffix_index(name: str) -> int | None:
+    """k when ``name`` ends in ``_<k>`` (as ``<op>_<k>``, the names a builder makes for nodes), else None."""
+    _, sep, tail = name.rpartition("_")
+    return _index(tail) if sep else None
+
+
 def _index(digits: str) -> int | None:
     """k when ``digits`` is ``str(k)`` for a k that can index a builder's nodes or values, else None (no int is made of
     thousands of digits, which Python refuses)."""
     if 0 < len(digits) <= 18 and digits.isascii() and digits.isdigit() and (digits[0] != "0" or digits == "0"):
         return int(digits)
     return None
-
-
-def _text(op: str, name: str | int) -> str:
-    """A node name as :meth:`GraphBuilder._node_name` gives it (an index k stands for ``<op>_<k>``), as text."""
-    return name if isinstance(name, str) else f"{op.lower()}_{name}"
 
 
 _SCALARS = (bool, int, float, str, type(None))

@@ -119,6 +119,11 @@ class Value(Arithmetic):
         return self.builder
 
 
+def node_name(op: str, name: str | int) -> str:
+    """A node's name as text: ``name`` itself, or for an index k (a name a builder made) ``<op>_<k>``."""
+    return name if name.__class__ is str else f"{op.lower()}_{name}"  # type: ignore[return-value]
+
+
 class Node:
     """One application of a primitive op: ``outputs = op[attrs](*inputs)``; ``calls`` names the library functions the
     node refers to (its op's ``calls`` attributes), filled in by the builder."""
@@ -141,8 +146,7 @@ class Node:
     def name(self) -> str:
         """The node's name: the one given, or for the k-th node a builder named itself (``name`` an int k)
         ``<op>_<k>``, made when read (a deep graph's tens of thousands of nodes never format names nobody reads)."""
-        name = self._name
-        return name if name.__class__ is str else f"{self.op.lower()}_{name}"
+        return node_name(self.op, self._name)
 
     def __repr__(self) -> str:
         return (f"Node(op={self.op!r}, inputs={self.inputs!r}, attrs={self.attrs!r}, outputs={self.outputs!r}, "
