@@ -19,6 +19,7 @@ from typing import Any, Sequence
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 
+from gradserve.engine import flatten, unflatten
 from gradserve.v1 import graph_pb2 as pb
 
 from .errors import WireError
@@ -281,21 +282,6 @@ def _bytes_of(a: np.ndarray) -> np.ndarray:
     return a.reshape(-1).view(np.uint8)
 
 
-def _shape_of(tree: Any, leaves: list[np.ndarray]) -> Any:
-    """``tree`` (nested tuples of arrays) with each array replaced by its leaf number, appending the arrays."""
-    if isinstance(tree, tuple):
-        return tuple(_shape_of(t, leaves) for t in tree)
-    leaves.append(tree)
-    return len(leaves) - 1
-
-
-def _build(skeleton: Any, arrays: list[np.ndarray]) -> Any:
-    """The tree ``skeleton`` stands for, with leaf number ``i`` replaced by ``arrays[i]``."""
-    if type(skeleton) is int:
-        return arrays[skeleton]
-    return tuple(_build(s, arrays) for s in skeleton)
-
-
 class TreeReader:
     """Decodes the TensorTree field ``field`` of serialized ``cls`` messages: as ``decode_tree`` does on the parsed
     message the first time and whenever the layout differs from the last one learned, else by the layout's Template.
@@ -306,7 +292,7 @@ class TreeReader:
     def __init__(self, cls: type[Any], field: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.cls, self.field, self.limits = cls, field, limits
         self.layout: tuple[Template, list[int], Any] | None = None
-        """The template, the slots of ``field`` in leaf order, and the tree's skeleton (leaf numbers)."""
+        """The template, the slots of ``field`` in leaf order, and the tree's nesting (its leaves numbered)."""
 
     def __call__(self, raw: bytes) -> Any:
         """The tree in the message ``raw``, as nested tuples of read-only arrays."""
@@ -314,7 +300,7 @@ class TreeReader:
         if layout is not None:
             arrays = layout[0].read(raw)
             if arrays is not None:
-                return _build(layout[2], [arrays[i] for i in layout[1]])
+                return unflatten(layout[2], (arrays[i] for i in layout[1]))
         tree = decode_tree(getattr(self.cls.FromString(raw), self.field), self.limits)
         self.layout = self._learn(raw, tree)
         return tree
@@ -325,8 +311,8 @@ class TreeReader:
         if template is None:
             return None
         mine = [i for i, s in enumerate(template.slots) if s.path[0] == self.field]
-        leaves: list[np.ndarray] = []
-        skeleton = _shape_of(tree, leaves)
+        leaves = flatten(tree)
+        skeleton = unflatten(tree, iter(range(len(leaves))))  # the tree's nesting, holding no array
         if len(leaves) != len(mine):
             return None
         probe = bytearray(raw)
@@ -339,8 +325,7 @@ class TreeReader:
             first += s.nbytes
         probed = bytes(probe)
         del probe  # not held while the probe is parsed and read
-        expected: list[np.ndarray] = []
-        _shape_of(decode_tree(getattr(self.cls.FromString(probed), self.field), self.limits), expected)
+        expected = flatten(decode_tree(getattr(self.cls.FromString(probed), self.field), self.limits))
         got = template.read(probed)
         if got is None:
             return None
