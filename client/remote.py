@@ -281,7 +281,7 @@ class RemoteBackend(Backend):
         if network_id is not None:
             template = codec.Template.learn(data, type(message).DESCRIPTOR)
             picks = None if template is None else _picks(template, len(call.inputs) if call.flags is None else net.inputs,
-                                                         list(overrides))
+                                                         len(call.inputs), list(overrides))
             if template is not None and picks is not None and template.join(_arrays(call.inputs, overrides, picks)) == data:
                 net.templates[key] = (template, picks)
         return data
@@ -416,10 +416,10 @@ def _addressed(request: Any, parameters: Mapping[str, np.ndarray], network_id: s
     return request
 
 
-def _picks(template: codec.Template, inputs: int, names: list[str]) -> list[int] | None:
+def _picks(template: codec.Template, inputs: int, count: int, names: list[str]) -> list[int] | None:
     """For each slot of a request's ``template``, the index of its array in ``[*call.inputs, *overrides.values()]``
-    (``inputs`` of the call's inputs are the network's, the rest sens; ``names`` the overrides' names in order); None
-    when a slot is none of them."""
+    (the first ``inputs`` of the call's ``count`` inputs are the network's, the rest sens; ``names`` the overrides'
+    names in order); None when a slot is none of them."""
     picks = []
     for path in template.paths:
         if len(path) != 2:
@@ -430,16 +430,16 @@ def _picks(template: codec.Template, inputs: int, names: list[str]) -> list[int]
         elif kind == "sens":
             picks.append(inputs + key)
         elif kind == "parameters" and key in names:
-            picks.append(-1 - names.index(key))
+            picks.append(count + names.index(key))
         else:
             return None
     return picks
 
 
 def _arrays(inputs: Sequence[np.ndarray], overrides: Mapping[str, np.ndarray], picks: list[int]) -> list[np.ndarray]:
-    """The arrays of a call in its request template's slot order (``_picks``: overrides by negative numbers)."""
-    values = list(overrides.values())
-    return [inputs[j] if j >= 0 else values[-1 - j] for j in picks]
+    """The arrays of a call in its request template's slot order (``_picks``)."""
+    arrays = [*inputs, *overrides.values()]
+    return [arrays[j] for j in picks]
 
 
 def _parsed(method: str, parse: Callable[[bytes], Any], raw: bytes) -> Any:
