@@ -446,10 +446,15 @@ def cpu_per_request(rounds: int, per_block: int) -> None:
           f"[{min(ratios):.2f}..{max(ratios):.2f}] (target <= 1.3x)")
 
 
+def pinnable(pin: bool) -> list[int]:
+    """The cores this process may run on, when pinning is asked for and the platform can; else none."""
+    return sorted(os.sched_getaffinity(0)) if pin and hasattr(os, "sched_setaffinity") else []
+
+
 def split_cores(pin: bool) -> tuple[set[int] | None, set[int] | None]:
-    """The cores for the servers' side and for the client with ``--pin``: the first allowed core and the others, as
+    """The cores for the servers' side and for the client when pinned: the first allowed core and the others, as
     separate machines would keep them apart (no thread migrating between them); (None, None) to leave both free."""
-    allowed = sorted(os.sched_getaffinity(0)) if pin and hasattr(os, "sched_setaffinity") else []
+    allowed = pinnable(pin)
     return ({allowed[0]}, set(allowed[1:])) if len(allowed) > 1 else (None, None)
 
 
@@ -549,8 +554,8 @@ def replicas(batch: int, rounds: int, pin: bool) -> None:
     """Print one large-batch CNN gradient's time on one single-worker replica and split over two, each replica a
     process of its own; with ``pin``, each on a core of its own (the client free)."""
     config = ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")
-    cpus: list[set[int] | None] = [{c} for c in sorted(os.sched_getaffinity(0))[:2]] if pin and hasattr(os, "sched_setaffinity") else []
-    cpus = cpus if len(cpus) == 2 else [None, None]
+    allowed = pinnable(pin)
+    cpus: list[set[int] | None] = [{allowed[0]}, {allowed[1]}] if len(allowed) > 1 else [None, None]
     calls: list[int] = []
     with replica(config, cpus[0], calls) as a, replica(config, cpus[1], calls) as b:
         one, two = in_client_process(replicas_client, a, f"{a},{b}", batch, rounds)
