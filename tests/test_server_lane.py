@@ -16,6 +16,7 @@ import pytest
 from serverkit import lane_stops_at_deadline_and_cancel, long_run, quick_check, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
+from gradserve.engine.compiler import STRAIGHT_AFTER
 from gradserve.proto import codec
 from gradserve.server import blobs, compute
 from gradserve.server.app import Server, running
@@ -368,6 +369,31 @@ def test_bounded_plan_stays_bounded_when_the_lane_cache_cannot_hold_it_and_its_n
         request.inputs[0].CopyFrom(t(np.zeros((96, 128))))
         failed = rejected(lambda: stub.Grad(request, timeout=30))
         assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[0]" in failed.details()
+
+
+def test_a_plan_the_worker_cannot_pickle_is_answered_there_and_stays_out_of_the_lane() -> None:
+    """Caches of two entries and bounded plans: a worker's second build of plan A, run ``STRAIGHT_AFTER`` times for a
+    stream while the lane held the first build, holds its generated straight-line function, which pickle refuses;
+    once the lane has dropped A, the worker is asked to send that build with its answer. The calls still get
+    cos(x), from the worker, and A stays out of the lane."""
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, worker_cache_size=2, local_max_elements=1)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        lane = server.servicer.lane
+        xa, xb = np.array([0.5, -1.0]), np.array([0.25, 2.0, 3.0])
+        a, b = sin_request(stub, xa), sin_request(stub, xb)
+        key = compute.plan_key("grad", a, a.network_id)
+        for request, x in ((a, xa), (b, xb)):  # built by the worker and sent: the lane holds A and B
+            np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos(x), rtol=1e-12)
+        assert lane.plan(key) is not None and lane.served == 0
+        # The worker's cache took B's network and plan, so A is built again there; the stream's runs leave it straight.
+        for streamed in stub.GradStream(iter([a] * (STRAIGHT_AFTER + 1)), timeout=60):
+            np.testing.assert_allclose(codec.decode_tree(streamed.gradients), np.cos(xa), rtol=1e-12)
+        np.testing.assert_allclose(codec.decode_tree(stub.Grad(b, timeout=30).gradients), np.cos(xb), rtol=1e-12)
+        assert lane.served == 1 and lane.plan(key) is None  # the lane ran B and decoded its network: A was dropped
+        for _ in range(2):
+            np.testing.assert_allclose(codec.decode_tree(stub.Grad(a, timeout=30).gradients), np.cos(xa), rtol=1e-12)
+        assert lane.served == 1 and lane.plan(key) is None
 
 
 def weighted_sin_request(stub: service_pb2_grpc.GradientStub, x: np.ndarray, w: np.ndarray) -> service_pb2.GradRequest:
