@@ -18,7 +18,7 @@ from serverkit import lane_stops_at_deadline_and_cancel, long_run, quick_check, 
 from gradserve.engine import GraphBuilder
 from gradserve.engine.compiler import STRAIGHT_AFTER
 from gradserve.proto import codec
-from gradserve.server import blobs, compute
+from gradserve.server import blobs, compute, servicer
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -450,6 +450,14 @@ def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_withou
         return submit(job, *args)
 
     monkeypatch.setattr(server.pool, "submit", seen)
+    bodies: list[bytes] = []
+    made = servicer._body
+
+    def body(incoming: Any) -> bytes:
+        bodies.append(made(incoming))
+        return bodies[-1]
+
+    monkeypatch.setattr(servicer, "_body", body)
     x = np.linspace(-2, 2, 1 << 13)  # 64 KiB of float64: parsed whole
     b = GraphBuilder()
     request = service_pb2.RunRequest(graph=codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", x.shape)))),
@@ -463,3 +471,4 @@ def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_withou
     assert len(run) == 1 and run[0].payload.places == [("inputs", 0)] and bytes(run[0].blobs[0]) == x.tobytes()
     sent = service_pb2.RunRequest.FromString(run[0].payload.body)
     assert not sent.HasField("graph") and sent.inputs[0].data == b""
+    assert bodies == [run[0].payload.body]  # the requests the lane answered were not taken apart for a worker
