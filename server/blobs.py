@@ -2,7 +2,7 @@
 instead of inside a pickled message. Only bytes move here; the codec interprets them.
 
 Requests: ``lift`` finds the large tensor data in a request's raw bytes and returns it as views of them,
-parsing only the small rest, which it keeps as bytes to hand on (``apart`` takes one field out of such
+parsing only the small rest, which it keeps as bytes to hand on (``locate`` finds one field in such
 bytes); ``parse`` takes a request of at most ``WHOLE_MAX_BYTES`` whole instead, for the server to compute itself. Responses: ``around`` serializes a response as the pieces between data frames of known sizes,
 and ``splice`` joins the pieces with the frames, copying them once."""
 from __future__ import annotations
@@ -191,26 +191,20 @@ def parse(raw: bytes, cls: type[Any]) -> Lifted:
     return Lifted(cls.FromString(raw), [], [], raw, True)
 
 
-def apart(raw: bytes, number: int) -> tuple[memoryview, bytes] | None:
-    """The payload of the length-delimited field ``number`` of the serialized message ``raw`` (a view) and
-    the message's other fields (bytes); None unless the field is there exactly once as bytes (protobuf
-    merges repeated ones) in plain framing, in which case the caller serializes what it needs."""
-    view = memoryview(raw)
-    found, rest, done = None, [], 0
+def locate(raw: bytes, number: int) -> tuple[int, int, int] | None:
+    """Where the length-delimited field ``number`` of the serialized message ``raw`` is: (start of its key, start
+    and end of its payload); None unless the field is there exactly once as bytes (protobuf merges repeated ones)
+    in plain framing, in which case the caller serializes what it needs."""
+    found = None
     try:
         for start, field, wire, begin, end in codec.read_fields(raw, 0, len(raw)):
             if field == number:
                 if found is not None or wire != 2:
                     return None
-                found = view[begin:end]
-                rest.append(view[done:start])
-                done = end
+                found = start, begin, end
     except codec.Irregular:
         return None
-    if found is None:
-        return None
-    rest.append(view[done:])
-    return found, b"".join(rest)
+    return found
 
 
 def _take_apart(raw: bytes, layout: _Layout, least: int) -> tuple[list[Any], list[Where], list[memoryview]]:

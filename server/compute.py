@@ -36,6 +36,7 @@ from gradserve.v1 import graph_pb2, service_pb2
 from .blobs import BLOB_MIN_BYTES, Where, around, data_header, frame_size, leaves_of, request_tensors
 from .config import PROTOBUF_MAX_BYTES, Limits
 from .errors import Failure
+from .jsonlog import log
 
 
 @dataclass
@@ -180,6 +181,8 @@ class Plan:
     """Bytes of the constants and parameters the program holds (what it costs a cache)."""
     exported: bytes = dataclasses.field(default=b"", repr=False)
     """``export_plan``'s bytes, made once."""
+    unexportable: bool = False
+    """``export_plan`` failed to pickle this plan: it stays in the workers, and exporting it is not tried again."""
 
     def take(self, req: Tensors) -> Args | None:
         """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
@@ -330,7 +333,7 @@ class Answer(NamedTuple):
     parts: list[bytes]
     """As in ``Encoded``."""
     plan: bytes
-    """The plan (``export_plan``) when it is small enough for the local lane (``Plan.local``), else empty."""
+    """The plan (``export_plan``) when it is small enough for the local lane (``Plan.local``) and pickles, else empty."""
 
 
 def plan(state: WorkerState, kind: str, req: Any, network_id: str, key: tuple) -> Plan:
@@ -441,10 +444,17 @@ def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: s
 
 def export_plan(found: Plan) -> bytes:
     """``found`` pickled for the server process, which runs it as it is (``import_plan``) instead of building
-    it again; made once per plan. Op forward functions are pickled by op name (many are lambdas)."""
-    if not found.exported:
+    it again; made once per plan. Op forward functions are pickled by op name (many are lambdas). Empty when
+    pickling fails: the lane is only a shortcut, so the plan stays in the workers, the failure is logged as a
+    warning and the plan is not pickled again (``Plan.unexportable``)."""
+    if not found.exported and not found.unexportable:
         out = io.BytesIO()
-        _PlanPickler(out, pickle.HIGHEST_PROTOCOL).dump(dataclasses.replace(found, exported=b""))
+        try:
+            _PlanPickler(out, pickle.HIGHEST_PROTOCOL).dump(dataclasses.replace(found, exported=b""))
+        except Exception as exc:  # any failure (PicklingError, RecursionError, ...) only costs the shortcut
+            found.unexportable = True
+            log("plan_not_exported", level="warning", graph=found.program.graph.name, error=f"{type(exc).__name__}: {exc}")
+            return b""
         found.exported = out.getvalue()
     return found.exported
 

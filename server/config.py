@@ -23,7 +23,12 @@ class Limits(codec.Limits):
     included (the formula is in deploy/kubernetes/README.md): a 256 MB tensor in and out of every worker."""
 
     max_tensor_elements: int = 1 << 28
+    # All four codec limits are declared here (these two with the codec's defaults) so that mypy knows the fields
+    # ``decoding`` replaces even where it cannot see the codec's class: over the source tree, the editable install's
+    # import hook hides ``gradserve.proto`` from it and the base class is Any.
+    max_tensor_rank: int = codec.Limits.max_tensor_rank
     max_graph_nodes: int = 100_000
+    max_nesting_depth: int = codec.Limits.max_nesting_depth
     max_message_bytes: int = 256 * MiB + 16 * MiB
     """Largest gRPC message either way: room for a 256 MB tensor plus the rest of the message."""
     default_deadline_ms: int = 60_000

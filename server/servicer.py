@@ -259,9 +259,8 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         nid = call.network_id = self.pool.submit(Job("load", raw), call.deadline, call.is_active).payload
         return nid, self.registry.put(digest, nid, raw)
 
-    def _network(self, incoming: blobs.Lifted, call: Call) -> tuple[str, bytes, bytes]:
-        """(id, serialized network, the request's bytes without its graph) of a Grad or Run request; an
-        inline graph is registered."""
+    def _network(self, incoming: blobs.Lifted, call: Call) -> tuple[str, bytes]:
+        """(id, serialized network) of a Grad or Run request; an inline graph is registered."""
         request = incoming.message
         which = request.WhichOneof("network")
         if which == "network_id":
@@ -273,11 +272,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                     f"network_id {shown(request.network_id)} is not registered on this server; register it again or send the graph inline",
                     [("network_id", "unknown network id")],
                 )
-            return request.network_id, raw, incoming.raw
+            return request.network_id, raw
         if which == "graph":
-            raw, rest = _apart_graph(incoming)
+            raw = _graph(incoming)
             nid, _ = self._register(raw, call)
-            return nid, raw, rest
+            return nid, raw
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
     def _compute(self, kind: str, incoming: blobs.Lifted, call: Call, bounded: bool = True) -> bytes:
@@ -288,7 +287,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         size = len(incoming.raw) + sum(len(d) for d in incoming.data)  # the bytes received
         self._hold(size)
         try:
-            nid, raw, body = self._network(incoming, call)
+            nid, raw = self._network(incoming, call)
             key = plan_key(kind, request, nid)
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             found = self.lane.plan(key)
@@ -299,8 +298,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                     return self._answered(self._reply(kind, *done, tail))
             if incoming.whole:  # lifted now, so that its large tensors cross to the worker in shared memory
                 incoming = blobs.lift(incoming.raw, type(request))
-                body = _apart_graph(incoming)[1] if incoming.message.HasField("graph") else incoming.raw
-            job = Job(kind, Request(body, incoming.places, key, found is None), incoming.data, nid, raw)
+            job = Job(kind, Request(_body(incoming), incoming.places, key, found is None), incoming.data, nid, raw)
 
             def take(answer: Answer, frames: list[Any]) -> tuple[bytes, bytes]:
                 """The response, built while the worker's shared memory holds the frames, and the plan if local."""
@@ -340,7 +338,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         def register(call: Call) -> service_pb2.RegisterNetworkResponse:
             if request.message.HasField("graph") == bool(request.message.onnx_model):
                 raise Failure("INVALID_ARGUMENT", "set exactly one of graph and onnx_model", [("graph", "set exactly one of graph and onnx_model")])
-            raw = _apart_graph(request)[0] if request.message.HasField("graph") else _onnx_graph(request.message.onnx_model, self.limits)
+            raw = _graph(request) if request.message.HasField("graph") else _onnx_graph(request.message.onnx_model, self.limits)
             nid, created = self._register(raw, call)
             return service_pb2.RegisterNetworkResponse(network_id=nid, created=created)
 
@@ -485,16 +483,36 @@ def _onnx_graph(data: bytes, limits: Any) -> bytes:
         raise classify(exc) from None
 
 
-def _apart_graph(incoming: blobs.Lifted) -> tuple[bytes, bytes]:
-    """(the request's graph, the rest of the request), serialized: the received bytes taken apart, or when
-    they are not plain (a graph field given twice, which protobuf merges) serialized again by protobuf."""
-    request = incoming.message
-    found = blobs.apart(incoming.raw, request.DESCRIPTOR.fields_by_name["graph"].number)
+def _graph(incoming: blobs.Lifted) -> bytes:
+    """The request's graph, serialized: its received bytes, or when they are not plain (a graph field given
+    twice, which protobuf merges) serialized again by protobuf."""
+    found = _locate_graph(incoming)
     if found is not None:
-        return bytes(found[0]), found[1]
-    graph = request.graph.SerializeToString(deterministic=True)
-    request.ClearField("graph")
-    return graph, request.SerializeToString()
+        _, begin, end = found
+        return bytes(incoming.raw[begin:end])
+    return incoming.message.graph.SerializeToString(deterministic=True)
+
+
+def _body(incoming: blobs.Lifted) -> bytes:
+    """The bytes of a Grad or Run request a worker parses: the received ones, without the graph when it is inline
+    (the worker gets the network by id), serialized again by protobuf when they are not plain."""
+    request = incoming.message
+    if not request.HasField("graph"):
+        return incoming.raw
+    found = _locate_graph(incoming)
+    if found is not None:
+        start, _, end = found
+        view = memoryview(incoming.raw)
+        return b"".join((view[:start], view[end:]))
+    rest = type(request)()
+    rest.CopyFrom(request)
+    rest.ClearField("graph")
+    return rest.SerializeToString()
+
+
+def _locate_graph(incoming: blobs.Lifted) -> tuple[int, int, int] | None:
+    """Where the graph field is in the request's received bytes (``blobs.locate``)."""
+    return blobs.locate(incoming.raw, incoming.message.DESCRIPTOR.fields_by_name["graph"].number)
 
 
 def _version(dist: str) -> str:

@@ -395,25 +395,25 @@ def test_splice_without_leaves_is_protobuf_serialization() -> None:
     assert blobs.splice(blobs.around(message, ("outputs",), [], []), []) == message.SerializeToString()
 
 
-# ---- apart ----
+# ---- locate ----
 
-def test_apart_takes_one_field_out_of_a_serialized_request() -> None:
+def test_locate_finds_one_field_of_a_serialized_request() -> None:
     graph = pb.Graph(inputs=[pb.GraphInput(name="x", dtype=pb.DATA_TYPE_FLOAT32, shape=[3])])
     graph.library["f"].SetInParent()
     request = spb.GradRequest(graph=graph, request_id="r", inputs=[pb.Tensor(dtype=pb.DATA_TYPE_UINT8, shape=[2], data=b"ab")])
     raw = request.SerializeToString()
     number = spb.GradRequest.DESCRIPTOR.fields_by_name["graph"].number
-    found = blobs.apart(raw, number)
+    found = blobs.locate(raw, number)
     assert found is not None
-    payload, rest = found
-    assert pb.Graph.FromString(bytes(payload)) == graph
+    start, begin, end = found
+    assert pb.Graph.FromString(raw[begin:end]) == graph
     without = spb.GradRequest()
     without.CopyFrom(request)
     without.ClearField("graph")
-    assert spb.GradRequest.FromString(rest) == without
-    assert blobs.apart(raw + raw, number) is None  # given twice: protobuf merges, so it is left to protobuf
-    assert blobs.apart(spb.GradRequest(network_id="n").SerializeToString(), number) is None
-    assert blobs.apart(raw[:-1], number) is None  # truncated framing
+    assert spb.GradRequest.FromString(raw[:start] + raw[end:]) == without
+    assert blobs.locate(raw + raw, number) is None  # given twice: protobuf merges, so it is left to protobuf
+    assert blobs.locate(spb.GradRequest(network_id="n").SerializeToString(), number) is None
+    assert blobs.locate(raw[:-1], number) is None  # truncated framing
 
 
 def test_parse_takes_requests_whole_between_the_blob_size_and_its_limit_and_lifts_the_others(

@@ -2,12 +2,14 @@
 ``args``, ``execute``, ``encode``. Results are compared with closed forms and with the engine run directly."""
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import numpy as np
 import pytest
 
 from gradserve.engine import GraphBuilder, compile_graph, grad_operation
+from gradserve.engine.compiler import STRAIGHT_AFTER
 from gradserve.proto import codec
 from gradserve.server import compute
 from gradserve.server.blobs import BLOB_MIN_BYTES, data_header, splice
@@ -264,6 +266,26 @@ def test_an_exported_plan_runs_in_another_state_without_building() -> None:
     ((dx,), (dw,)) = codec.decode_tree(service_pb2.GradResponse.FromString(encoded.parts[0]).gradients)
     np.testing.assert_allclose(dx, np.cos(x2 * W) * W, rtol=1e-12)
     np.testing.assert_allclose(dw, (np.cos(x2 * W) * x2).sum(axis=0), rtol=1e-12)
+
+
+def test_a_plan_that_does_not_pickle_is_answered_without_it_logged_once_and_not_pickled_again(capsys: pytest.CaptureFixture[str]) -> None:
+    """A worker's plan run ``STRAIGHT_AFTER`` times before anyone asked for it (the lane held another worker's copy)
+    holds its generated straight-line function, which pickle refuses: a job asking for the plan then (the lane dropped
+    its copy) still gets the closed-form gradient, without the plan, and the failure is one warning."""
+    s, nid = state()
+    req = grad_request()
+    job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid), export=False)
+    for _ in range(STRAIGHT_AFTER + 1):
+        compute.handle(s, "grad", job, [], nid)
+    capsys.readouterr()
+    for _ in range(2):
+        answer, arrays = compute.handle(s, "grad", job._replace(export=True), [], nid)
+        assert answer.plan == b"" and arrays == []
+        np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.parts[0]).gradients),
+                                   np.cos(X * W) * W, rtol=1e-12)
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
+    assert [(e["level"], e["event"]) for e in logged] == [("warning", "plan_not_exported")]
+    assert logged[0]["error"].startswith("PicklingError") and logged[0]["graph"] == s.cache.get(job.key).program.graph.name
 
 
 def test_plans_of_large_networks_are_not_local() -> None:

@@ -16,8 +16,9 @@ import pytest
 from serverkit import lane_stops_at_deadline_and_cancel, long_run, quick_check, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
+from gradserve.engine.compiler import STRAIGHT_AFTER
 from gradserve.proto import codec
-from gradserve.server import blobs, compute
+from gradserve.server import blobs, compute, servicer
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import service_pb2, service_pb2_grpc
@@ -370,6 +371,31 @@ def test_bounded_plan_stays_bounded_when_the_lane_cache_cannot_hold_it_and_its_n
         assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[0]" in failed.details()
 
 
+def test_a_plan_the_worker_cannot_pickle_is_answered_there_and_stays_out_of_the_lane() -> None:
+    """Caches of two entries and bounded plans: a worker's second build of plan A, run ``STRAIGHT_AFTER`` times for a
+    stream while the lane held the first build, holds its generated straight-line function, which pickle refuses;
+    once the lane has dropped A, the worker is asked to send that build with its answer. The calls still get
+    cos(x), from the worker, and A stays out of the lane."""
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, worker_cache_size=2, local_max_elements=1)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        lane = server.servicer.lane
+        xa, xb = np.array([0.5, -1.0]), np.array([0.25, 2.0, 3.0])
+        a, b = sin_request(stub, xa), sin_request(stub, xb)
+        key = compute.plan_key("grad", a, a.network_id)
+        for request, x in ((a, xa), (b, xb)):  # built by the worker and sent: the lane holds A and B
+            np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos(x), rtol=1e-12)
+        assert lane.plan(key) is not None and lane.served == 0
+        # The worker's cache took B's network and plan, so A is built again there; the stream's runs leave it straight.
+        for streamed in stub.GradStream(iter([a] * (STRAIGHT_AFTER + 1)), timeout=60):
+            np.testing.assert_allclose(codec.decode_tree(streamed.gradients), np.cos(xa), rtol=1e-12)
+        np.testing.assert_allclose(codec.decode_tree(stub.Grad(b, timeout=30).gradients), np.cos(xb), rtol=1e-12)
+        assert lane.served == 1 and lane.plan(key) is None  # the lane ran B and decoded its network: A was dropped
+        for _ in range(2):
+            np.testing.assert_allclose(codec.decode_tree(stub.Grad(a, timeout=30).gradients), np.cos(xa), rtol=1e-12)
+        assert lane.served == 1 and lane.plan(key) is None
+
+
 def weighted_sin_request(stub: service_pb2_grpc.GradientStub, x: np.ndarray, w: np.ndarray) -> service_pb2.GradRequest:
     """d/dx of sum(sin(x) * w), with w sent as a parameter override (cos(x) * w), by network id."""
     b = GraphBuilder()
@@ -424,6 +450,14 @@ def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_withou
         return submit(job, *args)
 
     monkeypatch.setattr(server.pool, "submit", seen)
+    bodies: list[bytes] = []
+    made = servicer._body
+
+    def body(incoming: Any) -> bytes:
+        bodies.append(made(incoming))
+        return bodies[-1]
+
+    monkeypatch.setattr(servicer, "_body", body)
     x = np.linspace(-2, 2, 1 << 13)  # 64 KiB of float64: parsed whole
     b = GraphBuilder()
     request = service_pb2.RunRequest(graph=codec.encode_graph(b.build(b.op("Sin", b.input("x", "float64", x.shape)))),
@@ -437,3 +471,4 @@ def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_withou
     assert len(run) == 1 and run[0].payload.places == [("inputs", 0)] and bytes(run[0].blobs[0]) == x.tobytes()
     sent = service_pb2.RunRequest.FromString(run[0].payload.body)
     assert not sent.HasField("graph") and sent.inputs[0].data == b""
+    assert bodies == [run[0].payload.body]  # the requests the lane answered were not taken apart for a worker
