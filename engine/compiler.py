@@ -603,6 +603,13 @@ class Program:
         """``(elements, flops, peak_bytes)``, worked out from the plan when one of them is first read (a program that
         is only run, as the SDK's are, never needs them)."""
 
+    def __getstate__(self) -> dict[str, Any]:
+        """What pickling a program keeps (a server worker's plan goes to its local lane so): all but its generated
+        straight-line plans, functions ``exec`` made that pickle cannot name; the copy makes its own on its next run."""
+        state = self.__dict__.copy()
+        state["_straight"] = state["_straight_checked"] = None
+        return state
+
     @property
     def elements(self) -> int:
         """Tensor elements one run reads and writes, over all its steps: a static measure of its work."""

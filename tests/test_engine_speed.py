@@ -3,6 +3,7 @@ rebuilt graphs share one read-only copy of each weight, and copies of checked no
 from __future__ import annotations
 
 import gc
+import pickle
 import weakref
 
 import numpy as np
@@ -48,6 +49,25 @@ def test_later_runs_use_the_straight_line_plan_and_agree_with_the_first() -> Non
             for a, b in zip(run, got[0]):
                 np.testing.assert_array_equal(a, b)
     assert prog._straight is not None
+
+
+def test_a_program_pickled_after_its_straight_line_plan_runs_alike_and_makes_its_own() -> None:
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((3, 4)).astype(np.float32)
+    b = GraphBuilder("sin_tanh")
+    x = b.input("x", "float32", (5, 3))
+    loss = b.op("ReduceMean", b.op("Sin", b.op("Tanh", b.op("MatMul", x, b.param("w", w)))))
+    prog = compile_graph(grad_operation(b.build(loss), get_by_list=True, weights=["w"]))
+    for _ in range(10):
+        prog(rng.standard_normal((5, 3)).astype(np.float32))
+    assert prog._straight is not None
+    copy = pickle.loads(pickle.dumps(prog))
+    for _ in range(2):
+        xv = rng.standard_normal((5, 3)).astype(np.float32)
+        h = np.tanh(xv @ w)
+        (got,) = copy(xv)
+        np.testing.assert_allclose(got, xv.T @ (np.cos(h) * (1 - h * h) / h.size), rtol=1e-5, atol=1e-6)
+    assert copy._straight is not None and copy._straight is not prog._straight
 
 
 def test_buffers_written_in_place_are_never_returned_twice_or_inputs() -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import pickle
 from typing import Any
 
 import numpy as np
@@ -268,24 +269,47 @@ def test_an_exported_plan_runs_in_another_state_without_building() -> None:
     np.testing.assert_allclose(dw, (np.cos(x2 * W) * x2).sum(axis=0), rtol=1e-12)
 
 
-def test_a_plan_that_does_not_pickle_is_answered_without_it_logged_once_and_not_pickled_again(capsys: pytest.CaptureFixture[str]) -> None:
-    """A worker's plan run ``STRAIGHT_AFTER`` times before anyone asked for it (the lane held another worker's copy)
-    holds its generated straight-line function, which pickle refuses: a job asking for the plan then (the lane dropped
-    its copy) still gets the closed-form gradient, without the plan, and the failure is one warning."""
+def test_a_plan_run_past_its_straight_line_switch_is_still_sent_whole() -> None:
+    """A worker's plan run ``STRAIGHT_AFTER`` times before anyone asked for it holds its generated straight-line
+    function; the plan sent for the lane leaves that out, and the lane's copy gives the same gradient."""
     s, nid = state()
     req = grad_request()
     job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid), export=False)
     for _ in range(STRAIGHT_AFTER + 1):
         compute.handle(s, "grad", job, [], nid)
+    answer, _ = compute.handle(s, "grad", job._replace(export=True), [], nid)
+    copy = compute.import_plan(answer.plan)
+    _, encoded = compute.run(s, "grad", req, compute.Tensors.of(req), nid, job.key, found=copy)
+    np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(encoded.parts[0]).gradients),
+                               np.cos(X * W) * W, rtol=1e-12)
+
+
+def test_a_plan_that_does_not_pickle_is_answered_without_it_logged_once_and_not_pickled_again(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Exporting a plan is only the lane's shortcut: when pickling it fails, the job still gets the closed-form
+    gradient, without the plan, the failure is one warning, and the plan is not pickled again."""
+    tried = []
+
+    def refuse(self: pickle.Pickler, obj: Any) -> None:
+        tried.append(obj)
+        raise pickle.PicklingError("refused for the test")
+
+    monkeypatch.setattr(compute._PlanPickler, "dump", refuse)
+    s, nid = state()
+    req = grad_request()
+    job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid))
     capsys.readouterr()
     for _ in range(2):
-        answer, arrays = compute.handle(s, "grad", job._replace(export=True), [], nid)
+        answer, arrays = compute.handle(s, "grad", job, [], nid)
         assert answer.plan == b"" and arrays == []
         np.testing.assert_allclose(codec.decode_tree(service_pb2.GradResponse.FromString(answer.parts[0]).gradients),
                                    np.cos(X * W) * W, rtol=1e-12)
+    assert len(tried) == 1
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["level"], e["event"]) for e in logged] == [("warning", "plan_not_exported")]
-    assert logged[0]["error"].startswith("PicklingError") and logged[0]["graph"] == s.cache.get(job.key).program.graph.name
+    assert logged[0]["error"] == "PicklingError: refused for the test"
+    assert logged[0]["graph"] == s.cache.get(job.key).program.graph.name
 
 
 def test_plans_of_large_networks_are_not_local() -> None:

@@ -371,11 +371,10 @@ def test_bounded_plan_stays_bounded_when_the_lane_cache_cannot_hold_it_and_its_n
         assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT and "inputs[0]" in failed.details()
 
 
-def test_a_plan_the_worker_cannot_pickle_is_answered_there_and_stays_out_of_the_lane() -> None:
+def test_a_plan_the_worker_ran_past_its_straight_line_switch_still_reaches_the_lane() -> None:
     """Caches of two entries and bounded plans: a worker's second build of plan A, run ``STRAIGHT_AFTER`` times for a
-    stream while the lane held the first build, holds its generated straight-line function, which pickle refuses;
-    once the lane has dropped A, the worker is asked to send that build with its answer. The calls still get
-    cos(x), from the worker, and A stays out of the lane."""
+    stream while the lane held the first build, holds its generated straight-line function; once the lane has dropped
+    A, the worker sends that build with its answer (without the generated function), and the lane serves A again."""
     config = ServerConfig(host="127.0.0.1", port=0, workers=1, worker_cache_size=2, local_max_elements=1)
     with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
         stub = service_pb2_grpc.GradientStub(channel)
@@ -391,9 +390,9 @@ def test_a_plan_the_worker_cannot_pickle_is_answered_there_and_stays_out_of_the_
             np.testing.assert_allclose(codec.decode_tree(streamed.gradients), np.cos(xa), rtol=1e-12)
         np.testing.assert_allclose(codec.decode_tree(stub.Grad(b, timeout=30).gradients), np.cos(xb), rtol=1e-12)
         assert lane.served == 1 and lane.plan(key) is None  # the lane ran B and decoded its network: A was dropped
-        for _ in range(2):
+        for _ in range(2):  # the worker, which sends its straight build of A; then the lane
             np.testing.assert_allclose(codec.decode_tree(stub.Grad(a, timeout=30).gradients), np.cos(xa), rtol=1e-12)
-        assert lane.served == 1 and lane.plan(key) is None
+        assert lane.served == 2 and lane.plan(key) is not None
 
 
 def weighted_sin_request(stub: service_pb2_grpc.GradientStub, x: np.ndarray, w: np.ndarray) -> service_pb2.GradRequest:
