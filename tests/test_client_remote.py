@@ -180,6 +180,30 @@ def test_a_restarted_server_gets_the_network_again(pair: list[Server]) -> None:
     assert counts.get(("Grad", "NOT_FOUND"), 0) == 1 and ("RegisterNetwork", "OK") not in counts, counts
 
 
+def test_a_backend_still_reconnecting_to_a_port_does_not_turn_a_new_one_away_from_its_server(clean_context: None) -> None:
+    """A backend left open on a stopped server's port is backing off from a refused connection; a new backend to a
+    server started since on that port connects by itself (no channel state is shared), so its call is served."""
+    gs.set_context(retry_seconds=0)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as gone:
+        port = gone.port
+        stale = RemoteBackend(f"127.0.0.1:{port}")
+        nid = stale.register(weighted_sin())
+    try:
+        with pytest.raises(RemoteError) as info:
+            grad_w(stale, nid)  # refused: its channel now waits before connecting again
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        with running(ServerConfig(host="127.0.0.1", port=port, workers=1)) as back:
+            backend = RemoteBackend(f"127.0.0.1:{port}")
+            try:
+                grad_w(backend, backend.register(weighted_sin()))
+            finally:
+                backend.close()
+            counts = served(back)
+    finally:
+        stale.close()
+    assert counts.get(("RegisterNetwork", "OK"), 0) == 1 and counts.get(("Grad", "OK"), 0) == 1, counts
+
+
 def test_no_reachable_server_is_an_unavailable_error(pair: list[Server], clean_context: None) -> None:
     gs.set_context(retry_seconds=0.5)
     backend = RemoteBackend(",".join(f"127.0.0.1:{s.port}" for s in pair))
