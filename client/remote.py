@@ -52,7 +52,10 @@ CHANNEL_OPTIONS = (
     ("grpc.max_receive_message_length", -1),
     ("grpc.initial_reconnect_backoff_ms", RECONNECT_BACKOFF_MS // 4),
     ("grpc.max_reconnect_backoff_ms", RECONNECT_BACKOFF_MS),
+    ("grpc.use_local_subchannel_pool", 1),
 )
+"""Each channel has its own connections (gRPC shares them among channels of equal options by default), so a server is
+judged reachable by this channel's attempts, never by another's refusal from before the server started."""
 INITIAL_BACKOFF = 0.05
 MAX_BACKOFF = 1.0
 """Seconds slept after a round in which every channel answered UNAVAILABLE: doubling from one to the other, jittered."""

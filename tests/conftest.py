@@ -61,13 +61,17 @@ def stub(server: Server) -> Iterator[service_pb2_grpc.GradientStub]:
 
 
 @pytest.fixture()
-def clean_context(monkeypatch: pytest.MonkeyPatch) -> None:
-    """No context option set and no GRADSERVE_* client variable; restored afterwards."""
+def clean_context(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """No context option set and no GRADSERVE_* client variable; restored afterwards, and the backends made meanwhile
+    closed (an open one keeps reconnecting to its stopped servers' ports, which later servers may get)."""
     for key, var in context.OPTIONS.items():
         monkeypatch.setitem(context._state, key, context._UNSET)
         monkeypatch.delenv(var, raising=False)
     monkeypatch.setattr(backends, "_backends", {})
     monkeypatch.setitem(context._mindspore, "mode", gs.PYNATIVE_MODE)
+    yield
+    for backend in backends._backends.values():
+        backend.close()
 
 
 @pytest.fixture(params=["embedded", "remote"])
@@ -77,8 +81,6 @@ def where(request: pytest.FixtureRequest, clean_context: None) -> Iterator[str]:
         server: Server = request.getfixturevalue("server")
         gs.set_context(target=f"127.0.0.1:{server.port}", retry_seconds=0)
     yield request.param
-    for backend in backends._backends.values():
-        backend.close()
 
 
 def _name(cn: str) -> x509.Name:

@@ -13,7 +13,7 @@ from clientkit import tutorial_grad_x
 from serverkit import TOKEN, wait_until
 
 import gradserve as gs
-from gradserve.client import backends, context, remote
+from gradserve.client import context, remote
 from gradserve.client.backend import GradFlags
 from gradserve.client.embedded import EmbeddedBackend
 from gradserve.client.remote import RemoteBackend, RemoteError, address_count, split_target
@@ -41,14 +41,6 @@ def pair() -> Iterator[list[Server]]:
     """Two servers for one test."""
     with servers(2) as two:
         yield two
-
-
-@pytest.fixture()
-def sdk(clean_context: None) -> Iterator[None]:
-    """A clean client context whose remote backends are closed afterwards."""
-    yield
-    for backend in backends._backends.values():
-        backend.close()
 
 
 def served(server: Server, token: str = "") -> dict[tuple[str, str], int]:
@@ -84,7 +76,7 @@ class Declared(grpc.UnaryUnaryClientInterceptor):
         return continuation(details, request)
 
 
-def test_the_sdk_declares_the_size_of_every_request_it_uploads(sdk: None, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_sdk_declares_the_size_of_every_request_it_uploads(clean_context: None, monkeypatch: pytest.MonkeyPatch) -> None:
     """The server receives a call declaring a small request without waiting behind large uploads (server/intake.py)."""
     seen = Declared()
     monkeypatch.setattr(remote, "open_channel", lambda target, options: grpc.intercept_channel(
@@ -97,7 +89,7 @@ def test_the_sdk_declares_the_size_of_every_request_it_uploads(sdk: None, monkey
     assert all(declared == str(size) for _, declared, size in uploads), uploads
 
 
-def test_the_sdk_sends_the_context_token(sdk: None) -> None:
+def test_the_sdk_sends_the_context_token(clean_context: None) -> None:
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, auth_token=TOKEN)) as server:
         gs.set_context(target=f"127.0.0.1:{server.port}", token=TOKEN)
         np.testing.assert_allclose(tutorial_grad_x(), GRAD_X, rtol=1e-6)
@@ -111,7 +103,7 @@ def test_the_sdk_sends_the_context_token(sdk: None) -> None:
             tutorial_grad_x()
 
 
-def test_the_sdk_uses_the_context_tls_settings(pki: dict[str, str], sdk: None) -> None:
+def test_the_sdk_uses_the_context_tls_settings(pki: dict[str, str], clean_context: None) -> None:
     cfg = ServerConfig(host="127.0.0.1", port=0, workers=1, tls_cert=pki["server.pem"], tls_key=pki["server.key"],
                        tls_client_ca=pki["ca.pem"], auth_token=TOKEN)
     with running(cfg) as server:
@@ -178,6 +170,30 @@ def test_a_restarted_server_gets_the_network_again(pair: list[Server]) -> None:
     finally:
         backend.close()
     assert counts.get(("Grad", "NOT_FOUND"), 0) == 1 and ("RegisterNetwork", "OK") not in counts, counts
+
+
+def test_a_backend_still_reconnecting_to_a_port_does_not_turn_a_new_one_away_from_its_server(clean_context: None) -> None:
+    """A backend left open on a stopped server's port is backing off from a refused connection; a new backend to a
+    server started since on that port connects by itself (no channel state is shared), so its call is served."""
+    gs.set_context(retry_seconds=0)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as gone:
+        port = gone.port
+        stale = RemoteBackend(f"127.0.0.1:{port}")
+        nid = stale.register(weighted_sin())
+    try:
+        with pytest.raises(RemoteError) as info:
+            grad_w(stale, nid)  # refused: its channel now waits before connecting again
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        with running(ServerConfig(host="127.0.0.1", port=port, workers=1)) as back:
+            backend = RemoteBackend(f"127.0.0.1:{port}")
+            try:
+                grad_w(backend, backend.register(weighted_sin()))
+            finally:
+                backend.close()
+            counts = served(back)
+    finally:
+        stale.close()
+    assert counts.get(("RegisterNetwork", "OK"), 0) == 1 and counts.get(("Grad", "OK"), 0) == 1, counts
 
 
 def test_no_reachable_server_is_an_unavailable_error(pair: list[Server], clean_context: None) -> None:

@@ -14,7 +14,7 @@ from clientkit import tutorial_grad_x
 from serverkit import slow_request, wait_until
 
 import gradserve as gs
-from gradserve.client import backends, context, remote
+from gradserve.client import context, remote
 from gradserve.client.remote import RemoteError
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
@@ -44,8 +44,6 @@ def refusals(clean_context: None, monkeypatch: pytest.MonkeyPatch) -> Iterator[R
     monkeypatch.setattr(remote, "open_channel", lambda target, options: grpc.intercept_channel(
         context.open_channel(target, options), seen))
     yield seen
-    for backend in backends._backends.values():
-        backend.close()
 
 
 @pytest.fixture()
