@@ -7,8 +7,9 @@
   a server vs on the embedded engine, with the request bytes per step (issue 13: the weights travel with
   the call)
 * issue 13, the digits CNN of ``examples/train_digits.py`` (value_and_grad, then Adam): its step time through a
-  2-worker server vs embedded (target <= 1.3x), and its steps per second streamed (``grad_fn.stream``) vs one
-  unary call at a time against that server
+  2-worker server vs embedded (target <= 1.3x), next to the floor a bare gRPC call sets (the embedded step plus
+  what an echo of the step's sizes costs beyond a handler computing for that step), and its steps per second
+  streamed (``grad_fn.stream``) vs one unary call at a time against that server
 * issue 13, one large-batch gradient of that CNN split by ``gradserve.parallel.data_parallel`` over two
   single-worker replicas vs computed by one (target >= 1.7x faster)
 * issue 15, CPU per request of an MLP gradient (128x784-512-512-10, through the SDK) against a 1-worker server
@@ -71,12 +72,30 @@ def _zeros(n: int) -> bytes:
     return bytes(n)
 
 
+_BUSY = np.ones((32, 32), np.float32)
+
+
+def _busy(req: bytes, ctx: Any) -> bytes:
+    """As ``_sized``, after computing (small NumPy products) for as many microseconds as the request's next 8 bytes
+    give: a server that computes for a step's time and then answers, at the cost of a bare echo."""
+    until = time.perf_counter() + int.from_bytes(req[8:16], "little") / 1e6
+    while time.perf_counter() < until:
+        _BUSY @ _BUSY
+    return _sized(req, ctx)
+
+
+def busy_request(answer: int, micros: int, size: int) -> bytes:
+    """A ``size``-byte request to ``_busy`` for ``answer`` bytes after ``micros`` microseconds of work."""
+    return answer.to_bytes(8, "little") + micros.to_bytes(8, "little") + bytes(max(0, size - 16))
+
+
 def echo_server() -> tuple[grpc.Server, int]:
-    """A bare gRPC server whose method Echo returns the request bytes, and Sized returns as many bytes as the
-    request asks for (``_sized``)."""
+    """A bare gRPC server whose method Echo returns the request bytes, Sized returns as many bytes as the
+    request asks for (``_sized``), and Busy does so after computing for a while (``_busy``)."""
     handler = grpc.method_handlers_generic_handler(
         "bench.Echo", {"Echo": grpc.unary_unary_rpc_method_handler(lambda req, ctx: req),
-                       "Sized": grpc.unary_unary_rpc_method_handler(_sized)})
+                       "Sized": grpc.unary_unary_rpc_method_handler(_sized),
+                       "Busy": grpc.unary_unary_rpc_method_handler(_busy)})
     server = grpc.server(futures.ThreadPoolExecutor(max_workers=8), options=UNLIMITED)
     server.add_generic_rpc_handlers((handler,))
     port = server.add_insecure_port("127.0.0.1:0")
@@ -264,11 +283,28 @@ def cnn_trainer(batch: int = 32) -> tuple[Any, nn.Optimizer, list[tuple[Tensor, 
     return grad_fn, optimizer, batches
 
 
-def digits_client(target: str, rounds: int, in_flight: int, out: Any) -> None:
+def digits_client(target: str, echo_target: str, rounds: int, in_flight: int, out: Any) -> None:
     """Seconds per CNN training step over one epoch: embedded, remote unary, remote streamed (``in_flight`` on one
-    GradStream); medians of ``rounds`` rounds in rotating order; sends them to ``out``. The embedded engine gets one
-    BLAS thread, as each server worker has."""
+    GradStream), and the bare-gRPC floor; medians of ``rounds`` rounds in rotating order; sends them to ``out``.
+    The floor is the embedded step plus what a call to the echo server's Busy of the unary step's request and response
+    sizes costs beyond its handler's computing for one embedded step: what the remote step would cost if the server
+    added nothing to a bare gRPC call but the compute (a handler that computes for milliseconds makes the call
+    around it slower than a bare echo's). The embedded engine gets one BLAS thread, as each server worker has."""
     threadpool_limits(1)
+    sizes: dict[str, tuple[int, int]] = {}
+    sender = remote._Route.sender
+
+    def measured(route: Any, method: str) -> Callable[[Any, float | None], bytes]:  # while warming up only
+        send = sender(route, method)
+
+        def call(request: Any, timeout: float | None) -> bytes:
+            answer = send(request, timeout)
+            if isinstance(request, bytes):
+                sizes[method] = (len(request), len(answer))
+            return answer
+        return call
+
+    remote._Route.sender = measured  # type: ignore[method-assign]
     runs: dict[str, Callable[[], int]] = {}
     for name, where, streamed in (("embedded", None, False), ("unary", target, False), ("streamed", target, True)):
         gs.set_context(target=where)
@@ -283,15 +319,34 @@ def digits_client(target: str, rounds: int, in_flight: int, out: Any) -> None:
             return len(batches)
 
         epoch()  # traced, registered and compiled
+        if name == "embedded":
+            t = time.perf_counter()
+            steps = epoch()
+            step_micros = int((time.perf_counter() - t) / steps * 1e6)
         runs[name] = epoch
+    remote._Route.sender = sender  # type: ignore[method-assign]
+    (request_bytes, response_bytes), = sizes.values()  # the step's unary calls (Run, of its value_and_grad graph)
+    busy = grpc.insecure_channel(echo_target, options=UNLIMITED).unary_unary("/bench.Echo/Busy")
+    floor_request = busy_request(response_bytes, step_micros, request_bytes)
+
+    def floor() -> int:
+        for _ in range(steps):
+            busy(floor_request)
+        return steps
+
+    floor()
+
+    runs["floor"] = floor
     times: dict[str, list[float]] = {name: [] for name in runs}
     names = list(runs)
     for r in range(rounds):
-        for name in names[r % 3:] + names[:r % 3]:
+        for name in names[r % len(names):] + names[:r % len(names)]:
             t = time.perf_counter()
             steps = runs[name]()
-            times[name].append((time.perf_counter() - t) / steps)
-    out.send({name: statistics.median(ts) for name, ts in times.items()})
+            times[name].append((time.perf_counter() - t) / steps - (step_micros / 1e6 if name == "floor" else 0))
+    medians = {name: statistics.median(ts) for name, ts in times.items()}
+    medians["floor"] += medians["embedded"]
+    out.send((medians, request_bytes, response_bytes))
 
 
 def replicas_client(one: str, two: str, batch: int, rounds: int, out: Any) -> None:
@@ -512,16 +567,23 @@ def training(steps: int, rounds: int) -> None:
 
 
 def digits(rounds: int, in_flight: int, pin: bool) -> None:
-    """Print the digits CNN's remote/embedded step time and its streamed vs unary steps per second (2 workers);
-    with ``pin``, the server and its workers on one core and the client (which also runs the embedded side) on
-    the other."""
+    """Print the digits CNN's remote/embedded step time, its bare-gRPC floor, and its streamed vs unary steps per
+    second (2 workers); with ``pin``, the servers (gradserve and the echo) and the workers on one core and the client
+    (which also runs the embedded side) on the other."""
     server_cpus, client_cpus = split_cores(pin)
     with pinned(server_cpus), running(ServerConfig(host="127.0.0.1", port=0, workers=2, log_level="warning")) as server:
-        t = in_client_process(digits_client, f"127.0.0.1:{server.port}", rounds, in_flight, cpus=client_cpus)
+        echo, echo_port = echo_server()
+        try:
+            t, request_bytes, response_bytes = in_client_process(
+                digits_client, f"127.0.0.1:{server.port}", f"127.0.0.1:{echo_port}", rounds, in_flight, cpus=client_cpus)
+        finally:
+            echo.stop(0)
     print(f"digits CNN, {'server and client on separate cores' if server_cpus else 'no core pinning'}:")
     print(f"digits CNN training step (batch 32, Adam): embedded {t['embedded']*1e3:.2f} ms, remote unary "
-          f"{t['unary']*1e3:.2f} ms, remote streamed {t['streamed']*1e3:.2f} ms (in_flight={in_flight})")
-    print(f"RATIO digits CNN step remote/embedded {t['unary'] / t['embedded']:.2f}x (target <= 1.3x)")
+          f"{t['unary']*1e3:.2f} ms, remote streamed {t['streamed']*1e3:.2f} ms (in_flight={in_flight}), bare-gRPC floor "
+          f"{t['floor']*1e3:.2f} ms ({request_bytes} bytes in, {response_bytes} out)")
+    print(f"RATIO digits CNN step remote/embedded {t['unary'] / t['embedded']:.2f}x (target <= 1.3x); "
+          f"floor/embedded {t['floor'] / t['embedded']:.2f}x")
     print(f"RATIO digits CNN steps/s streamed vs unary {t['unary'] / t['streamed']:.2f}x "
           f"({1 / t['streamed']:.0f} vs {1 / t['unary']:.0f} steps/s, 2-worker server)")
 
@@ -576,7 +638,7 @@ def main() -> None:
     parser.add_argument("--digits-rounds", type=int, default=5, help="rotating embedded/unary/streamed CNN epochs (default 5)")
     parser.add_argument("--in-flight", type=int, default=2, help="requests on the stream for the streamed CNN (default 2)")
     parser.add_argument("--big-batch", type=int, default=4096, help="images in the large-batch CNN gradient (default 4096)")
-    parser.add_argument("--replica-rounds", type=int, default=7, help="alternating 1/2-replica gradients (default 7)")
+    parser.add_argument("--replica-rounds", type=int, default=7, help="alternating 1/2-replica gradients (default 7; 0 skips them)")
     parser.add_argument("--rounds", type=int, default=11, help="paired throughput measurements (default 11: short rounds, many of them, so that the median ratio outlasts the machine's speed drifting)")
     parser.add_argument("--cpu-rounds", type=int, default=7, help="rotating server/in-process/echo MLP blocks (default 7)")
     parser.add_argument("--cpu-per-block", type=int, default=30, help="MLP calls per block (default 30)")
@@ -592,7 +654,7 @@ def main() -> None:
     training(args.train_steps, args.train_rounds)
     for pin in (True, False):
         digits(args.digits_rounds, args.in_flight, pin)
-    for pin in (True, False):
+    for pin in (True, False) if args.replica_rounds else ():
         replicas(args.big_batch, args.replica_rounds, pin)
     if args.only_training:
         return
