@@ -126,7 +126,8 @@ class _Spec:
     """The shape as a list, which a Tensor's repeated ``shape`` field compares with directly."""
     nbytes: int
     dtype: np.dtype
-    """Little-endian, as the wire carries it."""
+    """Little-endian, as the wire carries it: the declared dtype object itself when it is, so that the arrays taken
+    carry the program's own dtype, which its straight-line plan compares by identity (another object takes the full check)."""
 
     @classmethod
     def of(cls, v: Any) -> _Spec | None:
@@ -134,8 +135,9 @@ class _Spec:
         dt = np.dtype(v.dtype)
         if dt.kind == "b":
             return None
+        little = dt.newbyteorder("<")
         return cls(codec.encode_dtype(dt), tuple(v.shape), list(v.shape), int(np.prod(v.shape, dtype=np.int64)) * dt.itemsize,
-                   dt.newbyteorder("<"))
+                   dt if little == dt else little)
 
     def take(self, t: Any) -> np.ndarray | None:
         """A read-only view of ``t``'s data when it matches exactly, else None."""

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradserve.engine import GraphBuilder, compile_graph, grad_operation
+from gradserve.engine import GraphBuilder, compile_graph, compiler, grad_operation
 from gradserve.engine.compiler import STRAIGHT_AFTER
 from gradserve.proto import codec
 from gradserve.server import compute
@@ -377,3 +377,37 @@ def test_a_deep_result_tree_the_server_allows_is_joined_by_its_template() -> Non
         codec.encode_tree(nested(np.sin(x), depth), message.outputs)
         assert service_pb2.RunResponse.FromString(encoded.parts[0]) == message
         assert plan.layout is not None
+
+
+def test_a_request_that_matches_its_plan_skips_the_full_check_in_the_worker_and_in_the_lane(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The straight-line plan compares an input's or parameter's dtype with its own by identity (an equal dtype that is
+    another object takes the full check): the arrays ``Plan.take`` makes carry the program's dtype objects, in the
+    worker and in the copy ``export_plan`` sends, so a request that matches its plan is never checked twice."""
+    checked: list[str] = []
+    compiler_check = compiler._check
+
+    def check(a: Any, v: Any, what: str) -> np.ndarray:
+        checked.append(f"{what} {v.name}")
+        return compiler_check(a, v, what)
+
+    monkeypatch.setattr(compiler, "_check", check)
+    s, nid = state()
+    req = grad_request(get_all=True, get_by_list=True, weights=["w"])
+    w2 = W + 1
+    req.parameters["w"].CopyFrom(codec.encode_tensor(w2))
+    job = compute.Request(req.SerializeToString(), [], compute.plan_key("grad", req, nid))
+    for _ in range(STRAIGHT_AFTER + 1):  # a worker's runs, asking its Stop hook between steps
+        answer, _ = compute.handle(s, "grad", job, [], nid, lambda: False)
+    copy = compute.import_plan(answer.plan)
+    for _ in range(STRAIGHT_AFTER + 1):  # the lane's runs (tiny plans run unchecked there)
+        compute.run(s, "grad", req, compute.Tensors.of(req), nid, job.key, found=copy)
+    assert s.cache.get(job.key).program._straight_checked is not None and copy.program._straight is not None
+    checked.clear()
+    for found, stop in ((s.cache.get(job.key), lambda: False), (copy, None)):
+        _, encoded = compute.run(s, "grad", req, compute.Tensors.of(req), nid, job.key, stop, found=found)
+        ((dx,), (dw,)) = codec.decode_tree(service_pb2.GradResponse.FromString(encoded.parts[0]).gradients)
+        np.testing.assert_allclose(dx, np.cos(X * w2) * w2, rtol=1e-12)
+        np.testing.assert_allclose(dw, (np.cos(X * w2) * X).sum(axis=0), rtol=1e-12)
+    assert checked == []

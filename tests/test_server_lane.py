@@ -21,7 +21,7 @@ from gradserve.proto import codec
 from gradserve.server import blobs, compute, servicer
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
-from gradserve.v1 import service_pb2, service_pb2_grpc
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
 
@@ -471,3 +471,46 @@ def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_withou
     sent = service_pb2.RunRequest.FromString(run[0].payload.body)
     assert not sent.HasField("graph") and sent.inputs[0].data == b""
     assert bodies == [run[0].payload.body]  # the requests the lane answered were not taken apart for a worker
+
+
+def test_an_inline_graph_given_twice_is_served_small_whole_lifted_and_streamed_with_its_parameter_override(
+    server: Server, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Grad request whose graph field is given twice (protobuf merges the two) with a parameter override, sent as
+    bytes: small, parsed whole and lifted, on unary calls and on a stream, a worker gets it without the graph and every
+    answer, the worker's and the lane's, is d/dx sum(sin(x) * w) = cos(x) * w with the override's w."""
+    jobs: list[Any] = []
+    submit = server.pool.submit
+
+    def seen(job: Any, *args: Any) -> Any:
+        jobs.append(job)
+        return submit(job, *args)
+
+    monkeypatch.setattr(server.pool, "submit", seen)
+    number = service_pb2.GradRequest.DESCRIPTOR.fields_by_name["graph"].number
+    options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
+        grad = channel.unary_unary("/gradserve.v1.Gradient/Grad", request_serializer=None, response_deserializer=None)
+        stream = channel.stream_stream("/gradserve.v1.Gradient/GradStream", request_serializer=None, response_deserializer=None)
+        for n in (3, 1 << 12, 1 << 15):  # 48 B, 64 KiB (parsed whole) and 512 KiB (lifted) of float64 tensors
+            x, w = np.linspace(-2, 2, n), np.linspace(0.5, 1.5, n)
+            b = GraphBuilder(f"twice_{n}")
+            product = b.op("Sin", b.input("x", "float64", x.shape)) * b.param("w", np.ones(n))
+            full = codec.encode_graph(b.build(b.op("ReduceSum", product)))
+            first, second = graph_pb2.Graph(), graph_pb2.Graph()
+            first.inputs.extend(full.inputs)
+            first.parameters.extend(full.parameters)
+            second.CopyFrom(full)
+            second.ClearField("inputs")
+            second.ClearField("parameters")
+            rest = service_pb2.GradRequest(inputs=[codec.encode_tensor(x)], parameters={"w": codec.encode_tensor(w)})
+            raw = b"".join(bytes([number << 3 | 2]) + blobs._varint(g.ByteSize()) + g.SerializeToString()
+                           for g in (first, second)) + rest.SerializeToString()
+            assert service_pb2.GradRequest.FromString(raw).graph == full
+            jobs.clear()
+            answers = [grad(raw, timeout=60) for _ in range(3)] + list(stream(iter([raw] * 3), timeout=60))
+            for answer in map(service_pb2.GradResponse.FromString, answers):
+                assert not answer.HasField("error"), answer.error
+                np.testing.assert_allclose(codec.decode_tree(answer.gradients), np.cos(x) * w, rtol=1e-12)
+            grads = [job for job in jobs if job.kind == "grad"]
+            assert grads and all(not service_pb2.GradRequest.FromString(job.payload.body).HasField("graph") for job in grads)
