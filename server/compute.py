@@ -30,6 +30,7 @@ from gradserve.engine import (
     unflatten,
 )
 from gradserve.engine.autodiff import inline
+from gradserve.engine.errors import shown
 from gradserve.proto import codec
 from gradserve.v1 import graph_pb2, service_pb2
 
@@ -444,18 +445,23 @@ def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: s
     return found, encode(found, kind, execute(found, given, interrupt))
 
 
+ERROR_LOG_CHARS = 500
+"""How much of a pickling error's text ``export_plan`` logs (it may echo a caller-chosen graph name)."""
+
+
 def export_plan(found: Plan) -> bytes:
     """``found`` pickled for the server process, which runs it as it is (``import_plan``) instead of building
     it again; made once per plan. Op forward functions are pickled by op name (many are lambdas). Empty when
     pickling fails: the lane is only a shortcut, so the plan stays in the workers, the failure is logged as a
-    warning and the plan is not pickled again (``Plan.unexportable``)."""
+    warning and this worker does not pickle the plan again (``Plan.unexportable``)."""
     if not found.exported and not found.unexportable:
         out = io.BytesIO()
         try:
             _PlanPickler(out, pickle.HIGHEST_PROTOCOL).dump(dataclasses.replace(found, exported=b""))
         except Exception as exc:  # any failure (PicklingError, RecursionError, ...) only costs the shortcut
             found.unexportable = True
-            log("plan_not_exported", level="warning", graph=found.program.graph.name, error=f"{type(exc).__name__}: {exc}")
+            log("plan_not_exported", level="warning", graph=shown(found.program.graph.name),
+                error=f"{type(exc).__name__}: {exc}"[:ERROR_LOG_CHARS])
             return b""
         found.exported = out.getvalue()
     return found.exported

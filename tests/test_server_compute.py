@@ -309,7 +309,7 @@ def test_a_plan_that_does_not_pickle_is_answered_without_it_logged_once_and_not_
     logged = [json.loads(line) for line in capsys.readouterr().err.splitlines()]
     assert [(e["level"], e["event"]) for e in logged] == [("warning", "plan_not_exported")]
     assert logged[0]["error"] == "PicklingError: refused for the test"
-    assert logged[0]["graph"] == s.cache.get(job.key).program.graph.name
+    assert logged[0]["graph"] == repr(s.cache.get(job.key).program.graph.name)
 
 
 def test_plans_of_large_networks_are_not_local() -> None:
