@@ -27,6 +27,7 @@ from .blobs import Where, data_header
 from .cache import Cache
 from .config import Limits
 from .errors import Failure, stopped
+from .jsonlog import log
 
 
 class _Shared(Cache):
@@ -66,8 +67,14 @@ class Lane:
         return found
 
     def admit(self, key: tuple, plan: bytes) -> None:
-        """Run the plan ``key`` here from now on: a worker found it local and sent it (``compute.export_plan``)."""
-        found = compute.import_plan(plan)
+        """Run the plan ``key`` here from now on: a worker found it local and sent it (``compute.export_plan``). The
+        lane is only a shortcut: a plan that fails to load is logged as a warning and left to the workers, and the
+        request that brought it keeps its answer."""
+        try:
+            found = compute.import_plan(plan)
+        except Exception as exc:
+            log("plan_not_admitted", level="warning", error=f"{type(exc).__name__}: {exc}"[:compute.ERROR_LOG_CHARS])
+            return
         self._state.cache.put(key, found, found.held)
 
     def run(self, found: compute.Plan, kind: str, request: Any, network_id: str, network: bytes, key: tuple,

@@ -5,6 +5,7 @@ out) runs there while its lane is free, with the numbers of closed forms, stops 
 to a worker while the lane is busy; plans over the bounds and a disabled lane use workers."""
 from __future__ import annotations
 
+import json
 import os
 import signal
 from concurrent.futures import ThreadPoolExecutor
@@ -393,6 +394,27 @@ def test_a_plan_the_worker_ran_past_its_straight_line_switch_still_reaches_the_l
         for _ in range(2):  # the worker, which sends its straight build of A; then the lane
             np.testing.assert_allclose(codec.decode_tree(stub.Grad(a, timeout=30).gradients), np.cos(xa), rtol=1e-12)
         assert lane.served == 2 and lane.plan(key) is not None
+
+
+def test_a_plan_the_lane_cannot_load_leaves_the_answer_and_the_plan_to_the_workers(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    def broken(data: bytes) -> compute.Plan:
+        raise ValueError("cannot load for the test")
+
+    monkeypatch.setattr(compute, "import_plan", broken)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        x = np.array([0.5, -1.0, 2.0])
+        request = sin_request(stub, x)
+        capsys.readouterr()
+        for _ in range(2):  # each answered by the worker, which sends the plan each time
+            np.testing.assert_allclose(codec.decode_tree(stub.Grad(request, timeout=30).gradients), np.cos(x), rtol=1e-12)
+        assert server.servicer.lane.served == 0
+        assert server.servicer.lane.plan(compute.plan_key("grad", request, request.network_id)) is None
+    logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"plan_not_admitted"' in line]
+    assert [(e["level"], e["error"]) for e in logged] == [("warning", "ValueError: cannot load for the test")] * 2
 
 
 def weighted_sin_request(stub: service_pb2_grpc.GradientStub, x: np.ndarray, w: np.ndarray) -> service_pb2.GradRequest:
