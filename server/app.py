@@ -218,7 +218,8 @@ class Server:
         jsonlog.set_level(config.log_level)
         # The pool's processes come first: no grpc object may exist when they are created.
         self.pool = WorkerPool(config.workers, lim.max_queue_depth, worker.main,
-                               (lim, config.worker_cache_size, config.local_max_elements, config.local_max_flops, config.local_max_peak_bytes),
+                               (lim, config.worker_cache_size, config.local_max_elements, config.local_max_flops, config.local_max_peak_bytes,
+                                config.log_level),
                                max_reserve=lim.max_message_bytes, stop_grace=lim.stop_grace_ms / 1000)
         worker.tune_malloc(worker.SERVER_HEAP_KEEP_BYTES)  # large responses reuse heap pages (the Trimmer returns them)
         if config.local_max_elements and config.local_max_flops:

@@ -11,7 +11,7 @@ from typing import Any
 
 from gradserve.engine import Interrupted
 
-from . import compute
+from . import compute, jsonlog
 from .cache import Cache
 from .config import Limits
 from .errors import Failure, stopped
@@ -95,10 +95,12 @@ class Stop:
 
 
 def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size: int, local_max_elements: int,
-         local_max_flops: int, local_max_peak_bytes: int) -> None:
+         local_max_flops: int, local_max_peak_bytes: int, log_level: str) -> None:
     """Serve jobs until the parent closes the pipe; ``flag`` (a shared int) holds the number of a job to stop,
-    ``compiles`` (a shared int, read by the metrics) counts the plans this worker compiled."""
+    ``compiles`` (a shared int, read by the metrics) counts the plans this worker compiled; it logs at the server's
+    ``log_level`` (a worker starts from the fork server, which never saw the server's setting)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
+    jsonlog.set_level(log_level)
     limit_blas_threads()
     tune_malloc()
     inbox, outbox = ArenaView(), ArenaView()

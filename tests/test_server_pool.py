@@ -121,3 +121,24 @@ def test_sigterm_drains_and_exits_cleanly_with_json_logs() -> None:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+WORKER_LOGS = """
+import multiprocessing, sys
+from gradserve.server import jsonlog, worker
+from gradserve.server.config import Limits
+ours, parents = multiprocessing.Pipe()
+parents.close()  # the parent is gone at once: main sets itself up, then returns
+worker.main(ours, multiprocessing.Value("q", 0), multiprocessing.Value("q", 0), Limits(), 1, 0, 0, 0, sys.argv[1])
+for level in jsonlog.LEVELS:
+    jsonlog.log("probe_" + level, level=level)
+"""
+
+
+@pytest.mark.parametrize("level", ["warning", "error"])
+def test_a_worker_logs_at_the_level_the_server_was_given(level: str) -> None:
+    """A worker starts from the fork server, which never saw the server's ``--log-level``: it is handed over."""
+    done = subprocess.run([sys.executable, "-c", WORKER_LOGS, level], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    events = [json.loads(line)["event"] for line in done.stderr.splitlines()]
+    assert events == [f"probe_{name}" for name in ("warning", "error")[("warning", "error").index(level):]]
