@@ -7,7 +7,7 @@ import contextlib
 import os
 import signal
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 import numpy as np
@@ -18,7 +18,7 @@ from gradserve.proto import codec
 from gradserve.server import config
 from gradserve.server.app import Server, running
 from gradserve.server.config import ServerConfig
-from gradserve.v1 import service_pb2, service_pb2_grpc
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 TOKEN = "s3cret-token_0123456789"
 """The bearer token of the auth tests' servers."""
@@ -130,3 +130,28 @@ def lane_stops_at_deadline_and_cancel(server: Server, stub: service_pb2_grpc.Gra
         for pid in workers:
             os.kill(pid, signal.SIGCONT)
     assert server.servicer.lane.served == 0 and server.pool.replaced == 0 and server.pool.pids() == workers
+
+
+def graph_in_two(full: graph_pb2.Graph) -> tuple[graph_pb2.Graph, graph_pb2.Graph]:
+    """``full`` as two Graph messages that protobuf merges back into it: its inputs and parameters, then the rest (a graph
+    field given twice on the wire)."""
+    first, second = graph_pb2.Graph(), graph_pb2.Graph()
+    first.inputs.extend(full.inputs)
+    first.parameters.extend(full.parameters)
+    second.CopyFrom(full)
+    second.ClearField("inputs")
+    second.ClearField("parameters")
+    return first, second
+
+
+def jobs_seen(server: Server, monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """The jobs ``server`` submits to its workers from now on (for the test's duration), in order."""
+    jobs: list[Any] = []
+    submit = server.pool.submit
+
+    def seen(job: Any, *args: Any) -> Any:
+        jobs.append(job)
+        return submit(job, *args)
+
+    monkeypatch.setattr(server.pool, "submit", seen)
+    return jobs

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-from serverkit import request_counters
+from serverkit import graph_in_two, request_counters
 
 from gradserve.client.backend import GradFlags
 from gradserve.client.remote import RemoteBackend
@@ -240,12 +240,7 @@ def test_a_network_registers_from_its_received_bytes_also_when_protobuf_merges_t
     is serialized again, so both register the network protobuf parsed, under the codec's id."""
     full = two_output_net()
     expected = codec.network_id(codec.decode_graph(full))
-    first, second = graph_pb2.Graph(), graph_pb2.Graph()
-    first.inputs.extend(full.inputs)
-    first.parameters.extend(full.parameters)
-    second.CopyFrom(full)
-    second.ClearField("inputs")
-    second.ClearField("parameters")
+    first, second = graph_in_two(full)
     merged = (service_pb2.RegisterNetworkRequest(graph=first).SerializeToString()
               + service_pb2.RegisterNetworkRequest(graph=second).SerializeToString())
     assert service_pb2.RegisterNetworkRequest.FromString(merged).graph == full

@@ -14,7 +14,7 @@ from typing import Any
 import grpc
 import numpy as np
 import pytest
-from serverkit import lane_stops_at_deadline_and_cancel, long_run, quick_check, rejected, wait_until
+from serverkit import graph_in_two, jobs_seen, lane_stops_at_deadline_and_cancel, long_run, quick_check, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.engine.compiler import STRAIGHT_AFTER
@@ -22,7 +22,7 @@ from gradserve.proto import codec
 from gradserve.server import blobs, compute, servicer
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
-from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
+from gradserve.v1 import service_pb2, service_pb2_grpc
 
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
 
@@ -463,14 +463,7 @@ def test_a_request_parsed_whole_gets_the_workers_numbers_in_the_lane_and_its_err
 def test_an_inline_graph_request_parsed_whole_reaches_a_worker_lifted_and_without_its_graph_then_runs_in_the_lane(
     server: Server, stub: service_pb2_grpc.GradientStub, monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    jobs: list[Any] = []
-    submit = server.pool.submit
-
-    def seen(job: Any, *args: Any) -> Any:
-        jobs.append(job)
-        return submit(job, *args)
-
-    monkeypatch.setattr(server.pool, "submit", seen)
+    jobs = jobs_seen(server, monkeypatch)
     bodies: list[bytes] = []
     made = servicer._body
 
@@ -501,14 +494,7 @@ def test_an_inline_graph_given_twice_is_served_small_whole_lifted_and_streamed_w
     """A Grad request whose graph field is given twice (protobuf merges the two) with a parameter override, sent as
     bytes: small, parsed whole and lifted, on unary calls and on a stream, a worker gets it without the graph and every
     answer, the worker's and the lane's, is d/dx sum(sin(x) * w) = cos(x) * w with the override's w."""
-    jobs: list[Any] = []
-    submit = server.pool.submit
-
-    def seen(job: Any, *args: Any) -> Any:
-        jobs.append(job)
-        return submit(job, *args)
-
-    monkeypatch.setattr(server.pool, "submit", seen)
+    jobs = jobs_seen(server, monkeypatch)
     number = service_pb2.GradRequest.DESCRIPTOR.fields_by_name["graph"].number
     options = [("grpc.max_send_message_length", -1), ("grpc.max_receive_message_length", -1)]
     with grpc.insecure_channel(f"127.0.0.1:{server.port}", options=options) as channel:
@@ -519,12 +505,7 @@ def test_an_inline_graph_given_twice_is_served_small_whole_lifted_and_streamed_w
             b = GraphBuilder(f"twice_{n}")
             product = b.op("Sin", b.input("x", "float64", x.shape)) * b.param("w", np.ones(n))
             full = codec.encode_graph(b.build(b.op("ReduceSum", product)))
-            first, second = graph_pb2.Graph(), graph_pb2.Graph()
-            first.inputs.extend(full.inputs)
-            first.parameters.extend(full.parameters)
-            second.CopyFrom(full)
-            second.ClearField("inputs")
-            second.ClearField("parameters")
+            first, second = graph_in_two(full)
             rest = service_pb2.GradRequest(inputs=[codec.encode_tensor(x)], parameters={"w": codec.encode_tensor(w)})
             raw = b"".join(bytes([number << 3 | 2]) + blobs._varint(g.ByteSize()) + g.SerializeToString()
                            for g in (first, second)) + rest.SerializeToString()
