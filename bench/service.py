@@ -321,29 +321,29 @@ def digits_client(target: str, echo_target: str, rounds: int, in_flight: int, ou
         epoch()  # traced, registered and compiled
         if name == "embedded":
             t = time.perf_counter()
-            steps = epoch()
-            step_micros = int((time.perf_counter() - t) / steps * 1e6)
+            epoch_steps = epoch()
+            step_micros = int((time.perf_counter() - t) / epoch_steps * 1e6)
         runs[name] = epoch
     remote._Route.sender = sender  # type: ignore[method-assign]
     (request_bytes, response_bytes), = sizes.values()  # the step's unary calls (Run, of its value_and_grad graph)
-    busy = grpc.insecure_channel(echo_target, options=UNLIMITED).unary_unary("/bench.Echo/Busy")
     floor_request = busy_request(response_bytes, step_micros, request_bytes)
+    with grpc.insecure_channel(echo_target, options=UNLIMITED) as echo:
+        busy = echo.unary_unary("/bench.Echo/Busy")
 
-    def floor() -> int:
-        for _ in range(steps):
-            busy(floor_request)
-        return steps
+        def floor() -> int:
+            for _ in range(epoch_steps):
+                busy(floor_request)
+            return epoch_steps
 
-    floor()
-
-    runs["floor"] = floor
-    times: dict[str, list[float]] = {name: [] for name in runs}
-    names = list(runs)
-    for r in range(rounds):
-        for name in names[r % len(names):] + names[:r % len(names)]:
-            t = time.perf_counter()
-            steps = runs[name]()
-            times[name].append((time.perf_counter() - t) / steps - (step_micros / 1e6 if name == "floor" else 0))
+        floor()
+        runs["floor"] = floor
+        times: dict[str, list[float]] = {name: [] for name in runs}
+        names = list(runs)
+        for r in range(rounds):
+            for name in names[r % len(names):] + names[:r % len(names)]:
+                t = time.perf_counter()
+                steps = runs[name]()
+                times[name].append((time.perf_counter() - t) / steps - (step_micros / 1e6 if name == "floor" else 0))
     medians = {name: statistics.median(ts) for name, ts in times.items()}
     medians["floor"] += medians["embedded"]
     out.send((medians, request_bytes, response_bytes))
