@@ -151,7 +151,7 @@ def _equal(a: np.ndarray, base: np.ndarray) -> bool:
     nearly always) answers at once, without comparing the whole arrays."""
     if a.dtype != base.dtype or a.shape != base.shape:
         return False
-    return (a.size == 0 or bool(a.flat[0] == base.flat[0])) and np.array_equal(a, base)
+    return (a.size == 0 or a.item(0) == base.item(0)) and np.array_equal(a, base)
 
 
 def structure_id(message: graph_pb2.Graph, names: set[str]) -> str:
