@@ -332,7 +332,9 @@ class _Transform:
         self.wrapped = fn
         """The function transformed, whose non-Parameter state stands for this one's (client/state.py)."""
         self.__name__ = f"{self.op.lower()}_{graph_name(fn)}"
-        self._rebuilds: dict[int, tuple[Any, Any]] = {}
+        self._rebuilds: dict[int, tuple[Traced, Any, Any]] = {}
+        """By id of a trace: the trace (held, so that its id stays its own), its structure builder and the function
+        from a backend's output to the result."""
         self._staged: dict[int, _Staged] = {}
 
     def input_names(self, n: int) -> list[str]:
@@ -366,22 +368,24 @@ class _Transform:
         if staged is None:
             staged = _Staged(self.__name__, len(args), self.get_parameters, self._emit, True, self.fn)
             self._staged[len(args)] = staged
-        entry = traced_for(staged, [*args, *extra], self.weights)
+        every = [*args, *extra] if extra else args
+        entry = traced_for(staged, every, self.weights)
         recorded = forward_recorded(self.fn, args) if write and entry.traced.writes else None
         read = recorded or read
         if read is not None and read.tensors:
             with read.tensors_as_read():
-                entry = traced_for(staged, [*args, *extra], self.weights)
+                entry = traced_for(staged, every, self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
-            hit = (entry.traced, staged.rebuild)
+            rebuild = staged.rebuild
+            hit = (entry.traced, rebuild, lambda out: rebuild(wrapped_leaves(out)))
             self._rebuilds[id(entry.traced)] = hit
-        inputs = entry.inputs([*args, *extra])
+        inputs = entry.inputs(every)
         if write and entry.traced.writes and read is None:
             call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
             return call, lambda out: hit[1](apply_writes(entry.traced, out))
-        call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(read.params if read else {})})
-        return call, lambda out: hit[1](wrapped_leaves(out))
+        params = entry.param_values() if read is None else {**entry.param_values(), **read.params}
+        return Call(entry.network_id(backend), None, inputs, params), hit[2]
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
                      read: BeforeWrites | None = None) -> tuple[Call, Any]:
