@@ -13,9 +13,9 @@ passed every address.
 
 A network is known by its structure: its id leaves out the values of its parameters, and it is registered
 once per server with the values it was traced with. Each Grad or Run call then carries, as parameter
-overrides, every parameter whose value differs from those registered values (compared once per new array),
-so the server's compiled plan stays the same while the weights change, and a parameter never changed is
-never sent again.
+overrides, every parameter whose value differs from those registered values (compared once per new array, until it
+has differed once: from then on each new array of it is sent, the registered array itself never), so the server's
+compiled plan stays the same while the weights change, and a parameter never changed is never sent again.
 
 Unary calls of one layout (the same network, flags, and types of inputs and overrides) are written and read by the
 codec's templates: the first request is serialized by protobuf and cut around its tensors' data, so that the next
@@ -126,13 +126,21 @@ class _Network:
     """By method and flags: the reader of the responses' result tree."""
 
     def overrides(self, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each parameter in ``params`` whose value differs from the registered one, by name."""
+        """Each parameter in ``params`` whose value differs from the registered one, by name. Once a parameter's value
+        has differed (in training, from the first step on), each new array of it is taken as differing without
+        comparing values: only the registered array itself is not sent again."""
         out = {}
         for name, a in params.items():
             seen = self.seen.get(name)
             if seen is None or seen[0] is not a:
                 base = self.registered.get(name)
-                seen = self.seen[name] = (a, not (base is not None and (a is base or _equal(a, base))))
+                if base is None:
+                    differs = True
+                elif seen is not None and seen[1]:
+                    differs = a is not base
+                else:
+                    differs = a is not base and not _equal(a, base)
+                seen = self.seen[name] = (a, differs)
             if seen[1]:
                 out[name] = a
         return out
@@ -377,13 +385,13 @@ class RemoteBackend(Backend):
                 start = self._turn % len(self._routes)
                 self._turn += advance
         retry, timeout = retry_seconds(), call_timeout()
-        began = time.monotonic()
-        deadline = None if timeout is None else began + timeout
-        give_up = began + retry if deadline is None else min(began + retry, deadline)
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        give_up = now + retry if deadline is None else min(now + retry, deadline)
         delay = INITIAL_BACKOFF
         while True:
-            now = time.monotonic()
-            order = sorted(self._routes[start:] + self._routes[:start], key=lambda r: r.down_until > now)
+            routes = self._routes
+            order = routes if len(routes) == 1 else sorted(routes[start:] + routes[:start], key=lambda r: r.down_until > now)
             for route in order:
                 try:
                     return attempt(route, deadline)
@@ -401,6 +409,7 @@ class RemoteBackend(Backend):
                                                "set_context(retry_seconds=...) or GRADSERVE_RETRY_SECONDS sets how long)")
             time.sleep(min(give_up - now, delay * random.uniform(0.5, 1.0)))
             delay = min(2 * delay, MAX_BACKOFF)
+            now = time.monotonic()
 
 
 def _addressed(request: Any, parameters: Mapping[str, np.ndarray], network_id: str | None = None,
