@@ -242,6 +242,10 @@ class RemoteBackend(Backend):
         """GradOperation computed by a server."""
         return self._call(None, Call(network_id, flags, inputs, params))
 
+    def call(self, call: Call) -> OutputTree:
+        """``call`` as prepared (Run or Grad by its flags), sent as it is."""
+        return self._call(None, call)
+
     def replicas(self) -> int:
         """The servers this client reaches: one per listed target, every address of a ``dns:///`` name."""
         return sum(address_count(route.target) for route in self._routes)
