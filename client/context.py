@@ -43,6 +43,8 @@ MINDSPORE_OPTIONS = (
 """MindSpore's context options that scripts commonly set and that change nothing here; they are accepted and kept."""
 
 _UNSET = object()
+_UNKNOWN = object()
+"""What ``_state`` gives for a key that is no gradserve option."""
 _state: dict[str, Any] = dict.fromkeys(OPTIONS, _UNSET)
 _mindspore: dict[str, Any] = {"mode": PYNATIVE_MODE}
 generation = [0]
@@ -87,11 +89,11 @@ def set_context(**kwargs: Any) -> None:
 def get_context(key: str) -> Any:
     """The current value of a context option: the one set, else its ``GRADSERVE_*`` variable, else None
     (``mode``: PYNATIVE_MODE unless set)."""
-    if key in _mindspore or key in MINDSPORE_OPTIONS:
-        return _mindspore.get(key)
-    if key not in OPTIONS:
+    value = _state.get(key, _UNKNOWN)
+    if value is _UNKNOWN:
+        if key in _mindspore or key in MINDSPORE_OPTIONS:
+            return _mindspore.get(key)
         raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
-    value = _state[key]
     if value is not _UNSET:
         return value
     env = os.environ.get(OPTIONS[key]) or None

@@ -15,7 +15,15 @@ from . import dtype as mstype
 from .backend import Backend, Call, GradFlags
 from .backends import batch_splitter, get_backend
 from .parameter import Parameter
-from .runner import BeforeWrites, apply_writes, forward_recorded, to_tensors, traced_for, values_before_writes, writing_network_id
+from .runner import (
+    BeforeWrites,
+    apply_writes,
+    forward_recorded,
+    traced_for,
+    values_before_writes,
+    wrapped_leaves,
+    writing_network_id,
+)
 from .streaming import stream_prepared
 from .tensor import Tensor
 from .tracing import (
@@ -141,7 +149,7 @@ class GradFunction:
         params = {**entry.param_values(), **read.params} if read is not None else entry.param_values()
         call = Call(entry.network_id(backend), flags, arrays, params)
         finish = _first_gradient if not flags.get_all and not flags.get_by_list else (
-            lambda out: self._structure(flatten(to_tensors(out)), traced))
+            lambda out: self._structure(wrapped_leaves(out), traced))
         if not traced.writes and not self.op.sens_param and read is None:
             self._steady = (entry, backend, call.network_id, flags, finish)
         return call, finish
@@ -239,7 +247,7 @@ class GradFunction:
 
 def _first_gradient(out: Any) -> Tensor:
     """The result of a gradient of the first input alone (``_structure``'s rule for that case): the one leaf, as a Tensor."""
-    return Tensor._wrap(out) if type(out) is np.ndarray else flatten(to_tensors(out))[0]
+    return Tensor._wrap(out) if type(out) is np.ndarray else wrapped_leaves(out)[0]
 
 
 def _sens_leaves(sens: Any, skeleton: Any, path: str, who: str) -> list[tuple[Any, str]]:
@@ -324,7 +332,9 @@ class _Transform:
         self.wrapped = fn
         """The function transformed, whose non-Parameter state stands for this one's (client/state.py)."""
         self.__name__ = f"{self.op.lower()}_{graph_name(fn)}"
-        self._rebuilds: dict[int, tuple[Any, Any]] = {}
+        self._rebuilds: dict[int, tuple[Traced, Any, Any]] = {}
+        """By id of a trace: the trace (held, so that its id stays its own), its structure builder and the function
+        from a backend's output to the result."""
         self._staged: dict[int, _Staged] = {}
 
     def input_names(self, n: int) -> list[str]:
@@ -358,22 +368,24 @@ class _Transform:
         if staged is None:
             staged = _Staged(self.__name__, len(args), self.get_parameters, self._emit, True, self.fn)
             self._staged[len(args)] = staged
-        entry = traced_for(staged, [*args, *extra], self.weights)
+        every = [*args, *extra] if extra else args
+        entry = traced_for(staged, every, self.weights)
         recorded = forward_recorded(self.fn, args) if write and entry.traced.writes else None
         read = recorded or read
         if read is not None and read.tensors:
             with read.tensors_as_read():
-                entry = traced_for(staged, [*args, *extra], self.weights)
+                entry = traced_for(staged, every, self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
-            hit = (entry.traced, staged.rebuild)
+            rebuild = staged.rebuild
+            hit = (entry.traced, rebuild, lambda out: rebuild(wrapped_leaves(out)))
             self._rebuilds[id(entry.traced)] = hit
-        inputs = entry.inputs([*args, *extra])
+        inputs = entry.inputs(every)
         if write and entry.traced.writes and read is None:
             call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
             return call, lambda out: hit[1](apply_writes(entry.traced, out))
-        call = Call(entry.network_id(backend), None, inputs, {**entry.param_values(), **(read.params if read else {})})
-        return call, lambda out: hit[1](list(flatten(to_tensors(out))))
+        params = entry.param_values() if read is None else {**entry.param_values(), **read.params}
+        return Call(entry.network_id(backend), None, inputs, params), hit[2]
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
                      read: BeforeWrites | None = None) -> tuple[Call, Any]:
@@ -467,10 +479,15 @@ def _nested_writes(transform: Any, frame: TraceFrame, traced: Traced, values: Se
         _forward_writes(frame, traced, values)
 
 
-def _split(leaves: list[Tensor], traced: Traced) -> tuple[Any, list[Tensor]]:
-    """The function's outputs rebuilt (in their structure) from the first leaves, and the leaves after them."""
+def _splitter(traced: Traced) -> Callable[[list[Tensor]], tuple[Any, list[Tensor]]]:
+    """``split(leaves)``: the function's outputs rebuilt (in their structure) from the first leaves, and the leaves
+    after them (their count found once per trace, not per call)."""
     n = len(flatten(traced.graph.outputs))
-    return rebuild_tree(traced.skeleton, iter(leaves[:n])), leaves[n:]
+
+    def split(leaves: list[Tensor]) -> tuple[Any, list[Tensor]]:
+        return rebuild_tree(traced.skeleton, iter(leaves[:n])), leaves[n:]
+
+    return split
 
 
 class _GradFn(_Transform):
@@ -505,9 +522,11 @@ class _GradFn(_Transform):
         return {"positions": positions, "weights": tuple(w.name for w in self.weights), "has_aux": self.has_aux}
 
     def _structure(self, traced: Traced) -> Any:
+        split = _splitter(traced)
+        n = len(traced.graph_positions(self.positions or ()))
+
         def rebuild(leaves: list[Tensor]) -> Any:
-            out, grads = _split(leaves, traced)
-            n = len(traced.graph_positions(self.positions or ()))
+            out, grads = split(leaves)
             gi: list[Any] = traced.group_inputs(grads[:n], self.positions or ())
             gw: list[Any] = list(grads[n:])
             if self.return_ids:
@@ -561,8 +580,10 @@ class _JvpFn(_Transform):
         return {"positions": tuple(range(len(traced.graph.inputs)))}
 
     def _structure(self, traced: Traced) -> Any:
+        split = _splitter(traced)
+
         def rebuild(leaves: list[Tensor]) -> Any:
-            out, tangents = _split(leaves, traced)
+            out, tangents = split(leaves)
             dots = rebuild_tree(traced.skeleton, iter(tangents))
             if self.has_aux:
                 return out[0], dots[0], _aux(out)
@@ -611,8 +632,10 @@ class _VjpFn(_Transform):
         }
 
     def _structure(self, traced: Traced) -> Any:
+        split = _splitter(traced)
+
         def rebuild(leaves: list[Tensor]) -> Any:
-            _, grads = _split(leaves, traced)
+            _, grads = split(leaves)
             n = len(traced.graph.inputs)
             gi = tuple(traced.group_inputs(grads[:n]))
             return (gi, tuple(grads[n:])) if self.weights else gi
@@ -688,8 +711,10 @@ class _JacFn(_Transform):
         return {"positions": self._graph_positions(traced, self.positions), "mode": self.mode}
 
     def _structure(self, traced: Traced) -> Any:
+        split = _splitter(traced)
+
         def rebuild(leaves: list[Tensor]) -> Any:
-            out, jacs = _split(leaves, traced)
+            out, jacs = split(leaves)
             n_graph = len(traced.graph_positions(self.positions))
             n_out = 1 if self.has_aux else len(jacs) // n_graph
             # d out_i / d position j, each position's Jacobians in its argument's structure (a tuple, list or dict

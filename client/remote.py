@@ -13,9 +13,9 @@ passed every address.
 
 A network is known by its structure: its id leaves out the values of its parameters, and it is registered
 once per server with the values it was traced with. Each Grad or Run call then carries, as parameter
-overrides, every parameter whose value differs from those registered values (compared once per new array),
-so the server's compiled plan stays the same while the weights change, and a parameter never changed is
-never sent again.
+overrides, every parameter whose value differs from those registered values (compared once per new array, until it
+has differed once: from then on each new array of it is sent, the registered array itself never), so the server's
+compiled plan stays the same while the weights change, and a parameter never changed is never sent again.
 
 Unary calls of one layout (the same network, flags, and types of inputs and overrides) are written and read by the
 codec's templates: the first request is serialized by protobuf and cut around its tensors' data, so that the next
@@ -126,13 +126,21 @@ class _Network:
     """By method and flags: the reader of the responses' result tree."""
 
     def overrides(self, params: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Each parameter in ``params`` whose value differs from the registered one, by name."""
+        """Each parameter in ``params`` whose value differs from the registered one, by name. Once a parameter's value
+        has differed (in training, from the first step on), each new array of it is taken as differing without
+        comparing values: only the registered array itself is not sent again."""
         out = {}
         for name, a in params.items():
             seen = self.seen.get(name)
             if seen is None or seen[0] is not a:
                 base = self.registered.get(name)
-                seen = self.seen[name] = (a, not (base is not None and (a is base or _equal(a, base))))
+                if base is None:
+                    differs = True
+                elif seen is not None and seen[1]:
+                    differs = a is not base
+                else:
+                    differs = a is not base and not _equal(a, base)
+                seen = self.seen[name] = (a, differs)
             if seen[1]:
                 out[name] = a
         return out
@@ -151,7 +159,7 @@ def _equal(a: np.ndarray, base: np.ndarray) -> bool:
     nearly always) answers at once, without comparing the whole arrays."""
     if a.dtype != base.dtype or a.shape != base.shape:
         return False
-    return (a.size == 0 or bool(a.flat[0] == base.flat[0])) and np.array_equal(a, base)
+    return (a.size == 0 or a.item(0) == base.item(0)) and np.array_equal(a, base)
 
 
 def structure_id(message: graph_pb2.Graph, names: set[str]) -> str:
@@ -233,6 +241,10 @@ class RemoteBackend(Backend):
     ) -> OutputTree:
         """GradOperation computed by a server."""
         return self._call(None, Call(network_id, flags, inputs, params))
+
+    def call(self, call: Call) -> OutputTree:
+        """``call`` as prepared (Run or Grad by its flags), sent as it is."""
+        return self._call(None, call)
 
     def replicas(self) -> int:
         """The servers this client reaches: one per listed target, every address of a ``dns:///`` name."""
@@ -371,19 +383,20 @@ class RemoteBackend(Backend):
                   start: int | None = None) -> Any:
         """``attempt(route, deadline)`` on the channels in rotation from ``start`` (default: the next turn; lately
         failed ones last) until one is not UNAVAILABLE, rounds apart by a jittered backoff, for at most
-        ``retry_seconds`` and never past ``timeout``."""
+        ``retry_seconds`` (read once a round has failed: a call that succeeds at once never needs it) and never past
+        ``timeout``."""
         if start is None:
             with self._lock:  # advance=False (registering) starts where the next call will, which then finds it there
                 start = self._turn % len(self._routes)
                 self._turn += advance
-        retry, timeout = retry_seconds(), call_timeout()
-        began = time.monotonic()
+        timeout = call_timeout()
+        began = now = time.monotonic()
         deadline = None if timeout is None else began + timeout
-        give_up = began + retry if deadline is None else min(began + retry, deadline)
+        retry: float | None = None
         delay = INITIAL_BACKOFF
         while True:
-            now = time.monotonic()
-            order = sorted(self._routes[start:] + self._routes[:start], key=lambda r: r.down_until > now)
+            routes = self._routes
+            order = routes if len(routes) == 1 else sorted(routes[start:] + routes[:start], key=lambda r: r.down_until > now)
             for route in order:
                 try:
                     return attempt(route, deadline)
@@ -393,6 +406,9 @@ class RemoteBackend(Backend):
                     route.down_until = time.monotonic() + DOWN_SECONDS
                     last = exc
             now = time.monotonic()
+            if retry is None:
+                retry = retry_seconds()
+            give_up = began + retry if deadline is None else min(began + retry, deadline)
             if now >= give_up:
                 if deadline is not None and now >= deadline:
                     raise RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
@@ -401,6 +417,7 @@ class RemoteBackend(Backend):
                                                "set_context(retry_seconds=...) or GRADSERVE_RETRY_SECONDS sets how long)")
             time.sleep(min(give_up - now, delay * random.uniform(0.5, 1.0)))
             delay = min(2 * delay, MAX_BACKOFF)
+            now = time.monotonic()
 
 
 def _addressed(request: Any, parameters: Mapping[str, np.ndarray], network_id: str | None = None,

@@ -11,7 +11,7 @@ from typing import Any, Iterator, Sequence
 
 import numpy as np
 
-from gradserve.engine import Graph, flatten
+from gradserve.engine import Graph
 
 from . import epoch
 from .backend import Backend
@@ -222,11 +222,19 @@ def _held_writes(traced: Traced, state: State) -> Traced:
     return traced if len(kept) == len(traced.writes) else dataclasses.replace(traced, writes=kept)
 
 
-def to_tensors(tree: Any) -> Any:
-    """A backend's output tree with every array wrapped as a Tensor."""
-    if isinstance(tree, (tuple, list)):
-        return tuple(to_tensors(t) for t in tree)
-    return Tensor._wrap(np.asarray(tree))
+def wrapped_leaves(tree: Any) -> list[Tensor]:
+    """The leaves of a backend's output tree, left to right, each array wrapped as a Tensor (in one pass: a flat
+    tuple of arrays, the usual result, is one loop)."""
+    if not isinstance(tree, (tuple, list)):
+        return [Tensor._wrap(np.asarray(tree))]
+    wrap = Tensor._wrap
+    out = []
+    for t in tree:
+        if type(t) is np.ndarray:
+            out.append(wrap(t))
+        else:
+            out += wrapped_leaves(t)
+    return out
 
 
 def run_network(fn: Any, args: Sequence[Any]) -> Any:
@@ -237,7 +245,7 @@ def run_network(fn: Any, args: Sequence[Any]) -> Any:
         note_forward(fn, args, entry.traced.writes)
         return run_writing(entry, backend, args)
     out = backend.run(entry.network_id(backend), entry.inputs(args), entry.param_values())
-    return rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
+    return rebuild(entry.traced.skeleton, iter(wrapped_leaves(out)))
 
 
 # ---- write-back: a Cell's assign-like side outputs (BatchNorm's moving statistics) ----
@@ -316,7 +324,7 @@ def writing_network_id(entry: CacheEntry, backend: Backend) -> str:
 def apply_writes(traced: Traced, out: Any) -> list[Tensor]:
     """Set the written values (the last outputs of a writing graph's run) into their Parameters; returns the flat
     outputs before them (the network's own)."""
-    flat = flatten(to_tensors(out))
+    flat = wrapped_leaves(out)
     n = len(flat) - len(traced.writes)
     for (target, _), t in zip(traced.writes, flat[n:]):
         _before_write(target)

@@ -11,11 +11,9 @@ import collections
 import functools
 from typing import Any, Callable, Iterable, Iterator
 
-from gradserve.engine import flatten
-
 from .backend import Backend, Call, OutputTree
 from .backends import get_backend
-from .runner import apply_writes, to_tensors, traced_for, writing_network_id
+from .runner import apply_writes, traced_for, wrapped_leaves, writing_network_id
 from .tracing import rebuild
 
 Prepare = Callable[[Backend, tuple[Any, ...]], tuple[Call, Callable[[OutputTree], Any]]]
@@ -55,7 +53,7 @@ def prepare_forward(fn: Any) -> Prepare:
             call = Call(writing_network_id(entry, backend), None, entry.inputs(args), entry.param_values())
             return call, lambda out: rebuild(entry.traced.skeleton, iter(apply_writes(entry.traced, out)))
         call = Call(entry.network_id(backend), None, entry.inputs(args), entry.param_values())
-        return call, lambda out: rebuild(entry.traced.skeleton, iter(flatten(to_tensors(out))))
+        return call, lambda out: rebuild(entry.traced.skeleton, iter(wrapped_leaves(out)))
 
     return prepare
 

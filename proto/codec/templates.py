@@ -1,5 +1,5 @@
 """Templates: serialized messages of one layout cut around their tensors' data, so that messages of the same
-types are written by one join and read by ``np.frombuffer`` at known offsets, with no message built.
+types are written by one join and read as arrays over the message's bytes at known offsets, with no message built.
 
 A layout is learned from one serialized message (``Template.learn``): a strict walk of its wire bytes (``wire``'s),
 guided by the descriptors, finds every Tensor's data; whatever protobuf might read differently from that walk (unknown or
@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import operator
 import sys
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
@@ -194,14 +195,17 @@ class Template:
     slots: tuple[Slot, ...]
     size: int
     """The whole message's length."""
-    reads: tuple[tuple[bytes, int, int, np.dtype, int, tuple[int, ...], bool, bool], ...] = dataclasses.field(init=False, repr=False)
-    """Per slot, what ``read`` needs: the piece after it, its data's start and end, dtype, element count and shape,
-    whether its data is misaligned for its dtype and whether it is bool."""
+    writes: tuple[tuple[bytes, np.dtype, tuple[int, ...]], ...] = dataclasses.field(init=False, repr=False)
+    """Per slot, what ``chunks`` needs: the piece before it, its dtype and shape."""
+    reads: tuple[tuple[bytes, int, int, np.dtype, tuple[int, ...], bool, bool], ...] = dataclasses.field(init=False, repr=False)
+    """Per slot, what ``read`` needs: the piece after it, its data's start and end, dtype and shape, whether its data
+    is misaligned for its dtype and whether it is bool with data (whose bytes must be 0 or 1)."""
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "writes", tuple((piece, s.dtype, s.shape) for piece, s in zip(self.pieces, self.slots)))
         object.__setattr__(self, "reads", tuple(
-            (piece, s.start, s.start + s.nbytes, s.dtype, math.prod(s.shape), s.shape, s.start % s.dtype.alignment != 0,
-             s.dtype.kind == "b") for s, piece in zip(self.slots, self.pieces[1:])))
+            (piece, s.start, s.start + s.nbytes, s.dtype, s.shape, s.start % s.dtype.alignment != 0,
+             s.dtype.kind == "b" and s.nbytes > 0) for s, piece in zip(self.slots, self.pieces[1:])))
 
     @classmethod
     def learn(cls, raw: Bytes, descriptor: Descriptor) -> Template | None:
@@ -235,12 +239,12 @@ class Template:
         if len(arrays) != len(self.slots):
             return None
         out: list[Any] = []
-        for piece, s, a in zip(self.pieces, self.slots, arrays):
-            a = np.asarray(a)
-            if a.dtype != s.dtype or a.shape != s.shape:
+        for (piece, dtype, shape), a in zip(self.writes, arrays):
+            if type(a) is not np.ndarray:
+                a = np.asarray(a)
+            if a.dtype != dtype or a.shape != shape:
                 return None
-            out.append(piece)
-            out.append(a if a.flags.c_contiguous else np.ascontiguousarray(a))
+            out += (piece, a if a.flags.c_contiguous else np.ascontiguousarray(a))
         out.append(self.pieces[-1])
         return out
 
@@ -254,14 +258,11 @@ class Template:
         if len(raw) != self.size or not raw.startswith(self.pieces[0]):
             return None
         out = []
-        for piece, start, stop, dtype, count, shape, misaligned, boolean in self.reads:
+        for piece, start, stop, dtype, shape, misaligned, boolean in self.reads:
             if not raw.startswith(piece, stop):
                 return None
-            if misaligned:
-                a = np.frombuffer(raw[start:stop], dtype).reshape(shape)
-            else:
-                a = np.frombuffer(raw, dtype, count, start).reshape(shape)
-            if boolean and count and a.view(np.uint8).max() > 1:
+            a = np.ndarray(shape, dtype, raw[start:stop], 0) if misaligned else np.ndarray(shape, dtype, raw, start)
+            if boolean and a.view(np.uint8).max() > 1:
                 return None
             out.append(a)
         return out
@@ -291,8 +292,8 @@ class TreeReader:
 
     def __init__(self, cls: type[Any], field: str, limits: Limits = DEFAULT_LIMITS) -> None:
         self.cls, self.field, self.limits = cls, field, limits
-        self.layout: tuple[Template, list[int], Any] | None = None
-        """The template, the slots of ``field`` in leaf order, and the tree's nesting (its leaves numbered)."""
+        self.layout: tuple[Template, Callable[[list[np.ndarray]], Any]] | None = None
+        """The template, and the tree made of its arrays (``_builder``)."""
 
     def __call__(self, raw: bytes) -> Any:
         """The tree in the message ``raw``, as nested tuples of read-only arrays."""
@@ -300,12 +301,12 @@ class TreeReader:
         if layout is not None:
             arrays = layout[0].read(raw)
             if arrays is not None:
-                return unflatten(layout[2], (arrays[i] for i in layout[1]))
+                return layout[1](arrays)
         tree = decode_tree(getattr(self.cls.FromString(raw), self.field), self.limits)
         self.layout = self._learn(raw, tree)
         return tree
 
-    def _learn(self, raw: bytes, tree: Any) -> tuple[Template, list[int], Any] | None:
+    def _learn(self, raw: bytes, tree: Any) -> tuple[Template, Callable[[list[np.ndarray]], Any]] | None:
         """The layout of ``raw``, whose field holds ``tree``, once checked; None when it cannot be used."""
         template = Template.learn(raw, self.cls.DESCRIPTOR)
         if template is None:
@@ -333,4 +334,14 @@ class TreeReader:
             a = got[i]
             if a.dtype != want.dtype or a.shape != want.shape or not np.array_equal(_bytes_of(a), _bytes_of(want)):
                 return None
-        return template, mine, skeleton
+        return template, _builder(mine, skeleton)
+
+
+def _builder(mine: list[int], skeleton: Any) -> Callable[[list[np.ndarray]], Any]:
+    """The tree of nesting ``skeleton`` (its leaves numbered) made of a read's arrays, leaf ``k`` from slot
+    ``mine[k]``: one array, or a flat tuple of several, by one ``itemgetter``."""
+    if type(skeleton) is int:
+        return operator.itemgetter(mine[skeleton])
+    if type(skeleton) is tuple and len(skeleton) > 1 and all(type(k) is int for k in skeleton):
+        return operator.itemgetter(*(mine[k] for k in skeleton))
+    return lambda arrays: unflatten(skeleton, map(arrays.__getitem__, mine))
