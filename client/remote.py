@@ -383,16 +383,15 @@ class RemoteBackend(Backend):
                   start: int | None = None) -> Any:
         """``attempt(route, deadline)`` on the channels in rotation from ``start`` (default: the next turn; lately
         failed ones last) until one is not UNAVAILABLE, rounds apart by a jittered backoff, for at most
-        ``retry_seconds`` (read once a round has failed: a call that succeeds at once never needs it) and never past
-        ``timeout``."""
+        ``retry_seconds`` and never past ``timeout``."""
         if start is None:
             with self._lock:  # advance=False (registering) starts where the next call will, which then finds it there
                 start = self._turn % len(self._routes)
                 self._turn += advance
-        timeout = call_timeout()
-        began = now = time.monotonic()
-        deadline = None if timeout is None else began + timeout
-        retry: float | None = None
+        retry, timeout = retry_seconds(), call_timeout()
+        now = time.monotonic()
+        deadline = None if timeout is None else now + timeout
+        give_up = now + retry if deadline is None else min(now + retry, deadline)
         delay = INITIAL_BACKOFF
         while True:
             routes = self._routes
@@ -406,9 +405,6 @@ class RemoteBackend(Backend):
                     route.down_until = time.monotonic() + DOWN_SECONDS
                     last = exc
             now = time.monotonic()
-            if retry is None:
-                retry = retry_seconds()
-            give_up = began + retry if deadline is None else min(began + retry, deadline)
             if now >= give_up:
                 if deadline is not None and now >= deadline:
                     raise RemoteError(grpc.StatusCode.DEADLINE_EXCEEDED,
