@@ -8,7 +8,7 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
 
-from gradserve.engine import Graph, Value, flatten
+from gradserve.engine import Graph, Node, Value, flatten
 from gradserve.engine.autodiff import grad_structure, inline
 
 from . import dtype as mstype
@@ -377,15 +377,24 @@ class _Transform:
                 entry = traced_for(staged, every, self.weights)
         hit = self._rebuilds.get(id(entry.traced))
         if hit is None:
-            rebuild = staged.rebuild
-            hit = (entry.traced, rebuild, lambda out: rebuild(wrapped_leaves(out)))
-            self._rebuilds[id(entry.traced)] = hit
+            hit = self._kept(staged, entry.traced)
         inputs = entry.inputs(every)
         if write and entry.traced.writes and read is None:
             call = Call(writing_network_id(entry, backend), None, inputs, entry.param_values())
             return call, lambda out: hit[1](apply_writes(entry.traced, out))
         params = entry.param_values() if read is None else {**entry.param_values(), **read.params}
         return Call(entry.network_id(backend), None, inputs, params), hit[2]
+
+    def _kept(self, staged: _Staged, traced: Traced) -> tuple[Traced, Any, Any]:
+        """``_rebuilds``' entry for ``traced``, a trace of ``staged``, made from the structure builder made in that
+        trace (``staged`` forgets it once it is kept here: when it is gone, another thread has kept it)."""
+        made = next((staged.rebuilds[id(n)] for n in traced.graph.nodes if id(n) in staged.rebuilds), None)
+        if made is None:
+            return self._rebuilds[id(traced)]
+        rebuild = made[1]
+        hit = self._rebuilds.setdefault(id(traced), (traced, rebuild, lambda out: rebuild(wrapped_leaves(out))))
+        staged.rebuilds.pop(id(made[0]), None)
+        return hit
 
     def prepare_call(self, backend: Backend, args: tuple[Any, ...], write: bool = False,
                      read: BeforeWrites | None = None) -> tuple[Call, Any]:
@@ -437,7 +446,10 @@ class _Staged:
                  wrapped: Any) -> None:
         self.n_args, self.params, self.emit, self.writes, self.wrapped = n_args, params, emit, writes, wrapped
         self.__name__ = name
-        self.rebuild: Any = None
+        self.rebuilds: dict[int, tuple[Node, Any]] = {}
+        """By id of the transform's node in a trace not yet kept by its owner (``_Transform._kept``): that node (held,
+        so that its id stays its own) and the structure builder made with it, found by the trace, not as the last one
+        made (another thread's trace, or one made before the trace a call found in the cache)."""
 
     def input_names(self, n: int) -> list[str]:
         """Graph-input names: the function's arguments, then the tangents or cotangents."""
@@ -451,7 +463,9 @@ class _Staged:
         frame = current_frame()
         if frame is None:
             raise AssertionError("a staged transform runs only while it is traced")
-        leaves, traced, values, self.rebuild = self.emit(frame, args[: self.n_args], args[self.n_args:])
+        leaves, traced, values, rebuild = self.emit(frame, args[: self.n_args], args[self.n_args:])
+        node = frame.builder.nodes[-1]  # the transform's node, which emit adds last
+        self.rebuilds[id(node)] = (node, rebuild)
         if self.writes:
             _forward_writes(frame, traced, values)
         return tuple(leaves)

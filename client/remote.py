@@ -155,11 +155,17 @@ class _Network:
 
 
 def _equal(a: np.ndarray, base: np.ndarray) -> bool:
-    """Whether ``a`` holds the same dtype, shape and values as ``base``; a first element that differs (in training,
-    nearly always) answers at once, without comparing the whole arrays."""
+    """Whether ``a`` holds the same dtype, shape and values as ``base``, bit for bit (-0.0 is not the registered 0.0:
+    ``1 / w`` tells them apart); a first element that differs (in training, nearly always) answers at once, without
+    comparing the whole arrays."""
     if a.dtype != base.dtype or a.shape != base.shape:
         return False
-    return (a.size == 0 or a.item(0) == base.item(0)) and np.array_equal(a, base)
+    if a.size == 0:
+        return True
+    if a.item(0) != base.item(0):
+        return False
+    bits = np.dtype(f"u{a.dtype.itemsize}") if a.dtype.kind == "f" else None
+    return np.array_equal(a, base) if bits is None else np.array_equal(a.view(bits), base.view(bits))
 
 
 def structure_id(message: graph_pb2.Graph, names: set[str]) -> str:

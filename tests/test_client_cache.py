@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import gc
 import weakref
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ import gradserve.nn as nn
 import gradserve.ops as ops
 from gradserve import Parameter, ParameterTuple, Tensor
 from gradserve.client import backends, epoch, get_backend, trace_count
+from gradserve.client import grad as grad_module
 from gradserve.client.embedded import EmbeddedBackend
 from gradserve.client.runner import _CACHES
 
@@ -231,3 +233,31 @@ def test_an_array_in_a_tuple_attribute_changed_in_place_is_seen() -> None:
     assert epoch.value == before
     np.testing.assert_allclose(net(t(X)).asnumpy(), X * [2.0, -5.0])
     assert trace_count(net) == 2
+
+
+def test_a_transform_keeps_each_traces_result_structure_when_another_trace_is_made_meanwhile(monkeypatch: pytest.MonkeyPatch) -> None:
+    # another thread's first call (here made in the gap, deterministically) traces the tuple argument after this call's
+    # trace of a Tensor argument was made and before its result's structure is taken: each keeps its own structure
+    x, y = Tensor(np.array([1.0, 2.0], np.float32)), Tensor(np.array([3.0, 4.0], np.float32))
+    g = gs.grad(lambda a: ops.sum(a[0] * a[1]) if isinstance(a, tuple) else ops.sum(a * a), 0)
+    real = grad_module.traced_for
+    meanwhile: list[Any] = []
+
+    def traced_for(fn: Any, args: Any, weights: Any = ()) -> Any:
+        entry = real(fn, args, weights)
+        if not meanwhile:
+            meanwhile.append(None)
+            meanwhile[0] = g((x, y))
+        return entry
+
+    monkeypatch.setattr(grad_module, "traced_for", traced_for)
+    first = g(x)
+    other = meanwhile[0]
+    assert isinstance(first, Tensor) and isinstance(other, tuple) and len(other) == 2
+    np.testing.assert_array_equal(first.asnumpy(), [2.0, 4.0])  # d sum(a^2) = 2a
+    np.testing.assert_array_equal(other[0].asnumpy(), [3.0, 4.0])  # d sum(a0 * a1) / d a0 = a1
+    np.testing.assert_array_equal(other[1].asnumpy(), [1.0, 2.0])
+    monkeypatch.undo()
+    again, other_again = g(x), g((x, y))
+    assert isinstance(again, Tensor) and isinstance(other_again, tuple)
+    np.testing.assert_array_equal(again.asnumpy(), [2.0, 4.0])

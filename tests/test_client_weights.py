@@ -203,3 +203,33 @@ def test_a_network_traced_again_with_other_values_is_the_same_network(recorded: 
     np.testing.assert_allclose(dw, closed_form(W0 * 2), rtol=1e-12)
     assert counts.get(("RegisterNetwork", "OK"), 0) == 2, counts
     assert set(recorded.of("Grad")[0].parameters) == {"w"}
+
+
+class Reciprocal(nn.Cell):
+    """x / w, whose sign of infinity tells a weight of -0.0 from one of 0.0."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.w = Parameter(Tensor(np.array([0.0, 2.0], np.float32)), name="w")
+
+    def construct(self, x: Tensor) -> Tensor:
+        return x / self.w
+
+
+@pytest.mark.filterwarnings("ignore:divide by zero:RuntimeWarning")  # 1 / 0 is the point
+def test_a_weight_equal_to_the_registered_one_but_not_bit_for_bit_is_sent(clean_context: None, recorded: Recorded) -> None:
+    x = Tensor(np.array([1.0, 1.0], np.float32))
+    with two_workers() as server:
+        gs.set_context(target=f"127.0.0.1:{server.port}", retry_seconds=0)
+        try:
+            net = Reciprocal()
+            before = net(x).asnumpy()
+            net.w.set_data(Tensor(np.array([-0.0, 2.0], np.float32)))  # == the registered 0.0, yet 1 / w is -inf
+            after = net(x).asnumpy()
+        finally:
+            for backend in backends._backends.values():
+                backend.close()
+    np.testing.assert_array_equal(before, [np.inf, 0.5])
+    np.testing.assert_array_equal(after, [-np.inf, 0.5])  # IEEE 754: 1 / -0.0 is -inf, as the embedded engine gives
+    runs = recorded.of("Run")
+    assert not runs[0].parameters and set(runs[1].parameters) == {"w"}
