@@ -70,8 +70,7 @@ def set_context(**kwargs: Any) -> None:
             _mindspore[key] = value
             continue
         if key not in OPTIONS:
-            known = ", ".join(map(repr, (*OPTIONS, "mode", *MINDSPORE_OPTIONS)))
-            raise TypeError(f"set_context: unknown option {key!r}; gradserve understands only {known}")
+            raise ValueError(f"set_context: unknown option {key!r}; gradserve understands only {_known()}")
         if key in SECONDS:
             if value is not None and not (isinstance(value, (int, float)) and not isinstance(value, bool)
                                           and 0 <= value < float("inf")):
@@ -86,6 +85,11 @@ def set_context(**kwargs: Any) -> None:
         generation[0] += 1
 
 
+def _known() -> str:
+    """The option names set_context and get_context take, for an unknown one's error (a ValueError, as MindSpore's)."""
+    return ", ".join(map(repr, (*OPTIONS, "mode", *MINDSPORE_OPTIONS)))
+
+
 def get_context(key: str) -> Any:
     """The current value of a context option: the one set, else its ``GRADSERVE_*`` variable, else None
     (``mode``: PYNATIVE_MODE unless set)."""
@@ -93,7 +97,7 @@ def get_context(key: str) -> Any:
     if value is _UNKNOWN:
         if key in _mindspore or key in MINDSPORE_OPTIONS:
             return _mindspore.get(key)
-        raise TypeError(f"get_context: unknown option {key!r}; gradserve understands only {', '.join(map(repr, OPTIONS))}")
+        raise ValueError(f"get_context: unknown option {key!r}; gradserve understands only {_known()}")
     if value is not _UNSET:
         return value
     env = os.environ.get(OPTIONS[key]) or None

@@ -258,7 +258,7 @@ def test_client_context_options_and_backend_per_setting(clean_context: None, mon
     assert backends.get_backend() is not first and made == ["h:1", "h:1"]
     with pytest.raises(TypeError, match="tls_ca must be None or a non-empty string"):
         context.set_context(tls_ca="")
-    with pytest.raises(TypeError, match="unknown option 'ca'.*'tls_ca'"):
+    with pytest.raises(ValueError, match="unknown option 'ca'.*'tls_ca'"):
         context.set_context(ca="x")
     context.set_context(tls_cert="c.pem")
     with pytest.raises(ValueError, match="tls_cert and tls_key .* go together, and need tls_ca"):
