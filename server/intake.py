@@ -144,9 +144,13 @@ class Intake:
     def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0) -> bool:
         """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
         Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others of its round
-        (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls."""
-        ticket, peer = object(), context.peer()
+        (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls.
+        With none waiting in ``lane`` and a slot free, the slot is taken at once (no other handler's turn changes)."""
         with self._room:
+            if not lane.waiting and lane.receiving < lane.slots:
+                lane.receiving += 1
+                return True
+            ticket, peer = object(), context.peer()
             ahead = lane is self.large and peer in self.small_peers
             waiting = lane.in_round(ahead)
             if max_waiting and waiting >= max_waiting:
@@ -165,7 +169,8 @@ class Intake:
     def _done_receiving(self, lane: Lane) -> None:
         with self._room:
             lane.receiving -= 1
-            self._room.notify_all()
+            if lane.waiting:  # only handlers waiting in this lane wait for its slots
+                self._room.notify_all()
 
     def _next_in_turn(self, lane: Lane, messages: Iterator[Any], context: grpc.ServicerContext,
                       max_waiting: int = 0) -> tuple[Any, int] | None:
