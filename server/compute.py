@@ -199,10 +199,11 @@ class Plan:
                 return None
             args.append(a)
         params = {}
-        if req.parameters:
-            for name, t in req.parameters.items():
+        given = req.parameters
+        if given:
+            for name in given:  # a protobuf map's items() is a generic Python view: indexing by key is faster
                 spec = self.params.get(name)
-                a = spec.take(t) if spec is not None else None
+                a = spec.take(given[name]) if spec is not None else None
                 if a is None:
                     return None
                 params[name] = a
@@ -289,7 +290,9 @@ class Tensors(NamedTuple):
     def of(cls, req: Any, places: Sequence[Where] = (), buffers: Sequence[memoryview] = ()) -> Tensors:
         """The tensors of ``req``, with ``buffers[i]`` as the data of the stripped tensor at ``places[i]``."""
         if not places:
-            return cls(getattr(req, "grad", None), req.inputs, getattr(req, "sens", ()), req.parameters)
+            if isinstance(req, service_pb2.GradRequest):
+                return cls(req.grad, req.inputs, req.sens, req.parameters)
+            return cls(None, req.inputs, (), req.parameters)
         by_place = dict(zip(places, buffers))
         fields: dict[str, Any] = {"inputs": [], "sens": [], "parameters": {}}
         for (name, key), t in request_tensors(req):
@@ -299,7 +302,7 @@ class Tensors(NamedTuple):
                 fields[name][key] = tensor
             else:
                 fields[name].append(tensor)
-        return cls(getattr(req, "grad", None), **fields)
+        return cls(req.grad if isinstance(req, service_pb2.GradRequest) else None, **fields)
 
 
 class Blob(NamedTuple):
