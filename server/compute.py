@@ -401,11 +401,35 @@ def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
     """Step 4: the response holding ``trees``: joined by the plan's Template when it has one that fits, else built
     with protobuf (teaching the plan its Template when the response is small apart from its large leaves' data)."""
     layout = found.layout
-    if layout is not None:
-        leaves = [a for tree in trees for a in flatten(tree)]
-        chunks = layout.template.chunks(leaves if layout.order is None else [leaves[i] for i in layout.order])
-        if chunks is not None:
-            return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
+    if layout is not None and (chunks := _chunks(layout, trees)) is not None:
+        return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
+    return _protobuf(found, kind, trees)
+
+
+def pieces(found: Plan, kind: str, trees: list[Any]) -> list[Any]:
+    """Step 4 in the server process (the local lane): the response holding ``trees`` as the bytes and C-contiguous
+    arrays whose join it is, so that it is copied once, uncut: the Template's chunks when it fits, else ``encode``'s
+    parts with each large leaf's frame between them."""
+    layout = found.layout
+    if layout is not None and (chunks := _chunks(layout, trees)) is not None:
+        return chunks
+    encoded = _protobuf(found, kind, trees)
+    out: list[Any] = [encoded.parts[0]]
+    for a, part in zip(encoded.arrays, encoded.parts[1:]):
+        out += (data_header(a.nbytes), np.ascontiguousarray(a), part)
+    return out
+
+
+def _chunks(layout: Layout, trees: list[Any]) -> list[Any] | None:
+    """The chunks of ``layout``'s Template joining into the response holding ``trees`` (``codec.Template.chunks``), or
+    None when they do not fit it."""
+    leaves = [a for tree in trees for a in flatten(tree)]
+    return layout.template.chunks(leaves if layout.order is None else [leaves[i] for i in layout.order])
+
+
+def _protobuf(found: Plan, kind: str, trees: list[Any]) -> Encoded:
+    """The response holding ``trees`` built with protobuf, teaching the plan its Layout from the first one small
+    enough apart from its large leaves' data."""
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
     if not found.taught and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
@@ -433,19 +457,21 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
-        interrupt: Callable[[], bool] | None = None, found: Plan | None = None,
-        network: Graph | None = None) -> tuple[Plan, Encoded]:
+        interrupt: Callable[[], bool] | None = None, found: Plan | None = None) -> tuple[Plan, Encoded]:
     """Compute a Grad or Run request ``req`` (``tensors``: its tensors, some in shared memory) on the network
-    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan and ``network`` the
-    decoded network when the caller holds them (the local lane, which never builds a plan and shares its cache
-    between threads). Returns its plan and response."""
-    if network is None:
-        network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
+    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan when the caller holds it
+    (else built or taken from the cache). Returns its plan and response."""
+    network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
     if found is None:
         found = plan(state, kind, req, network_id, key)
+    return found, encode(found, kind, execute(found, checked(state, kind, found, tensors, network), interrupt))
+
+
+def checked(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph) -> Args:
+    """Step 2 with the limits checked: the ``args`` of a run of ``found``, once ``check`` has passed it."""
     given = args(state, kind, found, tensors, network)
     check(state, kind, found)
-    return found, encode(found, kind, execute(found, given, interrupt))
+    return given
 
 
 ERROR_LOG_CHARS = 500

@@ -18,12 +18,10 @@ import threading
 import time
 from typing import Any, Callable, Sequence
 
-import numpy as np
-
 from gradserve.engine import Interrupted
 
 from . import compute
-from .blobs import Where, data_header
+from .blobs import Where
 from .cache import Cache
 from .config import Limits
 from .errors import Failure, stopped
@@ -77,11 +75,11 @@ class Lane:
             return
         self._state.cache.put(key, found, found.held)
 
-    def run(self, found: compute.Plan, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
+    def run(self, found: compute.Plan, kind: str, request: Any, network_id: str, network: bytes,
             places: Sequence[Where], buffers: Sequence[memoryview], deadline: float | None, is_active: Callable[[], bool],
-            spare: bool) -> tuple[list[bytes], list[Any]] | None:
+            spare: bool) -> list[Any] | None:
         """Compute ``request`` (whose plan is ``found``, as ``plan(key)`` gave it; ``buffers[i]``, the data of its tensor at ``places[i]``)
-        here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
+        here: the pieces whose join is the response (``compute.pieces``), or None when it must
         go to a worker (the plan is bounded and the bounded lane busy, no worker
         idle or ``spare`` false: this process serving other calls, or the request a stream's). Raises Failure
         for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
@@ -104,9 +102,9 @@ class Lane:
             try:
                 # The plan and the network are held here and passed on: decoding the network may drop the plan from
                 # the cache, and the other lane's thread may drop the network.
-                graph = state.network(network_id, network)
-                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop,
-                                         found, graph)
+                given = compute.checked(state, kind, found, compute.Tensors.of(request, places, buffers),
+                                        state.network(network_id, network))
+                out = compute.pieces(found, kind, compute.execute(found, given, stop))
             except Interrupted as exc:
                 raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
             except Exception as exc:
@@ -117,22 +115,12 @@ class Lane:
                 give_back()
         with self._count:
             self.served += 1
-        return _framed(encoded)
+        return out
 
     def _passed(self) -> None:
         """Count a request for a bounded plan held here that goes to a worker instead."""
         with self._count:
             self.passed += 1
-
-
-def _framed(encoded: compute.Encoded) -> tuple[list[bytes], list[Any]]:
-    """``encoded`` as ``blobs.splice`` joins it, its large leaves' bytes as they are (the frames' headers moved into
-    the parts before them): one copy of each, into the response."""
-    if not encoded.arrays:
-        return encoded.parts, []
-    arrays = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in encoded.arrays]
-    parts = [p + data_header(a.nbytes) for p, a in zip(encoded.parts, arrays)] + [encoded.parts[-1]]
-    return parts, arrays
 
 
 ACTIVE_EVERY = 8

@@ -284,7 +284,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         small and the lane takes it now, else by a worker (which reports whether the plan is small); ``bounded``
         false leaves bounded plans to the workers. Its bytes count against ``max_queued_bytes`` until it is answered."""
         request = incoming.message
-        size = len(incoming.raw) + sum(len(d) for d in incoming.data)  # the bytes received
+        size = len(incoming.raw) + sum(map(len, incoming.data))  # the bytes received
         self._hold(size)
         try:
             nid, raw = self._network(incoming, call)
@@ -292,10 +292,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             found = self.lane.plan(key)
             if found is not None:
-                done = self.lane.run(found, kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline,
+                done = self.lane.run(found, kind, request, nid, raw, incoming.places, incoming.data, call.deadline,
                                      call.is_active, spare=bounded and self._inflight <= 1)
                 if done is not None:
-                    return self._answered(self._reply(kind, *done, tail))
+                    done.append(tail)
+                    return self._answered(self._sized(kind, b"".join(done)))
             if incoming.whole:  # lifted now, so that its large tensors cross to the worker in shared memory
                 incoming = blobs.lift(incoming.raw, type(request))
             job = Job(kind, Request(_body(incoming), incoming.places, key, found is None), incoming.data, nid, raw)
@@ -321,7 +322,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def _reply(self, kind: str, parts: list[bytes], frames: list[Any], tail: bytes) -> bytes:
         """The response cut into ``parts`` (``compute.Encoded``) joined with ``frames``, its large leaves' data,
         and ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
-        out = blobs.splice([*parts[:-1], parts[-1] + tail], frames)
+        return self._sized(kind, blobs.splice([*parts[:-1], parts[-1] + tail], frames))
+
+    def _sized(self, kind: str, out: bytes) -> bytes:
+        """``out``, a serialized response, refused (RESOURCE_EXHAUSTED) when larger than ``max_message_bytes``."""
         limit = self.limits.max_message_bytes
         if limit and len(out) > limit:
             raise Failure("RESOURCE_EXHAUSTED", f"the {KINDS[kind].response.__name__} would be {len(out)} bytes, over the "
