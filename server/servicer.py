@@ -5,6 +5,7 @@ back as serialized responses; large tensor data travels through shared memory an
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import queue
 import secrets
@@ -289,7 +290,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         try:
             nid, raw = self._network(incoming, call)
             key = plan_key(kind, request, nid)
-            tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
+            tail = _tail(kind, nid, request.request_id)
             found = self.lane.plan(key)
             if found is not None:
                 done = self.lane.run(found, kind, request, nid, raw, incoming.places, incoming.data, call.deadline,
@@ -474,6 +475,17 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return resp
 
         return self._serve("ServerInfo", context, info)
+
+
+TAILS_KEPT = 256
+"""Response tails (``_tail``) kept, the most recently used: requests without an id of their own share one per network."""
+
+
+@functools.lru_cache(maxsize=TAILS_KEPT)
+def _tail(kind: str, network_id: str, request_id: str) -> bytes:
+    """The serialized ids a Grad or Run response ends with (appended to its results: protobuf reads concatenated
+    messages as one); kept, so that the requests of a network without ids of their own do not build it each time."""
+    return KINDS[kind].response(network_id=network_id, request_id=request_id).SerializeToString()
 
 
 def _onnx_graph(data: bytes, limits: Any) -> bytes:
