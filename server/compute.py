@@ -186,6 +186,10 @@ class Plan:
     """``export_plan``'s bytes, made once."""
     unexportable: bool = False
     """``export_plan`` failed to pickle this plan: it stays in the workers, and exporting it is not tried again."""
+    reading: Reading | None = None
+    """How the local lane reads requests parsed whole that are laid out as the first it ran was (``learn_reading``)."""
+    read_taught: bool = False
+    """A request was offered to learn ``reading`` from (one that gave none is not walked again)."""
 
     def take(self, req: Tensors) -> Args | None:
         """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
@@ -208,6 +212,74 @@ class Plan:
                     return None
                 params[name] = a
         return Args(args, params)
+
+
+class Reading(NamedTuple):
+    """How the local lane takes the arguments of a plan's run straight from a request's bytes, learned from the first
+    request it ran (``learn_reading``): that request's Template, and for each of its slots the argument it is (a
+    position, or a parameter's name) and the plan's own dtype object for it (as ``_Spec.take`` gives it)."""
+
+    template: codec.Template
+    places: tuple[int | str, ...]
+    dtypes: tuple[np.dtype, ...]
+    positional: int
+    """How many of the places are positions."""
+
+    def read(self, raw: bytes) -> Args | None:
+        """The arguments in the request ``raw`` when its bytes outside its tensors' data are those of the request this
+        was learned from (so that it parses as that one did, its tensors matching the plan), as read-only views of
+        ``raw`` (copies when misaligned); else None."""
+        template = self.template
+        pieces = template.pieces
+        if len(raw) != template.size or not raw.startswith(pieces[0]) or not raw.endswith(pieces[-1]):
+            return None
+        positional: list[Any] = [None] * self.positional
+        params = {}
+        for (piece, start, stop, _, _, shape, misaligned, _), dtype, place in zip(template.reads, self.dtypes, self.places):
+            if not raw.startswith(piece, stop):
+                return None
+            a = np.frombuffer(raw[start:stop], dtype).reshape(shape) if misaligned else np.ndarray(shape, dtype, raw, start)
+            if isinstance(place, int):
+                positional[place] = a
+            else:
+                params[place] = a
+        return Args(positional, params)
+
+
+def learn_reading(found: Plan, kind: str, raw: bytes) -> Reading | None:
+    """The Reading of the request ``raw``, whose tensors ``found.take`` took as they were; None when its framing is not
+    plain (``codec.Template.learn``) or it holds tensors anywhere else (an inline graph's)."""
+    template = codec.Template.learn(raw, KINDS[kind].request.DESCRIPTOR)
+    if template is None:
+        return None
+    places: list[int | str] = []
+    dtypes = []
+    for slot in template.slots:
+        place = _place(found, slot.path)
+        if place is None:
+            return None
+        spec = found.args[place] if isinstance(place, int) else found.params.get(place)
+        if spec is None:
+            return None
+        places.append(place)
+        dtypes.append(spec.dtype)
+    positions = sorted(p for p in places if isinstance(p, int))
+    if positions != list(range(len(found.args))):
+        return None
+    return Reading(template, tuple(places), tuple(dtypes), len(positions))
+
+
+def _place(found: Plan, path: tuple[Any, ...]) -> int | str | None:
+    """The argument of ``found`` that the request tensor at ``path`` (a Template slot's) is: a position (inputs, then
+    sensitivities) or a parameter's name; None for any other tensor."""
+    if len(path) != 2:
+        return None
+    field, at = path
+    if field == "inputs" and at < found.inputs:
+        return int(at)
+    if field == "sens" and at < len(found.args) - found.inputs:
+        return found.inputs + at
+    return at if field == "parameters" else None
 
 
 def _plan(network: Graph, called: Graph, sens: bool, graph: Graph, names: tuple[str, ...], forward: bool) -> Plan:
@@ -372,11 +444,18 @@ def _locality(state: WorkerState, program: Program, network_bytes: int) -> tuple
     return bounded, bounded
 
 
-def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph) -> Args:
+def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph, raw: bytes | None = None) -> Args:
     """Step 2: the arrays of a request's ``tensors`` for a run of ``found`` on ``network``: taken as they are when
-    they match the plan's types exactly, else decoded by the codec, which names what is wrong."""
+    they match the plan's types exactly, else decoded by the codec, which names what is wrong. ``raw``, the request's
+    bytes when they hold all of it (the local lane's requests parsed whole), is read by the plan's ``reading`` when laid
+    out as the first request taken, which teaches it."""
+    reading = found.reading
+    if raw is not None and reading is not None and (read := reading.read(raw)) is not None:
+        return read
     taken = found.take(tensors)
     if taken is not None:
+        if raw is not None and not found.read_taught:
+            found.reading, found.read_taught = learn_reading(found, kind, raw), True
         return taken
     request: Any = tensors  # the codec reads only the fields Tensors has
     call = (codec.decode_grad_call if kind == "grad" else codec.decode_run_call)(network, request, state.limits)
@@ -467,9 +546,9 @@ def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: s
     return found, encode(found, kind, execute(found, checked(state, kind, found, tensors, network), interrupt))
 
 
-def checked(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph) -> Args:
+def checked(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph, raw: bytes | None = None) -> Args:
     """Step 2 with the limits checked: the ``args`` of a run of ``found``, once ``check`` has passed it."""
-    given = args(state, kind, found, tensors, network)
+    given = args(state, kind, found, tensors, network, raw)
     check(state, kind, found)
     return given
 

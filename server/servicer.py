@@ -293,8 +293,9 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             tail = _tail(kind, nid, request.request_id)
             found = self.lane.plan(key)
             if found is not None:
-                done = self.lane.run(found, kind, request, nid, raw, incoming.places, incoming.data, call.deadline,
-                                     call.is_active, spare=bounded and self._inflight <= 1)
+                done = self.lane.run(found, kind, request, nid, raw, incoming.places, incoming.data,
+                                     None if incoming.places else incoming.raw, call.deadline, call.is_active,
+                                     spare=bounded and self._inflight <= 1)
                 if done is not None:
                     done.append(tail)
                     return self._answered(self._sized(kind, b"".join(done)))
