@@ -187,9 +187,15 @@ class Plan:
     unexportable: bool = False
     """``export_plan`` failed to pickle this plan: it stays in the workers, and exporting it is not tried again."""
     reading: Reading | None = None
-    """How the local lane reads requests parsed whole that are laid out as the first it ran was (``learn_reading``)."""
+    """How the local lane reads requests laid out as the first it ran was (``read``; taught by ``checked``)."""
     read_taught: bool = False
     """A request was offered to learn ``reading`` from (one that gave none is not walked again)."""
+
+    def read(self, raw: bytes | None) -> Args | None:
+        """The arguments of a run read straight from a request's bytes ``raw`` (when they hold all of it) by the plan's
+        ``reading``: a request laid out as one whose tensors were taken and whose run ``check`` passed; else None."""
+        reading = self.reading
+        return reading.read(raw) if reading is not None and raw is not None else None
 
     def take(self, req: Tensors) -> Args | None:
         """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
@@ -444,19 +450,15 @@ def _locality(state: WorkerState, program: Program, network_bytes: int) -> tuple
     return bounded, bounded
 
 
-def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph, raw: bytes | None = None) -> Args:
+def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph) -> Args:
     """Step 2: the arrays of a request's ``tensors`` for a run of ``found`` on ``network``: taken as they are when
-    they match the plan's types exactly, else decoded by the codec, which names what is wrong. ``raw``, the request's
-    bytes when they hold all of it (the local lane's requests parsed whole), is read by the plan's ``reading`` when laid
-    out as the first request taken, which teaches it."""
-    reading = found.reading
-    if raw is not None and reading is not None and (read := reading.read(raw)) is not None:
-        return read
+    they match the plan's types exactly, else decoded by the codec, which names what is wrong."""
     taken = found.take(tensors)
-    if taken is not None:
-        if raw is not None and not found.read_taught:
-            found.reading, found.read_taught = learn_reading(found, kind, raw), True
-        return taken
+    return taken if taken is not None else _decoded(state, kind, tensors, network)
+
+
+def _decoded(state: WorkerState, kind: str, tensors: Tensors, network: Graph) -> Args:
+    """The arrays of a request's ``tensors`` decoded by the codec, which names what is wrong."""
     request: Any = tensors  # the codec reads only the fields Tensors has
     call = (codec.decode_grad_call if kind == "grad" else codec.decode_run_call)(network, request, state.limits)
     return Args(call.args, call.params)
@@ -547,9 +549,14 @@ def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: s
 
 
 def checked(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph, raw: bytes | None = None) -> Args:
-    """Step 2 with the limits checked: the ``args`` of a run of ``found``, once ``check`` has passed it."""
-    given = args(state, kind, found, tensors, network, raw)
+    """Step 2 with the limits checked: the ``args`` of a run of ``found``, once ``check`` has passed it. ``raw``, the
+    request's bytes when they hold all of it (the local lane's), teaches the plan its ``reading`` when its tensors were
+    taken as they are, so that ``Plan.read`` reads later requests laid out as it is."""
+    taken = found.take(tensors)
+    given = taken if taken is not None else _decoded(state, kind, tensors, network)
     check(state, kind, found)
+    if taken is not None and raw is not None and not found.read_taught:
+        found.reading, found.read_taught = learn_reading(found, kind, raw), True
     return given
 
 

@@ -79,7 +79,7 @@ class Lane:
             places: Sequence[Where], buffers: Sequence[memoryview], raw: bytes | None, deadline: float | None,
             is_active: Callable[[], bool], spare: bool) -> list[Any] | None:
         """Compute ``request`` (whose plan is ``found``, as ``plan(key)`` gave it; ``buffers[i]``, the data of its tensor at ``places[i]``;
-        ``raw``, its bytes when they hold all of it: ``compute.args``) here: the pieces whose join is the response (``compute.pieces``), or None when it must
+        ``raw``, its bytes when they hold all of it: ``compute.Plan.read``) here: the pieces whose join is the response (``compute.pieces``), or None when it must
         go to a worker (the plan is bounded and the bounded lane busy, no worker
         idle or ``spare`` false: this process serving other calls, or the request a stream's). Raises Failure
         for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
@@ -102,8 +102,10 @@ class Lane:
             try:
                 # The plan and the network are held here and passed on: decoding the network may drop the plan from
                 # the cache, and the other lane's thread may drop the network.
-                given = compute.checked(state, kind, found, compute.Tensors.of(request, places, buffers),
-                                        state.network(network_id, network), raw)
+                given = found.read(raw)
+                if given is None:
+                    given = compute.checked(state, kind, found, compute.Tensors.of(request, places, buffers),
+                                            state.network(network_id, network), raw)
                 out = compute.pieces(found, kind, compute.execute(found, given, stop))
             except Interrupted as exc:
                 raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
