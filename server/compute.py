@@ -244,7 +244,7 @@ class Reading(NamedTuple):
         for (piece, start, stop, _, _, shape, misaligned, _), dtype, place in zip(template.reads, self.dtypes, self.places):
             if not raw.startswith(piece, stop):
                 return None
-            a = np.frombuffer(raw[start:stop], dtype).reshape(shape) if misaligned else np.ndarray(shape, dtype, raw, start)
+            a = np.ndarray(shape, dtype, raw[start:stop]) if misaligned else np.ndarray(shape, dtype, raw, start)
             if isinstance(place, int):
                 positional[place] = a
             else:
