@@ -7,7 +7,7 @@ import threading
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator
+from typing import Any, Callable, Iterator, Mapping
 
 import grpc
 from google.protobuf.message import DecodeError
@@ -78,13 +78,17 @@ def _received_until_unparsable(received: Iterator[Received], bad: list[tuple[int
 RECEIVED_STREAMS = frozenset({f"/{SERVICE_NAME}/GradStream"})
 """Request streams whose messages are received in turn and held within the intake's budgets (``Intake.stream``)."""
 
-LIFTED = {f"/{SERVICE_NAME}/{name}": functools.partial(parse, cls=cls) for name, cls, parse in
+Parser = Callable[[bytes], Any]
+
+LIFTED: dict[str, Parser] = {f"/{SERVICE_NAME}/{name}": functools.partial(parse, cls=cls) for name, cls, parse in
           (("Grad", service_pb2.GradRequest, blobs.parse), ("Run", service_pb2.RunRequest, blobs.parse),
            ("GradStream", service_pb2.GradRequest, blobs.lift), ("RegisterNetwork", service_pb2.RegisterNetworkRequest, blobs.lift))}
 """The parsers of the methods whose requests arrive as ``blobs.Lifted``: large tensor data stays in the received bytes, on
 its way to shared memory, instead of being copied by protobuf, and the received bytes are handed on. Unary Grad and Run
 requests of at most ``blobs.WHOLE_MAX_BYTES`` are parsed whole (``blobs.parse``): the local lane computes most of them, and the others are
-lifted on their way to a worker; a stream's requests are lifted at once (the lane leaves their bounded plans to the workers)."""
+lifted on their way to a worker; a stream's requests are lifted at once (the lane leaves their bounded plans to the workers).
+A server parses unary Grad and Run requests with ``GradientServicer.parse`` instead, which leaves one unparsed when its local
+lane recognizes its bytes."""
 
 
 def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
@@ -92,7 +96,8 @@ def _serialize(serializer: Callable[[Any], bytes]) -> Callable[[Any], bytes]:
     return lambda response: response if isinstance(response, bytes) else serializer(response)
 
 
-def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, intake: Intake) -> grpc.RpcMethodHandler:
+def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, intake: Intake,
+                  parsers: Mapping[str, Parser] = LIFTED) -> grpc.RpcMethodHandler:
     """``handler`` with a request deserializer that never raises and a behaviour that answers a message
     protobuf could not parse INVALID_ARGUMENT naming the method and the problem (grpc says INTERNAL).
     A unary request is asked of gRPC only in its turn to be received (``intake``), and its bytes count as
@@ -100,8 +105,8 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
     A message of a ``RECEIVED_STREAMS`` stream is asked of gRPC in its turn in the intake's stream lane and
     reaches the method as an ``intake.Received`` (its bytes held until the method releases it).
     A bad message in a request stream ends it after the messages before it have been answered.
-    Requests of the ``LIFTED`` methods are parsed by their ``blobs`` parser; responses may be bytes."""
-    parse = LIFTED.get(method, handler.request_deserializer)
+    Requests of the methods in ``parsers`` are parsed by their parser (``LIFTED``'s, or the server's own); responses may be bytes."""
+    parse = parsers.get(method, handler.request_deserializer)
     type_name = getattr(getattr(handler.request_deserializer, "__self__", None), "DESCRIPTOR", None)
     expected = f"a valid {type_name.full_name}" if type_name is not None else "a valid request"
 
@@ -185,9 +190,10 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
 class ParseGuard(grpc.ServerInterceptor):
     """Applies ``guard_parsing`` to every method served (once per method), with ``intake``'s limits (default: none)."""
 
-    def __init__(self, reject: Reject, intake: Intake | None = None) -> None:
+    def __init__(self, reject: Reject, intake: Intake | None = None, parsers: Mapping[str, Parser] = LIFTED) -> None:
         self._reject = reject
         self._intake = intake or Intake(0, 0, 0)
+        self._parsers = parsers
         self._guarded: dict[str, grpc.RpcMethodHandler | None] = {}
 
     def intercept_service(self, continuation: Callable[[grpc.HandlerCallDetails], grpc.RpcMethodHandler | None],
@@ -199,7 +205,7 @@ class ParseGuard(grpc.ServerInterceptor):
             if handler is None:  # an unknown method: not cached, so that made-up names cannot grow the cache
                 return None
             ok = handler.request_deserializer is not None
-            guarded = self._guarded[method] = guard_parsing(handler, method, self._reject, self._intake) if ok else handler
+            guarded = self._guarded[method] = guard_parsing(handler, method, self._reject, self._intake, self._parsers) if ok else handler
         return guarded
 
 
@@ -241,7 +247,8 @@ class Server:
         interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []
         self.intake = Intake(lim.max_receive_bytes, lim.max_message_bytes, lim.max_queued_bytes,
                              lim.max_stream_receive_bytes, lim.max_receive_waiting)
-        interceptors.append(ParseGuard(self._reject, self.intake))
+        recognizing = {f"/{SERVICE_NAME}/{name}": functools.partial(self.servicer.parse, kind) for name, kind in (("Grad", "grad"), ("Run", "run"))}
+        interceptors.append(ParseGuard(self._reject, self.intake, {**LIFTED, **recognizing}))
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,
                                 maximum_concurrent_rpcs=threads, interceptors=interceptors)
         service_pb2_grpc.add_GradientServicer_to_server(self.servicer, self.grpc)

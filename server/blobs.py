@@ -93,6 +93,9 @@ class Lifted:
     whole: bool = False
     """Parsed whole by ``parse``: ``data`` is empty, and ``message`` holds the data of its large tensors and ``raw``
     all of the request (``lift`` of those bytes takes the data out, for a worker)."""
+    known: Any = None
+    """Not parsed: ``raw``, all of the request, is laid out as one the server process computed (``lane.Known``), so
+    that protobuf would parse it as that one; ``message`` is None (the servicer parses ``raw`` if it needs one)."""
 
 
 class _Malformed(Exception):

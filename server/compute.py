@@ -186,6 +186,16 @@ class Plan:
     """``export_plan``'s bytes, made once."""
     unexportable: bool = False
     """``export_plan`` failed to pickle this plan: it stays in the workers, and exporting it is not tried again."""
+    reading: Reading | None = None
+    """How the local lane reads requests laid out as the first it ran was (``read``; taught by ``checked``)."""
+    read_taught: bool = False
+    """A request was offered to learn ``reading`` from (one that gave none is not walked again)."""
+
+    def read(self, raw: bytes | None) -> Args | None:
+        """The arguments of a run read straight from a request's bytes ``raw`` (when they hold all of it) by the plan's
+        ``reading``: a request laid out as one whose tensors were taken and whose run ``check`` passed; else None."""
+        reading = self.reading
+        return reading.read(raw) if reading is not None and raw is not None else None
 
     def take(self, req: Tensors) -> Args | None:
         """The arrays of ``req`` when they match this plan's types exactly, or None when the codec must look at them."""
@@ -199,14 +209,83 @@ class Plan:
                 return None
             args.append(a)
         params = {}
-        if req.parameters:
-            for name, t in req.parameters.items():
+        given = req.parameters
+        if given:
+            for name in given:  # a protobuf map's items() is a generic Python view: indexing by key is faster
                 spec = self.params.get(name)
-                a = spec.take(t) if spec is not None else None
+                a = spec.take(given[name]) if spec is not None else None
                 if a is None:
                     return None
                 params[name] = a
         return Args(args, params)
+
+
+class Reading(NamedTuple):
+    """How the local lane takes the arguments of a plan's run straight from a request's bytes, learned from the first
+    request it ran (``learn_reading``): that request's Template, and for each of its slots the argument it is (a
+    position, or a parameter's name) and the plan's own dtype object for it (as ``_Spec.take`` gives it)."""
+
+    template: codec.Template
+    places: tuple[int | str, ...]
+    dtypes: tuple[np.dtype, ...]
+    positional: int
+    """How many of the places are positions."""
+
+    def read(self, raw: bytes) -> Args | None:
+        """The arguments in the request ``raw`` when its bytes outside its tensors' data are those of the request this
+        was learned from (so that it parses as that one did, its tensors matching the plan), as read-only views of
+        ``raw`` (copies when misaligned); else None."""
+        template = self.template
+        pieces = template.pieces
+        if len(raw) != template.size or not raw.startswith(pieces[0]) or not raw.endswith(pieces[-1]):
+            return None
+        positional: list[Any] = [None] * self.positional
+        params = {}
+        for (piece, start, stop, _, _, shape, misaligned, _), dtype, place in zip(template.reads, self.dtypes, self.places):
+            if not raw.startswith(piece, stop):
+                return None
+            a = np.ndarray(shape, dtype, raw[start:stop]) if misaligned else np.ndarray(shape, dtype, raw, start)
+            if isinstance(place, int):
+                positional[place] = a
+            else:
+                params[place] = a
+        return Args(positional, params)
+
+
+def learn_reading(found: Plan, kind: str, raw: bytes) -> Reading | None:
+    """The Reading of the request ``raw``, whose tensors ``found.take`` took as they were; None when its framing is not
+    plain (``codec.Template.learn``) or it holds tensors anywhere else (an inline graph's)."""
+    template = codec.Template.learn(raw, KINDS[kind].request.DESCRIPTOR)
+    if template is None:
+        return None
+    places: list[int | str] = []
+    dtypes = []
+    for slot in template.slots:
+        place = _place(found, slot.path)
+        if place is None:
+            return None
+        spec = found.args[place] if isinstance(place, int) else found.params.get(place)
+        if spec is None:
+            return None
+        places.append(place)
+        dtypes.append(spec.dtype)
+    positions = sorted(p for p in places if isinstance(p, int))
+    if positions != list(range(len(found.args))):
+        return None
+    return Reading(template, tuple(places), tuple(dtypes), len(positions))
+
+
+def _place(found: Plan, path: tuple[Any, ...]) -> int | str | None:
+    """The argument of ``found`` that the request tensor at ``path`` (a Template slot's) is: a position (inputs, then
+    sensitivities) or a parameter's name; None for any other tensor."""
+    if len(path) != 2:
+        return None
+    field, at = path
+    if field == "inputs" and at < found.inputs:
+        return int(at)
+    if field == "sens" and at < len(found.args) - found.inputs:
+        return found.inputs + at
+    return at if field == "parameters" else None
 
 
 def _plan(network: Graph, called: Graph, sens: bool, graph: Graph, names: tuple[str, ...], forward: bool) -> Plan:
@@ -289,7 +368,9 @@ class Tensors(NamedTuple):
     def of(cls, req: Any, places: Sequence[Where] = (), buffers: Sequence[memoryview] = ()) -> Tensors:
         """The tensors of ``req``, with ``buffers[i]`` as the data of the stripped tensor at ``places[i]``."""
         if not places:
-            return cls(getattr(req, "grad", None), req.inputs, getattr(req, "sens", ()), req.parameters)
+            if isinstance(req, service_pb2.GradRequest):
+                return cls(req.grad, req.inputs, req.sens, req.parameters)
+            return cls(None, req.inputs, (), req.parameters)
         by_place = dict(zip(places, buffers))
         fields: dict[str, Any] = {"inputs": [], "sens": [], "parameters": {}}
         for (name, key), t in request_tensors(req):
@@ -299,7 +380,7 @@ class Tensors(NamedTuple):
                 fields[name][key] = tensor
             else:
                 fields[name].append(tensor)
-        return cls(getattr(req, "grad", None), **fields)
+        return cls(req.grad if isinstance(req, service_pb2.GradRequest) else None, **fields)
 
 
 class Blob(NamedTuple):
@@ -373,8 +454,11 @@ def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: 
     """Step 2: the arrays of a request's ``tensors`` for a run of ``found`` on ``network``: taken as they are when
     they match the plan's types exactly, else decoded by the codec, which names what is wrong."""
     taken = found.take(tensors)
-    if taken is not None:
-        return taken
+    return taken if taken is not None else _decoded(state, kind, tensors, network)
+
+
+def _decoded(state: WorkerState, kind: str, tensors: Tensors, network: Graph) -> Args:
+    """The arrays of a request's ``tensors`` decoded by the codec, which names what is wrong."""
     request: Any = tensors  # the codec reads only the fields Tensors has
     call = (codec.decode_grad_call if kind == "grad" else codec.decode_run_call)(network, request, state.limits)
     return Args(call.args, call.params)
@@ -398,11 +482,35 @@ def encode(found: Plan, kind: str, trees: list[Any]) -> Encoded:
     """Step 4: the response holding ``trees``: joined by the plan's Template when it has one that fits, else built
     with protobuf (teaching the plan its Template when the response is small apart from its large leaves' data)."""
     layout = found.layout
-    if layout is not None:
-        leaves = [a for tree in trees for a in flatten(tree)]
-        chunks = layout.template.chunks(leaves if layout.order is None else [leaves[i] for i in layout.order])
-        if chunks is not None:
-            return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
+    if layout is not None and (chunks := _chunks(layout, trees)) is not None:
+        return _cut(chunks, layout.framed) if layout.framed else Encoded([b"".join(chunks)], [])
+    return _protobuf(found, kind, trees)
+
+
+def pieces(found: Plan, kind: str, trees: list[Any]) -> list[Any]:
+    """Step 4 in the server process (the local lane): the response holding ``trees`` as the bytes and C-contiguous
+    arrays whose join it is, so that it is copied once, uncut: the Template's chunks when it fits, else ``encode``'s
+    parts with each large leaf's frame between them."""
+    layout = found.layout
+    if layout is not None and (chunks := _chunks(layout, trees)) is not None:
+        return chunks
+    encoded = _protobuf(found, kind, trees)
+    out: list[Any] = [encoded.parts[0]]
+    for a, part in zip(encoded.arrays, encoded.parts[1:]):
+        out += (data_header(a.nbytes), np.ascontiguousarray(a), part)
+    return out
+
+
+def _chunks(layout: Layout, trees: list[Any]) -> list[Any] | None:
+    """The chunks of ``layout``'s Template joining into the response holding ``trees`` (``codec.Template.chunks``), or
+    None when they do not fit it."""
+    leaves = [a for tree in trees for a in flatten(tree)]
+    return layout.template.chunks(leaves if layout.order is None else [leaves[i] for i in layout.order])
+
+
+def _protobuf(found: Plan, kind: str, trees: list[Any]) -> Encoded:
+    """The response holding ``trees`` built with protobuf, teaching the plan its Layout from the first one small
+    enough apart from its large leaves' data."""
     response, names = KINDS[kind].response(), KINDS[kind].fields
     encoded = _encode(trees, names, response)
     if not found.taught and sum(map(len, encoded.parts)) <= TEMPLATE_MAX_BYTES:
@@ -430,19 +538,26 @@ def handle(state: WorkerState, kind: str, payload: Any, buffers: list[memoryview
 
 
 def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: str, key: tuple,
-        interrupt: Callable[[], bool] | None = None, found: Plan | None = None,
-        network: Graph | None = None) -> tuple[Plan, Encoded]:
+        interrupt: Callable[[], bool] | None = None, found: Plan | None = None) -> tuple[Plan, Encoded]:
     """Compute a Grad or Run request ``req`` (``tensors``: its tensors, some in shared memory) on the network
-    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan and ``network`` the
-    decoded network when the caller holds them (the local lane, which never builds a plan and shares its cache
-    between threads). Returns its plan and response."""
-    if network is None:
-        network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
+    ``network_id``, which ``state`` holds; ``key`` is its ``plan_key``, ``found`` its plan when the caller holds it
+    (else built or taken from the cache). Returns its plan and response."""
+    network = state.cache.get(network_id)  # held here: caching the plan may drop it from the cache
     if found is None:
         found = plan(state, kind, req, network_id, key)
-    given = args(state, kind, found, tensors, network)
+    return found, encode(found, kind, execute(found, checked(state, kind, found, tensors, network), interrupt))
+
+
+def checked(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph, raw: bytes | None = None) -> Args:
+    """Step 2 with the limits checked: the ``args`` of a run of ``found``, once ``check`` has passed it. ``raw``, the
+    request's bytes when they hold all of it (the local lane's), teaches the plan its ``reading`` when its tensors were
+    taken as they are, so that ``Plan.read`` reads later requests laid out as it is."""
+    taken = found.take(tensors)
+    given = taken if taken is not None else _decoded(state, kind, tensors, network)
     check(state, kind, found)
-    return found, encode(found, kind, execute(found, given, interrupt))
+    if taken is not None and raw is not None and not found.read_taught:
+        found.reading, found.read_taught = learn_reading(found, kind, raw), True
+    return given
 
 
 ERROR_LOG_CHARS = 500

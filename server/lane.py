@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import threading
 import time
-from typing import Any, Callable, Sequence
-
-import numpy as np
+from typing import Any, Callable, NamedTuple
 
 from gradserve.engine import Interrupted
 
 from . import compute
-from .blobs import Where, data_header
+from .blobs import Lifted
 from .cache import Cache
 from .config import Limits
 from .errors import Failure, stopped
@@ -46,6 +44,21 @@ class _Shared(Cache):
             return super().put(key, value, nbytes)
 
 
+class Known(NamedTuple):
+    """A Grad or Run request recognized by its bytes (``Lane.recognize``): laid out as the one that taught its plan's
+    Reading, which read its arguments; what the servicer would otherwise parse the request for."""
+
+    key: tuple
+    found: compute.Plan
+    given: compute.Args
+    network_id: str
+    request_id: str
+
+
+LAYOUTS_KEPT = 64
+"""Request layouts ``Lane.recognize`` looks for (the most recently learned): one per plan and request size."""
+
+
 class Lane:
     """Plans the workers found ``local`` and sent, run in this process."""
 
@@ -56,6 +69,8 @@ class Lane:
         self._tiny = threading.Lock()
         self._bounded = threading.Lock()
         self._count = threading.Lock()
+        self._layouts = _Shared(LAYOUTS_KEPT, 0)
+        """(key, network id, request id) of the request that taught a plan its Reading, by (kind, request size)."""
         self.served = 0
         """Requests computed here (a Prometheus counter reads it)."""
         self.passed = 0
@@ -65,6 +80,19 @@ class Lane:
         """The plan ``key`` (a ``compute.plan_key``) when it runs here."""
         found: compute.Plan | None = self._state.cache.get(key)
         return found
+
+    def recognize(self, kind: str, raw: bytes) -> Known | None:
+        """The ``kind`` request ``raw`` when it is laid out as one that taught its plan's Reading (its arguments read),
+        so that it need not be parsed; else None (also when that plan has left the cache)."""
+        layout = self._layouts.get((kind, len(raw)))
+        if layout is None:
+            return None
+        key, network_id, request_id = layout
+        found = self.plan(key)
+        if found is None:
+            return None
+        given = found.read(raw)
+        return None if given is None else Known(key, found, given, network_id, request_id)
 
     def admit(self, key: tuple, plan: bytes) -> None:
         """Run the plan ``key`` here from now on: a worker found it local and sent it (``compute.export_plan``). The
@@ -77,15 +105,13 @@ class Lane:
             return
         self._state.cache.put(key, found, found.held)
 
-    def run(self, found: compute.Plan, kind: str, request: Any, network_id: str, network: bytes, key: tuple,
-            places: Sequence[Where], buffers: Sequence[memoryview], deadline: float | None, is_active: Callable[[], bool],
-            spare: bool) -> tuple[list[bytes], list[Any]] | None:
-        """Compute ``request`` (whose plan is ``found``, as ``plan(key)`` gave it; ``buffers[i]``, the data of its tensor at ``places[i]``)
-        here: the response's parts and the frames of its large leaves (``compute.Encoded``), or None when it must
-        go to a worker (the plan is bounded and the bounded lane busy, no worker
-        idle or ``spare`` false: this process serving other calls, or the request a stream's). Raises Failure
-        for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's call ends. The network is
-        decoded here too (once, cached) for requests that do not match the plan's types exactly."""
+    def run(self, found: compute.Plan, kind: str, incoming: Lifted, key: tuple, network_id: str, network: bytes,
+            deadline: float | None, is_active: Callable[[], bool], spare: bool) -> list[Any] | None:
+        """Compute ``incoming`` (a request whose plan is ``found``, as ``plan(key)`` or ``recognize`` gave it) here: the
+        pieces whose join is the response (``compute.pieces``), or None when it must go to a worker (the plan is
+        bounded and the bounded lane busy, no worker idle or ``spare`` false: this process serving other calls, or the
+        request a stream's). Raises Failure for a bad request, and DEADLINE_EXCEEDED or CANCELLED when a bounded run's
+        call ends. The network is decoded here too (once, cached) for requests that do not match the plan's types exactly."""
         if found.bounded and not spare:
             self._passed()
             return None
@@ -100,13 +126,11 @@ class Lane:
             return None
         try:
             stop = _Stop(deadline, is_active) if found.bounded else None
-            state = self._state
             try:
                 # The plan and the network are held here and passed on: decoding the network may drop the plan from
                 # the cache, and the other lane's thread may drop the network.
-                graph = state.network(network_id, network)
-                _, encoded = compute.run(state, kind, request, compute.Tensors.of(request, places, buffers), network_id, key, stop,
-                                         found, graph)
+                given = self._given(found, kind, incoming, key, network_id, network)
+                out = compute.pieces(found, kind, compute.execute(found, given, stop))
             except Interrupted as exc:
                 raise stop.failure(exc) if stop is not None else compute.classify(exc) from None
             except Exception as exc:
@@ -117,22 +141,30 @@ class Lane:
                 give_back()
         with self._count:
             self.served += 1
-        return _framed(encoded)
+        return out
+
+    def _given(self, found: compute.Plan, kind: str, incoming: Lifted, key: tuple, network_id: str, network: bytes) -> compute.Args:
+        """The arguments of ``incoming``'s run of ``found``: read by the plan's Reading when the request was recognized
+        or its bytes fit it, else taken or decoded (``compute.checked``). The request that teaches the plan its Reading,
+        when it names its network by id, is the layout ``recognize`` looks for from then on."""
+        known: Known | None = incoming.known
+        if known is not None:
+            return known.given
+        raw = None if incoming.places else incoming.raw
+        given = found.read(raw)
+        if given is not None:
+            return given
+        taught, request = found.read_taught, incoming.message
+        given = compute.checked(self._state, kind, found, compute.Tensors.of(request, incoming.places, incoming.data),
+                                self._state.network(network_id, network), raw)
+        if raw is not None and not taught and found.reading is not None and request.WhichOneof("network") == "network_id":
+            self._layouts.put((kind, len(raw)), (key, network_id, request.request_id))
+        return given
 
     def _passed(self) -> None:
         """Count a request for a bounded plan held here that goes to a worker instead."""
         with self._count:
             self.passed += 1
-
-
-def _framed(encoded: compute.Encoded) -> tuple[list[bytes], list[Any]]:
-    """``encoded`` as ``blobs.splice`` joins it, its large leaves' bytes as they are (the frames' headers moved into
-    the parts before them): one copy of each, into the response."""
-    if not encoded.arrays:
-        return encoded.parts, []
-    arrays = [np.ascontiguousarray(a).reshape(-1).view(np.uint8) for a in encoded.arrays]
-    parts = [p + data_header(a.nbytes) for p, a in zip(encoded.parts, arrays)] + [encoded.parts[-1]]
-    return parts, arrays
 
 
 ACTIVE_EVERY = 8

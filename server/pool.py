@@ -127,7 +127,10 @@ class WorkerPool:
         self.stop_grace = stop_grace
         """Seconds a worker told to stop may take to finish its current operation before it is replaced
         (``Limits.stop_grace_ms``)."""
-        self._cond = threading.Condition()
+        self._lock = threading.Lock()
+        """Guards the idle slots, the waiting count and closing; taken directly (a Condition's own ``with`` costs Python
+        calls, twice a request: a worker's turn taken and given back, or borrowed for the local lane)."""
+        self._cond = threading.Condition(self._lock)
         self._life = threading.Lock()
         """Held while starting a worker and while closing, so that no worker starts once the pool is closed."""
         self._waiting = 0
@@ -157,7 +160,7 @@ class WorkerPool:
 
     def busy_pids(self) -> list[int]:
         """Process ids of workers holding a request right now."""
-        with self._cond:
+        with self._lock:
             idle = {id(s) for s in self._idle}
         return [s.proc.pid for s in self._slots if id(s) not in idle and s.proc is not None and s.proc.pid is not None]
 
@@ -218,7 +221,7 @@ class WorkerPool:
             self._release(slot)
 
     def _acquire(self, deadline: float | None, is_active: Callable[[], bool]) -> _Slot:
-        with self._cond:
+        with self._lock:
             if self._closed:
                 raise Failure("UNAVAILABLE", "the server is shutting down; retry on another replica")
             if not self._idle:
@@ -243,14 +246,14 @@ class WorkerPool:
         """Take an idle worker's turn without sending it anything, for work done in this process (the local lane's
         bounded runs), so that no more requests compute at once than there are workers; returns the function that
         gives the turn back, or None when no worker is idle or callers are already waiting for one."""
-        with self._cond:
+        with self._lock:
             if self._closed or not self._idle or self._waiting:
                 return None
             slot = self._idle.pop()
         return lambda: self._release(slot)
 
     def _release(self, slot: _Slot) -> None:
-        with self._cond:
+        with self._lock:
             self._idle.append(slot)
             self._cond.notify()
 
@@ -317,7 +320,7 @@ class WorkerPool:
     def close(self) -> None:
         """Stop taking work, stop every worker and release shared memory."""
         with self._life:
-            with self._cond:
+            with self._lock:
                 self._closed = True
                 self._cond.notify_all()
             for s in self._slots:

@@ -5,6 +5,7 @@ back as serialized responses; large tensor data travels through shared memory an
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import queue
 import secrets
@@ -26,12 +27,12 @@ from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 from . import blobs
 from .cache import Cache
-from .compute import KINDS, Answer, Request, classify, plan_key
+from .compute import KINDS, Answer, Plan, Request, classify, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .intake import Received
 from .jsonlog import log
-from .lane import Lane
+from .lane import Known, Lane
 from .metrics import Metrics
 from .pool import Job, WorkerPool
 
@@ -264,38 +265,57 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         request = incoming.message
         which = request.WhichOneof("network")
         if which == "network_id":
-            call.network_id = request.network_id
-            raw = self.registry.get(request.network_id)
-            if raw is None:
-                raise Failure(
-                    "NOT_FOUND",
-                    f"network_id {shown(request.network_id)} is not registered on this server; register it again or send the graph inline",
-                    [("network_id", "unknown network id")],
-                )
-            return request.network_id, raw
+            return request.network_id, self._registered(request.network_id, call)
         if which == "graph":
             raw = _graph(incoming)
             nid, _ = self._register(raw, call)
             return nid, raw
         raise Failure("INVALID_ARGUMENT", "network: set network_id or graph", [("network", "neither network_id nor graph is set")])
 
+    def _registered(self, network_id: str, call: Call) -> bytes:
+        """The serialized network a request names by id (NOT_FOUND when it is not registered)."""
+        call.network_id = network_id
+        raw = self.registry.get(network_id)
+        if raw is None:
+            raise Failure(
+                "NOT_FOUND",
+                f"network_id {shown(network_id)} is not registered on this server; register it again or send the graph inline",
+                [("network_id", "unknown network id")],
+            )
+        return raw
+
+    def parse(self, kind: str, raw: bytes) -> blobs.Lifted:
+        """The ``kind`` request ``raw`` as received (the request deserializer of unary Grad and Run calls): left unparsed
+        when the local lane recognizes it (``Lane.recognize``: protobuf would parse it as one it has run), else
+        ``blobs.parse``d."""
+        known = self.lane.recognize(kind, raw)
+        if known is not None:
+            return blobs.Lifted(None, [], [], raw, known=known)
+        return blobs.parse(raw, KINDS[kind].request)
+
     def _compute(self, kind: str, incoming: blobs.Lifted, call: Call, bounded: bool = True) -> bytes:
         """The serialized response to a Grad or Run request: computed by the local lane when its plan is
         small and the lane takes it now, else by a worker (which reports whether the plan is small); ``bounded``
         false leaves bounded plans to the workers. Its bytes count against ``max_queued_bytes`` until it is answered."""
-        request = incoming.message
-        size = len(incoming.raw) + sum(len(d) for d in incoming.data)  # the bytes received
+        size = len(incoming.raw) + sum(map(len, incoming.data))  # the bytes received
         self._hold(size)
         try:
+            known: Known | None = incoming.known
+            if known is not None:  # recognized by the lane, not parsed
+                done = self._local(kind, known.found, incoming, known.key, known.network_id,
+                                   self._registered(known.network_id, call), known.request_id, call, bounded)
+                if done is not None:
+                    return done
+                incoming = blobs.parse(incoming.raw, KINDS[kind].request)
+            request = incoming.message
             nid, raw = self._network(incoming, call)
             key = plan_key(kind, request, nid)
-            tail = KINDS[kind].response(network_id=nid, request_id=request.request_id).SerializeToString()
             found = self.lane.plan(key)
-            if found is not None:
-                done = self.lane.run(found, kind, request, nid, raw, key, incoming.places, incoming.data, call.deadline,
-                                     call.is_active, spare=bounded and self._inflight <= 1)
+            if found is not None and known is None:  # (a recognized request the lane did not take goes to a worker)
+                done = self._local(kind, found, incoming, key, nid, raw, request.request_id, call, bounded)
                 if done is not None:
-                    return self._answered(self._reply(kind, *done, tail))
+                    return done
+            tail = _tail(kind, nid, request.request_id)
             if incoming.whole:  # lifted now, so that its large tensors cross to the worker in shared memory
                 incoming = blobs.lift(incoming.raw, type(request))
             job = Job(kind, Request(_body(incoming), incoming.places, key, found is None), incoming.data, nid, raw)
@@ -311,6 +331,17 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         finally:
             self._unhold(size)
 
+    def _local(self, kind: str, found: Plan, incoming: blobs.Lifted, key: tuple, network_id: str, network: bytes,
+               request_id: str, call: Call, bounded: bool) -> bytes | None:
+        """The response to a request whose plan ``found`` the lane holds, computed by the lane (``Lane.run``), or None
+        when the lane does not take it now."""
+        pieces = self.lane.run(found, kind, incoming, key, network_id, network, call.deadline, call.is_active,
+                               spare=bounded and self._inflight <= 1)
+        if pieces is None:
+            return None
+        pieces.append(_tail(kind, network_id, request_id))
+        return self._answered(self._sized(kind, b"".join(pieces)))
+
     def _answered(self, out: bytes) -> bytes:
         """``out``, a response about to be sent, counted in ``answered`` when large."""
         if len(out) > LARGE_ANSWER_BYTES:
@@ -321,7 +352,10 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def _reply(self, kind: str, parts: list[bytes], frames: list[Any], tail: bytes) -> bytes:
         """The response cut into ``parts`` (``compute.Encoded``) joined with ``frames``, its large leaves' data,
         and ``tail`` (the ids) appended: protobuf reads concatenated messages as one."""
-        out = blobs.splice([*parts[:-1], parts[-1] + tail], frames)
+        return self._sized(kind, blobs.splice([*parts[:-1], parts[-1] + tail], frames))
+
+    def _sized(self, kind: str, out: bytes) -> bytes:
+        """``out``, a serialized response, refused (RESOURCE_EXHAUSTED) when larger than ``max_message_bytes``."""
         limit = self.limits.max_message_bytes
         if limit and len(out) > limit:
             raise Failure("RESOURCE_EXHAUSTED", f"the {KINDS[kind].response.__name__} would be {len(out)} bytes, over the "
@@ -346,11 +380,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
-        return self._serve("Grad", context, lambda call: self._compute("grad", request, call), request.message.request_id)
+        return self._serve("Grad", context, lambda call: self._compute("grad", request, call), _request_id(request))
 
     def Run(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """Forward outputs of a network (a serialized RunResponse)."""
-        return self._serve("Run", context, lambda call: self._compute("run", request, call), request.message.request_id)
+        return self._serve("Run", context, lambda call: self._compute("run", request, call), _request_id(request))
 
     def GradStream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
@@ -470,6 +504,23 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
             return resp
 
         return self._serve("ServerInfo", context, info)
+
+
+def _request_id(incoming: blobs.Lifted) -> str:
+    """The request id of a Grad or Run request, parsed or recognized (``GradientServicer.parse``)."""
+    known: Known | None = incoming.known
+    return known.request_id if known is not None else str(incoming.message.request_id)
+
+
+TAILS_KEPT = 256
+"""Response tails (``_tail``) kept, the most recently used: requests without an id of their own share one per network."""
+
+
+@functools.lru_cache(maxsize=TAILS_KEPT)
+def _tail(kind: str, network_id: str, request_id: str) -> bytes:
+    """The serialized ids a Grad or Run response ends with (appended to its results: protobuf reads concatenated
+    messages as one); kept, so that the requests of a network without ids of their own do not build it each time."""
+    return KINDS[kind].response(network_id=network_id, request_id=request_id).SerializeToString()
 
 
 def _onnx_graph(data: bytes, limits: Any) -> bytes:

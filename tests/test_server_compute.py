@@ -116,6 +116,57 @@ def test_args_taken_as_sent_when_types_match_else_decoded_by_the_codec() -> None
         compute.args(s, "grad", plan, compute.Tensors.of(extra), s.cache.get(nid))
 
 
+def test_a_request_laid_out_as_the_first_taken_is_read_from_its_bytes_and_any_other_is_taken_or_decoded() -> None:
+    """The lane hands ``checked`` a request's bytes when they hold all of it: the first request ``Plan.take`` took teaches the
+    plan its Reading (once its limits are checked), which then gives later requests of that layout the same arguments
+    ``take`` gives, as views of their bytes carrying the plan's dtype objects; a request laid out otherwise is taken or
+    decoded as before."""
+    s, nid = state()
+
+    def request(x: np.ndarray, w: np.ndarray, sens: float, rid: str = "") -> service_pb2.GradRequest:
+        req = grad_request(x, sens_param=True)
+        req.sens.append(codec.encode_tensor(np.array(sens)))
+        req.parameters["w"].CopyFrom(codec.encode_tensor(w))
+        req.request_id = rid
+        return req
+
+    first = request(X, W, 1.0)
+    key = compute.plan_key("grad", first, nid)
+    plan = compute.plan(s, "grad", first, nid, key)
+    network = s.cache.get(nid)
+    compute.checked(s, "grad", plan, compute.Tensors.of(first), network, first.SerializeToString())
+    assert plan.reading is not None and plan.read_taught
+    x2, w2 = RNG.standard_normal((2, 3)), RNG.standard_normal(3)
+    second = request(x2, w2, 2.5)
+    raw = second.SerializeToString()
+    read = plan.reading.read(raw)
+    assert read is not None
+    taken = plan.take(compute.Tensors.of(second))
+    assert taken is not None
+    for got, want, spec in zip(read.positional, taken.positional, plan.args):
+        np.testing.assert_array_equal(got, want)
+        assert spec is not None and got.dtype is spec.dtype and not got.flags.writeable
+    np.testing.assert_array_equal(read.params["w"], w2)
+    spec = plan.params["w"]
+    assert read.params.keys() == {"w"} and spec is not None and read.params["w"].dtype is spec.dtype
+    assert plan.read(raw) is not None and plan.read(None) is None
+    trees = compute.execute(plan, read)
+    np.testing.assert_allclose(trees[0], 2.5 * np.cos(x2 * w2) * w2, rtol=1e-12)
+    for other in (request(x2, w2, 2.5, "an id"), request(x2[:1], w2, 2.5), request(X.astype(np.float32), W, 1.0)):
+        assert plan.read(other.SerializeToString()) is None
+    third = request(X.astype(np.float32), W, 1.0)
+    with pytest.raises(codec.WireError, match=r"inputs\[0\].*float64.*float32"):
+        compute.checked(s, "grad", plan, compute.Tensors.of(third), network, third.SerializeToString())
+    inline = request(X, W, 1.0)
+    inline.graph.CopyFrom(codec.encode_graph(network))
+    assert compute.learn_reading(plan, "grad", inline.SerializeToString()) is None
+    limited, nid = state(max_request_flops=1)  # a plan refused by the limits never reads a request
+    plan = compute.plan(limited, "grad", first, nid, key)
+    with pytest.raises(Failure, match="max_request_flops"):
+        compute.checked(limited, "grad", plan, compute.Tensors.of(first), network, first.SerializeToString())
+    assert plan.reading is None
+
+
 def test_bad_input_is_named_even_when_the_cache_drops_the_network_for_the_plan() -> None:
     s = compute.worker_state(Limits(), Cache(1), local_max_elements=1 << 14)  # room for one entry: the plan evicts the network
     nid, _ = compute.handle(s, "load", codec.encode_graph(network()).SerializeToString(), [], "")

@@ -517,3 +517,47 @@ def test_an_inline_graph_given_twice_is_served_small_whole_lifted_and_streamed_w
                 np.testing.assert_allclose(codec.decode_tree(answer.gradients), np.cos(x) * w, rtol=1e-12)
             grads = [job for job in jobs if job.kind == "grad"]
             assert grads and all(not service_pb2.GradRequest.FromString(job.payload.body).HasField("graph") for job in grads)
+
+
+def test_a_request_laid_out_as_one_the_lane_ran_is_answered_unparsed_with_its_ids_and_the_same_errors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Once the lane has run a request (its plan's Reading learned), a request whose bytes differ from it only in its
+    tensors' data is recognized by its bytes and answered without protobuf parsing it: the same gradients and ids; one
+    with another request id is parsed; and when its network is no longer registered it fails NOT_FOUND as a parsed one does."""
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, limits=Limits(max_registered_networks=1))
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        parsed: list[int] = []
+        parse = blobs.parse
+
+        def counted(raw: bytes, cls: Any) -> blobs.Lifted:
+            parsed.append(len(raw))
+            return parse(raw, cls)
+
+        monkeypatch.setattr(blobs, "parse", counted)
+        request = sin_request(stub, np.zeros((2, 3)))
+        request.request_id = "first"
+        for _ in range(2):  # a worker builds the plan, then the lane runs it and learns the request's layout
+            stub.Grad(request, timeout=30)
+        assert parsed and server.servicer.lane.served == 1
+        parsed.clear()
+        for k in range(3):
+            x = np.linspace(-k, k + 1, 6).reshape(2, 3)
+            request.inputs[0].CopyFrom(codec.encode_tensor(x))
+            got = stub.Grad(request, timeout=30)
+            np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+            assert (got.request_id, got.network_id) == ("first", request.network_id)
+        assert parsed == [] and server.servicer.lane.served == 4
+        request.request_id = "second"
+        assert stub.Grad(request, timeout=30).request_id == "second" and len(parsed) == 1
+        other = GraphBuilder()
+        stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(
+            other.build(other.op("Cos", other.input("x", "float64", (2, 3)))))))  # evicts the first network
+        failures = []
+        for rid in ("first", "third"):
+            request.request_id = rid
+            failures.append(rejected(lambda: stub.Grad(request, timeout=30)))
+        assert len(parsed) == 2  # "first" recognized, "third" parsed
+        assert [f.code() for f in failures] == [grpc.StatusCode.NOT_FOUND] * 2
+        assert failures[0].details() == failures[1].details() and "network_id" in failures[0].details()
