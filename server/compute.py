@@ -241,7 +241,7 @@ class Reading(NamedTuple):
             return None
         positional: list[Any] = [None] * self.positional
         params = {}
-        for (piece, start, stop, _, _, shape, misaligned, _), dtype, place in zip(template.reads, self.dtypes, self.places):
+        for (piece, start, stop, _, shape, misaligned, _), dtype, place in zip(template.reads, self.dtypes, self.places):
             if not raw.startswith(piece, stop):
                 return None
             a = np.ndarray(shape, dtype, raw[start:stop]) if misaligned else np.ndarray(shape, dtype, raw, start)
