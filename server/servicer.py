@@ -514,13 +514,24 @@ def _request_id(incoming: blobs.Lifted) -> str:
 
 TAILS_KEPT = 256
 """Response tails (``_tail``) kept, the most recently used: requests without an id of their own share one per network."""
+TAIL_KEPT_ID_CHARS = 128
+"""Only tails whose request id is at most this long are kept (a caller's id may be as long as a message: 256 long
+ones kept would hold gigabytes after their calls)."""
 
 
-@functools.lru_cache(maxsize=TAILS_KEPT)
-def _tail(kind: str, network_id: str, request_id: str) -> bytes:
+def _ids(kind: str, network_id: str, request_id: str) -> bytes:
     """The serialized ids a Grad or Run response ends with (appended to its results: protobuf reads concatenated
-    messages as one); kept, so that the requests of a network without ids of their own do not build it each time."""
+    messages as one)."""
     return KINDS[kind].response(network_id=network_id, request_id=request_id).SerializeToString()
+
+
+_kept_ids = functools.lru_cache(maxsize=TAILS_KEPT)(_ids)
+
+
+def _tail(kind: str, network_id: str, request_id: str) -> bytes:
+    """``_ids``, kept when the request id is short, so that the requests of a network without ids of their own do not
+    build it each time."""
+    return (_kept_ids if len(request_id) <= TAIL_KEPT_ID_CHARS else _ids)(kind, network_id, request_id)
 
 
 def _onnx_graph(data: bytes, limits: Any) -> bytes:

@@ -596,3 +596,27 @@ def test_a_plan_back_in_the_lane_recognizes_only_the_layout_of_the_request_that_
         got = stub.Grad(inline, timeout=30)
         assert got.request_id == rid
         np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+
+
+def test_long_request_ids_are_echoed_and_not_kept_after_their_calls() -> None:
+    """The ids a response ends with are kept for the next request only when its request id is short: a caller's id may
+    be as long as a message, and the last 256 of those would stay in memory after their calls."""
+    x = np.linspace(-1.0, 1.5, 6).reshape(2, 3)
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        request = sin_request(stub, x)
+        kept = servicer._kept_ids.cache_info().currsize
+        for k in range(3):  # a worker, then the lane learning the layout, then the layout recognized
+            request.request_id = f"{k}" + "i" * (1 << 20)
+            got = stub.Grad(request, timeout=30)
+            assert got.request_id == request.request_id
+            np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+        request.request_id = "i" * (1 << 20)
+        for _ in range(2):
+            assert stub.Grad(request, timeout=30).request_id == request.request_id
+        assert server.servicer.lane.served == 4
+        assert servicer._kept_ids.cache_info().currsize == kept
+        request.request_id = "short"
+        assert stub.Grad(request, timeout=30).request_id == "short"
+        assert servicer._kept_ids.cache_info().currsize in (kept + 1, servicer.TAILS_KEPT)
