@@ -254,9 +254,10 @@ class Reading(NamedTuple):
 
 def learn_reading(found: Plan, kind: str, raw: bytes) -> Reading | None:
     """The Reading of the request ``raw``, whose tensors ``found.take`` took as they were; None when its framing is not
-    plain (``codec.Template.learn``) or it holds tensors anywhere else (an inline graph's)."""
+    plain (``codec.Template.learn``), it holds tensors anywhere else (an inline graph's) or more than
+    ``TEMPLATE_MAX_BYTES`` outside its tensors' data (a long request id: the plan would keep them, uncounted)."""
     template = codec.Template.learn(raw, KINDS[kind].request.DESCRIPTOR)
-    if template is None:
+    if template is None or sum(map(len, template.pieces)) > TEMPLATE_MAX_BYTES:
         return None
     places: list[int | str] = []
     dtypes = []

@@ -70,7 +70,7 @@ class Lane:
         self._bounded = threading.Lock()
         self._count = threading.Lock()
         self._layouts = _Shared(LAYOUTS_KEPT, 0)
-        """(key, network id, request id) of the request that taught a plan its Reading, by (kind, request size)."""
+        """(key, network id, request id, Reading) of the request that taught a plan its Reading, by (kind, request size)."""
         self.served = 0
         """Requests computed here (a Prometheus counter reads it)."""
         self.passed = 0
@@ -83,13 +83,14 @@ class Lane:
 
     def recognize(self, kind: str, raw: bytes) -> Known | None:
         """The ``kind`` request ``raw`` when it is laid out as one that taught its plan's Reading (its arguments read),
-        so that it need not be parsed; else None (also when that plan has left the cache)."""
+        so that it need not be parsed; else None (also when that plan has left the cache, or is held again with a
+        Reading another request taught it: that request's ids are not the layout's)."""
         layout = self._layouts.get((kind, len(raw)))
         if layout is None:
             return None
-        key, network_id, request_id = layout
+        key, network_id, request_id, reading = layout
         found = self.plan(key)
-        if found is None:
+        if found is None or found.reading is not reading:
             return None
         given = found.read(raw)
         return None if given is None else Known(key, found, given, network_id, request_id)
@@ -158,7 +159,7 @@ class Lane:
         given = compute.checked(self._state, kind, found, compute.Tensors.of(request, incoming.places, incoming.data),
                                 self._state.network(network_id, network), raw)
         if raw is not None and not taught and found.reading is not None and request.WhichOneof("network") == "network_id":
-            self._layouts.put((kind, len(raw)), (key, network_id, request.request_id))
+            self._layouts.put((kind, len(raw)), (key, network_id, request.request_id, found.reading))
         return given
 
     def _passed(self) -> None:

@@ -27,7 +27,7 @@ from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 from . import blobs
 from .cache import Cache
-from .compute import KINDS, Answer, Plan, Request, classify, plan_key
+from .compute import ERROR_LOG_CHARS, KINDS, Answer, Plan, Request, classify, plan_key
 from .config import ServerConfig
 from .errors import Failure
 from .intake import Received
@@ -287,8 +287,13 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
     def parse(self, kind: str, raw: bytes) -> blobs.Lifted:
         """The ``kind`` request ``raw`` as received (the request deserializer of unary Grad and Run calls): left unparsed
         when the local lane recognizes it (``Lane.recognize``: protobuf would parse it as one it has run), else
-        ``blobs.parse``d."""
-        known = self.lane.recognize(kind, raw)
+        ``blobs.parse``d. The lane is only a shortcut: a failure to recognize (a bug) is logged as an error and the
+        request parsed, where gRPC would answer an unlogged INTERNAL, uncounted, for every request of that size."""
+        try:
+            known = self.lane.recognize(kind, raw)
+        except Exception as exc:
+            log("recognize_error", kind=kind, size=len(raw), error=f"{type(exc).__name__}: {exc}"[:ERROR_LOG_CHARS])
+            known = None
         if known is not None:
             return blobs.Lifted(None, [], [], raw, known=known)
         return blobs.parse(raw, KINDS[kind].request)
@@ -514,13 +519,24 @@ def _request_id(incoming: blobs.Lifted) -> str:
 
 TAILS_KEPT = 256
 """Response tails (``_tail``) kept, the most recently used: requests without an id of their own share one per network."""
+TAIL_KEPT_ID_CHARS = 128
+"""Only tails whose request id is at most this long are kept (a caller's id may be as long as a message: 256 long
+ones kept would hold gigabytes after their calls)."""
 
 
-@functools.lru_cache(maxsize=TAILS_KEPT)
-def _tail(kind: str, network_id: str, request_id: str) -> bytes:
+def _ids(kind: str, network_id: str, request_id: str) -> bytes:
     """The serialized ids a Grad or Run response ends with (appended to its results: protobuf reads concatenated
-    messages as one); kept, so that the requests of a network without ids of their own do not build it each time."""
+    messages as one)."""
     return KINDS[kind].response(network_id=network_id, request_id=request_id).SerializeToString()
+
+
+_kept_ids = functools.lru_cache(maxsize=TAILS_KEPT)(_ids)
+
+
+def _tail(kind: str, network_id: str, request_id: str) -> bytes:
+    """``_ids``, kept when the request id is short, so that the requests of a network without ids of their own do not
+    build it each time."""
+    return (_kept_ids if len(request_id) <= TAIL_KEPT_ID_CHARS else _ids)(kind, network_id, request_id)
 
 
 def _onnx_graph(data: bytes, limits: Any) -> bytes:

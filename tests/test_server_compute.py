@@ -167,6 +167,25 @@ def test_a_request_laid_out_as_the_first_taken_is_read_from_its_bytes_and_any_ot
     assert plan.reading is None
 
 
+def test_a_request_longer_than_a_template_apart_from_its_data_teaches_no_reading() -> None:
+    """A request id as long as a message would stay in the plan's Reading (its bytes outside the data), uncounted by the
+    cache: a request holding more than ``TEMPLATE_MAX_BYTES`` outside its tensors' data teaches none, and its run is
+    the same."""
+    s, nid = state()
+    request = grad_request(X)
+    key = compute.plan_key("grad", request, nid)
+    plan = compute.plan(s, "grad", request, nid, key)
+    network = s.cache.get(nid)
+    for n, learned in ((compute.TEMPLATE_MAX_BYTES + 1, False), (compute.TEMPLATE_MAX_BYTES - 200, True)):
+        request.request_id = "i" * n
+        raw = request.SerializeToString()
+        assert (compute.learn_reading(plan, "grad", raw) is not None) == learned
+        given = compute.checked(s, "grad", plan, compute.Tensors.of(request), network, raw)
+        assert plan.read_taught and (plan.reading is not None) == learned
+        np.testing.assert_allclose(compute.execute(plan, given)[0], np.cos(X * W) * W, rtol=1e-12)
+        plan.reading, plan.read_taught = None, False
+
+
 def test_bad_input_is_named_even_when_the_cache_drops_the_network_for_the_plan() -> None:
     s = compute.worker_state(Limits(), Cache(1), local_max_elements=1 << 14)  # room for one entry: the plan evicts the network
     nid, _ = compute.handle(s, "load", codec.encode_graph(network()).SerializeToString(), [], "")

@@ -22,7 +22,7 @@ from gradserve.proto import codec
 from gradserve.server import blobs, compute, servicer
 from gradserve.server.app import Server, running
 from gradserve.server.config import Limits, ServerConfig
-from gradserve.v1 import service_pb2, service_pb2_grpc
+from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 YS = np.array([[0.11, 3.3, 1.1], [1.1, 0.2, 1.4], [1.1, 2.2, 0.3]], np.float32)
 
@@ -561,3 +561,86 @@ def test_a_request_laid_out_as_one_the_lane_ran_is_answered_unparsed_with_its_id
         assert len(parsed) == 2  # "first" recognized, "third" parsed
         assert [f.code() for f in failures] == [grpc.StatusCode.NOT_FOUND] * 2
         assert failures[0].details() == failures[1].details() and "network_id" in failures[0].details()
+
+
+def test_a_plan_back_in_the_lane_recognizes_only_the_layout_of_the_request_that_taught_it_again() -> None:
+    """A plan dropped from the lane's cache and sent again learns its Reading anew, here from a request carrying its graph
+    inline, as long as the request by id whose layout the lane remembers: requests laid out as the inline one are answered
+    with their own request id, and their graph registered again once the registry dropped it, as parsed ones are."""
+    x = np.linspace(-1.0, 1.5, 6).reshape(2, 3)
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1, worker_cache_size=2, limits=Limits(max_registered_networks=1))
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        by_id = sin_request(stub, x)
+        graph = server.servicer.registry.get(by_id.network_id)
+        assert graph is not None
+        inline = service_pb2.GradRequest(graph=graph_pb2.Graph.FromString(graph), inputs=[codec.encode_tensor(x)])
+        by_id.request_id = "a"
+        inline.request_id = "b" * (by_id.ByteSize() - inline.ByteSize() - 2)  # the two requests of one size (a key and a length byte)
+        assert by_id.ByteSize() == inline.ByteSize()
+        rid = inline.request_id
+        for _ in range(2):  # a worker builds the plan, the lane runs it and remembers the request's layout
+            stub.Grad(by_id, timeout=30)
+        lane, key = server.servicer.lane, compute.plan_key("grad", by_id, by_id.network_id)
+        assert lane.served == 1 and lane.plan(key) is not None
+        for n in (1, 2, 3):  # other plans through the lane (a cache of two entries) drop this one
+            other = sin_request(stub, np.ones(n))
+            for _ in range(2):
+                stub.Grad(other, timeout=30)
+        assert lane.plan(key) is None
+        for _ in range(3):  # to a worker, which sends the plan again; then the lane, which learns the inline layout
+            got = stub.Grad(inline, timeout=30)
+            assert (got.request_id, got.network_id) == (rid, by_id.network_id)
+            np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+        sin_request(stub, np.ones(4))  # evicts the network from the registry
+        got = stub.Grad(inline, timeout=30)
+        assert got.request_id == rid
+        np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+
+
+def test_long_request_ids_are_echoed_and_not_kept_after_their_calls() -> None:
+    """The ids a response ends with are kept for the next request only when its request id is short: a caller's id may
+    be as long as a message, and the last 256 of those would stay in memory after their calls."""
+    x = np.linspace(-1.0, 1.5, 6).reshape(2, 3)
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        request = sin_request(stub, x)
+        kept = servicer._kept_ids.cache_info().currsize
+        for k in range(3):  # a worker, then the lane learning the layout, then the layout recognized
+            request.request_id = f"{k}" + "i" * (1 << 20)
+            got = stub.Grad(request, timeout=30)
+            assert got.request_id == request.request_id
+            np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+        request.request_id = "i" * (1 << 20)
+        for _ in range(2):
+            assert stub.Grad(request, timeout=30).request_id == request.request_id
+        assert server.servicer.lane.served == 4
+        assert servicer._kept_ids.cache_info().currsize == kept
+        request.request_id = "short"
+        assert stub.Grad(request, timeout=30).request_id == "short"
+        assert servicer._kept_ids.cache_info().currsize in (kept + 1, servicer.TAILS_KEPT)
+
+
+def test_a_failure_to_recognize_a_request_is_logged_and_the_request_parsed(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Recognizing a request's bytes is only a shortcut, run in gRPC's request deserializer: should it fail (a bug), the
+    request is parsed and answered, and the failure logged as an error, instead of gRPC's unlogged INTERNAL."""
+    x = np.linspace(-1.0, 1.5, 6).reshape(2, 3)
+    config = ServerConfig(host="127.0.0.1", port=0, workers=1)
+    with running(config) as server, grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        stub = service_pb2_grpc.GradientStub(channel)
+        request = sin_request(stub, x)
+
+        def broken(kind: str, raw: bytes) -> Any:
+            raise ValueError("a bug")
+
+        monkeypatch.setattr(server.servicer.lane, "recognize", broken)
+        capsys.readouterr()
+        for _ in range(3):
+            got = stub.Grad(request, timeout=30)
+            np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x), rtol=1e-12)
+        logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"recognize_error"' in line]
+        assert len(logged) == 3 and logged[0]["level"] == "error" and logged[0]["error"] == "ValueError: a bug"
+        assert logged[0]["kind"] == "grad" and logged[0]["size"] == request.ByteSize()
