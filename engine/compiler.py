@@ -11,6 +11,7 @@ from typing import Any, Callable, Iterator, Mapping, NoReturn, Sequence
 
 import numpy as np
 
+from . import heap
 from .autodiff import lower
 from .builder import gc_paused
 from .errors import InputError, Interrupted, shown, shown_names
@@ -524,6 +525,7 @@ class Program:
 
     @gc_paused
     def __init__(self, graph: Graph) -> None:
+        heap.keep_heap()  # its intermediates' pages are kept for the next run (see heap)
         self.source = graph
         self.graph = g = optimize(graph)
         slot: dict[Value, int] = {}  # Values hash by identity: no id() ints to allocate per lookup

@@ -14,6 +14,7 @@ from google.protobuf.message import DecodeError
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from gradserve.engine import heap
 from gradserve.v1 import service_pb2, service_pb2_grpc
 
 from . import blobs, jsonlog, preflight, worker
@@ -227,7 +228,7 @@ class Server:
                                (lim, config.worker_cache_size, config.local_max_elements, config.local_max_flops, config.local_max_peak_bytes,
                                 config.log_level),
                                max_reserve=lim.max_message_bytes, stop_grace=lim.stop_grace_ms / 1000)
-        worker.tune_malloc(worker.SERVER_HEAP_KEEP_BYTES)  # large responses reuse heap pages (the Trimmer returns them)
+        heap.keep_heap(worker.SERVER_HEAP_KEEP_BYTES)  # large responses reuse heap pages (the Trimmer returns them)
         if config.local_max_elements and config.local_max_flops:
             worker.limit_blas_threads()  # the local lane computes as a worker does, on one core
         # Each unary call computing or queued holds a thread, and so does each open GradStream (capped at

@@ -153,7 +153,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         """Bytes of the Grad and Run requests waiting for a worker or being computed (``max_queued_bytes``)."""
         self.answered = 0
         """Running total of the bytes of Grad and Run responses over ``LARGE_ANSWER_BYTES`` (the ``trim.Trimmer`` reads it:
-        the server process keeps freed heap pages for the next large response, ``worker.tune_malloc``)."""
+        the server process keeps freed heap pages for the next large response, ``heap.keep_heap``)."""
         self._counting = threading.Lock()
         """Guards ``_inflight`` and ``_held``; taken directly on every call (a Condition's own ``with`` costs Python calls)."""
         self._quiet = threading.Condition(self._counting)

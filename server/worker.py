@@ -9,7 +9,7 @@ import time
 from multiprocessing.connection import Connection
 from typing import Any
 
-from gradserve.engine import Interrupted
+from gradserve.engine import Interrupted, heap
 
 from . import compute, jsonlog
 from .cache import Cache
@@ -45,35 +45,16 @@ def limit_blas_threads() -> None:
 
 
 HEAP_KEEP_BYTES = 256 << 20
-"""Blocks up to this size come from (and go back to) the worker's heap instead of fresh mmaps."""
-
-M_TRIM_THRESHOLD, M_MMAP_THRESHOLD = -1, -3
-"""glibc's mallopt parameter numbers (malloc.h)."""
+"""Freed memory a worker keeps for its next request (``heap.keep_heap``): it is single-threaded and runs one request
+at a time, so keeping it is cheap, and without it each request over a large tensor paid a page fault per 4 KiB of
+every intermediate (about as much as the arithmetic for an elementwise op)."""
 
 
 SERVER_HEAP_KEEP_BYTES = 32 << 20
-"""The server process's ``tune_malloc`` bound: it serves many threads (an arena each), and its ``trim.Trimmer``
-hands freed pages back after bursts of large requests."""
-
-
-def tune_malloc(keep: int = HEAP_KEEP_BYTES) -> None:
-    """Let glibc reuse large blocks (up to ``keep`` bytes) instead of mapping fresh pages for every one.
-
-    By default every allocation above 32 MB is a new mmap, so each request over a large tensor pays a
-    page fault per 4 KiB of every intermediate (about as much as the arithmetic for an elementwise op).
-    A worker is single-threaded and runs one request at a time, so keeping up to ``HEAP_KEEP_BYTES``
-    of freed memory for the next request is cheap. The server process calls it with ``SERVER_HEAP_KEEP_BYTES``:
-    there glibc mapped (and faulted in, 4 KiB at a time) both copies of every large response, the spliced one
-    and gRPC's, about 1300 page faults and 4 ms of CPU for a 2.7 MB response on a loaded 2-core machine.
-    glibc's own variables, if set, win."""
-    if any(k in os.environ for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_TRIM_THRESHOLD_")):
-        return
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):  # not glibc
-        return
-    mallopt(M_MMAP_THRESHOLD, keep)
-    mallopt(M_TRIM_THRESHOLD, keep)
+"""The server process's bound (``heap.keep_heap``): it serves many threads (an arena each), and its ``trim.Trimmer``
+hands freed pages back after bursts of large requests; before, glibc mapped (and faulted in, 4 KiB at a time) both
+copies of every large response, the spliced one and gRPC's, about 1300 page faults and 4 ms of CPU for a 2.7 MB
+response on a loaded 2-core machine."""
 
 
 class Stop:
@@ -102,7 +83,7 @@ def main(conn: Connection, flag: Any, compiles: Any, limits: Limits, cache_size:
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     jsonlog.set_level(log_level)
     limit_blas_threads()
-    tune_malloc()
+    heap.keep_heap(HEAP_KEEP_BYTES)
     inbox, outbox = ArenaView(), ArenaView()
     state = compute.worker_state(limits, Cache(cache_size, limits.max_worker_cache_bytes), local_max_elements,
                                  local_max_flops, local_max_peak_bytes)

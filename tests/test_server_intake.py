@@ -342,7 +342,7 @@ def test_memory_is_trimmed_once_large_requests_were_freed() -> None:
 
 
 def test_large_responses_count_towards_trimming_and_small_ones_do_not() -> None:
-    """The server process keeps freed heap pages for its next large response (``worker.tune_malloc``), so the
+    """The server process keeps freed heap pages for its next large response (``heap.keep_heap``), so the
     Trimmer's running total counts the bytes of large responses as well as of large requests."""
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, log_level="warning")) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
