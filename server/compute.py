@@ -451,13 +451,6 @@ def _locality(state: WorkerState, program: Program, network_bytes: int) -> tuple
     return bounded, bounded
 
 
-def args(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph) -> Args:
-    """Step 2: the arrays of a request's ``tensors`` for a run of ``found`` on ``network``: taken as they are when
-    they match the plan's types exactly, else decoded by the codec, which names what is wrong."""
-    taken = found.take(tensors)
-    return taken if taken is not None else _decoded(state, kind, tensors, network)
-
-
 def _decoded(state: WorkerState, kind: str, tensors: Tensors, network: Graph) -> Args:
     """The arrays of a request's ``tensors`` decoded by the codec, which names what is wrong."""
     request: Any = tensors  # the codec reads only the fields Tensors has
@@ -550,9 +543,10 @@ def run(state: WorkerState, kind: str, req: Any, tensors: Tensors, network_id: s
 
 
 def checked(state: WorkerState, kind: str, found: Plan, tensors: Tensors, network: Graph, raw: bytes | None = None) -> Args:
-    """Step 2 with the limits checked: the ``args`` of a run of ``found``, once ``check`` has passed it. ``raw``, the
-    request's bytes when they hold all of it (the local lane's), teaches the plan its ``reading`` when its tensors were
-    taken as they are, so that ``Plan.read`` reads later requests laid out as it is."""
+    """Step 2: the arrays of a request's ``tensors`` for a run of ``found`` on ``network`` (taken as they are when they
+    match the plan's types exactly, else decoded by the codec, which names what is wrong), once ``check`` has passed
+    the run. ``raw``, the request's bytes when they hold all of it (the local lane's), teaches the plan its ``reading``
+    when its tensors were taken as they are, so that ``Plan.read`` reads later requests laid out as it is."""
     taken = found.take(tensors)
     given = taken if taken is not None else _decoded(state, kind, tensors, network)
     check(state, kind, found)

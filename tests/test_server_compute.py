@@ -46,7 +46,7 @@ def grad_request(x: np.ndarray = X, **grad: Any) -> service_pb2.GradRequest:
 def steps(s: compute.WorkerState, kind: str, req: Any, nid: str) -> tuple[compute.Plan, compute.Args, list[Any], compute.Encoded]:
     key = compute.plan_key(kind, req, nid)
     plan = compute.plan(s, kind, req, nid, key)
-    args = compute.args(s, kind, plan, compute.Tensors.of(req), s.cache.get(nid))
+    args = compute.checked(s, kind, plan, compute.Tensors.of(req), s.cache.get(nid))
     trees = compute.execute(plan, args)
     return plan, args, trees, compute.encode(plan, kind, trees)
 
@@ -109,11 +109,11 @@ def test_args_taken_as_sent_when_types_match_else_decoded_by_the_codec() -> None
     wrong = grad_request(X.astype(np.float32))
     assert plan.take(compute.Tensors.of(wrong)) is None
     with pytest.raises(codec.WireError, match=r"inputs\[0\].*float64.*float32"):
-        compute.args(s, "grad", plan, compute.Tensors.of(wrong), s.cache.get(nid))
+        compute.checked(s, "grad", plan, compute.Tensors.of(wrong), s.cache.get(nid))
     extra = grad_request()
     extra.inputs.append(codec.encode_tensor(X))
     with pytest.raises(codec.WireError, match="expected 1 tensors"):
-        compute.args(s, "grad", plan, compute.Tensors.of(extra), s.cache.get(nid))
+        compute.checked(s, "grad", plan, compute.Tensors.of(extra), s.cache.get(nid))
 
 
 def test_a_request_laid_out_as_the_first_taken_is_read_from_its_bytes_and_any_other_is_taken_or_decoded() -> None:
@@ -211,7 +211,7 @@ def test_shared_memory_buffers_stand_in_for_stripped_data() -> None:
     tensors = compute.Tensors.of(req, [("inputs", 0)], [data])
     assert isinstance(tensors.inputs[0], compute.Blob) and tensors.inputs[0].data is data
     plan = compute.plan(s, "grad", req, nid, compute.plan_key("grad", req, nid))
-    args = compute.args(s, "grad", plan, tensors, s.cache.get(nid))
+    args = compute.checked(s, "grad", plan, tensors, s.cache.get(nid))
     np.testing.assert_allclose(compute.execute(plan, args)[0], np.cos(X * W) * W, rtol=1e-12)
 
 
