@@ -234,17 +234,13 @@ class Reading(NamedTuple):
     def read(self, raw: bytes) -> Args | None:
         """The arguments in the request ``raw`` when its bytes outside its tensors' data are those of the request this
         was learned from (so that it parses as that one did, its tensors matching the plan), as read-only views of
-        ``raw`` (copies when misaligned); else None."""
-        template = self.template
-        pieces = template.pieces
-        if len(raw) != template.size or not raw.startswith(pieces[0]) or not raw.endswith(pieces[-1]):
+        ``raw`` (copies when misaligned) carrying the plan's dtype objects (``codec.Template.read``); else None."""
+        arrays = self.template.read(raw, self.dtypes)
+        if arrays is None:
             return None
         positional: list[Any] = [None] * self.positional
         params = {}
-        for (piece, start, stop, _, shape, misaligned, _), dtype, place in zip(template.reads, self.dtypes, self.places):
-            if not raw.startswith(piece, stop):
-                return None
-            a = np.ndarray(shape, dtype, raw[start:stop]) if misaligned else np.ndarray(shape, dtype, raw, start)
+        for a, place in zip(arrays, self.places):
             if isinstance(place, int):
                 positional[place] = a
             else:

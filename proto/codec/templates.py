@@ -197,15 +197,18 @@ class Template:
     """The whole message's length."""
     writes: tuple[tuple[bytes, np.dtype, tuple[int, ...]], ...] = dataclasses.field(init=False, repr=False)
     """Per slot, what ``chunks`` needs: the piece before it, its dtype and shape."""
-    reads: tuple[tuple[bytes, int, int, np.dtype, tuple[int, ...], bool, bool], ...] = dataclasses.field(init=False, repr=False)
-    """Per slot, what ``read`` needs: the piece after it, its data's start and end, dtype and shape, whether its data
-    is misaligned for its dtype and whether it is bool with data (whose bytes must be 0 or 1)."""
+    reads: tuple[tuple[bytes, int, int, tuple[int, ...], bool, bool], ...] = dataclasses.field(init=False, repr=False)
+    """Per slot, what ``read`` needs besides its dtype: the piece after it, its data's start and end, its shape, whether
+    its data is misaligned for its dtype and whether it is bool with data (whose bytes must be 0 or 1)."""
+    dtypes: tuple[np.dtype, ...] = dataclasses.field(init=False, repr=False)
+    """Per slot, its dtype."""
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "writes", tuple((piece, s.dtype, s.shape) for piece, s in zip(self.pieces, self.slots)))
         object.__setattr__(self, "reads", tuple(
-            (piece, s.start, s.start + s.nbytes, s.dtype, s.shape, s.start % s.dtype.alignment != 0,
-             s.dtype.kind == "b" and s.nbytes > 0) for s, piece in zip(self.slots, self.pieces[1:])))
+            (piece, s.start, s.start + s.nbytes, s.shape, s.start % s.dtype.alignment != 0, s.dtype.kind == "b" and s.nbytes > 0)
+            for s, piece in zip(self.slots, self.pieces[1:])))
+        object.__setattr__(self, "dtypes", tuple(s.dtype for s in self.slots))
 
     @classmethod
     def learn(cls, raw: Bytes, descriptor: Descriptor) -> Template | None:
@@ -248,17 +251,18 @@ class Template:
         out.append(self.pieces[-1])
         return out
 
-    def read(self, raw: bytes) -> list[np.ndarray] | None:
+    def read(self, raw: bytes, dtypes: Sequence[np.dtype] | None = None) -> list[np.ndarray] | None:
         """The read-only arrays of the message ``raw``'s tensors, in slot order, when ``raw`` has this layout (every
         byte outside the data equal to the pieces, bool data only 0 or 1); else None. Each array views ``raw``
         (immutable bytes; any other buffer is copied first, so that no array changes with it) when its data is aligned
-        for its dtype, and a copy of its data otherwise."""
+        for its dtype, and a copy of its data otherwise. ``dtypes``, when given, are the dtype objects the arrays
+        carry, one per slot and each equal to the slot's: a caller's own, which it may compare by identity."""
         if type(raw) is not bytes:
             raw = bytes(raw)
         if len(raw) != self.size or not raw.startswith(self.pieces[0]):
             return None
         out = []
-        for piece, start, stop, dtype, shape, misaligned, boolean in self.reads:
+        for (piece, start, stop, shape, misaligned, boolean), dtype in zip(self.reads, self.dtypes if dtypes is None else dtypes):
             if not raw.startswith(piece, stop):
                 return None
             a = np.ndarray(shape, dtype, raw[start:stop], 0) if misaligned else np.ndarray(shape, dtype, raw, start)
