@@ -100,6 +100,18 @@ def _ms(seconds: float) -> str:
     return f"{seconds * 1e3:.3f} ms" if seconds >= 1e-3 else f"{seconds * 1e6:.1f} us"
 
 
+def blas_kernels() -> str:
+    """NumPy's BLAS library and the kernel set it loaded: OpenBLAS picks one by CPU when it loads, unless
+    ``OPENBLAS_CORETYPE`` names another, and the matrix products of these cases run on it."""
+    try:
+        from threadpoolctl import threadpool_info
+    except ImportError:
+        return "not known (threadpoolctl is not installed)"
+    found = [f"{i['internal_api']} {i.get('version') or ''} {i.get('architecture') or ''}".strip()
+             for i in threadpool_info() if i.get("user_api") == "blas" and "numpy" in i.get("filepath", "")]
+    return ", ".join(found) or "not known"
+
+
 def close(a: Any, b: Any, rtol: float = 2e-3, atol: float = 1e-5) -> None:
     """Sides must agree before they are timed."""
     for x, y in zip(a, b):
@@ -358,7 +370,8 @@ def main() -> None:
     if hasattr(os, "sched_setaffinity"):
         os.sched_setaffinity(0, {args.cpu if args.cpu is not None else min(os.sched_getaffinity(0))})
     print(f"peers: hand NumPy{', JAX ' + jax.__version__ if jax else ''}{', PyTorch ' + torch.__version__ if torch else ''}; "
-          f"{args.rounds} rounds of {args.reps} alternating reps; ratios are gradserve / peer [spread over rounds]")
+          f"{args.rounds} rounds of {args.reps} alternating reps; ratios are gradserve / peer [spread over rounds]; "
+          f"NumPy's BLAS: {blas_kernels()}")
     rng = np.random.default_rng(0)
     R, N = args.rounds, args.reps
 
