@@ -12,7 +12,7 @@ from gradserve.engine import get_op
 from gradserve.engine.ops import debug
 
 from . import dtype as mstype
-from .dispatch import apply_op
+from .dispatch import apply_op, floor_divide, floor_mod
 from .nn.initializer import get_seed_rng
 from .primitives import attr_value
 from .tensor import Tensor
@@ -381,6 +381,11 @@ def argmin(input: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return _tensor("argmin", input).argmin(axis, keepdims)
 
 
+def remainder(input: Any, other: Any) -> Any:
+    """``ops.remainder(input, other)``: input - floor(input / other) * other, ``input % other`` (FloorMod)."""
+    return floor_mod(input, other)
+
+
 def fill(type: Any, shape: Any, value: Any) -> Tensor:
     """``ops.fill(type, shape, value)``: a Tensor of ``shape`` filled with ``value`` in dtype ``type``; a constant."""
     return Tensor._wrap(np.full(_shape_of(shape), value, mstype.to_numpy(type)))
@@ -464,6 +469,6 @@ class Print:
 
 FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
-    flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape,
+    flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape, floor_divide, floor_mod, remainder,
 )} | {"Shape": Shape, "Print": Print}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

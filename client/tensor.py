@@ -40,6 +40,26 @@ def _array_from(data: Any, dtype: Any) -> np.ndarray:
     return arr
 
 
+def _shape_arg(shape: Any) -> tuple[int, ...]:
+    """A ``shape`` argument (an int, or a tuple or list of non-negative ints) as a tuple."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise ValueError(f"Tensor: shape must be non-negative ints, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def _initialized(init: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """MindSpore's ``Tensor(shape=..., dtype=..., init=One())``: an array filled by the initializer (drawn in float64
+    and cast, as ``initializer()`` does, so a seed gives the same values either way)."""
+    if shape is None or dtype is None:
+        raise ValueError("Tensor: init needs both shape and dtype")
+    if not callable(init):
+        raise TypeError(f"Tensor: init must be an Initializer (such as One() or Normal()), got {type(init).__name__}")
+    arr = np.zeros(_shape_arg(shape), dtype=np.float64)
+    init(arr)
+    return arr.astype(mstype.to_numpy(dtype))
+
+
 def _unary(op: str, what: str) -> Callable[..., Any]:
     """A Tensor method applying the one-input op ``op``."""
 
@@ -56,10 +76,16 @@ class Tensor(Operators):
     __array_ufunc__ = None  # NumPy defers to Tensor's reflected operators (np.float32(2) * t is a Tensor)
     _version = 0
 
-    def __init__(self, input_data: Any = None, dtype: Any = None) -> None:
-        if input_data is None:
-            raise TypeError("Tensor needs input_data (a number, list, tuple, NumPy array or Tensor)")
+    def __init__(self, input_data: Any = None, dtype: Any = None, shape: Any = None, init: Any = None) -> None:
+        if init is not None:
+            if input_data is not None:
+                raise ValueError("Tensor: give input_data or init, not both")
+            input_data = _initialized(init, shape, dtype)
+        elif input_data is None:
+            raise TypeError("Tensor needs input_data (a number, list, tuple, NumPy array or Tensor) or init with shape and dtype")
         self._array: np.ndarray | None = _array_from(input_data, dtype)
+        if shape is not None and self._array.shape != _shape_arg(shape):
+            raise ValueError(f"Tensor: input_data has shape {self._array.shape}, but shape={shape!r} was given")
         self._value: Value | None = None
         self._frame: TraceFrame | None = None
 
@@ -131,6 +157,38 @@ class Tensor(Operators):
         """The number of elements."""
         return int(np.prod(self.shape, dtype=np.int64))
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return int(self._array_dtype().itemsize)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all elements."""
+        return self.size * self.itemsize
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Bytes to step along each axis of the row-major layout, as MindSpore reports them."""
+        out, step = [], self.itemsize
+        for d in reversed(self.shape):
+            out.append(step)
+            step *= max(d, 1)
+        return tuple(reversed(out))
+
+    def init_data(self) -> Tensor:
+        """MindSpore materializes a Tensor made with ``init`` here; gradserve fills it when made, so: this Tensor."""
+        return self
+
+    @staticmethod
+    def from_numpy(array: np.ndarray) -> Tensor:
+        """A Tensor of ``array``'s dtype and values. MindSpore shares the array's memory; gradserve's Tensors are
+        immutable values that traces and caches rely on, so this one holds a copy: later writes to ``array`` do not
+        show in it."""
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"Tensor.from_numpy takes a NumPy array, got {type(array).__name__}")
+        return Tensor(array)
+
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d Tensor")
@@ -173,8 +231,24 @@ class Tensor(Operators):
     def __str__(self) -> str:
         return repr(self) if self._array is None else str(self._array)
 
-    # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide and _power, and
+    # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide, _power,
+    # _floor_divide and _floor_mod, and
     # client/indexing.py installs __getitem__ and __setitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
+
+    _floor_divide: Callable[[Any, Any], Any]
+    _floor_mod: Callable[[Any, Any], Any]
+
+    def __floordiv__(self, o: Any) -> Any:
+        return self._floor_divide(self, o)
+
+    def __rfloordiv__(self, o: Any) -> Any:
+        return self._floor_divide(o, self)
+
+    def __mod__(self, o: Any) -> Any:
+        return self._floor_mod(self, o)
+
+    def __rmod__(self, o: Any) -> Any:
+        return self._floor_mod(o, self)
 
     __getitem__: Callable[[Tensor, Any], Any]
     __setitem__: Callable[[Tensor, Any, Any], None]
@@ -191,6 +265,22 @@ class Tensor(Operators):
     cos = _unary("Cos", "the cosine")
     tanh = _unary("Tanh", "the hyperbolic tangent")
     sigmoid = _unary("Sigmoid", "1 / (1 + exp(-x))")
+
+    def add(self, other: Any) -> Any:
+        """``self + other``."""
+        return self + other
+
+    def sub(self, other: Any) -> Any:
+        """``self - other``."""
+        return self - other
+
+    def mul(self, value: Any) -> Any:
+        """``self * value``."""
+        return self * value
+
+    def div(self, value: Any) -> Any:
+        """``self / value`` (true division)."""
+        return self / value
 
     def astype(self, dtype: Any, copy: bool = True) -> Any:
         """This tensor cast to ``dtype``."""
