@@ -453,3 +453,24 @@ def test_primitives_take_mindspore_call_time_arguments_from_the_op_table() -> No
     np.testing.assert_array_equal(ops.Reshape()(Tensor(x), (4, 2)).asnumpy(), x.reshape(4, 2))
     for internal in ("Const", "Grad", "Jvp", "Vjp", "Jacobian", "jacobian"):  # not offered as primitives
         assert not hasattr(ops, internal), internal
+
+
+def test_mindspore_submodule_import_paths() -> None:
+    """Model-zoo scripts import from MindSpore's submodules; each path gives the same objects as the top level."""
+    import gradserve.common.dtype as common_dtype
+    from gradserve.common import Parameter, ParameterTuple, set_seed
+    from gradserve.common.parameter import Parameter as P2
+    from gradserve.common.tensor import Tensor as T2
+    from gradserve.ops import composite as C
+    from gradserve.ops import functional as F
+    from gradserve.ops import operations as P
+
+    assert common_dtype.float32 is mstype.float32 and common_dtype.int8 is mstype.int8
+    assert T2 is Tensor and P2 is Parameter is gs.Parameter and ParameterTuple is gs.ParameterTuple and set_seed is gs.set_seed
+    assert C.GradOperation is ops.GradOperation and F.depend is ops.depend and F.cast is ops.cast
+    x = Tensor(X)
+    np.testing.assert_allclose(P.ReduceSum(keep_dims=True)(x, 1).asnumpy(), X.sum(1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(P.MatMul(transpose_b=True)(x, x).asnumpy(), X @ X.T, rtol=1e-12)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchOp'"):
+        P.NoSuchOp  # noqa: B018
+    assert "MatMul" in dir(P)
