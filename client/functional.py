@@ -12,7 +12,7 @@ from gradserve.engine import get_op
 from gradserve.engine.ops import debug
 
 from . import dtype as mstype
-from .dispatch import apply_op, floor_divide, floor_mod
+from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .nn.initializer import get_seed_rng
 from .primitives import attr_value
 from .tensor import Tensor
@@ -381,6 +381,61 @@ def argmin(input: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return _tensor("argmin", input).argmin(axis, keepdims)
 
 
+def div(input: Any, other: Any, rounding_mode: str | None = None) -> Any:
+    """``ops.div(input, other, rounding_mode=None)``: true division (float32 for integers), or rounded down
+    (``'floor'``, ``input // other``) or toward zero (``'trunc'``) in the inputs' dtype."""
+    if rounding_mode is None:
+        return true_divide(input, other)
+    if rounding_mode == "floor":
+        return floor_divide(input, other)
+    if rounding_mode != "trunc":
+        raise ValueError(f"ops.div: rounding_mode must be None, 'floor' or 'trunc', got {rounding_mode!r}")
+    down = floor_divide(input, other)
+    up = -floor_divide(-input if isinstance(input, Tensor) else -input, other)
+    return apply_op("Select", true_divide(input, other) < 0, up, down)
+
+
+def unsqueeze(input: Any, dim: int) -> Any:
+    """``ops.unsqueeze(input, dim)``: a new axis of length 1 at ``dim``."""
+    return _tensor("unsqueeze", input).expand_dims(dim)
+
+
+def permute(input: Any, axis: Any) -> Any:
+    """``ops.permute(input, axis)``: the axes in the order ``axis``."""
+    return _tensor("permute", input).permute(axis)
+
+
+def clamp(input: Any, min: Any = None, max: Any = None) -> Any:
+    """``ops.clamp(input, min=None, max=None)``: each element limited to [min, max] (None: unbounded on that side)."""
+    return _tensor("clamp", input).clip(min, max)
+
+
+def masked_fill(input_x: Any, mask: Any, value: Any) -> Any:
+    """``ops.masked_fill(input_x, mask, value)``: ``value`` where ``mask`` is True, ``input_x`` elsewhere."""
+    return _tensor("masked_fill", input_x).masked_fill(mask, value)
+
+
+def full(size: Any, fill_value: Any, *, dtype: Any = None) -> Tensor:
+    """``ops.full(size, fill_value, *, dtype=None)``: a constant Tensor (dtype from ``fill_value`` when None: float32
+    for a float, int64 for an int, as MindSpore's Tensor makes them)."""
+    return fill(Tensor(fill_value).dtype if dtype is None else dtype, size, fill_value)
+
+
+def arange(start: Any = 0, end: Any = None, step: Any = 1, *, dtype: Any = None) -> Tensor:
+    """``ops.arange(start=0, end=None, step=1, *, dtype=None)``: a constant 1-d Tensor of start, start + step, ...
+    below ``end`` (int64 when all are ints, else float32, unless ``dtype``)."""
+    if end is None:
+        start, end = 0, start
+    values = np.arange(start, end, step)
+    dt = mstype.to_numpy(dtype) if dtype is not None else np.dtype(np.int64 if values.dtype.kind in "iu" else np.float32)
+    return Tensor._wrap(values.astype(dt))
+
+
+def dtype(input: Any) -> Any:
+    """``ops.dtype(input)``: the Tensor's MindSpore dtype (known while tracing too)."""
+    return _tensor("dtype", input).dtype
+
+
 def remainder(input: Any, other: Any) -> Any:
     """``ops.remainder(input, other)``: input - floor(input / other) * other, ``input % other`` (FloorMod)."""
     return floor_mod(input, other)
@@ -467,8 +522,72 @@ class Print:
         return "Prim[Print]"
 
 
+class DType:
+    """``ops.DType()(x)``: x's MindSpore dtype."""
+
+    def __call__(self, input_x: Any) -> Any:
+        return dtype(input_x)
+
+    def __repr__(self) -> str:
+        return "Prim[DType]"
+
+
+class Fill:
+    """``ops.Fill()(type, shape, value)``: ``ops.fill`` as a primitive (model-zoo TrainOneStepCells make their sens with it)."""
+
+    def __call__(self, type: Any, shape: Any, value: Any) -> Tensor:
+        return fill(type, shape, value)
+
+    def __repr__(self) -> str:
+        return "Prim[Fill]"
+
+
+class Zeros:
+    """``ops.Zeros()(size, type=None)``: ``ops.zeros`` as a primitive."""
+
+    def __call__(self, size: Any, type: Any = None) -> Tensor:
+        return zeros(size, type)
+
+    def __repr__(self) -> str:
+        return "Prim[Zeros]"
+
+
+class Ones:
+    """``ops.Ones()(shape, type=None)``: ``ops.ones`` as a primitive."""
+
+    def __call__(self, shape: Any, type: Any = None) -> Tensor:
+        return ones(shape, type)
+
+    def __repr__(self) -> str:
+        return "Prim[Ones]"
+
+
+class BiasAdd:
+    """``ops.BiasAdd(data_format='NCHW')(input_x, bias)``: ``bias`` added along the channel axis (axis 1, or the last
+    axis for 'NHWC')."""
+
+    def __init__(self, data_format: str = "NCHW") -> None:
+        if data_format not in ("NCHW", "NHWC", "NCDHW"):
+            raise ValueError(f"ops.BiasAdd: data_format must be 'NCHW', 'NHWC' or 'NCDHW', got {data_format!r}")
+        self.data_format = data_format
+
+    def __call__(self, input_x: Any, bias: Any) -> Any:
+        x = _tensor("BiasAdd", input_x)
+        if x.ndim < 2 or not isinstance(bias, Tensor) or bias.ndim != 1:
+            raise ValueError(f"ops.BiasAdd: input_x needs 2 or more axes and bias one, got {x.shape} and "
+                             f"{getattr(bias, 'shape', type(bias).__name__)}")
+        channel = x.ndim - 1 if self.data_format == "NHWC" else 1
+        if bias.shape[0] != x.shape[channel]:
+            raise ValueError(f"ops.BiasAdd: bias has {bias.shape[0]} elements for {x.shape[channel]} channels (axis {channel} of {x.shape})")
+        return x + bias.reshape((-1,) + (1,) * (x.ndim - 1 - channel))
+
+    def __repr__(self) -> str:
+        return "Prim[BiasAdd]"
+
+
 FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
     flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape, floor_divide, floor_mod, remainder,
-)} | {"Shape": Shape, "Print": Print}
+    div, unsqueeze, permute, clamp, masked_fill, full, arange, dtype,
+)} | {"Shape": Shape, "Print": Print, "DType": DType, "Fill": Fill, "Zeros": Zeros, "Ones": Ones, "BiasAdd": BiasAdd}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

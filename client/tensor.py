@@ -265,6 +265,110 @@ class Tensor(Operators):
     cos = _unary("Cos", "the cosine")
     tanh = _unary("Tanh", "the hyperbolic tangent")
     sigmoid = _unary("Sigmoid", "1 / (1 + exp(-x))")
+    sign = _unary("Sign", "-1, 0 or 1")
+    floor = _unary("Floor", "the largest integer <= x")
+    ceil = _unary("Ceil", "the smallest integer >= x")
+    round = _unary("Round", "the nearest integer, halves to even")
+
+    def pow(self, exponent: Any) -> Any:
+        """``self ** exponent``."""
+        return self**exponent
+
+    def matmul(self, tensor2: Any) -> Any:
+        """``self @ tensor2``."""
+        return self @ tensor2
+
+    def clip(self, xmin: Any, xmax: Any, dtype: Any = None) -> Any:
+        """Each element limited to [xmin, xmax] (None: no bound on that side), in ``dtype`` when given."""
+        if xmin is None and xmax is None:
+            raise ValueError("Tensor.clip: xmin and xmax cannot both be None")
+        x = self if dtype is None else self.astype(dtype)
+        if xmin is not None:
+            x = self._apply("Maximum", x, xmin)
+        return x if xmax is None else self._apply("Minimum", x, xmax)
+
+    def tolist(self) -> Any:
+        """The value as (nested) Python lists of numbers; needs a concrete value."""
+        return self._concrete("tolist()").tolist()
+
+    def all(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """True where every element along ``axis`` (all axes when None) is non-zero (a bool Tensor)."""
+        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.float32))
+        return self._apply("NotEqual", self._apply("ReduceMin", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0.0)
+
+    def any(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """True where some element along ``axis`` (all axes when None) is non-zero (a bool Tensor)."""
+        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.float32))
+        return self._apply("NotEqual", self._apply("ReduceMax", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0.0)
+
+    def prod(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """Product over ``axis`` (all axes when None)."""
+        return self._apply("ReduceProd", self, axis=_axes(axis), keep_dims=keep_dims)
+
+    def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
+        """Variance over ``axis`` (all axes when None), divided by the count minus ``ddof``."""
+        axes = _axes(axis)
+        count = int(np.prod([self.shape[a] for a in axes] if axes else self.shape, dtype=np.int64))
+        centered = self - self._apply("ReduceMean", self, axis=axes, keep_dims=True)
+        return self._apply("ReduceSum", centered * centered, axis=axes, keep_dims=keepdims) / (count - ddof)
+
+    def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
+        """Standard deviation over ``axis``: the square root of ``var``."""
+        return self._apply("Sqrt", self.var(axis, ddof, keepdims))
+
+    def cumsum(self, axis: Any = None, dtype: Any = None) -> Any:
+        """Running sums along ``axis`` (over the flattened Tensor when None), in ``dtype`` when given."""
+        x = self if dtype is None else self.astype(dtype)
+        if axis is None:
+            x, axis = x.reshape(-1), 0
+        return self._apply("CumSum", x, axis=int(axis), exclusive=False, reverse=False)
+
+    def tile(self, reps: Any) -> Any:
+        """The Tensor repeated ``reps`` times along each axis."""
+        return self._apply("Tile", self, multiples=_dims((reps,) if isinstance(reps, int) else tuple(reps)))
+
+    def broadcast_to(self, shape: Any) -> Any:
+        """The Tensor broadcast to ``shape`` (-1 keeps that axis)."""
+        return self._apply("BroadcastTo", self, shape=_dims(tuple(shape)))
+
+    def expand_as(self, other: Tensor) -> Any:
+        """The Tensor broadcast to ``other``'s shape."""
+        return self.broadcast_to(other.shape)
+
+    def unsqueeze(self, dim: int) -> Any:
+        """A new axis of length 1 at ``dim``."""
+        return self.expand_dims(dim)
+
+    def permute(self, *axis: Any) -> Any:
+        """Axes permuted (``t.permute(1, 0)`` or ``t.permute((1, 0))``)."""
+        return self._apply("Transpose", self, perm=_dims(axis))
+
+    def swapaxes(self, axis0: int, axis1: int) -> Any:
+        """Axes ``axis0`` and ``axis1`` exchanged."""
+        perm = list(range(self.ndim))
+        a, b = _axis(axis0, self.ndim, "swapaxes"), _axis(axis1, self.ndim, "swapaxes")
+        perm[a], perm[b] = perm[b], perm[a]
+        return self._apply("Transpose", self, perm=tuple(perm))
+
+    def softmax(self, axis: int = -1) -> Any:
+        """exp(x) / sum(exp(x)) along ``axis``."""
+        return self._apply("Softmax", self, axis=(int(axis),))
+
+    def log_softmax(self, axis: int = -1) -> Any:
+        """log(softmax(x)) along ``axis``."""
+        return self._apply("LogSoftmax", self, axis=int(axis))
+
+    def gather(self, input_indices: Any, axis: int, batch_dims: int = 0) -> Any:
+        """The slices at ``input_indices`` along ``axis`` (the Gather op)."""
+        return self._apply("Gather", self, input_indices, axis=int(axis), batch_dims=int(batch_dims))
+
+    def masked_fill(self, mask: Any, value: Any) -> Any:
+        """``value`` where ``mask`` is True, this Tensor elsewhere."""
+        return self._apply("Select", mask, self._apply("ZerosLike", self) + value, self)
+
+    def logical_not(self) -> Any:
+        """True where the element is zero (False)."""
+        return self._apply("Equal", self, 0) if self._array_dtype().kind != "b" else self._apply("Equal", self, False)
 
     def add(self, other: Any) -> Any:
         """``self + other``."""

@@ -474,3 +474,60 @@ def test_mindspore_submodule_import_paths() -> None:
     with pytest.raises(AttributeError, match="no attribute 'NoSuchOp'"):
         P.NoSuchOp  # noqa: B018
     assert "MatMul" in dir(P)
+
+
+# ---- Tensor methods and functions MindSpore 2.x scripts use, traced (embedded and remote) against PyTorch ----
+
+@pytest.mark.parametrize("ms_fn, torch_fn", [
+    (lambda x: x.std(), lambda x: x.std(unbiased=False)),
+    (lambda x: x.var(axis=1, ddof=1, keepdims=True).sum(), lambda x: x.var(dim=1, unbiased=True, keepdim=True).sum()),
+    (lambda x: x.std(axis=0).sum(), lambda x: x.std(dim=0, unbiased=False).sum()),
+    (lambda x: x.clip(-0.5, 0.7).sum(), lambda x: x.clamp(-0.5, 0.7).sum()),
+    (lambda x: ops.clamp(x, None, 0.2).pow(2).sum(), lambda x: x.clamp(max=0.2).pow(2).sum()),
+    (lambda x: x.cumsum(1).square().sum(), lambda x: x.cumsum(1).square().sum()),
+    (lambda x: x.cumsum().square().sum(), lambda x: x.flatten().cumsum(0).square().sum()),
+    (lambda x: x.prod(axis=1).sum(), lambda x: x.prod(dim=1).sum()),
+    (lambda x: (x.tile((2, 1)).sum(0) * x.broadcast_to((2, 2, 3)).sum(0)).sum(),
+     lambda x: (x.repeat(2, 1).sum(0) * x.expand(2, 2, 3).sum(0)).sum()),
+    (lambda x: (x.permute(1, 0) @ x.swapaxes(0, 1).T).sum(), lambda x: (x.permute(1, 0) @ x.transpose(0, 1).T).sum()),
+    (lambda x: ops.permute(ops.unsqueeze(x, 0), (2, 0, 1)).matmul(x).sum(), lambda x: x.unsqueeze(0).permute(2, 0, 1).matmul(x).sum()),
+    (lambda x: x.masked_fill(x > 0.3, 2.0).exp().sum(), lambda x: x.masked_fill(x > 0.3, 2.0).exp().sum()),
+    (lambda x: ops.masked_fill(x, x < 0, -1.0).sum(), lambda x: x.masked_fill(x < 0, -1.0).sum()),
+    (lambda x: x.gather(Tensor(np.array([2, 0, 2], np.int32)), 1).square().sum(), lambda x: x[:, [2, 0, 2]].square().sum()),
+    (lambda x: (x.softmax(-1) * x.log_softmax(0)).sum(), lambda x: (x.softmax(-1) * x.log_softmax(0)).sum()),
+    (lambda x: ((x.sign() + x.floor() + x.round() + x.ceil()) * x).sum(), lambda x: ((x.sign() + x.floor() + x.round() + x.ceil()) * x).sum()),
+    (lambda x: (ops.div(x, 0.3, rounding_mode="floor") + ops.div(x, 0.3, rounding_mode="trunc") + ops.div(x, x + 2)).sum(),
+     lambda x: (torch.div(x, 0.3, rounding_mode="floor") + torch.div(x, 0.3, rounding_mode="trunc") + torch.div(x, x + 2)).sum()),
+    (lambda x: ops.BiasAdd()(x, x[0]).square().sum(), lambda x: (x + x[0][None, :]).square().sum()),
+])
+def test_tensor_methods_like_torch(where: str, ms_fn: Any, torch_fn: Any) -> None:
+    check_like_torch(ms_fn, torch_fn, X)
+
+
+def test_tensor_methods_without_gradients() -> None:
+    x = Tensor(X)
+    assert x.tolist() == X.tolist()
+    m = Tensor(np.array([[1, 0], [2, 3]], np.int32))
+    assert m.all().asnumpy().item() is False and m.any().asnumpy().item() is True
+    np.testing.assert_array_equal(m.all(axis=1).asnumpy(), [False, True])
+    np.testing.assert_array_equal(m.any(axis=0, keep_dims=True).asnumpy(), [[True, True]])
+    np.testing.assert_array_equal((m > 1).logical_not().asnumpy(), [[True, True], [False, False]])
+    np.testing.assert_array_equal(m.logical_not().asnumpy(), [[False, True], [False, False]])
+    assert ops.dtype(x) == ops.DType()(x) == mstype.float64
+    assert ops.arange(5).dtype == mstype.int64 and ops.arange(5).tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(ops.arange(1, 2, 0.25).asnumpy(), [1.0, 1.25, 1.5, 1.75])
+    assert ops.arange(1, 2, 0.25).dtype == mstype.float32 and ops.arange(3, dtype=gs.float16).dtype == mstype.float16
+    assert ops.full((2, 2), 3.0).dtype == mstype.float32 and ops.full((2,), 3).dtype == mstype.int64
+    assert ops.full((2,), 3, dtype=gs.int8).tolist() == [3, 3]
+    assert ops.Fill()(mstype.float16, (2, 1), 0.5).tolist() == [[0.5], [0.5]]
+    assert ops.Zeros()((2,), mstype.int32).tolist() == [0, 0] and ops.Ones()(3, mstype.float32).tolist() == [1.0] * 3
+    nchw = RNG.standard_normal((2, 3, 2, 2))
+    bias = np.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(ops.BiasAdd()(Tensor(nchw), Tensor(bias)).asnumpy(), nchw + bias[:, None, None])
+    np.testing.assert_allclose(ops.BiasAdd("NHWC")(Tensor(nchw[..., :1].repeat(3, -1)), Tensor(bias)).asnumpy(),
+                               nchw[..., :1].repeat(3, -1) + bias)
+    with pytest.raises(ValueError, match=r"bias has 2 elements for 3 channels \(axis 1 of \(2, 3, 2, 2\)\)"):
+        ops.BiasAdd()(Tensor(nchw), Tensor(bias[:2]))
+    with pytest.raises(ValueError, match="rounding_mode must be None, 'floor' or 'trunc'"):
+        ops.div(x, 2.0, rounding_mode="round")
+    np.testing.assert_array_equal(ops.div(Tensor(np.array([-7, 7], np.int32)), 2, rounding_mode="trunc").asnumpy(), [-3, 3])
