@@ -1,7 +1,15 @@
 """gradserve.nn's layers, losses, optimizers and training cells: plain Cells and NumPy code built on ops."""
 from .activation import GELU, LogSoftmax, ReLU, Sigmoid, SiLU, Softmax, Tanh, get_activation
 from .conv import AdaptiveAvgPool2d, AvgPool2d, Conv2d, Conv2dTranspose, MaxPool2d
-from .dynamic_lr import cosine_decay_lr, exponential_decay_lr, piecewise_constant_lr
+from .dynamic_lr import (
+    cosine_decay_lr,
+    exponential_decay_lr,
+    inverse_decay_lr,
+    natural_exp_decay_lr,
+    piecewise_constant_lr,
+    polynomial_decay_lr,
+    warmup_lr,
+)
 from .initializer import set_seed
 from .layers import CellList, Dense, Dropout, Embedding, Flatten, LayerNorm, SequentialCell
 from .learning_rate_schedule import (
@@ -45,7 +53,8 @@ __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Conv2dTranspose", "MaxPool2d",
     "Adam", "AdamWeightDecay", "Momentum", "Optimizer", "SGD", "TrainOneStepCell", "WithEvalCell", "WithLossCell",
     "clip_by_global_norm", "CosineDecayLR", "ExponentialDecayLR", "InverseDecayLR", "LearningRateSchedule",
-    "NaturalExpDecayLR", "PolynomialDecayLR", "cosine_decay_lr", "exponential_decay_lr", "piecewise_constant_lr",
+    "NaturalExpDecayLR", "PolynomialDecayLR", "cosine_decay_lr", "exponential_decay_lr", "inverse_decay_lr",
+    "natural_exp_decay_lr", "piecewise_constant_lr", "polynomial_decay_lr", "warmup_lr",
     "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Dropout", "Embedding", "Flatten", "GELU", "L1Loss",
     "LayerNorm", "LogSoftmax", "LossBase", "MSELoss", "MultiheadAttention", "NLLLoss", "ReLU", "SequentialCell", "SiLU", "Sigmoid",
     "SmoothL1Loss", "Softmax", "SoftmaxCrossEntropyWithLogits", "Tanh", "TransformerEncoderLayer", "get_activation", "set_seed",
