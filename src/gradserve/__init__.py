@@ -8,7 +8,7 @@ from importlib.metadata import version
 __version__ = version("gradserve")
 """The installed distribution's version (pyproject.toml is its one source); set before the imports below use it."""
 
-from . import common, dtype, nn, ops, parallel
+from . import common, dtype, nn, ops, parallel, train
 from .client import (
     GRAPH_MODE,
     PYNATIVE_MODE,
@@ -36,6 +36,7 @@ _Function = Function
 __all__ = [
     "Function", "GRAPH_MODE", "PYNATIVE_MODE", "Parameter", "ParameterTuple", "Tensor", "TracingError", "common", "context",
     "custom_vjp", "dtype", "get_context", "grad", "hessian", "jacfwd", "jacrev", "jit", "jvp", "load_checkpoint",
-    "load_param_into_net", "ms_function", "nn", "ops", "parallel", "save_checkpoint", "set_context", "set_seed", "value_and_grad", "vjp",
+    "load_param_into_net", "ms_function", "nn", "ops", "parallel", "save_checkpoint", "set_context", "set_seed", "train", "value_and_grad",
+    "vjp",
 ]
 __all__ += _dtypes.__all__
