@@ -441,8 +441,10 @@ class Tensor(Operators):
         return self._apply("ExpandDims", self, axis=axis)
 
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, initial: Any = None) -> Any:
-        """Sum over ``axis`` (all axes when None), in ``dtype`` when given, plus ``initial`` when given."""
-        x = self if dtype is None else self.astype(dtype)
+        """Sum over ``axis`` (all axes when None), in ``dtype`` when given, plus ``initial`` when given; a bool Tensor
+        is summed as int32, as MindSpore's does, so ``(pred == label).sum()`` counts."""
+        x = self.astype(mstype.int32) if self._array_dtype().kind == "b" else self
+        x = x if dtype is None else x.astype(dtype)
         out = self._apply("ReduceSum", x, axis=_axes(axis), keep_dims=keepdims)
         return out if initial is None else out + initial
 

@@ -361,3 +361,15 @@ def test_tensor_from_an_initializer() -> None:
         Tensor([1.0, 2.0], shape=(3,))
     with pytest.raises(TypeError, match="init must be an Initializer"):
         Tensor(shape=(2,), dtype=gs.float32, init="ones")
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_sum_of_a_bool_tensor_counts_in_int32(traced: bool) -> None:
+    """MindSpore's Tensor.sum casts a bool Tensor to int32 first, so the usual accuracy count works."""
+    pred = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], np.float32)
+    label = np.array([1, 0, 0, 0], np.int32)
+    count = (_Apply(lambda p, y: (p.argmax(1) == y).sum()) if traced else lambda p, y: (p.argmax(1) == y).sum())(Tensor(pred), Tensor(label))
+    assert count.dtype == mstype.int32 and count.asnumpy().item() == int((pred.argmax(1) == label).sum()) == 3
+    per_column = Tensor(np.array([[True, False], [True, True]])).sum(axis=0, keepdims=True)
+    assert per_column.dtype == mstype.int32 and per_column.asnumpy().tolist() == [[2, 1]]
+    assert Tensor(np.array([True, True])).sum(dtype=mstype.float32).asnumpy().item() == 2.0
