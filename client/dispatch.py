@@ -97,6 +97,22 @@ def power(x: Any, y: Any) -> Any:
     return apply_op("Cast", out, dtype=dt)
 
 
+def matmul(x: Any, y: Any) -> Any:
+    """MindSpore's ``ops.matmul`` and ``@``, with NumPy's rules: two matrices are MatMul, more axes BatchMatMul with
+    the batch axes broadcast, a 1-d operand a row (first) or column (second) vector whose axis is dropped again."""
+    x, y = coerce_inputs("MatMul", (x, y))
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"matmul: operands must have at least one axis, got shapes {x.shape} and {y.shape}")
+    if x.ndim == 1 and y.ndim == 1:
+        return apply_op("ReduceSum", x * y, axis=(), keep_dims=False)
+    a = apply_op("ExpandDims", x, axis=0) if x.ndim == 1 else x
+    b = apply_op("ExpandDims", y, axis=-1) if y.ndim == 1 else y
+    out = apply_op("MatMul" if a.ndim == 2 and b.ndim == 2 else "BatchMatMul", a, b)
+    if x.ndim == 1:
+        out = apply_op("Squeeze", out, axis=(out.ndim - 2,))
+    return apply_op("Squeeze", out, axis=(out.ndim - 1,)) if y.ndim == 1 else out
+
+
 def floor_divide(x: Any, y: Any) -> Any:
     """MindSpore's ``x // y`` (FloorDiv): floor(x / y) in the promoted dtype, with a zero gradient; integers go through
     float64 (exact below 2**53) and are cast back."""
@@ -122,3 +138,4 @@ Tensor._divide = staticmethod(true_divide)  # type: ignore[assignment]
 Tensor._power = staticmethod(power)  # type: ignore[assignment]
 Tensor._floor_divide = staticmethod(floor_divide)  # type: ignore[assignment]
 Tensor._floor_mod = staticmethod(floor_mod)  # type: ignore[assignment]
+Tensor._matmul = staticmethod(matmul)  # type: ignore[assignment]

@@ -13,7 +13,9 @@ from gradserve.engine.ops import debug
 
 from . import dtype as mstype
 from .dispatch import apply_op, floor_divide, floor_mod, true_divide
+from .dispatch import matmul as _matmul
 from .nn.initializer import get_seed_rng
+from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
@@ -436,6 +438,41 @@ def dtype(input: Any) -> Any:
     return _tensor("dtype", input).dtype
 
 
+def matmul(input: Any, other: Any, *, transpose_a: bool = False, transpose_b: bool = False) -> Any:
+    """``ops.matmul(input, other)``: the matrix product with NumPy's rules (1-d operands as vectors, batch axes
+    broadcast), as MindSpore 2.x documents it; ``transpose_a``/``transpose_b`` (MatMul's flags, kept from the
+    generated form this replaced) swap an operand's last two axes first."""
+    if transpose_a:
+        input = _tensor("matmul", input).swapaxes(-1, -2)
+    if transpose_b:
+        other = _tensor("matmul", other, "other").swapaxes(-1, -2)
+    return _matmul(input, other)
+
+
+def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None, pos_weight: Any = None,
+                                     reduction: str = "mean") -> Any:
+    """``ops.binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None, reduction='mean')``: the
+    loss ``nn.BCEWithLogitsLoss`` computes (the Autograd tutorial's)."""
+    return BCEWithLogitsLoss(reduction, weight, pos_weight)(input, target)
+
+
+def cross_entropy(input: Any, target: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Any:
+    """``ops.cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0)``:
+    ``nn.CrossEntropyLoss``'s loss (class indices or class probabilities as target)."""
+    return CrossEntropyLoss(weight, ignore_index, reduction, label_smoothing)(input, target)
+
+
+def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
+    """``ops.mse_loss(input, target, reduction='mean')``: the mean (or sum, or each) of (input - target) ** 2."""
+    return MSELoss(reduction)(input, target)
+
+
+def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
+    """``ops.l1_loss(input, target, reduction='mean')``: the mean (or sum, or each) of |input - target|."""
+    return L1Loss(reduction)(input, target)
+
+
 def remainder(input: Any, other: Any) -> Any:
     """``ops.remainder(input, other)``: input - floor(input / other) * other, ``input % other`` (FloorMod)."""
     return floor_mod(input, other)
@@ -588,6 +625,7 @@ class BiasAdd:
 FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
     flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape, floor_divide, floor_mod, remainder,
-    div, unsqueeze, permute, clamp, masked_fill, full, arange, dtype,
+    div, unsqueeze, permute, clamp, masked_fill, full, arange, dtype, matmul, binary_cross_entropy_with_logits, cross_entropy, mse_loss,
+    l1_loss,
 )} | {"Shape": Shape, "Print": Print, "DType": DType, "Fill": Fill, "Zeros": Zeros, "Ones": Ones, "BiasAdd": BiasAdd}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -232,11 +232,18 @@ class Tensor(Operators):
         return repr(self) if self._array is None else str(self._array)
 
     # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide, _power,
-    # _floor_divide and _floor_mod, and
+    # _floor_divide, _floor_mod and _matmul (NumPy's ranks for @), and
     # client/indexing.py installs __getitem__ and __setitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
 
     _floor_divide: Callable[[Any, Any], Any]
     _floor_mod: Callable[[Any, Any], Any]
+    _matmul: Callable[[Any, Any], Any]
+
+    def __matmul__(self, o: Any) -> Any:
+        return self._matmul(self, o)
+
+    def __rmatmul__(self, o: Any) -> Any:
+        return self._matmul(o, self)
 
     def __floordiv__(self, o: Any) -> Any:
         return self._floor_divide(self, o)

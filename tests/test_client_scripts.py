@@ -366,3 +366,66 @@ def test_tensor_tutorial(where: str) -> None:
         torch.cat((tu, tv), 1).std(unbiased=False)).backward()
     np.testing.assert_allclose(got[0].asnumpy(), tu.grad.numpy(), rtol=1e-10)
     np.testing.assert_allclose(got[1].asnumpy(), tv.grad.numpy(), rtol=1e-10)
+
+
+def test_autograd_tutorial(where: str) -> None:
+    """MindSpore's "Automatic Differentiation" tutorial: ms.grad over (w, b) of a binary cross-entropy with logits,
+    has_aux, stop_gradient, and value_and_grad over a Network's weights with nn.BCEWithLogitsLoss; against PyTorch."""
+    x = ops.ones(5, ms.float32)  # input tensor
+    y = ops.zeros(3, ms.float32)  # expected output
+    w = ms.Parameter(Tensor(RNG.standard_normal((5, 3)), ms.float32), name='w')  # weight
+    b = ms.Parameter(Tensor(RNG.standard_normal((3,)), ms.float32), name='b')  # bias
+
+    def function(x, y, w, b):
+        z = ops.matmul(x, w) + b
+        loss = ops.binary_cross_entropy_with_logits(z, y, ops.ones_like(z), ops.ones_like(z))
+        return loss
+
+    grad_fn = ms.grad(function, (2, 3))
+    grads = grad_fn(x, y, w, b)
+
+    def function_with_logits(x, y, w, b):
+        z = ops.matmul(x, w) + b
+        loss = ops.binary_cross_entropy_with_logits(z, y, ops.ones_like(z), ops.ones_like(z))
+        return loss, z
+
+    aux_grads, (z,) = ms.grad(function_with_logits, (2, 3), has_aux=True)(x, y, w, b)
+
+    def function_stop_gradient(x, y, w, b):
+        z = ops.matmul(x, w) + b
+        loss = ops.binary_cross_entropy_with_logits(z, y, ops.ones_like(z), ops.ones_like(z))
+        return loss, ops.stop_gradient(z)
+
+    stop_grads = ms.grad(function_stop_gradient, (2, 3))(x, y, w, b)
+
+    class Network(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.w = w
+            self.b = b
+
+        def construct(self, x):
+            z = ops.matmul(x, self.w) + self.b
+            return z
+
+    model = Network()
+    loss_fn = nn.BCEWithLogitsLoss()
+
+    def forward_fn(x, y):
+        z = model(x)
+        loss = loss_fn(z, y)
+        return loss
+
+    loss, net_grads = ms.value_and_grad(forward_fn, None, weights=model.trainable_params())(x, y)
+
+    tw = torch.tensor(w.asnumpy(), requires_grad=True)
+    tb = torch.tensor(b.asnumpy(), requires_grad=True)
+    tz = torch.ones(5) @ tw + tb
+    want = torch.nn.functional.binary_cross_entropy_with_logits(tz, torch.zeros(3))
+    want.backward()
+    for got in (grads, aux_grads, stop_grads, net_grads):
+        np.testing.assert_allclose(got[0].asnumpy(), tw.grad.numpy(), rtol=1e-5)
+        np.testing.assert_allclose(got[1].asnumpy(), tb.grad.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(loss.asnumpy(), want.item(), rtol=1e-6)
+    np.testing.assert_allclose(z.asnumpy(), tz.detach().numpy(), rtol=1e-6)
+    assert len(stop_grads) == 2  # the stop_gradient output adds nothing: grads of the first output only

@@ -531,3 +531,21 @@ def test_tensor_methods_without_gradients() -> None:
     with pytest.raises(ValueError, match="rounding_mode must be None, 'floor' or 'trunc'"):
         ops.div(x, 2.0, rounding_mode="round")
     np.testing.assert_array_equal(ops.div(Tensor(np.array([-7, 7], np.int32)), 2, rounding_mode="trunc").asnumpy(), [-3, 3])
+
+
+@pytest.mark.parametrize("shapes", [((3,), (3,)), ((3,), (3, 4)), ((2, 3), (3,)), ((2, 3), (3, 4)), ((5, 2, 3), (3,)),
+                                    ((3,), (5, 3, 4)), ((2, 1, 2, 3), (5, 3, 4)), ((4, 2, 3), (3, 4))])
+def test_matmul_follows_numpy_ranks_like_torch(where: str, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    """MindSpore 2.x's ops.matmul (and @) takes 1-d vectors and broadcast batch axes, as NumPy's and torch.matmul do
+    (the Autograd tutorial multiplies a (5,) input by a (5, 3) weight)."""
+    a, b = RNG.standard_normal(shapes[0]), RNG.standard_normal(shapes[1])
+    np.testing.assert_allclose(ops.matmul(Tensor(a), Tensor(b)).asnumpy(), np.matmul(a, b), rtol=1e-12)
+    np.testing.assert_allclose((Tensor(a) @ Tensor(b)).asnumpy(), a @ b, rtol=1e-12)
+    check_like_torch(lambda x, y: (ops.matmul(x, y) * (x @ y)).sum(), lambda x, y: (torch.matmul(x, y) ** 2).sum(), a, b)
+
+
+def test_matmul_errors_name_the_shapes() -> None:
+    with pytest.raises(ValueError, match=r"at least one axis, got shapes \(\) and \(3,\)"):
+        ops.matmul(Tensor(np.array(2.0)), Tensor(Y))
+    with pytest.raises(Exception, match=r"\(2, 3\).*\(2, 3\)|2, 3\].*2, 3\]"):
+        ops.matmul(Tensor(X), Tensor(X))
