@@ -19,6 +19,7 @@ from .learning_rate_schedule import (
     LearningRateSchedule,
     NaturalExpDecayLR,
     PolynomialDecayLR,
+    WarmUpLR,
 )
 from .loss import (
     BCELoss,
@@ -53,7 +54,7 @@ __all__ = [
     "AdaptiveAvgPool2d", "AvgPool2d", "BatchNorm1d", "BatchNorm2d", "Conv2d", "Conv2dTranspose", "MaxPool2d",
     "Adam", "AdamWeightDecay", "ForwardValueAndGrad", "Momentum", "Optimizer", "SGD", "TrainOneStepCell", "WithEvalCell", "WithLossCell",
     "clip_by_global_norm", "CosineDecayLR", "ExponentialDecayLR", "InverseDecayLR", "LearningRateSchedule",
-    "NaturalExpDecayLR", "PolynomialDecayLR", "cosine_decay_lr", "exponential_decay_lr", "inverse_decay_lr",
+    "NaturalExpDecayLR", "PolynomialDecayLR", "WarmUpLR", "cosine_decay_lr", "exponential_decay_lr", "inverse_decay_lr",
     "natural_exp_decay_lr", "piecewise_constant_lr", "polynomial_decay_lr", "warmup_lr",
     "BCELoss", "BCEWithLogitsLoss", "CellList", "CrossEntropyLoss", "Dense", "Dropout", "Embedding", "Flatten", "GELU", "Identity", "L1Loss", "LeakyReLU",
     "LayerNorm", "LogSoftmax", "LossBase", "MSELoss", "MultiheadAttention", "NLLLoss", "ReLU", "SequentialCell", "SiLU", "Sigmoid",
