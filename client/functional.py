@@ -14,6 +14,7 @@ from gradserve.engine.ops import debug
 from . import dtype as mstype
 from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
+from .errors import TracingError, user_location
 from .nn.initializer import get_seed_rng
 from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
 from .primitives import attr_value
@@ -473,6 +474,52 @@ def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     return L1Loss(reduction)(input, target)
 
 
+def _drawn(fn: str, values: np.ndarray, dtype: Any) -> Tensor:
+    """Random ``values`` as a Tensor of ``dtype``, drawn outside any trace: inside one the draw would be baked into the
+    cached graph and repeat on every call, so it is refused there."""
+    if current_frame() is not None:
+        raise TracingError(f"ops.{fn} inside a traced function would draw once and repeat the same values on every "
+                           f"call; draw outside it and pass the Tensor in -- at {user_location()}")
+    return Tensor._wrap(values.astype(mstype.to_numpy(dtype)))
+
+
+def _size(size: tuple[Any, ...]) -> tuple[int, ...]:
+    """``*size`` given as ints or as one tuple or list."""
+    return _shape_of(size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
+
+
+def standard_normal(shape: Any, seed: Any = None, seed2: Any = None) -> Tensor:
+    """``ops.standard_normal(shape, seed=None, seed2=None)``: float32 draws from N(0, 1), from the generator
+    ``set_seed`` seeds (``seed`` and ``seed2`` are accepted and do not change the draws); not inside a trace."""
+    return _drawn("standard_normal", get_seed_rng().standard_normal(_shape_of(shape)), mstype.float32)
+
+
+def randn(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
+    """``ops.randn(*size, dtype=None, seed=None)``: draws from N(0, 1) (float32 unless ``dtype``), as
+    ``standard_normal``."""
+    return _drawn("randn", get_seed_rng().standard_normal(_size(size)), dtype or mstype.float32)
+
+
+def rand(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
+    """``ops.rand(*size, dtype=None, seed=None)``: draws from U[0, 1) (float32 unless ``dtype``), as
+    ``standard_normal``."""
+    return _drawn("rand", get_seed_rng().random(_size(size)), dtype or mstype.float32)
+
+
+def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = None) -> Tensor:
+    """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval) (Tensors or
+    numbers, broadcast against ``shape``), as ``standard_normal``."""
+    lo, hi = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (minval, maxval))
+    return _drawn("uniform", get_seed_rng().uniform(lo, hi, _shape_of(shape)), dtype or mstype.float32)
+
+
+def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
+    """``ops.normal(shape, mean, stddev, seed=None)``: float32 draws from N(mean, stddev ** 2) (Tensors or numbers,
+    broadcast against ``shape``), as ``standard_normal``."""
+    mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
+    return _drawn("normal", get_seed_rng().normal(mu, sigma, _shape_of(shape)), mstype.float32)
+
+
 def remainder(input: Any, other: Any) -> Any:
     """``ops.remainder(input, other)``: input - floor(input / other) * other, ``input % other`` (FloorMod)."""
     return floor_mod(input, other)
@@ -626,6 +673,6 @@ FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
     flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape, floor_divide, floor_mod, remainder,
     div, unsqueeze, permute, clamp, masked_fill, full, arange, dtype, matmul, binary_cross_entropy_with_logits, cross_entropy, mse_loss,
-    l1_loss,
+    l1_loss, standard_normal, randn, rand, uniform, normal,
 )} | {"Shape": Shape, "Print": Print, "DType": DType, "Fill": Fill, "Zeros": Zeros, "Ones": Ones, "BiasAdd": BiasAdd}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -549,3 +549,20 @@ def test_matmul_errors_name_the_shapes() -> None:
         ops.matmul(Tensor(np.array(2.0)), Tensor(Y))
     with pytest.raises(Exception, match=r"\(2, 3\).*\(2, 3\)|2, 3\].*2, 3\]"):
         ops.matmul(Tensor(X), Tensor(X))
+
+
+def test_random_draws_follow_set_seed_and_are_refused_inside_a_trace() -> None:
+    """ops.standard_normal and friends (the DCGAN tutorial draws its fixed noise with one) draw from set_seed's
+    generator; inside a traced function they are refused rather than repeating one draw on every call."""
+    gs.set_seed(3)
+    z = ops.standard_normal((2000, 2))
+    again = [ops.randn(2, 3), ops.rand((4,)), ops.uniform((3,), Tensor(2.0), Tensor(5.0)), ops.normal((3, 1), 10.0, 0.5)]
+    gs.set_seed(3)
+    np.testing.assert_array_equal(ops.standard_normal((2000, 2)).asnumpy(), z.asnumpy())
+    assert z.dtype == mstype.float32 and abs(float(z.asnumpy().mean())) < 0.1 and 0.9 < float(z.asnumpy().std()) < 1.1
+    assert [t.shape for t in again] == [(2, 3), (4,), (3,), (3, 1)]
+    assert ops.randn(2, dtype=gs.float64).dtype == mstype.float64
+    assert np.all((again[1].asnumpy() >= 0) & (again[1].asnumpy() < 1))
+    assert np.all((again[2].asnumpy() >= 2) & (again[2].asnumpy() < 5))
+    with pytest.raises(gs.TracingError, match="ops.standard_normal inside a traced function would draw once"):
+        gs.grad(lambda x: (x * ops.standard_normal((3,))).sum())(Tensor(np.ones(3, np.float32)))
