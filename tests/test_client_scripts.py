@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import torch
 
 import gradserve as ms
@@ -429,3 +430,89 @@ def test_autograd_tutorial(where: str) -> None:
     np.testing.assert_allclose(loss.asnumpy(), want.item(), rtol=1e-6)
     np.testing.assert_allclose(z.asnumpy(), tz.detach().numpy(), rtol=1e-6)
     assert len(stop_grads) == 2  # the stop_gradient output adds nothing: grads of the first output only
+
+
+def test_dcgan_two_optimizers(where: str) -> None:
+    """MindSpore's DCGAN tutorial, scaled down: Conv2dTranspose/BatchNorm2d generator, Conv2d/LeakyReLU discriminator,
+    two Adam optimizers renamed with update_parameters_name, two value_and_grad functions (one has_aux) inside an
+    ms.jit step. The tutorial draws z with ops.standard_normal inside generator_forward; here it is drawn outside and
+    passed in, as the error for the traced draw says."""
+    ms.set_seed(3)
+    nz, ngf, ndf = 8, 4, 4
+
+    class Generator(nn.Cell):
+        def __init__(self):
+            super(Generator, self).__init__()
+            self.generator = nn.SequentialCell(
+                nn.Conv2dTranspose(nz, ngf * 2, 4, 1, 'valid', weight_init=Normal(0.02)),
+                nn.BatchNorm2d(ngf * 2),
+                nn.ReLU(),
+                nn.Conv2dTranspose(ngf * 2, 1, 4, 2, 'pad', 1, weight_init=Normal(0.02)),
+                nn.Tanh())
+
+        def construct(self, x):
+            return self.generator(x)
+
+    class Discriminator(nn.Cell):
+        def __init__(self):
+            super(Discriminator, self).__init__()
+            self.discriminator = nn.SequentialCell(
+                nn.Conv2d(1, ndf, 4, 2, 'pad', 1, weight_init=Normal(0.02)),
+                nn.LeakyReLU(0.2),
+                nn.Conv2d(ndf, 1, 4, 1, 'valid', weight_init=Normal(0.02)))
+            self.adv_layer = nn.Sigmoid()
+
+        def construct(self, x):
+            out = self.discriminator(x)
+            out = out.reshape(out.shape[0], -1)
+            return self.adv_layer(out)
+
+    generator, discriminator = Generator(), Discriminator()
+    adversarial_loss = nn.BCELoss(reduction='mean')
+    optimizer_D = nn.Adam(discriminator.trainable_params(), learning_rate=2e-3, beta1=0.5)
+    optimizer_G = nn.Adam(generator.trainable_params(), learning_rate=2e-3, beta1=0.5)
+    optimizer_G.update_parameters_name('optim_g.')
+    optimizer_D.update_parameters_name('optim_d.')
+
+    def generator_forward(real_imgs, valid, z):
+        gen_imgs = generator(z)
+        g_loss = adversarial_loss(discriminator(gen_imgs), valid)
+        return g_loss, gen_imgs
+
+    def discriminator_forward(real_imgs, gen_imgs, valid, fake):
+        real_loss = adversarial_loss(discriminator(real_imgs), valid)
+        fake_loss = adversarial_loss(discriminator(gen_imgs), fake)
+        return (real_loss + fake_loss) / 2
+
+    grad_generator_fn = ms.value_and_grad(generator_forward, None, optimizer_G.parameters, has_aux=True)
+    grad_discriminator_fn = ms.value_and_grad(discriminator_forward, None, optimizer_D.parameters)
+
+    @ms.jit
+    def train_step(imgs, z):
+        valid = ops.ones((imgs.shape[0], 1), ms.float32)
+        fake = ops.zeros((imgs.shape[0], 1), ms.float32)
+        (g_loss, gen_imgs), g_grads = grad_generator_fn(imgs, valid, z)
+        optimizer_G(g_grads)
+        d_loss, d_grads = grad_discriminator_fn(imgs, gen_imgs, valid, fake)
+        optimizer_D(d_grads)
+        return g_loss, d_loss, gen_imgs
+
+    generator.set_train()
+    discriminator.set_train()
+    imgs = Tensor(RNG.uniform(-1, 1, (4, 1, 8, 8)).astype(np.float32))
+    fixed_noise = ops.standard_normal((4, nz, 1, 1))
+    d_losses = []
+    for _ in range(3):
+        g_loss, d_loss, gen_imgs = train_step(imgs, fixed_noise)
+        d_losses.append(float(d_loss.asnumpy()))
+
+    assert gen_imgs.shape == (4, 1, 8, 8) and np.isfinite(float(g_loss.asnumpy()))
+    assert d_losses[2] < d_losses[1] < d_losses[0]
+    # MindSpore's update_parameters_name renames every Parameter the optimizer holds, the network's included
+    assert [p.name for p in discriminator.trainable_params()] == ['optim_d.discriminator.0.weight', 'optim_d.discriminator.2.weight']
+
+    def traced_draw(real_imgs, valid):
+        return generator_forward(real_imgs, valid, ops.standard_normal((real_imgs.shape[0], nz, 1, 1)))
+
+    with pytest.raises(ms.TracingError, match="ops.standard_normal inside a traced function"):
+        ms.value_and_grad(traced_draw, None, optimizer_G.parameters, has_aux=True)(imgs, ops.ones((4, 1), ms.float32))
