@@ -488,6 +488,20 @@ class Tensor(Operators):
             return arr.item()
         return arr.item(index)
 
+    # MindSpore's dtype shorthands, last in the class: their names would shadow the builtins for the code after them
+
+    def half(self) -> Any:
+        """This Tensor as float16."""
+        return self.astype(mstype.float16)
+
+    def float(self) -> Any:
+        """This Tensor as float32."""
+        return self.astype(mstype.float32)
+
+    def int(self) -> Any:
+        """This Tensor as int32 (floats truncated toward zero)."""
+        return self.astype(mstype.int32)
+
 
 def _dims(shape: tuple[Any, ...]) -> tuple[int, ...]:
     """Dimensions passed either as separate ints or as one tuple/list."""

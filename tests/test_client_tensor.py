@@ -373,3 +373,10 @@ def test_sum_of_a_bool_tensor_counts_in_int32(traced: bool) -> None:
     per_column = Tensor(np.array([[True, False], [True, True]])).sum(axis=0, keepdims=True)
     assert per_column.dtype == mstype.int32 and per_column.asnumpy().tolist() == [[2, 1]]
     assert Tensor(np.array([True, True])).sum(dtype=mstype.float32).asnumpy().item() == 2.0
+
+
+def test_dtype_shorthands() -> None:
+    x = Tensor(np.array([[1.7, -1.7], [2.0, 0.5]]), mstype.float64)  # MindSpore's documented examples use ones
+    assert x.half().dtype == mstype.float16 and x.float().dtype == mstype.float32 and x.int().dtype == mstype.int32
+    assert x.int().asnumpy().tolist() == [[1, -1], [2, 0]]
+    assert Tensor(np.ones([2, 2]), mstype.int32).half().asnumpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]
