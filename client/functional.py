@@ -16,7 +16,7 @@ from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
 from .errors import TracingError, user_location
 from .nn.initializer import get_seed_rng
-from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss
+from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, SoftmaxCrossEntropyWithLogits
 from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
@@ -520,6 +520,34 @@ def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
     return _drawn("normal", get_seed_rng().normal(mu, sigma, _shape_of(shape)), mstype.float32)
 
 
+def _bool(fn: str, x: Any) -> Any:
+    """``x`` as a bool Tensor (non-zero is True)."""
+    t = _tensor(fn, x)
+    return t if t._array_dtype().kind == "b" else apply_op("NotEqual", t, 0)
+
+
+def logical_and(input: Any, other: Any) -> Any:
+    """``ops.logical_and(input, other)``: True where both are true (non-zero)."""
+    a, b = _bool("logical_and", input), _bool("logical_and", other)
+    return apply_op("Select", a, b, apply_op("ZerosLike", b))
+
+
+def logical_or(input: Any, other: Any) -> Any:
+    """``ops.logical_or(input, other)``: True where either is true (non-zero)."""
+    a, b = _bool("logical_or", input), _bool("logical_or", other)
+    return apply_op("Select", a, apply_op("OnesLike", b), b)
+
+
+def logical_not(input: Any) -> Any:
+    """``ops.logical_not(input)``: True where ``input`` is false (zero)."""
+    return apply_op("Equal", _bool("logical_not", input), False)
+
+
+def isnan(input: Any) -> Any:
+    """``ops.isnan(input)``: True where ``input`` is NaN (the one value not equal to itself)."""
+    return apply_op("NotEqual", _tensor("isnan", input), input)
+
+
 def remainder(input: Any, other: Any) -> Any:
     """``ops.remainder(input, other)``: input - floor(input / other) * other, ``input % other`` (FloorMod)."""
     return floor_mod(input, other)
@@ -646,6 +674,44 @@ class Ones:
         return "Prim[Ones]"
 
 
+class Size:
+    """``ops.Size()(x)``: the number of elements of x, an int."""
+
+    def __call__(self, input_x: Any) -> int:
+        return _tensor("Size", input_x).size
+
+    def __repr__(self) -> str:
+        return "Prim[Size]"
+
+
+class Rank:
+    """``ops.Rank()(x)``: the number of axes of x, an int."""
+
+    def __call__(self, input_x: Any) -> int:
+        return _tensor("Rank", input_x).ndim
+
+    def __repr__(self) -> str:
+        return "Prim[Rank]"
+
+
+class SparseSoftmaxCrossEntropyWithLogits:
+    """``ops.SparseSoftmaxCrossEntropyWithLogits(is_grad=False)(logits, labels)``: the mean over the batch of the
+    cross-entropy of (N, C) logits against class ids (N,) (``nn.SoftmaxCrossEntropyWithLogits(sparse=True,
+    reduction='mean')``); ``is_grad=True``, which returns the logits' gradient instead, is not supported."""
+
+    def __init__(self, is_grad: bool = False) -> None:
+        if is_grad:
+            raise NotImplementedError("ops.SparseSoftmaxCrossEntropyWithLogits: is_grad=True is not supported; "
+                                      "take the gradient of the loss with ops.grad")
+        self.loss = SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+    def __call__(self, logits: Any, labels: Any) -> Any:
+        return self.loss(logits, labels)
+
+    def __repr__(self) -> str:
+        return "Prim[SparseSoftmaxCrossEntropyWithLogits]"
+
+
 class BiasAdd:
     """``ops.BiasAdd(data_format='NCHW')(input_x, bias)``: ``bias`` added along the channel axis (axis 1, or the last
     axis for 'NHWC')."""
@@ -673,6 +739,7 @@ FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
     flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape, floor_divide, floor_mod, remainder,
     div, unsqueeze, permute, clamp, masked_fill, full, arange, dtype, matmul, binary_cross_entropy_with_logits, cross_entropy, mse_loss,
-    l1_loss, standard_normal, randn, rand, uniform, normal,
-)} | {"Shape": Shape, "Print": Print, "DType": DType, "Fill": Fill, "Zeros": Zeros, "Ones": Ones, "BiasAdd": BiasAdd}
+    l1_loss, standard_normal, randn, rand, uniform, normal, logical_and, logical_or, logical_not, isnan,
+)} | {"Shape": Shape, "Print": Print, "DType": DType, "Fill": Fill, "Zeros": Zeros, "Ones": Ones, "BiasAdd": BiasAdd,
+                                             "Size": Size, "Rank": Rank, "SparseSoftmaxCrossEntropyWithLogits": SparseSoftmaxCrossEntropyWithLogits}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -566,3 +566,28 @@ def test_random_draws_follow_set_seed_and_are_refused_inside_a_trace() -> None:
     assert np.all((again[2].asnumpy() >= 2) & (again[2].asnumpy() < 5))
     with pytest.raises(gs.TracingError, match="ops.standard_normal inside a traced function would draw once"):
         gs.grad(lambda x: (x * ops.standard_normal((3,))).sum())(Tensor(np.ones(3, np.float32)))
+
+
+def test_logical_ops_isnan_size_rank_and_sparse_cross_entropy(where: str) -> None:
+    a = np.array([True, False, True, False])
+    b = np.array([1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(ops.logical_and(Tensor(a), Tensor(b)).asnumpy(), np.logical_and(a, b))
+    np.testing.assert_array_equal(ops.logical_or(Tensor(a), Tensor(b)).asnumpy(), np.logical_or(a, b))
+    np.testing.assert_array_equal(ops.logical_not(Tensor(b)).asnumpy(), np.logical_not(b))
+    np.testing.assert_array_equal(ops.isnan(Tensor(np.array([1.0, np.nan, np.inf]))).asnumpy(), [False, True, False])
+    assert ops.Size()(Tensor(X)) == 6 and ops.Rank()(Tensor(X)) == 2
+    logits, labels = RNG.standard_normal((4, 3)), np.array([0, 2, 1, 2], np.int32)
+    loss_fn = ops.SparseSoftmaxCrossEntropyWithLogits()
+    got = gs.value_and_grad(lambda z: loss_fn(z, Tensor(labels)))(Tensor(logits))
+    t = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(t, torch.tensor(labels, dtype=torch.long))
+    want.backward()
+    np.testing.assert_allclose(got[0].asnumpy(), want.item(), rtol=1e-12)
+    np.testing.assert_allclose(got[1].asnumpy(), t.grad.numpy(), rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="is_grad=True is not supported"):
+        ops.SparseSoftmaxCrossEntropyWithLogits(is_grad=True)
+
+
+def test_get_seed_returns_what_set_seed_set() -> None:
+    gs.set_seed(1234)
+    assert gs.get_seed() == 1234
