@@ -38,6 +38,20 @@ class Cell:
             return call_in_trace(self, inputs)
         return run_network(self, inputs)
 
+    def extend_repr(self) -> str:
+        """The settings shown inside this cell's repr, ``Dense<input_channels=3, ...>`` (MindSpore's hook; none here)."""
+        return ""
+
+    def __repr__(self) -> str:
+        """MindSpore's layout, as ``print(net)`` shows it: ``Name<settings>``, or each child cell on its own
+        indented line ``(attribute): repr``, after the settings."""
+        extra = self.extend_repr()
+        if not self._cells:
+            return f"{type(self).__name__}<{extra}>"
+        body = "\n" + (f"{extra}\n" if extra else "")
+        body += "".join(f"({key}): {cell!r}\n" for key, cell in self._cells.items())
+        return f"{type(self).__name__}<" + body.replace("\n", "\n  ") + ">"
+
     # ---- attributes: Parameters and child Cells are registered in definition order; every change but a held
     # Parameter's new value moves the trace epoch (client/epoch.py) ----
 

@@ -54,12 +54,25 @@ def _optimizers(net: Cell) -> list[Optimizer]:
     return [cell for _, cell in net.cells_and_names() if isinstance(cell, Optimizer)]
 
 
-def save_checkpoint(save_obj: Any, ckpt_file_name: str | os.PathLike[str], append_dict: dict[str, Any] | None = None,
+def save_checkpoint(save_obj: Any, ckpt_file_name: str | os.PathLike[str], integrated_save: bool = True,
+                    async_save: bool = False, append_dict: dict[str, Any] | None = None, enc_key: bytes | None = None,
+                    enc_mode: str = "AES-GCM", choice_func: Any = None, crc_check: bool = False,
                     format: str = "safetensors") -> None:
-    """Write the parameters of ``save_obj`` (plus ``append_dict``'s numbers and Tensors) to a safetensors file."""
+    """Write the parameters of ``save_obj`` (plus ``append_dict``'s numbers and Tensors) to a safetensors file, in
+    MindSpore's argument order. ``choice_func(name)`` keeps a parameter when true. ``integrated_save`` (merging model-
+    parallel slices) has nothing to merge here, and ``async_save`` writes before returning; encryption and CRC checks
+    are not supported."""
     if format != "safetensors":
         raise ValueError(f"save_checkpoint: only format='safetensors' is supported, got {format!r}")
+    for name, flag in (("integrated_save", integrated_save), ("async_save", async_save), ("crc_check", crc_check)):
+        if not isinstance(flag, bool):
+            raise TypeError(f"save_checkpoint: {name} must be a bool, got {flag!r}")
+    if enc_key is not None or crc_check:
+        raise NotImplementedError(f"save_checkpoint: {'enc_key' if enc_key is not None else 'crc_check'} is not supported "
+                                  f"(safetensors files carry no encryption or CRC)")
     arrays = _arrays(save_obj)
+    if choice_func is not None:
+        arrays = {name: arr for name, arr in arrays.items() if choice_func(name)}
     for name, value in (append_dict or {}).items():
         if name in arrays:
             raise ValueError(f"save_checkpoint: append_dict key {name!r} is also a parameter name")

@@ -97,7 +97,45 @@ def power(x: Any, y: Any) -> Any:
     return apply_op("Cast", out, dtype=dt)
 
 
+def matmul(x: Any, y: Any) -> Any:
+    """MindSpore's ``ops.matmul`` and ``@``, with NumPy's rules: two matrices are MatMul, more axes BatchMatMul with
+    the batch axes broadcast, a 1-d operand a row (first) or column (second) vector whose axis is dropped again."""
+    x, y = coerce_inputs("MatMul", (x, y))
+    if x.ndim == 0 or y.ndim == 0:
+        raise ValueError(f"matmul: operands must have at least one axis, got shapes {x.shape} and {y.shape}")
+    if x.ndim == 1 and y.ndim == 1:
+        return apply_op("ReduceSum", x * y, axis=(), keep_dims=False)
+    a = apply_op("ExpandDims", x, axis=0) if x.ndim == 1 else x
+    b = apply_op("ExpandDims", y, axis=-1) if y.ndim == 1 else y
+    out = apply_op("MatMul" if a.ndim == 2 and b.ndim == 2 else "BatchMatMul", a, b)
+    if x.ndim == 1:
+        out = apply_op("Squeeze", out, axis=(out.ndim - 2,))
+    return apply_op("Squeeze", out, axis=(out.ndim - 1,)) if y.ndim == 1 else out
+
+
+def floor_divide(x: Any, y: Any) -> Any:
+    """MindSpore's ``x // y`` (FloorDiv): floor(x / y) in the promoted dtype, with a zero gradient; integers go through
+    float64 (exact below 2**53) and are cast back."""
+    x, y = coerce_inputs("RealDiv", (x, y))
+    dt = x._array_dtype()
+    if dt.kind == "f":
+        return apply_op("Floor", apply_op("RealDiv", x, y))
+    wide = np.dtype(np.float64)
+    out = apply_op("Floor", apply_op("RealDiv", apply_op("Cast", x, dtype=wide), apply_op("Cast", y, dtype=wide)))
+    return apply_op("Cast", out, dtype=dt)
+
+
+def floor_mod(x: Any, y: Any) -> Any:
+    """MindSpore's ``x % y`` (FloorMod): x - floor(x / y) * y, which takes the sign of y; its gradients are 1 and
+    -floor(x / y)."""
+    x, y = coerce_inputs("RealDiv", (x, y))
+    return x - floor_divide(x, y) * y
+
+
 # Tensor's operators (the engine's shared table) run through this module; installed here, where the functions live.
 Tensor._apply = staticmethod(apply_op)  # type: ignore[assignment]
 Tensor._divide = staticmethod(true_divide)  # type: ignore[assignment]
 Tensor._power = staticmethod(power)  # type: ignore[assignment]
+Tensor._floor_divide = staticmethod(floor_divide)  # type: ignore[assignment]
+Tensor._floor_mod = staticmethod(floor_mod)  # type: ignore[assignment]
+Tensor._matmul = staticmethod(matmul)  # type: ignore[assignment]

@@ -12,8 +12,11 @@ from gradserve.engine import get_op
 from gradserve.engine.ops import debug
 
 from . import dtype as mstype
-from .dispatch import apply_op
+from .dispatch import apply_op, floor_divide, floor_mod, true_divide
+from .dispatch import matmul as _matmul
+from .errors import TracingError, user_location
 from .nn.initializer import get_seed_rng
+from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, SoftmaxCrossEntropyWithLogits
 from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
@@ -381,6 +384,175 @@ def argmin(input: Any, axis: Any = None, keepdims: bool = False) -> Any:
     return _tensor("argmin", input).argmin(axis, keepdims)
 
 
+def div(input: Any, other: Any, rounding_mode: str | None = None) -> Any:
+    """``ops.div(input, other, rounding_mode=None)``: true division (float32 for integers), or rounded down
+    (``'floor'``, ``input // other``) or toward zero (``'trunc'``) in the inputs' dtype."""
+    if rounding_mode is None:
+        return true_divide(input, other)
+    if rounding_mode == "floor":
+        return floor_divide(input, other)
+    if rounding_mode != "trunc":
+        raise ValueError(f"ops.div: rounding_mode must be None, 'floor' or 'trunc', got {rounding_mode!r}")
+    down = floor_divide(input, other)
+    up = -floor_divide(-input if isinstance(input, Tensor) else -input, other)
+    return apply_op("Select", true_divide(input, other) < 0, up, down)
+
+
+def unsqueeze(input: Any, dim: int) -> Any:
+    """``ops.unsqueeze(input, dim)``: a new axis of length 1 at ``dim``."""
+    return _tensor("unsqueeze", input).expand_dims(dim)
+
+
+def permute(input: Any, axis: Any) -> Any:
+    """``ops.permute(input, axis)``: the axes in the order ``axis``."""
+    return _tensor("permute", input).permute(axis)
+
+
+def clamp(input: Any, min: Any = None, max: Any = None) -> Any:
+    """``ops.clamp(input, min=None, max=None)``: each element limited to [min, max] (None: unbounded on that side)."""
+    return _tensor("clamp", input).clip(min, max)
+
+
+def masked_fill(input_x: Any, mask: Any, value: Any) -> Any:
+    """``ops.masked_fill(input_x, mask, value)``: ``value`` where ``mask`` is True, ``input_x`` elsewhere."""
+    return _tensor("masked_fill", input_x).masked_fill(mask, value)
+
+
+def full(size: Any, fill_value: Any, *, dtype: Any = None) -> Tensor:
+    """``ops.full(size, fill_value, *, dtype=None)``: a constant Tensor (dtype from ``fill_value`` when None: float32
+    for a float, int64 for an int, as MindSpore's Tensor makes them)."""
+    return fill(Tensor(fill_value).dtype if dtype is None else dtype, size, fill_value)
+
+
+def arange(start: Any = 0, end: Any = None, step: Any = 1, *, dtype: Any = None) -> Tensor:
+    """``ops.arange(start=0, end=None, step=1, *, dtype=None)``: a constant 1-d Tensor of start, start + step, ...
+    below ``end`` (int64 when all are ints, else float32, unless ``dtype``)."""
+    if end is None:
+        start, end = 0, start
+    values = np.arange(start, end, step)
+    dt = mstype.to_numpy(dtype) if dtype is not None else np.dtype(np.int64 if values.dtype.kind in "iu" else np.float32)
+    return Tensor._wrap(values.astype(dt))
+
+
+def dtype(input: Any) -> Any:
+    """``ops.dtype(input)``: the Tensor's MindSpore dtype (known while tracing too)."""
+    return _tensor("dtype", input).dtype
+
+
+def matmul(input: Any, other: Any, *, transpose_a: bool = False, transpose_b: bool = False) -> Any:
+    """``ops.matmul(input, other)``: the matrix product with NumPy's rules (1-d operands as vectors, batch axes
+    broadcast), as MindSpore 2.x documents it; ``transpose_a``/``transpose_b`` (MatMul's flags, kept from the
+    generated form this replaced) swap an operand's last two axes first."""
+    if transpose_a:
+        input = _tensor("matmul", input).swapaxes(-1, -2)
+    if transpose_b:
+        other = _tensor("matmul", other, "other").swapaxes(-1, -2)
+    return _matmul(input, other)
+
+
+def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None, pos_weight: Any = None,
+                                     reduction: str = "mean") -> Any:
+    """``ops.binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None, reduction='mean')``: the
+    loss ``nn.BCEWithLogitsLoss`` computes (the Autograd tutorial's)."""
+    return BCEWithLogitsLoss(reduction, weight, pos_weight)(input, target)
+
+
+def cross_entropy(input: Any, target: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0) -> Any:
+    """``ops.cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0)``:
+    ``nn.CrossEntropyLoss``'s loss (class indices or class probabilities as target)."""
+    return CrossEntropyLoss(weight, ignore_index, reduction, label_smoothing)(input, target)
+
+
+def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
+    """``ops.mse_loss(input, target, reduction='mean')``: the mean (or sum, or each) of (input - target) ** 2."""
+    return MSELoss(reduction)(input, target)
+
+
+def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
+    """``ops.l1_loss(input, target, reduction='mean')``: the mean (or sum, or each) of |input - target|."""
+    return L1Loss(reduction)(input, target)
+
+
+def _drawn(fn: str, values: np.ndarray, dtype: Any) -> Tensor:
+    """Random ``values`` as a Tensor of ``dtype``, drawn outside any trace: inside one the draw would be baked into the
+    cached graph and repeat on every call, so it is refused there."""
+    if current_frame() is not None:
+        raise TracingError(f"ops.{fn} inside a traced function would draw once and repeat the same values on every "
+                           f"call; draw outside it and pass the Tensor in -- at {user_location()}")
+    return Tensor._wrap(values.astype(mstype.to_numpy(dtype)))
+
+
+def _size(size: tuple[Any, ...]) -> tuple[int, ...]:
+    """``*size`` given as ints or as one tuple or list."""
+    return _shape_of(size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
+
+
+def standard_normal(shape: Any, seed: Any = None, seed2: Any = None) -> Tensor:
+    """``ops.standard_normal(shape, seed=None, seed2=None)``: float32 draws from N(0, 1), from the generator
+    ``set_seed`` seeds (``seed`` and ``seed2`` are accepted and do not change the draws); not inside a trace."""
+    return _drawn("standard_normal", get_seed_rng().standard_normal(_shape_of(shape)), mstype.float32)
+
+
+def randn(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
+    """``ops.randn(*size, dtype=None, seed=None)``: draws from N(0, 1) (float32 unless ``dtype``), as
+    ``standard_normal``."""
+    return _drawn("randn", get_seed_rng().standard_normal(_size(size)), dtype or mstype.float32)
+
+
+def rand(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
+    """``ops.rand(*size, dtype=None, seed=None)``: draws from U[0, 1) (float32 unless ``dtype``), as
+    ``standard_normal``."""
+    return _drawn("rand", get_seed_rng().random(_size(size)), dtype or mstype.float32)
+
+
+def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = None) -> Tensor:
+    """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval) (Tensors or
+    numbers, broadcast against ``shape``), as ``standard_normal``."""
+    lo, hi = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (minval, maxval))
+    return _drawn("uniform", get_seed_rng().uniform(lo, hi, _shape_of(shape)), dtype or mstype.float32)
+
+
+def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
+    """``ops.normal(shape, mean, stddev, seed=None)``: float32 draws from N(mean, stddev ** 2) (Tensors or numbers,
+    broadcast against ``shape``), as ``standard_normal``."""
+    mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
+    return _drawn("normal", get_seed_rng().normal(mu, sigma, _shape_of(shape)), mstype.float32)
+
+
+def _bool(fn: str, x: Any) -> Any:
+    """``x`` as a bool Tensor (non-zero is True)."""
+    t = _tensor(fn, x)
+    return t if t._array_dtype().kind == "b" else apply_op("NotEqual", t, 0)
+
+
+def logical_and(input: Any, other: Any) -> Any:
+    """``ops.logical_and(input, other)``: True where both are true (non-zero)."""
+    a, b = _bool("logical_and", input), _bool("logical_and", other)
+    return apply_op("Select", a, b, apply_op("ZerosLike", b))
+
+
+def logical_or(input: Any, other: Any) -> Any:
+    """``ops.logical_or(input, other)``: True where either is true (non-zero)."""
+    a, b = _bool("logical_or", input), _bool("logical_or", other)
+    return apply_op("Select", a, apply_op("OnesLike", b), b)
+
+
+def logical_not(input: Any) -> Any:
+    """``ops.logical_not(input)``: True where ``input`` is false (zero)."""
+    return apply_op("Equal", _bool("logical_not", input), False)
+
+
+def isnan(input: Any) -> Any:
+    """``ops.isnan(input)``: True where ``input`` is NaN (the one value not equal to itself)."""
+    return apply_op("NotEqual", _tensor("isnan", input), input)
+
+
+def remainder(input: Any, other: Any) -> Any:
+    """``ops.remainder(input, other)``: input - floor(input / other) * other, ``input % other`` (FloorMod)."""
+    return floor_mod(input, other)
+
+
 def fill(type: Any, shape: Any, value: Any) -> Tensor:
     """``ops.fill(type, shape, value)``: a Tensor of ``shape`` filled with ``value`` in dtype ``type``; a constant."""
     return Tensor._wrap(np.full(_shape_of(shape), value, mstype.to_numpy(type)))
@@ -462,8 +634,112 @@ class Print:
         return "Prim[Print]"
 
 
+class DType:
+    """``ops.DType()(x)``: x's MindSpore dtype."""
+
+    def __call__(self, input_x: Any) -> Any:
+        return dtype(input_x)
+
+    def __repr__(self) -> str:
+        return "Prim[DType]"
+
+
+class Fill:
+    """``ops.Fill()(type, shape, value)``: ``ops.fill`` as a primitive (model-zoo TrainOneStepCells make their sens with it)."""
+
+    def __call__(self, type: Any, shape: Any, value: Any) -> Tensor:
+        return fill(type, shape, value)
+
+    def __repr__(self) -> str:
+        return "Prim[Fill]"
+
+
+class Zeros:
+    """``ops.Zeros()(size, type=None)``: ``ops.zeros`` as a primitive."""
+
+    def __call__(self, size: Any, type: Any = None) -> Tensor:
+        return zeros(size, type)
+
+    def __repr__(self) -> str:
+        return "Prim[Zeros]"
+
+
+class Ones:
+    """``ops.Ones()(shape, type=None)``: ``ops.ones`` as a primitive."""
+
+    def __call__(self, shape: Any, type: Any = None) -> Tensor:
+        return ones(shape, type)
+
+    def __repr__(self) -> str:
+        return "Prim[Ones]"
+
+
+class Size:
+    """``ops.Size()(x)``: the number of elements of x, an int."""
+
+    def __call__(self, input_x: Any) -> int:
+        return _tensor("Size", input_x).size
+
+    def __repr__(self) -> str:
+        return "Prim[Size]"
+
+
+class Rank:
+    """``ops.Rank()(x)``: the number of axes of x, an int."""
+
+    def __call__(self, input_x: Any) -> int:
+        return _tensor("Rank", input_x).ndim
+
+    def __repr__(self) -> str:
+        return "Prim[Rank]"
+
+
+class SparseSoftmaxCrossEntropyWithLogits:
+    """``ops.SparseSoftmaxCrossEntropyWithLogits(is_grad=False)(logits, labels)``: the mean over the batch of the
+    cross-entropy of (N, C) logits against class ids (N,) (``nn.SoftmaxCrossEntropyWithLogits(sparse=True,
+    reduction='mean')``); ``is_grad=True``, which returns the logits' gradient instead, is not supported."""
+
+    def __init__(self, is_grad: bool = False) -> None:
+        if is_grad:
+            raise NotImplementedError("ops.SparseSoftmaxCrossEntropyWithLogits: is_grad=True is not supported; "
+                                      "take the gradient of the loss with ops.grad")
+        self.loss = SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
+
+    def __call__(self, logits: Any, labels: Any) -> Any:
+        return self.loss(logits, labels)
+
+    def __repr__(self) -> str:
+        return "Prim[SparseSoftmaxCrossEntropyWithLogits]"
+
+
+class BiasAdd:
+    """``ops.BiasAdd(data_format='NCHW')(input_x, bias)``: ``bias`` added along the channel axis (axis 1, or the last
+    axis for 'NHWC')."""
+
+    def __init__(self, data_format: str = "NCHW") -> None:
+        if data_format not in ("NCHW", "NHWC", "NCDHW"):
+            raise ValueError(f"ops.BiasAdd: data_format must be 'NCHW', 'NHWC' or 'NCDHW', got {data_format!r}")
+        self.data_format = data_format
+
+    def __call__(self, input_x: Any, bias: Any) -> Any:
+        x = _tensor("BiasAdd", input_x)
+        if x.ndim < 2 or not isinstance(bias, Tensor) or bias.ndim != 1:
+            raise ValueError(f"ops.BiasAdd: input_x needs 2 or more axes and bias one, got {x.shape} and "
+                             f"{getattr(bias, 'shape', type(bias).__name__)}")
+        channel = x.ndim - 1 if self.data_format == "NHWC" else 1
+        if bias.shape[0] != x.shape[channel]:
+            raise ValueError(f"ops.BiasAdd: bias has {bias.shape[0]} elements for {x.shape[channel]} channels (axis {channel} of {x.shape})")
+        return x + bias.reshape((-1,) + (1,) * (x.ndim - 1 - channel))
+
+    def __repr__(self) -> str:
+        return "Prim[BiasAdd]"
+
+
 FUNCTIONS = {f.__name__: f for f in (
     ones, zeros, sum, mean, conv2d, max_pool2d, avg_pool2d, adaptive_avg_pool2d, split, einsum, pad, dropout, gelu, cumsum, topk,
-    flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape,
-)} | {"Shape": Shape, "Print": Print}
+    flatten, prod, amax, amin, max, min, argmax, argmin, fill, depend, print_, shape, floor_divide, floor_mod, remainder,
+    div, unsqueeze, permute, clamp, masked_fill, full, arange, dtype, matmul, binary_cross_entropy_with_logits, cross_entropy, mse_loss,
+    l1_loss, standard_normal, randn, rand, uniform, normal, logical_and, logical_or, logical_not, isnan,
+)} | {"Shape": Shape, "Print": Print, "DType": DType, "Fill": Fill, "Zeros": Zeros, "Ones": Ones, "BiasAdd": BiasAdd,
+                                             "Size": Size, "Rank": Rank, "SparseSoftmaxCrossEntropyWithLogits": SparseSoftmaxCrossEntropyWithLogits}
 """What ``gradserve.ops`` offers besides the op table's primitives and their functional forms."""

@@ -40,6 +40,26 @@ def _array_from(data: Any, dtype: Any) -> np.ndarray:
     return arr
 
 
+def _shape_arg(shape: Any) -> tuple[int, ...]:
+    """A ``shape`` argument (an int, or a tuple or list of non-negative ints) as a tuple."""
+    dims = (shape,) if isinstance(shape, (int, np.integer)) else tuple(shape)
+    if not all(isinstance(d, (int, np.integer)) and not isinstance(d, bool) and d >= 0 for d in dims):
+        raise ValueError(f"Tensor: shape must be non-negative ints, got {shape!r}")
+    return tuple(int(d) for d in dims)
+
+
+def _initialized(init: Any, shape: Any, dtype: Any) -> np.ndarray:
+    """MindSpore's ``Tensor(shape=..., dtype=..., init=One())``: an array filled by the initializer (drawn in float64
+    and cast, as ``initializer()`` does, so a seed gives the same values either way)."""
+    if shape is None or dtype is None:
+        raise ValueError("Tensor: init needs both shape and dtype")
+    if not callable(init):
+        raise TypeError(f"Tensor: init must be an Initializer (such as One() or Normal()), got {type(init).__name__}")
+    arr = np.zeros(_shape_arg(shape), dtype=np.float64)
+    init(arr)
+    return arr.astype(mstype.to_numpy(dtype))
+
+
 def _unary(op: str, what: str) -> Callable[..., Any]:
     """A Tensor method applying the one-input op ``op``."""
 
@@ -56,10 +76,16 @@ class Tensor(Operators):
     __array_ufunc__ = None  # NumPy defers to Tensor's reflected operators (np.float32(2) * t is a Tensor)
     _version = 0
 
-    def __init__(self, input_data: Any = None, dtype: Any = None) -> None:
-        if input_data is None:
-            raise TypeError("Tensor needs input_data (a number, list, tuple, NumPy array or Tensor)")
+    def __init__(self, input_data: Any = None, dtype: Any = None, shape: Any = None, init: Any = None) -> None:
+        if init is not None:
+            if input_data is not None:
+                raise ValueError("Tensor: give input_data or init, not both")
+            input_data = _initialized(init, shape, dtype)
+        elif input_data is None:
+            raise TypeError("Tensor needs input_data (a number, list, tuple, NumPy array or Tensor) or init with shape and dtype")
         self._array: np.ndarray | None = _array_from(input_data, dtype)
+        if shape is not None and self._array.shape != _shape_arg(shape):
+            raise ValueError(f"Tensor: input_data has shape {self._array.shape}, but shape={shape!r} was given")
         self._value: Value | None = None
         self._frame: TraceFrame | None = None
 
@@ -131,6 +157,38 @@ class Tensor(Operators):
         """The number of elements."""
         return int(np.prod(self.shape, dtype=np.int64))
 
+    @property
+    def itemsize(self) -> int:
+        """Bytes per element."""
+        return int(self._array_dtype().itemsize)
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes of all elements."""
+        return self.size * self.itemsize
+
+    @property
+    def strides(self) -> tuple[int, ...]:
+        """Bytes to step along each axis of the row-major layout, as MindSpore reports them."""
+        out, step = [], self.itemsize
+        for d in reversed(self.shape):
+            out.append(step)
+            step *= max(d, 1)
+        return tuple(reversed(out))
+
+    def init_data(self) -> Tensor:
+        """MindSpore materializes a Tensor made with ``init`` here; gradserve fills it when made, so: this Tensor."""
+        return self
+
+    @staticmethod
+    def from_numpy(array: np.ndarray) -> Tensor:
+        """A Tensor of ``array``'s dtype and values. MindSpore shares the array's memory; gradserve's Tensors are
+        immutable values that traces and caches rely on, so this one holds a copy: later writes to ``array`` do not
+        show in it."""
+        if not isinstance(array, np.ndarray):
+            raise TypeError(f"Tensor.from_numpy takes a NumPy array, got {type(array).__name__}")
+        return Tensor(array)
+
     def __len__(self) -> int:
         if not self.shape:
             raise TypeError("len() of a 0-d Tensor")
@@ -173,8 +231,31 @@ class Tensor(Operators):
     def __str__(self) -> str:
         return repr(self) if self._array is None else str(self._array)
 
-    # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide and _power, and
+    # ---- operators: the engine's shared table; client/dispatch.py installs _apply, _divide, _power,
+    # _floor_divide, _floor_mod and _matmul (NumPy's ranks for @), and
     # client/indexing.py installs __getitem__ and __setitem__ (each adds one graph op, or runs it eagerly outside a trace) ----
+
+    _floor_divide: Callable[[Any, Any], Any]
+    _floor_mod: Callable[[Any, Any], Any]
+    _matmul: Callable[[Any, Any], Any]
+
+    def __matmul__(self, o: Any) -> Any:
+        return self._matmul(self, o)
+
+    def __rmatmul__(self, o: Any) -> Any:
+        return self._matmul(o, self)
+
+    def __floordiv__(self, o: Any) -> Any:
+        return self._floor_divide(self, o)
+
+    def __rfloordiv__(self, o: Any) -> Any:
+        return self._floor_divide(o, self)
+
+    def __mod__(self, o: Any) -> Any:
+        return self._floor_mod(self, o)
+
+    def __rmod__(self, o: Any) -> Any:
+        return self._floor_mod(o, self)
 
     __getitem__: Callable[[Tensor, Any], Any]
     __setitem__: Callable[[Tensor, Any, Any], None]
@@ -191,6 +272,126 @@ class Tensor(Operators):
     cos = _unary("Cos", "the cosine")
     tanh = _unary("Tanh", "the hyperbolic tangent")
     sigmoid = _unary("Sigmoid", "1 / (1 + exp(-x))")
+    sign = _unary("Sign", "-1, 0 or 1")
+    floor = _unary("Floor", "the largest integer <= x")
+    ceil = _unary("Ceil", "the smallest integer >= x")
+    round = _unary("Round", "the nearest integer, halves to even")
+
+    def pow(self, exponent: Any) -> Any:
+        """``self ** exponent``."""
+        return self**exponent
+
+    def matmul(self, tensor2: Any) -> Any:
+        """``self @ tensor2``."""
+        return self @ tensor2
+
+    def clip(self, xmin: Any, xmax: Any, dtype: Any = None) -> Any:
+        """Each element limited to [xmin, xmax] (None: no bound on that side), in ``dtype`` when given."""
+        if xmin is None and xmax is None:
+            raise ValueError("Tensor.clip: xmin and xmax cannot both be None")
+        x = self if dtype is None else self.astype(dtype)
+        if xmin is not None:
+            x = self._apply("Maximum", x, xmin)
+        return x if xmax is None else self._apply("Minimum", x, xmax)
+
+    def tolist(self) -> Any:
+        """The value as (nested) Python lists of numbers; needs a concrete value."""
+        return self._concrete("tolist()").tolist()
+
+    def all(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """True where every element along ``axis`` (all axes when None) is non-zero (a bool Tensor)."""
+        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.float32))
+        return self._apply("NotEqual", self._apply("ReduceMin", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0.0)
+
+    def any(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """True where some element along ``axis`` (all axes when None) is non-zero (a bool Tensor)."""
+        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.float32))
+        return self._apply("NotEqual", self._apply("ReduceMax", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0.0)
+
+    def prod(self, axis: Any = None, keep_dims: bool = False) -> Any:
+        """Product over ``axis`` (all axes when None)."""
+        return self._apply("ReduceProd", self, axis=_axes(axis), keep_dims=keep_dims)
+
+    def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
+        """Variance over ``axis`` (all axes when None), divided by the count minus ``ddof``."""
+        axes = _axes(axis)
+        count = int(np.prod([self.shape[a] for a in axes] if axes else self.shape, dtype=np.int64))
+        centered = self - self._apply("ReduceMean", self, axis=axes, keep_dims=True)
+        return self._apply("ReduceSum", centered * centered, axis=axes, keep_dims=keepdims) / (count - ddof)
+
+    def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
+        """Standard deviation over ``axis``: the square root of ``var``."""
+        return self._apply("Sqrt", self.var(axis, ddof, keepdims))
+
+    def cumsum(self, axis: Any = None, dtype: Any = None) -> Any:
+        """Running sums along ``axis`` (over the flattened Tensor when None), in ``dtype`` when given."""
+        x = self if dtype is None else self.astype(dtype)
+        if axis is None:
+            x, axis = x.reshape(-1), 0
+        return self._apply("CumSum", x, axis=int(axis), exclusive=False, reverse=False)
+
+    def tile(self, reps: Any) -> Any:
+        """The Tensor repeated ``reps`` times along each axis."""
+        return self._apply("Tile", self, multiples=_dims((reps,) if isinstance(reps, int) else tuple(reps)))
+
+    def broadcast_to(self, shape: Any) -> Any:
+        """The Tensor broadcast to ``shape`` (-1 keeps that axis)."""
+        return self._apply("BroadcastTo", self, shape=_dims(tuple(shape)))
+
+    def expand_as(self, other: Tensor) -> Any:
+        """The Tensor broadcast to ``other``'s shape."""
+        return self.broadcast_to(other.shape)
+
+    def unsqueeze(self, dim: int) -> Any:
+        """A new axis of length 1 at ``dim``."""
+        return self.expand_dims(dim)
+
+    def permute(self, *axis: Any) -> Any:
+        """Axes permuted (``t.permute(1, 0)`` or ``t.permute((1, 0))``)."""
+        return self._apply("Transpose", self, perm=_dims(axis))
+
+    def swapaxes(self, axis0: int, axis1: int) -> Any:
+        """Axes ``axis0`` and ``axis1`` exchanged."""
+        perm = list(range(self.ndim))
+        a, b = _axis(axis0, self.ndim, "swapaxes"), _axis(axis1, self.ndim, "swapaxes")
+        perm[a], perm[b] = perm[b], perm[a]
+        return self._apply("Transpose", self, perm=tuple(perm))
+
+    def softmax(self, axis: int = -1) -> Any:
+        """exp(x) / sum(exp(x)) along ``axis``."""
+        return self._apply("Softmax", self, axis=(int(axis),))
+
+    def log_softmax(self, axis: int = -1) -> Any:
+        """log(softmax(x)) along ``axis``."""
+        return self._apply("LogSoftmax", self, axis=int(axis))
+
+    def gather(self, input_indices: Any, axis: int, batch_dims: int = 0) -> Any:
+        """The slices at ``input_indices`` along ``axis`` (the Gather op)."""
+        return self._apply("Gather", self, input_indices, axis=int(axis), batch_dims=int(batch_dims))
+
+    def masked_fill(self, mask: Any, value: Any) -> Any:
+        """``value`` where ``mask`` is True, this Tensor elsewhere."""
+        return self._apply("Select", mask, self._apply("ZerosLike", self) + value, self)
+
+    def logical_not(self) -> Any:
+        """True where the element is zero (False)."""
+        return self._apply("Equal", self, 0) if self._array_dtype().kind != "b" else self._apply("Equal", self, False)
+
+    def add(self, other: Any) -> Any:
+        """``self + other``."""
+        return self + other
+
+    def sub(self, other: Any) -> Any:
+        """``self - other``."""
+        return self - other
+
+    def mul(self, value: Any) -> Any:
+        """``self * value``."""
+        return self * value
+
+    def div(self, value: Any) -> Any:
+        """``self / value`` (true division)."""
+        return self / value
 
     def astype(self, dtype: Any, copy: bool = True) -> Any:
         """This tensor cast to ``dtype``."""
@@ -247,8 +448,10 @@ class Tensor(Operators):
         return self._apply("ExpandDims", self, axis=axis)
 
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, initial: Any = None) -> Any:
-        """Sum over ``axis`` (all axes when None), in ``dtype`` when given, plus ``initial`` when given."""
-        x = self if dtype is None else self.astype(dtype)
+        """Sum over ``axis`` (all axes when None), in ``dtype`` when given, plus ``initial`` when given; a bool Tensor
+        is summed as int32, as MindSpore's does, so ``(pred == label).sum()`` counts."""
+        x = self.astype(mstype.int32) if self._array_dtype().kind == "b" else self
+        x = x if dtype is None else x.astype(dtype)
         out = self._apply("ReduceSum", x, axis=_axes(axis), keep_dims=keepdims)
         return out if initial is None else out + initial
 
@@ -284,6 +487,20 @@ class Tensor(Operators):
                 raise ValueError(f"Tensor.item() needs a Tensor with one element, got shape {arr.shape}")
             return arr.item()
         return arr.item(index)
+
+    # MindSpore's dtype shorthands, last in the class: their names would shadow the builtins for the code after them
+
+    def half(self) -> Any:
+        """This Tensor as float16."""
+        return self.astype(mstype.float16)
+
+    def float(self) -> Any:
+        """This Tensor as float32."""
+        return self.astype(mstype.float32)
+
+    def int(self) -> Any:
+        """This Tensor as int32 (floats truncated toward zero)."""
+        return self.astype(mstype.int32)
 
 
 def _dims(shape: tuple[Any, ...]) -> tuple[int, ...]:

@@ -189,3 +189,39 @@ def test_cell_misuse_errors() -> None:
     leaf = Leaf()
     del leaf.w
     assert [p.name for p in leaf.get_parameters()] == ["frozen"]
+
+
+def test_print_shows_mindspore_s_layout() -> None:
+    class Network(nn.Cell):  # MindSpore's "Building a Network" tutorial, whose print(model) output is below
+        def __init__(self) -> None:
+            super().__init__()
+            self.flatten = nn.Flatten()
+            self.dense_relu_sequential = nn.SequentialCell(
+                nn.Dense(28 * 28, 512), nn.ReLU(), nn.Dense(512, 512), nn.ReLU(), nn.Dense(512, 10))
+
+        def construct(self, x: Tensor) -> Tensor:
+            return self.dense_relu_sequential(self.flatten(x))
+
+    assert str(Network()) == """Network<
+  (flatten): Flatten<>
+  (dense_relu_sequential): SequentialCell<
+    (0): Dense<input_channels=784, output_channels=512, has_bias=True>
+    (1): ReLU<>
+    (2): Dense<input_channels=512, output_channels=512, has_bias=True>
+    (3): ReLU<>
+    (4): Dense<input_channels=512, output_channels=10, has_bias=True>
+    >
+  >"""
+    # the activation is a child cell, as in MindSpore, so it is listed after the settings too
+    want = "Dense<\n  input_channels=3, output_channels=2, activation=ReLU<>\n  (activation): ReLU<>\n  >"
+    assert repr(nn.Dense(3, 2, has_bias=False, activation="relu")) == want
+
+    class Settings(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.leaf = Leaf()
+
+        def extend_repr(self) -> str:
+            return "alpha=1"
+
+    assert repr(Settings()) == "Settings<\n  alpha=1\n  (leaf): Leaf<>\n  >"

@@ -453,3 +453,141 @@ def test_primitives_take_mindspore_call_time_arguments_from_the_op_table() -> No
     np.testing.assert_array_equal(ops.Reshape()(Tensor(x), (4, 2)).asnumpy(), x.reshape(4, 2))
     for internal in ("Const", "Grad", "Jvp", "Vjp", "Jacobian", "jacobian"):  # not offered as primitives
         assert not hasattr(ops, internal), internal
+
+
+def test_mindspore_submodule_import_paths() -> None:
+    """Model-zoo scripts import from MindSpore's submodules; each path gives the same objects as the top level."""
+    import gradserve.common.dtype as common_dtype
+    from gradserve.common import Parameter, ParameterTuple, set_seed
+    from gradserve.common.parameter import Parameter as P2
+    from gradserve.common.tensor import Tensor as T2
+    from gradserve.ops import composite as C
+    from gradserve.ops import functional as F
+    from gradserve.ops import operations as P
+
+    assert common_dtype.float32 is mstype.float32 and common_dtype.int8 is mstype.int8
+    assert T2 is Tensor and P2 is Parameter is gs.Parameter and ParameterTuple is gs.ParameterTuple and set_seed is gs.set_seed
+    assert C.GradOperation is ops.GradOperation and F.depend is ops.depend and F.cast is ops.cast
+    x = Tensor(X)
+    np.testing.assert_allclose(P.ReduceSum(keep_dims=True)(x, 1).asnumpy(), X.sum(1, keepdims=True), rtol=1e-12)
+    np.testing.assert_allclose(P.MatMul(transpose_b=True)(x, x).asnumpy(), X @ X.T, rtol=1e-12)
+    with pytest.raises(AttributeError, match="no attribute 'NoSuchOp'"):
+        P.NoSuchOp  # noqa: B018
+    assert "MatMul" in dir(P)
+
+
+# ---- Tensor methods and functions MindSpore 2.x scripts use, traced (embedded and remote) against PyTorch ----
+
+@pytest.mark.parametrize("ms_fn, torch_fn", [
+    (lambda x: x.std(), lambda x: x.std(unbiased=False)),
+    (lambda x: x.var(axis=1, ddof=1, keepdims=True).sum(), lambda x: x.var(dim=1, unbiased=True, keepdim=True).sum()),
+    (lambda x: x.std(axis=0).sum(), lambda x: x.std(dim=0, unbiased=False).sum()),
+    (lambda x: x.clip(-0.5, 0.7).sum(), lambda x: x.clamp(-0.5, 0.7).sum()),
+    (lambda x: ops.clamp(x, None, 0.2).pow(2).sum(), lambda x: x.clamp(max=0.2).pow(2).sum()),
+    (lambda x: x.cumsum(1).square().sum(), lambda x: x.cumsum(1).square().sum()),
+    (lambda x: x.cumsum().square().sum(), lambda x: x.flatten().cumsum(0).square().sum()),
+    (lambda x: x.prod(axis=1).sum(), lambda x: x.prod(dim=1).sum()),
+    (lambda x: (x.tile((2, 1)).sum(0) * x.broadcast_to((2, 2, 3)).sum(0)).sum(),
+     lambda x: (x.repeat(2, 1).sum(0) * x.expand(2, 2, 3).sum(0)).sum()),
+    (lambda x: (x.permute(1, 0) @ x.swapaxes(0, 1).T).sum(), lambda x: (x.permute(1, 0) @ x.transpose(0, 1).T).sum()),
+    (lambda x: ops.permute(ops.unsqueeze(x, 0), (2, 0, 1)).matmul(x).sum(), lambda x: x.unsqueeze(0).permute(2, 0, 1).matmul(x).sum()),
+    (lambda x: x.masked_fill(x > 0.3, 2.0).exp().sum(), lambda x: x.masked_fill(x > 0.3, 2.0).exp().sum()),
+    (lambda x: ops.masked_fill(x, x < 0, -1.0).sum(), lambda x: x.masked_fill(x < 0, -1.0).sum()),
+    (lambda x: x.gather(Tensor(np.array([2, 0, 2], np.int32)), 1).square().sum(), lambda x: x[:, [2, 0, 2]].square().sum()),
+    (lambda x: (x.softmax(-1) * x.log_softmax(0)).sum(), lambda x: (x.softmax(-1) * x.log_softmax(0)).sum()),
+    (lambda x: ((x.sign() + x.floor() + x.round() + x.ceil()) * x).sum(), lambda x: ((x.sign() + x.floor() + x.round() + x.ceil()) * x).sum()),
+    (lambda x: (ops.div(x, 0.3, rounding_mode="floor") + ops.div(x, 0.3, rounding_mode="trunc") + ops.div(x, x + 2)).sum(),
+     lambda x: (torch.div(x, 0.3, rounding_mode="floor") + torch.div(x, 0.3, rounding_mode="trunc") + torch.div(x, x + 2)).sum()),
+    (lambda x: ops.BiasAdd()(x, x[0]).square().sum(), lambda x: (x + x[0][None, :]).square().sum()),
+])
+def test_tensor_methods_like_torch(where: str, ms_fn: Any, torch_fn: Any) -> None:
+    check_like_torch(ms_fn, torch_fn, X)
+
+
+def test_tensor_methods_without_gradients() -> None:
+    x = Tensor(X)
+    assert x.tolist() == X.tolist()
+    m = Tensor(np.array([[1, 0], [2, 3]], np.int32))
+    assert m.all().asnumpy().item() is False and m.any().asnumpy().item() is True
+    np.testing.assert_array_equal(m.all(axis=1).asnumpy(), [False, True])
+    np.testing.assert_array_equal(m.any(axis=0, keep_dims=True).asnumpy(), [[True, True]])
+    np.testing.assert_array_equal((m > 1).logical_not().asnumpy(), [[True, True], [False, False]])
+    np.testing.assert_array_equal(m.logical_not().asnumpy(), [[False, True], [False, False]])
+    assert ops.dtype(x) == ops.DType()(x) == mstype.float64
+    assert ops.arange(5).dtype == mstype.int64 and ops.arange(5).tolist() == [0, 1, 2, 3, 4]
+    np.testing.assert_allclose(ops.arange(1, 2, 0.25).asnumpy(), [1.0, 1.25, 1.5, 1.75])
+    assert ops.arange(1, 2, 0.25).dtype == mstype.float32 and ops.arange(3, dtype=gs.float16).dtype == mstype.float16
+    assert ops.full((2, 2), 3.0).dtype == mstype.float32 and ops.full((2,), 3).dtype == mstype.int64
+    assert ops.full((2,), 3, dtype=gs.int8).tolist() == [3, 3]
+    assert ops.Fill()(mstype.float16, (2, 1), 0.5).tolist() == [[0.5], [0.5]]
+    assert ops.Zeros()((2,), mstype.int32).tolist() == [0, 0] and ops.Ones()(3, mstype.float32).tolist() == [1.0] * 3
+    nchw = RNG.standard_normal((2, 3, 2, 2))
+    bias = np.array([1.0, -2.0, 0.5])
+    np.testing.assert_allclose(ops.BiasAdd()(Tensor(nchw), Tensor(bias)).asnumpy(), nchw + bias[:, None, None])
+    np.testing.assert_allclose(ops.BiasAdd("NHWC")(Tensor(nchw[..., :1].repeat(3, -1)), Tensor(bias)).asnumpy(),
+                               nchw[..., :1].repeat(3, -1) + bias)
+    with pytest.raises(ValueError, match=r"bias has 2 elements for 3 channels \(axis 1 of \(2, 3, 2, 2\)\)"):
+        ops.BiasAdd()(Tensor(nchw), Tensor(bias[:2]))
+    with pytest.raises(ValueError, match="rounding_mode must be None, 'floor' or 'trunc'"):
+        ops.div(x, 2.0, rounding_mode="round")
+    np.testing.assert_array_equal(ops.div(Tensor(np.array([-7, 7], np.int32)), 2, rounding_mode="trunc").asnumpy(), [-3, 3])
+
+
+@pytest.mark.parametrize("shapes", [((3,), (3,)), ((3,), (3, 4)), ((2, 3), (3,)), ((2, 3), (3, 4)), ((5, 2, 3), (3,)),
+                                    ((3,), (5, 3, 4)), ((2, 1, 2, 3), (5, 3, 4)), ((4, 2, 3), (3, 4))])
+def test_matmul_follows_numpy_ranks_like_torch(where: str, shapes: tuple[tuple[int, ...], tuple[int, ...]]) -> None:
+    """MindSpore 2.x's ops.matmul (and @) takes 1-d vectors and broadcast batch axes, as NumPy's and torch.matmul do
+    (the Autograd tutorial multiplies a (5,) input by a (5, 3) weight)."""
+    a, b = RNG.standard_normal(shapes[0]), RNG.standard_normal(shapes[1])
+    np.testing.assert_allclose(ops.matmul(Tensor(a), Tensor(b)).asnumpy(), np.matmul(a, b), rtol=1e-12)
+    np.testing.assert_allclose((Tensor(a) @ Tensor(b)).asnumpy(), a @ b, rtol=1e-12)
+    check_like_torch(lambda x, y: (ops.matmul(x, y) * (x @ y)).sum(), lambda x, y: (torch.matmul(x, y) ** 2).sum(), a, b)
+
+
+def test_matmul_errors_name_the_shapes() -> None:
+    with pytest.raises(ValueError, match=r"at least one axis, got shapes \(\) and \(3,\)"):
+        ops.matmul(Tensor(np.array(2.0)), Tensor(Y))
+    with pytest.raises(Exception, match=r"\(2, 3\).*\(2, 3\)|2, 3\].*2, 3\]"):
+        ops.matmul(Tensor(X), Tensor(X))
+
+
+def test_random_draws_follow_set_seed_and_are_refused_inside_a_trace() -> None:
+    """ops.standard_normal and friends (the DCGAN tutorial draws its fixed noise with one) draw from set_seed's
+    generator; inside a traced function they are refused rather than repeating one draw on every call."""
+    gs.set_seed(3)
+    z = ops.standard_normal((2000, 2))
+    again = [ops.randn(2, 3), ops.rand((4,)), ops.uniform((3,), Tensor(2.0), Tensor(5.0)), ops.normal((3, 1), 10.0, 0.5)]
+    gs.set_seed(3)
+    np.testing.assert_array_equal(ops.standard_normal((2000, 2)).asnumpy(), z.asnumpy())
+    assert z.dtype == mstype.float32 and abs(float(z.asnumpy().mean())) < 0.1 and 0.9 < float(z.asnumpy().std()) < 1.1
+    assert [t.shape for t in again] == [(2, 3), (4,), (3,), (3, 1)]
+    assert ops.randn(2, dtype=gs.float64).dtype == mstype.float64
+    assert np.all((again[1].asnumpy() >= 0) & (again[1].asnumpy() < 1))
+    assert np.all((again[2].asnumpy() >= 2) & (again[2].asnumpy() < 5))
+    with pytest.raises(gs.TracingError, match="ops.standard_normal inside a traced function would draw once"):
+        gs.grad(lambda x: (x * ops.standard_normal((3,))).sum())(Tensor(np.ones(3, np.float32)))
+
+
+def test_logical_ops_isnan_size_rank_and_sparse_cross_entropy(where: str) -> None:
+    a = np.array([True, False, True, False])
+    b = np.array([1.0, 1.0, 0.0, 0.0])
+    np.testing.assert_array_equal(ops.logical_and(Tensor(a), Tensor(b)).asnumpy(), np.logical_and(a, b))
+    np.testing.assert_array_equal(ops.logical_or(Tensor(a), Tensor(b)).asnumpy(), np.logical_or(a, b))
+    np.testing.assert_array_equal(ops.logical_not(Tensor(b)).asnumpy(), np.logical_not(b))
+    np.testing.assert_array_equal(ops.isnan(Tensor(np.array([1.0, np.nan, np.inf]))).asnumpy(), [False, True, False])
+    assert ops.Size()(Tensor(X)) == 6 and ops.Rank()(Tensor(X)) == 2
+    logits, labels = RNG.standard_normal((4, 3)), np.array([0, 2, 1, 2], np.int32)
+    loss_fn = ops.SparseSoftmaxCrossEntropyWithLogits()
+    got = gs.value_and_grad(lambda z: loss_fn(z, Tensor(labels)))(Tensor(logits))
+    t = torch.tensor(logits, requires_grad=True)
+    want = torch.nn.functional.cross_entropy(t, torch.tensor(labels, dtype=torch.long))
+    want.backward()
+    np.testing.assert_allclose(got[0].asnumpy(), want.item(), rtol=1e-12)
+    np.testing.assert_allclose(got[1].asnumpy(), t.grad.numpy(), rtol=1e-12)
+    with pytest.raises(NotImplementedError, match="is_grad=True is not supported"):
+        ops.SparseSoftmaxCrossEntropyWithLogits(is_grad=True)
+
+
+def test_get_seed_returns_what_set_seed_set() -> None:
+    gs.set_seed(1234)
+    assert gs.get_seed() == 1234

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+import torch
 
 import gradserve as gs
 import gradserve.nn as nn
@@ -288,3 +289,94 @@ def test_integer_true_division_and_power(traced: bool) -> None:
         got = (_Apply(fn) if traced else fn)(Tensor(i))
         assert got.dtype == dt
         np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-6)
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_floor_division_and_modulo_match_numpy(traced: bool) -> None:
+    i = np.array([-7, 7, 5, -5, 6], np.int32)
+    j = np.array([2, -2, 3, 3, -4], np.int32)
+    f = np.array([-7.5, 7.25, 5.0, -0.5, 6.0], np.float64)
+    g = np.array([2.0, -2.0, 3.0, 0.75, -4.0], np.float64)
+    for fn, want, dt in [
+        (lambda t, u: t // u, np.floor_divide(i, j), mstype.int32),  # MindSpore's FloorDiv / FloorMod: Python's rules
+        (lambda t, u: t % u, np.mod(i, j), mstype.int32),
+        (lambda t, u: t % 3, np.mod(i, 3), mstype.int32),
+        (lambda t, u: 17 // t, np.floor_divide(17, i), mstype.int32),
+        (lambda t, u: ops.remainder(t, u), np.mod(i, j), mstype.int32),
+        (lambda t, u: ops.floor_divide(t, u), np.floor_divide(i, j), mstype.int32),
+    ]:
+        got = (_Apply(fn) if traced else fn)(Tensor(i), Tensor(j))
+        assert got.dtype == dt
+        np.testing.assert_array_equal(got.asnumpy(), want)
+    for fn, want in [(lambda t, u: t // u, np.floor_divide(f, g)), (lambda t, u: t % u, np.mod(f, g)),
+                     (lambda t, u: 7.0 % u, np.mod(7.0, g)), (lambda t, u: ops.floor_mod(t, u), np.mod(f, g))]:
+        got = (_Apply(fn) if traced else fn)(Tensor(f), Tensor(g))
+        assert got.dtype == mstype.float64
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-12)
+
+
+def test_modulo_gradients_match_torch() -> None:
+    f = np.array([-7.5, 7.25, 5.2, -0.5, 6.1])
+    g = np.array([2.0, -2.0, 3.0, 0.75, -4.0])
+    gx, gy = ops.GradOperation(get_all=True)(lambda a, b: ((a % b) * (a // b + 3.0)).sum())(Tensor(f), Tensor(g))
+    ta, tb = (torch.tensor(v, requires_grad=True) for v in (f, g))
+    (torch.remainder(ta, tb) * (torch.div(ta, tb, rounding_mode="floor") + 3.0)).sum().backward()
+    np.testing.assert_allclose(gx.asnumpy(), ta.grad.numpy(), rtol=1e-12)
+    np.testing.assert_allclose(gy.asnumpy(), tb.grad.numpy(), rtol=1e-12)
+
+
+def test_tensor_tutorial_attributes_and_methods() -> None:
+    x = Tensor(np.array([[1, 2], [3, 4]]), mstype.int32)  # MindSpore's Tensor tutorial prints these
+    assert (x.itemsize, x.nbytes, x.ndim, x.size, x.strides) == (4, 16, 2, 4, (8, 4))
+    assert Tensor(np.zeros((2, 3, 5))).strides == np.zeros((2, 3, 5)).strides
+    a, b = Tensor(A), Tensor(B)
+    for got, want in [(a.mul(b), A * B), (a.add(b), A + B), (a.sub(b), A - B), (a.div(b), A / B), (a.mul(2.0), A * 2)]:
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-6)
+    n = np.ones(5)
+    t = Tensor.from_numpy(n)
+    assert t.dtype == mstype.float64 and t.asnumpy().tolist() == [1.0] * 5
+    np.add(n, 1, out=n)  # the array stays writable; the Tensor holds its own copy (gradserve's Tensors are values)
+    assert t.asnumpy().tolist() == [1.0] * 5
+
+
+def test_tensor_from_an_initializer() -> None:
+    from gradserve.common.initializer import Normal, One
+
+    ones = Tensor(shape=(2, 2), dtype=gs.float32, init=One())  # the Tensor tutorial's form
+    assert ones.dtype == mstype.float32 and ones.init_data() is ones
+    np.testing.assert_array_equal(ones.asnumpy(), np.ones((2, 2), np.float32))
+    gs.set_seed(5)
+    drawn = Tensor(shape=[3, 4], dtype=gs.float16, init=Normal(0.5)).asnumpy()
+    gs.set_seed(5)
+    from gradserve.common.initializer import initializer
+
+    np.testing.assert_array_equal(drawn, initializer(Normal(0.5), (3, 4), gs.float16).asnumpy())  # same draws
+    assert drawn.dtype == np.float16 and 0.2 < drawn.astype(np.float64).std() < 0.9
+    assert Tensor([1.0, 2.0], shape=(2,)).shape == (2,)
+    with pytest.raises(ValueError, match="init needs both shape and dtype"):
+        Tensor(init=One(), shape=(2,))
+    with pytest.raises(ValueError, match="give input_data or init, not both"):
+        Tensor([1.0], shape=(1,), dtype=gs.float32, init=One())
+    with pytest.raises(ValueError, match=r"input_data has shape \(2,\), but shape=\(3,\)"):
+        Tensor([1.0, 2.0], shape=(3,))
+    with pytest.raises(TypeError, match="init must be an Initializer"):
+        Tensor(shape=(2,), dtype=gs.float32, init="ones")
+
+
+@pytest.mark.parametrize("traced", [False, True])
+def test_sum_of_a_bool_tensor_counts_in_int32(traced: bool) -> None:
+    """MindSpore's Tensor.sum casts a bool Tensor to int32 first, so the usual accuracy count works."""
+    pred = np.array([[0.1, 0.9], [0.8, 0.2], [0.3, 0.7], [0.6, 0.4]], np.float32)
+    label = np.array([1, 0, 0, 0], np.int32)
+    count = (_Apply(lambda p, y: (p.argmax(1) == y).sum()) if traced else lambda p, y: (p.argmax(1) == y).sum())(Tensor(pred), Tensor(label))
+    assert count.dtype == mstype.int32 and count.asnumpy().item() == int((pred.argmax(1) == label).sum()) == 3
+    per_column = Tensor(np.array([[True, False], [True, True]])).sum(axis=0, keepdims=True)
+    assert per_column.dtype == mstype.int32 and per_column.asnumpy().tolist() == [[2, 1]]
+    assert Tensor(np.array([True, True])).sum(dtype=mstype.float32).asnumpy().item() == 2.0
+
+
+def test_dtype_shorthands() -> None:
+    x = Tensor(np.array([[1.7, -1.7], [2.0, 0.5]]), mstype.float64)  # MindSpore's documented examples use ones
+    assert x.half().dtype == mstype.float16 and x.float().dtype == mstype.float32 and x.int().dtype == mstype.int32
+    assert x.int().asnumpy().tolist() == [[1, -1], [2, 0]]
+    assert Tensor(np.ones([2, 2]), mstype.int32).half().asnumpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]

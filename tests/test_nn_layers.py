@@ -43,7 +43,8 @@ R3 = RNG.normal(size=(4, 3))
 @pytest.mark.parametrize("ours, theirs", [
     (nn.ReLU, torch.nn.ReLU), (nn.Tanh, torch.nn.Tanh), (nn.Sigmoid, torch.nn.Sigmoid), (nn.SiLU, torch.nn.SiLU),
     (nn.GELU, lambda: torch.nn.GELU(approximate="tanh")), (nn.Softmax, lambda: torch.nn.Softmax(-1)),
-    (nn.LogSoftmax, lambda: torch.nn.LogSoftmax(-1)),
+    (nn.LogSoftmax, lambda: torch.nn.LogSoftmax(-1)), (nn.LeakyReLU, lambda: torch.nn.LeakyReLU(0.2)),
+    (lambda: nn.LeakyReLU(0.05), lambda: torch.nn.LeakyReLU(0.05)), (nn.Identity, torch.nn.Identity),
 ])
 def test_mlp_with_each_activation_matches_torch(ours: Any, theirs: Any) -> None:
     gs.set_seed(1)

@@ -1,5 +1,5 @@
 """Learning-rate schedule Cells (ExponentialDecayLR, NaturalExpDecayLR, InverseDecayLR, CosineDecayLR,
-PolynomialDecayLR) against their closed forms and MindSpore's documented examples, used as an optimizer's
+PolynomialDecayLR, WarmUpLR) against their closed forms and MindSpore's documented examples, used as an optimizer's
 learning_rate (and a group's lr) step by step; parameter groups with order_params; pooling layers' MindSpore 2.x
 arguments the engine cannot honour raise naming the argument."""
 from __future__ import annotations
@@ -51,6 +51,7 @@ CASES: list[tuple[Any, Callable[[int], float]]] = [
     (nn.CosineDecayLR(0.01, 0.1, 4), cosine(0.01, 0.1, 4)),
     (nn.PolynomialDecayLR(0.1, 0.01, 4, 0.5), poly(0.1, 0.01, 4, 0.5, False)),
     (nn.PolynomialDecayLR(0.1, 0.01, 4, 0.5, update_decay_steps=True), poly(0.1, 0.01, 4, 0.5, True)),
+    (nn.WarmUpLR(0.1, 4), lambda s: 0.1 * min(s, 4) / 4),
 ]
 
 
@@ -67,6 +68,7 @@ def test_mindsporess_documented_examples() -> None:
     np.testing.assert_allclose(nn.ExponentialDecayLR(0.1, 0.9, 4)(step).asnumpy(), 0.09486833, rtol=1e-6)
     np.testing.assert_allclose(nn.CosineDecayLR(0.01, 0.1, 4)(step).asnumpy(), 0.055, rtol=1e-6)
     np.testing.assert_allclose(nn.PolynomialDecayLR(0.1, 0.01, 4, 0.5)(step).asnumpy(), 0.07363961, rtol=1e-6)
+    np.testing.assert_allclose(nn.WarmUpLR(0.1, 2)(step).asnumpy(), 0.1, rtol=1e-6)
 
 
 @pytest.mark.parametrize("schedule, closed", CASES[::2], ids=lambda c: type(c).__name__ if isinstance(c, nn.Cell) else None)
@@ -114,6 +116,7 @@ def test_order_params_must_name_each_grouped_parameter_once() -> None:
     (lambda: nn.CosineDecayLR(-0.1, 0.1, 2), r"CosineDecayLR: min_lr must be >= 0.0, got -0.1"),
     (lambda: nn.PolynomialDecayLR(0.1, 0.0, 2, 0.0), r"PolynomialDecayLR: power must be > 0.0, got 0.0"),
     (lambda: nn.NaturalExpDecayLR(0.1, 0.9, 2, is_stair=1), r"NaturalExpDecayLR: is_stair must be a bool, got int"),
+    (lambda: nn.WarmUpLR(0.1, 0), r"WarmUpLR: warmup_steps must be a positive int, got 0"),
 ])
 def test_schedule_arguments_are_checked(make: Callable[[], Any], match: str) -> None:
     with pytest.raises((TypeError, ValueError), match=match):

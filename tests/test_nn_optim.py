@@ -3,6 +3,7 @@ per-step learning-rate lists and MindSpore's schedules; AdamWeightDecay (which h
 correction) against its documented update in float64."""
 from __future__ import annotations
 
+import math
 from typing import Any, Callable
 
 import numpy as np
@@ -116,6 +117,25 @@ def test_schedules_equal_mindspore_documented_examples() -> None:
     np.testing.assert_allclose(nn.exponential_decay_lr(0.1, 0.9, 6, 2, 1), [0.1, 0.1, 0.09, 0.09, 0.081, 0.081])
     np.testing.assert_allclose(nn.exponential_decay_lr(0.1, 0.9, 6, 2, 2, True), [0.1, 0.1, 0.1, 0.1, 0.09, 0.09])
     assert nn.piecewise_constant_lr([2, 5, 6], [0.1, 0.05, 0.01]) == [0.1, 0.1, 0.05, 0.05, 0.05, 0.01]
+    np.testing.assert_allclose(nn.natural_exp_decay_lr(0.1, 0.9, 6, 2, 2, True), [0.1] * 4 + [0.016529888822158657] * 2)
+    np.testing.assert_allclose(nn.inverse_decay_lr(0.1, 0.5, 6, 1, 1, True),
+                               [0.1, 0.06666666666666667, 0.05, 0.04, 0.03333333333333333, 0.028571428571428574])
+    np.testing.assert_allclose(nn.polynomial_decay_lr(0.1, 0.01, 6, 2, 2, 0.5), [0.1, 0.1, 0.07363961030678928, 0.07363961030678928, 0.01, 0.01])
+    assert nn.warmup_lr(0.1, 6, 2, 2) == [0.0, 0.0, 0.05, 0.05, 0.1, 0.1]
+
+
+def test_schedules_hold_after_their_decay_epochs() -> None:
+    """MindSpore's cosine, polynomial and warm-up lists stop at decay_epoch (cosine stays at min_lr; it used to rise
+    again here, cos past pi); polynomial_decay_lr's update_decay_epoch restarts the decay instead."""
+    want = [0.01 + 0.045 * (1 + math.cos(math.pi * min(i // 2, 2) / 2)) for i in range(10)]
+    np.testing.assert_allclose(nn.cosine_decay_lr(0.01, 0.1, 10, 2, 2), want)
+    assert nn.cosine_decay_lr(0.01, 0.1, 10, 2, 2)[-4:] == [0.01] * 4
+    np.testing.assert_allclose(nn.polynomial_decay_lr(0.1, 0.01, 8, 1, 2, 1.0), [0.1, 0.055, 0.01, 0.01, 0.01, 0.01, 0.01, 0.01])
+    decay = [0.09 * (1 - e / (2 * max(math.ceil(e / 2), 1))) + 0.01 for e in range(6)]
+    np.testing.assert_allclose(nn.polynomial_decay_lr(0.1, 0.01, 6, 1, 2, 1.0, update_decay_epoch=True), decay)
+    assert nn.warmup_lr(0.2, 5, 1, 2) == [0.0, 0.1, 0.2, 0.2, 0.2]
+    np.testing.assert_allclose(nn.natural_exp_decay_lr(0.1, 0.5, 4, 1, 3), [0.1 * math.exp(-0.5 * e) for e in range(4)])
+    np.testing.assert_allclose(nn.inverse_decay_lr(0.1, 0.5, 4, 2, 1), [0.1, 0.1, 0.1 / 1.5, 0.1 / 1.5])
 
 
 def test_get_lr_follows_the_steps() -> None:

@@ -128,6 +128,20 @@ def test_checkpoint_filters_and_partial_loads(tmp_path: Path) -> None:
     assert gs.load_param_into_net(other, params)[0] == ["1.weight", "1.bias"]
 
 
+def test_save_checkpoint_takes_mindspore_s_positional_arguments(tmp_path: Path) -> None:
+    """MindSpore's order is (save_obj, ckpt_file_name, integrated_save, async_save, append_dict, enc_key, enc_mode,
+    choice_func, ...): a script passing integrated_save positionally, or choice_func, saves what MindSpore saves."""
+    net = make_net(8)
+    path = tmp_path / "pos.safetensors"
+    gs.save_checkpoint(net, path, True, False, {"epoch": 2}, None, "AES-GCM", lambda name: name.startswith("0."))
+    assert sorted(load_file(str(path))) == ["0.bias", "0.weight", "epoch"]
+    np.testing.assert_array_equal(load_file(str(path))["0.weight"], net[0].weight.asnumpy())
+    with pytest.raises(TypeError, match="integrated_save must be a bool"):
+        gs.save_checkpoint(net, path, {"epoch": 2})
+    with pytest.raises(NotImplementedError, match="enc_key is not supported"):
+        gs.save_checkpoint(net, path, enc_key=b"0123456789abcdef")
+
+
 def test_checkpoint_errors_name_the_parameter(tmp_path: Path) -> None:
     path = tmp_path / "bad.safetensors"
     gs.save_checkpoint({"0.weight": gs.Tensor(np.zeros((2, 2)))}, path)

@@ -105,3 +105,44 @@ def test_checkpoint_rejects_a_list_of_other_things(tmp_path: Path) -> None:
         gs.save_checkpoint([net.weight, 3], str(tmp_path / "bad.ckpt"))
     with pytest.raises(TypeError, match=r"item 0 is a dict with keys \['name'\]"):
         gs.save_checkpoint([{"name": "w"}], str(tmp_path / "bad.ckpt"))
+
+
+@pytest.mark.parametrize("get_all, get_by_list", [(False, False), (True, False), (False, True), (True, True)])
+def test_forward_value_and_grad_returns_the_loss_and_grad_operation_s_structure(where: str, get_all: bool, get_by_list: bool) -> None:
+    """MindSpore's ForwardValueAndGrad example (a MatMul net in WithLossCell): (loss, gradients) shaped as GradOperation's."""
+    class Net(nn.Cell):
+        def __init__(self) -> None:
+            super().__init__()
+            self.weight = gs.Parameter(gs.Tensor(np.ones([2, 2]).astype(np.float64)), name="weight")
+            self.matmul = ops.MatMul()
+
+        def construct(self, x: Any) -> Any:
+            return self.matmul(x, self.weight)
+
+    net = Net()
+    weights = gs.ParameterTuple(net.trainable_params())
+    train_network = nn.ForwardValueAndGrad(nn.WithLossCell(net, nn.MSELoss()), weights=weights if get_by_list else None,
+                                           get_all=get_all, get_by_list=get_by_list)
+    x, y = RNG.normal(size=(3, 2)), RNG.normal(size=(3, 2))
+    loss, grads = train_network(gs.Tensor(x), gs.Tensor(y))
+    r = x @ np.ones((2, 2)) - y
+    dx, dy, dw = 2 * r / r.size @ np.ones((2, 2)).T, -2 * r / r.size, x.T @ (2 * r / r.size)
+    np.testing.assert_allclose(loss.asnumpy(), (r**2).mean(), rtol=1e-12)
+    want: Any = {(False, False): dx, (True, False): (dx, dy), (False, True): (dw,), (True, True): ((dx, dy), (dw,))}[(get_all, get_by_list)]
+    _assert_same_tree(grads, want)
+    sens_net = nn.ForwardValueAndGrad(nn.WithLossCell(net, nn.MSELoss()), weights=weights, get_by_list=True, sens_param=True)
+    loss, (gw,) = sens_net(gs.Tensor(x), gs.Tensor(y), gs.Tensor(np.array(3.0)))
+    np.testing.assert_allclose(gw.asnumpy(), 3 * dw, rtol=1e-12)
+    with pytest.raises(TypeError, match="get_by_list=True needs weights"):
+        nn.ForwardValueAndGrad(net, get_by_list=True)
+
+
+def _assert_same_tree(got: Any, want: Any) -> None:
+    """``got`` nests tuples as ``want`` does, with a Tensor equal to each of its arrays."""
+    if isinstance(want, tuple):
+        assert isinstance(got, tuple) and len(got) == len(want), f"{got!r} is not shaped like {len(want)} items"
+        for g, w in zip(got, want):
+            _assert_same_tree(g, w)
+    else:
+        assert isinstance(got, gs.Tensor)
+        np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-12)

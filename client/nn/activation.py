@@ -1,4 +1,4 @@
-"""Activation Cells (MindSpore's nn.ReLU, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softmax, nn.LogSoftmax), each one op
+"""Activation Cells (MindSpore's nn.ReLU, nn.LeakyReLU, nn.Identity, nn.Sigmoid, nn.Tanh, nn.GELU, nn.SiLU, nn.Softmax, nn.LogSoftmax), each one op
 or a composition of ops, and ``get_activation`` for the ``activation=`` argument of layers."""
 from __future__ import annotations
 
@@ -13,6 +13,24 @@ class ReLU(Cell):
 
     def construct(self, x: Any) -> Any:
         return apply_op("ReLU", x)
+
+
+class LeakyReLU(Cell):
+    """``LeakyReLU(alpha=0.2)``: x where x > 0, else alpha * x (the slope at 0 is alpha, as PyTorch's)."""
+
+    def __init__(self, alpha: float = 0.2) -> None:
+        super().__init__()
+        self.alpha = float(alpha)
+
+    def construct(self, x: Any) -> Any:
+        return apply_op("Select", x > 0, x, x * self.alpha)
+
+
+class Identity(Cell):
+    """``Identity()``: its input, unchanged."""
+
+    def construct(self, x: Any) -> Any:
+        return x
 
 
 class Sigmoid(Cell):
@@ -70,7 +88,7 @@ class LogSoftmax(Cell):
 
 
 _ACTIVATIONS: dict[str, type[Cell]] = {
-    "relu": ReLU, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": GELU, "silu": SiLU, "softmax": Softmax, "logsoftmax": LogSoftmax,
+    "relu": ReLU, "leakyrelu": LeakyReLU, "sigmoid": Sigmoid, "tanh": Tanh, "gelu": GELU, "silu": SiLU, "softmax": Softmax, "logsoftmax": LogSoftmax,
 }
 
 

@@ -12,6 +12,7 @@ from gradserve.client import dtype as mstype
 from gradserve.client.tensor import Tensor
 
 _RNG: list[np.random.Generator] = [np.random.default_rng()]
+_SEED: list[int | None] = [None]
 
 
 def set_seed(seed: int) -> None:
@@ -19,6 +20,12 @@ def set_seed(seed: int) -> None:
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"set_seed: seed must be a non-negative int, got {seed!r}")
     _RNG[0] = np.random.default_rng(seed)
+    _SEED[0] = seed
+
+
+def get_seed() -> int | None:
+    """The global seed ``set_seed`` last set (None before any), as MindSpore's ``get_seed`` returns it."""
+    return _SEED[0]
 
 
 def get_seed_rng() -> np.random.Generator:

@@ -47,6 +47,15 @@ class Dense(Cell):
                 raise ValueError(f"nn.Dense: bias_init has shape {self.bias.shape}, expected {(out_channels,)}")
         self.activation = get_activation(activation)
 
+    def extend_repr(self) -> str:
+        """MindSpore's: the channels, then ``has_bias`` and ``activation`` when set."""
+        s = f"input_channels={self.in_channels}, output_channels={self.out_channels}"
+        if self.has_bias:
+            s += f", has_bias={self.has_bias}"
+        if self.activation is not None:
+            s += f", activation={self.activation}"
+        return s
+
     def construct(self, x: Any) -> Any:
         if x.ndim == 0 or x.shape[-1] != self.in_channels:
             raise ValueError(f"nn.Dense: input of shape {x.shape} must end in in_channels={self.in_channels}")

@@ -1,4 +1,4 @@
-"""MindSpore's learning-rate schedule Cells (``nn.ExponentialDecayLR`` ...): called with ``global_step`` (an integer
+"""MindSpore's learning-rate schedule Cells (``nn.ExponentialDecayLR``, ``nn.WarmUpLR`` ...): called with ``global_step`` (an integer
 Tensor) they return the learning rate of that step as a float32 scalar, built from ops; an optimizer given one as its
 ``learning_rate`` (or a group's ``lr``) evaluates it at its own global step before each update."""
 from __future__ import annotations
@@ -132,3 +132,19 @@ class PolynomialDecayLR(LearningRateSchedule):
             p = apply_op("Minimum", s, float(self.decay_steps)) / float(self.decay_steps)
         decayed = apply_op("Pow", 1.0 - p, Tensor(np.array(self.power, _F32)))
         return decayed * (self.learning_rate - self.end_learning_rate) + self.end_learning_rate
+
+
+class WarmUpLR(LearningRateSchedule):
+    """``WarmUpLR(learning_rate, warmup_steps)``: learning_rate * min(step, warmup_steps) / warmup_steps, rising from
+    0 and held at learning_rate after warmup_steps."""
+
+    def __init__(self, learning_rate: float, warmup_steps: int) -> None:
+        super().__init__()
+        self.learning_rate = _real("WarmUpLR", "learning_rate", learning_rate, 0.0, strict=True)
+        if not isinstance(warmup_steps, int) or isinstance(warmup_steps, bool) or warmup_steps < 1:
+            raise ValueError(f"nn.WarmUpLR: warmup_steps must be a positive int, got {warmup_steps!r}")
+        self.warmup_steps = warmup_steps
+
+    def construct(self, global_step: Any) -> Any:
+        s = apply_op("Minimum", self._step(global_step), float(self.warmup_steps))
+        return s * (self.learning_rate / self.warmup_steps)

@@ -1,4 +1,4 @@
-"""Training and evaluation wrappers (MindSpore's WithLossCell, WithEvalCell, TrainOneStepCell) and
+"""Training and evaluation wrappers (MindSpore's WithLossCell, WithEvalCell, ForwardValueAndGrad, TrainOneStepCell) and
 ``clip_by_global_norm``. A TrainOneStepCell step is a forward call, a gradient call and a NumPy optimizer update."""
 from __future__ import annotations
 
@@ -43,6 +43,33 @@ class WithEvalCell(Cell):
             label = apply_op("Cast", label, dtype=np.dtype(np.float32))
             outputs = apply_op("Cast", outputs, dtype=np.dtype(np.float32))
         return self._loss_fn(outputs, label), outputs, label
+
+
+class ForwardValueAndGrad(Cell):
+    """``ForwardValueAndGrad(network, weights=None, get_all=False, get_by_list=False, sens_param=False)``: calling it
+    returns (network's output, gradients), the gradients as ``GradOperation(get_all, get_by_list, sens_param)`` gives
+    them for ``weights``; with ``sens_param`` the last input is the sensitivity, not passed to ``network``."""
+
+    def __init__(self, network: Cell, weights: Any = None, get_all: bool = False, get_by_list: bool = False,
+                 sens_param: bool = False) -> None:
+        super().__init__(auto_prefix=False)
+        if not isinstance(network, Cell):
+            raise TypeError(f"nn.ForwardValueAndGrad: network must be a Cell, got {type(network).__name__}")
+        if get_by_list and weights is None:
+            raise TypeError("nn.ForwardValueAndGrad: get_by_list=True needs weights (a ParameterTuple or a list of Parameters)")
+        self.network, self.weights = network, weights
+        self.get_all, self.get_by_list, self.sens_param = get_all, get_by_list, sens_param
+        self.grad = GradOperation(get_all=get_all, get_by_list=get_by_list, sens_param=sens_param)
+
+    def __call__(self, *inputs: Any) -> Any:
+        return self.construct(*inputs)
+
+    def construct(self, *inputs: Any) -> Any:
+        if self.sens_param and not inputs:
+            raise ValueError("nn.ForwardValueAndGrad: sens_param=True needs the sensitivity as the last input")
+        loss = self.network(*(inputs[:-1] if self.sens_param else inputs))
+        grad_fn = self.grad(self.network, self.weights) if self.get_by_list else self.grad(self.network)
+        return loss, grad_fn(*inputs)
 
 
 class TrainOneStepCell(Cell):

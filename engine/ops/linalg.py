@@ -135,7 +135,7 @@ for _op in ("MatMul", "BatchMatMul"):
         doc="a @ b on matrices" if _op == "MatMul" else "a @ b over the last two axes, batch axes broadcast",
         cost=_mm_cost,
         onnx=_mm_onnx,
-        functional="matmul" if _op == "MatMul" else ("batch_matmul", "bmm"),
+        functional=() if _op == "MatMul" else ("batch_matmul", "bmm"),  # ops.matmul: client/functional.py (NumPy's ranks)
         out=True,
         factors=(0, 1),
         bind=_mm_bind,

@@ -1,0 +1,12 @@
+"""``gradserve.ops.operations``: MindSpore's module of primitive classes (``from mindspore.ops import operations as P``; ``P.MatMul()``), so scripts importing it run unchanged; every name resolves as in ``gradserve.ops``."""
+from typing import Any
+
+import gradserve.ops as _ops
+
+
+def __getattr__(name: str) -> Any:
+    return getattr(_ops, name)
+
+
+def __dir__() -> list[str]:
+    return dir(_ops)
