@@ -15,7 +15,7 @@ import numpy as np
 
 from . import dtypes
 from .builder import GraphBuilder
-from .errors import GraphError, shown
+from .errors import EngineError, GraphError, shown
 from .ir import Graph, Value
 from .optable import OPS, broadcast, norm_axis
 
@@ -793,16 +793,32 @@ def _np_dtype(onnx_type: int, n: OnnxNode | None = None, where: str = "") -> np.
         raise OnnxImportError(f"{where}: {why}") from None
 
 
-def _attrs(proto: Any) -> dict[str, Any]:
-    """An ONNX node's attributes as Python values (strings decoded, tensors as arrays)."""
+def _array(t: Any, where: str) -> np.ndarray:
+    """The array of an ONNX TensorProto (an initializer or a tensor attribute), or an error naming ``where`` it is when
+    its dtype is not one the engine has, a dimension is negative or its data does not fill its dims."""
+    _np_dtype(t.data_type, where=where)
+    if any(d < 0 for d in t.dims):
+        raise OnnxImportError(f"{where}: dims {list(t.dims)} has a negative dimension")
+    try:
+        return np.asarray(onnx_module().numpy_helper.to_array(t))
+    except (ValueError, TypeError, KeyError) as exc:  # its data does not fill its dims, or is of another type
+        raise OnnxImportError(f"{where}: its data does not make a tensor of dims {list(t.dims)} ({exc})") from None
+
+
+def _attrs(proto: Any, where: str) -> dict[str, Any]:
+    """An ONNX node's attributes as Python values (strings decoded, tensors as arrays), or an error naming the node
+    (``where``) and the attribute that cannot be read."""
     onnx = onnx_module()
     out: dict[str, Any] = {}
     for a in proto.attribute:
         v = onnx.helper.get_attribute_value(a)
         if isinstance(v, bytes):
-            v = v.decode()
+            try:
+                v = v.decode()
+            except UnicodeDecodeError:
+                raise OnnxImportError(f"{where}: attribute {shown(a.name)} is not valid UTF-8") from None
         elif isinstance(v, onnx.TensorProto):
-            v = onnx.numpy_helper.to_array(v)
+            v = _array(v, f"{where}: attribute {shown(a.name)}")
         out[a.name] = v
     return out
 
@@ -842,7 +858,7 @@ def convert(model: Any, trainable: bool = True, shapes: Mapping[str, Sequence[in
     """The engine graph of an ``onnx.ModelProto``: its inputs (not initializers) in order, its initializers as
     parameters under their ONNX names (``requires_grad=trainable``), its outputs in order (one Value, or a tuple
     for several). Raises OnnxImportError naming the first node that cannot be converted; nothing is kept then."""
-    onnx = onnx_module()
+    onnx_module()
     opset = _opset(model)
     g = model.graph
     b = FoldingBuilder(name)
@@ -854,8 +870,7 @@ def convert(model: Any, trainable: bool = True, shapes: Mapping[str, Sequence[in
         dt = _np_dtype(vi.type.tensor_type.elem_type, where=f"ONNX input {shown(vi.name)}")
         env[vi.name] = b.input(vi.name, dt, _input_shape(vi, shapes or {}))
     for t in g.initializer:
-        arr = onnx.numpy_helper.to_array(t)
-        _np_dtype(t.data_type, where=f"ONNX initializer {shown(t.name)}")
+        arr = _array(t, f"ONNX initializer {shown(t.name)}")
         if dtypes.is_float(arr.dtype):
             env[t.name] = b.param(t.name, arr, trainable)
         else:
@@ -869,13 +884,16 @@ def convert(model: Any, trainable: bool = True, shapes: Mapping[str, Sequence[in
         missing = [x for x in proto.input if x and x not in env]
         if missing:
             raise OnnxImportError(f"ONNX node {shown(node_name)} (op {proto.op_type}): input {shown(missing[0])} is not defined before it")
-        n = OnnxNode(b, node_name, proto.op_type, [env[x] if x else None for x in proto.input], _attrs(proto), opset, len(proto.output))
+        attrs = _attrs(proto, f"ONNX node {shown(node_name)} (op {proto.op_type})")
+        n = OnnxNode(b, node_name, proto.op_type, [env[x] if x else None for x in proto.input], attrs, opset, len(proto.output))
         try:
             out = ONNX_OPS[proto.op_type](n)
         except OnnxImportError:
             raise
-        except GraphError as exc:
+        except EngineError as exc:  # a malformed node, or one whose constant inputs its op refuses when folded
             raise n.fail(str(exc)) from None
+        except (ValueError, IndexError, ArithmeticError) as exc:  # NumPy refusing the node's constants or attributes
+            raise n.fail(f"its attributes or constant inputs cannot be used: {type(exc).__name__}: {exc}") from None
         outs = out if isinstance(out, tuple) else (out,)
         if len([o for o in proto.output if o]) > len(outs):
             raise n.fail(f"{len(proto.output)} outputs are used, the conversion gives {len(outs)}")

@@ -66,3 +66,49 @@ def test_what_cannot_be_registered_is_named(stub: service_pb2_grpc.GradientStub)
     with pytest.raises(grpc.RpcError) as info:
         stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(onnx_model=many.SerializeToString()), timeout=30)
     assert _status(info.value) == (grpc.StatusCode.RESOURCE_EXHAUSTED, "onnx_model: the model has 50 nodes, more than max_graph_nodes=40")
+
+
+def test_malformed_tensors_and_constants_are_named_not_internal(stub: service_pb2_grpc.GradientStub) -> None:
+    """An initializer or a tensor attribute whose data does not fill its dims, of an unknown dtype or a negative dimension,
+    an attribute that is not UTF-8, and constants an op refuses when folded (a Gather index out of range, a Slice step of
+    0) are INVALID_ARGUMENT naming the initializer or node, as a client in any language may send them."""
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+
+    def graph(nodes: list, inits: list = ()) -> bytes:  # type: ignore[assignment]
+        g = helper.make_graph(nodes, "g", [x], [y], initializer=list(inits))
+        return helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+    def const(name: str, value: np.ndarray) -> object:
+        return helper.make_node("Constant", [], [name], value=helper.make_tensor(name, helper.np_dtype_to_tensor_dtype(value.dtype),
+                                                                                   value.shape, value.reshape(-1).tolist()))
+
+    add = helper.make_node("Add", ["x", "w"], ["y"])
+    bad_utf8 = helper.make_node("Add", ["x", "x"], ["y"], name="add")
+    bad_utf8.attribute.add().CopyFrom(helper.make_attribute("note", b"\xff\xfe"))
+    cases = {
+        "ONNX initializer 'w': its data does not make a tensor of dims [2, 2]":
+            graph([add], [TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[2, 2], raw_data=b"\0" * 4)]),
+        "ONNX initializer 'w': dtype 999 is not supported":
+            graph([add], [TensorProto(name="w", data_type=999, dims=[2], raw_data=b"\0" * 8)]),
+        "ONNX initializer 'w': dims [-1] has a negative dimension":
+            graph([add], [TensorProto(name="w", data_type=TensorProto.FLOAT, dims=[-1], raw_data=b"\0" * 8)]),
+        "ONNX node 'c' (op Constant): attribute 'value': its data does not make a tensor of dims [1099511627776]":
+            graph([helper.make_node("Constant", [], ["w"], name="c", value=TensorProto(data_type=TensorProto.FLOAT, dims=[1 << 40])), add]),
+        "ONNX node 'add' (op Add): attribute 'note' is not valid UTF-8": graph([bad_utf8]),
+        "ONNX node 'g' (op Gather, domain ai.onnx, opset 17): Gather: index 10 is out of range":
+            graph([const("d", np.array([1.0, 2.0, 3.0], np.float32)), const("i", np.array([10, 0])),
+                   helper.make_node("Gather", ["d", "i"], ["w"], name="g"), add]),
+        "ONNX node 's' (op Slice, domain ai.onnx, opset 17): its attributes or constant inputs cannot be used: ValueError":
+            graph([const("b", np.array([0])), const("e", np.array([2])), const("a", np.array([0])), const("p", np.array([0])),
+                   helper.make_node("Slice", ["x", "b", "e", "a", "p"], ["y"], name="s")]),
+    }
+    for said, data in cases.items():
+        with pytest.raises(grpc.RpcError) as info:
+            stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(onnx_model=data), timeout=30)
+        code, details = _status(info.value)
+        assert code == grpc.StatusCode.INVALID_ARGUMENT and details.startswith(f"onnx_model: {said}"), details
+    np.testing.assert_allclose(codec.decode_tree(stub.Grad(service_pb2.GradRequest(
+        network_id=stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(onnx_model=graph([helper.make_node("Sin", ["x"], ["y"])])),
+                                        timeout=30).network_id,
+        inputs=[codec.encode_tensor(np.array([0.0, 1.0], np.float32))]), timeout=30).gradients), np.cos([0.0, 1.0]), rtol=1e-6)
