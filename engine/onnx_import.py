@@ -795,8 +795,11 @@ def _np_dtype(onnx_type: int, n: OnnxNode | None = None, where: str = "") -> np.
 
 def _array(t: Any, where: str) -> np.ndarray:
     """The array of an ONNX TensorProto (an initializer or a tensor attribute), or an error naming ``where`` it is when
-    its dtype is not one the engine has, a dimension is negative or its data does not fill its dims."""
+    its dtype is not one the engine has, its data is in an external file (never read: a caller could name any file the
+    server can read), a dimension is negative or its data does not fill its dims."""
     _np_dtype(t.data_type, where=where)
+    if t.data_location == t.EXTERNAL:  # onnx would read the file it names, relative to this process's directory
+        raise OnnxImportError(f"{where}: its data is stored in an external file; send a self-contained model")
     if any(d < 0 for d in t.dims):
         raise OnnxImportError(f"{where}: dims {list(t.dims)} has a negative dimension")
     try:

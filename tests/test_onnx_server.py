@@ -2,6 +2,8 @@
 gradients, the id is the converted graph's, and a model that cannot be converted is INVALID_ARGUMENT naming its node."""
 from __future__ import annotations
 
+import pathlib
+
 import grpc
 import numpy as np
 import pytest
@@ -9,7 +11,7 @@ import torch
 from onnx import TensorProto, helper
 from onnxkit import export, model
 
-from gradserve.engine.onnx_import import convert, load_model
+from gradserve.engine.onnx_import import OnnxImportError, convert, load_model
 from gradserve.proto import codec
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
@@ -112,3 +114,32 @@ def test_malformed_tensors_and_constants_are_named_not_internal(stub: service_pb
         network_id=stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(onnx_model=graph([helper.make_node("Sin", ["x"], ["y"])])),
                                         timeout=30).network_id,
         inputs=[codec.encode_tensor(np.array([0.0, 1.0], np.float32))]), timeout=30).gradients), np.cos([0.0, 1.0]), rtol=1e-6)
+
+
+def test_tensor_data_in_external_files_is_refused(stub: service_pb2_grpc.GradientStub, tmp_path: pathlib.Path,
+                                                   monkeypatch: pytest.MonkeyPatch) -> None:
+    """A Constant whose value, or an initializer whose data, names an external file is INVALID_ARGUMENT naming it, and
+    the file is never read: a file beside the server (here in its working directory) does not come back in a result."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "secret.bin").write_bytes(np.array([7.0, 9.0], np.float32).tobytes())
+    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])
+    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])
+
+    def external(name: str) -> TensorProto:
+        t = TensorProto(name=name, data_type=TensorProto.FLOAT, dims=[2], data_location=TensorProto.EXTERNAL)
+        t.external_data.add(key="location", value="secret.bin")
+        return t
+
+    add = helper.make_node("Add", ["x", "w"], ["y"])
+    constant = helper.make_node("Constant", [], ["w"], name="c")
+    constant.attribute.add().CopyFrom(helper.make_attribute("value", external("w")))
+    model = helper.make_model(helper.make_graph([constant, add], "g", [x], [y]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(grpc.RpcError) as info:
+        stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(onnx_model=model.SerializeToString()), timeout=30)
+    assert _status(info.value) == (grpc.StatusCode.INVALID_ARGUMENT, "onnx_model: ONNX node 'c' (op Constant): attribute 'value': "
+                                   "its data is stored in an external file; send a self-contained model")
+    with pytest.raises(OnnxImportError, match="attribute 'value': its data is stored in an external file"):
+        convert(model)
+    model = helper.make_model(helper.make_graph([add], "g", [x], [y], initializer=[external("w")]), opset_imports=[helper.make_opsetid("", 17)])
+    with pytest.raises(OnnxImportError, match="ONNX initializer 'w': its data is stored in an external file"):
+        convert(model)
