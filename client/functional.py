@@ -506,18 +506,39 @@ def rand(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
     return _drawn("rand", get_seed_rng().random(_size(size)), dtype or mstype.float32)
 
 
-def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = None) -> Tensor:
-    """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval) (Tensors or
-    numbers, broadcast against ``shape``), as ``standard_normal``."""
-    lo, hi = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (minval, maxval))
-    return _drawn("uniform", get_seed_rng().uniform(lo, hi, _shape_of(shape)), dtype or mstype.float32)
+def _bounds(fn: str, shape: Any, *values: Any) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """The output shape (``shape`` broadcast with the distribution's parameters, as MindSpore's) and the parameters."""
+    arrays = [np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in values]
+    try:
+        out = np.broadcast_shapes(_shape_of(shape), *(a.shape for a in arrays))
+    except ValueError:
+        raise ValueError(f"ops.{fn}: shape {_shape_of(shape)} does not broadcast with the parameters' shapes "
+                         f"{[a.shape for a in arrays]}") from None
+    return out, arrays
+
+
+def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = mstype.float32) -> Tensor:
+    """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval), discrete for
+    int32 (one number each for minval and maxval), continuous for float32 (Tensors broadcast with ``shape`` into the
+    output's shape), as ``standard_normal``."""
+    if dtype not in (mstype.int32, mstype.float32):
+        raise TypeError(f"ops.uniform: dtype must be int32 or float32, got {dtype}")
+    kinds = {v.dtype for v in (minval, maxval) if isinstance(v, Tensor)}
+    if not kinds <= {mstype.int32, mstype.float32} or len(kinds) > 1:
+        raise TypeError(f"ops.uniform: minval and maxval must be int32 or float32 and alike, got {sorted(map(str, kinds))}")
+    out, (lo, hi) = _bounds("uniform", shape, minval, maxval)
+    if dtype == mstype.int32:
+        if lo.size != 1 or hi.size != 1:
+            raise ValueError("ops.uniform: with dtype int32 minval and maxval must each be one number")
+        return _drawn("uniform", get_seed_rng().integers(int(lo.item()), int(hi.item()), _shape_of(shape)), dtype)
+    return _drawn("uniform", get_seed_rng().uniform(lo, hi, out), dtype)
 
 
 def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
     """``ops.normal(shape, mean, stddev, seed=None)``: float32 draws from N(mean, stddev ** 2) (Tensors or numbers,
-    broadcast against ``shape``), as ``standard_normal``."""
-    mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
-    return _drawn("normal", get_seed_rng().normal(mu, sigma, _shape_of(shape)), mstype.float32)
+    broadcast with ``shape`` into the output's shape), as ``standard_normal``."""
+    out, (mu, sigma) = _bounds("normal", shape, mean, stddev)
+    return _drawn("normal", get_seed_rng().normal(mu, sigma, out), mstype.float32)
 
 
 def _bool(fn: str, x: Any) -> Any:
