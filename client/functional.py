@@ -17,6 +17,7 @@ from .dispatch import matmul as _matmul
 from .errors import TracingError, user_location
 from .nn.initializer import get_seed_rng
 from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, SoftmaxCrossEntropyWithLogits
+from .pad import pad
 from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
@@ -153,11 +154,6 @@ def _axis(fn: str, axis: Any, ndim: int) -> int:
     return int(axis) % rank
 
 
-def _clip(v: int) -> int:
-    """v if positive, else 0 (the builtin max is shadowed here by ops.max)."""
-    return v if v > 0 else 0
-
-
 def _tensor(fn: str, x: Any, what: str = "input") -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"ops.{fn}: {what} must be a Tensor, got {type(x).__name__}")
@@ -199,47 +195,6 @@ def einsum(equation: str, *operands: Any) -> Any:
     if not operands:
         raise TypeError("ops.einsum: no operands")
     return apply_op("Einsum", *operands, equation=equation)
-
-
-PAD_MODES = {"constant": "", "reflect": "reflect", "replicate": "edge", "circular": "circular"}
-"""``ops.pad``'s modes, and the PadV3 mode of each but 'constant' (the Pad op)."""
-
-
-def pad(input_x: Any, padding: Any, mode: str = "constant", value: Any = None) -> Any:
-    """``ops.pad(input_x, padding, mode='constant', value=None)``: ``padding`` pairs (before, after) from the last axis
-    backwards, ``(left, right, top, bottom, ...)``. 'constant': the Pad op (zeros), plus ``value`` on the padded border;
-    a negative amount crops. 'reflect' (mirrored without the edge, each amount below its axis's length), 'replicate'
-    (the edge repeated) and 'circular' (wrapped around): the PadV3 op, non-negative amounts, no ``value``."""
-    x = _tensor("pad", input_x, "input_x")
-    if isinstance(padding, Tensor):
-        padding = padding._concrete("ops.pad's padding").tolist()
-    if not isinstance(padding, (tuple, list)) or not all(_int(v) for v in padding):
-        raise TypeError(f"ops.pad: padding must be a tuple or list of ints, got {padding!r}")
-    nd = len(x.shape)
-    if len(padding) % 2 or len(padding) // 2 > nd:
-        raise ValueError(f"ops.pad: padding needs an even length of at most 2 * rank = {2 * nd}, got {len(padding)}")
-    if mode not in PAD_MODES:
-        raise ValueError(f"ops.pad: mode must be one of {tuple(PAD_MODES)}, got {mode!r}")
-    pairs = [(0, 0)] * nd
-    for i in range(len(padding) // 2):
-        pairs[nd - 1 - i] = (int(padding[2 * i]), int(padding[2 * i + 1]))
-    if mode != "constant":
-        if value is not None:
-            raise ValueError(f"ops.pad: value is for mode='constant' only, got value={value!r} with mode={mode!r}")
-        if any(int(v) < 0 for v in padding):
-            raise ValueError(f"ops.pad: mode={mode!r} takes non-negative padding, got {tuple(padding)}")
-        return apply_op("PadV3", x, paddings=tuple(v for p in pairs for v in p), mode=PAD_MODES[mode])
-    crop = tuple(slice(_clip(-b), n - _clip(-a)) for n, (b, a) in zip(x.shape, pairs))
-    if any(c.start or c.stop != n for c, n in zip(crop, x.shape)):
-        if any(c.stop < c.start for c in crop):
-            raise ValueError(f"ops.pad: padding {tuple(padding)} crops more than the shape {x.shape} holds")
-        x = x[crop]
-    grow = [(_clip(b), _clip(a)) for b, a in pairs]
-    out = apply_op("Pad", x, paddings=tuple(v for p in grow for v in p))
-    if value is None or value == 0:
-        return out
-    border = np.pad(np.zeros(x.shape, mstype.to_numpy(x.dtype)), grow, constant_values=1)
-    return out + Tensor._wrap(border * np.asarray(value, border.dtype))
 
 
 def dropout(input: Any, p: float = 0.5, training: bool = True, seed: Any = None) -> Any:
