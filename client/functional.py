@@ -15,8 +15,8 @@ from . import dtype as mstype
 from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
 from .errors import TracingError, user_location
+from .nn import loss as _loss
 from .nn.initializer import get_seed_rng
-from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, SoftmaxCrossEntropyWithLogits
 from .pad import pad
 from .primitives import attr_value
 from .tensor import Tensor
@@ -409,24 +409,24 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None
                                      reduction: str = "mean") -> Any:
     """``ops.binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None, reduction='mean')``: the
     loss ``nn.BCEWithLogitsLoss`` computes (the Autograd tutorial's)."""
-    return BCEWithLogitsLoss(reduction, weight, pos_weight)(input, target)
+    return _loss.bce_with_logits(input, target, reduction, weight, pos_weight)
 
 
 def cross_entropy(input: Any, target: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Any:
     """``ops.cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0)``:
     ``nn.CrossEntropyLoss``'s loss (class indices or class probabilities as target)."""
-    return CrossEntropyLoss(weight, ignore_index, reduction, label_smoothing)(input, target)
+    return _loss.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
 
 
 def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     """``ops.mse_loss(input, target, reduction='mean')``: the mean (or sum, or each) of (input - target) ** 2."""
-    return MSELoss(reduction)(input, target)
+    return _loss.mse(input, target, reduction)
 
 
 def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     """``ops.l1_loss(input, target, reduction='mean')``: the mean (or sum, or each) of |input - target|."""
-    return L1Loss(reduction)(input, target)
+    return _loss.l1(input, target, reduction)
 
 
 def _drawn(fn: str, values: np.ndarray, dtype: Any) -> Tensor:
@@ -679,10 +679,8 @@ class SparseSoftmaxCrossEntropyWithLogits:
         if is_grad:
             raise NotImplementedError("ops.SparseSoftmaxCrossEntropyWithLogits: is_grad=True is not supported; "
                                       "take the gradient of the loss with ops.grad")
-        self.loss = SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-
     def __call__(self, logits: Any, labels: Any) -> Any:
-        return self.loss(logits, labels)
+        return _loss.softmax_cross_entropy(logits, labels, True, "mean", "ops.SparseSoftmaxCrossEntropyWithLogits")
 
     def __repr__(self) -> str:
         return "Prim[SparseSoftmaxCrossEntropyWithLogits]"
