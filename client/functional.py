@@ -497,8 +497,8 @@ def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
 
 
 def _bool(fn: str, x: Any) -> Any:
-    """``x`` as a bool Tensor (non-zero is True)."""
-    t = _tensor(fn, x)
+    """``x`` as a bool Tensor (non-zero is True); a Python bool becomes a 0-d one, as MindSpore's logical ops take."""
+    t = Tensor._wrap(np.asarray(x, np.bool_)) if isinstance(x, (bool, np.bool_)) else _tensor(fn, x)
     return t if t._array_dtype().kind == "b" else apply_op("NotEqual", t, 0)
 
 

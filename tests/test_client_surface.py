@@ -617,3 +617,14 @@ def test_uniform_and_normal_broadcast_shape_with_their_parameters_as_documented(
         ops.uniform((2,), Tensor(0, gs.int32), Tensor(1.0, gs.float32))
     with pytest.raises(ValueError, match=r"ops.normal: shape \(3, 2\) does not broadcast"):
         ops.normal((3, 2), Tensor(mean), 1.0)
+
+
+def test_logical_ops_take_a_python_bool_operand() -> None:
+    """MindSpore's ops.logical_and/or take Union[Tensor, bool] operands; NumPy's logical functions as the oracle."""
+    a = np.array([True, False, True])
+    for x, y in ((a, True), (False, a), (a, False), (True, a), (True, False)):
+        tx, ty = (Tensor(v) if isinstance(v, np.ndarray) else v for v in (x, y))
+        np.testing.assert_array_equal(ops.logical_and(tx, ty).asnumpy(), np.logical_and(x, y))
+        np.testing.assert_array_equal(ops.logical_or(tx, ty).asnumpy(), np.logical_or(x, y))
+    with pytest.raises(TypeError, match="ops.logical_and: input must be a Tensor, got int"):
+        ops.logical_and(1, Tensor(a))
