@@ -364,12 +364,14 @@ def permute(input: Any, axis: Any) -> Any:
 
 
 def clamp(input: Any, min: Any = None, max: Any = None) -> Any:
-    """``ops.clamp(input, min=None, max=None)``: each element limited to [min, max] (None: unbounded on that side)."""
+    """``ops.clamp(input, min=None, max=None)``: each element limited to [min, max] (None: unbounded on that side), in
+    the input's dtype."""
     return _tensor("clamp", input).clip(min, max)
 
 
 def masked_fill(input_x: Any, mask: Any, value: Any) -> Any:
-    """``ops.masked_fill(input_x, mask, value)``: ``value`` where ``mask`` is True, ``input_x`` elsewhere."""
+    """``ops.masked_fill(input_x, mask, value)``: ``value`` where ``mask`` is True, ``input_x`` elsewhere, in
+    ``input_x``'s dtype (``Tensor.masked_fill``)."""
     return _tensor("masked_fill", input_x).masked_fill(mask, value)
 
 
