@@ -15,8 +15,9 @@ from . import dtype as mstype
 from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
 from .errors import TracingError, user_location
+from .nn import loss as _loss
 from .nn.initializer import get_seed_rng
-from .nn.loss import BCEWithLogitsLoss, CrossEntropyLoss, L1Loss, MSELoss, SoftmaxCrossEntropyWithLogits
+from .pad import pad
 from .primitives import attr_value
 from .tensor import Tensor
 from .tracing import current_frame
@@ -153,11 +154,6 @@ def _axis(fn: str, axis: Any, ndim: int) -> int:
     return int(axis) % rank
 
 
-def _clip(v: int) -> int:
-    """v if positive, else 0 (the builtin max is shadowed here by ops.max)."""
-    return v if v > 0 else 0
-
-
 def _tensor(fn: str, x: Any, what: str = "input") -> Tensor:
     if not isinstance(x, Tensor):
         raise TypeError(f"ops.{fn}: {what} must be a Tensor, got {type(x).__name__}")
@@ -199,47 +195,6 @@ def einsum(equation: str, *operands: Any) -> Any:
     if not operands:
         raise TypeError("ops.einsum: no operands")
     return apply_op("Einsum", *operands, equation=equation)
-
-
-PAD_MODES = {"constant": "", "reflect": "reflect", "replicate": "edge", "circular": "circular"}
-"""``ops.pad``'s modes, and the PadV3 mode of each but 'constant' (the Pad op)."""
-
-
-def pad(input_x: Any, padding: Any, mode: str = "constant", value: Any = None) -> Any:
-    """``ops.pad(input_x, padding, mode='constant', value=None)``: ``padding`` pairs (before, after) from the last axis
-    backwards, ``(left, right, top, bottom, ...)``. 'constant': the Pad op (zeros), plus ``value`` on the padded border;
-    a negative amount crops. 'reflect' (mirrored without the edge, each amount below its axis's length), 'replicate'
-    (the edge repeated) and 'circular' (wrapped around): the PadV3 op, non-negative amounts, no ``value``."""
-    x = _tensor("pad", input_x, "input_x")
-    if isinstance(padding, Tensor):
-        padding = padding._concrete("ops.pad's padding").tolist()
-    if not isinstance(padding, (tuple, list)) or not all(_int(v) for v in padding):
-        raise TypeError(f"ops.pad: padding must be a tuple or list of ints, got {padding!r}")
-    nd = len(x.shape)
-    if len(padding) % 2 or len(padding) // 2 > nd:
-        raise ValueError(f"ops.pad: padding needs an even length of at most 2 * rank = {2 * nd}, got {len(padding)}")
-    if mode not in PAD_MODES:
-        raise ValueError(f"ops.pad: mode must be one of {tuple(PAD_MODES)}, got {mode!r}")
-    pairs = [(0, 0)] * nd
-    for i in range(len(padding) // 2):
-        pairs[nd - 1 - i] = (int(padding[2 * i]), int(padding[2 * i + 1]))
-    if mode != "constant":
-        if value is not None:
-            raise ValueError(f"ops.pad: value is for mode='constant' only, got value={value!r} with mode={mode!r}")
-        if any(int(v) < 0 for v in padding):
-            raise ValueError(f"ops.pad: mode={mode!r} takes non-negative padding, got {tuple(padding)}")
-        return apply_op("PadV3", x, paddings=tuple(v for p in pairs for v in p), mode=PAD_MODES[mode])
-    crop = tuple(slice(_clip(-b), n - _clip(-a)) for n, (b, a) in zip(x.shape, pairs))
-    if any(c.start or c.stop != n for c, n in zip(crop, x.shape)):
-        if any(c.stop < c.start for c in crop):
-            raise ValueError(f"ops.pad: padding {tuple(padding)} crops more than the shape {x.shape} holds")
-        x = x[crop]
-    grow = [(_clip(b), _clip(a)) for b, a in pairs]
-    out = apply_op("Pad", x, paddings=tuple(v for p in grow for v in p))
-    if value is None or value == 0:
-        return out
-    border = np.pad(np.zeros(x.shape, mstype.to_numpy(x.dtype)), grow, constant_values=1)
-    return out + Tensor._wrap(border * np.asarray(value, border.dtype))
 
 
 def dropout(input: Any, p: float = 0.5, training: bool = True, seed: Any = None) -> Any:
@@ -409,12 +364,14 @@ def permute(input: Any, axis: Any) -> Any:
 
 
 def clamp(input: Any, min: Any = None, max: Any = None) -> Any:
-    """``ops.clamp(input, min=None, max=None)``: each element limited to [min, max] (None: unbounded on that side)."""
+    """``ops.clamp(input, min=None, max=None)``: each element limited to [min, max] (None: unbounded on that side), in
+    the input's dtype."""
     return _tensor("clamp", input).clip(min, max)
 
 
 def masked_fill(input_x: Any, mask: Any, value: Any) -> Any:
-    """``ops.masked_fill(input_x, mask, value)``: ``value`` where ``mask`` is True, ``input_x`` elsewhere."""
+    """``ops.masked_fill(input_x, mask, value)``: ``value`` where ``mask`` is True, ``input_x`` elsewhere, in
+    ``input_x``'s dtype (``Tensor.masked_fill``)."""
     return _tensor("masked_fill", input_x).masked_fill(mask, value)
 
 
@@ -454,24 +411,24 @@ def binary_cross_entropy_with_logits(input: Any, target: Any, weight: Any = None
                                      reduction: str = "mean") -> Any:
     """``ops.binary_cross_entropy_with_logits(input, target, weight=None, pos_weight=None, reduction='mean')``: the
     loss ``nn.BCEWithLogitsLoss`` computes (the Autograd tutorial's)."""
-    return BCEWithLogitsLoss(reduction, weight, pos_weight)(input, target)
+    return _loss.bce_with_logits(input, target, reduction, weight, pos_weight)
 
 
 def cross_entropy(input: Any, target: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
                   label_smoothing: float = 0.0) -> Any:
     """``ops.cross_entropy(input, target, weight=None, ignore_index=-100, reduction='mean', label_smoothing=0.0)``:
     ``nn.CrossEntropyLoss``'s loss (class indices or class probabilities as target)."""
-    return CrossEntropyLoss(weight, ignore_index, reduction, label_smoothing)(input, target)
+    return _loss.cross_entropy(input, target, weight, ignore_index, reduction, label_smoothing)
 
 
 def mse_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     """``ops.mse_loss(input, target, reduction='mean')``: the mean (or sum, or each) of (input - target) ** 2."""
-    return MSELoss(reduction)(input, target)
+    return _loss.mse(input, target, reduction)
 
 
 def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     """``ops.l1_loss(input, target, reduction='mean')``: the mean (or sum, or each) of |input - target|."""
-    return L1Loss(reduction)(input, target)
+    return _loss.l1(input, target, reduction)
 
 
 def _drawn(fn: str, values: np.ndarray, dtype: Any) -> Tensor:
@@ -506,23 +463,44 @@ def rand(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
     return _drawn("rand", get_seed_rng().random(_size(size)), dtype or mstype.float32)
 
 
-def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = None) -> Tensor:
-    """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval) (Tensors or
-    numbers, broadcast against ``shape``), as ``standard_normal``."""
-    lo, hi = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (minval, maxval))
-    return _drawn("uniform", get_seed_rng().uniform(lo, hi, _shape_of(shape)), dtype or mstype.float32)
+def _bounds(fn: str, shape: Any, *values: Any) -> tuple[tuple[int, ...], list[np.ndarray]]:
+    """The output shape (``shape`` broadcast with the distribution's parameters, as MindSpore's) and the parameters."""
+    arrays = [np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in values]
+    try:
+        out = np.broadcast_shapes(_shape_of(shape), *(a.shape for a in arrays))
+    except ValueError:
+        raise ValueError(f"ops.{fn}: shape {_shape_of(shape)} does not broadcast with the parameters' shapes "
+                         f"{[a.shape for a in arrays]}") from None
+    return out, arrays
+
+
+def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = mstype.float32) -> Tensor:
+    """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval), discrete for
+    int32 (one number each for minval and maxval), continuous for float32 (Tensors broadcast with ``shape`` into the
+    output's shape), as ``standard_normal``."""
+    if dtype not in (mstype.int32, mstype.float32):
+        raise TypeError(f"ops.uniform: dtype must be int32 or float32, got {dtype}")
+    kinds = {v.dtype for v in (minval, maxval) if isinstance(v, Tensor)}
+    if not kinds <= {mstype.int32, mstype.float32} or len(kinds) > 1:
+        raise TypeError(f"ops.uniform: minval and maxval must be int32 or float32 and alike, got {sorted(map(str, kinds))}")
+    out, (lo, hi) = _bounds("uniform", shape, minval, maxval)
+    if dtype == mstype.int32:
+        if lo.size != 1 or hi.size != 1:
+            raise ValueError("ops.uniform: with dtype int32 minval and maxval must each be one number")
+        return _drawn("uniform", get_seed_rng().integers(int(lo.item()), int(hi.item()), _shape_of(shape)), dtype)
+    return _drawn("uniform", get_seed_rng().uniform(lo, hi, out), dtype)
 
 
 def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
     """``ops.normal(shape, mean, stddev, seed=None)``: float32 draws from N(mean, stddev ** 2) (Tensors or numbers,
-    broadcast against ``shape``), as ``standard_normal``."""
-    mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
-    return _drawn("normal", get_seed_rng().normal(mu, sigma, _shape_of(shape)), mstype.float32)
+    broadcast with ``shape`` into the output's shape), as ``standard_normal``."""
+    out, (mu, sigma) = _bounds("normal", shape, mean, stddev)
+    return _drawn("normal", get_seed_rng().normal(mu, sigma, out), mstype.float32)
 
 
 def _bool(fn: str, x: Any) -> Any:
-    """``x`` as a bool Tensor (non-zero is True)."""
-    t = _tensor(fn, x)
+    """``x`` as a bool Tensor (non-zero is True); a Python bool becomes a 0-d one, as MindSpore's logical ops take."""
+    t = Tensor._wrap(np.asarray(x, np.bool_)) if isinstance(x, (bool, np.bool_)) else _tensor(fn, x)
     return t if t._array_dtype().kind == "b" else apply_op("NotEqual", t, 0)
 
 
@@ -703,10 +681,8 @@ class SparseSoftmaxCrossEntropyWithLogits:
         if is_grad:
             raise NotImplementedError("ops.SparseSoftmaxCrossEntropyWithLogits: is_grad=True is not supported; "
                                       "take the gradient of the loss with ops.grad")
-        self.loss = SoftmaxCrossEntropyWithLogits(sparse=True, reduction="mean")
-
     def __call__(self, logits: Any, labels: Any) -> Any:
-        return self.loss(logits, labels)
+        return _loss.softmax_cross_entropy(logits, labels, True, "mean", "ops.SparseSoftmaxCrossEntropyWithLogits")
 
     def __repr__(self) -> str:
         return "Prim[SparseSoftmaxCrossEntropyWithLogits]"

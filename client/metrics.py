@@ -3,6 +3,7 @@ accumulators over predictions and labels, updated batch by batch; ``clear``, ``u
 from __future__ import annotations
 
 import functools
+from abc import ABCMeta, abstractmethod
 from typing import Any, Callable
 
 import numpy as np
@@ -21,8 +22,9 @@ def rearrange_inputs(func: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-class Metric:
-    """Base of the metrics: ``clear()``, ``update(*inputs)`` per batch, ``eval()``; calling one does all three."""
+class Metric(metaclass=ABCMeta):
+    """Base of the metrics: ``clear()``, ``update(*inputs)`` per batch, ``eval()``; calling one does all three.
+    Abstract, as MindSpore's: a subclass defines all three methods."""
 
     def __init__(self) -> None:
         self._indexes: list[int] | None = None
@@ -53,17 +55,23 @@ class Metric:
         self.update(*inputs)
         return self.eval()
 
+    @abstractmethod
     def clear(self) -> None:
         """Forget what ``update`` accumulated."""
-        raise NotImplementedError
 
+    @abstractmethod
     def update(self, *inputs: Any) -> None:
         """Accumulate one batch."""
-        raise NotImplementedError
 
+    @abstractmethod
     def eval(self) -> Any:
         """The metric over the batches since ``clear``."""
-        raise NotImplementedError
+
+    def _predictions_and_labels(self, name: str, inputs: tuple[Any, ...]) -> tuple[np.ndarray, np.ndarray]:
+        """``update(y_pred, y)``'s two inputs as NumPy arrays, or a ValueError naming ``name``."""
+        if len(inputs) != 2:
+            raise ValueError(f"{name} needs 2 inputs (predictions, labels), got {len(inputs)}")
+        return self._convert_data(inputs[0]), self._convert_data(inputs[1])
 
 
 def _is_onehot(y: np.ndarray) -> bool:
@@ -100,9 +108,7 @@ class Accuracy(Metric):
     @rearrange_inputs
     def update(self, *inputs: Any) -> None:
         """``update(y_pred, y)``: y_pred (N, C, ...) scores; y (N, ...) class indices or one-hot (N, C, ...)."""
-        if len(inputs) != 2:
-            raise ValueError(f"Accuracy.update needs 2 inputs (predictions, labels), got {len(inputs)}")
-        y_pred, y = self._convert_data(inputs[0]), self._convert_data(inputs[1])
+        y_pred, y = self._predictions_and_labels("Accuracy.update", inputs)
         if self._type == "classification":
             y = _class_labels(y_pred, y, "Accuracy.update")
         elif y_pred.shape != y.shape or not np.all(np.isin(y_pred, (0, 1))) or not np.all(np.isin(y, (0, 1))):
@@ -158,7 +164,9 @@ class TopKCategoricalAccuracy(Metric):
 
     def __init__(self, k: int) -> None:
         super().__init__()
-        if not isinstance(k, int) or isinstance(k, bool) or k < 1:
+        if not isinstance(k, int) or isinstance(k, bool):
+            raise TypeError(f"TopKCategoricalAccuracy: k must be an int, got {type(k).__name__} {k!r}")
+        if k < 1:
             raise ValueError(f"TopKCategoricalAccuracy: k must be a positive int, got {k!r}")
         self.k = k
         self.clear()
@@ -170,9 +178,7 @@ class TopKCategoricalAccuracy(Metric):
     @rearrange_inputs
     def update(self, *inputs: Any) -> None:
         """``update(y_pred, y)``: y_pred (N, C) scores; y (N,) class indices or one-hot (N, C)."""
-        if len(inputs) != 2:
-            raise ValueError(f"TopKCategoricalAccuracy.update needs 2 inputs (predictions, labels), got {len(inputs)}")
-        y_pred, y = self._convert_data(inputs[0]), self._convert_data(inputs[1])
+        y_pred, y = self._predictions_and_labels("TopKCategoricalAccuracy.update", inputs)
         y = _class_labels(y_pred, y, "TopKCategoricalAccuracy.update")
         top = np.argsort(-y_pred, axis=1, kind="stable")[:, :self.k]
         self._correct_num += int((top == y.reshape(-1, 1)).any(axis=1).sum())

@@ -286,37 +286,46 @@ class Tensor(Operators):
         return self @ tensor2
 
     def clip(self, xmin: Any, xmax: Any, dtype: Any = None) -> Any:
-        """Each element limited to [xmin, xmax] (None: no bound on that side), in ``dtype`` when given."""
+        """Each element limited to [xmin, xmax] (None: no bound on that side), in this Tensor's dtype (bounds cast to
+        it, as MindSpore's), or in ``dtype`` when given."""
         if xmin is None and xmax is None:
             raise ValueError("Tensor.clip: xmin and xmax cannot both be None")
-        x = self if dtype is None else self.astype(dtype)
+        own = self._array_dtype()
+        x = self
         if xmin is not None:
             x = self._apply("Maximum", x, xmin)
-        return x if xmax is None else self._apply("Minimum", x, xmax)
+        if xmax is not None:
+            x = self._apply("Minimum", x, xmax)
+        x = x if x._array_dtype() == own else x.astype(mstype.from_numpy(own))
+        return x if dtype is None or mstype.to_numpy(dtype) == own else x.astype(dtype)
 
     def tolist(self) -> Any:
         """The value as (nested) Python lists of numbers; needs a concrete value."""
         return self._concrete("tolist()").tolist()
 
     def all(self, axis: Any = None, keep_dims: bool = False) -> Any:
-        """True where every element along ``axis`` (all axes when None) is non-zero (a bool Tensor)."""
-        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.float32))
-        return self._apply("NotEqual", self._apply("ReduceMin", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0.0)
+        """True where every element along ``axis`` (all axes when None) is non-zero (a bool Tensor); True over an
+        empty axis, as NumPy's: no zero is counted."""
+        zeros = self._apply("Cast", self._apply("Equal", self, 0), dtype=np.dtype(np.int32))
+        return self._apply("Equal", self._apply("ReduceSum", zeros, axis=_axes(axis), keep_dims=keep_dims), 0)
 
     def any(self, axis: Any = None, keep_dims: bool = False) -> Any:
-        """True where some element along ``axis`` (all axes when None) is non-zero (a bool Tensor)."""
-        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.float32))
-        return self._apply("NotEqual", self._apply("ReduceMax", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0.0)
+        """True where some element along ``axis`` (all axes when None) is non-zero (a bool Tensor); False over an
+        empty axis, as NumPy's: no non-zero is counted."""
+        nonzero = self._apply("Cast", self._apply("NotEqual", self, 0), dtype=np.dtype(np.int32))
+        return self._apply("NotEqual", self._apply("ReduceSum", nonzero, axis=_axes(axis), keep_dims=keep_dims), 0)
 
     def prod(self, axis: Any = None, keep_dims: bool = False) -> Any:
         """Product over ``axis`` (all axes when None)."""
         return self._apply("ReduceProd", self, axis=_axes(axis), keep_dims=keep_dims)
 
     def var(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
-        """Variance over ``axis`` (all axes when None), divided by the count minus ``ddof``."""
+        """Variance over ``axis`` (all axes when None), divided by the count minus ``ddof``; an int or bool Tensor
+        is taken as float32, as MindSpore's mean does."""
         axes = _axes(axis)
         count = int(np.prod([self.shape[a] for a in axes] if axes else self.shape, dtype=np.int64))
-        centered = self - self._apply("ReduceMean", self, axis=axes, keep_dims=True)
+        x = self if self._array_dtype().kind == "f" else self.astype(mstype.float32)
+        centered = x - self._apply("ReduceMean", x, axis=axes, keep_dims=True)
         return self._apply("ReduceSum", centered * centered, axis=axes, keep_dims=keepdims) / (count - ddof)
 
     def std(self, axis: Any = None, ddof: int = 0, keepdims: bool = False) -> Any:
@@ -331,8 +340,10 @@ class Tensor(Operators):
         return self._apply("CumSum", x, axis=int(axis), exclusive=False, reverse=False)
 
     def tile(self, reps: Any) -> Any:
-        """The Tensor repeated ``reps`` times along each axis."""
-        return self._apply("Tile", self, multiples=_dims((reps,) if isinstance(reps, int) else tuple(reps)))
+        """The Tensor repeated ``reps`` times along each axis; fewer ``reps`` than axes are padded with leading 1s,
+        as NumPy's and MindSpore's."""
+        multiples = (int(reps),) if isinstance(reps, (int, np.integer)) else tuple(reps)
+        return self._apply("Tile", self, multiples=(1,) * (self.ndim - len(multiples)) + multiples)
 
     def broadcast_to(self, shape: Any) -> Any:
         """The Tensor broadcast to ``shape`` (-1 keeps that axis)."""
@@ -370,7 +381,16 @@ class Tensor(Operators):
         return self._apply("Gather", self, input_indices, axis=int(axis), batch_dims=int(batch_dims))
 
     def masked_fill(self, mask: Any, value: Any) -> Any:
-        """``value`` where ``mask`` is True, this Tensor elsewhere."""
+        """``value`` where ``mask`` is True, this Tensor elsewhere, in this Tensor's dtype (a number is cast to it; a
+        Tensor ``value`` of another dtype is a TypeError, as in MindSpore)."""
+        own = self._array_dtype()
+        if isinstance(value, Tensor):
+            if value._array_dtype() != own:
+                raise TypeError(f"Tensor.masked_fill: value has dtype {value.dtype}, but the Tensor has {self.dtype}")
+        elif isinstance(value, (bool, int, float, np.bool_, np.integer, np.floating)):
+            value = Tensor._wrap(np.asarray(value).astype(own))
+        else:
+            raise TypeError(f"Tensor.masked_fill: value must be a number or a Tensor, got {type(value).__name__}")
         return self._apply("Select", mask, self._apply("ZerosLike", self) + value, self)
 
     def logical_not(self) -> Any:
@@ -448,12 +468,14 @@ class Tensor(Operators):
         return self._apply("ExpandDims", self, axis=axis)
 
     def sum(self, axis: Any = None, dtype: Any = None, keepdims: bool = False, initial: Any = None) -> Any:
-        """Sum over ``axis`` (all axes when None), in ``dtype`` when given, plus ``initial`` when given; a bool Tensor
-        is summed as int32, as MindSpore's does, so ``(pred == label).sum()`` counts."""
+        """Sum over ``axis`` (all axes when None) plus ``initial`` when given, cast to ``dtype`` (the summed dtype
+        when None) as MindSpore's does last; a bool Tensor is summed as int32, so ``(pred == label).sum()`` counts."""
         x = self.astype(mstype.int32) if self._array_dtype().kind == "b" else self
-        x = x if dtype is None else x.astype(dtype)
         out = self._apply("ReduceSum", x, axis=_axes(axis), keep_dims=keepdims)
-        return out if initial is None else out + initial
+        if initial is not None:
+            out = out + initial
+        target = x._array_dtype() if dtype is None else mstype.to_numpy(dtype)
+        return out if out._array_dtype() == target else out.astype(mstype.from_numpy(target))
 
     def mean(self, axis: Any = None, keep_dims: bool = False) -> Any:
         """Mean over ``axis`` (all axes when None)."""

@@ -95,3 +95,23 @@ def test_multilabel_indexes_and_errors() -> None:
         Accuracy("binary")
     with pytest.raises(ValueError, match="must be 0/1 arrays"):
         Accuracy("multilabel").update(np.full((2, 2), 0.5), np.ones((2, 2)))
+
+
+def test_metric_is_abstract_and_k_is_type_checked_as_in_mindspore() -> None:
+    """MindSpore's Metric has ABCMeta with abstract clear/update/eval; TopKCategoricalAccuracy checks k's type
+    (TypeError) before its value (ValueError)."""
+    with pytest.raises(TypeError, match="abstract"):
+        Metric()  # type: ignore[abstract]
+
+    class OnlyClear(Metric):
+        def clear(self) -> None:
+            pass
+
+    with pytest.raises(TypeError, match="abstract"):
+        OnlyClear()  # type: ignore[abstract]
+    with pytest.raises(TypeError, match="k must be an int, got float 2.0"):
+        TopKCategoricalAccuracy(2.0)  # type: ignore[arg-type]
+    with pytest.raises(ValueError, match="k must be a positive int, got 0"):
+        TopKCategoricalAccuracy(0)
+    with pytest.raises(ValueError, match="TopKCategoricalAccuracy.update needs 2 inputs"):
+        TopKCategoricalAccuracy(2).update(Tensor(np.ones((2, 3))))

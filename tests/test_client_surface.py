@@ -591,3 +591,40 @@ def test_logical_ops_isnan_size_rank_and_sparse_cross_entropy(where: str) -> Non
 def test_get_seed_returns_what_set_seed_set() -> None:
     gs.set_seed(1234)
     assert gs.get_seed() == 1234
+
+
+def test_uniform_and_normal_broadcast_shape_with_their_parameters_as_documented() -> None:
+    """MindSpore's documented examples: ops.uniform((3, 1, 2), minval (2, 2), maxval (2,)) has shape (3, 2, 2) and
+    ops.normal((3, 1, 3), mean (2, 3), stddev (1,)) shape (3, 2, 3); int32 draws a discrete U[minval, maxval)."""
+    lo, hi = np.array([[3, 4], [5, 6]], np.float32), np.array([8.0, 10.0], np.float32)
+    gs.set_seed(5)
+    u = ops.uniform((3, 1, 2), Tensor(lo), Tensor(hi), seed=5)
+    assert u.shape == (3, 2, 2) and u.dtype == mstype.float32
+    np.testing.assert_allclose(u.asnumpy(), np.random.default_rng(5).uniform(lo, hi, (3, 2, 2)).astype(np.float32))
+    mean = np.array([[3, 4, 5], [6, 7, 8]], np.float32)
+    gs.set_seed(5)
+    n = ops.normal((3, 1, 3), Tensor(mean), Tensor(np.array([1.0], np.float32)), seed=5)
+    assert n.shape == (3, 2, 3) and n.dtype == mstype.float32
+    np.testing.assert_allclose(n.asnumpy(), np.random.default_rng(5).normal(mean, 1.0, (3, 2, 3)).astype(np.float32))
+    gs.set_seed(7)
+    d = ops.uniform((4, 2), Tensor(1, gs.int32), Tensor(2, gs.int32), seed=5, dtype=gs.int32)
+    assert d.dtype == mstype.int32 and d.asnumpy().tolist() == [[1, 1]] * 4
+    wide = ops.uniform((2000,), Tensor(-3, gs.int32), Tensor(4, gs.int32), dtype=gs.int32).asnumpy()
+    assert set(wide.tolist()) == set(range(-3, 4))
+    with pytest.raises(TypeError, match="dtype must be int32 or float32, got Float64"):
+        ops.uniform((2,), Tensor(0.0), Tensor(1.0), dtype=gs.float64)
+    with pytest.raises(TypeError, match="minval and maxval must be int32 or float32 and alike"):
+        ops.uniform((2,), Tensor(0, gs.int32), Tensor(1.0, gs.float32))
+    with pytest.raises(ValueError, match=r"ops.normal: shape \(3, 2\) does not broadcast"):
+        ops.normal((3, 2), Tensor(mean), 1.0)
+
+
+def test_logical_ops_take_a_python_bool_operand() -> None:
+    """MindSpore's ops.logical_and/or take Union[Tensor, bool] operands; NumPy's logical functions as the oracle."""
+    a = np.array([True, False, True])
+    for x, y in ((a, True), (False, a), (a, False), (True, a), (True, False)):
+        tx, ty = (Tensor(v) if isinstance(v, np.ndarray) else v for v in (x, y))
+        np.testing.assert_array_equal(ops.logical_and(tx, ty).asnumpy(), np.logical_and(x, y))
+        np.testing.assert_array_equal(ops.logical_or(tx, ty).asnumpy(), np.logical_or(x, y))
+    with pytest.raises(TypeError, match="ops.logical_and: input must be a Tensor, got int"):
+        ops.logical_and(1, Tensor(a))

@@ -380,3 +380,48 @@ def test_dtype_shorthands() -> None:
     assert x.half().dtype == mstype.float16 and x.float().dtype == mstype.float32 and x.int().dtype == mstype.int32
     assert x.int().asnumpy().tolist() == [[1, -1], [2, 0]]
     assert Tensor(np.ones([2, 2]), mstype.int32).half().asnumpy().tolist() == [[1.0, 1.0], [1.0, 1.0]]
+
+
+def test_clip_clamp_and_masked_fill_keep_the_input_dtype() -> None:
+    """MindSpore casts clip's bounds and masked_fill's number to the input's dtype (Tensor.clip's ``dtype`` casts the
+    result); a masked_fill value Tensor of another dtype is a TypeError."""
+    x = np.array([[1, 5], [3, -2]], np.int32)
+    want = np.clip(x, 0, 3)
+    for got in (Tensor(x).clip(0.5, 3.5), ops.clamp(Tensor(x), 0.5, 3.5)):
+        assert got.dtype == mstype.int32 and got.asnumpy().tolist() == want.tolist()
+    as_float = Tensor(x).clip(0.5, 3.5, mstype.float32)
+    assert as_float.dtype == mstype.float32 and as_float.asnumpy().tolist() == want.astype(np.float32).tolist()
+    assert Tensor(A).clip(-1, 2, mstype.float16).dtype == mstype.float16
+    mask = np.array([[True, False], [False, True]])
+    for filled in (Tensor(x).masked_fill(Tensor(mask), 2.7), ops.masked_fill(Tensor(x), Tensor(mask), 2.7)):
+        assert filled.dtype == mstype.int32 and filled.asnumpy().tolist() == np.where(mask, 2, x).tolist()
+    with pytest.raises(TypeError, match="value has dtype Float32, but the Tensor has Int32"):
+        Tensor(x).masked_fill(Tensor(mask), Tensor(2.5, mstype.float32))
+
+
+def test_tile_pads_reps_and_sum_casts_after_initial() -> None:
+    """NumPy's tile pads reps with leading 1s; MindSpore's Tensor.sum adds ``initial`` then casts to the summed dtype."""
+    x = np.array([[1, 2], [3, 4]], np.int32)
+    assert Tensor(x).tile(2).asnumpy().tolist() == np.tile(x, 2).tolist()
+    assert Tensor(x).tile((2, 1, 1)).asnumpy().tolist() == np.tile(x, (2, 1, 1)).tolist()
+    s = Tensor(x).sum(initial=0.5)
+    assert s.dtype == mstype.int32 and s.asnumpy().item() == int(x.sum() + 0.5) == 10
+    b = Tensor(np.array([True, False, True])).sum(initial=0.5)
+    assert b.dtype == mstype.int32 and b.asnumpy().item() == 2
+    f = Tensor(np.array([1.5, 2.25], np.float32)).sum(dtype=mstype.int32)
+    assert f.dtype == mstype.int32 and f.asnumpy().item() == 3
+
+
+def test_var_std_of_ints_and_empty_all_any() -> None:
+    """Integer var/std are taken in float32; all/any over nothing are NumPy's identities (True, False)."""
+    x = np.array([[1, 5], [3, -2]], np.int32)
+    v, s = Tensor(x).var(), Tensor(x).std(axis=0, ddof=1)
+    assert v.dtype == mstype.float32 and s.dtype == mstype.float32
+    np.testing.assert_allclose(v.asnumpy(), x.var(), rtol=1e-6)
+    np.testing.assert_allclose(s.asnumpy(), x.std(axis=0, ddof=1), rtol=1e-6)
+    empty = Tensor(np.zeros((0,), np.float32))
+    assert empty.all().asnumpy().item() is True and empty.any().asnumpy().item() is False
+    m = np.array([[0.0, 1.0], [2.0, 3.0], [0.0, 0.0]], np.float32)
+    np.testing.assert_array_equal(Tensor(m).all(axis=1).asnumpy(), m.all(axis=1))
+    np.testing.assert_array_equal(Tensor(m).any(axis=0, keep_dims=True).asnumpy(), m.any(axis=0, keepdims=True))
+    np.testing.assert_array_equal(Tensor(np.zeros((2, 0))).all(axis=1).asnumpy(), [True, True])

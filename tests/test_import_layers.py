@@ -1,4 +1,5 @@
-"""Imports run one way: no import cycle among gradserve's modules (function-local imports included), the engine imports nothing from the client, the server, the codec, grpc or the generated code, and
+"""Imports run one way: no import cycle among gradserve's modules (function-local imports included; importing
+``a.b.c`` counts as importing package ``a.b`` too, whose ``__init__`` runs first), the engine imports nothing from the client, the server, the codec, grpc or the generated code, and
 the client imports no server module.
 
 Modules are read with ``ast`` from the folders pyproject.toml maps to each package, so the test sees the
@@ -61,11 +62,19 @@ def imports_of(module: str, path: Path, known: set[str]) -> set[str]:
     return visitor.names
 
 
+def with_packages(module: str, imported: set[str], known: set[str]) -> set[str]:
+    """``imported`` plus the packages whose ``__init__`` importing them runs first: ``a.b`` for ``a.b.c``, unless
+    ``module`` lies inside ``a.b`` (then that ``__init__`` is already running)."""
+    own = {module.rsplit(".", i)[0] for i in range(module.count(".") + 1)}
+    parents = {n.rsplit(".", i)[0] for n in imported for i in range(1, n.count(".") + 1)}
+    return imported | {p for p in parents - own if p in known}
+
+
 def graph(prefixes: tuple[str, ...]) -> dict[str, set[str]]:
     """Import edges between the gradserve modules whose names start with one of ``prefixes``."""
     mods = modules()
     chosen = {m for m in mods if m.startswith(prefixes)}
-    return {m: imports_of(m, mods[m], set(mods)) & chosen for m in chosen}
+    return {m: with_packages(m, imports_of(m, mods[m], set(mods)), set(mods)) & chosen for m in chosen}
 
 
 def find_cycle(edges: dict[str, set[str]]) -> list[str] | None:
@@ -107,6 +116,17 @@ def test_cycle_finder_sees_function_local_imports(tmp_path: Path) -> None:
     assert edges == {"p.a": {"p.b"}, "p.b": {"p.a"}, "p.c": set()}
     assert find_cycle(edges) == ["p.a", "p.b", "p.a"]
     assert find_cycle({"p.a": {"p.b"}, "p.b": set()}) is None
+
+
+def test_importing_a_submodule_runs_its_package_init_first() -> None:
+    """The oracle for the package edge: p.f importing p.q.loss runs p.q's ``__init__`` (which imports p.q.pad, which
+    imports p.f back: a cycle), while p.q.pad importing its sibling p.q.loss adds no edge to its own package."""
+    known = {"p", "p.f", "p.q", "p.q.loss", "p.q.pad"}
+    assert with_packages("p.f", {"p.q.loss"}, known) == {"p.q.loss", "p.q"}
+    assert with_packages("p.q.pad", {"p.q.loss", "p.f"}, known) == {"p.q.loss", "p.f"}
+    edges = {"p.f": with_packages("p.f", {"p.q.loss"}, known), "p.q": {"p.q.pad", "p.q.loss"},
+             "p.q.pad": with_packages("p.q.pad", {"p.f"}, known), "p.q.loss": set()}
+    assert find_cycle(edges) == ["p.f", "p.q", "p.q.pad", "p.f"]
 
 
 def test_engine_imports_nothing_above_it() -> None:

@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 import gradserve as gs
 from gradserve import nn, ops
+from gradserve.client import epoch
 
 TOL = 1e-9
 RNG = np.random.default_rng(2)
@@ -105,3 +106,21 @@ def test_bad_arguments_are_named() -> None:
         nn.CrossEntropyLoss()(gs.Tensor(LOGITS), gs.Tensor(IDS[:3]))
     with pytest.raises(ValueError, match="same shape"):
         nn.SmoothL1Loss()(gs.Tensor(LOGITS), gs.Tensor(TARGET[:2]))
+
+
+def test_functional_losses_make_no_cell_and_leave_the_trace_epoch_alone() -> None:
+    """ops.mse_loss and friends call the loss functions the Cells use: no Cell per call, so the trace epoch (which a
+    Cell's creation moves, sending every cached network back to its slow path) stays put; values as torch's."""
+    x, y, t = gs.Tensor(LOGITS), gs.Tensor(TARGET), torch.tensor(LOGITS)
+    before = epoch.value
+    got = [ops.mse_loss(x, y), ops.l1_loss(x, y, "sum"), ops.binary_cross_entropy_with_logits(x, gs.Tensor(BINARY)),
+           ops.cross_entropy(x, gs.Tensor(IDS), reduction="none"), ops.SparseSoftmaxCrossEntropyWithLogits()(x, gs.Tensor(IDS))]
+    assert epoch.value == before
+    want = [F.mse_loss(t, torch.tensor(TARGET)), F.l1_loss(t, torch.tensor(TARGET), reduction="sum"),
+            F.binary_cross_entropy_with_logits(t, torch.tensor(BINARY)),
+            F.cross_entropy(t, torch.tensor(IDS, dtype=torch.long), reduction="none"),
+            F.cross_entropy(t, torch.tensor(IDS, dtype=torch.long))]
+    for g, w in zip(got, want):
+        np.testing.assert_allclose(g.asnumpy(), w.numpy(), rtol=TOL)
+    with pytest.raises(ValueError, match="ops.mse_loss: reduction must be one of"):
+        ops.mse_loss(x, y, "avg")

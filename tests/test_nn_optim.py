@@ -214,3 +214,26 @@ def test_a_step_keeps_the_trace_epoch_and_a_function_reading_the_step_sees_it() 
         assert opt.global_step == step + 1 and epoch.value == at
     opt.global_step = 7
     assert opt.global_step == 7 and opt.state_arrays()["global_step"].tolist() == [7]
+
+
+@pytest.mark.parametrize("call, error, match", [
+    (lambda: nn.exponential_decay_lr(1, 0.9, 6, 2, 1), TypeError, "exponential_decay_lr: learning_rate must be a float, got int 1"),
+    (lambda: nn.natural_exp_decay_lr(0.1, -0.9, 6, 2, 1), ValueError, "natural_exp_decay_lr: decay_rate must be positive"),
+    (lambda: nn.inverse_decay_lr(0.1, 0.5, 6, 1, 1, 1), TypeError, "inverse_decay_lr: is_stair must be a bool, got int"),
+    (lambda: nn.inverse_decay_lr(0.1, 0.5, 6.0, 1, 1), TypeError, "inverse_decay_lr: total_step must be an int, got float"),
+    (lambda: nn.exponential_decay_lr(0.1, 0.5, 6, 0, 1), ValueError, "exponential_decay_lr: step_per_epoch must be positive"),
+    (lambda: nn.polynomial_decay_lr(0.1, 0, 6, 2, 2, 0.5), TypeError, "polynomial_decay_lr: end_learning_rate must be a float"),
+    (lambda: nn.polynomial_decay_lr(0.1, -0.01, 6, 2, 2, 0.5), ValueError, "end_learning_rate must be non-negative"),
+    (lambda: nn.polynomial_decay_lr(0.1, 0.01, 6, 2, 2, 0.5, update_decay_epoch=1), TypeError, "update_decay_epoch must be a bool"),
+    (lambda: nn.polynomial_decay_lr(0.1, 0.01, 6, 2, 2, 0.0), ValueError, "polynomial_decay_lr: power must be positive"),
+    (lambda: nn.warmup_lr(1, 6, 2, 2), TypeError, "warmup_lr: learning_rate must be a float, got int"),
+    (lambda: nn.warmup_lr(0.1, 6, 2, 0), ValueError, "warmup_lr: warmup_epoch must be positive"),
+    (lambda: nn.cosine_decay_lr(0, 0.1, 6, 2, 2), TypeError, "cosine_decay_lr: min_lr must be a float"),
+    (lambda: nn.cosine_decay_lr(0.2, 0.1, 6, 2, 2), ValueError, "need min_lr < max_lr"),
+])
+def test_lr_lists_check_their_arguments_as_mindspore(call: Any, error: type, match: str) -> None:
+    """MindSpore's _check_inputs and friends: positive float learning_rate/decay_rate/power, non-negative float
+    end_learning_rate/min_lr/warmup learning_rate, positive int steps, bool flags; TypeError for the type, ValueError
+    for the value."""
+    with pytest.raises(error, match=match):
+        call()

@@ -146,3 +146,28 @@ def _assert_same_tree(got: Any, want: Any) -> None:
     else:
         assert isinstance(got, gs.Tensor)
         np.testing.assert_allclose(got.asnumpy(), want, rtol=1e-12)
+
+
+def test_forward_value_and_grad_takes_a_function_or_a_method() -> None:
+    """MindSpore's ForwardValueAndGrad accepts a Cell, a function or a method as ``network``; gradients in closed form."""
+    w = gs.Parameter(gs.Tensor(np.ones([2, 2])), name="w")
+    x, y = RNG.normal(size=(3, 2)), RNG.normal(size=(3, 2))
+
+    def loss_fn(a: Any, b: Any) -> Any:
+        return ((ops.matmul(a, w) - b) ** 2).mean()
+
+    loss, ((dx, dy), (dw,)) = nn.ForwardValueAndGrad(loss_fn, weights=gs.ParameterTuple([w]), get_all=True,
+                                                     get_by_list=True)(gs.Tensor(x), gs.Tensor(y))
+    r = x @ np.ones((2, 2)) - y
+    np.testing.assert_allclose(loss.asnumpy(), (r**2).mean(), rtol=1e-12)
+    _assert_same_tree((dx, dy, dw), (2 * r / r.size @ np.ones((2, 2)).T, -2 * r / r.size, x.T @ (2 * r / r.size)))
+
+    class Quadratic:
+        def loss(self, a: Any) -> Any:
+            return (a * a).sum()
+
+    value, grad = nn.ForwardValueAndGrad(Quadratic().loss)(gs.Tensor(x))
+    np.testing.assert_allclose(value.asnumpy(), (x * x).sum(), rtol=1e-12)
+    np.testing.assert_allclose(grad.asnumpy(), 2 * x, rtol=1e-12)
+    with pytest.raises(TypeError, match="network must be a Cell, a function or a method, got int"):
+        nn.ForwardValueAndGrad(3)  # type: ignore[arg-type]

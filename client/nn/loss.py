@@ -1,4 +1,7 @@
-"""Loss Cells with MindSpore 2.x arguments and reduction semantics ('mean', 'sum' or 'none'), built from ops."""
+"""Loss Cells with MindSpore 2.x arguments and reduction semantics ('mean', 'sum' or 'none'), built from ops. Each
+loss is a plain function (``mse``, ``l1``, ``bce_with_logits``, ``cross_entropy``) that its Cell's construct and the
+matching ``ops.*_loss`` function both call, so the functional form makes no Cell (a Cell's creation moves the trace
+epoch, which would send every cached network back to its slow path)."""
 from __future__ import annotations
 
 from typing import Any
@@ -12,43 +15,64 @@ from gradserve.client.tensor import Tensor
 _REDUCTIONS = ("mean", "sum", "none")
 
 
+def _check_reduction(name: str, reduction: str) -> None:
+    if reduction not in _REDUCTIONS:
+        raise ValueError(f"{name}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+
+
+def reduced(x: Any, reduction: str, weights: Any = 1.0) -> Any:
+    """``x * weights``, then averaged, summed or returned as it is (``reduction`` 'mean', 'sum' or 'none')."""
+    if not (isinstance(weights, float) and weights == 1.0):
+        x = x * weights
+    if reduction == "mean":
+        return apply_op("ReduceMean", x, axis=(), keep_dims=False)
+    if reduction == "sum":
+        return apply_op("ReduceSum", x, axis=(), keep_dims=False)
+    return x
+
+
 class LossBase(Cell):
     """``LossBase(reduction='mean')``; ``get_loss(x, weights=1.0)`` applies the weights then the reduction."""
 
     def __init__(self, reduction: str = "mean") -> None:
         super().__init__()
-        if reduction not in _REDUCTIONS:
-            raise ValueError(f"nn.{type(self).__name__}: reduction must be one of {_REDUCTIONS}, got {reduction!r}")
+        _check_reduction(f"nn.{type(self).__name__}", reduction)
         self.reduction = reduction
 
     def get_loss(self, x: Any, weights: Any = 1.0) -> Any:
         """``x * weights``, then averaged, summed or returned as it is."""
-        if not (isinstance(weights, float) and weights == 1.0):
-            x = x * weights
-        if self.reduction == "mean":
-            return apply_op("ReduceMean", x, axis=(), keep_dims=False)
-        if self.reduction == "sum":
-            return apply_op("ReduceSum", x, axis=(), keep_dims=False)
-        return x
+        return reduced(x, self.reduction, weights)
 
 
 def _check_same(name: str, logits: Any, labels: Any) -> None:
     if logits.shape != labels.shape:
-        raise ValueError(f"nn.{name}: logits {logits.shape} and labels {labels.shape} must have the same shape")
+        raise ValueError(f"{name}: logits {logits.shape} and labels {labels.shape} must have the same shape")
+
+
+def mse(logits: Any, labels: Any, reduction: str = "mean", name: str = "ops.mse_loss") -> Any:
+    """(logits - labels)^2, reduced: ``nn.MSELoss`` and ``ops.mse_loss``."""
+    _check_reduction(name, reduction)
+    return reduced(apply_op("Square", logits - labels), reduction)
+
+
+def l1(logits: Any, labels: Any, reduction: str = "mean", name: str = "ops.l1_loss") -> Any:
+    """|logits - labels|, reduced: ``nn.L1Loss`` and ``ops.l1_loss``."""
+    _check_reduction(name, reduction)
+    return reduced(abs(logits - labels), reduction)
 
 
 class MSELoss(LossBase):
     """(logits - labels)^2, reduced."""
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        return self.get_loss(apply_op("Square", logits - labels))
+        return mse(logits, labels, self.reduction, "nn.MSELoss")
 
 
 class L1Loss(LossBase):
     """|logits - labels|, reduced."""
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        return self.get_loss(abs(logits - labels))
+        return l1(logits, labels, self.reduction, "nn.L1Loss")
 
 
 class SmoothL1Loss(LossBase):
@@ -61,7 +85,7 @@ class SmoothL1Loss(LossBase):
         self.beta = float(beta)
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        _check_same("SmoothL1Loss", logits, labels)
+        _check_same("nn.SmoothL1Loss", logits, labels)
         d = abs(logits - labels)
         quad = apply_op("Square", d) * (0.5 / self.beta)
         return self.get_loss(apply_op("Select", d < self.beta, quad, d - 0.5 * self.beta))
@@ -75,7 +99,7 @@ class BCELoss(LossBase):
         self.weight = weight
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        _check_same("BCELoss", logits, labels)
+        _check_same("nn.BCELoss", logits, labels)
         loss = -(labels * apply_op("Log", logits) + (1 - labels) * apply_op("Log", 1 - logits))
         return self.get_loss(loss, 1.0 if self.weight is None else self.weight)
 
@@ -89,10 +113,18 @@ class BCEWithLogitsLoss(LossBase):
         self.weight, self.pos_weight = weight, pos_weight
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        _check_same("BCEWithLogitsLoss", logits, labels)
-        pos = labels if self.pos_weight is None else labels * self.pos_weight
-        loss = pos * apply_op("Softplus", -logits) + (1 - labels) * apply_op("Softplus", logits)
-        return self.get_loss(loss, 1.0 if self.weight is None else self.weight)
+        return bce_with_logits(logits, labels, self.reduction, self.weight, self.pos_weight, "nn.BCEWithLogitsLoss")
+
+
+def bce_with_logits(logits: Any, labels: Any, reduction: str = "mean", weight: Any = None, pos_weight: Any = None,
+                    name: str = "ops.binary_cross_entropy_with_logits") -> Any:
+    """weight (pos_weight y softplus(-x) + (1 - y) softplus(x)), reduced: ``nn.BCEWithLogitsLoss`` and
+    ``ops.binary_cross_entropy_with_logits``."""
+    _check_reduction(name, reduction)
+    _check_same(name, logits, labels)
+    pos = labels if pos_weight is None else labels * pos_weight
+    loss = pos * apply_op("Softplus", -logits) + (1 - labels) * apply_op("Softplus", logits)
+    return reduced(loss, reduction, 1.0 if weight is None else weight)
 
 
 def _one_hot(labels: Any, classes: int, like: Any) -> Any:
@@ -103,12 +135,48 @@ def _one_hot(labels: Any, classes: int, like: Any) -> Any:
 
 def _class_check(name: str, logits: Any, labels: Any) -> None:
     if logits.ndim != 2:
-        raise ValueError(f"nn.{name}: logits must be (N, C), got shape {logits.shape}")
+        raise ValueError(f"{name}: logits must be (N, C), got shape {logits.shape}")
     if labels._array_dtype().kind in "iu":
         if labels.shape != logits.shape[:1]:
-            raise ValueError(f"nn.{name}: class-index labels must have shape {logits.shape[:1]}, got {labels.shape}")
+            raise ValueError(f"{name}: class-index labels must have shape {logits.shape[:1]}, got {labels.shape}")
     elif labels.shape != logits.shape:
-        raise ValueError(f"nn.{name}: probability labels must have the logits' shape {logits.shape}, got {labels.shape}")
+        raise ValueError(f"{name}: probability labels must have the logits' shape {logits.shape}, got {labels.shape}")
+
+
+def _nll(logp: Any, labels: Any, weight: Any, ignore_index: int, reduction: str, smoothing: float) -> Any:
+    """Weighted negative log-likelihood of class ids, with label smoothing over all C classes; 'mean' divides by the
+    sum of the weights of the labels not ignored."""
+    classes = logp.shape[1]
+    hot = _one_hot(labels, classes, logp) * apply_op("Cast", labels != ignore_index, dtype=logp._array_dtype()).reshape(-1, 1)
+    w_hot = hot if weight is None else hot * weight
+    sample_w = apply_op("ReduceSum", w_hot, axis=(1,), keep_dims=False)
+    loss = -apply_op("ReduceSum", w_hot * logp, axis=(1,), keep_dims=False)
+    if smoothing:
+        w_all = logp if weight is None else logp * weight
+        valid = apply_op("ReduceSum", hot, axis=(1,), keep_dims=False)
+        smooth = -apply_op("ReduceSum", w_all, axis=(1,), keep_dims=False) * valid / classes
+        loss = loss * (1 - smoothing) + smooth * smoothing
+    if reduction == "mean":
+        return apply_op("ReduceSum", loss, axis=(), keep_dims=False) / apply_op("ReduceSum", sample_w, axis=(), keep_dims=False)
+    return reduced(loss, reduction)
+
+
+def cross_entropy(logits: Any, labels: Any, weight: Any = None, ignore_index: int = -100, reduction: str = "mean",
+                  label_smoothing: float = 0.0, name: str = "ops.cross_entropy") -> Any:
+    """-sum(labels * log_softmax(logits)) per row for class probabilities, the weighted NLL of log_softmax(logits)
+    for class ids, reduced: ``nn.CrossEntropyLoss`` and ``ops.cross_entropy``."""
+    _check_reduction(name, reduction)
+    if not 0.0 <= label_smoothing <= 1.0:
+        raise ValueError(f"{name}: label_smoothing must be in [0, 1], got {label_smoothing!r}")
+    _class_check(name, logits, labels)
+    logp = apply_op("LogSoftmax", logits, axis=1)
+    if labels._array_dtype().kind in "iu":
+        return _nll(logp, labels, weight, ignore_index, reduction, float(label_smoothing))
+    classes = logits.shape[1]
+    if label_smoothing:
+        labels = labels * (1 - label_smoothing) + label_smoothing / classes
+    w = labels if weight is None else labels * weight
+    return reduced(-apply_op("ReduceSum", w * logp, axis=(1,), keep_dims=False), reduction)
 
 
 class NLLLoss(LossBase):
@@ -120,26 +188,10 @@ class NLLLoss(LossBase):
         self.weight, self.ignore_index = weight, ignore_index
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        _class_check(type(self).__name__, logits, labels)
+        _class_check("nn.NLLLoss", logits, labels)
         if labels._array_dtype().kind not in "iu":
-            raise TypeError(f"nn.{type(self).__name__}: labels must be integer class ids, got {labels.dtype}")
-        return self._nll(logits, labels, 0.0)
-
-    def _nll(self, logp: Any, labels: Any, smoothing: float) -> Any:
-        """Weighted negative log-likelihood of class ids, with label smoothing over all C classes."""
-        classes = logp.shape[1]
-        hot = _one_hot(labels, classes, logp) * apply_op("Cast", labels != self.ignore_index, dtype=logp._array_dtype()).reshape(-1, 1)
-        w_hot = hot if self.weight is None else hot * self.weight
-        sample_w = apply_op("ReduceSum", w_hot, axis=(1,), keep_dims=False)
-        loss = -apply_op("ReduceSum", w_hot * logp, axis=(1,), keep_dims=False)
-        if smoothing:
-            w_all = logp if self.weight is None else logp * self.weight
-            valid = apply_op("ReduceSum", hot, axis=(1,), keep_dims=False)
-            smooth = -apply_op("ReduceSum", w_all, axis=(1,), keep_dims=False) * valid / classes
-            loss = loss * (1 - smoothing) + smooth * smoothing
-        if self.reduction == "mean":
-            return apply_op("ReduceSum", loss, axis=(), keep_dims=False) / apply_op("ReduceSum", sample_w, axis=(), keep_dims=False)
-        return self.get_loss(loss)
+            raise TypeError(f"nn.NLLLoss: labels must be integer class ids, got {labels.dtype}")
+        return _nll(logits, labels, self.weight, self.ignore_index, self.reduction, 0.0)
 
 
 class CrossEntropyLoss(NLLLoss):
@@ -154,15 +206,8 @@ class CrossEntropyLoss(NLLLoss):
         self.label_smoothing = float(label_smoothing)
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        _class_check("CrossEntropyLoss", logits, labels)
-        logp = apply_op("LogSoftmax", logits, axis=1)
-        if labels._array_dtype().kind in "iu":
-            return self._nll(logp, labels, self.label_smoothing)
-        classes = logits.shape[1]
-        if self.label_smoothing:
-            labels = labels * (1 - self.label_smoothing) + self.label_smoothing / classes
-        w = labels if self.weight is None else labels * self.weight
-        return self.get_loss(-apply_op("ReduceSum", w * logp, axis=(1,), keep_dims=False))
+        return cross_entropy(logits, labels, self.weight, self.ignore_index, self.reduction, self.label_smoothing,
+                             "nn.CrossEntropyLoss")
 
 
 class SoftmaxCrossEntropyWithLogits(LossBase):
@@ -174,10 +219,17 @@ class SoftmaxCrossEntropyWithLogits(LossBase):
         self.sparse = bool(sparse)
 
     def construct(self, logits: Any, labels: Any) -> Any:
-        if self.sparse:
-            if labels._array_dtype().kind not in "iu" or labels.shape != logits.shape[:1]:
-                raise ValueError(f"nn.SoftmaxCrossEntropyWithLogits(sparse=True): labels must be integer ids of shape "
-                                 f"{logits.shape[:1]}, got {labels.dtype} {labels.shape}")
-            labels = _one_hot(labels, logits.shape[1], logits)
-        loss, _ = apply_op("SoftmaxCrossEntropyWithLogits", logits, labels)
-        return self.get_loss(loss)
+        return softmax_cross_entropy(logits, labels, self.sparse, self.reduction)
+
+
+def softmax_cross_entropy(logits: Any, labels: Any, sparse: bool, reduction: str,
+                          name: str = "nn.SoftmaxCrossEntropyWithLogits") -> Any:
+    """-sum(labels * log_softmax(logits)) per row (labels class ids with ``sparse``), reduced:
+    ``nn.SoftmaxCrossEntropyWithLogits`` and ``ops.SparseSoftmaxCrossEntropyWithLogits``."""
+    if sparse:
+        if labels._array_dtype().kind not in "iu" or labels.shape != logits.shape[:1]:
+            raise ValueError(f"{name}(sparse=True): labels must be integer ids of shape "
+                             f"{logits.shape[:1]}, got {labels.dtype} {labels.shape}")
+        labels = _one_hot(labels, logits.shape[1], logits)
+    loss, _ = apply_op("SoftmaxCrossEntropyWithLogits", logits, labels)
+    return reduced(loss, reduction)

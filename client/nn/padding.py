@@ -6,7 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 from gradserve.client.cell import Cell
-from gradserve.client.functional import pad
+from gradserve.client.pad import pad
 
 
 def _padding(layer: str, padding: Any, dims: int) -> tuple[int, ...]:

@@ -2,6 +2,7 @@
 ``clip_by_global_norm``. A TrainOneStepCell step is a forward call, a gradient call and a NumPy optimizer update."""
 from __future__ import annotations
 
+from types import FunctionType, MethodType
 from typing import Any, Sequence
 
 import numpy as np
@@ -48,13 +49,14 @@ class WithEvalCell(Cell):
 class ForwardValueAndGrad(Cell):
     """``ForwardValueAndGrad(network, weights=None, get_all=False, get_by_list=False, sens_param=False)``: calling it
     returns (network's output, gradients), the gradients as ``GradOperation(get_all, get_by_list, sens_param)`` gives
-    them for ``weights``; with ``sens_param`` the last input is the sensitivity, not passed to ``network``."""
+    them for ``weights``; with ``sens_param`` the last input is the sensitivity, not passed to ``network``, which is a
+    Cell, a function or a method, as MindSpore's."""
 
-    def __init__(self, network: Cell, weights: Any = None, get_all: bool = False, get_by_list: bool = False,
+    def __init__(self, network: Cell | FunctionType | MethodType, weights: Any = None, get_all: bool = False, get_by_list: bool = False,
                  sens_param: bool = False) -> None:
         super().__init__(auto_prefix=False)
-        if not isinstance(network, Cell):
-            raise TypeError(f"nn.ForwardValueAndGrad: network must be a Cell, got {type(network).__name__}")
+        if not isinstance(network, (Cell, FunctionType, MethodType)):
+            raise TypeError(f"nn.ForwardValueAndGrad: network must be a Cell, a function or a method, got {type(network).__name__}")
         if get_by_list and weights is None:
             raise TypeError("nn.ForwardValueAndGrad: get_by_list=True needs weights (a ParameterTuple or a list of Parameters)")
         self.network, self.weights = network, weights
