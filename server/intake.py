@@ -8,12 +8,16 @@ until the handler returns, refusing it at once when they do not fit.
 
 Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
 RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
-the small lane (every other unary method, each message of other request streams such as gRPC reflection's, and calls whose ``gradserve-request-bytes`` metadata declares at
+the small lane (every other unary method and calls whose ``gradserve-request-bytes`` metadata declares at
 most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
-uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds
-largest messages (a stream asks for its next message only in its turn, so open streams cost their
-flow-control windows, not a message each). A message larger than its call declared is refused, so each
-lane stays bounded whatever callers send. At most ``max_receive_waiting`` calls wait for a turn in the
+uploads; the stream lane as many messages of request streams (GradStream's, and other services' such as gRPC
+reflection's) at once as ``max_stream_receive_bytes`` holds largest messages (a stream asks for its next message
+only in its turn, so open streams cost their flow-control windows, not a message each; a stream waiting for its
+client's next message holds its turn, which stalls other streams only). A message larger than its call declared
+is refused, so each lane stays bounded whatever callers send. A unary call whose message has not arrived by its
+deadline (the server's: its own, else ``default_deadline_ms``, at most ``max_deadline_ms``) while others wait in its
+lane is cancelled by them, so that a caller that never sends its message (or stalls half way) holds a lane no longer
+than its deadline. At most ``max_receive_waiting`` calls wait for a turn in the
 large lane in each of its two rounds (each costs a gRPC thread and its flow-control window); beyond
 that a call is refused at once.
 Round robin per connection keeps a caller that does not declare its size from waiting behind every
@@ -24,14 +28,16 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
 from gradserve.proto.codec import REQUEST_BYTES_HEADER as DECLARED
 
 from .errors import Failure
+from .jsonlog import log
 
 SMALL_BYTES = 64 << 10
 """A call declaring at most this many request bytes is received in the small lane; a message this small
@@ -63,6 +69,9 @@ class Lane:
     line: Round[str, collections.deque[object]] = field(default_factory=Round)
     waiting: int = 0
     """Tickets in ``ahead`` and ``line``."""
+    inbound: dict[Any, float] = field(default_factory=dict)
+    """The calls of unary handlers receiving their message in this lane, with the deadline by which it must have arrived
+    (``Intake.overdue`` cancels them after it)."""
 
     def join(self, peer: str, ticket: object, ahead: bool = False) -> None:
         """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
@@ -125,7 +134,11 @@ class Intake:
     the bytes received and not yet answered (up to ``held_limit``); and at most ``max_waiting`` unary calls
     waiting for their turn in the large lane. A limit of 0 is none."""
 
-    def __init__(self, receiving_limit: int, largest: int, held_limit: int, stream_limit: int = 0, max_waiting: int = 0) -> None:
+    def __init__(self, receiving_limit: int, largest: int, held_limit: int, stream_limit: int = 0, max_waiting: int = 0,
+                 deadline: Callable[[grpc.ServicerContext], float | None] | None = None) -> None:
+        self.deadline = deadline
+        """A call's deadline (``time.monotonic``; None: none), as the servicer sets it: a unary call's message must have
+        arrived by then (None here: no bound)."""
         self.largest = largest
         self.held_limit = held_limit
         self.max_waiting = max_waiting
@@ -143,14 +156,18 @@ class Intake:
         """Guards all of the above; taken directly (a Condition's own ``with`` costs Python calls, five times a request)."""
         self._room = threading.Condition(self._lock)
 
-    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0) -> bool:
+    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0, due: float | None = None) -> bool:
         """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
         Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others of its round
         (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls.
-        With none waiting in ``lane`` and a slot free, the slot is taken at once (no other handler's turn changes)."""
+        With none waiting in ``lane`` and a slot free, the slot is taken at once (no other handler's turn changes).
+        ``due``: when a unary call's message must have arrived; while it waits, a handler cancels the calls receiving in
+        ``lane`` past theirs (``overdue``)."""
         with self._lock:
             if not lane.waiting and lane.receiving < lane.slots:
                 lane.receiving += 1
+                if due is not None:
+                    lane.inbound[context] = due
                 return True
             ticket, peer = object(), context.peer()
             ahead = lane is self.large and peer in self.small_peers
@@ -164,29 +181,49 @@ class Intake:
                     lane.leave(peer, ticket)
                     self._room.notify_all()
                     return False
+                if lane.inbound:
+                    self._overdue(lane)
             lane.take()
+            if due is not None:
+                lane.inbound[context] = due
             self._room.notify_all()
         return True
 
-    def _done_receiving(self, lane: Lane) -> None:
+    def _overdue(self, lane: Lane) -> None:
+        """Cancel the calls receiving in ``lane`` whose message has not arrived by their deadline (the caller holds the
+        lock): a caller that never sends its message would otherwise hold the lane's slot for as long as its connection lives."""
+        now = time.monotonic()
+        for context, due in list(lane.inbound.items()):
+            if due <= now:
+                del lane.inbound[context]
+                log("receive_overdue", level="warning", peer=context.peer(),
+                    message="the request message did not arrive by the call's deadline; the call was cancelled")
+                context.cancel()
+
+    def _done_receiving(self, lane: Lane, context: grpc.ServicerContext) -> None:
         with self._lock:
             lane.receiving -= 1
+            if lane.inbound:
+                lane.inbound.pop(context, None)
             if lane.waiting:  # only handlers waiting in this lane wait for its slots
                 self._room.notify_all()
 
     def _next_in_turn(self, lane: Lane, messages: Iterator[Any], context: grpc.ServicerContext,
-                      max_waiting: int = 0) -> tuple[Any, int] | None:
+                      max_waiting: int = 0, unary: bool = False) -> tuple[Any, int] | None:
         """The next (message, size) of ``messages``, asked of gRPC in this handler's turn in ``lane``; None when
-        the stream ended, the call ended first or was cancelled while the message was on its way."""
-        if self.bounded and not self._wait_turn(lane, context, max_waiting):
-            return None
+        the stream ended, the call ended first or was cancelled while the message was on its way (``unary``: the one
+        message of a unary call, which must arrive by the call's deadline while others wait in ``lane``)."""
+        if self.bounded:
+            due = self.deadline(context) if unary and self.deadline is not None else None
+            if not self._wait_turn(lane, context, max_waiting, due):
+                return None
         try:
             return next(messages, None)
         except grpc.RpcError:
             return None
         finally:
             if self.bounded:
-                self._done_receiving(lane)
+                self._done_receiving(lane, context)
 
     def receive(self, method: str, messages: Iterator[Any], context: grpc.ServicerContext) -> tuple[Any, int] | None:
         """The one (message, size) of a unary call's ``messages`` (the deserializer's pairs), asked for in
@@ -194,7 +231,7 @@ class Intake:
         held until ``release``; raises Failure when it does not fit or exceeds what the call declared."""
         declared = _declared(context)
         lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
-        pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0)
+        pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0, unary=True)
         if pair is None:
             return None
         message, size = pair
@@ -232,11 +269,12 @@ class Intake:
 
     def each(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
         """The (message, size) pairs of any other request stream (gRPC reflection's), each asked of gRPC in
-        its turn in the small lane and held (``hold``, which raises Failure when it does not fit) until
-        the next one is asked for or the stream ends, so that such streams stay within the same budgets."""
+        its turn in the stream lane and held (``hold``, which raises Failure when it does not fit) until
+        the next one is asked for or the stream ends, so that such streams stay within the same budgets. (Not in
+        the small lane: a stream open while its client thinks holds its turn, which must stall no health check.)"""
         size = 0
         try:
-            while (pair := self._next_in_turn(self.small, messages, context)) is not None:
+            while (pair := self._next_in_turn(self.streams, messages, context)) is not None:
                 self.release(size)
                 size = 0
                 self.hold(pair[1])

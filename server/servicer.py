@@ -207,7 +207,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         try:
             self._enter()
             try:
-                call.deadline = self._deadline(context)
+                call.deadline = self.deadline(context)
                 return fn(call)
             finally:
                 self._leave()
@@ -235,7 +235,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.metrics.record(method, f.code)
         self.fail(method, f, context)
 
-    def _deadline(self, context: grpc.ServicerContext) -> float | None:
+    def deadline(self, context: grpc.ServicerContext) -> float | None:
         """Monotonic deadline: the caller's, else the default, never beyond the maximum (None: no limit at all).
 
         grpc reports a call without a deadline as one that ends in centuries (``time_remaining`` is never

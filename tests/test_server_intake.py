@@ -359,18 +359,77 @@ def test_large_responses_count_towards_trimming_and_small_ones_do_not() -> None:
     assert answered[1][0] == answered[1][1] > 4 * 100_000
 
 
-def test_other_request_streams_take_turns_in_the_small_lane_and_hold_each_message_while_it_is_served() -> None:
+def test_other_request_streams_take_turns_in_the_stream_lane_and_hold_each_message_while_it_is_served() -> None:
     intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=10 * MiB)
     stream = intake.each(iter([("a", 6 * MiB), ("b", 2 * MiB), ("c", 11 * MiB)]), Context())
     assert next(stream) == ("a", 6 * MiB)
-    assert intake.held == 6 * MiB and intake.small.receiving == 0
+    assert intake.held == 6 * MiB and intake.streams.receiving == 0
     assert next(stream) == ("b", 2 * MiB)  # the first one was served: only the second is held
     assert intake.held == 2 * MiB
     with pytest.raises(Failure) as info:
         next(stream)
     assert info.value.code == "RESOURCE_EXHAUSTED"
     assert f"is {11 * MiB} bytes" in info.value.message and f"max_queued_bytes limit of {10 * MiB}" in info.value.message
-    assert intake.held == 0 and intake.small.receiving == 0 and intake.small.waiting == 0
+    assert intake.held == 0 and intake.streams.receiving == 0 and intake.streams.waiting == 0
+    assert intake.small.receiving == intake.small.waiting == 0
+
+
+def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check_or_small_call() -> None:
+    """A reflection client (grpcurl, an IDE) that keeps its stream open between questions holds its turn while the server
+    waits for its next message: in the small lane that stopped every health check, ServerInfo and declared-small Grad."""
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, grpc.insecure_channel(f"127.0.0.1:{server.port}") as other:
+        done = threading.Event()
+
+        def questions() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            done.wait()  # the client thinks, its stream open (until the test ends)
+
+        replies = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(questions())  # cancelled at the end
+        try:
+            assert "gradserve.v1.Gradient" in {s.name for s in next(replies).list_services_response.service}
+            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            stub = service_pb2_grpc.GradientStub(other)
+            assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).worker_count == 1
+            request = service_pb2.GradRequest(network_id=sin_network(stub, 3), inputs=[codec.encode_tensor(np.float32([0, 1, 2]))])
+            got = stub.Grad(request, timeout=WAIT, metadata=codec.request_bytes_metadata(request))
+            np.testing.assert_allclose(codec.decode_tensor(got.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+        finally:
+            done.set()
+            replies.cancel()
+
+
+def test_a_call_whose_message_never_comes_is_cancelled_at_its_deadline_and_frees_its_lane() -> None:
+    """A caller that opens a Grad or ServerInfo call and never sends its message (a unary method called as a client
+    stream, or an upload stalled half way) held its lane's turn for as long as its connection lived: every other
+    undeclared Grad, and every health check, waited behind it. The next call waiting in the lane cancels it once its
+    deadline (here the server's default, as it set none) has passed."""
+    limits = Limits(default_deadline_ms=2_000)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, grpc.insecure_channel(f"127.0.0.1:{server.port}") as other:
+        done = threading.Event()
+
+        def never() -> Iterator[bytes]:
+            done.wait()  # until the test ends
+            yield from ()
+
+        stalled = [ch.stream_unary(f"/gradserve.v1.Gradient/{name}", request_serializer=None, response_deserializer=None)
+                   .future(never()) for name in ("Grad", "ServerInfo")]
+        try:
+            wait_until(lambda: server.intake.large.receiving == 1 and server.intake.small.receiving == 1, "the calls to stall")
+            stub = service_pb2_grpc.GradientStub(other)
+            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            network = sin_network(stub, 3)  # undeclared: received in the large lane
+            got = stub.Grad(service_pb2.GradRequest(network_id=network, inputs=[codec.encode_tensor(np.float32([0, 1, 2]))]),
+                            timeout=WAIT)
+            np.testing.assert_allclose(codec.decode_tensor(got.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+            for call in stalled:
+                assert rejected(lambda call=call: call.result(WAIT)).code() == grpc.StatusCode.CANCELLED
+        finally:
+            done.set()
+        assert server.intake.large.receiving == server.intake.small.receiving == 0 and not server.intake.large.inbound
 
 
 def test_a_reflection_message_over_the_held_budget_is_refused_naming_it_and_reflection_still_answers() -> None:
