@@ -41,15 +41,23 @@ LARGE_ANSWER_BYTES = 64 << 10
 """Responses larger than this count in ``GradientServicer.answered``."""
 
 
+DIGESTS_PER_NETWORK = 4
+"""Digests of the bytes a network was registered from that the registry keeps (the latest): the same network serialized
+otherwise (field order, unknown fields) has another digest, and each kept would stay as long as the network does."""
+
+
 class Registry:
     """Registered networks (serialized) by id, least recently used evicted beyond a count and a byte
-    budget, plus a digest->id index so that registering the same bytes again needs no worker."""
+    budget, plus a digest->id index (the latest ``DIGESTS_PER_NETWORK`` digests of each network) so that
+    registering the same bytes again needs no worker."""
 
     def __init__(self, capacity: int, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._nets = Cache(capacity or sys.maxsize, max_bytes, collect=False)
         """Serialized networks by id (``capacity`` 0: no count bound)."""
         self._ids: dict[str, str] = {}
+        self._digests: dict[str, list[str]] = {}
+        """The digests in ``_ids`` of each network, oldest first."""
         self._lock = threading.Lock()
 
     @property
@@ -78,10 +86,17 @@ class Registry:
         """Store a network (``check``ed); True when it was new."""
         with self._lock:
             created = network_id not in self._nets
-            self._ids[digest] = network_id
+            if self._ids.get(digest) != network_id:
+                self._ids[digest] = network_id
+                digests = self._digests.setdefault(network_id, [])
+                digests.append(digest)
+                if len(digests) > DIGESTS_PER_NETWORK:
+                    del self._ids[digests.pop(0)]
             gone = set(self._nets.put(network_id, raw, len(raw)))
             if gone:
                 self._ids = {d: i for d, i in self._ids.items() if i not in gone}
+                for nid in gone:
+                    self._digests.pop(nid, None)
             return created
 
     def __len__(self) -> int:

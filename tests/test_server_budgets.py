@@ -20,6 +20,7 @@ from gradserve.server.app import SPARE_THREADS, Server, running
 from gradserve.server.blobs import WHOLE_MAX_BYTES
 from gradserve.server.cache import Cache
 from gradserve.server.config import Limits, ServerConfig
+from gradserve.server.servicer import DIGESTS_PER_NETWORK, Registry
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 MiB = 1 << 20
@@ -123,6 +124,22 @@ def test_a_network_larger_than_the_registry_is_refused_naming_limit_and_size(con
             assert f"the network is {size} bytes serialized, over the max_registry_bytes limit of {budget}" in err.details()
         assert len(server.servicer.registry) == 0
         assert server.pool.pids() == pids and server.pool.replaced == 0 and serving(server)
+
+
+def test_the_registry_keeps_a_few_digests_per_network_however_often_it_is_registered_in_other_bytes() -> None:
+    """The same network serialized otherwise (an unknown field, another field order) has another digest: the registry
+    kept every one for as long as the network stayed registered, so registering one network over and over in new bytes
+    grew the server without bound. It keeps the latest DIGESTS_PER_NETWORK, and none of a network it evicts."""
+    registry = Registry(capacity=2, max_bytes=0)
+    for k in range(100):
+        registry.put(f"digest {k}", "net a", b"a")
+    assert len(registry) == 1 and len(registry._ids) == DIGESTS_PER_NETWORK
+    assert [registry.lookup(f"digest {k}") for k in (95, 96, 97, 98, 99)] == [None] + ["net a"] * 4
+    assert not registry.put("digest 99", "net a", b"a")  # registered again from bytes it knows: no new digest
+    assert len(registry._ids) == DIGESTS_PER_NETWORK
+    registry.put("digest b", "net b", b"b")
+    registry.put("digest c", "net c", b"c")  # evicts net a, and its digests with it
+    assert registry.lookup("digest 99") is None and set(registry._ids) == {"digest b", "digest c"}
 
 
 # ---- each worker's cache ----
