@@ -14,7 +14,8 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serverkit import long_run, rejected, wait_until
 
-from gradserve.engine import GraphBuilder, compile_graph
+from gradserve.engine import GraphBuilder, compile_graph, grad_operation
+from gradserve.engine.ir import DERIVED_KEPT
 from gradserve.proto import codec
 from gradserve.server.app import SPARE_THREADS, Server, running
 from gradserve.server.blobs import WHOLE_MAX_BYTES
@@ -291,3 +292,25 @@ def test_the_documented_memory_total_follows_from_the_default_budgets() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     memory = container["resources"]["limits"]["memory"]
     assert memory.endswith("Gi") and int(memory[:-2]) * 1024 * MiB >= fixed + 2 * per_worker  # its 2 workers
+
+
+def test_gradients_for_ever_new_lists_of_weights_keep_a_bounded_number_of_graphs_on_the_network() -> None:
+    """Each list of weights a Grad names (any order, repeats allowed) makes another gradient graph of the network, which the
+    engine kept on the network (``Graph.derived``) for as long as a worker held it: a caller naming new lists grew the worker
+    without bound. The network keeps the latest DERIVED_KEPT, and the answers stay those of the closed form."""
+    b = GraphBuilder()
+    x = b.input("x", "float64", (3,))
+    names = [f"w{i}" for i in range(4)]
+    out = b.op("ReduceSum", x * b.param(names[0], np.full(3, 1.0)) * b.param(names[1], np.full(3, 2.0))
+               + x * b.param(names[2], np.full(3, 3.0)) * b.param(names[3], np.full(3, 4.0)))
+    network = b.build(out)
+    for k in range(3 * DERIVED_KEPT):
+        weights = [names[int(d)] for d in np.base_repr(k + 4, 4)]  # a new list each time
+        got = grad_operation(network, get_by_list=True, weights=weights)
+        assert len(network.derived) <= DERIVED_KEPT
+        values = {"w0": 2.0 * np.arange(3), "w1": 1.0 * np.arange(3), "w2": 4.0 * np.arange(3), "w3": 3.0 * np.arange(3)}
+        result = compile_graph(got)(np.arange(3.0))
+        for w, g in zip(weights, result):
+            np.testing.assert_allclose(g, values[w])
+    assert len(network.derived) == DERIVED_KEPT
+    assert grad_operation(network, get_by_list=True, weights=names[:1]) is grad_operation(network, get_by_list=True, weights=names[:1])
