@@ -400,11 +400,32 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
-        return self._serve("Grad", context, lambda call: self._compute("grad", request, call), _request_id(request))
+        return self._serve("Grad", context, lambda call: self._sending("grad", self._compute("grad", request, call), call),
+                           _request_id(request))
 
     def Run(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """Forward outputs of a network (a serialized RunResponse)."""
-        return self._serve("Run", context, lambda call: self._compute("run", request, call), _request_id(request))
+        return self._serve("Run", context, lambda call: self._sending("run", self._compute("run", request, call), call),
+                           _request_id(request))
+
+    def _sending(self, kind: str, out: bytes, call: Call) -> bytes:
+        """``out``, a unary call's response, its bytes counted against ``max_queued_bytes`` (in its request's place) until
+        the call ends, once gRPC has sent it: gRPC holds a response its caller does not read, and the handler's thread is
+        free for the next call, so the responses of callers reading slowly or not at all grew the server without bound.
+        A large response that does not fit is refused (RESOURCE_EXHAUSTED); small ones are not counted."""
+        size = len(out)
+        if size <= LARGE_ANSWER_BYTES:
+            return out
+        try:
+            self._hold(size)
+        except Failure:
+            raise Failure("RESOURCE_EXHAUSTED", f"the {KINDS[kind].response.__name__} is {size} bytes and the requests and "
+                          f"responses waiting, being computed or being sent hold {self._held}, together over the "
+                          f"max_queued_bytes limit of {self.limits.max_queued_bytes}; retry later, read responses sooner, "
+                          f"or ask for smaller results") from None
+        if not call.context.add_callback(functools.partial(self._unhold, size)):
+            self._unhold(size)  # the call has ended already
+        return out
 
     def GradStream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.

@@ -187,6 +187,49 @@ def test_request_bytes_over_the_queue_budget_are_refused_at_once(connect: object
         assert server.pool.pids() == pids and server.pool.replaced == 0 and serving(server)
 
 
+def test_large_responses_count_against_the_queue_budget_until_their_calls_end(connect: object) -> None:
+    """gRPC keeps a unary response until its caller has read it, and the handler's thread serves the next call meanwhile:
+    the responses of callers reading slowly or not at all grew the server without bound (24 unread 32 MiB answers held
+    1.4 GiB). A large response counts against max_queued_bytes until its call ends, and one that does not fit is refused
+    naming it; read responses are released."""
+    n = 1 << 17  # 1 MiB of float64 out
+    with running(config(max_queued_bytes=3 * MiB)) as server:
+        stub = connect(server)  # type: ignore[operator]
+        b = GraphBuilder()
+        network = stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(
+            b.build(b.op("BroadcastTo", b.input("x", "float64", ()), shape=[n]))))).network_id
+        request = service_pb2.RunRequest(network_id=network, inputs=[t(np.array(1.5))])
+        for _ in range(3):  # read: each released when its call ends
+            np.testing.assert_array_equal(codec.decode_tree(stub.Run(request, timeout=60).outputs), np.full(n, 1.5))
+        wait_until(lambda: server.servicer._held == 0, "the answers read to be released")
+        servicer = server.servicer
+
+        class Unread:
+            """The call of a caller that does not read its response: it ends when the test says."""
+
+            def __init__(self) -> None:
+                self.ended: list[object] = []
+
+            def add_callback(self, callback: object) -> bool:
+                self.ended.append(callback)
+                return True
+
+        unread = Unread()
+        call = type("Call", (), {"context": unread})()
+        answer = b"x" * (MiB + 1)
+        for _ in range(2):
+            assert servicer._sending("run", answer, call) is answer  # type: ignore[arg-type]
+        assert servicer._held == 2 * (MiB + 1)
+        err = rejected(lambda: stub.Run(request, timeout=60))
+        assert err.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert re.match(rf"the RunResponse is \d+ bytes and the requests and responses waiting, being computed or being "
+                        rf"sent hold {2 * (MiB + 1)}, together over the max_queued_bytes limit of {3 * MiB}", err.details()), err.details()
+        for ended in unread.ended:
+            ended()  # type: ignore[operator]
+        assert servicer._held == 0
+        np.testing.assert_array_equal(codec.decode_tree(stub.Run(request, timeout=60).outputs), np.full(n, 1.5))
+
+
 def test_one_request_larger_than_the_queue_budget_is_refused_even_when_idle(connect: object) -> None:
     budget = 1 * MiB
     with running(config(max_queued_bytes=budget)) as server:
