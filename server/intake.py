@@ -86,8 +86,10 @@ class Lane:
         return self.ahead or self.line
 
     def turn(self, ticket: object) -> bool:
-        """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free."""
-        return self.receiving < self.slots and next(iter(self._round().values()))[0] is ticket
+        """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free (never for a ticket
+        ``drop_ended`` took out, whose rounds may be empty)."""
+        turns = self._round()
+        return self.receiving < self.slots and bool(turns) and next(iter(turns.values()))[0] is ticket
 
     def take(self) -> None:
         """The next ticket takes a slot; its peer goes to the end of its round."""
@@ -102,13 +104,28 @@ class Lane:
         self.receiving += 1
 
     def leave(self, peer: str, ticket: object) -> None:
-        """``ticket``'s call ended while it waited."""
+        """``ticket``'s call ended while it waited (nothing when ``drop_ended`` took it out already)."""
         turns = self.ahead if ticket in self.ahead.get(peer, ()) else self.line
-        tickets = turns[peer]
+        tickets = turns.get(peer)
+        if tickets is None or ticket not in tickets:
+            return
         tickets.remove(ticket)
         if not tickets:
             del turns[peer]
         self.waiting -= 1
+
+    def drop_ended(self, ahead: bool) -> None:
+        """Take out of the ``ahead`` round (or the other) the tickets whose calls have ended (each ticket is its call's
+        context), before their handlers wake to leave: a burst of calls that expired or were cancelled while waiting
+        would otherwise count against the waiting bound and refuse live calls."""
+        turns = self.ahead if ahead else self.line
+        for peer, tickets in list(turns.items()):
+            live = collections.deque(t for t in tickets if t.is_active())  # type: ignore[attr-defined]
+            self.waiting -= len(tickets) - len(live)
+            if live:
+                turns[peer] = live
+            else:
+                del turns[peer]
 
 
 @dataclass
@@ -169,9 +186,13 @@ class Intake:
                 if due is not None:
                     lane.inbound[context] = due
                 return True
-            ticket, peer = object(), context.peer()
+            ticket, peer = context, context.peer()
             ahead = lane is self.large and peer in self.small_peers
             waiting = lane.in_round(ahead)
+            if max_waiting and waiting >= max_waiting:
+                lane.drop_ended(ahead)
+                waiting = lane.in_round(ahead)
+                self._room.notify_all()  # another ticket may be first now
             if max_waiting and waiting >= max_waiting:
                 raise Failure("RESOURCE_EXHAUSTED", f"{waiting} calls are already waiting for their turn to be "
                               f"received, the max_receive_waiting limit of {max_waiting}; retry later")

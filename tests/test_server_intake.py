@@ -214,6 +214,32 @@ def test_calls_beyond_the_waiting_bound_are_refused_at_once_naming_it() -> None:
     assert intake.large.waiting == 0
 
 
+
+def test_calls_that_ended_while_waiting_do_not_count_against_the_waiting_bound() -> None:
+    """A waiting call whose deadline passes, or whose caller cancels it, leaves the line only when its handler next wakes:
+    a burst of such calls filled the bound and refused live ones ("16 calls are already waiting") with fewer waiting."""
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0, max_waiting=2)
+    first = Upload(MiB)
+    futures = [receiving(intake, GRAD, first)]
+    assert first.asked.wait(WAIT)
+    contexts = [Context(peer=f"ipv4:127.0.0.1:{2000 + i}") for i in range(2)]
+    waiting = [Upload(MiB) for _ in contexts]
+    for i, (upload, context) in enumerate(zip(waiting, contexts)):
+        futures.append(receiving(intake, GRAD, upload, context))
+        wait_until(lambda i=i: intake.large.waiting == i + 1, f"call {i} to wait")
+    for context in contexts:
+        context.active = False  # both calls end while they wait
+    late = Upload(MiB)
+    late_future = receiving(intake, GRAD, late, Context(peer="ipv4:127.0.0.1:3000"))
+    first.arrive.set()
+    assert futures[0].result(WAIT) == ("message", MiB)
+    assert late.asked.wait(WAIT)  # taken, not refused, and next: the ended calls are out of the line
+    late.arrive.set()
+    assert late_future.result(WAIT) == ("message", MiB)
+    assert [f.result(WAIT) for f in futures[1:]] == [None, None] and not any(u.asked.is_set() for u in waiting)
+    assert intake.large.waiting == 0 and intake.large.receiving == 0
+
+
 class Stream:
     """A request stream whose messages arrive one by one, each when the test lets it (``arrive``)."""
 
