@@ -6,18 +6,19 @@ only when its lane has room to receive the largest message gRPC accepts (``max_m
 then counts the message's actual size among the messages held by their handlers (``max_queued_bytes``)
 until the handler returns, refusing it at once when they do not fit.
 
-Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
+Four lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
 RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
 the small lane (every other unary method and calls whose ``gradserve-request-bytes`` metadata declares at
 most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
-uploads; the stream lane as many messages of request streams (GradStream's, and other services' such as gRPC
-reflection's) at once as ``max_stream_receive_bytes`` holds largest messages (a stream asks for its next message
-only in its turn, so open streams cost their flow-control windows, not a message each; a stream waiting for its
-client's next message holds its turn, which stalls other streams only). A message larger than its call declared
-is refused, so each lane stays bounded whatever callers send. A unary call whose message has not arrived by its
-deadline (the server's: its own, else ``default_deadline_ms``, at most ``max_deadline_ms``) while others wait in its
-lane is cancelled by them, so that a caller that never sends its message (or stalls half way) holds a lane no longer
-than its deadline. At most ``max_receive_waiting`` calls wait for a turn in the
+uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds largest
+messages (a stream asks for its next message only in its turn, so open streams cost their flow-control windows,
+not a message each; a stream waiting for its client's next message holds its turn, which stalls other streams
+only); and one message at a time of other services' request streams (gRPC reflection's), which stall only each
+other. A message larger than its call declared is refused, so each lane stays bounded whatever callers send. A
+unary call whose message has not arrived by its deadline (the server's: its own, else ``default_deadline_ms``, at
+most ``max_deadline_ms``; in the small lane at most ``SMALL_RECEIVE_SECONDS`` after it took its turn) while others
+wait in its lane is cancelled by them, so that a caller that never sends its message (or stalls half way) holds a
+lane no longer than that. At most ``max_receive_waiting`` calls wait for a turn in the
 large lane in each of its two rounds (each costs a gRPC thread and its flow-control window); beyond
 that a call is refused at once.
 Round robin per connection keeps a caller that does not declare its size from waiting behind every
@@ -48,6 +49,10 @@ PEERS_KEPT = 4096
 """Connections remembered as sending small messages (the most recent ones)."""
 WAIT_SLICE_SECONDS = 0.25
 """How often a handler waiting for its turn to receive looks whether its call is still alive."""
+SMALL_RECEIVE_SECONDS = 10.0
+"""How long a unary call in the small lane has to deliver its message once it takes its turn, when its deadline is
+later: the message is at most ``SMALL_BYTES`` (or a health check's few bytes), so a caller slower than that is stalling,
+and every health check waits behind it."""
 
 
 Round = collections.OrderedDict
@@ -72,6 +77,17 @@ class Lane:
     inbound: dict[Any, float] = field(default_factory=dict)
     """The calls of unary handlers receiving their message in this lane, with the deadline by which it must have arrived
     (``Intake.overdue`` cancels them after it)."""
+    receive_seconds: float = 0.0
+    """How long a unary call that takes a slot here has to deliver its message, when its deadline is later (0: until its
+    deadline)."""
+
+    def due(self, deadline: float | None) -> float | None:
+        """When a unary call taking a slot now must have delivered its message: its ``deadline``, or ``receive_seconds``
+        from now when that is sooner."""
+        if not self.receive_seconds:
+            return deadline
+        cap = time.monotonic() + self.receive_seconds
+        return cap if deadline is None or deadline > cap else deadline
 
     def join(self, peer: str, ticket: object, ahead: bool = False) -> None:
         """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
@@ -161,8 +177,11 @@ class Intake:
         self.max_waiting = max_waiting
         self.bounded = bool(receiving_limit)
         self.large = Lane(max(1, receiving_limit // largest) if receiving_limit and largest else 1)
-        self.small = Lane(1)
+        self.small = Lane(1, receive_seconds=SMALL_RECEIVE_SECONDS)
         self.streams = Lane(max(1, stream_limit // largest) if stream_limit and largest else 1)
+        self.others = Lane(1)
+        """Other services' request streams (gRPC reflection's): an open one waiting for its client's next question holds
+        its turn, which stalls only other such streams."""
         self.small_peers: collections.OrderedDict[str, None] = collections.OrderedDict()
         """Connections whose last message in the large lane was at most ``SMALL_BYTES`` (the latest ``PEERS_KEPT``)."""
         self.held = 0
@@ -183,8 +202,8 @@ class Intake:
         with self._lock:
             if not lane.waiting and lane.receiving < lane.slots:
                 lane.receiving += 1
-                if due is not None:
-                    lane.inbound[context] = due
+                if due is not None or lane.receive_seconds:
+                    lane.inbound[context] = lane.due(due)
                 return True
             ticket, peer = context, context.peer()
             ahead = lane is self.large and peer in self.small_peers
@@ -205,8 +224,8 @@ class Intake:
                 if lane.inbound:
                     self._overdue(lane)
             lane.take()
-            if due is not None:
-                lane.inbound[context] = due
+            if due is not None or lane.receive_seconds:
+                lane.inbound[context] = lane.due(due)
             self._room.notify_all()
         return True
 
@@ -290,12 +309,13 @@ class Intake:
 
     def each(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
         """The (message, size) pairs of any other request stream (gRPC reflection's), each asked of gRPC in
-        its turn in the stream lane and held (``hold``, which raises Failure when it does not fit) until
-        the next one is asked for or the stream ends, so that such streams stay within the same budgets. (Not in
-        the small lane: a stream open while its client thinks holds its turn, which must stall no health check.)"""
+        its turn in their own lane (``others``) and held (``hold``, which raises Failure when it does not fit) until
+        the next one is asked for or the stream ends, so that such streams stay within the same budgets. (A stream
+        open while its client thinks holds its turn: in the small lane that stalled every health check, in the stream
+        lane every GradStream.)"""
         size = 0
         try:
-            while (pair := self._next_in_turn(self.streams, messages, context)) is not None:
+            while (pair := self._next_in_turn(self.others, messages, context)) is not None:
                 self.release(size)
                 size = 0
                 self.hold(pair[1])

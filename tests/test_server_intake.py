@@ -14,6 +14,7 @@ from serverkit import long_run, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
+from gradserve.server import intake as intake_module
 from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import Failure
@@ -385,24 +386,25 @@ def test_large_responses_count_towards_trimming_and_small_ones_do_not() -> None:
     assert answered[1][0] == answered[1][1] > 4 * 100_000
 
 
-def test_other_request_streams_take_turns_in_the_stream_lane_and_hold_each_message_while_it_is_served() -> None:
+def test_other_request_streams_take_turns_in_their_own_lane_and_hold_each_message_while_it_is_served() -> None:
     intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=10 * MiB)
     stream = intake.each(iter([("a", 6 * MiB), ("b", 2 * MiB), ("c", 11 * MiB)]), Context())
     assert next(stream) == ("a", 6 * MiB)
-    assert intake.held == 6 * MiB and intake.streams.receiving == 0
+    assert intake.held == 6 * MiB and intake.others.receiving == 0
     assert next(stream) == ("b", 2 * MiB)  # the first one was served: only the second is held
     assert intake.held == 2 * MiB
     with pytest.raises(Failure) as info:
         next(stream)
     assert info.value.code == "RESOURCE_EXHAUSTED"
     assert f"is {11 * MiB} bytes" in info.value.message and f"max_queued_bytes limit of {10 * MiB}" in info.value.message
-    assert intake.held == 0 and intake.streams.receiving == 0 and intake.streams.waiting == 0
-    assert intake.small.receiving == intake.small.waiting == 0
+    assert intake.held == 0 and intake.others.receiving == 0 and intake.others.waiting == 0
+    assert intake.small.receiving == intake.small.waiting == intake.streams.receiving == intake.streams.waiting == 0
 
 
-def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check_or_small_call() -> None:
+def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check_small_call_or_gradstream() -> None:
     """A reflection client (grpcurl, an IDE) that keeps its stream open between questions holds its turn while the server
-    waits for its next message: in the small lane that stopped every health check, ServerInfo and declared-small Grad."""
+    waits for its next message: in the small lane that stopped every health check, ServerInfo and declared-small Grad;
+    in the stream lane every GradStream."""
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, grpc.insecure_channel(f"127.0.0.1:{server.port}") as other:
         done = threading.Event()
@@ -421,9 +423,39 @@ def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check
             request = service_pb2.GradRequest(network_id=sin_network(stub, 3), inputs=[codec.encode_tensor(np.float32([0, 1, 2]))])
             got = stub.Grad(request, timeout=WAIT, metadata=codec.request_bytes_metadata(request))
             np.testing.assert_allclose(codec.decode_tensor(got.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+            (streamed,) = stub.GradStream(iter([request]), timeout=WAIT)
+            np.testing.assert_allclose(codec.decode_tensor(streamed.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
         finally:
             done.set()
             replies.cancel()
+
+
+def test_a_small_call_whose_message_never_comes_holds_its_lane_for_a_few_seconds_whatever_its_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A health check or ServerInfo whose message never comes, sent with a long deadline, held the small lane until that
+    deadline (up to max_deadline_ms, 10 minutes by default): every health check timed out meanwhile. Its message is a few
+    bytes, so it must arrive within SMALL_RECEIVE_SECONDS of its turn (shortened here); the health check waiting behind
+    it cancels it then and is answered, long before the stalled call's own deadline."""
+    monkeypatch.setattr(intake_module, "SMALL_RECEIVE_SECONDS", 0.5)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+        done = threading.Event()
+
+        def never() -> Iterator[bytes]:
+            done.wait()  # until the test ends
+            yield from ()
+
+        stalled = ch.stream_unary("/gradserve.v1.Gradient/ServerInfo", request_serializer=None, response_deserializer=None) \
+            .future(never(), timeout=10 * WAIT)
+        try:
+            wait_until(lambda: server.intake.small.receiving == 1, "the call to stall")
+            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert rejected(lambda: stalled.result(WAIT)).code() == grpc.StatusCode.CANCELLED
+        finally:
+            done.set()
+        assert server.intake.small.receiving == 0 and not server.intake.small.inbound
 
 
 def test_a_call_whose_message_never_comes_is_cancelled_at_its_deadline_and_frees_its_lane() -> None:
