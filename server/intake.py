@@ -191,6 +191,8 @@ class Intake:
         self._lock = threading.Lock()
         """Guards all of the above; taken directly (a Condition's own ``with`` costs Python calls, five times a request)."""
         self._room = threading.Condition(self._lock)
+        self._overdue_calls: set[Any] = set()
+        """Calls cancelled by ``_overdue`` whose handlers have not yet seen their message missing (``receive``)."""
 
     def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0, due: float | None = None) -> bool:
         """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
@@ -236,6 +238,7 @@ class Intake:
         for context, due in list(lane.inbound.items()):
             if due <= now:
                 del lane.inbound[context]
+                self._overdue_calls.add(context)
                 log("receive_overdue", level="warning", peer=context.peer(),
                     message="the request message did not arrive by the call's deadline; the call was cancelled")
                 context.cancel()
@@ -272,6 +275,13 @@ class Intake:
         declared = _declared(context)
         lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
         pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0, unary=True)
+        if self._overdue_calls:
+            with self._lock:
+                overdue = context in self._overdue_calls
+                self._overdue_calls.discard(context)
+            if overdue and pair is None:  # cancelled (its caller sees CANCELLED): logged and counted as what it was
+                raise Failure("DEADLINE_EXCEEDED", f"{method}: the request message did not arrive by the call's "
+                              "deadline (in the small lane, within SMALL_RECEIVE_SECONDS of its turn); the call was cancelled")
         if pair is None:
             return None
         message, size = pair

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from typing import Any, Iterator
 
 import grpc
@@ -68,6 +69,48 @@ def receiving(intake: Intake, method: str, upload: Upload, context: Context | No
 
 
 # ---- the intake on its own ----
+
+
+class Stalled:
+    """A unary call's request stream whose message never comes: it ends (as gRPC's does) once the call is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        assert self.cancelled.wait(WAIT)
+        yield from ()
+
+
+class CancellableContext(Context):
+    def __init__(self, stalled: Stalled) -> None:
+        super().__init__(peer="ipv4:127.0.0.1:2000")
+        self.stalled = stalled
+
+    def cancel(self) -> None:
+        self.active = False
+        self.stalled.cancelled.set()
+
+
+def test_a_call_cancelled_because_its_message_did_not_arrive_in_time_is_reported_as_deadline_exceeded() -> None:
+    """The call waiting behind a call whose message is overdue cancels it; the overdue call's handler then sees no
+    message, which is DEADLINE_EXCEEDED naming the deadline (logged and counted as such), not a call that ended on its
+    own or carried no message (INVALID_ARGUMENT)."""
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=10 * MiB, deadline=lambda context: time.monotonic() - 1)
+    stalled = Stalled()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    first = pool.submit(intake.receive, GRAD, iter(stalled), CancellableContext(stalled))
+    pool.shutdown(wait=False)
+    wait_until(lambda: intake.large.receiving == 1, "the first call to take the slot")
+    upload = Upload(1)
+    upload.arrive.set()
+    second = receiving(intake, GRAD, upload)
+    with pytest.raises(Failure) as info:
+        first.result(WAIT)
+    assert info.value.code == "DEADLINE_EXCEEDED" and "did not arrive by the call's deadline" in info.value.message
+    assert second.result(WAIT) == ("message", 1)
+    intake.release(1)
+    assert intake.held == 0 and intake.large.receiving == 0 and not intake.large.inbound and not intake._overdue_calls
 
 def test_large_uploads_take_turns_while_small_calls_pass_them() -> None:
     intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=64 * MiB)  # one large upload at a time
