@@ -139,7 +139,7 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
         return request, size
 
     def _each(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
-        """A request stream's messages received in the intake's small lane, each held while it is served
+        """A request stream's messages received in the intake's lane for other streams, each held while it is served
         (a message that does not fit ends the call RESOURCE_EXHAUSTED naming max_queued_bytes)."""
         try:
             yield from intake.each(requests, context)

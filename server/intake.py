@@ -76,7 +76,7 @@ class Lane:
     """Tickets in ``ahead`` and ``line``."""
     inbound: dict[Any, float] = field(default_factory=dict)
     """The calls of unary handlers receiving their message in this lane, with the deadline by which it must have arrived
-    (``Intake.overdue`` cancels them after it)."""
+    (``Intake._overdue`` cancels them after it)."""
     receive_seconds: float = 0.0
     """How long a unary call that takes a slot here has to deliver its message, when its deadline is later (0: until its
     deadline)."""
@@ -200,7 +200,7 @@ class Intake:
         (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls.
         With none waiting in ``lane`` and a slot free, the slot is taken at once (no other handler's turn changes).
         ``due``: when a unary call's message must have arrived; while it waits, a handler cancels the calls receiving in
-        ``lane`` past theirs (``overdue``)."""
+        ``lane`` past theirs (``_overdue``)."""
         with self._lock:
             if not lane.waiting and lane.receiving < lane.slots:
                 lane.receiving += 1
