@@ -35,8 +35,7 @@ class Limits(codec.Limits):
     max_deadline_ms: int = 600_000
     max_queue_depth: int = 64
     max_queued_bytes: int = 384 * MiB
-    """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed, and their
-    responses over 64 KiB until the call ends (gRPC holds a response its caller has not read); a call
+    """Request bytes (as received) of the Grad and Run calls waiting for a worker or being computed; a call
     that would bring them over this is refused (RESOURCE_EXHAUSTED) before the data of its tensors of 64 KiB or
     more is copied anywhere, unless the whole request is at most 256 KiB: protobuf parsed such a request whole
     as it arrived (``blobs.parse``), and that copy is held beside its received bytes, uncounted, until it is answered."""
@@ -187,8 +186,7 @@ HELP = {
     "default_deadline_ms": "deadline of a call that sets none, in milliseconds",
     "max_deadline_ms": "longest deadline a call gets, in milliseconds (longer ones are cut to this)",
     "max_queue_depth": "requests waiting for a free worker before more are refused (RESOURCE_EXHAUSTED)",
-    "max_queued_bytes": "request bytes of the Grad and Run calls waiting for or holding a worker (and their responses "
-                        "over 64 KiB until sent); beyond it a call "
+    "max_queued_bytes": "request bytes of the Grad and Run calls waiting for or holding a worker; beyond it a call "
                         "is refused (RESOURCE_EXHAUSTED) before its large tensors' data is copied (requests over 256 KiB)",
     "max_receive_bytes": "room for Grad, Run and RegisterNetwork requests being received, each counted as the largest "
                          "message (gRPC gives no size before a message is in); the others wait their turn",

@@ -165,10 +165,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self._ops: tuple[bytes, list[int]] | None = None
         self._inflight = 0
         self._held = 0
-        """Bytes of the Grad and Run requests waiting for a worker or being computed, and of their large responses
-        until sent (``max_queued_bytes``)."""
-        self._sends: dict[Any, tuple[float | None, int]] = {}
-        """The calls whose large response gRPC is sending (``_sending``): their deadline and the bytes they hold."""
+        """Bytes of the Grad and Run requests waiting for a worker or being computed (``max_queued_bytes``)."""
         self.answered = 0
         """Running total of the bytes of Grad and Run responses over ``LARGE_ANSWER_BYTES`` (the ``trim.Trimmer`` reads it:
         the server process keeps freed heap pages for the next large response, ``heap.keep_heap``)."""
@@ -196,29 +193,13 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
                 self._quiet.notify_all()
 
     def _hold(self, size: int) -> None:
-        """Count ``size`` request bytes against ``max_queued_bytes``, or refuse the request (RESOURCE_EXHAUSTED). When
-        they do not fit, the calls whose response has not been sent by their deadline (a caller that does not read it)
-        are cancelled first, and their bytes released."""
+        """Count ``size`` request bytes against ``max_queued_bytes``, or refuse the request (RESOURCE_EXHAUSTED)."""
         limit = self.limits.max_queued_bytes
         with self._counting:
             held = self._held
             if not limit or held + size <= limit:
                 self._held = held + size
                 return
-            now = time.monotonic()
-            overdue = [c for c, (deadline, _) in self._sends.items() if deadline is not None and deadline <= now]
-            for context in overdue:
-                self._held -= self._sends.pop(context)[1]
-            held = self._held
-            fits = held + size <= limit
-            if fits:
-                self._held = held + size
-        for context in overdue:
-            log("response_overdue", level="warning", peer=context.peer(),
-                message="the response was not read by the call's deadline; the call was cancelled")
-            context.cancel()
-        if fits:
-            return
         raise Failure("RESOURCE_EXHAUSTED", f"this request is {size} bytes and the requests waiting or being computed hold "
                       f"{held}, together over the max_queued_bytes limit of {limit}; retry later, or send smaller requests")
 
@@ -419,43 +400,11 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
 
     def Grad(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """GradOperation of a registered or inline network on the given inputs (a serialized GradResponse)."""
-        return self._serve("Grad", context, lambda call: self._sending("grad", self._compute("grad", request, call), call),
-                           _request_id(request))
+        return self._serve("Grad", context, lambda call: self._compute("grad", request, call), _request_id(request))
 
     def Run(self, request: blobs.Lifted, context: grpc.ServicerContext) -> bytes:  # type: ignore[override]
         """Forward outputs of a network (a serialized RunResponse)."""
-        return self._serve("Run", context, lambda call: self._sending("run", self._compute("run", request, call), call),
-                           _request_id(request))
-
-    def _sending(self, kind: str, out: bytes, call: Call) -> bytes:
-        """``out``, a unary call's response, its bytes counted against ``max_queued_bytes`` (in its request's place) until
-        the call ends, once gRPC has sent it: gRPC holds a response its caller does not read, and the handler's thread is
-        free for the next call, so the responses of callers reading slowly or not at all grew the server without bound.
-        A large response that does not fit is refused (RESOURCE_EXHAUSTED); small ones are not counted. One still unread
-        at its call's deadline is cancelled by the next request that does not fit (``_hold``)."""
-        size = len(out)
-        if size <= LARGE_ANSWER_BYTES:
-            return out
-        try:
-            self._hold(size)
-        except Failure:
-            raise Failure("RESOURCE_EXHAUSTED", f"the {KINDS[kind].response.__name__} is {size} bytes and the requests and "
-                          f"responses waiting, being computed or being sent hold {self._held}, together over the "
-                          f"max_queued_bytes limit of {self.limits.max_queued_bytes}; retry later, read responses sooner, "
-                          f"or ask for smaller results") from None
-        context = call.context
-        with self._counting:
-            self._sends[context] = (call.deadline, size)
-        if not context.add_callback(functools.partial(self._sent, context)):
-            self._sent(context)  # the call has ended already
-        return out
-
-    def _sent(self, context: grpc.ServicerContext) -> None:
-        """The call ``context`` has ended: the bytes of its response are released (unless ``_hold`` cancelled it first)."""
-        with self._counting:
-            sending = self._sends.pop(context, None)
-            if sending is not None:
-                self._held -= sending[1]
+        return self._serve("Run", context, lambda call: self._compute("run", request, call), _request_id(request))
 
     def GradStream(self, request_iterator: Iterator[Received], context: grpc.ServicerContext) -> Iterator[bytes | service_pb2.GradResponse]:  # type: ignore[override]
         """Grad calls over one stream, computed concurrently (up to the worker count), answered as they finish.
