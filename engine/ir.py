@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -185,6 +186,8 @@ def unflatten(tree: Any, leaves: Iterator[Any]) -> Any:
 
 DERIVED_KEPT = 32
 """Graphs transforms made from one graph that it keeps (``Graph.keep_derived``), the most recently made."""
+_DERIVED_LOCK = threading.Lock()
+"""Guards every graph's ``derived`` while one is added and the oldest dropped."""
 
 
 @dataclass(eq=False)
@@ -210,9 +213,10 @@ class Graph:
         oldest kept is dropped beyond ``DERIVED_KEPT`` (a server's network lives long, and each list of weights its
         callers name makes another gradient graph: kept, they grew its worker without bound)."""
         derived = self.derived
-        derived[key] = graph
-        if len(derived) > DERIVED_KEPT:
-            del derived[next(iter(derived))]
+        with _DERIVED_LOCK:  # threads of one process may derive from one graph (the SDK's embedded backend)
+            derived[key] = graph
+            while len(derived) > DERIVED_KEPT:
+                del derived[next(iter(derived))]
         return graph
 
     @property
