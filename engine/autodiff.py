@@ -209,8 +209,7 @@ def grad_operation(
     b, _, gi, gw = _differentiate(g, wrt_inputs, wlist if get_by_list else (), sens_param, f"grad_{g.name}")
     out = grad_structure(gi + gw, len(gi), get_all, get_by_list, bare_weight)
     result = b.build(out).pruned()
-    g.derived[key] = result
-    return result
+    return g.keep_derived(key, result)
 
 
 def grad_structure(leaves: Sequence[Any], n_inputs: int, get_all: bool, get_by_list: bool, bare_weight: bool) -> Any:
@@ -251,5 +250,4 @@ def vjp(g: Graph, positions: Sequence[int], weights: Sequence[str] = (), sens_pa
     check_positions(g, positions, "Vjp")
     b, out, gi, gw = _differentiate(g, positions, weights, sens_param, f"vjp_{g.name}", used)
     result = b.build((out, tuple(gi + gw))).pruned()
-    g.derived[key] = result
-    return result
+    return g.keep_derived(key, result)

@@ -44,8 +44,7 @@ def jvp(g: Graph, positions: Sequence[int]) -> Graph:
     grads = backprop(b, list(b.nodes), [args[i] for i in positions], leaves, us)
     dots = backprop(b, list(b.nodes), us, grads, tangents)
     result = b.build((out, unflatten(out, iter(dots)))).pruned()
-    g.derived[key] = result
-    return result
+    return g.keep_derived(key, result)
 
 
 @gc_paused
@@ -69,8 +68,7 @@ def jacobian(g: Graph, positions: Sequence[int], mode: str) -> Graph:
     else:
         jacs = _reverse_rows(b, g, args, positions, leaves)
     result = b.build((out, tuple(jacs[i][j] for i in range(len(leaves)) for j in range(len(xs))))).pruned()
-    g.derived[key] = result
-    return result
+    return g.keep_derived(key, result)
 
 
 def _check_columns(g: Graph, count: int, what: str, pass_nodes: int) -> None:

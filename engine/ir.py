@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import threading
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterator
 
@@ -183,6 +184,12 @@ def unflatten(tree: Any, leaves: Iterator[Any]) -> Any:
     return next(leaves)
 
 
+DERIVED_KEPT = 32
+"""Graphs transforms made from one graph that it keeps (``Graph.keep_derived``), the most recently made."""
+_DERIVED_LOCK = threading.Lock()
+"""Guards every graph's ``derived`` while one is added and the oldest dropped."""
+
+
 @dataclass(eq=False)
 class Graph:
     """A finished, checked graph. Nodes are in topological order; ``library`` holds graphs that
@@ -196,9 +203,21 @@ class Graph:
     name: str = "main"
     derived: dict[tuple, Graph] = field(default_factory=dict, repr=False)
     """Graphs transforms made from this one, by the transform's key: kept on the graph so they die with it
-    (a weak-key table leaked, since a derived graph shares the library that holds its source)."""
+    (a weak-key table leaked, since a derived graph shares the library that holds its source); the latest
+    ``DERIVED_KEPT`` (``keep_derived``)."""
     is_pruned: bool = field(default=False, repr=False, compare=False)
     """True for a graph :meth:`pruned` returned: every node is live, so pruning it again returns it as it is."""
+
+    def keep_derived(self, key: tuple, graph: Graph) -> Graph:
+        """Keep ``graph``, made from this one by the transform of ``key``, for the next call of that transform; the
+        oldest kept is dropped beyond ``DERIVED_KEPT`` (a server's network lives long, and each list of weights its
+        callers name makes another gradient graph: kept, they grew its worker without bound)."""
+        derived = self.derived
+        with _DERIVED_LOCK:  # threads of one process may derive from one graph (the SDK's embedded backend)
+            derived[key] = graph
+            while len(derived) > DERIVED_KEPT:
+                del derived[next(iter(derived))]
+        return graph
 
     @property
     def flat_outputs(self) -> list[Value]:

@@ -139,7 +139,7 @@ def guard_parsing(handler: grpc.RpcMethodHandler, method: str, reject: Reject, i
         return request, size
 
     def _each(requests: Iterator[tuple[Any, int]], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
-        """A request stream's messages received in the intake's small lane, each held while it is served
+        """A request stream's messages received in the intake's lane for other streams, each held while it is served
         (a message that does not fit ends the call RESOURCE_EXHAUSTED naming max_queued_bytes)."""
         try:
             yield from intake.each(requests, context)
@@ -247,7 +247,7 @@ class Server:
         # The first interceptor is the outermost: a call without the token is refused before its bytes are parsed.
         interceptors: list[grpc.ServerInterceptor] = [BearerAuth(token, SERVICE_NAME, self._reject)] if token else []
         self.intake = Intake(lim.max_receive_bytes, lim.max_message_bytes, lim.max_queued_bytes,
-                             lim.max_stream_receive_bytes, lim.max_receive_waiting)
+                             lim.max_stream_receive_bytes, lim.max_receive_waiting, self.servicer.deadline)
         recognizing = {f"/{SERVICE_NAME}/{name}": functools.partial(self.servicer.parse, kind) for name, kind in (("Grad", "grad"), ("Run", "run"))}
         interceptors.append(ParseGuard(self._reject, self.intake, {**LIFTED, **recognizing}))
         self.grpc = grpc.server(ThreadPoolExecutor(max_workers=threads, thread_name_prefix="grpc"), options=options,

@@ -6,14 +6,19 @@ only when its lane has room to receive the largest message gRPC accepts (``max_m
 then counts the message's actual size among the messages held by their handlers (``max_queued_bytes``)
 until the handler returns, refusing it at once when they do not fit.
 
-Three lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
+Four lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
 RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
-the small lane (every other unary method, each message of other request streams such as gRPC reflection's, and calls whose ``gradserve-request-bytes`` metadata declares at
+the small lane (every other unary method and calls whose ``gradserve-request-bytes`` metadata declares at
 most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
-uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds
-largest messages (a stream asks for its next message only in its turn, so open streams cost their
-flow-control windows, not a message each). A message larger than its call declared is refused, so each
-lane stays bounded whatever callers send. At most ``max_receive_waiting`` calls wait for a turn in the
+uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds largest
+messages (a stream asks for its next message only in its turn, so open streams cost their flow-control windows,
+not a message each; a stream waiting for its client's next message holds its turn, which stalls other streams
+only); and one message at a time of other services' request streams (gRPC reflection's), which stall only each
+other. A message larger than its call declared is refused, so each lane stays bounded whatever callers send. A
+unary call whose message has not arrived by its deadline (the server's: its own, else ``default_deadline_ms``, at
+most ``max_deadline_ms``; in the small lane at most ``SMALL_RECEIVE_SECONDS`` after it took its turn) while others
+wait in its lane is cancelled by them, so that a caller that never sends its message (or stalls half way) holds a
+lane no longer than that. At most ``max_receive_waiting`` calls wait for a turn in the
 large lane in each of its two rounds (each costs a gRPC thread and its flow-control window); beyond
 that a call is refused at once.
 Round robin per connection keeps a caller that does not declare its size from waiting behind every
@@ -24,14 +29,16 @@ from __future__ import annotations
 
 import collections
 import threading
+import time
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import grpc
 
 from gradserve.proto.codec import REQUEST_BYTES_HEADER as DECLARED
 
 from .errors import Failure
+from .jsonlog import log
 
 SMALL_BYTES = 64 << 10
 """A call declaring at most this many request bytes is received in the small lane; a message this small
@@ -42,6 +49,10 @@ PEERS_KEPT = 4096
 """Connections remembered as sending small messages (the most recent ones)."""
 WAIT_SLICE_SECONDS = 0.25
 """How often a handler waiting for its turn to receive looks whether its call is still alive."""
+SMALL_RECEIVE_SECONDS = 10.0
+"""How long a unary call in the small lane has to deliver its message once it takes its turn, when its deadline is
+later: the message is at most ``SMALL_BYTES`` (or a health check's few bytes), so a caller slower than that is stalling,
+and every health check waits behind it."""
 
 
 Round = collections.OrderedDict
@@ -63,6 +74,20 @@ class Lane:
     line: Round[str, collections.deque[object]] = field(default_factory=Round)
     waiting: int = 0
     """Tickets in ``ahead`` and ``line``."""
+    inbound: dict[Any, float] = field(default_factory=dict)
+    """The calls of unary handlers receiving their message in this lane, with the deadline by which it must have arrived
+    (``Intake._overdue`` cancels them after it)."""
+    receive_seconds: float = 0.0
+    """How long a unary call that takes a slot here has to deliver its message, when its deadline is later (0: until its
+    deadline)."""
+
+    def due(self, deadline: float | None) -> float | None:
+        """When a unary call taking a slot now must have delivered its message: its ``deadline``, or ``receive_seconds``
+        from now when that is sooner."""
+        if not self.receive_seconds:
+            return deadline
+        cap = time.monotonic() + self.receive_seconds
+        return cap if deadline is None or deadline > cap else deadline
 
     def join(self, peer: str, ticket: object, ahead: bool = False) -> None:
         """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
@@ -77,8 +102,10 @@ class Lane:
         return self.ahead or self.line
 
     def turn(self, ticket: object) -> bool:
-        """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free."""
-        return self.receiving < self.slots and next(iter(self._round().values()))[0] is ticket
+        """Whether ``ticket`` is next (the first of the first peer in the round) and a slot is free (never for a ticket
+        ``drop_ended`` took out, whose rounds may be empty)."""
+        turns = self._round()
+        return self.receiving < self.slots and bool(turns) and next(iter(turns.values()))[0] is ticket
 
     def take(self) -> None:
         """The next ticket takes a slot; its peer goes to the end of its round."""
@@ -93,13 +120,28 @@ class Lane:
         self.receiving += 1
 
     def leave(self, peer: str, ticket: object) -> None:
-        """``ticket``'s call ended while it waited."""
+        """``ticket``'s call ended while it waited (nothing when ``drop_ended`` took it out already)."""
         turns = self.ahead if ticket in self.ahead.get(peer, ()) else self.line
-        tickets = turns[peer]
+        tickets = turns.get(peer)
+        if tickets is None or ticket not in tickets:
+            return
         tickets.remove(ticket)
         if not tickets:
             del turns[peer]
         self.waiting -= 1
+
+    def drop_ended(self, ahead: bool) -> None:
+        """Take out of the ``ahead`` round (or the other) the tickets whose calls have ended (each ticket is its call's
+        context), before their handlers wake to leave: a burst of calls that expired or were cancelled while waiting
+        would otherwise count against the waiting bound and refuse live calls."""
+        turns = self.ahead if ahead else self.line
+        for peer, tickets in list(turns.items()):
+            live = collections.deque(t for t in tickets if t.is_active())  # type: ignore[attr-defined]
+            self.waiting -= len(tickets) - len(live)
+            if live:
+                turns[peer] = live
+            else:
+                del turns[peer]
 
 
 @dataclass
@@ -125,14 +167,21 @@ class Intake:
     the bytes received and not yet answered (up to ``held_limit``); and at most ``max_waiting`` unary calls
     waiting for their turn in the large lane. A limit of 0 is none."""
 
-    def __init__(self, receiving_limit: int, largest: int, held_limit: int, stream_limit: int = 0, max_waiting: int = 0) -> None:
+    def __init__(self, receiving_limit: int, largest: int, held_limit: int, stream_limit: int = 0, max_waiting: int = 0,
+                 deadline: Callable[[grpc.ServicerContext], float | None] | None = None) -> None:
+        self.deadline = deadline
+        """A call's deadline (``time.monotonic``; None: none), as the servicer sets it: a unary call's message must have
+        arrived by then (None here: no bound)."""
         self.largest = largest
         self.held_limit = held_limit
         self.max_waiting = max_waiting
         self.bounded = bool(receiving_limit)
         self.large = Lane(max(1, receiving_limit // largest) if receiving_limit and largest else 1)
-        self.small = Lane(1)
+        self.small = Lane(1, receive_seconds=SMALL_RECEIVE_SECONDS)
         self.streams = Lane(max(1, stream_limit // largest) if stream_limit and largest else 1)
+        self.others = Lane(1)
+        """Other services' request streams (gRPC reflection's): an open one waiting for its client's next question holds
+        its turn, which stalls only other such streams."""
         self.small_peers: collections.OrderedDict[str, None] = collections.OrderedDict()
         """Connections whose last message in the large lane was at most ``SMALL_BYTES`` (the latest ``PEERS_KEPT``)."""
         self.held = 0
@@ -142,19 +191,29 @@ class Intake:
         self._lock = threading.Lock()
         """Guards all of the above; taken directly (a Condition's own ``with`` costs Python calls, five times a request)."""
         self._room = threading.Condition(self._lock)
+        self._overdue_calls: set[Any] = set()
+        """Calls cancelled by ``_overdue`` whose handlers have not yet seen their message missing (``receive``)."""
 
-    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0) -> bool:
+    def _wait_turn(self, lane: Lane, context: grpc.ServicerContext, max_waiting: int = 0, due: float | None = None) -> bool:
         """Wait for this handler's turn in ``lane`` and take a slot; False when the call ended first. Raises
         Failure (RESOURCE_EXHAUSTED) at once when it would wait behind ``max_waiting`` others of its round
         (0: no bound): each round has its own bound, so that uploads filling the line never refuse small calls.
-        With none waiting in ``lane`` and a slot free, the slot is taken at once (no other handler's turn changes)."""
+        With none waiting in ``lane`` and a slot free, the slot is taken at once (no other handler's turn changes).
+        ``due``: when a unary call's message must have arrived; while it waits, a handler cancels the calls receiving in
+        ``lane`` past theirs (``_overdue``)."""
         with self._lock:
             if not lane.waiting and lane.receiving < lane.slots:
                 lane.receiving += 1
+                if due is not None or lane.receive_seconds:
+                    lane.inbound[context] = lane.due(due)
                 return True
-            ticket, peer = object(), context.peer()
+            ticket, peer = context, context.peer()
             ahead = lane is self.large and peer in self.small_peers
             waiting = lane.in_round(ahead)
+            if max_waiting and waiting >= max_waiting:
+                lane.drop_ended(ahead)
+                waiting = lane.in_round(ahead)
+                self._room.notify_all()  # another ticket may be first now
             if max_waiting and waiting >= max_waiting:
                 raise Failure("RESOURCE_EXHAUSTED", f"{waiting} calls are already waiting for their turn to be "
                               f"received, the max_receive_waiting limit of {max_waiting}; retry later")
@@ -164,29 +223,50 @@ class Intake:
                     lane.leave(peer, ticket)
                     self._room.notify_all()
                     return False
+                if lane.inbound:
+                    self._overdue(lane)
             lane.take()
+            if due is not None or lane.receive_seconds:
+                lane.inbound[context] = lane.due(due)
             self._room.notify_all()
         return True
 
-    def _done_receiving(self, lane: Lane) -> None:
+    def _overdue(self, lane: Lane) -> None:
+        """Cancel the calls receiving in ``lane`` whose message has not arrived by their deadline (the caller holds the
+        lock): a caller that never sends its message would otherwise hold the lane's slot for as long as its connection lives."""
+        now = time.monotonic()
+        for context, due in list(lane.inbound.items()):
+            if due <= now:
+                del lane.inbound[context]
+                self._overdue_calls.add(context)
+                log("receive_overdue", level="warning", peer=context.peer(),
+                    message="the request message did not arrive by the call's deadline; the call was cancelled")
+                context.cancel()
+
+    def _done_receiving(self, lane: Lane, context: grpc.ServicerContext) -> None:
         with self._lock:
             lane.receiving -= 1
+            if lane.inbound:
+                lane.inbound.pop(context, None)
             if lane.waiting:  # only handlers waiting in this lane wait for its slots
                 self._room.notify_all()
 
     def _next_in_turn(self, lane: Lane, messages: Iterator[Any], context: grpc.ServicerContext,
-                      max_waiting: int = 0) -> tuple[Any, int] | None:
+                      max_waiting: int = 0, unary: bool = False) -> tuple[Any, int] | None:
         """The next (message, size) of ``messages``, asked of gRPC in this handler's turn in ``lane``; None when
-        the stream ended, the call ended first or was cancelled while the message was on its way."""
-        if self.bounded and not self._wait_turn(lane, context, max_waiting):
-            return None
+        the stream ended, the call ended first or was cancelled while the message was on its way (``unary``: the one
+        message of a unary call, which must arrive by the call's deadline while others wait in ``lane``)."""
+        if self.bounded:
+            due = self.deadline(context) if unary and self.deadline is not None else None
+            if not self._wait_turn(lane, context, max_waiting, due):
+                return None
         try:
             return next(messages, None)
         except grpc.RpcError:
             return None
         finally:
             if self.bounded:
-                self._done_receiving(lane)
+                self._done_receiving(lane, context)
 
     def receive(self, method: str, messages: Iterator[Any], context: grpc.ServicerContext) -> tuple[Any, int] | None:
         """The one (message, size) of a unary call's ``messages`` (the deserializer's pairs), asked for in
@@ -194,7 +274,14 @@ class Intake:
         held until ``release``; raises Failure when it does not fit or exceeds what the call declared."""
         declared = _declared(context)
         lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
-        pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0)
+        pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0, unary=True)
+        if self._overdue_calls:
+            with self._lock:
+                overdue = context in self._overdue_calls
+                self._overdue_calls.discard(context)
+            if overdue and pair is None:  # cancelled (its caller sees CANCELLED): logged and counted as what it was
+                raise Failure("DEADLINE_EXCEEDED", f"{method}: the request message did not arrive by the call's "
+                              "deadline (in the small lane, within SMALL_RECEIVE_SECONDS of its turn); the call was cancelled")
         if pair is None:
             return None
         message, size = pair
@@ -232,11 +319,13 @@ class Intake:
 
     def each(self, messages: Iterator[Any], context: grpc.ServicerContext) -> Iterator[tuple[Any, int]]:
         """The (message, size) pairs of any other request stream (gRPC reflection's), each asked of gRPC in
-        its turn in the small lane and held (``hold``, which raises Failure when it does not fit) until
-        the next one is asked for or the stream ends, so that such streams stay within the same budgets."""
+        its turn in their own lane (``others``) and held (``hold``, which raises Failure when it does not fit) until
+        the next one is asked for or the stream ends, so that such streams stay within the same budgets. (A stream
+        open while its client thinks holds its turn: in the small lane that stalled every health check, in the stream
+        lane every GradStream.)"""
         size = 0
         try:
-            while (pair := self._next_in_turn(self.small, messages, context)) is not None:
+            while (pair := self._next_in_turn(self.others, messages, context)) is not None:
                 self.release(size)
                 size = 0
                 self.hold(pair[1])

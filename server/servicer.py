@@ -41,15 +41,23 @@ LARGE_ANSWER_BYTES = 64 << 10
 """Responses larger than this count in ``GradientServicer.answered``."""
 
 
+DIGESTS_PER_NETWORK = 4
+"""Digests of the bytes a network was registered from that the registry keeps (the latest): the same network serialized
+otherwise (field order, unknown fields) has another digest, and each kept would stay as long as the network does."""
+
+
 class Registry:
     """Registered networks (serialized) by id, least recently used evicted beyond a count and a byte
-    budget, plus a digest->id index so that registering the same bytes again needs no worker."""
+    budget, plus a digest->id index (the latest ``DIGESTS_PER_NETWORK`` digests of each network) so that
+    registering the same bytes again needs no worker."""
 
     def __init__(self, capacity: int, max_bytes: int) -> None:
         self.max_bytes = max_bytes
         self._nets = Cache(capacity or sys.maxsize, max_bytes, collect=False)
         """Serialized networks by id (``capacity`` 0: no count bound)."""
         self._ids: dict[str, str] = {}
+        self._digests: dict[str, list[str]] = {}
+        """The digests in ``_ids`` of each network, oldest first."""
         self._lock = threading.Lock()
 
     @property
@@ -78,10 +86,17 @@ class Registry:
         """Store a network (``check``ed); True when it was new."""
         with self._lock:
             created = network_id not in self._nets
-            self._ids[digest] = network_id
+            if self._ids.get(digest) != network_id:
+                self._ids[digest] = network_id
+                digests = self._digests.setdefault(network_id, [])
+                digests.append(digest)
+                if len(digests) > DIGESTS_PER_NETWORK:
+                    del self._ids[digests.pop(0)]
             gone = set(self._nets.put(network_id, raw, len(raw)))
             if gone:
                 self._ids = {d: i for d, i in self._ids.items() if i not in gone}
+                for nid in gone:
+                    self._digests.pop(nid, None)
             return created
 
     def __len__(self) -> int:
@@ -207,7 +222,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         try:
             self._enter()
             try:
-                call.deadline = self._deadline(context)
+                call.deadline = self.deadline(context)
                 return fn(call)
             finally:
                 self._leave()
@@ -235,7 +250,7 @@ class GradientServicer(service_pb2_grpc.GradientServicer):
         self.metrics.record(method, f.code)
         self.fail(method, f, context)
 
-    def _deadline(self, context: grpc.ServicerContext) -> float | None:
+    def deadline(self, context: grpc.ServicerContext) -> float | None:
         """Monotonic deadline: the caller's, else the default, never beyond the maximum (None: no limit at all).
 
         grpc reports a call without a deadline as one that ends in centuries (``time_remaining`` is never

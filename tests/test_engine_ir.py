@@ -3,6 +3,7 @@ values ignored; structure and constants that print alike told apart) and tensor 
 across processes."""
 from __future__ import annotations
 
+import concurrent.futures
 import os
 import pickle
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import numpy as np
 
 from gradserve.engine import GraphBuilder, TensorType, grad_operation
+from gradserve.engine.ir import DERIVED_KEPT
 
 
 def test_gradient_program_prints_as_a_listing() -> None:
@@ -75,3 +77,23 @@ def test_tensor_type_pickled_in_another_process_finds_its_equal_in_a_dict() -> N
         assert there == here and hash(there) == hash(here)
         assert {here: "found"}[there] == "found"
     assert here != TensorType(np.dtype("float32"), (3, 2)) and here != TensorType(np.dtype("float64"), (2, 3))
+
+
+def test_graphs_derived_from_one_graph_in_many_threads_stay_bounded_and_none_is_lost_twice() -> None:
+    """Threads deriving from one graph at once (the SDK's embedded backend serves several) each keep their graph and
+    drop the oldest: unguarded, two could drop the same one (a KeyError) or keep more than DERIVED_KEPT."""
+    b = GraphBuilder()
+    network = b.build(b.op("ReduceSum", b.input("x", "float32", (2,))))
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads as often as possible, where an unguarded drop would interleave
+    try:
+        def derive(t: int) -> None:
+            for k in range(20_000):
+                network.keep_derived((t, k), network)
+
+        with concurrent.futures.ThreadPoolExecutor(4) as pool:
+            for f in [pool.submit(derive, t) for t in range(4)]:
+                f.result()
+    finally:
+        sys.setswitchinterval(switch)
+    assert len(network.derived) == DERIVED_KEPT

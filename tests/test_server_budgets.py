@@ -14,12 +14,14 @@ import yaml
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from serverkit import long_run, rejected, wait_until
 
-from gradserve.engine import GraphBuilder, compile_graph
+from gradserve.engine import GraphBuilder, compile_graph, grad_operation
+from gradserve.engine.ir import DERIVED_KEPT
 from gradserve.proto import codec
 from gradserve.server.app import SPARE_THREADS, Server, running
 from gradserve.server.blobs import WHOLE_MAX_BYTES
 from gradserve.server.cache import Cache
 from gradserve.server.config import Limits, ServerConfig
+from gradserve.server.servicer import DIGESTS_PER_NETWORK, Registry
 from gradserve.v1 import graph_pb2, service_pb2, service_pb2_grpc
 
 MiB = 1 << 20
@@ -123,6 +125,22 @@ def test_a_network_larger_than_the_registry_is_refused_naming_limit_and_size(con
             assert f"the network is {size} bytes serialized, over the max_registry_bytes limit of {budget}" in err.details()
         assert len(server.servicer.registry) == 0
         assert server.pool.pids() == pids and server.pool.replaced == 0 and serving(server)
+
+
+def test_the_registry_keeps_a_few_digests_per_network_however_often_it_is_registered_in_other_bytes() -> None:
+    """The same network serialized otherwise (an unknown field, another field order) has another digest: the registry
+    kept every one for as long as the network stayed registered, so registering one network over and over in new bytes
+    grew the server without bound. It keeps the latest DIGESTS_PER_NETWORK, and none of a network it evicts."""
+    registry = Registry(capacity=2, max_bytes=0)
+    for k in range(100):
+        registry.put(f"digest {k}", "net a", b"a")
+    assert len(registry) == 1 and len(registry._ids) == DIGESTS_PER_NETWORK
+    assert [registry.lookup(f"digest {k}") for k in (95, 96, 97, 98, 99)] == [None] + ["net a"] * 4
+    assert not registry.put("digest 99", "net a", b"a")  # registered again from bytes it knows: no new digest
+    assert len(registry._ids) == DIGESTS_PER_NETWORK
+    registry.put("digest b", "net b", b"b")
+    registry.put("digest c", "net c", b"c")  # evicts net a, and its digests with it
+    assert registry.lookup("digest 99") is None and set(registry._ids) == {"digest b", "digest c"}
 
 
 # ---- each worker's cache ----
@@ -274,3 +292,25 @@ def test_the_documented_memory_total_follows_from_the_default_budgets() -> None:
     (container,) = deployment["spec"]["template"]["spec"]["containers"]
     memory = container["resources"]["limits"]["memory"]
     assert memory.endswith("Gi") and int(memory[:-2]) * 1024 * MiB >= fixed + 2 * per_worker  # its 2 workers
+
+
+def test_gradients_for_ever_new_lists_of_weights_keep_a_bounded_number_of_graphs_on_the_network() -> None:
+    """Each list of weights a Grad names (any order, repeats allowed) makes another gradient graph of the network, which the
+    engine kept on the network (``Graph.derived``) for as long as a worker held it: a caller naming new lists grew the worker
+    without bound. The network keeps the latest DERIVED_KEPT, and the answers stay those of the closed form."""
+    b = GraphBuilder()
+    x = b.input("x", "float64", (3,))
+    names = [f"w{i}" for i in range(4)]
+    out = b.op("ReduceSum", x * b.param(names[0], np.full(3, 1.0)) * b.param(names[1], np.full(3, 2.0))
+               + x * b.param(names[2], np.full(3, 3.0)) * b.param(names[3], np.full(3, 4.0)))
+    network = b.build(out)
+    for k in range(3 * DERIVED_KEPT):
+        weights = [names[int(d)] for d in np.base_repr(k + 4, 4)]  # a new list each time
+        got = grad_operation(network, get_by_list=True, weights=weights)
+        assert len(network.derived) <= DERIVED_KEPT
+        values = {"w0": 2.0 * np.arange(3), "w1": 1.0 * np.arange(3), "w2": 4.0 * np.arange(3), "w3": 3.0 * np.arange(3)}
+        result = compile_graph(got)(np.arange(3.0))
+        for w, g in zip(weights, result):
+            np.testing.assert_allclose(g, values[w])
+    assert len(network.derived) == DERIVED_KEPT
+    assert grad_operation(network, get_by_list=True, weights=names[:1]) is grad_operation(network, get_by_list=True, weights=names[:1])

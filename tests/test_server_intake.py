@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import threading
+import time
 from typing import Any, Iterator
 
 import grpc
@@ -14,6 +15,7 @@ from serverkit import long_run, rejected, wait_until
 
 from gradserve.engine import GraphBuilder
 from gradserve.proto import codec
+from gradserve.server import intake as intake_module
 from gradserve.server.app import running
 from gradserve.server.config import Limits, ServerConfig
 from gradserve.server.errors import Failure
@@ -67,6 +69,48 @@ def receiving(intake: Intake, method: str, upload: Upload, context: Context | No
 
 
 # ---- the intake on its own ----
+
+
+class Stalled:
+    """A unary call's request stream whose message never comes: it ends (as gRPC's does) once the call is cancelled."""
+
+    def __init__(self) -> None:
+        self.cancelled = threading.Event()
+
+    def __iter__(self) -> Iterator[tuple[Any, int]]:
+        assert self.cancelled.wait(WAIT)
+        yield from ()
+
+
+class CancellableContext(Context):
+    def __init__(self, stalled: Stalled) -> None:
+        super().__init__(peer="ipv4:127.0.0.1:2000")
+        self.stalled = stalled
+
+    def cancel(self) -> None:
+        self.active = False
+        self.stalled.cancelled.set()
+
+
+def test_a_call_cancelled_because_its_message_did_not_arrive_in_time_is_reported_as_deadline_exceeded() -> None:
+    """The call waiting behind a call whose message is overdue cancels it; the overdue call's handler then sees no
+    message, which is DEADLINE_EXCEEDED naming the deadline (logged and counted as such), not a call that ended on its
+    own or carried no message (INVALID_ARGUMENT)."""
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=10 * MiB, deadline=lambda context: time.monotonic() - 1)
+    stalled = Stalled()
+    pool = concurrent.futures.ThreadPoolExecutor(1)
+    first = pool.submit(intake.receive, GRAD, iter(stalled), CancellableContext(stalled))
+    pool.shutdown(wait=False)
+    wait_until(lambda: intake.large.receiving == 1, "the first call to take the slot")
+    upload = Upload(1)
+    upload.arrive.set()
+    second = receiving(intake, GRAD, upload)
+    with pytest.raises(Failure) as info:
+        first.result(WAIT)
+    assert info.value.code == "DEADLINE_EXCEEDED" and "did not arrive by the call's deadline" in info.value.message
+    assert second.result(WAIT) == ("message", 1)
+    intake.release(1)
+    assert intake.held == 0 and intake.large.receiving == 0 and not intake.large.inbound and not intake._overdue_calls
 
 def test_large_uploads_take_turns_while_small_calls_pass_them() -> None:
     intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=64 * MiB)  # one large upload at a time
@@ -214,6 +258,32 @@ def test_calls_beyond_the_waiting_bound_are_refused_at_once_naming_it() -> None:
     assert intake.large.waiting == 0
 
 
+
+def test_calls_that_ended_while_waiting_do_not_count_against_the_waiting_bound() -> None:
+    """A waiting call whose deadline passes, or whose caller cancels it, leaves the line only when its handler next wakes:
+    a burst of such calls filled the bound and refused live ones ("16 calls are already waiting") with fewer waiting."""
+    intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=0, max_waiting=2)
+    first = Upload(MiB)
+    futures = [receiving(intake, GRAD, first)]
+    assert first.asked.wait(WAIT)
+    contexts = [Context(peer=f"ipv4:127.0.0.1:{2000 + i}") for i in range(2)]
+    waiting = [Upload(MiB) for _ in contexts]
+    for i, (upload, context) in enumerate(zip(waiting, contexts)):
+        futures.append(receiving(intake, GRAD, upload, context))
+        wait_until(lambda i=i: intake.large.waiting == i + 1, f"call {i} to wait")
+    for context in contexts:
+        context.active = False  # both calls end while they wait
+    late = Upload(MiB)
+    late_future = receiving(intake, GRAD, late, Context(peer="ipv4:127.0.0.1:3000"))
+    first.arrive.set()
+    assert futures[0].result(WAIT) == ("message", MiB)
+    assert late.asked.wait(WAIT)  # taken, not refused, and next: the ended calls are out of the line
+    late.arrive.set()
+    assert late_future.result(WAIT) == ("message", MiB)
+    assert [f.result(WAIT) for f in futures[1:]] == [None, None] and not any(u.asked.is_set() for u in waiting)
+    assert intake.large.waiting == 0 and intake.large.receiving == 0
+
+
 class Stream:
     """A request stream whose messages arrive one by one, each when the test lets it (``arrive``)."""
 
@@ -359,18 +429,108 @@ def test_large_responses_count_towards_trimming_and_small_ones_do_not() -> None:
     assert answered[1][0] == answered[1][1] > 4 * 100_000
 
 
-def test_other_request_streams_take_turns_in_the_small_lane_and_hold_each_message_while_it_is_served() -> None:
+def test_other_request_streams_take_turns_in_their_own_lane_and_hold_each_message_while_it_is_served() -> None:
     intake = Intake(receiving_limit=8 * MiB, largest=8 * MiB, held_limit=10 * MiB)
     stream = intake.each(iter([("a", 6 * MiB), ("b", 2 * MiB), ("c", 11 * MiB)]), Context())
     assert next(stream) == ("a", 6 * MiB)
-    assert intake.held == 6 * MiB and intake.small.receiving == 0
+    assert intake.held == 6 * MiB and intake.others.receiving == 0
     assert next(stream) == ("b", 2 * MiB)  # the first one was served: only the second is held
     assert intake.held == 2 * MiB
     with pytest.raises(Failure) as info:
         next(stream)
     assert info.value.code == "RESOURCE_EXHAUSTED"
     assert f"is {11 * MiB} bytes" in info.value.message and f"max_queued_bytes limit of {10 * MiB}" in info.value.message
-    assert intake.held == 0 and intake.small.receiving == 0 and intake.small.waiting == 0
+    assert intake.held == 0 and intake.others.receiving == 0 and intake.others.waiting == 0
+    assert intake.small.receiving == intake.small.waiting == intake.streams.receiving == intake.streams.waiting == 0
+
+
+def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check_small_call_or_gradstream() -> None:
+    """A reflection client (grpcurl, an IDE) that keeps its stream open between questions holds its turn while the server
+    waits for its next message: in the small lane that stopped every health check, ServerInfo and declared-small Grad;
+    in the stream lane every GradStream."""
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, grpc.insecure_channel(f"127.0.0.1:{server.port}") as other:
+        done = threading.Event()
+
+        def questions() -> Iterator[reflection_pb2.ServerReflectionRequest]:
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+            done.wait()  # the client thinks, its stream open (until the test ends)
+
+        replies = reflection_pb2_grpc.ServerReflectionStub(ch).ServerReflectionInfo(questions())  # cancelled at the end
+        try:
+            assert "gradserve.v1.Gradient" in {s.name for s in next(replies).list_services_response.service}
+            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            stub = service_pb2_grpc.GradientStub(other)
+            assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).worker_count == 1
+            request = service_pb2.GradRequest(network_id=sin_network(stub, 3), inputs=[codec.encode_tensor(np.float32([0, 1, 2]))])
+            got = stub.Grad(request, timeout=WAIT, metadata=codec.request_bytes_metadata(request))
+            np.testing.assert_allclose(codec.decode_tensor(got.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+            (streamed,) = stub.GradStream(iter([request]), timeout=WAIT)
+            np.testing.assert_allclose(codec.decode_tensor(streamed.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+        finally:
+            done.set()
+            replies.cancel()
+
+
+def test_a_small_call_whose_message_never_comes_holds_its_lane_for_a_few_seconds_whatever_its_deadline(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """A health check or ServerInfo whose message never comes, sent with a long deadline, held the small lane until that
+    deadline (up to max_deadline_ms, 10 minutes by default): every health check timed out meanwhile. Its message is a few
+    bytes, so it must arrive within SMALL_RECEIVE_SECONDS of its turn (shortened here); the health check waiting behind
+    it cancels it then and is answered, long before the stalled call's own deadline."""
+    monkeypatch.setattr(intake_module, "SMALL_RECEIVE_SECONDS", 0.5)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+        done = threading.Event()
+
+        def never() -> Iterator[bytes]:
+            done.wait()  # until the test ends
+            yield from ()
+
+        stalled = ch.stream_unary("/gradserve.v1.Gradient/ServerInfo", request_serializer=None, response_deserializer=None) \
+            .future(never(), timeout=10 * WAIT)
+        try:
+            wait_until(lambda: server.intake.small.receiving == 1, "the call to stall")
+            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            assert rejected(lambda: stalled.result(WAIT)).code() == grpc.StatusCode.CANCELLED
+        finally:
+            done.set()
+        assert server.intake.small.receiving == 0 and not server.intake.small.inbound
+
+
+def test_a_call_whose_message_never_comes_is_cancelled_at_its_deadline_and_frees_its_lane() -> None:
+    """A caller that opens a Grad or ServerInfo call and never sends its message (a unary method called as a client
+    stream, or an upload stalled half way) held its lane's turn for as long as its connection lived: every other
+    undeclared Grad, and every health check, waited behind it. The next call waiting in the lane cancels it once its
+    deadline (here the server's default, as it set none) has passed."""
+    limits = Limits(default_deadline_ms=2_000)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, grpc.insecure_channel(f"127.0.0.1:{server.port}") as other:
+        done = threading.Event()
+
+        def never() -> Iterator[bytes]:
+            done.wait()  # until the test ends
+            yield from ()
+
+        stalled = [ch.stream_unary(f"/gradserve.v1.Gradient/{name}", request_serializer=None, response_deserializer=None)
+                   .future(never()) for name in ("Grad", "ServerInfo")]
+        try:
+            wait_until(lambda: server.intake.large.receiving == 1 and server.intake.small.receiving == 1, "the calls to stall")
+            stub = service_pb2_grpc.GradientStub(other)
+            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                health_pb2.HealthCheckResponse.SERVING
+            network = sin_network(stub, 3)  # undeclared: received in the large lane
+            got = stub.Grad(service_pb2.GradRequest(network_id=network, inputs=[codec.encode_tensor(np.float32([0, 1, 2]))]),
+                            timeout=WAIT)
+            np.testing.assert_allclose(codec.decode_tensor(got.gradients.tensor), np.cos(np.float32([0, 1, 2])), rtol=1e-6)
+            for call in stalled:
+                assert rejected(lambda call=call: call.result(WAIT)).code() == grpc.StatusCode.CANCELLED
+        finally:
+            done.set()
+        assert server.intake.large.receiving == server.intake.small.receiving == 0 and not server.intake.large.inbound
 
 
 def test_a_reflection_message_over_the_held_budget_is_refused_naming_it_and_reflection_still_answers() -> None:

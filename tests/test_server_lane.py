@@ -644,3 +644,46 @@ def test_a_failure_to_recognize_a_request_is_logged_and_the_request_parsed(
         logged = [json.loads(line) for line in capsys.readouterr().err.splitlines() if '"recognize_error"' in line]
         assert len(logged) == 3 and logged[0]["level"] == "error" and logged[0]["error"] == "ValueError: a bug"
         assert logged[0]["kind"] == "grad" and logged[0]["size"] == request.ByteSize()
+
+
+def test_requests_of_a_remembered_size_that_differ_outside_their_data_are_answered_as_parsed(
+    server: Server, stub: service_pb2_grpc.GradientStub,
+) -> None:
+    """The lane remembers a request layout by its size: a request of that size for another network (float32 where the
+    layout's is float64), or with its dtype and shape changed, or its dtype written as a padded varint and its request id
+    one byte shorter, is not taken for it: each gets its own network's answer in its own dtype and its own id, or its
+    error, as when parsed; the layout still answers."""
+    x64, x32 = np.linspace(-1.0, 1.0, 6).reshape(2, 3), np.linspace(-2.0, 2.0, 12, dtype=np.float32).reshape(4, 3)
+    first = sin_request(stub, x64)
+    first.request_id = "ab"
+    b = GraphBuilder()
+    other = service_pb2.GradRequest(network_id=stub.RegisterNetwork(service_pb2.RegisterNetworkRequest(graph=codec.encode_graph(
+        b.build(b.op("Sin", b.input("x", "float32", (4, 3))))))).network_id, inputs=[codec.encode_tensor(x32)], request_id="ab")
+    assert first.ByteSize() == other.ByteSize()
+    for _ in range(2):  # a worker builds the plan, then the lane runs it and remembers the request's layout
+        stub.Grad(first, timeout=30)
+    lane = server.servicer.lane
+    assert lane.recognize("grad", first.SerializeToString()) is not None
+    for _ in range(2):  # a worker, then the lane
+        got = codec.decode_tree(stub.Grad(other, timeout=30).gradients)
+        assert got.dtype == np.float32
+        np.testing.assert_allclose(got, np.cos(x32), rtol=1e-6)
+    retyped = service_pb2.GradRequest(network_id=first.network_id, inputs=[graph_pb2.Tensor(
+        dtype=graph_pb2.DATA_TYPE_FLOAT32, shape=[4, 3], data=x32.tobytes())], request_id="ab")
+    assert retyped.ByteSize() == first.ByteSize()
+    failed = rejected(lambda: stub.Grad(retyped, timeout=30))
+    assert failed.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert failed.details() == "inputs[0]: 'x' is declared float64[2,3], got float32[4,3]"
+    raw = first.SerializeToString()
+    tensor = first.inputs[0].SerializeToString()  # one input, its length in one byte
+    padded = raw.replace(b"\x22" + bytes([len(tensor)]) + tensor, b"\x22" + bytes([len(tensor) + 1]) + b"\x08\x84\x00" + tensor[2:])
+    padded = padded.replace(b"\x42\x02ab", b"\x42\x01a")
+    assert len(padded) == len(raw) and service_pb2.GradRequest.FromString(padded).request_id == "a"
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as channel:
+        answer = service_pb2.GradResponse.FromString(channel.unary_unary("/gradserve.v1.Gradient/Grad")(padded, timeout=30))
+    assert answer.request_id == "a"
+    np.testing.assert_allclose(codec.decode_tree(answer.gradients), np.cos(x64), rtol=1e-12)
+    served = lane.served
+    got = stub.Grad(first, timeout=30)
+    assert got.request_id == "ab" and lane.served == served + 1
+    np.testing.assert_allclose(codec.decode_tree(got.gradients), np.cos(x64), rtol=1e-12)

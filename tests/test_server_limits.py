@@ -166,7 +166,7 @@ def test_default_deadline_applies_without_client_deadline() -> None:
     # Which deadline the server applies, bracketed by clock readings rather than measured from outside.
     for client_seconds, applied in ((None, 0.5), (1e12, 0.5), (30.0, 1.5), (0.25, 0.25)):
         before = time.monotonic()
-        deadline = server.servicer._deadline(SimpleNamespace(time_remaining=lambda: client_seconds))
+        deadline = server.servicer.deadline(SimpleNamespace(time_remaining=lambda: client_seconds))
         after = time.monotonic()
         assert deadline is not None and before + applied <= deadline <= after + applied, (client_seconds, applied)
 
