@@ -204,8 +204,8 @@ class Intake:
         with self._lock:
             if not lane.waiting and lane.receiving < lane.slots:
                 lane.receiving += 1
-                if due is not None or lane.receive_seconds:
-                    lane.inbound[context] = lane.due(due)
+                if (when := lane.due(due)) is not None:
+                    lane.inbound[context] = when
                 return True
             ticket, peer = context, context.peer()
             ahead = lane is self.large and peer in self.small_peers
@@ -226,8 +226,8 @@ class Intake:
                 if lane.inbound:
                     self._overdue(lane)
             lane.take()
-            if due is not None or lane.receive_seconds:
-                lane.inbound[context] = lane.due(due)
+            if (when := lane.due(due)) is not None:
+                lane.inbound[context] = when
             self._room.notify_all()
         return True
 
