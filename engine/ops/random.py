@@ -226,14 +226,17 @@ def _int_infer(types: list[TensorType], shape: tuple[int, ...], minval: int, max
 
 
 def _uniform_forward(*seed: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, Seed0: int, Seed1: int) -> np.ndarray:
+    """UniformReal's values for its seeds, in ``shape``."""
     return uniform_real(_key(seed, Seed0, Seed1), int(np.prod(shape)), dtype).reshape(shape)
 
 
 def _normal_forward(*seed: np.ndarray, shape: tuple[int, ...], dtype: np.dtype, Seed0: int, Seed1: int) -> np.ndarray:
+    """StandardNormal's values for its seeds, in ``shape``."""
     return standard_normal(_key(seed, Seed0, Seed1), int(np.prod(shape)), dtype).reshape(shape)
 
 
 def _int_forward(*seed: np.ndarray, shape: tuple[int, ...], minval: int, maxval: int, Seed0: int, Seed1: int) -> np.ndarray:
+    """UniformInt's values for its seeds, in ``shape``."""
     return uniform_int(_key(seed, Seed0, Seed1), int(np.prod(shape)), minval, maxval).reshape(shape)
 
 
