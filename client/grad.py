@@ -20,6 +20,7 @@ from .runner import (
     apply_writes,
     forward_recorded,
     is_draw_counter,
+    run_network,
     traced_for,
     values_before_writes,
     wrapped_leaves,
@@ -685,6 +686,16 @@ class VjpFunction:
             return self.transform._apply(self.inputs, [c for c, _ in leaves], self.read)
 
 
+def _vjp_forward(fn: Any, inputs: tuple[Any, ...]) -> Any:
+    """``vjp``'s forward call. At top level a plain function (not a Cell or a transform, which run their own graphs)
+    runs traced as a Cell's construct does, not op by op: its random draws (``ops.randn``...) are then the ops that
+    ``vjp_fn``'s trace of it also makes, and ``vjp_fn`` reads their step counters at the values this call read, so
+    the gradient uses the forward's draws (an eager draw would come from another generator)."""
+    if current_frame() is None and not hasattr(fn, "construct") and not isinstance(fn, (GradFunction, _Transform)):
+        return run_network(fn, inputs)
+    return fn(*inputs)
+
+
 def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> Any:
     """MindSpore's ``vjp``: ``(fn(*inputs), vjp_fn)``, or ``(outputs[0], vjp_fn, aux)`` with ``has_aux``; ``vjp_fn(v)``
     (``v`` in the outputs' structure) returns the gradients of all Tensor inputs as a tuple, a tuple, list or dict
@@ -694,7 +705,7 @@ def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> An
         raise TypeError(f"vjp of {label(fn)}: no input is a Tensor (or holds one)")
     ws, _ = _weights(weights, "vjp")
     with values_before_writes() as read:  # what the forward writes, as it read it (a Dropout's step, a buffer)
-        out = fn(*inputs)
+        out = _vjp_forward(fn, inputs)
     if has_aux:
         _require_aux(skeleton_of(out), f"vjp of {label(fn)}")
     cache = _reused(fn, "vjp")

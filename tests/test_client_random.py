@@ -191,3 +191,24 @@ def test_a_draw_inside_a_gradient_inside_jit_moves_on_each_step(where: str, seed
     for k in range(3):
         np.testing.assert_allclose(got[k], 2.0 * draws(site, k), rtol=1e-15)
     assert int(site[5].asnumpy()) == site[6] + 3
+
+
+def test_vjp_of_a_function_uses_its_forwards_draw(where: str, seeded: None) -> None:
+    """vjp of f(x) = x * z with z = randn inside a plain function: the forward is traced as a Cell's is, so y = x z
+    and vjp_fn(v) = v z use step k's draw at call k (an eager forward would draw z from another generator)."""
+
+    def f(x: Any) -> Any:
+        return x * ops.randn(3, dtype=gs.float64)
+
+    x = gs.Tensor(np.array([2.0, -1.0, 0.5]))
+    sites = Sites()
+    seen = []
+    for k in range(3):
+        y, vjp_fn = gs.vjp(f, x)
+        (gx,) = vjp_fn(gs.Tensor(np.ones(3)))
+        (site,) = sites.new()
+        z = draws(site, k)
+        np.testing.assert_array_equal(y.asnumpy(), x.asnumpy() * z)
+        np.testing.assert_array_equal(gx.asnumpy(), z)
+        seen.append(z)
+    assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
