@@ -1,10 +1,19 @@
 """MindSpore 2.x's functional ops that are not one engine op's generated form: their arguments are not the op's
 attributes in order, or they need several ops (``ops.sum``, ``ops.split``, ``ops.pad``, ``ops.topk``, ``ops.max``, the
 convolution and pooling functions ``ops.conv2d``, ``ops.max_pool2d``, ...), and the primitives that need more than one
-engine op (``ops.Shape``, ``ops.Print``). A generated form is named by its op's ``functional`` field instead."""
+engine op (``ops.Shape``, ``ops.Print``). A generated form is named by its op's ``functional`` field instead.
+
+The random functions (``ops.standard_normal``, ``randn``, ``rand``, ``uniform``, ``normal``) draw from ``set_seed``'s
+generator outside a trace; inside one they emit the engine's random ops with seeds fixed by the call site (file, line,
+function) and a hidden step counter per site, which each top-level call moves on and ``set_seed`` restarts. Known
+limits: a gradient inside a construct reads the counter's stored value, not the enclosing trace's pending one (it
+shares the step of a draw at the same site in that trace, and two gradient calls reaching one site in one jit step
+draw the same values); nn.Dropout's counter does not pass out of a gradient inside a construct; ``data_parallel``'s
+shards draw identical noise; ``UniformInt``'s 32-bit multiply-shift favours some values by at most span/2^32."""
 from __future__ import annotations
 
-import itertools
+import hashlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -17,7 +26,7 @@ from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
 from .errors import user_site
 from .nn import loss as _loss
-from .nn.initializer import get_seed_rng
+from .nn.initializer import get_seed, get_seed_rng, on_set_seed
 from .pad import pad
 from .parameter import Parameter
 from .primitives import attr_value
@@ -434,31 +443,64 @@ def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     return _loss.l1(input, target, reduction)
 
 
-_SITES: dict[tuple[Any, ...], tuple[int, int, Parameter]] = {}
-"""Per call site of a random function inside a trace (its location and arguments): seeds and step counter."""
-_SITE_IDS = itertools.count()
+_SITES: dict[tuple[str, int, str], tuple[int, int, Parameter]] = {}
+"""Per call site (file, line, function) of a random function inside a trace: its seeds and its step counter."""
+_SITES_LOCK = threading.Lock()
 
 
-def _site(key: tuple[Any, ...]) -> tuple[int, int, Parameter]:
-    """The seeds and step counter of the call site running now with arguments ``key``: seeds drawn from ``set_seed``'s
-    generator at its first trace, the counter a Parameter no Cell registers (as nn.Dropout's, ``runner.draw_counter``),
-    so the graph reads it as a value sent with each call."""
-    site = (user_site(), key)
-    hit = _SITES.get(site)
-    if hit is None:
-        seed0, seed1 = (int(v) for v in get_seed_rng().integers(1, 2**31, size=2))
-        hit = _SITES[site] = (seed0, seed1, draw_counter(f"_random_step_{next(_SITE_IDS)}"))
+def _first_step(seed: int | None) -> int:
+    """Where every site's step counter starts after ``set_seed(seed)``: the first 8 bytes of the SHA-256 of
+    ``"gradserve random ops <seed>"`` as a little-endian int, shifted right by 2 (below 2^62, so counting on stays in
+    int64); random before any ``set_seed``."""
+    if seed is None:
+        return int(np.random.default_rng().integers(0, 2**62))
+    return int.from_bytes(hashlib.sha256(f"gradserve random ops {seed}".encode()).digest()[:8], "little") >> 2
+
+
+_START = [_first_step(get_seed())]
+
+
+def _site_seeds(site: tuple[str, int, str]) -> tuple[int, int]:
+    """A call site's Seed0 and Seed1: the first two little-endian 32-bit words of the SHA-256 of
+    ``"<file>:<line>:<function>"``, each shifted right by 1. They are fixed per site (the graph bakes them in);
+    ``set_seed`` moves the steps instead."""
+    digest = hashlib.sha256("{}:{}:{}".format(*site).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1, int.from_bytes(digest[4:8], "little") >> 1
+
+
+def _site() -> tuple[int, int, Parameter]:
+    """The seeds and step counter of the random function's call site running now (the innermost frame outside
+    gradserve: its file, line and function; calls there in one trace draw consecutive steps), made at its first trace
+    (under a lock, so threads tracing one site at once share it). The counter is a Parameter no Cell registers (as
+    nn.Dropout's, ``runner.draw_counter``), so the graph reads it as a value sent with each call."""
+    site = user_site()
+    with _SITES_LOCK:
+        hit = _SITES.get(site)
+        if hit is None:
+            hit = _SITES[site] = (*_site_seeds(site), draw_counter(f"_random_step_{len(_SITES)}", _START[0]))
     return hit
+
+
+def _restart_sites(seed: int) -> None:
+    """``set_seed``'s reset (MindSpore's resets its op seeds): every site's counter goes back to the seed's first
+    step, so the same calls after the same seed draw the same values, cached graphs included (they read the counter)."""
+    with _SITES_LOCK:
+        _START[0] = _first_step(seed)
+        for _, _, counter in _SITES.values():
+            counter.set_data(np.array(_START[0], np.int64))
+
+
+on_set_seed(_restart_sites)
 
 
 def _traced_draw(op: str, shape: tuple[int, ...], **attrs: Any) -> Any:
     """The random op ``op`` in the trace running now, drawing at its call site's step counter, which moves on once per
     top-level call (``assign_after_call``, as nn.Dropout's): each call of the traced function draws new values, while
     its forward pass and every order of gradient share them (the op's values are a pure function of seeds and step)."""
-    seed0, seed1, counter = _site((op, shape, tuple(sorted((k, str(v)) for k, v in attrs.items()))))
+    seed0, seed1, counter = _site()
     step = pending_value(counter)
     out = apply_op(op, step, shape=shape, Seed0=seed0, Seed1=seed1, **attrs)
-    assign_after_call(counter, step + 1)
+    assign_after_call(counter, apply_op("Add", step, 1))
     return out
 
 
@@ -496,7 +538,7 @@ def _uniform01(shape: tuple[int, ...], dtype: Any) -> Tensor:
 
 def standard_normal(shape: Any, seed: Any = None, seed2: Any = None) -> Tensor:
     """``ops.standard_normal(shape, seed=None, seed2=None)``: float32 draws from N(0, 1). Outside a trace from the
-    generator ``set_seed`` seeds; inside one the StandardNormal op, with seeds drawn from it once per call site, so
+    generator ``set_seed`` seeds; inside one the StandardNormal op, with its call site's seeds and step counter, so
     each call of the traced function draws new values (``seed`` and ``seed2`` are accepted and do not change the
     draws)."""
     return _normal("standard_normal", _shape_of(shape), mstype.float32)

@@ -292,14 +292,15 @@ def assign(variable: Parameter, value: Tensor) -> Tensor:
 
 
 _DRAW_COUNTERS: dict[int, Parameter] = {}
-"""The step counters of the random functions' call sites (``functional._site``), by id (each kept alive here)."""
+"""The step counters of the random functions' call sites (``functional._site``, one per site), by id (each kept
+alive here)."""
 
 
-def draw_counter(name: str) -> Parameter:
-    """A new step counter for a random function's call site: an int64 Parameter at 0 that no Cell registers. Unlike
-    other writes, its write passes out of a transform nested in a construct (``grad._nested_writes``), so each
+def draw_counter(name: str, start: int) -> Parameter:
+    """A new step counter for a random function's call site: an int64 Parameter at ``start`` that no Cell registers.
+    Unlike other writes, its write passes out of a transform nested in a construct (``grad._nested_writes``), so each
     top-level call moves it on even when the draw runs only inside a gradient there."""
-    counter = Parameter(np.array(0, np.int64), name=name, requires_grad=False)
+    counter = Parameter(np.array(start, np.int64), name=name, requires_grad=False)
     _DRAW_COUNTERS[id(counter)] = counter
     return counter
 

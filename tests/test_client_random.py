@@ -1,11 +1,14 @@
 """ops.standard_normal, randn, rand, uniform and normal inside traced functions: each top-level call draws new values
 (a hidden step counter per call site, as nn.Dropout's), while the forward pass and every gradient inside one call
-share them. Oracles: the engine's random ops run on their own with the call site's seeds and the step (the recipe
-of docs/wire-format.md, itself checked against a pure-Python reimplementation in test_ops.py), closed-form
-derivatives and central differences in NumPy over the same draws. Every ``where`` test runs embedded and then through
-a server against the same oracle, so remote draws equal embedded ones."""
+share them. Oracles: the engine's random ops run on their own with the call site's seeds and the step, both derived
+here from the site's location and ``set_seed``'s seed (tests/randomkit.py; the op's recipe of docs/wire-format.md is
+checked against a pure-Python reimplementation in test_ops.py), closed-form derivatives and central differences in
+NumPy over the same draws. Every ``where`` test runs embedded and then through a server against the same oracle (the
+fixture's set_seed restarts the steps), so remote draws equal embedded ones."""
 from __future__ import annotations
 
+import threading
+import time
 from typing import Any, Iterator
 
 import numpy as np
@@ -13,35 +16,12 @@ import pytest
 
 import gradserve as gs
 from gradserve import nn, ops
-from gradserve.client import functional
-from gradserve.engine import OPS
+from gradserve.client import functional, runner
 
+from .randomkit import drawn, first_step, site_seeds
 
-class Sites:
-    """The call sites a block of code drew at: their seeds, step counters and the step each was at before the block
-    (a site outlives a test: the remote run of a ``where`` test goes on with the steps of the embedded one)."""
-
-    def __init__(self) -> None:
-        self.before = {key: int(counter.asnumpy()) for key, (_, _, counter) in functional._SITES.items()}
-
-    def new(self) -> list[tuple[Any, ...]]:
-        """(op, shape, attrs, Seed0, Seed1, counter, first step) of each site whose counter moved since, in the order
-        they were first traced."""
-        out = []
-        for key, (s0, s1, counter) in functional._SITES.items():
-            start = self.before.get(key, 0)
-            if int(counter.asnumpy()) != start:
-                op, shape, attrs = key[1]
-                out.append((op, shape, dict(attrs), s0, s1, counter, start))
-        return out
-
-
-def draws(site: tuple[Any, ...], k: int) -> np.ndarray:
-    """The engine op's values for ``site`` at its k-th step since the block began."""
-    op, shape, attrs, s0, s1, _, start = site
-    step = start + k
-    extra = {"dtype": np.dtype(attrs["dtype"])} if "dtype" in attrs else {"minval": int(attrs["minval"]), "maxval": int(attrs["maxval"])}
-    return OPS[op].forward(np.array(step, np.int64), shape=shape, Seed0=s0, Seed1=s1, **extra)
+S = first_step(11)
+"""Every site's first step after the ``seeded`` fixture's set_seed(11)."""
 
 
 @pytest.fixture()
@@ -69,14 +49,12 @@ def test_each_call_draws_new_values_shared_by_its_gradient(where: str, seeded: N
         z = ops.randn(3, 4, dtype=gs.float64)
         return ((w * z).sum() * x) ** 2, z
 
-    sites = Sites()
     vg = gs.value_and_grad(loss_fn, None, [w], has_aux=True)
+    seeds = site_seeds(loss_fn, "ops.randn")
     seen = []
     for k in range(3):
         (loss, z), (gw,) = vg(gs.Tensor(1.5))
-        (site,) = sites.new()
-        assert site[0] == "StandardNormal" and int(site[5].asnumpy()) == site[6] + k + 1  # one step per call
-        want_z = draws(site, k)
+        want_z = drawn("StandardNormal", (3, 4), seeds, S + k, dtype=np.float64)  # one step per call
         np.testing.assert_array_equal(z.asnumpy(), want_z)
 
         def f(wv: np.ndarray) -> float:
@@ -90,7 +68,8 @@ def test_each_call_draws_new_values_shared_by_its_gradient(where: str, seeded: N
 
 
 class Noisy(nn.Cell):
-    """x + standard_normal(x.shape) + rand(x.shape): a forward call draws both at the sites' steps."""
+    """x + standard_normal(x.shape) + rand(x.shape): two calls at one site (one line), so one call draws steps
+    k and k + 1 there."""
 
     def construct(self, x: Any) -> Any:
         return x + ops.standard_normal(x.shape) + ops.rand(*x.shape)
@@ -98,13 +77,11 @@ class Noisy(nn.Cell):
 
 def test_forward_calls_of_a_cell_draw_new_values_without_a_new_trace(where: str, seeded: None) -> None:
     net, x = Noisy(), gs.Tensor(np.zeros((5, 2), np.float32))
-    sites = Sites()
     outs = [net(x).asnumpy() for _ in range(3)]
-    normal_site, uniform_site = sites.new()
-    assert (normal_site[0], uniform_site[0]) == ("StandardNormal", "UniformReal")
+    seeds = site_seeds(Noisy.construct, "ops.standard_normal")
     for k, out in enumerate(outs):
-        np.testing.assert_array_equal(out, draws(normal_site, k) + draws(uniform_site, k))
-    assert int(normal_site[5].asnumpy()) == normal_site[6] + 3 and int(uniform_site[5].asnumpy()) == uniform_site[6] + 3
+        want = drawn("StandardNormal", (5, 2), seeds, S + 2 * k) + drawn("UniformReal", (5, 2), seeds, S + 2 * k + 1)
+        np.testing.assert_array_equal(out, want)
 
 
 def test_a_site_called_twice_in_one_call_draws_two_steps(where: str, seeded: None) -> None:
@@ -114,45 +91,40 @@ def test_a_site_called_twice_in_one_call_draws_two_steps(where: str, seeded: Non
     def noise() -> Any:
         return ops.rand(4)
 
-    sites = Sites()
     fn = gs.jit(lambda x: (noise() + x, noise() + x))
     first = [t.asnumpy() for t in fn(gs.Tensor(np.zeros(4, np.float32)))]
-    (site,) = sites.new()
-    np.testing.assert_array_equal(first[0], draws(site, 0))
-    np.testing.assert_array_equal(first[1], draws(site, 1))
+    seeds = site_seeds(noise, "ops.rand")
+    np.testing.assert_array_equal(first[0], drawn("UniformReal", (4,), seeds, S))
+    np.testing.assert_array_equal(first[1], drawn("UniformReal", (4,), seeds, S + 1))
     second = fn(gs.Tensor(np.zeros(4, np.float32)))[0].asnumpy()
-    np.testing.assert_array_equal(second, draws(site, 2))
+    np.testing.assert_array_equal(second, drawn("UniformReal", (4,), seeds, S + 2))
     assert np.all((first[0] >= 0) & (first[0] < 1))
 
 
 def test_normal_and_uniform_parameters_take_gradients_through_the_draws(where: str, seeded: None) -> None:
     """y = normal(shape, mu, sigma) = mu + sigma z: d sum(y^2)/d mu = sum 2y, d/d sigma = sum 2y z; uniform's bounds
-    likewise through lo + (hi - lo) u. z and u are the sites' draws at step 0 (float32)."""
+    likewise through lo + (hi - lo) u. z and u are the sites' draws at their first step (float32)."""
+    me = test_normal_and_uniform_parameters_take_gradients_through_the_draws
     mu, sigma = gs.Tensor(np.float32(0.5)), gs.Tensor(np.float32(2.0))
-    sites = Sites()
     (gmu, gsigma) = gs.grad(lambda m, s: (ops.normal((4, 3), m, s) ** 2).sum(), grad_position=(0, 1))(mu, sigma)
-    (site,) = sites.new()
-    z = draws(site, 0).astype(np.float64)
+    z = drawn("StandardNormal", (4, 3), site_seeds(me, "ops.normal((4, 3)", "<lambda>"), S).astype(np.float64)
     y = 0.5 + 2.0 * z
     np.testing.assert_allclose(gmu.asnumpy(), (2 * y).sum(), rtol=1e-5)
     np.testing.assert_allclose(gsigma.asnumpy(), (2 * y * z).sum(), rtol=1e-5)
     lo, hi = gs.Tensor(np.float32(-1.0)), gs.Tensor(np.float32(3.0))
-    sites = Sites()
     value, (glo, ghi) = gs.value_and_grad(lambda a, b: ops.uniform((6,), a, b).sum(), grad_position=(0, 1))(lo, hi)
-    (site,) = sites.new()
-    u = draws(site, 0).astype(np.float64)
+    u = drawn("UniformReal", (6,), site_seeds(me, "ops.uniform((6,), a, b)", "<lambda>"), S).astype(np.float64)
     np.testing.assert_allclose(value.asnumpy(), (-1 + 4 * u).sum(), rtol=1e-6)
     np.testing.assert_allclose([glo.asnumpy(), ghi.asnumpy()], [(1 - u).sum(), u.sum()], rtol=1e-6)
 
 
 def test_uniform_int_inside_a_trace_draws_in_range(where: str, seeded: None) -> None:
-    sites = Sites()
     fn = gs.jit(lambda x: ops.uniform((2000,), gs.Tensor(-3, gs.int32), gs.Tensor(4, gs.int32), dtype=gs.int32) + x)
     got = [fn(gs.Tensor(np.int32(0))).asnumpy() for _ in range(2)]
-    (site,) = sites.new()
-    assert site[0] == "UniformInt" and got[0].dtype == np.int32
+    seeds = site_seeds(test_uniform_int_inside_a_trace_draws_in_range, "ops.uniform((2000,)", "<lambda>")
+    assert got[0].dtype == np.int32
     for k in range(2):
-        np.testing.assert_array_equal(got[k], draws(site, k))
+        np.testing.assert_array_equal(got[k], drawn("UniformInt", (2000,), seeds, S + k, minval=-3, maxval=4))
     assert set(got[0].tolist()) == set(range(-3, 4)) and not np.array_equal(got[0], got[1])
     with pytest.raises(ValueError, match=r"minval \(2\) must be less than maxval \(2\)"):
         gs.jit(lambda x: ops.uniform((2,), 2, 2, dtype=gs.int32) + x)(gs.Tensor(np.int32(0)))
@@ -168,15 +140,14 @@ def test_gradient_orders_inside_one_call_share_the_draw(where: str, seeded: None
         def construct(self, t: Any) -> Any:
             return cube(t), ops.grad(cube)(t), ops.grad(lambda u: ops.grad(cube)(u).sum())(t)
 
-    sites = Sites()
-    t = gs.Tensor(np.float32(1.25))
-    value, first, second = (o.asnumpy() for o in Orders()(t))
-    (site,) = sites.new()
-    z = draws(site, 0).astype(np.float64)
-    np.testing.assert_allclose(value, ((1.25 * z) ** 3).sum(), rtol=1e-5)
-    np.testing.assert_allclose(first, 3 * 1.25**2 * (z**3).sum(), rtol=1e-5)
-    np.testing.assert_allclose(second, 6 * 1.25 * (z**3).sum(), rtol=1e-5)
-    assert int(site[5].asnumpy()) == site[6] + 1
+    t, net = gs.Tensor(np.float32(1.25)), Orders()
+    seeds = site_seeds(cube, "ops.standard_normal")
+    for k in range(2):  # one step per call, however many gradients the call takes
+        value, first, second = (o.asnumpy() for o in net(t))
+        z = drawn("StandardNormal", (5,), seeds, S + k).astype(np.float64)
+        np.testing.assert_allclose(value, ((1.25 * z) ** 3).sum(), rtol=1e-5)
+        np.testing.assert_allclose(first, 3 * 1.25**2 * (z**3).sum(), rtol=1e-5)
+        np.testing.assert_allclose(second, 6 * 1.25 * (z**3).sum(), rtol=1e-5)
 
 
 def test_a_draw_inside_a_gradient_inside_jit_moves_on_each_step(where: str, seeded: None) -> None:
@@ -185,12 +156,10 @@ def test_a_draw_inside_a_gradient_inside_jit_moves_on_each_step(where: str, seed
     w = gs.Parameter(np.ones(3), name="w")
     grad_fn = gs.value_and_grad(lambda x: (w * ops.randn(3, dtype=gs.float64) * x).sum(), None, [w])
     step = gs.jit(lambda x: grad_fn(x)[1][0])
-    sites = Sites()
     got = [step(gs.Tensor(2.0)).asnumpy() for _ in range(3)]
-    (site,) = sites.new()
+    seeds = site_seeds(test_a_draw_inside_a_gradient_inside_jit_moves_on_each_step, "ops.randn(3", "<lambda>")
     for k in range(3):
-        np.testing.assert_allclose(got[k], 2.0 * draws(site, k), rtol=1e-15)
-    assert int(site[5].asnumpy()) == site[6] + 3
+        np.testing.assert_allclose(got[k], 2.0 * drawn("StandardNormal", (3,), seeds, S + k, dtype=np.float64), rtol=1e-15)
 
 
 def test_vjp_of_a_function_uses_its_forwards_draw(where: str, seeded: None) -> None:
@@ -201,14 +170,80 @@ def test_vjp_of_a_function_uses_its_forwards_draw(where: str, seeded: None) -> N
         return x * ops.randn(3, dtype=gs.float64)
 
     x = gs.Tensor(np.array([2.0, -1.0, 0.5]))
-    sites = Sites()
     seen = []
     for k in range(3):
         y, vjp_fn = gs.vjp(f, x)
         (gx,) = vjp_fn(gs.Tensor(np.ones(3)))
-        (site,) = sites.new()
-        z = draws(site, k)
+        z = drawn("StandardNormal", (3,), site_seeds(f, "ops.randn"), S + k, dtype=np.float64)
         np.testing.assert_array_equal(y.asnumpy(), x.asnumpy() * z)
         np.testing.assert_array_equal(gx.asnumpy(), z)
         seen.append(z)
     assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
+
+
+def _noisy_step() -> Any:
+    """A new jit function drawing at one call site each time it is made (as a script defining its step anew)."""
+    return gs.jit(lambda x: x + ops.randn(3))
+
+
+def test_set_seed_restarts_the_sites_cached_graphs_included(where: str) -> None:
+    """As MindSpore's set_seed resets its op seeds: after set_seed(s) every site draws from step first_step(s) on
+    again, in a graph traced before (it reads the step counter) and in one traced anew at the same site; another seed
+    draws other values."""
+    seeds, x = site_seeds(_noisy_step, "ops.randn", "<lambda>"), gs.Tensor(np.zeros(3, np.float32))
+    cached = _noisy_step()
+    for seed in (21, 22, 21):
+        gs.set_seed(seed)
+        got = [cached(x).asnumpy() for _ in range(2)] + [_noisy_step()(x).asnumpy()]
+        for k in range(3):
+            np.testing.assert_array_equal(got[k], drawn("StandardNormal", (3,), seeds, first_step(seed) + k))
+    assert not np.array_equal(drawn("StandardNormal", (3,), seeds, first_step(21)),
+                              drawn("StandardNormal", (3,), seeds, first_step(22)))
+
+
+def test_a_site_is_its_location_not_its_shapes(seeded: None) -> None:
+    """One site drawing 30 shapes in turn (a dynamic batch size) keeps one seed pair and one step counter: the table
+    and the counters do not grow per shape, and call k draws step k at its shape."""
+
+    def noisy(x: Any) -> Any:
+        return x + ops.randn(*x.shape)
+
+    fn, seeds = gs.jit(noisy), site_seeds(noisy, "ops.randn")
+    sites, counters = len(functional._SITES), len(runner._DRAW_COUNTERS)
+    for n in range(1, 31):
+        got = fn(gs.Tensor(np.zeros(n, np.float32))).asnumpy()
+        np.testing.assert_array_equal(got, drawn("StandardNormal", (n,), seeds, S + n - 1))
+    assert (len(functional._SITES), len(runner._DRAW_COUNTERS)) == (sites + 1, counters + 1)
+
+
+def test_threads_tracing_one_new_site_share_its_counter(seeded: None, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Eight threads tracing eight functions that draw at one new site at once make one counter for it (the lookup
+    and the insertion are one locked step; a slow counter creation would otherwise let every thread make its own)."""
+    made = []
+
+    def slow_counter(name: str, start: int) -> Any:
+        time.sleep(0.05)  # every thread has passed an unlocked lookup by now
+        made.append(name)
+        return runner.draw_counter(name, start)
+
+    def helper(x: Any) -> Any:
+        return x + ops.rand(2)
+
+    monkeypatch.setattr(functional, "draw_counter", slow_counter)
+    fns = [gs.jit(lambda x, i=i: helper(x) * 1.0) for i in range(8)]
+    barrier = threading.Barrier(8)
+    outs: list[np.ndarray] = []
+
+    def work(f: Any) -> None:
+        barrier.wait()
+        outs.append(f(gs.Tensor(np.zeros(2, np.float32))).asnumpy())
+
+    threads = [threading.Thread(target=work, args=(f,)) for f in fns]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(made) == 1 and len(outs) == 8
+    seeds = site_seeds(helper, "ops.rand")
+    want = {drawn("UniformReal", (2,), seeds, S + k).tobytes() for k in range(8)}
+    assert {o.tobytes() for o in outs} == want  # eight calls, eight steps of the one counter
