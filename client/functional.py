@@ -572,10 +572,9 @@ def _param(v: Any) -> Any:
     return Tensor._wrap(np.asarray(v, np.float32))
 
 
-def _scaled(draws: Tensor, out: tuple[int, ...], offset: Any, scale: Any) -> Any:
-    """offset + scale * draws, broadcast to ``out`` (the parameters' gradients flow through)."""
-    y = _param(offset) + _param(scale) * draws
-    return y if tuple(y.shape) == out else apply_op("BroadcastTo", y, shape=out)
+def _scaled(draws: Tensor, offset: Any, scale: Any) -> Any:
+    """offset + scale * draws (the draws have the output's shape already; the parameters' gradients flow through)."""
+    return _param(offset) + _param(scale) * draws
 
 
 def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = mstype.float32) -> Tensor:
@@ -599,7 +598,7 @@ def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any =
             return _traced_draw("UniformInt", _shape_of(shape), minval=lo, maxval=hi)
         return _drawn(get_seed_rng().integers(lo, hi, _shape_of(shape)), dtype)
     if current_frame() is not None:
-        return _scaled(_uniform01(out, dtype), out, minval, _param(maxval) - _param(minval))
+        return _scaled(_uniform01(out, dtype), minval, _param(maxval) - _param(minval))
     lo_a, hi_a = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (minval, maxval))
     return _drawn(get_seed_rng().uniform(lo_a, hi_a, out), dtype)
 
@@ -610,7 +609,7 @@ def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
     ``standard_normal``."""
     out = _out_shape("normal", shape, mean, stddev)
     if current_frame() is not None:
-        return _scaled(_normal("normal", out, mstype.float32), out, mean, stddev)
+        return _scaled(_normal("normal", out, mstype.float32), mean, stddev)
     mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
     return _drawn(get_seed_rng().normal(mu, sigma, out), mstype.float32)
 
