@@ -580,7 +580,8 @@ def _scaled(draws: Tensor, offset: Any, scale: Any) -> Any:
 def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = mstype.float32) -> Tensor:
     """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval), discrete for
     int32 (one number each for minval and maxval; the UniformInt op inside a trace), continuous for float32
-    (Tensors broadcast with ``shape`` into the output's shape; minval + (maxval - minval) * U[0, 1)), as
+    (Tensors broadcast with ``shape`` into the output's shape; minval + (maxval - minval) * U[0, 1) in float32, as
+    MindSpore computes it, so rounding can return maxval itself when maxval - minval is small next to them), as
     ``standard_normal``."""
     if dtype not in (mstype.int32, mstype.float32):
         raise TypeError(f"ops.uniform: dtype must be int32 or float32, got {dtype}")

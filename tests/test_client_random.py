@@ -247,3 +247,16 @@ def test_threads_tracing_one_new_site_share_its_counter(seeded: None, monkeypatc
     seeds = site_seeds(helper, "ops.rand")
     want = {drawn("UniformReal", (2,), seeds, S + k).tobytes() for k in range(8)}
     assert {o.tobytes() for o in outs} == want  # eight calls, eight steps of the one counter
+
+
+def test_float_uniform_is_computed_in_float32_and_may_round_to_maxval(seeded: None) -> None:
+    """ops.uniform(shape, 1000, 1001) inside a trace is float32's 1000 + 1 * u, element for element; u is below 1, but
+    float32's spacing near 1001 (2^-14) rounds every u above 1 - 2^-15 up to maxval, as the docstring says (10^6
+    draws: about 30 such expected)."""
+    lo, hi = gs.Tensor(np.float32(1000.0)), gs.Tensor(np.float32(1001.0))
+    fn = gs.jit(lambda x: ops.uniform((1_000_000,), lo, hi) + x)
+    got = fn(gs.Tensor(np.float32(0))).asnumpy()
+    me = test_float_uniform_is_computed_in_float32_and_may_round_to_maxval
+    u = drawn("UniformReal", (1_000_000,), site_seeds(me, "ops.uniform((1_000_000,)", "<lambda>"), S)
+    np.testing.assert_array_equal(got, np.float32(1000.0) + np.float32(1.0) * u)
+    assert got.min() >= 1000.0 and got.max() == 1001.0 and (got == 1001.0).sum() > 0
