@@ -12,7 +12,19 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradserve.engine import OPS, Graph, GraphBuilder, InputError, Value, compile_graph, grad_operation, jvp
+from gradserve.engine import (
+    OPS,
+    DTypeError,
+    Graph,
+    GraphBuilder,
+    GraphError,
+    InputError,
+    ShapeError,
+    Value,
+    compile_graph,
+    grad_operation,
+    jvp,
+)
 
 EXEMPT = {
     "Const": "takes no inputs",
@@ -630,17 +642,19 @@ def test_random_draws_take_no_gradient_and_repeat_in_every_order() -> None:
 
 
 @pytest.mark.parametrize(
-    ("op", "attrs", "fragment"),
-    [("StandardNormal", {"shape": (2, -1)}, "shape (2, -1) has the negative dimension -1"),
-     ("UniformReal", {"shape": (2,), "dtype": "int32"}, "dtype must be a float dtype, got int32"),
-     ("UniformReal", {"shape": (1 << 40, 1 << 40)}, "exceeds the int64 range"),
-     ("UniformInt", {"shape": (2,), "minval": 3, "maxval": 3}, "minval 3 must be less than maxval 3"),
-     ("UniformInt", {"shape": (2,), "minval": 0, "maxval": 1 << 40}, "must be int32 values")],
+    ("op", "attrs", "error", "fragment"),
+    [("StandardNormal", {"shape": (2, -1)}, ShapeError, "shape (2, -1) has the negative dimension -1"),
+     ("UniformReal", {"shape": (2,), "dtype": "int32"}, DTypeError, "dtype must be a float dtype, got int32"),
+     ("UniformReal", {"shape": (1 << 40, 1 << 40)}, ShapeError, "exceeds the int64 range"),
+     ("UniformInt", {"shape": (2,), "minval": 3, "maxval": 3}, GraphError, "minval 3 must be less than maxval 3"),
+     ("UniformInt", {"shape": (2,), "minval": 0, "maxval": 1 << 40}, GraphError, "must be int32 values")],
 )
-def test_random_draws_check_their_attributes_before_allocating(op: str, attrs: dict[str, Any], fragment: str) -> None:
+def test_random_draws_check_their_attributes_before_allocating(op: str, attrs: dict[str, Any], error: type[Exception],
+                                                                fragment: str) -> None:
     b = GraphBuilder("f")
-    with pytest.raises(Exception, match=re.escape(fragment)):
+    with pytest.raises(error, match=re.escape(fragment)) as info:
         b.op(op, **attrs)
+    assert type(info.value) is error
 
 
 def test_dropout_uses_one_mask_in_the_forward_pass_and_every_order() -> None:
