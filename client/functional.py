@@ -1,9 +1,19 @@
 """MindSpore 2.x's functional ops that are not one engine op's generated form: their arguments are not the op's
 attributes in order, or they need several ops (``ops.sum``, ``ops.split``, ``ops.pad``, ``ops.topk``, ``ops.max``, the
 convolution and pooling functions ``ops.conv2d``, ``ops.max_pool2d``, ...), and the primitives that need more than one
-engine op (``ops.Shape``, ``ops.Print``). A generated form is named by its op's ``functional`` field instead."""
+engine op (``ops.Shape``, ``ops.Print``). A generated form is named by its op's ``functional`` field instead.
+
+The random functions (``ops.standard_normal``, ``randn``, ``rand``, ``uniform``, ``normal``) draw from ``set_seed``'s
+generator outside a trace; inside one they emit the engine's random ops with seeds fixed by the call site (file, line,
+function) and a hidden step counter per site, which each top-level call moves on and ``set_seed`` restarts. Known
+limits: a gradient inside a construct reads the counter's stored value, not the enclosing trace's pending one (it
+shares the step of a draw at the same site in that trace, and two gradient calls reaching one site in one jit step
+draw the same values); nn.Dropout's counter does not pass out of a gradient inside a construct; ``data_parallel``'s
+shards draw identical noise; ``UniformInt``'s 32-bit multiply-shift favours some values by at most span/2^32."""
 from __future__ import annotations
 
+import hashlib
+import threading
 from typing import Any
 
 import numpy as np
@@ -14,11 +24,13 @@ from gradserve.engine.ops import debug
 from . import dtype as mstype
 from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
-from .errors import TracingError, user_location
+from .errors import user_site
 from .nn import loss as _loss
-from .nn.initializer import get_seed_rng
+from .nn.initializer import get_seed, get_seed_rng, on_set_seed
 from .pad import pad
+from .parameter import Parameter
 from .primitives import attr_value
+from .runner import assign_after_call, draw_counter, pending_value
 from .tensor import Tensor
 from .tracing import current_frame
 
@@ -431,12 +443,69 @@ def l1_loss(input: Any, target: Any, reduction: str = "mean") -> Any:
     return _loss.l1(input, target, reduction)
 
 
-def _drawn(fn: str, values: np.ndarray, dtype: Any) -> Tensor:
-    """Random ``values`` as a Tensor of ``dtype``, drawn outside any trace: inside one the draw would be baked into the
-    cached graph and repeat on every call, so it is refused there."""
-    if current_frame() is not None:
-        raise TracingError(f"ops.{fn} inside a traced function would draw once and repeat the same values on every "
-                           f"call; draw outside it and pass the Tensor in -- at {user_location()}")
+_SITES: dict[tuple[str, int, str], tuple[int, int, Parameter]] = {}
+"""Per call site (file, line, function) of a random function inside a trace: its seeds and its step counter."""
+_SITES_LOCK = threading.Lock()
+
+
+def _first_step(seed: int | None) -> int:
+    """Where every site's step counter starts after ``set_seed(seed)``: the first 8 bytes of the SHA-256 of
+    ``"gradserve random ops <seed>"`` as a little-endian int, shifted right by 2 (below 2^62, so counting on stays in
+    int64); random before any ``set_seed``."""
+    if seed is None:
+        return int(np.random.default_rng().integers(0, 2**62))
+    return int.from_bytes(hashlib.sha256(f"gradserve random ops {seed}".encode()).digest()[:8], "little") >> 2
+
+
+_START = [_first_step(get_seed())]
+
+
+def _site_seeds(site: tuple[str, int, str]) -> tuple[int, int]:
+    """A call site's Seed0 and Seed1: the first two little-endian 32-bit words of the SHA-256 of
+    ``"<file>:<line>:<function>"``, each shifted right by 1. They are fixed per site (the graph bakes them in);
+    ``set_seed`` moves the steps instead."""
+    digest = hashlib.sha256("{}:{}:{}".format(*site).encode()).digest()
+    return int.from_bytes(digest[:4], "little") >> 1, int.from_bytes(digest[4:8], "little") >> 1
+
+
+def _site() -> tuple[int, int, Parameter]:
+    """The seeds and step counter of the random function's call site running now (the innermost frame outside
+    gradserve: its file, line and function; calls there in one trace draw consecutive steps), made at its first trace
+    (under a lock, so threads tracing one site at once share it). The counter is a Parameter no Cell registers (as
+    nn.Dropout's, ``runner.draw_counter``), so the graph reads it as a value sent with each call."""
+    site = user_site()
+    with _SITES_LOCK:
+        hit = _SITES.get(site)
+        if hit is None:
+            hit = _SITES[site] = (*_site_seeds(site), draw_counter(f"_random_step_{len(_SITES)}", _START[0]))
+    return hit
+
+
+def _restart_sites(seed: int) -> None:
+    """``set_seed``'s reset (MindSpore's resets its op seeds): every site's counter goes back to the seed's first
+    step, so the same calls after the same seed draw the same values, cached graphs included (they read the counter)."""
+    with _SITES_LOCK:
+        _START[0] = _first_step(seed)
+        for _, _, counter in _SITES.values():
+            counter.set_data(np.array(_START[0], np.int64))
+
+
+on_set_seed(_restart_sites)
+
+
+def _traced_draw(op: str, shape: tuple[int, ...], **attrs: Any) -> Any:
+    """The random op ``op`` in the trace running now, drawing at its call site's step counter, which moves on once per
+    top-level call (``assign_after_call``, as nn.Dropout's): each call of the traced function draws new values, while
+    its forward pass and every order of gradient share them (the op's values are a pure function of seeds and step)."""
+    seed0, seed1, counter = _site()
+    step = pending_value(counter)
+    out = apply_op(op, step, shape=shape, Seed0=seed0, Seed1=seed1, **attrs)
+    assign_after_call(counter, apply_op("Add", step, 1))
+    return out
+
+
+def _drawn(values: np.ndarray, dtype: Any) -> Tensor:
+    """Random ``values`` drawn eagerly (outside any trace) as a Tensor of ``dtype``."""
     return Tensor._wrap(values.astype(mstype.to_numpy(dtype)))
 
 
@@ -445,57 +514,105 @@ def _size(size: tuple[Any, ...]) -> tuple[int, ...]:
     return _shape_of(size[0] if len(size) == 1 and isinstance(size[0], (tuple, list)) else size)
 
 
+def _float_dtype(fn: str, dtype: Any) -> Any:
+    """``dtype`` (float32 when None), which must be a float type."""
+    dt = mstype.float32 if dtype is None else dtype
+    if mstype.to_numpy(dt).kind != "f":
+        raise TypeError(f"ops.{fn}: dtype must be a float type, got {dt}")
+    return dt
+
+
+def _normal(fn: str, shape: tuple[int, ...], dtype: Any) -> Tensor:
+    """N(0, 1) draws: the StandardNormal op inside a trace, else from ``set_seed``'s generator."""
+    if current_frame() is not None:
+        return _traced_draw("StandardNormal", shape, dtype=mstype.to_numpy(dtype))
+    return _drawn(get_seed_rng().standard_normal(shape), dtype)
+
+
+def _uniform01(shape: tuple[int, ...], dtype: Any) -> Tensor:
+    """U[0, 1) draws: the UniformReal op inside a trace, else from ``set_seed``'s generator."""
+    if current_frame() is not None:
+        return _traced_draw("UniformReal", shape, dtype=mstype.to_numpy(dtype))
+    return _drawn(get_seed_rng().random(shape), dtype)
+
+
 def standard_normal(shape: Any, seed: Any = None, seed2: Any = None) -> Tensor:
-    """``ops.standard_normal(shape, seed=None, seed2=None)``: float32 draws from N(0, 1), from the generator
-    ``set_seed`` seeds (``seed`` and ``seed2`` are accepted and do not change the draws); not inside a trace."""
-    return _drawn("standard_normal", get_seed_rng().standard_normal(_shape_of(shape)), mstype.float32)
+    """``ops.standard_normal(shape, seed=None, seed2=None)``: float32 draws from N(0, 1). Outside a trace from the
+    generator ``set_seed`` seeds; inside one the StandardNormal op, with its call site's seeds and step counter, so
+    each call of the traced function draws new values (``seed`` and ``seed2`` are accepted and do not change the
+    draws)."""
+    return _normal("standard_normal", _shape_of(shape), mstype.float32)
 
 
 def randn(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
     """``ops.randn(*size, dtype=None, seed=None)``: draws from N(0, 1) (float32 unless ``dtype``), as
     ``standard_normal``."""
-    return _drawn("randn", get_seed_rng().standard_normal(_size(size)), dtype or mstype.float32)
+    return _normal("randn", _size(size), _float_dtype("randn", dtype))
 
 
 def rand(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
     """``ops.rand(*size, dtype=None, seed=None)``: draws from U[0, 1) (float32 unless ``dtype``), as
-    ``standard_normal``."""
-    return _drawn("rand", get_seed_rng().random(_size(size)), dtype or mstype.float32)
+    ``standard_normal`` (the UniformReal op inside a trace)."""
+    return _uniform01(_size(size), _float_dtype("rand", dtype))
 
 
-def _bounds(fn: str, shape: Any, *values: Any) -> tuple[tuple[int, ...], list[np.ndarray]]:
-    """The output shape (``shape`` broadcast with the distribution's parameters, as MindSpore's) and the parameters."""
-    arrays = [np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in values]
+def _out_shape(fn: str, shape: Any, *values: Any) -> tuple[int, ...]:
+    """The output shape: ``shape`` broadcast with the distribution's parameters' shapes, as MindSpore's."""
+    shapes = [tuple(v.shape) if isinstance(v, Tensor) else np.shape(v) for v in values]
     try:
-        out = np.broadcast_shapes(_shape_of(shape), *(a.shape for a in arrays))
+        return tuple(np.broadcast_shapes(_shape_of(shape), *shapes))
     except ValueError:
-        raise ValueError(f"ops.{fn}: shape {_shape_of(shape)} does not broadcast with the parameters' shapes "
-                         f"{[a.shape for a in arrays]}") from None
-    return out, arrays
+        raise ValueError(f"ops.{fn}: shape {_shape_of(shape)} does not broadcast with the parameters' shapes {shapes}") from None
+
+
+def _param(v: Any) -> Any:
+    """A distribution parameter as a float32 Tensor (a Tensor cast, a number or array wrapped)."""
+    if isinstance(v, Tensor):
+        return v if v._array_dtype() == np.float32 else apply_op("Cast", v, dtype=np.dtype(np.float32))
+    return Tensor._wrap(np.asarray(v, np.float32))
+
+
+def _scaled(draws: Tensor, offset: Any, scale: Any) -> Any:
+    """offset + scale * draws (the draws have the output's shape already; the parameters' gradients flow through)."""
+    return _param(offset) + _param(scale) * draws
 
 
 def uniform(shape: Any, minval: Any, maxval: Any, seed: Any = None, dtype: Any = mstype.float32) -> Tensor:
     """``ops.uniform(shape, minval, maxval, seed=None, dtype=float32)``: draws from U[minval, maxval), discrete for
-    int32 (one number each for minval and maxval), continuous for float32 (Tensors broadcast with ``shape`` into the
-    output's shape), as ``standard_normal``."""
+    int32 (one number each for minval and maxval; the UniformInt op inside a trace), continuous for float32
+    (Tensors broadcast with ``shape`` into the output's shape; minval + (maxval - minval) * U[0, 1) in float32, as
+    MindSpore computes it, so rounding can return maxval itself when maxval - minval is small next to them), as
+    ``standard_normal``."""
     if dtype not in (mstype.int32, mstype.float32):
         raise TypeError(f"ops.uniform: dtype must be int32 or float32, got {dtype}")
     kinds = {v.dtype for v in (minval, maxval) if isinstance(v, Tensor)}
     if not kinds <= {mstype.int32, mstype.float32} or len(kinds) > 1:
         raise TypeError(f"ops.uniform: minval and maxval must be int32 or float32 and alike, got {sorted(map(str, kinds))}")
-    out, (lo, hi) = _bounds("uniform", shape, minval, maxval)
+    out = _out_shape("uniform", shape, minval, maxval)
     if dtype == mstype.int32:
-        if lo.size != 1 or hi.size != 1:
+        if any(int(np.prod(v.shape if isinstance(v, Tensor) else np.shape(v))) != 1 for v in (minval, maxval)):
             raise ValueError("ops.uniform: with dtype int32 minval and maxval must each be one number")
-        return _drawn("uniform", get_seed_rng().integers(int(lo.item()), int(hi.item()), _shape_of(shape)), dtype)
-    return _drawn("uniform", get_seed_rng().uniform(lo, hi, out), dtype)
+        lo, hi = (int(np.asarray(v).item()) if not isinstance(v, Tensor) else int(v) for v in (minval, maxval))
+        if lo >= hi:
+            raise ValueError(f"ops.uniform: minval ({lo}) must be less than maxval ({hi})")
+        if current_frame() is not None:
+            return _traced_draw("UniformInt", _shape_of(shape), minval=lo, maxval=hi)
+        return _drawn(get_seed_rng().integers(lo, hi, _shape_of(shape)), dtype)
+    if current_frame() is not None:
+        return _scaled(_uniform01(out, dtype), minval, _param(maxval) - _param(minval))
+    lo_a, hi_a = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (minval, maxval))
+    return _drawn(get_seed_rng().uniform(lo_a, hi_a, out), dtype)
 
 
 def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
     """``ops.normal(shape, mean, stddev, seed=None)``: float32 draws from N(mean, stddev ** 2) (Tensors or numbers,
-    broadcast with ``shape`` into the output's shape), as ``standard_normal``."""
-    out, (mu, sigma) = _bounds("normal", shape, mean, stddev)
-    return _drawn("normal", get_seed_rng().normal(mu, sigma, out), mstype.float32)
+    broadcast with ``shape`` into the output's shape; mean + stddev * N(0, 1) inside a trace), as
+    ``standard_normal``."""
+    out = _out_shape("normal", shape, mean, stddev)
+    if current_frame() is not None:
+        return _scaled(_normal("normal", out, mstype.float32), mean, stddev)
+    mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
+    return _drawn(get_seed_rng().normal(mu, sigma, out), mstype.float32)
 
 
 def _bool(fn: str, x: Any) -> Any:

@@ -19,6 +19,8 @@ from .runner import (
     BeforeWrites,
     apply_writes,
     forward_recorded,
+    is_draw_counter,
+    run_network,
     traced_for,
     values_before_writes,
     wrapped_leaves,
@@ -471,16 +473,18 @@ class _Staged:
         return tuple(leaves)
 
 
-def _forward_writes(frame: TraceFrame, traced: Traced, values: Sequence[Value]) -> None:
+def _forward_writes(frame: TraceFrame, traced: Traced, values: Sequence[Value], draws_only: bool = False) -> None:
     """Record the Parameter writes of ``traced`` (a function in the library, applied to ``values``) as writes of
     ``frame``: the written values are computed in ``frame``'s graph by a copy of the function's nodes they need,
     which the compiler merges with the forward pass the transform's node expands to, so one program computes both.
-    Writes of transforms nested in the function are not in ``traced.writes`` (dropped, as in any nested trace)."""
-    if not traced.writes:
+    Writes of transforms nested in the function are not in ``traced.writes`` (dropped, as in any nested trace) except
+    their random functions' step counters (``draws_only``: those ``frame`` does not write already)."""
+    writes = [w for w in traced.writes if not draws_only or (is_draw_counter(w[0]) and all(p is not w[0] for p, _ in frame.writes))]
+    if not writes:
         return
     g = traced.graph
-    wanted = Graph(g.inputs, g.params, g.nodes, tuple(v for _, v in traced.writes), g.library, g.name).pruned()
-    for (param, _), v in zip(traced.writes, flatten(inline(frame.builder, wanted, values, expand_all=False))):
+    wanted = Graph(g.inputs, g.params, g.nodes, tuple(v for _, v in writes), g.library, g.name).pruned()
+    for (param, _), v in zip(writes, flatten(inline(frame.builder, wanted, values, expand_all=False))):
         frame.writes.append((param, v))
 
 
@@ -488,9 +492,10 @@ def _nested_writes(transform: Any, frame: TraceFrame, traced: Traced, values: Se
     """A transform traced as the function of another (``hessian``'s jacrev under jacfwd, grad of grad) passes its
     function's writes on (``_forward_writes``): no user code runs between the two, so the top-level call writes once,
     as one of the function itself does (a Dropout's step moves on, a new mask each call). Inside any other traced
-    function the writes are dropped."""
-    if frame.fn is transform:
-        _forward_writes(frame, traced, values)
+    function the writes are dropped, except the step counters of the random functions (``ops.standard_normal``...)
+    it calls, which ``frame`` does not move itself: a gradient inside a jit step (the DCGAN tutorial's) draws new
+    values at every step, as MindSpore's does."""
+    _forward_writes(frame, traced, values, draws_only=frame.fn is not transform)
 
 
 def _splitter(traced: Traced) -> Callable[[list[Tensor]], tuple[Any, list[Tensor]]]:
@@ -681,6 +686,16 @@ class VjpFunction:
             return self.transform._apply(self.inputs, [c for c, _ in leaves], self.read)
 
 
+def _vjp_forward(fn: Any, inputs: tuple[Any, ...]) -> Any:
+    """``vjp``'s forward call. At top level a plain function (not a Cell or a transform, which run their own graphs)
+    runs traced as a Cell's construct does, not op by op: its random draws (``ops.randn``...) are then the ops that
+    ``vjp_fn``'s trace of it also makes, and ``vjp_fn`` reads their step counters at the values this call read, so
+    the gradient uses the forward's draws (an eager draw would come from another generator)."""
+    if current_frame() is None and not hasattr(fn, "construct") and not isinstance(fn, (GradFunction, _Transform)):
+        return run_network(fn, inputs)
+    return fn(*inputs)
+
+
 def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> Any:
     """MindSpore's ``vjp``: ``(fn(*inputs), vjp_fn)``, or ``(outputs[0], vjp_fn, aux)`` with ``has_aux``; ``vjp_fn(v)``
     (``v`` in the outputs' structure) returns the gradients of all Tensor inputs as a tuple, a tuple, list or dict
@@ -690,7 +705,7 @@ def vjp(fn: Any, *inputs: Any, weights: Any = None, has_aux: bool = False) -> An
         raise TypeError(f"vjp of {label(fn)}: no input is a Tensor (or holds one)")
     ws, _ = _weights(weights, "vjp")
     with values_before_writes() as read:  # what the forward writes, as it read it (a Dropout's step, a buffer)
-        out = fn(*inputs)
+        out = _vjp_forward(fn, inputs)
     if has_aux:
         _require_aux(skeleton_of(out), f"vjp of {label(fn)}")
     cache = _reused(fn, "vjp")

@@ -291,6 +291,25 @@ def assign(variable: Parameter, value: Tensor) -> Tensor:
     return value
 
 
+_DRAW_COUNTERS: dict[int, Parameter] = {}
+"""The step counters of the random functions' call sites (``functional._site``, one per site), by id (each kept
+alive here)."""
+
+
+def draw_counter(name: str, start: int) -> Parameter:
+    """A new step counter for a random function's call site: an int64 Parameter at ``start`` that no Cell registers.
+    Unlike other writes, its write passes out of a transform nested in a construct (``grad._nested_writes``), so each
+    top-level call moves it on even when the draw runs only inside a gradient there."""
+    counter = Parameter(np.array(start, np.int64), name=name, requires_grad=False)
+    _DRAW_COUNTERS[id(counter)] = counter
+    return counter
+
+
+def is_draw_counter(param: Tensor) -> bool:
+    """True for a random function's step counter (``draw_counter``)."""
+    return _DRAW_COUNTERS.get(id(param)) is param
+
+
 def pending_value(param: Parameter) -> Tensor:
     """``param`` as the code traced so far would leave it: its last value written in this trace, else itself (so
     a layer called twice in one construct updates its statistics twice, as sequential Assigns do)."""

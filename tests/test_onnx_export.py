@@ -370,6 +370,8 @@ EXTRA_ROWS = [  # ops test_ops.py leaves out (no gradient to check), with forwar
     *(Row(op, BINARY, ints=True) for op in ("Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual")),
     Row("StopGradient", UNARY, ints=True),
     *(Row(op, [v((2, 3)), v((2, 3, 4), axis=1, output_type="int64")], ("distinct",), ints=True) for op in ("Argmax", "Argmin")),
+    *(Row(op, [v(shape=(2, 3), Seed0=4), v(fixed={0: 7}, shape=(5,), dtype="float64", Seed1=2)]) for op in ("StandardNormal", "UniformReal")),
+    Row("UniformInt", [v(shape=(2, 3), minval=-3, maxval=9, Seed0=4), v(fixed={0: 7}, shape=(4,), minval=0, maxval=2)]),
 ]
 OP_CASES = [
     pytest.param(row, var, dtype, id=f"{row.op}-{i}-{dtype}")
@@ -388,6 +390,23 @@ def test_every_op_with_an_export_rule_has_a_row() -> None:
     """Const, which takes no inputs, is in every other case's graph (Select's condition, Gather's indices); CustomVjp
     (whose bprop is a library graph) is checked by test_a_user_bprop_exports_as_its_forward_and_its_rule."""
     assert set(exportable_ops()) - {row.op for row in ROWS + EXTRA_ROWS} == {"Const", "CustomVjp"}
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_random_draws_with_a_seed_input_export_the_documented_stream(dtype: str) -> None:
+    """With the step as an input (the traced ops.standard_normal/rand/uniform's counter), the exported model computes
+    the engine's draws for any step fed to it: SplitMix64 in uint64, then each op's transform (Box-Muller in double)."""
+    b = GraphBuilder("draws")
+    seed = b.input("step", "int64", ())
+    outs = (b.op("StandardNormal", seed, shape=(3, 4), dtype=dtype, Seed0=12, Seed1=5),
+            b.op("UniformReal", seed, shape=(7,), dtype=dtype, Seed0=3), b.op("UniformInt", seed, shape=(2, 2), minval=-6, maxval=40, Seed0=9))
+    graph = b.build(outs)
+    model = to_model(graph)
+    for step in (0, 1, 12345):
+        want = list(compile_graph(graph)(np.array(step)))
+        got = run_onnx(model, np.array(step))
+        assert_same(got[1:], want[1:], rtol=0, atol=0)
+        assert_same(got[:1], want[:1], rtol=1e-6 if dtype == "float32" else 1e-13, atol=1e-12)
 
 
 def _forward_graph(row: Row, var: V, dtype: str) -> Any:
@@ -415,7 +434,7 @@ def test_op_export_loads_back_through_the_importer(row: Row, var: V, dtype: str)
     arrays = [np.asarray(np.round(a * 3) if dtype == "int32" else a, dtype) for a in points(row, var, np.random.default_rng(1))]
     model = to_model(graph)
     if any(t.data_type == onnx.TensorProto.UINT64 for t in model.graph.initializer):
-        assert row.op == "Dropout"  # its mask is SplitMix64 on uint64 bits (BitShift, BitwiseXor), a dtype the engine lacks
+        assert row.op in ("Dropout", "StandardNormal", "UniformReal", "UniformInt")  # SplitMix64 on uint64 bits (BitShift, BitwiseXor), a dtype the engine lacks
         with pytest.raises(OnnxImportError, match="dtype UINT64 is not supported"):
             convert(model)
         return

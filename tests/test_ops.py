@@ -4,6 +4,7 @@ differences at first and second order (third for the products), in forward mode,
 (transform nodes) are expanded before differentiation and are checked in test_transforms.py."""
 from __future__ import annotations
 
+import re
 import zlib
 from dataclasses import dataclass
 from typing import Any
@@ -11,10 +12,24 @@ from typing import Any
 import numpy as np
 import pytest
 
-from gradserve.engine import OPS, Graph, GraphBuilder, InputError, Value, compile_graph, grad_operation, jvp
+from gradserve.engine import (
+    OPS,
+    DTypeError,
+    Graph,
+    GraphBuilder,
+    GraphError,
+    InputError,
+    ShapeError,
+    Value,
+    compile_graph,
+    grad_operation,
+    jvp,
+)
 
 EXEMPT = {
     "Const": "takes no inputs",
+    **{op: "no float input (a draw: a constant w.r.t. its seed); test_random_draws_* below check it" for op in ("StandardNormal", "UniformReal")},
+    "UniformInt": "integer output and no float input (a draw); test_random_draws_* below check it",
     "StopGradient": "blocks gradients by design, so finite differences disagree on purpose",
     "CustomVjp": "its gradient is a user's bprop by design; tests/test_client_custom.py checks it",
     **{op: "bool output" for op in ("Equal", "NotEqual", "Less", "LessEqual", "Greater", "GreaterEqual")},
@@ -543,6 +558,103 @@ def test_dropout_mask_is_the_documented_function_of_the_seeds() -> None:
     np.testing.assert_allclose(y, x * m / 0.7, rtol=1e-15)
     np.testing.assert_array_equal(program()(x, np.array(42))[1], m)
     assert not np.array_equal(prog(x, np.array(43))[1], m)
+
+
+M64 = (1 << 64) - 1
+
+
+def _stream(seed0: int, seed1: int, seed: int, j: int) -> int:
+    """Element j of the counter stream as docs/wire-format.md spells it, in plain Python integers."""
+    key = _splitmix64(_splitmix64(_splitmix64(seed0 & M64) ^ (seed1 & M64)) ^ (seed & M64))
+    return _splitmix64((key + j * 0x9E3779B97F4A7C15) & M64)
+
+
+def _draw(op: str, shape: tuple[int, ...], seed: int | None, **attrs: Any) -> np.ndarray:
+    """One node of ``op`` compiled and run, the seed as a graph input when given."""
+    b = GraphBuilder("f")
+    inputs = [b.input("seed", "int64", ())] if seed is not None else []
+    prog = compile_graph(b.build(b.op(op, *inputs, shape=shape, **attrs)))
+    return prog(np.array(seed)) if seed is not None else prog()
+
+
+def test_random_draws_are_the_documented_functions_of_the_seeds() -> None:
+    """StandardNormal, UniformReal and UniformInt follow the wire-format guide's formulas element by element (a
+    pure-Python reimplementation), for every float dtype; the seed input changes the draw, a fresh program does not."""
+    import math
+
+    for dtype, p in (("float16", 11), ("float32", 24), ("float64", 53)):
+        got = _draw("UniformReal", (2, 3), 42, dtype=dtype, Seed0=11, Seed1=-3)
+        assert got.dtype == dtype and got.shape == (2, 3)
+        want = [(_stream(11, -3, 42, i) >> (64 - p)) / 2.0**p for i in range(6)]
+        np.testing.assert_array_equal(got.ravel(), np.array(want, dtype))
+    normal = _draw("StandardNormal", (5,), 7, dtype="float64", Seed0=2, Seed1=9)
+    want = []
+    for i in range(5):
+        u1 = ((_stream(2, 9, 7, 2 * i) >> 11) + 1) / 2.0**53
+        u2 = (_stream(2, 9, 7, 2 * i + 1) >> 11) / 2.0**53
+        want.append(math.sqrt(-2 * math.log(u1)) * math.cos(2 * math.pi * u2))
+    np.testing.assert_allclose(normal, want, rtol=1e-14, atol=1e-15)  # libm's log and cos may differ in the last bit
+    np.testing.assert_array_equal(_draw("StandardNormal", (5,), 7, dtype="float32", Seed0=2, Seed1=9), normal.astype(np.float32))
+    ints = _draw("UniformInt", (6,), -5, minval=-4, maxval=9, Seed0=1)
+    assert ints.dtype == np.int32
+    np.testing.assert_array_equal(ints, [-4 + ((_stream(1, 0, -5, i) >> 32) * 13 >> 32) for i in range(6)])
+    np.testing.assert_array_equal(_draw("UniformReal", (4,), None, Seed0=5), _draw("UniformReal", (4,), 0, Seed0=5))
+    assert not np.array_equal(_draw("UniformReal", (4,), 1, Seed0=5), _draw("UniformReal", (4,), 0, Seed0=5))
+
+
+def test_random_draws_have_the_distributions_moments_and_ranges() -> None:
+    """10^5 seeded draws (deterministic): the normal's mean within 5 standard errors of 0 and its standard deviation
+    within 5 standard errors of 1 (sqrt(1/(2n)) for a normal sample); uniform draws in [0, 1) whose 20 equal bins pass
+    a chi-square test (19 degrees of freedom, 43.82 is the 0.999 quantile); integer draws cover [minval, maxval)
+    evenly by the same test (6 degrees of freedom, 22.46)."""
+    n = 100_000
+    z = _draw("StandardNormal", (n,), 3, dtype="float64", Seed0=17, Seed1=4)
+    assert abs(z.mean()) < 5 / np.sqrt(n)
+    assert abs(z.std() - 1) < 5 / np.sqrt(2 * n)
+    assert abs((z**4).mean() - 3) < 5 * np.sqrt(96 / n)  # the fourth moment: normal tails, not a uniform's
+    u = _draw("UniformReal", (n,), 3, dtype="float64", Seed0=17, Seed1=4)
+    assert u.min() >= 0 and u.max() < 1
+    counts = np.bincount((u * 20).astype(int), minlength=20)
+    assert (((counts - n / 20) ** 2) / (n / 20)).sum() < 43.82
+    k = _draw("UniformInt", (n,), 3, minval=-2, maxval=5, Seed0=17, Seed1=4)
+    assert k.min() == -2 and k.max() == 4
+    counts = np.bincount(k + 2, minlength=7)
+    assert (((counts - n / 7) ** 2) / (n / 7)).sum() < 22.46
+    f32 = _draw("UniformReal", (n,), 1, dtype="float32", Seed0=1)
+    assert f32.max() < 1  # 24 bits: exact in float32, never rounded up to 1
+
+
+def test_random_draws_take_no_gradient_and_repeat_in_every_order() -> None:
+    """f(x, seed) = sum(x * z) with z = StandardNormal(seed): df/dx = z (the forward's draw); the seed takes no
+    gradient; the second order (of sum(x^2 z)) is 2 z, the same draw again."""
+    b = GraphBuilder("f")
+    x, seed = b.input("x", "float64", (3, 2)), b.input("seed", "int64", ())
+    z = b.op("StandardNormal", seed, shape=(3, 2), dtype="float64", Seed0=8)
+    f = b.build(b.op("ReduceSum", x * x * z))
+    xv, zv = np.arange(6.0).reshape(3, 2), _draw("StandardNormal", (3, 2), 4, dtype="float64", Seed0=8)
+    gx, gseed = compile_graph(grad_operation(f, get_all=True))(xv, np.array(4))
+    np.testing.assert_allclose(gx, 2 * xv * zv, rtol=1e-15)
+    np.testing.assert_array_equal(gseed, 0)
+    s1 = lift(f, 1, 1)
+    u = np.ones((3, 2))
+    (hx, *_) = compile_graph(grad_operation(s1, get_all=True))(xv, np.array(4), u)
+    np.testing.assert_allclose(hx, 2 * zv * u, rtol=1e-15)
+
+
+@pytest.mark.parametrize(
+    ("op", "attrs", "error", "fragment"),
+    [("StandardNormal", {"shape": (2, -1)}, ShapeError, "shape (2, -1) has the negative dimension -1"),
+     ("UniformReal", {"shape": (2,), "dtype": "int32"}, DTypeError, "dtype must be a float dtype, got int32"),
+     ("UniformReal", {"shape": (1 << 40, 1 << 40)}, ShapeError, "exceeds the int64 range"),
+     ("UniformInt", {"shape": (2,), "minval": 3, "maxval": 3}, GraphError, "minval 3 must be less than maxval 3"),
+     ("UniformInt", {"shape": (2,), "minval": 0, "maxval": 1 << 40}, GraphError, "must be int32 values")],
+)
+def test_random_draws_check_their_attributes_before_allocating(op: str, attrs: dict[str, Any], error: type[Exception],
+                                                                fragment: str) -> None:
+    b = GraphBuilder("f")
+    with pytest.raises(error, match=re.escape(fragment)) as info:
+        b.op(op, **attrs)
+    assert type(info.value) is error
 
 
 def test_dropout_uses_one_mask_in_the_forward_pass_and_every_order() -> None:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import numbers
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
@@ -13,14 +13,23 @@ from gradserve.client.tensor import Tensor
 
 _RNG: list[np.random.Generator] = [np.random.default_rng()]
 _SEED: list[int | None] = [None]
+_ON_SEED: list[Callable[[int], None]] = []
 
 
 def set_seed(seed: int) -> None:
-    """Seed the generator every initializer draws from (MindSpore's global seed)."""
+    """Seed the generator every initializer draws from (MindSpore's global seed) and restart what ``on_set_seed``
+    registered (the random ops' call sites, as MindSpore's set_seed resets its op seeds)."""
     if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
         raise ValueError(f"set_seed: seed must be a non-negative int, got {seed!r}")
     _RNG[0] = np.random.default_rng(seed)
     _SEED[0] = seed
+    for hook in _ON_SEED:
+        hook(seed)
+
+
+def on_set_seed(hook: Callable[[int], None]) -> None:
+    """Call ``hook(seed)`` at every ``set_seed`` (a module below this one cannot be imported here without a cycle)."""
+    _ON_SEED.append(hook)
 
 
 def get_seed() -> int | None:
