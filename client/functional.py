@@ -24,13 +24,13 @@ from gradserve.engine.ops import debug
 from . import dtype as mstype
 from .dispatch import apply_op, floor_divide, floor_mod, true_divide
 from .dispatch import matmul as _matmul
-from .errors import user_site
+from .errors import TracingError, user_site
 from .nn import loss as _loss
 from .nn.initializer import get_seed, get_seed_rng, on_set_seed
 from .pad import pad
 from .parameter import Parameter
 from .primitives import attr_value
-from .runner import assign_after_call, draw_counter, pending_value
+from .runner import assign_after_call, draw_counter, in_vjp_forward, pending_value
 from .tensor import Tensor
 from .tracing import current_frame
 
@@ -505,7 +505,13 @@ def _traced_draw(op: str, shape: tuple[int, ...], **attrs: Any) -> Any:
 
 
 def _drawn(values: np.ndarray, dtype: Any) -> Tensor:
-    """Random ``values`` drawn eagerly (outside any trace) as a Tensor of ``dtype``."""
+    """Random ``values`` drawn eagerly (outside any trace) as a Tensor of ``dtype``. Refused in ``vjp``'s forward call
+    of a function it runs eagerly (a method of a plain object, a partial): ``vjp_fn`` traces that function, and its
+    draws would be other values than these."""
+    if in_vjp_forward():
+        raise TracingError("a random draw (ops.standard_normal, randn, rand, uniform, normal) in a function vjp runs "
+                           "eagerly (a method of an object that is not a Cell, or a functools.partial): its vjp_fn would "
+                           "draw other values; pass vjp a plain function or a Cell")
     return Tensor._wrap(values.astype(mstype.to_numpy(dtype)))
 
 

@@ -4,6 +4,7 @@ becomes one transform node over a traced library function; the engine holds ever
 from __future__ import annotations
 
 import functools
+import types
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import numpy as np
@@ -687,11 +688,13 @@ class VjpFunction:
 
 
 def _vjp_forward(fn: Any, inputs: tuple[Any, ...]) -> Any:
-    """``vjp``'s forward call. At top level a plain function (not a Cell or a transform, which run their own graphs)
-    runs traced as a Cell's construct does, not op by op: its random draws (``ops.randn``...) are then the ops that
-    ``vjp_fn``'s trace of it also makes, and ``vjp_fn`` reads their step counters at the values this call read, so
-    the gradient uses the forward's draws (an eager draw would come from another generator)."""
-    if current_frame() is None and not hasattr(fn, "construct") and not isinstance(fn, (GradFunction, _Transform)):
+    """``vjp``'s forward call. At top level a plain function (``def`` or lambda) runs traced as a Cell's construct
+    does, not op by op: its random draws (``ops.randn``...) are then the ops that ``vjp_fn``'s trace of it also makes,
+    and ``vjp_fn`` reads their step counters at the values this call read, so the gradient uses the forward's draws.
+    Anything else runs as called: a Cell or a transform runs its own graph, and a method of a plain object or a
+    partial runs eagerly (a trace of it would be kept for the first object, whose attributes nothing watches; an
+    eager draw in it is refused, ``functional._drawn``)."""
+    if current_frame() is None and isinstance(fn, types.FunctionType):
         return run_network(fn, inputs)
     return fn(*inputs)
 

@@ -409,6 +409,11 @@ def values_before_writes() -> Iterator[BeforeWrites]:
         stack.pop()
 
 
+def in_vjp_forward() -> bool:
+    """Whether this thread is inside a ``values_before_writes`` block: ``vjp``'s forward call."""
+    return bool(getattr(_LOGS, "stack", ()))
+
+
 def _before_write(target: Tensor) -> None:
     for log in getattr(_LOGS, "stack", ()):
         log.note(target)

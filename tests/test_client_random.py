@@ -181,6 +181,28 @@ def test_vjp_of_a_function_uses_its_forwards_draw(where: str, seeded: None) -> N
     assert not np.array_equal(seen[0], seen[1]) and not np.array_equal(seen[1], seen[2])
 
 
+class _Scaled:
+    """A plain object (not a Cell) whose method vjp is given."""
+
+    def __init__(self, k: float, noisy: bool = False) -> None:
+        self.k, self.noisy = k, noisy
+
+    def f(self, x: Any) -> Any:
+        return x * self.k * (ops.randn(3, dtype=gs.float64) if self.noisy else 1.0)
+
+
+def test_vjp_of_a_plain_objects_method_runs_it_as_called_and_refuses_a_draw_in_it(where: str) -> None:
+    """A method of an object that is not a Cell runs as called (its attributes may change between calls: a trace would
+    be kept for the first object's state), and a random draw in it is a TracingError naming what to do, since vjp_fn's
+    trace of it would draw other values than the forward's."""
+    x, p = gs.Tensor(np.array([1.0, 2.0, 3.0])), _Scaled(2.0)
+    assert np.array_equal(gs.vjp(p.f, x)[0].asnumpy(), [2.0, 4.0, 6.0])
+    p.k = 3.0
+    assert np.array_equal(gs.vjp(p.f, x)[0].asnumpy(), [3.0, 6.0, 9.0])
+    with pytest.raises(gs.TracingError, match="pass vjp a plain function or a Cell"):
+        gs.vjp(_Scaled(2.0, noisy=True).f, x)
+
+
 def _noisy_step() -> Any:
     """A new jit function drawing at one call site each time it is made (as a script defining its step anew)."""
     return gs.jit(lambda x: x + ops.randn(3))
