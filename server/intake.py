@@ -6,10 +6,11 @@ only when its lane has room to receive the largest message gRPC accepts (``max_m
 then counts the message's actual size among the messages held by their handlers (``max_queued_bytes``)
 until the handler returns, refusing it at once when they do not fit.
 
-Four lanes, each served round robin over the callers' connections: the large lane (Grad, Run and
+Five lanes, each served round robin over the callers' connections: health checks one at a time in their own, each
+given ``HEALTH_RECEIVE_SECONDS`` to deliver its message; the large lane (Grad, Run and
 RegisterNetwork calls) receives as many messages at once as ``max_receive_bytes`` holds largest messages;
 the small lane (every other unary method and calls whose ``gradserve-request-bytes`` metadata declares at
-most ``SMALL_BYTES``) one at a time, so that health checks and tiny gradients never wait behind large
+most ``SMALL_BYTES``) one at a time, so that ServerInfo and tiny gradients never wait behind large
 uploads; the stream lane as many GradStream messages at once as ``max_stream_receive_bytes`` holds largest
 messages (a stream asks for its next message only in its turn, so open streams cost their flow-control windows,
 not a message each; a stream waiting for its client's next message holds its turn, which stalls other streams
@@ -44,6 +45,9 @@ SMALL_BYTES = 64 << 10
 """A call declaring at most this many request bytes is received in the small lane; a message this small
 is never refused for want of room (each gRPC thread holds at most one)."""
 LARGE_METHODS = frozenset(f"/gradserve.v1.Gradient/{name}" for name in ("Grad", "Run", "RegisterNetwork"))
+HEALTH_METHODS = frozenset(f"/grpc.health.v1.Health/{name}" for name in ("Check", "Watch"))
+"""Received in a lane of their own (``Intake.health``): a probe (kubelet's times out after 2 s) must never wait behind
+another method's call, nor long behind a health check that does not send its message (health checks need no token)."""
 """Unary methods whose requests carry tensors or networks: received in the large lane unless declared small."""
 PEERS_KEPT = 4096
 """Connections remembered as sending small messages (the most recent ones)."""
@@ -53,6 +57,9 @@ SMALL_RECEIVE_SECONDS = 10.0
 """How long a unary call in the small lane has to deliver its message once it takes its turn, when its deadline is
 later: the message is at most ``SMALL_BYTES`` (or a health check's few bytes), so a caller slower than that is stalling,
 and every health check waits behind it."""
+HEALTH_RECEIVE_SECONDS = 0.5
+"""``SMALL_RECEIVE_SECONDS`` for health checks: their message is a few bytes, which gRPC has as a rule received with the
+call's headers, and a probe waits at most one such turn per other connection probing."""
 
 
 Round = collections.OrderedDict
@@ -178,6 +185,7 @@ class Intake:
         self.bounded = bool(receiving_limit)
         self.large = Lane(max(1, receiving_limit // largest) if receiving_limit and largest else 1)
         self.small = Lane(1, receive_seconds=SMALL_RECEIVE_SECONDS)
+        self.health = Lane(1, receive_seconds=HEALTH_RECEIVE_SECONDS)
         self.streams = Lane(max(1, stream_limit // largest) if stream_limit and largest else 1)
         self.others = Lane(1)
         """Other services' request streams (gRPC reflection's): an open one waiting for its client's next question holds
@@ -240,7 +248,7 @@ class Intake:
                 del lane.inbound[context]
                 self._overdue_calls.add(context)
                 log("receive_overdue", level="warning", peer=context.peer(),
-                    message="the request message did not arrive by the call's deadline; the call was cancelled")
+                    message="the request message did not arrive by the call's deadline or its lane's receive bound; the call was cancelled")
                 context.cancel()
 
     def _done_receiving(self, lane: Lane, context: grpc.ServicerContext) -> None:
@@ -273,7 +281,10 @@ class Intake:
         its lane's turn; None when the call ended first or carried no message. The size stays counted as
         held until ``release``; raises Failure when it does not fit or exceeds what the call declared."""
         declared = _declared(context)
-        lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
+        if method in HEALTH_METHODS:
+            lane = self.health
+        else:
+            lane = self.small if method not in LARGE_METHODS or (declared is not None and declared <= SMALL_BYTES) else self.large
         pair = self._next_in_turn(lane, messages, context, self.max_waiting if lane is self.large else 0, unary=True)
         if self._overdue_calls:
             with self._lock:

@@ -473,13 +473,42 @@ def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check
             replies.cancel()
 
 
+@pytest.mark.parametrize("method", ["/gradserve.v1.Gradient/ServerInfo", HEALTH])
 def test_a_small_call_whose_message_never_comes_holds_its_lane_for_a_few_seconds_whatever_its_deadline(
-        monkeypatch: pytest.MonkeyPatch) -> None:
-    """A health check or ServerInfo whose message never comes, sent with a long deadline, held the small lane until that
-    deadline (up to max_deadline_ms, 10 minutes by default): every health check timed out meanwhile. Its message is a few
-    bytes, so it must arrive within SMALL_RECEIVE_SECONDS of its turn (shortened here); the health check waiting behind
-    it cancels it then and is answered, long before the stalled call's own deadline."""
+        monkeypatch: pytest.MonkeyPatch, method: str) -> None:
+    """A ServerInfo or health check whose message never comes, sent with a long deadline, held its lane until that
+    deadline (up to max_deadline_ms, 10 minutes by default): every call of the lane (every health check, and a kubelet's
+    probe times out after 2 s) waited meanwhile. Its message is a few bytes, so it must arrive within
+    SMALL_RECEIVE_SECONDS (shortened here) or HEALTH_RECEIVE_SECONDS of its turn; the call of the same lane waiting
+    behind it cancels it then and is answered, long before the stalled call's own deadline."""
     monkeypatch.setattr(intake_module, "SMALL_RECEIVE_SECONDS", 0.5)
+    with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
+            grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as other:
+        done = threading.Event()
+
+        def never() -> Iterator[bytes]:
+            done.wait()  # until the test ends
+            yield from ()
+
+        stalled = ch.stream_unary(method, request_serializer=None, response_deserializer=None).future(never(), timeout=10 * WAIT)
+        lane = server.intake.health if method == HEALTH else server.intake.small
+        try:
+            wait_until(lambda: lane.receiving == 1, "the call to stall")
+            if method == HEALTH:
+                assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
+                    health_pb2.HealthCheckResponse.SERVING
+            else:
+                assert service_pb2_grpc.GradientStub(other).ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).worker_count == 1
+            assert rejected(lambda: stalled.result(WAIT)).code() == grpc.StatusCode.CANCELLED
+        finally:
+            done.set()
+        assert lane.receiving == 0 and not lane.inbound
+
+
+def test_health_checks_never_wait_behind_another_methods_call_whose_message_never_comes() -> None:
+    """A ServerInfo (in the small lane) that never sends its message holds no health check: they take turns in a lane
+    of their own."""
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as other:
@@ -495,16 +524,16 @@ def test_a_small_call_whose_message_never_comes_holds_its_lane_for_a_few_seconds
             wait_until(lambda: server.intake.small.receiving == 1, "the call to stall")
             assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
                 health_pb2.HealthCheckResponse.SERVING
-            assert rejected(lambda: stalled.result(WAIT)).code() == grpc.StatusCode.CANCELLED
+            assert server.intake.small.receiving == 1  # still stalled: the health check did not wait for it
         finally:
             done.set()
-        assert server.intake.small.receiving == 0 and not server.intake.small.inbound
+            stalled.cancel()
 
 
 def test_a_call_whose_message_never_comes_is_cancelled_at_its_deadline_and_frees_its_lane() -> None:
     """A caller that opens a Grad or ServerInfo call and never sends its message (a unary method called as a client
     stream, or an upload stalled half way) held its lane's turn for as long as its connection lived: every other
-    undeclared Grad, and every health check, waited behind it. The next call waiting in the lane cancels it once its
+    undeclared Grad, and every ServerInfo, waited behind it. The next call waiting in the lane cancels it once its
     deadline (here the server's default, as it set none) has passed."""
     limits = Limits(default_deadline_ms=2_000)
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1, limits=limits)) as server, \
@@ -520,8 +549,7 @@ def test_a_call_whose_message_never_comes_is_cancelled_at_its_deadline_and_frees
         try:
             wait_until(lambda: server.intake.large.receiving == 1 and server.intake.small.receiving == 1, "the calls to stall")
             stub = service_pb2_grpc.GradientStub(other)
-            assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
-                health_pb2.HealthCheckResponse.SERVING
+            assert stub.ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).worker_count == 1  # waits in the small lane
             network = sin_network(stub, 3)  # undeclared: received in the large lane
             got = stub.Grad(service_pb2.GradRequest(network_id=network, inputs=[codec.encode_tensor(np.float32([0, 1, 2]))]),
                             timeout=WAIT)
