@@ -9,10 +9,13 @@ function) and a hidden step counter per site, which each top-level call moves on
 limits: a gradient inside a construct reads the counter's stored value, not the enclosing trace's pending one (it
 shares the step of a draw at the same site in that trace, and two gradient calls reaching one site in one jit step
 draw the same values); nn.Dropout's counter does not pass out of a gradient inside a construct; ``data_parallel``'s
-shards draw identical noise; ``UniformInt``'s 32-bit multiply-shift favours some values by at most span/2^32."""
+shards draw identical noise; top-level calls of one function from several threads at once may draw the same
+step (the counter's read and write-back are not one step; nn.Dropout's masks alike); ``UniformInt``'s 32-bit
+multiply-shift favours some values by at most span/2^32."""
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 from typing import Any
 
@@ -462,9 +465,11 @@ _START = [_first_step(get_seed())]
 
 def _site_seeds(site: tuple[str, int, str]) -> tuple[int, int]:
     """A call site's Seed0 and Seed1: the first two little-endian 32-bit words of the SHA-256 of
-    ``"<file>:<line>:<function>"``, each shifted right by 1. They are fixed per site (the graph bakes them in);
-    ``set_seed`` moves the steps instead."""
-    digest = hashlib.sha256("{}:{}:{}".format(*site).encode()).digest()
+    ``"<file name>:<line>:<function>"`` (the file's name without its folder, so that a script draws the same values
+    wherever it lies and however it was started: ``python x.py``, ``python ./x.py``), each shifted right by 1. They are
+    fixed per site (the graph bakes them in); ``set_seed`` moves the steps instead."""
+    file, line, function = site
+    digest = hashlib.sha256(f"{os.path.basename(file)}:{line}:{function}".encode()).digest()
     return int.from_bytes(digest[:4], "little") >> 1, int.from_bytes(digest[4:8], "little") >> 1
 
 

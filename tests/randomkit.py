@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
 from typing import Any, Callable
 
 import numpy as np
@@ -21,10 +22,10 @@ def site_seeds(fn: Callable[..., Any], text: str, function: str | None = None) -
     """Seed0 and Seed1 of the call site on the one line of ``fn``'s source holding ``text`` (lines calling this
     helper aside), in the function named
     ``function`` (``fn``'s own by default; "<lambda>" for a lambda on that line): the first two little-endian 32-bit
-    words of the SHA-256 of "<file>:<line>:<function>", each shifted right by 1."""
+    words of the SHA-256 of "<file name>:<line>:<function>" (no folder), each shifted right by 1."""
     lines, start = inspect.getsourcelines(fn)
     (line,) = [start + i for i, src in enumerate(lines) if text in src and "site_seeds(" not in src]
-    site = f"{fn.__code__.co_filename}:{line}:{function or fn.__code__.co_name}"
+    site = f"{os.path.basename(fn.__code__.co_filename)}:{line}:{function or fn.__code__.co_name}"
     digest = hashlib.sha256(site.encode()).digest()
     return int.from_bytes(digest[:4], "little") >> 1, int.from_bytes(digest[4:8], "little") >> 1
 

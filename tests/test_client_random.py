@@ -7,6 +7,9 @@ NumPy over the same draws. Every ``where`` test runs embedded and then through a
 fixture's set_seed restarts the steps), so remote draws equal embedded ones."""
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import threading
 import time
 from typing import Any, Iterator
@@ -283,3 +286,22 @@ def test_float_uniform_is_computed_in_float32_and_may_round_to_maxval(seeded: No
     u = drawn("UniformReal", (1_000_000,), site_seeds(me, "ops.uniform((1_000_000,)", "<lambda>"), S)
     np.testing.assert_array_equal(got, np.float32(1000.0) + np.float32(1.0) * u)
     assert got.min() >= 1000.0 and got.max() == 1001.0 and (got == 1001.0).sum() > 0
+
+
+def test_a_scripts_traced_draws_do_not_depend_on_where_it_lies_or_how_it_was_started(tmp_path: Any) -> None:
+    """The same script after the same set_seed draws the same values started as ``python x.py`` or ``python ./x.py``,
+    and from a copy in another folder: a site's seeds come from its file's name, line and function, not its path."""
+    script = ("import numpy as np, gradserve as gs\nfrom gradserve import ops\ngs.set_seed(1)\n"
+              "step = gs.jit(lambda x: x + ops.randn(3))\n"
+              "print(repr(step(gs.Tensor(np.zeros(3, np.float32))).asnumpy().tolist()))\n")
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    for d in ("a", "b"):
+        (tmp_path / d / "noise.py").write_text(script)
+    env = {**os.environ, "GRADSERVE_TARGET": ""}
+    runs = [subprocess.run([sys.executable, path], cwd=tmp_path / "a", env=env, capture_output=True, text=True, timeout=120)
+            for path in ("noise.py", "./noise.py", str(tmp_path / "b" / "noise.py"))]
+    for run in runs:
+        assert run.returncode == 0, run.stderr
+    values = [run.stdout.strip() for run in runs]
+    assert values[0] == values[1] == values[2] and len(eval(values[0])) == 3
