@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import threading
 import time
 from typing import Any, Iterator
@@ -473,6 +474,24 @@ def test_an_open_reflection_stream_waiting_for_its_client_stalls_no_health_check
             replies.cancel()
 
 
+@contextlib.contextmanager
+def stalled(channel: grpc.Channel, method: str, timeout: float) -> Iterator[grpc.Future]:
+    """A call of ``method`` whose request message never comes (a unary method called as a client stream that sends
+    nothing), until the block ends."""
+    done = threading.Event()
+
+    def never() -> Iterator[bytes]:
+        done.wait()
+        yield from ()
+
+    call = channel.stream_unary(method, request_serializer=None, response_deserializer=None).future(never(), timeout=timeout)
+    try:
+        yield call
+    finally:
+        done.set()
+        call.cancel()
+
+
 @pytest.mark.parametrize("method", ["/gradserve.v1.Gradient/ServerInfo", HEALTH])
 def test_a_small_call_whose_message_never_comes_holds_its_lane_for_a_few_seconds_whatever_its_deadline(
         monkeypatch: pytest.MonkeyPatch, method: str) -> None:
@@ -485,24 +504,15 @@ def test_a_small_call_whose_message_never_comes_holds_its_lane_for_a_few_seconds
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as other:
-        done = threading.Event()
-
-        def never() -> Iterator[bytes]:
-            done.wait()  # until the test ends
-            yield from ()
-
-        stalled = ch.stream_unary(method, request_serializer=None, response_deserializer=None).future(never(), timeout=10 * WAIT)
         lane = server.intake.health if method == HEALTH else server.intake.small
-        try:
+        with stalled(ch, method, timeout=10 * WAIT) as call:
             wait_until(lambda: lane.receiving == 1, "the call to stall")
             if method == HEALTH:
                 assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
                     health_pb2.HealthCheckResponse.SERVING
             else:
                 assert service_pb2_grpc.GradientStub(other).ServerInfo(service_pb2.ServerInfoRequest(), timeout=WAIT).worker_count == 1
-            assert rejected(lambda: stalled.result(WAIT)).code() == grpc.StatusCode.CANCELLED
-        finally:
-            done.set()
+            assert rejected(lambda: call.result(WAIT)).code() == grpc.StatusCode.CANCELLED
         assert lane.receiving == 0 and not lane.inbound
 
 
@@ -512,22 +522,11 @@ def test_health_checks_never_wait_behind_another_methods_call_whose_message_neve
     with running(ServerConfig(host="127.0.0.1", port=0, workers=1)) as server, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch, \
             grpc.insecure_channel(f"127.0.0.1:{server.port}", options=[("grpc.use_local_subchannel_pool", 1)]) as other:
-        done = threading.Event()
-
-        def never() -> Iterator[bytes]:
-            done.wait()  # until the test ends
-            yield from ()
-
-        stalled = ch.stream_unary("/gradserve.v1.Gradient/ServerInfo", request_serializer=None, response_deserializer=None) \
-            .future(never(), timeout=10 * WAIT)
-        try:
+        with stalled(ch, "/gradserve.v1.Gradient/ServerInfo", timeout=10 * WAIT):
             wait_until(lambda: server.intake.small.receiving == 1, "the call to stall")
             assert health_pb2_grpc.HealthStub(other).Check(health_pb2.HealthCheckRequest(), timeout=WAIT).status == \
                 health_pb2.HealthCheckResponse.SERVING
             assert server.intake.small.receiving == 1  # still stalled: the health check did not wait for it
-        finally:
-            done.set()
-            stalled.cancel()
 
 
 def test_a_call_whose_message_never_comes_is_cancelled_at_its_deadline_and_frees_its_lane() -> None:
