@@ -45,18 +45,18 @@ SMALL_BYTES = 64 << 10
 """A call declaring at most this many request bytes is received in the small lane; a message this small
 is never refused for want of room (each gRPC thread holds at most one)."""
 LARGE_METHODS = frozenset(f"/gradserve.v1.Gradient/{name}" for name in ("Grad", "Run", "RegisterNetwork"))
+"""Unary methods whose requests carry tensors or networks: received in the large lane unless declared small."""
 HEALTH_METHODS = frozenset(f"/grpc.health.v1.Health/{name}" for name in ("Check", "Watch"))
 """Received in a lane of their own (``Intake.health``): a probe (kubelet's times out after 2 s) must never wait behind
 another method's call, nor long behind a health check that does not send its message (health checks need no token)."""
-"""Unary methods whose requests carry tensors or networks: received in the large lane unless declared small."""
 PEERS_KEPT = 4096
 """Connections remembered as sending small messages (the most recent ones)."""
 WAIT_SLICE_SECONDS = 0.25
 """How often a handler waiting for its turn to receive looks whether its call is still alive."""
 SMALL_RECEIVE_SECONDS = 10.0
 """How long a unary call in the small lane has to deliver its message once it takes its turn, when its deadline is
-later: the message is at most ``SMALL_BYTES`` (or a health check's few bytes), so a caller slower than that is stalling,
-and every health check waits behind it."""
+later: the message is at most ``SMALL_BYTES``, so a caller slower than that is stalling, and every ServerInfo and
+declared-small call waits behind it."""
 HEALTH_RECEIVE_SECONDS = 0.5
 """``SMALL_RECEIVE_SECONDS`` for health checks: their message is a few bytes, which gRPC has as a rule received with the
 call's headers, and a probe waits at most one such turn per other connection probing."""
@@ -88,13 +88,14 @@ class Lane:
     """How long a unary call that takes a slot here has to deliver its message, when its deadline is later (0: until its
     deadline)."""
 
-    def due(self, deadline: float | None) -> float | None:
-        """When a unary call taking a slot now must have delivered its message: its ``deadline``, or ``receive_seconds``
-        from now when that is sooner."""
-        if not self.receive_seconds:
-            return deadline
-        cap = time.monotonic() + self.receive_seconds
-        return cap if deadline is None or deadline > cap else deadline
+    def expect(self, context: Any, deadline: float | None) -> None:
+        """Note that ``context``, taking a slot now, must deliver its message by its ``deadline``, or ``receive_seconds``
+        from now when that is sooner (nothing to note when neither bounds it)."""
+        if self.receive_seconds:
+            cap = time.monotonic() + self.receive_seconds
+            deadline = cap if deadline is None or deadline > cap else deadline
+        if deadline is not None:
+            self.inbound[context] = deadline
 
     def join(self, peer: str, ticket: object, ahead: bool = False) -> None:
         """Line ``ticket`` up behind its ``peer``'s earlier ones (a new peer comes last in its round)."""
@@ -212,8 +213,7 @@ class Intake:
         with self._lock:
             if not lane.waiting and lane.receiving < lane.slots:
                 lane.receiving += 1
-                if (when := lane.due(due)) is not None:
-                    lane.inbound[context] = when
+                lane.expect(context, due)
                 return True
             ticket, peer = context, context.peer()
             ahead = lane is self.large and peer in self.small_peers
@@ -234,8 +234,7 @@ class Intake:
                 if lane.inbound:
                     self._overdue(lane)
             lane.take()
-            if (when := lane.due(due)) is not None:
-                lane.inbound[context] = when
+            lane.expect(context, due)
             self._room.notify_all()
         return True
 
@@ -292,7 +291,8 @@ class Intake:
                 self._overdue_calls.discard(context)
             if overdue and pair is None:  # cancelled (its caller sees CANCELLED): logged and counted as what it was
                 raise Failure("DEADLINE_EXCEEDED", f"{method}: the request message did not arrive by the call's "
-                              "deadline (in the small lane, within SMALL_RECEIVE_SECONDS of its turn); the call was cancelled")
+                              "deadline or its lane's receive bound (SMALL_RECEIVE_SECONDS, HEALTH_RECEIVE_SECONDS after its "
+                              "turn); the call was cancelled")
         if pair is None:
             return None
         message, size = pair
