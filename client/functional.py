@@ -533,7 +533,7 @@ def _float_dtype(fn: str, dtype: Any) -> Any:
     return dt
 
 
-def _normal(fn: str, shape: tuple[int, ...], dtype: Any) -> Tensor:
+def _normal(shape: tuple[int, ...], dtype: Any) -> Tensor:
     """N(0, 1) draws: the StandardNormal op inside a trace, else from ``set_seed``'s generator."""
     if current_frame() is not None:
         return _traced_draw("StandardNormal", shape, dtype=mstype.to_numpy(dtype))
@@ -552,13 +552,13 @@ def standard_normal(shape: Any, seed: Any = None, seed2: Any = None) -> Tensor:
     generator ``set_seed`` seeds; inside one the StandardNormal op, with its call site's seeds and step counter, so
     each call of the traced function draws new values (``seed`` and ``seed2`` are accepted and do not change the
     draws)."""
-    return _normal("standard_normal", _shape_of(shape), mstype.float32)
+    return _normal(_shape_of(shape), mstype.float32)
 
 
 def randn(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
     """``ops.randn(*size, dtype=None, seed=None)``: draws from N(0, 1) (float32 unless ``dtype``), as
     ``standard_normal``."""
-    return _normal("randn", _size(size), _float_dtype("randn", dtype))
+    return _normal(_size(size), _float_dtype("randn", dtype))
 
 
 def rand(*size: Any, dtype: Any = None, seed: Any = None) -> Tensor:
@@ -621,7 +621,7 @@ def normal(shape: Any, mean: Any, stddev: Any, seed: Any = None) -> Tensor:
     ``standard_normal``."""
     out = _out_shape("normal", shape, mean, stddev)
     if current_frame() is not None:
-        return _scaled(_normal("normal", out, mstype.float32), mean, stddev)
+        return _scaled(_normal(out, mstype.float32), mean, stddev)
     mu, sigma = (np.asarray(v.asnumpy() if isinstance(v, Tensor) else v, np.float64) for v in (mean, stddev))
     return _drawn(get_seed_rng().normal(mu, sigma, out), mstype.float32)
 
