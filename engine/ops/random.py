@@ -39,6 +39,11 @@ def dropout_key(seed0: int, seed1: int, seed: int) -> int:
     return _splitmix(_splitmix(_splitmix(seed0 & _M64) ^ (seed1 & _M64)) ^ (seed & _M64))
 
 
+def _key(seed: tuple[np.ndarray, ...], Seed0: int, Seed1: int) -> int:
+    """The stream key of a node from its seeds and its optional seed input's value."""
+    return dropout_key(Seed0, Seed1, int(seed[0]) if seed else 0)
+
+
 def stream(key: int, size: int) -> np.ndarray:
     """The counter stream: element j is SplitMix64(key + j * golden), as uint64."""
     z = np.arange(size, dtype=np.uint64)
@@ -80,8 +85,7 @@ def _infer(types: list[TensorType], keep_prob: float, Seed0: int, Seed1: int) ->
 
 def _forward(x: np.ndarray, *seed: np.ndarray, keep_prob: float, Seed0: int, Seed1: int) -> tuple[np.ndarray, np.ndarray]:
     """x * mask / keep_prob and the 0/1 mask in x's dtype."""
-    key = dropout_key(Seed0, Seed1, int(seed[0]) if seed else 0)
-    mask = keep_mask(key, x.size, keep_prob).reshape(x.shape).astype(x.dtype)
+    mask = keep_mask(_key(seed, Seed0, Seed1), x.size, keep_prob).reshape(x.shape).astype(x.dtype)
     return x * mask / np.asarray(keep_prob, x.dtype), mask
 
 
@@ -170,11 +174,6 @@ defop(
 _BITS = {"float16": 11, "float32": 24, "float64": 53}
 """Bits of a stream value a uniform float draw keeps: the dtype's significand, so the fraction is exact in it and below 1."""
 _TWO_PI = 2 * np.pi
-
-
-def _key(seed: tuple[np.ndarray, ...], Seed0: int, Seed1: int) -> int:
-    """The stream key of a node from its seeds and its optional seed input's value."""
-    return dropout_key(Seed0, Seed1, int(seed[0]) if seed else 0)
 
 
 def uniform_real(key: int, size: int, dtype: np.dtype) -> np.ndarray:
